@@ -1,0 +1,2 @@
+export * from "./tensor/dtype.js";
+export * from "./config.js";
