@@ -85,8 +85,9 @@ export interface RopeConfig {
     readonly originalMaxPositionEmbeddings: number;
     readonly betaFast: number;
     readonly betaSlow: number;
-    readonly mscale: number;
-    readonly mscaleAllDim: number;
+    /** Kept undefined when absent: HF and the V2 remote code treat a missing value differently. */
+    readonly mscale: number | undefined;
+    readonly mscaleAllDim: number | undefined;
     readonly attentionFactor: number | undefined;
     readonly truncate: boolean;
   } | null;
@@ -180,8 +181,8 @@ export function parseModelConfig(json: unknown): ModelConfig {
       originalMaxPositionEmbeddings: c.rope_scaling.original_max_position_embeddings ?? maxPos,
       betaFast: c.rope_scaling.beta_fast ?? 32,
       betaSlow: c.rope_scaling.beta_slow ?? 1,
-      mscale: c.rope_scaling.mscale ?? 1,
-      mscaleAllDim: c.rope_scaling.mscale_all_dim ?? 0,
+      mscale: c.rope_scaling.mscale,
+      mscaleAllDim: c.rope_scaling.mscale_all_dim,
       attentionFactor: c.rope_scaling.attention_factor,
       truncate: c.rope_scaling.truncate ?? true,
     };

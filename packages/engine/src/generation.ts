@@ -1,0 +1,357 @@
+/**
+ * Sequences and the generation loop over one model and one paged latent cache: chunked prefill, then decode
+ * steps with continuous batching (any set of sequences per step) and MTP speculation.
+ *
+ * Speculation with the MTP head (one draft token per step):
+ *   state after every call: the main cache holds positions [0, mainLen); `pending` is the last sampled token
+ *   (not yet in the main cache); `lastHidden` is the main model's final-normed hidden at mainLen - 1; the MTP
+ *   cache holds positions [0, mainLen) and its logits at mainLen - 1 (fed `pending`) gave `draft`.
+ *   A step runs the main model on [pending, draft] at positions mainLen, mainLen + 1 (absorbed attention),
+ *   accepts or rejects the draft (greedy: draft == argmax; sampling: the speculative rule, which keeps the
+ *   target distribution), then runs the MTP head on the positions that became final to draft the next token.
+ *   A rejected draft's KV row at mainLen + 1 is simply left behind: mainLen does not cover it and the next
+ *   step overwrites it.
+ * Every emitted token carries the main model's logits row it was sampled from, so logprobs are the same
+ * with and without speculation.
+ */
+import { InvalidArgumentError } from "@moela/core";
+import type { DeepseekModel, ForwardResult } from "./model.js";
+import { PagedLatentCache } from "./kv-cache/paged-latent.js";
+import { argmax, Sampler, sampleFromProbs, topLogprobs, validateSamplingParams, type SamplingParams } from "./sampler.js";
+import { verifyDraft } from "./speculative.js";
+import { Rng } from "./rng.js";
+
+export interface GenerationParams extends SamplingParams {
+  /** Most tokens to generate (>= 1). */
+  readonly maxTokens: number;
+  /** Extra token ids that end generation (EOS ends it too unless ignoreEos). */
+  readonly stopTokenIds?: readonly number[];
+  readonly ignoreEos?: boolean;
+  /** How many top logprobs to report per generated token (0 = none). */
+  readonly topLogprobs?: number;
+}
+
+export interface EmittedToken {
+  readonly id: number;
+  /** log_softmax of the raw logits at the chosen id. */
+  readonly logprob: number;
+  /** The N best [id, logprob] pairs, best first (when asked for). */
+  readonly top: ReadonlyArray<readonly [number, number]> | null;
+}
+
+export type FinishReason = "stop" | "length";
+
+export interface EngineOptions {
+  /** Tokens per KV block. */
+  readonly blockSize?: number;
+  /** KV capacity in blocks. */
+  readonly numBlocks?: number;
+  /** Prompt tokens per prefill forward call (chunked prefill). */
+  readonly prefillChunk?: number;
+  /** Draft with the MTP head when the model has one (default true). */
+  readonly speculative?: boolean;
+}
+
+export class Sequence {
+  readonly id: string;
+  readonly params: GenerationParams;
+  readonly sampler: Sampler;
+  /** Block ids of this sequence's KV, in position order. */
+  readonly blockTable: number[] = [];
+  readonly prompt: readonly number[];
+  readonly output: EmittedToken[] = [];
+  /** Positions held in the main cache. */
+  mainLen = 0;
+  /** Last sampled token, not yet fed to the main model (-1 before prefill). */
+  pending = -1;
+  /** [hidden] main hidden after the final norm at mainLen - 1. */
+  lastHidden: Float32Array;
+  draft: { token: number; probs: Float32Array | null } | null = null;
+  finishReason: FinishReason | null = null;
+  drafted = 0;
+  accepted = 0;
+  /** Logits at the last prompt position (kept only when asked for). */
+  promptLogits: Float32Array | null = null;
+  /** MTP logits at the last prompt position fed the first generated token (kept only when asked for). */
+  promptMtpLogits: Float32Array | null = null;
+  private readonly stopIds: ReadonlySet<number>;
+
+  constructor(id: string, prompt: readonly number[], params: GenerationParams, vocabSize: number, hidden: number, eosIds: readonly number[]) {
+    this.id = id;
+    this.prompt = prompt;
+    this.params = params;
+    this.sampler = new Sampler(vocabSize, params, new Rng(params.seed));
+    this.lastHidden = new Float32Array(hidden);
+    this.stopIds = new Set([...(params.stopTokenIds ?? []), ...(params.ignoreEos ? [] : eosIds)]);
+  }
+
+  get finished(): boolean {
+    return this.finishReason !== null;
+  }
+
+  /** Append tokens produced by a step, stopping at a stop id or max_tokens; returns what was accepted. */
+  emit(tokens: readonly EmittedToken[]): EmittedToken[] {
+    const out: EmittedToken[] = [];
+    for (const t of tokens) {
+      if (this.finished) break;
+      this.output.push(t);
+      out.push(t);
+      if (this.stopIds.has(t.id)) this.finishReason = "stop";
+      else if (this.output.length >= this.params.maxTokens) this.finishReason = "length";
+    }
+    return out;
+  }
+}
+
+export interface StepResult {
+  readonly seq: Sequence;
+  /** Tokens this call added to the sequence's output (already cut at a stop). */
+  readonly tokens: EmittedToken[];
+}
+
+export class Engine {
+  readonly model: DeepseekModel;
+  readonly cache: PagedLatentCache;
+  readonly prefillChunk: number;
+  readonly speculative: boolean;
+  /** Totals over all sequences. */
+  drafted = 0;
+  accepted = 0;
+  private readonly probsTarget: Float32Array[];
+  private readonly probsDraft: Float32Array;
+
+  constructor(model: DeepseekModel, opts: EngineOptions = {}) {
+    this.model = model;
+    const c = model.config;
+    this.cache = new PagedLatentCache({
+      numLayers: model.cacheLayers,
+      latentDim: c.latentDim,
+      blockSize: opts.blockSize ?? 16,
+      numBlocks: opts.numBlocks ?? 1024,
+    });
+    this.prefillChunk = opts.prefillChunk ?? 256;
+    this.speculative = (opts.speculative ?? true) && model.hasMtp;
+    this.probsTarget = [new Float32Array(c.vocabSize), new Float32Array(c.vocabSize)];
+    this.probsDraft = new Float32Array(c.vocabSize);
+  }
+
+  /** Validate a request and make its sequence (no cache is taken until prefill). */
+  newSequence(id: string, prompt: readonly number[], params: GenerationParams): Sequence {
+    const c = this.model.config;
+    validateSamplingParams(params);
+    if (!(Number.isInteger(params.maxTokens) && params.maxTokens >= 1)) {
+      throw new InvalidArgumentError(`max_tokens must be a positive integer, got ${params.maxTokens}`);
+    }
+    if (prompt.length === 0) throw new InvalidArgumentError("the prompt is empty");
+    for (const id of prompt) {
+      if (!(Number.isInteger(id) && id >= 0 && id < c.vocabSize)) {
+        throw new InvalidArgumentError(`prompt token id ${id} is outside the vocabulary of ${c.vocabSize}`);
+      }
+    }
+    if (prompt.length + params.maxTokens > c.maxPositionEmbeddings) {
+      throw new InvalidArgumentError(
+        `prompt (${prompt.length} tokens) + max_tokens (${params.maxTokens}) exceeds the model's ${c.maxPositionEmbeddings} positions`,
+      );
+    }
+    const n = params.topLogprobs ?? 0;
+    if (!(Number.isInteger(n) && n >= 0 && n <= c.vocabSize)) {
+      throw new InvalidArgumentError(`top logprobs must be an integer in [0, ${c.vocabSize}], got ${n}`);
+    }
+    return new Sequence(id, prompt, params, c.vocabSize, c.hiddenSize, c.eosTokenIds);
+  }
+
+  /** Blocks a sequence will need at most (prompt + output + one speculative row). */
+  blocksNeeded(promptLength: number, maxTokens: number): number {
+    return this.cache.blocksFor(promptLength + maxTokens + 1);
+  }
+
+  /** Return a sequence's KV blocks to the pool (finish, cancel, failure). Idempotent. */
+  release(seq: Sequence): void {
+    if (seq.blockTable.length > 0) this.cache.free(seq.blockTable.splice(0));
+  }
+
+  /**
+   * Chunked prefill of new sequences (decompressed attention); samples each one's first token and, with
+   * speculation, runs the MTP head over the prompt to draft the second. `keepLogits` keeps the last prompt
+   * position's logits and MTP logits on the sequence.
+   */
+  async prefill(seqs: readonly Sequence[], opts: { keepLogits?: boolean; kvSink?: import("./ports.js").KvSink } = {}): Promise<StepResult[]> {
+    const m = this.model;
+    const hd = m.config.hiddenSize;
+    for (const s of seqs) {
+      if (s.mainLen !== 0) throw new Error(`sequence ${s.id} is already prefilled`);
+      this.cache.ensureCapacity(s.blockTable, s.prompt.length + 1);
+    }
+    const hiddenRows = seqs.map((s) => new Float32Array(s.prompt.length * hd)); // per seq [L, hidden]
+    const lastLogits = new Map<Sequence, Float32Array>();
+    for (let done = 0; ; done += this.prefillChunk) {
+      const active = seqs.filter((s) => done < s.prompt.length);
+      if (active.length === 0) break;
+      const batch = active.map((s) => {
+        const end = Math.min(s.prompt.length, done + this.prefillChunk);
+        return { blockTable: s.blockTable, start: done, tokens: s.prompt.slice(done, end), logits: end === s.prompt.length ? ("last" as const) : ("none" as const) };
+      });
+      const r = await m.forward(this.cache, batch, { attention: "decompressed", ...(opts.kvSink ? { kvSink: opts.kvSink } : {}) });
+      active.forEach((s, i) => {
+        const b = batch[i]!;
+        hiddenRows[seqs.indexOf(s)]!.set(r.hidden.subarray(r.tokenRow[i]! * hd, (r.tokenRow[i]! + b.tokens.length) * hd), done * hd);
+        if (r.logitRow[i]! >= 0) lastLogits.set(s, this.logitsRow(r, r.logitRow[i]!).slice());
+      });
+    }
+    const results: StepResult[] = [];
+    for (let i = 0; i < seqs.length; i++) {
+      const s = seqs[i]!;
+      const L = s.prompt.length;
+      const logits = lastLogits.get(s)!;
+      const first = s.sampler.sample(logits);
+      s.mainLen = L;
+      s.pending = first;
+      s.lastHidden.set(hiddenRows[i]!.subarray((L - 1) * hd, L * hd));
+      if (opts.keepLogits) s.promptLogits = logits;
+      results.push({ seq: s, tokens: s.emit([this.token(s, logits, first)]) });
+    }
+    // MTP over the prompt: position p is fed token p + 1 (the first generated token at p = L - 1).
+    const wantMtp = this.speculative || (opts.keepLogits === true && m.hasMtp);
+    if (wantMtp) {
+      for (let done = 0; ; done += this.prefillChunk) {
+        const active = seqs.filter((s) => done < s.prompt.length);
+        if (active.length === 0) break;
+        const batch = active.map((s) => {
+          const L = s.prompt.length;
+          const end = Math.min(L, done + this.prefillChunk);
+          const next = [...s.prompt.slice(done + 1, Math.min(end + 1, L)), ...(end === L ? [s.pending] : [])];
+          return {
+            blockTable: s.blockTable,
+            start: done,
+            tokens: next,
+            logits: end === L ? ("last" as const) : ("none" as const),
+            hidden: hiddenRows[seqs.indexOf(s)]!,
+            hiddenOff: done * hd,
+          };
+        });
+        const r = await m.forwardMtp(this.cache, batch, { attention: "decompressed", ...(opts.kvSink ? { kvSink: opts.kvSink } : {}) });
+        active.forEach((s, i) => {
+          if (r.logitRow[i]! < 0) return;
+          const row = this.logitsRow(r, r.logitRow[i]!);
+          if (opts.keepLogits) s.promptMtpLogits = row.slice();
+          if (this.speculative && !s.finished) this.setDraft(s, row);
+        });
+      }
+    }
+    return results;
+  }
+
+  /** One decode step for a batch of prefilled, unfinished sequences (absorbed attention). */
+  async step(seqs: readonly Sequence[]): Promise<StepResult[]> {
+    const m = this.model;
+    const hd = m.config.hiddenSize;
+    for (const s of seqs) {
+      if (s.pending < 0 || s.finished) throw new Error(`sequence ${s.id} cannot step (not prefilled or finished)`);
+      this.cache.ensureCapacity(s.blockTable, s.mainLen + 2);
+    }
+    const batch = seqs.map((s) => ({
+      blockTable: s.blockTable,
+      start: s.mainLen,
+      tokens: s.draft ? [s.pending, s.draft.token] : [s.pending],
+      logits: "all" as const,
+    }));
+    const r = await m.forward(this.cache, batch, { attention: "absorbed" });
+    const results: StepResult[] = [];
+    const mtpBatch: { seq: Sequence; start: number; tokens: number[]; hiddenOff: number }[] = [];
+    seqs.forEach((s, i) => {
+      const row0 = this.logitsRow(r, r.logitRow[i]!);
+      const h0 = r.tokenRow[i]! * hd;
+      let produced: EmittedToken[];
+      const start = s.mainLen;
+      if (s.draft) {
+        const row1 = this.logitsRow(r, r.logitRow[i]! + 1);
+        const d = s.draft.token;
+        let acceptedDraft: boolean;
+        let next: number;
+        if (s.sampler.greedy) {
+          acceptedDraft = argmax(row0) === d;
+          next = acceptedDraft ? argmax(row1) : argmax(row0);
+        } else {
+          s.sampler.probs(row0, this.probsTarget[0]!);
+          s.sampler.probs(row1, this.probsTarget[1]!);
+          const v = verifyDraft({ draftTokens: [d], draftProbs: [s.draft.probs!], targetProbs: this.probsTarget, rng: s.sampler.rng });
+          acceptedDraft = v.accepted === 1;
+          next = v.tokens[v.tokens.length - 1]!;
+        }
+        s.drafted++;
+        this.drafted++;
+        if (acceptedDraft) {
+          s.accepted++;
+          this.accepted++;
+          produced = [this.token(s, row0, d), this.token(s, row1, next)];
+          s.mainLen += 2;
+          s.lastHidden.set(r.hidden.subarray(h0 + hd, h0 + 2 * hd));
+          mtpBatch.push({ seq: s, start, tokens: [d, next], hiddenOff: h0 });
+        } else {
+          produced = [this.token(s, row0, next)];
+          s.mainLen += 1;
+          s.lastHidden.set(r.hidden.subarray(h0, h0 + hd));
+          mtpBatch.push({ seq: s, start, tokens: [next], hiddenOff: h0 });
+        }
+        s.pending = next;
+      } else {
+        const next = s.sampler.sample(row0);
+        produced = [this.token(s, row0, next)];
+        s.mainLen += 1;
+        s.lastHidden.set(r.hidden.subarray(h0, h0 + hd));
+        s.pending = next;
+      }
+      results.push({ seq: s, tokens: s.emit(produced) });
+    });
+    const drafting = mtpBatch.filter((b) => !b.seq.finished);
+    if (drafting.length > 0) {
+      const mr = await m.forwardMtp(
+        this.cache,
+        drafting.map((b) => ({ blockTable: b.seq.blockTable, start: b.start, tokens: b.tokens, logits: "last" as const, hidden: r.hidden, hiddenOff: b.hiddenOff })),
+        { attention: "absorbed" },
+      );
+      drafting.forEach((b, i) => this.setDraft(b.seq, this.logitsRow(mr, mr.logitRow[i]!)));
+    }
+    for (const b of mtpBatch) if (b.seq.finished) b.seq.draft = null;
+    return results;
+  }
+
+  /** Prefill then step until done; yields tokens as they are produced. */
+  async *generate(seq: Sequence, opts: { keepLogits?: boolean } = {}): AsyncGenerator<EmittedToken> {
+    try {
+      for (const r of await this.prefill([seq], opts)) yield* r.tokens;
+      while (!seq.finished) for (const r of await this.step([seq])) yield* r.tokens;
+    } finally {
+      this.release(seq);
+    }
+  }
+
+  private setDraft(s: Sequence, mtpLogits: Float32Array): void {
+    if (s.sampler.greedy) {
+      s.draft = { token: argmax(mtpLogits), probs: null };
+    } else {
+      const q = s.draft?.probs ?? new Float32Array(this.model.config.vocabSize);
+      s.sampler.probs(mtpLogits, q);
+      s.draft = { token: sampleFromProbs(q, s.sampler.rng), probs: q };
+    }
+  }
+
+  private logitsRow(r: ForwardResult, row: number): Float32Array {
+    const V = this.model.config.vocabSize;
+    return r.logits.subarray(row * V, (row + 1) * V);
+  }
+
+  private token(s: Sequence, logits: Float32Array, id: number): EmittedToken {
+    const n = s.params.topLogprobs ?? 0;
+    return { id, logprob: tokenLogprob(logits, id), top: n > 0 ? topLogprobs(logits, n) : null };
+  }
+}
+
+/** log_softmax(logits)[id] in float64. */
+export function tokenLogprob(logits: Float32Array, id: number): number {
+  let m = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i]! > m) m = logits[i]!;
+  let z = 0;
+  for (let i = 0; i < logits.length; i++) z += Math.exp(logits[i]! - m);
+  return logits[id]! - m - Math.log(z);
+}

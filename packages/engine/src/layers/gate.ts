@@ -1,0 +1,135 @@
+/**
+ * The MoE router: which routed experts each token goes to, and with what weight.
+ *
+ * V3 (`noaux_tc`): scores = sigmoid(logits). The per-expert `e_score_correction_bias` is added only to
+ * CHOOSE experts (auxiliary-loss-free balancing), never to the weights. Experts form `n_group` groups;
+ * a group scores the sum of its top-2 biased scores; only the best `topk_group` groups are eligible
+ * (node-limited routing); top-k by biased score among eligible experts; weights are the unbiased scores,
+ * normalised when `norm_topk_prob`, then scaled by `routed_scaling_factor`.
+ * Ineligible experts are excluded outright (-inf, as DeepSeek's own inference code does) rather than
+ * set to 0.0 as HF transformers does: the two agree whenever biased scores are positive, and -inf keeps
+ * the node limit a guarantee.
+ * V2 (`greedy` / `group_limited_greedy`): scores = softmax(logits); plain top-k, or top-k within the best
+ * groups by group max; normalised when `norm_topk_prob` (and k > 1), otherwise scaled by
+ * `routed_scaling_factor` (the remote code applies the factor only when it does not normalise).
+ * Ties go to the lower expert id, so every path routes identically.
+ */
+import type { ModelConfig } from "../config.js";
+
+export interface RouterScratch {
+  scores: Float64Array; // [E] unbiased scores
+  choice: Float64Array; // [E] biased scores used for selection
+  groupScore: Float64Array; // [n_group]
+  groupOk: Uint8Array; // [n_group]
+}
+
+export function createRouterScratch(cfg: ModelConfig): RouterScratch {
+  return {
+    scores: new Float64Array(cfg.nRoutedExperts),
+    choice: new Float64Array(cfg.nRoutedExperts),
+    groupScore: new Float64Array(cfg.nGroup),
+    groupOk: new Uint8Array(cfg.nGroup),
+  };
+}
+
+/** Indices of the k largest values of a[0..n) where allowed(i), largest first, ties to the lower index. */
+function topkInto(a: Float64Array, n: number, k: number, out: Int32Array, outOff: number, allowed?: (i: number) => boolean): void {
+  let filled = 0;
+  for (let i = 0; i < n; i++) {
+    if (allowed && !allowed(i)) continue;
+    const v = a[i]!;
+    // insertion into the sorted prefix out[outOff .. outOff+filled)
+    let j = Math.min(filled, k);
+    while (j > 0 && a[out[outOff + j - 1]!]! < v) {
+      if (j < k) out[outOff + j] = out[outOff + j - 1]!;
+      j--;
+    }
+    if (j < k) {
+      out[outOff + j] = i;
+      if (filled < k) filled++;
+    }
+  }
+  if (filled < k) throw new Error(`router: only ${filled} eligible experts for top-${k}`);
+}
+
+/**
+ * Route T tokens. logits: [T, E] gate logits (x @ W_gate^T). ids/weights: [T, k] outputs.
+ */
+export function routeTokens(
+  cfg: ModelConfig,
+  logits: Float32Array,
+  T: number,
+  bias: Float32Array | null,
+  ids: Int32Array,
+  weights: Float32Array,
+  scratch: RouterScratch,
+): void {
+  const E = cfg.nRoutedExperts;
+  const k = cfg.numExpertsPerTok;
+  const G = cfg.nGroup;
+  const perGroup = E / G;
+  const { scores, choice, groupScore, groupOk } = scratch;
+  const groupIdx = new Int32Array(cfg.topkGroup);
+  for (let t = 0; t < T; t++) {
+    const lo = t * E;
+    if (cfg.scoringFunc === "sigmoid") {
+      for (let e = 0; e < E; e++) scores[e] = 1 / (1 + Math.exp(-logits[lo + e]!));
+    } else {
+      let m = -Infinity;
+      for (let e = 0; e < E; e++) m = Math.max(m, logits[lo + e]!);
+      let z = 0;
+      for (let e = 0; e < E; e++) {
+        const v = Math.exp(logits[lo + e]! - m);
+        scores[e] = v;
+        z += v;
+      }
+      for (let e = 0; e < E; e++) scores[e] = scores[e]! / z;
+    }
+    for (let e = 0; e < E; e++) choice[e] = scores[e]! + (cfg.topkMethod === "noaux_tc" && bias ? bias[e]! : 0);
+
+    let allowed: ((e: number) => boolean) | undefined;
+    if (cfg.topkMethod !== "greedy" && cfg.topkGroup < G) {
+      for (let g = 0; g < G; g++) {
+        let s: number;
+        if (cfg.topkMethod === "noaux_tc") {
+          // sum of the group's top-2 biased scores
+          let a = -Infinity;
+          let b = -Infinity;
+          for (let e = g * perGroup; e < (g + 1) * perGroup; e++) {
+            const v = choice[e]!;
+            if (v > a) {
+              b = a;
+              a = v;
+            } else if (v > b) b = v;
+          }
+          s = a + b;
+        } else {
+          s = -Infinity;
+          for (let e = g * perGroup; e < (g + 1) * perGroup; e++) s = Math.max(s, choice[e]!);
+        }
+        groupScore[g] = s;
+      }
+      topkInto(groupScore, G, cfg.topkGroup, groupIdx, 0);
+      groupOk.fill(0);
+      for (const g of groupIdx) groupOk[g] = 1;
+      allowed = (e) => groupOk[Math.floor(e / perGroup)] === 1;
+    }
+    const o = t * k;
+    topkInto(choice, E, k, ids, o, allowed);
+
+    let sum = 0;
+    for (let j = 0; j < k; j++) sum += scores[ids[o + j]!]!;
+    for (let j = 0; j < k; j++) {
+      let w = scores[ids[o + j]!]!;
+      if (cfg.modelType === "deepseek_v3") {
+        if (cfg.normTopkProb) w = w / (sum + 1e-20);
+        w *= cfg.routedScalingFactor;
+      } else if (k > 1 && cfg.normTopkProb) {
+        w = w / (sum + 1e-20);
+      } else {
+        w *= cfg.routedScalingFactor;
+      }
+      weights[o + j] = w;
+    }
+  }
+}

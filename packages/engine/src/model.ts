@@ -1,0 +1,414 @@
+/**
+ * The DeepSeek-V2/V3 forward pass over a paged latent KV cache, with exactly the semantics of Hugging Face
+ * transformers' DeepseekV3 (and the DeepSeek-V2 remote code): pre-norm blocks, MLA, dense/MoE FFN, final
+ * norm, lm_head, and the MTP head. Shapes are named as in the HF config:
+ *   T tokens in the call, H = num_attention_heads, dn = qk_nope_head_dim, dr = qk_rope_head_dim,
+ *   dv = v_head_dim, R = kv_lora_rank, D = R + dr (latent row), V = vocab.
+ *
+ * Two attention paths, one switch (`attention`):
+ *   - "decompressed" (prefill): per head, K_nope and V are rebuilt from the cached latents through kv_b_proj,
+ *     then ordinary causal attention.
+ *   - "absorbed" (decode): W_UK is folded into the query (q_nope -> latent space) and W_UV into the output,
+ *     so attention runs directly over the cached [c_kv | k_pe] rows; nothing per head is materialised.
+ * They compute the same function; tests hold them to it.
+ */
+import { isMoeLayer, parseModelConfig, type ModelConfig } from "./config.js";
+import { roundBf16 } from "./tensor/dtype.js";
+import { decodeRow, matmul, matvecRows, matvecTransposedRows, type WeightMatrix } from "./tensor/matrix.js";
+import { rmsNorm, rmsNormRows } from "./layers/rmsnorm.js";
+import { applyRotary, rotaryParams, rotaryTables, type RotaryParams } from "./layers/rope.js";
+import { createRouterScratch, routeTokens, type RouterScratch } from "./layers/gate.js";
+import { mlpForward } from "./layers/mlp.js";
+import { LocalExpertExecutor } from "./layers/moe.js";
+import type { PagedLatentCache } from "./kv-cache/paged-latent.js";
+import type { ExpertExecutor, KvSink } from "./ports.js";
+import { loadWeights, type BlockWeights, type LoadOptions, type ModelWeights, type MoeWeights } from "./weights.js";
+import { Workspace } from "./workspace.js";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { CheckpointError } from "@moela/core";
+
+export type AttentionPath = "absorbed" | "decompressed";
+/** Element type of cached (and transferred) latent KV rows. */
+export type KvDtype = "f32" | "bf16";
+
+/** One sequence's share of a forward call: `tokens` at positions [start, start + tokens.length). */
+export interface ForwardSeq {
+  readonly blockTable: readonly number[];
+  readonly start: number;
+  readonly tokens: ArrayLike<number>;
+  /** Which rows need logits. */
+  readonly logits: "none" | "last" | "all";
+}
+
+/** One sequence's share of an MTP call: the NEXT tokens and the main model's final-normed hidden rows. */
+export interface MtpSeq extends ForwardSeq {
+  /** [n, hidden] main hidden states after the final norm for positions [start, start + n). */
+  readonly hidden: Float32Array;
+  readonly hiddenOff: number;
+}
+
+export interface ForwardOptions {
+  readonly attention: AttentionPath;
+  readonly kvSink?: KvSink;
+}
+
+export interface ForwardResult {
+  /** [T, hidden] hidden states after the final norm (the MTP head's input). Reused by the next call. */
+  readonly hidden: Float32Array;
+  /** [rows, V] logits of the requested rows, in sequence order. Reused by the next call. */
+  readonly logits: Float32Array;
+  /** Per sequence: index of its first logits row (-1 when it asked for none). */
+  readonly logitRow: Int32Array;
+  /** Per sequence: index of its first token row in `hidden`. */
+  readonly tokenRow: Int32Array;
+}
+
+export interface ModelOptions extends LoadOptions {
+  /** Computes routed experts; defaults to this process's own experts. */
+  readonly experts?: ExpertExecutor;
+  /** Element type of latent KV rows (the precision profile's KV dtype). */
+  readonly kvDtype?: KvDtype;
+}
+
+export class DeepseekModel {
+  readonly config: ModelConfig;
+  readonly weights: ModelWeights;
+  /** Bytes of weights resident in memory. */
+  readonly weightBytes: number;
+  readonly rotary: RotaryParams;
+  readonly kvDtype: KvDtype;
+  private experts: ExpertExecutor;
+  private readonly ws = new Workspace();
+  private readonly router: RouterScratch;
+
+  constructor(config: ModelConfig, weights: ModelWeights, weightBytes: number, opts: ModelOptions = {}) {
+    this.config = config;
+    this.weights = weights;
+    this.weightBytes = weightBytes;
+    this.rotary = rotaryParams(config);
+    this.kvDtype = opts.kvDtype ?? "f32";
+    this.router = createRouterScratch(config);
+    this.experts = opts.experts ?? new LocalExpertExecutor(this.moeLayers(), config.hiddenSize, config.numExpertsPerTok, new Workspace());
+  }
+
+  /** Load config.json and the weights of a Hugging Face checkpoint folder. */
+  static load(dir: string, opts: ModelOptions = {}): DeepseekModel {
+    const config = readModelConfig(dir);
+    const { weights, bytes } = loadWeights(dir, config, opts);
+    return new DeepseekModel(config, weights, bytes, opts);
+  }
+
+  /** MoE weights by layer index (main layers and MTP blocks). */
+  moeLayers(): Map<number, MoeWeights> {
+    const m = new Map<number, MoeWeights>();
+    for (const b of [...this.weights.layers, ...this.weights.mtp.map((x) => x.block)]) if (b.moe) m.set(b.index, b.moe);
+    return m;
+  }
+
+  setExpertExecutor(e: ExpertExecutor): void {
+    this.experts = e;
+  }
+
+  get hasMtp(): boolean {
+    return this.weights.mtp.length > 0;
+  }
+
+  /** Number of cache layer slabs the model needs (main layers + loaded MTP layers). */
+  get cacheLayers(): number {
+    return this.config.numHiddenLayers + this.weights.mtp.length;
+  }
+
+  /** Main-model forward over the new tokens of each sequence; writes their latent KV into the cache. */
+  async forward(cache: PagedLatentCache, seqs: readonly ForwardSeq[], opts: ForwardOptions): Promise<ForwardResult> {
+    const c = this.config;
+    const hd = c.hiddenSize;
+    const T = this.countTokens(seqs);
+    const h = this.ws.f32("h", T * hd); // [T, hidden] residual stream
+    let t = 0;
+    for (const s of seqs) {
+      for (let j = 0; j < s.tokens.length; j++, t++) this.embedRow(this.weights.embed, s.tokens[j]!, h, t * hd);
+    }
+    for (const layer of this.weights.layers) await this.block(layer, cache, seqs, h, T, opts);
+    const hidden = this.ws.f32("final", T * hd); // [T, hidden]
+    rmsNormRows(h, T, hd, this.weights.norm, c.rmsNormEps, hidden);
+    return this.logitsFor(seqs, hidden, T, this.weights.lmHead, "logits");
+  }
+
+  /** MTP head forward (draft model): predicts the token after next for each position given. */
+  async forwardMtp(cache: PagedLatentCache, seqs: readonly MtpSeq[], opts: ForwardOptions): Promise<ForwardResult> {
+    const mtp = this.weights.mtp[0];
+    if (mtp === undefined) throw new Error("this checkpoint has no MTP layer");
+    const c = this.config;
+    const hd = c.hiddenSize;
+    const T = this.countTokens(seqs);
+    const cat = this.ws.f32("mtp.cat", T * 2 * hd); // [T, 2*hidden] = [enorm(embed(next)) ; hnorm(hidden)]
+    const e = this.ws.f32("mtp.e", hd);
+    let t = 0;
+    for (const s of seqs) {
+      for (let j = 0; j < s.tokens.length; j++, t++) {
+        // vLLM zeroes the embedding at position 0 (nothing precedes it to predict from).
+        if (s.start + j === 0) e.fill(0);
+        else this.embedRow(mtp.embed, s.tokens[j]!, e, 0);
+        rmsNorm(e, 0, hd, mtp.enorm, c.rmsNormEps, cat, t * 2 * hd);
+        rmsNorm(s.hidden, s.hiddenOff + j * hd, hd, mtp.hnorm, c.rmsNormEps, cat, t * 2 * hd + hd);
+      }
+    }
+    const h = this.ws.f32("mtp.h", T * hd); // [T, hidden]
+    matmul(mtp.ehProj, cat, T, h);
+    await this.block(mtp.block, cache, seqs, h, T, opts);
+    const normed = this.ws.f32("mtp.final", T * hd);
+    rmsNormRows(h, T, hd, mtp.headNorm, c.rmsNormEps, normed);
+    return this.logitsFor(seqs, normed, T, mtp.head, "mtp.logits");
+  }
+
+  private countTokens(seqs: readonly ForwardSeq[]): number {
+    let T = 0;
+    for (const s of seqs) {
+      if (s.tokens.length === 0) throw new RangeError("a sequence in a forward call has no tokens");
+      T += s.tokens.length;
+    }
+    return T;
+  }
+
+  private embedRow(embed: WeightMatrix, id: number, out: Float32Array, off: number): void {
+    if (!(Number.isInteger(id) && id >= 0 && id < this.config.vocabSize)) {
+      throw new RangeError(`token id ${id} is outside the vocabulary of ${this.config.vocabSize}`);
+    }
+    decodeRow(embed, id, out.subarray(off, off + this.config.hiddenSize));
+  }
+
+  private logitsFor(seqs: readonly ForwardSeq[], hidden: Float32Array, T: number, head: WeightMatrix, name: string): ForwardResult {
+    const hd = this.config.hiddenSize;
+    const logitRow = new Int32Array(seqs.length);
+    const tokenRow = new Int32Array(seqs.length);
+    let rows = 0;
+    let t = 0;
+    for (let i = 0; i < seqs.length; i++) {
+      const s = seqs[i]!;
+      tokenRow[i] = t;
+      t += s.tokens.length;
+      const n = s.logits === "none" ? 0 : s.logits === "last" ? 1 : s.tokens.length;
+      logitRow[i] = n > 0 ? rows : -1;
+      rows += n;
+    }
+    const sel = this.ws.f32(`${name}.sel`, rows * hd); // [rows, hidden]
+    let r = 0;
+    for (let i = 0; i < seqs.length; i++) {
+      const s = seqs[i]!;
+      const first = s.logits === "last" ? tokenRow[i]! + s.tokens.length - 1 : tokenRow[i]!;
+      const n = s.logits === "none" ? 0 : s.logits === "last" ? 1 : s.tokens.length;
+      sel.set(hidden.subarray(first * hd, (first + n) * hd), r * hd);
+      r += n;
+    }
+    const logits = this.ws.f32(name, rows * this.config.vocabSize); // [rows, V]
+    matmul(head, sel, rows, logits);
+    void T;
+    return { hidden, logits, logitRow, tokenRow };
+  }
+
+  /** One pre-norm decoder block, in place on the residual stream h: [T, hidden]. */
+  private async block(
+    b: BlockWeights,
+    cache: PagedLatentCache,
+    seqs: readonly ForwardSeq[],
+    h: Float32Array,
+    T: number,
+    opts: ForwardOptions,
+  ): Promise<void> {
+    const c = this.config;
+    const hd = c.hiddenSize;
+    const xn = this.ws.f32("xn", T * hd); // [T, hidden] normalised input
+    const y = this.ws.f32("y", T * hd); // [T, hidden] sub-layer output
+    rmsNormRows(h, T, hd, b.inputNorm, c.rmsNormEps, xn);
+    await this.attention(b, cache, seqs, xn, T, y, opts);
+    for (let i = 0; i < T * hd; i++) h[i] = h[i]! + y[i]!;
+    rmsNormRows(h, T, hd, b.postNorm, c.rmsNormEps, xn);
+    if (b.moe) await this.moe(b.index, b.moe, xn, T, y);
+    else mlpForward(b.mlp!, xn, T, y, this.ws);
+    for (let i = 0; i < T * hd; i++) h[i] = h[i]! + y[i]!;
+  }
+
+  private async moe(layer: number, moe: MoeWeights, xn: Float32Array, T: number, out: Float32Array): Promise<void> {
+    const c = this.config;
+    const hd = c.hiddenSize;
+    const k = c.numExpertsPerTok;
+    const gateLogits = this.ws.f32("gate.logits", T * c.nRoutedExperts); // [T, E]
+    const ids = this.ws.i32("gate.ids", T * k); // [T, k]
+    const weights = this.ws.f32("gate.weights", T * k); // [T, k]
+    matmul(moe.gate, xn, T, gateLogits);
+    routeTokens(c, gateLogits, T, moe.bias, ids, weights, this.router);
+    const routed = this.ws.f32("moe.routed", T * hd); // [T, hidden]
+    // Start the routed experts (remote in the disaggregated services), compute the shared expert meanwhile.
+    const pending = this.experts.runRouted(layer, xn, T, ids, weights, routed);
+    if (moe.shared) mlpForward(moe.shared, xn, T, out, this.ws);
+    else out.fill(0);
+    await pending;
+    // HF order: routed output + shared output.
+    for (let i = 0; i < T * hd; i++) out[i] = routed[i]! + out[i]!;
+  }
+
+  /** MLA over the paged latent cache; writes the new tokens' latents first. xn: [T, hidden] -> out: [T, hidden]. */
+  private async attention(
+    b: BlockWeights,
+    cache: PagedLatentCache,
+    seqs: readonly ForwardSeq[],
+    xn: Float32Array,
+    T: number,
+    out: Float32Array,
+    opts: ForwardOptions,
+  ): Promise<void> {
+    const c = this.config;
+    const a = b.attn;
+    const H = c.numHeads;
+    const dn = c.qkNopeHeadDim;
+    const dr = c.qkRopeHeadDim;
+    const dv = c.vHeadDim;
+    const dq = c.qkHeadDim;
+    const R = c.kvLoraRank;
+    const D = c.latentDim;
+    const half = dr / 2;
+
+    // Positions of the T tokens, and their rotary tables.
+    const pos = this.ws.i32("pos", T);
+    let t = 0;
+    for (const s of seqs) for (let j = 0; j < s.tokens.length; j++) pos[t++] = s.start + j;
+    const cos = this.ws.f64("rope.cos", T * half); // [T, dr/2]
+    const sin = this.ws.f64("rope.sin", T * half);
+    rotaryTables(this.rotary, pos, T, cos, sin);
+
+    // Queries: q = q_b_proj(q_a_layernorm(q_a_proj(x))) or q_proj(x). [T, H * dq], per head [q_nope | q_rope].
+    const q = this.ws.f32("q", T * H * dq);
+    if (a.qA !== null) {
+      const qa = this.ws.f32("qa", T * a.qA.w.rows); // [T, q_lora_rank]
+      matmul(a.qA.w, xn, T, qa);
+      addBias(qa, T, a.qA.bias);
+      rmsNormRows(qa, T, a.qA.w.rows, a.qANorm!, c.rmsNormEps, qa);
+      matmul(a.qB!, qa, T, q);
+    } else {
+      matmul(a.q!.w, xn, T, q);
+      addBias(q, T, a.q!.bias);
+    }
+    for (let i = 0; i < T; i++) for (let hh = 0; hh < H; hh++) applyRotary(q, (i * H + hh) * dq + dn, cos, sin, i, half);
+
+    // New latent rows: [c_kv | k_pe] = kv_a_proj_with_mqa(x); c_kv through kv_a_layernorm, k_pe roped. [T, D]
+    const lat = this.ws.f32("latent.new", T * D);
+    matmul(a.kvA.w, xn, T, lat);
+    addBias(lat, T, a.kvA.bias);
+    for (let i = 0; i < T; i++) {
+      rmsNorm(lat, i * D, R, a.kvANorm, c.rmsNormEps, lat, i * D);
+      applyRotary(lat, i * D + R, cos, sin, i, half);
+    }
+    if (this.kvDtype === "bf16") for (let i = 0; i < T * D; i++) lat[i] = roundBf16(lat[i]!);
+
+    const heads = this.ws.f32("attn.heads", T * H * dv); // [T, H * dv]
+    const scale = this.rotary.softmaxScale;
+    t = 0;
+    for (let si = 0; si < seqs.length; si++) {
+      const s = seqs[si]!;
+      const n = s.tokens.length;
+      cache.write(b.index, s.blockTable, s.start, n, lat, t * D);
+      if (opts.kvSink) await opts.kvSink.onLayer(b.index, si, s.start, n, lat.subarray(t * D, (t + n) * D));
+      const L = s.start + n;
+      const ctx = this.ws.f32("attn.ctx", L * D); // [L, D] the sequence's cached latents
+      cache.gather(b.index, s.blockTable, L, ctx);
+      const scores = this.ws.f64("attn.scores", L);
+      if (opts.attention === "absorbed") {
+        const qAbs = this.ws.f64("attn.qabs", R); // [R] q_nope folded through W_UK
+        const oLat = this.ws.f64("attn.olat", R); // [R] attention output in latent space
+        for (let j = 0; j < n; j++) {
+          const qi = t + j;
+          const upto = s.start + j + 1; // causal: positions [0, upto)
+          for (let hh = 0; hh < H; hh++) {
+            const qo = (qi * H + hh) * dq;
+            matvecTransposedRows(a.kvB, hh * (dn + dv), dn, q, qo, qAbs);
+            let m = -Infinity;
+            for (let p = 0; p < upto; p++) {
+              const po = p * D;
+              let sc = 0;
+              for (let r = 0; r < R; r++) sc += qAbs[r]! * ctx[po + r]!;
+              for (let r = 0; r < dr; r++) sc += q[qo + dn + r]! * ctx[po + R + r]!;
+              sc *= scale;
+              scores[p] = sc;
+              if (sc > m) m = sc;
+            }
+            let z = 0;
+            for (let p = 0; p < upto; p++) {
+              const e = Math.exp(scores[p]! - m);
+              scores[p] = e;
+              z += e;
+            }
+            oLat.fill(0);
+            for (let p = 0; p < upto; p++) {
+              const w = scores[p]! / z;
+              const po = p * D;
+              for (let r = 0; r < R; r++) oLat[r] = oLat[r]! + w * ctx[po + r]!;
+            }
+            matvecRows(a.kvB, hh * (dn + dv) + dn, dv, oLat, heads, (qi * H + hh) * dv);
+          }
+        }
+      } else {
+        const kv = this.ws.f32("attn.kv", L * (dn + dv)); // [L, dn + dv] one head's K_nope | V
+        for (let hh = 0; hh < H; hh++) {
+          matmul(a.kvB, ctx, L, kv, { xStride: D, r0: hh * (dn + dv), nRows: dn + dv });
+          for (let j = 0; j < n; j++) {
+            const qi = t + j;
+            const qo = (qi * H + hh) * dq;
+            const upto = s.start + j + 1;
+            let m = -Infinity;
+            for (let p = 0; p < upto; p++) {
+              const ko = p * (dn + dv);
+              let sc = 0;
+              for (let r = 0; r < dn; r++) sc += q[qo + r]! * kv[ko + r]!;
+              for (let r = 0; r < dr; r++) sc += q[qo + dn + r]! * ctx[p * D + R + r]!;
+              sc *= scale;
+              scores[p] = sc;
+              if (sc > m) m = sc;
+            }
+            let z = 0;
+            for (let p = 0; p < upto; p++) {
+              const e = Math.exp(scores[p]! - m);
+              scores[p] = e;
+              z += e;
+            }
+            const ho = (qi * H + hh) * dv;
+            for (let v = 0; v < dv; v++) {
+              let acc = 0;
+              for (let p = 0; p < upto; p++) acc += scores[p]! * kv[p * (dn + dv) + dn + v]!;
+              heads[ho + v] = acc / z;
+            }
+          }
+        }
+      }
+      t += n;
+    }
+    matmul(a.o.w, heads, T, out);
+    addBias(out, T, a.o.bias);
+  }
+}
+
+function addBias(y: Float32Array, T: number, bias: Float32Array | null): void {
+  if (bias === null) return;
+  const n = bias.length;
+  for (let t = 0; t < T; t++) for (let i = 0; i < n; i++) y[t * n + i] = y[t * n + i]! + bias[i]!;
+}
+
+/** Read and validate config.json of a checkpoint folder. */
+export function readModelConfig(dir: string): ModelConfig {
+  const file = join(dir, "config.json");
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    throw new CheckpointError(file, "cannot read config.json", undefined, { cause: err });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new CheckpointError(file, `not valid JSON: ${(err as Error).message}`, undefined, { cause: err });
+  }
+  return parseModelConfig(json);
+}
+
+export { isMoeLayer };

@@ -1,0 +1,25 @@
+/**
+ * Ports: what the engine needs from the outside, as interfaces. The engine never learns about the
+ * network; moe-dispatch and kv-transfer implement these for the disaggregated services, and the
+ * engine's own in-process implementations serve `moela generate` and the tests.
+ */
+
+/** Computes the routed experts of one MoE layer for a batch of tokens. */
+export interface ExpertExecutor {
+  /**
+   * out[t, :] = sum_j weights[t, j] * expert_{ids[t, j]}(x[t, :]) for t < T.
+   * layer: decoder layer index (the MTP block is layer num_hidden_layers).
+   * x: [T, hidden] the post-attention-normalised activations; ids/weights: [T, num_experts_per_tok];
+   * out: [T, hidden], overwritten.
+   */
+  runRouted(layer: number, x: Float32Array, T: number, ids: Int32Array, weights: Float32Array, out: Float32Array): Promise<void>;
+}
+
+/** Receives latent KV rows as soon as a layer of a forward call has written them (prefill streaming). */
+export interface KvSink {
+  /**
+   * rows: [n, latentDim] = [c_kv | k_pe] for positions [start, start + n) of sequence `seq` (index in the batch).
+   * The array is reused after the call returns: copy what you keep.
+   */
+  onLayer(layer: number, seq: number, start: number, n: number, rows: Float32Array): void | Promise<void>;
+}

@@ -1,0 +1,232 @@
+/**
+ * Model weights as the kernels use them, loaded from a Hugging Face checkpoint folder with every tensor
+ * checked against config.json. Linear weights stay compact (FP8 + block scales, BF16, F16 or F32);
+ * norms, biases and the router's correction bias become float32.
+ */
+import { CheckpointError } from "@moela/core";
+import { isMoeLayer, type ModelConfig } from "./config.js";
+import { CheckpointTensors, toFloat32, type TensorInfo } from "./safetensors/index.js";
+import { expectedScaleShape } from "./quant/fp8-block.js";
+import type { WeightMatrix } from "./tensor/matrix.js";
+
+export interface Linear {
+  readonly w: WeightMatrix;
+  readonly bias: Float32Array | null;
+}
+
+export interface MlpWeights {
+  readonly gate: WeightMatrix; // [inter, hidden]
+  readonly up: WeightMatrix; // [inter, hidden]
+  readonly down: WeightMatrix; // [hidden, inter]
+}
+
+export interface AttentionWeights {
+  readonly qA: Linear | null; // [q_lora_rank, hidden]
+  readonly qANorm: Float32Array | null; // [q_lora_rank]
+  readonly qB: WeightMatrix | null; // [heads * qk_head_dim, q_lora_rank]
+  readonly q: Linear | null; // [heads * qk_head_dim, hidden] when q_lora_rank is null
+  readonly kvA: Linear; // [kv_lora_rank + qk_rope_head_dim, hidden]
+  readonly kvANorm: Float32Array; // [kv_lora_rank]
+  readonly kvB: WeightMatrix; // [heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank]
+  readonly o: Linear; // [hidden, heads * v_head_dim]
+}
+
+export interface MoeWeights {
+  readonly gate: WeightMatrix; // [n_routed_experts, hidden]
+  readonly bias: Float32Array | null; // [n_routed_experts] e_score_correction_bias (V3)
+  /** Routed experts loaded in this process (null where another process holds them). */
+  readonly experts: ReadonlyArray<MlpWeights | null>;
+  readonly shared: MlpWeights | null; // intermediate = moe_intermediate_size * n_shared_experts
+}
+
+export interface BlockWeights {
+  readonly index: number;
+  readonly inputNorm: Float32Array; // [hidden]
+  readonly postNorm: Float32Array; // [hidden]
+  readonly attn: AttentionWeights;
+  readonly mlp: MlpWeights | null; // dense layers
+  readonly moe: MoeWeights | null; // MoE layers
+}
+
+export interface MtpWeights {
+  readonly embed: WeightMatrix; // [vocab, hidden] (the main embedding when the layer has none)
+  readonly enorm: Float32Array;
+  readonly hnorm: Float32Array;
+  readonly ehProj: WeightMatrix; // [hidden, 2 * hidden], input [enorm(embed) ; hnorm(hidden)]
+  readonly block: BlockWeights;
+  readonly headNorm: Float32Array;
+  readonly head: WeightMatrix; // [vocab, hidden]
+}
+
+export interface ModelWeights {
+  readonly embed: WeightMatrix; // [vocab, hidden]
+  readonly layers: readonly BlockWeights[];
+  readonly norm: Float32Array;
+  readonly lmHead: WeightMatrix; // [vocab, hidden]
+  readonly mtp: readonly MtpWeights[];
+}
+
+export interface LoadOptions {
+  /** Which routed experts to load (default: all). Expert-hosts load their shard, the attention side none. */
+  readonly routedExperts?: (layer: number, expert: number) => boolean;
+  /** Load the MTP layers when the checkpoint has them (default true). */
+  readonly mtp?: boolean;
+}
+
+/** Copy bytes into fresh memory aligned for the element type (also frees the file buffer for GC). */
+function copyAligned(bytes: Uint8Array): ArrayBuffer {
+  const buf = new ArrayBuffer(bytes.byteLength);
+  new Uint8Array(buf).set(bytes);
+  return buf;
+}
+
+export class WeightLoader {
+  private readonly ckpt: CheckpointTensors;
+  private readonly cfg: ModelConfig;
+  private residentBytes = 0;
+
+  constructor(ckpt: CheckpointTensors, cfg: ModelConfig) {
+    this.ckpt = ckpt;
+    this.cfg = cfg;
+  }
+
+  get bytes(): number {
+    return this.residentBytes;
+  }
+
+  has(name: string): boolean {
+    return this.ckpt.has(name);
+  }
+
+  private tensor(name: string, shape: readonly number[]): TensorInfo {
+    const t = this.ckpt.get(name);
+    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+      throw new CheckpointError(t.file, `shape [${t.shape.join(", ")}] contradicts config.json (expected [${shape.join(", ")}])`, name);
+    }
+    return t;
+  }
+
+  vector(name: string, n: number): Float32Array {
+    const v = toFloat32(this.tensor(name, [n]));
+    this.residentBytes += v.byteLength;
+    return v;
+  }
+
+  matrix(name: string, rows: number, cols: number): WeightMatrix {
+    const t = this.tensor(name, [rows, cols]);
+    let w: WeightMatrix;
+    switch (t.dtype) {
+      case "F32":
+        w = { kind: "f32", rows, cols, data: new Float32Array(copyAligned(t.bytes)) };
+        break;
+      case "F64":
+        w = { kind: "f32", rows, cols, data: toFloat32(t) };
+        break;
+      case "BF16":
+        w = { kind: "bf16", rows, cols, data: new Uint16Array(copyAligned(t.bytes)) };
+        break;
+      case "F16":
+        w = { kind: "f16", rows, cols, data: new Uint16Array(copyAligned(t.bytes)) };
+        break;
+      case "F8_E4M3": {
+        const scaleName = `${name}_scale_inv`;
+        if (!this.ckpt.has(scaleName)) {
+          throw new CheckpointError(t.file, `FP8 weight has no '${scaleName}' block scale tensor`, name);
+        }
+        const [br, bc] = this.cfg.fp8BlockSize ?? [128, 128];
+        const s = this.tensor(scaleName, expectedScaleShape(rows, cols, br, bc));
+        w = { kind: "fp8", rows, cols, data: new Uint8Array(copyAligned(t.bytes)), scaleInv: toFloat32(s), blockRows: br, blockCols: bc };
+        break;
+      }
+    }
+    this.residentBytes += w.kind === "fp8" ? w.data.byteLength + w.scaleInv.byteLength : w.data.byteLength;
+    return w;
+  }
+
+  linear(prefix: string, rows: number, cols: number): Linear {
+    const biasName = `${prefix}.bias`;
+    return { w: this.matrix(`${prefix}.weight`, rows, cols), bias: this.ckpt.has(biasName) ? this.vector(biasName, rows) : null };
+  }
+
+  mlp(prefix: string, inter: number): MlpWeights {
+    const h = this.cfg.hiddenSize;
+    return {
+      gate: this.matrix(`${prefix}.gate_proj.weight`, inter, h),
+      up: this.matrix(`${prefix}.up_proj.weight`, inter, h),
+      down: this.matrix(`${prefix}.down_proj.weight`, h, inter),
+    };
+  }
+
+  attention(prefix: string): AttentionWeights {
+    const c = this.cfg;
+    const h = c.hiddenSize;
+    const qOut = c.numHeads * c.qkHeadDim;
+    const lora = c.qLoraRank;
+    return {
+      qA: lora === null ? null : this.linear(`${prefix}.q_a_proj`, lora, h),
+      qANorm: lora === null ? null : this.vector(`${prefix}.q_a_layernorm.weight`, lora),
+      qB: lora === null ? null : this.matrix(`${prefix}.q_b_proj.weight`, qOut, lora),
+      q: lora === null ? this.linear(`${prefix}.q_proj`, qOut, h) : null,
+      kvA: this.linear(`${prefix}.kv_a_proj_with_mqa`, c.kvLoraRank + c.qkRopeHeadDim, h),
+      kvANorm: this.vector(`${prefix}.kv_a_layernorm.weight`, c.kvLoraRank),
+      kvB: this.matrix(`${prefix}.kv_b_proj.weight`, c.numHeads * (c.qkNopeHeadDim + c.vHeadDim), c.kvLoraRank),
+      o: this.linear(`${prefix}.o_proj`, h, c.numHeads * c.vHeadDim),
+    };
+  }
+
+  block(i: number, opts: LoadOptions): BlockWeights {
+    const c = this.cfg;
+    const p = `model.layers.${i}`;
+    const h = c.hiddenSize;
+    const moe = isMoeLayer(c, i);
+    const want = opts.routedExperts ?? (() => true);
+    return {
+      index: i,
+      inputNorm: this.vector(`${p}.input_layernorm.weight`, h),
+      postNorm: this.vector(`${p}.post_attention_layernorm.weight`, h),
+      attn: this.attention(`${p}.self_attn`),
+      mlp: moe ? null : this.mlp(`${p}.mlp`, c.intermediateSize),
+      moe: moe
+        ? {
+            gate: this.matrix(`${p}.mlp.gate.weight`, c.nRoutedExperts, h),
+            bias:
+              c.topkMethod === "noaux_tc" ? this.vector(`${p}.mlp.gate.e_score_correction_bias`, c.nRoutedExperts) : null,
+            experts: Array.from({ length: c.nRoutedExperts }, (_, e) =>
+              want(i, e) ? this.mlp(`${p}.mlp.experts.${e}`, c.moeIntermediateSize) : null,
+            ),
+            shared: c.nSharedExperts > 0 ? this.mlp(`${p}.mlp.shared_experts`, c.moeIntermediateSize * c.nSharedExperts) : null,
+          }
+        : null,
+    };
+  }
+}
+
+export function loadWeights(dir: string, cfg: ModelConfig, opts: LoadOptions = {}): { weights: ModelWeights; bytes: number } {
+  const ckpt = CheckpointTensors.open(dir);
+  const l = new WeightLoader(ckpt, cfg);
+  const c = cfg;
+  const h = c.hiddenSize;
+  const embed = l.matrix("model.embed_tokens.weight", c.vocabSize, h);
+  const layers = Array.from({ length: c.numHiddenLayers }, (_, i) => l.block(i, opts));
+  const norm = l.vector("model.norm.weight", h);
+  const lmHead = c.tieWordEmbeddings && !l.has("lm_head.weight") ? embed : l.matrix("lm_head.weight", c.vocabSize, h);
+  const mtp: MtpWeights[] = [];
+  if (opts.mtp !== false) {
+    for (let j = 0; j < c.numNextnPredictLayers; j++) {
+      const i = c.numHiddenLayers + j;
+      const p = `model.layers.${i}`;
+      // HF transformers drops the MTP weights when it saves; a checkpoint without them simply has no draft head.
+      if (!l.has(`${p}.eh_proj.weight`)) break;
+      mtp.push({
+        embed: l.has(`${p}.embed_tokens.weight`) ? l.matrix(`${p}.embed_tokens.weight`, c.vocabSize, h) : embed,
+        enorm: l.vector(`${p}.enorm.weight`, h),
+        hnorm: l.vector(`${p}.hnorm.weight`, h),
+        ehProj: l.matrix(`${p}.eh_proj.weight`, h, 2 * h),
+        block: l.block(i, opts),
+        headNorm: l.vector(`${p}.shared_head.norm.weight`, h),
+        head: l.has(`${p}.shared_head.head.weight`) ? l.matrix(`${p}.shared_head.head.weight`, c.vocabSize, h) : lmHead,
+      });
+    }
+  }
+  return { weights: { embed, layers, norm, lmHead, mtp }, bytes: l.bytes };
+}

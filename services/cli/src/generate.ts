@@ -1,0 +1,139 @@
+/** `moela generate`: load a checkpoint, run one request in this process, stream text or print JSON. */
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { InvalidArgumentError } from "@moela/core";
+import { DeepseekModel, Engine, type GenerationParams } from "@moela/engine";
+import { IncrementalDecoder, StopStringMatcher, Tokenizer, type ChatMessage } from "@moela/tokenizer";
+
+export interface GenerateCliOptions {
+  model: string;
+  prompt?: string;
+  promptIds?: number[];
+  chat?: string;
+  messages?: string;
+  maxTokens: number;
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  seed?: number;
+  stop: string[];
+  stopTokenIds?: number[];
+  ignoreEos?: boolean;
+  topLogprobs?: number;
+  logits?: boolean;
+  mtpLogits?: boolean;
+  speculative: boolean;
+  prefillChunk: number;
+  json?: boolean;
+}
+
+/** Sampling defaults from generation_config.json (as vLLM does), else temperature 1, top_p 1. */
+function generationDefaults(dir: string): { temperature: number; topP: number; topK: number } {
+  const file = join(dir, "generation_config.json");
+  let g: Record<string, unknown> = {};
+  if (existsSync(file)) {
+    try {
+      g = JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
+    } catch {
+      g = {};
+    }
+  }
+  const num = (k: string, d: number) => (typeof g[k] === "number" ? (g[k] as number) : d);
+  return { temperature: num("temperature", 1), topP: num("top_p", 1), topK: num("top_k", -1) };
+}
+
+function parseMessages(text: string): ChatMessage[] {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (err) {
+    throw new InvalidArgumentError(`--messages is not valid JSON: ${(err as Error).message}`);
+  }
+  if (!Array.isArray(v) || v.some((m) => typeof m !== "object" || m === null || typeof (m as ChatMessage).role !== "string")) {
+    throw new InvalidArgumentError('--messages must be a JSON array of {"role": ..., "content": ...} objects');
+  }
+  return v as ChatMessage[];
+}
+
+export async function runGenerate(o: GenerateCliOptions): Promise<number> {
+  const inputs = [o.prompt, o.promptIds, o.chat, o.messages].filter((x) => x !== undefined).length;
+  if (inputs !== 1) throw new InvalidArgumentError("give exactly one of --prompt, --prompt-ids, --chat, --messages");
+  if ((o.logits || o.mtpLogits) && !o.json) throw new InvalidArgumentError("--logits and --mtp-logits need --json");
+  const defaults = generationDefaults(o.model);
+  const model = DeepseekModel.load(o.model);
+  if (o.mtpLogits && !model.hasMtp) throw new InvalidArgumentError(`${o.model} has no MTP layer; --mtp-logits is not available`);
+  const needsTokenizer = o.promptIds === undefined || !o.json || o.stop.length > 0;
+  const tokenizer = needsTokenizer ? Tokenizer.fromDir(o.model) : null;
+
+  let prompt: number[];
+  if (o.promptIds !== undefined) prompt = o.promptIds;
+  else if (o.prompt !== undefined) prompt = tokenizer!.encode(o.prompt);
+  else prompt = tokenizer!.encodeChat(o.chat !== undefined ? [{ role: "user", content: o.chat }] : parseMessages(o.messages!));
+
+  const params: GenerationParams = {
+    temperature: o.temperature ?? defaults.temperature,
+    topP: o.topP ?? defaults.topP,
+    topK: o.topK ?? defaults.topK,
+    ...(o.seed !== undefined ? { seed: o.seed } : {}),
+    maxTokens: o.maxTokens,
+    stopTokenIds: o.stopTokenIds ?? [],
+    ignoreEos: o.ignoreEos ?? false,
+    topLogprobs: o.topLogprobs ?? (o.json ? 5 : 0),
+  };
+  const blockSize = 16;
+  const engine = new Engine(model, {
+    blockSize,
+    numBlocks: Math.ceil((prompt.length + o.maxTokens + 2) / blockSize) + 1,
+    prefillChunk: o.prefillChunk,
+    speculative: o.speculative,
+  });
+  const seq = engine.newSequence("cli", prompt, params);
+  const decoder = tokenizer ? new IncrementalDecoder(tokenizer) : null;
+  const stops = o.stop.length > 0 ? new StopStringMatcher(o.stop) : null;
+  let text = "";
+  const started = performance.now();
+  let firstAt = 0;
+  for await (const t of engine.generate(seq, { keepLogits: o.logits === true || o.mtpLogits === true })) {
+    if (firstAt === 0) firstAt = performance.now();
+    if (decoder === null) continue;
+    let delta = decoder.push(t.id);
+    if (stops) {
+      const m = stops.push(delta);
+      delta = m.text;
+      if (m.stopped) seq.finishReason = "stop";
+    }
+    text += delta;
+    if (!o.json) process.stdout.write(delta);
+    if (seq.finishReason === "stop" && stops?.stopped) break;
+  }
+  if (decoder && !stops?.stopped) {
+    let tail = decoder.flush();
+    if (stops) tail = stops.push(tail).text + (stops.stopped ? "" : stops.flush());
+    text += tail;
+    if (!o.json) process.stdout.write(tail);
+  }
+  const elapsed = (performance.now() - started) / 1000;
+  const tokens = seq.output.map((t) => t.id);
+  if (o.json) {
+    const out: Record<string, unknown> = {
+      token_ids: tokens,
+      top_logprobs: seq.output.map((t) => (t.top ?? []).map(([id, lp]) => [id, lp])),
+      logprobs: seq.output.map((t) => t.logprob),
+      finish_reason: seq.finishReason,
+      usage: { prompt_tokens: prompt.length, completion_tokens: tokens.length },
+      mtp: { drafted: seq.drafted, accepted: seq.accepted },
+    };
+    if (tokenizer) out.text = text;
+    if (o.logits) out.logits = Array.from(seq.promptLogits!);
+    if (o.mtpLogits) out.mtp_logits = Array.from(seq.promptMtpLogits!);
+    process.stdout.write(`${JSON.stringify(out)}\n`);
+  } else {
+    process.stdout.write("\n");
+    const rate = tokens.length / Math.max(elapsed, 1e-9);
+    const acc = seq.drafted > 0 ? `, MTP accepted ${seq.accepted}/${seq.drafted}` : "";
+    process.stderr.write(
+      `[${tokens.length} tokens in ${elapsed.toFixed(2)} s (${rate.toFixed(1)} tok/s), first after ${((firstAt - started) / 1000).toFixed(2)} s, finish: ${seq.finishReason}${acc}]\n`,
+    );
+  }
+  return 0;
+}
