@@ -1,0 +1,2 @@
+export { DeepseekModel, Engine, PagedLatentCache, type ForwardSeq } from "@moela/engine";
+export const ResourceExhaustedErrorName = "ResourceExhaustedError";
