@@ -1,0 +1,4 @@
+export * from "./names.js";
+export * from "./buckets.js";
+export * from "./registry.js";
+export * from "./server.js";

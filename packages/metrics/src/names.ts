@@ -1,0 +1,152 @@
+/**
+ * Every metric and label name of the platform, in one place. Names are
+ * moela_<component>_<what>[_<unit>]: counters end in _total, times are _seconds, sizes _bytes
+ * (base units only), and nothing but a counter ends in _total (so a capacity gauge is
+ * ..._capacity, not ..._total). test/unit/metrics/names.test.ts enforces these rules.
+ *
+ * Each entry: `name`, `kind`, `unit` (what one unit of the value is), `labels`, `help` (the
+ * # HELP line), and `buckets` (a bucket set of buckets.ts) for histograms. The comment above an
+ * entry says who records it and when. Which service exports which metric is in registry.ts.
+ */
+
+/** Every label name. Values stay low-cardinality except layer/expert (see expertHostExpertTokens). */
+export const LABEL = {
+  /** How a request, job or call ended: ok | error | cancelled | rejected | timeout. */
+  outcome: "outcome",
+  /** The API a request came in on: openai | grpc. */
+  api: "api",
+  /** Full gRPC method path, /moela.v1.Service/Method. */
+  method: "method",
+  /** gRPC status code name: OK, UNAVAILABLE, DEADLINE_EXCEEDED, ... */
+  code: "code",
+  /** Dispatch/combine codec name (moe-dispatch DISPATCH_CODECS): f32 | bf16 | fp8-tile | logfmt8. */
+  codec: "codec",
+  /** Model layer index of an MoE layer. */
+  layer: "layer",
+  /** Global routed-expert id within the layer. */
+  expert: "expert",
+  /** Why something happened (a retry, a failure, a reclaim); the values are listed on each metric. */
+  reason: "reason",
+} as const;
+
+export type LabelName = (typeof LABEL)[keyof typeof LABEL];
+
+export type MetricKind = "counter" | "gauge" | "histogram";
+export type BucketSet = "latency" | "tokens" | "batch" | "hosts";
+
+export interface MetricDef {
+  readonly name: string;
+  readonly kind: MetricKind;
+  readonly unit: "seconds" | "bytes" | "tokens" | "sequences" | "blocks" | "hosts" | "requests" | "jobs" | "calls" | "events";
+  readonly labels: readonly LabelName[];
+  readonly help: string;
+  readonly buckets?: BucketSet;
+}
+
+export const METRICS = {
+  // ---- every gRPC service (the rpc kit's interceptors) -------------------------------------
+  /** rpc server interceptor, when a call ends. */
+  rpcServerHandled: { name: "moela_rpc_server_handled_total", kind: "counter", unit: "calls", labels: ["method", "code"], help: "gRPC calls completed by this server, by method and status code." },
+  /** rpc server interceptor, when a call ends (unary: whole call; streaming: until the stream closes). */
+  rpcServerHandling: { name: "moela_rpc_server_handling_seconds", kind: "histogram", unit: "seconds", labels: ["method"], buckets: "latency", help: "Time from a gRPC call's arrival to its last response message." },
+  /** rpc client interceptor, when a call this process made ends. */
+  rpcClientHandled: { name: "moela_rpc_client_handled_total", kind: "counter", unit: "calls", labels: ["method", "code"], help: "gRPC calls made by this process, by method and status code." },
+  /** rpc client interceptor, when a call this process made ends. */
+  rpcClientHandling: { name: "moela_rpc_client_handling_seconds", kind: "histogram", unit: "seconds", labels: ["method"], buckets: "latency", help: "Time from starting a gRPC call to its last response message." },
+
+  // ---- router ------------------------------------------------------------------------------
+  /** router, once per request when its response ends; outcome ok | error | cancelled | rejected | timeout. */
+  routerRequests: { name: "moela_router_requests_total", kind: "counter", unit: "requests", labels: ["api", "outcome"], help: "Generation requests finished by the router, by API and outcome." },
+  /** router, read at scrape time: requests admitted and not yet finished. */
+  routerRequestsInFlight: { name: "moela_router_requests_in_flight", kind: "gauge", unit: "requests", labels: [], help: "Generation requests admitted and not yet finished." },
+  /** router, when the first generated token reaches the client stream. */
+  routerTimeToFirstToken: { name: "moela_router_time_to_first_token_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time from request arrival to the first generated token." },
+  /** router, for every generated token after the first. */
+  routerInterTokenLatency: { name: "moela_router_inter_token_latency_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time between consecutive generated tokens of one request." },
+  /** router, when a request finishes (any outcome). */
+  routerE2eLatency: { name: "moela_router_e2e_latency_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time from request arrival to its last token or error." },
+  /** router, once per admitted request. */
+  routerPromptTokens: { name: "moela_router_prompt_tokens_total", kind: "counter", unit: "tokens", labels: [], help: "Prompt tokens of admitted requests." },
+  /** router, per token streamed back. */
+  routerGenerationTokens: { name: "moela_router_generation_tokens_total", kind: "counter", unit: "tokens", labels: [], help: "Tokens generated and streamed to clients." },
+  /** router, read at scrape time from the prefill queue. */
+  routerQueueDepth: { name: "moela_router_queue_depth", kind: "gauge", unit: "jobs", labels: [], help: "Prefill jobs waiting in the queue." },
+  /** router, when a job leaves the queue for a prefill worker. */
+  routerQueueWait: { name: "moela_router_queue_wait_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time a prefill job waited in the queue before a worker took it." },
+  /** router, per retry or migration; reason prefill_failed | decode_unavailable | decode_failed | kv_transfer_failed. */
+  routerRetries: { name: "moela_router_retries_total", kind: "counter", unit: "events", labels: ["reason"], help: "Requests retried or migrated to another instance, by reason." },
+
+  // ---- prefill -----------------------------------------------------------------------------
+  /** prefill worker, when a job ends; outcome ok | error | cancelled. */
+  prefillJobs: { name: "moela_prefill_jobs_total", kind: "counter", unit: "jobs", labels: ["outcome"], help: "Prefill jobs finished, by outcome." },
+  /** prefill, per forward batch. */
+  prefillBatchSize: { name: "moela_prefill_batch_size", kind: "histogram", unit: "sequences", labels: [], buckets: "batch", help: "Sequences in one prefill forward batch." },
+  /** prefill, per forward batch. */
+  prefillBatchTokens: { name: "moela_prefill_batch_tokens", kind: "histogram", unit: "tokens", labels: [], buckets: "tokens", help: "Prompt tokens computed in one prefill forward batch." },
+  /** prefill, per forward batch: tokens actually computed (prefix-cache hits excluded). */
+  prefillTokens: { name: "moela_prefill_tokens_total", kind: "counter", unit: "tokens", labels: [], help: "Prompt tokens computed by prefill." },
+  /** prefill, per forward batch (one chunk of every sequence in it). */
+  prefillForward: { name: "moela_prefill_forward_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time of one prefill forward pass over a batch of chunks." },
+  /** prefill, per job: prompt tokens looked up in the prefix cache. */
+  prefillPrefixCacheQueries: { name: "moela_prefill_prefix_cache_queries_total", kind: "counter", unit: "tokens", labels: [], help: "Prompt tokens looked up in the prefix cache." },
+  /** prefill, per job: prompt tokens whose KV was found in the prefix cache. */
+  prefillPrefixCacheHits: { name: "moela_prefill_prefix_cache_hits_total", kind: "counter", unit: "tokens", labels: [], help: "Prompt tokens found in the prefix cache." },
+  /** kv-transfer sender in prefill, per layer frame sent. */
+  prefillKvTransferBytes: { name: "moela_prefill_kv_transfer_bytes_total", kind: "counter", unit: "bytes", labels: [], help: "Latent KV bytes sent to decode instances." },
+  /** kv-transfer sender in prefill, per request: first layer sent to last layer acknowledged. */
+  prefillKvTransferDuration: { name: "moela_prefill_kv_transfer_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time to transfer one request's latent KV to its decode instance." },
+  /** kv-transfer sender in prefill; reason unavailable | aborted | timeout | rejected. */
+  prefillKvTransferFailures: { name: "moela_prefill_kv_transfer_failures_total", kind: "counter", unit: "events", labels: ["reason"], help: "KV transfers that failed, by reason." },
+
+  // ---- decode ------------------------------------------------------------------------------
+  /** decode, read at scrape time from the scheduler. */
+  decodeRunningSequences: { name: "moela_decode_running_sequences", kind: "gauge", unit: "sequences", labels: [], help: "Sequences in the running decode batch." },
+  /** decode, read at scrape time: sequences whose KV arrived, waiting for a batch slot or blocks. */
+  decodeWaitingSequences: { name: "moela_decode_waiting_sequences", kind: "gauge", unit: "sequences", labels: [], help: "Sequences waiting to join the decode batch." },
+  /** decode, read at scrape time from the paged latent KV cache. */
+  decodeKvBlocksUsed: { name: "moela_decode_kv_blocks_used", kind: "gauge", unit: "blocks", labels: [], help: "Latent KV cache blocks in use." },
+  /** decode, read at scrape time; not ..._total because it is a gauge. */
+  decodeKvBlocksCapacity: { name: "moela_decode_kv_blocks_capacity", kind: "gauge", unit: "blocks", labels: [], help: "Latent KV cache blocks in the pool." },
+  /** decode, per engine step (one token per sequence, plus MTP drafts). */
+  decodeStep: { name: "moela_decode_step_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time of one decode step over the running batch." },
+  /** decode, per token emitted (accepted MTP drafts included). */
+  decodeGeneratedTokens: { name: "moela_decode_generated_tokens_total", kind: "counter", unit: "tokens", labels: [], help: "Tokens generated by this decode instance." },
+  /** decode, per MTP draft token proposed. */
+  decodeMtpDraftedTokens: { name: "moela_decode_mtp_drafted_tokens_total", kind: "counter", unit: "tokens", labels: [], help: "Tokens drafted by multi-token prediction." },
+  /** decode, per MTP draft token the main model confirmed. */
+  decodeMtpAcceptedTokens: { name: "moela_decode_mtp_accepted_tokens_total", kind: "counter", unit: "tokens", labels: [], help: "Drafted tokens accepted by verification." },
+  /** kv-transfer receiver in decode, per layer frame received. */
+  decodeKvReceivedBytes: { name: "moela_decode_kv_received_bytes_total", kind: "counter", unit: "bytes", labels: [], help: "Latent KV bytes received from prefill instances." },
+  /** kv-transfer receiver, read at scrape time: blocks held for transfers that neither finished nor were reclaimed. */
+  decodeKvStrandedBlocks: { name: "moela_decode_kv_stranded_blocks", kind: "gauge", unit: "blocks", labels: [], help: "KV blocks held by incomplete transfers whose sender went silent." },
+  /** kv-transfer receiver, per reclaim; reason timeout | aborted | sender_failed | checksum. */
+  decodeKvReclaims: { name: "moela_decode_kv_reclaims_total", kind: "counter", unit: "events", labels: ["reason"], help: "Reclaims of KV blocks from failed or abandoned transfers, by reason." },
+  /** kv-transfer receiver, per reclaim: the blocks it freed. */
+  decodeKvReclaimedBlocks: { name: "moela_decode_kv_reclaimed_blocks_total", kind: "counter", unit: "blocks", labels: ["reason"], help: "KV blocks freed by reclaims, by reason." },
+
+  // ---- MoE dispatch (the dispatcher inside prefill and decode) -----------------------------
+  /** dispatcher, per token per MoE layer: distinct expert-hosts its top-k reaches. */
+  moeDispatchHostsReached: { name: "moela_moe_dispatch_hosts_reached", kind: "histogram", unit: "hosts", labels: [], buckets: "hosts", help: "Expert-hosts one token's routed experts live on, per MoE layer." },
+  /** dispatcher, per dispatch call: encoded activation bytes sent. */
+  moeDispatchSentBytes: { name: "moela_moe_dispatch_sent_bytes_total", kind: "counter", unit: "bytes", labels: ["codec"], help: "Activation bytes sent to expert-hosts, by codec." },
+  /** dispatcher, per combine reply: encoded partial-sum bytes received. */
+  moeCombineReceivedBytes: { name: "moela_moe_combine_received_bytes_total", kind: "counter", unit: "bytes", labels: ["codec"], help: "Combine bytes received from expert-hosts, by codec." },
+  /** dispatcher, per MoE layer per micro-batch: first dispatch sent to last combine received. */
+  moeDispatchRoundTrip: { name: "moela_moe_dispatch_round_trip_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time of one MoE layer's dispatch and combine over all hosts." },
+
+  // ---- expert-host -------------------------------------------------------------------------
+  /** expert-host, per dispatch call: (token, expert) pairs computed, by layer. Always on. */
+  expertHostLayerTokens: { name: "moela_expert_host_layer_tokens_total", kind: "counter", unit: "tokens", labels: ["layer"], help: "Token-expert pairs computed, by MoE layer." },
+  /** expert-host, per dispatch call, only with perExpertSeries (layers x local experts series). */
+  expertHostExpertTokens: { name: "moela_expert_host_expert_tokens_total", kind: "counter", unit: "tokens", labels: ["layer", "expert"], help: "Tokens routed to each local expert, by layer and expert." },
+  /** expert-host, per dispatch call: rows in it. */
+  expertHostBatchTokens: { name: "moela_expert_host_batch_tokens", kind: "histogram", unit: "tokens", labels: [], buckets: "tokens", help: "Tokens in one dispatch call." },
+  /** expert-host, per dispatch call: encoded activation bytes received (dispatch in). */
+  expertHostReceivedBytes: { name: "moela_expert_host_received_bytes_total", kind: "counter", unit: "bytes", labels: ["codec"], help: "Dispatched activation bytes received, by codec." },
+  /** expert-host, per dispatch reply: encoded partial-sum bytes sent (combine out). */
+  expertHostSentBytes: { name: "moela_expert_host_sent_bytes_total", kind: "counter", unit: "bytes", labels: ["codec"], help: "Combine bytes sent back, by codec." },
+  /** expert-host, per dispatch call: decode, expert MLPs and weighted sum, transport excluded. */
+  expertHostCompute: { name: "moela_expert_host_compute_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time computing one dispatch call's experts." },
+} as const satisfies Record<string, MetricDef>;
+
+export type MetricKey = keyof typeof METRICS;

@@ -1,0 +1,158 @@
+/**
+ * One prom-client Registry per service, holding that service's metrics (names.ts) and, by
+ * default, prom-client's process/nodejs metrics. Nothing is registered in prom-client's global
+ * registry, so several services can share a process (tests, `npm start` in one process) without
+ * clashing. Accessors are typed from names.ts: `m.routerRequests.inc({ api: "openai", outcome: "ok" })`
+ * only compiles with exactly the labels the metric declares.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { InvalidArgumentError } from "@moela/core";
+import { BUCKETS } from "./buckets.js";
+import { METRICS, type MetricDef, type MetricKey } from "./names.js";
+
+export type ServiceName = "router" | "prefill" | "decode" | "expert-host";
+
+const RPC = ["rpcServerHandled", "rpcServerHandling", "rpcClientHandled", "rpcClientHandling"] as const;
+const MOE_DISPATCH = ["moeDispatchHostsReached", "moeDispatchSentBytes", "moeCombineReceivedBytes", "moeDispatchRoundTrip"] as const;
+
+/** Which metrics each service exports. */
+export const SERVICE_METRICS = {
+  router: [
+    ...RPC,
+    "routerRequests",
+    "routerRequestsInFlight",
+    "routerTimeToFirstToken",
+    "routerInterTokenLatency",
+    "routerE2eLatency",
+    "routerPromptTokens",
+    "routerGenerationTokens",
+    "routerQueueDepth",
+    "routerQueueWait",
+    "routerRetries",
+  ],
+  prefill: [
+    ...RPC,
+    ...MOE_DISPATCH,
+    "prefillJobs",
+    "prefillBatchSize",
+    "prefillBatchTokens",
+    "prefillTokens",
+    "prefillForward",
+    "prefillPrefixCacheQueries",
+    "prefillPrefixCacheHits",
+    "prefillKvTransferBytes",
+    "prefillKvTransferDuration",
+    "prefillKvTransferFailures",
+  ],
+  decode: [
+    ...RPC,
+    ...MOE_DISPATCH,
+    "decodeRunningSequences",
+    "decodeWaitingSequences",
+    "decodeKvBlocksUsed",
+    "decodeKvBlocksCapacity",
+    "decodeStep",
+    "decodeGeneratedTokens",
+    "decodeMtpDraftedTokens",
+    "decodeMtpAcceptedTokens",
+    "decodeKvReceivedBytes",
+    "decodeKvStrandedBlocks",
+    "decodeKvReclaims",
+    "decodeKvReclaimedBlocks",
+  ],
+  "expert-host": [
+    ...RPC,
+    "expertHostLayerTokens",
+    "expertHostExpertTokens",
+    "expertHostBatchTokens",
+    "expertHostReceivedBytes",
+    "expertHostSentBytes",
+    "expertHostCompute",
+  ],
+} as const satisfies Record<ServiceName, readonly MetricKey[]>;
+
+/** Metrics that exist only when switched on (high-cardinality series). */
+type OptionalKey = "expertHostExpertTokens";
+
+type Def<K extends MetricKey> = (typeof METRICS)[K];
+type LabelsOf<K extends MetricKey> = Def<K>["labels"][number];
+export type MetricOf<K extends MetricKey> = Def<K>["kind"] extends "counter"
+  ? Counter<LabelsOf<K>>
+  : Def<K>["kind"] extends "gauge"
+    ? Gauge<LabelsOf<K>>
+    : Histogram<LabelsOf<K>>;
+
+type KeysOf<S extends ServiceName> = (typeof SERVICE_METRICS)[S][number];
+
+/** Typed accessors of a service's metrics; switchable ones are undefined when off. */
+export type MetricsOf<S extends ServiceName> = {
+  readonly [K in KeysOf<S> as K extends OptionalKey ? never : K]: MetricOf<K>;
+} & {
+  readonly [K in KeysOf<S> as K extends OptionalKey ? K : never]?: MetricOf<K>;
+};
+
+/** Label-less gauges of a service: the ones a scrape-time callback can fill. */
+export type CollectableGauge<S extends ServiceName> = {
+  [K in KeysOf<S>]: Def<K>["kind"] extends "gauge" ? (Def<K>["labels"] extends readonly [] ? K : never) : never;
+}[KeysOf<S>];
+
+export interface ServiceMetricsOptions<S extends ServiceName> {
+  /** Register prom-client's default process and nodejs metrics (default true). */
+  defaultMetrics?: boolean;
+  /** expert-host: also export one series per (layer, expert) (default false: per layer only). */
+  perExpertSeries?: boolean;
+  /** Gauges read at scrape time: metric key -> current value (a throw fails that scrape). */
+  collect?: Partial<Record<CollectableGauge<S>, () => number | Promise<number>>>;
+}
+
+export interface ServiceMetrics<S extends ServiceName> {
+  readonly service: S;
+  readonly registry: Registry;
+  /** The service's metrics by key (names.ts). */
+  readonly m: MetricsOf<S>;
+}
+
+function isServiceName(s: string): s is ServiceName {
+  return Object.hasOwn(SERVICE_METRICS, s);
+}
+
+function build(def: MetricDef, registry: Registry, collect: (() => number | Promise<number>) | undefined) {
+  const base = { name: def.name, help: def.help, labelNames: [...def.labels], registers: [registry] };
+  switch (def.kind) {
+    case "counter":
+      return new Counter(base);
+    case "gauge":
+      return collect === undefined
+        ? new Gauge(base)
+        : new Gauge({
+            ...base,
+            async collect() {
+              this.set(await collect());
+            },
+          });
+    case "histogram":
+      return new Histogram({ ...base, buckets: [...BUCKETS[def.buckets ?? "latency"]] });
+  }
+}
+
+export function createServiceMetrics<S extends ServiceName>(service: S, options: ServiceMetricsOptions<S> = {}): ServiceMetrics<S> {
+  if (!isServiceName(service)) {
+    throw new InvalidArgumentError(`metrics: unknown service "${String(service)}"; known: ${Object.keys(SERVICE_METRICS).join(", ")}`);
+  }
+  const registry = new Registry();
+  if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry });
+  const collectors = (options.collect ?? {}) as Partial<Record<MetricKey, () => number | Promise<number>>>;
+  const keys: readonly MetricKey[] = SERVICE_METRICS[service];
+  for (const key of Object.keys(collectors)) {
+    const def: MetricDef | undefined = keys.includes(key as MetricKey) ? METRICS[key as MetricKey] : undefined;
+    if (def === undefined || def.kind !== "gauge" || def.labels.length > 0) {
+      throw new InvalidArgumentError(`metrics: collect.${key} is not a label-less gauge of ${service}`);
+    }
+  }
+  const m: Partial<Record<MetricKey, unknown>> = {};
+  for (const key of keys) {
+    if (key === "expertHostExpertTokens" && !options.perExpertSeries) continue;
+    m[key] = build(METRICS[key], registry, collectors[key]);
+  }
+  return { service, registry, m: m as MetricsOf<S> };
+}

@@ -1,0 +1,211 @@
+import { spawnSync } from "node:child_process";
+import { afterEach, describe, expect, it } from "vitest";
+import { InvalidArgumentError } from "@moela/core";
+import {
+  LATENCY_BUCKETS_SECONDS,
+  METRICS,
+  SERVICE_METRICS,
+  createServiceMetrics,
+  startMetricsServer,
+  type MetricsServer,
+  type ServiceMetrics,
+  type ServiceName,
+} from "@moela/metrics";
+
+interface Family {
+  type: string;
+  help: string;
+  samples: Array<{ name: string; labels: Record<string, string>; value: number }>;
+}
+
+/** Parses the Prometheus text format strictly enough to catch malformed output. */
+function parseExposition(text: string): Map<string, Family> {
+  const families = new Map<string, Family>();
+  const sampleRe = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/;
+  const labelRe = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)/gy;
+  expect(text.endsWith("\n")).toBe(true);
+  for (const line of text.split("\n")) {
+    if (line === "") continue;
+    const meta = /^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*) (.*)$/.exec(line);
+    if (meta) {
+      const [, what, name, rest] = meta as unknown as [string, string, string, string];
+      const fam = families.get(name) ?? { type: "", help: "", samples: [] };
+      if (what === "TYPE") {
+        expect(["counter", "gauge", "histogram", "summary", "untyped"]).toContain(rest);
+        fam.type = rest;
+      } else fam.help = rest;
+      families.set(name, fam);
+      continue;
+    }
+    const m = sampleRe.exec(line);
+    if (!m) throw new Error(`unparseable line: ${line}`);
+    const [, name, labelText, valueText] = m as unknown as [string, string, string | undefined, string];
+    const labels: Record<string, string> = {};
+    if (labelText) {
+      labelRe.lastIndex = 0;
+      let consumed = 0;
+      for (let lm = labelRe.exec(labelText); lm; lm = labelRe.exec(labelText)) {
+        labels[lm[1]!] = lm[2]!;
+        consumed = labelRe.lastIndex;
+      }
+      if (consumed !== labelText.length) throw new Error(`bad labels in: ${line}`);
+    }
+    // Prometheus parses values with Go's ParseFloat, which takes NaN in any case (prom-client writes "Nan").
+    const value = valueText === "+Inf" ? Infinity : valueText === "-Inf" ? -Infinity : /^nan$/i.test(valueText) ? NaN : Number(valueText);
+    if (Number.isNaN(value) && !/^nan$/i.test(valueText)) throw new Error(`bad value in: ${line}`);
+    const base = [name, name.replace(/_(bucket|sum|count)$/, "")].find((n) => families.has(n));
+    if (base === undefined) throw new Error(`sample without # TYPE: ${line}`);
+    families.get(base)!.samples.push({ name, labels, value });
+  }
+  return families;
+}
+
+const promtool = (() => {
+  const r = spawnSync("promtool", ["--version"], { encoding: "utf8" });
+  return r.error === undefined && r.status === 0;
+})();
+
+/** prom-client's default gauges named _total, the only findings promtool may report. */
+const ALLOWED_FINDINGS = ["nodejs_active_handles_total", "nodejs_active_requests_total", "nodejs_active_resources_total"];
+
+function exercise(sm: ServiceMetrics<ServiceName>): void {
+  // Touch every metric so each family has samples in the output.
+  for (const metric of Object.values(sm.m)) {
+    const labels = Object.fromEntries(((metric as unknown as { labelNames: string[] }).labelNames ?? []).map((l) => [l, "x"]));
+    if ("inc" in metric && !("set" in metric)) (metric as { inc(l: object, v: number): void }).inc(labels, 2);
+    else if ("set" in metric) (metric as { set(l: object, v: number): void }).set(labels, 3);
+    else (metric as { observe(l: object, v: number): void }).observe(labels, 0.02);
+  }
+}
+
+const SERVICES = Object.keys(SERVICE_METRICS) as ServiceName[];
+let server: MetricsServer | undefined;
+
+afterEach(async () => {
+  await server?.close();
+  server = undefined;
+});
+
+describe("createServiceMetrics", () => {
+  it.each(SERVICES)("%s: registers exactly its metrics plus the defaults", async (service) => {
+    const sm = createServiceMetrics(service, { perExpertSeries: true });
+    const names = (await sm.registry.getMetricsAsJSON()).map((m) => m.name);
+    const own = names.filter((n) => n.startsWith("moela_")).sort();
+    expect(own).toEqual(SERVICE_METRICS[service].map((k) => METRICS[k].name).sort());
+    expect(names).toContain("process_cpu_user_seconds_total");
+    expect(names).toContain("nodejs_eventloop_lag_seconds");
+  });
+
+  it("typed accessors record into the service's own registry only", async () => {
+    const a = createServiceMetrics("router", { defaultMetrics: false });
+    const b = createServiceMetrics("router", { defaultMetrics: false });
+    a.m.routerRequests.inc({ api: "openai", outcome: "ok" });
+    a.m.routerRequests.inc({ api: "openai", outcome: "ok" });
+    a.m.routerTimeToFirstToken.observe(0.3);
+    const textA = await a.registry.metrics();
+    expect(textA).toContain('moela_router_requests_total{api="openai",outcome="ok"} 2');
+    expect(textA).toContain('moela_router_time_to_first_token_seconds_bucket{le="0.5"} 1');
+    expect(await b.registry.metrics()).not.toContain('outcome="ok"');
+  });
+
+  it("per-expert series exist only when switched on", async () => {
+    const off = createServiceMetrics("expert-host", { defaultMetrics: false });
+    expect(off.m.expertHostExpertTokens).toBeUndefined();
+    expect(await off.registry.metrics()).not.toContain("moela_expert_host_expert_tokens_total");
+    const on = createServiceMetrics("expert-host", { defaultMetrics: false, perExpertSeries: true });
+    on.m.expertHostExpertTokens?.inc({ layer: 3, expert: 17 }, 5);
+    expect(await on.registry.metrics()).toContain('moela_expert_host_expert_tokens_total{layer="3",expert="17"} 5');
+  });
+
+  it("gauges with a collect callback are read at scrape time", async () => {
+    let depth = 4;
+    const sm = createServiceMetrics("router", { defaultMetrics: false, collect: { routerQueueDepth: async () => depth } });
+    expect(await sm.registry.metrics()).toContain("moela_router_queue_depth 4");
+    depth = 9;
+    expect(await sm.registry.metrics()).toContain("moela_router_queue_depth 9");
+  });
+
+  it("rejects a collect callback for something that is not a label-less gauge of the service", () => {
+    const bad = { collect: { routerRequests: () => 1 } } as unknown as Parameters<typeof createServiceMetrics<"router">>[1];
+    expect(() => createServiceMetrics("router", bad)).toThrow(InvalidArgumentError);
+    expect(() => createServiceMetrics("nope" as ServiceName)).toThrow(/known: router, prefill, decode, expert-host/);
+  });
+
+  it("latency histograms use the 1 ms .. 60 s buckets", async () => {
+    const sm = createServiceMetrics("decode", { defaultMetrics: false });
+    sm.m.decodeStep.observe(0.004);
+    const les = [...(await sm.registry.metrics()).matchAll(/moela_decode_step_seconds_bucket\{le="([^"]+)"\}/g)].map((x) => x[1]);
+    expect(les).toEqual([...LATENCY_BUCKETS_SECONDS.map(String), "+Inf"]);
+    expect(LATENCY_BUCKETS_SECONDS[0]).toBe(0.001);
+    expect(LATENCY_BUCKETS_SECONDS.at(-1)).toBe(60);
+  });
+});
+
+describe("startMetricsServer", () => {
+  it.each(SERVICES)("%s: /metrics over a real socket parses, with HELP and TYPE for every family", async (service) => {
+    const sm = createServiceMetrics(service, { perExpertSeries: true });
+    exercise(sm as ServiceMetrics<ServiceName>);
+    server = await startMetricsServer(sm.registry, { host: "127.0.0.1", port: 0 });
+    expect(server.url).toMatch(/^http:\/\/127\.0\.0\.1:[1-9][0-9]*\/metrics$/);
+    const res = await fetch(server.url);
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toMatch(/^text\/plain; version=0\.0\.4/);
+    const families = parseExposition(await res.text());
+    for (const key of SERVICE_METRICS[service]) {
+      const def = METRICS[key];
+      const fam = families.get(def.name);
+      expect(fam, def.name).toBeDefined();
+      expect(fam!.type).toBe(def.kind);
+      expect(fam!.help).toBe(def.help);
+      expect(fam!.samples.length).toBeGreaterThan(0);
+    }
+  });
+
+  it("answers 404 off /metrics and stops listening on close", async () => {
+    const sm = createServiceMetrics("router", { defaultMetrics: false });
+    const s = await startMetricsServer(sm.registry);
+    expect((await fetch(s.url.replace("/metrics", "/other"))).status).toBe(404);
+    expect((await fetch(s.url + "?x=1")).status).toBe(200);
+    await s.close();
+    await expect(fetch(s.url)).rejects.toThrow();
+  });
+
+  it("answers 500 with the message when a collector throws", async () => {
+    const sm = createServiceMetrics("decode", {
+      defaultMetrics: false,
+      collect: {
+        decodeKvBlocksUsed: () => {
+          throw new Error("kv cache gone");
+        },
+      },
+    });
+    server = await startMetricsServer(sm.registry);
+    const res = await fetch(server.url);
+    expect(res.status).toBe(500);
+    expect(await res.text()).toContain("kv cache gone");
+  });
+
+  it("rejects an impossible port", async () => {
+    await expect(startMetricsServer(createServiceMetrics("router").registry, { port: 70000 })).rejects.toThrow(InvalidArgumentError);
+  });
+
+  it.for(SERVICES)("%s: promtool check metrics passes (only the nodejs_active_*_total findings allowed)", async (service, ctx) => {
+    if (!promtool) {
+      console.warn("promtool not found (apt-get install -y prometheus brings it): skipping the promtool check only");
+      ctx.skip();
+      return;
+    }
+    const sm = createServiceMetrics(service, { perExpertSeries: true });
+    exercise(sm as ServiceMetrics<ServiceName>);
+    server = await startMetricsServer(sm.registry);
+    const body = await (await fetch(server.url)).text();
+    const r = spawnSync("promtool", ["check", "metrics"], { input: body, encoding: "utf8" });
+    const findings = (r.stdout + r.stderr).split("\n").filter((l) => l.trim() !== "");
+    if (r.status === 3) {
+      const others = findings.filter((l) => !ALLOWED_FINDINGS.some((n) => l.startsWith(n + " ")));
+      expect(others).toEqual([]);
+    } else {
+      expect({ status: r.status, findings }).toEqual({ status: 0, findings: [] });
+    }
+  });
+});
