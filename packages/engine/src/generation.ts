@@ -52,6 +52,23 @@ export interface EngineOptions {
   readonly speculative?: boolean;
 }
 
+/**
+ * Everything that continues a sequence elsewhere besides its KV rows (prefill -> decode hand-off, migration).
+ * The KV for positions [0, prompt.length + output.length - 1) of every cache layer travels separately.
+ */
+export interface SequenceSnapshot {
+  readonly id: string;
+  readonly prompt: readonly number[];
+  readonly params: GenerationParams;
+  /** Tokens emitted so far; the last one is `pending` (not yet in the KV). */
+  readonly output: readonly EmittedToken[];
+  readonly draft: { readonly token: number; readonly probs: Float32Array | null } | null;
+  /** The sampler's random state (Rng.state()). */
+  readonly rngState: readonly number[];
+  readonly drafted: number;
+  readonly accepted: number;
+}
+
 export class Sequence {
   readonly id: string;
   readonly params: GenerationParams;
@@ -76,17 +93,38 @@ export class Sequence {
   promptMtpLogits: Float32Array | null = null;
   private readonly stopIds: ReadonlySet<number>;
 
-  constructor(id: string, prompt: readonly number[], params: GenerationParams, vocabSize: number, hidden: number, eosIds: readonly number[]) {
+  constructor(
+    id: string,
+    prompt: readonly number[],
+    params: GenerationParams,
+    vocabSize: number,
+    hidden: number,
+    eosIds: readonly number[],
+    rng: Rng = new Rng(params.seed),
+  ) {
     this.id = id;
     this.prompt = prompt;
     this.params = params;
-    this.sampler = new Sampler(vocabSize, params, new Rng(params.seed));
+    this.sampler = new Sampler(vocabSize, params, rng);
     this.lastHidden = new Float32Array(hidden);
     this.stopIds = new Set([...(params.stopTokenIds ?? []), ...(params.ignoreEos ? [] : eosIds)]);
   }
 
   get finished(): boolean {
     return this.finishReason !== null;
+  }
+
+  snapshot(): SequenceSnapshot {
+    return {
+      id: this.id,
+      prompt: this.prompt,
+      params: this.params,
+      output: [...this.output],
+      draft: this.draft,
+      rngState: this.sampler.rng.state(),
+      drafted: this.drafted,
+      accepted: this.accepted,
+    };
   }
 
   /** Append tokens produced by a step, stopping at a stop id or max_tokens; returns what was accepted. */
@@ -136,7 +174,7 @@ export class Engine {
   }
 
   /** Validate a request and make its sequence (no cache is taken until prefill). */
-  newSequence(id: string, prompt: readonly number[], params: GenerationParams): Sequence {
+  newSequence(id: string, prompt: readonly number[], params: GenerationParams, rng?: Rng): Sequence {
     const c = this.model.config;
     validateSamplingParams(params);
     if (!(Number.isInteger(params.maxTokens) && params.maxTokens >= 1)) {
@@ -157,12 +195,36 @@ export class Engine {
     if (!(Number.isInteger(n) && n >= 0 && n <= c.vocabSize)) {
       throw new InvalidArgumentError(`top logprobs must be an integer in [0, ${c.vocabSize}], got ${n}`);
     }
-    return new Sequence(id, prompt, params, c.vocabSize, c.hiddenSize, c.eosTokenIds);
+    return new Sequence(id, prompt, params, c.vocabSize, c.hiddenSize, c.eosTokenIds, rng);
   }
 
   /** Blocks a sequence will need at most (prompt + output + one speculative row). */
   blocksNeeded(promptLength: number, maxTokens: number): number {
     return this.cache.blocksFor(promptLength + maxTokens + 1);
+  }
+
+  /** Take blocks for `tokens` positions (plus one speculative row); throws ResourceExhaustedError when full. */
+  reserveBlocks(tokens: number): number[] {
+    const table: number[] = [];
+    this.cache.ensureCapacity(table, tokens + 1);
+    return table;
+  }
+
+  /**
+   * Continue a sequence from a snapshot whose KV rows for [0, prompt + output - 1) are already in `blockTable`
+   * (all cache layers, MTP included). The sequence then steps exactly as it would have where it started.
+   */
+  restore(snap: SequenceSnapshot, blockTable: number[]): Sequence {
+    if (snap.output.length === 0) throw new InvalidArgumentError(`sequence ${snap.id} has no sampled token to continue from`);
+    const seq = this.newSequence(snap.id, snap.prompt, snap.params, Rng.fromState(snap.rngState));
+    seq.blockTable.push(...blockTable);
+    seq.emit(snap.output);
+    seq.mainLen = snap.prompt.length + snap.output.length - 1;
+    seq.pending = snap.output[snap.output.length - 1]!.id;
+    seq.draft = this.speculative ? snap.draft : null;
+    seq.drafted = snap.drafted;
+    seq.accepted = snap.accepted;
+    return seq;
   }
 
   /** Return a sequence's KV blocks to the pool (finish, cancel, failure). Idempotent. */

@@ -28,6 +28,12 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { CheckpointError } from "@moela/core";
 
+/**
+ * q_a_layernorm and kv_a_layernorm use RMSNorm's default eps in HF transformers and the V2 remote code
+ * (they are built without config.rms_norm_eps), so a checkpoint's rms_norm_eps does not reach them.
+ */
+const LATENT_NORM_EPS = 1e-6;
+
 export type AttentionPath = "absorbed" | "decompressed";
 /** Element type of cached (and transferred) latent KV rows. */
 export type KvDtype = "f32" | "bf16";
@@ -283,7 +289,7 @@ export class DeepseekModel {
       const qa = this.ws.f32("qa", T * a.qA.w.rows); // [T, q_lora_rank]
       matmul(a.qA.w, xn, T, qa);
       addBias(qa, T, a.qA.bias);
-      rmsNormRows(qa, T, a.qA.w.rows, a.qANorm!, c.rmsNormEps, qa);
+      rmsNormRows(qa, T, a.qA.w.rows, a.qANorm!, LATENT_NORM_EPS, qa);
       matmul(a.qB!, qa, T, q);
     } else {
       matmul(a.q!.w, xn, T, q);
@@ -296,7 +302,7 @@ export class DeepseekModel {
     matmul(a.kvA.w, xn, T, lat);
     addBias(lat, T, a.kvA.bias);
     for (let i = 0; i < T; i++) {
-      rmsNorm(lat, i * D, R, a.kvANorm, c.rmsNormEps, lat, i * D);
+      rmsNorm(lat, i * D, R, a.kvANorm, LATENT_NORM_EPS, lat, i * D);
       applyRotary(lat, i * D + R, cos, sin, i, half);
     }
     if (this.kvDtype === "bf16") for (let i = 0; i < T * D; i++) lat[i] = roundBf16(lat[i]!);

@@ -230,3 +230,32 @@ export function loadWeights(dir: string, cfg: ModelConfig, opts: LoadOptions = {
   }
   return { weights: { embed, layers, norm, lmHead, mtp }, bytes: l.bytes };
 }
+
+/** The routed experts of one shard: per MoE layer (main and MTP), experts by global id, null where not owned. */
+export interface ExpertShard {
+  readonly expertsByLayer: ReadonlyMap<number, ReadonlyArray<MlpWeights | null>>;
+  readonly bytes: number;
+}
+
+/**
+ * Load only routed experts (what an expert-host holds): no attention, no embeddings, and of the experts
+ * only those `owned` says. Experts not owned are never read from the files' tensors.
+ */
+export function loadExpertShard(dir: string, cfg: ModelConfig, owned: (layer: number, expert: number) => boolean): ExpertShard {
+  const ckpt = CheckpointTensors.open(dir);
+  const l = new WeightLoader(ckpt, cfg);
+  const expertsByLayer = new Map<number, ReadonlyArray<MlpWeights | null>>();
+  const mtpLayers = Array.from({ length: cfg.numNextnPredictLayers }, (_, j) => cfg.numHiddenLayers + j).filter((i) =>
+    l.has(`model.layers.${i}.eh_proj.weight`),
+  );
+  for (const i of [...Array.from({ length: cfg.numHiddenLayers }, (_, i) => i), ...mtpLayers]) {
+    if (!isMoeLayer(cfg, i)) continue;
+    expertsByLayer.set(
+      i,
+      Array.from({ length: cfg.nRoutedExperts }, (_, e) =>
+        owned(i, e) ? l.mlp(`model.layers.${i}.mlp.experts.${e}`, cfg.moeIntermediateSize) : null,
+      ),
+    );
+  }
+  return { expertsByLayer, bytes: l.bytes };
+}

@@ -3,7 +3,7 @@
  * and the kernel an expert-host runs over its shard.
  */
 import type { ExpertExecutor } from "../ports.js";
-import type { MoeWeights } from "../weights.js";
+import type { MlpWeights, MoeWeights } from "../weights.js";
 import type { Workspace } from "../workspace.js";
 import { mlpForward } from "./mlp.js";
 
@@ -13,7 +13,7 @@ import { mlpForward } from "./mlp.js";
  * process that holds the same experts produces the same bits. Tokens whose experts are all elsewhere get 0.
  */
 export function computeRoutedExperts(
-  moe: MoeWeights,
+  experts: ReadonlyArray<MlpWeights | null>,
   x: Float32Array,
   T: number,
   hidden: number,
@@ -24,7 +24,7 @@ export function computeRoutedExperts(
   ws: Workspace,
 ): void {
   out.fill(0, 0, T * hidden);
-  const E = moe.experts.length;
+  const E = experts.length;
   // Bucket (token, slot) pairs by expert with a counting sort: no per-call allocation.
   const counts = ws.i32("moe.counts", E + 1);
   counts.fill(0);
@@ -37,7 +37,7 @@ export function computeRoutedExperts(
   for (let e = 0; e < E; e++) {
     const n = counts[e + 1]! - counts[e]!;
     if (n === 0) continue;
-    const w = moe.experts[e];
+    const w = experts[e];
     if (w === null || w === undefined) throw new Error(`expert ${e} is not held by this process`);
     const xs = ws.f32("moe.x", n * hidden); // [n, hidden] the tokens routed to expert e
     const ys = ws.f32("moe.y", n * hidden); // [n, hidden]
@@ -72,6 +72,6 @@ export class LocalExpertExecutor implements ExpertExecutor {
   async runRouted(layer: number, x: Float32Array, T: number, ids: Int32Array, weights: Float32Array, out: Float32Array): Promise<void> {
     const moe = this.moeByLayer.get(layer);
     if (moe === undefined) throw new Error(`layer ${layer} has no routed experts`);
-    computeRoutedExperts(moe, x, T, this.hidden, ids, weights, this.k, out, this.ws);
+    computeRoutedExperts(moe.experts, x, T, this.hidden, ids, weights, this.k, out, this.ws);
   }
 }
