@@ -1,6 +1,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { fileURLToPath } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
 import { CheckpointTensors, dequantFp8Tensor, parseModelConfig, toFloat32 } from "@moela/engine";
 import { checkpointTensorSpecs, generateCheckpoint, resolveConfig, type GenerateOptions } from "../../../scripts/lib/tiny-checkpoint.js";
@@ -146,5 +147,14 @@ describe("tiny checkpoint generator", () => {
     expect([gen.bos_token_id, gen.eos_token_id]).toEqual([0, 1]);
     expect(tj.added_tokens[0].content).toBe("<｜begin▁of▁sentence｜>");
     expect(tj.added_tokens[1].content).toBe("<｜end▁of▁sentence｜>");
+  });
+
+  it("the committed models/tiny-v3 is byte-identical to what the generator writes for seed 0", () => {
+    const committed = fileURLToPath(new URL("../../../models/tiny-v3", import.meta.url));
+    const g = generateCheckpoint("tiny-v3", tmpDir(), 0);
+    const want = filesOf(committed);
+    const got = filesOf(g.dir);
+    expect([...got.keys()]).toEqual([...want.keys()]);
+    for (const [name, bytes] of want) expect(got.get(name)!.equals(bytes), `${name} differs: regenerate models/tiny-v3`).toBe(true);
   });
 });
