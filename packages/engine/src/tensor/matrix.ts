@@ -66,40 +66,199 @@ function rowScratch(cols: number): Float32Array {
   if (scratchRow.length < cols) scratchRow = new Float32Array(cols);
   return scratchRow;
 }
+let scratchRow64 = new Float64Array(1024);
+function rowScratch64(cols: number): Float64Array {
+  if (scratchRow64.length < cols) scratchRow64 = new Float64Array(cols);
+  return scratchRow64;
+}
+
+/**
+ * Decode row `r` into float64 (exact: an FP8 code times its float32 block scale fits a double), so the
+ * fused and the decode-once paths below multiply by identical values.
+ */
+function decodeRow64(w: WeightMatrix, r: number, out: Float64Array): void {
+  const cols = w.cols;
+  const base = r * cols;
+  switch (w.kind) {
+    case "f32": {
+      const d = w.data;
+      for (let c = 0; c < cols; c++) out[c] = d[base + c]!;
+      return;
+    }
+    case "bf16": {
+      const d = w.data;
+      for (let c = 0; c < cols; c++) out[c] = BF16_TO_F32[d[base + c]!]!;
+      return;
+    }
+    case "f16": {
+      const d = w.data;
+      for (let c = 0; c < cols; c++) out[c] = F16_TO_F32[d[base + c]!]!;
+      return;
+    }
+    case "fp8": {
+      const d = w.data;
+      const scaleCols = Math.ceil(cols / w.blockCols);
+      const srow = Math.floor(r / w.blockRows) * scaleCols;
+      for (let bc = 0; bc < scaleCols; bc++) {
+        const s = w.scaleInv[srow + bc]!;
+        const c1 = Math.min(cols, (bc + 1) * w.blockCols);
+        for (let c = bc * w.blockCols; c < c1; c++) out[c] = F8_E4M3_TO_F32[d[base + c]!]! * s;
+      }
+      return;
+    }
+  }
+}
+
+/**
+ * The one dot product every linear layer uses: four interleaved accumulators (element c goes to
+ * accumulator c mod 4), combined as (s0 + s1) + (s2 + s3). All paths share it, so a row's result is
+ * the same bits whichever path computed it.
+ */
+function dot64(row: Float64Array, x: Float32Array, xo: number, cols: number): number {
+  let s0 = 0;
+  let s1 = 0;
+  let s2 = 0;
+  let s3 = 0;
+  let c = 0;
+  for (; c + 3 < cols; c += 4) {
+    s0 += row[c]! * x[xo + c]!;
+    s1 += row[c + 1]! * x[xo + c + 1]!;
+    s2 += row[c + 2]! * x[xo + c + 2]!;
+    s3 += row[c + 3]! * x[xo + c + 3]!;
+  }
+  if (c < cols) s0 += row[c]! * x[xo + c]!;
+  if (c + 1 < cols) s1 += row[c + 1]! * x[xo + c + 1]!;
+  if (c + 2 < cols) s2 += row[c + 2]! * x[xo + c + 2]!;
+  return s0 + s1 + (s2 + s3);
+}
+
+/** dot64 with the row read straight from BF16 codes (bit-identical: BF16 values are exact in both). */
+function dotBf16(d: Uint16Array, base: number, x: Float32Array, xo: number, cols: number): number {
+  let s0 = 0;
+  let s1 = 0;
+  let s2 = 0;
+  let s3 = 0;
+  let c = 0;
+  const t = BF16_TO_F32;
+  for (; c + 3 < cols; c += 4) {
+    s0 += t[d[base + c]!]! * x[xo + c]!;
+    s1 += t[d[base + c + 1]!]! * x[xo + c + 1]!;
+    s2 += t[d[base + c + 2]!]! * x[xo + c + 2]!;
+    s3 += t[d[base + c + 3]!]! * x[xo + c + 3]!;
+  }
+  if (c < cols) s0 += t[d[base + c]!]! * x[xo + c]!;
+  if (c + 1 < cols) s1 += t[d[base + c + 1]!]! * x[xo + c + 1]!;
+  if (c + 2 < cols) s2 += t[d[base + c + 2]!]! * x[xo + c + 2]!;
+  return s0 + s1 + (s2 + s3);
+}
+
+/**
+ * dot64 with the row read straight from FP8 codes and block scales (bit-identical: code * scale is exact in a
+ * double). Needs blockCols % 4 == 0 so element c still lands in accumulator c mod 4.
+ */
+function dotFp8(
+  d: Uint8Array,
+  base: number,
+  scales: Float32Array,
+  srow: number,
+  blockCols: number,
+  x: Float32Array,
+  xo: number,
+  cols: number,
+): number {
+  let s0 = 0;
+  let s1 = 0;
+  let s2 = 0;
+  let s3 = 0;
+  const t = F8_E4M3_TO_F32;
+  for (let c0 = 0, bc = 0; c0 < cols; c0 += blockCols, bc++) {
+    const sc = scales[srow + bc]!;
+    const c1 = Math.min(cols, c0 + blockCols);
+    let c = c0;
+    for (; c + 3 < c1; c += 4) {
+      s0 += t[d[base + c]!]! * sc * x[xo + c]!;
+      s1 += t[d[base + c + 1]!]! * sc * x[xo + c + 1]!;
+      s2 += t[d[base + c + 2]!]! * sc * x[xo + c + 2]!;
+      s3 += t[d[base + c + 3]!]! * sc * x[xo + c + 3]!;
+    }
+    if (c < c1) s0 += t[d[base + c]!]! * sc * x[xo + c]!;
+    if (c + 1 < c1) s1 += t[d[base + c + 1]!]! * sc * x[xo + c + 1]!;
+    if (c + 2 < c1) s2 += t[d[base + c + 2]!]! * sc * x[xo + c + 2]!;
+  }
+  return s0 + s1 + (s2 + s3);
+}
+
+/** Up to this many tokens a row is read straight from its codes per token; beyond, decoded once. */
+const FUSED_MAX_T = 2;
+
+/** dot64 with the row read straight from F32 weights. */
+function dotF32(d: Float32Array, base: number, x: Float32Array, xo: number, cols: number): number {
+  let s0 = 0;
+  let s1 = 0;
+  let s2 = 0;
+  let s3 = 0;
+  let c = 0;
+  for (; c + 3 < cols; c += 4) {
+    s0 += d[base + c]! * x[xo + c]!;
+    s1 += d[base + c + 1]! * x[xo + c + 1]!;
+    s2 += d[base + c + 2]! * x[xo + c + 2]!;
+    s3 += d[base + c + 3]! * x[xo + c + 3]!;
+  }
+  if (c < cols) s0 += d[base + c]! * x[xo + c]!;
+  if (c + 1 < cols) s1 += d[base + c + 1]! * x[xo + c + 1]!;
+  if (c + 2 < cols) s2 += d[base + c + 2]! * x[xo + c + 2]!;
+  return s0 + s1 + (s2 + s3);
+}
 
 /**
  * y[t, r - r0] = sum_c w[r, c] * x[t, c] for t < T and r in [r0, r0 + nRows) (default: all rows).
  * x: [T, cols] starting at xOff with row stride xStride; y: [T, nRows] starting at yOff with row stride yStride.
- * Each weight row is decoded once and used by all T tokens.
+ * F32 and BF16 rows are read in place; FP8/F16 rows are decoded once (exactly, into float64) and used by all T tokens.
  */
 export function matmul(
   w: WeightMatrix,
   x: Float32Array,
   T: number,
   y: Float32Array,
-  { xOff = 0, xStride = w.cols, yOff = 0, yStride = -1, r0 = 0, nRows = w.rows }: MatmulLayout = {},
+  layout?: MatmulLayout,
 ): void {
   const cols = w.cols;
-  const ys = yStride < 0 ? nRows : yStride;
-  const row = w.kind === "f32" ? null : rowScratch(cols);
+  const xOff = layout?.xOff ?? 0;
+  const xStride = layout?.xStride ?? cols;
+  const yOff = layout?.yOff ?? 0;
+  const r0 = layout?.r0 ?? 0;
+  const nRows = layout?.nRows ?? w.rows;
+  const ys = layout?.yStride === undefined || layout.yStride < 0 ? nRows : layout.yStride;
+  if (w.kind === "f32") {
+    const d = w.data;
+    for (let i = 0; i < nRows; i++) {
+      const base = (r0 + i) * cols;
+      for (let t = 0; t < T; t++) y[yOff + t * ys + i] = dotF32(d, base, x, xOff + t * xStride, cols);
+    }
+    return;
+  }
+  if (w.kind === "bf16" && T <= FUSED_MAX_T) {
+    const d = w.data;
+    for (let i = 0; i < nRows; i++) {
+      const base = (r0 + i) * cols;
+      for (let t = 0; t < T; t++) y[yOff + t * ys + i] = dotBf16(d, base, x, xOff + t * xStride, cols);
+    }
+    return;
+  }
+  if (w.kind === "fp8" && T <= FUSED_MAX_T && w.blockCols % 4 === 0) {
+    const d = w.data;
+    const scaleCols = Math.ceil(cols / w.blockCols);
+    for (let i = 0; i < nRows; i++) {
+      const r = r0 + i;
+      const srow = Math.floor(r / w.blockRows) * scaleCols;
+      for (let t = 0; t < T; t++) y[yOff + t * ys + i] = dotFp8(d, r * cols, w.scaleInv, srow, w.blockCols, x, xOff + t * xStride, cols);
+    }
+    return;
+  }
+  const row = rowScratch64(cols);
   for (let i = 0; i < nRows; i++) {
-    const r = r0 + i;
-    let wr: Float32Array;
-    let wo: number;
-    if (row === null) {
-      wr = (w as { data: Float32Array }).data;
-      wo = r * cols;
-    } else {
-      decodeRow(w, r, row);
-      wr = row;
-      wo = 0;
-    }
-    for (let t = 0; t < T; t++) {
-      const xo = xOff + t * xStride;
-      let s = 0;
-      for (let c = 0; c < cols; c++) s += wr[wo + c]! * x[xo + c]!;
-      y[yOff + t * ys + i] = s;
-    }
+    decodeRow64(w, r0 + i, row);
+    for (let t = 0; t < T; t++) y[yOff + t * ys + i] = dot64(row, x, xOff + t * xStride, cols);
   }
 }
 
