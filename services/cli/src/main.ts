@@ -5,6 +5,8 @@
 import { Command, CommanderError, InvalidArgumentError as CommanderArgError } from "commander";
 import { MoelaError } from "@moela/core";
 import { runGenerate, type GenerateCliOptions } from "./generate.js";
+import { runServe } from "./serve.js";
+import { runCluster, type ClusterCliOptions } from "./cluster.js";
 
 function intArg(name: string) {
   return (v: string): number => {
@@ -34,11 +36,22 @@ function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
 }
 
+/** `--role R` / `--role=R` given after a service flag (commander passed it through): take it out. */
+function extractRole(flags: string[]): { role: string | undefined; serviceFlags: string[] } {
+  const i = flags.findIndex((f) => f === "--role" || f.startsWith("--role="));
+  if (i < 0) return { role: undefined, serviceFlags: flags };
+  const f = flags[i]!;
+  const role = f === "--role" ? flags[i + 1] : f.slice("--role=".length);
+  return { role, serviceFlags: flags.filter((_, j) => j !== i && !(f === "--role" && j === i + 1)) };
+}
+
 export function buildProgram(): Command {
   const program = new Command("moela")
     .description("Serve DeepSeek-V3-family models (MLA, DeepSeekMoE, MTP), disaggregated or in one process")
     .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s), writeOut: (s) => process.stdout.write(s) });
+    .configureOutput({ writeErr: (s) => process.stderr.write(s), writeOut: (s) => process.stdout.write(s) })
+    // lets `serve` hand every flag after --role to the service untouched
+    .enablePositionalOptions();
 
   program
     .command("generate")
@@ -64,6 +77,48 @@ export function buildProgram(): Command {
     .option("--json", "print one JSON object (token ids, logprobs, ...) instead of streaming text")
     .action(async (opts: GenerateCliOptions) => {
       process.exitCode = await runGenerate(opts);
+    });
+  program
+    .command("serve")
+    .description("run one service in this process; flags after --role go to the service (see its --help)")
+    .option("--role <role>", "router | prefill | decode | expert-host (required)")
+    .argument("[service-flags...]", "the service's own flags, e.g. --model DIR --grpc-address 127.0.0.1:0")
+    // --help after --role is the service's; without a role it is this command's
+    .helpOption(false)
+    .passThroughOptions()
+    .allowUnknownOption()
+    .action(async (flags: string[], opts: { role?: string }, cmd: Command) => {
+      const { role, serviceFlags } = opts.role !== undefined ? { role: opts.role, serviceFlags: flags } : extractRole(flags);
+      if (role === undefined) {
+        const asked = serviceFlags.some((f) => f === "--help" || f === "-h");
+        if (!asked) process.stderr.write("error: --role is required (moela serve --role ROLE [service flags...])\n\n");
+        (asked ? process.stdout : process.stderr).write(cmd.helpInformation());
+        process.exitCode = asked ? 0 : 2;
+        return;
+      }
+      process.exitCode = await runServe(role, serviceFlags);
+    });
+
+  program
+    .command("cluster")
+    .description("start the whole platform on this machine (what `npm start` runs); Ctrl-C stops it")
+    .option("--model <dir>", "checkpoint folder (default: the bundled models/tiny-v3)")
+    .option("--prefill <n>", "prefill instances", intArg("--prefill"), 1)
+    .option("--decode <n>", "decode instances", intArg("--decode"), 1)
+    .option("--expert-hosts <h>", "expert-host shards", intArg("--expert-hosts"), 2)
+    .option("--precision <p>", "exact | paper", "exact")
+    .option("--host <host>", "interface every service binds", "127.0.0.1")
+    .option("--port <port>", "router HTTP port (0 = any free one)", intArg("--port"), 8000)
+    .option("--redis-url <url>", "Redis to use (default: REDIS_URL, else 127.0.0.1:6379, else a private redis-server)")
+    .option("--queue-prefix <prefix>", "BullMQ queue prefix", "moela")
+    .option("--served-model-name <name>", "model name the API reports (default: the router's)")
+    .option("--state-dir <dir>", "where cluster.json and logs/ go", ".moela")
+    .option("--log-level <level>", "services' log level", "info")
+    .option("--startup-timeout <s>", "seconds to wait for everything to be up", intArg("--startup-timeout"), 180)
+    .option("--service-arg <role=arg>", "extra flag for every instance of a role, e.g. decode=--kv-blocks=64 (repeatable)", collect, [] as string[])
+    .option("--json", "when up, print cluster.json as one line on stdout instead of the summary")
+    .action(async (opts: ClusterCliOptions) => {
+      process.exitCode = await runCluster(opts);
     });
   return program;
 }

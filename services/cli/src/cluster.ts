@@ -1,0 +1,189 @@
+/**
+ * `moela cluster` (what `npm start` runs): the whole platform on this machine as real processes,
+ * through the launcher library (launcher.ts). Progress goes to stderr; when everything is up the
+ * URL, a curl example and the endpoint table go to stdout (or, with --json, cluster.json as one
+ * line), and the same lands in <state-dir>/cluster.json. Ctrl-C or SIGTERM stops everything and
+ * exits 0; a service that dies stops everything and exits 1 with its last log lines.
+ */
+import { relative } from "node:path";
+import { CancelledError, InvalidArgumentError, MoelaError } from "@moela/core";
+import {
+  DEFAULT_MODEL,
+  PRECISIONS,
+  ROLES,
+  ServiceStartError,
+  formatEndpointTable,
+  isRole,
+  startCluster,
+  type Cluster,
+  type ClusterInfo,
+  type Precision,
+  type ProgressEvent,
+  type Role,
+} from "./launcher.js";
+
+export interface ClusterCliOptions {
+  model?: string;
+  prefill: number;
+  decode: number;
+  expertHosts: number;
+  precision: string;
+  host: string;
+  port: number;
+  redisUrl?: string;
+  queuePrefix: string;
+  servedModelName?: string;
+  stateDir: string;
+  logLevel: string;
+  startupTimeout: number;
+  serviceArg: string[];
+  json?: boolean;
+}
+
+/** "decode=--kv-blocks=64" -> ["decode", "--kv-blocks=64"]; the role must exist. */
+export function parseServiceArg(spec: string): [Role, string] {
+  const eq = spec.indexOf("=");
+  const role = eq < 0 ? "" : spec.slice(0, eq);
+  if (!isRole(role) || eq === spec.length - 1) {
+    throw new InvalidArgumentError(`--service-arg must look like ROLE=ARG with ROLE one of ${ROLES.join(", ")}, got "${spec}"`);
+  }
+  return [role, spec.slice(eq + 1)];
+}
+
+export function groupServiceArgs(specs: readonly string[]): Partial<Record<Role, string[]>> {
+  const out: Partial<Record<Role, string[]>> = {};
+  for (const spec of specs) {
+    const [role, arg] = parseServiceArg(spec);
+    (out[role] ??= []).push(arg);
+  }
+  return out;
+}
+
+/** The human summary printed once the cluster is up. */
+export function formatClusterSummary(info: ClusterInfo, clusterFile: string, logDir: string): string {
+  const rel = (p: string) => {
+    const r = relative(process.cwd(), p);
+    return r.startsWith("..") ? p : r;
+  };
+  const redis = { flag: "--redis-url", env: "REDIS_URL", local: "already running", private: `private redis-server, pid ${info.redis.pid}` }[
+    info.redis.source
+  ];
+  return [
+    "",
+    `moela is serving ${info.served_model_name} (${info.precision}) at ${info.url}`,
+    `OpenAI-compatible API: ${info.openai_base_url}`,
+    "",
+    "Try:",
+    `  ${info.curl}`,
+    "",
+    formatEndpointTable(info.instances)
+      .split("\n")
+      .map((l) => `  ${l}`)
+      .join("\n"),
+    "",
+    `Redis: ${info.redis.url} (${redis}), queue prefix "${info.queue_prefix}"`,
+    `Endpoints: ${rel(clusterFile)}   Logs: ${rel(logDir)}/`,
+    "Press Ctrl-C to stop.",
+    "",
+  ].join("\n");
+}
+
+function progressLine(e: ProgressEvent): string | undefined {
+  switch (e.kind) {
+    case "redis":
+      return `redis      ${e.url} (${{ flag: "from --redis-url", env: "from REDIS_URL", local: "already running", private: "private redis-server" }[e.source]})`;
+    case "note":
+      return `note       ${e.message}`;
+    case "starting":
+      return `starting   ${e.label} (pid ${e.pid ?? "?"})`;
+    case "ready":
+      return undefined;
+    case "healthy":
+      return `up         ${e.label} [${e.up}/${e.total}]`;
+    case "stopping":
+      return `stopping   ${e.label}`;
+    case "stopped":
+      return `stopped    ${e.label} (${e.exit.signal ?? `exit ${e.exit.code}`})`;
+  }
+}
+
+export async function runCluster(o: ClusterCliOptions): Promise<number> {
+  if (!(PRECISIONS as readonly string[]).includes(o.precision)) {
+    throw new InvalidArgumentError(`--precision must be one of ${PRECISIONS.join(", ")}, got ${o.precision}`);
+  }
+  const serviceArgs = groupServiceArgs(o.serviceArg);
+  const err = (s: string) => process.stderr.write(`${s}\n`);
+
+  // Ctrl-C and SIGTERM: first one stops the cluster gracefully; a second one is left to the
+  // default handlers of the children (they got it too when it came from the terminal).
+  const interrupted = new AbortController();
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (interrupted.signal.aborted) return;
+    err(`\n${sig}: stopping the cluster...`);
+    interrupted.abort();
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  process.on("SIGHUP", onSignal);
+
+  let cluster: Cluster | undefined;
+  try {
+    err(`moela cluster: ${o.expertHosts} expert-host(s), ${o.decode} decode, ${o.prefill} prefill, 1 router; model ${o.model ?? DEFAULT_MODEL}, precision ${o.precision}`);
+    try {
+      cluster = await startCluster({
+        ...(o.model !== undefined ? { model: o.model } : {}),
+        prefill: o.prefill,
+        decode: o.decode,
+        expertHosts: o.expertHosts,
+        precision: o.precision as Precision,
+        host: o.host,
+        port: o.port,
+        ...(o.redisUrl !== undefined ? { redisUrl: o.redisUrl } : {}),
+        queuePrefix: o.queuePrefix,
+        ...(o.servedModelName !== undefined ? { servedModelName: o.servedModelName } : {}),
+        stateDir: o.stateDir,
+        logLevel: o.logLevel,
+        serviceArgs,
+        startupTimeoutMs: o.startupTimeout * 1000,
+        signal: interrupted.signal,
+        onProgress: (e) => {
+          const line = progressLine(e);
+          if (line !== undefined) err(line);
+        },
+      });
+    } catch (e) {
+      // Interrupted: whatever error won the race (a child dying of the same Ctrl-C), it was asked for.
+      if (e instanceof CancelledError || interrupted.signal.aborted) {
+        err("stopped before the cluster was up");
+        return 0;
+      }
+      if (e instanceof MoelaError) {
+        err(`\nmoela cluster: could not start: ${e.message}`);
+        return 1;
+      }
+      throw e;
+    }
+    const logDir = `${o.stateDir.replace(/\/+$/, "")}/logs`;
+    if (o.json) process.stdout.write(`${JSON.stringify(cluster.info)}\n`);
+    else process.stdout.write(formatClusterSummary(cluster.info, cluster.clusterFile, logDir));
+
+    const ended = await Promise.race([
+      new Promise<"signal">((r) => interrupted.signal.addEventListener("abort", () => r("signal"), { once: true })),
+      cluster.unexpectedExit,
+    ]);
+    if (ended === "signal") {
+      await cluster.stop();
+      err("cluster stopped");
+      return 0;
+    }
+    const dead = ended;
+    const failure = new ServiceStartError(dead.label, `(pid ${dead.pid}) ${dead.exitInfo?.signal ?? `exited with code ${dead.exitInfo?.code}`}; stopping the cluster`, dead.logPath, dead.tail(20));
+    err(`\nmoela cluster: ${failure.message}`);
+    await cluster.stop();
+    return 1;
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    process.off("SIGHUP", onSignal);
+  }
+}

@@ -1,0 +1,654 @@
+/**
+ * The local cluster as a library: every service runs as a real child process
+ * (`node services/cli/bin/moela.js serve --role <role> ...`) and is "up" once it printed its
+ * ready line on stdout and answers grpc.health.v1 with SERVING. Start order follows the
+ * dependencies: expert-hosts (shard i of H), then decode and prefill pointed at the hosts'
+ * reported gRPC addresses, then the router pointed at the decode instances. Every child's
+ * stdout and stderr go to <stateDir>/logs/<role>-<i>.log. Stopping is SIGTERM, a grace period,
+ * then SIGKILL, router first and expert-hosts last so nothing in flight loses its peer early.
+ *
+ * `moela cluster`, test/helpers/cluster.ts and scripts/bench/cluster.ts all start clusters
+ * through startCluster, so the tests exercise exactly what `npm start` runs.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { createWriteStream, existsSync, mkdirSync, renameSync, rmSync, writeFileSync, type WriteStream } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { CancelledError, Code, InvalidArgumentError, MoelaError } from "@moela/core";
+import { waitForServing } from "@moela/rpc";
+import { resolveRedis, stopChild, type RedisChoice, type RedisSource } from "./redis-local.js";
+
+export const ROLES = ["router", "prefill", "decode", "expert-host"] as const;
+export type Role = (typeof ROLES)[number];
+export const PRECISIONS = ["exact", "paper"] as const;
+export type Precision = (typeof PRECISIONS)[number];
+
+/** The repository root (services/cli/src -> ../../..). */
+export const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+/** The `moela` executable the children run. */
+export const MOELA_BIN = join(REPO_ROOT, "services/cli/bin/moela.js");
+/** The bundled model `npm start` serves. */
+export const DEFAULT_MODEL = join(REPO_ROOT, "models/tiny-v3");
+/** Lines of a child's output kept in memory for error messages. */
+const TAIL_LINES = 40;
+
+export function isRole(s: string): s is Role {
+  return (ROLES as readonly string[]).includes(s);
+}
+
+// ---- the ready line --------------------------------------------------------------------------
+
+/** What a service prints (one JSON line on stdout) once it serves. */
+export interface ReadyLine {
+  readonly event: "ready";
+  readonly role: Role;
+  readonly pid: number;
+  /** host:port of its gRPC server. */
+  readonly grpc: string;
+  /** http://host:port/metrics */
+  readonly metrics: string;
+  /** router only: http://host:port of the OpenAI API. */
+  readonly http?: string;
+  /** expert-host only: its shard index (some services print "i/H"). */
+  readonly shard?: number | string;
+  readonly [extra: string]: unknown;
+}
+
+const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[^\s:/]+):(\d{1,5})$/;
+
+/**
+ * The ready line in one line of a child's stdout, or null when the line is something else
+ * (any non-JSON text, or JSON without event "ready"). A line that says event "ready" but lacks
+ * a field the launcher needs is an error naming the field.
+ */
+export function parseReadyLine(line: string): ReadyLine | null {
+  const text = line.trim();
+  if (!text.startsWith("{")) return null;
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (v === null || typeof v !== "object" || Array.isArray(v)) return null;
+  const o = v as Record<string, unknown>;
+  if (o["event"] !== "ready") return null;
+  const bad = (field: string, want: string) =>
+    new InvalidArgumentError(`ready line: "${field}" must be ${want}, got ${JSON.stringify(o[field])} in ${text}`);
+  if (typeof o["role"] !== "string" || !isRole(o["role"])) throw bad("role", `one of ${ROLES.join(", ")}`);
+  if (typeof o["pid"] !== "number" || !Number.isInteger(o["pid"]) || o["pid"] <= 0) throw bad("pid", "a positive integer");
+  if (typeof o["grpc"] !== "string" || !HOST_PORT.test(o["grpc"])) throw bad("grpc", "host:port");
+  if (typeof o["metrics"] !== "string" || !/^https?:\/\//.test(o["metrics"])) throw bad("metrics", "an http URL");
+  if (o["http"] !== undefined && (typeof o["http"] !== "string" || !/^https?:\/\//.test(o["http"]))) throw bad("http", "an http URL");
+  if (o["role"] === "router" && o["http"] === undefined) throw bad("http", "the router's http URL");
+  return o as unknown as ReadyLine;
+}
+
+// ---- one child process -----------------------------------------------------------------------
+
+export interface ExitInfo {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+}
+
+function describeExit(e: ExitInfo): string {
+  return e.signal !== null ? `was killed by ${e.signal}` : `exited with code ${e.code}`;
+}
+
+/** A service that died, timed out or misbehaved before it was up; carries its last log lines. */
+export class ServiceStartError extends MoelaError {
+  readonly label: string;
+  readonly logPath: string;
+  readonly tail: readonly string[];
+  constructor(label: string, what: string, logPath: string, tail: readonly string[]) {
+    const lines = tail.length > 0 ? `\n--- last ${tail.length} log lines of ${label} (${logPath}) ---\n${tail.join("\n")}` : ` (no output; log: ${logPath})`;
+    super(`${label} ${what}${lines}`, Code.UNAVAILABLE);
+    this.label = label;
+    this.logPath = logPath;
+    this.tail = tail;
+  }
+}
+
+/** How to run one role: the executable and the arguments before the service flags. */
+export type ServiceCommand = (role: Role) => { readonly file: string; readonly args: readonly string[] };
+
+export const defaultServiceCommand: ServiceCommand = (role) => ({
+  file: process.execPath,
+  args: [MOELA_BIN, "serve", "--role", role],
+});
+
+export interface ServiceProcessOptions {
+  readonly role: Role;
+  readonly index: number;
+  /** Service flags after the role (--model, --grpc-address, ...). */
+  readonly args: readonly string[];
+  readonly logPath: string;
+  readonly command?: ServiceCommand;
+  readonly env?: NodeJS.ProcessEnv;
+  readonly cwd?: string;
+}
+
+/** One service child: its log file, its ready line, its exit. */
+export class ServiceProcess {
+  readonly role: Role;
+  readonly index: number;
+  /** "decode 0" */
+  readonly label: string;
+  readonly logPath: string;
+  readonly argv: readonly string[];
+  readonly child: ChildProcess;
+  /** Resolves once the process is gone and its output is flushed to the log. */
+  readonly exited: Promise<ExitInfo>;
+  exitInfo: ExitInfo | undefined;
+  readyLine: ReadyLine | undefined;
+  private readonly lines: string[] = [];
+  private readonly log: WriteStream;
+  private readonly readyPromise: Promise<ReadyLine>;
+  private stopping = false;
+
+  constructor(o: ServiceProcessOptions) {
+    this.role = o.role;
+    this.index = o.index;
+    this.label = `${o.role} ${o.index}`;
+    this.logPath = o.logPath;
+    const cmd = (o.command ?? defaultServiceCommand)(o.role);
+    this.argv = [cmd.file, ...cmd.args, ...o.args];
+    mkdirSync(dirname(o.logPath), { recursive: true });
+    this.log = createWriteStream(o.logPath, { flags: "w" });
+    this.child = spawn(cmd.file, [...cmd.args, ...o.args], {
+      cwd: o.cwd ?? process.cwd(),
+      env: o.env ?? process.env,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let resolveReady!: (r: ReadyLine) => void;
+    let rejectReady!: (e: Error) => void;
+    this.readyPromise = new Promise<ReadyLine>((res, rej) => {
+      resolveReady = res;
+      rejectReady = rej;
+    });
+    // Nobody may be waiting yet when a child dies early; the rejection is read later through waitReady.
+    this.readyPromise.catch(() => {});
+
+    const onLine = (line: string, fromStdout: boolean) => {
+      this.log.write(`${line}\n`);
+      this.lines.push(line);
+      if (this.lines.length > TAIL_LINES) this.lines.shift();
+      if (!fromStdout || this.readyLine !== undefined) return;
+      try {
+        const ready = parseReadyLine(line);
+        if (ready === null) return;
+        if (ready.role !== this.role) throw new InvalidArgumentError(`ready line says role "${ready.role}", expected "${this.role}"`);
+        this.readyLine = ready;
+        resolveReady(ready);
+      } catch (err) {
+        rejectReady(new ServiceStartError(this.label, `printed a bad ready line: ${(err as Error).message}`, this.logPath, this.tail()));
+      }
+    };
+    const closes = [this.child.stdout!, this.child.stderr!].map((stream, i) => {
+      const rl = createInterface({ input: stream, crlfDelay: Infinity });
+      rl.on("line", (line) => onLine(line, i === 0));
+      return new Promise<void>((r) => rl.once("close", () => r()));
+    });
+    this.exited = new Promise<ExitInfo>((resolveExit) => {
+      let spawnError: Error | undefined;
+      this.child.once("error", (err) => {
+        spawnError = err;
+        // A child that never started emits no "close"; settle here.
+        if (this.child.pid === undefined) finish({ code: null, signal: null });
+      });
+      const finish = (info: ExitInfo) => {
+        if (this.exitInfo !== undefined) return;
+        this.exitInfo = info;
+        const why = spawnError !== undefined ? `could not be started: ${spawnError.message}` : describeExit(info);
+        rejectReady(new ServiceStartError(this.label, `${why} before it was ready`, this.logPath, this.tail()));
+        this.log.end(() => resolveExit(info));
+      };
+      this.child.once("close", (code, signal) => {
+        void Promise.all(closes).then(() => finish({ code, signal }));
+      });
+    });
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  /** The last lines of its output (stdout and stderr interleaved). */
+  tail(n = TAIL_LINES): string[] {
+    return this.lines.slice(-n);
+  }
+
+  /** Whether stop() was called (an exit after it is expected). */
+  get stopRequested(): boolean {
+    return this.stopping;
+  }
+
+  /** Resolves with the ready line; rejects with ServiceStartError if the process dies first. */
+  waitReady(): Promise<ReadyLine> {
+    return this.readyPromise;
+  }
+
+  /** SIGTERM, wait up to graceMs, then SIGKILL; resolves once the process is gone. */
+  async stop(graceMs: number): Promise<ExitInfo> {
+    this.stopping = true;
+    if (this.exitInfo === undefined && this.child.pid !== undefined) await stopChild(this.child, graceMs);
+    return this.exited;
+  }
+}
+
+// ---- service flags ---------------------------------------------------------------------------
+
+export interface ServiceArgsInput {
+  readonly model: string;
+  readonly precision: Precision;
+  readonly logLevel: string;
+  /** host for --grpc-address / --metrics-address (port 0: the service picks and reports it). */
+  readonly host: string;
+  readonly redisUrl: string;
+  readonly queuePrefix: string;
+  readonly expertHostAddresses: readonly string[];
+  readonly decodeAddresses: readonly string[];
+  readonly httpAddress: string;
+  readonly servedModelName: string | undefined;
+  readonly shardIndex: number;
+  readonly shardCount: number;
+}
+
+/** The flags each role is started with (then any --service-arg extras). */
+export function serviceArgs(role: Role, a: ServiceArgsInput): string[] {
+  const common = [
+    "--model", a.model,
+    "--precision", a.precision,
+    "--log-level", a.logLevel,
+    "--grpc-address", `${a.host}:0`,
+    "--metrics-address", `${a.host}:0`,
+  ];
+  switch (role) {
+    case "expert-host":
+      return [...common, "--shard-index", String(a.shardIndex), "--shard-count", String(a.shardCount)];
+    case "decode":
+      return [...common, "--expert-hosts", a.expertHostAddresses.join(",")];
+    case "prefill":
+      return [...common, "--redis-url", a.redisUrl, "--queue-prefix", a.queuePrefix, "--expert-hosts", a.expertHostAddresses.join(",")];
+    case "router":
+      return [
+        ...common,
+        "--http-address", a.httpAddress,
+        "--redis-url", a.redisUrl,
+        "--queue-prefix", a.queuePrefix,
+        "--decode", a.decodeAddresses.join(","),
+        ...(a.servedModelName !== undefined ? ["--served-model-name", a.servedModelName] : []),
+      ];
+  }
+}
+
+// ---- cluster.json ----------------------------------------------------------------------------
+
+/** One instance in cluster.json. */
+export interface InstanceInfo {
+  readonly role: Role;
+  /** 0-based within its role. */
+  readonly index: number;
+  readonly pid: number;
+  /** host:port */
+  readonly grpc: string;
+  /** http://host:port/metrics */
+  readonly metrics: string;
+  /** router: http://host:port */
+  readonly http?: string;
+  /** expert-host: its shard index */
+  readonly shard?: number;
+  /** Its log file. */
+  readonly log: string;
+}
+
+/** .moela/cluster.json: everything a script needs to find the running cluster. */
+export interface ClusterInfo {
+  readonly version: 1;
+  readonly started_at: string;
+  /** pid of the launcher; when it is gone the file is stale. */
+  readonly launcher_pid: number;
+  readonly model: string;
+  readonly served_model_name: string;
+  readonly precision: Precision;
+  /** http://host:port of the router */
+  readonly url: string;
+  /** what OpenAI clients take as baseURL */
+  readonly openai_base_url: string;
+  readonly curl: string;
+  readonly redis: { readonly url: string; readonly source: RedisSource; readonly pid: number | null };
+  readonly queue_prefix: string;
+  readonly topology: { readonly prefill: number; readonly decode: number; readonly expert_hosts: number };
+  readonly instances: readonly InstanceInfo[];
+}
+
+/** Write cluster.json atomically (a reader never sees half a file). */
+export function writeClusterFile(path: string, info: ClusterInfo): void {
+  mkdirSync(dirname(path), { recursive: true });
+  const tmp = `${path}.${process.pid}.tmp`;
+  writeFileSync(tmp, `${JSON.stringify(info, null, 2)}\n`);
+  renameSync(tmp, path);
+}
+
+/** A curl that asks the router for a short greedy completion (token ids when there is no tokenizer). */
+export function curlExample(url: string, servedModelName: string, hasTokenizer: boolean): string {
+  const body = {
+    model: servedModelName,
+    prompt: hasTokenizer ? "The capital of France is" : [0, 17, 42, 99],
+    max_tokens: 16,
+    temperature: 0,
+  };
+  return `curl -s ${url}/v1/completions -H 'Content-Type: application/json' -d '${JSON.stringify(body)}'`;
+}
+
+/** The endpoint table as aligned text: role, index, pid, gRPC address, metrics URL (and router HTTP). */
+export function formatEndpointTable(instances: readonly InstanceInfo[]): string {
+  const rows = [
+    ["role", "pid", "gRPC", "metrics", "http"],
+    ...instances.map((i) => [
+      i.role === "expert-host" ? `expert-host ${i.index} (shard ${i.shard ?? i.index})` : `${i.role} ${i.index}`,
+      String(i.pid),
+      i.grpc,
+      i.metrics,
+      i.http ?? "",
+    ]),
+  ];
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  return rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join("  ").trimEnd()).join("\n");
+}
+
+// ---- the cluster -----------------------------------------------------------------------------
+
+export type ProgressEvent =
+  | { readonly kind: "redis"; readonly url: string; readonly source: RedisSource }
+  | { readonly kind: "note"; readonly message: string }
+  | { readonly kind: "starting"; readonly label: string; readonly pid: number | undefined; readonly logPath: string }
+  | { readonly kind: "ready"; readonly label: string; readonly ready: ReadyLine }
+  | { readonly kind: "healthy"; readonly label: string; readonly up: number; readonly total: number }
+  | { readonly kind: "stopping"; readonly label: string }
+  | { readonly kind: "stopped"; readonly label: string; readonly exit: ExitInfo };
+
+export interface ClusterOptions {
+  /** Checkpoint folder (default: the bundled models/tiny-v3). */
+  readonly model?: string;
+  readonly prefill?: number;
+  readonly decode?: number;
+  readonly expertHosts?: number;
+  readonly precision?: Precision;
+  /** Router HTTP host and port (port 0: a free one). Default 127.0.0.1:8000. */
+  readonly host?: string;
+  readonly port?: number;
+  /** --redis-url; falls back to env REDIS_URL, then 127.0.0.1:6379, then a private redis-server. */
+  readonly redisUrl?: string;
+  readonly queuePrefix?: string;
+  readonly servedModelName?: string;
+  /** Folder for cluster.json and logs/ (default <cwd>/.moela). */
+  readonly stateDir?: string;
+  readonly logLevel?: string;
+  /** Extra flags per role, appended after the launcher's own. */
+  readonly serviceArgs?: Partial<Record<Role, readonly string[]>>;
+  /** Whole start-up, every phase included (default 180 s). */
+  readonly startupTimeoutMs?: number;
+  /** Per process: SIGTERM, then this long, then SIGKILL (default 10 s). */
+  readonly stopGraceMs?: number;
+  readonly env?: NodeJS.ProcessEnv;
+  readonly command?: ServiceCommand;
+  /** Aborting stops whatever started and rejects with CancelledError. */
+  readonly signal?: AbortSignal;
+  readonly onProgress?: (e: ProgressEvent) => void;
+  /** Tests: override redis-server lookup (null = none installed) and the well-known local URL. */
+  readonly redisServerBinary?: string | null;
+  readonly localRedisUrl?: string;
+}
+
+export interface Cluster {
+  readonly info: ClusterInfo;
+  /** Where info was written. */
+  readonly clusterFile: string;
+  readonly processes: readonly ServiceProcess[];
+  readonly redis: RedisChoice;
+  /** Resolves with the first service that exits without being asked to. */
+  readonly unexpectedExit: Promise<ServiceProcess>;
+  /** Stop every service (router first), then a private Redis; removes cluster.json. Idempotent. */
+  stop(): Promise<void>;
+}
+
+function positiveInt(name: string, v: number, min: number): number {
+  if (!Number.isInteger(v) || v < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}, got ${v}`);
+  return v;
+}
+
+/** Rejects when the signal aborts (with CancelledError) — to race against start-up phases. */
+function abortPromise(signal: AbortSignal | undefined): Promise<never> {
+  return new Promise<never>((_, reject) => {
+    if (signal === undefined) return;
+    const fail = () => reject(new CancelledError("cluster start-up interrupted"));
+    if (signal.aborted) fail();
+    else signal.addEventListener("abort", fail, { once: true });
+  });
+}
+
+function timeoutPromise(ms: number, what: () => string): { promise: Promise<never>; cancel: () => void } {
+  let timer: NodeJS.Timeout | undefined;
+  const promise = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new MoelaError(what(), Code.DEADLINE_EXCEEDED)), ms);
+  });
+  promise.catch(() => {});
+  return { promise, cancel: () => clearTimeout(timer) };
+}
+
+/** GET {url}/v1/models until it answers 200; returns the first model id. */
+async function routerModelId(url: string, deadline: number, signal: AbortSignal | undefined): Promise<string> {
+  let last = "no answer";
+  while (Date.now() < deadline) {
+    if (signal?.aborted) throw new CancelledError("cluster start-up interrupted");
+    try {
+      const res = await fetch(`${url}/v1/models`, { signal: AbortSignal.timeout(5_000) });
+      const body = (await res.json()) as { data?: Array<{ id?: unknown }> };
+      const id = body.data?.[0]?.id;
+      if (res.ok && typeof id === "string") return id;
+      last = `HTTP ${res.status} ${JSON.stringify(body).slice(0, 200)}`;
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new MoelaError(`router at ${url} did not answer GET /v1/models (last: ${last})`, Code.DEADLINE_EXCEEDED);
+}
+
+export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
+  const model = resolve(o.model ?? DEFAULT_MODEL);
+  if (!existsSync(join(model, "config.json"))) {
+    throw new InvalidArgumentError(`--model ${model}: no config.json there (expected a Hugging Face checkpoint folder)`);
+  }
+  const counts = {
+    prefill: positiveInt("--prefill", o.prefill ?? 1, 1),
+    decode: positiveInt("--decode", o.decode ?? 1, 1),
+    expertHosts: positiveInt("--expert-hosts", o.expertHosts ?? 2, 1),
+  };
+  const precision = o.precision ?? "exact";
+  if (!(PRECISIONS as readonly string[]).includes(precision)) {
+    throw new InvalidArgumentError(`--precision must be one of ${PRECISIONS.join(", ")}, got ${precision}`);
+  }
+  const host = o.host ?? "127.0.0.1";
+  const port = o.port ?? 8000;
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InvalidArgumentError(`--port must be in [0, 65535], got ${port}`);
+  const stateDir = resolve(o.stateDir ?? ".moela");
+  const logDir = join(stateDir, "logs");
+  mkdirSync(logDir, { recursive: true });
+  const clusterFile = join(stateDir, "cluster.json");
+  const queuePrefix = o.queuePrefix ?? "moela";
+  const logLevel = o.logLevel ?? "info";
+  const graceMs = o.stopGraceMs ?? 10_000;
+  const env = o.env ?? process.env;
+  const progress = o.onProgress ?? (() => {});
+  const deadline = Date.now() + (o.startupTimeoutMs ?? 180_000);
+  const hasTokenizer = existsSync(join(model, "tokenizer.json"));
+  // Ends health polling and the router probe when start-up fails or is interrupted.
+  const startup = new AbortController();
+  const onAbort = () => startup.abort(new CancelledError("cluster start-up interrupted"));
+  o.signal?.addEventListener("abort", onAbort, { once: true });
+
+  const redis = await resolveRedis({
+    flagUrl: o.redisUrl,
+    envUrl: env["REDIS_URL"],
+    privateDir: join(stateDir, "redis"),
+    privateLogFile: join(logDir, "redis.log"),
+    ...(o.redisServerBinary !== undefined ? { redisServerBinary: o.redisServerBinary } : {}),
+    ...(o.localRedisUrl !== undefined ? { localUrl: o.localRedisUrl } : {}),
+    onNote: (message) => progress({ kind: "note", message }),
+  });
+  progress({ kind: "redis", url: redis.url, source: redis.source });
+
+  const processes: ServiceProcess[] = [];
+  let stopped: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopped ??= (async () => {
+      // Router first (no new work), then the attention side, then the experts they call.
+      for (const tier of [["router"], ["prefill", "decode"], ["expert-host"]] as const) {
+        const members = processes.filter((p) => (tier as readonly Role[]).includes(p.role));
+        await Promise.all(
+          members.map(async (p) => {
+            if (p.exitInfo === undefined) progress({ kind: "stopping", label: p.label });
+            const exit = await p.stop(graceMs);
+            progress({ kind: "stopped", label: p.label, exit });
+          }),
+        );
+      }
+      await redis.stop();
+      rmSync(clusterFile, { force: true });
+    })();
+    return stopped;
+  };
+
+  let resolveDeath!: (p: ServiceProcess) => void;
+  const unexpectedExit = new Promise<ServiceProcess>((r) => (resolveDeath = r));
+  // During start-up a death anywhere fails the start; this rejects with that child's error.
+  let rejectStartup!: (e: Error) => void;
+  const startupFailure = new Promise<never>((_, rej) => (rejectStartup = rej));
+  startupFailure.catch(() => {});
+  let starting = true;
+
+  const total = counts.expertHosts + counts.decode + counts.prefill + 1;
+  let up = 0;
+  const launch = (role: Role, index: number, args: string[]): ServiceProcess => {
+    const extra = o.serviceArgs?.[role] ?? [];
+    const p = new ServiceProcess({
+      role,
+      index,
+      args: [...args, ...extra],
+      logPath: join(logDir, `${role}-${index}.log`),
+      ...(o.command !== undefined ? { command: o.command } : {}),
+      env,
+    });
+    processes.push(p);
+    progress({ kind: "starting", label: p.label, pid: p.pid, logPath: p.logPath });
+    void p.exited.then((exit) => {
+      if (p.stopRequested) return;
+      if (starting) {
+        rejectStartup(
+          new ServiceStartError(p.label, `${describeExit(exit)} during cluster start-up`, p.logPath, p.tail()),
+        );
+      } else resolveDeath(p);
+    });
+    return p;
+  };
+  /** Ready line, then grpc health SERVING. */
+  const whenUp = async (p: ServiceProcess): Promise<ReadyLine> => {
+    const ready = await p.waitReady();
+    progress({ kind: "ready", label: p.label, ready });
+    await waitForServing(ready.grpc, { timeoutMs: Math.max(1_000, deadline - Date.now()), signal: startup.signal });
+    progress({ kind: "healthy", label: p.label, up: ++up, total });
+    return ready;
+  };
+  const phase = async <T>(work: Promise<T>, what: string): Promise<T> => {
+    const timeout = timeoutPromise(Math.max(0, deadline - Date.now()), () => {
+      const waiting = processes.filter((p) => p.readyLine === undefined).map((p) => p.label);
+      return `cluster start-up timed out while starting ${what}${waiting.length > 0 ? ` (no ready line yet from: ${waiting.join(", ")})` : ""}; logs in ${logDir}`;
+    });
+    try {
+      return await Promise.race([work, startupFailure, abortPromise(o.signal), timeout.promise]);
+    } finally {
+      timeout.cancel();
+    }
+  };
+
+  const base: Omit<ServiceArgsInput, "shardIndex" | "expertHostAddresses" | "decodeAddresses"> = {
+    model,
+    precision,
+    logLevel,
+    host,
+    redisUrl: redis.url,
+    queuePrefix,
+    httpAddress: `${host}:${port}`,
+    servedModelName: o.servedModelName,
+    shardCount: counts.expertHosts,
+  };
+  try {
+    const hosts = Array.from({ length: counts.expertHosts }, (_, i) =>
+      launch("expert-host", i, serviceArgs("expert-host", { ...base, shardIndex: i, expertHostAddresses: [], decodeAddresses: [] })),
+    );
+    const hostReady = await phase(Promise.all(hosts.map(whenUp)), "the expert-hosts");
+    const expertHostAddresses = hostReady.map((r) => r.grpc);
+
+    const withHosts = { ...base, shardIndex: 0, expertHostAddresses, decodeAddresses: [] };
+    const decodes = Array.from({ length: counts.decode }, (_, i) => launch("decode", i, serviceArgs("decode", withHosts)));
+    const prefills = Array.from({ length: counts.prefill }, (_, i) => launch("prefill", i, serviceArgs("prefill", withHosts)));
+    const [decodeReady] = await phase(
+      Promise.all([Promise.all(decodes.map(whenUp)), Promise.all(prefills.map(whenUp))]),
+      "decode and prefill",
+    );
+    const decodeAddresses = decodeReady.map((r) => r.grpc);
+
+    const router = launch("router", 0, serviceArgs("router", { ...withHosts, decodeAddresses }));
+    const routerReady = await phase(whenUp(router), "the router");
+    const url = routerReady.http!.replace(/\/+$/, "");
+    const servedModelName = await phase(routerModelId(url, deadline, startup.signal), "the router's HTTP API");
+
+    const instances: InstanceInfo[] = processes.map((p) => {
+      const r = p.readyLine!;
+      const shard = p.role === "expert-host" ? p.index : undefined;
+      return {
+        role: p.role,
+        index: p.index,
+        pid: r.pid,
+        grpc: r.grpc,
+        metrics: r.metrics,
+        ...(r.http !== undefined ? { http: r.http } : {}),
+        ...(shard !== undefined ? { shard } : {}),
+        log: p.logPath,
+      };
+    });
+    const order: Record<Role, number> = { router: 0, prefill: 1, decode: 2, "expert-host": 3 };
+    instances.sort((a, b) => order[a.role] - order[b.role] || a.index - b.index);
+    const info: ClusterInfo = {
+      version: 1,
+      started_at: new Date().toISOString(),
+      launcher_pid: process.pid,
+      model,
+      served_model_name: servedModelName,
+      precision,
+      url,
+      openai_base_url: `${url}/v1`,
+      curl: curlExample(url, servedModelName, hasTokenizer),
+      redis: { url: redis.url, source: redis.source, pid: redis.pid ?? null },
+      queue_prefix: queuePrefix,
+      topology: { prefill: counts.prefill, decode: counts.decode, expert_hosts: counts.expertHosts },
+      instances,
+    };
+    writeClusterFile(clusterFile, info);
+    starting = false;
+    o.signal?.removeEventListener("abort", onAbort);
+    // A death between the last phase and here was recorded as a start-up failure; surface it.
+    const dead = processes.find((p) => p.exitInfo !== undefined && !p.stopRequested);
+    if (dead !== undefined) resolveDeath(dead);
+    return { info, clusterFile, processes, redis, unexpectedExit, stop };
+  } catch (err) {
+    starting = false;
+    o.signal?.removeEventListener("abort", onAbort);
+    startup.abort(err);
+    await stop();
+    throw err;
+  }
+}

@@ -1,0 +1,39 @@
+/**
+ * `moela serve --role <role> [service flags...]`: run one service in this process. The flags after
+ * the role go to that service's `main(argv, env)` untouched; the service parses and validates them
+ * (services/<role>/src/config.ts) and prints its ready line when serving.
+ *
+ * The service is loaded by path from services/<role>/src/main.ts rather than by package name:
+ * the CLI is the one place that hosts every service, services never import each other, and a
+ * path keeps `moela serve` working in a checkout whose workspace links predate a new service.
+ */
+import { existsSync } from "node:fs";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { InvalidArgumentError, MoelaError } from "@moela/core";
+import { ROLES, isRole, type Role } from "./launcher.js";
+
+export type ServiceMain = (argv: string[], env: NodeJS.ProcessEnv) => Promise<number>;
+
+/** services/<role>/src/main.ts */
+export function serviceMainPath(role: Role): string {
+  return fileURLToPath(new URL(`../../${role}/src/main.ts`, import.meta.url));
+}
+
+export async function loadServiceMain(role: string): Promise<ServiceMain> {
+  if (!isRole(role)) throw new InvalidArgumentError(`--role must be one of ${ROLES.join(", ")}, got "${role}"`);
+  const file = serviceMainPath(role);
+  if (!existsSync(file)) throw new MoelaError(`the ${role} service is not in this checkout (${file} is missing)`);
+  const mod = (await import(pathToFileURL(file).href)) as { main?: unknown };
+  if (typeof mod.main !== "function") throw new MoelaError(`${file} does not export main(argv, env)`);
+  return mod.main as ServiceMain;
+}
+
+/** Run the role's main with the remaining flags; returns its exit code. */
+export async function runServe(role: string, argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const main = await loadServiceMain(role);
+  const code = await main([...argv], env);
+  // The service closed what it opened; should a stray handle (a socket, a timer) still hold the
+  // event loop, leave anyway once stdout and stderr drained, so a stopped service never lingers.
+  setTimeout(() => process.exit(code), 3_000).unref();
+  return code;
+}

@@ -1,0 +1,130 @@
+// `moela cluster` and `moela serve` argument handling, and the flags each role is started with.
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { describe, expect, it } from "vitest";
+import { groupServiceArgs, parseServiceArg, type ClusterCliOptions } from "../../../services/cli/src/cluster.js";
+import { MOELA_BIN, serviceArgs, type ServiceArgsInput } from "../../../services/cli/src/launcher.js";
+import { buildProgram } from "../../../services/cli/src/main.js";
+
+async function parseCluster(argv: string[]): Promise<ClusterCliOptions> {
+  const program = buildProgram();
+  let got: ClusterCliOptions | undefined;
+  program.commands.find((c) => c.name() === "cluster")!.action((opts: ClusterCliOptions) => {
+    got = opts;
+  });
+  await program.parseAsync(["cluster", ...argv], { from: "user" });
+  return got!;
+}
+
+describe("moela cluster options", () => {
+  it("defaults to 1 prefill, 1 decode, 2 expert-hosts, exact, 127.0.0.1:8000, state in .moela", async () => {
+    const o = await parseCluster([]);
+    expect(o).toMatchObject({
+      prefill: 1,
+      decode: 1,
+      expertHosts: 2,
+      precision: "exact",
+      host: "127.0.0.1",
+      port: 8000,
+      queuePrefix: "moela",
+      stateDir: ".moela",
+      serviceArg: [],
+    });
+    expect(o.model).toBeUndefined();
+    expect(o.redisUrl).toBeUndefined();
+  });
+
+  it("takes the topology, model, precision, port and Redis from flags", async () => {
+    const o = await parseCluster([
+      "--model", "/ckpt", "--prefill", "2", "--decode", "3", "--expert-hosts", "4", "--precision", "paper",
+      "--port", "0", "--redis-url", "redis://r:1", "--service-arg", "decode=--kv-blocks=64", "--service-arg", "router=--x",
+    ]);
+    expect(o).toMatchObject({ model: "/ckpt", prefill: 2, decode: 3, expertHosts: 4, precision: "paper", port: 0, redisUrl: "redis://r:1" });
+    expect(o.serviceArg).toEqual(["decode=--kv-blocks=64", "router=--x"]);
+  });
+
+  it.each([["--prefill", "two"], ["--port", "80.5"], ["--expert-hosts", "x"]])("refuses %s %s", async (flag, value) => {
+    await expect(parseCluster([flag, value])).rejects.toThrow(/must be an integer/);
+  });
+});
+
+describe("--service-arg", () => {
+  it.each([
+    ["decode=--kv-blocks=64", ["decode", "--kv-blocks=64"]],
+    ["expert-host=--log-level=debug", ["expert-host", "--log-level=debug"]],
+    ["router=a=b", ["router", "a=b"]],
+  ])("parses %s", (spec, want) => {
+    expect(parseServiceArg(spec)).toEqual(want);
+  });
+  it.each(["decode", "gateway=--x", "=--x", "decode="])("refuses %s, naming the roles", (spec) => {
+    expect(() => parseServiceArg(spec)).toThrow(/ROLE=ARG with ROLE one of router, prefill, decode, expert-host/);
+  });
+  it("groups by role, in order", () => {
+    expect(groupServiceArgs(["decode=--a", "router=--b", "decode=--c"])).toEqual({ decode: ["--a", "--c"], router: ["--b"] });
+  });
+});
+
+describe("serviceArgs", () => {
+  const input: ServiceArgsInput = {
+    model: "/m",
+    precision: "paper",
+    logLevel: "warn",
+    host: "127.0.0.1",
+    redisUrl: "redis://127.0.0.1:6379",
+    queuePrefix: "q1",
+    expertHostAddresses: ["127.0.0.1:1", "127.0.0.1:2"],
+    decodeAddresses: ["127.0.0.1:3"],
+    httpAddress: "127.0.0.1:8000",
+    servedModelName: undefined,
+    shardIndex: 1,
+    shardCount: 2,
+  };
+  const flagsOf = (args: string[]) => {
+    const m = new Map<string, string>();
+    for (let i = 0; i < args.length; i += 2) m.set(args[i]!, args[i + 1]!);
+    return Object.fromEntries(m);
+  };
+  const common = { "--model": "/m", "--precision": "paper", "--log-level": "warn", "--grpc-address": "127.0.0.1:0", "--metrics-address": "127.0.0.1:0" };
+
+  it.each([
+    ["expert-host", { ...common, "--shard-index": "1", "--shard-count": "2" }],
+    ["decode", { ...common, "--expert-hosts": "127.0.0.1:1,127.0.0.1:2" }],
+    ["prefill", { ...common, "--redis-url": "redis://127.0.0.1:6379", "--queue-prefix": "q1", "--expert-hosts": "127.0.0.1:1,127.0.0.1:2" }],
+    ["router", { ...common, "--http-address": "127.0.0.1:8000", "--redis-url": "redis://127.0.0.1:6379", "--queue-prefix": "q1", "--decode": "127.0.0.1:3" }],
+  ] as const)("%s gets exactly its flags", (role, want) => {
+    expect(flagsOf(serviceArgs(role, input))).toEqual(want);
+  });
+
+  it("passes --served-model-name to the router only when given", () => {
+    expect(flagsOf(serviceArgs("router", { ...input, servedModelName: "m1" }))["--served-model-name"]).toBe("m1");
+    expect(flagsOf(serviceArgs("decode", { ...input, servedModelName: "m1" }))["--served-model-name"]).toBeUndefined();
+  });
+});
+
+describe("moela serve", () => {
+  const run = promisify(execFile);
+  async function moela(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    try {
+      const { stdout, stderr } = await run(process.execPath, [MOELA_BIN, ...args]);
+      return { code: 0, stdout, stderr };
+    } catch (err) {
+      const e = err as { code: number; stdout: string; stderr: string };
+      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+    }
+  }
+
+  it("refuses an unknown role, listing the roles", async () => {
+    const r = await moela(["serve", "--role", "gateway", "--model", "x"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--role must be one of router, prefill, decode, expert-host, got "gateway"/);
+  });
+
+  it("without --role says it is required and exits 2; --help alone prints help and exits 0", async () => {
+    const missing = await moela(["serve", "--model", "x"]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/--role is required/);
+    const help = await moela(["serve", "--help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/Usage: moela serve/);
+  });
+});
