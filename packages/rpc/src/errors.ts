@@ -1,0 +1,74 @@
+/**
+ * Errors across the wire. The server edge sends a known MoelaError as its own gRPC code and
+ * message, and anything else as INTERNAL with a fixed message (no stack, no internals: those go
+ * to the server's log). The client edge turns a status back into the MoelaError subclass of its
+ * code, so `catch (e) { if (e instanceof ResourceExhaustedError) ... }` works on both sides.
+ */
+import { Metadata, status as GrpcStatus, type ServiceError, type StatusObject } from "@grpc/grpc-js";
+import {
+  CancelledError,
+  Code,
+  DataLossError,
+  InvalidArgumentError,
+  MoelaError,
+  ResourceExhaustedError,
+  UnavailableError,
+} from "@moela/core";
+
+/** What every error that is not a MoelaError becomes on the wire. */
+export const INTERNAL_DETAILS = "internal error";
+
+function isValidErrorCode(code: unknown): code is Code {
+  return typeof code === "number" && Number.isInteger(code) && code >= Code.CANCELLED && code <= Code.UNAUTHENTICATED;
+}
+
+/**
+ * The status a server sends for `err`: a MoelaError keeps its code and message; anything else is
+ * INTERNAL "internal error". A MoelaError carrying OK (not an error code) is a bug and also
+ * becomes INTERNAL, since sending OK would turn a failure into a silent success.
+ */
+export function toStatus(err: unknown): StatusObject {
+  if (err instanceof MoelaError && isValidErrorCode(err.code)) {
+    return { code: err.code as number as GrpcStatus, details: err.message, metadata: new Metadata() };
+  }
+  return { code: GrpcStatus.INTERNAL, details: INTERNAL_DETAILS, metadata: new Metadata() };
+}
+
+/** Whether `err` is an error that grpc-js produced for a call (it carries a numeric status code). */
+export function isServiceError(err: unknown): err is ServiceError {
+  return (
+    err instanceof Error &&
+    typeof (err as Partial<ServiceError>).code === "number" &&
+    typeof (err as Partial<ServiceError>).details === "string"
+  );
+}
+
+/** The subclass each code comes back as; codes not listed come back as a plain MoelaError with that code. */
+const ERROR_CLASS_BY_CODE: ReadonlyMap<Code, new (message: string, options?: { cause?: unknown }) => MoelaError> =
+  new Map<Code, new (message: string, options?: { cause?: unknown }) => MoelaError>([
+    [Code.CANCELLED, CancelledError],
+    [Code.INVALID_ARGUMENT, InvalidArgumentError],
+    [Code.RESOURCE_EXHAUSTED, ResourceExhaustedError],
+    [Code.UNAVAILABLE, UnavailableError],
+    [Code.DATA_LOSS, DataLossError],
+  ]);
+
+/**
+ * The MoelaError for a failed call's status (a grpc-js ServiceError or any `{code, details}`):
+ * the subclass registered for its code, else a MoelaError carrying the code. The message is the
+ * server's `details`; the original error is kept as `cause`. A non-error code (OK, or out of
+ * range) becomes UNKNOWN, since a call that failed cannot have succeeded.
+ */
+export function fromStatus(status: Pick<StatusObject, "code" | "details">): MoelaError {
+  const code: Code = isValidErrorCode(status.code) ? status.code : Code.UNKNOWN;
+  const ErrorClass = ERROR_CLASS_BY_CODE.get(code);
+  const options = { cause: status };
+  return ErrorClass === undefined ? new MoelaError(status.details, code, options) : new ErrorClass(status.details, options);
+}
+
+/** `err` as a MoelaError: itself when it is one, `fromStatus` for a grpc-js error, else INTERNAL wrapping it. */
+export function asMoelaError(err: unknown): MoelaError {
+  if (err instanceof MoelaError) return err;
+  if (isServiceError(err)) return fromStatus(err);
+  return new MoelaError(err instanceof Error ? err.message : String(err), Code.INTERNAL, { cause: err });
+}

@@ -1,0 +1,56 @@
+/**
+ * @moela/rpc: the grpc-js kit every moela service uses. Servers: createServer/addService with
+ * async handlers, serve, drainAndClose, health and reflection built in. Errors: toStatus at the
+ * server edge, fromStatus at the client edge. Clients: connect, unaryCall, serverStreamCall,
+ * clientStreamCall, waitForServing. Deadlines: absolute ms, propagated with childDeadline.
+ */
+export {
+  createServer,
+  serve,
+  drainAndClose,
+  serviceNameOf,
+  RpcServer,
+  DEFAULT_MAX_MESSAGE_BYTES,
+  DEFAULT_CHANNEL_OPTIONS,
+  type AsyncHandler,
+  type AsyncServiceImplementation,
+  type CreateServerOptions,
+  type DrainOptions,
+  type MethodDefinitionLike,
+  type ServeOptions,
+  type ServiceDefinitionLike,
+} from "./server.js";
+export {
+  unaryHandler,
+  serverStreamHandler,
+  clientStreamHandler,
+  bidiStreamHandler,
+  type BidiStreamHandler,
+  type CallContext,
+  type CallEndEvent,
+  type ClientStreamHandler,
+  type HandlerOptions,
+  type LiveCall,
+  type ServerStreamHandler,
+  type UnaryHandler,
+} from "./handlers.js";
+export { toStatus, fromStatus, asMoelaError, isServiceError, INTERNAL_DETAILS } from "./errors.js";
+export {
+  checkHealth,
+  waitForServing,
+  watchHealth,
+  HEALTH_SERVICE_NAME,
+  type HealthQueryOptions,
+  type HealthStatus,
+  type WaitForServingOptions,
+} from "./health.js";
+export {
+  childDeadline,
+  deadlineAfter,
+  deadlineExceeded,
+  deadlineSignal,
+  deadlineToMs,
+  remainingMs,
+  throwIfExpired,
+} from "./deadlines.js";
+export { connect, unaryCall, serverStreamCall, clientStreamCall, type CallOpts } from "./client.js";
