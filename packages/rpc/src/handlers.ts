@@ -180,7 +180,8 @@ export function unaryHandler<Req, Res>(fn: UnaryHandler<Req, Res>, options: Hand
       if (status === undefined) callback(null, result);
       else callback(status, null);
     });
-    fn(call.request, state.ctx).then(
+    // new Promise(...) also catches a handler that throws before returning its promise.
+    new Promise<Res>((resolve) => resolve(fn(call.request, state.ctx))).then(
       (res) => {
         result = res;
         state.settle(undefined);
@@ -286,7 +287,7 @@ export function clientStreamHandler<Req, Res>(
     });
     // Stop reading when the server aborts the call; the client side is answered by settle().
     state.ctx.signal.addEventListener("abort", () => call.destroy(), { once: true });
-    fn(requestsOf(call, state.ctx.signal), state.ctx).then(
+    new Promise<Res>((resolve) => resolve(fn(requestsOf(call, state.ctx.signal), state.ctx))).then(
       (res) => {
         result = res;
         state.settle(undefined);

@@ -218,6 +218,37 @@ describe("errors on streams", () => {
   });
 });
 
+describe("onCallEnd", () => {
+  it("reports each finished call's method and status code", async () => {
+    const events: { method: string; code: number }[] = [];
+    const { address } = await startServer(
+      (server) =>
+        server.addService(ExpertHostService, {
+          async dispatch() {
+            throw new ResourceExhaustedError("busy");
+          },
+          async info() {
+            return { shardIndex: 0, shardCount: 1, layers: [], modelId: "tiny", precision: 1, hiddenSize: 8 };
+          },
+        }),
+      { onCallEnd: (e) => events.push({ method: e.method, code: e.code }) },
+    );
+    const client = connect(ExpertHostClient, address);
+    try {
+      await unaryCall((md, o, cb) => client.info({}, md, o, cb));
+      await unaryCall((md, o, cb) => client.dispatch({ layer: 1, expertIds: [], tokenExpertCounts: [], weights: [], requestId: "r" }, md, o, cb)).catch(
+        () => {},
+      );
+      expect(events).toEqual([
+        { method: "/moela.v1.ExpertHost/Info", code: Code.OK },
+        { method: "/moela.v1.ExpertHost/Dispatch", code: Code.RESOURCE_EXHAUSTED },
+      ]);
+    } finally {
+      client.close();
+    }
+  });
+});
+
 describe("toStatus and fromStatus", () => {
   it("a MoelaError carrying OK is not sent as a success", () => {
     expect(toStatus(new MoelaError("bug", Code.OK)).code).toBe(GrpcStatus.INTERNAL);
