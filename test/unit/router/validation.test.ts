@@ -1,0 +1,247 @@
+/**
+ * Request validation of the OpenAI layer (@moela/openai-api) against the bundled tiny model's tokenizer:
+ * every refused request gets the status and `param` an OpenAI client expects, every accepted one comes
+ * out normalised (defaults applied, token ids exactly as given, BOS where tokenizer_config says).
+ */
+import { describe, expect, it } from "vitest";
+import { Code, MoelaError } from "@moela/core";
+import {
+  DEFAULT_COMPLETION_MAX_TOKENS,
+  openAIError,
+  parseChatRequest,
+  parseCompletionRequest,
+  type ValidationContext,
+} from "@moela/openai-api";
+import { Tokenizer } from "@moela/tokenizer";
+
+const tokenizer = Tokenizer.fromDir(new URL("../../../models/tiny-v3", import.meta.url).pathname);
+const ctx: ValidationContext = {
+  servedModelName: "tiny-v3",
+  maxModelLen: 2048,
+  vocabSize: 1024,
+  encoder: tokenizer,
+  defaults: { temperature: 1, topP: 1, topK: -1 },
+};
+
+/** The status, param and message fragment of a refused body (throws when the body is accepted). */
+function refusal(parse: typeof parseCompletionRequest, body: unknown): { status: number; param: string | null; message: string; code: string | null } {
+  try {
+    parse(body, ctx);
+  } catch (err) {
+    expect(err).toBeInstanceOf(MoelaError);
+    const { status, body: b } = openAIError(err);
+    return { status, param: b.error.param, message: b.error.message, code: b.error.code };
+  }
+  throw new Error(`accepted: ${JSON.stringify(body)}`);
+}
+
+const ids = (n: number, v = 5): number[] => Array.from({ length: n }, () => v);
+
+describe("POST /v1/completions: refused requests", () => {
+  const cases: { name: string; body: unknown; status?: number; param: string | null; message: RegExp; code?: string }[] = [
+    { name: "a body that is not an object", body: [1, 2], param: "body", message: /must be a JSON object/ },
+    { name: "an unknown field", body: { prompt: "hi", foo: 1 }, param: "foo", message: /unknown field: foo/ },
+    { name: "several unknown fields", body: { prompt: "hi", foo: 1, bar: 2 }, param: "foo", message: /unknown fields: foo, bar/ },
+    { name: "an unknown model", body: { model: "gpt-4", prompt: "hi" }, status: 404, param: "model", message: /`gpt-4` does not exist/, code: "model_not_found" },
+    { name: "a model that is not a string", body: { model: 3, prompt: "hi" }, param: "model", message: /model must be a string/ },
+    { name: "no prompt", body: { model: "tiny-v3" }, param: "prompt", message: /prompt is required/ },
+    { name: "an empty string prompt", body: { prompt: "" }, param: "prompt", message: /must not be empty/ },
+    { name: "an empty token-id prompt", body: { prompt: [] }, param: "prompt", message: /must not be empty/ },
+    { name: "an empty prompt in a batch", body: { prompt: ["a", ""] }, param: "prompt[1]", message: /prompt\[1\] must not be empty/ },
+    { name: "an empty id list in a batch", body: { prompt: [[1], []] }, param: "prompt[1]", message: /must not be empty/ },
+    { name: "a mixed prompt list", body: { prompt: [1, "a"] }, param: "prompt", message: /not a mix/ },
+    { name: "a prompt of the wrong type", body: { prompt: { text: "hi" } }, param: "prompt", message: /prompt must be a string/ },
+    { name: "a token id past the vocabulary", body: { prompt: [1, 1024] }, param: "prompt", message: /prompt\[1\] = 1024 is outside the vocabulary \(token ids are 0..1023\)/ },
+    { name: "a negative token id", body: { prompt: [-1] }, param: "prompt", message: /outside the vocabulary/ },
+    { name: "a fractional token id", body: { prompt: [[1.5]] }, param: "prompt[0]", message: /must be an integer token id/ },
+    { name: "too many prompts", body: { prompt: ids(65).map(() => "a") }, param: "prompt", message: /at most 64 prompts/ },
+    { name: "max_tokens 0", body: { prompt: "hi", max_tokens: 0 }, param: "max_tokens", message: /max_tokens must be in \[1, inf\), got 0/ },
+    { name: "negative max_tokens", body: { prompt: "hi", max_tokens: -5 }, param: "max_tokens", message: /got -5/ },
+    { name: "fractional max_tokens", body: { prompt: "hi", max_tokens: 1.5 }, param: "max_tokens", message: /must be an integer/ },
+    { name: "max_tokens as a string", body: { prompt: "hi", max_tokens: "16" }, param: "max_tokens", message: /must be a number/ },
+    { name: "absurd max_tokens", body: { prompt: "hi", max_tokens: 1e12 }, param: "max_tokens", message: /maximum context length is 2048 tokens/, code: "context_length_exceeded" },
+    { name: "prompt + max_tokens over the context", body: { prompt: ids(2000), max_tokens: 49 }, param: "max_tokens", message: /you requested 2049 tokens \(2000 in the prompt, 49 in the completion\)/, code: "context_length_exceeded" },
+    { name: "a prompt that fills the context", body: { prompt: ids(2048) }, param: "prompt", message: /your prompt has 2048 tokens/, code: "context_length_exceeded" },
+    { name: "a batch member over the context", body: { prompt: [ids(3), ids(2040)], max_tokens: 16 }, param: "max_tokens", message: /2040 in the prompt/ },
+    { name: "negative temperature", body: { prompt: "hi", temperature: -0.1 }, param: "temperature", message: /temperature must be in \[0, 2\], got -0.1/ },
+    { name: "temperature above 2", body: { prompt: "hi", temperature: 2.5 }, param: "temperature", message: /temperature must be in \[0, 2\]/ },
+    { name: "temperature as a string", body: { prompt: "hi", temperature: "hot" }, param: "temperature", message: /must be a number/ },
+    { name: "top_p 0", body: { prompt: "hi", top_p: 0 }, param: "top_p", message: /top_p must be in \(0, 1\], got 0/ },
+    { name: "top_p above 1", body: { prompt: "hi", top_p: 1.1 }, param: "top_p", message: /top_p must be in \(0, 1\]/ },
+    { name: "top_k below -1", body: { prompt: "hi", top_k: -2 }, param: "top_k", message: /top_k must be in \[-1, inf\)/ },
+    { name: "fractional top_k", body: { prompt: "hi", top_k: 2.5 }, param: "top_k", message: /must be an integer/ },
+    { name: "a negative seed", body: { prompt: "hi", seed: -1 }, param: "seed", message: /seed must be in \[0, 9007199254740991\]/ },
+    { name: "a seed past 2^53", body: { prompt: "hi", seed: 2 ** 53 }, param: "seed", message: /seed must be an integer/ },
+    { name: "an empty stop string", body: { prompt: "hi", stop: "" }, param: "stop", message: /must not be empty/ },
+    { name: "an empty stop string in a list", body: { prompt: "hi", stop: ["a", ""] }, param: "stop", message: /must not be empty/ },
+    { name: "a stop list with a number", body: { prompt: "hi", stop: ["a", 1] }, param: "stop", message: /stop must be a string or a list of strings/ },
+    { name: "too many stop strings", body: { prompt: "hi", stop: ids(65).map((_, i) => `s${i}`) }, param: "stop", message: /at most 64/ },
+    { name: "logprobs above 20", body: { prompt: "hi", logprobs: 21 }, param: "logprobs", message: /logprobs must be in \[0, 20\]/ },
+    { name: "negative logprobs", body: { prompt: "hi", logprobs: -1 }, param: "logprobs", message: /logprobs must be in \[0, 20\]/ },
+    { name: "boolean logprobs", body: { prompt: "hi", logprobs: true }, param: "logprobs", message: /must be an integer in \[0, 20\] for completions/ },
+    { name: "n = 2", body: { prompt: "hi", n: 2 }, param: "n", message: /n must be 1/ },
+    { name: "best_of = 3", body: { prompt: "hi", best_of: 3 }, param: "best_of", message: /best_of must be 1/ },
+    { name: "a suffix", body: { prompt: "hi", suffix: "end" }, param: "suffix", message: /not supported/ },
+    { name: "a frequency penalty", body: { prompt: "hi", frequency_penalty: 0.5 }, param: "frequency_penalty", message: /not supported/ },
+    { name: "a presence penalty", body: { prompt: "hi", presence_penalty: -1 }, param: "presence_penalty", message: /not supported/ },
+    { name: "a logit bias", body: { prompt: "hi", logit_bias: { "5": 10 } }, param: "logit_bias", message: /not supported/ },
+    { name: "stream_options without stream", body: { prompt: "hi", stream_options: { include_usage: true } }, param: "stream_options", message: /only be given when stream is true/ },
+    { name: "an unknown stream option", body: { prompt: "hi", stream: true, stream_options: { foo: true } }, param: "foo", message: /unknown field: foo/ },
+    { name: "stream as a string", body: { prompt: "hi", stream: "yes" }, param: "stream", message: /stream must be a boolean/ },
+    { name: "echo as a number", body: { prompt: "hi", echo: 1 }, param: "echo", message: /echo must be a boolean/ },
+    { name: "return_tokens_as_token_ids as a string", body: { prompt: "hi", return_tokens_as_token_ids: "true" }, param: "return_tokens_as_token_ids", message: /must be a boolean/ },
+    { name: "a stop token id past the vocabulary", body: { prompt: "hi", stop_token_ids: [4096] }, param: "stop_token_ids", message: /stop_token_ids\[0\] = 4096 is outside/ },
+    { name: "stop_token_ids not a list", body: { prompt: "hi", stop_token_ids: 5 }, param: "stop_token_ids", message: /must be a list/ },
+    { name: "a user that is not a string", body: { prompt: "hi", user: 7 }, param: "user", message: /user must be a string/ },
+  ];
+  it.each(cases)("$name -> $param", ({ body, status, param, message, code }) => {
+    const r = refusal(parseCompletionRequest, body);
+    expect(r.status).toBe(status ?? 400);
+    expect(r.param).toBe(param);
+    expect(r.message).toMatch(message);
+    if (code !== undefined) expect(r.code).toBe(code);
+  });
+});
+
+describe("POST /v1/chat/completions: refused requests", () => {
+  const cases: { name: string; body: unknown; status?: number; param: string | null; message: RegExp }[] = [
+    { name: "no messages", body: {}, param: "messages", message: /messages is required/ },
+    { name: "empty messages", body: { messages: [] }, param: "messages", message: /must not be empty/ },
+    { name: "messages not a list", body: { messages: "hi" }, param: "messages", message: /must be a list/ },
+    { name: "an unknown role", body: { messages: [{ role: "wizard", content: "hi" }] }, param: "messages[0].role", message: /must be one of/ },
+    { name: "a numeric content", body: { messages: [{ role: "user", content: 5 }] }, param: "messages[0].content", message: /must be a string or a list of text parts/ },
+    { name: "a user message without content", body: { messages: [{ role: "user" }] }, param: "messages[0].content", message: /is required for role user/ },
+    { name: "an image part", body: { messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] }, param: "messages[0].content[0]", message: /text only/ },
+    { name: "an unknown message field", body: { messages: [{ role: "user", content: "hi", mood: "happy" }] }, param: "messages[0].mood", message: /unknown field in messages\[0\]: mood/ },
+    { name: "an unknown top-level field", body: { messages: [{ role: "user", content: "hi" }], echo: true }, param: "echo", message: /unknown field: echo/ },
+    { name: "an unknown model", body: { model: "x", messages: [{ role: "user", content: "hi" }] }, status: 404, param: "model", message: /does not exist/ },
+    { name: "top_logprobs without logprobs", body: { messages: [{ role: "user", content: "hi" }], top_logprobs: 2 }, param: "top_logprobs", message: /requires logprobs to be true/ },
+    { name: "top_logprobs above 20", body: { messages: [{ role: "user", content: "hi" }], logprobs: true, top_logprobs: 21 }, param: "top_logprobs", message: /in \[0, 20\]/ },
+    { name: "integer logprobs", body: { messages: [{ role: "user", content: "hi" }], logprobs: 3 }, param: "logprobs", message: /logprobs must be a boolean/ },
+    { name: "tools", body: { messages: [{ role: "user", content: "hi" }], tools: [{ type: "function" }] }, param: "tools", message: /no tool calling/ },
+    { name: "a JSON response format", body: { messages: [{ role: "user", content: "hi" }], response_format: { type: "json_object" } }, param: "response_format", message: /not supported/ },
+    { name: "max_completion_tokens 0", body: { messages: [{ role: "user", content: "hi" }], max_completion_tokens: 0 }, param: "max_completion_tokens", message: /in \[1, inf\)/ },
+    { name: "max_tokens over the context", body: { messages: [{ role: "user", content: "hi" }], max_tokens: 2048 }, param: "max_tokens", message: /maximum context length is 2048/ },
+    { name: "temperature above 2", body: { messages: [{ role: "user", content: "hi" }], temperature: 3 }, param: "temperature", message: /\[0, 2\]/ },
+    { name: "n = 3", body: { messages: [{ role: "user", content: "hi" }], n: 3 }, param: "n", message: /n must be 1/ },
+  ];
+  it.each(cases)("$name -> $param", ({ body, status, param, message }) => {
+    const r = refusal(parseChatRequest, body);
+    expect(r.status).toBe(status ?? 400);
+    expect(r.param).toBe(param);
+    expect(r.message).toMatch(message);
+  });
+});
+
+describe("accepted requests come out normalised", () => {
+  it("a string prompt gets BOS; defaults apply", () => {
+    const r = parseCompletionRequest({ model: "tiny-v3", prompt: "Hello world" }, ctx);
+    expect(r.prompts).toEqual([{ tokenIds: tokenizer.encode("Hello world"), text: "Hello world" }]);
+    expect(r.prompts[0]!.tokenIds[0]).toBe(tokenizer.bosTokenId);
+    expect(r.sampling[0]).toEqual({
+      temperature: 1,
+      topP: 1,
+      topK: -1,
+      seed: undefined,
+      maxTokens: DEFAULT_COMPLETION_MAX_TOKENS,
+      stopTokenIds: [],
+      ignoreEos: false,
+      logprobs: null,
+    });
+    expect(r).toMatchObject({ api: "completions", stop: [], stream: false, includeUsage: false, echo: false, returnTokensAsTokenIds: false, skipSpecialTokens: true });
+  });
+
+  it("a token-id prompt is used exactly as given (no BOS)", () => {
+    const r = parseCompletionRequest({ prompt: [7, 8, 9], max_tokens: 4 }, ctx);
+    expect(r.prompts[0]!.tokenIds).toEqual([7, 8, 9]);
+    expect(r.prompts[0]!.text).toBe(tokenizer.decode([7, 8, 9]));
+  });
+
+  it.each([
+    { name: "a list of strings", prompt: ["a", "b c"], want: [tokenizer.encode("a"), tokenizer.encode("b c")] },
+    { name: "a list of id lists", prompt: [[1, 2], [3]], want: [[1, 2], [3]] },
+  ])("a batch: $name gives one prompt each, in order", ({ prompt, want }) => {
+    const r = parseCompletionRequest({ prompt }, ctx);
+    expect(r.prompts.map((p) => p.tokenIds)).toEqual(want);
+    expect(r.sampling).toHaveLength(want.length);
+  });
+
+  it("sampling fields, stop, stream options, logprobs and vLLM's extras pass through", () => {
+    const r = parseCompletionRequest(
+      {
+        prompt: "x",
+        max_tokens: 7,
+        temperature: 0,
+        top_p: 0.5,
+        top_k: 0,
+        seed: 42,
+        stop: "\n",
+        stream: true,
+        stream_options: { include_usage: true },
+        logprobs: 3,
+        echo: true,
+        return_tokens_as_token_ids: true,
+        ignore_eos: true,
+        stop_token_ids: [1],
+        n: 1,
+        best_of: 1,
+        user: "u",
+        frequency_penalty: 0,
+        presence_penalty: 0,
+        logit_bias: {},
+        suffix: null,
+      },
+      ctx,
+    );
+    expect(r.sampling[0]).toEqual({ temperature: 0, topP: 0.5, topK: -1, seed: 42, maxTokens: 7, stopTokenIds: [1], ignoreEos: true, logprobs: 3 });
+    expect(r).toMatchObject({ stop: ["\n"], stream: true, includeUsage: true, echo: true, returnTokensAsTokenIds: true });
+  });
+
+  it("null means not given", () => {
+    const r = parseCompletionRequest({ prompt: "x", max_tokens: null, temperature: null, logprobs: null, stop: null, seed: null }, ctx);
+    expect(r.sampling[0]).toMatchObject({ maxTokens: 16, temperature: 1, logprobs: null, seed: undefined });
+    expect(r.stop).toEqual([]);
+  });
+
+  it("chat: the template renders the messages; max_tokens defaults to the rest of the context", () => {
+    const messages = [
+      { role: "system", content: "be brief" },
+      { role: "user", content: [{ type: "text", text: "hi" }, { type: "text", text: "there" }] },
+    ];
+    const r = parseChatRequest({ model: "tiny-v3", messages, logprobs: true, top_logprobs: 2 }, ctx);
+    const want = tokenizer.encodeChat([
+      { role: "system", content: "be brief" },
+      { role: "user", content: "hi\nthere" },
+    ]);
+    expect(r.prompts[0]!.tokenIds).toEqual(want);
+    expect(r.sampling[0]!.maxTokens).toBe(2048 - want.length);
+    expect(r.sampling[0]!.logprobs).toBe(2);
+  });
+
+  it("chat: max_completion_tokens wins over max_tokens; logprobs false means none", () => {
+    const r = parseChatRequest({ messages: [{ role: "user", content: "hi" }], max_tokens: 9, max_completion_tokens: 5, logprobs: false }, ctx);
+    expect(r.sampling[0]!.maxTokens).toBe(5);
+    expect(r.sampling[0]!.logprobs).toBeNull();
+  });
+
+  it("generation_config defaults fill what the request leaves out", () => {
+    const r = parseCompletionRequest({ prompt: "x" }, { ...ctx, defaults: { temperature: 0.6, topP: 0.95, topK: 20 } });
+    expect(r.sampling[0]).toMatchObject({ temperature: 0.6, topP: 0.95, topK: 20 });
+  });
+});
+
+describe("errors as OpenAI error objects", () => {
+  it.each([
+    { name: "RESOURCE_EXHAUSTED", err: new MoelaError("full", Code.RESOURCE_EXHAUSTED), status: 429, type: "rate_limit_error", message: "full" },
+    { name: "UNAVAILABLE", err: new MoelaError("no decode", Code.UNAVAILABLE), status: 503, type: "server_error", message: "no decode" },
+    { name: "DEADLINE_EXCEEDED", err: new MoelaError("late", Code.DEADLINE_EXCEEDED), status: 504, type: "server_error", message: "late" },
+    { name: "INTERNAL MoelaError hides its message", err: new MoelaError("secret detail", Code.INTERNAL), status: 500, type: "server_error", message: "internal error" },
+    { name: "a plain Error hides its message", err: new TypeError("x is undefined"), status: 500, type: "server_error", message: "internal error" },
+  ])("$name -> $status", ({ err, status, type, message }) => {
+    const r = openAIError(err);
+    expect(r.status).toBe(status);
+    expect(r.body.error.type).toBe(type);
+    expect(r.body.error.message).toBe(message);
+    expect(Object.keys(r.body.error).sort()).toEqual(["code", "message", "param", "type"]);
+  });
+});
