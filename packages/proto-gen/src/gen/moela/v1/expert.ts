@@ -711,10 +711,14 @@ export type ExpertHostService = typeof ExpertHostService;
 export const ExpertHostService = {
   /**
    * Run this host's experts for a micro-batch of tokens at one layer.
-   * Errors: INVALID_ARGUMENT (shapes or counts disagree, dtype not the
-   * profile's dispatch format), FAILED_PRECONDITION (an expert id not owned by
-   * this host: the caller's placement map is stale; a dense layer),
-   * UNAVAILABLE (draining).
+   * Every request is validated before any compute. Errors:
+   * INVALID_ARGUMENT, with a message naming the field, when the layer is not
+   * an MoE layer of the model (dense or out of range), an expert id is not
+   * held by this host (the caller's placement map disagrees: compare Info),
+   * an expert appears twice for one token, the shapes, byte lengths, counts or
+   * tile size disagree, the dtype is not the profile's dispatch format, or a
+   * weight is not finite; UNAVAILABLE (draining). A rejected request never
+   * affects the host, which keeps serving.
    */
   dispatch: {
     path: "/moela.v1.ExpertHost/Dispatch" as const,
@@ -743,10 +747,14 @@ export const ExpertHostService = {
 export interface ExpertHostServer extends UntypedServiceImplementation {
   /**
    * Run this host's experts for a micro-batch of tokens at one layer.
-   * Errors: INVALID_ARGUMENT (shapes or counts disagree, dtype not the
-   * profile's dispatch format), FAILED_PRECONDITION (an expert id not owned by
-   * this host: the caller's placement map is stale; a dense layer),
-   * UNAVAILABLE (draining).
+   * Every request is validated before any compute. Errors:
+   * INVALID_ARGUMENT, with a message naming the field, when the layer is not
+   * an MoE layer of the model (dense or out of range), an expert id is not
+   * held by this host (the caller's placement map disagrees: compare Info),
+   * an expert appears twice for one token, the shapes, byte lengths, counts or
+   * tile size disagree, the dtype is not the profile's dispatch format, or a
+   * weight is not finite; UNAVAILABLE (draining). A rejected request never
+   * affects the host, which keeps serving.
    */
   dispatch: handleUnaryCall<DispatchRequest, DispatchResponse>;
   /**
@@ -759,10 +767,14 @@ export interface ExpertHostServer extends UntypedServiceImplementation {
 export interface ExpertHostClient extends Client {
   /**
    * Run this host's experts for a micro-batch of tokens at one layer.
-   * Errors: INVALID_ARGUMENT (shapes or counts disagree, dtype not the
-   * profile's dispatch format), FAILED_PRECONDITION (an expert id not owned by
-   * this host: the caller's placement map is stale; a dense layer),
-   * UNAVAILABLE (draining).
+   * Every request is validated before any compute. Errors:
+   * INVALID_ARGUMENT, with a message naming the field, when the layer is not
+   * an MoE layer of the model (dense or out of range), an expert id is not
+   * held by this host (the caller's placement map disagrees: compare Info),
+   * an expert appears twice for one token, the shapes, byte lengths, counts or
+   * tile size disagree, the dtype is not the profile's dispatch format, or a
+   * weight is not finite; UNAVAILABLE (draining). A rejected request never
+   * affects the host, which keeps serving.
    */
   dispatch(
     request: DispatchRequest,
