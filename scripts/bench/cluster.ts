@@ -1,0 +1,575 @@
+/**
+ * Cluster benchmark (a script, not a test): what disaggregation moves and costs, measured on a
+ * running local cluster (real processes, real gRPC) and, for comparison, in this process.
+ *
+ *   npx tsx scripts/bench/cluster.ts [--model models/tiny-v3] [--expert-hosts 2] [--prompt-tokens 32]
+ *        [--requests 4] [--decode-tokens 32] [--departure-steps 320] [--cluster-json .moela/cluster.json]
+ *
+ * Per precision profile (exact, paper) it starts a cluster through the launcher library (or uses
+ * the running one --cluster-json names, when its precision and expert-host count match) and reads
+ * the services' /metrics before and after a known workload:
+ *   - KV bytes moved per prompt token (prefill sent, decode received), against
+ *     cache layers x (kv_lora_rank + qk_rope_head_dim) x the profile's KV dtype bytes;
+ *   - hosts reached per token per MoE layer (mean, max; the max must not exceed topk_group);
+ *   - dispatch and combine bytes per token per MoE layer, by codec;
+ *   - decode tokens/s at batch 1 and 16 as a client sees it (streams, ignore_eos).
+ * In this process: the same decode loop (Engine over in-process expert-hosts, the dispatcher code
+ * the services use) at batch 1 and 16, the dispatch bytes of every codec, and how far `paper`
+ * departs from `exact` (teacher-forced top-1 agreement over the exact greedy path, largest logit
+ * difference, and where free-running greedy first diverges).
+ * Prints a table with ratios; writes bench-results/cluster.json and bench-results/cluster.html.
+ */
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { randomUUID } from "node:crypto";
+import { Command } from "commander";
+import OpenAI from "openai";
+import { DeepseekModel, Engine, PagedLatentCache, readModelConfig, type ModelConfig, type Sequence } from "@moela/engine";
+import {
+  PRECISION_PROFILES,
+  createInProcessExperts,
+  getDispatchCodec,
+  type DispatchCodecName,
+  type PrecisionName,
+  type PrecisionProfile,
+} from "@moela/moe-dispatch";
+import { DEFAULT_MODEL, startCluster, type Cluster, type ClusterInfo, type InstanceInfo } from "../../services/cli/src/launcher.js";
+
+const program = new Command("bench-cluster")
+  .option("--model <dir>", "checkpoint folder", DEFAULT_MODEL)
+  .option("--expert-hosts <h>", "expert-hosts (cluster and in-process)", (v) => Number(v), 2)
+  .option("--prompt-tokens <n>", "prompt length of the KV/dispatch workload", (v) => Number(v), 32)
+  .option("--requests <n>", "requests in the KV/dispatch workload", (v) => Number(v), 4)
+  .option("--decode-tokens <n>", "tokens per stream in the decode throughput runs", (v) => Number(v), 32)
+  .option("--departure-steps <n>", "greedy steps compared between paper and exact", (v) => Number(v), 320)
+  .option("--batches <list>", "decode batch sizes", "1,16")
+  .option("--cluster-json <file>", "use this running cluster for its profile", ".moela/cluster.json")
+  .option("--out <dir>", "where the JSON and HTML go", "bench-results")
+  .option("--no-cluster", "in-process measurements only")
+  .parse();
+const opts = program.opts<{
+  model: string;
+  expertHosts: number;
+  promptTokens: number;
+  requests: number;
+  decodeTokens: number;
+  departureSteps: number;
+  batches: string;
+  clusterJson: string;
+  out: string;
+  cluster: boolean;
+}>();
+const MODEL = resolve(opts.model);
+const H = opts.expertHosts;
+const BATCHES = opts.batches.split(",").map(Number);
+const PROFILES: PrecisionName[] = ["exact", "paper"];
+const log = (s: string) => process.stderr.write(`${s}\n`);
+const cfg: ModelConfig = readModelConfig(MODEL);
+
+/** Deterministic prompt ids away from BOS/EOS (ids 0 and 1 in the tiny vocabularies). */
+function promptIds(i: number, len: number): number[] {
+  return Array.from({ length: len }, (_, j) => 2 + ((i * 7919 + j * 104729 + 13) % (cfg.vocabSize - 2)));
+}
+
+// ---- metrics -----------------------------------------------------------------------------------
+
+type Samples = Map<string, number>;
+
+function parseMetrics(text: string): Samples {
+  const out: Samples = new Map();
+  for (const line of text.split("\n")) {
+    if (line === "" || line.startsWith("#")) continue;
+    const m = /^(\S+?(?:\{.*\})?)\s+(\S+)(?:\s+\d+)?$/.exec(line);
+    if (m) out.set(m[1]!, Number(m[2]));
+  }
+  return out;
+}
+
+async function scrape(i: InstanceInfo): Promise<Samples> {
+  const res = await fetch(i.metrics);
+  if (!res.ok) throw new Error(`${i.role} ${i.index}: GET ${i.metrics} -> HTTP ${res.status}`);
+  return parseMetrics(await res.text());
+}
+
+/** Sum over label sets of `name` whose label text passes `filter`; undefined when absent. */
+function sum(s: Samples, name: string, filter: (labels: string) => boolean = () => true): number | undefined {
+  let total: number | undefined;
+  for (const [key, v] of s) {
+    const brace = key.indexOf("{");
+    if ((brace < 0 ? key : key.slice(0, brace)) !== name) continue;
+    if (!filter(brace < 0 ? "" : key.slice(brace))) continue;
+    total = (total ?? 0) + v;
+  }
+  return total;
+}
+
+/** Per-instance scrapes of a whole cluster at one moment. */
+type Snapshot = Map<string, Samples>;
+const key = (i: InstanceInfo) => `${i.role}-${i.index}`;
+
+async function snapshot(info: ClusterInfo): Promise<Snapshot> {
+  const out: Snapshot = new Map();
+  for (const i of info.instances) out.set(key(i), await scrape(i));
+  return out;
+}
+
+const missing = new Set<string>();
+
+/** Increase of a metric between two snapshots, summed over the instances of `roles`. */
+function delta(a: Snapshot, b: Snapshot, info: ClusterInfo, roles: string[], name: string, filter?: (l: string) => boolean): number | undefined {
+  let total: number | undefined;
+  for (const i of info.instances) {
+    if (!roles.includes(i.role)) continue;
+    const after = sum(b.get(key(i))!, name, filter);
+    if (after === undefined) continue;
+    total = (total ?? 0) + after - (sum(a.get(key(i))!, name, filter) ?? 0);
+  }
+  if (total === undefined) missing.add(`${name} (${roles.join("/")})`);
+  return total;
+}
+
+/** Largest bucket bound that gained observations: the max of a histogram delta, to bucket resolution. */
+function histogramMax(a: Snapshot, b: Snapshot, info: ClusterInfo, roles: string[], name: string): number | undefined {
+  const count = delta(a, b, info, roles, `${name}_count`);
+  if (count === undefined || count === 0) return undefined;
+  const bounds = new Set<number>();
+  for (const s of b.values()) {
+    for (const k of s.keys()) {
+      const m = new RegExp(`^${name}_bucket\\{.*le="([^"]+)"`).exec(k);
+      if (m && m[1] !== "+Inf") bounds.add(Number(m[1]));
+    }
+  }
+  for (const le of [...bounds].sort((x, y) => x - y)) {
+    const below = delta(a, b, info, roles, `${name}_bucket`, (l) => l.includes(`le="${le}"`)) ?? 0;
+    if (below >= count) return le;
+  }
+  return Infinity;
+}
+
+// ---- streams -----------------------------------------------------------------------------------
+
+interface StreamTiming {
+  /** ms timestamps of each token-carrying chunk, and how many tokens it carried. */
+  chunks: Array<{ t: number; tokens: number }>;
+}
+
+async function stream(client: OpenAI, model: string, prompt: number[], maxTokens: number): Promise<StreamTiming> {
+  const body = {
+    model, prompt, max_tokens: maxTokens, temperature: 0, stream: true as const, ignore_eos: true, logprobs: 0, return_tokens_as_token_ids: true,
+  };
+  const s = await client.completions.create(body as OpenAI.Completions.CompletionCreateParamsStreaming);
+  const out: StreamTiming = { chunks: [] };
+  for await (const chunk of s) {
+    const n = chunk.choices[0]?.logprobs?.tokens?.length ?? 0;
+    if (n > 0) out.chunks.push({ t: performance.now(), tokens: n });
+  }
+  return out;
+}
+
+/**
+ * Decode tokens/s of B concurrent streams as the client sees them: tokens that arrived after every
+ * stream had its first token (all B sequences in decode's batch), over that window.
+ */
+function clientDecodeRate(streams: StreamTiming[]): { rate: number; tokens: number } {
+  const allIn = Math.max(...streams.map((s) => s.chunks[0]?.t ?? Infinity));
+  const end = Math.max(...streams.map((s) => s.chunks.at(-1)?.t ?? 0));
+  let tokens = 0;
+  for (const s of streams) for (const c of s.chunks) if (c.t > allIn) tokens += c.tokens;
+  return { rate: end > allIn ? tokens / ((end - allIn) / 1000) : NaN, tokens };
+}
+
+// ---- results -----------------------------------------------------------------------------------
+
+interface ClusterResult {
+  profile: PrecisionName;
+  reusedRunningCluster: boolean;
+  promptTokens: number;
+  kvSentBytesPerPromptToken: number | undefined;
+  kvReceivedBytesPerPromptToken: number | undefined;
+  kvExpectedMainLayers: number;
+  kvExpectedCacheLayers: number;
+  hostsReachedMean: number | undefined;
+  hostsReachedMax: number | undefined;
+  dispatchCodec: DispatchCodecName;
+  combineCodec: DispatchCodecName;
+  dispatchBytesPerTokenLayer: number | undefined;
+  dispatchBytesPerTokenHost: number | undefined;
+  combineBytesPerTokenLayer: number | undefined;
+  decode: Array<{ batch: number; clientTokS: number; decodeStepTokS: number | undefined; tokens: number }>;
+}
+
+interface InProcessResult {
+  profile: PrecisionName;
+  decode: Array<{ batch: number; tokS: number }>;
+}
+
+interface Departure {
+  steps: number;
+  top1Agreement: number;
+  maxLogitDiff: number;
+  meanLogitDiff: number;
+  /** Root-mean-square of the exact logits, the scale the differences compare with. */
+  rmsLogit: number;
+  maxLogprobDiff: number;
+  exactSelfConsistency: number;
+  freeRunFirstDivergence: Array<number | null>;
+}
+
+// ---- in-process --------------------------------------------------------------------------------
+
+function loadProfiled(profile: PrecisionProfile): DeepseekModel {
+  const model = DeepseekModel.load(MODEL, { kvDtype: profile.kvDtype });
+  model.setExpertExecutor(createInProcessExperts(model, H, profile).executor);
+  return model;
+}
+
+async function inProcessDecode(model: DeepseekModel, batch: number): Promise<number> {
+  const promptLen = opts.promptTokens;
+  const engine = new Engine(model, { blockSize: 16, numBlocks: batch * Math.ceil((promptLen + opts.decodeTokens + 4) / 16) + batch + 4 });
+  const seqs: Sequence[] = Array.from({ length: batch }, (_, b) =>
+    engine.newSequence(`b${b}`, promptIds(100 + b, promptLen), { temperature: 0, topP: 1, topK: -1, maxTokens: opts.decodeTokens, ignoreEos: true }),
+  );
+  await engine.prefill(seqs);
+  const t0 = performance.now();
+  let produced = 0;
+  while (seqs.some((s) => !s.finished)) {
+    for (const r of await engine.step(seqs.filter((s) => !s.finished))) produced += r.tokens.length;
+  }
+  const t1 = performance.now();
+  for (const s of seqs) engine.release(s);
+  return produced / ((t1 - t0) / 1000);
+}
+
+/** [rows, V] logits of every position of `tokens` (one decompressed forward), copied out. */
+async function allLogits(model: DeepseekModel, tokens: number[]): Promise<Float32Array> {
+  const cache = new PagedLatentCache({ numLayers: model.cacheLayers, latentDim: cfg.latentDim, blockSize: 16, numBlocks: Math.ceil((tokens.length + 2) / 16) + 1 });
+  const table: number[] = [];
+  cache.ensureCapacity(table, tokens.length + 1);
+  const r = await model.forward(cache, [{ blockTable: table, start: 0, tokens, logits: "all" }], { attention: "decompressed" });
+  return Float32Array.from(r.logits.subarray(0, tokens.length * cfg.vocabSize));
+}
+
+function argmaxRow(x: Float32Array, off: number, n: number): number {
+  let best = off;
+  for (let i = off + 1; i < off + n; i++) if (x[i]! > x[best]!) best = i;
+  return best - off;
+}
+
+function logSumExp(x: Float32Array, off: number, n: number): number {
+  let m = -Infinity;
+  for (let i = off; i < off + n; i++) m = Math.max(m, x[i]!);
+  let s = 0;
+  for (let i = off; i < off + n; i++) s += Math.exp(x[i]! - m);
+  return m + Math.log(s);
+}
+
+async function greedy(model: DeepseekModel, prompt: number[], n: number): Promise<number[]> {
+  const engine = new Engine(model, { speculative: false, blockSize: 16, numBlocks: Math.ceil((prompt.length + n + 4) / 16) + 2 });
+  const seq = engine.newSequence("g", prompt, { temperature: 0, topP: 1, topK: -1, maxTokens: n, ignoreEos: true });
+  const out: number[] = [];
+  for await (const t of engine.generate(seq)) out.push(t.id);
+  engine.release(seq);
+  return out;
+}
+
+async function departure(exact: DeepseekModel, paper: DeepseekModel): Promise<Departure> {
+  const prompts = 4;
+  const per = Math.ceil(opts.departureSteps / prompts);
+  const V = cfg.vocabSize;
+  let steps = 0;
+  let agree = 0;
+  let selfAgree = 0;
+  let maxLogit = 0;
+  let maxLogprob = 0;
+  let sumLogit = 0;
+  let sumSq = 0;
+  const firstDiv: Array<number | null> = [];
+  for (let p = 0; p < prompts; p++) {
+    const prompt = promptIds(500 + p, 8 + 3 * p);
+    log(`  departure: prompt ${p + 1}/${prompts}, ${per} greedy steps (exact, then paper) ...`);
+    const exactTokens = await greedy(exact, prompt, per);
+    const paperTokens = await greedy(paper, prompt, per);
+    const div = exactTokens.findIndex((t, i) => paperTokens[i] !== t);
+    firstDiv.push(div < 0 ? null : div);
+    // Teacher forcing: both profiles read the exact greedy path; compare their next-token logits.
+    const seq = [...prompt, ...exactTokens.slice(0, -1)];
+    const [le, lp] = [await allLogits(exact, seq), await allLogits(paper, seq)];
+    for (let i = 0; i < per; i++) {
+      const row = (prompt.length - 1 + i) * V;
+      const ae = argmaxRow(le, row, V);
+      const ap = argmaxRow(lp, row, V);
+      steps++;
+      if (ae === ap) agree++;
+      if (ae === exactTokens[i]) selfAgree++;
+      const lse = [logSumExp(le, row, V), logSumExp(lp, row, V)];
+      for (let v = 0; v < V; v++) {
+        const d = Math.abs(le[row + v]! - lp[row + v]!);
+        if (d > maxLogit) maxLogit = d;
+        sumLogit += d;
+        sumSq += le[row + v]! * le[row + v]!;
+        const dl = Math.abs(le[row + v]! - lse[0]! - (lp[row + v]! - lse[1]!));
+        if (dl > maxLogprob) maxLogprob = dl;
+      }
+    }
+  }
+  return { steps, top1Agreement: agree / steps, maxLogitDiff: maxLogit, meanLogitDiff: sumLogit / (steps * V), rmsLogit: Math.sqrt(sumSq / (steps * V)), maxLogprobDiff: maxLogprob, exactSelfConsistency: selfAgree / steps, freeRunFirstDivergence: firstDiv };
+}
+
+// ---- on the cluster ----------------------------------------------------------------------------
+
+function runningCluster(profile: PrecisionName): ClusterInfo | undefined {
+  if (!existsSync(opts.clusterJson)) return undefined;
+  const info = JSON.parse(readFileSync(opts.clusterJson, "utf8")) as ClusterInfo;
+  try {
+    process.kill(info.launcher_pid, 0);
+  } catch {
+    return undefined; // stale file
+  }
+  const hosts = info.instances.filter((i) => i.role === "expert-host").length;
+  return info.precision === profile && hosts === H && resolve(info.model) === MODEL ? info : undefined;
+}
+
+async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
+  const prof = PRECISION_PROFILES[profile];
+  let info = runningCluster(profile);
+  let cluster: Cluster | undefined;
+  let stateDir: string | undefined;
+  if (info !== undefined) log(`${profile}: using the running cluster at ${info.url} (${opts.clusterJson})`);
+  else {
+    log(`${profile}: starting a cluster (${H} expert-hosts, 1 decode, 1 prefill, router) ...`);
+    stateDir = mkdtempSync(join(tmpdir(), "moela-bench-"));
+    cluster = await startCluster({
+      model: MODEL,
+      precision: profile,
+      expertHosts: H,
+      port: 0,
+      stateDir,
+      queuePrefix: `bench-${randomUUID().slice(0, 8)}`,
+      logLevel: "warn",
+      onProgress: (e) => {
+        if (e.kind === "healthy") log(`  up ${e.label} [${e.up}/${e.total}]`);
+        if (e.kind === "redis") log(`  redis ${e.url} (${e.source})`);
+      },
+    });
+    info = cluster.info;
+  }
+  try {
+    const client = new OpenAI({ baseURL: info.openai_base_url, apiKey: "bench", maxRetries: 0, timeout: 600_000 });
+    const model = info.served_model_name;
+
+    // Workload 1: prompts only (max_tokens 1: prefill samples the only token; decode steps nothing).
+    log(`  ${profile}: ${opts.requests} prompts of ${opts.promptTokens} tokens (KV transfer, dispatch) ...`);
+    const a = await snapshot(info);
+    for (let r = 0; r < opts.requests; r++) {
+      await client.completions.create({ model, prompt: promptIds(r, opts.promptTokens), max_tokens: 1, temperature: 0 });
+    }
+    const b = await snapshot(info);
+    const promptTokens = opts.requests * opts.promptTokens;
+    const kvSent = delta(a, b, info, ["prefill"], "moela_prefill_kv_transfer_bytes_total");
+    const kvRecv = delta(a, b, info, ["decode"], "moela_decode_kv_received_bytes_total");
+    const side = ["prefill", "decode"];
+    const hostsCount = delta(a, b, info, side, "moela_moe_dispatch_hosts_reached_count");
+    const hostsSum = delta(a, b, info, side, "moela_moe_dispatch_hosts_reached_sum");
+    const sent = delta(a, b, info, side, "moela_moe_dispatch_sent_bytes_total", (l) => l.includes(`codec="${prof.dispatch}"`));
+    const combined = delta(a, b, info, side, "moela_moe_combine_received_bytes_total", (l) => l.includes(`codec="${prof.combine}"`));
+    const per = (x: number | undefined, n: number | undefined) => (x === undefined || n === undefined || n === 0 ? undefined : x / n);
+    const kvBytes = prof.kvDtype === "f32" ? 4 : 2;
+
+    // Workload 2: decode throughput at each batch size.
+    const decode: ClusterResult["decode"] = [];
+    for (const batch of BATCHES) {
+      log(`  ${profile}: decode, ${batch} concurrent stream(s) x ${opts.decodeTokens} tokens ...`);
+      const c = await snapshot(info);
+      const streams = await Promise.all(
+        Array.from({ length: batch }, (_, i) => stream(client, model, promptIds(100 + i, opts.promptTokens), opts.decodeTokens)),
+      );
+      const d = await snapshot(info);
+      const { rate, tokens } = clientDecodeRate(streams);
+      const stepSeconds = delta(c, d, info, ["decode"], "moela_decode_step_seconds_sum");
+      const generated = delta(c, d, info, ["decode"], "moela_decode_generated_tokens_total");
+      decode.push({ batch, clientTokS: rate, decodeStepTokS: per(generated, stepSeconds), tokens });
+    }
+    return {
+      profile,
+      reusedRunningCluster: cluster === undefined,
+      promptTokens,
+      kvSentBytesPerPromptToken: per(kvSent, promptTokens),
+      kvReceivedBytesPerPromptToken: per(kvRecv, promptTokens),
+      kvExpectedMainLayers: cfg.numHiddenLayers * (cfg.kvLoraRank + cfg.qkRopeHeadDim) * kvBytes,
+      kvExpectedCacheLayers: (cfg.numHiddenLayers + Math.min(1, cfg.numNextnPredictLayers)) * (cfg.kvLoraRank + cfg.qkRopeHeadDim) * kvBytes,
+      hostsReachedMean: per(hostsSum, hostsCount),
+      hostsReachedMax: histogramMax(a, b, info, side, "moela_moe_dispatch_hosts_reached"),
+      dispatchCodec: prof.dispatch,
+      combineCodec: prof.combine,
+      dispatchBytesPerTokenLayer: per(sent, hostsCount),
+      dispatchBytesPerTokenHost: per(sent, hostsSum),
+      combineBytesPerTokenLayer: per(combined, hostsCount),
+      decode,
+    };
+  } finally {
+    if (cluster !== undefined) {
+      log(`  ${profile}: stopping the cluster ...`);
+      await cluster.stop();
+      rmSync(stateDir!, { recursive: true, force: true });
+    }
+  }
+}
+
+// ---- report ------------------------------------------------------------------------------------
+
+const f = (x: number | undefined, d = 1) => (x === undefined || !Number.isFinite(x) ? "n/a" : x.toFixed(d));
+const ratio = (x: number | undefined, y: number | undefined) => (x === undefined || y === undefined || y === 0 ? "n/a" : `${(x / y).toFixed(2)}x`);
+
+function table(rows: string[][]): string {
+  const w = rows[0]!.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? "").length)));
+  return rows.map((r) => r.map((x, c) => (c === 0 ? x.padEnd(w[c]!) : x.padStart(w[c]!))).join("  ")).join("\n");
+}
+
+function bars(title: string, items: Array<{ label: string; value: number | undefined }>, unit: string): string {
+  const valid = items.filter((i) => i.value !== undefined && Number.isFinite(i.value));
+  const max = Math.max(1e-9, ...valid.map((i) => i.value!));
+  const rowH = 26;
+  const width = 720;
+  const labelW = 260;
+  const h = 34 + items.length * rowH;
+  const rows = items
+    .map((it, k) => {
+      const y = 30 + k * rowH;
+      const v = it.value !== undefined && Number.isFinite(it.value) ? it.value : 0;
+      const w = ((width - labelW - 90) * v) / max;
+      return `<text x="4" y="${y + 15}" font-size="13">${it.label}</text><rect x="${labelW}" y="${y}" width="${w.toFixed(1)}" height="18" fill="#4a7bd0"/><text x="${labelW + w + 6}" y="${y + 14}" font-size="12">${f(it.value, 1)} ${unit}</text>`;
+    })
+    .join("");
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${h}"><text x="4" y="18" font-size="15" font-weight="bold">${title}</text>${rows}</svg>`;
+}
+
+// ---- main --------------------------------------------------------------------------------------
+
+const started = Date.now();
+log(`model ${MODEL}: ${cfg.numHiddenLayers} layers (+${cfg.numNextnPredictLayers} MTP), hidden ${cfg.hiddenSize}, kv_lora_rank ${cfg.kvLoraRank} + rope ${cfg.qkRopeHeadDim}, ${cfg.nRoutedExperts} experts in ${cfg.nGroup} groups, topk_group ${cfg.topkGroup}; ${H} expert-hosts`);
+
+log("in-process: loading exact and paper models with in-process expert-hosts ...");
+const exactModel = loadProfiled(PRECISION_PROFILES.exact);
+const paperModel = loadProfiled(PRECISION_PROFILES.paper);
+log(`in-process: paper vs exact over ${opts.departureSteps} greedy steps ...`);
+const dep = await departure(exactModel, paperModel);
+const inProcess: InProcessResult[] = [];
+for (const [profile, model] of [["exact", exactModel], ["paper", paperModel]] as const) {
+  const rows: InProcessResult["decode"] = [];
+  for (const batch of BATCHES) {
+    log(`in-process: ${profile} decode at batch ${batch} ...`);
+    rows.push({ batch, tokS: await inProcessDecode(model, batch) });
+  }
+  inProcess.push({ profile, decode: rows });
+}
+const codecBytes = (["f32", "bf16", "fp8-tile", "logfmt8"] as const).map((name) => ({
+  codec: name,
+  bytesPerRow: getDispatchCodec(name).encodedBytes(1, cfg.hiddenSize),
+}));
+
+const clusters: ClusterResult[] = [];
+if (opts.cluster) for (const profile of PROFILES) clusters.push(await measureCluster(profile));
+
+// ---- print -------------------------------------------------------------------------------------
+const out: string[] = [];
+out.push(`moela cluster benchmark: ${MODEL}, ${H} expert-hosts, ${new Date().toISOString()}`);
+out.push("");
+out.push("KV transfer (prefill -> decode), bytes per prompt token");
+out.push(
+  table([
+    ["profile", "sent", "received", "expected (main layers)", "expected (+MTP layer)", "sent/expected(main)"],
+    ...clusters.map((c) => [
+      c.profile,
+      f(c.kvSentBytesPerPromptToken),
+      f(c.kvReceivedBytesPerPromptToken),
+      `${c.kvExpectedMainLayers}`,
+      `${c.kvExpectedCacheLayers}`,
+      ratio(c.kvSentBytesPerPromptToken, c.kvExpectedMainLayers),
+    ]),
+  ]),
+);
+const [ce, cp] = [clusters.find((c) => c.profile === "exact"), clusters.find((c) => c.profile === "paper")];
+out.push(`paper/exact KV bytes: ${ratio(cp?.kvSentBytesPerPromptToken, ce?.kvSentBytesPerPromptToken)}`);
+out.push("");
+out.push(`MoE dispatch, per token per MoE layer (topk_group = ${cfg.topkGroup})`);
+out.push(
+  table([
+    ["profile", "hosts mean", "hosts max", "<= topk_group", "dispatch codec", "dispatch B", "B per host", "combine codec", "combine B"],
+    ...clusters.map((c) => [
+      c.profile,
+      f(c.hostsReachedMean, 2),
+      f(c.hostsReachedMax, 0),
+      c.hostsReachedMax === undefined ? "n/a" : c.hostsReachedMax <= cfg.topkGroup ? "yes" : "NO",
+      c.dispatchCodec,
+      f(c.dispatchBytesPerTokenLayer),
+      f(c.dispatchBytesPerTokenHost),
+      c.combineCodec,
+      f(c.combineBytesPerTokenLayer),
+    ]),
+  ]),
+);
+out.push(`exact/paper dispatch bytes (F32 vs FP8): ${ratio(ce?.dispatchBytesPerTokenLayer, cp?.dispatchBytesPerTokenLayer)}; combine (F32 vs BF16): ${ratio(ce?.combineBytesPerTokenLayer, cp?.combineBytesPerTokenLayer)}`);
+out.push(`codec sizes per activation row of ${cfg.hiddenSize} values: ${codecBytes.map((c) => `${c.codec} ${c.bytesPerRow} B`).join(", ")} (BF16/FP8 = ${(codecBytes[1]!.bytesPerRow / codecBytes[2]!.bytesPerRow).toFixed(2)}x)`);
+out.push("");
+out.push(`Decode tokens/s (${opts.decodeTokens} tokens per stream, prompt ${opts.promptTokens}, greedy, ignore_eos, MTP on where the model has it)`);
+out.push(
+  table([
+    ["profile", "batch", "in-process", "cluster (client)", "cluster (decode steps)", "cluster/in-process"],
+    ...inProcess.flatMap((p) =>
+      p.decode.map(({ batch, tokS: ip }) => {
+        const d = clusters.find((c) => c.profile === p.profile)?.decode.find((x) => x.batch === batch);
+        return [p.profile, String(batch), f(ip), f(d?.clientTokS), f(d?.decodeStepTokS), ratio(d?.clientTokS, ip)];
+      }),
+    ),
+  ]),
+);
+for (const c of clusters) {
+  const [b1, bN] = [c.decode[0], c.decode.at(-1)];
+  if (b1 && bN && bN !== b1) out.push(`${c.profile}: cluster batch ${bN.batch} / batch ${b1.batch}: ${ratio(bN.clientTokS, b1.clientTokS)}`);
+}
+out.push("");
+out.push(`paper vs exact (in-process, ${dep.steps} greedy steps over 4 prompts, teacher-forced on the exact path)`);
+out.push(
+  table([
+    ["top-1 agreement", "largest |logit diff|", "mean |logit diff|", "rms logit", "largest |logprob diff|", "exact argmax = its own greedy", "free-run first divergence per prompt"],
+    [
+      `${(100 * dep.top1Agreement).toFixed(1)}%`,
+      dep.maxLogitDiff.toExponential(3),
+      dep.meanLogitDiff.toExponential(3),
+      dep.rmsLogit.toFixed(3),
+      dep.maxLogprobDiff.toExponential(3),
+      `${(100 * dep.exactSelfConsistency).toFixed(1)}%`,
+      dep.freeRunFirstDivergence.map((d) => (d === null ? "none" : `step ${d}`)).join(", "),
+    ],
+  ]),
+);
+if (missing.size > 0) {
+  out.push("");
+  out.push(`metrics not exported by the services (shown as n/a): ${[...missing].join("; ")}`);
+}
+out.push(`(${((Date.now() - started) / 1000).toFixed(0)} s)`);
+console.log(out.join("\n"));
+
+mkdirSync(opts.out, { recursive: true });
+const result = { model: MODEL, expertHosts: H, config: cfg, options: opts, clusters, inProcess, departure: dep, codecBytes, missingMetrics: [...missing] };
+writeFileSync(join(opts.out, "cluster.json"), `${JSON.stringify(result, null, 2)}\n`);
+const svg = [
+  bars(
+    "Decode tokens/s",
+    clusters.flatMap((c) =>
+      c.decode.flatMap((d) => [
+        { label: `${c.profile} b${d.batch} in-process`, value: inProcess.find((x) => x.profile === c.profile)!.decode.find((x) => x.batch === d.batch)!.tokS },
+        { label: `${c.profile} b${d.batch} cluster`, value: d.clientTokS },
+      ]),
+    ),
+    "tok/s",
+  ),
+  bars("KV bytes per prompt token (sent)", clusters.map((c) => ({ label: c.profile, value: c.kvSentBytesPerPromptToken })), "B"),
+  bars("Dispatch bytes per token per MoE layer", clusters.map((c) => ({ label: `${c.profile} (${c.dispatchCodec})`, value: c.dispatchBytesPerTokenLayer })), "B"),
+];
+writeFileSync(
+  join(opts.out, "cluster.html"),
+  `<!doctype html><meta charset="utf-8"><title>moela cluster benchmark</title><body style="font-family:sans-serif"><h1>moela cluster benchmark</h1><pre>${out.join("\n").replace(/</g, "&lt;")}</pre>${svg.join("<br>")}</body>\n`,
+);
+log(`wrote ${join(opts.out, "cluster.json")} and ${join(opts.out, "cluster.html")}`);
