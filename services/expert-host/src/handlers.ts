@@ -1,0 +1,60 @@
+/**
+ * ExpertHost gRPC handlers: wire <-> library glue around the shard's ExpertHostCore.
+ *
+ * Every Dispatch request is validated before any compute: the tensor (present, a dispatch dtype,
+ * [tokens, hidden], tile size, exact byte lengths: fromDispatchRequest) and then everything that
+ * needs the model (an MoE layer, this host's dispatch codec, counts that sum to the ids, only
+ * experts this shard holds, finite weights: ExpertHostCore.validate). A bad request is answered
+ * INVALID_ARGUMENT with a message naming the field; the server keeps serving.
+ */
+import { InvalidArgumentError, type Logger } from "@moela/core";
+import type { MetricsOf } from "@moela/metrics";
+import { encodedSize, fromDispatchRequest, toInfoResponse, toTensor, type ExpertDispatchRequest, type ExpertHostCore } from "@moela/moe-dispatch";
+import type { ExpertHostService } from "@moela/proto-gen";
+import type { AsyncServiceImplementation } from "@moela/rpc";
+
+export interface HandlerDeps {
+  readonly core: ExpertHostCore;
+  readonly logger: Logger;
+  readonly metrics: MetricsOf<"expert-host">;
+}
+
+export function expertHostHandlers({ core, logger, metrics: m }: HandlerDeps): AsyncServiceImplementation<typeof ExpertHostService> {
+  const dispatchCodec = core.profile.dispatch;
+  const combineCodec = core.profile.combine;
+  return {
+    async dispatch(msg, ctx) {
+      let req: ExpertDispatchRequest;
+      try {
+        req = fromDispatchRequest(msg);
+        core.validate(req);
+      } catch (err) {
+        if (err instanceof InvalidArgumentError) logger.warn({ requestId: msg.requestId, layer: msg.layer, reason: err.message }, "dispatch rejected");
+        throw err;
+      }
+      ctx.signal.throwIfAborted();
+      const layer = String(req.layer);
+      m.expertHostReceivedBytes.inc({ codec: dispatchCodec }, encodedSize(req.activations));
+      const started = performance.now();
+      const out = core.dispatch(req);
+      const seconds = (performance.now() - started) / 1000;
+      m.expertHostCompute.observe(seconds);
+      m.expertHostBatchTokens.observe(req.rows);
+      m.expertHostLayerTokens.inc({ layer }, req.expertIds.length);
+      if (m.expertHostExpertTokens) {
+        const perExpert = new Map<number, number>();
+        for (let i = 0; i < req.expertIds.length; i++) perExpert.set(req.expertIds[i]!, (perExpert.get(req.expertIds[i]!) ?? 0) + 1);
+        for (const [expert, n] of perExpert) m.expertHostExpertTokens.inc({ layer, expert: String(expert) }, n);
+      }
+      m.expertHostSentBytes.inc({ codec: combineCodec }, encodedSize(out));
+      logger.debug(
+        { requestId: req.requestId, layer: req.layer, tokens: req.rows, pairs: req.expertIds.length, ms: seconds * 1000 },
+        "dispatch",
+      );
+      return { output: toTensor(out) };
+    },
+    async info() {
+      return toInfoResponse(core.info());
+    },
+  };
+}

@@ -1,0 +1,171 @@
+/**
+ * expert-host: holds shard `--shard-index` of `--shard-count` of the routed experts of every MoE
+ * layer (never the experts it does not own) and answers ExpertHost.Dispatch / Info over gRPC, with
+ * grpc.health.v1, reflection and /metrics.
+ *
+ * main() in order: config -> logger and metrics -> load the shard -> serve -> ONE ready line on
+ * stdout (JSON, the launcher parses it) -> wait for SIGTERM/SIGINT -> health NOT_SERVING, drain,
+ * close -> exit code 0. Logs are JSON on stderr.
+ *
+ * Ready line: {"event":"ready","role":"expert-host","pid":123,"grpc":"127.0.0.1:PORT",
+ *              "metrics":"http://127.0.0.1:PORT/metrics","shard":0}
+ */
+import { realpathSync } from "node:fs";
+import { pathToFileURL } from "node:url";
+import { Code, createLogger, MoelaError, type Logger } from "@moela/core";
+import { loadExpertShard, readModelConfig } from "@moela/engine";
+import { createServiceMetrics, startMetricsServer, type MetricsServer } from "@moela/metrics";
+import { checkpointModelId, ExpertHostCore, placementFor } from "@moela/moe-dispatch";
+import { ExpertHostService } from "@moela/proto-gen";
+import { createServer, drainAndClose, serve, type RpcServer } from "@moela/rpc";
+import { parseConfig, splitAddress, USAGE, type ExpertHostConfig } from "./config.js";
+import { expertHostHandlers } from "./handlers.js";
+
+export { parseConfig, type ExpertHostConfig } from "./config.js";
+
+const CODE_NAME: ReadonlyMap<number, string> = new Map(Object.entries(Code).map(([name, code]) => [code as number, name]));
+
+export interface RunningExpertHost {
+  /** Dialable "host:port" of the gRPC server. */
+  readonly grpcAddress: string;
+  /** http://host:port/metrics */
+  readonly metricsUrl: string;
+  readonly config: ExpertHostConfig;
+  readonly core: ExpertHostCore;
+  readonly server: RpcServer;
+  /** Bytes of expert weights resident in this process. */
+  readonly residentBytes: number;
+  /** The line main() prints when ready. */
+  readonly readyLine: string;
+  /** Health NOT_SERVING, let running calls finish for up to graceMs, close gRPC and /metrics. */
+  close(graceMs?: number): Promise<{ forced: boolean }>;
+}
+
+/** Load the shard and serve it: the whole service without the process lifecycle (tests, launchers). */
+export async function startExpertHost(cfg: ExpertHostConfig, logger: Logger): Promise<RunningExpertHost> {
+  const t0 = performance.now();
+  const model = readModelConfig(cfg.model);
+  const placement = placementFor(model, cfg.shardCount);
+  const shard = loadExpertShard(cfg.model, model, (_layer, e) => placement.hostOfExpert[e] === cfg.shardIndex);
+  const core = new ExpertHostCore({
+    expertsByLayer: shard.expertsByLayer,
+    hidden: model.hiddenSize,
+    profile: cfg.precision,
+    shardIndex: cfg.shardIndex,
+    shardCount: cfg.shardCount,
+    modelId: checkpointModelId(cfg.model),
+  });
+  logger.info(
+    {
+      model: cfg.model,
+      modelId: core.modelId,
+      shard: cfg.shardIndex,
+      shards: cfg.shardCount,
+      experts: placement.expertsOfHost[cfg.shardIndex],
+      layers: core.layers,
+      bytes: shard.bytes,
+      precision: cfg.precision,
+      loadMs: Math.round(performance.now() - t0),
+    },
+    "expert shard loaded",
+  );
+
+  const metrics = createServiceMetrics("expert-host", { perExpertSeries: cfg.perExpertMetrics });
+  const m = metrics.m;
+  const server = createServer({
+    logger,
+    onCallEnd: (e) => {
+      m.rpcServerHandled.inc({ method: e.method, code: CODE_NAME.get(e.code) ?? String(e.code) });
+      m.rpcServerHandling.observe({ method: e.method }, e.durationMs / 1000);
+    },
+  });
+  server.addService(ExpertHostService, expertHostHandlers({ core, logger, metrics: m }));
+  const { address } = await serve(server, cfg.grpcAddress);
+  let metricsServer: MetricsServer;
+  try {
+    metricsServer = await startMetricsServer(metrics.registry, splitAddress(cfg.metricsAddress));
+  } catch (err) {
+    await drainAndClose(server, 0, { flushMs: 0 });
+    throw new MoelaError(`cannot serve /metrics on ${cfg.metricsAddress}: ${(err as Error).message}`, Code.UNAVAILABLE, { cause: err });
+  }
+  const readyLine = JSON.stringify({
+    event: "ready",
+    role: "expert-host",
+    pid: process.pid,
+    grpc: address,
+    metrics: metricsServer.url,
+    shard: cfg.shardIndex,
+  });
+  return {
+    grpcAddress: address,
+    metricsUrl: metricsServer.url,
+    config: cfg,
+    core,
+    server,
+    residentBytes: shard.bytes,
+    readyLine,
+    async close(graceMs = cfg.drainGraceMs) {
+      const result = await drainAndClose(server, graceMs);
+      await metricsServer.close();
+      return result;
+    },
+  };
+}
+
+function waitForSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (sig: NodeJS.Signals): void => {
+      process.off("SIGTERM", on);
+      process.off("SIGINT", on);
+      resolve(sig);
+    };
+    process.on("SIGTERM", on);
+    process.on("SIGINT", on);
+  });
+}
+
+/** The service's entry point; resolves with the process exit code. */
+export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  let cfg: ExpertHostConfig | null;
+  try {
+    cfg = parseConfig(argv, env);
+  } catch (err) {
+    process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+    return 2;
+  }
+  if (cfg === null) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  const logger = createLogger("expert-host", cfg.logLevel);
+  // Registered before the (possibly long) weight load, so a SIGTERM during it still drains cleanly.
+  const stop = waitForSignal();
+  let host: RunningExpertHost;
+  try {
+    host = await startExpertHost(cfg, logger);
+  } catch (err) {
+    logger.fatal({ err }, "expert-host failed to start");
+    process.stderr.write(`expert-host: ${err instanceof Error ? err.message : String(err)}\n`);
+    return 1;
+  }
+  process.stdout.write(`${host.readyLine}\n`);
+  logger.info({ grpc: host.grpcAddress, metrics: host.metricsUrl, shard: cfg.shardIndex }, "ready");
+  const sig = await stop;
+  logger.info({ signal: sig, activeCalls: host.server.activeCalls }, "draining");
+  const { forced } = await host.close(cfg.drainGraceMs);
+  logger.info({ forced }, "stopped");
+  return 0;
+}
+
+function isEntryPoint(): boolean {
+  const script = process.argv[1];
+  if (script === undefined) return false;
+  try {
+    return import.meta.url === pathToFileURL(realpathSync(script)).href;
+  } catch {
+    return false;
+  }
+}
+
+// `tsx services/expert-host/src/main.ts ...` runs the service; importing the module does not.
+if (isEntryPoint()) process.exitCode = await main(process.argv.slice(2), process.env);
