@@ -3,6 +3,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { InvalidArgumentError } from "@moela/core";
 import { DeepseekModel, Engine, type GenerationParams } from "@moela/engine";
+import { createInProcessExperts, precisionProfile } from "@moela/moe-dispatch";
 import { IncrementalDecoder, StopStringMatcher, Tokenizer, type ChatMessage } from "@moela/tokenizer";
 
 export interface GenerateCliOptions {
@@ -25,6 +26,10 @@ export interface GenerateCliOptions {
   speculative: boolean;
   prefillChunk: number;
   json?: boolean;
+  /** Precision profile (exact | paper): the cluster's KV dtype and dispatch/combine roundings. */
+  precision?: string;
+  /** Expert-hosts the routed experts are split over, in process (the cluster's H). */
+  expertHosts?: number;
 }
 
 /** Sampling defaults from generation_config.json (as vLLM does), else temperature 1, top_p 1. */
@@ -60,7 +65,11 @@ export async function runGenerate(o: GenerateCliOptions): Promise<number> {
   if (inputs !== 1) throw new InvalidArgumentError("give exactly one of --prompt, --prompt-ids, --chat, --messages");
   if ((o.logits || o.mtpLogits) && !o.json) throw new InvalidArgumentError("--logits and --mtp-logits need --json");
   const defaults = generationDefaults(o.model);
-  const model = DeepseekModel.load(o.model);
+  const profile = precisionProfile(o.precision ?? "exact");
+  const model = DeepseekModel.load(o.model, { kvDtype: profile.kvDtype });
+  // Routed experts go through the same dispatcher as the cluster, over H in-process expert-hosts,
+  // so this process rounds and sums exactly as a cluster with H expert-hosts and this profile does.
+  model.setExpertExecutor(createInProcessExperts(model, o.expertHosts ?? 1, profile).executor);
   if (o.mtpLogits && !model.hasMtp) throw new InvalidArgumentError(`${o.model} has no MTP layer; --mtp-logits is not available`);
   const needsTokenizer = o.promptIds === undefined || !o.json || o.stop.length > 0;
   const tokenizer = needsTokenizer ? Tokenizer.fromDir(o.model) : null;
