@@ -14,7 +14,7 @@
  * (parseJobFailure).
  */
 import { Code, InvalidArgumentError, type MoelaError } from "@moela/core";
-import type { ConnectionOptions, DefaultJobOptions } from "bullmq";
+import { Queue, type ConnectionOptions, type DefaultJobOptions } from "bullmq";
 import { z } from "zod";
 
 /** Redis key prefix of every moela queue unless configured otherwise. */
@@ -141,4 +141,17 @@ export function parseJobFailure(failedReason: string): { code: Code; message: st
   const code = m === null ? undefined : (Code as Record<string, Code>)[m[1]!];
   if (m === null || code === undefined) return { code: Code.INTERNAL, message: failedReason };
   return { code, message: m[2]! };
+}
+
+/** The prefill queue as a producer (the router) opens it: PREFILL_JOB_OPTIONS are every job's defaults. */
+export function createPrefillQueue(redisUrl: string, prefix: string = DEFAULT_QUEUE_PREFIX): Queue {
+  return new Queue(PREFILL_QUEUE, { connection: redisConnection(redisUrl), prefix: validateQueuePrefix(prefix), defaultJobOptions: { ...PREFILL_JOB_OPTIONS } });
+}
+
+/**
+ * Enqueue a prefill job under its request id (a request is queued at most once). `priority` is BullMQ's
+ * (lower runs first); 0 = none.
+ */
+export async function enqueuePrefill(queue: Queue, job: PrefillJob, priority = 0): Promise<void> {
+  await queue.add(PREFILL_JOB_NAME, job, { jobId: job.requestId, ...(priority > 0 ? { priority } : {}) });
 }

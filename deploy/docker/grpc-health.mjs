@@ -1,0 +1,18 @@
+#!/usr/bin/env node
+// Container healthcheck: `node deploy/docker/grpc-health.mjs [host:port] [service]` asks grpc.health.v1
+// Check and exits 0 only on SERVING (1 otherwise). Plain JS on purpose: it runs every few seconds, so it
+// must not pay for tsx, and the slim image has no grpc_health_probe binary. Kubernetes uses its native
+// grpc probes instead; this is for docker-compose.
+import { Metadata, credentials, makeGenericClientConstructor } from "@grpc/grpc-js";
+import { service } from "grpc-health-check";
+
+const address = process.argv[2] ?? "127.0.0.1:50051";
+const serviceName = process.argv[3] ?? "";
+const Client = makeGenericClientConstructor(service, "grpc.health.v1.Health");
+const client = new Client(address, credentials.createInsecure());
+client.Check({ service: serviceName }, new Metadata(), { deadline: Date.now() + 3_000 }, (err, response) => {
+  const status = err ? `error: ${err.details || err.message}` : response?.status;
+  if (status !== "SERVING") console.error(`${address} health: ${status}`);
+  client.close();
+  process.exit(status === "SERVING" ? 0 : 1);
+});

@@ -1,0 +1,123 @@
+/**
+ * Prefill configuration: every setting is a flag with an env twin MOELA_PREFILL_<NAME> (the flag wins),
+ * validated once at startup; an error names both the flag and the env variable.
+ *
+ *   --model DIR              checkpoint folder (attention, dense layers, gate, shared experts)    (required)
+ *   --redis-url URL          BullMQ's Redis                                       (redis://127.0.0.1:6379)
+ *   --queue-prefix NAME      Redis key prefix of the queues                       (moela)
+ *   --grpc-address H:P       health and Prefill.Status; port 0 picks a free one   (127.0.0.1:0)
+ *   --metrics-address H:P    Prometheus /metrics                                  (127.0.0.1:0)
+ *   --expert-hosts H:P,...   expert-hosts in shard order; empty: the routed experts run in this process
+ *                            through one in-process expert-host (same codecs)     (empty)
+ *   --precision P            exact | paper                                        (exact)
+ *   --prefill-chunk N        prompt tokens per forward chunk                      (256)
+ *   --max-batch-tokens N     prompt tokens batched into one engine.prefill call; also the longest prompt
+ *                            this instance takes           (the model's max_position_embeddings, at most 32768)
+ *   --concurrency N          jobs taken from the queue at once (the batching window)  (8)
+ *   --log-level L            pino level                                           (info)
+ */
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { ConfigError } from "@moela/core";
+import { z } from "zod";
+
+const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "must be host:port");
+const positiveInt = z.coerce.number().int("must be an integer").min(1, "must be at least 1");
+
+const schema = z.strictObject({
+  model: z.string({ error: "is required" }).min(1, "is required"),
+  redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").default("redis://127.0.0.1:6379"),
+  queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").default("moela"),
+  grpcAddress: hostPort.default("127.0.0.1:0"),
+  metricsAddress: hostPort.default("127.0.0.1:0"),
+  expertHosts: z
+    .string()
+    .default("")
+    .transform((s) => s.split(",").map((x) => x.trim()).filter((x) => x.length > 0))
+    .pipe(z.array(hostPort)),
+  precision: z.enum(["exact", "paper"]).default("exact"),
+  prefillChunk: positiveInt.default(256),
+  maxBatchTokens: positiveInt.optional(),
+  concurrency: positiveInt.max(1024, "must be at most 1024").default(8),
+  logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+});
+
+export interface PrefillConfig {
+  /** Absolute checkpoint folder. */
+  readonly model: string;
+  readonly redisUrl: string;
+  readonly queuePrefix: string;
+  readonly grpcAddress: string;
+  readonly metricsAddress: string;
+  /** Shard order; empty = routed experts in this process. */
+  readonly expertHosts: readonly string[];
+  readonly precision: "exact" | "paper";
+  readonly prefillChunk: number;
+  /** undefined = from the model (resolved at startup). */
+  readonly maxBatchTokens: number | undefined;
+  readonly concurrency: number;
+  readonly logLevel: string;
+}
+
+function flagOf(key: string): string {
+  return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+}
+
+/** camelCase key -> MOELA_PREFILL_SNAKE_CASE. */
+export function envOf(key: string): string {
+  return `MOELA_PREFILL_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
+}
+
+const KEYS = Object.keys(schema.shape) as (keyof typeof schema.shape)[];
+
+/** Parse and validate flags (argv) over env twins; throws ConfigError naming the flag and its env twin. */
+export function parsePrefillConfig(argv: readonly string[], env: NodeJS.ProcessEnv): PrefillConfig {
+  let values: Record<string, string | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: [...argv],
+      options: Object.fromEntries(KEYS.map((k) => [flagOf(k), { type: "string" as const }])),
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    throw new ConfigError(`prefill: ${(err as Error).message}; flags: ${KEYS.map((k) => `--${flagOf(k)}`).join(" ")}`);
+  }
+  const raw: Record<string, string> = {};
+  for (const k of KEYS) {
+    const v = values[flagOf(k)] ?? env[envOf(k)];
+    if (v !== undefined) raw[k] = v;
+  }
+  const r = schema.safeParse(raw);
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    const key = String(issue.path[0] ?? "");
+    const given = raw[key];
+    throw new ConfigError(`prefill: --${flagOf(key)} (env ${envOf(key)}) ${issue.message}${given === undefined ? "" : `, got "${given}"`}`);
+  }
+  const c = r.data;
+  const model = resolve(c.model);
+  if (!existsSync(join(model, "config.json"))) {
+    throw new ConfigError(`prefill: --model (env ${envOf("model")}) "${c.model}" has no config.json`);
+  }
+  return Object.freeze({
+    model,
+    redisUrl: c.redisUrl,
+    queuePrefix: c.queuePrefix,
+    grpcAddress: c.grpcAddress,
+    metricsAddress: c.metricsAddress,
+    expertHosts: Object.freeze([...c.expertHosts]),
+    precision: c.precision,
+    prefillChunk: c.prefillChunk,
+    maxBatchTokens: c.maxBatchTokens,
+    concurrency: c.concurrency,
+    logLevel: c.logLevel,
+  });
+}
+
+/** "host:port" -> {host, port} (brackets of an IPv6 host removed). */
+export function splitHostPort(address: string): { host: string; port: number } {
+  const i = address.lastIndexOf(":");
+  return { host: address.slice(0, i).replace(/^\[(.*)\]$/, "$1"), port: Number(address.slice(i + 1)) };
+}

@@ -1,0 +1,228 @@
+/**
+ * Prefill work: BullMQ jobs in, KV transfers out.
+ *
+ * The BullMQ worker runs up to `concurrency` jobs at once. Each job validates itself, opens its KV
+ * transfer to the job's decode instance (KvBegin: decode reserves the blocks or refuses at once), and
+ * hands its sequence to the batcher. The batcher runs whatever sequences are waiting when the engine is
+ * free as ONE engine.prefill call (up to max-batch-tokens prompt tokens), so concurrent jobs share
+ * forward passes; each sequence's latent rows stream to its own sender as each layer of each chunk is
+ * computed (batchKvSink). Then each job sends KvEnd with its sequence's snapshot (first token, MTP draft,
+ * sampler state), waits for decode's verdict, and releases its blocks here.
+ *
+ * Failures: a bad job (schema, precision, vocabulary, too long, deadline passed, refused as invalid by
+ * decode) throws BullMQ's UnrecoverableError, so it is not retried; transient ones (decode or an
+ * expert-host UNAVAILABLE, a full decode cache, a corrupted transfer) throw a plain Error and BullMQ
+ * retries them with backoff (PREFILL_JOB_OPTIONS). Either way the message is `<CODE>: <text>`
+ * (jobFailureMessage), which the router turns back into a status for its client.
+ */
+import { randomUUID } from "node:crypto";
+import { Code, InvalidArgumentError, MoelaError, type Logger } from "@moela/core";
+import type { Engine, GenerationParams, Sequence, StepResult } from "@moela/engine";
+import { batchKvSink, KvPoll, KvSender, kvTransferMeta, type KvConnector, type KvFailure } from "@moela/kv-transfer";
+import type { MetricsOf } from "@moela/metrics";
+import { jobFailureMessage, parsePrefillJob, type PrecisionProfile, type PrefillJob } from "@moela/scheduler";
+import { UnrecoverableError, type Job } from "bullmq";
+
+interface Pending {
+  readonly seq: Sequence;
+  readonly sender: KvSender;
+  readonly resolve: (r: StepResult) => void;
+  readonly reject: (err: unknown) => void;
+}
+
+/** Runs waiting sequences together, one engine.prefill call at a time. */
+export class PrefillBatcher {
+  private readonly waiting: Pending[] = [];
+  private running = false;
+  /** Prompt tokens queued or being computed. */
+  pendingTokens = 0;
+
+  constructor(
+    private readonly engine: Engine,
+    private readonly maxBatchTokens: number,
+    private readonly metrics: MetricsOf<"prefill">,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Prefill `seq`, streaming its rows to `sender`; resolves with its first token. */
+  submit(seq: Sequence, sender: KvSender): Promise<StepResult> {
+    return new Promise((resolve, reject) => {
+      this.waiting.push({ seq, sender, resolve, reject });
+      this.pendingTokens += seq.prompt.length;
+      this.kick();
+    });
+  }
+
+  private kick(): void {
+    if (this.running || this.waiting.length === 0) return;
+    this.running = true;
+    // One macrotask of slack, so jobs the worker fetched together join one batch.
+    setImmediate(() => void this.runBatches());
+  }
+
+  private async runBatches(): Promise<void> {
+    try {
+      while (this.waiting.length > 0) {
+        const batch: Pending[] = [];
+        let tokens = 0;
+        while (this.waiting.length > 0) {
+          const next = this.waiting[0]!;
+          if (batch.length > 0 && tokens + next.seq.prompt.length > this.maxBatchTokens) break;
+          batch.push(this.waiting.shift()!);
+          tokens += next.seq.prompt.length;
+        }
+        // A sequence whose transfer already failed (decode refused it) is not worth computing.
+        const live = batch.filter((p) => {
+          if (p.sender.poll() !== KvPoll.Failed) return true;
+          p.reject(failureError(p.sender.failure!));
+          return false;
+        });
+        const liveTokens = live.reduce((n, p) => n + p.seq.prompt.length, 0);
+        if (live.length > 0) await this.runOne(live, liveTokens);
+        this.pendingTokens -= tokens;
+      }
+    } finally {
+      this.running = false;
+      this.kick();
+    }
+  }
+
+  private async runOne(batch: Pending[], tokens: number): Promise<void> {
+    const m = this.metrics;
+    const seqs = batch.map((p) => p.seq);
+    const started = performance.now();
+    try {
+      const results = await this.engine.prefill(seqs, { kvSink: batchKvSink(seqs, batch.map((p) => p.sender)) });
+      m.prefillForward.observe((performance.now() - started) / 1000);
+      m.prefillBatchSize.observe(batch.length);
+      m.prefillBatchTokens.observe(tokens);
+      m.prefillTokens.inc(tokens);
+      this.logger.debug({ sequences: batch.length, tokens, ms: Math.round(performance.now() - started) }, "prefill batch");
+      results.forEach((r, i) => batch[i]!.resolve(r));
+    } catch (err) {
+      for (const p of batch) p.reject(err);
+    }
+  }
+}
+
+/** A transfer failure as a MoelaError of its code. */
+function failureError(f: KvFailure): MoelaError {
+  return new MoelaError(`KV transfer failed: ${f.reason}`, f.code);
+}
+
+/** Codes worth another attempt: the peer may be back, have room, or the bytes may arrive intact. */
+const RETRYABLE = new Set<Code>([Code.UNAVAILABLE, Code.RESOURCE_EXHAUSTED, Code.DATA_LOSS, Code.ABORTED, Code.INTERNAL, Code.UNKNOWN, Code.DEADLINE_EXCEEDED]);
+
+/** What a job returns on success (kept by BullMQ for a while, for inspection). */
+export interface PrefillJobResult {
+  readonly transferId: string;
+  readonly firstTokenId: number;
+  readonly kvBlocks: number;
+  readonly bytesSent: number;
+}
+
+export interface JobProcessorDeps {
+  readonly engine: Engine;
+  readonly batcher: PrefillBatcher;
+  readonly precision: PrecisionProfile;
+  readonly modelId: string;
+  readonly maxPromptTokens: number;
+  /** The KV connector of a decode instance (one per address, reused). */
+  readonly connectorFor: (decodeAddress: string) => KvConnector;
+  readonly metrics: MetricsOf<"prefill">;
+  readonly logger: Logger;
+  /** Transfers in progress (Prefill.Status). */
+  readonly activeTransfers: Set<KvSender>;
+}
+
+function failureReason(code: Code): "unavailable" | "aborted" | "timeout" | "rejected" {
+  if (code === Code.UNAVAILABLE) return "unavailable";
+  if (code === Code.CANCELLED || code === Code.ABORTED) return "aborted";
+  if (code === Code.DEADLINE_EXCEEDED) return "timeout";
+  return "rejected";
+}
+
+/** The BullMQ processor of prefill jobs. */
+export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<PrefillJobResult> {
+  const { engine, metrics: m } = deps;
+  return async (job: Job): Promise<PrefillJobResult> => {
+    let data: PrefillJob;
+    try {
+      data = parsePrefillJob(job.data);
+    } catch (err) {
+      m.prefillJobs.inc({ outcome: "error" });
+      deps.logger.error({ jobId: job.id, err: (err as Error).message }, "bad prefill job");
+      throw new UnrecoverableError(jobFailureMessage(err as MoelaError));
+    }
+    const log = deps.logger.child({ requestId: data.requestId, attempt: job.attemptsMade + 1 });
+    const unrecoverable = (err: MoelaError): UnrecoverableError => {
+      m.prefillJobs.inc({ outcome: err.code === Code.CANCELLED ? "cancelled" : "error" });
+      log.warn({ code: err.code, err: err.message }, "prefill job failed for good");
+      return new UnrecoverableError(jobFailureMessage(err));
+    };
+    if (data.precision !== deps.precision) {
+      throw unrecoverable(new MoelaError(`the job is for precision ${data.precision}, this prefill instance runs ${deps.precision}`, Code.FAILED_PRECONDITION));
+    }
+    if (Date.now() >= data.deadlineUnixMs) throw unrecoverable(new MoelaError("the request's deadline passed while it was queued", Code.DEADLINE_EXCEEDED));
+    if (data.promptTokenIds.length > deps.maxPromptTokens) {
+      throw unrecoverable(
+        new InvalidArgumentError(`the prompt has ${data.promptTokenIds.length} tokens; this prefill instance takes at most ${deps.maxPromptTokens} (--max-batch-tokens)`),
+      );
+    }
+    const s = data.sampling;
+    const params: GenerationParams = {
+      temperature: s.temperature,
+      topP: s.topP,
+      topK: s.topK,
+      seed: s.seed,
+      maxTokens: s.maxTokens,
+      stopTokenIds: s.stopTokenIds,
+      ignoreEos: s.ignoreEos,
+      topLogprobs: s.logprobs ?? 0,
+    };
+    let seq: Sequence;
+    try {
+      seq = engine.newSequence(data.requestId, data.promptTokenIds, params);
+    } catch (err) {
+      throw unrecoverable(err instanceof MoelaError ? err : new InvalidArgumentError(String(err)));
+    }
+
+    // A retried job gets a new transfer id, so a late duplicate of a failed attempt cannot be admitted.
+    const transferId = `${data.requestId}.${job.attemptsMade}.${randomUUID().slice(0, 8)}`;
+    const sender = new KvSender(deps.connectorFor(data.decodeAddress), { onChunk: (bytes) => m.prefillKvTransferBytes.inc(bytes) });
+    deps.activeTransfers.add(sender);
+    const started = performance.now();
+    try {
+      await sender.begin(
+        kvTransferMeta(engine, seq, {
+          transferId,
+          requestId: data.requestId,
+          modelId: deps.modelId,
+          logprobs: s.logprobs !== null,
+          deadlineUnixMs: data.deadlineUnixMs,
+        }),
+      );
+      const first = await deps.batcher.submit(seq, sender);
+      const outcome = await sender.end(seq.snapshot());
+      if (!outcome.ok) throw failureError(outcome.failure);
+      m.prefillKvTransferDuration.observe((performance.now() - started) / 1000);
+      m.prefillJobs.inc({ outcome: "ok" });
+      const firstTokenId = first.tokens[0]?.id ?? -1;
+      log.info({ decode: data.decodeAddress, transferId, promptTokens: seq.prompt.length, kvBlocks: outcome.ack.kvBlocks, bytes: sender.bytesSent }, "prefill done, KV admitted");
+      return { transferId, firstTokenId, kvBlocks: outcome.ack.kvBlocks, bytesSent: sender.bytesSent };
+    } catch (err) {
+      const e = err instanceof MoelaError ? err : new MoelaError(err instanceof Error ? err.message : String(err), Code.INTERNAL, { cause: err });
+      sender.abort(`prefill failed: ${e.message}`);
+      m.prefillKvTransferFailures.inc({ reason: failureReason(e.code) });
+      const pastDeadline = Date.now() >= data.deadlineUnixMs;
+      if (!RETRYABLE.has(e.code) || pastDeadline) throw unrecoverable(e);
+      // Counted as finished only when BullMQ will not try again.
+      if (job.attemptsMade + 1 >= (job.opts.attempts ?? 1)) m.prefillJobs.inc({ outcome: "error" });
+      log.warn({ decode: data.decodeAddress, code: e.code, err: e.message }, "prefill attempt failed; BullMQ will retry");
+      throw new Error(jobFailureMessage(e));
+    } finally {
+      deps.activeTransfers.delete(sender);
+      engine.release(seq);
+    }
+  };
+}

@@ -1,0 +1,183 @@
+/**
+ * docker-compose.yml: `docker-compose config` (Compose v1.29, which also rejects Compose-v2-only keys)
+ * accepts it, and the resolved file is the cluster it claims to be: redis with append-only persistence
+ * on a volume, router, prefill, decode, expert-hosts 0 and 1 of 2 wired in shard order, every service's
+ * flags accepted by its own config parser, precision paper by default, Prometheus scraping every
+ * service's metrics port, Grafana provisioned from deploy/grafana.
+ * Skipped only where docker-compose is not installed (.ci/run installs it).
+ */
+import { execFileSync } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { beforeAll, describe, expect, it } from "vitest";
+import { parse as parseYaml } from "yaml";
+import { REPO_ROOT } from "../helpers/helm.js";
+import { SERVICE_ROLES, flagValue, hasServiceConfig, parseServiceFlags, type ServiceRole } from "../helpers/service-flags.js";
+
+type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- parsed YAML
+
+function hasDockerCompose(): boolean {
+  try {
+    execFileSync("docker-compose", ["version"], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** `docker-compose config` with the given extra environment (MOELA_* overrides stripped otherwise). */
+function composeConfig(extraEnv: Record<string, string> = {}): Obj {
+  const env: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("MOELA_") && !k.startsWith("COMPOSE_")));
+  try {
+    const out = execFileSync("docker-compose", ["--file", join(REPO_ROOT, "docker-compose.yml"), "config"], {
+      cwd: REPO_ROOT,
+      env: { ...env, ...extraEnv },
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "pipe"],
+      timeout: 30_000,
+    });
+    return parseYaml(out) as Obj;
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new Error(`docker-compose config rejected docker-compose.yml:\n${e.stderr || e.message}`);
+  }
+}
+
+const MOELA_SERVICES: Record<string, ServiceRole> = {
+  router: "router",
+  prefill: "prefill",
+  decode: "decode",
+  "expert-host-0": "expert-host",
+  "expert-host-1": "expert-host",
+};
+
+/** A service's volumes as target -> source (docker-compose 1.29 prints them as "source:target[:mode]"). */
+function mounts(svc: Obj): Map<string, string> {
+  return new Map(
+    (svc.volumes as (string | Obj)[]).map((v) => {
+      if (typeof v !== "string") return [v.target as string, v.source as string];
+      const [source, target] = v.split(":");
+      return [target!, source!];
+    }),
+  );
+}
+
+function port(address: string | undefined): number {
+  if (address === undefined) throw new Error("missing address");
+  return Number(address.slice(address.lastIndexOf(":") + 1));
+}
+
+describe.skipIf(!hasDockerCompose())("docker-compose.yml (docker-compose config)", () => {
+  let config: Obj = {};
+  beforeAll(() => {
+    config = composeConfig();
+  });
+  const cmd = (name: string): string[] => config.services[name].command as string[];
+
+  it("defines exactly the 8 services of the cluster", () => {
+    expect(Object.keys(config.services).sort()).toEqual(
+      ["decode", "expert-host-0", "expert-host-1", "grafana", "prefill", "prometheus", "redis", "router"].sort(),
+    );
+  });
+
+  it("stays Compose-v1 compatible (no top-level name, no depends_on.required)", () => {
+    const raw = parseYaml(readFileSync(join(REPO_ROOT, "docker-compose.yml"), "utf8")) as Obj;
+    expect(raw.name).toBeUndefined();
+    for (const [name, svc] of Object.entries(raw.services as Obj)) {
+      for (const dep of Object.values((svc.depends_on ?? {}) as Obj)) {
+        if (dep !== null && typeof dep === "object") expect(dep.required, name).toBeUndefined();
+      }
+    }
+  });
+
+  it("persists Redis with appendonly + appendfsync everysec on a named volume, noeviction", () => {
+    const redis = config.services.redis;
+    const c = redis.command as string[];
+    expect(flagValue(c, "--appendonly")).toBe("yes");
+    expect(flagValue(c, "--appendfsync")).toBe("everysec");
+    expect(flagValue(c, "--maxmemory-policy")).toBe("noeviction");
+    expect(mounts(redis).get("/data")).toBe("redis-data");
+    expect(Object.keys(config.volumes)).toContain("redis-data");
+  });
+
+  it("builds each moela service from the one Dockerfile's target of its role, with a gRPC healthcheck on its gRPC port", () => {
+    for (const [name, role] of Object.entries(MOELA_SERVICES)) {
+      const svc = config.services[name];
+      expect(svc.build.dockerfile, name).toBe("deploy/docker/Dockerfile");
+      expect(svc.build.target, name).toBe(role);
+      expect(svc.healthcheck.test, name).toEqual(["CMD", "node", "deploy/docker/grpc-health.mjs", `127.0.0.1:${port(flagValue(cmd(name), "--grpc-address"))}`]);
+      expect(flagValue(cmd(name), "--grpc-address"), name).toMatch(/^0\.0\.0\.0:\d+$/);
+      expect(flagValue(cmd(name), "--metrics-address"), name).toMatch(/^0\.0\.0\.0:\d+$/);
+    }
+  });
+
+  it("runs expert-hosts 0 and 1 of 2, and gives decode and prefill both in shard order", () => {
+    expect(["expert-host-0", "expert-host-1"].map((n) => [flagValue(cmd(n), "--shard-index"), flagValue(cmd(n), "--shard-count")])).toEqual([
+      ["0", "2"],
+      ["1", "2"],
+    ]);
+    const hosts = ["expert-host-0", "expert-host-1"].map((n) => `${n}:${port(flagValue(cmd(n), "--grpc-address"))}`).join(",");
+    expect(flagValue(cmd("decode"), "--expert-hosts")).toBe(hosts);
+    expect(flagValue(cmd("prefill"), "--expert-hosts")).toBe(hosts);
+  });
+
+  it("points router and prefill at the redis service and the router at decode", () => {
+    expect(flagValue(cmd("router"), "--redis-url")).toBe("redis://redis:6379");
+    expect(flagValue(cmd("prefill"), "--redis-url")).toBe("redis://redis:6379");
+    expect(flagValue(cmd("router"), "--decode")).toBe(`decode:${port(flagValue(cmd("decode"), "--grpc-address"))}`);
+    expect(config.services.router.ports.map((p: Obj | string) => (typeof p === "string" ? p : `${p.published}:${p.target}`))).toContain("8000:8000");
+    expect(port(flagValue(cmd("router"), "--http-address"))).toBe(8000);
+  });
+
+  it("waits for healthy dependencies before starting a service", () => {
+    const deps = (name: string) => config.services[name].depends_on as Obj;
+    expect(deps("decode")).toEqual({ "expert-host-0": { condition: "service_healthy" }, "expert-host-1": { condition: "service_healthy" } });
+    expect(Object.keys(deps("prefill")).sort()).toEqual(["expert-host-0", "expert-host-1", "redis"]);
+    expect(Object.keys(deps("router")).sort()).toEqual(["decode", "prefill", "redis"]);
+    for (const name of ["prefill", "router"]) for (const d of Object.values(deps(name))) expect(d).toEqual({ condition: "service_healthy" });
+  });
+
+  it("runs the paper precision profile by default and honours MOELA_PRECISION", () => {
+    for (const name of Object.keys(MOELA_SERVICES)) expect(flagValue(cmd(name), "--precision"), name).toBe("paper");
+    const exact = composeConfig({ MOELA_PRECISION: "exact" });
+    for (const name of Object.keys(MOELA_SERVICES)) expect(flagValue(exact.services[name].command, "--precision"), name).toBe("exact");
+  });
+
+  for (const [name, role] of Object.entries(MOELA_SERVICES)) {
+    it.runIf(hasServiceConfig(role))(`passes ${name} flags the ${role} config parser accepts`, async () => {
+      const cfg = await parseServiceFlags(role, cmd(name));
+      expect(cfg["precision"]).toBe("paper");
+    });
+  }
+
+  it("has Prometheus scrape every moela service's metrics port, each target labelled with its role", () => {
+    const prom = mounts(config.services.prometheus);
+    expect(prom.get("/etc/prometheus/prometheus.yml")).toBe(join(REPO_ROOT, "deploy/prometheus/prometheus.yml"));
+    expect(prom.get("/etc/prometheus/rules")).toBe(join(REPO_ROOT, "deploy/prometheus/rules"));
+    const promConfig = parseYaml(readFileSync(join(REPO_ROOT, "deploy/prometheus/prometheus.yml"), "utf8")) as Obj;
+    const targets = new Map<string, string>();
+    for (const job of promConfig.scrape_configs as Obj[]) {
+      for (const sc of job.static_configs as Obj[]) for (const t of sc.targets as string[]) targets.set(t, sc.labels?.role);
+    }
+    for (const [name, role] of Object.entries(MOELA_SERVICES)) {
+      const target = `${name}:${port(flagValue(cmd(name), "--metrics-address"))}`;
+      expect(targets.get(target), target).toBe(role);
+    }
+    expect(promConfig.rule_files).toEqual(["/etc/prometheus/rules/*.yml"]);
+  });
+
+  it.runIf(existsSync("/usr/bin/promtool") || existsSync("/usr/local/bin/promtool"))("has a Prometheus config and rules that promtool accepts", () => {
+    execFileSync("promtool", ["check", "config", "--syntax-only", join(REPO_ROOT, "deploy/prometheus/prometheus.yml")], { stdio: "pipe" });
+    execFileSync("promtool", ["check", "rules", join(REPO_ROOT, "deploy/prometheus/rules/moela.yml")], { stdio: "pipe" });
+  });
+
+  it("provisions Grafana with the Prometheus datasource and every dashboard in deploy/grafana/dashboards", () => {
+    const grafana = mounts(config.services.grafana);
+    expect(grafana.get("/etc/grafana/provisioning")).toBe(join(REPO_ROOT, "deploy/grafana/provisioning"));
+    const datasources = parseYaml(readFileSync(join(REPO_ROOT, "deploy/grafana/provisioning/datasources/prometheus.yml"), "utf8")) as Obj;
+    expect(datasources.datasources[0]).toMatchObject({ type: "prometheus", uid: "prometheus", url: "http://prometheus:9090" });
+    const providers = parseYaml(readFileSync(join(REPO_ROOT, "deploy/grafana/provisioning/dashboards/moela.yml"), "utf8")) as Obj;
+    const path = providers.providers[0].options.path as string;
+    expect(grafana.get(path)).toBe(join(REPO_ROOT, "deploy/grafana/dashboards"));
+  });
+});

@@ -1,0 +1,261 @@
+/**
+ * The prefill service against real neighbours: a real BullMQ queue on the local Redis (a unique prefix per
+ * test, obliterated afterwards) and a decode-side KvInbox behind a real KvTransfer gRPC server on
+ * 127.0.0.1:0. A job goes in, the worker prefills it and pushes its latent KV over gRPC; the admitted
+ * sequence, stepped to the end by the decode-side engine, must give the same greedy tokens (and logprobs)
+ * as the single-process engine. Also: batched prefill, bad jobs not retried, transient failures retried.
+ */
+import { randomUUID } from "node:crypto";
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { Code, createLogger } from "@moela/core";
+import { DeepseekModel, Engine, type EmittedToken, type GenerationParams, type Sequence } from "@moela/engine";
+import { KvInbox, kvTransferService, type KvTransferMeta } from "@moela/kv-transfer";
+import { createServiceMetrics } from "@moela/metrics";
+import { checkpointModelId, createInProcessExperts } from "@moela/moe-dispatch";
+import { KvTransferService } from "@moela/proto-gen";
+import { createServer, drainAndClose, serve, type RpcServer } from "@moela/rpc";
+import {
+  createPrefillQueue,
+  enqueuePrefill,
+  parseJobFailure,
+  PREFILL_JOB_VERSION,
+  PREFILL_QUEUE,
+  redisConnection,
+  type PrefillJob,
+} from "@moela/scheduler";
+import { Job, QueueEvents, type Queue } from "bullmq";
+import { startPrefill, type StartedPrefill } from "../../../services/prefill/src/main.js";
+import { PrefillBatcher } from "../../../services/prefill/src/worker.js";
+
+const MODEL = new URL("../../../models/tiny-v3", import.meta.url).pathname;
+const REDIS = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
+const silent = createLogger("prefill-test", "silent");
+
+/** The single-process engine `moela generate` runs: every routed expert through one in-process host. */
+function singleProcessEngine(): Engine {
+  const model = DeepseekModel.load(MODEL);
+  model.setExpertExecutor(createInProcessExperts(model, 1, "exact").executor);
+  return new Engine(model, { blockSize: 16, numBlocks: 256 });
+}
+
+const GREEDY: GenerationParams = { temperature: 0, topP: 1, topK: -1, seed: 1, maxTokens: 10, ignoreEos: true, topLogprobs: 2 };
+
+async function reference(engine: Engine, prompt: number[], params: GenerationParams): Promise<EmittedToken[]> {
+  const out: EmittedToken[] = [];
+  for await (const t of engine.generate(engine.newSequence("ref", prompt, params))) out.push(t);
+  return out;
+}
+
+const PROMPTS: number[][] = [
+  [0, 17, 300, 42, 9, 511, 77, 3, 250, 128, 64, 900, 12],
+  [0, 5, 6],
+  Array.from({ length: 40 }, (_, i) => (i * 37 + 11) % 1024),
+];
+
+/** The decode side: an engine, its KvInbox and a KvTransfer gRPC server; admitted sequences by request id. */
+class DecodeSide {
+  readonly engine = singleProcessEngine();
+  readonly admitted = new Map<string, Sequence>();
+  readonly failed: string[] = [];
+  private waiters = new Map<string, (s: Sequence) => void>();
+  server!: RpcServer;
+  address = "";
+
+  async start(): Promise<this> {
+    const inbox = new KvInbox({
+      engine: this.engine,
+      modelId: checkpointModelId(MODEL),
+      onAdmit: (seq: Sequence, meta: KvTransferMeta) => {
+        this.admitted.set(meta.requestId, seq);
+        this.waiters.get(meta.requestId)?.(seq);
+      },
+      onFail: (f) => this.failed.push(f.reason),
+    });
+    this.server = createServer({ logger: silent });
+    this.server.addService(KvTransferService, kvTransferService(inbox));
+    this.address = (await serve(this.server, "127.0.0.1:0")).address;
+    return this;
+  }
+
+  admittedSeq(requestId: string): Promise<Sequence> {
+    const s = this.admitted.get(requestId);
+    if (s !== undefined) return Promise.resolve(s);
+    return new Promise((resolve) => this.waiters.set(requestId, resolve));
+  }
+
+  async decodeToEnd(seq: Sequence): Promise<EmittedToken[]> {
+    while (!seq.finished) await this.engine.step([seq]);
+    const out = [...seq.output];
+    this.engine.release(seq);
+    return out;
+  }
+
+  async close(): Promise<void> {
+    await drainAndClose(this.server, 0, { flushMs: 100 });
+  }
+}
+
+function job(requestId: string, prompt: number[], decodeAddress: string, over: Partial<PrefillJob> = {}): PrefillJob {
+  return {
+    version: PREFILL_JOB_VERSION,
+    requestId,
+    promptTokenIds: prompt,
+    sampling: { temperature: 0, topP: 1, topK: -1, seed: 1, maxTokens: GREEDY.maxTokens, stopTokenIds: [], ignoreEos: true, logprobs: 2 },
+    decodeAddress,
+    deadlineUnixMs: Date.now() + 60_000,
+    precision: "exact",
+    enqueuedAtMs: Date.now(),
+    ...over,
+  };
+}
+
+let refEngine: Engine;
+const references = new Map<number, EmittedToken[]>();
+
+beforeAll(async () => {
+  refEngine = singleProcessEngine();
+  for (const [i, p] of PROMPTS.entries()) references.set(i, await reference(refEngine, p, GREEDY));
+});
+
+describe("prefill worker over a real queue and a real KV transfer", () => {
+  let prefix: string;
+  let queue: Queue;
+  let events: QueueEvents;
+  let decode: DecodeSide;
+  let prefill: StartedPrefill | undefined;
+
+  const start = async (): Promise<void> => {
+    prefix = `moela-test-${randomUUID()}`;
+    decode = await new DecodeSide().start();
+    queue = createPrefillQueue(REDIS, prefix);
+    events = new QueueEvents(PREFILL_QUEUE, { connection: redisConnection(REDIS), prefix });
+    await events.waitUntilReady();
+    prefill = await startPrefill(
+      {
+        model: MODEL,
+        redisUrl: REDIS,
+        queuePrefix: prefix,
+        grpcAddress: "127.0.0.1:0",
+        metricsAddress: "127.0.0.1:0",
+        expertHosts: [],
+        precision: "exact",
+        // Small chunks: every prompt but the shortest is prefilled (and streamed) in several chunks.
+        prefillChunk: 8,
+        maxBatchTokens: 256,
+        concurrency: 4,
+        logLevel: "silent",
+      },
+      { logger: silent },
+    );
+  };
+
+  afterEach(async () => {
+    await prefill?.close();
+    prefill = undefined;
+    await events?.close();
+    await queue?.obliterate({ force: true });
+    await queue?.close();
+    await decode?.close();
+  });
+
+  it("prefills queued prompts and the decode side continues them to the single-process engine's greedy tokens", async () => {
+    await start();
+    const ids = PROMPTS.map(() => `req-${randomUUID()}`);
+    await Promise.all(PROMPTS.map((p, i) => enqueuePrefill(queue, job(ids[i]!, p, decode.address))));
+    for (const [i, id] of ids.entries()) {
+      const seq = await decode.admittedSeq(id);
+      const got = await decode.decodeToEnd(seq);
+      const want = references.get(i)!;
+      expect(got.map((t) => t.id)).toEqual(want.map((t) => t.id));
+      got.forEach((t, k) => expect(Math.abs(t.logprob - want[k]!.logprob)).toBeLessThan(1e-4));
+      // The first token's alternatives crossed the wire (proto floats): same ids, logprobs within 1e-4.
+      expect(got[0]!.top!.map(([tid]) => tid)).toEqual(want[0]!.top!.map(([tid]) => tid));
+      got[0]!.top!.forEach(([, lp], k) => expect(Math.abs(lp - want[0]!.top![k]![1])).toBeLessThan(1e-4));
+      const done = await Job.fromId(queue, id);
+      expect(await done!.waitUntilFinished(events)).toMatchObject({ firstTokenId: want[0]!.id });
+    }
+    expect(decode.failed).toEqual([]);
+    // Every KV block the decode side reserved came back once the sequences finished.
+    expect(decode.engine.cache.freeBlocks).toBe(decode.engine.cache.numBlocks);
+    // Exactly one copy of the latent crossed: layers (4 + MTP) x prompt tokens x (64 + 16) f32 values.
+    const body = await (await fetch(prefill!.metricsUrl)).text();
+    const bytes = Number(/^moela_prefill_kv_transfer_bytes_total (\S+)$/m.exec(body)![1]);
+    expect(bytes).toBe(PROMPTS.reduce((n, p) => n + 5 * p.length * 80 * 4, 0));
+    expect(/^moela_prefill_jobs_total\{outcome="ok"\} 3$/m.test(body)).toBe(true);
+  });
+
+  it("a job that breaks the schema fails at once without retries (INVALID_ARGUMENT)", async () => {
+    await start();
+    const id = `req-${randomUUID()}`;
+    const bad = { ...job(id, [1, 2, 3], decode.address), promptTokenIds: [] };
+    await queue.add("prefill", bad, { jobId: id });
+    const j = (await Job.fromId(queue, id))!;
+    await expect(j.waitUntilFinished(events)).rejects.toThrow(/^INVALID_ARGUMENT: bad prefill job: promptTokenIds/);
+    const failed = (await Job.fromId(queue, id))!;
+    expect(failed.attemptsMade).toBe(1);
+    expect(parseJobFailure(failed.failedReason).code).toBe(Code.INVALID_ARGUMENT);
+  });
+
+  it.each([
+    { name: "another precision profile", over: { precision: "paper" as const }, code: Code.FAILED_PRECONDITION },
+    { name: "a token id past the vocabulary", over: { promptTokenIds: [1, 5000] }, code: Code.INVALID_ARGUMENT },
+    { name: "a deadline already passed", over: { deadlineUnixMs: Date.now() - 1 }, code: Code.DEADLINE_EXCEEDED },
+    { name: "a prompt longer than --max-batch-tokens", over: { promptTokenIds: Array.from({ length: 300 }, () => 7) }, code: Code.INVALID_ARGUMENT },
+  ])("a job with $name is not retried", async ({ over, code }) => {
+    await start();
+    const id = `req-${randomUUID()}`;
+    await enqueuePrefill(queue, job(id, [1, 2, 3], decode.address, over));
+    await expect((await Job.fromId(queue, id))!.waitUntilFinished(events)).rejects.toThrow();
+    const failed = (await Job.fromId(queue, id))!;
+    expect(failed.attemptsMade).toBe(1);
+    expect(parseJobFailure(failed.failedReason).code).toBe(code);
+    expect(decode.admitted.size).toBe(0);
+  });
+
+  it("an unreachable decode instance is retried with backoff, then fails UNAVAILABLE", async () => {
+    await start();
+    const id = `req-${randomUUID()}`;
+    // Port 1 on loopback: nothing listens, the connection is refused.
+    await enqueuePrefill(queue, job(id, PROMPTS[1]!, "127.0.0.1:1"));
+    await expect((await Job.fromId(queue, id))!.waitUntilFinished(events)).rejects.toThrow(/^UNAVAILABLE: /);
+    const failed = (await Job.fromId(queue, id))!;
+    expect(failed.attemptsMade).toBe(3);
+  });
+});
+
+describe("PrefillBatcher", () => {
+  it("runs sequences submitted together as one engine.prefill call, each to its own sender", async () => {
+    const decode = await new DecodeSide().start();
+    try {
+      const model = DeepseekModel.load(MODEL, { routedExperts: () => false });
+      model.setExpertExecutor(createInProcessExperts(MODEL, 1, "exact").executor);
+      const engine = new Engine(model, { blockSize: 16, numBlocks: 64, prefillChunk: 8 });
+      const { registry, m } = createServiceMetrics("prefill", { defaultMetrics: false });
+      const batcher = new PrefillBatcher(engine, 1024, m, silent);
+      const { grpcKvConnector, KvSender, kvTransferMeta } = await import("@moela/kv-transfer");
+      const connector = grpcKvConnector(decode.address);
+      const ids = PROMPTS.map(() => `req-${randomUUID()}`);
+      const seqs = PROMPTS.map((p, i) => engine.newSequence(ids[i]!, p, GREEDY));
+      const senders = seqs.map(() => new KvSender(connector));
+      await Promise.all(
+        seqs.map((s, i) => senders[i]!.begin(kvTransferMeta(engine, s, { transferId: `${ids[i]}.0`, requestId: ids[i]!, modelId: checkpointModelId(MODEL), logprobs: true }))),
+      );
+      const firsts = await Promise.all(seqs.map((s, i) => batcher.submit(s, senders[i]!)));
+      const outcomes = await Promise.all(seqs.map((s, i) => senders[i]!.end(s.snapshot())));
+      expect(outcomes.every((o) => o.ok)).toBe(true);
+      for (const s of seqs) engine.release(s);
+      connector.close();
+      expect(engine.cache.freeBlocks).toBe(engine.cache.numBlocks);
+      const batches = (await registry.getSingleMetric("moela_prefill_batch_size")!.get()).values;
+      expect(batches.find((v) => v.metricName === "moela_prefill_batch_size_count")!.value).toBe(1);
+      expect(batches.find((v) => v.metricName === "moela_prefill_batch_size_sum")!.value).toBe(3);
+      for (const [i, id] of ids.entries()) {
+        expect(firsts[i]!.tokens[0]!.id).toBe(references.get(i)![0]!.id);
+        const got = await decode.decodeToEnd(await decode.admittedSeq(id));
+        expect(got.map((t) => t.id)).toEqual(references.get(i)!.map((t) => t.id));
+      }
+    } finally {
+      await decode.close();
+    }
+  });
+});
