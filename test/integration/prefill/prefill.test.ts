@@ -246,7 +246,7 @@ describe("PrefillBatcher", () => {
       for (const s of seqs) engine.release(s);
       connector.close();
       expect(engine.cache.freeBlocks).toBe(engine.cache.numBlocks);
-      const batches = (await registry.getSingleMetric("moela_prefill_batch_size")!.get()).values;
+      const batches = (await registry.getSingleMetric("moela_prefill_batch_size")!.get()).values as { metricName?: string; value: number }[];
       expect(batches.find((v) => v.metricName === "moela_prefill_batch_size_count")!.value).toBe(1);
       expect(batches.find((v) => v.metricName === "moela_prefill_batch_size_sum")!.value).toBe(3);
       for (const [i, id] of ids.entries()) {
