@@ -1,0 +1,150 @@
+/**
+ * Router configuration: every setting is a flag with an env twin MOELA_ROUTER_<NAME> (the flag wins),
+ * validated once at startup; an error names both the flag and the env variable.
+ *
+ *   --model DIR              checkpoint folder: config.json (limits), tokenizer.json/tokenizer_config.json,
+ *                            generation_config.json (sampling defaults)                     (required)
+ *   --http-address H:P       OpenAI-compatible HTTP API                          (127.0.0.1:8000)
+ *   --grpc-address H:P       gRPC Generate API; port 0 picks a free one          (127.0.0.1:0)
+ *   --metrics-address H:P    Prometheus /metrics                                 (127.0.0.1:0)
+ *   --redis-url URL          BullMQ's Redis                                      (redis://127.0.0.1:6379)
+ *   --queue-prefix NAME      Redis key prefix of the queues                      (moela)
+ *   --decode H:P[,H:P...]    decode instances' gRPC addresses                                (required)
+ *   --served-model-name S    the model name clients use                          (the model folder's name)
+ *   --max-model-len N        prompt + completion tokens at most                  (config max_position_embeddings)
+ *   --precision P            exact | paper: the deployment's profile, stamped on every prefill job (exact)
+ *   --request-timeout-s N    a request's deadline, queueing included             (600)
+ *   --max-in-flight N        requests in flight before 429                       (1024)
+ *   --log-level L            pino level                                          (info)
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { basename, join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { ConfigError } from "@moela/core";
+import { z } from "zod";
+
+const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "must be host:port");
+
+const schema = z.strictObject({
+  model: z.string({ error: "is required" }).min(1, "is required"),
+  httpAddress: hostPort.default("127.0.0.1:8000"),
+  grpcAddress: hostPort.default("127.0.0.1:0"),
+  metricsAddress: hostPort.default("127.0.0.1:0"),
+  redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").default("redis://127.0.0.1:6379"),
+  queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").default("moela"),
+  decode: z
+    .string({ error: "is required (comma-separated decode gRPC addresses)" })
+    .transform((s) => s.split(",").map((x) => x.trim()).filter((x) => x.length > 0))
+    .pipe(z.array(hostPort).min(1, "needs at least one decode address")),
+  servedModelName: z.string().min(1).optional(),
+  maxModelLen: z.coerce.number().int("must be an integer").min(2, "must be at least 2").optional(),
+  precision: z.enum(["exact", "paper"]).default("exact"),
+  requestTimeoutS: z.coerce.number().positive("must be positive").max(86_400).default(600),
+  maxInFlight: z.coerce.number().int("must be an integer").min(1, "must be at least 1").default(1024),
+  logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+});
+
+export type RouterFlags = z.output<typeof schema>;
+
+export interface RouterConfig {
+  /** Absolute checkpoint folder. */
+  readonly model: string;
+  readonly httpAddress: string;
+  readonly grpcAddress: string;
+  readonly metricsAddress: string;
+  readonly redisUrl: string;
+  readonly queuePrefix: string;
+  readonly decode: readonly string[];
+  readonly servedModelName: string;
+  /** undefined = the model's max_position_embeddings (resolved when the model is read). */
+  readonly maxModelLen: number | undefined;
+  readonly precision: "exact" | "paper";
+  readonly requestTimeoutMs: number;
+  readonly maxInFlight: number;
+  readonly logLevel: string;
+}
+
+/** camelCase key -> kebab-case flag. */
+function flagOf(key: string): string {
+  return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+}
+
+/** camelCase key -> MOELA_ROUTER_SNAKE_CASE. */
+export function envOf(key: string): string {
+  return `MOELA_ROUTER_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
+}
+
+const KEYS = Object.keys(schema.shape) as (keyof typeof schema.shape)[];
+
+/** Parse and validate flags (argv) over env twins; throws ConfigError naming the flag and its env twin. */
+export function parseRouterConfig(argv: readonly string[], env: NodeJS.ProcessEnv): RouterConfig {
+  let values: Record<string, string | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: [...argv],
+      options: Object.fromEntries(KEYS.map((k) => [flagOf(k), { type: "string" as const }])),
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    throw new ConfigError(`router: ${(err as Error).message}; flags: ${KEYS.map((k) => `--${flagOf(k)}`).join(" ")}`);
+  }
+  const raw: Record<string, string> = {};
+  for (const k of KEYS) {
+    const v = values[flagOf(k)] ?? env[envOf(k)];
+    if (v !== undefined) raw[k] = v;
+  }
+  const r = schema.safeParse(raw);
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    const key = String(issue.path[0] ?? "");
+    const given = raw[key];
+    throw new ConfigError(
+      `router: --${flagOf(key)} (env ${envOf(key)}) ${issue.message}${given === undefined ? "" : `, got "${given}"`}`,
+    );
+  }
+  const c = r.data;
+  const model = resolve(c.model);
+  for (const file of ["config.json", "tokenizer.json"]) {
+    if (!existsSync(join(model, file))) {
+      throw new ConfigError(`router: --model (env ${envOf("model")}) "${c.model}" has no ${file}`);
+    }
+  }
+  return Object.freeze({
+    model,
+    httpAddress: c.httpAddress,
+    grpcAddress: c.grpcAddress,
+    metricsAddress: c.metricsAddress,
+    redisUrl: c.redisUrl,
+    queuePrefix: c.queuePrefix,
+    decode: Object.freeze([...new Set(c.decode)]),
+    servedModelName: c.servedModelName ?? basename(model),
+    maxModelLen: c.maxModelLen,
+    precision: c.precision,
+    requestTimeoutMs: Math.round(c.requestTimeoutS * 1000),
+    maxInFlight: c.maxInFlight,
+    logLevel: c.logLevel,
+  });
+}
+
+/** Sampling defaults from generation_config.json (as vLLM reads them); temperature 1, top_p 1, top_k off otherwise. */
+export function readGenerationDefaults(model: string): { temperature: number; topP: number; topK: number } {
+  const file = join(model, "generation_config.json");
+  let g: Record<string, unknown> = {};
+  if (existsSync(file)) {
+    try {
+      g = JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
+    } catch (err) {
+      throw new ConfigError(`${file}: not valid JSON (${(err as Error).message})`);
+    }
+  }
+  const num = (k: string, d: number): number => (typeof g[k] === "number" && Number.isFinite(g[k]) ? (g[k] as number) : d);
+  const topK = num("top_k", -1);
+  return { temperature: num("temperature", 1), topP: num("top_p", 1), topK: topK === 0 ? -1 : topK };
+}
+
+/** "host:port" -> {host, port} (brackets of an IPv6 host removed). */
+export function splitHostPort(address: string): { host: string; port: number } {
+  const i = address.lastIndexOf(":");
+  return { host: address.slice(0, i).replace(/^\[(.*)\]$/, "$1"), port: Number(address.slice(i + 1)) };
+}

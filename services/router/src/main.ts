@@ -1,0 +1,226 @@
+/**
+ * The router: OpenAI-compatible HTTP API and gRPC Generate API in front of the cluster. main() composes
+ * it from its configuration, prints the ready line, waits for SIGTERM/SIGINT, drains and exits 0;
+ * startRouter() does the same composition for tests and in-process clusters.
+ */
+import { createLogger, MoelaError, UnavailableError, type Logger } from "@moela/core";
+import { readModelConfig } from "@moela/engine";
+import { createServiceMetrics, startMetricsServer, type MetricsServer } from "@moela/metrics";
+import { Precision, GenerateService, type DecodeStatusResponse } from "@moela/proto-gen";
+import { createServer, drainAndClose, serve, unaryCall } from "@moela/rpc";
+import { AdmissionController, createPrefillQueue, DecodePool, PREFILL_QUEUE, redisConnection, type DecodeLoad } from "@moela/scheduler";
+import { Tokenizer } from "@moela/tokenizer";
+import { QueueEvents } from "bullmq";
+import { parseRouterConfig, readGenerationDefaults, splitHostPort, type RouterConfig } from "./config.js";
+import { buildHttpApp, generateService, type RouterContext } from "./handlers.js";
+import { JobWatcher, Pipeline } from "./pipeline.js";
+
+export { parseRouterConfig, type RouterConfig } from "./config.js";
+
+export interface StartRouterOptions {
+  readonly logger?: Logger;
+  /** How long shutdown lets requests in flight finish before ending them (default 30 s). */
+  readonly shutdownGraceMs?: number;
+  /** Between Decode.Status polls (default 300 ms). */
+  readonly statusIntervalMs?: number;
+  /** Give up starting when Redis does not answer within this (default 10 s). */
+  readonly redisTimeoutMs?: number;
+}
+
+export interface StartedRouter {
+  /** http://host:port of the OpenAI API. */
+  readonly httpUrl: string;
+  /** host:port of the gRPC Generate API. */
+  readonly grpcAddress: string;
+  /** http://host:port/metrics */
+  readonly metricsUrl: string;
+  /** Stop taking requests, let those in flight finish (up to the grace period), close everything. */
+  close(): Promise<void>;
+}
+
+const WIRE_PRECISION: Record<RouterConfig["precision"], Precision> = {
+  exact: Precision.PRECISION_EXACT,
+  paper: Precision.PRECISION_PAPER,
+};
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new UnavailableError(`${what} did not answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
+
+export async function startRouter(config: RouterConfig, options: StartRouterOptions = {}): Promise<StartedRouter> {
+  const logger = options.logger ?? createLogger("router", config.logLevel);
+  const modelConfig = readModelConfig(config.model);
+  const maxModelLen = config.maxModelLen ?? modelConfig.maxPositionEmbeddings;
+  if (maxModelLen > modelConfig.maxPositionEmbeddings) {
+    throw new MoelaError(
+      `--max-model-len ${maxModelLen} exceeds the model's max_position_embeddings (${modelConfig.maxPositionEmbeddings})`,
+    );
+  }
+  const tokenizer = Tokenizer.fromDir(config.model);
+  const defaults = readGenerationDefaults(config.model);
+  const admission = new AdmissionController(config.maxInFlight);
+
+  const closers: (() => Promise<unknown>)[] = [];
+  const closeAll = async (): Promise<void> => {
+    for (const c of closers.splice(0).reverse()) await c().catch((err: unknown) => logger.warn({ err }, "error while closing"));
+  };
+  try {
+    const connection = redisConnection(config.redisUrl);
+    const queue = createPrefillQueue(config.redisUrl, config.queuePrefix);
+    queue.on("error", (err) => logger.warn({ err: err.message }, "prefill queue connection error"));
+    closers.push(() => queue.close());
+    const events = new QueueEvents(PREFILL_QUEUE, { connection, prefix: config.queuePrefix });
+    events.on("error", (err) => logger.warn({ err: err.message }, "queue events connection error"));
+    closers.push(() => events.close());
+    const redisTimeoutMs = options.redisTimeoutMs ?? 10_000;
+    await withTimeout(Promise.all([queue.waitUntilReady(), events.waitUntilReady()]), redisTimeoutMs, `Redis at ${config.redisUrl}`);
+
+    const { registry, m } = createServiceMetrics("router", {
+      collect: {
+        routerRequestsInFlight: () => admission.inFlight,
+        routerQueueDepth: () => queue.getJobCountByTypes("waiting", "prioritized"),
+      },
+    });
+
+    let pipeline: Pipeline | undefined;
+    const wantPrecision = WIRE_PRECISION[config.precision];
+    const pool = new DecodePool({
+      addresses: config.decode,
+      intervalMs: options.statusIntervalMs ?? 300,
+      logger,
+      fetchStatus: async (address, { timeoutMs }): Promise<DecodeLoad> => {
+        const client = pipeline!.decodeClient(address);
+        const s = await unaryCall<DecodeStatusResponse>((md, o, cb) => client.status({}, md, o, cb), { timeoutMs });
+        if (s.precision !== Precision.PRECISION_UNSPECIFIED && s.precision !== wantPrecision) {
+          throw new UnavailableError(`decode ${address} runs another precision profile (${Precision[s.precision]}) than the router (${config.precision})`);
+        }
+        return s;
+      },
+    });
+    pipeline = new Pipeline({
+      tokenizer,
+      pool,
+      queue,
+      jobs: new JobWatcher(events),
+      precision: config.precision,
+      requestTimeoutMs: config.requestTimeoutMs,
+      logger,
+      metrics: m,
+    });
+    const pipelineRef = pipeline;
+    closers.push(async () => pipelineRef.close());
+    await pool.start();
+    closers.push(() => pool.close());
+    const healthy = pool.candidates().filter((c) => c.healthy).length;
+    logger.info({ decode: config.decode, healthy }, "decode instances polled");
+
+    const shutdown = new AbortController();
+    let draining = false;
+    const ctx: RouterContext = {
+      validation: {
+        servedModelName: config.servedModelName,
+        maxModelLen,
+        vocabSize: modelConfig.vocabSize,
+        encoder: tokenizer,
+        defaults,
+      },
+      tokenizer,
+      pipeline,
+      pool,
+      admission,
+      metrics: m,
+      logger,
+      startedAt: Math.floor(Date.now() / 1000),
+      shutdown: shutdown.signal,
+      draining: () => draining,
+    };
+
+    const metricsAt = splitHostPort(config.metricsAddress);
+    const metricsServer: MetricsServer = await startMetricsServer(registry, { host: metricsAt.host, port: metricsAt.port });
+    closers.push(() => metricsServer.close());
+
+    const grpc = createServer({ logger });
+    grpc.addService(GenerateService, generateService(ctx));
+    const grpcBound = await serve(grpc, config.grpcAddress);
+    const graceMs = options.shutdownGraceMs ?? 30_000;
+    closers.push(() => drainAndClose(grpc, graceMs));
+
+    const app = buildHttpApp(ctx);
+    const httpAt = splitHostPort(config.httpAddress);
+    await app.listen({ host: httpAt.host, port: httpAt.port });
+    const addr = app.server.address();
+    const port = typeof addr === "object" && addr !== null ? addr.port : httpAt.port;
+    const httpHost = httpAt.host.includes(":") ? `[${httpAt.host}]` : httpAt.host;
+    const httpUrl = `http://${httpHost}:${port}`;
+    closers.push(async () => {
+      // Let requests in flight finish; past the grace period end them (their streams get an error event).
+      const closed = app.close();
+      const timer = setTimeout(() => shutdown.abort(new UnavailableError("the router is shutting down")), graceMs);
+      try {
+        await closed;
+      } finally {
+        clearTimeout(timer);
+      }
+    });
+
+    logger.info({ http: httpUrl, grpc: grpcBound.address, metrics: metricsServer.url, model: config.servedModelName, maxModelLen }, "router serving");
+    let closing: Promise<void> | undefined;
+    return {
+      httpUrl,
+      grpcAddress: grpcBound.address,
+      metricsUrl: metricsServer.url,
+      close: () => {
+        draining = true;
+        closing ??= closeAll();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+}
+
+function waitForSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (sig: NodeJS.Signals): void => {
+      process.off("SIGTERM", on);
+      process.off("SIGINT", on);
+      resolve(sig);
+    };
+    process.on("SIGTERM", on);
+    process.on("SIGINT", on);
+  });
+}
+
+/** `moela serve --role router [flags]`: returns the process exit code. */
+export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  let config: RouterConfig;
+  try {
+    config = parseRouterConfig(argv, env);
+  } catch (err) {
+    process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+    return 2;
+  }
+  const logger = createLogger("router", config.logLevel);
+  let router: StartedRouter;
+  try {
+    router = await startRouter(config, { logger });
+  } catch (err) {
+    logger.fatal({ err }, "router failed to start");
+    process.stderr.write(`router: ${err instanceof Error ? err.message : String(err)}\n`);
+    return 1;
+  }
+  process.stdout.write(
+    `${JSON.stringify({ event: "ready", role: "router", pid: process.pid, http: router.httpUrl, grpc: router.grpcAddress, metrics: router.metricsUrl })}\n`,
+  );
+  const signal = await waitForSignal();
+  logger.info({ signal }, "shutting down");
+  await router.close();
+  logger.info("stopped");
+  return 0;
+}

@@ -1,0 +1,505 @@
+/**
+ * The router against real neighbours, driven by the official openai client: real Redis (a unique queue
+ * prefix per test file, obliterated afterwards), a real BullMQ worker standing in for prefill, and a
+ * scripted decode instance serving the real Decode gRPC service on 127.0.0.1:0. The scripted decode
+ * streams, for each request, tokens taken from its prompt (BOS skipped, cycled) two per message, with
+ * logprobs when asked, until max_tokens or a stop token id, once the "prefill" worker has delivered the
+ * job. So every test knows exactly which tokens the router received and can check what it made of them:
+ * detokenized text, stop strings (and the Decode.Cancel they cause), SSE chunks, logprobs formats,
+ * usage, errors, a disconnecting client, a failed prefill job, and the gRPC Generate API.
+ */
+import { randomUUID } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import OpenAI, { APIError } from "openai";
+import { CancelledError, createLogger, InvalidArgumentError, MoelaError } from "@moela/core";
+import {
+  DecodeService,
+  FinishReason,
+  GenerateClient,
+  Precision,
+  type DecodeCancelRequest,
+  type GenerateResponse,
+  type StreamRequest,
+  type StreamResponse,
+  type TokenEvent,
+} from "@moela/proto-gen";
+import { connect, createServer, drainAndClose, serve, serverStreamCall, type CallContext, type RpcServer } from "@moela/rpc";
+import { createPrefillQueue, parsePrefillJob, PREFILL_QUEUE, redisConnection, type PrefillJob } from "@moela/scheduler";
+import { Tokenizer } from "@moela/tokenizer";
+import { UnrecoverableError, Worker, type Queue } from "bullmq";
+import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
+
+const MODEL = new URL("../../../models/tiny-v3", import.meta.url).pathname;
+const REDIS = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
+const silent = createLogger("router-test", "silent");
+const tokenizer = Tokenizer.fromDir(MODEL);
+/** A prompt token that makes the stand-in prefill fail the job for good. */
+const POISON = 999;
+
+function deferred<T>(): { promise: Promise<T>; resolve: (v: T) => void } {
+  let resolve!: (v: T) => void;
+  const promise = new Promise<T>((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => {
+      clearTimeout(t);
+      reject(signal.reason);
+    });
+  });
+}
+
+/** What the scripted decode streams for a job: prompt tokens after BOS, cycled, up to max_tokens or a stop id. */
+export function script(job: PrefillJob): { ids: number[]; finish: FinishReason } {
+  const p = job.promptTokenIds.length > 1 ? job.promptTokenIds.slice(1) : job.promptTokenIds;
+  const ids: number[] = [];
+  for (let k = 0; k < job.sampling.maxTokens; k++) {
+    const id = p[k % p.length]!;
+    ids.push(id);
+    if (job.sampling.stopTokenIds.includes(id)) return { ids, finish: FinishReason.FINISH_REASON_STOP };
+  }
+  return { ids, finish: FinishReason.FINISH_REASON_LENGTH };
+}
+
+const logprobOf = (k: number): number => -0.125 * (k + 1);
+
+/** A decode instance that streams scripted tokens once the job arrived, and records cancels. */
+class ScriptedDecode {
+  readonly jobs = new Map<string, ReturnType<typeof deferred<PrefillJob>>>();
+  readonly cancels: DecodeCancelRequest[] = [];
+  private readonly live = new Map<string, AbortController>();
+  /** Pause between messages (a slow stream for the disconnect test). */
+  delayMs = 0;
+  server!: RpcServer;
+  address = "";
+
+  job(requestId: string): ReturnType<typeof deferred<PrefillJob>> {
+    let d = this.jobs.get(requestId);
+    if (d === undefined) {
+      d = deferred<PrefillJob>();
+      this.jobs.set(requestId, d);
+    }
+    return d;
+  }
+
+  async start(): Promise<this> {
+    const self = this;
+    this.server = createServer({ logger: silent });
+    this.server.addService(DecodeService, {
+      async *stream(req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
+        const ctl = new AbortController();
+        self.live.set(req.requestId, ctl);
+        const signal = AbortSignal.any([ctx.signal, ctl.signal]);
+        const job = await Promise.race([
+          self.job(req.requestId).promise,
+          new Promise<never>((_, reject) => signal.addEventListener("abort", () => reject(signal.reason))),
+        ]);
+        const { ids, finish } = script(job);
+        const slow = self.delayMs;
+        for (let k = 0; k < ids.length; k += 2) {
+          const tokens: TokenEvent[] = ids.slice(k, k + 2).map((tokenId, j) => ({
+            index: k + j,
+            tokenId,
+            ...(job.sampling.logprobs !== null
+              ? { logprobs: { logprob: logprobOf(k + j), top: [{ tokenId, logprob: logprobOf(k + j) }, { tokenId: 7, logprob: -5 }].slice(0, job.sampling.logprobs) } }
+              : {}),
+          }));
+          const last = k + 2 >= ids.length;
+          yield {
+            tokens,
+            finishReason: last ? finish : FinishReason.FINISH_REASON_UNSPECIFIED,
+            ...(last ? { usage: { promptTokens: job.promptTokenIds.length, completionTokens: ids.length, cachedPromptTokens: 0, draftTokens: 0, acceptedDraftTokens: 0 } } : {}),
+          };
+          if (slow > 0) await sleep(slow, signal);
+          if (signal.aborted) throw signal.reason;
+        }
+      },
+      async cancel(req: DecodeCancelRequest) {
+        self.cancels.push(req);
+        const c = self.live.get(req.requestId);
+        c?.abort(new CancelledError("cancelled"));
+        return { found: c !== undefined };
+      },
+      async status() {
+        return {
+          freeKvBlocks: 1000,
+          totalKvBlocks: 1000,
+          blockSize: 16,
+          runningSequences: self.live.size,
+          waitingSequences: 0,
+          pendingTransfers: 0,
+          modelId: "tiny-v3",
+          precision: Precision.PRECISION_EXACT,
+          accepting: true,
+        };
+      },
+    });
+    this.address = (await serve(this.server, "127.0.0.1:0")).address;
+    return this;
+  }
+
+  async waitForCancel(predicate: (c: DecodeCancelRequest) => boolean, ms = 10_000): Promise<DecodeCancelRequest> {
+    const until = Date.now() + ms;
+    for (;;) {
+      const c = this.cancels.find(predicate);
+      if (c !== undefined) return c;
+      if (Date.now() > until) throw new Error(`no matching Decode.Cancel within ${ms} ms; got ${JSON.stringify(this.cancels)}`);
+      await sleep(20);
+    }
+  }
+}
+
+const prefix = `moela-test-${randomUUID()}`;
+let decode: ScriptedDecode;
+let queue: Queue;
+let worker: Worker;
+let router: StartedRouter;
+let client: OpenAI;
+/** Jobs the stand-in prefill took, by request id. */
+const taken = new Map<string, PrefillJob>();
+
+beforeAll(async () => {
+  decode = await new ScriptedDecode().start();
+  queue = createPrefillQueue(REDIS, prefix);
+  worker = new Worker(
+    PREFILL_QUEUE,
+    async (j) => {
+      const job = parsePrefillJob(j.data);
+      taken.set(job.requestId, job);
+      if (job.promptTokenIds.includes(POISON)) throw new UnrecoverableError("UNAVAILABLE: expert-host 0 is unavailable");
+      decode.job(job.requestId).resolve(job);
+      return {};
+    },
+    { connection: redisConnection(REDIS), prefix, concurrency: 8 },
+  );
+  await worker.waitUntilReady();
+  router = await startRouter(
+    {
+      model: MODEL,
+      httpAddress: "127.0.0.1:0",
+      grpcAddress: "127.0.0.1:0",
+      metricsAddress: "127.0.0.1:0",
+      redisUrl: REDIS,
+      queuePrefix: prefix,
+      decode: [decode.address],
+      servedModelName: "tiny-v3",
+      maxModelLen: undefined,
+      precision: "exact",
+      requestTimeoutMs: 30_000,
+      maxInFlight: 64,
+      logLevel: "silent",
+    },
+    { logger: silent, shutdownGraceMs: 1_000, statusIntervalMs: 100 },
+  );
+  client = new OpenAI({ baseURL: `${router.httpUrl}/v1`, apiKey: "none", maxRetries: 0 });
+});
+
+afterAll(async () => {
+  await router?.close();
+  await worker?.close();
+  await queue?.obliterate({ force: true });
+  await queue?.close();
+  await drainAndClose(decode.server, 0, { flushMs: 100 });
+});
+
+/** The text the router should make of a job's scripted tokens (special tokens skipped). */
+function expectedText(job: PrefillJob): string {
+  return tokenizer.decode(script(job).ids, { skipSpecialTokens: true });
+}
+
+/** The job of the request that produced completion `id`... found by its prompt (unique per test). */
+function jobFor(prompt: readonly number[]): PrefillJob {
+  const j = [...taken.values()].find((x) => x.promptTokenIds.join(",") === prompt.join(","));
+  if (j === undefined) throw new Error(`no job with prompt ${prompt.join(",")}`);
+  return j;
+}
+
+describe("/v1/completions", () => {
+  it("a string prompt: BOS added, job names the chosen decode, text and usage from decode's tokens", async () => {
+    const r = await client.completions.create({ model: "tiny-v3", prompt: "Hello world, once more", max_tokens: 7, temperature: 0 });
+    const prompt = tokenizer.encode("Hello world, once more");
+    const job = jobFor(prompt);
+    expect(job.promptTokenIds[0]).toBe(tokenizer.bosTokenId);
+    expect(job).toMatchObject({ decodeAddress: decode.address, precision: "exact", sampling: { maxTokens: 7, temperature: 0, logprobs: null } });
+    expect(Number.isSafeInteger(job.sampling.seed)).toBe(true);
+    expect(r.object).toBe("text_completion");
+    expect(r.model).toBe("tiny-v3");
+    expect(r.choices).toHaveLength(1);
+    expect(r.choices[0]!.text).toBe(expectedText(job));
+    expect(r.choices[0]!.finish_reason).toBe("length");
+    expect(r.usage).toEqual({ prompt_tokens: prompt.length, completion_tokens: 7, total_tokens: prompt.length + 7 });
+  });
+
+  it("a token-id prompt is sent to prefill exactly as given", async () => {
+    const ids = [400, 401, 402, 403];
+    const r = await client.completions.create({ model: "tiny-v3", prompt: ids, max_tokens: 3 });
+    expect(jobFor(ids).promptTokenIds).toEqual(ids);
+    expect(r.choices[0]!.text).toBe(tokenizer.decode([401, 402, 403], { skipSpecialTokens: true }));
+  });
+
+  it("streams chunks whose text adds up, ends with finish_reason and a usage chunk", async () => {
+    const stream = await client.completions.create({ model: "tiny-v3", prompt: "streaming is fun", max_tokens: 9, stream: true, stream_options: { include_usage: true } });
+    let text = "";
+    const finishes: (string | null)[] = [];
+    let usage: OpenAI.CompletionUsage | null | undefined;
+    for await (const chunk of stream) {
+      if (chunk.choices.length === 0) usage = chunk.usage;
+      for (const c of chunk.choices) {
+        text += c.text;
+        finishes.push(c.finish_reason);
+      }
+    }
+    const job = jobFor(tokenizer.encode("streaming is fun"));
+    expect(text).toBe(expectedText(job));
+    expect(finishes.at(-1)).toBe("length");
+    expect(finishes.slice(0, -1).every((f) => f === null)).toBe(true);
+    expect(usage).toEqual({ prompt_tokens: job.promptTokenIds.length, completion_tokens: 9, total_tokens: job.promptTokenIds.length + 9 });
+  });
+
+  it("logprobs with echo and return_tokens_as_token_ids: prompt entries null, generated ones from decode", async () => {
+    const ids = [300, 301, 302];
+    const r = await client.completions.create({
+      model: "tiny-v3",
+      prompt: ids,
+      max_tokens: 4,
+      logprobs: 1,
+      echo: true,
+      // vLLM's extension.
+      ...({ return_tokens_as_token_ids: true } as object),
+    });
+    const lp = r.choices[0]!.logprobs!;
+    expect(lp.tokens).toEqual(["token_id:300", "token_id:301", "token_id:302", "token_id:301", "token_id:302", "token_id:301", "token_id:302"]);
+    expect(lp.token_logprobs).toEqual([null, null, null, logprobOf(0), logprobOf(1), logprobOf(2), logprobOf(3)]);
+    expect(lp.top_logprobs![0]).toBeNull();
+    expect(lp.top_logprobs![3]).toEqual({ "token_id:301": logprobOf(0) });
+    expect(lp.text_offset![1]).toBe("token_id:300".length);
+    expect(r.choices[0]!.text.startsWith(tokenizer.decode(ids))).toBe(true);
+  });
+
+  it("a stop string cuts the text, finishes with stop, and cancels the request on decode", async () => {
+    const prompt = "alpha beta gamma delta";
+    const r = await client.completions.create({ model: "tiny-v3", prompt, max_tokens: 40, stop: ["gamma"] });
+    const job = jobFor(tokenizer.encode(prompt));
+    const full = expectedText(job);
+    expect(r.choices[0]!.text).toBe(full.slice(0, full.indexOf("gamma")));
+    expect(r.choices[0]!.finish_reason).toBe("stop");
+    expect(r.usage!.completion_tokens).toBeLessThan(40);
+    await decode.waitForCancel((c) => c.requestId === job.requestId && c.reason === "stop string");
+  });
+
+  it("a stop token id reported by decode finishes with stop", async () => {
+    const r = await client.completions.create({ model: "tiny-v3", prompt: [500, 501, 502, 503], max_tokens: 10, ...({ stop_token_ids: [503] } as object) });
+    expect(r.choices[0]!.finish_reason).toBe("stop");
+    expect(r.usage!.completion_tokens).toBe(3);
+  });
+
+  it("a batch of prompts gives one choice per prompt, by index", async () => {
+    const r = await client.completions.create({ model: "tiny-v3", prompt: [[600, 601, 602], [610, 611]], max_tokens: 2 });
+    expect(r.choices.map((c) => c.index).sort()).toEqual([0, 1]);
+    const byIndex = new Map(r.choices.map((c) => [c.index, c.text]));
+    expect(byIndex.get(0)).toBe(tokenizer.decode([601, 602], { skipSpecialTokens: true }));
+    expect(byIndex.get(1)).toBe(tokenizer.decode([611, 611], { skipSpecialTokens: true }));
+    expect(r.usage).toMatchObject({ prompt_tokens: 5, completion_tokens: 4 });
+  });
+
+  it("a client that disconnects mid-stream has its request cancelled on decode", async () => {
+    decode.delayMs = 30;
+    try {
+      const ids = [700, 701, 702, 703];
+      const ctl = new AbortController();
+      const res = await fetch(`${router.httpUrl}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "tiny-v3", prompt: ids, max_tokens: 1000, stream: true }),
+        signal: ctl.signal,
+      });
+      expect(res.status).toBe(200);
+      const reader = res.body!.getReader();
+      await reader.read();
+      ctl.abort();
+      const job = jobFor(ids);
+      const c = await decode.waitForCancel((x) => x.requestId === job.requestId);
+      expect(c.reason).toBe("client disconnected");
+    } finally {
+      decode.delayMs = 0;
+    }
+  });
+
+  it("a prefill job that fails for good ends the request with its status and cancels it on decode", async () => {
+    const ids = [POISON, 5, 6];
+    const err = await client.completions.create({ model: "tiny-v3", prompt: ids, max_tokens: 3 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(APIError);
+    expect((err as APIError).status).toBe(503);
+    expect((err as APIError).message).toMatch(/prefill failed: expert-host 0 is unavailable/);
+    await decode.waitForCancel((c) => c.requestId === jobFor(ids).requestId && c.reason === "prefill failed");
+  });
+});
+
+describe("/v1/chat/completions", () => {
+  const messages = [{ role: "user" as const, content: "tell me something" }];
+
+  it("streams a role chunk, content deltas, a finish chunk and a usage chunk", async () => {
+    const stream = await client.chat.completions.create({ model: "tiny-v3", messages, max_tokens: 6, stream: true, stream_options: { include_usage: true } });
+    const chunks: OpenAI.ChatCompletionChunk[] = [];
+    for await (const c of stream) chunks.push(c);
+    expect(chunks[0]!.choices[0]!.delta).toEqual({ role: "assistant", content: "" });
+    const content = chunks.flatMap((c) => c.choices.map((x) => x.delta.content ?? "")).join("");
+    const job = jobFor(tokenizer.encodeChat(messages));
+    expect(content).toBe(expectedText(job));
+    const withChoices = chunks.filter((c) => c.choices.length > 0);
+    expect(withChoices.at(-1)!.choices[0]).toMatchObject({ delta: {}, finish_reason: "length" });
+    expect(chunks.at(-1)!.choices).toEqual([]);
+    expect(chunks.at(-1)!.usage).toEqual({ prompt_tokens: job.promptTokenIds.length, completion_tokens: 6, total_tokens: job.promptTokenIds.length + 6 });
+    expect(chunks.slice(0, -1).every((c) => c.usage === null)).toBe(true);
+  });
+
+  it("a full response with logprobs in chat format", async () => {
+    const msgs = [{ role: "user" as const, content: "logprobs please" }];
+    const r = await client.chat.completions.create({ model: "tiny-v3", messages: msgs, max_tokens: 3, logprobs: true, top_logprobs: 2 });
+    const job = jobFor(tokenizer.encodeChat(msgs));
+    expect(job.sampling.logprobs).toBe(2);
+    expect(r.object).toBe("chat.completion");
+    expect(r.choices[0]!.message).toMatchObject({ role: "assistant", content: expectedText(job) });
+    const content = r.choices[0]!.logprobs!.content!;
+    expect(content).toHaveLength(3);
+    const first = script(job).ids[0]!;
+    expect(content[0]).toEqual({
+      token: tokenizer.decode([first]),
+      logprob: logprobOf(0),
+      bytes: [...Buffer.from(tokenizer.decode([first]), "utf8")],
+      top_logprobs: [
+        { token: tokenizer.decode([first]), logprob: logprobOf(0), bytes: [...Buffer.from(tokenizer.decode([first]), "utf8")] },
+        { token: tokenizer.decode([7]), logprob: -5, bytes: [...Buffer.from(tokenizer.decode([7]), "utf8")] },
+      ],
+    });
+  });
+});
+
+describe("errors", () => {
+  it.each([
+    { name: "temperature out of range", body: { model: "tiny-v3", prompt: "x", temperature: 3 }, status: 400, param: "temperature" },
+    { name: "an unknown field", body: { model: "tiny-v3", prompt: "x", best_of_luck: true }, status: 400, param: "best_of_luck" },
+    { name: "an unknown model", body: { model: "nope", prompt: "x" }, status: 404, param: "model" },
+    { name: "n = 2", body: { model: "tiny-v3", prompt: "x", n: 2 }, status: 400, param: "n" },
+  ])("$name -> $status through the openai client", async ({ body, status, param }) => {
+    const err = await client.completions.create(body as unknown as OpenAI.CompletionCreateParamsNonStreaming).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(APIError);
+    expect((err as APIError).status).toBe(status);
+    expect((err as APIError).param).toBe(param);
+  });
+
+  it.each([
+    { name: "malformed JSON", path: "/v1/completions", body: '{"prompt": "x",', status: 400, message: /malformed JSON body/ },
+    { name: "an empty body", path: "/v1/chat/completions", body: "", status: 400, message: /empty/i },
+    { name: "a body that is not an object", path: "/v1/completions", body: "[1]", status: 400, message: /must be a JSON object/ },
+    { name: "an unknown route", path: "/v1/embeddings", body: "{}", status: 404, message: /no route for POST \/v1\/embeddings/ },
+  ])("$name -> $status as an OpenAI error object", async ({ path, body, status, message }) => {
+    const res = await fetch(`${router.httpUrl}${path}`, { method: "POST", headers: { "content-type": "application/json" }, body });
+    expect(res.status).toBe(status);
+    const json = (await res.json()) as { error: Record<string, unknown> };
+    expect(Object.keys(json.error).sort()).toEqual(["code", "message", "param", "type"]);
+    expect(json.error.message).toMatch(message);
+    expect(json.error.type).toBe("invalid_request_error");
+  });
+
+  it("no reachable decode instance -> 503", async () => {
+    const lonely = await startRouter(
+      {
+        model: MODEL,
+        httpAddress: "127.0.0.1:0",
+        grpcAddress: "127.0.0.1:0",
+        metricsAddress: "127.0.0.1:0",
+        redisUrl: REDIS,
+        queuePrefix: prefix,
+        decode: ["127.0.0.1:1"],
+        servedModelName: "tiny-v3",
+        maxModelLen: undefined,
+        precision: "exact",
+        requestTimeoutMs: 5_000,
+        maxInFlight: 4,
+        logLevel: "silent",
+      },
+      { logger: silent, shutdownGraceMs: 100 },
+    );
+    try {
+      const c = new OpenAI({ baseURL: `${lonely.httpUrl}/v1`, apiKey: "none", maxRetries: 0 });
+      const err = await c.completions.create({ model: "tiny-v3", prompt: "x", max_tokens: 2, stream: true }).catch((e: unknown) => e);
+      expect((err as APIError).status).toBe(503);
+      expect((err as APIError).message).toMatch(/no decode instance is available \(127\.0\.0\.1:1: healthy: unhealthy/);
+      const health = await fetch(`${lonely.httpUrl}/health`);
+      expect(await health.json()).toEqual({ status: "ok", decode: { healthy: 0, total: 1 } });
+    } finally {
+      await lonely.close();
+    }
+  });
+});
+
+describe("models, health, metrics", () => {
+  it("GET /v1/models lists the served model", async () => {
+    const models = await client.models.list();
+    expect(models.data.map((m) => m.id)).toEqual(["tiny-v3"]);
+    expect(models.data[0]).toMatchObject({ object: "model", owned_by: "moela", max_model_len: 2048 });
+  });
+
+  it("GET /health answers ok with the decode instances' state", async () => {
+    const res = await fetch(`${router.httpUrl}/health`);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ status: "ok", decode: { healthy: 1, total: 1 } });
+  });
+
+  it("/metrics counts requests by outcome and tokens", async () => {
+    await client.completions.create({ model: "tiny-v3", prompt: [800, 801], max_tokens: 2 });
+    const body = await (await fetch(router.metricsUrl)).text();
+    expect(Number(/^moela_router_requests_total\{api="openai",outcome="ok"\} (\d+)$/m.exec(body)?.[1])).toBeGreaterThan(0);
+    expect(Number(/^moela_router_generation_tokens_total (\d+)$/m.exec(body)?.[1])).toBeGreaterThan(0);
+    expect(/^moela_router_time_to_first_token_seconds_count \d+$/m.test(body)).toBe(true);
+    expect(/^moela_router_queue_depth \d+$/m.test(body)).toBe(true);
+  });
+});
+
+describe("gRPC Generate", () => {
+  it("streams token ids, text and a final message with finish reason and usage", async () => {
+    const c = connect(GenerateClient, router.grpcAddress);
+    try {
+      const ids = [900, 901, 902];
+      const out: GenerateResponse[] = [];
+      for await (const m of serverStreamCall<GenerateResponse>((md, o) =>
+        c.generate({ prompt: { $case: "tokenIds", value: { ids } }, sampling: { temperature: 0, topK: 0, maxTokens: 5, stop: [], stopTokenIds: [], ignoreEos: false, logprobs: 0 }, model: "", requestId: "grpc-test-1", priority: 0 }, md, o),
+      )) {
+        out.push(m);
+      }
+      expect(out.every((m) => m.requestId === "grpc-test-1")).toBe(true);
+      const tokens = out.flatMap((m) => m.tokenIds);
+      expect(tokens).toEqual([901, 902, 901, 902, 901]);
+      expect(out.map((m) => m.text).join("")).toBe(tokenizer.decode(tokens, { skipSpecialTokens: true }));
+      expect(out.flatMap((m) => m.logprobs.map((l) => l.logprob))).toEqual([0, 1, 2, 3, 4].map((k) => Math.fround(logprobOf(k))));
+      expect(out.at(-1)!.finishReason).toBe(FinishReason.FINISH_REASON_LENGTH);
+      expect(out.at(-1)!.usage).toMatchObject({ promptTokens: 3, completionTokens: 5 });
+    } finally {
+      c.close();
+    }
+  });
+
+  it.each([
+    { name: "no prompt", req: {}, message: /prompt is required/ },
+    { name: "an unknown model", req: { prompt: { $case: "text" as const, value: "x" }, model: "other" }, message: /does not exist/ },
+    { name: "top_p above 1", req: { prompt: { $case: "text" as const, value: "x" }, sampling: { topP: 2, topK: 0, maxTokens: 0, stop: [], stopTokenIds: [], ignoreEos: false } }, message: /top_p/ },
+  ])("$name -> INVALID_ARGUMENT", async ({ req, message }) => {
+    const c = connect(GenerateClient, router.grpcAddress);
+    try {
+      const run = async (): Promise<void> => {
+        for await (const _ of serverStreamCall<GenerateResponse>((md, o) => c.generate({ model: "", requestId: "", priority: 0, ...req }, md, o))) void _;
+      };
+      const err = await run().catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(InvalidArgumentError);
+      expect((err as MoelaError).message).toMatch(message);
+    } finally {
+      c.close();
+    }
+  });
+});

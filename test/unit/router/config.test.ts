@@ -1,0 +1,88 @@
+/**
+ * Router and prefill configuration: flags over env twins over defaults, and errors that name both the flag
+ * and its env twin.
+ */
+import { basename } from "node:path";
+import { describe, expect, it } from "vitest";
+import { ConfigError } from "@moela/core";
+import { parseRouterConfig } from "../../../services/router/src/config.js";
+import { parsePrefillConfig } from "../../../services/prefill/src/config.js";
+
+const MODEL = new URL("../../../models/tiny-v3", import.meta.url).pathname;
+
+describe("router config", () => {
+  it("defaults, with the served name from the model folder", () => {
+    const c = parseRouterConfig(["--model", MODEL, "--decode", "127.0.0.1:7001, 127.0.0.1:7002"], {});
+    expect(c).toEqual({
+      model: MODEL.replace(/\/$/, ""),
+      httpAddress: "127.0.0.1:8000",
+      grpcAddress: "127.0.0.1:0",
+      metricsAddress: "127.0.0.1:0",
+      redisUrl: "redis://127.0.0.1:6379",
+      queuePrefix: "moela",
+      decode: ["127.0.0.1:7001", "127.0.0.1:7002"],
+      servedModelName: basename(MODEL),
+      maxModelLen: undefined,
+      precision: "exact",
+      requestTimeoutMs: 600_000,
+      maxInFlight: 1024,
+      logLevel: "info",
+    });
+  });
+
+  it("env twins fill in; a flag wins over its twin", () => {
+    const c = parseRouterConfig(["--max-model-len", "512"], {
+      MOELA_ROUTER_MODEL: MODEL,
+      MOELA_ROUTER_DECODE: "d:1",
+      MOELA_ROUTER_MAX_MODEL_LEN: "1024",
+      MOELA_ROUTER_SERVED_MODEL_NAME: "tiny",
+      MOELA_ROUTER_PRECISION: "paper",
+      MOELA_ROUTER_HTTP_ADDRESS: "0.0.0.0:9000",
+    });
+    expect(c).toMatchObject({ decode: ["d:1"], maxModelLen: 512, servedModelName: "tiny", precision: "paper", httpAddress: "0.0.0.0:9000" });
+  });
+
+  it.each([
+    { argv: ["--decode", "d:1"], env: {}, message: /--model \(env MOELA_ROUTER_MODEL\) is required/ },
+    { argv: ["--model", MODEL], env: {}, message: /--decode \(env MOELA_ROUTER_DECODE\) is required/ },
+    { argv: ["--model", MODEL, "--decode", ""], env: {}, message: /--decode \(env MOELA_ROUTER_DECODE\) needs at least one decode address/ },
+    { argv: ["--model", MODEL, "--decode", "nohost"], env: {}, message: /--decode .* must be host:port/ },
+    { argv: ["--model", MODEL, "--decode", "d:1"], env: { MOELA_ROUTER_MAX_MODEL_LEN: "abc" }, message: /--max-model-len \(env MOELA_ROUTER_MAX_MODEL_LEN\).*got "abc"/ },
+    { argv: ["--model", MODEL, "--decode", "d:1", "--precision", "fp8"], env: {}, message: /--precision \(env MOELA_ROUTER_PRECISION\)/ },
+    { argv: ["--model", MODEL, "--decode", "d:1", "--redis-url", "localhost:6379"], env: {}, message: /--redis-url .* must be a redis:\/\/ or rediss:\/\/ URL/ },
+    { argv: ["--model", "/nonexistent", "--decode", "d:1"], env: {}, message: /--model \(env MOELA_ROUTER_MODEL\) "\/nonexistent" has no config.json/ },
+    { argv: ["--model", MODEL, "--decode", "d:1", "--bogus", "1"], env: {}, message: /Unknown option '--bogus'/ },
+  ])("refuses $argv", ({ argv, env, message }) => {
+    expect(() => parseRouterConfig(argv, env)).toThrow(ConfigError);
+    expect(() => parseRouterConfig(argv, env)).toThrow(message);
+  });
+});
+
+describe("prefill config", () => {
+  it("defaults and env twins", () => {
+    const c = parsePrefillConfig([], { MOELA_PREFILL_MODEL: MODEL, MOELA_PREFILL_EXPERT_HOSTS: "h:1,h:2", MOELA_PREFILL_CONCURRENCY: "3" });
+    expect(c).toMatchObject({
+      expertHosts: ["h:1", "h:2"],
+      concurrency: 3,
+      precision: "exact",
+      prefillChunk: 256,
+      maxBatchTokens: undefined,
+      redisUrl: "redis://127.0.0.1:6379",
+      queuePrefix: "moela",
+      grpcAddress: "127.0.0.1:0",
+      metricsAddress: "127.0.0.1:0",
+    });
+    expect(parsePrefillConfig(["--model", MODEL], {}).expertHosts).toEqual([]);
+  });
+
+  it.each([
+    { argv: [], message: /--model \(env MOELA_PREFILL_MODEL\) is required/ },
+    { argv: ["--model", MODEL, "--prefill-chunk", "0"], message: /--prefill-chunk \(env MOELA_PREFILL_PREFILL_CHUNK\) must be at least 1/ },
+    { argv: ["--model", MODEL, "--max-batch-tokens", "1.5"], message: /--max-batch-tokens \(env MOELA_PREFILL_MAX_BATCH_TOKENS\) must be an integer/ },
+    { argv: ["--model", MODEL, "--expert-hosts", "a:1,b"], message: /--expert-hosts .* must be host:port/ },
+    { argv: ["--model", MODEL, "--precision", "fast"], message: /--precision \(env MOELA_PREFILL_PRECISION\)/ },
+  ])("refuses $argv", ({ argv, message }) => {
+    expect(() => parsePrefillConfig(argv, {})).toThrow(ConfigError);
+    expect(() => parsePrefillConfig(argv, {})).toThrow(message);
+  });
+});
