@@ -93,6 +93,9 @@ export class PrefillBatcher {
     const started = performance.now();
     try {
       const results = await this.engine.prefill(seqs, { kvSink: batchKvSink(seqs, batch.map((p) => p.sender)) });
+      // The rows are encoded into the transfers already: free the blocks now, not after decode's verdicts,
+      // so the next batch finds room.
+      for (const s of seqs) this.engine.release(s);
       m.prefillForward.observe((performance.now() - started) / 1000);
       m.prefillBatchSize.observe(batch.length);
       m.prefillBatchTokens.observe(tokens);

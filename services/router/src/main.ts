@@ -160,10 +160,14 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       // Let requests in flight finish; past the grace period end them (their streams get an error event).
       const closed = app.close();
       const timer = setTimeout(() => shutdown.abort(new UnavailableError("the router is shutting down")), graceMs);
+      // A keep-alive connection whose stream ends after close() began would hold the server open until
+      // the client's idle timeout; close such connections as they go idle.
+      const idle = setInterval(() => app.server.closeIdleConnections(), 50);
       try {
         await closed;
       } finally {
         clearTimeout(timer);
+        clearInterval(idle);
       }
     });
 

@@ -79,6 +79,17 @@ export interface PipelineDeps {
   readonly metrics: MetricsOf<"router">;
 }
 
+/** How long an enqueue may wait for Redis before the request fails UNAVAILABLE. */
+const ENQUEUE_TIMEOUT_MS = 10_000;
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
+
 /** Largest seed the router picks for a request that gave none (crypto randomInt's bound is 2^48). */
 const MAX_PICKED_SEED = 2 ** 48 - 1;
 
@@ -165,7 +176,8 @@ export class Pipeline {
         enqueuedAtMs: Date.now(),
       };
       try {
-        await enqueuePrefill(queue, job, input.priority ?? 0);
+        // With Redis down BullMQ waits for it to come back; a request waits only so long.
+        await withTimeout(enqueuePrefill(queue, job, input.priority ?? 0), ENQUEUE_TIMEOUT_MS, "Redis");
       } catch (err) {
         throw new UnavailableError(`cannot enqueue the prefill job: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
       }
@@ -235,8 +247,9 @@ export class Pipeline {
       }
     } catch (err) {
       if (signal.aborted) {
-        endReason = "client disconnected";
-        throw new CancelledError("the client went away", { cause: err });
+        endReason = abortReason(signal);
+        // The caller's reason: a client that went away (CANCELLED) or a router shutting down (UNAVAILABLE).
+        throw signal.reason instanceof MoelaError ? signal.reason : new CancelledError("the client went away", { cause: err });
       }
       if (prefillFailure !== undefined) {
         endReason = "prefill failed";
@@ -250,7 +263,7 @@ export class Pipeline {
       signal.removeEventListener("abort", forward);
       unwatch();
       if (!finished) {
-        if (signal.aborted) endReason = "client disconnected";
+        if (signal.aborted) endReason = abortReason(signal);
         if (!ctl.signal.aborted) ctl.abort(new CancelledError(endReason));
         this.cancelOnDecode(address, requestId, endReason, log);
         // A job no worker has taken yet would only waste a prefill; an active one cannot be removed.
@@ -269,6 +282,13 @@ export class Pipeline {
       (err: unknown) => log.warn({ decode: address, reason, err: err instanceof Error ? err.message : String(err) }, "Decode.Cancel failed"),
     );
   }
+}
+
+/** Why the caller aborted, for Decode.Cancel and the logs. */
+function abortReason(signal: AbortSignal): string {
+  const r: unknown = signal.reason;
+  if (r === undefined || r instanceof CancelledError) return "client disconnected";
+  return r instanceof Error ? r.message : String(r);
 }
 
 function generatedToken(ev: TokenEvent, wantLogprobs: boolean): GeneratedToken {

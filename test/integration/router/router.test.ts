@@ -31,7 +31,7 @@ import { startRouter, type StartedRouter } from "../../../services/router/src/ma
 
 const MODEL = new URL("../../../models/tiny-v3", import.meta.url).pathname;
 const REDIS = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
-const silent = createLogger("router-test", "silent");
+const silent = createLogger("router-test", process.env.TEST_LOG ?? "silent");
 const tokenizer = Tokenizer.fromDir(MODEL);
 /** A prompt token that makes the stand-in prefill fail the job for good. */
 const POISON = 999;
@@ -500,6 +500,86 @@ describe("gRPC Generate", () => {
       expect((err as MoelaError).message).toMatch(message);
     } finally {
       c.close();
+    }
+  });
+});
+
+describe("graceful shutdown", () => {
+  async function anotherRouter(graceMs: number): Promise<StartedRouter> {
+    return startRouter(
+      {
+        model: MODEL,
+        httpAddress: "127.0.0.1:0",
+        grpcAddress: "127.0.0.1:0",
+        metricsAddress: "127.0.0.1:0",
+        redisUrl: REDIS,
+        queuePrefix: prefix,
+        decode: [decode.address],
+        servedModelName: "tiny-v3",
+        maxModelLen: undefined,
+        precision: "exact",
+        requestTimeoutMs: 30_000,
+        maxInFlight: 8,
+        logLevel: "silent",
+      },
+      { logger: silent, shutdownGraceMs: graceMs, statusIntervalMs: 100 },
+    );
+  }
+
+  /** Start a streamed completion and return its reader once the first chunk is in. */
+  async function openStream(r: StartedRouter, ids: number[], maxTokens: number) {
+    const res = await fetch(`${r.httpUrl}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "tiny-v3", prompt: ids, max_tokens: maxTokens, stream: true }),
+    });
+    expect(res.status).toBe(200);
+    const reader = res.body!.getReader();
+    let text = new TextDecoder().decode((await reader.read()).value);
+    return {
+      async rest(): Promise<string> {
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) return text;
+          text += new TextDecoder().decode(value);
+        }
+      },
+    };
+  }
+
+  it("a stream in flight finishes normally while the router closes; new connections are refused", async () => {
+    const r = await anotherRouter(10_000);
+    decode.delayMs = 30;
+    try {
+      const s = await openStream(r, [1000, 1001, 1002], 12);
+      const closed = r.close();
+      const body = await s.rest();
+      await closed;
+      expect(body.trimEnd().endsWith("data: [DONE]")).toBe(true);
+      expect(body).toContain('"finish_reason":"length"');
+      expect(body).not.toContain('"error"');
+      await expect(fetch(`${r.httpUrl}/health`)).rejects.toThrow();
+    } finally {
+      decode.delayMs = 0;
+      await r.close();
+    }
+  });
+
+  it("past the grace period a stream ends with an error event and is cancelled on decode", async () => {
+    const r = await anotherRouter(200);
+    decode.delayMs = 30;
+    try {
+      const ids = [1010, 1011, 1012];
+      const s = await openStream(r, ids, 1000);
+      const closed = r.close();
+      const body = await s.rest();
+      await closed;
+      expect(body).toMatch(/data: \{"error":\{"message":"the router is shutting down","type":"server_error","param":null,"code":"service_unavailable"\}\}/);
+      expect(body.trimEnd().endsWith("data: [DONE]")).toBe(true);
+      await decode.waitForCancel((c) => c.requestId === jobFor(ids).requestId);
+    } finally {
+      decode.delayMs = 0;
+      await r.close();
     }
   });
 });
