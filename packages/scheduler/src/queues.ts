@@ -148,10 +148,16 @@ export function createPrefillQueue(redisUrl: string, prefix: string = DEFAULT_QU
   return new Queue(PREFILL_QUEUE, { connection: redisConnection(redisUrl), prefix: validateQueuePrefix(prefix), defaultJobOptions: { ...PREFILL_JOB_OPTIONS } });
 }
 
+/** BullMQ's largest priority (2^21). */
+export const MAX_PRIORITY = 2 ** 21;
+
 /**
- * Enqueue a prefill job under its request id (a request is queued at most once). `priority` is BullMQ's
- * (lower runs first); 0 = none.
+ * Enqueue a prefill job under its request id (a request is queued at most once). `priority` is BullMQ's:
+ * lower runs first, and 0 (none) runs before any explicit priority.
  */
 export async function enqueuePrefill(queue: Queue, job: PrefillJob, priority = 0): Promise<void> {
+  if (!(Number.isInteger(priority) && priority >= 0 && priority <= MAX_PRIORITY)) {
+    throw new InvalidArgumentError(`priority must be an integer in [0, ${MAX_PRIORITY}], got ${priority}`);
+  }
   await queue.add(PREFILL_JOB_NAME, job, { jobId: job.requestId, ...(priority > 0 ? { priority } : {}) });
 }

@@ -45,7 +45,7 @@ import {
   type GenerateService,
 } from "@moela/proto-gen";
 import type { AsyncServiceImplementation, CallContext } from "@moela/rpc";
-import type { AdmissionController, DecodePool } from "@moela/scheduler";
+import { MAX_PRIORITY, type AdmissionController, type DecodePool } from "@moela/scheduler";
 import type { Tokenizer } from "@moela/tokenizer";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { GenerateEvent, Pipeline } from "./pipeline.js";
@@ -407,6 +407,7 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
         if (req.requestId !== "" && !REQUEST_ID.test(req.requestId)) {
           throw new InvalidArgumentError("request_id may hold 1-128 letters, digits and . _ - only");
         }
+        if (req.priority > MAX_PRIORITY) throw new InvalidArgumentError(`priority must be at most ${MAX_PRIORITY}, got ${req.priority}`);
         let parsed: GenerationRequest;
         try {
           parsed = parseCompletionRequest(generateRequestBody(req), ctx.validation);

@@ -488,6 +488,8 @@ describe("gRPC Generate", () => {
   it.each([
     { name: "no prompt", req: {}, message: /prompt is required/ },
     { name: "an unknown model", req: { prompt: { $case: "text" as const, value: "x" }, model: "other" }, message: /does not exist/ },
+    { name: "a priority past BullMQ's range", req: { prompt: { $case: "text" as const, value: "x" }, priority: 2 ** 21 + 1 }, message: /priority must be at most 2097152/ },
+    { name: "a request id with a colon", req: { prompt: { $case: "text" as const, value: "x" }, requestId: "a:b" }, message: /request_id may hold/ },
     { name: "top_p above 1", req: { prompt: { $case: "text" as const, value: "x" }, sampling: { topP: 2, topK: 0, maxTokens: 0, stop: [], stopTokenIds: [], ignoreEos: false } }, message: /top_p/ },
   ])("$name -> INVALID_ARGUMENT", async ({ req, message }) => {
     const c = connect(GenerateClient, router.grpcAddress);
