@@ -19,6 +19,8 @@
  *   with logprobs true.
  * - stop: a string or a list of non-empty strings (at most MAX_STOP_STRINGS); matched on detokenized text.
  * - stream_options only with stream = true (as vLLM); include_usage adds a final usage chunk.
+ * - A checkpoint without a tokenizer (encoder null) takes token-id prompts only: text prompts, chat and stop
+ *   strings are 400s, echoed prompt text is "".
  */
 import { ModelNotFoundError, RequestValidationError } from "./errors.js";
 
@@ -63,7 +65,8 @@ export interface SamplingDefaults {
 }
 
 export interface ValidationContext extends ModelLimits {
-  readonly encoder: PromptEncoder;
+  /** null for a checkpoint without a tokenizer: token-id prompts only, no chat, no stop strings. */
+  readonly encoder: PromptEncoder | null;
   readonly defaults: SamplingDefaults;
 }
 
@@ -248,9 +251,10 @@ function checkTokenIds(ids: readonly unknown[], param: string, vocabSize: number
   return ids as number[];
 }
 
-function parseStop(f: Fields): string[] {
+function parseStop(f: Fields, hasTokenizer: boolean): string[] {
   const v = f.raw("stop");
   if (v === undefined) return [];
+  if (!hasTokenizer) fail("stop", "stop strings need a tokenizer and this model has none; use stop_token_ids");
   const list = typeof v === "string" ? [v] : v;
   if (!Array.isArray(list) || list.some((s) => typeof s !== "string")) {
     fail("stop", `stop must be a string or a list of strings, got ${show(v)}`);
@@ -325,12 +329,13 @@ function parsePrompts(f: Fields, ctx: ValidationContext): PromptInput[] {
   if (v === undefined) fail("prompt", "prompt is required");
   const fromText = (text: string, param: string): PromptInput => {
     if (text.length === 0) fail(param, `${param} must not be empty`);
+    if (ctx.encoder === null) fail(param, `this model has no tokenizer: send ${param} as a list of token ids`);
     return { tokenIds: ctx.encoder.encode(text), text };
   };
   const fromIds = (ids: unknown[], param: string): PromptInput => {
     if (ids.length === 0) fail(param, `${param} must not be empty`);
     const tokenIds = checkTokenIds(ids, param, ctx.vocabSize);
-    return { tokenIds, text: ctx.encoder.decode(tokenIds) };
+    return { tokenIds, text: ctx.encoder?.decode(tokenIds) ?? "" };
   };
   if (typeof v === "string") return [fromText(v, "prompt")];
   if (!Array.isArray(v)) fail("prompt", `prompt must be a string, a list of token ids, or a list of either, got ${typeName(v)}`);
@@ -357,7 +362,7 @@ export function parseCompletionRequest(body: unknown, ctx: ValidationContext): G
   const logprobs = f.number("logprobs", { int: true, min: 0, max: MAX_LOGPROBS }) ?? null;
   const stream = f.boolean("stream") ?? false;
   const includeUsage = parseStreamOptions(f, stream);
-  const stop = parseStop(f);
+  const stop = parseStop(f, ctx.encoder !== null);
   const echo = f.boolean("echo") ?? false;
   const returnTokensAsTokenIds = f.boolean("return_tokens_as_token_ids") ?? false;
   const skipSpecialTokens = f.boolean("skip_special_tokens") ?? true;
@@ -438,7 +443,7 @@ export function parseChatRequest(body: unknown, ctx: ValidationContext): Generat
   if (topLogprobs !== undefined && !logprobsFlag) fail("top_logprobs", "top_logprobs requires logprobs to be true");
   const stream = f.boolean("stream") ?? false;
   const includeUsage = parseStreamOptions(f, stream);
-  const stop = parseStop(f);
+  const stop = parseStop(f, ctx.encoder !== null);
   const returnTokensAsTokenIds = f.boolean("return_tokens_as_token_ids") ?? false;
   const skipSpecialTokens = f.boolean("skip_special_tokens") ?? true;
   const addGenerationPrompt = f.boolean("add_generation_prompt") ?? true;
@@ -447,6 +452,7 @@ export function parseChatRequest(body: unknown, ctx: ValidationContext): Generat
   const maxCompletionTokens = parseMaxTokens(f, "max_completion_tokens");
   const legacyMaxTokens = parseMaxTokens(f, "max_tokens");
   const maxTokensGiven = maxCompletionTokens ?? legacyMaxTokens;
+  if (ctx.encoder === null) fail("messages", "this model has no tokenizer (and no chat template): use /v1/completions with token ids");
   let tokenIds: number[];
   try {
     tokenIds = ctx.encoder.encodeChat(messages, { addGenerationPrompt, ...(templateVariables ? { templateVariables } : {}) });

@@ -2,7 +2,8 @@
  * Router configuration: every setting is a flag with an env twin MOELA_ROUTER_<NAME> (the flag wins),
  * validated once at startup; an error names both the flag and the env variable.
  *
- *   --model DIR              checkpoint folder: config.json (limits), tokenizer.json/tokenizer_config.json,
+ *   --model DIR              checkpoint folder: config.json (limits), tokenizer.json/tokenizer_config.json
+ *                            (optional: without them only token-id prompts are served, text is ""),
  *                            generation_config.json (sampling defaults)                     (required)
  *   --http-address H:P       OpenAI-compatible HTTP API                          (127.0.0.1:8000)
  *   --grpc-address H:P       gRPC Generate API; port 0 picks a free one          (127.0.0.1:0)
@@ -105,10 +106,9 @@ export function parseRouterConfig(argv: readonly string[], env: NodeJS.ProcessEn
   }
   const c = r.data;
   const model = resolve(c.model);
-  for (const file of ["config.json", "tokenizer.json"]) {
-    if (!existsSync(join(model, file))) {
-      throw new ConfigError(`router: --model (env ${envOf("model")}) "${c.model}" has no ${file}`);
-    }
+  // tokenizer.json is optional: without it the router serves token-id prompts only.
+  if (!existsSync(join(model, "config.json"))) {
+    throw new ConfigError(`router: --model (env ${envOf("model")}) "${c.model}" has no config.json`);
   }
   return Object.freeze({
     model,

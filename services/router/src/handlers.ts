@@ -36,6 +36,7 @@ import {
   type GeneratedToken,
   type GenerationRequest,
   type ModelNotFoundError,
+  type TokenText,
   type ValidationContext,
 } from "@moela/openai-api";
 import {
@@ -52,7 +53,8 @@ import type { GenerateEvent, Pipeline } from "./pipeline.js";
 
 export interface RouterContext {
   readonly validation: ValidationContext;
-  readonly tokenizer: Tokenizer;
+  /** null when the checkpoint has no tokenizer (token-id prompts only). */
+  readonly tokenizer: Tokenizer | null;
   readonly pipeline: Pipeline;
   readonly pool: DecodePool;
   readonly admission: AdmissionController;
@@ -125,6 +127,12 @@ function sseHeaders(requestId: string): Record<string, string> {
     connection: "keep-alive",
     "x-request-id": requestId,
   };
+}
+
+/** Token strings for logprobs: the tokenizer's text of each id, or token_id:<id> (asked for, or no tokenizer). */
+function renderTokens(ctx: RouterContext, parsed: GenerationRequest): TokenText {
+  const tokenizer = ctx.tokenizer;
+  return tokenRenderer((tid) => tokenizer!.decode([tid]), parsed.returnTokensAsTokenIds || tokenizer === null);
 }
 
 interface ChoiceResult {
@@ -219,7 +227,7 @@ async function fullResponse(
   const results = await Promise.all(gens.map(collect));
   const created = createdNow();
   const model = ctx.validation.servedModelName;
-  const render = tokenRenderer((tid) => ctx.tokenizer.decode([tid]), parsed.returnTokensAsTokenIds);
+  const render = renderTokens(ctx, parsed);
   const promptTokens = parsed.prompts.reduce((n, p) => n + p.tokenIds.length, 0);
   const completionTokens = results.reduce((n, r) => n + r.completionTokens, 0);
   const usage = usageOf(promptTokens, completionTokens);
@@ -264,7 +272,7 @@ async function streamGeneration(
 ): Promise<void> {
   const created = createdNow();
   const model = ctx.validation.servedModelName;
-  const render = tokenRenderer((tid) => ctx.tokenizer.decode([tid]), parsed.returnTokensAsTokenIds);
+  const render = renderTokens(ctx, parsed);
   const wantLogprobs = parsed.sampling[0]!.logprobs !== null;
   const events = mergeEvents(gens);
   // Nothing is written before the first event: an immediate refusal is still a plain HTTP error.

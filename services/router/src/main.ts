@@ -9,7 +9,9 @@ import { createServiceMetrics, startMetricsServer, type MetricsServer } from "@m
 import { Precision, GenerateService, type DecodeStatusResponse } from "@moela/proto-gen";
 import { createServer, drainAndClose, serve, unaryCall } from "@moela/rpc";
 import { AdmissionController, createPrefillQueue, DecodePool, PREFILL_QUEUE, redisConnection, type DecodeLoad } from "@moela/scheduler";
-import { Tokenizer } from "@moela/tokenizer";
+import { TOKENIZER_JSON, Tokenizer } from "@moela/tokenizer";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { QueueEvents } from "bullmq";
 import { parseRouterConfig, readGenerationDefaults, splitHostPort, type RouterConfig } from "./config.js";
 import { buildHttpApp, generateService, type RouterContext } from "./handlers.js";
@@ -60,7 +62,9 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       `--max-model-len ${maxModelLen} exceeds the model's max_position_embeddings (${modelConfig.maxPositionEmbeddings})`,
     );
   }
-  const tokenizer = Tokenizer.fromDir(config.model);
+  // A checkpoint without tokenizer files (the reference tests' random checkpoints) is served with token ids only.
+  const tokenizer = existsSync(join(config.model, TOKENIZER_JSON)) ? Tokenizer.fromDir(config.model) : null;
+  if (tokenizer === null) logger.warn({ model: config.model }, "no tokenizer.json: serving token-id prompts only (no chat, no stop strings, empty text)");
   const defaults = readGenerationDefaults(config.model);
   const admission = new AdmissionController(config.maxInFlight);
 

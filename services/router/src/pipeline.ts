@@ -69,7 +69,8 @@ export class JobWatcher {
 }
 
 export interface PipelineDeps {
-  readonly tokenizer: Tokenizer;
+  /** null: no detokenization (text stays ""), as for a checkpoint without a tokenizer. */
+  readonly tokenizer: Tokenizer | null;
   readonly pool: DecodePool;
   readonly queue: Queue;
   readonly jobs: JobWatcher;
@@ -184,7 +185,7 @@ export class Pipeline {
       enqueued = true;
       metrics.routerPromptTokens.inc(prompt.length);
 
-      const decoder = new IncrementalDecoder(tokenizer, { skipSpecialTokens: input.skipSpecialTokens, promptIds: prompt });
+      const decoder = tokenizer === null ? null : new IncrementalDecoder(tokenizer, { skipSpecialTokens: input.skipSpecialTokens, promptIds: prompt });
       const matcher = input.stop.length > 0 ? new StopStringMatcher(input.stop) : null;
       const wantLogprobs = sampling.logprobs !== null;
       let received = 0;
@@ -202,7 +203,7 @@ export class Pipeline {
           if (ev.index > received) throw new DataLossError(`decode ${address} skipped tokens ${received}..${ev.index - 1}`);
           received++;
           tokens.push(generatedToken(ev, wantLogprobs));
-          const delta = decoder.push(ev.tokenId);
+          const delta = decoder?.push(ev.tokenId) ?? "";
           if (matcher === null) {
             text += delta;
             continue;
@@ -226,7 +227,7 @@ export class Pipeline {
         if (stopped || decodeDone) {
           if (!stopped) {
             // Release what the decoder and the matcher held back for a continuation that will not come.
-            let tail = decoder.flush();
+            let tail = decoder?.flush() ?? "";
             if (matcher !== null) {
               const m = matcher.push(tail);
               tail = m.text + (m.stopped ? "" : matcher.flush());

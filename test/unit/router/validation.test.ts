@@ -245,3 +245,31 @@ describe("errors as OpenAI error objects", () => {
     expect(Object.keys(r.body.error).sort()).toEqual(["code", "message", "param", "type"]);
   });
 });
+
+describe("a checkpoint without a tokenizer", () => {
+  const bare: ValidationContext = { ...ctx, encoder: null };
+  it("takes token-id prompts (echo text empty)", () => {
+    const r = parseCompletionRequest({ prompt: [[3, 4], [5]], max_tokens: 2, echo: true, stop_token_ids: [9] }, bare);
+    expect(r.prompts).toEqual([
+      { tokenIds: [3, 4], text: "" },
+      { tokenIds: [5], text: "" },
+    ]);
+  });
+
+  it.each([
+    { name: "a text prompt", parse: parseCompletionRequest, body: { prompt: "hello" }, param: "prompt", message: /no tokenizer: send prompt as a list of token ids/ },
+    { name: "a text batch", parse: parseCompletionRequest, body: { prompt: ["a", "b"] }, param: "prompt[0]", message: /no tokenizer/ },
+    { name: "stop strings", parse: parseCompletionRequest, body: { prompt: [1], stop: "x" }, param: "stop", message: /stop strings need a tokenizer/ },
+    { name: "chat", parse: parseChatRequest, body: { messages: [{ role: "user", content: "hi" }] }, param: "messages", message: /no tokenizer \(and no chat template\)/ },
+  ])("refuses $name", ({ parse, body, param, message }) => {
+    try {
+      parse(body, bare);
+      throw new Error("accepted");
+    } catch (err) {
+      const { status, body: b } = openAIError(err);
+      expect(status).toBe(400);
+      expect(b.error.param).toBe(param);
+      expect(b.error.message).toMatch(message);
+    }
+  });
+});
