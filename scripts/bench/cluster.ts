@@ -475,17 +475,19 @@ if (opts.cluster) for (const profile of PROFILES) clusters.push(await measureClu
 const out: string[] = [];
 out.push(`moela cluster benchmark: ${MODEL}, ${H} expert-hosts, ${new Date().toISOString()}`);
 out.push("");
-out.push("KV transfer (prefill -> decode), bytes per prompt token");
+out.push(
+  `KV transfer (prefill -> decode), bytes per prompt token; expected = cache layers (${cfg.numHiddenLayers} main${cfg.numNextnPredictLayers > 0 ? " + 1 MTP" : ""}) x (${cfg.kvLoraRank} + ${cfg.qkRopeHeadDim}) x KV dtype bytes`,
+);
 out.push(
   table([
-    ["profile", "sent", "received", "expected (main layers)", "expected (+MTP layer)", "sent/expected(main)"],
+    ["profile", "sent", "received", "expected (cache layers)", "sent/expected", "main layers only"],
     ...clusters.map((c) => [
       c.profile,
       f(c.kvSentBytesPerPromptToken),
       f(c.kvReceivedBytesPerPromptToken),
-      `${c.kvExpectedMainLayers}`,
       `${c.kvExpectedCacheLayers}`,
-      ratio(c.kvSentBytesPerPromptToken, c.kvExpectedMainLayers),
+      ratio(c.kvSentBytesPerPromptToken, c.kvExpectedCacheLayers),
+      `${c.kvExpectedMainLayers}`,
     ]),
   ]),
 );

@@ -117,14 +117,23 @@ export async function runCluster(o: ClusterCliOptions): Promise<number> {
   // Ctrl-C and SIGTERM: first one stops the cluster gracefully; a second one is left to the
   // default handlers of the children (they got it too when it came from the terminal).
   const interrupted = new AbortController();
-  const onSignal = (sig: NodeJS.Signals) => {
+  const onSignal = (why: string) => {
     if (interrupted.signal.aborted) return;
-    err(`\n${sig}: stopping the cluster...`);
+    err(`\n${why}: stopping the cluster...`);
     interrupted.abort();
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   process.on("SIGHUP", onSignal);
+  // Under `npm start` / `npx`, npm may exit on SIGTERM without passing it on; once npm is gone
+  // (this process re-parented), nobody holds the cluster any more, so stop it as if signalled.
+  const parent = process.ppid;
+  const watchParent =
+    process.env["npm_lifecycle_event"] !== undefined
+      ? setInterval(() => {
+          if (process.ppid !== parent) onSignal(`parent process ${parent} exited`);
+        }, 1_000).unref()
+      : undefined;
 
   let cluster: Cluster | undefined;
   try {
@@ -182,6 +191,7 @@ export async function runCluster(o: ClusterCliOptions): Promise<number> {
     await cluster.stop();
     return 1;
   } finally {
+    clearInterval(watchParent);
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
     process.off("SIGHUP", onSignal);
