@@ -1,0 +1,378 @@
+/**
+ * MoelaClient: the router's gRPC Generate API for TypeScript applications.
+ *
+ *   const client = new MoelaClient({ address: "127.0.0.1:50051" });
+ *   for await (const ev of client.generate({ prompt: "Hello", maxTokens: 16 }, { deadlineMs: 30_000 })) {
+ *     process.stdout.write(ev.text);
+ *   }
+ *
+ * Retries: a call that fails with UNAVAILABLE before its first response message is made again,
+ * with exponential backoff and full jitter, up to `maxRetries` times and never past the deadline.
+ * Once a message has arrived nothing is retried (the tokens already delivered would come twice),
+ * so the error reaches the caller. Every attempt carries the same request id, which the client
+ * makes when the caller gives none, so the server's logs show the retries as one request.
+ */
+import { randomUUID } from "node:crypto";
+import {
+  type CallOptions,
+  type ChannelCredentials,
+  type ChannelOptions,
+  type ClientReadableStream,
+  credentials as grpcCredentials,
+} from "@grpc/grpc-js";
+import { CancelledError, InvalidArgumentError, type MoelaError, UnavailableError } from "@moela/core";
+import {
+  FinishReason as WireFinishReason,
+  GenerateClient,
+  type GenerateRequest as WireGenerateRequest,
+  type GenerateResponse,
+} from "@moela/proto-gen";
+import { DeadlineExceededError, toMoelaError } from "./errors.js";
+import { Stream } from "./stream.js";
+
+/** One generation request. Unset sampling fields take the server's defaults (see common.proto). */
+export interface GenerateRequest {
+  /** Text (tokenized by the router; no chat template) or token ids of the served model. */
+  readonly prompt: string | readonly number[];
+  /** Most tokens to generate; unset: the router's default. */
+  readonly maxTokens?: number;
+  /** 0 is greedy; unset: 1. */
+  readonly temperature?: number;
+  readonly topP?: number;
+  readonly topK?: number;
+  /** Same seed, prompt and parameters give the same tokens. */
+  readonly seed?: number;
+  /** Stop strings (not part of the output text). */
+  readonly stop?: readonly string[];
+  readonly stopTokenIds?: readonly number[];
+  /** 0: the sampled token's logprob; N: also the N most likely alternatives (at most 20). */
+  readonly logprobs?: number;
+  readonly ignoreEos?: boolean;
+  /** Must equal the served model id when set. */
+  readonly model?: string;
+  /** Shows in every service's logs; unset: the client makes one (`req-<uuid>`). */
+  readonly requestId?: string;
+  /** Lower runs first when the queue is contended. */
+  readonly priority?: number;
+}
+
+export type FinishReason = "stop" | "length";
+
+export interface TopLogprob {
+  readonly tokenId: number;
+  readonly logprob: number;
+}
+
+export interface TokenLogprob {
+  /** Natural-log probability of the sampled token under the model (before temperature etc.). */
+  readonly logprob: number;
+  /** Most likely alternatives first. */
+  readonly top: readonly TopLogprob[];
+}
+
+export interface Usage {
+  readonly promptTokens: number;
+  readonly completionTokens: number;
+  readonly cachedPromptTokens: number;
+  /** MTP draft tokens proposed and accepted. */
+  readonly draftTokens: number;
+  readonly acceptedDraftTokens: number;
+}
+
+/** One streamed message: the tokens and text since the previous one; the last carries finishReason and usage. */
+export interface GenerateEvent {
+  readonly requestId: string;
+  readonly tokenIds: readonly number[];
+  /** May lag tokenIds (an unfinished UTF-8 character or a possible stop string is held back). */
+  readonly text: string;
+  /** Parallel to tokenIds when the request asked for logprobs. */
+  readonly logprobs: readonly TokenLogprob[];
+  readonly finishReason?: FinishReason;
+  readonly usage?: Usage;
+}
+
+/** A whole generation (`MoelaClient.complete`). */
+export interface Completion {
+  readonly requestId: string;
+  readonly text: string;
+  readonly tokenIds: readonly number[];
+  readonly finishReason: FinishReason | undefined;
+  readonly usage: Usage | undefined;
+}
+
+export interface GenerateOptions {
+  /** Aborting cancels the call everywhere; the iteration throws CancelledError. */
+  readonly signal?: AbortSignal;
+  /** Time for the whole call, retries included; then DeadlineExceededError. Default: the client's. */
+  readonly deadlineMs?: number;
+  /** Override the client's maxRetries for this call. */
+  readonly maxRetries?: number;
+}
+
+export interface MoelaClientOptions {
+  /** host:port of the router's gRPC server. */
+  readonly address: string;
+  /** Default: insecure (plaintext), as inside a cluster network. */
+  readonly credentials?: ChannelCredentials;
+  readonly channelOptions?: Partial<ChannelOptions>;
+  /** Default deadline of every generate() in ms; unset: none. */
+  readonly deadlineMs?: number;
+  /** Retries of a call that fails with UNAVAILABLE before its first message (default 4). */
+  readonly maxRetries?: number;
+  /** Backoff before retry n (0-based) is random in [0, min(maxBackoffMs, initialBackoffMs * 2^n)] (defaults 100, 3000). */
+  readonly initialBackoffMs?: number;
+  readonly maxBackoffMs?: number;
+}
+
+function checkNonNegativeInt(name: string, v: number | undefined): void {
+  if (v !== undefined && !(Number.isSafeInteger(v) && v >= 0)) {
+    throw new InvalidArgumentError(`${name} must be a non-negative integer, got ${String(v)}`);
+  }
+}
+
+function checkPositive(name: string, v: number | undefined): void {
+  if (v !== undefined && !(Number.isFinite(v) && v > 0)) throw new InvalidArgumentError(`${name} must be a positive number of ms, got ${String(v)}`);
+}
+
+/** The wire request for `r`; throws InvalidArgumentError for a prompt of the wrong shape. */
+export function toWireRequest(r: GenerateRequest, requestId: string): WireGenerateRequest {
+  let prompt: WireGenerateRequest["prompt"];
+  if (typeof r.prompt === "string") prompt = { $case: "text", value: r.prompt };
+  else if (Array.isArray(r.prompt) && r.prompt.every((t) => Number.isInteger(t) && t >= 0 && t <= 0xffffffff)) {
+    prompt = { $case: "tokenIds", value: { ids: [...r.prompt] } };
+  } else throw new InvalidArgumentError("prompt must be a string or an array of token ids (non-negative integers)");
+  checkNonNegativeInt("maxTokens", r.maxTokens);
+  checkNonNegativeInt("topK", r.topK);
+  checkNonNegativeInt("seed", r.seed);
+  checkNonNegativeInt("logprobs", r.logprobs);
+  checkNonNegativeInt("priority", r.priority);
+  return {
+    prompt,
+    sampling: {
+      ...(r.temperature !== undefined ? { temperature: r.temperature } : {}),
+      ...(r.topP !== undefined ? { topP: r.topP } : {}),
+      topK: r.topK ?? 0,
+      ...(r.seed !== undefined ? { seed: r.seed } : {}),
+      maxTokens: r.maxTokens ?? 0,
+      stop: [...(r.stop ?? [])],
+      stopTokenIds: [...(r.stopTokenIds ?? [])],
+      ...(r.logprobs !== undefined ? { logprobs: r.logprobs } : {}),
+      ignoreEos: r.ignoreEos ?? false,
+    },
+    model: r.model ?? "",
+    requestId,
+    priority: r.priority ?? 0,
+  };
+}
+
+function finishReason(f: WireFinishReason): FinishReason | undefined {
+  if (f === WireFinishReason.FINISH_REASON_STOP) return "stop";
+  if (f === WireFinishReason.FINISH_REASON_LENGTH) return "length";
+  return undefined;
+}
+
+/** One wire message as an event (plain objects, no wire enums). */
+export function toEvent(m: GenerateResponse): GenerateEvent {
+  const reason = finishReason(m.finishReason);
+  return {
+    requestId: m.requestId,
+    tokenIds: m.tokenIds,
+    text: m.text,
+    logprobs: m.logprobs.map((l) => ({ logprob: l.logprob, top: l.top.map((t) => ({ tokenId: t.tokenId, logprob: t.logprob })) })),
+    ...(reason !== undefined ? { finishReason: reason } : {}),
+    ...(m.usage !== undefined ? { usage: { ...m.usage } } : {}),
+  };
+}
+
+/** Messages queued beyond this pause the call (back-pressure to the server). */
+const HIGH_WATER = 64;
+
+/**
+ * The messages of one call, in order; throws the call's error. Stops reading (and leaves the call
+ * to the caller to cancel) when returned early.
+ */
+async function* messages(call: ClientReadableStream<GenerateResponse>): AsyncGenerator<GenerateResponse, void, undefined> {
+  const queue: GenerateResponse[] = [];
+  let ended = false;
+  let failure: { err: unknown } | undefined;
+  let wake: (() => void) | undefined;
+  const poke = () => {
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  call.on("data", (m: GenerateResponse) => {
+    queue.push(m);
+    if (queue.length >= HIGH_WATER) call.pause();
+    poke();
+  });
+  call.on("error", (err: unknown) => {
+    failure ??= { err };
+    poke();
+  });
+  call.on("end", () => {
+    ended = true;
+    poke();
+  });
+  for (;;) {
+    const next = queue.shift();
+    if (next !== undefined) {
+      if (call.isPaused() && queue.length < HIGH_WATER / 2) call.resume();
+      yield next;
+      continue;
+    }
+    if (failure !== undefined) throw failure.err;
+    if (ended) return;
+    await new Promise<void>((resolve) => (wake = resolve));
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/** What a caller's abort becomes: CancelledError, with the signal's reason as cause. */
+function cancelled(signal: AbortSignal): CancelledError {
+  const reason: unknown = signal.reason;
+  if (reason instanceof CancelledError) return reason;
+  const why = reason instanceof Error ? `: ${reason.message}` : "";
+  return new CancelledError(`generate cancelled${why}`, { cause: reason });
+}
+
+/** A Generate stream; `requestId` is known before the first message. */
+export class GenerateStream extends Stream<GenerateEvent> {
+  readonly requestId: string;
+  constructor(requestId: string, source: (signal: AbortSignal) => AsyncGenerator<GenerateEvent, void, undefined>, signal?: AbortSignal) {
+    super(source, signal);
+    this.requestId = requestId;
+  }
+}
+
+export class MoelaClient {
+  readonly address: string;
+  private readonly grpc: GenerateClient;
+  private readonly deadlineMs: number | undefined;
+  private readonly maxRetries: number;
+  private readonly initialBackoffMs: number;
+  private readonly maxBackoffMs: number;
+
+  constructor(o: MoelaClientOptions) {
+    if (typeof o.address !== "string" || o.address.trim() === "") throw new InvalidArgumentError("address must be host:port of the router's gRPC server");
+    checkPositive("deadlineMs", o.deadlineMs);
+    checkNonNegativeInt("maxRetries", o.maxRetries);
+    checkNonNegativeInt("initialBackoffMs", o.initialBackoffMs);
+    checkNonNegativeInt("maxBackoffMs", o.maxBackoffMs);
+    this.address = o.address;
+    this.deadlineMs = o.deadlineMs;
+    this.maxRetries = o.maxRetries ?? 4;
+    this.initialBackoffMs = o.initialBackoffMs ?? 100;
+    this.maxBackoffMs = o.maxBackoffMs ?? 3_000;
+    // grpc-js's own retries are off: they would not know that a retry is only safe before the first message.
+    this.grpc = new GenerateClient(o.address, o.credentials ?? grpcCredentials.createInsecure(), {
+      "grpc.enable_retries": 0,
+      ...o.channelOptions,
+    });
+  }
+
+  /**
+   * Start a generation. Iterate the result for events; `break` cancels the call. Request errors
+   * (bad prompt shape, bad options) throw here; call errors are thrown by the iteration as
+   * MoelaErrors (see errors.ts).
+   */
+  generate(request: GenerateRequest, options: GenerateOptions = {}): GenerateStream {
+    const requestId = request.requestId !== undefined && request.requestId !== "" ? request.requestId : `req-${randomUUID()}`;
+    const wire = toWireRequest(request, requestId);
+    const deadlineMs = options.deadlineMs ?? this.deadlineMs;
+    checkPositive("deadlineMs", deadlineMs);
+    checkNonNegativeInt("maxRetries", options.maxRetries);
+    const maxRetries = options.maxRetries ?? this.maxRetries;
+    const deadline = deadlineMs === undefined ? undefined : Date.now() + deadlineMs;
+    return new GenerateStream(requestId, (signal) => this.run(wire, deadline, deadlineMs, maxRetries, signal), options.signal);
+  }
+
+  /** generate() collected: the whole text and tokens, the finish reason and usage. */
+  async complete(request: GenerateRequest, options: GenerateOptions = {}): Promise<Completion> {
+    const stream = this.generate(request, options);
+    let text = "";
+    const tokenIds: number[] = [];
+    let reason: FinishReason | undefined;
+    let usage: Usage | undefined;
+    for await (const ev of stream) {
+      text += ev.text;
+      tokenIds.push(...ev.tokenIds);
+      reason = ev.finishReason ?? reason;
+      usage = ev.usage ?? usage;
+    }
+    return { requestId: stream.requestId, text, tokenIds, finishReason: reason, usage };
+  }
+
+  /** Close the channel; calls in flight are cancelled. */
+  close(): void {
+    this.grpc.close();
+  }
+
+  private async *run(
+    wire: WireGenerateRequest,
+    deadline: number | undefined,
+    deadlineMs: number | undefined,
+    maxRetries: number,
+    signal: AbortSignal,
+  ): AsyncGenerator<GenerateEvent, void, undefined> {
+    for (let attempt = 0; ; attempt++) {
+      if (signal.aborted) throw cancelled(signal);
+      const callOptions: Partial<CallOptions> = deadline === undefined ? {} : { deadline };
+      const call = this.grpc.generate(wire, callOptions);
+      const cancelCall = () => call.cancel();
+      signal.addEventListener("abort", cancelCall, { once: true });
+      let received = 0;
+      let settled = false;
+      let error: MoelaError;
+      try {
+        for await (const m of messages(call)) {
+          received++;
+          yield toEvent(m);
+        }
+        settled = true;
+        return;
+      } catch (err) {
+        settled = true;
+        if (signal.aborted) throw cancelled(signal);
+        error = toMoelaError(err);
+        // Only UNAVAILABLE with nothing delivered yet is safe to repeat.
+        if (!(error instanceof UnavailableError) || received > 0 || attempt >= maxRetries) {
+          if (error instanceof DeadlineExceededError && deadlineMs !== undefined) {
+            throw new DeadlineExceededError(`deadline of ${deadlineMs} ms exceeded (${error.message})`, { cause: error });
+          }
+          throw error;
+        }
+      } finally {
+        signal.removeEventListener("abort", cancelCall);
+        // Left early (break, return, or a throw in the consumer's loop): cancel on the server too.
+        if (!settled) call.cancel();
+      }
+      const backoff = Math.random() * Math.min(this.maxBackoffMs, this.initialBackoffMs * 2 ** attempt);
+      if (deadline !== undefined && Date.now() + backoff >= deadline) {
+        throw new DeadlineExceededError(
+          `deadline of ${deadlineMs} ms exceeded after ${attempt + 1} attempt(s); the last failed with UNAVAILABLE: ${error.message}`,
+          { cause: error },
+        );
+      }
+      try {
+        await sleep(backoff, signal);
+      } catch {
+        throw cancelled(signal);
+      }
+    }
+  }
+}

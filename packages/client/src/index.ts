@@ -1,0 +1,30 @@
+/**
+ * @moela/client: a typed client for moela's gRPC Generate API (the router). See README.md.
+ * Errors are @moela/core's classes, re-exported here so applications need only this package.
+ */
+export {
+  MoelaClient,
+  GenerateStream,
+  toWireRequest,
+  toEvent,
+  type Completion,
+  type FinishReason,
+  type GenerateEvent,
+  type GenerateOptions,
+  type GenerateRequest,
+  type MoelaClientOptions,
+  type TokenLogprob,
+  type TopLogprob,
+  type Usage,
+} from "./client.js";
+export { Stream, type StreamSource } from "./stream.js";
+export { DeadlineExceededError, codeName, errorFromStatus, toMoelaError } from "./errors.js";
+export {
+  CancelledError,
+  Code,
+  DataLossError,
+  InvalidArgumentError,
+  MoelaError,
+  ResourceExhaustedError,
+  UnavailableError,
+} from "@moela/core";

@@ -1,0 +1,384 @@
+/**
+ * MoelaClient against a real grpc-js server on 127.0.0.1 that implements moela.v1.Generate with
+ * scripted behaviours: streaming, stalling, failing with a given status, failing after a token.
+ */
+import { Metadata, Server, ServerCredentials, status, type ServerWritableStream } from "@grpc/grpc-js";
+import { afterEach, describe, expect, it } from "vitest";
+import {
+  CancelledError,
+  Code,
+  DataLossError,
+  DeadlineExceededError,
+  InvalidArgumentError,
+  MoelaClient,
+  MoelaError,
+  ResourceExhaustedError,
+  UnavailableError,
+  type GenerateEvent,
+} from "@moela/client";
+import { FinishReason, GenerateService, type GenerateRequest, type GenerateResponse } from "@moela/proto-gen";
+
+type Call = ServerWritableStream<GenerateRequest, GenerateResponse>;
+
+interface CallRecord {
+  readonly request: GenerateRequest;
+  /** Resolves when the client cancelled (or its deadline passed): grpc-js's 'cancelled' event. */
+  readonly cancelled: Promise<void>;
+  wasCancelled: boolean;
+}
+
+interface FakeRouter {
+  readonly address: string;
+  readonly calls: CallRecord[];
+  close(): Promise<void>;
+}
+
+/** `behave(call, n)` runs for the n-th call (0-based). */
+async function startFakeRouter(behave: (call: Call, n: number, record: CallRecord) => void | Promise<void>): Promise<FakeRouter> {
+  const server = new Server();
+  const calls: CallRecord[] = [];
+  server.addService(GenerateService, {
+    generate: (call: Call) => {
+      let resolveCancelled!: () => void;
+      const record: CallRecord = {
+        request: call.request,
+        cancelled: new Promise<void>((r) => (resolveCancelled = r)),
+        wasCancelled: false,
+      };
+      call.on("cancelled", () => {
+        record.wasCancelled = true;
+        resolveCancelled();
+      });
+      calls.push(record);
+      void Promise.resolve(behave(call, calls.length - 1, record)).catch((err: unknown) => {
+        call.destroy(err as Error);
+      });
+    },
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+  return {
+    address: `127.0.0.1:${port}`,
+    calls,
+    // Force: a call the client failed to cancel must not keep the test waiting.
+    close: async () => server.forceShutdown(),
+  };
+}
+
+function msg(requestId: string, tokens: number[], text: string, last = false): GenerateResponse {
+  return {
+    requestId,
+    tokenIds: tokens,
+    text,
+    logprobs: tokens.map((t) => ({ logprob: -0.5, top: [{ tokenId: t, logprob: -0.5 }] })),
+    finishReason: last ? FinishReason.FINISH_REASON_LENGTH : FinishReason.FINISH_REASON_UNSPECIFIED,
+    usage: last ? { promptTokens: 3, completionTokens: 3, cachedPromptTokens: 0, draftTokens: 2, acceptedDraftTokens: 1 } : undefined,
+  };
+}
+
+/** Three messages, "a" "b" "c" for tokens 1, 2, 3, then OK. */
+function streamAbc(call: Call): void {
+  const id = call.request.requestId;
+  call.write(msg(id, [1], "a"));
+  call.write(msg(id, [2], "b"));
+  call.write(msg(id, [3], "c", true));
+  call.end();
+}
+
+/** A token every 10 ms until the client goes away. */
+function streamForever(call: Call): void {
+  let i = 0;
+  const timer = setInterval(() => {
+    if (call.cancelled) return clearInterval(timer);
+    call.write(msg(call.request.requestId, [i], `t${i}`));
+    i++;
+  }, 10);
+  call.on("cancelled", () => clearInterval(timer));
+}
+
+function failWith(code: status, details: string) {
+  return (call: Call): void => {
+    call.emit("error", { code, details, metadata: new Metadata() });
+  };
+}
+
+async function collect(stream: AsyncIterable<GenerateEvent>): Promise<GenerateEvent[]> {
+  const out: GenerateEvent[] = [];
+  for await (const ev of stream) out.push(ev);
+  return out;
+}
+
+/** The error an async function throws (fails the test when it does not throw). */
+async function thrown(work: () => Promise<unknown>): Promise<unknown> {
+  try {
+    await work();
+  } catch (err) {
+    return err;
+  }
+  throw new Error("expected an error");
+}
+
+const cleanup: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const c of cleanup.splice(0).reverse()) await c();
+});
+
+async function setup(behave: Parameters<typeof startFakeRouter>[0], clientOptions: Partial<ConstructorParameters<typeof MoelaClient>[0]> = {}) {
+  const router = await startFakeRouter(behave);
+  cleanup.push(() => router.close());
+  const client = new MoelaClient({ address: router.address, initialBackoffMs: 1, maxBackoffMs: 5, ...clientOptions });
+  cleanup.push(() => client.close());
+  return { router, client };
+}
+
+describe("MoelaClient.generate: streaming", () => {
+  it("yields every message in order with text, tokens, logprobs, finish reason and usage", async () => {
+    const { router, client } = await setup(streamAbc);
+    const stream = client.generate({ prompt: "hello", maxTokens: 3, temperature: 0, stop: ["\n"], logprobs: 1, seed: 7 });
+    const events = await collect(stream);
+    expect(events.map((e) => e.text).join("")).toBe("abc");
+    expect(events.flatMap((e) => e.tokenIds)).toEqual([1, 2, 3]);
+    expect(events.every((e) => e.requestId === stream.requestId)).toBe(true);
+    expect(events[0]!.logprobs).toEqual([{ logprob: -0.5, top: [{ tokenId: 1, logprob: -0.5 }] }]);
+    expect(events[0]!.finishReason).toBeUndefined();
+    expect(events[2]!.finishReason).toBe("length");
+    expect(events[2]!.usage).toEqual({ promptTokens: 3, completionTokens: 3, cachedPromptTokens: 0, draftTokens: 2, acceptedDraftTokens: 1 });
+    // What went over the wire.
+    const req = router.calls[0]!.request;
+    expect(req.prompt).toEqual({ $case: "text", value: "hello" });
+    expect(req.requestId).toMatch(/^req-[0-9a-f-]{36}$/);
+    expect(req.requestId).toBe(stream.requestId);
+    expect(req.sampling).toMatchObject({ maxTokens: 3, temperature: 0, stop: ["\n"], logprobs: 1, seed: 7, topK: 0, ignoreEos: false });
+    expect(req.sampling!.topP).toBeUndefined();
+  });
+
+  it("sends token-id prompts as token ids and keeps a caller's request id", async () => {
+    const { router, client } = await setup(streamAbc);
+    const done = await client.complete({ prompt: [0, 17, 42], requestId: "req-mine", model: "tiny", priority: 2 });
+    expect(done).toEqual({
+      requestId: "req-mine",
+      text: "abc",
+      tokenIds: [1, 2, 3],
+      finishReason: "length",
+      usage: { promptTokens: 3, completionTokens: 3, cachedPromptTokens: 0, draftTokens: 2, acceptedDraftTokens: 1 },
+    });
+    expect(router.calls[0]!.request).toMatchObject({ prompt: { $case: "tokenIds", value: { ids: [0, 17, 42] } }, requestId: "req-mine", model: "tiny", priority: 2 });
+  });
+
+  it("refuses malformed requests and options before calling", async () => {
+    const { router, client } = await setup(streamAbc);
+    expect(() => client.generate({ prompt: [1, -2] })).toThrow(InvalidArgumentError);
+    expect(() => client.generate({ prompt: 5 as unknown as string })).toThrow(/prompt must be a string or an array of token ids/);
+    expect(() => client.generate({ prompt: "x", maxTokens: 1.5 })).toThrow(/maxTokens/);
+    expect(() => client.generate({ prompt: "x" }, { deadlineMs: 0 })).toThrow(/deadlineMs/);
+    expect(() => new MoelaClient({ address: "" })).toThrow(InvalidArgumentError);
+    expect(router.calls).toHaveLength(0);
+  });
+
+  it("can be iterated only once", async () => {
+    const { client } = await setup(streamAbc);
+    const stream = client.generate({ prompt: "x" });
+    await collect(stream);
+    expect(() => stream[Symbol.asyncIterator]()).toThrow(/only once/);
+  });
+});
+
+describe("MoelaClient.generate: cancellation", () => {
+  it("breaking out of the loop cancels the call on the server", async () => {
+    const { router, client } = await setup(streamForever);
+    const seen: GenerateEvent[] = [];
+    for await (const ev of client.generate({ prompt: "x" })) {
+      seen.push(ev);
+      if (seen.length === 2) break;
+    }
+    expect(seen.map((e) => e.text)).toEqual(["t0", "t1"]);
+    await seenCancelled(router.calls[0]!);
+    expect(router.calls[0]!.wasCancelled).toBe(true);
+  });
+
+  it("a throw inside the loop body cancels the call too", async () => {
+    const { router, client } = await setup(streamForever);
+    const err = await thrown(async () => {
+      for await (const _ of client.generate({ prompt: "x" })) throw new Error("consumer failed");
+    });
+    expect((err as Error).message).toBe("consumer failed");
+    await seenCancelled(router.calls[0]!);
+    expect(router.calls[0]!.wasCancelled).toBe(true);
+  });
+
+  it("aborting the AbortSignal mid-stream cancels the call and throws CancelledError", async () => {
+    const { router, client } = await setup(streamForever);
+    const ac = new AbortController();
+    const seen: string[] = [];
+    const err = await thrown(async () => {
+      for await (const ev of client.generate({ prompt: "x" }, { signal: ac.signal })) {
+        seen.push(ev.text);
+        if (seen.length === 3) ac.abort(new Error("user closed the tab"));
+      }
+    });
+    expect(err).toBeInstanceOf(CancelledError);
+    expect((err as CancelledError).code).toBe(Code.CANCELLED);
+    expect((err as Error).message).toMatch(/user closed the tab/);
+    expect(seen).toEqual(["t0", "t1", "t2"]);
+    await seenCancelled(router.calls[0]!);
+    expect(router.calls[0]!.wasCancelled).toBe(true);
+  });
+
+  it("aborting while the consumer waits for the next message wakes it with CancelledError", async () => {
+    // The server never answers, so the consumer is parked in next() when the abort comes.
+    const { router, client } = await setup(() => {});
+    const ac = new AbortController();
+    const iterating = collect(client.generate({ prompt: "x" }, { signal: ac.signal }));
+    await waitFor(() => router.calls.length === 1);
+    ac.abort();
+    expect(await thrown(() => iterating)).toBeInstanceOf(CancelledError);
+    await seenCancelled(router.calls[0]!);
+  });
+
+  it("stream.abort() works like the signal", async () => {
+    const { router, client } = await setup(streamForever);
+    const stream = client.generate({ prompt: "x" });
+    const err = await thrown(async () => {
+      for await (const _ of stream) stream.abort();
+    });
+    expect(err).toBeInstanceOf(CancelledError);
+    await seenCancelled(router.calls[0]!);
+  });
+
+  it("an already aborted signal never reaches the server", async () => {
+    const { router, client } = await setup(streamAbc);
+    const err = await thrown(() => collect(client.generate({ prompt: "x" }, { signal: AbortSignal.abort() })));
+    expect(err).toBeInstanceOf(CancelledError);
+    expect(router.calls).toHaveLength(0);
+  });
+});
+
+describe("MoelaClient.generate: deadlines", () => {
+  it("a call that outlives its deadline fails with DeadlineExceededError and the server sees it end", async () => {
+    const { router, client } = await setup(() => {}); // never answers
+    const err = await thrown(() => collect(client.generate({ prompt: "x" }, { deadlineMs: 200 })));
+    expect(err).toBeInstanceOf(DeadlineExceededError);
+    expect((err as MoelaError).code).toBe(Code.DEADLINE_EXCEEDED);
+    expect((err as Error).message).toMatch(/deadline of 200 ms exceeded/);
+    await seenCancelled(router.calls[0]!);
+  });
+
+  it("the deadline also ends a stream that already delivered tokens", async () => {
+    const { client } = await setup(streamForever);
+    const seen: string[] = [];
+    const err = await thrown(async () => {
+      for await (const ev of client.generate({ prompt: "x" }, { deadlineMs: 300 })) seen.push(ev.text);
+    });
+    expect(err).toBeInstanceOf(DeadlineExceededError);
+    expect(seen.length).toBeGreaterThan(0);
+  });
+
+  it("the client's default deadline applies when the call sets none", async () => {
+    const { client } = await setup(() => {}, { deadlineMs: 150 });
+    expect(await thrown(() => collect(client.generate({ prompt: "x" })))).toBeInstanceOf(DeadlineExceededError);
+  });
+});
+
+describe("MoelaClient.generate: retries on UNAVAILABLE", () => {
+  it("retries before the first message, with the same request id, and delivers the tokens once", async () => {
+    const { router, client } = await setup((call, n) => {
+      if (n < 2) failWith(status.UNAVAILABLE, "draining")(call);
+      else streamAbc(call);
+    });
+    const stream = client.generate({ prompt: "x" });
+    const events = await collect(stream);
+    expect(events.flatMap((e) => e.tokenIds)).toEqual([1, 2, 3]);
+    expect(router.calls).toHaveLength(3);
+    expect(new Set(router.calls.map((c) => c.request.requestId))).toEqual(new Set([stream.requestId]));
+  });
+
+  it("never retries once a message has arrived (no duplicated tokens)", async () => {
+    const { router, client } = await setup((call) => {
+      call.write(msg(call.request.requestId, [1], "a"));
+      setTimeout(() => failWith(status.UNAVAILABLE, "decode died")(call), 20);
+    });
+    const seen: number[] = [];
+    const err = await thrown(async () => {
+      for await (const ev of client.generate({ prompt: "x" })) seen.push(...ev.tokenIds);
+    });
+    expect(err).toBeInstanceOf(UnavailableError);
+    expect((err as Error).message).toBe("decode died");
+    expect(seen).toEqual([1]);
+    expect(router.calls).toHaveLength(1);
+  });
+
+  it("gives up after maxRetries with the last UnavailableError", async () => {
+    const { router, client } = await setup(failWith(status.UNAVAILABLE, "no decode instance"), { maxRetries: 2 });
+    const err = await thrown(() => collect(client.generate({ prompt: "x" })));
+    expect(err).toBeInstanceOf(UnavailableError);
+    expect(router.calls).toHaveLength(3);
+    // Per-call override.
+    await thrown(() => collect(client.generate({ prompt: "x" }, { maxRetries: 0 })));
+    expect(router.calls).toHaveLength(4);
+  });
+
+  it("stops retrying at the deadline", async () => {
+    const { client } = await setup(failWith(status.UNAVAILABLE, "no decode instance"), { maxRetries: 1000, initialBackoffMs: 50, maxBackoffMs: 50 });
+    const err = await thrown(() => collect(client.generate({ prompt: "x" }, { deadlineMs: 250 })));
+    expect(err).toBeInstanceOf(DeadlineExceededError);
+    expect((err as Error).cause).toBeInstanceOf(UnavailableError);
+  });
+
+  it("retries a refused connection, then reports UnavailableError", async () => {
+    const gone = await startFakeRouter(streamAbc);
+    await gone.close();
+    const client = new MoelaClient({ address: gone.address, maxRetries: 2, initialBackoffMs: 1 });
+    cleanup.push(() => client.close());
+    const err = await thrown(() => collect(client.generate({ prompt: "x" })));
+    expect(err).toBeInstanceOf(UnavailableError);
+  });
+
+  it("does not retry other codes", async () => {
+    const { router, client } = await setup(failWith(status.RESOURCE_EXHAUSTED, "queue full"));
+    expect(await thrown(() => collect(client.generate({ prompt: "x" })))).toBeInstanceOf(ResourceExhaustedError);
+    expect(router.calls).toHaveLength(1);
+  });
+});
+
+describe("MoelaClient.generate: errors by status code", () => {
+  it.each([
+    [status.INVALID_ARGUMENT, InvalidArgumentError, Code.INVALID_ARGUMENT],
+    [status.RESOURCE_EXHAUSTED, ResourceExhaustedError, Code.RESOURCE_EXHAUSTED],
+    [status.UNAVAILABLE, UnavailableError, Code.UNAVAILABLE],
+    [status.DATA_LOSS, DataLossError, Code.DATA_LOSS],
+    [status.CANCELLED, CancelledError, Code.CANCELLED],
+    [status.DEADLINE_EXCEEDED, DeadlineExceededError, Code.DEADLINE_EXCEEDED],
+    [status.INTERNAL, MoelaError, Code.INTERNAL],
+    [status.FAILED_PRECONDITION, MoelaError, Code.FAILED_PRECONDITION],
+    [status.UNIMPLEMENTED, MoelaError, Code.UNIMPLEMENTED],
+  ])("status %i -> %O", async (code, Class, expectedCode) => {
+    const { client } = await setup(failWith(code, `server says ${code}`), { maxRetries: 0 });
+    const err = await thrown(() => collect(client.generate({ prompt: "x" })));
+    expect(err).toBeInstanceOf(Class);
+    expect(err).toBeInstanceOf(MoelaError);
+    expect((err as MoelaError).code).toBe(expectedCode);
+    expect((err as Error).message).toBe(`server says ${code}`);
+    expect((err as Error).name).toBe(Class.name);
+  });
+});
+
+/** Resolves once the server saw the call end early; fails the test after 5 s. */
+async function seenCancelled(record: CallRecord): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error("the server never saw the call cancelled")), 5_000)));
+  try {
+    await Promise.race([record.cancelled, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+  expect(record.wasCancelled).toBe(true);
+}
+
+async function waitFor(cond: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
