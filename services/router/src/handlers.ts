@@ -320,6 +320,8 @@ async function streamGeneration(
 
 function sendError(reply: FastifyReply, err: unknown): FastifyReply {
   const { status, body } = openAIError(err);
+  // Over the admission bound: the client may come back shortly.
+  if (status === 429) reply.header("retry-after", "1");
   return reply.code(status).header("content-type", "application/json; charset=utf-8").send(body);
 }
 

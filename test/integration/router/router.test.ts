@@ -585,3 +585,39 @@ describe("graceful shutdown", () => {
     }
   });
 });
+
+describe("admission", () => {
+  it("past --max-in-flight a request is refused with 429 and Retry-After", async () => {
+    const small = await startRouter(
+      {
+        model: MODEL,
+        httpAddress: "127.0.0.1:0",
+        grpcAddress: "127.0.0.1:0",
+        metricsAddress: "127.0.0.1:0",
+        redisUrl: REDIS,
+        queuePrefix: prefix,
+        decode: [decode.address],
+        servedModelName: "tiny-v3",
+        maxModelLen: undefined,
+        precision: "exact",
+        requestTimeoutMs: 30_000,
+        maxInFlight: 1,
+        logLevel: "silent",
+      },
+      { logger: silent, shutdownGraceMs: 1_000, statusIntervalMs: 100 },
+    );
+    try {
+      // Two prompts in one request need two slots; the bound is one.
+      const res = await fetch(`${small.httpUrl}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "tiny-v3", prompt: [[110, 111], [112, 113]], max_tokens: 2 }),
+      });
+      expect(res.status).toBe(429);
+      expect(res.headers.get("retry-after")).toBe("1");
+      expect(((await res.json()) as { error: { type: string } }).error.type).toBe("rate_limit_error");
+    } finally {
+      await small.close();
+    }
+  });
+});
