@@ -104,7 +104,13 @@ export async function startTestCluster(o: TestClusterOptions = {}): Promise<Test
   livePids.add(launcher.pid!);
   let stderr = "";
   launcher.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
-  const exited = new Promise<number | null>((resolve) => launcher.once("exit", (code) => resolve(code)));
+  const exited = new Promise<number | null>((resolve) =>
+    launcher.once("exit", (code) => {
+      // a pid that exited may be reused by the system; never kill it later
+      livePids.delete(launcher.pid!);
+      resolve(code);
+    }),
+  );
 
   const info = await new Promise<ClusterInfo>((resolve, reject) => {
     const rl = createInterface({ input: launcher.stdout! });
