@@ -393,8 +393,8 @@ const overview = dashboard({
           redAbove: 0.05,
           targets: [
             {
-              // `or vector(0)`: with no failure there is no non-ok series, and the ratio is 0, not "no data".
-              expr: `(sum(${rate("routerRequests", 'outcome!="ok"')}) or vector(0)) / sum(${rate("routerRequests")})`,
+              // Every outcome's series exists from the start at 0 (names.ts `values`), so this is 0, not "no data", when all is well.
+              expr: `sum(${rate("routerRequests", 'outcome!="ok"')}) / sum(${rate("routerRequests")})`,
               legendFormat: "failed",
             },
           ],
@@ -419,9 +419,9 @@ const overview = dashboard({
           kind: "timeseries",
           title: "Retries and migrations by reason",
           description:
-            "Requests the router retried or moved to another instance, by reason (prefill_failed, decode_unavailable, decode_failed, kv_transfer_failed). High means instances fail often enough to cost latency; 0 (no series yet) is healthy.",
+            "Requests the router retried or moved to another instance, by reason (prefill_failed, decode_unavailable, decode_failed, kv_transfer_failed). High means instances fail often enough to cost latency; 0 is healthy.",
           unit: "short",
-          targets: [{ expr: `sum by (reason) (${rate("routerRetries")}) or vector(0)`, legendFormat: "{{reason}}" }],
+          targets: [{ expr: `sum by (reason) (${rate("routerRetries")})`, legendFormat: "{{reason}}" }],
         },
         {
           kind: "timeseries",
@@ -539,12 +539,12 @@ const disaggregation = dashboard({
           kind: "timeseries",
           title: "KV transfer failures and reclaims",
           description:
-            "Transfers that failed at the sender, by reason, and KV blocks the decode side reclaimed from failed or abandoned transfers, by reason. High means requests are being retried and decode memory is churned; 0 (no series yet) is healthy.",
+            "Transfers that failed at the sender, by reason, and KV blocks the decode side reclaimed from failed or abandoned transfers, by reason. High means requests are being retried and decode memory is churned; 0 is healthy.",
           unit: "short",
           width: 8,
           targets: [
-            { expr: `sum by (reason) (${rate("prefillKvTransferFailures")}) or vector(0)`, legendFormat: "failed: {{reason}}" },
-            { expr: `sum by (reason) (${rate("decodeKvReclaimedBlocks")}) or vector(0)`, legendFormat: "blocks reclaimed: {{reason}}" },
+            { expr: `sum by (reason) (${rate("prefillKvTransferFailures")})`, legendFormat: "failed: {{reason}}" },
+            { expr: `sum by (reason) (${rate("decodeKvReclaimedBlocks")})`, legendFormat: "blocks reclaimed: {{reason}}" },
           ],
         },
       ],

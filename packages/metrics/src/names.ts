@@ -5,7 +5,8 @@
  * ..._capacity, not ..._total). test/unit/metrics/names.test.ts enforces these rules.
  *
  * Each entry: `name`, `kind`, `unit` (what one unit of the value is), `labels`, `help` (the
- * # HELP line), and `buckets` (a bucket set of buckets.ts) for histograms. The comment above an
+ * # HELP line), `buckets` (a bucket set of buckets.ts) for histograms, and `values` where every
+ * value of every label is known in advance (see MetricDef.values). The comment above an
  * entry says who records it and when. Which service exports which metric is in registry.ts.
  */
 
@@ -41,7 +42,19 @@ export interface MetricDef {
   readonly labels: readonly LabelName[];
   readonly help: string;
   readonly buckets?: BucketSet;
+  /**
+   * The values each label takes, for counters whose labels all have a short fixed set of values.
+   * The registry starts every combination at 0, so a series exists before its first event and
+   * rate()/increase() count that event (a series born at 1 shows no increase). Recording a value
+   * not listed still works; list it here so it starts at 0 too.
+   */
+  readonly values?: { readonly [L in LabelName]?: readonly string[] };
 }
+
+/** How a request or job ended (LABEL.outcome). */
+const OUTCOMES = ["ok", "error", "cancelled", "rejected", "timeout"] as const;
+/** Why decode freed a transfer's KV blocks (decodeKvReclaims, decodeKvReclaimedBlocks). */
+const RECLAIM_REASONS = ["timeout", "aborted", "sender_failed", "checksum"] as const;
 
 export const METRICS = {
   // ---- every gRPC service (the rpc kit's interceptors) -------------------------------------
@@ -56,7 +69,7 @@ export const METRICS = {
 
   // ---- router ------------------------------------------------------------------------------
   /** router, once per request when its response ends; outcome ok | error | cancelled | rejected | timeout. */
-  routerRequests: { name: "moela_router_requests_total", kind: "counter", unit: "requests", labels: ["api", "outcome"], help: "Generation requests finished by the router, by API and outcome." },
+  routerRequests: { name: "moela_router_requests_total", kind: "counter", unit: "requests", labels: ["api", "outcome"], values: { api: ["openai", "grpc"], outcome: OUTCOMES }, help: "Generation requests finished by the router, by API and outcome." },
   /** router, read at scrape time: requests admitted and not yet finished. */
   routerRequestsInFlight: { name: "moela_router_requests_in_flight", kind: "gauge", unit: "requests", labels: [], help: "Generation requests admitted and not yet finished." },
   /** router, when the first generated token reaches the client stream. */
@@ -74,11 +87,11 @@ export const METRICS = {
   /** router, when a job leaves the queue for a prefill worker. */
   routerQueueWait: { name: "moela_router_queue_wait_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time a prefill job waited in the queue before a worker took it." },
   /** router, per retry or migration; reason prefill_failed | decode_unavailable | decode_failed | kv_transfer_failed. */
-  routerRetries: { name: "moela_router_retries_total", kind: "counter", unit: "events", labels: ["reason"], help: "Requests retried or migrated to another instance, by reason." },
+  routerRetries: { name: "moela_router_retries_total", kind: "counter", unit: "events", labels: ["reason"], values: { reason: ["prefill_failed", "decode_unavailable", "decode_failed", "kv_transfer_failed"] }, help: "Requests retried or migrated to another instance, by reason." },
 
   // ---- prefill -----------------------------------------------------------------------------
   /** prefill worker, when a job ends; outcome ok | error | cancelled. */
-  prefillJobs: { name: "moela_prefill_jobs_total", kind: "counter", unit: "jobs", labels: ["outcome"], help: "Prefill jobs finished, by outcome." },
+  prefillJobs: { name: "moela_prefill_jobs_total", kind: "counter", unit: "jobs", labels: ["outcome"], values: { outcome: ["ok", "error", "cancelled"] }, help: "Prefill jobs finished, by outcome." },
   /** prefill, per forward batch. */
   prefillBatchSize: { name: "moela_prefill_batch_size", kind: "histogram", unit: "sequences", labels: [], buckets: "batch", help: "Sequences in one prefill forward batch." },
   /** prefill, per forward batch. */
@@ -96,7 +109,7 @@ export const METRICS = {
   /** kv-transfer sender in prefill, per request: first layer sent to last layer acknowledged. */
   prefillKvTransferDuration: { name: "moela_prefill_kv_transfer_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time to transfer one request's latent KV to its decode instance." },
   /** kv-transfer sender in prefill; reason unavailable | aborted | timeout | rejected. */
-  prefillKvTransferFailures: { name: "moela_prefill_kv_transfer_failures_total", kind: "counter", unit: "events", labels: ["reason"], help: "KV transfers that failed, by reason." },
+  prefillKvTransferFailures: { name: "moela_prefill_kv_transfer_failures_total", kind: "counter", unit: "events", labels: ["reason"], values: { reason: ["unavailable", "aborted", "timeout", "rejected"] }, help: "KV transfers that failed, by reason." },
 
   // ---- decode ------------------------------------------------------------------------------
   /** decode, read at scrape time from the scheduler. */
@@ -120,9 +133,9 @@ export const METRICS = {
   /** kv-transfer receiver, read at scrape time: blocks held for transfers that neither finished nor were reclaimed. */
   decodeKvStrandedBlocks: { name: "moela_decode_kv_stranded_blocks", kind: "gauge", unit: "blocks", labels: [], help: "KV blocks held by incomplete transfers whose sender went silent." },
   /** kv-transfer receiver, per reclaim; reason timeout | aborted | sender_failed | checksum. */
-  decodeKvReclaims: { name: "moela_decode_kv_reclaims_total", kind: "counter", unit: "events", labels: ["reason"], help: "Reclaims of KV blocks from failed or abandoned transfers, by reason." },
+  decodeKvReclaims: { name: "moela_decode_kv_reclaims_total", kind: "counter", unit: "events", labels: ["reason"], values: { reason: RECLAIM_REASONS }, help: "Reclaims of KV blocks from failed or abandoned transfers, by reason." },
   /** kv-transfer receiver, per reclaim: the blocks it freed. */
-  decodeKvReclaimedBlocks: { name: "moela_decode_kv_reclaimed_blocks_total", kind: "counter", unit: "blocks", labels: ["reason"], help: "KV blocks freed by reclaims, by reason." },
+  decodeKvReclaimedBlocks: { name: "moela_decode_kv_reclaimed_blocks_total", kind: "counter", unit: "blocks", labels: ["reason"], values: { reason: RECLAIM_REASONS }, help: "KV blocks freed by reclaims, by reason." },
 
   // ---- MoE dispatch (the dispatcher inside prefill and decode) -----------------------------
   /** dispatcher, per token per MoE layer: distinct expert-hosts its top-k reaches. */

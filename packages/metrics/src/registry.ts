@@ -117,10 +117,26 @@ function isServiceName(s: string): s is ServiceName {
 }
 
 function build(def: MetricDef, registry: Registry, collect: (() => number | Promise<number>) | undefined) {
+/** Every combination of `def.values` (one object per series); empty unless every label is listed. */
+export function knownLabelSets(def: MetricDef): Array<Record<string, string>> {
+  if (def.labels.length === 0 || def.values === undefined) return [];
+  let sets: Array<Record<string, string>> = [{}];
+  for (const label of def.labels) {
+    const values = def.values[label];
+    if (values === undefined || values.length === 0) return [];
+    sets = sets.flatMap((s) => values.map((v) => ({ ...s, [label]: v })));
+  }
+  return sets;
+}
+
   const base = { name: def.name, help: def.help, labelNames: [...def.labels], registers: [registry] };
   switch (def.kind) {
-    case "counter":
-      return new Counter(base);
+    case "counter": {
+      const counter = new Counter(base);
+      // Series born at 0: their first event is an increase that rate() can see.
+      for (const labels of knownLabelSets(def)) counter.inc(labels, 0);
+      return counter;
+    }
     case "gauge":
       return collect === undefined
         ? new Gauge(base)

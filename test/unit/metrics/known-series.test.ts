@@ -1,0 +1,59 @@
+/**
+ * Counters whose label values are all known (names.ts `values`) exist at 0 from the start, so the
+ * first error, retry or reclaim is an increase Prometheus's rate() can see. A series that appears
+ * already at 1 has no earlier sample, and rate() over it is 0: the dashboards would miss the event.
+ */
+import { describe, expect, it } from "vitest";
+import { METRICS, SERVICE_METRICS, createServiceMetrics, knownLabelSets, type MetricDef, type MetricKey, type ServiceName } from "@moela/metrics";
+
+const defs = Object.entries(METRICS) as Array<[MetricKey, MetricDef]>;
+const withValues = defs.filter(([, d]) => d.values !== undefined);
+
+describe("names.ts values", () => {
+  it("are given for the outcome and reason counters", () => {
+    expect(withValues.map(([k]) => k).sort()).toEqual(
+      ["decodeKvReclaimedBlocks", "decodeKvReclaims", "prefillJobs", "prefillKvTransferFailures", "routerRequests", "routerRetries"].sort(),
+    );
+  });
+
+  it.each(withValues)("%s: only counters, one list per label, short lowercase values without repeats", (_, def) => {
+    expect(def.kind).toBe("counter");
+    expect(Object.keys(def.values!).sort()).toEqual([...def.labels].sort());
+    for (const values of Object.values(def.values!)) {
+      expect(values.length).toBeGreaterThan(0);
+      expect(values.length).toBeLessThanOrEqual(8);
+      expect(new Set(values).size).toBe(values.length);
+      for (const v of values) expect(v).toMatch(/^[a-z][a-z_]*$/);
+    }
+  });
+
+  it("knownLabelSets is the cartesian product, and empty when a label has no list", () => {
+    expect(knownLabelSets(METRICS.routerRequests)).toHaveLength(2 * 5);
+    expect(knownLabelSets(METRICS.routerRequests)).toContainEqual({ api: "grpc", outcome: "cancelled" });
+    expect(knownLabelSets(METRICS.rpcServerHandled)).toEqual([]);
+    expect(knownLabelSets(METRICS.routerTimeToFirstToken)).toEqual([]);
+    expect(knownLabelSets({ ...METRICS.routerRequests, values: { api: ["grpc"] } })).toEqual([]);
+  });
+});
+
+describe("a fresh service registry", () => {
+  it.each(Object.keys(SERVICE_METRICS) as ServiceName[])("%s: exports every known series at 0", async (service) => {
+    const sm = createServiceMetrics(service, { defaultMetrics: false });
+    const text = await sm.registry.metrics();
+    for (const key of SERVICE_METRICS[service] as readonly MetricKey[]) {
+      const def = METRICS[key];
+      for (const labels of knownLabelSets(def)) {
+        const rendered = def.labels.map((l) => `${l}="${labels[l]}"`).join(",");
+        expect(text, `${def.name}{${rendered}}`).toContain(`${def.name}{${rendered}} 0\n`);
+      }
+    }
+  });
+
+  it("counts from 0 when the event comes", async () => {
+    const sm = createServiceMetrics("router", { defaultMetrics: false });
+    sm.m.routerRequests.inc({ api: "grpc", outcome: "timeout" });
+    const text = await sm.registry.metrics();
+    expect(text).toContain('moela_router_requests_total{api="grpc",outcome="timeout"} 1\n');
+    expect(text).toContain('moela_router_requests_total{api="grpc",outcome="ok"} 0\n');
+  });
+});
