@@ -20,7 +20,7 @@
  * Prints a table with ratios; writes bench-results/cluster.json and bench-results/cluster.html.
  */
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { randomUUID } from "node:crypto";
 import { Command } from "commander";
@@ -44,6 +44,7 @@ const program = new Command("bench-cluster")
   .option("--decode-tokens <n>", "tokens per stream in the decode throughput runs", (v) => Number(v), 32)
   .option("--departure-steps <n>", "greedy steps compared between paper and exact", (v) => Number(v), 320)
   .option("--batches <list>", "decode batch sizes", "1,16")
+  .option("--repeat <n>", "decode runs per batch size; the best is reported (CPU noise only slows runs down)", (v) => Number(v), 3)
   .option("--cluster-json <file>", "use this running cluster for its profile", ".moela/cluster.json")
   .option("--out <dir>", "where the JSON and HTML go", "bench-results")
   .option("--no-cluster", "in-process measurements only")
@@ -59,6 +60,7 @@ const opts = program.opts<{
   clusterJson: string;
   out: string;
   cluster: boolean;
+  repeat: number;
 }>();
 const MODEL = resolve(opts.model);
 const H = opts.expertHosts;
@@ -379,16 +381,21 @@ async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
     // Workload 2: decode throughput at each batch size.
     const decode: ClusterResult["decode"] = [];
     for (const batch of BATCHES) {
-      log(`  ${profile}: decode, ${batch} concurrent stream(s) x ${opts.decodeTokens} tokens ...`);
-      const c = await snapshot(info);
-      const streams = await Promise.all(
-        Array.from({ length: batch }, (_, i) => stream(client, model, promptIds(100 + i, opts.promptTokens), opts.decodeTokens)),
-      );
-      const d = await snapshot(info);
-      const { rate, tokens } = clientDecodeRate(streams);
-      const stepSeconds = delta(c, d, info, ["decode"], "moela_decode_step_seconds_sum");
-      const generated = delta(c, d, info, ["decode"], "moela_decode_generated_tokens_total");
-      decode.push({ batch, clientTokS: rate, decodeStepTokS: per(generated, stepSeconds), tokens });
+      log(`  ${profile}: decode, ${batch} concurrent stream(s) x ${opts.decodeTokens} tokens (best of ${opts.repeat}) ...`);
+      let best: ClusterResult["decode"][number] | undefined;
+      for (let r = 0; r < opts.repeat; r++) {
+        const c = await snapshot(info);
+        const streams = await Promise.all(
+          Array.from({ length: batch }, (_, i) => stream(client, model, promptIds(100 + i, opts.promptTokens), opts.decodeTokens)),
+        );
+        const d = await snapshot(info);
+        const { rate, tokens } = clientDecodeRate(streams);
+        const stepSeconds = delta(c, d, info, ["decode"], "moela_decode_step_seconds_sum");
+        const generated = delta(c, d, info, ["decode"], "moela_decode_generated_tokens_total");
+        const run = { batch, clientTokS: rate, decodeStepTokS: per(generated, stepSeconds), tokens };
+        if (best === undefined || run.clientTokS > best.clientTokS) best = run;
+      }
+      decode.push(best!);
     }
     return {
       profile,
@@ -447,6 +454,7 @@ function bars(title: string, items: Array<{ label: string; value: number | undef
 // ---- main --------------------------------------------------------------------------------------
 
 const started = Date.now();
+const loadAtStart = loadavg();
 log(`model ${MODEL}: ${cfg.numHiddenLayers} layers (+${cfg.numNextnPredictLayers} MTP), hidden ${cfg.hiddenSize}, kv_lora_rank ${cfg.kvLoraRank} + rope ${cfg.qkRopeHeadDim}, ${cfg.nRoutedExperts} experts in ${cfg.nGroup} groups, topk_group ${cfg.topkGroup}; ${H} expert-hosts`);
 
 log("in-process: loading exact and paper models with in-process expert-hosts ...");
@@ -458,8 +466,10 @@ const inProcess: InProcessResult[] = [];
 for (const [profile, model] of [["exact", exactModel], ["paper", paperModel]] as const) {
   const rows: InProcessResult["decode"] = [];
   for (const batch of BATCHES) {
-    log(`in-process: ${profile} decode at batch ${batch} ...`);
-    rows.push({ batch, tokS: await inProcessDecode(model, batch) });
+    log(`in-process: ${profile} decode at batch ${batch} (best of ${opts.repeat}) ...`);
+    let best = 0;
+    for (let r = 0; r < opts.repeat; r++) best = Math.max(best, await inProcessDecode(model, batch));
+    rows.push({ batch, tokS: best });
   }
   inProcess.push({ profile, decode: rows });
 }
@@ -473,7 +483,9 @@ if (opts.cluster) for (const profile of PROFILES) clusters.push(await measureClu
 
 // ---- print -------------------------------------------------------------------------------------
 const out: string[] = [];
-out.push(`moela cluster benchmark: ${MODEL}, ${H} expert-hosts, ${new Date().toISOString()}`);
+out.push(
+  `moela cluster benchmark: ${MODEL}, ${H} expert-hosts, ${new Date().toISOString()}; ${cpus().length} CPUs, load average at start ${loadAtStart.map((x) => x.toFixed(2)).join(" ")}`,
+);
 out.push("");
 out.push(
   `KV transfer (prefill -> decode), bytes per prompt token; expected = cache layers (${cfg.numHiddenLayers} main${cfg.numNextnPredictLayers > 0 ? " + 1 MTP" : ""}) x (${cfg.kvLoraRank} + ${cfg.qkRopeHeadDim}) x KV dtype bytes`,
@@ -514,7 +526,9 @@ out.push(
 out.push(`exact/paper dispatch bytes (F32 vs FP8): ${ratio(ce?.dispatchBytesPerTokenLayer, cp?.dispatchBytesPerTokenLayer)}; combine (F32 vs BF16): ${ratio(ce?.combineBytesPerTokenLayer, cp?.combineBytesPerTokenLayer)}`);
 out.push(`codec sizes per activation row of ${cfg.hiddenSize} values: ${codecBytes.map((c) => `${c.codec} ${c.bytesPerRow} B`).join(", ")} (BF16/FP8 = ${(codecBytes[1]!.bytesPerRow / codecBytes[2]!.bytesPerRow).toFixed(2)}x)`);
 out.push("");
-out.push(`Decode tokens/s (${opts.decodeTokens} tokens per stream, prompt ${opts.promptTokens}, greedy, ignore_eos, MTP on where the model has it)`);
+out.push(
+  `Decode tokens/s, best of ${opts.repeat} (${opts.decodeTokens} tokens per stream, prompt ${opts.promptTokens}, greedy, ignore_eos, MTP on where the model has it)`,
+);
 out.push(
   table([
     ["profile", "batch", "in-process", "cluster (client)", "cluster (decode steps)", "cluster/in-process"],
