@@ -130,6 +130,8 @@ export const METRICS = {
   decodeMtpAcceptedTokens: { name: "moela_decode_mtp_accepted_tokens_total", kind: "counter", unit: "tokens", labels: [], help: "Drafted tokens accepted by verification." },
   /** kv-transfer receiver in decode, per layer frame received. */
   decodeKvReceivedBytes: { name: "moela_decode_kv_received_bytes_total", kind: "counter", unit: "bytes", labels: [], help: "Latent KV bytes received from prefill instances." },
+  /** kv-transfer receiver in decode, per admitted transfer: KvBegin received to sequence admitted. */
+  decodeKvTransferDuration: { name: "moela_decode_kv_transfer_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time from a KV transfer's begin to the sequence's admission." },
   /** kv-transfer receiver, read at scrape time: blocks held for transfers that neither finished nor were reclaimed. */
   decodeKvStrandedBlocks: { name: "moela_decode_kv_stranded_blocks", kind: "gauge", unit: "blocks", labels: [], help: "KV blocks held by incomplete transfers whose sender went silent." },
   /** kv-transfer receiver, per reclaim; reason timeout | aborted | sender_failed | checksum. */

@@ -56,6 +56,7 @@ export const SERVICE_METRICS = {
     "decodeMtpDraftedTokens",
     "decodeMtpAcceptedTokens",
     "decodeKvReceivedBytes",
+    "decodeKvTransferDuration",
     "decodeKvStrandedBlocks",
     "decodeKvReclaims",
     "decodeKvReclaimedBlocks",

@@ -1,0 +1,340 @@
+/**
+ * KvTransfer.Push over gRPC (proto/moela/v1/kv_transfer.proto).
+ *
+ * Prefill (client):
+ *   const connector = grpcKvConnector("10.0.0.7:7001");        // one per decode instance; close() when done
+ *   const sender = new KvSender(connector);                   // then begin / engine.prefill / end
+ *
+ * Decode (server), with @moela/rpc:
+ *   server.addService(KvTransferService, kvTransferService(inbox));
+ *
+ * Frames map one to one onto PushRequest messages; the receiver's failure ends the call with its code
+ * and reason (the client sees it as the transfer's failure), its ack is the PushResponse. The server
+ * answers as soon as the receiver fails, without waiting for the rest of the stream, so a refused
+ * transfer (RESOURCE_EXHAUSTED after KvBegin) stops the sender at once.
+ */
+import { once } from "node:events";
+import { credentials, Metadata, type ChannelOptions, type ServiceError } from "@grpc/grpc-js";
+import { Code, InvalidArgumentError, MoelaError } from "@moela/core";
+import type { EmittedToken, GenerationParams, KvDtype } from "@moela/engine";
+import {
+  DType,
+  KvTransferClient,
+  type KvBegin,
+  type KvEnd,
+  type KvLayer,
+  type PushRequest,
+  type PushResponse,
+  type SamplingParams,
+  type Tensor,
+} from "@moela/proto-gen";
+import { KvPoll, type KvChannel, type KvConnector, type KvFrame, type KvOutcome } from "../contract.js";
+import type { KvInbox } from "../receiver.js";
+
+/** Metadata key carrying the request id, so the decode side's logs join up. */
+export const REQUEST_ID_METADATA_KEY = "x-moela-request-id";
+
+/** Largest message either way (a long prompt chunk in f32 is tens of MiB; grpc's default is 4 MiB). */
+const MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
+
+// ---- frames <-> wire ----------------------------------------------------------------------------
+
+function kvDtypeOf(d: DType): KvDtype | null {
+  return d === DType.DTYPE_F32 ? "f32" : d === DType.DTYPE_BF16 ? "bf16" : null;
+}
+
+function wireDtype(d: KvDtype): DType {
+  return d === "f32" ? DType.DTYPE_F32 : DType.DTYPE_BF16;
+}
+
+function toBuffer(a: Uint8Array): Buffer {
+  return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+}
+
+/** Wire sampling parameters -> the engine's, as KvBegin defines them (max_tokens resolved, seed set). */
+export function generationParamsFromWire(s: SamplingParams): { params: GenerationParams; logprobs: boolean } {
+  const params: GenerationParams = {
+    temperature: s.temperature ?? 1,
+    topP: s.topP ?? 1,
+    topK: s.topK,
+    ...(s.seed !== undefined ? { seed: s.seed } : {}),
+    maxTokens: s.maxTokens,
+    stopTokenIds: [...s.stopTokenIds],
+    ignoreEos: s.ignoreEos,
+    topLogprobs: s.logprobs ?? 0,
+  };
+  return { params, logprobs: s.logprobs !== undefined };
+}
+
+/** The engine's sampling parameters -> wire (stop strings are the router's and do not travel here). */
+export function generationParamsToWire(p: GenerationParams, logprobs: boolean): SamplingParams {
+  return {
+    temperature: p.temperature,
+    topP: p.topP,
+    // The engine's "off" is 0 or -1; the wire's is 0.
+    topK: p.topK > 0 ? p.topK : 0,
+    ...(p.seed !== undefined ? { seed: p.seed } : {}),
+    maxTokens: p.maxTokens,
+    stop: [],
+    stopTokenIds: [...(p.stopTokenIds ?? [])],
+    ...(logprobs ? { logprobs: p.topLogprobs ?? 0 } : {}),
+    ignoreEos: p.ignoreEos ?? false,
+  };
+}
+
+/** A frame as a PushRequest. */
+export function frameToWire(f: KvFrame): PushRequest {
+  switch (f.kind) {
+    case "begin": {
+      const begin: KvBegin = {
+        transferId: f.transferId,
+        requestId: f.requestId,
+        modelId: f.modelId,
+        promptTokenIds: [...f.promptTokenIds],
+        numLayers: f.numLayers,
+        numTokens: f.numTokens,
+        kvLoraRank: f.kvLoraRank,
+        qkRopeHeadDim: f.qkRopeHeadDim,
+        kvDtype: wireDtype(f.kvDtype),
+        sampling: generationParamsToWire(f.params, f.logprobs),
+        cachedPromptTokens: f.cachedPromptTokens,
+        deadlineUnixMs: f.deadlineUnixMs,
+      };
+      return { chunk: { $case: "begin", value: begin } };
+    }
+    case "layer": {
+      const latent: Tensor = {
+        dtype: f.dtype === null ? DType.DTYPE_UNSPECIFIED : wireDtype(f.dtype),
+        shape: [...f.shape],
+        data: toBuffer(f.data),
+        scales: Buffer.alloc(0),
+        tileSize: 0,
+      };
+      const layer: KvLayer = { layer: f.layer, tokenStart: f.tokenStart, tokenCount: f.tokenCount, latent, sha256: toBuffer(f.sha256) };
+      return { chunk: { $case: "layer", value: layer } };
+    }
+    case "end": {
+      const t = f.firstToken;
+      const end: KvEnd = {
+        numChunks: f.numChunks,
+        sha256: toBuffer(f.sha256),
+        firstTokenId: t.id,
+        firstTokenLogprobs: { logprob: t.logprob, top: (t.top ?? []).map(([tokenId, logprob]) => ({ tokenId, logprob })) },
+        ...(f.draft !== null ? { draftTokenId: f.draft.token } : {}),
+        ...(f.draft?.probs ? { draftProbs: f32Tensor(f.draft.probs) } : {}),
+        rngState: [...f.rngState],
+        draftedTokens: f.drafted,
+        acceptedDraftTokens: f.accepted,
+      };
+      return { chunk: { $case: "end", value: end } };
+    }
+  }
+}
+
+function f32Tensor(v: Float32Array): Tensor {
+  const data = Buffer.alloc(v.length * 4); // [n] f32, little-endian
+  for (let i = 0; i < v.length; i++) data.writeFloatLE(v[i]!, i * 4);
+  return { dtype: DType.DTYPE_F32, shape: [v.length], data, scales: Buffer.alloc(0), tileSize: 0 };
+}
+
+function f32FromTensor(t: Tensor, what: string): Float32Array {
+  if (t.dtype !== DType.DTYPE_F32 || t.shape.length !== 1 || t.data.length !== t.shape[0]! * 4) {
+    throw new InvalidArgumentError(`${what} must be a [n] F32 tensor with 4n bytes, got dtype ${t.dtype} shape [${t.shape.join(", ")}] and ${t.data.length} bytes`);
+  }
+  const out = new Float32Array(t.shape[0]!);
+  for (let i = 0; i < out.length; i++) out[i] = t.data.readFloatLE(i * 4);
+  return out;
+}
+
+/** A PushRequest as a frame; a malformed message throws InvalidArgumentError naming the field. */
+export function frameFromWire(req: PushRequest): KvFrame {
+  const c = req.chunk;
+  if (c === undefined) throw new InvalidArgumentError("PushRequest carries none of begin, layer, end");
+  switch (c.$case) {
+    case "begin": {
+      const b = c.value;
+      if (b.sampling === undefined) throw new InvalidArgumentError("KvBegin.sampling is missing");
+      const kvDtype = kvDtypeOf(b.kvDtype);
+      if (kvDtype === null) throw new InvalidArgumentError(`KvBegin.kv_dtype ${DType[b.kvDtype] ?? b.kvDtype} is not F32 or BF16`);
+      const { params, logprobs } = generationParamsFromWire(b.sampling);
+      return {
+        kind: "begin",
+        transferId: b.transferId,
+        requestId: b.requestId,
+        modelId: b.modelId,
+        promptTokenIds: b.promptTokenIds,
+        numLayers: b.numLayers,
+        numTokens: b.numTokens,
+        kvLoraRank: b.kvLoraRank,
+        qkRopeHeadDim: b.qkRopeHeadDim,
+        kvDtype,
+        params,
+        logprobs,
+        cachedPromptTokens: b.cachedPromptTokens,
+        deadlineUnixMs: b.deadlineUnixMs,
+      };
+    }
+    case "layer": {
+      const l = c.value;
+      if (l.latent === undefined) throw new InvalidArgumentError(`KvLayer (layer ${l.layer}, token ${l.tokenStart}) has no latent tensor`);
+      if (l.latent.scales.length > 0 || l.latent.tileSize !== 0) throw new InvalidArgumentError("KvLayer.latent must not be tiled (no scales)");
+      return {
+        kind: "layer",
+        layer: l.layer,
+        tokenStart: l.tokenStart,
+        tokenCount: l.tokenCount,
+        dtype: kvDtypeOf(l.latent.dtype),
+        shape: l.latent.shape,
+        data: l.latent.data,
+        sha256: l.sha256,
+      };
+    }
+    case "end": {
+      const e = c.value;
+      if (e.firstTokenLogprobs === undefined) throw new InvalidArgumentError("KvEnd.first_token_logprobs is missing");
+      const top = e.firstTokenLogprobs.top.map((x) => [x.tokenId, x.logprob] as const);
+      const firstToken: EmittedToken = { id: e.firstTokenId, logprob: e.firstTokenLogprobs.logprob, top: top.length > 0 ? top : null };
+      if (e.draftTokenId === undefined && e.draftProbs !== undefined) throw new InvalidArgumentError("KvEnd.draft_probs without draft_token_id");
+      return {
+        kind: "end",
+        numChunks: e.numChunks,
+        sha256: e.sha256,
+        firstToken,
+        draft: e.draftTokenId === undefined ? null : { token: e.draftTokenId, probs: e.draftProbs === undefined ? null : f32FromTensor(e.draftProbs, "KvEnd.draft_probs") },
+        rngState: e.rngState,
+        drafted: e.draftedTokens,
+        accepted: e.acceptedDraftTokens,
+      };
+    }
+  }
+}
+
+// ---- server ---------------------------------------------------------------------------------------
+
+/** What a KvTransfer.Push handler gets from the rpc kit (its CallContext has more). */
+export interface PushCallContext {
+  readonly signal: AbortSignal;
+}
+
+/**
+ * The KvTransfer service implementation over `inbox`, for @moela/rpc's addService: each Push call
+ * is one receiver. Ends the call with the receiver's failure as a MoelaError (code + reason).
+ */
+export function kvTransferService(inbox: KvInbox): {
+  push(requests: AsyncIterable<PushRequest>, ctx: PushCallContext): Promise<PushResponse>;
+} {
+  return {
+    async push(requests, ctx) {
+      const receiver = inbox.open();
+      const onAbort = (): void => {
+        const reason: unknown = ctx.signal.reason;
+        receiver.abort(
+          reason instanceof MoelaError
+            ? { code: reason.code, reason: `Push ended: ${reason.message}` }
+            : { code: Code.CANCELLED, reason: "the sender cancelled the transfer" },
+        );
+      };
+      ctx.signal.addEventListener("abort", onAbort, { once: true });
+      try {
+        if (ctx.signal.aborted) onAbort();
+        for await (const req of requests) {
+          let frame: KvFrame;
+          try {
+            frame = frameFromWire(req);
+          } catch (err) {
+            receiver.abort({ code: Code.INVALID_ARGUMENT, reason: err instanceof Error ? err.message : String(err) });
+            break;
+          }
+          const state = receiver.receive(frame);
+          if (state === KvPoll.Failed || state === KvPoll.Success) break;
+        }
+        receiver.close();
+      } catch (err) {
+        // The request stream broke (client cancelled, connection lost, deadline).
+        onAbort();
+        if (!(err instanceof MoelaError)) receiver.abort({ code: Code.UNAVAILABLE, reason: `the Push stream broke: ${String(err)}` });
+      } finally {
+        ctx.signal.removeEventListener("abort", onAbort);
+      }
+      const outcome = await receiver.done;
+      if (!outcome.ok) throw new MoelaError(outcome.failure.reason, outcome.failure.code);
+      return { transferId: outcome.ack.transferId, kvBlocks: outcome.ack.kvBlocks, bytesReceived: outcome.ack.bytesReceived };
+    },
+  };
+}
+
+// ---- client ---------------------------------------------------------------------------------------
+
+export interface GrpcKvConnectorOptions {
+  /** Deadline of each Push call, ms from its start (default: none; KvBegin.deadline_unix_ms still applies). */
+  readonly timeoutMs?: number;
+  /** Extra grpc-js channel options (when the connector makes its own client). */
+  readonly channelOptions?: Partial<ChannelOptions>;
+}
+
+class GrpcChannel implements KvChannel {
+  readonly outcome: Promise<KvOutcome>;
+  private answered = false;
+  private readonly call: ReturnType<KvTransferClient["push"]>;
+
+  constructor(client: KvTransferClient, transferId: string, requestId: string, options: GrpcKvConnectorOptions) {
+    let settle!: (o: KvOutcome) => void;
+    this.outcome = new Promise((resolve) => {
+      settle = resolve;
+    });
+    const metadata = new Metadata();
+    metadata.set(REQUEST_ID_METADATA_KEY, requestId);
+    const callOptions = options.timeoutMs === undefined ? {} : { deadline: Date.now() + options.timeoutMs };
+    this.call = client.push(metadata, callOptions, (err: ServiceError | null, res?: PushResponse) => {
+      this.answered = true;
+      if (err !== null || res === undefined) {
+        const code = (err?.code ?? Code.UNKNOWN) as Code;
+        settle({ ok: false, failure: { code, reason: err?.details || err?.message || "Push failed without a status" } });
+      } else if (res.transferId !== transferId) {
+        settle({ ok: false, failure: { code: Code.INTERNAL, reason: `Push of ${transferId} answered for transfer ${res.transferId}` } });
+      } else {
+        settle({ ok: true, ack: { transferId: res.transferId, kvBlocks: res.kvBlocks, bytesReceived: res.bytesReceived } });
+      }
+    });
+    // Write-side errors (after cancel, or once the server has answered) are reported by the callback.
+    this.call.on("error", () => {});
+  }
+
+  async send(frame: KvFrame): Promise<void> {
+    if (this.answered) return;
+    if (!this.call.write(frameToWire(frame))) {
+      // Wait for room, or for the server's early answer ('drain' may then never come).
+      await Promise.race([once(this.call, "drain"), this.outcome]);
+    }
+  }
+
+  end(): void {
+    if (!this.answered) this.call.end();
+  }
+
+  cancel(_reason: string): void {
+    if (!this.answered) this.call.cancel();
+  }
+}
+
+/**
+ * A connector to one decode instance's KvTransfer service. `target` is "host:port" (the connector
+ * then owns its client: close() it) or a KvTransferClient the caller owns.
+ */
+export function grpcKvConnector(target: string | KvTransferClient, options: GrpcKvConnectorOptions = {}): KvConnector & { close(): void } {
+  const owned = typeof target === "string";
+  const client =
+    typeof target === "string"
+      ? new KvTransferClient(target, credentials.createInsecure(), {
+          "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+          "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+          ...options.channelOptions,
+        })
+      : target;
+  return {
+    open: (transferId, requestId) => new GrpcChannel(client, transferId, requestId, options),
+    close: () => {
+      if (owned) client.close();
+    },
+  };
+}
