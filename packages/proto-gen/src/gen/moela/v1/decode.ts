@@ -65,7 +65,9 @@ export interface StreamRequest {
 
 /**
  * One message per decode step of this request: one token, or more when MTP
- * draft tokens were accepted in the same step.
+ * draft tokens were accepted in the same step. Steps that completed while the
+ * reader was not keeping up (or before the stream was attached) come together
+ * in one message; tokens are never dropped or repeated.
  */
 export interface StreamResponse {
   /** In completion order. */

@@ -1,0 +1,127 @@
+/**
+ * decode settings: one flag and one environment twin each (MOELA_DECODE_<NAME>), the flag winning
+ * when both are set, validated once with zod at start-up. An error names both spellings.
+ */
+import { parseArgs } from "node:util";
+import { z } from "zod";
+import { InvalidArgumentError } from "@moela/core";
+
+/** Every setting: its flag, env twin, whether it is a boolean switch, and its help line. */
+export const SETTINGS = {
+  model: { flag: "--model", env: "MOELA_DECODE_MODEL", bool: false, help: "Hugging Face checkpoint folder (required)" },
+  grpcAddress: { flag: "--grpc-address", env: "MOELA_DECODE_GRPC_ADDRESS", bool: false, help: "gRPC listen address host:port (default 127.0.0.1:0, any free port)" },
+  metricsAddress: { flag: "--metrics-address", env: "MOELA_DECODE_METRICS_ADDRESS", bool: false, help: "/metrics listen address host:port (default 127.0.0.1:0)" },
+  expertHosts: {
+    flag: "--expert-hosts",
+    env: "MOELA_DECODE_EXPERT_HOSTS",
+    bool: false,
+    help: "comma-separated host:port of the expert-hosts in shard order (default none: routed experts run in this process through one in-process host)",
+  },
+  precision: { flag: "--precision", env: "MOELA_DECODE_PRECISION", bool: false, help: "exact | paper (default exact): KV f32 or bf16, dispatch and combine per profile" },
+  kvBlocks: { flag: "--kv-blocks", env: "MOELA_DECODE_KV_BLOCKS", bool: false, help: "latent KV cache capacity in blocks (default 2048)" },
+  blockSize: { flag: "--block-size", env: "MOELA_DECODE_BLOCK_SIZE", bool: false, help: "tokens per KV block (default 16)" },
+  maxBatch: { flag: "--max-batch", env: "MOELA_DECODE_MAX_BATCH", bool: false, help: "most sequences per decode step (default 32); more wait for a slot" },
+  noSpeculative: { flag: "--no-speculative", env: "MOELA_DECODE_NO_SPECULATIVE", bool: true, help: "do not draft with the MTP block (default: speculate when the model has one)" },
+  streamGraceMs: {
+    flag: "--stream-grace-ms",
+    env: "MOELA_DECODE_STREAM_GRACE_MS",
+    bool: false,
+    help: "how long a sequence whose Stream went away (or was never opened) waits for one before it is freed (default 10000)",
+  },
+  kvWaitMs: { flag: "--kv-wait-ms", env: "MOELA_DECODE_KV_WAIT_MS", bool: false, help: "how long a Stream waits for its KV to arrive (default 120000)" },
+  drainGraceMs: { flag: "--drain-grace-ms", env: "MOELA_DECODE_DRAIN_GRACE_MS", bool: false, help: "on SIGTERM, how long running sequences may finish before their streams end with UNAVAILABLE (default 30000)" },
+  logLevel: { flag: "--log-level", env: "MOELA_DECODE_LOG_LEVEL", bool: false, help: "fatal | error | warn | info | debug | trace | silent (default info)" },
+} as const;
+
+type Key = keyof typeof SETTINGS;
+
+const address = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):(\d{1,5})$/, "must be host:port, e.g. 127.0.0.1:50051 or 0.0.0.0:0")
+  .refine((s) => Number(s.slice(s.lastIndexOf(":") + 1)) <= 65535, "port must be in [0, 65535]");
+
+const dialable = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):(\d{1,5})$/, "must be host:port")
+  .refine((s) => {
+    const port = Number(s.slice(s.lastIndexOf(":") + 1));
+    return port >= 1 && port <= 65535;
+  }, "port must be in [1, 65535]");
+
+const addressList = z
+  .string()
+  .transform((s) => s.split(",").map((x) => x.trim()).filter((x) => x.length > 0))
+  .pipe(z.array(dialable, { message: "must be a comma-separated list of host:port" }));
+
+const intString = (min: number) =>
+  z
+    .string()
+    .regex(/^\d+$/, "must be a non-negative integer")
+    .transform(Number)
+    .pipe(z.number().int().min(min, `must be >= ${min}`).max(Number.MAX_SAFE_INTEGER));
+
+const boolString = z.enum(["true", "false", "1", "0", ""], { message: "must be true or false" }).transform((s) => s === "true" || s === "1");
+
+const schema = z.object({
+  model: z.string({ message: "is required" }).min(1, "is required"),
+  grpcAddress: address.default("127.0.0.1:0"),
+  metricsAddress: address.default("127.0.0.1:0"),
+  expertHosts: addressList.default([]),
+  precision: z.enum(["exact", "paper"], { message: "must be exact or paper" }).default("exact"),
+  kvBlocks: intString(1).default(2048),
+  blockSize: intString(1).default(16),
+  maxBatch: intString(1).default(32),
+  noSpeculative: boolString.default(false),
+  streamGraceMs: intString(0).default(10_000),
+  kvWaitMs: intString(1).default(120_000),
+  drainGraceMs: intString(0).default(30_000),
+  logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], { message: "must be fatal, error, warn, info, debug, trace or silent" }).default("info"),
+});
+
+export type DecodeConfig = Readonly<z.output<typeof schema>>;
+
+export const USAGE = [
+  "usage: decode --model DIR [--expert-hosts H0,H1,...] [options]",
+  "",
+  ...Object.values(SETTINGS).map((s) => `  ${(s.flag + (s.bool ? "" : " <v>")).padEnd(26)} ${s.help} [env ${s.env}]`),
+].join("\n");
+
+/** Splits "host:port" (host may be [ipv6]). */
+export function splitAddress(a: string): { host: string; port: number } {
+  const i = a.lastIndexOf(":");
+  const host = a.slice(0, i);
+  return { host: host.startsWith("[") ? host.slice(1, -1) : host, port: Number(a.slice(i + 1)) };
+}
+
+/**
+ * Flags (argv) over environment (env) over defaults. Returns null when --help was asked for.
+ * Throws InvalidArgumentError naming the flag and its env twin.
+ */
+export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): DecodeConfig | null {
+  const options: Record<string, { type: "string" | "boolean" }> = { help: { type: "boolean" } };
+  for (const s of Object.values(SETTINGS)) options[s.flag.slice(2)] = { type: s.bool ? "boolean" : "string" };
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    values = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false }).values;
+  } catch (err) {
+    throw new InvalidArgumentError(`decode: ${(err as Error).message}\n${USAGE}`);
+  }
+  if (values.help === true) return null;
+  const raw: Partial<Record<Key, string>> = {};
+  for (const [key, s] of Object.entries(SETTINGS) as [Key, (typeof SETTINGS)[Key]][]) {
+    const flag = values[s.flag.slice(2)];
+    const v = flag !== undefined ? String(flag) : env[s.env];
+    if (v !== undefined) raw[key] = v;
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((issue) => {
+      const key = issue.path[0] as Key;
+      const s = SETTINGS[key];
+      const got = raw[key] === undefined ? "" : ` (got "${raw[key]}")`;
+      return `${s.flag} / ${s.env}: ${issue.message}${got}`;
+    });
+    throw new InvalidArgumentError(`decode: invalid configuration:\n  ${lines.join("\n  ")}`);
+  }
+  return Object.freeze({ ...parsed.data, expertHosts: Object.freeze([...parsed.data.expertHosts]) as string[] });
+}

@@ -1,0 +1,314 @@
+/**
+ * decode: receives prompts' latent KV from prefill (KvTransfer.Push) into a paged latent cache of
+ * fixed capacity, runs continuous batching with MTP speculation (absorbed MLA, one dispatch per
+ * expert-host per MoE layer for the whole batch) and streams each request's tokens to the router
+ * (Decode.Stream / Cancel / Status), on one gRPC server with grpc.health.v1, reflection and /metrics.
+ *
+ * main() in order: config -> logger and metrics -> load the model WITHOUT routed experts and connect
+ * the expert-hosts (their Info checked against the placement) -> serve -> ONE ready line on stdout
+ * (JSON, the launcher parses it) -> wait for SIGTERM/SIGINT -> health NOT_SERVING, stop admitting,
+ * let running sequences finish for --drain-grace-ms, end the rest with UNAVAILABLE, close -> exit 0.
+ * Logs are JSON on stderr, with the request id on every line about a request.
+ *
+ * Ready line: {"event":"ready","role":"decode","pid":123,"grpc":"127.0.0.1:PORT","metrics":"http://127.0.0.1:PORT/metrics"}
+ *
+ * Without --expert-hosts the routed experts run in this process, through the same dispatcher over
+ * one in-process expert-host (the profile's dispatch/combine roundings still apply).
+ */
+import { realpathSync } from "node:fs";
+import { pathToFileURL } from "node:url";
+import { Code, createLogger, MoelaError, type Logger } from "@moela/core";
+import { DeepseekModel, Engine } from "@moela/engine";
+import { KvInbox, kvTransferService } from "@moela/kv-transfer";
+import { createServiceMetrics, startMetricsServer, type MetricsServer } from "@moela/metrics";
+import {
+  checkHostInfo,
+  checkpointModelId,
+  connectExpertHosts,
+  createInProcessExperts,
+  HostedExpertExecutor,
+  placementFor,
+  precisionProfile,
+  type GrpcExpertHostTransport,
+} from "@moela/moe-dispatch";
+import { DecodeService, KvTransferService } from "@moela/proto-gen";
+import { createServer, drainAndClose, serve, type RpcServer } from "@moela/rpc";
+import { Batcher } from "./batcher.js";
+import { parseConfig, splitAddress, USAGE, type DecodeConfig } from "./config.js";
+import { decodeHandlers } from "./handlers.js";
+
+export { parseConfig, USAGE, type DecodeConfig } from "./config.js";
+
+const CODE_NAME: ReadonlyMap<number, string> = new Map(Object.entries(Code).map(([name, code]) => [code as number, name]));
+
+/** How long start-up waits for the expert-hosts to answer Info. */
+const EXPERT_HOSTS_WAIT_MS = 60_000;
+
+export interface RunningDecode {
+  /** Dialable "host:port" of the gRPC server (KvTransfer and Decode). */
+  readonly grpcAddress: string;
+  /** http://host:port/metrics */
+  readonly metricsUrl: string;
+  readonly config: DecodeConfig;
+  readonly modelId: string;
+  readonly engine: Engine;
+  readonly inbox: KvInbox;
+  readonly batcher: Batcher;
+  readonly server: RpcServer;
+  /** The line main() prints when ready. */
+  readonly readyLine: string;
+  /** Health NOT_SERVING, stop admitting, let sequences finish for up to graceMs, end the rest with UNAVAILABLE, close. */
+  close(graceMs?: number): Promise<void>;
+}
+
+export interface DecodeDeps {
+  /** A model to use as it is (tests): its expert executor is left alone and nothing is loaded. */
+  readonly model?: DeepseekModel;
+  /** The model identity KvBegin must carry (default checkpointModelId(--model)). */
+  readonly modelId?: string;
+}
+
+/** Info of every host, retried while they are still starting; then checked against the placement. */
+async function checkExpertHosts(
+  hosts: readonly GrpcExpertHostTransport[],
+  want: Omit<Parameters<typeof checkHostInfo>[1], "shard">,
+  logger: Logger,
+): Promise<void> {
+  const deadline = Date.now() + EXPERT_HOSTS_WAIT_MS;
+  await Promise.all(
+    hosts.map(async (h, shard) => {
+      for (;;) {
+        try {
+          checkHostInfo(await h.info(), { ...want, shard }, h.name);
+          return;
+        } catch (err) {
+          if (!(err instanceof MoelaError && err.code === Code.UNAVAILABLE) || Date.now() > deadline) throw err;
+          logger.info({ host: h.name }, "waiting for expert-host");
+          await new Promise((resolve) => setTimeout(resolve, 250));
+        }
+      }
+    }),
+  );
+}
+
+/** Load the model, connect the expert-hosts and serve: the whole service without the process lifecycle. */
+export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: DecodeDeps = {}): Promise<RunningDecode> {
+  const t0 = performance.now();
+  const profile = precisionProfile(cfg.precision);
+  const modelId = deps.modelId ?? checkpointModelId(cfg.model);
+
+  // Gauges read at scrape time, from objects made below.
+  let engine: Engine | undefined;
+  let batcher: Batcher | undefined;
+  let inbox: KvInbox | undefined;
+  const metrics = createServiceMetrics("decode", {
+    collect: {
+      decodeRunningSequences: () => batcher?.running ?? 0,
+      decodeWaitingSequences: () => batcher?.waiting ?? 0,
+      decodeKvBlocksUsed: () => engine?.cache.usedBlocks ?? 0,
+      decodeKvBlocksCapacity: () => engine?.cache.numBlocks ?? 0,
+      decodeKvStrandedBlocks: () => inbox?.reservedBlocks ?? 0,
+    },
+  });
+  const m = metrics.m;
+
+  let model: DeepseekModel;
+  let hosts: GrpcExpertHostTransport[] = [];
+  if (deps.model !== undefined) {
+    model = deps.model;
+    if (model.kvDtype !== profile.kvDtype) {
+      throw new MoelaError(`the model caches ${model.kvDtype} KV, precision ${profile.name} needs ${profile.kvDtype}`, Code.FAILED_PRECONDITION);
+    }
+  } else if (cfg.expertHosts.length > 0) {
+    // Attention, dense layers, gates and shared experts here; every routed expert on the hosts.
+    model = DeepseekModel.load(cfg.model, { routedExperts: () => false, kvDtype: profile.kvDtype });
+    hosts = connectExpertHosts(cfg.expertHosts);
+    const placement = placementFor(model.config, hosts.length);
+    const layers = [...model.moeLayers().keys()].sort((a, b) => a - b);
+    try {
+      await checkExpertHosts(hosts, { placement, profile, hidden: model.config.hiddenSize, layers, modelId }, logger);
+    } catch (err) {
+      for (const h of hosts) h.close();
+      throw err;
+    }
+    model.setExpertExecutor(new HostedExpertExecutor({ placement, profile, hosts, hidden: model.config.hiddenSize, metrics: m }));
+  } else {
+    model = DeepseekModel.load(cfg.model, { kvDtype: profile.kvDtype });
+    model.setExpertExecutor(createInProcessExperts(model, 1, profile, { metrics: m }).executor);
+  }
+  engine = new Engine(model, { blockSize: cfg.blockSize, numBlocks: cfg.kvBlocks, speculative: !cfg.noSpeculative });
+  logger.info(
+    {
+      model: cfg.model,
+      modelId,
+      precision: profile.name,
+      expertHosts: cfg.expertHosts,
+      weightBytes: model.weightBytes,
+      kvBlocks: cfg.kvBlocks,
+      blockSize: cfg.blockSize,
+      maxBatch: cfg.maxBatch,
+      speculative: engine.speculative,
+      loadMs: Math.round(performance.now() - t0),
+    },
+    "model loaded",
+  );
+
+  const b = new Batcher({
+    engine,
+    maxBatch: cfg.maxBatch,
+    streamGraceMs: cfg.streamGraceMs,
+    kvWaitMs: cfg.kvWaitMs,
+    logger,
+    onStep: (seconds, tokens, drafted, accepted) => {
+      m.decodeStep.observe(seconds);
+      m.decodeGeneratedTokens.inc(tokens);
+      m.decodeMtpDraftedTokens.inc(drafted);
+      m.decodeMtpAcceptedTokens.inc(accepted);
+    },
+  });
+  batcher = b;
+  const box = new KvInbox({
+    engine,
+    modelId,
+    onBegin: (meta) => {
+      b.beginTransfer(meta);
+      logger.debug({ requestId: meta.requestId, transferId: meta.transferId, tokens: meta.numTokens, layers: meta.numLayers }, "KV transfer begun");
+    },
+    onAdmit: (seq, meta, stats) => {
+      b.admit(seq, meta);
+      m.decodeKvTransferDuration.observe(stats.seconds);
+      // The token prefill sampled reaches the router through this instance too.
+      m.decodeGeneratedTokens.inc(seq.output.length);
+      logger.info({ requestId: meta.requestId, transferId: meta.transferId, bytes: stats.bytesReceived, chunks: stats.chunks, ms: Math.round(stats.seconds * 1000) }, "KV transfer complete");
+    },
+    onFail: (failure, meta, freed) => {
+      b.transferFailed(failure, meta);
+      if (freed > 0) {
+        const reason =
+          failure.code === Code.DEADLINE_EXCEEDED
+            ? "timeout"
+            : failure.code === Code.CANCELLED || failure.code === Code.UNAVAILABLE
+              ? "aborted"
+              : failure.code === Code.DATA_LOSS && failure.reason.includes("checksum")
+                ? "checksum"
+                : "sender_failed";
+        m.decodeKvReclaims.inc({ reason });
+        m.decodeKvReclaimedBlocks.inc({ reason }, freed);
+      }
+      logger.warn({ requestId: meta?.requestId, transferId: meta?.transferId, code: CODE_NAME.get(failure.code), reason: failure.reason, freedBlocks: freed }, "KV transfer failed");
+    },
+    onChunk: (bytes) => m.decodeKvReceivedBytes.inc(bytes),
+  });
+  inbox = box;
+
+  const server = createServer({
+    logger,
+    onCallEnd: (e) => {
+      m.rpcServerHandled.inc({ method: e.method, code: CODE_NAME.get(e.code) ?? String(e.code) });
+      m.rpcServerHandling.observe({ method: e.method }, e.durationMs / 1000);
+    },
+  });
+  server.addService(KvTransferService, kvTransferService(box));
+  server.addService(DecodeService, decodeHandlers({ batcher: b, engine, inbox: box, modelId, precision: cfg.precision, logger }));
+  b.start();
+  let address: string;
+  let metricsServer: MetricsServer;
+  try {
+    ({ address } = await serve(server, cfg.grpcAddress));
+  } catch (err) {
+    for (const h of hosts) h.close();
+    await b.drain(0);
+    throw err;
+  }
+  try {
+    metricsServer = await startMetricsServer(metrics.registry, splitAddress(cfg.metricsAddress));
+  } catch (err) {
+    await drainAndClose(server, 0, { flushMs: 0 });
+    for (const h of hosts) h.close();
+    await b.drain(0);
+    throw new MoelaError(`cannot serve /metrics on ${cfg.metricsAddress}: ${(err as Error).message}`, Code.UNAVAILABLE, { cause: err });
+  }
+  const readyLine = JSON.stringify({ event: "ready", role: "decode", pid: process.pid, grpc: address, metrics: metricsServer.url });
+  const eng = engine;
+  let closing: Promise<void> | undefined;
+  return {
+    grpcAddress: address,
+    metricsUrl: metricsServer.url,
+    config: cfg,
+    modelId,
+    engine: eng,
+    inbox: box,
+    batcher: b,
+    server,
+    readyLine,
+    close(graceMs = cfg.drainGraceMs) {
+      closing ??= (async () => {
+        server.setServing(false);
+        await b.drain(graceMs);
+        box.abortAll({ code: Code.UNAVAILABLE, reason: "the decode instance is shutting down" });
+        await drainAndClose(server, 1_000, { flushMs: 500 });
+        await metricsServer.close();
+        for (const h of hosts) h.close();
+      })();
+      return closing;
+    },
+  };
+}
+
+function waitForSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (sig: NodeJS.Signals): void => {
+      process.off("SIGTERM", on);
+      process.off("SIGINT", on);
+      resolve(sig);
+    };
+    process.on("SIGTERM", on);
+    process.on("SIGINT", on);
+  });
+}
+
+/** The service's entry point; resolves with the process exit code. */
+export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  let cfg: DecodeConfig | null;
+  try {
+    cfg = parseConfig(argv, env);
+  } catch (err) {
+    process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+    return 2;
+  }
+  if (cfg === null) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  const logger = createLogger("decode", cfg.logLevel);
+  // Registered before the (possibly long) model load, so a SIGTERM during it still stops cleanly.
+  const stop = waitForSignal();
+  let running: RunningDecode;
+  try {
+    running = await startDecode(cfg, logger);
+  } catch (err) {
+    logger.fatal({ err }, "decode failed to start");
+    process.stderr.write(`decode: ${err instanceof Error ? err.message : String(err)}\n`);
+    return 1;
+  }
+  process.stdout.write(`${running.readyLine}\n`);
+  logger.info({ grpc: running.grpcAddress, metrics: running.metricsUrl }, "ready");
+  const sig = await stop;
+  logger.info({ signal: sig, running: running.batcher.running, waiting: running.batcher.waiting }, "draining");
+  await running.close(cfg.drainGraceMs);
+  logger.info("stopped");
+  return 0;
+}
+
+function isEntryPoint(): boolean {
+  const script = process.argv[1];
+  if (script === undefined) return false;
+  try {
+    return import.meta.url === pathToFileURL(realpathSync(script)).href;
+  } catch {
+    return false;
+  }
+}
+
+// `tsx services/decode/src/main.ts ...` runs the service; importing the module does not.
+if (isEntryPoint()) process.exitCode = await main(process.argv.slice(2), process.env);

@@ -1,0 +1,249 @@
+/**
+ * The decode service over real gRPC on 127.0.0.1, with two real expert-host servers: KV pushed by a
+ * KvSender driven by a real engine.prefill (the prefill side runs the same dispatcher over in-process
+ * hosts, as `moela generate --expert-hosts 2` does), tokens read from Decode.Stream and compared with
+ * that single-process engine.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Code, createLogger } from "@moela/core";
+import { DeepseekModel, Engine, type EmittedToken, type GenerationParams } from "@moela/engine";
+import { grpcKvConnector, KvPoll, type KvConnector, type KvFrame } from "@moela/kv-transfer";
+import { createInProcessExperts, precisionProfile } from "@moela/moe-dispatch";
+import { DecodeClient, FinishReason, Precision, type DecodeCancelResponse, type DecodeStatusResponse, type StreamResponse } from "@moela/proto-gen";
+import { checkHealth, connect, serverStreamCall, unaryCall } from "@moela/rpc";
+import { parseConfig, startDecode, type RunningDecode } from "@moela/decode";
+import { parseConfig as parseExpertHostConfig, startExpertHost, type RunningExpertHost } from "@moela/expert-host";
+import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
+import { GREEDY, prefillAndSend, referenceRun, SAMPLED } from "../../helpers/kv.js";
+
+const PROMPT = [0, 399, 332, 17, 256, 901, 44, 12, 730, 5, 66, 120, 7];
+const silent = createLogger("test", process.env.MOELA_TEST_LOG_LEVEL ?? "silent");
+
+/** Poll `cond` every 20 ms until it holds (fails the test after 20 s). */
+async function until(cond: () => boolean | Promise<boolean>, what: string): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+interface Collected {
+  messages: StreamResponse[];
+  error: (Error & { code?: number }) | null;
+}
+
+describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hosts, %s profile", (precision) => {
+  let hosts: RunningExpertHost[] = [];
+  let decode: RunningDecode;
+  let prefill: Engine;
+  let connector: KvConnector & { close(): void };
+  let client: InstanceType<typeof DecodeClient>;
+  let transfers = 0;
+
+  beforeAll(async () => {
+    const dir = makeCheckpoint({ preset: "tiny-v3" });
+    for (let shard = 0; shard < 2; shard++) {
+      const cfg = parseExpertHostConfig(["--model", dir, "--shard-index", String(shard), "--shard-count", "2", "--precision", precision], {})!;
+      hosts.push(await startExpertHost(cfg, silent));
+    }
+    const cfg = parseConfig(
+      [
+        "--model", dir,
+        "--expert-hosts", hosts.map((h) => h.grpcAddress).join(","),
+        "--precision", precision,
+        "--kv-blocks", "128",
+        "--block-size", "4",
+        "--stream-grace-ms", "2000",
+        "--drain-grace-ms", "0",
+      ],
+      {},
+    )!;
+    decode = await startDecode(cfg, silent);
+    const model = DeepseekModel.load(dir, { kvDtype: precisionProfile(precision).kvDtype });
+    model.setExpertExecutor(createInProcessExperts(model, 2, precision).executor);
+    prefill = new Engine(model, { blockSize: 4, numBlocks: 512, prefillChunk: 5 });
+    connector = grpcKvConnector(decode.grpcAddress);
+    client = connect(DecodeClient, decode.grpcAddress);
+  });
+
+  afterAll(async () => {
+    client?.close();
+    connector?.close();
+    await decode?.close(0);
+    await Promise.all(hosts.map((h) => h.close(0)));
+    hosts = [];
+    removeCheckpoints();
+  });
+
+  function push(requestId: string, params: GenerationParams, prompt: readonly number[] = PROMPT, via: KvConnector = connector) {
+    return prefillAndSend(prefill, via, prompt, params, { transferId: `t-${++transfers}`, requestId, modelId: decode.modelId });
+  }
+
+  /** Open Decode.Stream and collect every message until it ends (or `stopAfter` messages, then cancel). */
+  function openStream(requestId: string, startIndex = 0, stopAfter = Infinity): Promise<Collected> {
+    return (async () => {
+      const out: Collected = { messages: [], error: null };
+      try {
+        for await (const m of serverStreamCall<StreamResponse>((md, o) => client.stream({ requestId, startIndex }, md, o))) {
+          out.messages.push(m);
+          if (out.messages.length >= stopAfter) break;
+        }
+      } catch (err) {
+        out.error = err as Error & { code?: number };
+      }
+      return out;
+    })();
+  }
+
+  function status(): Promise<DecodeStatusResponse> {
+    return unaryCall((md, o, cb) => client.status({}, md, o, cb), { timeoutMs: 5_000 });
+  }
+
+  /** Open a stream and wait until the instance has registered it; `done` settles when the stream ends. */
+  async function openedStream(requestId: string, startIndex = 0, stopAfter = Infinity): Promise<{ done: Promise<Collected> }> {
+    const before = decode.batcher.size;
+    const done = openStream(requestId, startIndex, stopAfter);
+    await until(() => decode.batcher.size > before, `the Stream of ${requestId} to register`);
+    // Wrapped: an async function returning the promise itself would wait for the whole stream.
+    return { done };
+  }
+
+  const tokensOf = (c: Collected) => c.messages.flatMap((m) => m.tokens);
+  const asWire = (ref: EmittedToken[]) =>
+    ref.map((t, index) => ({ index, tokenId: t.id, logprobs: { logprob: Math.fround(t.logprob), top: (t.top ?? []).map(([tokenId, lp]) => ({ tokenId, logprob: Math.fround(lp) })) } }));
+
+  it("serves health and reflection for KvTransfer and Decode", async () => {
+    expect(await checkHealth(decode.grpcAddress, { service: "moela.v1.Decode" })).toBe("SERVING");
+    expect(await checkHealth(decode.grpcAddress, { service: "moela.v1.KvTransfer" })).toBe("SERVING");
+    const s = await status();
+    expect(s).toMatchObject({ freeKvBlocks: 128, totalKvBlocks: 128, blockSize: 4, runningSequences: 0, waitingSequences: 0, pendingTransfers: 0, accepting: true, modelId: decode.modelId });
+    expect(s.precision).toBe(precision === "exact" ? Precision.PRECISION_EXACT : Precision.PRECISION_PAPER);
+  });
+
+  it.each([
+    ["greedy", GREEDY],
+    ["seeded sampling", SAMPLED],
+  ])("%s: Stream opened first, KV pushed over gRPC, gives exactly the single-process engine's tokens", async (_kind, params) => {
+    const reference = await referenceRun(prefill, PROMPT, params);
+    const stream = await openedStream(`req-eq-${_kind}`);
+    const { outcome } = await push(`req-eq-${_kind}`, params);
+    expect(outcome.ok).toBe(true);
+    const got = await stream.done;
+    expect(got.error).toBeNull();
+    expect(tokensOf(got)).toEqual(asWire(reference));
+    const last = got.messages[got.messages.length - 1]!;
+    expect(last.finishReason).toBe(FinishReason.FINISH_REASON_LENGTH);
+    expect(last.usage).toMatchObject({ promptTokens: PROMPT.length, completionTokens: params.maxTokens });
+    // MTP speculation ran on the decode side (the draft and the MTP block's KV came over).
+    expect(last.usage!.draftTokens).toBeGreaterThan(0);
+    await until(async () => (await status()).freeKvBlocks === 128, "blocks to be freed");
+  });
+
+  it("a Stream opened after the KV arrived gets every token; a reopened one resumes at start_index", async () => {
+    const reference = await referenceRun(prefill, PROMPT, GREEDY);
+    const { outcome } = await push("req-late", GREEDY);
+    expect(outcome.ok).toBe(true);
+    // Read the first message only, then go away (the client cancels its call).
+    const first = await openStream("req-late", 0, 1);
+    expect(first.error).toBeNull();
+    const seen = tokensOf(first).length;
+    expect(seen).toBeGreaterThan(0);
+    const rest = await openStream("req-late", seen);
+    expect(rest.error).toBeNull();
+    expect([...tokensOf(first), ...tokensOf(rest)]).toEqual(asWire(reference));
+    await until(async () => (await status()).freeKvBlocks === 128, "blocks to be freed");
+  });
+
+  it("continuous batching: concurrent requests of different lengths all come back right", async () => {
+    const prompts = [PROMPT, PROMPT.slice(0, 5), [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 11], [42]];
+    const params = prompts.map((_, i) => ({ ...GREEDY, maxTokens: 6 + 4 * i }));
+    const refs: EmittedToken[][] = [];
+    for (const [i, p] of prompts.entries()) refs.push(await referenceRun(prefill, p, params[i]!));
+    const streams = await Promise.all(prompts.map((_, i) => openedStream(`req-batch-${i}`)));
+    // The prefill engine serves one call at a time; decode steps the admitted ones meanwhile.
+    for (const [i, p] of prompts.entries()) expect((await push(`req-batch-${i}`, params[i]!, p)).outcome.ok).toBe(true);
+    const got = await Promise.all(streams.map((s) => s.done));
+    for (const [i, g] of got.entries()) {
+      expect(g.error).toBeNull();
+      expect(tokensOf(g).map((t) => t.tokenId)).toEqual(refs[i]!.map((t) => t.id));
+    }
+    await until(async () => (await status()).freeKvBlocks === 128, "blocks to be freed");
+  });
+
+  it("Cancel stops a running request, ends its Stream with CANCELLED and frees its blocks", async () => {
+    const long = { ...GREEDY, maxTokens: 400 };
+    const stream = await openedStream("req-cancel");
+    expect((await push("req-cancel", long)).outcome.ok).toBe(true);
+    await until(async () => (await status()).runningSequences === 1, "the sequence to run");
+    expect((await status()).freeKvBlocks).toBe(128 - Math.ceil((PROMPT.length + 400 + 1) / 4));
+    const res = await unaryCall<DecodeCancelResponse>((md, o, cb) => client.cancel({ requestId: "req-cancel", reason: "stop string" }, md, o, cb));
+    expect(res.found).toBe(true);
+    // Cancel answers once the blocks are back.
+    expect(await status()).toMatchObject({ freeKvBlocks: 128, runningSequences: 0 });
+    const got = await stream.done;
+    expect(got.error?.code).toBe(Code.CANCELLED);
+    expect(tokensOf(got).length).toBeLessThan(400);
+    const again = await unaryCall<DecodeCancelResponse>((md, o, cb) => client.cancel({ requestId: "req-cancel", reason: "" }, md, o, cb));
+    expect(again.found).toBe(false);
+  });
+
+  it("a router whose Stream goes away and does not come back within the grace period frees the blocks", async () => {
+    const stream = await openedStream("req-gone", 0, 1);
+    expect((await push("req-gone", { ...GREEDY, maxTokens: 400 })).outcome.ok).toBe(true);
+    expect((await stream.done).messages).toHaveLength(1);
+    await until(async () => (await status()).freeKvBlocks === 128, "the abandoned sequence to be freed");
+    // The request is gone for good: a late Stream is told so.
+    const late = await openStream("req-gone");
+    expect(late.error?.code).toBe(Code.CANCELLED);
+  });
+
+  it("a full cache refuses the transfer with RESOURCE_EXHAUSTED and nothing leaks", async () => {
+    const stream = await openedStream("req-huge");
+    // 13 + 600 + 1 positions need 154 blocks of 4; the cache has 128.
+    const { outcome, sender } = await push("req-huge", { ...GREEDY, maxTokens: 600 });
+    expect(outcome).toEqual({ ok: false, failure: { code: Code.RESOURCE_EXHAUSTED, reason: expect.stringMatching(/KV cache full: need 154 more blocks, 128 free of 128/) } });
+    expect(sender.poll()).toBe(KvPoll.Failed);
+    const got = await stream.done;
+    expect(got.error?.code).toBe(Code.RESOURCE_EXHAUSTED);
+    expect(await status()).toMatchObject({ freeKvBlocks: 128, pendingTransfers: 0, runningSequences: 0 });
+  });
+
+  it("a corrupted chunk fails the transfer with DATA_LOSS; the Stream gets it and nothing leaks", async () => {
+    const corrupting: KvConnector = {
+      open(transferId, requestId) {
+        const inner = connector.open(transferId, requestId);
+        let n = 0;
+        return {
+          outcome: inner.outcome,
+          end: () => inner.end(),
+          cancel: (r) => inner.cancel(r),
+          send(f: KvFrame) {
+            if (f.kind === "layer" && ++n === 4) {
+              const data = f.data.slice();
+              data[0] = data[0]! ^ 1;
+              return inner.send({ ...f, data });
+            }
+            return inner.send(f);
+          },
+        };
+      },
+    };
+    const stream = await openedStream("req-corrupt");
+    const { outcome } = await push("req-corrupt", GREEDY, PROMPT, corrupting);
+    expect(outcome.ok === false && outcome.failure.code).toBe(Code.DATA_LOSS);
+    expect(outcome.ok === false && outcome.failure.reason).toMatch(/checksum mismatch in chunk 3/);
+    expect((await stream.done).error?.code).toBe(Code.DATA_LOSS);
+    expect(await status()).toMatchObject({ freeKvBlocks: 128, pendingTransfers: 0 });
+  });
+
+  it("the same request id pushed twice is refused the second time", async () => {
+    const stream = await openedStream("req-twice");
+    expect((await push("req-twice", { ...GREEDY, maxTokens: 200 })).outcome.ok).toBe(true);
+    const second = await push("req-twice", GREEDY);
+    expect(second.outcome.ok === false && second.outcome.failure.code).toBe(Code.ALREADY_EXISTS);
+    await unaryCall((md, o, cb) => client.cancel({ requestId: "req-twice", reason: "test over" }, md, o, cb));
+    expect((await stream.done).error?.code).toBe(Code.CANCELLED);
+    expect(await status()).toMatchObject({ freeKvBlocks: 128 });
+  });
+});

@@ -1,0 +1,68 @@
+import { describe, expect, it } from "vitest";
+import { parseConfig } from "@moela/decode";
+
+describe("decode config", () => {
+  it("has the documented defaults", () => {
+    expect(parseConfig(["--model", "/m"], {})).toEqual({
+      model: "/m",
+      grpcAddress: "127.0.0.1:0",
+      metricsAddress: "127.0.0.1:0",
+      expertHosts: [],
+      precision: "exact",
+      kvBlocks: 2048,
+      blockSize: 16,
+      maxBatch: 32,
+      noSpeculative: false,
+      streamGraceMs: 10_000,
+      kvWaitMs: 120_000,
+      drainGraceMs: 30_000,
+      logLevel: "info",
+    });
+  });
+
+  it("reads every setting from its flag, or else from its MOELA_DECODE_ twin, flag first", () => {
+    const cfg = parseConfig(
+      ["--model", "/flag", "--expert-hosts", "10.0.0.1:5000, 10.0.0.2:5000", "--no-speculative", "--kv-blocks=64"],
+      {
+        MOELA_DECODE_MODEL: "/env",
+        MOELA_DECODE_PRECISION: "paper",
+        MOELA_DECODE_BLOCK_SIZE: "4",
+        MOELA_DECODE_MAX_BATCH: "8",
+        MOELA_DECODE_KV_BLOCKS: "9",
+        MOELA_DECODE_GRPC_ADDRESS: "0.0.0.0:7001",
+        MOELA_DECODE_LOG_LEVEL: "debug",
+      },
+    )!;
+    expect(cfg).toMatchObject({
+      model: "/flag",
+      expertHosts: ["10.0.0.1:5000", "10.0.0.2:5000"],
+      noSpeculative: true,
+      kvBlocks: 64,
+      precision: "paper",
+      blockSize: 4,
+      maxBatch: 8,
+      grpcAddress: "0.0.0.0:7001",
+      logLevel: "debug",
+    });
+    expect(parseConfig(["--model", "/m"], { MOELA_DECODE_NO_SPECULATIVE: "true" })!.noSpeculative).toBe(true);
+    expect(Object.isFrozen(cfg)).toBe(true);
+  });
+
+  it("returns null for --help", () => {
+    expect(parseConfig(["--help"], {})).toBeNull();
+  });
+
+  it.each([
+    ["no model", [], {}, /--model \/ MOELA_DECODE_MODEL: is required/],
+    ["a bad precision", ["--model", "/m", "--precision", "fp4"], {}, /--precision \/ MOELA_DECODE_PRECISION: must be exact or paper \(got "fp4"\)/],
+    ["zero KV blocks", ["--model", "/m"], { MOELA_DECODE_KV_BLOCKS: "0" }, /--kv-blocks \/ MOELA_DECODE_KV_BLOCKS: must be >= 1/],
+    ["a fractional block size", ["--model", "/m", "--block-size", "1.5"], {}, /--block-size \/ MOELA_DECODE_BLOCK_SIZE: must be a non-negative integer/],
+    ["an expert-host without a port", ["--model", "/m", "--expert-hosts", "a:1,b"], {}, /--expert-hosts \/ MOELA_DECODE_EXPERT_HOSTS: must be host:port/],
+    ["an expert-host on port 0", ["--model", "/m", "--expert-hosts", "a:0"], {}, /--expert-hosts \/ MOELA_DECODE_EXPERT_HOSTS: port must be in \[1, 65535\]/],
+    ["a listen address without a port", ["--model", "/m", "--grpc-address", "localhost"], {}, /--grpc-address \/ MOELA_DECODE_GRPC_ADDRESS: must be host:port/],
+    ["a bad boolean", ["--model", "/m"], { MOELA_DECODE_NO_SPECULATIVE: "maybe" }, /--no-speculative \/ MOELA_DECODE_NO_SPECULATIVE: must be true or false/],
+    ["an unknown flag", ["--model", "/m", "--batch", "4"], {}, /decode: Unknown option '--batch'/],
+  ])("refuses %s, naming the flag and its env twin", (_name, argv, env, msg) => {
+    expect(() => parseConfig(argv as string[], env as NodeJS.ProcessEnv)).toThrow(msg);
+  });
+});
