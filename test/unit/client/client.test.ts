@@ -322,7 +322,10 @@ describe("MoelaClient.generate: retries on UNAVAILABLE", () => {
     const { client } = await setup(failWith(status.UNAVAILABLE, "no decode instance"), { maxRetries: 1000, initialBackoffMs: 50, maxBackoffMs: 50 });
     const err = await thrown(() => collect(client.generate({ prompt: "x" }, { deadlineMs: 250 })));
     expect(err).toBeInstanceOf(DeadlineExceededError);
-    expect((err as Error).cause).toBeInstanceOf(UnavailableError);
+    // Out of time while backing off: the last UNAVAILABLE is the cause; on a slow machine the
+    // deadline may instead end an attempt in flight, and then grpc's DEADLINE_EXCEEDED is.
+    const cause = (err as Error).cause;
+    expect(cause instanceof UnavailableError || cause instanceof DeadlineExceededError).toBe(true);
   });
 
   it("retries a refused connection, then reports UnavailableError", async () => {
