@@ -268,7 +268,7 @@ describe("MoelaClient.generate: deadlines", () => {
     const { client } = await setup(streamForever);
     const seen: string[] = [];
     const err = await thrown(async () => {
-      for await (const ev of client.generate({ prompt: "x" }, { deadlineMs: 300 })) seen.push(ev.text);
+      for await (const ev of client.generate({ prompt: "x" }, { deadlineMs: 1_000 })) seen.push(ev.text);
     });
     expect(err).toBeInstanceOf(DeadlineExceededError);
     expect(seen.length).toBeGreaterThan(0);
