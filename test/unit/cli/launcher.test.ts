@@ -1,7 +1,7 @@
 // The launcher library against stand-in service processes (fixtures/fake-service.ts): start order,
 // the flags each role gets, cluster.json and logs, and every way start-up or shutdown can go wrong.
 // Real child processes, real gRPC health, real Redis on 127.0.0.1:6379.
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -128,7 +128,7 @@ describe("startCluster with stand-in services", () => {
   it("SIGKILLs a service that ignores SIGTERM after the grace period", async () => {
     const events: ProgressEvent[] = [];
     const cluster = await startCluster(
-      options({ expertHosts: 1, stopGraceMs: 500, serviceArgs: { decode: ["--fake-ignore-sigterm"] }, onProgress: (e) => events.push(e) }),
+      options({ expertHosts: 1, stopGraceMs: 3_000, serviceArgs: { decode: ["--fake-ignore-sigterm"] }, onProgress: (e) => events.push(e) }),
     );
     const decodePid = cluster.processes.find((p) => p.role === "decode")!.pid!;
     await cluster.stop();
@@ -140,8 +140,11 @@ describe("startCluster with stand-in services", () => {
   });
 
   it("reports a service that exits after start-up through unexpectedExit", async () => {
-    const cluster = await startCluster(options({ expertHosts: 1, serviceArgs: { prefill: ["--fake-die-after-ms", "1500"] } }));
+    const o = options({ expertHosts: 1 });
+    const trigger = join(o.stateDir, "die-now");
+    const cluster = await startCluster({ ...o, serviceArgs: { prefill: ["--fake-die-when", trigger] } });
     try {
+      writeFileSync(trigger, "");
       const dead = await cluster.unexpectedExit;
       expect(dead.label).toBe("prefill 0");
       expect(dead.exitInfo).toEqual({ code: 4, signal: null });
