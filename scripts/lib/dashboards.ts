@@ -530,10 +530,11 @@ const disaggregation = dashboard({
         {
           kind: "timeseries",
           title: "KV transfer time per request (P50, P99)",
-          description: "From the first layer sent to the last acknowledged, per request. High means a slow link or a decode instance slow to take rows; it adds to time to first token.",
+          description:
+            "Per request: at prefill, first layer sent to last acknowledged; at decode, transfer begin to the sequence's admission. High means a slow link or a decode instance slow to take rows; it adds to time to first token.",
           unit: "s",
           width: 8,
-          targets: p50p99("prefillKvTransferDuration", "transfer"),
+          targets: [...p50p99("prefillKvTransferDuration", "sent (prefill)"), { expr: quantile(0.99, "decodeKvTransferDuration"), legendFormat: "P99 received (decode)" }],
         },
         {
           kind: "timeseries",
