@@ -117,7 +117,6 @@ function isServiceName(s: string): s is ServiceName {
   return Object.hasOwn(SERVICE_METRICS, s);
 }
 
-function build(def: MetricDef, registry: Registry, collect: (() => number | Promise<number>) | undefined) {
 /** Every combination of `def.values` (one object per series); empty unless every label is listed. */
 export function knownLabelSets(def: MetricDef): Array<Record<string, string>> {
   if (def.labels.length === 0 || def.values === undefined) return [];
@@ -130,6 +129,7 @@ export function knownLabelSets(def: MetricDef): Array<Record<string, string>> {
   return sets;
 }
 
+function build(def: MetricDef, registry: Registry, collect: (() => number | Promise<number>) | undefined) {
   const base = { name: def.name, help: def.help, labelNames: [...def.labels], registers: [registry] };
   switch (def.kind) {
     case "counter": {
