@@ -193,15 +193,17 @@ describe.each(["exact", "paper"] as const)("local cluster, %s profile (tiny-v3, 
   });
 
   it("16 concurrent streams each come back equal to their single-process greedy answer", async () => {
-    const prompts = Array.from({ length: 16 }, (_, i) => prompt(i + 1));
+    // 8 distinct prompts, each sent twice: the batch mixes different and identical sequences.
+    const distinct = Array.from({ length: 8 }, (_, i) => prompt(i + 1));
+    const streams = Array.from({ length: 16 }, (_, i) => i % distinct.length);
     // The cluster answers all 16 at once (decode batches them); the single-process answers are
     // computed one prompt per process, two at a time.
     const [answers, singles] = await Promise.all([
-      Promise.all(prompts.map((p) => completeStreamed(client, cluster.model, p, MAX_TOKENS))),
-      mapLimit(prompts, 2, (p) => moelaGenerate({ promptIds: p, maxTokens: MAX_TOKENS, precision, expertHosts: EXPERT_HOSTS })),
+      Promise.all(streams.map((k) => completeStreamed(client, cluster.model, distinct[k]!, MAX_TOKENS))),
+      mapLimit(distinct, 2, (p) => moelaGenerate({ promptIds: p, maxTokens: MAX_TOKENS, precision, expertHosts: EXPERT_HOSTS })),
     ]);
-    answers.forEach((a, i) => expectSameGreedy(a, singles[i]!, `stream ${i}`));
-    expect(new Set(singles.map((s) => s.tokenIds.join(","))).size, "the 16 prompts give different answers").toBeGreaterThan(8);
+    answers.forEach((a, i) => expectSameGreedy(a, singles[streams[i]!]!, `stream ${i} (prompt ${streams[i]})`));
+    expect(new Set(singles.map((s) => s.tokenIds.join(","))).size, "the 8 prompts give different answers").toBeGreaterThan(4);
   }, 240_000);
 
   it.runIf(precision === "exact")("a client that disconnects mid-stream frees its KV blocks", async () => {
