@@ -13,10 +13,16 @@
  *   step overwrites it.
  * Every emitted token carries the main model's logits row it was sampled from, so logprobs are the same
  * with and without speculation.
+ *
+ * Prefix caching (EngineOptions.prefixCache, kv-cache/prefix-cache.ts): prefill starts each sequence at its
+ * first position not found in the cache; the cached blocks head its block table, shared read-only with
+ * other sequences. Cached rows are the rows a fresh prefill writes, so a hit changes no token or logprob.
  */
 import { InvalidArgumentError } from "@moela/core";
 import type { DeepseekModel, ForwardResult } from "./model.js";
 import { PagedLatentCache } from "./kv-cache/paged-latent.js";
+import { PrefixCache } from "./kv-cache/prefix-cache.js";
+import type { KvSink } from "./ports.js";
 import { argmax, Sampler, sampleFromProbs, topLogprobs, validateSamplingParams, type SamplingParams } from "./sampler.js";
 import { verifyDraft } from "./speculative.js";
 import { Rng } from "./rng.js";
@@ -50,6 +56,11 @@ export interface EngineOptions {
   readonly prefillChunk?: number;
   /** Draft with the MTP head when the model has one (default true). */
   readonly speculative?: boolean;
+  /**
+   * Reuse the latent KV of prompt prefixes across sequences (off by default). `capacityBlocks` bounds the
+   * blocks the cache keeps (default: all of them; unreferenced ones are evicted when allocation needs room).
+   */
+  readonly prefixCache?: boolean | { readonly capacityBlocks?: number };
 }
 
 /**
@@ -87,6 +98,10 @@ export class Sequence {
   finishReason: FinishReason | null = null;
   drafted = 0;
   accepted = 0;
+  /** Prompt positions [0, cachedTokens) came from the prefix cache (set by Engine.acquirePrefix or prefill). */
+  cachedTokens = 0;
+  /** The prefix cache was consulted for this sequence (once, before its prefill). */
+  prefixLooked = false;
   /** Logits at the last prompt position (kept only when asked for). */
   promptLogits: Float32Array | null = null;
   /** MTP logits at the last prompt position fed the first generated token (kept only when asked for). */
@@ -152,6 +167,8 @@ export class Engine {
   readonly cache: PagedLatentCache;
   readonly prefillChunk: number;
   readonly speculative: boolean;
+  /** Shared prompt prefixes (null when EngineOptions.prefixCache is off). */
+  readonly prefixCache: PrefixCache | null;
   /** Totals over all sequences. */
   drafted = 0;
   accepted = 0;
@@ -171,6 +188,43 @@ export class Engine {
     this.speculative = (opts.speculative ?? true) && model.hasMtp;
     this.probsTarget = [new Float32Array(c.vocabSize), new Float32Array(c.vocabSize)];
     this.probsDraft = new Float32Array(c.vocabSize);
+    if (opts.prefixCache) {
+      const cap = typeof opts.prefixCache === "object" ? opts.prefixCache.capacityBlocks : undefined;
+      const pc = new PrefixCache(this.cache, cap === undefined ? {} : { capacityBlocks: cap });
+      // Evict only when that makes the allocation succeed: a refused request should not cost cached prefixes.
+      this.cache.reclaimer = (need) => {
+        if (pc.evictableBlocks >= need) pc.evict(need);
+      };
+      this.prefixCache = pc;
+    } else {
+      this.prefixCache = null;
+    }
+  }
+
+  /**
+   * Whether cached blocks hold valid MTP rows: they do when every prefill of this engine computes the MTP
+   * block's rows (speculation on). A non-speculative engine caches main-layer rows only, and bypasses the
+   * cache for a prefill that wants the MTP rows (keepLogits).
+   */
+  private prefixUsable(keepLogits: boolean): boolean {
+    return this.prefixCache !== null && (this.speculative || !(keepLogits && this.model.hasMtp));
+  }
+
+  /**
+   * Take the longest cached prefix of a new sequence's prompt (whole blocks, leaving at least the last
+   * prompt position to compute): its blocks head the block table, referenced until release(). Returns the
+   * cached token count (0 without a prefix cache). Prefill calls it for sequences that did not; call it
+   * earlier to know the count before prefill (a KV transfer announces it).
+   */
+  acquirePrefix(seq: Sequence, opts: { keepLogits?: boolean } = {}): number {
+    if (seq.prefixLooked) return seq.cachedTokens;
+    if (seq.mainLen !== 0 || seq.blockTable.length !== 0) throw new Error(`sequence ${seq.id} already holds KV`);
+    seq.prefixLooked = true;
+    if (!this.prefixUsable(opts.keepLogits === true)) return 0;
+    const blocks = this.prefixCache!.acquire(seq.prompt);
+    seq.blockTable.push(...blocks);
+    seq.cachedTokens = blocks.length * this.cache.blockSize;
+    return seq.cachedTokens;
   }
 
   /** Validate a request and make its sequence (no cache is taken until prefill). */
@@ -227,37 +281,55 @@ export class Engine {
     return seq;
   }
 
-  /** Return a sequence's KV blocks to the pool (finish, cancel, failure). Idempotent. */
+  /** Return a sequence's KV blocks to the pool (finish, cancel, failure); shared blocks lose a reference. Idempotent. */
   release(seq: Sequence): void {
-    if (seq.blockTable.length > 0) this.cache.free(seq.blockTable.splice(0));
+    if (seq.blockTable.length === 0) return;
+    const table = seq.blockTable.splice(0);
+    if (this.prefixCache !== null) this.prefixCache.release(table);
+    else this.cache.free(table);
   }
 
   /**
    * Chunked prefill of new sequences (decompressed attention); samples each one's first token and, with
    * speculation, runs the MTP head over the prompt to draft the second. `keepLogits` keeps the last prompt
    * position's logits and MTP logits on the sequence.
+   *
+   * With a prefix cache each sequence starts at its first uncached position (cachedTokens); its cached rows
+   * still reach `kvSink`, each layer's just before that layer's first computed rows, so the sink sees every
+   * position of every layer in order. The sink's `seq` is the sequence's index in `seqs`. After the MTP
+   * pass (whose rows the cache keys cover) the new full blocks are inserted into the cache.
    */
-  async prefill(seqs: readonly Sequence[], opts: { keepLogits?: boolean; kvSink?: import("./ports.js").KvSink } = {}): Promise<StepResult[]> {
+  async prefill(seqs: readonly Sequence[], opts: { keepLogits?: boolean; kvSink?: KvSink } = {}): Promise<StepResult[]> {
     const m = this.model;
     const hd = m.config.hiddenSize;
+    const keepLogits = opts.keepLogits === true;
     for (const s of seqs) {
       if (s.mainLen !== 0) throw new Error(`sequence ${s.id} is already prefilled`);
+      this.acquirePrefix(s, { keepLogits });
+      if (s.cachedTokens > 0 && !this.prefixUsable(keepLogits)) {
+        throw new Error(`sequence ${s.id} took cached blocks without MTP rows, and this prefill wants them (keepLogits)`);
+      }
       this.cache.ensureCapacity(s.blockTable, s.prompt.length + 1);
     }
-    const hiddenRows = seqs.map((s) => new Float32Array(s.prompt.length * hd)); // per seq [L, hidden]
+    const first = seqs.map((s) => s.cachedTokens); // per seq: first position computed
+    const hiddenRows = seqs.map((s, i) => new Float32Array((s.prompt.length - first[i]!) * hd)); // per seq [L - first, hidden]
     const lastLogits = new Map<Sequence, Float32Array>();
-    for (let done = 0; ; done += this.prefillChunk) {
-      const active = seqs.filter((s) => done < s.prompt.length);
+    const sink = opts.kvSink ? new CachedRowsSink(this.cache, opts.kvSink, seqs.map((s) => s.blockTable), first, this.prefillChunk) : null;
+    for (let round = 0; ; round++) {
+      // Per sequence, the chunk [at, end) of this round: cursors advance by prefillChunk from `first`.
+      const active = seqs.flatMap((s, i) => (first[i]! + round * this.prefillChunk < s.prompt.length ? [i] : []));
       if (active.length === 0) break;
-      const batch = active.map((s) => {
-        const end = Math.min(s.prompt.length, done + this.prefillChunk);
-        return { blockTable: s.blockTable, start: done, tokens: s.prompt.slice(done, end), logits: end === s.prompt.length ? ("last" as const) : ("none" as const) };
+      const batch = active.map((i) => {
+        const s = seqs[i]!;
+        const at = first[i]! + round * this.prefillChunk;
+        const end = Math.min(s.prompt.length, at + this.prefillChunk);
+        return { blockTable: s.blockTable, start: at, tokens: s.prompt.slice(at, end), logits: end === s.prompt.length ? ("last" as const) : ("none" as const) };
       });
-      const r = await m.forward(this.cache, batch, { attention: "decompressed", ...(opts.kvSink ? { kvSink: opts.kvSink } : {}) });
-      active.forEach((s, i) => {
-        const b = batch[i]!;
-        hiddenRows[seqs.indexOf(s)]!.set(r.hidden.subarray(r.tokenRow[i]! * hd, (r.tokenRow[i]! + b.tokens.length) * hd), done * hd);
-        if (r.logitRow[i]! >= 0) lastLogits.set(s, this.logitsRow(r, r.logitRow[i]!).slice());
+      const r = await m.forward(this.cache, batch, { attention: "decompressed", ...(sink ? { kvSink: sink.forBatch(active) } : {}) });
+      active.forEach((i, k) => {
+        const b = batch[k]!;
+        hiddenRows[i]!.set(r.hidden.subarray(r.tokenRow[k]! * hd, (r.tokenRow[k]! + b.tokens.length) * hd), (b.start - first[i]!) * hd);
+        if (r.logitRow[k]! >= 0) lastLogits.set(seqs[i]!, this.logitsRow(r, r.logitRow[k]!).slice());
       });
     }
     const results: StepResult[] = [];
@@ -265,40 +337,48 @@ export class Engine {
       const s = seqs[i]!;
       const L = s.prompt.length;
       const logits = lastLogits.get(s)!;
-      const first = s.sampler.sample(logits);
+      const tok = s.sampler.sample(logits);
       s.mainLen = L;
-      s.pending = first;
-      s.lastHidden.set(hiddenRows[i]!.subarray((L - 1) * hd, L * hd));
-      if (opts.keepLogits) s.promptLogits = logits;
-      results.push({ seq: s, tokens: s.emit([this.token(s, logits, first)]) });
+      s.pending = tok;
+      s.lastHidden.set(hiddenRows[i]!.subarray((L - 1 - first[i]!) * hd, (L - first[i]!) * hd));
+      if (keepLogits) s.promptLogits = logits;
+      results.push({ seq: s, tokens: s.emit([this.token(s, logits, tok)]) });
     }
     // MTP over the prompt: position p is fed token p + 1 (the first generated token at p = L - 1).
-    const wantMtp = this.speculative || (opts.keepLogits === true && m.hasMtp);
+    const wantMtp = this.speculative || (keepLogits && m.hasMtp);
     if (wantMtp) {
-      for (let done = 0; ; done += this.prefillChunk) {
-        const active = seqs.filter((s) => done < s.prompt.length);
+      for (let round = 0; ; round++) {
+        const active = seqs.flatMap((s, i) => (first[i]! + round * this.prefillChunk < s.prompt.length ? [i] : []));
         if (active.length === 0) break;
-        const batch = active.map((s) => {
+        const batch = active.map((i) => {
+          const s = seqs[i]!;
           const L = s.prompt.length;
-          const end = Math.min(L, done + this.prefillChunk);
-          const next = [...s.prompt.slice(done + 1, Math.min(end + 1, L)), ...(end === L ? [s.pending] : [])];
+          const at = first[i]! + round * this.prefillChunk;
+          const end = Math.min(L, at + this.prefillChunk);
+          const next = [...s.prompt.slice(at + 1, Math.min(end + 1, L)), ...(end === L ? [s.pending] : [])];
           return {
             blockTable: s.blockTable,
-            start: done,
+            start: at,
             tokens: next,
             logits: end === L ? ("last" as const) : ("none" as const),
-            hidden: hiddenRows[seqs.indexOf(s)]!,
-            hiddenOff: done * hd,
+            hidden: hiddenRows[i]!,
+            hiddenOff: (at - first[i]!) * hd,
           };
         });
-        const r = await m.forwardMtp(this.cache, batch, { attention: "decompressed", ...(opts.kvSink ? { kvSink: opts.kvSink } : {}) });
-        active.forEach((s, i) => {
-          if (r.logitRow[i]! < 0) return;
-          const row = this.logitsRow(r, r.logitRow[i]!);
-          if (opts.keepLogits) s.promptMtpLogits = row.slice();
+        const r = await m.forwardMtp(this.cache, batch, { attention: "decompressed", ...(sink ? { kvSink: sink.forBatch(active) } : {}) });
+        active.forEach((i, k) => {
+          if (r.logitRow[k]! < 0) return;
+          const s = seqs[i]!;
+          const row = this.logitsRow(r, r.logitRow[k]!);
+          if (keepLogits) s.promptMtpLogits = row.slice();
           if (this.speculative && !s.finished) this.setDraft(s, row);
         });
       }
+    }
+    // Every cache layer of the prompt's full blocks is final now (the MTP rows of a non-speculative engine
+    // are not claimed: see prefixUsable).
+    if (this.prefixCache !== null) {
+      for (const s of seqs) this.prefixCache.insert([...s.prompt, s.pending], s.blockTable, s.cachedTokens / this.cache.blockSize);
     }
     return results;
   }
@@ -406,6 +486,54 @@ export class Engine {
   private token(s: Sequence, logits: Float32Array, id: number): EmittedToken {
     const n = s.params.topLogprobs ?? 0;
     return { id, logprob: tokenLogprob(logits, id), top: n > 0 ? topLogprobs(logits, n) : null };
+  }
+}
+
+/**
+ * The KvSink of one prefill: maps each forward call's batch index to the sequence's index in the prefill,
+ * and sends a sequence's cached rows of a layer (positions [0, first)) just before that layer's first
+ * computed rows, in chunks of `chunk` positions, so the sink sees every position of every layer in order.
+ */
+class CachedRowsSink {
+  /** "seq:layer" whose cached rows went out. */
+  private readonly sent = new Set<string>();
+  /** [chunk, latentDim] rows read back from the cache. */
+  private buf: Float32Array = new Float32Array(0);
+
+  constructor(
+    private readonly cache: PagedLatentCache,
+    private readonly sink: KvSink,
+    /** Per sequence: its block table, whose first blocks are the cached ones. */
+    private readonly tables: readonly (readonly number[])[],
+    /** Per sequence: cached positions [0, first). */
+    private readonly first: readonly number[],
+    private readonly chunk: number,
+  ) {}
+
+  /** The sink for one forward call whose batch holds the prefill's sequences `active`, in order. */
+  forBatch(active: readonly number[]): KvSink {
+    return {
+      onLayer: async (layer, k, start, n, rows) => {
+        const i = active[k]!;
+        await this.sendCached(layer, i);
+        await this.sink.onLayer(layer, i, start, n, rows);
+      },
+    };
+  }
+
+  private async sendCached(layer: number, i: number): Promise<void> {
+    const cached = this.first[i]!;
+    const key = `${i}:${layer}`;
+    if (cached === 0 || this.sent.has(key)) return;
+    this.sent.add(key);
+    const d = this.cache.latentDim;
+    if (this.buf.length < this.chunk * d) this.buf = new Float32Array(this.chunk * d);
+    const table = this.tables[i]!;
+    for (let p = 0; p < cached; p += this.chunk) {
+      const n = Math.min(this.chunk, cached - p);
+      this.cache.read(layer, table, p, n, this.buf);
+      await this.sink.onLayer(layer, i, p, n, this.buf.subarray(0, n * d));
+    }
   }
 }
 

@@ -15,5 +15,6 @@ export * from "./layers/rmsnorm.js";
 export * from "./layers/mlp.js";
 export * from "./layers/moe.js";
 export * from "./kv-cache/paged-latent.js";
+export * from "./kv-cache/prefix-cache.js";
 export * from "./model.js";
 export * from "./generation.js";

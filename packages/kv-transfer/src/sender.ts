@@ -228,29 +228,15 @@ export function transferBytes(meta: Pick<KvTransferMeta, "numLayers" | "numToken
 
 /**
  * One KvSink for a batched `engine.prefill(seqs)`: routes each sequence's rows to its own sink
- * (null: not transferred).
- *
- * The engine calls onLayer with the sequence's index in the FORWARD batch, and prefill's batch for
- * the chunk starting at token `start` holds, in order, the sequences whose prompt is longer than
- * `start` (shorter ones are done). Every sequence in that batch starts at `start`, so the batch
- * index maps back to the sequence through `start` alone (the main and the MTP pass alike).
+ * (null: not transferred). The engine's prefill calls onLayer with the sequence's index in `seqs`
+ * (whatever the forward batches look like: with a prefix cache, sequences start at different positions).
  */
 export function batchKvSink(seqs: readonly { readonly prompt: readonly number[] }[], sinks: readonly (KvSink | null)[]): KvSink {
   if (seqs.length !== sinks.length) throw new InvalidArgumentError(`batchKvSink: ${seqs.length} sequences but ${sinks.length} sinks`);
-  const activeAt = new Map<number, number[]>();
   return {
     onLayer(layer, i, start, n, rows) {
-      let active = activeAt.get(start);
-      if (active === undefined) {
-        active = [];
-        seqs.forEach((s, k) => {
-          if (s.prompt.length > start) active!.push(k);
-        });
-        activeAt.set(start, active);
-      }
-      const k = active[i];
-      if (k === undefined) throw new RangeError(`batchKvSink: batch index ${i} at token ${start} matches no sequence`);
-      return sinks[k]?.onLayer(layer, 0, start, n, rows);
+      if (!(i >= 0 && i < sinks.length)) throw new RangeError(`batchKvSink: sequence index ${i} of a batch of ${sinks.length}`);
+      return sinks[i]?.onLayer(layer, 0, start, n, rows);
     },
   };
 }

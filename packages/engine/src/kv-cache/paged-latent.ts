@@ -36,6 +36,11 @@ export class PagedLatentCache {
   private readonly freeList: Int32Array;
   private freeCount: number;
   private readonly owned: Uint8Array;
+  /**
+   * Asked to free `need` more blocks when allocate() finds too few free (a prefix cache evicts unreferenced
+   * blocks); it may free fewer, and allocate() then refuses as usual.
+   */
+  reclaimer: ((need: number) => void) | null = null;
 
   constructor(o: PagedLatentCacheOptions) {
     if (!(o.numBlocks > 0 && o.blockSize > 0 && o.latentDim > 0 && o.numLayers > 0)) {
@@ -68,6 +73,7 @@ export class PagedLatentCache {
 
   /** Take `n` free blocks, or null (nothing taken) when fewer are free. */
   allocate(n: number): number[] | null {
+    if (n > this.freeCount && this.reclaimer !== null) this.reclaimer(n - this.freeCount);
     if (n > this.freeCount) return null;
     const out: number[] = [];
     for (let i = 0; i < n; i++) {
