@@ -1,8 +1,11 @@
 /**
- * @moela/scheduler: the prefill queue's names, job schema and options (queues.ts), the decode-choice
- * policy (policy.ts) over polled Decode.Status reports (decode-pool.ts), and admission basics.
+ * @moela/scheduler: the prefill queue's names, job schema and options (queues.ts), the instance
+ * registry in Redis (registry.ts), scheduling policies as filters, scorers and pickers (policy/), the
+ * decode pool that applies them (decode-pool.ts), kept decisions (decisions.ts), and admission.
  */
 export * from "./queues.js";
-export * from "./policy.js";
+export * from "./policy/index.js";
+export * from "./registry.js";
+export * from "./decisions.js";
 export * from "./decode-pool.js";
 export * from "./admission.js";

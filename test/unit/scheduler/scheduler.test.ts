@@ -1,20 +1,18 @@
 /**
- * The scheduler's pure parts: the prefill job schema, failure encoding, Redis URLs, the decode-choice
- * policy, the decode pool's bookkeeping between polls, and admission.
+ * The scheduler's pure parts: the prefill job schema, failure encoding, Redis URLs, the decode pool's
+ * membership and bookkeeping between polls, and admission. The policy plugins: policy.test.ts.
  */
 import { describe, expect, it } from "vitest";
 import { Code, InvalidArgumentError, MoelaError, ResourceExhaustedError, UnavailableError } from "@moela/core";
 import {
   AdmissionController,
-  blocksNeeded,
-  chooseDecode,
   DecodePool,
   jobFailureMessage,
   parseJobFailure,
   parsePrefillJob,
   PREFILL_JOB_VERSION,
   redisConnection,
-  type DecodeCandidate,
+  type Decision,
   type DecodeLoad,
   type PrefillJob,
 } from "@moela/scheduler";
@@ -89,59 +87,7 @@ const load = (over: Partial<DecodeLoad> = {}): DecodeLoad => ({
   accepting: true,
   ...over,
 });
-const cand = (address: string, l: DecodeLoad | undefined, over: Partial<DecodeCandidate> = {}): DecodeCandidate => ({
-  address,
-  load: l,
-  healthy: l !== undefined,
-  reservedBlocks: 0,
-  reservedSequences: 0,
-  ...over,
-});
 const need = { promptTokens: 20, maxTokens: 11 }; // 20 + 11 + 1 speculative row = 32 positions = 2 blocks of 16
-
-describe("decode choice", () => {
-  it("counts prompt + max_tokens + one speculative row in blocks", () => {
-    expect(blocksNeeded(need, 16)).toBe(2);
-    expect(blocksNeeded({ promptTokens: 20, maxTokens: 12 }, 16)).toBe(3);
-  });
-
-  it.each([
-    { name: "most free blocks wins", cands: [cand("a", load({ freeKvBlocks: 10 })), cand("b", load({ freeKvBlocks: 50 }))], want: "b" },
-    { name: "equal free blocks: least running wins", cands: [cand("a", load({ runningSequences: 3 })), cand("b", load({ runningSequences: 1 }))], want: "b" },
-    { name: "waiting and pending count as load", cands: [cand("a", load({ waitingSequences: 2 })), cand("b", load({ pendingTransfers: 1 }))], want: "b" },
-    { name: "full ties go to the configured order", cands: [cand("a", load()), cand("b", load())], want: "a" },
-    { name: "unhealthy instances are skipped", cands: [cand("a", load({ freeKvBlocks: 99 }), { healthy: false, error: "down" }), cand("b", load({ freeKvBlocks: 5 }))], want: "b" },
-    { name: "draining instances are skipped", cands: [cand("a", load({ accepting: false })), cand("b", load({ freeKvBlocks: 3 }))], want: "b" },
-    { name: "reservations since the last report count against free blocks", cands: [cand("a", load(), { reservedBlocks: 60, reservedSequences: 20 }), cand("b", load({ freeKvBlocks: 50 }))], want: "b" },
-    { name: "an instance with room now beats one without, whatever else", cands: [cand("a", load({ freeKvBlocks: 1, totalKvBlocks: 1000 })), cand("b", load({ freeKvBlocks: 2, runningSequences: 50 }))], want: "b" },
-  ])("$name", ({ cands, want }) => {
-    const choice = chooseDecode(cands, need);
-    expect(choice.address).toBe(want);
-    expect(choice.candidates).toHaveLength(cands.length);
-  });
-
-  it("explains rejected candidates", () => {
-    const choice = chooseDecode([cand("a", undefined, { healthy: false, error: "connection refused" }), cand("b", load())], need);
-    expect(choice.candidates[0]).toEqual({ address: "a", rejected: "healthy: unhealthy (connection refused)" });
-    expect(choice.candidates[1]).toMatchObject({ address: "b", freeBlocks: 100, load: 0, roomNow: true });
-  });
-
-  it("no healthy instance: UNAVAILABLE naming each one", () => {
-    const run = () => chooseDecode([cand("a", undefined, { healthy: false, error: "refused" }), cand("b", load({ accepting: false }))], need);
-    expect(run).toThrow(UnavailableError);
-    expect(run).toThrow(/a: healthy: unhealthy \(refused\); b: accepting: draining/);
-  });
-
-  it("a request bigger than every instance's whole cache: INVALID_ARGUMENT", () => {
-    const run = () => chooseDecode([cand("a", load({ totalKvBlocks: 2 }))], { promptTokens: 100, maxTokens: 100 });
-    expect(run).toThrow(InvalidArgumentError);
-    expect(run).toThrow(/does not fit any decode instance's KV cache/);
-  });
-
-  it("no instance configured: UNAVAILABLE", () => {
-    expect(() => chooseDecode([], need)).toThrow(/no decode instance is configured/);
-  });
-});
 
 describe("DecodePool", () => {
   it("spreads a burst between polls, then forgets reservations the next report covers", async () => {
@@ -188,6 +134,40 @@ describe("DecodePool", () => {
     await pool.pollOnce();
     expect(pool.candidates(Date.now())[0]!.healthy).toBe(true);
     expect(pool.candidates(Date.now() + 5_000)[0]!.healthy).toBe(false);
+    await pool.close();
+  });
+
+  it("takes members from the registry next to the static seeds, and drops them when they leave it", async () => {
+    let found = [{ id: "decode-x", address: "x:1", precision: "exact" }];
+    const pool = new DecodePool({ addresses: ["a:1"], discover: () => found, fetchStatus: async () => load() });
+    await pool.pollOnce();
+    expect(pool.candidates().map((c) => [c.id, c.address, c.source, c.precision])).toEqual([
+      ["a:1", "a:1", "static", undefined],
+      ["decode-x", "x:1", "registry", "exact"],
+    ]);
+    found = [];
+    await pool.pollOnce();
+    // The static seed stays whatever the registry says.
+    expect(pool.candidates().map((c) => c.address)).toEqual(["a:1"]);
+    await pool.close();
+  });
+
+  it("reports every decision, the failed ones with the error the request gets", async () => {
+    const decisions: Decision[] = [];
+    const pool = new DecodePool({
+      addresses: ["a", "b"],
+      fetchStatus: async (address) => (address === "a" ? load({ freeKvBlocks: 10 }) : load({ freeKvBlocks: 40 })),
+      onDecision: (d) => decisions.push(d),
+      precision: "exact",
+    });
+    await pool.pollOnce();
+    const choice = pool.choose({ requestId: "req-1", ...need });
+    expect(choice).toMatchObject({ address: "b", id: "b", blocks: 2 });
+    expect(decisions[0]).toMatchObject({ requestId: "req-1", role: "decode", chosen: { id: "b", address: "b" } });
+    expect(decisions[0]!.candidates.map((c) => c.scores?.["free-kv"])).toEqual([0.25, 1]);
+    expect(() => pool.choose({ requestId: "req-2", promptTokens: 5000, maxTokens: 10 })).toThrow(InvalidArgumentError);
+    expect(decisions[1]).toMatchObject({ requestId: "req-2", error: expect.stringMatching(/fits no decode instance/) });
+    expect(decisions[1]!.chosen).toBeUndefined();
     await pool.close();
   });
 });

@@ -1,0 +1,5 @@
+export * from "./types.js";
+export * from "./config.js";
+export * from "./params.js";
+export * from "./registry.js";
+export * from "./policy.js";
