@@ -6,4 +6,5 @@ export * from "./host.js";
 export * from "./dispatcher.js";
 export * from "./transports/in-process.js";
 export * from "./transports/grpc.js";
+export * from "./transports/replicas.js";
 export * from "./transports/wire.js";
