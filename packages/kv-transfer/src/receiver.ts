@@ -5,10 +5,16 @@
  * rows straight into KV blocks it reserved at KvBegin, and admits the sequence with engine.restore
  * only after KvEnd proved the transfer complete and intact. `receive` and `close` never throw: every
  * problem becomes the Failed state with a reason, after the reserved blocks are freed.
+ *
+ * Blocks are accounted in the inbox's KvLedger (ledger.ts): KvBegin's reservation is a "transfer" hold of
+ * the request, touched by every frame; admission hands the same hold to the sequence (`onAdmit` gets it and
+ * owns it from then on); every failure releases it with its reason. A sender that goes silent for
+ * `idleTimeoutMs` without closing the stream (a hung prefill) is failed as "lost".
  */
 import { Code, MoelaError } from "@moela/core";
 import { isGreedy, type Engine, type Sequence, type SequenceSnapshot } from "@moela/engine";
 import { decodeRows, KV_DTYPE_BYTES } from "./codec/rows.js";
+import { KvLedger, type KvHold, type KvReleaseReason } from "./ledger.js";
 import { hex, RunningChecksum, sameDigest, sha256, SHA256_BYTES } from "./codec/checksum.js";
 import {
   isTerminal,
@@ -42,10 +48,11 @@ export interface KvInboxOptions {
    */
   readonly onBegin?: (meta: KvTransferMeta) => void;
   /**
-   * The transfer is complete and its sequence restored (it owns the blocks now). Throw a MoelaError
-   * to refuse it after all: the sequence's blocks are then released and the transfer fails.
+   * The transfer is complete and its sequence restored. The sequence's blocks are `hold` in the ledger
+   * (kind "sequence" now): the callee owns it and must release it when the request ends. Throw a MoelaError
+   * to refuse the sequence after all: the hold is then released ("rejected") and the transfer fails.
    */
-  readonly onAdmit: (seq: Sequence, meta: KvTransferMeta, stats: KvReceiveStats) => void;
+  readonly onAdmit: (seq: Sequence, meta: KvTransferMeta, stats: KvReceiveStats, hold: KvHold) => void;
   /** A transfer failed; its blocks (`freedBlocks` of them) are already back in the pool. meta is null
    * when no KvBegin was accepted. */
   readonly onFail?: (failure: KvFailure, meta: KvTransferMeta | null, freedBlocks: number) => void;
@@ -53,10 +60,15 @@ export interface KvInboxOptions {
   readonly onChunk?: (bytes: number) => void;
   /** Transfer ids remembered for duplicate detection (default 65,536; the oldest are forgotten). */
   readonly rememberTransferIds?: number;
+  /** Where the blocks are accounted (default: a ledger of this inbox's own). */
+  readonly ledger?: KvLedger;
+  /** A transfer with no frame for this long is failed as lost (default 30 s; 0 = never). */
+  readonly idleTimeoutMs?: number;
 }
 
 export class KvInbox {
   readonly engine: Engine;
+  readonly ledger: KvLedger;
   private readonly options: KvInboxOptions;
   /** Transfer ids seen, oldest first (a Map keeps insertion order). */
   private readonly seen = new Map<string, true>();
@@ -64,6 +76,7 @@ export class KvInbox {
 
   constructor(options: KvInboxOptions) {
     this.engine = options.engine;
+    this.ledger = options.ledger ?? new KvLedger();
     this.options = options;
   }
 
@@ -91,7 +104,7 @@ export class KvInbox {
 
   /** Fail every transfer in progress (shutdown). */
   abortAll(failure: KvFailure): void {
-    for (const r of [...this.live]) r.abort(failure);
+    for (const r of [...this.live]) r.abort(failure, "shutdown");
   }
 
   /** @internal Record a transfer id; false when it was seen before. */
@@ -121,6 +134,9 @@ export class KvReceiver {
   private meta_: KvTransferMeta | null = null;
   /** Blocks reserved at KvBegin, owned by this receiver until admission hands them to the sequence. */
   private table: number[] | null = null;
+  /** The ledger's record of `table` (null before KvBegin reserved anything, and after admission or failure). */
+  private hold: KvHold | null = null;
+  private idleTimer: NodeJS.Timeout | undefined;
   /** [numLayers] next token position each layer expects. */
   private nextToken = new Int32Array(0);
   private readonly checksum = new RunningChecksum();
@@ -193,10 +209,10 @@ export class KvReceiver {
     return this.state;
   }
 
-  /** Fail the transfer (default CANCELLED) and free its blocks. No-op once terminal. */
-  abort(failure: Partial<KvFailure> = {}): void {
+  /** Fail the transfer (default CANCELLED) and free its blocks, for `why` (default: by its code). No-op once terminal. */
+  abort(failure: Partial<KvFailure> = {}, why?: KvReleaseReason): void {
     if (isTerminal(this.state)) return;
-    this.fail(failure.code ?? Code.CANCELLED, failure.reason ?? "the transfer was aborted");
+    this.fail(failure.code ?? Code.CANCELLED, failure.reason ?? "the transfer was aborted", why);
   }
 
   private get what(): string {
@@ -233,7 +249,18 @@ export class KvReceiver {
     this.options.onBegin?.(meta);
     // Everything the sequence will ever need (prompt + max_tokens + one speculative row), so a step
     // never runs out of cache mid-generation. Throws RESOURCE_EXHAUSTED having taken nothing.
-    this.table = engine.reserveBlocks(f.numTokens + f.params.maxTokens);
+    const table = engine.reserveBlocks(f.numTokens + f.params.maxTokens);
+    this.table = table;
+    this.hold = this.inbox.ledger.hold(
+      f.requestId,
+      "transfer",
+      () => {
+        engine.cache.free(table);
+        return table.length;
+      },
+      () => table.length,
+    );
+    this.armIdle();
     this.nextToken = new Int32Array(f.numLayers);
     this.startedAt = performance.now();
     if (f.deadlineUnixMs > 0) {
@@ -281,6 +308,8 @@ export class KvReceiver {
     this.checksum.add(digest);
     this.nextToken[f.layer] = f.tokenStart + f.tokenCount;
     this.bytes += f.data.length;
+    this.hold?.touch();
+    this.armIdle();
     this.state = KvPoll.Transferring;
     this.options.onChunk?.(f.data.length);
   }
@@ -335,26 +364,51 @@ export class KvReceiver {
     const seq = engine.restore(snap, table);
     // The sequence owns the blocks from here: failing now must release the sequence, not the table.
     this.table = null;
+    const hold = this.hold!;
+    this.hold = null;
+    hold.adopt(
+      "sequence",
+      () => {
+        const n = seq.blockTable.length;
+        engine.release(seq);
+        return n;
+      },
+      () => seq.blockTable.length,
+    );
     const ack: KvAck = { transferId: meta.transferId, kvBlocks: seq.blockTable.length, bytesReceived: this.bytes };
     try {
-      this.options.onAdmit(seq, meta, { bytesReceived: this.bytes, chunks: this.checksum.count, seconds: (performance.now() - this.startedAt) / 1000, kvBlocks: ack.kvBlocks });
+      this.options.onAdmit(seq, meta, { bytesReceived: this.bytes, chunks: this.checksum.count, seconds: (performance.now() - this.startedAt) / 1000, kvBlocks: ack.kvBlocks }, hold);
     } catch (err) {
-      engine.release(seq);
+      hold.release("rejected");
       throw err;
     }
     clearTimeout(this.timer);
+    clearTimeout(this.idleTimer);
     this.acked = ack;
     this.state = KvPoll.Success;
     this.resolveDone({ ok: true, ack });
   }
 
-  private fail(code: Code, reason: string): void {
+  /** (Re)start the idle timer: no frame within idleTimeoutMs fails the transfer as lost. */
+  private armIdle(): void {
+    const ms = this.options.idleTimeoutMs ?? 30_000;
+    if (ms <= 0) return;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(
+      () => this.abort({ code: Code.DEADLINE_EXCEEDED, reason: `${this.what}: no frame for ${ms} ms (the sender went silent)` }, "lost"),
+      ms,
+    );
+    this.idleTimer.unref();
+  }
+
+  private fail(code: Code, reason: string, why: KvReleaseReason = releaseReasonOf(code)): void {
     if (isTerminal(this.state)) return;
     clearTimeout(this.timer);
+    clearTimeout(this.idleTimer);
     let freed = 0;
-    if (this.table !== null) {
-      freed = this.table.length;
-      this.inbox.engine.cache.free(this.table);
+    if (this.hold !== null) {
+      freed = this.hold.release(why);
+      this.hold = null;
       this.table = null;
     }
     const failure: KvFailure = { code, reason };
@@ -365,5 +419,27 @@ export class KvReceiver {
     } finally {
       this.resolveDone({ ok: false, failure });
     }
+  }
+}
+
+/**
+ * Why a transfer's blocks went back, by its failure code: the deadline, a shutdown (abortAll), a refusal
+ * (bad or unwanted transfer), or otherwise the sender's failure (the stream broke or was cancelled: a
+ * prefill that crashed or gave up; corrupt data).
+ */
+function releaseReasonOf(code: Code): KvReleaseReason {
+  switch (code) {
+    case Code.DEADLINE_EXCEEDED:
+      return "deadline";
+    case Code.UNAVAILABLE:
+      return "shutdown";
+    case Code.INVALID_ARGUMENT:
+    case Code.ALREADY_EXISTS:
+    case Code.FAILED_PRECONDITION:
+    case Code.RESOURCE_EXHAUSTED:
+    case Code.OUT_OF_RANGE:
+      return "rejected";
+    default:
+      return "sender_failed";
   }
 }

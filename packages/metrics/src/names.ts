@@ -53,8 +53,17 @@ export interface MetricDef {
 
 /** How a request or job ended (LABEL.outcome). */
 const OUTCOMES = ["ok", "error", "cancelled", "rejected", "timeout"] as const;
-/** Why decode freed a transfer's KV blocks (decodeKvReclaims, decodeKvReclaimedBlocks). */
-const RECLAIM_REASONS = ["timeout", "aborted", "sender_failed", "checksum"] as const;
+/**
+ * Why KV blocks held for a request went back to the pool (the KV ledger's release reasons, @moela/kv-transfer
+ * KV_RELEASE_REASONS): finished (normal end; prefill: rows encoded and sent), cancelled (client disconnect,
+ * router Cancel), deadline, rejected (refused: full, draining, bad transfer, duplicate), sender_failed (the
+ * transfer broke or arrived corrupt: prefill crashed or aborted), lost (nobody progressed it in time: a
+ * silent sender, a Stream that never came back), failed (a step or prefill that threw: an expert-host lost),
+ * shutdown.
+ */
+const RECLAIM_REASONS = ["finished", "cancelled", "deadline", "rejected", "sender_failed", "lost", "failed", "shutdown"] as const;
+/** Why the router retried or migrated a request (routerRetries). */
+const RETRY_REASONS = ["prefill_failed", "prefill_stalled", "decode_unavailable", "decode_failed", "kv_transfer_failed"] as const;
 
 export const METRICS = {
   // ---- every gRPC service (the rpc kit's interceptors) -------------------------------------
@@ -86,8 +95,13 @@ export const METRICS = {
   routerQueueDepth: { name: "moela_router_queue_depth", kind: "gauge", unit: "jobs", labels: [], help: "Prefill jobs waiting in the queue." },
   /** router, when a job leaves the queue for a prefill worker. */
   routerQueueWait: { name: "moela_router_queue_wait_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time a prefill job waited in the queue before a worker took it." },
-  /** router, per retry or migration; reason prefill_failed | decode_unavailable | decode_failed | kv_transfer_failed. */
-  routerRetries: { name: "moela_router_retries_total", kind: "counter", unit: "events", labels: ["reason"], values: { reason: ["prefill_failed", "decode_unavailable", "decode_failed", "kv_transfer_failed"] }, help: "Requests retried or migrated to another instance, by reason." },
+  /**
+   * router, per retry or migration of one of its requests: prefill_failed (BullMQ retries a failed attempt
+   * after its backoff), prefill_stalled (the job's worker died; BullMQ gave it to another), decode_unavailable
+   * (the Decode.Stream broke or the instance drained: migrated), decode_failed (decode ended it with a
+   * retryable error, e.g. a step that lost an expert-host: migrated), kv_transfer_failed.
+   */
+  routerRetries: { name: "moela_router_retries_total", kind: "counter", unit: "events", labels: ["reason"], values: { reason: RETRY_REASONS }, help: "Requests retried or migrated to another instance, by reason." },
 
   // ---- prefill -----------------------------------------------------------------------------
   /** prefill worker, when a job ends; outcome ok | error | cancelled. */
@@ -108,6 +122,12 @@ export const METRICS = {
   prefillKvTransferBytes: { name: "moela_prefill_kv_transfer_bytes_total", kind: "counter", unit: "bytes", labels: [], help: "Latent KV bytes sent to decode instances." },
   /** kv-transfer sender in prefill, per request: first layer sent to last layer acknowledged. */
   prefillKvTransferDuration: { name: "moela_prefill_kv_transfer_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time to transfer one request's latent KV to its decode instance." },
+  /** prefill, read at scrape time from its KV ledger: blocks held by jobs being prefilled (0 when idle). */
+  prefillKvBlocksUsed: { name: "moela_prefill_kv_blocks_used", kind: "gauge", unit: "blocks", labels: [], help: "KV blocks held by prefill jobs in progress." },
+  /** prefill KV ledger, per released hold; reason as decodeKvReclaims (finished = rows encoded and sent). */
+  prefillKvReclaims: { name: "moela_prefill_kv_reclaims_total", kind: "counter", unit: "events", labels: ["reason"], values: { reason: RECLAIM_REASONS }, help: "Prefill jobs' KV holds given back, by why they ended." },
+  /** prefill KV ledger, per released hold: the blocks it gave back. */
+  prefillKvReclaimedBlocks: { name: "moela_prefill_kv_reclaimed_blocks_total", kind: "counter", unit: "blocks", labels: ["reason"], values: { reason: RECLAIM_REASONS }, help: "KV blocks prefill jobs gave back, by why they ended." },
   /** kv-transfer sender in prefill; reason unavailable | aborted | timeout | rejected. */
   prefillKvTransferFailures: { name: "moela_prefill_kv_transfer_failures_total", kind: "counter", unit: "events", labels: ["reason"], values: { reason: ["unavailable", "aborted", "timeout", "rejected"] }, help: "KV transfers that failed, by reason." },
 
@@ -132,12 +152,15 @@ export const METRICS = {
   decodeKvReceivedBytes: { name: "moela_decode_kv_received_bytes_total", kind: "counter", unit: "bytes", labels: [], help: "Latent KV bytes received from prefill instances." },
   /** kv-transfer receiver in decode, per admitted transfer: KvBegin received to sequence admitted. */
   decodeKvTransferDuration: { name: "moela_decode_kv_transfer_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time from a KV transfer's begin to the sequence's admission." },
-  /** kv-transfer receiver, read at scrape time: blocks held for transfers that neither finished nor were reclaimed. */
-  decodeKvStrandedBlocks: { name: "moela_decode_kv_stranded_blocks", kind: "gauge", unit: "blocks", labels: [], help: "KV blocks held by incomplete transfers whose sender went silent." },
-  /** kv-transfer receiver, per reclaim; reason timeout | aborted | sender_failed | checksum. */
-  decodeKvReclaims: { name: "moela_decode_kv_reclaims_total", kind: "counter", unit: "events", labels: ["reason"], values: { reason: RECLAIM_REASONS }, help: "Reclaims of KV blocks from failed or abandoned transfers, by reason." },
-  /** kv-transfer receiver, per reclaim: the blocks it freed. */
-  decodeKvReclaimedBlocks: { name: "moela_decode_kv_reclaimed_blocks_total", kind: "counter", unit: "blocks", labels: ["reason"], values: { reason: RECLAIM_REASONS }, help: "KV blocks freed by reclaims, by reason." },
+  /**
+   * decode KV ledger, read at scrape time: blocks of requests nobody has progressed for the stranded threshold
+   * (a transfer whose sender went silent, a sequence whose Stream went away); their timeouts reclaim them.
+   */
+  decodeKvStrandedBlocks: { name: "moela_decode_kv_stranded_blocks", kind: "gauge", unit: "blocks", labels: [], help: "KV blocks held by requests that made no progress recently (silent sender, no Stream attached)." },
+  /** decode KV ledger, per released hold (transfer reservation or sequence); reason finished | cancelled | deadline | rejected | sender_failed | lost | failed | shutdown. */
+  decodeKvReclaims: { name: "moela_decode_kv_reclaims_total", kind: "counter", unit: "events", labels: ["reason"], values: { reason: RECLAIM_REASONS }, help: "Requests' KV holds given back (transfer reservations and sequences), by why they ended." },
+  /** decode KV ledger, per released hold: the blocks it gave back. */
+  decodeKvReclaimedBlocks: { name: "moela_decode_kv_reclaimed_blocks_total", kind: "counter", unit: "blocks", labels: ["reason"], values: { reason: RECLAIM_REASONS }, help: "KV blocks given back, by why their request (or transfer) ended." },
 
   // ---- MoE dispatch (the dispatcher inside prefill and decode) -----------------------------
   /** dispatcher, per token per MoE layer: distinct expert-hosts its top-k reaches. */
