@@ -142,12 +142,7 @@ describe("structured logs with the request id", () => {
     }
   });
 
-  // Known gap, left to the router's owner: services/router/src/handlers.ts (handleGeneration) logs
-  // an HTTP request under `responseId` with the ids in an array `requestIds` ("generation
-  // request"), and "generation did not complete" / "generation failed" carry no request id at all.
-  // it.fails keeps the suite green while the gap exists and turns red once it is fixed: then make
-  // this a plain `it`.
-  it.fails("router: every line about an HTTP request carries its request id", () => {
+  it("router: every line about an HTTP request carries its request id", () => {
     for (const id of [httpId, httpStreamId]) {
       expect(linesOf("router", id).length, `router lines with ${REQUEST_ID_FIELD}=${id}`).toBeGreaterThan(0);
     }

@@ -8,10 +8,15 @@
  * cluster refuses at once (no decode instance: 503; Redis down: 503) still gets a plain HTTP error. An
  * error after that is sent as one `data: {"error": {...}}` event before `data: [DONE]`, as vLLM does.
  * A client that disconnects cancels its generations (Decode.Cancel frees their KV blocks).
+ *
+ * Request ids: a client may choose its request's id with an `x-request-id` header (1-128 of
+ * A-Z a-z 0-9 . _ -); otherwise the router makes one. Every answer carries it in `x-request-id`; a request
+ * with n prompts runs generations `<id>`, `<id>.1`, ..., `<id>.<n-1>`. GET /v1/routing/<id> returns how
+ * the router placed each of them (candidates, scores, choice, reason).
  */
 import { once } from "node:events";
 import type { ServerResponse } from "node:http";
-import { CancelledError, Code, InvalidArgumentError, MoelaError, newRequestId, type Logger } from "@moela/core";
+import { CancelledError, Code, InvalidArgumentError, MoelaError, newRequestId, requestLogger, type Logger } from "@moela/core";
 import type { MetricsOf } from "@moela/metrics";
 import {
   chatChunk,
@@ -46,7 +51,7 @@ import {
   type GenerateService,
 } from "@moela/proto-gen";
 import type { AsyncServiceImplementation, CallContext } from "@moela/rpc";
-import { MAX_PRIORITY, type AdmissionController, type DecodePool } from "@moela/scheduler";
+import { MAX_PRIORITY, type AdmissionController, type DecisionLog, type DecodePool } from "@moela/scheduler";
 import type { Tokenizer } from "@moela/tokenizer";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { GenerateEvent, Pipeline } from "./pipeline.js";
@@ -58,6 +63,8 @@ export interface RouterContext {
   readonly pipeline: Pipeline;
   readonly pool: DecodePool;
   readonly admission: AdmissionController;
+  /** Routing decisions by request id (GET /v1/routing/:requestId). */
+  readonly decisions: DecisionLog;
   readonly metrics: MetricsOf<"router">;
   readonly logger: Logger;
   /** Seconds since the epoch when the router started (the model's `created`). */
@@ -177,12 +184,16 @@ async function handleGeneration(api: "completions" | "chat", ctx: RouterContext,
   let release: (() => void) | undefined;
   const ctl = requestController(req, reply, ctx.shutdown);
   const responseId = api === "completions" ? newCompletionId() : newChatCompletionId();
-  const log = ctx.logger.child({ responseId });
+  const requestId = clientRequestId(req) ?? newRequestId();
+  // Every line of this request carries its id, so one grep follows it through router, prefill and decode.
+  const log = requestLogger(ctx.logger, requestId, { responseId, api });
   try {
+    // On every answer, refusals included, so a client can look the request up.
+    reply.header("x-request-id", requestId);
     const parsed = api === "completions" ? parseCompletionRequest(req.body, ctx.validation) : parseChatRequest(req.body, ctx.validation);
     release = ctx.admission.admit(parsed.prompts.length);
-    const requestIds = parsed.prompts.map(() => newRequestId());
-    log.info({ requestIds, api, prompts: parsed.prompts.length, stream: parsed.stream }, "generation request");
+    const requestIds = parsed.prompts.map((_, i) => (i === 0 ? requestId : `${requestId}.${i}`));
+    log.info({ requestIds, prompts: parsed.prompts.length, stream: parsed.stream }, "generation request");
     const gens = parsed.prompts.map((p, i) =>
       ctx.pipeline.generate(
         {
@@ -318,10 +329,21 @@ async function streamGeneration(
   raw.end(SSE_DONE);
 }
 
+/** The client's x-request-id, when it sent one (InvalidArgumentError when it is malformed). */
+function clientRequestId(req: FastifyRequest): string | undefined {
+  const v = req.headers["x-request-id"];
+  if (v === undefined) return undefined;
+  if (typeof v !== "string" || !REQUEST_ID.test(v)) {
+    throw new InvalidArgumentError("the x-request-id header must be 1-128 letters, digits and . _ - (one header)");
+  }
+  return v;
+}
+
 function sendError(reply: FastifyReply, err: unknown): FastifyReply {
   const { status, body } = openAIError(err);
-  // Over the admission bound: the client may come back shortly.
-  if (status === 429) reply.header("retry-after", "1");
+  // Over the admission bound, or nothing to serve it with right now (no decode instance, Redis or an
+  // expert shard down, migrations exhausted): the client may come back shortly.
+  if (status === 429 || status === 503) reply.header("retry-after", "1");
   return reply.code(status).header("content-type", "application/json; charset=utf-8").send(body);
 }
 
@@ -365,6 +387,26 @@ export function buildHttpApp(ctx: RouterContext): FastifyInstance {
       },
     ],
   }));
+
+  // How the router placed a request: every decision kept for it (a retried or migrated request has several).
+  app.get<{ Params: { requestId: string } }>("/v1/routing/:requestId", async (req, reply) => {
+    const { requestId } = req.params;
+    // Up to 140: a batch's later generations are "<id>.<n>".
+    if (!/^[A-Za-z0-9._-]{1,140}$/.test(requestId)) throw new InvalidArgumentError("a request id is letters, digits and . _ -");
+    // A migrated request's later attempts run as "<id>.m1", "<id>.m2", ... (pipeline.ts): theirs belong here too.
+    const decisions = await ctx.decisions.lookup(requestId);
+    for (let n = 1; decisions.length > 0 && n <= 16; n++) {
+      const more = await ctx.decisions.lookup(`${requestId}.m${n}`);
+      if (more.length === 0) break;
+      decisions.push(...more);
+    }
+    if (decisions.length === 0) {
+      return reply.code(404).send({
+        error: { message: `no routing decision is kept for request ${requestId} (unknown, or older than the retention)`, type: "invalid_request_error", param: null, code: "not_found" },
+      });
+    }
+    return reply.send({ object: "routing", request_id: requestId, decisions });
+  });
 
   app.post("/v1/completions", (req, reply) => handleGeneration("completions", ctx, req, reply));
   app.post("/v1/chat/completions", (req, reply) => handleGeneration("chat", ctx, req, reply));
@@ -411,6 +453,7 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
       const arrivedAt = performance.now();
       let outcome: Outcome = "ok";
       let release: (() => void) | undefined;
+      let log: Logger = ctx.logger.child({ api: "grpc" });
       const signal = AbortSignal.any([call.signal, ctx.shutdown]);
       try {
         if (req.prompt === undefined) throw new InvalidArgumentError("prompt is required (text or token_ids)");
@@ -428,8 +471,9 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
         }
         release = ctx.admission.admit(1);
         const requestId = req.requestId !== "" ? req.requestId : newRequestId();
+        log = requestLogger(ctx.logger, requestId, { api: "grpc" });
         const wantLogprobs = parsed.sampling[0]!.logprobs !== null;
-        ctx.logger.info({ requestId, api: "grpc" }, "generation request");
+        log.info("generation request");
         const gen = ctx.pipeline.generate(
           {
             requestId,
@@ -456,6 +500,8 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
         }
       } catch (err) {
         outcome = outcomeOf(err);
+        if (outcome === "error") log.error({ err }, "generation failed");
+        else log.info({ outcome, err: err instanceof Error ? err.message : String(err) }, "generation did not complete");
         throw err;
       } finally {
         release?.();
