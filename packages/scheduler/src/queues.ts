@@ -93,6 +93,23 @@ export const PREFILL_JOB_OPTIONS: Readonly<DefaultJobOptions> = Object.freeze({
 });
 
 /**
+ * How prefill workers hold their jobs, so that a worker that dies (kill -9, OOM, node lost) gives its jobs
+ * back within seconds: an active job's lock lasts `lockDuration` and the worker renews it every half of
+ * that; every `stalledInterval` each worker looks for active jobs whose lock expired (their worker is
+ * gone) and puts them back in the queue, at most `maxStalledCount` times per job before failing it. So a
+ * dead worker's jobs run again elsewhere after lockDuration + stalledInterval at the latest.
+ * The lock is renewed by a timer on the worker's event loop: lockDuration must stay well above the
+ * longest time one prefill batch keeps that loop busy, or live jobs are taken for stalled and run twice
+ * (harmless, since decode takes a request's KV once and answers a duplicate with ALREADY_EXISTS, which
+ * prefill counts as done, but wasted work).
+ */
+export const PREFILL_WORKER_OPTIONS = Object.freeze({
+  lockDuration: 10_000,
+  stalledInterval: 2_500,
+  maxStalledCount: 2,
+});
+
+/**
  * BullMQ connection options for a redis:// or rediss:// URL. maxRetriesPerRequest null is what BullMQ
  * requires for Worker and QueueEvents (blocking) connections; producers get it too so a Redis blip
  * delays an enqueue rather than failing it.

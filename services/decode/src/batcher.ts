@@ -9,13 +9,20 @@
  *
  * Tokens are read from the sequence's own output (the engine appends to it), so a Stream attached
  * late, or reopened with start_index, gets everything it has not seen; nothing is buffered twice.
- * Blocks are freed on finish, on cancel, on failure, and when a sequence has had no Stream for the
- * grace period (the router went away). A sequence inside a running step is freed right after that
- * step, never while the engine is using its blocks.
+ * Blocks are freed on finish, on cancel, on failure, at the request's deadline, and when a sequence has
+ * had no Stream for the grace period (the router went away). A sequence inside a running step is freed
+ * right after that step, never while the engine is using its blocks. Every one of those goes through
+ * the sequence's KvLedger hold (`release(reason)`), the one way blocks go back.
+ *
+ * A transfer that fails with a retryable code (the sender broke or went away, corrupt data, a full cache)
+ * does not end the request: its blocks are already back, and prefill's retry (BullMQ attempts, or
+ * stalled-job recovery when the prefill worker died) arrives as a new transfer for the same request. The
+ * request stays awaiting its KV, bounded by kvWaitMs while a Stream waits and by the grace period when
+ * none does; a final prefill failure reaches the router, which cancels it.
  */
 import { CancelledError, Code, MoelaError, UnavailableError, type Logger } from "@moela/core";
 import type { EmittedToken, Engine, FinishReason, Sequence } from "@moela/engine";
-import type { KvFailure, KvTransferMeta } from "@moela/kv-transfer";
+import type { KvFailure, KvHold, KvReleaseReason, KvTransferMeta } from "@moela/kv-transfer";
 
 export interface Usage {
   readonly promptTokens: number;
@@ -58,7 +65,9 @@ class Request {
   error: MoelaError | null = null;
   finishReason: FinishReason | null = null;
   /** Set when a cancel arrives while the sequence is inside a step: applied after the step. */
-  cancelAfterStep: MoelaError | null = null;
+  cancelAfterStep: { err: MoelaError; why: KvReleaseReason } | null = null;
+  /** The ledger's record of the sequence's blocks (set on admission). */
+  hold: KvHold | null = null;
   /** The attached Stream call, if any. */
   subscriber: symbol | null = null;
   /** The last message (finish or error) reached a Stream. */
@@ -99,9 +108,24 @@ class Request {
   }
 }
 
-/** Ids of requests that ended without a Stream to tell (cancelled, abandoned, expired): a late
- * transfer or Stream for them gets this error instead of starting over. */
+/** Ids of requests that ended without a Stream to tell (cancelled, abandoned, expired) or whose end was
+ * delivered: a late transfer or Stream for them gets this error instead of starting over. */
 const TOMBSTONES = 10_000;
+
+/**
+ * Transfer failures that end the request: the transfer itself is wrong (prefill will not retry it) or its
+ * deadline passed. Any other failure (the sender broke or cancelled, corrupt data, a full cache, an
+ * unavailable peer) may be retried by prefill with a new transfer, so the request keeps waiting for it.
+ */
+const FINAL_TRANSFER_FAILURES = new Set<Code>([
+  Code.INVALID_ARGUMENT,
+  Code.FAILED_PRECONDITION,
+  Code.OUT_OF_RANGE,
+  Code.NOT_FOUND,
+  Code.PERMISSION_DENIED,
+  Code.UNIMPLEMENTED,
+  Code.DEADLINE_EXCEEDED,
+]);
 
 export class Batcher {
   private readonly engine: Engine;
@@ -164,8 +188,8 @@ export class Batcher {
     r.transferId = meta.transferId;
   }
 
-  /** A transfer completed: the restored sequence joins the waiting queue. Throws to refuse it. */
-  admit(seq: Sequence, meta: KvTransferMeta): void {
+  /** A transfer completed: the restored sequence (its blocks `hold`) joins the waiting queue. Throws to refuse it. */
+  admit(seq: Sequence, meta: KvTransferMeta, hold: KvHold): void {
     const tomb = this.tombstones.get(meta.requestId);
     if (tomb !== undefined) throw tomb;
     if (this.draining) throw new UnavailableError("this decode instance is draining");
@@ -177,6 +201,7 @@ export class Batcher {
     clearTimeout(r.kvTimer);
     r.seq = seq;
     r.meta = meta;
+    r.hold = hold;
     this.log.info({ requestId: r.id, transferId: meta.transferId, promptTokens: meta.numTokens, maxTokens: meta.params.maxTokens, kvBlocks: seq.blockTable.length }, "sequence admitted");
     if (seq.finished) {
       // The token prefill sampled already ends it (a stop token, or max_tokens 1).
@@ -189,12 +214,20 @@ export class Batcher {
     r.notify();
   }
 
-  /** A transfer failed: the Stream waiting on it (if it is the request's current transfer) ends with its status. */
+  /**
+   * A transfer failed (its blocks are back already). A final failure of the request's current transfer
+   * ends the request with its status; a retryable one leaves it waiting for prefill's next transfer.
+   */
   transferFailed(failure: KvFailure, meta: KvTransferMeta | null): void {
     if (meta === null) return;
     const r = this.requests.get(meta.requestId);
     if (r === undefined || r.phase !== "awaiting-kv" || r.transferId !== meta.transferId) return;
-    this.fail(r, new MoelaError(`KV transfer ${meta.transferId} failed: ${failure.reason}`, failure.code));
+    r.transferId = null;
+    if (FINAL_TRANSFER_FAILURES.has(failure.code)) {
+      this.fail(r, new MoelaError(`KV transfer ${meta.transferId} failed: ${failure.reason}`, failure.code), "rejected");
+      return;
+    }
+    this.log.info({ requestId: r.id, transferId: meta.transferId, code: failure.code, reason: failure.reason }, "KV transfer failed; waiting for prefill's retry");
   }
 
   // ---- Decode RPCs -------------------------------------------------------------------------------
@@ -215,6 +248,7 @@ export class Batcher {
     const me = Symbol(requestId);
     const previous = r.subscriber;
     r.subscriber = me;
+    r.hold?.touch();
     if (previous !== null) r.notify();
     clearTimeout(r.graceTimer);
     if (r.phase === "awaiting-kv" && r.kvTimer === undefined) {
@@ -223,7 +257,7 @@ export class Batcher {
         if (req.phase !== "awaiting-kv") return;
         const err = new MoelaError(`no KV for request ${req.id} arrived within ${this.options.kvWaitMs} ms`, Code.DEADLINE_EXCEEDED);
         this.bury(req.id, err);
-        this.fail(req, err);
+        this.fail(req, err, "lost");
       }, this.options.kvWaitMs);
       req.kvTimer.unref();
     }
@@ -251,8 +285,12 @@ export class Batcher {
     } finally {
       if (r.subscriber === me) {
         r.subscriber = null;
-        if (r.delivered) this.forget(r);
-        else this.startGrace(r);
+        if (r.delivered) {
+          // A late duplicate of its transfer (a prefill job run twice) is refused without taking blocks;
+          // prefill takes ALREADY_EXISTS as "done already".
+          this.bury(r.id, new MoelaError(`request ${r.id} already ${r.phase} on this decode instance`, Code.ALREADY_EXISTS));
+          this.forget(r);
+        } else this.startGrace(r);
       }
     }
   }
@@ -266,10 +304,10 @@ export class Batcher {
     if (r === undefined || r.phase === "finished" || r.phase === "failed") return false;
     this.log.info({ requestId, reason }, "request cancelled");
     if (this.inStep.has(r)) {
-      r.cancelAfterStep = err;
+      r.cancelAfterStep = { err, why: "cancelled" };
       await this.currentStep;
     } else {
-      this.fail(r, err);
+      this.fail(r, err, "cancelled");
     }
     return true;
   }
@@ -291,7 +329,7 @@ export class Batcher {
     await this.currentStep;
     await this.loopDone;
     const err = new UnavailableError("this decode instance is shutting down");
-    for (const r of [...this.requests.values()]) if (r.phase !== "finished" && r.phase !== "failed") this.fail(r, err);
+    for (const r of [...this.requests.values()]) if (r.phase !== "finished" && r.phase !== "failed") this.fail(r, err, "shutdown");
     for (const r of this.requests.values()) r.clearTimers();
   }
 
@@ -326,9 +364,9 @@ export class Batcher {
       const err = new CancelledError(`request ${r.id} had no Stream for ${this.options.streamGraceMs} ms`);
       this.log.info({ requestId: r.id, phase: r.phase }, "freeing a request nobody is streaming");
       this.bury(r.id, err);
-      if (this.inStep.has(r)) r.cancelAfterStep = err;
+      if (this.inStep.has(r)) r.cancelAfterStep = { err, why: "lost" };
       else {
-        this.fail(r, err);
+        this.fail(r, err, "lost");
         this.forget(r);
       }
     }, this.options.streamGraceMs);
@@ -347,7 +385,7 @@ export class Batcher {
   }
 
   private finish(r: Request): void {
-    this.engine.release(r.seq!);
+    this.releaseBlocks(r, "finished");
     r.phase = "finished";
     r.finishReason = r.seq!.finishReason;
     clearTimeout(r.kvTimer);
@@ -356,10 +394,16 @@ export class Batcher {
     r.notify();
   }
 
-  /** End a request with `err`, freeing its blocks. Not for a request inside a running step. */
-  private fail(r: Request, err: MoelaError): void {
+  /** The one way a request's sequence blocks go back: its ledger hold. */
+  private releaseBlocks(r: Request, why: KvReleaseReason): void {
+    if (r.hold !== null) r.hold.release(why);
+    else if (r.seq !== null) this.engine.release(r.seq);
+  }
+
+  /** End a request with `err`, freeing its blocks for `why`. Not for a request inside a running step. */
+  private fail(r: Request, err: MoelaError, why: KvReleaseReason): void {
     if (r.phase === "finished" || r.phase === "failed") return;
-    if (r.seq !== null) this.engine.release(r.seq);
+    this.releaseBlocks(r, why);
     const i = this.waitingQueue.indexOf(r);
     if (i >= 0) this.waitingQueue.splice(i, 1);
     this.active = this.active.filter((x) => x !== r);
@@ -400,22 +444,28 @@ export class Batcher {
         for (const res of results) emitted += res.tokens.length;
       } catch (err) {
         // A step that throws (an expert-host went away) leaves its sequences in an unknown state:
-        // end them all; the router may retry them elsewhere.
+        // end them all with UNAVAILABLE "decode step failed: ..."; the router migrates them.
         this.log.error({ err, batch: batch.map((r) => r.id) }, "decode step failed");
-        failure =
-          err instanceof MoelaError && err.code === Code.UNAVAILABLE
-            ? err
-            : new UnavailableError(`decode step failed: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+        failure = new UnavailableError(`decode step failed: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
       }
       this.options.onStep?.((performance.now() - t0) / 1000, emitted, this.engine.drafted - drafted0, this.engine.accepted - accepted0);
       this.inStep.clear();
+      const now = Date.now();
       for (const r of batch) {
-        if (failure !== null) this.fail(r, failure);
-        else if (r.cancelAfterStep !== null) this.fail(r, r.cancelAfterStep);
+        const deadline = r.meta?.deadlineUnixMs ?? 0;
+        if (failure !== null) this.fail(r, failure, "failed");
+        else if (r.cancelAfterStep !== null) this.fail(r, r.cancelAfterStep.err, r.cancelAfterStep.why);
         else if (r.seq!.finished) this.finish(r);
-        else r.notify();
+        else if (deadline > 0 && now >= deadline) {
+          const err = new MoelaError(`request ${r.id} passed its deadline while decoding`, Code.DEADLINE_EXCEEDED);
+          this.bury(r.id, err);
+          this.fail(r, err, "deadline");
+        } else r.notify();
       }
       this.active = this.active.filter((r) => r.phase === "running");
+      // Progress for the ledger: a sequence someone reads (running or waiting for a slot) is not stranded.
+      for (const r of this.active) if (r.subscriber !== null) r.hold?.touch(now);
+      for (const r of this.waitingQueue) if (r.subscriber !== null) r.hold?.touch(now);
       stepDone();
       // Let transfers, Stream calls and cancels in between steps.
       await new Promise((resolve) => setImmediate(resolve));

@@ -29,6 +29,12 @@ export const SETTINGS = {
     help: "how long a sequence whose Stream went away (or was never opened) waits for one before it is freed (default 10000)",
   },
   kvWaitMs: { flag: "--kv-wait-ms", env: "MOELA_DECODE_KV_WAIT_MS", bool: false, help: "how long a Stream waits for its KV to arrive (default 120000)" },
+  kvIdleMs: {
+    flag: "--kv-idle-ms",
+    env: "MOELA_DECODE_KV_IDLE_MS",
+    bool: false,
+    help: "a KV transfer with no frame for this long is failed and its blocks reclaimed as lost; 0 = never (default 30000)",
+  },
   drainGraceMs: { flag: "--drain-grace-ms", env: "MOELA_DECODE_DRAIN_GRACE_MS", bool: false, help: "on SIGTERM, how long running sequences may finish before their streams end with UNAVAILABLE (default 30000)" },
   logLevel: { flag: "--log-level", env: "MOELA_DECODE_LOG_LEVEL", bool: false, help: "fatal | error | warn | info | debug | trace | silent (default info)" },
 } as const;
@@ -74,6 +80,7 @@ const schema = z.object({
   noSpeculative: boolString.default(false),
   streamGraceMs: intString(0).default(10_000),
   kvWaitMs: intString(1).default(120_000),
+  kvIdleMs: intString(0).default(30_000),
   drainGraceMs: intString(0).default(30_000),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], { message: "must be fatal, error, warn, info, debug, trace or silent" }).default("info"),
 });

@@ -19,7 +19,7 @@ import { realpathSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { Code, createLogger, MoelaError, type Logger } from "@moela/core";
 import { DeepseekModel, Engine } from "@moela/engine";
-import { KvInbox, kvTransferService } from "@moela/kv-transfer";
+import { KvInbox, KvLedger, kvTransferService } from "@moela/kv-transfer";
 import { createServiceMetrics, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import {
   checkHostInfo,
@@ -100,14 +100,21 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
   // Gauges read at scrape time, from objects made below.
   let engine: Engine | undefined;
   let batcher: Batcher | undefined;
-  let inbox: KvInbox | undefined;
+  // Every block this instance holds for a request (transfer reservations, sequences), and the one path
+  // that gives them back, counted by reason.
+  const ledger = new KvLedger({
+    onRelease: (reason, blocks) => {
+      m.decodeKvReclaims.inc({ reason });
+      m.decodeKvReclaimedBlocks.inc({ reason }, blocks);
+    },
+  });
   const metrics = createServiceMetrics("decode", {
     collect: {
       decodeRunningSequences: () => batcher?.running ?? 0,
       decodeWaitingSequences: () => batcher?.waiting ?? 0,
       decodeKvBlocksUsed: () => engine?.cache.usedBlocks ?? 0,
       decodeKvBlocksCapacity: () => engine?.cache.numBlocks ?? 0,
-      decodeKvStrandedBlocks: () => inbox?.reservedBlocks ?? 0,
+      decodeKvStrandedBlocks: () => ledger.strandedBlocks(),
     },
   });
   const m = metrics.m;
@@ -170,36 +177,26 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
   const box = new KvInbox({
     engine,
     modelId,
+    ledger,
+    idleTimeoutMs: cfg.kvIdleMs,
     onBegin: (meta) => {
       b.beginTransfer(meta);
       logger.debug({ requestId: meta.requestId, transferId: meta.transferId, tokens: meta.numTokens, layers: meta.numLayers }, "KV transfer begun");
     },
-    onAdmit: (seq, meta, stats) => {
-      b.admit(seq, meta);
+    onAdmit: (seq, meta, stats, hold) => {
+      b.admit(seq, meta, hold);
       m.decodeKvTransferDuration.observe(stats.seconds);
       // The token prefill sampled reaches the router through this instance too.
       m.decodeGeneratedTokens.inc(seq.output.length);
       logger.info({ requestId: meta.requestId, transferId: meta.transferId, bytes: stats.bytesReceived, chunks: stats.chunks, ms: Math.round(stats.seconds * 1000) }, "KV transfer complete");
     },
     onFail: (failure, meta, freed) => {
+      // The blocks are back already (the ledger counted them); the request may wait for a retry.
       b.transferFailed(failure, meta);
-      if (freed > 0) {
-        const reason =
-          failure.code === Code.DEADLINE_EXCEEDED
-            ? "timeout"
-            : failure.code === Code.CANCELLED || failure.code === Code.UNAVAILABLE
-              ? "aborted"
-              : failure.code === Code.DATA_LOSS && failure.reason.includes("checksum")
-                ? "checksum"
-                : "sender_failed";
-        m.decodeKvReclaims.inc({ reason });
-        m.decodeKvReclaimedBlocks.inc({ reason }, freed);
-      }
       logger.warn({ requestId: meta?.requestId, transferId: meta?.transferId, code: CODE_NAME.get(failure.code), reason: failure.reason, freedBlocks: freed }, "KV transfer failed");
     },
     onChunk: (bytes) => m.decodeKvReceivedBytes.inc(bytes),
   });
-  inbox = box;
 
   const server = createServer({
     logger,

@@ -7,7 +7,7 @@
  */
 import { Code, createLogger, MoelaError, UnavailableError, type Logger } from "@moela/core";
 import { DeepseekModel, Engine, readModelConfig, type ExpertExecutor } from "@moela/engine";
-import { grpcKvConnector, type KvConnector, type KvSender } from "@moela/kv-transfer";
+import { grpcKvConnector, KvLedger, type KvConnector, type KvSender } from "@moela/kv-transfer";
 import { createServiceMetrics, startMetricsServer } from "@moela/metrics";
 import {
   checkHostInfo,
@@ -21,7 +21,7 @@ import {
 } from "@moela/moe-dispatch";
 import { Precision, PrefillService } from "@moela/proto-gen";
 import { createServer, drainAndClose, serve } from "@moela/rpc";
-import { PREFILL_JOB_OPTIONS, PREFILL_QUEUE, redisConnection } from "@moela/scheduler";
+import { PREFILL_JOB_OPTIONS, PREFILL_QUEUE, PREFILL_WORKER_OPTIONS, redisConnection } from "@moela/scheduler";
 import { Worker } from "bullmq";
 import { parsePrefillConfig, splitHostPort, type PrefillConfig } from "./config.js";
 import { jobProcessor, PrefillBatcher } from "./worker.js";
@@ -80,7 +80,14 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
   const modelConfig = readModelConfig(config.model);
   const maxBatchTokens = config.maxBatchTokens ?? Math.min(modelConfig.maxPositionEmbeddings, DEFAULT_MAX_BATCH_TOKENS);
   const modelId = checkpointModelId(config.model);
-  const { registry, m } = createServiceMetrics("prefill");
+  // Every block a job holds, and the one way it goes back (counted by reason).
+  const ledger = new KvLedger({
+    onRelease: (reason, blocks) => {
+      m.prefillKvReclaims.inc({ reason });
+      m.prefillKvReclaimedBlocks.inc({ reason }, blocks);
+    },
+  });
+  const { registry, m } = createServiceMetrics("prefill", { collect: { prefillKvBlocksUsed: () => ledger.heldBlocks } });
 
   const closers: (() => Promise<unknown>)[] = [];
   const closeAll = async (): Promise<void> => {
@@ -138,6 +145,7 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
       metrics: m,
       logger,
       activeTransfers,
+      ledger,
     });
 
     const grpc = createServer({ logger });
@@ -174,9 +182,8 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
         connection: redisConnection(config.redisUrl),
         prefix: config.queuePrefix,
         concurrency: config.concurrency,
-        // CPU prefill can keep the event loop busy for a while; a short lock would let BullMQ think the
-        // job stalled and hand it to another worker.
-        lockDuration: 60_000,
+        // A dead worker's jobs go back to the queue within lockDuration + stalledInterval (queues.ts).
+        ...PREFILL_WORKER_OPTIONS,
         autorun: false,
       },
     );

@@ -14,11 +14,28 @@
  * expert-host UNAVAILABLE, a full decode cache, a corrupted transfer) throw a plain Error and BullMQ
  * retries them with backoff (PREFILL_JOB_OPTIONS). Either way the message is `<CODE>: <text>`
  * (jobFailureMessage), which the router turns back into a status for its client.
+ *
+ * A job may run more than once: a retry, or stalled-job recovery after its worker died (BullMQ gives an
+ * active job whose lock expired to another worker). Each run sends a new transfer id; decode takes a
+ * request's KV once and answers any later transfer for it with ALREADY_EXISTS, which counts as done here.
+ *
+ * KV: a job's sequence holds prefill blocks from its forward pass until its rows are encoded into the
+ * transfer; the hold is in the service's KvLedger and released through it, whichever way the job ends.
  */
 import { randomUUID } from "node:crypto";
 import { Code, InvalidArgumentError, MoelaError, type Logger } from "@moela/core";
 import type { Engine, GenerationParams, Sequence, StepResult } from "@moela/engine";
-import { batchKvSink, KvPoll, KvSender, kvTransferMeta, type KvConnector, type KvFailure } from "@moela/kv-transfer";
+import {
+  batchKvSink,
+  KvPoll,
+  KvSender,
+  kvTransferMeta,
+  type KvConnector,
+  type KvFailure,
+  type KvHold,
+  type KvLedger,
+  type KvReleaseReason,
+} from "@moela/kv-transfer";
 import type { MetricsOf } from "@moela/metrics";
 import { jobFailureMessage, parsePrefillJob, type PrecisionProfile, type PrefillJob } from "@moela/scheduler";
 import { UnrecoverableError, type Job } from "bullmq";
@@ -26,6 +43,8 @@ import { UnrecoverableError, type Job } from "bullmq";
 interface Pending {
   readonly seq: Sequence;
   readonly sender: KvSender;
+  /** The ledger's record of the sequence's prefill blocks. */
+  readonly hold: KvHold;
   readonly resolve: (r: StepResult) => void;
   readonly reject: (err: unknown) => void;
 }
@@ -44,10 +63,10 @@ export class PrefillBatcher {
     private readonly logger: Logger,
   ) {}
 
-  /** Prefill `seq`, streaming its rows to `sender`; resolves with its first token. */
-  submit(seq: Sequence, sender: KvSender): Promise<StepResult> {
+  /** Prefill `seq` (its blocks accounted in `hold`), streaming its rows to `sender`; resolves with its first token. */
+  submit(seq: Sequence, sender: KvSender, hold: KvHold): Promise<StepResult> {
     return new Promise((resolve, reject) => {
-      this.waiting.push({ seq, sender, resolve, reject });
+      this.waiting.push({ seq, sender, hold, resolve, reject });
       this.pendingTokens += seq.prompt.length;
       this.kick();
     });
@@ -95,7 +114,7 @@ export class PrefillBatcher {
       const results = await this.engine.prefill(seqs, { kvSink: batchKvSink(seqs, batch.map((p) => p.sender)) });
       // The rows are encoded into the transfers already: free the blocks now, not after decode's verdicts,
       // so the next batch finds room.
-      for (const s of seqs) this.engine.release(s);
+      for (const p of batch) p.hold.release("finished");
       m.prefillForward.observe((performance.now() - started) / 1000);
       m.prefillBatchSize.observe(batch.length);
       m.prefillBatchTokens.observe(tokens);
@@ -136,6 +155,28 @@ export interface JobProcessorDeps {
   readonly logger: Logger;
   /** Transfers in progress (Prefill.Status). */
   readonly activeTransfers: Set<KvSender>;
+  /** Where every job's KV blocks are accounted and released. */
+  readonly ledger: KvLedger;
+}
+
+/** Why a job's blocks went back when it failed (the ledger's reason). */
+function releaseReason(code: Code): KvReleaseReason {
+  switch (code) {
+    case Code.CANCELLED:
+      return "cancelled";
+    case Code.DEADLINE_EXCEEDED:
+      return "deadline";
+    case Code.RESOURCE_EXHAUSTED:
+    case Code.ALREADY_EXISTS:
+    case Code.INVALID_ARGUMENT:
+    case Code.FAILED_PRECONDITION:
+    case Code.OUT_OF_RANGE:
+      return "rejected";
+    case Code.DATA_LOSS:
+      return "sender_failed";
+    default:
+      return "failed";
+  }
 }
 
 function failureReason(code: Code): "unavailable" | "aborted" | "timeout" | "rejected" {
@@ -192,6 +233,17 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
 
     // A retried job gets a new transfer id, so a late duplicate of a failed attempt cannot be admitted.
     const transferId = `${data.requestId}.${job.attemptsMade}.${randomUUID().slice(0, 8)}`;
+    const hold = deps.ledger.hold(
+      data.requestId,
+      "prefill",
+      () => {
+        const n = seq.blockTable.length;
+        engine.release(seq);
+        return n;
+      },
+      () => seq.blockTable.length,
+    );
+    let releaseAs: KvReleaseReason = "finished";
     const sender = new KvSender(deps.connectorFor(data.decodeAddress), { onChunk: (bytes) => m.prefillKvTransferBytes.inc(bytes) });
     deps.activeTransfers.add(sender);
     const started = performance.now();
@@ -205,7 +257,7 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
           deadlineUnixMs: data.deadlineUnixMs,
         }),
       );
-      const first = await deps.batcher.submit(seq, sender);
+      const first = await deps.batcher.submit(seq, sender, hold);
       const outcome = await sender.end(seq.snapshot());
       if (!outcome.ok) throw failureError(outcome.failure);
       m.prefillKvTransferDuration.observe((performance.now() - started) / 1000);
@@ -216,6 +268,14 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
     } catch (err) {
       const e = err instanceof MoelaError ? err : new MoelaError(err instanceof Error ? err.message : String(err), Code.INTERNAL, { cause: err });
       sender.abort(`prefill failed: ${e.message}`);
+      releaseAs = releaseReason(e.code);
+      if (e.code === Code.ALREADY_EXISTS) {
+        // Decode already has this request's KV (an earlier run of this job got there: a retry after a lost
+        // acknowledgement, or stalled-job recovery of a job whose worker only looked dead). Done.
+        m.prefillJobs.inc({ outcome: "ok" });
+        log.info({ decode: data.decodeAddress, transferId, reason: e.message }, "decode already has this request's KV; job done");
+        return { transferId, firstTokenId: -1, kvBlocks: 0, bytesSent: sender.bytesSent };
+      }
       m.prefillKvTransferFailures.inc({ reason: failureReason(e.code) });
       const pastDeadline = Date.now() >= data.deadlineUnixMs;
       if (!RETRYABLE.has(e.code) || pastDeadline) throw unrecoverable(e);
@@ -225,7 +285,7 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
       throw new Error(jobFailureMessage(e));
     } finally {
       deps.activeTransfers.delete(sender);
-      engine.release(seq);
+      hold.release(releaseAs);
     }
   };
 }

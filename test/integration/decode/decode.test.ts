@@ -198,18 +198,20 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
     expect(late.error?.code).toBe(Code.CANCELLED);
   });
 
-  it("a full cache refuses the transfer with RESOURCE_EXHAUSTED and nothing leaks", async () => {
+  it("a full cache refuses the transfer with RESOURCE_EXHAUSTED, nothing leaks, and the request waits for prefill's retry", async () => {
     const stream = await openedStream("req-huge");
     // 13 + 600 + 1 positions need 154 blocks of 4; the cache has 128.
     const { outcome, sender } = await push("req-huge", { ...GREEDY, maxTokens: 600 });
     expect(outcome).toEqual({ ok: false, failure: { code: Code.RESOURCE_EXHAUSTED, reason: expect.stringMatching(/KV cache full: need 154 more blocks, 128 free of 128/) } });
     expect(sender.poll()).toBe(KvPoll.Failed);
-    const got = await stream.done;
-    expect(got.error?.code).toBe(Code.RESOURCE_EXHAUSTED);
+    expect(await status()).toMatchObject({ freeKvBlocks: 128, pendingTransfers: 0, runningSequences: 0 });
+    // A full cache is transient: the Stream stays open for the next attempt; the router's Cancel ends it.
+    await unaryCall((md, o, cb) => client.cancel({ requestId: "req-huge", reason: "prefill failed for good" }, md, o, cb));
+    expect((await stream.done).error?.code).toBe(Code.CANCELLED);
     expect(await status()).toMatchObject({ freeKvBlocks: 128, pendingTransfers: 0, runningSequences: 0 });
   });
 
-  it("a corrupted chunk fails the transfer with DATA_LOSS; the Stream gets it and nothing leaks", async () => {
+  it("a corrupted chunk fails the transfer with DATA_LOSS and frees its blocks; prefill's retry (a new transfer id) completes the Stream exactly", async () => {
     const corrupting: KvConnector = {
       open(transferId, requestId) {
         const inner = connector.open(transferId, requestId);
@@ -229,11 +231,55 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
         };
       },
     };
+    const reference = await referenceRun(prefill, PROMPT, GREEDY);
     const stream = await openedStream("req-corrupt");
     const { outcome } = await push("req-corrupt", GREEDY, PROMPT, corrupting);
     expect(outcome.ok === false && outcome.failure.code).toBe(Code.DATA_LOSS);
     expect(outcome.ok === false && outcome.failure.reason).toMatch(/checksum mismatch in chunk 3/);
-    expect((await stream.done).error?.code).toBe(Code.DATA_LOSS);
+    expect(await status()).toMatchObject({ freeKvBlocks: 128, pendingTransfers: 0 });
+    // As BullMQ retries the job (or hands a dead worker's job to another): same request, new transfer id.
+    expect((await push("req-corrupt", GREEDY)).outcome.ok).toBe(true);
+    const got = await stream.done;
+    expect(got.error).toBeNull();
+    expect(tokensOf(got)).toEqual(asWire(reference));
+    await until(async () => (await status()).freeKvBlocks === 128, "blocks to be freed");
+  });
+
+  it("a transfer whose sender dies mid-way (the stream breaks before KvEnd) frees its blocks; the rerun's KV is admitted", async () => {
+    const reference = await referenceRun(prefill, PROMPT, GREEDY);
+    const killing: KvConnector = {
+      open(transferId, requestId) {
+        const inner = connector.open(transferId, requestId);
+        let n = 0;
+        return {
+          outcome: inner.outcome,
+          end: () => inner.end(),
+          cancel: (r) => inner.cancel(r),
+          send(f: KvFrame) {
+            // The process "dies" after a few layers: the call is cut without KvEnd.
+            if (f.kind === "layer" && ++n === 3) inner.cancel("prefill worker killed");
+            return n >= 3 ? Promise.resolve() : inner.send(f);
+          },
+        };
+      },
+    };
+    const stream = await openedStream("req-killed");
+    const { outcome } = await push("req-killed", GREEDY, PROMPT, killing);
+    expect(outcome.ok).toBe(false);
+    await until(async () => (await status()).freeKvBlocks === 128 && (await status()).pendingTransfers === 0, "the cut transfer's blocks to be reclaimed");
+    expect((await push("req-killed", GREEDY)).outcome.ok).toBe(true);
+    const got = await stream.done;
+    expect(got.error).toBeNull();
+    expect(tokensOf(got)).toEqual(asWire(reference));
+    await until(async () => (await status()).freeKvBlocks === 128, "blocks to be freed");
+  });
+
+  it("a late duplicate transfer for a request already delivered is refused with ALREADY_EXISTS without taking blocks", async () => {
+    const stream = await openedStream("req-dup");
+    expect((await push("req-dup", GREEDY)).outcome.ok).toBe(true);
+    expect((await stream.done).error).toBeNull();
+    const late = await push("req-dup", GREEDY);
+    expect(late.outcome.ok === false && late.outcome.failure.code).toBe(Code.ALREADY_EXISTS);
     expect(await status()).toMatchObject({ freeKvBlocks: 128, pendingTransfers: 0 });
   });
 

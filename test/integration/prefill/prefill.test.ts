@@ -232,7 +232,7 @@ describe("PrefillBatcher", () => {
       const engine = new Engine(model, { blockSize: 16, numBlocks: 64, prefillChunk: 8 });
       const { registry, m } = createServiceMetrics("prefill", { defaultMetrics: false });
       const batcher = new PrefillBatcher(engine, 1024, m, silent);
-      const { grpcKvConnector, KvSender, kvTransferMeta } = await import("@moela/kv-transfer");
+      const { grpcKvConnector, KvLedger, KvSender, kvTransferMeta } = await import("@moela/kv-transfer");
       const connector = grpcKvConnector(decode.address);
       const ids = PROMPTS.map(() => `req-${randomUUID()}`);
       const seqs = PROMPTS.map((p, i) => engine.newSequence(ids[i]!, p, GREEDY));
@@ -240,10 +240,20 @@ describe("PrefillBatcher", () => {
       await Promise.all(
         seqs.map((s, i) => senders[i]!.begin(kvTransferMeta(engine, s, { transferId: `${ids[i]}.0`, requestId: ids[i]!, modelId: checkpointModelId(MODEL), logprobs: true }))),
       );
-      const firsts = await Promise.all(seqs.map((s, i) => batcher.submit(s, senders[i]!)));
+      const ledger = new KvLedger();
+      const holds = seqs.map((s) =>
+        ledger.hold(s.id, "prefill", () => {
+          const n = s.blockTable.length;
+          engine.release(s);
+          return n;
+        }, () => s.blockTable.length),
+      );
+      const firsts = await Promise.all(seqs.map((s, i) => batcher.submit(s, senders[i]!, holds[i]!)));
+      // The batcher gives the blocks back through the ledger as soon as the rows are encoded.
+      expect(holds.map((h) => h.releaseReason)).toEqual(seqs.map(() => "finished"));
+      expect(ledger.heldBlocks).toBe(0);
       const outcomes = await Promise.all(seqs.map((s, i) => senders[i]!.end(s.snapshot())));
       expect(outcomes.every((o) => o.ok)).toBe(true);
-      for (const s of seqs) engine.release(s);
       connector.close();
       expect(engine.cache.freeBlocks).toBe(engine.cache.numBlocks);
       const batches = (await registry.getSingleMetric("moela_prefill_batch_size")!.get()).values as { metricName?: string; value: number }[];

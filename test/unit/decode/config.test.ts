@@ -15,6 +15,7 @@ describe("decode config", () => {
       noSpeculative: false,
       streamGraceMs: 10_000,
       kvWaitMs: 120_000,
+      kvIdleMs: 30_000,
       drainGraceMs: 30_000,
       logLevel: "info",
     });
