@@ -272,7 +272,7 @@ describe("policy configuration", () => {
 
   it.each([
     { name: "an unknown filter", text: '{"filters":[{"type":"fastest"}]}', message: /--policy: filters\[0\]: unknown filter "fastest" \(known: healthy, same-precision, has-free-kv\)/ },
-    { name: "the reserved prefix-affinity scorer before it exists", text: '{"scorers":[{"type":"prefix-affinity"}]}', message: /scorers\[0\]: scorer "prefix-affinity" \(the prefix-cache scorer.*\) is not available/ },
+    { name: "a bad prefix-affinity tolerance", text: '{"scorers":[{"type":"prefix-affinity","parameters":{"tolerance":0}}]}', message: /scorers\[0\]\.parameters\.tolerance/ },
     { name: "two scorers with one name", text: '{"scorers":[{"type":"load"},{"type":"load"}]}', message: /scorers\[1\]: a second scorer named "load"/ },
     { name: "a bad parameter", text: '{"scorers":[{"type":"load","parameters":{"saturation":0}}]}', message: /--policy: scorers\[0\]\.parameters\.saturation: / },
     { name: "an unknown parameter", text: '{"picker":{"type":"max-score","parameters":{"x":1}}}', message: /--policy: picker\.parameters: Unrecognized key/ },

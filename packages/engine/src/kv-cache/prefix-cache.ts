@@ -14,8 +14,8 @@
  * different tokens is cached under different keys (only where a prompt ends exactly on a block boundary, or
  * where prompts diverge exactly there).
  * Keys are the first 128 bits of SHA-256, as hex: collisions are not a practical concern, and the router
- * computes the same keys from the same tokens (prefixBlockHashes) to find the instance holding the longest
- * prefix.
+ * computes the same keys from the same tokens (prefixBlockHashes, defined in @moela/core for both) to find
+ * the instance holding the longest prefix.
  *
  * Blocks. A cached block belongs to the cache; sequences that use it hold a reference. A sequence's own
  * blocks (not cached) are freed to the allocator when it is released; a cached block whose last reference
@@ -29,45 +29,11 @@
  * Blocks are read-only once cached: every later write of a sequence lands at positions past its prompt,
  * which lie in blocks of its own.
  */
-import { createHash } from "node:crypto";
+import { longestPrefix, prefixBlockHashes } from "@moela/core";
 import type { PagedLatentCache } from "./paged-latent.js";
 
-/** Versioned so a change of the key scheme never matches keys published by an older build. */
-export const PREFIX_HASH_SCHEME = "moela-prefix-v1";
-
-/** Hex characters of a key (128 bits). */
-const KEY_HEX = 32;
-
-/**
- * The prefix-cache keys of `tokens` for blocks of `blockSize`: one per block i with a token after it
- * ((i + 1) * blockSize < tokens.length), at most `maxBlocks`. For a prompt of L tokens that is the
- * floor((L - 1) / blockSize) blocks a prefill can reuse; for prompt + first sampled token it is the
- * floor(L / blockSize) full blocks a prefill can insert.
- */
-export function prefixBlockHashes(tokens: ArrayLike<number>, blockSize: number, maxBlocks = Infinity): string[] {
-  if (!(Number.isInteger(blockSize) && blockSize > 0)) throw new RangeError(`block size must be a positive integer, got ${blockSize}`);
-  const n = Math.min(maxBlocks, Math.floor((tokens.length - 1) / blockSize));
-  const out: string[] = [];
-  let prev = createHash("sha256").update(`${PREFIX_HASH_SCHEME}:${blockSize}`).digest();
-  const buf = Buffer.alloc((blockSize + 1) * 4); // [bs + 1] uint32 LE: the block's tokens and the next one
-  for (let i = 0; i < n; i++) {
-    for (let j = 0; j <= blockSize; j++) {
-      const t = tokens[i * blockSize + j]!;
-      if (!(Number.isInteger(t) && t >= 0 && t <= 0xffff_ffff)) throw new RangeError(`token ${t} at ${i * blockSize + j} is not a uint32`);
-      buf.writeUInt32LE(t, j * 4);
-    }
-    prev = createHash("sha256").update(prev).update(buf).digest();
-    out.push(prev.toString("hex", 0, KEY_HEX / 2));
-  }
-  return out;
-}
-
-/** How many leading keys of `keys` satisfy `has` (the longest cached prefix, in blocks). */
-export function longestPrefix(keys: readonly string[], has: (key: string) => boolean): number {
-  let n = 0;
-  while (n < keys.length && has(keys[n]!)) n++;
-  return n;
-}
+// The key scheme is shared with the router's prefix-affinity scoring, so it lives in @moela/core.
+export { longestPrefix, prefixBlockHashes, PREFIX_HASH_SCHEME } from "@moela/core";
 
 export interface PrefixCacheOptions {
   /** Most blocks the cache holds, referenced or not (default: every block of the paged cache). */

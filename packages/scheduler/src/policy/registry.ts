@@ -10,6 +10,7 @@ import { maxScorePicker } from "./pickers/max-score/index.js";
 import { weightedRandomPicker } from "./pickers/weighted-random/index.js";
 import { freeKvScorer } from "./scorers/free-kv/index.js";
 import { loadScorer } from "./scorers/load/index.js";
+import { prefixAffinityScorer } from "./scorers/prefix-affinity/index.js";
 import { queueDepthScorer } from "./scorers/queue-depth/index.js";
 import type { FilterFactory, PickerFactory, PluginFactory, ScorerFactory } from "./types.js";
 
@@ -23,8 +24,7 @@ export const SCORERS: Readonly<Record<string, ScorerFactory>> = {
   "free-kv": freeKvScorer,
   load: loadScorer,
   "queue-depth": queueDepthScorer,
-  // "prefix-affinity": the prefix cache's scorer (scorers/prefix-affinity/), reads
-  // Candidate.attributes["prefix-affinity"] and SchedulingRequest.promptTokenIds; see RESERVED.
+  "prefix-affinity": prefixAffinityScorer,
 };
 
 export const PICKERS: Readonly<Record<string, PickerFactory>> = {
@@ -33,9 +33,7 @@ export const PICKERS: Readonly<Record<string, PickerFactory>> = {
 };
 
 /** Type ids promised to plugins that are built elsewhere; a config naming one gets a clear error until it lands. */
-export const RESERVED: Readonly<Record<string, string>> = {
-  "prefix-affinity": "the prefix-cache scorer (prefers the instance holding the longest cached prefix of the prompt)",
-};
+export const RESERVED: Readonly<Record<string, string>> = {};
 
 function lookup<F extends PluginFactory<unknown>>(kind: string, table: Readonly<Record<string, F>>, type: string, path: string): F {
   const f = Object.hasOwn(table, type) ? table[type] : undefined;
