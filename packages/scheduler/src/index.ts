@@ -9,3 +9,4 @@ export * from "./registry.js";
 export * from "./decisions.js";
 export * from "./decode-pool.js";
 export * from "./admission.js";
+export * from "./prefill-routing.js";
