@@ -20,7 +20,7 @@ import { pathToFileURL } from "node:url";
 import { Code, createLogger, MoelaError, type Logger } from "@moela/core";
 import { DeepseekModel, Engine } from "@moela/engine";
 import { KvInbox, KvLedger, kvTransferService } from "@moela/kv-transfer";
-import { createServiceMetrics, startMetricsServer, type MetricsServer } from "@moela/metrics";
+import { createServiceMetrics, grpcCodeName, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import {
   checkHostInfo,
   checkpointModelId,
@@ -39,7 +39,6 @@ import { decodeHandlers } from "./handlers.js";
 
 export { parseConfig, USAGE, type DecodeConfig } from "./config.js";
 
-const CODE_NAME: ReadonlyMap<number, string> = new Map(Object.entries(Code).map(([name, code]) => [code as number, name]));
 
 /** How long start-up waits for the expert-hosts to answer Info. */
 const EXPERT_HOSTS_WAIT_MS = 60_000;
@@ -193,17 +192,14 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     onFail: (failure, meta, freed) => {
       // The blocks are back already (the ledger counted them); the request may wait for a retry.
       b.transferFailed(failure, meta);
-      logger.warn({ requestId: meta?.requestId, transferId: meta?.transferId, code: CODE_NAME.get(failure.code), reason: failure.reason, freedBlocks: freed }, "KV transfer failed");
+      logger.warn({ requestId: meta?.requestId, transferId: meta?.transferId, code: grpcCodeName(failure.code), reason: failure.reason, freedBlocks: freed }, "KV transfer failed");
     },
     onChunk: (bytes) => m.decodeKvReceivedBytes.inc(bytes),
   });
 
   const server = createServer({
     logger,
-    onCallEnd: (e) => {
-      m.rpcServerHandled.inc({ method: e.method, code: CODE_NAME.get(e.code) ?? String(e.code) });
-      m.rpcServerHandling.observe({ method: e.method }, e.durationMs / 1000);
-    },
+    onCallEnd: rpcServerCallRecorder(m),
   });
   server.addService(KvTransferService, kvTransferService(box));
   server.addService(DecodeService, decodeHandlers({ batcher: b, engine, inbox: box, modelId, precision: cfg.precision, logger }));

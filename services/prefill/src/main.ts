@@ -8,7 +8,7 @@
 import { Code, createLogger, MoelaError, UnavailableError, type Logger } from "@moela/core";
 import { DeepseekModel, Engine, readModelConfig, type ExpertExecutor } from "@moela/engine";
 import { grpcKvConnector, KvLedger, type KvConnector, type KvSender } from "@moela/kv-transfer";
-import { createServiceMetrics, startMetricsServer } from "@moela/metrics";
+import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer } from "@moela/metrics";
 import {
   checkHostInfo,
   checkpointModelId,
@@ -148,7 +148,7 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
       ledger,
     });
 
-    const grpc = createServer({ logger });
+    const grpc = createServer({ logger, onCallEnd: rpcServerCallRecorder(m) });
     grpc.addService(PrefillService, {
       status: async () => ({
         modelId,
