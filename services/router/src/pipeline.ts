@@ -8,6 +8,20 @@
  *   5. yield events until a finish reason.
  * Whatever ends it early (the caller stops iterating, its signal aborts, the prefill job fails for good, an
  * error) cancels the request on decode and removes a still-queued job, so no KV block outlives it.
+ *
+ * Migration. When the Decode.Stream fails with UNAVAILABLE (the instance died or drained: the connection
+ * broke; or decode ended the request with a retryable failure, e.g. a step that lost an expert-host), the
+ * request moves to another decode instance: a new attempt with the prompt plus every token already sent to
+ * the caller as its prompt, max_tokens reduced by those tokens, under a new decode-side id
+ * (`<request id>.m<n>`, also its job id), and its completion indices offset by what was sent. For greedy
+ * decoding the continuation of prompt + generated is exactly the tokens the first instance would have
+ * produced (test/unit/engine/continuation.test.ts), so the caller's stream goes on with no gap and no
+ * duplicate; for seeded sampling the new attempt restarts the sampler from the seed, so its continuation is
+ * a valid sample but not the one the lost instance would have drawn. The incremental detokenizer and the
+ * stop-string matcher carry over, so text is cut exactly as it would have been. A request migrates at
+ * most `maxMigrations` times; then, or when no decode instance is left, it fails UNAVAILABLE (HTTP 503).
+ * A prefill job's final failure is not migrated: BullMQ already retried it (attempts with backoff,
+ * stalled-job recovery), and its code goes to the caller.
  */
 import { randomInt } from "node:crypto";
 import { CancelledError, Code, DataLossError, MoelaError, UnavailableError, type Logger } from "@moela/core";
@@ -50,17 +64,30 @@ export interface GenerateEvent {
   readonly usage?: { readonly promptTokens: number; readonly completionTokens: number };
 }
 
+/** Why BullMQ ran a watched job again (routerRetries reasons). */
+export type JobRetryReason = "prefill_failed" | "prefill_stalled";
+
+interface JobWatch {
+  failed: (reason: string) => void;
+  active: () => void;
+  retried?: (reason: JobRetryReason) => void;
+}
+
 /** Notifies the requests waiting on prefill jobs of their jobs' fate (one QueueEvents per router). */
 export class JobWatcher {
-  private readonly watchers = new Map<string, { failed: (reason: string) => void; active: () => void }>();
+  private readonly watchers = new Map<string, JobWatch>();
 
   constructor(events: QueueEvents) {
     // 'failed' on QueueEvents is a final failure (retries exhausted, or an unrecoverable job).
     events.on("failed", ({ jobId, failedReason }) => this.watchers.get(jobId)?.failed(failedReason));
     events.on("active", ({ jobId }) => this.watchers.get(jobId)?.active());
+    // A failed attempt that will run again after its backoff (prefill jobs are never delayed otherwise).
+    events.on("delayed", ({ jobId }) => this.watchers.get(jobId)?.retried?.("prefill_failed"));
+    // Its worker died (the lock expired): BullMQ put it back in the queue for another worker.
+    events.on("stalled", ({ jobId }) => this.watchers.get(jobId)?.retried?.("prefill_stalled"));
   }
 
-  watch(jobId: string, on: { failed: (reason: string) => void; active: () => void }): () => void {
+  watch(jobId: string, on: JobWatch): () => void {
     this.watchers.set(jobId, on);
     return () => {
       if (this.watchers.get(jobId) === on) this.watchers.delete(jobId);
@@ -78,10 +105,14 @@ export interface PipelineDeps {
   readonly requestTimeoutMs: number;
   readonly logger: Logger;
   readonly metrics: MetricsOf<"router">;
+  /** Most migrations of one request to another decode instance (default 3). */
+  readonly maxMigrations?: number;
 }
 
 /** How long an enqueue may wait for Redis before the request fails UNAVAILABLE. */
 const ENQUEUE_TIMEOUT_MS = 10_000;
+/** Wait before the n-th migration: 100 ms, 200 ms, 400 ms, ... at most 2 s (lets the pool see the loss). */
+const MIGRATION_BACKOFF_MS = (n: number): number => Math.min(2_000, 100 * 2 ** (n - 1));
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -93,6 +124,35 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 
 /** Largest seed the router picks for a request that gave none (crypto randomInt's bound is 2^48). */
 const MAX_PICKED_SEED = 2 ** 48 - 1;
+
+/** An attempt lost its decode instance; the request may continue elsewhere. */
+class Migrate extends Error {
+  constructor(
+    readonly reason: "decode_unavailable" | "decode_failed",
+    readonly error: MoelaError,
+  ) {
+    super(error.message);
+  }
+}
+
+/** What the caller has been sent so far, carried from one attempt to the next. */
+interface Progress {
+  /** Tokens sent (the next completion index). */
+  received: number;
+  /** Their ids: a migrated attempt's prompt is the request's prompt plus these. */
+  readonly ids: number[];
+  readonly decoder: IncrementalDecoder | null;
+  readonly matcher: StopStringMatcher | null;
+  lastTokenAt: number;
+}
+
+interface Attempt {
+  readonly n: number;
+  /** The decode-side request id and job id of this attempt. */
+  readonly id: string;
+  readonly deadline: number;
+  readonly seed: number;
+}
 
 export class Pipeline {
   private readonly clients = new Map<string, DecodeClient>();
@@ -115,21 +175,64 @@ export class Pipeline {
   }
 
   /**
-   * Run one generation. Throws UnavailableError (no decode instance, Redis down), InvalidArgumentError
-   * (cannot fit any decode instance), CancelledError (signal), or the failure of the prefill job or the
-   * decode stream as a MoelaError of its code.
+   * Run one generation. Throws UnavailableError (no decode instance, Redis down, migrations exhausted),
+   * InvalidArgumentError (cannot fit any decode instance), CancelledError (signal), or the failure of the
+   * prefill job or the decode stream as a MoelaError of its code.
    */
   async *generate(input: GenerateInput, signal: AbortSignal): AsyncGenerator<GenerateEvent> {
-    const { tokenizer, pool, queue, jobs, metrics } = this.deps;
-    const { requestId, sampling } = input;
-    const prompt = input.promptTokenIds;
-    const log = this.deps.logger.child({ requestId });
+    const { tokenizer, metrics } = this.deps;
+    const log = this.deps.logger.child({ requestId: input.requestId });
     if (signal.aborted) throw new CancelledError("the client went away");
-
-    const choice = pool.choose({ promptTokens: prompt.length, maxTokens: sampling.maxTokens });
-    const address = choice.address;
-    log.debug({ decode: address, reason: choice.reason, candidates: choice.candidates }, "decode instance chosen");
+    const maxMigrations = this.deps.maxMigrations ?? 3;
     const deadline = Date.now() + this.deps.requestTimeoutMs;
+    // Picked once: every attempt samples from the same seed.
+    const seed = input.sampling.seed ?? randomInt(MAX_PICKED_SEED);
+    const progress: Progress = {
+      received: 0,
+      ids: [],
+      decoder: tokenizer === null ? null : new IncrementalDecoder(tokenizer, { skipSpecialTokens: input.skipSpecialTokens, promptIds: input.promptTokenIds }),
+      matcher: input.stop.length > 0 ? new StopStringMatcher(input.stop) : null,
+      lastTokenAt: 0,
+    };
+    for (let n = 0; ; n++) {
+      const attempt: Attempt = { n, id: n === 0 ? input.requestId : `${input.requestId}.m${n}`, deadline, seed };
+      try {
+        yield* this.runAttempt(input, attempt, progress, signal, log);
+        return;
+      } catch (err) {
+        if (!(err instanceof Migrate)) throw err;
+        if (n >= maxMigrations) {
+          throw new UnavailableError(`the request lost its decode instance ${n + 1} times; last: ${err.error.message}`, { cause: err.error });
+        }
+        if (Date.now() >= deadline) throw new MoelaError("the request's deadline passed while migrating it", Code.DEADLINE_EXCEEDED, { cause: err.error });
+        metrics.routerRetries.inc({ reason: err.reason });
+        log.warn({ attempt: n, reason: err.reason, err: err.error.message, sent: progress.received }, "decode instance lost; migrating the request");
+        await abortableDelay(MIGRATION_BACKOFF_MS(n + 1), signal);
+      }
+    }
+  }
+
+  /** One attempt on one decode instance; throws Migrate when that instance is lost. */
+  private async *runAttempt(input: GenerateInput, attempt: Attempt, progress: Progress, signal: AbortSignal, log: Logger): AsyncGenerator<GenerateEvent> {
+    const { pool, queue, jobs, metrics } = this.deps;
+    const { sampling } = input;
+    const requestId = attempt.id;
+    // A migrated attempt continues from what the caller has: prompt + sent tokens, the rest of max_tokens.
+    const prompt = progress.ids.length === 0 ? input.promptTokenIds : [...input.promptTokenIds, ...progress.ids];
+    const maxTokens = sampling.maxTokens - progress.received;
+    const base = progress.received;
+
+    let choice: ReturnType<DecodePool["choose"]>;
+    try {
+      choice = pool.choose({ requestId, promptTokens: prompt.length, maxTokens });
+    } catch (err) {
+      // No instance left right now: a migration waits and tries again; a first attempt fails at once.
+      const e = asMoelaError(err);
+      if (attempt.n > 0 && e.code === Code.UNAVAILABLE) throw new Migrate("decode_unavailable", e);
+      throw err;
+    }
+    const address = choice.address;
+    log.debug({ decode: address, attempt: attempt.n, reason: choice.reason, candidates: choice.candidates }, "decode instance chosen");
     const client = this.decodeClient(address);
 
     // Aborted by the caller's signal, by a final prefill failure, or by our own cleanup.
@@ -145,9 +248,13 @@ export class Pipeline {
         ctl.abort(prefillFailure);
       },
       active: () => metrics.routerQueueWait.observe((performance.now() - enqueuedAt) / 1000),
+      retried: (reason) => {
+        metrics.routerRetries.inc({ reason });
+        log.info({ jobId: requestId, reason }, "prefill job runs again");
+      },
     });
 
-    const stream = serverStreamCall((md, o) => client.stream({ requestId, startIndex: 0 }, md, o), { signal: ctl.signal, deadline });
+    const stream = serverStreamCall((md, o) => client.stream({ requestId, startIndex: 0 }, md, o), { signal: ctl.signal, deadline: attempt.deadline });
     const iter = stream[Symbol.asyncIterator]();
     // The first next() starts the call: the stream is open before the job exists.
     let pending = iter.next();
@@ -155,6 +262,8 @@ export class Pipeline {
 
     let finished = false;
     let enqueued = false;
+    // Set while waiting on the Decode.Stream: an error then is the decode instance's (or its connection's).
+    let reading = false;
     let endReason = "abandoned by the router";
     try {
       const job: PrefillJob = {
@@ -165,14 +274,14 @@ export class Pipeline {
           temperature: sampling.temperature,
           topP: sampling.topP,
           topK: sampling.topK,
-          seed: sampling.seed ?? randomInt(MAX_PICKED_SEED),
-          maxTokens: sampling.maxTokens,
+          seed: attempt.seed,
+          maxTokens,
           stopTokenIds: [...sampling.stopTokenIds],
           ignoreEos: sampling.ignoreEos,
           logprobs: sampling.logprobs,
         },
         decodeAddress: address,
-        deadlineUnixMs: deadline,
+        deadlineUnixMs: attempt.deadline,
         precision: this.deps.precision,
         enqueuedAtMs: Date.now(),
       };
@@ -183,15 +292,16 @@ export class Pipeline {
         throw new UnavailableError(`cannot enqueue the prefill job: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
       }
       enqueued = true;
-      metrics.routerPromptTokens.inc(prompt.length);
+      if (attempt.n === 0) metrics.routerPromptTokens.inc(prompt.length);
 
-      const decoder = tokenizer === null ? null : new IncrementalDecoder(tokenizer, { skipSpecialTokens: input.skipSpecialTokens, promptIds: prompt });
-      const matcher = input.stop.length > 0 ? new StopStringMatcher(input.stop) : null;
+      const { decoder, matcher } = progress;
       const wantLogprobs = sampling.logprobs !== null;
-      let received = 0;
-      let lastTokenAt = 0;
+      // Tokens of this attempt received so far (its completion indices start at 0).
+      let got = 0;
       for (;;) {
+        reading = true;
         const r = await pending;
+        reading = false;
         if (r.done) throw new MoelaError(`decode ${address} ended the stream without a finish reason`, Code.INTERNAL);
         const msg = r.value;
         const tokens: GeneratedToken[] = [];
@@ -199,9 +309,11 @@ export class Pipeline {
         let stopped = false;
         for (const ev of msg.tokens) {
           // A reopened stream may repeat what was already received.
-          if (ev.index < received) continue;
-          if (ev.index > received) throw new DataLossError(`decode ${address} skipped tokens ${received}..${ev.index - 1}`);
-          received++;
+          if (ev.index < got) continue;
+          if (ev.index > got) throw new DataLossError(`decode ${address} skipped tokens ${base + got}..${base + ev.index - 1}`);
+          got++;
+          progress.received++;
+          progress.ids.push(ev.tokenId);
           tokens.push(generatedToken(ev, wantLogprobs));
           const delta = decoder?.push(ev.tokenId) ?? "";
           if (matcher === null) {
@@ -217,9 +329,9 @@ export class Pipeline {
         }
         if (tokens.length > 0) {
           const now = performance.now();
-          if (lastTokenAt === 0) metrics.routerTimeToFirstToken.observe((now - input.arrivedAt) / 1000);
-          else for (let i = 0; i < tokens.length; i++) metrics.routerInterTokenLatency.observe((now - lastTokenAt) / 1000 / tokens.length);
-          lastTokenAt = now;
+          if (progress.lastTokenAt === 0) metrics.routerTimeToFirstToken.observe((now - input.arrivedAt) / 1000);
+          else for (let i = 0; i < tokens.length; i++) metrics.routerInterTokenLatency.observe((now - progress.lastTokenAt) / 1000 / tokens.length);
+          progress.lastTokenAt = now;
           metrics.routerGenerationTokens.inc(tokens.length);
         }
         const decodeFinish = msg.finishReason;
@@ -239,7 +351,7 @@ export class Pipeline {
           // Done before yielding: the caller may stop iterating at this yield.
           finished = true;
           const finishReason: FinishReason = stopped || decodeFinish === WireFinishReason.FINISH_REASON_STOP ? "stop" : "length";
-          yield { tokens, text, finishReason, usage: { promptTokens: prompt.length, completionTokens: received } };
+          yield { tokens, text, finishReason, usage: { promptTokens: input.promptTokenIds.length, completionTokens: progress.received } };
           return;
         }
         if (tokens.length > 0 || text.length > 0) yield { tokens, text, finishReason: null };
@@ -257,8 +369,15 @@ export class Pipeline {
         throw prefillFailure;
       }
       const e = asMoelaError(err);
-      if (e.code === Code.UNAVAILABLE) pool.markUnavailable(address, e.message);
       endReason = `router saw an error: ${e.message}`;
+      if (reading && e.code === Code.UNAVAILABLE) {
+        // Decode's own retryable end of the request (a step that failed, e.g. an expert-host lost) vs the
+        // instance itself gone (connection broken, draining): only the latter is kept out of the choice.
+        const inBand = /decode step failed/.test(e.message);
+        if (!inBand) pool.markUnavailable(address, e.message);
+        endReason = `migrating: ${e.message}`;
+        throw new Migrate(inBand ? "decode_failed" : "decode_unavailable", e);
+      }
       throw e;
     } finally {
       signal.removeEventListener("abort", forward);
@@ -283,6 +402,25 @@ export class Pipeline {
       (err: unknown) => log.warn({ decode: address, reason, err: err instanceof Error ? err.message : String(err) }, "Decode.Cancel failed"),
     );
   }
+}
+
+/** Resolves after `ms`, or rejects with the signal's reason when it aborts first. */
+function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) {
+      reject(signal.reason instanceof MoelaError ? signal.reason : new CancelledError("the client went away"));
+      return;
+    }
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(signal.reason instanceof MoelaError ? signal.reason : new CancelledError("the client went away"));
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
 }
 
 /** Why the caller aborted, for Decode.Cancel and the logs. */

@@ -11,7 +11,7 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import OpenAI, { APIError } from "openai";
-import { CancelledError, createLogger, InvalidArgumentError, MoelaError } from "@moela/core";
+import { CancelledError, createLogger, InvalidArgumentError, MoelaError, UnavailableError } from "@moela/core";
 import {
   DecodeService,
   FinishReason,
@@ -35,6 +35,9 @@ const silent = createLogger("router-test", process.env.TEST_LOG ?? "silent");
 const tokenizer = Tokenizer.fromDir(MODEL);
 /** A prompt token that makes the stand-in prefill fail the job for good. */
 const POISON = 999;
+/** A prompt token that makes the scripted decode lose a request's first attempt after LOSE_AFTER tokens. */
+const LOSE = 998;
+const LOSE_AFTER = 3;
 
 function deferred<T>(): { promise: Promise<T>; resolve: (v: T) => void } {
   let resolve!: (v: T) => void;
@@ -101,15 +104,18 @@ class ScriptedDecode {
         ]);
         const { ids, finish } = script(job);
         const slow = self.delayMs;
+        // A first attempt (not `<id>.m<n>`) of a LOSE prompt: the step "fails" after LOSE_AFTER tokens.
+        const loseAt = job.promptTokenIds.includes(LOSE) && !/\.m\d+$/.test(req.requestId) ? LOSE_AFTER : Infinity;
         for (let k = 0; k < ids.length; k += 2) {
-          const tokens: TokenEvent[] = ids.slice(k, k + 2).map((tokenId, j) => ({
+          if (k >= loseAt) throw new UnavailableError("decode step failed: expert-host 1 is unavailable");
+          const tokens: TokenEvent[] = ids.slice(k, Math.min(k + 2, loseAt)).map((tokenId, j) => ({
             index: k + j,
             tokenId,
             ...(job.sampling.logprobs !== null
               ? { logprobs: { logprob: logprobOf(k + j), top: [{ tokenId, logprob: logprobOf(k + j) }, { tokenId: 7, logprob: -5 }].slice(0, job.sampling.logprobs) } }
               : {}),
           }));
-          const last = k + 2 >= ids.length;
+          const last = k + 2 >= ids.length && loseAt === Infinity;
           yield {
             tokens,
             finishReason: last ? finish : FinishReason.FINISH_REASON_UNSPECIFIED,
@@ -328,6 +334,39 @@ describe("/v1/completions", () => {
     } finally {
       decode.delayMs = 0;
     }
+  });
+
+  it("a request whose decode attempt is lost mid-stream migrates: prompt + sent tokens, max_tokens reduced, indices continue", async () => {
+    const ids = [LOSE, 720, 721, 722, 723];
+    const stream = await client.completions.create({
+      model: "tiny-v3",
+      prompt: ids,
+      max_tokens: 8,
+      stream: true,
+      logprobs: 1,
+      // vLLM's extension: token ids as strings, so the test sees exactly which tokens arrived.
+      ...({ return_tokens_as_token_ids: true } as object),
+    });
+    const got: number[] = [];
+    let finish: string | null = null;
+    for await (const chunk of stream) {
+      const c = chunk.choices[0];
+      if (c === undefined) continue;
+      got.push(...(c.logprobs?.tokens ?? []).map((t) => Number(t.replace("token_id:", ""))));
+      if (c.finish_reason) finish = c.finish_reason;
+    }
+    const first = jobFor(ids);
+    const second = taken.get(`${first.requestId}.m1`);
+    expect(second, "the migrated attempt's job").toBeDefined();
+    const sent = script(first).ids.slice(0, LOSE_AFTER);
+    expect(second!.promptTokenIds).toEqual([...ids, ...sent]);
+    expect(second!.sampling.maxTokens).toBe(8 - LOSE_AFTER);
+    expect(second!.sampling.seed).toBe(first.sampling.seed);
+    // No gap, no duplicate: what the first attempt sent, then the whole second attempt.
+    expect(got).toEqual([...sent, ...script(second!).ids]);
+    expect(finish).toBe("length");
+    const text = await (await fetch(router.metricsUrl)).text();
+    expect(text).toMatch(/moela_router_retries_total\{reason="decode_failed"\} [1-9]/);
   });
 
   it("a prefill job that fails for good ends the request with its status and cancels it on decode", async () => {
