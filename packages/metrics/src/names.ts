@@ -93,6 +93,10 @@ export const METRICS = {
   routerGenerationTokens: { name: "moela_router_generation_tokens_total", kind: "counter", unit: "tokens", labels: [], help: "Tokens generated and streamed to clients." },
   /** router, read at scrape time from the prefill queue. */
   routerQueueDepth: { name: "moela_router_queue_depth", kind: "gauge", unit: "jobs", labels: [], help: "Prefill jobs waiting in the queue." },
+  /** router, read at scrape time from the prefill queue. */
+  routerQueueActive: { name: "moela_router_queue_active", kind: "gauge", unit: "jobs", labels: [], help: "Prefill jobs a worker is processing now." },
+  /** router, when it removes a job no worker took yet because its request ended; reason cancelled | timeout | error. */
+  routerQueueRemoved: { name: "moela_router_queue_removed_total", kind: "counter", unit: "jobs", labels: ["reason"], values: { reason: ["cancelled", "timeout", "error"] }, help: "Prefill jobs removed from the queue before a worker took them, by why their request ended." },
   /** router, when a job leaves the queue for a prefill worker. */
   routerQueueWait: { name: "moela_router_queue_wait_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time a prefill job waited in the queue before a worker took it." },
   /**

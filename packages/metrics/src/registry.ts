@@ -27,6 +27,8 @@ export const SERVICE_METRICS = {
     "routerPromptTokens",
     "routerGenerationTokens",
     "routerQueueDepth",
+    "routerQueueActive",
+    "routerQueueRemoved",
     "routerQueueWait",
     "routerRetries",
   ],

@@ -90,6 +90,17 @@ export function createRedisClient(url: string): Redis {
   return new Redis({ ...c, maxRetriesPerRequest: 2, connectTimeout: 5_000, retryStrategy: (times) => Math.min(times * 200, 2_000) });
 }
 
+/**
+ * The address to register: `override` when given, else the bound address with a wildcard host
+ * (0.0.0.0, ::) replaced by this machine's hostname (others cannot dial a wildcard).
+ */
+export function advertisedAddress(bound: string, override?: string): string {
+  if (override !== undefined && override !== "") return override;
+  const i = bound.lastIndexOf(":");
+  const host = bound.slice(0, i);
+  return host === "0.0.0.0" || host === "[::]" || host === "::" ? `${hostname()}:${bound.slice(i + 1)}` : bound;
+}
+
 export function registryKey(prefix: string, role: InstanceRole, id?: string): string {
   return id === undefined ? `${prefix}:registry:${role}` : `${prefix}:registry:${role}:${id}`;
 }

@@ -17,6 +17,19 @@ export const SETTINGS = {
   logLevel: { flag: "--log-level", env: "MOELA_EXPERT_HOST_LOG_LEVEL", bool: false, help: "fatal | error | warn | info | debug | trace (default info)" },
   perExpertMetrics: { flag: "--per-expert-metrics", env: "MOELA_EXPERT_HOST_PER_EXPERT_METRICS", bool: true, help: "also export tokens per (layer, expert) (high cardinality; default off)" },
   drainGraceMs: { flag: "--drain-grace-ms", env: "MOELA_EXPERT_HOST_DRAIN_GRACE_MS", bool: false, help: "on SIGTERM, how long running calls may finish (default 10000)" },
+  redisUrl: {
+    flag: "--redis-url",
+    env: "MOELA_EXPERT_HOST_REDIS_URL",
+    bool: false,
+    help: "register in the instance registry there (shard, load, heartbeat), so prefill and decode find this replica (default: not registered)",
+  },
+  queuePrefix: { flag: "--queue-prefix", env: "MOELA_EXPERT_HOST_QUEUE_PREFIX", bool: false, help: "Redis key prefix of the deployment (default moela)" },
+  advertiseAddress: {
+    flag: "--advertise-address",
+    env: "MOELA_EXPERT_HOST_ADVERTISE_ADDRESS",
+    bool: false,
+    help: "host:port others dial, as registered (default the bound address, a 0.0.0.0 host replaced by this machine's hostname)",
+  },
 } as const;
 
 type Key = keyof typeof SETTINGS;
@@ -45,6 +58,9 @@ const schema = z.object({
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], { message: "must be fatal, error, warn, info, debug, trace or silent" }).default("info"),
   perExpertMetrics: boolString.default(false),
   drainGraceMs: intString(0).default(10_000),
+  redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").optional(),
+  queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").optional(),
+  advertiseAddress: z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):(\d{1,5})$/, "must be host:port").optional(),
 });
 
 export type ExpertHostConfig = Readonly<z.output<typeof schema>>;

@@ -9,6 +9,10 @@
  *
  * Ready line: {"event":"ready","role":"expert-host","pid":123,"grpc":"127.0.0.1:PORT",
  *              "metrics":"http://127.0.0.1:PORT/metrics","shard":0}
+ *
+ * With --redis-url it registers in the instance registry (role expert-host, its shard of the count,
+ * calls in flight as its load, a heartbeat a second) once it serves, and deregisters first on shutdown,
+ * so prefill and decode add it to (and drop it from) the shard's replicas.
  */
 import { realpathSync } from "node:fs";
 import { pathToFileURL } from "node:url";
@@ -16,6 +20,7 @@ import { Code, createLogger, MoelaError, type Logger } from "@moela/core";
 import { loadExpertShard, readModelConfig } from "@moela/engine";
 import { createServiceMetrics, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import { checkpointModelId, ExpertHostCore, placementFor } from "@moela/moe-dispatch";
+import { advertisedAddress, createRedisClient, InstanceRegistry, type Registration } from "@moela/scheduler";
 import { ExpertHostService } from "@moela/proto-gen";
 import { createServer, drainAndClose, serve, type RpcServer } from "@moela/rpc";
 import { parseConfig, splitAddress, USAGE, type ExpertHostConfig } from "./config.js";
@@ -37,7 +42,9 @@ export interface RunningExpertHost {
   readonly residentBytes: number;
   /** The line main() prints when ready. */
   readonly readyLine: string;
-  /** Health NOT_SERVING, let running calls finish for up to graceMs, close gRPC and /metrics. */
+  /** Its registry record (with --redis-url). */
+  readonly registration: Registration | undefined;
+  /** Deregister, health NOT_SERVING, let running calls finish for up to graceMs, close gRPC and /metrics. */
   close(graceMs?: number): Promise<{ forced: boolean }>;
 }
 
@@ -96,6 +103,7 @@ export async function startExpertHost(cfg: ExpertHostConfig, logger: Logger): Pr
     metrics: metricsServer.url,
     shard: cfg.shardIndex,
   });
+  const registered = cfg.redisUrl === undefined ? undefined : await register(cfg, address, metricsServer.url, core.modelId, server, logger);
   return {
     grpcAddress: address,
     metricsUrl: metricsServer.url,
@@ -104,10 +112,47 @@ export async function startExpertHost(cfg: ExpertHostConfig, logger: Logger): Pr
     server,
     residentBytes: shard.bytes,
     readyLine,
+    registration: registered?.registration,
     async close(graceMs = cfg.drainGraceMs) {
+      // Out of the registry first, so no new caller picks this replica while it drains.
+      await registered?.close();
       const result = await drainAndClose(server, graceMs);
       await metricsServer.close();
       return result;
+    },
+  };
+}
+
+/** The registry record of this replica: its shard and, as its load, the calls in flight. */
+async function register(
+  cfg: ExpertHostConfig,
+  bound: string,
+  metricsUrl: string,
+  modelId: string,
+  server: RpcServer,
+  logger: Logger,
+): Promise<{ registration: Registration; close: () => Promise<void> }> {
+  const redis = createRedisClient(cfg.redisUrl!);
+  redis.on("error", (err: Error) => logger.debug({ err: err.message }, "registry Redis connection error"));
+  const registry = new InstanceRegistry(redis, { prefix: cfg.queuePrefix ?? "moela", logger });
+  const registration = await registry.register(
+    {
+      role: "expert-host",
+      grpcAddress: advertisedAddress(bound, cfg.advertiseAddress),
+      metricsUrl,
+      precision: cfg.precision,
+      modelId,
+      shardIndex: cfg.shardIndex,
+      shardCount: cfg.shardCount,
+    },
+    () => ({ runningSequences: server.activeCalls }),
+  );
+  logger.info({ instance: registration.id, shard: cfg.shardIndex }, "registered in the instance registry");
+  return {
+    registration,
+    close: async () => {
+      await registration.deregister();
+      await redis.quit().catch(() => redis.disconnect());
     },
   };
 }

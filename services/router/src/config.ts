@@ -10,18 +10,24 @@
  *   --metrics-address H:P    Prometheus /metrics                                 (127.0.0.1:0)
  *   --redis-url URL          BullMQ's Redis                                      (redis://127.0.0.1:6379)
  *   --queue-prefix NAME      Redis key prefix of the queues                      (moela)
- *   --decode H:P[,H:P...]    decode instances' gRPC addresses                                (required)
+ *   --decode H:P[,H:P...]    static decode instances (seeds: always candidates; the registry adds every
+ *                            decode instance registered in Redis under the same prefix)      (none)
+ *   --policy JSON|FILE       the decode-choice policy: filters, scorers, picker (packages/scheduler/src/
+ *                            policy/README.md), as JSON text or a .json file   (healthy + has-free-kv;
+ *                                                                               free-kv x2 + load; max-score)
+ *   --decision-ttl-s N       how long routing decisions stay readable at GET /v1/routing/<id>  (3600)
  *   --served-model-name S    the model name clients use                          (the model folder's name)
  *   --max-model-len N        prompt + completion tokens at most                  (config max_position_embeddings)
  *   --precision P            exact | paper: the deployment's profile, stamped on every prefill job (exact)
  *   --request-timeout-s N    a request's deadline, queueing included             (600)
- *   --max-in-flight N        requests in flight before 429                       (1024)
+ *   --max-in-flight N        generations admitted (queued for prefill + running) before 429  (1024)
  *   --log-level L            pino level                                          (info)
  */
 import { existsSync, readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { ConfigError } from "@moela/core";
+import { DEFAULT_POLICY, parsePolicyJson, Policy, type PolicyConfig } from "@moela/scheduler";
 import { z } from "zod";
 
 const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "must be host:port");
@@ -34,9 +40,12 @@ const schema = z.strictObject({
   redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").default("redis://127.0.0.1:6379"),
   queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").default("moela"),
   decode: z
-    .string({ error: "is required (comma-separated decode gRPC addresses)" })
+    .string()
+    .default("")
     .transform((s) => s.split(",").map((x) => x.trim()).filter((x) => x.length > 0))
-    .pipe(z.array(hostPort).min(1, "needs at least one decode address")),
+    .pipe(z.array(hostPort)),
+  policy: z.string().optional(),
+  decisionTtlS: z.coerce.number().int("must be an integer").min(1, "must be at least 1").max(30 * 86_400).default(3_600),
   servedModelName: z.string().min(1).optional(),
   maxModelLen: z.coerce.number().int("must be an integer").min(2, "must be at least 2").optional(),
   precision: z.enum(["exact", "paper"]).default("exact"),
@@ -55,7 +64,12 @@ export interface RouterConfig {
   readonly metricsAddress: string;
   readonly redisUrl: string;
   readonly queuePrefix: string;
+  /** Static decode instances (seeds); the registry adds the registered ones. */
   readonly decode: readonly string[];
+  /** The decode-choice policy (default DEFAULT_POLICY). */
+  readonly policy?: PolicyConfig;
+  /** How long routing decisions are kept for lookup (default 3600). */
+  readonly decisionTtlS?: number;
   readonly servedModelName: string;
   /** undefined = the model's max_position_embeddings (resolved when the model is read). */
   readonly maxModelLen: number | undefined;
@@ -118,6 +132,8 @@ export function parseRouterConfig(argv: readonly string[], env: NodeJS.ProcessEn
     redisUrl: c.redisUrl,
     queuePrefix: c.queuePrefix,
     decode: Object.freeze([...new Set(c.decode)]),
+    policy: c.policy === undefined ? DEFAULT_POLICY : readPolicy(c.policy),
+    decisionTtlS: c.decisionTtlS,
     servedModelName: c.servedModelName ?? basename(model),
     maxModelLen: c.maxModelLen,
     precision: c.precision,
@@ -125,6 +141,25 @@ export function parseRouterConfig(argv: readonly string[], env: NodeJS.ProcessEn
     maxInFlight: c.maxInFlight,
     logLevel: c.logLevel,
   });
+}
+
+/**
+ * --policy: JSON text (starts with "{") or the path of a .json file; checked by building the policy
+ * once, so a bad plugin or parameter stops the router at start-up naming the flag.
+ */
+function readPolicy(value: string): PolicyConfig {
+  const where = `--policy (env ${envOf("policy")})`;
+  let text = value;
+  let source = where;
+  if (!value.trimStart().startsWith("{")) {
+    const file = resolve(value);
+    if (!existsSync(file)) throw new ConfigError(`router: ${where}: "${value}" is neither JSON nor an existing file`);
+    text = readFileSync(file, "utf8");
+    source = `${where} ${file}`;
+  }
+  const config = parsePolicyJson(text, `router: ${source}`);
+  new Policy(config, `router: ${source}`);
+  return config;
 }
 
 /** Sampling defaults from generation_config.json (as vLLM reads them); temperature 1, top_p 1, top_k off otherwise. */

@@ -8,7 +8,20 @@ import { readModelConfig } from "@moela/engine";
 import { createServiceMetrics, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import { Precision, GenerateService, type DecodeStatusResponse } from "@moela/proto-gen";
 import { createServer, drainAndClose, serve, unaryCall } from "@moela/rpc";
-import { AdmissionController, createPrefillQueue, DecodePool, PREFILL_QUEUE, redisConnection, type DecodeLoad } from "@moela/scheduler";
+import {
+  AdmissionController,
+  createPrefillQueue,
+  createRedisClient,
+  DecisionLog,
+  DecodePool,
+  DEFAULT_POLICY,
+  InstanceRegistry,
+  Policy,
+  PREFILL_QUEUE,
+  redisConnection,
+  RegistryWatcher,
+  type DecodeReport,
+} from "@moela/scheduler";
 import { TOKENIZER_JSON, Tokenizer } from "@moela/tokenizer";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
@@ -25,6 +38,9 @@ export interface StartRouterOptions {
   readonly shutdownGraceMs?: number;
   /** Between Decode.Status polls (default 300 ms). */
   readonly statusIntervalMs?: number;
+  /** Registry heartbeat period and record TTL (defaults 1000 / 4000 ms). */
+  readonly heartbeatMs?: number;
+  readonly registryTtlMs?: number;
   /** Give up starting when Redis does not answer within this (default 10 s). */
   readonly redisTimeoutMs?: number;
 }
@@ -87,22 +103,39 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       collect: {
         routerRequestsInFlight: () => admission.inFlight,
         routerQueueDepth: () => queue.getJobCountByTypes("waiting", "prioritized"),
+        routerQueueActive: () => queue.getActiveCount(),
       },
     });
+
+    // The registry (decode instances to choose from, this router's own record) and the routing decisions.
+    const redis = createRedisClient(config.redisUrl);
+    redis.on("error", (err: Error) => logger.debug({ err: err.message }, "registry Redis connection error"));
+    closers.push(async () => redis.quit().catch(() => redis.disconnect()));
+    const instances = new InstanceRegistry(redis, { prefix: config.queuePrefix, logger, ...(options.registryTtlMs !== undefined ? { ttlMs: options.registryTtlMs } : {}) });
+    const decodeMembers = new RegistryWatcher(instances, "decode", options.statusIntervalMs ?? 300);
+    await decodeMembers.start();
+    closers.push(() => decodeMembers.close());
+    const decisions = new DecisionLog({ redis, prefix: config.queuePrefix, ttlS: config.decisionTtlS ?? 3_600, logger });
+    closers.push(() => decisions.flush());
 
     let pipeline: Pipeline | undefined;
     const wantPrecision = WIRE_PRECISION[config.precision];
     const pool = new DecodePool({
       addresses: config.decode,
+      discover: () => decodeMembers.snapshot().map((r) => ({ id: r.id, address: r.grpcAddress, precision: r.precision, modelId: r.modelId })),
       intervalMs: options.statusIntervalMs ?? 300,
+      policy: new Policy(config.policy ?? DEFAULT_POLICY, "--policy"),
+      precision: config.precision,
+      onDecision: (d) => decisions.record(d),
       logger,
-      fetchStatus: async (address, { timeoutMs }): Promise<DecodeLoad> => {
+      fetchStatus: async (address, { timeoutMs }): Promise<DecodeReport> => {
         const client = pipeline!.decodeClient(address);
         const s = await unaryCall<DecodeStatusResponse>((md, o, cb) => client.status({}, md, o, cb), { timeoutMs });
         if (s.precision !== Precision.PRECISION_UNSPECIFIED && s.precision !== wantPrecision) {
           throw new UnavailableError(`decode ${address} runs another precision profile (${Precision[s.precision]}) than the router (${config.precision})`);
         }
-        return s;
+        const precision = s.precision === Precision.PRECISION_PAPER ? "paper" : s.precision === Precision.PRECISION_EXACT ? "exact" : undefined;
+        return { ...s, precision, modelId: s.modelId === "" ? undefined : s.modelId };
       },
     });
     pipeline = new Pipeline({
@@ -120,7 +153,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     await pool.start();
     closers.push(() => pool.close());
     const healthy = pool.candidates().filter((c) => c.healthy).length;
-    logger.info({ decode: config.decode, healthy }, "decode instances polled");
+    logger.info({ decode: pool.addresses, static: config.decode, healthy, policy: pool.policy.summary }, "decode instances polled");
 
     const shutdown = new AbortController();
     let draining = false;
@@ -136,6 +169,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       pipeline,
       pool,
       admission,
+      decisions,
       metrics: m,
       logger,
       startedAt: Math.floor(Date.now() / 1000),
@@ -175,7 +209,18 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       }
     });
 
-    logger.info({ http: httpUrl, grpc: grpcBound.address, metrics: metricsServer.url, model: config.servedModelName, maxModelLen }, "router serving");
+    // Registered last, deregistered first: the record exists exactly while the router takes requests.
+    const registration = await instances.register(
+      { role: "router", grpcAddress: grpcBound.address, metricsUrl: metricsServer.url, httpUrl, precision: config.precision, modelId: config.servedModelName },
+      async () => {
+        const [waiting, active] = await Promise.all([queue.getJobCountByTypes("waiting", "prioritized"), queue.getActiveCount()]);
+        return { runningSequences: admission.inFlight, accepting: !draining, queues: { prefill_waiting: waiting, prefill_active: active } };
+      },
+      options.heartbeatMs !== undefined ? { intervalMs: options.heartbeatMs } : {},
+    );
+    closers.push(() => registration.deregister());
+
+    logger.info({ http: httpUrl, grpc: grpcBound.address, metrics: metricsServer.url, model: config.servedModelName, maxModelLen, instance: registration.id }, "router serving");
     let closing: Promise<void> | undefined;
     return {
       httpUrl,

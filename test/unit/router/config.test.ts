@@ -2,9 +2,12 @@
  * Router and prefill configuration: flags over env twins over defaults, and errors that name both the flag
  * and its env twin.
  */
-import { basename } from "node:path";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { basename, join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { ConfigError } from "@moela/core";
+import { DEFAULT_POLICY } from "@moela/scheduler";
 import { parseRouterConfig } from "../../../services/router/src/config.js";
 import { parsePrefillConfig } from "../../../services/prefill/src/config.js";
 
@@ -21,6 +24,8 @@ describe("router config", () => {
       redisUrl: "redis://127.0.0.1:6379",
       queuePrefix: "moela",
       decode: ["127.0.0.1:7001", "127.0.0.1:7002"],
+      policy: DEFAULT_POLICY,
+      decisionTtlS: 3600,
       servedModelName: basename(MODEL),
       maxModelLen: undefined,
       precision: "exact",
@@ -42,10 +47,26 @@ describe("router config", () => {
     expect(c).toMatchObject({ decode: ["d:1"], maxModelLen: 512, servedModelName: "tiny", precision: "paper", httpAddress: "0.0.0.0:9000" });
   });
 
+  it("--decode is optional (the registry supplies decode instances); --policy takes JSON or a file", () => {
+    const dir = mkdtempSync(join(tmpdir(), "moela-policy-"));
+    const file = join(dir, "policy.json");
+    writeFileSync(file, '{"scorers":[{"type":"queue-depth"}],"picker":{"type":"weighted-random","parameters":{"seed":5}}}');
+    try {
+      const c = parseRouterConfig(["--model", MODEL, "--policy", file], {});
+      expect(c.decode).toEqual([]);
+      expect(c.policy).toMatchObject({ filters: DEFAULT_POLICY.filters, scorers: [{ type: "queue-depth", weight: 1 }], picker: { type: "weighted-random", parameters: { seed: 5 } } });
+      expect(parseRouterConfig(["--model", MODEL, "--policy", '{"scorers":[]}'], {}).policy?.scorers).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it.each([
     { argv: ["--decode", "d:1"], env: {}, message: /--model \(env MOELA_ROUTER_MODEL\) is required/ },
-    { argv: ["--model", MODEL], env: {}, message: /--decode \(env MOELA_ROUTER_DECODE\) is required/ },
-    { argv: ["--model", MODEL, "--decode", ""], env: {}, message: /--decode \(env MOELA_ROUTER_DECODE\) needs at least one decode address/ },
+    { argv: ["--model", MODEL, "--policy", "{nope"], env: {}, message: /--policy \(env MOELA_ROUTER_POLICY\): not valid JSON/ },
+    { argv: ["--model", MODEL, "--policy", "/nonexistent.json"], env: {}, message: /--policy \(env MOELA_ROUTER_POLICY\): "\/nonexistent.json" is neither JSON nor an existing file/ },
+    { argv: ["--model", MODEL], env: { MOELA_ROUTER_POLICY: '{"picker":{"type":"best"}}' }, message: /--policy \(env MOELA_ROUTER_POLICY\): picker: unknown picker "best"/ },
+    { argv: ["--model", MODEL, "--decision-ttl-s", "0"], env: {}, message: /--decision-ttl-s \(env MOELA_ROUTER_DECISION_TTL_S\) must be at least 1/ },
     { argv: ["--model", MODEL, "--decode", "nohost"], env: {}, message: /--decode .* must be host:port/ },
     { argv: ["--model", MODEL, "--decode", "d:1"], env: { MOELA_ROUTER_MAX_MODEL_LEN: "abc" }, message: /--max-model-len \(env MOELA_ROUTER_MAX_MODEL_LEN\).*got "abc"/ },
     { argv: ["--model", MODEL, "--decode", "d:1", "--precision", "fp8"], env: {}, message: /--precision \(env MOELA_ROUTER_PRECISION\)/ },

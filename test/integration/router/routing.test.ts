@@ -1,0 +1,262 @@
+/**
+ * The router's scheduling and admission against real neighbours: real Redis (a unique prefix per
+ * router, every key removed afterwards) and stand-in decode instances serving the real Decode gRPC
+ * service on 127.0.0.1:0. No prefill worker runs, and the stand-in answers by request id: "run-" and the
+ * router's own "req-" ids get three tokens at once (their jobs stay queued), "hold-" ids one token and
+ * then nothing until cancelled (a running generation), any other id nothing (a request waiting for a
+ * prefill that never comes). So a test controls exactly which requests are queued and which run.
+ *
+ * Covered: decode instances found in the registry next to the static --decode seed; every decision
+ * (candidates, per-scorer scores, choice, reason) looked up by request id at GET /v1/routing/:id; the
+ * client's x-request-id used and returned; 429 with Retry-After once queued + running generations
+ * reach --max-in-flight; a cancelled queued request's job removed from the BullMQ queue; a request past
+ * its deadline answered 504 and its job removed.
+ */
+import { randomUUID } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Redis } from "ioredis";
+import { createLogger } from "@moela/core";
+import { DecodeService, FinishReason, Precision, type StreamRequest, type StreamResponse } from "@moela/proto-gen";
+import { createServer, drainAndClose, serve, type CallContext, type RpcServer } from "@moela/rpc";
+import { createPrefillQueue, createRedisClient, InstanceRegistry, type Decision, type Registration } from "@moela/scheduler";
+import type { Queue } from "bullmq";
+import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
+
+const MODEL = new URL("../../../models/tiny-v3", import.meta.url).pathname;
+const REDIS = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
+const silent = createLogger("routing-test", process.env.TEST_LOG ?? "silent");
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A decode instance reporting a fixed load, answering by request id (see above). */
+class StandInDecode {
+  server!: RpcServer;
+  address = "";
+  readonly opened: string[] = [];
+  constructor(readonly freeKvBlocks: number) {}
+
+  async start(): Promise<this> {
+    const self = this;
+    this.server = createServer({ logger: silent });
+    this.server.addService(DecodeService, {
+      async *stream(req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
+        self.opened.push(req.requestId);
+        const forever = () => new Promise((_, reject) => ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason)));
+        if (req.requestId.startsWith("hold-")) {
+          yield { tokens: [{ index: 0, tokenId: 400 }], finishReason: FinishReason.FINISH_REASON_UNSPECIFIED };
+          await forever();
+        }
+        if (!req.requestId.startsWith("run-") && !req.requestId.startsWith("req-")) await forever();
+        yield { tokens: [400, 401, 402].map((tokenId, index) => ({ index, tokenId })), finishReason: FinishReason.FINISH_REASON_LENGTH };
+      },
+      async cancel() {
+        return { found: true };
+      },
+      async status() {
+        return {
+          freeKvBlocks: self.freeKvBlocks,
+          totalKvBlocks: 1000,
+          blockSize: 16,
+          runningSequences: 0,
+          waitingSequences: 0,
+          pendingTransfers: 0,
+          modelId: "tiny-v3",
+          precision: Precision.PRECISION_EXACT,
+          accepting: true,
+        };
+      },
+    });
+    this.address = (await serve(this.server, "127.0.0.1:0")).address;
+    return this;
+  }
+}
+
+interface Rig {
+  prefix: string;
+  router: StartedRouter;
+  queue: Queue;
+}
+
+let redis: Redis;
+let seed: StandInDecode;
+let better: StandInDecode;
+const rigs: Rig[] = [];
+
+async function rig(over: { maxInFlight?: number; requestTimeoutMs?: number } = {}): Promise<Rig> {
+  const prefix = `moela-test-routing-${randomUUID()}`;
+  const router = await startRouter(
+    {
+      model: MODEL,
+      httpAddress: "127.0.0.1:0",
+      grpcAddress: "127.0.0.1:0",
+      metricsAddress: "127.0.0.1:0",
+      redisUrl: REDIS,
+      queuePrefix: prefix,
+      decode: [seed.address],
+      servedModelName: "tiny-v3",
+      maxModelLen: undefined,
+      precision: "exact",
+      requestTimeoutMs: over.requestTimeoutMs ?? 30_000,
+      maxInFlight: over.maxInFlight ?? 64,
+      logLevel: "silent",
+    },
+    { logger: silent, shutdownGraceMs: 500, statusIntervalMs: 100, heartbeatMs: 200 },
+  );
+  const r = { prefix, router, queue: createPrefillQueue(REDIS, prefix) };
+  rigs.push(r);
+  return r;
+}
+
+function complete(r: Rig, body: Record<string, unknown>, headers: Record<string, string> = {}, signal?: AbortSignal): Promise<Response> {
+  return fetch(`${r.router.httpUrl}/v1/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: JSON.stringify({ model: "tiny-v3", prompt: [0, 17, 42], max_tokens: 3, ...body }),
+    ...(signal ? { signal } : {}),
+  });
+}
+
+async function until<T>(f: () => Promise<T | undefined | false>, ms: number, what: string): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) throw new Error(`${what} within ${ms} ms`);
+    await sleep(50);
+  }
+}
+
+async function routing(r: Rig, id: string): Promise<{ status: number; body: { request_id?: string; decisions?: Decision[] } }> {
+  const res = await fetch(`${r.router.httpUrl}/v1/routing/${id}`);
+  return { status: res.status, body: (await res.json()) as { decisions?: Decision[] } };
+}
+
+beforeAll(async () => {
+  redis = createRedisClient(REDIS);
+  [seed, better] = await Promise.all([new StandInDecode(100).start(), new StandInDecode(900).start()]);
+});
+
+afterAll(async () => {
+  for (const r of rigs) {
+    await r.router.close();
+    await r.queue.obliterate({ force: true });
+    await r.queue.close();
+    const keys = await redis.keys(`${r.prefix}:*`);
+    if (keys.length > 0) await redis.del(...keys);
+  }
+  await redis.quit();
+  await Promise.all([seed, better].map((d) => drainAndClose(d.server, 0, { flushMs: 50 })));
+});
+
+describe("decode instances from the registry, decisions by request id", () => {
+  it("finds a registered decode instance next to the static seed, prefers it, explains why, and forgets it once it leaves", async () => {
+    const r = await rig();
+    const registry = new InstanceRegistry(redis, { prefix: r.prefix, ttlMs: 1_000 });
+    const reg: Registration = await registry.register({ role: "decode", grpcAddress: better.address, precision: "exact", modelId: "tiny-v3" }, () => ({ freeKvBlocks: 900, totalKvBlocks: 1000, blockSize: 16 }), { intervalMs: 200 });
+
+    // The registered instance joins the candidates once the router has read the registry and polled it.
+    const id = `run-${randomUUID()}`;
+    await until(
+      async () => {
+        const res = await complete(r, {}, { "x-request-id": `${id}-probe-${Date.now()}` });
+        await res.text();
+        return better.opened.length > 0;
+      },
+      10_000,
+      "the registered decode instance was never chosen",
+    );
+
+    const res = await complete(r, {}, { "x-request-id": id });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("x-request-id")).toBe(id);
+    expect(((await res.json()) as { choices: unknown[] }).choices).toHaveLength(1);
+
+    const { status, body } = await routing(r, id);
+    expect(status).toBe(200);
+    expect(body.request_id).toBe(id);
+    expect(body.decisions).toHaveLength(1);
+    const d = body.decisions![0]!;
+    expect(d).toMatchObject({
+      requestId: id,
+      role: "decode",
+      policy: "filters: healthy, has-free-kv; scorers: free-kv x2, load x1; picker: max-score",
+      chosen: { id: reg.id, address: better.address },
+      reason: expect.stringMatching(/^max-score: highest score/),
+    });
+    const byAddress = new Map(d.candidates.map((c) => [c.address, c]));
+    // Free blocks are the last report minus what this router sent since (the probes), so about 900 and 100.
+    expect(byAddress.get(better.address)).toMatchObject({ id: reg.id, scores: { "free-kv": 1 } });
+    expect(byAddress.get(better.address)!.freeKvBlocks).toBeGreaterThan(850);
+    expect(byAddress.get(seed.address)!.freeKvBlocks).toBeLessThanOrEqual(100);
+    expect(byAddress.get(seed.address)?.scores?.["free-kv"]).toBeLessThan(0.2);
+    expect(better.opened).toContain(id);
+
+    // Deregistered: the next request goes to the static seed.
+    await reg.deregister();
+    const after = `run-${randomUUID()}`;
+    await until(
+      async () => {
+        const x = await complete(r, {}, { "x-request-id": `${after}-${Date.now()}` });
+        await x.text();
+        return seed.opened.some((o) => o.startsWith(after));
+      },
+      10_000,
+      "the router kept choosing an instance that left the registry",
+    );
+  });
+
+  it("makes an id when the client sends none, answers 404 for an unknown one, 400 for a malformed header", async () => {
+    const r = await rig();
+    const res = await complete(r, {});
+    const id = res.headers.get("x-request-id");
+    await res.text();
+    expect(id).toMatch(/^req-/);
+    expect((await routing(r, id!)).body.decisions?.[0]?.requestId).toBe(id);
+    const unknown = await routing(r, "run-never-seen");
+    expect(unknown.status).toBe(404);
+    const bad = await complete(r, {}, { "x-request-id": "has space" });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: { message: string } }).error.message).toMatch(/x-request-id/);
+  });
+});
+
+describe("admission", () => {
+  it("counts queued and running generations against --max-in-flight: 429 with Retry-After beyond; a cancelled queued request leaves the queue and frees its slot", async () => {
+    const r = await rig({ maxInFlight: 2 });
+    // One generation running: decode streamed its first token and goes on until cancelled.
+    const stopRunning = new AbortController();
+    const running = await complete(r, { stream: true }, { "x-request-id": `hold-${randomUUID()}` }, stopRunning.signal);
+    expect(running.status).toBe(200);
+    // One waiting for prefill: its job sits in the queue.
+    const queuedId = `queued-${randomUUID()}`;
+    const cancel = new AbortController();
+    const queued = complete(r, { stream: true }, { "x-request-id": queuedId }, cancel.signal).catch((e: unknown) => e);
+    await until(async () => (await r.queue.getJob(queuedId)) ?? false, 10_000, "the queued request's job never appeared");
+    expect(await r.queue.getJobState(queuedId)).toBe("waiting");
+
+    const refused = await complete(r, {}, { "x-request-id": "over-the-bound" });
+    expect(refused.status).toBe(429);
+    expect(refused.headers.get("retry-after")).toBe("1");
+    expect(refused.headers.get("x-request-id")).toBe("over-the-bound");
+    expect(((await refused.json()) as { error: { message: string } }).error.message).toMatch(/limit of 2 generations in flight/);
+
+    // The client goes away: its job no worker took is removed from the queue, not left to run.
+    cancel.abort();
+    await queued;
+    await until(async () => (await r.queue.getJob(queuedId)) === undefined, 10_000, "the cancelled request's job stayed in the queue");
+    const admitted = await complete(r, {}, { "x-request-id": `run-${randomUUID()}` });
+    expect(admitted.status).toBe(200);
+    await admitted.text();
+    stopRunning.abort();
+    await running.text().catch(() => undefined);
+  });
+
+  it("a request past its deadline while queued: 504, and its job is removed from the queue", async () => {
+    const r = await rig({ requestTimeoutMs: 1_500 });
+    const id = `late-${randomUUID()}`;
+    const res = await complete(r, {}, { "x-request-id": id });
+    expect(res.status).toBe(504);
+    expect(res.headers.get("x-request-id")).toBe(id);
+    await res.text();
+    await until(async () => (await r.queue.getJob(id)) === undefined, 10_000, "the expired request's job stayed in the queue");
+  });
+});
