@@ -43,10 +43,18 @@ import {
  * tokens in float32 is tens of MiB, far above grpc's 4 MiB default. */
 export const DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
 
-/** Channel options for clients of moela services (message size limits matching the servers'). */
+/**
+ * Channel options for clients of moela services: message size limits matching the servers', and a short
+ * reconnect backoff. grpc-js backs off up to 120 s between reconnects by default, and a call made while the
+ * channel waits fails UNAVAILABLE at once; a peer that restarts (an expert-host or decode instance coming
+ * back at its address) would stay unreachable for minutes. Capped at 2 s, the cluster recovers within
+ * seconds of a peer's return.
+ */
 export const DEFAULT_CHANNEL_OPTIONS: Readonly<ChannelOptions> = Object.freeze({
   "grpc.max_receive_message_length": DEFAULT_MAX_MESSAGE_BYTES,
   "grpc.max_send_message_length": DEFAULT_MAX_MESSAGE_BYTES,
+  "grpc.initial_reconnect_backoff_ms": 250,
+  "grpc.max_reconnect_backoff_ms": 2_000,
 });
 
 /** The shape of one method in a generated service definition (e.g. DecodeService.stream). */

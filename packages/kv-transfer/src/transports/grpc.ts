@@ -328,6 +328,9 @@ export function grpcKvConnector(target: string | KvTransferClient, options: Grpc
       ? new KvTransferClient(target, credentials.createInsecure(), {
           "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
           "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+          // A restarted peer is reachable again within 2 s (grpc-js backs off up to 120 s by default).
+          "grpc.initial_reconnect_backoff_ms": 250,
+          "grpc.max_reconnect_backoff_ms": 2_000,
           ...options.channelOptions,
         })
       : target;
