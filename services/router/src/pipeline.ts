@@ -265,6 +265,8 @@ export class Pipeline {
     // Set while waiting on the Decode.Stream: an error then is the decode instance's (or its connection's).
     let reading = false;
     let endReason = "abandoned by the router";
+    /** Why a still-queued job is removed (moela_router_queue_removed_total). */
+    let removal: "cancelled" | "timeout" | "error" = "cancelled";
     try {
       const job: PrefillJob = {
         version: PREFILL_JOB_VERSION,
@@ -370,6 +372,7 @@ export class Pipeline {
       }
       const e = asMoelaError(err);
       endReason = `router saw an error: ${e.message}`;
+      removal = e.code === Code.DEADLINE_EXCEEDED ? "timeout" : "error";
       if (reading && e.code === Code.UNAVAILABLE) {
         // Decode's own retryable end of the request (a step that failed, e.g. an expert-host lost) vs the
         // instance itself gone (connection broken, draining): only the latter is kept out of the choice.
@@ -387,7 +390,16 @@ export class Pipeline {
         if (!ctl.signal.aborted) ctl.abort(new CancelledError(endReason));
         this.cancelOnDecode(address, requestId, endReason, log);
         // A job no worker has taken yet would only waste a prefill; an active one cannot be removed.
-        if (enqueued) queue.remove(requestId).catch(() => 0);
+        if (enqueued) {
+          queue.remove(requestId).then(
+            (removed) => {
+              if (removed !== 1) return;
+              metrics.routerQueueRemoved.inc({ reason: removal });
+              log.debug({ jobId: requestId, reason: removal }, "queued prefill job removed");
+            },
+            () => 0,
+          );
+        }
       }
       // Ends the Decode.Stream call if it is still open.
       await iter.return(undefined).catch(() => undefined);

@@ -130,6 +130,13 @@ async function routing(r: Rig, id: string): Promise<{ status: number; body: { re
   return { status: res.status, body: (await res.json()) as { decisions?: Decision[] } };
 }
 
+/** One sample's value from the router's /metrics (undefined when absent). */
+async function metric(r: Rig, series: string): Promise<number | undefined> {
+  const text = await (await fetch(r.router.metricsUrl)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
 beforeAll(async () => {
   redis = createRedisClient(REDIS);
   [seed, better] = await Promise.all([new StandInDecode(100).start(), new StandInDecode(900).start()]);
@@ -243,6 +250,7 @@ describe("admission", () => {
     cancel.abort();
     await queued;
     await until(async () => (await r.queue.getJob(queuedId)) === undefined, 10_000, "the cancelled request's job stayed in the queue");
+    await until(async () => (await metric(r, 'moela_router_queue_removed_total{reason="cancelled"}')) === 1, 5_000, "the removal was not counted");
     const admitted = await complete(r, {}, { "x-request-id": `run-${randomUUID()}` });
     expect(admitted.status).toBe(200);
     await admitted.text();
@@ -258,5 +266,7 @@ describe("admission", () => {
     expect(res.headers.get("x-request-id")).toBe(id);
     await res.text();
     await until(async () => (await r.queue.getJob(id)) === undefined, 10_000, "the expired request's job stayed in the queue");
+    await until(async () => (await metric(r, 'moela_router_queue_removed_total{reason="timeout"}')) === 1, 5_000, "the removal was not counted");
+    expect(await metric(r, 'moela_router_queue_removed_total{reason="cancelled"}')).toBe(0);
   });
 });
