@@ -6,6 +6,7 @@ export * from "./speculative.js";
 export * from "./safetensors/index.js";
 export * from "./quant/fp8-block.js";
 export * from "./tensor/matrix.js";
+export * from "./tensor/parallel.js";
 export * from "./workspace.js";
 export * from "./ports.js";
 export * from "./weights.js";

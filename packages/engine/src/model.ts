@@ -15,6 +15,7 @@
 import { isMoeLayer, parseModelConfig, type ModelConfig } from "./config.js";
 import { roundBf16 } from "./tensor/dtype.js";
 import { decodeRow, matmul, matvecRows, matvecTransposedRows, type WeightMatrix } from "./tensor/matrix.js";
+import { MatmulPool, type MatmulFn, type MatmulPoolOptions } from "./tensor/parallel.js";
 import { rmsNorm, rmsNormRows } from "./layers/rmsnorm.js";
 import { applyRotary, rotaryParams, rotaryTables, type RotaryParams } from "./layers/rope.js";
 import { createRouterScratch, routeTokens, type RouterScratch } from "./layers/gate.js";
@@ -75,6 +76,11 @@ export interface ModelOptions extends LoadOptions {
   readonly experts?: ExpertExecutor;
   /** Element type of latent KV rows (the precision profile's KV dtype). */
   readonly kvDtype?: KvDtype;
+  /**
+   * Threads that share each large matmul (default 1: this thread alone). Bits do not depend on it.
+   * Services that share a machine's cores between processes keep 1; `close()` stops the workers.
+   */
+  readonly threads?: number;
 }
 
 export class DeepseekModel {
@@ -87,6 +93,12 @@ export class DeepseekModel {
   private experts: ExpertExecutor;
   private readonly ws = new Workspace();
   private readonly router: RouterScratch;
+  private pool: MatmulPool | null = null;
+  /** The linear kernel of every layer: the pool's when threads > 1 (same bits either way). */
+  private readonly mm: MatmulFn = (w, x, T, y, layout) => {
+    if (this.pool === null) matmul(w, x, T, y, layout);
+    else this.pool.matmul(w, x, T, y, layout);
+  };
 
   constructor(config: ModelConfig, weights: ModelWeights, weightBytes: number, opts: ModelOptions = {}) {
     this.config = config;
@@ -95,7 +107,39 @@ export class DeepseekModel {
     this.rotary = rotaryParams(config);
     this.kvDtype = opts.kvDtype ?? "f32";
     this.router = createRouterScratch(config);
-    this.experts = opts.experts ?? new LocalExpertExecutor(this.moeLayers(), config.hiddenSize, config.numExpertsPerTok, new Workspace());
+    this.experts =
+      opts.experts ?? new LocalExpertExecutor(this.moeLayers(), config.hiddenSize, config.numExpertsPerTok, new Workspace(), this.mm);
+    if (opts.threads !== undefined) this.setThreads(opts.threads);
+  }
+
+  /** Threads sharing each large matmul (1 = none besides the caller). */
+  get threads(): number {
+    return this.pool?.threads ?? 1;
+  }
+
+  /** The linear kernel this model uses (its pool's when threads > 1), for in-process helpers that want to share it. */
+  get matmulKernel(): MatmulFn {
+    return this.mm;
+  }
+
+  /** The matmul worker pool, when threads > 1 (tests and benchmarks wait on its `ready()`). */
+  get matmulPool(): MatmulPool | null {
+    return this.pool;
+  }
+
+  /** Change the thread count (stops the old workers). Outputs are bit-identical for every count. */
+  setThreads(threads: number, pool: Omit<MatmulPoolOptions, "threads"> = {}): void {
+    const next = threads === 1 ? null : new MatmulPool({ ...pool, threads });
+    const old = this.pool;
+    this.pool = next;
+    void old?.close();
+  }
+
+  /** Stop the matmul workers (the model keeps working on this thread alone). */
+  async close(): Promise<void> {
+    const p = this.pool;
+    this.pool = null;
+    await p?.close();
   }
 
   /** Load config.json and the weights of a Hugging Face checkpoint folder. */
@@ -161,7 +205,7 @@ export class DeepseekModel {
       }
     }
     const h = this.ws.f32("mtp.h", T * hd); // [T, hidden]
-    matmul(mtp.ehProj, cat, T, h);
+    this.mm(mtp.ehProj, cat, T, h);
     await this.block(mtp.block, cache, seqs, h, T, opts);
     const normed = this.ws.f32("mtp.final", T * hd);
     rmsNormRows(h, T, hd, mtp.headNorm, c.rmsNormEps, normed);
@@ -208,7 +252,7 @@ export class DeepseekModel {
       r += n;
     }
     const logits = this.ws.f32(name, rows * this.config.vocabSize); // [rows, V]
-    matmul(head, sel, rows, logits);
+    this.mm(head, sel, rows, logits);
     void T;
     return { hidden, logits, logitRow, tokenRow };
   }
@@ -231,7 +275,7 @@ export class DeepseekModel {
     for (let i = 0; i < T * hd; i++) h[i] = h[i]! + y[i]!;
     rmsNormRows(h, T, hd, b.postNorm, c.rmsNormEps, xn);
     if (b.moe) await this.moe(b.index, b.moe, xn, T, y);
-    else mlpForward(b.mlp!, xn, T, y, this.ws);
+    else mlpForward(b.mlp!, xn, T, y, this.ws, this.mm);
     for (let i = 0; i < T * hd; i++) h[i] = h[i]! + y[i]!;
   }
 
@@ -242,12 +286,12 @@ export class DeepseekModel {
     const gateLogits = this.ws.f32("gate.logits", T * c.nRoutedExperts); // [T, E]
     const ids = this.ws.i32("gate.ids", T * k); // [T, k]
     const weights = this.ws.f32("gate.weights", T * k); // [T, k]
-    matmul(moe.gate, xn, T, gateLogits);
+    this.mm(moe.gate, xn, T, gateLogits);
     routeTokens(c, gateLogits, T, moe.bias, ids, weights, this.router);
     const routed = this.ws.f32("moe.routed", T * hd); // [T, hidden]
     // Start the routed experts (remote in the disaggregated services), compute the shared expert meanwhile.
     const pending = this.experts.runRouted(layer, xn, T, ids, weights, routed);
-    if (moe.shared) mlpForward(moe.shared, xn, T, out, this.ws);
+    if (moe.shared) mlpForward(moe.shared, xn, T, out, this.ws, this.mm);
     else out.fill(0);
     await pending;
     // HF order: routed output + shared output.
@@ -287,19 +331,19 @@ export class DeepseekModel {
     const q = this.ws.f32("q", T * H * dq);
     if (a.qA !== null) {
       const qa = this.ws.f32("qa", T * a.qA.w.rows); // [T, q_lora_rank]
-      matmul(a.qA.w, xn, T, qa);
+      this.mm(a.qA.w, xn, T, qa);
       addBias(qa, T, a.qA.bias);
       rmsNormRows(qa, T, a.qA.w.rows, a.qANorm!, LATENT_NORM_EPS, qa);
-      matmul(a.qB!, qa, T, q);
+      this.mm(a.qB!, qa, T, q);
     } else {
-      matmul(a.q!.w, xn, T, q);
+      this.mm(a.q!.w, xn, T, q);
       addBias(q, T, a.q!.bias);
     }
     for (let i = 0; i < T; i++) for (let hh = 0; hh < H; hh++) applyRotary(q, (i * H + hh) * dq + dn, cos, sin, i, half);
 
     // New latent rows: [c_kv | k_pe] = kv_a_proj_with_mqa(x); c_kv through kv_a_layernorm, k_pe roped. [T, D]
     const lat = this.ws.f32("latent.new", T * D);
-    matmul(a.kvA.w, xn, T, lat);
+    this.mm(a.kvA.w, xn, T, lat);
     addBias(lat, T, a.kvA.bias);
     for (let i = 0; i < T; i++) {
       rmsNorm(lat, i * D, R, a.kvANorm, LATENT_NORM_EPS, lat, i * D);
@@ -356,7 +400,7 @@ export class DeepseekModel {
       } else {
         const kv = this.ws.f32("attn.kv", L * (dn + dv)); // [L, dn + dv] one head's K_nope | V
         for (let hh = 0; hh < H; hh++) {
-          matmul(a.kvB, ctx, L, kv, { xStride: D, r0: hh * (dn + dv), nRows: dn + dv });
+          this.mm(a.kvB, ctx, L, kv, { xStride: D, r0: hh * (dn + dv), nRows: dn + dv });
           for (let j = 0; j < n; j++) {
             const qi = t + j;
             const qo = (qi * H + hh) * dq;
@@ -388,7 +432,7 @@ export class DeepseekModel {
       }
       t += n;
     }
-    matmul(a.o.w, heads, T, out);
+    this.mm(a.o.w, heads, T, out);
     addBias(out, T, a.o.bias);
   }
 }

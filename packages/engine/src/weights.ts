@@ -73,11 +73,21 @@ export interface LoadOptions {
   readonly mtp?: boolean;
 }
 
-/** Copy bytes into fresh memory aligned for the element type (also frees the file buffer for GC). */
-function copyAligned(bytes: Uint8Array): ArrayBuffer {
-  const buf = new ArrayBuffer(bytes.byteLength);
+/**
+ * Copy bytes into fresh memory aligned for the element type (also frees the file buffer for GC). The memory is a
+ * SharedArrayBuffer so MatmulPool workers (tensor/parallel.ts) read the weights in place, without copies.
+ */
+function copyAligned(bytes: Uint8Array): SharedArrayBuffer {
+  const buf = new SharedArrayBuffer(bytes.byteLength);
   new Uint8Array(buf).set(bytes);
   return buf;
+}
+
+/** The same float32 values in a SharedArrayBuffer (scales and F64-converted weights the kernels read). */
+function sharedFloat32(v: Float32Array): Float32Array {
+  const out = new Float32Array(new SharedArrayBuffer(v.byteLength));
+  out.set(v);
+  return out;
 }
 
 export class WeightLoader {
@@ -120,7 +130,7 @@ export class WeightLoader {
         w = { kind: "f32", rows, cols, data: new Float32Array(copyAligned(t.bytes)) };
         break;
       case "F64":
-        w = { kind: "f32", rows, cols, data: toFloat32(t) };
+        w = { kind: "f32", rows, cols, data: sharedFloat32(toFloat32(t)) };
         break;
       case "BF16":
         w = { kind: "bf16", rows, cols, data: new Uint16Array(copyAligned(t.bytes)) };
@@ -135,7 +145,7 @@ export class WeightLoader {
         }
         const [br, bc] = this.cfg.fp8BlockSize ?? [128, 128];
         const s = this.tensor(scaleName, expectedScaleShape(rows, cols, br, bc));
-        w = { kind: "fp8", rows, cols, data: new Uint8Array(copyAligned(t.bytes)), scaleInv: toFloat32(s), blockRows: br, blockCols: bc };
+        w = { kind: "fp8", rows, cols, data: new Uint8Array(copyAligned(t.bytes)), scaleInv: sharedFloat32(toFloat32(s)), blockRows: br, blockCols: bc };
         break;
       }
     }

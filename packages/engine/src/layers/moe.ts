@@ -6,6 +6,8 @@ import type { ExpertExecutor } from "../ports.js";
 import type { MlpWeights, MoeWeights } from "../weights.js";
 import type { Workspace } from "../workspace.js";
 import { mlpForward } from "./mlp.js";
+import { matmul } from "../tensor/matrix.js";
+import type { MatmulFn } from "../tensor/parallel.js";
 
 /**
  * out[t] = sum over j with ids[t, j] held here of weights[t, j] * expert(x[t]).
@@ -22,6 +24,7 @@ export function computeRoutedExperts(
   k: number,
   out: Float32Array,
   ws: Workspace,
+  mm: MatmulFn = matmul,
 ): void {
   out.fill(0, 0, T * hidden);
   const E = experts.length;
@@ -45,7 +48,7 @@ export function computeRoutedExperts(
       const t = Math.floor(order[counts[e]! + i]! / k);
       xs.set(x.subarray(t * hidden, (t + 1) * hidden), i * hidden);
     }
-    mlpForward(w, xs, n, ys, ws);
+    mlpForward(w, xs, n, ys, ws, mm);
     for (let i = 0; i < n; i++) {
       const slot = order[counts[e]! + i]!;
       const t = Math.floor(slot / k);
@@ -61,17 +64,20 @@ export class LocalExpertExecutor implements ExpertExecutor {
   private readonly hidden: number;
   private readonly k: number;
   private readonly ws: Workspace;
+  private readonly mm: MatmulFn;
 
-  constructor(moeByLayer: ReadonlyMap<number, MoeWeights>, hidden: number, k: number, ws: Workspace) {
+  /** `mm`: the linear kernel (the model's MatmulPool kernel when it uses threads). */
+  constructor(moeByLayer: ReadonlyMap<number, MoeWeights>, hidden: number, k: number, ws: Workspace, mm: MatmulFn = matmul) {
     this.moeByLayer = moeByLayer;
     this.hidden = hidden;
     this.k = k;
     this.ws = ws;
+    this.mm = mm;
   }
 
   async runRouted(layer: number, x: Float32Array, T: number, ids: Int32Array, weights: Float32Array, out: Float32Array): Promise<void> {
     const moe = this.moeByLayer.get(layer);
     if (moe === undefined) throw new Error(`layer ${layer} has no routed experts`);
-    computeRoutedExperts(moe.experts, x, T, this.hidden, ids, weights, this.k, out, this.ws);
+    computeRoutedExperts(moe.experts, x, T, this.hidden, ids, weights, this.k, out, this.ws, this.mm);
   }
 }
