@@ -25,6 +25,8 @@ export interface GenerateCliOptions {
   mtpLogits?: boolean;
   speculative: boolean;
   prefillChunk: number;
+  /** Threads sharing each large matmul of the model (default 1 here; the CLI defaults to the CPU count). */
+  threads?: number;
   json?: boolean;
   /** Precision profile (exact | paper): the cluster's KV dtype and dispatch/combine roundings. */
   precision?: string;
@@ -66,7 +68,23 @@ export async function runGenerate(o: GenerateCliOptions): Promise<number> {
   if ((o.logits || o.mtpLogits) && !o.json) throw new InvalidArgumentError("--logits and --mtp-logits need --json");
   const defaults = generationDefaults(o.model);
   const profile = precisionProfile(o.precision ?? "exact");
-  const model = DeepseekModel.load(o.model, { kvDtype: profile.kvDtype });
+  const threads = o.threads ?? 1;
+  if (!(Number.isInteger(threads) && threads >= 1)) throw new InvalidArgumentError(`--threads must be a positive integer, got ${threads}`);
+  const model = DeepseekModel.load(o.model, { kvDtype: profile.kvDtype, threads });
+  try {
+    return await generateWith(model, o, defaults, profile);
+  } finally {
+    // Stops the matmul workers (they are unref'd, so this is tidiness rather than what lets the process exit).
+    await model.close();
+  }
+}
+
+async function generateWith(
+  model: DeepseekModel,
+  o: GenerateCliOptions,
+  defaults: ReturnType<typeof generationDefaults>,
+  profile: ReturnType<typeof precisionProfile>,
+): Promise<number> {
   // Routed experts go through the same dispatcher as the cluster, over H in-process expert-hosts,
   // so this process rounds and sums exactly as a cluster with H expert-hosts and this profile does.
   model.setExpertExecutor(createInProcessExperts(model, o.expertHosts ?? 1, profile).executor);

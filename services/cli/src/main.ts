@@ -2,6 +2,7 @@
  * The `moela` command line. `moela generate` runs the whole model in this process (the single-process
  * path that the disaggregated cluster must agree with).
  */
+import { availableParallelism } from "node:os";
 import { Command, CommanderError, InvalidArgumentError as CommanderArgError } from "commander";
 import { MoelaError } from "@moela/core";
 import { runGenerate, type GenerateCliOptions } from "./generate.js";
@@ -74,6 +75,7 @@ export function buildProgram(): Command {
     .option("--mtp-logits", "with --json: print the MTP head's logits at the last prompt position")
     .option("--no-speculative", "do not draft with the MTP head")
     .option("--prefill-chunk <n>", "prompt tokens per prefill step", intArg("--prefill-chunk"), 256)
+    .option("--threads <n>", "threads sharing each large matmul (same output bits for any count)", intArg("--threads"), availableParallelism())
     .option("--json", "print one JSON object (token ids, logprobs, ...) instead of streaming text")
     .option("--precision <profile>", "exact (f32 KV, dispatch, combine) | paper (bf16 KV, fp8 dispatch, bf16 combine)", "exact")
     .option("--expert-hosts <h>", "split the routed experts over h in-process expert-hosts, as the cluster does", intArg("--expert-hosts"), 1)
