@@ -42,6 +42,8 @@ export const SERVICE_METRICS = {
     "prefillForward",
     "prefillPrefixCacheQueries",
     "prefillPrefixCacheHits",
+    "prefillPrefixCacheSaved",
+    "prefillPrefixCacheBlocks",
     "prefillKvBlocksUsed",
     "prefillKvReclaims",
     "prefillKvReclaimedBlocks",

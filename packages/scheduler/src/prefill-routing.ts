@@ -21,8 +21,10 @@
  * goes to the shared queue as before: routing is an optimisation, never a new way to fail.
  *
  * BullMQ emits a job's events on its own queue's stream, so the router listens to every instance queue
- * it may use and hands their events on (onJobEvent) to whoever watches the shared queue's events.
+ * it may use and re-emits their events (forwardEventsTo) on the shared queue's QueueEvents, where the
+ * router's job watcher listens.
  */
+import type { EventEmitter } from "node:events";
 import { longestPrefix, prefixBlockHashes, type Logger } from "@moela/core";
 import { Queue, QueueEvents, type ConnectionOptions, type Job } from "bullmq";
 import type { Redis } from "ioredis";
@@ -199,7 +201,8 @@ export async function moveJobsToShared(
 
 // ---- router side: choosing the queue -------------------------------------------------------------
 
-export type PrefillJobEvent = "active" | "failed" | "completed";
+/** Job events the router's watchers act on, forwarded from the instance queues. */
+export const FORWARDED_JOB_EVENTS = ["active", "failed", "delayed", "stalled", "completed"] as const;
 
 export interface PrefillRouterOptions {
   /** Commands (SMISMEMBER, SMEMBERS, EXISTS); should fail fast rather than queue while Redis is away. */
@@ -216,8 +219,11 @@ export interface PrefillRouterOptions {
   readonly policy?: PolicyConfig;
   /** Every decision goes here (role "prefill"). */
   readonly onDecision?: (d: Decision) => void;
-  /** Events of jobs in the instance queues, as QueueEvents delivers them on the shared queue. */
-  readonly onJobEvent?: (event: PrefillJobEvent, args: { jobId: string; failedReason?: string; prev?: string }) => void;
+  /**
+   * The shared queue's QueueEvents: events of jobs in instance queues (FORWARDED_JOB_EVENTS) are emitted
+   * on it as they arrive, so whoever watches the shared queue's jobs sees them wherever they went.
+   */
+  readonly forwardEventsTo?: EventEmitter;
   /** The prefix lookup's budget before the job goes out without it (default 250 ms). */
   readonly lookupTimeoutMs?: number;
   /** Between rescues of dead instances' queues (default 2000 ms; 0 = only when rescue() is called). */
@@ -394,11 +400,9 @@ export class PrefillRouter {
       const last = await this.o.redis.xrevrange(eventsKey, "+", "-", "COUNT", 1);
       events = new QueueEvents(name, { connection: this.o.connection, prefix: this.prefix, lastEventId: last[0]?.[0] ?? "0-0" });
       events.on("error", (err) => this.o.logger?.warn({ queue: name, err: err.message }, "prefill instance queue events connection error"));
-      const forward = this.o.onJobEvent;
-      if (forward !== undefined) {
-        events.on("active", (a) => forward("active", a));
-        events.on("failed", (a) => forward("failed", a));
-        events.on("completed", (a) => forward("completed", { jobId: a.jobId }));
+      const target = this.o.forwardEventsTo;
+      if (target !== undefined) {
+        for (const ev of FORWARDED_JOB_EVENTS) (events as EventEmitter).on(ev, (...args: unknown[]) => target.emit(ev, ...args));
       }
       await Promise.all([queue.waitUntilReady(), events.waitUntilReady()]);
     })();

@@ -13,14 +13,24 @@
  *   --prefill-chunk N        prompt tokens per forward chunk                      (256)
  *   --max-batch-tokens N     prompt tokens batched into one engine.prefill call; also the longest prompt
  *                            this instance takes           (the model's max_position_embeddings, at most 32768)
- *   --concurrency N          jobs taken from the queue at once (the batching window)  (8)
+ *   --concurrency N          jobs taken from each queue at once (the batching window)  (8)
+ *   --instance-id ID         this instance's id: its own prefill queue and its published prefix keys
+ *                            (letters, digits, _ . -)                  (prefill-<host>-<pid>-<6 hex>)
+ *   --prefix-cache / --no-prefix-cache
+ *                            reuse the latent KV of cached prompt prefixes; env true|false  (on)
+ *   --prefix-cache-blocks N  KV blocks (16 tokens each) the prefix cache keeps beyond the working set  (1024)
  *   --log-level L            pino level                                           (info)
  */
+import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
+import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { ConfigError } from "@moela/core";
 import { z } from "zod";
+
+/** Blocks the prefix cache keeps unless told otherwise (16k tokens at 16 tokens per block). */
+export const DEFAULT_PREFIX_CACHE_BLOCKS = 1024;
 
 const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "must be host:port");
 const positiveInt = z.coerce.number().int("must be an integer").min(1, "must be at least 1");
@@ -40,6 +50,12 @@ const schema = z.strictObject({
   prefillChunk: positiveInt.default(256),
   maxBatchTokens: positiveInt.optional(),
   concurrency: positiveInt.max(1024, "must be at most 1024").default(8),
+  instanceId: z.string().regex(/^[A-Za-z0-9_.-]{1,128}$/, "must be 1-128 letters, digits or _ . -").optional(),
+  prefixCache: z
+    .enum(["true", "false", "1", "0", "on", "off"], { error: "must be true or false" })
+    .default("true")
+    .transform((v) => v === "true" || v === "1" || v === "on"),
+  prefixCacheBlocks: z.coerce.number().int("must be an integer").min(0, "must be at least 0").max(1 << 24, "must be at most 16777216").default(DEFAULT_PREFIX_CACHE_BLOCKS),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
 
@@ -57,7 +73,19 @@ export interface PrefillConfig {
   /** undefined = from the model (resolved at startup). */
   readonly maxBatchTokens: number | undefined;
   readonly concurrency: number;
+  /** Names this instance's own queue and its published prefix keys (absent: defaultInstanceId()). */
+  readonly instanceId?: string;
+  /** Absent: on. */
+  readonly prefixCache?: boolean;
+  /** Blocks the prefix cache may keep on top of the blocks in-flight prompts need (absent: DEFAULT_PREFIX_CACHE_BLOCKS). */
+  readonly prefixCacheBlocks?: number;
   readonly logLevel: string;
+}
+
+/** `prefill-<host>-<pid>-<6 hex>`: unique per process, readable in Redis. */
+export function defaultInstanceId(): string {
+  const host = hostname().replace(/[^A-Za-z0-9.-]/g, "-").slice(0, 63) || "host";
+  return `prefill-${host}-${process.pid}-${randomBytes(3).toString("hex")}`;
 }
 
 function flagOf(key: string): string {
@@ -70,24 +98,37 @@ export function envOf(key: string): string {
 }
 
 const KEYS = Object.keys(schema.shape) as (keyof typeof schema.shape)[];
+/** Keys given as on/off switches (--name, --no-name) rather than --name VALUE. */
+const SWITCHES: ReadonlySet<string> = new Set(["prefixCache"]);
 
 /** Parse and validate flags (argv) over env twins; throws ConfigError naming the flag and its env twin. */
 export function parsePrefillConfig(argv: readonly string[], env: NodeJS.ProcessEnv): PrefillConfig {
-  let values: Record<string, string | undefined>;
+  let values: Record<string, string | boolean | undefined>;
   try {
     ({ values } = parseArgs({
       args: [...argv],
-      options: Object.fromEntries(KEYS.map((k) => [flagOf(k), { type: "string" as const }])),
+      options: Object.fromEntries(
+        KEYS.flatMap((k): [string, { type: "string" | "boolean" }][] =>
+          SWITCHES.has(k) ? [[flagOf(k), { type: "boolean" }], [`no-${flagOf(k)}`, { type: "boolean" }]] : [[flagOf(k), { type: "string" }]],
+        ),
+      ),
       strict: true,
       allowPositionals: false,
     }));
   } catch (err) {
-    throw new ConfigError(`prefill: ${(err as Error).message}; flags: ${KEYS.map((k) => `--${flagOf(k)}`).join(" ")}`);
+    const flags = KEYS.map((k) => (SWITCHES.has(k) ? `--${flagOf(k)} --no-${flagOf(k)}` : `--${flagOf(k)}`));
+    throw new ConfigError(`prefill: ${(err as Error).message}; flags: ${flags.join(" ")}`);
   }
   const raw: Record<string, string> = {};
   for (const k of KEYS) {
-    const v = values[flagOf(k)] ?? env[envOf(k)];
-    if (v !== undefined) raw[k] = v;
+    let v: string | boolean | undefined = values[flagOf(k)];
+    if (SWITCHES.has(k)) {
+      const off = values[`no-${flagOf(k)}`];
+      if (v === true && off === true) throw new ConfigError(`prefill: --${flagOf(k)} and --no-${flagOf(k)} both given`);
+      v = v === true ? "true" : off === true ? "false" : undefined;
+    }
+    v ??= env[envOf(k)];
+    if (v !== undefined) raw[k] = String(v);
   }
   const r = schema.safeParse(raw);
   if (!r.success) {
@@ -112,6 +153,9 @@ export function parsePrefillConfig(argv: readonly string[], env: NodeJS.ProcessE
     prefillChunk: c.prefillChunk,
     maxBatchTokens: c.maxBatchTokens,
     concurrency: c.concurrency,
+    instanceId: c.instanceId ?? defaultInstanceId(),
+    prefixCache: c.prefixCache,
+    prefixCacheBlocks: c.prefixCacheBlocks,
     logLevel: c.logLevel,
   });
 }

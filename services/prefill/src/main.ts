@@ -21,9 +21,20 @@ import {
 } from "@moela/moe-dispatch";
 import { Precision, PrefillService } from "@moela/proto-gen";
 import { createServer, drainAndClose, serve } from "@moela/rpc";
-import { PREFILL_JOB_OPTIONS, PREFILL_QUEUE, PREFILL_WORKER_OPTIONS, redisConnection } from "@moela/scheduler";
-import { Worker } from "bullmq";
-import { parsePrefillConfig, splitHostPort, type PrefillConfig } from "./config.js";
+import {
+  createPrefillQueue,
+  createRedisClient,
+  instancePrefillQueue,
+  InstanceRegistry,
+  moveJobsToShared,
+  PREFILL_JOB_OPTIONS,
+  PREFILL_QUEUE,
+  PREFILL_WORKER_OPTIONS,
+  PrefixPublisher,
+  redisConnection,
+} from "@moela/scheduler";
+import { Queue, Worker } from "bullmq";
+import { DEFAULT_PREFIX_CACHE_BLOCKS, defaultInstanceId, parsePrefillConfig, splitHostPort, type PrefillConfig } from "./config.js";
 import { jobProcessor, PrefillBatcher } from "./worker.js";
 
 export { parsePrefillConfig, type PrefillConfig } from "./config.js";
@@ -48,6 +59,8 @@ export interface StartedPrefill {
   readonly grpcAddress: string;
   /** http://host:port/metrics */
   readonly metricsUrl: string;
+  /** Registry id; names this instance's own queue and published prefix keys. */
+  readonly instanceId: string;
   /** Jobs being processed now. */
   readonly runningJobs: () => number;
   /** Stop taking jobs, finish the active ones, close everything. */
@@ -87,7 +100,8 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
       m.prefillKvReclaimedBlocks.inc({ reason }, blocks);
     },
   });
-  const { registry, m } = createServiceMetrics("prefill", { collect: { prefillKvBlocksUsed: () => ledger.heldBlocks } });
+  let cachedBlocks = (): number => 0;
+  const { registry, m } = createServiceMetrics("prefill", { collect: { prefillKvBlocksUsed: () => ledger.heldBlocks, prefillPrefixCacheBlocks: () => cachedBlocks() } });
 
   const closers: (() => Promise<unknown>)[] = [];
   const closeAll = async (): Promise<void> => {
@@ -115,8 +129,16 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
       logger.warn("no --expert-hosts: routed experts run in this process (one in-process expert-host)");
     }
     model.setExpertExecutor(experts);
-    const numBlocks = Math.ceil((maxBatchTokens + config.concurrency) / BLOCK_SIZE) + config.concurrency;
-    const engine = new Engine(model, { blockSize: BLOCK_SIZE, numBlocks, prefillChunk: config.prefillChunk });
+    // One batch's blocks at a time, plus the blocks the prefix cache may keep between batches.
+    const prefixCacheBlocks = config.prefixCache === false ? 0 : (config.prefixCacheBlocks ?? DEFAULT_PREFIX_CACHE_BLOCKS);
+    const numBlocks = Math.ceil((maxBatchTokens + config.concurrency) / BLOCK_SIZE) + config.concurrency + prefixCacheBlocks;
+    const engine = new Engine(model, {
+      blockSize: BLOCK_SIZE,
+      numBlocks,
+      prefillChunk: config.prefillChunk,
+      prefixCache: prefixCacheBlocks > 0 ? { capacityBlocks: prefixCacheBlocks } : false,
+    });
+    cachedBlocks = () => engine.prefixCache?.size ?? 0;
     const batcher = new PrefillBatcher(engine, maxBatchTokens, m, logger);
 
     const connectors = new Map<string, KvConnector & { close?: () => void }>();
@@ -168,43 +190,94 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
     const metricsServer = await startMetricsServer(registry, { host: metricsAt.host, port: metricsAt.port });
     closers.push(() => metricsServer.close());
 
-    const worker = new Worker(
-      PREFILL_QUEUE,
-      async (job) => {
-        running++;
-        try {
-          return await processJob(job);
-        } finally {
-          running--;
-        }
-      },
-      {
-        connection: redisConnection(config.redisUrl),
-        prefix: config.queuePrefix,
-        concurrency: config.concurrency,
-        // A dead worker's jobs go back to the queue within lockDuration + stalledInterval (queues.ts).
-        ...PREFILL_WORKER_OPTIONS,
-        autorun: false,
-      },
-    );
-    worker.on("error", (err) => logger.warn({ err: err.message }, "prefill worker connection error"));
+    // Prefix routing: this instance's own queue (the router sends it prompts whose prefix it holds) next
+    // to the shared one, and the prefix keys it holds published for the router (scheduler prefill-routing.ts).
+    const instanceId = config.instanceId ?? defaultInstanceId();
+    const ownQueueName = instancePrefillQueue(instanceId);
+    const redis = createRedisClient(config.redisUrl);
+    redis.on("error", (err: Error) => logger.debug({ err: err.message }, "prefix/registry Redis connection error"));
+    closers.push(async () => redis.quit().catch(() => redis.disconnect()));
+    const publisher = new PrefixPublisher(redis, { prefix: config.queuePrefix, instanceId, keys: () => engine.prefixCache?.keys() ?? [], logger });
+    if (engine.prefixCache !== null) engine.prefixCache.onChange = () => publisher.changed();
+    closers.push(() => publisher.close());
+
+    const makeWorker = (name: string): Worker => {
+      const w = new Worker(
+        name,
+        async (job) => {
+          running++;
+          try {
+            return await processJob(job);
+          } finally {
+            running--;
+          }
+        },
+        {
+          connection: redisConnection(config.redisUrl),
+          prefix: config.queuePrefix,
+          concurrency: config.concurrency,
+          // A dead worker's jobs go back to the queue within lockDuration + stalledInterval (queues.ts).
+          ...PREFILL_WORKER_OPTIONS,
+          autorun: false,
+        },
+      );
+      w.on("error", (err) => logger.warn({ queue: name, err: err.message }, "prefill worker connection error"));
+      return w;
+    };
+    const workers = [makeWorker(PREFILL_QUEUE), makeWorker(ownQueueName)];
+    const ownQueue = new Queue(ownQueueName, { connection: redisConnection(config.redisUrl), prefix: config.queuePrefix, defaultJobOptions: { ...PREFILL_JOB_OPTIONS } });
+    const sharedQueue = createPrefillQueue(config.redisUrl, config.queuePrefix);
+    closers.push(async () => Promise.all([ownQueue.close(), sharedQueue.close()]));
     closers.push(async () => {
       accepting = false;
       grpc.setServing(false);
       // Stop fetching; wait for the active jobs to finish (their KV reaches decode).
-      await worker.close();
+      await Promise.all(workers.map((w) => w.close()));
+      // What the router sent here and nobody took goes to the shared queue for the other instances.
+      const moved = await moveJobsToShared(redis, config.queuePrefix, ownQueue, sharedQueue, { activeToo: false, logger }).catch((err: unknown) => {
+        logger.warn({ err: (err as Error).message }, "could not hand this instance's queued jobs to the shared queue (routers move them once its record expires)");
+        return 0;
+      });
+      if (moved > 0) logger.info({ moved }, "queued jobs handed to the shared queue");
     });
-    await withTimeout(worker.waitUntilReady(), options.redisTimeoutMs ?? 10_000, `Redis at ${config.redisUrl}`);
-    void worker.run().catch((err: unknown) => logger.error({ err }, "prefill worker stopped"));
+    await withTimeout(Promise.all([...workers.map((w) => w.waitUntilReady()), publisher.start()]), options.redisTimeoutMs ?? 10_000, `Redis at ${config.redisUrl}`);
+    for (const w of workers) void w.run().catch((err: unknown) => logger.error({ err, queue: w.name }, "prefill worker stopped"));
+
+    // The registry record (role prefill) is what routers choose among; registered last, deregistered first.
+    const registration = await new InstanceRegistry(redis, { prefix: config.queuePrefix, logger }).register(
+      { role: "prefill", id: instanceId, grpcAddress: grpcBound.address, metricsUrl: metricsServer.url, precision: config.precision, modelId },
+      async () => ({
+        runningSequences: running,
+        waitingSequences: await ownQueue.getJobCountByTypes("waiting", "prioritized").catch(() => 0),
+        pendingTransfers: activeTransfers.size,
+        freeKvBlocks: engine.cache.freeBlocks + (engine.prefixCache?.evictableBlocks ?? 0),
+        totalKvBlocks: engine.cache.numBlocks,
+        blockSize: BLOCK_SIZE,
+        accepting,
+      }),
+    );
+    closers.push(() => registration.deregister());
 
     logger.info(
-      { grpc: grpcBound.address, metrics: metricsServer.url, modelId, precision: config.precision, maxBatchTokens, concurrency: config.concurrency, attempts: PREFILL_JOB_OPTIONS.attempts },
+      {
+        grpc: grpcBound.address,
+        metrics: metricsServer.url,
+        modelId,
+        precision: config.precision,
+        maxBatchTokens,
+        concurrency: config.concurrency,
+        attempts: PREFILL_JOB_OPTIONS.attempts,
+        instance: instanceId,
+        queues: [PREFILL_QUEUE, ownQueueName],
+        prefixCacheBlocks,
+      },
       "prefill serving",
     );
     let closing: Promise<void> | undefined;
     return {
       grpcAddress: grpcBound.address,
       metricsUrl: metricsServer.url,
+      instanceId,
       runningJobs: () => running,
       close: () => {
         closing ??= closeAll();

@@ -21,6 +21,8 @@
  *
  * KV: a job's sequence holds prefill blocks from its forward pass until its rows are encoded into the
  * transfer; the hold is in the service's KvLedger and released through it, whichever way the job ends.
+ * With the prefix cache on, a job first takes the longest cached prefix of its prompt (those positions are
+ * not computed; their rows still go to decode) and its new full blocks join the cache after its prefill.
  */
 import { randomUUID } from "node:crypto";
 import { Code, InvalidArgumentError, MoelaError, type Logger } from "@moela/core";
@@ -115,11 +117,17 @@ export class PrefillBatcher {
       // The rows are encoded into the transfers already: free the blocks now, not after decode's verdicts,
       // so the next batch finds room.
       for (const p of batch) p.hold.release("finished");
-      m.prefillForward.observe((performance.now() - started) / 1000);
+      const seconds = (performance.now() - started) / 1000;
+      // Prompt tokens served from the prefix cache were not computed; estimate what they would have cost
+      // at this batch's seconds per computed token.
+      const cached = seqs.reduce((n, s) => n + s.cachedTokens, 0);
+      const computed = tokens - cached;
+      m.prefillForward.observe(seconds);
       m.prefillBatchSize.observe(batch.length);
-      m.prefillBatchTokens.observe(tokens);
-      m.prefillTokens.inc(tokens);
-      this.logger.debug({ sequences: batch.length, tokens, ms: Math.round(performance.now() - started) }, "prefill batch");
+      m.prefillBatchTokens.observe(computed);
+      m.prefillTokens.inc(computed);
+      if (cached > 0 && computed > 0) m.prefillPrefixCacheSaved.inc((seconds * cached) / computed);
+      this.logger.debug({ sequences: batch.length, tokens, cached, ms: Math.round(seconds * 1000) }, "prefill batch");
       results.forEach((r, i) => batch[i]!.resolve(r));
     } catch (err) {
       for (const p of batch) p.reject(err);
@@ -233,16 +241,26 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
 
     // A retried job gets a new transfer id, so a late duplicate of a failed attempt cannot be admitted.
     const transferId = `${data.requestId}.${job.attemptsMade}.${randomUUID().slice(0, 8)}`;
+    // The job's own blocks; prefix-cache blocks it shares are the cache's (moela_prefill_prefix_cache_blocks).
+    const ownBlocks = (): number => seq.blockTable.length - seq.cachedTokens / engine.cache.blockSize;
     const hold = deps.ledger.hold(
       data.requestId,
       "prefill",
       () => {
-        const n = seq.blockTable.length;
+        const n = ownBlocks();
         engine.release(seq);
         return n;
       },
-      () => seq.blockTable.length,
+      ownBlocks,
     );
+    // Take the longest cached prefix now, so KvBegin can say how much of the prompt came from the cache;
+    // its blocks stay pinned (never evicted) until the hold is released.
+    let cachedTokens = 0;
+    if (engine.prefixCache !== null) {
+      cachedTokens = engine.acquirePrefix(seq);
+      m.prefillPrefixCacheQueries.inc(seq.prompt.length);
+      m.prefillPrefixCacheHits.inc(cachedTokens);
+    }
     let releaseAs: KvReleaseReason = "finished";
     const sender = new KvSender(deps.connectorFor(data.decodeAddress), { onChunk: (bytes) => m.prefillKvTransferBytes.inc(bytes) });
     deps.activeTransfers.add(sender);
@@ -254,6 +272,7 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
           requestId: data.requestId,
           modelId: deps.modelId,
           logprobs: s.logprobs !== null,
+          cachedPromptTokens: cachedTokens,
           deadlineUnixMs: data.deadlineUnixMs,
         }),
       );
@@ -263,7 +282,7 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
       m.prefillKvTransferDuration.observe((performance.now() - started) / 1000);
       m.prefillJobs.inc({ outcome: "ok" });
       const firstTokenId = first.tokens[0]?.id ?? -1;
-      log.info({ decode: data.decodeAddress, transferId, promptTokens: seq.prompt.length, kvBlocks: outcome.ack.kvBlocks, bytes: sender.bytesSent }, "prefill done, KV admitted");
+      log.info({ decode: data.decodeAddress, transferId, promptTokens: seq.prompt.length, cachedTokens, kvBlocks: outcome.ack.kvBlocks, bytes: sender.bytesSent }, "prefill done, KV admitted");
       return { transferId, firstTokenId, kvBlocks: outcome.ack.kvBlocks, bytesSent: sender.bytesSent };
     } catch (err) {
       const e = err instanceof MoelaError ? err : new MoelaError(err instanceof Error ? err.message : String(err), Code.INTERNAL, { cause: err });

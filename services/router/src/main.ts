@@ -18,6 +18,7 @@ import {
   InstanceRegistry,
   Policy,
   PREFILL_QUEUE,
+  PrefillRouter,
   redisConnection,
   RegistryWatcher,
   type DecodeReport,
@@ -117,6 +118,23 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     closers.push(() => decodeMembers.close());
     const decisions = new DecisionLog({ redis, prefix: config.queuePrefix, ttlS: config.decisionTtlS ?? 3_600, logger });
     closers.push(() => decisions.flush());
+    // Prefill jobs go to the queue of the prefill instance holding the longest cached prefix of the prompt
+    // (scheduler prefill-routing.ts); their events come back through the shared queue's `events`.
+    const prefillMembers = new RegistryWatcher(instances, "prefill", options.statusIntervalMs ?? 300);
+    await prefillMembers.start();
+    closers.push(() => prefillMembers.close());
+    const prefillRouter = new PrefillRouter({
+      redis,
+      connection,
+      prefix: config.queuePrefix,
+      shared: queue,
+      instances: () => prefillMembers.snapshot(),
+      precision: config.precision,
+      onDecision: (d) => decisions.record(d),
+      forwardEventsTo: events,
+      logger,
+    });
+    closers.push(() => prefillRouter.close());
 
     let pipeline: Pipeline | undefined;
     const wantPrecision = WIRE_PRECISION[config.precision];
@@ -143,6 +161,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       pool,
       queue,
       jobs: new JobWatcher(events),
+      prefillRouter,
       precision: config.precision,
       requestTimeoutMs: config.requestTimeoutMs,
       logger,

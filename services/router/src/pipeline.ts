@@ -36,6 +36,7 @@ import {
   type DecodePool,
   type PrecisionProfile,
   type PrefillJob,
+  type PrefillRouter,
 } from "@moela/scheduler";
 import { IncrementalDecoder, StopStringMatcher, type Tokenizer } from "@moela/tokenizer";
 import type { Queue, QueueEvents } from "bullmq";
@@ -107,6 +108,8 @@ export interface PipelineDeps {
   readonly metrics: MetricsOf<"router">;
   /** Most migrations of one request to another decode instance (default 3). */
   readonly maxMigrations?: number;
+  /** Sends each job to the queue of the prefill instance holding the longest cached prefix; absent: `queue`. */
+  readonly prefillRouter?: PrefillRouter;
 }
 
 /** How long an enqueue may wait for Redis before the request fails UNAVAILABLE. */
@@ -262,6 +265,8 @@ export class Pipeline {
 
     let finished = false;
     let enqueued = false;
+    /** The queue the job went to (an instance's own, or the shared one). */
+    let jobQueue: Queue = queue;
     // Set while waiting on the Decode.Stream: an error then is the decode instance's (or its connection's).
     let reading = false;
     let endReason = "abandoned by the router";
@@ -289,7 +294,7 @@ export class Pipeline {
       };
       try {
         // With Redis down BullMQ waits for it to come back; a request waits only so long.
-        await withTimeout(enqueuePrefill(queue, job, input.priority ?? 0), ENQUEUE_TIMEOUT_MS, "Redis");
+        jobQueue = await withTimeout(this.enqueuePrefillJob(job, input.priority ?? 0, log), ENQUEUE_TIMEOUT_MS, "Redis");
       } catch (err) {
         throw new UnavailableError(`cannot enqueue the prefill job: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
       }
@@ -391,7 +396,7 @@ export class Pipeline {
         this.cancelOnDecode(address, requestId, endReason, log);
         // A job no worker has taken yet would only waste a prefill; an active one cannot be removed.
         if (enqueued) {
-          queue.remove(requestId).then(
+          jobQueue.remove(requestId).then(
             (removed) => {
               if (removed !== 1) return;
               metrics.routerQueueRemoved.inc({ reason: removal });
@@ -404,6 +409,18 @@ export class Pipeline {
       // Ends the Decode.Stream call if it is still open.
       await iter.return(undefined).catch(() => undefined);
     }
+  }
+
+  /** Add the job to the prefill instance's queue the prefill router picks (else the shared queue); returns that queue. */
+  private async enqueuePrefillJob(job: PrefillJob, priority: number, log: Logger): Promise<Queue> {
+    const router = this.deps.prefillRouter;
+    if (router === undefined) {
+      await enqueuePrefill(this.deps.queue, job, priority);
+      return this.deps.queue;
+    }
+    const routed = await router.enqueue(job, priority);
+    log.debug({ prefill: routed.instanceId ?? "shared queue", cachedTokens: routed.cachedTokens, reason: routed.reason }, "prefill queue chosen");
+    return routed.queue;
   }
 
   /** Decode.Cancel, fire and forget (a failure is logged: decode frees the request on its own timeout). */
