@@ -101,6 +101,16 @@ export function advertisedAddress(bound: string, override?: string): string {
   return host === "0.0.0.0" || host === "[::]" || host === "::" ? `${hostname()}:${bound.slice(i + 1)}` : bound;
 }
 
+/**
+ * The expert-host replicas among `records` that serve one of `shardCount` shards (and, when given,
+ * the precision profile), as ExpertShardSet.update takes them.
+ */
+export function shardReplicas(records: readonly InstanceRecord[], shardCount: number, precision?: string): { shard: number; address: string }[] {
+  return records
+    .filter((r) => r.role === "expert-host" && r.shardCount === shardCount && r.shardIndex !== undefined && (precision === undefined || r.precision === precision))
+    .map((r) => ({ shard: r.shardIndex!, address: r.grpcAddress }));
+}
+
 export function registryKey(prefix: string, role: InstanceRole, id?: string): string {
   return id === undefined ? `${prefix}:registry:${role}` : `${prefix}:registry:${role}:${id}`;
 }

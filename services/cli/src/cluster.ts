@@ -27,6 +27,7 @@ export interface ClusterCliOptions {
   prefill: number;
   decode: number;
   expertHosts: number;
+  expertReplicas?: number;
   precision: string;
   host: string;
   port: number;
@@ -137,13 +138,17 @@ export async function runCluster(o: ClusterCliOptions): Promise<number> {
 
   let cluster: Cluster | undefined;
   try {
-    err(`moela cluster: ${o.expertHosts} expert-host(s), ${o.decode} decode, ${o.prefill} prefill, 1 router; model ${o.model ?? DEFAULT_MODEL}, precision ${o.precision}`);
+    const replicas = o.expertReplicas ?? 1;
+    err(
+      `moela cluster: ${o.expertHosts} expert-host shard(s)${replicas > 1 ? ` x ${replicas} replicas` : ""}, ${o.decode} decode, ${o.prefill} prefill, 1 router; model ${o.model ?? DEFAULT_MODEL}, precision ${o.precision}`,
+    );
     try {
       cluster = await startCluster({
         ...(o.model !== undefined ? { model: o.model } : {}),
         prefill: o.prefill,
         decode: o.decode,
         expertHosts: o.expertHosts,
+        expertReplicas: replicas,
         precision: o.precision as Precision,
         host: o.host,
         port: o.port,

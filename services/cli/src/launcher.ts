@@ -2,7 +2,7 @@
  * The local cluster as a library: every service runs as a real child process
  * (`node services/cli/bin/moela.js serve --role <role> ...`) and is "up" once it printed its
  * ready line on stdout and answers grpc.health.v1 with SERVING. Start order follows the
- * dependencies: expert-hosts (shard i of H), then decode and prefill pointed at the hosts'
+ * dependencies: expert-hosts (R replicas of each shard i of H), then decode and prefill pointed at the hosts'
  * reported gRPC addresses, then the router pointed at the decode instances. Every child's
  * stdout and stderr go to <stateDir>/logs/<role>-<i>.log. Stopping is SIGTERM, a grace period,
  * then SIGKILL, router first and expert-hosts last so nothing in flight loses its peer early.
@@ -247,6 +247,7 @@ export interface ServiceArgsInput {
   readonly host: string;
   readonly redisUrl: string;
   readonly queuePrefix: string;
+  /** Per shard, its replicas joined by "|" ("a:1|b:1"). */
   readonly expertHostAddresses: readonly string[];
   readonly decodeAddresses: readonly string[];
   readonly httpAddress: string;
@@ -266,9 +267,10 @@ export function serviceArgs(role: Role, a: ServiceArgsInput): string[] {
   ];
   switch (role) {
     case "expert-host":
-      return [...common, "--shard-index", String(a.shardIndex), "--shard-count", String(a.shardCount)];
+      // Registered, so decode and prefill see replicas come and go.
+      return [...common, "--shard-index", String(a.shardIndex), "--shard-count", String(a.shardCount), "--redis-url", a.redisUrl, "--queue-prefix", a.queuePrefix];
     case "decode":
-      return [...common, "--expert-hosts", a.expertHostAddresses.join(",")];
+      return [...common, "--redis-url", a.redisUrl, "--queue-prefix", a.queuePrefix, "--expert-hosts", a.expertHostAddresses.join(",")];
     case "prefill":
       return [...common, "--redis-url", a.redisUrl, "--queue-prefix", a.queuePrefix, "--expert-hosts", a.expertHostAddresses.join(",")];
     case "router":
@@ -319,7 +321,8 @@ export interface ClusterInfo {
   readonly curl: string;
   readonly redis: { readonly url: string; readonly source: RedisSource; readonly pid: number | null };
   readonly queue_prefix: string;
-  readonly topology: { readonly prefill: number; readonly decode: number; readonly expert_hosts: number };
+  /** expert_hosts counts shards; expert_replicas (present when > 1) the replicas of each. */
+  readonly topology: { readonly prefill: number; readonly decode: number; readonly expert_hosts: number; readonly expert_replicas?: number };
   readonly instances: readonly InstanceInfo[];
 }
 
@@ -374,7 +377,10 @@ export interface ClusterOptions {
   readonly model?: string;
   readonly prefill?: number;
   readonly decode?: number;
+  /** Expert shards (default 2). */
   readonly expertHosts?: number;
+  /** Expert-host processes per shard (default 1); a dispatch fails over between a shard's replicas. */
+  readonly expertReplicas?: number;
   readonly precision?: Precision;
   /** Router HTTP host and port (port 0: a free one). Default 127.0.0.1:8000. */
   readonly host?: string;
@@ -466,6 +472,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
     prefill: positiveInt("--prefill", o.prefill ?? 1, 1),
     decode: positiveInt("--decode", o.decode ?? 1, 1),
     expertHosts: positiveInt("--expert-hosts", o.expertHosts ?? 2, 1),
+    expertReplicas: positiveInt("--expert-replicas", o.expertReplicas ?? 1, 1),
   };
   const precision = o.precision ?? "exact";
   if (!(PRECISIONS as readonly string[]).includes(precision)) {
@@ -530,7 +537,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
   startupFailure.catch(() => {});
   let starting = true;
 
-  const total = counts.expertHosts + counts.decode + counts.prefill + 1;
+  const total = counts.expertHosts * counts.expertReplicas + counts.decode + counts.prefill + 1;
   let up = 0;
   const launch = (role: Role, index: number, args: string[]): ServiceProcess => {
     const extra = o.serviceArgs?.[role] ?? [];
@@ -574,6 +581,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
     }
   };
 
+  const shardOf = new Map<ServiceProcess, number>();
   const base: Omit<ServiceArgsInput, "shardIndex" | "expertHostAddresses" | "decodeAddresses"> = {
     model,
     precision,
@@ -586,11 +594,17 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
     shardCount: counts.expertHosts,
   };
   try {
-    const hosts = Array.from({ length: counts.expertHosts }, (_, i) =>
-      launch("expert-host", i, serviceArgs("expert-host", { ...base, shardIndex: i, expertHostAddresses: [], decodeAddresses: [] })),
-    );
+    // Process k serves shard k mod H: replica r of shard i is expert-host i + r*H.
+    const hosts = Array.from({ length: counts.expertHosts * counts.expertReplicas }, (_, k) => {
+      const shardIndex = k % counts.expertHosts;
+      const p = launch("expert-host", k, serviceArgs("expert-host", { ...base, shardIndex, expertHostAddresses: [], decodeAddresses: [] }));
+      shardOf.set(p, shardIndex);
+      return p;
+    });
     const hostReady = await phase(Promise.all(hosts.map(whenUp)), "the expert-hosts");
-    const expertHostAddresses = hostReady.map((r) => r.grpc);
+    const expertHostAddresses = Array.from({ length: counts.expertHosts }, (_, i) =>
+      hostReady.filter((_, k) => k % counts.expertHosts === i).map((r) => r.grpc).join("|"),
+    );
 
     const withHosts = { ...base, shardIndex: 0, expertHostAddresses, decodeAddresses: [] };
     const decodes = Array.from({ length: counts.decode }, (_, i) => launch("decode", i, serviceArgs("decode", withHosts)));
@@ -608,7 +622,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
 
     const instances: InstanceInfo[] = processes.map((p) => {
       const r = p.readyLine!;
-      const shard = p.role === "expert-host" ? p.index : undefined;
+      const shard = shardOf.get(p);
       return {
         role: p.role,
         index: p.index,
@@ -634,7 +648,12 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
       curl: curlExample(url, servedModelName, hasTokenizer),
       redis: { url: redis.url, source: redis.source, pid: redis.pid ?? null },
       queue_prefix: queuePrefix,
-      topology: { prefill: counts.prefill, decode: counts.decode, expert_hosts: counts.expertHosts },
+      topology: {
+        prefill: counts.prefill,
+        decode: counts.decode,
+        expert_hosts: counts.expertHosts,
+        ...(counts.expertReplicas > 1 ? { expert_replicas: counts.expertReplicas } : {}),
+      },
       instances,
     };
     writeClusterFile(clusterFile, info);

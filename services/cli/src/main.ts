@@ -110,6 +110,7 @@ export function buildProgram(): Command {
     .option("--prefill <n>", "prefill instances", intArg("--prefill"), 1)
     .option("--decode <n>", "decode instances", intArg("--decode"), 1)
     .option("--expert-hosts <h>", "expert-host shards", intArg("--expert-hosts"), 2)
+    .option("--expert-replicas <r>", "expert-host processes per shard (a dispatch fails over between them)", intArg("--expert-replicas"), 1)
     .option("--precision <p>", "exact | paper", "exact")
     .option("--host <host>", "interface every service binds", "127.0.0.1")
     .option("--port <port>", "router HTTP port (0 = any free one)", intArg("--port"), 8000)

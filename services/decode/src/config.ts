@@ -37,6 +37,25 @@ export const SETTINGS = {
   },
   drainGraceMs: { flag: "--drain-grace-ms", env: "MOELA_DECODE_DRAIN_GRACE_MS", bool: false, help: "on SIGTERM, how long running sequences may finish before their streams end with UNAVAILABLE (default 30000)" },
   logLevel: { flag: "--log-level", env: "MOELA_DECODE_LOG_LEVEL", bool: false, help: "fatal | error | warn | info | debug | trace | silent (default info)" },
+  redisUrl: {
+    flag: "--redis-url",
+    env: "MOELA_DECODE_REDIS_URL",
+    bool: false,
+    help: "the instance registry: register there (load, free KV blocks) for the routers, and find expert-host replicas there (default: neither)",
+  },
+  queuePrefix: { flag: "--queue-prefix", env: "MOELA_DECODE_QUEUE_PREFIX", bool: false, help: "Redis key prefix of the deployment (default moela)" },
+  advertiseAddress: {
+    flag: "--advertise-address",
+    env: "MOELA_DECODE_ADVERTISE_ADDRESS",
+    bool: false,
+    help: "host:port routers and prefill dial, as registered (default the bound address, a 0.0.0.0 host replaced by this machine's hostname)",
+  },
+  expertShards: {
+    flag: "--expert-shards",
+    env: "MOELA_DECODE_EXPERT_SHARDS",
+    bool: false,
+    help: "number of expert shards H; with --redis-url and no --expert-hosts the hosts are found in the registry (default: the count of --expert-hosts)",
+  },
 } as const;
 
 type Key = keyof typeof SETTINGS;
@@ -54,10 +73,21 @@ const dialable = z
     return port >= 1 && port <= 65535;
   }, "port must be in [1, 65535]");
 
+/** Comma-separated shards, each "host:port" or replicas "host:port|host:port". */
 const addressList = z
   .string()
   .transform((s) => s.split(",").map((x) => x.trim()).filter((x) => x.length > 0))
-  .pipe(z.array(dialable, { message: "must be a comma-separated list of host:port" }));
+  .pipe(
+    z.array(
+      z.string().superRefine((entry, ctx) => {
+        for (const a of entry.split("|")) {
+          const r = dialable.safeParse(a.trim());
+          if (!r.success) ctx.addIssue({ code: "custom", message: r.error.issues[0]!.message });
+        }
+      }),
+      { message: "must be a comma-separated list of host:port" },
+    ),
+  );
 
 const intString = (min: number) =>
   z
@@ -83,6 +113,10 @@ const schema = z.object({
   kvIdleMs: intString(0).default(30_000),
   drainGraceMs: intString(0).default(30_000),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], { message: "must be fatal, error, warn, info, debug, trace or silent" }).default("info"),
+  redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").optional(),
+  queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").optional(),
+  advertiseAddress: dialable.optional(),
+  expertShards: intString(1).optional(),
 });
 
 export type DecodeConfig = Readonly<z.output<typeof schema>>;

@@ -14,6 +14,12 @@
  *
  * Without --expert-hosts the routed experts run in this process, through the same dispatcher over
  * one in-process expert-host (the profile's dispatch/combine roundings still apply).
+ *
+ * With --redis-url the instance registers in the registry (free/total KV blocks, running, waiting and
+ * pending sequences, a heartbeat a second; deregistered first on shutdown) so routers find it, and the
+ * replicas of each expert shard are also taken from the registry (--expert-shards H without
+ * --expert-hosts: from the registry alone). Each shard may have several replicas ("a|b" in
+ * --expert-hosts, or several registered): a dispatch fails over between them (moe-dispatch replicas.ts).
  */
 import { realpathSync } from "node:fs";
 import { pathToFileURL } from "node:url";
@@ -24,13 +30,14 @@ import { createServiceMetrics, grpcCodeName, rpcServerCallRecorder, startMetrics
 import {
   checkHostInfo,
   checkpointModelId,
-  connectExpertHosts,
   createInProcessExperts,
+  ExpertShardSet,
   HostedExpertExecutor,
+  parseShardReplicas,
   placementFor,
   precisionProfile,
-  type GrpcExpertHostTransport,
 } from "@moela/moe-dispatch";
+import { advertisedAddress, createRedisClient, InstanceRegistry, RegistryWatcher, shardReplicas, type Registration } from "@moela/scheduler";
 import { DecodeService, KvTransferService } from "@moela/proto-gen";
 import { createServer, drainAndClose, serve, type RpcServer } from "@moela/rpc";
 import { Batcher } from "./batcher.js";
@@ -67,29 +74,6 @@ export interface DecodeDeps {
   readonly modelId?: string;
 }
 
-/** Info of every host, retried while they are still starting; then checked against the placement. */
-async function checkExpertHosts(
-  hosts: readonly GrpcExpertHostTransport[],
-  want: Omit<Parameters<typeof checkHostInfo>[1], "shard">,
-  logger: Logger,
-): Promise<void> {
-  const deadline = Date.now() + EXPERT_HOSTS_WAIT_MS;
-  await Promise.all(
-    hosts.map(async (h, shard) => {
-      for (;;) {
-        try {
-          checkHostInfo(await h.info(), { ...want, shard }, h.name);
-          return;
-        } catch (err) {
-          if (!(err instanceof MoelaError && err.code === Code.UNAVAILABLE) || Date.now() > deadline) throw err;
-          logger.info({ host: h.name }, "waiting for expert-host");
-          await new Promise((resolve) => setTimeout(resolve, 250));
-        }
-      }
-    }),
-  );
-}
-
 /** Load the model, connect the expert-hosts and serve: the whole service without the process lifecycle. */
 export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: DecodeDeps = {}): Promise<RunningDecode> {
   const t0 = performance.now();
@@ -118,26 +102,51 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
   });
   const m = metrics.m;
 
+  // The registry: where this instance registers and finds expert-host replicas (with --redis-url).
+  const redis = cfg.redisUrl === undefined ? undefined : createRedisClient(cfg.redisUrl);
+  redis?.on("error", (err: Error) => logger.debug({ err: err.message }, "registry Redis connection error"));
+  const registry = redis === undefined ? undefined : new InstanceRegistry(redis, { prefix: cfg.queuePrefix ?? "moela", logger });
   let model: DeepseekModel;
-  let hosts: GrpcExpertHostTransport[] = [];
+  // Closed last on shutdown (and on a failed start): expert-host channels, the registry watcher, Redis.
+  let hosts: { close(): void }[] = redis === undefined ? [] : [{ close: () => void redis.quit().catch(() => redis.disconnect()) }];
+  const expertShards = cfg.expertShards ?? cfg.expertHosts.length;
   if (deps.model !== undefined) {
     model = deps.model;
     if (model.kvDtype !== profile.kvDtype) {
       throw new MoelaError(`the model caches ${model.kvDtype} KV, precision ${profile.name} needs ${profile.kvDtype}`, Code.FAILED_PRECONDITION);
     }
-  } else if (cfg.expertHosts.length > 0) {
+  } else if (expertShards > 0) {
+    if (cfg.expertHosts.length > 0 && cfg.expertHosts.length !== expertShards) {
+      throw new MoelaError(`--expert-hosts lists ${cfg.expertHosts.length} shards, --expert-shards says ${expertShards}`, Code.INVALID_ARGUMENT);
+    }
+    if (cfg.expertHosts.length === 0 && registry === undefined) {
+      throw new MoelaError("--expert-shards without --expert-hosts needs --redis-url (the hosts are found in the registry)", Code.INVALID_ARGUMENT);
+    }
     // Attention, dense layers, gates and shared experts here; every routed expert on the hosts.
     model = DeepseekModel.load(cfg.model, { routedExperts: () => false, kvDtype: profile.kvDtype });
-    hosts = connectExpertHosts(cfg.expertHosts);
-    const placement = placementFor(model.config, hosts.length);
-    const layers = [...model.moeLayers().keys()].sort((a, b) => a - b);
+    const placement = placementFor(model.config, expertShards);
+    const want = { placement, profile, hidden: model.config.hiddenSize, layers: [...model.moeLayers().keys()].sort((a, b) => a - b), modelId };
+    const shards = new ExpertShardSet({
+      shardCount: expertShards,
+      staticReplicas: parseShardReplicas(cfg.expertHosts),
+      validate: async (t, shard) => checkHostInfo(await t.info(), { ...want, shard }, t.name),
+      validateWaitMs: EXPERT_HOSTS_WAIT_MS,
+      logger,
+    });
+    hosts.push(shards);
     try {
-      await checkExpertHosts(hosts, { placement, profile, hidden: model.config.hiddenSize, layers, modelId }, logger);
+      if (registry !== undefined) {
+        const found = new RegistryWatcher(registry, "expert-host", 1_000);
+        found.onChange((records) => shards.update(shardReplicas(records, expertShards, cfg.precision)));
+        await found.start();
+        hosts.push({ close: () => void found.close() });
+      }
+      await shards.waitReady(EXPERT_HOSTS_WAIT_MS);
     } catch (err) {
-      for (const h of hosts) h.close();
+      for (const h of hosts.reverse()) h.close();
       throw err;
     }
-    model.setExpertExecutor(new HostedExpertExecutor({ placement, profile, hosts, hidden: model.config.hiddenSize, metrics: m }));
+    model.setExpertExecutor(new HostedExpertExecutor({ placement, profile, hosts: shards.shards, hidden: model.config.hiddenSize, metrics: m }));
   } else {
     model = DeepseekModel.load(cfg.model, { kvDtype: profile.kvDtype });
     model.setExpertExecutor(createInProcessExperts(model, 1, profile, { metrics: m }).executor);
@@ -222,6 +231,19 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     throw new MoelaError(`cannot serve /metrics on ${cfg.metricsAddress}: ${(err as Error).message}`, Code.UNAVAILABLE, { cause: err });
   }
   const readyLine = JSON.stringify({ event: "ready", role: "decode", pid: process.pid, grpc: address, metrics: metricsServer.url });
+  const cache = engine.cache;
+  const registration: Registration | undefined = await registry?.register(
+    { role: "decode", grpcAddress: advertisedAddress(address, cfg.advertiseAddress), metricsUrl: metricsServer.url, precision: cfg.precision, modelId },
+    () => ({
+      freeKvBlocks: cache.freeBlocks,
+      totalKvBlocks: cache.numBlocks,
+      blockSize: cache.blockSize,
+      runningSequences: b.running,
+      waitingSequences: b.waiting,
+      pendingTransfers: box.pending,
+      accepting: b.accepting,
+    }),
+  );
   const eng = engine;
   let closing: Promise<void> | undefined;
   return {
@@ -236,12 +258,14 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     readyLine,
     close(graceMs = cfg.drainGraceMs) {
       closing ??= (async () => {
+        // Out of the registry first: no router picks this instance while it drains.
+        await registration?.deregister();
         server.setServing(false);
         await b.drain(graceMs);
         box.abortAll({ code: Code.UNAVAILABLE, reason: "the decode instance is shutting down" });
         await drainAndClose(server, 1_000, { flushMs: 500 });
         await metricsServer.close();
-        for (const h of hosts) h.close();
+        for (const h of hosts.reverse()) h.close();
       })();
       return closing;
     },

@@ -23,6 +23,7 @@ describe("moela cluster options", () => {
       prefill: 1,
       decode: 1,
       expertHosts: 2,
+      expertReplicas: 1,
       precision: "exact",
       host: "127.0.0.1",
       port: 8000,
@@ -36,14 +37,14 @@ describe("moela cluster options", () => {
 
   it("takes the topology, model, precision, port and Redis from flags", async () => {
     const o = await parseCluster([
-      "--model", "/ckpt", "--prefill", "2", "--decode", "3", "--expert-hosts", "4", "--precision", "paper",
+      "--model", "/ckpt", "--prefill", "2", "--decode", "3", "--expert-hosts", "4", "--expert-replicas", "2", "--precision", "paper",
       "--port", "0", "--redis-url", "redis://r:1", "--service-arg", "decode=--kv-blocks=64", "--service-arg", "router=--x",
     ]);
-    expect(o).toMatchObject({ model: "/ckpt", prefill: 2, decode: 3, expertHosts: 4, precision: "paper", port: 0, redisUrl: "redis://r:1" });
+    expect(o).toMatchObject({ model: "/ckpt", prefill: 2, decode: 3, expertHosts: 4, expertReplicas: 2, precision: "paper", port: 0, redisUrl: "redis://r:1" });
     expect(o.serviceArg).toEqual(["decode=--kv-blocks=64", "router=--x"]);
   });
 
-  it.each([["--prefill", "two"], ["--port", "80.5"], ["--expert-hosts", "x"]])("refuses %s %s", async (flag, value) => {
+  it.each([["--prefill", "two"], ["--port", "80.5"], ["--expert-hosts", "x"], ["--expert-replicas", "1.5"]])("refuses %s %s", async (flag, value) => {
     await expect(parseCluster([flag, value])).rejects.toThrow(/must be an integer/);
   });
 });
@@ -87,8 +88,8 @@ describe("serviceArgs", () => {
   const common = { "--model": "/m", "--precision": "paper", "--log-level": "warn", "--grpc-address": "127.0.0.1:0", "--metrics-address": "127.0.0.1:0" };
 
   it.each([
-    ["expert-host", { ...common, "--shard-index": "1", "--shard-count": "2" }],
-    ["decode", { ...common, "--expert-hosts": "127.0.0.1:1,127.0.0.1:2" }],
+    ["expert-host", { ...common, "--shard-index": "1", "--shard-count": "2", "--redis-url": "redis://127.0.0.1:6379", "--queue-prefix": "q1" }],
+    ["decode", { ...common, "--redis-url": "redis://127.0.0.1:6379", "--queue-prefix": "q1", "--expert-hosts": "127.0.0.1:1,127.0.0.1:2" }],
     ["prefill", { ...common, "--redis-url": "redis://127.0.0.1:6379", "--queue-prefix": "q1", "--expert-hosts": "127.0.0.1:1,127.0.0.1:2" }],
     ["router", { ...common, "--http-address": "127.0.0.1:8000", "--redis-url": "redis://127.0.0.1:6379", "--queue-prefix": "q1", "--decode": "127.0.0.1:3" }],
   ] as const)("%s gets exactly its flags", (role, want) => {
