@@ -7,8 +7,11 @@
  *   --queue-prefix NAME      Redis key prefix of the queues                       (moela)
  *   --grpc-address H:P       health and Prefill.Status; port 0 picks a free one   (127.0.0.1:0)
  *   --metrics-address H:P    Prometheus /metrics                                  (127.0.0.1:0)
- *   --expert-hosts H:P,...   expert-hosts in shard order; empty: the routed experts run in this process
- *                            through one in-process expert-host (same codecs)     (empty)
+ *   --expert-hosts H:P,...   expert-hosts in shard order, replicas of a shard joined by | (a:1|b:1,c:1);
+ *                            more replicas are found in the registry; empty and no --expert-shards: the
+ *                            routed experts run in this process through one in-process expert-host  (empty)
+ *   --expert-shards N        number of expert shards; without --expert-hosts the hosts are found in the
+ *                            registry alone                        (the count of --expert-hosts)
  *   --precision P            exact | paper                                        (exact)
  *   --prefill-chunk N        prompt tokens per forward chunk                      (256)
  *   --max-batch-tokens N     prompt tokens batched into one engine.prefill call; also the longest prompt
@@ -45,7 +48,8 @@ const schema = z.strictObject({
     .string()
     .default("")
     .transform((s) => s.split(",").map((x) => x.trim()).filter((x) => x.length > 0))
-    .pipe(z.array(hostPort)),
+    .pipe(z.array(z.string().refine((entry) => entry.split("|").every((a) => hostPort.safeParse(a.trim()).success), "must be host:port (replicas of a shard joined by |)"))),
+  expertShards: positiveInt.optional(),
   precision: z.enum(["exact", "paper"]).default("exact"),
   prefillChunk: positiveInt.default(256),
   maxBatchTokens: positiveInt.optional(),
@@ -66,8 +70,10 @@ export interface PrefillConfig {
   readonly queuePrefix: string;
   readonly grpcAddress: string;
   readonly metricsAddress: string;
-  /** Shard order; empty = routed experts in this process. */
+  /** Shard order, each "a:1" or replicas "a:1|b:1"; empty (and no expertShards) = routed experts in this process. */
   readonly expertHosts: readonly string[];
+  /** Expert shards to find (static and in the registry); absent: expertHosts.length. */
+  readonly expertShards?: number;
   readonly precision: "exact" | "paper";
   readonly prefillChunk: number;
   /** undefined = from the model (resolved at startup). */
@@ -149,6 +155,7 @@ export function parsePrefillConfig(argv: readonly string[], env: NodeJS.ProcessE
     grpcAddress: c.grpcAddress,
     metricsAddress: c.metricsAddress,
     expertHosts: Object.freeze([...c.expertHosts]),
+    ...(c.expertShards !== undefined ? { expertShards: c.expertShards } : {}),
     precision: c.precision,
     prefillChunk: c.prefillChunk,
     maxBatchTokens: c.maxBatchTokens,

@@ -12,12 +12,12 @@ import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer } from 
 import {
   checkHostInfo,
   checkpointModelId,
-  connectExpertHosts,
   createInProcessExperts,
+  ExpertShardSet,
   HostedExpertExecutor,
+  parseShardReplicas,
   placementFor,
   precisionProfile,
-  type GrpcExpertHostTransport,
 } from "@moela/moe-dispatch";
 import { Precision, PrefillService } from "@moela/proto-gen";
 import { createServer, drainAndClose, serve } from "@moela/rpc";
@@ -32,6 +32,8 @@ import {
   PREFILL_WORKER_OPTIONS,
   PrefixPublisher,
   redisConnection,
+  RegistryWatcher,
+  shardReplicas,
 } from "@moela/scheduler";
 import { Queue, Worker } from "bullmq";
 import { DEFAULT_PREFIX_CACHE_BLOCKS, defaultInstanceId, parsePrefillConfig, splitHostPort, type PrefillConfig } from "./config.js";
@@ -75,18 +77,6 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([p, t]).finally(() => clearTimeout(timer));
 }
 
-async function waitForInfo(host: GrpcExpertHostTransport, ms: number): Promise<Awaited<ReturnType<GrpcExpertHostTransport["info"]>>> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    try {
-      return await host.info();
-    } catch (err) {
-      if (Date.now() >= deadline || !(err instanceof MoelaError && err.code === Code.UNAVAILABLE)) throw err;
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  }
-}
-
 export async function startPrefill(config: PrefillConfig, options: StartPrefillOptions = {}): Promise<StartedPrefill> {
   const logger = options.logger ?? createLogger("prefill", config.logLevel);
   const profile = precisionProfile(config.precision);
@@ -111,17 +101,34 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
     // Attention, dense layers, gates and shared experts here; routed experts on the hosts.
     const model = DeepseekModel.load(config.model, { routedExperts: () => false, kvDtype: profile.kvDtype });
     let experts: ExpertExecutor;
-    if (config.expertHosts.length > 0) {
-      const hosts = connectExpertHosts(config.expertHosts);
-      closers.push(async () => hosts.forEach((h) => h.close()));
-      const placement = placementFor(modelConfig, hosts.length);
-      const layers = [...model.moeLayers().keys()].sort((a, b) => a - b);
+    const expertShards = config.expertShards ?? config.expertHosts.length;
+    if (expertShards > 0) {
+      if (config.expertHosts.length > 0 && config.expertHosts.length !== expertShards) {
+        throw new MoelaError(`--expert-hosts lists ${config.expertHosts.length} shards, --expert-shards says ${expertShards}`, Code.INVALID_ARGUMENT);
+      }
+      // Each shard's replicas: the static ones ("a|b" in --expert-hosts) plus those registered in Redis,
+      // each checked against the placement before it takes traffic; a dispatch fails over between them.
+      const placement = placementFor(modelConfig, expertShards);
+      const want = { placement, profile, hidden: modelConfig.hiddenSize, layers: [...model.moeLayers().keys()].sort((a, b) => a - b), modelId };
       const waitMs = options.expertHostWaitMs ?? 30_000;
-      await Promise.all(
-        hosts.map(async (h, shard) => checkHostInfo(await waitForInfo(h, waitMs), { shard, placement, profile, hidden: modelConfig.hiddenSize, layers, modelId }, h.name)),
-      );
-      experts = new HostedExpertExecutor({ placement, profile, hosts, hidden: modelConfig.hiddenSize, metrics: m });
-      logger.info({ expertHosts: config.expertHosts }, "routed experts on expert-hosts");
+      const shards = new ExpertShardSet({
+        shardCount: expertShards,
+        staticReplicas: parseShardReplicas(config.expertHosts),
+        validate: async (t, shard) => checkHostInfo(await t.info(), { ...want, shard }, t.name),
+        validateWaitMs: waitMs,
+        logger,
+      });
+      closers.push(async () => shards.close());
+      const expertRedis = createRedisClient(config.redisUrl);
+      expertRedis.on("error", (err: Error) => logger.debug({ err: err.message }, "registry Redis connection error"));
+      closers.push(async () => expertRedis.quit().catch(() => expertRedis.disconnect()));
+      const found = new RegistryWatcher(new InstanceRegistry(expertRedis, { prefix: config.queuePrefix, logger }), "expert-host", 1_000);
+      found.onChange((records) => shards.update(shardReplicas(records, expertShards, config.precision)));
+      await found.start();
+      closers.push(() => found.close());
+      await shards.waitReady(waitMs);
+      experts = new HostedExpertExecutor({ placement, profile, hosts: shards.shards, hidden: modelConfig.hiddenSize, metrics: m });
+      logger.info({ expertHosts: config.expertHosts, expertShards, replicas: shards.shards.map((sh) => sh.addresses) }, "routed experts on expert-hosts");
     } else {
       // No hosts configured: one in-process expert-host loading every routed expert from the checkpoint,
       // behind the same dispatcher and codecs, so the numbers are the cluster's with one host.
