@@ -9,6 +9,10 @@
  *
  * `moela cluster`, test/helpers/cluster.ts and scripts/bench/cluster.ts all start clusters
  * through startCluster, so the tests exercise exactly what `npm start` runs.
+ *
+ * A service that dies is not replaced by the library (the `moela cluster` command stops everything
+ * then); `restart(label)` starts it again with the same flags at the same gRPC, metrics (and HTTP)
+ * addresses, as a Kubernetes StatefulSet brings a pod back under its name, so its peers find it again.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createWriteStream, existsSync, mkdirSync, renameSync, rmSync, writeFileSync, type WriteStream } from "node:fs";
@@ -285,6 +289,24 @@ export function serviceArgs(role: Role, a: ServiceArgsInput): string[] {
   }
 }
 
+/**
+ * A service's flags with its listen addresses pinned to where it served before (its ready line), so a
+ * restarted service comes back where its peers look for it: --grpc-address, --metrics-address, and the
+ * router's --http-address.
+ */
+export function pinAddresses(args: readonly string[], ready: ReadyLine): string[] {
+  const out = [...args];
+  const set = (flag: string, value: string | undefined): void => {
+    const i = out.indexOf(flag);
+    if (i >= 0 && i + 1 < out.length && value !== undefined) out[i + 1] = value;
+  };
+  const hostPort = (url: string | undefined): string | undefined => (url === undefined ? undefined : new URL(url).host);
+  set("--grpc-address", ready.grpc);
+  set("--metrics-address", hostPort(ready.metrics));
+  set("--http-address", hostPort(ready.http));
+  return out;
+}
+
 // ---- cluster.json ----------------------------------------------------------------------------
 
 /** One instance in cluster.json. */
@@ -416,6 +438,11 @@ export interface Cluster {
   readonly redis: RedisChoice;
   /** Resolves with the first service that exits without being asked to. */
   readonly unexpectedExit: Promise<ServiceProcess>;
+  /**
+   * Start a service that exited (e.g. "decode 0") again with its flags at its former addresses; resolves
+   * once it is up (ready line and health SERVING). It replaces the dead one in `processes` and cluster.json.
+   */
+  restart(label: string, options?: { readonly timeoutMs?: number }): Promise<ServiceProcess>;
   /** Stop every service (router first), then a private Redis; removes cluster.json. Idempotent. */
   stop(): Promise<void>;
 }
@@ -539,6 +566,8 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
 
   const total = counts.expertHosts * counts.expertReplicas + counts.decode + counts.prefill + 1;
   let up = 0;
+  /** The launcher's own flags of each process (before --service-arg extras), for restart(). */
+  const baseArgs = new Map<ServiceProcess, string[]>();
   const launch = (role: Role, index: number, args: string[]): ServiceProcess => {
     const extra = o.serviceArgs?.[role] ?? [];
     const p = new ServiceProcess({
@@ -550,6 +579,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
       env,
     });
     processes.push(p);
+    baseArgs.set(p, args);
     progress({ kind: "starting", label: p.label, pid: p.pid, logPath: p.logPath });
     void p.exited.then((exit) => {
       if (p.stopRequested) return;
@@ -620,22 +650,25 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
     const url = routerReady.http!.replace(/\/+$/, "");
     const servedModelName = await phase(routerModelId(url, deadline, startup.signal), "the router's HTTP API");
 
-    const instances: InstanceInfo[] = processes.map((p) => {
-      const r = p.readyLine!;
-      const shard = shardOf.get(p);
-      return {
-        role: p.role,
-        index: p.index,
-        pid: r.pid,
-        grpc: r.grpc,
-        metrics: r.metrics,
-        ...(r.http !== undefined ? { http: r.http } : {}),
-        ...(shard !== undefined ? { shard } : {}),
-        log: p.logPath,
-      };
-    });
-    const order: Record<Role, number> = { router: 0, prefill: 1, decode: 2, "expert-host": 3 };
-    instances.sort((a, b) => order[a.role] - order[b.role] || a.index - b.index);
+    const instancesNow = (): InstanceInfo[] => {
+      const list: InstanceInfo[] = processes.map((p) => {
+        const r = p.readyLine!;
+        const shard = shardOf.get(p);
+        return {
+          role: p.role,
+          index: p.index,
+          pid: r.pid,
+          grpc: r.grpc,
+          metrics: r.metrics,
+          ...(r.http !== undefined ? { http: r.http } : {}),
+          ...(shard !== undefined ? { shard } : {}),
+          log: p.logPath,
+        };
+      });
+      const order: Record<Role, number> = { router: 0, prefill: 1, decode: 2, "expert-host": 3 };
+      return list.sort((a, b) => order[a.role] - order[b.role] || a.index - b.index);
+    };
+    const instances = instancesNow();
     const info: ClusterInfo = {
       version: 1,
       started_at: new Date().toISOString(),
@@ -662,7 +695,32 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
     // A death between the last phase and here was recorded as a start-up failure; surface it.
     const dead = processes.find((p) => p.exitInfo !== undefined && !p.stopRequested);
     if (dead !== undefined) resolveDeath(dead);
-    return { info, clusterFile, processes, redis, unexpectedExit, stop };
+
+    const restart = async (label: string, ro: { readonly timeoutMs?: number } = {}): Promise<ServiceProcess> => {
+      const old = processes.find((p) => p.label === label);
+      if (old === undefined) throw new InvalidArgumentError(`no service "${label}" in this cluster (${processes.map((p) => p.label).join(", ")})`);
+      if (old.exitInfo === undefined) throw new InvalidArgumentError(`${label} (pid ${old.pid}) is still running; only a service that exited can be restarted`);
+      if (stopped !== undefined) throw new InvalidArgumentError("the cluster is stopping");
+      const args = pinAddresses(baseArgs.get(old)!, old.readyLine!);
+      const fresh = launch(old.role, old.index, args);
+      // The new process takes the old one's place (launch appended it).
+      processes.splice(processes.indexOf(fresh), 1);
+      processes.splice(processes.indexOf(old), 1, fresh);
+      baseArgs.delete(old);
+      const shard = shardOf.get(old);
+      if (shard !== undefined) shardOf.set(fresh, shard);
+      const timeout = timeoutPromise(ro.timeoutMs ?? 120_000, () => `${label} did not come back within ${ro.timeoutMs ?? 120_000} ms; log: ${fresh.logPath}`);
+      try {
+        const ready = await Promise.race([fresh.waitReady(), timeout.promise]);
+        progress({ kind: "ready", label: fresh.label, ready });
+        await Promise.race([waitForServing(ready.grpc, { timeoutMs: ro.timeoutMs ?? 120_000 }), timeout.promise]);
+      } finally {
+        timeout.cancel();
+      }
+      writeClusterFile(clusterFile, { ...info, instances: instancesNow() });
+      return fresh;
+    };
+    return { info, clusterFile, processes, redis, unexpectedExit, stop, restart };
   } catch (err) {
     starting = false;
     o.signal?.removeEventListener("abort", onAbort);

@@ -125,6 +125,30 @@ describe("startCluster with stand-in services", () => {
     expect((err as Error).message).toMatch(/timed out while starting the expert-hosts|NOT_SERVING/);
   });
 
+  it("restart brings a killed service back with its flags at its former gRPC and metrics addresses", async () => {
+    const o = options({ expertHosts: 1 });
+    const cluster = await startCluster(o);
+    try {
+      const old = cluster.processes.find((p) => p.label === "decode 0")!;
+      const before = old.readyLine!;
+      await expect(cluster.restart("decode 0")).rejects.toThrow(/decode 0 \(pid \d+\) is still running/);
+      await expect(cluster.restart("decode 7")).rejects.toThrow(/no service "decode 7"/);
+      old.child.kill("SIGKILL");
+      expect(await cluster.unexpectedExit).toBe(old);
+      const fresh = await cluster.restart("decode 0");
+      expect(fresh.pid).not.toBe(old.pid);
+      expect(fresh.readyLine).toMatchObject({ grpc: before.grpc, metrics: before.metrics });
+      expect(cluster.processes.filter((p) => p.label === "decode 0")).toEqual([fresh]);
+      const argv = fresh.readyLine!["argv"] as string[];
+      expect(argv[argv.indexOf("--expert-hosts") + 1]).toBe(cluster.processes.find((p) => p.label === "expert-host 0")!.readyLine!.grpc);
+      const file = JSON.parse(readFileSync(join(o.stateDir, "cluster.json"), "utf8")) as { instances: Array<{ role: string; index: number; pid: number }> };
+      expect(file.instances.find((i) => i.role === "decode" && i.index === 0)!.pid).toBe(fresh.pid);
+    } finally {
+      await cluster.stop();
+    }
+    expect(cluster.processes.map((p) => p.pid!).filter(alive)).toEqual([]);
+  });
+
   it("SIGKILLs a service that ignores SIGTERM after the grace period", async () => {
     const events: ProgressEvent[] = [];
     const cluster = await startCluster(
