@@ -12,7 +12,7 @@ const withValues = defs.filter(([, d]) => d.values !== undefined);
 describe("names.ts values", () => {
   it("are given for the outcome and reason counters", () => {
     expect(withValues.map(([k]) => k).sort()).toEqual(
-      ["decodeKvReclaimedBlocks", "decodeKvReclaims", "prefillJobs", "prefillKvReclaimedBlocks", "prefillKvReclaims", "prefillKvTransferFailures", "routerRequests", "routerRetries"].sort(),
+      ["decodeKvReclaimedBlocks", "decodeKvReclaims", "prefillJobs", "prefillKvReclaimedBlocks", "prefillKvReclaims", "prefillKvTransferFailures", "routerQueueRemoved", "routerRequests", "routerRetries"].sort(),
     );
   });
 
