@@ -1,0 +1,426 @@
+/**
+ * The platform's worst minutes, with real processes and a real Redis: a cluster of 1 router, 2 prefill,
+ * 2 decode and 2 expert shards with 2 replicas each (started through the launcher library, so the test can
+ * kill -9 any process and restart it where it was), on a private redis-server with append-only
+ * persistence. Under load of concurrent streaming greedy requests, in turn:
+ *   - kill -9 a prefill worker: BullMQ's stalled-job recovery hands its jobs to the other worker;
+ *   - kill -9 a decode instance: the router migrates its requests to the other one;
+ *   - restart Redis: services reconnect and no accepted request is lost;
+ *   - a burst over the router's admission limit: 429 with Retry-After, every accepted request completes;
+ *   - kill -9 one replica of an expert shard: the other replica takes its traffic, every stream completes;
+ *     then kill -9 the last one: affected requests fail with a retryable 503 and new ones are refused the
+ *     same way until a replica is back, then the cluster serves again;
+ *   - kill -9 the router: its clients see the connection close, decode frees their KV after its grace
+ *     period, prefill and decode carry on, and a restarted router serves.
+ * Every request that completes must give exactly the tokens of an undisturbed single-process run (the
+ * engine with the routed experts over 2 in-process hosts, as `moela generate --expert-hosts 2` runs it;
+ * checked against `moela generate` itself for one prompt): no gap, no duplicate. After every phase no KV
+ * block is held anywhere (decode Status, prefill's ledger gauge). The test prints how many requests were
+ * migrated or retried.
+ *
+ * Sized for a loaded 2-core machine: 50 concurrent streams of 12 tokens over a tiny model.
+ */
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DeepseekModel, Engine, type GenerationParams } from "@moela/engine";
+import { createInProcessExperts } from "@moela/moe-dispatch";
+import { DecodeClient, PrefillClient, type DecodeStatusResponse, type PrefillStatusResponse } from "@moela/proto-gen";
+import { connect, unaryCall } from "@moela/rpc";
+import { DEFAULT_MODEL, startCluster, type Cluster, type ServiceProcess } from "../../services/cli/src/launcher.js";
+import { metricSum, moelaGenerate, scrapeMetrics } from "../helpers/cluster.js";
+import { startTestRedis, type TestRedis } from "../helpers/redis-server.js";
+
+const STREAMS = 50;
+const MAX_TOKENS = 12;
+const DISTINCT_PROMPTS = 10;
+/** Over this many generations in flight the router answers 429. */
+const MAX_IN_FLIGHT = 60;
+/** Decode frees a sequence nobody streams after this (the router-kill phase waits it out). */
+const STREAM_GRACE_MS = 3_000;
+
+/** Distinct prompts of distinct lengths over the tiny vocabulary (no EOS id 1, no BOS games). */
+function prompt(i: number): number[] {
+  return Array.from({ length: 3 + (i % 5) }, (_, j) => 2 + ((i * 131 + j * 37 + 11) % 1000));
+}
+
+interface StreamResult {
+  readonly status: number;
+  readonly retryAfter: string | null;
+  readonly ids: number[];
+  readonly finish: string | null;
+  /** An in-band SSE error event, or an HTTP error body. */
+  readonly error: { message: string; code: string | null } | null;
+  /** The connection broke before [DONE]. */
+  readonly broken: boolean;
+}
+
+/** One streaming /v1/completions call (token ids as text), read to its end; `onToken` sees the running count. */
+async function streamCompletion(baseUrl: string, p: readonly number[], maxTokens: number, onToken?: (n: number) => void): Promise<StreamResult> {
+  let res: Response;
+  try {
+    res = await fetch(`${baseUrl}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "tiny-v3", prompt: p, max_tokens: maxTokens, temperature: 0, ignore_eos: true, logprobs: 1, return_tokens_as_token_ids: true, stream: true }),
+    });
+  } catch {
+    return { status: 0, retryAfter: null, ids: [], finish: null, error: null, broken: true };
+  }
+  if (res.status !== 200) {
+    const body = (await res.json().catch(() => ({}))) as { error?: { message: string; code: string | null } };
+    return { status: res.status, retryAfter: res.headers.get("retry-after"), ids: [], finish: null, error: body.error ?? null, broken: false };
+  }
+  const ids: number[] = [];
+  let finish: string | null = null;
+  let error: StreamResult["error"] = null;
+  let done = false;
+  let buffer = "";
+  const decoder = new TextDecoder();
+  try {
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buffer += decoder.decode(chunk, { stream: true });
+      let nl: number;
+      while ((nl = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, nl);
+        buffer = buffer.slice(nl + 2);
+        const data = event.replace(/^data: /, "");
+        if (data === "[DONE]") {
+          done = true;
+          continue;
+        }
+        const o = JSON.parse(data) as { error?: { message: string; code: string | null }; choices?: Array<{ logprobs?: { tokens?: string[] }; finish_reason?: string | null }> };
+        if (o.error !== undefined) error = o.error;
+        const c = o.choices?.[0];
+        for (const t of c?.logprobs?.tokens ?? []) ids.push(Number(t.replace("token_id:", "")));
+        if (c?.finish_reason) finish = c.finish_reason;
+        if ((c?.logprobs?.tokens?.length ?? 0) > 0) onToken?.(ids.length);
+      }
+    }
+  } catch {
+    return { status: 200, retryAfter: null, ids, finish, error, broken: true };
+  }
+  return { status: 200, retryAfter: null, ids, finish, error, broken: !done };
+}
+
+async function until(cond: () => boolean | Promise<boolean>, what: string, timeoutMs = 60_000, everyMs = 50): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas, Redis with append-only persistence", () => {
+  let dir: string;
+  let redis: TestRedis;
+  let cluster: Cluster;
+  /** Greedy tokens of an undisturbed single-process run, per distinct prompt. */
+  const refs: number[][] = [];
+  const report: string[] = [];
+  const spawned = new Set<number>();
+  const killHard = (): void => {
+    for (const pid of spawned) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // gone
+      }
+    }
+  };
+
+  const proc = (label: string): ServiceProcess => {
+    const p = cluster.processes.find((x) => x.label === label);
+    if (p === undefined) throw new Error(`no ${label}`);
+    return p;
+  };
+  const url = (): string => proc("router 0").readyLine!.http!.replace(/\/+$/, "");
+  const decodeStatus = (label: string): Promise<DecodeStatusResponse> => {
+    const c = connect(DecodeClient, proc(label).readyLine!.grpc);
+    return unaryCall<DecodeStatusResponse>((md, o, cb) => c.status({}, md, o, cb), { timeoutMs: 5_000 }).finally(() => c.close());
+  };
+  const prefillStatus = (label: string): Promise<PrefillStatusResponse> => {
+    const c = connect(PrefillClient, proc(label).readyLine!.grpc);
+    return unaryCall<PrefillStatusResponse>((md, o, cb) => c.status({}, md, o, cb), { timeoutMs: 5_000 }).finally(() => c.close());
+  };
+  const routerCounter = async (name: string, reason?: string): Promise<number> =>
+    metricSum(await scrapeMetrics(proc("router 0").readyLine!.metrics), name, reason === undefined ? undefined : (l) => l.includes(`reason="${reason}"`)) ?? 0;
+  const kill9 = async (label: string): Promise<void> => {
+    const p = proc(label);
+    p.child.kill("SIGKILL");
+    await p.exited;
+  };
+  const restart = async (label: string): Promise<void> => {
+    const p = await cluster.restart(label);
+    spawned.add(p.pid!);
+  };
+
+  /** Jobs the router moved out of departed prefill instances' own queues so far (its warn lines say how many). */
+  const rescuedJobs = (): number => {
+    let n = 0;
+    for (const line of readFileSync(proc("router 0").logPath, "utf8").split("\n")) {
+      if (!line.includes("moved a departed prefill instance")) continue;
+      n += (JSON.parse(line) as { moved?: number }).moved ?? 0;
+    }
+    return n;
+  };
+
+  /** No KV block held by any live decode or prefill instance (waits out grace periods and timeouts). */
+  async function expectNoKvHeld(what: string, timeoutMs = 30_000): Promise<void> {
+    const live = cluster.processes.filter((p) => p.exitInfo === undefined && (p.role === "decode" || p.role === "prefill"));
+    let last = "";
+    await until(
+      async () => {
+        const parts: string[] = [];
+        for (const p of live) {
+          if (p.role === "decode") {
+            const s = await decodeStatus(p.label);
+            parts.push(`${p.label}: ${s.totalKvBlocks - s.freeKvBlocks} blocks used, ${s.pendingTransfers} transfers, ${s.runningSequences + s.waitingSequences} sequences`);
+            if (s.totalKvBlocks !== s.freeKvBlocks || s.pendingTransfers > 0 || s.runningSequences + s.waitingSequences > 0) {
+              last = parts.join("; ");
+              return false;
+            }
+          } else {
+            const held = metricSum(await scrapeMetrics(p.readyLine!.metrics), "moela_prefill_kv_blocks_used") ?? NaN;
+            const s = await prefillStatus(p.label);
+            parts.push(`${p.label}: ${held} blocks held, ${s.runningJobs} jobs`);
+            if (held !== 0 || s.activeTransfers > 0) {
+              last = parts.join("; ");
+              return false;
+            }
+          }
+        }
+        return true;
+      },
+      `${what}: no KV block held anywhere (last: ${last})`,
+      timeoutMs,
+      200,
+    );
+  }
+
+  /** `n` concurrent streams over the distinct prompts; `onToken(i, count)` as tokens arrive. */
+  function load(n: number, onToken?: (i: number, count: number) => void): Promise<StreamResult>[] {
+    return Array.from({ length: n }, (_, i) => streamCompletion(url(), prompt(i % DISTINCT_PROMPTS), MAX_TOKENS, (c) => onToken?.(i, c)));
+  }
+
+  function expectExact(results: readonly StreamResult[], what: string): void {
+    for (const [i, r] of results.entries()) {
+      expect({ status: r.status, error: r.error, broken: r.broken }, `${what}: request ${i}`).toEqual({ status: 200, error: null, broken: false });
+      expect(r.ids, `${what}: request ${i} (prompt ${i % DISTINCT_PROMPTS}) tokens`).toEqual(refs[i % DISTINCT_PROMPTS]);
+      expect(r.finish, `${what}: request ${i} finish`).toBe("length");
+    }
+  }
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "moela-failures-"));
+    // The undisturbed answers, before the cluster competes for the CPUs.
+    const model = DeepseekModel.load(DEFAULT_MODEL, { kvDtype: "f32" });
+    model.setExpertExecutor(createInProcessExperts(model, 2, "exact").executor);
+    const engine = new Engine(model, { blockSize: 16, numBlocks: 64 });
+    const params: GenerationParams = { temperature: 0, topP: 1, topK: -1, maxTokens: MAX_TOKENS, ignoreEos: true, topLogprobs: 1 };
+    for (let i = 0; i < DISTINCT_PROMPTS; i++) {
+      const out: number[] = [];
+      for await (const t of engine.generate(engine.newSequence(`ref-${i}`, prompt(i), params))) out.push(t.id);
+      refs.push(out);
+    }
+    const single = await moelaGenerate({ promptIds: prompt(3), maxTokens: MAX_TOKENS, precision: "exact", expertHosts: 2, extraArgs: ["--ignore-eos"] });
+    expect(single.tokenIds, "the in-process reference is what `moela generate` gives").toEqual(refs[3]);
+
+    redis = await startTestRedis(join(dir, "redis"));
+    process.on("exit", killHard);
+    cluster = await startCluster({
+      prefill: 2,
+      decode: 2,
+      expertHosts: 2,
+      // expert-host k serves shard k mod 2: shard 1 is expert-host 1 and expert-host 3.
+      expertReplicas: 2,
+      precision: "exact",
+      port: 0,
+      redisUrl: redis.url,
+      queuePrefix: `failures-${process.pid}`,
+      stateDir: join(dir, "state"),
+      logLevel: process.env["MOELA_TEST_LOG_LEVEL"] ?? "warn",
+      stopGraceMs: 5_000,
+      serviceArgs: {
+        decode: ["--stream-grace-ms", String(STREAM_GRACE_MS), "--kv-idle-ms", "5000", "--max-batch", "64", "--drain-grace-ms", "0"],
+        router: ["--max-in-flight", String(MAX_IN_FLIGHT)],
+      },
+    });
+    for (const p of cluster.processes) spawned.add(p.pid!);
+  }, 300_000);
+
+  afterAll(async () => {
+    if (report.length > 0) process.stdout.write(`\n[failures] ${report.join("\n[failures] ")}\n`);
+    await cluster?.stop();
+    await redis?.stop();
+    killHard();
+    process.off("exit", killHard);
+    // MOELA_KEEP_TEST_DIR=1 keeps the services' logs (and Redis's) for a look after a failure.
+    if (process.env["MOELA_KEEP_TEST_DIR"] === undefined) rmSync(dir, { recursive: true, force: true });
+    else process.stdout.write(`[failures] logs kept in ${dir}\n`);
+  }, 120_000);
+
+  it("kill -9 of a prefill worker: its jobs run again on the other worker; every stream completes exactly", async () => {
+    const stalled0 = await routerCounter("moela_router_retries_total", "prefill_stalled");
+    const retried0 = await routerCounter("moela_router_retries_total", "prefill_failed");
+    const results = load(STREAMS);
+    // Kill it while it holds jobs: they are locked to it in Redis and nobody else may take them until
+    // the lock expires and a stalled-job check finds them.
+    let heldAtKill = 0;
+    await until(async () => (heldAtKill = (await prefillStatus("prefill 0")).runningJobs) > 0, "prefill 0 to take jobs", 60_000, 10);
+    await kill9("prefill 0");
+    const done = await Promise.all(results);
+    expectExact(done, "prefill killed");
+    const stalled = (await routerCounter("moela_router_retries_total", "prefill_stalled")) - stalled0;
+    const retried = (await routerCounter("moela_router_retries_total", "prefill_failed")) - retried0;
+    const rescued = rescuedJobs();
+    report.push(
+      `kill -9 prefill 0 (it held ${heldAtKill} jobs): ${STREAMS} streams exact; ${stalled} jobs recovered by BullMQ's stalled check, ` +
+        `${rescued} moved out of the dead instance's own queue by the router, ${retried} attempts retried`,
+    );
+    // Its jobs were either in the shared queue (BullMQ's stalled check gives them to prefill 1) or in its own
+    // queue (the router moves a departed instance's jobs, its expired-lock active ones too, to the shared queue).
+    expect(stalled + rescued, "jobs of the killed worker were recovered").toBeGreaterThan(0);
+    await expectNoKvHeld("after the prefill kill");
+    await restart("prefill 0");
+  }, 180_000);
+
+  it("kill -9 of a decode instance: its requests migrate to the other one and every stream completes exactly", async () => {
+    const migrated0 = await routerCounter("moela_router_retries_total", "decode_unavailable");
+    let midStream = 0;
+    const results = load(STREAMS, (_i, count) => {
+      if (count === 2) midStream++;
+    });
+    // Kill it while it is generating for several requests that have already sent tokens to their clients.
+    await until(async () => midStream >= 5 && (await decodeStatus("decode 0")).runningSequences > 0, "decode 0 to be mid-stream", 60_000, 10);
+    await kill9("decode 0");
+    const done = await Promise.all(results);
+    expectExact(done, "decode killed");
+    const migrated = (await routerCounter("moela_router_retries_total", "decode_unavailable")) - migrated0;
+    report.push(`kill -9 decode 0: ${STREAMS} streams exact; ${migrated} requests migrated to decode 1`);
+    expect(migrated, "requests migrated off the killed decode instance").toBeGreaterThan(0);
+    await expectNoKvHeld("after the decode kill");
+    await restart("decode 0");
+    // The router sees it again (Status polls) and uses it.
+    await until(async () => (await fetch(`${url()}/health`).then((r) => r.json()) as { decode: { healthy: number } }).decode.healthy === 2, "both decode instances healthy", 30_000, 200);
+  }, 180_000);
+
+  it("Redis restart under load: services reconnect without crashing and every accepted request completes exactly", async () => {
+    let started = 0;
+    const results = load(STREAMS, (_i, count) => {
+      if (count === 1) started++;
+    });
+    await until(() => started >= 1, "the first tokens", 60_000, 10);
+    // Requests still waiting to be enqueued, queued, and in prefill: all must survive.
+    await redis.restart(1_000);
+    const done = await Promise.all(results);
+    const accepted = done.filter((r) => r.status === 200).length;
+    report.push(`Redis restart: ${accepted} of ${STREAMS} streams accepted, all exact; refused: ${done.length - accepted}`);
+    // None is refused: the restart is shorter than the router's 10 s enqueue wait.
+    expectExact(done, "Redis restarted");
+    for (const p of cluster.processes) expect(p.exitInfo, `${p.label} survived the Redis restart`).toBeUndefined();
+    await expectNoKvHeld("after the Redis restart");
+  }, 180_000);
+
+  it("a burst over the admission limit: 429s with Retry-After, and every accepted request completes exactly", async () => {
+    const burst = MAX_IN_FLIGHT + 30;
+    const done = await Promise.all(load(burst));
+    const refused = done.filter((r) => r.status === 429);
+    const accepted = done.filter((r) => r.status === 200);
+    report.push(`burst of ${burst} over --max-in-flight ${MAX_IN_FLIGHT}: ${accepted.length} accepted (all exact), ${refused.length} refused with 429`);
+    expect(refused.length).toBeGreaterThan(0);
+    expect(accepted.length + refused.length).toBe(burst);
+    for (const r of refused) {
+      expect(r.retryAfter).toMatch(/^\d+$/);
+      expect(r.error?.code).toBe("rate_limit_exceeded");
+    }
+    for (const [i, r] of done.entries()) {
+      if (r.status !== 200) continue;
+      expect({ error: r.error, broken: r.broken, finish: r.finish }, `accepted request ${i}`).toEqual({ error: null, broken: false, finish: "length" });
+      expect(r.ids, `accepted request ${i} tokens`).toEqual(refs[i % DISTINCT_PROMPTS]);
+    }
+    await expectNoKvHeld("after the burst");
+  }, 180_000);
+
+  it("kill -9 of an expert-host replica: the shard's other replica takes over and every stream completes exactly", async () => {
+    let started = 0;
+    const results = load(20, (_i, count) => {
+      if (count === 1) started++;
+    });
+    await until(() => started >= 3, "streams to start", 60_000, 10);
+    await kill9("expert-host 3");
+    const done = await Promise.all(results);
+    expectExact(done, "an expert-host replica killed");
+    report.push(`kill -9 expert-host 3 (shard 1 has another replica): 20 streams exact`);
+    await expectNoKvHeld("after a replica was killed");
+  }, 180_000);
+
+  it("kill -9 of the last replica of an expert shard: requests fail with a retryable 503 until one is back, then the cluster serves again", async () => {
+    const inFlight = Array.from({ length: 6 }, (_, i) => streamCompletion(url(), prompt(i), MAX_TOKENS));
+    await kill9("expert-host 1");
+    const during = await Promise.all(inFlight);
+    for (const r of during) {
+      // Finished before the loss, or ended with a retryable error: a plain 503 with Retry-After, or
+      // (once streaming) an in-band error event.
+      if (r.status === 200 && r.error === null) expect(r.ids).toEqual(refs[during.indexOf(r) % DISTINCT_PROMPTS]);
+      else if (r.status === 200) expect(r.error?.code).toBe("service_unavailable");
+      else {
+        expect(r.status).toBe(503);
+        expect(r.retryAfter).toMatch(/^\d+$/);
+      }
+    }
+    const refusedNow = await streamCompletion(url(), prompt(0), MAX_TOKENS);
+    expect(refusedNow.status === 503 || refusedNow.error?.code === "service_unavailable", `a new request while shard 1 is gone: ${JSON.stringify(refusedNow)}`).toBe(true);
+    if (refusedNow.status === 503) expect(refusedNow.retryAfter).toMatch(/^\d+$/);
+    report.push(`kill -9 expert-host 1 (shard 1's last replica): ${during.filter((r) => r.status !== 200 || r.error !== null).length} of 6 in-flight requests failed retryably (503), new requests refused with 503`);
+    await expectNoKvHeld("with an expert-host gone");
+
+    await restart("expert-host 1");
+    // Prefill and decode reconnect by themselves (grpc reconnect backoff at most 2 s).
+    let after: StreamResult | undefined;
+    await until(
+      async () => {
+        after = await streamCompletion(url(), prompt(5), MAX_TOKENS);
+        return after.status === 200 && after.error === null;
+      },
+      "a request to succeed once the expert-host is back",
+      60_000,
+      500,
+    );
+    expect(after!.ids).toEqual(refs[5]);
+    const results = await Promise.all(load(10));
+    expectExact(results, "after the expert-host came back");
+    await restart("expert-host 3");
+    await expectNoKvHeld("after the expert-host came back");
+  }, 180_000);
+
+  it("kill -9 of the router: its streams end with a closed connection; decode frees their KV after the grace period; a restarted router serves", async () => {
+    const lost0 = await Promise.all(["decode 0", "decode 1"].map(async (l) => metricSum(await scrapeMetrics(proc(l).readyLine!.metrics), "moela_decode_kv_reclaims_total", (x) => x.includes('reason="lost"')) ?? 0));
+    let streaming = 0;
+    // Long generations, so they are still running when their router dies.
+    const long = Array.from({ length: 8 }, (_, i) =>
+      streamCompletion(url(), prompt(i), 400, (c) => {
+        if (c === 1) streaming++;
+      }),
+    );
+    await until(() => streaming >= 8, "every stream to start", 60_000, 10);
+    const others = cluster.processes.filter((p) => p.role !== "router").map((p) => p.pid);
+    await kill9("router 0");
+    const ends = await Promise.all(long);
+    for (const r of ends) expect(r.broken, "the client sees its connection close").toBe(true);
+    // Nobody streams those sequences any more: decode frees them after --stream-grace-ms.
+    await expectNoKvHeld("after the router kill", 60_000);
+    const lost = await Promise.all(["decode 0", "decode 1"].map(async (l) => metricSum(await scrapeMetrics(proc(l).readyLine!.metrics), "moela_decode_kv_reclaims_total", (x) => x.includes('reason="lost"')) ?? 0));
+    const reclaimed = lost.reduce((a, b) => a + b, 0) - lost0.reduce((a, b) => a + b, 0);
+    report.push(`kill -9 router 0: 8 streams ended with a closed connection; decode reclaimed ${reclaimed} abandoned sequences after the ${STREAM_GRACE_MS} ms grace`);
+    expect(reclaimed).toBeGreaterThan(0);
+    // Nothing else was disturbed.
+    expect(cluster.processes.filter((p) => p.role !== "router").map((p) => p.pid)).toEqual(others);
+    for (const p of cluster.processes.filter((x) => x.role !== "router")) expect(p.exitInfo, p.label).toBeUndefined();
+    await restart("router 0");
+    const results = await Promise.all(load(10));
+    expectExact(results, "through the restarted router");
+    await expectNoKvHeld("at the end");
+  }, 180_000);
+});
