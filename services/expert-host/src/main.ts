@@ -18,7 +18,7 @@ import { realpathSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { Code, createLogger, MoelaError, type Logger } from "@moela/core";
 import { loadExpertShard, readModelConfig } from "@moela/engine";
-import { createServiceMetrics, startMetricsServer, type MetricsServer } from "@moela/metrics";
+import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import { checkpointModelId, ExpertHostCore, placementFor } from "@moela/moe-dispatch";
 import { advertisedAddress, createRedisClient, InstanceRegistry, type Registration } from "@moela/scheduler";
 import { ExpertHostService } from "@moela/proto-gen";
@@ -27,8 +27,6 @@ import { parseConfig, splitAddress, USAGE, type ExpertHostConfig } from "./confi
 import { expertHostHandlers } from "./handlers.js";
 
 export { parseConfig, type ExpertHostConfig } from "./config.js";
-
-const CODE_NAME: ReadonlyMap<number, string> = new Map(Object.entries(Code).map(([name, code]) => [code as number, name]));
 
 export interface RunningExpertHost {
   /** Dialable "host:port" of the gRPC server. */
@@ -81,10 +79,7 @@ export async function startExpertHost(cfg: ExpertHostConfig, logger: Logger): Pr
   const m = metrics.m;
   const server = createServer({
     logger,
-    onCallEnd: (e) => {
-      m.rpcServerHandled.inc({ method: e.method, code: CODE_NAME.get(e.code) ?? String(e.code) });
-      m.rpcServerHandling.observe({ method: e.method }, e.durationMs / 1000);
-    },
+    onCallEnd: rpcServerCallRecorder(m),
   });
   server.addService(ExpertHostService, expertHostHandlers({ core, logger, metrics: m }));
   const { address } = await serve(server, cfg.grpcAddress);

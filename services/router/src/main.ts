@@ -5,7 +5,7 @@
  */
 import { createLogger, MoelaError, UnavailableError, type Logger } from "@moela/core";
 import { readModelConfig } from "@moela/engine";
-import { createServiceMetrics, startMetricsServer, type MetricsServer } from "@moela/metrics";
+import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import { Precision, GenerateService, type DecodeStatusResponse } from "@moela/proto-gen";
 import { createServer, drainAndClose, serve, unaryCall } from "@moela/rpc";
 import {
@@ -200,7 +200,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     const metricsServer: MetricsServer = await startMetricsServer(registry, { host: metricsAt.host, port: metricsAt.port });
     closers.push(() => metricsServer.close());
 
-    const grpc = createServer({ logger });
+    const grpc = createServer({ logger, onCallEnd: rpcServerCallRecorder(m) });
     grpc.addService(GenerateService, generateService(ctx));
     const grpcBound = await serve(grpc, config.grpcAddress);
     const graceMs = options.shutdownGraceMs ?? 30_000;
