@@ -122,8 +122,8 @@ export const METRICS = {
   prefillPrefixCacheQueries: { name: "moela_prefill_prefix_cache_queries_total", kind: "counter", unit: "tokens", labels: [], help: "Prompt tokens looked up in the prefix cache." },
   /** prefill, per job: prompt tokens whose KV was found in the prefix cache. */
   prefillPrefixCacheHits: { name: "moela_prefill_prefix_cache_hits_total", kind: "counter", unit: "tokens", labels: [], help: "Prompt tokens found in the prefix cache." },
-  /** prefill, per forward batch with hits: cached tokens x the batch's seconds per computed token (an estimate: attention cost grows with the context). */
-  prefillPrefixCacheSaved: { name: "moela_prefill_prefix_cache_saved_seconds_total", kind: "counter", unit: "seconds", labels: [], help: "Estimated prefill compute time the prefix cache saved (cached tokens at the batch's seconds per computed token)." },
+  /** prefill, per forward batch with hits: cached tokens x the seconds per token of recent batches without hits (an estimate). */
+  prefillPrefixCacheSaved: { name: "moela_prefill_prefix_cache_saved_seconds_total", kind: "counter", unit: "seconds", labels: [], help: "Estimated prefill compute time the prefix cache saved (cached tokens at the seconds per token of batches without hits)." },
   /** prefill, read at scrape time: blocks the prefix cache holds (in use by jobs or kept for reuse). */
   prefillPrefixCacheBlocks: { name: "moela_prefill_prefix_cache_blocks", kind: "gauge", unit: "blocks", labels: [], help: "KV blocks held by the prefix cache, in use or kept for reuse." },
   /** kv-transfer sender in prefill, per layer frame sent. */

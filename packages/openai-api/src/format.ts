@@ -30,6 +30,8 @@ export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** Present when some prompt tokens' KV came from prefill's prefix cache. */
+  prompt_tokens_details?: { cached_tokens: number };
 }
 
 export interface CompletionLogprobs {
@@ -78,8 +80,10 @@ export function jsonLogprob(lp: number): number {
   return Number.isFinite(lp) ? lp : MIN_LOGPROB;
 }
 
-export function usageOf(promptTokens: number, completionTokens: number): Usage {
-  return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
+export function usageOf(promptTokens: number, completionTokens: number, cachedPromptTokens = 0): Usage {
+  const usage: Usage = { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
+  if (cachedPromptTokens > 0) usage.prompt_tokens_details = { cached_tokens: cachedPromptTokens };
+  return usage;
 }
 
 /**

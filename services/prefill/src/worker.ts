@@ -57,6 +57,8 @@ export class PrefillBatcher {
   private running = false;
   /** Prompt tokens queued or being computed. */
   pendingTokens = 0;
+  /** Moving average of seconds per prompt token over batches without prefix-cache hits (null before one). */
+  private coldSecondsPerToken: number | null = null;
 
   constructor(
     private readonly engine: Engine,
@@ -118,15 +120,20 @@ export class PrefillBatcher {
       // so the next batch finds room.
       for (const p of batch) p.hold.release("finished");
       const seconds = (performance.now() - started) / 1000;
-      // Prompt tokens served from the prefix cache were not computed; estimate what they would have cost
-      // at this batch's seconds per computed token.
       const cached = seqs.reduce((n, s) => n + s.cachedTokens, 0);
       const computed = tokens - cached;
       m.prefillForward.observe(seconds);
       m.prefillBatchSize.observe(batch.length);
       m.prefillBatchTokens.observe(computed);
       m.prefillTokens.inc(computed);
-      if (cached > 0 && computed > 0) m.prefillPrefixCacheSaved.inc((seconds * cached) / computed);
+      // Prompt tokens served from the prefix cache were not computed; estimate what they would have cost
+      // at the seconds per token of batches without hits (a batch with hits costs more per computed token:
+      // its tokens attend over the cached context too), or this batch's rate before any such batch ran.
+      if (cached === 0 && computed > 0) {
+        const rate = seconds / computed;
+        this.coldSecondsPerToken = this.coldSecondsPerToken === null ? rate : 0.8 * this.coldSecondsPerToken + 0.2 * rate;
+      }
+      if (cached > 0 && computed > 0) m.prefillPrefixCacheSaved.inc(cached * (this.coldSecondsPerToken ?? seconds / computed));
       this.logger.debug({ sequences: batch.length, tokens, cached, ms: Math.round(seconds * 1000) }, "prefill batch");
       results.forEach((r, i) => batch[i]!.resolve(r));
     } catch (err) {

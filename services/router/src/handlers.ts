@@ -147,16 +147,18 @@ interface ChoiceResult {
   tokens: GeneratedToken[];
   finishReason: FinishReason;
   completionTokens: number;
+  cachedPromptTokens: number;
 }
 
 async function collect(gen: AsyncGenerator<GenerateEvent>): Promise<ChoiceResult> {
-  const out: ChoiceResult = { text: "", tokens: [], finishReason: "length", completionTokens: 0 };
+  const out: ChoiceResult = { text: "", tokens: [], finishReason: "length", completionTokens: 0, cachedPromptTokens: 0 };
   for await (const ev of gen) {
     out.text += ev.text;
     out.tokens.push(...ev.tokens);
     if (ev.finishReason !== null) {
       out.finishReason = ev.finishReason;
       out.completionTokens = ev.usage?.completionTokens ?? out.tokens.length;
+      out.cachedPromptTokens = ev.usage?.cachedPromptTokens ?? 0;
     }
   }
   return out;
@@ -241,7 +243,7 @@ async function fullResponse(
   const render = renderTokens(ctx, parsed);
   const promptTokens = parsed.prompts.reduce((n, p) => n + p.tokenIds.length, 0);
   const completionTokens = results.reduce((n, r) => n + r.completionTokens, 0);
-  const usage = usageOf(promptTokens, completionTokens);
+  const usage = usageOf(promptTokens, completionTokens, results.reduce((n, r) => n + r.cachedPromptTokens, 0));
   const wantLogprobs = parsed.sampling[0]!.logprobs !== null;
   if (api === "chat") {
     const r = results[0]!;
@@ -293,6 +295,7 @@ async function streamGeneration(
   raw.writeHead(200, sseHeaders(requestId));
   const promptTokens = parsed.prompts.reduce((n, p) => n + p.tokenIds.length, 0);
   let completionTokens = 0;
+  let cachedPromptTokens = 0;
   if (api === "completions") {
     const builders = parsed.prompts.map(() => new CompletionLogprobsBuilder(render));
     if (parsed.echo) {
@@ -304,17 +307,19 @@ async function streamGeneration(
     for (; !next.done; next = await events.next()) {
       const { index, event } = next.value;
       if (event.usage) completionTokens += event.usage.completionTokens;
+      cachedPromptTokens += event.usage?.cachedPromptTokens ?? 0;
       const logprobs = wantLogprobs ? builders[index]!.generated(event.tokens) : null;
       const choice = { index, text: event.text, logprobs, finish_reason: event.finishReason };
       if (!(await writeRaw(raw, sseData(completionChunk(id, created, model, choice))))) return;
     }
-    if (parsed.includeUsage) await writeRaw(raw, sseData(completionChunk(id, created, model, null, usageOf(promptTokens, completionTokens))));
+    if (parsed.includeUsage) await writeRaw(raw, sseData(completionChunk(id, created, model, null, usageOf(promptTokens, completionTokens, cachedPromptTokens))));
   } else {
     const include = parsed.includeUsage;
     await writeRaw(raw, sseData(chatChunk(id, created, model, { index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }, include)));
     for (; !next.done; next = await events.next()) {
       const { event } = next.value;
       if (event.usage) completionTokens += event.usage.completionTokens;
+      cachedPromptTokens += event.usage?.cachedPromptTokens ?? 0;
       if (event.text.length > 0 || (wantLogprobs && event.tokens.length > 0)) {
         const logprobs = wantLogprobs ? { content: chatLogprobEntries(event.tokens, render) } : null;
         const chunk = chatChunk(id, created, model, { index: 0, delta: { content: event.text }, logprobs, finish_reason: null }, include);
@@ -324,7 +329,7 @@ async function streamGeneration(
         await writeRaw(raw, sseData(chatChunk(id, created, model, { index: 0, delta: {}, logprobs: null, finish_reason: event.finishReason }, include)));
       }
     }
-    if (include) await writeRaw(raw, sseData(chatChunk(id, created, model, null, true, usageOf(promptTokens, completionTokens))));
+    if (include) await writeRaw(raw, sseData(chatChunk(id, created, model, null, true, usageOf(promptTokens, completionTokens, cachedPromptTokens))));
   }
   raw.end(SSE_DONE);
 }
@@ -495,7 +500,7 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
               ? ev.tokens.map((t) => ({ logprob: t.logprob ?? 0, top: (t.top ?? []).map((a) => ({ tokenId: a.id, logprob: a.logprob })) }))
               : [],
             finishReason: wireFinish(ev.finishReason),
-            usage: ev.usage ? { promptTokens: ev.usage.promptTokens, completionTokens: ev.usage.completionTokens, cachedPromptTokens: 0, draftTokens: 0, acceptedDraftTokens: 0 } : undefined,
+            usage: ev.usage ? { promptTokens: ev.usage.promptTokens, completionTokens: ev.usage.completionTokens, cachedPromptTokens: ev.usage.cachedPromptTokens ?? 0, draftTokens: 0, acceptedDraftTokens: 0 } : undefined,
           };
         }
       } catch (err) {

@@ -62,7 +62,12 @@ export interface GenerateEvent {
   /** Set on the last event only. */
   readonly finishReason: FinishReason | null;
   /** Set on the last event only. */
-  readonly usage?: { readonly promptTokens: number; readonly completionTokens: number };
+  readonly usage?: {
+    readonly promptTokens: number;
+    readonly completionTokens: number;
+    /** Prompt tokens prefill served from its prefix cache (decode's Usage of the last attempt; 0 when unknown). */
+    readonly cachedPromptTokens?: number;
+  };
 }
 
 /** Why BullMQ ran a watched job again (routerRetries reasons). */
@@ -358,7 +363,8 @@ export class Pipeline {
           // Done before yielding: the caller may stop iterating at this yield.
           finished = true;
           const finishReason: FinishReason = stopped || decodeFinish === WireFinishReason.FINISH_REASON_STOP ? "stop" : "length";
-          yield { tokens, text, finishReason, usage: { promptTokens: input.promptTokenIds.length, completionTokens: progress.received } };
+          const cachedPromptTokens = msg.usage?.cachedPromptTokens ?? 0;
+          yield { tokens, text, finishReason, usage: { promptTokens: input.promptTokenIds.length, completionTokens: progress.received, cachedPromptTokens } };
           return;
         }
         if (tokens.length > 0 || text.length > 0) yield { tokens, text, finishReason: null };
