@@ -311,7 +311,11 @@ export class PrefillRouter {
     if (outcome.chosen === undefined) return shared(`no prefill instance chosen (${outcome.error?.message ?? "none"}): shared queue`);
     const id = outcome.chosen.id;
     const iq = this.queueOf(id);
-    await iq.ready;
+    try {
+      await iq.ready;
+    } catch (err) {
+      return shared(`${id}'s queue is not reachable (${(err as Error).message}): shared queue`);
+    }
     const keys = held?.get(id);
     const blockSize = records.find((r) => r.id === id)!.load.blockSize;
     const cachedTokens = keys === undefined ? 0 : longestPrefix(prefixBlockHashes(job.promptTokenIds, blockSize), (k) => keys.has(k)) * blockSize;
