@@ -1,10 +1,13 @@
 /**
  * charts/moela: `helm lint --strict` and `helm template` for every charts/moela/ci/*-values.yaml, each
  * rendered manifest checked against the Kubernetes schemas (kubernetes-models), then the topology:
- * one expert-host pod per shard with its shard index from the pod ordinal, decode and prefill given
- * every shard's address in shard order, the router given every decode replica, gRPC probes, PDBs,
- * the ServiceMonitor only when enabled, the dashboards ConfigMap holding every dashboard, and every
- * service's flags accepted by that service's own config parser.
+ * shards x replicasPerShard expert-host pods whose shard index is the pod ordinal mod shards (computed
+ * by the container's shell, which the test runs), decode and prefill given every pod's address grouped
+ * per shard in shard order, the router given every decode replica as a seed, every service given the
+ * Redis URL and key prefix of the registry, decode and expert-host pods advertising exactly their seed
+ * address, gRPC probes, PDBs, the ServiceMonitor only when enabled, the dashboards ConfigMap holding
+ * every dashboard, and every pod's flags (after Kubernetes' $(VAR) expansion) accepted by that
+ * service's own config parser.
  */
 import { execFileSync } from "node:child_process";
 import { lstatSync, readFileSync, readdirSync, realpathSync } from "node:fs";
@@ -21,6 +24,7 @@ const CHART = join(REPO_ROOT, "charts/moela");
 const DASHBOARDS = join(REPO_ROOT, "deploy/grafana/dashboards");
 const RELEASE = "ci";
 const NAMESPACE = "inference";
+const DOCKERFILE = join(REPO_ROOT, "deploy/docker/Dockerfile");
 const SCENARIOS = readdirSync(join(CHART, "ci"))
   .filter((f) => f.endsWith("-values.yaml"))
   .sort();
@@ -118,9 +122,95 @@ function args(w: Obj): string[] {
 function matches(selector: Record<string, string>, labels: Record<string, string>): boolean {
   return Object.entries(selector).every(([k, v]) => labels[k] === v);
 }
-/** <sts>-<i>.<headless svc>.<namespace>.svc:<port> for i in [0, n). */
+/** <sts>-<i>.<headless svc>.<namespace>.svc:<port>: pod i's stable DNS name. */
+function podAddress(sts: string, i: number, port: number): string {
+  return `${sts}-${i}.${sts}.${NAMESPACE}.svc:${port}`;
+}
+/** Every pod's address for i in [0, n), comma-separated. */
 function podAddresses(sts: string, n: number, port: number): string {
-  return Array.from({ length: n }, (_, i) => `${sts}-${i}.${sts}.${NAMESPACE}.svc:${port}`).join(",");
+  return Array.from({ length: n }, (_, i) => podAddress(sts, i, port)).join(",");
+}
+/** Expert-host pods grouped per shard in shard order: shard s is ordinals s, s+shards, ... joined by "|". */
+function expertHostGroups(values: Obj): string[] {
+  const { shards, replicasPerShard } = values.expertHost as { shards: number; replicasPerShard: number };
+  return Array.from({ length: shards }, (_, s) =>
+    Array.from({ length: replicasPerShard }, (_, r) => podAddress(`${fullname}-expert-host`, s + r * shards, values.ports.grpc)).join("|"),
+  );
+}
+
+// ---- a pod's view: its environment, Kubernetes' $(VAR) expansion, the expert-host shell -------------
+
+/** The environment pod `ordinal` of workload `w` gets: literal values and the downward-API fields the chart uses. */
+function podEnv(w: Obj, ordinal: number): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const e of (container(w).env ?? []) as Obj[]) {
+    if (typeof e.value === "string") env[e.name] = expandK8s(e.value, env);
+    else if (e.valueFrom?.fieldRef?.fieldPath === "metadata.name") env[e.name] = `${w.metadata.name}-${ordinal}`;
+    else if (e.valueFrom?.fieldRef?.fieldPath === "metadata.labels['apps.kubernetes.io/pod-index']") env[e.name] = String(ordinal);
+    else throw new Error(`${w.metadata.name}: env ${e.name} has a source this test does not emulate: ${JSON.stringify(e)}`);
+  }
+  return env;
+}
+
+/**
+ * Kubernetes' expansion of command, args and env values (k8s.io/kubernetes third_party/forked/golang/
+ * expansion): $(NAME) of a defined variable becomes its value, an undefined one stays as written,
+ * $$ is a literal $, and any other $ stays.
+ */
+function expandK8s(input: string, env: Readonly<Record<string, string>>): string {
+  let out = "";
+  for (let i = 0; i < input.length; i++) {
+    const c = input[i]!;
+    if (c !== "$" || i + 1 >= input.length) {
+      out += c;
+      continue;
+    }
+    const next = input[i + 1]!;
+    if (next === "$") {
+      out += "$";
+      i += 1;
+    } else if (next === "(") {
+      const close = input.indexOf(")", i + 2);
+      if (close < 0) {
+        out += "$(";
+        i += 1;
+      } else {
+        const name = input.slice(i + 2, close);
+        out += Object.hasOwn(env, name) ? env[name] : `$(${name})`;
+        i = close;
+      }
+    } else {
+      out += `$${next}`;
+      i += 1;
+    }
+  }
+  return out;
+}
+
+/** The Dockerfile's ENTRYPOINT of a build target. */
+function dockerEntrypoint(target: string): string[] {
+  const m = new RegExp(`^FROM \\S+ AS ${target}\\s*\\nENTRYPOINT (\\[.*\\])`, "m").exec(readFileSync(DOCKERFILE, "utf8"));
+  if (m === null) throw new Error(`${DOCKERFILE}: no ENTRYPOINT right after FROM ... AS ${target}`);
+  return JSON.parse(m[1]!) as string[];
+}
+
+/**
+ * The flags pod `ordinal` of a role's service receives, as the pod would run it: command and args
+ * expanded with the pod's environment; for a command that is a shell wrapper (expert-host), the shell
+ * is run for real with the entrypoint swapped for printf, which prints the arguments it would exec.
+ */
+function podServiceArgs(role: ServiceRole, w: Obj, ordinal: number): string[] {
+  const env = podEnv(w, ordinal);
+  const a = args(w).map((x) => expandK8s(x, env));
+  const command = (container(w).command as string[] | undefined)?.map((x) => expandK8s(x, env));
+  if (command === undefined) return a;
+  expect(command.slice(0, 2)).toEqual(["/bin/sh", "-c"]);
+  expect(command.slice(4), `${role}: the wrapper must exec the image's own entrypoint`).toEqual(dockerEntrypoint(role));
+  const out = execFileSync("/bin/sh", ["-c", command[2]!, command[3]!, "printf", "%s\\n", ...a], {
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env },
+    encoding: "utf8",
+  });
+  return out.split("\n").slice(0, -1);
 }
 
 // ---- the tests -------------------------------------------------------------------------------------
@@ -130,8 +220,14 @@ beforeAll(() => {
 }, 180_000);
 
 describe("charts/moela", () => {
-  it("has ci scenarios covering defaults, external Redis, GPU + ServiceMonitor and several replicas", () => {
-    expect(SCENARIOS).toEqual(["default-values.yaml", "external-redis-values.yaml", "gpu-servicemonitor-values.yaml", "multi-replica-values.yaml"]);
+  it("has ci scenarios covering defaults, expert-host replicas per shard, external Redis, GPU + ServiceMonitor and several replicas", () => {
+    expect(SCENARIOS).toEqual([
+      "default-values.yaml",
+      "expert-replicas-values.yaml",
+      "external-redis-values.yaml",
+      "gpu-servicemonitor-values.yaml",
+      "multi-replica-values.yaml",
+    ]);
   });
 
   it("reads its dashboards through a symlink to deploy/grafana/dashboards, so the two cannot drift", () => {
@@ -161,34 +257,48 @@ describe("charts/moela", () => {
       expect(new Set(ids).size).toBe(ids.length);
     });
 
-    it("runs one expert-host pod per shard, its shard index taken from the pod ordinal", () => {
-      const shards = values.expertHost.shards as number;
+    it("runs replicasPerShard expert-host pods per shard, pod i serving shard i mod shards and registering its own address", () => {
+      const { shards, replicasPerShard } = values.expertHost as { shards: number; replicasPerShard: number };
       const sts = workload(objs, "expert-host");
-      expect(sts.spec.replicas).toBe(shards);
+      expect(sts.spec.replicas).toBe(shards * replicasPerShard);
       expect(sts.spec.serviceName).toBe(`${fullname}-expert-host`);
       const svc = find(objs, "Service", `${fullname}-expert-host`);
       expect(svc.spec.clusterIP).toBe("None");
       expect(matches(svc.spec.selector, sts.spec.template.metadata.labels)).toBe(true);
-      const env = (container(sts).env as Obj[]).find((e) => e.name === "MOELA_EXPERT_HOST_SHARD_INDEX");
-      expect(env?.valueFrom?.fieldRef?.fieldPath).toBe("metadata.labels['apps.kubernetes.io/pod-index']");
-      expect(flagValue(args(sts), "--shard-index")).toBe("$(MOELA_EXPERT_HOST_SHARD_INDEX)");
-      expect(flagValue(args(sts), "--shard-count")).toBe(String(shards));
+      const served: number[] = [];
+      for (let i = 0; i < shards * replicasPerShard; i++) {
+        const a = podServiceArgs("expert-host", sts, i);
+        expect(flagValue(a, "--shard-index"), `pod ${i}`).toBe(String(i % shards));
+        expect(flagValue(a, "--shard-count"), `pod ${i}`).toBe(String(shards));
+        expect(flagValue(a, "--advertise-address"), `pod ${i}`).toBe(podAddress(`${fullname}-expert-host`, i, values.ports.grpc));
+        served.push(i % shards);
+      }
+      for (let s = 0; s < shards; s++) expect(served.filter((x) => x === s).length, `shard ${s}`).toBe(replicasPerShard);
     });
 
-    it("gives decode and prefill every shard's stable address, in shard order", () => {
-      const expected = podAddresses(`${fullname}-expert-host`, values.expertHost.shards, values.ports.grpc);
+    it("gives decode and prefill every expert-host pod's stable address, grouped per shard in shard order", () => {
+      const expected = expertHostGroups(values).join(",");
       expect(flagValue(args(workload(objs, "decode")), "--expert-hosts")).toBe(expected);
       expect(flagValue(args(workload(objs, "prefill")), "--expert-hosts")).toBe(expected);
     });
 
-    it("gives the router every decode replica's own address (headless Service)", () => {
+    it("gives the router every decode replica's own address as a seed, the address that replica registers", () => {
       const decode = workload(objs, "decode");
       expect(decode.spec.replicas).toBe(values.decode.replicas);
       expect(find(objs, "Service", `${fullname}-decode`).spec.clusterIP).toBe("None");
       const router = workload(objs, "router");
-      expect(flagValue(args(router), "--decode")).toBe(podAddresses(`${fullname}-decode`, values.decode.replicas, values.ports.grpc));
+      const seeds = podAddresses(`${fullname}-decode`, values.decode.replicas, values.ports.grpc);
+      expect(flagValue(args(router), "--decode")).toBe(seeds);
+      const advertised = Array.from({ length: values.decode.replicas }, (_, i) => flagValue(podServiceArgs("decode", decode, i), "--advertise-address"));
+      expect(advertised.join(",")).toBe(seeds);
       expect(router.spec.replicas).toBe(values.router.replicas);
       expect(workload(objs, "prefill").spec.replicas).toBe(values.prefill.replicas);
+    });
+
+    it("gives every service the registry's Redis key prefix exactly when queuePrefix is set", () => {
+      for (const role of SERVICE_ROLES) {
+        expect(flagValue(args(workload(objs, role)), "--queue-prefix"), role).toBe(values.queuePrefix === "" ? undefined : values.queuePrefix);
+      }
     });
 
     it("probes every service with native gRPC health checks on its gRPC port", () => {
@@ -237,9 +347,8 @@ describe("charts/moela", () => {
       }
     });
 
-    it("uses the bundled Redis with append-only persistence, or exactly the external URL", () => {
-      const router = args(workload(objs, "router"));
-      const prefill = args(workload(objs, "prefill"));
+    it("uses the bundled Redis with append-only persistence, or exactly the external URL, for every service", () => {
+      const urls = SERVICE_ROLES.map((role) => flagValue(args(workload(objs, role)), "--redis-url"));
       const redis = objs.find((o) => o.kind === "StatefulSet" && o.metadata.name === `${fullname}-redis`);
       if (values.redis.enabled) {
         expect(redis).toBeDefined();
@@ -248,15 +357,12 @@ describe("charts/moela", () => {
         expect(flagValue(a, "--appendfsync")).toBe("everysec");
         expect(flagValue(a, "--maxmemory-policy")).toBe("noeviction");
         expect((redis!.spec.volumeClaimTemplates ?? []).length).toBe(values.redis.persistence.enabled ? 1 : 0);
-        const url = `redis://${fullname}-redis:6379`;
         find(objs, "Service", `${fullname}-redis`);
-        expect(flagValue(router, "--redis-url")).toBe(url);
-        expect(flagValue(prefill, "--redis-url")).toBe(url);
+        expect(urls).toEqual(SERVICE_ROLES.map(() => `redis://${fullname}-redis:6379`));
       } else {
         expect(redis).toBeUndefined();
         expect(objs.some((o) => o.metadata.name === `${fullname}-redis`)).toBe(false);
-        expect(flagValue(router, "--redis-url")).toBe(values.redis.url);
-        expect(flagValue(prefill, "--redis-url")).toBe(values.redis.url);
+        expect(urls).toEqual(SERVICE_ROLES.map(() => values.redis.url));
       }
     });
 
@@ -288,17 +394,21 @@ describe("charts/moela", () => {
       for (const f of files) expect(maps[0]!.data[f], f).toBe(readFileSync(join(DASHBOARDS, f), "utf8"));
     });
 
-    // Each role's flags go through that service's own parser, pod by pod (the shard index the way
-    // Kubernetes expands $(MOELA_EXPERT_HOST_SHARD_INDEX) from the pod-index label).
+    // Each role's flags go through that service's own parser, pod by pod of the StatefulSets, as the
+    // pod gets them (podServiceArgs: $(VAR) expansion, the expert-host shell).
     for (const role of SERVICE_ROLES) {
       it.runIf(hasServiceConfig(role))(`passes ${role} flags its config parser accepts`, async () => {
         const w = workload(objs, role);
-        const pods = role === "expert-host" ? (w.spec.replicas as number) : 1;
+        const pods = w.kind === "StatefulSet" ? (w.spec.replicas as number) : 1;
+        const redisUrl = values.redis.enabled ? `redis://${fullname}-redis:6379` : values.redis.url;
         for (let i = 0; i < pods; i++) {
-          const a = args(w).map((x) => x.replace("$(MOELA_EXPERT_HOST_SHARD_INDEX)", String(i)));
-          const cfg = await parseServiceFlags(role, a);
+          const cfg = await parseServiceFlags(role, podServiceArgs(role, w, i));
           expect(cfg["precision"]).toBe(values.precision);
-          if (role === "expert-host") expect([cfg["shardIndex"], cfg["shardCount"]]).toEqual([i, values.expertHost.shards]);
+          expect(cfg["redisUrl"]).toBe(redisUrl);
+          if (values.queuePrefix !== "") expect(cfg["queuePrefix"]).toBe(values.queuePrefix);
+          if (w.kind === "StatefulSet") expect(cfg["advertiseAddress"]).toBe(podAddress(w.metadata.name, i, values.ports.grpc));
+          if (role === "expert-host") expect([cfg["shardIndex"], cfg["shardCount"]]).toEqual([i % values.expertHost.shards, values.expertHost.shards]);
+          if (role === "decode" || role === "prefill") expect(cfg["expertHosts"]).toEqual(expertHostGroups(values));
         }
       });
     }
@@ -312,6 +422,7 @@ describe("charts/moela", () => {
   it.each([
     ["an unknown precision", ["--set", "precision=fast"], /precision/],
     ["zero expert-host shards", ["--set", "expertHost.shards=0"], /expertHost\/shards/],
+    ["zero expert-host replicas per shard", ["--set", "expertHost.replicasPerShard=0"], /expertHost\/replicasPerShard/],
     ["external Redis without a URL", ["--set", "redis.enabled=false"], /redis\/url/],
     ["a negative GPU count", ["--set", "decode.gpu=-1"], /decode\/gpu/],
     ["a misspelt key", ["--set", "decode.replica=2"], /replica/],

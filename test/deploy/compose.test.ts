@@ -1,8 +1,9 @@
 /**
  * docker-compose.yml: `docker-compose config` (Compose v1.29, which also rejects Compose-v2-only keys)
  * accepts it, and the resolved file is the cluster it claims to be: redis with append-only persistence
- * on a volume, router, prefill, decode, expert-hosts 0 and 1 of 2 wired in shard order, every service's
- * flags accepted by its own config parser, precision paper by default, Prometheus scraping every
+ * on a volume, router, prefill, decode, expert-hosts 0 and 1 of 2 wired in shard order, every service
+ * on the registry (redis URL, key prefix), decode and the expert-hosts advertising their service name,
+ * the very address the static seeds name, every service's flags accepted by its own config parser, precision paper by default, Prometheus scraping every
  * service's metrics port, Grafana provisioned from deploy/grafana.
  * Skipped only where docker-compose is not installed (.ci/run installs it).
  */
@@ -121,9 +122,26 @@ describe.skipIf(!hasDockerCompose())("docker-compose.yml (docker-compose config)
     expect(flagValue(cmd("prefill"), "--expert-hosts")).toBe(hosts);
   });
 
-  it("points router and prefill at the redis service and the router at decode", () => {
-    expect(flagValue(cmd("router"), "--redis-url")).toBe("redis://redis:6379");
-    expect(flagValue(cmd("prefill"), "--redis-url")).toBe("redis://redis:6379");
+  it("points every moela service at the redis service under one key prefix (MOELA_QUEUE_PREFIX, default moela)", () => {
+    for (const name of Object.keys(MOELA_SERVICES)) {
+      expect(flagValue(cmd(name), "--redis-url"), name).toBe("redis://redis:6379");
+      expect(flagValue(cmd(name), "--queue-prefix"), name).toBe("moela");
+    }
+    const staging = composeConfig({ MOELA_QUEUE_PREFIX: "staging" });
+    for (const name of Object.keys(MOELA_SERVICES)) expect(flagValue(staging.services[name].command, "--queue-prefix"), name).toBe("staging");
+  });
+
+  it("has decode and the expert-hosts advertise <service>:<grpc port>, exactly the seeds the router and decode/prefill are given", () => {
+    const advertised = (name: string) => flagValue(cmd(name), "--advertise-address");
+    for (const name of ["decode", "expert-host-0", "expert-host-1"]) expect(advertised(name), name).toBe(`${name}:${port(flagValue(cmd(name), "--grpc-address"))}`);
+    expect(flagValue(cmd("router"), "--decode")).toBe(advertised("decode"));
+    const seeds = ["expert-host-0", "expert-host-1"].map(advertised).join(",");
+    expect(flagValue(cmd("decode"), "--expert-hosts")).toBe(seeds);
+    expect(flagValue(cmd("prefill"), "--expert-hosts")).toBe(seeds);
+    for (const name of ["router", "prefill"]) expect(flagValue(cmd(name), "--advertise-address"), name).toBeUndefined();
+  });
+
+  it("points the router at decode and publishes its HTTP port", () => {
     expect(flagValue(cmd("router"), "--decode")).toBe(`decode:${port(flagValue(cmd("decode"), "--grpc-address"))}`);
     expect(config.services.router.ports.map((p: Obj | string) => (typeof p === "string" ? p : `${p.published}:${p.target}`))).toContain("8000:8000");
     expect(port(flagValue(cmd("router"), "--http-address"))).toBe(8000);
@@ -131,10 +149,11 @@ describe.skipIf(!hasDockerCompose())("docker-compose.yml (docker-compose config)
 
   it("waits for healthy dependencies before starting a service", () => {
     const deps = (name: string) => config.services[name].depends_on as Obj;
-    expect(deps("decode")).toEqual({ "expert-host-0": { condition: "service_healthy" }, "expert-host-1": { condition: "service_healthy" } });
+    for (const name of ["expert-host-0", "expert-host-1"]) expect(Object.keys(deps(name)), name).toEqual(["redis"]);
+    expect(Object.keys(deps("decode")).sort()).toEqual(["expert-host-0", "expert-host-1", "redis"]);
     expect(Object.keys(deps("prefill")).sort()).toEqual(["expert-host-0", "expert-host-1", "redis"]);
     expect(Object.keys(deps("router")).sort()).toEqual(["decode", "prefill", "redis"]);
-    for (const name of ["prefill", "router"]) for (const d of Object.values(deps(name))) expect(d).toEqual({ condition: "service_healthy" });
+    for (const name of Object.keys(MOELA_SERVICES)) for (const d of Object.values(deps(name))) expect(d, name).toEqual({ condition: "service_healthy" });
   });
 
   it("runs the paper precision profile by default and honours MOELA_PRECISION", () => {
@@ -147,6 +166,9 @@ describe.skipIf(!hasDockerCompose())("docker-compose.yml (docker-compose config)
     it.runIf(hasServiceConfig(role))(`passes ${name} flags the ${role} config parser accepts`, async () => {
       const cfg = await parseServiceFlags(role, cmd(name));
       expect(cfg["precision"]).toBe("paper");
+      expect([cfg["redisUrl"], cfg["queuePrefix"]]).toEqual(["redis://redis:6379", "moela"]);
+      if (role === "decode" || role === "expert-host") expect(cfg["advertiseAddress"]).toBe(flagValue(cmd(name), "--advertise-address"));
+      if (role === "expert-host") expect(cfg["shardIndex"]).toBe(Number(name.slice(name.lastIndexOf("-") + 1)));
     });
   }
 

@@ -56,17 +56,26 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-%s:%s" .root.Values.image.repository .component (default .root.Chart.AppVersion .root.Values.image.tag) }}
 {{- end }}
 
-{{/* host:port of every expert-host shard, in shard order, through the headless Service. */}}
+{{/*
+host:port of every expert-host pod through the headless Service, grouped by shard in shard order:
+shard s is served by the pods whose ordinal mod shards is s (s, s+shards, ...), its replicas joined by
+"|" (the services' static form, e.g. a|b,c|d). These are the static seeds; the registry adds the rest.
+*/}}
 {{- define "moela.expertHostAddresses" -}}
 {{- $name := include "moela.componentName" (dict "root" . "component" "expert-host") }}
-{{- $addrs := list }}
-{{- range $i := until (int .Values.expertHost.shards) }}
-{{- $addrs = append $addrs (printf "%s-%d.%s.%s.svc:%d" $name $i $name $.Release.Namespace (int $.Values.ports.grpc)) }}
+{{- $shards := int .Values.expertHost.shards }}
+{{- $groups := list }}
+{{- range $s := until $shards }}
+{{- $replicas := list }}
+{{- range $r := until (int $.Values.expertHost.replicasPerShard) }}
+{{- $replicas = append $replicas (printf "%s-%d.%s.%s.svc:%d" $name (add $s (mul $r $shards)) $name $.Release.Namespace (int $.Values.ports.grpc)) }}
 {{- end }}
-{{- join "," $addrs }}
+{{- $groups = append $groups (join "|" $replicas) }}
+{{- end }}
+{{- join "," $groups }}
 {{- end }}
 
-{{/* host:port of every decode replica (the router chooses among them; prefill pushes KV to the choice). */}}
+{{/* host:port of every decode replica: the router's static seeds (the registry adds the registered ones). */}}
 {{- define "moela.decodeAddresses" -}}
 {{- $name := include "moela.componentName" (dict "root" . "component" "decode") }}
 {{- $addrs := list }}
@@ -83,6 +92,34 @@ app.kubernetes.io/component: {{ .component }}
 {{- else }}
 {{- required "redis.url is required when redis.enabled is false" .Values.redis.url }}
 {{- end }}
+{{- end }}
+
+{{/* Registry flags every service takes: the Redis URL and, when set, the deployment's key prefix. */}}
+{{- define "moela.registryArgs" -}}
+- --redis-url
+- {{ include "moela.redisUrl" . | quote }}
+{{- with .Values.queuePrefix }}
+- --queue-prefix
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+The address a StatefulSet pod registers (--advertise-address): its own stable DNS name through the
+headless Service, from POD_NAME (the downward API, see moela.podNameEnv). For pod i it is exactly the
+i-th static address the router or the expert-host seed list names, so a seed and its registration are
+one instance. (dict "root" $ "component" "decode")
+*/}}
+{{- define "moela.advertiseAddress" -}}
+{{- $name := include "moela.componentName" . }}
+{{- printf "$(POD_NAME).%s.%s.svc:%d" $name .root.Release.Namespace (int .root.Values.ports.grpc) }}
+{{- end }}
+
+{{- define "moela.podNameEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
 {{- end }}
 
 {{/* Flags every service takes (one YAML list item per token). */}}
