@@ -28,44 +28,7 @@ export function weightBytes(w: WeightMatrix): number {
   return w.kind === "fp8" ? w.data.byteLength + w.scaleInv.byteLength : w.data.byteLength;
 }
 
-/** Decode row `r` of `w` into `out[0..cols)` as float32 (dequantized with the block scale for FP8). */
-export function decodeRow(w: WeightMatrix, r: number, out: Float32Array): void {
-  const cols = w.cols;
-  const base = r * cols;
-  switch (w.kind) {
-    case "f32":
-      out.set(w.data.subarray(base, base + cols));
-      return;
-    case "bf16": {
-      const d = w.data;
-      for (let c = 0; c < cols; c++) out[c] = BF16_TO_F32[d[base + c]!]!;
-      return;
-    }
-    case "f16": {
-      const d = w.data;
-      for (let c = 0; c < cols; c++) out[c] = F16_TO_F32[d[base + c]!]!;
-      return;
-    }
-    case "fp8": {
-      const d = w.data;
-      const scaleCols = Math.ceil(cols / w.blockCols);
-      const srow = Math.floor(r / w.blockRows) * scaleCols;
-      for (let bc = 0; bc < scaleCols; bc++) {
-        const s = w.scaleInv[srow + bc]!;
-        const c1 = Math.min(cols, (bc + 1) * w.blockCols);
-        for (let c = bc * w.blockCols; c < c1; c++) out[c] = F8_E4M3_TO_F32[d[base + c]!]! * s;
-      }
-      return;
-    }
-  }
-}
-
 /** Scratch rows shared by the kernels; grown on demand, so steady-state calls allocate nothing. */
-let scratchRow = new Float32Array(1024);
-function rowScratch(cols: number): Float32Array {
-  if (scratchRow.length < cols) scratchRow = new Float32Array(cols);
-  return scratchRow;
-}
 let scratchRow64 = new Float64Array(1024);
 function rowScratch64(cols: number): Float64Array {
   if (scratchRow64.length < cols) scratchRow64 = new Float64Array(cols);
@@ -73,10 +36,11 @@ function rowScratch64(cols: number): Float64Array {
 }
 
 /**
- * Decode row `r` into float64 (exact: an FP8 code times its float32 block scale fits a double), so the
- * fused and the decode-once paths below multiply by identical values.
+ * Decode row `r` of `w` into `out[0..cols)`, dequantized with the block scale for FP8. Into a Float64Array
+ * the values are exact (an FP8 code times its float32 block scale fits a double), so the fused and the
+ * decode-once kernel paths below multiply by identical values.
  */
-function decodeRow64(w: WeightMatrix, r: number, out: Float64Array): void {
+export function decodeRow(w: WeightMatrix, r: number, out: Float64Array | Float32Array): void {
   const cols = w.cols;
   const base = r * cols;
   switch (w.kind) {
@@ -257,7 +221,7 @@ export function matmul(
   }
   const row = rowScratch64(cols);
   for (let i = 0; i < nRows; i++) {
-    decodeRow64(w, r0 + i, row);
+    decodeRow(w, r0 + i, row);
     for (let t = 0; t < T; t++) y[yOff + t * ys + i] = dot64(row, x, xOff + t * xStride, cols);
   }
 }
@@ -288,7 +252,7 @@ export function matvecTransposedRows(
 ): void {
   const cols = w.cols;
   out.fill(0, 0, cols);
-  const row = rowScratch(cols);
+  const row = rowScratch64(cols);
   for (let i = 0; i < n; i++) {
     const a = v[vOff + i]!;
     decodeRow(w, r0 + i, row);
@@ -306,7 +270,7 @@ export function matvecRows(
   outOff: number,
 ): void {
   const cols = w.cols;
-  const row = rowScratch(cols);
+  const row = rowScratch64(cols);
   for (let i = 0; i < n; i++) {
     decodeRow(w, r0 + i, row);
     let s = 0;
