@@ -60,10 +60,17 @@ const ERROR_CLASS_BY_CODE: ReadonlyMap<Code, new (message: string, options?: { c
  * range) becomes UNKNOWN, since a call that failed cannot have succeeded.
  */
 export function fromStatus(status: Pick<StatusObject, "code" | "details">): MoelaError {
-  const code: Code = isValidErrorCode(status.code) ? status.code : Code.UNKNOWN;
-  const ErrorClass = ERROR_CLASS_BY_CODE.get(code);
-  const options = { cause: status };
-  return ErrorClass === undefined ? new MoelaError(status.details, code, options) : new ErrorClass(status.details, options);
+  return errorForCode(status.code, status.details, { cause: status });
+}
+
+/**
+ * The MoelaError subclass registered for a status `code`, with the caller's own `message` (a client
+ * that words its errors itself, naming its peer); a non-error code (OK, or out of range) becomes UNKNOWN.
+ */
+export function errorForCode(code: number, message: string, options?: { cause?: unknown }): MoelaError {
+  const c: Code = isValidErrorCode(code) ? code : Code.UNKNOWN;
+  const ErrorClass = ERROR_CLASS_BY_CODE.get(c);
+  return ErrorClass === undefined ? new MoelaError(message, c, options) : new ErrorClass(message, options);
 }
 
 /** `err` as a MoelaError: itself when it is one, `fromStatus` for a grpc-js error, else INTERNAL wrapping it. */

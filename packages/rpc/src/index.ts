@@ -34,7 +34,7 @@ export {
   type ServerStreamHandler,
   type UnaryHandler,
 } from "./handlers.js";
-export { toStatus, fromStatus, asMoelaError, isServiceError, INTERNAL_DETAILS } from "./errors.js";
+export { toStatus, fromStatus, errorForCode, asMoelaError, isServiceError, INTERNAL_DETAILS } from "./errors.js";
 export {
   checkHealth,
   waitForServing,

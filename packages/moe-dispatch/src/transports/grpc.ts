@@ -5,15 +5,8 @@
  * and so on by status code, so callers never see raw grpc-js errors.
  */
 import { credentials, Metadata, type ChannelOptions, type ServiceError } from "@grpc/grpc-js";
-import {
-  CancelledError,
-  Code,
-  DataLossError,
-  InvalidArgumentError,
-  MoelaError,
-  ResourceExhaustedError,
-  UnavailableError,
-} from "@moela/core";
+import { CancelledError, Code, DataLossError, type MoelaError } from "@moela/core";
+import { errorForCode } from "@moela/rpc";
 import { ExpertHostClient, type DispatchResponse, type InfoResponse } from "@moela/proto-gen";
 import type { EncodedActivations } from "../codec/index.js";
 import type { ExpertHostTransport } from "../dispatcher.js";
@@ -105,27 +98,29 @@ export class GrpcExpertHostTransport implements ExpertHostTransport {
     });
   }
 
+  /** The status's MoelaError subclass (@moela/rpc's mapping), worded to name this host and the method. */
   private mapError(err: ServiceError, method: string, timeoutMs: number): MoelaError {
-    const opts = { cause: err };
     const what = `${this.name} ${method}`;
-    switch (err.code as number) {
-      case Code.UNAVAILABLE:
-        return new UnavailableError(`${this.name} is unavailable: ${err.details}`, opts);
-      case Code.INVALID_ARGUMENT:
-        return new InvalidArgumentError(`${what} rejected the request: ${err.details}`, opts);
-      case Code.DEADLINE_EXCEEDED:
-        return new MoelaError(`${what} gave no answer within ${timeoutMs} ms`, Code.DEADLINE_EXCEEDED, opts);
-      case Code.CANCELLED:
-        return new CancelledError(`${what} was cancelled: ${err.details}`, opts);
-      case Code.RESOURCE_EXHAUSTED:
-        return new ResourceExhaustedError(`${what}: ${err.details}`, opts);
-      case Code.DATA_LOSS:
-        return new DataLossError(`${what}: ${err.details}`, opts);
-      default: {
-        const code = (Object.values(Code) as number[]).includes(err.code) && err.code !== Code.OK ? (err.code as Code) : Code.UNKNOWN;
-        return new MoelaError(`${what} failed: ${err.details}`, code, opts);
-      }
-    }
+    return errorForCode(err.code, describeFailure(err, what, this.name, timeoutMs), { cause: err });
+  }
+}
+
+/** How a failed call to `host` reads, by status code. */
+function describeFailure(err: ServiceError, what: string, host: string, timeoutMs: number): string {
+  switch (err.code as number) {
+    case Code.UNAVAILABLE:
+      return `${host} is unavailable: ${err.details}`;
+    case Code.INVALID_ARGUMENT:
+      return `${what} rejected the request: ${err.details}`;
+    case Code.DEADLINE_EXCEEDED:
+      return `${what} gave no answer within ${timeoutMs} ms`;
+    case Code.CANCELLED:
+      return `${what} was cancelled: ${err.details}`;
+    case Code.RESOURCE_EXHAUSTED:
+    case Code.DATA_LOSS:
+      return `${what}: ${err.details}`;
+    default:
+      return `${what} failed: ${err.details}`;
   }
 }
 
