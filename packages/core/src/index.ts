@@ -2,3 +2,5 @@ export * from "./errors.js";
 export * from "./log.js";
 export * from "./ids.js";
 export * from "./prefix-hash.js";
+export * from "./service.js";
+export * from "./config.js";

@@ -2,9 +2,8 @@
  * decode settings: one flag and one environment twin each (MOELA_DECODE_<NAME>), the flag winning
  * when both are set, validated once with zod at start-up. An error names both spellings.
  */
-import { parseArgs } from "node:util";
 import { z } from "zod";
-import { InvalidArgumentError } from "@moela/core";
+import { InvalidArgumentError, readSettings, usageLines, validateSettings, type Settings } from "@moela/core";
 
 /** Every setting: its flag, env twin, whether it is a boolean switch, and its help line. */
 export const SETTINGS = {
@@ -56,9 +55,7 @@ export const SETTINGS = {
     bool: false,
     help: "number of expert shards H; with --redis-url and no --expert-hosts the hosts are found in the registry (default: the count of --expert-hosts)",
   },
-} as const;
-
-type Key = keyof typeof SETTINGS;
+} as const satisfies Settings;
 
 const address = z
   .string()
@@ -124,45 +121,16 @@ export type DecodeConfig = Readonly<z.output<typeof schema>>;
 export const USAGE = [
   "usage: decode --model DIR [--expert-hosts H0,H1,...] [options]",
   "",
-  ...Object.values(SETTINGS).map((s) => `  ${(s.flag + (s.bool ? "" : " <v>")).padEnd(26)} ${s.help} [env ${s.env}]`),
+  ...usageLines(SETTINGS),
 ].join("\n");
-
-/** Splits "host:port" (host may be [ipv6]). */
-export function splitAddress(a: string): { host: string; port: number } {
-  const i = a.lastIndexOf(":");
-  const host = a.slice(0, i);
-  return { host: host.startsWith("[") ? host.slice(1, -1) : host, port: Number(a.slice(i + 1)) };
-}
 
 /**
  * Flags (argv) over environment (env) over defaults. Returns null when --help was asked for.
  * Throws InvalidArgumentError naming the flag and its env twin.
  */
 export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): DecodeConfig | null {
-  const options: Record<string, { type: "string" | "boolean" }> = { help: { type: "boolean" } };
-  for (const s of Object.values(SETTINGS)) options[s.flag.slice(2)] = { type: s.bool ? "boolean" : "string" };
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    values = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false }).values;
-  } catch (err) {
-    throw new InvalidArgumentError(`decode: ${(err as Error).message}\n${USAGE}`);
-  }
-  if (values.help === true) return null;
-  const raw: Partial<Record<Key, string>> = {};
-  for (const [key, s] of Object.entries(SETTINGS) as [Key, (typeof SETTINGS)[Key]][]) {
-    const flag = values[s.flag.slice(2)];
-    const v = flag !== undefined ? String(flag) : env[s.env];
-    if (v !== undefined) raw[key] = v;
-  }
-  const parsed = schema.safeParse(raw);
-  if (!parsed.success) {
-    const lines = parsed.error.issues.map((issue) => {
-      const key = issue.path[0] as Key;
-      const s = SETTINGS[key];
-      const got = raw[key] === undefined ? "" : ` (got "${raw[key]}")`;
-      return `${s.flag} / ${s.env}: ${issue.message}${got}`;
-    });
-    throw new InvalidArgumentError(`decode: invalid configuration:\n  ${lines.join("\n  ")}`);
-  }
-  return Object.freeze({ ...parsed.data, expertHosts: Object.freeze([...parsed.data.expertHosts]) as string[] });
+  const { help, raw } = readSettings(SETTINGS, argv, env, { name: "decode", error: InvalidArgumentError, help: true, argvErrorSuffix: `\n${USAGE}` });
+  if (help) return null;
+  const parsed = validateSettings(SETTINGS, raw, schema.safeParse(raw), { name: "decode", error: InvalidArgumentError, report: "all" });
+  return Object.freeze({ ...parsed, expertHosts: Object.freeze([...parsed.expertHosts]) as string[] });
 }

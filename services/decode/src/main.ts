@@ -23,7 +23,7 @@
  */
 import { realpathSync } from "node:fs";
 import { pathToFileURL } from "node:url";
-import { Code, createLogger, MoelaError, type Logger } from "@moela/core";
+import { Code, MoelaError, runService, splitHostPort, type Logger } from "@moela/core";
 import { DeepseekModel, Engine } from "@moela/engine";
 import { KvInbox, KvLedger, kvTransferService } from "@moela/kv-transfer";
 import { createServiceMetrics, grpcCodeName, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
@@ -41,7 +41,7 @@ import { advertisedAddress, createRedisClient, InstanceRegistry, RegistryWatcher
 import { DecodeService, KvTransferService } from "@moela/proto-gen";
 import { createServer, drainAndClose, serve, type RpcServer } from "@moela/rpc";
 import { Batcher } from "./batcher.js";
-import { parseConfig, splitAddress, USAGE, type DecodeConfig } from "./config.js";
+import { parseConfig, USAGE, type DecodeConfig } from "./config.js";
 import { decodeHandlers } from "./handlers.js";
 
 export { parseConfig, USAGE, type DecodeConfig } from "./config.js";
@@ -223,7 +223,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     throw err;
   }
   try {
-    metricsServer = await startMetricsServer(metrics.registry, splitAddress(cfg.metricsAddress));
+    metricsServer = await startMetricsServer(metrics.registry, splitHostPort(cfg.metricsAddress));
   } catch (err) {
     await drainAndClose(server, 0, { flushMs: 0 });
     for (const h of hosts) h.close();
@@ -272,49 +272,25 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
   };
 }
 
-function waitForSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
-    const on = (sig: NodeJS.Signals): void => {
-      process.off("SIGTERM", on);
-      process.off("SIGINT", on);
-      resolve(sig);
-    };
-    process.on("SIGTERM", on);
-    process.on("SIGINT", on);
-  });
-}
-
 /** The service's entry point; resolves with the process exit code. */
-export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
-  let cfg: DecodeConfig | null;
-  try {
-    cfg = parseConfig(argv, env);
-  } catch (err) {
-    process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
-    return 2;
-  }
-  if (cfg === null) {
-    process.stdout.write(`${USAGE}\n`);
-    return 0;
-  }
-  const logger = createLogger("decode", cfg.logLevel);
-  // Registered before the (possibly long) model load, so a SIGTERM during it still stops cleanly.
-  const stop = waitForSignal();
-  let running: RunningDecode;
-  try {
-    running = await startDecode(cfg, logger);
-  } catch (err) {
-    logger.fatal({ err }, "decode failed to start");
-    process.stderr.write(`decode: ${err instanceof Error ? err.message : String(err)}\n`);
-    return 1;
-  }
-  process.stdout.write(`${running.readyLine}\n`);
-  logger.info({ grpc: running.grpcAddress, metrics: running.metricsUrl }, "ready");
-  const sig = await stop;
-  logger.info({ signal: sig, running: running.batcher.running, waiting: running.batcher.waiting }, "draining");
-  await running.close(cfg.drainGraceMs);
-  logger.info("stopped");
-  return 0;
+export function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  return runService<DecodeConfig, RunningDecode>(
+    {
+      name: "decode",
+      parse: parseConfig,
+      usage: USAGE,
+      // Signals are caught before the (possibly long) model load, so a SIGTERM during it still stops cleanly.
+      signalsDuringStart: true,
+      start: startDecode,
+      readyLine: (running) => running.readyLine,
+      onReady: (running, _cfg, logger) => logger.info({ grpc: running.grpcAddress, metrics: running.metricsUrl }, "ready"),
+      shutdownMessage: "draining",
+      shutdownFields: (running) => ({ running: running.batcher.running, waiting: running.batcher.waiting }),
+      close: (running, cfg) => running.close(cfg.drainGraceMs),
+    },
+    argv,
+    env,
+  );
 }
 
 function isEntryPoint(): boolean {

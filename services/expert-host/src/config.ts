@@ -2,9 +2,8 @@
  * expert-host settings: one flag and one environment twin each (MOELA_EXPERT_HOST_<NAME>), the flag
  * winning when both are set, validated once with zod at start-up. An error names both spellings.
  */
-import { parseArgs } from "node:util";
 import { z } from "zod";
-import { InvalidArgumentError } from "@moela/core";
+import { InvalidArgumentError, readSettings, usageLines, validateSettings, type Settings } from "@moela/core";
 
 /** Every setting: its flag, env twin, whether it is a boolean switch, and its help line. */
 export const SETTINGS = {
@@ -30,9 +29,7 @@ export const SETTINGS = {
     bool: false,
     help: "host:port others dial, as registered (default the bound address, a 0.0.0.0 host replaced by this machine's hostname)",
   },
-} as const;
-
-type Key = keyof typeof SETTINGS;
+} as const satisfies Settings;
 
 const address = z
   .string()
@@ -68,47 +65,17 @@ export type ExpertHostConfig = Readonly<z.output<typeof schema>>;
 export const USAGE = [
   "usage: expert-host --model DIR --shard-index I --shard-count H [options]",
   "",
-  ...Object.values(SETTINGS).map((s) => `  ${(s.flag + (s.bool ? "" : " <v>")).padEnd(26)} ${s.help} [env ${s.env}]`),
+  ...usageLines(SETTINGS),
 ].join("\n");
-
-/** Splits "host:port" (host may be [ipv6]). */
-export function splitAddress(a: string): { host: string; port: number } {
-  const i = a.lastIndexOf(":");
-  const host = a.slice(0, i);
-  return { host: host.startsWith("[") ? host.slice(1, -1) : host, port: Number(a.slice(i + 1)) };
-}
 
 /**
  * Flags (argv) over environment (env) over defaults. Returns null when --help was asked for.
  * Throws InvalidArgumentError naming the flag and its env twin.
  */
 export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): ExpertHostConfig | null {
-  const options: Record<string, { type: "string" | "boolean" }> = { help: { type: "boolean" } };
-  for (const s of Object.values(SETTINGS)) options[s.flag.slice(2)] = { type: s.bool ? "boolean" : "string" };
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    values = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false }).values;
-  } catch (err) {
-    throw new InvalidArgumentError(`expert-host: ${(err as Error).message}\n${USAGE}`);
-  }
-  if (values.help === true) return null;
-  const raw: Partial<Record<Key, string>> = {};
-  for (const [key, s] of Object.entries(SETTINGS) as [Key, (typeof SETTINGS)[Key]][]) {
-    const flag = values[s.flag.slice(2)];
-    const v = flag !== undefined ? String(flag) : env[s.env];
-    if (v !== undefined) raw[key] = v;
-  }
-  const parsed = schema.safeParse(raw);
-  if (!parsed.success) {
-    const lines = parsed.error.issues.map((issue) => {
-      const key = issue.path[0] as Key;
-      const s = SETTINGS[key];
-      const got = raw[key] === undefined ? "" : ` (got "${raw[key]}")`;
-      return `${s.flag} / ${s.env}: ${issue.message}${got}`;
-    });
-    throw new InvalidArgumentError(`expert-host: invalid configuration:\n  ${lines.join("\n  ")}`);
-  }
-  const cfg = parsed.data;
+  const { help, raw } = readSettings(SETTINGS, argv, env, { name: "expert-host", error: InvalidArgumentError, help: true, argvErrorSuffix: `\n${USAGE}` });
+  if (help) return null;
+  const cfg = validateSettings(SETTINGS, raw, schema.safeParse(raw), { name: "expert-host", error: InvalidArgumentError, report: "all" });
   if (cfg.shardIndex >= cfg.shardCount) {
     throw new InvalidArgumentError(
       `expert-host: ${SETTINGS.shardIndex.flag} / ${SETTINGS.shardIndex.env} is ${cfg.shardIndex}, must be below ${SETTINGS.shardCount.flag} / ${SETTINGS.shardCount.env} (${cfg.shardCount})`,

@@ -16,14 +16,14 @@
  */
 import { realpathSync } from "node:fs";
 import { pathToFileURL } from "node:url";
-import { Code, createLogger, MoelaError, type Logger } from "@moela/core";
+import { Code, MoelaError, runService, splitHostPort, type Logger } from "@moela/core";
 import { loadExpertShard, readModelConfig } from "@moela/engine";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import { checkpointModelId, ExpertHostCore, placementFor } from "@moela/moe-dispatch";
 import { advertisedAddress, createRedisClient, InstanceRegistry, type Registration } from "@moela/scheduler";
 import { ExpertHostService } from "@moela/proto-gen";
 import { createServer, drainAndClose, serve, type RpcServer } from "@moela/rpc";
-import { parseConfig, splitAddress, USAGE, type ExpertHostConfig } from "./config.js";
+import { parseConfig, USAGE, type ExpertHostConfig } from "./config.js";
 import { expertHostHandlers } from "./handlers.js";
 
 export { parseConfig, type ExpertHostConfig } from "./config.js";
@@ -85,7 +85,7 @@ export async function startExpertHost(cfg: ExpertHostConfig, logger: Logger): Pr
   const { address } = await serve(server, cfg.grpcAddress);
   let metricsServer: MetricsServer;
   try {
-    metricsServer = await startMetricsServer(metrics.registry, splitAddress(cfg.metricsAddress));
+    metricsServer = await startMetricsServer(metrics.registry, splitHostPort(cfg.metricsAddress));
   } catch (err) {
     await drainAndClose(server, 0, { flushMs: 0 });
     throw new MoelaError(`cannot serve /metrics on ${cfg.metricsAddress}: ${(err as Error).message}`, Code.UNAVAILABLE, { cause: err });
@@ -152,49 +152,28 @@ async function register(
   };
 }
 
-function waitForSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
-    const on = (sig: NodeJS.Signals): void => {
-      process.off("SIGTERM", on);
-      process.off("SIGINT", on);
-      resolve(sig);
-    };
-    process.on("SIGTERM", on);
-    process.on("SIGINT", on);
-  });
-}
-
 /** The service's entry point; resolves with the process exit code. */
-export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
-  let cfg: ExpertHostConfig | null;
-  try {
-    cfg = parseConfig(argv, env);
-  } catch (err) {
-    process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
-    return 2;
-  }
-  if (cfg === null) {
-    process.stdout.write(`${USAGE}\n`);
-    return 0;
-  }
-  const logger = createLogger("expert-host", cfg.logLevel);
-  // Registered before the (possibly long) weight load, so a SIGTERM during it still drains cleanly.
-  const stop = waitForSignal();
-  let host: RunningExpertHost;
-  try {
-    host = await startExpertHost(cfg, logger);
-  } catch (err) {
-    logger.fatal({ err }, "expert-host failed to start");
-    process.stderr.write(`expert-host: ${err instanceof Error ? err.message : String(err)}\n`);
-    return 1;
-  }
-  process.stdout.write(`${host.readyLine}\n`);
-  logger.info({ grpc: host.grpcAddress, metrics: host.metricsUrl, shard: cfg.shardIndex }, "ready");
-  const sig = await stop;
-  logger.info({ signal: sig, activeCalls: host.server.activeCalls }, "draining");
-  const { forced } = await host.close(cfg.drainGraceMs);
-  logger.info({ forced }, "stopped");
-  return 0;
+export function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  return runService<ExpertHostConfig, RunningExpertHost>(
+    {
+      name: "expert-host",
+      parse: parseConfig,
+      usage: USAGE,
+      // Signals are caught before the (possibly long) weight load, so a SIGTERM during it still drains cleanly.
+      signalsDuringStart: true,
+      start: startExpertHost,
+      readyLine: (host) => host.readyLine,
+      onReady: (host, cfg, logger) => logger.info({ grpc: host.grpcAddress, metrics: host.metricsUrl, shard: cfg.shardIndex }, "ready"),
+      shutdownMessage: "draining",
+      shutdownFields: (host) => ({ activeCalls: host.server.activeCalls }),
+      close: async (host, cfg) => {
+        const { forced } = await host.close(cfg.drainGraceMs);
+        return { forced };
+      },
+    },
+    argv,
+    env,
+  );
 }
 
 function isEntryPoint(): boolean {

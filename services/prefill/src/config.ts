@@ -28,8 +28,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
-import { parseArgs } from "node:util";
-import { ConfigError } from "@moela/core";
+import { ConfigError, envNameOf, flagList, readSettings, settingsFromKeys, validateSettings } from "@moela/core";
 import { z } from "zod";
 
 /** Blocks the prefix cache keeps unless told otherwise (16k tokens at 16 tokens per block). */
@@ -94,56 +93,18 @@ export function defaultInstanceId(): string {
   return `prefill-${host}-${process.pid}-${randomBytes(3).toString("hex")}`;
 }
 
-function flagOf(key: string): string {
-  return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-}
-
 /** camelCase key -> MOELA_PREFILL_SNAKE_CASE. */
 export function envOf(key: string): string {
-  return `MOELA_PREFILL_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
+  return envNameOf("MOELA_PREFILL_", key);
 }
 
-const KEYS = Object.keys(schema.shape) as (keyof typeof schema.shape)[];
-/** Keys given as on/off switches (--name, --no-name) rather than --name VALUE. */
-const SWITCHES: ReadonlySet<string> = new Set(["prefixCache"]);
+/** Every schema key is a flag with its env twin; prefixCache is an on/off switch (--prefix-cache, --no-prefix-cache). */
+const SETTINGS = settingsFromKeys(Object.keys(schema.shape) as (keyof typeof schema.shape)[], "MOELA_PREFILL_", ["prefixCache"]);
 
 /** Parse and validate flags (argv) over env twins; throws ConfigError naming the flag and its env twin. */
 export function parsePrefillConfig(argv: readonly string[], env: NodeJS.ProcessEnv): PrefillConfig {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    ({ values } = parseArgs({
-      args: [...argv],
-      options: Object.fromEntries(
-        KEYS.flatMap((k): [string, { type: "string" | "boolean" }][] =>
-          SWITCHES.has(k) ? [[flagOf(k), { type: "boolean" }], [`no-${flagOf(k)}`, { type: "boolean" }]] : [[flagOf(k), { type: "string" }]],
-        ),
-      ),
-      strict: true,
-      allowPositionals: false,
-    }));
-  } catch (err) {
-    const flags = KEYS.map((k) => (SWITCHES.has(k) ? `--${flagOf(k)} --no-${flagOf(k)}` : `--${flagOf(k)}`));
-    throw new ConfigError(`prefill: ${(err as Error).message}; flags: ${flags.join(" ")}`);
-  }
-  const raw: Record<string, string> = {};
-  for (const k of KEYS) {
-    let v: string | boolean | undefined = values[flagOf(k)];
-    if (SWITCHES.has(k)) {
-      const off = values[`no-${flagOf(k)}`];
-      if (v === true && off === true) throw new ConfigError(`prefill: --${flagOf(k)} and --no-${flagOf(k)} both given`);
-      v = v === true ? "true" : off === true ? "false" : undefined;
-    }
-    v ??= env[envOf(k)];
-    if (v !== undefined) raw[k] = String(v);
-  }
-  const r = schema.safeParse(raw);
-  if (!r.success) {
-    const issue = r.error.issues[0]!;
-    const key = String(issue.path[0] ?? "");
-    const given = raw[key];
-    throw new ConfigError(`prefill: --${flagOf(key)} (env ${envOf(key)}) ${issue.message}${given === undefined ? "" : `, got "${given}"`}`);
-  }
-  const c = r.data;
+  const { raw } = readSettings(SETTINGS, argv, env, { name: "prefill", error: ConfigError, argvErrorSuffix: `; flags: ${flagList(SETTINGS)}` });
+  const c = validateSettings(SETTINGS, raw, schema.safeParse(raw), { name: "prefill", error: ConfigError, report: "first" });
   const model = resolve(c.model);
   if (!existsSync(join(model, "config.json"))) {
     throw new ConfigError(`prefill: --model (env ${envOf("model")}) "${c.model}" has no config.json`);
@@ -165,10 +126,4 @@ export function parsePrefillConfig(argv: readonly string[], env: NodeJS.ProcessE
     prefixCacheBlocks: c.prefixCacheBlocks,
     logLevel: c.logLevel,
   });
-}
-
-/** "host:port" -> {host, port} (brackets of an IPv6 host removed). */
-export function splitHostPort(address: string): { host: string; port: number } {
-  const i = address.lastIndexOf(":");
-  return { host: address.slice(0, i).replace(/^\[(.*)\]$/, "$1"), port: Number(address.slice(i + 1)) };
 }

@@ -5,7 +5,7 @@
  * SIGTERM/SIGINT, stops taking jobs, finishes the active ones and exits 0; startPrefill() does the same
  * composition for tests and in-process clusters.
  */
-import { Code, createLogger, MoelaError, UnavailableError, type Logger } from "@moela/core";
+import { Code, createLogger, MoelaError, runService, splitHostPort, UnavailableError, type Logger } from "@moela/core";
 import { DeepseekModel, Engine, readModelConfig, type ExpertExecutor } from "@moela/engine";
 import { grpcKvConnector, KvLedger, type KvConnector, type KvSender } from "@moela/kv-transfer";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer } from "@moela/metrics";
@@ -36,7 +36,7 @@ import {
   shardReplicas,
 } from "@moela/scheduler";
 import { Queue, Worker } from "bullmq";
-import { DEFAULT_PREFIX_CACHE_BLOCKS, defaultInstanceId, parsePrefillConfig, splitHostPort, type PrefillConfig } from "./config.js";
+import { DEFAULT_PREFIX_CACHE_BLOCKS, defaultInstanceId, parsePrefillConfig, type PrefillConfig } from "./config.js";
 import { jobProcessor, PrefillBatcher } from "./worker.js";
 
 export { parsePrefillConfig, type PrefillConfig } from "./config.js";
@@ -297,40 +297,19 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
   }
 }
 
-function waitForSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
-    const on = (sig: NodeJS.Signals): void => {
-      process.off("SIGTERM", on);
-      process.off("SIGINT", on);
-      resolve(sig);
-    };
-    process.on("SIGTERM", on);
-    process.on("SIGINT", on);
-  });
-}
-
 /** `moela serve --role prefill [flags]`: returns the process exit code. */
-export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
-  let config: PrefillConfig;
-  try {
-    config = parsePrefillConfig(argv, env);
-  } catch (err) {
-    process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
-    return 2;
-  }
-  const logger = createLogger("prefill", config.logLevel);
-  let prefill: StartedPrefill;
-  try {
-    prefill = await startPrefill(config, { logger });
-  } catch (err) {
-    logger.fatal({ err }, "prefill failed to start");
-    process.stderr.write(`prefill: ${err instanceof Error ? err.message : String(err)}\n`);
-    return 1;
-  }
-  process.stdout.write(`${JSON.stringify({ event: "ready", role: "prefill", pid: process.pid, grpc: prefill.grpcAddress, metrics: prefill.metricsUrl })}\n`);
-  const signal = await waitForSignal();
-  logger.info({ signal, runningJobs: prefill.runningJobs() }, "shutting down: finishing active jobs");
-  await prefill.close();
-  logger.info("stopped");
-  return 0;
+export function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  return runService<PrefillConfig, StartedPrefill>(
+    {
+      name: "prefill",
+      parse: parsePrefillConfig,
+      start: (config, logger) => startPrefill(config, { logger }),
+      readyLine: (prefill) => JSON.stringify({ event: "ready", role: "prefill", pid: process.pid, grpc: prefill.grpcAddress, metrics: prefill.metricsUrl }),
+      shutdownMessage: "shutting down: finishing active jobs",
+      shutdownFields: (prefill) => ({ runningJobs: prefill.runningJobs() }),
+      close: (prefill) => prefill.close(),
+    },
+    argv,
+    env,
+  );
 }

@@ -25,8 +25,7 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
-import { parseArgs } from "node:util";
-import { ConfigError } from "@moela/core";
+import { ConfigError, envNameOf, flagList, readSettings, settingsFromKeys, validateSettings } from "@moela/core";
 import { DEFAULT_POLICY, parsePolicyJson, Policy, type PolicyConfig } from "@moela/scheduler";
 import { z } from "zod";
 
@@ -79,46 +78,18 @@ export interface RouterConfig {
   readonly logLevel: string;
 }
 
-/** camelCase key -> kebab-case flag. */
-function flagOf(key: string): string {
-  return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-}
-
 /** camelCase key -> MOELA_ROUTER_SNAKE_CASE. */
 export function envOf(key: string): string {
-  return `MOELA_ROUTER_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
+  return envNameOf("MOELA_ROUTER_", key);
 }
 
-const KEYS = Object.keys(schema.shape) as (keyof typeof schema.shape)[];
+/** Every schema key is a flag (--kebab-case VALUE) with its env twin. */
+const SETTINGS = settingsFromKeys(Object.keys(schema.shape) as (keyof typeof schema.shape)[], "MOELA_ROUTER_");
 
 /** Parse and validate flags (argv) over env twins; throws ConfigError naming the flag and its env twin. */
 export function parseRouterConfig(argv: readonly string[], env: NodeJS.ProcessEnv): RouterConfig {
-  let values: Record<string, string | undefined>;
-  try {
-    ({ values } = parseArgs({
-      args: [...argv],
-      options: Object.fromEntries(KEYS.map((k) => [flagOf(k), { type: "string" as const }])),
-      strict: true,
-      allowPositionals: false,
-    }));
-  } catch (err) {
-    throw new ConfigError(`router: ${(err as Error).message}; flags: ${KEYS.map((k) => `--${flagOf(k)}`).join(" ")}`);
-  }
-  const raw: Record<string, string> = {};
-  for (const k of KEYS) {
-    const v = values[flagOf(k)] ?? env[envOf(k)];
-    if (v !== undefined) raw[k] = v;
-  }
-  const r = schema.safeParse(raw);
-  if (!r.success) {
-    const issue = r.error.issues[0]!;
-    const key = String(issue.path[0] ?? "");
-    const given = raw[key];
-    throw new ConfigError(
-      `router: --${flagOf(key)} (env ${envOf(key)}) ${issue.message}${given === undefined ? "" : `, got "${given}"`}`,
-    );
-  }
-  const c = r.data;
+  const { raw } = readSettings(SETTINGS, argv, env, { name: "router", error: ConfigError, argvErrorSuffix: `; flags: ${flagList(SETTINGS)}` });
+  const c = validateSettings(SETTINGS, raw, schema.safeParse(raw), { name: "router", error: ConfigError, report: "first" });
   const model = resolve(c.model);
   // tokenizer.json is optional: without it the router serves token-id prompts only.
   if (!existsSync(join(model, "config.json"))) {
@@ -176,10 +147,4 @@ export function readGenerationDefaults(model: string): { temperature: number; to
   const num = (k: string, d: number): number => (typeof g[k] === "number" && Number.isFinite(g[k]) ? (g[k] as number) : d);
   const topK = num("top_k", -1);
   return { temperature: num("temperature", 1), topP: num("top_p", 1), topK: topK === 0 ? -1 : topK };
-}
-
-/** "host:port" -> {host, port} (brackets of an IPv6 host removed). */
-export function splitHostPort(address: string): { host: string; port: number } {
-  const i = address.lastIndexOf(":");
-  return { host: address.slice(0, i).replace(/^\[(.*)\]$/, "$1"), port: Number(address.slice(i + 1)) };
 }

@@ -3,7 +3,7 @@
  * it from its configuration, prints the ready line, waits for SIGTERM/SIGINT, drains and exits 0;
  * startRouter() does the same composition for tests and in-process clusters.
  */
-import { createLogger, MoelaError, UnavailableError, type Logger } from "@moela/core";
+import { createLogger, MoelaError, runService, splitHostPort, UnavailableError, type Logger } from "@moela/core";
 import { readModelConfig } from "@moela/engine";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import { Precision, GenerateService, type DecodeStatusResponse } from "@moela/proto-gen";
@@ -27,7 +27,7 @@ import { TOKENIZER_JSON, Tokenizer } from "@moela/tokenizer";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { QueueEvents } from "bullmq";
-import { parseRouterConfig, readGenerationDefaults, splitHostPort, type RouterConfig } from "./config.js";
+import { parseRouterConfig, readGenerationDefaults, type RouterConfig } from "./config.js";
 import { buildHttpApp, generateService, type RouterContext } from "./handlers.js";
 import { JobWatcher, Pipeline } from "./pipeline.js";
 
@@ -257,42 +257,19 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
   }
 }
 
-function waitForSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
-    const on = (sig: NodeJS.Signals): void => {
-      process.off("SIGTERM", on);
-      process.off("SIGINT", on);
-      resolve(sig);
-    };
-    process.on("SIGTERM", on);
-    process.on("SIGINT", on);
-  });
-}
-
 /** `moela serve --role router [flags]`: returns the process exit code. */
-export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
-  let config: RouterConfig;
-  try {
-    config = parseRouterConfig(argv, env);
-  } catch (err) {
-    process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
-    return 2;
-  }
-  const logger = createLogger("router", config.logLevel);
-  let router: StartedRouter;
-  try {
-    router = await startRouter(config, { logger });
-  } catch (err) {
-    logger.fatal({ err }, "router failed to start");
-    process.stderr.write(`router: ${err instanceof Error ? err.message : String(err)}\n`);
-    return 1;
-  }
-  process.stdout.write(
-    `${JSON.stringify({ event: "ready", role: "router", pid: process.pid, http: router.httpUrl, grpc: router.grpcAddress, metrics: router.metricsUrl })}\n`,
+export function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  return runService<RouterConfig, StartedRouter>(
+    {
+      name: "router",
+      parse: parseRouterConfig,
+      start: (config, logger) => startRouter(config, { logger }),
+      readyLine: (router) =>
+        JSON.stringify({ event: "ready", role: "router", pid: process.pid, http: router.httpUrl, grpc: router.grpcAddress, metrics: router.metricsUrl }),
+      shutdownMessage: "shutting down",
+      close: (router) => router.close(),
+    },
+    argv,
+    env,
   );
-  const signal = await waitForSignal();
-  logger.info({ signal }, "shutting down");
-  await router.close();
-  logger.info("stopped");
-  return 0;
 }
