@@ -166,6 +166,11 @@ export class Batcher {
     return this.requests.size;
   }
 
+  /** Is a request with this id known (any phase)? */
+  has(requestId: string): boolean {
+    return this.requests.has(requestId);
+  }
+
   start(): void {
     this.loopDone ??= this.loop();
   }

@@ -102,9 +102,9 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
 
   /** Open a stream and wait until the instance has registered it; `done` settles when the stream ends. */
   async function openedStream(requestId: string, startIndex = 0, stopAfter = Infinity): Promise<{ done: Promise<Collected> }> {
-    const before = decode.batcher.size;
     const done = openStream(requestId, startIndex, stopAfter);
-    await until(() => decode.batcher.size > before, `the Stream of ${requestId} to register`);
+    // By id, not by count: a previous test's abandoned request may leave the batcher meanwhile.
+    await until(() => decode.batcher.has(requestId), `the Stream of ${requestId} to register`);
     // Wrapped: an async function returning the promise itself would wait for the whole stream.
     return { done };
   }
