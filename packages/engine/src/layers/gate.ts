@@ -21,6 +21,8 @@ export interface RouterScratch {
   choice: Float64Array; // [E] biased scores used for selection
   groupScore: Float64Array; // [n_group]
   groupOk: Uint8Array; // [n_group]
+  groupIdx: Int32Array; // [topk_group]
+  expertOk: Uint8Array; // [E] 1 where the expert's group is eligible
 }
 
 export function createRouterScratch(cfg: ModelConfig): RouterScratch {
@@ -29,14 +31,16 @@ export function createRouterScratch(cfg: ModelConfig): RouterScratch {
     choice: new Float64Array(cfg.nRoutedExperts),
     groupScore: new Float64Array(cfg.nGroup),
     groupOk: new Uint8Array(cfg.nGroup),
+    groupIdx: new Int32Array(cfg.topkGroup),
+    expertOk: new Uint8Array(cfg.nRoutedExperts),
   };
 }
 
 /** Indices of the k largest values of a[0..n) where allowed(i), largest first, ties to the lower index. */
-function topkInto(a: Float64Array, n: number, k: number, out: Int32Array, outOff: number, allowed?: (i: number) => boolean): void {
+function topkInto(a: Float64Array, n: number, k: number, out: Int32Array, outOff: number, allowed: Uint8Array | null): void {
   let filled = 0;
   for (let i = 0; i < n; i++) {
-    if (allowed && !allowed(i)) continue;
+    if (allowed !== null && allowed[i] !== 1) continue;
     const v = a[i]!;
     // insertion into the sorted prefix out[outOff .. outOff+filled)
     let j = Math.min(filled, k);
@@ -68,8 +72,7 @@ export function routeTokens(
   const k = cfg.numExpertsPerTok;
   const G = cfg.nGroup;
   const perGroup = E / G;
-  const { scores, choice, groupScore, groupOk } = scratch;
-  const groupIdx = new Int32Array(cfg.topkGroup);
+  const { scores, choice, groupScore, groupOk, groupIdx, expertOk } = scratch;
   for (let t = 0; t < T; t++) {
     const lo = t * E;
     if (cfg.scoringFunc === "sigmoid") {
@@ -87,7 +90,7 @@ export function routeTokens(
     }
     for (let e = 0; e < E; e++) choice[e] = scores[e]! + (cfg.topkMethod === "noaux_tc" && bias ? bias[e]! : 0);
 
-    let allowed: ((e: number) => boolean) | undefined;
+    let allowed: Uint8Array | null = null;
     if (cfg.topkMethod !== "greedy" && cfg.topkGroup < G) {
       for (let g = 0; g < G; g++) {
         let s: number;
@@ -109,10 +112,11 @@ export function routeTokens(
         }
         groupScore[g] = s;
       }
-      topkInto(groupScore, G, cfg.topkGroup, groupIdx, 0);
+      topkInto(groupScore, G, cfg.topkGroup, groupIdx, 0, null);
       groupOk.fill(0);
-      for (const g of groupIdx) groupOk[g] = 1;
-      allowed = (e) => groupOk[Math.floor(e / perGroup)] === 1;
+      for (let j = 0; j < groupIdx.length; j++) groupOk[groupIdx[j]!] = 1;
+      for (let e = 0; e < E; e++) expertOk[e] = groupOk[Math.floor(e / perGroup)]!;
+      allowed = expertOk;
     }
     const o = t * k;
     topkInto(choice, E, k, ids, o, allowed);
