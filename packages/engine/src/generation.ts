@@ -4,8 +4,7 @@
  *
  * Speculation with the MTP head (one draft token per step):
  *   state after every call: the main cache holds positions [0, mainLen); `pending` is the last sampled token
- *   (not yet in the main cache); `lastHidden` is the main model's final-normed hidden at mainLen - 1; the MTP
- *   cache holds positions [0, mainLen) and its logits at mainLen - 1 (fed `pending`) gave `draft`.
+ *   (not yet in the main cache); the MTP cache holds positions [0, mainLen) and its logits at mainLen - 1 (fed `pending`) gave `draft`.
  *   A step runs the main model on [pending, draft] at positions mainLen, mainLen + 1 (absorbed attention),
  *   accepts or rejects the draft (greedy: draft == argmax; sampling: the speculative rule, which keeps the
  *   target distribution), then runs the MTP head on the positions that became final to draft the next token.
@@ -92,8 +91,6 @@ export class Sequence {
   mainLen = 0;
   /** Last sampled token, not yet fed to the main model (-1 before prefill). */
   pending = -1;
-  /** [hidden] main hidden after the final norm at mainLen - 1. */
-  lastHidden: Float32Array;
   draft: { token: number; probs: Float32Array | null } | null = null;
   finishReason: FinishReason | null = null;
   drafted = 0;
@@ -113,7 +110,6 @@ export class Sequence {
     prompt: readonly number[],
     params: GenerationParams,
     vocabSize: number,
-    hidden: number,
     eosIds: readonly number[],
     rng: Rng = new Rng(params.seed),
   ) {
@@ -121,7 +117,6 @@ export class Sequence {
     this.prompt = prompt;
     this.params = params;
     this.sampler = new Sampler(vocabSize, params, rng);
-    this.lastHidden = new Float32Array(hidden);
     this.stopIds = new Set([...(params.stopTokenIds ?? []), ...(params.ignoreEos ? [] : eosIds)]);
   }
 
@@ -249,7 +244,7 @@ export class Engine {
     if (!(Number.isInteger(n) && n >= 0 && n <= c.vocabSize)) {
       throw new InvalidArgumentError(`top logprobs must be an integer in [0, ${c.vocabSize}], got ${n}`);
     }
-    return new Sequence(id, prompt, params, c.vocabSize, c.hiddenSize, c.eosTokenIds, rng);
+    return new Sequence(id, prompt, params, c.vocabSize, c.eosTokenIds, rng);
   }
 
   /** Blocks a sequence will need at most (prompt + output + one speculative row). */
@@ -340,7 +335,6 @@ export class Engine {
       const tok = s.sampler.sample(logits);
       s.mainLen = L;
       s.pending = tok;
-      s.lastHidden.set(hiddenRows[i]!.subarray((L - 1 - first[i]!) * hd, (L - first[i]!) * hd));
       if (keepLogits) s.promptLogits = logits;
       results.push({ seq: s, tokens: s.emit([this.token(s, logits, tok)]) });
     }
@@ -427,12 +421,10 @@ export class Engine {
           this.accepted++;
           produced = [this.token(s, row0, d), this.token(s, row1, next)];
           s.mainLen += 2;
-          s.lastHidden.set(r.hidden.subarray(h0 + hd, h0 + 2 * hd));
           mtpBatch.push({ seq: s, start, tokens: [d, next], hiddenOff: h0 });
         } else {
           produced = [this.token(s, row0, next)];
           s.mainLen += 1;
-          s.lastHidden.set(r.hidden.subarray(h0, h0 + hd));
           mtpBatch.push({ seq: s, start, tokens: [next], hiddenOff: h0 });
         }
         s.pending = next;
@@ -440,7 +432,6 @@ export class Engine {
         const next = s.sampler.sample(row0);
         produced = [this.token(s, row0, next)];
         s.mainLen += 1;
-        s.lastHidden.set(r.hidden.subarray(h0, h0 + hd));
         s.pending = next;
       }
       results.push({ seq: s, tokens: s.emit(produced) });
