@@ -16,6 +16,7 @@ import { isMoeLayer, parseModelConfig, type ModelConfig } from "./config.js";
 import { roundBf16 } from "./tensor/dtype.js";
 import { decodeRow, matmul, matvecRows, matvecTransposedRows, type WeightMatrix } from "./tensor/matrix.js";
 import { MatmulPool, type MatmulFn, type MatmulPoolOptions } from "./tensor/parallel.js";
+import { defaultKernels, groupedMatmul, kernelsByName, nativeKernelsAddon, type GroupedMatmulFn, type KernelBackend, type KernelsName } from "./kernels/index.js";
 import { rmsNorm, rmsNormRows } from "./layers/rmsnorm.js";
 import { applyRotary, rotaryParams, rotaryTables, type RotaryParams } from "./layers/rope.js";
 import { createRouterScratch, routeTokens, type RouterScratch } from "./layers/gate.js";
@@ -79,8 +80,11 @@ export interface ModelOptions extends LoadOptions {
   /**
    * Threads that share each large matmul (default 1: this thread alone). Bits do not depend on it.
    * Services that share a machine's cores between processes keep 1; `close()` stops the workers.
+   * With the `fast` kernels the thread pool is the process's (native) one.
    */
   readonly threads?: number;
+  /** Kernel backend (default: the process default, `fast` unless setDefaultKernels said otherwise). */
+  readonly kernels?: KernelsName;
 }
 
 export class DeepseekModel {
@@ -94,11 +98,15 @@ export class DeepseekModel {
   private readonly ws = new Workspace();
   private readonly router: RouterScratch;
   private pool: MatmulPool | null = null;
-  /** The linear kernel of every layer: the pool's when threads > 1 (same bits either way). */
+  /** The kernels every layer uses (kernels/README.md). */
+  readonly kernels: KernelBackend;
+  /** The linear kernel of every layer: the pool's when a TypeScript backend runs threads > 1 (same bits either way). */
   private readonly mm: MatmulFn = (w, x, T, y, layout) => {
-    if (this.pool === null) matmul(w, x, T, y, layout);
+    if (this.pool === null) this.kernels.matmul(w, x, T, y, layout);
     else this.pool.matmul(w, x, T, y, layout);
   };
+  /** mm over groups of rows (kv_b_proj's heads) in one call. */
+  private readonly gmm: GroupedMatmulFn;
 
   constructor(config: ModelConfig, weights: ModelWeights, weightBytes: number, opts: ModelOptions = {}) {
     this.config = config;
@@ -106,6 +114,8 @@ export class DeepseekModel {
     this.weightBytes = weightBytes;
     this.rotary = rotaryParams(config);
     this.kvDtype = opts.kvDtype ?? "f32";
+    this.kernels = opts.kernels === undefined ? defaultKernels() : kernelsByName(opts.kernels);
+    this.gmm = this.kernels.threadsAreProcessWide ? this.kernels.matmul : groupedMatmul(this.mm);
     this.router = createRouterScratch(config);
     this.experts =
       opts.experts ?? new LocalExpertExecutor(this.moeLayers(), config.hiddenSize, config.numExpertsPerTok, new Workspace(), this.mm);
@@ -114,6 +124,7 @@ export class DeepseekModel {
 
   /** Threads sharing each large matmul (1 = none besides the caller). */
   get threads(): number {
+    if (this.kernels.threadsAreProcessWide) return nativeKernelsAddon?.threads() ?? 1;
     return this.pool?.threads ?? 1;
   }
 
@@ -129,6 +140,10 @@ export class DeepseekModel {
 
   /** Change the thread count (stops the old workers). Outputs are bit-identical for every count. */
   setThreads(threads: number, pool: Omit<MatmulPoolOptions, "threads"> = {}): void {
+    if (this.kernels.threadsAreProcessWide) {
+      nativeKernelsAddon?.setThreads(threads);
+      return;
+    }
     const next = threads === 1 ? null : new MatmulPool({ ...pool, threads });
     const old = this.pool;
     this.pool = next;
@@ -352,8 +367,37 @@ export class DeepseekModel {
     if (this.kvDtype === "bf16") for (let i = 0; i < T * D; i++) lat[i] = roundBf16(lat[i]!);
 
     const heads = this.ws.f32("attn.heads", T * H * dv); // [T, H * dv]
+    if (this.kernels.name === "reference") await this.attendReference(b, cache, seqs, q, lat, T, heads, opts);
+    else await this.attendKernels(b, cache, seqs, q, lat, T, heads, opts);
+    this.mm(a.o.w, heads, T, out);
+    addBias(out, T, a.o.bias);
+  }
+  /**
+   * Attention with the reference kernels: per head and token, in float64, W_UK absorbed (or K/V rebuilt) one
+   * head at a time. q: [T, H * dq]; lat: [T, D] new latent rows; heads: [T, H * dv] out.
+   */
+  private async attendReference(
+    b: BlockWeights,
+    cache: PagedLatentCache,
+    seqs: readonly ForwardSeq[],
+    q: Float32Array,
+    lat: Float32Array,
+    T: number,
+    heads: Float32Array,
+    opts: ForwardOptions,
+  ): Promise<void> {
+    const c = this.config;
+    const a = b.attn;
+    const H = c.numHeads;
+    const dn = c.qkNopeHeadDim;
+    const dr = c.qkRopeHeadDim;
+    const dv = c.vHeadDim;
+    const dq = c.qkHeadDim;
+    const R = c.kvLoraRank;
+    const D = c.latentDim;
+    void T;
     const scale = this.rotary.softmaxScale;
-    t = 0;
+    let t = 0;
     for (let si = 0; si < seqs.length; si++) {
       const s = seqs[si]!;
       const n = s.tokens.length;
@@ -432,8 +476,76 @@ export class DeepseekModel {
       }
       t += n;
     }
-    this.mm(a.o.w, heads, T, out);
-    addBias(out, T, a.o.bias);
+  }
+
+  /**
+   * Attention through the backend's kernels (fast, portable): all tokens' queries are folded through W_UK in one
+   * grouped product, each sequence attends with one kernel call, and W_UV unfolds all outputs in one more.
+   * Decompressed (prefill) rebuilds every head's K_nope | V for the sequence in one product instead.
+   */
+  private async attendKernels(
+    b: BlockWeights,
+    cache: PagedLatentCache,
+    seqs: readonly ForwardSeq[],
+    q: Float32Array,
+    lat: Float32Array,
+    T: number,
+    heads: Float32Array,
+    opts: ForwardOptions,
+  ): Promise<void> {
+    const c = this.config;
+    const a = b.attn;
+    const k = this.kernels;
+    const H = c.numHeads;
+    const dn = c.qkNopeHeadDim;
+    const dr = c.qkRopeHeadDim;
+    const dv = c.vHeadDim;
+    const dq = c.qkHeadDim;
+    const R = c.kvLoraRank;
+    const D = c.latentDim;
+    const hs = dn + dv; // kv_b_proj rows per head: [W_UK (dn) ; W_UV (dv)]
+    const scale = this.rotary.softmaxScale;
+    const absorbed = opts.attention === "absorbed";
+    const qAbs = absorbed ? this.ws.f32("attn.qabs", T * H * R) : null; // [T, H, R] q_nope folded through W_UK
+    const oLat = absorbed ? this.ws.f32("attn.olat", T * H * R) : null; // [T, H, R] attention output in latent space
+    if (qAbs !== null) {
+      k.matmulT(a.kvB, q, T, qAbs, { vStride: H * dq, n: dn, outStride: H * R, groups: H, rowStep: hs, vStep: dq, outStep: R });
+    }
+    let t = 0;
+    for (let si = 0; si < seqs.length; si++) {
+      const s = seqs[si]!;
+      const n = s.tokens.length;
+      cache.write(b.index, s.blockTable, s.start, n, lat, t * D);
+      if (opts.kvSink) await opts.kvSink.onLayer(b.index, si, s.start, n, lat.subarray(t * D, (t + n) * D));
+      const L = s.start + n;
+      const ctx = this.ws.f32("attn.ctx", L * D); // [L, D] the sequence's cached latents
+      cache.gather(b.index, s.blockTable, L, ctx);
+      const rope = { qb: q, qbOff: t * H * dq + dn, qbTok: H * dq, qbHead: dq, lenB: dr, kb: ctx, kbOff: R, kbPos: D, kbHead: 0 };
+      if (qAbs !== null && oLat !== null) {
+        k.attend({
+          qa: qAbs, qaOff: t * H * R, qaTok: H * R, qaHead: R, lenA: R,
+          ...rope,
+          ka: ctx, kaOff: 0, kaPos: D, kaHead: 0,
+          val: ctx, valOff: 0, valPos: D, valHead: 0, lenV: R,
+          out: oLat, outOff: t * H * R, outTok: H * R, outHead: R,
+          n, H, start: s.start, scale,
+        });
+      } else {
+        const kv = this.ws.f32("attn.kv", L * H * hs); // [L, H * (dn + dv)] every head's K_nope | V
+        this.gmm(a.kvB, ctx, L, kv, { xStride: D });
+        k.attend({
+          qa: q, qaOff: t * H * dq, qaTok: H * dq, qaHead: dq, lenA: dn,
+          ...rope,
+          ka: kv, kaOff: 0, kaPos: H * hs, kaHead: hs,
+          val: kv, valOff: dn, valPos: H * hs, valHead: hs, lenV: dv,
+          out: heads, outOff: t * H * dv, outTok: H * dv, outHead: dv,
+          n, H, start: s.start, scale,
+        });
+      }
+      t += n;
+    }
+    // heads[t, h] = W_UV(h) . oLat[t, h], all heads in one grouped product.
+    if (oLat !== null) this.gmm(a.kvB, oLat, T, heads, { r0: dn, nRows: dv, xStride: H * R, yStride: H * dv, groups: H, rowStep: hs, xStep: R, yStep: dv });
   }
 }
 

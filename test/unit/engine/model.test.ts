@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DeepseekModel, Engine, PagedLatentCache, ResourceExhaustedErrorName, type ForwardSeq } from "./model-helpers.js";
+import { fastKernelsAvailable } from "@moela/engine";
 import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
 
 /** Max |a - b| over two equal-length arrays. */
@@ -21,13 +22,20 @@ async function allLogits(model: DeepseekModel, attention: "absorbed" | "decompre
   return r.logits.slice();
 }
 
-describe.each([
+// Every kernel backend (packages/engine/src/kernels) keeps these invariances bit for bit.
+const BACKENDS = ["fast", "portable", "reference"] as const;
+const PRESETS = [
   ["V3 block-FP8 with MTP", { preset: "tiny-v3" as const }],
   ["V2-Lite style", { preset: "tiny-v2-lite" as const }],
-])("forward pass: %s", (_name, opts) => {
+] as const;
+
+describe.each(PRESETS.flatMap(([name, opts]) => BACKENDS.map((kernels) => [`${name}, ${kernels} kernels`, opts, kernels] as const)))(
+  "forward pass: %s",
+  (_name, opts, kernels) => {
   let model: DeepseekModel;
   beforeAll(() => {
-    model = DeepseekModel.load(makeCheckpoint(opts));
+    model = DeepseekModel.load(makeCheckpoint(opts), { kernels });
+    expect(model.kernels.name).toBe(kernels === "fast" && !fastKernelsAvailable() ? "portable" : kernels);
   });
   afterAll(removeCheckpoints);
 
@@ -83,6 +91,38 @@ describe.each([
     const r = await model.forward(cache, seqs, { attention: "absorbed" });
     const rows = r.logits.subarray(r.logitRow[1]! * V, (r.logitRow[1]! + PROMPT.length) * V);
     expect(Array.from(rows)).toEqual(Array.from(alone));
+  });
+
+  it.skipIf(kernels === "reference")("stays within 2e-4 of the reference kernels' logits", async () => {
+    const ref = DeepseekModel.load(makeCheckpoint(opts), { kernels: "reference" });
+    for (const attention of ["absorbed", "decompressed"] as const) {
+      const d = maxDiff(await allLogits(model, attention), await allLogits(ref, attention));
+      expect(d).toBeLessThan(2e-4);
+    }
+  });
+  },
+);
+
+describe.each(BACKENDS)("generation on the %s kernels", (kernels) => {
+  let model: DeepseekModel;
+  beforeAll(() => {
+    model = DeepseekModel.load(makeCheckpoint({ preset: "tiny-v3" }), { kernels });
+  });
+  afterAll(removeCheckpoints);
+
+  it("speculative greedy equals plain greedy, and chunked prefill changes nothing", async () => {
+    const run = async (speculative: boolean, chunk: number) => {
+      const engine = new Engine(model, { speculative, blockSize: 4, numBlocks: 64, prefillChunk: chunk });
+      const seq = engine.newSequence("s", PROMPT, { temperature: 0, topP: 1, topK: -1, maxTokens: 16, ignoreEos: true, topLogprobs: 2 });
+      const out = [];
+      for await (const t of engine.generate(seq)) out.push(t);
+      return out;
+    };
+    const plain = await run(false, 256);
+    for (const [spec, chunk] of [[true, 256], [true, 3], [false, 5]] as const) {
+      const other = await run(spec, chunk);
+      expect(other.map((t) => [t.id, t.logprob])).toEqual(plain.map((t) => [t.id, t.logprob]));
+    }
   });
 });
 

@@ -8,6 +8,8 @@ import {
   MatmulPool,
   PagedLatentCache,
   f32ToBf16Bits,
+  fastKernelsAvailable,
+  nativeKernelsAddon,
   matmul,
   type MatmulLayout,
   type Sequence,
@@ -251,14 +253,16 @@ async function generate(model: DeepseekModel): Promise<number[][]> {
   return seqs.map((s) => s.output.map((t) => t.id));
 }
 
-describe("DeepseekModel with threads", () => {
+// The MatmulPool serves the TypeScript backends (portable, reference); the fast backend's threads are native
+// (test/unit/engine/kernels.test.ts and the model test below).
+describe("DeepseekModel with threads (portable kernels, MatmulPool)", () => {
   let dir: string;
   let single: DeepseekModel;
   let multi: DeepseekModel;
   beforeAll(async () => {
     dir = makeCheckpoint("tiny-v3");
-    single = DeepseekModel.load(dir);
-    multi = DeepseekModel.load(dir, { threads: 2 });
+    single = DeepseekModel.load(dir, { kernels: "portable" });
+    multi = DeepseekModel.load(dir, { threads: 2, kernels: "portable" });
     expect(multi.threads).toBe(2);
     // The tiny model's products are all below the default threshold: split everything, and only in the worker.
     multi.setThreads(2, { minWork: 0, callerTakesChunks: false });
@@ -283,11 +287,39 @@ describe("DeepseekModel with threads", () => {
   });
 
   it("close() stops the workers and the model keeps working alone", async () => {
-    const m = DeepseekModel.load(dir, { threads: 2 });
+    const m = DeepseekModel.load(dir, { threads: 2, kernels: "portable" });
     await m.matmulPool!.ready();
     await m.close();
     expect(m.threads).toBe(1);
     expect(await generate(m)).toEqual(await generate(single));
+  });
+});
+
+describe.skipIf(!fastKernelsAvailable())("DeepseekModel with threads (fast kernels, native threads)", () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = makeCheckpoint("tiny-v3");
+  });
+  afterAll(() => {
+    nativeKernelsAddon!.setThreads(1, 1 << 16);
+    removeCheckpoints();
+  });
+
+  it("gives bit-identical logits, hidden states and greedy tokens to one thread", async () => {
+    const model = DeepseekModel.load(dir, { kernels: "fast", threads: 1 });
+    expect(model.threads).toBe(1);
+    const a = await trace(model);
+    const tokensA = await generate(model);
+    // Split every product (minWork 0), as a large model's would be.
+    nativeKernelsAddon!.setThreads(2, 0);
+    expect(model.threads).toBe(2);
+    const before = nativeKernelsAddon!.workerChunks();
+    const b = await trace(model);
+    const tokensB = await generate(model);
+    expect(nativeKernelsAddon!.workerChunks()).toBeGreaterThan(before);
+    expect(b.length).toBe(a.length);
+    for (let i = 0; i < a.length; i++) expect(bits(b[i]!)).toEqual(bits(a[i]!));
+    expect(tokensB).toEqual(tokensA);
   });
 });
 

@@ -1,11 +1,11 @@
 /** SwiGLU MLP (dense layers, shared experts, routed experts): down(silu(gate(x)) * up(x)). */
-import { matmul } from "../tensor/matrix.js";
+import { defaultKernels } from "../kernels/index.js";
 import type { MatmulFn } from "../tensor/parallel.js";
 import type { MlpWeights } from "../weights.js";
 import type { Workspace } from "../workspace.js";
 
 /** out[t] = mlp(x[t]) for t < T. x: [T, hidden] -> out: [T, hidden]. `mm`: the kernel (a MatmulPool's to use threads). */
-export function mlpForward(m: MlpWeights, x: Float32Array, T: number, out: Float32Array, ws: Workspace, mm: MatmulFn = matmul): void {
+export function mlpForward(m: MlpWeights, x: Float32Array, T: number, out: Float32Array, ws: Workspace, mm: MatmulFn = defaultKernels().matmul): void {
   const inter = m.gate.rows;
   const g = ws.f32("mlp.gate", T * inter); // [T, inter]
   const u = ws.f32("mlp.up", T * inter); // [T, inter]

@@ -6,7 +6,7 @@ import type { ExpertExecutor } from "../ports.js";
 import type { MlpWeights, MoeWeights } from "../weights.js";
 import type { Workspace } from "../workspace.js";
 import { mlpForward } from "./mlp.js";
-import { matmul } from "../tensor/matrix.js";
+import { defaultKernels } from "../kernels/index.js";
 import type { MatmulFn } from "../tensor/parallel.js";
 
 /**
@@ -24,7 +24,7 @@ export function computeRoutedExperts(
   k: number,
   out: Float32Array,
   ws: Workspace,
-  mm: MatmulFn = matmul,
+  mm: MatmulFn = defaultKernels().matmul,
 ): void {
   out.fill(0, 0, T * hidden);
   const E = experts.length;
@@ -67,7 +67,7 @@ export class LocalExpertExecutor implements ExpertExecutor {
   private readonly mm: MatmulFn;
 
   /** `mm`: the linear kernel (the model's MatmulPool kernel when it uses threads). */
-  constructor(moeByLayer: ReadonlyMap<number, MoeWeights>, hidden: number, k: number, ws: Workspace, mm: MatmulFn = matmul) {
+  constructor(moeByLayer: ReadonlyMap<number, MoeWeights>, hidden: number, k: number, ws: Workspace, mm: MatmulFn = defaultKernels().matmul) {
     this.moeByLayer = moeByLayer;
     this.hidden = hidden;
     this.k = k;

@@ -1,0 +1,450 @@
+// N-API binding of the native kernels: checks every call's shapes against its typed arrays, picks the
+// instruction set once at load time (the best one this CPU has, unless told otherwise), and splits each
+// product over a small pool of kernel threads. Threads take whole output elements, so a result never depends
+// on how many threads there are (kernels-impl.h states the numerics).
+#include <node_api.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kernels.h"
+
+#if defined(MOELA_HAS_X86_KERNELS)
+#include <immintrin.h>
+#define MOELA_X86 1
+static inline void cpu_relax() { _mm_pause(); }
+#else
+static inline void cpu_relax() { std::this_thread::yield(); }
+#endif
+
+// ---------------------------------------------------------------------------------------------------------
+// Instruction set
+
+static bool cpu_has(const char* isa) {
+#ifdef MOELA_X86
+  __builtin_cpu_init();
+  if (std::string(isa) == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("fma");
+  if (std::string(isa) == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#endif
+  return std::string(isa) == "portable";
+}
+
+static const KernelTable* table_for(const std::string& isa) {
+#ifdef MOELA_X86
+  if (isa == "avx512" && cpu_has("avx512")) return moela_kernels_avx512();
+  if (isa == "avx2" && cpu_has("avx2")) return moela_kernels_avx2();
+#endif
+  if (isa == "portable") return moela_kernels_portable();
+  return nullptr;
+}
+
+static const KernelTable* best_table() {
+  for (const char* isa : {"avx512", "avx2", "portable"}) {
+    const KernelTable* t = table_for(isa);
+    if (t) return t;
+  }
+  return moela_kernels_portable();
+}
+
+static const KernelTable* K = best_table();
+
+// ---------------------------------------------------------------------------------------------------------
+// Kernel threads: the caller and threads-1 workers claim chunks of a job's items through one atomic word.
+
+typedef void (*ItemFn)(const void* args, int i0, int i1);
+
+class Pool {
+ public:
+  explicit Pool(int threads) {
+    for (int i = 1; i < threads; i++) workers_.emplace_back([this] { loop(); });
+  }
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+      gen_.fetch_add(1);
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  int threads() const { return (int)workers_.size() + 1; }
+  /** Chunks the workers (not callers) have computed: tests check that threads really took part. */
+  double workerChunks() const { return (double)workerChunks_.load(); }
+
+  /** Runs fn over items [0, n) in chunks of `chunk`, on this thread and the workers; returns when all are done. */
+  void run(ItemFn fn, const void* args, int n, int chunk) {
+    fn_ = fn;
+    args_ = args;
+    n_ = n;
+    chunk_ = chunk;
+    chunks_ = (n + chunk - 1) / chunk;
+    done_.store(0);
+    const uint64_t g = (gen_.load() + 1) & 0xffffffffu;
+    claim_.store(g << 32);
+    gen_.store(g);
+    if (sleeping_.load() > 0) {
+      std::lock_guard<std::mutex> l(mu_);
+    }
+    cv_.notify_all();
+    work(g);
+    while (done_.load(std::memory_order_acquire) < chunks_) cpu_relax();
+  }
+
+ private:
+  void work(uint64_t g, bool worker = false) {
+    for (;;) {
+      uint64_t cur = claim_.load();
+      if ((cur >> 32) != g) return;
+      const int idx = (int)(cur & 0xffffffffu);
+      if (idx >= chunks_) return;
+      if (!claim_.compare_exchange_weak(cur, cur + 1)) continue;
+      const int i0 = idx * chunk_;
+      const int i1 = i0 + chunk_ < n_ ? i0 + chunk_ : n_;
+      fn_(args_, i0, i1);
+      if (worker) workerChunks_.fetch_add(1, std::memory_order_relaxed);
+      done_.fetch_add(1, std::memory_order_release);
+    }
+  }
+
+  void loop() {
+    uint64_t seen = gen_.load();
+    for (;;) {
+      // Jobs come in bursts (every layer of a step): spin a little before sleeping.
+      for (int i = 0; i < SPIN && gen_.load() == seen; i++) cpu_relax();
+      if (gen_.load() == seen) {
+        std::unique_lock<std::mutex> l(mu_);
+        sleeping_.fetch_add(1);
+        cv_.wait(l, [&] { return gen_.load() != seen || stop_; });
+        sleeping_.fetch_sub(1);
+      }
+      if (stop_) return;
+      seen = gen_.load();
+      work(seen, true);
+    }
+  }
+
+  static const int SPIN = 4000;
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<uint64_t> gen_{0};
+  std::atomic<uint64_t> claim_{0};
+  std::atomic<int> done_{0};
+  std::atomic<int> sleeping_{0};
+  std::atomic<uint64_t> workerChunks_{0};
+  bool stop_ = false;
+  ItemFn fn_ = nullptr;
+  const void* args_ = nullptr;
+  int n_ = 0, chunk_ = 1, chunks_ = 0;
+};
+
+static Pool* pool = nullptr;
+
+/**
+ * Below this many multiply-adds a product stays on the calling thread (waking a worker costs more than the
+ * share it would take; scripts/bench/kernels.ts shows where threads start to pay). Tests set it to 0.
+ */
+static double parallelMinWork = 1 << 16;
+
+/** Held while a job runs on the pool: a second JavaScript thread calling meanwhile computes on its own. */
+static std::mutex poolBusy;
+
+static void run_items(ItemFn fn, const void* args, int n, double work) {
+  if (n <= 0) return;
+  if (pool == nullptr || n == 1 || work < parallelMinWork || !poolBusy.try_lock()) {
+    fn(args, 0, n);
+    return;
+  }
+  const int target = pool->threads() * 4;  // a few chunks per thread, so a paused thread leaves little undone
+  pool->run(fn, args, n, (n + target - 1) / target);
+  poolBusy.unlock();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// N-API helpers
+
+#define CHECK(call)                                        \
+  do {                                                     \
+    if ((call) != napi_ok) return throw_error(env, #call); \
+  } while (0)
+
+static napi_value throw_error(napi_env env, const char* what) {
+  const napi_extended_error_info* info = nullptr;
+  napi_get_last_error_info(env, &info);
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (!pending) napi_throw_error(env, nullptr, (std::string("moela native kernels: ") + what).c_str());
+  return nullptr;
+}
+
+static napi_value range_error(napi_env env, const std::string& msg) {
+  napi_throw_range_error(env, nullptr, ("moela native kernels: " + msg).c_str());
+  return nullptr;
+}
+
+struct Arr {
+  void* data = nullptr;
+  size_t length = 0;  // elements
+  napi_typedarray_type type = napi_uint8_array;
+  bool present = false;
+};
+
+static bool get_array(napi_env env, napi_value v, Arr* out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok) return false;
+  if (t == napi_null || t == napi_undefined) return true;
+  bool is = false;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return false;
+  napi_value ab;
+  size_t byteOffset;
+  if (napi_get_typedarray_info(env, v, &out->type, &out->length, &out->data, &ab, &byteOffset) != napi_ok) return false;
+  out->present = true;
+  return true;
+}
+
+static bool get_int(napi_env env, napi_value v, int* out) { return napi_get_value_int32(env, v, out) == napi_ok; }
+
+/** The weight view from (kind, data, scale, rows, cols, blockRows, blockCols), checked against the arrays. */
+static bool get_weight(napi_env env, napi_value* argv, WeightView* w, std::string* err) {
+  Arr data, scale;
+  if (!get_int(env, argv[0], &w->kind) || !get_array(env, argv[1], &data) || !get_array(env, argv[2], &scale) ||
+      !get_int(env, argv[3], &w->rows) || !get_int(env, argv[4], &w->cols) || !get_int(env, argv[5], &w->blockRows) ||
+      !get_int(env, argv[6], &w->blockCols)) {
+    *err = "bad weight arguments (kind, data, scale, rows, cols, blockRows, blockCols)";
+    return false;
+  }
+  static const napi_typedarray_type want[] = {napi_float32_array, napi_uint16_array, napi_uint16_array, napi_uint8_array};
+  if (w->kind < 0 || w->kind > 3 || !data.present || data.type != want[w->kind]) {
+    *err = "weight data does not match its kind";
+    return false;
+  }
+  if (w->rows < 0 || w->cols <= 0 || (double)data.length < (double)w->rows * w->cols) {
+    *err = "weight data is shorter than rows * cols";
+    return false;
+  }
+  w->data = data.data;
+  w->scale = nullptr;
+  if (w->kind == W_FP8) {
+    if (w->blockRows <= 0 || w->blockCols <= 0 || !scale.present || scale.type != napi_float32_array) {
+      *err = "an FP8 weight needs positive block sizes and a Float32Array of scales";
+      return false;
+    }
+    const double grid = (double)((w->rows + w->blockRows - 1) / w->blockRows) * ((w->cols + w->blockCols - 1) / w->blockCols);
+    if ((double)scale.length < grid) {
+      *err = "FP8 scale grid is too short";
+      return false;
+    }
+    w->scale = (const float*)scale.data;
+  }
+  return true;
+}
+
+/** A Float32Array argument whose elements [off + lo, off + hi] must exist; returns its data at off. */
+static float* f32_at(napi_env env, napi_value v, int off, double lo, double hi, const char* name, std::string* err) {
+  Arr a;
+  if (!get_array(env, v, &a) || !a.present || a.type != napi_float32_array) {
+    *err = std::string(name) + " must be a Float32Array";
+    return nullptr;
+  }
+  if (off < 0 || (double)off + lo < 0 || (double)off + hi >= (double)a.length) {
+    *err = std::string(name) + " is too short for the product's shape";
+    return nullptr;
+  }
+  return (float*)a.data + off;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Exports
+
+// matmul(kind, data, scale, rows, cols, blockRows, blockCols, x, xOff, xStride, T, y, yOff, yStride, r0, nRows,
+//        groups, rowStep, xStep, yStep)
+static napi_value Matmul(napi_env env, napi_callback_info info) {
+  size_t argc = 20;
+  napi_value argv[20];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  if (argc != 20) return range_error(env, "matmul takes 20 arguments");
+  MatmulArgs a;
+  std::string err;
+  if (!get_weight(env, argv, &a.w, &err)) return range_error(env, err);
+  int xOff, yOff;
+  if (!get_int(env, argv[8], &xOff) || !get_int(env, argv[9], &a.xStride) || !get_int(env, argv[10], &a.T) ||
+      !get_int(env, argv[12], &yOff) || !get_int(env, argv[13], &a.yStride) || !get_int(env, argv[14], &a.r0) ||
+      !get_int(env, argv[15], &a.nRows) || !get_int(env, argv[16], &a.groups) || !get_int(env, argv[17], &a.rowStep) ||
+      !get_int(env, argv[18], &a.xStep) || !get_int(env, argv[19], &a.yStep))
+    return range_error(env, "matmul: integer arguments expected");
+  if (a.T < 0 || a.nRows < 0 || a.groups < 1 || a.r0 < 0 || a.rowStep < 0 || a.xStep < 0 || a.yStep < 0 || a.xStride < 0 || a.yStride < 0)
+    return range_error(env, "matmul: negative size or stride");
+  if (a.T == 0 || a.nRows == 0) return nullptr;
+  const double G = a.groups - 1;
+  if ((double)a.r0 + G * a.rowStep + a.nRows > a.w.rows) return range_error(env, "matmul: rows outside the weight");
+  a.x = f32_at(env, argv[7], xOff, 0, G * a.xStep + (double)(a.T - 1) * a.xStride + a.w.cols - 1, "x", &err);
+  if (!a.x) return range_error(env, err);
+  a.y = f32_at(env, argv[11], yOff, 0, G * a.yStep + (double)(a.T - 1) * a.yStride + a.nRows - 1, "y", &err);
+  if (!a.y) return range_error(env, err);
+  const int quads = (a.nRows + 3) / 4;
+  run_items((ItemFn)K->matmul, &a, a.groups * quads, (double)a.groups * a.nRows * a.w.cols * a.T);
+  return nullptr;
+}
+
+// matmulT(kind, data, scale, rows, cols, blockRows, blockCols, v, vOff, vStride, T, out, outOff, outStride, r0, n,
+//         groups, rowStep, vStep, outStep)
+static napi_value MatmulT(napi_env env, napi_callback_info info) {
+  size_t argc = 20;
+  napi_value argv[20];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  if (argc != 20) return range_error(env, "matmulT takes 20 arguments");
+  MatmulTArgs a;
+  std::string err;
+  if (!get_weight(env, argv, &a.w, &err)) return range_error(env, err);
+  int vOff, outOff;
+  if (!get_int(env, argv[8], &vOff) || !get_int(env, argv[9], &a.vStride) || !get_int(env, argv[10], &a.T) ||
+      !get_int(env, argv[12], &outOff) || !get_int(env, argv[13], &a.outStride) || !get_int(env, argv[14], &a.r0) ||
+      !get_int(env, argv[15], &a.n) || !get_int(env, argv[16], &a.groups) || !get_int(env, argv[17], &a.rowStep) ||
+      !get_int(env, argv[18], &a.vStep) || !get_int(env, argv[19], &a.outStep))
+    return range_error(env, "matmulT: integer arguments expected");
+  if (a.T < 0 || a.n < 0 || a.groups < 1 || a.r0 < 0 || a.rowStep < 0 || a.vStep < 0 || a.outStep < 0 || a.vStride < 0 || a.outStride < 0)
+    return range_error(env, "matmulT: negative size or stride");
+  if (a.T == 0) return nullptr;
+  const double G = a.groups - 1;
+  if ((double)a.r0 + G * a.rowStep + a.n > a.w.rows) return range_error(env, "matmulT: rows outside the weight");
+  a.v = f32_at(env, argv[7], vOff, 0, G * a.vStep + (double)(a.T - 1) * a.vStride + (a.n > 0 ? a.n - 1 : 0), "v", &err);
+  if (!a.v) return range_error(env, err);
+  a.out = f32_at(env, argv[11], outOff, 0, G * a.outStep + (double)(a.T - 1) * a.outStride + a.w.cols - 1, "out", &err);
+  if (!a.out) return range_error(env, err);
+  const int blocks = (a.w.cols + 63) / 64;
+  run_items((ItemFn)K->matmul_t, &a, a.groups * blocks, (double)a.groups * a.n * a.w.cols * a.T);
+  return nullptr;
+}
+
+// attend(qa, qaOff, qaTok, qaHead, lenA, qb, qbOff, qbTok, qbHead, lenB, ka, kaOff, kaPos, kaHead,
+//        kb, kbOff, kbPos, kbHead, val, valOff, valPos, valHead, lenV, out, outOff, outTok, outHead, n, H, start, scale)
+static napi_value Attend(napi_env env, napi_callback_info info) {
+  size_t argc = 31;
+  napi_value argv[31];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  if (argc != 31) return range_error(env, "attend takes 31 arguments");
+  int ints[31] = {0};
+  for (int i : {1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27, 28, 29}) {
+    if (!get_int(env, argv[i], &ints[i]) || ints[i] < 0) return range_error(env, "attend: non-negative integers expected");
+  }
+  double scale;
+  if (napi_get_value_double(env, argv[30], &scale) != napi_ok) return range_error(env, "attend: scale must be a number");
+  AttendArgs a;
+  a.qaTok = ints[2], a.qaHead = ints[3], a.lenA = ints[4];
+  a.qbTok = ints[7], a.qbHead = ints[8], a.lenB = ints[9];
+  a.kaPos = ints[12], a.kaHead = ints[13];
+  a.kbPos = ints[16], a.kbHead = ints[17];
+  a.valPos = ints[20], a.valHead = ints[21], a.lenV = ints[22];
+  a.outTok = ints[25], a.outHead = ints[26];
+  a.n = ints[27], a.H = ints[28], a.start = ints[29];
+  a.scale = (float)scale;
+  if (a.n == 0 || a.H == 0) return nullptr;
+  const double J = a.n - 1, Hm = a.H - 1, P = (double)a.start + a.n - 1;
+  std::string err;
+  a.qa = f32_at(env, argv[0], ints[1], 0, J * a.qaTok + Hm * a.qaHead + a.lenA - 1, "qa", &err);
+  if (!a.qa) return range_error(env, err);
+  if (a.lenB > 0) {
+    a.qb = f32_at(env, argv[5], ints[6], 0, J * a.qbTok + Hm * a.qbHead + a.lenB - 1, "qb", &err);
+    if (!a.qb) return range_error(env, err);
+    a.kb = f32_at(env, argv[14], ints[15], 0, P * a.kbPos + Hm * a.kbHead + a.lenB - 1, "kb", &err);
+    if (!a.kb) return range_error(env, err);
+  } else {
+    a.qb = a.kb = nullptr;
+  }
+  a.ka = f32_at(env, argv[10], ints[11], 0, P * a.kaPos + Hm * a.kaHead + a.lenA - 1, "ka", &err);
+  if (!a.ka) return range_error(env, err);
+  a.val = f32_at(env, argv[18], ints[19], 0, P * a.valPos + Hm * a.valHead + a.lenV - 1, "val", &err);
+  if (!a.val) return range_error(env, err);
+  a.out = f32_at(env, argv[23], ints[24], 0, J * a.outTok + Hm * a.outHead + a.lenV - 1, "out", &err);
+  if (!a.out) return range_error(env, err);
+  const double work = (double)a.n * a.H * (P + 1) * (a.lenA + a.lenB + a.lenV);
+  run_items((ItemFn)K->attend, &a, a.n * a.H, work);
+  return nullptr;
+}
+
+static napi_value str(napi_env env, const char* s) {
+  napi_value v;
+  napi_create_string_utf8(env, s, NAPI_AUTO_LENGTH, &v);
+  return v;
+}
+
+static napi_value Isa(napi_env env, napi_callback_info) { return str(env, K->isa); }
+
+static napi_value SupportedIsas(napi_env env, napi_callback_info) {
+  napi_value arr;
+  napi_create_array(env, &arr);
+  uint32_t i = 0;
+  for (const char* isa : {"avx512", "avx2", "portable"})
+    if (table_for(isa)) napi_set_element(env, arr, i++, str(env, isa));
+  return arr;
+}
+
+// selectIsa(name): use this instruction set from now on (tests and benchmarks compare them).
+static napi_value SelectIsa(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  char buf[32];
+  size_t len = 0;
+  if (argc != 1 || napi_get_value_string_utf8(env, argv[0], buf, sizeof buf, &len) != napi_ok) return range_error(env, "selectIsa(name)");
+  const KernelTable* t = table_for(buf);
+  if (!t) return range_error(env, std::string("instruction set '") + buf + "' is not available on this CPU");
+  K = t;
+  return nullptr;
+}
+
+// setThreads(n[, minWork]): kernel threads for the whole process (the caller is one of them).
+static napi_value SetThreads(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  size_t argc2 = argc;
+  int n;
+  if (argc2 < 1 || !get_int(env, argv[0], &n) || n < 1 || n > 256) return range_error(env, "setThreads(n[, minWork]) takes 1 <= n <= 256");
+  if (argc2 >= 2) {
+    double mw;
+    if (napi_get_value_double(env, argv[1], &mw) != napi_ok || !(mw >= 0)) return range_error(env, "setThreads: minWork must be >= 0");
+    parallelMinWork = mw;
+  }
+  if ((pool == nullptr ? 1 : pool->threads()) == n) return nullptr;
+  std::lock_guard<std::mutex> l(poolBusy);
+  delete pool;
+  pool = n > 1 ? new Pool(n) : nullptr;
+  return nullptr;
+}
+
+static napi_value Threads(napi_env env, napi_callback_info) {
+  napi_value v;
+  napi_create_int32(env, pool == nullptr ? 1 : pool->threads(), &v);
+  return v;
+}
+
+static napi_value WorkerChunks(napi_env env, napi_callback_info) {
+  napi_value v;
+  napi_create_double(env, pool == nullptr ? 0 : pool->workerChunks(), &v);
+  return v;
+}
+
+static napi_value Init(napi_env env, napi_value exports) {
+  const napi_property_descriptor props[] = {
+      {"matmul", nullptr, Matmul, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"matmulT", nullptr, MatmulT, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"attend", nullptr, Attend, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"isa", nullptr, Isa, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"supportedIsas", nullptr, SupportedIsas, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"selectIsa", nullptr, SelectIsa, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"setThreads", nullptr, SetThreads, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"workerChunks", nullptr, WorkerChunks, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"threads", nullptr, Threads, nullptr, nullptr, nullptr, napi_default, nullptr},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)

@@ -1,0 +1,56 @@
+/**
+ * The native kernels, when they built (see README.md): `nativeKernels` is the addon, or null with
+ * `nativeLoadError` saying why not. Nothing here throws at import, so a machine without a compiler still runs.
+ */
+import { createRequire } from "node:module";
+
+/** The addon's functions; argument lists mirror the structs in src/kernels.h, bounds are checked natively. */
+export interface NativeKernels {
+  /** y[t, i] = sum_c w[r0 + i, c] x[t, c] per group g (rows r0 + g*rowStep, x at g*xStep, y at g*yStep). */
+  matmul(
+    kind: number, data: Float32Array | Uint16Array | Uint8Array, scale: Float32Array | null, rows: number, cols: number, blockRows: number, blockCols: number,
+    x: Float32Array, xOff: number, xStride: number, T: number, y: Float32Array, yOff: number, yStride: number, r0: number, nRows: number,
+    groups: number, rowStep: number, xStep: number, yStep: number,
+  ): void;
+  /** out[t, c] = sum_{i<n} v[t, i] w[r0 + i, c] per group g (the product with w transposed). */
+  matmulT(
+    kind: number, data: Float32Array | Uint16Array | Uint8Array, scale: Float32Array | null, rows: number, cols: number, blockRows: number, blockCols: number,
+    v: Float32Array, vOff: number, vStride: number, T: number, out: Float32Array, outOff: number, outStride: number, r0: number, n: number,
+    groups: number, rowStep: number, vStep: number, outStep: number,
+  ): void;
+  /** Causal softmax attention of n tokens x H heads over positions [0, start + j]; see AttendArgs in kernels.h. */
+  attend(
+    qa: Float32Array, qaOff: number, qaTok: number, qaHead: number, lenA: number,
+    qb: Float32Array, qbOff: number, qbTok: number, qbHead: number, lenB: number,
+    ka: Float32Array, kaOff: number, kaPos: number, kaHead: number,
+    kb: Float32Array, kbOff: number, kbPos: number, kbHead: number,
+    val: Float32Array, valOff: number, valPos: number, valHead: number, lenV: number,
+    out: Float32Array, outOff: number, outTok: number, outHead: number,
+    n: number, H: number, start: number, scale: number,
+  ): void;
+  /** The instruction set in use: "avx512", "avx2" or "portable". */
+  isa(): string;
+  supportedIsas(): string[];
+  selectIsa(isa: string): void;
+  /**
+   * Kernel threads (the caller counts as one), process-wide. minWork: the smallest product (multiply-adds)
+   * split across threads, default 65536 (tests pass 0 to split everything).
+   */
+  setThreads(n: number, minWork?: number): void;
+  threads(): number;
+  /** Chunks computed by the pool's workers so far (not by callers). */
+  workerChunks(): number;
+}
+
+export let nativeLoadError: Error | null = null;
+
+function load(): NativeKernels | null {
+  try {
+    return createRequire(import.meta.url)("../build/Release/moela_kernels.node") as NativeKernels;
+  } catch (err) {
+    nativeLoadError = err instanceof Error ? err : new Error(String(err));
+    return null;
+  }
+}
+
+export const nativeKernels: NativeKernels | null = load();

@@ -1,0 +1,7 @@
+// The kernels for avx512 (compile flags in binding.gyp). See kernels-impl.h.
+#define MOELA_ISA_NS isa_avx512
+#define MOELA_ISA_AVX512 1
+#include "kernels-impl.h"
+
+static const KernelTable TABLE = {"avx512", isa_avx512::matmul, isa_avx512::matmul_t, isa_avx512::attend};
+const KernelTable* moela_kernels_avx512() { return &TABLE; }

@@ -1,0 +1,7 @@
+// The kernels for portable (compile flags in binding.gyp). See kernels-impl.h.
+#define MOELA_ISA_NS isa_portable
+// portable: plain C, no -m flags
+#include "kernels-impl.h"
+
+static const KernelTable TABLE = {"portable", isa_portable::matmul, isa_portable::matmul_t, isa_portable::attend};
+const KernelTable* moela_kernels_portable() { return &TABLE; }

@@ -1,0 +1,334 @@
+// The kernels, written once over simd.h and compiled once per instruction set (isa-*.cc).
+//
+// Numerics (the contract the engine's invariance tests rest on): an output element is computed from its own
+// weight row and input row only, by the same sequence of operations whatever the batch, the tile it falls in,
+// the thread that computes it or the instruction set:
+//   matmul: lane j of 16 accumulates w[c] * x[c] for c = j mod 16 by fused multiply-add, c ascending. An FP8
+//           weight accumulates each 128-column scale block into fresh lanes p, then acc = fma(p, scale, acc);
+//           the lanes are summed by vsum's fixed tree. Rows and tokens beyond the edge of a tile are padded
+//           with copies of real ones, never mixed into real results.
+//   matmul_t: out[c] accumulates v[i] * w[i, c] by fused multiply-add, i ascending (FP8: w = code * scale).
+//   attend: scores by 16-lane dots, softmax in float with the max subtracted and the sum in double, the
+//           weighted sum of values by fused multiply-add over positions ascending, then one multiply by 1/z.
+#pragma once
+#include "kernels.h"
+#include "simd.h"
+#include <stdlib.h>
+
+namespace MOELA_ISA_NS {
+
+MOELA_INLINE int imin(int a, int b) { return a < b ? a : b; }
+
+/** 16 weights of kind K at element offset `off`, widened to float32 (FP8: code * 2^-8, see simd.h). */
+template <int K>
+MOELA_INLINE V wload(const void* base, size_t off) {
+  if (K == W_F32) return vload((const float*)base + off);
+  if (K == W_BF16) return vload_bf16((const uint16_t*)base + off);
+  if (K == W_F16) return vload_f16((const uint16_t*)base + off);
+  return vload_e4m3((const uint8_t*)base + off);
+}
+template <int K>
+MOELA_INLINE V wload_n(const void* base, size_t off, int n) {
+  if (K == W_F32) return vload_n((const float*)base + off, n);
+  if (K == W_BF16) return vload_bf16_n((const uint16_t*)base + off, n);
+  if (K == W_F16) return vload_f16_n((const uint16_t*)base + off, n);
+  return vload_e4m3_n((const uint8_t*)base + off, n);
+}
+
+/** Grow-only scratch owned by the calling thread (never freed: one per kernel thread, reused forever). */
+struct Scratch {
+  float* p;
+  size_t n;
+};
+static float* scratch(Scratch* s, size_t n) {
+  if (s->n < n) {
+    free(s->p);
+    s->p = (float*)malloc(n * sizeof(float));
+    s->n = s->p ? n : 0;
+    if (!s->p) abort();
+  }
+  return s->p;
+}
+static thread_local Scratch panelScratch = {nullptr, 0};
+static thread_local Scratch scoreScratch = {nullptr, 0};
+
+/** a[r][t] += w_r[c..c1) * x_t[c..c1), 16 lanes, c ascending. */
+template <int K, int RB, int TB>
+MOELA_INLINE void dot_span(V (&a)[RB][TB], const void* w, const size_t* rowOff, const float* const* xs, int c, int c1) {
+  if (K == W_FP8) {
+    // Two vectors of codes per step (decoding 32 at once is cheaper); the same operations in the same order.
+    for (; c + 32 <= c1; c += 32) {
+      V lo[RB], hi[RB];
+      for (int r = 0; r < RB; r++) vload2_e4m3((const uint8_t*)w + rowOff[r] + c, &lo[r], &hi[r]);
+      for (int t = 0; t < TB; t++) {
+        const V xv = vload(xs[t] + c);
+        for (int r = 0; r < RB; r++) a[r][t] = vfma(lo[r], xv, a[r][t]);
+      }
+      for (int t = 0; t < TB; t++) {
+        const V xv = vload(xs[t] + c + 16);
+        for (int r = 0; r < RB; r++) a[r][t] = vfma(hi[r], xv, a[r][t]);
+      }
+    }
+  }
+  for (; c + 16 <= c1; c += 16) {
+    V wv[RB];
+    for (int r = 0; r < RB; r++) wv[r] = wload<K>(w, rowOff[r] + c);
+    for (int t = 0; t < TB; t++) {
+      const V xv = vload(xs[t] + c);
+      for (int r = 0; r < RB; r++) a[r][t] = vfma(wv[r], xv, a[r][t]);
+    }
+  }
+  if (c < c1) {
+    const int n = c1 - c;
+    V wv[RB];
+    for (int r = 0; r < RB; r++) wv[r] = wload_n<K>(w, rowOff[r] + c, n);
+    for (int t = 0; t < TB; t++) {
+      const V xv = vload_n(xs[t] + c, n);
+      for (int r = 0; r < RB; r++) a[r][t] = vfma(wv[r], xv, a[r][t]);
+    }
+  }
+}
+
+/**
+ * out[r * TB + t] = row r . token t for RB rows and TB tokens. SCALED: per block of bcols columns, the block's
+ * partial lanes times the row's scale for that block (scl[r][block]).
+ */
+template <int K, bool SCALED, int RB, int TB>
+static void tile(const void* w, const size_t* rowOff, int cols, int bcols, const float* const* scl, const float* const* xs, float* out) {
+  V acc[RB][TB];
+  for (int r = 0; r < RB; r++)
+    for (int t = 0; t < TB; t++) acc[r][t] = vzero();
+  if (!SCALED) {
+    dot_span<K, RB, TB>(acc, w, rowOff, xs, 0, cols);
+  } else {
+    for (int c0 = 0, b = 0; c0 < cols; c0 += bcols, b++) {
+      V p[RB][TB];
+      for (int r = 0; r < RB; r++)
+        for (int t = 0; t < TB; t++) p[r][t] = vzero();
+      dot_span<K, RB, TB>(p, w, rowOff, xs, c0, imin(cols, c0 + bcols));
+      for (int r = 0; r < RB; r++) {
+        const V s = vset1(scl[r][b] * E4M3_UNSCALE);
+        for (int t = 0; t < TB; t++) acc[r][t] = vfma(p[r][t], s, acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < RB; r++)
+    for (int t = 0; t < TB; t++) out[r * TB + t] = vsum(acc[r][t]);
+}
+
+typedef void (*TileFn)(const void*, const size_t*, int, int, const float* const*, const float* const*, float*);
+
+template <int K, bool SCALED>
+static TileFn tile_for(int tb) {
+  switch (tb) {
+    case 1: return tile<K, SCALED, 4, 1>;
+    case 2: return tile<K, SCALED, 4, 2>;
+    case 3: return tile<K, SCALED, 4, 3>;
+    default: return tile<K, SCALED, 4, 4>;
+  }
+}
+
+/** Tokens per block that share one decoded weight panel (their inputs stay in L2 while the rows stream by). */
+static const int TOKEN_BLOCK = 32;
+
+/** One weight row widened to float32 (FP8: code * 2^-8, not scaled): the same values the fused loads give. */
+template <int K>
+static void widen_row_kind(const void* data, size_t off, int cols, float* out) {
+  int c = 0;
+  for (; c + 16 <= cols; c += 16) vstore(out + c, wload<K>(data, off + c));
+  if (c < cols) vstore_n(out + c, wload_n<K>(data, off + c, cols - c), cols - c);
+}
+static void widen_row(int kind, const void* data, size_t off, int cols, float* out) {
+  switch (kind) {
+    case W_BF16: widen_row_kind<W_BF16>(data, off, cols, out); break;
+    case W_F16: widen_row_kind<W_F16>(data, off, cols, out); break;
+    case W_FP8: widen_row_kind<W_FP8>(data, off, cols, out); break;
+    default: widen_row_kind<W_F32>(data, off, cols, out); break;
+  }
+}
+
+static void matmul(const MatmulArgs* a, int i0, int i1) {
+  const WeightView& w = a->w;
+  const int cols = w.cols;
+  const int quads = (a->nRows + 3) / 4;
+  const bool fp8 = w.kind == W_FP8;
+  const int scaleCols = fp8 ? (cols + w.blockCols - 1) / w.blockCols : 0;
+  const int bcols = fp8 ? w.blockCols : cols;
+  // Token blocks outside, row quads inside: a block's inputs stay in cache while the thread's rows stream by.
+  for (int tb0 = 0; tb0 < a->T; tb0 += TOKEN_BLOCK) {
+    const int tb1 = imin(a->T, tb0 + TOKEN_BLOCK);
+    // Many tokens: widen the four rows once into a float panel, then every token tile reads the panel.
+    const bool panel = w.kind != W_F32 && tb1 - tb0 > 4;
+    for (int item = i0; item < i1; item++) {
+      const int g = item / quads;
+      const int i = (item % quads) * 4;
+      const int nr = imin(4, a->nRows - i);
+      const float* x = a->x + (size_t)g * a->xStep;
+      float* y = a->y + (size_t)g * a->yStep;
+      size_t off[4];
+      const float* scl[4];
+      for (int k = 0; k < 4; k++) {
+        const int r = a->r0 + g * a->rowStep + i + imin(k, nr - 1);  // padding rows repeat the last real row
+        off[k] = (size_t)r * cols;
+        scl[k] = fp8 ? w.scale + (size_t)(r / w.blockRows) * scaleCols : nullptr;
+      }
+      const void* src = w.data;
+      if (panel) {
+        float* p = scratch(&panelScratch, (size_t)4 * cols);
+        for (int k = 0; k < 4; k++) {
+          widen_row(w.kind, w.data, off[k], cols, p + (size_t)k * cols);
+          off[k] = (size_t)k * cols;
+        }
+        src = p;
+      }
+      for (int t0 = tb0; t0 < tb1; t0 += 4) {
+        const int tb = imin(4, tb1 - t0);
+        const float* xs[4];
+        for (int k = 0; k < tb; k++) xs[k] = x + (size_t)(t0 + k) * a->xStride;
+        TileFn fn;
+        if (panel) fn = fp8 ? tile_for<W_F32, true>(tb) : tile_for<W_F32, false>(tb);
+        else {
+          switch (w.kind) {
+            case W_F32: fn = tile_for<W_F32, false>(tb); break;
+            case W_BF16: fn = tile_for<W_BF16, false>(tb); break;
+            case W_F16: fn = tile_for<W_F16, false>(tb); break;
+            default: fn = tile_for<W_FP8, true>(tb); break;
+          }
+        }
+        float out[16];
+        fn(src, off, cols, bcols, scl, xs, out);
+        for (int k = 0; k < nr; k++)
+          for (int t = 0; t < tb; t++) y[(size_t)(t0 + t) * a->yStride + i + k] = out[k * tb + t];
+      }
+    }
+  }
+}
+
+/** 16 columns of weight row r from column c (n of them), dequantized: FP8 times its block's scale. */
+template <int K>
+MOELA_INLINE V wrow(const WeightView& w, int r, int c, int n, int scaleCols) {
+  const size_t off = (size_t)r * w.cols + c;
+  V v = n == 16 ? wload<K>(w.data, off) : wload_n<K>(w.data, off, n);
+  if (K == W_FP8) {
+    const float* srow = w.scale + (size_t)(r / w.blockRows) * scaleCols;
+    const int b0 = c / w.blockCols;
+    if ((c + n - 1) / w.blockCols == b0) {
+      v = vmul(v, vset1(srow[b0] * E4M3_UNSCALE));
+    } else {
+      float s[16];
+      for (int j = 0; j < 16; j++) s[j] = srow[imin(c + j, c + n - 1) / w.blockCols] * E4M3_UNSCALE;
+      v = vmul(v, vload(s));
+    }
+  }
+  return v;
+}
+
+template <int K>
+static void matmul_t_kind(const MatmulTArgs* a, int i0, int i1) {
+  const WeightView& w = a->w;
+  const int cols = w.cols;
+  const int blocks = (cols + 63) / 64;
+  const int scaleCols = K == W_FP8 ? (cols + w.blockCols - 1) / w.blockCols : 0;
+  for (int item = i0; item < i1; item++) {
+    const int g = item / blocks;
+    const int c0 = (item % blocks) * 64;
+    const int nv = imin(4, (cols - c0 + 15) / 16);  // vectors in this block
+    const int r0 = a->r0 + g * a->rowStep;
+    const float* v = a->v + (size_t)g * a->vStep;
+    float* out = a->out + (size_t)g * a->outStep;
+    for (int t0 = 0; t0 < a->T; t0 += 4) {
+      const int tb = imin(4, a->T - t0);
+      V acc[4][4];
+      for (int k = 0; k < 4; k++)
+        for (int t = 0; t < 4; t++) acc[k][t] = vzero();
+      for (int i = 0; i < a->n; i++) {
+        V wv[4];
+        for (int k = 0; k < nv; k++) wv[k] = wrow<K>(w, r0 + i, c0 + 16 * k, imin(16, cols - c0 - 16 * k), scaleCols);
+        for (int t = 0; t < tb; t++) {
+          const V s = vset1(v[(size_t)(t0 + t) * a->vStride + i]);
+          for (int k = 0; k < nv; k++) acc[k][t] = vfma(s, wv[k], acc[k][t]);
+        }
+      }
+      for (int t = 0; t < tb; t++)
+        for (int k = 0; k < nv; k++) {
+          float* o = out + (size_t)(t0 + t) * a->outStride + c0 + 16 * k;
+          const int n = imin(16, cols - c0 - 16 * k);
+          if (n == 16) vstore(o, acc[k][t]);
+          else vstore_n(o, acc[k][t], n);
+        }
+    }
+  }
+}
+
+static void matmul_t(const MatmulTArgs* a, int i0, int i1) {
+  switch (a->w.kind) {
+    case W_F32: matmul_t_kind<W_F32>(a, i0, i1); break;
+    case W_BF16: matmul_t_kind<W_BF16>(a, i0, i1); break;
+    case W_F16: matmul_t_kind<W_F16>(a, i0, i1); break;
+    default: matmul_t_kind<W_FP8>(a, i0, i1); break;
+  }
+}
+
+/** a . b over len floats: 16 lanes, then vsum. */
+MOELA_INLINE float dot(const float* a, const float* b, int len) {
+  V acc = vzero();
+  int c = 0;
+  for (; c + 16 <= len; c += 16) acc = vfma(vload(a + c), vload(b + c), acc);
+  if (c < len) acc = vfma(vload_n(a + c, len - c), vload_n(b + c, len - c), acc);
+  return vsum(acc);
+}
+
+/** Values per pass of the weighted sum: 8 vectors stay in registers while the positions stream by. */
+static const int VAL_CHUNK = 128;
+
+static void attend(const AttendArgs* a, int i0, int i1) {
+  for (int item = i0; item < i1; item++) {
+    const int j = item / a->H;
+    const int h = item % a->H;
+    const int upto = a->start + j + 1;  // causal: positions [0, upto)
+    const float* qa = a->qa + (size_t)j * a->qaTok + (size_t)h * a->qaHead;
+    const float* qb = a->qb + (size_t)j * a->qbTok + (size_t)h * a->qbHead;
+    const float* ka = a->ka + (size_t)h * a->kaHead;
+    const float* kb = a->kb + (size_t)h * a->kbHead;
+    const float* val = a->val + (size_t)h * a->valHead;
+    float* out = a->out + (size_t)j * a->outTok + (size_t)h * a->outHead;
+    float* s = scratch(&scoreScratch, (size_t)upto);
+    float m = -INFINITY;
+    for (int p = 0; p < upto; p++) {
+      float sc = dot(qa, ka + (size_t)p * a->kaPos, a->lenA);
+      if (a->lenB > 0) sc = sc + dot(qb, kb + (size_t)p * a->kbPos, a->lenB);
+      sc = sc * a->scale;
+      s[p] = sc;
+      if (sc > m) m = sc;
+    }
+    double z = 0;
+    for (int p = 0; p < upto; p++) {
+      const float e = expf(s[p] - m);
+      s[p] = e;
+      z += e;
+    }
+    const V inv = vset1((float)(1.0 / z));
+    for (int c0 = 0; c0 < a->lenV; c0 += VAL_CHUNK) {
+      const int nc = imin(VAL_CHUNK, a->lenV - c0);
+      const int nv = (nc + 15) / 16;
+      V acc[VAL_CHUNK / 16];
+      for (int k = 0; k < nv; k++) acc[k] = vzero();
+      for (int p = 0; p < upto; p++) {
+        const V e = vset1(s[p]);
+        const float* vp = val + (size_t)p * a->valPos + c0;
+        for (int k = 0; k < nv; k++) {
+          const int n = imin(16, nc - 16 * k);
+          acc[k] = vfma(e, n == 16 ? vload(vp + 16 * k) : vload_n(vp + 16 * k, n), acc[k]);
+        }
+      }
+      for (int k = 0; k < nv; k++) {
+        const int n = imin(16, nc - 16 * k);
+        const V r = vmul(acc[k], inv);
+        if (n == 16) vstore(out + c0 + 16 * k, r);
+        else vstore_n(out + c0 + 16 * k, r, n);
+      }
+    }
+  }
+}
+
+}  // namespace MOELA_ISA_NS

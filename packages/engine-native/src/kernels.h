@@ -1,0 +1,72 @@
+// The plain-C boundary between the addon (addon.cc: N-API, threads, ISA choice) and the kernels compiled once
+// per instruction set (isa-*.cc over kernels-impl.h). Only POD types cross it.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+enum WeightKind { W_F32 = 0, W_BF16 = 1, W_F16 = 2, W_FP8 = 3 };
+
+/** A linear weight [rows, cols] in its checkpoint format; scale is the FP8 block-scale grid or null. */
+struct WeightView {
+  int kind;
+  const void* data;
+  const float* scale;  // [ceil(rows/blockRows), ceil(cols/blockCols)] for W_FP8
+  int rows, cols, blockRows, blockCols;
+};
+
+/**
+ * y[t, i] = sum_c w[r0 + i, c] * x[t, c] for t < T and i < nRows, for each of `groups` groups g, whose rows
+ * start at r0 + g * rowStep, inputs at x + g * xStep and outputs at y + g * yStep (heads of kv_b_proj).
+ */
+struct MatmulArgs {
+  WeightView w;
+  const float* x;
+  int xStride, T;
+  float* y;
+  int yStride, r0, nRows;
+  int groups, rowStep, xStep, yStep;
+};
+
+/**
+ * out[t, c] = sum_{i < n} v[t, i] * w[r0 + i, c] for t < T and c < w.cols (the product with w transposed), per
+ * group g with rows from r0 + g * rowStep, v from v + g * vStep and out from out + g * outStep.
+ */
+struct MatmulTArgs {
+  WeightView w;
+  const float* v;
+  int vStride, T;
+  float* out;
+  int outStride, r0, n;
+  int groups, rowStep, vStep, outStep;
+};
+
+/**
+ * Causal attention of n query tokens (positions start .. start+n-1) of one sequence, H heads each:
+ *   s_p = (qa . ka_p + qb . kb_p) * scale for p <= start + j,  out = sum_p softmax(s)_p * val_p.
+ * Pointers are at token 0 / position 0 / head 0; strides are in floats.
+ */
+struct AttendArgs {
+  const float* qa; int qaTok, qaHead, lenA;
+  const float* qb; int qbTok, qbHead, lenB;
+  const float* ka; int kaPos, kaHead;
+  const float* kb; int kbPos, kbHead;
+  const float* val; int valPos, valHead, lenV;
+  float* out; int outTok, outHead;
+  int n, H, start;
+  float scale;
+};
+
+/** One instruction set's kernels. Each computes the items [i0, i1) of its product; threads split the items. */
+struct KernelTable {
+  const char* isa;
+  /** Items: groups * ceil(nRows / 4) row quads. */
+  void (*matmul)(const MatmulArgs* a, int i0, int i1);
+  /** Items: groups * ceil(cols / 64) column blocks. */
+  void (*matmul_t)(const MatmulTArgs* a, int i0, int i1);
+  /** Items: n * H (token, head) pairs. */
+  void (*attend)(const AttendArgs* a, int i0, int i1);
+};
+
+const KernelTable* moela_kernels_avx512();
+const KernelTable* moela_kernels_avx2();
+const KernelTable* moela_kernels_portable();

@@ -1,0 +1,227 @@
+// Sixteen float32 lanes, three ways: AVX-512 (one zmm), AVX2 (two ymm) and portable C (an array and fmaf).
+//
+// Every kernel in kernels-impl.h is written once against this interface, so the three instruction sets run
+// the same arithmetic in the same order: lane j of an accumulator takes the elements whose index is j mod 16,
+// each multiply-add is one fused multiply-add (one rounding), and lanes are summed by one fixed tree
+// (lanes.h). That is what makes a process on an AVX2 machine give the same bits as one on an AVX-512 machine.
+//
+// This header is compiled into several translation units with different -m flags. Everything in it lives in
+// the namespace MOELA_ISA_NS and is static inline, so no inline function compiled for AVX-512 can be merged
+// by the linker into code that runs on a machine without it.
+#pragma once
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+#if defined(MOELA_ISA_AVX512) || defined(MOELA_ISA_AVX2)
+#include <immintrin.h>
+#endif
+
+namespace MOELA_ISA_NS {
+
+#define MOELA_INLINE static inline __attribute__((always_inline))
+
+// e4m3fn -> float32, 2^8 times too small: the byte shifted into a float16 (sign to bit 15, the 7 exponent and
+// mantissa bits to bits 7..13) is exactly e4m3 * 2^-8, subnormals included, and the hardware widens float16
+// to float32 in one instruction. Kernels multiply each block scale by 256 instead (exact: a power of two), so
+// products and sums are the same values as with the true weights, only 2^8 smaller until the scale is applied.
+// The NaN codes 0x7f/0xff decode as +-480 (no released checkpoint holds them).
+static const float E4M3_UNSCALE = 256.0f;
+static const float E4M3_PORTABLE_RESCALE = 5.192296858534828e+33f;  // 2^112: float32 bits of (code << 20) -> code * 2^-8
+
+#if defined(MOELA_ISA_AVX512)
+
+struct V {
+  __m512 v;
+};
+MOELA_INLINE V vzero() { return {_mm512_setzero_ps()}; }
+MOELA_INLINE V vset1(float a) { return {_mm512_set1_ps(a)}; }
+MOELA_INLINE V vload(const float* p) { return {_mm512_loadu_ps(p)}; }
+MOELA_INLINE __mmask16 tailmask(int n) { return (__mmask16)((1u << n) - 1u); }
+MOELA_INLINE V vload_n(const float* p, int n) { return {_mm512_maskz_loadu_ps(tailmask(n), p)}; }
+MOELA_INLINE void vstore(float* p, V a) { _mm512_storeu_ps(p, a.v); }
+MOELA_INLINE void vstore_n(float* p, V a, int n) { _mm512_mask_storeu_ps(p, tailmask(n), a.v); }
+MOELA_INLINE V vfma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+MOELA_INLINE V vmul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }
+MOELA_INLINE V vadd(V a, V b) { return {_mm512_add_ps(a.v, b.v)}; }
+MOELA_INLINE V bf16_from_u32(__m512i w) { return {_mm512_castsi512_ps(_mm512_slli_epi32(w, 16))}; }
+MOELA_INLINE V vload_bf16(const uint16_t* p) {
+  return bf16_from_u32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)));
+}
+MOELA_INLINE V vload_bf16_n(const uint16_t* p, int n) {
+  return bf16_from_u32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(tailmask(n), p)));
+}
+MOELA_INLINE V vload_f16(const uint16_t* p) { return {_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p))}; }
+MOELA_INLINE V vload_f16_n(const uint16_t* p, int n) { return {_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tailmask(n), p))}; }
+/** 16-bit lanes holding e4m3 bytes -> the float16 bits of code * 2^-8 (see E4M3_UNSCALE). */
+MOELA_INLINE __m256i e4m3_f16_256(__m256i w) {
+  return _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(w, 8), 1), _mm256_set1_epi16((short)0xBFFF));
+}
+MOELA_INLINE V vload_e4m3(const uint8_t* p) {
+  return {_mm512_cvtph_ps(e4m3_f16_256(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p))))};
+}
+MOELA_INLINE V vload_e4m3_n(const uint8_t* p, int n) {
+  return {_mm512_cvtph_ps(e4m3_f16_256(_mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(tailmask(n), p))))};
+}
+/** 32 codes at once: the integer steps run on 32 lanes of one register. */
+MOELA_INLINE void vload2_e4m3(const uint8_t* p, V* lo, V* hi) {
+  __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)p));
+  w = _mm512_and_si512(_mm512_srai_epi16(_mm512_slli_epi16(w, 8), 1), _mm512_set1_epi16((short)0xBFFF));
+  lo->v = _mm512_cvtph_ps(_mm512_castsi512_si256(w));
+  hi->v = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(w, 1));
+}
+
+#elif defined(MOELA_ISA_AVX2)
+
+struct V {
+  __m256 lo, hi;  // lanes 0..7, 8..15
+};
+MOELA_INLINE V vzero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+MOELA_INLINE V vset1(float a) { return {_mm256_set1_ps(a), _mm256_set1_ps(a)}; }
+MOELA_INLINE V vload(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+MOELA_INLINE V vload_n(const float* p, int n) {
+  float t[16] = {0};
+  memcpy(t, p, (size_t)n * 4);
+  return vload(t);
+}
+MOELA_INLINE void vstore(float* p, V a) {
+  _mm256_storeu_ps(p, a.lo);
+  _mm256_storeu_ps(p + 8, a.hi);
+}
+MOELA_INLINE void vstore_n(float* p, V a, int n) {
+  float t[16];
+  vstore(t, a);
+  memcpy(p, t, (size_t)n * 4);
+}
+MOELA_INLINE V vfma(V a, V b, V c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+MOELA_INLINE V vmul(V a, V b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
+MOELA_INLINE V vadd(V a, V b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
+MOELA_INLINE __m256 bf16x8(__m128i w) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(w), 16)); }
+MOELA_INLINE V vload_bf16(const uint16_t* p) {
+  return {bf16x8(_mm_loadu_si128((const __m128i*)p)), bf16x8(_mm_loadu_si128((const __m128i*)(p + 8)))};
+}
+MOELA_INLINE V vload_bf16_n(const uint16_t* p, int n) {
+  uint16_t t[16] = {0};
+  memcpy(t, p, (size_t)n * 2);
+  return vload_bf16(t);
+}
+MOELA_INLINE V vload_f16(const uint16_t* p) {
+  return {_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + 8)))};
+}
+MOELA_INLINE V vload_f16_n(const uint16_t* p, int n) {
+  uint16_t t[16] = {0};
+  memcpy(t, p, (size_t)n * 2);
+  return vload_f16(t);
+}
+MOELA_INLINE V vload_e4m3(const uint8_t* p) {
+  __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p));
+  w = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(w, 8), 1), _mm256_set1_epi16((short)0xBFFF));
+  return {_mm256_cvtph_ps(_mm256_castsi256_si128(w)), _mm256_cvtph_ps(_mm256_extracti128_si256(w, 1))};
+}
+MOELA_INLINE V vload_e4m3_n(const uint8_t* p, int n) {
+  uint8_t t[16] = {0};
+  memcpy(t, p, (size_t)n);
+  return vload_e4m3(t);
+}
+
+#else  // portable
+
+struct V {
+  float v[16];
+};
+MOELA_INLINE V vzero() {
+  V r;
+  for (int j = 0; j < 16; j++) r.v[j] = 0.0f;
+  return r;
+}
+MOELA_INLINE V vset1(float a) {
+  V r;
+  for (int j = 0; j < 16; j++) r.v[j] = a;
+  return r;
+}
+MOELA_INLINE V vload(const float* p) {
+  V r;
+  memcpy(r.v, p, 64);
+  return r;
+}
+MOELA_INLINE V vload_n(const float* p, int n) {
+  V r = vzero();
+  memcpy(r.v, p, (size_t)n * 4);
+  return r;
+}
+MOELA_INLINE void vstore(float* p, V a) { memcpy(p, a.v, 64); }
+MOELA_INLINE void vstore_n(float* p, V a, int n) { memcpy(p, a.v, (size_t)n * 4); }
+MOELA_INLINE V vfma(V a, V b, V c) {
+  V r;
+  for (int j = 0; j < 16; j++) r.v[j] = fmaf(a.v[j], b.v[j], c.v[j]);
+  return r;
+}
+MOELA_INLINE V vmul(V a, V b) {
+  V r;
+  for (int j = 0; j < 16; j++) r.v[j] = a.v[j] * b.v[j];
+  return r;
+}
+MOELA_INLINE V vadd(V a, V b) {
+  V r;
+  for (int j = 0; j < 16; j++) r.v[j] = a.v[j] + b.v[j];
+  return r;
+}
+MOELA_INLINE float bits_to_f32(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+MOELA_INLINE V vload_bf16_n(const uint16_t* p, int n) {
+  V r = vzero();
+  for (int j = 0; j < n; j++) r.v[j] = bits_to_f32((uint32_t)p[j] << 16);
+  return r;
+}
+MOELA_INLINE V vload_bf16(const uint16_t* p) { return vload_bf16_n(p, 16); }
+MOELA_INLINE float f16_to_f32(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+  const int exp = (h >> 10) & 0x1f;
+  const uint32_t mant = h & 0x3ff;
+  if (exp == 0x1f) return bits_to_f32(sign | 0x7f800000u | (mant << 13));
+  if (exp == 0) {
+    const float m = ldexpf((float)mant, -24);
+    return sign ? -m : m;
+  }
+  return bits_to_f32(sign | ((uint32_t)(exp - 15 + 127) << 23) | (mant << 13));
+}
+MOELA_INLINE V vload_f16_n(const uint16_t* p, int n) {
+  V r = vzero();
+  for (int j = 0; j < n; j++) r.v[j] = f16_to_f32(p[j]);
+  return r;
+}
+MOELA_INLINE V vload_f16(const uint16_t* p) { return vload_f16_n(p, 16); }
+MOELA_INLINE V vload_e4m3_n(const uint8_t* p, int n) {
+  V r = vzero();
+  for (int j = 0; j < n; j++) {
+    const uint32_t b = p[j];
+    r.v[j] = bits_to_f32(((b & 0x80u) << 24) | ((b & 0x7fu) << 20)) * E4M3_PORTABLE_RESCALE;
+  }
+  return r;
+}
+MOELA_INLINE V vload_e4m3(const uint8_t* p) { return vload_e4m3_n(p, 16); }
+
+#endif
+
+#if !defined(MOELA_ISA_AVX512)
+MOELA_INLINE void vload2_e4m3(const uint8_t* p, V* lo, V* hi) {
+  *lo = vload_e4m3(p);
+  *hi = vload_e4m3(p + 16);
+}
+#endif
+
+// The one lane reduction: (l_j + l_{j+8}), then halves again, to one value. Fixed, so identical on every ISA.
+MOELA_INLINE float vsum(V a) {
+  float t[16];
+  vstore(t, a);
+  for (int j = 0; j < 8; j++) t[j] = t[j] + t[j + 8];
+  for (int j = 0; j < 4; j++) t[j] = t[j] + t[j + 4];
+  t[0] = t[0] + t[2];
+  t[1] = t[1] + t[3];
+  return t[0] + t[1];
+}
+
+}  // namespace MOELA_ISA_NS

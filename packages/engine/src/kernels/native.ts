@@ -1,0 +1,60 @@
+/**
+ * The `fast` backend: the native kernels of @moela/engine-native (AVX-512, AVX2 or portable C, chosen at load
+ * time), with float32 fused multiply-add accumulation in a fixed lane order and a process-wide thread pool.
+ */
+import { nativeKernels, nativeLoadError, type NativeKernels } from "@moela/engine-native";
+import type { WeightMatrix } from "../tensor/matrix.js";
+import type { GroupedMatmulFn, KernelBackend } from "./types.js";
+
+const KIND = { f32: 0, bf16: 1, f16: 2, fp8: 3 } as const;
+
+function scaleOf(w: WeightMatrix): Float32Array | null {
+  return w.kind === "fp8" ? w.scaleInv : null;
+}
+function blockRows(w: WeightMatrix): number {
+  return w.kind === "fp8" ? w.blockRows : 0;
+}
+function blockCols(w: WeightMatrix): number {
+  return w.kind === "fp8" ? w.blockCols : 0;
+}
+
+function makeFast(n: NativeKernels): KernelBackend {
+  const matmul: GroupedMatmulFn = (w, x, T, y, l) => {
+    const nRows = l?.nRows ?? w.rows;
+    const yStride = l?.yStride === undefined || l.yStride < 0 ? nRows : l.yStride;
+    n.matmul(
+      KIND[w.kind], w.data, scaleOf(w), w.rows, w.cols, blockRows(w), blockCols(w),
+      x, l?.xOff ?? 0, l?.xStride ?? w.cols, T, y, l?.yOff ?? 0, yStride, l?.r0 ?? 0, nRows,
+      l?.groups ?? 1, l?.rowStep ?? 0, l?.xStep ?? 0, l?.yStep ?? 0,
+    );
+  };
+  return {
+    name: "fast",
+    get isa() {
+      return n.isa();
+    },
+    matmul,
+    matmulT(w, v, T, out, l = {}) {
+      const rows = l.n ?? w.rows;
+      n.matmulT(
+        KIND[w.kind], w.data, scaleOf(w), w.rows, w.cols, blockRows(w), blockCols(w),
+        v, l.vOff ?? 0, l.vStride ?? rows, T, out, l.outOff ?? 0, l.outStride ?? w.cols, l.r0 ?? 0, rows,
+        l.groups ?? 1, l.rowStep ?? 0, l.vStep ?? 0, l.outStep ?? 0,
+      );
+    },
+    attend(a) {
+      n.attend(
+        a.qa, a.qaOff, a.qaTok, a.qaHead, a.lenA, a.qb, a.qbOff, a.qbTok, a.qbHead, a.lenB,
+        a.ka, a.kaOff, a.kaPos, a.kaHead, a.kb, a.kbOff, a.kbPos, a.kbHead,
+        a.val, a.valOff, a.valPos, a.valHead, a.lenV, a.out, a.outOff, a.outTok, a.outHead, a.n, a.H, a.start, a.scale,
+      );
+    },
+    threadsAreProcessWide: true,
+  };
+}
+
+/** The fast backend, or null (with `fastUnavailable` saying why) when the addon did not build or load. */
+export const fastKernels: KernelBackend | null = nativeKernels === null ? null : makeFast(nativeKernels);
+export const fastUnavailable: Error | null = nativeLoadError;
+/** The addon itself (instruction-set choice and the thread pool), when loaded. */
+export const native: NativeKernels | null = nativeKernels;

@@ -1,0 +1,254 @@
+// The kernel backends (packages/engine/src/kernels): the native `fast` kernels against the TypeScript ones,
+// on every weight kind and awkward shape, and the invariances the engine's bit-for-bit tests rest on:
+// an output element does not depend on the batch around it, the layout, the thread count or the instruction set.
+import { afterAll, describe, expect, it } from "vitest";
+import {
+  F8_E4M3_TO_F32,
+  attendTs,
+  f32ToBf16Bits,
+  f32ToF16Bits,
+  fastKernelsAvailable,
+  kernelsByName,
+  matmul,
+  matmulTransposed,
+  nativeKernelsAddon,
+  parseKernelsName,
+  quantizeFp8Block,
+  type AttendArgs,
+  type WeightMatrix,
+} from "@moela/engine";
+
+const native = nativeKernelsAddon;
+const fast = kernelsByName("fast");
+
+/** Deterministic pseudo-random floats in [-1, 1) (xorshift32). */
+function fill(a: Float32Array, seed: number): Float32Array {
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < a.length; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    a[i] = s / 2 ** 31 - 1;
+  }
+  return a;
+}
+
+type Kind = "f32" | "bf16" | "f16" | "fp8";
+
+function makeWeight(kind: Kind, rows: number, cols: number, block: [number, number] = [128, 128]): WeightMatrix {
+  const v = fill(new Float32Array(rows * cols), rows * 131 + cols);
+  switch (kind) {
+    case "f32":
+      return { kind, rows, cols, data: v };
+    case "bf16":
+      return { kind, rows, cols, data: Uint16Array.from(v, (x) => f32ToBf16Bits(x)) };
+    case "f16":
+      return { kind, rows, cols, data: Uint16Array.from(v, (x) => f32ToF16Bits(x)) };
+    case "fp8": {
+      const q = quantizeFp8Block(v, rows, cols, block[0], block[1]);
+      return { kind, rows, cols, data: q.data, scaleInv: q.scaleInv, blockRows: block[0], blockCols: block[1] };
+    }
+  }
+}
+
+function bits(a: Float32Array): number[] {
+  return Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
+}
+
+/** max |a - b| / (1 + |b|): float32 against float64 accumulation. */
+function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!) / (1 + Math.abs(b[i]!)));
+  return m;
+}
+
+const SHAPES: ReadonlyArray<[Kind, number, number, [number, number]?]> = [
+  ["f32", 37, 100],
+  ["bf16", 64, 256],
+  ["bf16", 5, 33],
+  ["f16", 18, 70],
+  ["fp8", 200, 300], // partial scale blocks in both directions
+  ["fp8", 9, 24, [8, 8]], // blocks narrower than a vector
+  ["fp8", 33, 100, [16, 48]], // block columns not a multiple of 16
+];
+
+describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
+  afterAll(() => native!.setThreads(1, 1 << 16));
+
+  it("parses backend names and rejects others", () => {
+    expect(parseKernelsName("fast")).toBe("fast");
+    expect(() => parseKernelsName("turbo")).toThrow(/kernels must be one of fast, portable, reference/);
+  });
+
+  it("decodes every finite FP8 e4m3 code exactly (shift and multiply, no table)", () => {
+    const codes = Array.from({ length: 256 }, (_, b) => b).filter((b) => (b & 0x7f) !== 0x7f);
+    const n = codes.length;
+    const w: WeightMatrix = { kind: "fp8", rows: 1, cols: n, data: Uint8Array.from(codes), scaleInv: new Float32Array([1, 1]), blockRows: 128, blockCols: 128 };
+    // x = one-hot rows: y[t] = w[t] exactly.
+    const x = new Float32Array(n * n);
+    for (let t = 0; t < n; t++) x[t * n + t] = 1;
+    const y = new Float32Array(n);
+    fast.matmul(w, x, n, y, { yStride: 1 });
+    // (+0 on both sides: the sum of -0 * 1 and the other lanes' +0 is +0.)
+    expect(Array.from(y, (v) => v + 0)).toEqual(codes.map((b) => F8_E4M3_TO_F32[b]! + 0));
+  });
+
+  it.each(SHAPES)("matmul %s [%i x %i] matches float64 and is batch invariant", (kind, rows, cols, block) => {
+    const w = makeWeight(kind, rows, cols, block);
+    for (const T of [1, 2, 5, 37]) {
+      const x = fill(new Float32Array(T * cols), T + 7);
+      const y = new Float32Array(T * rows);
+      const ref = new Float32Array(T * rows);
+      fast.matmul(w, x, T, y);
+      matmul(w, x, T, ref);
+      expect(relErr(y, ref)).toBeLessThan(2e-5);
+      // Row t of a batch is the same bits as token t alone.
+      for (const t of [0, T - 1]) {
+        const one = new Float32Array(rows);
+        fast.matmul(w, x.subarray(t * cols, (t + 1) * cols), 1, one);
+        expect(bits(y.subarray(t * rows, (t + 1) * rows))).toEqual(bits(one));
+      }
+    }
+  });
+
+  it("a row slice with strides and groups gives the same bits as the full product", () => {
+    const w = makeWeight("fp8", 96, 160);
+    const T = 6;
+    const x = fill(new Float32Array(T * 3 * 160), 3); // three groups' inputs side by side per token
+    const full = new Float32Array(T * 96);
+    // Group g reads x[t, g*160 ..] and rows [g*32 + 8, g*32 + 8 + 20).
+    const y = new Float32Array(T * 3 * 20);
+    fast.matmul(w, x, T, y, { xStride: 3 * 160, r0: 8, nRows: 20, yStride: 3 * 20, groups: 3, rowStep: 32, xStep: 160, yStep: 20 });
+    for (let g = 0; g < 3; g++) {
+      const xg = new Float32Array(T * 160);
+      for (let t = 0; t < T; t++) xg.set(x.subarray(t * 480 + g * 160, t * 480 + g * 160 + 160), t * 160);
+      fast.matmul(w, xg, T, full);
+      for (let t = 0; t < T; t++) {
+        expect(bits(y.subarray(t * 60 + g * 20, t * 60 + g * 20 + 20))).toEqual(bits(full.subarray(t * 96 + g * 32 + 8, t * 96 + g * 32 + 28)));
+      }
+    }
+  });
+
+  it.each(SHAPES)("matmulT %s [%i x %i] (w transposed) matches float64 and is batch invariant", (kind, rows, cols, block) => {
+    const w = makeWeight(kind, rows, cols, block);
+    const n = Math.min(rows, 40);
+    for (const T of [1, 3, 9]) {
+      const v = fill(new Float32Array(T * n), T + 11);
+      const out = new Float32Array(T * cols);
+      const ref = new Float32Array(T * cols);
+      fast.matmulT(w, v, T, out, { n, r0: rows - n });
+      matmulTransposed(w, v, T, ref, { n, r0: rows - n });
+      expect(relErr(out, ref)).toBeLessThan(2e-5);
+      const one = new Float32Array(cols);
+      fast.matmulT(w, v.subarray((T - 1) * n, T * n), 1, one, { n, r0: rows - n });
+      expect(bits(out.subarray((T - 1) * cols))).toEqual(bits(one));
+    }
+  });
+
+  /** MLA-shaped attention arguments: absorbed layout over a [L, D] latent context. */
+  function attendCase(n: number, start: number, out: Float32Array, H = 4, R = 40, dr = 8): AttendArgs {
+    const D = R + dr;
+    const L = start + n;
+    const qa = fill(new Float32Array(n * H * R), 5 + n);
+    const qb = fill(new Float32Array(n * H * dr), 9 + n);
+    const ctx = fill(new Float32Array(L * D), 13);
+    return {
+      qa, qaOff: 0, qaTok: H * R, qaHead: R, lenA: R,
+      qb, qbOff: 0, qbTok: H * dr, qbHead: dr, lenB: dr,
+      ka: ctx, kaOff: 0, kaPos: D, kaHead: 0,
+      kb: ctx, kbOff: R, kbPos: D, kbHead: 0,
+      val: ctx, valOff: 0, valPos: D, valHead: 0, lenV: R,
+      out, outOff: 0, outTok: H * R, outHead: R,
+      n, H, start, scale: 0.3,
+    };
+  }
+
+  it("attend matches float64 softmax attention, and n tokens at once equal one at a time", () => {
+    const H = 4;
+    const R = 40;
+    const n = 7;
+    const start = 150;
+    const out = new Float32Array(n * H * R);
+    const ref = new Float32Array(n * H * R);
+    const args = attendCase(n, start, out, H, R);
+    fast.attend(args);
+    attendTs({ ...args, out: ref });
+    expect(relErr(out, ref)).toBeLessThan(2e-5);
+    for (let j = 0; j < n; j++) {
+      const one = new Float32Array(H * R);
+      fast.attend({ ...args, qaOff: j * H * R, qbOff: j * H * 8, out: one, n: 1, start: start + j });
+      expect(bits(out.subarray(j * H * R, (j + 1) * H * R))).toEqual(bits(one));
+    }
+  });
+
+  it("every instruction set this CPU has gives the same bits", () => {
+    const isas = native!.supportedIsas();
+    expect(isas).toContain("portable");
+    const before = native!.isa();
+    const results = isas.map((isa) => {
+      native!.selectIsa(isa);
+      const outs: number[][] = [];
+      for (const [kind, rows, cols, block] of SHAPES) {
+        const w = makeWeight(kind, rows, cols, block);
+        const x = fill(new Float32Array(9 * cols), 1);
+        const y = new Float32Array(9 * rows);
+        fast.matmul(w, x, 9, y);
+        outs.push(bits(y));
+        const v = fill(new Float32Array(3 * rows), 2);
+        const o = new Float32Array(3 * cols);
+        fast.matmulT(w, v, 3, o);
+        outs.push(bits(o));
+      }
+      const a = new Float32Array(3 * 4 * 40);
+      fast.attend(attendCase(3, 20, a));
+      outs.push(bits(a));
+      return outs;
+    });
+    native!.selectIsa(before);
+    for (let i = 1; i < results.length; i++) expect(results[i]).toEqual(results[0]);
+    expect(() => native!.selectIsa("avx9000")).toThrow(/not available/);
+  });
+
+  it("threads split the work without changing a bit", () => {
+    const w = makeWeight("fp8", 300, 256);
+    const x = fill(new Float32Array(20 * 256), 4);
+    native!.setThreads(1);
+    const one = new Float32Array(20 * 300);
+    fast.matmul(w, x, 20, one);
+    native!.setThreads(2, 0);
+    expect(native!.threads()).toBe(2);
+    const before = native!.workerChunks();
+    const two = new Float32Array(20 * 300);
+    // The caller takes chunks too, so on a busy machine a worker may miss a few calls: keep calling until one took part.
+    const deadline = performance.now() + 10_000;
+    do fast.matmul(w, x, 20, two);
+    while (native!.workerChunks() === before && performance.now() < deadline);
+    expect(native!.workerChunks()).toBeGreaterThan(before);
+    expect(bits(two)).toEqual(bits(one));
+  });
+
+  it("refuses shapes that do not fit their arrays, with a RangeError instead of a crash", () => {
+    const w = makeWeight("bf16", 16, 32);
+    const y = new Float32Array(16);
+    expect(() => fast.matmul(w, new Float32Array(31), 1, y)).toThrow(/x is too short/);
+    expect(() => fast.matmul(w, new Float32Array(32), 1, new Float32Array(15))).toThrow(/y is too short/);
+    expect(() => fast.matmul(w, new Float32Array(32), 1, y, { r0: 8, nRows: 9 })).toThrow(/rows outside the weight/);
+    expect(() => fast.matmul({ kind: "bf16", rows: 16, cols: 32, data: new Uint16Array(10) }, new Float32Array(32), 1, y)).toThrow(/shorter than rows \* cols/);
+    const fp8 = makeWeight("fp8", 16, 32);
+    expect(() => fast.matmul({ ...fp8, kind: "fp8", scaleInv: new Float32Array(0) } as WeightMatrix, new Float32Array(32), 1, y)).toThrow(/scale grid/);
+    const out = new Float32Array(4 * 40);
+    expect(() => fast.attend({ ...attendCase(1, 10, out), start: 11 })).toThrow(/too short/);
+  });
+});
+
+describe("kernel backends without the addon", () => {
+  it("portable and reference are TypeScript backends with their own thread pools", () => {
+    for (const name of ["portable", "reference"] as const) {
+      const k = kernelsByName(name);
+      expect(k.name).toBe(name);
+      expect(k.isa).toBe("typescript");
+      expect(k.threadsAreProcessWide).toBe(false);
+    }
+  });
+});
