@@ -14,6 +14,8 @@ export const SETTINGS = {
   metricsAddress: { flag: "--metrics-address", env: "MOELA_EXPERT_HOST_METRICS_ADDRESS", bool: false, help: "/metrics listen address host:port (default 127.0.0.1:0)" },
   precision: { flag: "--precision", env: "MOELA_EXPERT_HOST_PRECISION", bool: false, help: "exact | paper (default exact): dispatch f32/combine f32, or fp8-tile/bf16" },
   logLevel: { flag: "--log-level", env: "MOELA_EXPERT_HOST_LOG_LEVEL", bool: false, help: "fatal | error | warn | info | debug | trace (default info)" },
+  kernels: { flag: "--kernels", env: "MOELA_EXPERT_HOST_KERNELS", bool: false, help: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)" },
+  threads: { flag: "--threads", env: "MOELA_EXPERT_HOST_THREADS", bool: false, help: "kernel threads of this process, same bits for any count (default 1)" },
   perExpertMetrics: { flag: "--per-expert-metrics", env: "MOELA_EXPERT_HOST_PER_EXPERT_METRICS", bool: true, help: "also export tokens per (layer, expert) (high cardinality; default off)" },
   drainGraceMs: { flag: "--drain-grace-ms", env: "MOELA_EXPERT_HOST_DRAIN_GRACE_MS", bool: false, help: "on SIGTERM, how long running calls may finish (default 10000)" },
   redisUrl: {
@@ -53,6 +55,8 @@ const schema = z.object({
   metricsAddress: address.default("127.0.0.1:0"),
   precision: z.enum(["exact", "paper"], { message: "must be exact or paper" }).default("exact"),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], { message: "must be fatal, error, warn, info, debug, trace or silent" }).default("info"),
+  kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
+  threads: intString(1).pipe(z.number().max(256, "must be <= 256")).default(1),
   perExpertMetrics: boolString.default(false),
   drainGraceMs: intString(0).default(10_000),
   redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").optional(),

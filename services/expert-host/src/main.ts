@@ -17,7 +17,7 @@
 import { realpathSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { Code, MoelaError, runService, splitHostPort, type Logger } from "@moela/core";
-import { loadExpertShard, readModelConfig } from "@moela/engine";
+import { configureKernels, loadExpertShard, readModelConfig } from "@moela/engine";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import { checkpointModelId, ExpertHostCore, placementFor } from "@moela/moe-dispatch";
 import { advertisedAddress, createRedisClient, InstanceRegistry, type Registration } from "@moela/scheduler";
@@ -49,6 +49,7 @@ export interface RunningExpertHost {
 /** Load the shard and serve it: the whole service without the process lifecycle (tests, launchers). */
 export async function startExpertHost(cfg: ExpertHostConfig, logger: Logger): Promise<RunningExpertHost> {
   const t0 = performance.now();
+  configureKernels(cfg.kernels, cfg.threads);
   const model = readModelConfig(cfg.model);
   const placement = placementFor(model, cfg.shardCount);
   const shard = loadExpertShard(cfg.model, model, (_layer, e) => placement.hostOfExpert[e] === cfg.shardIndex);

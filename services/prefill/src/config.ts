@@ -22,6 +22,8 @@
  *   --prefix-cache / --no-prefix-cache
  *                            reuse the latent KV of cached prompt prefixes; env true|false  (on)
  *   --prefix-cache-blocks N  KV blocks (16 tokens each) the prefix cache keeps beyond the working set  (1024)
+ *   --kernels K              fast (native SIMD) | portable (TypeScript) | reference (float64)  (fast)
+ *   --threads N              kernel threads of this process; same bits for any count  (1)
  *   --log-level L            pino level                                           (info)
  */
 import { randomBytes } from "node:crypto";
@@ -59,6 +61,8 @@ const schema = z.strictObject({
     .default("true")
     .transform((v) => v === "true" || v === "1" || v === "on"),
   prefixCacheBlocks: z.coerce.number().int("must be an integer").min(0, "must be at least 0").max(1 << 24, "must be at most 16777216").default(DEFAULT_PREFIX_CACHE_BLOCKS),
+  kernels: z.enum(["fast", "portable", "reference"]).default("fast"),
+  threads: positiveInt.max(256, "must be at most 256").default(1),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
 
@@ -84,6 +88,10 @@ export interface PrefillConfig {
   readonly prefixCache?: boolean;
   /** Blocks the prefix cache may keep on top of the blocks in-flight prompts need (absent: DEFAULT_PREFIX_CACHE_BLOCKS). */
   readonly prefixCacheBlocks?: number;
+  /** Kernel backend (absent: fast). */
+  readonly kernels?: "fast" | "portable" | "reference";
+  /** Kernel threads (absent: 1). */
+  readonly threads?: number;
   readonly logLevel: string;
 }
 
@@ -124,6 +132,8 @@ export function parsePrefillConfig(argv: readonly string[], env: NodeJS.ProcessE
     instanceId: c.instanceId ?? defaultInstanceId(),
     prefixCache: c.prefixCache,
     prefixCacheBlocks: c.prefixCacheBlocks,
+    kernels: c.kernels,
+    threads: c.threads,
     logLevel: c.logLevel,
   });
 }

@@ -6,7 +6,7 @@
  * composition for tests and in-process clusters.
  */
 import { Code, createLogger, MoelaError, runService, splitHostPort, UnavailableError, type Logger } from "@moela/core";
-import { DeepseekModel, Engine, readModelConfig, type ExpertExecutor } from "@moela/engine";
+import { DeepseekModel, Engine, configureKernels, readModelConfig, type ExpertExecutor } from "@moela/engine";
 import { grpcKvConnector, KvLedger, type KvConnector, type KvSender } from "@moela/kv-transfer";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer } from "@moela/metrics";
 import {
@@ -99,7 +99,9 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
   };
   try {
     // Attention, dense layers, gates and shared experts here; routed experts on the hosts.
-    const model = DeepseekModel.load(config.model, { routedExperts: () => false, kvDtype: profile.kvDtype });
+    // Process-wide: the in-process expert-host (no --expert-hosts) computes with the same kernels.
+    configureKernels(config.kernels ?? "fast", config.threads ?? 1);
+    const model = DeepseekModel.load(config.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: config.threads ?? 1 });
     let experts: ExpertExecutor;
     const expertShards = config.expertShards ?? config.expertHosts.length;
     if (expertShards > 0) {

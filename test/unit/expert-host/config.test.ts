@@ -14,6 +14,8 @@ describe("expert-host config", () => {
       metricsAddress: "127.0.0.1:0",
       precision: "exact",
       logLevel: "info",
+      kernels: "fast",
+      threads: 1,
       perExpertMetrics: false,
       drainGraceMs: 10_000,
     });
@@ -28,6 +30,8 @@ describe("expert-host config", () => {
       MOELA_EXPERT_HOST_METRICS_ADDRESS: "[::]:9100",
       MOELA_EXPERT_HOST_PRECISION: "paper",
       MOELA_EXPERT_HOST_LOG_LEVEL: "debug",
+      MOELA_EXPERT_HOST_KERNELS: "reference",
+      MOELA_EXPERT_HOST_THREADS: "2",
       MOELA_EXPERT_HOST_PER_EXPERT_METRICS: "true",
       MOELA_EXPERT_HOST_DRAIN_GRACE_MS: "500",
     };
@@ -39,6 +43,8 @@ describe("expert-host config", () => {
       metricsAddress: "[::]:9100",
       precision: "paper",
       logLevel: "debug",
+      kernels: "reference",
+      threads: 2,
       perExpertMetrics: true,
       drainGraceMs: 500,
     });
@@ -59,6 +65,8 @@ describe("expert-host config", () => {
     ["a port out of range", [...base, "--metrics-address", "127.0.0.1:70000"], {}, /--metrics-address \/ MOELA_EXPERT_HOST_METRICS_ADDRESS: port must be in/],
     ["a bad boolean twin", base, { MOELA_EXPERT_HOST_PER_EXPERT_METRICS: "yes" }, /--per-expert-metrics \/ MOELA_EXPERT_HOST_PER_EXPERT_METRICS: must be true or false/],
     ["an unknown flag", [...base, "--shards", "2"], {}, /Unknown option '--shards'/],
+    ["unknown kernels", [...base, "--kernels", "gpu"], {}, /--kernels \/ MOELA_EXPERT_HOST_KERNELS: must be fast, portable or reference/],
+    ["zero threads", [...base, "--threads", "0"], {}, /--threads \/ MOELA_EXPERT_HOST_THREADS: must be >= 1/],
   ])("rejects %s, naming the flag and its env twin", (_, argv, env, message) => {
     const run = () => parseConfig(argv, env);
     expect(run).toThrow(InvalidArgumentError);

@@ -53,3 +53,14 @@ export function setDefaultKernels(name: KernelsName): KernelBackend {
   processDefault = kernelsByName(name);
   return processDefault;
 }
+
+/**
+ * A service's start-up: the process's kernel backend and, for the fast kernels, the threads of its (process-wide)
+ * pool. The TypeScript backends take their threads per model (DeepseekModel's `threads`).
+ */
+export function configureKernels(name: KernelsName, threads = 1): KernelBackend {
+  if (!(Number.isInteger(threads) && threads >= 1)) throw new InvalidArgumentError(`threads must be a positive integer, got ${threads}`);
+  const k = setDefaultKernels(name);
+  if (k.threadsAreProcessWide) native?.setThreads(threads);
+  return k;
+}
