@@ -2,7 +2,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { InvalidArgumentError } from "@moela/core";
-import { DeepseekModel, Engine, type GenerationParams } from "@moela/engine";
+import { DeepseekModel, Engine, parseKernelsName, setDefaultKernels, type GenerationParams } from "@moela/engine";
 import { createInProcessExperts, precisionProfile } from "@moela/moe-dispatch";
 import { IncrementalDecoder, StopStringMatcher, Tokenizer, type ChatMessage } from "@moela/tokenizer";
 
@@ -28,6 +28,8 @@ export interface GenerateCliOptions {
   /** Threads sharing each large matmul of the model (default 1 here; the CLI defaults to the CPU count). */
   threads?: number;
   json?: boolean;
+  /** Kernel backend: fast (default) | portable | reference. */
+  kernels?: string;
   /** Precision profile (exact | paper): the cluster's KV dtype and dispatch/combine roundings. */
   precision?: string;
   /** Expert-hosts the routed experts are split over, in process (the cluster's H). */
@@ -70,6 +72,8 @@ export async function runGenerate(o: GenerateCliOptions): Promise<number> {
   const profile = precisionProfile(o.precision ?? "exact");
   const threads = o.threads ?? 1;
   if (!(Number.isInteger(threads) && threads >= 1)) throw new InvalidArgumentError(`--threads must be a positive integer, got ${threads}`);
+  // Process-wide, so the in-process expert-hosts compute with the model's kernels.
+  setDefaultKernels(parseKernelsName(o.kernels ?? "fast"));
   const model = DeepseekModel.load(o.model, { kvDtype: profile.kvDtype, threads });
   try {
     return await generateWith(model, o, defaults, profile);

@@ -76,6 +76,7 @@ export function buildProgram(): Command {
     .option("--no-speculative", "do not draft with the MTP head")
     .option("--prefill-chunk <n>", "prompt tokens per prefill step", intArg("--prefill-chunk"), 256)
     .option("--threads <n>", "threads sharing each large matmul (same output bits for any count)", intArg("--threads"), availableParallelism())
+    .option("--kernels <name>", "fast (native SIMD) | portable (TypeScript) | reference (float64, the oracle)", "fast")
     .option("--json", "print one JSON object (token ids, logprobs, ...) instead of streaming text")
     .option("--precision <profile>", "exact (f32 KV, dispatch, combine) | paper (bf16 KV, fp8 dispatch, bf16 combine)", "exact")
     .option("--expert-hosts <h>", "split the routed experts over h in-process expert-hosts, as the cluster does", intArg("--expert-hosts"), 1)
