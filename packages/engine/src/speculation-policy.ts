@@ -1,0 +1,202 @@
+/**
+ * When drafting with the MTP head pays (SpeculationMode "auto").
+ *
+ * A step that verifies a draft runs the main model on two rows instead of one (plus the MTP block for the
+ * next draft) and yields 1 + a tokens on average, `a` being the chance the draft is accepted. If such a
+ * verify step costs `c` plain steps, drafting pays while 1 + a > c. `a` is tracked per sequence (an EWMA of
+ * its drafts' outcomes: it depends on the text); `c` per engine (VerifyCostEstimator: it depends on the
+ * hardware, the kernels and the batch). Measured on this engine's CPU kernels with tiny-v3, c is about 1.7
+ * at batch 1 and 2.3 at batch 8: there no acceptance rate pays; with memory-bound kernels c is close to 1.
+ *
+ * A sequence whose drafts stop paying pauses (plain steps), and re-checks by probing: after
+ * `firstProbeAfter` plain steps it drafts once more, starting its rate at the break-even so the probe's
+ * own outcome decides; each failed probe doubles the wait, up to `maxProbeInterval`.
+ * A probe is not free: the engine computes the MTP rows the sequence owes for its pause first, about an
+ * MTP block's work per paused step (a quarter of a plain step on tiny-v3's 4 layers, under 2 % on
+ * DeepSeek-V3's 61). So a paused sequence probes only where drafting can pay at all: c < 2 (the most a
+ * verify step yields) and, when known, the engine's acceptance over all its recent drafts pays at c (a
+ * sequence's slump may pass where drafts usually land; a model whose drafts never land is not re-checked).
+ * While it cannot probe it waits; after `maxProbeInterval` steps (at once when c is a constant that cannot
+ * pay) it retires: it never drafts again, and the engine stops keeping what a probe would need.
+ *
+ * nextDraftingState is pure: the same drafts and the same context give the same decisions.
+ */
+
+export type SpeculationMode = "auto" | "on" | "off";
+
+export const SPECULATION_MODES: readonly SpeculationMode[] = ["auto", "on", "off"];
+
+export function isSpeculationMode(v: unknown): v is SpeculationMode {
+  return typeof v === "string" && (SPECULATION_MODES as readonly string[]).includes(v);
+}
+
+/** The most tokens one verify step can yield: one draft token plus the main model's own. */
+export const MAX_TOKENS_PER_VERIFY = 2;
+
+export interface SpeculationPolicyParams {
+  /** Weight of the newest draft's outcome in a sequence's acceptance EWMA. */
+  readonly rateWeight: number;
+  /** A new sequence's acceptance rate before its first draft is judged. */
+  readonly initialRate: number;
+  /** Plain steps a paused sequence waits before its first probe. */
+  readonly firstProbeAfter: number;
+  /** The longest wait between probes; also how long a sequence waits for c to fall below 2 before it retires. */
+  readonly maxProbeInterval: number;
+}
+
+export const SPECULATION_POLICY: SpeculationPolicyParams = {
+  // About the last 7 drafts (2 / w - 1): zero acceptance pauses a sequence after 2 to 6 drafts for c
+  // between 1.7 and 1.2, and one unlucky rejection among accepted drafts does not.
+  rateWeight: 0.25,
+  // The benefit of the doubt: a sequence drafts until its own drafts show they do not pay, so one whose
+  // drafts all land never pauses while c < 2.
+  initialRate: 1,
+  // A probe costs one verify step and the MTP rows owed since the pause (one batched MTP call): waiting 16
+  // steps keeps that a small share of the plain steps, and a sequence that recovers resumes soon.
+  firstProbeAfter: 16,
+  // 16, 32, ..., 256: a hopeless sequence probes about 5 times in its first 500 tokens, then every 256;
+  // a paused sequence keeps at most this many hidden rows for its next probe.
+  maxProbeInterval: 256,
+};
+
+/**
+ * The cost ratio c assumed before an engine has measured its own, and always for sampled sequences (whose
+ * tokens depend on which steps verify a draft, so a measured, machine-dependent c would make a seeded
+ * request sample differently from run to run and between the single process and the cluster). At 2 no
+ * acceptance rate pays: a sampled sequence in "auto" verifies only the draft its prefill made, so "auto"
+ * never makes it slower than "off"; "on" is there for hardware known to verify cheaply.
+ */
+export const VERIFY_COST_PRIOR = 2;
+
+/** One sequence's drafting state (auto speculation). */
+export interface DraftingState {
+  /** Verify a draft at the next step (otherwise the next step is plain). */
+  readonly drafting: boolean;
+  /** EWMA of this sequence's draft outcomes (1 accepted, 0 rejected). */
+  readonly rate: number;
+  /** Plain steps since drafting paused, or since the last probe. */
+  readonly plainSteps: number;
+  /** Plain steps before the next probe. */
+  readonly probeAfter: number;
+  /** The next verify is a probe: its outcome alone decides whether drafting resumes. */
+  readonly probing: boolean;
+  /** Drafting stopped for good. */
+  readonly retired: boolean;
+}
+
+/** What a sequence's last step did. */
+export interface StepOutcome {
+  /** It verified a draft. */
+  readonly verified: boolean;
+  /** The draft was accepted (false when none was verified). */
+  readonly accepted: boolean;
+}
+
+/** What a sequence's decision knows beyond its own drafts. */
+export interface SpeculationContext {
+  /** c: what a verify step costs, in plain steps. */
+  readonly costRatio: number;
+  /** c is a constant, not a measurement: when it cannot pay, a paused sequence retires at once. */
+  readonly costFixed: boolean;
+  /** The engine's acceptance over all its recent drafts (null: none yet, or not to be used). */
+  readonly engineRate: number | null;
+}
+
+export function initialDraftingState(p: SpeculationPolicyParams = SPECULATION_POLICY): DraftingState {
+  return { drafting: true, rate: p.initialRate, plainSteps: 0, probeAfter: p.firstProbeAfter, probing: false, retired: false };
+}
+
+/** Drafting pays when a verify step's expected yield beats its cost: 1 + rate > c. */
+export function draftingPays(rate: number, costRatio: number): boolean {
+  return 1 + rate > costRatio;
+}
+
+/** The state after a step with `step`'s outcome; its `drafting` says whether the next step verifies a draft. */
+export function nextDraftingState(
+  s: DraftingState,
+  step: StepOutcome,
+  ctx: SpeculationContext,
+  p: SpeculationPolicyParams = SPECULATION_POLICY,
+): DraftingState {
+  if (s.retired) return s;
+  const c = ctx.costRatio;
+  const hopeless = c >= MAX_TOKENS_PER_VERIFY;
+  if (step.verified) {
+    const rate = s.rate + p.rateWeight * ((step.accepted ? 1 : 0) - s.rate);
+    if (draftingPays(rate, c)) {
+      // A probe that paid resets the wait for the next pause.
+      return { ...s, drafting: true, rate, plainSteps: 0, probing: false, probeAfter: s.probing ? p.firstProbeAfter : s.probeAfter };
+    }
+    if (hopeless && ctx.costFixed) return retired(s, rate);
+    const probeAfter = s.probing ? Math.min(2 * s.probeAfter, p.maxProbeInterval) : s.probeAfter;
+    return { ...s, drafting: false, rate, plainSteps: 0, probing: false, probeAfter };
+  }
+  if (s.drafting) return s; // had no draft to verify (none was made): nothing learnt
+  const plainSteps = s.plainSteps + 1;
+  const worthProbing = !hopeless && (ctx.engineRate === null || draftingPays(ctx.engineRate, c));
+  if (!worthProbing) {
+    // A probe could only cost; wait for c or the engine's acceptance to change.
+    return (hopeless && ctx.costFixed) || plainSteps >= p.maxProbeInterval ? retired(s, s.rate) : { ...s, plainSteps };
+  }
+  if (plainSteps >= s.probeAfter) {
+    // Start at the break-even: an accepted probe draft lifts the rate above it, a rejected one drops it below.
+    return { ...s, drafting: true, probing: true, plainSteps: 0, rate: Math.min(1, Math.max(0, c - 1)) };
+  }
+  return { ...s, plainSteps };
+}
+
+function retired(s: DraftingState, rate: number): DraftingState {
+  return { ...s, drafting: false, rate, probing: false, retired: true };
+}
+
+/**
+ * The engine's cost ratio c: seconds of a verify step over a plain step, per sequence, from the engine's
+ * own step timings. A step's seconds are split between its plain and verifying sequences by normalised LMS
+ * (for a step of one kind that is an EWMA of its seconds per sequence). Kept per batch-size class (powers of
+ * two), since c grows with the batch as the kernels turn compute-bound. Until a class has seen both kinds
+ * (about `minEvidence` sequence-steps each) it answers the prior.
+ */
+export class VerifyCostEstimator {
+  private readonly classes: { plain: number; verify: number; plainEvidence: number; verifyEvidence: number }[] = [];
+
+  constructor(
+    readonly prior: number = VERIFY_COST_PRIOR,
+    private readonly weight = 0.1,
+    private readonly minEvidence = 3,
+  ) {}
+
+  /** One step: its seconds, how many sequences ran plain and how many verified a draft. */
+  observe(seconds: number, plainSeqs: number, verifySeqs: number): void {
+    const n = plainSeqs + verifySeqs;
+    if (n === 0 || !(seconds > 0) || !Number.isFinite(seconds)) return;
+    const k = sizeClass(n);
+    let e = this.classes[k];
+    if (e === undefined) {
+      // Both unknown: seed them alike; the evidence counts below keep the ratio at the prior until each has been seen.
+      e = { plain: seconds / n, verify: seconds / n, plainEvidence: 0, verifyEvidence: 0 };
+      this.classes[k] = e;
+    }
+    if (e.plainEvidence === 0 && plainSeqs === n) e.plain = seconds / n;
+    else if (e.verifyEvidence === 0 && verifySeqs === n) e.verify = seconds / n;
+    else {
+      const err = seconds - (plainSeqs * e.plain + verifySeqs * e.verify);
+      const norm = plainSeqs * plainSeqs + verifySeqs * verifySeqs;
+      e.plain = Math.max(1e-9, e.plain + (this.weight * err * plainSeqs) / norm);
+      e.verify = Math.max(1e-9, e.verify + (this.weight * err * verifySeqs) / norm);
+    }
+    e.plainEvidence += plainSeqs / n;
+    e.verifyEvidence += verifySeqs / n;
+  }
+
+  /** c for a step of `batch` sequences. */
+  ratio(batch: number): number {
+    const e = this.classes[sizeClass(Math.max(1, batch))];
+    if (e === undefined || e.plainEvidence < this.minEvidence || e.verifyEvidence < this.minEvidence) return this.prior;
+    return e.verify / e.plain;
+  }
+}
+
+/** 1 -> 0, 2-3 -> 1, 4-7 -> 2, ... */
+function sizeClass(n: number): number {
+  return 31 - Math.clz32(n);
+}
