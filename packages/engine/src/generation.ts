@@ -4,7 +4,8 @@
  *
  * Speculation with the MTP head (one draft token per step):
  *   state after every call: the main cache holds positions [0, mainLen); `pending` is the last sampled token
- *   (not yet in the main cache); the MTP cache holds positions [0, mainLen) and its logits at mainLen - 1 (fed `pending`) gave `draft`.
+ *   (not yet in the main cache); the MTP cache holds positions [0, mtpLen), and with a draft mtpLen = mainLen
+ *   and the MTP logits at mainLen - 1 (fed `pending`) gave `draft` (a paused sequence, below, has none).
  *   A step runs the main model on [pending, draft] at positions mainLen, mainLen + 1 (absorbed attention),
  *   accepts or rejects the draft (greedy: draft == argmax; sampling: the speculative rule, which keeps the
  *   target distribution), then runs the MTP head on the positions that became final to draft the next token.
@@ -12,6 +13,15 @@
  *   step overwrites it.
  * Every emitted token carries the main model's logits row it was sampled from, so logprobs are the same
  * with and without speculation.
+ *
+ * EngineOptions.speculation: "on" drafts at every step; "off" never computes the MTP block; "auto" (the
+ * default) prefills exactly as "on" (so prefix-cache entries and KV transfers are the same) and then lets
+ * each sequence draft only while that pays (speculation-policy.ts). A paused sequence runs plain steps and
+ * skips the MTP block too: it keeps the main hidden rows of the positions whose MTP rows it owes, and the
+ * step that resumes drafting (a probe) computes them in one batched MTP call before the draft, giving the
+ * very rows, and so the very drafts, that drafting all along would have. Greedy tokens never depend on
+ * drafts; a sampled sequence's draws do, which is why its decisions use a fixed cost ratio (see
+ * VERIFY_COST_PRIOR) and only its own drafts: a seeded request then samples the same tokens everywhere.
  *
  * Prefix caching (EngineOptions.prefixCache, kv-cache/prefix-cache.ts): prefill starts each sequence at its
  * first position not found in the cache; the cached blocks head its block table, shared read-only with
@@ -24,6 +34,15 @@ import { PrefixCache } from "./kv-cache/prefix-cache.js";
 import type { KvSink } from "./ports.js";
 import { argmax, Sampler, sampleFromProbs, topLogprobs, validateSamplingParams, type SamplingParams } from "./sampler.js";
 import { verifyDraft } from "./speculative.js";
+import {
+  initialDraftingState,
+  nextDraftingState,
+  VERIFY_COST_PRIOR,
+  VerifyCostEstimator,
+  type DraftingState,
+  type SpeculationContext,
+  type SpeculationMode,
+} from "./speculation-policy.js";
 import { Rng } from "./rng.js";
 
 export interface GenerationParams extends SamplingParams {
@@ -53,8 +72,21 @@ export interface EngineOptions {
   readonly numBlocks?: number;
   /** Prompt tokens per prefill forward call (chunked prefill). */
   readonly prefillChunk?: number;
-  /** Draft with the MTP head when the model has one (default true). */
+  /**
+   * Drafting with the MTP head, when the model has one (default "auto": each sequence drafts while that
+   * pays). The boolean of older callers still works: true is "on", false is "off".
+   */
+  readonly speculation?: SpeculationMode | boolean;
+  /** @deprecated Use `speculation` (true is "on", false is "off"); ignored when `speculation` is given. */
   readonly speculative?: boolean;
+  /**
+   * A fixed cost ratio c (a verify step over a plain step) for "auto", instead of the engine's own
+   * measurement for greedy sequences and VERIFY_COST_PRIOR for sampled ones: decisions then depend on the
+   * drafts alone.
+   */
+  readonly verifyCost?: number;
+  /** The per-sequence decision rule of "auto" (default nextDraftingState); tests script it. */
+  readonly draftingPolicy?: (state: DraftingState, step: { verified: boolean; accepted: boolean }, ctx: SpeculationContext) => DraftingState;
   /**
    * Reuse the latent KV of prompt prefixes across sequences (off by default). `capacityBlocks` bounds the
    * blocks the cache keeps (default: all of them; unreferenced ones are evicted when allocation needs room).
@@ -95,6 +127,17 @@ export class Sequence {
   finishReason: FinishReason | null = null;
   drafted = 0;
   accepted = 0;
+  /** Decode steps this sequence ran plain because drafting did not pay ("auto": paused or retired). */
+  draftsSkipped = 0;
+  /** "auto": whether this sequence drafts at its next step, and what that is based on. */
+  drafting: DraftingState = initialDraftingState();
+  /**
+   * The MTP block's rows of positions [0, mtpLen) are in the cache; -1: they cannot be relied on (no MTP
+   * block, speculation off, a hand-off without them, or drafting retired), so the sequence never drafts.
+   */
+  mtpLen = -1;
+  /** [mainLen - mtpLen, hidden] (capacity may be larger): main hidden rows of the positions the MTP block owes. */
+  owedHidden: Float32Array | null = null;
   /** Prompt positions [0, cachedTokens) came from the prefix cache (set by Engine.acquirePrefix or prefill). */
   cachedTokens = 0;
   /** The prefix cache was consulted for this sequence (once, before its prefill). */
@@ -161,12 +204,22 @@ export class Engine {
   readonly model: DeepseekModel;
   readonly cache: PagedLatentCache;
   readonly prefillChunk: number;
+  /** How this engine drafts ("off" when the model has no MTP block). */
+  readonly speculation: SpeculationMode;
+  /** The engine computes the MTP block's rows ("on" or "auto"): its prefill and KV hand-offs carry them. */
   readonly speculative: boolean;
   /** Shared prompt prefixes (null when EngineOptions.prefixCache is off). */
   readonly prefixCache: PrefixCache | null;
   /** Totals over all sequences. */
   drafted = 0;
   accepted = 0;
+  draftsSkipped = 0;
+  /** EWMA of the acceptance of this engine's recent drafts, all sequences together (null before the first). */
+  acceptanceRate: number | null = null;
+  /** c, the cost of a verify step in plain steps, from this engine's own step timings. */
+  readonly verifyCostEstimate: VerifyCostEstimator = new VerifyCostEstimator();
+  private readonly fixedVerifyCost: number | null;
+  private readonly draftingPolicy: NonNullable<EngineOptions["draftingPolicy"]>;
   private readonly probsTarget: Float32Array[];
   private readonly probsDraft: Float32Array;
 
@@ -180,7 +233,16 @@ export class Engine {
       numBlocks: opts.numBlocks ?? 1024,
     });
     this.prefillChunk = opts.prefillChunk ?? 256;
-    this.speculative = (opts.speculative ?? true) && model.hasMtp;
+    const asked = opts.speculation ?? opts.speculative ?? "auto";
+    const mode: SpeculationMode = asked === true ? "on" : asked === false ? "off" : asked;
+    if (mode !== "auto" && mode !== "on" && mode !== "off") throw new InvalidArgumentError(`speculation must be auto, on or off, got ${String(asked)}`);
+    this.speculation = model.hasMtp ? mode : "off";
+    this.speculative = this.speculation !== "off";
+    if (opts.verifyCost !== undefined && !(Number.isFinite(opts.verifyCost) && opts.verifyCost > 0)) {
+      throw new InvalidArgumentError(`verifyCost must be a positive number, got ${opts.verifyCost}`);
+    }
+    this.fixedVerifyCost = opts.verifyCost ?? null;
+    this.draftingPolicy = opts.draftingPolicy ?? ((state, step, ctx) => nextDraftingState(state, step, ctx));
     this.probsTarget = [new Float32Array(c.vocabSize), new Float32Array(c.vocabSize)];
     this.probsDraft = new Float32Array(c.vocabSize);
     if (opts.prefixCache) {
@@ -271,6 +333,9 @@ export class Engine {
     seq.mainLen = snap.prompt.length + snap.output.length - 1;
     seq.pending = snap.output[snap.output.length - 1]!.id;
     seq.draft = this.speculative ? snap.draft : null;
+    // A snapshot's draft comes with the MTP block's rows of every position (its contract); without one
+    // the sequence cannot draft.
+    seq.mtpLen = seq.draft !== null ? seq.mainLen : -1;
     seq.drafted = snap.drafted;
     seq.accepted = snap.accepted;
     return seq;
@@ -365,7 +430,10 @@ export class Engine {
           const s = seqs[i]!;
           const row = this.logitsRow(r, r.logitRow[k]!);
           if (keepLogits) s.promptMtpLogits = row.slice();
-          if (this.speculative && !s.finished) this.setDraft(s, row);
+          if (this.speculative && !s.finished) {
+            this.setDraft(s, row);
+            s.mtpLen = s.mainLen;
+          }
         });
       }
     }
@@ -377,7 +445,11 @@ export class Engine {
     return results;
   }
 
-  /** One decode step for a batch of prefilled, unfinished sequences (absorbed attention). */
+  /**
+   * One decode step for a batch of prefilled, unfinished sequences (absorbed attention). A sequence with a
+   * draft verifies it; the others run plain. Then every sequence that drafts at the next step gets its draft
+   * from the MTP block, fed the positions that became final (and, after a pause, the ones it owes).
+   */
   async step(seqs: readonly Sequence[]): Promise<StepResult[]> {
     const m = this.model;
     const hd = m.config.hiddenSize;
@@ -385,6 +457,7 @@ export class Engine {
       if (s.pending < 0 || s.finished) throw new Error(`sequence ${s.id} cannot step (not prefilled or finished)`);
       this.cache.ensureCapacity(s.blockTable, s.mainLen + 2);
     }
+    const t0 = performance.now();
     const batch = seqs.map((s) => ({
       blockTable: s.blockTable,
       start: s.mainLen,
@@ -393,16 +466,20 @@ export class Engine {
     }));
     const r = await m.forward(this.cache, batch, { attention: "absorbed" });
     const results: StepResult[] = [];
-    const mtpBatch: { seq: Sequence; start: number; tokens: number[]; hiddenOff: number }[] = [];
+    // Per sequence drafting next: MTP positions [start, start + tokens.length), fed `tokens`, over `hidden` rows.
+    const mtpBatch: { seq: Sequence; start: number; tokens: number[]; hidden: Float32Array; hiddenOff: number }[] = [];
+    let verifying = 0;
+    let owedRows = 0;
     seqs.forEach((s, i) => {
       const row0 = this.logitsRow(r, r.logitRow[i]!);
       const h0 = r.tokenRow[i]! * hd;
       let produced: EmittedToken[];
       const start = s.mainLen;
+      const verified = s.draft !== null;
+      let acceptedDraft = false;
       if (s.draft) {
         const row1 = this.logitsRow(r, r.logitRow[i]! + 1);
         const d = s.draft.token;
-        let acceptedDraft: boolean;
         let next: number;
         if (s.sampler.greedy) {
           acceptedDraft = argmax(row0) === d;
@@ -416,16 +493,17 @@ export class Engine {
         }
         s.drafted++;
         this.drafted++;
+        verifying++;
+        const a = acceptedDraft ? 1 : 0;
+        this.acceptanceRate = this.acceptanceRate === null ? a : this.acceptanceRate + ENGINE_RATE_WEIGHT * (a - this.acceptanceRate);
         if (acceptedDraft) {
           s.accepted++;
           this.accepted++;
           produced = [this.token(s, row0, d), this.token(s, row1, next)];
           s.mainLen += 2;
-          mtpBatch.push({ seq: s, start, tokens: [d, next], hiddenOff: h0 });
         } else {
           produced = [this.token(s, row0, next)];
           s.mainLen += 1;
-          mtpBatch.push({ seq: s, start, tokens: [next], hiddenOff: h0 });
         }
         s.pending = next;
       } else {
@@ -433,20 +511,78 @@ export class Engine {
         produced = [this.token(s, row0, next)];
         s.mainLen += 1;
         s.pending = next;
+        if (s.mtpLen >= 0 || s.drafting.retired) {
+          s.draftsSkipped++;
+          this.draftsSkipped++;
+        }
       }
       results.push({ seq: s, tokens: s.emit(produced) });
+      s.draft = null;
+      if (s.mtpLen < 0) return;
+      if (s.finished) {
+        s.owedHidden = null;
+        return;
+      }
+      if (this.speculation === "auto") {
+        s.drafting = this.draftingPolicy(s.drafting, { verified, accepted: acceptedDraft }, this.speculationContext(s, seqs.length));
+        if (s.drafting.retired) {
+          s.mtpLen = -1;
+          s.owedHidden = null;
+          return;
+        }
+      }
+      const rows = s.mainLen - start; // positions that became final, their hidden rows from h0
+      const drafting = this.speculation === "on" || s.drafting.drafting;
+      if (drafting && s.mtpLen === start) {
+        mtpBatch.push({ seq: s, start, tokens: this.tokensAt(s, start + 1, s.mainLen + 1), hidden: r.hidden, hiddenOff: h0 });
+        return;
+      }
+      // Owe the MTP block these positions: keep their hidden rows (the MTP block's other input).
+      const owed = start - s.mtpLen;
+      s.owedHidden = grow(s.owedHidden, (owed + rows) * hd);
+      s.owedHidden.set(r.hidden.subarray(h0, h0 + rows * hd), owed * hd);
+      if (drafting) {
+        mtpBatch.push({ seq: s, start: s.mtpLen, tokens: this.tokensAt(s, s.mtpLen + 1, s.mainLen + 1), hidden: s.owedHidden, hiddenOff: 0 });
+        owedRows += owed;
+      }
     });
-    const drafting = mtpBatch.filter((b) => !b.seq.finished);
-    if (drafting.length > 0) {
+    if (mtpBatch.length > 0) {
       const mr = await m.forwardMtp(
         this.cache,
-        drafting.map((b) => ({ blockTable: b.seq.blockTable, start: b.start, tokens: b.tokens, logits: "last" as const, hidden: r.hidden, hiddenOff: b.hiddenOff })),
+        mtpBatch.map((b) => ({ blockTable: b.seq.blockTable, start: b.start, tokens: b.tokens, logits: "last" as const, hidden: b.hidden, hiddenOff: b.hiddenOff })),
         { attention: "absorbed" },
       );
-      drafting.forEach((b, i) => this.setDraft(b.seq, this.logitsRow(mr, mr.logitRow[i]!)));
+      mtpBatch.forEach((b, i) => {
+        this.setDraft(b.seq, this.logitsRow(mr, mr.logitRow[i]!));
+        b.seq.mtpLen = b.seq.mainLen;
+        b.seq.owedHidden = null;
+      });
     }
-    for (const b of mtpBatch) if (b.seq.finished) b.seq.draft = null;
+    // A step that also computed owed MTP rows (a probe's) would overstate what verifying costs.
+    if (owedRows === 0) this.verifyCostEstimate.observe((performance.now() - t0) / 1000, seqs.length - verifying, verifying);
     return results;
+  }
+
+  /**
+   * What one sequence's next decision may use besides its own drafts. A greedy sequence's tokens do not
+   * depend on its drafts, so it may use measurements: the engine's c and acceptance. A sampled one's draws
+   * do, so it uses the fixed prior c and nothing that other sequences or timings change (VERIFY_COST_PRIOR).
+   * EngineOptions.verifyCost replaces c for both.
+   */
+  private speculationContext(s: Sequence, batch: number): SpeculationContext {
+    const greedy = s.sampler.greedy;
+    const engineRate = greedy ? this.acceptanceRate : null;
+    if (this.fixedVerifyCost !== null) return { costRatio: this.fixedVerifyCost, costFixed: true, engineRate };
+    if (!greedy) return { costRatio: VERIFY_COST_PRIOR, costFixed: true, engineRate };
+    return { costRatio: this.verifyCostEstimate.ratio(batch), costFixed: false, engineRate };
+  }
+
+  /** The sequence's tokens at positions [from, to) (prompt, then output). */
+  private tokensAt(s: Sequence, from: number, to: number): number[] {
+    const L = s.prompt.length;
+    const out: number[] = [];
+    for (let p = from; p < to; p++) out.push(p < L ? s.prompt[p]! : s.output[p - L]!.id);
+    return out;
   }
 
   /** Prefill then step until done; yields tokens as they are produced. */
@@ -526,6 +662,17 @@ class CachedRowsSink {
       await this.sink.onLayer(layer, i, p, n, this.buf.subarray(0, n * d));
     }
   }
+}
+
+/** Weight of one draft's outcome in Engine.acceptanceRate (about the engine's last 40 drafts). */
+const ENGINE_RATE_WEIGHT = 0.05;
+
+/** `buf` if it holds `n` values, else a larger copy (doubling, so owing row after row stays linear). */
+function grow(buf: Float32Array | null, n: number): Float32Array {
+  if (buf !== null && buf.length >= n) return buf;
+  const next = new Float32Array(Math.max(n, 2 * (buf?.length ?? 0)));
+  if (buf !== null) next.set(buf);
+  return next;
 }
 
 /** log_softmax(logits)[id] in float64. */

@@ -245,10 +245,12 @@ describe("Engine with a prefix cache", () => {
   const SYSTEM = tokens(10, 23);
   const Q1 = tokens(11, 9);
   const Q2 = tokens(12, 7);
-  const opts = { blockSize: 4, numBlocks: 64, prefillChunk: 5 };
+  // Drafting at every step: the draft counts compared below then depend on the drafts alone (under the
+  // default "auto" a greedy sequence's pauses follow the engine's measured step costs).
+  const opts = { blockSize: 4, numBlocks: 64, prefillChunk: 5, speculation: "on" as const };
   /** A fresh engine without a cache: the reference. */
   const reference = (prompt: number[], params: GenerationParams, keepLogits = false, speculative = true) =>
-    generateOne(new Engine(model, { ...opts, speculative }), prompt, params, keepLogits);
+    generateOne(new Engine(model, { ...opts, speculation: speculative ? "on" : "off" }), prompt, params, keepLogits);
 
   it.each([
     ["greedy", GREEDY],
@@ -360,7 +362,7 @@ describe("Engine with a prefix cache", () => {
   });
 
   it("without speculation caches the main layers only and bypasses the cache when a prefill wants MTP rows", async () => {
-    const engine = new Engine(model, { ...opts, speculative: false, prefixCache: true });
+    const engine = new Engine(model, { ...opts, speculation: "off", prefixCache: true });
     await generateOne(engine, [...SYSTEM, ...Q1], GREEDY);
     const hit = await generateOne(engine, [...SYSTEM, ...Q2], GREEDY);
     expect(hit.cached).toBe(20);
