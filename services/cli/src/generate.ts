@@ -2,7 +2,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { InvalidArgumentError } from "@moela/core";
-import { DeepseekModel, Engine, parseKernelsName, setDefaultKernels, type GenerationParams } from "@moela/engine";
+import { DeepseekModel, Engine, isSpeculationMode, parseKernelsName, setDefaultKernels, type GenerationParams, type SpeculationMode } from "@moela/engine";
 import { createInProcessExperts, precisionProfile } from "@moela/moe-dispatch";
 import { IncrementalDecoder, StopStringMatcher, Tokenizer, type ChatMessage } from "@moela/tokenizer";
 
@@ -23,7 +23,8 @@ export interface GenerateCliOptions {
   topLogprobs?: number;
   logits?: boolean;
   mtpLogits?: boolean;
-  speculative: boolean;
+  /** auto | on | off (default auto); false is --no-speculative, the same as off. */
+  speculative?: SpeculationMode | false;
   prefillChunk: number;
   /** Threads sharing each large matmul of the model (default 1 here; the CLI defaults to the CPU count). */
   threads?: number;
@@ -34,6 +35,13 @@ export interface GenerateCliOptions {
   precision?: string;
   /** Expert-hosts the routed experts are split over, in process (the cluster's H). */
   expertHosts?: number;
+}
+
+function speculationMode(v: GenerateCliOptions["speculative"]): SpeculationMode {
+  if (v === undefined) return "auto";
+  if (v === false) return "off";
+  if (!isSpeculationMode(v)) throw new InvalidArgumentError(`--speculative must be auto, on or off, got ${String(v)}`);
+  return v;
 }
 
 /** Sampling defaults from generation_config.json (as vLLM does), else temperature 1, top_p 1. */
@@ -116,7 +124,7 @@ async function generateWith(
     blockSize,
     numBlocks: Math.ceil((prompt.length + o.maxTokens + 2) / blockSize) + 1,
     prefillChunk: o.prefillChunk,
-    speculative: o.speculative,
+    speculation: speculationMode(o.speculative),
   });
   const seq = engine.newSequence("cli", prompt, params);
   const decoder = tokenizer ? new IncrementalDecoder(tokenizer) : null;
@@ -152,7 +160,7 @@ async function generateWith(
       logprobs: seq.output.map((t) => t.logprob),
       finish_reason: seq.finishReason,
       usage: { prompt_tokens: prompt.length, completion_tokens: tokens.length },
-      mtp: { drafted: seq.drafted, accepted: seq.accepted },
+      mtp: { mode: engine.speculation, drafted: seq.drafted, accepted: seq.accepted, drafts_skipped: seq.draftsSkipped },
     };
     if (tokenizer) out.text = text;
     if (o.logits) out.logits = Array.from(seq.promptLogits!);
@@ -161,7 +169,8 @@ async function generateWith(
   } else {
     process.stdout.write("\n");
     const rate = tokens.length / Math.max(elapsed, 1e-9);
-    const acc = seq.drafted > 0 ? `, MTP accepted ${seq.accepted}/${seq.drafted}` : "";
+    const skipped = seq.draftsSkipped > 0 ? ` (${seq.draftsSkipped} steps without: drafting did not pay)` : "";
+    const acc = seq.drafted > 0 ? `, MTP accepted ${seq.accepted}/${seq.drafted}${skipped}` : "";
     process.stderr.write(
       `[${tokens.length} tokens in ${elapsed.toFixed(2)} s (${rate.toFixed(1)} tok/s), first after ${((firstAt - started) / 1000).toFixed(2)} s, finish: ${seq.finishReason}${acc}]\n`,
     );

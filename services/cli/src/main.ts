@@ -3,8 +3,9 @@
  * path that the disaggregated cluster must agree with).
  */
 import { availableParallelism } from "node:os";
-import { Command, CommanderError, InvalidArgumentError as CommanderArgError } from "commander";
+import { Command, CommanderError, InvalidArgumentError as CommanderArgError, Option } from "commander";
 import { MoelaError } from "@moela/core";
+import { SPECULATION_MODES } from "@moela/engine";
 import { runGenerate, type GenerateCliOptions } from "./generate.js";
 import { runServe } from "./serve.js";
 import { runCluster, type ClusterCliOptions } from "./cluster.js";
@@ -73,7 +74,12 @@ export function buildProgram(): Command {
     .option("--top-logprobs <n>", "report the n best logprobs per generated token", intArg("--top-logprobs"))
     .option("--logits", "with --json: print all logits at the last prompt position")
     .option("--mtp-logits", "with --json: print the MTP head's logits at the last prompt position")
-    .option("--no-speculative", "do not draft with the MTP head")
+    .addOption(
+      new Option("--speculative <mode>", "draft with the MTP head: auto (while drafting pays), on (at every step), off")
+        .choices(SPECULATION_MODES)
+        .default("auto"),
+    )
+    .option("--no-speculative", "the same as --speculative off")
     .option("--prefill-chunk <n>", "prompt tokens per prefill step", intArg("--prefill-chunk"), 256)
     .option("--threads <n>", "threads sharing each large matmul (same output bits for any count)", intArg("--threads"), availableParallelism())
     .option("--kernels <name>", "fast (native SIMD) | portable (TypeScript) | reference (float64, the oracle)", "fast")
