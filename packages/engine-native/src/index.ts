@@ -18,6 +18,16 @@ export interface NativeKernels {
     v: Float32Array, vOff: number, vStride: number, T: number, out: Float32Array, outOff: number, outStride: number, r0: number, n: number,
     groups: number, rowStep: number, vStep: number, outStep: number,
   ): void;
+  /**
+   * A group of SwiGLU MLPs in two parallel jobs: arrays = [gateData, gateScale, upData, upScale, downData, downScale]
+   * per entry; meta = per entry [n, row0, then kind, rows, cols, blockRows, blockCols of gate, up and down]
+   * (17 ints). Entry e maps x rows [row0, row0 + n) to out rows [row0, row0 + n); g and u are scratch of
+   * sum(n * inter) floats.
+   */
+  mlpGroup(
+    arrays: ReadonlyArray<Float32Array | Uint16Array | Uint8Array | null>, meta: Int32Array,
+    x: Float32Array, out: Float32Array, g: Float32Array, u: Float32Array,
+  ): void;
   /** Causal softmax attention of n tokens x H heads over positions [0, start + j]; see AttendArgs in kernels.h. */
   attend(
     qa: Float32Array, qaOff: number, qaTok: number, qaHead: number, lenA: number,

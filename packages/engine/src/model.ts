@@ -20,7 +20,7 @@ import { defaultKernels, groupedMatmul, kernelsByName, nativeKernelsAddon, type 
 import { rmsNorm, rmsNormRows } from "./layers/rmsnorm.js";
 import { applyRotary, rotaryParams, rotaryTables, type RotaryParams } from "./layers/rope.js";
 import { createRouterScratch, routeTokens, type RouterScratch } from "./layers/gate.js";
-import { mlpForward } from "./layers/mlp.js";
+import { mlpForwardGroup } from "./layers/mlp.js";
 import { LocalExpertExecutor } from "./layers/moe.js";
 import type { PagedLatentCache } from "./kv-cache/paged-latent.js";
 import type { ExpertExecutor, KvSink } from "./ports.js";
@@ -118,7 +118,7 @@ export class DeepseekModel {
     this.gmm = this.kernels.threadsAreProcessWide ? this.kernels.matmul : groupedMatmul(this.mm);
     this.router = createRouterScratch(config);
     this.experts =
-      opts.experts ?? new LocalExpertExecutor(this.moeLayers(), config.hiddenSize, config.numExpertsPerTok, new Workspace(), this.mm);
+      opts.experts ?? new LocalExpertExecutor(this.moeLayers(), config.hiddenSize, config.numExpertsPerTok, new Workspace(), this.kernels, this.mm);
     if (opts.threads !== undefined) this.setThreads(opts.threads);
   }
 
@@ -290,7 +290,7 @@ export class DeepseekModel {
     for (let i = 0; i < T * hd; i++) h[i] = h[i]! + y[i]!;
     rmsNormRows(h, T, hd, b.postNorm, c.rmsNormEps, xn);
     if (b.moe) await this.moe(b.index, b.moe, xn, T, y);
-    else mlpForward(b.mlp!, xn, T, y, this.ws, this.mm);
+    else mlpForwardGroup([b.mlp!], [T], xn, y, this.ws, this.kernels, this.mm);
     for (let i = 0; i < T * hd; i++) h[i] = h[i]! + y[i]!;
   }
 
@@ -306,7 +306,7 @@ export class DeepseekModel {
     const routed = this.ws.f32("moe.routed", T * hd); // [T, hidden]
     // Start the routed experts (remote in the disaggregated services), compute the shared expert meanwhile.
     const pending = this.experts.runRouted(layer, xn, T, ids, weights, routed);
-    if (moe.shared) mlpForward(moe.shared, xn, T, out, this.ws, this.mm);
+    if (moe.shared) mlpForwardGroup([moe.shared], [T], xn, out, this.ws, this.kernels, this.mm);
     else out.fill(0);
     await pending;
     // HF order: routed output + shared output.

@@ -13,7 +13,7 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { CheckpointError, InvalidArgumentError } from "@moela/core";
-import { mlpForward, Workspace, type MlpWeights, type ModelConfig } from "@moela/engine";
+import { defaultKernels, runExpertGroup, Workspace, type MlpWeights, type ModelConfig } from "@moela/engine";
 import { getDispatchCodec, type EncodedActivations } from "./codec/index.js";
 import { checkEncoded } from "./layout.js";
 import { placeExperts, type ExpertPlacement } from "./placement.js";
@@ -77,7 +77,6 @@ export function computeHostPartial(
   out: Float32Array,
   ws: Workspace,
 ): void {
-  out.fill(0, 0, rows * hidden);
   const P = expertIds.length;
   const E = experts.length;
   const tokenOf = ws.i32("host.token", P); // [P] token row of each entry
@@ -90,25 +89,9 @@ export function computeHostPartial(
   fill.set(start.subarray(0, E));
   const order = ws.i32("host.order", P); // [P] entries grouped by expert, token order within
   for (let p = 0; p < P; p++) order[fill[expertIds[p]!]!++] = p;
-  for (let e = 0; e < E; e++) {
-    const n = start[e + 1]! - start[e]!;
-    if (n === 0) continue;
-    const w = experts[e];
-    if (w === null || w === undefined) throw new Error(`expert ${e} is not held by this host`);
-    const xs = ws.f32("host.x", n * hidden); // [n, hidden] the tokens routed to expert e
-    const ys = ws.f32("host.y", n * hidden); // [n, hidden]
-    for (let i = 0; i < n; i++) {
-      const t = tokenOf[order[start[e]! + i]!]!;
-      xs.set(x.subarray(t * hidden, (t + 1) * hidden), i * hidden);
-    }
-    mlpForward(w, xs, n, ys, ws);
-    for (let i = 0; i < n; i++) {
-      const p = order[start[e]! + i]!;
-      const t = tokenOf[p]!;
-      const g = weights[p]!;
-      for (let c = 0; c < hidden; c++) out[t * hidden + c] = out[t * hidden + c]! + g * ys[i * hidden + c]!;
-    }
-  }
+  // Every expert once over all its tokens (one grouped call on the fast kernels), then the ascending-id sum.
+  const kernels = defaultKernels();
+  runExpertGroup(experts, x, hidden, start, order, 1, weights, rows, out, ws, kernels, kernels.matmul, (p) => tokenOf[p]!);
 }
 
 export class ExpertHostCore {

@@ -6,6 +6,9 @@ import { nativeKernels, nativeLoadError, type NativeKernels } from "@moela/engin
 import type { WeightMatrix } from "../tensor/matrix.js";
 import type { GroupedMatmulFn, KernelBackend } from "./types.js";
 
+/** mlpGroup's per-entry ints: n, row0, then (kind, rows, cols, blockRows, blockCols) of gate, up, down. */
+const MLP_META = 17;
+
 const KIND = { f32: 0, bf16: 1, f16: 2, fp8: 3 } as const;
 
 function scaleOf(w: WeightMatrix): Float32Array | null {
@@ -48,6 +51,25 @@ function makeFast(n: NativeKernels): KernelBackend {
         a.ka, a.kaOff, a.kaPos, a.kaHead, a.kb, a.kbOff, a.kbPos, a.kbHead,
         a.val, a.valOff, a.valPos, a.valHead, a.lenV, a.out, a.outOff, a.outTok, a.outHead, a.n, a.H, a.start, a.scale,
       );
+    },
+    mlpGroup(group, counts, x, out, ws) {
+      const arrays: (Float32Array | Uint16Array | Uint8Array | null)[] = [];
+      const meta = ws.i32("mlp.meta", group.length * MLP_META);
+      let row0 = 0;
+      let scratch = 0;
+      group.forEach((m, e) => {
+        const n = counts[e]!;
+        const o = e * MLP_META;
+        meta[o] = n;
+        meta[o + 1] = row0;
+        [m.gate, m.up, m.down].forEach((w, k) => {
+          arrays.push(w.data, scaleOf(w));
+          meta.set([KIND[w.kind], w.rows, w.cols, blockRows(w), blockCols(w)], o + 2 + 5 * k);
+        });
+        row0 += n;
+        scratch += n * m.gate.rows;
+      });
+      n.mlpGroup(arrays, meta, x, out, ws.f32("mlp.gate", scratch), ws.f32("mlp.up", scratch));
     },
     threadsAreProcessWide: true,
   };

@@ -5,6 +5,8 @@
  * backend; backends differ from each other (float64 against float32 accumulation) within 2e-4 on logits.
  */
 import type { MatmulLayout, WeightMatrix } from "../tensor/matrix.js";
+import type { MlpWeights } from "../weights.js";
+import type { Workspace } from "../workspace.js";
 
 /** The backends by name: `fast` (native SIMD), `portable` (the same algorithms in TypeScript), `reference`. */
 export type KernelsName = "fast" | "portable" | "reference";
@@ -64,6 +66,11 @@ export interface KernelBackend {
   readonly matmul: GroupedMatmulFn;
   matmulT(w: WeightMatrix, v: Float32Array, T: number, out: Float32Array, layout?: TransposedLayout): void;
   attend(a: AttendArgs): void;
+  /**
+   * out rows of entry e = mlp_e(x rows of entry e), entries' rows consecutive in order ([counts[e], hidden] each):
+   * a whole MoE layer's experts in one call. Absent: one mlpForward per entry (layers/mlp.ts).
+   */
+  mlpGroup?(group: readonly MlpWeights[], counts: ArrayLike<number>, x: Float32Array, out: Float32Array, ws: Workspace): void;
   /** Threads its products use; `fast` has one process-wide pool, the TypeScript backends one per model. */
   readonly threadsAreProcessWide: boolean;
 }

@@ -5,14 +5,17 @@
 import type { ExpertExecutor } from "../ports.js";
 import type { MlpWeights, MoeWeights } from "../weights.js";
 import type { Workspace } from "../workspace.js";
-import { mlpForward } from "./mlp.js";
+import { mlpForwardGroup } from "./mlp.js";
 import { defaultKernels } from "../kernels/index.js";
+import type { KernelBackend } from "../kernels/types.js";
 import type { MatmulFn } from "../tensor/parallel.js";
 
 /**
  * out[t] = sum over j with ids[t, j] held here of weights[t, j] * expert(x[t]).
- * Experts are visited in ascending id, so each token's terms are added in ascending expert id: every
- * process that holds the same experts produces the same bits. Tokens whose experts are all elsewhere get 0.
+ * Tokens are gathered by expert (a counting sort, no per-call allocation) and every expert runs once over all
+ * its tokens, the whole layer in one grouped call on the fast kernels. Each token's terms are then added in
+ * ascending expert id, so every process that holds the same experts produces the same bits. Tokens whose
+ * experts are all elsewhere get 0.
  */
 export function computeRoutedExperts(
   experts: ReadonlyArray<MlpWeights | null>,
@@ -24,37 +27,66 @@ export function computeRoutedExperts(
   k: number,
   out: Float32Array,
   ws: Workspace,
-  mm: MatmulFn = defaultKernels().matmul,
+  kernels: KernelBackend = defaultKernels(),
+  mm: MatmulFn = kernels.matmul,
 ): void {
-  out.fill(0, 0, T * hidden);
   const E = experts.length;
-  // Bucket (token, slot) pairs by expert with a counting sort: no per-call allocation.
   const counts = ws.i32("moe.counts", E + 1);
   counts.fill(0);
   for (let i = 0; i < T * k; i++) counts[ids[i]! + 1]!++;
   for (let e = 0; e < E; e++) counts[e + 1]! += counts[e]!;
-  const order = ws.i32("moe.order", T * k);
+  const order = ws.i32("moe.order", T * k); // [T*k] (token, slot) entries grouped by expert
   const fill = ws.i32("moe.fill", E);
   fill.set(counts.subarray(0, E));
   for (let i = 0; i < T * k; i++) order[fill[ids[i]!]!++] = i;
+  runExpertGroup(experts, x, hidden, counts, order, k, weights, T, out, ws, kernels, mm);
+}
+
+/**
+ * The shared tail of computeRoutedExperts and an expert-host's partial sum: entries `order` grouped by expert
+ * (bucket e is order[start[e] .. start[e+1])), entry p naming token floor(p / k) with weight weights[p].
+ */
+export function runExpertGroup(
+  experts: ReadonlyArray<MlpWeights | null>,
+  x: Float32Array,
+  hidden: number,
+  start: Int32Array,
+  order: Int32Array,
+  k: number,
+  weights: ArrayLike<number>,
+  T: number,
+  out: Float32Array,
+  ws: Workspace,
+  kernels: KernelBackend,
+  mm: MatmulFn,
+  tokenOf: (entry: number) => number = (p) => Math.floor(p / k),
+): void {
+  out.fill(0, 0, T * hidden);
+  const E = experts.length;
+  const P = start[E]!;
+  const group: MlpWeights[] = [];
+  const sizes = ws.i32("moe.sizes", E);
   for (let e = 0; e < E; e++) {
-    const n = counts[e + 1]! - counts[e]!;
+    const n = start[e + 1]! - start[e]!;
     if (n === 0) continue;
     const w = experts[e];
     if (w === null || w === undefined) throw new Error(`expert ${e} is not held by this process`);
-    const xs = ws.f32("moe.x", n * hidden); // [n, hidden] the tokens routed to expert e
-    const ys = ws.f32("moe.y", n * hidden); // [n, hidden]
-    for (let i = 0; i < n; i++) {
-      const t = Math.floor(order[counts[e]! + i]! / k);
-      xs.set(x.subarray(t * hidden, (t + 1) * hidden), i * hidden);
-    }
-    mlpForward(w, xs, n, ys, ws, mm);
-    for (let i = 0; i < n; i++) {
-      const slot = order[counts[e]! + i]!;
-      const t = Math.floor(slot / k);
-      const g = weights[slot]!;
-      for (let c = 0; c < hidden; c++) out[t * hidden + c] = out[t * hidden + c]! + g * ys[i * hidden + c]!;
-    }
+    sizes[group.length] = n;
+    group.push(w);
+  }
+  const xs = ws.f32("moe.x", P * hidden); // [P, hidden] every entry's token, grouped by expert
+  const ys = ws.f32("moe.y", P * hidden); // [P, hidden]
+  for (let i = 0; i < P; i++) {
+    const t = tokenOf(order[i]!);
+    xs.set(x.subarray(t * hidden, (t + 1) * hidden), i * hidden);
+  }
+  mlpForwardGroup(group, sizes.subarray(0, group.length), xs, ys, ws, kernels, mm);
+  // Ascending expert id: the buckets are in expert order.
+  for (let i = 0; i < P; i++) {
+    const p = order[i]!;
+    const t = tokenOf(p);
+    const g = weights[p]!;
+    for (let c = 0; c < hidden; c++) out[t * hidden + c] = out[t * hidden + c]! + g * ys[i * hidden + c]!;
   }
 }
 
@@ -64,20 +96,29 @@ export class LocalExpertExecutor implements ExpertExecutor {
   private readonly hidden: number;
   private readonly k: number;
   private readonly ws: Workspace;
+  private readonly kernels: KernelBackend;
   private readonly mm: MatmulFn;
 
-  /** `mm`: the linear kernel (the model's MatmulPool kernel when it uses threads). */
-  constructor(moeByLayer: ReadonlyMap<number, MoeWeights>, hidden: number, k: number, ws: Workspace, mm: MatmulFn = defaultKernels().matmul) {
+  /** `mm`: the linear kernel of the TypeScript backends (the model's MatmulPool kernel when it uses threads). */
+  constructor(
+    moeByLayer: ReadonlyMap<number, MoeWeights>,
+    hidden: number,
+    k: number,
+    ws: Workspace,
+    kernels: KernelBackend = defaultKernels(),
+    mm: MatmulFn = kernels.matmul,
+  ) {
     this.moeByLayer = moeByLayer;
     this.hidden = hidden;
     this.k = k;
     this.ws = ws;
+    this.kernels = kernels;
     this.mm = mm;
   }
 
   async runRouted(layer: number, x: Float32Array, T: number, ids: Int32Array, weights: Float32Array, out: Float32Array): Promise<void> {
     const moe = this.moeByLayer.get(layer);
     if (moe === undefined) throw new Error(`layer ${layer} has no routed experts`);
-    computeRoutedExperts(moe.experts, x, T, this.hidden, ids, weights, this.k, out, this.ws, this.mm);
+    computeRoutedExperts(moe.experts, x, T, this.hidden, ids, weights, this.k, out, this.ws, this.kernels, this.mm);
   }
 }
