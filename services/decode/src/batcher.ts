@@ -394,7 +394,7 @@ export class Batcher {
     r.phase = "finished";
     r.finishReason = r.seq!.finishReason;
     clearTimeout(r.kvTimer);
-    this.log.info({ requestId: r.id, reason: r.finishReason, tokens: r.seq!.output.length, drafted: r.seq!.drafted, accepted: r.seq!.accepted }, "sequence finished");
+    this.log.info({ requestId: r.id, reason: r.finishReason, tokens: r.seq!.output.length, drafted: r.seq!.drafted, accepted: r.seq!.accepted, draftsSkipped: r.seq!.draftsSkipped }, "sequence finished");
     if (r.subscriber === null) this.startGrace(r);
     r.notify();
   }

@@ -20,7 +20,13 @@ export const SETTINGS = {
   kvBlocks: { flag: "--kv-blocks", env: "MOELA_DECODE_KV_BLOCKS", bool: false, help: "latent KV cache capacity in blocks (default 2048)" },
   blockSize: { flag: "--block-size", env: "MOELA_DECODE_BLOCK_SIZE", bool: false, help: "tokens per KV block (default 16)" },
   maxBatch: { flag: "--max-batch", env: "MOELA_DECODE_MAX_BATCH", bool: false, help: "most sequences per decode step (default 32); more wait for a slot" },
-  noSpeculative: { flag: "--no-speculative", env: "MOELA_DECODE_NO_SPECULATIVE", bool: true, help: "do not draft with the MTP block (default: speculate when the model has one)" },
+  speculative: {
+    flag: "--speculative",
+    env: "MOELA_DECODE_SPECULATIVE",
+    bool: false,
+    help: "auto | on | off (default auto): draft with the MTP block while that pays for each sequence, at every step, or never",
+  },
+  noSpeculative: { flag: "--no-speculative", env: "MOELA_DECODE_NO_SPECULATIVE", bool: true, help: "the same as --speculative off" },
   streamGraceMs: {
     flag: "--stream-grace-ms",
     env: "MOELA_DECODE_STREAM_GRACE_MS",
@@ -95,7 +101,8 @@ const intString = (min: number) =>
 
 const boolString = z.enum(["true", "false", "1", "0", ""], { message: "must be true or false" }).transform((s) => s === "true" || s === "1");
 
-const schema = z.object({
+/** Every setting as given (validated); `schema` resolves the speculation alias. */
+const settingsSchema = z.object({
   model: z.string({ message: "is required" }).min(1, "is required"),
   grpcAddress: address.default("127.0.0.1:0"),
   metricsAddress: address.default("127.0.0.1:0"),
@@ -104,6 +111,7 @@ const schema = z.object({
   kvBlocks: intString(1).default(2048),
   blockSize: intString(1).default(16),
   maxBatch: intString(1).default(32),
+  speculative: z.enum(["auto", "on", "off"], { message: "must be auto, on or off" }).optional(),
   noSpeculative: boolString.default(false),
   streamGraceMs: intString(0).default(10_000),
   kvWaitMs: intString(1).default(120_000),
@@ -115,6 +123,15 @@ const schema = z.object({
   advertiseAddress: dialable.optional(),
   expertShards: intString(1).optional(),
 });
+
+const schema = settingsSchema
+  .superRefine((c, ctx) => {
+    if (c.noSpeculative && c.speculative !== undefined && c.speculative !== "off") {
+      ctx.addIssue({ code: "custom", path: ["speculative"], message: `is ${c.speculative}, but --no-speculative / MOELA_DECODE_NO_SPECULATIVE says off` });
+    }
+  })
+  // One setting once validated: --no-speculative is --speculative off.
+  .transform(({ noSpeculative, speculative, ...rest }) => ({ ...rest, speculative: noSpeculative ? ("off" as const) : (speculative ?? "auto") }));
 
 export type DecodeConfig = Readonly<z.output<typeof schema>>;
 

@@ -151,7 +151,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     model = DeepseekModel.load(cfg.model, { kvDtype: profile.kvDtype });
     model.setExpertExecutor(createInProcessExperts(model, 1, profile, { metrics: m }).executor);
   }
-  engine = new Engine(model, { blockSize: cfg.blockSize, numBlocks: cfg.kvBlocks, speculative: !cfg.noSpeculative });
+  engine = new Engine(model, { blockSize: cfg.blockSize, numBlocks: cfg.kvBlocks, speculation: cfg.speculative });
   logger.info(
     {
       model: cfg.model,
@@ -162,7 +162,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
       kvBlocks: cfg.kvBlocks,
       blockSize: cfg.blockSize,
       maxBatch: cfg.maxBatch,
-      speculative: engine.speculative,
+      speculation: engine.speculation,
       loadMs: Math.round(performance.now() - t0),
     },
     "model loaded",

@@ -12,7 +12,7 @@ describe("decode config", () => {
       kvBlocks: 2048,
       blockSize: 16,
       maxBatch: 32,
-      noSpeculative: false,
+      speculative: "auto",
       streamGraceMs: 10_000,
       kvWaitMs: 120_000,
       kvIdleMs: 30_000,
@@ -37,7 +37,7 @@ describe("decode config", () => {
     expect(cfg).toMatchObject({
       model: "/flag",
       expertHosts: ["10.0.0.1:5000", "10.0.0.2:5000"],
-      noSpeculative: true,
+      speculative: "off",
       kvBlocks: 64,
       precision: "paper",
       blockSize: 4,
@@ -45,8 +45,19 @@ describe("decode config", () => {
       grpcAddress: "0.0.0.0:7001",
       logLevel: "debug",
     });
-    expect(parseConfig(["--model", "/m"], { MOELA_DECODE_NO_SPECULATIVE: "true" })!.noSpeculative).toBe(true);
+    expect(parseConfig(["--model", "/m"], { MOELA_DECODE_NO_SPECULATIVE: "true" })!.speculative).toBe("off");
     expect(Object.isFrozen(cfg)).toBe(true);
+  });
+
+  it.each([
+    [["--speculative", "on"], {}, "on"],
+    [["--speculative=off"], {}, "off"],
+    [[], { MOELA_DECODE_SPECULATIVE: "on" }, "on"],
+    [["--speculative", "auto"], { MOELA_DECODE_SPECULATIVE: "off" }, "auto"],
+    [["--no-speculative", "--speculative", "off"], {}, "off"],
+    [[], { MOELA_DECODE_NO_SPECULATIVE: "false", MOELA_DECODE_SPECULATIVE: "on" }, "on"],
+  ])("speculation %j with env %j is %s", (argv, env, want) => {
+    expect(parseConfig(["--model", "/m", ...argv], env)!.speculative).toBe(want);
   });
 
   it("returns null for --help", () => {
@@ -62,6 +73,13 @@ describe("decode config", () => {
     ["an expert-host on port 0", ["--model", "/m", "--expert-hosts", "a:0"], {}, /--expert-hosts \/ MOELA_DECODE_EXPERT_HOSTS: port must be in \[1, 65535\]/],
     ["a listen address without a port", ["--model", "/m", "--grpc-address", "localhost"], {}, /--grpc-address \/ MOELA_DECODE_GRPC_ADDRESS: must be host:port/],
     ["a bad boolean", ["--model", "/m"], { MOELA_DECODE_NO_SPECULATIVE: "maybe" }, /--no-speculative \/ MOELA_DECODE_NO_SPECULATIVE: must be true or false/],
+    ["a bad speculation mode", ["--model", "/m", "--speculative", "sometimes"], {}, /--speculative \/ MOELA_DECODE_SPECULATIVE: must be auto, on or off \(got "sometimes"\)/],
+    [
+      "--no-speculative with another mode",
+      ["--model", "/m", "--no-speculative"],
+      { MOELA_DECODE_SPECULATIVE: "on" },
+      /--speculative \/ MOELA_DECODE_SPECULATIVE: is on, but --no-speculative \/ MOELA_DECODE_NO_SPECULATIVE says off \(got "on"\)/,
+    ],
     ["an unknown flag", ["--model", "/m", "--batch", "4"], {}, /decode: Unknown option '--batch'/],
   ])("refuses %s, naming the flag and its env twin", (_name, argv, env, msg) => {
     expect(() => parseConfig(argv as string[], env as NodeJS.ProcessEnv)).toThrow(msg);
