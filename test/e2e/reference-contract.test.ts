@@ -174,7 +174,8 @@ describe.each(CASES)("reference contract: $kind", (c) => {
     }
   });
 
-  it("moela generate matches the reference", async () => {
+  // Every kernel backend against the float64 oracle: fast (native SIMD, float32), portable and reference.
+  it.each(["fast", "portable", "reference"])("moela generate --kernels %s matches the reference", async (kernels) => {
     const cliArgs = [
       "services/cli/bin/moela.js",
       "generate",
@@ -185,6 +186,7 @@ describe.each(CASES)("reference contract: $kind", (c) => {
       "--json",
       "--top-logprobs", String(TOP_LOGPROBS),
       "--logits",
+      "--kernels", kernels,
       ...(c.mtp ? ["--mtp-logits"] : []),
     ];
     const engine = parseResult(await run(process.execPath, cliArgs, "moela generate"), "moela");
@@ -204,7 +206,7 @@ describe.each(CASES)("reference contract: $kind", (c) => {
     const logitsDiff = maxAbsDiff(engine.logits ?? [], reference.logits ?? [], "logits");
     const mtpDiff = c.mtp ? maxAbsDiff(engine.mtpLogits ?? [], reference.mtpLogits ?? [], "mtp_logits") : 0;
     console.log(
-      `[reference-contract] ${c.kind}: max |dlogprob| ${topDiff.toExponential(3)}, ` +
+      `[reference-contract] ${c.kind} (${kernels} kernels): max |dlogprob| ${topDiff.toExponential(3)}, ` +
         `max |dlogit| ${logitsDiff.toExponential(3)}` +
         (c.mtp ? `, max |dmtp_logit| ${mtpDiff.toExponential(3)}` : ""),
     );
