@@ -42,6 +42,8 @@ export const SETTINGS = {
   },
   drainGraceMs: { flag: "--drain-grace-ms", env: "MOELA_DECODE_DRAIN_GRACE_MS", bool: false, help: "on SIGTERM, how long running sequences may finish before their streams end with UNAVAILABLE (default 30000)" },
   logLevel: { flag: "--log-level", env: "MOELA_DECODE_LOG_LEVEL", bool: false, help: "fatal | error | warn | info | debug | trace | silent (default info)" },
+  kernels: { flag: "--kernels", env: "MOELA_DECODE_KERNELS", bool: false, help: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)" },
+  threads: { flag: "--threads", env: "MOELA_DECODE_THREADS", bool: false, help: "kernel threads of this process, same bits for any count (default 1)" },
   redisUrl: {
     flag: "--redis-url",
     env: "MOELA_DECODE_REDIS_URL",
@@ -118,6 +120,8 @@ const settingsSchema = z.object({
   kvIdleMs: intString(0).default(30_000),
   drainGraceMs: intString(0).default(30_000),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], { message: "must be fatal, error, warn, info, debug, trace or silent" }).default("info"),
+  kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
+  threads: intString(1).pipe(z.number().max(256, "must be <= 256")).default(1),
   redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").optional(),
   queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").optional(),
   advertiseAddress: dialable.optional(),

@@ -24,7 +24,7 @@
 import { realpathSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { Code, MoelaError, runService, splitHostPort, type Logger } from "@moela/core";
-import { DeepseekModel, Engine } from "@moela/engine";
+import { configureKernels, DeepseekModel, Engine } from "@moela/engine";
 import { KvInbox, KvLedger, kvTransferService } from "@moela/kv-transfer";
 import { createServiceMetrics, grpcCodeName, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import {
@@ -107,6 +107,8 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
   redis?.on("error", (err: Error) => logger.debug({ err: err.message }, "registry Redis connection error"));
   const registry = redis === undefined ? undefined : new InstanceRegistry(redis, { prefix: cfg.queuePrefix ?? "moela", logger });
   let model: DeepseekModel;
+  // Process-wide, so the in-process expert-host (no --expert-hosts) computes with the same kernels.
+  configureKernels(cfg.kernels, cfg.threads);
   // Closed last on shutdown (and on a failed start): expert-host channels, the registry watcher, Redis.
   let hosts: { close(): void }[] = redis === undefined ? [] : [{ close: () => void redis.quit().catch(() => redis.disconnect()) }];
   const expertShards = cfg.expertShards ?? cfg.expertHosts.length;
@@ -123,7 +125,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
       throw new MoelaError("--expert-shards without --expert-hosts needs --redis-url (the hosts are found in the registry)", Code.INVALID_ARGUMENT);
     }
     // Attention, dense layers, gates and shared experts here; every routed expert on the hosts.
-    model = DeepseekModel.load(cfg.model, { routedExperts: () => false, kvDtype: profile.kvDtype });
+    model = DeepseekModel.load(cfg.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: cfg.threads });
     const placement = placementFor(model.config, expertShards);
     const want = { placement, profile, hidden: model.config.hiddenSize, layers: [...model.moeLayers().keys()].sort((a, b) => a - b), modelId };
     const shards = new ExpertShardSet({
@@ -148,7 +150,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     }
     model.setExpertExecutor(new HostedExpertExecutor({ placement, profile, hosts: shards.shards, hidden: model.config.hiddenSize, metrics: m }));
   } else {
-    model = DeepseekModel.load(cfg.model, { kvDtype: profile.kvDtype });
+    model = DeepseekModel.load(cfg.model, { kvDtype: profile.kvDtype, threads: cfg.threads });
     model.setExpertExecutor(createInProcessExperts(model, 1, profile, { metrics: m }).executor);
   }
   engine = new Engine(model, { blockSize: cfg.blockSize, numBlocks: cfg.kvBlocks, speculation: cfg.speculative });

@@ -18,7 +18,15 @@ describe("decode config", () => {
       kvIdleMs: 30_000,
       drainGraceMs: 30_000,
       logLevel: "info",
+      kernels: "fast",
+      threads: 1,
     });
+  });
+
+  it("takes the kernel backend and its threads, and refuses others", () => {
+    expect(parseConfig(["--model", "/m", "--kernels", "reference"], { MOELA_DECODE_THREADS: "2" })).toMatchObject({ kernels: "reference", threads: 2 });
+    expect(() => parseConfig(["--model", "/m", "--kernels", "cuda"], {})).toThrow(/--kernels \/ MOELA_DECODE_KERNELS: must be fast, portable or reference/);
+    expect(() => parseConfig(["--model", "/m"], { MOELA_DECODE_THREADS: "0" })).toThrow(/--threads \/ MOELA_DECODE_THREADS: must be >= 1/);
   });
 
   it("reads every setting from its flag, or else from its MOELA_DECODE_ twin, flag first", () => {
