@@ -41,3 +41,17 @@ describe("prefill config: prefix cache", () => {
     expect(() => parsePrefillConfig(["--model", MODEL, ...argv], env)).toThrow(message);
   });
 });
+
+describe("prefill config: kernels", () => {
+  it("runs the fast kernels on one thread unless told otherwise", () => {
+    expect(parsePrefillConfig(["--model", MODEL], {})).toMatchObject({ kernels: "fast", threads: 1 });
+    expect(parsePrefillConfig(["--model", MODEL, "--threads", "2"], { MOELA_PREFILL_KERNELS: "portable" })).toMatchObject({ kernels: "portable", threads: 2 });
+  });
+
+  it.each([
+    { argv: ["--kernels", "gpu"], message: /--kernels \(env MOELA_PREFILL_KERNELS\)/ },
+    { argv: ["--threads", "0"], message: /--threads \(env MOELA_PREFILL_THREADS\) must be at least 1/ },
+  ])("refuses $argv", ({ argv, message }) => {
+    expect(() => parsePrefillConfig(["--model", MODEL, ...argv], {})).toThrow(message);
+  });
+});
