@@ -572,9 +572,10 @@ export class Engine {
   private speculationContext(s: Sequence, batch: number): SpeculationContext {
     const greedy = s.sampler.greedy;
     const engineRate = greedy ? this.acceptanceRate : null;
-    if (this.fixedVerifyCost !== null) return { costRatio: this.fixedVerifyCost, costFixed: true, engineRate };
-    if (!greedy) return { costRatio: VERIFY_COST_PRIOR, costFixed: true, engineRate };
-    return { costRatio: this.verifyCostEstimate.ratio(batch), costFixed: false, engineRate };
+    if (this.fixedVerifyCost !== null) return { costRatio: this.fixedVerifyCost, costSource: "fixed", engineRate };
+    if (!greedy) return { costRatio: VERIFY_COST_PRIOR, costSource: "fixed", engineRate };
+    const e = this.verifyCostEstimate;
+    return { costRatio: e.ratio(batch), costSource: e.measured(batch) ? "measured" : "prior", engineRate };
   }
 
   /** The sequence's tokens at positions [from, to) (prompt, then output). */

@@ -19,6 +19,13 @@
  * While it cannot probe it waits; after `maxProbeInterval` steps (at once when c is a constant that cannot
  * pay) it retires: it never drafts again, and the engine stops keeping what a probe would need.
  *
+ * Until an engine has timed both kinds of steps, c is only its prior (2, at which nothing pays): a sequence
+ * deciding on the prior pauses after its first draft like any other, but its probes are trials of
+ * `trialDrafts` drafts, which the prior always allows. The pauses time plain steps, the trials verify
+ * steps; once c is a measurement the rules above apply. Trials wait for the first probe because an
+ * engine's first steps are slow while the JIT compiles, and the estimator does not time them; it also
+ * follows the fast side of its timings, since interference only ever adds time.
+ *
  * nextDraftingState is pure: the same drafts and the same context give the same decisions.
  */
 
@@ -42,6 +49,8 @@ export interface SpeculationPolicyParams {
   readonly firstProbeAfter: number;
   /** The longest wait between probes; also how long a sequence waits for c to fall below 2 before it retires. */
   readonly maxProbeInterval: number;
+  /** Drafts a trial makes before they are judged (on the engine's prior c, not yet measured). */
+  readonly trialDrafts: number;
 }
 
 export const SPECULATION_POLICY: SpeculationPolicyParams = {
@@ -57,6 +66,8 @@ export const SPECULATION_POLICY: SpeculationPolicyParams = {
   // 16, 32, ..., 256: a hopeless sequence probes about 5 times in its first 500 tokens, then every 256;
   // a paused sequence keeps at most this many hidden rows for its next probe.
   maxProbeInterval: 256,
+  // The estimator wants 3 steps of each kind; a trial costs at most 2 verify steps more than pausing at once.
+  trialDrafts: 3,
 };
 
 /**
@@ -74,11 +85,13 @@ export interface DraftingState {
   readonly drafting: boolean;
   /** EWMA of this sequence's draft outcomes (1 accepted, 0 rejected). */
   readonly rate: number;
+  /** Drafts still to make before they are judged, while c is the engine's prior (a trial). */
+  readonly trialLeft: number;
   /** Plain steps since drafting paused, or since the last probe. */
   readonly plainSteps: number;
   /** Plain steps before the next probe. */
   readonly probeAfter: number;
-  /** The next verify is a probe: its outcome alone decides whether drafting resumes. */
+  /** The draft being verified is a probe's: its outcome decides whether drafting resumes. */
   readonly probing: boolean;
   /** Drafting stopped for good. */
   readonly retired: boolean;
@@ -96,14 +109,17 @@ export interface StepOutcome {
 export interface SpeculationContext {
   /** c: what a verify step costs, in plain steps. */
   readonly costRatio: number;
-  /** c is a constant, not a measurement: when it cannot pay, a paused sequence retires at once. */
-  readonly costFixed: boolean;
+  /**
+   * Where c comes from: "fixed", a constant (when it cannot pay, a paused sequence retires at once);
+   * "measured", the engine's timings; "prior", the engine's guess until it has timed both kinds of steps.
+   */
+  readonly costSource: "fixed" | "measured" | "prior";
   /** The engine's acceptance over all its recent drafts (null: none yet, or not to be used). */
   readonly engineRate: number | null;
 }
 
 export function initialDraftingState(p: SpeculationPolicyParams = SPECULATION_POLICY): DraftingState {
-  return { drafting: true, rate: p.initialRate, plainSteps: 0, probeAfter: p.firstProbeAfter, probing: false, retired: false };
+  return { drafting: true, rate: p.initialRate, trialLeft: 0, plainSteps: 0, probeAfter: p.firstProbeAfter, probing: false, retired: false };
 }
 
 /** Drafting pays when a verify step's expected yield beats its cost: 1 + rate > c. */
@@ -121,54 +137,77 @@ export function nextDraftingState(
   if (s.retired) return s;
   const c = ctx.costRatio;
   const hopeless = c >= MAX_TOKENS_PER_VERIFY;
+  const onPrior = ctx.costSource === "prior";
   if (step.verified) {
     const rate = s.rate + p.rateWeight * ((step.accepted ? 1 : 0) - s.rate);
+    const trialLeft = Math.max(0, s.trialLeft - 1);
+    if (onPrior && trialLeft > 0) return { ...s, drafting: true, rate, trialLeft }; // a trial goes on (a probe's stays one)
     if (draftingPays(rate, c)) {
       // A probe that paid resets the wait for the next pause.
-      return { ...s, drafting: true, rate, plainSteps: 0, probing: false, probeAfter: s.probing ? p.firstProbeAfter : s.probeAfter };
+      return { ...s, drafting: true, rate, trialLeft, plainSteps: 0, probing: false, probeAfter: s.probing ? p.firstProbeAfter : s.probeAfter };
     }
-    if (hopeless && ctx.costFixed) return retired(s, rate);
+    if (hopeless && ctx.costSource === "fixed") return retired(s, rate);
+    // A probe that did not pay doubles the wait for the next.
     const probeAfter = s.probing ? Math.min(2 * s.probeAfter, p.maxProbeInterval) : s.probeAfter;
-    return { ...s, drafting: false, rate, plainSteps: 0, probing: false, probeAfter };
+    return { ...s, drafting: false, rate, trialLeft: 0, plainSteps: 0, probing: false, probeAfter };
   }
   if (s.drafting) return s; // had no draft to verify (none was made): nothing learnt
   const plainSteps = s.plainSteps + 1;
-  const worthProbing = !hopeless && (ctx.engineRate === null || draftingPays(ctx.engineRate, c));
+  // On the prior a probe is a trial, there to measure c; otherwise it must be able to pay.
+  const worthProbing = onPrior || (!hopeless && (ctx.engineRate === null || draftingPays(ctx.engineRate, c)));
   if (!worthProbing) {
     // A probe could only cost; wait for c or the engine's acceptance to change.
-    return (hopeless && ctx.costFixed) || plainSteps >= p.maxProbeInterval ? retired(s, s.rate) : { ...s, plainSteps };
+    return (hopeless && ctx.costSource === "fixed") || plainSteps >= p.maxProbeInterval ? retired(s, s.rate) : { ...s, plainSteps };
   }
   if (plainSteps >= s.probeAfter) {
     // Start at the break-even: an accepted probe draft lifts the rate above it, a rejected one drops it below.
-    return { ...s, drafting: true, probing: true, plainSteps: 0, rate: Math.min(1, Math.max(0, c - 1)) };
+    const rate = Math.min(1, Math.max(0, c - 1));
+    return { ...s, drafting: true, probing: true, plainSteps: 0, rate, trialLeft: onPrior ? p.trialDrafts : 0 };
   }
   return { ...s, plainSteps };
 }
 
 function retired(s: DraftingState, rate: number): DraftingState {
-  return { ...s, drafting: false, rate, probing: false, retired: true };
+  return { ...s, drafting: false, rate, trialLeft: 0, probing: false, retired: true };
+}
+
+export interface VerifyCostEstimatorOptions {
+  /** c until a batch-size class has been timed (default VERIFY_COST_PRIOR). */
+  readonly prior?: number;
+  /** Sequence-steps of each kind a class needs before its ratio counts (default 3). */
+  readonly minEvidence?: number;
+  /** The engine's first steps, not timed: the JIT is still compiling (default 8). */
+  readonly warmupSteps?: number;
 }
 
 /**
  * The engine's cost ratio c: seconds of a verify step over a plain step, per sequence, from the engine's
  * own step timings. A step's seconds are split between its plain and verifying sequences by normalised LMS
- * (for a step of one kind that is an EWMA of its seconds per sequence). Kept per batch-size class (powers of
- * two), since c grows with the batch as the kernels turn compute-bound. Until a class has seen both kinds
- * (about `minEvidence` sequence-steps each) it answers the prior.
+ * (for a step of one kind, an EWMA of its seconds per sequence). The update is lopsided, quick down and
+ * slow up, so the estimates follow the fast side of the timings: interference (GC, the JIT, other
+ * processes) only ever adds time. Kept per batch-size class (powers of two), since c grows with the batch
+ * as the kernels turn compute-bound; until a class has seen both kinds it answers the prior.
  */
 export class VerifyCostEstimator {
+  readonly prior: number;
+  private readonly minEvidence: number;
+  private warmupLeft: number;
   private readonly classes: { plain: number; verify: number; plainEvidence: number; verifyEvidence: number }[] = [];
 
-  constructor(
-    readonly prior: number = VERIFY_COST_PRIOR,
-    private readonly weight = 0.1,
-    private readonly minEvidence = 3,
-  ) {}
+  constructor(o: VerifyCostEstimatorOptions = {}) {
+    this.prior = o.prior ?? VERIFY_COST_PRIOR;
+    this.minEvidence = o.minEvidence ?? 3;
+    this.warmupLeft = o.warmupSteps ?? 8;
+  }
 
   /** One step: its seconds, how many sequences ran plain and how many verified a draft. */
   observe(seconds: number, plainSeqs: number, verifySeqs: number): void {
     const n = plainSeqs + verifySeqs;
     if (n === 0 || !(seconds > 0) || !Number.isFinite(seconds)) return;
+    if (this.warmupLeft > 0) {
+      this.warmupLeft--;
+      return;
+    }
     const k = sizeClass(n);
     let e = this.classes[k];
     if (e === undefined) {
@@ -180,21 +219,31 @@ export class VerifyCostEstimator {
     else if (e.verifyEvidence === 0 && verifySeqs === n) e.verify = seconds / n;
     else {
       const err = seconds - (plainSeqs * e.plain + verifySeqs * e.verify);
-      const norm = plainSeqs * plainSeqs + verifySeqs * verifySeqs;
-      e.plain = Math.max(1e-9, e.plain + (this.weight * err * plainSeqs) / norm);
-      e.verify = Math.max(1e-9, e.verify + (this.weight * err * verifySeqs) / norm);
+      const w = (err < 0 ? WEIGHT_FASTER : WEIGHT_SLOWER) / (plainSeqs * plainSeqs + verifySeqs * verifySeqs);
+      e.plain = Math.max(1e-9, e.plain + w * err * plainSeqs);
+      e.verify = Math.max(1e-9, e.verify + w * err * verifySeqs);
     }
     e.plainEvidence += plainSeqs / n;
     e.verifyEvidence += verifySeqs / n;
   }
 
-  /** c for a step of `batch` sequences. */
+  /** c for a step of `batch` sequences (the prior until that batch-size class is measured). */
   ratio(batch: number): number {
-    const e = this.classes[sizeClass(Math.max(1, batch))];
-    if (e === undefined || e.plainEvidence < this.minEvidence || e.verifyEvidence < this.minEvidence) return this.prior;
+    if (!this.measured(batch)) return this.prior;
+    const e = this.classes[sizeClass(Math.max(1, batch))]!;
     return e.verify / e.plain;
   }
+
+  /** Whether steps of `batch` sequences have been timed enough, of both kinds, for ratio() to be a measurement. */
+  measured(batch: number): boolean {
+    const e = this.classes[sizeClass(Math.max(1, batch))];
+    return e !== undefined && e.plainEvidence >= this.minEvidence && e.verifyEvidence >= this.minEvidence;
+  }
 }
+
+/** Update weights of VerifyCostEstimator: a step faster than predicted moves the estimate 30 %, a slower one 5 %. */
+const WEIGHT_FASTER = 0.3;
+const WEIGHT_SLOWER = 0.05;
 
 /** 1 -> 0, 2-3 -> 1, 4-7 -> 2, ... */
 function sizeClass(n: number): number {
