@@ -1,37 +1,93 @@
 /**
- * Engine benchmark (a script, not a test): prefill and decode tokens/s at batch 1 and 8, with and without
- * MTP speculation, and the resident weight bytes, on the bundled model and on a larger generated preset;
- * each configuration runs on one thread and on --threads threads (the model's MatmulPool), side by side.
+ * Engine benchmark (a script, not a test): decode and prefill throughput of whole models per kernel backend,
+ * next to what this machine measures in the same run with numpy (scripts/lib/yardsticks.ts).
  *
- *   npx tsx scripts/bench/engine.ts [--models models/tiny-v3,/tmp/moela-large-v3] [--decode-tokens 32] [--threads 2] [--rounds 1]
+ *   npx tsx scripts/bench/engine.ts [--models models/tiny-v3,/tmp/moela-large-v3] [--backends fast,reference]
+ *        [--threads N] [--batches 1,4,16] [--prompt-tokens 128] [--decode-tokens 32] [--reference-decode-tokens 8]
+ *        [--speculation-tokens 64] [--speculation-models models/tiny-v3] [--rounds 3] [--no-yardsticks] [--out bench-results]
  *
- * With --rounds R each configuration runs R times per thread count, the order alternating round by round, and the
- * table shows medians (the ratio is the median of the per-round ratios): on a machine shared with other work,
- * one round of each says little.
- * The large preset is generated on first use into /tmp/moela-large-v3 (about 0.5 GB, a minute or two).
- * Prints a table; writes bench-results/engine.json.
+ * Per model and backend, at --threads threads (default: all cores): decode tokens/s at each batch size
+ * (speculation off; greedy, --decode-tokens per sequence after a --prompt-tokens prompt) and prefill tokens/s
+ * (the batch's prompts in one prefill). The reference backend (float64, many times slower) runs batch 1 only,
+ * with --reference-decode-tokens.
+ *
+ * What a decoded token reads is computed exactly from the loaded weights (weightBytes of each matrix, the
+ * float32 norm vectors): the embedding row; per layer the norms and the attention weights (q_a + q_b or q,
+ * kv_a, kv_b once, o), then the dense MLP or the MoE (router gate, shared expert, num_experts_per_tok routed
+ * experts of the mean routed-expert size); the final norm and lm_head. The MTP block is not counted (speculation
+ * is off). From it:
+ *   decode GB/s = tok/s x bytes/token, against the single-thread read bandwidth (at batch 1 this is the
+ *     bandwidth the step achieved; at larger batches the weights are shared, so it is an equivalent);
+ *   GFLOP/s = tok/s x 2 x weight elements/token (a multiply-add per weight element a token reads; attention
+ *     over the context is not counted), prefill's against numpy's GEMM.
+ * Then the batch-16 / batch-1 decode throughput, the fast / reference speed-up, and on --speculation-models
+ * (models with an MTP head, first backend, batch 1) decode tokens/s with speculation off, auto and on.
+ *
+ * With --rounds R (default 3) every measurement runs R times, backends (and speculation modes) interleaved round
+ * by round, and medians are reported; most of a default run is the reference backend's large-v3 prefill.
+ * The large-v3 preset is generated on first use into /tmp/moela-large-v3 (about 0.5 GB, a minute or two).
+ * Prints tables to stdout (progress to stderr); writes bench-results/engine.json and bench-results/engine.html.
  */
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { availableParallelism } from "node:os";
+import { basename } from "node:path";
 import { Command } from "commander";
-import { DeepseekModel, Engine, type Sequence } from "@moela/engine";
+import { DeepseekModel, Engine, fastKernelsAvailable, nativeKernelsAddon, weightBytes, type EngineOptions, type KernelsName, type Sequence, type WeightMatrix } from "@moela/engine";
 import { generateCheckpoint } from "../lib/tiny-checkpoint.js";
+import { describeYardsticks, measureYardsticks, type Yardsticks } from "../lib/yardsticks.js";
+import { commandLine, describeMachine, fmt, fmtX, log, machineInfo, median, ratio, textTable, writeReport, type Bar, type BarChart } from "../lib/bench-report.js";
 
+const list = (v: string): string[] => v.split(",").map((s) => s.trim()).filter((s) => s !== "");
 const program = new Command("bench-engine")
   .option("--models <dirs>", "comma-separated checkpoint folders", "models/tiny-v3,/tmp/moela-large-v3")
+  .option("--backends <list>", "kernel backends (fast, portable, reference)", "fast,reference")
+  .option("--threads <n>", "threads of every model", (v) => Number(v), availableParallelism())
+  .option("--batches <list>", "decode batch sizes (the reference backend runs batch 1 only)", "1,4,16")
   .option("--prompt-tokens <n>", "prompt length", (v) => Number(v), 128)
   .option("--decode-tokens <n>", "tokens generated per sequence", (v) => Number(v), 32)
-  .option("--threads <n>", "threads compared with one thread (1: single-thread only)", (v) => Number(v), availableParallelism())
-  .option("--rounds <n>", "measurements per configuration and thread count (medians reported)", (v) => Number(v), 1)
+  .option("--reference-decode-tokens <n>", "tokens generated per sequence by the reference backend", (v) => Number(v), 8)
+  .option("--speculation-tokens <n>", "tokens generated in the speculation off/auto/on comparison", (v) => Number(v), 64)
+  .option("--speculation-models <dirs>", "models (with an MTP head) to compare speculation off/auto/on on ('' for none)", "models/tiny-v3")
+  .option("--rounds <n>", "measurements per configuration (medians reported)", (v) => Number(v), 3)
+  .option("--no-yardsticks", "skip the numpy yardsticks (no ratios)")
+  .option("--out <dir>", "where the JSON and HTML go", "bench-results")
   .parse();
-const opts = program.opts<{ models: string; promptTokens: number; decodeTokens: number; threads: number; rounds: number }>();
-if (!(Number.isInteger(opts.rounds) && opts.rounds >= 1)) throw new Error(`--rounds must be a positive integer, got ${opts.rounds}`);
-if (!(Number.isInteger(opts.threads) && opts.threads >= 1)) throw new Error(`--threads must be a positive integer, got ${opts.threads}`);
+const opts = program.opts<{
+  models: string;
+  backends: string;
+  threads: number;
+  batches: string;
+  promptTokens: number;
+  decodeTokens: number;
+  referenceDecodeTokens: number;
+  speculationTokens: number;
+  speculationModels: string;
+  rounds: number;
+  yardsticks: boolean;
+  out: string;
+}>();
+const flag = (k: string): string => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+for (const k of ["threads", "promptTokens", "rounds"] as const) {
+  if (!(Number.isInteger(opts[k]) && opts[k] >= 1)) throw new Error(`${flag(k)} must be a positive integer, got ${opts[k]}`);
+}
+// Prefill emits each sequence's first token, so decode is timed over the other tokens-1.
+for (const k of ["decodeTokens", "referenceDecodeTokens", "speculationTokens"] as const) {
+  if (!(Number.isInteger(opts[k]) && opts[k] >= 2)) throw new Error(`${flag(k)} must be an integer >= 2 (the first token comes from prefill), got ${opts[k]}`);
+}
+const BACKENDS = list(opts.backends) as KernelsName[];
+for (const b of BACKENDS) if (!["fast", "portable", "reference"].includes(b)) throw new Error(`--backends: '${b}' is not fast, portable or reference`);
+if (BACKENDS.length === 0) throw new Error("--backends is empty");
+const BATCHES = list(opts.batches).map(Number);
+if (BATCHES.length === 0 || BATCHES.some((b) => !(Number.isInteger(b) && b >= 1))) throw new Error(`--batches must be positive integers, got ${opts.batches}`);
+const MODELS = list(opts.models);
+const SPEC_MODELS = new Set(list(opts.speculationModels));
+const batchesOf = (b: KernelsName): number[] => (b === "reference" ? [Math.min(...BATCHES)] : BATCHES);
+const decodeTokensOf = (b: KernelsName): number => (b === "reference" ? opts.referenceDecodeTokens : opts.decodeTokens);
 
 function ensureModel(dir: string): void {
   if (existsSync(dir)) return;
   if (!dir.includes("large-v3")) throw new Error(`${dir} does not exist`);
-  process.stderr.write(`generating the large-v3 preset into ${dir} ...\n`);
+  log(`generating the large-v3 preset into ${dir} ...`);
   let last = 0;
   generateCheckpoint(
     {
@@ -40,7 +96,7 @@ function ensureModel(dir: string): void {
         const pct = Math.floor((100 * done) / total);
         if (pct >= last + 10) {
           last = pct;
-          process.stderr.write(`  ${pct}%\n`);
+          log(`  ${pct}%`);
         }
       },
     },
@@ -49,130 +105,390 @@ function ensureModel(dir: string): void {
   );
 }
 
-interface Row {
-  model: string;
-  threads: number;
-  batch: number;
-  speculative: boolean;
-  prefillTokS: number;
-  decodeTokS: number;
-  acceptance: number | null;
-  weightMiB: number;
-  /** Per round (with --threads N > 1, on the N-thread rows): N-thread over 1-thread tokens/s. */
-  prefillRatios?: number[];
-  decodeRatios?: number[];
+// ---- what one decoded token reads ---------------------------------------------------------------------
+
+interface TokenCost {
+  /** Bytes of weights one decoded token reads (speculation off). */
+  readonly bytes: number;
+  /** Weight elements it reads: FLOPs per token = 2 x elements. */
+  readonly elements: number;
+  readonly parts: Record<string, { bytes: number; elements: number }>;
 }
 
-async function measure(model: DeepseekModel, name: string, batch: number, speculative: boolean): Promise<Row> {
+function tokenCost(model: DeepseekModel): TokenCost {
+  const parts: Record<string, { bytes: number; elements: number }> = {};
+  const add = (part: string, bytes: number, elements: number): void => {
+    const p = (parts[part] ??= { bytes: 0, elements: 0 });
+    p.bytes += bytes;
+    p.elements += elements;
+  };
+  const mat = (part: string, w: WeightMatrix | null | undefined): void => {
+    if (w) add(part, weightBytes(w), w.rows * w.cols);
+  };
+  const vec = (part: string, v: Float32Array | null | undefined): void => {
+    if (v) add(part, v.byteLength, v.length);
+  };
+  const w = model.weights;
+  const k = model.config.numExpertsPerTok;
+  // One row of the embedding (its share of the scales too, for an FP8 embedding).
+  add("embedding row", weightBytes(w.embed) / w.embed.rows, w.embed.cols);
+  for (const layer of w.layers) {
+    vec("norms", layer.inputNorm);
+    vec("norms", layer.postNorm);
+    const a = layer.attn;
+    mat("attention", a.qA?.w);
+    vec("attention", a.qA?.bias);
+    vec("norms", a.qANorm);
+    mat("attention", a.qB);
+    mat("attention", a.q?.w);
+    vec("attention", a.q?.bias);
+    mat("attention", a.kvA.w);
+    vec("attention", a.kvA.bias);
+    vec("norms", a.kvANorm);
+    mat("attention", a.kvB); // W_UK and W_UV, each row once
+    mat("attention", a.o.w);
+    vec("attention", a.o.bias);
+    if (layer.mlp) for (const m of [layer.mlp.gate, layer.mlp.up, layer.mlp.down]) mat("dense MLP", m);
+    if (layer.moe) {
+      mat("MoE router", layer.moe.gate);
+      vec("MoE router", layer.moe.bias);
+      if (layer.moe.shared) for (const m of [layer.moe.shared.gate, layer.moe.shared.up, layer.moe.shared.down]) mat("shared experts", m);
+      const loaded = layer.moe.experts.filter((e) => e !== null);
+      if (loaded.length === 0) throw new Error(`layer ${layer.index}: no routed experts loaded`);
+      let bytes = 0;
+      let elements = 0;
+      for (const e of loaded) for (const m of [e.gate, e.up, e.down]) {
+        bytes += weightBytes(m);
+        elements += m.rows * m.cols;
+      }
+      add(`routed experts (${k} per token)`, (k * bytes) / loaded.length, (k * elements) / loaded.length);
+    }
+  }
+  vec("norms", w.norm);
+  mat("lm_head", w.lmHead);
+  const sum = (key: "bytes" | "elements"): number => Object.values(parts).reduce((s, p) => s + p[key], 0);
+  return { bytes: sum("bytes"), elements: sum("elements"), parts };
+}
+
+// ---- measuring -------------------------------------------------------------------------------------------
+
+type SpecMode = "off" | "auto" | "on";
+
+/**
+ * Engine options for a speculation mode. The Engine takes `speculation: "auto" | "on" | "off"`; an older one only
+ * the boolean `speculative`. Both are given (the current Engine reads `speculation` first, an older one ignores
+ * it), and runOnce checks that the engine really runs the mode ("auto" is then reported as unsupported).
+ */
+function engineOptions(numBlocks: number, mode: SpecMode): EngineOptions {
+  return { blockSize: 16, numBlocks, speculative: mode !== "off", speculation: mode } as EngineOptions;
+}
+
+interface Run {
+  readonly prefillTokS: number;
+  readonly decodeTokS: number;
+  readonly drafted: number;
+  readonly accepted: number;
+}
+
+/** One prefill of `batch` prompts, then decode until each has `decodeTokens` tokens; null: the engine lacks `mode`. */
+async function runOnce(model: DeepseekModel, batch: number, promptTokens: number, decodeTokens: number, mode: SpecMode): Promise<Run | null> {
   const V = model.config.vocabSize;
-  const engine = new Engine(model, { speculative, blockSize: 16, numBlocks: Math.ceil(((opts.promptTokens + opts.decodeTokens + 4) * batch) / 16) + batch + 4 });
+  const numBlocks = Math.ceil(((promptTokens + decodeTokens + 4) * batch) / 16) + 2 * batch + 4;
+  const engine = new Engine(model, engineOptions(numBlocks, mode));
+  const actual = (engine as unknown as { speculation?: unknown }).speculation;
+  if (mode === "auto" && actual !== "auto") return null;
+  if (actual === undefined ? engine.speculative !== (mode !== "off") : actual !== mode) throw new Error(`the engine did not take speculation ${mode}`);
   const seqs: Sequence[] = [];
   for (let b = 0; b < batch; b++) {
-    // Distinct deterministic prompts so batch rows do different work.
-    const prompt = Array.from({ length: opts.promptTokens }, (_, i) => (7 + 31 * i + 101 * b) % V);
-    seqs.push(engine.newSequence(`b${b}`, prompt, { temperature: 0, topP: 1, topK: -1, maxTokens: opts.decodeTokens, ignoreEos: true }));
+    // Distinct deterministic prompts (ids 2.., not BOS/EOS), so batch rows do different work.
+    const prompt = Array.from({ length: promptTokens }, (_, i) => 2 + ((7 + 31 * i + 101 * b) % (V - 2)));
+    seqs.push(engine.newSequence(`b${b}`, prompt, { temperature: 0, topP: 1, topK: -1, maxTokens: decodeTokens, ignoreEos: true }));
   }
   const t0 = performance.now();
   await engine.prefill(seqs);
   const t1 = performance.now();
-  let produced = 0;
-  while (seqs.some((s) => !s.finished)) {
-    const live = seqs.filter((s) => !s.finished);
-    for (const r of await engine.step(live)) produced += r.tokens.length;
-  }
+  // Prefill emits each sequence's first token; decode makes the rest.
+  const before = seqs.reduce((n, s) => n + s.output.length, 0);
+  while (seqs.some((s) => !s.finished)) await engine.step(seqs.filter((s) => !s.finished));
   const t2 = performance.now();
+  const produced = seqs.reduce((n, s) => n + s.output.length, 0) - before;
   for (const s of seqs) engine.release(s);
   return {
-    model: name,
-    threads: model.threads,
-    batch,
-    speculative,
-    prefillTokS: (batch * opts.promptTokens) / ((t1 - t0) / 1000),
+    prefillTokS: (batch * promptTokens) / ((t1 - t0) / 1000),
     decodeTokS: produced / ((t2 - t1) / 1000),
-    acceptance: engine.drafted > 0 ? engine.accepted / engine.drafted : null,
-    weightMiB: model.weightBytes / 2 ** 20,
+    drafted: engine.drafted,
+    accepted: engine.accepted,
   };
 }
 
-async function useThreads(model: DeepseekModel, threads: number): Promise<void> {
-  model.setThreads(threads);
-  // Time the steady state, not the workers' start-up (they load the kernels, through tsx from sources).
-  if (model.matmulPool !== null && !(await model.matmulPool.ready())) throw new Error(`matmul workers failed: ${model.matmulPool.error?.message}`);
+interface Row {
+  /** "main": the decode/prefill table; "speculation": the off/auto/on comparison. */
+  readonly set: "main" | "speculation";
+  readonly model: string;
+  readonly backend: KernelsName;
+  /** What runs underneath (the native instruction set, or "typescript"). */
+  readonly isa: string;
+  readonly threads: number;
+  readonly batch: number;
+  readonly speculation: SpecMode;
+  readonly promptTokens: number;
+  readonly decodeTokens: number;
+  readonly rounds: number;
+  readonly prefillTokS: number;
+  readonly decodeTokS: number;
+  /** Accepted / drafted MTP tokens (null without drafts). */
+  readonly acceptance: number | null;
+  readonly bytesPerToken: number;
+  readonly flopsPerToken: number;
+  readonly decodeGBs: number;
+  readonly decodeGBsOverRead: number | null;
+  readonly decodeGFlops: number;
+  readonly decodeGFlopsOverGemm: number | null;
+  readonly prefillGFlops: number;
+  readonly prefillGFlopsOverGemm: number | null;
 }
 
-const median = (a: number[]) => {
-  const s = [...a].sort((x, y) => x - y);
-  return s.length % 2 === 1 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
-/** The median row of several rounds of one configuration and thread count. */
-function medianRow(rs: Row[]): Row {
-  const acc = rs.map((r) => r.acceptance).filter((a): a is number => a !== null);
-  return { ...rs[0]!, prefillTokS: median(rs.map((r) => r.prefillTokS)), decodeTokS: median(rs.map((r) => r.decodeTokS)), acceptance: acc.length > 0 ? median(acc) : null };
+const machine = machineInfo();
+let yard: Yardsticks | null = null;
+if (opts.yardsticks) {
+  log("measuring the yardsticks (numpy) ...");
+  yard = measureYardsticks();
+  if (yard.error !== null) log(`  ${yard.error}: continuing without those ratios`);
 }
+const readGBs = yard?.readGBs ?? null;
+const gemmGFlops = yard?.gemmGFlops ?? null;
 
-const threadCounts = opts.threads === 1 ? [1] : [1, opts.threads];
+const notes: string[] = [];
+if (BACKENDS.includes("fast") && !fastKernelsAvailable()) notes.push("NOTE: the native kernels did not load: `fast` is the portable TypeScript backend here");
 const rows: Row[] = [];
-for (const dir of opts.models.split(",")) {
+const specUnsupported: string[] = [];
+const costs = new Map<string, TokenCost>();
+const started = performance.now();
+
+function row(set: Row["set"], name: string, backend: KernelsName, model: DeepseekModel, cost: TokenCost, batch: number, mode: SpecMode, decodeTokens: number, runs: Run[]): Row {
+  const prefillTokS = median(runs.map((r) => r.prefillTokS));
+  const decodeTokS = median(runs.map((r) => r.decodeTokS));
+  const acc = runs.filter((r) => r.drafted > 0).map((r) => r.accepted / r.drafted);
+  const flopsPerToken = 2 * cost.elements;
+  const decodeGBs = (decodeTokS * cost.bytes) / 1e9;
+  const decodeGFlops = (decodeTokS * flopsPerToken) / 1e9;
+  const prefillGFlops = (prefillTokS * flopsPerToken) / 1e9;
+  return {
+    set,
+    model: name,
+    backend,
+    isa: model.kernels.isa,
+    threads: model.threads,
+    batch,
+    speculation: mode,
+    promptTokens: opts.promptTokens,
+    decodeTokens,
+    rounds: runs.length,
+    prefillTokS,
+    decodeTokS,
+    acceptance: acc.length > 0 ? median(acc) : null,
+    bytesPerToken: cost.bytes,
+    flopsPerToken,
+    decodeGBs,
+    decodeGBsOverRead: ratio(decodeGBs, readGBs),
+    decodeGFlops,
+    decodeGFlopsOverGemm: ratio(decodeGFlops, gemmGFlops),
+    prefillGFlops,
+    prefillGFlopsOverGemm: ratio(prefillGFlops, gemmGFlops),
+  };
+}
+
+for (const dir of MODELS) {
   ensureModel(dir);
-  process.stderr.write(`loading ${dir} ...\n`);
-  const model = DeepseekModel.load(dir);
-  for (const batch of [1, 8]) {
-    for (const speculative of model.hasMtp ? [false, true] : [false]) {
-      // The thread counts run right after each other, first one then the other, so background load drifts
-      // as little as possible between the two sides of a ratio.
-      const runs = new Map<number, Row[]>(threadCounts.map((t) => [t, []]));
-      for (let round = 0; round < opts.rounds; round++) {
-        for (const threads of round % 2 === 0 ? threadCounts : [...threadCounts].reverse()) {
-          process.stderr.write(`  batch ${batch}, speculative ${speculative}, threads ${threads}, round ${round + 1}/${opts.rounds} ...\n`);
-          await useThreads(model, threads);
-          runs.get(threads)!.push(await measure(model, dir, batch, speculative));
-        }
-      }
-      const one = runs.get(1)!;
-      rows.push(medianRow(one));
-      if (opts.threads > 1) {
-        const many = runs.get(opts.threads)!;
-        rows.push({
-          ...medianRow(many),
-          prefillRatios: many.map((r, i) => r.prefillTokS / one[i]!.prefillTokS),
-          decodeRatios: many.map((r, i) => r.decodeTokS / one[i]!.decodeTokS),
-        });
+  const name = basename(dir);
+  const models = new Map<KernelsName, DeepseekModel>();
+  for (const b of BACKENDS) {
+    log(`loading ${dir} (${b}) ...`);
+    const m = DeepseekModel.load(dir, { kernels: b });
+    m.setThreads(opts.threads);
+    // Time the steady state, not the workers' start-up (TypeScript backends' pools load the kernels through tsx).
+    if (m.matmulPool !== null && !(await m.matmulPool.ready())) throw new Error(`matmul workers failed: ${m.matmulPool.error?.message}`);
+    models.set(b, m);
+  }
+  const first = models.get(BACKENDS[0]!)!;
+  const cost = tokenCost(first);
+  costs.set(name, cost);
+  const use = (m: DeepseekModel): void => {
+    // The fast backend's pool is the process's (a no-op when unchanged); a TypeScript backend's pool is the model's
+    // own, and setThreads would restart it.
+    if (m.kernels.threadsAreProcessWide) m.setThreads(opts.threads);
+  };
+  // Warm-up (not measured): every batch size's code paths once, with short prompts, so the JIT has settled.
+  for (const [b, m] of models) {
+    log(`  warm-up (${b}) ...`);
+    use(m);
+    for (const batch of batchesOf(b)) await runOnce(m, batch, Math.min(16, opts.promptTokens), 4, "off");
+  }
+  const runs = new Map<string, Run[]>();
+  const push = (key: string, r: Run): void => void (runs.get(key) ?? runs.set(key, []).get(key)!).push(r);
+  for (let round = 0; round < opts.rounds; round++) {
+    for (const b of round % 2 === 0 ? BACKENDS : [...BACKENDS].reverse()) {
+      const m = models.get(b)!;
+      for (const batch of batchesOf(b)) {
+        log(`  ${name} ${b}: batch ${batch}, ${opts.promptTokens}-token prompts, ${decodeTokensOf(b)} tokens each, round ${round + 1}/${opts.rounds} ...`);
+        use(m);
+        push(`${b}|${batch}`, (await runOnce(m, batch, opts.promptTokens, decodeTokensOf(b), "off"))!);
       }
     }
   }
-  await model.close();
-}
+  for (const [b, m] of models) for (const batch of batchesOf(b)) rows.push(row("main", name, b, m, cost, batch, "off", decodeTokensOf(b), runs.get(`${b}|${batch}`)!));
 
-const N = opts.threads;
-const f1 = (n: number) => n.toFixed(1);
-const cell = (v: string, w: number) => v.padStart(w);
-/** One table line: model left-aligned, every other column right-aligned to its header's width. */
-const line = (model: string, cells: string[], widths: number[]) => `${model.padEnd(28)}${cells.map((c, i) => cell(c, widths[i]!)).join("")}`;
-const headers =
-  N === 1
-    ? ["batch", "spec", "prefill tok/s", "decode tok/s", "MTP accept", "weights MiB"]
-    : ["batch", "spec", "prefill 1 thr", `prefill ${N} thr`, "ratio", "decode 1 thr", `decode ${N} thr`, "ratio", "MTP accept", "weights MiB"];
-const widths = headers.map((h) => h.length + 3);
-console.log(`prompt ${opts.promptTokens} tokens, ${opts.decodeTokens} generated per sequence (greedy; random weights, so MTP acceptance is low)`);
-if (N > 1 && opts.rounds > 1) console.log(`tok/s: medians of ${opts.rounds} rounds; ratio: median of the per-round ratios (${N} threads / 1 thread)`);
-console.log(line("model", headers, widths));
-for (const r of rows.filter((x) => x.threads === 1)) {
-  const m = rows.find((x) => x.threads === N && x.model === r.model && x.batch === r.batch && x.speculative === r.speculative);
-  const accept = r.acceptance === null ? "-" : r.acceptance.toFixed(2);
-  const lead = [String(r.batch), r.speculative ? "yes" : "no"];
-  const ratio = (rs: number[]) => `${median(rs).toFixed(2)}x`;
-  const cells =
-    N === 1 || m === undefined
-      ? [...lead, f1(r.prefillTokS), f1(r.decodeTokS), accept, f1(r.weightMiB)]
-      : [...lead, f1(r.prefillTokS), f1(m.prefillTokS), ratio(m.prefillRatios!), f1(r.decodeTokS), f1(m.decodeTokS), ratio(m.decodeRatios!), accept, f1(r.weightMiB)];
-  console.log(line(r.model, cells, widths));
+  if (SPEC_MODELS.has(dir)) {
+    if (!first.hasMtp) notes.push(`${dir} has no MTP head: no speculation comparison`);
+    else {
+      const modes: SpecMode[] = ["off", "auto", "on"];
+      const spec = new Map<SpecMode, Run[]>(modes.map((md) => [md, []]));
+      use(first);
+      await runOnce(first, 1, Math.min(16, opts.promptTokens), 8, "on"); // warm-up of the MTP paths
+      for (let round = 0; round < opts.rounds; round++) {
+        for (const mode of round % 2 === 0 ? modes : [...modes].reverse()) {
+          if (specUnsupported.includes(mode)) continue;
+          log(`  ${name} ${BACKENDS[0]}: batch 1, speculation ${mode}, ${opts.speculationTokens} tokens, round ${round + 1}/${opts.rounds} ...`);
+          use(first);
+          const r = await runOnce(first, 1, opts.promptTokens, opts.speculationTokens, mode);
+          if (r === null) specUnsupported.push(mode);
+          else spec.get(mode)!.push(r);
+        }
+      }
+      for (const mode of modes) {
+        const rs = spec.get(mode)!;
+        if (rs.length > 0) rows.push(row("speculation", name, BACKENDS[0]!, first, cost, 1, mode, opts.speculationTokens, rs));
+      }
+    }
+  }
+  for (const m of models.values()) await m.close();
 }
-for (const dir of new Set(rows.map((r) => r.model))) {
-  for (const threads of threadCounts) {
-    const b1 = rows.find((r) => r.model === dir && r.threads === threads && r.batch === 1 && !r.speculative)!;
-    const b8 = rows.find((r) => r.model === dir && r.threads === threads && r.batch === 8 && !r.speculative)!;
-    console.log(`${dir}: ${threads} thread${threads === 1 ? "" : "s"}: decode batch 8 / batch 1 throughput ratio ${(b8.decodeTokS / b1.decodeTokS).toFixed(2)}x`);
+if (specUnsupported.length > 0) notes.push(`this Engine has no speculation "${specUnsupported.join('", "')}" (EngineOptions.speculation): not measured`);
+const elapsedS = (performance.now() - started) / 1000;
+log(`done in ${fmt(elapsedS, 0)} s`);
+
+// ---- report ----------------------------------------------------------------------------------------------
+
+const cmd = commandLine();
+const mib = (b: number): string => fmt(b / 2 ** 20, 2);
+const lines: string[] = [
+  `$ ${cmd}`,
+  describeMachine(machine),
+  yard === null ? "yardsticks: skipped (--no-yardsticks)" : describeYardsticks(yard),
+  `backends: ${BACKENDS.map((b) => `${b}${b === "fast" ? ` (${nativeKernelsAddon?.isa() ?? "typescript"})` : ""}`).join(", ")}; ${opts.threads} thread${opts.threads === 1 ? "" : "s"}; ` +
+    `greedy, random weights; ${opts.promptTokens}-token prompts; ${opts.rounds === 1 ? "one round" : `medians of ${opts.rounds} rounds, backends interleaved`}`,
+  ...notes,
+  "",
+  "what one decoded token reads (speculation off):",
+];
+for (const [name, c] of costs) {
+  const parts = Object.entries(c.parts)
+    .map(([k, p]) => `${k} ${mib(p.bytes)}`)
+    .join(", ");
+  lines.push(`  ${name}: ${mib(c.bytes)} MiB of weights (${parts}); ${fmt(c.elements / 1e6, 2)} M weight elements = ${fmt((2 * c.elements) / 1e6, 1)} MFLOP/token`);
+}
+lines.push("");
+const mainRows = rows.filter((r) => r.set === "main");
+const specRows = rows.filter((r) => r.set === "speculation");
+lines.push(`decode (speculation off) and prefill; GB/s = tok/s x bytes/token${readGBs === null ? "" : `, x read = / the read bandwidth (${fmt(readGBs)} GB/s, 1 thread)`}; GFLOP/s = tok/s x 2 x weight elements/token${gemmGFlops === null ? "" : `, x GEMM = / ${fmt(gemmGFlops)} GFLOP/s`}`);
+lines.push(
+  ...textTable(
+    ["model", "backend", "thr", "batch", "decode tok/s", "GB/s", "x read", "GFLOP/s", "x GEMM", "prefill tok/s", "GFLOP/s", "x GEMM"],
+    mainRows.map((r) => [
+      r.model,
+      r.backend,
+      String(r.threads),
+      String(r.batch),
+      fmt(r.decodeTokS),
+      fmt(r.decodeGBs, 2),
+      fmtX(r.decodeGBsOverRead),
+      fmt(r.decodeGFlops, 2),
+      fmtX(r.decodeGFlopsOverGemm),
+      fmt(r.prefillTokS),
+      fmt(r.prefillGFlops, 2),
+      fmtX(r.prefillGFlopsOverGemm),
+    ]),
+  ),
+  "",
+);
+const find = (model: string, backend: string, batch: number): Row | undefined => mainRows.find((r) => r.model === model && r.backend === backend && r.batch === batch);
+const minB = Math.min(...BATCHES);
+const maxB = Math.max(...BATCHES);
+const summary: Record<string, unknown>[] = [];
+for (const name of costs.keys()) {
+  for (const b of BACKENDS) {
+    const lo = find(name, b, minB);
+    const hi = find(name, b, maxB);
+    if (lo && hi && maxB !== minB) {
+      lines.push(`${name} ${b}: decode batch ${maxB} / batch ${minB} throughput ${fmtX(hi.decodeTokS / lo.decodeTokS)}`);
+      summary.push({ model: name, backend: b, what: `decode batch ${maxB} / batch ${minB}`, ratio: hi.decodeTokS / lo.decodeTokS });
+    }
+  }
+  const fast = find(name, "fast", minB);
+  const ref = find(name, "reference", minB);
+  if (fast && ref) {
+    lines.push(`${name}: fast / reference at batch ${minB}: decode ${fmtX(fast.decodeTokS / ref.decodeTokS)}, prefill ${fmtX(fast.prefillTokS / ref.prefillTokS)}`);
+    summary.push({ model: name, what: `fast / reference decode, batch ${minB}`, ratio: fast.decodeTokS / ref.decodeTokS });
+    summary.push({ model: name, what: `fast / reference prefill, batch ${minB}`, ratio: fast.prefillTokS / ref.prefillTokS });
   }
 }
-mkdirSync("bench-results", { recursive: true });
-writeFileSync("bench-results/engine.json", JSON.stringify(rows, null, 2));
+if (specRows.length > 0) {
+  lines.push("");
+  lines.push(`speculation (MTP drafts) at batch 1, ${opts.speculationTokens} tokens (random weights, so drafts are rarely accepted):`);
+  lines.push(
+    ...textTable(
+      ["model", "backend", "speculation", "decode tok/s", "accepted/drafted"],
+      specRows.map((r) => [r.model, r.backend, r.speculation, fmt(r.decodeTokS), r.acceptance === null ? "-" : fmt(r.acceptance, 2)]),
+    ),
+  );
+  for (const name of new Set(specRows.map((r) => r.model))) {
+    const by = (md: SpecMode): Row | undefined => specRows.find((r) => r.model === name && r.speculation === md);
+    const off = by("off");
+    for (const md of ["auto", "on"] as const) {
+      const x = by(md);
+      if (off && x) {
+        lines.push(`${name}: decode speculation ${md} / off ${fmtX(x.decodeTokS / off.decodeTokS)}`);
+        summary.push({ model: name, what: `decode speculation ${md} / off, batch 1`, ratio: x.decodeTokS / off.decodeTokS });
+      }
+    }
+  }
+}
+lines.push("", `total ${fmt(elapsedS, 0)} s`);
+process.stdout.write(`${lines.join("\n")}\n`);
+
+const bar = (r: Row, value: number, rel: number | null, label: string): Bar => ({ group: `${r.model} ${r.backend}`, label, value, ...(rel === null ? {} : { note: fmtX(rel) }) });
+const charts: BarChart[] = [
+  {
+    title: "decode: GB/s = tok/s x weight bytes per token (dashed: the single-thread read bandwidth)",
+    unit: "GB/s",
+    bars: mainRows.map((r) => bar(r, r.decodeGBs, r.decodeGBsOverRead, `batch ${r.batch}: ${fmt(r.decodeTokS)} tok/s`)),
+    ...(readGBs === null ? {} : { refs: [{ value: readGBs, label: `read bw ${fmt(readGBs)} GB/s` }] }),
+  },
+  {
+    title: `prefill (${opts.promptTokens}-token prompts): GFLOP/s = tok/s x 2 x weight elements per token (dashed: numpy's GEMM)`,
+    unit: "GFLOP/s",
+    bars: mainRows.map((r) => bar(r, r.prefillGFlops, r.prefillGFlopsOverGemm, `batch ${r.batch}: ${fmt(r.prefillTokS)} tok/s`)),
+    ...(gemmGFlops === null ? {} : { refs: [{ value: gemmGFlops, label: `GEMM ${fmt(gemmGFlops)} GFLOP/s` }] }),
+  },
+];
+if (specRows.length > 0) {
+  charts.push({
+    title: "decode tok/s at batch 1 by speculation mode",
+    unit: "tokens/s",
+    bars: specRows.map((r) => ({ group: `${r.model} ${r.backend}`, label: `speculation ${r.speculation}`, value: r.decodeTokS, ...(r.acceptance === null ? {} : { note: `accepted ${fmt(r.acceptance, 2)}` }) })),
+  });
+}
+const [jsonPath, htmlPath] = writeReport(opts.out, "engine", "moela engine benchmark", lines, charts, {
+  version: 2,
+  at: new Date().toISOString(),
+  command: cmd,
+  machine,
+  yardsticks: yard,
+  options: opts,
+  tokenCosts: Object.fromEntries(costs),
+  elapsedS,
+  rows: mainRows,
+  speculation: specRows,
+  summary,
+});
+log(`wrote ${jsonPath} and ${htmlPath}`);
