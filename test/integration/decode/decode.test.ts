@@ -4,7 +4,7 @@
  * hosts, as `moela generate --expert-hosts 2` does), tokens read from Decode.Stream and compared with
  * that single-process engine.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Code, createLogger } from "@moela/core";
 import { DeepseekModel, Engine, type EmittedToken, type GenerationParams } from "@moela/engine";
 import { grpcKvConnector, KvPoll, type KvConnector, type KvFrame } from "@moela/kv-transfer";
@@ -189,10 +189,20 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
   });
 
   it("a router whose Stream goes away and does not come back within the grace period frees the blocks", async () => {
-    const stream = await openedStream("req-gone", 0, 1);
-    expect((await push("req-gone", { ...GREEDY, maxTokens: 400 })).outcome.ok).toBe(true);
-    expect((await stream.done).messages).toHaveLength(1);
-    await until(async () => (await status()).freeKvBlocks === 128, "the abandoned sequence to be freed");
+    // The request must outlive the 2 s grace: 400 steps of at least 10 ms (decode alone may finish in less).
+    const step = decode.engine.step.bind(decode.engine);
+    const slowed = vi.spyOn(decode.engine, "step").mockImplementation(async (seqs) => {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      return step(seqs);
+    });
+    try {
+      const stream = await openedStream("req-gone", 0, 1);
+      expect((await push("req-gone", { ...GREEDY, maxTokens: 400 })).outcome.ok).toBe(true);
+      expect((await stream.done).messages).toHaveLength(1);
+      await until(async () => (await status()).freeKvBlocks === 128, "the abandoned sequence to be freed");
+    } finally {
+      slowed.mockRestore();
+    }
     // The request is gone for good: a late Stream is told so.
     const late = await openStream("req-gone");
     expect(late.error?.code).toBe(Code.CANCELLED);
