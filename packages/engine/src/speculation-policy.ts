@@ -5,8 +5,9 @@
  * next draft) and yields 1 + a tokens on average, `a` being the chance the draft is accepted. If such a
  * verify step costs `c` plain steps, drafting pays while 1 + a > c. `a` is tracked per sequence (an EWMA of
  * its drafts' outcomes: it depends on the text); `c` per engine (VerifyCostEstimator: it depends on the
- * hardware, the kernels and the batch). Measured on this engine's CPU kernels with tiny-v3, c is about 1.7
- * at batch 1 and 2.3 at batch 8: there no acceptance rate pays; with memory-bound kernels c is close to 1.
+ * hardware, the kernels and the batch). Measured with the native CPU kernels on tiny-v3 and the large-v3
+ * preset, c is 1.6 to 1.9: drafting pays only above 60-90 % acceptance; where steps are memory-bound (large
+ * models on GPUs) c is close to 1 and nearly any acceptance pays.
  *
  * A sequence whose drafts stop paying pauses (plain steps), and re-checks by probing: after
  * `firstProbeAfter` plain steps it drafts once more, starting its rate at the break-even so the probe's
@@ -60,11 +61,11 @@ export const SPECULATION_POLICY: SpeculationPolicyParams = {
   // The benefit of the doubt: a sequence drafts until its own drafts show they do not pay, so one whose
   // drafts all land never pauses while c < 2.
   initialRate: 1,
-  // A probe costs one verify step and the MTP rows owed since the pause (one batched MTP call): waiting 16
-  // steps keeps that a small share of the plain steps, and a sequence that recovers resumes soon.
+  // A probe costs a verify step (besides the owed MTP rows, which any resumption costs): one in 17 steps
+  // at most, and a sequence whose drafts recover resumes soon.
   firstProbeAfter: 16,
-  // 16, 32, ..., 256: a hopeless sequence probes about 5 times in its first 500 tokens, then every 256;
-  // a paused sequence keeps at most this many hidden rows for its next probe.
+  // 16, 32, ..., 256: a sequence whose probes keep failing probes 5 times in its first 500 steps, then
+  // every 256; a paused sequence keeps at most this many hidden rows for its next probe.
   maxProbeInterval: 256,
   // The estimator wants 3 steps of each kind; a trial costs at most 2 verify steps more than pausing at once.
   trialDrafts: 3,
