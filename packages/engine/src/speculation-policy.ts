@@ -80,6 +80,13 @@ export const SPECULATION_POLICY: SpeculationPolicyParams = {
  */
 export const VERIFY_COST_PRIOR = 2;
 
+/**
+ * The cheapest a verify step plausibly is, in plain steps: it runs two positions through the main model and one
+ * through the MTP block (measured 1.6-1.9 on the CPU kernels). Before c is measured, a paused sequence probes
+ * only if the engine's acceptance would pay even at this cost.
+ */
+export const MIN_VERIFY_COST = 1.2;
+
 /** One sequence's drafting state (auto speculation). */
 export interface DraftingState {
   /** Verify a draft at the next step (otherwise the next step is plain). */
@@ -155,7 +162,11 @@ export function nextDraftingState(
   if (s.drafting) return s; // had no draft to verify (none was made): nothing learnt
   const plainSteps = s.plainSteps + 1;
   // On the prior a probe is a trial, there to measure c; otherwise it must be able to pay.
-  const worthProbing = onPrior || (!hopeless && (ctx.engineRate === null || draftingPays(ctx.engineRate, c)));
+  // On the prior a probe is a trial that measures c, worth it unless the engine's drafts so far could not pay
+  // even at the cheapest verify (a model whose MTP head is never right never pays for the trial).
+  const worthProbing = onPrior
+    ? ctx.engineRate === null || draftingPays(ctx.engineRate, MIN_VERIFY_COST)
+    : !hopeless && (ctx.engineRate === null || draftingPays(ctx.engineRate, c));
   if (!worthProbing) {
     // A probe could only cost; wait for c or the engine's acceptance to change.
     return (hopeless && ctx.costSource === "fixed") || plainSteps >= p.maxProbeInterval ? retired(s, s.rate) : { ...s, plainSteps };

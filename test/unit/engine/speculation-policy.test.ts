@@ -5,6 +5,7 @@ import {
   nextDraftingState,
   SPECULATION_POLICY,
   VERIFY_COST_PRIOR,
+  MIN_VERIFY_COST,
   VerifyCostEstimator,
   type DraftingState,
   type StepOutcome,
@@ -129,7 +130,8 @@ describe("nextDraftingState", () => {
   });
 
   it("on the engine's prior c (not yet measured) a paused sequence probes with trials of 3 drafts: after 16, 32, 64, ... plain steps", () => {
-    const prior: SpeculationContext = { costRatio: VERIFY_COST_PRIOR, costSource: "prior", engineRate: 0 };
+    // The engine's drafts land often enough to pay at the cheapest plausible verify: trials measure c.
+    const prior: SpeculationContext = { costRatio: VERIFY_COST_PRIOR, costSource: "prior", engineRate: 0.9 };
     // Even perfect drafts do not pay at c = 2; trials are there to time verify steps.
     expect(simulate(130, () => true, prior).drafts).toEqual([0, 17, 18, 19, 52, 53, 54, 119, 120, 121]);
     expect(simulate(130, () => false, prior).drafts).toEqual([0, 17, 18, 19, 52, 53, 54, 119, 120, 121]);
@@ -140,6 +142,16 @@ describe("nextDraftingState", () => {
     for (let i = 0; i < 22; i++) s = nextDraftingState(s, PLAIN, measured(1.3, 0.9));
     expect(s).toMatchObject({ drafting: true, probing: true, trialLeft: 0 });
     expect(nextDraftingState(s, ACCEPTED, measured(1.3, 0.9))).toMatchObject({ drafting: true, probing: false, probeAfter: 16 });
+  });
+
+  it("on the prior, no trial where the engine's drafts could not pay even at the cheapest verify: it retires after 256 steps", () => {
+    expect(MIN_VERIFY_COST).toBeGreaterThan(1);
+    const hopeless: SpeculationContext = { costRatio: VERIFY_COST_PRIOR, costSource: "prior", engineRate: 0.1 };
+    const r = simulate(400, () => false, hopeless);
+    expect(r.drafts).toEqual([0]);
+    expect(r.last).toMatchObject({ drafting: false, retired: true });
+    // Unknown engine acceptance (no draft judged yet) still allows the trial.
+    expect(simulate(20, () => false, { ...hopeless, engineRate: null }).drafts).toEqual([0, 17, 18, 19]);
   });
 
   it("a retired sequence stays retired", () => {
