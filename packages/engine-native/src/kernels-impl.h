@@ -112,8 +112,11 @@ static void tile(const void* w, const size_t* rowOff, int cols, int bcols, const
       }
     }
   }
+  V all[16];
   for (int r = 0; r < RB; r++)
-    for (int t = 0; t < TB; t++) out[r * TB + t] = vsum(acc[r][t]);
+    for (int t = 0; t < TB; t++) all[r * TB + t] = acc[r][t];
+  for (int k = RB * TB; k < 16; k++) all[k] = vzero();
+  vsum16(all, out);
 }
 
 typedef void (*TileFn)(const void*, const size_t*, int, int, const float* const*, const float* const*, float*);

@@ -224,4 +224,33 @@ MOELA_INLINE float vsum(V a) {
   return t[0] + t[1];
 }
 
+/**
+ * out[k] = vsum(a[k]) for k < 16, with vsum's very additions (the same operand pairs, level by level), so the
+ * bits are the same; AVX-512 does the 16 trees at once with 128-bit-block and in-block shuffles.
+ */
+#if defined(MOELA_ISA_AVX512)
+MOELA_INLINE void vsum16(const V* a, float* out) {
+  __m512 l1[8], l2[4], l3[2];
+  for (int k = 0; k < 8; k++)  // lanes j and j+8 of a[2k] (lanes 0-7) and a[2k+1] (lanes 8-15)
+    l1[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * k].v, a[2 * k + 1].v, _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm512_shuffle_f32x4(a[2 * k].v, a[2 * k + 1].v, _MM_SHUFFLE(3, 2, 3, 2)));
+  for (int k = 0; k < 4; k++)  // j and j+4: 128-bit block i now holds accumulator 4k+i
+    l2[k] = _mm512_add_ps(_mm512_shuffle_f32x4(l1[2 * k], l1[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_f32x4(l1[2 * k], l1[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  for (int k = 0; k < 2; k++)  // j and j+2: block i lanes 0-1 = accumulator 8k+i, lanes 2-3 = 8k+4+i
+    l3[k] = _mm512_add_ps(_mm512_shuffle_ps(l2[2 * k], l2[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm512_shuffle_ps(l2[2 * k], l2[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  // 0 and 1: lane 4i+q = accumulator 4q+i
+  const __m512 r = _mm512_add_ps(_mm512_shuffle_ps(l3[0], l3[1], _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(l3[0], l3[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  float t[16];
+  _mm512_storeu_ps(t, r);
+  for (int i = 0; i < 4; i++)
+    for (int q = 0; q < 4; q++) out[4 * q + i] = t[4 * i + q];
+}
+#else
+MOELA_INLINE void vsum16(const V* a, float* out) {
+  for (int k = 0; k < 16; k++) out[k] = vsum(a[k]);
+}
+#endif
+
 }  // namespace MOELA_ISA_NS
