@@ -115,7 +115,9 @@ class Pool {
   }
 
   void loop() {
-    uint64_t seen = gen_.load();
+    // From generation 0, not from whatever gen_ is when this thread first runs: a job issued right after the
+    // pool was made (before this thread started) is still joined.
+    uint64_t seen = 0;
     for (;;) {
       // Jobs come in bursts (every layer of a step): spin a little before sleeping.
       for (int i = 0; i < SPIN && gen_.load() == seen; i++) cpu_relax();
