@@ -4,7 +4,7 @@
  *
  *   npx tsx scripts/bench/engine.ts [--models models/tiny-v3,/tmp/moela-large-v3] [--backends fast,reference]
  *        [--threads N] [--batches 1,4,16] [--prompt-tokens 128] [--decode-tokens 32] [--reference-decode-tokens 8]
- *        [--speculation-tokens 64] [--speculation-models models/tiny-v3] [--rounds 3] [--no-yardsticks] [--out bench-results]
+ *        [--speculation-tokens 256] [--speculation-models models/tiny-v3] [--rounds 3] [--no-yardsticks] [--out bench-results]
  *
  * Per model and backend, at --threads threads (default: all cores): decode tokens/s at each batch size
  * (speculation off; greedy, --decode-tokens per sequence after a --prompt-tokens prompt) and prefill tokens/s
@@ -46,7 +46,7 @@ const program = new Command("bench-engine")
   .option("--prompt-tokens <n>", "prompt length", (v) => Number(v), 128)
   .option("--decode-tokens <n>", "tokens generated per sequence", (v) => Number(v), 32)
   .option("--reference-decode-tokens <n>", "tokens generated per sequence by the reference backend", (v) => Number(v), 8)
-  .option("--speculation-tokens <n>", "tokens generated in the speculation off/auto/on comparison", (v) => Number(v), 64)
+  .option("--speculation-tokens <n>", "tokens generated in the speculation off/auto/on comparison", (v) => Number(v), 256)
   .option("--speculation-models <dirs>", "models (with an MTP head) to compare speculation off/auto/on on ('' for none)", "models/tiny-v3")
   .option("--rounds <n>", "measurements per configuration (medians reported)", (v) => Number(v), 3)
   .option("--no-yardsticks", "skip the numpy yardsticks (no ratios)")

@@ -327,12 +327,13 @@ static napi_value MatmulT(napi_env env, napi_callback_info info) {
 }
 
 // attend(qa, qaOff, qaTok, qaHead, lenA, qb, qbOff, qbTok, qbHead, lenB, ka, kaOff, kaPos, kaHead,
-//        kb, kbOff, kbPos, kbHead, val, valOff, valPos, valHead, lenV, out, outOff, outTok, outHead, n, H, start, scale)
+//        kb, kbOff, kbPos, kbHead, val, valOff, valPos, valHead, lenV, out, outOff, outTok, outHead, n, H, start, scale,
+//        table, blockSize): table (Int32Array or null) pages the positions of ka, kb and val (see kernels.h).
 static napi_value Attend(napi_env env, napi_callback_info info) {
-  size_t argc = 31;
-  napi_value argv[31];
+  size_t argc = 33;
+  napi_value argv[33];
   CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  if (argc != 31) return range_error(env, "attend takes 31 arguments");
+  if (argc != 33) return range_error(env, "attend takes 33 arguments");
   int ints[31] = {0};
   for (int i : {1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27, 28, 29}) {
     if (!get_int(env, argv[i], &ints[i]) || ints[i] < 0) return range_error(env, "attend: non-negative integers expected");
@@ -349,7 +350,22 @@ static napi_value Attend(napi_env env, napi_callback_info info) {
   a.n = ints[27], a.H = ints[28], a.start = ints[29];
   a.scale = (float)scale;
   if (a.n == 0 || a.H == 0) return nullptr;
-  const double J = a.n - 1, Hm = a.H - 1, P = (double)a.start + a.n - 1;
+  const double J = a.n - 1, Hm = a.H - 1;
+  double P = (double)a.start + a.n - 1;  // the largest row read
+  Arr table;
+  if (!get_array(env, argv[31], &table) || !get_int(env, argv[32], &a.blockSize)) return range_error(env, "attend: bad block table");
+  a.table = nullptr;
+  if (table.present) {
+    if (table.type != napi_int32_array || a.blockSize <= 0) return range_error(env, "attend: the block table must be an Int32Array with blockSize > 0");
+    const size_t blocks = ((size_t)a.start + a.n + a.blockSize - 1) / a.blockSize;
+    if (table.length < blocks) return range_error(env, "attend: the block table is shorter than the positions");
+    a.table = (const int32_t*)table.data;
+    P = 0;
+    for (size_t b = 0; b < blocks; b++) {
+      if (a.table[b] < 0) return range_error(env, "attend: negative block id");
+      P = std::max(P, ((double)a.table[b] + 1) * a.blockSize - 1);
+    }
+  }
   std::string err;
   a.qa = f32_at(env, argv[0], ints[1], 0, J * a.qaTok + Hm * a.qaHead + a.lenA - 1, "qa", &err);
   if (!a.qa) return range_error(env, err);
@@ -367,8 +383,8 @@ static napi_value Attend(napi_env env, napi_callback_info info) {
   if (!a.val) return range_error(env, err);
   a.out = f32_at(env, argv[23], ints[24], 0, J * a.outTok + Hm * a.outHead + a.lenV - 1, "out", &err);
   if (!a.out) return range_error(env, err);
-  const double work = (double)a.n * a.H * (P + 1) * (a.lenA + a.lenB + a.lenV);
-  run_items((ItemFn)K->attend, &a, a.n * a.H, work);
+  const double work = (double)a.n * a.H * ((double)a.start + a.n) * (a.lenA + a.lenB + a.lenV);
+  run_items((ItemFn)K->attend, &a, a.n * ((a.H + 7) / 8), work);
   return nullptr;
 }
 

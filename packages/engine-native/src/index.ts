@@ -28,7 +28,10 @@ export interface NativeKernels {
     arrays: ReadonlyArray<Float32Array | Uint16Array | Uint8Array | null>, meta: Int32Array,
     x: Float32Array, out: Float32Array, g: Float32Array, u: Float32Array,
   ): void;
-  /** Causal softmax attention of n tokens x H heads over positions [0, start + j]; see AttendArgs in kernels.h. */
+  /**
+   * Causal softmax attention of n tokens x H heads over positions [0, start + j]; see AttendArgs in kernels.h. With
+   * a block table, ka/kb/val are a paged cache slab read in place (position p at row table[p/bs]*bs + p%bs).
+   */
   attend(
     qa: Float32Array, qaOff: number, qaTok: number, qaHead: number, lenA: number,
     qb: Float32Array, qbOff: number, qbTok: number, qbHead: number, lenB: number,
@@ -37,6 +40,7 @@ export interface NativeKernels {
     val: Float32Array, valOff: number, valPos: number, valHead: number, lenV: number,
     out: Float32Array, outOff: number, outTok: number, outHead: number,
     n: number, H: number, start: number, scale: number,
+    table: Int32Array | null, blockSize: number,
   ): void;
   /** The instruction set in use: "avx512", "avx2" or "portable". */
   isa(): string;

@@ -9,7 +9,8 @@
 //           with copies of real ones, never mixed into real results.
 //   matmul_t: out[c] accumulates v[i] * w[i, c] by fused multiply-add, i ascending (FP8: w = code * scale).
 //   attend: scores by 16-lane dots, softmax in float with the max subtracted and the sum in double, the
-//           weighted sum of values by fused multiply-add over positions ascending, then one multiply by 1/z.
+//           weighted sum of values by fused multiply-add over positions ascending, then one multiply by 1/z
+//           (heads are grouped only to share the reads of a position's row, never in the arithmetic).
 #pragma once
 #include "kernels.h"
 #include "simd.h"
@@ -281,54 +282,70 @@ MOELA_INLINE float dot(const float* a, const float* b, int len) {
   return vsum(acc);
 }
 
-/** Values per pass of the weighted sum: 8 vectors stay in registers while the positions stream by. */
-static const int VAL_CHUNK = 128;
+/**
+ * Heads attended together: a position's row is read once for all of them (MLA's heads share the latent row), and
+ * the weighted sum keeps 2 vectors per head in registers while the positions stream by.
+ */
+static const int HEAD_GROUP = 8;
+
+MOELA_INLINE size_t row_of(const AttendArgs* a, int p) {
+  return a->table ? (size_t)a->table[p / a->blockSize] * a->blockSize + p % a->blockSize : (size_t)p;
+}
 
 static void attend(const AttendArgs* a, int i0, int i1) {
+  const int groups = (a->H + HEAD_GROUP - 1) / HEAD_GROUP;
   for (int item = i0; item < i1; item++) {
-    const int j = item / a->H;
-    const int h = item % a->H;
+    const int j = item / groups;
+    const int h0 = (item % groups) * HEAD_GROUP;
+    const int G = imin(HEAD_GROUP, a->H - h0);
     const int upto = a->start + j + 1;  // causal: positions [0, upto)
-    const float* qa = a->qa + (size_t)j * a->qaTok + (size_t)h * a->qaHead;
-    const float* qb = a->qb + (size_t)j * a->qbTok + (size_t)h * a->qbHead;
-    const float* ka = a->ka + (size_t)h * a->kaHead;
-    const float* kb = a->kb + (size_t)h * a->kbHead;
-    const float* val = a->val + (size_t)h * a->valHead;
-    float* out = a->out + (size_t)j * a->outTok + (size_t)h * a->outHead;
-    float* s = scratch(&scoreScratch, (size_t)upto);
-    float m = -INFINITY;
+    float* s = scratch(&scoreScratch, (size_t)G * upto);  // [G, upto] scores, then weights
+    float m[HEAD_GROUP];
+    for (int g = 0; g < G; g++) m[g] = -INFINITY;
     for (int p = 0; p < upto; p++) {
-      float sc = dot(qa, ka + (size_t)p * a->kaPos, a->lenA);
-      if (a->lenB > 0) sc = sc + dot(qb, kb + (size_t)p * a->kbPos, a->lenB);
-      sc = sc * a->scale;
-      s[p] = sc;
-      if (sc > m) m = sc;
+      const size_t row = row_of(a, p);
+      for (int g = 0; g < G; g++) {
+        const int h = h0 + g;
+        float sc = dot(a->qa + (size_t)j * a->qaTok + (size_t)h * a->qaHead, a->ka + row * a->kaPos + (size_t)h * a->kaHead, a->lenA);
+        if (a->lenB > 0) sc = sc + dot(a->qb + (size_t)j * a->qbTok + (size_t)h * a->qbHead, a->kb + row * a->kbPos + (size_t)h * a->kbHead, a->lenB);
+        sc = sc * a->scale;
+        s[(size_t)g * upto + p] = sc;
+        if (sc > m[g]) m[g] = sc;
+      }
     }
-    double z = 0;
-    for (int p = 0; p < upto; p++) {
-      const float e = expf(s[p] - m);
-      s[p] = e;
-      z += e;
-    }
-    const V inv = vset1((float)(1.0 / z));
-    for (int c0 = 0; c0 < a->lenV; c0 += VAL_CHUNK) {
-      const int nc = imin(VAL_CHUNK, a->lenV - c0);
-      const int nv = (nc + 15) / 16;
-      V acc[VAL_CHUNK / 16];
-      for (int k = 0; k < nv; k++) acc[k] = vzero();
+    float inv[HEAD_GROUP];
+    for (int g = 0; g < G; g++) {
+      float* sg = s + (size_t)g * upto;
+      double z = 0;
       for (int p = 0; p < upto; p++) {
-        const V e = vset1(s[p]);
-        const float* vp = val + (size_t)p * a->valPos + c0;
-        for (int k = 0; k < nv; k++) {
-          const int n = imin(16, nc - 16 * k);
-          acc[k] = vfma(e, n == 16 ? vload(vp + 16 * k) : vload_n(vp + 16 * k, n), acc[k]);
+        const float e = expf(sg[p] - m[g]);
+        sg[p] = e;
+        z += e;
+      }
+      inv[g] = (float)(1.0 / z);
+    }
+    // out[h] = sum_p e[h, p] * val_p, 32 values of every head at a time, positions ascending.
+    for (int c0 = 0; c0 < a->lenV; c0 += 32) {
+      const int n0 = imin(16, a->lenV - c0);
+      const int n1 = imin(16, a->lenV - c0 - 16);  // <= 0: no second vector
+      V acc[HEAD_GROUP][2];
+      for (int g = 0; g < G; g++) acc[g][0] = acc[g][1] = vzero();
+      for (int p = 0; p < upto; p++) {
+        const float* vp = a->val + row_of(a, p) * a->valPos + c0;
+        for (int g = 0; g < G; g++) {
+          const float* v = vp + (size_t)(h0 + g) * a->valHead;
+          const V e = vset1(s[(size_t)g * upto + p]);
+          acc[g][0] = vfma(e, n0 == 16 ? vload(v) : vload_n(v, n0), acc[g][0]);
+          if (n1 > 0) acc[g][1] = vfma(e, n1 == 16 ? vload(v + 16) : vload_n(v + 16, n1), acc[g][1]);
         }
       }
-      for (int k = 0; k < nv; k++) {
-        const int n = imin(16, nc - 16 * k);
-        const V r = vmul(acc[k], inv);
-        if (n == 16) vstore(out + c0 + 16 * k, r);
-        else vstore_n(out + c0 + 16 * k, r, n);
+      for (int g = 0; g < G; g++) {
+        float* out = a->out + (size_t)j * a->outTok + (size_t)(h0 + g) * a->outHead + c0;
+        const V iv = vset1(inv[g]);
+        if (n0 == 16) vstore(out, vmul(acc[g][0], iv));
+        else vstore_n(out, vmul(acc[g][0], iv), n0);
+        if (n1 == 16) vstore(out + 16, vmul(acc[g][1], iv));
+        else if (n1 > 0) vstore_n(out + 16, vmul(acc[g][1], iv), n1);
       }
     }
   }

@@ -45,6 +45,10 @@ struct MatmulTArgs {
  *   s_p = (qa . ka_p + qb . kb_p) * scale for p <= start + j,  out = sum_p softmax(s)_p * val_p.
  * Pointers are at token 0 / position 0 / head 0; strides are in floats.
  */
+/**
+ * With `table` (a block table, blockSize rows per block), position p's row is table[p / blockSize] * blockSize +
+ * p % blockSize: attention reads a paged cache slab in place. Without it, row p is p.
+ */
 struct AttendArgs {
   const float* qa; int qaTok, qaHead, lenA;
   const float* qb; int qbTok, qbHead, lenB;
@@ -54,6 +58,8 @@ struct AttendArgs {
   float* out; int outTok, outHead;
   int n, H, start;
   float scale;
+  const int32_t* table;
+  int blockSize;
 };
 
 /** One instruction set's kernels. Each computes the items [i0, i1) of its product; threads split the items. */
@@ -63,7 +69,7 @@ struct KernelTable {
   void (*matmul)(const MatmulArgs* a, int i0, int i1);
   /** Items: groups * ceil(cols / 64) column blocks. */
   void (*matmul_t)(const MatmulTArgs* a, int i0, int i1);
-  /** Items: n * H (token, head) pairs. */
+  /** Items: n * ceil(H / 8) (token, group of up to 8 heads). */
   void (*attend)(const AttendArgs* a, int i0, int i1);
 };
 

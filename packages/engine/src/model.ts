@@ -518,19 +518,26 @@ export class DeepseekModel {
       cache.write(b.index, s.blockTable, s.start, n, lat, t * D);
       if (opts.kvSink) await opts.kvSink.onLayer(b.index, si, s.start, n, lat.subarray(t * D, (t + n) * D));
       const L = s.start + n;
-      const ctx = this.ws.f32("attn.ctx", L * D); // [L, D] the sequence's cached latents
-      cache.gather(b.index, s.blockTable, L, ctx);
-      const rope = { qb: q, qbOff: t * H * dq + dn, qbTok: H * dq, qbHead: dq, lenB: dr, kb: ctx, kbOff: R, kbPos: D, kbHead: 0 };
+      const q_pe = { qb: q, qbOff: t * H * dq + dn, qbTok: H * dq, qbHead: dq, lenB: dr };
       if (qAbs !== null && oLat !== null) {
+        // Straight over the cache's slab, paged by the block table: no copy of the context.
+        const slab = cache.slab(b.index); // [numBlocks * blockSize, D]
+        const nb = Math.ceil(L / cache.blockSize);
+        const table = this.ws.i32("attn.table", nb);
+        for (let i = 0; i < nb; i++) table[i] = s.blockTable[i]!;
         k.attend({
           qa: qAbs, qaOff: t * H * R, qaTok: H * R, qaHead: R, lenA: R,
-          ...rope,
-          ka: ctx, kaOff: 0, kaPos: D, kaHead: 0,
-          val: ctx, valOff: 0, valPos: D, valHead: 0, lenV: R,
+          ...q_pe,
+          kb: slab, kbOff: R, kbPos: D, kbHead: 0,
+          ka: slab, kaOff: 0, kaPos: D, kaHead: 0,
+          val: slab, valOff: 0, valPos: D, valHead: 0, lenV: R,
           out: oLat, outOff: t * H * R, outTok: H * R, outHead: R,
-          n, H, start: s.start, scale,
+          n, H, start: s.start, scale, blockTable: table, blockSize: cache.blockSize,
         });
       } else {
+        const ctx = this.ws.f32("attn.ctx", L * D); // [L, D] the sequence's cached latents
+        cache.gather(b.index, s.blockTable, L, ctx);
+        const rope = { ...q_pe, kb: ctx, kbOff: R, kbPos: D, kbHead: 0 };
         const kv = this.ws.f32("attn.kv", L * H * hs); // [L, H * (dn + dv)] every head's K_nope | V
         this.gmm(a.kvB, ctx, L, kv, { xStride: D });
         k.attend({

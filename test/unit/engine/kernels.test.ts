@@ -182,6 +182,26 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
     }
   });
 
+  it("attend reads a paged cache slab in place, through the block table, with the bits of the gathered rows", () => {
+    const H = 4, R = 40, dr = 8, D = R + dr, bs = 4, n = 3, start = 9;
+    const L = start + n;
+    const table = Int32Array.from([5, 0, 3, 6]); // positions 0-3 in block 5, 4-7 in block 0, ...
+    const slab = fill(new Float32Array(8 * bs * D), 21);
+    const ctx = new Float32Array(L * D);
+    for (let p = 0; p < L; p++) ctx.set(slab.subarray((table[p >> 2]! * bs + (p % bs)) * D, (table[p >> 2]! * bs + (p % bs) + 1) * D), p * D);
+    const gathered = new Float32Array(n * H * R);
+    const args = attendCase(n, start, gathered, H, R, dr);
+    fast.attend({ ...args, ka: ctx, kb: ctx, val: ctx });
+    const paged = new Float32Array(n * H * R);
+    fast.attend({ ...args, ka: slab, kb: slab, val: slab, out: paged, blockTable: table, blockSize: bs });
+    expect(bits(paged)).toEqual(bits(gathered));
+    const ts = new Float32Array(n * H * R);
+    attendTs({ ...args, ka: slab, kb: slab, val: slab, out: ts, blockTable: table, blockSize: bs });
+    expect(relErr(paged, ts)).toBeLessThan(2e-5);
+    // A block id past the slab is refused, not read.
+    expect(() => fast.attend({ ...args, ka: slab, kb: slab, val: slab, out: paged, blockTable: Int32Array.from([5, 0, 8]), blockSize: bs })).toThrow(/too short/);
+  });
+
   it("every instruction set this CPU has gives the same bits", () => {
     const isas = native!.supportedIsas();
     expect(isas).toContain("portable");

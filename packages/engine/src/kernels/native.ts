@@ -50,6 +50,7 @@ function makeFast(n: NativeKernels): KernelBackend {
         a.qa, a.qaOff, a.qaTok, a.qaHead, a.lenA, a.qb, a.qbOff, a.qbTok, a.qbHead, a.lenB,
         a.ka, a.kaOff, a.kaPos, a.kaHead, a.kb, a.kbOff, a.kbPos, a.kbHead,
         a.val, a.valOff, a.valPos, a.valHead, a.lenV, a.out, a.outOff, a.outTok, a.outHead, a.n, a.H, a.start, a.scale,
+        a.blockTable ?? null, a.blockSize ?? 0,
       );
     },
     mlpGroup(group, counts, x, out, ws) {

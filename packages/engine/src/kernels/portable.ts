@@ -61,6 +61,13 @@ export function matmulTransposed(w: WeightMatrix, v: Float32Array, T: number, ou
   }
 }
 
+/** The row of position p: paged through the block table when there is one. */
+function rowOf(a: AttendArgs, p: number): number {
+  if (a.blockTable === undefined) return p;
+  const bs = a.blockSize!;
+  return a.blockTable[Math.floor(p / bs)]! * bs + (p % bs);
+}
+
 /** AttendArgs' causal softmax attention, in doubles. */
 export function attendTs(a: AttendArgs): void {
   if (scoreScratch.length < a.start + a.n) scoreScratch = new Float64Array(a.start + a.n);
@@ -74,8 +81,9 @@ export function attendTs(a: AttendArgs): void {
       const qb = a.qbOff + j * a.qbTok + h * a.qbHead;
       let m = -Infinity;
       for (let p = 0; p < upto; p++) {
-        const ka = a.kaOff + p * a.kaPos + h * a.kaHead;
-        const kb = a.kbOff + p * a.kbPos + h * a.kbHead;
+        const row = rowOf(a, p);
+        const ka = a.kaOff + row * a.kaPos + h * a.kaHead;
+        const kb = a.kbOff + row * a.kbPos + h * a.kbHead;
         let sc = 0;
         for (let r = 0; r < a.lenA; r++) sc += a.qa[qa + r]! * a.ka[ka + r]!;
         for (let r = 0; r < a.lenB; r++) sc += a.qb[qb + r]! * a.kb[kb + r]!;
@@ -92,7 +100,7 @@ export function attendTs(a: AttendArgs): void {
       o.fill(0, 0, a.lenV);
       for (let p = 0; p < upto; p++) {
         const e = s[p]!;
-        const vo = a.valOff + p * a.valPos + h * a.valHead;
+        const vo = a.valOff + rowOf(a, p) * a.valPos + h * a.valHead;
         for (let c = 0; c < a.lenV; c++) o[c] = o[c]! + e * a.val[vo + c]!;
       }
       const out = a.outOff + j * a.outTok + h * a.outHead;

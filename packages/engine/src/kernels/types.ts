@@ -57,6 +57,8 @@ export interface AttendArgs {
   val: Float32Array; valOff: number; valPos: number; valHead: number; lenV: number;
   out: Float32Array; outOff: number; outTok: number; outHead: number;
   n: number; H: number; start: number; scale: number;
+  /** Pages ka/kb/val: position p is row blockTable[p / blockSize] * blockSize + p % blockSize (a cache slab). */
+  blockTable?: Int32Array; blockSize?: number;
 }
 
 export interface KernelBackend {
