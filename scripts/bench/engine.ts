@@ -34,7 +34,7 @@ import { basename } from "node:path";
 import { Command } from "commander";
 import { DeepseekModel, Engine, fastKernelsAvailable, nativeKernelsAddon, weightBytes, type EngineOptions, type KernelsName, type Sequence, type WeightMatrix } from "@moela/engine";
 import { generateCheckpoint } from "../lib/tiny-checkpoint.js";
-import { describeYardsticks, measureYardsticks, type Yardsticks } from "../lib/yardsticks.js";
+import { describeYardsticks, yardsticksFor } from "../lib/yardsticks.js";
 import { commandLine, describeMachine, fmt, fmtX, log, machineInfo, median, ratio, textTable, writeReport, type Bar, type BarChart } from "../lib/bench-report.js";
 
 const list = (v: string): string[] => v.split(",").map((s) => s.trim()).filter((s) => s !== "");
@@ -249,14 +249,7 @@ interface Row {
 }
 
 const machine = machineInfo();
-let yard: Yardsticks | null = null;
-if (opts.yardsticks) {
-  log("measuring the yardsticks (numpy) ...");
-  yard = measureYardsticks();
-  if (yard.error !== null) log(`  ${yard.error}: continuing without those ratios`);
-}
-const readGBs = yard?.readGBs ?? null;
-const gemmGFlops = yard?.gemmGFlops ?? null;
+const { yard, readGBs, gemmGFlops } = yardsticksFor(opts.yardsticks, log);
 
 const notes: string[] = [];
 if (BACKENDS.includes("fast") && !fastKernelsAvailable()) notes.push("NOTE: the native kernels did not load: `fast` is the portable TypeScript backend here");

@@ -30,7 +30,7 @@
 import { availableParallelism } from "node:os";
 import { Command } from "commander";
 import { DEFAULT_PARALLEL_MIN_WORK, MatmulPool, f32ToBf16Bits, kernelsByName, matmul, nativeKernelsAddon, weightBytes, type AttendArgs, type KernelBackend, type WeightMatrix } from "@moela/engine";
-import { measureYardsticks, describeYardsticks, type Yardsticks } from "../lib/yardsticks.js";
+import { describeYardsticks, yardsticksFor } from "../lib/yardsticks.js";
 import { commandLine, describeMachine, fmt, fmtX, log, machineInfo, median, ratio, textTable, writeReport, type Bar, type BarChart } from "../lib/bench-report.js";
 
 const list = (v: string): string[] => v.split(",").map((s) => s.trim()).filter((s) => s !== "");
@@ -254,14 +254,7 @@ interface Result {
 }
 
 const machine = machineInfo();
-let yard: Yardsticks | null = null;
-if (opts.yardsticks) {
-  log("measuring the yardsticks (numpy) ...");
-  yard = measureYardsticks();
-  if (yard.error !== null) log(`  ${yard.error}: continuing without those ratios`);
-}
-const readGBs = yard?.readGBs ?? null;
-const gemmGFlops = yard?.gemmGFlops ?? null;
+const { yard, readGBs, gemmGFlops } = yardsticksFor(opts.yardsticks, log);
 
 const results: Result[] = [];
 function record(op: Result["op"], what: string, kind: string, T: number, bytes: number, flops: number, timings: Map<Config, Timing>): void {

@@ -125,3 +125,17 @@ export function describeYardsticks(y: Yardsticks): string {
   const err = y.error === null ? "" : `\n  yardsticks missing (${y.error}): no ratios for them`;
   return `yardsticks: ${parts.join("; ")}${src}${err}`;
 }
+
+/**
+ * The scripts' start: measure the yardsticks when asked (progress through `log`), or none. Returns the two rates
+ * (null where not measured) and the full result for the report.
+ */
+export function yardsticksFor(wanted: boolean, log: (line: string) => void): { yard: Yardsticks | null; readGBs: number | null; gemmGFlops: number | null } {
+  let yard: Yardsticks | null = null;
+  if (wanted) {
+    log("measuring the yardsticks (numpy) ...");
+    yard = measureYardsticks();
+    if (yard.error !== null) log(`  ${yard.error}: continuing without those ratios`);
+  }
+  return { yard, readGBs: yard?.readGBs ?? null, gemmGFlops: yard?.gemmGFlops ?? null };
+}

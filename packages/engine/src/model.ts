@@ -105,6 +105,8 @@ export class DeepseekModel {
     if (this.pool === null) this.kernels.matmul(w, x, T, y, layout);
     else this.pool.matmul(w, x, T, y, layout);
   };
+  /** MLA's dimensions, as the HF config names them (see the file comment). */
+  private readonly mla: { H: number; dn: number; dr: number; dv: number; dq: number; R: number; D: number };
   /** mm over groups of rows (kv_b_proj's heads) in one call. */
   private readonly gmm: GroupedMatmulFn;
 
@@ -114,6 +116,15 @@ export class DeepseekModel {
     this.weightBytes = weightBytes;
     this.rotary = rotaryParams(config);
     this.kvDtype = opts.kvDtype ?? "f32";
+    this.mla = {
+      H: config.numHeads,
+      dn: config.qkNopeHeadDim,
+      dr: config.qkRopeHeadDim,
+      dv: config.vHeadDim,
+      dq: config.qkHeadDim,
+      R: config.kvLoraRank,
+      D: config.latentDim,
+    };
     this.kernels = opts.kernels === undefined ? defaultKernels() : kernelsByName(opts.kernels);
     this.gmm = this.kernels.threadsAreProcessWide ? this.kernels.matmul : groupedMatmul(this.mm);
     this.router = createRouterScratch(config);
@@ -372,6 +383,14 @@ export class DeepseekModel {
     this.mm(a.o.w, heads, T, out);
     addBias(out, T, a.o.bias);
   }
+  /** The sequence's n new latent rows (lat rows [t, t + n)) into the cache, then to the KV sink (prefill streaming). */
+  private async writeLatents(layer: number, cache: PagedLatentCache, s: ForwardSeq, si: number, lat: Float32Array, t: number, opts: ForwardOptions): Promise<void> {
+    const D = this.mla.D;
+    const n = s.tokens.length;
+    cache.write(layer, s.blockTable, s.start, n, lat, t * D);
+    if (opts.kvSink) await opts.kvSink.onLayer(layer, si, s.start, n, lat.subarray(t * D, (t + n) * D));
+  }
+
   /**
    * Attention with the reference kernels: per head and token, in float64, W_UK absorbed (or K/V rebuilt) one
    * head at a time. q: [T, H * dq]; lat: [T, D] new latent rows; heads: [T, H * dv] out.
@@ -386,23 +405,14 @@ export class DeepseekModel {
     heads: Float32Array,
     opts: ForwardOptions,
   ): Promise<void> {
-    const c = this.config;
     const a = b.attn;
-    const H = c.numHeads;
-    const dn = c.qkNopeHeadDim;
-    const dr = c.qkRopeHeadDim;
-    const dv = c.vHeadDim;
-    const dq = c.qkHeadDim;
-    const R = c.kvLoraRank;
-    const D = c.latentDim;
-    void T;
+    const { H, dn, dr, dv, dq, R, D } = this.mla;
     const scale = this.rotary.softmaxScale;
     let t = 0;
     for (let si = 0; si < seqs.length; si++) {
       const s = seqs[si]!;
       const n = s.tokens.length;
-      cache.write(b.index, s.blockTable, s.start, n, lat, t * D);
-      if (opts.kvSink) await opts.kvSink.onLayer(b.index, si, s.start, n, lat.subarray(t * D, (t + n) * D));
+      await this.writeLatents(b.index, cache, s, si, lat, t, opts);
       const L = s.start + n;
       const ctx = this.ws.f32("attn.ctx", L * D); // [L, D] the sequence's cached latents
       cache.gather(b.index, s.blockTable, L, ctx);
@@ -493,16 +503,9 @@ export class DeepseekModel {
     heads: Float32Array,
     opts: ForwardOptions,
   ): Promise<void> {
-    const c = this.config;
     const a = b.attn;
     const k = this.kernels;
-    const H = c.numHeads;
-    const dn = c.qkNopeHeadDim;
-    const dr = c.qkRopeHeadDim;
-    const dv = c.vHeadDim;
-    const dq = c.qkHeadDim;
-    const R = c.kvLoraRank;
-    const D = c.latentDim;
+    const { H, dn, dr, dv, dq, R, D } = this.mla;
     const hs = dn + dv; // kv_b_proj rows per head: [W_UK (dn) ; W_UV (dv)]
     const scale = this.rotary.softmaxScale;
     const absorbed = opts.attention === "absorbed";
@@ -515,8 +518,7 @@ export class DeepseekModel {
     for (let si = 0; si < seqs.length; si++) {
       const s = seqs[si]!;
       const n = s.tokens.length;
-      cache.write(b.index, s.blockTable, s.start, n, lat, t * D);
-      if (opts.kvSink) await opts.kvSink.onLayer(b.index, si, s.start, n, lat.subarray(t * D, (t + n) * D));
+      await this.writeLatents(b.index, cache, s, si, lat, t, opts);
       const L = s.start + n;
       const q_pe = { qb: q, qbOff: t * H * dq + dn, qbTok: H * dq, qbHead: dq, lenB: dr };
       if (qAbs !== null && oLat !== null) {

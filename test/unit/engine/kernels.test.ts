@@ -17,22 +17,12 @@ import {
   type AttendArgs,
   type WeightMatrix,
 } from "@moela/engine";
+import { fillRandom } from "../../helpers/random.js";
 
 const native = nativeKernelsAddon;
 const fast = kernelsByName("fast");
 
-/** Deterministic pseudo-random floats in [-1, 1) (xorshift32). */
-function fill(a: Float32Array, seed: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < a.length; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    a[i] = s / 2 ** 31 - 1;
-  }
-  return a;
-}
+const fill = fillRandom;
 
 type Kind = "f32" | "bf16" | "f16" | "fp8";
 

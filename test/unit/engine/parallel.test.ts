@@ -16,19 +16,9 @@ import {
   type WeightMatrix,
 } from "@moela/engine";
 import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
+import { fillRandom } from "../../helpers/random.js";
 
-/** Deterministic pseudo-random floats in [-1, 1) (xorshift32), so cases are reproducible. */
-function fill(a: Float32Array, seed: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < a.length; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    a[i] = s / 2 ** 31 - 1;
-  }
-  return a;
-}
+const fill = fillRandom;
 
 function shared(bytes: number): SharedArrayBuffer {
   return new SharedArrayBuffer(bytes);
