@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <functional>
+#include <memory>
 #include <condition_variable>
 #include <mutex>
 #include <string>
@@ -268,11 +270,7 @@ static float* f32_at(napi_env env, napi_value v, int off, double lo, double hi, 
 
 // matmul(kind, data, scale, rows, cols, blockRows, blockCols, x, xOff, xStride, T, y, yOff, yStride, r0, nRows,
 //        groups, rowStep, xStep, yStep)
-static napi_value Matmul(napi_env env, napi_callback_info info) {
-  size_t argc = 20;
-  napi_value argv[20];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  if (argc != 20) return range_error(env, "matmul takes 20 arguments");
+static bool prep_matmul(napi_env env, napi_value* argv, std::function<void()>* run) {
   MatmulArgs a;
   std::string err;
   if (!get_weight(env, argv, &a.w, &err)) return range_error(env, err);
@@ -284,25 +282,20 @@ static napi_value Matmul(napi_env env, napi_callback_info info) {
     return range_error(env, "matmul: integer arguments expected");
   if (a.T < 0 || a.nRows < 0 || a.groups < 1 || a.r0 < 0 || a.rowStep < 0 || a.xStep < 0 || a.yStep < 0 || a.xStride < 0 || a.yStride < 0)
     return range_error(env, "matmul: negative size or stride");
-  if (a.T == 0 || a.nRows == 0) return nullptr;
+  if (a.T == 0 || a.nRows == 0) return true;
   const double G = a.groups - 1;
   if ((double)a.r0 + G * a.rowStep + a.nRows > a.w.rows) return range_error(env, "matmul: rows outside the weight");
   a.x = f32_at(env, argv[7], xOff, 0, G * a.xStep + (double)(a.T - 1) * a.xStride + a.w.cols - 1, "x", &err);
   if (!a.x) return range_error(env, err);
   a.y = f32_at(env, argv[11], yOff, 0, G * a.yStep + (double)(a.T - 1) * a.yStride + a.nRows - 1, "y", &err);
   if (!a.y) return range_error(env, err);
-  const int quads = (a.nRows + 3) / 4;
-  run_items((ItemFn)K->matmul, &a, a.groups * quads, (double)a.groups * a.nRows * a.w.cols * a.T);
-  return nullptr;
+  *run = [a]() { run_items((ItemFn)K->matmul, &a, a.groups * ((a.nRows + 3) / 4), (double)a.groups * a.nRows * a.w.cols * a.T); };
+  return true;
 }
 
 // matmulT(kind, data, scale, rows, cols, blockRows, blockCols, v, vOff, vStride, T, out, outOff, outStride, r0, n,
 //         groups, rowStep, vStep, outStep)
-static napi_value MatmulT(napi_env env, napi_callback_info info) {
-  size_t argc = 20;
-  napi_value argv[20];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  if (argc != 20) return range_error(env, "matmulT takes 20 arguments");
+static bool prep_matmul_t(napi_env env, napi_value* argv, std::function<void()>* run) {
   MatmulTArgs a;
   std::string err;
   if (!get_weight(env, argv, &a.w, &err)) return range_error(env, err);
@@ -314,26 +307,21 @@ static napi_value MatmulT(napi_env env, napi_callback_info info) {
     return range_error(env, "matmulT: integer arguments expected");
   if (a.T < 0 || a.n < 0 || a.groups < 1 || a.r0 < 0 || a.rowStep < 0 || a.vStep < 0 || a.outStep < 0 || a.vStride < 0 || a.outStride < 0)
     return range_error(env, "matmulT: negative size or stride");
-  if (a.T == 0) return nullptr;
+  if (a.T == 0) return true;
   const double G = a.groups - 1;
   if ((double)a.r0 + G * a.rowStep + a.n > a.w.rows) return range_error(env, "matmulT: rows outside the weight");
   a.v = f32_at(env, argv[7], vOff, 0, G * a.vStep + (double)(a.T - 1) * a.vStride + (a.n > 0 ? a.n - 1 : 0), "v", &err);
   if (!a.v) return range_error(env, err);
   a.out = f32_at(env, argv[11], outOff, 0, G * a.outStep + (double)(a.T - 1) * a.outStride + a.w.cols - 1, "out", &err);
   if (!a.out) return range_error(env, err);
-  const int blocks = (a.w.cols + 63) / 64;
-  run_items((ItemFn)K->matmul_t, &a, a.groups * blocks, (double)a.groups * a.n * a.w.cols * a.T);
-  return nullptr;
+  *run = [a]() { run_items((ItemFn)K->matmul_t, &a, a.groups * ((a.w.cols + 63) / 64), (double)a.groups * a.n * a.w.cols * a.T); };
+  return true;
 }
 
 // attend(qa, qaOff, qaTok, qaHead, lenA, qb, qbOff, qbTok, qbHead, lenB, ka, kaOff, kaPos, kaHead,
 //        kb, kbOff, kbPos, kbHead, val, valOff, valPos, valHead, lenV, out, outOff, outTok, outHead, n, H, start, scale,
 //        table, blockSize): table (Int32Array or null) pages the positions of ka, kb and val (see kernels.h).
-static napi_value Attend(napi_env env, napi_callback_info info) {
-  size_t argc = 33;
-  napi_value argv[33];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  if (argc != 33) return range_error(env, "attend takes 33 arguments");
+static bool prep_attend(napi_env env, napi_value* argv, std::function<void()>* run) {
   int ints[31] = {0};
   for (int i : {1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27, 28, 29}) {
     if (!get_int(env, argv[i], &ints[i]) || ints[i] < 0) return range_error(env, "attend: non-negative integers expected");
@@ -349,7 +337,7 @@ static napi_value Attend(napi_env env, napi_callback_info info) {
   a.outTok = ints[25], a.outHead = ints[26];
   a.n = ints[27], a.H = ints[28], a.start = ints[29];
   a.scale = (float)scale;
-  if (a.n == 0 || a.H == 0) return nullptr;
+  if (a.n == 0 || a.H == 0) return true;
   const double J = a.n - 1, Hm = a.H - 1;
   double P = (double)a.start + a.n - 1;  // the largest row read
   Arr table;
@@ -384,8 +372,8 @@ static napi_value Attend(napi_env env, napi_callback_info info) {
   a.out = f32_at(env, argv[23], ints[24], 0, J * a.outTok + Hm * a.outHead + a.lenV - 1, "out", &err);
   if (!a.out) return range_error(env, err);
   const double work = (double)a.n * a.H * ((double)a.start + a.n) * (a.lenA + a.lenB + a.lenV);
-  run_items((ItemFn)K->attend, &a, a.n * ((a.H + 7) / 8), work);
-  return nullptr;
+  *run = [a, work]() { run_items((ItemFn)K->attend, &a, a.n * ((a.H + 7) / 8), work); };
+  return true;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -451,11 +439,7 @@ static bool weight_from(napi_env env, napi_value arrays, uint32_t base, const in
 // mlpGroup(arrays, meta, x, out, g, u): arrays = [gateData, gateScale, upData, upScale, downData, downScale] per entry;
 // meta = per entry [n, row0, then (kind, rows, cols, blockRows, blockCols) for gate, up, down] (17 ints).
 // Entry e reads x rows [row0, row0 + n) and writes out rows [row0, row0 + n); g and u are scratch.
-static napi_value MlpGroup(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  if (argc != 6) return range_error(env, "mlpGroup takes 6 arguments");
+static bool prep_mlp_group(napi_env env, napi_value* argv, std::function<void()>* run) {
   Arr meta, x, out, g, u;
   if (!get_array(env, argv[1], &meta) || !meta.present || meta.type != napi_int32_array || meta.length % 17 != 0)
     return range_error(env, "mlpGroup: meta must be an Int32Array of 17 ints per entry");
@@ -500,9 +484,79 @@ static napi_value MlpGroup(napi_env env, napi_callback_info info) {
     job.downStart.push_back(job.downStart.back() + (n > 0 ? (hidden + 3) / 4 : 0));
     work += 3.0 * inter * hidden * n;
   }
-  run_items(mlp_up, &job, job.upStart.back(), work * 2 / 3);
-  run_items(mlp_down, &job, job.downStart.back(), work / 3);
+  auto shared = std::make_shared<MlpJob>(std::move(job));
+  *run = [shared, work]() {
+    run_items(mlp_up, shared.get(), shared->upStart.back(), work * 2 / 3);
+    run_items(mlp_down, shared.get(), shared->downStart.back(), work / 3);
+  };
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Every product two ways: synchronous (the caller's thread computes, with the pool), or as a Promise whose work
+// runs on a libuv thread, so the event loop serves the network while a large product computes. The arguments'
+// arrays are referenced until the work completes.
+
+typedef bool (*PrepFn)(napi_env, napi_value*, std::function<void()>*);
+
+template <size_t N, PrepFn Prep>
+static napi_value SyncCall(napi_env env, napi_callback_info info) {
+  size_t argc = N;
+  napi_value argv[N];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  if (argc != N) return range_error(env, "wrong number of arguments (" + std::to_string(argc) + ", want " + std::to_string(N) + ")");
+  std::function<void()> run;
+  if (!Prep(env, argv, &run)) return nullptr;  // it threw
+  if (run) run();
   return nullptr;
+}
+
+struct AsyncCall {
+  napi_async_work work = nullptr;
+  napi_deferred deferred = nullptr;
+  std::vector<napi_ref> refs;
+  std::function<void()> run;
+};
+
+template <size_t N, PrepFn Prep>
+static napi_value AsyncCallFn(napi_env env, napi_callback_info info) {
+  size_t argc = N;
+  napi_value argv[N];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  if (argc != N) return range_error(env, "wrong number of arguments (" + std::to_string(argc) + ", want " + std::to_string(N) + ")");
+  auto* call = new AsyncCall();
+  if (!Prep(env, argv, &call->run)) {
+    delete call;
+    return nullptr;  // it threw: bad arguments fail at the call, not in the Promise
+  }
+  for (size_t i = 0; i < N; i++) {
+    napi_valuetype t;
+    if (napi_typeof(env, argv[i], &t) == napi_ok && t == napi_object) {
+      napi_ref r;
+      if (napi_create_reference(env, argv[i], 1, &r) == napi_ok) call->refs.push_back(r);
+    }
+  }
+  napi_value promise, name;
+  CHECK(napi_create_promise(env, &call->deferred, &promise));
+  CHECK(napi_create_string_utf8(env, "moela-kernel", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_async_work(
+      env, nullptr, name,
+      [](napi_env, void* data) {
+        auto* c = (AsyncCall*)data;
+        if (c->run) c->run();
+      },
+      [](napi_env env, napi_status, void* data) {
+        auto* c = (AsyncCall*)data;
+        for (napi_ref r : c->refs) napi_delete_reference(env, r);
+        napi_value undef;
+        napi_get_undefined(env, &undef);
+        napi_resolve_deferred(env, c->deferred, undef);
+        napi_delete_async_work(env, c->work);
+        delete c;
+      },
+      call, &call->work));
+  CHECK(napi_queue_async_work(env, call->work));
+  return promise;
 }
 
 static napi_value str(napi_env env, const char* s) {
@@ -570,10 +624,14 @@ static napi_value WorkerChunks(napi_env env, napi_callback_info) {
 
 static napi_value Init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
-      {"matmul", nullptr, Matmul, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"matmulT", nullptr, MatmulT, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"mlpGroup", nullptr, MlpGroup, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"attend", nullptr, Attend, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"matmul", nullptr, SyncCall<20, prep_matmul>, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"matmulT", nullptr, SyncCall<20, prep_matmul_t>, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"mlpGroup", nullptr, SyncCall<6, prep_mlp_group>, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"attend", nullptr, SyncCall<33, prep_attend>, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"matmulAsync", nullptr, AsyncCallFn<20, prep_matmul>, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"matmulTAsync", nullptr, AsyncCallFn<20, prep_matmul_t>, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"mlpGroupAsync", nullptr, AsyncCallFn<6, prep_mlp_group>, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"attendAsync", nullptr, AsyncCallFn<33, prep_attend>, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"isa", nullptr, Isa, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"supportedIsas", nullptr, SupportedIsas, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"selectIsa", nullptr, SelectIsa, nullptr, nullptr, nullptr, napi_default, nullptr},

@@ -42,6 +42,11 @@ export interface NativeKernels {
     n: number, H: number, start: number, scale: number,
     table: Int32Array | null, blockSize: number,
   ): void;
+  /** matmul computed on a libuv thread: resolves when done (the event loop runs meanwhile). Bad arguments throw at the call. */
+  matmulAsync(...args: Parameters<NativeKernels["matmul"]>): Promise<void>;
+  matmulTAsync(...args: Parameters<NativeKernels["matmulT"]>): Promise<void>;
+  mlpGroupAsync(...args: Parameters<NativeKernels["mlpGroup"]>): Promise<void>;
+  attendAsync(...args: Parameters<NativeKernels["attend"]>): Promise<void>;
   /** The instruction set in use: "avx512", "avx2" or "portable". */
   isa(): string;
   supportedIsas(): string[];

@@ -16,15 +16,15 @@ import { isMoeLayer, parseModelConfig, type ModelConfig } from "./config.js";
 import { roundBf16 } from "./tensor/dtype.js";
 import { decodeRow, matmul, matvecRows, matvecTransposedRows, type WeightMatrix } from "./tensor/matrix.js";
 import { MatmulPool, type MatmulFn, type MatmulPoolOptions } from "./tensor/parallel.js";
-import { defaultKernels, groupedMatmul, kernelsByName, nativeKernelsAddon, type GroupedMatmulFn, type KernelBackend, type KernelsName } from "./kernels/index.js";
+import { defaultKernels, groupedMatmul, kernelsByName, nativeKernelsAddon, type AttendArgs, type GroupedLayout, type GroupedMatmulFn, type KernelBackend, type KernelsName } from "./kernels/index.js";
 import { rmsNorm, rmsNormRows } from "./layers/rmsnorm.js";
 import { applyRotary, rotaryParams, rotaryTables, type RotaryParams } from "./layers/rope.js";
 import { createRouterScratch, routeTokens, type RouterScratch } from "./layers/gate.js";
-import { mlpForwardGroup } from "./layers/mlp.js";
+import { mlpForwardGroupAsync, OFF_LOOP_MIN_WORK } from "./layers/mlp.js";
 import { LocalExpertExecutor } from "./layers/moe.js";
 import type { PagedLatentCache } from "./kv-cache/paged-latent.js";
 import type { ExpertExecutor, KvSink } from "./ports.js";
-import { loadWeights, type BlockWeights, type LoadOptions, type ModelWeights, type MoeWeights } from "./weights.js";
+import { loadWeights, type BlockWeights, type LoadOptions, type MlpWeights, type ModelWeights, type MoeWeights } from "./weights.js";
 import { Workspace } from "./workspace.js";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -85,7 +85,16 @@ export interface ModelOptions extends LoadOptions {
   readonly threads?: number;
   /** Kernel backend (default: the process default, `fast` unless setDefaultKernels said otherwise). */
   readonly kernels?: KernelsName;
+  /**
+   * Run large products (OFF_LOOP_MIN_WORK multiply-adds and more) on a kernel thread and await them, so the event
+   * loop serves the network, health checks and KV transfers while a step computes (services set it; `moela
+   * generate` has no event loop to keep free and keeps every call synchronous, which is cheaper). Same bits.
+   */
+  readonly computeOffEventLoop?: boolean;
+  /** With computeOffEventLoop: the smallest product moved off the loop (default OFF_LOOP_MIN_WORK; tests use 0). */
+  readonly offEventLoopMinWork?: number;
 }
+
 
 export class DeepseekModel {
   readonly config: ModelConfig;
@@ -107,6 +116,8 @@ export class DeepseekModel {
   };
   /** MLA's dimensions, as the HF config names them (see the file comment). */
   private readonly mla: { H: number; dn: number; dr: number; dv: number; dq: number; R: number; D: number };
+  /** Multiply-adds from which a product runs off the event loop (Infinity: never; ModelOptions.computeOffEventLoop). */
+  private readonly offLoopMinWork: number;
   /** mm over groups of rows (kv_b_proj's heads) in one call. */
   private readonly gmm: GroupedMatmulFn;
 
@@ -126,10 +137,12 @@ export class DeepseekModel {
       D: config.latentDim,
     };
     this.kernels = opts.kernels === undefined ? defaultKernels() : kernelsByName(opts.kernels);
+    this.offLoopMinWork = opts.computeOffEventLoop === true ? (opts.offEventLoopMinWork ?? OFF_LOOP_MIN_WORK) : Infinity;
     this.gmm = this.kernels.threadsAreProcessWide ? this.kernels.matmul : groupedMatmul(this.mm);
     this.router = createRouterScratch(config);
     this.experts =
-      opts.experts ?? new LocalExpertExecutor(this.moeLayers(), config.hiddenSize, config.numExpertsPerTok, new Workspace(), this.kernels, this.mm);
+      opts.experts ??
+      new LocalExpertExecutor(this.moeLayers(), config.hiddenSize, config.numExpertsPerTok, new Workspace(), this.kernels, this.mm, this.offLoopMinWork);
     if (opts.threads !== undefined) this.setThreads(opts.threads);
   }
 
@@ -208,7 +221,7 @@ export class DeepseekModel {
     for (const layer of this.weights.layers) await this.block(layer, cache, seqs, h, T, opts);
     const hidden = this.ws.f32("final", T * hd); // [T, hidden]
     rmsNormRows(h, T, hd, this.weights.norm, c.rmsNormEps, hidden);
-    return this.logitsFor(seqs, hidden, T, this.weights.lmHead, "logits");
+    return await this.logitsFor(seqs, hidden, T, this.weights.lmHead, "logits");
   }
 
   /** MTP head forward (draft model): predicts the token after next for each position given. */
@@ -231,11 +244,11 @@ export class DeepseekModel {
       }
     }
     const h = this.ws.f32("mtp.h", T * hd); // [T, hidden]
-    this.mm(mtp.ehProj, cat, T, h);
+    await this.mmA(mtp.ehProj, cat, T, h);
     await this.block(mtp.block, cache, seqs, h, T, opts);
     const normed = this.ws.f32("mtp.final", T * hd);
     rmsNormRows(h, T, hd, mtp.headNorm, c.rmsNormEps, normed);
-    return this.logitsFor(seqs, normed, T, mtp.head, "mtp.logits");
+    return await this.logitsFor(seqs, normed, T, mtp.head, "mtp.logits");
   }
 
   private countTokens(seqs: readonly ForwardSeq[]): number {
@@ -254,7 +267,7 @@ export class DeepseekModel {
     decodeRow(embed, id, out.subarray(off, off + this.config.hiddenSize));
   }
 
-  private logitsFor(seqs: readonly ForwardSeq[], hidden: Float32Array, T: number, head: WeightMatrix, name: string): ForwardResult {
+  private async logitsFor(seqs: readonly ForwardSeq[], hidden: Float32Array, T: number, head: WeightMatrix, name: string): Promise<ForwardResult> {
     const hd = this.config.hiddenSize;
     const logitRow = new Int32Array(seqs.length);
     const tokenRow = new Int32Array(seqs.length);
@@ -278,7 +291,7 @@ export class DeepseekModel {
       r += n;
     }
     const logits = this.ws.f32(name, rows * this.config.vocabSize); // [rows, V]
-    this.mm(head, sel, rows, logits);
+    await this.mmA(head, sel, rows, logits);
     void T;
     return { hidden, logits, logitRow, tokenRow };
   }
@@ -301,7 +314,7 @@ export class DeepseekModel {
     for (let i = 0; i < T * hd; i++) h[i] = h[i]! + y[i]!;
     rmsNormRows(h, T, hd, b.postNorm, c.rmsNormEps, xn);
     if (b.moe) await this.moe(b.index, b.moe, xn, T, y);
-    else mlpForwardGroup([b.mlp!], [T], xn, y, this.ws, this.kernels, this.mm);
+    else await this.mlpA([b.mlp!], [T], xn, y);
     for (let i = 0; i < T * hd; i++) h[i] = h[i]! + y[i]!;
   }
 
@@ -312,14 +325,21 @@ export class DeepseekModel {
     const gateLogits = this.ws.f32("gate.logits", T * c.nRoutedExperts); // [T, E]
     const ids = this.ws.i32("gate.ids", T * k); // [T, k]
     const weights = this.ws.f32("gate.weights", T * k); // [T, k]
-    this.mm(moe.gate, xn, T, gateLogits);
+    await this.mmA(moe.gate, xn, T, gateLogits);
     routeTokens(c, gateLogits, T, moe.bias, ids, weights, this.router);
     const routed = this.ws.f32("moe.routed", T * hd); // [T, hidden]
-    // Start the routed experts (remote in the disaggregated services), compute the shared expert meanwhile.
-    const pending = this.experts.runRouted(layer, xn, T, ids, weights, routed);
-    if (moe.shared) mlpForwardGroup([moe.shared], [T], xn, out, this.ws, this.kernels, this.mm);
-    else out.fill(0);
-    await pending;
+    if (this.experts.waitsOnOtherProcesses === true) {
+      // Start the routed experts on the expert-hosts, compute the shared expert meanwhile.
+      const pending = this.experts.runRouted(layer, xn, T, ids, weights, routed);
+      if (moe.shared) await this.mlpA([moe.shared], [T], xn, out);
+      else out.fill(0);
+      await pending;
+    } else {
+      // Both computed here: one after the other (see ExpertExecutor.waitsOnOtherProcesses).
+      await this.experts.runRouted(layer, xn, T, ids, weights, routed);
+      if (moe.shared) await this.mlpA([moe.shared], [T], xn, out);
+      else out.fill(0);
+    }
     // HF order: routed output + shared output.
     for (let i = 0; i < T * hd; i++) out[i] = routed[i]! + out[i]!;
   }
@@ -357,19 +377,19 @@ export class DeepseekModel {
     const q = this.ws.f32("q", T * H * dq);
     if (a.qA !== null) {
       const qa = this.ws.f32("qa", T * a.qA.w.rows); // [T, q_lora_rank]
-      this.mm(a.qA.w, xn, T, qa);
+      await this.mmA(a.qA.w, xn, T, qa);
       addBias(qa, T, a.qA.bias);
       rmsNormRows(qa, T, a.qA.w.rows, a.qANorm!, LATENT_NORM_EPS, qa);
-      this.mm(a.qB!, qa, T, q);
+      await this.mmA(a.qB!, qa, T, q);
     } else {
-      this.mm(a.q!.w, xn, T, q);
+      await this.mmA(a.q!.w, xn, T, q);
       addBias(q, T, a.q!.bias);
     }
     for (let i = 0; i < T; i++) for (let hh = 0; hh < H; hh++) applyRotary(q, (i * H + hh) * dq + dn, cos, sin, i, half);
 
     // New latent rows: [c_kv | k_pe] = kv_a_proj_with_mqa(x); c_kv through kv_a_layernorm, k_pe roped. [T, D]
     const lat = this.ws.f32("latent.new", T * D);
-    this.mm(a.kvA.w, xn, T, lat);
+    await this.mmA(a.kvA.w, xn, T, lat);
     addBias(lat, T, a.kvA.bias);
     for (let i = 0; i < T; i++) {
       rmsNorm(lat, i * D, R, a.kvANorm, LATENT_NORM_EPS, lat, i * D);
@@ -380,7 +400,7 @@ export class DeepseekModel {
     const heads = this.ws.f32("attn.heads", T * H * dv); // [T, H * dv]
     if (this.kernels.name === "reference") await this.attendReference(b, cache, seqs, q, lat, T, heads, opts);
     else await this.attendKernels(b, cache, seqs, q, lat, T, heads, opts);
-    this.mm(a.o.w, heads, T, out);
+    await this.mmA(a.o.w, heads, T, out);
     addBias(out, T, a.o.bias);
   }
   /** The sequence's n new latent rows (lat rows [t, t + n)) into the cache, then to the KV sink (prefill streaming). */
@@ -389,6 +409,28 @@ export class DeepseekModel {
     const n = s.tokens.length;
     cache.write(layer, s.blockTable, s.start, n, lat, t * D);
     if (opts.kvSink) await opts.kvSink.onLayer(layer, si, s.start, n, lat.subarray(t * D, (t + n) * D));
+  }
+
+  /** Whether a product of `work` multiply-adds goes off the event loop. */
+  private offLoop(work: number): boolean {
+    return work >= this.offLoopMinWork;
+  }
+
+  /** The linear kernel, awaited off the event loop when the product is large and the model is asked to. */
+  private async mmA(w: WeightMatrix, x: Float32Array, T: number, y: Float32Array, layout?: GroupedLayout): Promise<void> {
+    const work = (layout?.nRows ?? w.rows) * (layout?.groups ?? 1) * w.cols * T;
+    if (this.offLoop(work) && this.kernels.matmulAsync) await this.kernels.matmulAsync(w, x, T, y, layout);
+    else this.gmm(w, x, T, y, layout);
+  }
+
+  private async attendA(a: AttendArgs): Promise<void> {
+    if (this.offLoop(a.n * a.H * (a.start + a.n) * (a.lenA + a.lenB + a.lenV)) && this.kernels.attendAsync) await this.kernels.attendAsync(a);
+    else this.kernels.attend(a);
+  }
+
+  /** A group of MLPs (layers/mlp.ts mlpForwardGroup), off the event loop when large. */
+  private async mlpA(group: readonly MlpWeights[], counts: readonly number[], x: Float32Array, out: Float32Array): Promise<void> {
+    await mlpForwardGroupAsync(group, counts, x, out, this.ws, this.kernels, this.mm, this.offLoopMinWork);
   }
 
   /**
@@ -512,7 +554,9 @@ export class DeepseekModel {
     const qAbs = absorbed ? this.ws.f32("attn.qabs", T * H * R) : null; // [T, H, R] q_nope folded through W_UK
     const oLat = absorbed ? this.ws.f32("attn.olat", T * H * R) : null; // [T, H, R] attention output in latent space
     if (qAbs !== null) {
-      k.matmulT(a.kvB, q, T, qAbs, { vStride: H * dq, n: dn, outStride: H * R, groups: H, rowStep: hs, vStep: dq, outStep: R });
+      const layout = { vStride: H * dq, n: dn, outStride: H * R, groups: H, rowStep: hs, vStep: dq, outStep: R };
+      if (this.offLoop(T * H * dn * R) && k.matmulTAsync) await k.matmulTAsync(a.kvB, q, T, qAbs, layout);
+      else k.matmulT(a.kvB, q, T, qAbs, layout);
     }
     let t = 0;
     for (let si = 0; si < seqs.length; si++) {
@@ -527,7 +571,7 @@ export class DeepseekModel {
         const nb = Math.ceil(L / cache.blockSize);
         const table = this.ws.i32("attn.table", nb);
         for (let i = 0; i < nb; i++) table[i] = s.blockTable[i]!;
-        k.attend({
+        await this.attendA({
           qa: qAbs, qaOff: t * H * R, qaTok: H * R, qaHead: R, lenA: R,
           ...q_pe,
           kb: slab, kbOff: R, kbPos: D, kbHead: 0,
@@ -541,8 +585,8 @@ export class DeepseekModel {
         cache.gather(b.index, s.blockTable, L, ctx);
         const rope = { ...q_pe, kb: ctx, kbOff: R, kbPos: D, kbHead: 0 };
         const kv = this.ws.f32("attn.kv", L * H * hs); // [L, H * (dn + dv)] every head's K_nope | V
-        this.gmm(a.kvB, ctx, L, kv, { xStride: D });
-        k.attend({
+        await this.mmA(a.kvB, ctx, L, kv, { xStride: D });
+        await this.attendA({
           qa: q, qaOff: t * H * dq, qaTok: H * dq, qaHead: dq, lenA: dn,
           ...rope,
           ka: kv, kaOff: 0, kaPos: H * hs, kaHead: hs,
@@ -554,7 +598,7 @@ export class DeepseekModel {
       t += n;
     }
     // heads[t, h] = W_UV(h) . oLat[t, h], all heads in one grouped product.
-    if (oLat !== null) this.gmm(a.kvB, oLat, T, heads, { r0: dn, nRows: dv, xStride: H * R, yStride: H * dv, groups: H, rowStep: hs, xStep: R, yStep: dv });
+    if (oLat !== null) await this.mmA(a.kvB, oLat, T, heads, { r0: dn, nRows: dv, xStride: H * R, yStride: H * dv, groups: H, rowStep: hs, xStep: R, yStep: dv });
   }
 }
 

@@ -13,6 +13,12 @@ export interface ExpertExecutor {
    * out: [T, hidden], overwritten.
    */
   runRouted(layer: number, x: Float32Array, T: number, ids: Int32Array, weights: Float32Array, out: Float32Array): Promise<void>;
+  /**
+   * true when runRouted waits on other processes (expert-hosts over the network): the model then computes the
+   * shared expert while the call is in flight. Absent or false: it computes here, and running the shared expert
+   * at the same time would only make the two share this machine's cores, so the model runs them one after the other.
+   */
+  readonly waitsOnOtherProcesses?: boolean;
 }
 
 /** Receives latent KV rows as soon as a layer of a forward call has written them (prefill streaming). */

@@ -32,6 +32,8 @@ export interface ExpertHostTransport {
   dispatch(req: ExpertDispatchRequest, signal?: AbortSignal): Promise<EncodedActivations>;
   /** What the host serves, to check against the placement before the first dispatch (checkHostInfo). */
   info?(signal?: AbortSignal): Promise<HostInfo>;
+  /** true for a host that computes in this process (transports/in-process.ts): nothing to overlap with. */
+  readonly inProcess?: boolean;
 }
 
 /**
@@ -77,6 +79,8 @@ export class HostedExpertExecutor implements ExpertExecutor {
   readonly placement: ExpertPlacement;
   readonly profile: PrecisionProfile;
   readonly hosts: readonly ExpertHostTransport[];
+  /** Some host is another process: the model overlaps its shared expert with the dispatch. */
+  readonly waitsOnOtherProcesses: boolean;
   private readonly dispatchCodec: DispatchCodec;
   private readonly combineCodec: DispatchCodec;
   private readonly metrics: DispatchMetrics;
@@ -91,6 +95,7 @@ export class HostedExpertExecutor implements ExpertExecutor {
     this.placement = o.placement;
     this.profile = resolveProfile(o.profile);
     this.hosts = o.hosts;
+    this.waitsOnOtherProcesses = o.hosts.some((h) => h.inProcess !== true);
     this.dispatchCodec = getDispatchCodec(this.profile.dispatch);
     this.combineCodec = getDispatchCodec(this.profile.combine);
     this.metrics = o.metrics ?? {};

@@ -13,7 +13,7 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { CheckpointError, InvalidArgumentError } from "@moela/core";
-import { defaultKernels, runExpertGroup, Workspace, type MlpWeights, type ModelConfig } from "@moela/engine";
+import { bucketByExpert, defaultKernels, OFF_LOOP_MIN_WORK, runExpertGroup, runExpertGroupAsync, Workspace, type MlpWeights, type ModelConfig } from "@moela/engine";
 import { getDispatchCodec, type EncodedActivations } from "./codec/index.js";
 import { checkEncoded } from "./layout.js";
 import { placeExperts, type ExpertPlacement } from "./placement.js";
@@ -76,22 +76,21 @@ export function computeHostPartial(
   weights: ArrayLike<number>,
   out: Float32Array,
   ws: Workspace,
-): void {
+  offEventLoop = false,
+): void | Promise<void> {
   const P = expertIds.length;
-  const E = experts.length;
   const tokenOf = ws.i32("host.token", P); // [P] token row of each entry
   for (let r = 0, p = 0; r < rows; r++) for (let j = 0; j < counts[r]!; j++) tokenOf[p++] = r;
-  const start = ws.i32("host.start", E + 1); // [E + 1] bucket starts
-  start.fill(0);
-  for (let p = 0; p < P; p++) start[expertIds[p]! + 1]!++;
-  for (let e = 0; e < E; e++) start[e + 1]! += start[e]!;
-  const fill = ws.i32("host.fill", E);
-  fill.set(start.subarray(0, E));
+  const start = ws.i32("host.start", experts.length + 1); // [E + 1] bucket starts
   const order = ws.i32("host.order", P); // [P] entries grouped by expert, token order within
-  for (let p = 0; p < P; p++) order[fill[expertIds[p]!]!++] = p;
+  bucketByExpert(experts.length, expertIds, P, start, order, ws);
   // Every expert once over all its tokens (one grouped call on the fast kernels), then the ascending-id sum.
-  const kernels = defaultKernels();
-  runExpertGroup(experts, x, hidden, start, order, 1, weights, rows, out, ws, kernels, kernels.matmul, (p) => tokenOf[p]!);
+  const k = defaultKernels();
+  if (!offEventLoop) {
+    runExpertGroup(experts, x, hidden, start, order, 1, weights, rows, out, ws, k, k.matmul, (p) => tokenOf[p]!);
+    return;
+  }
+  return runExpertGroupAsync(experts, x, hidden, start, order, 1, weights, rows, out, ws, k, k.matmul, OFF_LOOP_MIN_WORK, (p) => tokenOf[p]!);
 }
 
 export class ExpertHostCore {
@@ -102,6 +101,8 @@ export class ExpertHostCore {
   readonly modelId: string;
   private readonly expertsByLayer: ReadonlyMap<number, ReadonlyArray<MlpWeights | null>>;
   private readonly ws = new Workspace();
+  /** The last dispatchAsync call's completion: the next one starts after it. */
+  private queue: Promise<void> = Promise.resolve();
 
   constructor(o: ExpertHostCoreOptions) {
     this.expertsByLayer = o.expertsByLayer;
@@ -198,8 +199,29 @@ export class ExpertHostCore {
     const { rows, cols } = req;
     const x = getDispatchCodec(this.profile.dispatch).decode(req.activations, this.ws.f32("host.in", rows * cols)); // [rows, hidden]
     const y = this.ws.f32("host.out", rows * cols); // [rows, hidden]
-    computeHostPartial(experts, x, rows, cols, req.tokenExpertCounts, req.expertIds, req.weights, y, this.ws);
+    void computeHostPartial(experts, x, rows, cols, req.tokenExpertCounts, req.expertIds, req.weights, y, this.ws);
     return getDispatchCodec(this.profile.combine).encode(y, rows, cols);
+  }
+
+  /**
+   * dispatch() with the experts' products off the event loop when large (the gRPC service: health checks and
+   * other calls are served meanwhile). Calls run one at a time, in arrival order: they share this core's scratch.
+   */
+  dispatchAsync(req: ExpertDispatchRequest): Promise<EncodedActivations> {
+    const run = async (): Promise<EncodedActivations> => {
+      const experts = this.validate(req);
+      const { rows, cols } = req;
+      const x = getDispatchCodec(this.profile.dispatch).decode(req.activations, this.ws.f32("host.in", rows * cols)); // [rows, hidden]
+      const y = this.ws.f32("host.out", rows * cols); // [rows, hidden]
+      await computeHostPartial(experts, x, rows, cols, req.tokenExpertCounts, req.expertIds, req.weights, y, this.ws, true);
+      return getDispatchCodec(this.profile.combine).encode(y, rows, cols);
+    };
+    const result = this.queue.then(run);
+    this.queue = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    return result;
   }
 }
 

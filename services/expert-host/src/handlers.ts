@@ -36,7 +36,7 @@ export function expertHostHandlers({ core, logger, metrics: m }: HandlerDeps): A
       const layer = String(req.layer);
       m.expertHostReceivedBytes.inc({ codec: dispatchCodec }, encodedSize(req.activations));
       const started = performance.now();
-      const out = core.dispatch(req);
+      const out = await core.dispatchAsync(req);
       const seconds = (performance.now() - started) / 1000;
       m.expertHostCompute.observe(seconds);
       m.expertHostBatchTokens.observe(req.rows);

@@ -101,7 +101,8 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
     // Attention, dense layers, gates and shared experts here; routed experts on the hosts.
     // Process-wide: the in-process expert-host (no --expert-hosts) computes with the same kernels.
     configureKernels(config.kernels ?? "fast", config.threads ?? 1);
-    const model = DeepseekModel.load(config.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: config.threads ?? 1 });
+    // Large products run off the event loop: health checks, Status and the KV streams are served while a chunk computes.
+    const model = DeepseekModel.load(config.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: config.threads ?? 1, computeOffEventLoop: true });
     let experts: ExpertExecutor;
     const expertShards = config.expertShards ?? config.expertHosts.length;
     if (expertShards > 0) {
@@ -134,7 +135,7 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
     } else {
       // No hosts configured: one in-process expert-host loading every routed expert from the checkpoint,
       // behind the same dispatcher and codecs, so the numbers are the cluster's with one host.
-      experts = createInProcessExperts(config.model, 1, profile, { metrics: m }).executor;
+      experts = createInProcessExperts(config.model, 1, profile, { metrics: m, computeOffEventLoop: true }).executor;
       logger.warn("no --expert-hosts: routed experts run in this process (one in-process expert-host)");
     }
     model.setExpertExecutor(experts);

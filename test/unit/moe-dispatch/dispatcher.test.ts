@@ -329,6 +329,32 @@ describe("ExpertHostCore validation", () => {
   });
 });
 
+describe("ExpertHostCore.dispatchAsync (the expert-host service's path, off the event loop)", () => {
+  const placement = placeExperts({ nRoutedExperts: E, nGroup: GROUPS, hosts: 2 });
+  const host0 = core(placement, 0, "exact");
+  const mine = placement.expertsOfHost[0]!;
+  const req = (weights: number[]): ExpertDispatchRequest => ({
+    layer: LAYER,
+    rows: 2,
+    cols: HIDDEN,
+    activations: getDispatchCodec("f32").encode(X, 2, HIDDEN),
+    tokenExpertCounts: [2, 1],
+    expertIds: [mine[0]!, mine[1]!, mine[2]!],
+    weights,
+  });
+  const bytes = (a: { data: Uint8Array }) => Array.from(a.data);
+
+  it("answers with dispatch()'s bytes, concurrent calls each their own, and rejects bad input", async () => {
+    const weights = [[0.5, 0.25, 1], [1, 1, 0.125], [0.3, 0.6, 0.9]];
+    const want = weights.map((w) => bytes(host0.dispatch(req(w))));
+    // Issued together: they share the core's scratch, so they must run one at a time and not mix.
+    const got = await Promise.all(weights.map((w) => host0.dispatchAsync(req(w))));
+    expect(got.map(bytes)).toEqual(want);
+    await expect(host0.dispatchAsync({ ...req([0.5, 0.25, 1]), layer: 0 })).rejects.toThrow(/layer 0 is not an MoE layer/);
+    expect(bytes(await host0.dispatchAsync(req(weights[0]!)))).toEqual(want[0]);
+  });
+});
+
 describe("checkHostInfo", () => {
   const placement = placeExperts({ nRoutedExperts: E, nGroup: GROUPS, hosts: 2 });
   const want = { shard: 1, placement, profile: "paper" as const, hidden: HIDDEN, layers: [LAYER], modelId: "test" };

@@ -4,7 +4,9 @@
  */
 import { nativeKernels, nativeLoadError, type NativeKernels } from "@moela/engine-native";
 import type { WeightMatrix } from "../tensor/matrix.js";
-import type { GroupedMatmulFn, KernelBackend } from "./types.js";
+import type { MlpWeights } from "../weights.js";
+import type { Workspace } from "../workspace.js";
+import type { AttendArgs, GroupedLayout, KernelBackend, TransposedLayout } from "./types.js";
 
 /** mlpGroup's per-entry ints: n, row0, then (kind, rows, cols, blockRows, blockCols) of gate, up, down. */
 const MLP_META = 17;
@@ -21,57 +23,69 @@ function blockCols(w: WeightMatrix): number {
   return w.kind === "fp8" ? w.blockCols : 0;
 }
 
+/** The addon's argument lists, built once for the synchronous and the asynchronous call alike. */
+function matmulArgs(w: WeightMatrix, x: Float32Array, T: number, y: Float32Array, l?: GroupedLayout): Parameters<NativeKernels["matmul"]> {
+  const nRows = l?.nRows ?? w.rows;
+  const yStride = l?.yStride === undefined || l.yStride < 0 ? nRows : l.yStride;
+  return [
+    KIND[w.kind], w.data, scaleOf(w), w.rows, w.cols, blockRows(w), blockCols(w),
+    x, l?.xOff ?? 0, l?.xStride ?? w.cols, T, y, l?.yOff ?? 0, yStride, l?.r0 ?? 0, nRows,
+    l?.groups ?? 1, l?.rowStep ?? 0, l?.xStep ?? 0, l?.yStep ?? 0,
+  ];
+}
+
+function matmulTArgs(w: WeightMatrix, v: Float32Array, T: number, out: Float32Array, l: TransposedLayout = {}): Parameters<NativeKernels["matmulT"]> {
+  const rows = l.n ?? w.rows;
+  return [
+    KIND[w.kind], w.data, scaleOf(w), w.rows, w.cols, blockRows(w), blockCols(w),
+    v, l.vOff ?? 0, l.vStride ?? rows, T, out, l.outOff ?? 0, l.outStride ?? w.cols, l.r0 ?? 0, rows,
+    l.groups ?? 1, l.rowStep ?? 0, l.vStep ?? 0, l.outStep ?? 0,
+  ];
+}
+
+function attendArgs(a: AttendArgs): Parameters<NativeKernels["attend"]> {
+  return [
+    a.qa, a.qaOff, a.qaTok, a.qaHead, a.lenA, a.qb, a.qbOff, a.qbTok, a.qbHead, a.lenB,
+    a.ka, a.kaOff, a.kaPos, a.kaHead, a.kb, a.kbOff, a.kbPos, a.kbHead,
+    a.val, a.valOff, a.valPos, a.valHead, a.lenV, a.out, a.outOff, a.outTok, a.outHead, a.n, a.H, a.start, a.scale,
+    a.blockTable ?? null, a.blockSize ?? 0,
+  ];
+}
+
+function mlpGroupArgs(group: readonly MlpWeights[], counts: ArrayLike<number>, x: Float32Array, out: Float32Array, ws: Workspace): Parameters<NativeKernels["mlpGroup"]> {
+  const arrays: (Float32Array | Uint16Array | Uint8Array | null)[] = [];
+  const meta = ws.i32("mlp.meta", group.length * MLP_META);
+  let row0 = 0;
+  let scratch = 0;
+  group.forEach((m, e) => {
+    const tokens = counts[e]!;
+    const o = e * MLP_META;
+    meta[o] = tokens;
+    meta[o + 1] = row0;
+    [m.gate, m.up, m.down].forEach((w, k) => {
+      arrays.push(w.data, scaleOf(w));
+      meta.set([KIND[w.kind], w.rows, w.cols, blockRows(w), blockCols(w)], o + 2 + 5 * k);
+    });
+    row0 += tokens;
+    scratch += tokens * m.gate.rows;
+  });
+  return [arrays, meta, x, out, ws.f32("mlp.gate", scratch), ws.f32("mlp.up", scratch)];
+}
+
 function makeFast(n: NativeKernels): KernelBackend {
-  const matmul: GroupedMatmulFn = (w, x, T, y, l) => {
-    const nRows = l?.nRows ?? w.rows;
-    const yStride = l?.yStride === undefined || l.yStride < 0 ? nRows : l.yStride;
-    n.matmul(
-      KIND[w.kind], w.data, scaleOf(w), w.rows, w.cols, blockRows(w), blockCols(w),
-      x, l?.xOff ?? 0, l?.xStride ?? w.cols, T, y, l?.yOff ?? 0, yStride, l?.r0 ?? 0, nRows,
-      l?.groups ?? 1, l?.rowStep ?? 0, l?.xStep ?? 0, l?.yStep ?? 0,
-    );
-  };
   return {
     name: "fast",
     get isa() {
       return n.isa();
     },
-    matmul,
-    matmulT(w, v, T, out, l = {}) {
-      const rows = l.n ?? w.rows;
-      n.matmulT(
-        KIND[w.kind], w.data, scaleOf(w), w.rows, w.cols, blockRows(w), blockCols(w),
-        v, l.vOff ?? 0, l.vStride ?? rows, T, out, l.outOff ?? 0, l.outStride ?? w.cols, l.r0 ?? 0, rows,
-        l.groups ?? 1, l.rowStep ?? 0, l.vStep ?? 0, l.outStep ?? 0,
-      );
-    },
-    attend(a) {
-      n.attend(
-        a.qa, a.qaOff, a.qaTok, a.qaHead, a.lenA, a.qb, a.qbOff, a.qbTok, a.qbHead, a.lenB,
-        a.ka, a.kaOff, a.kaPos, a.kaHead, a.kb, a.kbOff, a.kbPos, a.kbHead,
-        a.val, a.valOff, a.valPos, a.valHead, a.lenV, a.out, a.outOff, a.outTok, a.outHead, a.n, a.H, a.start, a.scale,
-        a.blockTable ?? null, a.blockSize ?? 0,
-      );
-    },
-    mlpGroup(group, counts, x, out, ws) {
-      const arrays: (Float32Array | Uint16Array | Uint8Array | null)[] = [];
-      const meta = ws.i32("mlp.meta", group.length * MLP_META);
-      let row0 = 0;
-      let scratch = 0;
-      group.forEach((m, e) => {
-        const n = counts[e]!;
-        const o = e * MLP_META;
-        meta[o] = n;
-        meta[o + 1] = row0;
-        [m.gate, m.up, m.down].forEach((w, k) => {
-          arrays.push(w.data, scaleOf(w));
-          meta.set([KIND[w.kind], w.rows, w.cols, blockRows(w), blockCols(w)], o + 2 + 5 * k);
-        });
-        row0 += n;
-        scratch += n * m.gate.rows;
-      });
-      n.mlpGroup(arrays, meta, x, out, ws.f32("mlp.gate", scratch), ws.f32("mlp.up", scratch));
-    },
+    matmul: (w, x, T, y, l) => n.matmul(...matmulArgs(w, x, T, y, l)),
+    matmulT: (w, v, T, out, l) => n.matmulT(...matmulTArgs(w, v, T, out, l)),
+    attend: (a) => n.attend(...attendArgs(a)),
+    mlpGroup: (group, counts, x, out, ws) => n.mlpGroup(...mlpGroupArgs(group, counts, x, out, ws)),
+    matmulAsync: (w, x, T, y, l) => n.matmulAsync(...matmulArgs(w, x, T, y, l)),
+    matmulTAsync: (w, v, T, out, l) => n.matmulTAsync(...matmulTArgs(w, v, T, out, l)),
+    attendAsync: (a) => n.attendAsync(...attendArgs(a)),
+    mlpGroupAsync: (group, counts, x, out, ws) => n.mlpGroupAsync(...mlpGroupArgs(group, counts, x, out, ws)),
     threadsAreProcessWide: true,
   };
 }

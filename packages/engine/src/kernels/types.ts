@@ -73,6 +73,14 @@ export interface KernelBackend {
    * a whole MoE layer's experts in one call. Absent: one mlpForward per entry (layers/mlp.ts).
    */
   mlpGroup?(group: readonly MlpWeights[], counts: ArrayLike<number>, x: Float32Array, out: Float32Array, ws: Workspace): void;
+  /**
+   * The same products computed off the calling thread, resolving when done, so a service's event loop serves the
+   * network meanwhile (the fast backend; absent on the TypeScript ones). Same bits as the synchronous calls.
+   */
+  matmulAsync?: (w: WeightMatrix, x: Float32Array, T: number, y: Float32Array, layout?: GroupedLayout) => Promise<void>;
+  matmulTAsync?: (w: WeightMatrix, v: Float32Array, T: number, out: Float32Array, layout?: TransposedLayout) => Promise<void>;
+  attendAsync?: (a: AttendArgs) => Promise<void>;
+  mlpGroupAsync?: (group: readonly MlpWeights[], counts: ArrayLike<number>, x: Float32Array, out: Float32Array, ws: Workspace) => Promise<void>;
   /** Threads its products use; `fast` has one process-wide pool, the TypeScript backends one per model. */
   readonly threadsAreProcessWide: boolean;
 }

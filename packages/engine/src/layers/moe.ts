@@ -5,7 +5,7 @@
 import type { ExpertExecutor } from "../ports.js";
 import type { MlpWeights, MoeWeights } from "../weights.js";
 import type { Workspace } from "../workspace.js";
-import { mlpForwardGroup } from "./mlp.js";
+import { mlpForwardGroup, mlpForwardGroupAsync } from "./mlp.js";
 import { defaultKernels } from "../kernels/index.js";
 import type { KernelBackend } from "../kernels/types.js";
 import type { MatmulFn } from "../tensor/parallel.js";
@@ -30,16 +30,20 @@ export function computeRoutedExperts(
   kernels: KernelBackend = defaultKernels(),
   mm: MatmulFn = kernels.matmul,
 ): void {
-  const E = experts.length;
-  const counts = ws.i32("moe.counts", E + 1);
-  counts.fill(0);
-  for (let i = 0; i < T * k; i++) counts[ids[i]! + 1]!++;
-  for (let e = 0; e < E; e++) counts[e + 1]! += counts[e]!;
+  const counts = ws.i32("moe.counts", experts.length + 1);
   const order = ws.i32("moe.order", T * k); // [T*k] (token, slot) entries grouped by expert
-  const fill = ws.i32("moe.fill", E);
-  fill.set(counts.subarray(0, E));
-  for (let i = 0; i < T * k; i++) order[fill[ids[i]!]!++] = i;
+  bucketByExpert(experts.length, ids, T * k, counts, order, ws);
   runExpertGroup(experts, x, hidden, counts, order, k, weights, T, out, ws, kernels, mm);
+}
+
+/** Counting sort of entries [0, P) by expert id: bucket e is order[start[e] .. start[e+1]), entries ascending within it. */
+export function bucketByExpert(E: number, ids: ArrayLike<number>, P: number, start: Int32Array, order: Int32Array, ws: Workspace): void {
+  start.fill(0, 0, E + 1);
+  for (let i = 0; i < P; i++) start[ids[i]! + 1]!++;
+  for (let e = 0; e < E; e++) start[e + 1]! += start[e]!;
+  const fill = ws.i32("moe.fill", E);
+  fill.set(start.subarray(0, E));
+  for (let i = 0; i < P; i++) order[fill[ids[i]!]!++] = i;
 }
 
 /**
@@ -61,7 +65,43 @@ export function runExpertGroup(
   mm: MatmulFn,
   tokenOf: (entry: number) => number = (p) => Math.floor(p / k),
 ): void {
-  out.fill(0, 0, T * hidden);
+  const g = gatherExpertGroup(experts, x, hidden, start, order, ws, tokenOf);
+  mlpForwardGroup(g.group, g.sizes, g.xs, g.ys, ws, kernels, mm);
+  addExpertGroup(g.ys, order, weights, hidden, T, out, tokenOf);
+}
+
+/** runExpertGroup with the experts' products off the event loop from `offLoopMinWork` multiply-adds (mlpForwardGroupAsync). */
+export async function runExpertGroupAsync(
+  experts: ReadonlyArray<MlpWeights | null>,
+  x: Float32Array,
+  hidden: number,
+  start: Int32Array,
+  order: Int32Array,
+  k: number,
+  weights: ArrayLike<number>,
+  T: number,
+  out: Float32Array,
+  ws: Workspace,
+  kernels: KernelBackend,
+  mm: MatmulFn,
+  offLoopMinWork: number,
+  tokenOf: (entry: number) => number = (p) => Math.floor(p / k),
+): Promise<void> {
+  const g = gatherExpertGroup(experts, x, hidden, start, order, ws, tokenOf);
+  await mlpForwardGroupAsync(g.group, g.sizes, g.xs, g.ys, ws, kernels, mm, offLoopMinWork);
+  addExpertGroup(g.ys, order, weights, hidden, T, out, tokenOf);
+}
+
+/** The experts with tokens, their token counts, and every entry's token row gathered by expert. */
+function gatherExpertGroup(
+  experts: ReadonlyArray<MlpWeights | null>,
+  x: Float32Array,
+  hidden: number,
+  start: Int32Array,
+  order: Int32Array,
+  ws: Workspace,
+  tokenOf: (entry: number) => number,
+): { group: MlpWeights[]; sizes: Int32Array; xs: Float32Array; ys: Float32Array } {
   const E = experts.length;
   const P = start[E]!;
   const group: MlpWeights[] = [];
@@ -75,13 +115,25 @@ export function runExpertGroup(
     group.push(w);
   }
   const xs = ws.f32("moe.x", P * hidden); // [P, hidden] every entry's token, grouped by expert
-  const ys = ws.f32("moe.y", P * hidden); // [P, hidden]
   for (let i = 0; i < P; i++) {
     const t = tokenOf(order[i]!);
     xs.set(x.subarray(t * hidden, (t + 1) * hidden), i * hidden);
   }
-  mlpForwardGroup(group, sizes.subarray(0, group.length), xs, ys, ws, kernels, mm);
-  // Ascending expert id: the buckets are in expert order.
+  return { group, sizes: sizes.subarray(0, group.length), xs, ys: ws.f32("moe.y", P * hidden) };
+}
+
+/** out[t] = sum of weight * expert output over t's entries, in ascending expert id (the buckets' order). */
+function addExpertGroup(
+  ys: Float32Array,
+  order: Int32Array,
+  weights: ArrayLike<number>,
+  hidden: number,
+  T: number,
+  out: Float32Array,
+  tokenOf: (entry: number) => number,
+): void {
+  out.fill(0, 0, T * hidden);
+  const P = ys.length / hidden;
   for (let i = 0; i < P; i++) {
     const p = order[i]!;
     const t = tokenOf(p);
@@ -98,6 +150,8 @@ export class LocalExpertExecutor implements ExpertExecutor {
   private readonly ws: Workspace;
   private readonly kernels: KernelBackend;
   private readonly mm: MatmulFn;
+  /** Multiply-adds from which the experts' products run off the event loop (Infinity: never). */
+  private readonly offLoopMinWork: number;
 
   /** `mm`: the linear kernel of the TypeScript backends (the model's MatmulPool kernel when it uses threads). */
   constructor(
@@ -107,6 +161,7 @@ export class LocalExpertExecutor implements ExpertExecutor {
     ws: Workspace,
     kernels: KernelBackend = defaultKernels(),
     mm: MatmulFn = kernels.matmul,
+    offLoopMinWork = Infinity,
   ) {
     this.moeByLayer = moeByLayer;
     this.hidden = hidden;
@@ -114,11 +169,15 @@ export class LocalExpertExecutor implements ExpertExecutor {
     this.ws = ws;
     this.kernels = kernels;
     this.mm = mm;
+    this.offLoopMinWork = offLoopMinWork;
   }
 
   async runRouted(layer: number, x: Float32Array, T: number, ids: Int32Array, weights: Float32Array, out: Float32Array): Promise<void> {
     const moe = this.moeByLayer.get(layer);
     if (moe === undefined) throw new Error(`layer ${layer} has no routed experts`);
-    computeRoutedExperts(moe.experts, x, T, this.hidden, ids, weights, this.k, out, this.ws, this.kernels, this.mm);
+    const start = this.ws.i32("local.start", moe.experts.length + 1);
+    const order = this.ws.i32("local.order", T * this.k);
+    bucketByExpert(moe.experts.length, ids, T * this.k, start, order, this.ws);
+    await runExpertGroupAsync(moe.experts, x, this.hidden, start, order, this.k, weights, T, out, this.ws, this.kernels, this.mm, this.offLoopMinWork);
   }
 }

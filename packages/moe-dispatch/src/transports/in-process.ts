@@ -14,14 +14,18 @@ import { resolveProfile, type PrecisionProfile, type ProfileLike } from "../prof
 
 export class InProcessExpertHost implements ExpertHostTransport {
   readonly core: ExpertHostCore;
+  readonly inProcess = true;
+  private readonly offEventLoop: boolean;
 
-  constructor(core: ExpertHostCore) {
+  /** offEventLoop: compute large dispatches on a kernel thread (a service's in-process experts). */
+  constructor(core: ExpertHostCore, offEventLoop = false) {
     this.core = core;
+    this.offEventLoop = offEventLoop;
   }
 
   async dispatch(req: ExpertDispatchRequest, signal?: AbortSignal): Promise<EncodedActivations> {
     if (signal?.aborted) throw signal.reason ?? new CancelledError();
-    return this.core.dispatch(req);
+    return this.offEventLoop ? this.core.dispatchAsync(req) : this.core.dispatch(req);
   }
 
   async info(): Promise<HostInfo> {
@@ -43,6 +47,8 @@ export interface InProcessExperts {
 
 export interface InProcessExpertsOptions {
   readonly metrics?: DispatchMetrics;
+  /** Compute large dispatches off the event loop (services; see ModelOptions.computeOffEventLoop). */
+  readonly computeOffEventLoop?: boolean;
 }
 
 /**
@@ -82,7 +88,7 @@ export function createInProcessExperts(
     }
     return new ExpertHostCore({ expertsByLayer, hidden: config.hiddenSize, profile: prof, shardIndex: h, shardCount: hosts, modelId });
   });
-  const hostTransports = cores.map((c) => new InProcessExpertHost(c));
+  const hostTransports = cores.map((c) => new InProcessExpertHost(c, options.computeOffEventLoop === true));
   const executor = new HostedExpertExecutor({
     placement,
     profile: prof,
