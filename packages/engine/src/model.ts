@@ -14,7 +14,7 @@
  */
 import { isMoeLayer, parseModelConfig, type ModelConfig } from "./config.js";
 import { roundBf16 } from "./tensor/dtype.js";
-import { decodeRow, matmul, matvecRows, matvecTransposedRows, type WeightMatrix } from "./tensor/matrix.js";
+import { decodeRow, matvecRows, matvecTransposedRows, type WeightMatrix } from "./tensor/matrix.js";
 import { MatmulPool, type MatmulFn, type MatmulPoolOptions } from "./tensor/parallel.js";
 import { defaultKernels, groupedMatmul, kernelsByName, nativeKernelsAddon, type AttendArgs, type GroupedLayout, type GroupedMatmulFn, type KernelBackend, type KernelsName } from "./kernels/index.js";
 import { rmsNorm, rmsNormRows } from "./layers/rmsnorm.js";
@@ -94,7 +94,6 @@ export interface ModelOptions extends LoadOptions {
   /** With computeOffEventLoop: the smallest product moved off the loop (default OFF_LOOP_MIN_WORK; tests use 0). */
   readonly offEventLoopMinWork?: number;
 }
-
 
 export class DeepseekModel {
   readonly config: ModelConfig;
