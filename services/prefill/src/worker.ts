@@ -1,10 +1,11 @@
 /**
  * Prefill work: BullMQ jobs in, KV transfers out.
  *
- * The BullMQ worker runs up to `concurrency` jobs at once. Each job validates itself, opens its KV
- * transfer to the job's decode instance (KvBegin: decode reserves the blocks or refuses at once), and
- * hands its sequence to the batcher. The batcher runs whatever sequences are waiting when the engine is
- * free as ONE engine.prefill call (up to max-batch-tokens prompt tokens), so concurrent jobs share
+ * The BullMQ worker runs up to `concurrency` jobs at once. Each job validates itself and hands its sequence
+ * to the batcher. The batcher runs whatever sequences are waiting when the engine is free as ONE
+ * engine.prefill call (up to max-batch-tokens prompt tokens); just before, it opens each sequence's KV
+ * transfer to its decode instance (KvBegin: decode reserves the blocks or refuses at once), so a prompt
+ * waiting behind others never idles a transfer into decode's timeout. Concurrent jobs share
  * forward passes; each sequence's latent rows stream to its own sender as each layer of each chunk is
  * computed (batchKvSink). Then each job sends KvEnd with its sequence's snapshot (first token, MTP draft,
  * sampler state), waits for decode's verdict, and releases its blocks here.
@@ -45,6 +46,8 @@ import { UnrecoverableError, type Job } from "bullmq";
 interface Pending {
   readonly seq: Sequence;
   readonly sender: KvSender;
+  /** Opens the sequence's transfer (KvBegin): called when its batch is about to be computed, not before. */
+  readonly begin: () => Promise<void>;
   /** The ledger's record of the sequence's prefill blocks. */
   readonly hold: KvHold;
   readonly resolve: (r: StepResult) => void;
@@ -67,10 +70,14 @@ export class PrefillBatcher {
     private readonly logger: Logger,
   ) {}
 
-  /** Prefill `seq` (its blocks accounted in `hold`), streaming its rows to `sender`; resolves with its first token. */
-  submit(seq: Sequence, sender: KvSender, hold: KvHold): Promise<StepResult> {
+  /**
+   * Prefill `seq` (its blocks accounted in `hold`), streaming its rows to `sender`; resolves with its first token.
+   * `begin` opens the transfer when the sequence's batch is taken, so time spent waiting here for the engine
+   * never counts against decode's idle timer on the transfer (a long queue of prompts used to time out there).
+   */
+  submit(seq: Sequence, sender: KvSender, hold: KvHold, begin: () => Promise<void>): Promise<StepResult> {
     return new Promise((resolve, reject) => {
-      this.waiting.push({ seq, sender, hold, resolve, reject });
+      this.waiting.push({ seq, sender, hold, begin, resolve, reject });
       this.pendingTokens += seq.prompt.length;
       this.kick();
     });
@@ -94,8 +101,21 @@ export class PrefillBatcher {
           batch.push(this.waiting.shift()!);
           tokens += next.seq.prompt.length;
         }
-        // A sequence whose transfer already failed (decode refused it) is not worth computing.
-        const live = batch.filter((p) => {
+        // Open the batch's transfers now (decode reserves their blocks or refuses); a sequence whose transfer
+        // failed (refused, or decode gone) is not worth computing.
+        const begun = await Promise.all(
+          batch.map((p) =>
+            p.begin().then(
+              () => true,
+              (err: unknown) => {
+                p.reject(err);
+                return false;
+              },
+            ),
+          ),
+        );
+        const live = batch.filter((p, i) => {
+          if (!begun[i]) return false;
           if (p.sender.poll() !== KvPoll.Failed) return true;
           p.reject(failureError(p.sender.failure!));
           return false;
@@ -273,17 +293,18 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
     deps.activeTransfers.add(sender);
     const started = performance.now();
     try {
-      await sender.begin(
-        kvTransferMeta(engine, seq, {
-          transferId,
-          requestId: data.requestId,
-          modelId: deps.modelId,
-          logprobs: s.logprobs !== null,
-          cachedPromptTokens: cachedTokens,
-          deadlineUnixMs: data.deadlineUnixMs,
-        }),
-      );
-      const first = await deps.batcher.submit(seq, sender, hold);
+      const begin = (): Promise<void> =>
+        sender.begin(
+          kvTransferMeta(engine, seq, {
+            transferId,
+            requestId: data.requestId,
+            modelId: deps.modelId,
+            logprobs: s.logprobs !== null,
+            cachedPromptTokens: cachedTokens,
+            deadlineUnixMs: data.deadlineUnixMs,
+          }),
+        );
+      const first = await deps.batcher.submit(seq, sender, hold, begin);
       const outcome = await sender.end(seq.snapshot());
       if (!outcome.ok) throw failureError(outcome.failure);
       m.prefillKvTransferDuration.observe((performance.now() - started) / 1000);

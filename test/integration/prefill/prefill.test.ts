@@ -224,6 +224,53 @@ describe("prefill worker over a real queue and a real KV transfer", () => {
 });
 
 describe("PrefillBatcher", () => {
+  it("opens a sequence's KV transfer only when its batch is taken, not while it waits behind others", async () => {
+    const decode = await new DecodeSide().start();
+    try {
+      const model = DeepseekModel.load(MODEL, { routedExperts: () => false });
+      model.setExpertExecutor(createInProcessExperts(MODEL, 1, "exact").executor);
+      const engine = new Engine(model, { blockSize: 16, numBlocks: 64, prefillChunk: 8 });
+      const { m } = createServiceMetrics("prefill", { defaultMetrics: false });
+      // A budget of the longest prompt per batch: the long third prompt waits for the engine.
+      const batcher = new PrefillBatcher(engine, Math.max(...PROMPTS.map((p) => p.length)), m, silent);
+      const { grpcKvConnector, KvLedger, KvSender, kvTransferMeta } = await import("@moela/kv-transfer");
+      const connector = grpcKvConnector(decode.address);
+      const ids = PROMPTS.map(() => `req-${randomUUID()}`);
+      const seqs = PROMPTS.map((p, i) => engine.newSequence(ids[i]!, p, GREEDY));
+      const senders = seqs.map(() => new KvSender(connector));
+      const events: string[] = [];
+      // Record each engine.prefill call: what it computes, and when it has finished.
+      const prefill = engine.prefill.bind(engine);
+      engine.prefill = async (batch, opts) => {
+        events.push(`compute ${batch.map((b) => seqs.indexOf(b)).join(",")}`);
+        const r = await prefill(batch, opts);
+        events.push("computed");
+        return r;
+      };
+      const ledger = new KvLedger();
+      const runs = seqs.map((s, i) => {
+        const hold = ledger.hold(s.id, "prefill", () => {
+          const n = s.blockTable.length;
+          engine.release(s);
+          return n;
+        }, () => s.blockTable.length);
+        const begin = () => {
+          events.push(`begin ${i}`);
+          return senders[i]!.begin(kvTransferMeta(engine, s, { transferId: `${ids[i]}.0`, requestId: ids[i]!, modelId: checkpointModelId(MODEL), logprobs: true }));
+        };
+        return batcher.submit(s, senders[i]!, hold, begin);
+      });
+      await Promise.all(runs);
+      // Prompts 0 and 1 fit the budget together; prompt 2 waits, and its transfer opens only when its turn comes.
+      expect(events).toEqual(["begin 0", "begin 1", "compute 0,1", "computed", "begin 2", "compute 2", "computed"]);
+      const outcomes = await Promise.all(seqs.map((s, i) => senders[i]!.end(s.snapshot())));
+      expect(outcomes.every((o) => o.ok)).toBe(true);
+      connector.close();
+    } finally {
+      await decode.close();
+    }
+  });
+
   it("runs sequences submitted together as one engine.prefill call, each to its own sender", async () => {
     const decode = await new DecodeSide().start();
     try {
@@ -237,9 +284,7 @@ describe("PrefillBatcher", () => {
       const ids = PROMPTS.map(() => `req-${randomUUID()}`);
       const seqs = PROMPTS.map((p, i) => engine.newSequence(ids[i]!, p, GREEDY));
       const senders = seqs.map(() => new KvSender(connector));
-      await Promise.all(
-        seqs.map((s, i) => senders[i]!.begin(kvTransferMeta(engine, s, { transferId: `${ids[i]}.0`, requestId: ids[i]!, modelId: checkpointModelId(MODEL), logprobs: true }))),
-      );
+      const begins = seqs.map((s, i) => () => senders[i]!.begin(kvTransferMeta(engine, s, { transferId: `${ids[i]}.0`, requestId: ids[i]!, modelId: checkpointModelId(MODEL), logprobs: true })));
       const ledger = new KvLedger();
       const holds = seqs.map((s) =>
         ledger.hold(s.id, "prefill", () => {
@@ -248,7 +293,7 @@ describe("PrefillBatcher", () => {
           return n;
         }, () => s.blockTable.length),
       );
-      const firsts = await Promise.all(seqs.map((s, i) => batcher.submit(s, senders[i]!, holds[i]!)));
+      const firsts = await Promise.all(seqs.map((s, i) => batcher.submit(s, senders[i]!, holds[i]!, begins[i]!)));
       // The batcher gives the blocks back through the ledger as soon as the rows are encoded.
       expect(holds.map((h) => h.releaseReason)).toEqual(seqs.map(() => "finished"));
       expect(ledger.heldBlocks).toBe(0);
