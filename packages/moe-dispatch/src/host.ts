@@ -195,12 +195,9 @@ export class ExpertHostCore {
 
   /** Validate, decode, compute the weighted partial sums, encode them in the combine codec. */
   dispatch(req: ExpertDispatchRequest): EncodedActivations {
-    const experts = this.validate(req);
-    const { rows, cols } = req;
-    const x = getDispatchCodec(this.profile.dispatch).decode(req.activations, this.ws.f32("host.in", rows * cols)); // [rows, hidden]
-    const y = this.ws.f32("host.out", rows * cols); // [rows, hidden]
-    void computeHostPartial(experts, x, rows, cols, req.tokenExpertCounts, req.expertIds, req.weights, y, this.ws);
-    return getDispatchCodec(this.profile.combine).encode(y, rows, cols);
+    const { experts, x, y } = this.decodeRequest(req);
+    void computeHostPartial(experts, x, req.rows, req.cols, req.tokenExpertCounts, req.expertIds, req.weights, y, this.ws);
+    return getDispatchCodec(this.profile.combine).encode(y, req.rows, req.cols);
   }
 
   /**
@@ -209,12 +206,9 @@ export class ExpertHostCore {
    */
   dispatchAsync(req: ExpertDispatchRequest): Promise<EncodedActivations> {
     const run = async (): Promise<EncodedActivations> => {
-      const experts = this.validate(req);
-      const { rows, cols } = req;
-      const x = getDispatchCodec(this.profile.dispatch).decode(req.activations, this.ws.f32("host.in", rows * cols)); // [rows, hidden]
-      const y = this.ws.f32("host.out", rows * cols); // [rows, hidden]
-      await computeHostPartial(experts, x, rows, cols, req.tokenExpertCounts, req.expertIds, req.weights, y, this.ws, true);
-      return getDispatchCodec(this.profile.combine).encode(y, rows, cols);
+      const { experts, x, y } = this.decodeRequest(req);
+      await computeHostPartial(experts, x, req.rows, req.cols, req.tokenExpertCounts, req.expertIds, req.weights, y, this.ws, true);
+      return getDispatchCodec(this.profile.combine).encode(y, req.rows, req.cols);
     };
     const result = this.queue.then(run);
     this.queue = result.then(
@@ -222,6 +216,14 @@ export class ExpertHostCore {
       () => undefined,
     );
     return result;
+  }
+
+  /** The request validated, its activations decoded (x: [rows, hidden]) and the partial sums' buffer (y). */
+  private decodeRequest(req: ExpertDispatchRequest): { experts: ReadonlyArray<MlpWeights | null>; x: Float32Array; y: Float32Array } {
+    const experts = this.validate(req);
+    const n = req.rows * req.cols;
+    const x = getDispatchCodec(this.profile.dispatch).decode(req.activations, this.ws.f32("host.in", n));
+    return { experts, x, y: this.ws.f32("host.out", n) };
   }
 }
 

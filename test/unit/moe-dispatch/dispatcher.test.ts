@@ -279,12 +279,9 @@ describe("HostedExpertExecutor over in-process hosts", () => {
   });
 });
 
-describe("ExpertHostCore validation", () => {
-  const placement = placeExperts({ nRoutedExperts: E, nGroup: GROUPS, hosts: 2 });
-  const host0 = core(placement, 0, "exact");
-  const mine = placement.expertsOfHost[0]!;
-  const theirs = placement.expertsOfHost[1]!;
-  const good = (over: Partial<ExpertDispatchRequest> = {}): ExpertDispatchRequest => ({
+/** Two tokens of X for a host holding `mine`: token 0 to its first two experts, token 1 to its third. */
+function twoTokenRequest(mine: readonly number[], over: Partial<ExpertDispatchRequest> = {}): ExpertDispatchRequest {
+  return {
     layer: LAYER,
     rows: 2,
     cols: HIDDEN,
@@ -293,7 +290,15 @@ describe("ExpertHostCore validation", () => {
     expertIds: [mine[0]!, mine[1]!, mine[2]!],
     weights: [0.5, 0.25, 1],
     ...over,
-  });
+  };
+}
+
+describe("ExpertHostCore validation", () => {
+  const placement = placeExperts({ nRoutedExperts: E, nGroup: GROUPS, hosts: 2 });
+  const host0 = core(placement, 0, "exact");
+  const mine = placement.expertsOfHost[0]!;
+  const theirs = placement.expertsOfHost[1]!;
+  const good = (over: Partial<ExpertDispatchRequest> = {}): ExpertDispatchRequest => twoTokenRequest(mine, over);
 
   it("answers a well-formed request", () => {
     const out = host0.dispatch(good());
@@ -332,16 +337,7 @@ describe("ExpertHostCore validation", () => {
 describe("ExpertHostCore.dispatchAsync (the expert-host service's path, off the event loop)", () => {
   const placement = placeExperts({ nRoutedExperts: E, nGroup: GROUPS, hosts: 2 });
   const host0 = core(placement, 0, "exact");
-  const mine = placement.expertsOfHost[0]!;
-  const req = (weights: number[]): ExpertDispatchRequest => ({
-    layer: LAYER,
-    rows: 2,
-    cols: HIDDEN,
-    activations: getDispatchCodec("f32").encode(X, 2, HIDDEN),
-    tokenExpertCounts: [2, 1],
-    expertIds: [mine[0]!, mine[1]!, mine[2]!],
-    weights,
-  });
+  const req = (weights: number[]): ExpertDispatchRequest => twoTokenRequest(placement.expertsOfHost[0]!, { weights });
   const bytes = (a: { data: Uint8Array }) => Array.from(a.data);
 
   it("answers with dispatch()'s bytes, concurrent calls each their own, and rejects bad input", async () => {

@@ -10,32 +10,6 @@ import { defaultKernels } from "../kernels/index.js";
 import type { KernelBackend } from "../kernels/types.js";
 import type { MatmulFn } from "../tensor/parallel.js";
 
-/**
- * out[t] = sum over j with ids[t, j] held here of weights[t, j] * expert(x[t]).
- * Tokens are gathered by expert (a counting sort, no per-call allocation) and every expert runs once over all
- * its tokens, the whole layer in one grouped call on the fast kernels. Each token's terms are then added in
- * ascending expert id, so every process that holds the same experts produces the same bits. Tokens whose
- * experts are all elsewhere get 0.
- */
-export function computeRoutedExperts(
-  experts: ReadonlyArray<MlpWeights | null>,
-  x: Float32Array,
-  T: number,
-  hidden: number,
-  ids: ArrayLike<number>,
-  weights: ArrayLike<number>,
-  k: number,
-  out: Float32Array,
-  ws: Workspace,
-  kernels: KernelBackend = defaultKernels(),
-  mm: MatmulFn = kernels.matmul,
-): void {
-  const counts = ws.i32("moe.counts", experts.length + 1);
-  const order = ws.i32("moe.order", T * k); // [T*k] (token, slot) entries grouped by expert
-  bucketByExpert(experts.length, ids, T * k, counts, order, ws);
-  runExpertGroup(experts, x, hidden, counts, order, k, weights, T, out, ws, kernels, mm);
-}
-
 /** Counting sort of entries [0, P) by expert id: bucket e is order[start[e] .. start[e+1]), entries ascending within it. */
 export function bucketByExpert(E: number, ids: ArrayLike<number>, P: number, start: Int32Array, order: Int32Array, ws: Workspace): void {
   start.fill(0, 0, E + 1);
