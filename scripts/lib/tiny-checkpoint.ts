@@ -39,19 +39,18 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { ConfigError } from "@moela/core";
 import {
-  f32ToBf16Bits,
-  isMoeLayer,
+  checkpointTensorSpecs,
   parseModelConfig,
-  quantizeFp8Block,
-  writeShardedCheckpoint,
-  type DType,
+  writeHfCheckpoint,
+  type FloatDType,
   type ModelConfig,
-  type TensorToWrite,
+  type TensorSpec,
 } from "@moela/engine";
 import { buildTinyTokenizerFiles, TINY_VOCAB_SIZE } from "@moela/tokenizer";
 
 export type PresetName = "tiny-v3" | "tiny-v3-bf16" | "tiny-v2-lite" | "large-v3";
-export type FloatDType = "BF16" | "F32";
+export type { FloatDType, InitKind, TensorSpec } from "@moela/engine";
+export { checkpointTensorSpecs } from "@moela/engine";
 
 export interface Preset {
   readonly description: string;
@@ -260,80 +259,7 @@ function normalStream(seed: number, tensorName: string): () => number {
   return () => (u() + u() + u() + u() - 2) * SQRT3;
 }
 
-// ---------------------------------------------------------------- tensor list
-
-export type InitKind = "linear" | "embed" | "head" | "router" | "norm" | "bias";
-
-export interface TensorSpec {
-  readonly name: string;
-  readonly shape: readonly number[];
-  readonly init: InitKind;
-  /** A linear that the FP8 presets store as F8_E4M3 + _scale_inv. */
-  readonly quantizable: boolean;
-  /** Fixed dtype regardless of preset (the F32 e_score_correction_bias). */
-  readonly dtype?: DType;
-}
-
-/**
- * Every weight tensor of a checkpoint for `cfg`, in HF module order (embedding, layers 0..N-1, the
- * MTP layers N.., final norm, lm_head), without the FP8 scale tensors.
- */
-export function checkpointTensorSpecs(cfg: ModelConfig): TensorSpec[] {
-  const H = cfg.hiddenSize;
-  const out: TensorSpec[] = [];
-  const lin = (name: string, rows: number, cols: number, quantizable = true): void =>
-    void out.push({ name, shape: [rows, cols], init: "linear", quantizable });
-  const norm = (name: string, n: number): void => void out.push({ name, shape: [n], init: "norm", quantizable: false });
-  const mlp = (p: string, inter: number): void => {
-    lin(`${p}.gate_proj.weight`, inter, H);
-    lin(`${p}.up_proj.weight`, inter, H);
-    lin(`${p}.down_proj.weight`, H, inter);
-  };
-  const block = (i: number): void => {
-    const p = `model.layers.${i}`;
-    const a = `${p}.self_attn`;
-    if (cfg.qLoraRank !== null) {
-      lin(`${a}.q_a_proj.weight`, cfg.qLoraRank, H);
-      norm(`${a}.q_a_layernorm.weight`, cfg.qLoraRank);
-      lin(`${a}.q_b_proj.weight`, cfg.numHeads * cfg.qkHeadDim, cfg.qLoraRank);
-    } else {
-      lin(`${a}.q_proj.weight`, cfg.numHeads * cfg.qkHeadDim, H);
-    }
-    lin(`${a}.kv_a_proj_with_mqa.weight`, cfg.kvLoraRank + cfg.qkRopeHeadDim, H);
-    norm(`${a}.kv_a_layernorm.weight`, cfg.kvLoraRank);
-    lin(`${a}.kv_b_proj.weight`, cfg.numHeads * (cfg.qkNopeHeadDim + cfg.vHeadDim), cfg.kvLoraRank);
-    lin(`${a}.o_proj.weight`, H, cfg.numHeads * cfg.vHeadDim);
-    if (isMoeLayer(cfg, i)) {
-      for (let j = 0; j < cfg.nRoutedExperts; j++) mlp(`${p}.mlp.experts.${j}`, cfg.moeIntermediateSize);
-      out.push({ name: `${p}.mlp.gate.weight`, shape: [cfg.nRoutedExperts, H], init: "router", quantizable: false });
-      if (cfg.topkMethod === "noaux_tc") {
-        out.push({ name: `${p}.mlp.gate.e_score_correction_bias`, shape: [cfg.nRoutedExperts], init: "bias", quantizable: false, dtype: "F32" });
-      }
-      if (cfg.nSharedExperts > 0) mlp(`${p}.mlp.shared_experts`, cfg.moeIntermediateSize * cfg.nSharedExperts);
-    } else {
-      mlp(`${p}.mlp`, cfg.intermediateSize);
-    }
-    norm(`${p}.input_layernorm.weight`, H);
-    norm(`${p}.post_attention_layernorm.weight`, H);
-  };
-
-  out.push({ name: "model.embed_tokens.weight", shape: [cfg.vocabSize, H], init: "embed", quantizable: false });
-  for (let i = 0; i < cfg.numHiddenLayers; i++) block(i);
-  for (let k = 0; k < cfg.numNextnPredictLayers; k++) {
-    const i = cfg.numHiddenLayers + k;
-    const p = `model.layers.${i}`;
-    out.push({ name: `${p}.embed_tokens.weight`, shape: [cfg.vocabSize, H], init: "embed", quantizable: false });
-    norm(`${p}.enorm.weight`, H);
-    norm(`${p}.hnorm.weight`, H);
-    lin(`${p}.eh_proj.weight`, H, 2 * H, false);
-    block(i);
-    norm(`${p}.shared_head.norm.weight`, H);
-    out.push({ name: `${p}.shared_head.head.weight`, shape: [cfg.vocabSize, H], init: "head", quantizable: false });
-  }
-  norm("model.norm.weight", H);
-  if (!cfg.tieWordEmbeddings) out.push({ name: "lm_head.weight", shape: [cfg.vocabSize, H], init: "head", quantizable: false });
-  return out;
-}
+// ---------------------------------------------------------------- tensor values
 
 /** Float values of one tensor (shape row-major), from (seed, name) only. */
 export function initTensorValues(spec: TensorSpec, seed: number): Float32Array {
@@ -364,22 +290,6 @@ export function initTensorValues(spec: TensorSpec, seed: number): Float32Array {
   const out = new Float32Array(n);
   for (let i = 0; i < n; i++) out[i] = mean + std * next();
   return out;
-}
-
-function encodeFloats(values: Float32Array, dtype: FloatDType): Uint8Array {
-  if (dtype === "F32") {
-    const bytes = new Uint8Array(values.length * 4);
-    const dv = new DataView(bytes.buffer);
-    for (let i = 0; i < values.length; i++) dv.setFloat32(i * 4, values[i]!, true);
-    return bytes;
-  }
-  const bytes = new Uint8Array(values.length * 2);
-  for (let i = 0; i < values.length; i++) {
-    const b = f32ToBf16Bits(values[i]!);
-    bytes[2 * i] = b & 0xff;
-    bytes[2 * i + 1] = b >>> 8;
-  }
-  return bytes;
 }
 
 // ---------------------------------------------------------------- generation
@@ -423,21 +333,6 @@ export interface GeneratedCheckpoint {
   readonly tokenizer: boolean;
 }
 
-function sortKeysDeep(v: unknown): unknown {
-  if (Array.isArray(v)) return v.map(sortKeysDeep);
-  if (typeof v === "object" && v !== null) {
-    const out: Record<string, unknown> = {};
-    for (const k of Object.keys(v).sort()) out[k] = sortKeysDeep((v as Record<string, unknown>)[k]);
-    return out;
-  }
-  return v;
-}
-
-/** JSON as transformers writes it: 2-space indent, sorted keys, trailing newline. */
-function jsonFile(v: unknown): string {
-  return JSON.stringify(sortKeysDeep(v), null, 2) + "\n";
-}
-
 /** Resolve preset + overrides to the config.json object (validated by the engine's parser). */
 export function resolveConfig(presetOrOptions: PresetName | GenerateOptions = {}): { preset: PresetName; config: Record<string, unknown>; modelConfig: ModelConfig } {
   const opts: GenerateOptions = typeof presetOrOptions === "string" ? { preset: presetOrOptions } : presetOrOptions;
@@ -463,38 +358,18 @@ export function generateCheckpoint(presetOrOptions: PresetName | GenerateOptions
   const maxShardBytes = opts.maxShardBytes === undefined ? base.maxShardBytes : opts.maxShardBytes;
   const block = cfg.fp8BlockSize;
 
-  const specs = checkpointTensorSpecs(cfg);
-  const tensors: TensorToWrite[] = [];
-  specs.forEach((spec, i) => {
-    const values = initTensorValues(spec, seed);
-    if (block && spec.quantizable) {
-      const [rows, cols] = spec.shape as [number, number];
-      const q = quantizeFp8Block(values, rows, cols, block[0], block[1]);
-      tensors.push({ name: spec.name, dtype: "F8_E4M3", shape: spec.shape, data: q.data });
-      tensors.push({
-        name: `${spec.name}_scale_inv`,
-        dtype: "F32",
-        shape: [Math.ceil(rows / block[0]), Math.ceil(cols / block[1])],
-        data: encodeFloats(q.scaleInv, "F32"),
-      });
-    } else {
-      const dtype = (spec.dtype ?? weightDtype) as FloatDType;
-      tensors.push({ name: spec.name, dtype, shape: spec.shape, data: encodeFloats(values, dtype) });
-    }
-    opts.onProgress?.(i + 1, specs.length, spec.name);
-  });
-
   fs.mkdirSync(outDir, { recursive: true });
-  const written = writeShardedCheckpoint(outDir, tensors, { maxShardBytes: maxShardBytes ?? Number.MAX_SAFE_INTEGER });
+  const written = writeHfCheckpoint(outDir, config, cfg, (spec) => initTensorValues(spec, seed), {
+    weightDtype,
+    maxShardBytes,
+    ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+  });
   const files = [...written.files];
-  if (written.indexFile) files.push(written.indexFile);
 
   const put = (name: string, text: string): void => {
     fs.writeFileSync(path.join(outDir, name), text);
     files.push(name);
   };
-  put("config.json", jsonFile(config));
-  put("generation_config.json", jsonFile({ _from_model_config: true, bos_token_id: 0, eos_token_id: 1, transformers_version: config["transformers_version"] ?? "4.46.3" }));
 
   const withTokenizer = (opts.tokenizer ?? true) && cfg.vocabSize >= TINY_VOCAB_SIZE;
   for (const f of ["tokenizer.json", "tokenizer_config.json"]) fs.rmSync(path.join(outDir, f), { force: true });
@@ -513,7 +388,7 @@ export function generateCheckpoint(presetOrOptions: PresetName | GenerateOptions
       "",
       base.description + ".",
       "",
-      `Weights: ${written.files.length} safetensors file(s), ${tensors.length} tensors, ${written.totalSize} bytes of tensor data` +
+      `Weights: ${written.weightFiles} safetensors file(s), ${written.tensorCount} tensors, ${written.tensorBytes} bytes of tensor data` +
         (block ? `; linears F8_E4M3 with ${block[0]}x${block[1]} block scales (\`*_scale_inv\`, F32), other weights ${weightDtype}, e_score_correction_bias F32.` : `; ${weightDtype}.`),
       "",
       "Regenerate (byte-identical):",
@@ -531,8 +406,8 @@ export function generateCheckpoint(presetOrOptions: PresetName | GenerateOptions
     config,
     modelConfig: cfg,
     files: files.sort(),
-    tensorCount: tensors.length,
-    tensorBytes: written.totalSize,
+    tensorCount: written.tensorCount,
+    tensorBytes: written.tensorBytes,
     fp8: block !== null,
     tokenizer: withTokenizer,
   };
