@@ -264,7 +264,9 @@ async function* requestsOf<Req>(
   signal: AbortSignal,
 ): AsyncGenerator<Req> {
   try {
-    for await (const message of call as AsyncIterable<Req>) {
+    // Not `for await (... of call)`: that destroys a duplex call when the requests end, so the
+    // responses after the client's half-close (and the final status) could never be sent.
+    for await (const message of call.iterator({ destroyOnReturn: false }) as AsyncIterable<Req>) {
       if (signal.aborted) break;
       yield message;
     }

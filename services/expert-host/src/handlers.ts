@@ -6,12 +6,17 @@
  * needs the model (an MoE layer, this host's dispatch codec, counts that sum to the ids, only
  * experts this shard holds, finite weights: ExpertHostCore.validate). A bad request is answered
  * INVALID_ARGUMENT with a message naming the field; the server keeps serving.
+ *
+ * DispatchStream serves the same requests over one long-lived stream per caller, one at a time in
+ * arrival order (the host computes one dispatch at a time either way). A failed request is answered
+ * with its status inside the stream, which stays open; the stream itself ends only when the caller
+ * closes it or the server drains.
  */
-import { InvalidArgumentError, type Logger } from "@moela/core";
+import { Code, InvalidArgumentError, type Logger } from "@moela/core";
 import type { MetricsOf } from "@moela/metrics";
 import { encodedSize, fromDispatchRequest, toInfoResponse, toTensor, type ExpertDispatchRequest, type ExpertHostCore } from "@moela/moe-dispatch";
-import type { ExpertHostService } from "@moela/proto-gen";
-import type { AsyncServiceImplementation } from "@moela/rpc";
+import type { DispatchRequest, DispatchResponse, DispatchStreamResponse, ExpertHostService } from "@moela/proto-gen";
+import { toStatus, type AsyncServiceImplementation } from "@moela/rpc";
 
 export interface HandlerDeps {
   readonly core: ExpertHostCore;
@@ -22,36 +27,54 @@ export interface HandlerDeps {
 export function expertHostHandlers({ core, logger, metrics: m }: HandlerDeps): AsyncServiceImplementation<typeof ExpertHostService> {
   const dispatchCodec = core.profile.dispatch;
   const combineCodec = core.profile.combine;
+
+  async function serve(msg: DispatchRequest, signal: AbortSignal): Promise<DispatchResponse> {
+    let req: ExpertDispatchRequest;
+    try {
+      req = fromDispatchRequest(msg);
+      core.validate(req);
+    } catch (err) {
+      if (err instanceof InvalidArgumentError) logger.warn({ requestId: msg.requestId, layer: msg.layer, reason: err.message }, "dispatch rejected");
+      throw err;
+    }
+    signal.throwIfAborted();
+    const layer = String(req.layer);
+    m.expertHostReceivedBytes.inc({ codec: dispatchCodec }, encodedSize(req.activations));
+    const started = performance.now();
+    const out = await core.dispatchAsync(req);
+    const seconds = (performance.now() - started) / 1000;
+    m.expertHostCompute.observe(seconds);
+    m.expertHostBatchTokens.observe(req.rows);
+    m.expertHostLayerTokens.inc({ layer }, req.expertIds.length);
+    if (m.expertHostExpertTokens) {
+      const perExpert = new Map<number, number>();
+      for (let i = 0; i < req.expertIds.length; i++) perExpert.set(req.expertIds[i]!, (perExpert.get(req.expertIds[i]!) ?? 0) + 1);
+      for (const [expert, n] of perExpert) m.expertHostExpertTokens.inc({ layer, expert: String(expert) }, n);
+    }
+    m.expertHostSentBytes.inc({ codec: combineCodec }, encodedSize(out));
+    logger.debug({ requestId: req.requestId, layer: req.layer, tokens: req.rows, pairs: req.expertIds.length, ms: seconds * 1000 }, "dispatch");
+    return { output: toTensor(out) };
+  }
+
   return {
     async dispatch(msg, ctx) {
-      let req: ExpertDispatchRequest;
-      try {
-        req = fromDispatchRequest(msg);
-        core.validate(req);
-      } catch (err) {
-        if (err instanceof InvalidArgumentError) logger.warn({ requestId: msg.requestId, layer: msg.layer, reason: err.message }, "dispatch rejected");
-        throw err;
+      return await serve(msg, ctx.signal);
+    },
+    async *dispatchStream(requests, ctx) {
+      for await (const msg of requests) {
+        let reply: DispatchStreamResponse;
+        try {
+          if (msg.request === undefined) throw new InvalidArgumentError("request is missing");
+          reply = { callId: msg.callId, response: await serve(msg.request, ctx.signal), errorCode: 0, errorMessage: "" };
+        } catch (err) {
+          // The stream's own end (drain, cancel) ends the whole stream; anything else answers this call only.
+          if (ctx.signal.aborted) throw ctx.signal.reason;
+          const status = toStatus(err);
+          if (status.code === Code.INTERNAL) logger.error({ err, requestId: msg.request?.requestId }, "dispatch failed");
+          reply = { callId: msg.callId, errorCode: status.code, errorMessage: status.details };
+        }
+        yield reply;
       }
-      ctx.signal.throwIfAborted();
-      const layer = String(req.layer);
-      m.expertHostReceivedBytes.inc({ codec: dispatchCodec }, encodedSize(req.activations));
-      const started = performance.now();
-      const out = await core.dispatchAsync(req);
-      const seconds = (performance.now() - started) / 1000;
-      m.expertHostCompute.observe(seconds);
-      m.expertHostBatchTokens.observe(req.rows);
-      m.expertHostLayerTokens.inc({ layer }, req.expertIds.length);
-      if (m.expertHostExpertTokens) {
-        const perExpert = new Map<number, number>();
-        for (let i = 0; i < req.expertIds.length; i++) perExpert.set(req.expertIds[i]!, (perExpert.get(req.expertIds[i]!) ?? 0) + 1);
-        for (const [expert, n] of perExpert) m.expertHostExpertTokens.inc({ layer, expert: String(expert) }, n);
-      }
-      m.expertHostSentBytes.inc({ codec: combineCodec }, encodedSize(out));
-      logger.debug(
-        { requestId: req.requestId, layer: req.layer, tokens: req.rows, pairs: req.expertIds.length, ms: seconds * 1000 },
-        "dispatch",
-      );
-      return { output: toTensor(out) };
     },
     async info() {
       return toInfoResponse(core.info());

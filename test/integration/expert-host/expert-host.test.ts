@@ -15,6 +15,7 @@ import {
   checkpointModelId,
   connectExpertHosts,
   createInProcessExperts,
+  fromDispatchRequest,
   getDispatchCodec,
   HostedExpertExecutor,
   placementFor,
@@ -23,7 +24,7 @@ import {
   type GrpcExpertHostTransport,
   type PrecisionName,
 } from "@moela/moe-dispatch";
-import { ExpertHostClient, type DispatchRequest, type DispatchResponse } from "@moela/proto-gen";
+import { ExpertHostClient, type DispatchRequest, type DispatchResponse, type DispatchStreamResponse } from "@moela/proto-gen";
 import { checkHealth, connect, unaryCall } from "@moela/rpc";
 import { parseConfig, startExpertHost, type RunningExpertHost } from "@moela/expert-host";
 import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
@@ -248,6 +249,55 @@ describe("expert-host over gRPC", () => {
       expect(await checkHealth(host.grpcAddress)).toBe("SERVING");
       const ok = await call(good);
       expect(ok.output?.shape).toEqual([2, 256]);
+    });
+
+    it("over one DispatchStream, each bad request is answered with its status by call id and the stream keeps serving", async () => {
+      const stream = client.dispatchStream();
+      const answers = new Map<number, DispatchStreamResponse>();
+      stream.on("data", (r: DispatchStreamResponse) => answers.set(r.callId, r));
+      const sent: Array<[number, DispatchRequest, RegExp | null]> = [
+        [1, good, null],
+        [2, { ...good, layer: 99 }, /layer 99 is not an MoE layer/],
+        [3, { ...good, weights: [0.5, Number.NaN, 1] }, /weights\[1\] is NaN/],
+        [4, good, null],
+        [5, { ...good, activations: undefined }, /activations is missing/],
+        [6, good, null],
+      ];
+      for (const [callId, request] of sent) stream.write({ callId, request });
+      stream.write({ callId: 7 }); // no request at all
+      const deadline = Date.now() + 10_000;
+      while (answers.size < sent.length + 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      const ended = new Promise((resolve) => stream.on("status", resolve));
+      stream.end();
+      expect(await ended).toMatchObject({ code: Code.OK });
+      const unary = await call(good);
+      for (const [callId, , error] of sent) {
+        const a = answers.get(callId)!;
+        if (error === null) {
+          expect(a.errorCode).toBe(0);
+          // The same bytes as the unary Dispatch of the same request.
+          expect(Buffer.compare(Buffer.from(a.response!.output!.data), Buffer.from(unary.output!.data))).toBe(0);
+        } else {
+          expect(a.errorCode).toBe(Code.INVALID_ARGUMENT);
+          expect(a.errorMessage).toMatch(error);
+          expect(a.response).toBeUndefined();
+        }
+      }
+      expect(answers.get(7)).toMatchObject({ errorCode: Code.INVALID_ARGUMENT, errorMessage: "request is missing" });
+    });
+
+    it("the stream and the unary transport give the same bits", async () => {
+      const [stream] = connectExpertHosts([host.grpcAddress]);
+      const [unary] = connectExpertHosts([host.grpcAddress], { dispatchMode: "unary" });
+      clients.push(stream!, unary!);
+      expect(stream!.dispatchMode).toBe("stream");
+      const req = fromDispatchRequest(good);
+      const [a, b] = await Promise.all([stream!.dispatch(req), unary!.dispatch(req)]);
+      expect(Buffer.compare(Buffer.from(a.data), Buffer.from(b.data))).toBe(0);
+      // Concurrent calls on one stream are matched to their own answers.
+      const many = await Promise.all([1, 2, 3, 4].map((w) => stream!.dispatch({ ...req, weights: Array.from(req.weights, (x) => x * w) })));
+      const ones = await Promise.all([1, 2, 3, 4].map((w) => unary!.dispatch({ ...req, weights: Array.from(req.weights, (x) => x * w) })));
+      many.forEach((m, i) => expect(Buffer.compare(Buffer.from(m.data), Buffer.from(ones[i]!.data))).toBe(0));
     });
 
     it("the gRPC transport surfaces a rejection as InvalidArgumentError naming the host", async () => {

@@ -110,7 +110,8 @@ describe("ReplicatedExpertHostTransport", () => {
       expect(bits(got)).toEqual(bits(want));
     }
     const served = await Promise.all([a0, b0].map((h) => fetch(h.metricsUrl).then((r) => r.text())));
-    for (const text of served) expect(text).toMatch(/moela_rpc_server_handled_total\{method="\/moela\.v1\.ExpertHost\/Dispatch",code="OK"\} [1-9]/);
+    // Counted by the host per dispatch, whichever RPC carried it (DispatchStream by default).
+    for (const text of served) expect(text).toMatch(/^moela_expert_host_batch_tokens_count [1-9]/m);
 
     // One replica of shard 0 stops: every dispatch still succeeds, with the same bits.
     await stop(a0);
@@ -157,7 +158,7 @@ describe("ReplicatedExpertHostTransport", () => {
     for (const { want, got } of outs) expect(bits(got)).toEqual(bits(want));
     const counts = await Promise.all(
       [a0, b0].map(async (h) => {
-        const m = /moela_rpc_server_handled_total\{method="\/moela\.v1\.ExpertHost\/Dispatch",code="OK"\} (\d+)/.exec(await (await fetch(h.metricsUrl)).text());
+        const m = /^moela_expert_host_batch_tokens_count (\d+)/m.exec(await (await fetch(h.metricsUrl)).text());
         return Number(m?.[1] ?? 0);
       }),
     );

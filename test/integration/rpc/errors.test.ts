@@ -62,6 +62,9 @@ async function expertHostThrowing(error: unknown, logLines?: string[]) {
         async dispatch() {
           throw new MoelaError("not used", Code.UNIMPLEMENTED);
         },
+        async *dispatchStream() {
+          throw new MoelaError("not used", Code.UNIMPLEMENTED);
+        },
         async info(): Promise<InfoResponse> {
           throw error;
         },
@@ -226,6 +229,9 @@ describe("onCallEnd", () => {
         server.addService(ExpertHostService, {
           async dispatch() {
             throw new ResourceExhaustedError("busy");
+          },
+          async *dispatchStream() {
+            throw new MoelaError("not used", Code.UNIMPLEMENTED);
           },
           async info() {
             return { shardIndex: 0, shardCount: 1, layers: [], modelId: "tiny", precision: 1, hiddenSize: 8 };

@@ -272,6 +272,9 @@ describe("a unary handler that ignores its signal", () => {
           // A stuck expert kernel: never looks at ctx.signal, never returns.
           return new Promise(() => {});
         },
+        async *dispatchStream() {
+          throw new MoelaError("not used", Code.UNIMPLEMENTED);
+        },
         async info() {
           throw new Error("not used");
         },
