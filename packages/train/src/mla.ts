@@ -1,0 +1,248 @@
+/**
+ * Multi-head latent attention (training form: K and V decompressed per head, causal over each sequence), the
+ * engine's "decompressed" path with its backward pass. Shapes as in the HF config: B sequences of S tokens,
+ * T = B * S rows, H heads, dn = qk_nope_head_dim, dr = qk_rope_head_dim, dq = dn + dr, dv = v_head_dim,
+ * R = kv_lora_rank.
+ *
+ *   q      = q_b_proj(q_a_layernorm(q_a_proj(x)))  or q_proj(x)        [T, H * dq], per head [q_nope | q_pe]
+ *   q_pe   = rope(q_pe)
+ *   [c_kv | k_pe] = kv_a_proj_with_mqa(x)                             [T, R + dr]
+ *   c_kv   = kv_a_layernorm(c_kv) (eps 1e-6, as the engine),  k_pe = rope(k_pe)  (one key shared by all heads)
+ *   kv     = kv_b_proj(c_kv)                                         [T, H * (dn + dv)], per head [k_nope | v]
+ *   per sequence and head: P = softmax(causal(scale * [q_nope | q_pe] . [k_nope | k_pe])), o = P v
+ *   out    = o_proj(o)                                               [T, hidden]
+ */
+import { rotaryParams, rotaryTables, type ModelConfig } from "@moela/engine";
+import type { Ops, Vec } from "./ops.js";
+import type { Param } from "./params.js";
+import { linear, linearBack, rmsNorm, rmsNormBack, rope, type RmsSaved, type RopeTables } from "./layers.js";
+
+/** q_a_layernorm and kv_a_layernorm use RMSNorm's default eps (the engine's LATENT_NORM_EPS). */
+export const LATENT_NORM_EPS = 1e-6;
+
+export interface MlaParams {
+  readonly qA: Param | null;
+  readonly qANorm: Param | null;
+  readonly qB: Param | null;
+  readonly q: Param | null;
+  readonly kvA: Param;
+  readonly kvANorm: Param;
+  readonly kvB: Param;
+  readonly o: Param;
+}
+
+export function mlaParams(get: (name: string) => Param, cfg: ModelConfig, layer: number): MlaParams {
+  const a = `model.layers.${layer}.self_attn`;
+  const lora = cfg.qLoraRank !== null;
+  return {
+    qA: lora ? get(`${a}.q_a_proj.weight`) : null,
+    qANorm: lora ? get(`${a}.q_a_layernorm.weight`) : null,
+    qB: lora ? get(`${a}.q_b_proj.weight`) : null,
+    q: lora ? null : get(`${a}.q_proj.weight`),
+    kvA: get(`${a}.kv_a_proj_with_mqa.weight`),
+    kvANorm: get(`${a}.kv_a_layernorm.weight`),
+    kvB: get(`${a}.kv_b_proj.weight`),
+    o: get(`${a}.o_proj.weight`),
+  };
+}
+
+export interface MlaShape {
+  readonly H: number;
+  readonly dn: number;
+  readonly dr: number;
+  readonly dq: number;
+  readonly dv: number;
+  readonly R: number;
+  readonly scale: number;
+  readonly rope: RopeTables;
+}
+
+/** MLA's dimensions and the rotary tables of positions 0..S-1 (the engine's rotaryParams / rotaryTables). */
+export function mlaShape(cfg: ModelConfig, S: number): MlaShape {
+  if (cfg.attentionBias) throw new Error("training does not support attention_bias");
+  const rp = rotaryParams(cfg);
+  const half = cfg.qkRopeHeadDim / 2;
+  const cos = new Float64Array(S * half);
+  const sin = new Float64Array(S * half);
+  rotaryTables(rp, Array.from({ length: S }, (_, i) => i), S, cos, sin);
+  return {
+    H: cfg.numHeads,
+    dn: cfg.qkNopeHeadDim,
+    dr: cfg.qkRopeHeadDim,
+    dq: cfg.qkHeadDim,
+    dv: cfg.vHeadDim,
+    R: cfg.kvLoraRank,
+    scale: rp.softmaxScale,
+    rope: { cos, sin, half },
+  };
+}
+
+export interface MlaSaved {
+  readonly x: Vec;
+  readonly qa: Vec | null; // [T, q_lora_rank]
+  readonly qaNorm: RmsSaved | null;
+  readonly qn: Vec | null; // [T, q_lora_rank] normalised
+  readonly q: Vec; // [T, H * dq] with q_pe roped
+  readonly ckvNorm: RmsSaved; // over c_kv [T, R]
+  readonly ckv: Vec; // [T, R] normalised
+  readonly kpe: Vec; // [T, dr] roped
+  readonly kv: Vec; // [T, H * (dn + dv)]
+  readonly P: Vec; // [B, H, S, S] softmax (zero above the diagonal)
+  readonly o: Vec; // [T, H * dv]
+}
+
+/** Per (sequence, head): Q [S, dq], K [S, dq], V [S, dv] gathered contiguous. */
+function gatherHead(sh: MlaShape, b: number, h: number, S: number, q: Vec, kv: Vec, kpe: Vec, Q: Vec, K: Vec, V: Vec): void {
+  const { H, dn, dr, dq, dv } = sh;
+  const hs = dn + dv;
+  for (let i = 0; i < S; i++) {
+    const t = b * S + i;
+    const qo = t * H * dq + h * dq;
+    for (let c = 0; c < dq; c++) Q[i * dq + c] = q[qo + c]!;
+    const ko = t * H * hs + h * hs;
+    for (let c = 0; c < dn; c++) K[i * dq + c] = kv[ko + c]!;
+    for (let c = 0; c < dr; c++) K[i * dq + dn + c] = kpe[t * dr + c]!;
+    for (let c = 0; c < dv; c++) V[i * dv + c] = kv[ko + dn + c]!;
+  }
+}
+
+export function mla(ops: Ops, p: MlaParams, sh: MlaShape, x: Vec, B: number, S: number): { y: Vec; saved: MlaSaved } {
+  const T = B * S;
+  const { H, dn, dr, dq, dv, R } = sh;
+  let qa: Vec | null = null;
+  let qaNorm: RmsSaved | null = null;
+  let qn: Vec | null = null;
+  let q: Vec;
+  if (p.qA !== null) {
+    const r = p.qA.shape[0]!;
+    qa = linear(ops, p.qA, x, T);
+    const n = rmsNorm(ops, qa, T, r, p.qANorm!, LATENT_NORM_EPS);
+    qn = n.y;
+    qaNorm = n.saved;
+    q = linear(ops, p.qB!, qn, T);
+  } else {
+    q = linear(ops, p.q!, x, T);
+  }
+  rope(q, T, S, H * dq, dn, sh.rope, false, H, dq);
+
+  const kva = linear(ops, p.kvA, x, T); // [T, R + dr]
+  const ckvRaw = ops.alloc(T * R);
+  const kpe = ops.alloc(T * dr);
+  for (let t = 0; t < T; t++) {
+    ckvRaw.set(kva.subarray(t * (R + dr), t * (R + dr) + R), t * R);
+    kpe.set(kva.subarray(t * (R + dr) + R, (t + 1) * (R + dr)), t * dr);
+  }
+  const nk = rmsNorm(ops, ckvRaw, T, R, p.kvANorm, LATENT_NORM_EPS);
+  const ckv = nk.y;
+  rope(kpe, T, S, dr, 0, sh.rope);
+  const kv = linear(ops, p.kvB, ckv, T); // [T, H * (dn + dv)]
+
+  const P = ops.alloc(B * H * S * S);
+  const o = ops.alloc(T * H * dv);
+  const Q = ops.alloc(S * dq);
+  const K = ops.alloc(S * dq);
+  const V = ops.alloc(S * dv);
+  const Oh = ops.alloc(S * dv);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      gatherHead(sh, b, h, S, q, kv, kpe, Q, K, V);
+      const Ph = P.subarray((b * H + h) * S * S, (b * H + h + 1) * S * S);
+      ops.nt(Q, K, S, S, dq, Ph); // scores [S, S]
+      for (let i = 0; i < S; i++) {
+        const ro = i * S;
+        let m = -Infinity;
+        for (let j = 0; j <= i; j++) {
+          const v = Ph[ro + j]! * sh.scale;
+          Ph[ro + j] = v;
+          if (v > m) m = v;
+        }
+        let z = 0;
+        for (let j = 0; j <= i; j++) {
+          const e = Math.exp(Ph[ro + j]! - m);
+          Ph[ro + j] = e;
+          z += e;
+        }
+        for (let j = 0; j <= i; j++) Ph[ro + j] = Ph[ro + j]! / z;
+        Ph.fill(0, ro + i + 1, ro + S);
+      }
+      ops.nn(Ph, V, S, dv, S, Oh); // [S, dv]
+      for (let i = 0; i < S; i++) {
+        const oo = (b * S + i) * H * dv + h * dv;
+        for (let c = 0; c < dv; c++) o[oo + c] = Oh[i * dv + c]!;
+      }
+    }
+  }
+  const y = linear(ops, p.o, o, T);
+  return { y, saved: { x, qa, qaNorm, qn, q, ckvNorm: nk.saved, ckv, kpe, kv, P, o } };
+}
+
+/** Backward of mla: adds into the parameters' gradients, returns dx [T, hidden] (or adds into dxAcc). */
+export function mlaBack(ops: Ops, p: MlaParams, sh: MlaShape, s: MlaSaved, dy: Vec, B: number, S: number, dxAcc?: Vec): Vec {
+  const T = B * S;
+  const { H, dn, dr, dq, dv, R } = sh;
+  const hs = dn + dv;
+  const dO = linearBack(ops, p.o, s.o, dy, T); // [T, H * dv]
+  const dq_ = ops.alloc(T * H * dq);
+  const dkv = ops.alloc(T * H * hs);
+  const dkpe = ops.alloc(T * dr);
+  const Q = ops.alloc(S * dq);
+  const K = ops.alloc(S * dq);
+  const V = ops.alloc(S * dv);
+  const dOh = ops.alloc(S * dv);
+  const dVh = ops.alloc(S * dv);
+  const dS = ops.alloc(S * S);
+  const dQh = ops.alloc(S * dq);
+  const dKh = ops.alloc(S * dq);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      gatherHead(sh, b, h, S, s.q, s.kv, s.kpe, Q, K, V);
+      for (let i = 0; i < S; i++) {
+        const oo = (b * S + i) * H * dv + h * dv;
+        for (let c = 0; c < dv; c++) dOh[i * dv + c] = dO[oo + c]!;
+      }
+      const Ph = s.P.subarray((b * H + h) * S * S, (b * H + h + 1) * S * S);
+      ops.tn(Ph, dOh, S, dv, S, dVh); // dV = P^T dO
+      ops.nt(dOh, V, S, S, dv, dS); // dP = dO V^T
+      // dS = P * (dP - rowsum(P * dP)) * scale, causal
+      for (let i = 0; i < S; i++) {
+        const ro = i * S;
+        let dot = 0;
+        for (let j = 0; j <= i; j++) dot += Ph[ro + j]! * dS[ro + j]!;
+        for (let j = 0; j <= i; j++) dS[ro + j] = Ph[ro + j]! * (dS[ro + j]! - dot) * sh.scale;
+        dS.fill(0, ro + i + 1, ro + S);
+      }
+      ops.nn(dS, K, S, dq, S, dQh); // dQ = dS K
+      ops.tn(dS, Q, S, dq, S, dKh); // dK = dS^T Q
+      for (let i = 0; i < S; i++) {
+        const t = b * S + i;
+        const qo = t * H * dq + h * dq;
+        for (let c = 0; c < dq; c++) dq_[qo + c] = dQh[i * dq + c]!;
+        const ko = t * H * hs + h * hs;
+        for (let c = 0; c < dn; c++) dkv[ko + c] = dKh[i * dq + c]!;
+        for (let c = 0; c < dr; c++) dkpe[t * dr + c] = dkpe[t * dr + c]! + dKh[i * dq + dn + c]!;
+        for (let c = 0; c < dv; c++) dkv[ko + dn + c] = dVh[i * dv + c]!;
+      }
+    }
+  }
+  // kv path
+  const dckv = linearBack(ops, p.kvB, s.ckv, dkv, T); // [T, R]
+  const dckvRaw = rmsNormBack(ops, s.ckvNorm, T, R, p.kvANorm, dckv);
+  rope(dkpe, T, S, dr, 0, sh.rope, true);
+  const dkva = ops.alloc(T * (R + dr));
+  for (let t = 0; t < T; t++) {
+    dkva.set(dckvRaw.subarray(t * R, (t + 1) * R), t * (R + dr));
+    dkva.set(dkpe.subarray(t * dr, (t + 1) * dr), t * (R + dr) + R);
+  }
+  const dx = linearBack(ops, p.kvA, s.x, dkva, T, dxAcc);
+  // q path
+  rope(dq_, T, S, H * dq, dn, sh.rope, true, H, dq);
+  if (p.qA !== null) {
+    const r = p.qA.shape[0]!;
+    const dqn = linearBack(ops, p.qB!, s.qn!, dq_, T);
+    const dqa = rmsNormBack(ops, s.qaNorm!, T, r, p.qANorm!, dqn);
+    linearBack(ops, p.qA, s.x, dqa, T, dx);
+  } else {
+    linearBack(ops, p.q!, s.x, dq_, T, dx);
+  }
+  return dx;
+}

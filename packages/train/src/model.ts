@@ -1,0 +1,307 @@
+/**
+ * A DeepSeek-V3 model for training: the engine's forward (embedding, pre-norm blocks of MLA + dense MLP or
+ * DeepSeekMoE, final norm, lm_head, and the MTP module) over a batch of B sequences of S tokens, with the
+ * losses and the whole backward pass.
+ *
+ * A batch row holds S + 1 + D tokens (D = MTP depth, 0 or 1): position p (0 <= p < S) reads x[p] and the main
+ * head predicts x[p + 1]. The MTP module at p combines the main model's final-normed hidden state h[p] with the
+ * embedding of x[p + 1] and predicts x[p + 2], exactly as the engine's forwardMtp runs it (which, as vLLM,
+ * zeroes the embedding at position 0). Loss = CE_main + lambda * CE_mtp + sum over MoE layers of the
+ * sequence-wise balance loss (when alpha > 0).
+ */
+import { isMoeLayer, type ModelConfig } from "@moela/engine";
+import type { Ops, Vec } from "./ops.js";
+import { tiedMtpTensors, type Param, type ParamStore } from "./params.js";
+import {
+  addInPlace,
+  crossEntropyInPlace,
+  embed,
+  embedBack,
+  linear,
+  linearBack,
+  mlp,
+  mlpBack,
+  mlpParams,
+  rmsNorm,
+  rmsNormBack,
+  type MlpParams,
+  type MlpSaved,
+  type RmsSaved,
+} from "./layers.js";
+import { mla, mlaBack, mlaParams, mlaShape, type MlaParams, type MlaSaved, type MlaShape } from "./mla.js";
+import { balanceLoss, moe, moeBack, moeParams, type MoeParams, type MoeSaved } from "./moe.js";
+
+export interface LossOptions {
+  /** Weight of the MTP loss (DeepSeek-V3: 0.3 early, 0.1 later). */
+  readonly mtpLambda: number;
+  /** Weight of the sequence-wise balance loss (0: off; DeepSeek-V3 used 1e-4). */
+  readonly balanceAlpha: number;
+}
+
+export interface StepResult {
+  /** The total loss that was differentiated. */
+  readonly loss: number;
+  readonly mainLoss: number;
+  readonly mtpLoss: number;
+  readonly balanceLoss: number;
+  /** Per MoE layer (main layers, then MTP), by layer index: tokens routed to each expert in this batch. */
+  readonly loads: Map<number, Int32Array>;
+}
+
+interface BlockParams {
+  readonly index: number;
+  readonly inputNorm: Param;
+  readonly postNorm: Param;
+  readonly attn: MlaParams;
+  readonly mlp: MlpParams | null;
+  readonly moe: MoeParams | null;
+}
+
+interface BlockSaved {
+  readonly n1: RmsSaved;
+  readonly attn: MlaSaved;
+  readonly n2: RmsSaved;
+  readonly mlp: MlpSaved | null;
+  readonly moe: MoeSaved | null;
+}
+
+export class TrainModel {
+  readonly config: ModelConfig;
+  readonly params: ParamStore;
+  readonly ops: Ops;
+  private readonly blocks: BlockParams[];
+  private readonly mtpBlock: BlockParams | null;
+  private shapes = new Map<number, MlaShape>();
+
+  constructor(config: ModelConfig, params: ParamStore, ops: Ops) {
+    if (config.numNextnPredictLayers > 1) throw new Error("training supports at most one MTP layer");
+    this.config = config;
+    this.params = params;
+    this.ops = ops;
+    this.blocks = Array.from({ length: config.numHiddenLayers }, (_, i) => this.blockParams(i));
+    this.mtpBlock = config.numNextnPredictLayers === 1 ? this.blockParams(config.numHiddenLayers) : null;
+  }
+
+  /** Tokens per batch row for S positions. */
+  rowLength(S: number): number {
+    return S + 1 + (this.mtpBlock !== null ? 1 : 0);
+  }
+
+  private blockParams(i: number): BlockParams {
+    const get = (n: string): Param => this.params.get(n);
+    const has = (n: string): boolean => this.params.has(n);
+    const moeLayer = isMoeLayer(this.config, i);
+    return {
+      index: i,
+      inputNorm: get(`model.layers.${i}.input_layernorm.weight`),
+      postNorm: get(`model.layers.${i}.post_attention_layernorm.weight`),
+      attn: mlaParams(get, this.config, i),
+      mlp: moeLayer ? null : mlpParams(get, `model.layers.${i}.mlp`),
+      moe: moeLayer ? moeParams(get, has, this.config, i) : null,
+    };
+  }
+
+  private shape(S: number): MlaShape {
+    let s = this.shapes.get(S);
+    if (s === undefined) {
+      s = mlaShape(this.config, S);
+      this.shapes.set(S, s);
+    }
+    return s;
+  }
+
+  private block(b: BlockParams, h: Vec, B: number, S: number): { h: Vec; saved: BlockSaved } {
+    const ops = this.ops;
+    const c = this.config;
+    const T = B * S;
+    const hd = c.hiddenSize;
+    const n1 = rmsNorm(ops, h, T, hd, b.inputNorm, c.rmsNormEps);
+    const a = mla(ops, b.attn, this.shape(S), n1.y, B, S);
+    const h1 = a.y;
+    addInPlace(h1, h); // h1 = h + attn
+    const n2 = rmsNorm(ops, h1, T, hd, b.postNorm, c.rmsNormEps);
+    let f: Vec;
+    let mlpSaved: MlpSaved | null = null;
+    let moeSaved: MoeSaved | null = null;
+    if (b.moe !== null) {
+      const r = moe(ops, c, b.moe, n2.y, T);
+      f = r.y;
+      moeSaved = r.saved;
+    } else {
+      const r = mlp(ops, b.mlp!, n2.y, T);
+      f = r.y;
+      mlpSaved = r.saved;
+    }
+    addInPlace(f, h1); // h2 = h1 + ffn
+    return { h: f, saved: { n1: n1.saved, attn: a.saved, n2: n2.saved, mlp: mlpSaved, moe: moeSaved } };
+  }
+
+  /** dh2 -> dh (dh2 is consumed). */
+  private blockBack(b: BlockParams, s: BlockSaved, dh2: Vec, B: number, S: number, alpha: number): Vec {
+    const ops = this.ops;
+    const c = this.config;
+    const T = B * S;
+    const hd = c.hiddenSize;
+    const dn2 =
+      b.moe !== null
+        ? moeBack(ops, c, b.moe, s.moe!, dh2, { balanceAlpha: alpha, S })
+        : mlpBack(ops, b.mlp!, s.mlp!, dh2);
+    const dh1 = rmsNormBack(ops, s.n2, T, hd, b.postNorm, dn2, dh2, true); // dh1 = dh2 + norm'(dn2)
+    const dn1 = mlaBack(ops, b.attn, this.shape(S), s.attn, dh1, B, S);
+    return rmsNormBack(ops, s.n1, T, hd, b.inputNorm, dn1, dh1, true); // dh = dh1 + norm'(dn1)
+  }
+
+  private headParam(): Param {
+    return this.params.get(this.config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+  }
+
+  /**
+   * Forward over `tokens` [B, rowLength(S)], then (when `backward`) the backward pass, adding into the
+   * parameters' gradients (zero them first).
+   */
+  step(tokens: Int32Array, B: number, S: number, opts: LossOptions, backward = true): StepResult {
+    const ops = this.ops;
+    const c = this.config;
+    const hd = c.hiddenSize;
+    const V = c.vocabSize;
+    const L = this.rowLength(S);
+    if (tokens.length !== B * L) throw new RangeError(`a batch of ${B} x ${S} positions needs ${B * L} tokens, got ${tokens.length}`);
+    const T = B * S;
+    const ids = new Int32Array(T);
+    const targets = new Int32Array(T);
+    for (let b = 0; b < B; b++) {
+      for (let p = 0; p < S; p++) {
+        ids[b * S + p] = tokens[b * L + p]!;
+        targets[b * S + p] = tokens[b * L + p + 1]!;
+      }
+    }
+    const E = this.params.get("model.embed_tokens.weight");
+    let h = embed(ops, E, ids, T);
+    const saved: BlockSaved[] = [];
+    const loads = new Map<number, Int32Array>();
+    let bal = 0;
+    for (const b of this.blocks) {
+      const r = this.block(b, h, B, S);
+      h = r.h;
+      saved.push(r.saved);
+      if (r.saved.moe) {
+        loads.set(b.index, r.saved.moe.load);
+        bal += balanceLoss(c, r.saved.moe, S, opts.balanceAlpha);
+      }
+    }
+    const fn = rmsNorm(ops, h, T, hd, this.params.get("model.norm.weight"), c.rmsNormEps);
+    const hN = fn.y; // [T, hidden] final-normed hidden (the MTP module's input)
+    const head = this.headParam();
+    const logits = linear(ops, head, hN, T); // [T, V]
+    const mainLoss = crossEntropyInPlace(logits, T, V, targets, 1, T); // logits now hold dlogits
+
+    // MTP module
+    let mtpLoss = 0;
+    let mtp: {
+      mids: Int32Array;
+      en: RmsSaved;
+      hn: RmsSaved;
+      cat: Vec;
+      blk: BlockSaved;
+      fin: RmsSaved;
+      normed: Vec;
+      dlogits: Vec;
+    } | null = null;
+    const mb = this.mtpBlock;
+    if (mb !== null) {
+      const i = c.numHiddenLayers;
+      const p = `model.layers.${i}`;
+      const mids = new Int32Array(T);
+      const mtargets = new Int32Array(T);
+      for (let b = 0; b < B; b++) {
+        for (let q = 0; q < S; q++) {
+          mids[b * S + q] = q === 0 ? -1 : tokens[b * L + q + 1]!; // the engine zeroes the embedding at position 0
+          mtargets[b * S + q] = tokens[b * L + q + 2]!;
+        }
+      }
+      const e = embed(ops, E, mids, T);
+      const en = rmsNorm(ops, e, T, hd, this.params.get(`${p}.enorm.weight`), c.rmsNormEps);
+      const hn = rmsNorm(ops, hN, T, hd, this.params.get(`${p}.hnorm.weight`), c.rmsNormEps);
+      const cat = ops.alloc(T * 2 * hd); // [T, 2 * hidden] = [enorm(e) ; hnorm(h)]
+      for (let t = 0; t < T; t++) {
+        cat.set(en.y.subarray(t * hd, (t + 1) * hd), t * 2 * hd);
+        cat.set(hn.y.subarray(t * hd, (t + 1) * hd), t * 2 * hd + hd);
+      }
+      const h0 = linear(ops, this.params.get(`${p}.eh_proj.weight`), cat, T);
+      const r = this.block(mb, h0, B, S);
+      if (r.saved.moe) {
+        loads.set(mb.index, r.saved.moe.load);
+        bal += balanceLoss(c, r.saved.moe, S, opts.balanceAlpha);
+      }
+      const fin = rmsNorm(ops, r.h, T, hd, this.params.get(`${p}.shared_head.norm.weight`), c.rmsNormEps);
+      const ml = linear(ops, head, fin.y, T);
+      mtpLoss = crossEntropyInPlace(ml, T, V, mtargets, opts.mtpLambda, T);
+      mtp = { mids, en: en.saved, hn: hn.saved, cat, blk: r.saved, fin: fin.saved, normed: fin.y, dlogits: ml };
+    }
+    const loss = mainLoss + opts.mtpLambda * mtpLoss + bal;
+    const result: StepResult = { loss, mainLoss, mtpLoss, balanceLoss: bal, loads };
+    if (!backward) return result;
+
+    // ---------------------------------------------------------------- backward
+    const dhN = linearBack(ops, head, hN, logits, T); // [T, hidden]
+    if (mtp !== null && mb !== null) {
+      const p = `model.layers.${c.numHiddenLayers}`;
+      const dnormed = linearBack(ops, head, mtp.normed, mtp.dlogits, T);
+      const dh = rmsNormBack(ops, mtp.fin, T, hd, this.params.get(`${p}.shared_head.norm.weight`), dnormed);
+      const dh0 = this.blockBack(mb, mtp.blk, dh, B, S, opts.balanceAlpha);
+      const dcat = linearBack(ops, this.params.get(`${p}.eh_proj.weight`), mtp.cat, dh0, T);
+      const den = ops.alloc(T * hd);
+      const dhn = ops.alloc(T * hd);
+      for (let t = 0; t < T; t++) {
+        den.set(dcat.subarray(t * 2 * hd, t * 2 * hd + hd), t * hd);
+        dhn.set(dcat.subarray(t * 2 * hd + hd, (t + 1) * 2 * hd), t * hd);
+      }
+      const de = rmsNormBack(ops, mtp.en, T, hd, this.params.get(`${p}.enorm.weight`), den);
+      embedBack(E, mtp.mids, T, de);
+      rmsNormBack(ops, mtp.hn, T, hd, this.params.get(`${p}.hnorm.weight`), dhn, dhN, true);
+    }
+    let dh = rmsNormBack(ops, fn.saved, T, hd, this.params.get("model.norm.weight"), dhN);
+    for (let i = this.blocks.length - 1; i >= 0; i--) dh = this.blockBack(this.blocks[i]!, saved[i]!, dh, B, S, opts.balanceAlpha);
+    embedBack(E, ids, T, dh);
+    return result;
+  }
+
+  /** Main-model logits [B * S, V] of `ids` [B, S] (no loss, no MTP): for evaluation and the engine-equality tests. */
+  logits(ids: Int32Array, B: number, S: number): { logits: Vec; hidden: Vec } {
+    const ops = this.ops;
+    const c = this.config;
+    const T = B * S;
+    let h = embed(ops, this.params.get("model.embed_tokens.weight"), ids, T);
+    for (const b of this.blocks) h = this.block(b, h, B, S).h;
+    const hN = rmsNorm(ops, h, T, c.hiddenSize, this.params.get("model.norm.weight"), c.rmsNormEps).y;
+    return { logits: linear(ops, this.headParam(), hN, T), hidden: hN };
+  }
+
+  /** MTP logits [B * S, V] at each position p from the main final-normed hidden [B * S, hidden] and mids (x[p + 1]). */
+  mtpLogits(hidden: Vec, mids: Int32Array, B: number, S: number): Vec {
+    const mb = this.mtpBlock;
+    if (mb === null) throw new Error("this model has no MTP layer");
+    const ops = this.ops;
+    const c = this.config;
+    const T = B * S;
+    const hd = c.hiddenSize;
+    const p = `model.layers.${c.numHiddenLayers}`;
+    const ids = Int32Array.from(mids, (id, t) => (t % S === 0 ? -1 : id));
+    const en = rmsNorm(ops, embed(ops, this.params.get("model.embed_tokens.weight"), ids, T), T, hd, this.params.get(`${p}.enorm.weight`), c.rmsNormEps).y;
+    const hn = rmsNorm(ops, hidden, T, hd, this.params.get(`${p}.hnorm.weight`), c.rmsNormEps).y;
+    const cat = ops.alloc(T * 2 * hd);
+    for (let t = 0; t < T; t++) {
+      cat.set(en.subarray(t * hd, (t + 1) * hd), t * 2 * hd);
+      cat.set(hn.subarray(t * hd, (t + 1) * hd), t * 2 * hd + hd);
+    }
+    const h = this.block(mb, linear(ops, this.params.get(`${p}.eh_proj.weight`), cat, T), B, S).h;
+    const fin = rmsNorm(ops, h, T, hd, this.params.get(`${p}.shared_head.norm.weight`), c.rmsNormEps).y;
+    return linear(ops, this.headParam(), fin, T);
+  }
+
+  /** The values of every checkpoint tensor (the MTP layer's embed_tokens and shared_head.head: the tied ones). */
+  tensorValues(name: string): Vec {
+    const tied = tiedMtpTensors(this.config).get(name);
+    return this.params.get(tied ?? name).data;
+  }
+}

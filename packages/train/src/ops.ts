@@ -1,0 +1,170 @@
+/**
+ * The few dense products training spends its time in, over row-major arrays, with two interchangeable backends:
+ *   - `f64`: Float64Array, plain TypeScript loops in doubles (the gradient checks and the reference);
+ *   - `f32`: Float32Array, the engine's native kernels (float32 fused multiply-add, multi-threaded, every output
+ *     element computed in an order that depends on nothing but its own inputs, so bits never depend on threads).
+ * Layer code is written once over `Vec` and calls only these; elementwise work (norms, rope, softmax, SwiGLU,
+ * the router) runs in TypeScript with double arithmetic on either element type.
+ *
+ * The three products (C: [m, n], all contiguous unless a stride is given):
+ *   nt: C = A B^T, A [m, k], B [n, k]   (a linear layer forward: Y = X W^T; attention scores Q K^T)
+ *   nn: C = A B,   A [m, k], B [k, n]   (a linear layer's input gradient: dX = dY W; attention P V)
+ *   tn: C = A^T B, A [k, m], B [k, n]   (a linear layer's weight gradient: dW = dY^T X)
+ * `acc` adds into C instead of overwriting it.
+ */
+import { nativeKernelsAddon } from "@moela/engine";
+
+export type Vec = Float32Array | Float64Array;
+export type Precision = "f64" | "f32";
+
+export interface Ops {
+  readonly precision: Precision;
+  alloc(n: number): Vec;
+  nt(A: Vec, B: Vec, m: number, n: number, k: number, C: Vec, acc?: boolean): void;
+  nn(A: Vec, B: Vec, m: number, n: number, k: number, C: Vec, acc?: boolean): void;
+  tn(A: Vec, B: Vec, m: number, n: number, k: number, C: Vec, acc?: boolean): void;
+}
+
+// ------------------------------------------------------------------------------------------- f64
+
+function nt64(A: Vec, B: Vec, m: number, n: number, k: number, C: Vec, acc = false): void {
+  for (let i = 0; i < m; i++) {
+    const ao = i * k;
+    for (let j = 0; j < n; j++) {
+      const bo = j * k;
+      let s = 0;
+      for (let c = 0; c < k; c++) s += A[ao + c]! * B[bo + c]!;
+      C[i * n + j] = acc ? C[i * n + j]! + s : s;
+    }
+  }
+}
+
+let row64 = new Float64Array(256);
+
+function nn64(A: Vec, B: Vec, m: number, n: number, k: number, C: Vec, acc = false): void {
+  if (row64.length < n) row64 = new Float64Array(n);
+  const r = row64;
+  for (let i = 0; i < m; i++) {
+    r.fill(0, 0, n);
+    const ao = i * k;
+    for (let c = 0; c < k; c++) {
+      const a = A[ao + c]!;
+      if (a === 0) continue;
+      const bo = c * n;
+      for (let j = 0; j < n; j++) r[j] = r[j]! + a * B[bo + j]!;
+    }
+    const co = i * n;
+    if (acc) for (let j = 0; j < n; j++) C[co + j] = C[co + j]! + r[j]!;
+    else for (let j = 0; j < n; j++) C[co + j] = r[j]!;
+  }
+}
+
+function tn64(A: Vec, B: Vec, m: number, n: number, k: number, C: Vec, acc = false): void {
+  if (!acc) C.fill(0, 0, m * n);
+  for (let t = 0; t < k; t++) {
+    const ao = t * m;
+    const bo = t * n;
+    for (let i = 0; i < m; i++) {
+      const a = A[ao + i]!;
+      if (a === 0) continue;
+      const co = i * n;
+      for (let j = 0; j < n; j++) C[co + j] = C[co + j]! + a * B[bo + j]!;
+    }
+  }
+}
+
+export const f64Ops: Ops = {
+  precision: "f64",
+  alloc: (n) => new Float64Array(n),
+  nt: nt64,
+  nn: nn64,
+  tn: tn64,
+};
+
+// ------------------------------------------------------------------------------------------- f32 (native)
+
+const KIND_F32 = 0;
+let scratch32: Float32Array = new Float32Array(1 << 16);
+let transA: Float32Array = new Float32Array(1 << 16);
+let transB: Float32Array = new Float32Array(1 << 16);
+
+function grow(a: Float32Array, n: number): Float32Array {
+  return a.length >= n ? a : new Float32Array(Math.max(n, Math.ceil(a.length * 1.5)));
+}
+
+function f32(v: Vec): Float32Array {
+  if (!(v instanceof Float32Array)) throw new TypeError("the f32 ops take Float32Array operands");
+  return v;
+}
+
+/** Transpose A [r, c] into out [c, r]. */
+export function transpose(A: Vec, r: number, c: number, out: Vec): void {
+  const B = 32;
+  for (let i0 = 0; i0 < r; i0 += B) {
+    const i1 = Math.min(r, i0 + B);
+    for (let j0 = 0; j0 < c; j0 += B) {
+      const j1 = Math.min(c, j0 + B);
+      for (let i = i0; i < i1; i++) for (let j = j0; j < j1; j++) out[j * r + i] = A[i * c + j]!;
+    }
+  }
+}
+
+function addInto(C: Float32Array, S: Float32Array, n: number): void {
+  for (let i = 0; i < n; i++) C[i] = C[i]! + S[i]!;
+}
+
+function makeF32Ops(): Ops | null {
+  const k = nativeKernelsAddon;
+  if (k === null) return null;
+  // C = A B^T: the engine's matmul with B as the weight [n, k] and A's rows as the tokens.
+  const nt = (A: Vec, B: Vec, m: number, n: number, kk: number, C: Vec, acc = false): void => {
+    if (m === 0 || n === 0) return;
+    const c = f32(C);
+    let y = c;
+    if (acc) y = scratch32 = grow(scratch32, m * n);
+    k.matmul(KIND_F32, f32(B), null, n, kk, 0, 0, f32(A), 0, kk, m, y, 0, n, 0, n, 1, 0, 0, 0);
+    if (acc) addInto(c, y, m * n);
+  };
+  // C = A B = A (B^T)^T: B [k, n] transposed into [n, k], then nt (the engine's matmul is its fastest product).
+  const nn = (A: Vec, B: Vec, m: number, n: number, kk: number, C: Vec, acc = false): void => {
+    if (m === 0 || n === 0) return;
+    if (kk === 0) {
+      if (!acc) C.fill(0, 0, m * n);
+      return;
+    }
+    transB = grow(transB, n * kk);
+    const bt = transB.subarray(0, n * kk);
+    transpose(B, kk, n, bt);
+    nt(A, bt, m, n, kk, C, acc);
+  };
+  // C = A^T B = (A^T) (B^T)^T: both transposed, then nt.
+  const tn = (A: Vec, B: Vec, m: number, n: number, kk: number, C: Vec, acc = false): void => {
+    if (m === 0 || n === 0) return;
+    if (kk === 0) {
+      if (!acc) C.fill(0, 0, m * n);
+      return;
+    }
+    transA = grow(transA, m * kk);
+    transB = grow(transB, n * kk);
+    const at = transA.subarray(0, m * kk);
+    const bt = transB.subarray(0, n * kk);
+    transpose(A, kk, m, at);
+    transpose(B, kk, n, bt);
+    nt(at, bt, m, n, kk, C, acc);
+  };
+  return { precision: "f32", alloc: (n) => new Float32Array(n), nt, nn, tn };
+}
+
+/** The native float32 products, or null when the engine's native kernels did not build. */
+export const f32Ops: Ops | null = makeF32Ops();
+
+/** Kernel threads of the native products (process-wide; bits do not depend on it). */
+export function setTrainThreads(n: number): void {
+  nativeKernelsAddon?.setThreads(n);
+}
+
+export function opsFor(precision: Precision): Ops {
+  if (precision === "f64") return f64Ops;
+  if (f32Ops === null) throw new Error("float32 training needs the engine's native kernels (packages/engine-native did not build)");
+  return f32Ops;
+}
