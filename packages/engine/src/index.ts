@@ -20,4 +20,5 @@ export * from "./layers/moe.js";
 export * from "./kv-cache/paged-latent.js";
 export * from "./kv-cache/prefix-cache.js";
 export * from "./model.js";
+export * from "./phase-times.js";
 export * from "./generation.js";

@@ -12,6 +12,7 @@
  *     so attention runs directly over the cached [c_kv | k_pe] rows; nothing per head is materialised.
  * They compute the same function; tests hold them to it.
  */
+import type { PhaseTimes } from "./phase-times.js";
 import { isMoeLayer, parseModelConfig, type ModelConfig } from "./config.js";
 import { roundBf16 } from "./tensor/dtype.js";
 import { decodeRow, matvecRows, matvecTransposedRows, type WeightMatrix } from "./tensor/matrix.js";
@@ -108,6 +109,8 @@ export class DeepseekModel {
   private pool: MatmulPool | null = null;
   /** The kernels every layer uses (kernels/README.md). */
   readonly kernels: KernelBackend;
+  /** When set, every forward adds its time per phase here (services export it as metrics). */
+  phaseTimes: PhaseTimes | undefined;
   /** The linear kernel of every layer: the pool's when a TypeScript backend runs threads > 1 (same bits either way). */
   private readonly mm: MatmulFn = (w, x, T, y, layout) => {
     if (this.pool === null) this.kernels.matmul(w, x, T, y, layout);
@@ -290,7 +293,9 @@ export class DeepseekModel {
       r += n;
     }
     const logits = this.ws.f32(name, rows * this.config.vocabSize); // [rows, V]
+    const t0 = performance.now();
     await this.mmA(head, sel, rows, logits);
+    this.phaseTimes?.since("lm_head", t0);
     void T;
     return { hidden, logits, logitRow, tokenRow };
   }
@@ -308,12 +313,18 @@ export class DeepseekModel {
     const hd = c.hiddenSize;
     const xn = this.ws.f32("xn", T * hd); // [T, hidden] normalised input
     const y = this.ws.f32("y", T * hd); // [T, hidden] sub-layer output
+    const clock = this.phaseTimes;
+    let t0 = performance.now();
     rmsNormRows(h, T, hd, b.inputNorm, c.rmsNormEps, xn);
     await this.attention(b, cache, seqs, xn, T, y, opts);
     for (let i = 0; i < T * hd; i++) h[i] = h[i]! + y[i]!;
     rmsNormRows(h, T, hd, b.postNorm, c.rmsNormEps, xn);
+    if (clock) t0 = clock.since("attention", t0);
     if (b.moe) await this.moe(b.index, b.moe, xn, T, y);
-    else await this.mlpA([b.mlp!], [T], xn, y);
+    else {
+      await this.mlpA([b.mlp!], [T], xn, y);
+      clock?.since("dense_mlp", t0);
+    }
     for (let i = 0; i < T * hd; i++) h[i] = h[i]! + y[i]!;
   }
 
@@ -324,20 +335,27 @@ export class DeepseekModel {
     const gateLogits = this.ws.f32("gate.logits", T * c.nRoutedExperts); // [T, E]
     const ids = this.ws.i32("gate.ids", T * k); // [T, k]
     const weights = this.ws.f32("gate.weights", T * k); // [T, k]
+    const clock = this.phaseTimes;
+    let t0 = performance.now();
     await this.mmA(moe.gate, xn, T, gateLogits);
     routeTokens(c, gateLogits, T, moe.bias, ids, weights, this.router);
     const routed = this.ws.f32("moe.routed", T * hd); // [T, hidden]
+    if (clock) t0 = clock.since("gate", t0);
     if (this.experts.waitsOnOtherProcesses === true) {
       // Start the routed experts on the expert-hosts, compute the shared expert meanwhile.
       const pending = this.experts.runRouted(layer, xn, T, ids, weights, routed);
       if (moe.shared) await this.mlpA([moe.shared], [T], xn, out);
       else out.fill(0);
+      if (clock) t0 = clock.since("shared_expert", t0);
       await pending;
+      clock?.since("routed_wait", t0);
     } else {
       // Both computed here: one after the other (see ExpertExecutor.waitsOnOtherProcesses).
       await this.experts.runRouted(layer, xn, T, ids, weights, routed);
+      if (clock) t0 = clock.since("routed_experts", t0);
       if (moe.shared) await this.mlpA([moe.shared], [T], xn, out);
       else out.fill(0);
+      clock?.since("shared_expert", t0);
     }
     // HF order: routed output + shared output.
     for (let i = 0; i < T * hd; i++) out[i] = routed[i]! + out[i]!;

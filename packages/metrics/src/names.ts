@@ -28,6 +28,8 @@ export const LABEL = {
   expert: "expert",
   /** Why something happened (a retry, a failure, a reclaim); the values are listed on each metric. */
   reason: "reason",
+  /** Part of a forward pass or of a dispatch (the cluster's time breakdown); values listed on each metric. */
+  phase: "phase",
 } as const;
 
 export type LabelName = (typeof LABEL)[keyof typeof LABEL];
@@ -62,6 +64,10 @@ const OUTCOMES = ["ok", "error", "cancelled", "rejected", "timeout"] as const;
  * shutdown.
  */
 const RECLAIM_REASONS = ["finished", "cancelled", "deadline", "rejected", "sender_failed", "lost", "failed", "shutdown"] as const;
+/** The engine's forward phases (@moela/engine FORWARD_PHASES; test/unit/metrics checks they agree). */
+export const FORWARD_PHASE_VALUES = ["attention", "gate", "shared_expert", "routed_experts", "routed_wait", "dense_mlp", "lm_head"] as const;
+/** The dispatcher's own work per MoE layer: encode and send, then decode and add the replies. */
+export const DISPATCH_PHASE_VALUES = ["encode", "combine"] as const;
 /** Why the router retried or migrated a request (routerRetries). */
 const RETRY_REASONS = ["prefill_failed", "prefill_stalled", "decode_unavailable", "decode_failed", "kv_transfer_failed"] as const;
 
@@ -170,7 +176,12 @@ export const METRICS = {
   /** decode KV ledger, per released hold: the blocks it gave back. */
   decodeKvReclaimedBlocks: { name: "moela_decode_kv_reclaimed_blocks_total", kind: "counter", unit: "blocks", labels: ["reason"], values: { reason: RECLAIM_REASONS }, help: "KV blocks given back, by why their request (or transfer) ended." },
 
+  /** prefill and decode, after each forward: its wall time per phase (PhaseTimes); routed_wait is what the expert-hosts cost beyond local work. */
+  forwardPhase: { name: "moela_engine_forward_phase_seconds_total", kind: "counter", unit: "seconds", labels: ["phase"], values: { phase: FORWARD_PHASE_VALUES }, help: "Forward-pass time by phase (attention, gate, shared and routed experts, waiting on expert-hosts, dense MLP, output head)." },
+
   // ---- MoE dispatch (the dispatcher inside prefill and decode) -----------------------------
+  /** dispatcher, per MoE layer per micro-batch: time encoding and sending (encode) and decoding and adding replies (combine). */
+  moeDispatchPhase: { name: "moela_moe_dispatch_phase_seconds_total", kind: "counter", unit: "seconds", labels: ["phase"], values: { phase: DISPATCH_PHASE_VALUES }, help: "Dispatcher time by phase: encoding and sending activations, decoding and adding partial sums." },
   /** dispatcher, per token per MoE layer: distinct expert-hosts its top-k reaches. */
   moeDispatchHostsReached: { name: "moela_moe_dispatch_hosts_reached", kind: "histogram", unit: "hosts", labels: [], buckets: "hosts", help: "Expert-hosts one token's routed experts live on, per MoE layer." },
   /** dispatcher, per dispatch call: encoded activation bytes sent. */
@@ -193,6 +204,8 @@ export const METRICS = {
   expertHostSentBytes: { name: "moela_expert_host_sent_bytes_total", kind: "counter", unit: "bytes", labels: ["codec"], help: "Combine bytes sent back, by codec." },
   /** expert-host, per dispatch call: decode, expert MLPs and weighted sum, transport excluded. */
   expertHostCompute: { name: "moela_expert_host_compute_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time computing one dispatch call's experts." },
+  /** expert-host, per dispatch: from the request message's arrival to its reply being ready (checks, compute, encoding). */
+  expertHostDispatch: { name: "moela_expert_host_dispatch_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time from a dispatch's arrival to its reply being ready." },
 } as const satisfies Record<string, MetricDef>;
 
 export type MetricKey = keyof typeof METRICS;

@@ -13,7 +13,7 @@ import { METRICS, type MetricDef, type MetricKey } from "./names.js";
 export type ServiceName = "router" | "prefill" | "decode" | "expert-host";
 
 const RPC = ["rpcServerHandled", "rpcServerHandling", "rpcClientHandled", "rpcClientHandling"] as const;
-const MOE_DISPATCH = ["moeDispatchHostsReached", "moeDispatchSentBytes", "moeCombineReceivedBytes", "moeDispatchRoundTrip"] as const;
+const MOE_DISPATCH = ["moeDispatchHostsReached", "moeDispatchSentBytes", "moeCombineReceivedBytes", "moeDispatchRoundTrip", "moeDispatchPhase", "forwardPhase"] as const;
 
 /** Which metrics each service exports. */
 export const SERVICE_METRICS = {
@@ -76,6 +76,7 @@ export const SERVICE_METRICS = {
     "expertHostReceivedBytes",
     "expertHostSentBytes",
     "expertHostCompute",
+    "expertHostDispatch",
   ],
 } as const satisfies Record<ServiceName, readonly MetricKey[]>;
 

@@ -49,6 +49,8 @@ export interface DispatchMetrics {
   readonly moeCombineReceivedBytes?: { inc(labels: { codec: string }, value: number): void };
   /** First call sent to last answer decoded, per runRouted. */
   readonly moeDispatchRoundTrip?: { observe(value: number): void };
+  /** Seconds of the dispatcher's own work, by phase: encode (encode, split, send) and combine (decode, add). */
+  readonly moeDispatchPhase?: { inc(labels: { phase: string }, value: number): void };
 }
 
 export interface HostedExpertExecutorOptions {
@@ -161,7 +163,10 @@ export class HostedExpertExecutor implements ExpertExecutor {
       for (const b of batches) for (const t of b.tokenIndex) reached[t]!++;
       for (const r of reached) this.metrics.moeDispatchHostsReached.observe(r);
     }
+    const sent = performance.now();
+    this.metrics.moeDispatchPhase?.inc({ phase: "encode" }, (sent - started) / 1000);
     const replies = await Promise.all(calls);
+    const answered = performance.now();
     // Combine in ascending host order: the canonical summation order.
     out.fill(0, 0, T * hidden);
     let receivedBytes = 0;
@@ -184,7 +189,9 @@ export class HostedExpertExecutor implements ExpertExecutor {
       }
     }
     this.metrics.moeCombineReceivedBytes?.inc({ codec: this.profile.combine }, receivedBytes);
-    this.metrics.moeDispatchRoundTrip?.observe((performance.now() - started) / 1000);
+    const end = performance.now();
+    this.metrics.moeDispatchPhase?.inc({ phase: "combine" }, (end - answered) / 1000);
+    this.metrics.moeDispatchRoundTrip?.observe((end - started) / 1000);
     this.last = { layer, tokens: T, rowsPerHost, pairsPerHost, sentBytes, receivedBytes };
   }
 }

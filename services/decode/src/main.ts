@@ -24,7 +24,7 @@
 import { realpathSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { Code, MoelaError, runService, splitHostPort, type Logger } from "@moela/core";
-import { configureKernels, DeepseekModel, Engine } from "@moela/engine";
+import { configureKernels, DeepseekModel, Engine, PhaseTimes } from "@moela/engine";
 import { KvInbox, KvLedger, kvTransferService } from "@moela/kv-transfer";
 import { createServiceMetrics, grpcCodeName, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import {
@@ -153,6 +153,8 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     model = DeepseekModel.load(cfg.model, { kvDtype: profile.kvDtype, threads: cfg.threads });
     model.setExpertExecutor(createInProcessExperts(model, 1, profile, { metrics: m }).executor);
   }
+  const phaseTimes = new PhaseTimes();
+  model.phaseTimes = phaseTimes;
   engine = new Engine(model, { blockSize: cfg.blockSize, numBlocks: cfg.kvBlocks, speculation: cfg.speculative });
   logger.info(
     {
@@ -181,6 +183,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
       m.decodeGeneratedTokens.inc(tokens);
       m.decodeMtpDraftedTokens.inc(drafted);
       m.decodeMtpAcceptedTokens.inc(accepted);
+      phaseTimes.drainInto(m.forwardPhase);
     },
   });
   batcher = b;

@@ -29,6 +29,7 @@ export function expertHostHandlers({ core, logger, metrics: m }: HandlerDeps): A
   const combineCodec = core.profile.combine;
 
   async function serve(msg: DispatchRequest, signal: AbortSignal): Promise<DispatchResponse> {
+    const arrived = performance.now();
     let req: ExpertDispatchRequest;
     try {
       req = fromDispatchRequest(msg);
@@ -53,7 +54,9 @@ export function expertHostHandlers({ core, logger, metrics: m }: HandlerDeps): A
     }
     m.expertHostSentBytes.inc({ codec: combineCodec }, encodedSize(out));
     logger.debug({ requestId: req.requestId, layer: req.layer, tokens: req.rows, pairs: req.expertIds.length, ms: seconds * 1000 }, "dispatch");
-    return { output: toTensor(out) };
+    const reply = { output: toTensor(out) };
+    m.expertHostDispatch.observe((performance.now() - arrived) / 1000);
+    return reply;
   }
 
   return {

@@ -6,7 +6,7 @@
  * composition for tests and in-process clusters.
  */
 import { Code, createLogger, MoelaError, runService, splitHostPort, UnavailableError, type Logger } from "@moela/core";
-import { DeepseekModel, Engine, configureKernels, readModelConfig, type ExpertExecutor } from "@moela/engine";
+import { DeepseekModel, Engine, PhaseTimes, configureKernels, readModelConfig, type ExpertExecutor } from "@moela/engine";
 import { grpcKvConnector, KvLedger, type KvConnector, type KvSender } from "@moela/kv-transfer";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer } from "@moela/metrics";
 import {
@@ -139,6 +139,7 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
       logger.warn("no --expert-hosts: routed experts run in this process (one in-process expert-host)");
     }
     model.setExpertExecutor(experts);
+    model.phaseTimes = new PhaseTimes();
     // One batch's blocks at a time, plus the blocks the prefix cache may keep between batches.
     const prefixCacheBlocks = config.prefixCache === false ? 0 : (config.prefixCacheBlocks ?? DEFAULT_PREFIX_CACHE_BLOCKS);
     const numBlocks = Math.ceil((maxBatchTokens + config.concurrency) / BLOCK_SIZE) + config.concurrency + prefixCacheBlocks;

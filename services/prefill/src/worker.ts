@@ -143,6 +143,7 @@ export class PrefillBatcher {
       const cached = seqs.reduce((n, s) => n + s.cachedTokens, 0);
       const computed = tokens - cached;
       m.prefillForward.observe(seconds);
+      this.engine.model.phaseTimes?.drainInto(m.forwardPhase);
       m.prefillBatchSize.observe(batch.length);
       m.prefillBatchTokens.observe(computed);
       m.prefillTokens.inc(computed);

@@ -10,9 +10,9 @@ const defs = Object.entries(METRICS) as Array<[MetricKey, MetricDef]>;
 const withValues = defs.filter(([, d]) => d.values !== undefined);
 
 describe("names.ts values", () => {
-  it("are given for the outcome and reason counters", () => {
+  it("are given for the outcome, reason and phase counters", () => {
     expect(withValues.map(([k]) => k).sort()).toEqual(
-      ["decodeKvReclaimedBlocks", "decodeKvReclaims", "prefillJobs", "prefillKvReclaimedBlocks", "prefillKvReclaims", "prefillKvTransferFailures", "routerQueueRemoved", "routerRequests", "routerRetries"].sort(),
+      ["decodeKvReclaimedBlocks", "decodeKvReclaims", "forwardPhase", "moeDispatchPhase", "prefillJobs", "prefillKvReclaimedBlocks", "prefillKvReclaims", "prefillKvTransferFailures", "routerQueueRemoved", "routerRequests", "routerRetries"].sort(),
     );
   });
 

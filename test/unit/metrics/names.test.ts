@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { LABEL, METRICS, SERVICE_METRICS, type MetricDef, type MetricKey } from "@moela/metrics";
 
 const defs = Object.entries(METRICS) as Array<[MetricKey, MetricDef]>;
-const COMPONENTS = ["rpc", "router", "prefill", "decode", "moe", "expert_host"];
+const COMPONENTS = ["rpc", "router", "prefill", "decode", "engine", "moe", "expert_host"];
 
 describe("metric and label names", () => {
   it.each(defs)("%s: shaped moela_<component>_<what>_<unit>", (_, def) => {
