@@ -1,0 +1,84 @@
+/**
+ * The whole model: end-to-end gradients (embedding through MTP) against finite differences in float64, and
+ * the training forward against the engine's own forward (DeepseekModel with the reference kernels) on the
+ * same weights, main logits and MTP logits.
+ */
+import { describe, expect, it } from "vitest";
+import { DeepseekModel, PagedLatentCache, Rng } from "@moela/engine";
+import { TrainModel, f64Ops, toEngineWeights } from "@moela/train";
+import { checkGrad, testParams, tinyConfig } from "./helpers.js";
+
+function randomTokens(n: number, V: number, seed: number): Int32Array {
+  const rng = new Rng(seed);
+  return Int32Array.from({ length: n }, () => Math.floor(rng.next() * V));
+}
+
+describe("TrainModel", () => {
+  it("end-to-end gradients of CE + lambda * MTP CE + balance loss match finite differences for every tensor", () => {
+    const cfg = tinyConfig();
+    const ps = testParams(cfg, 21);
+    const model = new TrainModel(cfg, ps, f64Ops);
+    const B = 2, S = 5;
+    const tokens = randomTokens(B * model.rowLength(S), cfg.vocabSize, 22);
+    const opts = { mtpLambda: 0.3, balanceAlpha: 0.05 };
+    ps.zeroGrad();
+    const r0 = model.step(tokens, B, S, opts);
+    expect(r0.mtpLoss).toBeGreaterThan(0);
+    expect(r0.balanceLoss).toBeGreaterThan(0);
+    const loads0 = [...r0.loads.values()].map((l) => l.join(",")).join("|");
+    let loads = loads0;
+    const f = (): number => {
+      const r = model.step(tokens, B, S, opts, false);
+      loads = [...r.loads.values()].map((l) => l.join(",")).join("|");
+      return r.loss;
+    };
+    let n = 0;
+    for (const p of ps.list) {
+      if (!p.trainable) continue;
+      checkGrad(p.name, p.data, p.grad, f, 3, () => loads === loads0);
+      n++;
+    }
+    expect(n).toBeGreaterThan(40);
+  });
+
+  for (const [label, over] of [
+    ["q LoRA, YaRN", {}],
+    ["q_proj, no rope scaling, tied embeddings", { q_lora_rank: null, rope_scaling: null, tie_word_embeddings: true }],
+  ] as const) {
+    it(`computes the engine's main and MTP logits on the same weights (${label})`, async () => {
+      const cfg = tinyConfig(over);
+      const ps = testParams(cfg, 31);
+      // The engine holds float32 weights: give training the same values.
+      for (const p of ps.list) for (let i = 0; i < p.data.length; i++) p.data[i] = Math.fround(p.data[i]!);
+      const model = new TrainModel(cfg, ps, f64Ops);
+      const B = 2, S = 7;
+      const ids = randomTokens(B * (S + 1), cfg.vocabSize, 32);
+      const main = Int32Array.from({ length: B * S }, (_, t) => ids[Math.floor(t / S) * (S + 1) + (t % S)]!);
+      const next = Int32Array.from({ length: B * S }, (_, t) => ids[Math.floor(t / S) * (S + 1) + (t % S) + 1]!);
+      const ours = model.logits(main, B, S);
+      const oursMtp = model.mtpLogits(ours.hidden, next, B, S);
+
+      const engine = new DeepseekModel(cfg, toEngineWeights(model), 0, { kernels: "reference" });
+      const cache = new PagedLatentCache({ numLayers: engine.cacheLayers, latentDim: cfg.latentDim, blockSize: 4, numBlocks: 16 });
+      const seqs = [0, 1].map((b) => ({ blockTable: cache.allocate(S)!, start: 0, tokens: main.subarray(b * S, (b + 1) * S), logits: "all" as const }));
+      const out = await engine.forward(cache, seqs, { attention: "decompressed" });
+      const V = cfg.vocabSize;
+      let worst = 0;
+      for (let i = 0; i < B * S * V; i++) worst = Math.max(worst, Math.abs(out.logits[i]! - ours.logits[i]!));
+      const hidden = Float32Array.from(out.hidden);
+      const mtp = await engine.forwardMtp(
+        cache,
+        seqs.map((s, b) => ({ ...s, tokens: next.subarray(b * S, (b + 1) * S), hidden, hiddenOff: b * S * cfg.hiddenSize })),
+        { attention: "decompressed" },
+      );
+      let worstMtp = 0;
+      for (let i = 0; i < B * S * V; i++) worstMtp = Math.max(worstMtp, Math.abs(mtp.logits[i]! - oursMtp[i]!));
+      // float32 activations in the engine against float64 here
+      expect(worst).toBeLessThan(1e-5);
+      expect(worstMtp).toBeLessThan(1e-5);
+      let scale = 0;
+      for (let i = 0; i < B * S * V; i++) scale = Math.max(scale, Math.abs(ours.logits[i]!));
+      expect(scale).toBeGreaterThan(0.1);
+    });
+  }
+});
