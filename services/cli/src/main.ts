@@ -9,6 +9,7 @@ import { SPECULATION_MODES } from "@moela/engine";
 import { runGenerate, type GenerateCliOptions } from "./generate.js";
 import { runServe } from "./serve.js";
 import { runCluster, type ClusterCliOptions } from "./cluster.js";
+import { DEFAULT_TOKEN_ID_RANGE, runBenchCli, type BenchCliOptions } from "./bench.js";
 
 function intArg(name: string) {
   return (v: string): number => {
@@ -131,6 +132,34 @@ export function buildProgram(): Command {
     .option("--json", "when up, print cluster.json as one line on stdout instead of the summary")
     .action(async (opts: ClusterCliOptions) => {
       process.exitCode = await runCluster(opts);
+    });
+  program
+    .command("bench")
+    .description("load-test OpenAI-compatible servers: TTFT, ITL, TPOT, E2E at p50/p90/p99, req/s, tok/s; --target twice compares")
+    .option("--target <url>", "server base URL, e.g. http://127.0.0.1:8000 (repeat to compare; ratios are to the first)", collect, [] as string[])
+    .option("--label <name>", "name for the matching --target in tables and the plot (repeatable)", collect, [] as string[])
+    .option("--model <name>", "model to ask for (default: each target's first in GET /v1/models)")
+    .option("--api <api>", "completions | chat", "completions")
+    .option("--concurrency <list>", "closed loop at each concurrency in turn, e.g. 1,4,16 (default 1)")
+    .option("--request-rate <list>", "open loop, Poisson arrivals at each rate in turn (req/s), e.g. 2,4,inf")
+    .option("--num-prompts <n>", "measured requests per level and target", intArg("--num-prompts"), 64)
+    .option("--warmup <n>", "uncounted requests per level and target, run first at the level's load", intArg("--warmup"), 4)
+    .option("--rounds <r>", "with two targets: split each level into r rounds, alternating A B | B A ...", intArg("--rounds"), 1)
+    .option("--input-len <dist>", "prompt tokens: N | uniform:A,B | normal:MEAN,STD[,MIN,MAX] | file:PATH", "128")
+    .option("--output-len <dist>", "max_tokens, same forms as --input-len", "64")
+    .option("--prompt <kind>", "ids (random token ids, exact lengths) | words (random text)", "ids")
+    .option("--token-id-range <lo:hi>", "prompt token ids are drawn from this inclusive range", DEFAULT_TOKEN_ID_RANGE)
+    .option("--seed <n>", "seed for prompts, lengths and arrivals (same for every target)", intArg("--seed"), 0)
+    .option("--temperature <t>", "sampling temperature", floatArg("--temperature"), 0)
+    .option("--no-ignore-eos", "do not send ignore_eos (for servers that reject it; output lengths then vary)")
+    .option("--no-continuous-usage", "do not ask for per-chunk usage (stream_options.continuous_usage_stats)")
+    .option("--timeout <s>", "per-request limit, seconds", floatArg("--timeout"), 600)
+    .option("--api-key <key>", "bearer token for the targets")
+    .option("--json <file>", "report file (default bench-results/bench-<time>.json)")
+    .option("--svg <file>", "latency-against-load plot (default bench-results/bench-<time>.svg)")
+    .option("--no-progress", "no progress bar on stderr")
+    .action(async (opts: BenchCliOptions) => {
+      process.exitCode = await runBenchCli(opts);
     });
   return program;
 }
