@@ -10,6 +10,7 @@ import { runGenerate, type GenerateCliOptions } from "./generate.js";
 import { runServe } from "./serve.js";
 import { runCluster, type ClusterCliOptions } from "./cluster.js";
 import { DEFAULT_TOKEN_ID_RANGE, runBenchCli, type BenchCliOptions } from "./bench.js";
+import { PLAN_DEFAULTS, runPlan, type PlanCliOptions } from "./plan.js";
 
 function intArg(name: string) {
   return (v: string): number => {
@@ -160,6 +161,24 @@ export function buildProgram(): Command {
     .option("--no-progress", "no progress bar on stderr")
     .action(async (opts: BenchCliOptions) => {
       process.exitCode = await runBenchCli(opts);
+    });
+  program
+    .command("plan")
+    .description("size a model from its config.json: parameters, KV cache, FLOPs per token, the paper's EP decode bound")
+    .argument("<config>", "a Hugging Face config.json, or a folder holding one")
+    .option("--json", "print one JSON object instead of the table")
+    .option("--kv-bytes <n>", "bytes per cached KV value (2 = bf16, 1 = fp8)", floatArg("--kv-bytes"), PLAN_DEFAULTS.kvBytes)
+    .option("--context <n>", "tokens in context, for the attention part of FLOPs per token", intArg("--context"), PLAN_DEFAULTS.context)
+    .option("--bandwidth-gbps <GB/s>", "EP link bandwidth per device, GB/s (10^9 bytes/s)", floatArg("--bandwidth-gbps"), PLAN_DEFAULTS.bandwidthGBps)
+    .option("--tokens-per-microbatch <n>", "tokens per device per micro-batch", intArg("--tokens-per-microbatch"), PLAN_DEFAULTS.tokensPerMicrobatch)
+    .option("--microbatches <n>", "micro-batches overlapped per step", intArg("--microbatches"), PLAN_DEFAULTS.microbatches)
+    .option("--dispatch-bytes <n>", "bytes per value sent to the experts (1 = fp8)", floatArg("--dispatch-bytes"), PLAN_DEFAULTS.dispatchBytes)
+    .option("--combine-bytes <n>", "bytes per value sent back (2 = bf16)", floatArg("--combine-bytes"), PLAN_DEFAULTS.combineBytes)
+    .option("--hidden <n>", "values per token per message (default: the config's hidden_size)", intArg("--hidden"))
+    .option("--experts-per-token <n>", "experts per token, shared included (default: the config's)", intArg("--experts-per-token"))
+    .option("--layers <n>", "layers that pay the bound (default: num_hidden_layers, as the paper)", intArg("--layers"))
+    .action(async (config: string, opts: PlanCliOptions) => {
+      process.exitCode = await runPlan(config, opts);
     });
   return program;
 }
