@@ -2,18 +2,7 @@ import { describe, expect, it } from "vitest";
 import { InvalidArgumentError } from "@moela/core";
 import { trainBpe } from "@moela/corpus";
 import { byteLevelAlphabet } from "@moela/tokenizer";
-
-/** Deterministic pseudo-random numbers (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { rng } from "./helpers.js";
 
 /**
  * The textbook trainer, for reference: recount every pair of every word before each merge, take the most frequent
