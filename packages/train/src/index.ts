@@ -5,3 +5,7 @@ export * from "./mla.js";
 export * from "./moe.js";
 export * from "./model.js";
 export * from "./engine-bridge.js";
+export * from "./trainer.js";
+export * from "./presets.js";
+export * from "./data.js";
+export * from "./save.js";

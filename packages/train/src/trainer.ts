@@ -1,0 +1,244 @@
+/**
+ * The training loop: batches drawn from a token stream by a seeded generator, forward + backward, global-norm
+ * gradient clipping, AdamW (decoupled weight decay on 2-D weights only) under linear warm-up and cosine decay,
+ * then DeepSeek-V3's auxiliary-loss-free balancing: each MoE layer's e_score_correction_bias moves by
+ * gamma * sign(mean load - load_i) after every step. Everything runs in a fixed order on one thread except
+ * the native products, whose bits do not depend on the thread count, so a run is a function of (seed, data,
+ * options): two runs give identical bits, and a run resumed from a checkpoint continues bit for bit.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { readSafetensorsFile, Rng, writeSafetensorsFile, type TensorToWrite } from "@moela/engine";
+import type { Vec } from "./ops.js";
+import type { TrainModel, StepResult } from "./model.js";
+
+export interface TrainOptions {
+  /** Optimizer steps in the whole run (the schedule's length). */
+  readonly steps: number;
+  /** Sequences per step. */
+  readonly batch: number;
+  /** Positions per sequence. */
+  readonly seqLen: number;
+  /** Peak learning rate. */
+  readonly lr: number;
+  /** Learning rate at the end of the cosine, as a fraction of lr. */
+  readonly minLrRatio: number;
+  /** Linear warm-up steps. */
+  readonly warmup: number;
+  readonly weightDecay: number;
+  readonly beta1: number;
+  readonly beta2: number;
+  readonly eps: number;
+  /** Global gradient-norm clip (0: off). */
+  readonly clip: number;
+  /** MTP loss weight lambda. */
+  readonly mtpLambda: number;
+  /** Sequence-wise balance loss weight (0: off). */
+  readonly balanceAlpha: number;
+  /** Bias update speed gamma of the auxiliary-loss-free balancing (0: off). */
+  readonly biasUpdateSpeed: number;
+  /** Seed of the batch sampler. */
+  readonly seed: number;
+}
+
+export const DEFAULT_TRAIN_OPTIONS: TrainOptions = {
+  steps: 1000,
+  batch: 8,
+  seqLen: 256,
+  lr: 3e-3,
+  minLrRatio: 0.1,
+  warmup: 50,
+  weightDecay: 0.1,
+  beta1: 0.9,
+  beta2: 0.95,
+  eps: 1e-8,
+  clip: 1.0,
+  mtpLambda: 0.3,
+  balanceAlpha: 0,
+  biasUpdateSpeed: 1e-3,
+  seed: 0,
+};
+
+/** Learning rate of 0-based step `step`: linear warm-up to lr, then cosine decay to lr * minLrRatio. */
+export function learningRate(o: Pick<TrainOptions, "lr" | "minLrRatio" | "warmup" | "steps">, step: number): number {
+  if (step < o.warmup) return (o.lr * (step + 1)) / o.warmup;
+  const span = Math.max(1, o.steps - o.warmup);
+  const progress = Math.min(1, (step - o.warmup) / span);
+  const min = o.lr * o.minLrRatio;
+  return min + 0.5 * (o.lr - min) * (1 + Math.cos(Math.PI * progress));
+}
+
+export interface StepStats extends StepResult {
+  readonly step: number;
+  readonly lr: number;
+  /** Global gradient norm before clipping. */
+  readonly gradNorm: number;
+  /** Tokens (positions) trained on in this step. */
+  readonly tokens: number;
+  /** Per MoE layer: max load / mean load (1 = perfectly balanced). */
+  readonly maxLoadRatio: number;
+}
+
+/** Token ids to draw training rows from. */
+export interface TokenData {
+  readonly tokens: Int32Array;
+}
+
+export class Trainer {
+  readonly model: TrainModel;
+  readonly opts: TrainOptions;
+  private readonly data: Int32Array;
+  /** Steps taken so far. */
+  step = 0;
+  private rng: Rng;
+  private readonly m: Map<string, Vec>;
+  private readonly v: Map<string, Vec>;
+
+  constructor(model: TrainModel, data: TokenData, opts: TrainOptions) {
+    this.model = model;
+    this.opts = opts;
+    this.data = data.tokens;
+    const row = model.rowLength(opts.seqLen);
+    if (this.data.length < row) throw new Error(`the training data holds ${this.data.length} tokens, fewer than one row of ${row}`);
+    this.rng = new Rng(opts.seed);
+    this.m = new Map();
+    this.v = new Map();
+    for (const p of model.params.list) {
+      if (!p.trainable) continue;
+      this.m.set(p.name, model.ops.alloc(p.data.length));
+      this.v.set(p.name, model.ops.alloc(p.data.length));
+    }
+  }
+
+  /** The next batch [batch, rowLength(seqLen)]: rows at random offsets of the data. */
+  nextBatch(): Int32Array {
+    const { batch, seqLen } = this.opts;
+    const row = this.model.rowLength(seqLen);
+    const out = new Int32Array(batch * row);
+    const span = this.data.length - row + 1;
+    for (let b = 0; b < batch; b++) {
+      const start = Math.floor(this.rng.next() * span);
+      out.set(this.data.subarray(start, start + row), b * row);
+    }
+    return out;
+  }
+
+  /** One optimizer step. */
+  trainStep(): StepStats {
+    const o = this.opts;
+    const model = this.model;
+    const params = model.params;
+    const tokens = this.nextBatch();
+    params.zeroGrad();
+    const r = model.step(tokens, o.batch, o.seqLen, { mtpLambda: o.mtpLambda, balanceAlpha: o.balanceAlpha });
+    if (!Number.isFinite(r.loss)) throw new Error(`loss is ${r.loss} at step ${this.step}`);
+
+    // global gradient norm (fixed order, doubles)
+    let ss = 0;
+    for (const p of params.list) {
+      if (!p.trainable) continue;
+      const g = p.grad;
+      for (let i = 0; i < g.length; i++) ss += g[i]! * g[i]!;
+    }
+    const gradNorm = Math.sqrt(ss);
+    const clipScale = o.clip > 0 && gradNorm > o.clip ? o.clip / (gradNorm + 1e-6) : 1;
+
+    // AdamW
+    const lr = learningRate(o, this.step);
+    const t = this.step + 1;
+    const bc1 = 1 - o.beta1 ** t;
+    const bc2 = 1 - o.beta2 ** t;
+    for (const p of params.list) {
+      if (!p.trainable) continue;
+      const w = p.data;
+      const g = p.grad;
+      const m = this.m.get(p.name)!;
+      const v = this.v.get(p.name)!;
+      const decay = p.decay ? 1 - lr * o.weightDecay : 1;
+      for (let i = 0; i < w.length; i++) {
+        const gi = g[i]! * clipScale;
+        const mi = o.beta1 * m[i]! + (1 - o.beta1) * gi;
+        const vi = o.beta2 * v[i]! + (1 - o.beta2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        w[i] = w[i]! * decay - (lr * (mi / bc1)) / (Math.sqrt(vi / bc2) + o.eps);
+      }
+    }
+
+    // auxiliary-loss-free balancing
+    let maxLoadRatio = 1;
+    for (const [layer, load] of r.loads) {
+      let total = 0;
+      let max = 0;
+      for (let e = 0; e < load.length; e++) {
+        total += load[e]!;
+        max = Math.max(max, load[e]!);
+      }
+      const mean = total / load.length;
+      maxLoadRatio = Math.max(maxLoadRatio, mean > 0 ? max / mean : 1);
+      if (o.biasUpdateSpeed === 0) continue;
+      const name = `model.layers.${layer}.mlp.gate.e_score_correction_bias`;
+      if (!params.has(name)) continue;
+      const bias = params.get(name).data;
+      for (let e = 0; e < load.length; e++) bias[e] = bias[e]! + o.biasUpdateSpeed * Math.sign(mean - load[e]!);
+    }
+    this.step++;
+    return { ...r, step: this.step, lr, gradNorm, tokens: o.batch * o.seqLen, maxLoadRatio };
+  }
+
+  // ------------------------------------------------------------------------------------------- checkpoints
+
+  /**
+   * Write everything a resumed run needs into `dir`: train-state.json (step, sampler state, options) and
+   * train-state.safetensors (parameters, AdamW's m and v, in the run's precision). Written to temporary names
+   * and renamed, so a crash mid-write leaves the previous checkpoint whole.
+   */
+  saveCheckpoint(dir: string, extra: Record<string, unknown> = {}): void {
+    fs.mkdirSync(dir, { recursive: true });
+    const dtype = this.model.ops.precision === "f64" ? "F64" : "F32";
+    const bytes = (v: Vec): Uint8Array => new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+    const tensors: TensorToWrite[] = [];
+    for (const p of this.model.params.list) {
+      tensors.push({ name: `param.${p.name}`, dtype, shape: p.shape, data: bytes(p.data) });
+      const m = this.m.get(p.name);
+      const v = this.v.get(p.name);
+      if (m && v) {
+        tensors.push({ name: `adam_m.${p.name}`, dtype, shape: p.shape, data: bytes(m) });
+        tensors.push({ name: `adam_v.${p.name}`, dtype, shape: p.shape, data: bytes(v) });
+      }
+    }
+    writeSafetensorsFile(path.join(dir, "train-state.safetensors"), tensors, { format: "moela-train" });
+    const state = { version: 1, step: this.step, rng: this.rng.state(), precision: this.model.ops.precision, options: this.opts, ...extra };
+    const tmp = path.join(dir, `train-state.json.tmp-${process.pid}`);
+    fs.writeFileSync(tmp, JSON.stringify(state, null, 2) + "\n");
+    fs.renameSync(tmp, path.join(dir, "train-state.json"));
+  }
+
+  /** Restore parameters, optimizer state, step and sampler from saveCheckpoint's folder. */
+  loadCheckpoint(dir: string): Record<string, unknown> {
+    const state = JSON.parse(fs.readFileSync(path.join(dir, "train-state.json"), "utf8")) as Record<string, unknown>;
+    if (state["version"] !== 1) throw new Error(`${dir}: unknown train-state version ${String(state["version"])}`);
+    if (state["precision"] !== this.model.ops.precision) {
+      throw new Error(`${dir}: checkpoint precision ${String(state["precision"])} differs from this run's ${this.model.ops.precision}`);
+    }
+    const tensors = readSafetensorsFile(path.join(dir, "train-state.safetensors"));
+    const restore = (name: string, into: Vec): void => {
+      const t = tensors.get(name);
+      if (t === undefined) throw new Error(`${dir}: checkpoint has no tensor '${name}'`);
+      if (t.bytes.length !== into.byteLength) throw new Error(`${dir}: tensor '${name}' has ${t.bytes.length} bytes, expected ${into.byteLength}`);
+      new Uint8Array(into.buffer, into.byteOffset, into.byteLength).set(t.bytes);
+    };
+    for (const p of this.model.params.list) {
+      restore(`param.${p.name}`, p.data);
+      const m = this.m.get(p.name);
+      const v = this.v.get(p.name);
+      if (m && v) {
+        restore(`adam_m.${p.name}`, m);
+        restore(`adam_v.${p.name}`, v);
+      }
+    }
+    this.step = state["step"] as number;
+    this.rng = Rng.fromState(state["rng"] as number[]);
+    return state;
+  }
+}
