@@ -19,6 +19,9 @@ import type { StreamEvent, Target } from "./target.js";
 import type { RequestSpec } from "./workload.js";
 import { poissonArrivals } from "./arrivals.js";
 
+/** The signal of a bench nobody can abort. */
+const NEVER = new AbortController().signal;
+
 export type LoadLevel = { readonly kind: "concurrency"; readonly value: number } | { readonly kind: "rate"; readonly value: number };
 
 export type Phase = "warmup" | "measure";
@@ -144,16 +147,14 @@ async function openLoop(plan: BenchPlan, target: number, specs: readonly Request
 /** Sends one request and timestamps what comes back; never throws (a failure is a record with `error`). */
 async function issue(plan: BenchPlan, target: number, spec: RequestSpec): Promise<RequestRecord> {
   const { clock } = plan;
-  const ac = new AbortController();
-  const onAbort = () => ac.abort(plan.signal?.reason);
-  plan.signal?.addEventListener("abort", onAbort, { once: true });
   const chunks: { at: number; tokens: number }[] = [];
   let usage: Extract<StreamEvent, { kind: "usage" }> | undefined;
   let exact = true;
   let error: string | undefined;
   const sendAt = clock.now();
   try {
-    for await (const ev of plan.targets[target]!.generate(spec, ac.signal)) {
+    // The bench's signal itself: one listener per request on it would pile up (and warn) at high concurrency.
+    for await (const ev of plan.targets[target]!.generate(spec, plan.signal ?? NEVER)) {
       if (ev.kind === "usage") usage = ev;
       else if (ev.tokens > 0) {
         chunks.push({ at: clock.now(), tokens: ev.tokens });
@@ -162,8 +163,6 @@ async function issue(plan: BenchPlan, target: number, spec: RequestSpec): Promis
     }
   } catch (err) {
     error = err instanceof Error ? err.message : String(err);
-  } finally {
-    plan.signal?.removeEventListener("abort", onAbort);
   }
   const endAt = clock.now();
   plan.onProgress?.({ type: "request", ok: error === undefined });

@@ -159,6 +159,30 @@ describe("the OpenAI client against a streaming HTTP server", () => {
     expect(r.outputTokens).toBe(6);
   });
 
+  it("16 requests in flight on one abortable bench raise no MaxListenersExceededWarning", async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.name);
+    process.on("warning", onWarning);
+    try {
+      const [r0] = await runBench({
+        targets: [target()],
+        levels: [{ kind: "concurrency", value: 16 }],
+        numPrompts: 16,
+        warmup: 0,
+        rounds: 1,
+        requests: (l, p, n) => buildRequests(workload, n, 3),
+        arrivalSeed: () => 0,
+        clock: realClock,
+        signal: new AbortController().signal,
+      });
+      expect(levelStats(r0!.records[0]!).completed).toBe(16);
+      await sleep(10); // warnings are emitted on the next tick
+    } finally {
+      process.off("warning", onWarning);
+    }
+    expect(warnings).not.toContain("MaxListenersExceededWarning");
+  });
+
   it("an HTTP error is a failed request with the server's message", async () => {
     const [r0] = await runBench({
       targets: [target({ model: "nope" })],
