@@ -19,3 +19,7 @@ export {
 export type { SpecialTokenSpec } from "./deepseek-v3.js";
 export { DEFAULT_VOCAB_SIZE, countWords, createPreTokenizer, trainTokenizer } from "./tokenizer-files.js";
 export type { TokenizerFiles, TrainTokenizerOptions } from "./tokenizer-files.js";
+export { BigramModel, DEFAULT_K_GRID, bigramBaseline } from "./bigram.js";
+export type { BigramBaseline, TokenSequences } from "./bigram.js";
+export { MANIFEST_JSON, buildArtifacts } from "./artifacts.js";
+export type { ArtifactStats, BuildArtifactsOptions, SplitStats } from "./artifacts.js";
