@@ -9,3 +9,4 @@ export * from "./trainer.js";
 export * from "./presets.js";
 export * from "./data.js";
 export * from "./save.js";
+export * from "./run.js";

@@ -7,6 +7,7 @@ import { Command, CommanderError, InvalidArgumentError as CommanderArgError, Opt
 import { MoelaError } from "@moela/core";
 import { SPECULATION_MODES } from "@moela/engine";
 import { runGenerate, type GenerateCliOptions } from "./generate.js";
+import { runTrain, type TrainCliOptions } from "./train.js";
 import { runServe } from "./serve.js";
 import { runCluster, type ClusterCliOptions } from "./cluster.js";
 import { DEFAULT_TOKEN_ID_RANGE, runBenchCli, type BenchCliOptions } from "./bench.js";
@@ -179,6 +180,37 @@ export function buildProgram(): Command {
     .option("--layers <n>", "layers that pay the bound (default: num_hidden_layers, as the paper)", intArg("--layers"))
     .action(async (config: string, opts: PlanCliOptions) => {
       process.exitCode = await runPlan(config, opts);
+    });
+  program
+    .command("train")
+    .description("train a DeepSeek-V3-family model in this process (MLA, DeepSeekMoE, MTP) and save it in the HF layout")
+    .requiredOption("--data <file>", "token ids (.bin/.u16 uint16, .u32, .json) or a UTF-8 text file with --tokenizer")
+    .option("--config <preset|file>", "v3-tiny | v3-small | v3-medium, or a config.json path", "v3-small")
+    .option("--tokenizer <dir>", "folder with tokenizer.json + tokenizer_config.json (copied next to the saved model)")
+    .option("--vocab-size <n>", "vocabulary size without a tokenizer (default: largest id + 1)", intArg("--vocab-size"))
+    .option("--steps <n>", "optimizer steps", intArg("--steps"), 1000)
+    .option("--batch <n>", "sequences per step", intArg("--batch"), 8)
+    .option("--seq-len <n>", "tokens per sequence", intArg("--seq-len"), 256)
+    .option("--lr <lr>", "peak learning rate (AdamW)", floatArg("--lr"), 3e-3)
+    .option("--min-lr-ratio <r>", "final learning rate as a fraction of --lr (cosine)", floatArg("--min-lr-ratio"), 0.1)
+    .option("--warmup <n>", "linear warm-up steps", intArg("--warmup"), 50)
+    .option("--weight-decay <wd>", "AdamW decoupled weight decay (2-D weights only)", floatArg("--weight-decay"), 0.1)
+    .option("--clip <norm>", "global gradient-norm clip (0 = off)", floatArg("--clip"), 1)
+    .option("--mtp-lambda <l>", "weight of the MTP loss", floatArg("--mtp-lambda"), 0.3)
+    .option("--balance-alpha <a>", "sequence-wise auxiliary balance loss weight (0 = off)", floatArg("--balance-alpha"), 0)
+    .option("--bias-update-speed <g>", "aux-loss-free balancing: bias += g * sign(mean load - load)", floatArg("--bias-update-speed"), 1e-3)
+    .option("--seed <n>", "seed of the initial weights and the batch sampler", intArg("--seed"), 0)
+    .option("--threads <n>", "kernel threads (same bits for any count)", intArg("--threads"), availableParallelism())
+    .option("--precision <p>", "f32 (native kernels) | f64 (TypeScript, slow: the reference)", "f32")
+    .option("--init-std <s>", "std of the initial weights", floatArg("--init-std"), 0.02)
+    .option("--checkpoint-dir <dir>", "where train-state checkpoints go")
+    .option("--checkpoint-every <n>", "steps between checkpoints (0 = at the end only)", intArg("--checkpoint-every"), 0)
+    .option("--resume", "continue from --checkpoint-dir (same bits as an uninterrupted run)")
+    .option("--out <dir>", "save the trained model here (HF layout)")
+    .option("--no-fp8", "save BF16 weights instead of FP8 128x128 blocks")
+    .option("--json", "one JSON line per step on stdout instead of the progress bar")
+    .action(async (opts: TrainCliOptions) => {
+      process.exitCode = await runTrain(opts);
     });
   return program;
 }

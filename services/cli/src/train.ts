@@ -1,0 +1,90 @@
+/** `moela train`: flags to @moela/train's runTraining, with a progress bar (loss, tokens/s) on stderr. */
+import cliProgress from "cli-progress";
+import { InvalidArgumentError } from "@moela/core";
+import { DEFAULT_RUN_OPTIONS, runTraining, type Precision, type RunOptions, type StepStats } from "@moela/train";
+
+export interface TrainCliOptions {
+  config: string;
+  data: string;
+  tokenizer?: string;
+  vocabSize?: number;
+  steps: number;
+  batch: number;
+  seqLen: number;
+  lr: number;
+  minLrRatio: number;
+  warmup: number;
+  weightDecay: number;
+  clip: number;
+  mtpLambda: number;
+  balanceAlpha: number;
+  biasUpdateSpeed: number;
+  seed: number;
+  threads: number;
+  precision: string;
+  initStd: number;
+  checkpointDir?: string;
+  checkpointEvery: number;
+  resume?: boolean;
+  out?: string;
+  fp8: boolean;
+  json?: boolean;
+}
+
+export async function runTrain(o: TrainCliOptions): Promise<number> {
+  if (o.precision !== "f32" && o.precision !== "f64") throw new InvalidArgumentError(`--precision must be f32 or f64, got ${o.precision}`);
+  for (const [k, v] of [["--steps", o.steps], ["--batch", o.batch], ["--seq-len", o.seqLen], ["--threads", o.threads]] as const) {
+    if (!(Number.isInteger(v) && v >= 1)) throw new InvalidArgumentError(`${k} must be a positive integer, got ${v}`);
+  }
+  const opts: RunOptions = {
+    ...DEFAULT_RUN_OPTIONS,
+    ...o,
+    precision: o.precision as Precision,
+    resume: o.resume === true,
+  };
+  const tty = process.stderr.isTTY === true && o.json !== true;
+  const bar = tty
+    ? new cliProgress.SingleBar(
+        { format: "{bar} {value}/{total} steps | loss {loss} | mtp {mtp} | {tps} tok/s | lr {lr} | eta {eta_formatted}", stream: process.stderr, hideCursor: true, etaBuffer: 20 },
+        cliProgress.Presets.shades_classic,
+      )
+    : null;
+  let started = 0;
+  let startStep = 0;
+  let tokens = 0;
+  let ema = NaN;
+  const onStep = (s: StepStats): void => {
+    tokens += s.tokens;
+    const secs = (performance.now() - started) / 1000;
+    const tps = tokens / secs;
+    ema = Number.isNaN(ema) ? s.mainLoss : 0.9 * ema + 0.1 * s.mainLoss;
+    const fields = { loss: ema.toFixed(3), mtp: s.mtpLoss.toFixed(3), tps: tps.toFixed(0), lr: s.lr.toExponential(2) };
+    if (o.json === true) {
+      process.stdout.write(JSON.stringify({ step: s.step, loss: s.loss, mainLoss: s.mainLoss, mtpLoss: s.mtpLoss, balanceLoss: s.balanceLoss, lr: s.lr, gradNorm: s.gradNorm, maxLoadRatio: s.maxLoadRatio, tokensPerSecond: tps }) + "\n");
+    } else if (bar) bar.update(s.step, fields);
+    else if (s.step === startStep + 1 || s.step % 10 === 0 || s.step === o.steps) {
+      process.stderr.write(`step ${s.step}/${o.steps} loss ${fields.loss} mtp ${fields.mtp} ${fields.tps} tok/s lr ${fields.lr} grad-norm ${s.gradNorm.toFixed(3)} max/mean load ${s.maxLoadRatio.toFixed(2)}\n`);
+    }
+  };
+  const last = runTraining(
+    opts,
+    onStep,
+    (info) => {
+      startStep = info.startStep;
+      process.stderr.write(
+        `training ${info.config.numHiddenLayers} layers, hidden ${info.config.hiddenSize}, ${info.config.nRoutedExperts} experts, ` +
+          `vocab ${info.config.vocabSize}: ${(info.params / 1e6).toFixed(2)}M parameters on ${info.dataTokens} tokens, ` +
+          `${o.threads} thread(s), ${o.precision}${info.startStep > 0 ? `, resumed at step ${info.startStep}` : ""}\n`,
+      );
+      started = performance.now();
+      bar?.start(o.steps, info.startStep, { loss: "-", mtp: "-", tps: "-", lr: "-" });
+    },
+    (dir, step) => {
+      if (!bar) process.stderr.write(`checkpoint at step ${step} in ${dir}\n`);
+    },
+  );
+  bar?.stop();
+  if (last !== null) process.stderr.write(`done: step ${last.step}, loss ${last.mainLoss.toFixed(4)}, mtp loss ${last.mtpLoss.toFixed(4)}, ${(tokens / ((performance.now() - started) / 1000)).toFixed(0)} tok/s\n`);
+  if (o.out !== undefined) process.stderr.write(`model saved to ${o.out}\n`);
+  return 0;
+}
