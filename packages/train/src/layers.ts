@@ -227,11 +227,16 @@ export function crossEntropyInPlace(logits: Vec, T: number, V: number, targets: 
     }
     let m = -Infinity;
     for (let i = 0; i < V; i++) if (logits[o + i]! > m) m = logits[o + i]!;
+    const ly = logits[o + y]!;
     let z = 0;
-    for (let i = 0; i < V; i++) z += Math.exp(logits[o + i]! - m);
-    const lse = m + Math.log(z);
-    loss += lse - logits[o + y]!;
-    for (let i = 0; i < V; i++) logits[o + i] = Math.exp(logits[o + i]! - lse) * scale;
+    for (let i = 0; i < V; i++) {
+      const e = Math.exp(logits[o + i]! - m);
+      logits[o + i] = e;
+      z += e;
+    }
+    loss += m + Math.log(z) - ly;
+    const f = scale / z;
+    for (let i = 0; i < V; i++) logits[o + i] = logits[o + i]! * f;
     logits[o + y] = logits[o + y]! - scale;
   }
   return count > 0 ? loss / count : 0;

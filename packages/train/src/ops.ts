@@ -84,6 +84,9 @@ export const f64Ops: Ops = {
 // ------------------------------------------------------------------------------------------- f32 (native)
 
 const KIND_F32 = 0;
+
+/** Time spent in the native products and in the transposes feeding them (when profiling is on). */
+export const opsProfile = { on: false, nativeMs: 0, transposeMs: 0, flops: 0 };
 let scratch32: Float32Array = new Float32Array(1 << 16);
 let transA: Float32Array = new Float32Array(1 << 16);
 let transB: Float32Array = new Float32Array(1 << 16);
@@ -97,8 +100,27 @@ function f32(v: Vec): Float32Array {
   return v;
 }
 
-/** Transpose A [r, c] into out [c, r]. */
+/** Transpose A [r, c] into out [c, r] (blocks of 32 x 32, one monomorphic loop per element type). */
 export function transpose(A: Vec, r: number, c: number, out: Vec): void {
+  if (A instanceof Float32Array && out instanceof Float32Array) transpose32(A, r, c, out);
+  else transposeAny(A, r, c, out);
+}
+
+function transpose32(A: Float32Array, r: number, c: number, out: Float32Array): void {
+  const B = 32;
+  for (let i0 = 0; i0 < r; i0 += B) {
+    const i1 = Math.min(r, i0 + B);
+    for (let j0 = 0; j0 < c; j0 += B) {
+      const j1 = Math.min(c, j0 + B);
+      for (let j = j0; j < j1; j++) {
+        const o = j * r;
+        for (let i = i0; i < i1; i++) out[o + i] = A[i * c + j]!;
+      }
+    }
+  }
+}
+
+function transposeAny(A: Vec, r: number, c: number, out: Vec): void {
   const B = 32;
   for (let i0 = 0; i0 < r; i0 += B) {
     const i1 = Math.min(r, i0 + B);
@@ -122,7 +144,12 @@ function makeF32Ops(): Ops | null {
     const c = f32(C);
     let y = c;
     if (acc) y = scratch32 = grow(scratch32, m * n);
+    const t0 = opsProfile.on ? performance.now() : 0;
     k.matmul(KIND_F32, f32(B), null, n, kk, 0, 0, f32(A), 0, kk, m, y, 0, n, 0, n, 1, 0, 0, 0);
+    if (opsProfile.on) {
+      opsProfile.nativeMs += performance.now() - t0;
+      opsProfile.flops += 2 * m * n * kk;
+    }
     if (acc) addInto(c, y, m * n);
   };
   // C = A B = A (B^T)^T: B [k, n] transposed into [n, k], then nt (the engine's matmul is its fastest product).
@@ -134,7 +161,9 @@ function makeF32Ops(): Ops | null {
     }
     transB = grow(transB, n * kk);
     const bt = transB.subarray(0, n * kk);
+    const t0 = opsProfile.on ? performance.now() : 0;
     transpose(B, kk, n, bt);
+    if (opsProfile.on) opsProfile.transposeMs += performance.now() - t0;
     nt(A, bt, m, n, kk, C, acc);
   };
   // C = A^T B = (A^T) (B^T)^T: both transposed, then nt.
@@ -148,8 +177,10 @@ function makeF32Ops(): Ops | null {
     transB = grow(transB, n * kk);
     const at = transA.subarray(0, m * kk);
     const bt = transB.subarray(0, n * kk);
+    const t0 = opsProfile.on ? performance.now() : 0;
     transpose(A, kk, m, at);
     transpose(B, kk, n, bt);
+    if (opsProfile.on) opsProfile.transposeMs += performance.now() - t0;
     nt(at, bt, m, n, kk, C, acc);
   };
   return { precision: "f32", alloc: (n) => new Float32Array(n), nt, nn, tn };

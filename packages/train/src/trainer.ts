@@ -68,6 +68,34 @@ export function learningRate(o: Pick<TrainOptions, "lr" | "minLrRatio" | "warmup
   return min + 0.5 * (o.lr - min) * (1 + Math.cos(Math.PI * progress));
 }
 
+interface AdamStep {
+  readonly lr: number;
+  /** 1 - lr * weight_decay (1: no decay). */
+  readonly decay: number;
+  readonly clipScale: number;
+  readonly beta1: number;
+  readonly beta2: number;
+  /** Bias corrections 1 - beta^t. */
+  readonly bc1: number;
+  readonly bc2: number;
+  readonly eps: number;
+}
+
+/** One AdamW update of w from gradient g (times clipScale), in doubles, decoupled decay first. */
+function adamw(w: Vec, g: Vec, m: Vec, v: Vec, s: AdamStep): void {
+  const { lr, decay, clipScale, beta1, beta2, bc1, bc2, eps } = s;
+  const step = lr / bc1;
+  const rbc2 = 1 / bc2;
+  for (let i = 0; i < w.length; i++) {
+    const gi = g[i]! * clipScale;
+    const mi = beta1 * m[i]! + (1 - beta1) * gi;
+    const vi = beta2 * v[i]! + (1 - beta2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    w[i] = w[i]! * decay - (step * mi) / (Math.sqrt(vi * rbc2) + eps);
+  }
+}
+
 export interface StepStats extends StepResult {
   readonly step: number;
   readonly lr: number;
@@ -150,19 +178,16 @@ export class Trainer {
     const bc2 = 1 - o.beta2 ** t;
     for (const p of params.list) {
       if (!p.trainable) continue;
-      const w = p.data;
-      const g = p.grad;
-      const m = this.m.get(p.name)!;
-      const v = this.v.get(p.name)!;
-      const decay = p.decay ? 1 - lr * o.weightDecay : 1;
-      for (let i = 0; i < w.length; i++) {
-        const gi = g[i]! * clipScale;
-        const mi = o.beta1 * m[i]! + (1 - o.beta1) * gi;
-        const vi = o.beta2 * v[i]! + (1 - o.beta2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        w[i] = w[i]! * decay - (lr * (mi / bc1)) / (Math.sqrt(vi / bc2) + o.eps);
-      }
+      adamw(p.data, p.grad, this.m.get(p.name)!, this.v.get(p.name)!, {
+        lr,
+        decay: p.decay ? 1 - lr * o.weightDecay : 1,
+        clipScale,
+        beta1: o.beta1,
+        beta2: o.beta2,
+        bc1,
+        bc2,
+        eps: o.eps,
+      });
     }
 
     // auxiliary-loss-free balancing
