@@ -92,6 +92,11 @@ export interface EngineOptions {
    * blocks the cache keeps (default: all of them; unreferenced ones are evicted when allocation needs room).
    */
   readonly prefixCache?: boolean | { readonly capacityBlocks?: number };
+  /**
+   * Decode steps split the batch into this many micro-batches in flight together when the routed experts run
+   * on other processes (ForwardOptions.microBatches; default 1). Same bits either way.
+   */
+  readonly microBatches?: number;
 }
 
 /**
@@ -204,6 +209,8 @@ export class Engine {
   readonly model: DeepseekModel;
   readonly cache: PagedLatentCache;
   readonly prefillChunk: number;
+  /** Micro-batches of a decode step (EngineOptions.microBatches). */
+  readonly microBatches: number;
   /** How this engine drafts ("off" when the model has no MTP block). */
   readonly speculation: SpeculationMode;
   /** The engine computes the MTP block's rows ("on" or "auto"): its prefill and KV hand-offs carry them. */
@@ -233,6 +240,8 @@ export class Engine {
       numBlocks: opts.numBlocks ?? 1024,
     });
     this.prefillChunk = opts.prefillChunk ?? 256;
+    this.microBatches = opts.microBatches ?? 1;
+    if (!(Number.isInteger(this.microBatches) && this.microBatches >= 1)) throw new InvalidArgumentError(`microBatches must be a positive integer, got ${this.microBatches}`);
     const asked = opts.speculation ?? opts.speculative ?? "auto";
     const mode: SpeculationMode = asked === true ? "on" : asked === false ? "off" : asked;
     if (mode !== "auto" && mode !== "on" && mode !== "off") throw new InvalidArgumentError(`speculation must be auto, on or off, got ${String(asked)}`);
@@ -464,7 +473,7 @@ export class Engine {
       tokens: s.draft ? [s.pending, s.draft.token] : [s.pending],
       logits: "all" as const,
     }));
-    const r = await m.forward(this.cache, batch, { attention: "absorbed" });
+    const r = await m.forward(this.cache, batch, { attention: "absorbed", microBatches: this.microBatches });
     const results: StepResult[] = [];
     // Per sequence drafting next: MTP positions [start, start + tokens.length), fed `tokens`, over `hidden` rows.
     const mtpBatch: { seq: Sequence; start: number; tokens: number[]; hidden: Float32Array; hiddenOff: number }[] = [];

@@ -12,6 +12,7 @@
  *     so attention runs directly over the cached [c_kv | k_pe] rows; nothing per head is materialised.
  * They compute the same function; tests hold them to it.
  */
+import { setImmediate } from "node:timers/promises";
 import type { PhaseTimes } from "./phase-times.js";
 import { isMoeLayer, parseModelConfig, type ModelConfig } from "./config.js";
 import { roundBf16 } from "./tensor/dtype.js";
@@ -60,6 +61,13 @@ export interface MtpSeq extends ForwardSeq {
 export interface ForwardOptions {
   readonly attention: AttentionPath;
   readonly kvSink?: KvSink;
+  /**
+   * Split the sequences into this many micro-batches that are in flight together (default 1), when the
+   * routed experts run on other processes: while one micro-batch waits on the expert-hosts, the next
+   * one's attention computes (the paper's dual micro-batch overlap). Same bits as one batch. Not with
+   * a kvSink (prefill streams KV per sequence index).
+   */
+  readonly microBatches?: number;
 }
 
 export interface ForwardResult {
@@ -106,6 +114,8 @@ export class DeepseekModel {
   private experts: ExpertExecutor;
   private readonly ws = new Workspace();
   private readonly router: RouterScratch;
+  /** Micro-batch lanes (lane()). */
+  private readonly lanes: DeepseekModel[] = [];
   private pool: MatmulPool | null = null;
   /** The kernels every layer uses (kernels/README.md). */
   readonly kernels: KernelBackend;
@@ -212,6 +222,60 @@ export class DeepseekModel {
 
   /** Main-model forward over the new tokens of each sequence; writes their latent KV into the cache. */
   async forward(cache: PagedLatentCache, seqs: readonly ForwardSeq[], opts: ForwardOptions): Promise<ForwardResult> {
+    const n = Math.min(opts.microBatches ?? 1, seqs.length);
+    if (n >= 2 && opts.kvSink === undefined && this.experts.waitsOnOtherProcesses === true) return await this.forwardMicroBatches(cache, seqs, n, opts);
+    return await this.forwardBatch(cache, seqs, opts);
+  }
+
+  /**
+   * forward() over n contiguous micro-batches, each on its own lane (scratch memory), awaited together;
+   * the results are copied into one ForwardResult in sequence order.
+   */
+  private async forwardMicroBatches(cache: PagedLatentCache, seqs: readonly ForwardSeq[], n: number, opts: ForwardOptions): Promise<ForwardResult> {
+    const parts: ForwardSeq[][] = Array.from({ length: n }, (_, i) => seqs.slice(Math.floor((i * seqs.length) / n), Math.floor(((i + 1) * seqs.length) / n)));
+    const results = await Promise.all(parts.map((p, i) => this.lane(i).forwardBatch(cache, p, opts)));
+    const hd = this.config.hiddenSize;
+    const V = this.config.vocabSize;
+    const rowsOf = (s: ForwardSeq): number => (s.logits === "none" ? 0 : s.logits === "last" ? 1 : s.tokens.length);
+    const hidden = this.ws.f32("mb.hidden", this.countTokens(seqs) * hd); // [T, hidden]
+    const logits = this.ws.f32("mb.logits", seqs.reduce((a, s) => a + rowsOf(s), 0) * V); // [rows, V]
+    const logitRow = new Int32Array(seqs.length);
+    const tokenRow = new Int32Array(seqs.length);
+    let t = 0;
+    let r = 0;
+    let si = 0;
+    parts.forEach((part, i) => {
+      const res = results[i]!;
+      const pt = this.countTokens(part);
+      const pr = part.reduce((a, s) => a + rowsOf(s), 0);
+      hidden.set(res.hidden.subarray(0, pt * hd), t * hd);
+      logits.set(res.logits.subarray(0, pr * V), r * V);
+      part.forEach((_, j) => {
+        tokenRow[si] = res.tokenRow[j]! + t;
+        logitRow[si] = res.logitRow[j]! < 0 ? -1 : res.logitRow[j]! + r;
+        si++;
+      });
+      t += pt;
+      r += pr;
+    });
+    return { hidden, logits, logitRow, tokenRow };
+  }
+
+  /**
+   * Lane i: a twin of this model that reads everything (weights, kernels, expert executor, phase clock)
+   * through its prototype but owns its scratch memory, so micro-batches can be in flight together.
+   */
+  private lane(i: number): DeepseekModel {
+    while (this.lanes.length <= i) {
+      const twin = Object.create(this) as DeepseekModel;
+      Object.defineProperty(twin, "ws", { value: new Workspace() });
+      Object.defineProperty(twin, "router", { value: createRouterScratch(this.config) });
+      this.lanes.push(twin);
+    }
+    return this.lanes[i]!;
+  }
+
+  private async forwardBatch(cache: PagedLatentCache, seqs: readonly ForwardSeq[], opts: ForwardOptions): Promise<ForwardResult> {
     const c = this.config;
     const hd = c.hiddenSize;
     const T = this.countTokens(seqs);
@@ -344,6 +408,8 @@ export class DeepseekModel {
     if (this.experts.waitsOnOtherProcesses === true) {
       // Start the routed experts on the expert-hosts, compute the shared expert meanwhile.
       const pending = this.experts.runRouted(layer, xn, T, ids, weights, routed);
+      // One turn of the event loop first: the requests leave now, not after the shared expert's (synchronous) compute.
+      await setImmediate();
       if (moe.shared) await this.mlpA([moe.shared], [T], xn, out);
       else out.fill(0);
       if (clock) t0 = clock.since("shared_expert", t0);

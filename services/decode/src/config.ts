@@ -44,6 +44,12 @@ export const SETTINGS = {
   logLevel: { flag: "--log-level", env: "MOELA_DECODE_LOG_LEVEL", bool: false, help: "fatal | error | warn | info | debug | trace | silent (default info)" },
   kernels: { flag: "--kernels", env: "MOELA_DECODE_KERNELS", bool: false, help: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)" },
   threads: { flag: "--threads", env: "MOELA_DECODE_THREADS", bool: false, help: "kernel threads of this process, same bits for any count (default 1)" },
+  microBatches: {
+    flag: "--micro-batches",
+    env: "MOELA_DECODE_MICRO_BATCHES",
+    bool: false,
+    help: "micro-batches of a decode step in flight together: one computes attention while another waits on the expert-hosts; same bits for any count (default 2)",
+  },
   redisUrl: {
     flag: "--redis-url",
     env: "MOELA_DECODE_REDIS_URL",
@@ -122,6 +128,7 @@ const settingsSchema = z.object({
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], { message: "must be fatal, error, warn, info, debug, trace or silent" }).default("info"),
   kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
   threads: intString(1).pipe(z.number().max(256, "must be <= 256")).default(1),
+  microBatches: intString(1).pipe(z.number().max(8, "must be <= 8")).default(2),
   redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").optional(),
   queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").optional(),
   advertiseAddress: dialable.optional(),

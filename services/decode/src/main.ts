@@ -155,7 +155,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
   }
   const phaseTimes = new PhaseTimes();
   model.phaseTimes = phaseTimes;
-  engine = new Engine(model, { blockSize: cfg.blockSize, numBlocks: cfg.kvBlocks, speculation: cfg.speculative });
+  engine = new Engine(model, { blockSize: cfg.blockSize, numBlocks: cfg.kvBlocks, speculation: cfg.speculative, microBatches: cfg.microBatches });
   logger.info(
     {
       model: cfg.model,

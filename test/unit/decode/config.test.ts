@@ -20,7 +20,15 @@ describe("decode config", () => {
       logLevel: "info",
       kernels: "fast",
       threads: 1,
+      microBatches: 2,
     });
+  });
+
+  it("takes the micro-batch count, and refuses 0 and more than 8", () => {
+    expect(parseConfig(["--model", "/m", "--micro-batches", "1"], {})).toMatchObject({ microBatches: 1 });
+    expect(parseConfig(["--model", "/m"], { MOELA_DECODE_MICRO_BATCHES: "3" })).toMatchObject({ microBatches: 3 });
+    expect(() => parseConfig(["--model", "/m", "--micro-batches", "0"], {})).toThrow(/--micro-batches \/ MOELA_DECODE_MICRO_BATCHES: must be >= 1/);
+    expect(() => parseConfig(["--model", "/m", "--micro-batches", "9"], {})).toThrow(/--micro-batches \/ MOELA_DECODE_MICRO_BATCHES: must be <= 8/);
   });
 
   it("takes the kernel backend and its threads, and refuses others", () => {
