@@ -36,6 +36,11 @@ export interface LossOptions {
   readonly mtpLambda: number;
   /** Weight of the sequence-wise balance loss (0: off; DeepSeek-V3 used 1e-4). */
   readonly balanceAlpha: number;
+  /**
+   * Sequences in the whole step when this call computes only part of it (data-parallel replicas): losses are
+   * means over the whole step, so the parts' losses and gradients add up to the whole's. Default: B.
+   */
+  readonly batchRows?: number;
 }
 
 export interface StepResult {
@@ -137,14 +142,14 @@ export class TrainModel {
   }
 
   /** dh2 -> dh (dh2 is consumed). */
-  private blockBack(b: BlockParams, s: BlockSaved, dh2: Vec, B: number, S: number, alpha: number): Vec {
+  private blockBack(b: BlockParams, s: BlockSaved, dh2: Vec, B: number, S: number, alpha: number, batchRows: number): Vec {
     const ops = this.ops;
     const c = this.config;
     const T = B * S;
     const hd = c.hiddenSize;
     const dn2 =
       b.moe !== null
-        ? moeBack(ops, c, b.moe, s.moe!, dh2, { balanceAlpha: alpha, S })
+        ? moeBack(ops, c, b.moe, s.moe!, dh2, { balanceAlpha: alpha, S, batchRows })
         : mlpBack(ops, b.mlp!, s.mlp!, dh2);
     const dh1 = rmsNormBack(ops, s.n2, T, hd, b.postNorm, dn2, dh2, true); // dh1 = dh2 + norm'(dn2)
     const dn1 = mlaBack(ops, b.attn, this.shape(S), s.attn, dh1, B, S);
@@ -167,6 +172,7 @@ export class TrainModel {
     const L = this.rowLength(S);
     if (tokens.length !== B * L) throw new RangeError(`a batch of ${B} x ${S} positions needs ${B * L} tokens, got ${tokens.length}`);
     const T = B * S;
+    const rows = opts.batchRows ?? B;
     const ids = new Int32Array(T);
     const targets = new Int32Array(T);
     for (let b = 0; b < B; b++) {
@@ -186,14 +192,14 @@ export class TrainModel {
       saved.push(r.saved);
       if (r.saved.moe) {
         loads.set(b.index, r.saved.moe.load);
-        bal += balanceLoss(c, r.saved.moe, S, opts.balanceAlpha);
+        bal += balanceLoss(c, r.saved.moe, S, opts.balanceAlpha, rows);
       }
     }
     const fn = rmsNorm(ops, h, T, hd, this.params.get("model.norm.weight"), c.rmsNormEps);
     const hN = fn.y; // [T, hidden] final-normed hidden (the MTP module's input)
     const head = this.headParam();
     const logits = linear(ops, head, hN, T); // [T, V]
-    const mainLoss = crossEntropyInPlace(logits, T, V, targets, 1, T); // logits now hold dlogits
+    const mainLoss = crossEntropyInPlace(logits, T, V, targets, 1, rows * S); // logits now hold dlogits
 
     // MTP module
     let mtpLoss = 0;
@@ -231,11 +237,11 @@ export class TrainModel {
       const r = this.block(mb, h0, B, S);
       if (r.saved.moe) {
         loads.set(mb.index, r.saved.moe.load);
-        bal += balanceLoss(c, r.saved.moe, S, opts.balanceAlpha);
+        bal += balanceLoss(c, r.saved.moe, S, opts.balanceAlpha, rows);
       }
       const fin = rmsNorm(ops, r.h, T, hd, this.params.get(`${p}.shared_head.norm.weight`), c.rmsNormEps);
       const ml = linear(ops, head, fin.y, T);
-      mtpLoss = crossEntropyInPlace(ml, T, V, mtargets, opts.mtpLambda, T);
+      mtpLoss = crossEntropyInPlace(ml, T, V, mtargets, opts.mtpLambda, rows * S);
       mtp = { mids, en: en.saved, hn: hn.saved, cat, blk: r.saved, fin: fin.saved, normed: fin.y, dlogits: ml };
     }
     const loss = mainLoss + opts.mtpLambda * mtpLoss + bal;
@@ -248,7 +254,7 @@ export class TrainModel {
       const p = `model.layers.${c.numHiddenLayers}`;
       const dnormed = linearBack(ops, head, mtp.normed, mtp.dlogits, T);
       const dh = rmsNormBack(ops, mtp.fin, T, hd, this.params.get(`${p}.shared_head.norm.weight`), dnormed);
-      const dh0 = this.blockBack(mb, mtp.blk, dh, B, S, opts.balanceAlpha);
+      const dh0 = this.blockBack(mb, mtp.blk, dh, B, S, opts.balanceAlpha, rows);
       const dcat = linearBack(ops, this.params.get(`${p}.eh_proj.weight`), mtp.cat, dh0, T);
       const den = ops.alloc(T * hd);
       const dhn = ops.alloc(T * hd);
@@ -261,7 +267,7 @@ export class TrainModel {
       rmsNormBack(ops, mtp.hn, T, hd, this.params.get(`${p}.hnorm.weight`), dhn, dhN, true);
     }
     let dh = rmsNormBack(ops, fn.saved, T, hd, this.params.get("model.norm.weight"), dhN);
-    for (let i = this.blocks.length - 1; i >= 0; i--) dh = this.blockBack(this.blocks[i]!, saved[i]!, dh, B, S, opts.balanceAlpha);
+    for (let i = this.blocks.length - 1; i >= 0; i--) dh = this.blockBack(this.blocks[i]!, saved[i]!, dh, B, S, opts.balanceAlpha, rows);
     embedBack(E, ids, T, dh);
     return result;
   }

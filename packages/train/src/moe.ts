@@ -130,6 +130,8 @@ export interface MoeOptions {
   readonly balanceAlpha: number;
   /** Tokens per sequence (the balance loss is per sequence). */
   readonly S: number;
+  /** Sequences the loss is averaged over (default: this call's, T / S). */
+  readonly batchRows?: number;
 }
 
 export function moe(ops: Ops, cfg: ModelConfig, p: MoeParams, x: Vec, T: number): { y: Vec; saved: MoeSaved } {
@@ -185,12 +187,12 @@ export function moe(ops: Ops, cfg: ModelConfig, p: MoeParams, x: Vec, T: number)
 }
 
 /** The sequence-wise balance loss of a layer's routing (see the file comment), before any gradient. */
-export function balanceLoss(cfg: ModelConfig, s: MoeSaved, S: number, alpha: number): number {
+export function balanceLoss(cfg: ModelConfig, s: MoeSaved, S: number, alpha: number, batchRows = s.T / S): number {
   if (alpha === 0) return 0;
   const { f, P } = balanceTerms(cfg, s, S);
   let L = 0;
   for (let i = 0; i < f.length; i++) L += f[i]! * P[i]!;
-  return (alpha * L) / (s.T / S);
+  return (alpha * L) / batchRows;
 }
 
 /** f [B, E] and P [B, E] of the balance loss. */
@@ -262,7 +264,7 @@ export function moeBack(ops: Ops, cfg: ModelConfig, p: MoeParams, s: MoeSaved, d
   }
   if (opts.balanceAlpha !== 0) {
     const S = opts.S;
-    const B = T / S;
+    const B = opts.batchRows ?? T / S;
     const { f } = balanceTerms(cfg, s, S);
     for (let t = 0; t < T; t++) {
       const b = Math.floor(t / S);

@@ -91,28 +91,50 @@ function isResidualOut(name: string): boolean {
  * GPT-2, norms 1, balancing biases 0. Values depend only on (seed, name).
  */
 export function initParams(cfg: ModelConfig, ops: Ops, seed: number, initStd = 0.02): ParamStore {
-  const tied = tiedMtpTensors(cfg);
   const blocks = cfg.numHiddenLayers + cfg.numNextnPredictLayers;
+  return buildParams(
+    cfg,
+    (spec, n) => {
+      const data = ops.alloc(n);
+      if (spec.init === "norm") data.fill(1);
+      else if (spec.init !== "bias") {
+        const std = isResidualOut(spec.name) ? initStd / Math.sqrt(2 * blocks) : initStd;
+        const z = normals(seed, spec.name, n);
+        for (let i = 0; i < n; i++) data[i] = std * z[i]!;
+      }
+      return data;
+    },
+    (_, n) => ops.alloc(n),
+  );
+}
+
+/** The parameters of `cfg` (tied MTP tensors left out) over the arrays `data` and `grad` give. */
+export function buildParams(cfg: ModelConfig, data: (spec: TensorSpec, n: number) => Vec, grad: (spec: TensorSpec, n: number) => Vec): ParamStore {
+  const tied = tiedMtpTensors(cfg);
   const list: Param[] = [];
   for (const spec of checkpointTensorSpecs(cfg)) {
     if (tied.has(spec.name)) continue;
     const n = spec.shape.reduce((a, b) => a * b, 1);
-    const data = ops.alloc(n);
-    if (spec.init === "norm") data.fill(1);
-    else if (spec.init !== "bias") {
-      const std = isResidualOut(spec.name) ? initStd / Math.sqrt(2 * blocks) : initStd;
-      const z = normals(seed, spec.name, n);
-      for (let i = 0; i < n; i++) data[i] = std * z[i]!;
-    }
     list.push({
       name: spec.name,
       shape: spec.shape,
       spec,
-      data,
-      grad: ops.alloc(n),
+      data: data(spec, n),
+      grad: grad(spec, n),
       decay: spec.shape.length === 2,
       trainable: spec.init !== "bias",
     });
   }
   return new ParamStore(list);
+}
+
+/** The same parameters with values and gradients in SharedArrayBuffers (replicas in worker threads read them). */
+export function shareParams(cfg: ModelConfig, ps: ParamStore): ParamStore {
+  const make = (src: Vec): Vec => {
+    const sab = new SharedArrayBuffer(src.byteLength);
+    const v = src instanceof Float32Array ? new Float32Array(sab) : new Float64Array(sab);
+    v.set(src);
+    return v;
+  };
+  return buildParams(cfg, (spec) => make(ps.get(spec.name).data), (spec) => make(ps.get(spec.name).grad));
 }

@@ -11,7 +11,7 @@ import { Tokenizer } from "@moela/tokenizer";
 import { encodeTextFile, readTokenIds, tokenizerDir } from "./data.js";
 import { TrainModel } from "./model.js";
 import { opsFor, setTrainThreads, type Precision } from "./ops.js";
-import { initParams } from "./params.js";
+import { initParams, shareParams } from "./params.js";
 import { isTrainPresetName, TRAIN_PRESETS } from "./presets.js";
 import { saveHfModel } from "./save.js";
 import { DEFAULT_TRAIN_OPTIONS, Trainer, type StepStats, type TrainOptions } from "./trainer.js";
@@ -26,6 +26,12 @@ export interface RunOptions extends TrainOptions {
   /** Vocabulary size when there is no tokenizer (default: largest id + 1). */
   readonly vocabSize?: number;
   readonly threads: number;
+  /**
+   * How the threads are used: `kernels` (the native products split over the threads; bits independent of the
+   * thread count) or `replicas` (data parallelism: each thread computes the gradients of a share of the batch,
+   * summed in a fixed order; bits depend on the thread count).
+   */
+  readonly parallel: "kernels" | "replicas";
   readonly precision: Precision;
   /** std of the initial weights. */
   readonly initStd: number;
@@ -45,6 +51,7 @@ export const DEFAULT_RUN_OPTIONS: Omit<RunOptions, "data"> = {
   ...DEFAULT_TRAIN_OPTIONS,
   config: "v3-small",
   threads: 1,
+  parallel: "kernels",
   precision: "f32",
   initStd: 0.02,
   checkpointEvery: 0,
@@ -70,12 +77,12 @@ function baseConfig(spec: string): Record<string, unknown> {
 }
 
 /** Train as `o` says; onStep sees every step, onInfo the resolved run before the first. Returns the last step's stats. */
-export function runTraining(
+export async function runTraining(
   o: RunOptions,
   onStep: (s: StepStats) => void = () => {},
   onInfo: (i: RunInfo) => void = () => {},
   onCheckpoint: (dir: string, step: number) => void = () => {},
-): StepStats | null {
+): Promise<StepStats | null> {
   const json = baseConfig(o.config);
   let tok: Tokenizer | null = null;
   let tokDir: string | undefined;
@@ -102,9 +109,12 @@ export function runTraining(
   json["eos_token_id"] ??= Math.min(1, vocab - 1);
   const cfg = parseModelConfig(json);
 
-  setTrainThreads(o.threads);
+  const replicas = o.parallel === "replicas" && o.threads > 1;
+  setTrainThreads(replicas ? 1 : o.threads);
   const ops = opsFor(o.precision);
-  const model = new TrainModel(cfg, initParams(cfg, ops, o.seed, o.initStd), ops);
+  let params = initParams(cfg, ops, o.seed, o.initStd);
+  if (replicas) params = shareParams(cfg, params);
+  const model = new TrainModel(cfg, params, ops);
   const trainer = new Trainer(model, { tokens }, o);
   if (o.resume) {
     if (o.checkpointDir === undefined) throw new InvalidArgumentError("--resume needs --checkpoint-dir");
@@ -120,10 +130,15 @@ export function runTraining(
     onCheckpoint(o.checkpointDir, trainer.step);
   };
   let last: StepStats | null = null;
-  while (trainer.step < o.steps) {
-    last = trainer.trainStep();
-    onStep(last);
-    if (o.checkpointEvery > 0 && trainer.step % o.checkpointEvery === 0 && trainer.step < o.steps) checkpoint();
+  if (replicas) await trainer.startReplicas(json, o.threads);
+  try {
+    while (trainer.step < o.steps) {
+      last = await trainer.trainStep();
+      onStep(last);
+      if (o.checkpointEvery > 0 && trainer.step % o.checkpointEvery === 0 && trainer.step < o.steps) checkpoint();
+    }
+  } finally {
+    await trainer.close();
   }
   checkpoint();
   if (o.out !== undefined) {

@@ -9,8 +9,9 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { readSafetensorsFile, Rng, writeSafetensorsFile, type TensorToWrite } from "@moela/engine";
-import type { Vec } from "./ops.js";
+import { setTrainThreads, type Vec } from "./ops.js";
 import type { TrainModel, StepResult } from "./model.js";
+import { ReplicaPool } from "./replicas.js";
 
 export interface TrainOptions {
   /** Optimizer steps in the whole run (the schedule's length). */
@@ -121,6 +122,7 @@ export class Trainer {
   private rng: Rng;
   private readonly m: Map<string, Vec>;
   private readonly v: Map<string, Vec>;
+  private replicas: ReplicaPool | null = null;
 
   constructor(model: TrainModel, data: TokenData, opts: TrainOptions) {
     this.model = model;
@@ -151,14 +153,71 @@ export class Trainer {
     return out;
   }
 
+  /**
+   * Split every step's rows over `threads` data-parallel replicas (this thread and threads - 1 workers; the
+   * model's parameters must live in shared memory: shareParams). The native kernels then run one thread each.
+   */
+  async startReplicas(configJson: Record<string, unknown>, threads: number): Promise<void> {
+    await this.close();
+    if (threads <= 1) return;
+    setTrainThreads(1);
+    this.replicas = await ReplicaPool.start(configJson, this.model.ops.precision, this.model.params, threads - 1);
+  }
+
+  /** Stop the worker replicas. */
+  async close(): Promise<void> {
+    const r = this.replicas;
+    this.replicas = null;
+    await r?.close();
+  }
+
+  /** Forward and backward of one batch over this thread and the replicas; the summed gradients in the model's. */
+  private async gradients(tokens: Int32Array): Promise<StepResult> {
+    const o = this.opts;
+    const params = this.model.params;
+    const lo = { mtpLambda: o.mtpLambda, balanceAlpha: o.balanceAlpha, batchRows: o.batch };
+    params.zeroGrad();
+    const pool = this.replicas;
+    if (pool === null) return this.model.step(tokens, o.batch, o.seqLen, lo);
+    const parts = pool.size + 1;
+    const row = this.model.rowLength(o.seqLen);
+    const counts = Array.from({ length: parts }, (_, i) => Math.floor(o.batch / parts) + (i < o.batch % parts ? 1 : 0));
+    const pending: Promise<StepResult>[] = [];
+    let r0 = counts[0]!;
+    for (let w = 1; w < parts; w++) {
+      const n = counts[w]!;
+      if (n > 0) pending.push(pool.run(w - 1, tokens.slice(r0 * row, (r0 + n) * row), n, o.seqLen, lo));
+      r0 += n;
+    }
+    const results = [this.model.step(tokens.subarray(0, counts[0]! * row), counts[0]!, o.seqLen, lo), ...(await Promise.all(pending))];
+    // sum in replica order
+    for (let w = 0; w < pending.length; w++) {
+      const gs = pool.gradsOf(w);
+      params.list.forEach((p, i) => {
+        const g = p.grad;
+        const x = gs[i]!;
+        for (let j = 0; j < g.length; j++) g[j] = g[j]! + x[j]!;
+      });
+    }
+    const loads = new Map<number, Int32Array>();
+    for (const r of results) {
+      for (const [layer, l] of r.loads) {
+        const acc = loads.get(layer) ?? new Int32Array(l.length);
+        for (let e = 0; e < l.length; e++) acc[e]! += l[e]!;
+        loads.set(layer, acc);
+      }
+    }
+    const sum = (f: (r: StepResult) => number): number => results.reduce((a, r) => a + f(r), 0);
+    return { loss: sum((r) => r.loss), mainLoss: sum((r) => r.mainLoss), mtpLoss: sum((r) => r.mtpLoss), balanceLoss: sum((r) => r.balanceLoss), loads };
+  }
+
   /** One optimizer step. */
-  trainStep(): StepStats {
+  async trainStep(): Promise<StepStats> {
     const o = this.opts;
     const model = this.model;
     const params = model.params;
     const tokens = this.nextBatch();
-    params.zeroGrad();
-    const r = model.step(tokens, o.batch, o.seqLen, { mtpLambda: o.mtpLambda, balanceAlpha: o.balanceAlpha });
+    const r = await this.gradients(tokens);
     if (!Number.isFinite(r.loss)) throw new Error(`loss is ${r.loss} at step ${this.step}`);
 
     // global gradient norm (fixed order, doubles)

@@ -21,6 +21,7 @@ export interface TrainCliOptions {
   biasUpdateSpeed: number;
   seed: number;
   threads: number;
+  parallel: string;
   precision: string;
   initStd: number;
   checkpointDir?: string;
@@ -32,6 +33,7 @@ export interface TrainCliOptions {
 }
 
 export async function runTrain(o: TrainCliOptions): Promise<number> {
+  if (o.parallel !== "kernels" && o.parallel !== "replicas") throw new InvalidArgumentError(`--parallel must be kernels or replicas, got ${o.parallel}`);
   if (o.precision !== "f32" && o.precision !== "f64") throw new InvalidArgumentError(`--precision must be f32 or f64, got ${o.precision}`);
   for (const [k, v] of [["--steps", o.steps], ["--batch", o.batch], ["--seq-len", o.seqLen], ["--threads", o.threads]] as const) {
     if (!(Number.isInteger(v) && v >= 1)) throw new InvalidArgumentError(`${k} must be a positive integer, got ${v}`);
@@ -40,6 +42,7 @@ export async function runTrain(o: TrainCliOptions): Promise<number> {
     ...DEFAULT_RUN_OPTIONS,
     ...o,
     precision: o.precision as Precision,
+    parallel: o.parallel,
     resume: o.resume === true,
   };
   const tty = process.stderr.isTTY === true && o.json !== true;
@@ -66,7 +69,7 @@ export async function runTrain(o: TrainCliOptions): Promise<number> {
       process.stderr.write(`step ${s.step}/${o.steps} loss ${fields.loss} mtp ${fields.mtp} ${fields.tps} tok/s lr ${fields.lr} grad-norm ${s.gradNorm.toFixed(3)} max/mean load ${s.maxLoadRatio.toFixed(2)}\n`);
     }
   };
-  const last = runTraining(
+  const last = await runTraining(
     opts,
     onStep,
     (info) => {
@@ -74,7 +77,7 @@ export async function runTrain(o: TrainCliOptions): Promise<number> {
       process.stderr.write(
         `training ${info.config.numHiddenLayers} layers, hidden ${info.config.hiddenSize}, ${info.config.nRoutedExperts} experts, ` +
           `vocab ${info.config.vocabSize}: ${(info.params / 1e6).toFixed(2)}M parameters on ${info.dataTokens} tokens, ` +
-          `${o.threads} thread(s), ${o.precision}${info.startStep > 0 ? `, resumed at step ${info.startStep}` : ""}\n`,
+          `${o.threads} thread(s) (${o.parallel}), ${o.precision}${info.startStep > 0 ? `, resumed at step ${info.startStep}` : ""}\n`,
       );
       started = performance.now();
       bar?.start(o.steps, info.startStep, { loss: "-", mtp: "-", tps: "-", lr: "-" });

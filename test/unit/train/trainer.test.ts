@@ -17,6 +17,7 @@ import {
   learningRate,
   saveHfModel,
   setTrainThreads,
+  shareParams,
   type Ops,
   type TrainOptions,
 } from "@moela/train";
@@ -55,14 +56,14 @@ describe("Trainer", () => {
     expect(learningRate(o, 14)).toBeCloseTo(0.1, 12);
   });
 
-  it.skipIf(!native)("two float32 runs with the same seed give identical bits, on 1 and on 2 threads", () => {
+  it.skipIf(!native)("two float32 runs with the same seed give identical bits, on 1 and on 2 threads", async () => {
     const runs: Uint8Array[][] = [];
     const losses: number[][] = [];
     for (const threads of [1, 1, 2]) {
       setTrainThreads(threads);
       const t = trainer(f32Ops!);
       const l: number[] = [];
-      for (let i = 0; i < 4; i++) l.push(t.trainStep().loss);
+      for (let i = 0; i < 4; i++) l.push((await t.trainStep()).loss);
       runs.push(snapshot(t));
       losses.push(l);
     }
@@ -76,22 +77,58 @@ describe("Trainer", () => {
   });
 
   for (const ops of [f64Ops, ...(native ? [f32Ops!] : [])]) {
-    it(`2N steps equal N steps, checkpoint, resume in a fresh trainer, N steps (${ops.precision}, identical bits)`, () => {
+    it(`2N steps equal N steps, checkpoint, resume in a fresh trainer, N steps (${ops.precision}, identical bits)`, async () => {
       const a = trainer(ops);
-      for (let i = 0; i < 6; i++) a.trainStep();
+      for (let i = 0; i < 6; i++) await a.trainStep();
       const b = trainer(ops);
-      for (let i = 0; i < 3; i++) b.trainStep();
+      for (let i = 0; i < 3; i++) await b.trainStep();
       const dir = path.join(tmp, `ckpt-${ops.precision}`);
       b.saveCheckpoint(dir);
       const c = trainer(ops);
       c.loadCheckpoint(dir);
       expect(c.step).toBe(3);
-      for (let i = 0; i < 3; i++) c.trainStep();
+      for (let i = 0; i < 3; i++) await c.trainStep();
       const sa = snapshot(a);
       const sc = snapshot(c);
       for (let i = 0; i < sa.length; i++) expect(Buffer.from(sc[i]!).equals(Buffer.from(sa[i]!)), a.model.params.list[i]!.name).toBe(true);
     });
   }
+
+  it("data-parallel replicas (2 threads): identical bits run to run and across a resume, and the same training as 1 thread", async () => {
+    const ops = f32Ops ?? f64Ops;
+    const make = (): Trainer => new Trainer(new TrainModel(cfg, shareParams(cfg, initParams(cfg, ops, 11)), ops), data, OPTS);
+    const runs: Uint8Array[][] = [];
+    const losses: number[][] = [];
+    for (let k = 0; k < 2; k++) {
+      const t = make();
+      await t.startReplicas(cfgJson, 2);
+      const l: number[] = [];
+      for (let i = 0; i < 4; i++) l.push((await t.trainStep()).loss);
+      if (k === 1) {
+        const dir = path.join(tmp, "ckpt-replicas");
+        t.saveCheckpoint(dir);
+        await t.close();
+        const c = make();
+        c.loadCheckpoint(dir);
+        await c.startReplicas(cfgJson, 2);
+        for (let i = 0; i < 2; i++) l.push((await c.trainStep()).loss);
+        runs.push(snapshot(c));
+        await c.close();
+      } else {
+        for (let i = 0; i < 2; i++) l.push((await t.trainStep()).loss);
+        runs.push(snapshot(t));
+        await t.close();
+      }
+      losses.push(l);
+    }
+    expect(losses[1]).toEqual(losses[0]);
+    for (let i = 0; i < runs[0]!.length; i++) expect(Buffer.from(runs[1]![i]!).equals(Buffer.from(runs[0]![i]!))).toBe(true);
+    // one thread computes the same losses up to float rounding (the sums are split differently)
+    const single = make();
+    const l1: number[] = [];
+    for (let i = 0; i < 6; i++) l1.push((await single.trainStep()).loss);
+    for (let i = 0; i < 6; i++) expect(Math.abs(l1[i]! - losses[0]![i]!)).toBeLessThan(1e-3 * l1[i]!);
+  });
 
   it.skipIf(!native)("float32 gradients agree with float64 gradients", () => {
     const p64 = initParams(cfg, f64Ops, 11, 0.2);
@@ -117,11 +154,11 @@ describe("Trainer", () => {
     }
   });
 
-  it("aux-loss-free balancing: an overloaded expert's bias goes down by gamma, an idle one's up", () => {
+  it("aux-loss-free balancing: an overloaded expert's bias goes down by gamma, an idle one's up", async () => {
     const t = trainer(f64Ops, { ...OPTS, biasUpdateSpeed: 0.01, lr: 0 });
     const name = "model.layers.1.mlp.gate.e_score_correction_bias";
     const before = Float64Array.from(t.model.params.get(name).data);
-    const s = t.trainStep();
+    const s = await t.trainStep();
     const load = s.loads.get(1)!;
     const mean = load.reduce((a, b) => a + b, 0) / load.length;
     const after = t.model.params.get(name).data;
@@ -129,19 +166,19 @@ describe("Trainer", () => {
     expect(s.loads.has(cfg.numHiddenLayers)).toBe(true); // the MTP block's MoE is balanced too
   });
 
-  it("learns: the loss falls well below log(V) on a learnable corpus", () => {
+  it("learns: the loss falls well below log(V) on a learnable corpus", async () => {
     const ops = f32Ops ?? f64Ops;
     const t = trainer(ops, { ...OPTS, steps: 60, lr: 2e-2, warmup: 5, batch: 4, seqLen: 16 });
-    const first = t.trainStep().mainLoss;
+    const first = (await t.trainStep()).mainLoss;
     let last = first;
-    for (let i = 1; i < 60; i++) last = t.trainStep().mainLoss;
+    for (let i = 1; i < 60; i++) last = (await t.trainStep()).mainLoss;
     expect(first).toBeGreaterThan(0.9 * Math.log(cfg.vocabSize));
     expect(last).toBeLessThan(0.5 * first);
   });
 
   it("saves an FP8 HF checkpoint the engine loads, and the engine's logits equal training's on the dequantized weights", async () => {
     const t = trainer(f64Ops);
-    for (let i = 0; i < 2; i++) t.trainStep();
+    for (let i = 0; i < 2; i++) await t.trainStep();
     const dir = path.join(tmp, "model");
     const files = saveHfModel(t.model, cfgJson, dir);
     expect(files).toContain("model.safetensors");
