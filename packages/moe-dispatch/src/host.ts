@@ -93,6 +93,15 @@ export function computeHostPartial(
   return runExpertGroupAsync(experts, x, hidden, start, order, 1, weights, rows, out, ws, k, k.matmul, OFF_LOOP_MIN_WORK, (p) => tokenOf[p]!);
 }
 
+/** Most rows computed as one group (a bound on the scratch a burst of calls can claim). */
+const MAX_GROUP_ROWS = 8192;
+
+interface WaitingDispatch {
+  readonly req: ExpertDispatchRequest;
+  resolve(out: EncodedActivations): void;
+  reject(err: unknown): void;
+}
+
 export class ExpertHostCore {
   readonly profile: PrecisionProfile;
   readonly hidden: number;
@@ -101,8 +110,10 @@ export class ExpertHostCore {
   readonly modelId: string;
   private readonly expertsByLayer: ReadonlyMap<number, ReadonlyArray<MlpWeights | null>>;
   private readonly ws = new Workspace();
-  /** The last dispatchAsync call's completion: the next one starts after it. */
-  private queue: Promise<void> = Promise.resolve();
+  /** dispatchAsync calls not yet computed, in arrival order. */
+  private waiting: WaitingDispatch[] = [];
+  /** A group is being computed (drain() is running). */
+  private computing = false;
 
   constructor(o: ExpertHostCoreOptions) {
     this.expertsByLayer = o.expertsByLayer;
@@ -202,20 +213,93 @@ export class ExpertHostCore {
 
   /**
    * dispatch() with the experts' products off the event loop when large (the gRPC service: health checks and
-   * other calls are served meanwhile). Calls run one at a time, in arrival order: they share this core's scratch.
+   * other calls are served meanwhile). Calls run one computation at a time, in arrival order (they share this
+   * core's scratch); the calls that arrived for the same layer while the previous computation ran are computed
+   * together as one group, so each expert's weights are read once for all of them: a caller's micro-batches,
+   * and other callers', batch up by themselves without a timer. Every row is computed as it would be alone
+   * (per token, its experts' sum in ascending id), so grouping changes no bits. An invalid request is refused
+   * alone, before any compute.
    */
   dispatchAsync(req: ExpertDispatchRequest): Promise<EncodedActivations> {
-    const run = async (): Promise<EncodedActivations> => {
-      const { experts, x, y } = this.decodeRequest(req);
-      await computeHostPartial(experts, x, req.rows, req.cols, req.tokenExpertCounts, req.expertIds, req.weights, y, this.ws, true);
-      return getDispatchCodec(this.profile.combine).encode(y, req.rows, req.cols);
-    };
-    const result = this.queue.then(run);
-    this.queue = result.then(
-      () => undefined,
-      () => undefined,
-    );
-    return result;
+    return new Promise<EncodedActivations>((resolve, reject) => {
+      this.waiting.push({ req, resolve, reject });
+      void this.drain();
+    });
+  }
+
+  /** Requests that were grouped with others (metrics and tests). */
+  groupedRequests = 0;
+
+  private async drain(): Promise<void> {
+    if (this.computing) return;
+    this.computing = true;
+    try {
+      while (this.waiting.length > 0) {
+        const layer = this.waiting[0]!.req.layer;
+        const group: WaitingDispatch[] = [];
+        let rows = 0;
+        this.waiting = this.waiting.filter((w) => {
+          if (w.req.layer !== layer || (group.length > 0 && rows + w.req.rows > MAX_GROUP_ROWS)) return true;
+          group.push(w);
+          rows += w.req.rows;
+          return false;
+        });
+        const valid: WaitingDispatch[] = [];
+        for (const w of group) {
+          try {
+            this.validate(w.req);
+            valid.push(w);
+          } catch (err) {
+            w.reject(err);
+          }
+        }
+        if (valid.length === 0) continue;
+        if (valid.length > 1) this.groupedRequests += valid.length;
+        try {
+          const out = await this.computeGroup(valid.map((w) => w.req));
+          valid.forEach((w, i) => w.resolve(out[i]!));
+        } catch (err) {
+          for (const w of valid) w.reject(err);
+        }
+      }
+    } finally {
+      this.computing = false;
+    }
+  }
+
+  /** Validated requests of one layer as one computation; each request's partial sums in the combine codec. */
+  private async computeGroup(reqs: readonly ExpertDispatchRequest[]): Promise<EncodedActivations[]> {
+    const experts = this.expertsByLayer.get(reqs[0]!.layer)!;
+    const hidden = this.hidden;
+    const rows = reqs.reduce((a, r) => a + r.rows, 0);
+    const pairs = reqs.reduce((a, r) => a + r.expertIds.length, 0);
+    const x = this.ws.f32("host.in", rows * hidden);
+    const counts = this.ws.i32("host.counts", rows);
+    const ids = this.ws.i32("host.ids", pairs);
+    // float64: a weight reaches the sum exactly as the caller gave it (as it does ungrouped).
+    const weights = this.ws.f64("host.weights", pairs);
+    const dispatchCodec = getDispatchCodec(this.profile.dispatch);
+    let r0 = 0;
+    let p0 = 0;
+    for (const req of reqs) {
+      dispatchCodec.decode(req.activations, x.subarray(r0 * hidden, (r0 + req.rows) * hidden));
+      for (let r = 0; r < req.rows; r++) counts[r0 + r] = req.tokenExpertCounts[r]!;
+      for (let p = 0; p < req.expertIds.length; p++) {
+        ids[p0 + p] = req.expertIds[p]!;
+        weights[p0 + p] = req.weights[p]!;
+      }
+      r0 += req.rows;
+      p0 += req.expertIds.length;
+    }
+    const y = this.ws.f32("host.out", rows * hidden);
+    await computeHostPartial(experts, x, rows, hidden, counts, ids, weights, y, this.ws, true);
+    const combine = getDispatchCodec(this.profile.combine);
+    r0 = 0;
+    return reqs.map((req) => {
+      const enc = combine.encode(y.subarray(r0 * hidden, (r0 + req.rows) * hidden), req.rows, hidden);
+      r0 += req.rows;
+      return enc;
+    });
   }
 
   /** The request validated, its activations decoded (x: [rows, hidden]) and the partial sums' buffer (y). */

@@ -7,15 +7,15 @@
  * experts this shard holds, finite weights: ExpertHostCore.validate). A bad request is answered
  * INVALID_ARGUMENT with a message naming the field; the server keeps serving.
  *
- * DispatchStream serves the same requests over one long-lived stream per caller, one at a time in
- * arrival order (the host computes one dispatch at a time either way). A failed request is answered
- * with its status inside the stream, which stays open; the stream itself ends only when the caller
- * closes it or the server drains.
+ * DispatchStream serves the same requests over one long-lived stream per caller: each goes to the core
+ * when it arrives (requests that wait together are computed as one group: ExpertHostCore.dispatchAsync)
+ * and is answered in arrival order. A failed request is answered with its status inside the stream,
+ * which stays open; the stream itself ends only when the caller closes it or the server drains.
  */
 import { Code, InvalidArgumentError, type Logger } from "@moela/core";
 import type { MetricsOf } from "@moela/metrics";
 import { encodedSize, fromDispatchRequest, toInfoResponse, toTensor, type ExpertDispatchRequest, type ExpertHostCore } from "@moela/moe-dispatch";
-import type { DispatchRequest, DispatchResponse, DispatchStreamResponse, ExpertHostService } from "@moela/proto-gen";
+import type { DispatchRequest, DispatchResponse, DispatchStreamRequest, DispatchStreamResponse, ExpertHostService } from "@moela/proto-gen";
 import { toStatus, type AsyncServiceImplementation } from "@moela/rpc";
 
 export interface HandlerDeps {
@@ -64,20 +64,51 @@ export function expertHostHandlers({ core, logger, metrics: m }: HandlerDeps): A
       return await serve(msg, ctx.signal);
     },
     async *dispatchStream(requests, ctx) {
-      for await (const msg of requests) {
-        let reply: DispatchStreamResponse;
+      // Every request goes to the core as soon as it arrives (so the core can group it with others that wait),
+      // and the answers are sent in arrival order as they complete.
+      const answers: Promise<DispatchStreamResponse>[] = [];
+      let ended = false;
+      let readFailure: unknown;
+      let wake: (() => void) | undefined;
+      const answer = async (msg: DispatchStreamRequest): Promise<DispatchStreamResponse> => {
         try {
           if (msg.request === undefined) throw new InvalidArgumentError("request is missing");
-          reply = { callId: msg.callId, response: await serve(msg.request, ctx.signal), errorCode: 0, errorMessage: "" };
+          return { callId: msg.callId, response: await serve(msg.request, ctx.signal), errorCode: 0, errorMessage: "" };
         } catch (err) {
           // The stream's own end (drain, cancel) ends the whole stream; anything else answers this call only.
           if (ctx.signal.aborted) throw ctx.signal.reason;
           const status = toStatus(err);
           if (status.code === Code.INTERNAL) logger.error({ err, requestId: msg.request?.requestId }, "dispatch failed");
-          reply = { callId: msg.callId, errorCode: status.code, errorMessage: status.details };
+          return { callId: msg.callId, errorCode: status.code, errorMessage: status.details };
         }
-        yield reply;
+      };
+      const reading = (async () => {
+        try {
+          for await (const msg of requests) {
+            const a = answer(msg);
+            a.catch(() => {}); // awaited below in order; an abort is reported by the stream
+            answers.push(a);
+            wake?.();
+          }
+        } catch (err) {
+          readFailure = err;
+        } finally {
+          ended = true;
+          wake?.();
+        }
+      })();
+      for (;;) {
+        const next = answers.shift();
+        if (next !== undefined) {
+          yield await next;
+          continue;
+        }
+        if (ended) break;
+        await new Promise<void>((resolve) => (wake = resolve));
+        wake = undefined;
       }
+      await reading;
+      if (readFailure !== undefined) throw readFailure;
     },
     async info() {
       return toInfoResponse(core.info());

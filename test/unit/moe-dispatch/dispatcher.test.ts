@@ -340,12 +340,15 @@ describe("ExpertHostCore.dispatchAsync (the expert-host service's path, off the 
   const req = (weights: number[]): ExpertDispatchRequest => twoTokenRequest(placement.expertsOfHost[0]!, { weights });
   const bytes = (a: { data: Uint8Array }) => Array.from(a.data);
 
-  it("answers with dispatch()'s bytes, concurrent calls each their own, and rejects bad input", async () => {
+  it("answers with dispatch()'s bytes, concurrent calls each their own (grouped when they wait together), and rejects bad input", async () => {
     const weights = [[0.5, 0.25, 1], [1, 1, 0.125], [0.3, 0.6, 0.9]];
     const want = weights.map((w) => bytes(host0.dispatch(req(w))));
     // Issued together: they share the core's scratch, so they must run one at a time and not mix.
+    const grouped = host0.groupedRequests;
     const got = await Promise.all(weights.map((w) => host0.dispatchAsync(req(w))));
     expect(got.map(bytes)).toEqual(want);
+    // The calls that waited while the first computed were computed as one group, with the same bytes.
+    expect(host0.groupedRequests - grouped).toBe(2);
     await expect(host0.dispatchAsync({ ...req([0.5, 0.25, 1]), layer: 0 })).rejects.toThrow(/layer 0 is not an MoE layer/);
     expect(bytes(await host0.dispatchAsync(req(weights[0]!)))).toEqual(want[0]);
   });
