@@ -5,6 +5,8 @@
  *
  * Registered: f32 (identity, 4 B/value), bf16 (2 B/value, the combine format), fp8-tile (e4m3 +
  * one float32 scale per 1x128 tile, the dispatch format), logfmt8 (LogFMT-8 + two float32 per tile).
+ * Also exported but NOT registered (the wire has no dtype for them): fp8-e5m2-tile.ts, and LogFMT
+ * widths other than 8 (logfmt.ts takes n = 4..10); `moela codec-study` compares them all.
  */
 import { InvalidArgumentError } from "@moela/core";
 import { bf16Bytes, decodeBf16Into, encodeBf16, roundTripBf16 } from "./bf16.js";
@@ -14,6 +16,7 @@ import { checkLength, checkMatrix } from "./shape.js";
 
 export * from "./bf16.js";
 export * from "./fp8-tile.js";
+export * from "./fp8-e5m2-tile.js";
 export * from "./logfmt.js";
 
 export type DispatchCodecName = "f32" | "bf16" | "fp8-tile" | "logfmt8";
