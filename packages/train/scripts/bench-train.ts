@@ -21,9 +21,12 @@ for (let i = 0; i < Number(steps); i++) {
   opsProfile.on = true;
   opsProfile.nativeMs = opsProfile.transposeMs = opsProfile.flops = 0;
   const t0 = performance.now();
+  const c0 = process.cpuUsage();
   const s = await t.trainStep();
   const dt = (performance.now() - t0) / 1000;
-  console.log(`step ${s.step}: ${dt.toFixed(2)} s, ${(s.tokens / dt).toFixed(0)} tok/s, loss ${s.loss.toFixed(3)}, max/mean load ${s.maxLoadRatio.toFixed(2)}`);
+  const cu = process.cpuUsage(c0);
+  const cpu = (cu.user + cu.system) / 1e6;
+  console.log(`step ${s.step}: ${dt.toFixed(2)} s, ${(s.tokens / dt).toFixed(0)} tok/s (cpu ${cpu.toFixed(2)} s: ${(s.tokens / cpu).toFixed(0)} tok per cpu-s), loss ${s.loss.toFixed(3)}, max/mean load ${s.maxLoadRatio.toFixed(2)}`);
   console.log(`  native products ${(opsProfile.nativeMs / 1000).toFixed(2)} s (${(opsProfile.flops / opsProfile.nativeMs / 1e6).toFixed(1)} GFLOP/s), transposes ${(opsProfile.transposeMs / 1000).toFixed(2)} s, the rest ${(dt - (opsProfile.nativeMs + opsProfile.transposeMs) / 1000).toFixed(2)} s`);
 }
 await t.close();

@@ -173,6 +173,7 @@ export interface MlpSaved {
   readonly g: Vec; // [T, inter] gate_proj(x)
   readonly u: Vec; // [T, inter] up_proj(x)
   readonly a: Vec; // [T, inter] silu(g) * u
+  readonly sig: Vec; // [T, inter] sigmoid(g)
   readonly T: number;
 }
 
@@ -185,11 +186,14 @@ export function mlp(ops: Ops, m: MlpParams, x: Vec, T: number): { y: Vec; saved:
   const g = linear(ops, m.gate, x, T);
   const u = linear(ops, m.up, x, T);
   const a = ops.alloc(g.length);
+  const sig = ops.alloc(g.length);
   for (let i = 0; i < g.length; i++) {
     const v = g[i]!;
-    a[i] = (v / (1 + Math.exp(-v))) * u[i]!;
+    const e = 1 + Math.exp(-v);
+    a[i] = (v / e) * u[i]!;
+    sig[i] = 1 / e;
   }
-  return { y: linear(ops, m.down, a, T), saved: { x, g, u, a, T } };
+  return { y: linear(ops, m.down, a, T), saved: { x, g, u, a, sig, T } };
 }
 
 export function mlpBack(ops: Ops, m: MlpParams, s: MlpSaved, dy: Vec, dxAcc?: Vec): Vec {
@@ -199,7 +203,7 @@ export function mlpBack(ops: Ops, m: MlpParams, s: MlpSaved, dy: Vec, dxAcc?: Ve
   const du = ops.alloc(da.length);
   for (let i = 0; i < da.length; i++) {
     const v = s.g[i]!;
-    const sig = 1 / (1 + Math.exp(-v));
+    const sig = s.sig[i]!;
     const d = da[i]!;
     du[i] = d * v * sig;
     dg[i] = d * s.u[i]! * sig * (1 + v * (1 - sig));

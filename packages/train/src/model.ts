@@ -10,7 +10,7 @@
  * sequence-wise balance loss (when alpha > 0).
  */
 import { isMoeLayer, type ModelConfig } from "@moela/engine";
-import type { Ops, Vec } from "./ops.js";
+import { Arena, type Ops, type Vec } from "./ops.js";
 import { tiedMtpTensors, type Param, type ParamStore } from "./params.js";
 import {
   addInPlace,
@@ -73,6 +73,9 @@ interface BlockSaved {
 export class TrainModel {
   readonly config: ModelConfig;
   readonly params: ParamStore;
+  /** The ops of step(): buffers recycled between steps (the public `ops` allocates fresh ones). */
+  private readonly arena: Arena;
+  private stepOps: Ops;
   readonly ops: Ops;
   private readonly blocks: BlockParams[];
   private readonly mtpBlock: BlockParams | null;
@@ -83,6 +86,8 @@ export class TrainModel {
     this.config = config;
     this.params = params;
     this.ops = ops;
+    this.arena = new Arena(ops);
+    this.stepOps = ops;
     this.blocks = Array.from({ length: config.numHiddenLayers }, (_, i) => this.blockParams(i));
     this.mtpBlock = config.numNextnPredictLayers === 1 ? this.blockParams(config.numHiddenLayers) : null;
   }
@@ -116,7 +121,7 @@ export class TrainModel {
   }
 
   private block(b: BlockParams, h: Vec, B: number, S: number): { h: Vec; saved: BlockSaved } {
-    const ops = this.ops;
+    const ops = this.stepOps;
     const c = this.config;
     const T = B * S;
     const hd = c.hiddenSize;
@@ -143,7 +148,7 @@ export class TrainModel {
 
   /** dh2 -> dh (dh2 is consumed). */
   private blockBack(b: BlockParams, s: BlockSaved, dh2: Vec, B: number, S: number, alpha: number, batchRows: number): Vec {
-    const ops = this.ops;
+    const ops = this.stepOps;
     const c = this.config;
     const T = B * S;
     const hd = c.hiddenSize;
@@ -165,7 +170,16 @@ export class TrainModel {
    * parameters' gradients (zero them first).
    */
   step(tokens: Int32Array, B: number, S: number, opts: LossOptions, backward = true): StepResult {
-    const ops = this.ops;
+    this.arena.reset();
+    this.stepOps = this.arena.ops;
+    try {
+      return this.stepWith(this.arena.ops, tokens, B, S, opts, backward);
+    } finally {
+      this.stepOps = this.ops;
+    }
+  }
+
+  private stepWith(ops: Ops, tokens: Int32Array, B: number, S: number, opts: LossOptions, backward: boolean): StepResult {
     const c = this.config;
     const hd = c.hiddenSize;
     const V = c.vocabSize;

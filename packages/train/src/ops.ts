@@ -186,6 +186,44 @@ function makeF32Ops(): Ops | null {
   return { precision: "f32", alloc: (n) => new Float32Array(n), nt, nn, tn };
 }
 
+/**
+ * Buffers recycled from one step to the next: a step allocates the same shapes every time, so instead of
+ * leaving hundreds of megabytes to the garbage collector, `reset()` returns every buffer handed out since the
+ * last reset to free lists by capacity (powers of two), and `ops.alloc` takes from them (zero-filled, as a fresh
+ * array). Only for buffers that die with the step.
+ */
+export class Arena {
+  private readonly free = new Map<number, Vec[]>();
+  private used: Vec[] = [];
+  /** Ops whose alloc draws from this arena. */
+  readonly ops: Ops;
+
+  constructor(base: Ops) {
+    this.ops = { ...base, alloc: (n) => this.alloc(base, n) };
+  }
+
+  private alloc(base: Ops, n: number): Vec {
+    let cap = 64;
+    while (cap < n) cap *= 2;
+    const list = this.free.get(cap);
+    const buf = list !== undefined && list.length > 0 ? list.pop()! : base.alloc(cap);
+    this.used.push(buf);
+    const v = buf.subarray(0, n);
+    v.fill(0);
+    return v;
+  }
+
+  /** Every buffer handed out since the last reset is free again. */
+  reset(): void {
+    for (const b of this.used) {
+      const list = this.free.get(b.length);
+      if (list === undefined) this.free.set(b.length, [b]);
+      else list.push(b);
+    }
+    this.used = [];
+  }
+}
+
 /** The native float32 products, or null when the engine's native kernels did not build. */
 export const f32Ops: Ops | null = makeF32Ops();
 

@@ -82,6 +82,13 @@ interface AdamStep {
   readonly eps: number;
 }
 
+/** sum of g_i^2 in doubles, i ascending. */
+function sumSquares(g: Vec): number {
+  let s = 0;
+  for (let i = 0; i < g.length; i++) s += g[i]! * g[i]!;
+  return s;
+}
+
 /** One AdamW update of w from gradient g (times clipScale), in doubles, decoupled decay first. */
 function adamw(w: Vec, g: Vec, m: Vec, v: Vec, s: AdamStep): void {
   const { lr, decay, clipScale, beta1, beta2, bc1, bc2, eps } = s;
@@ -222,11 +229,7 @@ export class Trainer {
 
     // global gradient norm (fixed order, doubles)
     let ss = 0;
-    for (const p of params.list) {
-      if (!p.trainable) continue;
-      const g = p.grad;
-      for (let i = 0; i < g.length; i++) ss += g[i]! * g[i]!;
-    }
+    for (const p of params.list) if (p.trainable) ss += sumSquares(p.grad);
     const gradNorm = Math.sqrt(ss);
     const clipScale = o.clip > 0 && gradNorm > o.clip ? o.clip / (gradNorm + 1e-6) : 1;
 
