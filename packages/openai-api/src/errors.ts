@@ -38,6 +38,8 @@ const HTTP_STATUS: Partial<Record<Code, number>> = {
   [Code.INVALID_ARGUMENT]: 400,
   [Code.OUT_OF_RANGE]: 400,
   [Code.FAILED_PRECONDITION]: 400,
+  [Code.UNAUTHENTICATED]: 401,
+  [Code.PERMISSION_DENIED]: 403,
   [Code.NOT_FOUND]: 404,
   [Code.RESOURCE_EXHAUSTED]: 429,
   [Code.CANCELLED]: 499,
@@ -61,6 +63,15 @@ export function openAIError(err: unknown): { status: number; body: OpenAIErrorBo
   let code: string | null = status === 500 ? "internal_error" : null;
   let param: string | null = null;
   if (status === 400) type = "invalid_request_error";
+  if (status === 401) {
+    // OpenAI's answer to a missing or wrong key.
+    type = "invalid_request_error";
+    code = "invalid_api_key";
+  }
+  if (status === 403) {
+    type = "invalid_request_error";
+    code = "permission_denied";
+  }
   if (status === 404) {
     type = "invalid_request_error";
     code = "model_not_found";

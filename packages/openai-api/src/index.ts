@@ -1,8 +1,10 @@
 /**
  * @moela/openai-api: the OpenAI-compatible HTTP protocol as pure functions, with no I/O: request
  * validation (requests.ts), response and SSE chunk formatting with both logprobs formats (format.ts), and
- * error objects with their HTTP status (errors.ts). services/router wires it to fastify and the cluster.
+ * error objects with their HTTP status (errors.ts), and the bounds every request is held to (limits.ts).
+ * services/router wires it to fastify and the cluster.
  */
 export * from "./errors.js";
 export * from "./requests.js";
 export * from "./format.js";
+export * from "./limits.js";

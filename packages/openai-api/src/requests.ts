@@ -21,8 +21,30 @@
  * - stream_options only with stream = true (as vLLM); include_usage adds a final usage chunk.
  * - A checkpoint without a tokenizer (encoder null) takes token-id prompts only: text prompts, chat and stop
  *   strings are 400s, echoed prompt text is "".
+ * - Bounds (limits.ts): prompt text in characters before tokenizing (ValidationContext.maxPromptChars, all
+ *   prompts of a request together), prompt tokens (maxPromptTokens: prefill's limit), stop strings (count
+ *   and length), stop_token_ids, chat messages and content parts, cache_salt; each a 400 naming the field.
+ *   top_k at or past the vocabulary size means off (-1), as it selects every token.
+ * - cache_salt (vLLM's): an optional non-empty string mixed into the prompt's prefix-cache keys, so only
+ *   requests with the same salt share cached prefixes (a tenant cannot probe another's prompts by timing or
+ *   cached_tokens).
+ *
+ * Tokenizing is the one costly step, so validation runs in three phases: plan*Request checks every field
+ * and lists the tokenizer operations the request needs (EncodeOp: encode a text, render and encode a chat,
+ * decode ids for echo); the caller runs them, inline (runPlan, with a PromptEncoder) or elsewhere
+ * (runPlanAsync: the router's worker threads); plan.finish checks the results (context length, vocabulary).
+ * parseCompletionRequest / parseChatRequest do all three inline.
  */
+import { Code, MoelaError } from "@moela/core";
 import { ModelNotFoundError, RequestValidationError } from "./errors.js";
+import {
+  defaultMaxPromptChars,
+  MAX_CACHE_SALT_CHARS,
+  MAX_CHAT_MESSAGES,
+  MAX_CONTENT_PARTS,
+  MAX_STOP_STRING_CHARS,
+  MAX_STOP_TOKEN_IDS,
+} from "./limits.js";
 
 /** Most top logprobs per token (OpenAI's limit; vLLM's default max_logprobs). */
 export const MAX_LOGPROBS = 20;
@@ -35,17 +57,70 @@ export const MAX_TEMPERATURE = 2;
 /** max_tokens when a completions request does not say (OpenAI's and vLLM's default). */
 export const DEFAULT_COMPLETION_MAX_TOKENS = 16;
 
+/** A chat message as validation passes it to the chat template. */
+export interface ChatMessageInput {
+  role: string;
+  content: string | null;
+  [extra: string]: unknown;
+}
+
 /** What validation needs from the tokenizer (Tokenizer satisfies it). */
 export interface PromptEncoder {
   /** Text to ids, BOS added per tokenizer_config. */
   encode(text: string): number[];
   /** Chat messages through the chat template, tokenized without adding special tokens again. */
   encodeChat(
-    messages: readonly { role: string; content: string | null; [extra: string]: unknown }[],
+    messages: readonly ChatMessageInput[],
     options?: { addGenerationPrompt?: boolean; templateVariables?: Record<string, unknown> },
   ): number[];
   /** Ids to text (for echoing a token-id prompt). */
   decode(ids: readonly number[]): string;
+}
+
+/** One tokenizer operation a request needs; plain data, so it can be posted to a worker thread. */
+export type EncodeOp =
+  | { readonly kind: "encode"; readonly text: string }
+  | {
+      readonly kind: "chat";
+      readonly messages: readonly ChatMessageInput[];
+      readonly addGenerationPrompt: boolean;
+      readonly templateVariables?: Record<string, unknown>;
+    }
+  | { readonly kind: "decode"; readonly ids: readonly number[] };
+
+/** encode and chat give token ids, decode gives text. */
+export type EncodeResult = readonly number[] | string;
+
+/** Runs EncodeOps somewhere else (the router's tokenizer threads). Rejects with a MoelaError. */
+export interface AsyncPromptEncoder {
+  run(op: EncodeOp, signal?: AbortSignal): Promise<EncodeResult>;
+}
+
+/** Run one op with a PromptEncoder (the same code on the caller's thread and in a worker). */
+export function runEncodeOp(encoder: PromptEncoder, op: EncodeOp): EncodeResult {
+  switch (op.kind) {
+    case "encode":
+      return encoder.encode(op.text);
+    case "chat":
+      return encoder.encodeChat(op.messages, {
+        addGenerationPrompt: op.addGenerationPrompt,
+        ...(op.templateVariables !== undefined ? { templateVariables: op.templateVariables } : {}),
+      });
+    case "decode":
+      return encoder.decode(op.ids);
+  }
+}
+
+/** What an op costs, in characters of text (a decoded id counts as 4): decides where it runs. */
+export function encodeOpCost(op: EncodeOp): number {
+  switch (op.kind) {
+    case "encode":
+      return op.text.length;
+    case "chat":
+      return chatChars(op.messages);
+    case "decode":
+      return 4 * op.ids.length;
+  }
 }
 
 export interface ModelLimits {
@@ -68,6 +143,13 @@ export interface ValidationContext extends ModelLimits {
   /** null for a checkpoint without a tokenizer: token-id prompts only, no chat, no stop strings. */
   readonly encoder: PromptEncoder | null;
   readonly defaults: SamplingDefaults;
+  /**
+   * Most characters of prompt text one request may bring before tokenizing: all text prompts of a batch,
+   * or all message contents of a chat (default defaultMaxPromptChars(maxModelLen)).
+   */
+  readonly maxPromptChars?: number;
+  /** Most tokens of one prompt (prefill's limit); unset: only the context length bounds it. */
+  readonly maxPromptTokens?: number;
 }
 
 export interface SamplingRequest {
@@ -87,7 +169,7 @@ export interface SamplingRequest {
 export interface PromptInput {
   /** The ids the model sees. */
   readonly tokenIds: readonly number[];
-  /** The prompt's text, for echo. */
+  /** The prompt's text, for echo: a text prompt's own text; a token-id prompt's decoded only when echo is asked, else "". */
   readonly text: string;
 }
 
@@ -102,6 +184,15 @@ export interface GenerationRequest {
   readonly echo: boolean;
   readonly returnTokensAsTokenIds: boolean;
   readonly skipSpecialTokens: boolean;
+  /** vLLM's cache_salt: prefix-cache keys of this request are salted with it; undefined = none. */
+  readonly cacheSalt: string | undefined;
+}
+
+/** A validated request waiting for its tokenizer operations (see the module comment). */
+export interface RequestPlan {
+  readonly ops: readonly EncodeOp[];
+  /** Checks the ops' results (one per op, in order) and returns the request; throws RequestValidationError. */
+  finish(results: readonly EncodeResult[]): GenerationRequest;
 }
 
 type Body = Record<string, unknown>;
@@ -113,6 +204,7 @@ function typeName(v: unknown): string {
 }
 
 function show(v: unknown): string {
+  if (typeof v === "number" && !Number.isFinite(v)) return String(v);
   const s = JSON.stringify(v);
   return s === undefined ? String(v) : s.length > 40 ? `${s.slice(0, 40)}...` : s;
 }
@@ -204,6 +296,7 @@ const COMMON_FIELDS = [
   "store",
   "service_tier",
   "logprobs",
+  "cache_salt",
 ] as const;
 
 const COMPLETION_FIELDS = new Set<string>([...COMMON_FIELDS, "prompt", "echo", "best_of", "suffix"]);
@@ -261,6 +354,8 @@ function parseStop(f: Fields, hasTokenizer: boolean): string[] {
   }
   if (list.length > MAX_STOP_STRINGS) fail("stop", `stop may hold at most ${MAX_STOP_STRINGS} strings, got ${list.length}`);
   if (list.some((s) => s === "")) fail("stop", "stop strings must not be empty");
+  const long = (list as string[]).findIndex((s) => s.length > MAX_STOP_STRING_CHARS);
+  if (long >= 0) fail("stop", `a stop string may hold at most ${MAX_STOP_STRING_CHARS} characters; stop[${long}] has ${(list as string[])[long]!.length}`);
   return [...new Set(list as string[])];
 }
 
@@ -297,12 +392,52 @@ function parseCommonSampling(f: Fields, ctx: ValidationContext): Omit<SamplingRe
   let stopTokenIds: number[] = [];
   if (stopIdsRaw !== undefined) {
     if (!Array.isArray(stopIdsRaw)) fail("stop_token_ids", `stop_token_ids must be a list of token ids, got ${show(stopIdsRaw)}`);
-    stopTokenIds = checkTokenIds(stopIdsRaw, "stop_token_ids", ctx.vocabSize);
+    if (stopIdsRaw.length > MAX_STOP_TOKEN_IDS) fail("stop_token_ids", `stop_token_ids may hold at most ${MAX_STOP_TOKEN_IDS} ids, got ${stopIdsRaw.length}`);
+    stopTokenIds = [...new Set(checkTokenIds(stopIdsRaw, "stop_token_ids", ctx.vocabSize))];
   }
-  return { temperature, topP, topK: topKRaw === 0 ? -1 : topKRaw, seed, stopTokenIds, ignoreEos };
+  // top_k of the whole vocabulary (or more) keeps every token: off. The wire carries top_k as uint32.
+  const topK = topKRaw === 0 || topKRaw >= ctx.vocabSize ? -1 : topKRaw;
+  return { temperature, topP, topK, seed, stopTokenIds, ignoreEos };
 }
 
-function checkContext(promptTokens: number, maxTokens: number, limits: ModelLimits, promptParam: string): void {
+/** cache_salt: absent, or a non-empty string of at most MAX_CACHE_SALT_CHARS (vLLM refuses an empty one). */
+function parseCacheSalt(f: Fields): string | undefined {
+  const salt = f.string("cache_salt");
+  if (salt === undefined) return undefined;
+  if (salt.length === 0) fail("cache_salt", "cache_salt must be a non-empty string");
+  if (salt.length > MAX_CACHE_SALT_CHARS) fail("cache_salt", `cache_salt may hold at most ${MAX_CACHE_SALT_CHARS} characters, got ${salt.length}`);
+  return salt;
+}
+
+/** Characters of chat text the template will render: contents and names. */
+function chatChars(messages: readonly ChatMessageInput[]): number {
+  let n = 0;
+  for (const m of messages) {
+    n += m.content?.length ?? 0;
+    if (typeof m.name === "string") n += m.name.length;
+  }
+  return n;
+}
+
+function checkPromptChars(chars: number, ctx: ValidationContext, param: string): void {
+  const max = ctx.maxPromptChars ?? defaultMaxPromptChars(ctx.maxModelLen);
+  if (chars > max) {
+    fail(
+      param,
+      `the prompt text has ${chars} characters; this server takes at most ${max} characters per request before tokenizing. Please reduce the length of the prompt.`,
+      "context_length_exceeded",
+    );
+  }
+}
+
+function checkContext(promptTokens: number, maxTokens: number, limits: ValidationContext, promptParam: string): void {
+  if (limits.maxPromptTokens !== undefined && promptTokens > limits.maxPromptTokens && promptTokens < limits.maxModelLen) {
+    fail(
+      promptParam,
+      `This server takes prompts of at most ${limits.maxPromptTokens} tokens. However, your prompt has ${promptTokens} tokens. Please reduce the length of the prompt.`,
+      "context_length_exceeded",
+    );
+  }
   if (promptTokens >= limits.maxModelLen) {
     fail(
       promptParam,
@@ -323,19 +458,21 @@ function parseMaxTokens(f: Fields, name: string): number | undefined {
   return f.number(name, { int: true, min: 1 });
 }
 
+/** One prompt of a completions request as given: text (tokenized later) or token ids (checked now). */
+type PromptSource = { readonly kind: "text"; readonly text: string; readonly param: string } | { readonly kind: "ids"; readonly ids: number[]; readonly param: string };
+
 /** Prompts of a completions request: string | ids | list of strings | list of id lists. */
-function parsePrompts(f: Fields, ctx: ValidationContext): PromptInput[] {
+function parsePrompts(f: Fields, ctx: ValidationContext): PromptSource[] {
   const v = f.raw("prompt");
   if (v === undefined) fail("prompt", "prompt is required");
-  const fromText = (text: string, param: string): PromptInput => {
+  const fromText = (text: string, param: string): PromptSource => {
     if (text.length === 0) fail(param, `${param} must not be empty`);
     if (ctx.encoder === null) fail(param, `this model has no tokenizer: send ${param} as a list of token ids`);
-    return { tokenIds: ctx.encoder.encode(text), text };
+    return { kind: "text", text, param };
   };
-  const fromIds = (ids: unknown[], param: string): PromptInput => {
+  const fromIds = (ids: unknown[], param: string): PromptSource => {
     if (ids.length === 0) fail(param, `${param} must not be empty`);
-    const tokenIds = checkTokenIds(ids, param, ctx.vocabSize);
-    return { tokenIds, text: ctx.encoder?.decode(tokenIds) ?? "" };
+    return { kind: "ids", ids: checkTokenIds(ids, param, ctx.vocabSize), param };
   };
   if (typeof v === "string") return [fromText(v, "prompt")];
   if (!Array.isArray(v)) fail("prompt", `prompt must be a string, a list of token ids, or a list of either, got ${typeName(v)}`);
@@ -347,8 +484,19 @@ function parsePrompts(f: Fields, ctx: ValidationContext): PromptInput[] {
   return fail("prompt", "prompt must be a string, a list of token ids, a list of strings or a list of token-id lists (not a mix)");
 }
 
-/** Validate a POST /v1/completions body. Throws RequestValidationError (400) or ModelNotFoundError (404). */
-export function parseCompletionRequest(body: unknown, ctx: ValidationContext): GenerationRequest {
+/** Results of the ops as the kinds their ops promise (a worker that answered otherwise is a bug). */
+function idsResult(r: EncodeResult | undefined): readonly number[] {
+  if (!Array.isArray(r)) throw new MoelaError("tokenizer returned no token ids", Code.INTERNAL);
+  return r as readonly number[];
+}
+
+function textResult(r: EncodeResult | undefined): string {
+  if (typeof r !== "string") throw new MoelaError("tokenizer returned no text", Code.INTERNAL);
+  return r;
+}
+
+/** Validate a POST /v1/completions body up to tokenizing. Throws RequestValidationError (400) or ModelNotFoundError (404). */
+export function planCompletionRequest(body: unknown, ctx: ValidationContext): RequestPlan {
   const b = asBody(body);
   rejectUnknown(b, COMPLETION_FIELDS);
   const f = new Fields(b);
@@ -366,26 +514,82 @@ export function parseCompletionRequest(body: unknown, ctx: ValidationContext): G
   const echo = f.boolean("echo") ?? false;
   const returnTokensAsTokenIds = f.boolean("return_tokens_as_token_ids") ?? false;
   const skipSpecialTokens = f.boolean("skip_special_tokens") ?? true;
-  const prompts = parsePrompts(f, ctx);
-  prompts.forEach((p, i) => checkContext(p.tokenIds.length, maxTokens, ctx, prompts.length === 1 ? "prompt" : `prompt[${i}]`));
-  const sampling: SamplingRequest = { ...common, maxTokens, logprobs };
+  const cacheSalt = parseCacheSalt(f);
+  const sources = parsePrompts(f, ctx);
+  checkPromptChars(
+    sources.reduce((n, p) => n + (p.kind === "text" ? p.text.length : 0), 0),
+    ctx,
+    "prompt",
+  );
+  // Every text is encoded; a token-id prompt is decoded only to echo it (and only with a tokenizer).
+  const ops: EncodeOp[] = [];
+  const opOf = sources.map((p) => {
+    if (p.kind === "text") return ops.push({ kind: "encode", text: p.text }) - 1;
+    if (echo && ctx.encoder !== null) return ops.push({ kind: "decode", ids: p.ids }) - 1;
+    return -1;
+  });
   return {
-    api: "completions",
-    prompts,
-    sampling: prompts.map(() => sampling),
-    stop,
-    stream,
-    includeUsage,
-    echo,
-    returnTokensAsTokenIds,
-    skipSpecialTokens,
+    ops,
+    finish(results: readonly EncodeResult[]): GenerationRequest {
+      const prompts: PromptInput[] = sources.map((p, i) => {
+        const k = opOf[i]!;
+        if (p.kind === "text") return { tokenIds: idsResult(results[k]), text: p.text };
+        return { tokenIds: p.ids, text: k < 0 ? "" : textResult(results[k]) };
+      });
+      prompts.forEach((p, i) => checkContext(p.tokenIds.length, maxTokens, ctx, prompts.length === 1 ? "prompt" : `prompt[${i}]`));
+      const sampling: SamplingRequest = { ...common, maxTokens, logprobs };
+      return {
+        api: "completions",
+        prompts,
+        sampling: prompts.map(() => sampling),
+        stop,
+        stream,
+        includeUsage,
+        echo,
+        returnTokensAsTokenIds,
+        skipSpecialTokens,
+        cacheSalt,
+      };
+    },
   };
+}
+
+/** A chat op's INVALID_ARGUMENT is the template refusing the conversation: a 400 on messages. */
+function opFailure(op: EncodeOp, err: unknown): unknown {
+  if (op.kind === "chat" && err instanceof MoelaError && err.code === Code.INVALID_ARGUMENT && !(err instanceof RequestValidationError)) {
+    return new RequestValidationError(err.message, "messages");
+  }
+  return err;
+}
+
+/** Run a plan's ops with `encoder` on this thread and finish it. */
+export function runPlan(plan: RequestPlan, encoder: PromptEncoder | null): GenerationRequest {
+  const results = plan.ops.map((op) => {
+    if (encoder === null) throw new MoelaError("no tokenizer to run the request's tokenizer operations", Code.INTERNAL);
+    try {
+      return runEncodeOp(encoder, op);
+    } catch (err) {
+      throw opFailure(op, err);
+    }
+  });
+  return plan.finish(results);
+}
+
+/** Run a plan's ops with `encoder` (e.g. on worker threads), all at once, and finish it. */
+export async function runPlanAsync(plan: RequestPlan, encoder: AsyncPromptEncoder, signal?: AbortSignal): Promise<GenerationRequest> {
+  const results = await Promise.all(plan.ops.map((op) => encoder.run(op, signal).catch((err: unknown) => Promise.reject(opFailure(op, err)))));
+  return plan.finish(results);
+}
+
+/** Validate a POST /v1/completions body, tokenizing on this thread. Throws RequestValidationError (400) or ModelNotFoundError (404). */
+export function parseCompletionRequest(body: unknown, ctx: ValidationContext): GenerationRequest {
+  return runPlan(planCompletionRequest(body, ctx), ctx.encoder);
 }
 
 const CHAT_ROLES = new Set(["system", "developer", "user", "assistant", "tool"]);
 
 /** One chat message with content normalised to a string (text parts joined with "\n", as vLLM). */
-function parseMessage(m: unknown, i: number): { role: string; content: string | null; [k: string]: unknown } {
+function parseMessage(m: unknown, i: number): ChatMessageInput {
   const param = `messages[${i}]`;
   if (typeof m !== "object" || m === null || Array.isArray(m)) fail(param, `${param} must be an object, got ${typeName(m)}`);
   const msg = m as Body;
@@ -404,6 +608,7 @@ function parseMessage(m: unknown, i: number): { role: string; content: string | 
   } else if (typeof c === "string") {
     content = c;
   } else if (Array.isArray(c)) {
+    if (c.length > MAX_CONTENT_PARTS) fail(`${param}.content`, `${param}.content may hold at most ${MAX_CONTENT_PARTS} parts, got ${c.length}`);
     const texts = c.map((part, j) => {
       const pp = `${param}.content[${j}]`;
       if (typeof part !== "object" || part === null || (part as Body).type !== "text" || typeof (part as Body).text !== "string") {
@@ -415,15 +620,15 @@ function parseMessage(m: unknown, i: number): { role: string; content: string | 
   } else {
     fail(`${param}.content`, `${param}.content must be a string or a list of text parts, got ${typeName(c)}`);
   }
-  const out: { role: string; content: string | null; [k: string]: unknown } = { role, content };
+  const out: ChatMessageInput = { role, content };
   if (typeof msg.name === "string") out.name = msg.name;
   if (msg.tool_calls !== undefined && msg.tool_calls !== null) out.tool_calls = msg.tool_calls;
   if (typeof msg.tool_call_id === "string") out.tool_call_id = msg.tool_call_id;
   return out;
 }
 
-/** Validate a POST /v1/chat/completions body. Throws RequestValidationError (400) or ModelNotFoundError (404). */
-export function parseChatRequest(body: unknown, ctx: ValidationContext): GenerationRequest {
+/** Validate a POST /v1/chat/completions body up to rendering and tokenizing. Throws RequestValidationError (400) or ModelNotFoundError (404). */
+export function planChatRequest(body: unknown, ctx: ValidationContext): RequestPlan {
   const b = asBody(body);
   rejectUnknown(b, CHAT_FIELDS);
   const f = new Fields(b);
@@ -432,6 +637,7 @@ export function parseChatRequest(body: unknown, ctx: ValidationContext): Generat
   if (rawMessages === undefined) fail("messages", "messages is required");
   if (!Array.isArray(rawMessages)) fail("messages", `messages must be a list, got ${typeName(rawMessages)}`);
   if (rawMessages.length === 0) fail("messages", "messages must not be empty");
+  if (rawMessages.length > MAX_CHAT_MESSAGES) fail("messages", `messages may hold at most ${MAX_CHAT_MESSAGES} messages, got ${rawMessages.length}`);
   const messages = rawMessages.map(parseMessage);
   const common = parseCommonSampling(f, ctx);
   f.onlyNoOp("response_format", (v) => typeof v === "object" && v !== null && (v as Body).type === "text", 'only {"type": "text"}');
@@ -448,32 +654,42 @@ export function parseChatRequest(body: unknown, ctx: ValidationContext): Generat
   const skipSpecialTokens = f.boolean("skip_special_tokens") ?? true;
   const addGenerationPrompt = f.boolean("add_generation_prompt") ?? true;
   const templateVariables = f.object("chat_template_kwargs");
+  const cacheSalt = parseCacheSalt(f);
   // max_completion_tokens is OpenAI's newer name; it wins when both are given.
   const maxCompletionTokens = parseMaxTokens(f, "max_completion_tokens");
   const legacyMaxTokens = parseMaxTokens(f, "max_tokens");
   const maxTokensGiven = maxCompletionTokens ?? legacyMaxTokens;
   if (ctx.encoder === null) fail("messages", "this model has no tokenizer (and no chat template): use /v1/completions with token ids");
-  let tokenIds: number[];
-  try {
-    tokenIds = ctx.encoder.encodeChat(messages, { addGenerationPrompt, ...(templateVariables ? { templateVariables } : {}) });
-  } catch (err) {
-    // The template rejects conversations it cannot render (roles out of order, ...).
-    fail("messages", err instanceof Error ? err.message : String(err));
-  }
-  if (tokenIds.length === 0) fail("messages", "the chat template rendered an empty prompt");
-  checkTokenIds(tokenIds, "messages", ctx.vocabSize);
-  const maxTokens = maxTokensGiven ?? ctx.maxModelLen - tokenIds.length;
-  checkContext(tokenIds.length, maxTokens, ctx, "messages");
-  const sampling: SamplingRequest = { ...common, maxTokens, logprobs: logprobsFlag ? (topLogprobs ?? 0) : null };
+  checkPromptChars(chatChars(messages), ctx, "messages");
+  // The template rejects conversations it cannot render (roles out of order, ...): a 400 on messages (opFailure).
+  const op: EncodeOp = { kind: "chat", messages, addGenerationPrompt, ...(templateVariables ? { templateVariables } : {}) };
   return {
-    api: "chat",
-    prompts: [{ tokenIds, text: ctx.encoder.decode(tokenIds) }],
-    sampling: [sampling],
-    stop,
-    stream,
-    includeUsage,
-    echo: false,
-    returnTokensAsTokenIds,
-    skipSpecialTokens,
+    ops: [op],
+    finish(results: readonly EncodeResult[]): GenerationRequest {
+      const tokenIds = idsResult(results[0]);
+      if (tokenIds.length === 0) fail("messages", "the chat template rendered an empty prompt");
+      checkTokenIds(tokenIds, "messages", ctx.vocabSize);
+      const maxTokens = maxTokensGiven ?? ctx.maxModelLen - tokenIds.length;
+      checkContext(tokenIds.length, maxTokens, ctx, "messages");
+      const sampling: SamplingRequest = { ...common, maxTokens, logprobs: logprobsFlag ? (topLogprobs ?? 0) : null };
+      return {
+        api: "chat",
+        // Chat has no echo: the rendered prompt's text is not needed.
+        prompts: [{ tokenIds, text: "" }],
+        sampling: [sampling],
+        stop,
+        stream,
+        includeUsage,
+        echo: false,
+        returnTokensAsTokenIds,
+        skipSpecialTokens,
+        cacheSalt,
+      };
+    },
   };
+}
+
+/** Validate a POST /v1/chat/completions body, rendering and tokenizing on this thread. Throws RequestValidationError (400) or ModelNotFoundError (404). */
+export function parseChatRequest(body: unknown, ctx: ValidationContext): GenerationRequest {
+  return runPlan(planChatRequest(body, ctx), ctx.encoder);
 }

@@ -151,10 +151,12 @@ describe("accepted requests come out normalised", () => {
     expect(r).toMatchObject({ api: "completions", stop: [], stream: false, includeUsage: false, echo: false, returnTokensAsTokenIds: false, skipSpecialTokens: true });
   });
 
-  it("a token-id prompt is used exactly as given (no BOS)", () => {
+  it("a token-id prompt is used exactly as given (no BOS); its text is decoded only to echo it", () => {
     const r = parseCompletionRequest({ prompt: [7, 8, 9], max_tokens: 4 }, ctx);
     expect(r.prompts[0]!.tokenIds).toEqual([7, 8, 9]);
-    expect(r.prompts[0]!.text).toBe(tokenizer.decode([7, 8, 9]));
+    expect(r.prompts[0]!.text).toBe("");
+    const echoed = parseCompletionRequest({ prompt: [7, 8, 9], max_tokens: 4, echo: true }, ctx);
+    expect(echoed.prompts[0]!.text).toBe(tokenizer.decode([7, 8, 9]));
   });
 
   it.each([
