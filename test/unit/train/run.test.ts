@@ -1,0 +1,68 @@
+/**
+ * A whole run as `moela train` drives it: a text file encoded with a tokenizer folder, checkpoints and a resume
+ * that ends on the same bits, and the saved FP8 model loaded and run by `moela generate`.
+ */
+import { execFileSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { DEFAULT_RUN_OPTIONS, runTraining, type RunOptions } from "@moela/train";
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moela-run-"));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+const text = path.join(tmp, "corpus.txt");
+fs.writeFileSync(
+  text,
+  Array.from({ length: 40 }, (_, i) => `Paragraph ${i}: the quick brown fox jumps over the lazy dog ${i % 7} times.\n\n`).join(""),
+);
+const tokenizer = path.resolve("models/tiny-v3");
+const base: RunOptions = {
+  ...DEFAULT_RUN_OPTIONS,
+  config: "v3-tiny",
+  data: text,
+  tokenizer,
+  steps: 6,
+  batch: 2,
+  seqLen: 16,
+  warmup: 2,
+  lr: 5e-3,
+  seed: 3,
+};
+
+describe("runTraining (moela train)", () => {
+  it("a run interrupted after a checkpoint and resumed ends on the same weights as an uninterrupted one", async () => {
+    const whole = path.join(tmp, "whole");
+    await runTraining({ ...base, out: whole, fp8: false });
+    const ck = path.join(tmp, "ckpt");
+    await runTraining({ ...base, steps: 3, checkpointDir: ck });
+    const steps: number[] = [];
+    const resumed = path.join(tmp, "resumed");
+    await runTraining({ ...base, checkpointDir: ck, resume: true, out: resumed, fp8: false }, (s) => steps.push(s.step));
+    expect(steps).toEqual([4, 5, 6]);
+    const a = fs.readFileSync(path.join(whole, "model.safetensors"));
+    const b = fs.readFileSync(path.join(resumed, "model.safetensors"));
+    expect(b.equals(a)).toBe(true);
+    const cfg = JSON.parse(fs.readFileSync(path.join(whole, "config.json"), "utf8")) as Record<string, unknown>;
+    expect(cfg["vocab_size"]).toBeGreaterThan(200);
+    expect(cfg["quantization_config"]).toBeUndefined();
+  });
+
+  it("moela train saves an FP8 model with its tokenizer that moela generate runs", () => {
+    const out = path.join(tmp, "cli-model");
+    const cli = path.resolve("services/cli/bin/moela.js");
+    execFileSync(process.execPath, [cli, "train", "--config", "v3-tiny", "--data", text, "--tokenizer", tokenizer, "--steps", "3", "--batch", "2", "--seq-len", "16", "--threads", "1", "--out", out, "--json"], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    expect(fs.existsSync(path.join(out, "tokenizer.json"))).toBe(true);
+    const cfg = JSON.parse(fs.readFileSync(path.join(out, "config.json"), "utf8")) as Record<string, unknown>;
+    expect(cfg["quantization_config"]).toMatchObject({ quant_method: "fp8", weight_block_size: [128, 128] });
+    const gen = execFileSync(process.execPath, [cli, "generate", "--model", out, "--prompt-ids", "0,5,6", "--max-tokens", "4", "--temperature", "0", "--json", "--threads", "1"], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const res = JSON.parse(gen.trim().split("\n").pop()!) as { token_ids: number[] };
+    expect(res.token_ids).toHaveLength(4);
+  });
+});
