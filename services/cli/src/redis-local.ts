@@ -2,13 +2,20 @@
  * Finding a Redis for the local cluster, in the order the README promises:
  *   1. --redis-url, else REDIS_URL, when it answers PING;
  *   2. else 127.0.0.1:6379 when it answers;
- *   3. else a private `redis-server` on a free loopback port, no persistence, stopped with the cluster;
+ *   3. else a private `redis-server` on a free loopback port, stopped with the cluster;
  *   4. else a RedisMissingError that says what is missing and how to install it.
  * A given URL that does not answer is reported (onNote) and the search goes on, so a stale REDIS_URL
- * in a shell does not stop `npm start`.
+ * in a shell does not stop `npm start`. `--private-redis` skips 1 and 2.
+ *
+ * The private redis-server persists as deployments run Redis (docker-compose.yml, the chart):
+ * append-only file, fsync every second, noeviction, in <state-dir>/redis. A cluster starts it on an
+ * empty folder (no request of an earlier run can still be waiting for its answer); restart() brings it
+ * back on the same port over the same folder, so queued and active jobs survive it (all of them after
+ * a clean stop, all but the last second of writes after a crash). On Linux it runs under
+ * `setpriv --pdeathsig TERM`, so it shuts down (writing its AOF) when the launcher dies, kill -9 included.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { accessSync, constants, createWriteStream, mkdirSync } from "node:fs";
+import { accessSync, constants, createWriteStream, mkdirSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { delimiter, join } from "node:path";
 import { Redis } from "ioredis";
@@ -26,6 +33,8 @@ export interface RedisChoice {
   readonly pid: number | undefined;
   /** Stops the private redis-server (no-op for a Redis the launcher did not start). */
   stop(): Promise<void>;
+  /** The private redis-server, for supervision (absent for a Redis the launcher did not start). */
+  readonly server?: PrivateRedisServer;
 }
 
 /** No Redis answers and none can be started here; the message says how to get one. */
@@ -110,54 +119,140 @@ export function freePort(host = "127.0.0.1"): Promise<number> {
 export interface PrivateRedisOptions {
   /** redis-server binary (default: found on PATH). */
   readonly binary?: string;
-  /** Working directory for redis-server (nothing is persisted there). */
+  /** Its data folder (the append-only file); emptied first. */
   readonly dir: string;
   /** File that receives redis-server's log. */
   readonly logFile: string;
   readonly startTimeoutMs?: number;
+  /** Tests: run it without the setpriv parent-death wrapper even where setpriv exists. */
+  readonly noParentDeathSignal?: boolean;
 }
 
-/** Start a redis-server on a free loopback port with persistence off; resolves once it answers PING. */
+/** The private redis-server as a supervised process: one port and one folder, any number of incarnations. */
+export interface PrivateRedisServer {
+  readonly port: number;
+  readonly dir: string;
+  /** The current incarnation's pid. */
+  pid(): number | undefined;
+  /** Resolves when the current incarnation exits. */
+  waitExit(): Promise<{ readonly code: number | null; readonly signal: NodeJS.Signals | null }>;
+  /** Start it again on the same port over the same folder (after it exited); resolves once it answers PING. */
+  restart(timeoutMs?: number): Promise<void>;
+  /** SIGTERM (Redis writes its AOF), SIGKILL after graceMs. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+/** The redis-server flags: loopback, no RDB snapshots, append-only file fsynced every second, never evict jobs. */
+export function privateRedisArgs(port: number, dir: string): string[] {
+  return [
+    "--bind", "127.0.0.1",
+    "--port", String(port),
+    "--dir", dir,
+    "--save", "",
+    "--appendonly", "yes",
+    "--appendfsync", "everysec",
+    "--maxmemory-policy", "noeviction",
+    "--daemonize", "no",
+  ];
+}
+
+async function waitForPing(url: string, exited: () => string | undefined, timeoutMs: number): Promise<string | undefined> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError = "no answer";
+  while (Date.now() < deadline) {
+    const why = exited();
+    if (why !== undefined) return why;
+    const ping = await pingRedis(url, 500);
+    if (ping.ok) return undefined;
+    lastError = ping.error;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return exited() ?? `did not answer PING within ${timeoutMs} ms (${lastError})`;
+}
+
+/** Start a persistent redis-server on a free loopback port over an emptied `dir`; resolves once it answers PING. */
 export async function startPrivateRedis(o: PrivateRedisOptions): Promise<RedisChoice> {
   const binary = o.binary ?? findExecutable("redis-server");
   if (binary === undefined) throw new RedisMissingError(["redis-server is not on PATH"]);
+  rmSync(o.dir, { recursive: true, force: true });
   mkdirSync(o.dir, { recursive: true });
+  const setpriv = process.platform === "linux" && o.noParentDeathSignal !== true ? findExecutable("setpriv") : undefined;
+  const timeoutMs = o.startTimeoutMs ?? 10_000;
+  const log = createWriteStream(o.logFile, { flags: "a" });
+  let child: ChildProcess | undefined;
+  let exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }> = Promise.resolve({ code: null, signal: null });
+  let exitedWhy: string | undefined;
+
+  const launch = (port: number): void => {
+    const args = privateRedisArgs(port, o.dir);
+    // setpriv sets PR_SET_PDEATHSIG and execs redis-server (same pid): the kernel sends it SIGTERM when
+    // the launcher's thread that spawned it dies.
+    const [file, argv] = setpriv !== undefined ? [setpriv, ["--pdeathsig", "TERM", "--", binary, ...args]] : [binary, args];
+    const c = spawn(file, argv, { stdio: ["ignore", "pipe", "pipe"] });
+    child = c;
+    exitedWhy = undefined;
+    c.stdout.pipe(log, { end: false });
+    c.stderr.pipe(log, { end: false });
+    exit = new Promise((resolve) => {
+      c.once("error", (err) => {
+        exitedWhy = err.message;
+        if (c.pid === undefined) resolve({ code: null, signal: null });
+      });
+      c.once("exit", (code, signal) => {
+        exitedWhy ??= `redis-server exited (${signal ?? `code ${code}`})`;
+        resolve({ code, signal });
+      });
+    });
+  };
+
   let lastError = "";
   // A port found free can be taken before redis binds it; a second port settles that race.
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort();
     const url = `redis://127.0.0.1:${port}`;
-    const log = createWriteStream(o.logFile, { flags: "a" });
-    const child = spawn(
-      binary,
-      ["--bind", "127.0.0.1", "--port", String(port), "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", o.dir],
-      { stdio: ["ignore", "pipe", "pipe"] },
-    );
-    child.stdout.pipe(log);
-    child.stderr.pipe(log);
-    const exited = new Promise<string>((resolve) => {
-      child.once("error", (err) => resolve(err.message));
-      child.once("exit", (code, signal) => resolve(`redis-server exited (${signal ?? `code ${code}`})`));
-    });
-    const deadline = Date.now() + (o.startTimeoutMs ?? 10_000);
-    let early: string | undefined;
-    void exited.then((why) => {
-      early = why;
-    });
-    while (Date.now() < deadline && early === undefined) {
-      const ping = await pingRedis(url, 500);
-      if (ping.ok) {
-        return { url, source: "private", pid: child.pid, stop: () => stopChild(child, 5_000) };
-      }
-      lastError = ping.error;
-      await new Promise((r) => setTimeout(r, 100));
+    launch(port);
+    const failed = await waitForPing(url, () => exitedWhy, timeoutMs);
+    if (failed === undefined) {
+      const server: PrivateRedisServer = {
+        port,
+        dir: o.dir,
+        pid: () => child?.pid,
+        waitExit: () => exit,
+        async restart(restartTimeoutMs = timeoutMs) {
+          if (child !== undefined && child.exitCode === null && child.signalCode === null) {
+            throw new MoelaError(`redis-server (pid ${child.pid}) is still running`, Code.FAILED_PRECONDITION);
+          }
+          launch(port);
+          const why = await waitForPing(url, () => exitedWhy, restartTimeoutMs);
+          if (why !== undefined) throw new MoelaError(`private redis-server on port ${port}: ${why}; see ${o.logFile}`, Code.UNAVAILABLE);
+        },
+        async stop(graceMs = 5_000) {
+          if (child !== undefined) await stopChild(child, graceMs);
+        },
+      };
+      let stopped: Promise<void> | undefined;
+      return {
+        url,
+        source: "private",
+        get pid() {
+          return child?.pid;
+        },
+        server,
+        stop: () => {
+          stopped ??= server.stop().then(() => {
+            log.end();
+          });
+          return stopped;
+        },
+      };
     }
-    if (early === undefined) {
-      await stopChild(child, 2_000);
-      throw new MoelaError(`private redis-server on port ${port} did not answer PING (${lastError}); see ${o.logFile}`, Code.UNAVAILABLE);
-    }
-    lastError = early;
+    const timedOut = exitedWhy === undefined;
+    if (child !== undefined) await stopChild(child, 2_000);
+    lastError = failed;
+    // A redis-server that runs but never answers will not on another port either.
+    if (timedOut) break;
   }
+  log.end();
   throw new MoelaError(`could not start a private redis-server (${lastError}); see ${o.logFile}`, Code.UNAVAILABLE);
 }
 
@@ -189,10 +284,17 @@ export interface ResolveRedisOptions {
   readonly localUrl?: string;
   /** Told about each URL that did not answer, and about what was chosen. */
   readonly onNote?: (message: string) => void;
+  /** --private-redis: start a private redis-server whatever answers elsewhere. */
+  readonly forcePrivate?: boolean;
 }
 
 export async function resolveRedis(o: ResolveRedisOptions): Promise<RedisChoice> {
   const note = o.onNote ?? (() => {});
+  if (o.forcePrivate === true) {
+    const binary = o.redisServerBinary === null ? undefined : (o.redisServerBinary ?? findExecutable("redis-server"));
+    if (binary === undefined) throw new RedisMissingError(["--private-redis: redis-server is not installed (not on PATH)"]);
+    return startPrivateRedis({ binary, dir: o.privateDir, logFile: o.privateLogFile });
+  }
   const tried: string[] = [];
   const given: Array<[string | undefined, RedisSource, string]> = [
     [o.flagUrl, "flag", "--redis-url"],
