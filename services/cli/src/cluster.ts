@@ -3,7 +3,12 @@
  * through the launcher library (launcher.ts). Progress goes to stderr; when everything is up the
  * URL, a curl example and the endpoint table go to stdout (or, with --json, cluster.json as one
  * line), and the same lands in <state-dir>/cluster.json. Ctrl-C or SIGTERM stops everything and
- * exits 0; a service that dies stops everything and exits 1 with its last log lines.
+ * exits 0.
+ *
+ * Once up, the cluster is supervised (launcher.ts superviseCluster, supervisor.ts): a service (or the
+ * private Redis) that dies is restarted at its address with back-off while the rest keeps serving, and
+ * each death and restart is printed as it happens. A service that dies during start-up still fails the
+ * start (exit 1, with its last log lines): that is a configuration to fix, not a crash to ride out.
  */
 import { relative } from "node:path";
 import { CancelledError, InvalidArgumentError, MoelaError } from "@moela/core";
@@ -11,16 +16,17 @@ import {
   DEFAULT_MODEL,
   PRECISIONS,
   ROLES,
-  ServiceStartError,
   formatEndpointTable,
   isRole,
   startCluster,
+  superviseCluster,
   type Cluster,
   type ClusterInfo,
   type Precision,
   type ProgressEvent,
   type Role,
 } from "./launcher.js";
+import { describeExit, type Supervisor, type SupervisorEvent } from "./supervisor.js";
 
 export interface ClusterCliOptions {
   model?: string;
@@ -32,6 +38,7 @@ export interface ClusterCliOptions {
   host: string;
   port: number;
   redisUrl?: string;
+  privateRedis?: boolean;
   queuePrefix: string;
   servedModelName?: string;
   stateDir: string;
@@ -84,7 +91,7 @@ export function formatClusterSummary(info: ClusterInfo, clusterFile: string, log
     "",
     `Redis: ${info.redis.url} (${redis}), queue prefix "${info.queue_prefix}"`,
     `Endpoints: ${rel(clusterFile)}   Logs: ${rel(logDir)}/`,
-    "Press Ctrl-C to stop.",
+    "A service that dies is restarted where it was. Press Ctrl-C to stop.",
     "",
   ].join("\n");
 }
@@ -105,6 +112,24 @@ function progressLine(e: ProgressEvent): string | undefined {
       return `stopping   ${e.label}`;
     case "stopped":
       return `stopped    ${e.label} (${e.exit.signal ?? `exit ${e.exit.code}`})`;
+  }
+}
+
+const seconds = (ms: number): string => (ms < 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms / 1000)} s`);
+
+/** One line (or a few, with a crashed service's last log lines) per supervision event. */
+export function supervisorLine(e: SupervisorEvent, tail: readonly string[] = []): string | undefined {
+  switch (e.kind) {
+    case "exited": {
+      const head = `died       ${e.label} (pid ${e.pid ?? "?"}, ${describeExit(e.exit)} after ${seconds(e.upMs)}); restarting in ${seconds(e.restartInMs)}`;
+      return tail.length > 0 ? `${head}\n${tail.map((l) => `  | ${l}`).join("\n")}` : head;
+    }
+    case "restarting":
+      return undefined;
+    case "restarted":
+      return `restarted  ${e.label} (pid ${e.pid ?? "?"}) in ${seconds(e.tookMs)} [restart ${e.restarts}]`;
+    case "restart-failed":
+      return `failed     ${e.label} did not come back: ${e.error.message}`;
   }
 }
 
@@ -137,6 +162,7 @@ export async function runCluster(o: ClusterCliOptions): Promise<number> {
       : undefined;
 
   let cluster: Cluster | undefined;
+  let supervisor: Supervisor | undefined;
   try {
     const replicas = o.expertReplicas ?? 1;
     err(
@@ -153,6 +179,7 @@ export async function runCluster(o: ClusterCliOptions): Promise<number> {
         host: o.host,
         port: o.port,
         ...(o.redisUrl !== undefined ? { redisUrl: o.redisUrl } : {}),
+        privateRedis: o.privateRedis === true,
         queuePrefix: o.queuePrefix,
         ...(o.servedModelName !== undefined ? { servedModelName: o.servedModelName } : {}),
         stateDir: o.stateDir,
@@ -181,20 +208,23 @@ export async function runCluster(o: ClusterCliOptions): Promise<number> {
     if (o.json) process.stdout.write(`${JSON.stringify(cluster.info)}\n`);
     else process.stdout.write(formatClusterSummary(cluster.info, cluster.clusterFile, logDir));
 
-    const ended = await Promise.race([
-      new Promise<"signal">((r) => interrupted.signal.addEventListener("abort", () => r("signal"), { once: true })),
-      cluster.unexpectedExit,
-    ]);
-    if (ended === "signal") {
-      await cluster.stop();
-      err("cluster stopped");
-      return 0;
-    }
-    const dead = ended;
-    const failure = new ServiceStartError(dead.label, `(pid ${dead.pid}) ${dead.exitInfo?.signal ?? `exited with code ${dead.exitInfo?.code}`}; stopping the cluster`, dead.logPath, dead.tail(20));
-    err(`\nmoela cluster: ${failure.message}`);
+    const running = cluster;
+    supervisor = superviseCluster(running, {
+      onEvent: (e) => {
+        // A service that crashed (an exit code, not a kill) shows why.
+        const dead = e.kind === "exited" && e.exit.signal === null ? running.processes.find((p) => p.label === e.label) : undefined;
+        const line = supervisorLine(e, dead?.tail(10) ?? []);
+        if (line !== undefined) err(line);
+      },
+    });
+    await new Promise<void>((r) => {
+      if (interrupted.signal.aborted) r();
+      else interrupted.signal.addEventListener("abort", () => r(), { once: true });
+    });
+    await supervisor.stop();
     await cluster.stop();
-    return 1;
+    err("cluster stopped");
+    return 0;
   } finally {
     clearInterval(watchParent);
     process.off("SIGINT", onSignal);

@@ -10,18 +10,28 @@
  * `moela cluster`, test/helpers/cluster.ts and scripts/bench/cluster.ts all start clusters
  * through startCluster, so the tests exercise exactly what `npm start` runs.
  *
- * A service that dies is not replaced by the library (the `moela cluster` command stops everything
- * then); `restart(label)` starts it again with the same flags at the same gRPC, metrics (and HTTP)
- * addresses, as a Kubernetes StatefulSet brings a pod back under its name, so its peers find it again.
+ * A service that dies is not replaced by the library itself; `restart(label)` starts it again with the
+ * same flags at the same gRPC, metrics (and HTTP) addresses, as a Kubernetes StatefulSet brings a pod
+ * back under its name, so its peers find it again, and `superviseCluster` (what `moela cluster` runs)
+ * does that by itself with back-off for every service and the private Redis (supervisor.ts).
+ *
+ * Before it starts anything, startCluster claims the state dir, the router port and the queue prefix
+ * (cluster-lock.ts), so a second cluster on any of them fails at once and leaves the first alone. Every
+ * child gets one end of a pipe on fd 3 (parent-watch.ts) and exits when the launcher dies, however it
+ * died; the private redis-server gets SIGTERM from the kernel then (redis-local.ts).
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import type { Socket } from "node:net";
 import { createWriteStream, existsSync, mkdirSync, renameSync, rmSync, writeFileSync, type WriteStream } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { CancelledError, Code, InvalidArgumentError, MoelaError } from "@moela/core";
 import { waitForServing } from "@moela/rpc";
+import { acquireQueuePrefixLock, acquireStateDirLock, newHolder, probePort, type QueuePrefixLock, type StateDirLock } from "./cluster-lock.js";
+import { PARENT_FD, PARENT_FD_ENV } from "./parent-watch.js";
 import { resolveRedis, stopChild, type RedisChoice, type RedisSource } from "./redis-local.js";
+import { Supervisor, type SupervisedUnit, type SupervisorOptions } from "./supervisor.js";
 
 export const ROLES = ["router", "prefill", "decode", "expert-host"] as const;
 export type Role = (typeof ROLES)[number];
@@ -160,11 +170,16 @@ export class ServiceProcess {
     this.argv = [cmd.file, ...cmd.args, ...o.args];
     mkdirSync(dirname(o.logPath), { recursive: true });
     this.log = createWriteStream(o.logPath, { flags: "w" });
+    // fd 3: a pipe only this process holds the other end of; the child exits when it reads EOF there.
     this.child = spawn(cmd.file, [...cmd.args, ...o.args], {
       cwd: o.cwd ?? process.cwd(),
-      env: o.env ?? process.env,
-      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...(o.env ?? process.env), [PARENT_FD_ENV]: String(PARENT_FD) },
+      stdio: ["ignore", "pipe", "pipe", "pipe"],
     });
+    const lifeline = this.child.stdio[PARENT_FD] as Socket | null | undefined;
+    // Read it so its end (the child's exit) is seen and the child's "close" can fire.
+    lifeline?.on("error", () => {});
+    lifeline?.resume();
     let resolveReady!: (r: ReadyLine) => void;
     let rejectReady!: (e: Error) => void;
     this.readyPromise = new Promise<ReadyLine>((res, rej) => {
@@ -409,6 +424,8 @@ export interface ClusterOptions {
   readonly port?: number;
   /** --redis-url; falls back to env REDIS_URL, then 127.0.0.1:6379, then a private redis-server. */
   readonly redisUrl?: string;
+  /** --private-redis: a private redis-server in <stateDir>/redis whatever answers elsewhere. */
+  readonly privateRedis?: boolean;
   readonly queuePrefix?: string;
   readonly servedModelName?: string;
   /** Folder for cluster.json and logs/ (default <cwd>/.moela). */
@@ -441,9 +458,14 @@ export interface Cluster {
   /**
    * Start a service that exited (e.g. "decode 0") again with its flags at its former addresses; resolves
    * once it is up (ready line and health SERVING). It replaces the dead one in `processes` and cluster.json.
+   * Rejects with CancelledError once the cluster is stopping.
    */
   restart(label: string, options?: { readonly timeoutMs?: number }): Promise<ServiceProcess>;
-  /** Stop every service (router first), then a private Redis; removes cluster.json. Idempotent. */
+  /** Start the private redis-server again (after it exited) on its port over its data; updates cluster.json. */
+  restartRedis(options?: { readonly timeoutMs?: number }): Promise<void>;
+  /** Whether stop() was called. */
+  readonly stopping: boolean;
+  /** Stop every service (router first), then a private Redis; removes cluster.json and releases the claims. Idempotent. */
   stop(): Promise<void>;
 }
 
@@ -524,15 +546,39 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
   const onAbort = () => startup.abort(new CancelledError("cluster start-up interrupted"));
   o.signal?.addEventListener("abort", onAbort, { once: true });
 
-  const redis = await resolveRedis({
-    flagUrl: o.redisUrl,
-    envUrl: env["REDIS_URL"],
-    privateDir: join(stateDir, "redis"),
-    privateLogFile: join(logDir, "redis.log"),
-    ...(o.redisServerBinary !== undefined ? { redisServerBinary: o.redisServerBinary } : {}),
-    ...(o.localRedisUrl !== undefined ? { localUrl: o.localRedisUrl } : {}),
-    onNote: (message) => progress({ kind: "note", message }),
-  });
+  if (o.privateRedis === true && o.redisUrl !== undefined) {
+    throw new InvalidArgumentError("--private-redis and --redis-url exclude each other");
+  }
+  const note = (message: string) => progress({ kind: "note", message });
+  // Claims before anything starts: the state dir, the router port, then (in its Redis) the queue prefix.
+  const holder = newHolder({ stateDir, port, queuePrefix });
+  const stateLock: StateDirLock = acquireStateDirLock(stateDir, holder, { onNote: note });
+  let redis: RedisChoice;
+  let queueLock: QueuePrefixLock;
+  try {
+    await probePort(host, port);
+    redis = await resolveRedis({
+      flagUrl: o.redisUrl,
+      envUrl: env["REDIS_URL"],
+      privateDir: join(stateDir, "redis"),
+      privateLogFile: join(logDir, "redis.log"),
+      forcePrivate: o.privateRedis === true,
+      ...(o.redisServerBinary !== undefined ? { redisServerBinary: o.redisServerBinary } : {}),
+      ...(o.localRedisUrl !== undefined ? { localUrl: o.localRedisUrl } : {}),
+      onNote: note,
+    });
+  } catch (err) {
+    stateLock.release();
+    throw err;
+  }
+  try {
+    stateLock.setRedisPid(redis.server?.pid());
+    queueLock = await acquireQueuePrefixLock(redis.url, holder, { onNote: note });
+  } catch (err) {
+    await redis.stop();
+    stateLock.release();
+    throw err;
+  }
   progress({ kind: "redis", url: redis.url, source: redis.source });
 
   const processes: ServiceProcess[] = [];
@@ -550,8 +596,10 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
           }),
         );
       }
+      await queueLock.release();
       await redis.stop();
       rmSync(clusterFile, { force: true });
+      stateLock.release();
     })();
     return stopped;
   };
@@ -669,6 +717,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
       return list.sort((a, b) => order[a.role] - order[b.role] || a.index - b.index);
     };
     const instances = instancesNow();
+    const redisNow = (): ClusterInfo["redis"] => ({ url: redis.url, source: redis.source, pid: redis.pid ?? null });
     const info: ClusterInfo = {
       version: 1,
       started_at: new Date().toISOString(),
@@ -679,7 +728,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
       url,
       openai_base_url: `${url}/v1`,
       curl: curlExample(url, servedModelName, hasTokenizer),
-      redis: { url: redis.url, source: redis.source, pid: redis.pid ?? null },
+      redis: redisNow(),
       queue_prefix: queuePrefix,
       topology: {
         prefill: counts.prefill,
@@ -700,7 +749,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
       const old = processes.find((p) => p.label === label);
       if (old === undefined) throw new InvalidArgumentError(`no service "${label}" in this cluster (${processes.map((p) => p.label).join(", ")})`);
       if (old.exitInfo === undefined) throw new InvalidArgumentError(`${label} (pid ${old.pid}) is still running; only a service that exited can be restarted`);
-      if (stopped !== undefined) throw new InvalidArgumentError("the cluster is stopping");
+      if (stopped !== undefined) throw new CancelledError("the cluster is stopping");
       const args = pinAddresses(baseArgs.get(old)!, old.readyLine!);
       const fresh = launch(old.role, old.index, args);
       // The new process takes the old one's place (launch appended it).
@@ -717,10 +766,31 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
       } finally {
         timeout.cancel();
       }
-      writeClusterFile(clusterFile, { ...info, instances: instancesNow() });
+      if (stopped !== undefined) throw new CancelledError("the cluster is stopping");
+      writeClusterFile(clusterFile, { ...info, redis: redisNow(), instances: instancesNow() });
       return fresh;
     };
-    return { info, clusterFile, processes, redis, unexpectedExit, stop, restart };
+    const restartRedis = async (ro: { readonly timeoutMs?: number } = {}): Promise<void> => {
+      if (redis.server === undefined) throw new InvalidArgumentError(`the cluster's Redis (${redis.url}) is not one it started`);
+      if (stopped !== undefined) throw new CancelledError("the cluster is stopping");
+      await redis.server.restart(ro.timeoutMs);
+      stateLock.setRedisPid(redis.server.pid());
+      if (stopped !== undefined) throw new CancelledError("the cluster is stopping");
+      writeClusterFile(clusterFile, { ...info, redis: redisNow(), instances: instancesNow() });
+    };
+    return {
+      info,
+      clusterFile,
+      processes,
+      redis,
+      unexpectedExit,
+      stop,
+      restart,
+      restartRedis,
+      get stopping() {
+        return stopped !== undefined;
+      },
+    };
   } catch (err) {
     starting = false;
     o.signal?.removeEventListener("abort", onAbort);
@@ -728,4 +798,51 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
     await stop();
     throw err;
   }
+}
+
+// ---- supervision -----------------------------------------------------------------------------
+
+export interface SuperviseOptions extends SupervisorOptions {
+  /** How long a restarted service may take to be up again (default 120 s). */
+  readonly restartTimeoutMs?: number;
+  /** Grace before SIGKILL for a restarted service that never became healthy (default 5 s). */
+  readonly stopGraceMs?: number;
+}
+
+/**
+ * Restart every service of `cluster` (and its private Redis) whenever it exits unasked, with back-off
+ * (supervisor.ts), until the returned Supervisor is stopped. Exits that the cluster's stop() causes
+ * are not deaths.
+ */
+export function superviseCluster(cluster: Cluster, o: SuperviseOptions = {}): Supervisor {
+  const never = new Promise<never>(() => {});
+  const notWhenStopping = <T>(p: Promise<T>): Promise<T> => p.then((v) => (cluster.stopping ? never : v));
+  const current = (label: string): ServiceProcess => {
+    const p = cluster.processes.find((x) => x.label === label);
+    if (p === undefined) throw new InvalidArgumentError(`no service "${label}"`);
+    return p;
+  };
+  const units: SupervisedUnit[] = cluster.processes.map(({ label }) => ({
+    label,
+    pid: () => current(label).pid,
+    waitExit: () => notWhenStopping(current(label).exited),
+    restart: async () => {
+      await cluster.restart(label, { timeoutMs: o.restartTimeoutMs ?? 120_000 });
+    },
+    kill: async () => {
+      const p = current(label);
+      if (p.exitInfo === undefined) await p.stop(o.stopGraceMs ?? 5_000);
+    },
+  }));
+  const server = cluster.redis.server;
+  if (server !== undefined) {
+    units.push({
+      label: "redis",
+      pid: () => server.pid(),
+      waitExit: () => notWhenStopping(server.waitExit()),
+      restart: () => cluster.restartRedis({ timeoutMs: o.restartTimeoutMs ?? 120_000 }),
+      kill: () => server.stop(o.stopGraceMs ?? 5_000),
+    });
+  }
+  return new Supervisor(units, o).start();
 }

@@ -6,11 +6,15 @@
  * The service is loaded by path from services/<role>/src/main.ts rather than by package name:
  * the CLI is the one place that hosts every service, services never import each other, and a
  * path keeps `moela serve` working in a checkout whose workspace links predate a new service.
+ *
+ * Started by the launcher, a service exits when the launcher dies, whatever killed it
+ * (parent-watch.ts): the watch is installed here, once, for every role.
  */
 import { existsSync } from "node:fs";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { InvalidArgumentError, MoelaError } from "@moela/core";
 import { ROLES, isRole, type Role } from "./launcher.js";
+import { exitWithParent } from "./parent-watch.js";
 
 export type ServiceMain = (argv: string[], env: NodeJS.ProcessEnv) => Promise<number>;
 
@@ -30,6 +34,8 @@ export async function loadServiceMain(role: string): Promise<ServiceMain> {
 
 /** Run the role's main with the remaining flags; returns its exit code. */
 export async function runServe(role: string, argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  // Its stdout and stderr went to the launcher too, so there is nobody left to tell when it fires.
+  exitWithParent(env);
   const main = await loadServiceMain(role);
   const code = await main([...argv], env);
   // The service closed what it opened; should a stray handle (a socket, a timer) still hold the
