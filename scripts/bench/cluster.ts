@@ -3,7 +3,14 @@
  * running local cluster (real processes, real gRPC) and, for comparison, in this process.
  *
  *   npx tsx scripts/bench/cluster.ts [--model models/tiny-v3] [--expert-hosts 2] [--prompt-tokens 32]
- *        [--requests 4] [--decode-tokens 32] [--departure-steps 320] [--cluster-json .moela/cluster.json]
+ *        [--requests 4] [--decode-tokens 64] [--stream-prompt-tokens 8] [--departure-steps 320]
+ *        [--profiles exact,paper] [--cluster-json .moela/cluster.json]
+ *
+ * The cluster-speed targets, first: decode tokens/s and time per output token of 1 and 16 streams
+ * through the cluster beside one process as `moela generate` runs it (fast kernels, every core,
+ * the model's own experts, speculation auto), and where a decode step's time goes, per layer: the
+ * engine's phases (moela_engine_forward_phase_seconds_total), the dispatcher's encode and combine,
+ * and the expert-hosts' handling and compute, against the same phases in one process.
  *
  * Per precision profile (exact, paper) it starts a cluster through the launcher library (or uses
  * the running one --cluster-json names, when its precision and expert-host count match) and reads
@@ -20,12 +27,12 @@
  * Prints a table with ratios; writes bench-results/cluster.json and bench-results/cluster.html.
  */
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { cpus, loadavg, tmpdir } from "node:os";
+import { availableParallelism, cpus, loadavg, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { randomUUID } from "node:crypto";
 import { Command } from "commander";
 import OpenAI from "openai";
-import { DeepseekModel, Engine, PagedLatentCache, readModelConfig, type ModelConfig, type Sequence } from "@moela/engine";
+import { DeepseekModel, Engine, FORWARD_PHASES, PagedLatentCache, PhaseTimes, readModelConfig, type ForwardPhase, type ModelConfig, type Sequence } from "@moela/engine";
 import {
   PRECISION_PROFILES,
   createInProcessExperts,
@@ -41,7 +48,9 @@ const program = new Command("bench-cluster")
   .option("--expert-hosts <h>", "expert-hosts (cluster and in-process)", (v) => Number(v), 2)
   .option("--prompt-tokens <n>", "prompt length of the KV/dispatch workload", (v) => Number(v), 32)
   .option("--requests <n>", "requests in the KV/dispatch workload", (v) => Number(v), 4)
-  .option("--decode-tokens <n>", "tokens per stream in the decode throughput runs", (v) => Number(v), 32)
+  .option("--decode-tokens <n>", "tokens per stream in the decode throughput runs", (v) => Number(v), 64)
+  .option("--stream-prompt-tokens <n>", "prompt length of the decode throughput runs", (v) => Number(v), 8)
+  .option("--profiles <list>", "precision profiles to run on clusters", "exact,paper")
   .option("--departure-steps <n>", "greedy steps compared between paper and exact", (v) => Number(v), 320)
   .option("--batches <list>", "decode batch sizes", "1,16")
   .option("--repeat <n>", "decode runs per batch size; the best is reported (CPU noise only slows runs down)", (v) => Number(v), 3)
@@ -55,6 +64,8 @@ const opts = program.opts<{
   promptTokens: number;
   requests: number;
   decodeTokens: number;
+  streamPromptTokens: number;
+  profiles: string;
   departureSteps: number;
   batches: string;
   clusterJson: string;
@@ -65,7 +76,8 @@ const opts = program.opts<{
 const MODEL = resolve(opts.model);
 const H = opts.expertHosts;
 const BATCHES = opts.batches.split(",").map(Number);
-const PROFILES: PrecisionName[] = ["exact", "paper"];
+const PROFILES = opts.profiles.split(",").filter((p) => p !== "") as PrecisionName[];
+for (const p of PROFILES) if (!(p in PRECISION_PROFILES)) throw new Error(`--profiles: unknown profile ${p}`);
 const log = (s: string) => process.stderr.write(`${s}\n`);
 const cfg: ModelConfig = readModelConfig(MODEL);
 
@@ -181,6 +193,34 @@ function clientDecodeRate(streams: StreamTiming[]): { rate: number; tokens: numb
   return { rate: end > allIn ? tokens / ((end - allIn) / 1000) : NaN, tokens };
 }
 
+/** Mean over streams of (last token - first token) / (tokens - 1), in ms: the time per output token a client sees. */
+function meanTpotMs(streams: StreamTiming[]): number {
+  const per = streams.map((s) => {
+    const n = s.chunks.reduce((a, c) => a + c.tokens, 0);
+    return n > 1 ? (s.chunks.at(-1)!.t - s.chunks[0]!.t) / (n - 1) : NaN;
+  });
+  return per.reduce((a, b) => a + b, 0) / per.length;
+}
+
+/** The decode instances' breakdown between two snapshots, with the expert-hosts' handling and compute per call. */
+function clusterBreakdown(a: Snapshot, b: Snapshot, info: ClusterInfo): Breakdown | undefined {
+  const steps = delta(a, b, info, ["decode"], "moela_decode_step_seconds_count");
+  const stepSeconds = delta(a, b, info, ["decode"], "moela_decode_step_seconds_sum");
+  if (steps === undefined || stepSeconds === undefined || steps === 0) return undefined;
+  const phase = (name: string, p: string) => delta(a, b, info, ["decode"], name, (l) => l.includes(`phase="${p}"`)) ?? 0;
+  const phases = Object.fromEntries(FORWARD_PHASES.map((p) => [p, phase("moela_engine_forward_phase_seconds_total", p)])) as Record<ForwardPhase, number>;
+  const dispatch = { encode: phase("moela_moe_dispatch_phase_seconds_total", "encode"), combine: phase("moela_moe_dispatch_phase_seconds_total", "combine") };
+  const calls = delta(a, b, info, ["expert-host"], "moela_expert_host_dispatch_seconds_count");
+  const handling = delta(a, b, info, ["expert-host"], "moela_expert_host_dispatch_seconds_sum");
+  const compute = delta(a, b, info, ["expert-host"], "moela_expert_host_compute_seconds_sum");
+  // Per call, scaled to "per step" so the per-layer column divides it back to one call per MoE layer.
+  const host =
+    calls !== undefined && calls > 0 && handling !== undefined && compute !== undefined
+      ? { handling: (handling / calls) * MOE_LAYERS, compute: (compute / calls) * MOE_LAYERS }
+      : undefined;
+  return breakdownFromPhases(phases, steps, stepSeconds, dispatch, host);
+}
+
 // ---- results -----------------------------------------------------------------------------------
 
 interface ClusterResult {
@@ -198,7 +238,7 @@ interface ClusterResult {
   dispatchBytesPerTokenLayer: number | undefined;
   dispatchBytesPerTokenHost: number | undefined;
   combineBytesPerTokenLayer: number | undefined;
-  decode: Array<{ batch: number; clientTokS: number; decodeStepTokS: number | undefined; tokens: number }>;
+  decode: Array<{ batch: number; clientTokS: number; tpotMs: number; decodeStepTokS: number | undefined; tokens: number; breakdown: Breakdown | undefined }>;
 }
 
 interface InProcessResult {
@@ -227,20 +267,111 @@ function loadProfiled(profile: PrecisionProfile): DeepseekModel {
 }
 
 async function inProcessDecode(model: DeepseekModel, batch: number): Promise<number> {
-  const promptLen = opts.promptTokens;
+  return (await timedDecode(model, batch)).tokS;
+}
+
+/** Greedy decode of `batch` sequences of `--stream-prompt-tokens` prompts: tokens/s, steps and wall time of the decode steps. */
+async function timedDecode(model: DeepseekModel, batch: number): Promise<{ tokS: number; steps: number; seconds: number }> {
+  const promptLen = opts.streamPromptTokens;
   const engine = new Engine(model, { blockSize: 16, numBlocks: batch * Math.ceil((promptLen + opts.decodeTokens + 4) / 16) + batch + 4 });
   const seqs: Sequence[] = Array.from({ length: batch }, (_, b) =>
     engine.newSequence(`b${b}`, promptIds(100 + b, promptLen), { temperature: 0, topP: 1, topK: -1, maxTokens: opts.decodeTokens, ignoreEos: true }),
   );
   await engine.prefill(seqs);
+  model.phaseTimes?.drain(); // the prompt's forward is not a decode step
   const t0 = performance.now();
   let produced = 0;
+  let steps = 0;
   while (seqs.some((s) => !s.finished)) {
     for (const r of await engine.step(seqs.filter((s) => !s.finished))) produced += r.tokens.length;
+    steps++;
   }
   const t1 = performance.now();
   for (const s of seqs) engine.release(s);
-  return produced / ((t1 - t0) / 1000);
+  return { tokS: produced / ((t1 - t0) / 1000), steps, seconds: (t1 - t0) / 1000 };
+}
+
+// ---- the time breakdown ------------------------------------------------------------------------
+
+/** Seconds per decode step of each part of the breakdown (undefined: not measured on that side). */
+interface Breakdown {
+  steps: number;
+  stepSeconds: number;
+  /** Phase totals (seconds, all layers) per step. */
+  perStep: Record<BreakdownRow, number | undefined>;
+}
+
+const BREAKDOWN_ROWS = [
+  "attention",
+  "gate",
+  "shared_expert",
+  "routed_experts_here",
+  "dispatch_encode",
+  "waiting_on_hosts",
+  "host_handling",
+  "host_compute",
+  "combine",
+  "dense_mlp",
+  "lm_head",
+  "outside_phases",
+] as const;
+type BreakdownRow = (typeof BREAKDOWN_ROWS)[number];
+
+/** What each row is, and which layers it is divided over for the per-layer column. */
+const ROW_INFO: Record<BreakdownRow, { label: string; per: "layer" | "moe" | "dense" | "step" }> = {
+  attention: { label: "attention (norm, MLA, residual)", per: "layer" },
+  gate: { label: "gate (router, top-k)", per: "moe" },
+  shared_expert: { label: "shared expert", per: "moe" },
+  routed_experts_here: { label: "routed experts computed here", per: "moe" },
+  dispatch_encode: { label: "dispatch: encode + send", per: "moe" },
+  waiting_on_hosts: { label: "waiting on expert-hosts", per: "moe" },
+  host_handling: { label: "  of which a host's handling (per call)", per: "moe" },
+  host_compute: { label: "  of which its expert compute (per call)", per: "moe" },
+  combine: { label: "combine: decode + add", per: "moe" },
+  dense_mlp: { label: "dense MLP", per: "dense" },
+  lm_head: { label: "output head", per: "step" },
+  outside_phases: { label: "outside the forward (sampling, batching, streaming)", per: "step" },
+};
+
+const MOE_LAYERS = cfg.numHiddenLayers - cfg.firstKDenseReplace;
+const layersOf = (per: "layer" | "moe" | "dense" | "step"): number =>
+  per === "layer" ? cfg.numHiddenLayers : per === "moe" ? MOE_LAYERS : per === "dense" ? cfg.firstKDenseReplace : 1;
+
+function breakdownFromPhases(phases: Record<ForwardPhase, number>, steps: number, stepSeconds: number, dispatch?: { encode: number; combine: number }, host?: { handling: number; compute: number }): Breakdown {
+  const enc = dispatch?.encode ?? 0;
+  const comb = dispatch?.combine ?? 0;
+  const inPhases = Object.values(phases).reduce((a, b) => a + b, 0);
+  const perStep: Breakdown["perStep"] = {
+    attention: phases.attention / steps,
+    gate: phases.gate / steps,
+    // The dispatcher's encode runs inside the shared-expert interval (runRouted sends before the shared expert starts).
+    shared_expert: (phases.shared_expert - enc) / steps,
+    routed_experts_here: phases.routed_experts / steps,
+    dispatch_encode: dispatch ? enc / steps : undefined,
+    // ... and its combine inside the wait.
+    waiting_on_hosts: dispatch ? (phases.routed_wait - comb) / steps : undefined,
+    host_handling: host?.handling,
+    host_compute: host?.compute,
+    combine: dispatch ? comb / steps : undefined,
+    dense_mlp: phases.dense_mlp / steps,
+    lm_head: phases.lm_head / steps,
+    outside_phases: (stepSeconds - inPhases) / steps,
+  };
+  return { steps, stepSeconds, perStep };
+}
+
+/** One process as `moela generate` runs it: fast kernels, every core, the model's own experts, speculation auto. */
+async function inProcessAsGenerate(batch: number): Promise<{ tokS: number; breakdown: Breakdown }> {
+  const model = DeepseekModel.load(MODEL, { threads: availableParallelism() });
+  model.phaseTimes = new PhaseTimes();
+  let best: { tokS: number; breakdown: Breakdown } | undefined;
+  for (let r = 0; r < opts.repeat; r++) {
+    const run = await timedDecode(model, batch);
+    const b = breakdownFromPhases(model.phaseTimes.drain(), run.steps, run.seconds);
+    if (best === undefined || run.tokS > best.tokS) best = { tokS: run.tokS, breakdown: b };
+  }
+  await model.close();
+  return best!;
 }
 
 /** [rows, V] logits of every position of `tokens` (one decompressed forward), copied out. */
@@ -386,13 +517,13 @@ async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
       for (let r = 0; r < opts.repeat; r++) {
         const c = await snapshot(info);
         const streams = await Promise.all(
-          Array.from({ length: batch }, (_, i) => stream(client, model, promptIds(100 + i, opts.promptTokens), opts.decodeTokens)),
+          Array.from({ length: batch }, (_, i) => stream(client, model, promptIds(100 + i, opts.streamPromptTokens), opts.decodeTokens)),
         );
         const d = await snapshot(info);
         const { rate, tokens } = clientDecodeRate(streams);
         const stepSeconds = delta(c, d, info, ["decode"], "moela_decode_step_seconds_sum");
         const generated = delta(c, d, info, ["decode"], "moela_decode_generated_tokens_total");
-        const run = { batch, clientTokS: rate, decodeStepTokS: per(generated, stepSeconds), tokens };
+        const run = { batch, clientTokS: rate, tpotMs: meanTpotMs(streams), decodeStepTokS: per(generated, stepSeconds), tokens, breakdown: clusterBreakdown(c, d, info) };
         if (best === undefined || run.clientTokS > best.clientTokS) best = run;
       }
       decode.push(best!);
@@ -461,7 +592,7 @@ log("in-process: loading exact and paper models with in-process expert-hosts ...
 const exactModel = loadProfiled(PRECISION_PROFILES.exact);
 const paperModel = loadProfiled(PRECISION_PROFILES.paper);
 log(`in-process: paper vs exact over ${opts.departureSteps} greedy steps ...`);
-const dep = await departure(exactModel, paperModel);
+const dep = opts.departureSteps > 0 ? await departure(exactModel, paperModel) : undefined;
 const inProcess: InProcessResult[] = [];
 for (const [profile, model] of [["exact", exactModel], ["paper", paperModel]] as const) {
   const rows: InProcessResult["decode"] = [];
@@ -473,6 +604,8 @@ for (const [profile, model] of [["exact", exactModel], ["paper", paperModel]] as
   }
   inProcess.push({ profile, decode: rows });
 }
+log(`in-process as moela generate runs it (${availableParallelism()} threads): decode at batch 1 (best of ${opts.repeat}) ...`);
+const generate1 = await inProcessAsGenerate(1);
 const codecBytes = (["f32", "bf16", "fp8-tile", "logfmt8"] as const).map((name) => ({
   codec: name,
   bytesPerRow: getDispatchCodec(name).encodedBytes(1, cfg.hiddenSize),
@@ -487,6 +620,45 @@ out.push(
   `moela cluster benchmark: ${MODEL}, ${H} expert-hosts, ${new Date().toISOString()}; ${cpus().length} CPUs, load average at start ${loadAtStart.map((x) => x.toFixed(2)).join(" ")}`,
 );
 out.push("");
+const speedCluster = clusters[0];
+if (speedCluster !== undefined) {
+  const ipTpot = 1000 / generate1.tokS;
+  const one = speedCluster.decode.find((d) => d.batch === 1);
+  const many = speedCluster.decode.at(-1);
+  out.push(
+    `Cluster against one process (${speedCluster.profile}; ${opts.decodeTokens} greedy tokens per stream after a ${opts.streamPromptTokens}-token prompt, ignore_eos; one process = moela generate's defaults, ${availableParallelism()} threads)`,
+  );
+  out.push(
+    table([
+      ["", "tokens/s", "ms per output token", "vs one process"],
+      ["one process, batch 1", f(generate1.tokS), ipTpot.toFixed(2), "1.00x"],
+      ...(one ? [["cluster, 1 stream", f(one.clientTokS), one.tpotMs.toFixed(2), `TPOT ${(one.tpotMs / ipTpot).toFixed(2)}x (target <= 1.5x)`]] : []),
+      ...(many && many !== one
+        ? [[`cluster, ${many.batch} streams (aggregate)`, f(many.clientTokS), many.tpotMs.toFixed(2), `tokens/s ${(many.clientTokS / generate1.tokS).toFixed(2)}x (target >= 1.5x)`]]
+        : []),
+    ]),
+  );
+  out.push("");
+  const cols: Array<[string, Breakdown | undefined]> = [
+    ["one process b1", generate1.breakdown],
+    ...speedCluster.decode.map((d): [string, Breakdown | undefined] => [`cluster b${d.batch}`, d.breakdown]),
+  ];
+  const us = (x: number | undefined, n: number) => (x === undefined ? "" : ((1e6 * x) / n).toFixed(0));
+  out.push(`Where a decode step goes: microseconds per step and per layer of its kind (${cfg.numHiddenLayers} layers: ${cfg.firstKDenseReplace} dense, ${MOE_LAYERS} MoE; a host's figures are per call, hosts run in parallel)`);
+  out.push(
+    table([
+      ["per layer (us)", ...cols.map(([n]) => n)],
+      ...BREAKDOWN_ROWS.filter((r) => ROW_INFO[r].per !== "step").map((r) => [
+        `${ROW_INFO[r].label}${ROW_INFO[r].per === "moe" ? " /MoE layer" : ROW_INFO[r].per === "dense" ? " /dense layer" : ""}`,
+        ...cols.map(([, b]) => us(b?.perStep[r], layersOf(ROW_INFO[r].per))),
+      ]),
+      ["per step (us)", ...cols.map(() => "")],
+      ...BREAKDOWN_ROWS.filter((r) => ROW_INFO[r].per === "step").map((r) => [ROW_INFO[r].label, ...cols.map(([, b]) => us(b?.perStep[r], 1))]),
+      ["whole decode step", ...cols.map(([, b]) => (b === undefined ? "" : ((1e6 * b.stepSeconds) / b.steps).toFixed(0)))],
+    ]),
+  );
+  out.push("");
+}
 out.push(
   `KV transfer (prefill -> decode), bytes per prompt token; expected = cache layers (${cfg.numHiddenLayers} main${cfg.numNextnPredictLayers > 0 ? " + 1 MTP" : ""}) x (${cfg.kvLoraRank} + ${cfg.qkRopeHeadDim}) x KV dtype bytes`,
 );
@@ -545,21 +717,23 @@ for (const c of clusters) {
   if (b1 && bN && bN !== b1) out.push(`${c.profile}: cluster batch ${bN.batch} / batch ${b1.batch}: ${ratio(bN.clientTokS, b1.clientTokS)}`);
 }
 out.push("");
-out.push(`paper vs exact (in-process, ${dep.steps} greedy steps over 4 prompts, teacher-forced on the exact path)`);
-out.push(
-  table([
-    ["top-1 agreement", "largest |logit diff|", "mean |logit diff|", "rms logit", "largest |logprob diff|", "exact argmax = its own greedy", "free-run first divergence per prompt"],
-    [
-      `${(100 * dep.top1Agreement).toFixed(1)}%`,
-      dep.maxLogitDiff.toExponential(3),
-      dep.meanLogitDiff.toExponential(3),
-      dep.rmsLogit.toFixed(3),
-      dep.maxLogprobDiff.toExponential(3),
-      `${(100 * dep.exactSelfConsistency).toFixed(1)}%`,
-      dep.freeRunFirstDivergence.map((d) => (d === null ? "none" : `step ${d}`)).join(", "),
-    ],
-  ]),
-);
+if (dep !== undefined) {
+  out.push(`paper vs exact (in-process, ${dep.steps} greedy steps over 4 prompts, teacher-forced on the exact path)`);
+  out.push(
+    table([
+      ["top-1 agreement", "largest |logit diff|", "mean |logit diff|", "rms logit", "largest |logprob diff|", "exact argmax = its own greedy", "free-run first divergence per prompt"],
+      [
+        `${(100 * dep.top1Agreement).toFixed(1)}%`,
+        dep.maxLogitDiff.toExponential(3),
+        dep.meanLogitDiff.toExponential(3),
+        dep.rmsLogit.toFixed(3),
+        dep.maxLogprobDiff.toExponential(3),
+        `${(100 * dep.exactSelfConsistency).toFixed(1)}%`,
+        dep.freeRunFirstDivergence.map((d) => (d === null ? "none" : `step ${d}`)).join(", "),
+      ],
+    ]),
+  );
+}
 if (missing.size > 0) {
   out.push("");
   out.push(`metrics not exported by the services (shown as n/a): ${[...missing].join("; ")}`);
@@ -568,7 +742,7 @@ out.push(`(${((Date.now() - started) / 1000).toFixed(0)} s)`);
 console.log(out.join("\n"));
 
 mkdirSync(opts.out, { recursive: true });
-const result = { model: MODEL, expertHosts: H, config: cfg, options: opts, clusters, inProcess, departure: dep, codecBytes, missingMetrics: [...missing] };
+const result = { model: MODEL, expertHosts: H, config: cfg, options: opts, inProcessAsGenerate: generate1, clusters, inProcess, departure: dep, codecBytes, missingMetrics: [...missing] };
 writeFileSync(join(opts.out, "cluster.json"), `${JSON.stringify(result, null, 2)}\n`);
 const svg = [
   bars(

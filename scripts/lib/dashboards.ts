@@ -722,6 +722,29 @@ const moe = dashboard({
           width: 8,
           targets: [...p50p99("expertHostBatchTokens", "tokens"), { expr: mean("expertHostBatchTokens"), legendFormat: "mean tokens" }],
         },
+        {
+          kind: "timeseries",
+          title: "Where forward time goes, by phase",
+          description:
+            "Seconds per second prefill and decode spend in each phase of their forward passes (attention, gate, shared expert, routed experts computed locally or waited for, dense MLP, output head), plus the dispatcher's encode and combine. A high routed_wait next to low expert compute means the wire or scheduling is the cost (scripts/bench/cluster.ts breaks it down per layer).",
+          unit: "s",
+          width: 12,
+          targets: [
+            { expr: `sum by (phase) (${rate("forwardPhase")})`, legendFormat: "{{phase}}" },
+            { expr: `sum by (phase) (${rate("moeDispatchPhase")})`, legendFormat: "dispatch {{phase}}" },
+          ],
+        },
+        {
+          kind: "timeseries",
+          title: "Expert-host time per dispatch: handling vs compute",
+          description: "Mean time from a dispatch's arrival at an expert-host to its reply (handling), and the part of it spent waiting for and computing the experts (compute). Handling high above compute means decoding, encoding or the event loop cost more than the experts.",
+          unit: "s",
+          width: 12,
+          targets: [
+            { expr: mean("expertHostDispatch"), legendFormat: "handling" },
+            { expr: mean("expertHostCompute"), legendFormat: "compute" },
+          ],
+        },
       ],
     },
   ],
