@@ -8,3 +8,4 @@ export * from "./transports/in-process.js";
 export * from "./transports/grpc.js";
 export * from "./transports/replicas.js";
 export * from "./transports/wire.js";
+export * from "./codec-study.js";
