@@ -2,10 +2,12 @@
  * FP8 dispatch codec: float8 e4m3fn values with one float32 scale per 1x128 tile along the
  * hidden axis, as DeepSeek-V3 sends activations to the experts (1 byte/value + 4 bytes/tile).
  *
- * Per tile: scale = fround(amax / 448) (1 for an all-zero tile), code = e4m3(x / scale) with
- * round-to-nearest-even and saturation at +-448 (x / scale is computed in float64 and rounded
- * once to e4m3), decoded value = fround(e4m3ToF32(code) * scale). The scale is rounded to float32
- * before it is used, so the encoder divides by exactly the number the decoder multiplies by.
+ * Per tile: scale = fround(amax / 448) (1 for an all-zero tile; at least 2^-149, the smallest
+ * float32, so a tile of float32-subnormal values never gets a zero scale and 0/0 = NaN),
+ * code = e4m3(x / scale) with round-to-nearest-even and saturation at +-448 (x / scale is
+ * computed in float64 and rounded once to e4m3), decoded value = fround(e4m3ToF32(code) * scale).
+ * The scale is rounded to float32 before it is used, so the encoder divides by exactly the number
+ * the decoder multiplies by.
  *
  * `roundTripFp8Tiles` runs the same per-tile code and writes the decoded values directly: the
  * single-process path and the wire path produce the same bits.
@@ -27,7 +29,10 @@ export function fp8TilesBytes(rows: number, cols: number, tile = FP8_TILE): numb
   return rows * cols + 4 * rows * tilesPerRow(cols, tile);
 }
 
-/** Scale of one tile: amax / 448 rounded to float32, 1 for an all-zero tile. Checks finiteness. */
+/** Smallest positive float32: the floor of a tile scale (amax / 448 of a subnormal tile rounds to 0). */
+const MIN_SCALE = 2 ** -149;
+
+/** Scale of one tile: amax / 448 rounded to float32 (>= 2^-149), 1 for an all-zero tile. Checks finiteness. */
 function tileScale(x: ArrayLike<number>, row: number, base: number, c0: number, c1: number): number {
   let amax = 0;
   for (let c = c0; c < c1; c++) {
@@ -36,7 +41,7 @@ function tileScale(x: ArrayLike<number>, row: number, base: number, c0: number, 
     if (!(a <= Number.MAX_VALUE)) nonFinite("fp8-tile", row, c, x[base + c]!);
     if (a > amax) amax = a;
   }
-  return amax === 0 ? 1 : Math.fround(amax / F8_E4M3_MAX);
+  return amax === 0 ? 1 : Math.max(Math.fround(amax / F8_E4M3_MAX), MIN_SCALE);
 }
 
 export function encodeFp8Tiles(x: ArrayLike<number>, rows: number, cols: number, tile = FP8_TILE): Fp8Tiles {

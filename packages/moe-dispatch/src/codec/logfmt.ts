@@ -4,9 +4,12 @@
  * log scale, plus the tile's log range as two float32 values.
  *
  * Per tile, over the nonzero magnitudes a = |x|:
- *   hi = fround(ln max a)
+ *   hi = fround(ln max a), or the next float32 below it when exp of that overflows float32 (the
+ *        largest float32 magnitudes: fround(ln 3.4e38) rounds up past ln(FLT_MAX), and the top
+ *        level would decode to Infinity)
  *   lo = fround(max(ln min a, ln max a - 32 ln 2))   -- the paper's range cap: at most 2^32
  *                                                       between the ends, about E5's span
+ *        (and never above hi)
  *   C = 2^(n-1) - 1 codes for nonzero values; code 0 is zero.
  *   level(k) = fround(exp(lo + (k - 1) * step)), step = (hi - lo) / (C - 1), k = 1..C
  *   so code 1 is the tile's smallest magnitude and code C its largest.
@@ -50,6 +53,16 @@ function checkBits(n: number): void {
 
 export function logFmtBytes(rows: number, cols: number, n: number, tile = LOGFMT_TILE): number {
   return Math.ceil((rows * cols * n) / 8) + 8 * rows * tilesPerRow(cols, tile);
+}
+
+const f32Scratch = new Float32Array(1);
+const u32Scratch = new Uint32Array(f32Scratch.buffer);
+
+/** The largest float32 below the positive float32 v. */
+function nextFloat32Down(v: number): number {
+  f32Scratch[0] = v;
+  u32Scratch[0] = u32Scratch[0]! - 1;
+  return f32Scratch[0]!;
 }
 
 /** The magnitude of code k >= 1 for a tile with range (lo, hi); shared by every path. */
@@ -117,8 +130,9 @@ function encodeTile(
     return;
   }
   const lnMax = Math.log(amax);
-  const lo = Math.fround(Math.max(Math.log(amin), lnMax - MAX_LOG_SPAN));
-  const hi = Math.fround(lnMax);
+  let hi = Math.fround(lnMax);
+  if (Math.fround(Math.exp(hi)) === Infinity) hi = nextFloat32Down(hi);
+  const lo = Math.min(Math.fround(Math.max(Math.log(amin), lnMax - MAX_LOG_SPAN)), hi);
   range[rangeAt] = lo;
   range[rangeAt + 1] = hi;
   const step = stepOf(lo, hi, codes);
