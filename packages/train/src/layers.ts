@@ -220,7 +220,13 @@ export function mlpBack(ops: Ops, m: MlpParams, s: MlpSaved, dy: Vec, dxAcc?: Ve
  * writes dlogits (softmax - onehot) * weight / count into `logits` in place. Returns the unweighted mean loss.
  */
 export function crossEntropyInPlace(logits: Vec, T: number, V: number, targets: ArrayLike<number>, weight: number, count: number): number {
+  return crossEntropy(logits, T, V, targets, weight, count).loss;
+}
+
+/** crossEntropyInPlace, also counting the rows whose largest logit is the target (ties to the lower id). */
+export function crossEntropy(logits: Vec, T: number, V: number, targets: ArrayLike<number>, weight: number, count: number): { loss: number; correct: number } {
   let loss = 0;
+  let correct = 0;
   const scale = count > 0 ? weight / count : 0;
   for (let t = 0; t < T; t++) {
     const o = t * V;
@@ -230,7 +236,14 @@ export function crossEntropyInPlace(logits: Vec, T: number, V: number, targets: 
       continue;
     }
     let m = -Infinity;
-    for (let i = 0; i < V; i++) if (logits[o + i]! > m) m = logits[o + i]!;
+    let arg = 0;
+    for (let i = 0; i < V; i++) {
+      if (logits[o + i]! > m) {
+        m = logits[o + i]!;
+        arg = i;
+      }
+    }
+    if (arg === y) correct++;
     const ly = logits[o + y]!;
     let z = 0;
     for (let i = 0; i < V; i++) {
@@ -243,5 +256,5 @@ export function crossEntropyInPlace(logits: Vec, T: number, V: number, targets: 
     for (let i = 0; i < V; i++) logits[o + i] = logits[o + i]! * f;
     logits[o + y] = logits[o + y]! - scale;
   }
-  return count > 0 ? loss / count : 0;
+  return { loss: count > 0 ? loss / count : 0, correct };
 }

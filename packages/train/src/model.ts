@@ -14,7 +14,7 @@ import { Arena, type Ops, type Vec } from "./ops.js";
 import { tiedMtpTensors, type Param, type ParamStore } from "./params.js";
 import {
   addInPlace,
-  crossEntropyInPlace,
+  crossEntropy,
   embed,
   embedBack,
   linear,
@@ -49,6 +49,9 @@ export interface StepResult {
   readonly mainLoss: number;
   readonly mtpLoss: number;
   readonly balanceLoss: number;
+  /** Positions whose main (MTP) head's top-1 prediction was the target. */
+  readonly mainCorrect: number;
+  readonly mtpCorrect: number;
   /** Per MoE layer (main layers, then MTP), by layer index: tokens routed to each expert in this batch. */
   readonly loads: Map<number, Int32Array>;
 }
@@ -213,10 +216,12 @@ export class TrainModel {
     const hN = fn.y; // [T, hidden] final-normed hidden (the MTP module's input)
     const head = this.headParam();
     const logits = linear(ops, head, hN, T); // [T, V]
-    const mainLoss = crossEntropyInPlace(logits, T, V, targets, 1, rows * S); // logits now hold dlogits
+    const main = crossEntropy(logits, T, V, targets, 1, rows * S); // logits now hold dlogits
+    const mainLoss = main.loss;
 
     // MTP module
     let mtpLoss = 0;
+    let mtpCorrect = 0;
     let mtp: {
       mids: Int32Array;
       en: RmsSaved;
@@ -255,11 +260,13 @@ export class TrainModel {
       }
       const fin = rmsNorm(ops, r.h, T, hd, this.params.get(`${p}.shared_head.norm.weight`), c.rmsNormEps);
       const ml = linear(ops, head, fin.y, T);
-      mtpLoss = crossEntropyInPlace(ml, T, V, mtargets, opts.mtpLambda, rows * S);
+      const mc = crossEntropy(ml, T, V, mtargets, opts.mtpLambda, rows * S);
+      mtpLoss = mc.loss;
+      mtpCorrect = mc.correct;
       mtp = { mids, en: en.saved, hn: hn.saved, cat, blk: r.saved, fin: fin.saved, normed: fin.y, dlogits: ml };
     }
     const loss = mainLoss + opts.mtpLambda * mtpLoss + bal;
-    const result: StepResult = { loss, mainLoss, mtpLoss, balanceLoss: bal, loads };
+    const result: StepResult = { loss, mainLoss, mtpLoss, balanceLoss: bal, mainCorrect: main.correct, mtpCorrect, loads };
     if (!backward) return result;
 
     // ---------------------------------------------------------------- backward

@@ -41,7 +41,7 @@ export function runReplica(): void {
     try {
       params.zeroGrad();
       const r = model.step(m.tokens, m.B, m.S, m.opts);
-      port.postMessage({ loss: r.loss, mainLoss: r.mainLoss, mtpLoss: r.mtpLoss, balanceLoss: r.balanceLoss, loads: [...r.loads.entries()] });
+      port.postMessage({ ...r, loads: [...r.loads.entries()] });
     } catch (err) {
       port.postMessage({ error: err instanceof Error ? `${err.message}\n${err.stack ?? ""}` : String(err) });
     }

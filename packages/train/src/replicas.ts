@@ -16,6 +16,8 @@ interface ReplicaReply {
   mainLoss: number;
   mtpLoss: number;
   balanceLoss: number;
+  mainCorrect: number;
+  mtpCorrect: number;
   loads: [number, Int32Array][];
   error?: string;
 }
@@ -71,7 +73,7 @@ export class ReplicaPool {
       worker.once("message", (r: ReplicaReply) => {
         worker.off("error", onError);
         if (r.error !== undefined) reject(new Error(`training replica ${w + 1}: ${r.error}`));
-        else resolve({ loss: r.loss, mainLoss: r.mainLoss, mtpLoss: r.mtpLoss, balanceLoss: r.balanceLoss, loads: new Map(r.loads) });
+        else resolve({ loss: r.loss, mainLoss: r.mainLoss, mtpLoss: r.mtpLoss, balanceLoss: r.balanceLoss, mainCorrect: r.mainCorrect, mtpCorrect: r.mtpCorrect, loads: new Map(r.loads) });
       });
       worker.postMessage({ tokens, B, S, opts });
     });

@@ -14,7 +14,7 @@ import { opsFor, setTrainThreads, type Precision } from "./ops.js";
 import { initParams, shareParams } from "./params.js";
 import { isTrainPresetName, TRAIN_PRESETS } from "./presets.js";
 import { saveHfModel } from "./save.js";
-import { DEFAULT_TRAIN_OPTIONS, Trainer, type StepStats, type TrainOptions } from "./trainer.js";
+import { DEFAULT_TRAIN_OPTIONS, Trainer, type EvalStats, type StepStats, type TrainOptions } from "./trainer.js";
 
 export interface RunOptions extends TrainOptions {
   /** A preset name, or the path of a config.json (or a JSON object literal) of a DeepSeek-V3 model. */
@@ -23,6 +23,12 @@ export interface RunOptions extends TrainOptions {
   readonly data: string;
   /** Folder with tokenizer.json + tokenizer_config.json (or the tokenizer.json path). */
   readonly tokenizer?: string;
+  /** Held-out data (same formats as `data`) for evaluations. */
+  readonly valData?: string;
+  /** Steps between evaluations (0: only after the last step). */
+  readonly evalEvery: number;
+  /** Held-out rows per evaluation. */
+  readonly evalRows: number;
   /** Vocabulary size when there is no tokenizer (default: largest id + 1). */
   readonly vocabSize?: number;
   readonly threads: number;
@@ -55,6 +61,8 @@ export const DEFAULT_RUN_OPTIONS: Omit<RunOptions, "data"> = {
   precision: "f32",
   initStd: 0.02,
   checkpointEvery: 0,
+  evalEvery: 0,
+  evalRows: 64,
   resume: false,
   fp8: true,
 };
@@ -82,6 +90,7 @@ export async function runTraining(
   onStep: (s: StepStats) => void = () => {},
   onInfo: (i: RunInfo) => void = () => {},
   onCheckpoint: (dir: string, step: number) => void = () => {},
+  onEval: (e: EvalStats, step: number) => void = () => {},
 ): Promise<StepStats | null> {
   const json = baseConfig(o.config);
   let tok: Tokenizer | null = null;
@@ -90,14 +99,17 @@ export async function runTraining(
     tokDir = tokenizerDir(o.tokenizer);
     tok = Tokenizer.fromDir(tokDir);
   }
-  const ext = path.extname(o.data).toLowerCase();
-  const isIdFile = [".bin", ".u16", ".u32", ".json"].includes(ext);
-  let tokens: Int32Array;
-  if (isIdFile) tokens = readTokenIds(o.data);
-  else if (tok !== null) tokens = encodeTextFile(o.data, tok);
-  else throw new InvalidArgumentError(`--data ${o.data}: a text file needs --tokenizer (or give a .bin/.u16/.u32/.json token-id file)`);
+  const load = (file: string): Int32Array => {
+    const ext = path.extname(file).toLowerCase();
+    if ([".bin", ".u16", ".u32", ".json"].includes(ext)) return readTokenIds(file);
+    if (tok !== null) return encodeTextFile(file, tok);
+    throw new InvalidArgumentError(`${file}: a text file needs --tokenizer (or give a .bin/.u16/.u32/.json token-id file)`);
+  };
+  const tokens = load(o.data);
+  const val = o.valData !== undefined ? load(o.valData) : null;
   let maxId = 0;
   for (let i = 0; i < tokens.length; i++) maxId = Math.max(maxId, tokens[i]!);
+  if (val !== null) for (let i = 0; i < val.length; i++) maxId = Math.max(maxId, val[i]!);
   const vocab = o.vocabSize ?? (json["vocab_size"] as number | undefined) ?? tok?.vocabSize ?? maxId + 1;
   if (maxId >= vocab) throw new InvalidArgumentError(`the data holds token id ${maxId}, outside the vocabulary of ${vocab}`);
   json["vocab_size"] = vocab;
@@ -129,6 +141,9 @@ export async function runTraining(
     trainer.saveCheckpoint(o.checkpointDir, { modelConfig: json, data: o.data });
     onCheckpoint(o.checkpointDir, trainer.step);
   };
+  const evaluate = (): void => {
+    if (val !== null) onEval(trainer.evaluate(val, o.evalRows), trainer.step);
+  };
   let last: StepStats | null = null;
   if (replicas) await trainer.startReplicas(json, o.threads);
   try {
@@ -136,11 +151,13 @@ export async function runTraining(
       last = await trainer.trainStep();
       onStep(last);
       if (o.checkpointEvery > 0 && trainer.step % o.checkpointEvery === 0 && trainer.step < o.steps) checkpoint();
+      if (o.evalEvery > 0 && trainer.step % o.evalEvery === 0 && trainer.step < o.steps) evaluate();
     }
   } finally {
     await trainer.close();
   }
   checkpoint();
+  evaluate();
   if (o.out !== undefined) {
     saveHfModel(model, json, o.out, {
       fp8: o.fp8,

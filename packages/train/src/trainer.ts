@@ -115,6 +115,15 @@ export interface StepStats extends StepResult {
   readonly maxLoadRatio: number;
 }
 
+export interface EvalStats {
+  readonly mainLoss: number;
+  readonly mtpLoss: number;
+  /** Fraction of positions whose top-1 prediction is the next token (main) / the token after next (MTP). */
+  readonly mainAccuracy: number;
+  readonly mtpAccuracy: number;
+  readonly positions: number;
+}
+
 /** Token ids to draw training rows from. */
 export interface TokenData {
   readonly tokens: Int32Array;
@@ -215,7 +224,15 @@ export class Trainer {
       }
     }
     const sum = (f: (r: StepResult) => number): number => results.reduce((a, r) => a + f(r), 0);
-    return { loss: sum((r) => r.loss), mainLoss: sum((r) => r.mainLoss), mtpLoss: sum((r) => r.mtpLoss), balanceLoss: sum((r) => r.balanceLoss), loads };
+    return {
+      loss: sum((r) => r.loss),
+      mainLoss: sum((r) => r.mainLoss),
+      mtpLoss: sum((r) => r.mtpLoss),
+      balanceLoss: sum((r) => r.balanceLoss),
+      mainCorrect: sum((r) => r.mainCorrect),
+      mtpCorrect: sum((r) => r.mtpCorrect),
+      loads,
+    };
   }
 
   /** One optimizer step. */
@@ -271,6 +288,32 @@ export class Trainer {
     }
     this.step++;
     return { ...r, step: this.step, lr, gradNorm, tokens: o.batch * o.seqLen, maxLoadRatio };
+  }
+
+  /**
+   * Losses and top-1 accuracies on held-out token ids: consecutive rows of rowLength(seqLen) from the start of
+   * `tokens` (at most `maxRows`, `batch` at a time), no gradients. The same rows every call, so evaluations
+   * along a run compare.
+   */
+  evaluate(tokens: Int32Array, maxRows: number): EvalStats {
+    const o = this.opts;
+    const row = this.model.rowLength(o.seqLen);
+    const rows = Math.min(maxRows, Math.floor(tokens.length / row));
+    if (rows === 0) throw new Error(`held-out data of ${tokens.length} tokens holds no row of ${row}`);
+    let main = 0;
+    let mtp = 0;
+    let mainCorrect = 0;
+    let mtpCorrect = 0;
+    for (let r0 = 0; r0 < rows; r0 += o.batch) {
+      const n = Math.min(o.batch, rows - r0);
+      const res = this.model.step(tokens.subarray(r0 * row, (r0 + n) * row), n, o.seqLen, { mtpLambda: 1, balanceAlpha: 0, batchRows: rows }, false);
+      main += res.mainLoss;
+      mtp += res.mtpLoss;
+      mainCorrect += res.mainCorrect;
+      mtpCorrect += res.mtpCorrect;
+    }
+    const positions = rows * o.seqLen;
+    return { mainLoss: main, mtpLoss: mtp, mainAccuracy: mainCorrect / positions, mtpAccuracy: mtpCorrect / positions, positions };
   }
 
   // ------------------------------------------------------------------------------------------- checkpoints

@@ -26,6 +26,9 @@ export interface TrainCliOptions {
   initStd: number;
   checkpointDir?: string;
   checkpointEvery: number;
+  valData?: string;
+  evalEvery: number;
+  evalRows: number;
   resume?: boolean;
   out?: string;
   fp8: boolean;
@@ -84,6 +87,12 @@ export async function runTrain(o: TrainCliOptions): Promise<number> {
     },
     (dir, step) => {
       if (!bar) process.stderr.write(`checkpoint at step ${step} in ${dir}\n`);
+    },
+    (e, step) => {
+      const line = `eval at step ${step}: loss ${e.mainLoss.toFixed(4)} (ppl ${Math.exp(e.mainLoss).toFixed(1)}), top-1 ${(100 * e.mainAccuracy).toFixed(1)}%; MTP loss ${e.mtpLoss.toFixed(4)}, top-1 ${(100 * e.mtpAccuracy).toFixed(1)}% (${e.positions} positions)`;
+      if (o.json === true) process.stdout.write(JSON.stringify({ eval: step, ...e }) + "\n");
+      else if (bar) process.stderr.write(`\n${line}\n`);
+      else process.stderr.write(line + "\n");
     },
   );
   bar?.stop();
