@@ -255,22 +255,53 @@ export function syntheticActivations(kind: SyntheticKind, rows: number, cols: nu
   return x;
 }
 
+/**
+ * [rows * cols] values of random sign with magnitudes 2^(-binades * u), u uniform in [0, 1): every
+ * 1x128 tile spans close to `binades` binades, evenly in log. The knob that decides LogFMT against
+ * FP8: LogFMT spreads its levels over the tile's span, FP8 keeps a fixed relative step.
+ */
+export function logUniformActivations(rows: number, cols: number, binades: number, seed = 0): Float32Array {
+  if (!(binades >= 0)) throw new InvalidArgumentError(`binades must be >= 0, got ${binades}`);
+  const rng = new Rng(seed);
+  const x = new Float32Array(rows * cols);
+  for (let i = 0; i < x.length; i++) x[i] = (rng.next() < 0.5 ? -1 : 1) * 2 ** (-binades * rng.next());
+  return x;
+}
+
 // ----------------------------------------------------------------------------------- executors
 
-/** Passes every call to `inner` and keeps a copy of each MoE layer's input rows. */
+export interface RecordingOptions {
+  /** Keep each call's routed expert ids ([T, k], k = this) in `routes`; 0 (default) keeps none. */
+  readonly expertsPerToken?: number;
+  /** Keep the input rows (default true). */
+  readonly activations?: boolean;
+}
+
+/** Passes every call to `inner` and keeps a copy of each MoE layer's input rows (and, if asked, its routing). */
 export class RecordingExpertExecutor implements ExpertExecutor {
   /** layer -> captured [T, hidden] blocks, in call order. */
   readonly captured = new Map<number, Float32Array[]>();
+  /** Every call's [T, k] expert ids, in call order (with RecordingOptions.expertsPerToken). */
+  readonly routes: Int32Array[] = [];
+  private readonly k: number;
+  private readonly keepX: boolean;
 
   constructor(
     private readonly inner: ExpertExecutor,
     private readonly hidden: number,
-  ) {}
+    o: RecordingOptions = {},
+  ) {
+    this.k = o.expertsPerToken ?? 0;
+    this.keepX = o.activations ?? true;
+  }
 
   async runRouted(layer: number, x: Float32Array, T: number, ids: Int32Array, weights: Float32Array, out: Float32Array): Promise<void> {
-    let list = this.captured.get(layer);
-    if (list === undefined) this.captured.set(layer, (list = []));
-    list.push(x.slice(0, T * this.hidden));
+    if (this.keepX) {
+      let list = this.captured.get(layer);
+      if (list === undefined) this.captured.set(layer, (list = []));
+      list.push(x.slice(0, T * this.hidden));
+    }
+    if (this.k > 0) this.routes.push(ids.slice(0, T * this.k));
     await this.inner.runRouted(layer, x, T, ids, weights, out);
   }
 
@@ -429,6 +460,34 @@ export class LogitDiffAccumulator {
   }
 }
 
+/**
+ * Mean over tokens of |experts chosen in `got` and in `exact`| / k, call by call (both runs made the
+ * same calls in the same order, as teacher-forced runs of one model do).
+ */
+export function routingAgreement(exact: readonly Int32Array[], got: readonly Int32Array[], k: number): number {
+  if (exact.length !== got.length) throw new InvalidArgumentError(`routingAgreement: ${exact.length} calls against ${got.length}`);
+  let same = 0;
+  let slots = 0;
+  for (let c = 0; c < exact.length; c++) {
+    const e = exact[c]!;
+    const g = got[c]!;
+    if (e.length !== g.length) throw new InvalidArgumentError(`routingAgreement: call ${c} has ${e.length} ids against ${g.length}`);
+    for (let t = 0; t < e.length; t += k) {
+      for (let j = 0; j < k; j++) {
+        const id = g[t + j]!;
+        for (let i = 0; i < k; i++) {
+          if (e[t + i] === id) {
+            same++;
+            break;
+          }
+        }
+      }
+      slots += k;
+    }
+  }
+  return slots === 0 ? 1 : same / slots;
+}
+
 // ---------------------------------------------------------------------------------- model study
 
 export interface OutputVariant {
@@ -460,7 +519,16 @@ export interface ModelStudy {
   readonly perLayer: ReadonlyArray<{ readonly layer: number; readonly stats: DataStats; readonly errors: readonly CodecError[] }>;
   /** RMS of the exact logits, to read the logit differences against. */
   readonly exactLogitRms: number;
-  readonly outputs: ReadonlyArray<{ readonly dispatch: string; readonly combine: string } & LogitDiff>;
+  /** Median over (step, sequence) of the exact top-1 logit minus the runner-up: how easily top-1 flips. */
+  readonly exactTop1Margin: number;
+  readonly outputs: ReadonlyArray<VariantResult>;
+}
+
+export interface VariantResult extends LogitDiff {
+  readonly dispatch: string;
+  readonly combine: string;
+  /** Fraction of routed expert choices (token, slot) that match the exact run's, over every MoE layer and step. */
+  readonly routingAgreement: number;
 }
 
 export interface StudyModelOptions {
@@ -482,7 +550,8 @@ export async function studyModel(model: DeepseekModel, seqs: readonly TeacherFor
   const V = model.config.vocabSize;
   const B = seqs.length;
   const exactExperts = createInProcessExperts(model, 1, "exact").executor;
-  const recorder = new RecordingExpertExecutor(exactExperts, hidden);
+  const k = model.config.numExpertsPerTok;
+  const recorder = new RecordingExpertExecutor(exactExperts, hidden, { expertsPerToken: k });
   const total = 1 + variants.length;
 
   // Exact run: keep its logits and record the MoE inputs.
@@ -490,8 +559,20 @@ export async function studyModel(model: DeepseekModel, seqs: readonly TeacherFor
   model.setExpertExecutor(recorder);
   const exact = new Float32Array(steps * B * V); // [steps, B, V]
   let sq = 0;
-  await teacherForced(model, seqs, steps, (k, logits) => exact.set(logits.subarray(0, B * V), k * B * V));
+  await teacherForced(model, seqs, steps, (step, logits) => exact.set(logits.subarray(0, B * V), step * B * V));
   for (let i = 0; i < exact.length; i++) sq += exact[i]! * exact[i]!;
+  const margins: number[] = [];
+  for (let row = 0; row < steps * B; row++) {
+    let a = -Infinity;
+    let b = -Infinity;
+    for (let i = 0; i < V; i++) {
+      const v = exact[row * V + i]!;
+      if (v > a) [a, b] = [v, a];
+      else if (v > b) b = v;
+    }
+    margins.push(a - b);
+  }
+  margins.sort((p, q) => p - q);
 
   const pooled = recorder.matrix();
   const measure = (x: Float32Array, rows: number) => ({ stats: dataStats(x, rows, hidden), errors: codecs.map((c) => codecError(c, x, rows, hidden)) });
@@ -504,16 +585,20 @@ export async function studyModel(model: DeepseekModel, seqs: readonly TeacherFor
     });
   recorder.captured.clear();
 
-  const outputs: Array<{ dispatch: string; combine: string } & LogitDiff> = [];
+  const outputs: VariantResult[] = [];
   try {
     for (const [i, v] of variants.entries()) {
       o.onRun?.(`${v.dispatch.name}+${v.combine.name}`, i + 1, total);
-      model.setExpertExecutor(new CodecExpertExecutor(exactExperts, hidden, v.dispatch, v.combine));
-      const acc = new LogitDiffAccumulator(V);
-      await teacherForced(model, seqs, steps, (k, logits) => {
-        for (let b = 0; b < B; b++) acc.add(exact, (k * B + b) * V, logits, b * V);
+      const routes = new RecordingExpertExecutor(new CodecExpertExecutor(exactExperts, hidden, v.dispatch, v.combine), hidden, {
+        expertsPerToken: k,
+        activations: false,
       });
-      outputs.push({ dispatch: v.dispatch.name, combine: v.combine.name, ...acc.result() });
+      model.setExpertExecutor(routes);
+      const acc = new LogitDiffAccumulator(V);
+      await teacherForced(model, seqs, steps, (step, logits) => {
+        for (let b = 0; b < B; b++) acc.add(exact, (step * B + b) * V, logits, b * V);
+      });
+      outputs.push({ dispatch: v.dispatch.name, combine: v.combine.name, ...acc.result(), routingAgreement: routingAgreement(recorder.routes, routes.routes, k) });
     }
   } finally {
     model.setExpertExecutor(exactExperts);
@@ -527,6 +612,7 @@ export async function studyModel(model: DeepseekModel, seqs: readonly TeacherFor
     activations,
     perLayer,
     exactLogitRms: Math.sqrt(sq / exact.length),
+    exactTop1Margin: margins[Math.floor(margins.length / 2)] ?? 0,
     outputs,
   };
 }

@@ -15,6 +15,8 @@ import {
   createInProcessExperts,
   dataStats,
   defaultOutputVariants,
+  logUniformActivations,
+  routingAgreement,
   studyCodec,
   studyModel,
   syntheticActivations,
@@ -110,6 +112,28 @@ describe("codec study metrics on hand-made inputs", () => {
     expect(b.result().meanKl).toBeCloseTo(p * Math.log(p / (1 - p)) + (1 - p) * Math.log((1 - p) / p), 6);
   });
 
+  it("routingAgreement: the fraction of (token, slot) expert choices the exact run also made, order within a token ignored", () => {
+    const exact = [Int32Array.of(1, 2, 3, 4), Int32Array.of(5, 6)]; // k = 2: tokens [1,2] [3,4], then [5,6]
+    expect(routingAgreement(exact, [Int32Array.of(2, 1, 3, 4), Int32Array.of(5, 6)], 2)).toBe(1);
+    expect(routingAgreement(exact, [Int32Array.of(1, 9, 3, 4), Int32Array.of(7, 8)], 2)).toBe(3 / 6);
+    expect(() => routingAgreement(exact, [Int32Array.of(1, 2, 3, 4)], 2)).toThrow(/2 calls against 1/);
+  });
+
+  it("logUniformActivations: every tile spans about the asked binades; FP8 E4M3 flushes what falls below its 2^-17.8 reach", () => {
+    for (const b of [4, 12, 24]) {
+      const x = logUniformActivations(8, 1024, b, 1);
+      const st = dataStats(x, 8, 1024);
+      expect(st.tileLog2Range).toBeGreaterThan(b * 0.95);
+      expect(st.tileLog2Range).toBeLessThanOrEqual(b);
+    }
+    const x = logUniformActivations(16, 1024, 24, 2);
+    // E4M3's smallest subnormal is 2^-9 of a scale of max/448: below about 2^-18.8 of the tile max a value rounds to 0.
+    const flushed = codecError(studyCodec("fp8-tile"), x, 16, 1024).flushedToZero;
+    expect(flushed).toBeGreaterThan((24 - 18.9) / 24 - 0.03);
+    expect(flushed).toBeLessThan((24 - 18.7) / 24 + 0.03);
+    expect(codecError(studyCodec("logfmt8"), x, 16, 1024).flushedToZero).toBe(0);
+  });
+
   it("claimOnData: the ratio and the narrowest LogFMT at least as accurate as E4M3", () => {
     const err = (codec: string, relRms: number, bytesPerValue: number) => ({ codec, relRms, bytesPerValue, meanRelErr: relRms, maxAbsErr: 0, maxTileRelErr: 0, flushedToZero: 0 });
     const c = claimOnData("d", [err("fp8-tile", 0.026, 1.03), err("logfmt7", 0.029, 0.94), err("logfmt8", 0.014, 1.06), err("logfmt9", 0.007, 1.19)]);
@@ -175,9 +199,13 @@ describe("codec study on a model (tiny-v3, random weights)", () => {
   it("the recorder changes nothing and keeps every MoE layer's input rows", async () => {
     const exact = createInProcessExperts(model, 1, "exact").executor;
     const plain = await run(exact);
-    const rec = new RecordingExpertExecutor(exact, model.config.hiddenSize);
+    const rec = new RecordingExpertExecutor(exact, model.config.hiddenSize, { expertsPerToken: model.config.numExpertsPerTok });
     const recorded = await run(rec);
     expect(recorded.map(bits)).toEqual(plain.map(bits));
+    // One routing record per call: 3 MoE layers x (prefill + 3 decode steps), [T, k] each.
+    expect(rec.routes).toHaveLength(3 * 4);
+    expect(rec.routes[0]).toHaveLength(12 * model.config.numExpertsPerTok);
+    expect(rec.routes[3]).toHaveLength(2 * model.config.numExpertsPerTok);
     // tiny-v3: 4 layers, the first dense; rows = prefill (2 x 6) + 3 decode steps x 2 sequences.
     expect([...rec.captured.keys()]).toEqual([1, 2, 3]);
     expect(rec.matrix(1).rows).toBe(12 + 3 * 2);
@@ -206,8 +234,11 @@ describe("codec study on a model (tiny-v3, random weights)", () => {
     const s = await studyModel(model, seqs, 4, { variants, onRun: (name) => runs.push(name) });
     expect(runs).toEqual(["exact", "f32+f32", "logfmt6+bf16"]);
     expect(s).toMatchObject({ hidden: model.config.hiddenSize, vocab: model.config.vocabSize, sequences: 2, contextTokens: 6, steps: 4 });
-    expect(s.outputs[0]).toMatchObject({ dispatch: "f32", combine: "f32", top1Agreement: 1, maxAbsDiff: 0, meanKl: 0, pairs: 8 });
+    expect(s.outputs[0]).toMatchObject({ dispatch: "f32", combine: "f32", top1Agreement: 1, maxAbsDiff: 0, meanKl: 0, pairs: 8, routingAgreement: 1 });
     expect(s.outputs[1]!.maxAbsDiff).toBeGreaterThan(0);
+    expect(s.outputs[1]!.routingAgreement).toBeGreaterThan(0.5);
+    expect(s.outputs[1]!.routingAgreement).toBeLessThanOrEqual(1);
+    expect(s.exactTop1Margin).toBeGreaterThan(0);
     expect(s.activations.stats.rows).toBe(3 * 18);
     expect(s.activations.errors.map((e) => e.codec)).toEqual(STUDY_CODECS.map((c) => c.name));
     expect(s.perLayer.map((l) => l.layer)).toEqual([1, 2, 3]);
