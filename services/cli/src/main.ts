@@ -12,6 +12,7 @@ import { runServe } from "./serve.js";
 import { runCluster, type ClusterCliOptions } from "./cluster.js";
 import { DEFAULT_TOKEN_ID_RANGE, runBenchCli, type BenchCliOptions } from "./bench.js";
 import { PLAN_DEFAULTS, runPlan, type PlanCliOptions } from "./plan.js";
+import { runCodecStudy, type CodecStudyCliOptions } from "./codec-study.js";
 
 function intArg(name: string) {
   return (v: string): number => {
@@ -216,6 +217,23 @@ export function buildProgram(): Command {
     .option("--json", "one JSON line per step on stdout instead of the progress bar")
     .action(async (opts: TrainCliOptions) => {
       process.exitCode = await runTrain(opts);
+    });
+  program
+    .command("codec-study")
+    .description("every dispatch codec's bytes/value and error on MoE-input activations and synthetic data, its effect on logits, LogFMT-8 vs E4M3")
+    .option("--model <dir>", "checkpoint to capture activations from and run teacher-forced (repeat for several)", collect, [])
+    .option("--sequences <n>", "teacher-forced sequences per model", intArg("--sequences"), 4)
+    .option("--context <n>", "context tokens prefilled per sequence", intArg("--context"), 32)
+    .option("--steps <n>", "teacher-forced decode steps per sequence (logits compared at each)", intArg("--steps"), 32)
+    .option("--synthetic-rows <n>", "rows (tokens) of each synthetic matrix", intArg("--synthetic-rows"), 64)
+    .option("--synthetic-cols <n>", "columns (hidden) of each synthetic matrix (7168 = DeepSeek-V3)", intArg("--synthetic-cols"), 7168)
+    .option("--seed <n>", "seed of the synthetic data (and of token ids for a model without a tokenizer)", intArg("--seed"), 0)
+    .option("--threads <n>", "threads per matmul (same bits for any count)", intArg("--threads"), 1)
+    .option("--kernels <name>", "fast | portable | reference", "fast")
+    .option("--json", "print one JSON object instead of the tables")
+    .action(async (opts: CodecStudyCliOptions) => {
+      if (opts.model.length === 0) opts.model = ["models/tiny-v3"];
+      process.exitCode = await runCodecStudy(opts);
     });
   return program;
 }
