@@ -56,7 +56,7 @@ export const DEFAULT_TRAIN_OPTIONS: TrainOptions = {
   clip: 1.0,
   mtpLambda: 0.3,
   balanceAlpha: 0,
-  biasUpdateSpeed: 1e-3,
+  biasUpdateSpeed: 1e-2,
   seed: 0,
 };
 

@@ -200,7 +200,7 @@ export function buildProgram(): Command {
     .option("--clip <norm>", "global gradient-norm clip (0 = off)", floatArg("--clip"), 1)
     .option("--mtp-lambda <l>", "weight of the MTP loss", floatArg("--mtp-lambda"), 0.3)
     .option("--balance-alpha <a>", "sequence-wise auxiliary balance loss weight (0 = off)", floatArg("--balance-alpha"), 0)
-    .option("--bias-update-speed <g>", "aux-loss-free balancing: bias += g * sign(mean load - load)", floatArg("--bias-update-speed"), 1e-3)
+    .option("--bias-update-speed <g>", "aux-loss-free balancing: bias += g * sign(mean load - load)", floatArg("--bias-update-speed"), 1e-2)
     .option("--seed <n>", "seed of the initial weights and the batch sampler", intArg("--seed"), 0)
     .option("--threads <n>", "threads (every core by default)", intArg("--threads"), availableParallelism())
     .option("--parallel <how>", "kernels (products split over threads; same bits for any count) | replicas (data-parallel; bits depend on the count)", "kernels")
