@@ -69,7 +69,7 @@ export const FORWARD_PHASE_VALUES = ["attention", "gate", "shared_expert", "rout
 /** The dispatcher's own work per MoE layer: encode and send, then decode and add the replies. */
 export const DISPATCH_PHASE_VALUES = ["encode", "combine"] as const;
 /** Why the router retried or migrated a request (routerRetries). */
-const RETRY_REASONS = ["prefill_failed", "prefill_stalled", "decode_unavailable", "decode_failed", "kv_transfer_failed"] as const;
+const RETRY_REASONS = ["prefill_failed", "prefill_stalled", "prefill_vanished", "decode_unavailable", "decode_failed", "kv_transfer_failed"] as const;
 
 export const METRICS = {
   // ---- every gRPC service (the rpc kit's interceptors) -------------------------------------
@@ -107,7 +107,8 @@ export const METRICS = {
   routerQueueWait: { name: "moela_router_queue_wait_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time a prefill job waited in the queue before a worker took it." },
   /**
    * router, per retry or migration of one of its requests: prefill_failed (BullMQ retries a failed attempt
-   * after its backoff), prefill_stalled (the job's worker died; BullMQ gave it to another), decode_unavailable
+   * after its backoff), prefill_stalled (the job's worker died; BullMQ gave it to another), prefill_vanished (the
+   * job was gone from Redis before its first token: the router enqueued it again), decode_unavailable
    * (the Decode.Stream broke or the instance drained: migrated), decode_failed (decode ended it with a
    * retryable error, e.g. a step that lost an expert-host: migrated), kv_transfer_failed.
    */

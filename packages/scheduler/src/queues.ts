@@ -66,6 +66,11 @@ export const prefillJobSchema = z.strictObject({
   precision: z.enum(PRECISIONS),
   /** When the router enqueued it (ms since the epoch), for queue-wait accounting. */
   enqueuedAtMs: z.number().int().nonnegative(),
+  /**
+   * The client's cache_salt (vLLM's), absent when none: prefill must mix it into this prompt's prefix-cache
+   * keys (prefixBlockHashes' salt), so only requests with the same salt share cached blocks.
+   */
+  cacheSalt: z.string().min(1).max(256).optional(),
 });
 
 export type PrefillSampling = z.infer<typeof prefillSamplingSchema>;
