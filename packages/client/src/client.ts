@@ -10,7 +10,11 @@
  * with exponential backoff and full jitter, up to `maxRetries` times and never past the deadline.
  * Once a message has arrived nothing is retried (the tokens already delivered would come twice),
  * so the error reaches the caller. Every attempt carries the same request id, which the client
- * makes when the caller gives none, so the server's logs show the retries as one request.
+ * makes when the caller gives none, so the server's logs show the retries as one request (the router
+ * runs each attempt as `<request id>-<12 hex>`, so they never collide with each other or anyone else).
+ *
+ * Authentication: with `apiKey`, every call carries `authorization: Bearer <key>` metadata, what the
+ * router's --api-key asks for; a missing or wrong key fails with UnauthenticatedError (not retried).
  */
 import { randomUUID } from "node:crypto";
 import {
@@ -19,6 +23,7 @@ import {
   type ChannelOptions,
   type ClientReadableStream,
   credentials as grpcCredentials,
+  Metadata,
 } from "@grpc/grpc-js";
 import { CancelledError, InvalidArgumentError, type MoelaError, UnavailableError } from "@moela/core";
 import {
@@ -54,6 +59,8 @@ export interface GenerateRequest {
   readonly requestId?: string;
   /** Lower runs first when the queue is contended. */
   readonly priority?: number;
+  /** Per-tenant salt of the prompt's prefix-cache keys (vLLM's cache_salt): only equal salts share cached prefixes. */
+  readonly cacheSalt?: string;
 }
 
 export type FinishReason = "stop" | "length";
@@ -112,6 +119,8 @@ export interface GenerateOptions {
 export interface MoelaClientOptions {
   /** host:port of the router's gRPC server. */
   readonly address: string;
+  /** The router's API key (its --api-key), sent as `authorization: Bearer <key>` metadata on every call. */
+  readonly apiKey?: string;
   /** Default: insecure (plaintext), as inside a cluster network. */
   readonly credentials?: ChannelCredentials;
   readonly channelOptions?: Partial<ChannelOptions>;
@@ -162,6 +171,7 @@ export function toWireRequest(r: GenerateRequest, requestId: string): WireGenera
     model: r.model ?? "",
     requestId,
     priority: r.priority ?? 0,
+    cacheSalt: r.cacheSalt ?? "",
   };
 }
 
@@ -266,6 +276,7 @@ export class MoelaClient {
   private readonly maxRetries: number;
   private readonly initialBackoffMs: number;
   private readonly maxBackoffMs: number;
+  private readonly apiKey: string | undefined;
 
   constructor(o: MoelaClientOptions) {
     if (typeof o.address !== "string" || o.address.trim() === "") throw new InvalidArgumentError("address must be host:port of the router's gRPC server");
@@ -278,6 +289,8 @@ export class MoelaClient {
     this.maxRetries = o.maxRetries ?? 4;
     this.initialBackoffMs = o.initialBackoffMs ?? 100;
     this.maxBackoffMs = o.maxBackoffMs ?? 3_000;
+    if (o.apiKey !== undefined && !/^[\x21-\x7e]+$/.test(o.apiKey)) throw new InvalidArgumentError("apiKey must be printable ASCII without spaces");
+    this.apiKey = o.apiKey;
     // grpc-js's own retries are off: they would not know that a retry is only safe before the first message.
     this.grpc = new GenerateClient(o.address, o.credentials ?? grpcCredentials.createInsecure(), {
       "grpc.enable_retries": 0,
@@ -332,7 +345,9 @@ export class MoelaClient {
     for (let attempt = 0; ; attempt++) {
       if (signal.aborted) throw cancelled(signal);
       const callOptions: Partial<CallOptions> = deadline === undefined ? {} : { deadline };
-      const call = this.grpc.generate(wire, callOptions);
+      const metadata = new Metadata();
+      if (this.apiKey !== undefined) metadata.set("authorization", `Bearer ${this.apiKey}`);
+      const call = this.grpc.generate(wire, metadata, callOptions);
       const cancelCall = () => call.cancel();
       signal.addEventListener("abort", cancelCall, { once: true });
       let received = 0;

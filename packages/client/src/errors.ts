@@ -5,6 +5,7 @@
  *   CANCELLED -> CancelledError            INVALID_ARGUMENT   -> InvalidArgumentError
  *   UNAVAILABLE -> UnavailableError        RESOURCE_EXHAUSTED -> ResourceExhaustedError
  *   DATA_LOSS -> DataLossError             DEADLINE_EXCEEDED  -> DeadlineExceededError
+ *   UNAUTHENTICATED -> UnauthenticatedError (no API key, or a wrong one: MoelaClientOptions.apiKey)
  *   any other code -> MoelaError carrying that code (err.code)
  *
  * The message is the server's status details; the grpc-js error is kept as `cause`.
@@ -30,6 +31,13 @@ export class DeadlineExceededError extends MoelaError {
   }
 }
 
+/** The router wants an API key and the call carried none, or a wrong one (MoelaClientOptions.apiKey). */
+export class UnauthenticatedError extends MoelaError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, Code.UNAUTHENTICATED, options);
+  }
+}
+
 type ErrorClass = new (message: string, options?: { cause?: unknown }) => MoelaError;
 
 const CLASS_BY_CODE: ReadonlyMap<number, ErrorClass> = new Map<number, ErrorClass>([
@@ -39,6 +47,7 @@ const CLASS_BY_CODE: ReadonlyMap<number, ErrorClass> = new Map<number, ErrorClas
   [Code.RESOURCE_EXHAUSTED, ResourceExhaustedError],
   [Code.UNAVAILABLE, UnavailableError],
   [Code.DATA_LOSS, DataLossError],
+  [Code.UNAUTHENTICATED, UnauthenticatedError],
 ]);
 
 const CODE_NAMES: ReadonlyMap<number, string> = new Map(Object.entries(Code).map(([name, code]) => [code, name]));

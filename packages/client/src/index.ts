@@ -18,7 +18,7 @@ export {
   type Usage,
 } from "./client.js";
 export { Stream, type StreamSource } from "./stream.js";
-export { DeadlineExceededError, codeName, errorFromStatus, toMoelaError } from "./errors.js";
+export { DeadlineExceededError, UnauthenticatedError, codeName, errorFromStatus, toMoelaError } from "./errors.js";
 export {
   CancelledError,
   Code,

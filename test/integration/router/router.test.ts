@@ -508,7 +508,7 @@ describe("gRPC Generate", () => {
       const ids = [900, 901, 902];
       const out: GenerateResponse[] = [];
       for await (const m of serverStreamCall<GenerateResponse>((md, o) =>
-        c.generate({ prompt: { $case: "tokenIds", value: { ids } }, sampling: { temperature: 0, topK: 0, maxTokens: 5, stop: [], stopTokenIds: [], ignoreEos: false, logprobs: 0 }, model: "", requestId: "grpc-test-1", priority: 0 }, md, o),
+        c.generate({ prompt: { $case: "tokenIds", value: { ids } }, sampling: { temperature: 0, topK: 0, maxTokens: 5, stop: [], stopTokenIds: [], ignoreEos: false, logprobs: 0 }, model: "", requestId: "grpc-test-1", priority: 0, cacheSalt: "" }, md, o),
       )) {
         out.push(m);
       }
@@ -534,7 +534,7 @@ describe("gRPC Generate", () => {
     const c = connect(GenerateClient, router.grpcAddress);
     try {
       const run = async (): Promise<void> => {
-        for await (const _ of serverStreamCall<GenerateResponse>((md, o) => c.generate({ model: "", requestId: "", priority: 0, ...req }, md, o))) void _;
+        for await (const _ of serverStreamCall<GenerateResponse>((md, o) => c.generate({ model: "", requestId: "", priority: 0, cacheSalt: "", ...req }, md, o))) void _;
       };
       const err = await run().catch((e: unknown) => e);
       expect(err).toBeInstanceOf(InvalidArgumentError);

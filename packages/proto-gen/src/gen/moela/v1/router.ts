@@ -54,8 +54,10 @@ export interface GenerateRequest {
    */
   model: string;
   /**
-   * Optional caller-chosen request id (it appears in every service's logs);
-   * empty -> the router makes one and returns it in the first response.
+   * Optional caller-chosen request id, returned in every response. Inside the
+   * cluster the router runs it as "<request_id>-<12 hex>" (so equal ids of
+   * different callers never meet; that id is in every service's logs); empty
+   * -> the router makes one ("req-<uuid>").
    */
   requestId: string;
   /**
@@ -63,6 +65,13 @@ export interface GenerateRequest {
    * default priority.
    */
   priority: number;
+  /**
+   * Optional per-tenant salt of the prompt's prefix-cache keys (vLLM's
+   * cache_salt): only requests with the same salt share cached prefixes, so a
+   * tenant cannot learn another's prompts from cache hits. Empty -> none; at
+   * most 256 characters.
+   */
+  cacheSalt: string;
 }
 
 /**
@@ -170,7 +179,7 @@ export const TokenIds: MessageFns<TokenIds> = {
 };
 
 function createBaseGenerateRequest(): GenerateRequest {
-  return { prompt: undefined, sampling: undefined, model: "", requestId: "", priority: 0 };
+  return { prompt: undefined, sampling: undefined, model: "", requestId: "", priority: 0, cacheSalt: "" };
 }
 
 export const GenerateRequest: MessageFns<GenerateRequest> = {
@@ -194,6 +203,9 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     }
     if (message.priority !== 0) {
       writer.uint32(48).uint32(message.priority);
+    }
+    if (message.cacheSalt !== "") {
+      writer.uint32(58).string(message.cacheSalt);
     }
     return writer;
   },
@@ -259,6 +271,14 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
             message.priority = reader.uint32();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.cacheSalt = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -288,6 +308,11 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
         ? globalThis.String(object.request_id)
         : "",
       priority: isSet(object.priority) ? globalThis.Number(object.priority) : 0,
+      cacheSalt: isSet(object.cacheSalt)
+        ? globalThis.String(object.cacheSalt)
+        : isSet(object.cache_salt)
+        ? globalThis.String(object.cache_salt)
+        : "",
     };
   },
 
@@ -309,6 +334,9 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     }
     if (message.priority !== 0) {
       obj.priority = Math.round(message.priority);
+    }
+    if (message.cacheSalt !== "") {
+      obj.cacheSalt = message.cacheSalt;
     }
     return obj;
   },
@@ -338,6 +366,7 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     message.model = object.model ?? "";
     message.requestId = object.requestId ?? "";
     message.priority = object.priority ?? 0;
+    message.cacheSalt = object.cacheSalt ?? "";
     return message;
   },
 };
