@@ -21,13 +21,28 @@
  *   --precision P            exact | paper: the deployment's profile, stamped on every prefill job (exact)
  *   --request-timeout-s N    a request's deadline, queueing included             (600)
  *   --max-in-flight N        generations admitted (queued for prefill + running) before 429  (1024)
+ *   --api-key KEY[,KEY...]   clients must send `Authorization: Bearer KEY` (HTTP /v1/*) or the same as gRPC
+ *                            metadata (Generate); several keys (comma-separated) allow rotation. Prefer
+ *                            the env twin: a flag shows in `ps`. /health and /metrics stay open.  (none: open)
+ *   --max-body-bytes N       largest HTTP request body, and gRPC request message  (32 MiB)
+ *   --max-prompt-chars N     most characters of prompt text per request before tokenizing
+ *                                                    (16 per context token, at least 65536)
+ *   --max-prompt-tokens N    longest prompt in tokens; keep it at prefill's --max-batch-tokens
+ *                                                    (min(max-model-len - 1, 32768): prefill's default)
+ *   --tokenizer-threads N    threads that tokenize prompts over 4096 characters; 0 = on the event loop  (1)
  *   --log-level L            pino level                                          (info)
+ *
+ * docs/SECURITY.md says what each bound protects and what an operator must still do.
  */
 import { existsSync, readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { ConfigError, envNameOf, flagList, readSettings, settingsFromKeys, validateSettings } from "@moela/core";
+import { PREFILL_DEFAULT_MAX_PROMPT_TOKENS } from "@moela/openai-api";
 import { DEFAULT_POLICY, parsePolicyJson, Policy, type PolicyConfig } from "@moela/scheduler";
 import { z } from "zod";
+
+/** Default --max-body-bytes: a full-context prompt as token ids or escaped text fits with room to spare. */
+export const DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024;
 
 const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "must be host:port");
 
@@ -50,6 +65,12 @@ const schema = z.strictObject({
   precision: z.enum(["exact", "paper"]).default("exact"),
   requestTimeoutS: z.coerce.number().positive("must be positive").max(86_400).default(600),
   maxInFlight: z.coerce.number().int("must be an integer").min(1, "must be at least 1").default(1024),
+  // Checked in parseRouterConfig, whose errors never repeat a key.
+  apiKey: z.string().optional(),
+  maxBodyBytes: z.coerce.number().int("must be an integer").min(1024, "must be at least 1024").max(2 ** 31 - 1).default(DEFAULT_MAX_BODY_BYTES),
+  maxPromptChars: z.coerce.number().int("must be an integer").min(1, "must be at least 1").optional(),
+  maxPromptTokens: z.coerce.number().int("must be an integer").min(1, "must be at least 1").optional(),
+  tokenizerThreads: z.coerce.number().int("must be an integer").min(0, "must be at least 0").max(64).default(1),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
 
@@ -75,7 +96,38 @@ export interface RouterConfig {
   readonly precision: "exact" | "paper";
   readonly requestTimeoutMs: number;
   readonly maxInFlight: number;
+  /** Accepted API keys; empty: no authentication (the API is open to whoever reaches it). */
+  readonly apiKeys?: readonly string[];
+  /** Largest HTTP body / gRPC request message (default DEFAULT_MAX_BODY_BYTES). */
+  readonly maxBodyBytes?: number;
+  /** Prompt characters per request before tokenizing; undefined = defaultMaxPromptChars(max model len). */
+  readonly maxPromptChars?: number;
+  /** Longest prompt in tokens; undefined = min(max model len - 1, PREFILL_DEFAULT_MAX_PROMPT_TOKENS). */
+  readonly maxPromptTokens?: number;
+  /** Tokenizer worker threads (default 1; 0 = the event loop). */
+  readonly tokenizerThreads?: number;
   readonly logLevel: string;
+}
+
+/** The prompt-token cap the router applies: the flag, else prefill's default, within the context. */
+export function resolveMaxPromptTokens(config: Pick<RouterConfig, "maxPromptTokens">, maxModelLen: number): number {
+  return Math.min(maxModelLen - 1, config.maxPromptTokens ?? PREFILL_DEFAULT_MAX_PROMPT_TOKENS);
+}
+
+/**
+ * --api-key: comma-separated keys, each 1-512 printable ASCII characters without spaces or commas (they
+ * travel in an HTTP header). The error never repeats the value.
+ */
+export function parseApiKeys(value: string | undefined): readonly string[] {
+  if (value === undefined) return Object.freeze([]);
+  const where = `router: --api-key (env ${envOf("apiKey")})`;
+  const keys = value.split(",").map((k) => k.trim());
+  keys.forEach((k, i) => {
+    if (k.length === 0) throw new ConfigError(`${where}: key ${i + 1} of ${keys.length} is empty`);
+    if (k.length > 512) throw new ConfigError(`${where}: key ${i + 1} of ${keys.length} is longer than 512 characters`);
+    if (!/^[\x21-\x7e]+$/.test(k)) throw new ConfigError(`${where}: key ${i + 1} of ${keys.length} holds a character other than printable ASCII`);
+  });
+  return Object.freeze([...new Set(keys)]);
 }
 
 /** camelCase key -> MOELA_ROUTER_SNAKE_CASE. */
@@ -110,6 +162,11 @@ export function parseRouterConfig(argv: readonly string[], env: NodeJS.ProcessEn
     precision: c.precision,
     requestTimeoutMs: Math.round(c.requestTimeoutS * 1000),
     maxInFlight: c.maxInFlight,
+    apiKeys: parseApiKeys(c.apiKey),
+    maxBodyBytes: c.maxBodyBytes,
+    maxPromptChars: c.maxPromptChars,
+    maxPromptTokens: c.maxPromptTokens,
+    tokenizerThreads: c.tokenizerThreads,
     logLevel: c.logLevel,
   });
 }

@@ -10,12 +10,28 @@
  * A client that disconnects cancels its generations (Decode.Cancel frees their KV blocks).
  *
  * Request ids: a client may choose its request's id with an `x-request-id` header (1-128 of
- * A-Z a-z 0-9 . _ -); otherwise the router makes one. Every answer carries it in `x-request-id`; a request
- * with n prompts runs generations `<id>`, `<id>.1`, ..., `<id>.<n-1>`. GET /v1/routing/<id> returns how
- * the router placed each of them (candidates, scores, choice, reason).
+ * A-Z a-z 0-9 . _ -) or GenerateRequest.request_id; otherwise the router makes one (`req-<uuid>`). Every
+ * answer carries the client's own id back (`x-request-id`, GenerateResponse.request_id). Inside the
+ * cluster a client-chosen id is namespaced: the request runs as `<client id>-<12 random hex>` (as vLLM
+ * makes external ids unique), so two clients that send the same id never touch each other's requests,
+ * and an id may be reused as soon as (or before) its request ends. That internal id is the one in every
+ * service's logs (it starts with the client's id, so a grep finds it), in HTTP answers' `x-moela-request-id`,
+ * and the key of GET /v1/routing/<id>, which returns how the router placed each generation (candidates,
+ * scores, choice, reason). A request with n prompts runs generations `<id>`, `<id>.1`, ..., `<id>.<n-1>`.
+ *
+ * Authentication (with --api-key, as vLLM's): every HTTP route but GET /health needs `Authorization:
+ * Bearer <key>`, and Generate the same as gRPC metadata; otherwise 401 / UNAUTHENTICATED. Keys are
+ * compared in constant time. /metrics (its own port) and gRPC health stay open.
+ *
+ * Errors: what a client is told names no internal address, host or instance id (publicError: the
+ * router's own wording for its refusals, everything else scrubbed; details go to the log). Bodies deeper
+ * than MAX_JSON_DEPTH are refused before parsing, bodies over --max-body-bytes with 413, and prompts are
+ * tokenized through the TokenizerPool (long ones off the event loop).
  */
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { once } from "node:events";
 import type { ServerResponse } from "node:http";
+import type { Metadata } from "@grpc/grpc-js";
 import { CancelledError, Code, InvalidArgumentError, MoelaError, newRequestId, requestLogger, type Logger } from "@moela/core";
 import type { MetricsOf } from "@moela/metrics";
 import {
@@ -28,10 +44,15 @@ import {
   concatCompletionLogprobs,
   createdNow,
   newChatCompletionId,
+  jsonDepthExceeds,
+  MAX_JSON_DEPTH,
+  ModelNotFoundError,
   newCompletionId,
   openAIError,
-  parseChatRequest,
-  parseCompletionRequest,
+  planChatRequest,
+  planCompletionRequest,
+  RequestValidationError,
+  runPlanAsync,
   SSE_DONE,
   sseData,
   tokenRenderer,
@@ -39,16 +60,16 @@ import {
   type CompletionLogprobs,
   type FinishReason,
   type GeneratedToken,
+  type AsyncPromptEncoder,
   type GenerationRequest,
-  type ModelNotFoundError,
   type TokenText,
   type ValidationContext,
 } from "@moela/openai-api";
 import {
   FinishReason as WireFinishReason,
-  type GenerateRequest,
+  GenerateRequest,
+  GenerateService,
   type GenerateResponse,
-  type GenerateService,
 } from "@moela/proto-gen";
 import type { AsyncServiceImplementation, CallContext } from "@moela/rpc";
 import { MAX_PRIORITY, type AdmissionController, type DecisionLog, type DecodePool } from "@moela/scheduler";
@@ -60,6 +81,14 @@ export interface RouterContext {
   readonly validation: ValidationContext;
   /** null when the checkpoint has no tokenizer (token-id prompts only). */
   readonly tokenizer: Tokenizer | null;
+  /** Runs the requests' tokenizer operations (the TokenizerPool: long prompts off the event loop). */
+  readonly encoder: AsyncPromptEncoder;
+  /** The API keys clients must present; null: no authentication. */
+  readonly apiKeys: ApiKeys | null;
+  /** Largest HTTP body (fastify's bodyLimit). */
+  readonly maxBodyBytes: number;
+  /** Addresses, hosts and instance ids of the cluster right now: scrubbed from what clients are told. */
+  readonly internalNames: () => Iterable<string>;
   readonly pipeline: Pipeline;
   readonly pool: DecodePool;
   readonly admission: AdmissionController;
@@ -87,6 +116,7 @@ function outcomeOf(err: unknown): Outcome {
     case Code.INVALID_ARGUMENT:
     case Code.NOT_FOUND:
     case Code.RESOURCE_EXHAUSTED:
+    case Code.UNAUTHENTICATED:
       return "rejected";
     default:
       return "error";
@@ -127,12 +157,13 @@ async function writeRaw(raw: ServerResponse, chunk: string): Promise<boolean> {
   return !raw.destroyed;
 }
 
-function sseHeaders(requestId: string): Record<string, string> {
+function sseHeaders(publicId: string, requestId: string): Record<string, string> {
   return {
     "content-type": "text/event-stream; charset=utf-8",
     "cache-control": "no-cache",
     connection: "keep-alive",
-    "x-request-id": requestId,
+    "x-request-id": publicId,
+    [INTERNAL_ID_HEADER]: requestId,
   };
 }
 
@@ -186,13 +217,16 @@ async function handleGeneration(api: "completions" | "chat", ctx: RouterContext,
   let release: (() => void) | undefined;
   const ctl = requestController(req, reply, ctx.shutdown);
   const responseId = api === "completions" ? newCompletionId() : newChatCompletionId();
-  const requestId = clientRequestId(req) ?? newRequestId();
+  const clientId = clientRequestId(req);
+  const publicId = clientId ?? newRequestId();
+  const requestId = clientId === undefined ? publicId : namespacedRequestId(clientId);
   // Every line of this request carries its id, so one grep follows it through router, prefill and decode.
-  const log = requestLogger(ctx.logger, requestId, { responseId, api });
+  const log = requestLogger(ctx.logger, requestId, { responseId, api, ...(clientId !== undefined ? { clientRequestId: clientId } : {}) });
   try {
-    // On every answer, refusals included, so a client can look the request up.
-    reply.header("x-request-id", requestId);
-    const parsed = api === "completions" ? parseCompletionRequest(req.body, ctx.validation) : parseChatRequest(req.body, ctx.validation);
+    // On every answer, refusals included: the client's own id, and the one the cluster knows it by.
+    reply.header("x-request-id", publicId).header(INTERNAL_ID_HEADER, requestId);
+    const plan = api === "completions" ? planCompletionRequest(req.body, ctx.validation) : planChatRequest(req.body, ctx.validation);
+    const parsed = await runPlanAsync(plan, ctx.encoder, ctl.signal);
     release = ctx.admission.admit(parsed.prompts.length);
     const requestIds = parsed.prompts.map((_, i) => (i === 0 ? requestId : `${requestId}.${i}`));
     log.info({ requestIds, prompts: parsed.prompts.length, stream: parsed.stream }, "generation request");
@@ -204,20 +238,21 @@ async function handleGeneration(api: "completions" | "chat", ctx: RouterContext,
           sampling: parsed.sampling[i]!,
           stop: parsed.stop,
           skipSpecialTokens: parsed.skipSpecialTokens,
+          ...(parsed.cacheSalt !== undefined ? { cacheSalt: parsed.cacheSalt } : {}),
           arrivedAt,
         },
         ctl.signal,
       ),
     );
-    if (parsed.stream) await streamGeneration(api, ctx, parsed, gens, responseId, requestIds[0]!, reply);
-    else await reply.header("x-request-id", requestIds[0]!).send(await fullResponse(api, ctx, parsed, gens, responseId));
+    if (parsed.stream) await streamGeneration(api, ctx, parsed, gens, responseId, publicId, requestId, reply);
+    else await reply.send(await fullResponse(api, ctx, parsed, gens, responseId));
   } catch (err) {
     outcome = outcomeOf(err);
     if (outcome === "error") log.error({ err }, "generation failed");
     else log.info({ outcome, err: err instanceof Error ? err.message : String(err) }, "generation did not complete");
     if (reply.sent || reply.raw.headersSent) {
       // Mid-stream: report in band, then end the stream.
-      if (outcome !== "cancelled") await writeRaw(reply.raw, sseData(openAIError(err).body));
+      if (outcome !== "cancelled") await writeRaw(reply.raw, sseData(openAIError(publicError(err, ctx)).body));
       if (!reply.raw.writableEnded) reply.raw.end(SSE_DONE);
     } else {
       throw err;
@@ -280,6 +315,7 @@ async function streamGeneration(
   parsed: GenerationRequest,
   gens: AsyncGenerator<GenerateEvent>[],
   id: string,
+  publicId: string,
   requestId: string,
   reply: FastifyReply,
 ): Promise<void> {
@@ -292,7 +328,7 @@ async function streamGeneration(
   let next = await events.next();
   reply.hijack();
   const raw = reply.raw;
-  raw.writeHead(200, sseHeaders(requestId));
+  raw.writeHead(200, sseHeaders(publicId, requestId));
   const promptTokens = parsed.prompts.reduce((n, p) => n + p.tokenIds.length, 0);
   let completionTokens = 0;
   let cachedPromptTokens = 0;
@@ -344,8 +380,9 @@ function clientRequestId(req: FastifyRequest): string | undefined {
   return v;
 }
 
-function sendError(reply: FastifyReply, err: unknown): FastifyReply {
-  const { status, body } = openAIError(err);
+function sendError(ctx: RouterContext, reply: FastifyReply, err: unknown): FastifyReply {
+  const { status, body } = openAIError(publicError(err, ctx));
+  if (status === 401) reply.header("www-authenticate", 'Bearer realm="moela"');
   // Over the admission bound, or nothing to serve it with right now (no decode instance, Redis or an
   // expert shard down, migrations exhausted): the client may come back shortly.
   if (status === 429 || status === 503) reply.header("retry-after", "1");
@@ -354,19 +391,46 @@ function sendError(reply: FastifyReply, err: unknown): FastifyReply {
 
 /** The fastify app: routes, OpenAI-shaped errors for everything (malformed JSON and unknown routes included). */
 export function buildHttpApp(ctx: RouterContext): FastifyInstance {
-  // Token-id prompts of long contexts are large JSON bodies.
-  const app = Fastify({ logger: false, bodyLimit: 64 * 1024 * 1024, return503OnClosing: true });
+  // bodyLimit: token-id prompts of long contexts are large JSON bodies; --max-body-bytes bounds them.
+  const app = Fastify({ logger: false, bodyLimit: ctx.maxBodyBytes, return503OnClosing: true });
+
+  // JSON as fastify parses it (prototype poisoning refused), after a linear check of the nesting depth:
+  // JSON.parse recurses, and a body of a million "[" would otherwise end in a stack overflow (a 500).
+  const parseJson = app.getDefaultJsonParser("error", "error");
+  app.removeContentTypeParser("application/json");
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (req, body, done) => {
+    if (typeof body === "string" && jsonDepthExceeds(body, MAX_JSON_DEPTH)) {
+      done(new RequestValidationError(`the JSON body nests arrays and objects deeper than ${MAX_JSON_DEPTH} levels`, "body"), undefined);
+      return;
+    }
+    parseJson(req, body as string, done);
+  });
+
+  // API keys: everything but the health check (a load balancer's probe carries none).
+  app.addHook("onRequest", async (req, reply) => {
+    if (ctx.apiKeys === null) return;
+    if ((req.method === "GET" || req.method === "HEAD") && req.url.split("?")[0] === "/health") return;
+    try {
+      ctx.apiKeys.authenticate(req.headers.authorization);
+    } catch (err) {
+      return sendError(ctx, reply, err);
+    }
+  });
 
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, _req, reply) => {
-    if (err instanceof MoelaError) return sendError(reply, err);
+    if (err instanceof MoelaError) return sendError(ctx, reply, err);
     // fastify's own 4xx: malformed or empty JSON, wrong content type, body too large.
     const status = err.statusCode;
     if (status !== undefined && status >= 400 && status < 500) {
+      if (err.code === "FST_ERR_CTP_BODY_TOO_LARGE") {
+        const message = `the request body is larger than this server's limit of ${ctx.maxBodyBytes} bytes`;
+        return reply.code(413).send({ error: { message, type: "invalid_request_error", param: null, code: "request_too_large" } });
+      }
       const message = err.code === "FST_ERR_CTP_INVALID_JSON_BODY" || err instanceof SyntaxError ? `malformed JSON body: ${err.message}` : err.message;
       return reply.code(status).send({ error: { message, type: "invalid_request_error", param: null, code: null } });
     }
     ctx.logger.error({ err }, "unhandled error in an HTTP handler");
-    return sendError(reply, err);
+    return sendError(ctx, reply, err);
   });
   app.setNotFoundHandler((req, reply) =>
     reply.code(404).send({ error: { message: `no route for ${req.method} ${req.url}`, type: "invalid_request_error", param: null, code: "not_found" } }),
@@ -396,8 +460,8 @@ export function buildHttpApp(ctx: RouterContext): FastifyInstance {
   // How the router placed a request: every decision kept for it (a retried or migrated request has several).
   app.get<{ Params: { requestId: string } }>("/v1/routing/:requestId", async (req, reply) => {
     const { requestId } = req.params;
-    // Up to 140: a batch's later generations are "<id>.<n>".
-    if (!/^[A-Za-z0-9._-]{1,140}$/.test(requestId)) throw new InvalidArgumentError("a request id is letters, digits and . _ -");
+    // The internal id (x-moela-request-id, the logs'): a client's id plus 13, a batch's "<id>.<n>" more.
+    if (!/^[A-Za-z0-9._-]{1,192}$/.test(requestId)) throw new InvalidArgumentError("a request id is 1-192 letters, digits and . _ -");
     // A migrated request's later attempts run as "<id>.m1", "<id>.m2", ... (pipeline.ts): theirs belong here too.
     const decisions = await ctx.decisions.lookup(requestId);
     for (let n = 1; decisions.length > 0 && n <= 16; n++) {
@@ -441,6 +505,7 @@ function generateRequestBody(req: GenerateRequest): Record<string, unknown> {
     if (s.logprobs !== undefined) body.logprobs = s.logprobs;
     if (s.ignoreEos) body.ignore_eos = true;
   }
+  if (req.cacheSalt !== "") body.cache_salt = req.cacheSalt;
   return body;
 }
 
@@ -452,7 +517,27 @@ function wireFinish(f: FinishReason | null): WireFinishReason {
   return WireFinishReason.FINISH_REASON_UNSPECIFIED;
 }
 
-export function generateService(ctx: RouterContext): AsyncServiceImplementation<typeof GenerateService> {
+/**
+ * GenerateService with a lenient request decoder: a message that does not decode (a seed past 2^53, the
+ * one 64-bit field, which TypeScript holds as a number) reaches the handler marked, to be answered
+ * INVALID_ARGUMENT naming the field, instead of grpc-js's bare INTERNAL "Error deserializing request".
+ */
+export const LENIENT_GENERATE_SERVICE = {
+  generate: {
+    ...GenerateService.generate,
+    requestDeserialize: (bytes: Buffer): GenerateRequest => {
+      try {
+        return GenerateService.generate.requestDeserialize(bytes);
+      } catch (err) {
+        return Object.assign(GenerateRequest.fromPartial({}), { [UNDECODABLE]: err instanceof Error ? err.message : String(err) });
+      }
+    },
+  },
+} as const;
+
+const UNDECODABLE = Symbol("undecodable");
+
+export function generateService(ctx: RouterContext): AsyncServiceImplementation<typeof LENIENT_GENERATE_SERVICE> {
   return {
     async *generate(req: GenerateRequest, call: CallContext): AsyncGenerator<GenerateResponse> {
       const arrivedAt = performance.now();
@@ -461,6 +546,11 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
       let log: Logger = ctx.logger.child({ api: "grpc" });
       const signal = AbortSignal.any([call.signal, ctx.shutdown]);
       try {
+        ctx.apiKeys?.authenticate(bearerOfMetadata(call.metadata));
+        const undecodable = (req as GenerateRequest & { [UNDECODABLE]?: string })[UNDECODABLE];
+        if (undecodable !== undefined) {
+          throw new InvalidArgumentError(`the request does not decode (${undecodable}): sampling.seed, its one 64-bit field, must be at most 2^53 - 1`);
+        }
         if (req.prompt === undefined) throw new InvalidArgumentError("prompt is required (text or token_ids)");
         if (req.requestId !== "" && !REQUEST_ID.test(req.requestId)) {
           throw new InvalidArgumentError("request_id may hold 1-128 letters, digits and . _ - only");
@@ -468,15 +558,16 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
         if (req.priority > MAX_PRIORITY) throw new InvalidArgumentError(`priority must be at most ${MAX_PRIORITY}, got ${req.priority}`);
         let parsed: GenerationRequest;
         try {
-          parsed = parseCompletionRequest(generateRequestBody(req), ctx.validation);
+          parsed = await runPlanAsync(planCompletionRequest(generateRequestBody(req), ctx.validation), ctx.encoder, signal);
         } catch (err) {
           // The proto names an unknown model INVALID_ARGUMENT (HTTP's 404 has no gRPC twin here).
-          if (err instanceof MoelaError && err.code === Code.NOT_FOUND) throw new InvalidArgumentError((err as ModelNotFoundError).message);
+          if (err instanceof ModelNotFoundError) throw new InvalidArgumentError(err.message);
           throw err;
         }
         release = ctx.admission.admit(1);
-        const requestId = req.requestId !== "" ? req.requestId : newRequestId();
-        log = requestLogger(ctx.logger, requestId, { api: "grpc" });
+        const publicId = req.requestId !== "" ? req.requestId : newRequestId();
+        const requestId = req.requestId !== "" ? namespacedRequestId(req.requestId) : publicId;
+        log = requestLogger(ctx.logger, requestId, { api: "grpc", ...(req.requestId !== "" ? { clientRequestId: req.requestId } : {}) });
         const wantLogprobs = parsed.sampling[0]!.logprobs !== null;
         log.info("generation request");
         const gen = ctx.pipeline.generate(
@@ -487,13 +578,14 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
             stop: parsed.stop,
             skipSpecialTokens: true,
             priority: req.priority,
+            ...(parsed.cacheSalt !== undefined ? { cacheSalt: parsed.cacheSalt } : {}),
             arrivedAt,
           },
           signal,
         );
         for await (const ev of gen) {
           yield {
-            requestId,
+            requestId: publicId,
             tokenIds: ev.tokens.map((t) => t.id),
             text: ev.text,
             logprobs: wantLogprobs
@@ -507,7 +599,7 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
         outcome = outcomeOf(err);
         if (outcome === "error") log.error({ err }, "generation failed");
         else log.info({ outcome, err: err instanceof Error ? err.message : String(err) }, "generation did not complete");
-        throw err;
+        throw publicError(err, ctx);
       } finally {
         release?.();
         ctx.metrics.routerRequests.inc({ api: "grpc", outcome });
@@ -515,4 +607,97 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
       }
     },
   };
+}
+
+// ---- request ids, API keys, what clients are told ---------------------------------------------
+
+/** The response header with the id the cluster knows a request by (logs, GET /v1/routing/<id>). */
+export const INTERNAL_ID_HEADER = "x-moela-request-id";
+
+/**
+ * The id a request with a client-chosen id runs under: `<client id>-<12 random hex>`. Unique whatever
+ * the clients choose (48 random bits per request), still found by grepping for the client's id.
+ */
+export function namespacedRequestId(clientId: string): string {
+  return `${clientId}-${randomBytes(6).toString("hex")}`;
+}
+
+/** The token of an `Authorization: Bearer <token>` value (scheme case-insensitive), else undefined. */
+export function bearerToken(authorization: string | undefined): string | undefined {
+  if (authorization === undefined) return undefined;
+  const m = /^\s*Bearer\s+(\S+)\s*$/i.exec(authorization);
+  return m === null ? undefined : m[1];
+}
+
+function bearerOfMetadata(md: Metadata): string | undefined {
+  const v = md.get("authorization")[0];
+  return typeof v === "string" ? v : undefined;
+}
+
+/** The router's API keys (--api-key): checked in constant time, never logged. */
+export class ApiKeys {
+  private readonly digests: readonly Buffer[];
+
+  constructor(keys: readonly string[]) {
+    if (keys.length === 0) throw new InvalidArgumentError("ApiKeys needs at least one key");
+    this.digests = keys.map(digest);
+  }
+
+  /**
+   * Throws UNAUTHENTICATED unless `authorization` (the header or metadata value) is `Bearer <a key>`.
+   * Every key is compared, each in constant time, so the time taken says nothing about any key.
+   */
+  authenticate(authorization: string | undefined): void {
+    const token = bearerToken(authorization);
+    if (token === undefined) {
+      throw new MoelaError(
+        authorization === undefined
+          ? "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
+          : "The Authorization value must be 'Bearer <key>'.",
+        Code.UNAUTHENTICATED,
+      );
+    }
+    const d = digest(token);
+    let ok = false;
+    for (const k of this.digests) ok = timingSafeEqual(d, k) || ok;
+    if (!ok) throw new MoelaError("Incorrect API key provided.", Code.UNAUTHENTICATED);
+  }
+}
+
+function digest(key: string): Buffer {
+  return createHash("sha256").update(key, "utf8").digest();
+}
+
+const INTERNAL = "<internal>";
+/** Shapes of internal names in messages: URLs, [IPv6]:port, IPv4[:port], host:port, registry instance ids. */
+const INTERNAL_PATTERNS: readonly RegExp[] = [
+  /\b[a-z][a-z0-9+.-]*:\/\/[^\s"'<>()]+/gi,
+  /\[[0-9A-Fa-f:.]+\](?::\d{1,5})?/g,
+  /\b(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b/g,
+  /\b[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*:\d{1,5}\b/g,
+  /\b(?:router|prefill|decode|expert-host)-[A-Za-z0-9.-]+-\d+-[0-9a-f]{6}\b/g,
+];
+
+/** `message` with every internal address, host and instance id replaced by "<internal>". */
+export function redactInternal(message: string, names: Iterable<string>): string {
+  // URLs whole first (credentials, host and path go together), then the names the router knows (longest
+  // first, so an address goes whole before its host alone), then whatever else looks like an address.
+  let out = message.replace(INTERNAL_PATTERNS[0]!, INTERNAL);
+  const known = [...new Set(names)].filter((n) => n.length >= 3).sort((a, b) => b.length - a.length);
+  for (const n of known) out = out.split(n).join(INTERNAL);
+  for (const re of INTERNAL_PATTERNS.slice(1)) out = out.replace(re, INTERNAL);
+  return out;
+}
+
+/**
+ * What a client may be told of `err`. The router's own refusals (validation, unknown model) are built from
+ * the client's input and our limits: as they are. A server-side failure's details stay in the log: its
+ * message is scrubbed of internal names (INTERNAL, UNKNOWN and DATA_LOSS say only "internal error"). Not
+ * a MoelaError: left to the edges' "internal error".
+ */
+export function publicError(err: unknown, ctx: Pick<RouterContext, "internalNames">): unknown {
+  if (!(err instanceof MoelaError) || err instanceof RequestValidationError || err instanceof ModelNotFoundError) return err;
+  if (err.code === Code.INTERNAL || err.code === Code.UNKNOWN || err.code === Code.DATA_LOSS) return new MoelaError("internal error", err.code);
+  const message = redactInternal(err.message, ctx.internalNames());
+  return message === err.message ? err : new MoelaError(message, err.code);
 }

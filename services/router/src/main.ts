@@ -6,7 +6,8 @@
 import { createLogger, MoelaError, runService, splitHostPort, UnavailableError, type Logger } from "@moela/core";
 import { readModelConfig } from "@moela/engine";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
-import { Precision, GenerateService, type DecodeStatusResponse } from "@moela/proto-gen";
+import { defaultMaxPromptChars } from "@moela/openai-api";
+import { Precision, type DecodeStatusResponse } from "@moela/proto-gen";
 import { createServer, drainAndClose, serve, unaryCall } from "@moela/rpc";
 import {
   AdmissionController,
@@ -25,11 +26,13 @@ import {
 } from "@moela/scheduler";
 import { TOKENIZER_JSON, Tokenizer } from "@moela/tokenizer";
 import { existsSync } from "node:fs";
+import { hostname } from "node:os";
 import { join } from "node:path";
 import { QueueEvents } from "bullmq";
-import { parseRouterConfig, readGenerationDefaults, type RouterConfig } from "./config.js";
-import { buildHttpApp, generateService, type RouterContext } from "./handlers.js";
+import { DEFAULT_MAX_BODY_BYTES, parseRouterConfig, readGenerationDefaults, resolveMaxPromptTokens, type RouterConfig } from "./config.js";
+import { ApiKeys, buildHttpApp, generateService, LENIENT_GENERATE_SERVICE, type RouterContext } from "./handlers.js";
 import { JobWatcher, Pipeline } from "./pipeline.js";
+import { TokenizerPool } from "./tokenize.js";
 
 export { parseRouterConfig, type RouterConfig } from "./config.js";
 
@@ -44,6 +47,8 @@ export interface StartRouterOptions {
   readonly registryTtlMs?: number;
   /** Give up starting when Redis does not answer within this (default 10 s). */
   readonly redisTimeoutMs?: number;
+  /** Between checks that a job waiting for prefill is still in Redis (default 2000 ms; pipeline.ts). */
+  readonly jobCheckIntervalMs?: number;
 }
 
 export interface StartedRouter {
@@ -84,12 +89,28 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
   if (tokenizer === null) logger.warn({ model: config.model }, "no tokenizer.json: serving token-id prompts only (no chat, no stop strings, empty text)");
   const defaults = readGenerationDefaults(config.model);
   const admission = new AdmissionController(config.maxInFlight);
+  const apiKeys = (config.apiKeys ?? []).length > 0 ? new ApiKeys(config.apiKeys!) : null;
+  const maxBodyBytes = config.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+  const maxPromptChars = config.maxPromptChars ?? defaultMaxPromptChars(maxModelLen);
+  const maxPromptTokens = resolveMaxPromptTokens(config, maxModelLen);
+  if (apiKeys === null && !/^(127\.|\[::1\]|localhost:)/.test(config.httpAddress)) {
+    logger.warn({ http: config.httpAddress }, "no --api-key: the API answers anyone who can reach it (docs/SECURITY.md)");
+  }
 
   const closers: (() => Promise<unknown>)[] = [];
   const closeAll = async (): Promise<void> => {
     for (const c of closers.splice(0).reverse()) await c().catch((err: unknown) => logger.warn({ err }, "error while closing"));
   };
   try {
+    // Long prompts are tokenized on these threads, never on the event loop (tokenize.ts).
+    const noTokenizer = { encode: () => [], encodeChat: () => [], decode: () => "" };
+    const encoder = await TokenizerPool.start({
+      model: config.model,
+      threads: tokenizer === null ? 0 : (config.tokenizerThreads ?? 1),
+      inline: tokenizer ?? noTokenizer,
+      logger,
+    });
+    closers.push(() => encoder.close());
     const connection = redisConnection(config.redisUrl);
     const queue = createPrefillQueue(config.redisUrl, config.queuePrefix);
     queue.on("error", (err) => logger.warn({ err: err.message }, "prefill queue connection error"));
@@ -166,6 +187,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       requestTimeoutMs: config.requestTimeoutMs,
       logger,
       metrics: m,
+      ...(options.jobCheckIntervalMs !== undefined ? { jobCheckIntervalMs: options.jobCheckIntervalMs } : {}),
     });
     const pipelineRef = pipeline;
     closers.push(async () => pipelineRef.close());
@@ -176,6 +198,19 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
 
     const shutdown = new AbortController();
     let draining = false;
+    // What clients must never be told: every address, host and instance id the router knows of.
+    const redisHost = (() => {
+      try {
+        return new URL(config.redisUrl).host;
+      } catch {
+        return "";
+      }
+    })();
+    const internalNames = (): string[] => {
+      const names = [...pool.addresses, ...config.decode, redisHost, hostname()];
+      for (const r of [...decodeMembers.snapshot(), ...prefillMembers.snapshot()]) names.push(r.id, r.grpcAddress, r.hostname);
+      return names.filter((n) => n !== "");
+    };
     const ctx: RouterContext = {
       validation: {
         servedModelName: config.servedModelName,
@@ -183,8 +218,14 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         vocabSize: modelConfig.vocabSize,
         encoder: tokenizer,
         defaults,
+        maxPromptChars,
+        maxPromptTokens,
       },
       tokenizer,
+      encoder,
+      apiKeys,
+      maxBodyBytes,
+      internalNames,
       pipeline,
       pool,
       admission,
@@ -200,8 +241,9 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     const metricsServer: MetricsServer = await startMetricsServer(registry, { host: metricsAt.host, port: metricsAt.port });
     closers.push(() => metricsServer.close());
 
-    const grpc = createServer({ logger, onCallEnd: rpcServerCallRecorder(m) });
-    grpc.addService(GenerateService, generateService(ctx));
+    // A public server: its messages are bounded like HTTP bodies (the rpc kit's default is 256 MiB).
+    const grpc = createServer({ logger, onCallEnd: rpcServerCallRecorder(m), maxMessageBytes: maxBodyBytes });
+    grpc.addService(LENIENT_GENERATE_SERVICE, generateService(ctx));
     const grpcBound = await serve(grpc, config.grpcAddress);
     const graceMs = options.shutdownGraceMs ?? 30_000;
     closers.push(() => drainAndClose(grpc, graceMs));
@@ -239,7 +281,19 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     );
     closers.push(() => registration.deregister());
 
-    logger.info({ http: httpUrl, grpc: grpcBound.address, metrics: metricsServer.url, model: config.servedModelName, maxModelLen, instance: registration.id }, "router serving");
+    logger.info(
+      {
+        http: httpUrl,
+        grpc: grpcBound.address,
+        metrics: metricsServer.url,
+        model: config.servedModelName,
+        maxModelLen,
+        instance: registration.id,
+        auth: apiKeys === null ? "none" : `${config.apiKeys!.length} API key(s)`,
+        limits: { maxBodyBytes, maxPromptChars, maxPromptTokens, tokenizerThreads: encoder.threads },
+      },
+      "router serving",
+    );
     let closing: Promise<void> | undefined;
     return {
       httpUrl,

@@ -22,9 +22,18 @@
  * most `maxMigrations` times; then, or when no decode instance is left, it fails UNAVAILABLE (HTTP 503).
  * A prefill job's final failure is not migrated: BullMQ already retried it (attempts with backoff,
  * stalled-job recovery), and its code goes to the caller.
+ *
+ * A job that vanishes. Until the first token of an attempt arrives, the router looks every
+ * jobCheckIntervalMs (2 s) whether its job is still in Redis. A job gone from its queue (Redis restarted
+ * without persistence, a flushed key) and not moved to the shared queue is enqueued again, as it was (the
+ * same id: decode takes a request's KV once, so a job that did finish after all costs a wasted prefill, not
+ * a wrong answer), at most maxRequeues (2) times; then, or when Redis cannot be asked for 30 s, the request
+ * fails UNAVAILABLE (HTTP 503, retryable). So a request never waits silently for its deadline.
+ *
+ * Messages of the errors thrown here name no address (they reach clients); the logs have the details.
  */
 import { randomInt } from "node:crypto";
-import { CancelledError, Code, DataLossError, MoelaError, UnavailableError, type Logger } from "@moela/core";
+import { CancelledError, Code, DataLossError, InvalidArgumentError, MoelaError, ResourceExhaustedError, UnavailableError, type Logger } from "@moela/core";
 import type { MetricsOf } from "@moela/metrics";
 import type { FinishReason, GeneratedToken, SamplingRequest } from "@moela/openai-api";
 import { DecodeClient, FinishReason as WireFinishReason, type TokenEvent } from "@moela/proto-gen";
@@ -50,6 +59,8 @@ export interface GenerateInput {
   readonly skipSpecialTokens: boolean;
   /** BullMQ priority (lower runs first); 0 = default. */
   readonly priority?: number;
+  /** vLLM's cache_salt, forwarded in the prefill job. */
+  readonly cacheSalt?: string;
   /** performance.now() at the request's arrival (time to first token). */
   readonly arrivedAt: number;
 }
@@ -70,8 +81,8 @@ export interface GenerateEvent {
   };
 }
 
-/** Why BullMQ ran a watched job again (routerRetries reasons). */
-export type JobRetryReason = "prefill_failed" | "prefill_stalled";
+/** Why a watched job ran again (routerRetries reasons): BullMQ retried it, or the router enqueued it again. */
+export type JobRetryReason = "prefill_failed" | "prefill_stalled" | "prefill_vanished";
 
 interface JobWatch {
   failed: (reason: string) => void;
@@ -115,10 +126,20 @@ export interface PipelineDeps {
   readonly maxMigrations?: number;
   /** Sends each job to the queue of the prefill instance holding the longest cached prefix; absent: `queue`. */
   readonly prefillRouter?: PrefillRouter;
+  /** Between checks that a job waiting for prefill is still in Redis (default 2000 ms). */
+  readonly jobCheckIntervalMs?: number;
+  /** Most times one attempt's vanished job is enqueued again (default 2). */
+  readonly maxRequeues?: number;
+  /** A waiting request fails once Redis could not be asked about its job for this long (default 30 s). */
+  readonly queueUnreachableMs?: number;
 }
 
 /** How long an enqueue may wait for Redis before the request fails UNAVAILABLE. */
 const ENQUEUE_TIMEOUT_MS = 10_000;
+/** Defaults of the vanished-job watch (PipelineDeps). */
+const JOB_CHECK_INTERVAL_MS = 2_000;
+const MAX_REQUEUES = 2;
+const QUEUE_UNREACHABLE_MS = 30_000;
 /** Wait before the n-th migration: 100 ms, 200 ms, 400 ms, ... at most 2 s (lets the pool see the loss). */
 const MIGRATION_BACKOFF_MS = (n: number): number => Math.min(2_000, 100 * 2 ** (n - 1));
 
@@ -210,7 +231,8 @@ export class Pipeline {
       } catch (err) {
         if (!(err instanceof Migrate)) throw err;
         if (n >= maxMigrations) {
-          throw new UnavailableError(`the request lost its decode instance ${n + 1} times; last: ${err.error.message}`, { cause: err.error });
+          log.warn({ attempts: n + 1, err: err.error.message }, "migrations exhausted");
+          throw new UnavailableError(`the request lost its decode instance ${n + 1} times; retry later`, { cause: err.error });
         }
         if (Date.now() >= deadline) throw new MoelaError("the request's deadline passed while migrating it", Code.DEADLINE_EXCEEDED, { cause: err.error });
         metrics.routerRetries.inc({ reason: err.reason });
@@ -234,10 +256,12 @@ export class Pipeline {
     try {
       choice = pool.choose({ requestId, promptTokens: prompt.length, maxTokens });
     } catch (err) {
+      // The policy's message lists every instance and why it was passed over: for the log, not the client.
+      const e = publicChoiceError(asMoelaError(err), prompt.length, maxTokens);
+      log.info({ attempt: attempt.n, err: asMoelaError(err).message }, "no decode instance chosen");
       // No instance left right now: a migration waits and tries again; a first attempt fails at once.
-      const e = asMoelaError(err);
       if (attempt.n > 0 && e.code === Code.UNAVAILABLE) throw new Migrate("decode_unavailable", e);
-      throw err;
+      throw e;
     }
     const address = choice.address;
     log.debug({ decode: address, attempt: attempt.n, reason: choice.reason, candidates: choice.candidates }, "decode instance chosen");
@@ -270,6 +294,11 @@ export class Pipeline {
 
     let finished = false;
     let enqueued = false;
+    // Tokens of this attempt received so far (its completion indices start at 0).
+    let got = 0;
+    let stopWatch: (() => void) | undefined;
+    /** Set when the job vanished for good or Redis stayed unreachable (the vanished-job watch). */
+    let queueFailure: MoelaError | undefined;
     /** The queue the job went to (an instance's own, or the shared one). */
     let jobQueue: Queue = queue;
     // Set while waiting on the Decode.Stream: an error then is the decode instance's (or its connection's).
@@ -296,25 +325,30 @@ export class Pipeline {
         deadlineUnixMs: attempt.deadline,
         precision: this.deps.precision,
         enqueuedAtMs: Date.now(),
+        ...(input.cacheSalt !== undefined ? { cacheSalt: input.cacheSalt } : {}),
       };
       try {
         // With Redis down BullMQ waits for it to come back; a request waits only so long.
         jobQueue = await withTimeout(this.enqueuePrefillJob(job, input.priority ?? 0, log), ENQUEUE_TIMEOUT_MS, "Redis");
       } catch (err) {
-        throw new UnavailableError(`cannot enqueue the prefill job: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+        log.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot enqueue the prefill job");
+        throw new UnavailableError("cannot enqueue the prefill job: the queue is unreachable; retry later", { cause: err });
       }
       enqueued = true;
       if (attempt.n === 0) metrics.routerPromptTokens.inc(prompt.length);
+      // Until the first token: is the job still there? (see "A job that vanishes" above)
+      stopWatch = this.watchJob(job, input.priority ?? 0, () => jobQueue, (q) => (jobQueue = q), () => got > 0, (e) => {
+        queueFailure = e;
+        ctl.abort(e);
+      }, log);
 
       const { decoder, matcher } = progress;
       const wantLogprobs = sampling.logprobs !== null;
-      // Tokens of this attempt received so far (its completion indices start at 0).
-      let got = 0;
       for (;;) {
         reading = true;
         const r = await pending;
         reading = false;
-        if (r.done) throw new MoelaError(`decode ${address} ended the stream without a finish reason`, Code.INTERNAL);
+        if (r.done) throw new MoelaError("decode ended the stream without a finish reason", Code.INTERNAL);
         const msg = r.value;
         const tokens: GeneratedToken[] = [];
         let text = "";
@@ -322,7 +356,7 @@ export class Pipeline {
         for (const ev of msg.tokens) {
           // A reopened stream may repeat what was already received.
           if (ev.index < got) continue;
-          if (ev.index > got) throw new DataLossError(`decode ${address} skipped tokens ${base + got}..${base + ev.index - 1}`);
+          if (ev.index > got) throw new DataLossError(`decode skipped tokens ${base + got}..${base + ev.index - 1}`);
           got++;
           progress.received++;
           progress.ids.push(ev.tokenId);
@@ -381,6 +415,10 @@ export class Pipeline {
         endReason = "prefill failed";
         throw prefillFailure;
       }
+      if (queueFailure !== undefined) {
+        endReason = "prefill job lost";
+        throw queueFailure;
+      }
       const e = asMoelaError(err);
       endReason = `router saw an error: ${e.message}`;
       removal = e.code === Code.DEADLINE_EXCEEDED ? "timeout" : "error";
@@ -394,6 +432,7 @@ export class Pipeline {
       }
       throw e;
     } finally {
+      stopWatch?.();
       signal.removeEventListener("abort", forward);
       unwatch();
       if (!finished) {
@@ -429,6 +468,77 @@ export class Pipeline {
     return routed.queue;
   }
 
+  /**
+   * Checks every jobCheckIntervalMs, until `started()`, that `job` is still in its queue (getQueue); one
+   * that vanished is looked for in the shared queue (a departed prefill instance's jobs move there), else
+   * enqueued again (setQueue), at most maxRequeues times; then, or after queueUnreachableMs without an
+   * answer from Redis, `fail` is called with an UnavailableError. Returns the function that stops it.
+   */
+  private watchJob(
+    job: PrefillJob,
+    priority: number,
+    getQueue: () => Queue,
+    setQueue: (q: Queue) => void,
+    started: () => boolean,
+    fail: (err: MoelaError) => void,
+    log: Logger,
+  ): () => void {
+    const every = this.deps.jobCheckIntervalMs ?? JOB_CHECK_INTERVAL_MS;
+    const maxRequeues = this.deps.maxRequeues ?? MAX_REQUEUES;
+    const unreachableMs = this.deps.queueUnreachableMs ?? QUEUE_UNREACHABLE_MS;
+    let requeues = 0;
+    let unreachableSince = 0;
+    let stopped = false;
+    let timer: NodeJS.Timeout | undefined;
+    const present = async (q: Queue): Promise<boolean> => (await withTimeout(q.getJobState(job.requestId), every, "Redis")) !== "unknown";
+    const check = async (): Promise<void> => {
+      try {
+        if (await present(getQueue())) {
+          unreachableSince = 0;
+          return;
+        }
+        if (getQueue() !== this.deps.queue && (await present(this.deps.queue))) {
+          setQueue(this.deps.queue);
+          return;
+        }
+        unreachableSince = 0;
+        if (stopped || started()) return;
+        if (requeues >= maxRequeues) {
+          log.warn({ jobId: job.requestId, requeues }, "the prefill job vanished again; giving up");
+          fail(new UnavailableError(`the request's prefill job vanished from the queue ${requeues + 1} times; retry later`));
+          stopped = true;
+          return;
+        }
+        requeues++;
+        this.deps.metrics.routerRetries.inc({ reason: "prefill_vanished" });
+        log.warn({ jobId: job.requestId, requeues }, "the prefill job vanished from the queue; enqueueing it again");
+        setQueue(await withTimeout(this.enqueuePrefillJob({ ...job, enqueuedAtMs: Date.now() }, priority, log), ENQUEUE_TIMEOUT_MS, "Redis"));
+      } catch (err) {
+        const now = Date.now();
+        if (unreachableSince === 0) unreachableSince = now;
+        log.debug({ jobId: job.requestId, err: err instanceof Error ? err.message : String(err) }, "cannot check the prefill job");
+        if (now - unreachableSince >= unreachableMs && !stopped && !started()) {
+          fail(new UnavailableError("the queue's Redis stopped answering while the request waited for prefill; retry later"));
+          stopped = true;
+        }
+      }
+    };
+    const schedule = (): void => {
+      timer = setTimeout(() => {
+        if (stopped || started()) return;
+        void check().finally(() => {
+          if (!stopped && !started()) schedule();
+        });
+      }, every);
+      timer.unref();
+    };
+    schedule();
+    return () => {
+      stopped = true;
+      clearTimeout(timer);
+    };
+  }
+
   /** Decode.Cancel, fire and forget (a failure is logged: decode frees the request on its own timeout). */
   private cancelOnDecode(address: string, requestId: string, reason: string, log: Logger): void {
     const client = this.decodeClient(address);
@@ -436,6 +546,26 @@ export class Pipeline {
       (r) => log.debug({ decode: address, reason, found: r.found }, "cancelled on decode"),
       (err: unknown) => log.warn({ decode: address, reason, err: err instanceof Error ? err.message : String(err) }, "Decode.Cancel failed"),
     );
+  }
+}
+
+/**
+ * The policy's refusal as a client may read it: the same code and gist, without the candidates' ids and
+ * addresses (DecodePool.choose lists them all).
+ */
+function publicChoiceError(e: MoelaError, promptTokens: number, maxTokens: number): MoelaError {
+  switch (e.code) {
+    case Code.INVALID_ARGUMENT:
+      return new InvalidArgumentError(
+        `the request (${promptTokens} prompt tokens + max_tokens ${maxTokens}) fits no decode instance's KV cache; reduce the prompt or max_tokens`,
+        { cause: e },
+      );
+    case Code.RESOURCE_EXHAUSTED:
+      return new ResourceExhaustedError("no decode instance has room for the request now; retry later", { cause: e });
+    case Code.UNAVAILABLE:
+      return new UnavailableError("no decode instance is available right now; retry later", { cause: e });
+    default:
+      return e;
   }
 }
 

@@ -8,7 +8,8 @@
  *
  * Covered: decode instances found in the registry next to the static --decode seed; every decision
  * (candidates, per-scorer scores, choice, reason) looked up by request id at GET /v1/routing/:id; the
- * client's x-request-id used and returned; 429 with Retry-After once queued + running generations
+ * client's x-request-id returned, and run inside the cluster namespaced as `<id>-<12 hex>` (the
+ * x-moela-request-id header, the key of the routing lookup); 429 with Retry-After once queued + running generations
  * reach --max-in-flight; a cancelled queued request's job removed from the BullMQ queue; a request past
  * its deadline answered 504 and its job removed.
  */
@@ -130,6 +131,12 @@ async function routing(r: Rig, id: string): Promise<{ status: number; body: { re
   return { status: res.status, body: (await res.json()) as { decisions?: Decision[] } };
 }
 
+/** The queued job of the request the client sent as `clientId` (it runs as `<clientId>-<12 hex>`). */
+async function jobOf(r: Rig, clientId: string): Promise<string | undefined> {
+  const jobs = await r.queue.getJobs(["waiting", "prioritized", "active"]);
+  return jobs.map((j) => j.id).find((id) => id !== undefined && id.startsWith(`${clientId}-`));
+}
+
 /** One sample's value from the router's /metrics (undefined when absent). */
 async function metric(r: Rig, series: string): Promise<number | undefined> {
   const text = await (await fetch(r.router.metricsUrl)).text();
@@ -175,15 +182,18 @@ describe("decode instances from the registry, decisions by request id", () => {
     const res = await complete(r, {}, { "x-request-id": id });
     expect(res.status).toBe(200);
     expect(res.headers.get("x-request-id")).toBe(id);
+    // Inside the cluster the client's id is namespaced; that id keys the routing lookup.
+    const internal = res.headers.get("x-moela-request-id")!;
+    expect(internal).toMatch(new RegExp(`^${id}-[0-9a-f]{12}$`));
     expect(((await res.json()) as { choices: unknown[] }).choices).toHaveLength(1);
 
-    const { status, body } = await routing(r, id);
+    const { status, body } = await routing(r, internal);
     expect(status).toBe(200);
-    expect(body.request_id).toBe(id);
+    expect(body.request_id).toBe(internal);
     expect(body.decisions).toHaveLength(1);
     const d = body.decisions![0]!;
     expect(d).toMatchObject({
-      requestId: id,
+      requestId: internal,
       role: "decode",
       policy: "filters: healthy, has-free-kv; scorers: free-kv x2, load x1; picker: max-score",
       chosen: { id: reg.id, address: better.address },
@@ -195,7 +205,7 @@ describe("decode instances from the registry, decisions by request id", () => {
     expect(byAddress.get(better.address)!.freeKvBlocks).toBeGreaterThan(850);
     expect(byAddress.get(seed.address)!.freeKvBlocks).toBeLessThanOrEqual(100);
     expect(byAddress.get(seed.address)?.scores?.["free-kv"]).toBeLessThan(0.2);
-    expect(better.opened).toContain(id);
+    expect(better.opened).toContain(internal);
 
     // Deregistered: the next request goes to the static seed.
     await reg.deregister();
@@ -217,6 +227,8 @@ describe("decode instances from the registry, decisions by request id", () => {
     const id = res.headers.get("x-request-id");
     await res.text();
     expect(id).toMatch(/^req-/);
+    // A router-made id needs no namespace: it is the cluster's id too.
+    expect(res.headers.get("x-moela-request-id")).toBe(id);
     expect((await routing(r, id!)).body.decisions?.[0]?.requestId).toBe(id);
     const unknown = await routing(r, "run-never-seen");
     expect(unknown.status).toBe(404);
@@ -237,8 +249,8 @@ describe("admission", () => {
     const queuedId = `queued-${randomUUID()}`;
     const cancel = new AbortController();
     const queued = complete(r, { stream: true }, { "x-request-id": queuedId }, cancel.signal).catch((e: unknown) => e);
-    await until(async () => (await r.queue.getJob(queuedId)) ?? false, 10_000, "the queued request's job never appeared");
-    expect(await r.queue.getJobState(queuedId)).toBe("waiting");
+    const queuedJob = await until(() => jobOf(r, queuedId), 10_000, "the queued request's job never appeared");
+    expect(await r.queue.getJobState(queuedJob)).toBe("waiting");
 
     const refused = await complete(r, {}, { "x-request-id": "over-the-bound" });
     expect(refused.status).toBe(429);
@@ -249,7 +261,7 @@ describe("admission", () => {
     // The client goes away: its job no worker took is removed from the queue, not left to run.
     cancel.abort();
     await queued;
-    await until(async () => (await r.queue.getJob(queuedId)) === undefined, 10_000, "the cancelled request's job stayed in the queue");
+    await until(async () => (await r.queue.getJob(queuedJob)) === undefined, 10_000, "the cancelled request's job stayed in the queue");
     await until(async () => (await metric(r, 'moela_router_queue_removed_total{reason="cancelled"}')) === 1, 5_000, "the removal was not counted");
     const admitted = await complete(r, {}, { "x-request-id": `run-${randomUUID()}` });
     expect(admitted.status).toBe(200);
@@ -264,8 +276,9 @@ describe("admission", () => {
     const res = await complete(r, {}, { "x-request-id": id });
     expect(res.status).toBe(504);
     expect(res.headers.get("x-request-id")).toBe(id);
+    const internal = res.headers.get("x-moela-request-id")!;
     await res.text();
-    await until(async () => (await r.queue.getJob(id)) === undefined, 10_000, "the expired request's job stayed in the queue");
+    await until(async () => (await r.queue.getJob(internal)) === undefined, 10_000, "the expired request's job stayed in the queue");
     await until(async () => (await metric(r, 'moela_router_queue_removed_total{reason="timeout"}')) === 1, 5_000, "the removal was not counted");
     expect(await metric(r, 'moela_router_queue_removed_total{reason="cancelled"}')).toBe(0);
   });

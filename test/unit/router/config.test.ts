@@ -8,7 +8,7 @@ import { basename, join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { ConfigError } from "@moela/core";
 import { DEFAULT_POLICY } from "@moela/scheduler";
-import { parseRouterConfig } from "../../../services/router/src/config.js";
+import { parseRouterConfig, resolveMaxPromptTokens } from "../../../services/router/src/config.js";
 import { parsePrefillConfig } from "../../../services/prefill/src/config.js";
 
 const MODEL = new URL("../../../models/tiny-v3", import.meta.url).pathname;
@@ -31,6 +31,11 @@ describe("router config", () => {
       precision: "exact",
       requestTimeoutMs: 600_000,
       maxInFlight: 1024,
+      apiKeys: [],
+      maxBodyBytes: 32 * 1024 * 1024,
+      maxPromptChars: undefined,
+      maxPromptTokens: undefined,
+      tokenizerThreads: 1,
       logLevel: "info",
     });
   });
@@ -73,9 +78,40 @@ describe("router config", () => {
     { argv: ["--model", MODEL, "--decode", "d:1", "--redis-url", "localhost:6379"], env: {}, message: /--redis-url .* must be a redis:\/\/ or rediss:\/\/ URL/ },
     { argv: ["--model", "/nonexistent", "--decode", "d:1"], env: {}, message: /--model \(env MOELA_ROUTER_MODEL\) "\/nonexistent" has no config.json/ },
     { argv: ["--model", MODEL, "--decode", "d:1", "--bogus", "1"], env: {}, message: /Unknown option '--bogus'/ },
+    { argv: ["--model", MODEL, "--max-body-bytes", "10"], env: {}, message: /--max-body-bytes \(env MOELA_ROUTER_MAX_BODY_BYTES\) must be at least 1024/ },
+    { argv: ["--model", MODEL, "--tokenizer-threads=-1"], env: {}, message: /--tokenizer-threads \(env MOELA_ROUTER_TOKENIZER_THREADS\) must be at least 0/ },
+    { argv: ["--model", MODEL, "--max-prompt-chars", "0"], env: {}, message: /--max-prompt-chars \(env MOELA_ROUTER_MAX_PROMPT_CHARS\) must be at least 1/ },
   ])("refuses $argv", ({ argv, env, message }) => {
     expect(() => parseRouterConfig(argv, env)).toThrow(ConfigError);
     expect(() => parseRouterConfig(argv, env)).toThrow(message);
+  });
+
+  it("--api-key: one or more keys (comma-separated), flag or MOELA_ROUTER_API_KEY; the bounds as flags", () => {
+    expect(parseRouterConfig(["--model", MODEL, "--api-key", "sk-one"], {}).apiKeys).toEqual(["sk-one"]);
+    expect(parseRouterConfig(["--model", MODEL], { MOELA_ROUTER_API_KEY: "sk-new, sk-old" }).apiKeys).toEqual(["sk-new", "sk-old"]);
+    const c = parseRouterConfig(["--model", MODEL, "--max-body-bytes", "4096", "--max-prompt-chars", "100", "--max-prompt-tokens", "50", "--tokenizer-threads", "0"], {});
+    expect(c).toMatchObject({ maxBodyBytes: 4096, maxPromptChars: 100, maxPromptTokens: 50, tokenizerThreads: 0 });
+    expect(resolveMaxPromptTokens({}, 2048)).toBe(2047);
+    expect(resolveMaxPromptTokens({}, 163_840)).toBe(32_768);
+    expect(resolveMaxPromptTokens({ maxPromptTokens: 65_536 }, 163_840)).toBe(65_536);
+  });
+
+  it.each([
+    { value: "sk-a,,sk-b", message: /key 2 of 3 is empty/ },
+    { value: "sk-secret-\u00e9", message: /key 1 of 1 holds a character other than printable ASCII/ },
+    { value: "x".repeat(513), message: /longer than 512 characters/ },
+  ])("refuses the API key $message without repeating it", ({ value, message }) => {
+    let err: unknown;
+    try {
+      parseRouterConfig(["--model", MODEL], { MOELA_ROUTER_API_KEY: value });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as Error).message).toMatch(message);
+    expect((err as Error).message).toMatch(/--api-key \(env MOELA_ROUTER_API_KEY\)/);
+    expect((err as Error).message).not.toContain("sk-");
+    expect((err as Error).message).not.toContain("xxxx");
   });
 });
 
