@@ -51,6 +51,14 @@ const TEXTS = [
     "Her brother had found work in the north, he wrote, and he hoped to come home for a week at the end of the summer.",
   "The committee met on Tuesday to discuss the budget for the new school. Several members asked whether the building " +
     "could be finished before winter, and the architect promised a report with the costs of each part of the work.",
+  "A small engine turns the wheel, and the wheel lifts water from the well into a wooden trough. " +
+    "When the wind is strong the engine is not needed, because the mill on the hill does the same work for nothing.",
+  "He had never liked the city in August. The streets were hot and empty, the shops closed early, " +
+    "and the few people who stayed behind walked slowly in the shade as if they were waiting for something to happen.",
+  "To make the bread, mix the flour with warm water and a little salt, then leave the dough to rise for two hours. " +
+    "Shape it into loaves, bake them in a hot oven, and let them cool on the table before you cut them.",
+  "The ship left the harbour at dawn with forty men on board. For three days the sea was calm, " +
+    "but on the fourth a storm came from the west and the captain ordered the sails to be taken down.",
 ];
 
 export type WeightsKind = "random" | "trained" | "unknown";
@@ -65,7 +73,7 @@ export function weightsKind(dir: string): WeightsKind {
   return "unknown";
 }
 
-/** `sequences` teacher-forced sequences of `context` + `steps` tokens from TEXTS (seeded ids without a tokenizer). */
+/** `sequences` teacher-forced sequences (sequence i starts from text i mod 8) of `context` + `steps` tokens from TEXTS (seeded ids without a tokenizer). */
 export function studySequences(dir: string, vocab: number, sequences: number, context: number, steps: number, seed: number): { seqs: TeacherForcedSeq[]; source: string } {
   const need = context + steps;
   let ids: (i: number) => number[];
