@@ -25,7 +25,7 @@ export function addInPlace(a: Vec, b: Vec): void {
 /** y [T, out] = x [T, in] W^T, W [out, in]. */
 export function linear(ops: Ops, W: Param, x: Vec, T: number): Vec {
   const [O, I] = W.shape as [number, number];
-  const y = ops.alloc(T * O);
+  const y = ops.scratch(T * O);
   ops.nt(x, W.data, T, O, I, y);
   return y;
 }
@@ -38,7 +38,7 @@ export function linearBack(ops: Ops, W: Param, x: Vec, dy: Vec, T: number, dxAcc
     ops.nn(dy, W.data, T, I, O, dxAcc, true);
     return dxAcc;
   }
-  const dx = ops.alloc(T * I);
+  const dx = ops.scratch(T * I);
   ops.nn(dy, W.data, T, I, O, dx);
   return dx;
 }
@@ -81,7 +81,7 @@ export interface RmsSaved {
 
 /** out = x / sqrt(mean(x^2) + eps) * w per row of n (the engine's rmsNorm, sums in doubles). */
 export function rmsNorm(ops: Ops, x: Vec, T: number, n: number, w: Param, eps: number): { y: Vec; saved: RmsSaved } {
-  const y = ops.alloc(T * n);
+  const y = ops.scratch(T * n);
   const inv = new Float64Array(T);
   const wd = w.data;
   for (let t = 0; t < T; t++) {
@@ -103,7 +103,7 @@ export function rmsNorm(ops: Ops, x: Vec, T: number, n: number, w: Param, eps: n
  * Writes dx into `dx` (adding when `acc`), allocating it when absent.
  */
 export function rmsNormBack(ops: Ops, s: RmsSaved, T: number, n: number, w: Param, dy: Vec, dx?: Vec, acc = false): Vec {
-  const out = dx ?? ops.alloc(T * n);
+  const out = dx ?? ops.scratch(T * n);
   const wd = w.data;
   const gw = w.grad;
   const x = s.x;
@@ -185,8 +185,8 @@ export function mlpParams(get: (name: string) => Param, prefix: string): MlpPara
 export function mlp(ops: Ops, m: MlpParams, x: Vec, T: number): { y: Vec; saved: MlpSaved } {
   const g = linear(ops, m.gate, x, T);
   const u = linear(ops, m.up, x, T);
-  const a = ops.alloc(g.length);
-  const sig = ops.alloc(g.length);
+  const a = ops.scratch(g.length);
+  const sig = ops.scratch(g.length);
   for (let i = 0; i < g.length; i++) {
     const v = g[i]!;
     const e = 1 + Math.exp(-v);
@@ -200,7 +200,7 @@ export function mlpBack(ops: Ops, m: MlpParams, s: MlpSaved, dy: Vec, dxAcc?: Ve
   const T = s.T;
   const da = linearBack(ops, m.down, s.a, dy, T);
   const dg = da; // reused in place: da -> dg
-  const du = ops.alloc(da.length);
+  const du = ops.scratch(da.length);
   for (let i = 0; i < da.length; i++) {
     const v = s.g[i]!;
     const sig = s.sig[i]!;

@@ -126,8 +126,8 @@ export function mla(ops: Ops, p: MlaParams, sh: MlaShape, x: Vec, B: number, S: 
   rope(q, T, S, H * dq, dn, sh.rope, false, H, dq);
 
   const kva = linear(ops, p.kvA, x, T); // [T, R + dr]
-  const ckvRaw = ops.alloc(T * R);
-  const kpe = ops.alloc(T * dr);
+  const ckvRaw = ops.scratch(T * R);
+  const kpe = ops.scratch(T * dr);
   for (let t = 0; t < T; t++) {
     ckvRaw.set(kva.subarray(t * (R + dr), t * (R + dr) + R), t * R);
     kpe.set(kva.subarray(t * (R + dr) + R, (t + 1) * (R + dr)), t * dr);
@@ -137,12 +137,12 @@ export function mla(ops: Ops, p: MlaParams, sh: MlaShape, x: Vec, B: number, S: 
   rope(kpe, T, S, dr, 0, sh.rope);
   const kv = linear(ops, p.kvB, ckv, T); // [T, H * (dn + dv)]
 
-  const P = ops.alloc(B * H * S * S);
-  const o = ops.alloc(T * H * dv);
-  const Q = ops.alloc(S * dq);
-  const K = ops.alloc(S * dq);
-  const V = ops.alloc(S * dv);
-  const Oh = ops.alloc(S * dv);
+  const P = ops.scratch(B * H * S * S);
+  const o = ops.scratch(T * H * dv);
+  const Q = ops.scratch(S * dq);
+  const K = ops.scratch(S * dq);
+  const V = ops.scratch(S * dv);
+  const Oh = ops.scratch(S * dv);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       gatherHead(sh, b, h, S, q, kv, kpe, Q, K, V);
@@ -182,17 +182,17 @@ export function mlaBack(ops: Ops, p: MlaParams, sh: MlaShape, s: MlaSaved, dy: V
   const { H, dn, dr, dq, dv, R } = sh;
   const hs = dn + dv;
   const dO = linearBack(ops, p.o, s.o, dy, T); // [T, H * dv]
-  const dq_ = ops.alloc(T * H * dq);
-  const dkv = ops.alloc(T * H * hs);
+  const dq_ = ops.scratch(T * H * dq);
+  const dkv = ops.scratch(T * H * hs);
   const dkpe = ops.alloc(T * dr);
-  const Q = ops.alloc(S * dq);
-  const K = ops.alloc(S * dq);
-  const V = ops.alloc(S * dv);
-  const dOh = ops.alloc(S * dv);
-  const dVh = ops.alloc(S * dv);
-  const dS = ops.alloc(S * S);
-  const dQh = ops.alloc(S * dq);
-  const dKh = ops.alloc(S * dq);
+  const Q = ops.scratch(S * dq);
+  const K = ops.scratch(S * dq);
+  const V = ops.scratch(S * dv);
+  const dOh = ops.scratch(S * dv);
+  const dVh = ops.scratch(S * dv);
+  const dS = ops.scratch(S * S);
+  const dQh = ops.scratch(S * dq);
+  const dKh = ops.scratch(S * dq);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       gatherHead(sh, b, h, S, s.q, s.kv, s.kpe, Q, K, V);
@@ -228,7 +228,7 @@ export function mlaBack(ops: Ops, p: MlaParams, sh: MlaShape, s: MlaSaved, dy: V
   const dckv = linearBack(ops, p.kvB, s.ckv, dkv, T); // [T, R]
   const dckvRaw = rmsNormBack(ops, s.ckvNorm, T, R, p.kvANorm, dckv);
   rope(dkpe, T, S, dr, 0, sh.rope, true);
-  const dkva = ops.alloc(T * (R + dr));
+  const dkva = ops.scratch(T * (R + dr));
   for (let t = 0; t < T; t++) {
     dkva.set(dckvRaw.subarray(t * R, (t + 1) * R), t * (R + dr));
     dkva.set(dkpe.subarray(t * dr, (t + 1) * dr), t * (R + dr) + R);

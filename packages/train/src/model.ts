@@ -247,7 +247,7 @@ export class TrainModel {
       const e = embed(ops, E, mids, T);
       const en = rmsNorm(ops, e, T, hd, this.params.get(`${p}.enorm.weight`), c.rmsNormEps);
       const hn = rmsNorm(ops, hN, T, hd, this.params.get(`${p}.hnorm.weight`), c.rmsNormEps);
-      const cat = ops.alloc(T * 2 * hd); // [T, 2 * hidden] = [enorm(e) ; hnorm(h)]
+      const cat = ops.scratch(T * 2 * hd); // [T, 2 * hidden] = [enorm(e) ; hnorm(h)]
       for (let t = 0; t < T; t++) {
         cat.set(en.y.subarray(t * hd, (t + 1) * hd), t * 2 * hd);
         cat.set(hn.y.subarray(t * hd, (t + 1) * hd), t * 2 * hd + hd);
@@ -277,8 +277,8 @@ export class TrainModel {
       const dh = rmsNormBack(ops, mtp.fin, T, hd, this.params.get(`${p}.shared_head.norm.weight`), dnormed);
       const dh0 = this.blockBack(mb, mtp.blk, dh, B, S, opts.balanceAlpha, rows);
       const dcat = linearBack(ops, this.params.get(`${p}.eh_proj.weight`), mtp.cat, dh0, T);
-      const den = ops.alloc(T * hd);
-      const dhn = ops.alloc(T * hd);
+      const den = ops.scratch(T * hd);
+      const dhn = ops.scratch(T * hd);
       for (let t = 0; t < T; t++) {
         den.set(dcat.subarray(t * 2 * hd, t * 2 * hd + hd), t * hd);
         dhn.set(dcat.subarray(t * 2 * hd + hd, (t + 1) * 2 * hd), t * hd);

@@ -163,7 +163,7 @@ export function moe(ops: Ops, cfg: ModelConfig, p: MoeParams, x: Vec, T: number)
       expertOut.push(null);
       continue;
     }
-    const xe = ops.alloc(n * hd);
+    const xe = ops.scratch(n * hd);
     for (let r = 0; r < n; r++) {
       const t = Math.floor(en[r]! / k);
       xe.set(x.subarray(t * hd, (t + 1) * hd), r * hd);
@@ -225,7 +225,7 @@ export function moeBack(ops: Ops, cfg: ModelConfig, p: MoeParams, s: MoeSaved, d
     const n = en.length;
     if (n === 0) continue;
     const ye = s.expertOut[e]!;
-    const dye = ops.alloc(n * hd);
+    const dye = ops.scratch(n * hd);
     for (let r = 0; r < n; r++) {
       const t = Math.floor(en[r]! / k);
       const w = s.weights[en[r]!]!;
@@ -277,7 +277,7 @@ export function moeBack(ops: Ops, cfg: ModelConfig, p: MoeParams, s: MoeSaved, d
       for (let e = 0; e < E; e++) ds[t * E + e]! += (c * (f[b * E + e]! - fs / z)) / z;
     }
   }
-  const dlogits = ops.alloc(T * E);
+  const dlogits = ops.scratch(T * E);
   for (let i = 0; i < T * E; i++) {
     const sc = s.scores[i]!;
     dlogits[i] = ds[i]! * sc * (1 - sc);

@@ -19,7 +19,10 @@ export type Precision = "f64" | "f32";
 
 export interface Ops {
   readonly precision: Precision;
+  /** A zero-filled array. */
   alloc(n: number): Vec;
+  /** An array whose contents the caller overwrites entirely (not necessarily zeroed). */
+  scratch(n: number): Vec;
   nt(A: Vec, B: Vec, m: number, n: number, k: number, C: Vec, acc?: boolean): void;
   nn(A: Vec, B: Vec, m: number, n: number, k: number, C: Vec, acc?: boolean): void;
   tn(A: Vec, B: Vec, m: number, n: number, k: number, C: Vec, acc?: boolean): void;
@@ -76,6 +79,7 @@ function tn64(A: Vec, B: Vec, m: number, n: number, k: number, C: Vec, acc = fal
 export const f64Ops: Ops = {
   precision: "f64",
   alloc: (n) => new Float64Array(n),
+  scratch: (n) => new Float64Array(n),
   nt: nt64,
   nn: nn64,
   tn: tn64,
@@ -194,7 +198,7 @@ function makeF32Ops(): Ops | null {
     if (opsProfile.on) opsProfile.transposeMs += performance.now() - t0;
     nt(at, bt, m, n, kk, C, acc);
   };
-  return { precision: "f32", alloc: (n) => new Float32Array(n), nt, nn, tn };
+  return { precision: "f32", alloc: (n) => new Float32Array(n), scratch: (n) => new Float32Array(n), nt, nn, tn };
 }
 
 /**
@@ -210,17 +214,17 @@ export class Arena {
   readonly ops: Ops;
 
   constructor(base: Ops) {
-    this.ops = { ...base, alloc: (n) => this.alloc(base, n) };
+    this.ops = { ...base, alloc: (n) => this.take(base, n, true), scratch: (n) => this.take(base, n, false) };
   }
 
-  private alloc(base: Ops, n: number): Vec {
+  private take(base: Ops, n: number, zero: boolean): Vec {
     let cap = 64;
     while (cap < n) cap *= 2;
     const list = this.free.get(cap);
     const buf = list !== undefined && list.length > 0 ? list.pop()! : base.alloc(cap);
     this.used.push(buf);
     const v = buf.subarray(0, n);
-    v.fill(0);
+    if (zero) v.fill(0);
     return v;
   }
 
