@@ -41,6 +41,7 @@ export interface ClusterCliOptions {
   privateRedis?: boolean;
   queuePrefix: string;
   servedModelName?: string;
+  apiKey?: string;
   stateDir: string;
   logLevel: string;
   startupTimeout: number;
@@ -182,6 +183,7 @@ export async function runCluster(o: ClusterCliOptions): Promise<number> {
         privateRedis: o.privateRedis === true,
         queuePrefix: o.queuePrefix,
         ...(o.servedModelName !== undefined ? { servedModelName: o.servedModelName } : {}),
+        ...(o.apiKey !== undefined ? { apiKey: o.apiKey } : {}),
         stateDir: o.stateDir,
         logLevel: o.logLevel,
         serviceArgs,

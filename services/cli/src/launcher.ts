@@ -372,14 +372,15 @@ export function writeClusterFile(path: string, info: ClusterInfo): void {
 }
 
 /** A curl that asks the router for a short greedy completion (token ids when there is no tokenizer). */
-export function curlExample(url: string, servedModelName: string, hasTokenizer: boolean): string {
+export function curlExample(url: string, servedModelName: string, hasTokenizer: boolean, withApiKey = false): string {
   const body = {
     model: servedModelName,
     prompt: hasTokenizer ? "The capital of France is" : [0, 17, 42, 99],
     max_tokens: 16,
     temperature: 0,
   };
-  return `curl -s ${url}/v1/completions -H 'Content-Type: application/json' -d '${JSON.stringify(body)}'`;
+  const auth = withApiKey ? ` -H "Authorization: Bearer $MOELA_ROUTER_API_KEY"` : "";
+  return `curl -s ${url}/v1/completions -H 'Content-Type: application/json'${auth} -d '${JSON.stringify(body)}'`;
 }
 
 /** The endpoint table as aligned text: role, index, pid, gRPC address, metrics URL (and router HTTP). */
@@ -428,6 +429,11 @@ export interface ClusterOptions {
   readonly privateRedis?: boolean;
   readonly queuePrefix?: string;
   readonly servedModelName?: string;
+  /**
+   * The router's API key (its --api-key); default env MOELA_ROUTER_API_KEY, else none. Passed to the router
+   * as MOELA_ROUTER_API_KEY (argv would show it in `ps`); never written to cluster.json.
+   */
+  readonly apiKey?: string;
   /** Folder for cluster.json and logs/ (default <cwd>/.moela). */
   readonly stateDir?: string;
   readonly logLevel?: string;
@@ -494,12 +500,13 @@ function timeoutPromise(ms: number, what: () => string): { promise: Promise<neve
 }
 
 /** GET {url}/v1/models until it answers 200; returns the first model id. */
-async function routerModelId(url: string, deadline: number, signal: AbortSignal | undefined): Promise<string> {
+async function routerModelId(url: string, deadline: number, signal: AbortSignal | undefined, apiKey?: string): Promise<string> {
   let last = "no answer";
   while (Date.now() < deadline) {
     if (signal?.aborted) throw new CancelledError("cluster start-up interrupted");
     try {
-      const res = await fetch(`${url}/v1/models`, { signal: AbortSignal.timeout(5_000) });
+      const headers = apiKey !== undefined ? { authorization: `Bearer ${apiKey}` } : undefined;
+      const res = await fetch(`${url}/v1/models`, { signal: AbortSignal.timeout(5_000), ...(headers !== undefined ? { headers } : {}) });
       const body = (await res.json()) as { data?: Array<{ id?: unknown }> };
       const id = body.data?.[0]?.id;
       if (res.ok && typeof id === "string") return id;
@@ -538,6 +545,8 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
   const logLevel = o.logLevel ?? "info";
   const graceMs = o.stopGraceMs ?? 10_000;
   const env = o.env ?? process.env;
+  const apiKey = o.apiKey ?? env["MOELA_ROUTER_API_KEY"];
+  const routerEnv = apiKey !== undefined ? { ...env, MOELA_ROUTER_API_KEY: apiKey } : env;
   const progress = o.onProgress ?? (() => {});
   const deadline = Date.now() + (o.startupTimeoutMs ?? 180_000);
   const hasTokenizer = existsSync(join(model, "tokenizer.json"));
@@ -624,7 +633,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
       args: [...args, ...extra],
       logPath: join(logDir, `${role}-${index}.log`),
       ...(o.command !== undefined ? { command: o.command } : {}),
-      env,
+      env: role === "router" ? routerEnv : env,
     });
     processes.push(p);
     baseArgs.set(p, args);
@@ -696,7 +705,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
     const router = launch("router", 0, serviceArgs("router", { ...withHosts, decodeAddresses }));
     const routerReady = await phase(whenUp(router), "the router");
     const url = routerReady.http!.replace(/\/+$/, "");
-    const servedModelName = await phase(routerModelId(url, deadline, startup.signal), "the router's HTTP API");
+    const servedModelName = await phase(routerModelId(url, deadline, startup.signal, apiKey), "the router's HTTP API");
 
     const instancesNow = (): InstanceInfo[] => {
       const list: InstanceInfo[] = processes.map((p) => {
@@ -727,7 +736,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
       precision,
       url,
       openai_base_url: `${url}/v1`,
-      curl: curlExample(url, servedModelName, hasTokenizer),
+      curl: curlExample(url, servedModelName, hasTokenizer, apiKey !== undefined),
       redis: redisNow(),
       queue_prefix: queuePrefix,
       topology: {

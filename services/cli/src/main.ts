@@ -129,6 +129,7 @@ export function buildProgram(): Command {
     .option("--private-redis", "always start a private redis-server (persistent, in the state dir), even if a Redis answers")
     .option("--queue-prefix <prefix>", "BullMQ queue prefix", "moela")
     .option("--served-model-name <name>", "model name the API reports (default: the router's)")
+    .option("--api-key <key>", "clients must send it as 'Authorization: Bearer <key>' (the router's --api-key; default env MOELA_ROUTER_API_KEY, else none)")
     .option("--state-dir <dir>", "where cluster.json and logs/ go", ".moela")
     .option("--log-level <level>", "services' log level", "info")
     .option("--startup-timeout <s>", "seconds to wait for everything to be up", intArg("--startup-timeout"), 180)
