@@ -168,6 +168,7 @@ export class TokenizerPool implements AsyncPromptEncoder {
       if (!slot.ready || slot.job !== null) continue;
       const job = this.queue.shift()!;
       slot.job = job;
+      this.o.logger?.debug({ chars: encodeOpCost(job.op), waiting: this.queue.length }, "tokenizing on a thread");
       slot.worker.postMessage({ id: job.id, op: job.op } satisfies TokenizeRequest);
     }
   }
