@@ -3,6 +3,10 @@
  * router, prefill and decode (field REQUEST_ID_FIELD of @moela/core). Reads the log files the
  * launcher writes for each instance (cluster.json `log`: <state-dir>/logs/<role>-<i>.log, the
  * child's stdout and stderr) of a cluster running at log level info, the default of `npm start`.
+ *
+ * A caller-chosen id is namespaced inside the cluster (the router runs it as `<id>-<12 hex>`, so two
+ * callers choosing the same id never touch each other's requests): its lines carry that id, which
+ * starts with the caller's; the router's lines also name the caller's own (clientRequestId).
  */
 import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -50,9 +54,12 @@ function logLines(role: Role): Line[] {
   );
 }
 
-/** Lines whose request id field is `id`. */
+/** Lines of the request the caller knows as `id`: the field is `id`, or `<id>-<12 hex>` for a caller-chosen id. */
 function linesOf(role: Role, id: string): Line[] {
-  return logLines(role).filter((l) => l[REQUEST_ID_FIELD] === id);
+  return logLines(role).filter((l) => {
+    const v = l[REQUEST_ID_FIELD];
+    return v === id || (typeof v === "string" && v.startsWith(`${id}-`) && /^[0-9a-f]{12}$/.test(v.slice(id.length + 1)));
+  });
 }
 
 async function waitFor(what: string, cond: () => boolean, timeoutMs = 20_000): Promise<void> {
@@ -117,6 +124,10 @@ describe("structured logs with the request id", () => {
     }
     // Decode reports how it ended.
     expect(linesOf("decode", GRPC_ID).map((l) => l["msg"])).toContain("sequence finished");
+    // Namespaced inside the cluster; the router's lines keep the caller's own id too.
+    const internal = new Set(linesOf("decode", GRPC_ID).map((l) => l[REQUEST_ID_FIELD]));
+    expect([...internal].every((v) => v !== GRPC_ID)).toBe(true);
+    expect(linesOf("router", GRPC_ID).some((l) => l["clientRequestId"] === GRPC_ID)).toBe(true);
   });
 
   it("a cancelled gRPC request's id is on prefill's and decode's lines, decode saying it was cancelled", () => {
