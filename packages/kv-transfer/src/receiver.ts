@@ -389,13 +389,17 @@ export class KvReceiver {
     this.resolveDone({ ok: true, ack });
   }
 
-  /** (Re)start the idle timer: no frame within idleTimeoutMs fails the transfer as lost. */
+  /**
+   * (Re)start the idle timer: no frame within idleTimeoutMs fails the transfer as lost. UNAVAILABLE, not
+   * DEADLINE_EXCEEDED: the request's own deadline has not passed, and prefill may send it again (a job that
+   * failed is retried), so the request waits for that transfer instead of failing its client.
+   */
   private armIdle(): void {
     const ms = this.options.idleTimeoutMs ?? 30_000;
     if (ms <= 0) return;
     clearTimeout(this.idleTimer);
     this.idleTimer = setTimeout(
-      () => this.abort({ code: Code.DEADLINE_EXCEEDED, reason: `${this.what}: no frame for ${ms} ms (the sender went silent)` }, "lost"),
+      () => this.abort({ code: Code.UNAVAILABLE, reason: `${this.what}: no frame for ${ms} ms (the sender went silent)` }, "lost"),
       ms,
     );
     this.idleTimer.unref();
