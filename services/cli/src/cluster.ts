@@ -213,6 +213,8 @@ export async function runCluster(o: ClusterCliOptions): Promise<number> {
     const running = cluster;
     supervisor = superviseCluster(running, {
       onEvent: (e) => {
+        // Ctrl-C from a terminal reaches the services too; their exits then are no deaths.
+        if (interrupted.signal.aborted) return;
         // A service that crashed (an exit code, not a kill) shows why.
         const dead = e.kind === "exited" && e.exit.signal === null ? running.processes.find((p) => p.label === e.label) : undefined;
         const line = supervisorLine(e, dead?.tail(10) ?? []);
