@@ -176,8 +176,13 @@ function outputTable(m: ModelStudy): string {
 
 export function formatCodecStudy(r: CodecStudyReport): string {
   const out: string[] = [];
-  out.push("## Codecs (bytes per value at the models' hidden sizes include the per-tile metadata)", "");
-  out.push(`Wire: the registered dispatch codecs (f32, bf16, fp8-tile = E4M3, logfmt8); E5M2 and LogFMT-6/7/9/10 are study-only (no wire dtype).`, "");
+  out.push(
+    "## Codecs",
+    "",
+    "Bytes per value include the per-tile metadata (FP8: one float32 scale per 1x128 tile; LogFMT: two float32, lo and hi). " +
+      "On the wire: f32, bf16, fp8-tile (E4M3) and logfmt8; E5M2 and LogFMT-6/7/9/10 are study-only (the proto has no dtype for them).",
+    "",
+  );
   for (const m of r.models) {
     const s = m.study;
     const weights = m.weights === "random" ? "RANDOM weights (not a trained model)" : m.weights === "trained" ? "trained weights" : "weights of unknown origin (no README)";
