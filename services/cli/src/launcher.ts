@@ -707,14 +707,16 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
     const url = routerReady.http!.replace(/\/+$/, "");
     const servedModelName = await phase(routerModelId(url, deadline, startup.signal, apiKey), "the router's HTTP API");
 
+    /** Each label's last ready line: a restarted process that never became ready is listed with it. */
+    const lastReady = new Map<string, ReadyLine>(processes.map((p) => [p.label, p.readyLine!]));
     const instancesNow = (): InstanceInfo[] => {
       const list: InstanceInfo[] = processes.map((p) => {
-        const r = p.readyLine!;
+        const r = p.readyLine ?? lastReady.get(p.label)!;
         const shard = shardOf.get(p);
         return {
           role: p.role,
           index: p.index,
-          pid: r.pid,
+          pid: p.readyLine?.pid ?? p.pid ?? r.pid,
           grpc: r.grpc,
           metrics: r.metrics,
           ...(r.http !== undefined ? { http: r.http } : {}),
@@ -759,7 +761,8 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
       if (old === undefined) throw new InvalidArgumentError(`no service "${label}" in this cluster (${processes.map((p) => p.label).join(", ")})`);
       if (old.exitInfo === undefined) throw new InvalidArgumentError(`${label} (pid ${old.pid}) is still running; only a service that exited can be restarted`);
       if (stopped !== undefined) throw new CancelledError("the cluster is stopping");
-      const args = pinAddresses(baseArgs.get(old)!, old.readyLine!);
+      // A process that was restarted already has its addresses pinned (and may have died before its ready line).
+      const args = old.readyLine !== undefined ? pinAddresses(baseArgs.get(old)!, old.readyLine) : baseArgs.get(old)!;
       const fresh = launch(old.role, old.index, args);
       // The new process takes the old one's place (launch appended it).
       processes.splice(processes.indexOf(fresh), 1);
@@ -771,6 +774,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
       try {
         const ready = await Promise.race([fresh.waitReady(), timeout.promise]);
         progress({ kind: "ready", label: fresh.label, ready });
+        lastReady.set(fresh.label, ready);
         await Promise.race([waitForServing(ready.grpc, { timeoutMs: ro.timeoutMs ?? 120_000 }), timeout.promise]);
       } finally {
         timeout.cancel();

@@ -5,7 +5,7 @@
 // Real child processes, real gRPC health, real Redis on 127.0.0.1:6379 and a private redis-server.
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -111,6 +111,29 @@ describe("a supervised cluster (stand-in services)", () => {
     }
     expect(c.info.instances.map((i) => i.pid).filter(alive)).toEqual([]);
   }, 90_000);
+
+  it("a service that keeps crashing on start is retried with growing back-off, then comes back at its address", async () => {
+    const o = baseOptions();
+    const crash = join(o.stateDir, "crash");
+    const c = await launch({ ...o, serviceArgs: { prefill: ["--fake-die-before-ready-while", crash] } });
+    try {
+      const before = c.info.instances.find((i) => i.role === "prefill")!;
+      writeFileSync(crash, "");
+      process.kill(before.pid, "SIGKILL");
+      await until(() => supervisorEvents(c.lines, "restart-failed", "prefill 0").length >= 3, "three failed restarts", 60_000);
+      rmSync(crash);
+      await until(() => supervisorEvents(c.lines, "restarted", "prefill 0").length === 1, "prefill 0 to come back", 60_000);
+      const delays = supervisorEvents(c.lines, "exited", "prefill 0").map((e) => e["restartInMs"]);
+      expect(delays.slice(0, 4)).toEqual([100, 200, 400, 800]);
+      expect(String(supervisorEvents(c.lines, "restart-failed", "prefill 0")[0]!["error"])).toContain("config.json is broken (fake)");
+      const after = c.file().instances.find((i) => i.role === "prefill")!;
+      expect({ grpc: after.grpc, metrics: after.metrics }).toEqual({ grpc: before.grpc, metrics: before.metrics });
+      expect(alive(after.pid)).toBe(true);
+      await waitForServing(after.grpc, { timeoutMs: 5_000 });
+    } finally {
+      expect(await c.stop()).toBe(0);
+    }
+  }, 120_000);
 
   it("restarts its private Redis killed -9 on the same port, with what it had persisted", async () => {
     const o = baseOptions({ privateRedis: true });
