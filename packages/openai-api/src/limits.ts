@@ -42,25 +42,34 @@ export function defaultMaxPromptChars(maxModelLen: number): number {
   return Math.max(MIN_DEFAULT_MAX_PROMPT_CHARS, PROMPT_CHARS_PER_TOKEN * maxModelLen);
 }
 
+/** The characters that matter to nesting depth: quotes (strings) and brackets. */
+const STRUCTURE = /["[\]{}]/g;
+
 /**
  * Whether the JSON text nests arrays/objects deeper than `max` (brackets inside strings do not count).
  * Linear in the text, no recursion: safe on any input, including text that is not valid JSON (the parser
- * reports that afterwards).
+ * reports that afterwards). It jumps between structural characters with the regex engine and over
+ * strings with indexOf, so a body that is mostly one long prompt string costs about a memchr.
  */
 export function jsonDepthExceeds(text: string, max: number): boolean {
   let depth = 0;
-  let inString = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (inString) {
-      if (c === 0x5c) i++; // backslash: skip the escaped character
-      else if (c === 0x22) inString = false;
-      continue;
-    }
-    if (c === 0x22) inString = true;
-    else if (c === 0x5b || c === 0x7b) {
+  STRUCTURE.lastIndex = 0;
+  for (let m = STRUCTURE.exec(text); m !== null; m = STRUCTURE.exec(text)) {
+    const c = text.charCodeAt(m.index);
+    if (c === 0x22) {
+      // Skip to the closing quote: the next '"' not escaped by an odd run of backslashes.
+      let q = m.index;
+      for (;;) {
+        q = text.indexOf('"', q + 1);
+        if (q < 0) return false; // unterminated string: the parser's error, not ours
+        let b = q - 1;
+        while (text.charCodeAt(b) === 0x5c) b--;
+        if ((q - 1 - b) % 2 === 0) break;
+      }
+      STRUCTURE.lastIndex = q + 1;
+    } else if (c === 0x5b || c === 0x7b) {
       if (++depth > max) return true;
-    } else if (c === 0x5d || c === 0x7d) depth--;
+    } else depth--;
   }
   return false;
 }

@@ -54,6 +54,13 @@ interface Slot {
   ready: boolean;
 }
 
+/** The ids as a plain array; a loop, since Array.from on a typed array of millions takes seconds. */
+function toArray(ids: Uint32Array): number[] {
+  const out = new Array<number>(ids.length);
+  for (let i = 0; i < ids.length; i++) out[i] = ids[i]!;
+  return out;
+}
+
 function errorOf(e: { code: number; message: string }): MoelaError {
   return new MoelaError(e.message, e.code as Code);
 }
@@ -192,7 +199,7 @@ export class TokenizerPool implements AsyncPromptEncoder {
         slot.job = null;
         if ("error" in m) this.settle(job, errorOf(m.error));
         else if ("text" in m) this.settle(job, { ok: m.text });
-        else this.settle(job, { ok: Array.from(m.ids) });
+        else this.settle(job, { ok: toArray(m.ids) });
         this.pump();
       });
       const fail = (err: Error): void => {

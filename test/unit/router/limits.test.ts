@@ -58,6 +58,8 @@ describe("jsonDepthExceeds", () => {
     { name: "brackets inside strings do not count", text: '{"a": "[[[[[[{{{{"}', max: 1, want: false },
     { name: "escaped quote inside a string", text: '{"a": "\\"[[[[["}', max: 1, want: false },
     { name: "siblings do not add up", text: "[[1], [2], [3], [4]]", max: 2, want: false },
+    { name: "a string ending in an escaped backslash closes", text: '{"a": "x\\\\", "b": [[[1]]]}', max: 3, want: true },
+    { name: "an unterminated string is the parser's business", text: '{"a": "[[[[[[', max: 1, want: false },
     { name: "a hostile body 100k deep", text: "[".repeat(100_000), max: MAX_JSON_DEPTH, want: true },
   ])("$name -> $want", ({ text, max, want }) => {
     expect(jsonDepthExceeds(text, max)).toBe(want);
