@@ -35,7 +35,10 @@ import OpenAI from "openai";
 import { DeepseekModel, Engine, FORWARD_PHASES, PagedLatentCache, PhaseTimes, readModelConfig, type ForwardPhase, type ModelConfig, type Sequence } from "@moela/engine";
 import {
   PRECISION_PROFILES,
+  connectExpertHosts,
   createInProcessExperts,
+  placementFor,
+  type DispatchMode,
   getDispatchCodec,
   type DispatchCodecName,
   type PrecisionName,
@@ -223,6 +226,49 @@ function clusterBreakdown(a: Snapshot, b: Snapshot, info: ClusterInfo): Breakdow
   return breakdownFromPhases(phases, steps, stepSeconds, dispatch, host);
 }
 
+/**
+ * The wire alone: one-token dispatches to every expert-host of the cluster at once (the shape of a batch-1
+ * decode layer), as one DispatchStream message per host and as one unary Dispatch call per host; median
+ * round trip of the slowest host, and the hosts' own handling time, which the wire is on top of.
+ */
+async function wireRoundTrips(info: ClusterInfo, profile: PrecisionProfile): Promise<Record<DispatchMode, { medianUs: number; hostUs: number | undefined }>> {
+  const hosts = info.instances.filter((i) => i.role === "expert-host").sort((a, b) => (a.shard ?? 0) - (b.shard ?? 0));
+  const placement = placementFor(cfg, H);
+  const layer = cfg.firstKDenseReplace;
+  const x = Float32Array.from({ length: cfg.hiddenSize }, (_, i) => Math.sin(i));
+  const reqs = hosts.map((_, h) => ({
+    layer,
+    rows: 1,
+    cols: cfg.hiddenSize,
+    activations: getDispatchCodec(profile.dispatch).encode(x, 1, cfg.hiddenSize),
+    tokenExpertCounts: [1],
+    expertIds: [placement.expertsOfHost[h]![0]!],
+    weights: [1],
+  }));
+  const out = {} as Record<DispatchMode, { medianUs: number; hostUs: number | undefined }>;
+  for (const mode of ["stream", "unary"] as const) {
+    const transports = connectExpertHosts(hosts.map((h) => h.grpc), { dispatchMode: mode });
+    try {
+      const times: number[] = [];
+      for (let i = 0; i < 50; i++) await Promise.all(transports.map((t, h) => t.dispatch(reqs[h]!)));
+      const a = await snapshot(info);
+      for (let i = 0; i < 400; i++) {
+        const t0 = performance.now();
+        await Promise.all(transports.map((t, h) => t.dispatch(reqs[h]!)));
+        times.push(performance.now() - t0);
+      }
+      const b = await snapshot(info);
+      times.sort((p, q) => p - q);
+      const calls = delta(a, b, info, ["expert-host"], "moela_expert_host_dispatch_seconds_count");
+      const handling = delta(a, b, info, ["expert-host"], "moela_expert_host_dispatch_seconds_sum");
+      out[mode] = { medianUs: 1000 * times[times.length >> 1]!, hostUs: calls && handling !== undefined ? (1e6 * handling) / calls : undefined };
+    } finally {
+      for (const t of transports) t.close();
+    }
+  }
+  return out;
+}
+
 // ---- results -----------------------------------------------------------------------------------
 
 interface ClusterResult {
@@ -241,6 +287,7 @@ interface ClusterResult {
   dispatchBytesPerTokenHost: number | undefined;
   combineBytesPerTokenLayer: number | undefined;
   decode: Array<{ batch: number; clientTokS: number; tpotMs: number; decodeStepTokS: number | undefined; tokens: number; breakdown: Breakdown | undefined }>;
+  wire: Record<DispatchMode, { medianUs: number; hostUs: number | undefined }>;
 }
 
 interface InProcessResult {
@@ -542,8 +589,11 @@ async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
       }
       decode.push(best!);
     }
+    log(`  ${profile}: the wire alone, one-token dispatches to every host, stream and unary ...`);
+    const wire = await wireRoundTrips(info, prof);
     return {
       profile,
+      wire,
       reusedRunningCluster: cluster === undefined,
       promptTokens,
       kvSentBytesPerPromptToken: per(kvSent, promptTokens),
@@ -657,6 +707,11 @@ if (speedCluster !== undefined) {
     ["one process b1", generate1.breakdown],
     ...speedCluster.decode.map((d): [string, Breakdown | undefined] => [`cluster b${d.batch}`, d.breakdown]),
   ];
+  const w = speedCluster.wire;
+  out.push(
+    `The wire alone (one-token dispatches to all ${H} hosts at once, median of 400): DispatchStream ${w.stream.medianUs.toFixed(0)} us, unary Dispatch ${w.unary.medianUs.toFixed(0)} us per layer (unary/stream ${(w.unary.medianUs / w.stream.medianUs).toFixed(2)}x); a host's own handling ${f(w.stream.hostUs, 0)} us of it`,
+  );
+  out.push("");
   const us = (x: number | undefined, n: number) => (x === undefined ? "" : ((1e6 * x) / n).toFixed(0));
   out.push(
     `Where a decode step goes: microseconds per step and per layer of its kind (${cfg.numHiddenLayers} layers: ${cfg.firstKDenseReplace} dense, ${MOE_LAYERS} MoE; a host's figures are per call, hosts run in parallel; where micro-batches overlap, each one's phases are counted, so they add up to more than the step)`,
