@@ -598,7 +598,10 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
       } catch (err) {
         outcome = outcomeOf(err);
         if (outcome === "error") log.error({ err }, "generation failed");
-        else log.info({ outcome, err: err instanceof Error ? err.message : String(err) }, "generation did not complete");
+        // A refused key is not logged per call (HTTP's 401s are not either): a flood of them would flood the log.
+        else if (!(err instanceof MoelaError && err.code === Code.UNAUTHENTICATED)) {
+          log.info({ outcome, err: err instanceof Error ? err.message : String(err) }, "generation did not complete");
+        }
         throw publicError(err, ctx);
       } finally {
         release?.();
