@@ -119,6 +119,8 @@ interface Rig {
 
 let decode: ScriptedDecode;
 const rigs: Rig[] = [];
+/** Every job the stand-in prefills took. */
+const taken: PrefillJob[] = [];
 
 /** A prefill stand-in on `prefix`: hands each job to the scripted decode (or fails a LEAKY one). */
 function standInPrefill(prefix: string): Worker {
@@ -126,6 +128,7 @@ function standInPrefill(prefix: string): Worker {
     PREFILL_QUEUE,
     async (j) => {
       const job = parsePrefillJob(j.data);
+      taken.push(job);
       if (job.promptTokenIds.includes(LEAKY)) throw new UnrecoverableError("UNAVAILABLE: decode 10.9.8.7:5000 (decode-node7-99-abcdef) is unreachable");
       decode.job(job.requestId).resolve(job);
       return {};
@@ -345,6 +348,32 @@ describe("request ids: clients that choose the same id never touch each other", 
     expect(a.flatMap((m) => m.tokenIds)).toEqual([500, 501, 500, 501]);
     expect(b.flatMap((m) => m.tokenIds)).toEqual([600, 601, 600, 601]);
     expect([...a, ...b].every((m) => m.requestId === id)).toBe(true);
+  });
+});
+
+describe("cache_salt", () => {
+  it("is forwarded to the prefill job from both APIs; a bad one is refused naming the field", async () => {
+    const r = await rig();
+    const res = await post(r, "/v1/chat/completions", { messages: [{ role: "user", content: "salted" }], max_tokens: 2, cache_salt: "tenant-a" });
+    expect(res.status).toBe(200);
+    const id = res.headers.get("x-moela-request-id")!;
+    await res.text();
+    expect(taken.find((j) => j.requestId === id)?.cacheSalt).toBe("tenant-a");
+    const client = new MoelaClient({ address: r.router.grpcAddress, maxRetries: 0 });
+    try {
+      await client.complete({ prompt: [5, 901, 902], maxTokens: 2, cacheSalt: "tenant-b" });
+      expect(taken.find((j) => j.promptTokenIds.join(",") === "5,901,902")?.cacheSalt).toBe("tenant-b");
+      await client.complete({ prompt: [5, 903, 904], maxTokens: 2 });
+      expect(taken.find((j) => j.promptTokenIds.join(",") === "5,903,904")).not.toHaveProperty("cacheSalt");
+      const long = await client.complete({ prompt: [5, 6], maxTokens: 2, cacheSalt: "s".repeat(257) }).catch((e: unknown) => e);
+      expect((long as MoelaError).code).toBe(Code.INVALID_ARGUMENT);
+      expect((long as MoelaError).message).toMatch(/cache_salt may hold at most 256 characters/);
+    } finally {
+      client.close();
+    }
+    const empty = await post(r, "/v1/completions", { prompt: [5, 6], cache_salt: "" });
+    expect(empty.status).toBe(400);
+    expect((await errorOf(empty)).param).toBe("cache_salt");
   });
 });
 
