@@ -7,7 +7,8 @@
  */
 import { Worker } from "node:worker_threads";
 import type { StepResult, LossOptions } from "./model.js";
-import type { Precision } from "./ops.js";
+import type { Precision, Vec } from "./ops.js";
+import type { AdamHyper } from "./optim.js";
 import type { ParamStore } from "./params.js";
 import type { ReplicaInit } from "./replica-worker.js";
 
@@ -24,38 +25,65 @@ interface ReplicaReply {
 
 export class ReplicaPool {
   private readonly workers: Worker[];
-  private readonly grads: ParamStore["list"][number]["grad"][][];
+  private readonly grads: Vec[][];
 
-  private constructor(workers: Worker[], grads: ParamStore["list"][number]["grad"][][]) {
+  private constructor(workers: Worker[], grads: Vec[][]) {
     this.workers = workers;
     this.grads = grads;
   }
 
   /** Start `n` worker replicas over `params` (whose values must live in SharedArrayBuffers: shareParams). */
-  static async start(configJson: Record<string, unknown>, precision: Precision, params: ParamStore, n: number): Promise<ReplicaPool> {
+  static async start(
+    configJson: Record<string, unknown>,
+    precision: Precision,
+    params: ParamStore,
+    m: ReadonlyMap<string, Vec>,
+    v: ReadonlyMap<string, Vec>,
+    n: number,
+  ): Promise<ReplicaPool> {
     const workers: Worker[] = [];
-    const grads: ParamStore["list"][number]["grad"][][] = [];
     const ext = import.meta.url.endsWith(".ts") ? ".ts" : ".js";
     const moduleUrl = new URL(`./replica-worker${ext}`, import.meta.url).href;
+    const shared = (x: Vec, what: string): SharedArrayBuffer => {
+      if (!(x.buffer instanceof SharedArrayBuffer)) throw new Error(`${what} is not in shared memory`);
+      return x.buffer;
+    };
+    const data: Record<string, SharedArrayBuffer> = {};
+    const mainGrad: Record<string, SharedArrayBuffer> = {};
+    const mom: Record<string, SharedArrayBuffer> = {};
+    const vel: Record<string, SharedArrayBuffer> = {};
+    for (const p of params.list) {
+      data[p.name] = shared(p.data, `parameter ${p.name}`);
+      mainGrad[p.name] = shared(p.grad, `gradient of ${p.name}`);
+      const pm = m.get(p.name);
+      const pv = v.get(p.name);
+      if (pm && pv) {
+        mom[p.name] = shared(pm, `AdamW m of ${p.name}`);
+        vel[p.name] = shared(pv, `AdamW v of ${p.name}`);
+      }
+    }
+    // every replica's gradient buffers, made first: a replica reduces its range over all of them
+    const gradBufs: Record<string, SharedArrayBuffer>[] = [];
+    const grads: Vec[][] = [];
     for (let w = 0; w < n; w++) {
-      const data: Record<string, SharedArrayBuffer> = {};
-      const grad: Record<string, SharedArrayBuffer> = {};
-      const g: ParamStore["list"][number]["grad"][] = [];
+      const rec: Record<string, SharedArrayBuffer> = {};
+      const g: Vec[] = [];
       for (const p of params.list) {
-        if (!(p.data.buffer instanceof SharedArrayBuffer)) throw new Error(`parameter ${p.name} is not in shared memory`);
-        data[p.name] = p.data.buffer;
         const sab = new SharedArrayBuffer(p.grad.byteLength);
-        grad[p.name] = sab;
+        rec[p.name] = sab;
         g.push(precision === "f32" ? new Float32Array(sab) : new Float64Array(sab));
       }
-      const init: ReplicaInit = { moduleUrl, configJson, precision, data, grad };
+      gradBufs.push(rec);
+      grads.push(g);
+    }
+    for (let w = 0; w < n; w++) {
+      const init: ReplicaInit = { moduleUrl, configJson, precision, data, grad: gradBufs[w]!, mainGrad, allGrads: gradBufs, m: mom, v: vel };
       const worker = new Worker(new URL("./replica-boot.mjs", import.meta.url), { workerData: init, execArgv: [] });
       await new Promise<void>((resolve, reject) => {
         worker.once("message", () => resolve());
         worker.once("error", reject);
       });
       workers.push(worker);
-      grads.push(g);
     }
     return new ReplicaPool(workers, grads);
   }
@@ -64,23 +92,38 @@ export class ReplicaPool {
     return this.workers.length;
   }
 
-  /** Start worker w on rows of a step; resolves with its losses and loads (its gradients are in gradsOf(w)). */
-  run(w: number, tokens: Int32Array, B: number, S: number, opts: LossOptions): Promise<StepResult> {
+  private call<T>(w: number, msg: unknown): Promise<T> {
     const worker = this.workers[w]!;
     return new Promise((resolve, reject) => {
       const onError = (e: Error): void => reject(e);
       worker.once("error", onError);
-      worker.once("message", (r: ReplicaReply) => {
+      worker.once("message", (r: { error?: string }) => {
         worker.off("error", onError);
         if (r.error !== undefined) reject(new Error(`training replica ${w + 1}: ${r.error}`));
-        else resolve({ loss: r.loss, mainLoss: r.mainLoss, mtpLoss: r.mtpLoss, balanceLoss: r.balanceLoss, mainCorrect: r.mainCorrect, mtpCorrect: r.mtpCorrect, loads: new Map(r.loads) });
+        else resolve(r as T);
       });
-      worker.postMessage({ tokens, B, S, opts });
+      worker.postMessage(msg);
     });
   }
 
+  /** Start worker w on rows of a step; resolves with its losses and loads (its gradients are in gradsOf(w)). */
+  async run(w: number, tokens: Int32Array, B: number, S: number, opts: LossOptions): Promise<StepResult> {
+    const r = await this.call<ReplicaReply>(w, { kind: "step", tokens, B, S, opts });
+    return { loss: r.loss, mainLoss: r.mainLoss, mtpLoss: r.mtpLoss, balanceLoss: r.balanceLoss, mainCorrect: r.mainCorrect, mtpCorrect: r.mtpCorrect, loads: new Map(r.loads) };
+  }
+
+  /** Worker w sums every replica's gradients of parameters [p0, p1) into the main ones; resolves with their sum of squares. */
+  async reduce(w: number, p0: number, p1: number): Promise<number> {
+    return (await this.call<{ ss: number }>(w, { kind: "reduce", p0, p1 })).ss;
+  }
+
+  /** Worker w runs AdamW over parameters [p0, p1). */
+  async adam(w: number, p0: number, p1: number, h: AdamHyper): Promise<void> {
+    await this.call<unknown>(w, { kind: "adam", p0, p1, h });
+  }
+
   /** Worker w's gradient arrays, in ParamStore order. */
-  gradsOf(w: number): ParamStore["list"][number]["grad"][] {
+  gradsOf(w: number): Vec[] {
     return this.grads[w]!;
   }
 

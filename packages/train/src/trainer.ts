@@ -10,6 +10,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { readSafetensorsFile, Rng, writeSafetensorsFile, type TensorToWrite } from "@moela/engine";
 import { setTrainThreads, type Vec } from "./ops.js";
+import { adamRange, partition, reduceRange, type AdamHyper, type OptimSlot } from "./optim.js";
 import type { TrainModel, StepResult } from "./model.js";
 import { ReplicaPool } from "./replicas.js";
 
@@ -69,41 +70,6 @@ export function learningRate(o: Pick<TrainOptions, "lr" | "minLrRatio" | "warmup
   return min + 0.5 * (o.lr - min) * (1 + Math.cos(Math.PI * progress));
 }
 
-interface AdamStep {
-  readonly lr: number;
-  /** 1 - lr * weight_decay (1: no decay). */
-  readonly decay: number;
-  readonly clipScale: number;
-  readonly beta1: number;
-  readonly beta2: number;
-  /** Bias corrections 1 - beta^t. */
-  readonly bc1: number;
-  readonly bc2: number;
-  readonly eps: number;
-}
-
-/** sum of g_i^2 in doubles, i ascending. */
-function sumSquares(g: Vec): number {
-  let s = 0;
-  for (let i = 0; i < g.length; i++) s += g[i]! * g[i]!;
-  return s;
-}
-
-/** One AdamW update of w from gradient g (times clipScale), in doubles, decoupled decay first. */
-function adamw(w: Vec, g: Vec, m: Vec, v: Vec, s: AdamStep): void {
-  const { lr, decay, clipScale, beta1, beta2, bc1, bc2, eps } = s;
-  const step = lr / bc1;
-  const rbc2 = 1 / bc2;
-  for (let i = 0; i < w.length; i++) {
-    const gi = g[i]! * clipScale;
-    const mi = beta1 * m[i]! + (1 - beta1) * gi;
-    const vi = beta2 * v[i]! + (1 - beta2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    w[i] = w[i]! * decay - (step * mi) / (Math.sqrt(vi * rbc2) + eps);
-  }
-}
-
 export interface StepStats extends StepResult {
   readonly step: number;
   readonly lr: number;
@@ -139,6 +105,8 @@ export class Trainer {
   private readonly m: Map<string, Vec>;
   private readonly v: Map<string, Vec>;
   private replicas: ReplicaPool | null = null;
+  /** Per parameter (ParamStore order): what the optimizer updates. */
+  private slots: OptimSlot[] = [];
 
   constructor(model: TrainModel, data: TokenData, opts: TrainOptions) {
     this.model = model;
@@ -154,6 +122,18 @@ export class Trainer {
       this.m.set(p.name, model.ops.alloc(p.data.length));
       this.v.set(p.name, model.ops.alloc(p.data.length));
     }
+    this.makeSlots();
+  }
+
+  private makeSlots(): void {
+    this.slots = this.model.params.list.map((p) => ({
+      data: p.data,
+      grad: p.grad,
+      m: this.m.get(p.name) ?? null,
+      v: this.v.get(p.name) ?? null,
+      decay: p.decay,
+      trainable: p.trainable,
+    }));
   }
 
   /** The next batch [batch, rowLength(seqLen)]: rows at random offsets of the data. */
@@ -175,9 +155,20 @@ export class Trainer {
    */
   async startReplicas(configJson: Record<string, unknown>, threads: number): Promise<void> {
     await this.close();
+    threads = Math.min(threads, this.opts.batch); // every replica gets at least one row
     if (threads <= 1) return;
     setTrainThreads(1);
-    this.replicas = await ReplicaPool.start(configJson, this.model.ops.precision, this.model.params, threads - 1);
+    // AdamW's moments move to shared memory: every replica updates its range of the parameters.
+    for (const map of [this.m, this.v]) {
+      for (const [name, x] of map) {
+        const sab = new SharedArrayBuffer(x.byteLength);
+        const y = x instanceof Float32Array ? new Float32Array(sab) : new Float64Array(sab);
+        y.set(x);
+        map.set(name, y);
+      }
+    }
+    this.makeSlots();
+    this.replicas = await ReplicaPool.start(configJson, this.model.ops.precision, this.model.params, this.m, this.v, threads - 1);
   }
 
   /** Stop the worker replicas. */
@@ -206,15 +197,6 @@ export class Trainer {
       r0 += n;
     }
     const results = [this.model.step(tokens.subarray(0, counts[0]! * row), counts[0]!, o.seqLen, lo), ...(await Promise.all(pending))];
-    // sum in replica order
-    for (let w = 0; w < pending.length; w++) {
-      const gs = pool.gradsOf(w);
-      params.list.forEach((p, i) => {
-        const g = p.grad;
-        const x = gs[i]!;
-        for (let j = 0; j < g.length; j++) g[j] = g[j]! + x[j]!;
-      });
-    }
     const loads = new Map<number, Int32Array>();
     for (const r of results) {
       for (const [layer, l] of r.loads) {
@@ -244,30 +226,23 @@ export class Trainer {
     const r = await this.gradients(tokens);
     if (!Number.isFinite(r.loss)) throw new Error(`loss is ${r.loss} at step ${this.step}`);
 
-    // global gradient norm (fixed order, doubles)
-    let ss = 0;
-    for (const p of params.list) if (p.trainable) ss += sumSquares(p.grad);
+    // the replicas' gradients summed into this thread's, and the global gradient norm (doubles, fixed order)
+    const pool = this.replicas;
+    const cuts = partition(params.list.map((p) => p.data.length), (pool?.size ?? 0) + 1);
+    const others = pool === null ? [] : Array.from({ length: pool.size }, (_, w) => pool.gradsOf(w));
+    const partial = pool === null ? [] : Array.from({ length: pool.size }, (_, w) => pool.reduce(w, cuts[w + 1]!, cuts[w + 2]!));
+    let ss = reduceRange(this.slots, others, cuts[0]!, cuts[1]!);
+    for (const x of await Promise.all(partial)) ss += x;
     const gradNorm = Math.sqrt(ss);
     const clipScale = o.clip > 0 && gradNorm > o.clip ? o.clip / (gradNorm + 1e-6) : 1;
 
-    // AdamW
+    // AdamW, each thread over its range
     const lr = learningRate(o, this.step);
     const t = this.step + 1;
-    const bc1 = 1 - o.beta1 ** t;
-    const bc2 = 1 - o.beta2 ** t;
-    for (const p of params.list) {
-      if (!p.trainable) continue;
-      adamw(p.data, p.grad, this.m.get(p.name)!, this.v.get(p.name)!, {
-        lr,
-        decay: p.decay ? 1 - lr * o.weightDecay : 1,
-        clipScale,
-        beta1: o.beta1,
-        beta2: o.beta2,
-        bc1,
-        bc2,
-        eps: o.eps,
-      });
-    }
+    const h: AdamHyper = { lr, weightDecay: o.weightDecay, clipScale, beta1: o.beta1, beta2: o.beta2, bc1: 1 - o.beta1 ** t, bc2: 1 - o.beta2 ** t, eps: o.eps };
+    const updates = pool === null ? [] : Array.from({ length: pool.size }, (_, w) => pool.adam(w, cuts[w + 1]!, cuts[w + 2]!, h));
+    adamRange(this.slots, cuts[0]!, cuts[1]!, h);
+    await Promise.all(updates);
 
     // auxiliary-loss-free balancing
     let maxLoadRatio = 1;

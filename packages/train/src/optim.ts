@@ -1,0 +1,89 @@
+/**
+ * AdamW and the gradient reduction, over contiguous ranges of the parameter list so that data-parallel replicas
+ * can share the work: each thread reduces and updates its own range, in a fixed order within the range, and the
+ * ranges' sums of squares are added in thread order. Deterministic for a given thread count.
+ */
+import type { Vec } from "./ops.js";
+
+export interface AdamHyper {
+  readonly lr: number;
+  readonly weightDecay: number;
+  /** Multiplies every gradient (global-norm clipping). */
+  readonly clipScale: number;
+  readonly beta1: number;
+  readonly beta2: number;
+  /** Bias corrections 1 - beta^t. */
+  readonly bc1: number;
+  readonly bc2: number;
+  readonly eps: number;
+}
+
+/** What a range of the optimizer works on: per parameter, in ParamStore order. */
+export interface OptimSlot {
+  readonly data: Vec;
+  readonly grad: Vec;
+  readonly m: Vec | null;
+  readonly v: Vec | null;
+  readonly decay: boolean;
+  readonly trainable: boolean;
+}
+
+/** sum of g_i^2 in doubles, i ascending. */
+export function sumSquares(g: Vec): number {
+  let s = 0;
+  for (let i = 0; i < g.length; i++) s += g[i]! * g[i]!;
+  return s;
+}
+
+/** One AdamW update of w from gradient g (times clipScale), in doubles, the decoupled decay first. */
+export function adamw(w: Vec, g: Vec, m: Vec, v: Vec, lr: number, decay: number, h: AdamHyper): void {
+  const { clipScale, beta1, beta2, eps } = h;
+  const step = lr / h.bc1;
+  const rbc2 = 1 / h.bc2;
+  for (let i = 0; i < w.length; i++) {
+    const gi = g[i]! * clipScale;
+    const mi = beta1 * m[i]! + (1 - beta1) * gi;
+    const vi = beta2 * v[i]! + (1 - beta2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    w[i] = w[i]! * decay - (step * mi) / (Math.sqrt(vi * rbc2) + eps);
+  }
+}
+
+/** Cut points [0 = c_0 <= ... <= c_parts = n] of `sizes` into `parts` contiguous ranges of about equal total size. */
+export function partition(sizes: readonly number[], parts: number): number[] {
+  const total = sizes.reduce((a, b) => a + b, 0);
+  const cuts = [0];
+  let acc = 0;
+  let i = 0;
+  for (let p = 1; p < parts; p++) {
+    const goal = (total * p) / parts;
+    while (i < sizes.length && acc + sizes[i]! / 2 < goal) acc += sizes[i++]!;
+    cuts.push(i);
+  }
+  cuts.push(sizes.length);
+  return cuts;
+}
+
+/** grads[p] += others[w][p] for w ascending, p in [p0, p1); returns the sum of squares of the trainable ones. */
+export function reduceRange(slots: readonly OptimSlot[], others: readonly (readonly Vec[])[], p0: number, p1: number): number {
+  let ss = 0;
+  for (let p = p0; p < p1; p++) {
+    const g = slots[p]!.grad;
+    for (const o of others) {
+      const x = o[p]!;
+      for (let j = 0; j < g.length; j++) g[j] = g[j]! + x[j]!;
+    }
+    if (slots[p]!.trainable) ss += sumSquares(g);
+  }
+  return ss;
+}
+
+/** AdamW over the trainable parameters in [p0, p1) (decay only on those marked). */
+export function adamRange(slots: readonly OptimSlot[], p0: number, p1: number, h: AdamHyper): void {
+  for (let p = p0; p < p1; p++) {
+    const s = slots[p]!;
+    if (!s.trainable || s.m === null || s.v === null) continue;
+    adamw(s.data, s.grad, s.m, s.v, h.lr, s.decay ? 1 - h.lr * h.weightDecay : 1, h);
+  }
+}
