@@ -57,7 +57,7 @@ export const DEFAULT_RUN_OPTIONS: Omit<RunOptions, "data"> = {
   ...DEFAULT_TRAIN_OPTIONS,
   config: "v3-small",
   threads: 1,
-  parallel: "kernels",
+  parallel: "replicas",
   precision: "f32",
   initStd: 0.02,
   checkpointEvery: 0,

@@ -204,7 +204,7 @@ export function buildProgram(): Command {
     .option("--bias-update-speed <g>", "aux-loss-free balancing: bias += g * sign(mean load - load)", floatArg("--bias-update-speed"), 1e-2)
     .option("--seed <n>", "seed of the initial weights and the batch sampler", intArg("--seed"), 0)
     .option("--threads <n>", "threads (every core by default)", intArg("--threads"), availableParallelism())
-    .option("--parallel <how>", "kernels (products split over threads; same bits for any count) | replicas (data-parallel; bits depend on the count)", "kernels")
+    .option("--parallel <how>", "replicas (data-parallel, fastest; bits depend on the count) | kernels (products split over threads; same bits for any count)", "replicas")
     .option("--precision <p>", "f32 (native kernels) | f64 (TypeScript, slow: the reference)", "f32")
     .option("--init-std <s>", "std of the initial weights", floatArg("--init-std"), 0.02)
     .option("--val-data <file>", "held-out data (same formats as --data) for evaluations: loss and top-1 of both heads")
