@@ -10,3 +10,4 @@ export * from "./presets.js";
 export * from "./data.js";
 export * from "./save.js";
 export * from "./run.js";
+export * from "./optim.js";

@@ -73,6 +73,8 @@ export interface RunInfo {
   readonly dataTokens: number;
   readonly params: number;
   readonly startStep: number;
+  /** On resume: training options that differ from the checkpoint's (the run then differs from an uninterrupted one). */
+  readonly changedOnResume: readonly string[];
 }
 
 function baseConfig(spec: string): Record<string, unknown> {
@@ -128,14 +130,22 @@ export async function runTraining(
   if (replicas) params = shareParams(cfg, params);
   const model = new TrainModel(cfg, params, ops);
   const trainer = new Trainer(model, { tokens }, o);
+  const changedOnResume: string[] = [];
   if (o.resume) {
     if (o.checkpointDir === undefined) throw new InvalidArgumentError("--resume needs --checkpoint-dir");
     const state = trainer.loadCheckpoint(o.checkpointDir);
     if (JSON.stringify(state["modelConfig"]) !== JSON.stringify(json)) {
       throw new InvalidArgumentError(`${o.checkpointDir}: the checkpoint was trained with another model config`);
     }
+    const before = (state["options"] ?? {}) as Record<string, unknown>;
+    for (const k of Object.keys(DEFAULT_TRAIN_OPTIONS) as (keyof TrainOptions)[]) {
+      if (JSON.stringify(before[k]) !== JSON.stringify(o[k])) changedOnResume.push(`${k} ${JSON.stringify(before[k])} -> ${JSON.stringify(o[k])}`);
+    }
+    if (before["threads"] !== o.threads || before["parallel"] !== o.parallel) {
+      if (o.parallel === "replicas" || before["parallel"] === "replicas") changedOnResume.push(`threads/parallel ${String(before["threads"])}/${String(before["parallel"])} -> ${o.threads}/${o.parallel}`);
+    }
   }
-  onInfo({ config: cfg, configJson: json, dataTokens: tokens.length, params: model.params.size, startStep: trainer.step });
+  onInfo({ config: cfg, configJson: json, dataTokens: tokens.length, params: model.params.size, startStep: trainer.step, changedOnResume });
   const checkpoint = (): void => {
     if (o.checkpointDir === undefined) return;
     trainer.saveCheckpoint(o.checkpointDir, { modelConfig: json, data: o.data });

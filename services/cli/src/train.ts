@@ -82,6 +82,9 @@ export async function runTrain(o: TrainCliOptions): Promise<number> {
           `vocab ${info.config.vocabSize}: ${(info.params / 1e6).toFixed(2)}M parameters on ${info.dataTokens} tokens, ` +
           `${o.threads} thread(s) (${o.parallel}), ${o.precision}${info.startStep > 0 ? `, resumed at step ${info.startStep}` : ""}\n`,
       );
+      if (info.changedOnResume.length > 0) {
+        process.stderr.write(`warning: resuming with options that differ from the checkpoint's, so the run will not match an uninterrupted one: ${info.changedOnResume.join(", ")}\n`);
+      }
       started = performance.now();
       bar?.start(o.steps, info.startStep, { loss: "-", mtp: "-", tps: "-", lr: "-" });
     },

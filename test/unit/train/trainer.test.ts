@@ -207,3 +207,16 @@ describe("Trainer", () => {
     expect(worst).toBeLessThan(1e-5);
   });
 });
+
+describe("optimizer ranges", () => {
+  it("partition: contiguous ranges of about equal size, covering every parameter once", async () => {
+    const { partition } = await import("@moela/train");
+    expect(partition([5, 5, 5, 5], 2)).toEqual([0, 2, 4]);
+    expect(partition([100, 1, 1, 1], 2)).toEqual([0, 1, 4]);
+    expect(partition([3], 1)).toEqual([0, 1]);
+    const cuts = partition([7, 1, 9, 2, 2, 8, 1, 1, 30, 4], 3);
+    expect(cuts[0]).toBe(0);
+    expect(cuts[3]).toBe(10);
+    for (let i = 0; i < 3; i++) expect(cuts[i + 1]!).toBeGreaterThanOrEqual(cuts[i]!);
+  });
+});
