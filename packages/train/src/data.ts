@@ -2,8 +2,9 @@
  * Training data as one array of token ids:
  *   - a token-id file: `.bin` / `.u16` (uint16 little-endian, the corpus package's train.bin), `.u32` (uint32
  *     little-endian) or `.json` (an array of integers);
- *   - a UTF-8 text file with a tokenizer folder (tokenizer.json + tokenizer_config.json): paragraphs (split at
- *     blank lines) are encoded as <bos> text <eos>, back to back, as the corpus package lays out its splits.
+ *   - a UTF-8 text file with a tokenizer folder (tokenizer.json + tokenizer_config.json, or a tokenizer.json
+ *     alone): paragraphs (split at blank lines) are encoded as <bos> text <eos> (when the tokenizer has them),
+ *     back to back, as the corpus package lays out its splits.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -36,6 +37,20 @@ export function readTokenIds(file: string): Int32Array {
 /** The folder holding tokenizer.json (and tokenizer_config.json), from a folder or a tokenizer.json path. */
 export function tokenizerDir(p: string): string {
   return fs.statSync(p).isDirectory() ? p : path.dirname(p);
+}
+
+/** tokenizer_config.json for a tokenizer.json that came without one: no BOS or EOS added, nothing else assumed. */
+export const MINIMAL_TOKENIZER_CONFIG = { add_bos_token: false, add_eos_token: false, tokenizer_class: "PreTrainedTokenizerFast" };
+
+/** The tokenizer of a folder (or a tokenizer.json path); without tokenizer_config.json, MINIMAL_TOKENIZER_CONFIG. */
+export function loadTokenizer(p: string): Tokenizer {
+  const dir = tokenizerDir(p);
+  if (fs.existsSync(path.join(dir, "tokenizer_config.json"))) return Tokenizer.fromDir(dir);
+  const file = path.join(dir, "tokenizer.json");
+  return Tokenizer.fromObjects(JSON.parse(fs.readFileSync(file, "utf8")) as unknown, MINIMAL_TOKENIZER_CONFIG, {
+    tokenizerJson: file,
+    tokenizerConfig: "(none: no BOS/EOS added)",
+  });
 }
 
 export function encodeTextFile(file: string, tok: Tokenizer): Int32Array {

@@ -7,8 +7,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { InvalidArgumentError } from "@moela/core";
 import { parseModelConfig, type ModelConfig } from "@moela/engine";
-import { Tokenizer } from "@moela/tokenizer";
-import { encodeTextFile, readTokenIds, tokenizerDir } from "./data.js";
+import type { Tokenizer } from "@moela/tokenizer";
+import { encodeTextFile, loadTokenizer, readTokenIds, tokenizerDir } from "./data.js";
 import { TrainModel } from "./model.js";
 import { opsFor, setTrainThreads, type Precision } from "./ops.js";
 import { initParams, shareParams } from "./params.js";
@@ -99,7 +99,7 @@ export async function runTraining(
   let tokDir: string | undefined;
   if (o.tokenizer !== undefined) {
     tokDir = tokenizerDir(o.tokenizer);
-    tok = Tokenizer.fromDir(tokDir);
+    tok = loadTokenizer(tokDir);
   }
   const load = (file: string): Int32Array => {
     const ext = path.extname(file).toLowerCase();

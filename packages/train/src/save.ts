@@ -8,6 +8,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { parseModelConfig, writeHfCheckpoint, type FloatDType } from "@moela/engine";
 import type { TrainModel } from "./model.js";
+import { MINIMAL_TOKENIZER_CONFIG } from "./data.js";
 
 export interface SaveOptions {
   /** FP8 128x128 block weights for the linears (default true). */
@@ -40,6 +41,10 @@ export function saveHfModel(model: TrainModel, configJson: Record<string, unknow
       if (!fs.existsSync(src)) continue;
       fs.copyFileSync(src, path.join(dir, f));
       files.push(f);
+    }
+    if (files.includes("tokenizer.json") && !files.includes("tokenizer_config.json")) {
+      fs.writeFileSync(path.join(dir, "tokenizer_config.json"), JSON.stringify(MINIMAL_TOKENIZER_CONFIG, null, 2) + "\n");
+      files.push("tokenizer_config.json");
     }
   }
   if (opts.readme !== undefined) {

@@ -48,6 +48,17 @@ describe("runTraining (moela train)", () => {
     expect(cfg["quantization_config"]).toBeUndefined();
   });
 
+  it("takes a lone tokenizer.json (no tokenizer_config.json) and saves a loadable tokenizer with the model", async () => {
+    const tokDir = path.join(tmp, "tok-only");
+    fs.mkdirSync(tokDir);
+    fs.copyFileSync(path.join(tokenizer, "tokenizer.json"), path.join(tokDir, "tokenizer.json"));
+    const out = path.join(tmp, "tok-only-model");
+    await runTraining({ ...base, tokenizer: path.join(tokDir, "tokenizer.json"), steps: 1, out });
+    expect(fs.existsSync(path.join(out, "tokenizer_config.json"))).toBe(true);
+    const { Tokenizer } = await import("@moela/tokenizer");
+    expect(Tokenizer.fromDir(out).encode("hello").length).toBeGreaterThan(0);
+  });
+
   it("moela train saves an FP8 model with its tokenizer that moela generate runs", () => {
     const out = path.join(tmp, "cli-model");
     const cli = path.resolve("services/cli/bin/moela.js");
