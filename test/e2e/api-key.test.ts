@@ -13,7 +13,7 @@ import { createInterface } from "node:readline";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import OpenAI, { APIError } from "openai";
 import { MoelaClient, UnauthenticatedError } from "@moela/client";
-import { MOELA_BIN, REPO_ROOT, type ClusterInfo } from "../../services/cli/src/launcher.js";
+import { MOELA_BIN, REPO_ROOT, TINY_MODEL, type ClusterInfo } from "../../services/cli/src/launcher.js";
 
 const KEY = `sk-e2e-${randomUUID()}`;
 let launcher: ChildProcess;
@@ -27,7 +27,7 @@ beforeAll(async () => {
   delete env["MOELA_ROUTER_API_KEY"];
   launcher = spawn(
     process.execPath,
-    [MOELA_BIN, "cluster", "--json", "--port", "0", "--state-dir", stateDir, "--queue-prefix", `e2e-key-${randomUUID().slice(0, 8)}`, "--expert-hosts", "1", "--log-level", "warn", "--api-key", KEY],
+    [MOELA_BIN, "cluster", "--model", TINY_MODEL, "--json", "--port", "0", "--state-dir", stateDir, "--queue-prefix", `e2e-key-${randomUUID().slice(0, 8)}`, "--expert-hosts", "1", "--log-level", "warn", "--api-key", KEY],
     { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"], env },
   );
   launcher.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));

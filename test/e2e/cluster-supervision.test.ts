@@ -24,7 +24,7 @@ import { DeepseekModel, Engine, type GenerationParams } from "@moela/engine";
 import { createInProcessExperts } from "@moela/moe-dispatch";
 import { PrefillClient, DecodeClient, type DecodeStatusResponse, type PrefillStatusResponse } from "@moela/proto-gen";
 import { connect, unaryCall, waitForServing } from "@moela/rpc";
-import { DEFAULT_MODEL, MOELA_BIN, REPO_ROOT, type ClusterInfo, type InstanceInfo } from "../../services/cli/src/launcher.js";
+import { TINY_MODEL, MOELA_BIN, REPO_ROOT, type ClusterInfo, type InstanceInfo } from "../../services/cli/src/launcher.js";
 import { isAlive, metricSum, moelaGenerate, scrapeMetrics } from "../helpers/cluster.js";
 
 const STREAMS = 50;
@@ -100,7 +100,7 @@ async function until(cond: () => boolean | Promise<boolean>, what: string, timeo
 /** `moela cluster ...` as a process; resolves with its exit code, stderr and the time it took. */
 function runMoelaCluster(args: readonly string[]): Promise<{ code: number | null; stderr: string; ms: number }> {
   const t0 = Date.now();
-  const child = spawn(process.execPath, [MOELA_BIN, "cluster", ...args], { cwd: REPO_ROOT, stdio: ["ignore", "ignore", "pipe"] });
+  const child = spawn(process.execPath, [MOELA_BIN, "cluster", "--model", TINY_MODEL, ...args], { cwd: REPO_ROOT, stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";
   child.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
   return new Promise((resolve) => child.once("close", (code) => resolve({ code, stderr, ms: Date.now() - t0 })));
@@ -183,6 +183,7 @@ describe("moela cluster supervises its services like a StatefulSet (2 prefill, 2
       process.execPath,
       [
         MOELA_BIN, "cluster",
+        "--model", TINY_MODEL,
         "--json",
         "--port", "0",
         "--state-dir", stateDir(),
@@ -208,7 +209,7 @@ describe("moela cluster supervises its services like a StatefulSet (2 prefill, 2
     });
     // The undisturbed answers: the engine with the routed experts over 2 in-process hosts, as
     // `moela generate --expert-hosts 2` runs it (checked against it for one prompt), while the cluster starts.
-    const model = DeepseekModel.load(DEFAULT_MODEL, { kvDtype: "f32" });
+    const model = DeepseekModel.load(TINY_MODEL, { kvDtype: "f32" });
     model.setExpertExecutor(createInProcessExperts(model, 2, "exact").executor);
     const engine = new Engine(model, { blockSize: 16, numBlocks: 64 });
     const params: GenerationParams = { temperature: 0, topP: 1, topK: -1, maxTokens: MAX_TOKENS, ignoreEos: true, topLogprobs: 1 };

@@ -28,7 +28,7 @@ import { DeepseekModel, Engine, type GenerationParams } from "@moela/engine";
 import { createInProcessExperts } from "@moela/moe-dispatch";
 import { DecodeClient, PrefillClient, type DecodeStatusResponse, type PrefillStatusResponse } from "@moela/proto-gen";
 import { connect, unaryCall } from "@moela/rpc";
-import { DEFAULT_MODEL, startCluster, type Cluster, type ServiceProcess } from "../../services/cli/src/launcher.js";
+import { TINY_MODEL, startCluster, type Cluster, type ServiceProcess } from "../../services/cli/src/launcher.js";
 import { metricSum, moelaGenerate, scrapeMetrics } from "../helpers/cluster.js";
 import { startTestRedis, type TestRedis } from "../helpers/redis-server.js";
 
@@ -215,7 +215,7 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "moela-failures-"));
     // The undisturbed answers, before the cluster competes for the CPUs.
-    const model = DeepseekModel.load(DEFAULT_MODEL, { kvDtype: "f32" });
+    const model = DeepseekModel.load(TINY_MODEL, { kvDtype: "f32" });
     model.setExpertExecutor(createInProcessExperts(model, 2, "exact").executor);
     const engine = new Engine(model, { blockSize: 16, numBlocks: 64 });
     const params: GenerationParams = { temperature: 0, topP: 1, topK: -1, maxTokens: MAX_TOKENS, ignoreEos: true, topLogprobs: 1 };
@@ -230,6 +230,7 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
     redis = await startTestRedis(join(dir, "redis"));
     process.on("exit", killHard);
     cluster = await startCluster({
+      model: TINY_MODEL,
       prefill: 2,
       decode: 2,
       expertHosts: 2,

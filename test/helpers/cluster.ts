@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { promisify } from "node:util";
-import { MOELA_BIN, REPO_ROOT, type ClusterInfo, type InstanceInfo, type Role } from "../../services/cli/src/launcher.js";
+import { MOELA_BIN, REPO_ROOT, TINY_MODEL, type ClusterInfo, type InstanceInfo, type Role } from "../../services/cli/src/launcher.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -97,7 +97,8 @@ export async function startTestCluster(o: TestClusterOptions = {}): Promise<Test
     "--expert-hosts", String(o.expertHosts ?? 2),
     "--log-level", o.logLevel ?? "warn",
     "--startup-timeout", String(o.startupTimeoutS ?? 240),
-    ...(o.model !== undefined ? ["--model", o.model] : []),
+    // The random-weight miniature unless a test asks for another: tests do not follow npm start's default model.
+    "--model", o.model ?? TINY_MODEL,
     ...Object.entries(o.serviceArgs ?? {}).flatMap(([role, flags]) => flags.flatMap((f) => ["--service-arg", `${role}=${f}`])),
   ];
   const launcher = spawn(process.execPath, args, { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"], env: process.env });

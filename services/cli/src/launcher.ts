@@ -44,6 +44,8 @@ export const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 export const MOELA_BIN = join(REPO_ROOT, "services/cli/bin/moela.js");
 /** The bundled model `npm start` serves. */
 export const DEFAULT_MODEL = join(REPO_ROOT, "models/tiny-v3");
+/** The random-weight miniature the tests run (scripts/gen-tiny-model.ts writes it; committed at models/tiny-v3). */
+export const TINY_MODEL = join(REPO_ROOT, "models/tiny-v3");
 /** Lines of a child's output kept in memory for error messages. */
 const TAIL_LINES = 40;
 
