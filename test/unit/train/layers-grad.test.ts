@@ -100,14 +100,15 @@ describe("layer gradients against finite differences (float64)", () => {
     checkGrad("dlogits", logits, g, () => 0.7 * crossEntropyInPlace(Float64Array.from(logits), T, V, targets, 1, 3), 28);
   });
 
-  for (const [label, over] of [
-    ["MLA with q LoRA (q_a_proj, q_a_layernorm, q_b_proj) and YaRN rope", {}],
-    ["MLA with q_proj and plain rope", { q_lora_rank: null, rope_scaling: null }],
+  for (const [label, over, B, S] of [
+    ["MLA with q LoRA (q_a_proj, q_a_layernorm, q_b_proj) and YaRN rope", {}, 2, 5],
+    ["MLA with q_proj and plain rope", { q_lora_rank: null, rope_scaling: null }, 2, 5],
+    ["MLA over 150 positions (three causal chunks of queries)", {}, 1, 150],
   ] as const) {
     it(`${label}: input and every projection, norm`, () => {
       const cfg = tinyConfig(over);
       const ps = testParams(cfg, 7);
-      const B = 2, S = 5, T = B * S;
+      const T = B * S;
       const sh = mlaShape(cfg, S);
       const p = mlaParams((n) => ps.get(n), cfg, 0);
       const rng = new Rng(8);

@@ -41,9 +41,10 @@ describe("TrainModel", () => {
     expect(n).toBeGreaterThan(40);
   });
 
-  for (const [label, over] of [
-    ["q LoRA, YaRN", {}],
-    ["q_proj, no rope scaling, tied embeddings", { q_lora_rank: null, rope_scaling: null, tie_word_embeddings: true }],
+  for (const [label, over, S] of [
+    ["q LoRA, YaRN", {}, 7],
+    ["q_proj, no rope scaling, tied embeddings", { q_lora_rank: null, rope_scaling: null, tie_word_embeddings: true }, 7],
+    ["140 positions: several causal chunks", {}, 140],
   ] as const) {
     it(`computes the engine's main and MTP logits on the same weights (${label})`, async () => {
       const cfg = tinyConfig(over);
@@ -51,7 +52,7 @@ describe("TrainModel", () => {
       // The engine holds float32 weights: give training the same values.
       for (const p of ps.list) for (let i = 0; i < p.data.length; i++) p.data[i] = Math.fround(p.data[i]!);
       const model = new TrainModel(cfg, ps, f64Ops);
-      const B = 2, S = 7;
+      const B = 2;
       const ids = randomTokens(B * (S + 1), cfg.vocabSize, 32);
       const main = Int32Array.from({ length: B * S }, (_, t) => ids[Math.floor(t / S) * (S + 1) + (t % S)]!);
       const next = Int32Array.from({ length: B * S }, (_, t) => ids[Math.floor(t / S) * (S + 1) + (t % S) + 1]!);
@@ -59,8 +60,8 @@ describe("TrainModel", () => {
       const oursMtp = model.mtpLogits(ours.hidden, next, B, S);
 
       const engine = new DeepseekModel(cfg, toEngineWeights(model), 0, { kernels: "reference" });
-      const cache = new PagedLatentCache({ numLayers: engine.cacheLayers, latentDim: cfg.latentDim, blockSize: 4, numBlocks: 16 });
-      const seqs = [0, 1].map((b) => ({ blockTable: cache.allocate(S)!, start: 0, tokens: main.subarray(b * S, (b + 1) * S), logits: "all" as const }));
+      const cache = new PagedLatentCache({ numLayers: engine.cacheLayers, latentDim: cfg.latentDim, blockSize: 4, numBlocks: 2 * Math.ceil(S / 4) });
+      const seqs = [0, 1].map((b) => ({ blockTable: cache.allocate(Math.ceil(S / 4))!, start: 0, tokens: main.subarray(b * S, (b + 1) * S), logits: "all" as const }));
       const out = await engine.forward(cache, seqs, { attention: "decompressed" });
       const V = cfg.vocabSize;
       let worst = 0;

@@ -15,6 +15,10 @@ import {
   f64Ops,
   initParams,
   learningRate,
+  mla,
+  mlaBack,
+  mlaParams,
+  mlaShape,
   saveHfModel,
   setTrainThreads,
   shareParams,
@@ -152,6 +156,33 @@ describe("Trainer", () => {
       }
       expect(Math.sqrt(num / Math.max(den, 1e-30)), p.name).toBeLessThan(1e-3);
     }
+  });
+
+  it.skipIf(!native)("float32 attention over several causal chunks agrees with float64 (outputs and input gradients)", () => {
+    const p64 = initParams(cfg, f64Ops, 12, 0.3);
+    const p32 = initParams(cfg, f32Ops!, 12, 0.3);
+    const S = 150;
+    const sh = mlaShape(cfg, S);
+    const m64 = mlaParams((n) => p64.get(n), cfg, 0);
+    const m32 = mlaParams((n) => p32.get(n), cfg, 0);
+    const rng = new Rng(4);
+    const x = Float64Array.from({ length: S * cfg.hiddenSize }, () => rng.next() * 2 - 1);
+    const r = Float64Array.from({ length: S * cfg.hiddenSize }, () => rng.next() * 2 - 1);
+    const a = mla(f64Ops, m64, sh, x, 1, S);
+    const b = mla(f32Ops!, m32, sh, Float32Array.from(x), 1, S);
+    const da = mlaBack(f64Ops, m64, sh, a.saved, r, 1, S);
+    const db = mlaBack(f32Ops!, m32, sh, b.saved, Float32Array.from(r), 1, S);
+    const rel = (u: ArrayLike<number>, v: ArrayLike<number>): number => {
+      let num = 0;
+      let den = 0;
+      for (let i = 0; i < u.length; i++) {
+        num += (u[i]! - v[i]!) ** 2;
+        den += u[i]! ** 2;
+      }
+      return Math.sqrt(num / den);
+    };
+    expect(rel(a.y, b.y)).toBeLessThan(1e-5);
+    expect(rel(da, db)).toBeLessThan(1e-4);
   });
 
   it("aux-loss-free balancing: an overloaded expert's bias goes down by gamma, an idle one's up", async () => {
