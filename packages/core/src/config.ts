@@ -30,10 +30,18 @@ export function envNameOf(prefix: string, key: string): string {
   return `${prefix}${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
 }
 
-/** A table whose flags and env twins are derived from the keys; `switches` are --x / --no-x keys. */
-export function settingsFromKeys<K extends string>(keys: readonly K[], envPrefix: string, switches: readonly K[] = []): Settings<K> {
+/** A table whose flags and env twins are derived from the keys; `switches` are --x / --no-x keys; `help`: --help lines. */
+export function settingsFromKeys<K extends string>(
+  keys: readonly K[],
+  envPrefix: string,
+  switches: readonly K[] = [],
+  help: Partial<Record<K, string>> = {},
+): Settings<K> {
   return Object.fromEntries(
-    keys.map((k) => [k, { flag: `--${kebabOf(k)}`, env: envNameOf(envPrefix, k), ...(switches.includes(k) ? { switch: true } : {}) }]),
+    keys.map((k) => [
+      k,
+      { flag: `--${kebabOf(k)}`, env: envNameOf(envPrefix, k), ...(switches.includes(k) ? { switch: true } : {}), ...(help[k] !== undefined ? { help: help[k] } : {}) },
+    ]),
   ) as Settings<K>;
 }
 
@@ -46,7 +54,8 @@ export function flagList(settings: Settings): string {
 
 /** One usage line per setting: `  --flag <v>   help [env NAME]`. */
 export function usageLines(settings: Settings, width = 26): string[] {
-  return Object.values<Setting>(settings).map((s) => `  ${(s.flag + (s.bool === true ? "" : " <v>")).padEnd(width)} ${s.help ?? ""} [env ${s.env}]`);
+  const spelling = (s: Setting): string => (s.switch === true ? `${s.flag}, --no-${s.flag.slice(2)}` : s.flag + (s.bool === true ? "" : " <v>"));
+  return Object.values<Setting>(settings).map((s) => `  ${spelling(s).padEnd(width)} ${s.help ?? ""} [env ${s.env}]`);
 }
 
 export interface ReadSettingsOptions {

@@ -2,6 +2,7 @@
  * The `moela` command line. `moela generate` runs the whole model in this process (the single-process
  * path that the disaggregated cluster must agree with).
  */
+import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { Command, CommanderError, InvalidArgumentError as CommanderArgError, Option } from "commander";
 import { MoelaError } from "@moela/core";
@@ -51,9 +52,16 @@ function extractRole(flags: string[]): { role: string | undefined; serviceFlags:
   return { role, serviceFlags: flags.filter((_, j) => j !== i && !(f === "--role" && j === i + 1)) };
 }
 
+/** The platform's version: the repository's package.json (services/cli/src -> the root). */
+export function moelaVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version?: unknown };
+  return typeof pkg.version === "string" ? pkg.version : "unknown";
+}
+
 export function buildProgram(): Command {
   const program = new Command("moela")
     .description("Serve DeepSeek-V3-family models (MLA, DeepSeekMoE, MTP), disaggregated or in one process")
+    .version(moelaVersion(), "-V, --version", "print the moela version")
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s), writeOut: (s) => process.stdout.write(s) })
     // lets `serve` hand every flag after --role to the service untouched

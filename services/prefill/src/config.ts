@@ -30,7 +30,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
-import { ConfigError, envNameOf, flagList, readSettings, settingsFromKeys, validateSettings } from "@moela/core";
+import { ConfigError, envNameOf, flagList, readSettings, settingsFromKeys, usageLines, validateSettings } from "@moela/core";
 import { z } from "zod";
 
 /** Blocks the prefix cache keeps unless told otherwise (16k tokens at 16 tokens per block). */
@@ -106,8 +106,37 @@ export function envOf(key: string): string {
   return envNameOf("MOELA_PREFILL_", key);
 }
 
+/** --help lines (the table above, one line each). */
+const HELP = {
+  model: "checkpoint folder (attention, dense layers, gate, shared experts) (required)",
+  redisUrl: "BullMQ's Redis (default redis://127.0.0.1:6379)",
+  queuePrefix: "Redis key prefix of the queues and the registry (default moela)",
+  grpcAddress: "health and Prefill.Status host:port; port 0 picks a free one (default 127.0.0.1:0)",
+  metricsAddress: "Prometheus /metrics host:port (default 127.0.0.1:0)",
+  expertHosts: "expert-hosts in shard order, replicas of a shard joined by | (a:1|b:1,c:1); empty: in-process experts (default empty)",
+  expertShards: "number of expert shards; without --expert-hosts found in the registry (default the count of --expert-hosts)",
+  precision: "exact | paper (default exact)",
+  prefillChunk: "prompt tokens per forward chunk (default 256)",
+  maxBatchTokens: "prompt tokens per engine.prefill call, also the longest prompt taken (default max_position_embeddings, at most 32768)",
+  concurrency: "jobs taken from each queue at once, the batching window (default 8)",
+  instanceId: "this instance's id: its own queue and its published prefix keys (default prefill-<host>-<pid>-<6 hex>)",
+  prefixCache: "reuse the latent KV of cached prompt prefixes; env true|false (default on)",
+  prefixCacheBlocks: "KV blocks (16 tokens each) the prefix cache keeps beyond the working set (default 1024)",
+  kernels: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)",
+  threads: "kernel threads of this process; same bits for any count (default 1)",
+  logLevel: "pino level (default info)",
+} as const satisfies Record<keyof typeof schema.shape, string>;
+
 /** Every schema key is a flag with its env twin; prefixCache is an on/off switch (--prefix-cache, --no-prefix-cache). */
-const SETTINGS = settingsFromKeys(Object.keys(schema.shape) as (keyof typeof schema.shape)[], "MOELA_PREFILL_", ["prefixCache"]);
+const SETTINGS = settingsFromKeys(Object.keys(schema.shape) as (keyof typeof schema.shape)[], "MOELA_PREFILL_", ["prefixCache"], HELP);
+
+export const USAGE = ["usage: prefill --model DIR [--expert-hosts H0,H1,...] [options]", "", ...usageLines(SETTINGS)].join("\n");
+
+/** parsePrefillConfig, or null when --help was asked for (main() then prints USAGE). */
+export function parsePrefillArgs(argv: readonly string[], env: NodeJS.ProcessEnv): PrefillConfig | null {
+  const { help } = readSettings(SETTINGS, argv, env, { name: "prefill", error: ConfigError, help: true, argvErrorSuffix: `; flags: ${flagList(SETTINGS)}` });
+  return help ? null : parsePrefillConfig(argv, env);
+}
 
 /** Parse and validate flags (argv) over env twins; throws ConfigError naming the flag and its env twin. */
 export function parsePrefillConfig(argv: readonly string[], env: NodeJS.ProcessEnv): PrefillConfig {

@@ -36,7 +36,7 @@ import {
   shardReplicas,
 } from "@moela/scheduler";
 import { Queue, Worker } from "bullmq";
-import { DEFAULT_PREFIX_CACHE_BLOCKS, defaultInstanceId, parsePrefillConfig, type PrefillConfig } from "./config.js";
+import { DEFAULT_PREFIX_CACHE_BLOCKS, defaultInstanceId, parsePrefillArgs, USAGE, type PrefillConfig } from "./config.js";
 import { jobProcessor, PrefillBatcher } from "./worker.js";
 
 export { parsePrefillConfig, type PrefillConfig } from "./config.js";
@@ -306,7 +306,8 @@ export function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   return runService<PrefillConfig, StartedPrefill>(
     {
       name: "prefill",
-      parse: parsePrefillConfig,
+      parse: parsePrefillArgs,
+      usage: USAGE,
       start: (config, logger) => startPrefill(config, { logger }),
       readyLine: (prefill) => JSON.stringify({ event: "ready", role: "prefill", pid: process.pid, grpc: prefill.grpcAddress, metrics: prefill.metricsUrl }),
       shutdownMessage: "shutting down: finishing active jobs",

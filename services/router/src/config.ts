@@ -36,7 +36,7 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
-import { ConfigError, envNameOf, flagList, readSettings, settingsFromKeys, validateSettings } from "@moela/core";
+import { ConfigError, envNameOf, flagList, readSettings, settingsFromKeys, usageLines, validateSettings } from "@moela/core";
 import { PREFILL_DEFAULT_MAX_PROMPT_TOKENS } from "@moela/openai-api";
 import { DEFAULT_POLICY, parsePolicyJson, Policy, type PolicyConfig } from "@moela/scheduler";
 import { z } from "zod";
@@ -135,8 +135,40 @@ export function envOf(key: string): string {
   return envNameOf("MOELA_ROUTER_", key);
 }
 
+/** --help lines (the table above, one line each). */
+const HELP = {
+  model: "checkpoint folder: config.json, tokenizer.json + tokenizer_config.json (optional), generation_config.json (required)",
+  httpAddress: "OpenAI-compatible HTTP API host:port (default 127.0.0.1:8000)",
+  grpcAddress: "gRPC Generate API host:port; port 0 picks a free one (default 127.0.0.1:0)",
+  metricsAddress: "Prometheus /metrics host:port (default 127.0.0.1:0)",
+  redisUrl: "BullMQ's Redis (default redis://127.0.0.1:6379)",
+  queuePrefix: "Redis key prefix of the queues and the registry (default moela)",
+  decode: "static decode instances H:P[,H:P...], seeds; the registry adds the registered ones (default none)",
+  policy: "decode-choice policy as JSON text or a .json file (default healthy + has-free-kv; free-kv x2 + load; max-score)",
+  decisionTtlS: "how long routing decisions stay readable at GET /v1/routing/<id> (default 3600)",
+  servedModelName: "the model name clients use (default the model folder's name)",
+  maxModelLen: "prompt + completion tokens at most (default config max_position_embeddings)",
+  precision: "exact | paper: the deployment's profile, stamped on every prefill job (default exact)",
+  requestTimeoutS: "a request's deadline, queueing included (default 600)",
+  maxInFlight: "generations admitted (queued for prefill + running) before 429 (default 1024)",
+  apiKey: "KEY[,KEY...] clients must send as Authorization: Bearer KEY; prefer the env twin (default none: open)",
+  maxBodyBytes: "largest HTTP request body and gRPC request message (default 32 MiB)",
+  maxPromptChars: "most prompt characters per request before tokenizing (default 16 per context token, at least 65536)",
+  maxPromptTokens: "longest prompt in tokens; keep it at prefill's --max-batch-tokens (default min(max-model-len - 1, 32768))",
+  tokenizerThreads: "threads that tokenize prompts over 4096 characters; 0 = on the event loop (default 1)",
+  logLevel: "pino level (default info)",
+} as const satisfies Record<keyof typeof schema.shape, string>;
+
 /** Every schema key is a flag (--kebab-case VALUE) with its env twin. */
-const SETTINGS = settingsFromKeys(Object.keys(schema.shape) as (keyof typeof schema.shape)[], "MOELA_ROUTER_");
+const SETTINGS = settingsFromKeys(Object.keys(schema.shape) as (keyof typeof schema.shape)[], "MOELA_ROUTER_", [], HELP);
+
+export const USAGE = ["usage: router --model DIR [--decode H:P,...] [options]", "", ...usageLines(SETTINGS)].join("\n");
+
+/** parseRouterConfig, or null when --help was asked for (main() then prints USAGE). */
+export function parseRouterArgs(argv: readonly string[], env: NodeJS.ProcessEnv): RouterConfig | null {
+  const { help } = readSettings(SETTINGS, argv, env, { name: "router", error: ConfigError, help: true, argvErrorSuffix: `; flags: ${flagList(SETTINGS)}` });
+  return help ? null : parseRouterConfig(argv, env);
+}
 
 /** Parse and validate flags (argv) over env twins; throws ConfigError naming the flag and its env twin. */
 export function parseRouterConfig(argv: readonly string[], env: NodeJS.ProcessEnv): RouterConfig {

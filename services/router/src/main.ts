@@ -29,7 +29,7 @@ import { existsSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { QueueEvents } from "bullmq";
-import { DEFAULT_MAX_BODY_BYTES, parseRouterConfig, readGenerationDefaults, resolveMaxPromptTokens, type RouterConfig } from "./config.js";
+import { DEFAULT_MAX_BODY_BYTES, parseRouterArgs, readGenerationDefaults, resolveMaxPromptTokens, USAGE, type RouterConfig } from "./config.js";
 import { ApiKeys, buildHttpApp, generateService, LENIENT_GENERATE_SERVICE, type RouterContext } from "./handlers.js";
 import { JobWatcher, Pipeline } from "./pipeline.js";
 import { TokenizerPool } from "./tokenize.js";
@@ -316,7 +316,8 @@ export function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   return runService<RouterConfig, StartedRouter>(
     {
       name: "router",
-      parse: parseRouterConfig,
+      parse: parseRouterArgs,
+      usage: USAGE,
       start: (config, logger) => startRouter(config, { logger }),
       readyLine: (router) =>
         JSON.stringify({ event: "ready", role: "router", pid: process.pid, http: router.httpUrl, grpc: router.grpcAddress, metrics: router.metricsUrl }),
