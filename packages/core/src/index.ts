@@ -4,3 +4,4 @@ export * from "./ids.js";
 export * from "./prefix-hash.js";
 export * from "./service.js";
 export * from "./config.js";
+export * from "./progress.js";

@@ -71,6 +71,19 @@ export interface LoadOptions {
   readonly routedExperts?: (layer: number, expert: number) => boolean;
   /** Load the MTP layers when the checkpoint has them (default true). */
   readonly mtp?: boolean;
+  /** Called after each part is loaded (a progress bar while a large checkpoint loads). */
+  readonly onProgress?: (p: LoadProgress) => void;
+}
+
+/**
+ * Weight-loading progress. A part is one unit of the load: the embedding, each decoder layer, the final
+ * norm with the LM head, each MTP layer (loadWeights); each MoE layer's experts (loadExpertShard).
+ * `total` is known before the first part, so `done / total` is a fraction; `bytes` is resident so far.
+ */
+export interface LoadProgress {
+  readonly done: number;
+  readonly total: number;
+  readonly bytes: number;
 }
 
 /**
@@ -216,27 +229,36 @@ export function loadWeights(dir: string, cfg: ModelConfig, opts: LoadOptions = {
   const l = new WeightLoader(ckpt, cfg);
   const c = cfg;
   const h = c.hiddenSize;
+  // HF transformers drops the MTP weights when it saves; a checkpoint without them simply has no draft head.
+  let mtpLayers = 0;
+  if (opts.mtp !== false) while (mtpLayers < c.numNextnPredictLayers && l.has(`model.layers.${c.numHiddenLayers + mtpLayers}.eh_proj.weight`)) mtpLayers++;
+  const total = 1 + c.numHiddenLayers + 1 + mtpLayers;
+  let done = 0;
+  const step = (): void => opts.onProgress?.({ done: ++done, total, bytes: l.bytes });
   const embed = l.matrix("model.embed_tokens.weight", c.vocabSize, h);
-  const layers = Array.from({ length: c.numHiddenLayers }, (_, i) => l.block(i, opts));
+  step();
+  const layers = Array.from({ length: c.numHiddenLayers }, (_, i) => {
+    const b = l.block(i, opts);
+    step();
+    return b;
+  });
   const norm = l.vector("model.norm.weight", h);
   const lmHead = c.tieWordEmbeddings && !l.has("lm_head.weight") ? embed : l.matrix("lm_head.weight", c.vocabSize, h);
+  step();
   const mtp: MtpWeights[] = [];
-  if (opts.mtp !== false) {
-    for (let j = 0; j < c.numNextnPredictLayers; j++) {
-      const i = c.numHiddenLayers + j;
-      const p = `model.layers.${i}`;
-      // HF transformers drops the MTP weights when it saves; a checkpoint without them simply has no draft head.
-      if (!l.has(`${p}.eh_proj.weight`)) break;
-      mtp.push({
-        embed: l.has(`${p}.embed_tokens.weight`) ? l.matrix(`${p}.embed_tokens.weight`, c.vocabSize, h) : embed,
-        enorm: l.vector(`${p}.enorm.weight`, h),
-        hnorm: l.vector(`${p}.hnorm.weight`, h),
-        ehProj: l.matrix(`${p}.eh_proj.weight`, h, 2 * h),
-        block: l.block(i, opts),
-        headNorm: l.vector(`${p}.shared_head.norm.weight`, h),
-        head: l.has(`${p}.shared_head.head.weight`) ? l.matrix(`${p}.shared_head.head.weight`, c.vocabSize, h) : lmHead,
-      });
-    }
+  for (let j = 0; j < mtpLayers; j++) {
+    const i = c.numHiddenLayers + j;
+    const p = `model.layers.${i}`;
+    mtp.push({
+      embed: l.has(`${p}.embed_tokens.weight`) ? l.matrix(`${p}.embed_tokens.weight`, c.vocabSize, h) : embed,
+      enorm: l.vector(`${p}.enorm.weight`, h),
+      hnorm: l.vector(`${p}.hnorm.weight`, h),
+      ehProj: l.matrix(`${p}.eh_proj.weight`, h, 2 * h),
+      block: l.block(i, opts),
+      headNorm: l.vector(`${p}.shared_head.norm.weight`, h),
+      head: l.has(`${p}.shared_head.head.weight`) ? l.matrix(`${p}.shared_head.head.weight`, c.vocabSize, h) : lmHead,
+    });
+    step();
   }
   return { weights: { embed, layers, norm, lmHead, mtp }, bytes: l.bytes };
 }
@@ -251,21 +273,27 @@ export interface ExpertShard {
  * Load only routed experts (what an expert-host holds): no attention, no embeddings, and of the experts
  * only those `owned` says. Experts not owned are never read from the files' tensors.
  */
-export function loadExpertShard(dir: string, cfg: ModelConfig, owned: (layer: number, expert: number) => boolean): ExpertShard {
+export function loadExpertShard(
+  dir: string,
+  cfg: ModelConfig,
+  owned: (layer: number, expert: number) => boolean,
+  onProgress?: (p: LoadProgress) => void,
+): ExpertShard {
   const ckpt = CheckpointTensors.open(dir);
   const l = new WeightLoader(ckpt, cfg);
   const expertsByLayer = new Map<number, ReadonlyArray<MlpWeights | null>>();
   const mtpLayers = Array.from({ length: cfg.numNextnPredictLayers }, (_, j) => cfg.numHiddenLayers + j).filter((i) =>
     l.has(`model.layers.${i}.eh_proj.weight`),
   );
-  for (const i of [...Array.from({ length: cfg.numHiddenLayers }, (_, i) => i), ...mtpLayers]) {
-    if (!isMoeLayer(cfg, i)) continue;
+  const moeLayers = [...Array.from({ length: cfg.numHiddenLayers }, (_, i) => i), ...mtpLayers].filter((i) => isMoeLayer(cfg, i));
+  for (const i of moeLayers) {
     expertsByLayer.set(
       i,
       Array.from({ length: cfg.nRoutedExperts }, (_, e) =>
         owned(i, e) ? l.mlp(`model.layers.${i}.mlp.experts.${e}`, cfg.moeIntermediateSize) : null,
       ),
     );
+    onProgress?.({ done: expertsByLayer.size, total: moeLayers.length, bytes: l.bytes });
   }
   return { expertsByLayer, bytes: l.bytes };
 }

@@ -1,7 +1,7 @@
 /** `moela generate`: load a checkpoint, run one request in this process, stream text or print JSON. */
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { InvalidArgumentError } from "@moela/core";
+import { InvalidArgumentError, withWeightLoadBar } from "@moela/core";
 import { DeepseekModel, Engine, isSpeculationMode, parseKernelsName, setDefaultKernels, type GenerationParams, type SpeculationMode } from "@moela/engine";
 import { createInProcessExperts, precisionProfile } from "@moela/moe-dispatch";
 import { IncrementalDecoder, StopStringMatcher, Tokenizer, type ChatMessage } from "@moela/tokenizer";
@@ -82,7 +82,7 @@ export async function runGenerate(o: GenerateCliOptions): Promise<number> {
   if (!(Number.isInteger(threads) && threads >= 1)) throw new InvalidArgumentError(`--threads must be a positive integer, got ${threads}`);
   // Process-wide, so the in-process expert-hosts compute with the model's kernels.
   setDefaultKernels(parseKernelsName(o.kernels ?? "fast"));
-  const model = DeepseekModel.load(o.model, { kvDtype: profile.kvDtype, threads });
+  const model = withWeightLoadBar("loading weights", (onProgress) => DeepseekModel.load(o.model, { kvDtype: profile.kvDtype, threads, onProgress }));
   try {
     return await generateWith(model, o, defaults, profile);
   } finally {

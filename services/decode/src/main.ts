@@ -23,7 +23,7 @@
  */
 import { realpathSync } from "node:fs";
 import { pathToFileURL } from "node:url";
-import { Code, MoelaError, runService, splitHostPort, type Logger } from "@moela/core";
+import { Code, MoelaError, runService, splitHostPort, withWeightLoadBar, type Logger } from "@moela/core";
 import { configureKernels, DeepseekModel, Engine, PhaseTimes } from "@moela/engine";
 import { KvInbox, KvLedger, kvTransferService } from "@moela/kv-transfer";
 import { createServiceMetrics, grpcCodeName, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
@@ -125,7 +125,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
       throw new MoelaError("--expert-shards without --expert-hosts needs --redis-url (the hosts are found in the registry)", Code.INVALID_ARGUMENT);
     }
     // Attention, dense layers, gates and shared experts here; every routed expert on the hosts.
-    model = DeepseekModel.load(cfg.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: cfg.threads });
+    model = withWeightLoadBar("decode: loading weights", (onProgress) => DeepseekModel.load(cfg.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: cfg.threads, onProgress }));
     const placement = placementFor(model.config, expertShards);
     const want = { placement, profile, hidden: model.config.hiddenSize, layers: [...model.moeLayers().keys()].sort((a, b) => a - b), modelId };
     const shards = new ExpertShardSet({
@@ -150,7 +150,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     }
     model.setExpertExecutor(new HostedExpertExecutor({ placement, profile, hosts: shards.shards, hidden: model.config.hiddenSize, metrics: m }));
   } else {
-    model = DeepseekModel.load(cfg.model, { kvDtype: profile.kvDtype, threads: cfg.threads });
+    model = withWeightLoadBar("decode: loading weights", (onProgress) => DeepseekModel.load(cfg.model, { kvDtype: profile.kvDtype, threads: cfg.threads, onProgress }));
     model.setExpertExecutor(createInProcessExperts(model, 1, profile, { metrics: m }).executor);
   }
   const phaseTimes = new PhaseTimes();

@@ -16,7 +16,7 @@
  */
 import { realpathSync } from "node:fs";
 import { pathToFileURL } from "node:url";
-import { Code, MoelaError, runService, splitHostPort, type Logger } from "@moela/core";
+import { Code, MoelaError, runService, splitHostPort, withWeightLoadBar, type Logger } from "@moela/core";
 import { configureKernels, loadExpertShard, readModelConfig } from "@moela/engine";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import { checkpointModelId, ExpertHostCore, placementFor } from "@moela/moe-dispatch";
@@ -52,7 +52,9 @@ export async function startExpertHost(cfg: ExpertHostConfig, logger: Logger): Pr
   configureKernels(cfg.kernels, cfg.threads);
   const model = readModelConfig(cfg.model);
   const placement = placementFor(model, cfg.shardCount);
-  const shard = loadExpertShard(cfg.model, model, (_layer, e) => placement.hostOfExpert[e] === cfg.shardIndex);
+  const shard = withWeightLoadBar(`expert-host ${cfg.shardIndex}: loading experts`, (onProgress) =>
+    loadExpertShard(cfg.model, model, (_layer, e) => placement.hostOfExpert[e] === cfg.shardIndex, onProgress),
+  );
   const core = new ExpertHostCore({
     expertsByLayer: shard.expertsByLayer,
     hidden: model.hiddenSize,

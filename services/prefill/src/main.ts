@@ -5,7 +5,7 @@
  * SIGTERM/SIGINT, stops taking jobs, finishes the active ones and exits 0; startPrefill() does the same
  * composition for tests and in-process clusters.
  */
-import { Code, createLogger, MoelaError, runService, splitHostPort, UnavailableError, type Logger } from "@moela/core";
+import { Code, createLogger, MoelaError, runService, splitHostPort, UnavailableError, withWeightLoadBar, type Logger } from "@moela/core";
 import { DeepseekModel, Engine, PhaseTimes, configureKernels, readModelConfig, type ExpertExecutor } from "@moela/engine";
 import { grpcKvConnector, KvLedger, type KvConnector, type KvSender } from "@moela/kv-transfer";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer } from "@moela/metrics";
@@ -102,7 +102,9 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
     // Process-wide: the in-process expert-host (no --expert-hosts) computes with the same kernels.
     configureKernels(config.kernels ?? "fast", config.threads ?? 1);
     // Large products run off the event loop: health checks, Status and the KV streams are served while a chunk computes.
-    const model = DeepseekModel.load(config.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: config.threads ?? 1, computeOffEventLoop: true });
+    const model = withWeightLoadBar("prefill: loading weights", (onProgress) =>
+      DeepseekModel.load(config.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: config.threads ?? 1, computeOffEventLoop: true, onProgress }),
+    );
     let experts: ExpertExecutor;
     const expertShards = config.expertShards ?? config.expertHosts.length;
     if (expertShards > 0) {
