@@ -187,11 +187,11 @@ function expandK8s(input: string, env: Readonly<Record<string, string>>): string
   return out;
 }
 
-/** The Dockerfile's ENTRYPOINT of a build target. */
-function dockerEntrypoint(target: string): string[] {
-  const m = new RegExp(`^FROM \\S+ AS ${target}\\s*\\nENTRYPOINT (\\[.*\\])`, "m").exec(readFileSync(DOCKERFILE, "utf8"));
-  if (m === null) throw new Error(`${DOCKERFILE}: no ENTRYPOINT right after FROM ... AS ${target}`);
-  return JSON.parse(m[1]!) as string[];
+/** The image's ENTRYPOINT (the Dockerfile's last one: one image for every role). */
+function dockerEntrypoint(): string[] {
+  const all = [...readFileSync(DOCKERFILE, "utf8").matchAll(/^ENTRYPOINT (\[.*\])$/gm)];
+  if (all.length === 0) throw new Error(`${DOCKERFILE}: no ENTRYPOINT`);
+  return JSON.parse(all.at(-1)![1]!) as string[];
 }
 
 /**
@@ -205,7 +205,7 @@ function podServiceArgs(role: ServiceRole, w: Obj, ordinal: number): string[] {
   const command = (container(w).command as string[] | undefined)?.map((x) => expandK8s(x, env));
   if (command === undefined) return a;
   expect(command.slice(0, 2)).toEqual(["/bin/sh", "-c"]);
-  expect(command.slice(4), `${role}: the wrapper must exec the image's own entrypoint`).toEqual(dockerEntrypoint(role));
+  expect(command.slice(4), `${role}: the wrapper must exec the image's own entrypoint`).toEqual(dockerEntrypoint());
   const out = execFileSync("/bin/sh", ["-c", command[2]!, command[3]!, "printf", "%s\\n", ...a], {
     env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env },
     encoding: "utf8",
@@ -312,6 +312,15 @@ describe("charts/moela", () => {
       }
     });
 
+    it("runs every role from the one image, the role an argument (serve --role R)", () => {
+      const tag = values.image.tag === "" ? (parseYaml(readFileSync(join(CHART, "Chart.yaml"), "utf8")) as Obj).appVersion : values.image.tag;
+      for (const role of SERVICE_ROLES) {
+        const w = workload(objs, role);
+        expect(container(w).image, role).toBe(`${values.image.repository}:${tag}`);
+        expect(podServiceArgs(role, w, 0).slice(0, 3), role).toEqual(["serve", "--role", role]);
+      }
+    });
+
     it("passes the precision profile to every service", () => {
       for (const role of SERVICE_ROLES) expect(flagValue(args(workload(objs, role)), "--precision"), role).toBe(values.precision);
     });
@@ -402,7 +411,9 @@ describe("charts/moela", () => {
         const pods = w.kind === "StatefulSet" ? (w.spec.replicas as number) : 1;
         const redisUrl = values.redis.enabled ? `redis://${fullname}-redis:6379` : values.redis.url;
         for (let i = 0; i < pods; i++) {
-          const cfg = await parseServiceFlags(role, podServiceArgs(role, w, i));
+          const a = podServiceArgs(role, w, i);
+          expect(a.slice(0, 3), `${role} pod ${i}`).toEqual(["serve", "--role", role]);
+          const cfg = await parseServiceFlags(role, a.slice(3));
           expect(cfg["precision"]).toBe(values.precision);
           expect(cfg["redisUrl"]).toBe(redisUrl);
           if (values.queuePrefix !== "") expect(cfg["queuePrefix"]).toBe(values.queuePrefix);
@@ -414,9 +425,9 @@ describe("charts/moela", () => {
     }
   });
 
-  it("defaults to the paper precision profile", () => {
+  it("defaults to the exact precision profile, as npm start, moela generate and docker-compose", () => {
     const values = parseYaml(readFileSync(join(CHART, "values.yaml"), "utf8")) as Obj;
-    expect(values.precision).toBe("paper");
+    expect(values.precision).toBe("exact");
   });
 
   it.each([

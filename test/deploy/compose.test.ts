@@ -3,8 +3,9 @@
  * accepts it, and the resolved file is the cluster it claims to be: redis with append-only persistence
  * on a volume, router, prefill, decode, expert-hosts 0 and 1 of 2 wired in shard order, every service
  * on the registry (redis URL, key prefix), decode and the expert-hosts advertising their service name,
- * the very address the static seeds name, every service's flags accepted by its own config parser, precision paper by default, Prometheus scraping every
- * service's metrics port, Grafana provisioned from deploy/grafana.
+ * the very address the static seeds name, every service's flags accepted by its own config parser, precision exact by default, Prometheus scraping every
+ * service's metrics port, Grafana provisioned from deploy/grafana; one image for every role (`serve --role R`),
+ * the router's HTTP and gRPC ports published, and a stop grace period longer than every service's drain.
  * Skipped only where docker-compose is not installed (.ci/run installs it).
  */
 import { execFileSync } from "node:child_process";
@@ -13,7 +14,8 @@ import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { parse as parseYaml } from "yaml";
 import { REPO_ROOT } from "../helpers/helm.js";
-import { SERVICE_ROLES, flagValue, hasServiceConfig, parseServiceFlags, type ServiceRole } from "../helpers/service-flags.js";
+import { DEFAULT_SHUTDOWN_GRACE_MS } from "../../services/router/src/main.js";
+import { flagValue, hasServiceConfig, parseServiceFlags, type ServiceRole } from "../helpers/service-flags.js";
 
 type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- parsed YAML
 
@@ -63,6 +65,14 @@ function mounts(svc: Obj): Map<string, string> {
   );
 }
 
+/** A Compose duration ("45s", "1m30s", "500ms") in milliseconds. */
+function durationMs(d: string): number {
+  const parts = [...d.matchAll(/(\d+(?:\.\d+)?)(ms|us|h|m|s)/g)];
+  if (parts.map((m) => m[0]).join("") !== d) throw new Error(`not a Compose duration: ${d}`);
+  const unit: Record<string, number> = { h: 3_600_000, m: 60_000, s: 1_000, ms: 1, us: 0.001 };
+  return parts.reduce((ms, m) => ms + Number(m[1]) * unit[m[2]!]!, 0);
+}
+
 function port(address: string | undefined): number {
   if (address === undefined) throw new Error("missing address");
   return Number(address.slice(address.lastIndexOf(":") + 1));
@@ -74,6 +84,8 @@ describe.skipIf(!hasDockerCompose())("docker-compose.yml (docker-compose config)
     config = composeConfig();
   });
   const cmd = (name: string): string[] => config.services[name].command as string[];
+  /** The service's own flags: the command after `serve --role <role>`. */
+  const serviceFlags = (name: string): string[] => cmd(name).slice(3);
 
   it("defines exactly the 8 services of the cluster", () => {
     expect(Object.keys(config.services).sort()).toEqual(
@@ -101,11 +113,13 @@ describe.skipIf(!hasDockerCompose())("docker-compose.yml (docker-compose config)
     expect(Object.keys(config.volumes)).toContain("redis-data");
   });
 
-  it("builds each moela service from the one Dockerfile's target of its role, with a gRPC healthcheck on its gRPC port", () => {
+  it("runs every moela service from the one image, its role an argument (serve --role R), with a gRPC healthcheck on its gRPC port", () => {
     for (const [name, role] of Object.entries(MOELA_SERVICES)) {
       const svc = config.services[name];
       expect(svc.build.dockerfile, name).toBe("deploy/docker/Dockerfile");
-      expect(svc.build.target, name).toBe(role);
+      expect(svc.build.target, name).toBeUndefined();
+      expect(svc.image, name).toBe("moela:latest");
+      expect(cmd(name).slice(0, 3), name).toEqual(["serve", "--role", role]);
       expect(svc.healthcheck.test, name).toEqual(["CMD", "node", "deploy/docker/grpc-health.mjs", `127.0.0.1:${port(flagValue(cmd(name), "--grpc-address"))}`]);
       expect(flagValue(cmd(name), "--grpc-address"), name).toMatch(/^0\.0\.0\.0:\d+$/);
       expect(flagValue(cmd(name), "--metrics-address"), name).toMatch(/^0\.0\.0\.0:\d+$/);
@@ -141,10 +155,30 @@ describe.skipIf(!hasDockerCompose())("docker-compose.yml (docker-compose config)
     for (const name of ["router", "prefill"]) expect(flagValue(cmd(name), "--advertise-address"), name).toBeUndefined();
   });
 
-  it("points the router at decode and publishes its HTTP port", () => {
+  it("points the router at decode and publishes its HTTP port and its gRPC port (the SDK's 127.0.0.1:50051)", () => {
     expect(flagValue(cmd("router"), "--decode")).toBe(`decode:${port(flagValue(cmd("decode"), "--grpc-address"))}`);
-    expect(config.services.router.ports.map((p: Obj | string) => (typeof p === "string" ? p : `${p.published}:${p.target}`))).toContain("8000:8000");
+    const published = config.services.router.ports.map((p: Obj | string) => (typeof p === "string" ? p : `${p.published}:${p.target}`));
+    expect(published).toContain("8000:8000");
     expect(port(flagValue(cmd("router"), "--http-address"))).toBe(8000);
+    const grpc = port(flagValue(cmd("router"), "--grpc-address"));
+    expect(grpc).toBe(50051);
+    expect(published).toContain(`${grpc}:${grpc}`);
+    expect(readFileSync(join(REPO_ROOT, "packages/client/README.md"), "utf8")).toContain(`127.0.0.1:${grpc}`);
+  });
+
+  it("gives every moela service a stop grace period longer than its drain, so docker never SIGKILLs a drain", async () => {
+    for (const [name, role] of Object.entries(MOELA_SERVICES)) {
+      const grace = config.services[name].stop_grace_period as string | undefined;
+      expect(grace, name).toBeDefined();
+      let drainMs = 0;
+      if (role === "router") drainMs = DEFAULT_SHUTDOWN_GRACE_MS;
+      else if (role === "decode" || role === "expert-host") drainMs = (await parseServiceFlags(role, serviceFlags(name)))["drainGraceMs"] as number;
+      // prefill finishes its active jobs (each bounded by a prompt's prefill) and drains gRPC for 5 s
+      else drainMs = 5_000;
+      expect(drainMs, name).toBeGreaterThan(0);
+      // room beyond the drain for closing Redis, gRPC and /metrics
+      expect(durationMs(grace!), name).toBeGreaterThanOrEqual(drainMs + 10_000);
+    }
   });
 
   it("waits for healthy dependencies before starting a service", () => {
@@ -156,16 +190,16 @@ describe.skipIf(!hasDockerCompose())("docker-compose.yml (docker-compose config)
     for (const name of Object.keys(MOELA_SERVICES)) for (const d of Object.values(deps(name))) expect(d, name).toEqual({ condition: "service_healthy" });
   });
 
-  it("runs the paper precision profile by default and honours MOELA_PRECISION", () => {
-    for (const name of Object.keys(MOELA_SERVICES)) expect(flagValue(cmd(name), "--precision"), name).toBe("paper");
-    const exact = composeConfig({ MOELA_PRECISION: "exact" });
-    for (const name of Object.keys(MOELA_SERVICES)) expect(flagValue(exact.services[name].command, "--precision"), name).toBe("exact");
+  it("runs the exact precision profile by default (as npm start, moela generate and the chart) and honours MOELA_PRECISION", () => {
+    for (const name of Object.keys(MOELA_SERVICES)) expect(flagValue(cmd(name), "--precision"), name).toBe("exact");
+    const paper = composeConfig({ MOELA_PRECISION: "paper" });
+    for (const name of Object.keys(MOELA_SERVICES)) expect(flagValue(paper.services[name].command, "--precision"), name).toBe("paper");
   });
 
   for (const [name, role] of Object.entries(MOELA_SERVICES)) {
     it.runIf(hasServiceConfig(role))(`passes ${name} flags the ${role} config parser accepts`, async () => {
-      const cfg = await parseServiceFlags(role, cmd(name));
-      expect(cfg["precision"]).toBe("paper");
+      const cfg = await parseServiceFlags(role, serviceFlags(name));
+      expect(cfg["precision"]).toBe("exact");
       expect([cfg["redisUrl"], cfg["queuePrefix"]]).toEqual(["redis://redis:6379", "moela"]);
       if (role === "decode" || role === "expert-host") expect(cfg["advertiseAddress"]).toBe(flagValue(cmd(name), "--advertise-address"));
       if (role === "expert-host") expect(cfg["shardIndex"]).toBe(Number(name.slice(name.lastIndexOf("-") + 1)));

@@ -1,10 +1,14 @@
 /**
- * deploy/docker: no Docker engine runs here, so the Dockerfile is checked by reading it (one target per
- * role, each starting `moela serve --role <role>`, a production install that still has tsx), and the
- * container healthcheck script is run for real against a grpc.health.v1 server.
+ * deploy/docker: no Docker engine runs here, so the Dockerfile is checked by reading it (one image whose
+ * entrypoint is the moela CLI, the role an argument; a current Node LTS base while package.json still
+ * allows Node 20; dependencies installed from the manifests alone, before the sources are copied; a
+ * production install that still has tsx), its manifest-extraction step is run for real on this checkout,
+ * and the container healthcheck script is run for real against a grpc.health.v1 server.
  */
 import { execFile } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
@@ -34,11 +38,50 @@ function stages(text: string): Map<string, string[]> {
 describe("deploy/docker/Dockerfile", () => {
   const s = stages(DOCKERFILE);
 
-  it("builds on node:20-bookworm-slim and installs production dependencies with npm ci", () => {
-    const base = s.get("base");
-    expect(base?.[0]).toBe("FROM node:20-bookworm-slim AS base");
-    expect(base?.some((l) => /^RUN npm ci --omit=dev\b/.test(l))).toBe(true);
-    expect(base).toContain("USER node");
+  it("builds on a current Node LTS (an even major, 24 or later) while the code still declares Node 20", () => {
+    const arg = /^ARG NODE_VERSION=(\d+)$/m.exec(DOCKERFILE);
+    expect(arg, "ARG NODE_VERSION=<major> before the first FROM").not.toBeNull();
+    const major = Number(arg![1]);
+    expect(major % 2, "LTS lines are the even majors").toBe(0);
+    expect(major).toBeGreaterThanOrEqual(24);
+    expect(s.get("base")?.[0]).toBe("FROM node:${NODE_VERSION}-bookworm-slim AS base");
+    const pkg = JSON.parse(readFileSync(join(REPO_ROOT, "package.json"), "utf8")) as { engines: { node: string } };
+    expect(pkg.engines.node).toBe(">=20");
+  });
+
+  it("installs production dependencies with npm ci from the manifests alone, before the sources are copied", () => {
+    const deps = s.get("deps")!;
+    expect(deps).toBeDefined();
+    const install = deps.findIndex((l) => /^RUN npm ci --omit=dev\b/.test(l));
+    expect(install).toBeGreaterThan(0);
+    expect(deps.slice(0, install).filter((l) => l.startsWith("COPY"))).toEqual(["COPY --from=manifests /manifests/ ./"]);
+    const image = [...s.values()].at(-1)!;
+    expect(image.filter((l) => l.startsWith("COPY"))).toEqual(["COPY --from=deps /app/ ./", "COPY . ."]);
+    expect(image).toContain("USER node");
+  });
+
+  it("extracts every workspace manifest, the lockfile and the native kernels' package (the manifests stage, run here)", () => {
+    const run = s.get("manifests")!.find((l) => l.startsWith("RUN "))!;
+    const out = mkdtempSync(join(tmpdir(), "moela-manifests-"));
+    try {
+      execFileSync("/bin/sh", ["-c", run.slice(4).replaceAll("/manifests", out).replaceAll("/src", REPO_ROOT)], { stdio: "pipe" });
+      const pkg = JSON.parse(readFileSync(join(REPO_ROOT, "package.json"), "utf8")) as { workspaces: string[] };
+      expect(pkg.workspaces).toEqual(["packages/*", "services/*"]);
+      const workspaces = execFileSync("/bin/sh", ["-c", "ls -d packages/*/package.json services/*/package.json"], { cwd: REPO_ROOT, encoding: "utf8" }).trim().split("\n");
+      for (const f of ["package.json", "package-lock.json", ...workspaces, "packages/engine-native/binding.gyp", "packages/engine-native/scripts/build.cjs"]) {
+        expect(existsSync(join(out, f)), f).toBe(true);
+      }
+      expect(existsSync(join(out, "packages/core/src")), "sources stay out of the install layer").toBe(false);
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
+  });
+
+  it("is one image: the moela CLI as entrypoint, the role an argument (no per-role targets)", () => {
+    const image = [...s.entries()].at(-1)!;
+    expect(image[0], "the last stage is the default target").toBe("moela");
+    expect(image[1]).toContain('ENTRYPOINT ["node", "services/cli/bin/moela.js"]');
+    for (const role of SERVICE_ROLES) expect(s.has(role), role).toBe(false);
   });
 
   it("keeps tsx a runtime dependency, since the services run TypeScript through it", () => {
@@ -46,12 +89,6 @@ describe("deploy/docker/Dockerfile", () => {
     expect(pkg.dependencies["tsx"]).toBeDefined();
   });
 
-  it.each(SERVICE_ROLES)("has a %s target that differs from the base only by its entrypoint", (role) => {
-    expect(s.get(role)).toEqual([
-      `FROM base AS ${role}`,
-      `ENTRYPOINT ["node", "services/cli/bin/moela.js", "serve", "--role", "${role}"]`,
-    ]);
-  });
 
   it("keeps out of the build context nothing the runtime needs", () => {
     const ignored = readFileSync(join(REPO_ROOT, ".dockerignore"), "utf8")
@@ -62,6 +99,8 @@ describe("deploy/docker/Dockerfile", () => {
     for (const path of needed) {
       for (const pattern of ignored) expect(path === pattern || path.startsWith(`${pattern}/`), `${pattern} hides ${path}`).toBe(false);
     }
+    // a locally built addon must not replace the one the deps stage built for the image's Node
+    expect(ignored).toContain("packages/engine-native/build");
   });
 });
 

@@ -51,9 +51,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-%s" (include "moela.fullname" .root) .component }}
 {{- end }}
 
-{{/* Image of a role: <repository>-<role>:<tag>, the Dockerfile target of that role. */}}
+{{/* The one moela image, every role: <repository>:<tag> (deploy/docker/Dockerfile); the role is an argument. */}}
 {{- define "moela.image" -}}
-{{- printf "%s-%s:%s" .root.Values.image.repository .component (default .root.Chart.AppVersion .root.Values.image.tag) }}
+{{- printf "%s:%s" .root.Values.image.repository (default .root.Chart.AppVersion .root.Values.image.tag) }}
+{{- end }}
+
+{{/* The image's entrypoint (the moela CLI) runs the role: `serve --role <role>` then the service's flags. */}}
+{{- define "moela.serveArgs" -}}
+- serve
+- --role
+- {{ . }}
 {{- end }}
 
 {{/*

@@ -36,6 +36,9 @@ import { TokenizerPool } from "./tokenize.js";
 
 export { parseRouterConfig, type RouterConfig } from "./config.js";
 
+/** How long requests in flight may finish after SIGTERM before they are ended (StartRouterOptions.shutdownGraceMs). */
+export const DEFAULT_SHUTDOWN_GRACE_MS = 30_000;
+
 export interface StartRouterOptions {
   readonly logger?: Logger;
   /** How long shutdown lets requests in flight finish before ending them (default 30 s). */
@@ -245,7 +248,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     const grpc = createServer({ logger, onCallEnd: rpcServerCallRecorder(m), maxMessageBytes: maxBodyBytes });
     grpc.addService(LENIENT_GENERATE_SERVICE, generateService(ctx));
     const grpcBound = await serve(grpc, config.grpcAddress);
-    const graceMs = options.shutdownGraceMs ?? 30_000;
+    const graceMs = options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS;
     closers.push(() => drainAndClose(grpc, graceMs));
 
     const app = buildHttpApp(ctx);
