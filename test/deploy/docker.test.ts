@@ -95,7 +95,7 @@ describe("deploy/docker/Dockerfile", () => {
       .split("\n")
       .map((l) => l.trim())
       .filter((l) => l !== "" && !l.startsWith("#"));
-    const needed = ["package.json", "package-lock.json", "packages", "services", "proto", "models/tiny-v3", "deploy/docker/grpc-health.mjs"];
+    const needed = ["package.json", "package-lock.json", "packages", "services", "proto", "models/tiny-v3", "models/moela-v3-brown", "deploy/docker/grpc-health.mjs"];
     for (const path of needed) {
       for (const pattern of ignored) expect(path === pattern || path.startsWith(`${pattern}/`), `${pattern} hides ${path}`).toBe(false);
     }

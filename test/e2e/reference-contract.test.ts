@@ -23,10 +23,12 @@ const TOLERANCE = 2e-4;
 const MIN_SAFE_MARGIN = { logit: 1e-3, rank: 1e-4, route: 1e-4 };
 
 interface Case {
-  kind: "v3-bf16-sharded" | "v3-fp8" | "v2-lite";
+  kind: "v3-bf16-sharded" | "v3-fp8" | "v2-lite" | "trained";
   seed: number;
   promptIds: number[];
   mtp: boolean;
+  /** A committed checkpoint instead of one make_checkpoint.py writes. */
+  dir?: string;
 }
 
 // Seeds and prompts were checked with --diagnostics: no EOS (id 1) within 16 tokens,
@@ -36,6 +38,8 @@ const CASES: Case[] = [
   { kind: "v3-bf16-sharded", seed: 11, promptIds: [0, 399, 332, 822, 57, 12], mtp: true },
   { kind: "v3-fp8", seed: 12, promptIds: [7, 956, 300, 41, 18, 250, 3], mtp: true },
   { kind: "v2-lite", seed: 13, promptIds: [2, 730, 88, 415, 9], mtp: false },
+  // The bundled default model trained by `moela train`: "She opened the door and" with BOS, in its tokenizer.
+  { kind: "trained", seed: 0, promptIds: [0, 2021, 2888, 263, 1541, 292], mtp: true, dir: path.join(ROOT, "models/moela-v3-brown") },
 ];
 
 interface GenerateResult {
@@ -130,13 +134,16 @@ describe.each(CASES)("reference contract: $kind", (c) => {
   let reference: GenerateResult;
 
   beforeAll(async () => {
-    modelDir = mkdtempSync(path.join(tmpdir(), `moela-ref-${c.kind}-`));
-    tempDirs.push(modelDir);
-    await run(
-      PYTHON,
-      ["test/reference/make_checkpoint.py", "--kind", c.kind, "--out", modelDir, "--seed", String(c.seed)],
-      "make_checkpoint.py",
-    );
+    if (c.dir !== undefined) modelDir = c.dir;
+    else {
+      modelDir = mkdtempSync(path.join(tmpdir(), `moela-ref-${c.kind}-`));
+      tempDirs.push(modelDir);
+      await run(
+        PYTHON,
+        ["test/reference/make_checkpoint.py", "--kind", c.kind, "--out", modelDir, "--seed", String(c.seed)],
+        "make_checkpoint.py",
+      );
+    }
     const refArgs = [
       "test/reference/deepseek_ref.py",
       "--model", modelDir,

@@ -42,8 +42,8 @@ export type Precision = (typeof PRECISIONS)[number];
 export const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 /** The `moela` executable the children run. */
 export const MOELA_BIN = join(REPO_ROOT, "services/cli/bin/moela.js");
-/** The bundled model `npm start` serves. */
-export const DEFAULT_MODEL = join(REPO_ROOT, "models/tiny-v3");
+/** The bundled model `npm start` serves: trained by `moela train` on the Brown corpus (its README is the model card). */
+export const DEFAULT_MODEL = join(REPO_ROOT, "models/moela-v3-brown");
 /** The random-weight miniature the tests run (scripts/gen-tiny-model.ts writes it; committed at models/tiny-v3). */
 export const TINY_MODEL = join(REPO_ROOT, "models/tiny-v3");
 /** Lines of a child's output kept in memory for error messages. */
@@ -413,7 +413,7 @@ export type ProgressEvent =
   | { readonly kind: "stopped"; readonly label: string; readonly exit: ExitInfo };
 
 export interface ClusterOptions {
-  /** Checkpoint folder (default: the bundled models/tiny-v3). */
+  /** Checkpoint folder (default: the bundled models/moela-v3-brown). */
   readonly model?: string;
   readonly prefill?: number;
   readonly decode?: number;

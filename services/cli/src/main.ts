@@ -11,6 +11,7 @@ import { runGenerate, type GenerateCliOptions } from "./generate.js";
 import { runTrain, type TrainCliOptions } from "./train.js";
 import { runServe } from "./serve.js";
 import { runCluster, type ClusterCliOptions } from "./cluster.js";
+import { DEFAULT_MODEL } from "./launcher.js";
 import { DEFAULT_TOKEN_ID_RANGE, runBenchCli, type BenchCliOptions } from "./bench.js";
 import { PLAN_DEFAULTS, runPlan, type PlanCliOptions } from "./plan.js";
 import { runCodecStudy, type CodecStudyCliOptions } from "./codec-study.js";
@@ -70,7 +71,7 @@ export function buildProgram(): Command {
   program
     .command("generate")
     .description("run a checkpoint in this process and print the continuation")
-    .requiredOption("--model <dir>", "Hugging Face checkpoint folder (config.json, safetensors, tokenizer)")
+    .option("--model <dir>", "Hugging Face checkpoint folder (config.json, safetensors, tokenizer)", DEFAULT_MODEL)
     .option("--prompt <text>", "prompt text (BOS added as tokenizer_config.json says)")
     .option("--prompt-ids <ids>", "prompt token ids, used exactly as given (no BOS added)", idListArg)
     .option("--chat <text>", "one user message, rendered with the chat template")
@@ -125,7 +126,7 @@ export function buildProgram(): Command {
   program
     .command("cluster")
     .description("start the whole platform on this machine (what `npm start` runs); Ctrl-C stops it")
-    .option("--model <dir>", "checkpoint folder (default: the bundled models/tiny-v3)")
+    .option("--model <dir>", "checkpoint folder (default: the bundled models/moela-v3-brown)")
     .option("--prefill <n>", "prefill instances", intArg("--prefill"), 1)
     .option("--decode <n>", "decode instances", intArg("--decode"), 1)
     .option("--expert-hosts <h>", "expert-host shards", intArg("--expert-hosts"), 2)
