@@ -304,6 +304,13 @@ export class KvReceiver {
     }
     if (this.scratch.length < values) this.scratch = new Float32Array(values);
     decodeRows(f.data, meta.kvDtype, this.scratch);
+    // A non-finite latent would turn every attention step of this sequence into NaN, and a step that fails fails
+    // its whole batch: refuse the transfer here, so one bad sender fails alone.
+    for (let i = 0; i < values; i++) {
+      if (!Number.isFinite(this.scratch[i]!)) {
+        throw bad(`latent value ${this.scratch[i]} at token ${f.tokenStart + Math.floor(i / D)}, column ${i % D} of layer ${f.layer}; KV rows must be finite`);
+      }
+    }
     engine.cache.write(f.layer, this.table!, f.tokenStart, f.tokenCount, this.scratch);
     this.checksum.add(digest);
     this.nextToken[f.layer] = f.tokenStart + f.tokenCount;

@@ -49,6 +49,32 @@ export function checkEncoded(what: string, enc: EncodedActivations, codec: Dispa
   if (enc.meta.length !== rows * metaPerRow) {
     throw new InvalidArgumentError(`${what} carries ${enc.meta.length} tile values, [${rows}, ${cols}] in ${codec} needs ${rows * metaPerRow}`);
   }
+  checkFinite(what, enc);
+}
+
+/**
+ * Throws InvalidArgumentError naming the first non-finite value: one request's NaN would otherwise reach the
+ * rows it is batched with (a host's group, a combine) and fail them all. Reads the wire form directly: f32
+ * values, bf16 exponents, E4M3 NaN codes (0x7f, 0xff) and every tile's float32 metadata.
+ */
+function checkFinite(what: string, enc: EncodedActivations): void {
+  const fail = (i: number, v: string): never => {
+    throw new InvalidArgumentError(`${what}: value ${v} at row ${Math.floor(i / enc.cols)}, column ${i % enc.cols}; activations must be finite`);
+  };
+  for (let i = 0; i < enc.meta.length; i++) {
+    if (!Number.isFinite(enc.meta[i]!)) throw new InvalidArgumentError(`${what}: tile metadata ${i} is ${enc.meta[i]}; it must be finite`);
+  }
+  const d = enc.data;
+  const n = enc.rows * enc.cols;
+  if (enc.codec === "f32") {
+    const dv = new DataView(d.buffer, d.byteOffset, d.byteLength);
+    for (let i = 0; i < n; i++) if (!Number.isFinite(dv.getFloat32(4 * i, true))) fail(i, String(dv.getFloat32(4 * i, true)));
+  } else if (enc.codec === "bf16") {
+    // Exponent all ones (bits 7..14 of the little-endian u16) is Infinity or NaN.
+    for (let i = 0; i < n; i++) if ((d[2 * i + 1]! & 0x7f) === 0x7f && (d[2 * i]! & 0x80) !== 0) fail(i, "Infinity or NaN");
+  } else if (enc.codec === "fp8-tile") {
+    for (let i = 0; i < n; i++) if ((d[i]! & 0x7f) === 0x7f) fail(i, "NaN");
+  }
 }
 
 /** Encoded size in bytes (payload + float32 metadata), what crosses the wire for the matrix. */

@@ -88,6 +88,13 @@ function runCli(args: string[]): Promise<string> {
   });
 }
 
+/** A copy of f32 wire bytes with value `i` set to NaN. */
+function withNaN(data: Uint8Array, i: number): Uint8Array {
+  const copy = new Uint8Array(data); // a copy (Buffer#slice would be a view of the original)
+  new DataView(copy.buffer, copy.byteOffset, copy.byteLength).setFloat32(4 * i, Number.NaN, true);
+  return copy;
+}
+
 function bits(x: Float32Array): Uint32Array {
   return new Uint32Array(x.buffer, x.byteOffset, x.length);
 }
@@ -237,6 +244,7 @@ describe("expert-host over gRPC", () => {
       ["a dtype other than the profile's", (g) => ({ ...g, activations: { ...g.activations!, dtype: 2, shape: [4, 256] } }), /encoded as bf16, expected f32/],
       ["counts that do not sum to the ids", (g) => ({ ...g, tokenExpertCounts: [1, 1] }), /token_expert_counts sum to 2/],
       ["a NaN weight", (g) => ({ ...g, weights: [0.5, Number.NaN, 1] }), /weights\[1\] is NaN/],
+      ["a NaN activation", (g) => ({ ...g, activations: { ...g.activations!, data: withNaN(g.activations!.data, 261) } }), /value NaN at row 1, column 5; activations must be finite/],
     ])("%s", async (_, mutate, message) => {
       const err = await call(mutate(good)).then(
         () => null,

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Code } from "@moela/core";
 import { DeepseekModel, Engine, type KvDtype, type Sequence } from "@moela/engine";
@@ -164,6 +165,14 @@ describe("state machine", () => {
   });
 });
 
+/** Put a NaN into a layer frame's f32 rows, with a checksum that matches (a sender that computed garbage). */
+function nanRows(f: KvFrame): KvFrame {
+  if (f.kind !== "layer") return f;
+  const data = new Uint8Array(f.data); // a copy
+  new Float32Array(data.buffer, data.byteOffset, data.byteLength / 4)[3] = Number.NaN;
+  return { ...f, data, sha256: new Uint8Array(createHash("sha256").update(data).digest()) };
+}
+
 /** Flip one byte of a layer frame's data (its sha256 now lies). */
 function corrupt(f: KvFrame): KvFrame {
   if (f.kind !== "layer") return f;
@@ -205,6 +214,7 @@ describe("failed transfers free every reserved block and say why", () => {
     ["layer before KvBegin", (f) => (f.kind === "begin" ? [] : [f]), Code.INVALID_ARGUMENT, /a layer message arrived before KvBegin/],
     ["wrong shape", (f) => (f.kind === "layer" && f.layer === 2 ? [{ ...f, shape: [f.tokenCount, 3] }] : [f]), Code.INVALID_ARGUMENT, /latent shape/],
     ["rows in the wrong dtype", (f) => (f.kind === "layer" ? [{ ...f, dtype: "bf16" as const }] : [f]), Code.INVALID_ARGUMENT, /latent dtype bf16, KvBegin announced f32/],
+    ["non-finite latents (checksum intact)", (f, i) => [i === 4 ? nanRows(f) : f], Code.INVALID_ARGUMENT, /latent value NaN at token \d+, column 3 of layer \d+; KV rows must be finite/],
     ["tampered total checksum", (f) => (f.kind === "end" ? [{ ...f, sha256: new Uint8Array(32) }] : [f]), Code.DATA_LOSS, /total checksum mismatch/],
     ["another model's KV", (f) => (f.kind === "begin" ? [{ ...f, modelId: "other" }] : [f]), Code.INVALID_ARGUMENT, /KV of model "other"/],
     ["an all-zero rng state", (f) => (f.kind === "end" ? [{ ...f, rngState: [0, 0, 0, 0] }] : [f]), Code.INVALID_ARGUMENT, /rng_state/],
