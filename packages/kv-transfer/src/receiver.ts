@@ -11,7 +11,7 @@
  * owns it from then on); every failure releases it with its reason. A sender that goes silent for
  * `idleTimeoutMs` without closing the stream (a hung prefill) is failed as "lost".
  */
-import { Code, MoelaError } from "@moela/core";
+import { Code, MAX_ID_CHARS, MoelaError } from "@moela/core";
 import { isGreedy, type Engine, type Sequence, type SequenceSnapshot } from "@moela/engine";
 import { decodeRows, KV_DTYPE_BYTES } from "./codec/rows.js";
 import { KvLedger, type KvHold, type KvReleaseReason } from "./ledger.js";
@@ -227,6 +227,10 @@ export class KvReceiver {
     const bad = (msg: string): Refusal => new Refusal(Code.INVALID_ARGUMENT, `KV transfer ${f.transferId || "(no id)"}: ${msg}`);
     if (f.transferId === "") throw bad("transfer_id is empty");
     if (f.requestId === "") throw bad("request_id is empty");
+    if (f.transferId.length > MAX_ID_CHARS || f.requestId.length > MAX_ID_CHARS) {
+      // Not echoed: an id this long is what the bound keeps out of memory and logs.
+      throw new Refusal(Code.INVALID_ARGUMENT, `KvBegin: transfer_id and request_id may have at most ${MAX_ID_CHARS} characters`);
+    }
     if (!this.inbox.claimTransferId(f.transferId)) {
       throw new Refusal(Code.ALREADY_EXISTS, `KV transfer ${f.transferId}: this transfer id was seen before (a retry must use a new one)`);
     }

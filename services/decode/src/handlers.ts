@@ -1,5 +1,5 @@
 /** Decode's gRPC handlers: proto <-> the batcher, the engine's cache and the KV inbox. */
-import { InvalidArgumentError, type Logger } from "@moela/core";
+import { checkPeerId, InvalidArgumentError, MAX_REASON_CHARS, type Logger } from "@moela/core";
 import type { EmittedToken, Engine, FinishReason as EngineFinishReason } from "@moela/engine";
 import type { KvInbox } from "@moela/kv-transfer";
 import {
@@ -45,12 +45,16 @@ export function decodeHandlers(deps: DecodeHandlerDeps): AsyncServiceImplementat
   const { batcher, engine, inbox, logger } = deps;
   return {
     async *stream(req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
-      if (req.requestId === "") throw new InvalidArgumentError("StreamRequest.request_id is empty");
+      checkPeerId("StreamRequest.request_id", req.requestId);
       logger.debug({ requestId: req.requestId, startIndex: req.startIndex, peer: ctx.peer }, "stream opened");
       for await (const m of batcher.stream(req.requestId, req.startIndex, ctx.signal)) yield toStreamResponse(m);
     },
     async cancel(req: DecodeCancelRequest): Promise<DecodeCancelResponse> {
-      if (req.requestId === "") throw new InvalidArgumentError("DecodeCancelRequest.request_id is empty");
+      // Bounded: a cancelled id is remembered (a tombstone) with its reason.
+      checkPeerId("DecodeCancelRequest.request_id", req.requestId);
+      if (req.reason.length > MAX_REASON_CHARS) {
+        throw new InvalidArgumentError(`DecodeCancelRequest.reason has ${req.reason.length} characters, at most ${MAX_REASON_CHARS}`);
+      }
       return { found: await batcher.cancel(req.requestId, req.reason) };
     },
     async status(): Promise<DecodeStatusResponse> {

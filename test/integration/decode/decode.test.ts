@@ -188,6 +188,29 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
     expect(again.found).toBe(false);
   });
 
+  it("refuses huge ids and reasons on Cancel, Stream and KvBegin, before keeping anything", async () => {
+    const huge = "x".repeat(1 << 20);
+    const fail = (p: Promise<unknown>) =>
+      p.then(
+        () => null,
+        (e: unknown) => e as { code?: number; message?: string },
+      );
+    const cancelId = await fail(unaryCall((md, o, cb) => client.cancel({ requestId: huge, reason: "" }, md, o, cb)));
+    expect(cancelId?.code).toBe(Code.INVALID_ARGUMENT);
+    expect(cancelId?.message).toMatch(/request_id has 1048576 characters, at most 256/);
+    const cancelReason = await fail(unaryCall((md, o, cb) => client.cancel({ requestId: "req-x", reason: huge }, md, o, cb)));
+    expect(cancelReason?.code).toBe(Code.INVALID_ARGUMENT);
+    expect(cancelReason?.message).toMatch(/reason has 1048576 characters, at most 1024/);
+    const streamErr = await openStream(huge);
+    expect(streamErr.error?.code).toBe(Code.INVALID_ARGUMENT);
+    // 300 characters here: the transport also carries the id in metadata, where a megabyte fails as a header.
+    const { outcome } = await push("y".repeat(300), GREEDY);
+    expect(outcome.ok === false && outcome.failure.code).toBe(Code.INVALID_ARGUMENT);
+    expect(outcome.ok === false && outcome.failure.reason).toMatch(/at most 256 characters/);
+    expect(outcome.ok === false && outcome.failure.reason.length).toBeLessThan(200);
+    expect(await status()).toMatchObject({ freeKvBlocks: 128, pendingTransfers: 0 });
+  });
+
   it("a router whose Stream goes away and does not come back within the grace period frees the blocks", async () => {
     // The request must outlive the 2 s grace: 400 steps of at least 10 ms (decode alone may finish in less).
     const step = decode.engine.step.bind(decode.engine);

@@ -89,8 +89,8 @@ function runCli(args: string[]): Promise<string> {
 }
 
 /** A copy of f32 wire bytes with value `i` set to NaN. */
-function withNaN(data: Uint8Array, i: number): Uint8Array {
-  const copy = new Uint8Array(data); // a copy (Buffer#slice would be a view of the original)
+function withNaN(data: Uint8Array, i: number): Buffer {
+  const copy = Buffer.from(data); // a copy (Buffer#slice would be a view of the original)
   new DataView(copy.buffer, copy.byteOffset, copy.byteLength).setFloat32(4 * i, Number.NaN, true);
   return copy;
 }
