@@ -95,6 +95,8 @@ export function computeHostPartial(
 
 /** Most rows computed as one group (a bound on the scratch a burst of calls can claim). */
 const MAX_GROUP_ROWS = 8192;
+/** Most rows one dispatch may carry: twice prefill's largest forward (32,768 tokens by default). */
+export const MAX_DISPATCH_ROWS = 65_536;
 
 interface WaitingDispatch {
   readonly req: ExpertDispatchRequest;
@@ -163,6 +165,7 @@ export class ExpertHostCore {
       throw new InvalidArgumentError(`layer ${layer} is not an MoE layer of this model (MoE layers: ${this.layers.join(", ") || "none"})`);
     }
     if (!Number.isSafeInteger(rows) || rows < 0) throw new InvalidArgumentError(`rows must be an integer >= 0, got ${rows}`);
+    if (rows > MAX_DISPATCH_ROWS) throw new InvalidArgumentError(`rows ${rows} exceeds the ${MAX_DISPATCH_ROWS} one dispatch may carry`);
     if (cols !== this.hidden) throw new InvalidArgumentError(`activations have ${cols} columns, the model's hidden_size is ${this.hidden}`);
     checkEncoded("activations", req.activations, this.profile.dispatch, rows, cols);
     const counts = req.tokenExpertCounts;

@@ -314,6 +314,7 @@ describe("ExpertHostCore validation", () => {
     ["counts that do not sum to the ids", { tokenExpertCounts: [1, 1] }, /token_expert_counts sum to 2/],
     ["a count per token missing", { tokenExpertCounts: [3] }, /token_expert_counts has 1 entries for 2 tokens/],
     ["a token with no experts", { tokenExpertCounts: [3, 0] }, /token_expert_counts\[1\] is 0/],
+    ["more rows than a dispatch may carry", { rows: 70_000 }, /rows 70000 exceeds the 65536 one dispatch may carry/],
     ["weights not aligned with ids", { weights: [0.5, 0.25] }, /weights has 2 entries/],
     ["a NaN weight", { weights: [0.5, Number.NaN, 1] }, /weights\[1\] is NaN/],
     ["an infinite weight", { weights: [0.5, 1, Number.POSITIVE_INFINITY] }, /weights\[2\] is Infinity/],
