@@ -53,6 +53,11 @@ export interface GenerationParams extends SamplingParams {
   readonly ignoreEos?: boolean;
   /** How many top logprobs to report per generated token (0 = none). */
   readonly topLogprobs?: number;
+  /**
+   * Prefix-cache namespace (vLLM's cache_salt): sequences reuse each other's cached KV only when their salts
+   * are equal, so a cache hit (and its timing) never reveals another tenant's prompt. Absent: the shared one.
+   */
+  readonly cacheSalt?: string;
 }
 
 export interface EmittedToken {
@@ -287,7 +292,7 @@ export class Engine {
     if (seq.mainLen !== 0 || seq.blockTable.length !== 0) throw new Error(`sequence ${seq.id} already holds KV`);
     seq.prefixLooked = true;
     if (!this.prefixUsable(opts.keepLogits === true)) return 0;
-    const blocks = this.prefixCache!.acquire(seq.prompt);
+    const blocks = this.prefixCache!.acquire(seq.prompt, seq.params.cacheSalt);
     seq.blockTable.push(...blocks);
     seq.cachedTokens = blocks.length * this.cache.blockSize;
     return seq.cachedTokens;
@@ -449,7 +454,7 @@ export class Engine {
     // Every cache layer of the prompt's full blocks is final now (the MTP rows of a non-speculative engine
     // are not claimed: see prefixUsable).
     if (this.prefixCache !== null) {
-      for (const s of seqs) this.prefixCache.insert([...s.prompt, s.pending], s.blockTable, s.cachedTokens / this.cache.blockSize);
+      for (const s of seqs) this.prefixCache.insert([...s.prompt, s.pending], s.blockTable, s.cachedTokens / this.cache.blockSize, s.params.cacheSalt);
     }
     return results;
   }

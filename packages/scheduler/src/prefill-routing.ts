@@ -285,7 +285,7 @@ export class PrefillRouter {
     const shared = (reason: string): RoutedPrefill => ({ queue: this.o.shared, cachedTokens: 0, reason });
     const records = this.o.instances().filter((r) => r.role === "prefill");
     if (records.length === 0) return shared("no prefill instance registered");
-    const held = await this.lookup(job.promptTokenIds, records);
+    const held = await this.lookup(job.promptTokenIds, records, job.cacheSalt);
     const candidates: Candidate[] = records.map((r) => {
       const s = this.sentSince(r);
       const attr: PrefixAffinityAttribute | undefined = held === null ? undefined : { blockSize: r.load.blockSize, keys: held.get(r.id)! };
@@ -303,7 +303,14 @@ export class PrefillRouter {
     });
     const outcome = this.policy.decide(
       "prefill",
-      { requestId: job.requestId, promptTokens: job.promptTokenIds.length, maxTokens: job.sampling.maxTokens, promptTokenIds: job.promptTokenIds, ...(this.o.precision !== undefined ? { precision: this.o.precision } : {}) },
+      {
+        requestId: job.requestId,
+        promptTokens: job.promptTokenIds.length,
+        maxTokens: job.sampling.maxTokens,
+        promptTokenIds: job.promptTokenIds,
+        ...(job.cacheSalt !== undefined ? { cacheSalt: job.cacheSalt } : {}),
+        ...(this.o.precision !== undefined ? { precision: this.o.precision } : {}),
+      },
       candidates,
     );
     const note = held === null ? "prefix lookup unavailable" : undefined;
@@ -318,7 +325,7 @@ export class PrefillRouter {
     }
     const keys = held?.get(id);
     const blockSize = records.find((r) => r.id === id)!.load.blockSize;
-    const cachedTokens = keys === undefined ? 0 : longestPrefix(prefixBlockHashes(job.promptTokenIds, blockSize), (k) => keys.has(k)) * blockSize;
+    const cachedTokens = keys === undefined ? 0 : longestPrefix(prefixBlockHashes(job.promptTokenIds, blockSize, Infinity, job.cacheSalt), (k) => keys.has(k)) * blockSize;
     return { queue: iq.queue, instanceId: id, cachedTokens, reason: outcome.decision.reason };
   }
 
@@ -343,9 +350,9 @@ export class PrefillRouter {
   }
 
   /** Per record, the set of this prompt's keys it holds; null when Redis did not answer in time. */
-  private async lookup(prompt: readonly number[], records: readonly InstanceRecord[]): Promise<Map<string, Set<string>> | null> {
+  private async lookup(prompt: readonly number[], records: readonly InstanceRecord[], salt?: string): Promise<Map<string, Set<string>> | null> {
     const keysBySize = new Map<number, string[]>();
-    for (const r of records) if (!keysBySize.has(r.load.blockSize)) keysBySize.set(r.load.blockSize, prefixBlockHashes(prompt, r.load.blockSize));
+    for (const r of records) if (!keysBySize.has(r.load.blockSize)) keysBySize.set(r.load.blockSize, prefixBlockHashes(prompt, r.load.blockSize, Infinity, salt));
     const out = new Map<string, Set<string>>();
     const asked = records.filter((r) => keysBySize.get(r.load.blockSize)!.length > 0);
     for (const r of records) out.set(r.id, new Set());

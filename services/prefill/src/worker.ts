@@ -259,6 +259,7 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
       stopTokenIds: s.stopTokenIds,
       ignoreEos: s.ignoreEos,
       topLogprobs: s.logprobs ?? 0,
+      ...(data.cacheSalt === undefined ? {} : { cacheSalt: data.cacheSalt }),
     };
     let seq: Sequence;
     try {

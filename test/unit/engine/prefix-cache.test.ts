@@ -302,6 +302,22 @@ describe("Engine with a prefix cache", () => {
     for (const [i, p] of prompts.entries()) expectSameRun(runs[i]!, await reference(p, i % 2 === 0 ? GREEDY : SEEDED));
   });
 
+  it("a cache salt separates tenants: a prompt hits only the prefixes cached under the same salt, and stays exact", async () => {
+    const engine = new Engine(model, { ...opts, prefixCache: true });
+    const a = { ...GREEDY, cacheSalt: "tenant-a" };
+    const b = { ...GREEDY, cacheSalt: "tenant-b" };
+    expect((await generateOne(engine, [...SYSTEM, ...Q1], a)).cached).toBe(0);
+    // Another tenant's identical prefix: no hit; nor for a request without a salt.
+    const other = await generateOne(engine, [...SYSTEM, ...Q2], b);
+    expect(other.cached).toBe(0);
+    expect((await generateOne(engine, [...SYSTEM, ...Q2], GREEDY)).cached).toBe(0);
+    // The same tenant again: a hit, bit-identical to an uncached run.
+    const same = await generateOne(engine, [...SYSTEM, ...Q2], a);
+    expect(same.cached).toBe(20);
+    expectSameRun(same, await reference([...SYSTEM, ...Q2], GREEDY));
+    expectSameRun(other, await reference([...SYSTEM, ...Q2], GREEDY));
+  });
+
   it("acquirePrefix before prefill pins the blocks and reports the count; release gives them back", async () => {
     const engine = new Engine(model, { ...opts, prefixCache: true });
     await generateOne(engine, [...SYSTEM, ...Q1], GREEDY);

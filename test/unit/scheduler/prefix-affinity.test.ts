@@ -59,6 +59,15 @@ describe("prefix-affinity scorer", () => {
     expect(scorer().score(req, [cand("a", held)])[0]).toBeCloseTo(cached / PROMPT.length, 12);
   });
 
+  it("salted requests match only prefixes cached under their own salt (cache_salt)", () => {
+    const salted: Candidate = { ...cand("a", null), attributes: { [PREFIX_AFFINITY]: { blockSize: BS, keys: new Set(prefixBlockHashes(SYSTEM, BS, Infinity, "tenant-a")) } } };
+    expect(cachedPrefixTokens(PROMPT, [salted], "tenant-a")).toEqual([192]);
+    expect(cachedPrefixTokens(PROMPT, [salted], "tenant-b")).toEqual([0]);
+    expect(cachedPrefixTokens(PROMPT, [salted])).toEqual([0]);
+    expect(cachedPrefixTokens(PROMPT, [cand("b", SYSTEM)], "tenant-a")).toEqual([0]);
+    expect(scorer().score({ ...req, cacheSalt: "tenant-a" }, [salted, cand("b", SYSTEM)])[0]).toBeGreaterThan(0);
+  });
+
   it("finds the prefix under each instance's own block size", () => {
     expect(cachedPrefixTokens(PROMPT, [cand("a", SYSTEM, 0, 16), cand("b", SYSTEM, 0, 64), cand("c", SYSTEM, 0, 7)])).toEqual([192, 192, 196]);
   });

@@ -115,8 +115,8 @@ export class PrefixCache {
    * The longest cached prefix of `prompt`: its blocks, each now referenced once more by the caller (who puts
    * them at the start of its block table and gives them back with release()). Counts one query.
    */
-  acquire(prompt: readonly number[]): number[] {
-    const keys = prefixBlockHashes(prompt, this.blockSize);
+  acquire(prompt: readonly number[], salt?: string): number[] {
+    const keys = prefixBlockHashes(prompt, this.blockSize, Infinity, salt);
     const n = longestPrefix(keys, (k) => this.byKey.has(k));
     const blocks: number[] = [];
     for (let i = 0; i < n; i++) {
@@ -138,8 +138,8 @@ export class PrefixCache {
    * cached (another sequence computed the same block meanwhile) leaves the sequence's block its own.
    * Over capacity, unreferenced blocks are evicted first; when nothing can be evicted the block is not cached.
    */
-  insert(tokens: readonly number[], table: readonly number[], from: number): number {
-    const keys = prefixBlockHashes(tokens, this.blockSize);
+  insert(tokens: readonly number[], table: readonly number[], from: number, salt?: string): number {
+    const keys = prefixBlockHashes(tokens, this.blockSize, Infinity, salt);
     const added: string[] = [];
     const removed: string[] = [];
     for (let i = from; i < keys.length; i++) {

@@ -73,6 +73,8 @@ export interface SchedulingRequest {
   readonly precision?: string;
   /** The prompt itself, for plugins that look at its content (prefix affinity). */
   readonly promptTokenIds?: readonly number[];
+  /** The request's prefix-cache namespace (cache_salt): its prefix keys are salted with it. */
+  readonly cacheSalt?: string;
 }
 
 /**

@@ -38,7 +38,7 @@ export function prefixAffinityOf(c: Candidate): PrefixAffinityAttribute | undefi
 }
 
 /** Cached prompt tokens at each candidate (0 without the attribute or the prompt). */
-export function cachedPrefixTokens(prompt: readonly number[] | undefined, candidates: readonly Candidate[]): number[] {
+export function cachedPrefixTokens(prompt: readonly number[] | undefined, candidates: readonly Candidate[], salt?: string): number[] {
   if (prompt === undefined || prompt.length === 0) return candidates.map(() => 0);
   const keysBySize = new Map<number, string[]>();
   return candidates.map((c) => {
@@ -46,7 +46,7 @@ export function cachedPrefixTokens(prompt: readonly number[] | undefined, candid
     if (a === undefined) return 0;
     let keys = keysBySize.get(a.blockSize);
     if (keys === undefined) {
-      keys = prefixBlockHashes(prompt, a.blockSize);
+      keys = prefixBlockHashes(prompt, a.blockSize, Infinity, salt);
       keysBySize.set(a.blockSize, keys);
     }
     return longestPrefix(keys, (k) => a.keys.has(k)) * a.blockSize;
@@ -67,7 +67,7 @@ export const prefixAffinityScorer = {
       type: PREFIX_AFFINITY,
       name,
       score: (request, candidates) => {
-        const cached = cachedPrefixTokens(request.promptTokenIds, candidates);
+        const cached = cachedPrefixTokens(request.promptTokenIds, candidates, request.cacheSalt);
         const promptTokens = Math.max(1, request.promptTokenIds?.length ?? request.promptTokens);
         const load = candidates.map(sequencesOn);
         const least = Math.min(...load);
