@@ -321,6 +321,14 @@ describe("charts/moela", () => {
       }
     });
 
+    it("gives every pod a termination grace period longer than the longest service drain (30 s)", () => {
+      for (const role of SERVICE_ROLES) {
+        const grace = ((workload(objs, role).spec as Obj).template as Obj).spec.terminationGracePeriodSeconds as number;
+        expect(grace, role).toBe(values.terminationGracePeriodSeconds);
+        expect(grace, role).toBeGreaterThan(30);
+      }
+    });
+
     it("passes the precision profile to every service", () => {
       for (const role of SERVICE_ROLES) expect(flagValue(args(workload(objs, role)), "--precision"), role).toBe(values.precision);
     });

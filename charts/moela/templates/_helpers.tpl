@@ -214,6 +214,7 @@ The moela container parts every role shares: image, ports, probes, resources, mo
 
 {{/* Pod-level parts every moela role shares: (dict "root" $ "role" .Values.decode). */}}
 {{- define "moela.podSpec" -}}
+terminationGracePeriodSeconds: {{ .root.Values.terminationGracePeriodSeconds }}
 {{- with .root.Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
