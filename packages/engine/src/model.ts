@@ -408,6 +408,8 @@ export class DeepseekModel {
     if (this.experts.waitsOnOtherProcesses === true) {
       // Start the routed experts on the expert-hosts, compute the shared expert meanwhile.
       const pending = this.experts.runRouted(layer, xn, T, ids, weights, routed);
+      // Awaited below; until then a failure (a host gone) must not count as an unhandled rejection.
+      pending.catch(() => {});
       // One turn of the event loop first: the requests leave now, not after the shared expert's (synchronous) compute.
       await setImmediate();
       if (moe.shared) await this.mlpA([moe.shared], [T], xn, out);

@@ -55,8 +55,11 @@ describe("PhaseTimes", () => {
     await forward(model);
     const s = times.drain();
     expect(s.routed_experts).toBe(0);
-    // At least the 20 ms per MoE layer not covered by the shared expert's compute.
-    expect(s.routed_wait).toBeGreaterThan(0.01 * local.size);
+    // No MoE layer ends before its 20 ms answer: shared expert and waiting cover at least that (the main
+    // model's MoE layers; the MTP block's is not in this forward), whatever the machine's load.
+    const moeLayers = model.config.numHiddenLayers - model.config.firstKDenseReplace;
+    expect(s.shared_expert + s.routed_wait).toBeGreaterThanOrEqual(0.019 * moeLayers);
+    expect(s.routed_wait).toBeGreaterThan(0);
     expect(s.shared_expert).toBeGreaterThan(0);
   });
 });
