@@ -14,7 +14,7 @@
  */
 import { Code, InvalidArgumentError, type Logger } from "@moela/core";
 import type { MetricsOf } from "@moela/metrics";
-import { encodedSize, fromDispatchRequest, toInfoResponse, toTensor, type ExpertDispatchRequest, type ExpertHostCore } from "@moela/moe-dispatch";
+import { encodedSize, fromDispatchRequest, toInfoResponse, toTensor, type EncodedActivations, type ExpertDispatchRequest, type ExpertHostCore } from "@moela/moe-dispatch";
 import type { DispatchRequest, DispatchResponse, DispatchStreamRequest, DispatchStreamResponse, ExpertHostService } from "@moela/proto-gen";
 import { toStatus, type AsyncServiceImplementation } from "@moela/rpc";
 
@@ -30,20 +30,28 @@ export function expertHostHandlers({ core, logger, metrics: m }: HandlerDeps): A
 
   async function serve(msg: DispatchRequest, signal: AbortSignal): Promise<DispatchResponse> {
     const arrived = performance.now();
+    const rejected = (err: unknown): unknown => {
+      if (err instanceof InvalidArgumentError) logger.warn({ requestId: msg.requestId, layer: msg.layer, reason: err.message }, "dispatch rejected");
+      return err;
+    };
     let req: ExpertDispatchRequest;
     try {
       req = fromDispatchRequest(msg);
-      core.validate(req);
     } catch (err) {
-      if (err instanceof InvalidArgumentError) logger.warn({ requestId: msg.requestId, layer: msg.layer, reason: err.message }, "dispatch rejected");
-      throw err;
+      throw rejected(err);
     }
     signal.throwIfAborted();
     const layer = String(req.layer);
-    m.expertHostReceivedBytes.inc({ codec: dispatchCodec }, encodedSize(req.activations));
     const started = performance.now();
-    const out = await core.dispatchAsync(req);
+    let out: EncodedActivations;
+    try {
+      // dispatchAsync validates the request (once) before any compute.
+      out = await core.dispatchAsync(req);
+    } catch (err) {
+      throw rejected(err);
+    }
     const seconds = (performance.now() - started) / 1000;
+    m.expertHostReceivedBytes.inc({ codec: dispatchCodec }, encodedSize(req.activations));
     m.expertHostCompute.observe(seconds);
     m.expertHostBatchTokens.observe(req.rows);
     m.expertHostLayerTokens.inc({ layer }, req.expertIds.length);
