@@ -72,10 +72,10 @@ import {
   type GenerateResponse,
 } from "@moela/proto-gen";
 import type { AsyncServiceImplementation, CallContext } from "@moela/rpc";
-import { MAX_PRIORITY, type AdmissionController, type DecisionLog, type DecodePool } from "@moela/scheduler";
+import { MAX_PRIORITY, type AdmissionController } from "@moela/scheduler";
 import type { Tokenizer } from "@moela/tokenizer";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
-import type { GenerateEvent, Pipeline } from "./pipeline.js";
+import type { GenerateEvent, GenerationBackend } from "./backend.js";
 
 export interface RouterContext {
   readonly validation: ValidationContext;
@@ -89,11 +89,9 @@ export interface RouterContext {
   readonly maxBodyBytes: number;
   /** Addresses, hosts and instance ids of the cluster right now: scrubbed from what clients are told. */
   readonly internalNames: () => Iterable<string>;
-  readonly pipeline: Pipeline;
-  readonly pool: DecodePool;
+  /** What runs the generations: the cluster (pipeline.ts) or this process's engine (engine-backend.ts). */
+  readonly backend: GenerationBackend;
   readonly admission: AdmissionController;
-  /** Routing decisions by request id (GET /v1/routing/:requestId). */
-  readonly decisions: DecisionLog;
   readonly metrics: MetricsOf<"router">;
   readonly logger: Logger;
   /** Seconds since the epoch when the router started (the model's `created`). */
@@ -231,7 +229,7 @@ async function handleGeneration(api: "completions" | "chat", ctx: RouterContext,
     const requestIds = parsed.prompts.map((_, i) => (i === 0 ? requestId : `${requestId}.${i}`));
     log.info({ requestIds, prompts: parsed.prompts.length, stream: parsed.stream }, "generation request");
     const gens = parsed.prompts.map((p, i) =>
-      ctx.pipeline.generate(
+      ctx.backend.generate(
         {
           requestId: requestIds[i]!,
           promptTokenIds: p.tokenIds,
@@ -437,9 +435,7 @@ export function buildHttpApp(ctx: RouterContext): FastifyInstance {
   );
 
   app.get("/health", async (_req, reply) => {
-    const decode = ctx.pool.candidates();
-    const healthy = decode.filter((c) => c.healthy).length;
-    return reply.code(ctx.draining() ? 503 : 200).send({ status: ctx.draining() ? "draining" : "ok", decode: { healthy, total: decode.length } });
+    return reply.code(ctx.draining() ? 503 : 200).send({ status: ctx.draining() ? "draining" : "ok", ...ctx.backend.health() });
   });
 
   app.get("/v1/models", async () => ({
@@ -462,13 +458,7 @@ export function buildHttpApp(ctx: RouterContext): FastifyInstance {
     const { requestId } = req.params;
     // The internal id (x-moela-request-id, the logs'): a client's id plus 13, a batch's "<id>.<n>" more.
     if (!/^[A-Za-z0-9._-]{1,192}$/.test(requestId)) throw new InvalidArgumentError("a request id is 1-192 letters, digits and . _ -");
-    // A migrated request's later attempts run as "<id>.m1", "<id>.m2", ... (pipeline.ts): theirs belong here too.
-    const decisions = await ctx.decisions.lookup(requestId);
-    for (let n = 1; decisions.length > 0 && n <= 16; n++) {
-      const more = await ctx.decisions.lookup(`${requestId}.m${n}`);
-      if (more.length === 0) break;
-      decisions.push(...more);
-    }
+    const decisions = await ctx.backend.routing(requestId);
     if (decisions.length === 0) {
       return reply.code(404).send({
         error: { message: `no routing decision is kept for request ${requestId} (unknown, or older than the retention)`, type: "invalid_request_error", param: null, code: "not_found" },
@@ -570,7 +560,7 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
         log = requestLogger(ctx.logger, requestId, { api: "grpc", ...(req.requestId !== "" ? { clientRequestId: req.requestId } : {}) });
         const wantLogprobs = parsed.sampling[0]!.logprobs !== null;
         log.info("generation request");
-        const gen = ctx.pipeline.generate(
+        const gen = ctx.backend.generate(
           {
             requestId,
             promptTokenIds: parsed.prompts[0]!.tokenIds,

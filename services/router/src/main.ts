@@ -31,6 +31,7 @@ import { join } from "node:path";
 import { QueueEvents } from "bullmq";
 import { DEFAULT_MAX_BODY_BYTES, parseRouterArgs, readGenerationDefaults, resolveMaxPromptTokens, USAGE, type RouterConfig } from "./config.js";
 import { ApiKeys, buildHttpApp, generateService, LENIENT_GENERATE_SERVICE, type RouterContext } from "./handlers.js";
+import { distributedBackend } from "./backend.js";
 import { JobWatcher, Pipeline } from "./pipeline.js";
 import { TokenizerPool } from "./tokenize.js";
 
@@ -229,10 +230,8 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       apiKeys,
       maxBodyBytes,
       internalNames,
-      pipeline,
-      pool,
+      backend: distributedBackend(pipeline, pool, decisions),
       admission,
-      decisions,
       metrics: m,
       logger,
       startedAt: Math.floor(Date.now() / 1000),
