@@ -12,9 +12,12 @@ import {
   Client,
   type ClientOptions,
   type ClientReadableStream,
+  type ClientUnaryCall,
   type handleServerStreamingCall,
+  type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
+  type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import {
@@ -34,6 +37,39 @@ import {
  * detokenized.
  */
 
+/** One message of a conversation. */
+export interface ChatMessage {
+  /** "system", "user", "assistant" or "tool". */
+  role: string;
+  content: string;
+}
+
+/**
+ * A conversation, rendered by the router with the served model's chat
+ * template (as POST /v1/chat/completions does), ending in the assistant's
+ * generation prompt.
+ */
+export interface ChatMessages {
+  messages: ChatMessage[];
+}
+
+export interface ListModelsRequest {
+}
+
+export interface ModelInfo {
+  /** The id to pass as GenerateRequest.model. */
+  id: string;
+  /** Seconds since the epoch when the router started serving it. */
+  created: number;
+  ownedBy: string;
+  /** Longest prompt plus generation, in tokens. */
+  maxModelLen: number;
+}
+
+export interface ListModelsResponse {
+  models: ModelInfo[];
+}
+
 /** Token ids of a prompt given pre-tokenized. */
 export interface TokenIds {
   ids: number[];
@@ -42,9 +78,14 @@ export interface TokenIds {
 export interface GenerateRequest {
   /**
    * The prompt, as text (tokenized by the router; no chat template is
-   * applied) or as token ids of the served model's vocabulary.
+   * applied), as token ids of the served model's vocabulary, or as chat
+   * messages (rendered with the model's chat template). Field 20 leaves the
+   * numbers below it to plain fields.
    */
-  prompt?: { $case: "text"; value: string } | { $case: "tokenIds"; value: TokenIds } | undefined;
+  prompt?: { $case: "text"; value: string } | { $case: "tokenIds"; value: TokenIds } | {
+    $case: "messages";
+    value: ChatMessages;
+  } | undefined;
   sampling?:
     | SamplingParams
     | undefined;
@@ -96,6 +137,408 @@ export interface GenerateResponse {
   /** Set on the last message only. */
   usage?: Usage | undefined;
 }
+
+function createBaseChatMessage(): ChatMessage {
+  return { role: "", content: "" };
+}
+
+export const ChatMessage: MessageFns<ChatMessage> = {
+  encode(message: ChatMessage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.role !== "") {
+      writer.uint32(10).string(message.role);
+    }
+    if (message.content !== "") {
+      writer.uint32(18).string(message.content);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ChatMessage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChatMessage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.role = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.content = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ChatMessage {
+    return {
+      role: isSet(object.role) ? globalThis.String(object.role) : "",
+      content: isSet(object.content) ? globalThis.String(object.content) : "",
+    };
+  },
+
+  toJSON(message: ChatMessage): unknown {
+    const obj: any = {};
+    if (message.role !== "") {
+      obj.role = message.role;
+    }
+    if (message.content !== "") {
+      obj.content = message.content;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ChatMessage>, I>>(base?: I): ChatMessage {
+    return ChatMessage.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ChatMessage>, I>>(object: I): ChatMessage {
+    const message = createBaseChatMessage();
+    message.role = object.role ?? "";
+    message.content = object.content ?? "";
+    return message;
+  },
+};
+
+function createBaseChatMessages(): ChatMessages {
+  return { messages: [] };
+}
+
+export const ChatMessages: MessageFns<ChatMessages> = {
+  encode(message: ChatMessages, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.messages) {
+      ChatMessage.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ChatMessages {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChatMessages();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.messages.push(ChatMessage.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ChatMessages {
+    return {
+      messages: globalThis.Array.isArray(object?.messages)
+        ? object.messages.map((e: any) => ChatMessage.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ChatMessages): unknown {
+    const obj: any = {};
+    if (message.messages?.length) {
+      obj.messages = message.messages.map((e) => ChatMessage.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ChatMessages>, I>>(base?: I): ChatMessages {
+    return ChatMessages.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ChatMessages>, I>>(object: I): ChatMessages {
+    const message = createBaseChatMessages();
+    message.messages = object.messages?.map((e) => ChatMessage.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseListModelsRequest(): ListModelsRequest {
+  return {};
+}
+
+export const ListModelsRequest: MessageFns<ListModelsRequest> = {
+  encode(_: ListModelsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListModelsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListModelsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ListModelsRequest {
+    return {};
+  },
+
+  toJSON(_: ListModelsRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListModelsRequest>, I>>(base?: I): ListModelsRequest {
+    return ListModelsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListModelsRequest>, I>>(_: I): ListModelsRequest {
+    const message = createBaseListModelsRequest();
+    return message;
+  },
+};
+
+function createBaseModelInfo(): ModelInfo {
+  return { id: "", created: 0, ownedBy: "", maxModelLen: 0 };
+}
+
+export const ModelInfo: MessageFns<ModelInfo> = {
+  encode(message: ModelInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.created !== 0) {
+      writer.uint32(16).int64(message.created);
+    }
+    if (message.ownedBy !== "") {
+      writer.uint32(26).string(message.ownedBy);
+    }
+    if (message.maxModelLen !== 0) {
+      writer.uint32(32).uint32(message.maxModelLen);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ModelInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseModelInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.created = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.ownedBy = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.maxModelLen = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ModelInfo {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      created: isSet(object.created) ? globalThis.Number(object.created) : 0,
+      ownedBy: isSet(object.ownedBy)
+        ? globalThis.String(object.ownedBy)
+        : isSet(object.owned_by)
+        ? globalThis.String(object.owned_by)
+        : "",
+      maxModelLen: isSet(object.maxModelLen)
+        ? globalThis.Number(object.maxModelLen)
+        : isSet(object.max_model_len)
+        ? globalThis.Number(object.max_model_len)
+        : 0,
+    };
+  },
+
+  toJSON(message: ModelInfo): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.created !== 0) {
+      obj.created = Math.round(message.created);
+    }
+    if (message.ownedBy !== "") {
+      obj.ownedBy = message.ownedBy;
+    }
+    if (message.maxModelLen !== 0) {
+      obj.maxModelLen = Math.round(message.maxModelLen);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ModelInfo>, I>>(base?: I): ModelInfo {
+    return ModelInfo.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ModelInfo>, I>>(object: I): ModelInfo {
+    const message = createBaseModelInfo();
+    message.id = object.id ?? "";
+    message.created = object.created ?? 0;
+    message.ownedBy = object.ownedBy ?? "";
+    message.maxModelLen = object.maxModelLen ?? 0;
+    return message;
+  },
+};
+
+function createBaseListModelsResponse(): ListModelsResponse {
+  return { models: [] };
+}
+
+export const ListModelsResponse: MessageFns<ListModelsResponse> = {
+  encode(message: ListModelsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.models) {
+      ModelInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListModelsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListModelsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.models.push(ModelInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListModelsResponse {
+    return {
+      models: globalThis.Array.isArray(object?.models) ? object.models.map((e: any) => ModelInfo.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListModelsResponse): unknown {
+    const obj: any = {};
+    if (message.models?.length) {
+      obj.models = message.models.map((e) => ModelInfo.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListModelsResponse>, I>>(base?: I): ListModelsResponse {
+    return ListModelsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListModelsResponse>, I>>(object: I): ListModelsResponse {
+    const message = createBaseListModelsResponse();
+    message.models = object.models?.map((e) => ModelInfo.fromPartial(e)) || [];
+    return message;
+  },
+};
 
 function createBaseTokenIds(): TokenIds {
   return { ids: [] };
@@ -191,6 +634,9 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
       case "tokenIds":
         TokenIds.encode(message.prompt.value, writer.uint32(18).fork()).join();
         break;
+      case "messages":
+        ChatMessages.encode(message.prompt.value, writer.uint32(162).fork()).join();
+        break;
     }
     if (message.sampling !== undefined) {
       SamplingParams.encode(message.sampling, writer.uint32(26).fork()).join();
@@ -237,6 +683,14 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
             }
 
             message.prompt = { $case: "tokenIds", value: TokenIds.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.prompt = { $case: "messages", value: ChatMessages.decode(reader, reader.uint32()) };
             continue;
           }
           case 3: {
@@ -299,6 +753,8 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
         ? { $case: "tokenIds", value: TokenIds.fromJSON(object.tokenIds) }
         : isSet(object.token_ids)
         ? { $case: "tokenIds", value: TokenIds.fromJSON(object.token_ids) }
+        : isSet(object.messages)
+        ? { $case: "messages", value: ChatMessages.fromJSON(object.messages) }
         : undefined,
       sampling: isSet(object.sampling) ? SamplingParams.fromJSON(object.sampling) : undefined,
       model: isSet(object.model) ? globalThis.String(object.model) : "",
@@ -322,6 +778,8 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
       obj.text = message.prompt.value;
     } else if (message.prompt?.$case === "tokenIds") {
       obj.tokenIds = TokenIds.toJSON(message.prompt.value);
+    } else if (message.prompt?.$case === "messages") {
+      obj.messages = ChatMessages.toJSON(message.prompt.value);
     }
     if (message.sampling !== undefined) {
       obj.sampling = SamplingParams.toJSON(message.sampling);
@@ -356,6 +814,12 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
       case "tokenIds": {
         if (object.prompt?.value !== undefined && object.prompt?.value !== null) {
           message.prompt = { $case: "tokenIds", value: TokenIds.fromPartial(object.prompt.value) };
+        }
+        break;
+      }
+      case "messages": {
+        if (object.prompt?.value !== undefined && object.prompt?.value !== null) {
+          message.prompt = { $case: "messages", value: ChatMessages.fromPartial(object.prompt.value) };
         }
         break;
       }
@@ -567,6 +1031,16 @@ export const GenerateService = {
     responseSerialize: (value: GenerateResponse): Buffer => Buffer.from(GenerateResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GenerateResponse => GenerateResponse.decode(value),
   },
+  /** The models this router serves (what the HTTP API's GET /v1/models lists). */
+  listModels: {
+    path: "/moela.v1.Generate/ListModels" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListModelsRequest): Buffer => Buffer.from(ListModelsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListModelsRequest => ListModelsRequest.decode(value),
+    responseSerialize: (value: ListModelsResponse): Buffer => Buffer.from(ListModelsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListModelsResponse => ListModelsResponse.decode(value),
+  },
 } as const;
 
 export interface GenerateServer extends UntypedServiceImplementation {
@@ -578,6 +1052,8 @@ export interface GenerateServer extends UntypedServiceImplementation {
    * Cancelling the call cancels the request everywhere.
    */
   generate: handleServerStreamingCall<GenerateRequest, GenerateResponse>;
+  /** The models this router serves (what the HTTP API's GET /v1/models lists). */
+  listModels: handleUnaryCall<ListModelsRequest, ListModelsResponse>;
 }
 
 export interface GenerateClient extends Client {
@@ -594,6 +1070,22 @@ export interface GenerateClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<GenerateResponse>;
+  /** The models this router serves (what the HTTP API's GET /v1/models lists). */
+  listModels(
+    request: ListModelsRequest,
+    callback: (error: ServiceError | null, response: ListModelsResponse) => void,
+  ): ClientUnaryCall;
+  listModels(
+    request: ListModelsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListModelsResponse) => void,
+  ): ClientUnaryCall;
+  listModels(
+    request: ListModelsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListModelsResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const GenerateClient = makeGenericClientConstructor(GenerateService, "moela.v1.Generate") as unknown as {
@@ -614,6 +1106,17 @@ type DeepPartial<T> = T extends Builtin ? T
 type KeysOfUnion<T> = T extends T ? keyof T : never;
 type Exact<P, I extends P> = P extends Builtin ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
+}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;
