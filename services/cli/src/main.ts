@@ -105,7 +105,7 @@ export function buildProgram(): Command {
   program
     .command("serve")
     .description("run one service in this process; flags after --role go to the service (see its --help)")
-    .option("--role <role>", "router | prefill | decode | expert-host (required)")
+    .option("--role <role>", "router | prefill | decode | expert-host | all (everything in this process, OpenAI API on --port) (required)")
     .argument("[service-flags...]", "the service's own flags, e.g. --model DIR --grpc-address 127.0.0.1:0")
     // --help after --role is the service's; without a role it is this command's
     .helpOption(false)

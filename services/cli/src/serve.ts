@@ -7,6 +7,9 @@
  * the CLI is the one place that hosts every service, services never import each other, and a
  * path keeps `moela serve` working in a checkout whose workspace links predate a new service.
  *
+ * `--role all` runs router, prefill, decode and the experts in this one process, with the OpenAI API on it
+ * (services/router/src/one-process.ts: the router's HTTP handlers over the engine's own batching loop).
+ *
  * Started by the launcher, a service exits when the launcher dies, whatever killed it
  * (parent-watch.ts): the watch is installed here, once, for every role.
  */
@@ -18,13 +21,17 @@ import { exitWithParent } from "./parent-watch.js";
 
 export type ServiceMain = (argv: string[], env: NodeJS.ProcessEnv) => Promise<number>;
 
-/** services/<role>/src/main.ts */
-export function serviceMainPath(role: Role): string {
+/** The role that runs everything in one process. */
+export const ALL_ROLE = "all";
+
+/** services/<role>/src/main.ts; `all`: services/router/src/one-process.ts. */
+export function serviceMainPath(role: Role | typeof ALL_ROLE): string {
+  if (role === ALL_ROLE) return fileURLToPath(new URL("../../router/src/one-process.ts", import.meta.url));
   return fileURLToPath(new URL(`../../${role}/src/main.ts`, import.meta.url));
 }
 
 export async function loadServiceMain(role: string): Promise<ServiceMain> {
-  if (!isRole(role)) throw new InvalidArgumentError(`--role must be one of ${ROLES.join(", ")}, got "${role}"`);
+  if (role !== ALL_ROLE && !isRole(role)) throw new InvalidArgumentError(`--role must be one of ${[...ROLES, ALL_ROLE].join(", ")}, got "${role}"`);
   const file = serviceMainPath(role);
   if (!existsSync(file)) throw new MoelaError(`the ${role} service is not in this checkout (${file} is missing)`);
   const mod = (await import(pathToFileURL(file).href)) as { main?: unknown };

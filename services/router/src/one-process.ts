@@ -1,0 +1,371 @@
+/**
+ * `moela serve --role all`: router, prefill, decode and the experts in ONE process, with the OpenAI API on
+ * it. What a user with one machine and a small model wants, and the baseline the cluster is measured
+ * against (scripts/bench/cluster.ts --one-process-server). The HTTP surface is the router's own
+ * (handlers.ts: the same routes, validation, formatting, SSE, errors, API keys); behind it runs the
+ * EngineBackend (engine-backend.ts): the engine's continuous-batching loop in this process, the experts in
+ * process too (the model's own, or the in-process expert-hosts of --expert-hosts / --precision paper, as
+ * `moela generate` does). No gRPC, no Redis, no KV transfer. /metrics is on the API port.
+ *
+ * Every setting is a flag with an env twin MOELA_ALL_<NAME> (the flag wins):
+ *   --model DIR              checkpoint folder                          (the bundled models/moela-v3-brown)
+ *   --host H / --port N      the OpenAI API (and /metrics, /health)     (127.0.0.1 / 8000; port 0: any free)
+ *   --served-model-name S    the model name clients use                 (the model folder's name)
+ *   --max-model-len N        prompt + completion tokens at most         (config max_position_embeddings)
+ *   --max-num-seqs N         sequences in the running batch; more wait  (32)
+ *   --max-in-flight N        generations admitted (running + waiting) before 429 (256)
+ *   --kv-blocks N            latent KV cache capacity, 16-token blocks  (2048)
+ *   --prefill-chunk N        prompt tokens per prefill forward call     (256, as `moela generate`)
+ *   --max-prefill-tokens N   prompt tokens prefilled per loop turn      (2048)
+ *   --prefix-cache / --no-prefix-cache   reuse cached prompt prefixes    (on, as the cluster's prefill)
+ *   --threads N              kernel threads                             (every core)
+ *   --kernels K              fast | portable | reference                (fast)
+ *   --precision P            exact | paper                              (exact)
+ *   --expert-hosts H         routed experts split over H in-process hosts (1)
+ *   --speculative M          MTP drafting: auto | on | off              (auto)
+ *   --request-timeout-s N    a request's deadline, waiting included     (600)
+ *   --api-key KEY[,KEY...]   as the router's                            (none: open)
+ *   --max-body-bytes, --max-prompt-chars, --max-prompt-tokens, --tokenizer-threads, --log-level: as the router's
+ */
+import { availableParallelism } from "node:os";
+import { existsSync } from "node:fs";
+import { basename, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { ConfigError, createLogger, envNameOf, flagList, MoelaError, readSettings, runService, settingsFromKeys, UnavailableError, usageLines, validateSettings, withWeightLoadBar, type Logger } from "@moela/core";
+import { configureKernels, DeepseekModel, Engine, parseKernelsName, readModelConfig } from "@moela/engine";
+import { createServiceMetrics } from "@moela/metrics";
+import { createInProcessExperts, precisionProfile } from "@moela/moe-dispatch";
+import { defaultMaxPromptChars } from "@moela/openai-api";
+import { AdmissionController } from "@moela/scheduler";
+import { TOKENIZER_JSON, Tokenizer } from "@moela/tokenizer";
+import { z } from "zod";
+import { DEFAULT_MAX_BODY_BYTES, parseApiKeys, readGenerationDefaults, resolveMaxPromptTokens } from "./config.js";
+import { EngineBackend } from "./engine-backend.js";
+import { ApiKeys, buildHttpApp, type RouterContext } from "./handlers.js";
+import { TokenizerPool } from "./tokenize.js";
+
+/** The bundled model `npm start` serves (services/router/src -> the repository root). */
+const DEFAULT_MODEL = fileURLToPath(new URL("../../../models/moela-v3-brown", import.meta.url));
+
+const int = (min: number) => z.coerce.number().int("must be an integer").min(min, `must be at least ${min}`);
+
+const schema = z.strictObject({
+  model: z.string().min(1).default(DEFAULT_MODEL),
+  host: z.string().min(1).default("127.0.0.1"),
+  port: int(0).max(65_535, "must be at most 65535").default(8000),
+  servedModelName: z.string().min(1).optional(),
+  maxModelLen: int(2).optional(),
+  maxNumSeqs: int(1).max(4096).default(32),
+  maxInFlight: int(1).default(256),
+  kvBlocks: int(1).max(1 << 24).default(2048),
+  prefillChunk: int(1).default(256),
+  maxPrefillTokens: int(1).default(2048),
+  prefixCache: z.enum(["true", "false"], { message: "must be true or false" }).default("true").transform((v) => v === "true"),
+  threads: int(1).max(256).optional(),
+  kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
+  precision: z.enum(["exact", "paper"]).default("exact"),
+  expertHosts: int(1).max(64).default(1),
+  speculative: z.enum(["auto", "on", "off"]).default("auto"),
+  requestTimeoutS: z.coerce.number().positive("must be positive").max(86_400).default(600),
+  apiKey: z.string().optional(),
+  maxBodyBytes: int(1024).max(2 ** 31 - 1).default(DEFAULT_MAX_BODY_BYTES),
+  maxPromptChars: int(1).optional(),
+  maxPromptTokens: int(1).optional(),
+  tokenizerThreads: int(0).max(64).default(1),
+  logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+});
+
+const HELP = {
+  model: "checkpoint folder (default the bundled models/moela-v3-brown)",
+  host: "interface of the OpenAI API, /health and /metrics (default 127.0.0.1)",
+  port: "port of the OpenAI API; 0 picks a free one (default 8000)",
+  servedModelName: "the model name clients use (default the model folder's name)",
+  maxModelLen: "prompt + completion tokens at most (default config max_position_embeddings)",
+  maxNumSeqs: "sequences in the running batch; more wait for a slot (default 32)",
+  maxInFlight: "generations admitted (running + waiting) before 429 (default 256)",
+  kvBlocks: "latent KV cache capacity in 16-token blocks (default 2048)",
+  prefillChunk: "prompt tokens per prefill forward call (default 256)",
+  maxPrefillTokens: "prompt tokens prefilled per turn of the batching loop; the first request always goes (default 2048)",
+  prefixCache: "reuse the latent KV of cached prompt prefixes (default on)",
+  threads: "kernel threads, same bits for any count (default every core)",
+  kernels: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)",
+  precision: "exact (f32 KV, dispatch, combine) | paper (bf16 KV, fp8 dispatch, bf16 combine) (default exact)",
+  expertHosts: "split the routed experts over H in-process expert-hosts, as the cluster does (default 1)",
+  speculative: "MTP drafting: auto (while it pays) | on | off (default auto)",
+  requestTimeoutS: "a request's deadline, waiting included (default 600)",
+  apiKey: "KEY[,KEY...] clients must send as Authorization: Bearer KEY; prefer the env twin (default none: open)",
+  maxBodyBytes: "largest HTTP request body (default 32 MiB)",
+  maxPromptChars: "most prompt characters per request before tokenizing (default 16 per context token, at least 65536)",
+  maxPromptTokens: "longest prompt in tokens (default min(max-model-len - 1, 32768))",
+  tokenizerThreads: "threads that tokenize prompts over 4096 characters; 0 = on the event loop (default 1)",
+  logLevel: "pino level (default info)",
+} as const satisfies Record<keyof typeof schema.shape, string>;
+
+const ENV_PREFIX = "MOELA_ALL_";
+const SETTINGS = settingsFromKeys(Object.keys(schema.shape) as (keyof typeof schema.shape)[], ENV_PREFIX, ["prefixCache"], HELP);
+
+export const USAGE = [
+  "usage: moela serve --role all [--model DIR] [--port N] [options]",
+  "",
+  "Router, prefill, decode and the experts in this process, with the OpenAI API on --host:--port.",
+  "",
+  ...usageLines(SETTINGS),
+].join("\n");
+
+export interface OneProcessConfig {
+  readonly model: string;
+  readonly host: string;
+  readonly port: number;
+  readonly servedModelName: string;
+  readonly maxModelLen: number | undefined;
+  readonly maxNumSeqs: number;
+  readonly maxInFlight: number;
+  readonly kvBlocks: number;
+  readonly prefillChunk: number;
+  readonly maxPrefillTokens: number;
+  readonly prefixCache: boolean;
+  readonly threads: number;
+  readonly kernels: "fast" | "portable" | "reference";
+  readonly precision: "exact" | "paper";
+  readonly expertHosts: number;
+  readonly speculative: "auto" | "on" | "off";
+  readonly requestTimeoutMs: number;
+  readonly apiKeys: readonly string[];
+  readonly maxBodyBytes: number;
+  readonly maxPromptChars: number | undefined;
+  readonly maxPromptTokens: number | undefined;
+  readonly tokenizerThreads: number;
+  readonly logLevel: string;
+}
+
+/** Parse flags over env twins (null: --help); throws ConfigError naming the flag and its env twin. */
+export function parseOneProcessArgs(argv: readonly string[], env: NodeJS.ProcessEnv): OneProcessConfig | null {
+  const o = { name: "serve --role all", error: ConfigError, argvErrorSuffix: `; flags: ${flagList(SETTINGS)}` };
+  const { help, raw } = readSettings(SETTINGS, argv, env, { ...o, help: true });
+  if (help) return null;
+  const c = validateSettings(SETTINGS, raw, schema.safeParse(raw), { name: o.name, error: ConfigError, report: "first" });
+  const model = resolve(c.model);
+  if (!existsSync(join(model, "config.json"))) {
+    throw new ConfigError(`serve --role all: --model (env ${envNameOf(ENV_PREFIX, "model")}) "${c.model}" has no config.json`);
+  }
+  let apiKeys: readonly string[];
+  try {
+    apiKeys = parseApiKeys(c.apiKey);
+  } catch (err) {
+    // The router's check, renamed: its message names the router's flag and env twin.
+    throw new ConfigError((err as Error).message.replace(/^router: --api-key \(env \w+\)/, `serve --role all: --api-key (env ${envNameOf(ENV_PREFIX, "apiKey")})`));
+  }
+  return Object.freeze({
+    model,
+    host: c.host,
+    port: c.port,
+    servedModelName: c.servedModelName ?? basename(model),
+    maxModelLen: c.maxModelLen,
+    maxNumSeqs: c.maxNumSeqs,
+    maxInFlight: c.maxInFlight,
+    kvBlocks: c.kvBlocks,
+    prefillChunk: c.prefillChunk,
+    maxPrefillTokens: c.maxPrefillTokens,
+    prefixCache: c.prefixCache,
+    threads: c.threads ?? availableParallelism(),
+    kernels: c.kernels,
+    precision: c.precision,
+    expertHosts: c.expertHosts,
+    speculative: c.speculative,
+    requestTimeoutMs: Math.round(c.requestTimeoutS * 1000),
+    apiKeys,
+    maxBodyBytes: c.maxBodyBytes,
+    maxPromptChars: c.maxPromptChars,
+    maxPromptTokens: c.maxPromptTokens,
+    tokenizerThreads: c.tokenizerThreads,
+    logLevel: c.logLevel,
+  });
+}
+
+export interface StartedOneProcess {
+  /** http://host:port of the OpenAI API (also /health and /metrics). */
+  readonly httpUrl: string;
+  readonly metricsUrl: string;
+  /** Stop taking requests, let those in flight finish (up to the grace period), stop the engine. */
+  close(): Promise<void>;
+}
+
+/** How long requests in flight may finish after SIGTERM before they are ended. */
+const SHUTDOWN_GRACE_MS = 30_000;
+
+export async function startOneProcess(config: OneProcessConfig, options: { logger?: Logger; shutdownGraceMs?: number } = {}): Promise<StartedOneProcess> {
+  const logger = options.logger ?? createLogger("all", config.logLevel);
+  const modelConfig = readModelConfig(config.model);
+  const maxModelLen = config.maxModelLen ?? modelConfig.maxPositionEmbeddings;
+  if (maxModelLen > modelConfig.maxPositionEmbeddings) {
+    throw new MoelaError(`--max-model-len ${maxModelLen} exceeds the model's max_position_embeddings (${modelConfig.maxPositionEmbeddings})`);
+  }
+  const tokenizer = existsSync(join(config.model, TOKENIZER_JSON)) ? Tokenizer.fromDir(config.model) : null;
+  if (tokenizer === null) logger.warn({ model: config.model }, "no tokenizer.json: serving token-id prompts only (no chat, no stop strings, empty text)");
+  const profile = precisionProfile(config.precision);
+  // Process-wide: the model, and the in-process expert-hosts, compute with these kernels on these threads.
+  configureKernels(parseKernelsName(config.kernels), config.threads);
+  const model = withWeightLoadBar("loading weights", (onProgress) => DeepseekModel.load(config.model, { kvDtype: profile.kvDtype, threads: config.threads, onProgress }));
+  // As `moela generate`: one host under the exact profile computes what the model's own experts do, so the
+  // model keeps them; otherwise the routed experts go through the cluster's dispatcher, in process.
+  if (config.expertHosts > 1 || profile.dispatch !== "f32" || profile.combine !== "f32") {
+    model.setExpertExecutor(createInProcessExperts(model, config.expertHosts, profile).executor);
+  }
+  const engine = new Engine(model, {
+    blockSize: 16,
+    numBlocks: config.kvBlocks,
+    prefillChunk: config.prefillChunk,
+    speculation: config.speculative,
+    prefixCache: config.prefixCache,
+  });
+
+  const closers: (() => Promise<unknown>)[] = [async () => model.close()];
+  const closeAll = async (): Promise<void> => {
+    for (const c of closers.splice(0).reverse()) await c().catch((err: unknown) => logger.warn({ err }, "error while closing"));
+  };
+  try {
+    const admission = new AdmissionController(config.maxInFlight);
+    let backend: EngineBackend | undefined;
+    const router = createServiceMetrics("router", {
+      collect: {
+        routerRequestsInFlight: () => admission.inFlight,
+        routerQueueDepth: () => backend?.waitingCount ?? 0,
+        routerQueueActive: () => 0,
+      },
+    });
+    const decode = createServiceMetrics("decode", {
+      defaultMetrics: false,
+      collect: {
+        decodeRunningSequences: () => backend?.runningCount ?? 0,
+        decodeWaitingSequences: () => backend?.waitingCount ?? 0,
+        decodeKvBlocksUsed: () => engine.cache.usedBlocks,
+        decodeKvBlocksCapacity: () => engine.cache.numBlocks,
+      },
+    });
+    const dm = decode.m;
+    backend = new EngineBackend({
+      engine,
+      tokenizer,
+      maxBatch: config.maxNumSeqs,
+      maxPrefillTokens: config.maxPrefillTokens,
+      requestTimeoutMs: config.requestTimeoutMs,
+      logger,
+      metrics: router.m,
+      onStep: (seconds, _batch, tokens, drafted, accepted) => {
+        dm.decodeStep.observe(seconds);
+        dm.decodeGeneratedTokens.inc(tokens);
+        if (drafted > 0) dm.decodeMtpDraftedTokens.inc(drafted);
+        if (accepted > 0) dm.decodeMtpAcceptedTokens.inc(accepted);
+      },
+    });
+    const engineBackend = backend;
+    closers.push(() => engineBackend.close());
+
+    const noTokenizer = { encode: () => [], encodeChat: () => [], decode: () => "" };
+    const encoder = await TokenizerPool.start({ model: config.model, threads: tokenizer === null ? 0 : config.tokenizerThreads, inline: tokenizer ?? noTokenizer, logger });
+    closers.push(() => encoder.close());
+
+    const apiKeys = config.apiKeys.length > 0 ? new ApiKeys(config.apiKeys) : null;
+    if (apiKeys === null && !/^(127\.|::1$|localhost$)/.test(config.host)) {
+      logger.warn({ host: config.host }, "no --api-key: the API answers anyone who can reach it (docs/SECURITY.md)");
+    }
+    const shutdown = new AbortController();
+    let draining = false;
+    const ctx: RouterContext = {
+      validation: {
+        servedModelName: config.servedModelName,
+        maxModelLen,
+        vocabSize: modelConfig.vocabSize,
+        encoder: tokenizer,
+        defaults: readGenerationDefaults(config.model),
+        maxPromptChars: config.maxPromptChars ?? defaultMaxPromptChars(maxModelLen),
+        maxPromptTokens: resolveMaxPromptTokens(config, maxModelLen),
+      },
+      tokenizer,
+      encoder,
+      apiKeys,
+      maxBodyBytes: config.maxBodyBytes,
+      // One process: no other instance's address to hide; the model folder stays out of messages.
+      internalNames: () => [config.model],
+      backend,
+      admission,
+      metrics: router.m,
+      logger,
+      startedAt: Math.floor(Date.now() / 1000),
+      shutdown: shutdown.signal,
+      draining: () => draining,
+    };
+    const app = buildHttpApp(ctx);
+    // Prometheus on the API port: the router's series, then the engine's (decode's names).
+    if (!app.hasRoute({ method: "GET", url: "/metrics" })) {
+      app.get("/metrics", async (_req, reply) => {
+        const text = (await router.registry.metrics()) + (await decode.registry.metrics());
+        return reply.header("content-type", router.registry.contentType).send(text);
+      });
+    }
+    await app.listen({ host: config.host, port: config.port });
+    const addr = app.server.address();
+    const port = typeof addr === "object" && addr !== null ? addr.port : config.port;
+    const host = config.host.includes(":") ? `[${config.host}]` : config.host;
+    const httpUrl = `http://${host}:${port}`;
+    const graceMs = options.shutdownGraceMs ?? SHUTDOWN_GRACE_MS;
+    closers.push(async () => {
+      const closed = app.close();
+      const timer = setTimeout(() => shutdown.abort(new UnavailableError("the server is shutting down")), graceMs);
+      const idle = setInterval(() => app.server.closeIdleConnections(), 50);
+      try {
+        await closed;
+      } finally {
+        clearTimeout(timer);
+        clearInterval(idle);
+      }
+    });
+    logger.info(
+      {
+        http: httpUrl,
+        model: config.servedModelName,
+        maxModelLen,
+        maxNumSeqs: config.maxNumSeqs,
+        maxInFlight: config.maxInFlight,
+        kvBlocks: config.kvBlocks,
+        precision: config.precision,
+        kernels: `${model.kernels.name} (${model.kernels.isa})`,
+        threads: model.threads,
+        speculation: engine.speculation,
+        prefixCache: config.prefixCache,
+      },
+      "serving in one process",
+    );
+    let closing: Promise<void> | undefined;
+    return {
+      httpUrl,
+      metricsUrl: `${httpUrl}/metrics`,
+      close: () => {
+        draining = true;
+        closing ??= closeAll();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+}
+
+/** `moela serve --role all [flags]`: returns the process exit code. */
+export function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  return runService<OneProcessConfig, StartedOneProcess>(
+    {
+      name: "all",
+      parse: parseOneProcessArgs,
+      usage: USAGE,
+      signalsDuringStart: true,
+      start: (config, logger) => startOneProcess(config, { logger }),
+      readyLine: (s) => JSON.stringify({ event: "ready", role: "all", pid: process.pid, http: s.httpUrl, metrics: s.metricsUrl }),
+      shutdownMessage: "shutting down",
+      close: (s) => s.close(),
+    },
+    argv,
+    env,
+  );
+}
