@@ -1,7 +1,7 @@
 /**
  * Errors across the wire. The server edge sends a known MoelaError as its own gRPC code and
  * message, and anything else as INTERNAL with a fixed message (no stack, no internals: those go
- * to the server's log). The client edge turns a status back into the MoelaError subclass of its
+ * to the server's log); RESOURCE_EXHAUSTED carries `retry-after` trailing metadata. The client edge turns a status back into the MoelaError subclass of its
  * code, so `catch (e) { if (e instanceof ResourceExhaustedError) ... }` works on both sides.
  */
 import { Metadata, status as GrpcStatus, type ServiceError, type StatusObject } from "@grpc/grpc-js";
@@ -14,6 +14,10 @@ import {
   ResourceExhaustedError,
   UnavailableError,
 } from "@moela/core";
+
+/** Trailing metadata of a RESOURCE_EXHAUSTED status: seconds to wait before trying again (HTTP's Retry-After). */
+export const RETRY_AFTER_METADATA = "retry-after";
+export const RETRY_AFTER_SECONDS = 1;
 
 /** What every error that is not a MoelaError becomes on the wire. */
 export const INTERNAL_DETAILS = "internal error";
@@ -29,7 +33,10 @@ function isValidErrorCode(code: unknown): code is Code {
  */
 export function toStatus(err: unknown): StatusObject {
   if (err instanceof MoelaError && isValidErrorCode(err.code)) {
-    return { code: err.code as number as GrpcStatus, details: err.message, metadata: new Metadata() };
+    const metadata = new Metadata();
+    // A full queue or pool clears up: tell the caller when to come back, as HTTP's 429 does (@moela/client honours it).
+    if (err.code === Code.RESOURCE_EXHAUSTED) metadata.set(RETRY_AFTER_METADATA, String(RETRY_AFTER_SECONDS));
+    return { code: err.code as number as GrpcStatus, details: err.message, metadata };
   }
   return { code: GrpcStatus.INTERNAL, details: INTERNAL_DETAILS, metadata: new Metadata() };
 }

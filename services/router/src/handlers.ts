@@ -69,7 +69,10 @@ import {
   FinishReason as WireFinishReason,
   GenerateRequest,
   GenerateService,
+  type ChatMessage,
   type GenerateResponse,
+  type ListModelsRequest,
+  type ListModelsResponse,
 } from "@moela/proto-gen";
 import type { AsyncServiceImplementation, CallContext } from "@moela/rpc";
 import { MAX_PRIORITY, type AdmissionController } from "@moela/scheduler";
@@ -499,6 +502,20 @@ function generateRequestBody(req: GenerateRequest): Record<string, unknown> {
   return body;
 }
 
+/**
+ * A GenerateRequest whose prompt is chat messages, as the equivalent /v1/chat/completions body: the
+ * completions body with `messages` for `prompt`, and logprobs N as chat's `logprobs: true, top_logprobs: N`.
+ */
+function chatRequestBody(req: GenerateRequest, messages: readonly ChatMessage[]): Record<string, unknown> {
+  const body = generateRequestBody(req);
+  body.messages = messages.map((m) => ({ role: m.role, content: m.content }));
+  if (typeof body.logprobs === "number") {
+    body.top_logprobs = body.logprobs;
+    body.logprobs = true;
+  }
+  return body;
+}
+
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
 
 function wireFinish(f: FinishReason | null): WireFinishReason {
@@ -523,6 +540,7 @@ export const LENIENT_GENERATE_SERVICE = {
       }
     },
   },
+  listModels: GenerateService.listModels,
 } as const;
 
 const UNDECODABLE = Symbol("undecodable");
@@ -541,14 +559,18 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
         if (undecodable !== undefined) {
           throw new InvalidArgumentError(`the request does not decode (${undecodable}): sampling.seed, its one 64-bit field, must be at most 2^53 - 1`);
         }
-        if (req.prompt === undefined) throw new InvalidArgumentError("prompt is required (text or token_ids)");
+        if (req.prompt === undefined) throw new InvalidArgumentError("prompt is required (text, token_ids or messages)");
         if (req.requestId !== "" && !REQUEST_ID.test(req.requestId)) {
           throw new InvalidArgumentError("request_id may hold 1-128 letters, digits and . _ - only");
         }
         if (req.priority > MAX_PRIORITY) throw new InvalidArgumentError(`priority must be at most ${MAX_PRIORITY}, got ${req.priority}`);
         let parsed: GenerationRequest;
         try {
-          parsed = await runPlanAsync(planCompletionRequest(generateRequestBody(req), ctx.validation), ctx.encoder, signal);
+          const plan =
+            req.prompt.$case === "messages"
+              ? planChatRequest(chatRequestBody(req, req.prompt.value.messages), ctx.validation)
+              : planCompletionRequest(generateRequestBody(req), ctx.validation);
+          parsed = await runPlanAsync(plan, ctx.encoder, signal);
         } catch (err) {
           // The proto names an unknown model INVALID_ARGUMENT (HTTP's 404 has no gRPC twin here).
           if (err instanceof ModelNotFoundError) throw new InvalidArgumentError(err.message);
@@ -598,6 +620,13 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
         ctx.metrics.routerRequests.inc({ api: "grpc", outcome });
         ctx.metrics.routerE2eLatency.observe((performance.now() - arrivedAt) / 1000);
       }
+    },
+
+    /** GET /v1/models over gRPC: the served model (behind the same API key as Generate). */
+    async listModels(_req: ListModelsRequest, call: CallContext): Promise<ListModelsResponse> {
+      ctx.apiKeys?.authenticate(bearerOfMetadata(call.metadata));
+      const id = ctx.validation.servedModelName;
+      return { models: [{ id, created: ctx.startedAt, ownedBy: "moela", maxModelLen: ctx.validation.maxModelLen }] };
     },
   };
 }

@@ -259,6 +259,10 @@ describe("toStatus and fromStatus", () => {
   it("a MoelaError carrying OK is not sent as a success", () => {
     expect(toStatus(new MoelaError("bug", Code.OK)).code).toBe(GrpcStatus.INTERNAL);
   });
+  it("RESOURCE_EXHAUSTED tells the client when to come back (retry-after: 1 trailing metadata); other codes do not", () => {
+    expect(toStatus(new ResourceExhaustedError("queue full")).metadata.get("retry-after")).toEqual(["1"]);
+    expect(toStatus(new MoelaError("gone", Code.UNAVAILABLE)).metadata.get("retry-after")).toEqual([]);
+  });
   it("a failed call with a non-error code maps to UNKNOWN", () => {
     expect(fromStatus({ code: GrpcStatus.OK, details: "odd" }).code).toBe(Code.UNKNOWN);
     expect(fromStatus({ code: 99 as GrpcStatus, details: "odd" }).code).toBe(Code.UNKNOWN);
