@@ -1,18 +1,27 @@
 /**
- * Build the publishable @moela/client package.
+ * Build @moela/client for publication: packages/client/dist, which packages/client/package.json's
+ * `exports` name (`import` -> dist/esm, `require` -> dist/cjs, each with its declarations).
  *
- *   npx tsx scripts/build-client.ts [--out packages/client/dist]
- *   npm pack ./packages/client/dist     # or npm publish ./packages/client/dist
+ *   npm run build -w @moela/client      # or: npx tsx scripts/build-client.ts [--out DIR]
+ *   cd packages/client && npm pack       # prepack runs the build; or npm publish
  *
- * Inside this repository every package exports its TypeScript source (run by tsx). A package on a
- * registry must ship JavaScript and declarations instead, and cannot depend on the private
- * workspace packages it imports (@moela/core for the error classes, @moela/proto-gen for the wire
- * types). So this compiles the client with the TypeScript compiler together with exactly the files
- * of those two packages it reaches, rewrites the two package specifiers to relative paths, and
- * writes a package.json whose dependencies are the third-party packages the emitted code imports,
- * at the versions the root package.json pins. The output has no "@moela/" import left (checked).
+ * Inside this repository the package is resolved to its TypeScript source (the `moela-source` export
+ * condition, which tsconfig.json and vitest.config.ts set). A package on a registry must ship
+ * JavaScript and declarations, and cannot depend on the private workspace packages it imports. So
+ * this compiles the client with the TypeScript compiler together with exactly two slices of them:
+ *
+ *   @moela/core      -> core/src/errors.ts only (the error classes and codes; no logger, config or service code)
+ *   @moela/proto-gen -> the generated moela.v1 common + router messages and the Generate client only
+ *
+ * rewrites those two specifiers to relative paths, and emits it twice: ES modules (dist/esm) and
+ * CommonJS (dist/cjs, the same sources transpiled file by file, with a {"type":"commonjs"} marker and
+ * the same declarations). The third-party packages the emitted code imports must be exactly the
+ * manifest's `dependencies` (checked), so an install from the tarball resolves everything it needs.
+ *
+ * Error classes are one set per module system: an application that loads the package both ways gets
+ * two, and `instanceof` only matches within one (the dual-package hazard; pick one).
  */
-import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 import ts from "typescript";
@@ -21,10 +30,19 @@ const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const PACKAGES = join(ROOT, "packages");
 const CLIENT = join(PACKAGES, "client");
 
-/** Workspace package -> its entry, relative to the packages folder (mirrored in the output). */
+/** The slice of proto-gen the client needs, compiled as if it were a file of proto-gen (it exists only in this build). */
+const WIRE_ENTRY = join(PACKAGES, "proto-gen/src/client-wire.ts");
+const WIRE_SOURCE = [
+  "// The moela.v1 types @moela/client uses (written by scripts/build-client.ts).",
+  'export * from "./gen/moela/v1/common.js";',
+  'export * from "./gen/moela/v1/router.js";',
+  "",
+].join("\n");
+
+/** Workspace package -> the file it stands for in the build, relative to the packages folder (mirrored in the output). */
 const INLINED: Record<string, string> = {
-  "@moela/core": "core/src/index.js",
-  "@moela/proto-gen": "proto-gen/src/index.js",
+  "@moela/core": "core/src/errors.ts",
+  "@moela/proto-gen": relative(PACKAGES, WIRE_ENTRY),
 };
 
 function walk(dir: string): string[] {
@@ -41,10 +59,41 @@ function packageOf(spec: string): string | undefined {
   return spec.startsWith("@") ? parts.slice(0, 2).join("/") : parts[0];
 }
 
-const SPECIFIER = /(\bfrom\s*|\bimport\s*\(\s*|\bimport\s+)(["'])([^"']+)\2/g;
+const SPECIFIER = /(\bfrom\s*|\bimport\s*\(\s*|\bimport\s+|\brequire\s*\(\s*)(["'])([^"']+)\2/g;
 
-export function buildClient(outDir: string): { outDir: string; files: string[]; dependencies: Record<string, string> } {
-  rmSync(outDir, { recursive: true, force: true });
+/** Point the workspace specifiers in `file` (under `tree`) at their compiled copies; returns the third-party packages it imports. */
+function rewriteSpecifiers(file: string, tree: string): Set<string> {
+  const external = new Set<string>();
+  const text = readFileSync(file, "utf8").replace(SPECIFIER, (whole, lead: string, q: string, spec: string) => {
+    const target = INLINED[spec];
+    if (target !== undefined) {
+      let rel = relative(dirname(file), join(tree, target.replace(/\.ts$/, ".js"))).split(sep).join("/");
+      if (!rel.startsWith(".")) rel = `./${rel}`;
+      return `${lead}${q}${rel}${q}`;
+    }
+    if (spec.startsWith("@moela/")) throw new Error(`${relative(tree, file)} imports ${spec}, which is not inlined (add it to INLINED)`);
+    const pkg = packageOf(spec);
+    if (pkg !== undefined) external.add(pkg);
+    return whole;
+  });
+  writeFileSync(file, text);
+  return external;
+}
+
+export interface BuiltClient {
+  readonly outDir: string;
+  /** Every file written, relative to outDir. */
+  readonly files: string[];
+  /** Third-party packages the emitted code imports. */
+  readonly imports: string[];
+}
+
+export function buildClient(outDir: string = join(CLIENT, "dist")): BuiltClient {
+  // Built beside the target and moved in at the end, so a failed build leaves the last good one.
+  const work = `${outDir}.building-${process.pid}`;
+  rmSync(work, { recursive: true, force: true });
+  const esm = join(work, "esm");
+  const cjs = join(work, "cjs");
   const options: ts.CompilerOptions = {
     target: ts.ScriptTarget.ES2022,
     lib: ["lib.es2022.d.ts"],
@@ -57,70 +106,64 @@ export function buildClient(outDir: string): { outDir: string; files: string[]; 
     skipLibCheck: true,
     types: ["node"],
     declaration: true,
-    outDir,
+    outDir: esm,
     rootDir: PACKAGES,
     noEmitOnError: true,
     // Resolved through node_modules, the workspace packages would count as external libraries and
     // not be emitted; mapped by path they are compiled like the client's own files.
-    paths: Object.fromEntries(Object.entries(INLINED).map(([spec, entry]) => [spec, [join(PACKAGES, entry.replace(/\.js$/, ".ts"))]])),
+    paths: Object.fromEntries(Object.entries(INLINED).map(([spec, file]) => [spec, [join(PACKAGES, file)]])),
   };
-  const program = ts.createProgram([join(CLIENT, "src/index.ts")], options);
+  const host = ts.createCompilerHost(options);
+  const { fileExists, readFile, getSourceFile } = host;
+  host.fileExists = (f) => f === WIRE_ENTRY || fileExists.call(host, f);
+  host.readFile = (f) => (f === WIRE_ENTRY ? WIRE_SOURCE : readFile.call(host, f));
+  host.getSourceFile = (f, languageVersion, onError, shouldCreate) =>
+    f === WIRE_ENTRY ? ts.createSourceFile(f, WIRE_SOURCE, languageVersion) : getSourceFile.call(host, f, languageVersion, onError, shouldCreate);
+  const program = ts.createProgram([join(CLIENT, "src/index.ts")], options, host);
   const result = program.emit();
   const diagnostics = [...ts.getPreEmitDiagnostics(program), ...result.diagnostics];
   if (diagnostics.length > 0 || result.emitSkipped) {
-    const host: ts.FormatDiagnosticsHost = { getCanonicalFileName: (f) => f, getCurrentDirectory: () => ROOT, getNewLine: () => "\n" };
-    throw new Error(`@moela/client does not compile:\n${ts.formatDiagnostics(diagnostics, host)}`);
+    const fmt: ts.FormatDiagnosticsHost = { getCanonicalFileName: (f) => f, getCurrentDirectory: () => ROOT, getNewLine: () => "\n" };
+    rmSync(work, { recursive: true, force: true });
+    throw new Error(`@moela/client does not compile:\n${ts.formatDiagnostics(diagnostics, fmt)}`);
   }
 
-  // Point the workspace imports at the compiled copies, and collect the third-party imports.
-  const external = new Set<string>();
-  const files = walk(outDir);
-  for (const file of files.filter((f) => f.endsWith(".js") || f.endsWith(".d.ts"))) {
-    const text = readFileSync(file, "utf8").replace(SPECIFIER, (whole, lead: string, q: string, spec: string) => {
-      const target = INLINED[spec];
-      if (target !== undefined) {
-        let rel = relative(dirname(file), join(outDir, target)).split(sep).join("/");
-        if (!rel.startsWith(".")) rel = `./${rel}`;
-        return `${lead}${q}${rel}${q}`;
-      }
-      if (spec.startsWith("@moela/")) throw new Error(`${relative(outDir, file)} imports ${spec}, which is not inlined (add it to INLINED)`);
-      const pkg = packageOf(spec);
-      if (pkg !== undefined) external.add(pkg);
-      return whole;
-    });
-    writeFileSync(file, text);
+  // CommonJS: the same sources, transpiled one by one (they type-checked above), declarations copied.
+  const sources = program.getSourceFiles().filter((sf) => !sf.isDeclarationFile && sf.fileName.startsWith(PACKAGES + sep));
+  for (const sf of sources) {
+    const out = join(cjs, relative(PACKAGES, sf.fileName)).replace(/\.ts$/, ".js");
+    const js = ts.transpileModule(sf.text, {
+      fileName: sf.fileName,
+      compilerOptions: { target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.CommonJS, esModuleInterop: true, isolatedModules: true },
+    }).outputText;
+    mkdirSync(dirname(out), { recursive: true });
+    writeFileSync(out, js);
+  }
+  for (const dts of walk(esm).filter((f) => f.endsWith(".d.ts"))) {
+    const out = join(cjs, relative(esm, dts));
+    mkdirSync(dirname(out), { recursive: true });
+    copyFileSync(dts, out);
+  }
+  // dist/cjs's .js (and .d.ts) files are CommonJS: the package itself is "type": "module".
+  writeFileSync(join(cjs, "package.json"), `${JSON.stringify({ type: "commonjs" })}\n`);
+
+  const imports = new Set<string>();
+  for (const tree of [esm, cjs]) {
+    for (const file of walk(tree).filter((f) => f.endsWith(".js") || f.endsWith(".d.ts"))) {
+      for (const pkg of rewriteSpecifiers(file, tree)) imports.add(pkg);
+    }
+  }
+  const manifest = JSON.parse(readFileSync(join(CLIENT, "package.json"), "utf8")) as { dependencies?: Record<string, string> };
+  const declared = Object.keys(manifest.dependencies ?? {}).sort();
+  const used = [...imports].sort();
+  if (JSON.stringify(declared) !== JSON.stringify(used)) {
+    rmSync(work, { recursive: true, force: true });
+    throw new Error(`packages/client/package.json's dependencies ${JSON.stringify(declared)} must be what the built code imports: ${JSON.stringify(used)}`);
   }
 
-  // proto-gen's index names the descriptor set file next to it; ship it so that path is real.
-  const descriptors = join(PACKAGES, "proto-gen/descriptors.binpb");
-  mkdirSync(join(outDir, "proto-gen"), { recursive: true });
-  copyFileSync(descriptors, join(outDir, "proto-gen/descriptors.binpb"));
-  copyFileSync(join(CLIENT, "README.md"), join(outDir, "README.md"));
-
-  const rootPkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { dependencies?: Record<string, string> };
-  const clientPkg = JSON.parse(readFileSync(join(CLIENT, "package.json"), "utf8")) as Record<string, unknown>;
-  const dependencies: Record<string, string> = {};
-  for (const pkg of [...external].sort()) {
-    const version = rootPkg.dependencies?.[pkg];
-    if (version === undefined) throw new Error(`the client's code imports ${pkg}, which the root package.json does not pin`);
-    dependencies[pkg] = version;
-  }
-  const entry = "./client/src/index";
-  const manifest = {
-    name: clientPkg["name"],
-    version: clientPkg["version"],
-    description: clientPkg["description"],
-    type: "module",
-    exports: { ".": { types: `${entry}.d.ts`, import: `${entry}.js`, default: `${entry}.js` } },
-    main: `${entry}.js`,
-    types: `${entry}.d.ts`,
-    files: ["client", "core", "proto-gen", "README.md"],
-    sideEffects: false,
-    engines: clientPkg["engines"],
-    dependencies,
-  };
-  writeFileSync(join(outDir, "package.json"), `${JSON.stringify(manifest, null, 2)}\n`);
-  return { outDir, files: walk(outDir).map((f) => relative(outDir, f)).sort(), dependencies };
+  rmSync(outDir, { recursive: true, force: true });
+  renameSync(work, outDir);
+  return { outDir, files: walk(outDir).map((f) => relative(outDir, f).split(sep).join("/")).sort(), imports: used };
 }
 
 const isMain = process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
@@ -128,5 +171,5 @@ if (isMain) {
   const i = process.argv.indexOf("--out");
   const out = resolve(i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1]! : join(CLIENT, "dist"));
   const built = buildClient(out);
-  process.stdout.write(`@moela/client built in ${relative(process.cwd(), out) || "."}: ${built.files.length} files; dependencies ${JSON.stringify(built.dependencies)}\n`);
+  process.stdout.write(`@moela/client built in ${relative(process.cwd(), out) || "."}: ${built.files.length} files; imports ${JSON.stringify(built.imports)}\n`);
 }

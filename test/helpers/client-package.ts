@@ -1,21 +1,23 @@
 /**
- * @moela/client as another project gets it: scripts/build-client.ts output, packed with `npm pack`
- * and unpacked into a consumer folder's node_modules. The consumer folder lies under the
- * repository's git-ignored .moela/ so that the package's third-party dependencies (@grpc/grpc-js,
- * ...) resolve from the repository's node_modules, as they would from the consumer's own.
+ * @moela/client as another project gets it: `npm pack` in packages/client (its prepack script builds
+ * dist/ with scripts/build-client.ts), then `npm install <tarball>` in a scratch project under the
+ * system temp folder, outside this repository, so nothing resolves from the repository's
+ * node_modules: the package's dependencies come from the npm cache or the registry, as for a user.
  */
 import { execFile } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { buildClient } from "../../scripts/build-client.js";
 
 const execFileAsync = promisify(execFile);
 export const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
+const CLIENT_DIR = join(REPO_ROOT, "packages", "client");
 
 export interface ConsumerProject {
-  /** The consumer folder: node_modules/@moela/client is the unpacked tarball. */
+  /** The scratch project: `npm install`ed the tarball, so node_modules/@moela/client is the package. */
   readonly dir: string;
   /** The .tgz npm pack made. */
   readonly tarball: string;
@@ -24,46 +26,84 @@ export interface ConsumerProject {
   remove(): void;
 }
 
-export async function installPackedClient(): Promise<ConsumerProject> {
+/**
+ * Runs `work` holding a lock folder under .moela/tmp: `npm pack` rebuilds packages/client/dist, and two
+ * test files packing at once would pack each other's half-written build. A lock older than 10 min is stale.
+ */
+async function withPackLock<T>(work: () => Promise<T>): Promise<T> {
   const base = join(REPO_ROOT, ".moela", "tmp");
   mkdirSync(base, { recursive: true });
-  const work = mkdtempSync(join(base, "client-"));
-  const dist = join(work, "dist");
-  buildClient(dist);
-  const { stdout } = await execFileAsync("npm", ["pack", dist, "--pack-destination", work, "--json", "--offline"], { cwd: work });
-  const packed = JSON.parse(stdout) as Array<{ filename: string }>;
-  const tarball = join(work, packed[0]!.filename);
-  const dir = join(work, "consumer");
-  const scope = join(dir, "node_modules", "@moela");
-  mkdirSync(scope, { recursive: true });
-  await execFileAsync("tar", ["xzf", tarball, "-C", scope]);
-  renameSync(join(scope, "package"), join(scope, "client"));
-  writeFileSync(join(dir, "package.json"), `${JSON.stringify({ name: "consumer", private: true, type: "module" }, null, 2)}\n`);
-  const tsc = join(REPO_ROOT, "node_modules", "typescript", "bin", "tsc");
-  return {
-    dir,
-    tarball,
-    typecheck: async (files) => {
-      const tsconfig = {
-        compilerOptions: { target: "ES2022", module: "NodeNext", moduleResolution: "NodeNext", strict: true, noEmit: true, skipLibCheck: false, types: ["node"] },
-        files,
-      };
-      writeFileSync(join(dir, "tsconfig.json"), JSON.stringify(tsconfig));
-      try {
-        const { stdout: out } = await execFileAsync(process.execPath, [tsc, "-p", "tsconfig.json"], { cwd: dir });
-        return out;
-      } catch (err) {
-        const e = err as { stdout?: string; stderr?: string };
-        throw new Error(`the consumer does not type-check against the packed @moela/client:\n${e.stdout ?? ""}${e.stderr ?? ""}`);
-      }
-    },
-    remove: () => rmSync(work, { recursive: true, force: true }),
-  };
+  const lock = join(base, "client-pack.lock");
+  const giveUpAt = Date.now() + 10 * 60_000;
+  for (;;) {
+    try {
+      mkdirSync(lock);
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      const held = statSync(lock, { throwIfNoEntry: false });
+      if (held !== undefined && Date.now() - held.mtimeMs > 10 * 60_000) rmSync(lock, { recursive: true, force: true });
+      else if (Date.now() > giveUpAt) throw new Error(`${lock} is held for too long`);
+      else await sleep(500);
+    }
+  }
+  try {
+    return await work();
+  } finally {
+    rmSync(lock, { recursive: true, force: true });
+  }
+}
+
+export async function installPackedClient(): Promise<ConsumerProject> {
+  const work = mkdtempSync(join(tmpdir(), "moela-client-"));
+  try {
+    await withPackLock(() => execFileAsync("npm", ["pack", "--pack-destination", work], { cwd: CLIENT_DIR, timeout: 300_000 }));
+    const tgz = readdirSync(work).filter((f) => f.endsWith(".tgz"));
+    if (tgz.length !== 1) throw new Error(`npm pack left ${JSON.stringify(tgz)} in ${work}, expected one .tgz`);
+    const tarball = join(work, tgz[0]!);
+    const dir = join(work, "consumer");
+    mkdirSync(dir);
+    writeFileSync(join(dir, "package.json"), `${JSON.stringify({ name: "consumer", private: true, type: "module" }, null, 2)}\n`);
+    await execFileAsync("npm", ["install", tarball, "--prefer-offline", "--no-audit", "--no-fund"], { cwd: dir, timeout: 300_000 });
+    const tsc = join(REPO_ROOT, "node_modules", "typescript", "bin", "tsc");
+    return {
+      dir,
+      tarball,
+      typecheck: async (files) => {
+        const tsconfig = {
+          compilerOptions: {
+            target: "ES2022",
+            module: "NodeNext",
+            moduleResolution: "NodeNext",
+            strict: true,
+            noEmit: true,
+            skipLibCheck: false,
+            types: ["node"],
+            // @types/node is the consumer's own business; borrow the repository's rather than install it.
+            typeRoots: [join(REPO_ROOT, "node_modules", "@types")],
+          },
+          files,
+        };
+        writeFileSync(join(dir, "tsconfig.json"), JSON.stringify(tsconfig));
+        try {
+          const { stdout: out } = await execFileAsync(process.execPath, [tsc, "-p", "tsconfig.json"], { cwd: dir });
+          return out;
+        } catch (err) {
+          const e = err as { stdout?: string; stderr?: string };
+          throw new Error(`the consumer does not type-check against the packed @moela/client:\n${e.stdout ?? ""}${e.stderr ?? ""}`);
+        }
+      },
+      remove: () => rmSync(work, { recursive: true, force: true }),
+    };
+  } catch (err) {
+    rmSync(work, { recursive: true, force: true });
+    throw err;
+  }
 }
 
 /** The code block under "## Example" in packages/client/README.md. */
 export function readmeExample(): string {
-  const readme = readFileSync(join(REPO_ROOT, "packages/client/README.md"), "utf8");
+  const readme = readFileSync(join(CLIENT_DIR, "README.md"), "utf8");
   const section = readme.split(/^## Example\s*$/m)[1];
   const block = section === undefined ? null : /```ts\n([\s\S]*?)```/.exec(section);
   if (block === null) throw new Error('packages/client/README.md has no ```ts block under "## Example"');

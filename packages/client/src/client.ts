@@ -8,6 +8,13 @@
  *
  * Retries: a call that fails with UNAVAILABLE before its first response message is made again,
  * with exponential backoff and full jitter, up to `maxRetries` times and never past the deadline.
+ * RESOURCE_EXHAUSTED (the router's admission queue is full; it is only ever sent before the first
+ * message) is retried the same way, after the wait its `retry-after` trailing metadata names
+ * (seconds, as HTTP's Retry-After; the router sends 1) instead of the backoff; a wait longer than
+ * `maxRetryAfterMs` or past the deadline is not waited for, and the error reaches the caller.
+ *
+ * Deadlines: every call has one. generate() defaults to 600 s (the router's own --request-timeout-s
+ * default: past it the router gives up anyway), listModels() to 10 s; `deadlineMs: Infinity` turns it off.
  * Once a message has arrived nothing is retried (the tokens already delivered would come twice),
  * so the error reaches the caller. Every attempt carries the same request id, which the client
  * makes when the caller gives none, so the server's logs show the retries as one request (the router
@@ -25,20 +32,40 @@ import {
   credentials as grpcCredentials,
   Metadata,
 } from "@grpc/grpc-js";
-import { CancelledError, InvalidArgumentError, type MoelaError, UnavailableError } from "@moela/core";
+import { CancelledError, InvalidArgumentError, type MoelaError, ResourceExhaustedError, UnavailableError } from "@moela/core";
 import {
   FinishReason as WireFinishReason,
   GenerateClient,
-  type GenerateRequest as WireGenerateRequest,
+  GenerateRequest as WireGenerateRequest,
   type GenerateResponse,
+  type ListModelsResponse,
 } from "@moela/proto-gen";
-import { DeadlineExceededError, toMoelaError } from "./errors.js";
+import { codeName, DeadlineExceededError, toMoelaError } from "./errors.js";
 import { Stream } from "./stream.js";
 
-/** One generation request. Unset sampling fields take the server's defaults (see common.proto). */
-export interface GenerateRequest {
-  /** Text (tokenized by the router; no chat template) or token ids of the served model. */
-  readonly prompt: string | readonly number[];
+/** One message of a conversation. */
+export interface ChatMessage {
+  readonly role: "system" | "user" | "assistant" | "tool";
+  readonly content: string;
+}
+
+/** What to generate from: a prompt, or a conversation rendered with the served model's chat template. */
+export type GenerateInput =
+  | {
+      /** Text (tokenized by the router; no chat template) or token ids of the served model. */
+      readonly prompt: string | readonly number[];
+      readonly messages?: never;
+    }
+  | {
+      /** A conversation: the router renders it with the model's chat template (as /v1/chat/completions does) and generates the assistant's reply. */
+      readonly messages: readonly ChatMessage[];
+      readonly prompt?: never;
+    };
+
+/** One generation request: `prompt` or `messages`, and options. Unset sampling fields take the server's defaults (see common.proto). */
+export type GenerateRequest = GenerateInput & GenerateParams;
+
+export interface GenerateParams {
   /** Most tokens to generate; unset: the router's default. */
   readonly maxTokens?: number;
   /** 0 is greedy; unset: 1. */
@@ -110,11 +137,34 @@ export interface Completion {
 export interface GenerateOptions {
   /** Aborting cancels the call everywhere; the iteration throws CancelledError. */
   readonly signal?: AbortSignal;
-  /** Time for the whole call, retries included; then DeadlineExceededError. Default: the client's. */
+  /** Time for the whole call, retries included; then DeadlineExceededError. Default: the client's; Infinity: none. */
   readonly deadlineMs?: number;
   /** Override the client's maxRetries for this call. */
   readonly maxRetries?: number;
 }
+
+/** Options of a unary call (listModels). */
+export interface CallOpts {
+  readonly signal?: AbortSignal;
+  /** Default 10 s; Infinity: none. */
+  readonly deadlineMs?: number;
+}
+
+/** A model the router serves. */
+export interface ModelInfo {
+  /** Pass it as GenerateRequest.model. */
+  readonly id: string;
+  /** Seconds since the epoch when the router started serving it. */
+  readonly created: number;
+  readonly ownedBy: string;
+  /** Longest prompt plus generation, in tokens. */
+  readonly maxModelLen: number;
+}
+
+/** generate()'s default deadline: the router's default --request-timeout-s. */
+export const DEFAULT_GENERATE_DEADLINE_MS = 600_000;
+/** listModels()'s default deadline. */
+export const DEFAULT_UNARY_DEADLINE_MS = 10_000;
 
 export interface MoelaClientOptions {
   /** host:port of the router's gRPC server. */
@@ -124,10 +174,12 @@ export interface MoelaClientOptions {
   /** Default: insecure (plaintext), as inside a cluster network. */
   readonly credentials?: ChannelCredentials;
   readonly channelOptions?: Partial<ChannelOptions>;
-  /** Default deadline of every generate() in ms; unset: none. */
+  /** Default deadline of every generate() in ms (default 600 000, the router's request timeout; Infinity: none). */
   readonly deadlineMs?: number;
-  /** Retries of a call that fails with UNAVAILABLE before its first message (default 4). */
+  /** Retries of a call that fails with UNAVAILABLE or RESOURCE_EXHAUSTED before its first message (default 4). */
   readonly maxRetries?: number;
+  /** Longest `retry-after` a RESOURCE_EXHAUSTED retry waits for (default 30 000); a longer one fails the call at once. */
+  readonly maxRetryAfterMs?: number;
   /** Backoff before retry n (0-based) is random in [0, min(maxBackoffMs, initialBackoffMs * 2^n)] (defaults 100, 3000). */
   readonly initialBackoffMs?: number;
   readonly maxBackoffMs?: number;
@@ -139,23 +191,50 @@ function checkNonNegativeInt(name: string, v: number | undefined): void {
   }
 }
 
-function checkPositive(name: string, v: number | undefined): void {
-  if (v !== undefined && !(Number.isFinite(v) && v > 0)) throw new InvalidArgumentError(`${name} must be a positive number of ms, got ${String(v)}`);
+/** A deadline option: a positive number of ms, or Infinity for none. */
+function checkDeadline(name: string, v: number | undefined): void {
+  if (v !== undefined && !(v > 0 && (Number.isFinite(v) || v === Infinity))) {
+    throw new InvalidArgumentError(`${name} must be a positive number of ms (or Infinity for none), got ${String(v)}`);
+  }
+}
+
+const ROLES: ReadonlySet<string> = new Set(["system", "user", "assistant", "tool"]);
+
+/** The retry-after of a failed call's trailing metadata in ms (seconds or an HTTP date, as HTTP's header), or undefined. */
+export function retryAfterMs(err: unknown, now: number = Date.now()): number | undefined {
+  const md = (err as { metadata?: unknown } | null)?.metadata;
+  if (!(md instanceof Metadata)) return undefined;
+  const v = md.get("retry-after")[0];
+  if (typeof v !== "string" || v.trim() === "") return undefined;
+  if (/^\s*\d+(\.\d+)?\s*$/.test(v)) return Math.round(Number(v) * 1000);
+  const at = Date.parse(v);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - now);
 }
 
 /** The wire request for `r`; throws InvalidArgumentError for a prompt of the wrong shape. */
 export function toWireRequest(r: GenerateRequest, requestId: string): WireGenerateRequest {
   let prompt: WireGenerateRequest["prompt"];
-  if (typeof r.prompt === "string") prompt = { $case: "text", value: r.prompt };
+  if (r.messages !== undefined) {
+    if (r.prompt !== undefined) throw new InvalidArgumentError("give prompt or messages, not both");
+    if (!Array.isArray(r.messages) || r.messages.length === 0) throw new InvalidArgumentError("messages must be a non-empty array of { role, content }");
+    const messages = r.messages.map((m: ChatMessage, i) => {
+      if (typeof m !== "object" || m === null || !ROLES.has(m.role) || typeof m.content !== "string") {
+        throw new InvalidArgumentError(`messages[${i}] must be { role: "system" | "user" | "assistant" | "tool", content: string }`);
+      }
+      return { role: m.role, content: m.content };
+    });
+    prompt = { $case: "messages", value: { messages } };
+  } else if (typeof r.prompt === "string") prompt = { $case: "text", value: r.prompt };
   else if (Array.isArray(r.prompt) && r.prompt.every((t) => Number.isInteger(t) && t >= 0 && t <= 0xffffffff)) {
     prompt = { $case: "tokenIds", value: { ids: [...r.prompt] } };
-  } else throw new InvalidArgumentError("prompt must be a string or an array of token ids (non-negative integers)");
+  } else throw new InvalidArgumentError("prompt must be a string or an array of token ids (non-negative integers), or give messages");
   checkNonNegativeInt("maxTokens", r.maxTokens);
   checkNonNegativeInt("topK", r.topK);
   checkNonNegativeInt("seed", r.seed);
   checkNonNegativeInt("logprobs", r.logprobs);
   checkNonNegativeInt("priority", r.priority);
-  return {
+  // fromPartial: wire fields this client does not set (added to the proto later) take their defaults.
+  return WireGenerateRequest.fromPartial({
     prompt,
     sampling: {
       ...(r.temperature !== undefined ? { temperature: r.temperature } : {}),
@@ -172,7 +251,7 @@ export function toWireRequest(r: GenerateRequest, requestId: string): WireGenera
     requestId,
     priority: r.priority ?? 0,
     cacheSalt: r.cacheSalt ?? "",
-  };
+  });
 }
 
 function finishReason(f: WireFinishReason): FinishReason | undefined {
@@ -253,11 +332,11 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 }
 
 /** What a caller's abort becomes: CancelledError, with the signal's reason as cause. */
-function cancelled(signal: AbortSignal): CancelledError {
+function cancelled(signal: AbortSignal, what = "generate"): CancelledError {
   const reason: unknown = signal.reason;
   if (reason instanceof CancelledError) return reason;
   const why = reason instanceof Error ? `: ${reason.message}` : "";
-  return new CancelledError(`generate cancelled${why}`, { cause: reason });
+  return new CancelledError(`${what} cancelled${why}`, { cause: reason });
 }
 
 /** A Generate stream; `requestId` is known before the first message. */
@@ -272,21 +351,24 @@ export class GenerateStream extends Stream<GenerateEvent> {
 export class MoelaClient {
   readonly address: string;
   private readonly grpc: GenerateClient;
-  private readonly deadlineMs: number | undefined;
+  private readonly deadlineMs: number;
   private readonly maxRetries: number;
+  private readonly maxRetryAfterMs: number;
   private readonly initialBackoffMs: number;
   private readonly maxBackoffMs: number;
   private readonly apiKey: string | undefined;
 
   constructor(o: MoelaClientOptions) {
     if (typeof o.address !== "string" || o.address.trim() === "") throw new InvalidArgumentError("address must be host:port of the router's gRPC server");
-    checkPositive("deadlineMs", o.deadlineMs);
+    checkDeadline("deadlineMs", o.deadlineMs);
     checkNonNegativeInt("maxRetries", o.maxRetries);
+    checkNonNegativeInt("maxRetryAfterMs", o.maxRetryAfterMs);
     checkNonNegativeInt("initialBackoffMs", o.initialBackoffMs);
     checkNonNegativeInt("maxBackoffMs", o.maxBackoffMs);
     this.address = o.address;
-    this.deadlineMs = o.deadlineMs;
+    this.deadlineMs = o.deadlineMs ?? DEFAULT_GENERATE_DEADLINE_MS;
     this.maxRetries = o.maxRetries ?? 4;
+    this.maxRetryAfterMs = o.maxRetryAfterMs ?? 30_000;
     this.initialBackoffMs = o.initialBackoffMs ?? 100;
     this.maxBackoffMs = o.maxBackoffMs ?? 3_000;
     if (o.apiKey !== undefined && !/^[\x21-\x7e]+$/.test(o.apiKey)) throw new InvalidArgumentError("apiKey must be printable ASCII without spaces");
@@ -306,11 +388,11 @@ export class MoelaClient {
   generate(request: GenerateRequest, options: GenerateOptions = {}): GenerateStream {
     const requestId = request.requestId !== undefined && request.requestId !== "" ? request.requestId : `req-${randomUUID()}`;
     const wire = toWireRequest(request, requestId);
-    const deadlineMs = options.deadlineMs ?? this.deadlineMs;
-    checkPositive("deadlineMs", deadlineMs);
+    checkDeadline("deadlineMs", options.deadlineMs);
     checkNonNegativeInt("maxRetries", options.maxRetries);
+    const deadlineMs = options.deadlineMs ?? this.deadlineMs;
     const maxRetries = options.maxRetries ?? this.maxRetries;
-    const deadline = deadlineMs === undefined ? undefined : Date.now() + deadlineMs;
+    const deadline = deadlineMs === Infinity ? undefined : Date.now() + deadlineMs;
     return new GenerateStream(requestId, (signal) => this.run(wire, deadline, deadlineMs, maxRetries, signal), options.signal);
   }
 
@@ -330,6 +412,31 @@ export class MoelaClient {
     return { requestId: stream.requestId, text, tokenIds, finishReason: reason, usage };
   }
 
+  /** The models the router serves (what its HTTP API's GET /v1/models lists). Errors as generate()'s; not retried. */
+  async listModels(options: CallOpts = {}): Promise<ModelInfo[]> {
+    checkDeadline("deadlineMs", options.deadlineMs);
+    const deadlineMs = options.deadlineMs ?? DEFAULT_UNARY_DEADLINE_MS;
+    const signal = options.signal;
+    if (signal?.aborted) throw cancelled(signal, "listModels");
+    const callOptions: Partial<CallOptions> = deadlineMs === Infinity ? {} : { deadline: Date.now() + deadlineMs };
+    const response = await new Promise<ListModelsResponse>((resolve, reject) => {
+      const call = this.grpc.listModels({}, this.metadata(), callOptions, (err, res) => {
+        signal?.removeEventListener("abort", onAbort);
+        if (err !== null) reject(signal?.aborted ? cancelled(signal, "listModels") : toMoelaError(err));
+        else resolve(res);
+      });
+      const onAbort = () => call.cancel();
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
+    return response.models.map((m) => ({ id: m.id, created: m.created, ownedBy: m.ownedBy, maxModelLen: m.maxModelLen }));
+  }
+
+  private metadata(): Metadata {
+    const metadata = new Metadata();
+    if (this.apiKey !== undefined) metadata.set("authorization", `Bearer ${this.apiKey}`);
+    return metadata;
+  }
+
   /** Close the channel; calls in flight are cancelled. */
   close(): void {
     this.grpc.close();
@@ -338,21 +445,20 @@ export class MoelaClient {
   private async *run(
     wire: WireGenerateRequest,
     deadline: number | undefined,
-    deadlineMs: number | undefined,
+    deadlineMs: number,
     maxRetries: number,
     signal: AbortSignal,
   ): AsyncGenerator<GenerateEvent, void, undefined> {
     for (let attempt = 0; ; attempt++) {
       if (signal.aborted) throw cancelled(signal);
       const callOptions: Partial<CallOptions> = deadline === undefined ? {} : { deadline };
-      const metadata = new Metadata();
-      if (this.apiKey !== undefined) metadata.set("authorization", `Bearer ${this.apiKey}`);
-      const call = this.grpc.generate(wire, metadata, callOptions);
+      const call = this.grpc.generate(wire, this.metadata(), callOptions);
       const cancelCall = () => call.cancel();
       signal.addEventListener("abort", cancelCall, { once: true });
       let received = 0;
       let settled = false;
       let error: MoelaError;
+      let wait: number;
       try {
         for await (const m of messages(call)) {
           received++;
@@ -364,27 +470,34 @@ export class MoelaClient {
         settled = true;
         if (signal.aborted) throw cancelled(signal);
         error = toMoelaError(err);
-        // Only UNAVAILABLE with nothing delivered yet is safe to repeat.
-        if (!(error instanceof UnavailableError) || received > 0 || attempt >= maxRetries) {
-          if (error instanceof DeadlineExceededError && deadlineMs !== undefined) {
+        // Only UNAVAILABLE and RESOURCE_EXHAUSTED with nothing delivered yet are safe to repeat.
+        const retryable = error instanceof UnavailableError || error instanceof ResourceExhaustedError;
+        if (!retryable || received > 0 || attempt >= maxRetries) {
+          // Our own deadline (not a server's DEADLINE_EXCEEDED, passed through as it came): say which.
+          if (error instanceof DeadlineExceededError && deadline !== undefined && Date.now() >= deadline - 50) {
             throw new DeadlineExceededError(`deadline of ${deadlineMs} ms exceeded (${error.message})`, { cause: error });
           }
           throw error;
         }
+        const backoff = Math.random() * Math.min(this.maxBackoffMs, this.initialBackoffMs * 2 ** attempt);
+        if (error instanceof ResourceExhaustedError) {
+          // The server says when to come back; without a word, the backoff. Not waited for past the deadline or maxRetryAfterMs.
+          wait = retryAfterMs(err) ?? backoff;
+          if (wait > this.maxRetryAfterMs || (deadline !== undefined && Date.now() + wait >= deadline)) throw error;
+        } else wait = backoff;
       } finally {
         signal.removeEventListener("abort", cancelCall);
         // Left early (break, return, or a throw in the consumer's loop): cancel on the server too.
         if (!settled) call.cancel();
       }
-      const backoff = Math.random() * Math.min(this.maxBackoffMs, this.initialBackoffMs * 2 ** attempt);
-      if (deadline !== undefined && Date.now() + backoff >= deadline) {
+      if (deadline !== undefined && Date.now() + wait >= deadline) {
         throw new DeadlineExceededError(
-          `deadline of ${deadlineMs} ms exceeded after ${attempt + 1} attempt(s); the last failed with UNAVAILABLE: ${error.message}`,
+          `deadline of ${deadlineMs} ms exceeded after ${attempt + 1} attempt(s); the last failed with ${codeName(error.code)}: ${error.message}`,
           { cause: error },
         );
       }
       try {
-        await sleep(backoff, signal);
+        await sleep(wait, signal);
       } catch {
         throw cancelled(signal);
       }

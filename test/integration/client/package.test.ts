@@ -1,34 +1,71 @@
 /**
- * The publishable package: built by scripts/build-client.ts, packed by npm, installed in another
- * project, it type-checks (strict, skipLibCheck off) and runs under plain node, with errors that
- * are the same classes the package exports.
+ * The publishable package: `npm pack` in packages/client (prepack builds it), `npm install <tarball>`
+ * in a scratch project outside the repository. It type-checks there (strict, skipLibCheck off), loads
+ * as an ES module and through require(), carries no logger, config or service code, and its errors
+ * are the classes it exports.
  */
 import { execFile } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { join, relative } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { installPackedClient, readmeExample, type ConsumerProject } from "../../helpers/client-package.js";
 
 const execFileAsync = promisify(execFile);
 let consumer: ConsumerProject;
+let installed: string;
+
+function walk(dir: string): string[] {
+  return readdirSync(dir).flatMap((name) => {
+    const p = join(dir, name);
+    return statSync(p).isDirectory() ? walk(p) : [p];
+  });
+}
 
 beforeAll(async () => {
   consumer = await installPackedClient();
-}, 120_000);
+  installed = join(consumer.dir, "node_modules", "@moela", "client");
+}, 600_000);
 afterAll(() => consumer?.remove());
 
 describe("@moela/client as an installed package", () => {
-  it("has a manifest with exports, types and files, and no workspace dependency", () => {
-    const pkg = JSON.parse(readFileSync(join(consumer.dir, "node_modules/@moela/client/package.json"), "utf8")) as Record<string, unknown>;
+  it("has a publishable manifest: not private, a version, import/require/types exports, files, only registry dependencies", () => {
+    const pkg = JSON.parse(readFileSync(join(installed, "package.json"), "utf8")) as Record<string, unknown>;
     expect(pkg["name"]).toBe("@moela/client");
+    expect(pkg["private"]).toBeUndefined();
     expect(pkg["version"]).toMatch(/^\d+\.\d+\.\d+/);
-    expect(pkg["exports"]).toEqual({ ".": { types: "./client/src/index.d.ts", import: "./client/src/index.js", default: "./client/src/index.js" } });
-    expect(pkg["types"]).toBe("./client/src/index.d.ts");
-    expect(pkg["files"]).toEqual(expect.arrayContaining(["client", "README.md"]));
-    const deps = Object.keys(pkg["dependencies"] as Record<string, string>);
-    expect(deps).toContain("@grpc/grpc-js");
-    expect(deps.filter((d) => d.startsWith("@moela/"))).toEqual([]);
+    const root = (pkg["exports"] as Record<string, Record<string, unknown>>)["."]!;
+    expect(root["import"]).toEqual({ types: "./dist/esm/client/src/index.d.ts", default: "./dist/esm/client/src/index.js" });
+    expect(root["require"]).toEqual({ types: "./dist/cjs/client/src/index.d.ts", default: "./dist/cjs/client/src/index.js" });
+    expect(pkg["files"]).toEqual(["dist/esm", "dist/cjs", "README.md"]);
+    expect(Object.keys(pkg["dependencies"] as Record<string, string>).sort()).toEqual(["@bufbuild/protobuf", "@grpc/grpc-js"]);
+    // Every file an export names is in the tarball.
+    for (const target of [root["import"], root["require"]].flatMap((t) => Object.values(t as Record<string, string>))) {
+      expect(statSync(join(installed, target)).isFile(), target).toBe(true);
+    }
+    // The consumer's install resolved the dependencies itself (from the npm cache or the registry).
+    const consumerPkg = JSON.parse(readFileSync(join(consumer.dir, "package.json"), "utf8")) as { dependencies: Record<string, string> };
+    expect(consumerPkg.dependencies["@moela/client"]).toMatch(/^file:.*\.tgz$/);
+    expect(statSync(join(consumer.dir, "node_modules", "@grpc", "grpc-js", "package.json")).isFile()).toBe(true);
+  });
+
+  it("ships no logger, config or service code: only the client, core's errors and the router's wire types", () => {
+    const files = walk(join(installed, "dist")).map((f) => relative(installed, f)).sort();
+    const sources = files.filter((f) => f.endsWith(".js")).map((f) => f.replace(/^dist\/(esm|cjs)\//, ""));
+    expect([...new Set(sources)].sort()).toEqual([
+      "client/src/client.js",
+      "client/src/errors.js",
+      "client/src/index.js",
+      "client/src/stream.js",
+      "core/src/errors.js",
+      "proto-gen/src/client-wire.js",
+      "proto-gen/src/gen/moela/v1/common.js",
+      "proto-gen/src/gen/moela/v1/router.js",
+    ]);
+    for (const f of files.filter((f) => f.endsWith(".js") || f.endsWith(".d.ts"))) {
+      const text = readFileSync(join(installed, f), "utf8");
+      expect(text, f).not.toMatch(/["'](@moela\/[^"']+|pino|zod|bullmq|ioredis|prom-client|fastify)["']/);
+    }
   });
 
   it("type-checks in a strict consumer project, README example included", async () => {
@@ -36,22 +73,35 @@ describe("@moela/client as an installed package", () => {
     writeFileSync(
       join(consumer.dir, "typed.ts"),
       [
-        'import { MoelaClient, DeadlineExceededError, MoelaError, type GenerateEvent, type Completion } from "@moela/client";',
+        'import { MoelaClient, DeadlineExceededError, MoelaError, type GenerateEvent, type Completion, type ModelInfo } from "@moela/client";',
         'const client = new MoelaClient({ address: "127.0.0.1:1" });',
         'const stream = client.generate({ prompt: [1, 2, 3], maxTokens: 4 }, { deadlineMs: 10 });',
         "const id: string = stream.requestId;",
         "export async function first(): Promise<GenerateEvent | undefined> { for await (const e of stream) return e; return undefined; }",
-        "export const done: Promise<Completion> = client.complete({ prompt: 'x' });",
+        "export const done: Promise<Completion> = client.complete({ messages: [{ role: 'user', content: 'x' }] });",
+        "export const models: Promise<ModelInfo[]> = client.listModels({ deadlineMs: Infinity });",
         "export const isMoela: boolean = new DeadlineExceededError('x') instanceof MoelaError;",
-        "// @ts-expect-error prompt is required",
+        "// @ts-expect-error prompt or messages is required",
         "client.generate({ maxTokens: 3 });",
+        "// @ts-expect-error not both",
+        "client.generate({ prompt: 'x', messages: [{ role: 'user', content: 'x' }] });",
+        "// @ts-expect-error an unknown role",
+        "client.generate({ messages: [{ role: 'wizard', content: 'x' }] });",
         "export { id };",
       ].join("\n"),
     );
-    await expect(consumer.typecheck(["example.ts", "typed.ts"])).resolves.toBe("");
+    writeFileSync(
+      join(consumer.dir, "typed-cjs.cts"),
+      [
+        'import client = require("@moela/client");',
+        'const c: client.MoelaClient = new client.MoelaClient({ address: "127.0.0.1:1" });',
+        "export const models: Promise<client.ModelInfo[]> = c.listModels();",
+      ].join("\n"),
+    );
+    await expect(consumer.typecheck(["example.ts", "typed.ts", "typed-cjs.cts"])).resolves.toBe("");
   }, 120_000);
 
-  it("runs under plain node: a refused connection is an UnavailableError of the package", async () => {
+  it("runs under plain node as an ES module: a refused connection is an UnavailableError of the package", async () => {
     writeFileSync(
       join(consumer.dir, "refused.mjs"),
       [
@@ -64,5 +114,30 @@ describe("@moela/client as an installed package", () => {
     );
     const { stdout } = await execFileAsync(process.execPath, ["refused.mjs"], { cwd: consumer.dir });
     expect(JSON.parse(stdout.trim())).toEqual({ unavailable: true, moela: true, code: 14, name: "UnavailableError" });
+  }, 60_000);
+
+  it("loads through require() (the CommonJS build), with the same API and working error classes", async () => {
+    writeFileSync(
+      join(consumer.dir, "refused.cjs"),
+      [
+        'const pkg = require("@moela/client");',
+        'const client = new pkg.MoelaClient({ address: "127.0.0.1:1", maxRetries: 0 });',
+        "client.listModels({ deadlineMs: 5000 })",
+        "  .then(() => console.log('unexpected success'), (err) => console.log(JSON.stringify({",
+        "    cjs: require.resolve('@moela/client').includes('/dist/cjs/'),",
+        "    exports: Object.keys(pkg).sort(), unavailable: err instanceof pkg.UnavailableError, code: err.code })))",
+        "  .finally(() => client.close());",
+      ].join("\n"),
+    );
+    const { stdout } = await execFileAsync(process.execPath, ["refused.cjs"], { cwd: consumer.dir });
+    const esm = await execFileAsync(process.execPath, ["--input-type=module", "-e", 'import * as p from "@moela/client"; console.log(JSON.stringify(Object.keys(p).sort()))'], {
+      cwd: consumer.dir,
+    });
+    const out = JSON.parse(stdout.trim()) as { cjs: boolean; exports: string[]; unavailable: boolean; code: number };
+    expect(out.cjs).toBe(true);
+    expect(out.unavailable).toBe(true);
+    expect(out.code).toBe(14);
+    expect(out.exports).toEqual(JSON.parse(esm.stdout.trim()));
+    expect(out.exports).toEqual(expect.arrayContaining(["MoelaClient", "MoelaError", "ResourceExhaustedError", "retryAfterMs"]));
   }, 60_000);
 });

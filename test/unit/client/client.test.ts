@@ -2,21 +2,39 @@
  * MoelaClient against a real grpc-js server on 127.0.0.1 that implements moela.v1.Generate with
  * scripted behaviours: streaming, stalling, failing with a given status, failing after a token.
  */
-import { Metadata, Server, ServerCredentials, status, type ServerWritableStream } from "@grpc/grpc-js";
+import {
+  Metadata,
+  Server,
+  ServerCredentials,
+  status,
+  type sendUnaryData,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+} from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
 import {
   CancelledError,
   Code,
   DataLossError,
+  DEFAULT_GENERATE_DEADLINE_MS,
   DeadlineExceededError,
   InvalidArgumentError,
   MoelaClient,
   MoelaError,
   ResourceExhaustedError,
+  UnauthenticatedError,
   UnavailableError,
+  retryAfterMs,
   type GenerateEvent,
 } from "@moela/client";
-import { FinishReason, GenerateService, type GenerateRequest, type GenerateResponse } from "@moela/proto-gen";
+import {
+  FinishReason,
+  GenerateService,
+  GenerateResponse,
+  type GenerateRequest,
+  type ListModelsRequest,
+  type ListModelsResponse,
+} from "@moela/proto-gen";
 
 type Call = ServerWritableStream<GenerateRequest, GenerateResponse>;
 
@@ -67,14 +85,14 @@ async function startFakeRouter(behave: (call: Call, n: number, record: CallRecor
 }
 
 function msg(requestId: string, tokens: number[], text: string, last = false): GenerateResponse {
-  return {
+  return GenerateResponse.fromPartial({
     requestId,
     tokenIds: tokens,
     text,
     logprobs: tokens.map((t) => ({ logprob: -0.5, top: [{ tokenId: t, logprob: -0.5 }] })),
     finishReason: last ? FinishReason.FINISH_REASON_LENGTH : FinishReason.FINISH_REASON_UNSPECIFIED,
     usage: last ? { promptTokens: 3, completionTokens: 3, cachedPromptTokens: 0, draftTokens: 2, acceptedDraftTokens: 1 } : undefined,
-  };
+  });
 }
 
 /** Three messages, "a" "b" "c" for tokens 1, 2, 3, then OK. */
@@ -338,9 +356,189 @@ describe("MoelaClient.generate: retries on UNAVAILABLE", () => {
   });
 
   it("does not retry other codes", async () => {
-    const { router, client } = await setup(failWith(status.RESOURCE_EXHAUSTED, "queue full"));
-    expect(await thrown(() => collect(client.generate({ prompt: "x" })))).toBeInstanceOf(ResourceExhaustedError);
+    const { router, client } = await setup(failWith(status.INVALID_ARGUMENT, "bad prompt"));
+    expect(await thrown(() => collect(client.generate({ prompt: "x" })))).toBeInstanceOf(InvalidArgumentError);
     expect(router.calls).toHaveLength(1);
+  });
+});
+
+/** Fails the call with RESOURCE_EXHAUSTED and `retry-after: <retryAfter>` trailing metadata (none when undefined). */
+function queueFull(retryAfter: string | undefined) {
+  return (call: Call): void => {
+    const metadata = new Metadata();
+    if (retryAfter !== undefined) metadata.set("retry-after", retryAfter);
+    call.emit("error", { code: status.RESOURCE_EXHAUSTED, details: "queue full", metadata });
+  };
+}
+
+describe("MoelaClient.generate: retries on RESOURCE_EXHAUSTED honour retry-after", () => {
+  it("waits the retry-after of the trailing metadata, not the (1-5 ms) backoff, then delivers", async () => {
+    const at: number[] = [];
+    const { router, client } = await setup((call, n) => {
+      at.push(Date.now());
+      if (n === 0) queueFull("0.4")(call);
+      else streamAbc(call);
+    });
+    const events = await collect(client.generate({ prompt: "x" }));
+    expect(events.flatMap((e) => e.tokenIds)).toEqual([1, 2, 3]);
+    expect(router.calls).toHaveLength(2);
+    expect(at[1]! - at[0]!).toBeGreaterThanOrEqual(380);
+    expect(at[1]! - at[0]!).toBeLessThan(3_000);
+  });
+
+  it("without retry-after it retries after the backoff", async () => {
+    const at: number[] = [];
+    const { router, client } = await setup((call, n) => {
+      at.push(Date.now());
+      if (n < 2) queueFull(undefined)(call);
+      else streamAbc(call);
+    });
+    await collect(client.generate({ prompt: "x" }));
+    expect(router.calls).toHaveLength(3);
+    expect(at[2]! - at[0]!).toBeLessThan(300);
+  });
+
+  it("gives up at once with ResourceExhaustedError when retry-after would pass the deadline", async () => {
+    const { router, client } = await setup(queueFull("5"));
+    const started = Date.now();
+    const err = await thrown(() => collect(client.generate({ prompt: "x" }, { deadlineMs: 2_000 })));
+    expect(err).toBeInstanceOf(ResourceExhaustedError);
+    expect((err as Error).message).toBe("queue full");
+    expect(router.calls).toHaveLength(1);
+    expect(Date.now() - started).toBeLessThan(1_500);
+  });
+
+  it("does not wait for a retry-after past maxRetryAfterMs, and stops after maxRetries", async () => {
+    const long = await setup(queueFull("2"), { maxRetryAfterMs: 1_000 });
+    expect(await thrown(() => collect(long.client.generate({ prompt: "x" })))).toBeInstanceOf(ResourceExhaustedError);
+    expect(long.router.calls).toHaveLength(1);
+    const short = await setup(queueFull("0.01"), { maxRetries: 2 });
+    expect(await thrown(() => collect(short.client.generate({ prompt: "x" })))).toBeInstanceOf(ResourceExhaustedError);
+    expect(short.router.calls).toHaveLength(3);
+  });
+
+  it.each([
+    ["1", 1_000],
+    ["0.25", 250],
+    [" 2 ", 2_000],
+    ["soon", undefined],
+    ["", undefined],
+  ])("retryAfterMs reads retry-after %j as %j ms", (value, expected) => {
+    const metadata = new Metadata();
+    metadata.set("retry-after", value);
+    expect(retryAfterMs({ metadata })).toBe(expected);
+  });
+
+  it("retryAfterMs reads an HTTP date, and nothing from an error without metadata", () => {
+    const metadata = new Metadata();
+    const now = Date.parse("2026-01-01T00:00:00Z");
+    metadata.set("retry-after", new Date(now + 3_000).toUTCString());
+    expect(retryAfterMs({ metadata }, now)).toBe(3_000);
+    expect(retryAfterMs(new Error("plain"))).toBeUndefined();
+  });
+});
+
+describe("MoelaClient: default deadlines", () => {
+  it("generate() carries the 600 s default deadline when none is set, and none with Infinity", async () => {
+    const deadlines: number[] = [];
+    const { client } = await setup((call) => {
+      deadlines.push(Number(call.getDeadline()));
+      streamAbc(call);
+    });
+    const before = Date.now();
+    await collect(client.generate({ prompt: "x" }));
+    await collect(client.generate({ prompt: "x" }, { deadlineMs: Infinity }));
+    expect(DEFAULT_GENERATE_DEADLINE_MS).toBe(600_000);
+    expect(deadlines[0]).toBeGreaterThanOrEqual(before + DEFAULT_GENERATE_DEADLINE_MS - 1_000);
+    expect(deadlines[0]).toBeLessThanOrEqual(Date.now() + DEFAULT_GENERATE_DEADLINE_MS + 1_000);
+    expect(deadlines[1]).toBe(Infinity);
+  });
+
+  it("refuses a deadline that is not a positive number", async () => {
+    const { client } = await setup(streamAbc);
+    expect(() => client.generate({ prompt: "x" }, { deadlineMs: 0 })).toThrow(InvalidArgumentError);
+    expect(() => client.generate({ prompt: "x" }, { deadlineMs: Number.NaN })).toThrow(InvalidArgumentError);
+    expect(() => new MoelaClient({ address: "127.0.0.1:1", deadlineMs: -1 })).toThrow(InvalidArgumentError);
+  });
+});
+
+describe("MoelaClient: chat messages", () => {
+  it("sends messages as the wire's messages prompt", async () => {
+    const { router, client } = await setup(streamAbc);
+    const done = await client.complete({
+      messages: [
+        { role: "system", content: "Be brief." },
+        { role: "user", content: "Hi" },
+      ],
+      maxTokens: 3,
+      logprobs: 2,
+    });
+    expect(done.text).toBe("abc");
+    const wire = router.calls[0]!.request;
+    expect(wire.prompt).toEqual({
+      $case: "messages",
+      value: {
+        messages: [
+          { role: "system", content: "Be brief." },
+          { role: "user", content: "Hi" },
+        ],
+      },
+    });
+    expect(wire.sampling?.maxTokens).toBe(3);
+    expect(wire.sampling?.logprobs).toBe(2);
+  });
+
+  it("refuses empty or malformed messages before calling", async () => {
+    const { router, client } = await setup(streamAbc);
+    expect(() => client.generate({ messages: [] })).toThrow(InvalidArgumentError);
+    // @ts-expect-error a role the chat template does not know
+    expect(() => client.generate({ messages: [{ role: "wizard", content: "x" }] })).toThrow(/messages\[0\]/);
+    // @ts-expect-error prompt and messages together
+    expect(() => client.generate({ prompt: "x", messages: [{ role: "user", content: "x" }] })).toThrow(/not both/);
+    expect(router.calls).toHaveLength(0);
+  });
+});
+
+describe("MoelaClient.listModels", () => {
+  async function modelsServer(check: (md: Metadata) => void): Promise<string> {
+    const server = new Server();
+    server.addService(GenerateService, {
+      generate: (call: Call) => call.emit("error", { code: status.UNIMPLEMENTED, details: "not here", metadata: new Metadata() }),
+      listModels: (call: ServerUnaryCall<ListModelsRequest, ListModelsResponse>, callback: sendUnaryData<ListModelsResponse>) => {
+        try {
+          check(call.metadata);
+        } catch (err) {
+          return callback({ code: status.UNAUTHENTICATED, details: (err as Error).message });
+        }
+        callback(null, { models: [{ id: "tiny-v3", created: 1_700_000_000, ownedBy: "moela", maxModelLen: 4096 }] });
+      },
+    });
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    );
+    cleanup.push(() => server.forceShutdown());
+    return `127.0.0.1:${port}`;
+  }
+
+  it("returns the router's models, sending the API key", async () => {
+    const address = await modelsServer((md) => {
+      if (md.get("authorization")[0] !== "Bearer k1") throw new Error("wrong key");
+    });
+    const client = new MoelaClient({ address, apiKey: "k1" });
+    cleanup.push(() => client.close());
+    expect(await client.listModels()).toEqual([{ id: "tiny-v3", created: 1_700_000_000, ownedBy: "moela", maxModelLen: 4096 }]);
+    const anonymous = new MoelaClient({ address });
+    cleanup.push(() => anonymous.close());
+    expect(await thrown(() => anonymous.listModels())).toBeInstanceOf(UnauthenticatedError);
+  });
+
+  it("fails with UnavailableError when nothing listens and CancelledError when aborted", async () => {
+    const gone = await startFakeRouter(streamAbc);
+    await gone.close();
+    const client = new MoelaClient({ address: gone.address });
+    cleanup.push(() => client.close());
+    expect(await thrown(() => client.listModels({ deadlineMs: 5_000 }))).toBeInstanceOf(UnavailableError);
+    expect(await thrown(() => client.listModels({ signal: AbortSignal.abort() }))).toBeInstanceOf(CancelledError);
   });
 });
 
