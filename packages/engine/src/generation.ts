@@ -33,6 +33,7 @@ import { PagedLatentCache } from "./kv-cache/paged-latent.js";
 import { PrefixCache } from "./kv-cache/prefix-cache.js";
 import type { KvSink } from "./ports.js";
 import { argmax, Sampler, sampleFromProbs, topLogprobs, validateSamplingParams, type SamplingParams } from "./sampler.js";
+import { hasPenalties, LogitsProcessor, validatePenaltyParams, type PenaltyParams } from "./sampler-penalties.js";
 import { verifyDraft } from "./speculative.js";
 import {
   initialDraftingState,
@@ -45,7 +46,13 @@ import {
 } from "./speculation-policy.js";
 import { Rng } from "./rng.js";
 
-export interface GenerationParams extends SamplingParams {
+/**
+ * A request's generation parameters. The penalties, logit_bias and min_tokens (PenaltyParams) act on a copy
+ * of each logits row before sampling (sampler-penalties.ts), at every place a token is chosen: prefill's
+ * first token, plain steps, both rows of a draft's verification (the second sees the draft as output), and
+ * the MTP draft itself; so speculation changes no token. Logprobs stay those of the raw row.
+ */
+export interface GenerationParams extends SamplingParams, PenaltyParams {
   /** Most tokens to generate (>= 1). */
   readonly maxTokens: number;
   /** Extra token ids that end generation (EOS ends it too unless ignoreEos). */
@@ -157,6 +164,10 @@ export class Sequence {
   /** MTP logits at the last prompt position fed the first generated token (kept only when asked for). */
   promptMtpLogits: Float32Array | null = null;
   private readonly stopIds: ReadonlySet<number>;
+  /** Penalties, logit_bias, min_tokens; null when the request has none (the raw rows are sampled). */
+  private readonly processor: LogitsProcessor | null;
+  /** [2][vocab] processed rows (two: a verification holds the rows of both positions). */
+  private readonly processedRows: Float32Array[] = [];
 
   constructor(
     id: string,
@@ -171,6 +182,22 @@ export class Sequence {
     this.params = params;
     this.sampler = new Sampler(vocabSize, params, rng);
     this.stopIds = new Set([...(params.stopTokenIds ?? []), ...(params.ignoreEos ? [] : eosIds)]);
+    this.processor = hasPenalties(params) ? new LogitsProcessor(vocabSize, params, prompt, this.stopIds) : null;
+  }
+
+  /**
+   * The row to sample from: `raw` itself without processors; else the processed copy for the next token
+   * after this sequence's output, plus `extra` when it is a token id (a draft under verification). `slot`
+   * (0 or 1) picks the buffer, so two processed rows can be held at once.
+   */
+  processed(raw: Float32Array, extra = -1, slot: 0 | 1 = 0): Float32Array {
+    if (this.processor === null) return raw;
+    let buf = this.processedRows[slot];
+    if (buf === undefined) {
+      buf = new Float32Array(raw.length);
+      this.processedRows[slot] = buf;
+    }
+    return this.processor.apply(raw, buf, extra);
   }
 
   get finished(): boolean {
@@ -196,6 +223,7 @@ export class Sequence {
     for (const t of tokens) {
       if (this.finished) break;
       this.output.push(t);
+      this.processor?.push(t.id);
       out.push(t);
       if (this.stopIds.has(t.id)) this.finishReason = "stop";
       else if (this.output.length >= this.params.maxTokens) this.finishReason = "length";
@@ -302,6 +330,7 @@ export class Engine {
   newSequence(id: string, prompt: readonly number[], params: GenerationParams, rng?: Rng): Sequence {
     const c = this.model.config;
     validateSamplingParams(params);
+    validatePenaltyParams(params, c.vocabSize);
     if (!(Number.isInteger(params.maxTokens) && params.maxTokens >= 1)) {
       throw new InvalidArgumentError(`max_tokens must be a positive integer, got ${params.maxTokens}`);
     }
@@ -411,7 +440,7 @@ export class Engine {
       const s = seqs[i]!;
       const L = s.prompt.length;
       const logits = lastLogits.get(s)!;
-      const tok = s.sampler.sample(logits);
+      const tok = s.sampler.sample(s.processed(logits));
       s.mainLen = L;
       s.pending = tok;
       if (keepLogits) s.promptLogits = logits;
@@ -495,12 +524,15 @@ export class Engine {
         const row1 = this.logitsRow(r, r.logitRow[i]! + 1);
         const d = s.draft.token;
         let next: number;
+        // The row after the draft sees the draft as output (penalties, min_tokens).
+        const p0 = s.processed(row0, -1, 0);
+        const p1 = s.processed(row1, d, 1);
         if (s.sampler.greedy) {
-          acceptedDraft = argmax(row0) === d;
-          next = acceptedDraft ? argmax(row1) : argmax(row0);
+          acceptedDraft = argmax(p0) === d;
+          next = acceptedDraft ? argmax(p1) : argmax(p0);
         } else {
-          s.sampler.probs(row0, this.probsTarget[0]!);
-          s.sampler.probs(row1, this.probsTarget[1]!);
+          s.sampler.probs(p0, this.probsTarget[0]!);
+          s.sampler.probs(p1, this.probsTarget[1]!);
           const v = verifyDraft({ draftTokens: [d], draftProbs: [s.draft.probs!], targetProbs: this.probsTarget, rng: s.sampler.rng });
           acceptedDraft = v.accepted === 1;
           next = v.tokens[v.tokens.length - 1]!;
@@ -521,7 +553,7 @@ export class Engine {
         }
         s.pending = next;
       } else {
-        const next = s.sampler.sample(row0);
+        const next = s.sampler.sample(s.processed(row0));
         produced = [this.token(s, row0, next)];
         s.mainLen += 1;
         s.pending = next;
@@ -610,12 +642,14 @@ export class Engine {
     }
   }
 
+  /** The MTP row proposes the token after the sequence's output: processed as the main row there will be. */
   private setDraft(s: Sequence, mtpLogits: Float32Array): void {
+    const row = s.processed(mtpLogits);
     if (s.sampler.greedy) {
-      s.draft = { token: argmax(mtpLogits), probs: null };
+      s.draft = { token: argmax(row), probs: null };
     } else {
       const q = s.draft?.probs ?? new Float32Array(this.model.config.vocabSize);
-      s.sampler.probs(mtpLogits, q);
+      s.sampler.probs(row, q);
       s.draft = { token: sampleFromProbs(q, s.sampler.rng), probs: q };
     }
   }

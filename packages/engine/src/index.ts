@@ -2,6 +2,7 @@ export * from "./tensor/dtype.js";
 export * from "./config.js";
 export * from "./rng.js";
 export * from "./sampler.js";
+export * from "./sampler-penalties.js";
 export * from "./speculative.js";
 export * from "./speculation-policy.js";
 export * from "./safetensors/index.js";

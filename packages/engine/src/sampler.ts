@@ -1,6 +1,10 @@
 /**
  * Token sampling over one row of logits, with vLLM's semantics:
- *   temperature scaling, then top-k, then top-p over the renormalised top-k set, then renormalise.
+ *   temperature scaling, then min_p, then top-k, then top-p over the renormalised top-k set, then renormalise.
+ * min_p drops every token whose probability is below min_p times the most likely one's; on the weights
+ * exp((logit - max) / T) that is a weight below min_p (the most likely token's weight is exactly 1). The
+ * processors that depend on the sequence's tokens (penalties, logit_bias, min_tokens) run before this, on
+ * a copy of the row (sampler-penalties.ts).
  * temperature < GREEDY_TEMPERATURE_EPS means greedy: the argmax, lowest id on ties, no random draw.
  * One deliberate difference: top-k keeps exactly k tokens, lower ids first among logits tied at
  * the k-th place, where vLLM's threshold mask keeps every token tied with the k-th (more than k).
@@ -31,6 +35,8 @@ export interface SamplingParams {
   topK: number;
   /** Safe integer; omitted = seeded from the OS CSPRNG. */
   seed?: number;
+  /** [0, 1]; 0 or omitted = off. Greedy ignores it (it never removes the most likely token). */
+  minP?: number;
 }
 
 /** Above this, temperature flattens any realistic logits to uniform noise; treated as a client mistake. */
@@ -65,6 +71,10 @@ export function validateSamplingParams(params: SamplingParams): void {
   }
   if (seed !== undefined && (typeof seed !== "number" || !Number.isSafeInteger(seed))) {
     throw new InvalidArgumentError(`seed must be an integer of at most 53 bits, got ${seed}`);
+  }
+  const minP = params.minP;
+  if (minP !== undefined && !(typeof minP === "number" && minP >= 0 && minP <= 1)) {
+    throw new InvalidArgumentError(`min_p must be in [0, 1], got ${minP}`);
   }
 }
 
@@ -184,6 +194,8 @@ export class Sampler {
   /** Effective top-k: 0 when off (including k >= vocab). */
   private readonly topK: number;
   private readonly topP: number;
+  /** Weights below this are dropped (min_p; 0 = off). */
+  private readonly minP: number;
 
   /** [vocab] token ids of the candidates; kept tokens are candidates[0 .. keptCount). */
   private readonly candidates: Int32Array;
@@ -203,6 +215,7 @@ export class Sampler {
     this.invTemperature = this.greedy ? 0 : 1 / params.temperature;
     this.topK = params.topK > 0 && params.topK < vocabSize ? params.topK : 0;
     this.topP = params.topP;
+    this.minP = params.minP ?? 0;
     this.candidates = new Int32Array(vocabSize);
     // Identity: with top-k and top-p off the candidates are all ids and are never permuted.
     for (let i = 0; i < vocabSize; i++) this.candidates[i] = i;
@@ -281,10 +294,12 @@ export class Sampler {
       if (this.topP < 1) for (let i = 0; i < n; i++) c[i] = i;
     }
 
+    const minP = this.minP;
     if (this.topP >= 1) {
       let mass = 0;
       for (let j = 0; j < n; j++) {
-        const wj = Math.exp((logits[c[j]!]! - max) * invT);
+        let wj = Math.exp((logits[c[j]!]! - max) * invT);
+        if (wj < minP) wj = 0;
         w[j] = wj;
         mass += wj;
       }
@@ -296,7 +311,8 @@ export class Sampler {
     // Top-p over the candidates (already top-k filtered).
     let total = 0;
     for (let j = 0; j < n; j++) {
-      const wj = Math.exp((logits[c[j]!]! - max) * invT);
+      let wj = Math.exp((logits[c[j]!]! - max) * invT);
+      if (wj < minP) wj = 0;
       w[j] = wj;
       total += wj;
     }

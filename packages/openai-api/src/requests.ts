@@ -2,10 +2,20 @@
  * Validation of /v1/completions and /v1/chat/completions request bodies into one normalised request.
  *
  * Decisions (where OpenAI and vLLM differ, or leave room):
- * - Unknown fields are a 400 naming them (vLLM's strict mode); the harmless OpenAI fields (user, metadata,
- *   store, service_tier, parallel_tool_calls, ...) are accepted and ignored; fields that would change the
- *   output and that this server does not implement are accepted only at their no-op value (n = 1,
- *   best_of = 1, frequency/presence_penalty = 0, logit_bias empty, suffix null, ...), else 400.
+ * - Unknown fields (top level, stream_options, chat messages) are ignored, as vLLM does by default: the
+ *   request lists them (GenerationRequest.ignoredFields, "stream_options.foo", "messages[0].mood") and the
+ *   router logs them and names them in an `x-moela-ignored-fields` header. With ValidationContext.strictApi
+ *   (the router's --strict-api) they are a 400 naming the first. The harmless OpenAI fields (user,
+ *   metadata, store, service_tier, parallel_tool_calls, ...) are accepted and ignored; fields that would
+ *   change the output and that this server does not implement are accepted only at their no-op value
+ *   (response_format text, no tools, suffix ""), else 400.
+ * - Penalties and filters with vLLM's ranges and semantics (the engine's sampler applies them, see
+ *   packages/engine/src/sampler-penalties.ts): presence_penalty and frequency_penalty in [-2, 2],
+ *   repetition_penalty in (0, 2], min_p in [0, 1], min_tokens an integer in [0, max_tokens], logit_bias
+ *   an object of token id (a decimal string) -> bias in [-100, 100], at most MAX_LOGIT_BIAS entries, ids
+ *   inside the vocabulary. Each out-of-range value is a 400 naming the field.
+ * - n (choices per prompt) an integer >= 1; prompts x n at most MAX_CHOICES. Choice `index` is
+ *   prompt index x n + k, as OpenAI and vLLM number them. best_of: only equal to n (one candidate per choice).
  * - temperature in [0, 2], OpenAI's range (vLLM accepts any value >= 0); top_p in (0, 1]; top_k an integer,
  *   -1 or 0 meaning off; seed an integer in [0, 2^53 - 1] (the wire carries it as uint64 and TypeScript
  *   peers hold it as a number).
@@ -18,7 +28,8 @@
  * - logprobs (completions): null or an integer 0..20. Chat: logprobs boolean, top_logprobs 0..20 and only
  *   with logprobs true.
  * - stop: a string or a list of non-empty strings (at most MAX_STOP_STRINGS); matched on detokenized text.
- * - stream_options only with stream = true (as vLLM); include_usage adds a final usage chunk.
+ * - stream_options only with stream = true (as vLLM); include_usage adds a final usage chunk;
+ *   continuous_usage_stats (vLLM's, with include_usage) adds the usage so far to every chunk.
  * - A checkpoint without a tokenizer (encoder null) takes token-id prompts only: text prompts, chat and stop
  *   strings are 400s, echoed prompt text is "".
  * - Bounds (limits.ts): prompt text in characters before tokenizing (ValidationContext.maxPromptChars, all
@@ -52,6 +63,16 @@ export const MAX_LOGPROBS = 20;
 export const MAX_BATCH_PROMPTS = 64;
 /** Most stop strings per request. */
 export const MAX_STOP_STRINGS = 64;
+/** Most generations one request makes: prompts x n. */
+export const MAX_CHOICES = 64;
+/** Most entries of logit_bias. */
+export const MAX_LOGIT_BIAS = 1024;
+/** Largest |logit_bias| value (OpenAI's range, which vLLM clamps to). */
+export const MAX_LOGIT_BIAS_VALUE = 100;
+/** OpenAI's and vLLM's bounds on presence_penalty and frequency_penalty. */
+export const MAX_PENALTY = 2;
+/** vLLM's upper bound on repetition_penalty (its lower bound is exclusive 0). */
+export const MAX_REPETITION_PENALTY = 2;
 /** OpenAI's upper bound on temperature. */
 export const MAX_TEMPERATURE = 2;
 /** max_tokens when a completions request does not say (OpenAI's and vLLM's default). */
@@ -66,8 +87,8 @@ export interface ChatMessageInput {
 
 /** What validation needs from the tokenizer (Tokenizer satisfies it). */
 export interface PromptEncoder {
-  /** Text to ids, BOS added per tokenizer_config. */
-  encode(text: string): number[];
+  /** Text to ids, BOS added per tokenizer_config (unless addSpecialTokens is false). */
+  encode(text: string, options?: { addSpecialTokens?: boolean }): number[];
   /** Chat messages through the chat template, tokenized without adding special tokens again. */
   encodeChat(
     messages: readonly ChatMessageInput[],
@@ -79,7 +100,7 @@ export interface PromptEncoder {
 
 /** One tokenizer operation a request needs; plain data, so it can be posted to a worker thread. */
 export type EncodeOp =
-  | { readonly kind: "encode"; readonly text: string }
+  | { readonly kind: "encode"; readonly text: string; readonly addSpecialTokens?: boolean }
   | {
       readonly kind: "chat";
       readonly messages: readonly ChatMessageInput[];
@@ -100,7 +121,7 @@ export interface AsyncPromptEncoder {
 export function runEncodeOp(encoder: PromptEncoder, op: EncodeOp): EncodeResult {
   switch (op.kind) {
     case "encode":
-      return encoder.encode(op.text);
+      return op.addSpecialTokens === false ? encoder.encode(op.text, { addSpecialTokens: false }) : encoder.encode(op.text);
     case "chat":
       return encoder.encodeChat(op.messages, {
         addGenerationPrompt: op.addGenerationPrompt,
@@ -150,6 +171,8 @@ export interface ValidationContext extends ModelLimits {
   readonly maxPromptChars?: number;
   /** Most tokens of one prompt (prefill's limit); unset: only the context length bounds it. */
   readonly maxPromptTokens?: number;
+  /** Unknown fields are a 400 (the router's --strict-api); default: ignored and listed in ignoredFields. */
+  readonly strictApi?: boolean;
 }
 
 export interface SamplingRequest {
@@ -164,6 +187,18 @@ export interface SamplingRequest {
   readonly ignoreEos: boolean;
   /** null = none; N = the sampled token's logprob and N alternatives. */
   readonly logprobs: number | null;
+  /** vLLM's presence_penalty, subtracted once from each token already in the output; absent = 0. */
+  readonly presencePenalty?: number;
+  /** vLLM's frequency_penalty, subtracted per occurrence in the output; absent = 0. */
+  readonly frequencyPenalty?: number;
+  /** vLLM's repetition_penalty over prompt and output tokens (divides positive logits, multiplies others); absent = 1. */
+  readonly repetitionPenalty?: number;
+  /** [token id, bias] pairs added to the logits, ascending ids; absent or empty = none. */
+  readonly logitBias?: readonly (readonly [number, number])[];
+  /** Drop tokens less likely than min_p times the most likely one (after temperature); absent = 0. */
+  readonly minP?: number;
+  /** EOS and stop_token_ids cannot end the output before this many tokens; absent = 0. */
+  readonly minTokens?: number;
 }
 
 export interface PromptInput {
@@ -186,11 +221,19 @@ export interface GenerationRequest {
   readonly skipSpecialTokens: boolean;
   /** vLLM's cache_salt: prefix-cache keys of this request are salted with it; undefined = none. */
   readonly cacheSalt: string | undefined;
+  /** Choices per prompt (n): generation k of prompt i is choice i * n + k. */
+  readonly n: number;
+  /** stream_options.continuous_usage_stats (with include_usage): every chunk carries the usage so far. */
+  readonly continuousUsage: boolean;
+  /** Unknown fields that were ignored (paths like "foo", "stream_options.bar", "messages[0].baz"). */
+  readonly ignoredFields: readonly string[];
 }
 
 /** A validated request waiting for its tokenizer operations (see the module comment). */
 export interface RequestPlan {
   readonly ops: readonly EncodeOp[];
+  /** Unknown fields ignored so far (known before tokenizing, so a refusal can still name them). */
+  readonly ignoredFields: readonly string[];
   /** Checks the ops' results (one per op, in order) and returns the request; throws RequestValidationError. */
   finish(results: readonly EncodeResult[]): GenerationRequest;
 }
@@ -320,11 +363,15 @@ function asBody(body: unknown): Body {
   return body as Body;
 }
 
-function rejectUnknown(body: Body, allowed: ReadonlySet<string>): void {
+/**
+ * Unknown keys of `body`: with `strict` a 400 naming the first (param `prefix` + key), else appended to
+ * `ignored` (as prefix + key) for the caller to report.
+ */
+function checkUnknown(body: Body, allowed: ReadonlySet<string>, strict: boolean, ignored: string[], prefix = "", where = ""): void {
   const unknown = Object.keys(body).filter((k) => !allowed.has(k));
-  if (unknown.length > 0) {
-    fail(unknown[0]!, `unknown field${unknown.length > 1 ? "s" : ""}: ${unknown.join(", ")}`);
-  }
+  if (unknown.length === 0) return;
+  if (strict) fail(`${prefix}${unknown[0]!}`, `unknown field${unknown.length > 1 ? "s" : ""}${where}: ${unknown.join(", ")}`);
+  for (const k of unknown) ignored.push(`${prefix}${k}`);
 }
 
 /** 404 unless `model` is absent or the served name. */
@@ -359,26 +406,61 @@ function parseStop(f: Fields, hasTokenizer: boolean): string[] {
   return [...new Set(list as string[])];
 }
 
-function parseStreamOptions(f: Fields, stream: boolean): boolean {
+/** stream_options: include_usage, and continuous_usage_stats (which counts only with include_usage, as in vLLM). */
+function parseStreamOptions(f: Fields, stream: boolean, strict: boolean, ignored: string[]): { includeUsage: boolean; continuousUsage: boolean } {
   const opts = f.object("stream_options");
-  if (opts === undefined) return false;
+  if (opts === undefined) return { includeUsage: false, continuousUsage: false };
   if (!stream) fail("stream_options", "stream_options can only be given when stream is true");
-  rejectUnknown(opts, new Set(["include_usage", "continuous_usage_stats"]));
+  // Unknown options are named bare in strict mode (param "foo"), as they always were; prefixed when ignored.
+  checkUnknown(opts, new Set(["include_usage", "continuous_usage_stats", "include_obfuscation"]), strict, ignored, strict ? "" : "stream_options.");
   const inner = new Fields(opts);
-  const include = inner.boolean("include_usage");
-  inner.boolean("continuous_usage_stats");
-  return include ?? false;
+  const include = inner.boolean("include_usage") ?? false;
+  const continuous = inner.boolean("continuous_usage_stats") ?? false;
+  inner.boolean("include_obfuscation");
+  return { includeUsage: include, continuousUsage: include && continuous };
+}
+
+/** logit_bias: {"<token id>": bias}, bias in [-100, 100]; as ascending [id, bias] pairs. */
+function parseLogitBias(f: Fields, vocabSize: number): [number, number][] {
+  const o = f.object("logit_bias");
+  if (o === undefined) return [];
+  const entries = Object.entries(o);
+  if (entries.length > MAX_LOGIT_BIAS) fail("logit_bias", `logit_bias may hold at most ${MAX_LOGIT_BIAS} entries, got ${entries.length}`);
+  const out: [number, number][] = entries.map(([key, v]) => {
+    if (!/^(0|[1-9][0-9]{0,9})$/.test(key)) fail("logit_bias", `logit_bias keys must be token ids (decimal integers), got ${show(key)}`);
+    const id = Number(key);
+    if (id >= vocabSize) fail("logit_bias", `logit_bias token id ${id} is outside the vocabulary (token ids are 0..${vocabSize - 1})`);
+    if (typeof v !== "number" || !Number.isFinite(v)) fail("logit_bias", `logit_bias[${show(key)}] must be a number, got ${show(v)}`);
+    if (v < -MAX_LOGIT_BIAS_VALUE || v > MAX_LOGIT_BIAS_VALUE) {
+      fail("logit_bias", `logit_bias[${show(key)}] must be in [-${MAX_LOGIT_BIAS_VALUE}, ${MAX_LOGIT_BIAS_VALUE}], got ${v}`);
+    }
+    return [id, v];
+  });
+  return out.sort((a, b) => a[0] - b[0]);
+}
+
+/** n: choices per prompt; prompts x n at most MAX_CHOICES. */
+function parseN(f: Fields, prompts: number): number {
+  const n = f.number("n", { int: true, min: 1 }) ?? 1;
+  if (n * prompts > MAX_CHOICES) {
+    fail("n", prompts > 1 ? `n x prompts may be at most ${MAX_CHOICES}, got ${n} x ${prompts}` : `n must be in [1, ${MAX_CHOICES}], got ${n}`);
+  }
+  return n;
+}
+
+/** min_tokens, checked against the request's max_tokens (vLLM: min_tokens <= max_tokens). */
+function checkMinTokens(minTokens: number, maxTokens: number): void {
+  if (minTokens > maxTokens) fail("min_tokens", `min_tokens must be at most max_tokens (${maxTokens}), got ${minTokens}`);
 }
 
 /** The sampling fields both endpoints share; max_tokens and logprobs are the caller's. */
 function parseCommonSampling(f: Fields, ctx: ValidationContext): Omit<SamplingRequest, "maxTokens" | "logprobs"> {
-  f.onlyNoOp("n", (v) => v === 1, "one choice per prompt: n must be 1");
-  f.onlyNoOp("frequency_penalty", (v) => v === 0, "no penalties");
-  f.onlyNoOp("presence_penalty", (v) => v === 0, "no penalties");
-  f.onlyNoOp("repetition_penalty", (v) => v === 1, "no penalties");
-  f.onlyNoOp("min_p", (v) => v === 0, "no min_p sampling");
-  f.onlyNoOp("min_tokens", (v) => v === 0, "no min_tokens");
-  f.onlyNoOp("logit_bias", (v) => typeof v === "object" && !Array.isArray(v) && Object.keys(v as object).length === 0, "no logit_bias");
+  const presencePenalty = f.number("presence_penalty", { min: -MAX_PENALTY, max: MAX_PENALTY }) ?? 0;
+  const frequencyPenalty = f.number("frequency_penalty", { min: -MAX_PENALTY, max: MAX_PENALTY }) ?? 0;
+  const repetitionPenalty = f.number("repetition_penalty", { min: 0, max: MAX_REPETITION_PENALTY, gtMin: true }) ?? 1;
+  const minP = f.number("min_p", { min: 0, max: 1 }) ?? 0;
+  const minTokens = f.number("min_tokens", { int: true, min: 0 }) ?? 0;
+  const logitBias = parseLogitBias(f, ctx.vocabSize);
   f.string("user");
   f.object("metadata");
   f.boolean("store");
@@ -397,7 +479,21 @@ function parseCommonSampling(f: Fields, ctx: ValidationContext): Omit<SamplingRe
   }
   // top_k of the whole vocabulary (or more) keeps every token: off. The wire carries top_k as uint32.
   const topK = topKRaw === 0 || topKRaw >= ctx.vocabSize ? -1 : topKRaw;
-  return { temperature, topP, topK, seed, stopTokenIds, ignoreEos };
+  // Only what changes sampling is carried (the wire and the job leave the no-op values out).
+  return {
+    temperature,
+    topP,
+    topK,
+    seed,
+    stopTokenIds,
+    ignoreEos,
+    ...(presencePenalty !== 0 ? { presencePenalty } : {}),
+    ...(frequencyPenalty !== 0 ? { frequencyPenalty } : {}),
+    ...(repetitionPenalty !== 1 ? { repetitionPenalty } : {}),
+    ...(logitBias.length > 0 ? { logitBias } : {}),
+    ...(minP !== 0 ? { minP } : {}),
+    ...(minTokens !== 0 ? { minTokens } : {}),
+  };
 }
 
 /** cache_salt: absent, or a non-empty string of at most MAX_CACHE_SALT_CHARS (vLLM refuses an empty one). */
@@ -498,10 +594,11 @@ function textResult(r: EncodeResult | undefined): string {
 /** Validate a POST /v1/completions body up to tokenizing. Throws RequestValidationError (400) or ModelNotFoundError (404). */
 export function planCompletionRequest(body: unknown, ctx: ValidationContext): RequestPlan {
   const b = asBody(body);
-  rejectUnknown(b, COMPLETION_FIELDS);
+  const strict = ctx.strictApi === true;
+  const ignoredFields: string[] = [];
+  checkUnknown(b, COMPLETION_FIELDS, strict, ignoredFields);
   const f = new Fields(b);
   checkModel(f, ctx);
-  f.onlyNoOp("best_of", (v) => v === 1, "one choice per prompt: best_of must be 1");
   f.onlyNoOp("suffix", (v) => v === "", "no insertion");
   const common = parseCommonSampling(f, ctx);
   const maxTokens = parseMaxTokens(f, "max_tokens") ?? DEFAULT_COMPLETION_MAX_TOKENS;
@@ -509,13 +606,17 @@ export function planCompletionRequest(body: unknown, ctx: ValidationContext): Re
   if (typeof logprobsRaw === "boolean") fail("logprobs", `logprobs must be an integer in [0, ${MAX_LOGPROBS}] for completions, got ${logprobsRaw}`);
   const logprobs = f.number("logprobs", { int: true, min: 0, max: MAX_LOGPROBS }) ?? null;
   const stream = f.boolean("stream") ?? false;
-  const includeUsage = parseStreamOptions(f, stream);
+  const { includeUsage, continuousUsage } = parseStreamOptions(f, stream, strict, ignoredFields);
   const stop = parseStop(f, ctx.encoder !== null);
   const echo = f.boolean("echo") ?? false;
   const returnTokensAsTokenIds = f.boolean("return_tokens_as_token_ids") ?? false;
   const skipSpecialTokens = f.boolean("skip_special_tokens") ?? true;
   const cacheSalt = parseCacheSalt(f);
   const sources = parsePrompts(f, ctx);
+  const n = parseN(f, sources.length);
+  const bestOf = f.number("best_of", { int: true, min: 1 });
+  if (bestOf !== undefined && bestOf !== n) fail("best_of", `best_of must equal n (${n}) on this server (one candidate per choice), got ${bestOf}`);
+  checkMinTokens(common.minTokens ?? 0, maxTokens);
   checkPromptChars(
     sources.reduce((n, p) => n + (p.kind === "text" ? p.text.length : 0), 0),
     ctx,
@@ -530,6 +631,7 @@ export function planCompletionRequest(body: unknown, ctx: ValidationContext): Re
   });
   return {
     ops,
+    ignoredFields,
     finish(results: readonly EncodeResult[]): GenerationRequest {
       const prompts: PromptInput[] = sources.map((p, i) => {
         const k = opOf[i]!;
@@ -549,6 +651,9 @@ export function planCompletionRequest(body: unknown, ctx: ValidationContext): Re
         returnTokensAsTokenIds,
         skipSpecialTokens,
         cacheSalt,
+        n,
+        continuousUsage,
+        ignoredFields,
       };
     },
   };
@@ -587,9 +692,10 @@ export function parseCompletionRequest(body: unknown, ctx: ValidationContext): G
 }
 
 const CHAT_ROLES = new Set(["system", "developer", "user", "assistant", "tool"]);
+const MESSAGE_FIELDS: ReadonlySet<string> = new Set(["role", "content", "name", "tool_calls", "tool_call_id", "refusal"]);
 
 /** One chat message with content normalised to a string (text parts joined with "\n", as vLLM). */
-function parseMessage(m: unknown, i: number): ChatMessageInput {
+function parseMessage(m: unknown, i: number, strict: boolean, ignored: string[]): ChatMessageInput {
   const param = `messages[${i}]`;
   if (typeof m !== "object" || m === null || Array.isArray(m)) fail(param, `${param} must be an object, got ${typeName(m)}`);
   const msg = m as Body;
@@ -597,9 +703,7 @@ function parseMessage(m: unknown, i: number): ChatMessageInput {
   if (typeof role !== "string" || !CHAT_ROLES.has(role)) {
     fail(`${param}.role`, `${param}.role must be one of ${[...CHAT_ROLES].join(", ")}, got ${show(role)}`);
   }
-  const allowed = new Set(["role", "content", "name", "tool_calls", "tool_call_id", "refusal"]);
-  const unknown = Object.keys(msg).filter((k) => !allowed.has(k));
-  if (unknown.length > 0) fail(`${param}.${unknown[0]}`, `unknown field${unknown.length > 1 ? "s" : ""} in ${param}: ${unknown.join(", ")}`);
+  checkUnknown(msg, MESSAGE_FIELDS, strict, ignored, `${param}.`, ` in ${param}`);
   const c = msg.content;
   let content: string | null;
   if (c === undefined || c === null) {
@@ -627,18 +731,32 @@ function parseMessage(m: unknown, i: number): ChatMessageInput {
   return out;
 }
 
+/**
+ * Chat messages as given (`raw`: the body's messages), each normalised; unknown message fields go to
+ * `ignored` (or are a 400 with `strict`). With `maxChars`, more characters of text than that is a 400.
+ */
+export function parseChatMessages(raw: unknown, strict: boolean, ignored: string[], maxChars?: number): ChatMessageInput[] {
+  if (raw === undefined || raw === null) fail("messages", "messages is required");
+  if (!Array.isArray(raw)) fail("messages", `messages must be a list, got ${typeName(raw)}`);
+  if (raw.length === 0) fail("messages", "messages must not be empty");
+  if (raw.length > MAX_CHAT_MESSAGES) fail("messages", `messages may hold at most ${MAX_CHAT_MESSAGES} messages, got ${raw.length}`);
+  const messages = raw.map((m, i) => parseMessage(m, i, strict, ignored));
+  if (maxChars !== undefined) {
+    const chars = chatChars(messages);
+    if (chars > maxChars) fail("messages", `the messages hold ${chars} characters of text; this server takes at most ${maxChars}`, "context_length_exceeded");
+  }
+  return messages;
+}
+
 /** Validate a POST /v1/chat/completions body up to rendering and tokenizing. Throws RequestValidationError (400) or ModelNotFoundError (404). */
 export function planChatRequest(body: unknown, ctx: ValidationContext): RequestPlan {
   const b = asBody(body);
-  rejectUnknown(b, CHAT_FIELDS);
+  const strict = ctx.strictApi === true;
+  const ignoredFields: string[] = [];
+  checkUnknown(b, CHAT_FIELDS, strict, ignoredFields);
   const f = new Fields(b);
   checkModel(f, ctx);
-  const rawMessages = f.raw("messages");
-  if (rawMessages === undefined) fail("messages", "messages is required");
-  if (!Array.isArray(rawMessages)) fail("messages", `messages must be a list, got ${typeName(rawMessages)}`);
-  if (rawMessages.length === 0) fail("messages", "messages must not be empty");
-  if (rawMessages.length > MAX_CHAT_MESSAGES) fail("messages", `messages may hold at most ${MAX_CHAT_MESSAGES} messages, got ${rawMessages.length}`);
-  const messages = rawMessages.map(parseMessage);
+  const messages = parseChatMessages(f.raw("messages"), strict, ignoredFields);
   const common = parseCommonSampling(f, ctx);
   f.onlyNoOp("response_format", (v) => typeof v === "object" && v !== null && (v as Body).type === "text", 'only {"type": "text"}');
   f.onlyNoOp("tools", (v) => Array.isArray(v) && v.length === 0, "no tool calling");
@@ -648,7 +766,8 @@ export function planChatRequest(body: unknown, ctx: ValidationContext): RequestP
   const topLogprobs = f.number("top_logprobs", { int: true, min: 0, max: MAX_LOGPROBS });
   if (topLogprobs !== undefined && !logprobsFlag) fail("top_logprobs", "top_logprobs requires logprobs to be true");
   const stream = f.boolean("stream") ?? false;
-  const includeUsage = parseStreamOptions(f, stream);
+  const { includeUsage, continuousUsage } = parseStreamOptions(f, stream, strict, ignoredFields);
+  const n = parseN(f, 1);
   const stop = parseStop(f, ctx.encoder !== null);
   const returnTokensAsTokenIds = f.boolean("return_tokens_as_token_ids") ?? false;
   const skipSpecialTokens = f.boolean("skip_special_tokens") ?? true;
@@ -665,12 +784,14 @@ export function planChatRequest(body: unknown, ctx: ValidationContext): RequestP
   const op: EncodeOp = { kind: "chat", messages, addGenerationPrompt, ...(templateVariables ? { templateVariables } : {}) };
   return {
     ops: [op],
+    ignoredFields,
     finish(results: readonly EncodeResult[]): GenerationRequest {
       const tokenIds = idsResult(results[0]);
       if (tokenIds.length === 0) fail("messages", "the chat template rendered an empty prompt");
       checkTokenIds(tokenIds, "messages", ctx.vocabSize);
       const maxTokens = maxTokensGiven ?? ctx.maxModelLen - tokenIds.length;
       checkContext(tokenIds.length, maxTokens, ctx, "messages");
+      checkMinTokens(common.minTokens ?? 0, maxTokens);
       const sampling: SamplingRequest = { ...common, maxTokens, logprobs: logprobsFlag ? (topLogprobs ?? 0) : null };
       return {
         api: "chat",
@@ -684,6 +805,9 @@ export function planChatRequest(body: unknown, ctx: ValidationContext): RequestP
         returnTokensAsTokenIds,
         skipSpecialTokens,
         cacheSalt,
+        n,
+        continuousUsage,
+        ignoredFields,
       };
     },
   };

@@ -49,6 +49,17 @@ export const prefillSamplingSchema = z.strictObject({
   ignoreEos: z.boolean(),
   /** null = no logprobs; N = the sampled token's logprob plus the N best alternatives. */
   logprobs: z.number().int().min(0).max(MAX_LOGPROBS).nullable(),
+  // Penalties and filters (vLLM's), present only when they change sampling, so a job without them is
+  // exactly what older workers take. The engine checks them again (validatePenaltyParams).
+  presencePenalty: z.number().min(-2).max(2).optional(),
+  frequencyPenalty: z.number().min(-2).max(2).optional(),
+  repetitionPenalty: z.number().gt(0).lte(2).optional(),
+  /** [token id, bias] pairs, ascending ids. */
+  logitBias: z.array(z.tuple([tokenId, z.number().min(-100).max(100)])).max(1024).optional(),
+  minP: z.number().min(0).max(1).optional(),
+  minTokens: z.number().int().min(0).optional(),
+  /** A migrated attempt: the last N prompt tokens are the request's earlier output. */
+  priorOutputTokens: z.number().int().min(0).optional(),
 });
 
 export const prefillJobSchema = z.strictObject({

@@ -260,6 +260,13 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
       ignoreEos: s.ignoreEos,
       topLogprobs: s.logprobs ?? 0,
       ...(data.cacheSalt === undefined ? {} : { cacheSalt: data.cacheSalt }),
+      ...(s.presencePenalty !== undefined ? { presencePenalty: s.presencePenalty } : {}),
+      ...(s.frequencyPenalty !== undefined ? { frequencyPenalty: s.frequencyPenalty } : {}),
+      ...(s.repetitionPenalty !== undefined ? { repetitionPenalty: s.repetitionPenalty } : {}),
+      ...(s.logitBias !== undefined ? { logitBias: s.logitBias } : {}),
+      ...(s.minP !== undefined ? { minP: s.minP } : {}),
+      ...(s.minTokens !== undefined ? { minTokens: s.minTokens } : {}),
+      ...(s.priorOutputTokens !== undefined ? { priorOutputTokens: s.priorOutputTokens } : {}),
     };
     let seq: Sequence;
     try {

@@ -30,6 +30,8 @@
  *   --max-prompt-tokens N    longest prompt in tokens; keep it at prefill's --max-batch-tokens
  *                                                    (min(max-model-len - 1, 32768): prefill's default)
  *   --tokenizer-threads N    threads that tokenize prompts over 4096 characters; 0 = on the event loop  (1)
+ *   --strict-api             unknown request fields are a 400 naming the first, instead of ignored with a
+ *                            warning (logged, and named in an x-moela-ignored-fields header)  (off)
  *   --log-level L            pino level                                          (info)
  *
  * docs/SECURITY.md says what each bound protects and what an operator must still do.
@@ -71,6 +73,10 @@ const schema = z.strictObject({
   maxPromptChars: z.coerce.number().int("must be an integer").min(1, "must be at least 1").optional(),
   maxPromptTokens: z.coerce.number().int("must be an integer").min(1, "must be at least 1").optional(),
   tokenizerThreads: z.coerce.number().int("must be an integer").min(0, "must be at least 0").max(64).default(1),
+  strictApi: z
+    .enum(["true", "false", "1", "0", "on", "off"], { error: "must be true or false" })
+    .default("false")
+    .transform((v) => v === "true" || v === "1" || v === "on"),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
 
@@ -106,6 +112,8 @@ export interface RouterConfig {
   readonly maxPromptTokens?: number;
   /** Tokenizer worker threads (default 1; 0 = the event loop). */
   readonly tokenizerThreads?: number;
+  /** Unknown request fields are a 400 (default false: ignored with a warning header). */
+  readonly strictApi?: boolean;
   readonly logLevel: string;
 }
 
@@ -156,11 +164,12 @@ const HELP = {
   maxPromptChars: "most prompt characters per request before tokenizing (default 16 per context token, at least 65536)",
   maxPromptTokens: "longest prompt in tokens; keep it at prefill's --max-batch-tokens (default min(max-model-len - 1, 32768))",
   tokenizerThreads: "threads that tokenize prompts over 4096 characters; 0 = on the event loop (default 1)",
+  strictApi: "unknown request fields are a 400 instead of ignored with a warning header; env true|false (default off)",
   logLevel: "pino level (default info)",
 } as const satisfies Record<keyof typeof schema.shape, string>;
 
 /** Every schema key is a flag (--kebab-case VALUE) with its env twin. */
-const SETTINGS = settingsFromKeys(Object.keys(schema.shape) as (keyof typeof schema.shape)[], "MOELA_ROUTER_", [], HELP);
+const SETTINGS = settingsFromKeys(Object.keys(schema.shape) as (keyof typeof schema.shape)[], "MOELA_ROUTER_", ["strictApi"], HELP);
 
 export const USAGE = ["usage: router --model DIR [--decode H:P,...] [options]", "", ...usageLines(SETTINGS)].join("\n");
 
@@ -199,6 +208,7 @@ export function parseRouterConfig(argv: readonly string[], env: NodeJS.ProcessEn
     maxPromptChars: c.maxPromptChars,
     maxPromptTokens: c.maxPromptTokens,
     tokenizerThreads: c.tokenizerThreads,
+    strictApi: c.strictApi,
     logLevel: c.logLevel,
   });
 }

@@ -30,6 +30,7 @@
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { once } from "node:events";
+import { readFileSync } from "node:fs";
 import type { ServerResponse } from "node:http";
 import type { Metadata } from "@grpc/grpc-js";
 import { CancelledError, Code, InvalidArgumentError, MoelaError, newRequestId, requestLogger, type Logger } from "@moela/core";
@@ -58,7 +59,15 @@ import {
   tokenRenderer,
   usageOf,
   type CompletionLogprobs,
+  type EncodeResult,
   type FinishReason,
+  parseDetokenizeRequest,
+  parseTokenizeRequest,
+  type TokenizeContext,
+  type TokenizeResponse,
+  type PromptInput,
+  type SamplingRequest,
+  type Usage,
   type GeneratedToken,
   type AsyncPromptEncoder,
   type GenerationRequest,
@@ -103,7 +112,15 @@ export interface RouterContext {
   readonly shutdown: AbortSignal;
   /** True once the router is shutting down (health answers 503). */
   readonly draining: () => boolean;
+  /** The router's metrics registry, served at GET /metrics on the API port too; absent: no such route. */
+  readonly registry?: { metrics(): Promise<string>; readonly contentType: string };
 }
+
+/** The platform's version (the repository's package.json, as `moela --version`), for GET /version. */
+export const MOELA_VERSION: string = (() => {
+  const pkg = JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version?: unknown };
+  return typeof pkg.version === "string" ? pkg.version : "unknown";
+})();
 
 type Outcome = "ok" | "error" | "cancelled" | "rejected" | "timeout";
 
@@ -148,6 +165,27 @@ async function* mergeEvents(gens: AsyncGenerator<GenerateEvent>[]): AsyncGenerat
     // The caller aborts the generations' signal; their own cleanup then cancels them on decode.
     for (const g of gens) void g.return(undefined).catch(() => undefined);
   }
+}
+
+/** The response header naming the unknown request fields that were ignored (comma-separated paths). */
+export const IGNORED_FIELDS_HEADER = "x-moela-ignored-fields";
+
+/** Unknown fields a lenient router ignored: one warning line, and the header on the answer. */
+function reportIgnored(fields: readonly string[], reply: FastifyReply, log: Logger): void {
+  if (fields.length === 0) return;
+  log.warn({ ignoredFields: fields }, "the request has unknown fields; ignored (--strict-api refuses them)");
+  // Header values are ASCII without control characters: anything else in a field name becomes "?".
+  reply.header(IGNORED_FIELDS_HEADER, fields.map((f) => f.replace(/[^\x20-\x7e]|,/g, "?").slice(0, 128)).slice(0, 32).join(", "));
+}
+
+/**
+ * Choice k of a prompt: the prompt's sampling, with seed + k for k > 0 when the client chose a seed (so
+ * n seeded choices differ from each other and are each reproducible); without a seed the pipeline picks
+ * one per generation.
+ */
+function choiceSampling(s: SamplingRequest, k: number): SamplingRequest {
+  if (k === 0 || s.seed === undefined) return s;
+  return { ...s, seed: (s.seed + k) % (Number.MAX_SAFE_INTEGER + 1) };
 }
 
 /** Write to a raw response, waiting for room; resolves false when the client is gone. */
@@ -227,16 +265,20 @@ async function handleGeneration(api: "completions" | "chat", ctx: RouterContext,
     // On every answer, refusals included: the client's own id, and the one the cluster knows it by.
     reply.header("x-request-id", publicId).header(INTERNAL_ID_HEADER, requestId);
     const plan = api === "completions" ? planCompletionRequest(req.body, ctx.validation) : planChatRequest(req.body, ctx.validation);
+    reportIgnored(plan.ignoredFields, reply, log);
     const parsed = await runPlanAsync(plan, ctx.encoder, ctl.signal);
-    release = ctx.admission.admit(parsed.prompts.length);
-    const requestIds = parsed.prompts.map((_, i) => (i === 0 ? requestId : `${requestId}.${i}`));
-    log.info({ requestIds, prompts: parsed.prompts.length, stream: parsed.stream }, "generation request");
-    const gens = parsed.prompts.map((p, i) =>
+    // Choice g = prompt i * n + k (OpenAI's and vLLM's numbering): one generation each.
+    const n = parsed.n;
+    const choices = parsed.prompts.length * n;
+    release = ctx.admission.admit(choices);
+    const requestIds = Array.from({ length: choices }, (_, g) => (g === 0 ? requestId : `${requestId}.${g}`));
+    log.info({ requestIds, prompts: parsed.prompts.length, n, stream: parsed.stream }, "generation request");
+    const gens = requestIds.map((rid, g) =>
       ctx.backend.generate(
         {
-          requestId: requestIds[i]!,
-          promptTokenIds: p.tokenIds,
-          sampling: parsed.sampling[i]!,
+          requestId: rid,
+          promptTokenIds: parsed.prompts[Math.floor(g / n)]!.tokenIds,
+          sampling: choiceSampling(parsed.sampling[Math.floor(g / n)]!, g % n),
           stop: parsed.stop,
           skipSpecialTokens: parsed.skipSpecialTokens,
           ...(parsed.cacheSalt !== undefined ? { cacheSalt: parsed.cacheSalt } : {}),
@@ -277,29 +319,27 @@ async function fullResponse(
   const created = createdNow();
   const model = ctx.validation.servedModelName;
   const render = renderTokens(ctx, parsed);
+  const n = parsed.n;
   const promptTokens = parsed.prompts.reduce((n, p) => n + p.tokenIds.length, 0);
   const completionTokens = results.reduce((n, r) => n + r.completionTokens, 0);
   const usage = usageOf(promptTokens, completionTokens, results.reduce((n, r) => n + r.cachedPromptTokens, 0));
   const wantLogprobs = parsed.sampling[0]!.logprobs !== null;
   if (api === "chat") {
-    const r = results[0]!;
     return chatResponse(
       id,
       created,
       model,
-      [
-        {
-          index: 0,
-          message: { role: "assistant", content: r.text },
-          logprobs: wantLogprobs ? { content: chatLogprobEntries(r.tokens, render) } : null,
-          finish_reason: r.finishReason,
-        },
-      ],
+      results.map((r, index) => ({
+        index,
+        message: { role: "assistant", content: r.text },
+        logprobs: wantLogprobs ? { content: chatLogprobEntries(r.tokens, render) } : null,
+        finish_reason: r.finishReason,
+      })),
       usage,
     );
   }
   const choices = results.map((r, index) => {
-    const prompt = parsed.prompts[index]!;
+    const prompt = parsed.prompts[Math.floor(index / n)]!;
     let logprobs: CompletionLogprobs | null = null;
     if (wantLogprobs) {
       const builder = new CompletionLogprobsBuilder(render);
@@ -329,41 +369,54 @@ async function streamGeneration(
   let next = await events.next();
   reply.hijack();
   const raw = reply.raw;
-  raw.writeHead(200, sseHeaders(publicId, requestId));
+  const ignored = reply.getHeader(IGNORED_FIELDS_HEADER);
+  raw.writeHead(200, { ...sseHeaders(publicId, requestId), ...(typeof ignored === "string" ? { [IGNORED_FIELDS_HEADER]: ignored } : {}) });
   const promptTokens = parsed.prompts.reduce((n, p) => n + p.tokenIds.length, 0);
   let completionTokens = 0;
   let cachedPromptTokens = 0;
+  const n = parsed.n;
+  const choices = gens.length;
+  const promptOf = (g: number): PromptInput => parsed.prompts[Math.floor(g / n)]!;
+  // stream_options.continuous_usage_stats: each chunk carries its choice's usage so far (as vLLM counts it).
+  const sent = new Array<number>(choices).fill(0);
+  const usageSoFar = (g: number): Usage | null => (parsed.continuousUsage ? usageOf(promptOf(g).tokenIds.length, sent[g]!) : null);
   if (api === "completions") {
-    const builders = parsed.prompts.map(() => new CompletionLogprobsBuilder(render));
+    const builders = gens.map(() => new CompletionLogprobsBuilder(render));
     if (parsed.echo) {
-      for (const [index, p] of parsed.prompts.entries()) {
+      for (let index = 0; index < choices; index++) {
+        const p = promptOf(index);
         const logprobs = wantLogprobs ? builders[index]!.prompt(p.tokenIds) : null;
-        await writeRaw(raw, sseData(completionChunk(id, created, model, { index, text: p.text, logprobs, finish_reason: null })));
+        await writeRaw(raw, sseData(completionChunk(id, created, model, { index, text: p.text, logprobs, finish_reason: null }, usageSoFar(index))));
       }
     }
     for (; !next.done; next = await events.next()) {
       const { index, event } = next.value;
       if (event.usage) completionTokens += event.usage.completionTokens;
       cachedPromptTokens += event.usage?.cachedPromptTokens ?? 0;
+      sent[index] = event.usage?.completionTokens ?? sent[index]! + event.tokens.length;
       const logprobs = wantLogprobs ? builders[index]!.generated(event.tokens) : null;
       const choice = { index, text: event.text, logprobs, finish_reason: event.finishReason };
-      if (!(await writeRaw(raw, sseData(completionChunk(id, created, model, choice))))) return;
+      if (!(await writeRaw(raw, sseData(completionChunk(id, created, model, choice, usageSoFar(index)))))) return;
     }
     if (parsed.includeUsage) await writeRaw(raw, sseData(completionChunk(id, created, model, null, usageOf(promptTokens, completionTokens, cachedPromptTokens))));
   } else {
     const include = parsed.includeUsage;
-    await writeRaw(raw, sseData(chatChunk(id, created, model, { index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }, include)));
+    for (let index = 0; index < choices; index++) {
+      const role = { index, delta: { role: "assistant" as const, content: "" }, logprobs: null, finish_reason: null };
+      await writeRaw(raw, sseData(chatChunk(id, created, model, role, include, usageSoFar(index))));
+    }
     for (; !next.done; next = await events.next()) {
-      const { event } = next.value;
+      const { index, event } = next.value;
       if (event.usage) completionTokens += event.usage.completionTokens;
       cachedPromptTokens += event.usage?.cachedPromptTokens ?? 0;
+      sent[index] = event.usage?.completionTokens ?? sent[index]! + event.tokens.length;
       if (event.text.length > 0 || (wantLogprobs && event.tokens.length > 0)) {
         const logprobs = wantLogprobs ? { content: chatLogprobEntries(event.tokens, render) } : null;
-        const chunk = chatChunk(id, created, model, { index: 0, delta: { content: event.text }, logprobs, finish_reason: null }, include);
+        const chunk = chatChunk(id, created, model, { index, delta: { content: event.text }, logprobs, finish_reason: null }, include, usageSoFar(index));
         if (!(await writeRaw(raw, sseData(chunk)))) return;
       }
       if (event.finishReason !== null) {
-        await writeRaw(raw, sseData(chatChunk(id, created, model, { index: 0, delta: {}, logprobs: null, finish_reason: event.finishReason }, include)));
+        await writeRaw(raw, sseData(chatChunk(id, created, model, { index, delta: {}, logprobs: null, finish_reason: event.finishReason }, include, usageSoFar(index))));
       }
     }
     if (include) await writeRaw(raw, sseData(chatChunk(id, created, model, null, true, usageOf(promptTokens, completionTokens, cachedPromptTokens))));
@@ -441,20 +494,65 @@ export function buildHttpApp(ctx: RouterContext): FastifyInstance {
     return reply.code(ctx.draining() ? 503 : 200).send({ status: ctx.draining() ? "draining" : "ok", ...ctx.backend.health() });
   });
 
-  app.get("/v1/models", async () => ({
-    object: "list",
-    data: [
-      {
-        id: ctx.validation.servedModelName,
-        object: "model",
-        created: ctx.startedAt,
-        owned_by: "moela",
-        root: ctx.validation.servedModelName,
-        parent: null,
-        max_model_len: ctx.validation.maxModelLen,
-      },
-    ],
-  }));
+  const modelCard = (): Record<string, unknown> => ({
+    id: ctx.validation.servedModelName,
+    object: "model",
+    created: ctx.startedAt,
+    owned_by: "moela",
+    root: ctx.validation.servedModelName,
+    parent: null,
+    max_model_len: ctx.validation.maxModelLen,
+  });
+  app.get("/v1/models", async () => ({ object: "list", data: [modelCard()] }));
+  // OpenAI's retrieve: the served model, else 404 model_not_found. Ids may hold "/" (HF names): the wildcard takes them.
+  app.get<{ Params: { "*": string } }>("/v1/models/*", async (req) => {
+    const id = req.params["*"];
+    if (id !== ctx.validation.servedModelName) throw new ModelNotFoundError(id);
+    return modelCard();
+  });
+
+  // vLLM's tokenizer endpoints (packages/openai-api/src/tokenize.ts has the shapes).
+  const tokenizeCtx = (): TokenizeContext => ({
+    servedModelName: ctx.validation.servedModelName,
+    maxModelLen: ctx.validation.maxModelLen,
+    vocabSize: ctx.validation.vocabSize,
+    hasTokenizer: ctx.tokenizer !== null,
+    ...(ctx.validation.maxPromptChars !== undefined ? { maxPromptChars: ctx.validation.maxPromptChars } : {}),
+    ...(ctx.validation.strictApi !== undefined ? { strictApi: ctx.validation.strictApi } : {}),
+  });
+  app.post("/tokenize", async (req, reply): Promise<TokenizeResponse> => {
+    const r = parseTokenizeRequest(req.body, tokenizeCtx());
+    reportIgnored(r.ignoredFields, reply, ctx.logger);
+    let result: EncodeResult;
+    try {
+      result = await ctx.encoder.run(r.op);
+    } catch (err) {
+      // The chat template refusing the conversation is the client's 400, as on /v1/chat/completions.
+      if (r.op.kind === "chat" && err instanceof MoelaError && err.code === Code.INVALID_ARGUMENT && !(err instanceof RequestValidationError)) {
+        throw new RequestValidationError(err.message, "messages");
+      }
+      throw err;
+    }
+    if (typeof result === "string") throw new MoelaError("tokenizer returned text for an encode", Code.INTERNAL);
+    const tokens = Array.from(result);
+    const tokenizer = ctx.tokenizer!;
+    const token_strs = r.returnTokenStrs ? tokens.map((t) => tokenizer.idToToken(t) ?? "") : null;
+    return { count: tokens.length, max_model_len: ctx.validation.maxModelLen, tokens, token_strs };
+  });
+  app.post("/detokenize", async (req, reply) => {
+    const r = parseDetokenizeRequest(req.body, tokenizeCtx());
+    reportIgnored(r.ignoredFields, reply, ctx.logger);
+    const text = await ctx.encoder.run({ kind: "decode", ids: r.tokens });
+    if (typeof text !== "string") throw new MoelaError("tokenizer returned ids for a decode", Code.INTERNAL);
+    return { prompt: text };
+  });
+  // vLLM's /version: the platform's version (the repository's package.json).
+  app.get("/version", async () => ({ version: MOELA_VERSION }));
+  // The router's own registry, as on --metrics-address (also here, where the API is: vLLM serves it so).
+  const registry = ctx.registry;
+  if (registry !== undefined) {
+    app.get("/metrics", async (_req, reply) => reply.header("content-type", registry.contentType).send(await registry.metrics()));
+  }
 
   // How the router placed a request: every decision kept for it (a retried or migrated request has several).
   app.get<{ Params: { requestId: string } }>("/v1/routing/:requestId", async (req, reply) => {
@@ -497,6 +595,22 @@ function generateRequestBody(req: GenerateRequest): Record<string, unknown> {
     if (s.stopTokenIds.length > 0) body.stop_token_ids = s.stopTokenIds;
     if (s.logprobs !== undefined) body.logprobs = s.logprobs;
     if (s.ignoreEos) body.ignore_eos = true;
+    if (s.presencePenalty !== undefined) body.presence_penalty = s.presencePenalty;
+    if (s.frequencyPenalty !== undefined) body.frequency_penalty = s.frequencyPenalty;
+    if (s.repetitionPenalty !== undefined) body.repetition_penalty = s.repetitionPenalty;
+    if (s.logitBias !== undefined) {
+      const bias: Record<string, number> = {};
+      for (const b of s.logitBias.entries) {
+        if (Object.hasOwn(bias, String(b.tokenId))) throw new InvalidArgumentError(`sampling.logit_bias names token ${b.tokenId} twice`);
+        bias[String(b.tokenId)] = b.bias;
+      }
+      body.logit_bias = bias;
+    }
+    if (s.minP !== undefined) body.min_p = s.minP;
+    if (s.minTokens !== undefined) body.min_tokens = s.minTokens;
+    if (s.n !== undefined && s.n !== 0) body.n = s.n;
+    // prior_output_tokens is the cluster's own (migrations); a client cannot set it.
+    if (s.priorOutputTokens !== undefined && s.priorOutputTokens !== 0) throw new InvalidArgumentError("sampling.prior_output_tokens is internal to the cluster; leave it 0");
   }
   if (req.cacheSalt !== "") body.cache_salt = req.cacheSalt;
   return body;
@@ -576,28 +690,33 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
           if (err instanceof ModelNotFoundError) throw new InvalidArgumentError(err.message);
           throw err;
         }
-        release = ctx.admission.admit(1);
+        const n = parsed.n;
+        release = ctx.admission.admit(n);
         const publicId = req.requestId !== "" ? req.requestId : newRequestId();
         const requestId = req.requestId !== "" ? namespacedRequestId(req.requestId) : publicId;
         log = requestLogger(ctx.logger, requestId, { api: "grpc", ...(req.requestId !== "" ? { clientRequestId: req.requestId } : {}) });
         const wantLogprobs = parsed.sampling[0]!.logprobs !== null;
         log.info("generation request");
-        const gen = ctx.backend.generate(
-          {
-            requestId,
-            promptTokenIds: parsed.prompts[0]!.tokenIds,
-            sampling: parsed.sampling[0]!,
-            stop: parsed.stop,
-            skipSpecialTokens: true,
-            priority: req.priority,
-            ...(parsed.cacheSalt !== undefined ? { cacheSalt: parsed.cacheSalt } : {}),
-            arrivedAt,
-          },
-          signal,
+        // n choices: generations <id>, <id>.1, ..., their messages interleaved, each with its index.
+        const gens = Array.from({ length: n }, (_, k) =>
+          ctx.backend.generate(
+            {
+              requestId: k === 0 ? requestId : `${requestId}.${k}`,
+              promptTokenIds: parsed.prompts[0]!.tokenIds,
+              sampling: choiceSampling(parsed.sampling[0]!, k),
+              stop: parsed.stop,
+              skipSpecialTokens: true,
+              priority: req.priority,
+              ...(parsed.cacheSalt !== undefined ? { cacheSalt: parsed.cacheSalt } : {}),
+              arrivedAt,
+            },
+            signal,
+          ),
         );
-        for await (const ev of gen) {
+        for await (const { index, event: ev } of mergeEvents(gens)) {
           yield {
             requestId: publicId,
+            index,
             tokenIds: ev.tokens.map((t) => t.id),
             text: ev.text,
             logprobs: wantLogprobs

@@ -224,6 +224,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         defaults,
         maxPromptChars,
         maxPromptTokens,
+        strictApi: config.strictApi ?? false,
       },
       tokenizer,
       encoder,
@@ -237,6 +238,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       startedAt: Math.floor(Date.now() / 1000),
       shutdown: shutdown.signal,
       draining: () => draining,
+      registry,
     };
 
     const metricsAt = splitHostPort(config.metricsAddress);

@@ -320,6 +320,7 @@ export class Pipeline {
           stopTokenIds: [...sampling.stopTokenIds],
           ignoreEos: sampling.ignoreEos,
           logprobs: sampling.logprobs,
+          ...penaltiesOf(sampling, progress.received),
         },
         decodeAddress: address,
         deadlineUnixMs: attempt.deadline,
@@ -344,6 +345,7 @@ export class Pipeline {
 
       const { decoder, matcher } = progress;
       const wantLogprobs = sampling.logprobs !== null;
+      const minTokens = sampling.minTokens ?? 0;
       for (;;) {
         reading = true;
         const r = await pending;
@@ -362,7 +364,8 @@ export class Pipeline {
           progress.ids.push(ev.tokenId);
           tokens.push(generatedToken(ev, wantLogprobs));
           const delta = decoder?.push(ev.tokenId) ?? "";
-          if (matcher === null) {
+          // As vLLM: stop strings are looked for only once the output is longer than min_tokens.
+          if (matcher === null || progress.received <= minTokens) {
             text += delta;
             continue;
           }
@@ -593,6 +596,25 @@ function abortReason(signal: AbortSignal): string {
   const r: unknown = signal.reason;
   if (r === undefined || r instanceof CancelledError) return "client disconnected";
   return r instanceof Error ? r.message : String(r);
+}
+
+/**
+ * The job's penalty fields: only those that change sampling (a job without them is what older prefill
+ * workers take). An attempt that continues after `sent` tokens says so (priorOutputTokens): the engine
+ * counts them as output for the penalties and for min_tokens.
+ */
+function penaltiesOf(s: SamplingRequest, sent: number): Partial<PrefillJob["sampling"]> {
+  const minTokens = s.minTokens ?? 0;
+  const counted = s.presencePenalty !== undefined || s.frequencyPenalty !== undefined || minTokens > sent;
+  return {
+    ...(s.presencePenalty !== undefined ? { presencePenalty: s.presencePenalty } : {}),
+    ...(s.frequencyPenalty !== undefined ? { frequencyPenalty: s.frequencyPenalty } : {}),
+    ...(s.repetitionPenalty !== undefined ? { repetitionPenalty: s.repetitionPenalty } : {}),
+    ...(s.logitBias !== undefined && s.logitBias.length > 0 ? { logitBias: s.logitBias.map(([id, bias]) => [id, bias] as [number, number]) } : {}),
+    ...(s.minP !== undefined ? { minP: s.minP } : {}),
+    ...(minTokens > sent ? { minTokens } : {}),
+    ...(counted && sent > 0 ? { priorOutputTokens: sent } : {}),
+  };
 }
 
 function generatedToken(ev: TokenEvent, wantLogprobs: boolean): GeneratedToken {

@@ -14,6 +14,14 @@ import { parsePrefillConfig } from "../../../services/prefill/src/config.js";
 const MODEL = new URL("../../../models/tiny-v3", import.meta.url).pathname;
 
 describe("router config", () => {
+  it("--strict-api / MOELA_ROUTER_STRICT_API switch unknown request fields to a 400", () => {
+    const model = new URL("../../../models/tiny-v3", import.meta.url).pathname;
+    expect(parseRouterConfig(["--model", model, "--strict-api"], {}).strictApi).toBe(true);
+    expect(parseRouterConfig(["--model", model], { MOELA_ROUTER_STRICT_API: "true" }).strictApi).toBe(true);
+    expect(parseRouterConfig(["--model", model, "--no-strict-api"], { MOELA_ROUTER_STRICT_API: "true" }).strictApi).toBe(false);
+    expect(parseRouterConfig(["--model", model], {}).strictApi).toBe(false);
+  });
+
   it("defaults, with the served name from the model folder", () => {
     const c = parseRouterConfig(["--model", MODEL, "--decode", "127.0.0.1:7001, 127.0.0.1:7002"], {});
     expect(c).toEqual({
@@ -36,6 +44,7 @@ describe("router config", () => {
       maxPromptChars: undefined,
       maxPromptTokens: undefined,
       tokenizerThreads: 1,
+      strictApi: false,
       logLevel: "info",
     });
   });

@@ -24,9 +24,12 @@ const ctx: ValidationContext = {
 };
 
 /** The status, param and message fragment of a refused body (throws when the body is accepted). */
-function refusal(parse: typeof parseCompletionRequest, body: unknown): { status: number; param: string | null; message: string; code: string | null } {
+/** The router with --strict-api: unknown fields are refused. */
+const strictCtx: ValidationContext = { ...ctx, strictApi: true };
+
+function refusal(parse: typeof parseCompletionRequest, body: unknown, strict = false): { status: number; param: string | null; message: string; code: string | null } {
   try {
-    parse(body, ctx);
+    parse(body, strict ? strictCtx : ctx);
   } catch (err) {
     expect(err).toBeInstanceOf(MoelaError);
     const { status, body: b } = openAIError(err);
@@ -38,10 +41,10 @@ function refusal(parse: typeof parseCompletionRequest, body: unknown): { status:
 const ids = (n: number, v = 5): number[] => Array.from({ length: n }, () => v);
 
 describe("POST /v1/completions: refused requests", () => {
-  const cases: { name: string; body: unknown; status?: number; param: string | null; message: RegExp; code?: string }[] = [
+  const cases: { name: string; body: unknown; status?: number; param: string | null; message: RegExp; code?: string; strict?: boolean }[] = [
     { name: "a body that is not an object", body: [1, 2], param: "body", message: /must be a JSON object/ },
-    { name: "an unknown field", body: { prompt: "hi", foo: 1 }, param: "foo", message: /unknown field: foo/ },
-    { name: "several unknown fields", body: { prompt: "hi", foo: 1, bar: 2 }, param: "foo", message: /unknown fields: foo, bar/ },
+    { name: "an unknown field (strict)", strict: true, body: { prompt: "hi", foo: 1 }, param: "foo", message: /unknown field: foo/ },
+    { name: "several unknown fields (strict)", strict: true, body: { prompt: "hi", foo: 1, bar: 2 }, param: "foo", message: /unknown fields: foo, bar/ },
     { name: "an unknown model", body: { model: "gpt-4", prompt: "hi" }, status: 404, param: "model", message: /`gpt-4` does not exist/, code: "model_not_found" },
     { name: "a model that is not a string", body: { model: 3, prompt: "hi" }, param: "model", message: /model must be a string/ },
     { name: "no prompt", body: { model: "tiny-v3" }, param: "prompt", message: /prompt is required/ },
@@ -79,14 +82,32 @@ describe("POST /v1/completions: refused requests", () => {
     { name: "logprobs above 20", body: { prompt: "hi", logprobs: 21 }, param: "logprobs", message: /logprobs must be in \[0, 20\]/ },
     { name: "negative logprobs", body: { prompt: "hi", logprobs: -1 }, param: "logprobs", message: /logprobs must be in \[0, 20\]/ },
     { name: "boolean logprobs", body: { prompt: "hi", logprobs: true }, param: "logprobs", message: /must be an integer in \[0, 20\] for completions/ },
-    { name: "n = 2", body: { prompt: "hi", n: 2 }, param: "n", message: /n must be 1/ },
-    { name: "best_of = 3", body: { prompt: "hi", best_of: 3 }, param: "best_of", message: /best_of must be 1/ },
+    { name: "n = 0", body: { prompt: "hi", n: 0 }, param: "n", message: /n must be in \[1, inf\), got 0/ },
+    { name: "n = 65", body: { prompt: "hi", n: 65 }, param: "n", message: /n must be in \[1, 64\], got 65/ },
+    { name: "n x prompts over 64", body: { prompt: ["a", "b", "c"], n: 22 }, param: "n", message: /n x prompts may be at most 64, got 22 x 3/ },
+    { name: "fractional n", body: { prompt: "hi", n: 1.5 }, param: "n", message: /n must be an integer/ },
+    { name: "best_of other than n", body: { prompt: "hi", n: 2, best_of: 3 }, param: "best_of", message: /best_of must equal n \(2\)/ },
     { name: "a suffix", body: { prompt: "hi", suffix: "end" }, param: "suffix", message: /not supported/ },
-    { name: "a frequency penalty", body: { prompt: "hi", frequency_penalty: 0.5 }, param: "frequency_penalty", message: /not supported/ },
-    { name: "a presence penalty", body: { prompt: "hi", presence_penalty: -1 }, param: "presence_penalty", message: /not supported/ },
-    { name: "a logit bias", body: { prompt: "hi", logit_bias: { "5": 10 } }, param: "logit_bias", message: /not supported/ },
+    { name: "frequency_penalty above 2", body: { prompt: "hi", frequency_penalty: 2.5 }, param: "frequency_penalty", message: /frequency_penalty must be in \[-2, 2\], got 2.5/ },
+    { name: "presence_penalty below -2", body: { prompt: "hi", presence_penalty: -2.01 }, param: "presence_penalty", message: /presence_penalty must be in \[-2, 2\]/ },
+    { name: "presence_penalty as a string", body: { prompt: "hi", presence_penalty: "1" }, param: "presence_penalty", message: /must be a number/ },
+    { name: "repetition_penalty 0", body: { prompt: "hi", repetition_penalty: 0 }, param: "repetition_penalty", message: /repetition_penalty must be in \(0, 2\], got 0/ },
+    { name: "repetition_penalty above 2", body: { prompt: "hi", repetition_penalty: 2.1 }, param: "repetition_penalty", message: /\(0, 2\]/ },
+    { name: "min_p above 1", body: { prompt: "hi", min_p: 1.5 }, param: "min_p", message: /min_p must be in \[0, 1\]/ },
+    { name: "negative min_p", body: { prompt: "hi", min_p: -0.1 }, param: "min_p", message: /min_p must be in \[0, 1\]/ },
+    { name: "negative min_tokens", body: { prompt: "hi", min_tokens: -1 }, param: "min_tokens", message: /min_tokens must be in \[0, inf\)/ },
+    { name: "fractional min_tokens", body: { prompt: "hi", min_tokens: 1.5 }, param: "min_tokens", message: /must be an integer/ },
+    { name: "min_tokens above max_tokens", body: { prompt: "hi", max_tokens: 4, min_tokens: 5 }, param: "min_tokens", message: /min_tokens must be at most max_tokens \(4\), got 5/ },
+    { name: "a logit bias above 100", body: { prompt: "hi", logit_bias: { "5": 101 } }, param: "logit_bias", message: /logit_bias\["5"\] must be in \[-100, 100\], got 101/ },
+    { name: "a logit bias below -100", body: { prompt: "hi", logit_bias: { "5": -100.5 } }, param: "logit_bias", message: /\[-100, 100\]/ },
+    { name: "a logit bias token past the vocabulary", body: { prompt: "hi", logit_bias: { "1024": 1 } }, param: "logit_bias", message: /token id 1024 is outside the vocabulary/ },
+    { name: "a logit bias key that is not an id", body: { prompt: "hi", logit_bias: { abc: 1 } }, param: "logit_bias", message: /keys must be token ids/ },
+    { name: "a logit bias key with a sign", body: { prompt: "hi", logit_bias: { "-1": 1 } }, param: "logit_bias", message: /keys must be token ids/ },
+    { name: "a logit bias value that is a string", body: { prompt: "hi", logit_bias: { "5": "1" } }, param: "logit_bias", message: /must be a number/ },
+    { name: "a logit bias that is a list", body: { prompt: "hi", logit_bias: [1] }, param: "logit_bias", message: /must be an object/ },
     { name: "stream_options without stream", body: { prompt: "hi", stream_options: { include_usage: true } }, param: "stream_options", message: /only be given when stream is true/ },
-    { name: "an unknown stream option", body: { prompt: "hi", stream: true, stream_options: { foo: true } }, param: "foo", message: /unknown field: foo/ },
+    { name: "an unknown stream option (strict)", strict: true, body: { prompt: "hi", stream: true, stream_options: { foo: true } }, param: "foo", message: /unknown field: foo/ },
+    { name: "continuous_usage_stats as a string", body: { prompt: "hi", stream: true, stream_options: { continuous_usage_stats: "yes" } }, param: "continuous_usage_stats", message: /must be a boolean/ },
     { name: "stream as a string", body: { prompt: "hi", stream: "yes" }, param: "stream", message: /stream must be a boolean/ },
     { name: "echo as a number", body: { prompt: "hi", echo: 1 }, param: "echo", message: /echo must be a boolean/ },
     { name: "return_tokens_as_token_ids as a string", body: { prompt: "hi", return_tokens_as_token_ids: "true" }, param: "return_tokens_as_token_ids", message: /must be a boolean/ },
@@ -94,8 +115,8 @@ describe("POST /v1/completions: refused requests", () => {
     { name: "stop_token_ids not a list", body: { prompt: "hi", stop_token_ids: 5 }, param: "stop_token_ids", message: /must be a list/ },
     { name: "a user that is not a string", body: { prompt: "hi", user: 7 }, param: "user", message: /user must be a string/ },
   ];
-  it.each(cases)("$name -> $param", ({ body, status, param, message, code }) => {
-    const r = refusal(parseCompletionRequest, body);
+  it.each(cases)("$name -> $param", ({ body, status, param, message, code, strict }) => {
+    const r = refusal(parseCompletionRequest, body, strict);
     expect(r.status).toBe(status ?? 400);
     expect(r.param).toBe(param);
     expect(r.message).toMatch(message);
@@ -104,7 +125,7 @@ describe("POST /v1/completions: refused requests", () => {
 });
 
 describe("POST /v1/chat/completions: refused requests", () => {
-  const cases: { name: string; body: unknown; status?: number; param: string | null; message: RegExp }[] = [
+  const cases: { name: string; body: unknown; status?: number; param: string | null; message: RegExp; strict?: boolean }[] = [
     { name: "no messages", body: {}, param: "messages", message: /messages is required/ },
     { name: "empty messages", body: { messages: [] }, param: "messages", message: /must not be empty/ },
     { name: "messages not a list", body: { messages: "hi" }, param: "messages", message: /must be a list/ },
@@ -112,8 +133,8 @@ describe("POST /v1/chat/completions: refused requests", () => {
     { name: "a numeric content", body: { messages: [{ role: "user", content: 5 }] }, param: "messages[0].content", message: /must be a string or a list of text parts/ },
     { name: "a user message without content", body: { messages: [{ role: "user" }] }, param: "messages[0].content", message: /is required for role user/ },
     { name: "an image part", body: { messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] }, param: "messages[0].content[0]", message: /text only/ },
-    { name: "an unknown message field", body: { messages: [{ role: "user", content: "hi", mood: "happy" }] }, param: "messages[0].mood", message: /unknown field in messages\[0\]: mood/ },
-    { name: "an unknown top-level field", body: { messages: [{ role: "user", content: "hi" }], echo: true }, param: "echo", message: /unknown field: echo/ },
+    { name: "an unknown message field (strict)", strict: true, body: { messages: [{ role: "user", content: "hi", mood: "happy" }] }, param: "messages[0].mood", message: /unknown field in messages\[0\]: mood/ },
+    { name: "an unknown top-level field (strict)", strict: true, body: { messages: [{ role: "user", content: "hi" }], echo: true }, param: "echo", message: /unknown field: echo/ },
     { name: "an unknown model", body: { model: "x", messages: [{ role: "user", content: "hi" }] }, status: 404, param: "model", message: /does not exist/ },
     { name: "top_logprobs without logprobs", body: { messages: [{ role: "user", content: "hi" }], top_logprobs: 2 }, param: "top_logprobs", message: /requires logprobs to be true/ },
     { name: "top_logprobs above 20", body: { messages: [{ role: "user", content: "hi" }], logprobs: true, top_logprobs: 21 }, param: "top_logprobs", message: /in \[0, 20\]/ },
@@ -123,10 +144,12 @@ describe("POST /v1/chat/completions: refused requests", () => {
     { name: "max_completion_tokens 0", body: { messages: [{ role: "user", content: "hi" }], max_completion_tokens: 0 }, param: "max_completion_tokens", message: /in \[1, inf\)/ },
     { name: "max_tokens over the context", body: { messages: [{ role: "user", content: "hi" }], max_tokens: 2048 }, param: "max_tokens", message: /maximum context length is 2048/ },
     { name: "temperature above 2", body: { messages: [{ role: "user", content: "hi" }], temperature: 3 }, param: "temperature", message: /\[0, 2\]/ },
-    { name: "n = 3", body: { messages: [{ role: "user", content: "hi" }], n: 3 }, param: "n", message: /n must be 1/ },
+    { name: "n = 65", body: { messages: [{ role: "user", content: "hi" }], n: 65 }, param: "n", message: /n must be in \[1, 64\]/ },
+    { name: "min_tokens past the default max_tokens", body: { messages: [{ role: "user", content: "hi" }], min_tokens: 5000 }, param: "min_tokens", message: /min_tokens must be at most max_tokens/ },
+    { name: "repetition_penalty negative", body: { messages: [{ role: "user", content: "hi" }], repetition_penalty: -1 }, param: "repetition_penalty", message: /\(0, 2\]/ },
   ];
-  it.each(cases)("$name -> $param", ({ body, status, param, message }) => {
-    const r = refusal(parseChatRequest, body);
+  it.each(cases)("$name -> $param", ({ body, status, param, message, strict }) => {
+    const r = refusal(parseChatRequest, body, strict);
     expect(r.status).toBe(status ?? 400);
     expect(r.param).toBe(param);
     expect(r.message).toMatch(message);
@@ -195,8 +218,57 @@ describe("accepted requests come out normalised", () => {
       },
       ctx,
     );
+    // The no-op values of the penalties are not carried at all.
     expect(r.sampling[0]).toEqual({ temperature: 0, topP: 0.5, topK: -1, seed: 42, maxTokens: 7, stopTokenIds: [1], ignoreEos: true, logprobs: 3 });
+    expect(r.ignoredFields).toEqual([]);
     expect(r).toMatchObject({ stop: ["\n"], stream: true, includeUsage: true, echo: true, returnTokensAsTokenIds: true });
+  });
+
+  it("penalties, logit_bias, min_p, min_tokens and n come through as given (logit_bias as ascending id pairs)", () => {
+    const r = parseCompletionRequest(
+      {
+        prompt: "hi",
+        max_tokens: 8,
+        n: 3,
+        best_of: 3,
+        presence_penalty: -1.5,
+        frequency_penalty: 0.25,
+        repetition_penalty: 1.3,
+        logit_bias: { "17": -100, "5": 2.5 },
+        min_p: 0.05,
+        min_tokens: 8,
+        stream: true,
+        stream_options: { include_usage: true, continuous_usage_stats: true },
+      },
+      ctx,
+    );
+    expect(r.sampling[0]).toMatchObject({
+      presencePenalty: -1.5,
+      frequencyPenalty: 0.25,
+      repetitionPenalty: 1.3,
+      logitBias: [
+        [5, 2.5],
+        [17, -100],
+      ],
+      minP: 0.05,
+      minTokens: 8,
+    });
+    expect(r).toMatchObject({ n: 3, includeUsage: true, continuousUsage: true });
+  });
+
+  it("continuous_usage_stats counts only with include_usage (vLLM)", () => {
+    const r = parseCompletionRequest({ prompt: "hi", stream: true, stream_options: { continuous_usage_stats: true } }, ctx);
+    expect(r).toMatchObject({ includeUsage: false, continuousUsage: false });
+  });
+
+  it("unknown fields are ignored and listed (top level, stream_options, messages); strict refuses them", () => {
+    const c = parseCompletionRequest({ prompt: "hi", foo: 1, stream: true, stream_options: { include_usage: true, bar: 2 } }, ctx);
+    expect(c.ignoredFields).toEqual(["foo", "stream_options.bar"]);
+    expect(c.includeUsage).toBe(true);
+    const chat = parseChatRequest({ messages: [{ role: "user", content: "hi", mood: "happy" }], echo: true }, ctx);
+    expect(chat.ignoredFields).toEqual(["echo", "messages[0].mood"]);
+    expect(chat.prompts[0]!.tokenIds).toEqual(tokenizer.encodeChat([{ role: "user", content: "hi" }]));
+    expect(refusal(parseCompletionRequest, { prompt: "hi", foo: 1 }, true).param).toBe("foo");
   });
 
   it("null means not given", () => {

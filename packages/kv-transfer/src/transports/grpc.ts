@@ -62,6 +62,14 @@ export function generationParamsFromWire(s: SamplingParams): { params: Generatio
     stopTokenIds: [...s.stopTokenIds],
     ignoreEos: s.ignoreEos,
     topLogprobs: s.logprobs ?? 0,
+    // Penalties and filters: only those set (the engine treats absent as off).
+    ...(s.presencePenalty !== undefined && s.presencePenalty !== 0 ? { presencePenalty: s.presencePenalty } : {}),
+    ...(s.frequencyPenalty !== undefined && s.frequencyPenalty !== 0 ? { frequencyPenalty: s.frequencyPenalty } : {}),
+    ...(s.repetitionPenalty !== undefined ? { repetitionPenalty: s.repetitionPenalty } : {}),
+    ...(s.logitBias !== undefined && s.logitBias.entries.length > 0 ? { logitBias: s.logitBias.entries.map((b) => [b.tokenId, b.bias] as const) } : {}),
+    ...(s.minP !== undefined && s.minP !== 0 ? { minP: s.minP } : {}),
+    ...(s.minTokens !== undefined && s.minTokens !== 0 ? { minTokens: s.minTokens } : {}),
+    ...(s.priorOutputTokens !== undefined && s.priorOutputTokens !== 0 ? { priorOutputTokens: s.priorOutputTokens } : {}),
   };
   return { params, logprobs: s.logprobs !== undefined };
 }
@@ -79,6 +87,14 @@ export function generationParamsToWire(p: GenerationParams, logprobs: boolean): 
     stopTokenIds: [...(p.stopTokenIds ?? [])],
     ...(logprobs ? { logprobs: p.topLogprobs ?? 0 } : {}),
     ignoreEos: p.ignoreEos ?? false,
+    // The penalties and biases are float32 on the wire, as the sampler applies them (Math.fround): nothing is lost.
+    ...(p.presencePenalty !== undefined && p.presencePenalty !== 0 ? { presencePenalty: p.presencePenalty } : {}),
+    ...(p.frequencyPenalty !== undefined && p.frequencyPenalty !== 0 ? { frequencyPenalty: p.frequencyPenalty } : {}),
+    ...(p.repetitionPenalty !== undefined && p.repetitionPenalty !== 1 ? { repetitionPenalty: p.repetitionPenalty } : {}),
+    ...(p.logitBias !== undefined && p.logitBias.length > 0 ? { logitBias: { entries: p.logitBias.map(([tokenId, bias]) => ({ tokenId, bias })) } } : {}),
+    ...(p.minP !== undefined && p.minP !== 0 ? { minP: p.minP } : {}),
+    ...(p.minTokens !== undefined && p.minTokens !== 0 ? { minTokens: p.minTokens } : {}),
+    ...(p.priorOutputTokens !== undefined && p.priorOutputTokens !== 0 ? { priorOutputTokens: p.priorOutputTokens } : {}),
   };
 }
 

@@ -116,8 +116,8 @@ export interface GenerateRequest {
 }
 
 /**
- * One message per batch of new tokens; the last one carries finish_reason
- * and usage.
+ * One message per batch of new tokens of one choice; the last one of each
+ * choice carries finish_reason and usage.
  */
 export interface GenerateResponse {
   /** The request id (every message carries it). */
@@ -134,8 +134,19 @@ export interface GenerateResponse {
   logprobs: TokenLogprobs[];
   /** Set on the last message only. */
   finishReason: FinishReason;
-  /** Set on the last message only. */
-  usage?: Usage | undefined;
+  /**
+   * Set on the last message of each choice only (with n > 1: that choice's
+   * tokens, and the prompt counted once per choice).
+   */
+  usage?:
+    | Usage
+    | undefined;
+  /**
+   * The choice these tokens belong to: 0 .. n - 1 (SamplingParams.n). With
+   * n > 1 the choices' messages interleave and each choice ends with its own
+   * finish_reason; the stream ends when every choice has.
+   */
+  index: number;
 }
 
 function createBaseChatMessage(): ChatMessage {
@@ -836,7 +847,7 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
 };
 
 function createBaseGenerateResponse(): GenerateResponse {
-  return { requestId: "", tokenIds: [], text: "", logprobs: [], finishReason: 0, usage: undefined };
+  return { requestId: "", tokenIds: [], text: "", logprobs: [], finishReason: 0, usage: undefined, index: 0 };
 }
 
 export const GenerateResponse: MessageFns<GenerateResponse> = {
@@ -862,6 +873,9 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
     }
     if (message.usage !== undefined) {
       Usage.encode(message.usage, writer.uint32(50).fork()).join();
+    }
+    if (message.index !== 0) {
+      writer.uint32(56).uint32(message.index);
     }
     return writer;
   },
@@ -937,6 +951,14 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
             message.usage = Usage.decode(reader, reader.uint32());
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.index = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -971,6 +993,7 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
         ? finishReasonFromJSON(object.finish_reason)
         : 0,
       usage: isSet(object.usage) ? Usage.fromJSON(object.usage) : undefined,
+      index: isSet(object.index) ? globalThis.Number(object.index) : 0,
     };
   },
 
@@ -994,6 +1017,9 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
     if (message.usage !== undefined) {
       obj.usage = Usage.toJSON(message.usage);
     }
+    if (message.index !== 0) {
+      obj.index = Math.round(message.index);
+    }
     return obj;
   },
 
@@ -1008,6 +1034,7 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
     message.logprobs = object.logprobs?.map((e) => TokenLogprobs.fromPartial(e)) || [];
     message.finishReason = object.finishReason ?? 0;
     message.usage = (object.usage !== undefined && object.usage !== null) ? Usage.fromPartial(object.usage) : undefined;
+    message.index = object.index ?? 0;
     return message;
   },
 };
