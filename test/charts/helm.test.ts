@@ -890,7 +890,8 @@ describe("charts/moela", () => {
     ["TLS without its Secret", ["--set", "tls.enabled=true"], /tls\/existingSecret/],
     ["a KV usage target above 1", ["--set-json", "autoscaling.decode.kvUsage=1.5"], /autoscaling\/decode\/kvUsage'?: maximum/],
     ["a probe timeout of 0", ["--set", "probes.readiness.timeoutSeconds=0"], /probes\/readiness\/timeoutSeconds/],
-  ])("values.schema.json rejects %s", (_what, extra, message) => {
+    ["two chart-made credentials under one Secret key", ["--set", "secrets.apiKey.value=k1,secrets.internalSecret.value=0123456789abcdef,secrets.internalSecret.key=api-key"], /keys of <fullname>-secrets must differ/],
+  ])("the chart (values.schema.json or a template check) rejects %s", (_what, extra, message) => {
     expect(() => render(extra)).toThrow(message);
   });
 });
