@@ -27,6 +27,7 @@
  *   --api-key KEY[,KEY...]   as the router's                            (none: open)
  *   --max-body-bytes, --max-prompt-chars, --max-prompt-tokens, --tokenizer-threads, --log-level: as the router's
  */
+import type { Socket } from "node:net";
 import { availableParallelism } from "node:os";
 import { existsSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
@@ -219,9 +220,13 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
     prefixCache: config.prefixCache,
   });
 
-  const closers: (() => Promise<unknown>)[] = [async () => model.close()];
+  // Closed in reverse order: the HTTP server (requests in flight finish), the tokenizer threads, the engine loop, the model.
+  const closers: [string, () => Promise<unknown>][] = [["model", async () => model.close()]];
   const closeAll = async (): Promise<void> => {
-    for (const c of closers.splice(0).reverse()) await c().catch((err: unknown) => logger.warn({ err }, "error while closing"));
+    for (const [what, c] of closers.splice(0).reverse()) {
+      await c().catch((err: unknown) => logger.warn({ err, what }, "error while closing"));
+      logger.debug({ what }, "closed");
+    }
   };
   try {
     const admission = new AdmissionController(config.maxInFlight);
@@ -259,11 +264,11 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
       },
     });
     const engineBackend = backend;
-    closers.push(() => engineBackend.close());
+    closers.push(["engine loop", () => engineBackend.close()]);
 
     const noTokenizer = { encode: () => [], encodeChat: () => [], decode: () => "" };
     const encoder = await TokenizerPool.start({ model: config.model, threads: tokenizer === null ? 0 : config.tokenizerThreads, inline: tokenizer ?? noTokenizer, logger });
-    closers.push(() => encoder.close());
+    closers.push(["tokenizer threads", () => encoder.close()]);
 
     const apiKeys = config.apiKeys.length > 0 ? new ApiKeys(config.apiKeys) : null;
     if (apiKeys === null && !/^(127\.|::1$|localhost$)/.test(config.host)) {
@@ -303,23 +308,33 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
         return reply.header("content-type", router.registry.contentType).send(text);
       });
     }
+    // Connections that never sent a request (a client's spare, pre-opened socket): Node's closeIdleConnections
+    // leaves them open, and they would hold close() until the headers timeout.
+    const sockets = new Set<Socket>();
+    app.server.on("connection", (socket: Socket) => {
+      sockets.add(socket);
+      socket.once("close", () => sockets.delete(socket));
+    });
     await app.listen({ host: config.host, port: config.port });
     const addr = app.server.address();
     const port = typeof addr === "object" && addr !== null ? addr.port : config.port;
     const host = config.host.includes(":") ? `[${config.host}]` : config.host;
     const httpUrl = `http://${host}:${port}`;
     const graceMs = options.shutdownGraceMs ?? SHUTDOWN_GRACE_MS;
-    closers.push(async () => {
+    closers.push(["http server", async () => {
       const closed = app.close();
       const timer = setTimeout(() => shutdown.abort(new UnavailableError("the server is shutting down")), graceMs);
-      const idle = setInterval(() => app.server.closeIdleConnections(), 50);
+      const idle = setInterval(() => {
+        app.server.closeIdleConnections();
+        for (const s of sockets) if (s.bytesRead === 0) s.destroy();
+      }, 50);
       try {
         await closed;
       } finally {
         clearTimeout(timer);
         clearInterval(idle);
       }
-    });
+    }]);
     logger.info(
       {
         http: httpUrl,
