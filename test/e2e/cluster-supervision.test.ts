@@ -25,7 +25,7 @@ import { createInProcessExperts } from "@moela/moe-dispatch";
 import { PrefillClient, DecodeClient, type DecodeStatusResponse, type PrefillStatusResponse } from "@moela/proto-gen";
 import { connect, unaryCall, waitForServing } from "@moela/rpc";
 import { TINY_MODEL, MOELA_BIN, REPO_ROOT, type ClusterInfo, type InstanceInfo } from "../../services/cli/src/launcher.js";
-import { isAlive, metricSum, moelaGenerate, scrapeMetrics } from "../helpers/cluster.js";
+import { clusterSecurity, isAlive, metricSum, moelaGenerate, scrapeMetrics } from "../helpers/cluster.js";
 
 const STREAMS = 50;
 const MAX_TOKENS = 16;
@@ -130,11 +130,12 @@ describe("moela cluster supervises its services like a StatefulSet (2 prefill, 2
     return [...c.instances.map((i) => i.pid), ...(c.redis.pid !== null ? [c.redis.pid] : [])];
   };
   const decodeStatus = (label: string): Promise<DecodeStatusResponse> => {
-    const c = connect(DecodeClient, instance(label).grpc);
+    // moela cluster gives its services a random internal secret (in the file cluster.json names).
+    const c = connect(DecodeClient, instance(label).grpc, {}, clusterSecurity(current()));
     return unaryCall<DecodeStatusResponse>((md, o, cb) => c.status({}, md, o, cb), { timeoutMs: 5_000 }).finally(() => c.close());
   };
   const prefillStatus = (label: string): Promise<PrefillStatusResponse> => {
-    const c = connect(PrefillClient, instance(label).grpc);
+    const c = connect(PrefillClient, instance(label).grpc, {}, clusterSecurity(current()));
     return unaryCall<PrefillStatusResponse>((md, o, cb) => c.status({}, md, o, cb), { timeoutMs: 5_000 }).finally(() => c.close());
   };
 

@@ -9,11 +9,12 @@
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { promisify } from "node:util";
+import { internalSecurity, type InternalSecurity } from "@moela/rpc";
 import { MOELA_BIN, REPO_ROOT, TINY_MODEL, type ClusterInfo, type InstanceInfo, type Role } from "../../services/cli/src/launcher.js";
 
 const execFileAsync = promisify(execFile);
@@ -29,6 +30,18 @@ export interface TestClusterOptions {
   readonly serviceArgs?: Partial<Record<Role, readonly string[]>>;
   readonly logLevel?: string;
   readonly startupTimeoutS?: number;
+  /** `moela cluster` flags of internal security (--internal-secret-file, --tls-cert, ...); default none:
+   * the launcher then generates the cluster's secret itself. */
+  readonly internalArgs?: readonly string[];
+}
+
+/**
+ * The internal security a client of the cluster's services needs: the secret from the file cluster.json
+ * names (moela cluster writes a random one by default), plus `tls` when the services run TLS.
+ */
+export function clusterSecurity(info: Pick<ClusterInfo, "internal">, tls?: Parameters<typeof internalSecurity>[0]["tls"]): InternalSecurity {
+  const file = info.internal?.secret_file;
+  return internalSecurity({ secrets: file === undefined ? [] : [readFileSync(file, "utf8").trim()], ...(tls !== undefined ? { tls } : {}) });
 }
 
 export interface TestCluster {
@@ -99,6 +112,7 @@ export async function startTestCluster(o: TestClusterOptions = {}): Promise<Test
     "--startup-timeout", String(o.startupTimeoutS ?? 240),
     // The random-weight miniature unless a test asks for another: tests do not follow npm start's default model.
     "--model", o.model ?? TINY_MODEL,
+    ...(o.internalArgs ?? []),
     ...Object.entries(o.serviceArgs ?? {}).flatMap(([role, flags]) => flags.flatMap((f) => ["--service-arg", `${role}=${f}`])),
   ];
   const launcher = spawn(process.execPath, args, { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"], env: process.env });

@@ -18,6 +18,7 @@ export {
   frameFromWire,
   generationParamsFromWire,
   generationParamsToWire,
+  peerHost,
   REQUEST_ID_METADATA_KEY,
   type GrpcKvConnectorOptions,
   type PushCallContext,

@@ -64,6 +64,11 @@ export interface KvInboxOptions {
   readonly ledger?: KvLedger;
   /** A transfer with no frame for this long is failed as lost (default 30 s; 0 = never). */
   readonly idleTimeoutMs?: number;
+  /**
+   * Transfers one peer (a sender's host, as the transport names it) may have open at once; one more is
+   * refused RESOURCE_EXHAUSTED before it takes a block (default 0 = no bound but the KV pool's size).
+   */
+  readonly maxTransfersPerPeer?: number;
 }
 
 export class KvInbox {
@@ -73,6 +78,8 @@ export class KvInbox {
   /** Transfer ids seen, oldest first (a Map keeps insertion order). */
   private readonly seen = new Map<string, true>();
   private readonly live = new Set<KvReceiver>();
+  /** peer -> transfers open from it (only peers with at least one). */
+  private readonly perPeer = new Map<string, number>();
 
   constructor(options: KvInboxOptions) {
     this.engine = options.engine;
@@ -80,12 +87,35 @@ export class KvInbox {
     this.options = options;
   }
 
-  /** A receiver for one new transfer. */
-  open(): KvReceiver {
+  /**
+   * A receiver for one new transfer from `peer` (a sender's host; undefined: not counted against any
+   * peer). Throws a RESOURCE_EXHAUSTED MoelaError when that peer already has maxTransfersPerPeer open.
+   */
+  open(peer?: string): KvReceiver {
+    const max = this.options.maxTransfersPerPeer ?? 0;
+    const open = peer === undefined ? 0 : (this.perPeer.get(peer) ?? 0);
+    if (peer !== undefined && max > 0 && open >= max) {
+      throw new MoelaError(
+        `too many concurrent KV transfers from one peer: ${open} open, at most ${max} (--kv-max-transfers-per-peer); retry when one ends`,
+        Code.RESOURCE_EXHAUSTED,
+      );
+    }
     const r = new KvReceiver(this, this.options);
     this.live.add(r);
-    void r.done.then(() => this.live.delete(r));
+    if (peer !== undefined) this.perPeer.set(peer, open + 1);
+    void r.done.then(() => {
+      this.live.delete(r);
+      if (peer === undefined) return;
+      const left = (this.perPeer.get(peer) ?? 1) - 1;
+      if (left > 0) this.perPeer.set(peer, left);
+      else this.perPeer.delete(peer);
+    });
     return r;
+  }
+
+  /** Transfers open from `peer` now. */
+  openFrom(peer: string): number {
+    return this.perPeer.get(peer) ?? 0;
   }
 
   /** Transfers begun and not yet admitted or failed. */

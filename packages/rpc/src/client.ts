@@ -11,6 +11,7 @@ import {
   type CallOptions,
   type ChannelCredentials,
   type ChannelOptions,
+  type ClientOptions,
   type ClientReadableStream,
   type ClientUnaryCall,
   type ClientWritableStream,
@@ -22,15 +23,22 @@ import { once } from "node:events";
 import { CancelledError } from "@moela/core";
 import { deadlineToMs } from "./deadlines.js";
 import { asMoelaError } from "./errors.js";
+import { clientChannel, type InternalSecurity } from "./security.js";
 import { DEFAULT_CHANNEL_OPTIONS } from "./server.js";
 
-/** Open a client of a generated service (e.g. DecodeClient) to `address` without TLS. */
+/**
+ * Open a client of a generated service (e.g. DecodeClient) to `address`: plaintext by default; with
+ * `security` (security.ts), over TLS as configured and presenting the internal secret on every call.
+ */
 export function connect<C>(
-  ClientClass: new (address: string, creds: ChannelCredentials, options?: Partial<ChannelOptions>) => C,
+  ClientClass: new (address: string, creds: ChannelCredentials, options?: Partial<ClientOptions>) => C,
   address: string,
   options: Partial<ChannelOptions> = {},
+  security?: InternalSecurity,
 ): C {
-  return new ClientClass(address, credentials.createInsecure(), { ...DEFAULT_CHANNEL_OPTIONS, ...options });
+  if (security === undefined) return new ClientClass(address, credentials.createInsecure(), { ...DEFAULT_CHANNEL_OPTIONS, ...options });
+  const channel = clientChannel(security);
+  return new ClientClass(address, channel.credentials, { ...DEFAULT_CHANNEL_OPTIONS, ...options, ...channel.options });
 }
 
 export interface CallOpts {

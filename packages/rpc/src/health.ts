@@ -21,6 +21,7 @@ import { CancelledError } from "@moela/core";
 import { service as healthServiceDefinition } from "grpc-health-check";
 import { deadlineExceeded } from "./deadlines.js";
 import { asMoelaError } from "./errors.js";
+import { channelCredentials, type InternalSecurity } from "./security.js";
 
 /** What grpc.health.v1 reports; SERVICE_UNKNOWN only comes from Watch. */
 export type HealthStatus = "UNKNOWN" | "SERVING" | "NOT_SERVING" | "SERVICE_UNKNOWN";
@@ -49,13 +50,16 @@ const HealthClientConstructor = makeGenericClientConstructor(
   HEALTH_SERVICE_NAME,
 ) as unknown as new (address: string, creds: ChannelCredentials, options?: ChannelOptions) => HealthClient;
 
-function healthClient(address: string): HealthClient {
-  return new HealthClientConstructor(address, credentials.createInsecure());
+/** Health needs no secret, but a TLS server needs a TLS client (with a cert, under mTLS). */
+function healthClient(address: string, security: InternalSecurity | undefined): HealthClient {
+  return new HealthClientConstructor(address, security === undefined ? credentials.createInsecure() : channelCredentials(security));
 }
 
 export interface HealthQueryOptions {
   /** Service name to ask about; "" (the default) = the whole server. */
   readonly service?: string;
+  /** The internal security the server runs with (its TLS settings; health needs no secret). Default: plaintext. */
+  readonly security?: InternalSecurity;
 }
 
 function check(client: HealthClient, service: string, deadline: number, waitForReady: boolean): Promise<HealthStatus> {
@@ -73,7 +77,7 @@ function check(client: HealthClient, service: string, deadline: number, waitForR
  * (UNAVAILABLE when nothing answers, NOT_FOUND for a service name the server does not know).
  */
 export async function checkHealth(address: string, options: HealthQueryOptions & { timeoutMs?: number } = {}): Promise<HealthStatus> {
-  const client = healthClient(address);
+  const client = healthClient(address, options.security);
   try {
     return await check(client, options.service ?? "", Date.now() + (options.timeoutMs ?? 5_000), false);
   } finally {
@@ -98,7 +102,7 @@ export async function waitForServing(address: string, options: WaitForServingOpt
   const service = options.service ?? "";
   const deadline = Date.now() + (options.timeoutMs ?? 30_000);
   const intervalMs = options.intervalMs ?? 100;
-  const client = healthClient(address);
+  const client = healthClient(address, options.security);
   // The last status the server answered with outranks the last error: the final attempt is often
   // cut short by the overall deadline and would only say so.
   let lastAnswer: HealthStatus | undefined;
@@ -135,7 +139,7 @@ export async function* watchHealth(
   address: string,
   options: HealthQueryOptions & { signal?: AbortSignal } = {},
 ): AsyncGenerator<HealthStatus> {
-  const client = healthClient(address);
+  const client = healthClient(address, options.security);
   const call = client.Watch({ service: options.service ?? "" }, new Metadata(), {});
   const cancel = (): void => call.cancel();
   options.signal?.addEventListener("abort", cancel, { once: true });

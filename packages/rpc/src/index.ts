@@ -2,7 +2,8 @@
  * @moela/rpc: the grpc-js kit every moela service uses. Servers: createServer/addService with
  * async handlers, serve, drainAndClose, health and reflection built in. Errors: toStatus at the
  * server edge, fromStatus at the client edge. Clients: connect, unaryCall, serverStreamCall,
- * clientStreamCall, waitForServing. Deadlines: absolute ms, propagated with childDeadline.
+ * clientStreamCall, waitForServing. Deadlines: absolute ms, propagated with childDeadline. Internal
+ * security: a shared secret in metadata and TLS/mTLS (security.ts), given to createServer and connect.
  */
 export {
   createServer,
@@ -53,4 +54,28 @@ export {
   remainingMs,
   throwIfExpired,
 } from "./deadlines.js";
+export {
+  channelCredentials,
+  clientChannel,
+  internalSecurity,
+  internalSecurityNames,
+  internalSecuritySettings,
+  parseInternalSecurity,
+  secretClientInterceptor,
+  secretMatches,
+  secretServerInterceptor,
+  serverCredentials,
+  INTERNAL_SECRET_METADATA_KEY,
+  INTERNAL_SECURITY_FLAGS,
+  INTERNAL_SECURITY_HELP,
+  MAX_SECRET_CHARS,
+  MIN_SECRET_CHARS,
+  NO_INTERNAL_SECURITY,
+  OPEN_METHOD_PREFIXES,
+  type ClientChannel,
+  type InternalSecurity,
+  type InternalSecurityFlags,
+  type InternalSecurityNames,
+  type RefusedCall,
+} from "./security.js";
 export { connect, unaryCall, serverStreamCall, clientStreamCall, type CallOpts } from "./client.js";

@@ -14,7 +14,6 @@ import { readFileSync } from "node:fs";
 import {
   type ChannelOptions,
   Server,
-  ServerCredentials,
   type ServiceDefinition,
   type UntypedHandleCall,
   type UntypedServiceImplementation,
@@ -22,7 +21,7 @@ import {
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { loadSync, type PackageDefinition } from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
-import { InvalidArgumentError, UnavailableError, type Logger } from "@moela/core";
+import { Code, InvalidArgumentError, UnavailableError, type Logger } from "@moela/core";
 import { DESCRIPTOR_SET_PATH } from "@moela/proto-gen";
 import { HealthImplementation, protoPath as healthProtoPath } from "grpc-health-check";
 import {
@@ -38,6 +37,7 @@ import {
   unaryHandler,
   type UnaryHandler,
 } from "./handlers.js";
+import { NO_INTERNAL_SECURITY, secretServerInterceptor, serverCredentials, type InternalSecurity } from "./security.js";
 
 /** Largest message either way by default: a prefill dispatch or KV chunk of a few thousand
  * tokens in float32 is tens of MiB, far above grpc's 4 MiB default. */
@@ -101,6 +101,12 @@ export interface CreateServerOptions {
   readonly reflection?: boolean;
   /** Extra grpc-js server options (keepalive, ...). */
   readonly grpcOptions?: ChannelOptions;
+  /**
+   * Internal security (security.ts): with secrets, every call but health must carry one (else
+   * UNAUTHENTICATED, counted through onCallEnd); with a TLS cert, `serve` binds TLS (mTLS with
+   * clientAuth). Default: none (plaintext, open), as the router's public Generate server runs.
+   */
+  readonly security?: InternalSecurity;
 }
 
 /** A grpc-js Server plus health, reflection and the live calls that drain must end. */
@@ -113,13 +119,31 @@ export class RpcServer {
   private readonly handlerOptions: HandlerOptions;
   private serving = false;
   private draining: Promise<{ forced: boolean }> | undefined;
+  /** What `serve` binds with and the interceptor checks. */
+  readonly security: InternalSecurity;
 
   constructor(options: CreateServerOptions = {}) {
     const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+    this.security = options.security ?? NO_INTERNAL_SECURITY;
+    let lastRefusalLog = 0;
+    const interceptors =
+      this.security.secrets.length === 0
+        ? []
+        : [
+            secretServerInterceptor(this.security.secrets, (refused) => {
+              options.onCallEnd?.({ method: refused.method, code: Code.UNAUTHENTICATED, durationMs: 0 });
+              // At most one line a second: a caller without the secret cannot flood the log.
+              const now = Date.now();
+              if (now - lastRefusalLog < 1_000) return;
+              lastRefusalLog = now;
+              options.logger?.warn(refused, "refused an internal call without the right secret (UNAUTHENTICATED)");
+            }),
+          ];
     this.grpc = new Server({
       "grpc.max_receive_message_length": maxBytes,
       "grpc.max_send_message_length": maxBytes,
       ...options.grpcOptions,
+      ...(interceptors.length > 0 ? { interceptors } : {}),
     });
     this.health = new HealthImplementation({ "": "NOT_SERVING" });
     this.health.addToServer(this.grpc);
@@ -229,14 +253,14 @@ export interface ServeOptions {
 }
 
 /**
- * Bind `address` ("127.0.0.1:0" for any free port, "0.0.0.0:50051", "[::]:50051") without TLS
- * and start serving. Resolves with the bound port and a dialable "host:port".
+ * Bind `address` ("127.0.0.1:0" for any free port, "0.0.0.0:50051", "[::]:50051") and start serving:
+ * over TLS when the server's security has a certificate, else plaintext. Resolves with the bound port and a dialable "host:port".
  */
 export async function serve(server: RpcServer, address: string, options: ServeOptions = {}): Promise<{ port: number; address: string }> {
   const match = /^(.*):(\d+)$/.exec(address);
   if (match === null) throw new InvalidArgumentError(`gRPC listen address "${address}" is not host:port`);
   const port = await new Promise<number>((resolve, reject) => {
-    server.grpc.bindAsync(address, ServerCredentials.createInsecure(), (err, boundPort) => {
+    server.grpc.bindAsync(address, serverCredentials(server.security), (err, boundPort) => {
       if (err !== null) reject(new UnavailableError(`cannot listen on ${address}: ${err.message}`, { cause: err }));
       else resolve(boundPort);
     });

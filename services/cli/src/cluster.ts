@@ -42,6 +42,13 @@ export interface ClusterCliOptions {
   queuePrefix: string;
   servedModelName?: string;
   apiKey?: string;
+  /** A value; false: --no-internal-secret; undefined: generate one (unless a file is given). */
+  internalSecret?: string | false;
+  internalSecretFile?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+  tlsClientAuth?: boolean;
   stateDir: string;
   logLevel: string;
   startupTimeout: number;
@@ -91,6 +98,7 @@ export function formatClusterSummary(info: ClusterInfo, clusterFile: string, log
       .join("\n"),
     "",
     `Redis: ${info.redis.url} (${redis}), queue prefix "${info.queue_prefix}"`,
+    `Internal gRPC: ${info.internal === undefined || !info.internal.secret ? "no secret" : info.internal.secret_file !== undefined ? `secret in ${rel(info.internal.secret_file)}` : "secret given"}, ${info.internal?.tls === "mtls" ? "mTLS" : info.internal?.tls === "tls" ? "TLS" : "plaintext"}`,
     `Endpoints: ${rel(clusterFile)}   Logs: ${rel(logDir)}/`,
     "A service that dies is restarted where it was. Press Ctrl-C to stop.",
     "",
@@ -184,6 +192,16 @@ export async function runCluster(o: ClusterCliOptions): Promise<number> {
         queuePrefix: o.queuePrefix,
         ...(o.servedModelName !== undefined ? { servedModelName: o.servedModelName } : {}),
         ...(o.apiKey !== undefined ? { apiKey: o.apiKey } : {}),
+        // Internal gRPC carries a secret by default: a random one per cluster unless given or turned off.
+        ...(typeof o.internalSecret === "string" ? { internalSecret: o.internalSecret } : {}),
+        ...(o.internalSecretFile !== undefined ? { internalSecretFile: o.internalSecretFile } : {}),
+        generateInternalSecret: o.internalSecret === undefined,
+        tls: {
+          ...(o.tlsCert !== undefined ? { cert: o.tlsCert } : {}),
+          ...(o.tlsKey !== undefined ? { key: o.tlsKey } : {}),
+          ...(o.tlsCa !== undefined ? { ca: o.tlsCa } : {}),
+          clientAuth: o.tlsClientAuth === true,
+        },
         stateDir: o.stateDir,
         logLevel: o.logLevel,
         serviceArgs,

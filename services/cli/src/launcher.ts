@@ -22,12 +22,13 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import type { Socket } from "node:net";
+import { randomBytes } from "node:crypto";
 import { createWriteStream, existsSync, mkdirSync, renameSync, rmSync, writeFileSync, type WriteStream } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { CancelledError, Code, InvalidArgumentError, MoelaError } from "@moela/core";
-import { waitForServing } from "@moela/rpc";
+import { INTERNAL_SECURITY_FLAGS, parseInternalSecurity, waitForServing, type InternalSecurity } from "@moela/rpc";
 import { acquireQueuePrefixLock, acquireStateDirLock, newHolder, probePort, type QueuePrefixLock, type StateDirLock } from "./cluster-lock.js";
 import { PARENT_FD, PARENT_FD_ENV } from "./parent-watch.js";
 import { resolveRedis, stopChild, type RedisChoice, type RedisSource } from "./redis-local.js";
@@ -360,6 +361,11 @@ export interface ClusterInfo {
   readonly curl: string;
   readonly redis: { readonly url: string; readonly source: RedisSource; readonly pid: number | null };
   readonly queue_prefix: string;
+  /**
+   * Internal gRPC security of the services: the file holding the shared secret their calls carry (absent:
+   * no secret, or one given by value), and whether they talk TLS or mTLS. Never the secret itself.
+   */
+  readonly internal?: { readonly secret_file?: string; readonly secret: boolean; readonly tls: "off" | "tls" | "mtls" };
   /** expert_hosts counts shards; expert_replicas (present when > 1) the replicas of each. */
   readonly topology: { readonly prefill: number; readonly decode: number; readonly expert_hosts: number; readonly expert_replicas?: number };
   readonly instances: readonly InstanceInfo[];
@@ -436,6 +442,17 @@ export interface ClusterOptions {
    * as MOELA_ROUTER_API_KEY (argv would show it in `ps`); never written to cluster.json.
    */
   readonly apiKey?: string;
+  /**
+   * Internal gRPC security, passed to every service through its environment (never argv):
+   * `internalSecret` (a value: MOELA_<ROLE>_INTERNAL_SECRET) or `internalSecretFile` (a file:
+   * MOELA_<ROLE>_INTERNAL_SECRET_FILE), or `generateInternalSecret`: a random 256-bit secret written to
+   * <stateDir>/internal-secret (mode 0600) for this cluster's life. Default: no secret.
+   */
+  readonly internalSecret?: string;
+  readonly internalSecretFile?: string;
+  readonly generateInternalSecret?: boolean;
+  /** PEM files every service gets as --tls-cert/--tls-key/--tls-ca (env twins), and mTLS (--tls-client-auth). */
+  readonly tls?: { readonly cert?: string; readonly key?: string; readonly ca?: string; readonly clientAuth?: boolean };
   /** Folder for cluster.json and logs/ (default <cwd>/.moela). */
   readonly stateDir?: string;
   readonly logLevel?: string;
@@ -548,7 +565,6 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
   const graceMs = o.stopGraceMs ?? 10_000;
   const env = o.env ?? process.env;
   const apiKey = o.apiKey ?? env["MOELA_ROUTER_API_KEY"];
-  const routerEnv = apiKey !== undefined ? { ...env, MOELA_ROUTER_API_KEY: apiKey } : env;
   const progress = o.onProgress ?? (() => {});
   const deadline = Date.now() + (o.startupTimeoutMs ?? 180_000);
   const hasTokenizer = existsSync(join(model, "tokenizer.json"));
@@ -561,9 +577,33 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
     throw new InvalidArgumentError("--private-redis and --redis-url exclude each other");
   }
   const note = (message: string) => progress({ kind: "note", message });
+  // Checked before anything is claimed or started: what the launcher's own health probes use, too.
+  const internal = internalSecurityOf(o);
   // Claims before anything starts: the state dir, the router port, then (in its Redis) the queue prefix.
   const holder = newHolder({ stateDir, port, queuePrefix });
   const stateLock: StateDirLock = acquireStateDirLock(stateDir, holder, { onNote: note });
+  const secretFile = join(stateDir, "internal-secret");
+  let security: InternalSecurity;
+  try {
+    if (internal.generate) {
+      // A fresh secret per cluster, readable by this user only; services read it from the file.
+      writeFileSync(secretFile, `${randomBytes(32).toString("hex")}\n`, { mode: 0o600 });
+      internal.env.internalSecretFile = secretFile;
+    }
+    security = parseInternalSecurity(internal.flags(), INTERNAL_SECURITY_FLAGS, "moela cluster");
+  } catch (err) {
+    stateLock.release();
+    throw err;
+  }
+  const envOf = (role: Role): NodeJS.ProcessEnv => {
+    const out: NodeJS.ProcessEnv = { ...env };
+    // The cluster's secret replaces whatever secret the launcher's own environment holds for the role.
+    if (internal.env.internalSecret !== undefined || internal.env.internalSecretFile !== undefined) {
+      delete out[`${ENV_PREFIX[role]}INTERNAL_SECRET`];
+      delete out[`${ENV_PREFIX[role]}INTERNAL_SECRET_FILE`];
+    }
+    return { ...out, ...internal.envFor(role), ...(role === "router" && apiKey !== undefined ? { MOELA_ROUTER_API_KEY: apiKey } : {}) };
+  };
   let redis: RedisChoice;
   let queueLock: QueuePrefixLock;
   try {
@@ -610,6 +650,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
       await queueLock.release();
       await redis.stop();
       rmSync(clusterFile, { force: true });
+      if (internal.generate) rmSync(secretFile, { force: true });
       stateLock.release();
     })();
     return stopped;
@@ -635,7 +676,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
       args: [...args, ...extra],
       logPath: join(logDir, `${role}-${index}.log`),
       ...(o.command !== undefined ? { command: o.command } : {}),
-      env: role === "router" ? routerEnv : env,
+      env: envOf(role),
     });
     processes.push(p);
     baseArgs.set(p, args);
@@ -654,7 +695,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
   const whenUp = async (p: ServiceProcess): Promise<ReadyLine> => {
     const ready = await p.waitReady();
     progress({ kind: "ready", label: p.label, ready });
-    await waitForServing(ready.grpc, { timeoutMs: Math.max(1_000, deadline - Date.now()), signal: startup.signal });
+    await waitForServing(ready.grpc, { timeoutMs: Math.max(1_000, deadline - Date.now()), signal: startup.signal, security });
     progress({ kind: "healthy", label: p.label, up: ++up, total });
     return ready;
   };
@@ -743,6 +784,11 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
       curl: curlExample(url, servedModelName, hasTokenizer, apiKey !== undefined),
       redis: redisNow(),
       queue_prefix: queuePrefix,
+      internal: {
+        ...(internal.env.internalSecretFile !== undefined ? { secret_file: resolve(internal.env.internalSecretFile) } : {}),
+        secret: security.secrets.length > 0,
+        tls: security.tls === undefined ? "off" : security.tls.clientAuth ? "mtls" : "tls",
+      },
       topology: {
         prefill: counts.prefill,
         decode: counts.decode,
@@ -777,7 +823,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
         const ready = await Promise.race([fresh.waitReady(), timeout.promise]);
         progress({ kind: "ready", label: fresh.label, ready });
         lastReady.set(fresh.label, ready);
-        await Promise.race([waitForServing(ready.grpc, { timeoutMs: ro.timeoutMs ?? 120_000 }), timeout.promise]);
+        await Promise.race([waitForServing(ready.grpc, { timeoutMs: ro.timeoutMs ?? 120_000, security }), timeout.promise]);
       } finally {
         timeout.cancel();
       }
@@ -813,6 +859,50 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
     await stop();
     throw err;
   }
+}
+
+// ---- internal security -------------------------------------------------------------------------
+
+/** Env twin prefixes of the services (MOELA_<ROLE>_). */
+const ENV_PREFIX: Record<Role, string> = { router: "MOELA_ROUTER_", prefill: "MOELA_PREFILL_", decode: "MOELA_DECODE_", "expert-host": "MOELA_EXPERT_HOST_" };
+
+/**
+ * The cluster's internal security settings as each service's environment: MOELA_<ROLE>_INTERNAL_SECRET
+ * (or _INTERNAL_SECRET_FILE), _TLS_CERT, _TLS_KEY, _TLS_CA, _TLS_CLIENT_AUTH (not the router's: it serves no
+ * internal gRPC). Files are passed as absolute paths. `generate`: no secret given and one is to be made.
+ */
+export function internalSecurityOf(o: Pick<ClusterOptions, "internalSecret" | "internalSecretFile" | "generateInternalSecret" | "tls">): {
+  readonly generate: boolean;
+  readonly env: { internalSecret?: string; internalSecretFile?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsClientAuth?: "true" };
+  flags(): { internalSecret?: string; internalSecretFile?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsClientAuth?: string };
+  envFor(role: Role): Record<string, string>;
+} {
+  if (o.internalSecret !== undefined && o.internalSecretFile !== undefined) {
+    throw new InvalidArgumentError("--internal-secret and --internal-secret-file exclude each other");
+  }
+  const generate = o.internalSecret === undefined && o.internalSecretFile === undefined && o.generateInternalSecret === true;
+  const env: { internalSecret?: string; internalSecretFile?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsClientAuth?: "true" } = {
+    ...(o.internalSecret !== undefined ? { internalSecret: o.internalSecret } : {}),
+    ...(o.internalSecretFile !== undefined ? { internalSecretFile: resolve(o.internalSecretFile) } : {}),
+    ...(o.tls?.cert !== undefined ? { tlsCert: resolve(o.tls.cert) } : {}),
+    ...(o.tls?.key !== undefined ? { tlsKey: resolve(o.tls.key) } : {}),
+    ...(o.tls?.ca !== undefined ? { tlsCa: resolve(o.tls.ca) } : {}),
+    ...(o.tls?.clientAuth === true ? { tlsClientAuth: "true" as const } : {}),
+  };
+  const names = { internalSecret: "INTERNAL_SECRET", internalSecretFile: "INTERNAL_SECRET_FILE", tlsCert: "TLS_CERT", tlsKey: "TLS_KEY", tlsCa: "TLS_CA", tlsClientAuth: "TLS_CLIENT_AUTH" } as const;
+  return {
+    generate,
+    env,
+    flags: () => ({ ...env }),
+    envFor: (role) => {
+      const out: Record<string, string> = {};
+      for (const [key, value] of Object.entries(env) as [keyof typeof names, string | undefined][]) {
+        if (value === undefined || (role === "router" && key === "tlsClientAuth")) continue;
+        out[`${ENV_PREFIX[role]}${names[key]}`] = value;
+      }
+      return out;
+    },
+  };
 }
 
 // ---- supervision -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@
  */
 import { z } from "zod";
 import { InvalidArgumentError, readSettings, usageLines, validateSettings, type Settings } from "@moela/core";
+import { internalSecurityNames, internalSecuritySettings, parseInternalSecurity, type InternalSecurity } from "@moela/rpc";
 
 /** Every setting: its flag, env twin, whether it is a boolean switch, and its help line. */
 export const SETTINGS = {
@@ -40,6 +41,12 @@ export const SETTINGS = {
     bool: false,
     help: "a KV transfer with no frame for this long is failed and its blocks reclaimed as lost; 0 = never (default 30000)",
   },
+  kvMaxTransfersPerPeer: {
+    flag: "--kv-max-transfers-per-peer",
+    env: "MOELA_DECODE_KV_MAX_TRANSFERS_PER_PEER",
+    bool: false,
+    help: "KV transfers one sender host may have open at once; one more is refused RESOURCE_EXHAUSTED; 0 = no bound (default 64)",
+  },
   drainGraceMs: { flag: "--drain-grace-ms", env: "MOELA_DECODE_DRAIN_GRACE_MS", bool: false, help: "on SIGTERM, how long running sequences may finish before their streams end with UNAVAILABLE (default 30000)" },
   logLevel: { flag: "--log-level", env: "MOELA_DECODE_LOG_LEVEL", bool: false, help: "fatal | error | warn | info | debug | trace | silent (default info)" },
   kernels: { flag: "--kernels", env: "MOELA_DECODE_KERNELS", bool: false, help: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)" },
@@ -69,6 +76,8 @@ export const SETTINGS = {
     bool: false,
     help: "number of expert shards H; with --redis-url and no --expert-hosts the hosts are found in the registry (default: the count of --expert-hosts)",
   },
+  // Internal gRPC security (@moela/rpc security.ts): --internal-secret, --internal-secret-file, --tls-cert, --tls-key, --tls-ca, --tls-client-auth.
+  ...internalSecuritySettings("MOELA_DECODE_"),
 } as const satisfies Settings;
 
 const address = z
@@ -124,6 +133,7 @@ const settingsSchema = z.object({
   streamGraceMs: intString(0).default(10_000),
   kvWaitMs: intString(1).default(120_000),
   kvIdleMs: intString(0).default(30_000),
+  kvMaxTransfersPerPeer: intString(0).default(64),
   drainGraceMs: intString(0).default(30_000),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], { message: "must be fatal, error, warn, info, debug, trace or silent" }).default("info"),
   kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
@@ -133,6 +143,13 @@ const settingsSchema = z.object({
   queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").optional(),
   advertiseAddress: dialable.optional(),
   expertShards: intString(1).optional(),
+  // Checked (and the files read) by parseInternalSecurity, whose errors never repeat a secret.
+  internalSecret: z.string().optional(),
+  internalSecretFile: z.string().optional(),
+  tlsCert: z.string().optional(),
+  tlsKey: z.string().optional(),
+  tlsCa: z.string().optional(),
+  tlsClientAuth: z.string().optional(),
 });
 
 const schema = settingsSchema
@@ -144,7 +161,13 @@ const schema = settingsSchema
   // One setting once validated: --no-speculative is --speculative off.
   .transform(({ noSpeculative, speculative, ...rest }) => ({ ...rest, speculative: noSpeculative ? ("off" as const) : (speculative ?? "auto") }));
 
-export type DecodeConfig = Readonly<z.output<typeof schema>>;
+type InternalSecurityKeys = "internalSecret" | "internalSecretFile" | "tlsCert" | "tlsKey" | "tlsCa" | "tlsClientAuth";
+export type DecodeConfig = Readonly<
+  Omit<z.output<typeof schema>, InternalSecurityKeys> & {
+    /** Internal gRPC security: the secret its callers must present, TLS/mTLS; also used towards the expert-hosts. */
+    security: InternalSecurity;
+  }
+>;
 
 export const USAGE = [
   "usage: decode --model DIR [--expert-hosts H0,H1,...] [options]",
@@ -159,6 +182,15 @@ export const USAGE = [
 export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): DecodeConfig | null {
   const { help, raw } = readSettings(SETTINGS, argv, env, { name: "decode", error: InvalidArgumentError, help: true, argvErrorSuffix: `\n${USAGE}` });
   if (help) return null;
-  const parsed = validateSettings(SETTINGS, raw, schema.safeParse(raw), { name: "decode", error: InvalidArgumentError, report: "all" });
-  return Object.freeze({ ...parsed, expertHosts: Object.freeze([...parsed.expertHosts]) as string[] });
+  const { internalSecret, internalSecretFile, tlsCert, tlsKey, tlsCa, tlsClientAuth, ...parsed } = validateSettings(SETTINGS, raw, schema.safeParse(raw), {
+    name: "decode",
+    error: InvalidArgumentError,
+    report: "all",
+  });
+  const security = parseInternalSecurity(
+    { internalSecret, internalSecretFile, tlsCert, tlsKey, tlsCa, tlsClientAuth },
+    internalSecurityNames("MOELA_DECODE_"),
+    "decode",
+  );
+  return Object.freeze({ ...parsed, security, expertHosts: Object.freeze([...parsed.expertHosts]) as string[] });
 }

@@ -39,7 +39,7 @@ import {
 } from "@moela/moe-dispatch";
 import { advertisedAddress, createRedisClient, InstanceRegistry, RegistryWatcher, shardReplicas, type Registration } from "@moela/scheduler";
 import { DecodeService, KvTransferService } from "@moela/proto-gen";
-import { createServer, drainAndClose, serve, type RpcServer } from "@moela/rpc";
+import { clientChannel, createServer, drainAndClose, serve, type RpcServer } from "@moela/rpc";
 import { Batcher } from "./batcher.js";
 import { parseConfig, USAGE, type DecodeConfig } from "./config.js";
 import { decodeHandlers } from "./handlers.js";
@@ -128,7 +128,11 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     model = withWeightLoadBar("decode: loading weights", (onProgress) => DeepseekModel.load(cfg.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: cfg.threads, onProgress }));
     const placement = placementFor(model.config, expertShards);
     const want = { placement, profile, hidden: model.config.hiddenSize, layers: [...model.moeLayers().keys()].sort((a, b) => a - b), modelId };
+    // The expert-hosts are dialled with this instance's internal security (TLS, the secret).
+    const channel = clientChannel(cfg.security);
     const shards = new ExpertShardSet({
+      credentials: channel.credentials,
+      channelOptions: channel.options,
       shardCount: expertShards,
       staticReplicas: parseShardReplicas(cfg.expertHosts),
       validate: async (t, shard) => checkHostInfo(await t.info(), { ...want, shard }, t.name),
@@ -192,6 +196,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     modelId,
     ledger,
     idleTimeoutMs: cfg.kvIdleMs,
+    maxTransfersPerPeer: cfg.kvMaxTransfersPerPeer,
     onBegin: (meta) => {
       b.beginTransfer(meta);
       logger.debug({ requestId: meta.requestId, transferId: meta.transferId, tokens: meta.numTokens, layers: meta.numLayers }, "KV transfer begun");
@@ -214,6 +219,8 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
   const server = createServer({
     logger,
     onCallEnd: rpcServerCallRecorder(m),
+    // Decode.Stream, Cancel and KvTransfer.Push need the internal secret when one is set; TLS with a cert.
+    security: cfg.security,
   });
   server.addService(KvTransferService, kvTransferService(box));
   server.addService(DecodeService, decodeHandlers({ batcher: b, engine, inbox: box, modelId, precision: cfg.precision, logger }));

@@ -4,6 +4,7 @@
  */
 import { z } from "zod";
 import { InvalidArgumentError, readSettings, usageLines, validateSettings, type Settings } from "@moela/core";
+import { internalSecurityNames, internalSecuritySettings, parseInternalSecurity, type InternalSecurity } from "@moela/rpc";
 
 /** Every setting: its flag, env twin, whether it is a boolean switch, and its help line. */
 export const SETTINGS = {
@@ -31,6 +32,8 @@ export const SETTINGS = {
     bool: false,
     help: "host:port others dial, as registered (default the bound address, a 0.0.0.0 host replaced by this machine's hostname)",
   },
+  // Internal gRPC security (@moela/rpc security.ts): --internal-secret, --internal-secret-file, --tls-cert, --tls-key, --tls-ca, --tls-client-auth.
+  ...internalSecuritySettings("MOELA_EXPERT_HOST_"),
 } as const satisfies Settings;
 
 const address = z
@@ -62,9 +65,22 @@ const schema = z.object({
   redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").optional(),
   queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").optional(),
   advertiseAddress: z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):(\d{1,5})$/, "must be host:port").optional(),
+  // Checked (and the files read) by parseInternalSecurity, whose errors never repeat a secret.
+  internalSecret: z.string().optional(),
+  internalSecretFile: z.string().optional(),
+  tlsCert: z.string().optional(),
+  tlsKey: z.string().optional(),
+  tlsCa: z.string().optional(),
+  tlsClientAuth: z.string().optional(),
 });
 
-export type ExpertHostConfig = Readonly<z.output<typeof schema>>;
+type InternalSecurityKeys = "internalSecret" | "internalSecretFile" | "tlsCert" | "tlsKey" | "tlsCa" | "tlsClientAuth";
+export type ExpertHostConfig = Readonly<
+  Omit<z.output<typeof schema>, InternalSecurityKeys> & {
+    /** Internal gRPC security: the secret callers (prefill, decode) must present, TLS/mTLS. */
+    security: InternalSecurity;
+  }
+>;
 
 export const USAGE = [
   "usage: expert-host --model DIR --shard-index I --shard-count H [options]",
@@ -79,11 +95,20 @@ export const USAGE = [
 export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): ExpertHostConfig | null {
   const { help, raw } = readSettings(SETTINGS, argv, env, { name: "expert-host", error: InvalidArgumentError, help: true, argvErrorSuffix: `\n${USAGE}` });
   if (help) return null;
-  const cfg = validateSettings(SETTINGS, raw, schema.safeParse(raw), { name: "expert-host", error: InvalidArgumentError, report: "all" });
+  const { internalSecret, internalSecretFile, tlsCert, tlsKey, tlsCa, tlsClientAuth, ...cfg } = validateSettings(SETTINGS, raw, schema.safeParse(raw), {
+    name: "expert-host",
+    error: InvalidArgumentError,
+    report: "all",
+  });
   if (cfg.shardIndex >= cfg.shardCount) {
     throw new InvalidArgumentError(
       `expert-host: ${SETTINGS.shardIndex.flag} / ${SETTINGS.shardIndex.env} is ${cfg.shardIndex}, must be below ${SETTINGS.shardCount.flag} / ${SETTINGS.shardCount.env} (${cfg.shardCount})`,
     );
   }
-  return Object.freeze(cfg);
+  const security = parseInternalSecurity(
+    { internalSecret, internalSecretFile, tlsCert, tlsKey, tlsCa, tlsClientAuth },
+    internalSecurityNames("MOELA_EXPERT_HOST_"),
+    "expert-host",
+  );
+  return Object.freeze({ ...cfg, security });
 }

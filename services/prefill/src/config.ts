@@ -25,12 +25,15 @@
  *   --kernels K              fast (native SIMD) | portable (TypeScript) | reference (float64)  (fast)
  *   --threads N              kernel threads of this process; same bits for any count  (1)
  *   --log-level L            pino level                                           (info)
+ *   --internal-secret S, --internal-secret-file F, --tls-cert F, --tls-key F, --tls-ca F, --tls-client-auth
+ *                            internal gRPC security (@moela/rpc security.ts; docs/SECURITY.md)  (none)
  */
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { ConfigError, envNameOf, flagList, readSettings, settingsFromKeys, usageLines, validateSettings } from "@moela/core";
+import { INTERNAL_SECURITY_HELP, internalSecurityNames, parseInternalSecurity, type InternalSecurity } from "@moela/rpc";
 import { z } from "zod";
 
 /** Blocks the prefix cache keeps unless told otherwise (16k tokens at 16 tokens per block). */
@@ -64,6 +67,13 @@ const schema = z.strictObject({
   kernels: z.enum(["fast", "portable", "reference"]).default("fast"),
   threads: positiveInt.max(256, "must be at most 256").default(1),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+  // Internal gRPC security (@moela/rpc security.ts), checked and read by parseInternalSecurity.
+  internalSecret: z.string().optional(),
+  internalSecretFile: z.string().optional(),
+  tlsCert: z.string().optional(),
+  tlsKey: z.string().optional(),
+  tlsCa: z.string().optional(),
+  tlsClientAuth: z.string().optional(),
 });
 
 export interface PrefillConfig {
@@ -93,6 +103,8 @@ export interface PrefillConfig {
   /** Kernel threads (absent: 1). */
   readonly threads?: number;
   readonly logLevel: string;
+  /** Internal gRPC security towards decode (KvTransfer) and the expert-hosts, and of its own Prefill server (absent: none). */
+  readonly security?: InternalSecurity;
 }
 
 /** `prefill-<host>-<pid>-<6 hex>`: unique per process, readable in Redis. */
@@ -125,10 +137,11 @@ const HELP = {
   kernels: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)",
   threads: "kernel threads of this process; same bits for any count (default 1)",
   logLevel: "pino level (default info)",
+  ...INTERNAL_SECURITY_HELP,
 } as const satisfies Record<keyof typeof schema.shape, string>;
 
-/** Every schema key is a flag with its env twin; prefixCache is an on/off switch (--prefix-cache, --no-prefix-cache). */
-const SETTINGS = settingsFromKeys(Object.keys(schema.shape) as (keyof typeof schema.shape)[], "MOELA_PREFILL_", ["prefixCache"], HELP);
+/** Every schema key is a flag with its env twin; prefixCache and tlsClientAuth are on/off switches (--x, --no-x). */
+const SETTINGS = settingsFromKeys(Object.keys(schema.shape) as (keyof typeof schema.shape)[], "MOELA_PREFILL_", ["prefixCache", "tlsClientAuth"], HELP);
 
 export const USAGE = ["usage: prefill --model DIR [--expert-hosts H0,H1,...] [options]", "", ...usageLines(SETTINGS)].join("\n");
 
@@ -164,5 +177,11 @@ export function parsePrefillConfig(argv: readonly string[], env: NodeJS.ProcessE
     kernels: c.kernels,
     threads: c.threads,
     logLevel: c.logLevel,
+    security: parseInternalSecurity(
+      { internalSecret: c.internalSecret, internalSecretFile: c.internalSecretFile, tlsCert: c.tlsCert, tlsKey: c.tlsKey, tlsCa: c.tlsCa, tlsClientAuth: c.tlsClientAuth },
+      internalSecurityNames("MOELA_PREFILL_"),
+      "prefill",
+      ConfigError,
+    ),
   });
 }

@@ -20,7 +20,7 @@ import {
   precisionProfile,
 } from "@moela/moe-dispatch";
 import { Precision, PrefillService } from "@moela/proto-gen";
-import { createServer, drainAndClose, serve } from "@moela/rpc";
+import { clientChannel, createServer, drainAndClose, serve } from "@moela/rpc";
 import {
   createPrefillQueue,
   createRedisClient,
@@ -101,6 +101,8 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
     // Attention, dense layers, gates and shared experts here; routed experts on the hosts.
     // Process-wide: the in-process expert-host (no --expert-hosts) computes with the same kernels.
     configureKernels(config.kernels ?? "fast", config.threads ?? 1);
+    // Decode (KvTransfer) and the expert-hosts are dialled with this instance's internal security (TLS, the secret).
+    const channel = clientChannel(config.security);
     // Large products run off the event loop: health checks, Status and the KV streams are served while a chunk computes.
     const model = withWeightLoadBar("prefill: loading weights", (onProgress) =>
       DeepseekModel.load(config.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: config.threads ?? 1, computeOffEventLoop: true, onProgress }),
@@ -117,6 +119,8 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
       const want = { placement, profile, hidden: modelConfig.hiddenSize, layers: [...model.moeLayers().keys()].sort((a, b) => a - b), modelId };
       const waitMs = options.expertHostWaitMs ?? 30_000;
       const shards = new ExpertShardSet({
+        credentials: channel.credentials,
+        channelOptions: channel.options,
         shardCount: expertShards,
         staticReplicas: parseShardReplicas(config.expertHosts),
         validate: async (t, shard) => checkHostInfo(await t.info(), { ...want, shard }, t.name),
@@ -161,7 +165,7 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
       ((address: string): KvConnector => {
         let c = connectors.get(address);
         if (c === undefined) {
-          c = grpcKvConnector(address);
+          c = grpcKvConnector(address, { credentials: channel.credentials, channelOptions: channel.options });
           connectors.set(address, c);
         }
         return c;
@@ -183,7 +187,7 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
       ledger,
     });
 
-    const grpc = createServer({ logger, onCallEnd: rpcServerCallRecorder(m) });
+    const grpc = createServer({ logger, onCallEnd: rpcServerCallRecorder(m), security: config.security });
     grpc.addService(PrefillService, {
       status: async () => ({
         modelId,

@@ -33,12 +33,15 @@
  *   --strict-api             unknown request fields are a 400 naming the first, instead of ignored with a
  *                            warning (logged, and named in an x-moela-ignored-fields header)  (off)
  *   --log-level L            pino level                                          (info)
+ *   --internal-secret S, --internal-secret-file F, --tls-cert F, --tls-key F, --tls-ca F
+ *                            internal gRPC security of the calls to decode (@moela/rpc security.ts)  (none)
  *
  * docs/SECURITY.md says what each bound protects and what an operator must still do.
  */
 import { existsSync, readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { ConfigError, envNameOf, flagList, readSettings, settingsFromKeys, usageLines, validateSettings } from "@moela/core";
+import { INTERNAL_SECURITY_HELP, internalSecurityNames, parseInternalSecurity, type InternalSecurity } from "@moela/rpc";
 import { PREFILL_DEFAULT_MAX_PROMPT_TOKENS } from "@moela/openai-api";
 import { DEFAULT_POLICY, parsePolicyJson, Policy, type PolicyConfig } from "@moela/scheduler";
 import { z } from "zod";
@@ -78,6 +81,13 @@ const schema = z.strictObject({
     .default("false")
     .transform((v) => v === "true" || v === "1" || v === "on"),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+  // Internal gRPC security towards decode (@moela/rpc security.ts), checked and read by parseInternalSecurity.
+  // No --tls-client-auth: the router serves no internal gRPC (its Generate API is public, behind --api-key).
+  internalSecret: z.string().optional(),
+  internalSecretFile: z.string().optional(),
+  tlsCert: z.string().optional(),
+  tlsKey: z.string().optional(),
+  tlsCa: z.string().optional(),
 });
 
 export type RouterFlags = z.output<typeof schema>;
@@ -115,6 +125,8 @@ export interface RouterConfig {
   /** Unknown request fields are a 400 (default false: ignored with a warning header). */
   readonly strictApi?: boolean;
   readonly logLevel: string;
+  /** Internal gRPC security of its calls to decode: TLS (its cert as client cert for mTLS), the shared secret (absent: none). */
+  readonly security?: InternalSecurity;
 }
 
 /** The prompt-token cap the router applies: the flag, else prefill's default, within the context. */
@@ -166,6 +178,11 @@ const HELP = {
   tokenizerThreads: "threads that tokenize prompts over 4096 characters; 0 = on the event loop (default 1)",
   strictApi: "unknown request fields are a 400 instead of ignored with a warning header; env true|false (default off)",
   logLevel: "pino level (default info)",
+  internalSecret: INTERNAL_SECURITY_HELP.internalSecret,
+  internalSecretFile: INTERNAL_SECURITY_HELP.internalSecretFile,
+  tlsCert: "PEM certificate presented to decode as client cert under mTLS (default none)",
+  tlsKey: INTERNAL_SECURITY_HELP.tlsKey,
+  tlsCa: "PEM CA bundle decode's certificate is verified against; calls to decode use TLS when it is set (default none: plaintext)",
 } as const satisfies Record<keyof typeof schema.shape, string>;
 
 /** Every schema key is a flag (--kebab-case VALUE) with its env twin. */
@@ -210,6 +227,12 @@ export function parseRouterConfig(argv: readonly string[], env: NodeJS.ProcessEn
     tokenizerThreads: c.tokenizerThreads,
     strictApi: c.strictApi,
     logLevel: c.logLevel,
+    security: parseInternalSecurity(
+      { internalSecret: c.internalSecret, internalSecretFile: c.internalSecretFile, tlsCert: c.tlsCert, tlsKey: c.tlsKey, tlsCa: c.tlsCa },
+      internalSecurityNames("MOELA_ROUTER_"),
+      "router",
+      ConfigError,
+    ),
   });
 }
 

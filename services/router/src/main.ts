@@ -191,6 +191,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       requestTimeoutMs: config.requestTimeoutMs,
       logger,
       metrics: m,
+      ...(config.security !== undefined ? { security: config.security } : {}),
       ...(options.jobCheckIntervalMs !== undefined ? { jobCheckIntervalMs: options.jobCheckIntervalMs } : {}),
     });
     const pipelineRef = pipeline;

@@ -37,7 +37,7 @@ import { CancelledError, Code, DataLossError, InvalidArgumentError, MoelaError, 
 import type { MetricsOf } from "@moela/metrics";
 import type { FinishReason, GeneratedToken, SamplingRequest } from "@moela/openai-api";
 import { DecodeClient, FinishReason as WireFinishReason, type TokenEvent } from "@moela/proto-gen";
-import { asMoelaError, connect, serverStreamCall, unaryCall } from "@moela/rpc";
+import { asMoelaError, connect, serverStreamCall, unaryCall, type InternalSecurity } from "@moela/rpc";
 import {
   enqueuePrefill,
   PREFILL_JOB_VERSION,
@@ -132,6 +132,8 @@ export interface PipelineDeps {
   readonly maxRequeues?: number;
   /** A waiting request fails once Redis could not be asked about its job for this long (default 30 s). */
   readonly queueUnreachableMs?: number;
+  /** Internal gRPC security towards decode (TLS, the shared secret); absent: plaintext, no secret. */
+  readonly security?: InternalSecurity;
 }
 
 /** How long an enqueue may wait for Redis before the request fails UNAVAILABLE. */
@@ -192,7 +194,7 @@ export class Pipeline {
   decodeClient(address: string): DecodeClient {
     let c = this.clients.get(address);
     if (c === undefined) {
-      c = connect(DecodeClient, address);
+      c = connect(DecodeClient, address, {}, this.deps.security);
       this.clients.set(address, c);
     }
     return c;

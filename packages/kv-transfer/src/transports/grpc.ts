@@ -14,7 +14,7 @@
  * transfer (RESOURCE_EXHAUSTED after KvBegin) stops the sender at once.
  */
 import { once } from "node:events";
-import { credentials, Metadata, type ChannelOptions, type ServiceError } from "@grpc/grpc-js";
+import { credentials, Metadata, type ChannelCredentials, type ClientOptions, type ServiceError } from "@grpc/grpc-js";
 import { Code, InvalidArgumentError, MoelaError } from "@moela/core";
 import type { EmittedToken, GenerationParams, KvDtype } from "@moela/engine";
 import {
@@ -230,6 +230,22 @@ export function frameFromWire(req: PushRequest): KvFrame {
 /** What a KvTransfer.Push handler gets from the rpc kit (its CallContext has more). */
 export interface PushCallContext {
   readonly signal: AbortSignal;
+  /** The sender's address as grpc-js reports it ("10.0.0.7:51234", "[::1]:51234"); its host is the peer
+   * counted against the inbox's maxTransfersPerPeer. Absent: not counted. */
+  readonly peer?: string;
+}
+
+/**
+ * The host part of a grpc-js peer address ("10.0.0.7:51234" -> "10.0.0.7", "[::1]:51234" -> "::1",
+ * "ipv4:10.0.0.7:51234" -> "10.0.0.7"): every connection from one machine counts as one peer, so a
+ * sender cannot escape the bound by opening more connections.
+ */
+export function peerHost(peer: string): string {
+  const p = peer.replace(/^(ipv4|ipv6):/, "");
+  const bracketed = /^\[([^\]]*)\](?::\d+)?$/.exec(p);
+  if (bracketed !== null) return bracketed[1]!;
+  const m = /^([^:]+):\d+$/.exec(p);
+  return m === null ? p : m[1]!;
 }
 
 /**
@@ -241,7 +257,8 @@ export function kvTransferService(inbox: KvInbox): {
 } {
   return {
     async push(requests, ctx) {
-      const receiver = inbox.open();
+      // Refused (RESOURCE_EXHAUSTED) before a frame is read or a block taken when the peer is at its bound.
+      const receiver = inbox.open(ctx.peer === undefined ? undefined : peerHost(ctx.peer));
       const onAbort = (): void => {
         const reason: unknown = ctx.signal.reason;
         receiver.abort(
@@ -284,8 +301,12 @@ export function kvTransferService(inbox: KvInbox): {
 export interface GrpcKvConnectorOptions {
   /** Deadline of each Push call, ms from its start (default: none; KvBegin.deadline_unix_ms still applies). */
   readonly timeoutMs?: number;
-  /** Extra grpc-js channel options (when the connector makes its own client). */
-  readonly channelOptions?: Partial<ChannelOptions>;
+  /** Extra grpc-js client options (when the connector makes its own client): @moela/rpc's
+   * clientChannel(security).options carries the interceptor that presents the internal secret. */
+  readonly channelOptions?: Partial<ClientOptions>;
+  /** Channel credentials (when the connector makes its own client); default plaintext. TLS/mTLS:
+   * clientChannel(security).credentials. */
+  readonly credentials?: ChannelCredentials;
 }
 
 class GrpcChannel implements KvChannel {
@@ -341,7 +362,7 @@ export function grpcKvConnector(target: string | KvTransferClient, options: Grpc
   const owned = typeof target === "string";
   const client =
     typeof target === "string"
-      ? new KvTransferClient(target, credentials.createInsecure(), {
+      ? new KvTransferClient(target, options.credentials ?? credentials.createInsecure(), {
           "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
           "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
           // A restarted peer is reachable again within 2 s (grpc-js backs off up to 120 s by default).

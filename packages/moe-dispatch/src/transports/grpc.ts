@@ -10,7 +10,7 @@
  * id. When the stream breaks (the host died, restarted or drains), every call on it fails with the
  * stream's status (UNAVAILABLE, so replicas fail over) and the next dispatch opens a new stream.
  */
-import { credentials, Metadata, type ChannelOptions, type ClientDuplexStream, type ServiceError } from "@grpc/grpc-js";
+import { credentials, Metadata, type ChannelCredentials, type ClientDuplexStream, type ClientOptions, type ServiceError } from "@grpc/grpc-js";
 import { CancelledError, Code, DataLossError, UnavailableError, type MoelaError } from "@moela/core";
 import { errorForCode } from "@moela/rpc";
 import {
@@ -38,7 +38,10 @@ export interface GrpcExpertHostOptions {
   readonly dispatchTimeoutMs?: number;
   /** Deadline of each Info call (default 10 s). */
   readonly infoTimeoutMs?: number;
-  readonly channelOptions?: Partial<ChannelOptions>;
+  /** Extra grpc-js client options: @moela/rpc's clientChannel(security).options presents the internal secret. */
+  readonly channelOptions?: Partial<ClientOptions>;
+  /** Channel credentials (default plaintext); TLS/mTLS: clientChannel(security).credentials. */
+  readonly credentials?: ChannelCredentials;
   /** "stream" (default): one long-lived DispatchStream; "unary": one Dispatch call per layer. */
   readonly dispatchMode?: DispatchMode;
 }
@@ -74,7 +77,7 @@ export class GrpcExpertHostTransport implements ExpertHostTransport {
     this.dispatchMode = o.dispatchMode ?? "stream";
     this.dispatchTimeoutMs = o.dispatchTimeoutMs ?? 120_000;
     this.infoTimeoutMs = o.infoTimeoutMs ?? 10_000;
-    this.client = new ExpertHostClient(o.address, credentials.createInsecure(), {
+    this.client = new ExpertHostClient(o.address, o.credentials ?? credentials.createInsecure(), {
       "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
       "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
       // A restarted peer is reachable again within 2 s (grpc-js backs off up to 120 s by default).

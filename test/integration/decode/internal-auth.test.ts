@@ -1,0 +1,203 @@
+/**
+ * Internal gRPC authentication on a real decode instance and two real expert-hosts over 127.0.0.1, all
+ * configured with a shared secret through their env twins: a caller without the secret (or with a wrong
+ * one) cannot read another request's tokens (Decode.Stream), end it (Decode.Cancel), forge its output
+ * (KvTransfer.Push with its own KvBegin) or call an expert-host; it gets UNAUTHENTICATED and changes
+ * nothing, while the owner holding the secret gets exactly the single-process engine's tokens. Health stays
+ * open. Also the per-peer bound on concurrent KV transfers (--kv-max-transfers-per-peer).
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Code, createLogger } from "@moela/core";
+import { DeepseekModel, Engine, type EmittedToken } from "@moela/engine";
+import { grpcKvConnector, KvPoll, KvSender, kvTransferMeta, type KvConnector } from "@moela/kv-transfer";
+import { createInProcessExperts, precisionProfile } from "@moela/moe-dispatch";
+import { DecodeClient, ExpertHostClient, type DecodeCancelResponse, type DecodeStatusResponse, type StreamResponse } from "@moela/proto-gen";
+import { checkHealth, clientChannel, connect, internalSecurity, serverStreamCall, unaryCall, type InternalSecurity } from "@moela/rpc";
+import { parseConfig, startDecode, type RunningDecode } from "@moela/decode";
+import { parseConfig as parseExpertHostConfig, startExpertHost, type RunningExpertHost } from "@moela/expert-host";
+import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
+import { GREEDY, prefillAndSend, referenceRun } from "../../helpers/kv.js";
+
+const PROMPT = [0, 399, 332, 17, 256, 901, 44, 12, 730, 5, 66, 120, 7];
+const SECRET = "s3cret-for-the-internal-auth-test-0123456789";
+const silent = createLogger("test", process.env.MOELA_TEST_LOG_LEVEL ?? "silent");
+
+async function until(cond: () => boolean | Promise<boolean>, what: string): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** The error a call failed with (null when it succeeded). */
+async function failure(p: Promise<unknown>): Promise<{ code?: number; message?: string } | null> {
+  try {
+    await p;
+    return null;
+  } catch (err) {
+    return err as { code?: number; message?: string };
+  }
+}
+
+describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
+  let hosts: RunningExpertHost[] = [];
+  let decode: RunningDecode;
+  let prefill: Engine;
+  const withSecret: InternalSecurity = internalSecurity({ secrets: [SECRET] });
+  const wrongSecret: InternalSecurity = internalSecurity({ secrets: ["not-the-secret-but-long-enough"] });
+  let owner: InstanceType<typeof DecodeClient>;
+  let intruder: InstanceType<typeof DecodeClient>;
+  let impostor: InstanceType<typeof DecodeClient>;
+  let ownerKv: KvConnector & { close(): void };
+  let intruderKv: KvConnector & { close(): void };
+  let transfers = 0;
+
+  beforeAll(async () => {
+    const dir = makeCheckpoint({ preset: "tiny-v3" });
+    for (let shard = 0; shard < 2; shard++) {
+      const cfg = parseExpertHostConfig(["--model", dir, "--shard-index", String(shard), "--shard-count", "2"], { MOELA_EXPERT_HOST_INTERNAL_SECRET: SECRET })!;
+      hosts.push(await startExpertHost(cfg, silent));
+    }
+    // Decode reaches its expert-hosts only because it presents the same secret (its start-up Info checks them).
+    const cfg = parseConfig(
+      ["--model", dir, "--expert-hosts", hosts.map((h) => h.grpcAddress).join(","), "--kv-blocks", "128", "--block-size", "4", "--stream-grace-ms", "2000", "--drain-grace-ms", "0", "--kv-max-transfers-per-peer", "1"],
+      { MOELA_DECODE_INTERNAL_SECRET: SECRET },
+    )!;
+    decode = await startDecode(cfg, silent);
+    const model = DeepseekModel.load(dir, { kvDtype: precisionProfile("exact").kvDtype });
+    model.setExpertExecutor(createInProcessExperts(model, 2, "exact").executor);
+    prefill = new Engine(model, { blockSize: 4, numBlocks: 512, prefillChunk: 5 });
+    owner = connect(DecodeClient, decode.grpcAddress, {}, withSecret);
+    intruder = connect(DecodeClient, decode.grpcAddress);
+    impostor = connect(DecodeClient, decode.grpcAddress, {}, wrongSecret);
+    const channel = clientChannel(withSecret);
+    ownerKv = grpcKvConnector(decode.grpcAddress, { credentials: channel.credentials, channelOptions: channel.options });
+    intruderKv = grpcKvConnector(decode.grpcAddress);
+  });
+
+  afterAll(async () => {
+    for (const c of [owner, intruder, impostor]) c?.close();
+    ownerKv?.close();
+    intruderKv?.close();
+    await decode?.close(0);
+    await Promise.all(hosts.map((h) => h.close(0)));
+    hosts = [];
+    removeCheckpoints();
+  });
+
+  const status = (): Promise<DecodeStatusResponse> => unaryCall((md, o, cb) => owner.status({}, md, o, cb), { timeoutMs: 5_000 });
+
+  function collect(client: InstanceType<typeof DecodeClient>, requestId: string): Promise<{ tokens: StreamResponse["tokens"]; error: { code?: number; message?: string } | null }> {
+    return (async () => {
+      const tokens: StreamResponse["tokens"] = [];
+      try {
+        for await (const m of serverStreamCall<StreamResponse>((md, o) => client.stream({ requestId, startIndex: 0 }, md, o))) tokens.push(...m.tokens);
+        return { tokens, error: null };
+      } catch (err) {
+        return { tokens, error: err as { code?: number; message?: string } };
+      }
+    })();
+  }
+
+  const asIds = (ref: EmittedToken[]) => ref.map((t) => t.id);
+
+  it("keeps health open to callers without the secret", async () => {
+    expect(await checkHealth(decode.grpcAddress, { service: "moela.v1.Decode" })).toBe("SERVING");
+    expect(await checkHealth(hosts[0]!.grpcAddress)).toBe("SERVING");
+  });
+
+  it("refuses Status and an expert-host's Info without the secret, and with a wrong one, as UNAUTHENTICATED", async () => {
+    const none = await failure(unaryCall((md, o, cb) => intruder.status({}, md, o, cb), { timeoutMs: 5_000 }));
+    expect(none).toMatchObject({ code: Code.UNAUTHENTICATED, message: expect.stringMatching(/needs the internal secret/) });
+    const wrong = await failure(unaryCall((md, o, cb) => impostor.status({}, md, o, cb), { timeoutMs: 5_000 }));
+    expect(wrong).toMatchObject({ code: Code.UNAUTHENTICATED, message: expect.stringMatching(/does not match/) });
+    expect((await status()).totalKvBlocks).toBe(128);
+    const host = connect(ExpertHostClient, hosts[1]!.grpcAddress);
+    const hostWithSecret = connect(ExpertHostClient, hosts[1]!.grpcAddress, {}, withSecret);
+    try {
+      expect((await failure(unaryCall((md, o, cb) => host.info({}, md, o, cb), { timeoutMs: 5_000 })))?.code).toBe(Code.UNAUTHENTICATED);
+      expect(await failure(unaryCall((md, o, cb) => hostWithSecret.info({}, md, o, cb), { timeoutMs: 5_000 }))).toBeNull();
+    } finally {
+      host.close();
+      hostWithSecret.close();
+    }
+  });
+
+  it("without the secret another request's tokens cannot be read, ended or forged; its owner gets exactly the engine's tokens", async () => {
+    const reference = await referenceRun(prefill, PROMPT, GREEDY);
+    const victim = "req-victim";
+    const mine = collect(owner, victim);
+    await until(() => decode.batcher.has(victim), "the owner's Stream to register");
+    const before = await status();
+
+    // Reading: a second Stream for the same id is refused before it is registered.
+    const read = await collect(intruder, victim);
+    expect(read.tokens).toEqual([]);
+    expect(read.error?.code).toBe(Code.UNAUTHENTICATED);
+    expect((await collect(impostor, victim)).error?.code).toBe(Code.UNAUTHENTICATED);
+    // Ending: Cancel is refused, the request stays.
+    const cancel = await failure(unaryCall((md, o, cb) => intruder.cancel({ requestId: victim, reason: "gotcha" }, md, o, cb), { timeoutMs: 5_000 }));
+    expect(cancel?.code).toBe(Code.UNAUTHENTICATED);
+    expect(decode.batcher.has(victim)).toBe(true);
+    // Forging: a KvTransfer.Push with its own KvBegin for the victim's id is refused before any block is taken.
+    const forged = await prefillAndSend(prefill, intruderKv, [1, 2, 3, 4, 5], GREEDY, { transferId: "t-forged", requestId: victim, modelId: decode.modelId });
+    expect(forged.outcome).toEqual({ ok: false, failure: { code: Code.UNAUTHENTICATED, reason: expect.stringMatching(/needs the internal secret/) } });
+    expect(await status()).toMatchObject({ freeKvBlocks: before.freeKvBlocks, pendingTransfers: 0, runningSequences: 0 });
+
+    // The owner's transfer, with the secret, completes the Stream with exactly the reference tokens.
+    const real = await prefillAndSend(prefill, ownerKv, PROMPT, GREEDY, { transferId: `t-${++transfers}`, requestId: victim, modelId: decode.modelId });
+    expect(real.outcome.ok).toBe(true);
+    const got = await mine;
+    expect(got.error).toBeNull();
+    expect(got.tokens.map((t) => t.tokenId)).toEqual(asIds(reference));
+    await until(async () => (await status()).freeKvBlocks === 128, "blocks to be freed");
+  });
+
+  it("with the secret, Cancel ends a running request", async () => {
+    const id = "req-cancel-with-secret";
+    const stream = collect(owner, id);
+    await until(() => decode.batcher.has(id), "the Stream to register");
+    expect((await prefillAndSend(prefill, ownerKv, PROMPT, { ...GREEDY, maxTokens: 400 }, { transferId: `t-${++transfers}`, requestId: id, modelId: decode.modelId })).outcome.ok).toBe(true);
+    await until(async () => (await status()).runningSequences === 1, "the sequence to run");
+    const res = await unaryCall<DecodeCancelResponse>((md, o, cb) => owner.cancel({ requestId: id, reason: "stop string" }, md, o, cb), { timeoutMs: 5_000 });
+    expect(res.found).toBe(true);
+    const got = await stream;
+    expect(got.error?.code).toBe(Code.CANCELLED);
+    expect(got.tokens.length).toBeLessThan(400);
+    expect(await status()).toMatchObject({ freeKvBlocks: 128, runningSequences: 0 });
+  });
+
+  it("refuses a second concurrent KV transfer from the same peer with RESOURCE_EXHAUSTED (--kv-max-transfers-per-peer 1), and takes one again once the first ends", async () => {
+    const seqA = prefill.newSequence("req-peer-a", PROMPT, GREEDY);
+    const seqB = prefill.newSequence("req-peer-b", PROMPT, GREEDY);
+    const first = new KvSender(ownerKv);
+    const second = new KvSender(ownerKv);
+    try {
+      const meta = (seq: typeof seqA, transferId: string) =>
+        kvTransferMeta(prefill, seq, { transferId, requestId: seq.requestId, modelId: decode.modelId, logprobs: true });
+      // The first transfer begins and holds its blocks (no data yet).
+      await first.begin(meta(seqA, "t-peer-a"));
+      await until(async () => (await status()).pendingTransfers === 1, "the first transfer to be pending");
+      await second.begin(meta(seqB, "t-peer-b"));
+      const refused = await second.done;
+      expect(refused).toEqual({
+        ok: false,
+        failure: { code: Code.RESOURCE_EXHAUSTED, reason: expect.stringMatching(/too many concurrent KV transfers from one peer: 1 open, at most 1 \(--kv-max-transfers-per-peer\)/) },
+      });
+      expect(second.poll()).toBe(KvPoll.Failed);
+      expect((await status()).pendingTransfers).toBe(1);
+      first.abort("test over");
+      await first.done;
+      await until(async () => (await status()).pendingTransfers === 0 && (await status()).freeKvBlocks === 128, "the first transfer's blocks to be freed");
+      // The bound counts open transfers, not past ones: the next one goes through.
+      const stream = collect(owner, "req-peer-c");
+      await until(() => decode.batcher.has("req-peer-c"), "the Stream to register");
+      expect((await prefillAndSend(prefill, ownerKv, PROMPT, GREEDY, { transferId: `t-${++transfers}`, requestId: "req-peer-c", modelId: decode.modelId })).outcome.ok).toBe(true);
+      expect((await stream).error).toBeNull();
+    } finally {
+      prefill.release(seqA);
+      prefill.release(seqB);
+    }
+  });
+});
