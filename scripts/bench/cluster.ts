@@ -4,7 +4,7 @@
  *
  *   npx tsx scripts/bench/cluster.ts [--model models/tiny-v3] [--expert-hosts 2] [--prompt-tokens 32]
  *        [--requests 4] [--decode-tokens 64] [--stream-prompt-tokens 8] [--departure-steps 320]
- *        [--profiles exact,paper] [--cluster-json .moela/cluster.json]
+ *        [--profiles exact,paper] [--cluster-json .moela/cluster.json] [--one-process-server]
  *
  * The cluster-speed targets, first: decode tokens/s and time per output token of 1 and 16 streams
  * through the cluster beside one process as `moela generate` runs it (fast kernels, every core,
@@ -44,6 +44,7 @@ import {
   type PrecisionName,
   type PrecisionProfile,
 } from "@moela/moe-dispatch";
+import { measureOneProcessServer } from "./one-process-server.js";
 import { DEFAULT_MODEL, startCluster, type Cluster, type ClusterInfo, type InstanceInfo } from "../../services/cli/src/launcher.js";
 
 const program = new Command("bench-cluster")
@@ -61,6 +62,7 @@ const program = new Command("bench-cluster")
   .option("--cluster-json <file>", "use this running cluster for its profile", ".moela/cluster.json")
   .option("--out <dir>", "where the JSON and HTML go", "bench-results")
   .option("--no-cluster", "in-process measurements only")
+  .option("--one-process-server", "also run the decode streams against `moela serve --role all` (one-process-server.ts)")
   .parse();
 const opts = program.opts<{
   model: string;
@@ -77,6 +79,7 @@ const opts = program.opts<{
   out: string;
   cluster: boolean;
   repeat: number;
+  oneProcessServer?: boolean;
 }>();
 const MODEL = resolve(opts.model);
 const H = opts.expertHosts;
@@ -677,6 +680,20 @@ const codecBytes = (["f32", "bf16", "fp8-tile", "logfmt8"] as const).map((name) 
 
 const clusters: ClusterResult[] = [];
 if (opts.cluster) for (const profile of PROFILES) clusters.push(await measureCluster(profile));
+// --one-process-server: the same decode streams against `moela serve --role all`, under the first profile.
+const oneProcessServer = opts.oneProcessServer
+  ? await measureOneProcessServer({
+      model: MODEL,
+      precision: PROFILES[0] ?? "exact",
+      batches: BATCHES,
+      repeat: opts.repeat,
+      log,
+      measure: async (client, model, batch) => {
+        const streams = await Promise.all(Array.from({ length: batch }, (_, i) => stream(client, model, promptIds(100 + i, opts.streamPromptTokens), opts.decodeTokens)));
+        return { clientTokS: clientDecodeRate(streams).rate, tpotMs: meanTpotMs(streams) };
+      },
+    })
+  : undefined;
 
 // ---- print -------------------------------------------------------------------------------------
 const out: string[] = [];
@@ -809,6 +826,20 @@ if (dep !== undefined) {
     ]),
   );
 }
+if (oneProcessServer !== undefined) {
+  const c = clusters.find((x) => x.profile === oneProcessServer.precision);
+  out.push(`Cluster against the one-process server (moela serve --role all, ${oneProcessServer.precision}, its defaults; the same streams)`);
+  out.push(
+    table([
+      ["streams", "one-process tokens/s", "ms per output token", "cluster tokens/s", "cluster/one-process tokens/s"],
+      ...oneProcessServer.decode.map((d) => {
+        const cd = c?.decode.find((x) => x.batch === d.batch);
+        return [String(d.batch), f(d.clientTokS), d.tpotMs.toFixed(2), f(cd?.clientTokS), ratio(cd?.clientTokS, d.clientTokS)];
+      }),
+    ]),
+  );
+  out.push("");
+}
 if (missing.size > 0) {
   out.push("");
   out.push(`metrics not exported by the services (shown as n/a): ${[...missing].join("; ")}`);
@@ -817,7 +848,7 @@ out.push(`(${((Date.now() - started) / 1000).toFixed(0)} s)`);
 console.log(out.join("\n"));
 
 mkdirSync(opts.out, { recursive: true });
-const result = { model: MODEL, expertHosts: H, config: cfg, options: opts, inProcessAsGenerate: generate1, clusters, inProcess, departure: dep, codecBytes, missingMetrics: [...missing] };
+const result = { model: MODEL, expertHosts: H, config: cfg, options: opts, inProcessAsGenerate: generate1, clusters, oneProcessServer, inProcess, departure: dep, codecBytes, missingMetrics: [...missing] };
 writeFileSync(join(opts.out, "cluster.json"), `${JSON.stringify(result, null, 2)}\n`);
 const svg = [
   bars(
