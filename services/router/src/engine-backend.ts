@@ -347,6 +347,13 @@ export function engineParams(s: SamplingRequest, cacheSalt: string | undefined):
     ignoreEos: s.ignoreEos,
     topLogprobs: s.logprobs ?? 0,
     ...(cacheSalt === undefined ? {} : { cacheSalt }),
+    // Penalties and filters (absent: off), as the cluster's prefill job carries them.
+    ...(s.presencePenalty !== undefined ? { presencePenalty: s.presencePenalty } : {}),
+    ...(s.frequencyPenalty !== undefined ? { frequencyPenalty: s.frequencyPenalty } : {}),
+    ...(s.repetitionPenalty !== undefined ? { repetitionPenalty: s.repetitionPenalty } : {}),
+    ...(s.logitBias !== undefined && s.logitBias.length > 0 ? { logitBias: s.logitBias } : {}),
+    ...(s.minP !== undefined ? { minP: s.minP } : {}),
+    ...(s.minTokens !== undefined ? { minTokens: s.minTokens } : {}),
   };
 }
 
