@@ -422,9 +422,10 @@ describe("/v1/chat/completions", () => {
 describe("errors", () => {
   it.each([
     { name: "temperature out of range", body: { model: "tiny-v3", prompt: "x", temperature: 3 }, status: 400, param: "temperature" },
-    { name: "an unknown field", body: { model: "tiny-v3", prompt: "x", best_of_luck: true }, status: 400, param: "best_of_luck" },
+    { name: "a presence penalty out of range", body: { model: "tiny-v3", prompt: "x", presence_penalty: 2.5 }, status: 400, param: "presence_penalty" },
     { name: "an unknown model", body: { model: "nope", prompt: "x" }, status: 404, param: "model" },
-    { name: "n = 2", body: { model: "tiny-v3", prompt: "x", n: 2 }, status: 400, param: "n" },
+    { name: "n = 0", body: { model: "tiny-v3", prompt: "x", n: 0 }, status: 400, param: "n" },
+    { name: "min_tokens over max_tokens", body: { model: "tiny-v3", prompt: "x", max_tokens: 2, min_tokens: 3 }, status: 400, param: "min_tokens" },
   ])("$name -> $status through the openai client", async ({ body, status, param }) => {
     const err = await client.completions.create(body as unknown as OpenAI.CompletionCreateParamsNonStreaming).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(APIError);
@@ -444,6 +445,45 @@ describe("errors", () => {
     expect(Object.keys(json.error).sort()).toEqual(["code", "message", "param", "type"]);
     expect(json.error.message).toMatch(message);
     expect(json.error.type).toBe("invalid_request_error");
+  });
+
+  it("unknown fields are ignored, named in x-moela-ignored-fields (also on a later refusal); --strict-api refuses them", async () => {
+    // Refused after the fields were read (the context check needs the rendered prompt): the header is there.
+    const res = await fetch(`${router.httpUrl}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "tiny-v3", messages: [{ role: "user", content: "hi", mood: "glad" }], max_tokens: 4096, frobnicate: 1 }),
+    });
+    expect(res.status).toBe(400);
+    expect(res.headers.get("x-moela-ignored-fields")).toBe("frobnicate, messages[0].mood");
+    expect(((await res.json()) as { error: { param: string } }).error.param).toBe("max_tokens");
+    const strict = await startRouter(
+      {
+        model: MODEL,
+        httpAddress: "127.0.0.1:0",
+        grpcAddress: "127.0.0.1:0",
+        metricsAddress: "127.0.0.1:0",
+        redisUrl: REDIS,
+        queuePrefix: prefix,
+        decode: ["127.0.0.1:1"],
+        servedModelName: "tiny-v3",
+        maxModelLen: undefined,
+        precision: "exact",
+        requestTimeoutMs: 5_000,
+        maxInFlight: 4,
+        strictApi: true,
+        logLevel: "silent",
+      },
+      { logger: silent, shutdownGraceMs: 100 },
+    );
+    try {
+      const c = new OpenAI({ baseURL: `${strict.httpUrl}/v1`, apiKey: "none", maxRetries: 0 });
+      const err = await c.completions.create({ model: "tiny-v3", prompt: "x", best_of_luck: true } as unknown as OpenAI.CompletionCreateParamsNonStreaming).catch((e: unknown) => e);
+      expect((err as APIError).status).toBe(400);
+      expect((err as APIError).param).toBe("best_of_luck");
+    } finally {
+      await strict.close();
+    }
   });
 
   it("no reachable decode instance -> 503", async () => {
