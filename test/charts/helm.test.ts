@@ -49,7 +49,7 @@ let helm = "";
 
 function runHelm(args: readonly string[]): string {
   try {
-    return execFileSync(helm, args, { cwd: REPO_ROOT, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 60_000 });
+    return execFileSync(helm, args, { cwd: REPO_ROOT, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 60_000, maxBuffer: 256 * 1024 * 1024 });
   } catch (err) {
     const e = err as { stderr?: string; stdout?: string; message: string };
     throw new Error(`helm ${args.join(" ")} failed:\n${e.stderr || e.stdout || e.message}`);
@@ -866,6 +866,20 @@ describe("charts/moela", () => {
     const res = container(workload(objs, "decode")).resources as Obj;
     expect([res.requests["nvidia.com/gpu"], res.limits["nvidia.com/gpu"]]).toEqual([2, 2]);
     expect(JSON.stringify(container(workload(objs, "prefill")).resources)).not.toContain("gpu");
+  });
+
+  it("keeps every StatefulSet name within 52 characters and pod name within 63 for a long release name and 1024 shards", () => {
+    const release = "a-release-name-long-enough-to-be-truncated-by-chart"; // 51: helm allows 53
+    const out = runHelm(["template", release, CHART, "--namespace", NAMESPACE, "--set", "expertHost.shards=1024,expertHost.replicasPerShard=2"]);
+    const sets = parseAllDocuments(out)
+      .map((d) => d.toJS() as Obj | null)
+      .filter((o): o is Obj => o !== null && o.kind === "StatefulSet");
+    expect(sets.filter((o) => o.metadata.labels[SHARD_LABEL] !== undefined).length).toBe(1024);
+    for (const sts of sets) {
+      // the controller-revision-hash label is "<name>-<10 characters>", at most 63
+      expect(sts.metadata.name.length, sts.metadata.name).toBeLessThanOrEqual(52);
+      expect(`${sts.metadata.name}-${sts.spec.replicas - 1}`.length).toBeLessThanOrEqual(63);
+    }
   });
 
   it("lets one expert-host PodDisruptionBudget per shard keep every replica (minAvailable = replicasPerShard)", () => {
