@@ -102,6 +102,28 @@ async function openStream(url: string, prompt: number[], maxTokens: number): Pro
   return { ctl, done };
 }
 
+describe("moela serve --role all: flags", () => {
+  const run = (args: string[]) =>
+    new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, [MOELA_BIN, "serve", "--role", "all", ...args], { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"] });
+      let stdout = "";
+      let stderr = "";
+      child.stdout!.on("data", (b: Buffer) => (stdout += b.toString()));
+      child.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
+      child.once("exit", (code) => resolve({ code, stdout, stderr }));
+    });
+
+  it("--help prints its usage with every flag's env twin and exits 0; a bad value exits 2 naming the flag and its env twin", async () => {
+    const [help, bad] = await Promise.all([run(["--help"]), run(["--model", TINY_MODEL, "--max-num-seqs", "0"])]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/^usage: moela serve --role all/);
+    expect(help.stdout).toContain("--max-num-seqs <v>");
+    expect(help.stdout).toContain("[env MOELA_ALL_MAX_IN_FLIGHT]");
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("--max-num-seqs (env MOELA_ALL_MAX_NUM_SEQS) must be at least 1");
+  }, 120_000);
+});
+
 describe("moela serve --role all", () => {
   let server: Server;
   let client: OpenAI;

@@ -125,7 +125,7 @@ export function buildProgram(): Command {
 
   program
     .command("cluster")
-    .description("start the whole platform on this machine (what `npm start` runs); Ctrl-C stops it")
+    .description("start the whole platform on this machine (what `npm start` runs); Ctrl-C stops it. Everything in one process instead: moela serve --role all")
     .option("--model <dir>", "checkpoint folder (default: the bundled models/moela-v3-brown)")
     .option("--prefill <n>", "prefill instances", intArg("--prefill"), 1)
     .option("--decode <n>", "decode instances", intArg("--decode"), 1)
