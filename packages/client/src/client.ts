@@ -80,6 +80,18 @@ export interface GenerateParams {
   /** 0: the sampled token's logprob; N: also the N most likely alternatives (at most 20). */
   readonly logprobs?: number;
   readonly ignoreEos?: boolean;
+  /** vLLM's penalties: presence and frequency in [-2, 2] (0 off), repetition in (0, 2] (1 off). */
+  readonly presencePenalty?: number;
+  readonly frequencyPenalty?: number;
+  readonly repetitionPenalty?: number;
+  /** Token id -> bias in [-100, 100], added to its logit (-100 bans it). */
+  readonly logitBias?: Readonly<Record<number, number>>;
+  /** Drop tokens less likely than minP times the most likely one; [0, 1], 0 off. */
+  readonly minP?: number;
+  /** EOS and stopTokenIds cannot end the output before this many tokens. */
+  readonly minTokens?: number;
+  /** Choices to generate (OpenAI's n): the events of choice k carry index k; complete() takes one. */
+  readonly n?: number;
   /** Must equal the served model id when set. */
   readonly model?: string;
   /** Shows in every service's logs; unset: the client makes one (`req-<uuid>`). */
@@ -123,6 +135,8 @@ export interface GenerateEvent {
   readonly logprobs: readonly TokenLogprob[];
   readonly finishReason?: FinishReason;
   readonly usage?: Usage;
+  /** The choice these tokens belong to (0 unless the request asked for n > 1). */
+  readonly index: number;
 }
 
 /** A whole generation (`MoelaClient.complete`). */
@@ -233,6 +247,9 @@ export function toWireRequest(r: GenerateRequest, requestId: string): WireGenera
   checkNonNegativeInt("seed", r.seed);
   checkNonNegativeInt("logprobs", r.logprobs);
   checkNonNegativeInt("priority", r.priority);
+  checkNonNegativeInt("minTokens", r.minTokens);
+  checkNonNegativeInt("n", r.n);
+  const logitBias = r.logitBias === undefined ? undefined : Object.entries(r.logitBias).map(([id, bias]) => ({ tokenId: Number(id), bias }));
   // fromPartial: wire fields this client does not set (added to the proto later) take their defaults.
   return WireGenerateRequest.fromPartial({
     prompt,
@@ -246,6 +263,13 @@ export function toWireRequest(r: GenerateRequest, requestId: string): WireGenera
       stopTokenIds: [...(r.stopTokenIds ?? [])],
       ...(r.logprobs !== undefined ? { logprobs: r.logprobs } : {}),
       ignoreEos: r.ignoreEos ?? false,
+      ...(r.presencePenalty !== undefined ? { presencePenalty: r.presencePenalty } : {}),
+      ...(r.frequencyPenalty !== undefined ? { frequencyPenalty: r.frequencyPenalty } : {}),
+      ...(r.repetitionPenalty !== undefined ? { repetitionPenalty: r.repetitionPenalty } : {}),
+      ...(logitBias !== undefined ? { logitBias: { entries: logitBias } } : {}),
+      ...(r.minP !== undefined ? { minP: r.minP } : {}),
+      ...(r.minTokens !== undefined ? { minTokens: r.minTokens } : {}),
+      ...(r.n !== undefined ? { n: r.n } : {}),
     },
     model: r.model ?? "",
     requestId,
@@ -270,6 +294,7 @@ export function toEvent(m: GenerateResponse): GenerateEvent {
     logprobs: m.logprobs.map((l) => ({ logprob: l.logprob, top: l.top.map((t) => ({ tokenId: t.tokenId, logprob: t.logprob })) })),
     ...(reason !== undefined ? { finishReason: reason } : {}),
     ...(m.usage !== undefined ? { usage: { ...m.usage } } : {}),
+    index: m.index,
   };
 }
 
@@ -398,6 +423,7 @@ export class MoelaClient {
 
   /** generate() collected: the whole text and tokens, the finish reason and usage. */
   async complete(request: GenerateRequest, options: GenerateOptions = {}): Promise<Completion> {
+    if (request.n !== undefined && request.n > 1) throw new InvalidArgumentError("complete() collects one choice; use generate() for n > 1 (events carry their index)");
     const stream = this.generate(request, options);
     let text = "";
     const tokenIds: number[] = [];

@@ -184,6 +184,24 @@ describe("MoelaClient.generate: streaming", () => {
     expect(router.calls[0]!.request).toMatchObject({ prompt: { $case: "tokenIds", value: { ids: [0, 17, 42] } }, requestId: "req-mine", model: "tiny", priority: 2 });
   });
 
+  it("sends penalties, logit_bias, min_p, min_tokens and n; events carry their choice's index", async () => {
+    const { router, client } = await setup(streamAbc);
+    const events = await collect(
+      client.generate({ prompt: "x", presencePenalty: -1, frequencyPenalty: 0.5, repetitionPenalty: 1.25, logitBias: { 7: -100, 3: 2.5 }, minP: 0.1, minTokens: 2, n: 2 }),
+    );
+    expect(events.every((e) => e.index === 0)).toBe(true);
+    const sampling = router.calls[0]!.request.sampling!;
+    expect(sampling).toMatchObject({ presencePenalty: -1, frequencyPenalty: 0.5, repetitionPenalty: 1.25, minP: 0.1, minTokens: 2, n: 2 });
+    expect(sampling.logitBias!.entries).toEqual([
+      { tokenId: 3, bias: 2.5 },
+      { tokenId: 7, bias: -100 },
+    ]);
+    // Unset: not on the wire (the server's "off").
+    await collect(client.generate({ prompt: "x" }));
+    expect(router.calls[1]!.request.sampling).toMatchObject({ presencePenalty: undefined, logitBias: undefined, minTokens: undefined, n: undefined });
+    await expect(client.complete({ prompt: "x", n: 2 })).rejects.toThrow(/complete\(\) collects one choice/);
+  });
+
   it("refuses malformed requests and options before calling", async () => {
     const { router, client } = await setup(streamAbc);
     expect(() => client.generate({ prompt: [1, -2] })).toThrow(InvalidArgumentError);
