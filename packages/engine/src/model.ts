@@ -405,7 +405,11 @@ export class DeepseekModel {
     routeTokens(c, gateLogits, T, moe.bias, ids, weights, this.router);
     const routed = this.ws.f32("moe.routed", T * hd); // [T, hidden]
     if (clock) t0 = clock.since("gate", t0);
-    if (this.experts.waitsOnOtherProcesses === true) {
+    if (this.experts.waitsOnOtherProcesses === true && moe.shared !== null && this.experts.computesSharedExpert === true) {
+      // The expert-hosts compute the shared expert too (as one more routed expert every token selects).
+      await this.experts.runRouted(layer, xn, T, ids, weights, routed, out);
+      clock?.since("routed_wait", t0);
+    } else if (this.experts.waitsOnOtherProcesses === true) {
       // Start the routed experts on the expert-hosts, compute the shared expert meanwhile.
       const pending = this.experts.runRouted(layer, xn, T, ids, weights, routed);
       // Awaited below; until then a failure (a host gone) must not count as an unhandled rejection.

@@ -12,7 +12,13 @@ export interface ExpertExecutor {
    * x: [T, hidden] the post-attention-normalised activations; ids/weights: [T, num_experts_per_tok];
    * out: [T, hidden], overwritten.
    */
-  runRouted(layer: number, x: Float32Array, T: number, ids: Int32Array, weights: Float32Array, out: Float32Array): Promise<void>;
+  runRouted(layer: number, x: Float32Array, T: number, ids: Int32Array, weights: Float32Array, out: Float32Array, sharedOut?: Float32Array): Promise<void>;
+  /**
+   * true when runRouted also computes the layer's shared expert into `sharedOut` ([T, hidden], overwritten) when
+   * given one, with the same bits the model's own would have: DeepSeek-V3's decoding treats the shared expert as
+   * a routed one that every token selects, so the attention side only attends while the expert-hosts compute.
+   */
+  readonly computesSharedExpert?: boolean;
   /**
    * true when runRouted waits on other processes (expert-hosts over the network): the model then computes the
    * shared expert while the call is in flight. Absent or false: it computes here, and running the shared expert

@@ -266,12 +266,14 @@ export function loadWeights(dir: string, cfg: ModelConfig, opts: LoadOptions = {
 /** The routed experts of one shard: per MoE layer (main and MTP), experts by global id, null where not owned. */
 export interface ExpertShard {
   readonly expertsByLayer: ReadonlyMap<number, ReadonlyArray<MlpWeights | null>>;
+  /** Per MoE layer, its shared expert (every host holds it, as the paper's redundant heavy-load expert); absent without one. */
+  readonly sharedByLayer: ReadonlyMap<number, MlpWeights>;
   readonly bytes: number;
 }
 
 /**
- * Load only routed experts (what an expert-host holds): no attention, no embeddings, and of the experts
- * only those `owned` says. Experts not owned are never read from the files' tensors.
+ * Load only experts (what an expert-host holds): no attention, no embeddings; of the routed experts only
+ * those `owned` says, and every MoE layer's shared expert. Experts not owned are never read from the files' tensors.
  */
 export function loadExpertShard(
   dir: string,
@@ -282,6 +284,7 @@ export function loadExpertShard(
   const ckpt = CheckpointTensors.open(dir);
   const l = new WeightLoader(ckpt, cfg);
   const expertsByLayer = new Map<number, ReadonlyArray<MlpWeights | null>>();
+  const sharedByLayer = new Map<number, MlpWeights>();
   const mtpLayers = Array.from({ length: cfg.numNextnPredictLayers }, (_, j) => cfg.numHiddenLayers + j).filter((i) =>
     l.has(`model.layers.${i}.eh_proj.weight`),
   );
@@ -293,7 +296,8 @@ export function loadExpertShard(
         owned(i, e) ? l.mlp(`model.layers.${i}.mlp.experts.${e}`, cfg.moeIntermediateSize) : null,
       ),
     );
+    if (cfg.nSharedExperts > 0) sharedByLayer.set(i, l.mlp(`model.layers.${i}.mlp.shared_experts`, cfg.moeIntermediateSize * cfg.nSharedExperts));
     onProgress?.({ done: expertsByLayer.size, total: moeLayers.length, bytes: l.bytes });
   }
-  return { expertsByLayer, bytes: l.bytes };
+  return { expertsByLayer, sharedByLayer, bytes: l.bytes };
 }

@@ -12,6 +12,10 @@
  *   4. decode each host's partial sums (combine codec) and add them into out in ascending host
  *      order, starting from +0. The order is fixed whatever the transport or arrival order, so an
  *      in-process run and the cluster give identical bits for the same profile and host count.
+ * With the shared expert on the hosts (sharedExpert, and the engine passing sharedOut), each token's
+ * shared expert is computed by one of the hosts its routed experts already reach (the one with the
+ * fewest shared rows so far), so no token reaches a host it would not have reached; the answers carry
+ * those outputs after the partial sums, and they are copied into sharedOut unchanged.
  * If a host fails, the other calls are cancelled and the first error is thrown.
  */
 import { Code, DataLossError, InvalidArgumentError, MoelaError } from "@moela/core";
@@ -63,7 +67,15 @@ export interface HostedExpertExecutorOptions {
   readonly hidden?: number;
   /** The request (or batch) id each call carries, read per runRouted (logs on the hosts). */
   readonly requestId?: () => string | undefined;
+  /**
+   * Where the shared expert runs (default "auto"). "hosts": the expert-hosts compute it (they must hold it:
+   * HostInfo.sharedExpert); "local": the engine does. "auto": the hosts, when they are other processes and the
+   * dispatch codec is lossless (so their output has the engine's own bits); otherwise local.
+   */
+  readonly sharedExpert?: SharedExpertPlacement;
 }
+
+export type SharedExpertPlacement = "auto" | "hosts" | "local";
 
 /** What the last runRouted call sent, for tests and the benchmark. */
 export interface DispatchTrace {
@@ -83,6 +95,8 @@ export class HostedExpertExecutor implements ExpertExecutor {
   readonly hosts: readonly ExpertHostTransport[];
   /** Some host is another process: the model overlaps its shared expert with the dispatch. */
   readonly waitsOnOtherProcesses: boolean;
+  /** The hosts compute the shared expert when the engine passes sharedOut (HostedExpertExecutorOptions.sharedExpert). */
+  readonly computesSharedExpert: boolean;
   private readonly dispatchCodec: DispatchCodec;
   private readonly combineCodec: DispatchCodec;
   private readonly metrics: DispatchMetrics;
@@ -98,6 +112,8 @@ export class HostedExpertExecutor implements ExpertExecutor {
     this.profile = resolveProfile(o.profile);
     this.hosts = o.hosts;
     this.waitsOnOtherProcesses = o.hosts.some((h) => h.inProcess !== true);
+    const shared = o.sharedExpert ?? "auto";
+    this.computesSharedExpert = shared === "hosts" || (shared === "auto" && this.waitsOnOtherProcesses && this.profile.dispatch === "f32");
     this.dispatchCodec = getDispatchCodec(this.profile.dispatch);
     this.combineCodec = getDispatchCodec(this.profile.combine);
     this.metrics = o.metrics ?? {};
@@ -110,11 +126,16 @@ export class HostedExpertExecutor implements ExpertExecutor {
     return this.last;
   }
 
-  async runRouted(layer: number, x: Float32Array, T: number, ids: Int32Array, weights: Float32Array, out: Float32Array): Promise<void> {
+  async runRouted(layer: number, x: Float32Array, T: number, ids: Int32Array, weights: Float32Array, out: Float32Array, sharedOut?: Float32Array): Promise<void> {
     if (T === 0) return;
     const hidden = this.hidden ?? x.length / T;
     if (!Number.isInteger(hidden) || hidden < 1 || x.length < T * hidden || out.length < T * hidden) {
       throw new InvalidArgumentError(`runRouted: x has ${x.length} and out ${out.length} values, not [${T}, hidden] matrices`);
+    }
+    if (sharedOut !== undefined && (!this.computesSharedExpert || sharedOut.length < T * hidden)) {
+      throw new InvalidArgumentError(
+        this.computesSharedExpert ? `runRouted: sharedOut has ${sharedOut.length} values, not [${T}, ${hidden}]` : "runRouted: sharedOut given, but the shared expert runs locally (sharedExpert)",
+      );
     }
     const k = weights.length === ids.length ? ids.length / T : 0;
     if (!Number.isInteger(k) || k < 1) {
@@ -123,6 +144,7 @@ export class HostedExpertExecutor implements ExpertExecutor {
     const started = performance.now();
     const encoded = this.dispatchCodec.encode(x, T, hidden); // [T, hidden], encoded once
     const batches = splitByHost(ids, weights, T, k, this.placement);
+    const sharedRows = sharedOut === undefined ? undefined : assignSharedRows(batches, T);
     const requestId = this.requestId();
     const controller = new AbortController();
     const rowsPerHost: number[] = [];
@@ -144,6 +166,7 @@ export class HostedExpertExecutor implements ExpertExecutor {
         expertIds: b.expertIds,
         weights: b.weights,
         ...(requestId === undefined ? {} : { requestId }),
+        ...(sharedRows === undefined ? {} : { sharedExpertRows: sharedRows[b.host]! }),
       };
       let call: Promise<EncodedActivations>;
       try {
@@ -175,17 +198,22 @@ export class HostedExpertExecutor implements ExpertExecutor {
       if (reply === null || reply === undefined) continue;
       const b = batches[h]!;
       const n = b.tokenIndex.length;
+      const shared = sharedRows?.[h] ?? [];
       try {
-        checkEncoded(`expert-host ${h}'s reply`, reply, this.profile.combine, n, hidden);
+        checkEncoded(`expert-host ${h}'s reply`, reply, this.profile.combine, n + shared.length, hidden);
       } catch (err) {
         throw new DataLossError((err as MoelaError).message, { cause: err });
       }
       receivedBytes += encodedSize(reply);
-      const partial = this.combineCodec.decode(reply); // [n, hidden]
+      const partial = this.combineCodec.decode(reply); // [n + shared rows, hidden]
       for (let i = 0; i < n; i++) {
         const o = b.tokenIndex[i]! * hidden;
         const p = i * hidden;
         for (let c = 0; c < hidden; c++) out[o + c] = out[o + c]! + partial[p + c]!;
+      }
+      for (let j = 0; j < shared.length; j++) {
+        const t = b.tokenIndex[shared[j]!]!;
+        sharedOut!.set(partial.subarray((n + j) * hidden, (n + j + 1) * hidden), t * hidden);
       }
     }
     this.metrics.moeCombineReceivedBytes?.inc({ codec: this.profile.combine }, receivedBytes);
@@ -194,6 +222,40 @@ export class HostedExpertExecutor implements ExpertExecutor {
     this.metrics.moeDispatchRoundTrip?.observe((end - started) / 1000);
     this.last = { layer, tokens: T, rowsPerHost, pairsPerHost, sentBytes, receivedBytes };
   }
+}
+
+/**
+ * Per host, the rows of its batch (indices into its tokenIndex, ascending) whose shared expert it computes: each
+ * token goes to the host among those its routed experts reach that has the fewest shared rows so far (the lowest
+ * index on a tie), so every token's shared expert runs exactly once and reaches no new host.
+ */
+export function assignSharedRows(batches: ReadonlyArray<{ readonly host: number; readonly tokenIndex: ArrayLike<number> }>, T: number): number[][] {
+  const hostsOf: number[][] = Array.from({ length: T }, () => []);
+  const rowIn: number[][] = Array.from({ length: T }, () => []);
+  for (const b of batches) {
+    for (let i = 0; i < b.tokenIndex.length; i++) {
+      hostsOf[b.tokenIndex[i]!]!.push(b.host);
+      rowIn[b.tokenIndex[i]!]!.push(i);
+    }
+  }
+  const rows: number[][] = batches.map(() => []);
+  const load = new Map<number, number>();
+  const slot = new Map<number, number>(batches.map((b, j) => [b.host, j]));
+  for (let t = 0; t < T; t++) {
+    const hosts = hostsOf[t]!;
+    if (hosts.length === 0) throw new InvalidArgumentError(`runRouted: token ${t} reaches no expert-host`);
+    let best = 0;
+    for (let j = 1; j < hosts.length; j++) {
+      const a = load.get(hosts[j]!) ?? 0;
+      const b = load.get(hosts[best]!) ?? 0;
+      if (a < b || (a === b && hosts[j]! < hosts[best]!)) best = j;
+    }
+    const h = hosts[best]!;
+    load.set(h, (load.get(h) ?? 0) + 1);
+    rows[slot.get(h)!]!.push(rowIn[t]![best]!);
+  }
+  // Tokens were visited in ascending order and a batch's tokenIndex ascends, so each host's rows already ascend.
+  return rows;
 }
 
 /** What a dispatcher expects of the host at shard `shard` (checkHostInfo). */
@@ -206,6 +268,8 @@ export interface ExpectedHost {
   readonly layers: readonly number[];
   /** When given, the host must report this model id. */
   readonly modelId?: string;
+  /** true: the host must hold the shared expert (the dispatcher sends it shared rows). */
+  readonly sharedExpert?: boolean;
 }
 
 /**
@@ -224,6 +288,7 @@ export function checkHostInfo(info: HostInfo, want: ExpectedHost, name = `expert
   if (want.modelId !== undefined && info.modelId !== want.modelId) fail(`serves model ${info.modelId}, expected ${want.modelId}`);
   if (info.precision !== profile.name) fail(`runs precision ${info.precision}, expected ${profile.name}`);
   if (info.hiddenSize !== want.hidden) fail(`has hidden size ${info.hiddenSize}, expected ${want.hidden}`);
+  if (want.sharedExpert === true && !info.sharedExpert) fail("holds no shared expert, and this dispatcher sends it the shared expert's rows (run the same moela version everywhere)");
   const expected = want.placement.expertsOfHost[want.shard] ?? [];
   const layers = info.layers.map((l) => l.layer);
   if (layers.join(",") !== want.layers.join(",")) fail(`serves MoE layers [${layers.join(", ")}], expected [${want.layers.join(", ")}]`);

@@ -8,12 +8,27 @@
  * sum_j weight_j * expert_j(x) in the profile's combine codec. Each token's terms are added in
  * ascending expert id starting from +0, the order the engine's own LocalExpertExecutor uses, so a
  * single host holding every expert reproduces it exactly under the exact profile.
+ *
+ * A request may also name rows whose shared expert this host computes (sharedExpertRows): DeepSeek-V3's
+ * decoding treats the shared expert as one more routed expert that every token selects, held by every
+ * host, so the attention side has nothing to compute while the hosts work. Those outputs follow the
+ * partial sums in the answer, and are computed exactly as the engine computes its own shared expert.
  */
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { CheckpointError, InvalidArgumentError } from "@moela/core";
-import { bucketByExpert, defaultKernels, OFF_LOOP_MIN_WORK, runExpertGroup, runExpertGroupAsync, Workspace, type MlpWeights, type ModelConfig } from "@moela/engine";
+import {
+  bucketByExpert,
+  defaultKernels,
+  mlpForwardGroupAsync,
+  OFF_LOOP_MIN_WORK,
+  runExpertGroup,
+  runExpertGroupAsync,
+  Workspace,
+  type MlpWeights,
+  type ModelConfig,
+} from "@moela/engine";
 import { getDispatchCodec, type EncodedActivations } from "./codec/index.js";
 import { checkEncoded } from "./layout.js";
 import { placeExperts, type ExpertPlacement } from "./placement.js";
@@ -37,6 +52,11 @@ export interface ExpertDispatchRequest {
   readonly weights: ArrayLike<number>;
   /** For logs: the request id, or a batch id. */
   readonly requestId?: string;
+  /**
+   * Rows (ascending, distinct, < rows) whose shared expert this host computes too. The answer then has
+   * rows + sharedExpertRows.length rows: the partial sums, then these rows' shared-expert outputs in this order.
+   */
+  readonly sharedExpertRows?: ArrayLike<number>;
 }
 
 /** What a host serves (the Info RPC, in library form). */
@@ -48,11 +68,15 @@ export interface HostInfo {
   readonly modelId: string;
   readonly precision: PrecisionName;
   readonly hiddenSize: number;
+  /** The host holds every served layer's shared expert and computes it for the rows a request names. */
+  readonly sharedExpert: boolean;
 }
 
 export interface ExpertHostCoreOptions {
   /** Routed experts by MoE layer, indexed by global id, null where another shard holds them. */
   readonly expertsByLayer: ReadonlyMap<number, ReadonlyArray<MlpWeights | null>>;
+  /** Each served layer's shared expert (loadExpertShard's sharedByLayer); without it, requests may name no shared rows. */
+  readonly sharedByLayer?: ReadonlyMap<number, MlpWeights>;
   readonly hidden: number;
   readonly profile: ProfileLike;
   readonly shardIndex: number;
@@ -111,6 +135,7 @@ export class ExpertHostCore {
   readonly shardCount: number;
   readonly modelId: string;
   private readonly expertsByLayer: ReadonlyMap<number, ReadonlyArray<MlpWeights | null>>;
+  private readonly sharedByLayer: ReadonlyMap<number, MlpWeights>;
   private readonly ws = new Workspace();
   /** dispatchAsync calls not yet computed, in arrival order. */
   private waiting: WaitingDispatch[] = [];
@@ -119,6 +144,7 @@ export class ExpertHostCore {
 
   constructor(o: ExpertHostCoreOptions) {
     this.expertsByLayer = o.expertsByLayer;
+    this.sharedByLayer = o.sharedByLayer ?? new Map();
     this.hidden = o.hidden;
     this.profile = resolveProfile(o.profile);
     this.shardIndex = o.shardIndex;
@@ -149,6 +175,7 @@ export class ExpertHostCore {
       modelId: this.modelId,
       precision: this.profile.name,
       hiddenSize: this.hidden,
+      sharedExpert: this.layers.length > 0 && this.layers.every((l) => this.sharedByLayer.has(l)),
     };
   }
 
@@ -204,14 +231,47 @@ export class ExpertHostCore {
       }
       p = end;
     }
+    const shared = req.sharedExpertRows;
+    if (shared !== undefined && shared.length > 0) {
+      if (!this.sharedByLayer.has(layer)) throw new InvalidArgumentError(`shared_expert_rows: this host holds no shared expert for layer ${layer}`);
+      for (let i = 0; i < shared.length; i++) {
+        const r = shared[i]!;
+        if (!(Number.isInteger(r) && r >= 0 && r < rows)) throw new InvalidArgumentError(`shared_expert_rows[${i}] = ${r} is outside [0, ${rows})`);
+        if (i > 0 && r <= shared[i - 1]!) throw new InvalidArgumentError(`shared_expert_rows must be ascending and distinct; [${i - 1}] = ${shared[i - 1]}, [${i}] = ${r}`);
+      }
+    }
     return experts;
   }
 
   /** Validate, decode, compute the weighted partial sums, encode them in the combine codec. */
   dispatch(req: ExpertDispatchRequest): EncodedActivations {
     const { experts, x, y } = this.decodeRequest(req);
+    const ns = req.sharedExpertRows?.length ?? 0;
     void computeHostPartial(experts, x, req.rows, req.cols, req.tokenExpertCounts, req.expertIds, req.weights, y, this.ws);
-    return getDispatchCodec(this.profile.combine).encode(y, req.rows, req.cols);
+    if (ns > 0) void this.computeShared(req.layer, x, [{ rows: req.sharedExpertRows!, r0: 0 }], y.subarray(req.rows * req.cols), false);
+    return getDispatchCodec(this.profile.combine).encode(y, req.rows + ns, req.cols);
+  }
+
+  /**
+   * The shared expert of `layer` over the named rows of x (each part's rows offset by its r0), gathered in order
+   * into out ([total rows, hidden]), as the engine's own shared expert computes them (one MLP over the rows).
+   */
+  private computeShared(
+    layer: number,
+    x: Float32Array,
+    parts: ReadonlyArray<{ readonly rows: ArrayLike<number>; readonly r0: number }>,
+    out: Float32Array,
+    offEventLoop: boolean,
+  ): void | Promise<void> {
+    const hidden = this.hidden;
+    const n = parts.reduce((a, p) => a + p.rows.length, 0);
+    const xs = this.ws.f32("host.shared.in", n * hidden);
+    let i = 0;
+    for (const p of parts) {
+      for (let j = 0; j < p.rows.length; j++, i++) xs.set(x.subarray((p.r0 + p.rows[j]!) * hidden, (p.r0 + p.rows[j]! + 1) * hidden), i * hidden);
+    }
+    const k = defaultKernels();
+    return mlpForwardGroupAsync([this.sharedByLayer.get(layer)!], [n], xs, out.subarray(0, n * hidden), this.ws, k, k.matmul, offEventLoop ? OFF_LOOP_MIN_WORK : Infinity);
   }
 
   /**
@@ -276,6 +336,7 @@ export class ExpertHostCore {
     const hidden = this.hidden;
     const rows = reqs.reduce((a, r) => a + r.rows, 0);
     const pairs = reqs.reduce((a, r) => a + r.expertIds.length, 0);
+    const sharedRows = reqs.reduce((a, r) => a + (r.sharedExpertRows?.length ?? 0), 0);
     const x = this.ws.f32("host.in", rows * hidden);
     const counts = this.ws.i32("host.counts", rows);
     const ids = this.ws.i32("host.ids", pairs);
@@ -296,11 +357,32 @@ export class ExpertHostCore {
     }
     const y = this.ws.f32("host.out", rows * hidden);
     await computeHostPartial(experts, x, rows, hidden, counts, ids, weights, y, this.ws, true);
+    const ys = this.ws.f32("host.shared.out", sharedRows * hidden); // every request's shared rows, in request order
+    if (sharedRows > 0) {
+      const parts: Array<{ rows: ArrayLike<number>; r0: number }> = [];
+      r0 = 0;
+      for (const req of reqs) {
+        if (req.sharedExpertRows !== undefined && req.sharedExpertRows.length > 0) parts.push({ rows: req.sharedExpertRows, r0 });
+        r0 += req.rows;
+      }
+      await this.computeShared(reqs[0]!.layer, x, parts, ys, true);
+    }
     const combine = getDispatchCodec(this.profile.combine);
     r0 = 0;
+    let s0 = 0;
     return reqs.map((req) => {
-      const enc = combine.encode(y.subarray(r0 * hidden, (r0 + req.rows) * hidden), req.rows, hidden);
+      const ns = req.sharedExpertRows?.length ?? 0;
+      let reply = y.subarray(r0 * hidden, (r0 + req.rows) * hidden);
+      if (ns > 0) {
+        // One answer matrix: the partial sums, then the shared-expert rows.
+        const both = this.ws.f32("host.reply", (req.rows + ns) * hidden);
+        both.set(reply);
+        both.set(ys.subarray(s0 * hidden, (s0 + ns) * hidden), req.rows * hidden);
+        reply = both;
+      }
+      const enc = combine.encode(reply, req.rows + ns, hidden);
       r0 += req.rows;
+      s0 += ns;
       return enc;
     });
   }
@@ -310,7 +392,7 @@ export class ExpertHostCore {
     const experts = this.validate(req);
     const n = req.rows * req.cols;
     const x = getDispatchCodec(this.profile.dispatch).decode(req.activations, this.ws.f32("host.in", n));
-    return { experts, x, y: this.ws.f32("host.out", n) };
+    return { experts, x, y: this.ws.f32("host.out", n + (req.sharedExpertRows?.length ?? 0) * req.cols) };
   }
 }
 

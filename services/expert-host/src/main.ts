@@ -57,6 +57,7 @@ export async function startExpertHost(cfg: ExpertHostConfig, logger: Logger): Pr
   );
   const core = new ExpertHostCore({
     expertsByLayer: shard.expertsByLayer,
+    sharedByLayer: shard.sharedByLayer,
     hidden: model.hiddenSize,
     profile: cfg.precision,
     shardIndex: cfg.shardIndex,

@@ -234,7 +234,7 @@ describe("onCallEnd", () => {
             throw new MoelaError("not used", Code.UNIMPLEMENTED);
           },
           async info() {
-            return { shardIndex: 0, shardCount: 1, layers: [], modelId: "tiny", precision: 1, hiddenSize: 8 };
+            return { shardIndex: 0, shardCount: 1, layers: [], modelId: "tiny", precision: 1, hiddenSize: 8, sharedExpert: false };
           },
         }),
       { onCallEnd: (e) => events.push({ method: e.method, code: e.code }) },
@@ -242,7 +242,7 @@ describe("onCallEnd", () => {
     const client = connect(ExpertHostClient, address);
     try {
       await unaryCall((md, o, cb) => client.info({}, md, o, cb));
-      await unaryCall((md, o, cb) => client.dispatch({ layer: 1, expertIds: [], tokenExpertCounts: [], weights: [], requestId: "r" }, md, o, cb)).catch(
+      await unaryCall((md, o, cb) => client.dispatch({ layer: 1, expertIds: [], tokenExpertCounts: [], weights: [], requestId: "r", sharedExpertRows: [] }, md, o, cb)).catch(
         () => {},
       );
       expect(events).toEqual([

@@ -282,7 +282,7 @@ describe("a unary handler that ignores its signal", () => {
     );
     const client = connect(ExpertHostClient, address);
     try {
-      const calling = unaryCall((md, o, cb) => client.dispatch({ layer: 3, expertIds: [], tokenExpertCounts: [], weights: [], requestId: "r" }, md, o, cb)).catch(
+      const calling = unaryCall((md, o, cb) => client.dispatch({ layer: 3, expertIds: [], tokenExpertCounts: [], weights: [], requestId: "r", sharedExpertRows: [] }, md, o, cb)).catch(
         (e: unknown) => e,
       );
       await entered.promise;

@@ -7,7 +7,7 @@
 import { CancelledError, InvalidArgumentError } from "@moela/core";
 import { loadExpertShard, readModelConfig, type DeepseekModel, type MlpWeights } from "@moela/engine";
 import type { EncodedActivations } from "../codec/index.js";
-import { HostedExpertExecutor, type DispatchMetrics, type ExpertHostTransport } from "../dispatcher.js";
+import { HostedExpertExecutor, type DispatchMetrics, type ExpertHostTransport, type SharedExpertPlacement } from "../dispatcher.js";
 import { ExpertHostCore, checkpointModelId, placementFor, type ExpertDispatchRequest, type HostInfo } from "../host.js";
 import type { ExpertPlacement } from "../placement.js";
 import { resolveProfile, type PrecisionProfile, type ProfileLike } from "../profile.js";
@@ -49,6 +49,8 @@ export interface InProcessExpertsOptions {
   readonly metrics?: DispatchMetrics;
   /** Compute large dispatches off the event loop (services; see ModelOptions.computeOffEventLoop). */
   readonly computeOffEventLoop?: boolean;
+  /** Where the shared expert runs (HostedExpertExecutorOptions.sharedExpert; "auto" keeps it local here). */
+  readonly sharedExpert?: SharedExpertPlacement;
 }
 
 /**
@@ -72,10 +74,12 @@ export function createInProcessExperts(
   const cores = Array.from({ length: hosts }, (_, h) => {
     const owned = (e: number): boolean => placement.hostOfExpert[e] === h;
     let expertsByLayer: ReadonlyMap<number, ReadonlyArray<MlpWeights | null>>;
+    let sharedByLayer: ReadonlyMap<number, MlpWeights>;
     if (moeLayers === null) {
-      expertsByLayer = loadExpertShard(source as string, config, (_layer, e) => owned(e)).expertsByLayer;
+      ({ expertsByLayer, sharedByLayer } = loadExpertShard(source as string, config, (_layer, e) => owned(e)));
     } else {
       const m = new Map<number, Array<MlpWeights | null>>();
+      const shared = new Map<number, MlpWeights>();
       for (const [layer, moe] of moeLayers) {
         moe.experts.forEach((w, e) => {
           if (owned(e) && w === null) {
@@ -83,10 +87,12 @@ export function createInProcessExperts(
           }
         });
         m.set(layer, maskExperts(moe.experts, owned));
+        if (moe.shared !== null) shared.set(layer, moe.shared);
       }
       expertsByLayer = m;
+      sharedByLayer = shared;
     }
-    return new ExpertHostCore({ expertsByLayer, hidden: config.hiddenSize, profile: prof, shardIndex: h, shardCount: hosts, modelId });
+    return new ExpertHostCore({ expertsByLayer, sharedByLayer, hidden: config.hiddenSize, profile: prof, shardIndex: h, shardCount: hosts, modelId });
   });
   const hostTransports = cores.map((c) => new InProcessExpertHost(c, options.computeOffEventLoop === true));
   const executor = new HostedExpertExecutor({
@@ -95,6 +101,7 @@ export function createInProcessExperts(
     hosts: hostTransports,
     hidden: config.hiddenSize,
     ...(options.metrics ? { metrics: options.metrics } : {}),
+    ...(options.sharedExpert ? { sharedExpert: options.sharedExpert } : {}),
   });
   return { executor, hosts: hostTransports, placement, profile: prof };
 }

@@ -108,6 +108,7 @@ export function toDispatchRequest(req: ExpertDispatchRequest): DispatchRequest {
     tokenExpertCounts: Array.from(req.tokenExpertCounts),
     weights: Array.from(req.weights),
     requestId: req.requestId ?? "",
+    sharedExpertRows: req.sharedExpertRows === undefined ? [] : Array.from(req.sharedExpertRows),
   };
 }
 
@@ -126,6 +127,7 @@ export function fromDispatchRequest(msg: DispatchRequest): ExpertDispatchRequest
     expertIds: msg.expertIds,
     weights: msg.weights,
     ...(msg.requestId === "" ? {} : { requestId: msg.requestId }),
+    ...(msg.sharedExpertRows.length === 0 ? {} : { sharedExpertRows: msg.sharedExpertRows }),
   };
 }
 
@@ -151,6 +153,7 @@ export function toInfoResponse(info: HostInfo): InfoResponse {
     modelId: info.modelId,
     precision: toWirePrecision(info.precision),
     hiddenSize: info.hiddenSize,
+    sharedExpert: info.sharedExpert,
   };
 }
 
@@ -162,5 +165,6 @@ export function fromInfoResponse(msg: InfoResponse): HostInfo {
     modelId: msg.modelId,
     precision: fromWirePrecision(msg.precision),
     hiddenSize: msg.hiddenSize,
+    sharedExpert: msg.sharedExpert,
   };
 }

@@ -74,13 +74,23 @@ export interface DispatchRequest {
    * id (`batch-...`) when it mixes several.
    */
   requestId: string;
+  /**
+   * Rows of this request (ascending, distinct, < T) whose shared expert this
+   * host computes too: DeepSeek-V3's decoding treats the shared expert as a
+   * routed one that every token selects, held by every host. The answer then
+   * has T + len(shared_expert_rows) rows: the partial sums, then these rows'
+   * shared-expert outputs in this order. Needs InfoResponse.shared_expert.
+   */
+  sharedExpertRows: number[];
 }
 
 export interface DispatchResponse {
   /**
    * [T, hidden_size]: for each token, sum over its experts here of
    * weight * expert(activation), in the profile's combine format (F32 for
-   * EXACT, BF16 for the PAPER profiles). Rows are in request order.
+   * EXACT, BF16 for the PAPER profiles). Rows are in request order, followed
+   * by one row per DispatchRequest.shared_expert_rows entry: that row's
+   * shared-expert output.
    */
   output?: Tensor | undefined;
 }
@@ -129,10 +139,23 @@ export interface InfoResponse {
   precision: Precision;
   /** The model's hidden_size, i.e. the last dimension of every activation. */
   hiddenSize: number;
+  /**
+   * The host holds every served layer's shared expert (and so accepts
+   * DispatchRequest.shared_expert_rows).
+   */
+  sharedExpert: boolean;
 }
 
 function createBaseDispatchRequest(): DispatchRequest {
-  return { layer: 0, activations: undefined, expertIds: [], tokenExpertCounts: [], weights: [], requestId: "" };
+  return {
+    layer: 0,
+    activations: undefined,
+    expertIds: [],
+    tokenExpertCounts: [],
+    weights: [],
+    requestId: "",
+    sharedExpertRows: [],
+  };
 }
 
 export const DispatchRequest: MessageFns<DispatchRequest> = {
@@ -166,6 +189,13 @@ export const DispatchRequest: MessageFns<DispatchRequest> = {
     }
     if (message.requestId !== "") {
       writer.uint32(50).string(message.requestId);
+    }
+    if (message.sharedExpertRows.length !== 0) {
+      writer.uint32(58).fork();
+      for (const v of message.sharedExpertRows) {
+        writer.uint32(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -261,6 +291,24 @@ export const DispatchRequest: MessageFns<DispatchRequest> = {
             message.requestId = reader.string();
             continue;
           }
+          case 7: {
+            if (tag === 56) {
+              message.sharedExpertRows.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 58) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.sharedExpertRows.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -293,6 +341,11 @@ export const DispatchRequest: MessageFns<DispatchRequest> = {
         : isSet(object.request_id)
         ? globalThis.String(object.request_id)
         : "",
+      sharedExpertRows: globalThis.Array.isArray(object?.sharedExpertRows)
+        ? object.sharedExpertRows.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.shared_expert_rows)
+        ? object.shared_expert_rows.map((e: any) => globalThis.Number(e))
+        : [],
     };
   },
 
@@ -316,6 +369,9 @@ export const DispatchRequest: MessageFns<DispatchRequest> = {
     if (message.requestId !== "") {
       obj.requestId = message.requestId;
     }
+    if (message.sharedExpertRows?.length) {
+      obj.sharedExpertRows = message.sharedExpertRows.map((e) => Math.round(e));
+    }
     return obj;
   },
 
@@ -332,6 +388,7 @@ export const DispatchRequest: MessageFns<DispatchRequest> = {
     message.tokenExpertCounts = object.tokenExpertCounts?.map((e) => e) || [];
     message.weights = object.weights?.map((e) => e) || [];
     message.requestId = object.requestId ?? "";
+    message.sharedExpertRows = object.sharedExpertRows?.map((e) => e) || [];
     return message;
   },
 };
@@ -783,7 +840,7 @@ export const LayerExperts: MessageFns<LayerExperts> = {
 };
 
 function createBaseInfoResponse(): InfoResponse {
-  return { shardIndex: 0, shardCount: 0, layers: [], modelId: "", precision: 0, hiddenSize: 0 };
+  return { shardIndex: 0, shardCount: 0, layers: [], modelId: "", precision: 0, hiddenSize: 0, sharedExpert: false };
 }
 
 export const InfoResponse: MessageFns<InfoResponse> = {
@@ -805,6 +862,9 @@ export const InfoResponse: MessageFns<InfoResponse> = {
     }
     if (message.hiddenSize !== 0) {
       writer.uint32(48).uint32(message.hiddenSize);
+    }
+    if (message.sharedExpert !== false) {
+      writer.uint32(56).bool(message.sharedExpert);
     }
     return writer;
   },
@@ -870,6 +930,14 @@ export const InfoResponse: MessageFns<InfoResponse> = {
             message.hiddenSize = reader.uint32();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.sharedExpert = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -906,6 +974,11 @@ export const InfoResponse: MessageFns<InfoResponse> = {
         : isSet(object.hidden_size)
         ? globalThis.Number(object.hidden_size)
         : 0,
+      sharedExpert: isSet(object.sharedExpert)
+        ? globalThis.Boolean(object.sharedExpert)
+        : isSet(object.shared_expert)
+        ? globalThis.Boolean(object.shared_expert)
+        : false,
     };
   },
 
@@ -929,6 +1002,9 @@ export const InfoResponse: MessageFns<InfoResponse> = {
     if (message.hiddenSize !== 0) {
       obj.hiddenSize = Math.round(message.hiddenSize);
     }
+    if (message.sharedExpert !== false) {
+      obj.sharedExpert = message.sharedExpert;
+    }
     return obj;
   },
 
@@ -943,6 +1019,7 @@ export const InfoResponse: MessageFns<InfoResponse> = {
     message.modelId = object.modelId ?? "";
     message.precision = object.precision ?? 0;
     message.hiddenSize = object.hiddenSize ?? 0;
+    message.sharedExpert = object.sharedExpert ?? false;
     return message;
   },
 };
