@@ -17,7 +17,9 @@
  * decoding the continuation of prompt + generated is exactly the tokens the first instance would have
  * produced (test/unit/engine/continuation.test.ts), so the caller's stream goes on with no gap and no
  * duplicate; for seeded sampling the new attempt restarts the sampler from the seed, so its continuation is
- * a valid sample but not the one the lost instance would have drawn. The incremental detokenizer and the
+ * a valid sample but not the one the lost instance would have drawn. Penalties and min_tokens count the
+ * tokens already sent as output, not prompt: the job names them (sampling.priorOutputTokens, the prompt's
+ * last N), so a greedy request with penalties continues exactly too. The incremental detokenizer and the
  * stop-string matcher carry over, so text is cut exactly as it would have been. A request migrates at
  * most `maxMigrations` times; then, or when no decode instance is left, it fails UNAVAILABLE (HTTP 503).
  * A prefill job's final failure is not migrated: BullMQ already retried it (attempts with backoff,
@@ -29,6 +31,9 @@
  * same id: decode takes a request's KV once, so a job that did finish after all costs a wasted prefill, not
  * a wrong answer), at most maxRequeues (2) times; then, or when Redis cannot be asked for 30 s, the request
  * fails UNAVAILABLE (HTTP 503, retryable). So a request never waits silently for its deadline.
+ *
+ * min_tokens: decode keeps EOS and stop_token_ids from ending the output early; stop strings are looked for
+ * only once the output is longer than min_tokens (vLLM's rule), so text before then is never cut.
  *
  * Messages of the errors thrown here name no address (they reach clients); the logs have the details.
  */

@@ -126,6 +126,29 @@ describe("frames on the wire (PushRequest)", () => {
     expect(plain(back)).toEqual(plain(frame));
   });
 
+  it("a begin with penalties, logit_bias, min_p, min_tokens and prior output survives encode and decode exactly", () => {
+    const begin = frames[0]![1] as Extract<KvFrame, { kind: "begin" }>;
+    // float32-representable penalties and biases (the wire's float), and a double min_p.
+    const params = {
+      ...begin.params,
+      presencePenalty: -1.5,
+      frequencyPenalty: 0.25,
+      repetitionPenalty: 1.125,
+      logitBias: [
+        [3, -100],
+        [9, 2.5],
+      ] as const,
+      minP: 0.05,
+      minTokens: 4,
+      priorOutputTokens: 2,
+    };
+    const back = frameFromWire(PushRequest.decode(PushRequest.encode(frameToWire({ ...begin, params })).finish()));
+    expect(back.kind === "begin" && back.params).toEqual(params);
+    // Absent on the sender: absent on the receiver (the engine's "off").
+    const plain = frameFromWire(PushRequest.decode(PushRequest.encode(frameToWire(begin)).finish()));
+    expect(plain.kind === "begin" && Object.keys(plain.params).sort()).toEqual(Object.keys(begin.params).sort());
+  });
+
   it("a request with logprobs unset reports none and asks for no top alternatives", () => {
     const begin = frames[0]![1] as Extract<KvFrame, { kind: "begin" }>;
     const wire = frameToWire({ ...begin, logprobs: false, params: { ...begin.params, topLogprobs: 0 } });
