@@ -159,6 +159,7 @@ export class EngineBackend implements GenerationBackend {
     const decoder = tokenizer === null ? null : new IncrementalDecoder(tokenizer, { skipSpecialTokens: input.skipSpecialTokens, promptIds: input.promptTokenIds });
     const matcher = input.stop.length > 0 ? new StopStringMatcher(input.stop) : null;
     const wantLogprobs = sampling.logprobs !== null;
+    const minTokens = sampling.minTokens ?? 0;
     let sent = 0;
     let lastTokenAt = 0;
     try {
@@ -179,7 +180,8 @@ export class EngineBackend implements GenerationBackend {
           sent++;
           tokens.push(generatedToken(t, wantLogprobs));
           const delta = decoder?.push(t.id) ?? "";
-          if (matcher === null) {
+          // As vLLM (and pipeline.ts): stop strings are looked for only once the output is longer than min_tokens.
+          if (matcher === null || sent <= minTokens) {
             text += delta;
             continue;
           }
