@@ -1,6 +1,6 @@
 /**
  * Issue 11 part 1 against a real cluster (`moela cluster`, as `npm start` runs it) through the official
- * `openai` client: n = 2 choices (plain and streamed), penalties, logit_bias, min_tokens, streaming with
+ * `openai` client: n = 2 choices (plain and streamed), best_of, penalties, logit_bias, min_tokens, streaming with
  * continuous usage, unknown fields ignored with the warning header, the endpoints vLLM has (GET
  * /v1/models/{id}, /tokenize, /detokenize, /version, /metrics on the API port), and gRPC Generate with
  * the same parameters.
@@ -55,6 +55,21 @@ describe("the official openai client against npm start's cluster", () => {
     // Seeded choices are reproducible: the same request streams the same two texts again, non-streamed.
     const again = await client.chat.completions.create({ model: cluster.model, messages: [{ role: "user", content: "hi" }], max_tokens: 5, n: 2, seed: 3 });
     expect(again.choices.map((c) => c.message.content)).toEqual(text);
+  });
+
+  it("best_of = 3, n = 1: the candidate with the highest cumulative logprob; usage counts all three", async () => {
+    const base = { model: cluster.model, prompt: PROMPT, max_tokens: 5, temperature: 1, seed: 21, ignore_eos: true, logprobs: 0 } as const;
+    // n = 3 with the same seed draws the very candidates best_of draws (seed + k each).
+    const all = await client.completions.create({ ...base, n: 3 });
+    const score = (c: (typeof all.choices)[number]): number => (c.logprobs?.token_logprobs ?? []).reduce<number>((sum, x) => sum + (x ?? 0), 0);
+    const scores = all.choices.map(score);
+    const best = scores.indexOf(Math.max(...scores));
+    expect(new Set(all.choices.map((c) => c.text)).size).toBeGreaterThan(1);
+    const one = await client.completions.create({ ...base, best_of: 3 });
+    expect(one.choices).toHaveLength(1);
+    expect(one.choices[0]!.index).toBe(0);
+    expect(one.choices[0]!.text).toBe(all.choices[best]!.text);
+    expect(one.usage?.completion_tokens).toBe(15);
   });
 
   it("logit_bias +100 forces a token; -100 bans the greedy one", async () => {

@@ -15,7 +15,10 @@
  *   an object of token id (a decimal string) -> bias in [-100, 100], at most MAX_LOGIT_BIAS entries, ids
  *   inside the vocabulary. Each out-of-range value is a 400 naming the field.
  * - n (choices per prompt) an integer >= 1; prompts x n at most MAX_CHOICES. Choice `index` is
- *   prompt index x n + k, as OpenAI and vLLM number them. best_of: only equal to n (one candidate per choice).
+ *   prompt index x n + k, as OpenAI and vLLM number them. best_of (completions): at least n, not streamed;
+ *   best_of candidates per prompt are generated and the n with the highest cumulative logprob (the sum of
+ *   their tokens' logprobs) are returned, best first; usage counts every candidate's tokens (as OpenAI
+ *   bills them). prompts x best_of at most MAX_CHOICES.
  * - temperature in [0, 2], OpenAI's range (vLLM accepts any value >= 0); top_p in (0, 1]; top_k an integer,
  *   -1 or 0 meaning off; seed an integer in [0, 2^53 - 1] (the wire carries it as uint64 and TypeScript
  *   peers hold it as a number).
@@ -223,6 +226,8 @@ export interface GenerationRequest {
   readonly cacheSalt: string | undefined;
   /** Choices per prompt (n): generation k of prompt i is choice i * n + k. */
   readonly n: number;
+  /** Candidates per prompt (best_of, >= n; n when not given): the best n of them are the choices. */
+  readonly bestOf: number;
   /** stream_options.continuous_usage_stats (with include_usage): every chunk carries the usage so far. */
   readonly continuousUsage: boolean;
   /** Unknown fields that were ignored (paths like "foo", "stream_options.bar", "messages[0].baz"). */
@@ -614,8 +619,13 @@ export function planCompletionRequest(body: unknown, ctx: ValidationContext): Re
   const cacheSalt = parseCacheSalt(f);
   const sources = parsePrompts(f, ctx);
   const n = parseN(f, sources.length);
-  const bestOf = f.number("best_of", { int: true, min: 1 });
-  if (bestOf !== undefined && bestOf !== n) fail("best_of", `best_of must equal n (${n}) on this server (one candidate per choice), got ${bestOf}`);
+  const bestOfRaw = f.number("best_of", { int: true, min: 1 });
+  if (bestOfRaw !== undefined && bestOfRaw < n) fail("best_of", `best_of must be at least n (${n}), got ${bestOfRaw}`);
+  if (bestOfRaw !== undefined && bestOfRaw > n && stream) fail("best_of", "best_of greater than n cannot be streamed (the best candidates are known only at the end)");
+  if (bestOfRaw !== undefined && bestOfRaw * sources.length > MAX_CHOICES) {
+    fail("best_of", `best_of x prompts may be at most ${MAX_CHOICES}, got ${bestOfRaw} x ${sources.length}`);
+  }
+  const bestOf = bestOfRaw ?? n;
   checkMinTokens(common.minTokens ?? 0, maxTokens);
   checkPromptChars(
     sources.reduce((n, p) => n + (p.kind === "text" ? p.text.length : 0), 0),
@@ -652,6 +662,7 @@ export function planCompletionRequest(body: unknown, ctx: ValidationContext): Re
         skipSpecialTokens,
         cacheSalt,
         n,
+        bestOf,
         continuousUsage,
         ignoredFields,
       };
@@ -806,6 +817,7 @@ export function planChatRequest(body: unknown, ctx: ValidationContext): RequestP
         skipSpecialTokens,
         cacheSalt,
         n,
+        bestOf: n,
         continuousUsage,
         ignoredFields,
       };

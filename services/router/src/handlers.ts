@@ -234,6 +234,20 @@ async function collect(gen: AsyncGenerator<GenerateEvent>): Promise<ChoiceResult
   return out;
 }
 
+/**
+ * best_of: of each prompt's `c` candidates (prompt i's are [i * c, (i + 1) * c)), the `n` with the highest
+ * cumulative logprob (the sum of their tokens' logprobs, vLLM's ranking), best first; ties keep the earlier.
+ */
+export function bestOfEach<T extends { tokens: readonly GeneratedToken[] }>(candidates: readonly T[], c: number, n: number): T[] {
+  const out: T[] = [];
+  for (let i = 0; i < candidates.length; i += c) {
+    const scored = candidates.slice(i, i + c).map((r, k) => ({ r, k, score: r.tokens.reduce((sum, t) => sum + (t.logprob ?? 0), 0) }));
+    scored.sort((a, b) => b.score - a.score || a.k - b.k);
+    out.push(...scored.slice(0, n).map((x) => x.r));
+  }
+  return out;
+}
+
 /** An AbortController that follows the client connection and the router's shutdown. */
 function requestController(req: FastifyRequest, reply: FastifyReply, shutdown: AbortSignal): AbortController {
   const ctl = new AbortController();
@@ -267,26 +281,29 @@ async function handleGeneration(api: "completions" | "chat", ctx: RouterContext,
     const plan = api === "completions" ? planCompletionRequest(req.body, ctx.validation) : planChatRequest(req.body, ctx.validation);
     reportIgnored(plan.ignoredFields, reply, log);
     const parsed = await runPlanAsync(plan, ctx.encoder, ctl.signal);
-    // Choice g = prompt i * n + k (OpenAI's and vLLM's numbering): one generation each.
-    const n = parsed.n;
-    const choices = parsed.prompts.length * n;
-    release = ctx.admission.admit(choices);
-    const requestIds = Array.from({ length: choices }, (_, g) => (g === 0 ? requestId : `${requestId}.${g}`));
-    log.info({ requestIds, prompts: parsed.prompts.length, n, stream: parsed.stream }, "generation request");
-    const gens = requestIds.map((rid, g) =>
-      ctx.backend.generate(
+    // Generation g = prompt i * c + k, c candidates per prompt: n (choice g is then OpenAI's and vLLM's
+    // numbering), or best_of, whose candidates carry logprobs to be ranked by (fullResponse picks the n best).
+    const c = parsed.bestOf;
+    const ranked = c > parsed.n;
+    const generations = parsed.prompts.length * c;
+    release = ctx.admission.admit(generations);
+    const requestIds = Array.from({ length: generations }, (_, g) => (g === 0 ? requestId : `${requestId}.${g}`));
+    log.info({ requestIds, prompts: parsed.prompts.length, n: parsed.n, bestOf: c, stream: parsed.stream }, "generation request");
+    const gens = requestIds.map((rid, g) => {
+      const s = choiceSampling(parsed.sampling[Math.floor(g / c)]!, g % c);
+      return ctx.backend.generate(
         {
           requestId: rid,
-          promptTokenIds: parsed.prompts[Math.floor(g / n)]!.tokenIds,
-          sampling: choiceSampling(parsed.sampling[Math.floor(g / n)]!, g % n),
+          promptTokenIds: parsed.prompts[Math.floor(g / c)]!.tokenIds,
+          sampling: ranked && s.logprobs === null ? { ...s, logprobs: 0 } : s,
           stop: parsed.stop,
           skipSpecialTokens: parsed.skipSpecialTokens,
           ...(parsed.cacheSalt !== undefined ? { cacheSalt: parsed.cacheSalt } : {}),
           arrivedAt,
         },
         ctl.signal,
-      ),
-    );
+      );
+    });
     if (parsed.stream) await streamGeneration(api, ctx, parsed, gens, responseId, publicId, requestId, reply);
     else await reply.send(await fullResponse(api, ctx, parsed, gens, responseId));
   } catch (err) {
@@ -315,14 +332,16 @@ async function fullResponse(
   gens: AsyncGenerator<GenerateEvent>[],
   id: string,
 ): Promise<unknown> {
-  const results = await Promise.all(gens.map(collect));
+  const candidates = await Promise.all(gens.map(collect));
   const created = createdNow();
   const model = ctx.validation.servedModelName;
   const render = renderTokens(ctx, parsed);
   const n = parsed.n;
   const promptTokens = parsed.prompts.reduce((n, p) => n + p.tokenIds.length, 0);
-  const completionTokens = results.reduce((n, r) => n + r.completionTokens, 0);
-  const usage = usageOf(promptTokens, completionTokens, results.reduce((n, r) => n + r.cachedPromptTokens, 0));
+  // Every candidate's tokens count (best_of's losers were generated too).
+  const completionTokens = candidates.reduce((n, r) => n + r.completionTokens, 0);
+  const usage = usageOf(promptTokens, completionTokens, candidates.reduce((n, r) => n + r.cachedPromptTokens, 0));
+  const results = parsed.bestOf > n ? bestOfEach(candidates, parsed.bestOf, n) : candidates;
   const wantLogprobs = parsed.sampling[0]!.logprobs !== null;
   if (api === "chat") {
     return chatResponse(

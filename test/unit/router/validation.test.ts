@@ -86,7 +86,9 @@ describe("POST /v1/completions: refused requests", () => {
     { name: "n = 65", body: { prompt: "hi", n: 65 }, param: "n", message: /n must be in \[1, 64\], got 65/ },
     { name: "n x prompts over 64", body: { prompt: ["a", "b", "c"], n: 22 }, param: "n", message: /n x prompts may be at most 64, got 22 x 3/ },
     { name: "fractional n", body: { prompt: "hi", n: 1.5 }, param: "n", message: /n must be an integer/ },
-    { name: "best_of other than n", body: { prompt: "hi", n: 2, best_of: 3 }, param: "best_of", message: /best_of must equal n \(2\)/ },
+    { name: "best_of below n", body: { prompt: "hi", n: 3, best_of: 2 }, param: "best_of", message: /best_of must be at least n \(3\), got 2/ },
+    { name: "best_of above n, streamed", body: { prompt: "hi", best_of: 2, stream: true }, param: "best_of", message: /cannot be streamed/ },
+    { name: "best_of x prompts over 64", body: { prompt: ["a", "b"], best_of: 33 }, param: "best_of", message: /best_of x prompts may be at most 64, got 33 x 2/ },
     { name: "a suffix", body: { prompt: "hi", suffix: "end" }, param: "suffix", message: /not supported/ },
     { name: "frequency_penalty above 2", body: { prompt: "hi", frequency_penalty: 2.5 }, param: "frequency_penalty", message: /frequency_penalty must be in \[-2, 2\], got 2.5/ },
     { name: "presence_penalty below -2", body: { prompt: "hi", presence_penalty: -2.01 }, param: "presence_penalty", message: /presence_penalty must be in \[-2, 2\]/ },
@@ -253,7 +255,9 @@ describe("accepted requests come out normalised", () => {
       minP: 0.05,
       minTokens: 8,
     });
-    expect(r).toMatchObject({ n: 3, includeUsage: true, continuousUsage: true });
+    expect(r).toMatchObject({ n: 3, bestOf: 3, includeUsage: true, continuousUsage: true });
+    expect(parseCompletionRequest({ prompt: "hi", n: 2, best_of: 5 }, ctx)).toMatchObject({ n: 2, bestOf: 5 });
+    expect(parseCompletionRequest({ prompt: "hi", n: 2 }, ctx)).toMatchObject({ n: 2, bestOf: 2 });
   });
 
   it("continuous_usage_stats counts only with include_usage (vLLM)", () => {
