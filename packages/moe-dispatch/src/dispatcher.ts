@@ -12,7 +12,7 @@
  *   4. decode each host's partial sums (combine codec) and add them into out in ascending host
  *      order, starting from +0. The order is fixed whatever the transport or arrival order, so an
  *      in-process run and the cluster give identical bits for the same profile and host count.
- * With the shared expert on the hosts (sharedExpert, and the engine passing sharedOut), each token's
+ * With the shared expert on the hosts (sharedExpert "hosts", and the engine passing sharedOut), each token's
  * shared expert is computed by one of the hosts its routed experts already reach (the one with the
  * fewest shared rows so far), so no token reaches a host it would not have reached; the answers carry
  * those outputs after the partial sums, and they are copied into sharedOut unchanged.
@@ -68,14 +68,15 @@ export interface HostedExpertExecutorOptions {
   /** The request (or batch) id each call carries, read per runRouted (logs on the hosts). */
   readonly requestId?: () => string | undefined;
   /**
-   * Where the shared expert runs (default "auto"). "hosts": the expert-hosts compute it (they must hold it:
-   * HostInfo.sharedExpert); "local": the engine does. "auto": the hosts, when they are other processes and the
-   * dispatch codec is lossless (so their output has the engine's own bits); otherwise local.
+   * Where the shared expert runs. "local" (default): the engine computes it while the routed experts are in
+   * flight. "hosts": the expert-hosts compute it too (they must hold it: HostInfo.sharedExpert); with the exact
+   * profile the bits are the same, with a lossy dispatch codec its input is the rounded activation. Not the
+   * default: on the 2-core benchmark machine it measured slower (docs/PERFORMANCE.md).
    */
   readonly sharedExpert?: SharedExpertPlacement;
 }
 
-export type SharedExpertPlacement = "auto" | "hosts" | "local";
+export type SharedExpertPlacement = "hosts" | "local";
 
 /** What the last runRouted call sent, for tests and the benchmark. */
 export interface DispatchTrace {
@@ -112,8 +113,7 @@ export class HostedExpertExecutor implements ExpertExecutor {
     this.profile = resolveProfile(o.profile);
     this.hosts = o.hosts;
     this.waitsOnOtherProcesses = o.hosts.some((h) => h.inProcess !== true);
-    const shared = o.sharedExpert ?? "auto";
-    this.computesSharedExpert = shared === "hosts" || (shared === "auto" && this.waitsOnOtherProcesses && this.profile.dispatch === "f32");
+    this.computesSharedExpert = o.sharedExpert === "hosts";
     this.dispatchCodec = getDispatchCodec(this.profile.dispatch);
     this.combineCodec = getDispatchCodec(this.profile.combine);
     this.metrics = o.metrics ?? {};

@@ -87,14 +87,14 @@ describe("the shared expert on the expert-hosts", () => {
     const sharedRows = hostsSeen.dispatches.reduce((a, d) => a + (d.sharedExpertRows?.length ?? 0), 0);
     expect(hostsSeen.routedTokens).toBeGreaterThan(0);
     expect(sharedRows).toBe(hostsSeen.routedTokens);
-    // "auto" puts it on hosts that are other processes when the dispatch is lossless, and keeps it local otherwise.
+    // Local unless asked for.
     const model = DeepseekModel.load(dir, { kernels: "fast" });
     const inProc = createInProcessExperts(model, H, "exact");
     const remote = inProc.hosts.map((h): ExpertHostTransport => ({ dispatch: (req, s) => h.dispatch(req, s) }));
     const hidden = model.config.hiddenSize;
     expect(inProc.executor.computesSharedExpert).toBe(false);
-    expect(new HostedExpertExecutor({ placement: inProc.placement, profile: "exact", hosts: remote, hidden }).computesSharedExpert).toBe(true);
-    expect(new HostedExpertExecutor({ placement: inProc.placement, profile: "paper", hosts: remote, hidden }).computesSharedExpert).toBe(false);
+    expect(new HostedExpertExecutor({ placement: inProc.placement, profile: "exact", hosts: remote, hidden }).computesSharedExpert).toBe(false);
+    expect(new HostedExpertExecutor({ placement: inProc.placement, profile: "exact", hosts: remote, hidden, sharedExpert: "hosts" }).computesSharedExpert).toBe(true);
   });
 
   it("assigns each token to one host it reaches, balancing the hosts", () => {

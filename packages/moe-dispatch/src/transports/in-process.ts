@@ -49,7 +49,7 @@ export interface InProcessExpertsOptions {
   readonly metrics?: DispatchMetrics;
   /** Compute large dispatches off the event loop (services; see ModelOptions.computeOffEventLoop). */
   readonly computeOffEventLoop?: boolean;
-  /** Where the shared expert runs (HostedExpertExecutorOptions.sharedExpert; "auto" keeps it local here). */
+  /** Where the shared expert runs (HostedExpertExecutorOptions.sharedExpert; default local). */
   readonly sharedExpert?: SharedExpertPlacement;
 }
 
