@@ -595,6 +595,9 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
     stateLock.release();
     throw err;
   }
+  // Health probes dial the internal services with their TLS settings; the router's gRPC server is the
+  // public Generate API (plaintext, behind --api-key), not an internal one.
+  const probeSecurity = (role: Role): { security?: InternalSecurity } => (role === "router" ? {} : { security });
   const envOf = (role: Role): NodeJS.ProcessEnv => {
     const out: NodeJS.ProcessEnv = { ...env };
     // The cluster's secret replaces whatever secret the launcher's own environment holds for the role.
@@ -695,7 +698,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
   const whenUp = async (p: ServiceProcess): Promise<ReadyLine> => {
     const ready = await p.waitReady();
     progress({ kind: "ready", label: p.label, ready });
-    await waitForServing(ready.grpc, { timeoutMs: Math.max(1_000, deadline - Date.now()), signal: startup.signal, security });
+    await waitForServing(ready.grpc, { timeoutMs: Math.max(1_000, deadline - Date.now()), signal: startup.signal, ...probeSecurity(p.role) });
     progress({ kind: "healthy", label: p.label, up: ++up, total });
     return ready;
   };
@@ -823,7 +826,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
         const ready = await Promise.race([fresh.waitReady(), timeout.promise]);
         progress({ kind: "ready", label: fresh.label, ready });
         lastReady.set(fresh.label, ready);
-        await Promise.race([waitForServing(ready.grpc, { timeoutMs: ro.timeoutMs ?? 120_000, security }), timeout.promise]);
+        await Promise.race([waitForServing(ready.grpc, { timeoutMs: ro.timeoutMs ?? 120_000, ...probeSecurity(fresh.role) }), timeout.promise]);
       } finally {
         timeout.cancel();
       }
