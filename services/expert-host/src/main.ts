@@ -84,9 +84,9 @@ export async function startExpertHost(cfg: ExpertHostConfig, logger: Logger): Pr
   const server = createServer({
     logger,
     onCallEnd: rpcServerCallRecorder(m),
-  });
     // Dispatch, DispatchStream and Info need the internal secret when one is set; TLS with a cert.
     security: cfg.security,
+  });
   server.addService(ExpertHostService, expertHostHandlers({ core, logger, metrics: m }));
   const { address } = await serve(server, cfg.grpcAddress);
   let metricsServer: MetricsServer;
