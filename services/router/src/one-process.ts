@@ -295,19 +295,14 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
       backend,
       admission,
       metrics: router.m,
+      // GET /metrics on the API port: the router's series, then the engine's (decode's names).
+      registry: { contentType: router.registry.contentType, metrics: async () => (await router.registry.metrics()) + (await decode.registry.metrics()) },
       logger,
       startedAt: Math.floor(Date.now() / 1000),
       shutdown: shutdown.signal,
       draining: () => draining,
     };
     const app = buildHttpApp(ctx);
-    // Prometheus on the API port: the router's series, then the engine's (decode's names).
-    if (!app.hasRoute({ method: "GET", url: "/metrics" })) {
-      app.get("/metrics", async (_req, reply) => {
-        const text = (await router.registry.metrics()) + (await decode.registry.metrics());
-        return reply.header("content-type", router.registry.contentType).send(text);
-      });
-    }
     // Connections that never sent a request (a client's spare, pre-opened socket): Node's closeIdleConnections
     // leaves them open, and they would hold close() until the headers timeout.
     const sockets = new Set<Socket>();
