@@ -33,6 +33,26 @@ describe("prefill job schema", () => {
     expect(parsePrefillJob(structuredClone(goodJob))).toEqual(goodJob);
   });
 
+  it("carries the penalties, logit_bias, min_p, min_tokens and a migration's prior output unchanged", () => {
+    const job: PrefillJob = {
+      ...goodJob,
+      sampling: {
+        ...goodJob.sampling,
+        presencePenalty: -2,
+        frequencyPenalty: 0.5,
+        repetitionPenalty: 1.2,
+        logitBias: [
+          [3, -100],
+          [9, 1.5],
+        ],
+        minP: 0.1,
+        minTokens: 4,
+        priorOutputTokens: 2,
+      },
+    };
+    expect(parsePrefillJob(structuredClone(job))).toEqual(job);
+  });
+
   it.each([
     { name: "another schema version", patch: { version: 2 }, field: "version" },
     { name: "an empty prompt", patch: { promptTokenIds: [] }, field: "promptTokenIds" },
@@ -45,6 +65,11 @@ describe("prefill job schema", () => {
     { name: "max_tokens 0", patch: { sampling: { ...goodJob.sampling, maxTokens: 0 } }, field: "sampling.maxTokens" },
     { name: "logprobs 21", patch: { sampling: { ...goodJob.sampling, logprobs: 21 } }, field: "sampling.logprobs" },
     { name: "no seed", patch: { sampling: { ...goodJob.sampling, seed: undefined } }, field: "sampling.seed" },
+    { name: "a presence penalty of 3", patch: { sampling: { ...goodJob.sampling, presencePenalty: 3 } }, field: "sampling.presencePenalty" },
+    { name: "a repetition penalty of 0", patch: { sampling: { ...goodJob.sampling, repetitionPenalty: 0 } }, field: "sampling.repetitionPenalty" },
+    { name: "a logit bias of 101", patch: { sampling: { ...goodJob.sampling, logitBias: [[3, 101]] } }, field: "sampling.logitBias.0.1" },
+    { name: "min_p above 1", patch: { sampling: { ...goodJob.sampling, minP: 1.5 } }, field: "sampling.minP" },
+    { name: "fractional min_tokens", patch: { sampling: { ...goodJob.sampling, minTokens: 0.5 } }, field: "sampling.minTokens" },
   ])("refuses $name, naming $field", ({ patch, field }) => {
     const bad = { ...structuredClone(goodJob), ...patch };
     expect(() => parsePrefillJob(bad)).toThrow(InvalidArgumentError);
