@@ -96,10 +96,14 @@ export class LogitsProcessor {
   private readonly biasValues: Float32Array;
   private readonly minTokens: number;
   private readonly stopIds: Int32Array;
-  /** Output token -> occurrences (prior output included). */
+  /** Output token -> occurrences (prior output included); kept when frequency or presence is on. */
   private readonly counts = new Map<number, number>();
-  /** Distinct prompt tokens (for repetition; empty when it is off). */
-  private readonly promptTokens: Int32Array;
+  /** The keys of `counts` in first-seen order (iterated without allocating). */
+  private readonly outputIds: number[] = [];
+  /** Distinct tokens of the prompt and the output, first-seen order; kept when repetition is on. */
+  private readonly seenIds: number[] = [];
+  /** [vocab] 1 where seenIds holds the token (repetition only; empty otherwise). */
+  private readonly seen: Uint8Array;
   /** Output tokens so far (prior output included). */
   private outputLen = 0;
 
@@ -119,15 +123,26 @@ export class LogitsProcessor {
     this.biasValues = Float32Array.from(bias, (b) => b[1]);
     this.minTokens = params.minTokens ?? 0;
     this.stopIds = Int32Array.from([...new Set(stopIds)].filter((id) => id >= 0 && id < vocabSize));
+    this.seen = this.repetition !== 1 ? new Uint8Array(vocabSize) : new Uint8Array(0);
     const prior = Math.min(params.priorOutputTokens ?? 0, prompt.length);
+    for (let i = 0; i < prompt.length - prior; i++) this.see(prompt[i]!);
     for (let i = prompt.length - prior; i < prompt.length; i++) this.push(prompt[i]!);
-    this.promptTokens = this.repetition !== 1 ? Int32Array.from(new Set(prompt)) : new Int32Array(0);
+  }
+
+  private see(id: number): void {
+    if (this.repetition === 1 || this.seen[id] === 1) return;
+    this.seen[id] = 1;
+    this.seenIds.push(id);
   }
 
   /** Count one more output token (Sequence.emit calls it for every token it appends). */
   push(id: number): void {
     this.outputLen++;
-    if (this.frequency !== 0 || this.presence !== 0 || this.repetition !== 1) this.counts.set(id, (this.counts.get(id) ?? 0) + 1);
+    this.see(id);
+    if (this.frequency === 0 && this.presence === 0) return;
+    const c = this.counts.get(id);
+    if (c === undefined) this.outputIds.push(id);
+    this.counts.set(id, (c ?? 0) + 1);
   }
 
   /** Output tokens counted so far. */
@@ -138,48 +153,53 @@ export class LogitsProcessor {
   /**
    * out[vocab] = the processed logits for the next token after the tokens pushed so far, plus `extra` when
    * it is a token id (a draft being verified: the row after it sees it as output). raw is not changed.
+   * Allocates nothing.
    */
   apply(raw: Float32Array, out: Float32Array, extra = -1): Float32Array {
     if (raw.length !== this.vocabSize || out.length !== this.vocabSize) {
       throw new InvalidArgumentError(`logits have length ${raw.length} (out ${out.length}), expected vocab size ${this.vocabSize}`);
     }
     out.set(raw);
+    // 1. logit_bias (Float32Array stores round each sum to float32, as vLLM's float32 add).
     for (let j = 0; j < this.biasIds.length; j++) {
       const id = this.biasIds[j]!;
       out[id] = out[id]! + this.biasValues[j]!;
     }
+    // 2. min_tokens.
     const outputLen = this.outputLen + (extra >= 0 ? 1 : 0);
     if (outputLen < this.minTokens) for (let j = 0; j < this.stopIds.length; j++) out[this.stopIds[j]!] = -Infinity;
+    // 3. repetition, once per token of the prompt or the output.
     const r = this.repetition;
     if (r !== 1) {
-      // Every token of the prompt or the output, once each.
-      const penalise = (id: number): void => {
+      for (let j = 0; j < this.seenIds.length; j++) {
+        const id = this.seenIds[j]!;
         const v = out[id]!;
         out[id] = v > 0 ? v / r : v * r;
-      };
-      const seen = new Set<number>();
-      for (let j = 0; j < this.promptTokens.length; j++) {
-        const id = this.promptTokens[j]!;
-        seen.add(id);
-        penalise(id);
       }
-      for (const id of this.counts.keys()) {
-        if (seen.has(id)) continue;
-        seen.add(id);
-        penalise(id);
+      if (extra >= 0 && this.seen[extra] !== 1) {
+        const v = out[extra]!;
+        out[extra] = v > 0 ? v / r : v * r;
       }
-      if (extra >= 0 && !seen.has(extra)) penalise(extra);
     }
+    // 4-5. frequency then presence (vLLM: logits -= f * counts; logits -= p * mask; float32 each).
     const f = this.frequency;
     const p = this.presence;
     if (f !== 0 || p !== 0) {
-      const penalise = (id: number, count: number): void => {
-        // vLLM: logits -= f * counts, then logits -= p * mask (float32 each).
+      let extraCounted = extra < 0;
+      for (let j = 0; j < this.outputIds.length; j++) {
+        const id = this.outputIds[j]!;
+        let count = this.counts.get(id)!;
+        if (id === extra) {
+          count++;
+          extraCounted = true;
+        }
         if (f !== 0) out[id] = out[id]! - f32(f * count);
         if (p !== 0) out[id] = out[id]! - p;
-      };
-      for (const [id, count] of this.counts) penalise(id, count + (id === extra ? 1 : 0));
-      if (extra >= 0 && !this.counts.has(extra)) penalise(extra, 1);
+      }
+      if (!extraCounted) {
+        if (f !== 0) out[extra] = out[extra]! - f;
+        if (p !== 0) out[extra] = out[extra]! - p;
+      }
     }
     return out;
   }
