@@ -25,7 +25,7 @@
  *   --speculative M          MTP drafting: auto | on | off              (auto)
  *   --request-timeout-s N    a request's deadline, waiting included     (600)
  *   --api-key KEY[,KEY...]   as the router's                            (none: open)
- *   --max-body-bytes, --max-prompt-chars, --max-prompt-tokens, --tokenizer-threads, --log-level: as the router's
+ *   --max-body-bytes, --max-prompt-chars, --max-prompt-tokens, --tokenizer-threads, --strict-api, --log-level: as the router's
  */
 import type { Socket } from "node:net";
 import { availableParallelism } from "node:os";
@@ -73,6 +73,10 @@ const schema = z.strictObject({
   maxPromptChars: int(1).optional(),
   maxPromptTokens: int(1).optional(),
   tokenizerThreads: int(0).max(64).default(1),
+  strictApi: z
+    .enum(["true", "false", "1", "0", "on", "off"], { error: "must be true or false" })
+    .default("false")
+    .transform((v) => v === "true" || v === "1" || v === "on"),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
 
@@ -99,11 +103,12 @@ const HELP = {
   maxPromptChars: "most prompt characters per request before tokenizing (default 16 per context token, at least 65536)",
   maxPromptTokens: "longest prompt in tokens (default min(max-model-len - 1, 32768))",
   tokenizerThreads: "threads that tokenize prompts over 4096 characters; 0 = on the event loop (default 1)",
+  strictApi: "unknown request fields are a 400 instead of ignored with a warning header (default off)",
   logLevel: "pino level (default info)",
 } as const satisfies Record<keyof typeof schema.shape, string>;
 
 const ENV_PREFIX = "MOELA_ALL_";
-const SETTINGS = settingsFromKeys(Object.keys(schema.shape) as (keyof typeof schema.shape)[], ENV_PREFIX, ["prefixCache"], HELP);
+const SETTINGS = settingsFromKeys(Object.keys(schema.shape) as (keyof typeof schema.shape)[], ENV_PREFIX, ["prefixCache", "strictApi"], HELP);
 
 export const USAGE = [
   "usage: moela serve --role all [--model DIR] [--port N] [options]",
@@ -136,6 +141,7 @@ export interface OneProcessConfig {
   readonly maxPromptChars: number | undefined;
   readonly maxPromptTokens: number | undefined;
   readonly tokenizerThreads: number;
+  readonly strictApi: boolean;
   readonly logLevel: string;
 }
 
@@ -179,6 +185,7 @@ export function parseOneProcessArgs(argv: readonly string[], env: NodeJS.Process
     maxPromptChars: c.maxPromptChars,
     maxPromptTokens: c.maxPromptTokens,
     tokenizerThreads: c.tokenizerThreads,
+    strictApi: c.strictApi,
     logLevel: c.logLevel,
   });
 }
@@ -285,6 +292,7 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
         defaults: readGenerationDefaults(config.model),
         maxPromptChars: config.maxPromptChars ?? defaultMaxPromptChars(maxModelLen),
         maxPromptTokens: resolveMaxPromptTokens(config, maxModelLen),
+        strictApi: config.strictApi,
       },
       tokenizer,
       encoder,
