@@ -57,6 +57,12 @@ export const SETTINGS = {
     bool: false,
     help: "micro-batches of a decode step in flight together: one computes attention while another waits on the expert-hosts; same bits for any count (default 2)",
   },
+  sharedExpert: {
+    flag: "--shared-expert",
+    env: "MOELA_DECODE_SHARED_EXPERT",
+    bool: false,
+    help: "local | hosts (default local): where the shared expert runs; hosts: on the expert-hosts with the routed ones, as DeepSeek-V3 decodes (same bits under exact)",
+  },
   redisUrl: {
     flag: "--redis-url",
     env: "MOELA_DECODE_REDIS_URL",
@@ -139,6 +145,7 @@ const settingsSchema = z.object({
   kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
   threads: intString(1).pipe(z.number().max(256, "must be <= 256")).default(1),
   microBatches: intString(1).pipe(z.number().max(8, "must be <= 8")).default(2),
+  sharedExpert: z.enum(["local", "hosts"], { message: "must be local or hosts" }).default("local"),
   redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").optional(),
   queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").optional(),
   advertiseAddress: dialable.optional(),

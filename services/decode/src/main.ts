@@ -127,7 +127,14 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     // Attention, dense layers, gates and shared experts here; every routed expert on the hosts.
     model = withWeightLoadBar("decode: loading weights", (onProgress) => DeepseekModel.load(cfg.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: cfg.threads, onProgress }));
     const placement = placementFor(model.config, expertShards);
-    const want = { placement, profile, hidden: model.config.hiddenSize, layers: [...model.moeLayers().keys()].sort((a, b) => a - b), modelId };
+    const want = {
+      placement,
+      profile,
+      hidden: model.config.hiddenSize,
+      layers: [...model.moeLayers().keys()].sort((a, b) => a - b),
+      modelId,
+      sharedExpert: cfg.sharedExpert === "hosts",
+    };
     // The expert-hosts are dialled with this instance's internal security (TLS, the secret).
     const channel = clientChannel(cfg.security);
     const shards = new ExpertShardSet({
@@ -152,7 +159,9 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
       for (const h of hosts.reverse()) h.close();
       throw err;
     }
-    model.setExpertExecutor(new HostedExpertExecutor({ placement, profile, hosts: shards.shards, hidden: model.config.hiddenSize, metrics: m }));
+    model.setExpertExecutor(
+      new HostedExpertExecutor({ placement, profile, hosts: shards.shards, hidden: model.config.hiddenSize, metrics: m, sharedExpert: cfg.sharedExpert }),
+    );
   } else {
     model = withWeightLoadBar("decode: loading weights", (onProgress) => DeepseekModel.load(cfg.model, { kvDtype: profile.kvDtype, threads: cfg.threads, onProgress }));
     model.setExpertExecutor(createInProcessExperts(model, 1, profile, { metrics: m }).executor);

@@ -16,12 +16,21 @@ describe("decode config", () => {
       streamGraceMs: 10_000,
       kvWaitMs: 120_000,
       kvIdleMs: 30_000,
+      kvMaxTransfersPerPeer: 64,
       drainGraceMs: 30_000,
       logLevel: "info",
       kernels: "fast",
       threads: 1,
       microBatches: 2,
+      sharedExpert: "local",
+      security: { secrets: [] },
     });
+  });
+
+  it("takes where the shared expert runs, and refuses other places", () => {
+    expect(parseConfig(["--model", "/m", "--shared-expert", "hosts"], {})).toMatchObject({ sharedExpert: "hosts" });
+    expect(parseConfig(["--model", "/m"], { MOELA_DECODE_SHARED_EXPERT: "hosts" })).toMatchObject({ sharedExpert: "hosts" });
+    expect(() => parseConfig(["--model", "/m", "--shared-expert", "gpu"], {})).toThrow(/--shared-expert \/ MOELA_DECODE_SHARED_EXPERT: must be local or hosts/);
   });
 
   it("takes the micro-batch count, and refuses 0 and more than 8", () => {
