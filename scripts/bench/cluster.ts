@@ -45,6 +45,8 @@ import {
   type PrecisionProfile,
 } from "@moela/moe-dispatch";
 import { measureOneProcessServer } from "./one-process-server.js";
+import { epDecodeBound, type EpDecodeBound } from "@moela/planner";
+import { createServer, connect as connectTcp, type AddressInfo } from "node:net";
 import { DEFAULT_MODEL, startCluster, type Cluster, type ClusterInfo, type InstanceInfo } from "../../services/cli/src/launcher.js";
 
 const program = new Command("bench-cluster")
@@ -272,6 +274,66 @@ async function wireRoundTrips(info: ClusterInfo, profile: PrecisionProfile): Pro
   return out;
 }
 
+/**
+ * Loopback bandwidth, GB/s (10^9 B/s, the planner's unit): 256 MiB through one TCP connection on 127.0.0.1
+ * in 1 MiB writes, sender and receiver in this process (as the planner's link bandwidth for the local cluster).
+ */
+async function loopbackGBps(totalBytes = 256 * 1024 * 1024): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as AddressInfo).port;
+  try {
+    const received = new Promise<number>((resolve, reject) => {
+      server.once("connection", (sock) => {
+        let got = 0;
+        let t0 = 0;
+        sock.on("data", (d: Buffer) => {
+          if (got === 0) t0 = performance.now();
+          got += d.length;
+          if (got >= totalBytes) {
+            resolve(totalBytes / ((performance.now() - t0) / 1000) / 1e9);
+            sock.destroy();
+          }
+        });
+        sock.on("error", reject);
+      });
+    });
+    const client = connectTcp(port, "127.0.0.1");
+    await new Promise<void>((r) => client.once("connect", () => r()));
+    const chunk = Buffer.alloc(1024 * 1024, 7);
+    for (let sent = 0; sent < totalBytes; sent += chunk.length) {
+      if (!client.write(chunk)) await new Promise<void>((r) => client.once("drain", () => r()));
+    }
+    const gbps = await received;
+    client.destroy();
+    return gbps;
+  } finally {
+    server.close();
+  }
+}
+
+/**
+ * The planner's expert-parallel decode bound (issue 12 part 4) for the cluster as measured: the loopback as the link,
+ * the profile's codec bytes, the hosts a token reached per MoE layer as its "experts per token" (the dispatcher sends
+ * a token to a host once, however many of its experts live there), tokens per micro-batch and micro-batches as the
+ * decode service ran them, and the MoE layers as the layers that pay.
+ */
+function boundFor(c: ClusterResult, batch: number, gbps: number): EpDecodeBound | undefined {
+  if (c.hostsReachedMean === undefined) return undefined;
+  const microbatches = Math.max(1, Math.min(DECODE_MICRO_BATCHES, batch));
+  return epDecodeBound({
+    bandwidthGBps: gbps,
+    tokensPerMicrobatch: Math.ceil(batch / microbatches),
+    // The bound takes whole experts; the mean is rounded up (the bound stays a bound).
+    expertsPerToken: Math.ceil(c.hostsReachedMean),
+    dispatchBytes: getDispatchCodec(c.dispatchCodec).bytesPerValue,
+    combineBytes: getDispatchCodec(c.combineCodec).bytesPerValue,
+    hidden: cfg.hiddenSize,
+    microbatches,
+    layers: MOE_LAYERS,
+  });
+}
+
 // ---- results -----------------------------------------------------------------------------------
 
 interface ClusterResult {
@@ -397,6 +459,11 @@ const ROW_INFO: Record<BreakdownRow, { label: string; per: "layer" | "moe" | "de
 };
 
 const MOE_LAYERS = cfg.numHiddenLayers - cfg.firstKDenseReplace;
+/** Decode's micro-batches: its default (2) unless --service-arg decode=--micro-batches=N says otherwise. */
+const DECODE_MICRO_BATCHES = (() => {
+  const arg = opts.serviceArg.map((a) => /^decode=--micro-batches[= ](\d+)$/.exec(a)).find((m) => m !== null);
+  return arg ? Number(arg[1]) : 2;
+})();
 const layersOf = (per: "layer" | "moe" | "dense" | "step"): number =>
   per === "layer" ? cfg.numHiddenLayers : per === "moe" ? MOE_LAYERS : per === "dense" ? cfg.firstKDenseReplace : 1;
 
@@ -680,6 +747,8 @@ const codecBytes = (["f32", "bf16", "fp8-tile", "logfmt8"] as const).map((name) 
 
 const clusters: ClusterResult[] = [];
 if (opts.cluster) for (const profile of PROFILES) clusters.push(await measureCluster(profile));
+log("loopback bandwidth (256 MiB through 127.0.0.1) ...");
+const loopback = await loopbackGBps();
 // --one-process-server: the same decode streams against `moela serve --role all`, under the first profile.
 const oneProcessServer = opts.oneProcessServer
   ? await measureOneProcessServer({
@@ -748,6 +817,30 @@ if (speedCluster !== undefined) {
       ]),
       ["whole decode step", ...cols.map(([, b]) => (b === undefined ? "" : ((1e6 * b.stepSeconds) / b.steps).toFixed(0)))],
     ]),
+  );
+  out.push("");
+  const gbps = loopback;
+  out.push(
+    `Against the planner's bound (moela plan's expert-parallel decode bound with the loopback as the link: ${gbps.toFixed(2)} GB/s measured; ${speedCluster.dispatchCodec}/${speedCluster.combineCodec} bytes, ${f(speedCluster.hostsReachedMean, 2)} hosts per token rounded up as "experts per token", ${MOE_LAYERS} MoE layers, decode's ${DECODE_MICRO_BATCHES} micro-batches)`,
+  );
+  const boundRows = speedCluster.decode.map((d) => ({ d, b: boundFor(speedCluster, d.batch, gbps) }));
+  const measuredWire = (d: ClusterResult["decode"][number]): number | undefined => {
+    const p = d.breakdown?.perStep;
+    if (p === undefined) return undefined;
+    // What the dispatch costs the attention side per MoE layer: encode + send, the wait, and the combine, less the hosts' own handling.
+    return (1e6 * ((p.dispatch_encode ?? 0) + (p.waiting_on_hosts ?? 0) + (p.combine ?? 0) - (p.host_handling ?? 0))) / MOE_LAYERS;
+  };
+  out.push(
+    table([
+      ["", "bound: comm us per layer and micro-batch", "bound: us per MoE layer", "bound: ms per step (MoE layers)", "measured: dispatch + wait + combine - host handling, us per MoE layer", "measured / bound"],
+      ...boundRows.map(({ d, b }) => {
+        const m = measuredWire(d);
+        return [`cluster b${d.batch}`, f(b?.commUsPerLayerMicrobatch, 2), f(b?.usPerLayer, 2), f(b?.tpotMs, 3), f(m, 0), b && m !== undefined ? `${(m / b.usPerLayer).toFixed(0)}x` : "n/a"];
+      }),
+    ]),
+  );
+  out.push(
+    "The bound counts bytes over the link only. On loopback it is microseconds per layer, so what the cluster pays beyond it is per-message work (protobuf, gRPC, HTTP/2, the event loops) and waking processes on shared cores, not bandwidth.",
   );
   out.push("");
 }
@@ -848,7 +941,7 @@ out.push(`(${((Date.now() - started) / 1000).toFixed(0)} s)`);
 console.log(out.join("\n"));
 
 mkdirSync(opts.out, { recursive: true });
-const result = { model: MODEL, expertHosts: H, config: cfg, options: opts, inProcessAsGenerate: generate1, clusters, oneProcessServer, inProcess, departure: dep, codecBytes, missingMetrics: [...missing] };
+const result = { model: MODEL, expertHosts: H, config: cfg, options: opts, loopbackGBps: loopback, inProcessAsGenerate: generate1, clusters, oneProcessServer, inProcess, departure: dep, codecBytes, missingMetrics: [...missing] };
 writeFileSync(join(opts.out, "cluster.json"), `${JSON.stringify(result, null, 2)}\n`);
 const svg = [
   bars(
