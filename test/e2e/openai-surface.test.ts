@@ -102,6 +102,22 @@ describe("the official openai client against npm start's cluster", () => {
     expect(held.choices[0]!.finish_reason).toBe("stop");
   });
 
+  it("stop strings are looked for only once the output is longer than min_tokens (vLLM's rule)", async () => {
+    const base = { model: cluster.model, prompt: PROMPT, max_tokens: 6, temperature: 0, ignore_eos: true, logprobs: 0 } as const;
+    const plain = await client.completions.create(base);
+    const pieces = plain.choices[0]!.logprobs!.tokens!;
+    const stop = pieces[0]!;
+    expect(stop.length).toBeGreaterThan(0);
+    // The first token's own text is a stop string: the output ends at once, with nothing to show.
+    const cut = await client.completions.create({ ...base, stop: [stop] });
+    expect(cut.choices[0]).toMatchObject({ text: "", finish_reason: "stop" });
+    expect(cut.usage?.completion_tokens).toBe(1);
+    // With min_tokens 3 the first three tokens pass unmatched.
+    const held = await client.completions.create({ ...base, stop: [stop], min_tokens: 3 } as OpenAI.CompletionCreateParamsNonStreaming);
+    expect(held.choices[0]!.text.startsWith(pieces.slice(0, 3).join(""))).toBe(true);
+    expect(held.usage?.completion_tokens).toBeGreaterThanOrEqual(4);
+  });
+
   it("an out-of-range penalty is a 400 naming the field", async () => {
     const err = await client.completions.create({ model: cluster.model, prompt: "x", presence_penalty: 3 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(OpenAI.BadRequestError);
