@@ -5,13 +5,20 @@
  * on the registry (redis URL, key prefix), decode and the expert-hosts advertising their service name,
  * the very address the static seeds name, every service's flags accepted by its own config parser, precision exact by default, Prometheus scraping every
  * service's metrics port, Grafana provisioned from deploy/grafana; one image for every role (`serve --role R`),
- * the router's HTTP and gRPC ports published, and a stop grace period longer than every service's drain.
+ * the router's HTTP and gRPC ports published, and a stop grace period longer than every service's drain;
+ * the internal secret (a compose secret) and optional TLS (MOELA_TLS_*) reach every service's own parser.
  * Skipped only where docker-compose is not installed (.ci/run installs it).
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
+import type { InternalSecurity } from "@moela/rpc";
+import { parseConfig as parseDecodeConfig } from "../../services/decode/src/config.js";
+import { parseConfig as parseExpertHostConfig } from "../../services/expert-host/src/config.js";
+import { parsePrefillConfig } from "../../services/prefill/src/config.js";
+import { parseRouterConfig } from "../../services/router/src/config.js";
 import { parse as parseYaml } from "yaml";
 import { REPO_ROOT } from "../helpers/helm.js";
 import { DEFAULT_SHUTDOWN_GRACE_MS } from "../../services/router/src/main.js";
@@ -205,6 +212,56 @@ describe.skipIf(!hasDockerCompose())("docker-compose.yml (docker-compose config)
       if (role === "expert-host") expect(cfg["shardIndex"]).toBe(Number(name.slice(name.lastIndexOf("-") + 1)));
     });
   }
+
+  it("gives every moela service the internal secret (compose secret -> MOELA_<ROLE>_INTERNAL_SECRET_FILE) and, when MOELA_TLS_* are set, TLS/mTLS its own parser reads", () => {
+    expect(config.secrets["moela-internal-secret"].file).toBe(join(REPO_ROOT, "deploy/secrets/internal-secret"));
+    expect(readFileSync(join(REPO_ROOT, "deploy/secrets/.gitignore"), "utf8")).toMatch(/^internal-secret$/m);
+    const tlsOn = composeConfig({ MOELA_TLS_CERT: "/etc/moela/tls/tls.crt", MOELA_TLS_KEY: "/etc/moela/tls/tls.key", MOELA_TLS_CA: "/etc/moela/tls/ca.crt", MOELA_TLS_CLIENT_AUTH: "true" });
+    // The container's paths, mapped onto files here so the real parsers can read them.
+    const here = mkdtempSync(join(tmpdir(), "moela-compose-"));
+    try {
+      const pemCert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+      const files: Record<string, string> = {
+        "/run/secrets/moela-internal-secret": "0123456789abcdef0123456789abcdef\n",
+        "/etc/moela/tls/tls.crt": pemCert,
+        "/etc/moela/tls/tls.key": "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
+        "/etc/moela/tls/ca.crt": pemCert,
+      };
+      const local = new Map(Object.entries(files).map(([path, text], i) => {
+        const file = join(here, `f${i}`);
+        writeFileSync(file, text);
+        return [path, file] as const;
+      }));
+      const model = join(REPO_ROOT, "models/tiny-v3");
+      const parse = (name: string, role: ServiceRole, env: Record<string, string>): InternalSecurity => {
+        const mapped = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, local.get(v) ?? v]));
+        const flags = serviceFlags(name).map((a, i, all) => (all[i - 1] === "--model" ? model : a));
+        if (role === "decode") return parseDecodeConfig(flags, mapped)!.security;
+        if (role === "expert-host") return parseExpertHostConfig(flags, mapped)!.security;
+        if (role === "prefill") return parsePrefillConfig(flags, mapped).security!;
+        return parseRouterConfig(flags, mapped).security!;
+      };
+      for (const [name, role] of Object.entries(MOELA_SERVICES)) {
+        const prefix = `MOELA_${role.toUpperCase().replace("-", "_")}_`;
+        for (const c of [config, tlsOn]) {
+          const svc = c.services[name];
+          expect((svc.secrets as (string | Obj)[]).map((x) => (typeof x === "string" ? x : x.source)), name).toEqual(["moela-internal-secret"]);
+          expect(svc.environment[`${prefix}INTERNAL_SECRET_FILE`], name).toBe("/run/secrets/moela-internal-secret");
+          expect(mounts(svc).get("/etc/moela/tls"), name).toBe(join(REPO_ROOT, "deploy/tls"));
+        }
+        const plain = parse(name, role, config.services[name].environment as Record<string, string>);
+        expect(plain.secrets, name).toEqual(["0123456789abcdef0123456789abcdef"]);
+        expect(plain.tls, name).toBeUndefined();
+        const tls = parse(name, role, tlsOn.services[name].environment as Record<string, string>);
+        expect(tls.secrets, name).toHaveLength(1);
+        // The router only dials decode (its own gRPC is the public API): a client of mTLS, no --tls-client-auth.
+        expect(tls.tls?.clientAuth, name).toBe(role !== "router");
+        expect(tls.tls?.cert?.toString(), name).toContain("BEGIN CERTIFICATE");
+      }
+    } finally {
+      rmSync(here, { recursive: true, force: true });
+    }
+  });
 
   it("has Prometheus scrape every moela service's metrics port, each target labelled with its role", () => {
     const prom = mounts(config.services.prometheus);

@@ -3,7 +3,7 @@
  * entrypoint is the moela CLI, the role an argument; a current Node LTS base while package.json still
  * allows Node 20; dependencies installed from the manifests alone, before the sources are copied; a
  * production install that still has tsx), its manifest-extraction step is run for real on this checkout,
- * and the container healthcheck script is run for real against a grpc.health.v1 server.
+ * and the container healthcheck script is run for real against a grpc.health.v1 server, plaintext and mTLS.
  */
 import { execFile } from "node:child_process";
 import { execFileSync } from "node:child_process";
@@ -16,6 +16,7 @@ import { HealthImplementation } from "grpc-health-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { REPO_ROOT } from "../helpers/helm.js";
 import { SERVICE_ROLES } from "../helpers/service-flags.js";
+import { hasOpenssl, makeTestCa, makeTestLeaf, removeTestCerts, type TestCa, type TestLeaf } from "../helpers/tls.js";
 
 const execFileAsync = promisify(execFile);
 const DOCKERFILE = readFileSync(join(REPO_ROOT, "deploy/docker/Dockerfile"), "utf8");
@@ -145,5 +146,47 @@ describe("deploy/docker/grpc-health.mjs", () => {
     const r = await probe("127.0.0.1:1");
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("127.0.0.1:1");
+  });
+});
+
+describe.runIf(hasOpenssl())("deploy/docker/grpc-health.mjs against an mTLS service", () => {
+  let server: Server;
+  let address = "";
+  let ca: TestCa;
+  let leaf: TestLeaf;
+
+  beforeAll(async () => {
+    ca = makeTestCa();
+    leaf = makeTestLeaf(ca, "decode");
+    server = new Server();
+    new HealthImplementation({ "": "SERVING" }).addToServer(server);
+    const creds = ServerCredentials.createSsl(readFileSync(ca.caCert), [{ cert_chain: readFileSync(leaf.cert), private_key: readFileSync(leaf.key) }], true);
+    const port = await new Promise<number>((resolve, reject) => server.bindAsync("127.0.0.1:0", creds, (err, p) => (err ? reject(err) : resolve(p))));
+    address = `127.0.0.1:${port}`;
+  });
+  afterAll(() => {
+    server?.forceShutdown();
+    removeTestCerts();
+  });
+
+  /** The probe with the container's environment (only the given MOELA_* variables). */
+  async function probe(env: Record<string, string>): Promise<number> {
+    const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("MOELA_")));
+    try {
+      await execFileAsync(process.execPath, [join(REPO_ROOT, "deploy/docker/grpc-health.mjs"), address], { cwd: REPO_ROOT, timeout: 15_000, env: { ...clean, ...env } });
+      return 0;
+    } catch (err) {
+      return (err as { code?: number }).code ?? -1;
+    }
+  }
+
+  it("dials TLS with the service's own files (MOELA_<ROLE>_TLS_*), and fails without them", async () => {
+    expect(await probe({ MOELA_DECODE_TLS_CA: ca.caCert, MOELA_DECODE_TLS_CERT: leaf.cert, MOELA_DECODE_TLS_KEY: leaf.key })).toBe(0);
+    expect(await probe({ MOELA_EXPERT_HOST_TLS_CA: ca.caCert, MOELA_EXPERT_HOST_TLS_CERT: leaf.cert, MOELA_EXPERT_HOST_TLS_KEY: leaf.key })).toBe(0);
+    // Empty values (compose's unset MOELA_TLS_*) and the router's settings (its gRPC is plaintext) mean plaintext.
+    expect(await probe({ MOELA_DECODE_TLS_CA: "", MOELA_DECODE_TLS_CERT: "", MOELA_DECODE_TLS_KEY: "" })).toBe(1);
+    expect(await probe({ MOELA_ROUTER_TLS_CA: ca.caCert, MOELA_ROUTER_TLS_CERT: leaf.cert, MOELA_ROUTER_TLS_KEY: leaf.key })).toBe(1);
+    // mTLS: a CA alone (no client certificate) is refused.
+    expect(await probe({ MOELA_PREFILL_TLS_CA: ca.caCert })).toBe(1);
   });
 });

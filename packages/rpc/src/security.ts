@@ -134,7 +134,8 @@ export function internalSecurityNames(envPrefix: string): InternalSecurityNames 
 }
 
 /**
- * Check the settings and read the files. Throws `error` (default InvalidArgumentError) with a message
+ * Check the settings and read the files. An empty value is the same as none (an env twin set to "" by a
+ * template, e.g. docker-compose's `${MOELA_TLS_CERT:-}`). Throws `error` (default InvalidArgumentError) with a message
  * starting "<service>: " and naming the setting, never repeating a secret: a secret too short, too long or
  * with characters metadata cannot carry; both a secret and a secret file; a cert without its key or the
  * other way round; mTLS without a CA and a cert; an unreadable or non-PEM file.
@@ -161,7 +162,7 @@ export function parseInternalSecurity(
     } catch (err) {
       fail(`${secretWhere}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
     }
-  } else if (flags.internalSecret !== undefined) secretText = flags.internalSecret;
+  } else if (given(flags.internalSecret)) secretText = flags.internalSecret;
   const secrets = secretText === undefined ? [] : parseSecrets(secretText, (m) => fail(`${secretWhere}: ${m}`));
 
   const clientAuth = parseBool(flags.tlsClientAuth, (m) => fail(`${names.tlsClientAuth} ${m}`));

@@ -32,8 +32,11 @@ const names = internalSecurityNames("MOELA_DECODE_");
 const parse = (flags: InternalSecurityFlags) => parseInternalSecurity(flags, names, "decode");
 
 describe("parseInternalSecurity", () => {
-  it("is off when nothing is given", () => {
-    const s = parse({});
+  it.each([
+    { name: "nothing is given", flags: {} },
+    { name: "every value is empty (a template's unset variable)", flags: { internalSecret: "", internalSecretFile: "", tlsCert: "", tlsKey: "", tlsCa: "", tlsClientAuth: "" } },
+  ])("is off when $name", ({ flags }) => {
+    const s = parse(flags);
     expect(s.secrets).toEqual([]);
     expect(s.tls).toBeUndefined();
   });
