@@ -6,6 +6,7 @@
 // One server for the file; short completions (the suite runs on 2 cores).
 import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
+import { MoelaClient } from "@moela/client";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { MOELA_BIN, REPO_ROOT, TINY_MODEL } from "../../services/cli/src/launcher.js";
@@ -26,6 +27,8 @@ type Extra = { return_tokens_as_token_ids?: boolean; ignore_eos?: boolean };
 interface Server {
   readonly child: ChildProcess;
   readonly url: string;
+  /** host:port of the gRPC Generate API (--grpc-address). */
+  readonly grpc: string | undefined;
   readonly stderr: () => string;
   readonly exited: Promise<number | null>;
 }
@@ -35,16 +38,16 @@ async function startServer(args: readonly string[]): Promise<Server> {
   let stderr = "";
   child.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-  const url = await new Promise<string>((resolve, reject) => {
+  const ready = await new Promise<{ http: string; grpc?: string }>((resolve, reject) => {
     const rl = createInterface({ input: child.stdout! });
     rl.on("line", (line) => {
       if (!line.startsWith("{")) return;
-      const ready = JSON.parse(line) as { event?: string; role?: string; http?: string; metrics?: string };
-      if (ready.event === "ready" && ready.role === "all" && typeof ready.http === "string") resolve(ready.http);
+      const r = JSON.parse(line) as { event?: string; role?: string; http?: string; grpc?: string };
+      if (r.event === "ready" && r.role === "all" && typeof r.http === "string") resolve({ http: r.http, ...(r.grpc !== undefined ? { grpc: r.grpc } : {}) });
     });
     void exited.then((code) => reject(new Error(`moela serve --role all exited with ${code} before it was ready:\n${stderr.slice(-4000)}`)));
   });
-  return { child, url, stderr: () => stderr, exited };
+  return { child, url: ready.http, grpc: ready.grpc, stderr: () => stderr, exited };
 }
 
 /** "token_id:123" -> 123 (return_tokens_as_token_ids). */
@@ -136,6 +139,7 @@ describe("moela serve --role all", () => {
       "--max-num-seqs", String(MAX_NUM_SEQS), "--max-in-flight", String(MAX_IN_FLIGHT),
       // One token per sequence per step, so the step count tells whether sequences shared steps.
       "--speculative", "off",
+      "--grpc-address", "127.0.0.1:0",
     ]);
     const generated = mapLimit(
       [{ promptIds: IDS }, { prompt: TEXT }, { chat: CHAT }] as const,
@@ -241,6 +245,24 @@ describe("moela serve --role all", () => {
     const ok = (m: Map<string, number>): number => metricSum(m, "moela_router_requests_total", (l) => l.includes('outcome="ok"')) ?? 0;
     expect(ok(after) - ok(before)).toBe(6);
   }, 300_000);
+
+  it("serves gRPC Generate too (--grpc-address): the SDK gets the same greedy tokens", async () => {
+    expect(server.grpc).toMatch(/^127\.0\.0\.1:\d+$/);
+    const sdk = new MoelaClient({ address: server.grpc!, deadlineMs: 120_000 });
+    try {
+      const [model] = await sdk.listModels();
+      expect(model!.id).toBe("tiny-v3");
+      const [ids, chat] = await Promise.all([
+        sdk.complete({ prompt: IDS, maxTokens: MAX_TOKENS, temperature: 0, ignoreEos: true }),
+        sdk.complete({ messages: [{ role: "user", content: CHAT }], maxTokens: MAX_TOKENS, temperature: 0, ignoreEos: true }),
+      ]);
+      expect(ids.tokenIds).toEqual(oracle.ids!.tokenIds);
+      expect(ids.finishReason).toBe("length");
+      expect(chat.text).toBe(oracle.chat!.text);
+    } finally {
+      sdk.close();
+    }
+  }, 120_000);
 
   it("frees a sequence as soon as its streaming client disconnects", async () => {
     const idle = await until("the engine to be idle", () => health(server.url), (h) => h.engine.running === 0 && h.engine.waiting === 0);

@@ -10,6 +10,7 @@
  * Every setting is a flag with an env twin MOELA_ALL_<NAME> (the flag wins):
  *   --model DIR              checkpoint folder                          (the bundled models/moela-v3-brown)
  *   --host H / --port N      the OpenAI API (and /metrics, /health)     (127.0.0.1 / 8000; port 0: any free)
+ *   --grpc-address H:P       also the gRPC Generate API (@moela/client) (off)
  *   --served-model-name S    the model name clients use                 (the model folder's name)
  *   --max-model-len N        prompt + completion tokens at most         (config max_position_embeddings)
  *   --max-num-seqs N         sequences in the running batch; more wait  (32)
@@ -34,15 +35,16 @@ import { basename, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ConfigError, createLogger, envNameOf, flagList, MoelaError, readSettings, runService, settingsFromKeys, UnavailableError, usageLines, validateSettings, withWeightLoadBar, type Logger } from "@moela/core";
 import { configureKernels, DeepseekModel, Engine, parseKernelsName, readModelConfig } from "@moela/engine";
-import { createServiceMetrics } from "@moela/metrics";
+import { createServiceMetrics, rpcServerCallRecorder } from "@moela/metrics";
 import { createInProcessExperts, precisionProfile } from "@moela/moe-dispatch";
 import { defaultMaxPromptChars } from "@moela/openai-api";
+import { createServer, drainAndClose, serve } from "@moela/rpc";
 import { AdmissionController } from "@moela/scheduler";
 import { TOKENIZER_JSON, Tokenizer } from "@moela/tokenizer";
 import { z } from "zod";
 import { DEFAULT_MAX_BODY_BYTES, parseApiKeys, readGenerationDefaults, resolveMaxPromptTokens } from "./config.js";
 import { EngineBackend } from "./engine-backend.js";
-import { ApiKeys, buildHttpApp, type RouterContext } from "./handlers.js";
+import { ApiKeys, buildHttpApp, generateService, LENIENT_GENERATE_SERVICE, type RouterContext } from "./handlers.js";
 import { TokenizerPool } from "./tokenize.js";
 
 /** The bundled model `npm start` serves (services/router/src -> the repository root). */
@@ -54,6 +56,7 @@ const schema = z.strictObject({
   model: z.string().min(1).default(DEFAULT_MODEL),
   host: z.string().min(1).default("127.0.0.1"),
   port: int(0).max(65_535, "must be at most 65535").default(8000),
+  grpcAddress: z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "must be host:port").optional(),
   servedModelName: z.string().min(1).optional(),
   maxModelLen: int(2).optional(),
   maxNumSeqs: int(1).max(4096).default(32),
@@ -84,6 +87,7 @@ const HELP = {
   model: "checkpoint folder (default the bundled models/moela-v3-brown)",
   host: "interface of the OpenAI API, /health and /metrics (default 127.0.0.1)",
   port: "port of the OpenAI API; 0 picks a free one (default 8000)",
+  grpcAddress: "also serve the gRPC Generate API (@moela/client) on host:port; port 0 picks a free one (default off)",
   servedModelName: "the model name clients use (default the model folder's name)",
   maxModelLen: "prompt + completion tokens at most (default config max_position_embeddings)",
   maxNumSeqs: "sequences in the running batch; more wait for a slot (default 32)",
@@ -122,6 +126,8 @@ export interface OneProcessConfig {
   readonly model: string;
   readonly host: string;
   readonly port: number;
+  /** host:port of the gRPC Generate API; undefined: not served. */
+  readonly grpcAddress: string | undefined;
   readonly servedModelName: string;
   readonly maxModelLen: number | undefined;
   readonly maxNumSeqs: number;
@@ -166,6 +172,7 @@ export function parseOneProcessArgs(argv: readonly string[], env: NodeJS.Process
     model,
     host: c.host,
     port: c.port,
+    grpcAddress: c.grpcAddress,
     servedModelName: c.servedModelName ?? basename(model),
     maxModelLen: c.maxModelLen,
     maxNumSeqs: c.maxNumSeqs,
@@ -194,6 +201,8 @@ export interface StartedOneProcess {
   /** http://host:port of the OpenAI API (also /health and /metrics). */
   readonly httpUrl: string;
   readonly metricsUrl: string;
+  /** host:port of the gRPC Generate API, when --grpc-address asked for it. */
+  readonly grpcAddress: string | undefined;
   /** Stop taking requests, let those in flight finish (up to the grace period), stop the engine. */
   close(): Promise<void>;
 }
@@ -310,6 +319,15 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
       shutdown: shutdown.signal,
       draining: () => draining,
     };
+    const graceMs = options.shutdownGraceMs ?? SHUTDOWN_GRACE_MS;
+    let grpcAddress: string | undefined;
+    if (config.grpcAddress !== undefined) {
+      // The router's public gRPC front door over the same backend; messages bounded like HTTP bodies.
+      const grpc = createServer({ logger, onCallEnd: rpcServerCallRecorder(router.m), maxMessageBytes: config.maxBodyBytes });
+      grpc.addService(LENIENT_GENERATE_SERVICE, generateService(ctx));
+      grpcAddress = (await serve(grpc, config.grpcAddress)).address;
+      closers.push(["grpc server", () => drainAndClose(grpc, graceMs)]);
+    }
     const app = buildHttpApp(ctx);
     // Connections that never sent a request (a client's spare, pre-opened socket): Node's closeIdleConnections
     // leaves them open, and they would hold close() until the headers timeout.
@@ -323,7 +341,6 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
     const port = typeof addr === "object" && addr !== null ? addr.port : config.port;
     const host = config.host.includes(":") ? `[${config.host}]` : config.host;
     const httpUrl = `http://${host}:${port}`;
-    const graceMs = options.shutdownGraceMs ?? SHUTDOWN_GRACE_MS;
     closers.push(["http server", async () => {
       const closed = app.close();
       const timer = setTimeout(() => shutdown.abort(new UnavailableError("the server is shutting down")), graceMs);
@@ -341,6 +358,7 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
     logger.info(
       {
         http: httpUrl,
+        grpc: grpcAddress ?? "off",
         model: config.servedModelName,
         maxModelLen,
         maxNumSeqs: config.maxNumSeqs,
@@ -358,6 +376,7 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
     return {
       httpUrl,
       metricsUrl: `${httpUrl}/metrics`,
+      grpcAddress,
       close: () => {
         draining = true;
         closing ??= closeAll();
@@ -379,7 +398,7 @@ export function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
       usage: USAGE,
       signalsDuringStart: true,
       start: (config, logger) => startOneProcess(config, { logger }),
-      readyLine: (s) => JSON.stringify({ event: "ready", role: "all", pid: process.pid, http: s.httpUrl, metrics: s.metricsUrl }),
+      readyLine: (s) => JSON.stringify({ event: "ready", role: "all", pid: process.pid, http: s.httpUrl, metrics: s.metricsUrl, ...(s.grpcAddress !== undefined ? { grpc: s.grpcAddress } : {}) }),
       shutdownMessage: "shutting down",
       close: (s) => s.close(),
     },
