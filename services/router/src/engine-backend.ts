@@ -289,6 +289,11 @@ export class EngineBackend implements GenerationBackend {
     const capacity = this.engine.cache.numBlocks;
     while (this.waitingQueue.length > 0 && this.running.length < this.o.maxBatch) {
       const s = this.waitingQueue[0]!;
+      if (s.cancelled) {
+        // Its request ended while it waited (deadline, client gone); generate() is about to drop it too.
+        this.waitingQueue.shift();
+        continue;
+      }
       if (this.committed + s.blocks > capacity) break;
       if (fresh.length > 0 && promptTokens + s.seq.prompt.length > this.o.maxPrefillTokens) break;
       this.waitingQueue.shift();
