@@ -583,13 +583,9 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
   const holder = newHolder({ stateDir, port, queuePrefix });
   const stateLock: StateDirLock = acquireStateDirLock(stateDir, holder, { onNote: note });
   const secretFile = join(stateDir, "internal-secret");
+  // The given secret and TLS files, checked now; the health probes dial with its TLS (health needs no secret).
   let security: InternalSecurity;
   try {
-    if (internal.generate) {
-      // A fresh secret per cluster, readable by this user only; services read it from the file.
-      writeFileSync(secretFile, `${randomBytes(32).toString("hex")}\n`, { mode: 0o600 });
-      internal.env.internalSecretFile = secretFile;
-    }
     security = parseInternalSecurity(internal.flags(), INTERNAL_SECURITY_FLAGS, "moela cluster");
   } catch (err) {
     stateLock.release();
@@ -634,6 +630,13 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
     throw err;
   }
   progress({ kind: "redis", url: redis.url, source: redis.source });
+  if (internal.generate) {
+    // A fresh secret per cluster, readable by this user only; the services read it from the file, and
+    // stop() removes it. Written only once every claim is held: a refused second cluster touches nothing.
+    rmSync(secretFile, { force: true }); // a stale one (a killed launcher's) is replaced, never reused
+    writeFileSync(secretFile, `${randomBytes(32).toString("hex")}\n`, { mode: 0o600, flag: "wx" });
+    internal.env.internalSecretFile = secretFile;
+  }
 
   const processes: ServiceProcess[] = [];
   let stopped: Promise<void> | undefined;
@@ -789,7 +792,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
       queue_prefix: queuePrefix,
       internal: {
         ...(internal.env.internalSecretFile !== undefined ? { secret_file: resolve(internal.env.internalSecretFile) } : {}),
-        secret: security.secrets.length > 0,
+        secret: security.secrets.length > 0 || internal.generate,
         tls: security.tls === undefined ? "off" : security.tls.clientAuth ? "mtls" : "tls",
       },
       topology: {
