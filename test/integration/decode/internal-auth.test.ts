@@ -4,12 +4,14 @@
  * one) cannot read another request's tokens (Decode.Stream), end it (Decode.Cancel), forge its output
  * (KvTransfer.Push with its own KvBegin) or call an expert-host; it gets UNAUTHENTICATED and changes
  * nothing, while the owner holding the secret gets exactly the single-process engine's tokens. Health stays
- * open. Also the per-peer bound on concurrent KV transfers (--kv-max-transfers-per-peer).
+ * open. Also the per-peer bound on concurrent KV transfers (--kv-max-transfers-per-peer), and a sender
+ * holding the secret that sends non-finite latents: its transfer fails alone, the running batch does not.
  */
+import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Code, createLogger } from "@moela/core";
 import { DeepseekModel, Engine, type EmittedToken } from "@moela/engine";
-import { grpcKvConnector, KvPoll, KvSender, kvTransferMeta, type KvConnector } from "@moela/kv-transfer";
+import { grpcKvConnector, KvPoll, KvSender, kvTransferMeta, type KvConnector, type KvFrame } from "@moela/kv-transfer";
 import { createInProcessExperts, precisionProfile } from "@moela/moe-dispatch";
 import { DecodeClient, ExpertHostClient, type DecodeCancelResponse, type DecodeStatusResponse, type StreamResponse } from "@moela/proto-gen";
 import { checkHealth, clientChannel, connect, internalSecurity, serverStreamCall, unaryCall, type InternalSecurity } from "@moela/rpc";
@@ -152,6 +154,37 @@ describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
     expect(got.error).toBeNull();
     expect(got.tokens.map((t) => t.tokenId)).toEqual(asIds(reference));
     await until(async () => (await status()).freeKvBlocks === 128, "blocks to be freed");
+  });
+
+  it("batch poisoning: a transfer whose latents hold a NaN (checksum intact) fails alone with INVALID_ARGUMENT; the request running meanwhile finishes exactly", async () => {
+    const params = { ...GREEDY, maxTokens: 60 };
+    const reference = await referenceRun(prefill, PROMPT, params);
+    const running = collect(owner, "req-batch-ok");
+    await until(() => decode.batcher.has("req-batch-ok"), "the Stream to register");
+    expect((await prefillAndSend(prefill, ownerKv, PROMPT, params, { transferId: `t-${++transfers}`, requestId: "req-batch-ok", modelId: decode.modelId })).outcome.ok).toBe(true);
+    await until(async () => (await status()).runningSequences === 1, "the sequence to run");
+    // A sender with the secret that computed garbage: one NaN in its first layer chunk, its sha256 recomputed.
+    let poisoned = 0;
+    const nanRows = (f: KvFrame): KvFrame => {
+      if (f.kind !== "layer" || poisoned++ > 0) return f;
+      const data = new Uint8Array(f.data);
+      new Float32Array(data.buffer, data.byteOffset, data.byteLength / 4)[3] = Number.NaN;
+      return { ...f, data, sha256: new Uint8Array(createHash("sha256").update(data).digest()) };
+    };
+    const poisoning: KvConnector = {
+      open(transferId, requestId) {
+        const inner = ownerKv.open(transferId, requestId);
+        return { outcome: inner.outcome, send: (f) => inner.send(nanRows(f)), end: () => inner.end(), cancel: (r) => inner.cancel(r) };
+      },
+    };
+    const bad = await prefillAndSend(prefill, poisoning, [3, 4, 5, 6, 7, 8], GREEDY, { transferId: `t-${++transfers}`, requestId: "req-batch-bad", modelId: decode.modelId });
+    expect(poisoned).toBeGreaterThan(0);
+    expect(bad.outcome).toEqual({ ok: false, failure: { code: Code.INVALID_ARGUMENT, reason: expect.stringMatching(/latent value NaN .* KV rows must be finite/) } });
+    expect((await status()).runningSequences).toBe(1);
+    const got = await running;
+    expect(got.error).toBeNull();
+    expect(got.tokens.map((t) => t.tokenId)).toEqual(asIds(reference));
+    await until(async () => (await status()).freeKvBlocks === 128 && (await status()).pendingTransfers === 0, "every block back");
   });
 
   it("with the secret, Cancel ends a running request", async () => {
