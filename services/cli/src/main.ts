@@ -9,7 +9,7 @@ import { MoelaError } from "@moela/core";
 import { SPECULATION_MODES } from "@moela/engine";
 import { runGenerate, type GenerateCliOptions } from "./generate.js";
 import { runTrain, type TrainCliOptions } from "./train.js";
-import { runServe } from "./serve.js";
+import { ALL_ROLE, oneProcessFromCluster, runServe } from "./serve.js";
 import { runCluster, type ClusterCliOptions } from "./cluster.js";
 import { DEFAULT_MODEL } from "./launcher.js";
 import { DEFAULT_TOKEN_ID_RANGE, runBenchCli, type BenchCliOptions } from "./bench.js";
@@ -151,7 +151,14 @@ export function buildProgram(): Command {
     .option("--startup-timeout <s>", "seconds to wait for everything to be up", intArg("--startup-timeout"), 180)
     .option("--service-arg <role=arg>", "extra flag for every instance of a role, e.g. decode=--kv-blocks=64 (repeatable)", collect, [] as string[])
     .option("--json", "when up, print cluster.json as one line on stdout instead of the summary")
-    .action(async (opts: ClusterCliOptions) => {
+    .option("--role <role>", "all: everything in ONE process instead (moela serve --role all; takes --model, --precision, --host, --port, --served-model-name, --api-key, --log-level)")
+    .action(async (opts: ClusterCliOptions & { role?: string }, cmd: Command) => {
+      if (opts.role !== undefined) {
+        if (opts.role !== ALL_ROLE) throw new MoelaError(`moela cluster --role takes only "${ALL_ROLE}" (one role alone: moela serve --role ${opts.role})`);
+        const one = oneProcessFromCluster(opts as unknown as Record<string, unknown>, (key) => cmd.getOptionValueSource(key) === "cli", process.env);
+        process.exitCode = await runServe(ALL_ROLE, one.argv, one.env);
+        return;
+      }
       process.exitCode = await runCluster(opts);
     });
   program

@@ -50,3 +50,36 @@ export async function runServe(role: string, argv: readonly string[], env: NodeJ
   setTimeout(() => process.exit(code), 3_000).unref();
   return code;
 }
+
+/** `moela cluster` options that mean the same under `--role all`: their serve --role all flag. */
+const ONE_PROCESS_FLAGS: Readonly<Record<string, string>> = {
+  model: "--model",
+  precision: "--precision",
+  host: "--host",
+  port: "--port",
+  servedModelName: "--served-model-name",
+  logLevel: "--log-level",
+};
+
+/**
+ * `moela cluster --role all ...` (so `npm start -- --role all` works): the serve --role all flags for the
+ * cluster options that have a meaning in one process (--api-key travels in the environment, never argv).
+ * A cluster-only option the user gave (`given`) is an error naming it rather than silently dropped.
+ */
+export function oneProcessFromCluster(
+  opts: Readonly<Record<string, unknown>>,
+  given: (key: string) => boolean,
+  env: NodeJS.ProcessEnv,
+): { argv: string[]; env: NodeJS.ProcessEnv } {
+  const argv: string[] = [];
+  for (const [key, value] of Object.entries(opts)) {
+    if (key === "role" || value === undefined) continue;
+    const flag = ONE_PROCESS_FLAGS[key];
+    if (flag !== undefined) argv.push(flag, String(value));
+    else if (key !== "apiKey" && given(key)) {
+      throw new InvalidArgumentError(`--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} applies to the cluster only, not to --role all (see moela serve --role all --help)`);
+    }
+  }
+  const apiKey = typeof opts["apiKey"] === "string" ? opts["apiKey"] : env["MOELA_ROUTER_API_KEY"];
+  return { argv, env: apiKey === undefined ? env : { ...env, MOELA_ALL_API_KEY: apiKey } };
+}
