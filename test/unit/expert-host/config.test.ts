@@ -18,6 +18,7 @@ describe("expert-host config", () => {
       threads: 1,
       perExpertMetrics: false,
       drainGraceMs: 10_000,
+      security: { secrets: [] },
     });
   });
 
@@ -47,6 +48,7 @@ describe("expert-host config", () => {
       threads: 2,
       perExpertMetrics: true,
       drainGraceMs: 500,
+      security: { secrets: [] },
     });
     expect(parseConfig(["--precision", "exact", "--shard-index", "1"], env)).toMatchObject({ precision: "exact", shardIndex: 1 });
   });
