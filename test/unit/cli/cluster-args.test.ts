@@ -117,7 +117,7 @@ describe("moela serve", () => {
   it("refuses an unknown role, listing the roles", async () => {
     const r = await moela(["serve", "--role", "gateway", "--model", "x"]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/--role must be one of router, prefill, decode, expert-host, got "gateway"/);
+    expect(r.stderr).toMatch(/--role must be one of router, prefill, decode, expert-host, all, got "gateway"/);
   });
 
   it("without --role says it is required and exits 2; --help alone prints help and exits 0", async () => {
