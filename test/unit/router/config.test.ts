@@ -46,6 +46,7 @@ describe("router config", () => {
       tokenizerThreads: 1,
       strictApi: false,
       logLevel: "info",
+      security: { secrets: [] },
     });
   });
 
