@@ -208,7 +208,7 @@ describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
     const second = new KvSender(ownerKv);
     try {
       const meta = (seq: typeof seqA, transferId: string) =>
-        kvTransferMeta(prefill, seq, { transferId, requestId: seq.requestId, modelId: decode.modelId, logprobs: true });
+        kvTransferMeta(prefill, seq, { transferId, requestId: seq.id, modelId: decode.modelId, logprobs: true });
       // The first transfer begins and holds its blocks (no data yet).
       await first.begin(meta(seqA, "t-peer-a"));
       await until(async () => (await status()).pendingTransfers === 1, "the first transfer to be pending");
