@@ -266,20 +266,22 @@ export function loadWeights(dir: string, cfg: ModelConfig, opts: LoadOptions = {
 /** The routed experts of one shard: per MoE layer (main and MTP), experts by global id, null where not owned. */
 export interface ExpertShard {
   readonly expertsByLayer: ReadonlyMap<number, ReadonlyArray<MlpWeights | null>>;
-  /** Per MoE layer, its shared expert (every host holds it, as the paper's redundant heavy-load expert); absent without one. */
+  /** Per MoE layer, its shared expert when asked for (loadExpertShard's withShared; empty otherwise). */
   readonly sharedByLayer: ReadonlyMap<number, MlpWeights>;
   readonly bytes: number;
 }
 
 /**
  * Load only experts (what an expert-host holds): no attention, no embeddings; of the routed experts only
- * those `owned` says, and every MoE layer's shared expert. Experts not owned are never read from the files' tensors.
+ * those `owned` says, and with `withShared` every MoE layer's shared expert (a host that computes it, as the
+ * paper's redundant heavy-load expert). Experts not owned are never read from the files' tensors.
  */
 export function loadExpertShard(
   dir: string,
   cfg: ModelConfig,
   owned: (layer: number, expert: number) => boolean,
   onProgress?: (p: LoadProgress) => void,
+  withShared = false,
 ): ExpertShard {
   const ckpt = CheckpointTensors.open(dir);
   const l = new WeightLoader(ckpt, cfg);
@@ -296,7 +298,7 @@ export function loadExpertShard(
         owned(i, e) ? l.mlp(`model.layers.${i}.mlp.experts.${e}`, cfg.moeIntermediateSize) : null,
       ),
     );
-    if (cfg.nSharedExperts > 0) sharedByLayer.set(i, l.mlp(`model.layers.${i}.mlp.shared_experts`, cfg.moeIntermediateSize * cfg.nSharedExperts));
+    if (withShared && cfg.nSharedExperts > 0) sharedByLayer.set(i, l.mlp(`model.layers.${i}.mlp.shared_experts`, cfg.moeIntermediateSize * cfg.nSharedExperts));
     onProgress?.({ done: expertsByLayer.size, total: moeLayers.length, bytes: l.bytes });
   }
   return { expertsByLayer, sharedByLayer, bytes: l.bytes };

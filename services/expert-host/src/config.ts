@@ -18,6 +18,12 @@ export const SETTINGS = {
   kernels: { flag: "--kernels", env: "MOELA_EXPERT_HOST_KERNELS", bool: false, help: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)" },
   threads: { flag: "--threads", env: "MOELA_EXPERT_HOST_THREADS", bool: false, help: "kernel threads of this process, same bits for any count (default 1)" },
   perExpertMetrics: { flag: "--per-expert-metrics", env: "MOELA_EXPERT_HOST_PER_EXPERT_METRICS", bool: true, help: "also export tokens per (layer, expert) (high cardinality; default off)" },
+  sharedExpert: {
+    flag: "--shared-expert",
+    env: "MOELA_EXPERT_HOST_SHARED_EXPERT",
+    bool: true,
+    help: "also hold every MoE layer's shared expert and compute it for the rows a caller names (decode --shared-expert hosts; default off)",
+  },
   drainGraceMs: { flag: "--drain-grace-ms", env: "MOELA_EXPERT_HOST_DRAIN_GRACE_MS", bool: false, help: "on SIGTERM, how long running calls may finish (default 10000)" },
   redisUrl: {
     flag: "--redis-url",
@@ -61,6 +67,7 @@ const schema = z.object({
   kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
   threads: intString(1).pipe(z.number().max(256, "must be <= 256")).default(1),
   perExpertMetrics: boolString.default(false),
+  sharedExpert: boolString.default(false),
   drainGraceMs: intString(0).default(10_000),
   redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").optional(),
   queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").optional(),

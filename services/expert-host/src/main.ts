@@ -53,7 +53,7 @@ export async function startExpertHost(cfg: ExpertHostConfig, logger: Logger): Pr
   const model = readModelConfig(cfg.model);
   const placement = placementFor(model, cfg.shardCount);
   const shard = withWeightLoadBar(`expert-host ${cfg.shardIndex}: loading experts`, (onProgress) =>
-    loadExpertShard(cfg.model, model, (_layer, e) => placement.hostOfExpert[e] === cfg.shardIndex, onProgress),
+    loadExpertShard(cfg.model, model, (_layer, e) => placement.hostOfExpert[e] === cfg.shardIndex, onProgress, cfg.sharedExpert),
   );
   const core = new ExpertHostCore({
     expertsByLayer: shard.expertsByLayer,

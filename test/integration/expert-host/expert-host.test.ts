@@ -9,7 +9,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Code, createLogger, InvalidArgumentError, MoelaError } from "@moela/core";
-import { DeepseekModel, Engine, readModelConfig, type ModelConfig } from "@moela/engine";
+import { DeepseekModel, Engine, mlpForwardGroup, readModelConfig, weightBytes, Workspace, type ModelConfig } from "@moela/engine";
 import {
   checkHostInfo,
   checkpointModelId,
@@ -36,9 +36,9 @@ let config: ModelConfig;
 const running: RunningExpertHost[] = [];
 const clients: GrpcExpertHostTransport[] = [];
 
-async function startHost(shardIndex: number, shardCount: number, precision: PrecisionName): Promise<RunningExpertHost> {
+async function startHost(shardIndex: number, shardCount: number, precision: PrecisionName, ...extra: string[]): Promise<RunningExpertHost> {
   const cfg = parseConfig(
-    ["--model", dir, "--shard-index", String(shardIndex), "--shard-count", String(shardCount), "--precision", precision],
+    ["--model", dir, "--shard-index", String(shardIndex), "--shard-count", String(shardCount), "--precision", precision, ...extra],
     {},
   )!;
   const host = await startExpertHost(cfg, silent);
@@ -339,6 +339,45 @@ describe("expert-host over gRPC", () => {
     expect(err).toBeInstanceOf(MoelaError);
     expect((err as MoelaError).code).toBe(Code.UNAVAILABLE);
     expect((err as Error).message).toContain(`expert-host 0 (${address}) is unavailable`);
+  });
+
+  it("with --shared-expert, computes the shared expert with the engine's bits and holds one more copy of it", async () => {
+    const H = 2;
+    const hosts = await Promise.all([0, 1].map((h) => startHost(h, H, "exact", "--shared-expert")));
+    const plain = await startHost(0, H, "exact");
+    const transports = connectExpertHosts(hosts.map((h) => h.grpcAddress));
+    clients.push(...transports);
+    const placement = placementFor(config, H);
+    for (const t of transports) {
+      const info = await t.info();
+      expect(info.sharedExpert).toBe(true);
+      checkHostInfo(info, { shard: info.shardIndex, placement, profile: "exact", hidden: config.hiddenSize, layers: hosts[0]!.core.layers, sharedExpert: true });
+    }
+    expect((await plain.core.info()).sharedExpert).toBe(false);
+    // The shared expert's weights are the only difference in what a shard holds.
+    const model = DeepseekModel.load(dir, { kernels: "fast" });
+    const layer = hosts[0]!.core.layers[0]!;
+    const shared = model.moeLayers().get(layer)!.shared!;
+    const sharedBytes = [shared.gate, shared.up, shared.down].reduce((a, w) => a + weightBytes(w), 0);
+    expect(hosts[0]!.residentBytes - plain.residentBytes).toBe(sharedBytes * hosts[0]!.core.layers.length);
+
+    const { x, ids, weights, T, hidden } = batch(9, 42);
+    const onHosts = new HostedExpertExecutor({ placement, profile: "exact", hosts: transports, hidden, sharedExpert: "hosts" });
+    const local = createInProcessExperts(model, H, "exact").executor;
+    const routed = new Float32Array(T * hidden);
+    const sharedOut = new Float32Array(T * hidden);
+    await onHosts.runRouted(layer, x, T, ids, weights, routed, sharedOut);
+    const wantRouted = new Float32Array(T * hidden);
+    await local.runRouted(layer, x, T, ids, weights, wantRouted);
+    const wantShared = new Float32Array(T * hidden);
+    mlpForwardGroup([shared], [T], x, wantShared, new Workspace());
+    expect(routed).toEqual(wantRouted);
+    expect(sharedOut).toEqual(wantShared);
+    // A host started without it refuses shared rows, naming the field.
+    const bare = connectExpertHosts([plain.grpcAddress])[0]!;
+    clients.push(bare);
+    const req = { layer, rows: 1, cols: hidden, activations: getDispatchCodec("f32").encode(x.subarray(0, hidden), 1, hidden), tokenExpertCounts: [1], expertIds: [placement.expertsOfHost[0]![0]!], weights: [1], sharedExpertRows: [0] };
+    await expect(bare.dispatch(req)).rejects.toThrow(/shared_expert_rows: this host holds no shared expert/);
   });
 
   it("a shard loads only its own experts: resident bytes are 1/H of all experts", async () => {

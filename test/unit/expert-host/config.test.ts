@@ -17,6 +17,7 @@ describe("expert-host config", () => {
       kernels: "fast",
       threads: 1,
       perExpertMetrics: false,
+      sharedExpert: false,
       drainGraceMs: 10_000,
       security: { secrets: [] },
     });
@@ -34,6 +35,7 @@ describe("expert-host config", () => {
       MOELA_EXPERT_HOST_KERNELS: "reference",
       MOELA_EXPERT_HOST_THREADS: "2",
       MOELA_EXPERT_HOST_PER_EXPERT_METRICS: "true",
+      MOELA_EXPERT_HOST_SHARED_EXPERT: "true",
       MOELA_EXPERT_HOST_DRAIN_GRACE_MS: "500",
     };
     expect(parseConfig([], env)).toEqual({
@@ -47,6 +49,7 @@ describe("expert-host config", () => {
       kernels: "reference",
       threads: 2,
       perExpertMetrics: true,
+      sharedExpert: true,
       drainGraceMs: 500,
       security: { secrets: [] },
     });

@@ -8,6 +8,7 @@ import {
   createInProcessExperts,
   getDispatchCodec,
   HostedExpertExecutor,
+  placeExperts,
   splitByHost,
   type ExpertDispatchRequest,
   type ExpertHostTransport,
@@ -98,7 +99,8 @@ describe("the shared expert on the expert-hosts", () => {
   });
 
   it("assigns each token to one host it reaches, balancing the hosts", () => {
-    const placement = { hosts: 2, hostOfExpert: [0, 0, 1, 1], expertsOfHost: [[0, 1], [2, 3]] };
+    const placement = placeExperts({ nRoutedExperts: 4, nGroup: 2, hosts: 2 });
+    expect(placement.hostOfExpert).toEqual([0, 0, 1, 1]);
     // 4 tokens, k = 2: tokens 0 and 2 reach both hosts, token 1 only host 0, token 3 only host 1.
     const ids = Int32Array.from([0, 2, 0, 1, 1, 3, 2, 3]);
     const weights = new Float32Array(8).fill(0.5);
@@ -138,7 +140,10 @@ describe("the shared expert on the expert-hosts", () => {
     expect(() => core.validate(req([2]))).toThrow(/shared_expert_rows\[0\] = 2 is outside \[0, 2\)/);
     expect(() => core.validate(req([1, 0]))).toThrow(/ascending and distinct/);
     expect(() => core.validate(req([0, 0]))).toThrow(/ascending and distinct/);
+    // Loaded from the checkpoint, a shard holds the shared expert only when it will compute it.
     const bare = createInProcessExperts(dir, H, "exact").hosts[0]!.core;
-    expect(bare.info().sharedExpert).toBe(true); // loaded from the checkpoint: the shard holds it too
+    expect(bare.info().sharedExpert).toBe(false);
+    expect(() => bare.validate(req([0]))).toThrow(/shared_expert_rows: this host holds no shared expert for layer/);
+    expect(createInProcessExperts(dir, H, "exact", { sharedExpert: "hosts" }).hosts[0]!.core.info().sharedExpert).toBe(true);
   });
 });

@@ -76,7 +76,7 @@ export function createInProcessExperts(
     let expertsByLayer: ReadonlyMap<number, ReadonlyArray<MlpWeights | null>>;
     let sharedByLayer: ReadonlyMap<number, MlpWeights>;
     if (moeLayers === null) {
-      ({ expertsByLayer, sharedByLayer } = loadExpertShard(source as string, config, (_layer, e) => owned(e)));
+      ({ expertsByLayer, sharedByLayer } = loadExpertShard(source as string, config, (_layer, e) => owned(e), undefined, options.sharedExpert === "hosts"));
     } else {
       const m = new Map<number, Array<MlpWeights | null>>();
       const shared = new Map<number, MlpWeights>();
