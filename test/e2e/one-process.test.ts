@@ -33,8 +33,8 @@ interface Server {
   readonly exited: Promise<number | null>;
 }
 
-async function startServer(args: readonly string[]): Promise<Server> {
-  const child = spawn(process.execPath, [MOELA_BIN, "serve", "--role", "all", ...args], { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"] });
+async function startServer(args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<Server> {
+  const child = spawn(process.execPath, [MOELA_BIN, "serve", "--role", "all", ...args], { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"], env });
   let stderr = "";
   child.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
@@ -325,4 +325,48 @@ describe("moela serve --role all", () => {
     expect(again.choices[0]!.finish_reason).toBe("length");
     expect(again.usage?.completion_tokens).toBe(4);
   }, 120_000);
+});
+
+describe("moela serve --role all --precision paper --expert-hosts 2, with an API key", () => {
+  const KEY = "sk-one-process-test";
+  let server: Server;
+  let oracle: GenerateResult;
+
+  beforeAll(async () => {
+    // The key from the environment (MOELA_ALL_API_KEY), as a deployment passes it; the dispatcher's paper
+    // roundings over two in-process expert-hosts, as `moela generate --precision paper --expert-hosts 2`.
+    const started = startServer(
+      ["--model", TINY_MODEL, "--port", "0", "--threads", "1", "--log-level", "warn", "--precision", "paper", "--expert-hosts", "2"],
+      { ...process.env, MOELA_ALL_API_KEY: KEY },
+    );
+    const generated = moelaGenerate({ promptIds: IDS, maxTokens: MAX_TOKENS, precision: "paper", expertHosts: 2, extraArgs: ["--ignore-eos", "--threads", "1"] });
+    [server, oracle] = await Promise.all([started, generated]);
+  }, 400_000);
+
+  afterAll(async () => {
+    if (server === undefined) return;
+    server.child.kill("SIGTERM");
+    const code = await Promise.race([server.exited, new Promise<"late">((r) => setTimeout(() => r("late"), 30_000))]);
+    if (code === "late") server.child.kill("SIGKILL");
+    expect(code, `exit after SIGTERM\n${server.stderr().slice(-2000)}`).toBe(0);
+  }, 60_000);
+
+  it("refuses a request without the key (401), and gives the paper profile's greedy tokens with it, to concurrent requests", async () => {
+    const refused = await fetch(`${server.url}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ prompt: IDS, max_tokens: 4, temperature: 0 }),
+    });
+    expect(refused.status).toBe(401);
+    expect((await fetch(`${server.url}/health`)).status).toBe(200);
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: KEY, maxRetries: 0, timeout: 120_000 });
+    const body = { model: "tiny-v3", prompt: IDS, max_tokens: MAX_TOKENS, temperature: 0, ignore_eos: true, logprobs: 1, return_tokens_as_token_ids: true };
+    const answers = await Promise.all([0, 1, 2].map(() => client.completions.create(body as OpenAI.Completions.CompletionCreateParamsNonStreaming & Extra)));
+    expect(oracle.tokenIds).toHaveLength(MAX_TOKENS);
+    // paper's logprobs differ from exact's by about 1e-2 on this prompt: a server that ignored --precision fails here.
+    for (const a of answers) {
+      expect(idsOf(a.choices[0]!.logprobs!.tokens!)).toEqual(oracle.tokenIds);
+      a.choices[0]!.logprobs!.token_logprobs!.forEach((lp, i) => expect(Math.abs(lp! - oracle.logprobs[i]!)).toBeLessThan(LOGPROB_TOL));
+    }
+  }, 300_000);
 });
