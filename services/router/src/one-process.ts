@@ -21,7 +21,7 @@
  *   --prefix-cache / --no-prefix-cache   reuse cached prompt prefixes    (on, as the cluster's prefill)
  *   --threads N              kernel threads                             (every core)
  *   --kernels K              fast | portable | reference                (fast)
- *   --precision P            exact | paper                              (exact)
+ *   --precision P            exact | paper | paper-logfmt8              (exact)
  *   --expert-hosts H         routed experts split over H in-process hosts (1)
  *   --speculative M          MTP drafting: auto | on | off              (auto)
  *   --request-timeout-s N    a request's deadline, waiting included     (600)
@@ -36,7 +36,7 @@ import { fileURLToPath } from "node:url";
 import { ConfigError, createLogger, envNameOf, flagList, MoelaError, readSettings, runService, settingsFromKeys, UnavailableError, usageLines, validateSettings, withWeightLoadBar, type Logger } from "@moela/core";
 import { configureKernels, DeepseekModel, Engine, parseKernelsName, readModelConfig } from "@moela/engine";
 import { createServiceMetrics, rpcServerCallRecorder } from "@moela/metrics";
-import { createInProcessExperts, precisionProfile } from "@moela/moe-dispatch";
+import { createInProcessExperts, PRECISION_NAMES, precisionProfile, type PrecisionName } from "@moela/moe-dispatch";
 import { defaultMaxPromptChars } from "@moela/openai-api";
 import { createServer, drainAndClose, serve } from "@moela/rpc";
 import { AdmissionController } from "@moela/scheduler";
@@ -67,7 +67,7 @@ const schema = z.strictObject({
   prefixCache: z.enum(["true", "false"], { message: "must be true or false" }).default("true").transform((v) => v === "true"),
   threads: int(1).max(256).optional(),
   kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
-  precision: z.enum(["exact", "paper"]).default("exact"),
+  precision: z.enum(PRECISION_NAMES, { error: `must be one of ${PRECISION_NAMES.join(", ")}` }).default("exact"),
   expertHosts: int(1).max(64).default(1),
   speculative: z.enum(["auto", "on", "off"]).default("auto"),
   requestTimeoutS: z.coerce.number().positive("must be positive").max(86_400).default(600),
@@ -98,7 +98,7 @@ const HELP = {
   prefixCache: "reuse the latent KV of cached prompt prefixes (default on)",
   threads: "kernel threads, same bits for any count (default every core)",
   kernels: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)",
-  precision: "exact (f32 KV, dispatch, combine) | paper (bf16 KV, fp8 dispatch, bf16 combine) (default exact)",
+  precision: "exact (f32 KV, dispatch, combine) | paper (bf16 KV, fp8 dispatch, bf16 combine) | paper-logfmt8 (as paper, LogFMT-8 dispatch) (default exact)",
   expertHosts: "split the routed experts over H in-process expert-hosts, as the cluster does (default 1)",
   speculative: "MTP drafting: auto (while it pays) | on | off (default auto)",
   requestTimeoutS: "a request's deadline, waiting included (default 600)",
@@ -138,7 +138,7 @@ export interface OneProcessConfig {
   readonly prefixCache: boolean;
   readonly threads: number;
   readonly kernels: "fast" | "portable" | "reference";
-  readonly precision: "exact" | "paper";
+  readonly precision: PrecisionName;
   readonly expertHosts: number;
   readonly speculative: "auto" | "on" | "off";
   readonly requestTimeoutMs: number;
@@ -228,14 +228,6 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
   if (config.expertHosts > 1 || profile.dispatch !== "f32" || profile.combine !== "f32") {
     model.setExpertExecutor(createInProcessExperts(model, config.expertHosts, profile).executor);
   }
-  const engine = new Engine(model, {
-    blockSize: 16,
-    numBlocks: config.kvBlocks,
-    prefillChunk: config.prefillChunk,
-    speculation: config.speculative,
-    prefixCache: config.prefixCache,
-  });
-
   // Closed in reverse order: the HTTP server (requests in flight finish), the tokenizer threads, the engine loop, the model.
   const closers: [string, () => Promise<unknown>][] = [["model", async () => model.close()]];
   const closeAll = async (): Promise<void> => {
@@ -245,6 +237,13 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
     }
   };
   try {
+    const engine = new Engine(model, {
+      blockSize: 16,
+      numBlocks: config.kvBlocks,
+      prefillChunk: config.prefillChunk,
+      speculation: config.speculative,
+      prefixCache: config.prefixCache,
+    });
     const admission = new AdmissionController(config.maxInFlight);
     let backend: EngineBackend | undefined;
     const router = createServiceMetrics("router", {
