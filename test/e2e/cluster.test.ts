@@ -250,6 +250,52 @@ describe.each(["exact", "paper"] as const)("local cluster, %s profile (tiny-v3, 
   });
 });
 
+// LogFMT-8 dispatch: the paper profile's formats but for the activations sent to the expert-hosts. A few
+// requests only (the exact and paper blocks above cover batching, chat and cancellation); what this adds is
+// that every service takes the profile, LogFMT-8 is what crosses the wire, and generate still agrees.
+describe("local cluster, paper-logfmt8 profile (tiny-v3, 2 expert-hosts)", () => {
+  const precision = "paper-logfmt8";
+  let cluster: TestCluster;
+  let client: OpenAI;
+
+  beforeAll(async () => {
+    cluster = await startTestCluster({ precision, expertHosts: EXPERT_HOSTS });
+    client = clientFor(cluster);
+  }, 300_000);
+
+  afterAll(async () => {
+    if (cluster === undefined) return;
+    const pids = cluster.info.instances.map((i) => i.pid);
+    expect(await cluster.stop(), "moela cluster exits 0 on SIGTERM").toBe(0);
+    expect(pids.filter(isAlive)).toEqual([]);
+  }, 120_000);
+
+  it("greedy completions (plain and streamed, 3 prompts at once) equal moela generate --precision paper-logfmt8, sent as LogFMT-8", async () => {
+    expect(cluster.info.precision).toBe(precision);
+    const prompts = [prompt(20), prompt(21), prompt(22)];
+    const [answers, streamed, singles] = await Promise.all([
+      Promise.all(prompts.map((p) => complete(client, cluster.model, p, MAX_TOKENS))),
+      Promise.all(prompts.map((p) => completeStreamed(client, cluster.model, p, MAX_TOKENS))),
+      mapLimit(prompts, 2, (p) => moelaGenerate({ promptIds: p, maxTokens: MAX_TOKENS, precision, expertHosts: EXPERT_HOSTS })),
+    ]);
+    prompts.forEach((_, i) => {
+      expect(singles[i]!.tokenIds).toHaveLength(MAX_TOKENS);
+      expectSameGreedy(answers[i]!, singles[i]!, `prompt ${i}`);
+      expectSameGreedy(streamed[i]!, singles[i]!, `streamed prompt ${i}`);
+    });
+    // The profile is not paper under another name: one process under paper answers otherwise.
+    const paper = await mapLimit(prompts, 2, (p) => moelaGenerate({ promptIds: p, maxTokens: MAX_TOKENS, precision: "paper", expertHosts: EXPERT_HOSTS }));
+    expect(paper.map((s) => s.logprobs), "paper's logprobs differ from paper-logfmt8's").not.toEqual(singles.map((s) => s.logprobs));
+    // Decode and prefill sent their activations to the expert-hosts as LogFMT-8, and nothing else.
+    for (const role of ["decode", "prefill"] as const) {
+      const samples = await scrapeMetrics(cluster.instances(role)[0]!.metrics);
+      const sent = (codec: string) => metricSum(samples, "moela_moe_dispatch_sent_bytes_total", (l) => l.includes(`codec="${codec}"`)) ?? 0;
+      expect(sent("logfmt8"), `${role}: LogFMT-8 dispatch bytes`).toBeGreaterThan(0);
+      expect(sent("fp8-tile") + sent("f32") + sent("bf16"), `${role}: other dispatch bytes`).toBe(0);
+    }
+  }, 240_000);
+});
+
 describe("moela cluster when a service cannot start", () => {
   it("stops what it started and exits non-zero with that service's last log lines", async () => {
     const err = await startTestCluster({ serviceArgs: { decode: ["--kv-blocks=0"] } }).then(

@@ -15,14 +15,14 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import { internalSecurity, type InternalSecurity } from "@moela/rpc";
-import { MOELA_BIN, REPO_ROOT, TINY_MODEL, type ClusterInfo, type InstanceInfo, type Role } from "../../services/cli/src/launcher.js";
+import { MOELA_BIN, REPO_ROOT, TINY_MODEL, type ClusterInfo, type InstanceInfo, type Precision, type Role } from "../../services/cli/src/launcher.js";
 
 const execFileAsync = promisify(execFile);
 
 export interface TestClusterOptions {
   /** Checkpoint folder (default: the bundled models/tiny-v3). */
   readonly model?: string;
-  readonly precision?: "exact" | "paper";
+  readonly precision?: Precision;
   readonly prefill?: number;
   readonly decode?: number;
   readonly expertHosts?: number;
@@ -220,7 +220,7 @@ export interface GenerateRequest {
   readonly chat?: string;
   readonly prompt?: string;
   readonly maxTokens: number;
-  readonly precision?: "exact" | "paper";
+  readonly precision?: Precision;
   /** Same H as the cluster's, so the dispatch is split (and rounded) the same way. */
   readonly expertHosts?: number;
   readonly topLogprobs?: number;

@@ -3,15 +3,20 @@
  * the services and `moela generate --precision`, so one process rounds at exactly the points the
  * cluster does.
  *
- * | profile | latent KV | dispatch (to expert-hosts)       | combine (back) |
- * | exact   | f32       | f32                              | f32            |
- * | paper   | bf16      | fp8-tile (e4m3, 1x128 f32 scale) | bf16           |
+ * | profile       | latent KV | dispatch (to expert-hosts)           | combine (back) |
+ * | exact         | f32       | f32                                  | f32            |
+ * | paper         | bf16      | fp8-tile (e4m3, 1x128 f32 scale)     | bf16           |
+ * | paper-logfmt8 | bf16      | logfmt8 (LogFMT-8, 1x128 f32 lo, hi) | bf16           |
+ *
+ * `PRECISION_NAMES` is the one list every service's `--precision` and the CLI accept.
  */
 import { InvalidArgumentError } from "@moela/core";
 import type { KvDtype } from "@moela/engine";
 import type { DispatchCodecName } from "./codec/index.js";
 
-export type PrecisionName = "exact" | "paper";
+export const PRECISION_NAMES = ["exact", "paper", "paper-logfmt8"] as const;
+
+export type PrecisionName = (typeof PRECISION_NAMES)[number];
 
 export interface PrecisionProfile {
   readonly name: PrecisionName;
@@ -26,6 +31,7 @@ export interface PrecisionProfile {
 export const PRECISION_PROFILES: Readonly<Record<PrecisionName, PrecisionProfile>> = Object.freeze({
   exact: Object.freeze({ name: "exact", kvDtype: "f32", dispatch: "f32", combine: "f32" }),
   paper: Object.freeze({ name: "paper", kvDtype: "bf16", dispatch: "fp8-tile", combine: "bf16" }),
+  "paper-logfmt8": Object.freeze({ name: "paper-logfmt8", kvDtype: "bf16", dispatch: "logfmt8", combine: "bf16" }),
 });
 
 export function isPrecisionName(s: string): s is PrecisionName {
@@ -35,7 +41,7 @@ export function isPrecisionName(s: string): s is PrecisionName {
 /** The profile called `name` (a config value); unknown names get an error listing the known ones. */
 export function precisionProfile(name: string): PrecisionProfile {
   if (!isPrecisionName(name)) {
-    throw new InvalidArgumentError(`unknown precision profile "${name}"; known: ${Object.keys(PRECISION_PROFILES).join(", ")}`);
+    throw new InvalidArgumentError(`unknown precision profile "${name}"; known: ${PRECISION_NAMES.join(", ")}`);
   }
   return PRECISION_PROFILES[name];
 }

@@ -28,7 +28,8 @@ export const PREFILL_JOB_VERSION = 1;
 /** Most top logprobs a request may ask for (vLLM's default max_logprobs, OpenAI's limit). */
 export const MAX_LOGPROBS = 20;
 
-export const PRECISIONS = ["exact", "paper"] as const;
+/** The precision profiles a job may name: @moela/moe-dispatch PRECISION_NAMES (this package cannot import it). */
+export const PRECISIONS = ["exact", "paper", "paper-logfmt8"] as const;
 export type PrecisionProfile = (typeof PRECISIONS)[number];
 
 const tokenId = z.number().int().min(0).max(0xffff_ffff);

@@ -31,7 +31,7 @@ export interface GenerateCliOptions {
   json?: boolean;
   /** Kernel backend: fast (default) | portable | reference. */
   kernels?: string;
-  /** Precision profile (exact | paper): the cluster's KV dtype and dispatch/combine roundings. */
+  /** Precision profile (exact | paper | paper-logfmt8): the cluster's KV dtype and dispatch/combine roundings. */
   precision?: string;
   /** Expert-hosts the routed experts are split over, in process (the cluster's H). */
   expertHosts?: number;

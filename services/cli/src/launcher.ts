@@ -36,7 +36,8 @@ import { Supervisor, type SupervisedUnit, type SupervisorOptions } from "./super
 
 export const ROLES = ["router", "prefill", "decode", "expert-host"] as const;
 export type Role = (typeof ROLES)[number];
-export const PRECISIONS = ["exact", "paper"] as const;
+/** @moela/moe-dispatch PRECISION_NAMES (spelled out: the launcher loads no engine; a test keeps them equal). */
+export const PRECISIONS = ["exact", "paper", "paper-logfmt8"] as const;
 export type Precision = (typeof PRECISIONS)[number];
 
 /** The repository root (services/cli/src -> ../../..). */

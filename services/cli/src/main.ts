@@ -97,7 +97,11 @@ export function buildProgram(): Command {
     .option("--threads <n>", "threads sharing each large matmul (same output bits for any count)", intArg("--threads"), availableParallelism())
     .option("--kernels <name>", "fast (native SIMD) | portable (TypeScript) | reference (float64, the oracle)", "fast")
     .option("--json", "print one JSON object (token ids, logprobs, ...) instead of streaming text")
-    .option("--precision <profile>", "exact (f32 KV, dispatch, combine) | paper (bf16 KV, fp8 dispatch, bf16 combine)", "exact")
+    .option(
+      "--precision <profile>",
+      "exact (f32 KV, dispatch, combine) | paper (bf16 KV, fp8 dispatch, bf16 combine) | paper-logfmt8 (as paper, LogFMT-8 dispatch)",
+      "exact",
+    )
     .option("--expert-hosts <h>", "split the routed experts over h in-process expert-hosts, as the cluster does", intArg("--expert-hosts"), 1)
     .action(async (opts: GenerateCliOptions) => {
       process.exitCode = await runGenerate(opts);
@@ -131,7 +135,7 @@ export function buildProgram(): Command {
     .option("--decode <n>", "decode instances", intArg("--decode"), 1)
     .option("--expert-hosts <h>", "expert-host shards", intArg("--expert-hosts"), 2)
     .option("--expert-replicas <r>", "expert-host processes per shard (a dispatch fails over between them)", intArg("--expert-replicas"), 1)
-    .option("--precision <p>", "exact | paper", "exact")
+    .option("--precision <p>", "exact | paper | paper-logfmt8", "exact")
     .option("--host <host>", "interface every service binds", "127.0.0.1")
     .option("--port <port>", "router HTTP port (0 = any free one)", intArg("--port"), 8000)
     .option("--redis-url <url>", "Redis to use (default: REDIS_URL, else 127.0.0.1:6379, else a private redis-server)")

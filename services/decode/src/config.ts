@@ -4,6 +4,7 @@
  */
 import { z } from "zod";
 import { InvalidArgumentError, readSettings, usageLines, validateSettings, type Settings } from "@moela/core";
+import { PRECISION_NAMES } from "@moela/moe-dispatch";
 import { internalSecurityNames, internalSecuritySettings, parseInternalSecurity, type InternalSecurity } from "@moela/rpc";
 
 /** Every setting: its flag, env twin, whether it is a boolean switch, and its help line. */
@@ -17,7 +18,7 @@ export const SETTINGS = {
     bool: false,
     help: "comma-separated host:port of the expert-hosts in shard order (default none: routed experts run in this process through one in-process host)",
   },
-  precision: { flag: "--precision", env: "MOELA_DECODE_PRECISION", bool: false, help: "exact | paper (default exact): KV f32 or bf16, dispatch and combine per profile" },
+  precision: { flag: "--precision", env: "MOELA_DECODE_PRECISION", bool: false, help: "exact | paper | paper-logfmt8 (default exact): KV f32 or bf16, dispatch and combine per profile" },
   kvBlocks: { flag: "--kv-blocks", env: "MOELA_DECODE_KV_BLOCKS", bool: false, help: "latent KV cache capacity in blocks (default 2048)" },
   blockSize: { flag: "--block-size", env: "MOELA_DECODE_BLOCK_SIZE", bool: false, help: "tokens per KV block (default 16)" },
   maxBatch: { flag: "--max-batch", env: "MOELA_DECODE_MAX_BATCH", bool: false, help: "most sequences per decode step (default 32); more wait for a slot" },
@@ -130,7 +131,7 @@ const settingsSchema = z.object({
   grpcAddress: address.default("127.0.0.1:0"),
   metricsAddress: address.default("127.0.0.1:0"),
   expertHosts: addressList.default([]),
-  precision: z.enum(["exact", "paper"], { message: "must be exact or paper" }).default("exact"),
+  precision: z.enum(PRECISION_NAMES, { message: `must be one of ${PRECISION_NAMES.join(", ")}` }).default("exact"),
   kvBlocks: intString(1).default(2048),
   blockSize: intString(1).default(16),
   maxBatch: intString(1).default(32),

@@ -2,9 +2,9 @@
 import { checkPeerId, InvalidArgumentError, MAX_REASON_CHARS, type Logger } from "@moela/core";
 import type { EmittedToken, Engine, FinishReason as EngineFinishReason } from "@moela/engine";
 import type { KvInbox } from "@moela/kv-transfer";
+import { toWirePrecision, type PrecisionName } from "@moela/moe-dispatch";
 import {
   FinishReason,
-  Precision,
   type DecodeCancelRequest,
   type DecodeCancelResponse,
   type DecodeService,
@@ -21,7 +21,7 @@ export interface DecodeHandlerDeps {
   readonly engine: Engine;
   readonly inbox: KvInbox;
   readonly modelId: string;
-  readonly precision: "exact" | "paper";
+  readonly precision: PrecisionName;
   readonly logger: Logger;
 }
 
@@ -67,7 +67,7 @@ export function decodeHandlers(deps: DecodeHandlerDeps): AsyncServiceImplementat
         waitingSequences: batcher.waiting,
         pendingTransfers: inbox.pending,
         modelId: deps.modelId,
-        precision: deps.precision === "exact" ? Precision.PRECISION_EXACT : Precision.PRECISION_PAPER,
+        precision: toWirePrecision(deps.precision),
         accepting: batcher.accepting,
       };
     },

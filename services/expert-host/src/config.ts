@@ -4,6 +4,7 @@
  */
 import { z } from "zod";
 import { InvalidArgumentError, readSettings, usageLines, validateSettings, type Settings } from "@moela/core";
+import { PRECISION_NAMES } from "@moela/moe-dispatch";
 import { internalSecurityNames, internalSecuritySettings, parseInternalSecurity, type InternalSecurity } from "@moela/rpc";
 
 /** Every setting: its flag, env twin, whether it is a boolean switch, and its help line. */
@@ -13,7 +14,7 @@ export const SETTINGS = {
   shardCount: { flag: "--shard-count", env: "MOELA_EXPERT_HOST_SHARD_COUNT", bool: false, help: "number of expert-hosts H (required)" },
   grpcAddress: { flag: "--grpc-address", env: "MOELA_EXPERT_HOST_GRPC_ADDRESS", bool: false, help: "gRPC listen address host:port (default 127.0.0.1:0, any free port)" },
   metricsAddress: { flag: "--metrics-address", env: "MOELA_EXPERT_HOST_METRICS_ADDRESS", bool: false, help: "/metrics listen address host:port (default 127.0.0.1:0)" },
-  precision: { flag: "--precision", env: "MOELA_EXPERT_HOST_PRECISION", bool: false, help: "exact | paper (default exact): dispatch f32/combine f32, or fp8-tile/bf16" },
+  precision: { flag: "--precision", env: "MOELA_EXPERT_HOST_PRECISION", bool: false, help: "exact | paper | paper-logfmt8 (default exact): dispatch/combine f32/f32, fp8-tile/bf16 or logfmt8/bf16" },
   logLevel: { flag: "--log-level", env: "MOELA_EXPERT_HOST_LOG_LEVEL", bool: false, help: "fatal | error | warn | info | debug | trace (default info)" },
   kernels: { flag: "--kernels", env: "MOELA_EXPERT_HOST_KERNELS", bool: false, help: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)" },
   threads: { flag: "--threads", env: "MOELA_EXPERT_HOST_THREADS", bool: false, help: "kernel threads of this process, same bits for any count (default 1)" },
@@ -62,7 +63,7 @@ const schema = z.object({
   shardCount: intString(1),
   grpcAddress: address.default("127.0.0.1:0"),
   metricsAddress: address.default("127.0.0.1:0"),
-  precision: z.enum(["exact", "paper"], { message: "must be exact or paper" }).default("exact"),
+  precision: z.enum(PRECISION_NAMES, { message: `must be one of ${PRECISION_NAMES.join(", ")}` }).default("exact"),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], { message: "must be fatal, error, warn, info, debug, trace or silent" }).default("info"),
   kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
   threads: intString(1).pipe(z.number().max(256, "must be <= 256")).default(1),

@@ -12,7 +12,7 @@
  *                            routed experts run in this process through one in-process expert-host  (empty)
  *   --expert-shards N        number of expert shards; without --expert-hosts the hosts are found in the
  *                            registry alone                        (the count of --expert-hosts)
- *   --precision P            exact | paper                                        (exact)
+ *   --precision P            exact | paper | paper-logfmt8 (@moela/moe-dispatch profile.ts)  (exact)
  *   --prefill-chunk N        prompt tokens per forward chunk                      (256)
  *   --max-batch-tokens N     prompt tokens batched into one engine.prefill call; also the longest prompt
  *                            this instance takes           (the model's max_position_embeddings, at most 32768)
@@ -33,6 +33,7 @@ import { existsSync } from "node:fs";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { ConfigError, envNameOf, flagList, readSettings, settingsFromKeys, usageLines, validateSettings } from "@moela/core";
+import { PRECISION_NAMES, type PrecisionName } from "@moela/moe-dispatch";
 import { INTERNAL_SECURITY_HELP, internalSecurityNames, parseInternalSecurity, type InternalSecurity } from "@moela/rpc";
 import { z } from "zod";
 
@@ -54,7 +55,7 @@ const schema = z.strictObject({
     .transform((s) => s.split(",").map((x) => x.trim()).filter((x) => x.length > 0))
     .pipe(z.array(z.string().refine((entry) => entry.split("|").every((a) => hostPort.safeParse(a.trim()).success), "must be host:port (replicas of a shard joined by |)"))),
   expertShards: positiveInt.optional(),
-  precision: z.enum(["exact", "paper"]).default("exact"),
+  precision: z.enum(PRECISION_NAMES, { error: `must be one of ${PRECISION_NAMES.join(", ")}` }).default("exact"),
   prefillChunk: positiveInt.default(256),
   maxBatchTokens: positiveInt.optional(),
   concurrency: positiveInt.max(1024, "must be at most 1024").default(8),
@@ -87,7 +88,7 @@ export interface PrefillConfig {
   readonly expertHosts: readonly string[];
   /** Expert shards to find (static and in the registry); absent: expertHosts.length. */
   readonly expertShards?: number;
-  readonly precision: "exact" | "paper";
+  readonly precision: PrecisionName;
   readonly prefillChunk: number;
   /** undefined = from the model (resolved at startup). */
   readonly maxBatchTokens: number | undefined;
@@ -127,7 +128,7 @@ const HELP = {
   metricsAddress: "Prometheus /metrics host:port (default 127.0.0.1:0)",
   expertHosts: "expert-hosts in shard order, replicas of a shard joined by | (a:1|b:1,c:1); empty: in-process experts (default empty)",
   expertShards: "number of expert shards; without --expert-hosts found in the registry (default the count of --expert-hosts)",
-  precision: "exact | paper (default exact)",
+  precision: "exact | paper | paper-logfmt8 (default exact)",
   prefillChunk: "prompt tokens per forward chunk (default 256)",
   maxBatchTokens: "prompt tokens per engine.prefill call, also the longest prompt taken (default max_position_embeddings, at most 32768)",
   concurrency: "jobs taken from each queue at once, the batching window (default 8)",

@@ -18,8 +18,9 @@ import {
   parseShardReplicas,
   placementFor,
   precisionProfile,
+  toWirePrecision,
 } from "@moela/moe-dispatch";
-import { Precision, PrefillService } from "@moela/proto-gen";
+import { PrefillService } from "@moela/proto-gen";
 import { clientChannel, createServer, drainAndClose, serve } from "@moela/rpc";
 import {
   createPrefillQueue,
@@ -191,7 +192,7 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
     grpc.addService(PrefillService, {
       status: async () => ({
         modelId,
-        precision: config.precision === "paper" ? Precision.PRECISION_PAPER : Precision.PRECISION_EXACT,
+        precision: toWirePrecision(config.precision),
         runningJobs: running,
         maxConcurrentJobs: config.concurrency,
         pendingPromptTokens: batcher.pendingTokens,

@@ -18,7 +18,8 @@
  *   --decision-ttl-s N       how long routing decisions stay readable at GET /v1/routing/<id>  (3600)
  *   --served-model-name S    the model name clients use                          (the model folder's name)
  *   --max-model-len N        prompt + completion tokens at most                  (config max_position_embeddings)
- *   --precision P            exact | paper: the deployment's profile, stamped on every prefill job (exact)
+ *   --precision P            exact | paper | paper-logfmt8: the deployment's profile, stamped on every
+ *                            prefill job                                         (exact)
  *   --request-timeout-s N    a request's deadline, queueing included             (600)
  *   --max-in-flight N        generations admitted (queued for prefill + running) before 429  (1024)
  *   --api-key KEY[,KEY...]   clients must send `Authorization: Bearer KEY` (HTTP /v1/*) or the same as gRPC
@@ -43,7 +44,7 @@ import { basename, join, resolve } from "node:path";
 import { ConfigError, envNameOf, flagList, readSettings, settingsFromKeys, usageLines, validateSettings } from "@moela/core";
 import { INTERNAL_SECURITY_HELP, internalSecurityNames, parseInternalSecurity, type InternalSecurity } from "@moela/rpc";
 import { PREFILL_DEFAULT_MAX_PROMPT_TOKENS } from "@moela/openai-api";
-import { DEFAULT_POLICY, parsePolicyJson, Policy, type PolicyConfig } from "@moela/scheduler";
+import { DEFAULT_POLICY, parsePolicyJson, Policy, PRECISIONS, type PolicyConfig, type PrecisionProfile } from "@moela/scheduler";
 import { z } from "zod";
 
 /** Default --max-body-bytes: a full-context prompt as token ids or escaped text fits with room to spare. */
@@ -67,7 +68,7 @@ const schema = z.strictObject({
   decisionTtlS: z.coerce.number().int("must be an integer").min(1, "must be at least 1").max(30 * 86_400).default(3_600),
   servedModelName: z.string().min(1).optional(),
   maxModelLen: z.coerce.number().int("must be an integer").min(2, "must be at least 2").optional(),
-  precision: z.enum(["exact", "paper"]).default("exact"),
+  precision: z.enum(PRECISIONS, { error: `must be one of ${PRECISIONS.join(", ")}` }).default("exact"),
   requestTimeoutS: z.coerce.number().positive("must be positive").max(86_400).default(600),
   maxInFlight: z.coerce.number().int("must be an integer").min(1, "must be at least 1").default(1024),
   // Checked in parseRouterConfig, whose errors never repeat a key.
@@ -109,7 +110,7 @@ export interface RouterConfig {
   readonly servedModelName: string;
   /** undefined = the model's max_position_embeddings (resolved when the model is read). */
   readonly maxModelLen: number | undefined;
-  readonly precision: "exact" | "paper";
+  readonly precision: PrecisionProfile;
   readonly requestTimeoutMs: number;
   readonly maxInFlight: number;
   /** Accepted API keys; empty: no authentication (the API is open to whoever reaches it). */
@@ -168,7 +169,7 @@ const HELP = {
   decisionTtlS: "how long routing decisions stay readable at GET /v1/routing/<id> (default 3600)",
   servedModelName: "the model name clients use (default the model folder's name)",
   maxModelLen: "prompt + completion tokens at most (default config max_position_embeddings)",
-  precision: "exact | paper: the deployment's profile, stamped on every prefill job (default exact)",
+  precision: "exact | paper | paper-logfmt8: the deployment's profile, stamped on every prefill job (default exact)",
   requestTimeoutS: "a request's deadline, queueing included (default 600)",
   maxInFlight: "generations admitted (queued for prefill + running) before 429 (default 1024)",
   apiKey: "KEY[,KEY...] clients must send as Authorization: Bearer KEY; prefer the env twin (default none: open)",

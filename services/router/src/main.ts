@@ -6,6 +6,7 @@
 import { createLogger, MoelaError, runService, splitHostPort, UnavailableError, type Logger } from "@moela/core";
 import { readModelConfig } from "@moela/engine";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
+import { toWirePrecision } from "@moela/moe-dispatch";
 import { defaultMaxPromptChars } from "@moela/openai-api";
 import { Precision, type DecodeStatusResponse } from "@moela/proto-gen";
 import { createServer, drainAndClose, serve, unaryCall } from "@moela/rpc";
@@ -65,11 +66,6 @@ export interface StartedRouter {
   /** Stop taking requests, let those in flight finish (up to the grace period), close everything. */
   close(): Promise<void>;
 }
-
-const WIRE_PRECISION: Record<RouterConfig["precision"], Precision> = {
-  exact: Precision.PRECISION_EXACT,
-  paper: Precision.PRECISION_PAPER,
-};
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -162,7 +158,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     closers.push(() => prefillRouter.close());
 
     let pipeline: Pipeline | undefined;
-    const wantPrecision = WIRE_PRECISION[config.precision];
+    const wantPrecision = toWirePrecision(config.precision);
     const pool = new DecodePool({
       addresses: config.decode,
       discover: () => decodeMembers.snapshot().map((r) => ({ id: r.id, address: r.grpcAddress, precision: r.precision, modelId: r.modelId })),
@@ -177,7 +173,8 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         if (s.precision !== Precision.PRECISION_UNSPECIFIED && s.precision !== wantPrecision) {
           throw new UnavailableError(`decode ${address} runs another precision profile (${Precision[s.precision]}) than the router (${config.precision})`);
         }
-        const precision = s.precision === Precision.PRECISION_PAPER ? "paper" : s.precision === Precision.PRECISION_EXACT ? "exact" : undefined;
+        // Past the check above: the router's own profile, or a decode that did not say.
+        const precision = s.precision === Precision.PRECISION_UNSPECIFIED ? undefined : config.precision;
         return { ...s, precision, modelId: s.modelId === "" ? undefined : s.modelId };
       },
     });

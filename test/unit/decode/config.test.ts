@@ -91,7 +91,7 @@ describe("decode config", () => {
 
   it.each([
     ["no model", [], {}, /--model \/ MOELA_DECODE_MODEL: is required/],
-    ["a bad precision", ["--model", "/m", "--precision", "fp4"], {}, /--precision \/ MOELA_DECODE_PRECISION: must be exact or paper \(got "fp4"\)/],
+    ["a bad precision", ["--model", "/m", "--precision", "fp4"], {}, /--precision \/ MOELA_DECODE_PRECISION: must be one of exact, paper, paper-logfmt8 \(got "fp4"\)/],
     ["zero KV blocks", ["--model", "/m"], { MOELA_DECODE_KV_BLOCKS: "0" }, /--kv-blocks \/ MOELA_DECODE_KV_BLOCKS: must be >= 1/],
     ["a fractional block size", ["--model", "/m", "--block-size", "1.5"], {}, /--block-size \/ MOELA_DECODE_BLOCK_SIZE: must be a non-negative integer/],
     ["an expert-host without a port", ["--model", "/m", "--expert-hosts", "a:1,b"], {}, /--expert-hosts \/ MOELA_DECODE_EXPERT_HOSTS: must be host:port/],

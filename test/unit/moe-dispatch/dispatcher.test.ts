@@ -147,6 +147,9 @@ describe("HostedExpertExecutor over in-process hosts", () => {
     ["paper", 1],
     ["paper", 2],
     ["paper", 4],
+    ["paper-logfmt8", 1],
+    ["paper-logfmt8", 2],
+    ["paper-logfmt8", 4],
   ])("profile %s over %i hosts equals the term-by-term sum with the profile's roundings", async (profile, H) => {
     const { out } = await runHosted(H, profile, ids, weights);
     expect(bits(out)).toEqual(bits(expected(H, profile, ids, weights)));
@@ -159,6 +162,23 @@ describe("HostedExpertExecutor over in-process hosts", () => {
     const diff = maxAbsDiff(exact, paper);
     expect(diff).toBeGreaterThan(1e-4 * scale);
     expect(diff).toBeLessThan(0.1 * scale);
+  });
+
+  it("paper-logfmt8 sends LogFMT-8 activations and BF16 partial sums, and rounds otherwise than paper", async () => {
+    const logfmt = await runHosted(2, "paper-logfmt8", ids, weights);
+    const sent = logfmt.hosts.flatMap((h) => h.requests);
+    expect(sent.length).toBeGreaterThan(0);
+    for (const req of sent) {
+      expect(req.activations.codec).toBe("logfmt8");
+      expect(req.activations.data.length).toBe(req.rows * HIDDEN);
+      expect(req.activations.meta.length).toBe(req.rows * 2 * 2); // (lo, hi) per 1x128 tile, 2 tiles per row
+    }
+    const paper = (await runHosted(2, "paper", ids, weights)).out;
+    const exact = (await runHosted(2, "exact", ids, weights)).out;
+    expect(bits(logfmt.out)).not.toEqual(bits(paper));
+    const scale = Math.max(...Array.from(exact, Math.abs));
+    expect(maxAbsDiff(exact, logfmt.out)).toBeGreaterThan(1e-4 * scale);
+    expect(maxAbsDiff(exact, logfmt.out)).toBeLessThan(0.1 * scale);
   });
 
   it("over H hosts agrees with the single-host sum up to float32 reassociation", async () => {

@@ -20,7 +20,7 @@ import {
 import type { DispatchCodecName, EncodedActivations } from "../codec/index.js";
 import type { ExpertDispatchRequest, HostInfo } from "../host.js";
 import { DISPATCH_TILE, encodedLayout } from "../layout.js";
-import type { PrecisionName } from "../profile.js";
+import { PRECISION_NAMES, type PrecisionName } from "../profile.js";
 
 const DTYPE_OF_CODEC: Readonly<Record<DispatchCodecName, DType>> = {
   f32: DType.DTYPE_F32,
@@ -134,6 +134,7 @@ export function fromDispatchRequest(msg: DispatchRequest): ExpertDispatchRequest
 const PRECISION_OF_NAME: Readonly<Record<PrecisionName, Precision>> = {
   exact: Precision.PRECISION_EXACT,
   paper: Precision.PRECISION_PAPER,
+  "paper-logfmt8": Precision.PRECISION_PAPER_LOGFMT8,
 };
 
 export function toWirePrecision(p: PrecisionName): Precision {
@@ -142,7 +143,7 @@ export function toWirePrecision(p: PrecisionName): Precision {
 
 export function fromWirePrecision(p: Precision): PrecisionName {
   for (const [name, wire] of Object.entries(PRECISION_OF_NAME) as [PrecisionName, Precision][]) if (wire === p) return name;
-  throw new InvalidArgumentError(`precision ${Precision[p] ?? p} is not one this build serves (exact, paper)`);
+  throw new InvalidArgumentError(`precision ${Precision[p] ?? p} is not one this build serves (${PRECISION_NAMES.join(", ")})`);
 }
 
 export function toInfoResponse(info: HostInfo): InfoResponse {

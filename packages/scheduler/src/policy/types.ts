@@ -50,7 +50,7 @@ export interface Candidate {
   readonly error?: string;
   /** Last report; undefined before the first. */
   readonly load: InstanceLoad | undefined;
-  /** Precision profile it runs ("exact" | "paper"), when known. */
+  /** Precision profile it runs ("exact" | "paper" | "paper-logfmt8"), when known. */
   readonly precision?: string;
   /** Model identity it serves, when known. */
   readonly modelId?: string;
