@@ -2,9 +2,10 @@
 // dispatcher that waits on other processes, a step split into micro-batches in flight together gives the
 // same bits as one batch, and the micro-batches really are in flight together.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DeepseekModel, Engine } from "@moela/engine";
+import { DeepseekModel } from "@moela/engine";
 import { createInProcessExperts, HostedExpertExecutor, type ExpertHostTransport } from "@moela/moe-dispatch";
 import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
+import { greedyRun } from "./greedy-run.js";
 
 const H = 2;
 
@@ -28,25 +29,6 @@ function remoteLike(dir: string, onDispatch: (inFlight: number) => void): Deepse
   return model;
 }
 
-async function generate(model: DeepseekModel, microBatches: number): Promise<{ tokens: number[][]; logprobs: number[][] }> {
-  const engine = new Engine(model, { speculation: "off", blockSize: 4, numBlocks: 256, microBatches });
-  const seqs = Array.from({ length: 5 }, (_, b) =>
-    engine.newSequence(`s${b}`, Array.from({ length: 3 + b }, (_, i) => (17 + 97 * i + 31 * b) % 1000), { temperature: 0, topP: 1, topK: -1, maxTokens: 6, ignoreEos: true }),
-  );
-  await engine.prefill(seqs);
-  const tokens: number[][] = seqs.map(() => []);
-  const logprobs: number[][] = seqs.map(() => []);
-  while (seqs.some((s) => !s.finished)) {
-    for (const r of await engine.step(seqs.filter((s) => !s.finished))) {
-      const i = seqs.indexOf(r.seq);
-      for (const t of r.tokens) {
-        tokens[i]!.push(t.id);
-        logprobs[i]!.push(t.logprob);
-      }
-    }
-  }
-  return { tokens, logprobs };
-}
 
 describe("decode micro-batches", () => {
   let dir: string;
@@ -58,14 +40,14 @@ describe("decode micro-batches", () => {
   it("give the same tokens and logprobs as one batch, for 2 and 3 micro-batches, and overlap their dispatches", async () => {
     let most = 0;
     const model = remoteLike(dir, (n) => (most = Math.max(most, n)));
-    const one = await generate(model, 1);
+    const one = await greedyRun(model, 1);
     // One batch: at most H calls (one per host) in flight at once.
     expect(most).toBeLessThanOrEqual(H);
     most = 0;
-    const two = await generate(model, 2);
+    const two = await greedyRun(model, 2);
     // Two micro-batches: both dispatch before either's answers are back.
     expect(most).toBeGreaterThan(H);
-    const three = await generate(model, 3);
+    const three = await greedyRun(model, 3);
     expect(two).toEqual(one);
     expect(three).toEqual(one);
     // The prompt's forward emits the first token; the steps the other five.

@@ -2,7 +2,7 @@
 // it as one more routed expert every token selects. The hosts then compute it with the engine's own bits, each
 // token's on exactly one host its routed experts already reach, and a bad request is refused naming the field.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DeepseekModel, Engine, readModelConfig } from "@moela/engine";
+import { DeepseekModel, readModelConfig } from "@moela/engine";
 import {
   assignSharedRows,
   createInProcessExperts,
@@ -15,6 +15,7 @@ import {
   type SharedExpertPlacement,
 } from "@moela/moe-dispatch";
 import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
+import { greedyRun } from "./greedy-run.js";
 
 const H = 2;
 
@@ -45,25 +46,6 @@ function remoteLike(dir: string, sharedExpert: SharedExpertPlacement, seen: Seen
   return model;
 }
 
-async function generate(model: DeepseekModel, microBatches = 1): Promise<{ tokens: number[][]; logprobs: number[][] }> {
-  const engine = new Engine(model, { speculation: "off", blockSize: 4, numBlocks: 256, microBatches });
-  const seqs = Array.from({ length: 5 }, (_, b) =>
-    engine.newSequence(`s${b}`, Array.from({ length: 3 + b }, (_, i) => (11 + 89 * i + 37 * b) % 1000), { temperature: 0, topP: 1, topK: -1, maxTokens: 6, ignoreEos: true }),
-  );
-  await engine.prefill(seqs);
-  const tokens: number[][] = seqs.map(() => []);
-  const logprobs: number[][] = seqs.map(() => []);
-  while (seqs.some((s) => !s.finished)) {
-    for (const r of await engine.step(seqs.filter((s) => !s.finished))) {
-      const i = seqs.indexOf(r.seq);
-      for (const t of r.tokens) {
-        tokens[i]!.push(t.id);
-        logprobs[i]!.push(t.logprob);
-      }
-    }
-  }
-  return { tokens, logprobs };
-}
 
 describe("the shared expert on the expert-hosts", () => {
   let dir: string;
@@ -76,11 +58,11 @@ describe("the shared expert on the expert-hosts", () => {
     expect(readModelConfig(dir).nSharedExperts).toBeGreaterThan(0);
     // The same H hosts with the shared expert computed by the model (the routed sums' order depends on H only).
     const localSeen: Seen = { dispatches: [], routedTokens: 0 };
-    const local = await generate(remoteLike(dir, "local", localSeen));
+    const local = await greedyRun(remoteLike(dir, "local", localSeen));
     const hostsSeen: Seen = { dispatches: [], routedTokens: 0 };
-    const onHosts = await generate(remoteLike(dir, "hosts", hostsSeen));
-    const onHostsMicroBatched = await generate(remoteLike(dir, "hosts", { dispatches: [], routedTokens: 0 }), 2);
-    const onHostsGrouped = await generate(remoteLike(dir, "hosts", { dispatches: [], routedTokens: 0 }, true), 2);
+    const onHosts = await greedyRun(remoteLike(dir, "hosts", hostsSeen));
+    const onHostsMicroBatched = await greedyRun(remoteLike(dir, "hosts", { dispatches: [], routedTokens: 0 }), 2);
+    const onHostsGrouped = await greedyRun(remoteLike(dir, "hosts", { dispatches: [], routedTokens: 0 }, true), 2);
     expect(onHosts).toEqual(local);
     expect(onHostsMicroBatched).toEqual(local);
     expect(onHostsGrouped).toEqual(local);
