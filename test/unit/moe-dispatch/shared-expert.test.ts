@@ -82,7 +82,7 @@ describe("the shared expert on the expert-hosts", () => {
 
   it("assigns each token to one host it reaches, balancing the hosts", () => {
     const placement = placeExperts({ nRoutedExperts: 4, nGroup: 2, hosts: 2 });
-    expect(placement.hostOfExpert).toEqual([0, 0, 1, 1]);
+    expect([...placement.hostOfExpert]).toEqual([0, 0, 1, 1]);
     // 4 tokens, k = 2: tokens 0 and 2 reach both hosts, token 1 only host 0, token 3 only host 1.
     const ids = Int32Array.from([0, 2, 0, 1, 1, 3, 2, 3]);
     const weights = new Float32Array(8).fill(0.5);
