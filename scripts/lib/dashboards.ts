@@ -22,18 +22,28 @@ export const DATASOURCE = { type: "prometheus", uid: "${datasource}" } as const;
 
 // ---- PromQL helpers: every metric name goes through n() so it is one of METRICS -----------------
 
-/** A metric's name, or one of a histogram's series (`_bucket`, `_sum`, `_count`). */
-function n(key: MetricKey, suffix: "" | "_bucket" | "_sum" | "_count" = ""): string {
+/**
+ * The dashboards' scope, from their instance, role and model variables (SCOPE_VARIABLES): every selector
+ * keeps to the chosen instances and roles, and a metric with a `model` label to the chosen models.
+ */
+function scope(key: MetricKey): string {
+  const matchers = ['instance=~"$instance"', 'role=~"$role"'];
+  if ((METRICS[key].labels as readonly string[]).includes("model")) matchers.push('model=~"$model"');
+  return matchers.join(", ");
+}
+
+/** A selector of a metric, or of one of a histogram's series (`_bucket`, `_sum`, `_count`), in scope, plus `matchers`. */
+function n(key: MetricKey, suffix: "" | "_bucket" | "_sum" | "_count" = "", matchers = ""): string {
   const def = METRICS[key];
   if (suffix !== "" && def.kind !== "histogram") throw new Error(`${def.name} is a ${def.kind}, it has no ${suffix} series`);
-  return def.name + suffix;
+  return `${def.name}${suffix}{${[scope(key), matchers].filter((m) => m !== "").join(", ")}}`;
 }
 
 const RATE = "$__rate_interval";
 
-/** rate() of a counter (or histogram series) with optional label matchers. */
+/** rate() of a counter (or histogram series) in scope, with optional label matchers. */
 function rate(key: MetricKey, matchers = "", suffix: "" | "_bucket" | "_sum" | "_count" = ""): string {
-  return `rate(${n(key, suffix)}${matchers === "" ? "" : `{${matchers}}`}[${RATE}])`;
+  return `rate(${n(key, suffix, matchers)}[${RATE}])`;
 }
 
 /** The q-quantile of a histogram over all instances, optionally kept apart by `by` labels. */
@@ -240,6 +250,13 @@ function variableJson(v: VariableSpec): Record<string, unknown> {
 
 export type Dashboard = Record<string, unknown>;
 
+/** Every dashboard's scope variables (scope() uses them), read from moela_build_info, which every process exports. */
+const SCOPE_VARIABLES: readonly VariableSpec[] = [
+  { name: "role", label: "Role", query: `label_values(${METRICS.buildInfo.name}, role)` },
+  { name: "instance", label: "Instance", query: `label_values(${METRICS.buildInfo.name}, instance)` },
+  { name: "model", label: "Model", query: `label_values(${METRICS.buildInfo.name}, model)` },
+];
+
 function dashboard(spec: DashboardSpec): Dashboard {
   return {
     uid: spec.uid,
@@ -286,12 +303,15 @@ function dashboard(spec: DashboardSpec): Dashboard {
           refresh: 1,
           regex: "",
         },
-        ...(spec.variables ?? []).map(variableJson),
+        ...[...SCOPE_VARIABLES, ...(spec.variables ?? [])].map(variableJson),
       ],
     },
     panels: buildPanels(spec.rows),
   };
 }
+
+/** Router outcomes that are the servers' failures (not rejected: the client's 4xx; not cancelled: the client left). */
+export const SERVER_FAILURES = 'outcome=~"error|timeout"';
 
 /** P50 and P99 of one histogram as two targets. */
 function p50p99(key: MetricKey, what: string): Target[] {
@@ -380,12 +400,71 @@ const overview = dashboard({
       ],
     },
     {
+      title: "Requests (lengths, finish reasons, where the time goes)",
+      panels: [
+        {
+          kind: "timeseries",
+          title: "Generations per second by finish reason",
+          description:
+            "Generations (one per choice of a request) ended per second, stacked by finish reason: stop (EOS, a stop token or string), length (max_tokens), abort (the client left or cancelled), timeout, error. High length means outputs are cut at max_tokens; high abort means clients give up; high timeout or error is the servers failing.",
+          unit: "reqps",
+          stacked: true,
+          targets: [{ expr: `sum by (finish_reason) (${rate("routerGenerations")})`, legendFormat: "{{finish_reason}}" }],
+        },
+        {
+          kind: "timeseries",
+          title: "Prompt and generation length (P50, P99)",
+          description:
+            "Tokens in the prompts and in the outputs of finished generations. High prompt length means prefill-heavy traffic (long TTFT, much KV transfer); high generation length means decode-heavy traffic that holds KV blocks longer.",
+          unit: "short",
+          targets: [...p50p99("routerRequestPromptTokens", "prompt"), ...p50p99("routerRequestGenerationTokens", "generated")],
+        },
+        {
+          kind: "timeseries",
+          title: "Per-request queue, prefill and decode time (P50)",
+          description:
+            "Median time a generation waits in the prefill queue, then from its prefill starting to its first token (prefill, KV transfer, first hand-off), then from its first token to its last. High queue time means prefill is short of capacity; high prefill time long prompts or slow transfer; high decode time long outputs or slow steps.",
+          unit: "s",
+          width: 8,
+          targets: [
+            { expr: quantile(0.5, "routerQueueWait"), legendFormat: "queue" },
+            { expr: quantile(0.5, "routerRequestPrefill"), legendFormat: "prefill" },
+            { expr: quantile(0.5, "routerRequestDecode"), legendFormat: "decode" },
+          ],
+        },
+        {
+          kind: "timeseries",
+          title: "Per-request queue, prefill and decode time (P99)",
+          description: "The same three parts at the 99th percentile: the slow tail. High here but normal at P50 means some requests wait behind long prompts or land on a busy instance.",
+          unit: "s",
+          width: 8,
+          targets: [
+            { expr: quantile(0.99, "routerQueueWait"), legendFormat: "queue" },
+            { expr: quantile(0.99, "routerRequestPrefill"), legendFormat: "prefill" },
+            { expr: quantile(0.99, "routerRequestDecode"), legendFormat: "decode" },
+          ],
+        },
+        {
+          kind: "stat",
+          title: "Processes by build and configuration",
+          description:
+            "Processes per role, version, model, precision profile and kernel set (moela_build_info). More than one version per role is a rollout in progress; a high count of an unexpected precision or kernels value is a misconfigured deployment.",
+          unit: "short",
+          width: 8,
+          targets: [
+            { expr: `count by (role, version, model, precision, kernels) (${n("buildInfo")})`, legendFormat: "{{role}} {{version}} {{model}} {{precision}} {{kernels}}", instant: true },
+          ],
+        },
+      ],
+    },
+    {
       title: "Errors",
       panels: [
         {
           kind: "stat",
-          title: "Failed request ratio",
-          description: "Share of finished requests whose outcome is not ok, over the interval. High means clients are getting errors, rejections, cancellations or timeouts; 0 is healthy.",
+          title: "Server failure ratio",
+          description:
+            "Share of finished requests the servers failed (outcome error or timeout) over the interval. Client mistakes (4xx: rejected) and clients that went away (cancelled) are not failures; the panel beside shows them. High means the cluster is failing requests; 0 is healthy.",
           unit: "percentunit",
           width: 6,
           min: 0,
@@ -394,7 +473,7 @@ const overview = dashboard({
           targets: [
             {
               // Every outcome's series exists from the start at 0 (names.ts `values`), so this is 0, not "no data", when all is well.
-              expr: `sum(${rate("routerRequests", 'outcome!="ok"')}) / sum(${rate("routerRequests")})`,
+              expr: `sum(${rate("routerRequests", SERVER_FAILURES)}) / sum(${rate("routerRequests")})`,
               legendFormat: "failed",
             },
           ],
@@ -576,14 +655,14 @@ const disaggregation = dashboard({
         },
         {
           kind: "gauge",
-          title: "KV cache utilisation",
-          description: "Blocks in use over blocks in the pool, all decode instances together. High (above 90%) means decode is about to stop admitting sequences; add decode instances or shorten max_tokens.",
+          title: "KV cache usage (fullest decode instance)",
+          description: "The largest KV usage ratio (blocks in use over the pool) of any decode instance. High (above 90%) means that instance is about to stop admitting sequences; add decode instances or shorten max_tokens.",
           unit: "percentunit",
           width: 6,
           min: 0,
           max: 1,
           redAbove: 0.9,
-          targets: [{ expr: `sum(${n("decodeKvBlocksUsed")}) / sum(${n("decodeKvBlocksCapacity")})`, legendFormat: "used", instant: true }],
+          targets: [{ expr: `max(${n("decodeKvUsage")})`, legendFormat: "used", instant: true }],
         },
         {
           kind: "timeseries",
@@ -601,6 +680,14 @@ const disaggregation = dashboard({
           width: 9,
           targets: [{ expr: `sum by (instance) (${rate("decodeGeneratedTokens")})`, legendFormat: "{{instance}}" }],
         },
+        {
+          kind: "timeseries",
+          title: "KV cache usage per decode instance",
+          description: "Fraction of each decode instance's KV blocks in use (0 to 1). High (near 1) means that instance is full and new sequences wait; one instance much higher than the others means unbalanced placement.",
+          unit: "percentunit",
+          width: 24,
+          targets: [{ expr: `max by (instance) (${n("decodeKvUsage")})`, legendFormat: "{{instance}}" }],
+        },
       ],
     },
   ],
@@ -610,7 +697,7 @@ const moe = dashboard({
   uid: "moela-moe",
   title: "moela / MoE experts",
   description: "Routed-expert load over expert-hosts: per layer and per expert, imbalance, hosts reached per token, dispatch and combine traffic by codec, expert compute time.",
-  variables: [{ name: "layer", label: "MoE layer", query: `label_values(${n("expertHostLayerTokens")}, layer)` }],
+  variables: [{ name: "layer", label: "MoE layer", query: `label_values(${METRICS.expertHostLayerTokens.name}, layer)` }],
   rows: [
     {
       title: "Expert load",
@@ -788,6 +875,19 @@ const mtp = dashboard({
             {
               expr: `sum by (instance) (${rate("decodeMtpAcceptedTokens")}) / sum by (instance) (${rate("decodeMtpDraftedTokens")})`,
               legendFormat: "{{instance}}",
+            },
+          ],
+        },
+        {
+          kind: "timeseries",
+          title: "Acceptance rate by draft position",
+          description:
+            "Accepted over drafted tokens for each draft position after the sampled token (vLLM's per-position acceptance; MTP drafts one token today, so position 0 only). High is good; a position with low acceptance costs verification work for few tokens.",
+          unit: "percentunit",
+          targets: [
+            {
+              expr: `sum by (position) (${rate("decodeMtpAcceptedTokens")}) / sum by (position) (${rate("decodeMtpDraftedTokens")})`,
+              legendFormat: "position {{position}}",
             },
           ],
         },

@@ -138,6 +138,44 @@ describe("Grafana dashboards against a live cluster and a real Prometheus", () =
     expect(ttftP99).toBeGreaterThan(0);
   });
 
+  it("request-level metrics at vLLM parity: finish reasons, lengths, per-request times, model, build info, KV ratio", async () => {
+    const value = async (expr: string) => Number((await prom.query(expr)).result[0]?.value[1]);
+    const gens = METRICS.routerGenerations.name;
+    // 12 generations ran to their end, one was abandoned; the two refusals never became generations.
+    expect(await value(`sum(${gens}{finish_reason=~"stop|length"})`)).toBe(12);
+    expect(await value(`sum(${gens}{finish_reason="abort"})`)).toBe(1);
+    expect(await value(`sum(${gens}{finish_reason=~"error|timeout"})`)).toBe(0);
+    expect(await value(`sum(increase(${gens}{finish_reason="abort"}[${RATE_WINDOW}]))`)).toBeGreaterThan(0);
+    // One prompt and one output length per generation; the outputs add up to the tokens streamed.
+    expect(await value(`sum(${METRICS.routerRequestPromptTokens.name}_count)`)).toBe(13);
+    expect(await value(`sum(${METRICS.routerRequestGenerationTokens.name}_count)`)).toBe(13);
+    expect(await value(`sum(${METRICS.routerRequestGenerationTokens.name}_sum)`)).toBe(await value(`sum(${METRICS.routerGenerationTokens.name})`));
+    // Every generation got a first token (the abandoned one too), so each has a decode time, and a prefill
+    // time unless the queue's "active" event reached the router after that token.
+    expect(await value(`sum(${METRICS.routerRequestDecode.name}_count)`)).toBe(13);
+    const prefills = await value(`sum(${METRICS.routerRequestPrefill.name}_count)`);
+    expect(prefills).toBeGreaterThan(0);
+    expect(prefills).toBeLessThanOrEqual(13);
+    expect(await value(`sum(${METRICS.routerQueueWait.name}_count)`)).toBeGreaterThanOrEqual(13);
+    // The request metrics carry the served model's name, as clients send it.
+    expect(await value(`sum(${METRICS.routerRequests.name}{model="${cluster.model}"})`)).toBe(finished);
+    expect(await value(`sum(${METRICS.decodeGeneratedTokens.name}{model="${cluster.model}"})`)).toBeGreaterThan(0);
+    expect(await value(`sum(${METRICS.prefillTokens.name}{model="${cluster.model}"})`)).toBeGreaterThan(0);
+    // moela_build_info: one series per process, its component the scrape target's role.
+    const info = (await prom.query(METRICS.buildInfo.name)).result;
+    expect(info.length).toBe(cluster.info.instances.length);
+    for (const s of info) {
+      expect(s.value[1]).toBe("1");
+      expect(s.metric["component"]).toBe(s.metric["role"]);
+      expect(s.metric["version"]).toMatch(/^\d+\.\d+\.\d+/);
+      expect(s.metric["model"]).toBe(cluster.model);
+    }
+    // The KV usage ratio of every decode instance, in [0, 1] and equal to used / capacity.
+    const ratios = (await prom.query(`${METRICS.decodeKvUsage.name} - on (instance) (${METRICS.decodeKvBlocksUsed.name} / ${METRICS.decodeKvBlocksCapacity.name})`)).result;
+    expect(ratios.length).toBe(cluster.instances("decode").length);
+    for (const r of ratios) expect(Math.abs(Number(r.value[1]))).toBeLessThan(1e-9);
+  });
+
   it("every metric a dashboard uses is exported by some instance (Prometheus has its metadata)", async () => {
     const used = new Set<string>();
     for (const { target } of allTargets(dashboards)) for (const m of promqlNames(target.expr).metrics) used.add(m.replace(/_(bucket|sum|count)$/, ""));

@@ -8,6 +8,15 @@
  * # HELP line), `buckets` (a bucket set of buckets.ts) for histograms, and `values` where every
  * value of every label is known in advance (see MetricDef.values). The comment above an
  * entry says who records it and when. Which service exports which metric is in registry.ts.
+ *
+ * The `model` label (the served model's name, as clients name it in requests) is on the request-level
+ * metrics, as vLLM's model_name: every router request, latency and token metric (requests, time to first
+ * token, inter-token, end-to-end, queue, prefill and decode times, prompt and generation tokens and
+ * lengths, finish reasons) and the token throughput of prefill (prefillTokens) and decode
+ * (decodeGeneratedTokens). The router's value is --served-model-name (default the model folder's name);
+ * prefill and decode, which have no such flag, use the model folder's name, the router's default. It is not
+ * on per-step, per-layer, KV or RPC metrics: one process serves one model, so those would only repeat it.
+ * moela_build_info carries it too, so one join gives any series its model.
  */
 
 /** Every label name. Values stay low-cardinality except layer/expert (see expertHostExpertTokens). */
@@ -30,6 +39,24 @@ export const LABEL = {
   reason: "reason",
   /** Part of a forward pass or of a dispatch (the cluster's time breakdown); values listed on each metric. */
   phase: "phase",
+  /** The served model's name (router: --served-model-name; prefill, decode: the model folder's name). See the file comment. */
+  model: "model",
+  /** Why a generation ended: stop | length | abort (the client went away or cancelled) | timeout | error. */
+  finish_reason: "finish_reason",
+  /** 0-based position of a speculative (MTP) draft token after the sampled one; MTP drafts one today: 0. */
+  position: "position",
+  /** moela_build_info: the platform version (the repository's package.json). */
+  version: "version",
+  /**
+   * moela_build_info: router | prefill | decode | expert-host. Not `role`, which the scrape configs attach as
+   * a target label (deploy/prometheus, the chart's ServiceMonitor), nor `service`, which the Prometheus
+   * Operator attaches: Prometheus would rename a clashing exposed label to exported_<name>.
+   */
+  component: "component",
+  /** moela_build_info: the precision profile (exact | paper | ...); "none" where the service computes nothing. */
+  precision: "precision",
+  /** moela_build_info: the kernel set (fast | portable | reference); "none" where the service computes nothing. */
+  kernels: "kernels",
 } as const;
 
 export type LabelName = (typeof LABEL)[keyof typeof LABEL];
@@ -40,7 +67,8 @@ export type BucketSet = "latency" | "tokens" | "batch" | "hosts";
 export interface MetricDef {
   readonly name: string;
   readonly kind: MetricKind;
-  readonly unit: "seconds" | "bytes" | "tokens" | "sequences" | "blocks" | "hosts" | "requests" | "jobs" | "calls" | "events";
+  /** ratio: a fraction in [0, 1]; info: always 1, the labels are the data (moela_build_info). */
+  readonly unit: "seconds" | "bytes" | "tokens" | "sequences" | "blocks" | "hosts" | "requests" | "jobs" | "calls" | "events" | "ratio" | "info";
   readonly labels: readonly LabelName[];
   readonly help: string;
   readonly buckets?: BucketSet;
@@ -68,10 +96,26 @@ const RECLAIM_REASONS = ["finished", "cancelled", "deadline", "rejected", "sende
 export const FORWARD_PHASE_VALUES = ["attention", "gate", "shared_expert", "routed_experts", "routed_wait", "dense_mlp", "lm_head"] as const;
 /** The dispatcher's own work per MoE layer: encode and send, then decode and add the replies. */
 export const DISPATCH_PHASE_VALUES = ["encode", "combine"] as const;
+/**
+ * How a generation (one choice of a request) ended (routerGenerations): stop (EOS, a stop token or string),
+ * length (max_tokens or the context), abort (the client went away or cancelled it), timeout (the request's
+ * deadline), error (the server failed it). vLLM's finished_reason, plus the two failures it has no name for.
+ */
+export const FINISH_REASON_VALUES = ["stop", "length", "abort", "timeout", "error"] as const;
+/** Speculative draft positions (LABEL.position): MTP drafts one token per step today. */
+export const DRAFT_POSITION_VALUES = ["0"] as const;
 /** Why the router retried or migrated a request (routerRetries). */
 const RETRY_REASONS = ["prefill_failed", "prefill_stalled", "prefill_vanished", "decode_unavailable", "decode_failed", "kv_transfer_failed"] as const;
 
 export const METRICS = {
+  // ---- every service -------------------------------------------------------------------------
+  /**
+   * every service, set once at start-up to 1 (an info metric: the labels are the data, as vLLM's
+   * cache_config_info); model as LABEL.model (expert-hosts: the model folder's name too). Join on instance
+   * to label any series: `x * on (instance) group_left (version) moela_build_info`.
+   */
+  buildInfo: { name: "moela_build_info", kind: "gauge", unit: "info", labels: ["version", "component", "model", "precision", "kernels"], help: "Build and configuration of this process; always 1." },
+
   // ---- every gRPC service (the rpc kit's interceptors) -------------------------------------
   /** rpc server interceptor, when a call ends. */
   rpcServerHandled: { name: "moela_rpc_server_handled_total", kind: "counter", unit: "calls", labels: ["method", "code"], help: "gRPC calls completed by this server, by method and status code." },
@@ -84,27 +128,30 @@ export const METRICS = {
 
   // ---- router ------------------------------------------------------------------------------
   /** router, once per request when its response ends; outcome ok | error | cancelled | rejected | timeout. */
-  routerRequests: { name: "moela_router_requests_total", kind: "counter", unit: "requests", labels: ["api", "outcome"], values: { api: ["openai", "grpc"], outcome: OUTCOMES }, help: "Generation requests finished by the router, by API and outcome." },
+  routerRequests: { name: "moela_router_requests_total", kind: "counter", unit: "requests", labels: ["model", "api", "outcome"], values: { api: ["openai", "grpc"], outcome: OUTCOMES }, help: "Generation requests finished by the router, by API and outcome." },
   /** router, read at scrape time: requests admitted and not yet finished. */
   routerRequestsInFlight: { name: "moela_router_requests_in_flight", kind: "gauge", unit: "requests", labels: [], help: "Generation requests admitted and not yet finished." },
   /** router, when the first generated token reaches the client stream. */
-  routerTimeToFirstToken: { name: "moela_router_time_to_first_token_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time from request arrival to the first generated token." },
+  routerTimeToFirstToken: { name: "moela_router_time_to_first_token_seconds", kind: "histogram", unit: "seconds", labels: ["model"], buckets: "latency", help: "Time from request arrival to the first generated token." },
   /** router, for every generated token after the first. */
-  routerInterTokenLatency: { name: "moela_router_inter_token_latency_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time between consecutive generated tokens of one request." },
+  routerInterTokenLatency: { name: "moela_router_inter_token_latency_seconds", kind: "histogram", unit: "seconds", labels: ["model"], buckets: "latency", help: "Time between consecutive generated tokens of one request." },
   /** router, when a request finishes (any outcome). */
-  routerE2eLatency: { name: "moela_router_e2e_latency_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time from request arrival to its last token or error." },
+  routerE2eLatency: { name: "moela_router_e2e_latency_seconds", kind: "histogram", unit: "seconds", labels: ["model"], buckets: "latency", help: "Time from request arrival to its last token or error." },
   /** router, once per admitted request. */
-  routerPromptTokens: { name: "moela_router_prompt_tokens_total", kind: "counter", unit: "tokens", labels: [], help: "Prompt tokens of admitted requests." },
+  routerPromptTokens: { name: "moela_router_prompt_tokens_total", kind: "counter", unit: "tokens", labels: ["model"], help: "Prompt tokens of admitted requests." },
   /** router, per token streamed back. */
-  routerGenerationTokens: { name: "moela_router_generation_tokens_total", kind: "counter", unit: "tokens", labels: [], help: "Tokens generated and streamed to clients." },
+  routerGenerationTokens: { name: "moela_router_generation_tokens_total", kind: "counter", unit: "tokens", labels: ["model"], help: "Tokens generated and streamed to clients." },
   /** router, read at scrape time from the prefill queue. */
   routerQueueDepth: { name: "moela_router_queue_depth", kind: "gauge", unit: "jobs", labels: [], help: "Prefill jobs waiting in the queue." },
   /** router, read at scrape time from the prefill queue. */
   routerQueueActive: { name: "moela_router_queue_active", kind: "gauge", unit: "jobs", labels: [], help: "Prefill jobs a worker is processing now." },
   /** router, when it removes a job no worker took yet because its request ended; reason cancelled | timeout | error. */
   routerQueueRemoved: { name: "moela_router_queue_removed_total", kind: "counter", unit: "jobs", labels: ["reason"], values: { reason: ["cancelled", "timeout", "error"] }, help: "Prefill jobs removed from the queue before a worker took them, by why their request ended." },
-  /** router, when a job leaves the queue for a prefill worker. */
-  routerQueueWait: { name: "moela_router_queue_wait_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time a prefill job waited in the queue before a worker took it." },
+  /**
+   * router, when a job leaves the queue for a prefill worker (one-process: when the engine admits the request):
+   * the request's queue time (vLLM's request_queue_time_seconds), per attempt.
+   */
+  routerQueueWait: { name: "moela_router_queue_wait_seconds", kind: "histogram", unit: "seconds", labels: ["model"], buckets: "latency", help: "Time a prefill job waited in the queue before a worker took it." },
   /**
    * router, per retry or migration of one of its requests: prefill_failed (BullMQ retries a failed attempt
    * after its backoff), prefill_stalled (the job's worker died; BullMQ gave it to another), prefill_vanished (the
@@ -113,6 +160,23 @@ export const METRICS = {
    * retryable error, e.g. a step that lost an expert-host: migrated), kv_transfer_failed.
    */
   routerRetries: { name: "moela_router_retries_total", kind: "counter", unit: "events", labels: ["reason"], values: { reason: RETRY_REASONS }, help: "Requests retried or migrated to another instance, by reason." },
+  /**
+   * router, when a generation the backend started ends (one per choice: n=2 counts two; best_of's candidates
+   * too); finish_reason stop | length | abort | timeout | error. Requests refused before generating are not
+   * here (routerRequests outcome rejected).
+   */
+  routerGenerations: { name: "moela_router_generations_total", kind: "counter", unit: "requests", labels: ["model", "finish_reason"], values: { finish_reason: FINISH_REASON_VALUES }, help: "Generations (one per choice of a request) finished, by finish reason: stop, length, abort, timeout, error." },
+  /** router, when a generation ends (any finish reason): its prompt's length. */
+  routerRequestPromptTokens: { name: "moela_router_request_prompt_tokens", kind: "histogram", unit: "tokens", labels: ["model"], buckets: "tokens", help: "Prompt length of finished generations, in tokens." },
+  /** router, when a generation ends (any finish reason): tokens it sent to the client. */
+  routerRequestGenerationTokens: { name: "moela_router_request_generation_tokens", kind: "histogram", unit: "tokens", labels: ["model"], buckets: "tokens", help: "Generated length of finished generations, in tokens." },
+  /**
+   * router, at a generation's first token: from its prefill starting (the job taken by a worker; one-process:
+   * admitted to the engine) to that token, so prefill compute, KV transfer and the first decode step.
+   */
+  routerRequestPrefill: { name: "moela_router_request_prefill_seconds", kind: "histogram", unit: "seconds", labels: ["model"], buckets: "latency", help: "Time from a generation's prefill starting to its first token at the router." },
+  /** router, when a generation that produced tokens ends: from its first token to its last. */
+  routerRequestDecode: { name: "moela_router_request_decode_seconds", kind: "histogram", unit: "seconds", labels: ["model"], buckets: "latency", help: "Time from a generation's first token to its last." },
 
   // ---- prefill -----------------------------------------------------------------------------
   /** prefill worker, when a job ends; outcome ok | error | cancelled. */
@@ -122,7 +186,7 @@ export const METRICS = {
   /** prefill, per forward batch. */
   prefillBatchTokens: { name: "moela_prefill_batch_tokens", kind: "histogram", unit: "tokens", labels: [], buckets: "tokens", help: "Prompt tokens computed in one prefill forward batch." },
   /** prefill, per forward batch: tokens actually computed (prefix-cache hits excluded). */
-  prefillTokens: { name: "moela_prefill_tokens_total", kind: "counter", unit: "tokens", labels: [], help: "Prompt tokens computed by prefill." },
+  prefillTokens: { name: "moela_prefill_tokens_total", kind: "counter", unit: "tokens", labels: ["model"], help: "Prompt tokens computed by prefill." },
   /** prefill, per forward batch (one chunk of every sequence in it). */
   prefillForward: { name: "moela_prefill_forward_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time of one prefill forward pass over a batch of chunks." },
   /** prefill, per job: prompt tokens looked up in the prefix cache. */
@@ -153,16 +217,21 @@ export const METRICS = {
   decodeWaitingSequences: { name: "moela_decode_waiting_sequences", kind: "gauge", unit: "sequences", labels: [], help: "Sequences waiting to join the decode batch." },
   /** decode, read at scrape time from the paged latent KV cache. */
   decodeKvBlocksUsed: { name: "moela_decode_kv_blocks_used", kind: "gauge", unit: "blocks", labels: [], help: "Latent KV cache blocks in use." },
+  /** decode, read at scrape time: used / capacity blocks, 0..1 (vLLM's kv_cache_usage_perc); 0 before the cache exists. */
+  decodeKvUsage: { name: "moela_decode_kv_usage_ratio", kind: "gauge", unit: "ratio", labels: [], help: "Fraction of the latent KV cache's blocks in use, 0 to 1." },
   /** decode, read at scrape time; not ..._total because it is a gauge. */
   decodeKvBlocksCapacity: { name: "moela_decode_kv_blocks_capacity", kind: "gauge", unit: "blocks", labels: [], help: "Latent KV cache blocks in the pool." },
   /** decode, per engine step (one token per sequence, plus MTP drafts). */
   decodeStep: { name: "moela_decode_step_seconds", kind: "histogram", unit: "seconds", labels: [], buckets: "latency", help: "Time of one decode step over the running batch." },
   /** decode, per token emitted (accepted MTP drafts included). */
-  decodeGeneratedTokens: { name: "moela_decode_generated_tokens_total", kind: "counter", unit: "tokens", labels: [], help: "Tokens generated by this decode instance." },
-  /** decode, per MTP draft token proposed. */
-  decodeMtpDraftedTokens: { name: "moela_decode_mtp_drafted_tokens_total", kind: "counter", unit: "tokens", labels: [], help: "Tokens drafted by multi-token prediction." },
-  /** decode, per MTP draft token the main model confirmed. */
-  decodeMtpAcceptedTokens: { name: "moela_decode_mtp_accepted_tokens_total", kind: "counter", unit: "tokens", labels: [], help: "Drafted tokens accepted by verification." },
+  decodeGeneratedTokens: { name: "moela_decode_generated_tokens_total", kind: "counter", unit: "tokens", labels: ["model"], help: "Tokens generated by this decode instance." },
+  /** decode, per MTP draft token proposed, by its position after the sampled token (0: the first draft). */
+  decodeMtpDraftedTokens: { name: "moela_decode_mtp_drafted_tokens_total", kind: "counter", unit: "tokens", labels: ["position"], values: { position: DRAFT_POSITION_VALUES }, help: "Tokens drafted by multi-token prediction, by draft position." },
+  /**
+   * decode, per MTP draft token the main model confirmed, by position (vLLM's num_accepted_tokens_per_pos):
+   * accepted{position} / drafted{position} is the acceptance rate of the position-th draft.
+   */
+  decodeMtpAcceptedTokens: { name: "moela_decode_mtp_accepted_tokens_total", kind: "counter", unit: "tokens", labels: ["position"], values: { position: DRAFT_POSITION_VALUES }, help: "Drafted tokens accepted by verification, by draft position." },
   /** kv-transfer receiver in decode, per layer frame received. */
   decodeKvReceivedBytes: { name: "moela_decode_kv_received_bytes_total", kind: "counter", unit: "bytes", labels: [], help: "Latent KV bytes received from prefill instances." },
   /** kv-transfer receiver in decode, per admitted transfer: KvBegin received to sequence admitted. */

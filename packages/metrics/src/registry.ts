@@ -2,17 +2,19 @@
  * One prom-client Registry per service, holding that service's metrics (names.ts) and, by
  * default, prom-client's process/nodejs metrics. Nothing is registered in prom-client's global
  * registry, so several services can share a process (tests, `npm start` in one process) without
- * clashing. Accessors are typed from names.ts: `m.routerRequests.inc({ api: "openai", outcome: "ok" })`
- * only compiles with exactly the labels the metric declares.
+ * clashing. Accessors are typed from names.ts: `m.routerRequests.inc({ model, api: "openai", outcome: "ok" })`
+ * compiles only with labels the metric declares (prom-client lets one be left out: pass them all).
+ * Every registry but a process's second one (buildInfo: false) holds moela_build_info, set once to 1.
  */
+import { readFileSync } from "node:fs";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { InvalidArgumentError } from "@moela/core";
 import { BUCKETS } from "./buckets.js";
-import { METRICS, type MetricDef, type MetricKey } from "./names.js";
+import { METRICS, type LabelName, type MetricDef, type MetricKey } from "./names.js";
 
 export type ServiceName = "router" | "prefill" | "decode" | "expert-host";
 
-const RPC = ["rpcServerHandled", "rpcServerHandling", "rpcClientHandled", "rpcClientHandling"] as const;
+const RPC = ["buildInfo", "rpcServerHandled", "rpcServerHandling", "rpcClientHandled", "rpcClientHandling"] as const;
 const MOE_DISPATCH = ["moeDispatchHostsReached", "moeDispatchSentBytes", "moeCombineReceivedBytes", "moeDispatchRoundTrip", "moeDispatchPhase", "forwardPhase"] as const;
 
 /** Which metrics each service exports. */
@@ -31,6 +33,11 @@ export const SERVICE_METRICS = {
     "routerQueueRemoved",
     "routerQueueWait",
     "routerRetries",
+    "routerGenerations",
+    "routerRequestPromptTokens",
+    "routerRequestGenerationTokens",
+    "routerRequestPrefill",
+    "routerRequestDecode",
   ],
   prefill: [
     ...RPC,
@@ -58,6 +65,7 @@ export const SERVICE_METRICS = {
     "decodeWaitingSequences",
     "decodeKvBlocksUsed",
     "decodeKvBlocksCapacity",
+    "decodeKvUsage",
     "decodeStep",
     "decodeGeneratedTokens",
     "decodeMtpDraftedTokens",
@@ -80,8 +88,8 @@ export const SERVICE_METRICS = {
   ],
 } as const satisfies Record<ServiceName, readonly MetricKey[]>;
 
-/** Metrics that exist only when switched on (high-cardinality series). */
-type OptionalKey = "expertHostExpertTokens";
+/** Metrics that exist only when switched on (high-cardinality series; build info off in a second registry). */
+type OptionalKey = "expertHostExpertTokens" | "buildInfo";
 
 type Def<K extends MetricKey> = (typeof METRICS)[K];
 type LabelsOf<K extends MetricKey> = Def<K>["labels"][number];
@@ -112,7 +120,36 @@ export interface ServiceMetricsOptions<S extends ServiceName> {
   perExpertSeries?: boolean;
   /** Gauges read at scrape time: metric key -> current value (a throw fails that scrape). */
   collect?: Partial<Record<CollectableGauge<S>, () => number | Promise<number>>>;
+  /**
+   * The served model's name (names.ts LABEL.model): counters with a `model` label and known other values
+   * start at 0 for it (so the first failure of a model is an increase), and moela_build_info carries it.
+   */
+  model?: string;
+  /**
+   * moela_build_info's configuration labels (default "none": a service that computes nothing), or false
+   * for no build info: a second registry of one process whose exposition is served with the first's.
+   */
+  buildInfo?: BuildInfo | false;
 }
+
+/** moela_build_info's labels beyond version, component (the service) and model. */
+export interface BuildInfo {
+  /** The precision profile's name (exact, paper, ...). */
+  readonly precision?: string;
+  /** fast | portable | reference. */
+  readonly kernels?: string;
+}
+
+/** The platform's version: the repository's package.json (as `moela --version`); "unknown" without one. */
+export const MOELA_VERSION: string = (() => {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version?: unknown };
+    return typeof pkg.version === "string" ? pkg.version : "unknown";
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return "unknown";
+    throw err;
+  }
+})();
 
 export interface ServiceMetrics<S extends ServiceName> {
   readonly service: S;
@@ -125,25 +162,28 @@ function isServiceName(s: string): s is ServiceName {
   return Object.hasOwn(SERVICE_METRICS, s);
 }
 
-/** Every combination of `def.values` (one object per series); empty unless every label is listed. */
-export function knownLabelSets(def: MetricDef): Array<Record<string, string>> {
+/**
+ * Every combination of `def.values` (one object per series), `extra` adding values for labels no
+ * metric lists (the served model); empty unless every label has values.
+ */
+export function knownLabelSets(def: MetricDef, extra: { readonly [L in LabelName]?: readonly string[] } = {}): Array<Record<string, string>> {
   if (def.labels.length === 0 || def.values === undefined) return [];
   let sets: Array<Record<string, string>> = [{}];
   for (const label of def.labels) {
-    const values = def.values[label];
+    const values = def.values[label] ?? extra[label];
     if (values === undefined || values.length === 0) return [];
     sets = sets.flatMap((s) => values.map((v) => ({ ...s, [label]: v })));
   }
   return sets;
 }
 
-function build(def: MetricDef, registry: Registry, collect: (() => number | Promise<number>) | undefined) {
+function build(def: MetricDef, registry: Registry, collect: (() => number | Promise<number>) | undefined, model: string | undefined) {
   const base = { name: def.name, help: def.help, labelNames: [...def.labels], registers: [registry] };
   switch (def.kind) {
     case "counter": {
       const counter = new Counter(base);
       // Series born at 0: their first event is an increase that rate() can see.
-      for (const labels of knownLabelSets(def)) counter.inc(labels, 0);
+      for (const labels of knownLabelSets(def, model === undefined ? {} : { model: [model] })) counter.inc(labels, 0);
       return counter;
     }
     case "gauge":
@@ -177,7 +217,15 @@ export function createServiceMetrics<S extends ServiceName>(service: S, options:
   const m: Partial<Record<MetricKey, unknown>> = {};
   for (const key of keys) {
     if (key === "expertHostExpertTokens" && !options.perExpertSeries) continue;
-    m[key] = build(METRICS[key], registry, collectors[key]);
+    if (key === "buildInfo" && options.buildInfo === false) continue;
+    m[key] = build(METRICS[key], registry, collectors[key], options.model);
+  }
+  if (options.buildInfo !== false) {
+    const info = options.buildInfo ?? {};
+    (m["buildInfo"] as Gauge<string>).set(
+      { version: MOELA_VERSION, component: service, model: options.model ?? "", precision: info.precision ?? "none", kernels: info.kernels ?? "none" },
+      1,
+    );
   }
   return { service, registry, m: m as MetricsOf<S> };
 }

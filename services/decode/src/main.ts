@@ -22,6 +22,7 @@
  * --expert-hosts, or several registered): a dispatch fails over between them (moe-dispatch replicas.ts).
  */
 import { realpathSync } from "node:fs";
+import { basename, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { Code, MoelaError, runService, splitHostPort, withWeightLoadBar, type Logger } from "@moela/core";
 import { configureKernels, DeepseekModel, Engine, PhaseTimes } from "@moela/engine";
@@ -91,12 +92,17 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
       m.decodeKvReclaimedBlocks.inc({ reason }, blocks);
     },
   });
+  // The `model` label: the model folder's name, the router's default served name (names.ts).
+  const modelName = basename(resolve(cfg.model));
   const metrics = createServiceMetrics("decode", {
+    model: modelName,
+    buildInfo: { precision: cfg.precision, kernels: cfg.kernels },
     collect: {
       decodeRunningSequences: () => batcher?.running ?? 0,
       decodeWaitingSequences: () => batcher?.waiting ?? 0,
       decodeKvBlocksUsed: () => engine?.cache.usedBlocks ?? 0,
       decodeKvBlocksCapacity: () => engine?.cache.numBlocks ?? 0,
+      decodeKvUsage: () => (engine === undefined ? 0 : engine.cache.usedBlocks / engine.cache.numBlocks),
       decodeKvStrandedBlocks: () => ledger.strandedBlocks(),
     },
   });
@@ -193,9 +199,10 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     logger,
     onStep: (seconds, tokens, drafted, accepted) => {
       m.decodeStep.observe(seconds);
-      m.decodeGeneratedTokens.inc(tokens);
-      m.decodeMtpDraftedTokens.inc(drafted);
-      m.decodeMtpAcceptedTokens.inc(accepted);
+      m.decodeGeneratedTokens.inc({ model: modelName }, tokens);
+      // MTP drafts one token per sequence: every draft is position 0.
+      m.decodeMtpDraftedTokens.inc({ position: "0" }, drafted);
+      m.decodeMtpAcceptedTokens.inc({ position: "0" }, accepted);
       phaseTimes.drainInto(m.forwardPhase);
     },
   });
@@ -214,7 +221,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
       b.admit(seq, meta, hold);
       m.decodeKvTransferDuration.observe(stats.seconds);
       // The token prefill sampled reaches the router through this instance too.
-      m.decodeGeneratedTokens.inc(seq.output.length);
+      m.decodeGeneratedTokens.inc({ model: modelName }, seq.output.length);
       logger.info({ requestId: meta.requestId, transferId: meta.transferId, bytes: stats.bytesReceived, chunks: stats.chunks, ms: Math.round(stats.seconds * 1000) }, "KV transfer complete");
     },
     onFail: (failure, meta, freed) => {

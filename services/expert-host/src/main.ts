@@ -14,6 +14,7 @@
  * calls in flight as its load, a heartbeat a second) once it serves, and deregisters first on shutdown,
  * so prefill and decode add it to (and drop it from) the shard's replicas.
  */
+import { basename, resolve } from "node:path";
 import { realpathSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { Code, MoelaError, runService, splitHostPort, withWeightLoadBar, type Logger } from "@moela/core";
@@ -79,7 +80,12 @@ export async function startExpertHost(cfg: ExpertHostConfig, logger: Logger): Pr
     "expert shard loaded",
   );
 
-  const metrics = createServiceMetrics("expert-host", { perExpertSeries: cfg.perExpertMetrics });
+  const metrics = createServiceMetrics("expert-host", {
+    perExpertSeries: cfg.perExpertMetrics,
+    // The model folder's name, as prefill and decode label theirs (names.ts).
+    model: basename(resolve(cfg.model)),
+    buildInfo: { precision: cfg.precision, kernels: cfg.kernels },
+  });
   const m = metrics.m;
   const server = createServer({
     logger,

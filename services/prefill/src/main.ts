@@ -5,6 +5,7 @@
  * SIGTERM/SIGINT, stops taking jobs, finishes the active ones and exits 0; startPrefill() does the same
  * composition for tests and in-process clusters.
  */
+import { basename, resolve } from "node:path";
 import { Code, createLogger, MoelaError, runService, splitHostPort, UnavailableError, withWeightLoadBar, type Logger } from "@moela/core";
 import { DeepseekModel, Engine, PhaseTimes, configureKernels, readModelConfig, type ExpertExecutor } from "@moela/engine";
 import { grpcKvConnector, KvLedger, type KvConnector, type KvSender } from "@moela/kv-transfer";
@@ -92,7 +93,13 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
     },
   });
   let cachedBlocks = (): number => 0;
-  const { registry, m } = createServiceMetrics("prefill", { collect: { prefillKvBlocksUsed: () => ledger.heldBlocks, prefillPrefixCacheBlocks: () => cachedBlocks() } });
+  // The `model` label: the model folder's name, the router's default served name (names.ts).
+  const modelName = basename(resolve(config.model));
+  const { registry, m } = createServiceMetrics("prefill", {
+    model: modelName,
+    buildInfo: { precision: config.precision, kernels: config.kernels ?? "fast" },
+    collect: { prefillKvBlocksUsed: () => ledger.heldBlocks, prefillPrefixCacheBlocks: () => cachedBlocks() },
+  });
 
   const closers: (() => Promise<unknown>)[] = [];
   const closeAll = async (): Promise<void> => {
@@ -157,7 +164,7 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
       prefixCache: prefixCacheBlocks > 0 ? { capacityBlocks: prefixCacheBlocks } : false,
     });
     cachedBlocks = () => engine.prefixCache?.size ?? 0;
-    const batcher = new PrefillBatcher(engine, maxBatchTokens, m, logger);
+    const batcher = new PrefillBatcher(engine, maxBatchTokens, m, logger, modelName);
 
     const connectors = new Map<string, KvConnector & { close?: () => void }>();
     closers.push(async () => connectors.forEach((c) => c.close?.()));

@@ -68,6 +68,8 @@ export class PrefillBatcher {
     private readonly maxBatchTokens: number,
     private readonly metrics: MetricsOf<"prefill">,
     private readonly logger: Logger,
+    /** The `model` label of prefillTokens: the model folder's name (names.ts); "" leaves it off. */
+    private readonly model: string = "",
   ) {}
 
   /**
@@ -146,7 +148,7 @@ export class PrefillBatcher {
       this.engine.model.phaseTimes?.drainInto(m.forwardPhase);
       m.prefillBatchSize.observe(batch.length);
       m.prefillBatchTokens.observe(computed);
-      m.prefillTokens.inc(computed);
+      m.prefillTokens.inc({ model: this.model }, computed);
       // Prompt tokens served from the prefix cache were not computed; estimate what they would have cost
       // at the seconds per token of batches without hits (a batch with hits costs more per computed token:
       // its tokens attend over the cached context too), or this batch's rate before any such batch ran.

@@ -26,6 +26,7 @@ import type { MetricsOf } from "@moela/metrics";
 import type { FinishReason, GeneratedToken, SamplingRequest } from "@moela/openai-api";
 import { IncrementalDecoder, StopStringMatcher, type Tokenizer } from "@moela/tokenizer";
 import type { GenerateEvent, GenerateInput, GenerationBackend } from "./backend.js";
+import { GenerationRecorder } from "./request-metrics.js";
 
 export interface EngineBackendOptions {
   readonly engine: Engine;
@@ -39,6 +40,8 @@ export interface EngineBackendOptions {
   readonly requestTimeoutMs: number;
   readonly logger: Logger;
   readonly metrics: MetricsOf<"router">;
+  /** The served model's name: the `model` label of the request metrics. */
+  readonly model: string;
   /** After each decode step: its duration, the sequences in it, tokens emitted, MTP drafts proposed and accepted. */
   readonly onStep?: (seconds: number, batch: number, tokens: number, drafted: number, accepted: number) => void;
 }
@@ -59,10 +62,15 @@ class Slot {
   admitted = false;
   private wake: (() => void) | null = null;
 
+  /** performance.now() when it joined the waiting queue (its queue time ends at admission). */
+  readonly queuedAt = performance.now();
+
   constructor(
     readonly seq: Sequence,
     /** KV blocks the sequence may need at most (prompt + max_tokens + one speculative row). */
     readonly blocks: number,
+    /** Its request metrics (prefill starts at admission). */
+    readonly rec: GenerationRecorder,
   ) {}
 
   notify(): void {
@@ -125,7 +133,12 @@ export class EngineBackend implements GenerationBackend {
     for (const s of [...this.waitingQueue.splice(0), ...this.running.splice(0)]) this.fail(s, gone);
   }
 
-  async *generate(input: GenerateInput, signal: AbortSignal): AsyncGenerator<GenerateEvent> {
+  generate(input: GenerateInput, signal: AbortSignal): AsyncGenerator<GenerateEvent> {
+    const rec = new GenerationRecorder(this.o.metrics, this.o.model, input.promptTokenIds.length);
+    return rec.track(this.run(input, signal, rec));
+  }
+
+  private async *run(input: GenerateInput, signal: AbortSignal, rec: GenerationRecorder): AsyncGenerator<GenerateEvent> {
     if (signal.aborted) throw new CancelledError("the client went away");
     if (this.stopped) throw new UnavailableError("the server is shutting down");
     const { metrics, tokenizer } = this.o;
@@ -139,7 +152,7 @@ export class EngineBackend implements GenerationBackend {
         `the request (${input.promptTokenIds.length} prompt tokens + max_tokens ${sampling.maxTokens}) needs ${blocks} KV blocks, more than this server's ${this.engine.cache.numBlocks}; reduce the prompt or max_tokens`,
       );
     }
-    const slot = new Slot(seq, blocks);
+    const slot = new Slot(seq, blocks, rec);
     const onAbort = (): void => {
       slot.cancelled = true;
       slot.notify();
@@ -152,7 +165,8 @@ export class EngineBackend implements GenerationBackend {
     }, this.o.requestTimeoutMs);
     timer.unref();
     this.waitingQueue.push(slot);
-    metrics.routerPromptTokens.inc(input.promptTokenIds.length);
+    const model = this.o.model;
+    metrics.routerPromptTokens.inc({ model }, input.promptTokenIds.length);
     this.start();
     this.wakeLoop?.();
 
@@ -194,10 +208,10 @@ export class EngineBackend implements GenerationBackend {
         }
         if (tokens.length > 0) {
           const now = performance.now();
-          if (lastTokenAt === 0) metrics.routerTimeToFirstToken.observe((now - input.arrivedAt) / 1000);
-          else for (let i = 0; i < tokens.length; i++) metrics.routerInterTokenLatency.observe((now - lastTokenAt) / 1000 / tokens.length);
+          if (lastTokenAt === 0) metrics.routerTimeToFirstToken.observe({ model }, (now - input.arrivedAt) / 1000);
+          else for (let i = 0; i < tokens.length; i++) metrics.routerInterTokenLatency.observe({ model }, (now - lastTokenAt) / 1000 / tokens.length);
           lastTokenAt = now;
-          metrics.routerGenerationTokens.inc(tokens.length);
+          metrics.routerGenerationTokens.inc({ model }, tokens.length);
         }
         const finished = stopped || (slot.done && slot.produced.length === 0);
         if (finished) {
@@ -300,6 +314,7 @@ export class EngineBackend implements GenerationBackend {
       this.committed += s.blocks;
       promptTokens += s.seq.prompt.length;
       s.admitted = true;
+      s.rec.prefillStarted(s.queuedAt);
       fresh.push(s);
       this.running.push(s);
     }

@@ -320,8 +320,9 @@ async function handleGeneration(api: "completions" | "chat", ctx: RouterContext,
   } finally {
     ctl.abort(new CancelledError("the request ended"));
     release?.();
-    m.routerRequests.inc({ api: "openai", outcome });
-    m.routerE2eLatency.observe((performance.now() - arrivedAt) / 1000);
+    const model = ctx.validation.servedModelName;
+    m.routerRequests.inc({ model, api: "openai", outcome });
+    m.routerE2eLatency.observe({ model }, (performance.now() - arrivedAt) / 1000);
   }
 }
 
@@ -755,8 +756,9 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
         throw publicError(err, ctx);
       } finally {
         release?.();
-        ctx.metrics.routerRequests.inc({ api: "grpc", outcome });
-        ctx.metrics.routerE2eLatency.observe((performance.now() - arrivedAt) / 1000);
+        const model = ctx.validation.servedModelName;
+        ctx.metrics.routerRequests.inc({ model, api: "grpc", outcome });
+        ctx.metrics.routerE2eLatency.observe({ model }, (performance.now() - arrivedAt) / 1000);
       }
     },
 

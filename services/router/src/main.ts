@@ -122,6 +122,9 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     await withTimeout(Promise.all([queue.waitUntilReady(), events.waitUntilReady()]), redisTimeoutMs, `Redis at ${config.redisUrl}`);
 
     const { registry, m } = createServiceMetrics("router", {
+      model: config.servedModelName,
+      // The router computes nothing itself: kernels none; its precision is the one it asks of the cluster.
+      buildInfo: { precision: config.precision },
       collect: {
         routerRequestsInFlight: () => admission.inFlight,
         routerQueueDepth: () => queue.getJobCountByTypes("waiting", "prioritized"),
@@ -188,6 +191,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       requestTimeoutMs: config.requestTimeoutMs,
       logger,
       metrics: m,
+      model: config.servedModelName,
       ...(config.security !== undefined ? { security: config.security } : {}),
       ...(options.jobCheckIntervalMs !== undefined ? { jobCheckIntervalMs: options.jobCheckIntervalMs } : {}),
     });

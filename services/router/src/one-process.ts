@@ -247,6 +247,9 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
     const admission = new AdmissionController(config.maxInFlight);
     let backend: EngineBackend | undefined;
     const router = createServiceMetrics("router", {
+      model: config.servedModelName,
+      // One process computes everything with the process-wide kernels.
+      buildInfo: { precision: config.precision, kernels: config.kernels },
       collect: {
         routerRequestsInFlight: () => admission.inFlight,
         routerQueueDepth: () => backend?.waitingCount ?? 0,
@@ -255,11 +258,15 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
     });
     const decode = createServiceMetrics("decode", {
       defaultMetrics: false,
+      // Served in the same exposition as the router's registry, whose moela_build_info speaks for the process.
+      buildInfo: false,
+      model: config.servedModelName,
       collect: {
         decodeRunningSequences: () => backend?.runningCount ?? 0,
         decodeWaitingSequences: () => backend?.waitingCount ?? 0,
         decodeKvBlocksUsed: () => engine.cache.usedBlocks,
         decodeKvBlocksCapacity: () => engine.cache.numBlocks,
+        decodeKvUsage: () => engine.cache.usedBlocks / engine.cache.numBlocks,
       },
     });
     const dm = decode.m;
@@ -271,11 +278,13 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
       requestTimeoutMs: config.requestTimeoutMs,
       logger,
       metrics: router.m,
+      model: config.servedModelName,
       onStep: (seconds, _batch, tokens, drafted, accepted) => {
         dm.decodeStep.observe(seconds);
-        dm.decodeGeneratedTokens.inc(tokens);
-        if (drafted > 0) dm.decodeMtpDraftedTokens.inc(drafted);
-        if (accepted > 0) dm.decodeMtpAcceptedTokens.inc(accepted);
+        dm.decodeGeneratedTokens.inc({ model: config.servedModelName }, tokens);
+        // MTP drafts one token per sequence: every draft is position 0.
+        if (drafted > 0) dm.decodeMtpDraftedTokens.inc({ position: "0" }, drafted);
+        if (accepted > 0) dm.decodeMtpAcceptedTokens.inc({ position: "0" }, accepted);
       },
     });
     const engineBackend = backend;

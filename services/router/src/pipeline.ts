@@ -54,6 +54,7 @@ import {
 } from "@moela/scheduler";
 import { IncrementalDecoder, StopStringMatcher, type Tokenizer } from "@moela/tokenizer";
 import type { Queue, QueueEvents } from "bullmq";
+import { GenerationRecorder } from "./request-metrics.js";
 
 export interface GenerateInput {
   readonly requestId: string;
@@ -127,6 +128,8 @@ export interface PipelineDeps {
   readonly requestTimeoutMs: number;
   readonly logger: Logger;
   readonly metrics: MetricsOf<"router">;
+  /** The served model's name: the `model` label of the request metrics. */
+  readonly model: string;
   /** Most migrations of one request to another decode instance (default 3). */
   readonly maxMigrations?: number;
   /** Sends each job to the queue of the prefill instance holding the longest cached prefix; absent: `queue`. */
@@ -215,7 +218,12 @@ export class Pipeline {
    * InvalidArgumentError (cannot fit any decode instance), CancelledError (signal), or the failure of the
    * prefill job or the decode stream as a MoelaError of its code.
    */
-  async *generate(input: GenerateInput, signal: AbortSignal): AsyncGenerator<GenerateEvent> {
+  generate(input: GenerateInput, signal: AbortSignal): AsyncGenerator<GenerateEvent> {
+    const rec = new GenerationRecorder(this.deps.metrics, this.deps.model, input.promptTokenIds.length);
+    return rec.track(this.run(input, signal, rec));
+  }
+
+  private async *run(input: GenerateInput, signal: AbortSignal, rec: GenerationRecorder): AsyncGenerator<GenerateEvent> {
     const { tokenizer, metrics } = this.deps;
     const log = this.deps.logger.child({ requestId: input.requestId });
     if (signal.aborted) throw new CancelledError("the client went away");
@@ -233,7 +241,7 @@ export class Pipeline {
     for (let n = 0; ; n++) {
       const attempt: Attempt = { n, id: n === 0 ? input.requestId : `${input.requestId}.m${n}`, deadline, seed };
       try {
-        yield* this.runAttempt(input, attempt, progress, signal, log);
+        yield* this.runAttempt(input, attempt, progress, signal, log, rec);
         return;
       } catch (err) {
         if (!(err instanceof Migrate)) throw err;
@@ -250,8 +258,16 @@ export class Pipeline {
   }
 
   /** One attempt on one decode instance; throws Migrate when that instance is lost. */
-  private async *runAttempt(input: GenerateInput, attempt: Attempt, progress: Progress, signal: AbortSignal, log: Logger): AsyncGenerator<GenerateEvent> {
+  private async *runAttempt(
+    input: GenerateInput,
+    attempt: Attempt,
+    progress: Progress,
+    signal: AbortSignal,
+    log: Logger,
+    rec: GenerationRecorder,
+  ): AsyncGenerator<GenerateEvent> {
     const { pool, queue, jobs, metrics } = this.deps;
+    const model = this.deps.model;
     const { sampling } = input;
     const requestId = attempt.id;
     // A migrated attempt continues from what the caller has: prompt + sent tokens, the rest of max_tokens.
@@ -286,7 +302,7 @@ export class Pipeline {
         prefillFailure = new MoelaError(`prefill failed: ${f.message}`, f.code);
         ctl.abort(prefillFailure);
       },
-      active: () => metrics.routerQueueWait.observe((performance.now() - enqueuedAt) / 1000),
+      active: () => rec.prefillStarted(enqueuedAt),
       retried: (reason) => {
         metrics.routerRetries.inc({ reason });
         log.info({ jobId: requestId, reason }, "prefill job runs again");
@@ -343,7 +359,7 @@ export class Pipeline {
         throw new UnavailableError("cannot enqueue the prefill job: the queue is unreachable; retry later", { cause: err });
       }
       enqueued = true;
-      if (attempt.n === 0) metrics.routerPromptTokens.inc(prompt.length);
+      if (attempt.n === 0) metrics.routerPromptTokens.inc({ model }, prompt.length);
       // Until the first token: is the job still there? (see "A job that vanishes" above)
       stopWatch = this.watchJob(job, input.priority ?? 0, () => jobQueue, (q) => (jobQueue = q), () => got > 0, (e) => {
         queueFailure = e;
@@ -385,10 +401,10 @@ export class Pipeline {
         }
         if (tokens.length > 0) {
           const now = performance.now();
-          if (progress.lastTokenAt === 0) metrics.routerTimeToFirstToken.observe((now - input.arrivedAt) / 1000);
-          else for (let i = 0; i < tokens.length; i++) metrics.routerInterTokenLatency.observe((now - progress.lastTokenAt) / 1000 / tokens.length);
+          if (progress.lastTokenAt === 0) metrics.routerTimeToFirstToken.observe({ model }, (now - input.arrivedAt) / 1000);
+          else for (let i = 0; i < tokens.length; i++) metrics.routerInterTokenLatency.observe({ model }, (now - progress.lastTokenAt) / 1000 / tokens.length);
           progress.lastTokenAt = now;
-          metrics.routerGenerationTokens.inc(tokens.length);
+          metrics.routerGenerationTokens.inc({ model }, tokens.length);
         }
         const decodeFinish = msg.finishReason;
         const decodeDone = decodeFinish === WireFinishReason.FINISH_REASON_STOP || decodeFinish === WireFinishReason.FINISH_REASON_LENGTH;

@@ -118,7 +118,8 @@ function job(requestId: string, prompt: number[], decodeAddress: string): Prefil
 }
 
 function metric(body: string, name: string): number {
-  const m = new RegExp(`^${name} (\\S+)$`, "m").exec(body);
+  // The first series of `name`, with or without labels (moela_prefill_tokens_total carries model).
+  const m = new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, "m").exec(body);
   return m === null ? Number.NaN : Number(m[1]);
 }
 

@@ -536,9 +536,11 @@ describe("models, health, metrics", () => {
   it("/metrics counts requests by outcome and tokens", async () => {
     await client.completions.create({ model: "tiny-v3", prompt: [800, 801], max_tokens: 2 });
     const body = await (await fetch(router.metricsUrl)).text();
-    expect(Number(/^moela_router_requests_total\{api="openai",outcome="ok"\} (\d+)$/m.exec(body)?.[1])).toBeGreaterThan(0);
-    expect(Number(/^moela_router_generation_tokens_total (\d+)$/m.exec(body)?.[1])).toBeGreaterThan(0);
-    expect(/^moela_router_time_to_first_token_seconds_count \d+$/m.test(body)).toBe(true);
+    // Request-level series carry the served model's name (names.ts LABEL.model).
+    expect(Number(/^moela_router_requests_total\{model="tiny-v3",api="openai",outcome="ok"\} (\d+)$/m.exec(body)?.[1])).toBeGreaterThan(0);
+    expect(Number(/^moela_router_generation_tokens_total\{model="tiny-v3"\} (\d+)$/m.exec(body)?.[1])).toBeGreaterThan(0);
+    expect(/^moela_router_time_to_first_token_seconds_count\{model="tiny-v3"\} \d+$/m.test(body)).toBe(true);
+    expect(Number(/^moela_router_generations_total\{model="tiny-v3",finish_reason="length"\} (\d+)$/m.exec(body)?.[1])).toBeGreaterThan(0);
     expect(/^moela_router_queue_depth \d+$/m.test(body)).toBe(true);
   });
 });

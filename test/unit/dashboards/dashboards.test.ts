@@ -153,6 +153,45 @@ describe("Grafana dashboards", () => {
     }
   });
 
+  it("every dashboard has role, instance and model variables, and every selector keeps to them", () => {
+    const modelled = new Set<string>(Object.values(METRICS).filter((d) => (d.labels as readonly string[]).includes("model")).map((d) => d.name));
+    for (const [file, d] of dashboards) {
+      const vars = d.templating.list.filter((v) => v.type === "query").map((v) => [v.name, variableQuery(v)]);
+      expect(vars.slice(0, 3), file).toEqual([
+        ["role", "label_values(moela_build_info, role)"],
+        ["instance", "label_values(moela_build_info, instance)"],
+        ["model", "label_values(moela_build_info, model)"],
+      ]);
+    }
+    const unscoped: string[] = [];
+    for (const { target, where } of targets) {
+      // Every selector: name{...instance=~"$instance", role=~"$role"[, model=~"$model"]...}.
+      for (const sel of target.expr.matchAll(/\b(moela_[a-z0-9_]+?)(_bucket|_sum|_count)?\{([^}]*)\}/g)) {
+        const [, base, , matchers] = sel as unknown as [string, string, string | undefined, string];
+        const want = ['instance=~"$instance"', 'role=~"$role"', ...(modelled.has(base) ? ['model=~"$model"'] : [])];
+        for (const w of want) if (!matchers.includes(w)) unscoped.push(`${where}: ${base} lacks ${w}`);
+      }
+      // No bare selector (a name not followed by its matchers).
+      if (/\bmoela_[a-z0-9_]+(?![a-z0-9_{])/.test(target.expr.replace(/label_values\([^)]*\)/g, ""))) unscoped.push(`${where}: bare selector in ${target.expr}`);
+    }
+    expect(unscoped).toEqual([]);
+  });
+
+  it("the failure ratio counts server failures (error, timeout), not client 4xx (rejected) or cancellations", () => {
+    const ratio = targets.find((t) => t.panel.title === "Server failure ratio");
+    expect(ratio?.target.expr).toMatch(/^sum\(rate\(moela_router_requests_total\{[^}]*outcome=~"error\|timeout"\}\[\$__rate_interval\]\)\) \/ sum\(rate\(moela_router_requests_total\{[^}]*\}\[\$__rate_interval\]\)\)$/);
+    expect(ratio!.target.expr).not.toMatch(/rejected|cancelled|outcome!=/);
+  });
+
+  it("panels show the request-level metrics at vLLM parity", () => {
+    const exprs = targets.map((t) => t.target.expr).join("\n");
+    for (const key of ["routerGenerations", "routerRequestPromptTokens", "routerRequestGenerationTokens", "routerRequestPrefill", "routerRequestDecode", "routerQueueWait", "decodeKvUsage", "buildInfo"] as const) {
+      expect(exprs, key).toContain(METRICS[key].name);
+    }
+    expect(exprs).toMatch(/sum by \(finish_reason\)/);
+    expect(exprs).toMatch(/sum by \(position\) \(rate\(moela_decode_mtp_accepted_tokens_total/);
+  });
+
   it("the MoE dashboard has the per-layer and per-expert heatmaps, imbalance and hosts per token", () => {
     const moe = dashboards.get("moela-moe.json")!;
     const panels = allPanels(moe);

@@ -12,24 +12,43 @@ const withValues = defs.filter(([, d]) => d.values !== undefined);
 describe("names.ts values", () => {
   it("are given for the outcome, reason and phase counters", () => {
     expect(withValues.map(([k]) => k).sort()).toEqual(
-      ["decodeKvReclaimedBlocks", "decodeKvReclaims", "forwardPhase", "moeDispatchPhase", "prefillJobs", "prefillKvReclaimedBlocks", "prefillKvReclaims", "prefillKvTransferFailures", "routerQueueRemoved", "routerRequests", "routerRetries"].sort(),
+      [
+        "decodeKvReclaimedBlocks",
+        "decodeKvReclaims",
+        "decodeMtpAcceptedTokens",
+        "decodeMtpDraftedTokens",
+        "forwardPhase",
+        "moeDispatchPhase",
+        "prefillJobs",
+        "prefillKvReclaimedBlocks",
+        "prefillKvReclaims",
+        "prefillKvTransferFailures",
+        "routerGenerations",
+        "routerQueueRemoved",
+        "routerRequests",
+        "routerRetries",
+      ].sort(),
     );
   });
 
-  it.each(withValues)("%s: only counters, one list per label, short lowercase values without repeats", (_, def) => {
+  it.each(withValues)("%s: only counters, one list per label (but model), short lowercase values without repeats", (_, def) => {
     expect(def.kind).toBe("counter");
-    expect(Object.keys(def.values!).sort()).toEqual([...def.labels].sort());
+    // The served model is known at start-up only (createServiceMetrics' model option).
+    expect(Object.keys(def.values!).sort()).toEqual(def.labels.filter((l) => l !== "model").sort());
     for (const values of Object.values(def.values!)) {
       expect(values.length).toBeGreaterThan(0);
       expect(values.length).toBeLessThanOrEqual(8);
       expect(new Set(values).size).toBe(values.length);
-      for (const v of values) expect(v).toMatch(/^[a-z][a-z_]*$/);
+      for (const v of values) expect(v).toMatch(/^([a-z][a-z_]*|[0-9]+)$/);
     }
   });
 
   it("knownLabelSets is the cartesian product, and empty when a label has no list", () => {
-    expect(knownLabelSets(METRICS.routerRequests)).toHaveLength(2 * 5);
-    expect(knownLabelSets(METRICS.routerRequests)).toContainEqual({ api: "grpc", outcome: "cancelled" });
+    expect(knownLabelSets(METRICS.routerRequests, { model: ["m"] })).toHaveLength(2 * 5);
+    expect(knownLabelSets(METRICS.routerRequests, { model: ["m"] })).toContainEqual({ model: "m", api: "grpc", outcome: "cancelled" });
+    // Without the served model's name, a model-labelled counter has no known series.
+    expect(knownLabelSets(METRICS.routerRequests)).toEqual([]);
+    expect(knownLabelSets(METRICS.decodeMtpAcceptedTokens)).toEqual([{ position: "0" }]);
     expect(knownLabelSets(METRICS.rpcServerHandled)).toEqual([]);
     expect(knownLabelSets(METRICS.routerTimeToFirstToken)).toEqual([]);
     expect(knownLabelSets({ ...METRICS.routerRequests, values: { api: ["grpc"] } })).toEqual([]);
@@ -38,11 +57,11 @@ describe("names.ts values", () => {
 
 describe("a fresh service registry", () => {
   it.each(Object.keys(SERVICE_METRICS) as ServiceName[])("%s: exports every known series at 0", async (service) => {
-    const sm = createServiceMetrics(service, { defaultMetrics: false });
+    const sm = createServiceMetrics(service, { defaultMetrics: false, model: "m" });
     const text = await sm.registry.metrics();
     for (const key of SERVICE_METRICS[service] as readonly MetricKey[]) {
       const def = METRICS[key];
-      for (const labels of knownLabelSets(def)) {
+      for (const labels of knownLabelSets(def, { model: ["m"] })) {
         const rendered = def.labels.map((l) => `${l}="${labels[l]}"`).join(",");
         expect(text, `${def.name}{${rendered}}`).toContain(`${def.name}{${rendered}} 0\n`);
       }
@@ -50,10 +69,13 @@ describe("a fresh service registry", () => {
   });
 
   it("counts from 0 when the event comes", async () => {
-    const sm = createServiceMetrics("router", { defaultMetrics: false });
-    sm.m.routerRequests.inc({ api: "grpc", outcome: "timeout" });
+    const sm = createServiceMetrics("router", { defaultMetrics: false, model: "m" });
+    sm.m.routerRequests.inc({ model: "m", api: "grpc", outcome: "timeout" });
+    sm.m.routerGenerations.inc({ model: "m", finish_reason: "abort" });
     const text = await sm.registry.metrics();
-    expect(text).toContain('moela_router_requests_total{api="grpc",outcome="timeout"} 1\n');
-    expect(text).toContain('moela_router_requests_total{api="grpc",outcome="ok"} 0\n');
+    expect(text).toContain('moela_router_requests_total{model="m",api="grpc",outcome="timeout"} 1\n');
+    expect(text).toContain('moela_router_requests_total{model="m",api="grpc",outcome="ok"} 0\n');
+    expect(text).toContain('moela_router_generations_total{model="m",finish_reason="abort"} 1\n');
+    expect(text).toContain('moela_router_generations_total{model="m",finish_reason="error"} 0\n');
   });
 });

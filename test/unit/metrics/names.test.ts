@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { LABEL, METRICS, SERVICE_METRICS, type MetricDef, type MetricKey } from "@moela/metrics";
 
 const defs = Object.entries(METRICS) as Array<[MetricKey, MetricDef]>;
-const COMPONENTS = ["rpc", "router", "prefill", "decode", "engine", "moe", "expert_host"];
+const COMPONENTS = ["build", "rpc", "router", "prefill", "decode", "engine", "moe", "expert_host"];
 
 describe("metric and label names", () => {
   it.each(defs)("%s: shaped moela_<component>_<what>_<unit>", (_, def) => {
@@ -17,7 +17,11 @@ describe("metric and label names", () => {
     expect(stem.endsWith("_bytes")).toBe(def.unit === "bytes");
     expect(def.name).not.toMatch(/_(ms|milliseconds|microseconds|us|ns|minutes|hours|kb|mb|gb|kib|mib|gib|percent)(_|$)/);
     // Histogram series get _bucket/_sum/_count appended; none of those may be in the base name.
-    expect(def.name).not.toMatch(/_(bucket|sum|count|created|info)$/);
+    expect(def.name).not.toMatch(/_(bucket|sum|count|created)$/);
+    // An info metric (always 1, labels as data) is a gauge named _info, and only it.
+    expect(def.name.endsWith("_info")).toBe(def.unit === "info");
+    if (def.unit === "info") expect(def.kind).toBe("gauge");
+    expect(stem.endsWith("_ratio")).toBe(def.unit === "ratio");
     expect(def.help.length).toBeGreaterThan(10);
     expect(def.help).toMatch(/\.$/);
     if (def.kind === "histogram") expect(def.buckets).toBeDefined();
@@ -34,7 +38,8 @@ describe("metric and label names", () => {
     for (const [key, value] of Object.entries(LABEL)) expect(value).toBe(key);
     for (const name of declared) {
       expect(name).toMatch(/^[a-z][a-z0-9_]*$/);
-      expect(["le", "quantile", "job", "instance"]).not.toContain(name);
+      // Prometheus's own, `role` (deploy/prometheus and the chart attach it) and the Prometheus Operator's target labels.
+      expect(["le", "quantile", "job", "instance", "role", "service", "namespace", "pod", "container", "endpoint"]).not.toContain(name);
     }
     for (const [, def] of defs) for (const l of def.labels) expect(declared.has(l)).toBe(true);
   });

@@ -1,9 +1,11 @@
 import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { afterEach, describe, expect, it } from "vitest";
 import { InvalidArgumentError } from "@moela/core";
 import {
   LATENCY_BUCKETS_SECONDS,
   METRICS,
+  MOELA_VERSION,
   SERVICE_METRICS,
   createServiceMetrics,
   startMetricsServer,
@@ -11,6 +13,7 @@ import {
   type ServiceMetrics,
   type ServiceName,
 } from "@moela/metrics";
+import { parseRouterConfig } from "../../../services/router/src/config.js";
 
 interface Family {
   type: string;
@@ -97,16 +100,36 @@ describe("createServiceMetrics", () => {
   });
 
   it("typed accessors record into the service's own registry only", async () => {
-    const a = createServiceMetrics("router", { defaultMetrics: false });
-    const b = createServiceMetrics("router", { defaultMetrics: false });
-    a.m.routerRequests.inc({ api: "openai", outcome: "ok" });
-    a.m.routerRequests.inc({ api: "openai", outcome: "ok" });
-    a.m.routerTimeToFirstToken.observe(0.3);
+    const a = createServiceMetrics("router", { defaultMetrics: false, model: "m1" });
+    const b = createServiceMetrics("router", { defaultMetrics: false, model: "m1" });
+    a.m.routerRequests.inc({ model: "m1", api: "openai", outcome: "ok" });
+    a.m.routerRequests.inc({ model: "m1", api: "openai", outcome: "ok" });
+    a.m.routerTimeToFirstToken.observe({ model: "m1" }, 0.3);
     const textA = await a.registry.metrics();
-    expect(textA).toContain('moela_router_requests_total{api="openai",outcome="ok"} 2');
-    expect(textA).toContain('moela_router_time_to_first_token_seconds_bucket{le="0.5"} 1');
-    // b has the series (born at 0, names.ts `values`) but none of a's events.
-    expect(await b.registry.metrics()).toContain('moela_router_requests_total{api="openai",outcome="ok"} 0');
+    expect(textA).toContain('moela_router_requests_total{model="m1",api="openai",outcome="ok"} 2');
+    expect(textA).toContain('moela_router_time_to_first_token_seconds_bucket{le="0.5",model="m1"} 1');
+    // b has the series (born at 0, names.ts `values`, for its model) but none of a's events.
+    expect(await b.registry.metrics()).toContain('moela_router_requests_total{model="m1",api="openai",outcome="ok"} 0');
+  });
+
+  it("moela_build_info is 1 with the version, component, model and configuration; off in a second registry", async () => {
+    const version = (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
+    const sm = createServiceMetrics("decode", { defaultMetrics: false, model: "tiny", buildInfo: { precision: "paper", kernels: "portable" } });
+    expect(MOELA_VERSION).toBe(version);
+    expect(await sm.registry.metrics()).toContain(`moela_build_info{version="${version}",component="decode",model="tiny",precision="paper",kernels="portable"} 1\n`);
+    const router = createServiceMetrics("router", { defaultMetrics: false });
+    expect(await router.registry.metrics()).toContain(`moela_build_info{version="${version}",component="router",model="",precision="none",kernels="none"} 1\n`);
+    const second = createServiceMetrics("decode", { defaultMetrics: false, buildInfo: false });
+    expect(second.m.buildInfo).toBeUndefined();
+    expect(await second.registry.metrics()).not.toContain("moela_build_info");
+  });
+
+  it("the KV usage ratio is read at scrape time, beside used and capacity", async () => {
+    let used = 3;
+    const sm = createServiceMetrics("decode", { defaultMetrics: false, collect: { decodeKvUsage: () => used / 8, decodeKvBlocksUsed: () => used } });
+    expect(await sm.registry.metrics()).toContain("moela_decode_kv_usage_ratio 0.375\n");
+    used = 8;
+    expect(await sm.registry.metrics()).toContain("moela_decode_kv_usage_ratio 1\n");
   });
 
   it("per-expert series exist only when switched on", async () => {
@@ -132,13 +155,19 @@ describe("createServiceMetrics", () => {
     expect(() => createServiceMetrics("nope" as ServiceName)).toThrow(/known: router, prefill, decode, expert-host/);
   });
 
-  it("latency histograms use the 1 ms .. 60 s buckets", async () => {
+  it("latency histograms use the 1 ms .. 600 s buckets, up to the router's default request timeout", async () => {
     const sm = createServiceMetrics("decode", { defaultMetrics: false });
     sm.m.decodeStep.observe(0.004);
     const les = [...(await sm.registry.metrics()).matchAll(/moela_decode_step_seconds_bucket\{le="([^"]+)"\}/g)].map((x) => x[1]);
     expect(les).toEqual([...LATENCY_BUCKETS_SECONDS.map(String), "+Inf"]);
     expect(LATENCY_BUCKETS_SECONDS[0]).toBe(0.001);
-    expect(LATENCY_BUCKETS_SECONDS.at(-1)).toBe(60);
+    expect(LATENCY_BUCKETS_SECONDS.at(-1)).toBe(600);
+    // A request that runs until the router's default deadline lands in a finite bucket.
+    const router = parseRouterConfig(["--model", "models/tiny-v3"], {});
+    expect(LATENCY_BUCKETS_SECONDS.at(-1)).toBeGreaterThanOrEqual(router.requestTimeoutMs / 1000);
+    sm.m.decodeStep.observe(450);
+    expect(await sm.registry.metrics()).toContain('moela_decode_step_seconds_bucket{le="600"} 2\n');
+    expect(await sm.registry.metrics()).toContain('moela_decode_step_seconds_bucket{le="300"} 1\n');
   });
 });
 

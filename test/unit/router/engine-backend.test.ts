@@ -60,7 +60,8 @@ describe("EngineBackend", () => {
       maxPrefillTokens: o.maxPrefillTokens ?? 2048,
       requestTimeoutMs: o.requestTimeoutMs ?? 60_000,
       logger: createLogger("test", "silent"),
-      metrics: createServiceMetrics("router", { defaultMetrics: false }).m,
+      metrics: o.metrics ?? createServiceMetrics("router", { defaultMetrics: false }).m,
+      model: "tiny",
       ...(o.onStep !== undefined ? { onStep: o.onStep } : {}),
     });
     backends.push(b);
@@ -126,6 +127,40 @@ describe("EngineBackend", () => {
     await new Promise((r) => setTimeout(r, 50));
     expect(b.runningCount).toBe(0);
     expect(engine.cache.usedBlocks).toBe(0);
+  });
+
+  it("records every generation's end, prompt and output length, queue, prefill and decode time under the served model", async () => {
+    const sm = createServiceMetrics("router", { defaultMetrics: false, model: "tiny" });
+    const { b } = backend({ metrics: sm.m, maxBatch: 1 });
+    const signal = new AbortController().signal;
+    // One slot: the second waits for the first to finish.
+    await Promise.all([drain(b.generate(input("a", [5, 6, 7], 16), signal)), drain(b.generate(input("b", [8, 9], 3), signal))]);
+    const left = b.generate(input("c", [5], 900), signal);
+    expect((await left.next()).value?.tokens.length).toBeGreaterThan(0);
+    await left.return(undefined);
+    // Refused before it ran: a rejected request, not a generation.
+    expect((await failure(drain(b.generate(input("big", [5, 6, 7], 5000), signal)))).code).toBe(Code.INVALID_ARGUMENT);
+    const { b: slow } = backend({ metrics: sm.m, requestTimeoutMs: 30 });
+    expect((await failure(drain(slow.generate(input("slow", [5, 6, 7], 900), signal)))).code).toBe(Code.DEADLINE_EXCEEDED);
+
+    const ends = Object.fromEntries((await sm.m.routerGenerations.get()).values.map((v) => [v.labels.finish_reason, v.value]));
+    expect(ends).toEqual({ stop: 0, length: 2, abort: 1, timeout: 1, error: 0 });
+    const series = async (h: { get(): Promise<{ values: Array<{ metricName?: string; labels: Record<string, string | number>; value: number }> }> }, suffix: string) =>
+      (await h.get()).values.filter((v) => v.metricName?.endsWith(suffix) && v.labels.model === "tiny").map((v) => v.value);
+    expect(await series(sm.m.routerRequestPromptTokens, "_count")).toEqual([4]);
+    expect(await series(sm.m.routerRequestPromptTokens, "_sum")).toEqual([3 + 2 + 1 + 3]);
+    const generated = (await series(sm.m.routerRequestGenerationTokens, "_sum"))[0]!;
+    expect(generated).toBeGreaterThanOrEqual(16 + 3 + 1);
+    // Queue time ends at admission (all four were admitted); the second waited for the first's 16 tokens.
+    expect(await series(sm.m.routerQueueWait, "_count")).toEqual([4]);
+    const waits = (await sm.m.routerQueueWait.get()).values.filter((v) => v.metricName?.endsWith("_bucket") && (v.labels as Record<string, unknown>)["le"] === 0.001);
+    expect(waits[0]!.value).toBeLessThan(4);
+    // Prefill time needs a first token, decode time a generation that produced one.
+    const prefills = (await series(sm.m.routerRequestPrefill, "_count"))[0]!;
+    expect(prefills).toBeGreaterThanOrEqual(3);
+    expect(await series(sm.m.routerRequestDecode, "_count")).toEqual([prefills]);
+    expect((await series(sm.m.routerRequestPrefill, "_sum"))[0]).toBeGreaterThan(0);
+    expect(await series(sm.m.routerTimeToFirstToken, "_count")).toEqual([prefills]);
   });
 
   it("close() fails the requests in flight with UNAVAILABLE and refuses new ones", async () => {
