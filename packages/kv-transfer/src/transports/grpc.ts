@@ -14,6 +14,7 @@
  * transfer (RESOURCE_EXHAUSTED after KvBegin) stops the sender at once.
  */
 import { once } from "node:events";
+import { isIPv6 } from "node:net";
 import { credentials, Metadata, type ChannelCredentials, type ClientOptions, type ServiceError } from "@grpc/grpc-js";
 import { Code, InvalidArgumentError, MoelaError } from "@moela/core";
 import type { EmittedToken, GenerationParams, KvDtype } from "@moela/engine";
@@ -238,15 +239,28 @@ export interface PushCallContext {
 /**
  * The host part of a grpc-js peer address ("10.0.0.7:51234" -> "10.0.0.7", "[::1]:51234" -> "::1",
  * "ipv4:10.0.0.7:51234" -> "10.0.0.7"): every connection from one machine counts as one peer, so a
- * sender cannot escape the bound by opening more connections.
+ * sender cannot escape the bound by opening more connections. grpc-js writes an IPv6 peer without
+ * brackets ("::1:51234", "::ffff:10.0.0.7:51234" on a dual-stack listener such as [::]:port): its port is
+ * the last ":<digits>" when what precedes it is an IPv6 address. An IPv4-mapped address counts as its IPv4
+ * host, so one machine is one peer whichever way it connects.
  */
 export function peerHost(peer: string): string {
   const p = peer.replace(/^(ipv4|ipv6):/, "");
   const bracketed = /^\[([^\]]*)\](?::\d+)?$/.exec(p);
-  if (bracketed !== null) return bracketed[1]!;
-  const m = /^([^:]+):\d+$/.exec(p);
-  return m === null ? p : m[1]!;
+  let host = p;
+  if (bracketed !== null) host = bracketed[1]!;
+  else {
+    const v4 = /^([^:]+):\d+$/.exec(p);
+    const v6 = /^(.*:.*):\d+$/.exec(p);
+    if (v4 !== null) host = v4[1]!;
+    else if (v6 !== null && isIPv6(v6[1]!)) host = v6[1]!;
+  }
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(host);
+  return mapped === null ? host : mapped[1]!;
 }
+
+/** What the Push handler's wait for the next frame resolves with when the receiver ended first. */
+const RECEIVER_DONE: unique symbol = Symbol("receiver done");
 
 /**
  * The KvTransfer service implementation over `inbox`, for @moela/rpc's addService: each Push call
@@ -268,9 +282,19 @@ export function kvTransferService(inbox: KvInbox): {
         );
       };
       ctx.signal.addEventListener("abort", onAbort, { once: true });
+      // A receiver that fails on its own (no frame for idleTimeoutMs, its deadline, a shutdown) answers the call
+      // at once: waiting for the sender's next frame would keep a silent sender's call open for good.
+      const settled: Promise<typeof RECEIVER_DONE> = receiver.done.then(() => RECEIVER_DONE);
+      const iterator = requests[Symbol.asyncIterator]();
       try {
         if (ctx.signal.aborted) onAbort();
-        for await (const req of requests) {
+        for (;;) {
+          const next = iterator.next();
+          // Left pending when the receiver ends first; it settles when the call does.
+          next.catch(() => {});
+          const got = await Promise.race([next, settled]);
+          if (got === RECEIVER_DONE || got.done === true) break;
+          const req = got.value;
           let frame: KvFrame;
           try {
             frame = frameFromWire(req);
@@ -288,6 +312,8 @@ export function kvTransferService(inbox: KvInbox): {
         if (!(err instanceof MoelaError)) receiver.abort({ code: Code.UNAVAILABLE, reason: `the Push stream broke: ${String(err)}` });
       } finally {
         ctx.signal.removeEventListener("abort", onAbort);
+        // As `for await` would on break (after a pending next(), when the call ends).
+        iterator.return?.().catch(() => {});
       }
       const outcome = await receiver.done;
       if (!outcome.ok) throw new MoelaError(outcome.failure.reason, outcome.failure.code);
