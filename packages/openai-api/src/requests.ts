@@ -8,10 +8,12 @@
  *   (the router's --strict-api) they are a 400 naming the first. The harmless OpenAI fields (user,
  *   metadata, store, service_tier, parallel_tool_calls, ...) are accepted and ignored; fields that would
  *   change the output and that this server does not implement are accepted only at their no-op value
- *   (response_format text, no tools, suffix ""), else 400.
+ *   (suffix ""), else 400.
+ * - response_format (json_object, json_schema) and tools/tool_choice: structured.ts (constrained decoding).
  * - Penalties and filters with vLLM's ranges and semantics (the engine's sampler applies them, see
  *   packages/engine/src/sampler-penalties.ts): presence_penalty and frequency_penalty in [-2, 2],
- *   repetition_penalty in (0, 2], min_p in [0, 1], min_tokens an integer in [0, max_tokens], logit_bias
+ *   repetition_penalty in [1e-6, 2] (vLLM: (0, 2]; a smaller one can overflow a logit), min_p in [0, 1],
+ *   min_tokens an integer in [0, max_tokens], logit_bias
  *   an object of token id (a decimal string) -> bias in [-100, 100], at most MAX_LOGIT_BIAS entries, ids
  *   inside the vocabulary. Each out-of-range value is a 400 naming the field.
  * - n (choices per prompt) an integer >= 1; prompts x n at most MAX_CHOICES. Choice `index` is
@@ -19,6 +21,8 @@
  *   best_of candidates per prompt are generated and the n with the highest cumulative logprob (the sum of
  *   their tokens' logprobs) are returned, best first; usage counts every candidate's tokens (as OpenAI
  *   bills them). prompts x best_of at most MAX_CHOICES.
+ * - Values the cluster carries as float32 (temperature, top_p, the penalties, logit_bias) are rounded to float32
+ *   here, once, so prefill and decode sample with the same numbers; top_p that rounds to 0 is a 400.
  * - temperature in [0, 2], OpenAI's range (vLLM accepts any value >= 0); top_p in (0, 1]; top_k an integer,
  *   -1 or 0 meaning off; seed an integer in [0, 2^53 - 1] (the wire carries it as uint64 and TypeScript
  *   peers hold it as a number).
@@ -51,6 +55,7 @@
  */
 import { Code, MoelaError } from "@moela/core";
 import { ModelNotFoundError, RequestValidationError } from "./errors.js";
+import { parseStructuredOutput, type SchemaChecker } from "./structured.js";
 import {
   defaultMaxPromptChars,
   MAX_CACHE_SALT_CHARS,
@@ -76,6 +81,11 @@ export const MAX_LOGIT_BIAS_VALUE = 100;
 export const MAX_PENALTY = 2;
 /** vLLM's upper bound on repetition_penalty (its lower bound is exclusive 0). */
 export const MAX_REPETITION_PENALTY = 2;
+/**
+ * The smallest repetition_penalty taken (vLLM's bound is exclusive 0): the sampler divides positive logits by
+ * it in float32, and a smaller one can turn a logit into Infinity, which fails the request inside prefill.
+ */
+export const MIN_REPETITION_PENALTY = 1e-6;
 /** OpenAI's upper bound on temperature. */
 export const MAX_TEMPERATURE = 2;
 /** max_tokens when a completions request does not say (OpenAI's and vLLM's default). */
@@ -176,6 +186,11 @@ export interface ValidationContext extends ModelLimits {
   readonly maxPromptTokens?: number;
   /** Unknown fields are a 400 (the router's --strict-api); default: ignored and listed in ignoredFields. */
   readonly strictApi?: boolean;
+  /**
+   * Checks a JSON schema of response_format or a tool's parameters against what the engine can constrain
+   * (structured.ts); absent: json_object, json_schema and forced tool calls are refused.
+   */
+  readonly checkSchema?: SchemaChecker;
 }
 
 export interface SamplingRequest {
@@ -202,6 +217,8 @@ export interface SamplingRequest {
   readonly minP?: number;
   /** EOS and stop_token_ids cannot end the output before this many tokens; absent = 0. */
   readonly minTokens?: number;
+  /** Constrained decoding (response_format, forced tool calls): a grammar spec's JSON text; absent = free. */
+  readonly grammar?: string;
 }
 
 export interface PromptInput {
@@ -232,6 +249,8 @@ export interface GenerationRequest {
   readonly continuousUsage: boolean;
   /** Unknown fields that were ignored (paths like "foo", "stream_options.bar", "messages[0].baz"). */
   readonly ignoredFields: readonly string[];
+  /** Chat with tools (tool_choice not "none"): tool calls in the output become the message's tool_calls. */
+  readonly parseToolCalls?: boolean;
 }
 
 /** A validated request waiting for its tokenizer operations (see the module comment). */
@@ -439,7 +458,7 @@ function parseLogitBias(f: Fields, vocabSize: number): [number, number][] {
     if (v < -MAX_LOGIT_BIAS_VALUE || v > MAX_LOGIT_BIAS_VALUE) {
       fail("logit_bias", `logit_bias[${show(key)}] must be in [-${MAX_LOGIT_BIAS_VALUE}, ${MAX_LOGIT_BIAS_VALUE}], got ${v}`);
     }
-    return [id, v];
+    return [id, Math.fround(v)];
   });
   return out.sort((a, b) => a[0] - b[0]);
 }
@@ -458,11 +477,23 @@ function checkMinTokens(minTokens: number, maxTokens: number): void {
   if (minTokens > maxTokens) fail("min_tokens", `min_tokens must be at most max_tokens (${maxTokens}), got ${minTokens}`);
 }
 
+/**
+ * A value the cluster carries as float32 (SamplingParams' temperature, top_p, penalties and logit_bias, on
+ * every hop to decode), rounded once here so that prefill samples its first token with exactly the value
+ * decode continues with (a temperature of 1e-5 would otherwise be sampled by prefill and greedy in decode,
+ * which refuses the transfer). A positive value that float32 rounds to 0 (1e-46) is refused, naming `name`.
+ */
+function float32(name: string, v: number, positive = false): number {
+  const r = Math.fround(v);
+  if (positive && r === 0) fail(name, `${name} must be positive as a float32 (at least ${2 ** -149}), got ${v}`);
+  return r;
+}
+
 /** The sampling fields both endpoints share; max_tokens and logprobs are the caller's. */
 function parseCommonSampling(f: Fields, ctx: ValidationContext): Omit<SamplingRequest, "maxTokens" | "logprobs"> {
-  const presencePenalty = f.number("presence_penalty", { min: -MAX_PENALTY, max: MAX_PENALTY }) ?? 0;
-  const frequencyPenalty = f.number("frequency_penalty", { min: -MAX_PENALTY, max: MAX_PENALTY }) ?? 0;
-  const repetitionPenalty = f.number("repetition_penalty", { min: 0, max: MAX_REPETITION_PENALTY, gtMin: true }) ?? 1;
+  const presencePenalty = float32("presence_penalty", f.number("presence_penalty", { min: -MAX_PENALTY, max: MAX_PENALTY }) ?? 0);
+  const frequencyPenalty = float32("frequency_penalty", f.number("frequency_penalty", { min: -MAX_PENALTY, max: MAX_PENALTY }) ?? 0);
+  const repetitionPenalty = float32("repetition_penalty", f.number("repetition_penalty", { min: MIN_REPETITION_PENALTY, max: MAX_REPETITION_PENALTY }) ?? 1);
   const minP = f.number("min_p", { min: 0, max: 1 }) ?? 0;
   const minTokens = f.number("min_tokens", { int: true, min: 0 }) ?? 0;
   const logitBias = parseLogitBias(f, ctx.vocabSize);
@@ -470,8 +501,8 @@ function parseCommonSampling(f: Fields, ctx: ValidationContext): Omit<SamplingRe
   f.object("metadata");
   f.boolean("store");
   f.string("service_tier");
-  const temperature = f.number("temperature", { min: 0, max: MAX_TEMPERATURE }) ?? ctx.defaults.temperature;
-  const topP = f.number("top_p", { min: 0, max: 1, gtMin: true }) ?? ctx.defaults.topP;
+  const temperature = float32("temperature", f.number("temperature", { min: 0, max: MAX_TEMPERATURE }) ?? ctx.defaults.temperature);
+  const topP = float32("top_p", f.number("top_p", { min: 0, max: 1, gtMin: true }) ?? ctx.defaults.topP, true);
   const topKRaw = f.number("top_k", { int: true, min: -1 }) ?? ctx.defaults.topK;
   const seed = f.number("seed", { int: true, min: 0, max: Number.MAX_SAFE_INTEGER });
   const ignoreEos = f.boolean("ignore_eos") ?? false;
@@ -769,9 +800,7 @@ export function planChatRequest(body: unknown, ctx: ValidationContext): RequestP
   checkModel(f, ctx);
   const messages = parseChatMessages(f.raw("messages"), strict, ignoredFields);
   const common = parseCommonSampling(f, ctx);
-  f.onlyNoOp("response_format", (v) => typeof v === "object" && v !== null && (v as Body).type === "text", 'only {"type": "text"}');
-  f.onlyNoOp("tools", (v) => Array.isArray(v) && v.length === 0, "no tool calling");
-  f.onlyNoOp("tool_choice", (v) => v === "none" || v === "auto", "no tool calling");
+  const structured = parseStructuredOutput({ responseFormat: f.raw("response_format"), tools: f.raw("tools"), toolChoice: f.raw("tool_choice") }, ctx.checkSchema, fail);
   f.boolean("parallel_tool_calls");
   const logprobsFlag = f.boolean("logprobs") ?? false;
   const topLogprobs = f.number("top_logprobs", { int: true, min: 0, max: MAX_LOGPROBS });
@@ -783,7 +812,10 @@ export function planChatRequest(body: unknown, ctx: ValidationContext): RequestP
   const returnTokensAsTokenIds = f.boolean("return_tokens_as_token_ids") ?? false;
   const skipSpecialTokens = f.boolean("skip_special_tokens") ?? true;
   const addGenerationPrompt = f.boolean("add_generation_prompt") ?? true;
-  const templateVariables = f.object("chat_template_kwargs");
+  const kwargs = f.object("chat_template_kwargs");
+  // The tools go to the template as `tools` (transformers' convention), unless chat_template_kwargs sets it.
+  const toolsVariable = structured.tools.map((t) => ({ type: "function", function: { name: t.name, ...(t.description !== undefined ? { description: t.description } : {}), parameters: t.parameters } }));
+  const templateVariables = toolsVariable.length > 0 ? { tools: toolsVariable, ...kwargs } : kwargs;
   const cacheSalt = parseCacheSalt(f);
   // max_completion_tokens is OpenAI's newer name; it wins when both are given.
   const maxCompletionTokens = parseMaxTokens(f, "max_completion_tokens");
@@ -803,7 +835,12 @@ export function planChatRequest(body: unknown, ctx: ValidationContext): RequestP
       const maxTokens = maxTokensGiven ?? ctx.maxModelLen - tokenIds.length;
       checkContext(tokenIds.length, maxTokens, ctx, "messages");
       checkMinTokens(common.minTokens ?? 0, maxTokens);
-      const sampling: SamplingRequest = { ...common, maxTokens, logprobs: logprobsFlag ? (topLogprobs ?? 0) : null };
+      const sampling: SamplingRequest = {
+        ...common,
+        maxTokens,
+        logprobs: logprobsFlag ? (topLogprobs ?? 0) : null,
+        ...(structured.grammar !== undefined ? { grammar: structured.grammar } : {}),
+      };
       return {
         api: "chat",
         // Chat has no echo: the rendered prompt's text is not needed.
@@ -820,6 +857,7 @@ export function planChatRequest(body: unknown, ctx: ValidationContext): RequestP
         bestOf: n,
         continuousUsage,
         ignoredFields,
+        ...(structured.parseToolCalls ? { parseToolCalls: true } : {}),
       };
     },
   };

@@ -185,7 +185,10 @@ function reportIgnored(fields: readonly string[], reply: FastifyReply, log: Logg
  */
 function choiceSampling(s: SamplingRequest, k: number): SamplingRequest {
   if (k === 0 || s.seed === undefined) return s;
-  return { ...s, seed: (s.seed + k) % (Number.MAX_SAFE_INTEGER + 1) };
+  // seed + k modulo 2^53, without forming seed + k past 2^53 (where doubles skip odd numbers: two choices
+  // would share a seed).
+  const room = Number.MAX_SAFE_INTEGER - s.seed;
+  return { ...s, seed: k <= room ? s.seed + k : k - room - 1 };
 }
 
 /** Write to a raw response, waiting for room; resolves false when the client is gone. */

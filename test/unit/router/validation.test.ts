@@ -93,8 +93,12 @@ describe("POST /v1/completions: refused requests", () => {
     { name: "frequency_penalty above 2", body: { prompt: "hi", frequency_penalty: 2.5 }, param: "frequency_penalty", message: /frequency_penalty must be in \[-2, 2\], got 2.5/ },
     { name: "presence_penalty below -2", body: { prompt: "hi", presence_penalty: -2.01 }, param: "presence_penalty", message: /presence_penalty must be in \[-2, 2\]/ },
     { name: "presence_penalty as a string", body: { prompt: "hi", presence_penalty: "1" }, param: "presence_penalty", message: /must be a number/ },
-    { name: "repetition_penalty 0", body: { prompt: "hi", repetition_penalty: 0 }, param: "repetition_penalty", message: /repetition_penalty must be in \(0, 2\], got 0/ },
-    { name: "repetition_penalty above 2", body: { prompt: "hi", repetition_penalty: 2.1 }, param: "repetition_penalty", message: /\(0, 2\]/ },
+    { name: "repetition_penalty 0", body: { prompt: "hi", repetition_penalty: 0 }, param: "repetition_penalty", message: /repetition_penalty must be in \[0\.000001, 2\], got 0/ },
+    // Below 1e-6 a positive logit divided by it can overflow float32 in the sampler (a 500 from prefill).
+    { name: "repetition_penalty 1e-7", body: { prompt: "hi", repetition_penalty: 1e-7 }, param: "repetition_penalty", message: /\[0\.000001, 2\], got 1e-7/ },
+    // float32 (what the wire carries) rounds it to 0, which decode refuses.
+    { name: "top_p 1e-46", body: { prompt: "hi", top_p: 1e-46 }, param: "top_p", message: /top_p must be positive as a float32 \(at least 1\.4\d*e-45\), got 1e-46/ },
+    { name: "repetition_penalty above 2", body: { prompt: "hi", repetition_penalty: 2.1 }, param: "repetition_penalty", message: /\[0\.000001, 2\]/ },
     { name: "min_p above 1", body: { prompt: "hi", min_p: 1.5 }, param: "min_p", message: /min_p must be in \[0, 1\]/ },
     { name: "negative min_p", body: { prompt: "hi", min_p: -0.1 }, param: "min_p", message: /min_p must be in \[0, 1\]/ },
     { name: "negative min_tokens", body: { prompt: "hi", min_tokens: -1 }, param: "min_tokens", message: /min_tokens must be in \[0, inf\)/ },
@@ -148,7 +152,7 @@ describe("POST /v1/chat/completions: refused requests", () => {
     { name: "temperature above 2", body: { messages: [{ role: "user", content: "hi" }], temperature: 3 }, param: "temperature", message: /\[0, 2\]/ },
     { name: "n = 65", body: { messages: [{ role: "user", content: "hi" }], n: 65 }, param: "n", message: /n must be in \[1, 64\]/ },
     { name: "min_tokens past the default max_tokens", body: { messages: [{ role: "user", content: "hi" }], min_tokens: 5000 }, param: "min_tokens", message: /min_tokens must be at most max_tokens/ },
-    { name: "repetition_penalty negative", body: { messages: [{ role: "user", content: "hi" }], repetition_penalty: -1 }, param: "repetition_penalty", message: /\(0, 2\]/ },
+    { name: "repetition_penalty negative", body: { messages: [{ role: "user", content: "hi" }], repetition_penalty: -1 }, param: "repetition_penalty", message: /\[0\.000001, 2\]/ },
   ];
   it.each(cases)("$name -> $param", ({ body, status, param, message, strict }) => {
     const r = refusal(parseChatRequest, body, strict);
@@ -226,7 +230,7 @@ describe("accepted requests come out normalised", () => {
     expect(r).toMatchObject({ stop: ["\n"], stream: true, includeUsage: true, echo: true, returnTokensAsTokenIds: true });
   });
 
-  it("penalties, logit_bias, min_p, min_tokens and n come through as given (logit_bias as ascending id pairs)", () => {
+  it("penalties, logit_bias, min_p, min_tokens and n come through as given (logit_bias as ascending id pairs; float32 fields rounded)", () => {
     const r = parseCompletionRequest(
       {
         prompt: "hi",
@@ -247,7 +251,8 @@ describe("accepted requests come out normalised", () => {
     expect(r.sampling[0]).toMatchObject({
       presencePenalty: -1.5,
       frequencyPenalty: 0.25,
-      repetitionPenalty: 1.3,
+      // Carried as float32 from here on (the wire's type), so prefill and decode use the same value.
+      repetitionPenalty: Math.fround(1.3),
       logitBias: [
         [5, 2.5],
         [17, -100],
@@ -304,7 +309,7 @@ describe("accepted requests come out normalised", () => {
 
   it("generation_config defaults fill what the request leaves out", () => {
     const r = parseCompletionRequest({ prompt: "x" }, { ...ctx, defaults: { temperature: 0.6, topP: 0.95, topK: 20 } });
-    expect(r.sampling[0]).toMatchObject({ temperature: 0.6, topP: 0.95, topK: 20 });
+    expect(r.sampling[0]).toMatchObject({ temperature: Math.fround(0.6), topP: Math.fround(0.95), topK: 20 });
   });
 });
 
