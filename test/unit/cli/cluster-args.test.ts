@@ -1,9 +1,7 @@
-// `moela cluster` and `moela serve` argument handling, and the flags each role is started with.
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
+// `moela cluster` argument handling and the flags each role is started with (`moela serve --role`: test/e2e/serve-role.test.ts).
 import { describe, expect, it } from "vitest";
 import { groupServiceArgs, parseServiceArg, type ClusterCliOptions } from "../../../services/cli/src/cluster.js";
-import { MOELA_BIN, serviceArgs, type ServiceArgsInput } from "../../../services/cli/src/launcher.js";
+import { serviceArgs, type ServiceArgsInput } from "../../../services/cli/src/launcher.js";
 import { buildProgram } from "../../../services/cli/src/main.js";
 
 async function parseCluster(argv: string[]): Promise<ClusterCliOptions> {
@@ -99,33 +97,5 @@ describe("serviceArgs", () => {
   it("passes --served-model-name to the router only when given", () => {
     expect(flagsOf(serviceArgs("router", { ...input, servedModelName: "m1" }))["--served-model-name"]).toBe("m1");
     expect(flagsOf(serviceArgs("decode", { ...input, servedModelName: "m1" }))["--served-model-name"]).toBeUndefined();
-  });
-});
-
-describe("moela serve", () => {
-  const run = promisify(execFile);
-  async function moela(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    try {
-      const { stdout, stderr } = await run(process.execPath, [MOELA_BIN, ...args]);
-      return { code: 0, stdout, stderr };
-    } catch (err) {
-      const e = err as { code: number; stdout: string; stderr: string };
-      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-    }
-  }
-
-  it("refuses an unknown role, listing the roles", async () => {
-    const r = await moela(["serve", "--role", "gateway", "--model", "x"]);
-    expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/--role must be one of router, prefill, decode, expert-host, all, got "gateway"/);
-  });
-
-  it("without --role says it is required and exits 2; --help alone prints help and exits 0", async () => {
-    const missing = await moela(["serve", "--model", "x"]);
-    expect(missing.code).toBe(2);
-    expect(missing.stderr).toMatch(/--role is required/);
-    const help = await moela(["serve", "--help"]);
-    expect(help.code).toBe(0);
-    expect(help.stdout).toMatch(/Usage: moela serve/);
   });
 });

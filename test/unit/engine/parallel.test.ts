@@ -1,5 +1,3 @@
-import { spawnSync } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { InvalidArgumentError } from "@moela/core";
 import {
@@ -310,21 +308,5 @@ describe.skipIf(!fastKernelsAvailable())("DeepseekModel with threads (fast kerne
     expect(b.length).toBe(a.length);
     for (let i = 0; i < a.length; i++) expect(bits(b[i]!)).toEqual(bits(a[i]!));
     expect(tokensB).toEqual(tokensA);
-  });
-});
-
-describe("process lifetime", () => {
-  it.each([
-    ["after close()", "close"],
-    ["without close() (workers are unref'd)", "no-close"],
-  ])("a process that used a pool exits on its own %s", (_name, mode) => {
-    const fixture = fileURLToPath(new URL("./fixtures/parallel-exit.ts", import.meta.url));
-    const root = fileURLToPath(new URL("../../../", import.meta.url));
-    const r = spawnSync(process.execPath, ["--import", "tsx", fixture, mode], { cwd: root, encoding: "utf8", timeout: 60_000 });
-    expect(r.error).toBeUndefined();
-    expect(r.signal).toBeNull();
-    expect(r.stderr).toBe("");
-    expect(r.status).toBe(0);
-    expect(r.stdout.trim()).toBe("same bits, worker chunks > 0");
   });
 });

@@ -1,0 +1,35 @@
+/** `moela train` as a process saves an FP8 model with its tokenizer, and `moela generate` runs it. */
+import { execFileSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moela-train-cli-"));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+const text = path.join(tmp, "corpus.txt");
+fs.writeFileSync(
+  text,
+  Array.from({ length: 40 }, (_, i) => `Paragraph ${i}: the quick brown fox jumps over the lazy dog ${i % 7} times.\n\n`).join(""),
+);
+const tokenizer = path.resolve("models/tiny-v3");
+
+describe("moela train (CLI)", () => {
+  it("moela train saves an FP8 model with its tokenizer that moela generate runs", () => {
+    const out = path.join(tmp, "cli-model");
+    const cli = path.resolve("services/cli/bin/moela.js");
+    execFileSync(process.execPath, [cli, "train", "--config", "v3-tiny", "--data", text, "--tokenizer", tokenizer, "--steps", "3", "--batch", "2", "--seq-len", "16", "--threads", "1", "--out", out, "--json"], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    expect(fs.existsSync(path.join(out, "tokenizer.json"))).toBe(true);
+    const cfg = JSON.parse(fs.readFileSync(path.join(out, "config.json"), "utf8")) as Record<string, unknown>;
+    expect(cfg["quantization_config"]).toMatchObject({ quant_method: "fp8", weight_block_size: [128, 128] });
+    const gen = execFileSync(process.execPath, [cli, "generate", "--model", out, "--prompt-ids", "0,5,6", "--max-tokens", "4", "--temperature", "0", "--json", "--threads", "1"], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const res = JSON.parse(gen.trim().split("\n").pop()!) as { token_ids: number[] };
+    expect(res.token_ids).toHaveLength(4);
+  });
+});
