@@ -551,7 +551,7 @@ function checkPromptChars(chars: number, ctx: ValidationContext, param: string):
   }
 }
 
-function checkContext(promptTokens: number, maxTokens: number, limits: ValidationContext, promptParam: string): void {
+function checkContext(promptTokens: number, maxTokens: number, limits: ValidationContext, promptParam: string, maxTokensParam = "max_tokens"): void {
   if (limits.maxPromptTokens !== undefined && promptTokens > limits.maxPromptTokens && promptTokens < limits.maxModelLen) {
     fail(
       promptParam,
@@ -568,7 +568,7 @@ function checkContext(promptTokens: number, maxTokens: number, limits: Validatio
   }
   if (promptTokens + maxTokens > limits.maxModelLen) {
     fail(
-      "max_tokens",
+      maxTokensParam,
       `This model's maximum context length is ${limits.maxModelLen} tokens. However, you requested ${promptTokens + maxTokens} tokens (${promptTokens} in the prompt, ${maxTokens} in the completion). Please reduce the length of the prompt or completion.`,
       "context_length_exceeded",
     );
@@ -821,7 +821,8 @@ export function planChatRequest(body: unknown, ctx: ValidationContext): RequestP
       if (tokenIds.length === 0) fail("messages", "the chat template rendered an empty prompt");
       checkTokenIds(tokenIds, "messages", ctx.vocabSize);
       const maxTokens = maxTokensGiven ?? ctx.maxModelLen - tokenIds.length;
-      checkContext(tokenIds.length, maxTokens, ctx, "messages");
+      // The field the client used: max_completion_tokens wins over max_tokens.
+      checkContext(tokenIds.length, maxTokens, ctx, "messages", maxCompletionTokens !== undefined ? "max_completion_tokens" : "max_tokens");
       checkMinTokens(common.minTokens ?? 0, maxTokens);
       const sampling: SamplingRequest = { ...common, maxTokens, logprobs: logprobsFlag ? (topLogprobs ?? 0) : null };
       return {

@@ -21,13 +21,24 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
-import { CancelledError, Code, createLogger } from "@moela/core";
+import { CancelledError, Code, createLogger, type MoelaError } from "@moela/core";
 import { DeepseekModel, Engine, type GenerationParams } from "@moela/engine";
 import { frameFromWire, frameToWire, KvInbox, KvSender, kvTransferMeta, type KvConnector, type KvTransferMeta } from "@moela/kv-transfer";
 import { createInProcessExperts, precisionProfile } from "@moela/moe-dispatch";
 import { MAX_BATCH_PROMPTS, MAX_CHOICES, MAX_STOP_STRINGS } from "@moela/openai-api";
-import { DecodeService, FinishReason, Precision, PushRequest, type DecodeCancelRequest, type StreamRequest, type StreamResponse } from "@moela/proto-gen";
-import { createServer, drainAndClose, serve, type CallContext, type RpcServer } from "@moela/rpc";
+import {
+  DecodeService,
+  FinishReason,
+  GenerateClient,
+  Precision,
+  PushRequest,
+  type DecodeCancelRequest,
+  type GenerateRequest,
+  type GenerateResponse,
+  type StreamRequest,
+  type StreamResponse,
+} from "@moela/proto-gen";
+import { connect, createServer, drainAndClose, serve, serverStreamCall, type CallContext, type RpcServer } from "@moela/rpc";
 import { createPrefillQueue, parsePrefillJob, PREFILL_QUEUE, prefillJobSchema, prefillSamplingSchema, redisConnection, type PrefillJob } from "@moela/scheduler";
 import { Worker, type Queue } from "bullmq";
 import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
@@ -393,6 +404,16 @@ function probes(): Probe[] {
       }
       case "maxTokens":
         scalar([...boundaryValues(numberSchema(schema)), CONTEXT - PROMPT.length, CONTEXT - PROMPT.length + 1, 2 ** 32], WRONG_TYPES);
+        // Chat's newer name for it.
+        for (const v of [...boundaryValues(numberSchema(schema)), CONTEXT]) {
+          out.push({
+            field: "max_completion_tokens",
+            json: num(v),
+            path: "/v1/chat/completions",
+            base: { messages: [{ role: "user", content: "hi" }] },
+            raw: (job) => withSampling(job, { maxTokens: v }),
+          });
+        }
         break;
       case "temperature":
       case "topP":
@@ -436,7 +457,10 @@ describe("the router refuses first what prefill or decode would refuse", () => {
   });
 
   it("probes every sampling field of the job schema", () => {
-    expect(Object.keys(SAMPLING_FIELDS).sort()).toEqual(Object.keys(prefillSamplingSchema.shape).sort());
+    const inSchema = Object.keys(prefillSamplingSchema.shape);
+    // A field added to the job needs its HTTP field and probes in SAMPLING_FIELDS.
+    expect(inSchema.filter((k) => !(k in SAMPLING_FIELDS))).toEqual([]);
+    expect(Object.keys(SAMPLING_FIELDS).filter((k) => !inSchema.includes(k))).toEqual([]);
   });
 
   it("downstream() itself refuses what the cluster refuses (schema, prefill's engine, decode's receiver)", async () => {
@@ -489,6 +513,35 @@ describe("the router refuses first what prefill or decode would refuse", () => {
     expect(a.jobs).toHaveLength(3);
     for (const job of a.jobs) expect(await downstream(job)).toMatchObject({ ok: true });
     expect(new Set(a.jobs.map((j) => j.sampling.seed)).size).toBe(3);
+  });
+
+  it.each([
+    { name: "repetition_penalty 1e-7 (overflows a logit)", sampling: { repetitionPenalty: 1e-7 }, message: /repetition_penalty must be in \[0\.000001, 2\]/ },
+    { name: "temperature 3", sampling: { temperature: 3 }, message: /temperature must be in \[0, 2\]/ },
+    { name: "logprobs 21", sampling: { logprobs: 21 }, message: /logprobs must be in \[0, 20\]/ },
+    { name: "max_tokens past the context", sampling: { maxTokens: CONTEXT }, message: /maximum context length is 2048 tokens/ },
+  ])("gRPC Generate shares the bounds: $name -> INVALID_ARGUMENT naming the field", async ({ sampling, message }) => {
+    const client = connect(GenerateClient, router.grpcAddress);
+    try {
+      const req: GenerateRequest = {
+        model: "",
+        requestId: "",
+        priority: 0,
+        cacheSalt: "",
+        prompt: { $case: "tokenIds", value: { ids: PROMPT } },
+        sampling: { topK: 0, maxTokens: 2, stop: [], stopTokenIds: [], ignoreEos: false, ...sampling },
+      };
+      const got = await (async () => {
+        for await (const _ of serverStreamCall<GenerateResponse>((md, o) => client.generate(req, md, o))) {
+          // drained
+        }
+        return null;
+      })().catch((err: unknown) => err as MoelaError);
+      expect(got?.code).toBe(Code.INVALID_ARGUMENT);
+      expect(got?.message).toMatch(message);
+    } finally {
+      client.close();
+    }
   });
 
   it.each([
