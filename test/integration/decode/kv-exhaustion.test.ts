@@ -151,8 +151,10 @@ describe("KV exhaustion by idle KvBegin streams over gRPC (a peer holding the se
       ok: false,
       failure: { code: Code.RESOURCE_EXHAUSTED, reason: expect.stringMatching(/too many concurrent KV transfers from one peer: 2 open, at most 2 \(--kv-max-transfers-per-peer\)/) },
     });
-    expect(await status()).toMatchObject({ pendingTransfers: PER_PEER, freeKvBlocks: KV_BLOCKS - PER_PEER * ATTACK_BLOCKS });
-    expect(KV_BLOCKS - PER_PEER * ATTACK_BLOCKS).toBeGreaterThanOrEqual(ATTACK_BLOCKS);
+    const during = await status();
+    expect(during).toMatchObject({ pendingTransfers: PER_PEER, freeKvBlocks: KV_BLOCKS - PER_PEER * ATTACK_BLOCKS });
+    // Not a full pool: the refused transfer's blocks were there to take.
+    expect(during.freeKvBlocks).toBeGreaterThanOrEqual(ATTACK_BLOCKS);
 
     // Meanwhile a sender on another host is not affected: its request completes with exactly the engine's tokens.
     const other = await legitimate(fromV6, "req-legit-v6");
