@@ -14,7 +14,7 @@ fs.writeFileSync(
 );
 const tokenizer = path.resolve("models/tiny-v3");
 
-describe("moela train (CLI)", () => {
+describe("runTraining (moela train)", () => {
   it("moela train saves an FP8 model with its tokenizer that moela generate runs", () => {
     const out = path.join(tmp, "cli-model");
     const cli = path.resolve("services/cli/bin/moela.js");
