@@ -35,6 +35,7 @@ import type { KvSink } from "./ports.js";
 import { argmax, Sampler, sampleFromProbs, topLogprobs, validateSamplingParams, type SamplingParams } from "./sampler.js";
 import { hasPenalties, LogitsProcessor, validatePenaltyParams, type PenaltyParams } from "./sampler-penalties.js";
 import { verifyDraft } from "./speculative.js";
+import { CompiledGrammar, GrammarMatcher, GrammarVocabulary, type TokenTexts } from "./grammar/vocabulary.js";
 import {
   initialDraftingState,
   nextDraftingState,
@@ -65,6 +66,14 @@ export interface GenerationParams extends SamplingParams, PenaltyParams {
    * are equal, so a cache hit (and its timing) never reveals another tenant's prompt. Absent: the shared one.
    */
   readonly cacheSalt?: string;
+  /**
+   * Constrained decoding (response_format, forced tool calls): a GrammarSpec's JSON text (grammar/spec.ts). Its
+   * mask goes on after the penalties, logit_bias and min_tokens and before temperature, min_p, top-k and top-p
+   * (the Sampler), on every row a token is chosen from (the MTP draft and both verification rows included, the
+   * second after the draft), so speculation changes no token and the output always belongs to the grammar.
+   * The sequence ends ("stop") as soon as nothing can follow the output. Absent: unconstrained.
+   */
+  readonly grammar?: string;
 }
 
 export interface EmittedToken {
@@ -109,6 +118,11 @@ export interface EngineOptions {
    * on other processes (ForwardOptions.microBatches; default 1). Same bits either way.
    */
   readonly microBatches?: number;
+  /**
+   * The tokenizer's text of every token id, for constrained decoding (GenerationParams.grammar); called once, on
+   * the first constrained request. Absent: such requests are refused.
+   */
+  readonly tokenTexts?: () => TokenTexts;
 }
 
 /**
@@ -168,6 +182,8 @@ export class Sequence {
   private readonly processor: LogitsProcessor | null;
   /** [2][vocab] processed rows (two: a verification holds the rows of both positions). */
   private readonly processedRows: Float32Array[] = [];
+  /** Where the output is in its grammar (GenerationParams.grammar); null when unconstrained. */
+  private readonly grammar: GrammarMatcher | null;
 
   constructor(
     id: string,
@@ -176,6 +192,7 @@ export class Sequence {
     vocabSize: number,
     eosIds: readonly number[],
     rng: Rng = new Rng(params.seed),
+    grammar: CompiledGrammar | null = null,
   ) {
     this.id = id;
     this.prompt = prompt;
@@ -183,6 +200,10 @@ export class Sequence {
     this.sampler = new Sampler(vocabSize, params, rng);
     this.stopIds = new Set([...(params.stopTokenIds ?? []), ...(params.ignoreEos ? [] : eosIds)]);
     this.processor = hasPenalties(params) ? new LogitsProcessor(vocabSize, params, prompt, this.stopIds) : null;
+    this.grammar = grammar === null ? null : new GrammarMatcher(grammar);
+    // A migrated attempt: its earlier output (the prompt's tail) is where the grammar stands.
+    const prior = params.priorOutputTokens ?? 0;
+    if (this.grammar !== null) for (let p = prompt.length - prior; p < prompt.length; p++) this.grammar.push(prompt[p]!);
   }
 
   /**
@@ -191,13 +212,22 @@ export class Sequence {
    * (0 or 1) picks the buffer, so two processed rows can be held at once.
    */
   processed(raw: Float32Array, extra = -1, slot: 0 | 1 = 0): Float32Array {
-    if (this.processor === null) return raw;
+    if (this.processor === null && this.grammar === null) return raw;
     let buf = this.processedRows[slot];
     if (buf === undefined) {
       buf = new Float32Array(raw.length);
       this.processedRows[slot] = buf;
     }
-    return this.processor.apply(raw, buf, extra);
+    let row: Float32Array;
+    if (this.processor !== null) {
+      row = this.processor.apply(raw, buf, extra);
+    } else {
+      buf.set(raw);
+      row = buf;
+    }
+    // The grammar's mask: after the processors, before the Sampler (GenerationParams.grammar).
+    this.grammar?.applyMask(row, this.params.maxTokens - this.output.length, extra);
+    return row;
   }
 
   get finished(): boolean {
@@ -224,8 +254,10 @@ export class Sequence {
       if (this.finished) break;
       this.output.push(t);
       this.processor?.push(t.id);
+      this.grammar?.push(t.id);
       out.push(t);
       if (this.stopIds.has(t.id)) this.finishReason = "stop";
+      else if (this.grammar?.terminal === true) this.finishReason = "stop";
       else if (this.output.length >= this.params.maxTokens) this.finishReason = "length";
     }
     return out;
@@ -237,6 +269,9 @@ export interface StepResult {
   /** Tokens this call added to the sequence's output (already cut at a stop). */
   readonly tokens: EmittedToken[];
 }
+
+/** Compiled grammars an engine keeps (each is small: the schema's tree). */
+const GRAMMAR_CACHE_ENTRIES = 64;
 
 export class Engine {
   readonly model: DeepseekModel;
@@ -262,9 +297,14 @@ export class Engine {
   private readonly draftingPolicy: NonNullable<EngineOptions["draftingPolicy"]>;
   private readonly probsTarget: Float32Array[];
   private readonly probsDraft: Float32Array;
+  private readonly tokenTexts: (() => TokenTexts) | null;
+  private grammarVocabulary: GrammarVocabulary | null = null;
+  /** Compiled grammars by spec text, least recently used first. */
+  private readonly grammars = new Map<string, CompiledGrammar>();
 
   constructor(model: DeepseekModel, opts: EngineOptions = {}) {
     this.model = model;
+    this.tokenTexts = opts.tokenTexts ?? null;
     const c = model.config;
     this.cache = new PagedLatentCache({
       numLayers: model.cacheLayers,
@@ -349,7 +389,25 @@ export class Engine {
     if (!(Number.isInteger(n) && n >= 0 && n <= c.vocabSize)) {
       throw new InvalidArgumentError(`top logprobs must be an integer in [0, ${c.vocabSize}], got ${n}`);
     }
-    return new Sequence(id, prompt, params, c.vocabSize, c.eosTokenIds, rng);
+    const grammar = params.grammar === undefined ? null : this.compileGrammar(params.grammar);
+    return new Sequence(id, prompt, params, c.vocabSize, c.eosTokenIds, rng, grammar);
+  }
+
+  /** GenerationParams.grammar compiled for this model's vocabulary (built on first use), cached per spec. */
+  compileGrammar(spec: string): CompiledGrammar {
+    const hit = this.grammars.get(spec);
+    if (hit !== undefined) {
+      this.grammars.delete(spec);
+      this.grammars.set(spec, hit);
+      return hit;
+    }
+    if (this.tokenTexts === null) throw new InvalidArgumentError("this engine has no tokenizer texts, so it cannot constrain the output (grammar)");
+    const c = this.model.config;
+    this.grammarVocabulary ??= new GrammarVocabulary(this.tokenTexts(), c.eosTokenIds, c.vocabSize);
+    const compiled = CompiledGrammar.compile(spec, this.grammarVocabulary);
+    this.grammars.set(spec, compiled);
+    if (this.grammars.size > GRAMMAR_CACHE_ENTRIES) this.grammars.delete(this.grammars.keys().next().value!);
+    return compiled;
   }
 
   /** Blocks a sequence will need at most (prompt + output + one speculative row). */

@@ -23,3 +23,4 @@ export * from "./kv-cache/prefix-cache.js";
 export * from "./model.js";
 export * from "./phase-times.js";
 export * from "./generation.js";
+export * from "./grammar/index.js";

@@ -14,6 +14,7 @@
  * infinity.
  */
 import { randomUUID } from "node:crypto";
+import type { ToolCall } from "./structured.js";
 
 export type FinishReason = "stop" | "length";
 
@@ -198,11 +199,15 @@ export function completionChunk(
 
 // ---- chat --------------------------------------------------------------------------------------
 
+/** A chat choice also ends in "tool_calls" when its output held tool calls (structured.ts). */
+export type ChatFinishReason = FinishReason | "tool_calls";
+
 export interface ChatChoice {
   index: number;
-  message: { role: "assistant"; content: string };
+  /** content null: the message is tool calls only. */
+  message: { role: "assistant"; content: string | null; tool_calls?: ToolCall[] };
   logprobs: ChatLogprobs | null;
-  finish_reason: FinishReason;
+  finish_reason: ChatFinishReason;
 }
 
 export interface ChatResponse {
@@ -218,11 +223,16 @@ export function chatResponse(id: string, created: number, model: string, choices
   return { id, object: "chat.completion", created, model, choices, usage };
 }
 
+/** A streamed tool call: each call comes whole, in one chunk (its arguments complete). */
+export interface ToolCallDelta extends ToolCall {
+  index: number;
+}
+
 export interface ChatChunkChoice {
   index: number;
-  delta: { role?: "assistant"; content?: string };
+  delta: { role?: "assistant"; content?: string; tool_calls?: ToolCallDelta[] };
   logprobs: ChatLogprobs | null;
-  finish_reason: FinishReason | null;
+  finish_reason: ChatFinishReason | null;
 }
 
 export interface ChatChunk {

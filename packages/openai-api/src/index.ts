@@ -10,3 +10,4 @@ export * from "./requests.js";
 export * from "./format.js";
 export * from "./limits.js";
 export * from "./tokenize.js";
+export * from "./structured.js";

@@ -8,7 +8,8 @@
  *   (the router's --strict-api) they are a 400 naming the first. The harmless OpenAI fields (user,
  *   metadata, store, service_tier, parallel_tool_calls, ...) are accepted and ignored; fields that would
  *   change the output and that this server does not implement are accepted only at their no-op value
- *   (response_format text, no tools, suffix ""), else 400.
+ *   (suffix ""), else 400.
+ * - response_format (json_object, json_schema) and tools/tool_choice: structured.ts (constrained decoding).
  * - Penalties and filters with vLLM's ranges and semantics (the engine's sampler applies them, see
  *   packages/engine/src/sampler-penalties.ts): presence_penalty and frequency_penalty in [-2, 2],
  *   repetition_penalty in [1e-6, 2] (vLLM: (0, 2]; a smaller one can overflow a logit), min_p in [0, 1],
@@ -54,6 +55,7 @@
  */
 import { Code, MoelaError } from "@moela/core";
 import { ModelNotFoundError, RequestValidationError } from "./errors.js";
+import { parseStructuredOutput, type SchemaChecker } from "./structured.js";
 import {
   defaultMaxPromptChars,
   MAX_CACHE_SALT_CHARS,
@@ -184,6 +186,11 @@ export interface ValidationContext extends ModelLimits {
   readonly maxPromptTokens?: number;
   /** Unknown fields are a 400 (the router's --strict-api); default: ignored and listed in ignoredFields. */
   readonly strictApi?: boolean;
+  /**
+   * Checks a JSON schema of response_format or a tool's parameters against what the engine can constrain
+   * (structured.ts); absent: json_object, json_schema and forced tool calls are refused.
+   */
+  readonly checkSchema?: SchemaChecker;
 }
 
 export interface SamplingRequest {
@@ -210,6 +217,8 @@ export interface SamplingRequest {
   readonly minP?: number;
   /** EOS and stop_token_ids cannot end the output before this many tokens; absent = 0. */
   readonly minTokens?: number;
+  /** Constrained decoding (response_format, forced tool calls): a grammar spec's JSON text; absent = free. */
+  readonly grammar?: string;
 }
 
 export interface PromptInput {
@@ -240,6 +249,8 @@ export interface GenerationRequest {
   readonly continuousUsage: boolean;
   /** Unknown fields that were ignored (paths like "foo", "stream_options.bar", "messages[0].baz"). */
   readonly ignoredFields: readonly string[];
+  /** Chat with tools (tool_choice not "none"): tool calls in the output become the message's tool_calls. */
+  readonly parseToolCalls?: boolean;
 }
 
 /** A validated request waiting for its tokenizer operations (see the module comment). */
@@ -789,9 +800,7 @@ export function planChatRequest(body: unknown, ctx: ValidationContext): RequestP
   checkModel(f, ctx);
   const messages = parseChatMessages(f.raw("messages"), strict, ignoredFields);
   const common = parseCommonSampling(f, ctx);
-  f.onlyNoOp("response_format", (v) => typeof v === "object" && v !== null && (v as Body).type === "text", 'only {"type": "text"}');
-  f.onlyNoOp("tools", (v) => Array.isArray(v) && v.length === 0, "no tool calling");
-  f.onlyNoOp("tool_choice", (v) => v === "none" || v === "auto", "no tool calling");
+  const structured = parseStructuredOutput({ responseFormat: f.raw("response_format"), tools: f.raw("tools"), toolChoice: f.raw("tool_choice") }, ctx.checkSchema, fail);
   f.boolean("parallel_tool_calls");
   const logprobsFlag = f.boolean("logprobs") ?? false;
   const topLogprobs = f.number("top_logprobs", { int: true, min: 0, max: MAX_LOGPROBS });
@@ -803,7 +812,10 @@ export function planChatRequest(body: unknown, ctx: ValidationContext): RequestP
   const returnTokensAsTokenIds = f.boolean("return_tokens_as_token_ids") ?? false;
   const skipSpecialTokens = f.boolean("skip_special_tokens") ?? true;
   const addGenerationPrompt = f.boolean("add_generation_prompt") ?? true;
-  const templateVariables = f.object("chat_template_kwargs");
+  const kwargs = f.object("chat_template_kwargs");
+  // The tools go to the template as `tools` (transformers' convention), unless chat_template_kwargs sets it.
+  const toolsVariable = structured.tools.map((t) => ({ type: "function", function: { name: t.name, ...(t.description !== undefined ? { description: t.description } : {}), parameters: t.parameters } }));
+  const templateVariables = toolsVariable.length > 0 ? { tools: toolsVariable, ...kwargs } : kwargs;
   const cacheSalt = parseCacheSalt(f);
   // max_completion_tokens is OpenAI's newer name; it wins when both are given.
   const maxCompletionTokens = parseMaxTokens(f, "max_completion_tokens");
@@ -824,7 +836,12 @@ export function planChatRequest(body: unknown, ctx: ValidationContext): RequestP
       // The field the client used: max_completion_tokens wins over max_tokens.
       checkContext(tokenIds.length, maxTokens, ctx, "messages", maxCompletionTokens !== undefined ? "max_completion_tokens" : "max_tokens");
       checkMinTokens(common.minTokens ?? 0, maxTokens);
-      const sampling: SamplingRequest = { ...common, maxTokens, logprobs: logprobsFlag ? (topLogprobs ?? 0) : null };
+      const sampling: SamplingRequest = {
+        ...common,
+        maxTokens,
+        logprobs: logprobsFlag ? (topLogprobs ?? 0) : null,
+        ...(structured.grammar !== undefined ? { grammar: structured.grammar } : {}),
+      };
       return {
         api: "chat",
         // Chat has no echo: the rendered prompt's text is not needed.
@@ -841,6 +858,7 @@ export function planChatRequest(body: unknown, ctx: ValidationContext): RequestP
         bestOf: n,
         continuousUsage,
         ignoredFields,
+        ...(structured.parseToolCalls ? { parseToolCalls: true } : {}),
       };
     },
   };

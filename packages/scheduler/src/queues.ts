@@ -61,6 +61,8 @@ export const prefillSamplingSchema = z.strictObject({
   minTokens: z.number().int().min(0).optional(),
   /** A migrated attempt: the last N prompt tokens are the request's earlier output. */
   priorOutputTokens: z.number().int().min(0).optional(),
+  /** Constrained decoding: a grammar spec's JSON text (GenerationParams.grammar; the engine's MAX_GRAMMAR_CHARS bounds it too, and checks it). */
+  grammar: z.string().min(1).max(256 * 1024).optional(),
 });
 
 export const prefillJobSchema = z.strictObject({

@@ -11,3 +11,4 @@ export { StopStringMatcher } from "./stop.js";
 export type { StopMatch, StopStringMatcherOptions } from "./stop.js";
 export { buildTinyTokenizerFiles, byteLevelAlphabet, TINY_CHAT_TEMPLATE, TINY_SPECIAL_TOKENS, TINY_VOCAB_SIZE } from "./tiny.js";
 export type { TinyTokenizerFiles } from "./tiny.js";
+export { tokenTexts, tokenTextsOption } from "./token-texts.js";

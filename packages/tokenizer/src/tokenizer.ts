@@ -110,6 +110,8 @@ export class Tokenizer {
   private readonly hf: HfTokenizer;
   private readonly cleanUpTokenizationSpaces: boolean;
   private readonly specialIds: ReadonlySet<number>;
+  /** Every id of tokenizer.json's added_tokens (special or not: DeepSeek-V3's tool-call markers are not special). */
+  private readonly addedIds: ReadonlySet<number>;
   private compiledTemplate: Template | undefined;
 
   /** Loads tokenizer.json and tokenizer_config.json (and chat_template.jinja when present) from `dir`. */
@@ -195,6 +197,7 @@ export class Tokenizer {
     const specialIds = new Set<number>();
     for (const t of tokenizerJson.added_tokens as JsonObject[]) if (t.special === true) specialIds.add(t.id as number);
     this.specialIds = specialIds;
+    this.addedIds = new Set((tokenizerJson.added_tokens as JsonObject[]).map((t) => t.id as number));
   }
 
   private configFlag(config: JsonObject, field: string, fallback: boolean): boolean {
@@ -255,6 +258,11 @@ export class Tokenizer {
   /** Whether tokenizer.json marks the id as a special added token (skipped by skipSpecialTokens). */
   isSpecialId(id: number): boolean {
     return this.specialIds.has(id);
+  }
+
+  /** Whether the id is one of tokenizer.json's added tokens (matched whole by the pre-tokenizer, special or not). */
+  isAddedId(id: number): boolean {
+    return this.addedIds.has(id);
   }
 
   /** Renders tokenizer_config's chat_template with bos_token, eos_token, add_generation_prompt and messages. */

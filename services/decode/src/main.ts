@@ -40,6 +40,7 @@ import {
 } from "@moela/moe-dispatch";
 import { advertisedAddress, createRedisClient, InstanceRegistry, RegistryWatcher, shardReplicas, type Registration } from "@moela/scheduler";
 import { DecodeService, KvTransferService } from "@moela/proto-gen";
+import { tokenTextsOption } from "@moela/tokenizer";
 import { clientChannel, createServer, drainAndClose, serve, type RpcServer } from "@moela/rpc";
 import { Batcher } from "./batcher.js";
 import { parseConfig, USAGE, type DecodeConfig } from "./config.js";
@@ -174,7 +175,14 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
   }
   const phaseTimes = new PhaseTimes();
   model.phaseTimes = phaseTimes;
-  engine = new Engine(model, { blockSize: cfg.blockSize, numBlocks: cfg.kvBlocks, speculation: cfg.speculative, microBatches: cfg.microBatches });
+  engine = new Engine(model, {
+    blockSize: cfg.blockSize,
+    numBlocks: cfg.kvBlocks,
+    speculation: cfg.speculative,
+    microBatches: cfg.microBatches,
+    // Constrained decoding (response_format, forced tool calls): the grammar's mask needs each token's text.
+    ...tokenTextsOption(cfg.model),
+  });
   logger.info(
     {
       model: cfg.model,

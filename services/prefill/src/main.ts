@@ -38,6 +38,7 @@ import {
   shardReplicas,
 } from "@moela/scheduler";
 import { Queue, Worker } from "bullmq";
+import { tokenTextsOption } from "@moela/tokenizer";
 import { DEFAULT_PREFIX_CACHE_BLOCKS, defaultInstanceId, parsePrefillArgs, USAGE, type PrefillConfig } from "./config.js";
 import { jobProcessor, PrefillBatcher } from "./worker.js";
 
@@ -162,6 +163,8 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
       numBlocks,
       prefillChunk: config.prefillChunk,
       prefixCache: prefixCacheBlocks > 0 ? { capacityBlocks: prefixCacheBlocks } : false,
+      // Constrained decoding (response_format, forced tool calls) samples the first token here.
+      ...tokenTextsOption(config.model),
     });
     cachedBlocks = () => engine.prefixCache?.size ?? 0;
     const batcher = new PrefillBatcher(engine, maxBatchTokens, m, logger, modelName);

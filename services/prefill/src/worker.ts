@@ -269,6 +269,7 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
       ...(s.minP !== undefined ? { minP: s.minP } : {}),
       ...(s.minTokens !== undefined ? { minTokens: s.minTokens } : {}),
       ...(s.priorOutputTokens !== undefined ? { priorOutputTokens: s.priorOutputTokens } : {}),
+      ...(s.grammar !== undefined ? { grammar: s.grammar } : {}),
     };
     let seq: Sequence;
     try {

@@ -376,6 +376,7 @@ export function engineParams(s: SamplingRequest, cacheSalt: string | undefined):
     ...(s.logitBias !== undefined && s.logitBias.length > 0 ? { logitBias: s.logitBias } : {}),
     ...(s.minP !== undefined ? { minP: s.minP } : {}),
     ...(s.minTokens !== undefined ? { minTokens: s.minTokens } : {}),
+    ...(s.grammar !== undefined ? { grammar: s.grammar } : {}),
   };
 }
 

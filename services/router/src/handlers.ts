@@ -39,6 +39,8 @@ import {
   chatChunk,
   chatLogprobEntries,
   chatResponse,
+  extractToolCalls,
+  streamableContent,
   completionChunk,
   CompletionLogprobsBuilder,
   completionResponse,
@@ -352,12 +354,16 @@ async function fullResponse(
       id,
       created,
       model,
-      results.map((r, index) => ({
-        index,
-        message: { role: "assistant", content: r.text },
-        logprobs: wantLogprobs ? { content: chatLogprobEntries(r.tokens, render) } : null,
-        finish_reason: r.finishReason,
-      })),
+      results.map((r, index) => {
+        // Tools offered: calls in the output become tool_calls (DeepSeek-V3's format; structured.ts).
+        const tools = parsed.parseToolCalls === true ? extractToolCalls(r.text) : null;
+        return {
+          index,
+          message: tools === null ? { role: "assistant", content: r.text } : { role: "assistant", content: tools.content, tool_calls: tools.calls },
+          logprobs: wantLogprobs ? { content: chatLogprobEntries(r.tokens, render) } : null,
+          finish_reason: tools === null ? r.finishReason : "tool_calls",
+        };
+      }),
       usage,
     );
   }
@@ -428,18 +434,35 @@ async function streamGeneration(
       const role = { index, delta: { role: "assistant" as const, content: "" }, logprobs: null, finish_reason: null };
       await writeRaw(raw, sseData(chatChunk(id, created, model, role, include, usageSoFar(index))));
     }
+    // Tools offered: text that may be (the start of) a tool call is held back until the choice ends, then its
+    // calls go out whole in one delta.tool_calls chunk (structured.ts).
+    const toolText = parsed.parseToolCalls === true ? new Array<string>(choices).fill("") : null;
+    const toolSent = new Array<number>(choices).fill(0);
     for (; !next.done; next = await events.next()) {
       const { index, event } = next.value;
       if (event.usage) completionTokens += event.usage.completionTokens;
       cachedPromptTokens += event.usage?.cachedPromptTokens ?? 0;
       sent[index] = event.usage?.completionTokens ?? sent[index]! + event.tokens.length;
-      if (event.text.length > 0 || (wantLogprobs && event.tokens.length > 0)) {
+      let text = event.text;
+      if (toolText !== null) {
+        const all = (toolText[index] += event.text);
+        const upTo = event.finishReason !== null && extractToolCalls(all) === null ? all.length : streamableContent(all);
+        text = all.slice(toolSent[index], Math.max(upTo, toolSent[index]!));
+        toolSent[index] = Math.max(upTo, toolSent[index]!);
+      }
+      if (text.length > 0 || (wantLogprobs && event.tokens.length > 0)) {
         const logprobs = wantLogprobs ? { content: chatLogprobEntries(event.tokens, render) } : null;
-        const chunk = chatChunk(id, created, model, { index, delta: { content: event.text }, logprobs, finish_reason: null }, include, usageSoFar(index));
+        const chunk = chatChunk(id, created, model, { index, delta: { content: text }, logprobs, finish_reason: null }, include, usageSoFar(index));
         if (!(await writeRaw(raw, sseData(chunk)))) return;
       }
       if (event.finishReason !== null) {
-        await writeRaw(raw, sseData(chatChunk(id, created, model, { index, delta: {}, logprobs: null, finish_reason: event.finishReason }, include, usageSoFar(index))));
+        const calls = toolText === null ? null : extractToolCalls(toolText[index]!);
+        if (calls !== null) {
+          const delta = { tool_calls: calls.calls.map((c, i) => ({ index: i, ...c })) };
+          if (!(await writeRaw(raw, sseData(chatChunk(id, created, model, { index, delta, logprobs: null, finish_reason: null }, include, usageSoFar(index)))))) return;
+        }
+        const finish = calls === null ? event.finishReason : "tool_calls";
+        await writeRaw(raw, sseData(chatChunk(id, created, model, { index, delta: {}, logprobs: null, finish_reason: finish }, include, usageSoFar(index))));
       }
     }
     if (include) await writeRaw(raw, sseData(chatChunk(id, created, model, null, true, usageOf(promptTokens, completionTokens, cachedPromptTokens))));

@@ -4,7 +4,7 @@
  * startRouter() does the same composition for tests and in-process clusters.
  */
 import { createLogger, MoelaError, runService, splitHostPort, UnavailableError, type Logger } from "@moela/core";
-import { readModelConfig } from "@moela/engine";
+import { checkJsonSchema, readModelConfig } from "@moela/engine";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import { toWirePrecision } from "@moela/moe-dispatch";
 import { defaultMaxPromptChars } from "@moela/openai-api";
@@ -227,6 +227,8 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         maxPromptChars,
         maxPromptTokens,
         strictApi: config.strictApi ?? false,
+        // Constrained decoding needs each token's text: prefill and decode read the same tokenizer.
+        ...(tokenizer !== null ? { checkSchema: checkJsonSchema } : {}),
       },
       tokenizer,
       encoder,

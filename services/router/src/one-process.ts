@@ -34,13 +34,13 @@ import { existsSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ConfigError, createLogger, envNameOf, flagList, MoelaError, readSettings, runService, settingsFromKeys, UnavailableError, usageLines, validateSettings, withWeightLoadBar, type Logger } from "@moela/core";
-import { configureKernels, DeepseekModel, Engine, parseKernelsName, readModelConfig } from "@moela/engine";
+import { checkJsonSchema, configureKernels, DeepseekModel, Engine, parseKernelsName, readModelConfig } from "@moela/engine";
 import { createServiceMetrics, rpcServerCallRecorder } from "@moela/metrics";
 import { createInProcessExperts, PRECISION_NAMES, precisionProfile, type PrecisionName } from "@moela/moe-dispatch";
 import { defaultMaxPromptChars } from "@moela/openai-api";
 import { createServer, drainAndClose, serve } from "@moela/rpc";
 import { AdmissionController } from "@moela/scheduler";
-import { TOKENIZER_JSON, Tokenizer } from "@moela/tokenizer";
+import { TOKENIZER_JSON, Tokenizer, tokenTexts } from "@moela/tokenizer";
 import { z } from "zod";
 import { DEFAULT_MAX_BODY_BYTES, parseApiKeys, readGenerationDefaults, resolveMaxPromptTokens } from "./config.js";
 import { EngineBackend } from "./engine-backend.js";
@@ -243,6 +243,8 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
       prefillChunk: config.prefillChunk,
       speculation: config.speculative,
       prefixCache: config.prefixCache,
+      // Constrained decoding (response_format, forced tool calls): the grammar's mask needs each token's text.
+      ...(tokenizer !== null ? { tokenTexts: () => tokenTexts(tokenizer) } : {}),
     });
     const admission = new AdmissionController(config.maxInFlight);
     let backend: EngineBackend | undefined;
@@ -310,6 +312,7 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
         maxPromptChars: config.maxPromptChars ?? defaultMaxPromptChars(maxModelLen),
         maxPromptTokens: resolveMaxPromptTokens(config, maxModelLen),
         strictApi: config.strictApi,
+        ...(tokenizer !== null ? { checkSchema: checkJsonSchema } : {}),
       },
       tokenizer,
       encoder,

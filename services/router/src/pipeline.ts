@@ -628,7 +628,8 @@ function abortReason(signal: AbortSignal): string {
  */
 function penaltiesOf(s: SamplingRequest, sent: number): Partial<PrefillJob["sampling"]> {
   const minTokens = s.minTokens ?? 0;
-  const counted = s.presencePenalty !== undefined || s.frequencyPenalty !== undefined || minTokens > sent;
+  // A constrained attempt rebuilds its grammar's position from the earlier output, so it counts too.
+  const counted = s.presencePenalty !== undefined || s.frequencyPenalty !== undefined || minTokens > sent || s.grammar !== undefined;
   return {
     ...(s.presencePenalty !== undefined ? { presencePenalty: s.presencePenalty } : {}),
     ...(s.frequencyPenalty !== undefined ? { frequencyPenalty: s.frequencyPenalty } : {}),
@@ -637,6 +638,7 @@ function penaltiesOf(s: SamplingRequest, sent: number): Partial<PrefillJob["samp
     ...(s.minP !== undefined ? { minP: s.minP } : {}),
     ...(minTokens > sent ? { minTokens } : {}),
     ...(counted && sent > 0 ? { priorOutputTokens: sent } : {}),
+    ...(s.grammar !== undefined ? { grammar: s.grammar } : {}),
   };
 }
 

@@ -71,6 +71,7 @@ export function generationParamsFromWire(s: SamplingParams): { params: Generatio
     ...(s.minP !== undefined && s.minP !== 0 ? { minP: s.minP } : {}),
     ...(s.minTokens !== undefined && s.minTokens !== 0 ? { minTokens: s.minTokens } : {}),
     ...(s.priorOutputTokens !== undefined && s.priorOutputTokens !== 0 ? { priorOutputTokens: s.priorOutputTokens } : {}),
+    ...(s.grammar !== undefined && s.grammar !== "" ? { grammar: s.grammar } : {}),
   };
   return { params, logprobs: s.logprobs !== undefined };
 }
@@ -96,6 +97,7 @@ export function generationParamsToWire(p: GenerationParams, logprobs: boolean): 
     ...(p.minP !== undefined && p.minP !== 0 ? { minP: p.minP } : {}),
     ...(p.minTokens !== undefined && p.minTokens !== 0 ? { minTokens: p.minTokens } : {}),
     ...(p.priorOutputTokens !== undefined && p.priorOutputTokens !== 0 ? { priorOutputTokens: p.priorOutputTokens } : {}),
+    ...(p.grammar !== undefined ? { grammar: p.grammar } : {}),
   };
 }
 

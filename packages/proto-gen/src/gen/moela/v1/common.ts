@@ -343,7 +343,18 @@ export interface SamplingParams {
    * Only the router reads it: each choice is its own generation inside the
    * cluster.
    */
-  n?: number | undefined;
+  n?:
+    | number
+    | undefined;
+  /**
+   * Constrained decoding (response_format json_object/json_schema, forced
+   * tool calls): the JSON text of a grammar spec (packages/engine/src/grammar/
+   * spec.ts) whose mask the sampler applies to every row after the penalties
+   * and logit_bias, before temperature. Each engine compiles it again, and a
+   * continuation rebuilds its position from the tokens already generated.
+   * Unset -> unconstrained.
+   */
+  grammar?: string | undefined;
 }
 
 /** One logit_bias entry. */
@@ -568,6 +579,7 @@ function createBaseSamplingParams(): SamplingParams {
     minTokens: undefined,
     priorOutputTokens: undefined,
     n: undefined,
+    grammar: undefined,
   };
 }
 
@@ -627,6 +639,9 @@ export const SamplingParams: MessageFns<SamplingParams> = {
     }
     if (message.n !== undefined) {
       writer.uint32(136).uint32(message.n);
+    }
+    if (message.grammar !== undefined) {
+      writer.uint32(146).string(message.grammar);
     }
     return writer;
   },
@@ -790,6 +805,14 @@ export const SamplingParams: MessageFns<SamplingParams> = {
             message.n = reader.uint32();
             continue;
           }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.grammar = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -871,6 +894,7 @@ export const SamplingParams: MessageFns<SamplingParams> = {
         ? globalThis.Number(object.prior_output_tokens)
         : undefined,
       n: isSet(object.n) ? globalThis.Number(object.n) : undefined,
+      grammar: isSet(object.grammar) ? globalThis.String(object.grammar) : undefined,
     };
   },
 
@@ -927,6 +951,9 @@ export const SamplingParams: MessageFns<SamplingParams> = {
     if (message.n !== undefined) {
       obj.n = Math.round(message.n);
     }
+    if (message.grammar !== undefined) {
+      obj.grammar = message.grammar;
+    }
     return obj;
   },
 
@@ -954,6 +981,7 @@ export const SamplingParams: MessageFns<SamplingParams> = {
     message.minTokens = object.minTokens ?? undefined;
     message.priorOutputTokens = object.priorOutputTokens ?? undefined;
     message.n = object.n ?? undefined;
+    message.grammar = object.grammar ?? undefined;
     return message;
   },
 };
