@@ -4,7 +4,8 @@
  * min_p drops every token whose probability is below min_p times the most likely one's; on the weights
  * exp((logit - max) / T) that is a weight below min_p (the most likely token's weight is exactly 1). The
  * processors that depend on the sequence's tokens (penalties, logit_bias, min_tokens) run before this, on
- * a copy of the row (sampler-penalties.ts).
+ * a copy of the row (sampler-penalties.ts), and then a constrained request's grammar mask (grammar/: -Infinity
+ * for every token the grammar does not allow next), so temperature and the filters see only allowed tokens.
  * temperature < GREEDY_TEMPERATURE_EPS means greedy: the argmax, lowest id on ties, no random draw.
  * One deliberate difference: top-k keeps exactly k tokens, lower ids first among logits tied at
  * the k-th place, where vLLM's threshold mask keeps every token tied with the k-th (more than k).
