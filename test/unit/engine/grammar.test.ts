@@ -154,6 +154,38 @@ describe("grammar: random walks give JSON that validates", () => {
   });
 });
 
+describe("grammar: cached masks", () => {
+  it("a cached mask (keyed with the string counters clamped) is the mask computed afresh, at every step and budget", () => {
+    const schema = {
+      type: "object",
+      properties: { long: { type: "string", minLength: 15, maxLength: 40 }, n: { type: "array", items: { type: "integer" }, minItems: 1, maxItems: 5 }, free: { type: "object" } },
+      required: ["long", "n", "free"],
+    };
+    const grammar = CompiledGrammar.compile(JSON.stringify({ json: schema }), VOCAB);
+    const cached = new Uint8Array(VOCAB.size);
+    const fresh = new Uint8Array(VOCAB.size);
+    let compared = 0;
+    for (let seed = 1; seed <= 25; seed++) {
+      const rng = new Rng(seed);
+      let state = grammar.initial;
+      for (let t = 0; t < 150 && !(state.accept && state.stacks.length === 0); t++) {
+        for (const budget of [Infinity, 150 - t, 20]) {
+          VOCAB.fillMask(state, budget, cached, true);
+          VOCAB.fillMask(state, budget, fresh, false);
+          expect(cached).toEqual(fresh);
+          compared++;
+        }
+        VOCAB.fillMask(state, 150 - t, fresh, false);
+        const allowed = [...fresh.keys()].filter((id) => fresh[id] === 1 && id !== EOS);
+        if (allowed.length === 0) break;
+        state = advanceText(state, VOCAB.tokenCps(allowed[Math.floor(rng.next() * allowed.length)]!)!)!;
+        expect(state).not.toBeNull();
+      }
+    }
+    expect(compared).toBeGreaterThan(1000);
+  });
+});
+
 describe("grammar: the character automaton", () => {
   const accepts = (schema: unknown, text: string): boolean => {
     const s = advanceText(initialState(compileJsonSchema(schema, "schema")), text);

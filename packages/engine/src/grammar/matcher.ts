@@ -347,3 +347,67 @@ export function advanceText(state: GrammarState, text: string | readonly number[
 export function isTerminal(state: GrammarState): boolean {
   return state.accept && state.stacks.length === 0;
 }
+
+/** A `need` counter in a state key: every value <= 0 acts alike, and so does every value >= the longest token. */
+function clampCount(need: number, maxTokenCps: number): number {
+  return Math.max(0, Math.min(need, maxTokenCps));
+}
+
+const ids = new WeakMap<object, number>();
+let nextId = 0;
+function idOf(o: object): number {
+  let id = ids.get(o);
+  if (id === undefined) {
+    id = nextId++;
+    ids.set(o, id);
+  }
+  return id;
+}
+
+/**
+ * A key equal for two states exactly when every token of at most `maxTokenCps` code points is accepted by both
+ * or neither, and changes `min` by the same amount (so one cached mask serves both). The stacks' elements,
+ * except the counters of a string or a digit run: at or above `maxTokenCps`, no token can exhaust `left` nor
+ * reach `need` (so none can close the string, and each consumed character lowers min by one), so they are
+ * clamped there; a `need` at or below 0 only means "may close", so it is clamped at 0. Inside a long string the
+ * mask is then the same at every position.
+ */
+export function stateKey(state: GrammarState, maxTokenCps: number): string {
+  const parts: string[] = [state.accept ? "A" : "a"];
+  for (const top of state.stacks) {
+    parts.push("|");
+    for (let s: Stack | null = top; s !== null; s = s.next) {
+      const e = s.el;
+      switch (e.t) {
+        case T.Lit:
+          parts.push(`L${idOf(e.cps)}.${e.i}`);
+          break;
+        case T.Cls:
+          parts.push(`C${e.cls}`);
+          break;
+        case T.Node:
+          parts.push(`N${idOf(e.n)}`);
+          break;
+        case T.Rep:
+          parts.push(`R${e.cls}.${clampCount(e.need, maxTokenCps)}.${Math.min(e.left, maxTokenCps)}`);
+          break;
+        case T.StrBody:
+          parts.push(`S${clampCount(e.need, maxTokenCps)}.${Math.min(e.left, maxTokenCps)}`);
+          break;
+        case T.ObjRest:
+          parts.push(`O${idOf(e.props)}.${e.i}.${e.first ? 1 : 0}`);
+          break;
+        case T.ArrRest:
+          parts.push(`Y${idOf(e.n)}.${e.count}`);
+          break;
+        case T.AnyObjRest:
+          parts.push(`Z${e.depth}.${e.count}`);
+          break;
+        case T.Space:
+          parts.push("_");
+          break;
+      }
+    }
+  }
+  return parts.join(",");
+}

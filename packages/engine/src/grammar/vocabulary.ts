@@ -4,7 +4,7 @@
  * method). Ports-style: the engine never reads a tokenizer; the service that owns one hands in TokenTexts.
  */
 import { Code, InvalidArgumentError, MoelaError } from "@moela/core";
-import { advance, advanceText, initialState, isTerminal, type GrammarState } from "./matcher.js";
+import { advance, advanceText, initialState, isTerminal, stateKey, type GrammarState } from "./matcher.js";
 import type { GNode } from "./schema.js";
 import { compileGrammarSpec } from "./spec.js";
 
@@ -28,6 +28,14 @@ export class GrammarVocabulary {
   private readonly order: Int32Array;
   /** lcp[j]: code points order[j] shares with order[j - 1] (0 for j = 0). */
   private readonly lcp: Int32Array;
+  /** Most code points of one token: counters at or above it are alike to every token (matcher.ts stateKey). */
+  readonly maxTokenCps: number;
+  /**
+   * Masks by state key, least recently used first: per id, min(state after the token) - min(state), or NO_TOKEN.
+   * The budget is applied on use, so one entry serves every budget; bounded to MASK_CACHE_BYTES.
+   */
+  private readonly masks = new Map<string, Int32Array>();
+  private readonly maskCacheEntries: number;
 
   /** `vocabSize`: the model's (its logits rows), which may exceed the tokenizer's. */
   constructor(tokens: TokenTexts, eosIds: readonly number[], vocabSize = tokens.texts.length) {
@@ -54,6 +62,10 @@ export class GrammarVocabulary {
     ids.sort((a, b) => compareCps(this.cps[a]!, this.cps[b]!) || a - b);
     this.order = Int32Array.from(ids);
     this.lcp = new Int32Array(ids.length);
+    let longest = 1;
+    for (const id of ids) longest = Math.max(longest, this.cps[id]!.length);
+    this.maxTokenCps = longest;
+    this.maskCacheEntries = Math.max(4, Math.floor(MASK_CACHE_BYTES / (4 * this.size)));
     for (let j = 1; j < ids.length; j++) {
       const x = this.cps[ids[j - 1]!]!;
       const y = this.cps[ids[j]!]!;
@@ -91,11 +103,42 @@ export class GrammarVocabulary {
    * allowed[id] = 1 for each token the grammar accepts from `state` and whose remainder fits in `budget - 1`
    * more tokens (EOS: when the value is complete), else 0. Returns how many ids are allowed.
    */
-  fillMask(state: GrammarState, budget: number, allowed: Uint8Array): number {
+  fillMask(state: GrammarState, budget: number, allowed: Uint8Array, useCache = true): number {
     allowed.fill(0);
     let n = 0;
     if (state.accept) for (const id of this.eosIds) if (id < allowed.length) ((allowed[id] = 1), n++);
     if (isTerminal(state)) return n;
+    let deltas: Int32Array | undefined;
+    const key = useCache ? stateKey(state, this.maxTokenCps) : "";
+    if (useCache) {
+      deltas = this.masks.get(key);
+      if (deltas !== undefined) {
+        this.masks.delete(key);
+        this.masks.set(key, deltas);
+      }
+    }
+    if (deltas === undefined) {
+      deltas = this.walk(state);
+      if (useCache) {
+        this.masks.set(key, deltas);
+        if (this.masks.size > this.maskCacheEntries) this.masks.delete(this.masks.keys().next().value!);
+      }
+    }
+    const limit = budget - 1 - state.min;
+    for (let j = 0; j < this.order.length; j++) {
+      const id = this.order[j]!;
+      const d = deltas[id]!;
+      if (d !== NO_TOKEN && d <= limit) {
+        allowed[id] = 1;
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** Per id: min(state after the token) - min(state), or NO_TOKEN where the grammar rejects it. */
+  private walk(state: GrammarState): Int32Array {
+    const deltas = new Int32Array(this.size).fill(NO_TOKEN);
     const states: (GrammarState | null)[] = [state];
     let depth = 0; // states[0..depth] belong to the previous token's prefix and are alive
     for (let j = 0; j < this.order.length; j++) {
@@ -113,14 +156,16 @@ export class GrammarVocabulary {
         }
         states[++depth] = next;
       }
-      if (ok && states[depth]!.min <= budget - 1) {
-        allowed[id] = 1;
-        n++;
-      }
+      if (ok) deltas[id] = states[depth]!.min - state.min;
     }
-    return n;
+    return deltas;
   }
 }
+
+/** A token the grammar rejects (in a mask's deltas). */
+const NO_TOKEN = -0x80000000;
+/** Memory for cached masks per vocabulary (4 bytes per token id each). */
+const MASK_CACHE_BYTES = 32 * 1024 * 1024;
 
 function compareCps(a: readonly number[], b: readonly number[]): number {
   const n = Math.min(a.length, b.length);
