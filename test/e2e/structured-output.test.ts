@@ -14,6 +14,7 @@ import { copyFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
+import { MoelaClient } from "@moela/client";
 import { Ajv } from "ajv";
 import OpenAI, { BadRequestError } from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -71,15 +72,16 @@ beforeAll(() => {
 afterAll(() => removeCheckpoints());
 
 /** The requests every server must answer, against `client` (its model name `name`). */
-function structuredOutputSuite(label: string, start: () => Promise<{ client: OpenAI; name: string; origin: string; stop: () => Promise<void> }>): void {
+function structuredOutputSuite(label: string, start: () => Promise<{ client: OpenAI; name: string; origin: string; grpc: string; stop: () => Promise<void> }>): void {
   describe(label, () => {
     let client: OpenAI;
     let name: string;
     let origin: string;
+    let grpc: string;
     let stop: (() => Promise<void>) | undefined;
 
     beforeAll(async () => {
-      ({ client, name, origin, stop } = await start());
+      ({ client, name, origin, grpc, stop } = await start());
     }, 300_000);
 
     afterAll(async () => {
@@ -98,6 +100,20 @@ function structuredOutputSuite(label: string, start: () => Promise<{ client: Ope
       let text = "";
       for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? "";
       expect(validPerson(JSON.parse(text)), text).toBe(true);
+    });
+
+    it("gRPC Generate through the SDK: responseFormat json_schema, with chat messages and with a text prompt", async () => {
+      const sdk = new MoelaClient({ address: grpc });
+      try {
+        const responseFormat = { type: "json_schema", json_schema: { name: "person", schema: PERSON } } as const;
+        const chat = await sdk.complete({ messages: [{ role: "user", content: "Who?" }], responseFormat, maxTokens: 300, temperature: 1, seed: 7 });
+        expect(validPerson(JSON.parse(chat.text)), chat.text).toBe(true);
+        const text = await sdk.complete({ prompt: "A person:", responseFormat, maxTokens: 300, temperature: 1, seed: 8 });
+        expect(validPerson(JSON.parse(text.text)), text.text).toBe(true);
+        await expect(sdk.complete({ prompt: "x", responseFormat: { type: "json_schema", json_schema: { name: "x", schema: { type: "string", format: "date" } } } })).rejects.toThrow(/schema\.format/);
+      } finally {
+        sdk.close();
+      }
     });
 
     it("json_object: the output is one JSON object", async () => {
@@ -196,6 +212,7 @@ structuredOutputSuite("against npm start's cluster", async () => {
     client,
     name: cluster.model,
     origin: cluster.baseURL.replace(/\/v1$/, ""),
+    grpc: cluster.instances("router")[0]!.grpc!,
     stop: async () => {
       await cluster.stop();
     },
@@ -203,18 +220,18 @@ structuredOutputSuite("against npm start's cluster", async () => {
 });
 
 structuredOutputSuite("against the one-process server (moela serve --role all)", async () => {
-  const child: ChildProcess = spawn(process.execPath, [MOELA_BIN, "serve", "--role", "all", "--model", model, "--port", "0", "--threads", "1", "--log-level", "warn"], {
+  const child: ChildProcess = spawn(process.execPath, [MOELA_BIN, "serve", "--role", "all", "--model", model, "--port", "0", "--threads", "1", "--log-level", "warn", "--grpc-address", "127.0.0.1:0"], {
     cwd: REPO_ROOT,
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stderr = "";
   child.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-  const url = await new Promise<string>((resolve, reject) => {
+  const { url, grpc } = await new Promise<{ url: string; grpc: string }>((resolve, reject) => {
     createInterface({ input: child.stdout! }).on("line", (line) => {
       if (!line.startsWith("{")) return;
-      const r = JSON.parse(line) as { event?: string; role?: string; http?: string };
-      if (r.event === "ready" && r.role === "all" && typeof r.http === "string") resolve(r.http);
+      const r = JSON.parse(line) as { event?: string; role?: string; http?: string; grpc?: string };
+      if (r.event === "ready" && r.role === "all" && typeof r.http === "string" && typeof r.grpc === "string") resolve({ url: r.http, grpc: r.grpc });
     });
     void exited.then((code) => reject(new Error(`moela serve --role all exited with ${code}:\n${stderr.slice(-4000)}`)));
   });
@@ -224,6 +241,7 @@ structuredOutputSuite("against the one-process server (moela serve --role all)",
     client,
     name: models.data[0]!.id,
     origin: url,
+    grpc,
     stop: async () => {
       child.kill("SIGTERM");
       const code = await Promise.race([exited, new Promise<"late">((r) => setTimeout(() => r("late"), 30_000))]);

@@ -100,7 +100,15 @@ export interface GenerateParams {
   readonly priority?: number;
   /** Per-tenant salt of the prompt's prefix-cache keys (vLLM's cache_salt): only equal salts share cached prefixes. */
   readonly cacheSalt?: string;
+  /** Constrain the output to JSON (OpenAI's response_format): any object, or a value valid against a JSON schema. */
+  readonly responseFormat?: ResponseFormat;
 }
+
+/** OpenAI's response_format; the schema subset the server supports is in its docs (a 400 names anything else). */
+export type ResponseFormat =
+  | { readonly type: "text" }
+  | { readonly type: "json_object" }
+  | { readonly type: "json_schema"; readonly json_schema: { readonly name: string; readonly schema: unknown; readonly strict?: boolean } };
 
 export type FinishReason = "stop" | "length";
 
@@ -275,6 +283,7 @@ export function toWireRequest(r: GenerateRequest, requestId: string): WireGenera
     requestId,
     priority: r.priority ?? 0,
     cacheSalt: r.cacheSalt ?? "",
+    ...(r.responseFormat !== undefined ? { responseFormat: JSON.stringify(r.responseFormat) } : {}),
   });
 }
 

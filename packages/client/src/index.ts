@@ -21,6 +21,7 @@ export {
   type GenerateRequest,
   type ModelInfo,
   type MoelaClientOptions,
+  type ResponseFormat,
   type TokenLogprob,
   type TopLogprob,
   type Usage,

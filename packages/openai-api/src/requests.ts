@@ -9,7 +9,8 @@
  *   metadata, store, service_tier, parallel_tool_calls, ...) are accepted and ignored; fields that would
  *   change the output and that this server does not implement are accepted only at their no-op value
  *   (suffix ""), else 400.
- * - response_format (json_object, json_schema) and tools/tool_choice: structured.ts (constrained decoding).
+ * - response_format (json_object, json_schema; chat and completions) and tools/tool_choice (chat): structured.ts
+ *   (constrained decoding).
  * - Penalties and filters with vLLM's ranges and semantics (the engine's sampler applies them, see
  *   packages/engine/src/sampler-penalties.ts): presence_penalty and frequency_penalty in [-2, 2],
  *   repetition_penalty in [1e-6, 2] (vLLM: (0, 2]; a smaller one can overflow a logit), min_p in [0, 1],
@@ -55,7 +56,7 @@
  */
 import { Code, MoelaError } from "@moela/core";
 import { ModelNotFoundError, RequestValidationError } from "./errors.js";
-import { parseStructuredOutput, type SchemaChecker } from "./structured.js";
+import { parseResponseFormat, parseStructuredOutput, type SchemaChecker } from "./structured.js";
 import {
   defaultMaxPromptChars,
   MAX_CACHE_SALT_CHARS,
@@ -366,7 +367,7 @@ const COMMON_FIELDS = [
   "cache_salt",
 ] as const;
 
-const COMPLETION_FIELDS = new Set<string>([...COMMON_FIELDS, "prompt", "echo", "best_of", "suffix"]);
+const COMPLETION_FIELDS = new Set<string>([...COMMON_FIELDS, "prompt", "echo", "best_of", "suffix", "response_format"]);
 const CHAT_FIELDS = new Set<string>([
   ...COMMON_FIELDS,
   "messages",
@@ -637,6 +638,8 @@ export function planCompletionRequest(body: unknown, ctx: ValidationContext): Re
   checkModel(f, ctx);
   f.onlyNoOp("suffix", (v) => v === "", "no insertion");
   const common = parseCommonSampling(f, ctx);
+  // vLLM takes response_format on completions too (structured.ts).
+  const grammar = parseResponseFormat(f.raw("response_format"), ctx.checkSchema, fail);
   const maxTokens = parseMaxTokens(f, "max_tokens") ?? DEFAULT_COMPLETION_MAX_TOKENS;
   const logprobsRaw = f.raw("logprobs");
   if (typeof logprobsRaw === "boolean") fail("logprobs", `logprobs must be an integer in [0, ${MAX_LOGPROBS}] for completions, got ${logprobsRaw}`);
@@ -680,7 +683,7 @@ export function planCompletionRequest(body: unknown, ctx: ValidationContext): Re
         return { tokenIds: p.ids, text: k < 0 ? "" : textResult(results[k]) };
       });
       prompts.forEach((p, i) => checkContext(p.tokenIds.length, maxTokens, ctx, prompts.length === 1 ? "prompt" : `prompt[${i}]`));
-      const sampling: SamplingRequest = { ...common, maxTokens, logprobs };
+      const sampling: SamplingRequest = { ...common, maxTokens, logprobs, ...(grammar !== undefined ? { grammar } : {}) };
       return {
         api: "completions",
         prompts,

@@ -659,6 +659,13 @@ function generateRequestBody(req: GenerateRequest): Record<string, unknown> {
     if (s.priorOutputTokens !== undefined && s.priorOutputTokens !== 0) throw new InvalidArgumentError("sampling.prior_output_tokens is internal to the cluster; leave it 0");
   }
   if (req.cacheSalt !== "") body.cache_salt = req.cacheSalt;
+  if (req.responseFormat !== undefined && req.responseFormat !== "") {
+    try {
+      body.response_format = JSON.parse(req.responseFormat) as unknown;
+    } catch (err) {
+      throw new InvalidArgumentError(`response_format is not JSON: ${(err as Error).message}`, { cause: err });
+    }
+  }
   return body;
 }
 

@@ -1,7 +1,10 @@
 import { describe, expect, it } from "vitest";
 import { checkJsonSchema } from "@moela/engine";
+import { Tokenizer } from "@moela/tokenizer";
 import {
   extractToolCalls,
+  parseChatRequest,
+  parseCompletionRequest,
   parseStructuredOutput,
   RequestValidationError,
   streamableContent,
@@ -10,6 +13,7 @@ import {
   TOOL_CALLS_BEGIN,
   TOOL_CALLS_END,
   TOOL_SEP,
+  type ValidationContext,
 } from "@moela/openai-api";
 
 const fail = (param: string, message: string): never => {
@@ -94,5 +98,32 @@ describe("tool calls in the generated text (DeepSeek-V3's format)", () => {
     expect(streamableContent("hello<｜tool")).toBe(5);
     expect(streamableContent(`hi${TOOL_CALLS_BEGIN}xyz`)).toBe(2);
     expect(streamableContent("a < b")).toBe(5);
+  });
+});
+
+describe("the chat and completions requests carry the grammar", () => {
+  const ctx: ValidationContext = {
+    servedModelName: "tiny-v3",
+    maxModelLen: 2048,
+    vocabSize: 1024,
+    encoder: Tokenizer.fromDir(new URL("../../../models/tiny-v3", import.meta.url).pathname),
+    defaults: { temperature: 1, topP: 1, topK: -1 },
+    checkSchema: checkJsonSchema,
+  };
+  const format = { type: "json_schema", json_schema: { name: "n", schema: { type: "object", properties: { a: { type: "boolean" } }, required: ["a"] } } };
+
+  it("completions (every prompt of a batch) and chat; tools go to the template as `tools`", () => {
+    const c = parseCompletionRequest({ prompt: ["x", "y"], response_format: format }, ctx);
+    expect(c.sampling.map((s) => s.grammar)).toEqual([JSON.stringify({ json: format.json_schema.schema }), JSON.stringify({ json: format.json_schema.schema })]);
+    const chat = parseChatRequest({ messages: [{ role: "user", content: "hi" }], tools: [WEATHER], tool_choice: "required" }, ctx);
+    expect(chat.parseToolCalls).toBe(true);
+    expect(chat.sampling[0]!.grammar).toContain("get_weather");
+    expect(parseChatRequest({ messages: [{ role: "user", content: "hi" }] }, ctx).sampling[0]!.grammar).toBeUndefined();
+    expect(parseChatRequest({ messages: [{ role: "user", content: "hi" }] }, ctx).parseToolCalls).toBeUndefined();
+  });
+
+  it("without a schema checker (a model without a tokenizer) a schema is refused", () => {
+    const { checkSchema: _, ...bare } = ctx;
+    expect(() => parseCompletionRequest({ prompt: [1, 2], response_format: format }, bare)).toThrow(/cannot constrain/);
   });
 });

@@ -113,6 +113,15 @@ export interface GenerateRequest {
    * most 256 characters.
    */
   cacheSalt: string;
+  /**
+   * OpenAI's response_format object as JSON text: {"type": "json_object"} or
+   * {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}
+   * constrains the output to JSON (valid against the schema); empty or
+   * {"type": "text"} -> free text (optional: callers built against the older
+   * message construct it unchanged). A schema outside the supported subset is
+   * INVALID_ARGUMENT naming the field.
+   */
+  responseFormat?: string | undefined;
 }
 
 /**
@@ -633,7 +642,15 @@ export const TokenIds: MessageFns<TokenIds> = {
 };
 
 function createBaseGenerateRequest(): GenerateRequest {
-  return { prompt: undefined, sampling: undefined, model: "", requestId: "", priority: 0, cacheSalt: "" };
+  return {
+    prompt: undefined,
+    sampling: undefined,
+    model: "",
+    requestId: "",
+    priority: 0,
+    cacheSalt: "",
+    responseFormat: undefined,
+  };
 }
 
 export const GenerateRequest: MessageFns<GenerateRequest> = {
@@ -663,6 +680,9 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     }
     if (message.cacheSalt !== "") {
       writer.uint32(58).string(message.cacheSalt);
+    }
+    if (message.responseFormat !== undefined) {
+      writer.uint32(170).string(message.responseFormat);
     }
     return writer;
   },
@@ -744,6 +764,14 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
             message.cacheSalt = reader.string();
             continue;
           }
+          case 21: {
+            if (tag !== 170) {
+              break;
+            }
+
+            message.responseFormat = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -780,6 +808,11 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
         : isSet(object.cache_salt)
         ? globalThis.String(object.cache_salt)
         : "",
+      responseFormat: isSet(object.responseFormat)
+        ? globalThis.String(object.responseFormat)
+        : isSet(object.response_format)
+        ? globalThis.String(object.response_format)
+        : undefined,
     };
   },
 
@@ -806,6 +839,9 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     }
     if (message.cacheSalt !== "") {
       obj.cacheSalt = message.cacheSalt;
+    }
+    if (message.responseFormat !== undefined) {
+      obj.responseFormat = message.responseFormat;
     }
     return obj;
   },
@@ -842,6 +878,7 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     message.requestId = object.requestId ?? "";
     message.priority = object.priority ?? 0;
     message.cacheSalt = object.cacheSalt ?? "";
+    message.responseFormat = object.responseFormat ?? undefined;
     return message;
   },
 };
