@@ -101,6 +101,24 @@ describe("constrained decoding with a random-weight model", () => {
     expect(validate(JSON.parse(tokenizer.decode(ids, { skipSpecialTokens: true })))).toBe(true);
   });
 
+  it("a migrated attempt (earlier output at the prompt's tail, priorOutputTokens) continues where the grammar stood", async () => {
+    const params: GenerationParams = { temperature: 1, topP: 1, topK: -1, seed: 23, maxTokens: 300, grammar: GRAMMAR };
+    const first = await generate(engine(), params);
+    const sent = first.ids.slice(0, 6);
+    const rest = await (async () => {
+      const e = engine();
+      const seq = e.newSequence("s", [...PROMPT, ...sent], { ...params, maxTokens: params.maxTokens - sent.length, priorOutputTokens: sent.length });
+      const ids: number[] = [];
+      for await (const t of e.generate(seq)) ids.push(t.id);
+      return ids;
+    })();
+    const text = tokenizer.decode([...sent, ...rest], { skipSpecialTokens: true });
+    expect(validate(JSON.parse(text)), text).toBe(true);
+    // Earlier output the grammar cannot have produced is refused.
+    const bad = tokenizer.encode("]]", { addSpecialTokens: false });
+    expect(() => engine().newSequence("s", [...PROMPT, ...bad], { ...params, priorOutputTokens: bad.length })).toThrow(/does not continue/);
+  });
+
   it("an engine without token texts refuses a constrained request", () => {
     const bare = new Engine(model, { blockSize: 4, numBlocks: 64 });
     expect(() => bare.newSequence("s", PROMPT, { temperature: 0, topP: 1, topK: -1, maxTokens: 10, grammar: GRAMMAR })).toThrow(/cannot constrain/);
