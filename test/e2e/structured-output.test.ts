@@ -116,6 +116,40 @@ function structuredOutputSuite(label: string, start: () => Promise<{ client: Ope
       }
     });
 
+    it("gRPC Generate through the SDK: a required tool call, and the call and its answer back as messages", async () => {
+      const sdk = new MoelaClient({ address: grpc });
+      try {
+        const tools = TOOLS.map((t) => (t as { function: { name: string; description?: string; parameters: unknown } }).function);
+        const first = await sdk.complete({ messages: [{ role: "user", content: "Weather?" }], tools, toolChoice: "required", maxTokens: 200, temperature: 1, seed: 9 });
+        expect(first.toolCalls).toHaveLength(1);
+        const call = first.toolCalls[0]!;
+        expect(call.id).toMatch(/^call_/);
+        expect(validArgs[call.name]!(JSON.parse(call.arguments)), call.arguments).toBe(true);
+        // The text is the model's output as written: DeepSeek-V3's markers around the call.
+        expect(first.text).toContain(`<｜tool▁sep｜>${call.name}\n\`\`\`json\n${call.arguments}\n\`\`\``);
+        const named = await sdk.complete({ messages: [{ role: "user", content: "Look up 3" }], tools, toolChoice: { name: "lookup" }, maxTokens: 200, temperature: 1, seed: 10 });
+        expect(named.toolCalls.map((c) => c.name)).toEqual(["lookup"]);
+        const next = await sdk.complete({
+          messages: [
+            { role: "user", content: "Weather?" },
+            { role: "assistant", content: "", toolCalls: [call] },
+            { role: "tool", content: "sunny", toolCallId: call.id },
+          ],
+          tools,
+          toolChoice: "none",
+          responseFormat: { type: "json_object" },
+          maxTokens: 60,
+          temperature: 0,
+        });
+        expect(next.toolCalls).toEqual([]);
+        // The call and the tool's answer were rendered into the prompt.
+        expect(next.usage!.promptTokens).toBeGreaterThan(first.usage!.promptTokens + call.arguments.length / 4);
+        await expect(sdk.complete({ prompt: "x", tools, toolChoice: "required" })).rejects.toThrow(/need a chat prompt/);
+      } finally {
+        sdk.close();
+      }
+    });
+
     it("json_object: the output is one JSON object", async () => {
       const r = await client.chat.completions.create({ model: name, messages: [USER], response_format: { type: "json_object" }, max_tokens: 300, temperature: 1, seed: 4 });
       const value: unknown = JSON.parse(r.choices[0]!.message.content!);

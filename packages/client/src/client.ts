@@ -46,7 +46,28 @@ import { Stream } from "./stream.js";
 /** One message of a conversation. */
 export interface ChatMessage {
   readonly role: "system" | "user" | "assistant" | "tool";
+  /** An assistant turn that only calls tools has "" here and `toolCalls`. */
   readonly content: string;
+  /** An assistant turn's tool calls, as an event's `toolCalls` gave them. */
+  readonly toolCalls?: readonly ToolCall[];
+  /** A "tool" turn: the id of the call it answers. */
+  readonly toolCallId?: string;
+}
+
+/** One function call the model made (parsed by the router from DeepSeek-V3's tool-call format). */
+export interface ToolCall {
+  readonly id: string;
+  readonly name: string;
+  /** JSON text (valid against the function's parameters when the call was forced). */
+  readonly arguments: string;
+}
+
+/** A function the model may call (OpenAI's function tool). */
+export interface Tool {
+  readonly name: string;
+  readonly description?: string;
+  /** A JSON schema of the arguments object (the server's supported subset); unset: no arguments. */
+  readonly parameters?: unknown;
 }
 
 /** What to generate from: a prompt, or a conversation rendered with the served model's chat template. */
@@ -102,6 +123,10 @@ export interface GenerateParams {
   readonly cacheSalt?: string;
   /** Constrain the output to JSON (OpenAI's response_format): any object, or a value valid against a JSON schema. */
   readonly responseFormat?: ResponseFormat;
+  /** Chat only: functions the model may call; the last event of a choice then carries its `toolCalls`. */
+  readonly tools?: readonly Tool[];
+  /** "auto" (the default with tools), "none", "required" (one call of some tool) or `{ name }` (one call of that one). */
+  readonly toolChoice?: "none" | "auto" | "required" | { readonly name: string };
 }
 
 /** OpenAI's response_format; the schema subset the server supports is in its docs (a 400 names anything else). */
@@ -145,6 +170,8 @@ export interface GenerateEvent {
   readonly usage?: Usage;
   /** The choice these tokens belong to (0 unless the request asked for n > 1). */
   readonly index: number;
+  /** The last event of a choice whose output holds tool calls (the request had tools). */
+  readonly toolCalls?: readonly ToolCall[];
 }
 
 /** A whole generation (`MoelaClient.complete`). */
@@ -154,6 +181,8 @@ export interface Completion {
   readonly tokenIds: readonly number[];
   readonly finishReason: FinishReason | undefined;
   readonly usage: Usage | undefined;
+  /** The tool calls the output holds (the request had tools); empty otherwise. */
+  readonly toolCalls: readonly ToolCall[];
 }
 
 export interface GenerateOptions {
@@ -243,7 +272,7 @@ export function toWireRequest(r: GenerateRequest, requestId: string): WireGenera
       if (typeof m !== "object" || m === null || !ROLES.has(m.role) || typeof m.content !== "string") {
         throw new InvalidArgumentError(`messages[${i}] must be { role: "system" | "user" | "assistant" | "tool", content: string }`);
       }
-      return { role: m.role, content: m.content };
+      return { role: m.role, content: m.content, toolCalls: (m.toolCalls ?? []).map((c) => ({ id: c.id, name: c.name, arguments: c.arguments })), toolCallId: m.toolCallId ?? "" };
     });
     prompt = { $case: "messages", value: { messages } };
   } else if (typeof r.prompt === "string") prompt = { $case: "text", value: r.prompt };
@@ -284,6 +313,10 @@ export function toWireRequest(r: GenerateRequest, requestId: string): WireGenera
     priority: r.priority ?? 0,
     cacheSalt: r.cacheSalt ?? "",
     ...(r.responseFormat !== undefined ? { responseFormat: JSON.stringify(r.responseFormat) } : {}),
+    ...(r.tools !== undefined
+      ? { tools: JSON.stringify(r.tools.map((t) => ({ type: "function", function: { name: t.name, ...(t.description !== undefined ? { description: t.description } : {}), ...(t.parameters !== undefined ? { parameters: t.parameters } : {}) } }))) }
+      : {}),
+    ...(r.toolChoice !== undefined ? { toolChoice: JSON.stringify(typeof r.toolChoice === "string" ? r.toolChoice : { type: "function", function: { name: r.toolChoice.name } }) } : {}),
   });
 }
 
@@ -304,6 +337,7 @@ export function toEvent(m: GenerateResponse): GenerateEvent {
     ...(reason !== undefined ? { finishReason: reason } : {}),
     ...(m.usage !== undefined ? { usage: { ...m.usage } } : {}),
     index: m.index,
+    ...(m.toolCalls.length > 0 ? { toolCalls: m.toolCalls.map((c) => ({ id: c.id, name: c.name, arguments: c.arguments })) } : {}),
   };
 }
 
@@ -438,13 +472,15 @@ export class MoelaClient {
     const tokenIds: number[] = [];
     let reason: FinishReason | undefined;
     let usage: Usage | undefined;
+    let toolCalls: readonly ToolCall[] = [];
     for await (const ev of stream) {
       text += ev.text;
       tokenIds.push(...ev.tokenIds);
       reason = ev.finishReason ?? reason;
       usage = ev.usage ?? usage;
+      toolCalls = ev.toolCalls ?? toolCalls;
     }
-    return { requestId: stream.requestId, text, tokenIds, finishReason: reason, usage };
+    return { requestId: stream.requestId, text, tokenIds, finishReason: reason, usage, toolCalls };
   }
 
   /** The models the router serves (what its HTTP API's GET /v1/models lists). Errors as generate()'s; not retried. */

@@ -22,6 +22,8 @@ export {
   type ModelInfo,
   type MoelaClientOptions,
   type ResponseFormat,
+  type Tool,
+  type ToolCall,
   type TokenLogprob,
   type TopLogprob,
   type Usage,

@@ -659,14 +659,21 @@ function generateRequestBody(req: GenerateRequest): Record<string, unknown> {
     if (s.priorOutputTokens !== undefined && s.priorOutputTokens !== 0) throw new InvalidArgumentError("sampling.prior_output_tokens is internal to the cluster; leave it 0");
   }
   if (req.cacheSalt !== "") body.cache_salt = req.cacheSalt;
-  if (req.responseFormat !== undefined && req.responseFormat !== "") {
-    try {
-      body.response_format = JSON.parse(req.responseFormat) as unknown;
-    } catch (err) {
-      throw new InvalidArgumentError(`response_format is not JSON: ${(err as Error).message}`, { cause: err });
-    }
+  setJsonField(body, "response_format", req.responseFormat);
+  if (req.prompt?.$case !== "messages" && ((req.tools ?? "") !== "" || (req.toolChoice ?? "") !== "")) {
+    throw new InvalidArgumentError("tools and tool_choice need a chat prompt (messages)");
   }
   return body;
+}
+
+/** body[name] = a GenerateRequest field that carries JSON text, parsed; nothing when unset or empty. */
+function setJsonField(body: Record<string, unknown>, name: string, text: string | undefined): void {
+  if (text === undefined || text === "") return;
+  try {
+    body[name] = JSON.parse(text) as unknown;
+  } catch (err) {
+    throw new InvalidArgumentError(`${name} is not JSON: ${(err as Error).message}`, { cause: err });
+  }
 }
 
 /**
@@ -675,7 +682,15 @@ function generateRequestBody(req: GenerateRequest): Record<string, unknown> {
  */
 function chatRequestBody(req: GenerateRequest, messages: readonly ChatMessage[]): Record<string, unknown> {
   const body = generateRequestBody(req);
-  body.messages = messages.map((m) => ({ role: m.role, content: m.content }));
+  body.messages = messages.map((m) => ({
+    role: m.role,
+    // DeepSeek-V3's template renders an assistant turn's tool calls only when its content is none.
+    content: m.toolCalls.length > 0 && m.content === "" ? null : m.content,
+    ...(m.toolCalls.length > 0 ? { tool_calls: m.toolCalls.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } })) } : {}),
+    ...(m.toolCallId !== "" ? { tool_call_id: m.toolCallId } : {}),
+  }));
+  setJsonField(body, "tools", req.tools);
+  setJsonField(body, "tool_choice", req.toolChoice);
   if (typeof body.logprobs === "number") {
     body.top_logprobs = body.logprobs;
     body.logprobs = true;
@@ -766,7 +781,11 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
             signal,
           ),
         );
+        // Tools offered: each choice's whole text is parsed for calls when it ends (the text goes out as written).
+        const texts = parsed.parseToolCalls === true ? new Array<string>(n).fill("") : null;
         for await (const { index, event: ev } of mergeEvents(gens)) {
+          if (texts !== null) texts[index] += ev.text;
+          const calls = texts !== null && ev.finishReason !== null ? (extractToolCalls(texts[index]!)?.calls ?? []) : [];
           yield {
             requestId: publicId,
             index,
@@ -777,6 +796,7 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
               : [],
             finishReason: wireFinish(ev.finishReason),
             usage: ev.usage ? { promptTokens: ev.usage.promptTokens, completionTokens: ev.usage.completionTokens, cachedPromptTokens: ev.usage.cachedPromptTokens ?? 0, draftTokens: 0, acceptedDraftTokens: 0 } : undefined,
+            toolCalls: calls.map((c) => ({ id: c.id, name: c.function.name, arguments: c.function.arguments })),
           };
         }
       } catch (err) {

@@ -180,6 +180,7 @@ describe("MoelaClient.generate: streaming", () => {
       tokenIds: [1, 2, 3],
       finishReason: "length",
       usage: { promptTokens: 3, completionTokens: 3, cachedPromptTokens: 0, draftTokens: 2, acceptedDraftTokens: 1 },
+      toolCalls: [],
     });
     expect(router.calls[0]!.request).toMatchObject({ prompt: { $case: "tokenIds", value: { ids: [0, 17, 42] } }, requestId: "req-mine", model: "tiny", priority: 2 });
   });
@@ -200,6 +201,42 @@ describe("MoelaClient.generate: streaming", () => {
     await collect(client.generate({ prompt: "x" }));
     expect(router.calls[1]!.request.sampling).toMatchObject({ presencePenalty: undefined, logitBias: undefined, minTokens: undefined, n: undefined });
     await expect(client.complete({ prompt: "x", n: 2 })).rejects.toThrow(/complete\(\) collects one choice/);
+  });
+
+  it("sends responseFormat, tools, toolChoice and tool-call messages as the wire's JSON fields; the last event carries the calls", async () => {
+    const call = { id: "call_1", name: "f", arguments: '{"a":1}' };
+    const { router, client } = await setup((c) => {
+      c.write(GenerateResponse.fromPartial({ requestId: c.request.requestId, tokenIds: [1], text: "x" }));
+      c.write(GenerateResponse.fromPartial({ requestId: c.request.requestId, tokenIds: [2], text: "y", finishReason: FinishReason.FINISH_REASON_STOP, toolCalls: [call] }));
+      c.end();
+    });
+    const done = await client.complete({
+      messages: [
+        { role: "user", content: "hi" },
+        { role: "assistant", content: "", toolCalls: [call] },
+        { role: "tool", content: "ok", toolCallId: "call_1" },
+      ],
+      responseFormat: { type: "json_object" },
+      tools: [{ name: "f", parameters: { type: "object", properties: { a: { type: "integer" } } } }, { name: "g" }],
+      toolChoice: { name: "f" },
+    });
+    expect(done.toolCalls).toEqual([call]);
+    const req = router.calls[0]!.request;
+    expect(JSON.parse(req.responseFormat!)).toEqual({ type: "json_object" });
+    expect(JSON.parse(req.tools!)).toEqual([
+      { type: "function", function: { name: "f", parameters: { type: "object", properties: { a: { type: "integer" } } } } },
+      { type: "function", function: { name: "g" } },
+    ]);
+    expect(JSON.parse(req.toolChoice!)).toEqual({ type: "function", function: { name: "f" } });
+    const messages = req.prompt?.$case === "messages" ? req.prompt.value.messages : [];
+    expect(messages.map((m) => [m.role, m.toolCalls, m.toolCallId])).toEqual([
+      ["user", [], ""],
+      ["assistant", [call], ""],
+      ["tool", [], "call_1"],
+    ]);
+    // Unset: the JSON fields stay off the wire.
+    await client.complete({ prompt: "x" });
+    expect(router.calls[1]!.request).toMatchObject({ responseFormat: undefined, tools: undefined, toolChoice: undefined });
   });
 
   it("refuses malformed requests and options before calling", async () => {
@@ -497,8 +534,8 @@ describe("MoelaClient: chat messages", () => {
       $case: "messages",
       value: {
         messages: [
-          { role: "system", content: "Be brief." },
-          { role: "user", content: "Hi" },
+          { role: "system", content: "Be brief.", toolCalls: [], toolCallId: "" },
+          { role: "user", content: "Hi", toolCalls: [], toolCallId: "" },
         ],
       },
     });

@@ -42,6 +42,29 @@ export interface ChatMessage {
   /** "system", "user", "assistant" or "tool". */
   role: string;
   content: string;
+  /**
+   * An assistant turn's tool calls (as a response's tool_calls gave them);
+   * its content is then usually empty.
+   */
+  toolCalls: ToolCall[];
+  /** A "tool" turn: the id of the call it answers. */
+  toolCallId: string;
+}
+
+/**
+ * One function call the model made (DeepSeek-V3's tool-call format, parsed
+ * by the router).
+ */
+export interface ToolCall {
+  /** "call_<hex>", made by the router. */
+  id: string;
+  /** The function's name, one of the request's tools. */
+  name: string;
+  /**
+   * The arguments as JSON text (an object valid against the function's
+   * parameters schema when the call was forced).
+   */
+  arguments: string;
 }
 
 /**
@@ -121,7 +144,20 @@ export interface GenerateRequest {
    * message construct it unchanged). A schema outside the supported subset is
    * INVALID_ARGUMENT naming the field.
    */
-  responseFormat?: string | undefined;
+  responseFormat?:
+    | string
+    | undefined;
+  /**
+   * Chat messages only: OpenAI's tools list and tool_choice, each as JSON
+   * text (tools: [{"type": "function", "function": {"name", "description",
+   * "parameters"}}]; tool_choice: "none", "auto", "required" or {"type":
+   * "function", "function": {"name": ...}}). "required" and a named function
+   * constrain the output to one call with arguments valid against the
+   * function's parameters; the last message of each choice then carries the
+   * calls (GenerateResponse.tool_calls).
+   */
+  tools?: string | undefined;
+  toolChoice?: string | undefined;
 }
 
 /**
@@ -156,10 +192,16 @@ export interface GenerateResponse {
    * finish_reason; the stream ends when every choice has.
    */
   index: number;
+  /**
+   * On the last message of a choice whose output holds tool calls (the
+   * request had tools): the calls, parsed from the choice's whole text, which
+   * the text messages carried as the model wrote it, markers included.
+   */
+  toolCalls: ToolCall[];
 }
 
 function createBaseChatMessage(): ChatMessage {
-  return { role: "", content: "" };
+  return { role: "", content: "", toolCalls: [], toolCallId: "" };
 }
 
 export const ChatMessage: MessageFns<ChatMessage> = {
@@ -169,6 +211,12 @@ export const ChatMessage: MessageFns<ChatMessage> = {
     }
     if (message.content !== "") {
       writer.uint32(18).string(message.content);
+    }
+    for (const v of message.toolCalls) {
+      ToolCall.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.toolCallId !== "") {
+      writer.uint32(34).string(message.toolCallId);
     }
     return writer;
   },
@@ -202,6 +250,22 @@ export const ChatMessage: MessageFns<ChatMessage> = {
             message.content = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.toolCalls.push(ToolCall.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.toolCallId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -218,6 +282,16 @@ export const ChatMessage: MessageFns<ChatMessage> = {
     return {
       role: isSet(object.role) ? globalThis.String(object.role) : "",
       content: isSet(object.content) ? globalThis.String(object.content) : "",
+      toolCalls: globalThis.Array.isArray(object?.toolCalls)
+        ? object.toolCalls.map((e: any) => ToolCall.fromJSON(e))
+        : globalThis.Array.isArray(object?.tool_calls)
+        ? object.tool_calls.map((e: any) => ToolCall.fromJSON(e))
+        : [],
+      toolCallId: isSet(object.toolCallId)
+        ? globalThis.String(object.toolCallId)
+        : isSet(object.tool_call_id)
+        ? globalThis.String(object.tool_call_id)
+        : "",
     };
   },
 
@@ -229,6 +303,12 @@ export const ChatMessage: MessageFns<ChatMessage> = {
     if (message.content !== "") {
       obj.content = message.content;
     }
+    if (message.toolCalls?.length) {
+      obj.toolCalls = message.toolCalls.map((e) => ToolCall.toJSON(e));
+    }
+    if (message.toolCallId !== "") {
+      obj.toolCallId = message.toolCallId;
+    }
     return obj;
   },
 
@@ -239,6 +319,109 @@ export const ChatMessage: MessageFns<ChatMessage> = {
     const message = createBaseChatMessage();
     message.role = object.role ?? "";
     message.content = object.content ?? "";
+    message.toolCalls = object.toolCalls?.map((e) => ToolCall.fromPartial(e)) || [];
+    message.toolCallId = object.toolCallId ?? "";
+    return message;
+  },
+};
+
+function createBaseToolCall(): ToolCall {
+  return { id: "", name: "", arguments: "" };
+}
+
+export const ToolCall: MessageFns<ToolCall> = {
+  encode(message: ToolCall, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.arguments !== "") {
+      writer.uint32(26).string(message.arguments);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ToolCall {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseToolCall();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.arguments = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ToolCall {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      arguments: isSet(object.arguments) ? globalThis.String(object.arguments) : "",
+    };
+  },
+
+  toJSON(message: ToolCall): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.arguments !== "") {
+      obj.arguments = message.arguments;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ToolCall>, I>>(base?: I): ToolCall {
+    return ToolCall.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ToolCall>, I>>(object: I): ToolCall {
+    const message = createBaseToolCall();
+    message.id = object.id ?? "";
+    message.name = object.name ?? "";
+    message.arguments = object.arguments ?? "";
     return message;
   },
 };
@@ -650,6 +833,8 @@ function createBaseGenerateRequest(): GenerateRequest {
     priority: 0,
     cacheSalt: "",
     responseFormat: undefined,
+    tools: undefined,
+    toolChoice: undefined,
   };
 }
 
@@ -683,6 +868,12 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     }
     if (message.responseFormat !== undefined) {
       writer.uint32(170).string(message.responseFormat);
+    }
+    if (message.tools !== undefined) {
+      writer.uint32(178).string(message.tools);
+    }
+    if (message.toolChoice !== undefined) {
+      writer.uint32(186).string(message.toolChoice);
     }
     return writer;
   },
@@ -772,6 +963,22 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
             message.responseFormat = reader.string();
             continue;
           }
+          case 22: {
+            if (tag !== 178) {
+              break;
+            }
+
+            message.tools = reader.string();
+            continue;
+          }
+          case 23: {
+            if (tag !== 186) {
+              break;
+            }
+
+            message.toolChoice = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -813,6 +1020,12 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
         : isSet(object.response_format)
         ? globalThis.String(object.response_format)
         : undefined,
+      tools: isSet(object.tools) ? globalThis.String(object.tools) : undefined,
+      toolChoice: isSet(object.toolChoice)
+        ? globalThis.String(object.toolChoice)
+        : isSet(object.tool_choice)
+        ? globalThis.String(object.tool_choice)
+        : undefined,
     };
   },
 
@@ -842,6 +1055,12 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     }
     if (message.responseFormat !== undefined) {
       obj.responseFormat = message.responseFormat;
+    }
+    if (message.tools !== undefined) {
+      obj.tools = message.tools;
+    }
+    if (message.toolChoice !== undefined) {
+      obj.toolChoice = message.toolChoice;
     }
     return obj;
   },
@@ -879,12 +1098,23 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     message.priority = object.priority ?? 0;
     message.cacheSalt = object.cacheSalt ?? "";
     message.responseFormat = object.responseFormat ?? undefined;
+    message.tools = object.tools ?? undefined;
+    message.toolChoice = object.toolChoice ?? undefined;
     return message;
   },
 };
 
 function createBaseGenerateResponse(): GenerateResponse {
-  return { requestId: "", tokenIds: [], text: "", logprobs: [], finishReason: 0, usage: undefined, index: 0 };
+  return {
+    requestId: "",
+    tokenIds: [],
+    text: "",
+    logprobs: [],
+    finishReason: 0,
+    usage: undefined,
+    index: 0,
+    toolCalls: [],
+  };
 }
 
 export const GenerateResponse: MessageFns<GenerateResponse> = {
@@ -913,6 +1143,9 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
     }
     if (message.index !== 0) {
       writer.uint32(56).uint32(message.index);
+    }
+    for (const v of message.toolCalls) {
+      ToolCall.encode(v!, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -996,6 +1229,14 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
             message.index = reader.uint32();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.toolCalls.push(ToolCall.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1031,6 +1272,11 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
         : 0,
       usage: isSet(object.usage) ? Usage.fromJSON(object.usage) : undefined,
       index: isSet(object.index) ? globalThis.Number(object.index) : 0,
+      toolCalls: globalThis.Array.isArray(object?.toolCalls)
+        ? object.toolCalls.map((e: any) => ToolCall.fromJSON(e))
+        : globalThis.Array.isArray(object?.tool_calls)
+        ? object.tool_calls.map((e: any) => ToolCall.fromJSON(e))
+        : [],
     };
   },
 
@@ -1057,6 +1303,9 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
     if (message.index !== 0) {
       obj.index = Math.round(message.index);
     }
+    if (message.toolCalls?.length) {
+      obj.toolCalls = message.toolCalls.map((e) => ToolCall.toJSON(e));
+    }
     return obj;
   },
 
@@ -1072,6 +1321,7 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
     message.finishReason = object.finishReason ?? 0;
     message.usage = (object.usage !== undefined && object.usage !== null) ? Usage.fromPartial(object.usage) : undefined;
     message.index = object.index ?? 0;
+    message.toolCalls = object.toolCalls?.map((e) => ToolCall.fromPartial(e)) || [];
     return message;
   },
 };
