@@ -328,7 +328,7 @@ const VOCAB = 1024;
 const CONTEXT = 2048;
 
 /** The HTTP field of each sampling field of the job, and how its value lands in the job. */
-const SAMPLING_FIELDS: Record<string, { http: string; toJob: (v: unknown) => Record<string, unknown> } | "internal"> = {
+const SAMPLING_FIELDS: Record<string, { http: string; toJob: (v: unknown) => Record<string, unknown> } | "internal" | "derived"> = {
   temperature: { http: "temperature", toJob: (v) => ({ temperature: v }) },
   topP: { http: "top_p", toJob: (v) => ({ topP: v }) },
   topK: { http: "top_k", toJob: (v) => ({ topK: v }) },
@@ -345,6 +345,10 @@ const SAMPLING_FIELDS: Record<string, { http: string; toJob: (v: unknown) => Rec
   minTokens: { http: "min_tokens", toJob: (v) => ({ minTokens: v }) },
   // Migrations only; the router never takes it from a client (gRPC refuses it: handlers.ts).
   priorOutputTokens: "internal",
+  // Built by the router from response_format / tools, never taken from a client as such: the router's refusals of
+  // those are tested in test/unit/openai-api/structured.test.ts, and test/e2e/structured-output.test.ts runs what
+  // it builds through prefill and decode.
+  grammar: "derived",
 };
 
 function probes(): Probe[] {
@@ -352,7 +356,7 @@ function probes(): Probe[] {
   const shape = prefillSamplingSchema.shape;
   const BASE: Record<string, Json> = { prompt: PROMPT, max_tokens: 2 };
   for (const [name, spec] of Object.entries(SAMPLING_FIELDS)) {
-    if (spec === "internal") continue;
+    if (spec === "internal" || spec === "derived") continue;
     const schema = shape[name as keyof typeof shape] as z.ZodType;
     const scalar = (values: readonly number[], extra: readonly string[] = []): void => {
       for (const v of values) {
