@@ -42,8 +42,13 @@ export class IncrementalDecoder {
     return this.emitted;
   }
 
-  /** Adds one generated id; returns the text it completes ("" while a character is still incomplete). */
+  /**
+   * Adds one generated id; returns the text it completes ("" while a character is still incomplete). An id the
+   * tokenizer has no token for (a model whose vocab_size is padded past its tokenizer, as DeepSeek-V3's 129,280
+   * against 128,815 tokens) has no text, as vLLM and transformers render it, and is left out of the window.
+   */
   push(tokenId: number): string {
+    if (this.tokenizer.idToToken(tokenId) === undefined) return "";
     this.ids.push(tokenId);
     const prefixText = this.decodeRange(this.prefixOffset, this.readOffset);
     const newText = this.decodeRange(this.prefixOffset, this.ids.length);

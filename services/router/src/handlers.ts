@@ -211,10 +211,13 @@ function sseHeaders(publicId: string, requestId: string): Record<string, string>
   };
 }
 
-/** Token strings for logprobs: the tokenizer's text of each id, or token_id:<id> (asked for, or no tokenizer). */
+/**
+ * Token strings for logprobs: the tokenizer's text of each id ("" for an id it has no token for: a padded
+ * vocabulary slot), or token_id:<id> (asked for, or no tokenizer).
+ */
 function renderTokens(ctx: RouterContext, parsed: GenerationRequest): TokenText {
   const tokenizer = ctx.tokenizer;
-  return tokenRenderer((tid) => tokenizer!.decode([tid]), parsed.returnTokensAsTokenIds || tokenizer === null);
+  return tokenRenderer((tid) => (tokenizer!.idToToken(tid) === undefined ? "" : tokenizer!.decode([tid])), parsed.returnTokensAsTokenIds || tokenizer === null);
 }
 
 interface ChoiceResult {

@@ -47,6 +47,16 @@ describe("IncrementalDecoder", () => {
     expect(deltas.filter((d) => d === "").length).toBeGreaterThan(0);
   });
 
+  it("gives no text for an id the tokenizer has no token for (DeepSeek-V3's padded vocabulary) and keeps decoding", () => {
+    const padded = 129_000; // below config.json's vocab_size 129,280, above the tokenizer's last id
+    expect(real.idToToken(padded)).toBeUndefined(); // precondition
+    const ids = real.encode("Hello world", { addSpecialTokens: false });
+    const decoder = new IncrementalDecoder(real);
+    const deltas = stream(decoder, [ids[0]!, padded, ...ids.slice(1)]);
+    expect(deltas[1]).toBe("");
+    expect(deltas.join("") + decoder.flush()).toBe("Hello world");
+  });
+
   it("skips special tokens by default and keeps them when asked", () => {
     const body = tiny.encode("bye", { addSpecialTokens: false });
     const eos = tiny.eosTokenId!;
