@@ -164,13 +164,15 @@ function isServiceName(s: string): s is ServiceName {
 
 /**
  * Every combination of `def.values` (one object per series), `extra` adding values for labels no
- * metric lists (the served model); empty unless every label has values.
+ * metric lists (the served model); empty unless every label has values. A counter whose only label is
+ * the model (tokens generated) so starts at 0 too, and its first increase shows in increase() and rate();
+ * histograms and gauges without listed values start when first observed, as before.
  */
 export function knownLabelSets(def: MetricDef, extra: { readonly [L in LabelName]?: readonly string[] } = {}): Array<Record<string, string>> {
-  if (def.labels.length === 0 || def.values === undefined) return [];
+  if (def.labels.length === 0 || (def.values === undefined && def.kind !== "counter")) return [];
   let sets: Array<Record<string, string>> = [{}];
   for (const label of def.labels) {
-    const values = def.values[label] ?? extra[label];
+    const values = def.values?.[label] ?? extra[label];
     if (values === undefined || values.length === 0) return [];
     sets = sets.flatMap((s) => values.map((v) => ({ ...s, [label]: v })));
   }
