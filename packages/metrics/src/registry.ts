@@ -166,10 +166,11 @@ function isServiceName(s: string): s is ServiceName {
  * Every combination of `def.values` (one object per series), `extra` adding values for labels no
  * metric lists (the served model); empty unless every label has values. A counter whose only label is
  * the model (tokens generated) so starts at 0 too, and its first increase shows in increase() and rate();
- * histograms and gauges without listed values start when first observed, as before.
+ * so does a histogram whose only label is the model (time to first token), for histogram_quantile over
+ * rate(). Gauges start when first set.
  */
 export function knownLabelSets(def: MetricDef, extra: { readonly [L in LabelName]?: readonly string[] } = {}): Array<Record<string, string>> {
-  if (def.labels.length === 0 || (def.values === undefined && def.kind !== "counter")) return [];
+  if (def.labels.length === 0 || (def.values === undefined && def.kind === "gauge")) return [];
   let sets: Array<Record<string, string>> = [{}];
   for (const label of def.labels) {
     const values = def.values?.[label] ?? extra[label];
@@ -197,8 +198,12 @@ function build(def: MetricDef, registry: Registry, collect: (() => number | Prom
               this.set(await collect());
             },
           });
-    case "histogram":
-      return new Histogram({ ...base, buckets: [...BUCKETS[def.buckets ?? "latency"]] });
+    case "histogram": {
+      const histogram = new Histogram({ ...base, buckets: [...BUCKETS[def.buckets ?? "latency"]] });
+      // As counters: a first observation must be an increase of every bucket it falls in.
+      for (const labels of knownLabelSets(def, model === undefined ? {} : { model: [model] })) histogram.zero(labels);
+      return histogram;
+    }
   }
 }
 

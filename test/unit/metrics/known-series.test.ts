@@ -1,6 +1,6 @@
 /**
- * Counters whose label values are all known (names.ts `values`) exist at 0 from the start, so the
- * first error, retry or reclaim is an increase Prometheus's rate() can see. A series that appears
+ * Counters and histograms whose label values are all known (names.ts `values`, the served model) exist
+ * at 0 from the start, so the first error, retry, reclaim or latency is an increase Prometheus's rate() can see. A series that appears
  * already at 1 has no earlier sample, and rate() over it is 0: the dashboards would miss the event.
  */
 import { describe, expect, it } from "vitest";
@@ -51,6 +51,7 @@ describe("names.ts values", () => {
     expect(knownLabelSets(METRICS.decodeMtpAcceptedTokens)).toEqual([{ position: "0" }]);
     expect(knownLabelSets(METRICS.rpcServerHandled)).toEqual([]);
     expect(knownLabelSets(METRICS.routerTimeToFirstToken)).toEqual([]);
+    expect(knownLabelSets(METRICS.routerTimeToFirstToken, { model: ["m"] })).toEqual([{ model: "m" }]);
     expect(knownLabelSets({ ...METRICS.routerRequests, values: { api: ["grpc"] } })).toEqual([]);
   });
 });
@@ -63,9 +64,20 @@ describe("a fresh service registry", () => {
       const def = METRICS[key];
       for (const labels of knownLabelSets(def, { model: ["m"] })) {
         const rendered = def.labels.map((l) => `${l}="${labels[l]}"`).join(",");
-        expect(text, `${def.name}{${rendered}}`).toContain(`${def.name}{${rendered}} 0\n`);
+        const series = def.kind === "histogram" ? `${def.name}_count{${rendered}}` : `${def.name}{${rendered}}`;
+        expect(text, series).toContain(`${series} 0\n`);
       }
     }
+  });
+
+  it("model-labelled histograms exist at 0, so the first observation is an increase", async () => {
+    const sm = createServiceMetrics("router", { defaultMetrics: false, model: "m" });
+    const name = METRICS.routerTimeToFirstToken.name;
+    expect(await sm.registry.metrics()).toContain(`${name}_count{model="m"} 0\n`);
+    sm.m.routerTimeToFirstToken.observe({ model: "m" }, 0.2);
+    const text = await sm.registry.metrics();
+    expect(text).toContain(`${name}_count{model="m"} 1\n`);
+    expect(text).toContain(`${name}_bucket{le="+Inf",model="m"} 1\n`);
   });
 
   it("counts from 0 when the event comes", async () => {
