@@ -5,3 +5,5 @@ export * from "./prefix-hash.js";
 export * from "./service.js";
 export * from "./config.js";
 export * from "./progress.js";
+export * from "./clock.js";
+export * from "./disposables.js";
