@@ -7,3 +7,4 @@ export * from "./config.js";
 export * from "./progress.js";
 export * from "./clock.js";
 export * from "./disposables.js";
+export * from "./ready-line.js";

@@ -27,15 +27,16 @@ import { createWriteStream, existsSync, mkdirSync, renameSync, rmSync, writeFile
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { CancelledError, Code, InvalidArgumentError, MoelaError } from "@moela/core";
+import { CancelledError, Code, InvalidArgumentError, isServiceRole, MoelaError, parseReadyLine, SERVICE_ROLES, type ReadyLine, type ServiceRole } from "@moela/core";
 import { INTERNAL_SECURITY_FLAGS, parseInternalSecurity, waitForServing, type InternalSecurity } from "@moela/rpc";
 import { acquireQueuePrefixLock, acquireStateDirLock, newHolder, probePort, type QueuePrefixLock, type StateDirLock } from "./cluster-lock.js";
 import { PARENT_FD, PARENT_FD_ENV } from "./parent-watch.js";
 import { resolveRedis, stopChild, type RedisChoice, type RedisSource } from "./redis-local.js";
 import { Supervisor, type SupervisedUnit, type SupervisorOptions } from "./supervisor.js";
 
-export const ROLES = ["router", "prefill", "decode", "expert-host"] as const;
-export type Role = (typeof ROLES)[number];
+/** The service roles (@moela/core's SERVICE_ROLES, whose ready lines the launcher reads). */
+export const ROLES = SERVICE_ROLES;
+export type Role = ServiceRole;
 /** @moela/moe-dispatch PRECISION_NAMES (spelled out: the launcher loads no engine; a test keeps them equal). */
 export const PRECISIONS = ["exact", "paper", "paper-logfmt8"] as const;
 export type Precision = (typeof PRECISIONS)[number];
@@ -51,57 +52,10 @@ export const TINY_MODEL = join(REPO_ROOT, "models/tiny-v3");
 /** Lines of a child's output kept in memory for error messages. */
 const TAIL_LINES = 40;
 
-export function isRole(s: string): s is Role {
-  return (ROLES as readonly string[]).includes(s);
-}
+export const isRole = isServiceRole;
 
-// ---- the ready line --------------------------------------------------------------------------
-
-/** What a service prints (one JSON line on stdout) once it serves. */
-export interface ReadyLine {
-  readonly event: "ready";
-  readonly role: Role;
-  readonly pid: number;
-  /** host:port of its gRPC server. */
-  readonly grpc: string;
-  /** http://host:port/metrics */
-  readonly metrics: string;
-  /** router only: http://host:port of the OpenAI API. */
-  readonly http?: string;
-  /** expert-host only: its shard index (some services print "i/H"). */
-  readonly shard?: number | string;
-  readonly [extra: string]: unknown;
-}
-
-const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[^\s:/]+):(\d{1,5})$/;
-
-/**
- * The ready line in one line of a child's stdout, or null when the line is something else
- * (any non-JSON text, or JSON without event "ready"). A line that says event "ready" but lacks
- * a field the launcher needs is an error naming the field.
- */
-export function parseReadyLine(line: string): ReadyLine | null {
-  const text = line.trim();
-  if (!text.startsWith("{")) return null;
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch {
-    return null;
-  }
-  if (v === null || typeof v !== "object" || Array.isArray(v)) return null;
-  const o = v as Record<string, unknown>;
-  if (o["event"] !== "ready") return null;
-  const bad = (field: string, want: string) =>
-    new InvalidArgumentError(`ready line: "${field}" must be ${want}, got ${JSON.stringify(o[field])} in ${text}`);
-  if (typeof o["role"] !== "string" || !isRole(o["role"])) throw bad("role", `one of ${ROLES.join(", ")}`);
-  if (typeof o["pid"] !== "number" || !Number.isInteger(o["pid"]) || o["pid"] <= 0) throw bad("pid", "a positive integer");
-  if (typeof o["grpc"] !== "string" || !HOST_PORT.test(o["grpc"])) throw bad("grpc", "host:port");
-  if (typeof o["metrics"] !== "string" || !/^https?:\/\//.test(o["metrics"])) throw bad("metrics", "an http URL");
-  if (o["http"] !== undefined && (typeof o["http"] !== "string" || !/^https?:\/\//.test(o["http"]))) throw bad("http", "an http URL");
-  if (o["role"] === "router" && o["http"] === undefined) throw bad("http", "the router's http URL");
-  return o as unknown as ReadyLine;
-}
+// The ready line lives in @moela/core (ready-line.ts): the services print it through formatReadyLine.
+export { parseReadyLine, type ReadyLine } from "@moela/core";
 
 // ---- one child process -----------------------------------------------------------------------
 

@@ -24,7 +24,7 @@
 import { realpathSync } from "node:fs";
 import { basename, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { Code, MoelaError, runService, splitHostPort, withWeightLoadBar, type Logger } from "@moela/core";
+import { Code, formatReadyLine, MoelaError, runService, splitHostPort, withWeightLoadBar, type Logger } from "@moela/core";
 import { configureKernels, DeepseekModel, Engine, PhaseTimes } from "@moela/engine";
 import { KvInbox, KvLedger, kvTransferService } from "@moela/kv-transfer";
 import { createServiceMetrics, grpcCodeName, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
@@ -266,7 +266,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     await b.drain(0);
     throw new MoelaError(`cannot serve /metrics on ${cfg.metricsAddress}: ${(err as Error).message}`, Code.UNAVAILABLE, { cause: err });
   }
-  const readyLine = JSON.stringify({ event: "ready", role: "decode", pid: process.pid, grpc: address, metrics: metricsServer.url });
+  const readyLine = formatReadyLine("decode", { grpc: address, metrics: metricsServer.url });
   const cache = engine.cache;
   const registration: Registration | undefined = await registry?.register(
     { role: "decode", grpcAddress: advertisedAddress(address, cfg.advertiseAddress), metricsUrl: metricsServer.url, precision: cfg.precision, modelId },

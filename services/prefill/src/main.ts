@@ -6,7 +6,7 @@
  * composition for tests and in-process clusters.
  */
 import { basename, resolve } from "node:path";
-import { Code, createLogger, MoelaError, runService, splitHostPort, UnavailableError, withWeightLoadBar, type Logger } from "@moela/core";
+import { Code, createLogger, formatReadyLine, MoelaError, runService, splitHostPort, UnavailableError, withWeightLoadBar, type Logger } from "@moela/core";
 import { DeepseekModel, Engine, PhaseTimes, configureKernels, readModelConfig, type ExpertExecutor } from "@moela/engine";
 import { grpcKvConnector, KvLedger, type KvConnector, type KvSender } from "@moela/kv-transfer";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer } from "@moela/metrics";
@@ -326,7 +326,7 @@ export function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
       parse: parsePrefillArgs,
       usage: USAGE,
       start: (config, logger) => startPrefill(config, { logger }),
-      readyLine: (prefill) => JSON.stringify({ event: "ready", role: "prefill", pid: process.pid, grpc: prefill.grpcAddress, metrics: prefill.metricsUrl }),
+      readyLine: (prefill) => formatReadyLine("prefill", { grpc: prefill.grpcAddress, metrics: prefill.metricsUrl }),
       shutdownMessage: "shutting down: finishing active jobs",
       shutdownFields: (prefill) => ({ runningJobs: prefill.runningJobs() }),
       close: (prefill) => prefill.close(),

@@ -3,7 +3,7 @@
  * it from its configuration, prints the ready line, waits for SIGTERM/SIGINT, drains and exits 0;
  * startRouter() does the same composition for tests and in-process clusters.
  */
-import { createLogger, MoelaError, runService, splitHostPort, UnavailableError, type Logger } from "@moela/core";
+import { createLogger, formatReadyLine, MoelaError, runService, splitHostPort, UnavailableError, type Logger } from "@moela/core";
 import { checkJsonSchema, readModelConfig } from "@moela/engine";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import { toWirePrecision } from "@moela/moe-dispatch";
@@ -327,8 +327,7 @@ export function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
       parse: parseRouterArgs,
       usage: USAGE,
       start: (config, logger) => startRouter(config, { logger }),
-      readyLine: (router) =>
-        JSON.stringify({ event: "ready", role: "router", pid: process.pid, http: router.httpUrl, grpc: router.grpcAddress, metrics: router.metricsUrl }),
+      readyLine: (router) => formatReadyLine("router", { http: router.httpUrl, grpc: router.grpcAddress, metrics: router.metricsUrl }),
       shutdownMessage: "shutting down",
       close: (router) => router.close(),
     },
