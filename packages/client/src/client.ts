@@ -32,7 +32,7 @@ import {
   credentials as grpcCredentials,
   Metadata,
 } from "@grpc/grpc-js";
-import { CancelledError, InvalidArgumentError, type MoelaError, ResourceExhaustedError, UnavailableError } from "@moela/core";
+import { CancelledError, DeadlineExceededError, InvalidArgumentError, type MoelaError, ResourceExhaustedError, UnavailableError } from "@moela/core";
 import {
   FinishReason as WireFinishReason,
   GenerateClient,
@@ -40,7 +40,7 @@ import {
   type GenerateResponse,
   type ListModelsResponse,
 } from "@moela/proto-gen";
-import { codeName, DeadlineExceededError, toMoelaError } from "./errors.js";
+import { codeName, toMoelaError } from "./errors.js";
 import { Stream } from "./stream.js";
 
 /** One message of a conversation. */

@@ -29,13 +29,24 @@ export {
   type Usage,
 } from "./client.js";
 export { Stream, type StreamSource } from "./stream.js";
-export { DeadlineExceededError, UnauthenticatedError, codeName, errorFromStatus, toMoelaError } from "./errors.js";
+export { codeName, errorFromStatus, toMoelaError } from "./errors.js";
 export {
+  AbortedError,
+  AlreadyExistsError,
   CancelledError,
   Code,
   DataLossError,
+  DeadlineExceededError,
+  FailedPreconditionError,
+  InternalError,
   InvalidArgumentError,
   MoelaError,
+  NotFoundError,
+  OutOfRangeError,
+  PermissionDeniedError,
   ResourceExhaustedError,
+  UnauthenticatedError,
   UnavailableError,
+  UnimplementedError,
+  UnknownError,
 } from "@moela/core";

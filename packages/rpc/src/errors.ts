@@ -1,41 +1,38 @@
 /**
  * Errors across the wire. The server edge sends a known MoelaError as its own gRPC code and
  * message, and anything else as INTERNAL with a fixed message (no stack, no internals: those go
- * to the server's log); RESOURCE_EXHAUSTED carries `retry-after` trailing metadata. The client edge turns a status back into the MoelaError subclass of its
- * code, so `catch (e) { if (e instanceof ResourceExhaustedError) ... }` works on both sides.
+ * to the server's log); RESOURCE_EXHAUSTED carries `retry-after` trailing metadata, and an error with a
+ * structured why (MoelaError.reason) carries it as `moela-failure-reason`. The client edge turns a
+ * status back into the class of its code (@moela/core's ERROR_CLASS_BY_CODE, the mapping @moela/client
+ * uses too), so `catch (e) { if (e instanceof ResourceExhaustedError) ... }` works on both sides.
  */
 import { Metadata, status as GrpcStatus, type ServiceError, type StatusObject } from "@grpc/grpc-js";
-import {
-  CancelledError,
-  Code,
-  DataLossError,
-  InvalidArgumentError,
-  MoelaError,
-  ResourceExhaustedError,
-  UnavailableError,
-} from "@moela/core";
+import { Code, errorForCode, errorMessage, InternalError, isErrorCode, isFailureReason, MoelaError } from "@moela/core";
+
+export { errorForCode };
 
 /** Trailing metadata of a RESOURCE_EXHAUSTED status: seconds to wait before trying again (HTTP's Retry-After). */
 export const RETRY_AFTER_METADATA = "retry-after";
 export const RETRY_AFTER_SECONDS = 1;
 
+/** Trailing metadata of a failed call whose error carries a structured why (MoelaError.reason, a FailureReason). */
+export const FAILURE_REASON_METADATA = "moela-failure-reason";
+
 /** What every error that is not a MoelaError becomes on the wire. */
 export const INTERNAL_DETAILS = "internal error";
 
-function isValidErrorCode(code: unknown): code is Code {
-  return typeof code === "number" && Number.isInteger(code) && code >= Code.CANCELLED && code <= Code.UNAUTHENTICATED;
-}
-
 /**
- * The status a server sends for `err`: a MoelaError keeps its code and message; anything else is
- * INTERNAL "internal error". A MoelaError carrying OK (not an error code) is a bug and also
- * becomes INTERNAL, since sending OK would turn a failure into a silent success.
+ * The status a server sends for `err`: a MoelaError keeps its code and message (and its reason, as
+ * FAILURE_REASON_METADATA); anything else is INTERNAL "internal error". A MoelaError carrying OK (not
+ * an error code) is a bug and also becomes INTERNAL, since sending OK would turn a failure into a
+ * silent success.
  */
 export function toStatus(err: unknown): StatusObject {
-  if (err instanceof MoelaError && isValidErrorCode(err.code)) {
+  if (err instanceof MoelaError && isErrorCode(err.code)) {
     const metadata = new Metadata();
     // A full queue or pool clears up: tell the caller when to come back, as HTTP's 429 does (@moela/client honours it).
     if (err.code === Code.RESOURCE_EXHAUSTED) metadata.set(RETRY_AFTER_METADATA, String(RETRY_AFTER_SECONDS));
+    if (err.reason !== undefined) metadata.set(FAILURE_REASON_METADATA, err.reason);
     return { code: err.code as number as GrpcStatus, details: err.message, metadata };
   }
   return { code: GrpcStatus.INTERNAL, details: INTERNAL_DETAILS, metadata: new Metadata() };
@@ -50,39 +47,20 @@ export function isServiceError(err: unknown): err is ServiceError {
   );
 }
 
-/** The subclass each code comes back as; codes not listed come back as a plain MoelaError with that code. */
-const ERROR_CLASS_BY_CODE: ReadonlyMap<Code, new (message: string, options?: { cause?: unknown }) => MoelaError> =
-  new Map<Code, new (message: string, options?: { cause?: unknown }) => MoelaError>([
-    [Code.CANCELLED, CancelledError],
-    [Code.INVALID_ARGUMENT, InvalidArgumentError],
-    [Code.RESOURCE_EXHAUSTED, ResourceExhaustedError],
-    [Code.UNAVAILABLE, UnavailableError],
-    [Code.DATA_LOSS, DataLossError],
-  ]);
-
 /**
- * The MoelaError for a failed call's status (a grpc-js ServiceError or any `{code, details}`):
- * the subclass registered for its code, else a MoelaError carrying the code. The message is the
- * server's `details`; the original error is kept as `cause`. A non-error code (OK, or out of
- * range) becomes UNKNOWN, since a call that failed cannot have succeeded.
+ * The MoelaError for a failed call's status (a grpc-js ServiceError or any `{code, details}`): the
+ * class of its code (@moela/core's errorForCode), with the server's `details` as message, the
+ * original kept as `cause`, and the reason its trailing metadata names. A non-error code (OK, or out
+ * of range) becomes UNKNOWN, since a call that failed cannot have succeeded.
  */
-export function fromStatus(status: Pick<StatusObject, "code" | "details">): MoelaError {
-  return errorForCode(status.code, status.details, { cause: status });
-}
-
-/**
- * The MoelaError subclass registered for a status `code`, with the caller's own `message` (a client
- * that words its errors itself, naming its peer); a non-error code (OK, or out of range) becomes UNKNOWN.
- */
-export function errorForCode(code: number, message: string, options?: { cause?: unknown }): MoelaError {
-  const c: Code = isValidErrorCode(code) ? code : Code.UNKNOWN;
-  const ErrorClass = ERROR_CLASS_BY_CODE.get(c);
-  return ErrorClass === undefined ? new MoelaError(message, c, options) : new ErrorClass(message, options);
+export function fromStatus(status: Pick<StatusObject, "code" | "details"> & { readonly metadata?: Metadata | undefined }): MoelaError {
+  const reason = status.metadata?.get(FAILURE_REASON_METADATA)[0];
+  return errorForCode(status.code, status.details, isFailureReason(reason) ? { cause: status, reason } : { cause: status });
 }
 
 /** `err` as a MoelaError: itself when it is one, `fromStatus` for a grpc-js error, else INTERNAL wrapping it. */
 export function asMoelaError(err: unknown): MoelaError {
   if (err instanceof MoelaError) return err;
   if (isServiceError(err)) return fromStatus(err);
-  return new MoelaError(err instanceof Error ? err.message : String(err), Code.INTERNAL, { cause: err });
+  return new InternalError(errorMessage(err), { cause: err });
 }

@@ -35,7 +35,7 @@ export {
   type ServerStreamHandler,
   type UnaryHandler,
 } from "./handlers.js";
-export { toStatus, fromStatus, errorForCode, asMoelaError, isServiceError, INTERNAL_DETAILS } from "./errors.js";
+export { toStatus, fromStatus, errorForCode, asMoelaError, isServiceError, FAILURE_REASON_METADATA, INTERNAL_DETAILS } from "./errors.js";
 export {
   checkHealth,
   waitForServing,

@@ -10,6 +10,7 @@ import {
   Code,
   ConfigError,
   DataLossError,
+  FailedPreconditionError,
   InvalidArgumentError,
   MoelaError,
   ResourceExhaustedError,
@@ -88,8 +89,8 @@ describe("a MoelaError thrown in a handler", () => {
     { name: "UnavailableError", error: new UnavailableError("expert host draining"), code: Code.UNAVAILABLE, cls: UnavailableError },
     { name: "DataLossError", error: new DataLossError("layer 3 checksum mismatch"), code: Code.DATA_LOSS, cls: DataLossError },
     { name: "CancelledError", error: new CancelledError("request cancelled upstream"), code: Code.CANCELLED, cls: CancelledError },
-    // FAILED_PRECONDITION has several classes (ConfigError, CheckpointError): it comes back as the base class with the code.
-    { name: "ConfigError", error: new ConfigError("hidden_size missing"), code: Code.FAILED_PRECONDITION, cls: MoelaError },
+    // FAILED_PRECONDITION has several classes (ConfigError, CheckpointError): it comes back as the code's class, their base.
+    { name: "ConfigError", error: new ConfigError("hidden_size missing"), code: Code.FAILED_PRECONDITION, cls: FailedPreconditionError },
     { name: "MoelaError(NOT_FOUND)", error: new MoelaError("no such request", Code.NOT_FOUND), code: Code.NOT_FOUND, cls: MoelaError },
   ];
 

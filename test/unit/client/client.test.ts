@@ -18,12 +18,15 @@ import {
   DataLossError,
   DEFAULT_GENERATE_DEADLINE_MS,
   DeadlineExceededError,
+  FailedPreconditionError,
+  InternalError,
   InvalidArgumentError,
   MoelaClient,
   MoelaError,
   ResourceExhaustedError,
   UnauthenticatedError,
   UnavailableError,
+  UnimplementedError,
   retryAfterMs,
   type GenerateEvent,
 } from "@moela/client";
@@ -605,9 +608,9 @@ describe("MoelaClient.generate: errors by status code", () => {
     [status.DATA_LOSS, DataLossError, Code.DATA_LOSS],
     [status.CANCELLED, CancelledError, Code.CANCELLED],
     [status.DEADLINE_EXCEEDED, DeadlineExceededError, Code.DEADLINE_EXCEEDED],
-    [status.INTERNAL, MoelaError, Code.INTERNAL],
-    [status.FAILED_PRECONDITION, MoelaError, Code.FAILED_PRECONDITION],
-    [status.UNIMPLEMENTED, MoelaError, Code.UNIMPLEMENTED],
+    [status.INTERNAL, InternalError, Code.INTERNAL],
+    [status.FAILED_PRECONDITION, FailedPreconditionError, Code.FAILED_PRECONDITION],
+    [status.UNIMPLEMENTED, UnimplementedError, Code.UNIMPLEMENTED],
   ])("status %i -> %O", async (code, Class, expectedCode) => {
     const { client } = await setup(failWith(code, `server says ${code}`), { maxRetries: 0 });
     const err = await thrown(() => collect(client.generate({ prompt: "x" })));
