@@ -10,7 +10,8 @@
  * error) cancels the request on decode and removes a still-queued job, so no KV block outlives it.
  *
  * Migration. When the Decode.Stream fails with UNAVAILABLE (the instance died or drained: the connection
- * broke; or decode ended the request with a retryable failure, e.g. a step that lost an expert-host), the
+ * broke; or decode ended the request with a retryable failure, e.g. a step that lost an expert-host: the
+ * status then names FailureReason.DECODE_STEP_FAILED in its trailing metadata, read here as `err.reason`), the
  * request moves to another decode instance: a new attempt with the prompt plus every token already sent to
  * the caller as its prompt, max_tokens reduced by those tokens, under a new decode-side id
  * (`<request id>.m<n>`, also its job id), and its completion indices offset by what was sent. For greedy
@@ -38,10 +39,10 @@
  * Messages of the errors thrown here name no address (they reach clients); the logs have the details.
  */
 import { randomInt } from "node:crypto";
-import { CancelledError, Code, DataLossError, InvalidArgumentError, MoelaError, ResourceExhaustedError, UnavailableError, type Logger } from "@moela/core";
+import { CancelledError, Code, DataLossError, FailureReason, InvalidArgumentError, MoelaError, ResourceExhaustedError, UnavailableError, type Logger } from "@moela/core";
 import type { MetricsOf } from "@moela/metrics";
 import type { FinishReason, GeneratedToken, SamplingRequest } from "@moela/openai-api";
-import { DecodeClient, FinishReason as WireFinishReason, type TokenEvent } from "@moela/proto-gen";
+import { DecodeClient, FinishReason as WireFinishReason, type StreamResponse as DecodeStreamMessage, type TokenEvent } from "@moela/proto-gen";
 import { asMoelaError, connect, serverStreamCall, unaryCall, type InternalSecurity } from "@moela/rpc";
 import {
   enqueuePrefill,
@@ -52,9 +53,10 @@ import {
   type PrefillJob,
   type PrefillRouter,
 } from "@moela/scheduler";
-import { IncrementalDecoder, StopStringMatcher, type Tokenizer } from "@moela/tokenizer";
+import type { Tokenizer } from "@moela/tokenizer";
 import type { Queue, QueueEvents } from "bullmq";
 import { GenerationRecorder } from "./request-metrics.js";
+import { TokenAssembler } from "./token-assembler.js";
 
 export interface GenerateInput {
   readonly requestId: string;
@@ -174,16 +176,6 @@ class Migrate extends Error {
   }
 }
 
-/** What the caller has been sent so far, carried from one attempt to the next. */
-interface Progress {
-  /** Tokens sent (the next completion index). */
-  received: number;
-  /** Their ids: a migrated attempt's prompt is the request's prompt plus these. */
-  readonly ids: number[];
-  readonly decoder: IncrementalDecoder | null;
-  readonly matcher: StopStringMatcher | null;
-  lastTokenAt: number;
-}
 
 interface Attempt {
   readonly n: number;
@@ -191,6 +183,30 @@ interface Attempt {
   readonly id: string;
   readonly deadline: number;
   readonly seed: number;
+}
+
+/** What one attempt's steps share while it runs. */
+interface AttemptState {
+  /** Aborted by the caller's signal, by a final prefill failure, or by our own cleanup. */
+  readonly ctl: AbortController;
+  /** Tokens sent before this attempt (its completion indices start at 0). */
+  readonly base: number;
+  /** Tokens of this attempt received so far. */
+  got: number;
+  /** The last event was yielded: nothing to cancel. */
+  finished: boolean;
+  enqueued: boolean;
+  /** The queue the job went to (an instance's own, or the shared one). */
+  jobQueue: Queue;
+  /** Set while waiting on the Decode.Stream: an error then is the decode instance's (or its connection's). */
+  reading: boolean;
+  endReason: string;
+  /** Why a still-queued job is removed (moela_router_queue_removed_total). */
+  removal: "cancelled" | "timeout" | "error";
+  prefillFailure?: MoelaError;
+  /** Set when the job vanished for good or Redis stayed unreachable (the vanished-job watch). */
+  queueFailure?: MoelaError;
+  stopWatch?: () => void;
 }
 
 export class Pipeline {
@@ -224,24 +240,19 @@ export class Pipeline {
   }
 
   private async *run(input: GenerateInput, signal: AbortSignal, rec: GenerationRecorder): AsyncGenerator<GenerateEvent> {
-    const { tokenizer, metrics } = this.deps;
+    const { metrics } = this.deps;
     const log = this.deps.logger.child({ requestId: input.requestId });
     if (signal.aborted) throw new CancelledError("the client went away");
     const maxMigrations = this.deps.maxMigrations ?? 3;
     const deadline = Date.now() + this.deps.requestTimeoutMs;
     // Picked once: every attempt samples from the same seed.
     const seed = input.sampling.seed ?? randomInt(MAX_PICKED_SEED);
-    const progress: Progress = {
-      received: 0,
-      ids: [],
-      decoder: tokenizer === null ? null : new IncrementalDecoder(tokenizer, { skipSpecialTokens: input.skipSpecialTokens, promptIds: input.promptTokenIds }),
-      matcher: input.stop.length > 0 ? new StopStringMatcher(input.stop) : null,
-      lastTokenAt: 0,
-    };
+    // What the caller has been sent so far, carried from one attempt to the next.
+    const asm = new TokenAssembler(this.deps.tokenizer, input, metrics, this.deps.model);
     for (let n = 0; ; n++) {
       const attempt: Attempt = { n, id: n === 0 ? input.requestId : `${input.requestId}.m${n}`, deadline, seed };
       try {
-        yield* this.runAttempt(input, attempt, progress, signal, log, rec);
+        yield* this.runAttempt(input, attempt, asm, signal, log, rec);
         return;
       } catch (err) {
         if (!(err instanceof Migrate)) throw err;
@@ -251,7 +262,7 @@ export class Pipeline {
         }
         if (Date.now() >= deadline) throw new MoelaError("the request's deadline passed while migrating it", Code.DEADLINE_EXCEEDED, { cause: err.error });
         metrics.routerRetries.inc({ reason: err.reason });
-        log.warn({ attempt: n, reason: err.reason, err: err.error.message, sent: progress.received }, "decode instance lost; migrating the request");
+        log.warn({ attempt: n, reason: err.reason, err: err.error.message, sent: asm.sent }, "decode instance lost; migrating the request");
         await abortableDelay(MIGRATION_BACKOFF_MS(n + 1), signal);
       }
     }
@@ -261,46 +272,80 @@ export class Pipeline {
   private async *runAttempt(
     input: GenerateInput,
     attempt: Attempt,
-    progress: Progress,
+    asm: TokenAssembler,
     signal: AbortSignal,
     log: Logger,
     rec: GenerationRecorder,
   ): AsyncGenerator<GenerateEvent> {
-    const { pool, queue, jobs, metrics } = this.deps;
-    const model = this.deps.model;
-    const { sampling } = input;
-    const requestId = attempt.id;
     // A migrated attempt continues from what the caller has: prompt + sent tokens, the rest of max_tokens.
-    const prompt = progress.ids.length === 0 ? input.promptTokenIds : [...input.promptTokenIds, ...progress.ids];
-    const maxTokens = sampling.maxTokens - progress.received;
-    const base = progress.received;
+    const prompt = asm.ids.length === 0 ? input.promptTokenIds : [...input.promptTokenIds, ...asm.ids];
+    const maxTokens = input.sampling.maxTokens - asm.sent;
+    const address = this.chooseDecode(attempt, prompt.length, maxTokens, log);
+    const client = this.decodeClient(address);
+    const requestId = attempt.id;
+    const st: AttemptState = {
+      ctl: new AbortController(),
+      base: asm.sent,
+      got: 0,
+      finished: false,
+      enqueued: false,
+      jobQueue: this.deps.queue,
+      reading: false,
+      endReason: "abandoned by the router",
+      removal: "cancelled",
+    };
+    // Aborted by the caller's signal, by a final prefill failure, or by our own cleanup.
+    const forward = (): void => st.ctl.abort(signal.reason ?? new CancelledError("the client went away"));
+    signal.addEventListener("abort", forward, { once: true });
+    const unwatch = this.watchPrefill(requestId, st, rec, log);
 
+    const stream = serverStreamCall((md, o) => client.stream({ requestId, startIndex: 0 }, md, o), { signal: st.ctl.signal, deadline: attempt.deadline });
+    const iter = stream[Symbol.asyncIterator]();
+    // The first next() starts the call: the stream is open before the job exists.
+    const first = iter.next();
+    first.catch(() => {});
+    try {
+      const job = prefillJob(input, attempt, prompt, maxTokens, asm.sent, address, this.deps.precision);
+      await this.enqueueAttempt(job, input.priority ?? 0, attempt, st, log);
+      yield* this.readTokens(iter, first, input, asm, st, address, requestId, log);
+    } catch (err) {
+      throw this.attemptFailure(err, st, signal, address);
+    } finally {
+      st.stopWatch?.();
+      signal.removeEventListener("abort", forward);
+      unwatch();
+      if (!st.finished) this.abandonAttempt(st, signal, address, requestId, log);
+      // Ends the Decode.Stream call if it is still open.
+      await iter.return(undefined).catch(() => undefined);
+    }
+  }
+
+  /** The decode instance for an attempt (the pool's choice); throws the policy's refusal as a client may read it. */
+  private chooseDecode(attempt: Attempt, promptTokens: number, maxTokens: number, log: Logger): string {
     let choice: ReturnType<DecodePool["choose"]>;
     try {
-      choice = pool.choose({ requestId, promptTokens: prompt.length, maxTokens });
+      choice = this.deps.pool.choose({ requestId: attempt.id, promptTokens, maxTokens });
     } catch (err) {
       // The policy's message lists every instance and why it was passed over: for the log, not the client.
-      const e = publicChoiceError(asMoelaError(err), prompt.length, maxTokens);
+      const e = publicChoiceError(asMoelaError(err), promptTokens, maxTokens);
       log.info({ attempt: attempt.n, err: asMoelaError(err).message }, "no decode instance chosen");
       // No instance left right now: a migration waits and tries again; a first attempt fails at once.
       if (attempt.n > 0 && e.code === Code.UNAVAILABLE) throw new Migrate("decode_unavailable", e);
       throw e;
     }
-    const address = choice.address;
-    log.debug({ decode: address, attempt: attempt.n, reason: choice.reason, candidates: choice.candidates }, "decode instance chosen");
-    const client = this.decodeClient(address);
+    log.debug({ decode: choice.address, attempt: attempt.n, reason: choice.reason, candidates: choice.candidates }, "decode instance chosen");
+    return choice.address;
+  }
 
-    // Aborted by the caller's signal, by a final prefill failure, or by our own cleanup.
-    const ctl = new AbortController();
-    const forward = (): void => ctl.abort(signal.reason ?? new CancelledError("the client went away"));
-    signal.addEventListener("abort", forward, { once: true });
-    let prefillFailure: MoelaError | undefined;
+  /** Follows the attempt's prefill job: a final failure aborts the attempt; its start and retries are recorded. */
+  private watchPrefill(requestId: string, st: AttemptState, rec: GenerationRecorder, log: Logger): () => void {
+    const { metrics } = this.deps;
     const enqueuedAt = performance.now();
-    const unwatch = jobs.watch(requestId, {
+    return this.deps.jobs.watch(requestId, {
       failed: (reason) => {
         const f = parseJobFailure(reason);
-        prefillFailure = new MoelaError(`prefill failed: ${f.message}`, f.code);
-        ctl.abort(prefillFailure);
+        st.prefillFailure = new MoelaError(`prefill failed: ${f.message}`, f.code);
+        st.ctl.abort(st.prefillFailure);
       },
       active: () => rec.prefillStarted(enqueuedAt),
       retried: (reason) => {
@@ -308,178 +353,121 @@ export class Pipeline {
         log.info({ jobId: requestId, reason }, "prefill job runs again");
       },
     });
+  }
 
-    const stream = serverStreamCall((md, o) => client.stream({ requestId, startIndex: 0 }, md, o), { signal: ctl.signal, deadline: attempt.deadline });
-    const iter = stream[Symbol.asyncIterator]();
-    // The first next() starts the call: the stream is open before the job exists.
-    let pending = iter.next();
-    pending.catch(() => {});
-
-    let finished = false;
-    let enqueued = false;
-    // Tokens of this attempt received so far (its completion indices start at 0).
-    let got = 0;
-    let stopWatch: (() => void) | undefined;
-    /** Set when the job vanished for good or Redis stayed unreachable (the vanished-job watch). */
-    let queueFailure: MoelaError | undefined;
-    /** The queue the job went to (an instance's own, or the shared one). */
-    let jobQueue: Queue = queue;
-    // Set while waiting on the Decode.Stream: an error then is the decode instance's (or its connection's).
-    let reading = false;
-    let endReason = "abandoned by the router";
-    /** Why a still-queued job is removed (moela_router_queue_removed_total). */
-    let removal: "cancelled" | "timeout" | "error" = "cancelled";
+  /** Enqueues the attempt's job (UNAVAILABLE when Redis does not take it in time) and, until the first token, watches it. */
+  private async enqueueAttempt(job: PrefillJob, priority: number, attempt: Attempt, st: AttemptState, log: Logger): Promise<void> {
     try {
-      const job: PrefillJob = {
-        version: PREFILL_JOB_VERSION,
-        requestId,
-        promptTokenIds: [...prompt],
-        sampling: {
-          temperature: sampling.temperature,
-          topP: sampling.topP,
-          topK: sampling.topK,
-          seed: attempt.seed,
-          maxTokens,
-          stopTokenIds: [...sampling.stopTokenIds],
-          ignoreEos: sampling.ignoreEos,
-          logprobs: sampling.logprobs,
-          ...penaltiesOf(sampling, progress.received),
-        },
-        decodeAddress: address,
-        deadlineUnixMs: attempt.deadline,
-        precision: this.deps.precision,
-        enqueuedAtMs: Date.now(),
-        ...(input.cacheSalt !== undefined ? { cacheSalt: input.cacheSalt } : {}),
-      };
-      try {
-        // With Redis down BullMQ waits for it to come back; a request waits only so long.
-        jobQueue = await withTimeout(this.enqueuePrefillJob(job, input.priority ?? 0, log), ENQUEUE_TIMEOUT_MS, "Redis");
-      } catch (err) {
-        log.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot enqueue the prefill job");
-        throw new UnavailableError("cannot enqueue the prefill job: the queue is unreachable; retry later", { cause: err });
-      }
-      enqueued = true;
-      if (attempt.n === 0) metrics.routerPromptTokens.inc({ model }, prompt.length);
-      // Until the first token: is the job still there? (see "A job that vanishes" above)
-      stopWatch = this.watchJob(job, input.priority ?? 0, () => jobQueue, (q) => (jobQueue = q), () => got > 0, (e) => {
-        queueFailure = e;
-        ctl.abort(e);
-      }, log);
-
-      const { decoder, matcher } = progress;
-      const wantLogprobs = sampling.logprobs !== null;
-      const minTokens = sampling.minTokens ?? 0;
-      for (;;) {
-        reading = true;
-        const r = await pending;
-        reading = false;
-        if (r.done) throw new MoelaError("decode ended the stream without a finish reason", Code.INTERNAL);
-        const msg = r.value;
-        const tokens: GeneratedToken[] = [];
-        let text = "";
-        let stopped = false;
-        for (const ev of msg.tokens) {
-          // A reopened stream may repeat what was already received.
-          if (ev.index < got) continue;
-          if (ev.index > got) throw new DataLossError(`decode skipped tokens ${base + got}..${base + ev.index - 1}`);
-          got++;
-          progress.received++;
-          progress.ids.push(ev.tokenId);
-          tokens.push(generatedToken(ev, wantLogprobs));
-          const delta = decoder?.push(ev.tokenId) ?? "";
-          // As vLLM: stop strings are looked for only once the output is longer than min_tokens.
-          if (matcher === null || progress.received <= minTokens) {
-            text += delta;
-            continue;
-          }
-          const m = matcher.push(delta);
-          text += m.text;
-          if (m.stopped) {
-            stopped = true;
-            break;
-          }
-        }
-        if (tokens.length > 0) {
-          const now = performance.now();
-          if (progress.lastTokenAt === 0) metrics.routerTimeToFirstToken.observe({ model }, (now - input.arrivedAt) / 1000);
-          else for (let i = 0; i < tokens.length; i++) metrics.routerInterTokenLatency.observe({ model }, (now - progress.lastTokenAt) / 1000 / tokens.length);
-          progress.lastTokenAt = now;
-          metrics.routerGenerationTokens.inc({ model }, tokens.length);
-        }
-        const decodeFinish = msg.finishReason;
-        const decodeDone = decodeFinish === WireFinishReason.FINISH_REASON_STOP || decodeFinish === WireFinishReason.FINISH_REASON_LENGTH;
-        if (stopped || decodeDone) {
-          if (!stopped) {
-            // Release what the decoder and the matcher held back for a continuation that will not come.
-            let tail = decoder?.flush() ?? "";
-            if (matcher !== null) {
-              const m = matcher.push(tail);
-              tail = m.text + (m.stopped ? "" : matcher.flush());
-            }
-            text += tail;
-          }
-          // Decode is still generating after a stop-string match: stop it now, not when the caller lets go.
-          if (stopped && !decodeDone) this.cancelOnDecode(address, requestId, "stop string", log);
-          // Done before yielding: the caller may stop iterating at this yield.
-          finished = true;
-          const finishReason: FinishReason = stopped || decodeFinish === WireFinishReason.FINISH_REASON_STOP ? "stop" : "length";
-          const cachedPromptTokens = msg.usage?.cachedPromptTokens ?? 0;
-          yield { tokens, text, finishReason, usage: { promptTokens: input.promptTokenIds.length, completionTokens: progress.received, cachedPromptTokens } };
-          return;
-        }
-        if (tokens.length > 0 || text.length > 0) yield { tokens, text, finishReason: null };
-        pending = iter.next();
-        pending.catch(() => {});
-      }
+      // With Redis down BullMQ waits for it to come back; a request waits only so long.
+      st.jobQueue = await withTimeout(this.enqueuePrefillJob(job, priority, log), ENQUEUE_TIMEOUT_MS, "Redis");
     } catch (err) {
-      if (signal.aborted) {
-        endReason = abortReason(signal);
-        // The caller's reason: a client that went away (CANCELLED) or a router shutting down (UNAVAILABLE).
-        throw signal.reason instanceof MoelaError ? signal.reason : new CancelledError("the client went away", { cause: err });
-      }
-      if (prefillFailure !== undefined) {
-        endReason = "prefill failed";
-        throw prefillFailure;
-      }
-      if (queueFailure !== undefined) {
-        endReason = "prefill job lost";
-        throw queueFailure;
-      }
-      const e = asMoelaError(err);
-      endReason = `router saw an error: ${e.message}`;
-      removal = e.code === Code.DEADLINE_EXCEEDED ? "timeout" : "error";
-      if (reading && e.code === Code.UNAVAILABLE) {
-        // Decode's own retryable end of the request (a step that failed, e.g. an expert-host lost) vs the
-        // instance itself gone (connection broken, draining): only the latter is kept out of the choice.
-        const inBand = /decode step failed/.test(e.message);
-        if (!inBand) pool.markUnavailable(address, e.message);
-        endReason = `migrating: ${e.message}`;
-        throw new Migrate(inBand ? "decode_failed" : "decode_unavailable", e);
-      }
-      throw e;
-    } finally {
-      stopWatch?.();
-      signal.removeEventListener("abort", forward);
-      unwatch();
-      if (!finished) {
-        if (signal.aborted) endReason = abortReason(signal);
-        if (!ctl.signal.aborted) ctl.abort(new CancelledError(endReason));
-        this.cancelOnDecode(address, requestId, endReason, log);
-        // A job no worker has taken yet would only waste a prefill; an active one cannot be removed.
-        if (enqueued) {
-          jobQueue.remove(requestId).then(
-            (removed) => {
-              if (removed !== 1) return;
-              metrics.routerQueueRemoved.inc({ reason: removal });
-              log.debug({ jobId: requestId, reason: removal }, "queued prefill job removed");
-            },
-            () => 0,
-          );
-        }
-      }
-      // Ends the Decode.Stream call if it is still open.
-      await iter.return(undefined).catch(() => undefined);
+      log.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot enqueue the prefill job");
+      throw new UnavailableError("cannot enqueue the prefill job: the queue is unreachable; retry later", { cause: err });
     }
+    st.enqueued = true;
+    if (attempt.n === 0) this.deps.metrics.routerPromptTokens.inc({ model: this.deps.model }, job.promptTokenIds.length);
+    // Until the first token: is the job still there? (see "A job that vanishes" above)
+    const fail = (e: MoelaError): void => {
+      st.queueFailure = e;
+      st.ctl.abort(e);
+    };
+    st.stopWatch = this.watchJob(job, priority, () => st.jobQueue, (q) => (st.jobQueue = q), () => st.got > 0, fail, log);
+  }
+
+  /** Reads the attempt's Decode.Stream (deduplicated by completion index) and yields the caller's events until a finish. */
+  private async *readTokens(
+    iter: AsyncIterator<DecodeStreamMessage>,
+    first: Promise<IteratorResult<DecodeStreamMessage>>,
+    input: GenerateInput,
+    asm: TokenAssembler,
+    st: AttemptState,
+    address: string,
+    requestId: string,
+    log: Logger,
+  ): AsyncGenerator<GenerateEvent> {
+    const wantLogprobs = input.sampling.logprobs !== null;
+    let pending = first;
+    for (;;) {
+      st.reading = true;
+      const r = await pending;
+      st.reading = false;
+      if (r.done) throw new MoelaError("decode ended the stream without a finish reason", Code.INTERNAL);
+      const msg = r.value;
+      const b = asm.batch();
+      for (const ev of msg.tokens) {
+        // A reopened stream may repeat what was already received.
+        if (ev.index < st.got) continue;
+        if (ev.index > st.got) throw new DataLossError(`decode skipped tokens ${st.base + st.got}..${st.base + ev.index - 1}`);
+        st.got++;
+        if (!asm.add(b, generatedToken(ev, wantLogprobs))) break;
+      }
+      asm.observe(b);
+      const decodeFinish = msg.finishReason;
+      const decodeDone = decodeFinish === WireFinishReason.FINISH_REASON_STOP || decodeFinish === WireFinishReason.FINISH_REASON_LENGTH;
+      if (b.stopped || decodeDone) {
+        if (!b.stopped) asm.flush(b);
+        // Decode is still generating after a stop-string match: stop it now, not when the caller lets go.
+        if (b.stopped && !decodeDone) this.cancelOnDecode(address, requestId, "stop string", log);
+        // Done before yielding: the caller may stop iterating at this yield.
+        st.finished = true;
+        const finishReason: FinishReason = b.stopped || decodeFinish === WireFinishReason.FINISH_REASON_STOP ? "stop" : "length";
+        const cachedPromptTokens = msg.usage?.cachedPromptTokens ?? 0;
+        yield { tokens: b.tokens, text: b.text, finishReason, usage: { promptTokens: input.promptTokenIds.length, completionTokens: asm.sent, cachedPromptTokens } };
+        return;
+      }
+      if (b.tokens.length > 0 || b.text.length > 0) yield { tokens: b.tokens, text: b.text, finishReason: null };
+      pending = iter.next();
+      pending.catch(() => {});
+    }
+  }
+
+  /** What an attempt that failed throws: the caller's reason, the job's failure, Migrate for a lost decode instance, or the error. */
+  private attemptFailure(err: unknown, st: AttemptState, signal: AbortSignal, address: string): Error {
+    if (signal.aborted) {
+      st.endReason = abortReason(signal);
+      // The caller's reason: a client that went away (CANCELLED) or a router shutting down (UNAVAILABLE).
+      return signal.reason instanceof MoelaError ? signal.reason : new CancelledError("the client went away", { cause: err });
+    }
+    if (st.prefillFailure !== undefined) {
+      st.endReason = "prefill failed";
+      return st.prefillFailure;
+    }
+    if (st.queueFailure !== undefined) {
+      st.endReason = "prefill job lost";
+      return st.queueFailure;
+    }
+    const e = asMoelaError(err);
+    st.endReason = `router saw an error: ${e.message}`;
+    st.removal = e.code === Code.DEADLINE_EXCEEDED ? "timeout" : "error";
+    if (st.reading && e.code === Code.UNAVAILABLE) {
+      // Decode's own retryable end of the request (a step that failed, e.g. an expert-host lost: the reason
+      // decode put in the status's trailing metadata) vs the instance itself gone (connection broken,
+      // draining): only the latter is kept out of the choice.
+      const inBand = e.reason === FailureReason.DECODE_STEP_FAILED;
+      if (!inBand) this.deps.pool.markUnavailable(address, e.message);
+      st.endReason = `migrating: ${e.message}`;
+      return new Migrate(inBand ? "decode_failed" : "decode_unavailable", e);
+    }
+    return e;
+  }
+
+  /** An attempt that ends unfinished: abort its stream, cancel it on decode, remove its job if still queued. */
+  private abandonAttempt(st: AttemptState, signal: AbortSignal, address: string, requestId: string, log: Logger): void {
+    if (signal.aborted) st.endReason = abortReason(signal);
+    if (!st.ctl.signal.aborted) st.ctl.abort(new CancelledError(st.endReason));
+    this.cancelOnDecode(address, requestId, st.endReason, log);
+    // A job no worker has taken yet would only waste a prefill; an active one cannot be removed.
+    if (!st.enqueued) return;
+    const { metrics } = this.deps;
+    const removal = st.removal;
+    st.jobQueue.remove(requestId).then(
+      (removed) => {
+        if (removed !== 1) return;
+        metrics.routerQueueRemoved.inc({ reason: removal });
+        log.debug({ jobId: requestId, reason: removal }, "queued prefill job removed");
+      },
+      () => 0,
+    );
   }
 
   /** Add the job to the prefill instance's queue the prefill router picks (else the shared queue); returns that queue. */
@@ -639,6 +627,40 @@ function penaltiesOf(s: SamplingRequest, sent: number): Partial<PrefillJob["samp
     ...(minTokens > sent ? { minTokens } : {}),
     ...(counted && sent > 0 ? { priorOutputTokens: sent } : {}),
     ...(s.grammar !== undefined ? { grammar: s.grammar } : {}),
+  };
+}
+
+/** The prefill job of an attempt: its prompt (the request's plus what was sent), the rest of max_tokens, its decode instance. */
+function prefillJob(
+  input: GenerateInput,
+  attempt: Attempt,
+  prompt: readonly number[],
+  maxTokens: number,
+  sent: number,
+  decodeAddress: string,
+  precision: PrecisionProfile,
+): PrefillJob {
+  const { sampling } = input;
+  return {
+    version: PREFILL_JOB_VERSION,
+    requestId: attempt.id,
+    promptTokenIds: [...prompt],
+    sampling: {
+      temperature: sampling.temperature,
+      topP: sampling.topP,
+      topK: sampling.topK,
+      seed: attempt.seed,
+      maxTokens,
+      stopTokenIds: [...sampling.stopTokenIds],
+      ignoreEos: sampling.ignoreEos,
+      logprobs: sampling.logprobs,
+      ...penaltiesOf(sampling, sent),
+    },
+    decodeAddress,
+    deadlineUnixMs: attempt.deadline,
+    precision,
+    enqueuedAtMs: Date.now(),
+    ...(input.cacheSalt !== undefined ? { cacheSalt: input.cacheSalt } : {}),
   };
 }
 
