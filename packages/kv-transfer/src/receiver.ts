@@ -11,7 +11,7 @@
  * owns it from then on); every failure releases it with its reason. A sender that goes silent for
  * `idleTimeoutMs` without closing the stream (a hung prefill) is failed as "lost".
  */
-import { Code, MAX_ID_CHARS, MoelaError } from "@moela/core";
+import { type Clock, type ClockTimer, Code, MAX_ID_CHARS, MoelaError, realClock } from "@moela/core";
 import { isGreedy, type Engine, type Sequence, type SequenceSnapshot } from "@moela/engine";
 import { decodeRows, KV_DTYPE_BYTES } from "./codec/rows.js";
 import { KvLedger, type KvHold, type KvReleaseReason } from "./ledger.js";
@@ -69,6 +69,8 @@ export interface KvInboxOptions {
    * refused RESOURCE_EXHAUSTED before it takes a block (default 0 = no bound but the KV pool's size).
    */
   readonly maxTransfersPerPeer?: number;
+  /** The time deadlines are checked against and the idle and deadline timers run on (default: the real clock). */
+  readonly clock?: Clock | undefined;
 }
 
 export class KvInbox {
@@ -166,13 +168,14 @@ export class KvReceiver {
   private table: number[] | null = null;
   /** The ledger's record of `table` (null before KvBegin reserved anything, and after admission or failure). */
   private hold: KvHold | null = null;
-  private idleTimer: NodeJS.Timeout | undefined;
+  private idleTimer: ClockTimer | undefined;
   /** [numLayers] next token position each layer expects. */
   private nextToken = new Int32Array(0);
   private readonly checksum = new RunningChecksum();
   private bytes = 0;
   private startedAt = 0;
-  private timer: NodeJS.Timeout | undefined;
+  private timer: ClockTimer | undefined;
+  private readonly clock: Clock;
   /** [tokens, latentDim] decoded rows of one chunk; grows to the largest chunk. */
   private scratch = new Float32Array(0);
   private resolveDone!: (o: KvOutcome) => void;
@@ -187,6 +190,7 @@ export class KvReceiver {
     this.done = new Promise((resolve) => {
       this.resolveDone = resolve;
     });
+    this.clock = options.clock ?? realClock;
   }
 
   poll(): KvPoll {
@@ -275,7 +279,7 @@ export class KvReceiver {
     if (f.numTokens !== f.promptTokenIds.length) throw bad(`num_tokens ${f.numTokens} but the prompt has ${f.promptTokenIds.length} tokens`);
     // Prompt ids, sampling parameters, max_tokens and the context length, as the engine checks them.
     engine.newSequence(f.requestId, f.promptTokenIds, f.params);
-    if (f.deadlineUnixMs > 0 && f.deadlineUnixMs <= Date.now()) {
+    if (f.deadlineUnixMs > 0 && f.deadlineUnixMs <= this.clock.now()) {
       throw new Refusal(Code.DEADLINE_EXCEEDED, `${f.transferId}: the transfer's deadline passed before it began`);
     }
     const { kind: _kind, ...meta } = f;
@@ -298,10 +302,10 @@ export class KvReceiver {
     this.nextToken = new Int32Array(f.numLayers);
     this.startedAt = performance.now();
     if (f.deadlineUnixMs > 0) {
-      const ms = f.deadlineUnixMs - Date.now();
+      const ms = f.deadlineUnixMs - this.clock.now();
       // setTimeout takes at most 2^31-1 ms; a deadline further out than ~24.8 days never fires here.
       if (ms <= 2_147_483_647) {
-        this.timer = setTimeout(() => this.abort({ code: Code.DEADLINE_EXCEEDED, reason: `${this.what}: deadline passed before KvEnd` }), ms);
+        this.timer = this.clock.setTimeout(() => this.abort({ code: Code.DEADLINE_EXCEEDED, reason: `${this.what}: deadline passed before KvEnd` }), ms);
         this.timer.unref();
       }
     }
@@ -423,8 +427,8 @@ export class KvReceiver {
       hold.release("rejected");
       throw err;
     }
-    clearTimeout(this.timer);
-    clearTimeout(this.idleTimer);
+    this.clock.clearTimeout(this.timer);
+    this.clock.clearTimeout(this.idleTimer);
     this.acked = ack;
     this.state = KvPoll.Success;
     this.resolveDone({ ok: true, ack });
@@ -438,8 +442,8 @@ export class KvReceiver {
   private armIdle(): void {
     const ms = this.options.idleTimeoutMs ?? 30_000;
     if (ms <= 0) return;
-    clearTimeout(this.idleTimer);
-    this.idleTimer = setTimeout(
+    this.clock.clearTimeout(this.idleTimer);
+    this.idleTimer = this.clock.setTimeout(
       () => this.abort({ code: Code.UNAVAILABLE, reason: `${this.what}: no frame for ${ms} ms (the sender went silent)` }, "lost"),
       ms,
     );
@@ -448,8 +452,8 @@ export class KvReceiver {
 
   private fail(code: Code, reason: string, why: KvReleaseReason = releaseReasonOf(code)): void {
     if (isTerminal(this.state)) return;
-    clearTimeout(this.timer);
-    clearTimeout(this.idleTimer);
+    this.clock.clearTimeout(this.timer);
+    this.clock.clearTimeout(this.idleTimer);
     let freed = 0;
     if (this.hold !== null) {
       freed = this.hold.release(why);

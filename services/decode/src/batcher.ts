@@ -20,7 +20,7 @@
  * request stays awaiting its KV, bounded by kvWaitMs while a Stream waits and by the grace period when
  * none does; a final prefill failure reaches the router, which cancels it.
  */
-import { CancelledError, Code, MoelaError, UnavailableError, type Logger } from "@moela/core";
+import { CancelledError, type Clock, type ClockTimer, Code, errorMessage, FailureReason, MoelaError, realClock, UnavailableError, type Logger } from "@moela/core";
 import type { EmittedToken, Engine, FinishReason, Sequence } from "@moela/engine";
 import type { KvFailure, KvHold, KvReleaseReason, KvTransferMeta } from "@moela/kv-transfer";
 
@@ -52,6 +52,8 @@ export interface BatcherOptions {
   readonly logger: Logger;
   /** After each step: its duration, tokens emitted, MTP drafts proposed and accepted. */
   readonly onStep?: (seconds: number, tokens: number, drafted: number, accepted: number) => void;
+  /** The time the grace, KV-wait and drain timers run on and deadlines are checked against (default: the real clock). */
+  readonly clock?: Clock | undefined;
 }
 
 type Phase = "awaiting-kv" | "waiting" | "running" | "finished" | "failed";
@@ -72,8 +74,8 @@ class Request {
   subscriber: symbol | null = null;
   /** The last message (finish or error) reached a Stream. */
   delivered = false;
-  graceTimer: NodeJS.Timeout | undefined;
-  kvTimer: NodeJS.Timeout | undefined;
+  graceTimer: ClockTimer | undefined;
+  kvTimer: ClockTimer | undefined;
   private waiters: Array<() => void> = [];
 
   constructor(readonly id: string) {}
@@ -100,9 +102,9 @@ class Request {
     });
   }
 
-  clearTimers(): void {
-    clearTimeout(this.graceTimer);
-    clearTimeout(this.kvTimer);
+  clearTimers(clock: Clock): void {
+    clock.clearTimeout(this.graceTimer);
+    clock.clearTimeout(this.kvTimer);
     this.graceTimer = undefined;
     this.kvTimer = undefined;
   }
@@ -131,6 +133,7 @@ export class Batcher {
   private readonly engine: Engine;
   private readonly options: BatcherOptions;
   private readonly log: Logger;
+  private readonly clock: Clock;
   private readonly requests = new Map<string, Request>();
   private readonly tombstones = new Map<string, MoelaError>();
   private readonly waitingQueue: Request[] = [];
@@ -147,6 +150,7 @@ export class Batcher {
     this.engine = options.engine;
     this.options = options;
     this.log = options.logger;
+    this.clock = options.clock ?? realClock;
   }
 
   get running(): number {
@@ -203,7 +207,7 @@ export class Batcher {
     if (r.phase !== "awaiting-kv" || (r.transferId !== null && r.transferId !== meta.transferId)) {
       throw new MoelaError(`request ${meta.requestId} is already fed by transfer ${r.transferId ?? "(none)"} (${r.phase})`, Code.ALREADY_EXISTS);
     }
-    clearTimeout(r.kvTimer);
+    this.clock.clearTimeout(r.kvTimer);
     r.seq = seq;
     r.meta = meta;
     r.hold = hold;
@@ -255,10 +259,10 @@ export class Batcher {
     r.subscriber = me;
     r.hold?.touch();
     if (previous !== null) r.notify();
-    clearTimeout(r.graceTimer);
+    this.clock.clearTimeout(r.graceTimer);
     if (r.phase === "awaiting-kv" && r.kvTimer === undefined) {
       const req = r;
-      req.kvTimer = setTimeout(() => {
+      req.kvTimer = this.clock.setTimeout(() => {
         if (req.phase !== "awaiting-kv") return;
         const err = new MoelaError(`no KV for request ${req.id} arrived within ${this.options.kvWaitMs} ms`, Code.DEADLINE_EXCEEDED);
         this.bury(req.id, err);
@@ -325,9 +329,9 @@ export class Batcher {
    */
   async drain(graceMs: number): Promise<void> {
     this.draining = true;
-    const deadline = Date.now() + graceMs;
-    while (this.active.length + this.waitingQueue.length > 0 && Date.now() < deadline) {
-      await new Promise((resolve) => setTimeout(resolve, Math.min(50, Math.max(1, deadline - Date.now()))));
+    const deadline = this.clock.now() + graceMs;
+    while (this.active.length + this.waitingQueue.length > 0 && this.clock.now() < deadline) {
+      await new Promise<void>((resolve) => this.clock.setTimeout(resolve, Math.min(50, Math.max(1, deadline - this.clock.now()))));
     }
     this.stopped = true;
     this.wake?.();
@@ -335,7 +339,7 @@ export class Batcher {
     await this.loopDone;
     const err = new UnavailableError("this decode instance is shutting down");
     for (const r of [...this.requests.values()]) if (r.phase !== "finished" && r.phase !== "failed") this.fail(r, err, "shutdown");
-    for (const r of this.requests.values()) r.clearTimers();
+    for (const r of this.requests.values()) r.clearTimers(this.clock);
   }
 
   // ---- internals ---------------------------------------------------------------------------------
@@ -353,14 +357,14 @@ export class Batcher {
   }
 
   private forget(r: Request): void {
-    r.clearTimers();
+    r.clearTimers(this.clock);
     if (this.requests.get(r.id) === r) this.requests.delete(r.id);
   }
 
   /** Free the request if no Stream attaches within the grace period. */
   private startGrace(r: Request): void {
-    clearTimeout(r.graceTimer);
-    r.graceTimer = setTimeout(() => {
+    this.clock.clearTimeout(r.graceTimer);
+    r.graceTimer = this.clock.setTimeout(() => {
       if (r.subscriber !== null) return;
       if (r.phase === "finished" || r.phase === "failed") {
         this.forget(r);
@@ -393,7 +397,7 @@ export class Batcher {
     this.releaseBlocks(r, "finished");
     r.phase = "finished";
     r.finishReason = r.seq!.finishReason;
-    clearTimeout(r.kvTimer);
+    this.clock.clearTimeout(r.kvTimer);
     this.log.info({ requestId: r.id, reason: r.finishReason, tokens: r.seq!.output.length, drafted: r.seq!.drafted, accepted: r.seq!.accepted, draftsSkipped: r.seq!.draftsSkipped }, "sequence finished");
     if (r.subscriber === null) this.startGrace(r);
     r.notify();
@@ -414,7 +418,7 @@ export class Batcher {
     this.active = this.active.filter((x) => x !== r);
     r.phase = "failed";
     r.error = err;
-    clearTimeout(r.kvTimer);
+    this.clock.clearTimeout(r.kvTimer);
     if (r.subscriber === null) this.startGrace(r);
     r.notify();
   }
@@ -449,13 +453,14 @@ export class Batcher {
         for (const res of results) emitted += res.tokens.length;
       } catch (err) {
         // A step that throws (an expert-host went away) leaves its sequences in an unknown state:
-        // end them all with UNAVAILABLE "decode step failed: ..."; the router migrates them.
+        // end them all with UNAVAILABLE "decode step failed: ..." and the reason DECODE_STEP_FAILED (in the
+        // status's trailing metadata): the router migrates them and keeps this instance in its choice.
         this.log.error({ err, batch: batch.map((r) => r.id) }, "decode step failed");
-        failure = new UnavailableError(`decode step failed: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+        failure = new UnavailableError(`decode step failed: ${errorMessage(err)}`, { cause: err, reason: FailureReason.DECODE_STEP_FAILED });
       }
       this.options.onStep?.((performance.now() - t0) / 1000, emitted, this.engine.drafted - drafted0, this.engine.accepted - accepted0);
       this.inStep.clear();
-      const now = Date.now();
+      const now = this.clock.now();
       for (const r of batch) {
         const deadline = r.meta?.deadlineUnixMs ?? 0;
         if (failure !== null) this.fail(r, failure, "failed");

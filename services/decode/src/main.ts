@@ -24,7 +24,7 @@
 import { realpathSync } from "node:fs";
 import { basename, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { Code, formatReadyLine, MoelaError, runService, splitHostPort, withWeightLoadBar, type Logger } from "@moela/core";
+import { type Clock, Code, formatReadyLine, MoelaError, runService, splitHostPort, withWeightLoadBar, type Logger } from "@moela/core";
 import { configureKernels, DeepseekModel, Engine, PhaseTimes } from "@moela/engine";
 import { KvInbox, KvLedger, kvTransferService } from "@moela/kv-transfer";
 import { createServiceMetrics, grpcCodeName, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
@@ -74,6 +74,8 @@ export interface DecodeDeps {
   readonly model?: DeepseekModel;
   /** The model identity KvBegin must carry (default checkpointModelId(--model)). */
   readonly modelId?: string;
+  /** The time the batcher's and the KV receivers' timers run on (default: the real clock; tests pass their own). */
+  readonly clock?: Clock;
 }
 
 /** Load the model, connect the expert-hosts and serve: the whole service without the process lifecycle. */
@@ -205,6 +207,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     streamGraceMs: cfg.streamGraceMs,
     kvWaitMs: cfg.kvWaitMs,
     logger,
+    clock: deps.clock,
     onStep: (seconds, tokens, drafted, accepted) => {
       m.decodeStep.observe(seconds);
       m.decodeGeneratedTokens.inc({ model: modelName }, tokens);
@@ -221,6 +224,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     ledger,
     idleTimeoutMs: cfg.kvIdleMs,
     maxTransfersPerPeer: cfg.kvMaxTransfersPerPeer,
+    clock: deps.clock,
     onBegin: (meta) => {
       b.beginTransfer(meta);
       logger.debug({ requestId: meta.requestId, transferId: meta.transferId, tokens: meta.numTokens, layers: meta.numLayers }, "KV transfer begun");

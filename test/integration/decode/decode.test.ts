@@ -14,19 +14,14 @@ import { checkHealth, connect, serverStreamCall, unaryCall } from "@moela/rpc";
 import { parseConfig, startDecode, type RunningDecode } from "@moela/decode";
 import { parseConfig as parseExpertHostConfig, startExpertHost, type RunningExpertHost } from "@moela/expert-host";
 import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
+import { ManualClock } from "../../helpers/clock.js";
 import { GREEDY, prefillAndSend, referenceRun, SAMPLED } from "../../helpers/kv.js";
 
 const PROMPT = [0, 399, 332, 17, 256, 901, 44, 12, 730, 5, 66, 120, 7];
 const silent = createLogger("test", process.env.MOELA_TEST_LOG_LEVEL ?? "silent");
 
-/** Poll `cond` every 20 ms until it holds (fails the test after 20 s). */
-async function until(cond: () => boolean | Promise<boolean>, what: string): Promise<void> {
-  const deadline = Date.now() + 20_000;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+/** vi.waitFor's options here: retry every 20 ms, fail the test after 20 s. */
+const EVENTUALLY = { timeout: 20_000, interval: 20 };
 
 interface Collected {
   messages: StreamResponse[];
@@ -40,6 +35,8 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
   let connector: KvConnector & { close(): void };
   let client: InstanceType<typeof DecodeClient>;
   let transfers = 0;
+  /** Decode's clock: its timers (the Stream grace period above all) fire only when a test moves it. */
+  const clock = new ManualClock();
 
   beforeAll(async () => {
     const dir = makeCheckpoint({ preset: "tiny-v3" });
@@ -59,7 +56,7 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
       ],
       {},
     )!;
-    decode = await startDecode(cfg, silent);
+    decode = await startDecode(cfg, silent, { clock });
     const model = DeepseekModel.load(dir, { kvDtype: precisionProfile(precision).kvDtype });
     model.setExpertExecutor(createInProcessExperts(model, 2, precision).executor);
     prefill = new Engine(model, { blockSize: 4, numBlocks: 512, prefillChunk: 5 });
@@ -104,7 +101,7 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
   async function openedStream(requestId: string, startIndex = 0, stopAfter = Infinity): Promise<{ done: Promise<Collected> }> {
     const done = openStream(requestId, startIndex, stopAfter);
     // By id, not by count: a previous test's abandoned request may leave the batcher meanwhile.
-    await until(() => decode.batcher.has(requestId), `the Stream of ${requestId} to register`);
+    await vi.waitFor(() => expect(decode.batcher.has(requestId), `the Stream of ${requestId} to register`).toBe(true), EVENTUALLY);
     // Wrapped: an async function returning the promise itself would wait for the whole stream.
     return { done };
   }
@@ -137,7 +134,7 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
     expect(last.usage).toMatchObject({ promptTokens: PROMPT.length, completionTokens: params.maxTokens });
     // MTP speculation ran on the decode side (the draft and the MTP block's KV came over).
     expect(last.usage!.draftTokens).toBeGreaterThan(0);
-    await until(async () => (await status()).freeKvBlocks === 128, "blocks to be freed");
+    await vi.waitFor(async () => expect((await status()).freeKvBlocks).toBe(128), EVENTUALLY);
   });
 
   it("a Stream opened after the KV arrived gets every token; a reopened one resumes at start_index", async () => {
@@ -152,7 +149,7 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
     const rest = await openStream("req-late", seen);
     expect(rest.error).toBeNull();
     expect([...tokensOf(first), ...tokensOf(rest)]).toEqual(asWire(reference));
-    await until(async () => (await status()).freeKvBlocks === 128, "blocks to be freed");
+    await vi.waitFor(async () => expect((await status()).freeKvBlocks).toBe(128), EVENTUALLY);
   });
 
   it("continuous batching: concurrent requests of different lengths all come back right", async () => {
@@ -168,14 +165,14 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
       expect(g.error).toBeNull();
       expect(tokensOf(g).map((t) => t.tokenId)).toEqual(refs[i]!.map((t) => t.id));
     }
-    await until(async () => (await status()).freeKvBlocks === 128, "blocks to be freed");
+    await vi.waitFor(async () => expect((await status()).freeKvBlocks).toBe(128), EVENTUALLY);
   });
 
   it("Cancel stops a running request, ends its Stream with CANCELLED and frees its blocks", async () => {
     const long = { ...GREEDY, maxTokens: 400 };
     const stream = await openedStream("req-cancel");
     expect((await push("req-cancel", long)).outcome.ok).toBe(true);
-    await until(async () => (await status()).runningSequences === 1, "the sequence to run");
+    await vi.waitFor(async () => expect((await status()).runningSequences).toBe(1), EVENTUALLY);
     expect((await status()).freeKvBlocks).toBe(128 - Math.ceil((PROMPT.length + 400 + 1) / 4));
     const res = await unaryCall<DecodeCancelResponse>((md, o, cb) => client.cancel({ requestId: "req-cancel", reason: "stop string" }, md, o, cb));
     expect(res.found).toBe(true);
@@ -212,17 +209,21 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
   });
 
   it("a router whose Stream goes away and does not come back within the grace period frees the blocks", async () => {
-    // The request must outlive the 2 s grace: 400 steps of at least 10 ms (decode alone may finish in less).
+    // The request outlives the 2 s grace whatever the machine's speed: each of its 400 steps takes 10 ms on
+    // decode's clock, which moves only 100 ms at a time here, so at most one step ends per 100 ms.
     const step = decode.engine.step.bind(decode.engine);
     const slowed = vi.spyOn(decode.engine, "step").mockImplementation(async (seqs) => {
-      await new Promise((resolve) => setTimeout(resolve, 10));
+      await new Promise<void>((resolve) => clock.setTimeout(resolve, 10));
       return step(seqs);
     });
     try {
       const stream = await openedStream("req-gone", 0, 1);
       expect((await push("req-gone", { ...GREEDY, maxTokens: 400 })).outcome.ok).toBe(true);
       expect((await stream.done).messages).toHaveLength(1);
-      await until(async () => (await status()).freeKvBlocks === 128, "the abandoned sequence to be freed");
+      await vi.waitFor(async () => {
+        clock.advance(100);
+        expect((await status()).freeKvBlocks).toBe(128);
+      }, EVENTUALLY);
     } finally {
       slowed.mockRestore();
     }
@@ -275,7 +276,7 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
     const got = await stream.done;
     expect(got.error).toBeNull();
     expect(tokensOf(got)).toEqual(asWire(reference));
-    await until(async () => (await status()).freeKvBlocks === 128, "blocks to be freed");
+    await vi.waitFor(async () => expect((await status()).freeKvBlocks).toBe(128), EVENTUALLY);
   });
 
   it("a transfer whose sender dies mid-way (the stream breaks before KvEnd) frees its blocks; the rerun's KV is admitted", async () => {
@@ -299,12 +300,12 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
     const stream = await openedStream("req-killed");
     const { outcome } = await push("req-killed", GREEDY, PROMPT, killing);
     expect(outcome.ok).toBe(false);
-    await until(async () => (await status()).freeKvBlocks === 128 && (await status()).pendingTransfers === 0, "the cut transfer's blocks to be reclaimed");
+    await vi.waitFor(async () => expect(await status()).toMatchObject({ freeKvBlocks: 128, pendingTransfers: 0 }), EVENTUALLY);
     expect((await push("req-killed", GREEDY)).outcome.ok).toBe(true);
     const got = await stream.done;
     expect(got.error).toBeNull();
     expect(tokensOf(got)).toEqual(asWire(reference));
-    await until(async () => (await status()).freeKvBlocks === 128, "blocks to be freed");
+    await vi.waitFor(async () => expect((await status()).freeKvBlocks).toBe(128), EVENTUALLY);
   });
 
   it("a late duplicate transfer for a request already delivered is refused with ALREADY_EXISTS without taking blocks", async () => {

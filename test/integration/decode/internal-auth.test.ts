@@ -8,7 +8,7 @@
  * holding the secret that sends non-finite latents: its transfer fails alone, the running batch does not.
  */
 import { createHash } from "node:crypto";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Code, createLogger } from "@moela/core";
 import { DeepseekModel, Engine, type EmittedToken } from "@moela/engine";
 import { grpcKvConnector, KvPoll, KvSender, kvTransferMeta, type KvConnector, type KvFrame } from "@moela/kv-transfer";
@@ -24,13 +24,8 @@ const PROMPT = [0, 399, 332, 17, 256, 901, 44, 12, 730, 5, 66, 120, 7];
 const SECRET = "s3cret-for-the-internal-auth-test-0123456789";
 const silent = createLogger("test", process.env.MOELA_TEST_LOG_LEVEL ?? "silent");
 
-async function until(cond: () => boolean | Promise<boolean>, what: string): Promise<void> {
-  const deadline = Date.now() + 20_000;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+/** vi.waitFor's options here: retry every 20 ms, fail the test after 20 s. */
+const EVENTUALLY = { timeout: 20_000, interval: 20 };
 
 /** The error a call failed with (null when it succeeded). */
 async function failure(p: Promise<unknown>): Promise<{ code?: number; message?: string } | null> {
@@ -130,7 +125,7 @@ describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
     const reference = await referenceRun(prefill, PROMPT, GREEDY);
     const victim = "req-victim";
     const mine = collect(owner, victim);
-    await until(() => decode.batcher.has(victim), "the owner's Stream to register");
+    await vi.waitFor(() => expect(decode.batcher.has(victim), "the owner's Stream to register").toBe(true), EVENTUALLY);
     const before = await status();
 
     // Reading: a second Stream for the same id is refused before it is registered.
@@ -153,16 +148,16 @@ describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
     const got = await mine;
     expect(got.error).toBeNull();
     expect(got.tokens.map((t) => t.tokenId)).toEqual(asIds(reference));
-    await until(async () => (await status()).freeKvBlocks === 128, "blocks to be freed");
+    await vi.waitFor(async () => expect((await status()).freeKvBlocks, "blocks to be freed").toBe(128), EVENTUALLY);
   });
 
   it("batch poisoning: a transfer whose latents hold a NaN (checksum intact) fails alone with INVALID_ARGUMENT; the request running meanwhile finishes exactly", async () => {
     const params = { ...GREEDY, maxTokens: 60 };
     const reference = await referenceRun(prefill, PROMPT, params);
     const running = collect(owner, "req-batch-ok");
-    await until(() => decode.batcher.has("req-batch-ok"), "the Stream to register");
+    await vi.waitFor(() => expect(decode.batcher.has("req-batch-ok"), "the Stream to register").toBe(true), EVENTUALLY);
     expect((await prefillAndSend(prefill, ownerKv, PROMPT, params, { transferId: `t-${++transfers}`, requestId: "req-batch-ok", modelId: decode.modelId })).outcome.ok).toBe(true);
-    await until(async () => (await status()).runningSequences === 1, "the sequence to run");
+    await vi.waitFor(async () => expect((await status()).runningSequences, "the sequence to run").toBe(1), EVENTUALLY);
     // A sender with the secret that computed garbage: one NaN in its first layer chunk, its sha256 recomputed.
     let poisoned = 0;
     const nanRows = (f: KvFrame): KvFrame => {
@@ -184,15 +179,15 @@ describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
     const got = await running;
     expect(got.error).toBeNull();
     expect(got.tokens.map((t) => t.tokenId)).toEqual(asIds(reference));
-    await until(async () => (await status()).freeKvBlocks === 128 && (await status()).pendingTransfers === 0, "every block back");
+    await vi.waitFor(async () => expect(await status(), "every block back").toMatchObject({ freeKvBlocks: 128, pendingTransfers: 0 }), EVENTUALLY);
   });
 
   it("with the secret, Cancel ends a running request", async () => {
     const id = "req-cancel-with-secret";
     const stream = collect(owner, id);
-    await until(() => decode.batcher.has(id), "the Stream to register");
+    await vi.waitFor(() => expect(decode.batcher.has(id), "the Stream to register").toBe(true), EVENTUALLY);
     expect((await prefillAndSend(prefill, ownerKv, PROMPT, { ...GREEDY, maxTokens: 400 }, { transferId: `t-${++transfers}`, requestId: id, modelId: decode.modelId })).outcome.ok).toBe(true);
-    await until(async () => (await status()).runningSequences === 1, "the sequence to run");
+    await vi.waitFor(async () => expect((await status()).runningSequences, "the sequence to run").toBe(1), EVENTUALLY);
     const res = await unaryCall<DecodeCancelResponse>((md, o, cb) => owner.cancel({ requestId: id, reason: "stop string" }, md, o, cb), { timeoutMs: 5_000 });
     expect(res.found).toBe(true);
     const got = await stream;
@@ -211,7 +206,7 @@ describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
         kvTransferMeta(prefill, seq, { transferId, requestId: seq.id, modelId: decode.modelId, logprobs: true });
       // The first transfer begins and holds its blocks (no data yet).
       await first.begin(meta(seqA, "t-peer-a"));
-      await until(async () => (await status()).pendingTransfers === 1, "the first transfer to be pending");
+      await vi.waitFor(async () => expect((await status()).pendingTransfers, "the first transfer to be pending").toBe(1), EVENTUALLY);
       await second.begin(meta(seqB, "t-peer-b"));
       const refused = await second.done;
       expect(refused).toEqual({
@@ -222,10 +217,10 @@ describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
       expect((await status()).pendingTransfers).toBe(1);
       first.abort("test over");
       await first.done;
-      await until(async () => (await status()).pendingTransfers === 0 && (await status()).freeKvBlocks === 128, "the first transfer's blocks to be freed");
+      await vi.waitFor(async () => expect(await status(), "the first transfer's blocks to be freed").toMatchObject({ pendingTransfers: 0, freeKvBlocks: 128 }), EVENTUALLY);
       // The bound counts open transfers, not past ones: the next one goes through.
       const stream = collect(owner, "req-peer-c");
-      await until(() => decode.batcher.has("req-peer-c"), "the Stream to register");
+      await vi.waitFor(() => expect(decode.batcher.has("req-peer-c"), "the Stream to register").toBe(true), EVENTUALLY);
       expect((await prefillAndSend(prefill, ownerKv, PROMPT, GREEDY, { transferId: `t-${++transfers}`, requestId: "req-peer-c", modelId: decode.modelId })).outcome.ok).toBe(true);
       expect((await stream).error).toBeNull();
     } finally {

@@ -8,6 +8,7 @@ import { Code } from "@moela/core";
 import { DeepseekModel, Engine } from "@moela/engine";
 import { connectInProcess, KvInbox, KvLedger, KvPoll, KvSender, kvTransferMeta, type KvHold, type KvReleaseReason } from "@moela/kv-transfer";
 import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
+import { ManualClock } from "../../helpers/clock.js";
 import { GREEDY, MODEL_ID, prefillAndSend } from "../../helpers/kv.js";
 
 const PROMPT = [0, 399, 332, 17, 256, 901, 44, 12, 730, 5, 66, 120, 7];
@@ -93,7 +94,7 @@ describe("KvInbox blocks in the ledger", () => {
   });
   afterAll(removeCheckpoints);
 
-  function sides(opts: { idleTimeoutMs?: number } = {}) {
+  function sides(opts: { idleTimeoutMs?: number; clock?: ManualClock } = {}) {
     const prefill = new Engine(model, { blockSize: 4, numBlocks: 64 });
     const engine = new Engine(model, { blockSize: 4, numBlocks: 64 });
     const reasons: KvReleaseReason[] = [];
@@ -133,15 +134,19 @@ describe("KvInbox blocks in the ledger", () => {
   });
 
   it("a sender that goes silent is failed after the idle timeout and its blocks reclaimed as lost", async () => {
-    const d = sides({ idleTimeoutMs: 50 });
+    const clock = new ManualClock();
+    const d = sides({ idleTimeoutMs: 50, clock });
     const seq = d.prefill.newSequence("req-3", PROMPT, GREEDY);
     const sender = new KvSender(connectInProcess(d.inbox));
     await sender.begin(kvTransferMeta(d.prefill, seq, { transferId: "t-3", requestId: "req-3", modelId: MODEL_ID, logprobs: false }));
     expect(d.engine.cache.usedBlocks).toBeGreaterThan(0);
-    const deadline = Date.now() + 5_000;
-    while (d.engine.cache.usedBlocks > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    clock.advance(49);
+    expect(d.engine.cache.usedBlocks).toBeGreaterThan(0);
+    expect(d.reasons).toEqual([]);
+    clock.advance(1);
     expect(d.engine.cache.usedBlocks).toBe(0);
     expect(d.reasons).toEqual(["lost"]);
+    expect((await sender.done).ok).toBe(false);
     expect(sender.poll()).toBe(KvPoll.Failed);
     // Retryable: prefill's job runs again and the request waits for that transfer.
     expect(sender.failure?.code).toBe(Code.UNAVAILABLE);
