@@ -26,8 +26,9 @@ import { mlpForwardGroupAsync, OFF_LOOP_MIN_WORK } from "./layers/mlp.js";
 import { LocalExpertExecutor } from "./layers/moe.js";
 import type { PagedLatentCache } from "./kv-cache/paged-latent.js";
 import type { ExpertExecutor, KvSink } from "./ports.js";
-import { loadWeights, type BlockWeights, type LoadOptions, type MlpWeights, type ModelWeights, type MoeWeights } from "./weights.js";
-import { Workspace } from "./workspace.js";
+import { softmaxExp } from "./tensor/softmax.js";
+import { loadWeights, type AttentionWeights, type BlockWeights, type LoadOptions, type MlpWeights, type ModelWeights, type MoeWeights } from "./weights.js";
+import { ScratchBuffer, Workspace } from "./workspace.js";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { CheckpointError } from "@moela/core";
@@ -39,6 +40,50 @@ import { CheckpointError } from "@moela/core";
 const LATENT_NORM_EPS = 1e-6;
 
 export type AttentionPath = "absorbed" | "decompressed";
+
+/** Rotary tables of a call's T tokens: [T, dr/2] each. */
+interface RopeRows {
+  readonly cos: Float64Array;
+  readonly sin: Float64Array;
+}
+
+/** Attention's scratch, each buffer grown to the largest call (L: a sequence's context length). */
+interface AttentionScratch {
+  readonly pos: ScratchBuffer<Int32Array>; // [T] positions
+  readonly cos: ScratchBuffer<Float64Array>; // [T, dr/2]
+  readonly sin: ScratchBuffer<Float64Array>; // [T, dr/2]
+  readonly q: ScratchBuffer<Float32Array>; // [T, H * dq] per head [q_nope | q_rope]
+  readonly qa: ScratchBuffer<Float32Array>; // [T, q_lora_rank]
+  readonly latent: ScratchBuffer<Float32Array>; // [T, D] the new tokens' [c_kv | k_pe]
+  readonly heads: ScratchBuffer<Float32Array>; // [T, H * dv] attention output per head
+  readonly ctx: ScratchBuffer<Float32Array>; // [L, D] a sequence's cached latents
+  readonly kv: ScratchBuffer<Float32Array>; // [L, H * (dn + dv)] K_nope | V rebuilt (reference: one head's)
+  readonly qAbs: ScratchBuffer<Float32Array>; // [T, H, R] q_nope folded through W_UK
+  readonly oLat: ScratchBuffer<Float32Array>; // [T, H, R] attention output in latent space
+  readonly table: ScratchBuffer<Int32Array>; // [blocks] a sequence's block table
+  readonly scores: ScratchBuffer<Float64Array>; // [L] reference: one query's scores, then exp(score - max)
+  readonly qAbs64: ScratchBuffer<Float64Array>; // [R] reference: one head's folded query
+  readonly oLat64: ScratchBuffer<Float64Array>; // [R] reference: one head's latent output
+}
+
+function attentionScratch(): AttentionScratch {
+  const f32 = ScratchBuffer.f32;
+  const f64 = ScratchBuffer.f64;
+  const i32 = ScratchBuffer.i32;
+  return {
+    pos: i32(), cos: f64(), sin: f64(), q: f32(), qa: f32(), latent: f32(), heads: f32(), ctx: f32(), kv: f32(),
+    qAbs: f32(), oLat: f32(), table: i32(), scores: f64(), qAbs64: f64(), oLat64: f64(),
+  };
+}
+
+/** A model's (or a micro-batch lane's) scratch memory, one typed object per module. */
+interface ModelScratch {
+  readonly attn: AttentionScratch;
+}
+
+function modelScratch(): ModelScratch {
+  return { attn: attentionScratch() };
+}
 /** Element type of cached (and transferred) latent KV rows. */
 export type KvDtype = "f32" | "bf16";
 
@@ -113,6 +158,7 @@ export class DeepseekModel {
   readonly kvDtype: KvDtype;
   private experts: ExpertExecutor;
   private readonly ws = new Workspace();
+  private readonly scratch: ModelScratch = modelScratch();
   private readonly router: RouterScratch;
   /** Micro-batch lanes (lane()). */
   private readonly lanes: DeepseekModel[] = [];
@@ -269,6 +315,7 @@ export class DeepseekModel {
     while (this.lanes.length <= i) {
       const twin = Object.create(this) as DeepseekModel;
       Object.defineProperty(twin, "ws", { value: new Workspace() });
+      Object.defineProperty(twin, "scratch", { value: modelScratch() });
       Object.defineProperty(twin, "router", { value: createRouterScratch(this.config) });
       this.lanes.push(twin);
     }
@@ -433,7 +480,10 @@ export class DeepseekModel {
     for (let i = 0; i < T * hd; i++) out[i] = routed[i]! + out[i]!;
   }
 
-  /** MLA over the paged latent cache; writes the new tokens' latents first. xn: [T, hidden] -> out: [T, hidden]. */
+  /**
+   * MLA over the paged latent cache, xn: [T, hidden] -> out: [T, hidden]: the query projection, the latent
+   * write, attention (absorbed or decompressed, the one switch), then o_proj.
+   */
   private async attention(
     b: BlockWeights,
     cache: PagedLatentCache,
@@ -443,29 +493,35 @@ export class DeepseekModel {
     out: Float32Array,
     opts: ForwardOptions,
   ): Promise<void> {
-    const c = this.config;
     const a = b.attn;
-    const H = c.numHeads;
-    const dn = c.qkNopeHeadDim;
-    const dr = c.qkRopeHeadDim;
-    const dv = c.vHeadDim;
-    const dq = c.qkHeadDim;
-    const R = c.kvLoraRank;
-    const D = c.latentDim;
-    const half = dr / 2;
+    const rope = this.ropeTables(seqs, T);
+    const q = await this.projectQuery(a, xn, T, rope); // [T, H * dq]
+    const lat = await this.projectLatents(a, xn, T, rope); // [T, D]
+    const heads = this.scratch.attn.heads.get(T * this.mla.H * this.mla.dv); // [T, H * dv]
+    if (opts.attention === "absorbed") await this.absorbedAttention(b, cache, seqs, q, lat, T, heads, opts);
+    else await this.decompressedAttention(b, cache, seqs, q, lat, heads, opts);
+    await this.mmA(a.o.w, heads, T, out);
+    addBias(out, T, a.o.bias);
+  }
 
-    // Positions of the T tokens, and their rotary tables.
-    const pos = this.ws.i32("pos", T);
+  /** The rotary tables of the T tokens' positions: cos, sin [T, dr/2]. */
+  private ropeTables(seqs: readonly ForwardSeq[], T: number): RopeRows {
+    const s = this.scratch.attn;
+    const half = this.mla.dr / 2;
+    const pos = s.pos.get(T);
     let t = 0;
-    for (const s of seqs) for (let j = 0; j < s.tokens.length; j++) pos[t++] = s.start + j;
-    const cos = this.ws.f64("rope.cos", T * half); // [T, dr/2]
-    const sin = this.ws.f64("rope.sin", T * half);
-    rotaryTables(this.rotary, pos, T, cos, sin);
+    for (const sq of seqs) for (let j = 0; j < sq.tokens.length; j++) pos[t++] = sq.start + j;
+    const rows = { cos: s.cos.get(T * half), sin: s.sin.get(T * half) };
+    rotaryTables(this.rotary, pos, T, rows.cos, rows.sin);
+    return rows;
+  }
 
-    // Queries: q = q_b_proj(q_a_layernorm(q_a_proj(x))) or q_proj(x). [T, H * dq], per head [q_nope | q_rope].
-    const q = this.ws.f32("q", T * H * dq);
+  /** Queries: q = q_b_proj(q_a_layernorm(q_a_proj(x))) or q_proj(x), RoPE on q_rope. [T, H * dq], per head [q_nope | q_rope]. */
+  private async projectQuery(a: AttentionWeights, xn: Float32Array, T: number, rope: RopeRows): Promise<Float32Array> {
+    const { H, dn, dr, dq } = this.mla;
+    const q = this.scratch.attn.q.get(T * H * dq);
     if (a.qA !== null) {
-      const qa = this.ws.f32("qa", T * a.qA.w.rows); // [T, q_lora_rank]
+      const qa = this.scratch.attn.qa.get(T * a.qA.w.rows); // [T, q_lora_rank]
       await this.mmA(a.qA.w, xn, T, qa);
       addBias(qa, T, a.qA.bias);
       rmsNormRows(qa, T, a.qA.w.rows, a.qANorm!, LATENT_NORM_EPS, qa);
@@ -474,23 +530,25 @@ export class DeepseekModel {
       await this.mmA(a.q!.w, xn, T, q);
       addBias(q, T, a.q!.bias);
     }
-    for (let i = 0; i < T; i++) for (let hh = 0; hh < H; hh++) applyRotary(q, (i * H + hh) * dq + dn, cos, sin, i, half);
+    for (let i = 0; i < T; i++) for (let hh = 0; hh < H; hh++) applyRotary(q, (i * H + hh) * dq + dn, rope.cos, rope.sin, i, dr / 2);
+    return q;
+  }
 
-    // New latent rows: [c_kv | k_pe] = kv_a_proj_with_mqa(x); c_kv through kv_a_layernorm, k_pe roped. [T, D]
-    const lat = this.ws.f32("latent.new", T * D);
+  /**
+   * The new tokens' latent rows: [c_kv | k_pe] = kv_a_proj_with_mqa(x); c_kv through kv_a_layernorm, k_pe roped,
+   * rounded to BF16 when the KV dtype is bf16. [T, D]; writeLatents puts them into the cache.
+   */
+  private async projectLatents(a: AttentionWeights, xn: Float32Array, T: number, rope: RopeRows): Promise<Float32Array> {
+    const { dr, R, D } = this.mla;
+    const lat = this.scratch.attn.latent.get(T * D);
     await this.mmA(a.kvA.w, xn, T, lat);
     addBias(lat, T, a.kvA.bias);
     for (let i = 0; i < T; i++) {
       rmsNorm(lat, i * D, R, a.kvANorm, LATENT_NORM_EPS, lat, i * D);
-      applyRotary(lat, i * D + R, cos, sin, i, half);
+      applyRotary(lat, i * D + R, rope.cos, rope.sin, i, dr / 2);
     }
     if (this.kvDtype === "bf16") for (let i = 0; i < T * D; i++) lat[i] = roundBf16(lat[i]!);
-
-    const heads = this.ws.f32("attn.heads", T * H * dv); // [T, H * dv]
-    if (this.kernels.name === "reference") await this.attendReference(b, cache, seqs, q, lat, T, heads, opts);
-    else await this.attendKernels(b, cache, seqs, q, lat, T, heads, opts);
-    await this.mmA(a.o.w, heads, T, out);
-    addBias(out, T, a.o.bias);
+    return lat;
   }
   /** The sequence's n new latent rows (lat rows [t, t + n)) into the cache, then to the KV sink (prefill streaming). */
   private async writeLatents(layer: number, cache: PagedLatentCache, s: ForwardSeq, si: number, lat: Float32Array, t: number, opts: ForwardOptions): Promise<void> {
@@ -523,10 +581,46 @@ export class DeepseekModel {
   }
 
   /**
-   * Attention with the reference kernels: per head and token, in float64, W_UK absorbed (or K/V rebuilt) one
-   * head at a time. q: [T, H * dq]; lat: [T, D] new latent rows; heads: [T, H * dv] out.
+   * For each sequence in order: its new latent rows (lat rows [t, t + n)) into the cache (writeLatents), then
+   * `attend(s, t)` over its context.
    */
-  private async attendReference(
+  private async eachSequence(
+    layer: number,
+    cache: PagedLatentCache,
+    seqs: readonly ForwardSeq[],
+    lat: Float32Array,
+    opts: ForwardOptions,
+    attend: (s: ForwardSeq, t: number) => void | Promise<void>,
+  ): Promise<void> {
+    let t = 0;
+    for (let si = 0; si < seqs.length; si++) {
+      const s = seqs[si]!;
+      await this.writeLatents(layer, cache, s, si, lat, t, opts);
+      await attend(s, t);
+      t += s.tokens.length;
+    }
+  }
+
+  /** The sequence's cached latents, positions [0, L): [L, D]. */
+  private gatherContext(layer: number, cache: PagedLatentCache, s: ForwardSeq): Float32Array {
+    const L = s.start + s.tokens.length;
+    const ctx = this.scratch.attn.ctx.get(L * this.mla.D);
+    cache.gather(layer, s.blockTable, L, ctx);
+    return ctx;
+  }
+
+  /** q_rope of the sequence whose first token is row t, as the attend kernel's second query part. */
+  private ropeQuery(q: Float32Array, t: number): Pick<AttendArgs, "qb" | "qbOff" | "qbTok" | "qbHead" | "lenB"> {
+    const { H, dn, dr, dq } = this.mla;
+    return { qb: q, qbOff: t * H * dq + dn, qbTok: H * dq, qbHead: dq, lenB: dr };
+  }
+
+  /**
+   * Absorbed attention (decode): W_UK (the dn rows of each head of kv_b_proj) folds q_nope into latent space,
+   * scores run straight over the cached [c_kv | k_pe] rows, and W_UV (the dv rows) unfolds the latent output.
+   * q: [T, H * dq]; lat: [T, D] new latent rows; heads: [T, H * dv] out.
+   */
+  private async absorbedAttention(
     b: BlockWeights,
     cache: PagedLatentCache,
     seqs: readonly ForwardSeq[],
@@ -536,158 +630,149 @@ export class DeepseekModel {
     heads: Float32Array,
     opts: ForwardOptions,
   ): Promise<void> {
-    const a = b.attn;
+    const kvB = b.attn.kvB;
+    if (this.kernels.name === "reference") {
+      await this.eachSequence(b.index, cache, seqs, lat, opts, (s, t) => this.absorbedReference(kvB, this.gatherContext(b.index, cache, s), s, q, t, heads));
+      return;
+    }
+    const { H, dn, dv, dq, R } = this.mla;
+    const hs = dn + dv; // kv_b_proj rows per head: [W_UK (dn) ; W_UV (dv)]
+    // qAbs[t, h] = W_UK(h)^T . q_nope[t, h], all tokens and heads in one grouped product. [T, H, R]
+    const qAbs = this.scratch.attn.qAbs.get(T * H * R);
+    const layout = { vStride: H * dq, n: dn, outStride: H * R, groups: H, rowStep: hs, vStep: dq, outStep: R };
+    if (this.offLoop(T * H * dn * R) && this.kernels.matmulTAsync) await this.kernels.matmulTAsync(kvB, q, T, qAbs, layout);
+    else this.kernels.matmulT(kvB, q, T, qAbs, layout);
+    const oLat = this.scratch.attn.oLat.get(T * H * R); // [T, H, R] attention output in latent space
+    await this.eachSequence(b.index, cache, seqs, lat, opts, (s, t) => this.absorbedKernel(b.index, cache, s, q, qAbs, oLat, t));
+    // heads[t, h] = W_UV(h) . oLat[t, h], all heads in one grouped product.
+    await this.mmA(kvB, oLat, T, heads, { r0: dn, nRows: dv, xStride: H * R, yStride: H * dv, groups: H, rowStep: hs, xStep: R, yStep: dv });
+  }
+
+  /** One sequence's absorbed attention in one attend call, straight over the cache's slab paged by the block table (no copy). */
+  private async absorbedKernel(layer: number, cache: PagedLatentCache, s: ForwardSeq, q: Float32Array, qAbs: Float32Array, oLat: Float32Array, t: number): Promise<void> {
+    const { H, R, D } = this.mla;
+    const n = s.tokens.length;
+    const slab = cache.slab(layer); // [numBlocks * blockSize, D]
+    const nb = Math.ceil((s.start + n) / cache.blockSize);
+    const table = this.scratch.attn.table.get(nb);
+    for (let i = 0; i < nb; i++) table[i] = s.blockTable[i]!;
+    await this.attendA({
+      qa: qAbs, qaOff: t * H * R, qaTok: H * R, qaHead: R, lenA: R,
+      ...this.ropeQuery(q, t),
+      kb: slab, kbOff: R, kbPos: D, kbHead: 0,
+      ka: slab, kaOff: 0, kaPos: D, kaHead: 0,
+      val: slab, valOff: 0, valPos: D, valHead: 0, lenV: R,
+      out: oLat, outOff: t * H * R, outTok: H * R, outHead: R,
+      n, H, start: s.start, scale: this.rotary.softmaxScale, blockTable: table, blockSize: cache.blockSize,
+    });
+  }
+
+  /**
+   * The reference kernels' absorbed attention of one sequence: per token and head, in float64, W_UK folds the
+   * query, softmax over the context's latents ctx [L, D], W_UV unfolds the output into heads.
+   */
+  private absorbedReference(kvB: WeightMatrix, ctx: Float32Array, s: ForwardSeq, q: Float32Array, t: number, heads: Float32Array): void {
     const { H, dn, dr, dv, dq, R, D } = this.mla;
     const scale = this.rotary.softmaxScale;
-    let t = 0;
-    for (let si = 0; si < seqs.length; si++) {
-      const s = seqs[si]!;
-      const n = s.tokens.length;
-      await this.writeLatents(b.index, cache, s, si, lat, t, opts);
-      const L = s.start + n;
-      const ctx = this.ws.f32("attn.ctx", L * D); // [L, D] the sequence's cached latents
-      cache.gather(b.index, s.blockTable, L, ctx);
-      const scores = this.ws.f64("attn.scores", L);
-      if (opts.attention === "absorbed") {
-        const qAbs = this.ws.f64("attn.qabs", R); // [R] q_nope folded through W_UK
-        const oLat = this.ws.f64("attn.olat", R); // [R] attention output in latent space
-        for (let j = 0; j < n; j++) {
-          const qi = t + j;
-          const upto = s.start + j + 1; // causal: positions [0, upto)
-          for (let hh = 0; hh < H; hh++) {
-            const qo = (qi * H + hh) * dq;
-            matvecTransposedRows(a.kvB, hh * (dn + dv), dn, q, qo, qAbs);
-            let m = -Infinity;
-            for (let p = 0; p < upto; p++) {
-              const po = p * D;
-              let sc = 0;
-              for (let r = 0; r < R; r++) sc += qAbs[r]! * ctx[po + r]!;
-              for (let r = 0; r < dr; r++) sc += q[qo + dn + r]! * ctx[po + R + r]!;
-              sc *= scale;
-              scores[p] = sc;
-              if (sc > m) m = sc;
-            }
-            let z = 0;
-            for (let p = 0; p < upto; p++) {
-              const e = Math.exp(scores[p]! - m);
-              scores[p] = e;
-              z += e;
-            }
-            oLat.fill(0);
-            for (let p = 0; p < upto; p++) {
-              const w = scores[p]! / z;
-              const po = p * D;
-              for (let r = 0; r < R; r++) oLat[r] = oLat[r]! + w * ctx[po + r]!;
-            }
-            matvecRows(a.kvB, hh * (dn + dv) + dn, dv, oLat, heads, (qi * H + hh) * dv);
-          }
+    const sc = this.scratch.attn;
+    const scores = sc.scores.get(s.start + s.tokens.length);
+    const qAbs = sc.qAbs64.get(R); // [R] q_nope folded through W_UK
+    const oLat = sc.oLat64.get(R); // [R] attention output in latent space
+    for (let j = 0; j < s.tokens.length; j++) {
+      const qi = t + j;
+      const upto = s.start + j + 1; // causal: positions [0, upto)
+      for (let hh = 0; hh < H; hh++) {
+        const qo = (qi * H + hh) * dq;
+        matvecTransposedRows(kvB, hh * (dn + dv), dn, q, qo, qAbs);
+        for (let p = 0; p < upto; p++) {
+          const po = p * D;
+          let x = 0;
+          for (let r = 0; r < R; r++) x += qAbs[r]! * ctx[po + r]!;
+          for (let r = 0; r < dr; r++) x += q[qo + dn + r]! * ctx[po + R + r]!;
+          scores[p] = x * scale;
         }
-      } else {
-        const kv = this.ws.f32("attn.kv", L * (dn + dv)); // [L, dn + dv] one head's K_nope | V
-        for (let hh = 0; hh < H; hh++) {
-          this.mm(a.kvB, ctx, L, kv, { xStride: D, r0: hh * (dn + dv), nRows: dn + dv });
-          for (let j = 0; j < n; j++) {
-            const qi = t + j;
-            const qo = (qi * H + hh) * dq;
-            const upto = s.start + j + 1;
-            let m = -Infinity;
-            for (let p = 0; p < upto; p++) {
-              const ko = p * (dn + dv);
-              let sc = 0;
-              for (let r = 0; r < dn; r++) sc += q[qo + r]! * kv[ko + r]!;
-              for (let r = 0; r < dr; r++) sc += q[qo + dn + r]! * ctx[p * D + R + r]!;
-              sc *= scale;
-              scores[p] = sc;
-              if (sc > m) m = sc;
-            }
-            let z = 0;
-            for (let p = 0; p < upto; p++) {
-              const e = Math.exp(scores[p]! - m);
-              scores[p] = e;
-              z += e;
-            }
-            const ho = (qi * H + hh) * dv;
-            for (let v = 0; v < dv; v++) {
-              let acc = 0;
-              for (let p = 0; p < upto; p++) acc += scores[p]! * kv[p * (dn + dv) + dn + v]!;
-              heads[ho + v] = acc / z;
-            }
-          }
+        const z = softmaxExp(scores, 0, scores, upto);
+        oLat.fill(0);
+        for (let p = 0; p < upto; p++) {
+          const w = scores[p]! / z;
+          const po = p * D;
+          for (let r = 0; r < R; r++) oLat[r] = oLat[r]! + w * ctx[po + r]!;
         }
+        matvecRows(kvB, hh * (dn + dv) + dn, dv, oLat, heads, (qi * H + hh) * dv);
       }
-      t += n;
     }
   }
 
   /**
-   * Attention through the backend's kernels (fast, portable): all tokens' queries are folded through W_UK in one
-   * grouped product, each sequence attends with one kernel call, and W_UV unfolds all outputs in one more.
-   * Decompressed (prefill) rebuilds every head's K_nope | V for the sequence in one product instead.
+   * Decompressed attention (prefill): every head's K_nope and V are rebuilt from the sequence's gathered latents
+   * through kv_b_proj, then ordinary causal attention. q: [T, H * dq]; lat: [T, D] new latent rows; heads: [T, H * dv] out.
    */
-  private async attendKernels(
+  private async decompressedAttention(
     b: BlockWeights,
     cache: PagedLatentCache,
     seqs: readonly ForwardSeq[],
     q: Float32Array,
     lat: Float32Array,
-    T: number,
     heads: Float32Array,
     opts: ForwardOptions,
   ): Promise<void> {
-    const a = b.attn;
-    const k = this.kernels;
+    const kvB = b.attn.kvB;
+    const reference = this.kernels.name === "reference";
+    await this.eachSequence(b.index, cache, seqs, lat, opts, (s, t) => {
+      const ctx = this.gatherContext(b.index, cache, s);
+      return reference ? this.decompressedReference(kvB, ctx, s, q, t, heads) : this.decompressedKernel(kvB, ctx, s, q, t, heads);
+    });
+  }
+
+  /** One sequence's decompressed attention: every head's K_nope | V in one product, then one attend call. */
+  private async decompressedKernel(kvB: WeightMatrix, ctx: Float32Array, s: ForwardSeq, q: Float32Array, t: number, heads: Float32Array): Promise<void> {
+    const { H, dn, dv, dq, R, D } = this.mla;
+    const hs = dn + dv;
+    const L = s.start + s.tokens.length;
+    const kv = this.scratch.attn.kv.get(L * H * hs); // [L, H * (dn + dv)] every head's K_nope | V
+    await this.mmA(kvB, ctx, L, kv, { xStride: D });
+    await this.attendA({
+      qa: q, qaOff: t * H * dq, qaTok: H * dq, qaHead: dq, lenA: dn,
+      ...this.ropeQuery(q, t),
+      kb: ctx, kbOff: R, kbPos: D, kbHead: 0,
+      ka: kv, kaOff: 0, kaPos: H * hs, kaHead: hs,
+      val: kv, valOff: dn, valPos: H * hs, valHead: hs, lenV: dv,
+      out: heads, outOff: t * H * dv, outTok: H * dv, outHead: dv,
+      n: s.tokens.length, H, start: s.start, scale: this.rotary.softmaxScale,
+    });
+  }
+
+  /**
+   * The reference kernels' decompressed attention of one sequence: per head, K_nope | V rebuilt from ctx [L, D],
+   * then per token in float64 a softmax over positions and the weighted sum of V.
+   */
+  private decompressedReference(kvB: WeightMatrix, ctx: Float32Array, s: ForwardSeq, q: Float32Array, t: number, heads: Float32Array): void {
     const { H, dn, dr, dv, dq, R, D } = this.mla;
-    const hs = dn + dv; // kv_b_proj rows per head: [W_UK (dn) ; W_UV (dv)]
     const scale = this.rotary.softmaxScale;
-    const absorbed = opts.attention === "absorbed";
-    const qAbs = absorbed ? this.ws.f32("attn.qabs", T * H * R) : null; // [T, H, R] q_nope folded through W_UK
-    const oLat = absorbed ? this.ws.f32("attn.olat", T * H * R) : null; // [T, H, R] attention output in latent space
-    if (qAbs !== null) {
-      const layout = { vStride: H * dq, n: dn, outStride: H * R, groups: H, rowStep: hs, vStep: dq, outStep: R };
-      if (this.offLoop(T * H * dn * R) && k.matmulTAsync) await k.matmulTAsync(a.kvB, q, T, qAbs, layout);
-      else k.matmulT(a.kvB, q, T, qAbs, layout);
-    }
-    let t = 0;
-    for (let si = 0; si < seqs.length; si++) {
-      const s = seqs[si]!;
-      const n = s.tokens.length;
-      await this.writeLatents(b.index, cache, s, si, lat, t, opts);
-      const L = s.start + n;
-      const q_pe = { qb: q, qbOff: t * H * dq + dn, qbTok: H * dq, qbHead: dq, lenB: dr };
-      if (qAbs !== null && oLat !== null) {
-        // Straight over the cache's slab, paged by the block table: no copy of the context.
-        const slab = cache.slab(b.index); // [numBlocks * blockSize, D]
-        const nb = Math.ceil(L / cache.blockSize);
-        const table = this.ws.i32("attn.table", nb);
-        for (let i = 0; i < nb; i++) table[i] = s.blockTable[i]!;
-        await this.attendA({
-          qa: qAbs, qaOff: t * H * R, qaTok: H * R, qaHead: R, lenA: R,
-          ...q_pe,
-          kb: slab, kbOff: R, kbPos: D, kbHead: 0,
-          ka: slab, kaOff: 0, kaPos: D, kaHead: 0,
-          val: slab, valOff: 0, valPos: D, valHead: 0, lenV: R,
-          out: oLat, outOff: t * H * R, outTok: H * R, outHead: R,
-          n, H, start: s.start, scale, blockTable: table, blockSize: cache.blockSize,
-        });
-      } else {
-        const ctx = this.ws.f32("attn.ctx", L * D); // [L, D] the sequence's cached latents
-        cache.gather(b.index, s.blockTable, L, ctx);
-        const rope = { ...q_pe, kb: ctx, kbOff: R, kbPos: D, kbHead: 0 };
-        const kv = this.ws.f32("attn.kv", L * H * hs); // [L, H * (dn + dv)] every head's K_nope | V
-        await this.mmA(a.kvB, ctx, L, kv, { xStride: D });
-        await this.attendA({
-          qa: q, qaOff: t * H * dq, qaTok: H * dq, qaHead: dq, lenA: dn,
-          ...rope,
-          ka: kv, kaOff: 0, kaPos: H * hs, kaHead: hs,
-          val: kv, valOff: dn, valPos: H * hs, valHead: hs, lenV: dv,
-          out: heads, outOff: t * H * dv, outTok: H * dv, outHead: dv,
-          n, H, start: s.start, scale,
-        });
+    const L = s.start + s.tokens.length;
+    const scores = this.scratch.attn.scores.get(L);
+    const kv = this.scratch.attn.kv.get(L * (dn + dv)); // [L, dn + dv] one head's K_nope | V
+    for (let hh = 0; hh < H; hh++) {
+      this.mm(kvB, ctx, L, kv, { xStride: D, r0: hh * (dn + dv), nRows: dn + dv });
+      for (let j = 0; j < s.tokens.length; j++) {
+        const qo = ((t + j) * H + hh) * dq;
+        const upto = s.start + j + 1;
+        for (let p = 0; p < upto; p++) {
+          const ko = p * (dn + dv);
+          let x = 0;
+          for (let r = 0; r < dn; r++) x += q[qo + r]! * kv[ko + r]!;
+          for (let r = 0; r < dr; r++) x += q[qo + dn + r]! * ctx[p * D + R + r]!;
+          scores[p] = x * scale;
+        }
+        const z = softmaxExp(scores, 0, scores, upto);
+        const ho = ((t + j) * H + hh) * dv;
+        for (let v = 0; v < dv; v++) {
+          let acc = 0;
+          for (let p = 0; p < upto; p++) acc += scores[p]! * kv[p * (dn + dv) + dn + v]!;
+          heads[ho + v] = acc / z;
+        }
       }
-      t += n;
     }
-    // heads[t, h] = W_UV(h) . oLat[t, h], all heads in one grouped product.
-    if (oLat !== null) await this.mmA(a.kvB, oLat, T, heads, { r0: dn, nRows: dv, xStride: H * R, yStride: H * dv, groups: H, rowStep: hs, xStep: R, yStep: dv });
   }
 }
 

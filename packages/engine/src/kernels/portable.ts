@@ -7,6 +7,7 @@
 import { decodeRow, matmul, type WeightMatrix } from "../tensor/matrix.js";
 import type { AttendArgs, GroupedLayout, GroupedMatmulFn, KernelBackend, TransposedLayout } from "./types.js";
 import type { MatmulFn } from "../tensor/parallel.js";
+import { softmaxExp } from "../tensor/softmax.js";
 
 /** A grouped matmul from a plain one: one call per group (each call's elements are computed independently). */
 export function groupedMatmul(mm: MatmulFn): GroupedMatmulFn {
@@ -79,7 +80,6 @@ export function attendTs(a: AttendArgs): void {
     for (let h = 0; h < a.H; h++) {
       const qa = a.qaOff + j * a.qaTok + h * a.qaHead;
       const qb = a.qbOff + j * a.qbTok + h * a.qbHead;
-      let m = -Infinity;
       for (let p = 0; p < upto; p++) {
         const row = rowOf(a, p);
         const ka = a.kaOff + row * a.kaPos + h * a.kaHead;
@@ -87,16 +87,9 @@ export function attendTs(a: AttendArgs): void {
         let sc = 0;
         for (let r = 0; r < a.lenA; r++) sc += a.qa[qa + r]! * a.ka[ka + r]!;
         for (let r = 0; r < a.lenB; r++) sc += a.qb[qb + r]! * a.kb[kb + r]!;
-        sc *= a.scale;
-        s[p] = sc;
-        if (sc > m) m = sc;
+        s[p] = sc * a.scale;
       }
-      let z = 0;
-      for (let p = 0; p < upto; p++) {
-        const e = Math.exp(s[p]! - m);
-        s[p] = e;
-        z += e;
-      }
+      const z = softmaxExp(s, 0, s, upto);
       o.fill(0, 0, a.lenV);
       for (let p = 0; p < upto; p++) {
         const e = s[p]!;

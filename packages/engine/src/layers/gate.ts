@@ -15,6 +15,7 @@
  * Ties go to the lower expert id, so every path routes identically.
  */
 import type { ModelConfig } from "../config.js";
+import { softmaxExp } from "../tensor/softmax.js";
 
 export interface RouterScratch {
   scores: Float64Array; // [E] unbiased scores
@@ -78,14 +79,7 @@ export function routeTokens(
     if (cfg.scoringFunc === "sigmoid") {
       for (let e = 0; e < E; e++) scores[e] = 1 / (1 + Math.exp(-logits[lo + e]!));
     } else {
-      let m = -Infinity;
-      for (let e = 0; e < E; e++) m = Math.max(m, logits[lo + e]!);
-      let z = 0;
-      for (let e = 0; e < E; e++) {
-        const v = Math.exp(logits[lo + e]! - m);
-        scores[e] = v;
-        z += v;
-      }
+      const z = softmaxExp(logits, lo, scores, E);
       for (let e = 0; e < E; e++) scores[e] = scores[e]! / z;
     }
     for (let e = 0; e < E; e++) choice[e] = scores[e]! + (cfg.topkMethod === "noaux_tc" && bias ? bias[e]! : 0);
