@@ -10,7 +10,7 @@
  * JavaScript and declarations, and cannot depend on the private workspace packages it imports. So
  * this compiles the client with the TypeScript compiler together with exactly two slices of them:
  *
- *   @moela/core      -> core/src/errors.ts only (the error classes and codes; no logger, config or service code)
+ *   @moela/core      -> core/src/errors.ts and clock.ts only (the error classes and codes, the Clock; no logger, config or service code)
  *   @moela/proto-gen -> the generated moela.v1 common + router messages and the Generate client only
  *
  * rewrites those two specifiers to relative paths, and emits it twice: ES modules (dist/esm) and
@@ -39,9 +39,24 @@ const WIRE_SOURCE = [
   "",
 ].join("\n");
 
+/** The slice of core the client needs, likewise. */
+const CORE_ENTRY = join(PACKAGES, "core/src/client-core.ts");
+const CORE_SOURCE = [
+  "// The @moela/core modules @moela/client uses (written by scripts/build-client.ts).",
+  'export * from "./errors.js";',
+  'export * from "./clock.js";',
+  "",
+].join("\n");
+
+/** Build-only entry files: path -> source. */
+const VIRTUAL = new Map([
+  [WIRE_ENTRY, WIRE_SOURCE],
+  [CORE_ENTRY, CORE_SOURCE],
+]);
+
 /** Workspace package -> the file it stands for in the build, relative to the packages folder (mirrored in the output). */
 const INLINED: Record<string, string> = {
-  "@moela/core": "core/src/errors.ts",
+  "@moela/core": relative(PACKAGES, CORE_ENTRY),
   "@moela/proto-gen": relative(PACKAGES, WIRE_ENTRY),
 };
 
@@ -115,10 +130,12 @@ export function buildClient(outDir: string = join(CLIENT, "dist")): BuiltClient 
   };
   const host = ts.createCompilerHost(options);
   const { fileExists, readFile, getSourceFile } = host;
-  host.fileExists = (f) => f === WIRE_ENTRY || fileExists.call(host, f);
-  host.readFile = (f) => (f === WIRE_ENTRY ? WIRE_SOURCE : readFile.call(host, f));
-  host.getSourceFile = (f, languageVersion, onError, shouldCreate) =>
-    f === WIRE_ENTRY ? ts.createSourceFile(f, WIRE_SOURCE, languageVersion) : getSourceFile.call(host, f, languageVersion, onError, shouldCreate);
+  host.fileExists = (f) => VIRTUAL.has(f) || fileExists.call(host, f);
+  host.readFile = (f) => VIRTUAL.get(f) ?? readFile.call(host, f);
+  host.getSourceFile = (f, languageVersion, onError, shouldCreate) => {
+    const virtual = VIRTUAL.get(f);
+    return virtual !== undefined ? ts.createSourceFile(f, virtual, languageVersion) : getSourceFile.call(host, f, languageVersion, onError, shouldCreate);
+  };
   const program = ts.createProgram([join(CLIENT, "src/index.ts")], options, host);
   const result = program.emit();
   const diagnostics = [...ts.getPreEmitDiagnostics(program), ...result.diagnostics];

@@ -32,7 +32,7 @@ import {
   credentials as grpcCredentials,
   Metadata,
 } from "@grpc/grpc-js";
-import { CancelledError, DeadlineExceededError, InvalidArgumentError, type MoelaError, ResourceExhaustedError, UnavailableError } from "@moela/core";
+import { CancelledError, type Clock, DeadlineExceededError, InvalidArgumentError, type MoelaError, realClock, ResourceExhaustedError, UnavailableError } from "@moela/core";
 import {
   FinishReason as WireFinishReason,
   GenerateClient,
@@ -234,6 +234,8 @@ export interface MoelaClientOptions {
   /** Backoff before retry n (0-based) is random in [0, min(maxBackoffMs, initialBackoffMs * 2^n)] (defaults 100, 3000). */
   readonly initialBackoffMs?: number;
   readonly maxBackoffMs?: number;
+  /** The time deadlines are reckoned in and backoffs wait on (default: the real clock; tests pass their own). */
+  readonly clock?: Clock;
 }
 
 function checkNonNegativeInt(name: string, v: number | undefined): void {
@@ -384,14 +386,14 @@ async function* messages(call: ClientReadableStream<GenerateResponse>): AsyncGen
   }
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
+function sleep(clock: Clock, ms: number, signal: AbortSignal): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     if (signal.aborted) return reject(signal.reason);
     const onAbort = () => {
-      clearTimeout(timer);
+      clock.clearTimeout(timer);
       reject(signal.reason);
     };
-    const timer = setTimeout(() => {
+    const timer = clock.setTimeout(() => {
       signal.removeEventListener("abort", onAbort);
       resolve();
     }, ms);
@@ -425,6 +427,7 @@ export class MoelaClient {
   private readonly initialBackoffMs: number;
   private readonly maxBackoffMs: number;
   private readonly apiKey: string | undefined;
+  private readonly clock: Clock;
 
   constructor(o: MoelaClientOptions) {
     if (typeof o.address !== "string" || o.address.trim() === "") throw new InvalidArgumentError("address must be host:port of the router's gRPC server");
@@ -441,6 +444,7 @@ export class MoelaClient {
     this.maxBackoffMs = o.maxBackoffMs ?? 3_000;
     if (o.apiKey !== undefined && !/^[\x21-\x7e]+$/.test(o.apiKey)) throw new InvalidArgumentError("apiKey must be printable ASCII without spaces");
     this.apiKey = o.apiKey;
+    this.clock = o.clock ?? realClock;
     // grpc-js's own retries are off: they would not know that a retry is only safe before the first message.
     this.grpc = new GenerateClient(o.address, o.credentials ?? grpcCredentials.createInsecure(), {
       "grpc.enable_retries": 0,
@@ -460,7 +464,7 @@ export class MoelaClient {
     checkNonNegativeInt("maxRetries", options.maxRetries);
     const deadlineMs = options.deadlineMs ?? this.deadlineMs;
     const maxRetries = options.maxRetries ?? this.maxRetries;
-    const deadline = deadlineMs === Infinity ? undefined : Date.now() + deadlineMs;
+    const deadline = deadlineMs === Infinity ? undefined : this.clock.now() + deadlineMs;
     return new GenerateStream(requestId, (signal) => this.run(wire, deadline, deadlineMs, maxRetries, signal), options.signal);
   }
 
@@ -545,7 +549,7 @@ export class MoelaClient {
         const retryable = error instanceof UnavailableError || error instanceof ResourceExhaustedError;
         if (!retryable || received > 0 || attempt >= maxRetries) {
           // Our own deadline (not a server's DEADLINE_EXCEEDED, passed through as it came): say which.
-          if (error instanceof DeadlineExceededError && deadline !== undefined && Date.now() >= deadline - 50) {
+          if (error instanceof DeadlineExceededError && deadline !== undefined && this.clock.now() >= deadline - 50) {
             throw new DeadlineExceededError(`deadline of ${deadlineMs} ms exceeded (${error.message})`, { cause: error });
           }
           throw error;
@@ -553,22 +557,22 @@ export class MoelaClient {
         const backoff = Math.random() * Math.min(this.maxBackoffMs, this.initialBackoffMs * 2 ** attempt);
         if (error instanceof ResourceExhaustedError) {
           // The server says when to come back; without a word, the backoff. Not waited for past the deadline or maxRetryAfterMs.
-          wait = retryAfterMs(err) ?? backoff;
-          if (wait > this.maxRetryAfterMs || (deadline !== undefined && Date.now() + wait >= deadline)) throw error;
+          wait = retryAfterMs(err, this.clock.now()) ?? backoff;
+          if (wait > this.maxRetryAfterMs || (deadline !== undefined && this.clock.now() + wait >= deadline)) throw error;
         } else wait = backoff;
       } finally {
         signal.removeEventListener("abort", cancelCall);
         // Left early (break, return, or a throw in the consumer's loop): cancel on the server too.
         if (!settled) call.cancel();
       }
-      if (deadline !== undefined && Date.now() + wait >= deadline) {
+      if (deadline !== undefined && this.clock.now() + wait >= deadline) {
         throw new DeadlineExceededError(
           `deadline of ${deadlineMs} ms exceeded after ${attempt + 1} attempt(s); the last failed with ${codeName(error.code)}: ${error.message}`,
           { cause: error },
         );
       }
       try {
-        await sleep(wait, signal);
+        await sleep(this.clock, wait, signal);
       } catch {
         throw cancelled(signal);
       }

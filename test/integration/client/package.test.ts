@@ -49,7 +49,7 @@ describe("@moela/client as an installed package", () => {
     expect(statSync(join(consumer.dir, "node_modules", "@grpc", "grpc-js", "package.json")).isFile()).toBe(true);
   });
 
-  it("ships no logger, config or service code: only the client, core's errors and the router's wire types", () => {
+  it("ships no logger, config or service code: only the client, core's errors and clock and the router's wire types", () => {
     const files = walk(join(installed, "dist")).map((f) => relative(installed, f)).sort();
     const sources = files.filter((f) => f.endsWith(".js")).map((f) => f.replace(/^dist\/(esm|cjs)\//, ""));
     expect([...new Set(sources)].sort()).toEqual([
@@ -57,6 +57,8 @@ describe("@moela/client as an installed package", () => {
       "client/src/errors.js",
       "client/src/index.js",
       "client/src/stream.js",
+      "core/src/client-core.js",
+      "core/src/clock.js",
       "core/src/errors.js",
       "proto-gen/src/client-wire.js",
       "proto-gen/src/gen/moela/v1/common.js",

@@ -11,7 +11,8 @@ import {
   type ServerUnaryCall,
   type ServerWritableStream,
 } from "@grpc/grpc-js";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { ManualClock } from "../../helpers/clock.js";
 import {
   CancelledError,
   Code,
@@ -306,7 +307,7 @@ describe("MoelaClient.generate: cancellation", () => {
     const { router, client } = await setup(() => {});
     const ac = new AbortController();
     const iterating = collect(client.generate({ prompt: "x" }, { signal: ac.signal }));
-    await waitFor(() => router.calls.length === 1);
+    await vi.waitFor(() => expect(router.calls).toHaveLength(1), { timeout: 5_000, interval: 5 });
     ac.abort();
     expect(await thrown(() => iterating)).toBeInstanceOf(CancelledError);
     await seenCancelled(router.calls[0]!);
@@ -395,13 +396,19 @@ describe("MoelaClient.generate: retries on UNAVAILABLE", () => {
   });
 
   it("stops retrying at the deadline", async () => {
-    const { client } = await setup(failWith(status.UNAVAILABLE, "no decode instance"), { maxRetries: 1000, initialBackoffMs: 50, maxBackoffMs: 50 });
-    const err = await thrown(() => collect(client.generate({ prompt: "x" }, { deadlineMs: 250 })));
+    // The backoffs wait on a clock that moves only by them: the minute of retries passes in virtual time,
+    // long before grpc's own (wall-clock) deadline could end an attempt in flight.
+    const clock = new ManualClock({ auto: true });
+    const { router, client } = await setup(failWith(status.UNAVAILABLE, "no decode instance"), { maxRetries: 1000, initialBackoffMs: 10_000, maxBackoffMs: 10_000, clock });
+    const start = clock.now();
+    const err = await thrown(() => collect(client.generate({ prompt: "x" }, { deadlineMs: 60_000 })));
     expect(err).toBeInstanceOf(DeadlineExceededError);
-    // Out of time while backing off: the last UNAVAILABLE is the cause; on a slow machine the
-    // deadline may instead end an attempt in flight, and then grpc's DEADLINE_EXCEEDED is.
-    const cause = (err as Error).cause;
-    expect(cause instanceof UnavailableError || cause instanceof DeadlineExceededError).toBe(true);
+    // Out of time while backing off: the last UNAVAILABLE is the cause, and the next backoff was not waited for.
+    expect((err as Error).cause).toBeInstanceOf(UnavailableError);
+    expect((err as Error).message).toMatch(/^deadline of 60000 ms exceeded after \d+ attempt\(s\); the last failed with UNAVAILABLE: no decode instance$/);
+    expect(router.calls.length).toBeGreaterThan(1);
+    expect(clock.now() - start).toBeLessThan(60_000);
+    expect(clock.pending).toBe(0);
   });
 
   it("retries a refused connection, then reports UnavailableError", async () => {
@@ -634,10 +641,3 @@ async function seenCancelled(record: CallRecord): Promise<void> {
   expect(record.wasCancelled).toBe(true);
 }
 
-async function waitFor(cond: () => boolean, timeoutMs = 5_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
