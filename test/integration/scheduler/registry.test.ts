@@ -5,7 +5,7 @@
  * Each test uses its own key prefix and deletes its keys afterwards.
  */
 import { randomUUID } from "node:crypto";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import type { Redis } from "ioredis";
 import {
   createRedisClient,
@@ -42,17 +42,8 @@ function newPrefix(): string {
   return prefix;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Polls `f` until it returns true, at most `ms`; returns how long it took. */
-async function until(f: () => Promise<boolean>, ms: number): Promise<number> {
-  const t0 = Date.now();
-  while (!(await f())) {
-    if (Date.now() - t0 > ms) throw new Error(`condition not met within ${ms} ms`);
-    await sleep(50);
-  }
-  return Date.now() - t0;
-}
+/** vi.waitFor's options: retry every 50 ms for up to `ms`. */
+const within = (ms: number) => ({ timeout: ms, interval: 50 });
 
 describe("InstanceRegistry", () => {
   it("publishes an instance's identity and load, and every heartbeat updates the load", async () => {
@@ -85,7 +76,7 @@ describe("InstanceRegistry", () => {
     expect(await redis.zrange(registryKey(prefix, "decode"), 0, -1)).toEqual([reg.id]);
 
     running = 5;
-    await until(async () => (await registry.list("decode"))[0]?.load.runningSequences === 5, 2_000);
+    await vi.waitFor(async () => expect((await registry.list("decode"))[0]?.load.runningSequences).toBe(5), within(2_000));
     expect(await registry.list("prefill")).toEqual([]);
   });
 
@@ -108,7 +99,7 @@ describe("InstanceRegistry", () => {
     const left = await redis.pttl(key);
     expect(left).toBeGreaterThan(0);
     expect(left).toBeLessThanOrEqual(ttlMs);
-    await until(async () => !(await registry.list("expert-host")).some((r) => r.id === a.id), 5 * ttlMs);
+    await vi.waitFor(async () => expect((await registry.list("expert-host")).map((r) => r.id)).not.toContain(a.id), within(5 * ttlMs));
     expect(await redis.exists(key)).toBe(0);
     expect(lastBeat).not.toBeNull();
     expect((await registry.list("expert-host")).map((r) => r.id)).toEqual([b.id]);
@@ -129,7 +120,7 @@ describe("InstanceRegistry", () => {
     cleanups.push(() => reg.deregister());
     await redis.del(registryKey(prefix, "prefill", reg.id), registryKey(prefix, "prefill"));
     expect(await registry.list("prefill")).toEqual([]);
-    await until(async () => (await registry.list("prefill")).length === 1, 2_000);
+    await vi.waitFor(async () => expect(await registry.list("prefill")).toHaveLength(1), within(2_000));
   });
 
   it("a heartbeat whose load callback throws keeps the last record alive until it expires, and does not throw", async () => {
@@ -142,9 +133,9 @@ describe("InstanceRegistry", () => {
     cleanups.push(() => reg.deregister());
     fail = true;
     // An instance that cannot say its load is not advertised for long.
-    await until(async () => (await registry.list("decode")).length === 0, 2_000);
+    await vi.waitFor(async () => expect(await registry.list("decode")).toHaveLength(0), within(2_000));
     fail = false;
-    await until(async () => (await registry.list("decode")).length === 1, 2_000);
+    await vi.waitFor(async () => expect(await registry.list("decode")).toHaveLength(1), within(2_000));
   });
 
   it("RegistryWatcher follows a role's members", async () => {
@@ -154,9 +145,9 @@ describe("InstanceRegistry", () => {
     cleanups.push(() => watcher.close());
     expect(watcher.snapshot()).toEqual([]);
     const reg = await registry.register({ role: "decode", grpcAddress: "127.0.0.1:6" }, () => ({}), { intervalMs: 200 });
-    await until(async () => watcher.snapshot().length === 1, 2_000);
+    await vi.waitFor(() => expect(watcher.snapshot()).toHaveLength(1), within(2_000));
     await reg.deregister();
-    await until(async () => watcher.snapshot().length === 0, 2_000);
+    await vi.waitFor(() => expect(watcher.snapshot()).toHaveLength(0), within(2_000));
   });
 });
 

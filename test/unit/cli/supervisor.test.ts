@@ -2,7 +2,7 @@
 // doubling, its cap and its reset after a stable run; restart, failed restart, stop during a back-off,
 // and a cluster that is stopping.
 import { CancelledError } from "@moela/core";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { RestartBackoff, Supervisor, type ExitInfo, type SupervisedUnit, type SupervisorEvent } from "../../../services/cli/src/supervisor.js";
 
 describe("RestartBackoff", () => {
@@ -61,13 +61,8 @@ class FakeUnit implements SupervisedUnit {
   }
 }
 
-async function until(cond: () => boolean, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error("timed out");
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+/** vi.waitFor's options here: retry every 5 ms, fail the test after 5 s. */
+const EVENTUALLY = { timeout: 5_000, interval: 5 };
 
 describe("Supervisor", () => {
   it("restarts a unit that exits after the back-off, reports exit and restart, and backs off more when it dies again soon", async () => {
@@ -77,9 +72,9 @@ describe("Supervisor", () => {
     const s = new Supervisor([u, other], { initialMs: 20, maxMs: 1_000, stableMs: 60_000, onEvent: (e) => events.push(e) }).start();
     try {
       u.die();
-      await until(() => events.some((e) => e.kind === "restarted"));
+      await vi.waitFor(() => expect(events.some((e) => e.kind === "restarted")).toBe(true), EVENTUALLY);
       u.die({ code: 1, signal: null });
-      await until(() => events.filter((e) => e.kind === "restarted").length === 2);
+      await vi.waitFor(() => expect(events.filter((e) => e.kind === "restarted")).toHaveLength(2), EVENTUALLY);
       const exits = events.filter((e) => e.kind === "exited");
       expect(exits.map((e) => [e.label, e.pid, e.exit, e.restartInMs])).toEqual([
         ["decode 0", 100, { code: null, signal: "SIGKILL" }, 20],
@@ -103,7 +98,7 @@ describe("Supervisor", () => {
     const s = new Supervisor([u], { initialMs: 10, maxMs: 1_000, onEvent: (e) => events.push(e) }).start();
     try {
       u.die();
-      await until(() => events.some((e) => e.kind === "restarted"));
+      await vi.waitFor(() => expect(events.some((e) => e.kind === "restarted")).toBe(true), EVENTUALLY);
       expect(events.map((e) => e.kind)).toEqual(["exited", "restarting", "restart-failed", "exited", "restarting", "restart-failed", "exited", "restarting", "restarted"]);
       expect(events.flatMap((e) => (e.kind === "exited" ? [e.restartInMs] : []))).toEqual([10, 20, 40]);
       expect(u.kills).toBe(2);
@@ -118,7 +113,7 @@ describe("Supervisor", () => {
     const u = new FakeUnit("prefill 0");
     const s = new Supervisor([u], { initialMs: 60_000, onEvent: (e) => events.push(e) }).start();
     u.die();
-    await until(() => events.length === 1);
+    await vi.waitFor(() => expect(events).toHaveLength(1), EVENTUALLY);
     const t0 = Date.now();
     await s.stop();
     expect(Date.now() - t0, "stop does not wait out the back-off").toBeLessThan(1_000);
@@ -132,7 +127,7 @@ describe("Supervisor", () => {
     u.cancel = true;
     const s = new Supervisor([u], { initialMs: 5, onEvent: (e) => events.push(e) }).start();
     u.die();
-    await until(() => u.restartCalls === 1);
+    await vi.waitFor(() => expect(u.restartCalls).toBe(1), EVENTUALLY);
     await new Promise((r) => setTimeout(r, 50));
     expect(events.map((e) => e.kind)).toEqual(["exited", "restarting"]);
     await s.stop();
