@@ -11,7 +11,7 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import OpenAI, { APIError } from "openai";
-import { CancelledError, createLogger, InvalidArgumentError, MoelaError, UnavailableError } from "@moela/core";
+import { CancelledError, createLogger, FailureReason, InvalidArgumentError, MoelaError, UnavailableError } from "@moela/core";
 import {
   DecodeService,
   FinishReason,
@@ -107,7 +107,7 @@ class ScriptedDecode {
         // A first attempt (not `<id>.m<n>`) of a LOSE prompt: the step "fails" after LOSE_AFTER tokens.
         const loseAt = job.promptTokenIds.includes(LOSE) && !/\.m\d+$/.test(req.requestId) ? LOSE_AFTER : Infinity;
         for (let k = 0; k < ids.length; k += 2) {
-          if (k >= loseAt) throw new UnavailableError("decode step failed: expert-host 1 is unavailable");
+          if (k >= loseAt) throw new UnavailableError("decode step failed: expert-host 1 is unavailable", { reason: FailureReason.DECODE_STEP_FAILED });
           const tokens: TokenEvent[] = ids.slice(k, Math.min(k + 2, loseAt)).map((tokenId, j) => ({
             index: k + j,
             tokenId,

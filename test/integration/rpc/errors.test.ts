@@ -11,6 +11,7 @@ import {
   ConfigError,
   DataLossError,
   FailedPreconditionError,
+  FailureReason,
   InvalidArgumentError,
   MoelaError,
   ResourceExhaustedError,
@@ -33,6 +34,7 @@ import {
 import {
   clientStreamCall,
   connect,
+  FAILURE_REASON_METADATA,
   fromStatus,
   INTERNAL_DETAILS,
   serverStreamCall,
@@ -180,6 +182,49 @@ describe("errors on streams", () => {
     } finally {
       client.close();
     }
+  });
+
+  it("a failure reason thrown with the error arrives as trailing metadata and back on the error", async () => {
+    const { address } = await startServer((server) =>
+      server.addService(DecodeService, {
+        async *stream(request) {
+          yield { tokens: [{ index: 0, tokenId: 42 }], finishReason: 0 } satisfies StreamResponse;
+          throw new UnavailableError(`decode step failed: ${request.requestId}`, { reason: FailureReason.DECODE_STEP_FAILED });
+        },
+        async cancel() {
+          return { found: false };
+        },
+        async status() {
+          throw new MoelaError("not used", Code.UNIMPLEMENTED);
+        },
+      }),
+    );
+    const client = connect(DecodeClient, address);
+    try {
+      const raw = await new Promise<ServiceError>((resolve) => {
+        const call = client.stream({ requestId: "req-1", startIndex: 0 });
+        call.on("data", () => {});
+        call.on("error", resolve);
+      });
+      expect(raw.code).toBe(GrpcStatus.UNAVAILABLE);
+      expect(raw.metadata.get(FAILURE_REASON_METADATA)).toEqual([FailureReason.DECODE_STEP_FAILED]);
+
+      const error = await (async () => {
+        for await (const _ of serverStreamCall<StreamResponse>((md, o) => client.stream({ requestId: "req-2", startIndex: 0 }, md, o))) void _;
+      })().catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(UnavailableError);
+      expect((error as MoelaError).reason).toBe(FailureReason.DECODE_STEP_FAILED);
+      expect((error as Error).message).toBe("decode step failed: req-2");
+    } finally {
+      client.close();
+    }
+  });
+
+  it("an error without a reason sends no failure-reason metadata, and an unknown value is dropped", () => {
+    expect(toStatus(new UnavailableError("gone")).metadata.get(FAILURE_REASON_METADATA)).toEqual([]);
+    const md = new Metadata();
+    md.set(FAILURE_REASON_METADATA, "something else");
+    expect(fromStatus({ code: GrpcStatus.UNAVAILABLE, details: "gone", metadata: md }).reason).toBeUndefined();
   });
 
   it("a client stream rejected mid-transfer (corrupt KV) arrives as DataLossError", async () => {
