@@ -11,7 +11,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { Command, InvalidArgumentError as CommanderArgError } from "commander";
 import cliProgress from "cli-progress";
-import { MoelaError } from "@moela/core";
+import { errorMessage, MoelaError } from "@moela/core";
 import { PRESETS, generateCheckpoint, isPresetName, type FloatDType } from "./lib/tiny-checkpoint.js";
 
 function parseIntArg(v: string): number {
@@ -59,7 +59,7 @@ function main(): void {
     try {
       config = JSON.parse(o.config) as Record<string, unknown>;
     } catch (e) {
-      program.error(`--config is not valid JSON: ${(e as Error).message}`);
+      program.error(`--config is not valid JSON: ${errorMessage(e)}`);
     }
     if (typeof config !== "object" || config === null || Array.isArray(config)) program.error("--config must be a JSON object");
   }

@@ -5,6 +5,7 @@
  * error names both spellings. The validation rules themselves stay in each service.
  */
 import { parseArgs } from "node:util";
+import { errorMessage } from "./errors.js";
 
 /** One setting: `--flag VALUE` by default; `bool`: `--flag` alone; `switch`: `--flag` / `--no-flag`. */
 export interface Setting {
@@ -88,7 +89,7 @@ export function readSettings<K extends string>(
   try {
     values = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false }).values;
   } catch (err) {
-    throw new o.error(`${o.name}: ${(err as Error).message}${o.argvErrorSuffix}`);
+    throw new o.error(`${o.name}: ${errorMessage(err)}${o.argvErrorSuffix}`);
   }
   const raw: Partial<Record<K, string>> = {};
   for (const [key, s] of Object.entries(settings) as [K, Setting][]) {

@@ -16,6 +16,7 @@
  *     throw err;
  *   }
  */
+import { errorMessage } from "./errors.js";
 
 /** Something that can be closed (a server, a client, a lock); the result may be a promise. */
 export interface Closable {
@@ -84,7 +85,7 @@ export class DisposableStack {
       }
       if (errors.length === 1) throw errors[0];
       if (errors.length > 1) {
-        const why = errors.map((e) => (e instanceof Error ? e.message : String(e))).join("; ");
+        const why = errors.map((e) => errorMessage(e)).join("; ");
         throw new AggregateError(errors, `${errors.length} clean-up steps failed: ${why}`);
       }
     })();

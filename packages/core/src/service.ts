@@ -6,6 +6,7 @@
  * close/drain, log "stopped", exit 0. What differs between services is spelled out in the spec.
  */
 import { createLogger, type Logger } from "./log.js";
+import { errorMessage } from "./errors.js";
 
 /** Resolves with the first SIGTERM or SIGINT, then stops listening (a second signal gets Node's default). */
 export function waitForSignal(): Promise<NodeJS.Signals> {
@@ -54,7 +55,7 @@ export async function runService<C extends { readonly logLevel: string }, R>(
   try {
     config = spec.parse(argv, env);
   } catch (err) {
-    process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(`${errorMessage(err)}\n`);
     return 2;
   }
   if (config === null) {
@@ -68,7 +69,7 @@ export async function runService<C extends { readonly logLevel: string }, R>(
     running = await spec.start(config, logger);
   } catch (err) {
     logger.fatal({ err }, `${spec.name} failed to start`);
-    process.stderr.write(`${spec.name}: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(`${spec.name}: ${errorMessage(err)}\n`);
     return 1;
   }
   process.stdout.write(`${spec.readyLine(running, config)}\n`);

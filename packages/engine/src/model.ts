@@ -31,7 +31,7 @@ import { loadWeights, type AttentionWeights, type BlockWeights, type LoadOptions
 import { ScratchBuffer, Workspace } from "./workspace.js";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { CheckpointError } from "@moela/core";
+import { CheckpointError, errorMessage } from "@moela/core";
 
 /**
  * q_a_layernorm and kv_a_layernorm use RMSNorm's default eps in HF transformers and the V2 remote code
@@ -795,7 +795,7 @@ export function readModelConfig(dir: string): ModelConfig {
   try {
     json = JSON.parse(text);
   } catch (err) {
-    throw new CheckpointError(file, `not valid JSON: ${(err as Error).message}`, undefined, { cause: err });
+    throw new CheckpointError(file, `not valid JSON: ${errorMessage(err)}`, undefined, { cause: err });
   }
   return parseModelConfig(json);
 }

@@ -24,7 +24,7 @@
  *   on mass (see selectNucleus) finds that set in expected O(V), whatever its size. The kept set
  *   is then unordered, which sampling does not need. One O(V) pass of exp() gives the total mass.
  */
-import { Code, InvalidArgumentError, MoelaError } from "@moela/core";
+import { InternalError, InvalidArgumentError, MoelaError } from "@moela/core";
 import { Rng, type RandomSource } from "./rng.js";
 
 export interface SamplingParams {
@@ -91,11 +91,11 @@ function checkVocab(vocabSize: number): void {
 
 function nonFiniteLogit(i: number, v: number): MoelaError {
   // A NaN or +Inf logit means the forward pass broke; that is our fault, not the client's.
-  return new MoelaError(`logits[${i}] is ${v}; cannot sample from non-finite logits`, Code.INTERNAL);
+  return new InternalError(`logits[${i}] is ${v}; cannot sample from non-finite logits`);
 }
 
 function noFiniteLogit(): MoelaError {
-  return new MoelaError("every logit is -Infinity; the distribution is empty", Code.INTERNAL);
+  return new InternalError("every logit is -Infinity; the distribution is empty");
 }
 
 /** Index of the largest logit, lowest id on ties. Throws on NaN/+Inf or when all are -Inf. */

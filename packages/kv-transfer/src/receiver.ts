@@ -11,7 +11,7 @@
  * owns it from then on); every failure releases it with its reason. A sender that goes silent for
  * `idleTimeoutMs` without closing the stream (a hung prefill) is failed as "lost".
  */
-import { type Clock, type ClockTimer, Code, MAX_ID_CHARS, MoelaError, realClock } from "@moela/core";
+import { type Clock, type ClockTimer, Code, errorMessage, MAX_ID_CHARS, MoelaError, realClock, ResourceExhaustedError } from "@moela/core";
 import { isGreedy, type Engine, type Sequence, type SequenceSnapshot } from "@moela/engine";
 import { decodeRows, KV_DTYPE_BYTES } from "./codec/rows.js";
 import { KvLedger, type KvHold, type KvReleaseReason } from "./ledger.js";
@@ -97,9 +97,8 @@ export class KvInbox {
     const max = this.options.maxTransfersPerPeer ?? 0;
     const open = peer === undefined ? 0 : (this.perPeer.get(peer) ?? 0);
     if (peer !== undefined && max > 0 && open >= max) {
-      throw new MoelaError(
+      throw new ResourceExhaustedError(
         `too many concurrent KV transfers from one peer: ${open} open, at most ${max} (--kv-max-transfers-per-peer); retry when one ends`,
-        Code.RESOURCE_EXHAUSTED,
       );
     }
     const r = new KvReceiver(this, this.options);
@@ -230,7 +229,7 @@ export class KvReceiver {
     } catch (err) {
       if (err instanceof Refusal) this.fail(err.code, err.message);
       else if (err instanceof MoelaError) this.fail(err.code, err.message);
-      else this.fail(Code.INTERNAL, `receiving KV failed: ${err instanceof Error ? err.message : String(err)}`);
+      else this.fail(Code.INTERNAL, `receiving KV failed: ${errorMessage(err)}`);
     }
     return this.state;
   }

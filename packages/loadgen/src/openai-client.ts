@@ -14,7 +14,7 @@
  * ignore_eos (vLLM, SGLang and moela accept it) makes every request produce exactly max_tokens tokens,
  * so two targets do the same work; turn it off for servers that reject unknown fields.
  */
-import { InvalidArgumentError } from "@moela/core";
+import { errorMessage, InvalidArgumentError } from "@moela/core";
 import { SseParser } from "./sse.js";
 import type { StreamEvent, Target } from "./target.js";
 import type { RequestSpec } from "./workload.js";
@@ -75,7 +75,7 @@ export async function fetchModelName(baseUrl: string, opts: { apiKey?: string; t
   try {
     res = await fetch(url, { headers: headers(opts.apiKey), signal: AbortSignal.timeout(opts.timeoutMs ?? 10_000) });
   } catch (err) {
-    throw new InvalidArgumentError(`cannot reach ${url}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    throw new InvalidArgumentError(`cannot reach ${url}: ${errorMessage(err)}`, { cause: err });
   }
   if (!res.ok) throw new InvalidArgumentError(`GET ${url}: ${(await httpError(res)).message}`);
   const body = (await res.json()) as { data?: { id?: unknown }[] };
@@ -192,5 +192,5 @@ function describeFetchError(err: unknown, timeoutMs: number): string {
   }
   if (err instanceof Error && err.name === "AbortError") return "aborted";
   const cause = err instanceof Error && err.cause instanceof Error ? `: ${err.cause.message}` : "";
-  return `${err instanceof Error ? err.message : String(err)}${cause}`;
+  return `${errorMessage(err)}${cause}`;
 }

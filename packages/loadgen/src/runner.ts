@@ -18,6 +18,7 @@ import type { RequestRecord } from "./stats.js";
 import type { StreamEvent, Target } from "./target.js";
 import type { RequestSpec } from "./workload.js";
 import { poissonArrivals } from "./arrivals.js";
+import { errorMessage } from "@moela/core";
 
 /** The signal of a bench nobody can abort. */
 const NEVER = new AbortController().signal;
@@ -162,7 +163,7 @@ async function issue(plan: BenchPlan, target: number, spec: RequestSpec): Promis
       }
     }
   } catch (err) {
-    error = err instanceof Error ? err.message : String(err);
+    error = errorMessage(err);
   }
   const endAt = clock.now();
   plan.onProgress?.({ type: "request", ok: error === undefined });

@@ -6,7 +6,7 @@
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Registry } from "prom-client";
-import { InvalidArgumentError } from "@moela/core";
+import { errorMessage, InvalidArgumentError } from "@moela/core";
 
 export interface MetricsServerOptions {
   /** Interface to bind (default 127.0.0.1; 0.0.0.0 or :: in a pod). */
@@ -41,7 +41,7 @@ export async function startMetricsServer(registry: Registry, options: MetricsSer
       },
       (err: unknown) => {
         res.writeHead(500, { "content-type": "text/plain; charset=utf-8" });
-        res.end(`metrics collection failed: ${err instanceof Error ? err.message : String(err)}\n`);
+        res.end(`metrics collection failed: ${errorMessage(err)}\n`);
       },
     );
   });

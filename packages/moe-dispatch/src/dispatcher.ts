@@ -18,7 +18,7 @@
  * those outputs after the partial sums, and they are copied into sharedOut unchanged.
  * If a host fails, the other calls are cancelled and the first error is thrown.
  */
-import { Code, DataLossError, InvalidArgumentError, MoelaError } from "@moela/core";
+import { DataLossError, FailedPreconditionError, InvalidArgumentError, MoelaError } from "@moela/core";
 import type { ExpertExecutor } from "@moela/engine";
 import { getDispatchCodec, type DispatchCodec, type EncodedActivations } from "./codec/index.js";
 import { checkEncoded, encodedSize, gatherEncodedRows } from "./layout.js";
@@ -279,7 +279,7 @@ export interface ExpectedHost {
  */
 export function checkHostInfo(info: HostInfo, want: ExpectedHost, name = `expert-host ${want.shard}`): void {
   const fail = (msg: string): never => {
-    throw new MoelaError(`${name}: ${msg}`, Code.FAILED_PRECONDITION);
+    throw new FailedPreconditionError(`${name}: ${msg}`);
   };
   const profile = resolveProfile(want.profile);
   if (info.shardIndex !== want.shard || info.shardCount !== want.placement.hosts) {

@@ -3,7 +3,7 @@
  * status. The status follows the MoelaError's gRPC code; anything that is not a MoelaError is a 500 with a
  * fixed message (the details go to the server's log, never to the client).
  */
-import { Code, InvalidArgumentError, MoelaError } from "@moela/core";
+import { Code, InvalidArgumentError, MoelaError, NotFoundError } from "@moela/core";
 
 export interface OpenAIErrorObject {
   message: string;
@@ -28,9 +28,9 @@ export class RequestValidationError extends InvalidArgumentError {
 }
 
 /** The model name is not the one served: 404 as OpenAI answers it. */
-export class ModelNotFoundError extends MoelaError {
+export class ModelNotFoundError extends NotFoundError {
   constructor(model: string) {
-    super(`The model \`${model}\` does not exist.`, Code.NOT_FOUND);
+    super(`The model \`${model}\` does not exist.`);
   }
 }
 

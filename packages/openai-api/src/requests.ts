@@ -54,7 +54,7 @@
  * (runPlanAsync: the router's worker threads); plan.finish checks the results (context length, vocabulary).
  * parseCompletionRequest / parseChatRequest do all three inline.
  */
-import { Code, MoelaError } from "@moela/core";
+import { Code, InternalError, MoelaError } from "@moela/core";
 import { ModelNotFoundError, RequestValidationError } from "./errors.js";
 import { parseResponseFormat, parseStructuredOutput, type SchemaChecker } from "./structured.js";
 import {
@@ -619,12 +619,12 @@ function parsePrompts(f: Fields, ctx: ValidationContext): PromptSource[] {
 
 /** Results of the ops as the kinds their ops promise (a worker that answered otherwise is a bug). */
 function idsResult(r: EncodeResult | undefined): readonly number[] {
-  if (!Array.isArray(r)) throw new MoelaError("tokenizer returned no token ids", Code.INTERNAL);
+  if (!Array.isArray(r)) throw new InternalError("tokenizer returned no token ids");
   return r as readonly number[];
 }
 
 function textResult(r: EncodeResult | undefined): string {
-  if (typeof r !== "string") throw new MoelaError("tokenizer returned no text", Code.INTERNAL);
+  if (typeof r !== "string") throw new InternalError("tokenizer returned no text");
   return r;
 }
 
@@ -715,7 +715,7 @@ function opFailure(op: EncodeOp, err: unknown): unknown {
 /** Run a plan's ops with `encoder` on this thread and finish it. */
 export function runPlan(plan: RequestPlan, encoder: PromptEncoder | null): GenerationRequest {
   const results = plan.ops.map((op) => {
-    if (encoder === null) throw new MoelaError("no tokenizer to run the request's tokenizer operations", Code.INTERNAL);
+    if (encoder === null) throw new InternalError("no tokenizer to run the request's tokenizer operations");
     try {
       return runEncodeOp(encoder, op);
     } catch (err) {

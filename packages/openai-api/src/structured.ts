@@ -17,6 +17,7 @@
  *   tools with parameters are refused.
  */
 import { randomBytes } from "node:crypto";
+import { errorMessage } from "@moela/core";
 
 export const TOOL_CALLS_BEGIN = "<｜tool▁calls▁begin｜>";
 export const TOOL_CALLS_END = "<｜tool▁calls▁end｜>";
@@ -66,7 +67,7 @@ function checked(check: SchemaChecker | undefined, schema: unknown, path: string
   try {
     check(schema, path);
   } catch (err) {
-    fail(path, err instanceof Error ? err.message : String(err));
+    fail(path, errorMessage(err));
   }
 }
 

@@ -4,7 +4,7 @@
  * than its parent's, so work for a caller who has given up stops everywhere.
  */
 import type { Deadline } from "@grpc/grpc-js";
-import { Code, MoelaError } from "@moela/core";
+import { DeadlineExceededError, MoelaError } from "@moela/core";
 
 /** The deadline `ms` from now. */
 export function deadlineAfter(ms: number, now: number = Date.now()): number {
@@ -33,7 +33,7 @@ export function childDeadline(parent: Deadline | undefined, capMs: number = Infi
 
 /** The error a passed deadline gives: DEADLINE_EXCEEDED, naming what ran out of time. */
 export function deadlineExceeded(what: string): MoelaError {
-  return new MoelaError(`deadline exceeded: ${what}`, Code.DEADLINE_EXCEEDED);
+  return new DeadlineExceededError(`deadline exceeded: ${what}`);
 }
 
 /** Throw DEADLINE_EXCEEDED when `deadline` has passed (call between steps of long work). */

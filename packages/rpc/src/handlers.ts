@@ -23,7 +23,7 @@ import type {
   handleUnaryCall,
   sendUnaryData,
 } from "@grpc/grpc-js";
-import { CancelledError, Code, MoelaError, type Logger } from "@moela/core";
+import { CancelledError, Code, DeadlineExceededError, MoelaError, type Logger } from "@moela/core";
 import { toStatus } from "./errors.js";
 
 /** What a handler knows about its call besides the request. */
@@ -128,7 +128,7 @@ class CallState {
       if (this.settled) return;
       const reason =
         Date.now() >= deadline - DEADLINE_SLACK_MS
-          ? new MoelaError(`deadline exceeded (${method})`, Code.DEADLINE_EXCEEDED)
+          ? new DeadlineExceededError(`deadline exceeded (${method})`)
           : new CancelledError(`call cancelled by the client (${method})`);
       this.finish(Code.CANCELLED);
       this.controller.abort(reason);

@@ -17,7 +17,7 @@ import {
   type ServiceDefinition,
   type ServiceError,
 } from "@grpc/grpc-js";
-import { CancelledError } from "@moela/core";
+import { CancelledError, errorMessage } from "@moela/core";
 import { service as healthServiceDefinition } from "grpc-health-check";
 import { deadlineExceeded } from "./deadlines.js";
 import { asMoelaError } from "./errors.js";
@@ -121,7 +121,7 @@ export async function waitForServing(address: string, options: WaitForServingOpt
         if (status === "SERVING") return;
         lastAnswer = status;
       } catch (err) {
-        lastError = err instanceof Error ? err.message : String(err);
+        lastError = errorMessage(err);
       }
       await sleep(Math.min(intervalMs, Math.max(0, deadline - Date.now())), options.signal);
     }

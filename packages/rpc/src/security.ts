@@ -34,7 +34,7 @@ import {
   type ServerInterceptor,
   status as GrpcStatus,
 } from "@grpc/grpc-js";
-import { InvalidArgumentError, type MessageError } from "@moela/core";
+import { errorMessage, InvalidArgumentError, type MessageError } from "@moela/core";
 
 /** Call metadata that carries the internal secret. */
 export const INTERNAL_SECRET_METADATA_KEY = "x-moela-internal-secret";
@@ -160,7 +160,7 @@ export function parseInternalSecurity(
     try {
       secretText = readFileSync(flags.internalSecretFile, "utf8");
     } catch (err) {
-      fail(`${secretWhere}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+      fail(`${secretWhere}: cannot read it (${(err as NodeJS.ErrnoException).code ?? errorMessage(err)})`);
     }
   } else if (given(flags.internalSecret)) secretText = flags.internalSecret;
   const secrets = secretText === undefined ? [] : parseSecrets(secretText, (m) => fail(`${secretWhere}: ${m}`));
@@ -177,7 +177,7 @@ export function parseInternalSecurity(
     try {
       bytes = readFileSync(file);
     } catch (err) {
-      return fail(`${where} ${file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+      return fail(`${where} ${file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? errorMessage(err)})`);
     }
     if (!kind.test(bytes.toString("latin1"))) fail(`${where} ${file}: not a PEM file of the expected kind`);
     return bytes;

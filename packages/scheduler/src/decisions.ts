@@ -13,6 +13,7 @@
 import type { Redis } from "ioredis";
 import type { Logger } from "@moela/core";
 import type { Decision } from "./policy/types.js";
+import { errorMessage } from "@moela/core";
 
 export interface DecisionLogOptions {
   /** Omit to keep decisions in memory only. */
@@ -86,7 +87,7 @@ export class DecisionLog {
           this.failing = false;
         },
         (err: unknown) => {
-          if (!this.failing) this.logger?.warn({ err: (err as Error).message }, "decision log: cannot write to Redis (kept in memory only)");
+          if (!this.failing) this.logger?.warn({ err: errorMessage(err) }, "decision log: cannot write to Redis (kept in memory only)");
           this.failing = true;
         },
       );
@@ -102,7 +103,7 @@ export class DecisionLog {
     try {
       stored = (await this.redis.lrange(decisionKey(this.prefix, requestId), 0, -1)).map((s) => JSON.parse(s) as Decision);
     } catch (err) {
-      this.logger?.warn({ err: (err as Error).message, requestId }, "decision log: Redis lookup failed; answering from memory");
+      this.logger?.warn({ err: errorMessage(err), requestId }, "decision log: Redis lookup failed; answering from memory");
       return [...mine];
     }
     // Writes still in flight (or lost while Redis was away) are in memory only.

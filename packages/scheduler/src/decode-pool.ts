@@ -19,6 +19,7 @@ import type { Logger } from "@moela/core";
 import { blocksNeeded } from "./policy/params.js";
 import { Policy } from "./policy/policy.js";
 import type { Candidate, CandidateRecord, Decision, InstanceLoad, SchedulingRequest } from "./policy/types.js";
+import { errorMessage } from "@moela/core";
 
 /** What Decode.Status reports (decode.proto DecodeStatusResponse), as the policy needs it. */
 export type DecodeLoad = InstanceLoad;
@@ -275,7 +276,7 @@ export class DecodePool {
       // What was sent before this poll started is in the report now (as running, waiting or pending).
       s.reservations = s.reservations.filter((r) => r.atMs >= startedAt);
     } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
+      const message = errorMessage(err);
       if (s.ok || s.error === undefined) this.logger?.warn({ decode: s.address, err: message }, "decode Status failed");
       s.ok = false;
       s.error = message;

@@ -23,6 +23,7 @@ import { Redis } from "ioredis";
 import type { Logger } from "@moela/core";
 import { redisConnection, validateQueuePrefix } from "./queues.js";
 import type { InstanceLoad, InstanceRole } from "./policy/types.js";
+import { errorMessage } from "@moela/core";
 
 export const INSTANCE_ROLES: readonly InstanceRole[] = ["router", "prefill", "decode", "expert-host"];
 /** Default heartbeat period. */
@@ -232,7 +233,7 @@ export class Registration {
     try {
       await this.registry.redis.multi().del(this.key).zrem(registryKey(this.registry.prefix, this.role), this.id).exec();
     } catch (err) {
-      this.registry.logger?.warn({ instance: this.id, err: (err as Error).message }, "registry: could not deregister (the record expires on its own)");
+      this.registry.logger?.warn({ instance: this.id, err: errorMessage(err) }, "registry: could not deregister (the record expires on its own)");
     }
   }
 
@@ -270,7 +271,7 @@ export class Registration {
       if (this.failing) r.logger?.info({ instance: this.id }, "registry: heartbeats reach Redis again");
       this.failing = false;
     } catch (err) {
-      if (!this.failing) r.logger?.warn({ instance: this.id, err: (err as Error).message }, "registry: heartbeat failed (retrying every interval)");
+      if (!this.failing) r.logger?.warn({ instance: this.id, err: errorMessage(err) }, "registry: heartbeat failed (retrying every interval)");
       this.failing = true;
     }
   }
@@ -367,7 +368,7 @@ export class RegistryWatcher {
           for (const l of this.listeners) l(records);
         },
         (err: unknown) => {
-          if (!this.failing) this.registry.logger?.warn({ role: this.role, err: (err as Error).message }, "registry: read failed; keeping the last snapshot");
+          if (!this.failing) this.registry.logger?.warn({ role: this.role, err: errorMessage(err) }, "registry: read failed; keeping the last snapshot");
           this.failing = true;
         },
       )

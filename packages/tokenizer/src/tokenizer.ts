@@ -10,7 +10,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Template } from "@huggingface/jinja";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
-import { CheckpointError, InvalidArgumentError } from "@moela/core";
+import { CheckpointError, errorMessage, InvalidArgumentError } from "@moela/core";
 
 export const TOKENIZER_JSON = "tokenizer.json";
 export const TOKENIZER_CONFIG_JSON = "tokenizer_config.json";
@@ -69,7 +69,7 @@ function readJsonFile(path: string): unknown {
   try {
     return JSON.parse(text) as unknown;
   } catch (err) {
-    throw new CheckpointError(path, `is not valid JSON: ${(err as Error).message}`, undefined, { cause: err });
+    throw new CheckpointError(path, `is not valid JSON: ${errorMessage(err)}`, undefined, { cause: err });
   }
 }
 
@@ -169,7 +169,7 @@ export class Tokenizer {
     try {
       this.hf = new HfTokenizer(documents, tokenizerConfig);
     } catch (err) {
-      throw new CheckpointError(tj, `cannot be loaded: ${(err as Error).message}`, undefined, { cause: err });
+      throw new CheckpointError(tj, `cannot be loaded: ${errorMessage(err)}`, undefined, { cause: err });
     }
 
     this.bosToken = specialTokenContent(tokenizerConfig, "bos_token", tc);
@@ -280,7 +280,7 @@ export class Tokenizer {
       try {
         this.compiledTemplate = new Template(this.chatTemplate);
       } catch (err) {
-        throw new CheckpointError(this.source.tokenizerConfig, `chat_template does not parse: ${(err as Error).message}`);
+        throw new CheckpointError(this.source.tokenizerConfig, `chat_template does not parse: ${errorMessage(err)}`);
       }
     }
     try {
@@ -293,7 +293,7 @@ export class Tokenizer {
       });
     } catch (err) {
       // Templates reject bad conversations with raise_exception (e.g. roles that do not alternate).
-      throw new InvalidArgumentError(`chat template: ${(err as Error).message}`, { cause: err });
+      throw new InvalidArgumentError(`chat template: ${errorMessage(err)}`, { cause: err });
     }
   }
 

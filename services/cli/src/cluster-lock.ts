@@ -19,12 +19,12 @@ import { linkSync, readFileSync, renameSync, unlinkSync, writeFileSync } from "n
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { Redis } from "ioredis";
-import { Code, MoelaError } from "@moela/core";
+import { errorMessage, FailedPreconditionError, MoelaError, UnavailableError } from "@moela/core";
 
 /** Another cluster holds the state dir, the port or the queue prefix. */
-export class ClusterInUseError extends MoelaError {
+export class ClusterInUseError extends FailedPreconditionError {
   constructor(message: string) {
-    super(message, Code.FAILED_PRECONDITION);
+    super(message);
   }
 }
 
@@ -204,7 +204,7 @@ export async function probePort(host: string, port: number): Promise<void> {
     server.once("error", (err: NodeJS.ErrnoException) => {
       if (err.code === "EADDRINUSE") {
         reject(new ClusterInUseError(`${host}:${port} is in use (another moela cluster, or another server). Stop it, or give this cluster another --port (0 = any free one).`));
-      } else reject(new MoelaError(`cannot listen on ${host}:${port}: ${err.message}`, Code.FAILED_PRECONDITION));
+      } else reject(new FailedPreconditionError(`cannot listen on ${host}:${port}: ${err.message}`));
     });
     server.listen({ host, port, exclusive: true }, () => server.close(() => resolve()));
   });
@@ -277,7 +277,7 @@ export async function acquireQueuePrefixLock(redisUrl: string, holder: LockHolde
   } catch (err) {
     client.disconnect();
     if (err instanceof MoelaError) throw err;
-    throw new MoelaError(`could not claim queue prefix "${holder.queue_prefix}" in ${redisUrl}: ${(err as Error).message}`, Code.UNAVAILABLE);
+    throw new UnavailableError(`could not claim queue prefix "${holder.queue_prefix}" in ${redisUrl}: ${errorMessage(err)}`);
   }
   const timer = setInterval(() => {
     client.eval(RENEW, 1, key, value, String(ttl)).catch(() => {});

@@ -1,7 +1,7 @@
 /** `moela generate`: load a checkpoint, run one request in this process, stream text or print JSON. */
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { InvalidArgumentError, withWeightLoadBar } from "@moela/core";
+import { errorMessage, InvalidArgumentError, withWeightLoadBar } from "@moela/core";
 import { DeepseekModel, Engine, isSpeculationMode, parseKernelsName, setDefaultKernels, type GenerationParams, type SpeculationMode } from "@moela/engine";
 import { createInProcessExperts, precisionProfile } from "@moela/moe-dispatch";
 import { IncrementalDecoder, StopStringMatcher, Tokenizer, type ChatMessage } from "@moela/tokenizer";
@@ -64,7 +64,7 @@ function parseMessages(text: string): ChatMessage[] {
   try {
     v = JSON.parse(text);
   } catch (err) {
-    throw new InvalidArgumentError(`--messages is not valid JSON: ${(err as Error).message}`);
+    throw new InvalidArgumentError(`--messages is not valid JSON: ${errorMessage(err)}`);
   }
   if (!Array.isArray(v) || v.some((m) => typeof m !== "object" || m === null || typeof (m as ChatMessage).role !== "string")) {
     throw new InvalidArgumentError('--messages must be a JSON array of {"role": ..., "content": ...} objects');

@@ -5,7 +5,7 @@
 import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { Command, CommanderError, InvalidArgumentError as CommanderArgError, Option } from "commander";
-import { MoelaError } from "@moela/core";
+import { InternalError, MoelaError } from "@moela/core";
 import { SPECULATION_MODES } from "@moela/engine";
 import { runGenerate, type GenerateCliOptions } from "./generate.js";
 import { runTrain, type TrainCliOptions } from "./train.js";
@@ -158,7 +158,7 @@ export function buildProgram(): Command {
     .option("--role <role>", "all: everything in ONE process instead (moela serve --role all; takes --model, --precision, --host, --port, --served-model-name, --api-key, --log-level)")
     .action(async (opts: ClusterCliOptions & { role?: string }, cmd: Command) => {
       if (opts.role !== undefined) {
-        if (opts.role !== ALL_ROLE) throw new MoelaError(`moela cluster --role takes only "${ALL_ROLE}" (one role alone: moela serve --role ${opts.role})`);
+        if (opts.role !== ALL_ROLE) throw new InternalError(`moela cluster --role takes only "${ALL_ROLE}" (one role alone: moela serve --role ${opts.role})`);
         const one = oneProcessFromCluster(opts as unknown as Record<string, unknown>, (key) => cmd.getOptionValueSource(key) === "cli", process.env);
         process.exitCode = await runServe(ALL_ROLE, one.argv, one.env);
         return;

@@ -1,7 +1,7 @@
 /** `moela plan <config.json | folder>`: read the config, plan it with @moela/planner, print a table or JSON. */
 import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { ConfigError, InvalidArgumentError } from "@moela/core";
+import { ConfigError, errorMessage, InvalidArgumentError } from "@moela/core";
 import { formatPlanTable, planModel, planToJson, type PlanOptions } from "@moela/planner";
 
 export { PLAN_DEFAULTS } from "@moela/planner";
@@ -33,7 +33,7 @@ export function readConfigJson(file: string): unknown {
   try {
     return JSON.parse(text);
   } catch (err) {
-    throw new ConfigError(`${file}: not valid JSON (${(err as Error).message})`);
+    throw new ConfigError(`${file}: not valid JSON (${errorMessage(err)})`);
   }
 }
 

@@ -19,7 +19,7 @@ import { accessSync, constants, createWriteStream, mkdirSync, rmSync } from "nod
 import { createServer } from "node:net";
 import { delimiter, join } from "node:path";
 import { Redis } from "ioredis";
-import { Code, MoelaError } from "@moela/core";
+import { errorMessage, FailedPreconditionError, UnavailableError } from "@moela/core";
 
 export const LOCAL_REDIS_URL = "redis://127.0.0.1:6379";
 
@@ -38,7 +38,7 @@ export interface RedisChoice {
 }
 
 /** No Redis answers and none can be started here; the message says how to get one. */
-export class RedisMissingError extends MoelaError {
+export class RedisMissingError extends FailedPreconditionError {
   constructor(tried: readonly string[]) {
     super(
       [
@@ -50,7 +50,6 @@ export class RedisMissingError extends MoelaError {
         "  macOS:         brew install redis",
         "  or run one:    docker run --rm -p 6379:6379 redis:7",
       ].join("\n"),
-      Code.FAILED_PRECONDITION,
     );
   }
 }
@@ -70,7 +69,7 @@ export async function pingRedis(url: string, timeoutMs = 1_000): Promise<PingRes
       retryStrategy: () => null,
     });
   } catch (err) {
-    return { ok: false, error: `not a Redis URL (${(err as Error).message})` };
+    return { ok: false, error: `not a Redis URL (${errorMessage(err)})` };
   }
   let lastError = "";
   client.on("error", (err: Error) => {
@@ -81,7 +80,7 @@ export async function pingRedis(url: string, timeoutMs = 1_000): Promise<PingRes
     const pong = await client.ping();
     return pong === "PONG" ? { ok: true } : { ok: false, error: `PING answered ${JSON.stringify(pong)}` };
   } catch (err) {
-    const message = (err as Error).message || lastError || "no answer";
+    const message = errorMessage(err) || lastError || "no answer";
     return { ok: false, error: message };
   } finally {
     client.disconnect();
@@ -220,11 +219,11 @@ export async function startPrivateRedis(o: PrivateRedisOptions): Promise<RedisCh
         waitExit: () => exit,
         async restart(restartTimeoutMs = timeoutMs) {
           if (child !== undefined && child.exitCode === null && child.signalCode === null) {
-            throw new MoelaError(`redis-server (pid ${child.pid}) is still running`, Code.FAILED_PRECONDITION);
+            throw new FailedPreconditionError(`redis-server (pid ${child.pid}) is still running`);
           }
           launch(port);
           const why = await waitForPing(url, () => exitedWhy, restartTimeoutMs);
-          if (why !== undefined) throw new MoelaError(`private redis-server on port ${port}: ${why}; see ${o.logFile}`, Code.UNAVAILABLE);
+          if (why !== undefined) throw new UnavailableError(`private redis-server on port ${port}: ${why}; see ${o.logFile}`);
         },
         async stop(graceMs = 5_000) {
           if (child !== undefined) await stopChild(child, graceMs);
@@ -253,7 +252,7 @@ export async function startPrivateRedis(o: PrivateRedisOptions): Promise<RedisCh
     if (timedOut) break;
   }
   log.end();
-  throw new MoelaError(`could not start a private redis-server (${lastError}); see ${o.logFile}`, Code.UNAVAILABLE);
+  throw new UnavailableError(`could not start a private redis-server (${lastError}); see ${o.logFile}`);
 }
 
 /** SIGTERM, wait up to graceMs, then SIGKILL; resolves once the child is gone. */

@@ -15,7 +15,7 @@
  */
 import { existsSync } from "node:fs";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { InvalidArgumentError, MoelaError } from "@moela/core";
+import { InternalError, InvalidArgumentError } from "@moela/core";
 import { ROLES, isRole, type Role } from "./launcher.js";
 import { exitWithParent } from "./parent-watch.js";
 
@@ -33,9 +33,9 @@ export function serviceMainPath(role: Role | typeof ALL_ROLE): string {
 export async function loadServiceMain(role: string): Promise<ServiceMain> {
   if (role !== ALL_ROLE && !isRole(role)) throw new InvalidArgumentError(`--role must be one of ${[...ROLES, ALL_ROLE].join(", ")}, got "${role}"`);
   const file = serviceMainPath(role);
-  if (!existsSync(file)) throw new MoelaError(`the ${role} service is not in this checkout (${file} is missing)`);
+  if (!existsSync(file)) throw new InternalError(`the ${role} service is not in this checkout (${file} is missing)`);
   const mod = (await import(pathToFileURL(file).href)) as { main?: unknown };
-  if (typeof mod.main !== "function") throw new MoelaError(`${file} does not export main(argv, env)`);
+  if (typeof mod.main !== "function") throw new InternalError(`${file} does not export main(argv, env)`);
   return mod.main as ServiceMain;
 }
 

@@ -20,7 +20,7 @@
  * request stays awaiting its KV, bounded by kvWaitMs while a Stream waits and by the grace period when
  * none does; a final prefill failure reaches the router, which cancels it.
  */
-import { CancelledError, type Clock, type ClockTimer, Code, errorMessage, FailureReason, MoelaError, realClock, UnavailableError, type Logger } from "@moela/core";
+import { AbortedError, AlreadyExistsError, CancelledError, type Clock, type ClockTimer, Code, DeadlineExceededError, errorForCode, errorMessage, FailureReason, MoelaError, realClock, UnavailableError, type Logger } from "@moela/core";
 import type { EmittedToken, Engine, FinishReason, Sequence } from "@moela/engine";
 import type { KvFailure, KvHold, KvReleaseReason, KvTransferMeta } from "@moela/kv-transfer";
 
@@ -188,7 +188,7 @@ export class Batcher {
     if (tomb !== undefined) throw tomb;
     let r = this.requests.get(meta.requestId);
     if (r !== undefined && r.phase !== "awaiting-kv") {
-      throw new MoelaError(`request ${meta.requestId} is already ${r.phase} on this decode instance`, Code.ALREADY_EXISTS);
+      throw new AlreadyExistsError(`request ${meta.requestId} is already ${r.phase} on this decode instance`);
     }
     if (r === undefined) {
       r = this.add(meta.requestId);
@@ -205,7 +205,7 @@ export class Batcher {
     let r = this.requests.get(meta.requestId);
     if (r === undefined) r = this.add(meta.requestId);
     if (r.phase !== "awaiting-kv" || (r.transferId !== null && r.transferId !== meta.transferId)) {
-      throw new MoelaError(`request ${meta.requestId} is already fed by transfer ${r.transferId ?? "(none)"} (${r.phase})`, Code.ALREADY_EXISTS);
+      throw new AlreadyExistsError(`request ${meta.requestId} is already fed by transfer ${r.transferId ?? "(none)"} (${r.phase})`);
     }
     this.clock.clearTimeout(r.kvTimer);
     r.seq = seq;
@@ -233,7 +233,7 @@ export class Batcher {
     if (r === undefined || r.phase !== "awaiting-kv" || r.transferId !== meta.transferId) return;
     r.transferId = null;
     if (FINAL_TRANSFER_FAILURES.has(failure.code)) {
-      this.fail(r, new MoelaError(`KV transfer ${meta.transferId} failed: ${failure.reason}`, failure.code), "rejected");
+      this.fail(r, errorForCode(failure.code, `KV transfer ${meta.transferId} failed: ${failure.reason}`), "rejected");
       return;
     }
     this.log.info({ requestId: r.id, transferId: meta.transferId, code: failure.code, reason: failure.reason }, "KV transfer failed; waiting for prefill's retry");
@@ -264,7 +264,7 @@ export class Batcher {
       const req = r;
       req.kvTimer = this.clock.setTimeout(() => {
         if (req.phase !== "awaiting-kv") return;
-        const err = new MoelaError(`no KV for request ${req.id} arrived within ${this.options.kvWaitMs} ms`, Code.DEADLINE_EXCEEDED);
+        const err = new DeadlineExceededError(`no KV for request ${req.id} arrived within ${this.options.kvWaitMs} ms`);
         this.bury(req.id, err);
         this.fail(req, err, "lost");
       }, this.options.kvWaitMs);
@@ -273,7 +273,7 @@ export class Batcher {
     let cursor = startIndex;
     try {
       for (;;) {
-        if (r.subscriber !== me) throw new MoelaError(`request ${requestId}: a newer Stream call took over`, Code.ABORTED);
+        if (r.subscriber !== me) throw new AbortedError(`request ${requestId}: a newer Stream call took over`);
         const out = r.seq?.output ?? [];
         const tokens: { index: number; token: EmittedToken }[] = [];
         for (; cursor < out.length; cursor++) tokens.push({ index: cursor, token: out[cursor]! });
@@ -297,7 +297,7 @@ export class Batcher {
         if (r.delivered) {
           // A late duplicate of its transfer (a prefill job run twice) is refused without taking blocks;
           // prefill takes ALREADY_EXISTS as "done already".
-          this.bury(r.id, new MoelaError(`request ${r.id} already ${r.phase} on this decode instance`, Code.ALREADY_EXISTS));
+          this.bury(r.id, new AlreadyExistsError(`request ${r.id} already ${r.phase} on this decode instance`));
           this.forget(r);
         } else this.startGrace(r);
       }
@@ -467,7 +467,7 @@ export class Batcher {
         else if (r.cancelAfterStep !== null) this.fail(r, r.cancelAfterStep.err, r.cancelAfterStep.why);
         else if (r.seq!.finished) this.finish(r);
         else if (deadline > 0 && now >= deadline) {
-          const err = new MoelaError(`request ${r.id} passed its deadline while decoding`, Code.DEADLINE_EXCEEDED);
+          const err = new DeadlineExceededError(`request ${r.id} passed its deadline while decoding`);
           this.bury(r.id, err);
           this.fail(r, err, "deadline");
         } else r.notify();

@@ -24,7 +24,7 @@
 import { realpathSync } from "node:fs";
 import { basename, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { type Clock, Code, formatReadyLine, MoelaError, runService, splitHostPort, withWeightLoadBar, type Logger } from "@moela/core";
+import { type Clock, Code, errorMessage, FailedPreconditionError, formatReadyLine, InvalidArgumentError, runService, splitHostPort, UnavailableError, withWeightLoadBar, type Logger } from "@moela/core";
 import { configureKernels, DeepseekModel, Engine, PhaseTimes } from "@moela/engine";
 import { KvInbox, KvLedger, kvTransferService } from "@moela/kv-transfer";
 import { createServiceMetrics, grpcCodeName, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
@@ -124,14 +124,14 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
   if (deps.model !== undefined) {
     model = deps.model;
     if (model.kvDtype !== profile.kvDtype) {
-      throw new MoelaError(`the model caches ${model.kvDtype} KV, precision ${profile.name} needs ${profile.kvDtype}`, Code.FAILED_PRECONDITION);
+      throw new FailedPreconditionError(`the model caches ${model.kvDtype} KV, precision ${profile.name} needs ${profile.kvDtype}`);
     }
   } else if (expertShards > 0) {
     if (cfg.expertHosts.length > 0 && cfg.expertHosts.length !== expertShards) {
-      throw new MoelaError(`--expert-hosts lists ${cfg.expertHosts.length} shards, --expert-shards says ${expertShards}`, Code.INVALID_ARGUMENT);
+      throw new InvalidArgumentError(`--expert-hosts lists ${cfg.expertHosts.length} shards, --expert-shards says ${expertShards}`);
     }
     if (cfg.expertHosts.length === 0 && registry === undefined) {
-      throw new MoelaError("--expert-shards without --expert-hosts needs --redis-url (the hosts are found in the registry)", Code.INVALID_ARGUMENT);
+      throw new InvalidArgumentError("--expert-shards without --expert-hosts needs --redis-url (the hosts are found in the registry)");
     }
     // Attention, dense layers, gates and shared experts here; every routed expert on the hosts.
     model = withWeightLoadBar("decode: loading weights", (onProgress) => DeepseekModel.load(cfg.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: cfg.threads, onProgress }));
@@ -268,7 +268,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     await drainAndClose(server, 0, { flushMs: 0 });
     for (const h of hosts) h.close();
     await b.drain(0);
-    throw new MoelaError(`cannot serve /metrics on ${cfg.metricsAddress}: ${(err as Error).message}`, Code.UNAVAILABLE, { cause: err });
+    throw new UnavailableError(`cannot serve /metrics on ${cfg.metricsAddress}: ${errorMessage(err)}`, { cause: err });
   }
   const readyLine = formatReadyLine("decode", { grpc: address, metrics: metricsServer.url });
   const cache = engine.cache;

@@ -17,7 +17,7 @@
 import { basename, resolve } from "node:path";
 import { realpathSync } from "node:fs";
 import { pathToFileURL } from "node:url";
-import { Code, formatReadyLine, MoelaError, runService, splitHostPort, withWeightLoadBar, type Logger } from "@moela/core";
+import { errorMessage, formatReadyLine, runService, splitHostPort, UnavailableError, withWeightLoadBar, type Logger } from "@moela/core";
 import { configureKernels, loadExpertShard, readModelConfig } from "@moela/engine";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import { checkpointModelId, ExpertHostCore, placementFor } from "@moela/moe-dispatch";
@@ -100,7 +100,7 @@ export async function startExpertHost(cfg: ExpertHostConfig, logger: Logger): Pr
     metricsServer = await startMetricsServer(metrics.registry, splitHostPort(cfg.metricsAddress));
   } catch (err) {
     await drainAndClose(server, 0, { flushMs: 0 });
-    throw new MoelaError(`cannot serve /metrics on ${cfg.metricsAddress}: ${(err as Error).message}`, Code.UNAVAILABLE, { cause: err });
+    throw new UnavailableError(`cannot serve /metrics on ${cfg.metricsAddress}: ${errorMessage(err)}`, { cause: err });
   }
   const readyLine = formatReadyLine("expert-host", { grpc: address, metrics: metricsServer.url, shard: cfg.shardIndex });
   const registered = cfg.redisUrl === undefined ? undefined : await register(cfg, address, metricsServer.url, core.modelId, server, logger);

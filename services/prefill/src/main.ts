@@ -6,7 +6,7 @@
  * composition for tests and in-process clusters.
  */
 import { basename, resolve } from "node:path";
-import { Code, createLogger, formatReadyLine, MoelaError, runService, splitHostPort, UnavailableError, withWeightLoadBar, type Logger } from "@moela/core";
+import { createLogger, errorMessage, formatReadyLine, InvalidArgumentError, runService, splitHostPort, UnavailableError, withWeightLoadBar, type Logger } from "@moela/core";
 import { DeepseekModel, Engine, PhaseTimes, configureKernels, readModelConfig, type ExpertExecutor } from "@moela/engine";
 import { grpcKvConnector, KvLedger, type KvConnector, type KvSender } from "@moela/kv-transfer";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer } from "@moela/metrics";
@@ -120,7 +120,7 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
     const expertShards = config.expertShards ?? config.expertHosts.length;
     if (expertShards > 0) {
       if (config.expertHosts.length > 0 && config.expertHosts.length !== expertShards) {
-        throw new MoelaError(`--expert-hosts lists ${config.expertHosts.length} shards, --expert-shards says ${expertShards}`, Code.INVALID_ARGUMENT);
+        throw new InvalidArgumentError(`--expert-hosts lists ${config.expertHosts.length} shards, --expert-shards says ${expertShards}`);
       }
       // Each shard's replicas: the static ones ("a|b" in --expert-hosts) plus those registered in Redis,
       // each checked against the placement before it takes traffic; a dispatch fails over between them.
@@ -263,7 +263,7 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
       await Promise.all(workers.map((w) => w.close()));
       // What the router sent here and nobody took goes to the shared queue for the other instances.
       const moved = await moveJobsToShared(redis, config.queuePrefix, ownQueue, sharedQueue, { activeToo: false, logger }).catch((err: unknown) => {
-        logger.warn({ err: (err as Error).message }, "could not hand this instance's queued jobs to the shared queue (routers move them once its record expires)");
+        logger.warn({ err: errorMessage(err) }, "could not hand this instance's queued jobs to the shared queue (routers move them once its record expires)");
         return 0;
       });
       if (moved > 0) logger.info({ moved }, "queued jobs handed to the shared queue");

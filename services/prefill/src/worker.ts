@@ -26,7 +26,7 @@
  * not computed; their rows still go to decode) and its new full blocks join the cache after its prefill.
  */
 import { randomUUID } from "node:crypto";
-import { Code, InvalidArgumentError, MoelaError, type Logger } from "@moela/core";
+import { Code, DeadlineExceededError, errorForCode, errorMessage, FailedPreconditionError, InternalError, InvalidArgumentError, MoelaError, type Logger } from "@moela/core";
 import type { Engine, GenerationParams, Sequence, StepResult } from "@moela/engine";
 import {
   batchKvSink,
@@ -167,7 +167,7 @@ export class PrefillBatcher {
 
 /** A transfer failure as a MoelaError of its code. */
 function failureError(f: KvFailure): MoelaError {
-  return new MoelaError(`KV transfer failed: ${f.reason}`, f.code);
+  return errorForCode(f.code, `KV transfer failed: ${f.reason}`);
 }
 
 /** Codes worth another attempt: the peer may be back, have room, or the bytes may arrive intact. */
@@ -233,7 +233,7 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
       data = parsePrefillJob(job.data);
     } catch (err) {
       m.prefillJobs.inc({ outcome: "error" });
-      deps.logger.error({ jobId: job.id, err: (err as Error).message }, "bad prefill job");
+      deps.logger.error({ jobId: job.id, err: errorMessage(err) }, "bad prefill job");
       throw new UnrecoverableError(jobFailureMessage(err as MoelaError));
     }
     const log = deps.logger.child({ requestId: data.requestId, attempt: job.attemptsMade + 1 });
@@ -243,9 +243,9 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
       return new UnrecoverableError(jobFailureMessage(err));
     };
     if (data.precision !== deps.precision) {
-      throw unrecoverable(new MoelaError(`the job is for precision ${data.precision}, this prefill instance runs ${deps.precision}`, Code.FAILED_PRECONDITION));
+      throw unrecoverable(new FailedPreconditionError(`the job is for precision ${data.precision}, this prefill instance runs ${deps.precision}`));
     }
-    if (Date.now() >= data.deadlineUnixMs) throw unrecoverable(new MoelaError("the request's deadline passed while it was queued", Code.DEADLINE_EXCEEDED));
+    if (Date.now() >= data.deadlineUnixMs) throw unrecoverable(new DeadlineExceededError("the request's deadline passed while it was queued"));
     if (data.promptTokenIds.length > deps.maxPromptTokens) {
       throw unrecoverable(
         new InvalidArgumentError(`the prompt has ${data.promptTokenIds.length} tokens; this prefill instance takes at most ${deps.maxPromptTokens} (--max-batch-tokens)`),
@@ -325,7 +325,7 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
       log.info({ decode: data.decodeAddress, transferId, promptTokens: seq.prompt.length, cachedTokens, kvBlocks: outcome.ack.kvBlocks, bytes: sender.bytesSent }, "prefill done, KV admitted");
       return { transferId, firstTokenId, kvBlocks: outcome.ack.kvBlocks, bytesSent: sender.bytesSent };
     } catch (err) {
-      const e = err instanceof MoelaError ? err : new MoelaError(err instanceof Error ? err.message : String(err), Code.INTERNAL, { cause: err });
+      const e = err instanceof MoelaError ? err : new InternalError(errorMessage(err), { cause: err });
       sender.abort(`prefill failed: ${e.message}`);
       releaseAs = releaseReason(e.code);
       if (e.code === Code.ALREADY_EXISTS) {

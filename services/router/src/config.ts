@@ -41,7 +41,7 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
-import { ConfigError, envNameOf, flagList, readSettings, settingsFromKeys, usageLines, validateSettings } from "@moela/core";
+import { ConfigError, envNameOf, errorMessage, flagList, readSettings, settingsFromKeys, usageLines, validateSettings } from "@moela/core";
 import { INTERNAL_SECURITY_HELP, internalSecurityNames, parseInternalSecurity, type InternalSecurity } from "@moela/rpc";
 import { PREFILL_DEFAULT_MAX_PROMPT_TOKENS } from "@moela/openai-api";
 import { DEFAULT_POLICY, parsePolicyJson, Policy, PRECISIONS, type PolicyConfig, type PrecisionProfile } from "@moela/scheduler";
@@ -264,7 +264,7 @@ export function readGenerationDefaults(model: string): { temperature: number; to
     try {
       g = JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
     } catch (err) {
-      throw new ConfigError(`${file}: not valid JSON (${(err as Error).message})`);
+      throw new ConfigError(`${file}: not valid JSON (${errorMessage(err)})`);
     }
   }
   const num = (k: string, d: number): number => (typeof g[k] === "number" && Number.isFinite(g[k]) ? (g[k] as number) : d);

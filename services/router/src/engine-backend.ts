@@ -20,7 +20,7 @@
  */
 import { randomInt } from "node:crypto";
 import { setImmediate as nextTurn } from "node:timers/promises";
-import { CancelledError, Code, InvalidArgumentError, MoelaError, UnavailableError, type Logger } from "@moela/core";
+import { CancelledError, DeadlineExceededError, InternalError, InvalidArgumentError, MoelaError, UnavailableError, type Logger } from "@moela/core";
 import type { EmittedToken, Engine, GenerationParams, Sequence } from "@moela/engine";
 import type { MetricsOf } from "@moela/metrics";
 import type { FinishReason, GeneratedToken, SamplingRequest } from "@moela/openai-api";
@@ -160,7 +160,7 @@ export class EngineBackend implements GenerationBackend {
     };
     signal.addEventListener("abort", onAbort, { once: true });
     const timer = setTimeout(() => {
-      slot.error ??= new MoelaError(`the request did not finish within ${this.o.requestTimeoutMs} ms`, Code.DEADLINE_EXCEEDED);
+      slot.error ??= new DeadlineExceededError(`the request did not finish within ${this.o.requestTimeoutMs} ms`);
       onAbort();
     }, this.o.requestTimeoutMs);
     timer.unref();
@@ -383,7 +383,7 @@ export function engineParams(s: SamplingRequest, cacheSalt: string | undefined):
 /** A failure of the engine as the request's error: its own MoelaError, else INTERNAL (details in the log). */
 function failure(what: string, err: unknown): MoelaError {
   if (err instanceof MoelaError) return err;
-  return new MoelaError(`${what} failed`, Code.INTERNAL, { cause: err });
+  return new InternalError(`${what} failed`, { cause: err });
 }
 
 function generatedToken(t: EmittedToken, wantLogprobs: boolean): GeneratedToken {

@@ -33,7 +33,7 @@ import { once } from "node:events";
 import { readFileSync } from "node:fs";
 import type { ServerResponse } from "node:http";
 import type { Metadata } from "@grpc/grpc-js";
-import { CancelledError, Code, InvalidArgumentError, MoelaError, newRequestId, requestLogger, type Logger } from "@moela/core";
+import { CancelledError, Code, errorForCode, errorMessage, InternalError, InvalidArgumentError, MoelaError, newRequestId, requestLogger, UnauthenticatedError, type Logger } from "@moela/core";
 import type { MetricsOf } from "@moela/metrics";
 import {
   chatChunk,
@@ -317,7 +317,7 @@ async function handleGeneration(api: "completions" | "chat", ctx: RouterContext,
   } catch (err) {
     outcome = outcomeOf(err);
     if (outcome === "error") log.error({ err }, "generation failed");
-    else log.info({ outcome, err: err instanceof Error ? err.message : String(err) }, "generation did not complete");
+    else log.info({ outcome, err: errorMessage(err) }, "generation did not complete");
     if (reply.sent || reply.raw.headersSent) {
       // Mid-stream: report in band, then end the stream.
       if (outcome !== "cancelled") await writeRaw(reply.raw, sseData(openAIError(publicError(err, ctx)).body));
@@ -582,7 +582,7 @@ export function buildHttpApp(ctx: RouterContext): FastifyInstance {
       }
       throw err;
     }
-    if (typeof result === "string") throw new MoelaError("tokenizer returned text for an encode", Code.INTERNAL);
+    if (typeof result === "string") throw new InternalError("tokenizer returned text for an encode");
     const tokens = Array.from(result);
     const tokenizer = ctx.tokenizer!;
     const token_strs = r.returnTokenStrs ? tokens.map((t) => tokenizer.idToToken(t) ?? "") : null;
@@ -592,7 +592,7 @@ export function buildHttpApp(ctx: RouterContext): FastifyInstance {
     const r = parseDetokenizeRequest(req.body, tokenizeCtx());
     reportIgnored(r.ignoredFields, reply, ctx.logger);
     const text = await ctx.encoder.run({ kind: "decode", ids: r.tokens });
-    if (typeof text !== "string") throw new MoelaError("tokenizer returned ids for a decode", Code.INTERNAL);
+    if (typeof text !== "string") throw new InternalError("tokenizer returned ids for a decode");
     return { prompt: text };
   });
   // vLLM's /version: the platform's version (the repository's package.json).
@@ -675,7 +675,7 @@ function setJsonField(body: Record<string, unknown>, name: string, text: string 
   try {
     body[name] = JSON.parse(text) as unknown;
   } catch (err) {
-    throw new InvalidArgumentError(`${name} is not JSON: ${(err as Error).message}`, { cause: err });
+    throw new InvalidArgumentError(`${name} is not JSON: ${errorMessage(err)}`, { cause: err });
   }
 }
 
@@ -721,7 +721,7 @@ export const LENIENT_GENERATE_SERVICE = {
       try {
         return GenerateService.generate.requestDeserialize(bytes);
       } catch (err) {
-        return Object.assign(GenerateRequest.fromPartial({}), { [UNDECODABLE]: err instanceof Error ? err.message : String(err) });
+        return Object.assign(GenerateRequest.fromPartial({}), { [UNDECODABLE]: errorMessage(err) });
       }
     },
   },
@@ -807,7 +807,7 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
         if (outcome === "error") log.error({ err }, "generation failed");
         // A refused key is not logged per call (HTTP's 401s are not either): a flood of them would flood the log.
         else if (!(err instanceof MoelaError && err.code === Code.UNAUTHENTICATED)) {
-          log.info({ outcome, err: err instanceof Error ? err.message : String(err) }, "generation did not complete");
+          log.info({ outcome, err: errorMessage(err) }, "generation did not complete");
         }
         throw publicError(err, ctx);
       } finally {
@@ -868,17 +868,16 @@ export class ApiKeys {
   authenticate(authorization: string | undefined): void {
     const token = bearerToken(authorization);
     if (token === undefined) {
-      throw new MoelaError(
+      throw new UnauthenticatedError(
         authorization === undefined
           ? "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
           : "The Authorization value must be 'Bearer <key>'.",
-        Code.UNAUTHENTICATED,
       );
     }
     const d = digest(token);
     let ok = false;
     for (const k of this.digests) ok = timingSafeEqual(d, k) || ok;
-    if (!ok) throw new MoelaError("Incorrect API key provided.", Code.UNAUTHENTICATED);
+    if (!ok) throw new UnauthenticatedError("Incorrect API key provided.");
   }
 }
 
@@ -915,7 +914,7 @@ export function redactInternal(message: string, names: Iterable<string>): string
  */
 export function publicError(err: unknown, ctx: Pick<RouterContext, "internalNames">): unknown {
   if (!(err instanceof MoelaError) || err instanceof RequestValidationError || err instanceof ModelNotFoundError) return err;
-  if (err.code === Code.INTERNAL || err.code === Code.UNKNOWN || err.code === Code.DATA_LOSS) return new MoelaError("internal error", err.code);
+  if (err.code === Code.INTERNAL || err.code === Code.UNKNOWN || err.code === Code.DATA_LOSS) return errorForCode(err.code, "internal error");
   const message = redactInternal(err.message, ctx.internalNames());
-  return message === err.message ? err : new MoelaError(message, err.code);
+  return message === err.message ? err : errorForCode(err.code, message);
 }

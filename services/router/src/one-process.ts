@@ -33,7 +33,7 @@ import { availableParallelism } from "node:os";
 import { existsSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ConfigError, createLogger, envNameOf, flagList, MoelaError, readSettings, runService, settingsFromKeys, UnavailableError, usageLines, validateSettings, withWeightLoadBar, type Logger } from "@moela/core";
+import { ConfigError, createLogger, envNameOf, errorMessage, flagList, InternalError, readSettings, runService, settingsFromKeys, UnavailableError, usageLines, validateSettings, withWeightLoadBar, type Logger } from "@moela/core";
 import { checkJsonSchema, configureKernels, DeepseekModel, Engine, parseKernelsName, readModelConfig } from "@moela/engine";
 import { createServiceMetrics, rpcServerCallRecorder } from "@moela/metrics";
 import { createInProcessExperts, PRECISION_NAMES, precisionProfile, type PrecisionName } from "@moela/moe-dispatch";
@@ -166,7 +166,7 @@ export function parseOneProcessArgs(argv: readonly string[], env: NodeJS.Process
     apiKeys = parseApiKeys(c.apiKey);
   } catch (err) {
     // The router's check, renamed: its message names the router's flag and env twin.
-    throw new ConfigError((err as Error).message.replace(/^router: --api-key \(env \w+\)/, `serve --role all: --api-key (env ${envNameOf(ENV_PREFIX, "apiKey")})`));
+    throw new ConfigError(errorMessage(err).replace(/^router: --api-key \(env \w+\)/, `serve --role all: --api-key (env ${envNameOf(ENV_PREFIX, "apiKey")})`));
   }
   return Object.freeze({
     model,
@@ -215,7 +215,7 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
   const modelConfig = readModelConfig(config.model);
   const maxModelLen = config.maxModelLen ?? modelConfig.maxPositionEmbeddings;
   if (maxModelLen > modelConfig.maxPositionEmbeddings) {
-    throw new MoelaError(`--max-model-len ${maxModelLen} exceeds the model's max_position_embeddings (${modelConfig.maxPositionEmbeddings})`);
+    throw new InternalError(`--max-model-len ${maxModelLen} exceeds the model's max_position_embeddings (${modelConfig.maxPositionEmbeddings})`);
   }
   const tokenizer = existsSync(join(config.model, TOKENIZER_JSON)) ? Tokenizer.fromDir(config.model) : null;
   if (tokenizer === null) logger.warn({ model: config.model }, "no tokenizer.json: serving token-id prompts only (no chat, no stop strings, empty text)");

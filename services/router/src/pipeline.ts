@@ -39,7 +39,7 @@
  * Messages of the errors thrown here name no address (they reach clients); the logs have the details.
  */
 import { randomInt } from "node:crypto";
-import { CancelledError, Code, DataLossError, FailureReason, InvalidArgumentError, MoelaError, ResourceExhaustedError, UnavailableError, type Logger } from "@moela/core";
+import { CancelledError, Code, DataLossError, DeadlineExceededError, errorForCode, errorMessage, FailureReason, InternalError, InvalidArgumentError, MoelaError, ResourceExhaustedError, UnavailableError, type Logger } from "@moela/core";
 import type { MetricsOf } from "@moela/metrics";
 import type { FinishReason, GeneratedToken, SamplingRequest } from "@moela/openai-api";
 import { DecodeClient, FinishReason as WireFinishReason, type StreamResponse as DecodeStreamMessage, type TokenEvent } from "@moela/proto-gen";
@@ -260,7 +260,7 @@ export class Pipeline {
           log.warn({ attempts: n + 1, err: err.error.message }, "migrations exhausted");
           throw new UnavailableError(`the request lost its decode instance ${n + 1} times; retry later`, { cause: err.error });
         }
-        if (Date.now() >= deadline) throw new MoelaError("the request's deadline passed while migrating it", Code.DEADLINE_EXCEEDED, { cause: err.error });
+        if (Date.now() >= deadline) throw new DeadlineExceededError("the request's deadline passed while migrating it", { cause: err.error });
         metrics.routerRetries.inc({ reason: err.reason });
         log.warn({ attempt: n, reason: err.reason, err: err.error.message, sent: asm.sent }, "decode instance lost; migrating the request");
         await abortableDelay(MIGRATION_BACKOFF_MS(n + 1), signal);
@@ -344,7 +344,7 @@ export class Pipeline {
     return this.deps.jobs.watch(requestId, {
       failed: (reason) => {
         const f = parseJobFailure(reason);
-        st.prefillFailure = new MoelaError(`prefill failed: ${f.message}`, f.code);
+        st.prefillFailure = errorForCode(f.code, `prefill failed: ${f.message}`);
         st.ctl.abort(st.prefillFailure);
       },
       active: () => rec.prefillStarted(enqueuedAt),
@@ -361,7 +361,7 @@ export class Pipeline {
       // With Redis down BullMQ waits for it to come back; a request waits only so long.
       st.jobQueue = await withTimeout(this.enqueuePrefillJob(job, priority, log), ENQUEUE_TIMEOUT_MS, "Redis");
     } catch (err) {
-      log.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot enqueue the prefill job");
+      log.warn({ err: errorMessage(err) }, "cannot enqueue the prefill job");
       throw new UnavailableError("cannot enqueue the prefill job: the queue is unreachable; retry later", { cause: err });
     }
     st.enqueued = true;
@@ -391,7 +391,7 @@ export class Pipeline {
       st.reading = true;
       const r = await pending;
       st.reading = false;
-      if (r.done) throw new MoelaError("decode ended the stream without a finish reason", Code.INTERNAL);
+      if (r.done) throw new InternalError("decode ended the stream without a finish reason");
       const msg = r.value;
       const b = asm.batch();
       for (const ev of msg.tokens) {
@@ -530,7 +530,7 @@ export class Pipeline {
       } catch (err) {
         const now = Date.now();
         if (unreachableSince === 0) unreachableSince = now;
-        log.debug({ jobId: job.requestId, err: err instanceof Error ? err.message : String(err) }, "cannot check the prefill job");
+        log.debug({ jobId: job.requestId, err: errorMessage(err) }, "cannot check the prefill job");
         if (now - unreachableSince >= unreachableMs && !stopped && !started()) {
           fail(new UnavailableError("the queue's Redis stopped answering while the request waited for prefill; retry later"));
           stopped = true;
@@ -558,7 +558,7 @@ export class Pipeline {
     const client = this.decodeClient(address);
     unaryCall<{ found: boolean }>((md, o, cb) => client.cancel({ requestId, reason }, md, o, cb), { timeoutMs: 5_000 }).then(
       (r) => log.debug({ decode: address, reason, found: r.found }, "cancelled on decode"),
-      (err: unknown) => log.warn({ decode: address, reason, err: err instanceof Error ? err.message : String(err) }, "Decode.Cancel failed"),
+      (err: unknown) => log.warn({ decode: address, reason, err: errorMessage(err) }, "Decode.Cancel failed"),
     );
   }
 }
@@ -606,7 +606,7 @@ function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
 function abortReason(signal: AbortSignal): string {
   const r: unknown = signal.reason;
   if (r === undefined || r instanceof CancelledError) return "client disconnected";
-  return r instanceof Error ? r.message : String(r);
+  return errorMessage(r);
 }
 
 /**

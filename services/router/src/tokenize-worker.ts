@@ -4,7 +4,7 @@
  * come back as a transferred Uint32Array; a failure as its gRPC code and message.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import { Code, MoelaError } from "@moela/core";
+import { Code, errorMessage, MoelaError } from "@moela/core";
 import { runEncodeOp, type EncodeOp } from "@moela/openai-api";
 import { Tokenizer } from "@moela/tokenizer";
 
@@ -42,7 +42,7 @@ export function runTokenizeWorker(): void {
       }
     } catch (err) {
       const code = err instanceof MoelaError ? err.code : Code.INTERNAL;
-      reply = { id: m.id, error: { code, message: err instanceof Error ? err.message : String(err) } };
+      reply = { id: m.id, error: { code, message: errorMessage(err) } };
     }
     port.postMessage(reply);
   });

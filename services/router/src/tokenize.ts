@@ -15,7 +15,7 @@
  * The results are exactly what the calling thread would compute (same tokenizer files, same runEncodeOp).
  */
 import { Worker } from "node:worker_threads";
-import { CancelledError, Code, MoelaError, ResourceExhaustedError, UnavailableError, type Logger } from "@moela/core";
+import { CancelledError, Code, errorForCode, InternalError, InvalidArgumentError, MoelaError, ResourceExhaustedError, UnavailableError, type Logger } from "@moela/core";
 import { encodeOpCost, runEncodeOp, type AsyncPromptEncoder, type EncodeOp, type EncodeResult, type PromptEncoder } from "@moela/openai-api";
 import type { TokenizeReply, TokenizeRequest, TokenizeWorkerInit } from "./tokenize-worker.js";
 
@@ -62,7 +62,7 @@ function toArray(ids: Uint32Array): number[] {
 }
 
 function errorOf(e: { code: number; message: string }): MoelaError {
-  return new MoelaError(e.message, e.code as Code);
+  return errorForCode(e.code, e.message);
 }
 
 function abortError(signal: AbortSignal): unknown {
@@ -91,7 +91,7 @@ export class TokenizerPool implements AsyncPromptEncoder {
 
   /** A pool whose threads have loaded their tokenizers (rejects when one cannot). */
   static async start(o: TokenizerPoolOptions): Promise<TokenizerPool> {
-    if (!(Number.isInteger(o.threads) && o.threads >= 0)) throw new MoelaError(`tokenizer threads must be an integer >= 0, got ${o.threads}`, Code.INVALID_ARGUMENT);
+    if (!(Number.isInteger(o.threads) && o.threads >= 0)) throw new InvalidArgumentError(`tokenizer threads must be an integer >= 0, got ${o.threads}`);
     const pool = new TokenizerPool(o);
     try {
       await Promise.all(Array.from({ length: o.threads }, () => pool.spawn()));
@@ -215,7 +215,7 @@ export class TokenizerPool implements AsyncPromptEncoder {
         }
         const job = slot.job;
         slot.job = null;
-        if (job !== null) this.settle(job, new MoelaError("the tokenizer thread failed", Code.INTERNAL, { cause: err }));
+        if (job !== null) this.settle(job, new InternalError("the tokenizer thread failed", { cause: err }));
         this.replace(slot, `it failed: ${err.message}`);
       };
       worker.on("error", fail);

@@ -11,7 +11,7 @@
  *       {"json": <schema>}              one JSON value
  *       {"choice": [[<part>...], ...]}  one of the part lists (tool calls: one list per function)
  */
-import { InvalidArgumentError } from "@moela/core";
+import { errorMessage, InvalidArgumentError } from "@moela/core";
 import { compileJsonSchema, lit, type GNode } from "./schema.js";
 
 export type GrammarPart =
@@ -51,7 +51,7 @@ export function compileGrammarSpec(text: string): GNode {
   try {
     spec = JSON.parse(text);
   } catch (err) {
-    throw new InvalidArgumentError(`grammar is not JSON: ${(err as Error).message}`, { cause: err });
+    throw new InvalidArgumentError(`grammar is not JSON: ${errorMessage(err)}`, { cause: err });
   }
   if (!isObject(spec)) throw new InvalidArgumentError("grammar must be a JSON object");
   if ("json" in spec) return compileJsonSchema(spec.json, "grammar.json");

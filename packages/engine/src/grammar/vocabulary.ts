@@ -3,7 +3,7 @@
  * compiled grammar of one spec over it (cached per spec text), and one sequence's matcher (matcher.ts has the
  * method). Ports-style: the engine never reads a tokenizer; the service that owns one hands in TokenTexts.
  */
-import { Code, InvalidArgumentError, MoelaError } from "@moela/core";
+import { InternalError, InvalidArgumentError } from "@moela/core";
 import { advance, advanceText, initialState, isTerminal, stateKey, type GrammarState } from "./matcher.js";
 import type { GNode } from "./schema.js";
 import { compileGrammarSpec } from "./spec.js";
@@ -259,7 +259,7 @@ export class GrammarMatcher {
     if (vocab.fillMask(state, budget, allowed) === 0 && vocab.fillMask(state, Infinity, allowed) === 0) {
       // Closed and the model has no EOS: the sequence has ended (generation.ts); a draft row is moot.
       if (isTerminal(state)) return;
-      throw new MoelaError(`no token of the vocabulary continues the constrained output`, Code.INTERNAL);
+      throw new InternalError(`no token of the vocabulary continues the constrained output`);
     }
     let finite = false;
     for (let i = 0; i < row.length; i++) {

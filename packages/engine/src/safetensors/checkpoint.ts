@@ -12,7 +12,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { CheckpointError } from "@moela/core";
+import { CheckpointError, errorMessage } from "@moela/core";
 import { readSafetensorsHeader, readSafetensorsFile, readTensorsFrom, type SafetensorsHeader, type TensorEntry, type TensorInfo } from "./reader.js";
 import { SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE } from "./writer.js";
 
@@ -71,7 +71,7 @@ export class CheckpointTensors {
     try {
       names = fs.readdirSync(dir).filter((f) => f.endsWith(".safetensors")).sort();
     } catch (e) {
-      throw new CheckpointError(dir, `cannot list the folder: ${(e as Error).message}`);
+      throw new CheckpointError(dir, `cannot list the folder: ${errorMessage(e)}`);
     }
     if (names.length === 0) {
       throw new CheckpointError(dir, `no ${SAFETENSORS_SINGLE_FILE}, ${SAFETENSORS_INDEX_FILE} or other *.safetensors file in the checkpoint folder`);
@@ -168,13 +168,13 @@ function readIndex(indexPath: string): Map<string, string> {
   try {
     text = fs.readFileSync(indexPath, "utf8");
   } catch (e) {
-    throw new CheckpointError(indexPath, `cannot read: ${(e as Error).message}`);
+    throw new CheckpointError(indexPath, `cannot read: ${errorMessage(e)}`);
   }
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (e) {
-    throw new CheckpointError(indexPath, `not valid JSON: ${(e as Error).message}`);
+    throw new CheckpointError(indexPath, `not valid JSON: ${errorMessage(e)}`);
   }
   if (!isPlainObject(json)) throw new CheckpointError(indexPath, "index must be a JSON object");
   const wm = json["weight_map"];

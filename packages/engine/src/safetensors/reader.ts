@@ -15,7 +15,7 @@
  */
 import * as fs from "node:fs";
 import { constants as bufferConstants } from "node:buffer";
-import { CheckpointError } from "@moela/core";
+import { CheckpointError, errorMessage } from "@moela/core";
 import {
   BF16_TO_F32,
   DTYPE_BYTES,
@@ -115,7 +115,7 @@ function allocate(file: string, bytes: number, tensor?: string): Buffer {
   try {
     return Buffer.allocUnsafeSlow(bytes); // not from the shared pool: each read owns its ArrayBuffer
   } catch (e) {
-    throw new CheckpointError(file, `cannot allocate ${bytes} bytes: ${(e as Error).message}`, tensor, { cause: e });
+    throw new CheckpointError(file, `cannot allocate ${bytes} bytes: ${errorMessage(e)}`, tensor, { cause: e });
   }
 }
 
@@ -238,7 +238,7 @@ function readHeaderFrom(fd: number, file: string, size: number): SafetensorsHead
   try {
     json = JSON.parse(text);
   } catch (e) {
-    throw new CheckpointError(file, `header is not valid JSON: ${(e as Error).message}`);
+    throw new CheckpointError(file, `header is not valid JSON: ${errorMessage(e)}`);
   }
   return parseSafetensorsHeader(file, json, size - 8 - n, size, 8 + n);
 }

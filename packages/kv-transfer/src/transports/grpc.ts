@@ -16,7 +16,7 @@
 import { once } from "node:events";
 import { isIPv6 } from "node:net";
 import { credentials, Metadata, type ChannelCredentials, type ClientOptions, type ServiceError } from "@grpc/grpc-js";
-import { Code, InvalidArgumentError, MoelaError } from "@moela/core";
+import { Code, errorForCode, errorMessage, InvalidArgumentError, MoelaError } from "@moela/core";
 import type { EmittedToken, GenerationParams, KvDtype } from "@moela/engine";
 import {
   DType,
@@ -301,7 +301,7 @@ export function kvTransferService(inbox: KvInbox): {
           try {
             frame = frameFromWire(req);
           } catch (err) {
-            receiver.abort({ code: Code.INVALID_ARGUMENT, reason: err instanceof Error ? err.message : String(err) });
+            receiver.abort({ code: Code.INVALID_ARGUMENT, reason: errorMessage(err) });
             break;
           }
           const state = receiver.receive(frame);
@@ -318,7 +318,7 @@ export function kvTransferService(inbox: KvInbox): {
         iterator.return?.().catch(() => {});
       }
       const outcome = await receiver.done;
-      if (!outcome.ok) throw new MoelaError(outcome.failure.reason, outcome.failure.code);
+      if (!outcome.ok) throw errorForCode(outcome.failure.code, outcome.failure.reason);
       return { transferId: outcome.ack.transferId, kvBlocks: outcome.ack.kvBlocks, bytesReceived: outcome.ack.bytesReceived };
     },
   };

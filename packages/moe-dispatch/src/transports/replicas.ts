@@ -15,7 +15,7 @@
  * (--expert-hosts "a|b,c|d") plus those found in the registry (update()), each checked once with
  * `validate` (Info against the placement) before it takes traffic. Wire types stay in grpc.ts.
  */
-import { Code, MoelaError, UnavailableError, type Logger } from "@moela/core";
+import { Code, errorMessage, InvalidArgumentError, MoelaError, UnavailableError, type Logger } from "@moela/core";
 import type { EncodedActivations } from "../codec/index.js";
 import type { ExpertHostTransport } from "../dispatcher.js";
 import type { ExpertDispatchRequest, HostInfo } from "../host.js";
@@ -40,7 +40,6 @@ interface Replica {
 }
 
 const isUnavailable = (err: unknown): boolean => err instanceof MoelaError && err.code === Code.UNAVAILABLE;
-const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
 export class ReplicatedExpertHostTransport implements ExpertHostTransport {
   readonly shard: number;
@@ -127,8 +126,8 @@ export class ReplicatedExpertHostTransport implements ExpertHostTransport {
       } catch (err) {
         if (!isUnavailable(err) || signal?.aborted) throw err;
         r.downUntil = Date.now() + this.downForMs;
-        failures.push(`${r.address}: ${message(err)}`);
-        this.logger?.warn({ shard: this.shard, replica: r.address, method, err: message(err) }, "expert-host replica unavailable; trying another replica of the shard");
+        failures.push(`${r.address}: ${errorMessage(err)}`);
+        this.logger?.warn({ shard: this.shard, replica: r.address, method, err: errorMessage(err) }, "expert-host replica unavailable; trying another replica of the shard");
       } finally {
         r.inFlight--;
         if (r.retired && r.inFlight === 0) r.transport.close();
@@ -190,7 +189,7 @@ export class ExpertShardSet {
     this.options = options;
     const statics = options.staticReplicas ?? [];
     if (statics.length > options.shardCount) {
-      throw new MoelaError(`${statics.length} static expert shards for a shard count of ${options.shardCount}`, Code.INVALID_ARGUMENT);
+      throw new InvalidArgumentError(`${statics.length} static expert shards for a shard count of ${options.shardCount}`);
     }
     this.statics = new Set(statics.flat());
     this.shards = Array.from({ length: options.shardCount }, (_, h) => new ReplicatedExpertHostTransport(h, [], options));
@@ -271,11 +270,11 @@ export class ExpertShardSet {
             continue;
           }
           if (isUnavailable(err)) {
-            this.options.logger?.warn({ shard, replica: address, err: message(err) }, "expert-host replica stayed unreachable; dropped until it is listed again");
+            this.options.logger?.warn({ shard, replica: address, err: errorMessage(err) }, "expert-host replica stayed unreachable; dropped until it is listed again");
             return;
           }
-          this.refused.set(`${shard}|${address}`, message(err));
-          this.options.logger?.error({ shard, replica: address, err: message(err) }, "expert-host replica refused: it does not match this placement");
+          this.refused.set(`${shard}|${address}`, errorMessage(err));
+          this.options.logger?.error({ shard, replica: address, err: errorMessage(err) }, "expert-host replica refused: it does not match this placement");
           if (this.statics.has(address)) this.staticFailure ??= err as Error;
           return;
         }

@@ -9,7 +9,7 @@
  * Every entry may carry a `name` (how decisions label it; default its type, which must then be unique
  * among the scorers) and `parameters` (validated by the plugin). Omitted sections take the default's.
  */
-import { ConfigError } from "@moela/core";
+import { ConfigError, errorMessage } from "@moela/core";
 import { z } from "zod";
 
 const name = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, "must be 1-64 of a-z 0-9 . _ - (starting with a letter or digit)");
@@ -76,7 +76,7 @@ export function parsePolicyJson(text: string, source = "policy"): PolicyConfig {
   try {
     value = JSON.parse(text);
   } catch (err) {
-    throw new ConfigError(`${source}: not valid JSON (${(err as Error).message})`);
+    throw new ConfigError(`${source}: not valid JSON (${errorMessage(err)})`);
   }
   return parsePolicyConfig(value, source);
 }

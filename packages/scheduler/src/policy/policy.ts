@@ -4,7 +4,7 @@
  * with its rejection or scores, the choice or why none) and, when nothing was chosen, the error the
  * request gets, classified by the filters' rejection kinds (types.ts RejectionKind).
  */
-import { Code, InvalidArgumentError, MoelaError, ResourceExhaustedError, UnavailableError } from "@moela/core";
+import { InternalError, InvalidArgumentError, MoelaError, ResourceExhaustedError, UnavailableError } from "@moela/core";
 import { DEFAULT_POLICY, type PolicyConfig } from "./config.js";
 import { freeBlocksNow, sequencesOn } from "./params.js";
 import { filterFactory, pickerFactory, scorerFactory } from "./registry.js";
@@ -52,7 +52,7 @@ export class Policy {
     this.scorers = config.scorers.map((s, i) => {
       const path = `${source}: scorers[${i}]`;
       const name = s.name ?? s.type;
-      if (names.has(name)) throw new MoelaError(`${path}: a second scorer named "${name}" (give one a distinct "name")`, Code.INVALID_ARGUMENT);
+      if (names.has(name)) throw new InvalidArgumentError(`${path}: a second scorer named "${name}" (give one a distinct "name")`);
       names.add(name);
       return { scorer: scorerFactory(s.type, path).create(s.parameters, name, `${path}.parameters`), weight: s.weight };
     });
@@ -74,7 +74,7 @@ export class Policy {
       if (alive.length === 0) break;
       const result = f.filter(request, alive.map((i) => candidates[i]!));
       if (result.verdicts.length !== alive.length) {
-        throw new MoelaError(`filter ${f.name} returned ${result.verdicts.length} verdicts for ${alive.length} candidates`, Code.INTERNAL);
+        throw new InternalError(`filter ${f.name} returned ${result.verdicts.length} verdicts for ${alive.length} candidates`);
       }
       if (result.note !== undefined) notes.push(result.note);
       alive = alive.filter((idx, k) => {
@@ -91,7 +91,7 @@ export class Policy {
       for (const { scorer } of this.scorers) {
         const s = scorer.score(request, set);
         if (s.length !== set.length || s.some((x) => !(Number.isFinite(x) && x >= 0 && x <= 1))) {
-          throw new MoelaError(`scorer ${scorer.name} returned [${s.join(", ")}] for ${set.length} candidates (want one score in [0, 1] each)`, Code.INTERNAL);
+          throw new InternalError(`scorer ${scorer.name} returned [${s.join(", ")}] for ${set.length} candidates (want one score in [0, 1] each)`);
         }
         alive.forEach((idx, k) => (scores.get(idx)![scorer.name] = s[k]!));
       }

@@ -8,6 +8,7 @@ import type { Logger } from "@moela/core";
 import { Queue, QueueEvents, type ConnectionOptions, type Job } from "bullmq";
 import type { Redis } from "ioredis";
 import { PREFILL_JOB_OPTIONS, PREFILL_QUEUE, type PrefillJob } from "../queues.js";
+import { errorMessage } from "@moela/core";
 
 /** BullMQ queue name of an instance's own prefill queue. */
 export function instancePrefillQueue(instanceId: string): string {
@@ -141,7 +142,7 @@ export class InstanceQueues {
         if (n > 0) this.o.logger?.warn({ instance: id, moved: n }, "moved a departed prefill instance's queued jobs to the shared queue");
       }
     } catch (err) {
-      this.o.logger?.warn({ err: (err as Error).message }, "prefill queue rescue failed (retrying)");
+      this.o.logger?.warn({ err: errorMessage(err) }, "prefill queue rescue failed (retrying)");
     }
     return moved;
   }

@@ -6,6 +6,7 @@ import type { Logger } from "@moela/core";
 import type { Redis } from "ioredis";
 import { validateQueuePrefix } from "../queues.js";
 import { prefillQueuesKey } from "./instance-queues.js";
+import { errorMessage } from "@moela/core";
 
 /** The SET of prefix keys an instance holds. */
 export function prefixSetKey(prefix: string, instanceId: string): string {
@@ -104,7 +105,7 @@ export class PrefixPublisher {
       if (this.failing) this.options.logger?.info({ key: this.key }, "prefix keys published again");
       this.failing = false;
     } catch (err) {
-      if (!this.failing) this.options.logger?.warn({ key: this.key, err: (err as Error).message }, "cannot publish prefix keys (retrying every refresh)");
+      if (!this.failing) this.options.logger?.warn({ key: this.key, err: errorMessage(err) }, "cannot publish prefix keys (retrying every refresh)");
       this.failing = true;
     }
   }

@@ -4,7 +4,7 @@
  * instances' queues (../prefill-routing.ts has the whole picture).
  */
 import type { EventEmitter } from "node:events";
-import { longestPrefix, prefixBlockHashes, type Logger } from "@moela/core";
+import { errorMessage, longestPrefix, prefixBlockHashes, type Logger } from "@moela/core";
 import type { ConnectionOptions, Queue } from "bullmq";
 import type { Redis } from "ioredis";
 import { Policy } from "../policy/policy.js";
@@ -146,7 +146,7 @@ export class PrefillRouter {
     try {
       await iq.ready;
     } catch (err) {
-      return shared(`${id}'s queue is not reachable (${(err as Error).message}): shared queue`);
+      return shared(`${id}'s queue is not reachable (${errorMessage(err)}): shared queue`);
     }
     const keys = held?.get(id);
     const blockSize = records.find((r) => r.id === id)!.load.blockSize;
@@ -202,7 +202,7 @@ export class PrefillRouter {
       });
       return out;
     } catch (err) {
-      this.o.logger?.warn({ err: (err as Error).message }, "prefix lookup failed; choosing the prefill instance without it");
+      this.o.logger?.warn({ err: errorMessage(err) }, "prefix lookup failed; choosing the prefill instance without it");
       return null;
     } finally {
       clearTimeout(timer);
