@@ -136,24 +136,28 @@ function tokenCost(model: DeepseekModel): TokenCost {
     vec("norms", layer.inputNorm);
     vec("norms", layer.postNorm);
     const a = layer.attn;
-    mat("attention", a.qA?.w);
-    vec("attention", a.qA?.bias);
-    vec("norms", a.qANorm);
-    mat("attention", a.qB);
-    mat("attention", a.q?.w);
-    vec("attention", a.q?.bias);
+    if (a.query.kind === "lora") {
+      mat("attention", a.query.qA.w);
+      vec("attention", a.query.qA.bias);
+      vec("norms", a.query.qANorm);
+      mat("attention", a.query.qB);
+    } else {
+      mat("attention", a.query.q.w);
+      vec("attention", a.query.q.bias);
+    }
     mat("attention", a.kvA.w);
     vec("attention", a.kvA.bias);
     vec("norms", a.kvANorm);
     mat("attention", a.kvB); // W_UK and W_UV, each row once
     mat("attention", a.o.w);
     vec("attention", a.o.bias);
-    if (layer.mlp) for (const m of [layer.mlp.gate, layer.mlp.up, layer.mlp.down]) mat("dense MLP", m);
-    if (layer.moe) {
-      mat("MoE router", layer.moe.gate);
-      vec("MoE router", layer.moe.bias);
-      if (layer.moe.shared) for (const m of [layer.moe.shared.gate, layer.moe.shared.up, layer.moe.shared.down]) mat("shared experts", m);
-      const loaded = layer.moe.experts.filter((e) => e !== null);
+    const ffn = layer.ffn;
+    if (ffn.kind === "dense") for (const m of [ffn.mlp.gate, ffn.mlp.up, ffn.mlp.down]) mat("dense MLP", m);
+    else {
+      mat("MoE router", ffn.gate);
+      vec("MoE router", ffn.bias);
+      if (ffn.shared) for (const m of [ffn.shared.gate, ffn.shared.up, ffn.shared.down]) mat("shared experts", m);
+      const loaded = ffn.experts.filter((e) => e !== null);
       if (loaded.length === 0) throw new Error(`layer ${layer.index}: no routed experts loaded`);
       let bytes = 0;
       let elements = 0;

@@ -27,7 +27,7 @@ import { LocalExpertExecutor } from "./layers/moe.js";
 import type { PagedLatentCache } from "./kv-cache/paged-latent.js";
 import type { ExpertExecutor, KvSink } from "./ports.js";
 import { softmaxExp } from "./tensor/softmax.js";
-import { loadWeights, type AttentionWeights, type BlockWeights, type LoadOptions, type MlpWeights, type ModelWeights, type MoeWeights } from "./weights.js";
+import { loadWeights, type AttentionWeights, type BlockWeights, type LoadOptions, type MlpWeights, type ModelWeights, type MoeWeights, type QueryWeights } from "./weights.js";
 import { ScratchBuffer, Workspace } from "./workspace.js";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -249,7 +249,7 @@ export class DeepseekModel {
   /** MoE weights by layer index (main layers and MTP blocks). */
   moeLayers(): Map<number, MoeWeights> {
     const m = new Map<number, MoeWeights>();
-    for (const b of [...this.weights.layers, ...this.weights.mtp.map((x) => x.block)]) if (b.moe) m.set(b.index, b.moe);
+    for (const b of [...this.weights.layers, ...this.weights.mtp.map((x) => x.block)]) if (b.ffn.kind === "moe") m.set(b.index, b.ffn);
     return m;
   }
 
@@ -431,9 +431,9 @@ export class DeepseekModel {
     for (let i = 0; i < T * hd; i++) h[i] = h[i]! + y[i]!;
     rmsNormRows(h, T, hd, b.postNorm, c.rmsNormEps, xn);
     if (clock) t0 = clock.since("attention", t0);
-    if (b.moe) await this.moe(b.index, b.moe, xn, T, y);
+    if (b.ffn.kind === "moe") await this.moe(b.index, b.ffn, xn, T, y);
     else {
-      await this.mlpA([b.mlp!], [T], xn, y);
+      await this.mlpA([b.ffn.mlp], [T], xn, y);
       clock?.since("dense_mlp", t0);
     }
     for (let i = 0; i < T * hd; i++) h[i] = h[i]! + y[i]!;
@@ -495,7 +495,7 @@ export class DeepseekModel {
   ): Promise<void> {
     const a = b.attn;
     const rope = this.ropeTables(seqs, T);
-    const q = await this.projectQuery(a, xn, T, rope); // [T, H * dq]
+    const q = await this.projectQuery(a.query, xn, T, rope); // [T, H * dq]
     const lat = await this.projectLatents(a, xn, T, rope); // [T, D]
     const heads = this.scratch.attn.heads.get(T * this.mla.H * this.mla.dv); // [T, H * dv]
     if (opts.attention === "absorbed") await this.absorbedAttention(b, cache, seqs, q, lat, T, heads, opts);
@@ -517,18 +517,18 @@ export class DeepseekModel {
   }
 
   /** Queries: q = q_b_proj(q_a_layernorm(q_a_proj(x))) or q_proj(x), RoPE on q_rope. [T, H * dq], per head [q_nope | q_rope]. */
-  private async projectQuery(a: AttentionWeights, xn: Float32Array, T: number, rope: RopeRows): Promise<Float32Array> {
+  private async projectQuery(w: QueryWeights, xn: Float32Array, T: number, rope: RopeRows): Promise<Float32Array> {
     const { H, dn, dr, dq } = this.mla;
     const q = this.scratch.attn.q.get(T * H * dq);
-    if (a.qA !== null) {
-      const qa = this.scratch.attn.qa.get(T * a.qA.w.rows); // [T, q_lora_rank]
-      await this.mmA(a.qA.w, xn, T, qa);
-      addBias(qa, T, a.qA.bias);
-      rmsNormRows(qa, T, a.qA.w.rows, a.qANorm!, LATENT_NORM_EPS, qa);
-      await this.mmA(a.qB!, qa, T, q);
+    if (w.kind === "lora") {
+      const qa = this.scratch.attn.qa.get(T * w.qA.w.rows); // [T, q_lora_rank]
+      await this.mmA(w.qA.w, xn, T, qa);
+      addBias(qa, T, w.qA.bias);
+      rmsNormRows(qa, T, w.qA.w.rows, w.qANorm, LATENT_NORM_EPS, qa);
+      await this.mmA(w.qB, qa, T, q);
     } else {
-      await this.mmA(a.q!.w, xn, T, q);
-      addBias(q, T, a.q!.bias);
+      await this.mmA(w.q.w, xn, T, q);
+      addBias(q, T, w.q.bias);
     }
     for (let i = 0; i < T; i++) for (let hh = 0; hh < H; hh++) applyRotary(q, (i * H + hh) * dq + dn, rope.cos, rope.sin, i, dr / 2);
     return q;

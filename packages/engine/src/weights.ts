@@ -20,11 +20,21 @@ export interface MlpWeights {
   readonly down: WeightMatrix; // [hidden, inter]
 }
 
+/** The query projection: low rank through q_lora_rank (V3, V2), or one matrix when q_lora_rank is null (V2-Lite). */
+export type QueryWeights =
+  | {
+      readonly kind: "lora";
+      readonly qA: Linear; // [q_lora_rank, hidden]
+      readonly qANorm: Float32Array; // [q_lora_rank]
+      readonly qB: WeightMatrix; // [heads * qk_head_dim, q_lora_rank]
+    }
+  | {
+      readonly kind: "direct";
+      readonly q: Linear; // [heads * qk_head_dim, hidden]
+    };
+
 export interface AttentionWeights {
-  readonly qA: Linear | null; // [q_lora_rank, hidden]
-  readonly qANorm: Float32Array | null; // [q_lora_rank]
-  readonly qB: WeightMatrix | null; // [heads * qk_head_dim, q_lora_rank]
-  readonly q: Linear | null; // [heads * qk_head_dim, hidden] when q_lora_rank is null
+  readonly query: QueryWeights;
   readonly kvA: Linear; // [kv_lora_rank + qk_rope_head_dim, hidden]
   readonly kvANorm: Float32Array; // [kv_lora_rank]
   readonly kvB: WeightMatrix; // [heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank]
@@ -39,13 +49,15 @@ export interface MoeWeights {
   readonly shared: MlpWeights | null; // intermediate = moe_intermediate_size * n_shared_experts
 }
 
+/** A block's FFN: a dense SwiGLU MLP (the first first_k_dense_replace layers, and off the moe_layer_freq grid), or MoE. */
+export type FfnWeights = { readonly kind: "dense"; readonly mlp: MlpWeights } | ({ readonly kind: "moe" } & MoeWeights);
+
 export interface BlockWeights {
   readonly index: number;
   readonly inputNorm: Float32Array; // [hidden]
   readonly postNorm: Float32Array; // [hidden]
   readonly attn: AttentionWeights;
-  readonly mlp: MlpWeights | null; // dense layers
-  readonly moe: MoeWeights | null; // MoE layers
+  readonly ffn: FfnWeights;
 }
 
 export interface MtpWeights {
@@ -186,10 +198,15 @@ export class WeightLoader {
     const qOut = c.numHeads * c.qkHeadDim;
     const lora = c.qLoraRank;
     return {
-      qA: lora === null ? null : this.linear(`${prefix}.q_a_proj`, lora, h),
-      qANorm: lora === null ? null : this.vector(`${prefix}.q_a_layernorm.weight`, lora),
-      qB: lora === null ? null : this.matrix(`${prefix}.q_b_proj.weight`, qOut, lora),
-      q: lora === null ? this.linear(`${prefix}.q_proj`, qOut, h) : null,
+      query:
+        lora === null
+          ? { kind: "direct", q: this.linear(`${prefix}.q_proj`, qOut, h) }
+          : {
+              kind: "lora",
+              qA: this.linear(`${prefix}.q_a_proj`, lora, h),
+              qANorm: this.vector(`${prefix}.q_a_layernorm.weight`, lora),
+              qB: this.matrix(`${prefix}.q_b_proj.weight`, qOut, lora),
+            },
       kvA: this.linear(`${prefix}.kv_a_proj_with_mqa`, c.kvLoraRank + c.qkRopeHeadDim, h),
       kvANorm: this.vector(`${prefix}.kv_a_layernorm.weight`, c.kvLoraRank),
       kvB: this.matrix(`${prefix}.kv_b_proj.weight`, c.numHeads * (c.qkNopeHeadDim + c.vHeadDim), c.kvLoraRank),
@@ -201,25 +218,26 @@ export class WeightLoader {
     const c = this.cfg;
     const p = `model.layers.${i}`;
     const h = c.hiddenSize;
-    const moe = isMoeLayer(c, i);
-    const want = opts.routedExperts ?? (() => true);
     return {
       index: i,
       inputNorm: this.vector(`${p}.input_layernorm.weight`, h),
       postNorm: this.vector(`${p}.post_attention_layernorm.weight`, h),
       attn: this.attention(`${p}.self_attn`),
-      mlp: moe ? null : this.mlp(`${p}.mlp`, c.intermediateSize),
-      moe: moe
-        ? {
-            gate: this.matrix(`${p}.mlp.gate.weight`, c.nRoutedExperts, h),
-            bias:
-              c.topkMethod === "noaux_tc" ? this.vector(`${p}.mlp.gate.e_score_correction_bias`, c.nRoutedExperts) : null,
-            experts: Array.from({ length: c.nRoutedExperts }, (_, e) =>
-              want(i, e) ? this.mlp(`${p}.mlp.experts.${e}`, c.moeIntermediateSize) : null,
-            ),
-            shared: c.nSharedExperts > 0 ? this.mlp(`${p}.mlp.shared_experts`, c.moeIntermediateSize * c.nSharedExperts) : null,
-          }
-        : null,
+      ffn: isMoeLayer(c, i) ? this.moe(i, opts) : { kind: "dense", mlp: this.mlp(`${p}.mlp`, c.intermediateSize) },
+    };
+  }
+
+  /** Layer i's MoE: router, the routed experts `opts.routedExperts` asks for (null elsewhere), shared expert. */
+  moe(i: number, opts: LoadOptions): FfnWeights {
+    const c = this.cfg;
+    const p = `model.layers.${i}.mlp`;
+    const want = opts.routedExperts ?? (() => true);
+    return {
+      kind: "moe",
+      gate: this.matrix(`${p}.gate.weight`, c.nRoutedExperts, c.hiddenSize),
+      bias: c.topkMethod === "noaux_tc" ? this.vector(`${p}.gate.e_score_correction_bias`, c.nRoutedExperts) : null,
+      experts: Array.from({ length: c.nRoutedExperts }, (_, e) => (want(i, e) ? this.mlp(`${p}.experts.${e}`, c.moeIntermediateSize) : null)),
+      shared: c.nSharedExperts > 0 ? this.mlp(`${p}.shared_experts`, c.moeIntermediateSize * c.nSharedExperts) : null,
     };
   }
 }

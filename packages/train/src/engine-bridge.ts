@@ -24,24 +24,23 @@ export function toEngineWeights(model: TrainModel): ModelWeights {
       inputNorm: f32(`${p}.input_layernorm.weight`),
       postNorm: f32(`${p}.post_attention_layernorm.weight`),
       attn: {
-        qA: lora ? { w: mat(`${a}.q_a_proj.weight`), bias: null } : null,
-        qANorm: lora ? f32(`${a}.q_a_layernorm.weight`) : null,
-        qB: lora ? mat(`${a}.q_b_proj.weight`) : null,
-        q: lora ? null : { w: mat(`${a}.q_proj.weight`), bias: null },
+        query: lora
+          ? { kind: "lora", qA: { w: mat(`${a}.q_a_proj.weight`), bias: null }, qANorm: f32(`${a}.q_a_layernorm.weight`), qB: mat(`${a}.q_b_proj.weight`) }
+          : { kind: "direct", q: { w: mat(`${a}.q_proj.weight`), bias: null } },
         kvA: { w: mat(`${a}.kv_a_proj_with_mqa.weight`), bias: null },
         kvANorm: f32(`${a}.kv_a_layernorm.weight`),
         kvB: mat(`${a}.kv_b_proj.weight`),
         o: { w: mat(`${a}.o_proj.weight`), bias: null },
       },
-      mlp: moe ? null : mlp(`${p}.mlp`),
-      moe: moe
+      ffn: moe
         ? {
+            kind: "moe",
             gate: mat(`${p}.mlp.gate.weight`),
             bias: c.topkMethod === "noaux_tc" ? f32(`${p}.mlp.gate.e_score_correction_bias`) : null,
             experts: Array.from({ length: c.nRoutedExperts }, (_, e) => mlp(`${p}.mlp.experts.${e}`)),
             shared: c.nSharedExperts > 0 ? mlp(`${p}.mlp.shared_experts`) : null,
           }
-        : null,
+        : { kind: "dense", mlp: mlp(`${p}.mlp`) },
     };
   };
   const embed = mat("model.embed_tokens.weight");
