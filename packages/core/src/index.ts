@@ -8,3 +8,4 @@ export * from "./progress.js";
 export * from "./clock.js";
 export * from "./disposables.js";
 export * from "./ready-line.js";
+export * from "./lifecycle.js";
