@@ -78,4 +78,5 @@ export {
   type InternalSecurityNames,
   type RefusedCall,
 } from "./security.js";
+export { INTERNAL_SECURITY_SCHEMA, internalSecurityOf, withInternalSecurity, type InternalSecurityKey, type WithInternalSecurity } from "./security-settings.js";
 export { connect, unaryCall, serverStreamCall, clientStreamCall, type CallOpts } from "./client.js";

@@ -5,7 +5,7 @@
 import { z } from "zod";
 import { InvalidArgumentError, readSettings, usageLines, validateSettings, type Settings } from "@moela/core";
 import { PRECISION_NAMES } from "@moela/moe-dispatch";
-import { internalSecurityNames, internalSecuritySettings, parseInternalSecurity, type InternalSecurity } from "@moela/rpc";
+import { INTERNAL_SECURITY_SCHEMA, internalSecuritySettings, withInternalSecurity, type WithInternalSecurity } from "@moela/rpc";
 
 /** Every setting: its flag, env twin, whether it is a boolean switch, and its help line. */
 export const SETTINGS = {
@@ -152,12 +152,7 @@ const settingsSchema = z.object({
   advertiseAddress: dialable.optional(),
   expertShards: intString(1).optional(),
   // Checked (and the files read) by parseInternalSecurity, whose errors never repeat a secret.
-  internalSecret: z.string().optional(),
-  internalSecretFile: z.string().optional(),
-  tlsCert: z.string().optional(),
-  tlsKey: z.string().optional(),
-  tlsCa: z.string().optional(),
-  tlsClientAuth: z.string().optional(),
+  ...INTERNAL_SECURITY_SCHEMA,
 });
 
 const schema = settingsSchema
@@ -169,13 +164,8 @@ const schema = settingsSchema
   // One setting once validated: --no-speculative is --speculative off.
   .transform(({ noSpeculative, speculative, ...rest }) => ({ ...rest, speculative: noSpeculative ? ("off" as const) : (speculative ?? "auto") }));
 
-type InternalSecurityKeys = "internalSecret" | "internalSecretFile" | "tlsCert" | "tlsKey" | "tlsCa" | "tlsClientAuth";
-export type DecodeConfig = Readonly<
-  Omit<z.output<typeof schema>, InternalSecurityKeys> & {
-    /** Internal gRPC security: the secret its callers must present, TLS/mTLS; also used towards the expert-hosts. */
-    security: InternalSecurity;
-  }
->;
+/** The validated settings; `security`: internal gRPC security: the secret its callers must present, TLS/mTLS; also used towards the expert-hosts. */
+export type DecodeConfig = Readonly<WithInternalSecurity<z.output<typeof schema>>>;
 
 export const USAGE = [
   "usage: decode --model DIR [--expert-hosts H0,H1,...] [options]",
@@ -190,15 +180,7 @@ export const USAGE = [
 export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): DecodeConfig | null {
   const { help, raw } = readSettings(SETTINGS, argv, env, { name: "decode", error: InvalidArgumentError, help: true, argvErrorSuffix: `\n${USAGE}` });
   if (help) return null;
-  const { internalSecret, internalSecretFile, tlsCert, tlsKey, tlsCa, tlsClientAuth, ...parsed } = validateSettings(SETTINGS, raw, schema.safeParse(raw), {
-    name: "decode",
-    error: InvalidArgumentError,
-    report: "all",
-  });
-  const security = parseInternalSecurity(
-    { internalSecret, internalSecretFile, tlsCert, tlsKey, tlsCa, tlsClientAuth },
-    internalSecurityNames("MOELA_DECODE_"),
-    "decode",
-  );
-  return Object.freeze({ ...parsed, security, expertHosts: Object.freeze([...parsed.expertHosts]) as string[] });
+  const validated = validateSettings(SETTINGS, raw, schema.safeParse(raw), { name: "decode", error: InvalidArgumentError, report: "all" });
+  const parsed = withInternalSecurity(validated, "MOELA_DECODE_", "decode");
+  return Object.freeze({ ...parsed, expertHosts: Object.freeze([...parsed.expertHosts]) as string[] });
 }

@@ -5,7 +5,7 @@
 import { z } from "zod";
 import { InvalidArgumentError, readSettings, usageLines, validateSettings, type Settings } from "@moela/core";
 import { PRECISION_NAMES } from "@moela/moe-dispatch";
-import { internalSecurityNames, internalSecuritySettings, parseInternalSecurity, type InternalSecurity } from "@moela/rpc";
+import { INTERNAL_SECURITY_SCHEMA, internalSecuritySettings, withInternalSecurity, type WithInternalSecurity } from "@moela/rpc";
 
 /** Every setting: its flag, env twin, whether it is a boolean switch, and its help line. */
 export const SETTINGS = {
@@ -74,21 +74,11 @@ const schema = z.object({
   queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").optional(),
   advertiseAddress: z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):(\d{1,5})$/, "must be host:port").optional(),
   // Checked (and the files read) by parseInternalSecurity, whose errors never repeat a secret.
-  internalSecret: z.string().optional(),
-  internalSecretFile: z.string().optional(),
-  tlsCert: z.string().optional(),
-  tlsKey: z.string().optional(),
-  tlsCa: z.string().optional(),
-  tlsClientAuth: z.string().optional(),
+  ...INTERNAL_SECURITY_SCHEMA,
 });
 
-type InternalSecurityKeys = "internalSecret" | "internalSecretFile" | "tlsCert" | "tlsKey" | "tlsCa" | "tlsClientAuth";
-export type ExpertHostConfig = Readonly<
-  Omit<z.output<typeof schema>, InternalSecurityKeys> & {
-    /** Internal gRPC security: the secret callers (prefill, decode) must present, TLS/mTLS. */
-    security: InternalSecurity;
-  }
->;
+/** The validated settings; `security`: internal gRPC security: the secret callers (prefill, decode) must present, TLS/mTLS. */
+export type ExpertHostConfig = Readonly<WithInternalSecurity<z.output<typeof schema>>>;
 
 export const USAGE = [
   "usage: expert-host --model DIR --shard-index I --shard-count H [options]",
@@ -103,20 +93,11 @@ export const USAGE = [
 export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): ExpertHostConfig | null {
   const { help, raw } = readSettings(SETTINGS, argv, env, { name: "expert-host", error: InvalidArgumentError, help: true, argvErrorSuffix: `\n${USAGE}` });
   if (help) return null;
-  const { internalSecret, internalSecretFile, tlsCert, tlsKey, tlsCa, tlsClientAuth, ...cfg } = validateSettings(SETTINGS, raw, schema.safeParse(raw), {
-    name: "expert-host",
-    error: InvalidArgumentError,
-    report: "all",
-  });
+  const cfg = validateSettings(SETTINGS, raw, schema.safeParse(raw), { name: "expert-host", error: InvalidArgumentError, report: "all" });
   if (cfg.shardIndex >= cfg.shardCount) {
     throw new InvalidArgumentError(
       `expert-host: ${SETTINGS.shardIndex.flag} / ${SETTINGS.shardIndex.env} is ${cfg.shardIndex}, must be below ${SETTINGS.shardCount.flag} / ${SETTINGS.shardCount.env} (${cfg.shardCount})`,
     );
   }
-  const security = parseInternalSecurity(
-    { internalSecret, internalSecretFile, tlsCert, tlsKey, tlsCa, tlsClientAuth },
-    internalSecurityNames("MOELA_EXPERT_HOST_"),
-    "expert-host",
-  );
-  return Object.freeze({ ...cfg, security });
+  return Object.freeze(withInternalSecurity(cfg, "MOELA_EXPERT_HOST_", "expert-host"));
 }

@@ -34,7 +34,7 @@ import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { ConfigError, envNameOf, flagList, readSettings, settingsFromKeys, usageLines, validateSettings } from "@moela/core";
 import { PRECISION_NAMES, type PrecisionName } from "@moela/moe-dispatch";
-import { INTERNAL_SECURITY_HELP, internalSecurityNames, parseInternalSecurity, type InternalSecurity } from "@moela/rpc";
+import { INTERNAL_SECURITY_HELP, INTERNAL_SECURITY_SCHEMA, internalSecurityOf, type InternalSecurity } from "@moela/rpc";
 import { z } from "zod";
 
 /** Blocks the prefix cache keeps unless told otherwise (16k tokens at 16 tokens per block). */
@@ -69,12 +69,7 @@ const schema = z.strictObject({
   threads: positiveInt.max(256, "must be at most 256").default(1),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
   // Internal gRPC security (@moela/rpc security.ts), checked and read by parseInternalSecurity.
-  internalSecret: z.string().optional(),
-  internalSecretFile: z.string().optional(),
-  tlsCert: z.string().optional(),
-  tlsKey: z.string().optional(),
-  tlsCa: z.string().optional(),
-  tlsClientAuth: z.string().optional(),
+  ...INTERNAL_SECURITY_SCHEMA,
 });
 
 export interface PrefillConfig {
@@ -178,11 +173,6 @@ export function parsePrefillConfig(argv: readonly string[], env: NodeJS.ProcessE
     kernels: c.kernels,
     threads: c.threads,
     logLevel: c.logLevel,
-    security: parseInternalSecurity(
-      { internalSecret: c.internalSecret, internalSecretFile: c.internalSecretFile, tlsCert: c.tlsCert, tlsKey: c.tlsKey, tlsCa: c.tlsCa, tlsClientAuth: c.tlsClientAuth },
-      internalSecurityNames("MOELA_PREFILL_"),
-      "prefill",
-      ConfigError,
-    ),
+    security: internalSecurityOf(c, "MOELA_PREFILL_", "prefill", ConfigError),
   });
 }

@@ -42,7 +42,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { ConfigError, envNameOf, errorMessage, flagList, readSettings, settingsFromKeys, usageLines, validateSettings } from "@moela/core";
-import { INTERNAL_SECURITY_HELP, internalSecurityNames, parseInternalSecurity, type InternalSecurity } from "@moela/rpc";
+import { INTERNAL_SECURITY_HELP, internalSecurityOf, type InternalSecurity } from "@moela/rpc";
 import { PREFILL_DEFAULT_MAX_PROMPT_TOKENS } from "@moela/openai-api";
 import { DEFAULT_POLICY, parsePolicyJson, Policy, PRECISIONS, type PolicyConfig, type PrecisionProfile } from "@moela/scheduler";
 import { z } from "zod";
@@ -228,12 +228,7 @@ export function parseRouterConfig(argv: readonly string[], env: NodeJS.ProcessEn
     tokenizerThreads: c.tokenizerThreads,
     strictApi: c.strictApi,
     logLevel: c.logLevel,
-    security: parseInternalSecurity(
-      { internalSecret: c.internalSecret, internalSecretFile: c.internalSecretFile, tlsCert: c.tlsCert, tlsKey: c.tlsKey, tlsCa: c.tlsCa },
-      internalSecurityNames("MOELA_ROUTER_"),
-      "router",
-      ConfigError,
-    ),
+    security: internalSecurityOf(c, "MOELA_ROUTER_", "router", ConfigError),
   });
 }
 
