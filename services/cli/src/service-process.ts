@@ -9,7 +9,7 @@ import type { Socket } from "node:net";
 import { createWriteStream, mkdirSync, type WriteStream } from "node:fs";
 import { dirname } from "node:path";
 import { createInterface } from "node:readline";
-import { Code, InvalidArgumentError, MoelaError, parseReadyLine, type ReadyLine, type ServiceRole as Role } from "@moela/core";
+import { errorMessage, InvalidArgumentError, parseReadyLine, UnavailableError, type ReadyLine, type ServiceRole as Role } from "@moela/core";
 import { PARENT_FD, PARENT_FD_ENV } from "./parent-watch.js";
 import { MOELA_BIN } from "./paths.js";
 import { stopChild } from "./redis-local.js";
@@ -27,13 +27,13 @@ export function describeExit(e: ExitInfo): string {
 }
 
 /** A service that died, timed out or misbehaved before it was up; carries its last log lines. */
-export class ServiceStartError extends MoelaError {
+export class ServiceStartError extends UnavailableError {
   readonly label: string;
   readonly logPath: string;
   readonly tail: readonly string[];
   constructor(label: string, what: string, logPath: string, tail: readonly string[]) {
     const lines = tail.length > 0 ? `\n--- last ${tail.length} log lines of ${label} (${logPath}) ---\n${tail.join("\n")}` : ` (no output; log: ${logPath})`;
-    super(`${label} ${what}${lines}`, Code.UNAVAILABLE);
+    super(`${label} ${what}${lines}`);
     this.label = label;
     this.logPath = logPath;
     this.tail = tail;
@@ -117,7 +117,7 @@ export class ServiceProcess {
         this.readyLine = ready;
         resolveReady(ready);
       } catch (err) {
-        rejectReady(new ServiceStartError(this.label, `printed a bad ready line: ${(err as Error).message}`, this.logPath, this.tail()));
+        rejectReady(new ServiceStartError(this.label, `printed a bad ready line: ${errorMessage(err)}`, this.logPath, this.tail()));
       }
     };
     const closes = [this.child.stdout!, this.child.stderr!].map((stream, i) => {

@@ -3,7 +3,7 @@
  * it from its configuration, prints the ready line, waits for SIGTERM/SIGINT, drains and exits 0;
  * startRouter() does the same composition for tests and in-process clusters.
  */
-import { createLogger, formatReadyLine, MoelaError, runService, splitHostPort, UnavailableError, type Logger } from "@moela/core";
+import { createLogger, formatReadyLine, InternalError, runService, splitHostPort, UnavailableError, type Logger } from "@moela/core";
 import { checkJsonSchema, readModelConfig } from "@moela/engine";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import { toWirePrecision } from "@moela/moe-dispatch";
@@ -80,7 +80,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
   const modelConfig = readModelConfig(config.model);
   const maxModelLen = config.maxModelLen ?? modelConfig.maxPositionEmbeddings;
   if (maxModelLen > modelConfig.maxPositionEmbeddings) {
-    throw new MoelaError(
+    throw new InternalError(
       `--max-model-len ${maxModelLen} exceeds the model's max_position_embeddings (${modelConfig.maxPositionEmbeddings})`,
     );
   }
