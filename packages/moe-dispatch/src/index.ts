@@ -4,6 +4,7 @@ export * from "./profile.js";
 export * from "./layout.js";
 export * from "./host.js";
 export * from "./dispatcher.js";
+export * from "./connect-shards.js";
 export * from "./transports/in-process.js";
 export * from "./transports/grpc.js";
 export * from "./transports/replicas.js";

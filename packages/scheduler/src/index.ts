@@ -10,3 +10,4 @@ export * from "./decisions.js";
 export * from "./decode-pool.js";
 export * from "./admission.js";
 export * from "./prefill-routing.js";
+export * from "./expert-discovery.js";

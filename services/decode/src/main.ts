@@ -21,24 +21,13 @@
  * --expert-hosts: from the registry alone). Each shard may have several replicas ("a|b" in
  * --expert-hosts, or several registered): a dispatch fails over between them (moe-dispatch replicas.ts).
  */
-import { realpathSync } from "node:fs";
 import { basename, resolve } from "node:path";
-import { pathToFileURL } from "node:url";
-import { type Clock, Code, errorMessage, FailedPreconditionError, formatReadyLine, InvalidArgumentError, runService, splitHostPort, UnavailableError, withWeightLoadBar, type Logger } from "@moela/core";
+import { type Clock, Code, DisposableStack, errorMessage, FailedPreconditionError, formatReadyLine, isEntryPoint, runService, splitHostPort, UnavailableError, withWeightLoadBar, type Logger } from "@moela/core";
 import { configureKernels, DeepseekModel, Engine, PhaseTimes } from "@moela/engine";
 import { KvInbox, KvLedger, kvTransferService } from "@moela/kv-transfer";
-import { createServiceMetrics, grpcCodeName, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
-import {
-  checkHostInfo,
-  checkpointModelId,
-  createInProcessExperts,
-  ExpertShardSet,
-  HostedExpertExecutor,
-  parseShardReplicas,
-  placementFor,
-  precisionProfile,
-} from "@moela/moe-dispatch";
-import { advertisedAddress, createRedisClient, InstanceRegistry, RegistryWatcher, shardReplicas, type Registration } from "@moela/scheduler";
+import { createServiceMetrics, grpcCodeName, rpcServerCallRecorder, startMetricsServer, type MetricsOf, type MetricsServer, type ServiceMetrics } from "@moela/metrics";
+import { checkExpertShardsConfig, checkpointModelId, connectExpertShards, createInProcessExperts, precisionProfile, type PrecisionProfile } from "@moela/moe-dispatch";
+import { advertisedAddress, createRedisClient, InstanceRegistry, registeredExpertHosts, type Registration } from "@moela/scheduler";
 import { DecodeService, KvTransferService } from "@moela/proto-gen";
 import { tokenTextsOption } from "@moela/tokenizer";
 import { clientChannel, createServer, drainAndClose, serve, type RpcServer } from "@moela/rpc";
@@ -78,153 +67,199 @@ export interface DecodeDeps {
   readonly clock?: Clock;
 }
 
+/** What the parts of startDecode share. */
+interface DecodeParts {
+  readonly cfg: DecodeConfig;
+  readonly logger: Logger;
+  readonly deps: DecodeDeps;
+  readonly modelId: string;
+  /** The `model` label: the model folder's name, the router's default served name (names.ts). */
+  readonly modelName: string;
+  readonly m: MetricsOf<"decode">;
+  /** Every block this instance holds for a request (transfer reservations, sequences), and the one path that gives them back. */
+  readonly ledger: KvLedger;
+  /** Closed last on shutdown (and on a failed start): expert-host channels, the registry watcher, Redis. */
+  readonly hosts: DisposableStack;
+}
+
 /** Load the model, connect the expert-hosts and serve: the whole service without the process lifecycle. */
 export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: DecodeDeps = {}): Promise<RunningDecode> {
   const t0 = performance.now();
   const profile = precisionProfile(cfg.precision);
-  const modelId = deps.modelId ?? checkpointModelId(cfg.model);
-
   // Gauges read at scrape time, from objects made below.
-  let engine: Engine | undefined;
-  let batcher: Batcher | undefined;
+  const live: { engine?: Engine; batcher?: Batcher } = {};
+  const { metrics, ledger } = decodeMetrics(cfg, live);
+  const hosts = new DisposableStack();
+  const p: DecodeParts = { cfg, logger, deps, modelId: deps.modelId ?? checkpointModelId(cfg.model), modelName: basename(resolve(cfg.model)), m: metrics.m, ledger, hosts };
+  try {
+    const registry = openRegistry(cfg, logger, hosts);
+    // Process-wide, so the in-process expert-host (no --expert-hosts) computes with the same kernels.
+    configureKernels(cfg.kernels, cfg.threads);
+    const model = await loadModel(p, profile, registry);
+    const phaseTimes = new PhaseTimes();
+    model.phaseTimes = phaseTimes;
+    const engine = new Engine(model, {
+      blockSize: cfg.blockSize,
+      numBlocks: cfg.kvBlocks,
+      speculation: cfg.speculative,
+      microBatches: cfg.microBatches,
+      // Constrained decoding (response_format, forced tool calls): the grammar's mask needs each token's text.
+      ...tokenTextsOption(cfg.model),
+    });
+    live.engine = engine;
+    const { modelId } = p;
+    logger.info(
+      { model: cfg.model, modelId, precision: profile.name, expertHosts: cfg.expertHosts, weightBytes: model.weightBytes, kvBlocks: cfg.kvBlocks, blockSize: cfg.blockSize, maxBatch: cfg.maxBatch, speculation: engine.speculation, loadMs: Math.round(performance.now() - t0) },
+      "model loaded",
+    );
+    const b = newBatcher(p, engine, phaseTimes);
+    live.batcher = b;
+    const box = newInbox(p, engine, b);
+    const server = createServer({
+      logger,
+      onCallEnd: rpcServerCallRecorder(p.m),
+      // Decode.Stream, Cancel and KvTransfer.Push need the internal secret when one is set; TLS with a cert.
+      security: cfg.security,
+    });
+    server.addService(KvTransferService, kvTransferService(box));
+    server.addService(DecodeService, decodeHandlers({ batcher: b, engine, inbox: box, modelId, precision: cfg.precision, logger }));
+    const { address, metricsServer } = await serveDecode(cfg, server, b, metrics.registry);
+    const registration = await register(cfg, registry, { address, metricsUrl: metricsServer.url, modelId }, engine, b, box);
+    let closing: Promise<void> | undefined;
+    return {
+      grpcAddress: address,
+      metricsUrl: metricsServer.url,
+      config: cfg,
+      modelId,
+      engine,
+      inbox: box,
+      batcher: b,
+      server,
+      readyLine: formatReadyLine("decode", { grpc: address, metrics: metricsServer.url }),
+      close(graceMs = cfg.drainGraceMs) {
+        closing ??= (async () => {
+          // Out of the registry first: no router picks this instance while it drains.
+          await registration?.deregister();
+          server.setServing(false);
+          await b.drain(graceMs);
+          box.abortAll({ code: Code.UNAVAILABLE, reason: "the decode instance is shutting down" });
+          await drainAndClose(server, 1_000, { flushMs: 500 });
+          await metricsServer.close();
+          await hosts.disposeAll();
+        })();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await hosts.disposeAll();
+    throw err;
+  }
+}
+
+/** The service's metrics (gauges read from `live` at scrape time) and the KV ledger, whose releases they count. */
+function decodeMetrics(cfg: DecodeConfig, live: { readonly engine?: Engine; readonly batcher?: Batcher }): { metrics: ServiceMetrics<"decode">; ledger: KvLedger } {
   // Every block this instance holds for a request (transfer reservations, sequences), and the one path
   // that gives them back, counted by reason.
   const ledger = new KvLedger({
     onRelease: (reason, blocks) => {
-      m.decodeKvReclaims.inc({ reason });
-      m.decodeKvReclaimedBlocks.inc({ reason }, blocks);
+      metrics.m.decodeKvReclaims.inc({ reason });
+      metrics.m.decodeKvReclaimedBlocks.inc({ reason }, blocks);
     },
   });
-  // The `model` label: the model folder's name, the router's default served name (names.ts).
-  const modelName = basename(resolve(cfg.model));
   const metrics = createServiceMetrics("decode", {
-    model: modelName,
+    // The `model` label: the model folder's name, the router's default served name (names.ts).
+    model: basename(resolve(cfg.model)),
     buildInfo: { precision: cfg.precision, kernels: cfg.kernels },
     collect: {
-      decodeRunningSequences: () => batcher?.running ?? 0,
-      decodeWaitingSequences: () => batcher?.waiting ?? 0,
-      decodeKvBlocksUsed: () => engine?.cache.usedBlocks ?? 0,
-      decodeKvBlocksCapacity: () => engine?.cache.numBlocks ?? 0,
-      decodeKvUsage: () => (engine === undefined ? 0 : engine.cache.usedBlocks / engine.cache.numBlocks),
+      decodeRunningSequences: () => live.batcher?.running ?? 0,
+      decodeWaitingSequences: () => live.batcher?.waiting ?? 0,
+      decodeKvBlocksUsed: () => live.engine?.cache.usedBlocks ?? 0,
+      decodeKvBlocksCapacity: () => live.engine?.cache.numBlocks ?? 0,
+      decodeKvUsage: () => (live.engine === undefined ? 0 : live.engine.cache.usedBlocks / live.engine.cache.numBlocks),
       decodeKvStrandedBlocks: () => ledger.strandedBlocks(),
     },
   });
-  const m = metrics.m;
+  return { metrics, ledger };
+}
 
-  // The registry: where this instance registers and finds expert-host replicas (with --redis-url).
-  const redis = cfg.redisUrl === undefined ? undefined : createRedisClient(cfg.redisUrl);
-  redis?.on("error", (err: Error) => logger.debug({ err: err.message }, "registry Redis connection error"));
-  const registry = redis === undefined ? undefined : new InstanceRegistry(redis, { prefix: cfg.queuePrefix ?? "moela", logger });
-  let model: DeepseekModel;
-  // Process-wide, so the in-process expert-host (no --expert-hosts) computes with the same kernels.
-  configureKernels(cfg.kernels, cfg.threads);
-  // Closed last on shutdown (and on a failed start): expert-host channels, the registry watcher, Redis.
-  let hosts: { close(): void }[] = redis === undefined ? [] : [{ close: () => void redis.quit().catch(() => redis.disconnect()) }];
+/** The registry: where this instance registers and finds expert-host replicas (with --redis-url); its Redis goes on `hosts`. */
+function openRegistry(cfg: DecodeConfig, logger: Logger, hosts: DisposableStack): InstanceRegistry | undefined {
+  if (cfg.redisUrl === undefined) return undefined;
+  const redis = createRedisClient(cfg.redisUrl);
+  redis.on("error", (err: Error) => logger.debug({ err: err.message }, "registry Redis connection error"));
+  hosts.defer(() => redis.quit().catch(() => redis.disconnect()));
+  return new InstanceRegistry(redis, { prefix: cfg.queuePrefix ?? "moela", logger });
+}
+
+/** The model (deps.model as it is), its routed experts on the expert-hosts or, without any, in this process. */
+async function loadModel(p: DecodeParts, profile: PrecisionProfile, registry: InstanceRegistry | undefined): Promise<DeepseekModel> {
+  const { cfg } = p;
   const expertShards = cfg.expertShards ?? cfg.expertHosts.length;
-  if (deps.model !== undefined) {
-    model = deps.model;
+  if (p.deps.model !== undefined) {
+    const model = p.deps.model;
     if (model.kvDtype !== profile.kvDtype) {
       throw new FailedPreconditionError(`the model caches ${model.kvDtype} KV, precision ${profile.name} needs ${profile.kvDtype}`);
     }
-  } else if (expertShards > 0) {
-    if (cfg.expertHosts.length > 0 && cfg.expertHosts.length !== expertShards) {
-      throw new InvalidArgumentError(`--expert-hosts lists ${cfg.expertHosts.length} shards, --expert-shards says ${expertShards}`);
-    }
-    if (cfg.expertHosts.length === 0 && registry === undefined) {
-      throw new InvalidArgumentError("--expert-shards without --expert-hosts needs --redis-url (the hosts are found in the registry)");
-    }
-    // Attention, dense layers, gates and shared experts here; every routed expert on the hosts.
-    model = withWeightLoadBar("decode: loading weights", (onProgress) => DeepseekModel.load(cfg.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: cfg.threads, onProgress }));
-    const placement = placementFor(model.config, expertShards);
-    const want = {
-      placement,
-      profile,
-      hidden: model.config.hiddenSize,
-      layers: [...model.moeLayers().keys()].sort((a, b) => a - b),
-      modelId,
-      sharedExpert: cfg.sharedExpert === "hosts",
-    };
-    // The expert-hosts are dialled with this instance's internal security (TLS, the secret).
-    const channel = clientChannel(cfg.security);
-    const shards = new ExpertShardSet({
-      credentials: channel.credentials,
-      channelOptions: channel.options,
-      shardCount: expertShards,
-      staticReplicas: parseShardReplicas(cfg.expertHosts),
-      validate: async (t, shard) => checkHostInfo(await t.info(), { ...want, shard }, t.name),
-      validateWaitMs: EXPERT_HOSTS_WAIT_MS,
-      logger,
-    });
-    hosts.push(shards);
-    try {
-      if (registry !== undefined) {
-        const found = new RegistryWatcher(registry, "expert-host", 1_000);
-        found.onChange((records) => shards.update(shardReplicas(records, expertShards, cfg.precision)));
-        await found.start();
-        hosts.push({ close: () => void found.close() });
-      }
-      await shards.waitReady(EXPERT_HOSTS_WAIT_MS);
-    } catch (err) {
-      for (const h of hosts.reverse()) h.close();
-      throw err;
-    }
-    model.setExpertExecutor(
-      new HostedExpertExecutor({ placement, profile, hosts: shards.shards, hidden: model.config.hiddenSize, metrics: m, sharedExpert: cfg.sharedExpert }),
-    );
-  } else {
-    model = withWeightLoadBar("decode: loading weights", (onProgress) => DeepseekModel.load(cfg.model, { kvDtype: profile.kvDtype, threads: cfg.threads, onProgress }));
-    model.setExpertExecutor(createInProcessExperts(model, 1, profile, { metrics: m }).executor);
+    return model;
   }
-  const phaseTimes = new PhaseTimes();
-  model.phaseTimes = phaseTimes;
-  engine = new Engine(model, {
-    blockSize: cfg.blockSize,
-    numBlocks: cfg.kvBlocks,
-    speculation: cfg.speculative,
-    microBatches: cfg.microBatches,
-    // Constrained decoding (response_format, forced tool calls): the grammar's mask needs each token's text.
-    ...tokenTextsOption(cfg.model),
+  if (expertShards === 0) {
+    const model = withWeightLoadBar("decode: loading weights", (onProgress) => DeepseekModel.load(cfg.model, { kvDtype: profile.kvDtype, threads: cfg.threads, onProgress }));
+    model.setExpertExecutor(createInProcessExperts(model, 1, profile, { metrics: p.m }).executor);
+    return model;
+  }
+  checkExpertShardsConfig({ expertHosts: cfg.expertHosts, shardCount: expertShards, discoverable: registry !== undefined });
+  // Attention, dense layers, gates and shared experts here; every routed expert on the hosts.
+  const model = withWeightLoadBar("decode: loading weights", (onProgress) => DeepseekModel.load(cfg.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: cfg.threads, onProgress }));
+  const experts = await connectExpertShards({
+    expertHosts: cfg.expertHosts,
+    shardCount: expertShards,
+    discover: registry === undefined ? undefined : registeredExpertHosts(registry, expertShards, cfg.precision),
+    modelConfig: model.config,
+    moeLayers: model.moeLayers().keys(),
+    modelId: p.modelId,
+    profile,
+    sharedExpert: cfg.sharedExpert,
+    channel: clientChannel(cfg.security),
+    waitMs: EXPERT_HOSTS_WAIT_MS,
+    metrics: p.m,
+    logger: p.logger,
   });
-  logger.info(
-    {
-      model: cfg.model,
-      modelId,
-      precision: profile.name,
-      expertHosts: cfg.expertHosts,
-      weightBytes: model.weightBytes,
-      kvBlocks: cfg.kvBlocks,
-      blockSize: cfg.blockSize,
-      maxBatch: cfg.maxBatch,
-      speculation: engine.speculation,
-      loadMs: Math.round(performance.now() - t0),
-    },
-    "model loaded",
-  );
+  p.hosts.defer(() => experts.close());
+  model.setExpertExecutor(experts.executor);
+  return model;
+}
 
-  const b = new Batcher({
+/** The continuous-batching loop, its steps counted in the metrics. */
+function newBatcher(p: DecodeParts, engine: Engine, phaseTimes: PhaseTimes): Batcher {
+  const { cfg, m } = p;
+  return new Batcher({
     engine,
     maxBatch: cfg.maxBatch,
     streamGraceMs: cfg.streamGraceMs,
     kvWaitMs: cfg.kvWaitMs,
-    logger,
-    clock: deps.clock,
+    logger: p.logger,
+    clock: p.deps.clock,
     onStep: (seconds, tokens, drafted, accepted) => {
       m.decodeStep.observe(seconds);
-      m.decodeGeneratedTokens.inc({ model: modelName }, tokens);
+      m.decodeGeneratedTokens.inc({ model: p.modelName }, tokens);
       // MTP drafts one token per sequence: every draft is position 0.
       m.decodeMtpDraftedTokens.inc({ position: "0" }, drafted);
       m.decodeMtpAcceptedTokens.inc({ position: "0" }, accepted);
       phaseTimes.drainInto(m.forwardPhase);
     },
   });
-  batcher = b;
-  const box = new KvInbox({
+}
+
+/** Where prefill's KV transfers arrive: each admitted sequence joins the batcher. */
+function newInbox(p: DecodeParts, engine: Engine, b: Batcher): KvInbox {
+  const { cfg, m, logger } = p;
+  return new KvInbox({
     engine,
-    modelId,
-    ledger,
+    modelId: p.modelId,
+    ledger: p.ledger,
     idleTimeoutMs: cfg.kvIdleMs,
     maxTransfersPerPeer: cfg.kvMaxTransfersPerPeer,
-    clock: deps.clock,
+    clock: p.deps.clock,
     onBegin: (meta) => {
       b.beginTransfer(meta);
       logger.debug({ requestId: meta.requestId, transferId: meta.transferId, tokens: meta.numTokens, layers: meta.numLayers }, "KV transfer begun");
@@ -233,7 +268,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
       b.admit(seq, meta, hold);
       m.decodeKvTransferDuration.observe(stats.seconds);
       // The token prefill sampled reaches the router through this instance too.
-      m.decodeGeneratedTokens.inc({ model: modelName }, seq.output.length);
+      m.decodeGeneratedTokens.inc({ model: p.modelName }, seq.output.length);
       logger.info({ requestId: meta.requestId, transferId: meta.transferId, bytes: stats.bytesReceived, chunks: stats.chunks, ms: Math.round(stats.seconds * 1000) }, "KV transfer complete");
     },
     onFail: (failure, meta, freed) => {
@@ -243,37 +278,38 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     },
     onChunk: (bytes) => m.decodeKvReceivedBytes.inc(bytes),
   });
+}
 
-  const server = createServer({
-    logger,
-    onCallEnd: rpcServerCallRecorder(m),
-    // Decode.Stream, Cancel and KvTransfer.Push need the internal secret when one is set; TLS with a cert.
-    security: cfg.security,
-  });
-  server.addService(KvTransferService, kvTransferService(box));
-  server.addService(DecodeService, decodeHandlers({ batcher: b, engine, inbox: box, modelId, precision: cfg.precision, logger }));
-  b.start();
-  let address: string;
-  let metricsServer: MetricsServer;
+/** Start the batcher, serve gRPC and /metrics; a failure stops what started before it. */
+async function serveDecode(cfg: DecodeConfig, server: RpcServer, b: Batcher, registry: ServiceMetrics<"decode">["registry"]): Promise<{ address: string; metricsServer: MetricsServer }> {
+  const started = new DisposableStack();
   try {
-    ({ address } = await serve(server, cfg.grpcAddress));
+    b.start();
+    started.defer(() => b.drain(0));
+    const { address } = await serve(server, cfg.grpcAddress);
+    started.defer(() => drainAndClose(server, 0, { flushMs: 0 }));
+    const metricsServer = await startMetricsServer(registry, splitHostPort(cfg.metricsAddress)).catch((err: unknown) => {
+      throw new UnavailableError(`cannot serve /metrics on ${cfg.metricsAddress}: ${errorMessage(err)}`, { cause: err });
+    });
+    return { address, metricsServer };
   } catch (err) {
-    for (const h of hosts) h.close();
-    await b.drain(0);
+    await started.disposeAll();
     throw err;
   }
-  try {
-    metricsServer = await startMetricsServer(metrics.registry, splitHostPort(cfg.metricsAddress));
-  } catch (err) {
-    await drainAndClose(server, 0, { flushMs: 0 });
-    for (const h of hosts) h.close();
-    await b.drain(0);
-    throw new UnavailableError(`cannot serve /metrics on ${cfg.metricsAddress}: ${errorMessage(err)}`, { cause: err });
-  }
-  const readyLine = formatReadyLine("decode", { grpc: address, metrics: metricsServer.url });
+}
+
+/** The registry record routers choose by (with --redis-url): free blocks, running, waiting and pending sequences. */
+function register(
+  cfg: DecodeConfig,
+  registry: InstanceRegistry | undefined,
+  at: { address: string; metricsUrl: string; modelId: string },
+  engine: Engine,
+  b: Batcher,
+  box: KvInbox,
+): Promise<Registration> | undefined {
   const cache = engine.cache;
-  const registration: Registration | undefined = await registry?.register(
-    { role: "decode", grpcAddress: advertisedAddress(address, cfg.advertiseAddress), metricsUrl: metricsServer.url, precision: cfg.precision, modelId },
+  return registry?.register(
+    { role: "decode", grpcAddress: advertisedAddress(at.address, cfg.advertiseAddress), metricsUrl: at.metricsUrl, precision: cfg.precision, modelId: at.modelId },
     () => ({
       freeKvBlocks: cache.freeBlocks,
       totalKvBlocks: cache.numBlocks,
@@ -284,32 +320,6 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
       accepting: b.accepting,
     }),
   );
-  const eng = engine;
-  let closing: Promise<void> | undefined;
-  return {
-    grpcAddress: address,
-    metricsUrl: metricsServer.url,
-    config: cfg,
-    modelId,
-    engine: eng,
-    inbox: box,
-    batcher: b,
-    server,
-    readyLine,
-    close(graceMs = cfg.drainGraceMs) {
-      closing ??= (async () => {
-        // Out of the registry first: no router picks this instance while it drains.
-        await registration?.deregister();
-        server.setServing(false);
-        await b.drain(graceMs);
-        box.abortAll({ code: Code.UNAVAILABLE, reason: "the decode instance is shutting down" });
-        await drainAndClose(server, 1_000, { flushMs: 500 });
-        await metricsServer.close();
-        for (const h of hosts.reverse()) h.close();
-      })();
-      return closing;
-    },
-  };
 }
 
 /** The service's entry point; resolves with the process exit code. */
@@ -333,15 +343,5 @@ export function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   );
 }
 
-function isEntryPoint(): boolean {
-  const script = process.argv[1];
-  if (script === undefined) return false;
-  try {
-    return import.meta.url === pathToFileURL(realpathSync(script)).href;
-  } catch {
-    return false;
-  }
-}
-
 // `tsx services/decode/src/main.ts ...` runs the service; importing the module does not.
-if (isEntryPoint()) process.exitCode = await main(process.argv.slice(2), process.env);
+if (isEntryPoint(import.meta.url)) process.exitCode = await main(process.argv.slice(2), process.env);

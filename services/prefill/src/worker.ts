@@ -224,6 +224,31 @@ function failureReason(code: Code): "unavailable" | "aborted" | "timeout" | "rej
   return "rejected";
 }
 
+/** The engine's generation parameters of a job's sampling settings. */
+function generationParams(data: PrefillJob): GenerationParams {
+  const s = data.sampling;
+  const { temperature, topP, topK, seed, maxTokens, stopTokenIds, ignoreEos } = s;
+  return {
+    temperature,
+    topP,
+    topK,
+    seed,
+    maxTokens,
+    stopTokenIds,
+    ignoreEos,
+    topLogprobs: s.logprobs ?? 0,
+    ...(data.cacheSalt === undefined ? {} : { cacheSalt: data.cacheSalt }),
+    ...(s.presencePenalty !== undefined ? { presencePenalty: s.presencePenalty } : {}),
+    ...(s.frequencyPenalty !== undefined ? { frequencyPenalty: s.frequencyPenalty } : {}),
+    ...(s.repetitionPenalty !== undefined ? { repetitionPenalty: s.repetitionPenalty } : {}),
+    ...(s.logitBias !== undefined ? { logitBias: s.logitBias } : {}),
+    ...(s.minP !== undefined ? { minP: s.minP } : {}),
+    ...(s.minTokens !== undefined ? { minTokens: s.minTokens } : {}),
+    ...(s.priorOutputTokens !== undefined ? { priorOutputTokens: s.priorOutputTokens } : {}),
+    ...(s.grammar !== undefined ? { grammar: s.grammar } : {}),
+  };
+}
+
 /** The BullMQ processor of prefill jobs. */
 export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<PrefillJobResult> {
   const { engine, metrics: m } = deps;
@@ -252,28 +277,9 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
       );
     }
     const s = data.sampling;
-    const params: GenerationParams = {
-      temperature: s.temperature,
-      topP: s.topP,
-      topK: s.topK,
-      seed: s.seed,
-      maxTokens: s.maxTokens,
-      stopTokenIds: s.stopTokenIds,
-      ignoreEos: s.ignoreEos,
-      topLogprobs: s.logprobs ?? 0,
-      ...(data.cacheSalt === undefined ? {} : { cacheSalt: data.cacheSalt }),
-      ...(s.presencePenalty !== undefined ? { presencePenalty: s.presencePenalty } : {}),
-      ...(s.frequencyPenalty !== undefined ? { frequencyPenalty: s.frequencyPenalty } : {}),
-      ...(s.repetitionPenalty !== undefined ? { repetitionPenalty: s.repetitionPenalty } : {}),
-      ...(s.logitBias !== undefined ? { logitBias: s.logitBias } : {}),
-      ...(s.minP !== undefined ? { minP: s.minP } : {}),
-      ...(s.minTokens !== undefined ? { minTokens: s.minTokens } : {}),
-      ...(s.priorOutputTokens !== undefined ? { priorOutputTokens: s.priorOutputTokens } : {}),
-      ...(s.grammar !== undefined ? { grammar: s.grammar } : {}),
-    };
     let seq: Sequence;
     try {
-      seq = engine.newSequence(data.requestId, data.promptTokenIds, params);
+      seq = engine.newSequence(data.requestId, data.promptTokenIds, generationParams(data));
     } catch (err) {
       throw unrecoverable(err instanceof MoelaError ? err : new InvalidArgumentError(String(err)));
     }
