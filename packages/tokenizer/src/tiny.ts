@@ -7,7 +7,7 @@
  *   261..    one token per BPE merge, learned by a greedy trainer over the corpus below
  * Nothing here is random: the same code always yields byte-identical files.
  */
-import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
+import { byteLevelBpeModel, createDeepseekV3PreTokenizer, DEEPSEEK_V3_DECODER, DEEPSEEK_V3_POST_PROCESSOR, DEEPSEEK_V3_PRE_TOKENIZER } from "./hf-json.js";
 
 export const TINY_VOCAB_SIZE = 1024;
 
@@ -18,28 +18,6 @@ export const TINY_SPECIAL_TOKENS = [
   "<｜Assistant｜>",
   "<｜pad｜>",
 ] as const;
-
-/**
- * DeepSeek-V3's pre-tokenizer, copied from its tokenizer.json: digits in runs of at most 3, CJK/kana runs isolated,
- * a GPT-style word/punctuation/space split, then the ByteLevel byte-to-symbol mapping (no regex of its own).
- */
-const PRE_TOKENIZER = {
-  type: "Sequence",
-  pretokenizers: [
-    { type: "Split", pattern: { Regex: "\\p{N}{1,3}" }, behavior: "Isolated", invert: false },
-    { type: "Split", pattern: { Regex: "[一-龥぀-ゟ゠-ヿ]+" }, behavior: "Isolated", invert: false },
-    {
-      type: "Split",
-      pattern: {
-        Regex:
-          "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
-      },
-      behavior: "Isolated",
-      invert: false,
-    },
-    { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false },
-  ],
-};
 
 /**
  * DeepSeek-V3's chat template, simplified: no tool calls. System messages are joined (blank line between) and put
@@ -123,23 +101,10 @@ function trainBpe(corpus: string, vocabSize: number): TrainedBpe {
   for (const special of TINY_SPECIAL_TOKENS) vocab[special] = nextId++;
   for (const symbol of byteLevelAlphabet()) vocab[symbol] = nextId++;
 
-  // Pre-tokenize with the library's own implementation of PRE_TOKENIZER, so the words the trainer merges are
+  // Pre-tokenize with the library's own implementation of the pre-tokenizer, so the words the trainer merges are
   // exactly the pieces the runtime will run BPE on.
-  const skeleton = new HfTokenizer(
-    {
-      added_tokens: [],
-      normalizer: null,
-      pre_tokenizer: PRE_TOKENIZER,
-      post_processor: null,
-      decoder: null,
-      model: { type: "BPE", vocab: { ...vocab }, merges: [] },
-    },
-    {},
-  );
-  const preTokenizer = skeleton.pre_tokenizer;
-  if (preTokenizer === null) throw new Error("tiny tokenizer: pre-tokenizer failed to load");
   const wordCounts = new Map<string, number>();
-  for (const piece of preTokenizer.pre_tokenize(corpus)) wordCounts.set(piece, (wordCounts.get(piece) ?? 0) + 1);
+  for (const piece of createDeepseekV3PreTokenizer()(corpus)) wordCounts.set(piece, (wordCounts.get(piece) ?? 0) + 1);
   const words = [...wordCounts.keys()].sort().map((w) => ({ symbols: [...w], count: wordCounts.get(w) ?? 0 }));
 
   const merges: string[] = [];
@@ -205,20 +170,10 @@ export function buildTinyTokenizerFiles(options: { modelMaxLength?: number } = {
     padding: null,
     added_tokens: TINY_SPECIAL_TOKENS.map((content, id) => ({ id, ...addedTokenEntry(content) })),
     normalizer: null,
-    pre_tokenizer: PRE_TOKENIZER,
-    post_processor: { type: "ByteLevel", add_prefix_space: true, trim_offsets: false, use_regex: true },
-    decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
-    model: {
-      type: "BPE",
-      dropout: null,
-      unk_token: null,
-      continuing_subword_prefix: null,
-      end_of_word_suffix: null,
-      fuse_unk: false,
-      byte_fallback: false,
-      vocab,
-      merges,
-    },
+    pre_tokenizer: DEEPSEEK_V3_PRE_TOKENIZER,
+    post_processor: DEEPSEEK_V3_POST_PROCESSOR,
+    decoder: DEEPSEEK_V3_DECODER,
+    model: byteLevelBpeModel(vocab, merges),
   };
   const asAddedToken = (content: string) => ({
     __type: "AddedToken",
