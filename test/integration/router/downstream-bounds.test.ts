@@ -27,10 +27,8 @@ import { frameFromWire, frameToWire, KvInbox, KvSender, kvTransferMeta, type KvC
 import { createInProcessExperts, precisionProfile } from "@moela/moe-dispatch";
 import { MAX_BATCH_PROMPTS, MAX_CHOICES, MAX_STOP_STRINGS } from "@moela/openai-api";
 import {
-  DecodeService,
   FinishReason,
   GenerateClient,
-  Precision,
   PushRequest,
   type DecodeCancelRequest,
   type GenerateRequest,
@@ -38,13 +36,12 @@ import {
   type StreamRequest,
   type StreamResponse,
 } from "@moela/proto-gen";
-import { connect, createServer, drainAndClose, serve, serverStreamCall, type CallContext, type RpcServer } from "@moela/rpc";
-import { createPrefillQueue, parsePrefillJob, PREFILL_QUEUE, prefillJobSchema, prefillSamplingSchema, redisConnection, type PrefillJob } from "@moela/scheduler";
-import { Worker, type Queue } from "bullmq";
+import { connect, serverStreamCall, type CallContext, type RpcServer } from "@moela/rpc";
+import { createPrefillQueue, parsePrefillJob, prefillJobSchema, prefillSamplingSchema, type PrefillJob } from "@moela/scheduler";
+import type { Queue, Worker } from "bullmq";
 import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
+import { closeRouterRig, idleDecodeStatus, REDIS_URL as REDIS, serveDecode, standInPrefill, testRouterConfig, TINY_MODEL_DIR as MODEL } from "../../helpers/router-rig.js";
 
-const MODEL = new URL("../../../models/tiny-v3", import.meta.url).pathname;
-const REDIS = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const silent = createLogger("downstream-bounds-test", process.env.TEST_LOG ?? "silent");
 const PROMPT = [5, 6, 7];
 
@@ -163,29 +160,32 @@ class ScriptedDecode {
   }
 
   async start(): Promise<this> {
-    this.server = createServer({ logger: silent });
     const self = this;
-    this.server.addService(DecodeService, {
-      async *stream(req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
-        const job = await self.jobFor(req.requestId, ctx.signal);
-        const n = job.sampling.maxTokens;
-        for (let k = 0; k < n; k++) {
-          const last = k === n - 1;
-          yield {
-            tokens: [{ index: k, tokenId: job.promptTokenIds[k % job.promptTokenIds.length]! }],
-            finishReason: last ? FinishReason.FINISH_REASON_LENGTH : FinishReason.FINISH_REASON_UNSPECIFIED,
-            ...(last ? { usage: { promptTokens: job.promptTokenIds.length, completionTokens: n, cachedPromptTokens: 0, draftTokens: 0, acceptedDraftTokens: 0 } } : {}),
-          };
-        }
+    const decode = await serveDecode(
+      {
+        async *stream(req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
+          const job = await self.jobFor(req.requestId, ctx.signal);
+          const n = job.sampling.maxTokens;
+          for (let k = 0; k < n; k++) {
+            const last = k === n - 1;
+            yield {
+              tokens: [{ index: k, tokenId: job.promptTokenIds[k % job.promptTokenIds.length]! }],
+              finishReason: last ? FinishReason.FINISH_REASON_LENGTH : FinishReason.FINISH_REASON_UNSPECIFIED,
+              ...(last ? { usage: { promptTokens: job.promptTokenIds.length, completionTokens: n, cachedPromptTokens: 0, draftTokens: 0, acceptedDraftTokens: 0 } } : {}),
+            };
+          }
+        },
+        async cancel(_req: DecodeCancelRequest) {
+          return { found: false };
+        },
+        async status() {
+          return idleDecodeStatus();
+        },
       },
-      async cancel(_req: DecodeCancelRequest) {
-        return { found: false };
-      },
-      async status() {
-        return { freeKvBlocks: 1000, totalKvBlocks: 1000, blockSize: 16, runningSequences: 0, waitingSequences: 0, pendingTransfers: 0, modelId: "tiny-v3", precision: Precision.PRECISION_EXACT, accepting: true };
-      },
-    });
-    this.address = (await serve(this.server, "127.0.0.1:0")).address;
+      silent,
+    );
+    this.server = decode.server;
+    this.address = decode.address;
     return this;
   }
 }
@@ -212,45 +212,23 @@ beforeAll(async () => {
     },
   });
   decode = await new ScriptedDecode().start();
-  router = await startRouter(
-    {
-      model: MODEL,
-      httpAddress: "127.0.0.1:0",
-      grpcAddress: "127.0.0.1:0",
-      metricsAddress: "127.0.0.1:0",
-      redisUrl: REDIS,
-      queuePrefix: prefix,
-      decode: [decode.address],
-      servedModelName: "tiny-v3",
-      maxModelLen: undefined,
-      precision: "exact",
-      requestTimeoutMs: 60_000,
-      maxInFlight: 64,
-      logLevel: "silent",
-    },
-    { logger: silent, shutdownGraceMs: 500, statusIntervalMs: 100 },
-  );
+  router = await startRouter(testRouterConfig(prefix, [decode.address]), { logger: silent, shutdownGraceMs: 500, statusIntervalMs: 100 });
   queue = createPrefillQueue(REDIS, prefix);
   // Records the job as the router wrote it (raw data: the test runs the schema itself) and lets decode stream.
-  worker = new Worker(
-    PREFILL_QUEUE,
-    async (j) => {
-      const raw = j.data as PrefillJob;
+  worker = standInPrefill(
+    prefix,
+    (data) => {
+      const raw = data as PrefillJob;
       jobs.set(raw.requestId, raw);
       decode.deliver(raw);
-      return {};
     },
-    { connection: redisConnection(REDIS), prefix, concurrency: 16, autorun: true },
+    16,
   );
   await worker.waitUntilReady();
 });
 
 afterAll(async () => {
-  await router?.close();
-  await worker?.close();
-  await queue?.obliterate({ force: true }).catch(() => undefined);
-  await queue?.close();
-  if (decode !== undefined) await drainAndClose(decode.server, 0, { flushMs: 50 });
+  await closeRouterRig({ router, worker, queue, decode: [decode?.server] });
 });
 
 interface Answer {

@@ -10,20 +10,13 @@ import { Metadata } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CancelledError, createLogger } from "@moela/core";
 import { InvalidArgumentError, MoelaClient, ResourceExhaustedError, type GenerateStream } from "@moela/client";
-import {
-  DecodeService,
-  Precision,
-  type DecodeCancelRequest,
-  type StreamRequest,
-  type StreamResponse,
-} from "@moela/proto-gen";
-import { createServer, drainAndClose, serve, type CallContext, type RpcServer } from "@moela/rpc";
+import { type DecodeCancelRequest, type StreamRequest, type StreamResponse } from "@moela/proto-gen";
+import type { CallContext, RpcServer } from "@moela/rpc";
 import { createPrefillQueue, parsePrefillJob, type PrefillJob } from "@moela/scheduler";
 import type { Queue } from "bullmq";
 import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
+import { closeRouterRig, idleDecodeStatus, REDIS_URL as REDIS, serveDecode, testRouterConfig } from "../../helpers/router-rig.js";
 
-const MODEL = new URL("../../../models/tiny-v3", import.meta.url).pathname;
-const REDIS = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const silent = createLogger("router-sdk-test", process.env.TEST_LOG ?? "silent");
 const MAX_IN_FLIGHT = 3;
 
@@ -35,57 +28,29 @@ let client: MoelaClient;
 
 beforeAll(async () => {
   // A decode instance with room for everything that streams nothing until the call ends.
-  decode = createServer({ logger: silent });
-  decode.addService(DecodeService, {
-    async *stream(_req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
-      await new Promise<void>((_, reject) => ctx.signal.addEventListener("abort", () => reject(new CancelledError("call ended")), { once: true }));
-    },
-    async cancel(_req: DecodeCancelRequest) {
-      return { found: true };
-    },
-    async status() {
-      return {
-        freeKvBlocks: 1000,
-        totalKvBlocks: 1000,
-        blockSize: 16,
-        runningSequences: 0,
-        waitingSequences: 0,
-        pendingTransfers: 0,
-        modelId: "tiny-v3",
-        precision: Precision.PRECISION_EXACT,
-        accepting: true,
-      };
-    },
-  });
-  const decodeAddress = (await serve(decode, "127.0.0.1:0")).address;
-  queue = createPrefillQueue(REDIS, prefix);
-  router = await startRouter(
+  const stalled = await serveDecode(
     {
-      model: MODEL,
-      httpAddress: "127.0.0.1:0",
-      grpcAddress: "127.0.0.1:0",
-      metricsAddress: "127.0.0.1:0",
-      redisUrl: REDIS,
-      queuePrefix: prefix,
-      decode: [decodeAddress],
-      servedModelName: "tiny-v3",
-      maxModelLen: undefined,
-      precision: "exact",
-      requestTimeoutMs: 60_000,
-      maxInFlight: MAX_IN_FLIGHT,
-      logLevel: "silent",
+      async *stream(_req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
+        await new Promise<void>((_, reject) => ctx.signal.addEventListener("abort", () => reject(new CancelledError("call ended")), { once: true }));
+      },
+      async cancel(_req: DecodeCancelRequest) {
+        return { found: true };
+      },
+      async status() {
+        return idleDecodeStatus();
+      },
     },
-    { logger: silent, shutdownGraceMs: 1_000, statusIntervalMs: 100 },
+    silent,
   );
+  decode = stalled.server;
+  queue = createPrefillQueue(REDIS, prefix);
+  router = await startRouter(testRouterConfig(prefix, [stalled.address], { maxInFlight: MAX_IN_FLIGHT }), { logger: silent, shutdownGraceMs: 1_000, statusIntervalMs: 100 });
   client = new MoelaClient({ address: router.grpcAddress, initialBackoffMs: 1, maxBackoffMs: 1 });
 }, 120_000);
 
 afterAll(async () => {
   client?.close();
-  await router?.close();
-  await queue?.obliterate({ force: true });
-  await queue?.close();
-  if (decode !== undefined) await drainAndClose(decode, 0, { flushMs: 100 });
+  await closeRouterRig({ router, queue, decode: [decode] });
 });
 
 /** The prefill job enqueued for a request whose id starts with `idPrefix`, once there is one. */

@@ -22,37 +22,26 @@ import { pino } from "pino";
 import { CancelledError, Code, createLogger, MoelaError } from "@moela/core";
 import { MoelaClient, UnauthenticatedError } from "@moela/client";
 import {
-  DecodeService,
   FinishReason,
   GenerateClient,
-  Precision,
   type DecodeCancelRequest,
   type GenerateRequest,
   type GenerateResponse,
   type StreamRequest,
   type StreamResponse,
 } from "@moela/proto-gen";
-import { connect, createServer, drainAndClose, serve, serverStreamCall, type CallContext, type RpcServer } from "@moela/rpc";
-import { createPrefillQueue, parsePrefillJob, PREFILL_QUEUE, redisConnection, type PrefillJob } from "@moela/scheduler";
-import { UnrecoverableError, Worker, type Queue } from "bullmq";
+import { connect, serverStreamCall, type CallContext, type RpcServer } from "@moela/rpc";
+import { createPrefillQueue, parsePrefillJob, type PrefillJob } from "@moela/scheduler";
+import { UnrecoverableError, type Queue, type Worker } from "bullmq";
 import { Metadata } from "@grpc/grpc-js";
 import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
 import type { RouterConfig } from "../../../services/router/src/config.js";
+import { closeRouterRig, deferred, idleDecodeStatus, REDIS_URL as REDIS, serveDecode, sleep, standInPrefill as prefillWorker, testRouterConfig } from "../../helpers/router-rig.js";
 
-const MODEL = new URL("../../../models/tiny-v3", import.meta.url).pathname;
-const REDIS = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const silent = createLogger("hardening-test", process.env.TEST_LOG ?? "silent");
 const KEY = "sk-test-0123456789abcdef";
 /** A prompt token that makes the stand-in prefill fail the job with a message naming an internal address. */
 const LEAKY = 997;
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function deferred<T>(): { promise: Promise<T>; resolve: (v: T) => void } {
-  let resolve!: (v: T) => void;
-  const promise = new Promise<T>((r) => (resolve = r));
-  return { promise, resolve };
-}
 
 /** Streams, per request, its prompt's tokens after the first (cycled) one per message, delayMs apart, once its job arrived. */
 class ScriptedDecode {
@@ -72,38 +61,41 @@ class ScriptedDecode {
 
   async start(): Promise<this> {
     const self = this;
-    this.server = createServer({ logger: silent });
-    this.server.addService(DecodeService, {
-      async *stream(req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
-        self.opened.push(req.requestId);
-        const ctl = new AbortController();
-        self.live.set(req.requestId, ctl);
-        const signal = AbortSignal.any([ctx.signal, ctl.signal]);
-        const job = await Promise.race([self.job(req.requestId).promise, new Promise<never>((_, reject) => signal.addEventListener("abort", () => reject(signal.reason)))]);
-        const p = job.promptTokenIds.slice(1);
-        const n = job.sampling.maxTokens;
-        for (let k = 0; k < n; k++) {
-          const last = k === n - 1;
-          yield {
-            tokens: [{ index: k, tokenId: p[k % p.length]! }],
-            finishReason: last ? FinishReason.FINISH_REASON_LENGTH : FinishReason.FINISH_REASON_UNSPECIFIED,
-            ...(last ? { usage: { promptTokens: job.promptTokenIds.length, completionTokens: n, cachedPromptTokens: 0, draftTokens: 0, acceptedDraftTokens: 0 } } : {}),
-          };
-          if (self.delayMs > 0) await sleep(self.delayMs);
-          if (signal.aborted) throw signal.reason;
-        }
+    const decode = await serveDecode(
+      {
+        async *stream(req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
+          self.opened.push(req.requestId);
+          const ctl = new AbortController();
+          self.live.set(req.requestId, ctl);
+          const signal = AbortSignal.any([ctx.signal, ctl.signal]);
+          const job = await Promise.race([self.job(req.requestId).promise, new Promise<never>((_, reject) => signal.addEventListener("abort", () => reject(signal.reason)))]);
+          const p = job.promptTokenIds.slice(1);
+          const n = job.sampling.maxTokens;
+          for (let k = 0; k < n; k++) {
+            const last = k === n - 1;
+            yield {
+              tokens: [{ index: k, tokenId: p[k % p.length]! }],
+              finishReason: last ? FinishReason.FINISH_REASON_LENGTH : FinishReason.FINISH_REASON_UNSPECIFIED,
+              ...(last ? { usage: { promptTokens: job.promptTokenIds.length, completionTokens: n, cachedPromptTokens: 0, draftTokens: 0, acceptedDraftTokens: 0 } } : {}),
+            };
+            if (self.delayMs > 0) await sleep(self.delayMs);
+            if (signal.aborted) throw signal.reason;
+          }
+        },
+        async cancel(req: DecodeCancelRequest) {
+          self.cancels.push(req);
+          const c = self.live.get(req.requestId);
+          c?.abort(new CancelledError("cancelled"));
+          return { found: c !== undefined };
+        },
+        async status() {
+          return idleDecodeStatus();
+        },
       },
-      async cancel(req: DecodeCancelRequest) {
-        self.cancels.push(req);
-        const c = self.live.get(req.requestId);
-        c?.abort(new CancelledError("cancelled"));
-        return { found: c !== undefined };
-      },
-      async status() {
-        return { freeKvBlocks: 1000, totalKvBlocks: 1000, blockSize: 16, runningSequences: 0, waitingSequences: 0, pendingTransfers: 0, modelId: "tiny-v3", precision: Precision.PRECISION_EXACT, accepting: true };
-      },
-    });
-    this.address = (await serve(this.server, "127.0.0.1:0")).address;
+      silent,
+    );
+    this.server = decode.server;
+    this.address = decode.address;
     return this;
   }
 }
@@ -124,42 +116,24 @@ const taken: PrefillJob[] = [];
 
 /** A prefill stand-in on `prefix`: hands each job to the scripted decode (or fails a LEAKY one). */
 function standInPrefill(prefix: string): Worker {
-  return new Worker(
-    PREFILL_QUEUE,
-    async (j) => {
-      const job = parsePrefillJob(j.data);
-      taken.push(job);
-      if (job.promptTokenIds.includes(LEAKY)) throw new UnrecoverableError("UNAVAILABLE: decode 10.9.8.7:5000 (decode-node7-99-abcdef) is unreachable");
-      decode.job(job.requestId).resolve(job);
-      return {};
-    },
-    { connection: redisConnection(REDIS), prefix, concurrency: 8, autorun: true },
-  );
+  return prefillWorker(prefix, (data) => {
+    const job = parsePrefillJob(data);
+    taken.push(job);
+    if (job.promptTokenIds.includes(LEAKY)) throw new UnrecoverableError("UNAVAILABLE: decode 10.9.8.7:5000 (decode-node7-99-abcdef) is unreachable");
+    decode.job(job.requestId).resolve(job);
+  });
 }
 
 async function rig(over: Partial<RouterConfig> = {}, o: { prefill?: boolean; jobCheckIntervalMs?: number } = {}): Promise<Rig> {
   const prefix = `moela-test-hardening-${randomUUID()}`;
   const lines: string[] = [];
   const logger = pino({ level: "debug", base: { service: "router" } }, new Writable({ write: (chunk, _e, cb) => (lines.push(String(chunk)), cb()) }));
-  const router = await startRouter(
-    {
-      model: MODEL,
-      httpAddress: "127.0.0.1:0",
-      grpcAddress: "127.0.0.1:0",
-      metricsAddress: "127.0.0.1:0",
-      redisUrl: REDIS,
-      queuePrefix: prefix,
-      decode: [decode.address],
-      servedModelName: "tiny-v3",
-      maxModelLen: undefined,
-      precision: "exact",
-      requestTimeoutMs: 60_000,
-      maxInFlight: 64,
-      logLevel: "debug",
-      ...over,
-    },
-    { logger, shutdownGraceMs: 500, statusIntervalMs: 100, ...(o.jobCheckIntervalMs !== undefined ? { jobCheckIntervalMs: o.jobCheckIntervalMs } : {}) },
-  );
+  const router = await startRouter(testRouterConfig(prefix, [decode.address], { logLevel: "debug", ...over }), {
+    logger,
+    shutdownGraceMs: 500,
+    statusIntervalMs: 100,
+    ...(o.jobCheckIntervalMs !== undefined ? { jobCheckIntervalMs: o.jobCheckIntervalMs } : {}),
+  });
   const r: Rig = { prefix, router, queue: createPrefillQueue(REDIS, prefix), worker: o.prefill === false ? undefined : standInPrefill(prefix), lines };
   await r.worker?.waitUntilReady();
   rigs.push(r);
@@ -203,13 +177,8 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const r of rigs) {
-    await r.router.close();
-    await r.worker?.close();
-    await r.queue.obliterate({ force: true }).catch(() => undefined);
-    await r.queue.close();
-  }
-  await drainAndClose(decode.server, 0, { flushMs: 50 });
+  for (const r of rigs) await closeRouterRig(r);
+  await closeRouterRig({ decode: [decode.server] });
 });
 
 describe("authentication (--api-key)", () => {

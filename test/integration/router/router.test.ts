@@ -13,24 +13,21 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import OpenAI, { APIError } from "openai";
 import { CancelledError, createLogger, FailureReason, InvalidArgumentError, MoelaError, UnavailableError } from "@moela/core";
 import {
-  DecodeService,
   FinishReason,
   GenerateClient,
-  Precision,
   type DecodeCancelRequest,
   type GenerateResponse,
   type StreamRequest,
   type StreamResponse,
   type TokenEvent,
 } from "@moela/proto-gen";
-import { connect, createServer, drainAndClose, serve, serverStreamCall, type CallContext, type RpcServer } from "@moela/rpc";
-import { createPrefillQueue, parsePrefillJob, PREFILL_QUEUE, redisConnection, type PrefillJob } from "@moela/scheduler";
+import { connect, serverStreamCall, type CallContext, type RpcServer } from "@moela/rpc";
+import { createPrefillQueue, parsePrefillJob, type PrefillJob } from "@moela/scheduler";
 import { Tokenizer } from "@moela/tokenizer";
-import { UnrecoverableError, Worker, type Queue } from "bullmq";
+import { UnrecoverableError, type Queue, type Worker } from "bullmq";
 import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
+import { closeRouterRig, deferred, idleDecodeStatus, REDIS_URL as REDIS, serveDecode, sleep, standInPrefill, testRouterConfig, TINY_MODEL_DIR as MODEL } from "../../helpers/router-rig.js";
 
-const MODEL = new URL("../../../models/tiny-v3", import.meta.url).pathname;
-const REDIS = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const silent = createLogger("router-test", process.env.TEST_LOG ?? "silent");
 const tokenizer = Tokenizer.fromDir(MODEL);
 /** A prompt token that makes the stand-in prefill fail the job for good. */
@@ -38,24 +35,6 @@ const POISON = 999;
 /** A prompt token that makes the scripted decode lose a request's first attempt after LOSE_AFTER tokens. */
 const LOSE = 998;
 const LOSE_AFTER = 3;
-
-function deferred<T>(): { promise: Promise<T>; resolve: (v: T) => void } {
-  let resolve!: (v: T) => void;
-  const promise = new Promise<T>((r) => {
-    resolve = r;
-  });
-  return { promise, resolve };
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener("abort", () => {
-      clearTimeout(t);
-      reject(signal.reason);
-    });
-  });
-}
 
 /** What the scripted decode streams for a job: prompt tokens after BOS, cycled, up to max_tokens or a stop id. */
 export function script(job: PrefillJob): { ids: number[]; finish: FinishReason } {
@@ -92,60 +71,53 @@ class ScriptedDecode {
 
   async start(): Promise<this> {
     const self = this;
-    this.server = createServer({ logger: silent });
-    this.server.addService(DecodeService, {
-      async *stream(req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
-        const ctl = new AbortController();
-        self.live.set(req.requestId, ctl);
-        const signal = AbortSignal.any([ctx.signal, ctl.signal]);
-        const job = await Promise.race([
-          self.job(req.requestId).promise,
-          new Promise<never>((_, reject) => signal.addEventListener("abort", () => reject(signal.reason))),
-        ]);
-        const { ids, finish } = script(job);
-        const slow = self.delayMs;
-        // A first attempt (not `<id>.m<n>`) of a LOSE prompt: the step "fails" after LOSE_AFTER tokens.
-        const loseAt = job.promptTokenIds.includes(LOSE) && !/\.m\d+$/.test(req.requestId) ? LOSE_AFTER : Infinity;
-        for (let k = 0; k < ids.length; k += 2) {
-          if (k >= loseAt) throw new UnavailableError("decode step failed: expert-host 1 is unavailable", { reason: FailureReason.DECODE_STEP_FAILED });
-          const tokens: TokenEvent[] = ids.slice(k, Math.min(k + 2, loseAt)).map((tokenId, j) => ({
-            index: k + j,
-            tokenId,
-            ...(job.sampling.logprobs !== null
-              ? { logprobs: { logprob: logprobOf(k + j), top: [{ tokenId, logprob: logprobOf(k + j) }, { tokenId: 7, logprob: -5 }].slice(0, job.sampling.logprobs) } }
-              : {}),
-          }));
-          const last = k + 2 >= ids.length && loseAt === Infinity;
-          yield {
-            tokens,
-            finishReason: last ? finish : FinishReason.FINISH_REASON_UNSPECIFIED,
-            ...(last ? { usage: { promptTokens: job.promptTokenIds.length, completionTokens: ids.length, cachedPromptTokens: 0, draftTokens: 0, acceptedDraftTokens: 0 } } : {}),
-          };
-          if (slow > 0) await sleep(slow, signal);
-          if (signal.aborted) throw signal.reason;
-        }
+    const decode = await serveDecode(
+      {
+        async *stream(req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
+          const ctl = new AbortController();
+          self.live.set(req.requestId, ctl);
+          const signal = AbortSignal.any([ctx.signal, ctl.signal]);
+          const job = await Promise.race([
+            self.job(req.requestId).promise,
+            new Promise<never>((_, reject) => signal.addEventListener("abort", () => reject(signal.reason))),
+          ]);
+          const { ids, finish } = script(job);
+          const slow = self.delayMs;
+          // A first attempt (not `<id>.m<n>`) of a LOSE prompt: the step "fails" after LOSE_AFTER tokens.
+          const loseAt = job.promptTokenIds.includes(LOSE) && !/\.m\d+$/.test(req.requestId) ? LOSE_AFTER : Infinity;
+          for (let k = 0; k < ids.length; k += 2) {
+            if (k >= loseAt) throw new UnavailableError("decode step failed: expert-host 1 is unavailable", { reason: FailureReason.DECODE_STEP_FAILED });
+            const tokens: TokenEvent[] = ids.slice(k, Math.min(k + 2, loseAt)).map((tokenId, j) => ({
+              index: k + j,
+              tokenId,
+              ...(job.sampling.logprobs !== null
+                ? { logprobs: { logprob: logprobOf(k + j), top: [{ tokenId, logprob: logprobOf(k + j) }, { tokenId: 7, logprob: -5 }].slice(0, job.sampling.logprobs) } }
+                : {}),
+            }));
+            const last = k + 2 >= ids.length && loseAt === Infinity;
+            yield {
+              tokens,
+              finishReason: last ? finish : FinishReason.FINISH_REASON_UNSPECIFIED,
+              ...(last ? { usage: { promptTokens: job.promptTokenIds.length, completionTokens: ids.length, cachedPromptTokens: 0, draftTokens: 0, acceptedDraftTokens: 0 } } : {}),
+            };
+            if (slow > 0) await sleep(slow, signal);
+            if (signal.aborted) throw signal.reason;
+          }
+        },
+        async cancel(req: DecodeCancelRequest) {
+          self.cancels.push(req);
+          const c = self.live.get(req.requestId);
+          c?.abort(new CancelledError("cancelled"));
+          return { found: c !== undefined };
+        },
+        async status() {
+          return idleDecodeStatus({ runningSequences: self.live.size });
+        },
       },
-      async cancel(req: DecodeCancelRequest) {
-        self.cancels.push(req);
-        const c = self.live.get(req.requestId);
-        c?.abort(new CancelledError("cancelled"));
-        return { found: c !== undefined };
-      },
-      async status() {
-        return {
-          freeKvBlocks: 1000,
-          totalKvBlocks: 1000,
-          blockSize: 16,
-          runningSequences: self.live.size,
-          waitingSequences: 0,
-          pendingTransfers: 0,
-          modelId: "tiny-v3",
-          precision: Precision.PRECISION_EXACT,
-          accepting: true,
-        };
-      },
-    });
-    this.address = (await serve(this.server, "127.0.0.1:0")).address;
+      silent,
+    );
+    this.server = decode.server;
+    this.address = decode.address;
     return this;
   }
 
@@ -172,45 +144,19 @@ const taken = new Map<string, PrefillJob>();
 beforeAll(async () => {
   decode = await new ScriptedDecode().start();
   queue = createPrefillQueue(REDIS, prefix);
-  worker = new Worker(
-    PREFILL_QUEUE,
-    async (j) => {
-      const job = parsePrefillJob(j.data);
-      taken.set(job.requestId, job);
-      if (job.promptTokenIds.includes(POISON)) throw new UnrecoverableError("UNAVAILABLE: expert-host 0 is unavailable");
-      decode.job(job.requestId).resolve(job);
-      return {};
-    },
-    { connection: redisConnection(REDIS), prefix, concurrency: 8 },
-  );
+  worker = standInPrefill(prefix, (data) => {
+    const job = parsePrefillJob(data);
+    taken.set(job.requestId, job);
+    if (job.promptTokenIds.includes(POISON)) throw new UnrecoverableError("UNAVAILABLE: expert-host 0 is unavailable");
+    decode.job(job.requestId).resolve(job);
+  });
   await worker.waitUntilReady();
-  router = await startRouter(
-    {
-      model: MODEL,
-      httpAddress: "127.0.0.1:0",
-      grpcAddress: "127.0.0.1:0",
-      metricsAddress: "127.0.0.1:0",
-      redisUrl: REDIS,
-      queuePrefix: prefix,
-      decode: [decode.address],
-      servedModelName: "tiny-v3",
-      maxModelLen: undefined,
-      precision: "exact",
-      requestTimeoutMs: 30_000,
-      maxInFlight: 64,
-      logLevel: "silent",
-    },
-    { logger: silent, shutdownGraceMs: 1_000, statusIntervalMs: 100 },
-  );
+  router = await startRouter(testRouterConfig(prefix, [decode.address], { requestTimeoutMs: 30_000 }), { logger: silent, shutdownGraceMs: 1_000, statusIntervalMs: 100 });
   client = new OpenAI({ baseURL: `${router.httpUrl}/v1`, apiKey: "none", maxRetries: 0 });
 });
 
 afterAll(async () => {
-  await router?.close();
-  await worker?.close();
-  await queue?.obliterate({ force: true });
-  await queue?.close();
-  await drainAndClose(decode.server, 0, { flushMs: 100 });
+  await closeRouterRig({ router, worker, queue, decode: [decode.server] });
 });
 
 /** The text the router should make of a job's scripted tokens (special tokens skipped). */
@@ -457,25 +403,7 @@ describe("errors", () => {
     expect(res.status).toBe(400);
     expect(res.headers.get("x-moela-ignored-fields")).toBe("frobnicate, messages[0].mood");
     expect(((await res.json()) as { error: { param: string } }).error.param).toBe("max_tokens");
-    const strict = await startRouter(
-      {
-        model: MODEL,
-        httpAddress: "127.0.0.1:0",
-        grpcAddress: "127.0.0.1:0",
-        metricsAddress: "127.0.0.1:0",
-        redisUrl: REDIS,
-        queuePrefix: prefix,
-        decode: ["127.0.0.1:1"],
-        servedModelName: "tiny-v3",
-        maxModelLen: undefined,
-        precision: "exact",
-        requestTimeoutMs: 5_000,
-        maxInFlight: 4,
-        strictApi: true,
-        logLevel: "silent",
-      },
-      { logger: silent, shutdownGraceMs: 100 },
-    );
+    const strict = await startRouter(testRouterConfig(prefix, ["127.0.0.1:1"], { requestTimeoutMs: 5_000, maxInFlight: 4, strictApi: true }), { logger: silent, shutdownGraceMs: 100 });
     try {
       const c = new OpenAI({ baseURL: `${strict.httpUrl}/v1`, apiKey: "none", maxRetries: 0 });
       const err = await c.completions.create({ model: "tiny-v3", prompt: "x", best_of_luck: true } as unknown as OpenAI.CompletionCreateParamsNonStreaming).catch((e: unknown) => e);
@@ -487,24 +415,7 @@ describe("errors", () => {
   });
 
   it("no reachable decode instance -> 503", async () => {
-    const lonely = await startRouter(
-      {
-        model: MODEL,
-        httpAddress: "127.0.0.1:0",
-        grpcAddress: "127.0.0.1:0",
-        metricsAddress: "127.0.0.1:0",
-        redisUrl: REDIS,
-        queuePrefix: prefix,
-        decode: ["127.0.0.1:1"],
-        servedModelName: "tiny-v3",
-        maxModelLen: undefined,
-        precision: "exact",
-        requestTimeoutMs: 5_000,
-        maxInFlight: 4,
-        logLevel: "silent",
-      },
-      { logger: silent, shutdownGraceMs: 100 },
-    );
+    const lonely = await startRouter(testRouterConfig(prefix, ["127.0.0.1:1"], { requestTimeoutMs: 5_000, maxInFlight: 4 }), { logger: silent, shutdownGraceMs: 100 });
     try {
       const c = new OpenAI({ baseURL: `${lonely.httpUrl}/v1`, apiKey: "none", maxRetries: 0 });
       const err = await c.completions.create({ model: "tiny-v3", prompt: "x", max_tokens: 2, stream: true }).catch((e: unknown) => e);
@@ -591,24 +502,7 @@ describe("gRPC Generate", () => {
 
 describe("graceful shutdown", () => {
   async function anotherRouter(graceMs: number): Promise<StartedRouter> {
-    return startRouter(
-      {
-        model: MODEL,
-        httpAddress: "127.0.0.1:0",
-        grpcAddress: "127.0.0.1:0",
-        metricsAddress: "127.0.0.1:0",
-        redisUrl: REDIS,
-        queuePrefix: prefix,
-        decode: [decode.address],
-        servedModelName: "tiny-v3",
-        maxModelLen: undefined,
-        precision: "exact",
-        requestTimeoutMs: 30_000,
-        maxInFlight: 8,
-        logLevel: "silent",
-      },
-      { logger: silent, shutdownGraceMs: graceMs, statusIntervalMs: 100 },
-    );
+    return startRouter(testRouterConfig(prefix, [decode.address], { requestTimeoutMs: 30_000, maxInFlight: 8 }), { logger: silent, shutdownGraceMs: graceMs, statusIntervalMs: 100 });
   }
 
   /** Start a streamed completion and return its reader once the first chunk is in. */
@@ -671,24 +565,7 @@ describe("graceful shutdown", () => {
 
 describe("admission", () => {
   it("past --max-in-flight a request is refused with 429 and Retry-After", async () => {
-    const small = await startRouter(
-      {
-        model: MODEL,
-        httpAddress: "127.0.0.1:0",
-        grpcAddress: "127.0.0.1:0",
-        metricsAddress: "127.0.0.1:0",
-        redisUrl: REDIS,
-        queuePrefix: prefix,
-        decode: [decode.address],
-        servedModelName: "tiny-v3",
-        maxModelLen: undefined,
-        precision: "exact",
-        requestTimeoutMs: 30_000,
-        maxInFlight: 1,
-        logLevel: "silent",
-      },
-      { logger: silent, shutdownGraceMs: 1_000, statusIntervalMs: 100 },
-    );
+    const small = await startRouter(testRouterConfig(prefix, [decode.address], { requestTimeoutMs: 30_000, maxInFlight: 1 }), { logger: silent, shutdownGraceMs: 1_000, statusIntervalMs: 100 });
     try {
       // Two prompts in one request need two slots; the bound is one.
       const res = await fetch(`${small.httpUrl}/v1/completions`, {

@@ -17,14 +17,13 @@ import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Redis } from "ioredis";
 import { createLogger } from "@moela/core";
-import { DecodeService, FinishReason, Precision, type StreamRequest, type StreamResponse } from "@moela/proto-gen";
-import { createServer, drainAndClose, serve, type CallContext, type RpcServer } from "@moela/rpc";
+import { FinishReason, type StreamRequest, type StreamResponse } from "@moela/proto-gen";
+import { drainAndClose, type CallContext, type RpcServer } from "@moela/rpc";
 import { createPrefillQueue, createRedisClient, InstanceRegistry, type Decision, type Registration } from "@moela/scheduler";
 import type { Queue } from "bullmq";
 import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
+import { idleDecodeStatus, REDIS_URL as REDIS, serveDecode, testRouterConfig } from "../../helpers/router-rig.js";
 
-const MODEL = new URL("../../../models/tiny-v3", import.meta.url).pathname;
-const REDIS = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const silent = createLogger("routing-test", process.env.TEST_LOG ?? "silent");
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -37,36 +36,29 @@ class StandInDecode {
 
   async start(): Promise<this> {
     const self = this;
-    this.server = createServer({ logger: silent });
-    this.server.addService(DecodeService, {
-      async *stream(req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
-        self.opened.push(req.requestId);
-        const forever = () => new Promise((_, reject) => ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason)));
-        if (req.requestId.startsWith("hold-")) {
-          yield { tokens: [{ index: 0, tokenId: 400 }], finishReason: FinishReason.FINISH_REASON_UNSPECIFIED };
-          await forever();
-        }
-        if (!req.requestId.startsWith("run-") && !req.requestId.startsWith("req-")) await forever();
-        yield { tokens: [400, 401, 402].map((tokenId, index) => ({ index, tokenId })), finishReason: FinishReason.FINISH_REASON_LENGTH };
+    const decode = await serveDecode(
+      {
+        async *stream(req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
+          self.opened.push(req.requestId);
+          const forever = () => new Promise((_, reject) => ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason)));
+          if (req.requestId.startsWith("hold-")) {
+            yield { tokens: [{ index: 0, tokenId: 400 }], finishReason: FinishReason.FINISH_REASON_UNSPECIFIED };
+            await forever();
+          }
+          if (!req.requestId.startsWith("run-") && !req.requestId.startsWith("req-")) await forever();
+          yield { tokens: [400, 401, 402].map((tokenId, index) => ({ index, tokenId })), finishReason: FinishReason.FINISH_REASON_LENGTH };
+        },
+        async cancel() {
+          return { found: true };
+        },
+        async status() {
+          return idleDecodeStatus({ freeKvBlocks: self.freeKvBlocks });
+        },
       },
-      async cancel() {
-        return { found: true };
-      },
-      async status() {
-        return {
-          freeKvBlocks: self.freeKvBlocks,
-          totalKvBlocks: 1000,
-          blockSize: 16,
-          runningSequences: 0,
-          waitingSequences: 0,
-          pendingTransfers: 0,
-          modelId: "tiny-v3",
-          precision: Precision.PRECISION_EXACT,
-          accepting: true,
-        };
-      },
-    });
-    this.address = (await serve(this.server, "127.0.0.1:0")).address;
+      silent,
+    );
+    this.server = decode.server;
+    this.address = decode.address;
     return this;
   }
 }
@@ -84,24 +76,12 @@ const rigs: Rig[] = [];
 
 async function rig(over: { maxInFlight?: number; requestTimeoutMs?: number } = {}): Promise<Rig> {
   const prefix = `moela-test-routing-${randomUUID()}`;
-  const router = await startRouter(
-    {
-      model: MODEL,
-      httpAddress: "127.0.0.1:0",
-      grpcAddress: "127.0.0.1:0",
-      metricsAddress: "127.0.0.1:0",
-      redisUrl: REDIS,
-      queuePrefix: prefix,
-      decode: [seed.address],
-      servedModelName: "tiny-v3",
-      maxModelLen: undefined,
-      precision: "exact",
-      requestTimeoutMs: over.requestTimeoutMs ?? 30_000,
-      maxInFlight: over.maxInFlight ?? 64,
-      logLevel: "silent",
-    },
-    { logger: silent, shutdownGraceMs: 500, statusIntervalMs: 100, heartbeatMs: 200 },
-  );
+  const router = await startRouter(testRouterConfig(prefix, [seed.address], { requestTimeoutMs: over.requestTimeoutMs ?? 30_000, maxInFlight: over.maxInFlight ?? 64 }), {
+    logger: silent,
+    shutdownGraceMs: 500,
+    statusIntervalMs: 100,
+    heartbeatMs: 200,
+  });
   const r = { prefix, router, queue: createPrefillQueue(REDIS, prefix) };
   rigs.push(r);
   return r;
