@@ -39,7 +39,6 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { ConfigError } from "@moela/core";
 import {
-  checkpointTensorSpecs,
   parseModelConfig,
   writeHfCheckpoint,
   type FloatDType,

@@ -203,10 +203,6 @@ function expertHostGroups(values: Obj): string[] {
     Array.from({ length: replicasPerShard }, (_, r) => podAddress(`${fullname}-expert-host-${s}`, r, values.ports.grpc, `${fullname}-expert-host`)).join("|"),
   );
 }
-/** The role of a moela workload, from its component label. */
-function roleOf(w: Obj): ServiceRole {
-  return w.spec.template.metadata.labels["app.kubernetes.io/component"] as ServiceRole;
-}
 function externalRedis(values: Obj): boolean {
   return values.redis.enabled === false;
 }

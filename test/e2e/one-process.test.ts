@@ -130,7 +130,7 @@ describe("moela serve --role all: flags", () => {
 describe("moela serve --role all", () => {
   let server: Server;
   let client: OpenAI;
-  const oracle: { ids?: GenerateResult; text?: GenerateResult; chat?: GenerateResult } = {};
+  const oracle: { ids?: GenerateResult | undefined; text?: GenerateResult | undefined; chat?: GenerateResult | undefined } = {};
 
   beforeAll(async () => {
     // The oracle runs while the server starts (two at a time: the suite shares 2 cores).

@@ -74,7 +74,7 @@ export function substituteGrafanaVariables(expr: string, sub: Substitutions): st
     __range: sub.interval,
     __interval_ms: "60000",
   };
-  return expr.replace(/\$\{([a-zA-Z_][a-zA-Z0-9_]*)\}|\$([a-zA-Z_][a-zA-Z0-9_]*)|\[\[([a-zA-Z_][a-zA-Z0-9_]*)\]\]/g, (whole, a, b, c) => {
+  return expr.replace(/\$\{([a-zA-Z_][a-zA-Z0-9_]*)\}|\$([a-zA-Z_][a-zA-Z0-9_]*)|\[\[([a-zA-Z_][a-zA-Z0-9_]*)\]\]/g, (_whole, a, b, c) => {
     const name = (a ?? b ?? c) as string;
     const value = builtins[name] ?? sub.variables[name];
     if (value === undefined) throw new Error(`no value for Grafana variable $${name} in: ${expr}`);

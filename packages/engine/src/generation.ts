@@ -107,7 +107,9 @@ export interface EngineOptions {
    */
   readonly verifyCost?: number;
   /** The per-sequence decision rule of "auto" (default nextDraftingState); tests script it. */
-  readonly draftingPolicy?: (state: DraftingState, step: { verified: boolean; accepted: boolean }, ctx: SpeculationContext) => DraftingState;
+  readonly draftingPolicy?:
+    | ((state: DraftingState, step: { verified: boolean; accepted: boolean }, ctx: SpeculationContext) => DraftingState)
+    | undefined;
   /**
    * Reuse the latent KV of prompt prefixes across sequences (off by default). `capacityBlocks` bounds the
    * blocks the cache keeps (default: all of them; unreferenced ones are evicted when allocation needs room).
@@ -296,7 +298,6 @@ export class Engine {
   private readonly fixedVerifyCost: number | null;
   private readonly draftingPolicy: NonNullable<EngineOptions["draftingPolicy"]>;
   private readonly probsTarget: Float32Array[];
-  private readonly probsDraft: Float32Array;
   private readonly tokenTexts: (() => TokenTexts) | null;
   private grammarVocabulary: GrammarVocabulary | null = null;
   /** Compiled grammars by spec text, least recently used first. */
@@ -326,7 +327,6 @@ export class Engine {
     this.fixedVerifyCost = opts.verifyCost ?? null;
     this.draftingPolicy = opts.draftingPolicy ?? ((state, step, ctx) => nextDraftingState(state, step, ctx));
     this.probsTarget = [new Float32Array(c.vocabSize), new Float32Array(c.vocabSize)];
-    this.probsDraft = new Float32Array(c.vocabSize);
     if (opts.prefixCache) {
       const cap = typeof opts.prefixCache === "object" ? opts.prefixCache.capacityBlocks : undefined;
       const pc = new PrefixCache(this.cache, cap === undefined ? {} : { capacityBlocks: cap });

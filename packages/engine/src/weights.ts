@@ -84,7 +84,7 @@ export interface LoadOptions {
   /** Load the MTP layers when the checkpoint has them (default true). */
   readonly mtp?: boolean;
   /** Called after each part is loaded (a progress bar while a large checkpoint loads). */
-  readonly onProgress?: (p: LoadProgress) => void;
+  readonly onProgress?: ((p: LoadProgress) => void) | undefined;
 }
 
 /**

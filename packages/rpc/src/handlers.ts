@@ -70,8 +70,8 @@ export interface HandlerOptions {
   /** Live calls are added here while they run, so a draining server can end them. */
   readonly calls?: Set<LiveCall>;
   /** Where errors that reach the client as INTERNAL are logged with their stack. */
-  readonly logger?: Logger;
-  readonly onCallEnd?: (event: CallEndEvent) => void;
+  readonly logger?: Logger | undefined;
+  readonly onCallEnd?: ((event: CallEndEvent) => void) | undefined;
 }
 
 export type UnaryHandler<Req, Res> = (request: Req, ctx: CallContext) => Promise<Res>;

@@ -92,7 +92,7 @@ export function serviceNameOf(definition: ServiceDefinitionLike): string {
 
 export interface CreateServerOptions {
   /** Logs handler errors that reach clients as INTERNAL (with their stack, which the wire never carries). */
-  readonly logger?: Logger;
+  readonly logger?: Logger | undefined;
   /** Called once per finished call (method, status code, duration): the hook for metrics. */
   readonly onCallEnd?: (event: CallEndEvent) => void;
   /** Largest message in either direction (default DEFAULT_MAX_MESSAGE_BYTES). */
@@ -106,7 +106,7 @@ export interface CreateServerOptions {
    * UNAUTHENTICATED, counted through onCallEnd); with a TLS cert, `serve` binds TLS (mTLS with
    * clientAuth). Default: none (plaintext, open), as the router's public Generate server runs.
    */
-  readonly security?: InternalSecurity;
+  readonly security?: InternalSecurity | undefined;
 }
 
 /** A grpc-js Server plus health, reflection and the live calls that drain must end. */

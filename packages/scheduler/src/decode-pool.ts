@@ -26,8 +26,8 @@ export type DecodeLoad = InstanceLoad;
 
 /** A Status report: the load, plus the identity the policy may filter on. */
 export interface DecodeReport extends DecodeLoad {
-  readonly precision?: string;
-  readonly modelId?: string;
+  readonly precision?: string | undefined;
+  readonly modelId?: string | undefined;
 }
 
 export type FetchDecodeStatus = (address: string, opts: { timeoutMs: number }) => Promise<DecodeReport>;
@@ -36,8 +36,8 @@ export type FetchDecodeStatus = (address: string, opts: { timeoutMs: number }) =
 export interface DiscoveredInstance {
   readonly id: string;
   readonly address: string;
-  readonly precision?: string;
-  readonly modelId?: string;
+  readonly precision?: string | undefined;
+  readonly modelId?: string | undefined;
 }
 
 export interface DecodePoolOptions {

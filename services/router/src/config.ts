@@ -118,9 +118,9 @@ export interface RouterConfig {
   /** Largest HTTP body / gRPC request message (default DEFAULT_MAX_BODY_BYTES). */
   readonly maxBodyBytes?: number;
   /** Prompt characters per request before tokenizing; undefined = defaultMaxPromptChars(max model len). */
-  readonly maxPromptChars?: number;
+  readonly maxPromptChars?: number | undefined;
   /** Longest prompt in tokens; undefined = min(max model len - 1, PREFILL_DEFAULT_MAX_PROMPT_TOKENS). */
-  readonly maxPromptTokens?: number;
+  readonly maxPromptTokens?: number | undefined;
   /** Tokenizer worker threads (default 1; 0 = the event loop). */
   readonly tokenizerThreads?: number;
   /** Unknown request fields are a 400 (default false: ignored with a warning header). */

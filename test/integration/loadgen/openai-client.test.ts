@@ -114,7 +114,7 @@ describe("the OpenAI client against a streaming HTTP server", () => {
       numPrompts: 6,
       warmup: 1,
       rounds: 1,
-      requests: (level, phase, n) => buildRequests(workload, n, phase === "warmup" ? 1 : 0),
+      requests: (_level, phase, n) => buildRequests(workload, n, phase === "warmup" ? 1 : 0),
       arrivalSeed: () => 0,
       clock: realClock,
     });
@@ -170,7 +170,7 @@ describe("the OpenAI client against a streaming HTTP server", () => {
         numPrompts: 16,
         warmup: 0,
         rounds: 1,
-        requests: (l, p, n) => buildRequests(workload, n, 3),
+        requests: (_l, _p, n) => buildRequests(workload, n, 3),
         arrivalSeed: () => 0,
         clock: realClock,
         signal: new AbortController().signal,
@@ -190,7 +190,7 @@ describe("the OpenAI client against a streaming HTTP server", () => {
       numPrompts: 2,
       warmup: 0,
       rounds: 1,
-      requests: (l, p, n) => buildRequests(workload, n, 0),
+      requests: (_l, _p, n) => buildRequests(workload, n, 0),
       arrivalSeed: () => 0,
       clock: realClock,
     });

@@ -18,7 +18,6 @@ import {
   mlaShape,
   mlp,
   mlpBack,
-  mlpParams,
   moe,
   moeBack,
   moeParams,

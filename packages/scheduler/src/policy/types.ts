@@ -70,7 +70,7 @@ export interface SchedulingRequest {
   readonly promptTokens: number;
   readonly maxTokens: number;
   /** The deployment's precision profile, for same-precision. */
-  readonly precision?: string;
+  readonly precision?: string | undefined;
   /** The prompt itself, for plugins that look at its content (prefix affinity). */
   readonly promptTokenIds?: readonly number[];
   /** The request's prefix-cache namespace (cache_salt): its prefix keys are salted with it. */
