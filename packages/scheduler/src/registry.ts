@@ -33,12 +33,9 @@ export const REGISTRY_TTL_MS = 4_000;
 /** Index entries silent this long are pruned (much longer than any TTL: clocks may differ). */
 const INDEX_PRUNE_MS = 60_000;
 
-/** What an instance says about itself (fixed for its lifetime). */
-export interface InstanceInfo {
+/** Where an instance is reached and what it serves: declared by the instance, read back as declared. */
+interface InstanceAddress {
   readonly role: InstanceRole;
-  /** Default: `<role>-<hostname>-<pid>-<6 hex>`. */
-  readonly id?: string;
-  readonly pid?: number;
   /** Dialable gRPC host:port. */
   readonly grpcAddress: string;
   readonly metricsUrl?: string;
@@ -51,6 +48,18 @@ export interface InstanceInfo {
   readonly shardCount?: number;
 }
 
+/** The optional fields of InstanceAddress and the hash fields they are kept in (numbers as decimal strings). */
+const OPTIONAL_TEXT = { metricsUrl: "metrics", httpUrl: "http", precision: "precision", modelId: "model" } as const;
+const OPTIONAL_NUMBERS = { shardIndex: "shard_index", shardCount: "shard_count" } as const;
+type OptionalAddress = Pick<InstanceAddress, keyof typeof OPTIONAL_TEXT | keyof typeof OPTIONAL_NUMBERS>;
+
+/** What an instance says about itself (fixed for its lifetime). */
+export interface InstanceInfo extends InstanceAddress {
+  /** Default: `<role>-<hostname>-<pid>-<6 hex>`. */
+  readonly id?: string;
+  readonly pid?: number;
+}
+
 /** What an instance publishes each heartbeat; absent numbers are 0 (accepting: true). */
 export interface PublishedLoad extends Partial<InstanceLoad> {
   /** Queue lengths by name (e.g. prefill_waiting, prefill_active). */
@@ -58,18 +67,10 @@ export interface PublishedLoad extends Partial<InstanceLoad> {
 }
 
 /** One live instance as read back. */
-export interface InstanceRecord {
-  readonly role: InstanceRole;
+export interface InstanceRecord extends InstanceAddress {
   readonly id: string;
   readonly pid: number;
   readonly hostname: string;
-  readonly grpcAddress: string;
-  readonly metricsUrl?: string;
-  readonly httpUrl?: string;
-  readonly precision?: string;
-  readonly modelId?: string;
-  readonly shardIndex?: number;
-  readonly shardCount?: number;
   readonly startedAtMs: number;
   readonly heartbeatAtMs: number;
   readonly ttlMs: number;
@@ -131,25 +132,48 @@ function optNum(v: string | undefined): number | undefined {
   return Number.isFinite(n) ? n : undefined;
 }
 
+const entries = <T extends object>(o: T) => Object.entries(o) as [keyof T, string][];
+
+/** The hash fields of an instance's optional address fields (those it has). */
+function optionalAddressFields(info: OptionalAddress): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [field, key] of entries(OPTIONAL_TEXT)) {
+    const v = info[field];
+    if (v !== undefined) out[key] = v;
+  }
+  for (const [field, key] of entries(OPTIONAL_NUMBERS)) {
+    const v = info[field];
+    if (v !== undefined) out[key] = String(v);
+  }
+  return out;
+}
+
+/** The optional address fields a record's hash has (empty text and non-numbers count as absent). */
+function parseOptionalAddress(h: Record<string, string>): OptionalAddress {
+  const out: { -readonly [K in keyof OptionalAddress]: OptionalAddress[K] } = {};
+  for (const [field, key] of entries(OPTIONAL_TEXT)) {
+    const v = h[key];
+    if (v) out[field] = v;
+  }
+  for (const [field, key] of entries(OPTIONAL_NUMBERS)) {
+    const v = optNum(h[key]);
+    if (v !== undefined) out[field] = v;
+  }
+  return out;
+}
+
 /** A hash read back as a record (undefined when it is gone or not a record). */
 export function parseRecord(h: Record<string, string>): InstanceRecord | undefined {
   if (h.id === undefined || h.role === undefined || h.grpc === undefined) return undefined;
   const queues: Record<string, number> = {};
   for (const [k, v] of Object.entries(h)) if (k.startsWith("queue.")) queues[k.slice(6)] = num(v);
-  const shardIndex = optNum(h.shard_index);
-  const shardCount = optNum(h.shard_count);
   return {
     role: h.role as InstanceRole,
     id: h.id,
     pid: num(h.pid),
     hostname: h.hostname ?? "",
     grpcAddress: h.grpc,
-    ...(h.metrics ? { metricsUrl: h.metrics } : {}),
-    ...(h.http ? { httpUrl: h.http } : {}),
-    ...(h.precision ? { precision: h.precision } : {}),
-    ...(h.model ? { modelId: h.model } : {}),
-    ...(shardIndex !== undefined ? { shardIndex } : {}),
-    ...(shardCount !== undefined ? { shardCount } : {}),
+    ...parseOptionalAddress(h),
     startedAtMs: num(h.started_at_ms),
     heartbeatAtMs: num(h.heartbeat_at_ms),
     ttlMs: num(h.ttl_ms),
@@ -193,12 +217,7 @@ export class Registration {
       grpc: info.grpcAddress,
       started_at_ms: String(Date.now()),
       ttl_ms: String(registry.ttlMs),
-      ...(info.metricsUrl !== undefined ? { metrics: info.metricsUrl } : {}),
-      ...(info.httpUrl !== undefined ? { http: info.httpUrl } : {}),
-      ...(info.precision !== undefined ? { precision: info.precision } : {}),
-      ...(info.modelId !== undefined ? { model: info.modelId } : {}),
-      ...(info.shardIndex !== undefined ? { shard_index: String(info.shardIndex) } : {}),
-      ...(info.shardCount !== undefined ? { shard_count: String(info.shardCount) } : {}),
+      ...optionalAddressFields(info),
     };
   }
 
