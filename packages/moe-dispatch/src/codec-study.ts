@@ -113,45 +113,45 @@ export interface CodecError {
   readonly flushedToZero: number;
 }
 
+/** The 1 x `tile` tiles of a [rows, cols] matrix, row by row: row r, columns [c0, c1). */
+function* tiles(rows: number, cols: number, tile: number): Generator<{ r: number; c0: number; c1: number }> {
+  for (let r = 0; r < rows; r++) for (let c0 = 0; c0 < cols; c0 += tile) yield { r, c0, c1: Math.min(c0 + tile, cols) };
+}
+
 /** Error of `codec` on the [rows, cols] matrix x. */
 export function codecError(codec: StudyCodec, x: Float32Array, rows: number, cols: number, tile = 128): CodecError {
   const n = rows * cols;
   const y = codec.roundTrip(x, rows, cols, new Float32Array(n));
-  let num = 0;
-  let den = 0;
+  // Sums of squared errors and of squared inputs, of relative errors over nonzero inputs; counts of those and of the flushed.
+  const sum = { sqErr: 0, sqRef: 0, relErr: 0 };
+  const count = { nonzero: 0, flushed: 0 };
   let maxAbs = 0;
   let maxTileRel = 0;
-  let nonzero = 0;
-  let flushed = 0;
-  let relSum = 0;
-  for (let r = 0; r < rows; r++) {
-    for (let c0 = 0; c0 < cols; c0 += tile) {
-      const c1 = Math.min(c0 + tile, cols);
-      let amax = 0;
-      for (let c = c0; c < c1; c++) amax = Math.max(amax, Math.abs(x[r * cols + c]!));
-      for (let c = c0; c < c1; c++) {
-        const i = r * cols + c;
-        const d = Math.abs(y[i]! - x[i]!);
-        num += d * d;
-        den += x[i]! * x[i]!;
-        if (d > maxAbs) maxAbs = d;
-        if (amax > 0 && d / amax > maxTileRel) maxTileRel = d / amax;
-        if (x[i] !== 0) {
-          nonzero++;
-          relSum += d / Math.abs(x[i]!);
-          if (y[i] === 0) flushed++;
-        }
+  for (const { r, c0, c1 } of tiles(rows, cols, tile)) {
+    let amax = 0;
+    for (let c = c0; c < c1; c++) amax = Math.max(amax, Math.abs(x[r * cols + c]!));
+    for (let c = c0; c < c1; c++) {
+      const i = r * cols + c;
+      const d = Math.abs(y[i]! - x[i]!);
+      sum.sqErr += d * d;
+      sum.sqRef += x[i]! * x[i]!;
+      if (d > maxAbs) maxAbs = d;
+      if (amax > 0 && d / amax > maxTileRel) maxTileRel = d / amax;
+      if (x[i] !== 0) {
+        count.nonzero++;
+        sum.relErr += d / Math.abs(x[i]!);
+        if (y[i] === 0) count.flushed++;
       }
     }
   }
   return {
     codec: codec.name,
     bytesPerValue: codec.bytesPerValue(cols),
-    relRms: den === 0 ? 0 : Math.sqrt(num / den),
-    meanRelErr: nonzero === 0 ? 0 : relSum / nonzero,
+    relRms: sum.sqRef === 0 ? 0 : Math.sqrt(sum.sqErr / sum.sqRef),
+    meanRelErr: count.nonzero === 0 ? 0 : sum.relErr / count.nonzero,
     maxAbsErr: maxAbs,
     maxTileRelErr: maxTileRel,
-    flushedToZero: nonzero === 0 ? 0 : flushed / nonzero,
+    flushedToZero: count.nonzero === 0 ? 0 : count.flushed / count.nonzero,
   };
 }
 
@@ -178,32 +178,29 @@ export function dataStats(x: Float32Array, rows: number, cols: number, tile = 12
   let amax = 0;
   let zeros = 0;
   let crest = 0;
-  let tiles = 0;
+  let nonzeroTiles = 0;
   const ranges: number[] = [];
-  for (let r = 0; r < rows; r++) {
-    for (let c0 = 0; c0 < cols; c0 += tile) {
-      const c1 = Math.min(c0 + tile, cols);
-      let tmax = 0;
-      let tmin = Infinity;
-      let t2 = 0;
-      for (let c = c0; c < c1; c++) {
-        const v = x[r * cols + c]!;
-        const a = Math.abs(v);
-        const sq = v * v;
-        s2 += sq;
-        s4 += sq * sq;
-        t2 += sq;
-        if (a > tmax) tmax = a;
-        if (a !== 0 && a < tmin) tmin = a;
-        if (a === 0) zeros++;
-      }
-      if (tmax > 0) {
-        crest += tmax / Math.sqrt(t2 / (c1 - c0));
-        ranges.push(Math.log2(tmax / tmin));
-        tiles++;
-      }
-      amax = Math.max(amax, tmax);
+  for (const { r, c0, c1 } of tiles(rows, cols, tile)) {
+    let tmax = 0;
+    let tmin = Infinity;
+    let t2 = 0;
+    for (let c = c0; c < c1; c++) {
+      const v = x[r * cols + c]!;
+      const a = Math.abs(v);
+      const sq = v * v;
+      s2 += sq;
+      s4 += sq * sq;
+      t2 += sq;
+      if (a > tmax) tmax = a;
+      if (a !== 0 && a < tmin) tmin = a;
+      if (a === 0) zeros++;
     }
+    if (tmax > 0) {
+      crest += tmax / Math.sqrt(t2 / (c1 - c0));
+      ranges.push(Math.log2(tmax / tmin));
+      nonzeroTiles++;
+    }
+    amax = Math.max(amax, tmax);
   }
   ranges.sort((a, b) => a - b);
   const m2 = s2 / n;
@@ -213,7 +210,7 @@ export function dataStats(x: Float32Array, rows: number, cols: number, tile = 12
     rms: Math.sqrt(m2),
     amax,
     kurtosis: m2 === 0 ? 0 : s4 / n / (m2 * m2),
-    tileCrest: tiles === 0 ? 0 : crest / tiles,
+    tileCrest: nonzeroTiles === 0 ? 0 : crest / nonzeroTiles,
     tileLog2Range: ranges.length === 0 ? 0 : ranges[Math.floor(ranges.length / 2)]!,
     zeros: zeros / n,
   };
