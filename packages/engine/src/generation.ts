@@ -32,7 +32,7 @@ import type { DeepseekModel, ForwardResult } from "./model.js";
 import { PagedLatentCache } from "./kv-cache/paged-latent.js";
 import { PrefixCache } from "./kv-cache/prefix-cache.js";
 import type { KvSink } from "./ports.js";
-import { argmax, Sampler, sampleFromProbs, topLogprobs, validateSamplingParams, type SamplingParams } from "./sampler.js";
+import { argmax, Sampler, SamplerScratch, sampleFromProbs, topLogprobs, validateSamplingParams, type SamplingParams } from "./sampler.js";
 import { hasPenalties, LogitsProcessor, validatePenaltyParams, type PenaltyParams } from "./sampler-penalties.js";
 import { verifyDraft } from "./speculative.js";
 import { CompiledGrammar, GrammarMatcher, GrammarVocabulary, type TokenTexts } from "./grammar/vocabulary.js";
@@ -195,11 +195,12 @@ export class Sequence {
     eosIds: readonly number[],
     rng: Rng = new Rng(params.seed),
     grammar: CompiledGrammar | null = null,
+    samplerScratch?: SamplerScratch,
   ) {
     this.id = id;
     this.prompt = prompt;
     this.params = params;
-    this.sampler = new Sampler(vocabSize, params, rng);
+    this.sampler = new Sampler(vocabSize, params, rng, samplerScratch);
     this.stopIds = new Set([...(params.stopTokenIds ?? []), ...(params.ignoreEos ? [] : eosIds)]);
     this.processor = hasPenalties(params) ? new LogitsProcessor(vocabSize, params, prompt, this.stopIds) : null;
     this.grammar = grammar === null ? null : new GrammarMatcher(grammar);
@@ -298,6 +299,8 @@ export class Engine {
   private readonly fixedVerifyCost: number | null;
   private readonly draftingPolicy: NonNullable<EngineOptions["draftingPolicy"]>;
   private readonly probsTarget: Float32Array[];
+  /** [vocab] the samplers' candidates and weights, lent to every sequence's Sampler. */
+  private readonly samplerScratch: SamplerScratch;
   private readonly tokenTexts: (() => TokenTexts) | null;
   private grammarVocabulary: GrammarVocabulary | null = null;
   /** Compiled grammars by spec text, least recently used first. */
@@ -327,6 +330,7 @@ export class Engine {
     this.fixedVerifyCost = opts.verifyCost ?? null;
     this.draftingPolicy = opts.draftingPolicy ?? ((state, step, ctx) => nextDraftingState(state, step, ctx));
     this.probsTarget = [new Float32Array(c.vocabSize), new Float32Array(c.vocabSize)];
+    this.samplerScratch = new SamplerScratch(c.vocabSize);
     if (opts.prefixCache) {
       const cap = typeof opts.prefixCache === "object" ? opts.prefixCache.capacityBlocks : undefined;
       const pc = new PrefixCache(this.cache, cap === undefined ? {} : { capacityBlocks: cap });
@@ -390,7 +394,7 @@ export class Engine {
       throw new InvalidArgumentError(`top logprobs must be an integer in [0, ${c.vocabSize}], got ${n}`);
     }
     const grammar = params.grammar === undefined ? null : this.compileGrammar(params.grammar);
-    return new Sequence(id, prompt, params, c.vocabSize, c.eosTokenIds, rng, grammar);
+    return new Sequence(id, prompt, params, c.vocabSize, c.eosTokenIds, rng, grammar, this.samplerScratch);
   }
 
   /** GenerationParams.grammar compiled for this model's vocabulary (built on first use), cached per spec. */

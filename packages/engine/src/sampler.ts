@@ -11,8 +11,8 @@
  * the k-th place, where vLLM's threshold mask keeps every token tied with the k-th (more than k).
  * Ties are common with bf16 logits; exactly k makes the kept set a pure function of the logits.
  *
- * A `Sampler` is made once per sequence and owns scratch buffers sized to the vocabulary, so the
- * per-token path allocates nothing. All arithmetic on probabilities is float64 (JS numbers); only
+ * A `Sampler` is made once per sequence; its scratch buffers sized to the vocabulary (SamplerScratch) are
+ * the engine's, lent to every sequence's sampler, so neither a new sequence nor the per-token path allocates. All arithmetic on probabilities is float64 (JS numbers); only
  * the `probs()` output is float32, because that is what flows into speculative verification.
  *
  * Cost per token for a vocabulary V (~130k for DeepSeek-V3):
@@ -185,6 +185,25 @@ function selectTopK(logits: Float32Array, k: number, out: Int32Array): void {
   }
 }
 
+/**
+ * A sampler's vocabulary-sized scratch. The engine owns one and lends it to every sequence's Sampler: sampling is
+ * synchronous, so one call at a time uses it. A Sampler made without one allocates its own.
+ */
+export class SamplerScratch {
+  /** [vocab] token ids of the candidates; kept tokens are candidates[0 .. keptCount). */
+  readonly candidates: Int32Array;
+  /** [vocab] exp((logit - max) / T) of candidates[j], valid for j < keptCount. */
+  readonly weights: Float64Array;
+  /** Whether candidates holds the identity, which a draw with top-k and top-p off reads as is. */
+  identity = true;
+
+  constructor(vocabSize: number) {
+    this.candidates = new Int32Array(vocabSize);
+    for (let i = 0; i < vocabSize; i++) this.candidates[i] = i;
+    this.weights = new Float64Array(vocabSize);
+  }
+}
+
 export class Sampler {
   readonly vocabSize: number;
   readonly params: Readonly<SamplingParams>;
@@ -198,15 +217,13 @@ export class Sampler {
   /** Weights below this are dropped (min_p; 0 = off). */
   private readonly minP: number;
 
-  /** [vocab] token ids of the candidates; kept tokens are candidates[0 .. keptCount). */
-  private readonly candidates: Int32Array;
-  /** [vocab] exp((logit - max) / T) of candidates[j], valid for j < keptCount. */
-  private readonly weights: Float64Array;
+  /** Candidates and weights (SamplerScratch), the engine's or this sampler's own. */
+  private readonly scratch: SamplerScratch;
   private keptCount = 0;
   /** Sum of weights over the kept range (float64). */
   private keptMass = 0;
 
-  constructor(vocabSize: number, params: SamplingParams, rng?: Rng) {
+  constructor(vocabSize: number, params: SamplingParams, rng?: Rng, scratch?: SamplerScratch) {
     checkVocab(vocabSize);
     validateSamplingParams(params);
     this.vocabSize = vocabSize;
@@ -217,10 +234,10 @@ export class Sampler {
     this.topK = params.topK > 0 && params.topK < vocabSize ? params.topK : 0;
     this.topP = params.topP;
     this.minP = params.minP ?? 0;
-    this.candidates = new Int32Array(vocabSize);
-    // Identity: with top-k and top-p off the candidates are all ids and are never permuted.
-    for (let i = 0; i < vocabSize; i++) this.candidates[i] = i;
-    this.weights = new Float64Array(vocabSize);
+    if (scratch !== undefined && scratch.candidates.length !== vocabSize) {
+      throw new InvalidArgumentError(`sampler scratch is sized for ${scratch.candidates.length} tokens, expected vocab size ${vocabSize}`);
+    }
+    this.scratch = scratch ?? new SamplerScratch(vocabSize);
   }
 
   /** Draws the next token id (one rng draw unless greedy, which draws nothing). */
@@ -229,8 +246,8 @@ export class Sampler {
     if (this.greedy) return argmax(logits);
     this.process(logits);
     const target = this.rng.next() * this.keptMass;
-    const c = this.candidates;
-    const w = this.weights;
+    const c = this.scratch.candidates;
+    const w = this.scratch.weights;
     let cum = 0;
     let lastPositive = -1;
     for (let j = 0; j < this.keptCount; j++) {
@@ -261,7 +278,7 @@ export class Sampler {
     }
     this.process(logits);
     const inv = 1 / this.keptMass;
-    for (let j = 0; j < this.keptCount; j++) out[this.candidates[j]!] = this.weights[j]! * inv;
+    for (let j = 0; j < this.keptCount; j++) out[this.scratch.candidates[j]!] = this.scratch.weights[j]! * inv;
   }
 
   private checkLogits(logits: Float32Array): void {
@@ -272,14 +289,15 @@ export class Sampler {
 
   /** Fills candidates/weights/kept range for a non-greedy draw. */
   private process(logits: Float32Array): void {
-    const c = this.candidates;
-    const w = this.weights;
+    const c = this.scratch.candidates;
+    const w = this.scratch.weights;
     const invT = this.invTemperature;
     let n: number;
     let max: number;
     if (this.topK > 0) {
       n = this.topK;
       selectTopK(logits, n, c);
+      this.scratch.identity = false;
       max = -Infinity;
       for (let j = 0; j < n; j++) {
         const v = logits[c[j]!]!;
@@ -289,10 +307,11 @@ export class Sampler {
     } else {
       n = this.vocabSize;
       max = maxLogit(logits);
-      // Top-p leaves the ids permuted; restore identity so the token drawn for a given random
-      // number depends on this row of logits only, not on earlier calls (a migrated sampler
-      // with a fresh buffer must draw the same token from the same rng state).
-      if (this.topP < 1) for (let i = 0; i < n; i++) c[i] = i;
+      // Top-p (and top-k, another sequence's on the shared scratch) leave the ids permuted; restore identity
+      // so the token drawn for a given random number depends on this row of logits only, not on earlier
+      // calls (a migrated sampler with a fresh buffer must draw the same token from the same rng state).
+      if (this.topP < 1 || !this.scratch.identity) for (let i = 0; i < n; i++) c[i] = i;
+      this.scratch.identity = this.topP >= 1;
     }
 
     const minP = this.minP;
