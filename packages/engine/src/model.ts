@@ -76,13 +76,59 @@ function attentionScratch(): AttentionScratch {
   };
 }
 
+/** The residual stream and a block's sub-layer buffers (xn and y serve the main and the MTP blocks). */
+interface BlockScratch {
+  readonly h: ScratchBuffer<Float32Array>; // [T, hidden] residual stream
+  readonly xn: ScratchBuffer<Float32Array>; // [T, hidden] normalised input of a sub-layer
+  readonly y: ScratchBuffer<Float32Array>; // [T, hidden] sub-layer output
+  readonly final: ScratchBuffer<Float32Array>; // [T, hidden] after the final norm (ForwardResult.hidden)
+}
+
+/** The MoE layer's router outputs and routed sum. */
+interface MoeScratch {
+  readonly gateLogits: ScratchBuffer<Float32Array>; // [T, E]
+  readonly ids: ScratchBuffer<Int32Array>; // [T, k] chosen experts
+  readonly weights: ScratchBuffer<Float32Array>; // [T, k] their weights
+  readonly routed: ScratchBuffer<Float32Array>; // [T, hidden] routed experts' output
+}
+
+/** A head's selected rows and logits (ForwardResult.logits). */
+interface HeadScratch {
+  readonly sel: ScratchBuffer<Float32Array>; // [rows, hidden]
+  readonly logits: ScratchBuffer<Float32Array>; // [rows, V]
+}
+
+/** The MTP block's input and residual stream. */
+interface MtpScratch {
+  readonly cat: ScratchBuffer<Float32Array>; // [T, 2 * hidden] = [enorm(embed(next)) ; hnorm(hidden)]
+  readonly e: ScratchBuffer<Float32Array>; // [hidden] one embedding row
+  readonly h: ScratchBuffer<Float32Array>; // [T, hidden] residual stream
+  readonly final: ScratchBuffer<Float32Array>; // [T, hidden] after shared_head.norm
+}
+
 /** A model's (or a micro-batch lane's) scratch memory, one typed object per module. */
 interface ModelScratch {
+  readonly block: BlockScratch;
   readonly attn: AttentionScratch;
+  readonly moe: MoeScratch;
+  readonly head: HeadScratch;
+  readonly mtp: MtpScratch;
+  readonly mtpHead: HeadScratch;
+  /** forwardMicroBatches' joined result: hidden [T, hidden], logits [rows, V]. */
+  readonly microBatch: { readonly hidden: ScratchBuffer<Float32Array>; readonly logits: ScratchBuffer<Float32Array> };
 }
 
 function modelScratch(): ModelScratch {
-  return { attn: attentionScratch() };
+  const f32 = ScratchBuffer.f32;
+  return {
+    block: { h: f32(), xn: f32(), y: f32(), final: f32() },
+    attn: attentionScratch(),
+    moe: { gateLogits: f32(), ids: ScratchBuffer.i32(), weights: f32(), routed: f32() },
+    head: { sel: f32(), logits: f32() },
+    mtp: { cat: f32(), e: f32(), h: f32(), final: f32() },
+    mtpHead: { sel: f32(), logits: f32() },
+    microBatch: { hidden: f32(), logits: f32() },
+  };
 }
 /** Element type of cached (and transferred) latent KV rows. */
 export type KvDtype = "f32" | "bf16";
@@ -157,6 +203,7 @@ export class DeepseekModel {
   readonly rotary: RotaryParams;
   readonly kvDtype: KvDtype;
   private experts: ExpertExecutor;
+  /** The MLPs' named scratch (layers/mlp.ts, shared with moe-dispatch's expert-hosts). */
   private readonly ws = new Workspace();
   private readonly scratch: ModelScratch = modelScratch();
   private readonly router: RouterScratch;
@@ -283,8 +330,8 @@ export class DeepseekModel {
     const hd = this.config.hiddenSize;
     const V = this.config.vocabSize;
     const rowsOf = (s: ForwardSeq): number => (s.logits === "none" ? 0 : s.logits === "last" ? 1 : s.tokens.length);
-    const hidden = this.ws.f32("mb.hidden", this.countTokens(seqs) * hd); // [T, hidden]
-    const logits = this.ws.f32("mb.logits", seqs.reduce((a, s) => a + rowsOf(s), 0) * V); // [rows, V]
+    const hidden = this.scratch.microBatch.hidden.get(this.countTokens(seqs) * hd); // [T, hidden]
+    const logits = this.scratch.microBatch.logits.get(seqs.reduce((a, s) => a + rowsOf(s), 0) * V); // [rows, V]
     const logitRow = new Int32Array(seqs.length);
     const tokenRow = new Int32Array(seqs.length);
     let t = 0;
@@ -326,15 +373,15 @@ export class DeepseekModel {
     const c = this.config;
     const hd = c.hiddenSize;
     const T = this.countTokens(seqs);
-    const h = this.ws.f32("h", T * hd); // [T, hidden] residual stream
+    const h = this.scratch.block.h.get(T * hd); // [T, hidden] residual stream
     let t = 0;
     for (const s of seqs) {
       for (let j = 0; j < s.tokens.length; j++, t++) this.embedRow(this.weights.embed, s.tokens[j]!, h, t * hd);
     }
     for (const layer of this.weights.layers) await this.block(layer, cache, seqs, h, T, opts);
-    const hidden = this.ws.f32("final", T * hd); // [T, hidden]
+    const hidden = this.scratch.block.final.get(T * hd); // [T, hidden]
     rmsNormRows(h, T, hd, this.weights.norm, c.rmsNormEps, hidden);
-    return await this.logitsFor(seqs, hidden, T, this.weights.lmHead, "logits");
+    return await this.logitsFor(seqs, hidden, this.weights.lmHead, this.scratch.head);
   }
 
   /** MTP head forward (draft model): predicts the token after next for each position given. */
@@ -344,8 +391,8 @@ export class DeepseekModel {
     const c = this.config;
     const hd = c.hiddenSize;
     const T = this.countTokens(seqs);
-    const cat = this.ws.f32("mtp.cat", T * 2 * hd); // [T, 2*hidden] = [enorm(embed(next)) ; hnorm(hidden)]
-    const e = this.ws.f32("mtp.e", hd);
+    const cat = this.scratch.mtp.cat.get(T * 2 * hd); // [T, 2*hidden] = [enorm(embed(next)) ; hnorm(hidden)]
+    const e = this.scratch.mtp.e.get(hd); // [hidden]
     let t = 0;
     for (const s of seqs) {
       for (let j = 0; j < s.tokens.length; j++, t++) {
@@ -356,12 +403,12 @@ export class DeepseekModel {
         rmsNorm(s.hidden, s.hiddenOff + j * hd, hd, mtp.hnorm, c.rmsNormEps, cat, t * 2 * hd + hd);
       }
     }
-    const h = this.ws.f32("mtp.h", T * hd); // [T, hidden]
+    const h = this.scratch.mtp.h.get(T * hd); // [T, hidden]
     await this.mmA(mtp.ehProj, cat, T, h);
     await this.block(mtp.block, cache, seqs, h, T, opts);
-    const normed = this.ws.f32("mtp.final", T * hd);
+    const normed = this.scratch.mtp.final.get(T * hd); // [T, hidden]
     rmsNormRows(h, T, hd, mtp.headNorm, c.rmsNormEps, normed);
-    return await this.logitsFor(seqs, normed, T, mtp.head, "mtp.logits");
+    return await this.logitsFor(seqs, normed, mtp.head, this.scratch.mtpHead);
   }
 
   private countTokens(seqs: readonly ForwardSeq[]): number {
@@ -380,7 +427,8 @@ export class DeepseekModel {
     decodeRow(embed, id, out.subarray(off, off + this.config.hiddenSize));
   }
 
-  private async logitsFor(seqs: readonly ForwardSeq[], hidden: Float32Array, T: number, head: WeightMatrix, name: string): Promise<ForwardResult> {
+  /** The head (lm_head or the MTP head) on the rows that asked for logits: [rows, V]. */
+  private async logitsFor(seqs: readonly ForwardSeq[], hidden: Float32Array, head: WeightMatrix, scratch: HeadScratch): Promise<ForwardResult> {
     const hd = this.config.hiddenSize;
     const logitRow = new Int32Array(seqs.length);
     const tokenRow = new Int32Array(seqs.length);
@@ -394,7 +442,7 @@ export class DeepseekModel {
       logitRow[i] = n > 0 ? rows : -1;
       rows += n;
     }
-    const sel = this.ws.f32(`${name}.sel`, rows * hd); // [rows, hidden]
+    const sel = scratch.sel.get(rows * hd); // [rows, hidden]
     let r = 0;
     for (let i = 0; i < seqs.length; i++) {
       const s = seqs[i]!;
@@ -403,11 +451,10 @@ export class DeepseekModel {
       sel.set(hidden.subarray(first * hd, (first + n) * hd), r * hd);
       r += n;
     }
-    const logits = this.ws.f32(name, rows * this.config.vocabSize); // [rows, V]
+    const logits = scratch.logits.get(rows * this.config.vocabSize); // [rows, V]
     const t0 = performance.now();
     await this.mmA(head, sel, rows, logits);
     this.phaseTimes?.since("lm_head", t0);
-    void T;
     return { hidden, logits, logitRow, tokenRow };
   }
 
@@ -422,8 +469,8 @@ export class DeepseekModel {
   ): Promise<void> {
     const c = this.config;
     const hd = c.hiddenSize;
-    const xn = this.ws.f32("xn", T * hd); // [T, hidden] normalised input
-    const y = this.ws.f32("y", T * hd); // [T, hidden] sub-layer output
+    const xn = this.scratch.block.xn.get(T * hd); // [T, hidden] normalised input
+    const y = this.scratch.block.y.get(T * hd); // [T, hidden] sub-layer output
     const clock = this.phaseTimes;
     let t0 = performance.now();
     rmsNormRows(h, T, hd, b.inputNorm, c.rmsNormEps, xn);
@@ -443,14 +490,14 @@ export class DeepseekModel {
     const c = this.config;
     const hd = c.hiddenSize;
     const k = c.numExpertsPerTok;
-    const gateLogits = this.ws.f32("gate.logits", T * c.nRoutedExperts); // [T, E]
-    const ids = this.ws.i32("gate.ids", T * k); // [T, k]
-    const weights = this.ws.f32("gate.weights", T * k); // [T, k]
+    const gateLogits = this.scratch.moe.gateLogits.get(T * c.nRoutedExperts); // [T, E]
+    const ids = this.scratch.moe.ids.get(T * k); // [T, k]
+    const weights = this.scratch.moe.weights.get(T * k); // [T, k]
     const clock = this.phaseTimes;
     let t0 = performance.now();
     await this.mmA(moe.gate, xn, T, gateLogits);
     routeTokens(c, gateLogits, T, moe.bias, ids, weights, this.router);
-    const routed = this.ws.f32("moe.routed", T * hd); // [T, hidden]
+    const routed = this.scratch.moe.routed.get(T * hd); // [T, hidden]
     if (clock) t0 = clock.since("gate", t0);
     if (this.experts.waitsOnOtherProcesses === true && moe.shared !== null && this.experts.computesSharedExpert === true) {
       // The expert-hosts compute the shared expert too (as one more routed expert every token selects).
