@@ -110,11 +110,12 @@ export function computeHostPartial(
   bucketByExpert(experts.length, expertIds, P, start, order, ws);
   // Every expert once over all its tokens (one grouped call on the fast kernels), then the ascending-id sum.
   const k = defaultKernels();
+  const g = { experts, x, hidden, start, order, weights, T: rows, out, ws, kernels: k, mm: k.matmul, tokenOf: (p: number) => tokenOf[p]! };
   if (!offEventLoop) {
-    runExpertGroup(experts, x, hidden, start, order, 1, weights, rows, out, ws, k, k.matmul, (p) => tokenOf[p]!);
+    runExpertGroup(g);
     return;
   }
-  return runExpertGroupAsync(experts, x, hidden, start, order, 1, weights, rows, out, ws, k, k.matmul, OFF_LOOP_MIN_WORK, (p) => tokenOf[p]!);
+  return runExpertGroupAsync(g, OFF_LOOP_MIN_WORK);
 }
 
 /** Most rows computed as one group (a bound on the scratch a burst of calls can claim). */

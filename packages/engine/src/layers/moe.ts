@@ -21,61 +21,43 @@ export function bucketByExpert(E: number, ids: ArrayLike<number>, P: number, sta
 }
 
 /**
- * The shared tail of computeRoutedExperts and an expert-host's partial sum: entries `order` grouped by expert
- * (bucket e is order[start[e] .. start[e+1])), entry p naming token floor(p / k) with weight weights[p].
+ * What runExpertGroup computes: entries `order` grouped by expert (bucket e is order[start[e] .. start[e+1])),
+ * entry p naming token tokenOf(p) with weight weights[p]; out [T, hidden] gets the weighted sum per token.
  */
-export function runExpertGroup(
-  experts: ReadonlyArray<MlpWeights | null>,
-  x: Float32Array,
-  hidden: number,
-  start: Int32Array,
-  order: Int32Array,
-  k: number,
-  weights: ArrayLike<number>,
-  T: number,
-  out: Float32Array,
-  ws: Workspace,
-  kernels: KernelBackend,
-  mm: MatmulFn,
-  tokenOf: (entry: number) => number = (p) => Math.floor(p / k),
-): void {
-  const g = gatherExpertGroup(experts, x, hidden, start, order, ws, tokenOf);
-  mlpForwardGroup(g.group, g.sizes, g.xs, g.ys, ws, kernels, mm);
-  addExpertGroup(g.ys, order, weights, hidden, T, out, tokenOf);
+export interface ExpertGroupArgs {
+  readonly experts: ReadonlyArray<MlpWeights | null>;
+  readonly x: Float32Array; // [tokens, hidden]
+  readonly hidden: number;
+  readonly start: Int32Array; // [E + 1] bucket starts
+  readonly order: Int32Array; // [P] entries grouped by expert
+  readonly weights: ArrayLike<number>; // [P]
+  readonly T: number;
+  readonly out: Float32Array; // [T, hidden]
+  readonly ws: Workspace;
+  readonly kernels: KernelBackend;
+  /** The linear kernel of the TypeScript backends. */
+  readonly mm: MatmulFn;
+  /** The token row of entry p (floor(p / k) for a [T, k] routing). */
+  readonly tokenOf: (entry: number) => number;
+}
+
+/** The shared tail of computeRoutedExperts and an expert-host's partial sum: every expert once over its tokens, then the sum. */
+export function runExpertGroup(g: ExpertGroupArgs): void {
+  const grouped = gatherExpertGroup(g);
+  mlpForwardGroup(grouped.group, grouped.sizes, grouped.xs, grouped.ys, g.ws, g.kernels, g.mm);
+  addExpertGroup(g, grouped.ys);
 }
 
 /** runExpertGroup with the experts' products off the event loop from `offLoopMinWork` multiply-adds (mlpForwardGroupAsync). */
-export async function runExpertGroupAsync(
-  experts: ReadonlyArray<MlpWeights | null>,
-  x: Float32Array,
-  hidden: number,
-  start: Int32Array,
-  order: Int32Array,
-  k: number,
-  weights: ArrayLike<number>,
-  T: number,
-  out: Float32Array,
-  ws: Workspace,
-  kernels: KernelBackend,
-  mm: MatmulFn,
-  offLoopMinWork: number,
-  tokenOf: (entry: number) => number = (p) => Math.floor(p / k),
-): Promise<void> {
-  const g = gatherExpertGroup(experts, x, hidden, start, order, ws, tokenOf);
-  await mlpForwardGroupAsync(g.group, g.sizes, g.xs, g.ys, ws, kernels, mm, offLoopMinWork);
-  addExpertGroup(g.ys, order, weights, hidden, T, out, tokenOf);
+export async function runExpertGroupAsync(g: ExpertGroupArgs, offLoopMinWork: number): Promise<void> {
+  const grouped = gatherExpertGroup(g);
+  await mlpForwardGroupAsync(grouped.group, grouped.sizes, grouped.xs, grouped.ys, g.ws, g.kernels, g.mm, offLoopMinWork);
+  addExpertGroup(g, grouped.ys);
 }
 
 /** The experts with tokens, their token counts, and every entry's token row gathered by expert. */
-function gatherExpertGroup(
-  experts: ReadonlyArray<MlpWeights | null>,
-  x: Float32Array,
-  hidden: number,
-  start: Int32Array,
-  order: Int32Array,
-  ws: Workspace,
-  tokenOf: (entry: number) => number,
-): { group: MlpWeights[]; sizes: Int32Array; xs: Float32Array; ys: Float32Array } {
+function gatherExpertGroup(g: ExpertGroupArgs): { group: MlpWeights[]; sizes: Int32Array; xs: Float32Array; ys: Float32Array } {
+  const { experts, x, hidden, start, order, ws, tokenOf } = g;
   const E = experts.length;
   const P = start[E]!;
   const group: MlpWeights[] = [];
@@ -96,23 +78,16 @@ function gatherExpertGroup(
   return { group, sizes: sizes.subarray(0, group.length), xs, ys: ws.f32("moe.y", P * hidden) };
 }
 
-/** out[t] = sum of weight * expert output over t's entries, in ascending expert id (the buckets' order). */
-function addExpertGroup(
-  ys: Float32Array,
-  order: Int32Array,
-  weights: ArrayLike<number>,
-  hidden: number,
-  T: number,
-  out: Float32Array,
-  tokenOf: (entry: number) => number,
-): void {
+/** out[t] = sum of weight * expert output over t's entries, in ascending expert id (the buckets' order). ys: [P, hidden]. */
+function addExpertGroup(g: ExpertGroupArgs, ys: Float32Array): void {
+  const { order, weights, hidden, T, out, tokenOf } = g;
   out.fill(0, 0, T * hidden);
   const P = ys.length / hidden;
   for (let i = 0; i < P; i++) {
     const p = order[i]!;
     const t = tokenOf(p);
-    const g = weights[p]!;
-    for (let c = 0; c < hidden; c++) out[t * hidden + c] = out[t * hidden + c]! + g * ys[i * hidden + c]!;
+    const w = weights[p]!;
+    for (let c = 0; c < hidden; c++) out[t * hidden + c] = out[t * hidden + c]! + w * ys[i * hidden + c]!;
   }
 }
 
@@ -152,6 +127,8 @@ export class LocalExpertExecutor implements ExpertExecutor {
     const start = this.ws.i32("local.start", moe.experts.length + 1);
     const order = this.ws.i32("local.order", T * this.k);
     bucketByExpert(moe.experts.length, ids, T * this.k, start, order, this.ws);
-    await runExpertGroupAsync(moe.experts, x, this.hidden, start, order, this.k, weights, T, out, this.ws, this.kernels, this.mm, this.offLoopMinWork);
+    const k = this.k;
+    const g = { experts: moe.experts, x, hidden: this.hidden, start, order, weights, T, out, ws: this.ws, kernels: this.kernels, mm: this.mm, tokenOf: (p: number) => Math.floor(p / k) };
+    await runExpertGroupAsync(g, this.offLoopMinWork);
   }
 }
