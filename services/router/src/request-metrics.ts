@@ -11,26 +11,39 @@ import type { GenerateEvent } from "./backend.js";
 
 export type GenerationEnd = (typeof FINISH_REASON_VALUES)[number];
 
+/** How an error ended a request (the outcome label of routerRequests, the handlers' logs). */
+export type ErrorKind = "cancelled" | "timeout" | "rejected" | "error";
+
 /**
- * How an error ends a generation: cancelled is abort, a deadline is timeout, anything else error; null for
- * a refusal (bad request, no room: the codes handlers.ts counts as outcome rejected), which never became a
- * generation and is not counted as one.
+ * What kind of end `err` is: cancelled (abort), a deadline (timeout), a refusal (bad request, unknown
+ * model, no room, no key: the request was never served), anything else an error.
  */
-export function endOf(err: unknown): GenerationEnd | null {
+export function errorKind(err: unknown): ErrorKind {
   if (!(err instanceof MoelaError)) return "error";
   switch (err.code) {
     case Code.CANCELLED:
-      return "abort";
+      return "cancelled";
     case Code.DEADLINE_EXCEEDED:
       return "timeout";
     case Code.INVALID_ARGUMENT:
     case Code.NOT_FOUND:
     case Code.RESOURCE_EXHAUSTED:
     case Code.UNAUTHENTICATED:
-      return null;
+      return "rejected";
     default:
       return "error";
   }
+}
+
+/**
+ * How an error ends a generation: cancelled is abort, a deadline is timeout, anything else error; null for
+ * a refusal (errorKind's rejected, the outcome handlers.ts counts), which never became a generation and is
+ * not counted as one.
+ */
+export function endOf(err: unknown): GenerationEnd | null {
+  const kind = errorKind(err);
+  if (kind === "rejected") return null;
+  return kind === "cancelled" ? "abort" : kind;
 }
 
 export class GenerationRecorder {
