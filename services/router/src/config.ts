@@ -222,14 +222,24 @@ export function parseRouterConfig(argv: readonly string[], env: NodeJS.ProcessEn
     requestTimeoutMs: Math.round(c.requestTimeoutS * 1000),
     maxInFlight: c.maxInFlight,
     apiKeys: parseApiKeys(c.apiKey),
-    maxBodyBytes: c.maxBodyBytes,
-    maxPromptChars: c.maxPromptChars,
-    maxPromptTokens: c.maxPromptTokens,
-    tokenizerThreads: c.tokenizerThreads,
-    strictApi: c.strictApi,
+    ...apiLimitsOf(c),
     logLevel: c.logLevel,
     security: internalSecurityOf(c, "MOELA_ROUTER_", "router", ConfigError),
   });
+}
+
+/** The request limits the router and `serve --role all` (one-process.ts) both take. */
+export interface ApiLimitSettings {
+  readonly maxBodyBytes: number;
+  readonly maxPromptChars: number | undefined;
+  readonly maxPromptTokens: number | undefined;
+  readonly tokenizerThreads: number;
+  readonly strictApi: boolean;
+}
+
+/** The request limits among validated settings. */
+export function apiLimitsOf(c: Omit<ApiLimitSettings, "maxPromptChars" | "maxPromptTokens"> & { readonly maxPromptChars?: number | undefined; readonly maxPromptTokens?: number | undefined }): ApiLimitSettings {
+  return { maxBodyBytes: c.maxBodyBytes, maxPromptChars: c.maxPromptChars, maxPromptTokens: c.maxPromptTokens, tokenizerThreads: c.tokenizerThreads, strictApi: c.strictApi };
 }
 
 /**

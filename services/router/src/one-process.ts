@@ -28,24 +28,21 @@
  *   --api-key KEY[,KEY...]   as the router's                            (none: open)
  *   --max-body-bytes, --max-prompt-chars, --max-prompt-tokens, --tokenizer-threads, --strict-api, --log-level: as the router's
  */
-import type { Socket } from "node:net";
 import { availableParallelism } from "node:os";
 import { existsSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ConfigError, createLogger, envNameOf, errorMessage, flagList, InternalError, readSettings, runService, settingsFromKeys, UnavailableError, usageLines, validateSettings, withWeightLoadBar, type Logger } from "@moela/core";
-import { checkJsonSchema, configureKernels, DeepseekModel, Engine, parseKernelsName, readModelConfig } from "@moela/engine";
-import { createServiceMetrics, rpcServerCallRecorder } from "@moela/metrics";
+import { ConfigError, createLogger, envNameOf, errorMessage, flagList, readSettings, runService, ServiceLifecycle, settingsFromKeys, usageLines, validateSettings, withWeightLoadBar, type Logger } from "@moela/core";
+import { configureKernels, DeepseekModel, Engine, parseKernelsName } from "@moela/engine";
+import { createServiceMetrics, type ServiceMetrics } from "@moela/metrics";
 import { createInProcessExperts, PRECISION_NAMES, precisionProfile, type PrecisionName } from "@moela/moe-dispatch";
-import { defaultMaxPromptChars } from "@moela/openai-api";
-import { createServer, drainAndClose, serve } from "@moela/rpc";
 import { AdmissionController } from "@moela/scheduler";
-import { TOKENIZER_JSON, Tokenizer, tokenTexts } from "@moela/tokenizer";
+import { tokenTexts, type Tokenizer } from "@moela/tokenizer";
 import { z } from "zod";
-import { DEFAULT_MAX_BODY_BYTES, parseApiKeys, readGenerationDefaults, resolveMaxPromptTokens } from "./config.js";
+import { apiLimitsOf, DEFAULT_MAX_BODY_BYTES, parseApiKeys } from "./config.js";
 import { EngineBackend } from "./engine-backend.js";
-import { ApiKeys, buildHttpApp, generateService, LENIENT_GENERATE_SERVICE, type RouterContext } from "./handlers.js";
-import { TokenizerPool } from "./tokenize.js";
+import { ApiKeys, type RouterContext } from "./handlers.js";
+import { loadModelLimits, serveGenerate, serveHttp, startEncoder, validationOf } from "./serving.js";
 
 /** The bundled model `npm start` serves (services/router/src -> the repository root). */
 const DEFAULT_MODEL = fileURLToPath(new URL("../../../models/moela-v3-brown", import.meta.url));
@@ -188,11 +185,7 @@ export function parseOneProcessArgs(argv: readonly string[], env: NodeJS.Process
     speculative: c.speculative,
     requestTimeoutMs: Math.round(c.requestTimeoutS * 1000),
     apiKeys,
-    maxBodyBytes: c.maxBodyBytes,
-    maxPromptChars: c.maxPromptChars,
-    maxPromptTokens: c.maxPromptTokens,
-    tokenizerThreads: c.tokenizerThreads,
-    strictApi: c.strictApi,
+    ...apiLimitsOf(c),
     logLevel: c.logLevel,
   });
 }
@@ -212,31 +205,13 @@ const SHUTDOWN_GRACE_MS = 30_000;
 
 export async function startOneProcess(config: OneProcessConfig, options: { logger?: Logger; shutdownGraceMs?: number } = {}): Promise<StartedOneProcess> {
   const logger = options.logger ?? createLogger("all", config.logLevel);
-  const modelConfig = readModelConfig(config.model);
-  const maxModelLen = config.maxModelLen ?? modelConfig.maxPositionEmbeddings;
-  if (maxModelLen > modelConfig.maxPositionEmbeddings) {
-    throw new InternalError(`--max-model-len ${maxModelLen} exceeds the model's max_position_embeddings (${modelConfig.maxPositionEmbeddings})`);
-  }
-  const tokenizer = existsSync(join(config.model, TOKENIZER_JSON)) ? Tokenizer.fromDir(config.model) : null;
-  if (tokenizer === null) logger.warn({ model: config.model }, "no tokenizer.json: serving token-id prompts only (no chat, no stop strings, empty text)");
-  const profile = precisionProfile(config.precision);
-  // Process-wide: the model, and the in-process expert-hosts, compute with these kernels on these threads.
-  configureKernels(parseKernelsName(config.kernels), config.threads);
-  const model = withWeightLoadBar("loading weights", (onProgress) => DeepseekModel.load(config.model, { kvDtype: profile.kvDtype, threads: config.threads, onProgress }));
-  // As `moela generate`: one host under the exact profile computes what the model's own experts do, so the
-  // model keeps them; otherwise the routed experts go through the cluster's dispatcher, in process.
-  if (config.expertHosts > 1 || profile.dispatch !== "f32" || profile.combine !== "f32") {
-    model.setExpertExecutor(createInProcessExperts(model, config.expertHosts, profile).executor);
-  }
+  const { modelConfig, maxModelLen, tokenizer } = loadModelLimits(config.model, config.maxModelLen, logger);
+  const model = loadModel(config);
   // Closed in reverse order: the HTTP server (requests in flight finish), the tokenizer threads, the engine loop, the model.
-  const closers: [string, () => Promise<unknown>][] = [["model", async () => model.close()]];
-  const closeAll = async (): Promise<void> => {
-    for (const [what, c] of closers.splice(0).reverse()) {
-      await c().catch((err: unknown) => logger.warn({ err, what }, "error while closing"));
-      logger.debug({ what }, "closed");
-    }
-  };
-  try {
+  const life = new ServiceLifecycle(logger);
+  const defer = life.defer;
+  defer(async () => model.close(), "model");
+  return life.start(async () => {
     const engine = new Engine(model, {
       blockSize: 16,
       numBlocks: config.kvBlocks,
@@ -247,73 +222,16 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
       ...(tokenizer !== null ? { tokenTexts: () => tokenTexts(tokenizer) } : {}),
     });
     const admission = new AdmissionController(config.maxInFlight);
-    let backend: EngineBackend | undefined;
-    const router = createServiceMetrics("router", {
-      model: config.servedModelName,
-      // One process computes everything with the process-wide kernels.
-      buildInfo: { precision: config.precision, kernels: config.kernels },
-      collect: {
-        routerRequestsInFlight: () => admission.inFlight,
-        routerQueueDepth: () => backend?.waitingCount ?? 0,
-        routerQueueActive: () => 0,
-      },
-    });
-    const decode = createServiceMetrics("decode", {
-      defaultMetrics: false,
-      // Served in the same exposition as the router's registry, whose moela_build_info speaks for the process.
-      buildInfo: false,
-      model: config.servedModelName,
-      collect: {
-        decodeRunningSequences: () => backend?.runningCount ?? 0,
-        decodeWaitingSequences: () => backend?.waitingCount ?? 0,
-        decodeKvBlocksUsed: () => engine.cache.usedBlocks,
-        decodeKvBlocksCapacity: () => engine.cache.numBlocks,
-        decodeKvUsage: () => engine.cache.usedBlocks / engine.cache.numBlocks,
-      },
-    });
-    const dm = decode.m;
-    backend = new EngineBackend({
-      engine,
-      tokenizer,
-      maxBatch: config.maxNumSeqs,
-      maxPrefillTokens: config.maxPrefillTokens,
-      requestTimeoutMs: config.requestTimeoutMs,
-      logger,
-      metrics: router.m,
-      model: config.servedModelName,
-      onStep: (seconds, _batch, tokens, drafted, accepted) => {
-        dm.decodeStep.observe(seconds);
-        dm.decodeGeneratedTokens.inc({ model: config.servedModelName }, tokens);
-        // MTP drafts one token per sequence: every draft is position 0.
-        if (drafted > 0) dm.decodeMtpDraftedTokens.inc({ position: "0" }, drafted);
-        if (accepted > 0) dm.decodeMtpAcceptedTokens.inc({ position: "0" }, accepted);
-      },
-    });
-    const engineBackend = backend;
-    closers.push(["engine loop", () => engineBackend.close()]);
-
-    const noTokenizer = { encode: () => [], encodeChat: () => [], decode: () => "" };
-    const encoder = await TokenizerPool.start({ model: config.model, threads: tokenizer === null ? 0 : config.tokenizerThreads, inline: tokenizer ?? noTokenizer, logger });
-    closers.push(["tokenizer threads", () => encoder.close()]);
-
+    const { backend, router, registry } = startEngineBackend(config, engine, tokenizer, admission, logger);
+    defer(() => backend.close(), "engine loop");
+    const encoder = await startEncoder(config.model, tokenizer, config.tokenizerThreads, logger, defer);
     const apiKeys = config.apiKeys.length > 0 ? new ApiKeys(config.apiKeys) : null;
     if (apiKeys === null && !/^(127\.|::1$|localhost$)/.test(config.host)) {
       logger.warn({ host: config.host }, "no --api-key: the API answers anyone who can reach it (docs/SECURITY.md)");
     }
     const shutdown = new AbortController();
-    let draining = false;
     const ctx: RouterContext = {
-      validation: {
-        servedModelName: config.servedModelName,
-        maxModelLen,
-        vocabSize: modelConfig.vocabSize,
-        encoder: tokenizer,
-        defaults: readGenerationDefaults(config.model),
-        maxPromptChars: config.maxPromptChars ?? defaultMaxPromptChars(maxModelLen),
-        maxPromptTokens: resolveMaxPromptTokens(config, maxModelLen),
-        strictApi: config.strictApi,
-        ...(tokenizer !== null ? { checkSchema: checkJsonSchema } : {}),
-      },
+      validation: validationOf(config, modelConfig, maxModelLen, tokenizer),
       tokenizer,
       encoder,
       apiKeys,
@@ -323,49 +241,16 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
       backend,
       admission,
       metrics: router.m,
-      // GET /metrics on the API port: the router's series, then the engine's (decode's names).
-      registry: { contentType: router.registry.contentType, metrics: async () => (await router.registry.metrics()) + (await decode.registry.metrics()) },
+      registry,
       logger,
       startedAt: Math.floor(Date.now() / 1000),
       shutdown: shutdown.signal,
-      draining: () => draining,
+      draining: life.draining,
     };
     const graceMs = options.shutdownGraceMs ?? SHUTDOWN_GRACE_MS;
-    let grpcAddress: string | undefined;
-    if (config.grpcAddress !== undefined) {
-      // The router's public gRPC front door over the same backend; messages bounded like HTTP bodies.
-      const grpc = createServer({ logger, onCallEnd: rpcServerCallRecorder(router.m), maxMessageBytes: config.maxBodyBytes });
-      grpc.addService(LENIENT_GENERATE_SERVICE, generateService(ctx));
-      grpcAddress = (await serve(grpc, config.grpcAddress)).address;
-      closers.push(["grpc server", () => drainAndClose(grpc, graceMs)]);
-    }
-    const app = buildHttpApp(ctx);
-    // Connections that never sent a request (a client's spare, pre-opened socket): Node's closeIdleConnections
-    // leaves them open, and they would hold close() until the headers timeout.
-    const sockets = new Set<Socket>();
-    app.server.on("connection", (socket: Socket) => {
-      sockets.add(socket);
-      socket.once("close", () => sockets.delete(socket));
-    });
-    await app.listen({ host: config.host, port: config.port });
-    const addr = app.server.address();
-    const port = typeof addr === "object" && addr !== null ? addr.port : config.port;
-    const host = config.host.includes(":") ? `[${config.host}]` : config.host;
-    const httpUrl = `http://${host}:${port}`;
-    closers.push(["http server", async () => {
-      const closed = app.close();
-      const timer = setTimeout(() => shutdown.abort(new UnavailableError("the server is shutting down")), graceMs);
-      const idle = setInterval(() => {
-        app.server.closeIdleConnections();
-        for (const s of sockets) if (s.bytesRead === 0) s.destroy();
-      }, 50);
-      try {
-        await closed;
-      } finally {
-        clearTimeout(timer);
-        clearInterval(idle);
-      }
-    }]);
+    // The router's public gRPC front door over the same backend, when asked for.
+    const grpcAddress = config.grpcAddress === undefined ? undefined : await serveGenerate(ctx, config.grpcAddress, router.m, graceMs, defer);
+    const httpUrl = await serveHttp(ctx, { host: config.host, port: config.port, graceMs, shutdown, reason: "the server is shutting down", dropUnusedSockets: true }, defer);
     logger.info(
       {
         http: httpUrl,
@@ -383,21 +268,85 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
       },
       "serving in one process",
     );
-    let closing: Promise<void> | undefined;
     return {
       httpUrl,
       metricsUrl: `${httpUrl}/metrics`,
       grpcAddress,
-      close: () => {
-        draining = true;
-        closing ??= closeAll();
-        return closing;
-      },
+      close: life.close,
     };
-  } catch (err) {
-    await closeAll();
-    throw err;
+  });
+}
+
+/** The whole model, its routed experts in this process (through the cluster's dispatcher unless one exact host would do). */
+function loadModel(config: OneProcessConfig): DeepseekModel {
+  const profile = precisionProfile(config.precision);
+  // Process-wide: the model, and the in-process expert-hosts, compute with these kernels on these threads.
+  configureKernels(parseKernelsName(config.kernels), config.threads);
+  const model = withWeightLoadBar("loading weights", (onProgress) => DeepseekModel.load(config.model, { kvDtype: profile.kvDtype, threads: config.threads, onProgress }));
+  // As `moela generate`: one host under the exact profile computes what the model's own experts do, so the
+  // model keeps them; otherwise the routed experts go through the cluster's dispatcher, in process.
+  if (config.expertHosts > 1 || profile.dispatch !== "f32" || profile.combine !== "f32") {
+    model.setExpertExecutor(createInProcessExperts(model, config.expertHosts, profile).executor);
   }
+  return model;
+}
+
+/**
+ * The engine's continuous-batching loop behind the router's API, and the metrics: the router's series,
+ * then the engine's under decode's names, in one exposition (GET /metrics on the API port).
+ */
+function startEngineBackend(
+  config: OneProcessConfig,
+  engine: Engine,
+  tokenizer: Tokenizer | null,
+  admission: AdmissionController,
+  logger: Logger,
+): { backend: EngineBackend; router: ServiceMetrics<"router">; registry: NonNullable<RouterContext["registry"]> } {
+  let backend: EngineBackend | undefined;
+  const router = createServiceMetrics("router", {
+    model: config.servedModelName,
+    // One process computes everything with the process-wide kernels.
+    buildInfo: { precision: config.precision, kernels: config.kernels },
+    collect: {
+      routerRequestsInFlight: () => admission.inFlight,
+      routerQueueDepth: () => backend?.waitingCount ?? 0,
+      routerQueueActive: () => 0,
+    },
+  });
+  const decode = createServiceMetrics("decode", {
+    defaultMetrics: false,
+    // Served in the same exposition as the router's registry, whose moela_build_info speaks for the process.
+    buildInfo: false,
+    model: config.servedModelName,
+    collect: {
+      decodeRunningSequences: () => backend?.runningCount ?? 0,
+      decodeWaitingSequences: () => backend?.waitingCount ?? 0,
+      decodeKvBlocksUsed: () => engine.cache.usedBlocks,
+      decodeKvBlocksCapacity: () => engine.cache.numBlocks,
+      decodeKvUsage: () => engine.cache.usedBlocks / engine.cache.numBlocks,
+    },
+  });
+  const dm = decode.m;
+  backend = new EngineBackend({
+    engine,
+    tokenizer,
+    maxBatch: config.maxNumSeqs,
+    maxPrefillTokens: config.maxPrefillTokens,
+    requestTimeoutMs: config.requestTimeoutMs,
+    logger,
+    metrics: router.m,
+    model: config.servedModelName,
+    onStep: (seconds, _batch, tokens, drafted, accepted) => {
+      dm.decodeStep.observe(seconds);
+      dm.decodeGeneratedTokens.inc({ model: config.servedModelName }, tokens);
+      // MTP drafts one token per sequence: every draft is position 0.
+      if (drafted > 0) dm.decodeMtpDraftedTokens.inc({ position: "0" }, drafted);
+      if (accepted > 0) dm.decodeMtpAcceptedTokens.inc({ position: "0" }, accepted);
+    },
+  });
+  // GET /metrics on the API port: the router's series, then the engine's (decode's names).
+  const registry = { contentType: router.registry.contentType, metrics: async () => (await router.registry.metrics()) + (await decode.registry.metrics()) };
+  return { backend, router, registry };
 }
 
 /** `moela serve --role all [flags]`: returns the process exit code. */
