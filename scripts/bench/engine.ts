@@ -35,7 +35,7 @@ import { Command } from "commander";
 import { DeepseekModel, Engine, fastKernelsAvailable, nativeKernelsAddon, weightBytes, type EngineOptions, type KernelsName, type Sequence, type WeightMatrix } from "@moela/engine";
 import { generateCheckpoint } from "../lib/tiny-checkpoint.js";
 import { describeYardsticks, yardsticksFor } from "../lib/yardsticks.js";
-import { commandLine, describeMachine, fmt, fmtX, log, machineInfo, median, ratio, textTable, writeReport, type Bar, type BarChart } from "../lib/bench-report.js";
+import { commandLine, describeMachine, fmt, fmtX, log, machineInfo, median, parseWithReportOptions, ratio, textTable, writeReport, type Bar, type BarChart } from "../lib/bench-report.js";
 
 const list = (v: string): string[] => v.split(",").map((s) => s.trim()).filter((s) => s !== "");
 const program = new Command("bench-engine")
@@ -48,10 +48,8 @@ const program = new Command("bench-engine")
   .option("--reference-decode-tokens <n>", "tokens generated per sequence by the reference backend", (v) => Number(v), 8)
   .option("--speculation-tokens <n>", "tokens generated in the speculation off/auto/on comparison", (v) => Number(v), 256)
   .option("--speculation-models <dirs>", "models (with an MTP head) to compare speculation off/auto/on on ('' for none)", "models/tiny-v3")
-  .option("--rounds <n>", "measurements per configuration (medians reported)", (v) => Number(v), 3)
-  .option("--no-yardsticks", "skip the numpy yardsticks (no ratios)")
-  .option("--out <dir>", "where the JSON and HTML go", "bench-results")
-  .parse();
+  .option("--rounds <n>", "measurements per configuration (medians reported)", (v) => Number(v), 3);
+parseWithReportOptions(program);
 const opts = program.opts<{
   models: string;
   backends: string;

@@ -31,7 +31,7 @@ import { availableParallelism } from "node:os";
 import { Command } from "commander";
 import { DEFAULT_PARALLEL_MIN_WORK, MatmulPool, f32ToBf16Bits, kernelsByName, matmul, nativeKernelsAddon, weightBytes, type AttendArgs, type KernelBackend, type WeightMatrix } from "@moela/engine";
 import { describeYardsticks, yardsticksFor } from "../lib/yardsticks.js";
-import { commandLine, describeMachine, fmt, fmtX, log, machineInfo, median, ratio, textTable, writeReport, type Bar, type BarChart } from "../lib/bench-report.js";
+import { commandLine, describeMachine, fmt, fmtX, log, machineInfo, median, parseWithReportOptions, ratio, textTable, writeReport, type Bar, type BarChart } from "../lib/bench-report.js";
 
 const list = (v: string): string[] => v.split(",").map((s) => s.trim()).filter((s) => s !== "");
 const program = new Command("bench-kernels")
@@ -46,10 +46,8 @@ const program = new Command("bench-kernels")
   .option("--max-call-ms <ms>", "skip a configuration whose call would take longer (predicted from the previous T)", (v) => Number(v), 150)
   .option("--working-set-mb <n>", "weight copies cycled through, in MB (0: one copy, cache-hot)", (v) => Number(v), 256)
   .option("--no-extras", "skip matmulT and attend")
-  .option("--thread-sweep", "also the old sweep of where threads start to pay (1 vs --threads threads, BF16, T 1, growing products; what DEFAULT_PARALLEL_MIN_WORK was set from)")
-  .option("--no-yardsticks", "skip the numpy yardsticks (no ratios)")
-  .option("--out <dir>", "where the JSON and HTML go", "bench-results")
-  .parse();
+  .option("--thread-sweep", "also the old sweep of where threads start to pay (1 vs --threads threads, BF16, T 1, growing products; what DEFAULT_PARALLEL_MIN_WORK was set from)");
+parseWithReportOptions(program);
 const opts = program.opts<{
   threads: number;
   repeats: number;

@@ -6,8 +6,14 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { availableParallelism, cpus, loadavg } from "node:os";
 import { join, relative } from "node:path";
+import type { Command } from "commander";
 
 export const log = (msg: string): void => void process.stderr.write(`${msg}\n`);
+
+/** The options the engine and kernel benchmarks end with, then parses: --no-yardsticks and --out. */
+export function parseWithReportOptions(command: Command): void {
+  command.option("--no-yardsticks", "skip the numpy yardsticks (no ratios)").option("--out <dir>", "where the JSON and HTML go", "bench-results").parse();
+}
 
 export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
