@@ -9,3 +9,4 @@ export * from "./clock.js";
 export * from "./disposables.js";
 export * from "./ready-line.js";
 export * from "./lifecycle.js";
+export * from "./settings-schema.js";

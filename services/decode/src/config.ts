@@ -3,7 +3,7 @@
  * when both are set, validated once with zod at start-up. An error names both spellings.
  */
 import { z } from "zod";
-import { InvalidArgumentError, readSettings, usageLines, validateSettings, type Settings } from "@moela/core";
+import { boolSetting, intSetting, InvalidArgumentError, listenAddressSetting, parseSettings, usageLines, type Settings } from "@moela/core";
 import { PRECISION_NAMES } from "@moela/moe-dispatch";
 import { INTERNAL_SECURITY_SCHEMA, internalSecuritySettings, withInternalSecurity, type WithInternalSecurity } from "@moela/rpc";
 
@@ -87,11 +87,6 @@ export const SETTINGS = {
   ...internalSecuritySettings("MOELA_DECODE_"),
 } as const satisfies Settings;
 
-const address = z
-  .string()
-  .regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):(\d{1,5})$/, "must be host:port, e.g. 127.0.0.1:50051 or 0.0.0.0:0")
-  .refine((s) => Number(s.slice(s.lastIndexOf(":") + 1)) <= 65535, "port must be in [0, 65535]");
-
 const dialable = z
   .string()
   .regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):(\d{1,5})$/, "must be host:port")
@@ -116,41 +111,32 @@ const addressList = z
     ),
   );
 
-const intString = (min: number) =>
-  z
-    .string()
-    .regex(/^\d+$/, "must be a non-negative integer")
-    .transform(Number)
-    .pipe(z.number().int().min(min, `must be >= ${min}`).max(Number.MAX_SAFE_INTEGER));
-
-const boolString = z.enum(["true", "false", "1", "0", ""], { message: "must be true or false" }).transform((s) => s === "true" || s === "1");
-
 /** Every setting as given (validated); `schema` resolves the speculation alias. */
 const settingsSchema = z.object({
   model: z.string({ message: "is required" }).min(1, "is required"),
-  grpcAddress: address.default("127.0.0.1:0"),
-  metricsAddress: address.default("127.0.0.1:0"),
+  grpcAddress: listenAddressSetting.default("127.0.0.1:0"),
+  metricsAddress: listenAddressSetting.default("127.0.0.1:0"),
   expertHosts: addressList.default([]),
   precision: z.enum(PRECISION_NAMES, { message: `must be one of ${PRECISION_NAMES.join(", ")}` }).default("exact"),
-  kvBlocks: intString(1).default(2048),
-  blockSize: intString(1).default(16),
-  maxBatch: intString(1).default(32),
+  kvBlocks: intSetting(1).default(2048),
+  blockSize: intSetting(1).default(16),
+  maxBatch: intSetting(1).default(32),
   speculative: z.enum(["auto", "on", "off"], { message: "must be auto, on or off" }).optional(),
-  noSpeculative: boolString.default(false),
-  streamGraceMs: intString(0).default(10_000),
-  kvWaitMs: intString(1).default(120_000),
-  kvIdleMs: intString(0).default(30_000),
-  kvMaxTransfersPerPeer: intString(0).default(64),
-  drainGraceMs: intString(0).default(30_000),
+  noSpeculative: boolSetting.default(false),
+  streamGraceMs: intSetting(0).default(10_000),
+  kvWaitMs: intSetting(1).default(120_000),
+  kvIdleMs: intSetting(0).default(30_000),
+  kvMaxTransfersPerPeer: intSetting(0).default(64),
+  drainGraceMs: intSetting(0).default(30_000),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], { message: "must be fatal, error, warn, info, debug, trace or silent" }).default("info"),
   kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
-  threads: intString(1).pipe(z.number().max(256, "must be <= 256")).default(1),
-  microBatches: intString(1).pipe(z.number().max(8, "must be <= 8")).default(2),
+  threads: intSetting(1).pipe(z.number().max(256, "must be <= 256")).default(1),
+  microBatches: intSetting(1).pipe(z.number().max(8, "must be <= 8")).default(2),
   sharedExpert: z.enum(["local", "hosts"], { message: "must be local or hosts" }).default("local"),
   redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").optional(),
   queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").optional(),
   advertiseAddress: dialable.optional(),
-  expertShards: intString(1).optional(),
+  expertShards: intSetting(1).optional(),
   // Checked (and the files read) by parseInternalSecurity, whose errors never repeat a secret.
   ...INTERNAL_SECURITY_SCHEMA,
 });
@@ -173,14 +159,11 @@ export const USAGE = [
   ...usageLines(SETTINGS),
 ].join("\n");
 
-/**
- * Flags (argv) over environment (env) over defaults. Returns null when --help was asked for.
- * Throws InvalidArgumentError naming the flag and its env twin.
- */
+/** decode's settings, or null when --help was asked for; throws InvalidArgumentError naming the flag and its env twin. */
 export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): DecodeConfig | null {
-  const { help, raw } = readSettings(SETTINGS, argv, env, { name: "decode", error: InvalidArgumentError, help: true, argvErrorSuffix: `\n${USAGE}` });
-  if (help) return null;
-  const validated = validateSettings(SETTINGS, raw, schema.safeParse(raw), { name: "decode", error: InvalidArgumentError, report: "all" });
+  const o = { name: "decode", error: InvalidArgumentError, help: true, argvErrorSuffix: `\n${USAGE}`, report: "all" } as const;
+  const validated = parseSettings(SETTINGS, argv, env, schema, o);
+  if (validated === null) return null;
   const parsed = withInternalSecurity(validated, "MOELA_DECODE_", "decode");
   return Object.freeze({ ...parsed, expertHosts: Object.freeze([...parsed.expertHosts]) as string[] });
 }

@@ -3,7 +3,7 @@
  * winning when both are set, validated once with zod at start-up. An error names both spellings.
  */
 import { z } from "zod";
-import { InvalidArgumentError, readSettings, usageLines, validateSettings, type Settings } from "@moela/core";
+import { boolSetting, intSetting, InvalidArgumentError, listenAddressSetting, parseSettings, usageLines, type Settings } from "@moela/core";
 import { PRECISION_NAMES } from "@moela/moe-dispatch";
 import { INTERNAL_SECURITY_SCHEMA, internalSecuritySettings, withInternalSecurity, type WithInternalSecurity } from "@moela/rpc";
 
@@ -43,33 +43,19 @@ export const SETTINGS = {
   ...internalSecuritySettings("MOELA_EXPERT_HOST_"),
 } as const satisfies Settings;
 
-const address = z
-  .string()
-  .regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):(\d{1,5})$/, "must be host:port, e.g. 127.0.0.1:50051 or 0.0.0.0:0")
-  .refine((s) => Number(s.slice(s.lastIndexOf(":") + 1)) <= 65535, "port must be in [0, 65535]");
-
-const intString = (min: number) =>
-  z
-    .string()
-    .regex(/^\d+$/, "must be a non-negative integer")
-    .transform(Number)
-    .pipe(z.number().int().min(min, `must be >= ${min}`).max(Number.MAX_SAFE_INTEGER));
-
-const boolString = z.enum(["true", "false", "1", "0", ""], { message: "must be true or false" }).transform((s) => s === "true" || s === "1");
-
 const schema = z.object({
   model: z.string({ message: "is required" }).min(1, "is required"),
-  shardIndex: intString(0),
-  shardCount: intString(1),
-  grpcAddress: address.default("127.0.0.1:0"),
-  metricsAddress: address.default("127.0.0.1:0"),
+  shardIndex: intSetting(0),
+  shardCount: intSetting(1),
+  grpcAddress: listenAddressSetting.default("127.0.0.1:0"),
+  metricsAddress: listenAddressSetting.default("127.0.0.1:0"),
   precision: z.enum(PRECISION_NAMES, { message: `must be one of ${PRECISION_NAMES.join(", ")}` }).default("exact"),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], { message: "must be fatal, error, warn, info, debug, trace or silent" }).default("info"),
   kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
-  threads: intString(1).pipe(z.number().max(256, "must be <= 256")).default(1),
-  perExpertMetrics: boolString.default(false),
-  sharedExpert: boolString.default(false),
-  drainGraceMs: intString(0).default(10_000),
+  threads: intSetting(1).pipe(z.number().max(256, "must be <= 256")).default(1),
+  perExpertMetrics: boolSetting.default(false),
+  sharedExpert: boolSetting.default(false),
+  drainGraceMs: intSetting(0).default(10_000),
   redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").optional(),
   queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").optional(),
   advertiseAddress: z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):(\d{1,5})$/, "must be host:port").optional(),
@@ -91,9 +77,8 @@ export const USAGE = [
  * Throws InvalidArgumentError naming the flag and its env twin.
  */
 export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): ExpertHostConfig | null {
-  const { help, raw } = readSettings(SETTINGS, argv, env, { name: "expert-host", error: InvalidArgumentError, help: true, argvErrorSuffix: `\n${USAGE}` });
-  if (help) return null;
-  const cfg = validateSettings(SETTINGS, raw, schema.safeParse(raw), { name: "expert-host", error: InvalidArgumentError, report: "all" });
+  const cfg = parseSettings(SETTINGS, argv, env, schema, { name: "expert-host", error: InvalidArgumentError, help: true, argvErrorSuffix: `\n${USAGE}`, report: "all" });
+  if (cfg === null) return null;
   if (cfg.shardIndex >= cfg.shardCount) {
     throw new InvalidArgumentError(
       `expert-host: ${SETTINGS.shardIndex.flag} / ${SETTINGS.shardIndex.env} is ${cfg.shardIndex}, must be below ${SETTINGS.shardCount.flag} / ${SETTINGS.shardCount.env} (${cfg.shardCount})`,
