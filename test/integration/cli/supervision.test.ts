@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { Redis } from "ioredis";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it, vi } from "vitest";
 import { waitForServing } from "@moela/rpc";
 import { ClusterInUseError } from "../../../services/cli/src/cluster-lock.js";
 import { startCluster, type ClusterInfo, type ClusterOptions, type ProgressEvent, type ServiceCommand } from "../../../services/cli/src/launcher.js";
@@ -35,15 +35,8 @@ function alive(pid: number): boolean {
   }
 }
 
-async function until<T>(get: () => T | undefined | false, what: string, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = get();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+/** vi.waitFor's options here: retry every 20 ms for up to `timeout` (20 s unless given). */
+const within = (timeout = 20_000) => ({ timeout, interval: 20 });
 
 function baseOptions(extra: Partial<ClusterOptions> = {}): ClusterOptions & { stateDir: string; queuePrefix: string } {
   const stateDir = mkdtempSync(join(tmpdir(), "moela-supervise-"));
@@ -63,7 +56,11 @@ async function launch(o: ClusterOptions) {
   });
   const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
   const first = await Promise.race([
-    until(() => lines.find((l) => l.event === "up" || l.event === "error"), "the launcher to be up", 60_000),
+    vi.waitFor(() => {
+      const line = lines.find((l) => l.event === "up" || l.event === "error");
+      expect(line, "the launcher to be up").toBeDefined();
+      return line!;
+    }, within(60_000)),
     exited.then((code) => ({ event: "error", message: `launcher exited with ${code}` }) as Line),
   ]);
   if (first.event !== "up") throw new Error(String(first["message"]));
@@ -93,7 +90,7 @@ describe("a supervised cluster (stand-in services)", () => {
     try {
       const before = c.info.instances.find((i) => i.role === "decode")!;
       process.kill(before.pid, "SIGKILL");
-      await until(() => supervisorEvents(c.lines, "restarted", "decode 0").length === 1, "decode 0 to be restarted");
+      await vi.waitFor(() => expect(supervisorEvents(c.lines, "restarted", "decode 0"), "decode 0 to be restarted").toHaveLength(1), within());
       const after = c.file().instances.find((i) => i.role === "decode")!;
       expect(after.pid).not.toBe(before.pid);
       expect({ grpc: after.grpc, metrics: after.metrics }).toEqual({ grpc: before.grpc, metrics: before.metrics });
@@ -101,7 +98,7 @@ describe("a supervised cluster (stand-in services)", () => {
       expect(supervisorEvents(c.lines, "exited", "decode 0")[0]).toMatchObject({ pid: before.pid, exit: { code: null, signal: "SIGKILL" }, restartInMs: 100 });
 
       process.kill(after.pid, "SIGKILL");
-      await until(() => supervisorEvents(c.lines, "restarted", "decode 0").length === 2, "decode 0 to be restarted again");
+      await vi.waitFor(() => expect(supervisorEvents(c.lines, "restarted", "decode 0"), "decode 0 to be restarted again").toHaveLength(2), within());
       expect(supervisorEvents(c.lines, "exited", "decode 0")[1]).toMatchObject({ pid: after.pid, restartInMs: 200 });
       expect(supervisorEvents(c.lines, "restarted", "decode 0")[1]).toMatchObject({ restarts: 2 });
       // Nothing else was touched.
@@ -120,9 +117,9 @@ describe("a supervised cluster (stand-in services)", () => {
       const before = c.info.instances.find((i) => i.role === "prefill")!;
       writeFileSync(crash, "");
       process.kill(before.pid, "SIGKILL");
-      await until(() => supervisorEvents(c.lines, "restart-failed", "prefill 0").length >= 3, "three failed restarts", 60_000);
+      await vi.waitFor(() => expect(supervisorEvents(c.lines, "restart-failed", "prefill 0").length, "three failed restarts").toBeGreaterThanOrEqual(3), within(60_000));
       rmSync(crash);
-      await until(() => supervisorEvents(c.lines, "restarted", "prefill 0").length === 1, "prefill 0 to come back", 60_000);
+      await vi.waitFor(() => expect(supervisorEvents(c.lines, "restarted", "prefill 0"), "prefill 0 to come back").toHaveLength(1), within(60_000));
       const delays = supervisorEvents(c.lines, "exited", "prefill 0").map((e) => e["restartInMs"]);
       expect(delays.slice(0, 4)).toEqual([100, 200, 400, 800]);
       expect(String(supervisorEvents(c.lines, "restart-failed", "prefill 0")[0]!["error"])).toContain("config.json is broken (fake)");
@@ -147,7 +144,7 @@ describe("a supervised cluster (stand-in services)", () => {
       await new Promise((r) => setTimeout(r, 1_200)); // appendfsync everysec
       const oldPid = c.info.redis.pid!;
       process.kill(oldPid, "SIGKILL");
-      await until(() => supervisorEvents(c.lines, "restarted", "redis").length === 1, "redis to be restarted");
+      await vi.waitFor(() => expect(supervisorEvents(c.lines, "restarted", "redis"), "redis to be restarted").toHaveLength(1), within());
       expect(await redis.get("queued")).toBe("job-1");
       expect(c.file().redis.pid).not.toBe(oldPid);
       expect(c.file().redis.url).toBe(c.info.redis.url);
@@ -165,7 +162,7 @@ describe("a supervised cluster (stand-in services)", () => {
     c.child.kill("SIGKILL");
     await c.exited;
     // Services SIGTERM themselves at once and exit hard 3 s later at most; Redis gets SIGTERM from the kernel.
-    await until(() => pids.filter(alive).length === 0, `no process left (alive: ${pids.filter(alive).join(", ")})`, 10_000);
+    await vi.waitFor(() => expect(pids.filter(alive), "no process left").toEqual([]), within(10_000));
     // Same state dir and queue prefix: the dead launcher's claims are stale.
     const next = await launch(o);
     expect(next.info.launcher_pid).not.toBe(c.info.launcher_pid);

@@ -7,7 +7,7 @@
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Code, createLogger, InvalidArgumentError, MoelaError } from "@moela/core";
 import { DeepseekModel, Engine, mlpForwardGroup, readModelConfig, weightBytes, Workspace, type ModelConfig } from "@moela/engine";
 import {
@@ -28,6 +28,7 @@ import { ExpertHostClient, type DispatchRequest, type DispatchResponse, type Dis
 import { checkHealth, connect, unaryCall } from "@moela/rpc";
 import { parseConfig, startExpertHost, type RunningExpertHost } from "@moela/expert-host";
 import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
+import { routedBatch } from "../../helpers/random.js";
 
 const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 const silent = createLogger("expert-host-test", "silent");
@@ -55,25 +56,7 @@ async function startCluster(H: number, precision: PrecisionName): Promise<GrpcEx
 
 /** Seeded activations and top-k routing for T tokens of the tiny model. */
 function batch(T: number, seed: number) {
-  let s = seed;
-  const rand = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
-  const hidden = config.hiddenSize;
-  const k = config.numExpertsPerTok;
-  const x = Float32Array.from({ length: T * hidden }, () => (rand() - 0.5) * 4);
-  const ids = new Int32Array(T * k);
-  const weights = new Float32Array(T * k);
-  for (let t = 0; t < T; t++) {
-    const chosen: number[] = [];
-    while (chosen.length < k) {
-      const e = Math.floor(rand() * config.nRoutedExperts);
-      if (!chosen.includes(e)) chosen.push(e);
-    }
-    chosen.forEach((e, j) => {
-      ids[t * k + j] = e;
-      weights[t * k + j] = 0.2 + rand();
-    });
-  }
-  return { x, ids, weights, T, hidden };
+  return routedBatch(config, T, seed);
 }
 
 /** Runs `moela` (services/cli/bin/moela.js) and resolves with its stdout; rejects on a non-zero exit. */
@@ -273,8 +256,7 @@ describe("expert-host over gRPC", () => {
       ];
       for (const [callId, request] of sent) stream.write({ callId, request });
       stream.write({ callId: 7 }); // no request at all
-      const deadline = Date.now() + 10_000;
-      while (answers.size < sent.length + 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      await vi.waitFor(() => expect(answers.size).toBeGreaterThanOrEqual(sent.length + 1), { timeout: 10_000, interval: 10 });
       const ended = new Promise((resolve) => stream.on("status", resolve));
       stream.end();
       expect(await ended).toMatchObject({ code: Code.OK });

@@ -5,7 +5,7 @@
  * when none is left, and recovers when a replica comes back. ExpertShardSet validates new replicas
  * (Info against the placement) before they take traffic and refuses a mismatched one.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { Code, createLogger, MoelaError, UnavailableError } from "@moela/core";
 import { readModelConfig, type ModelConfig } from "@moela/engine";
 import {
@@ -22,6 +22,7 @@ import {
 } from "@moela/moe-dispatch";
 import { parseConfig, startExpertHost, type RunningExpertHost } from "@moela/expert-host";
 import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
+import { routedBatch } from "../../helpers/random.js";
 
 const silent = createLogger("replicas-test", "silent");
 const H = 2;
@@ -48,25 +49,7 @@ async function stop(host: RunningExpertHost): Promise<void> {
 
 /** Seeded activations and top-k routing for T tokens (every expert of both shards reached). */
 function batch(T: number, seed: number) {
-  let s = seed;
-  const rand = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
-  const hidden = config.hiddenSize;
-  const k = config.numExpertsPerTok;
-  const x = Float32Array.from({ length: T * hidden }, () => (rand() - 0.5) * 4);
-  const ids = new Int32Array(T * k);
-  const weights = new Float32Array(T * k);
-  for (let t = 0; t < T; t++) {
-    const chosen: number[] = [];
-    while (chosen.length < k) {
-      const e = Math.floor(rand() * config.nRoutedExperts);
-      if (!chosen.includes(e)) chosen.push(e);
-    }
-    chosen.forEach((e, j) => {
-      ids[t * k + j] = e;
-      weights[t * k + j] = 0.2 + rand();
-    });
-  }
-  return { x, ids, weights, T, hidden };
+  return routedBatch(config, T, seed);
 }
 
 const bits = (x: Float32Array) => new Uint32Array(x.buffer, x.byteOffset, x.length);
@@ -136,17 +119,9 @@ describe("ReplicatedExpertHostTransport", () => {
     // A replica comes back on the same address: traffic flows again.
     const port = Number(b0.grpcAddress.slice(b0.grpcAddress.lastIndexOf(":") + 1));
     await startHost(0, port);
-    const deadline = Date.now() + 20_000;
-    for (;;) {
-      try {
-        const { want, got } = await both(shards, 1, 40);
-        expect(bits(got)).toEqual(bits(want));
-        break;
-      } catch (e) {
-        if (!(e instanceof UnavailableError) || Date.now() > deadline) throw e;
-        await new Promise((r) => setTimeout(r, 200));
-      }
-    }
+    // Until the channel reconnects, calls fail UNAVAILABLE.
+    const { want, got } = await vi.waitFor(() => both(shards, 1, 40), { timeout: 20_000, interval: 200 });
+    expect(bits(got)).toEqual(bits(want));
   });
 
   it("least-loaded sends concurrent calls to the replica with fewer in flight", async () => {
@@ -184,9 +159,7 @@ describe("ExpertShardSet", () => {
       { shard: 1, address: b1.grpcAddress },
       { shard: 0, address: wrong.grpcAddress },
     ]);
-    const deadline = Date.now() + 20_000;
-    while (set.shards[1]!.addresses.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    expect(set.shards[1]!.addresses).toEqual([a1.grpcAddress, b1.grpcAddress]);
+    await vi.waitFor(() => expect(set.shards[1]!.addresses).toEqual([a1.grpcAddress, b1.grpcAddress]), { timeout: 20_000, interval: 50 });
     expect(set.shards[0]!.addresses).toEqual([a0.grpcAddress]);
 
     const { want: w, got } = await both(set.shards as ReplicatedExpertHostTransport[], 2, 60);

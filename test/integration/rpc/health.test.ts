@@ -5,7 +5,7 @@
 import { Code, MoelaError, UnavailableError } from "@moela/core";
 import { PrefillService } from "@moela/proto-gen";
 import { checkHealth, drainAndClose, waitForServing, watchHealth, type HealthStatus } from "@moela/rpc";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { startServer } from "./harness.js";
 
 const prefill = {
@@ -64,7 +64,7 @@ describe("health", () => {
       }
     })();
     // The watch delivers the current status first.
-    while (seen.length === 0) await new Promise((r) => setTimeout(r, 5));
+    await vi.waitFor(() => expect(seen.length).toBeGreaterThan(0), { timeout: 60_000, interval: 5 });
     expect(seen).toEqual(["SERVING"]);
 
     const draining = drainAndClose(server, 5_000, { announceMs: 1_000 });

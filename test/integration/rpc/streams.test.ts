@@ -22,9 +22,8 @@ import {
   drainAndClose,
   serverStreamCall,
   unaryCall,
-  type RpcServer,
 } from "@moela/rpc";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { deferred, sleep, startServer } from "./harness.js";
 
 interface HandlerEnd {
@@ -79,9 +78,6 @@ function tokenDecode(periodMs: number, limit = Infinity) {
   return { impl, ended: ended.promise, started: started.promise };
 }
 
-async function waitForNoCalls(server: RpcServer): Promise<void> {
-  while (server.activeCalls > 0) await sleep(5);
-}
 
 describe("a server stream cancelled by the client", () => {
   it("breaking out of the loop cancels the call: the handler's signal fires and its finally runs", async () => {
@@ -98,7 +94,7 @@ describe("a server stream cancelled by the client", () => {
       const end = await decode.ended;
       expect(end.reason).toBeInstanceOf(CancelledError);
       expect(end.cleanedUp).toBe(true);
-      await waitForNoCalls(server);
+      await vi.waitFor(() => expect(server.activeCalls).toBe(0), { timeout: 60_000, interval: 5 });
     } finally {
       client.close();
     }

@@ -3,7 +3,7 @@
  * it; and the receiver's blocks accounted there from KvBegin to admission or failure (lost, broken or
  * refused transfers give everything back, with their reason).
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Code } from "@moela/core";
 import { DeepseekModel, Engine } from "@moela/engine";
 import { connectInProcess, KvInbox, KvLedger, KvPoll, KvSender, kvTransferMeta, type KvHold, type KvReleaseReason } from "@moela/kv-transfer";
@@ -127,8 +127,7 @@ describe("KvInbox blocks in the ledger", () => {
     expect(d.ledger.holdsOf("req-2").map((h) => h.kind)).toEqual(["transfer"]);
     expect(d.engine.cache.usedBlocks).toBeGreaterThan(0);
     sender.abort("prefill was killed");
-    await new Promise((r) => setTimeout(r, 10));
-    expect(d.engine.cache.usedBlocks).toBe(0);
+    await vi.waitFor(() => expect(d.engine.cache.usedBlocks).toBe(0), { timeout: 5_000, interval: 10 });
     expect(d.ledger.requests).toBe(0);
     expect(d.reasons).toEqual(["sender_failed"]);
   });
