@@ -15,9 +15,7 @@
  * so prefill and decode add it to (and drop it from) the shard's replicas.
  */
 import { basename, resolve } from "node:path";
-import { realpathSync } from "node:fs";
-import { pathToFileURL } from "node:url";
-import { errorMessage, formatReadyLine, runService, splitHostPort, UnavailableError, withWeightLoadBar, type Logger } from "@moela/core";
+import { errorMessage, formatReadyLine, isEntryPoint, runService, splitHostPort, UnavailableError, withWeightLoadBar, type Logger } from "@moela/core";
 import { configureKernels, loadExpertShard, readModelConfig } from "@moela/engine";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
 import { checkpointModelId, ExpertHostCore, placementFor } from "@moela/moe-dispatch";
@@ -181,15 +179,5 @@ export function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   );
 }
 
-function isEntryPoint(): boolean {
-  const script = process.argv[1];
-  if (script === undefined) return false;
-  try {
-    return import.meta.url === pathToFileURL(realpathSync(script)).href;
-  } catch {
-    return false;
-  }
-}
-
 // `tsx services/expert-host/src/main.ts ...` runs the service; importing the module does not.
-if (isEntryPoint()) process.exitCode = await main(process.argv.slice(2), process.env);
+if (isEntryPoint(import.meta.url)) process.exitCode = await main(process.argv.slice(2), process.env);
