@@ -11,16 +11,17 @@ beforeAll(() => {
 afterAll(() => removeDir(tmp));
 
 type Case = [name: string, tokenizerJson: unknown, tokenizerConfig: unknown, file: string, message: RegExp];
+type Doc = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- parsed JSON that the cases break freely
 
 function cases(): Case[] {
   const { tokenizerJson, tokenizerConfig } = buildTinyTokenizerFiles();
-  const json = (edit: (doc: Record<string, any>) => void) => {
-    const doc = structuredClone(tokenizerJson) as Record<string, any>;
+  const json = (edit: (doc: Doc) => void) => {
+    const doc = structuredClone(tokenizerJson) as Doc;
     edit(doc);
     return doc;
   };
-  const config = (edit: (doc: Record<string, any>) => void) => {
-    const doc = structuredClone(tokenizerConfig) as Record<string, any>;
+  const config = (edit: (doc: Doc) => void) => {
+    const doc = structuredClone(tokenizerConfig) as Doc;
     edit(doc);
     return doc;
   };
