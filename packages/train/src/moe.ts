@@ -14,7 +14,7 @@
  *   f_i = E / (k S) * #{t : i chosen for t},  P_i = 1/S sum_t s_{i,t} / sum_j s_{j,t},  L_bal = alpha sum_i f_i P_i,
  * averaged over the batch's sequences (gradient through P only).
  */
-import type { ModelConfig } from "@moela/engine";
+import { topkInto, topTwoSum, type ModelConfig } from "@moela/engine";
 import type { Ops, Vec } from "./ops.js";
 import type { Param } from "./params.js";
 import { linear, linearBack, mlp, mlpBack, mlpParams, type MlpParams, type MlpSaved } from "./layers.js";
@@ -34,25 +34,6 @@ export function moeParams(get: (name: string) => Param, has: (name: string) => b
     experts: Array.from({ length: cfg.nRoutedExperts }, (_, e) => mlpParams(get, `${p}.experts.${e}`)),
     shared: cfg.nSharedExperts > 0 ? mlpParams(get, `${p}.shared_experts`) : null,
   };
-}
-
-/** Indices of the k largest a[i] (allowed only), largest first, ties to the lower index (the engine's topkInto). */
-function topk(a: Float64Array, n: number, k: number, out: Int32Array, outOff: number, allowed: Uint8Array | null): void {
-  let filled = 0;
-  for (let i = 0; i < n; i++) {
-    if (allowed !== null && allowed[i] !== 1) continue;
-    const v = a[i]!;
-    let j = Math.min(filled, k);
-    while (j > 0 && a[out[outOff + j - 1]!]! < v) {
-      if (j < k) out[outOff + j] = out[outOff + j - 1]!;
-      j--;
-    }
-    if (j < k) {
-      out[outOff + j] = i;
-      if (filled < k) filled++;
-    }
-  }
-  if (filled < k) throw new Error(`router: only ${filled} eligible experts for top-${k}`);
 }
 
 /**
@@ -81,24 +62,15 @@ export function route(cfg: ModelConfig, logits: Vec, T: number, bias: Vec | null
     let allowed: Uint8Array | null = null;
     if (cfg.topkGroup < G) {
       for (let g = 0; g < G; g++) {
-        let a = -Infinity;
-        let b = -Infinity;
-        for (let e = g * per; e < (g + 1) * per; e++) {
-          const v = choice[e]!;
-          if (v > a) {
-            b = a;
-            a = v;
-          } else if (v > b) b = v;
-        }
-        groupScore[g] = a + b;
+        groupScore[g] = topTwoSum(choice, g * per, (g + 1) * per);
       }
-      topk(groupScore, G, cfg.topkGroup, groupIdx, 0, null);
+      topkInto(groupScore, G, cfg.topkGroup, groupIdx, 0, null);
       expertOk.fill(0);
       for (let j = 0; j < groupIdx.length; j++) expertOk.fill(1, groupIdx[j]! * per, (groupIdx[j]! + 1) * per);
       allowed = expertOk;
     }
     const o = t * k;
-    topk(choice, E, k, ids, o, allowed);
+    topkInto(choice, E, k, ids, o, allowed);
     let sum = 0;
     for (let j = 0; j < k; j++) sum += scores[so + ids[o + j]!]!;
     for (let j = 0; j < k; j++) {

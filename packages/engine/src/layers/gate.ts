@@ -37,8 +37,8 @@ export function createRouterScratch(cfg: ModelConfig): RouterScratch {
   };
 }
 
-/** Indices of the k largest values of a[0..n) where allowed(i), largest first, ties to the lower index. */
-function topkInto(a: Float64Array, n: number, k: number, out: Int32Array, outOff: number, allowed: Uint8Array | null): void {
+/** Indices of the k largest values of a[0..n) where allowed(i), largest first, ties to the lower index. Also training's. */
+export function topkInto(a: Float64Array, n: number, k: number, out: Int32Array, outOff: number, allowed: Uint8Array | null): void {
   let filled = 0;
   for (let i = 0; i < n; i++) {
     if (allowed !== null && allowed[i] !== 1) continue;
@@ -55,6 +55,20 @@ function topkInto(a: Float64Array, n: number, k: number, out: Int32Array, outOff
     }
   }
   if (filled < k) throw new Error(`router: only ${filled} eligible experts for top-${k}`);
+}
+
+/** V3's group score: the sum of the two largest of a[from..to) (the group's top-2 biased scores). Also training's. */
+export function topTwoSum(a: Float64Array, from: number, to: number): number {
+  let first = -Infinity;
+  let second = -Infinity;
+  for (let e = from; e < to; e++) {
+    const v = a[e]!;
+    if (v > first) {
+      second = first;
+      first = v;
+    } else if (v > second) second = v;
+  }
+  return first + second;
 }
 
 /**
@@ -89,17 +103,7 @@ export function routeTokens(
       for (let g = 0; g < G; g++) {
         let s: number;
         if (cfg.topkMethod === "noaux_tc") {
-          // sum of the group's top-2 biased scores
-          let a = -Infinity;
-          let b = -Infinity;
-          for (let e = g * perGroup; e < (g + 1) * perGroup; e++) {
-            const v = choice[e]!;
-            if (v > a) {
-              b = a;
-              a = v;
-            } else if (v > b) b = v;
-          }
-          s = a + b;
+          s = topTwoSum(choice, g * perGroup, (g + 1) * perGroup);
         } else {
           s = -Infinity;
           for (let e = g * perGroup; e < (g + 1) * perGroup; e++) s = Math.max(s, choice[e]!);
