@@ -100,6 +100,46 @@ class PairHeap {
   }
 }
 
+/** Words as id sequences with their counts, in sorted order so that nothing depends on the map's insertion order. */
+function wordsAsIds(wordCounts: ReadonlyMap<string, number>, symbolId: ReadonlyMap<string, number>): { words: Int32Array[]; counts: number[] } {
+  const sortedWords = [...wordCounts.keys()].sort();
+  const words: Int32Array[] = [];
+  const counts: number[] = [];
+  for (const w of sortedWords) {
+    const count = wordCounts.get(w) as number;
+    if (!(count > 0)) continue;
+    const ids = new Int32Array(w.length);
+    for (let i = 0; i < w.length; i++) {
+      const id = symbolId.get(w[i] as string);
+      if (id === undefined) {
+        throw new InvalidArgumentError(`word ${JSON.stringify(w)} has a character that is no byte-level symbol`);
+      }
+      ids[i] = id;
+    }
+    words.push(ids);
+    counts.push(count);
+  }
+  return { words, counts };
+}
+
+/** How often each adjacent pair occurs over all words (weighted by count), and which words hold it. */
+function indexPairs(words: readonly Int32Array[], counts: readonly number[]): { pairCounts: Map<number, number>; pairWords: Map<number, Set<number>> } {
+  const pairCounts = new Map<number, number>();
+  const pairWords = new Map<number, Set<number>>();
+  for (let w = 0; w < words.length; w++) {
+    const ids = words[w] as Int32Array;
+    const count = counts[w] as number;
+    for (let i = 0; i + 1 < ids.length; i++) {
+      const key = pairKey(ids[i] as number, ids[i + 1] as number);
+      pairCounts.set(key, (pairCounts.get(key) ?? 0) + count);
+      let set = pairWords.get(key);
+      if (set === undefined) pairWords.set(key, (set = new Set()));
+      set.add(w);
+    }
+  }
+  return { pairCounts, pairWords };
+}
+
 /**
  * Learns merges over `wordCounts`: each key a pre-tokenized piece already in byte-level symbols (one symbol per
  * byte, as the ByteLevel pre-tokenizer writes it), each value how often it occurs.
@@ -122,38 +162,8 @@ export function trainBpe(wordCounts: ReadonlyMap<string, number>, options: BpeTr
   }
   const symbolId = new Map<string, number>(alphabet.map((s, b) => [s, initialTokens.length + b]));
 
-  // Words as id sequences, in sorted order so that nothing depends on the map's insertion order.
-  const sortedWords = [...wordCounts.keys()].sort();
-  const words: Int32Array[] = [];
-  const counts: number[] = [];
-  for (const w of sortedWords) {
-    const count = wordCounts.get(w) as number;
-    if (!(count > 0)) continue;
-    const ids = new Int32Array(w.length);
-    for (let i = 0; i < w.length; i++) {
-      const id = symbolId.get(w[i] as string);
-      if (id === undefined) {
-        throw new InvalidArgumentError(`word ${JSON.stringify(w)} has a character that is no byte-level symbol`);
-      }
-      ids[i] = id;
-    }
-    words.push(ids);
-    counts.push(count);
-  }
-
-  const pairCounts = new Map<number, number>();
-  const pairWords = new Map<number, Set<number>>();
-  for (let w = 0; w < words.length; w++) {
-    const ids = words[w] as Int32Array;
-    const count = counts[w] as number;
-    for (let i = 0; i + 1 < ids.length; i++) {
-      const key = pairKey(ids[i] as number, ids[i + 1] as number);
-      pairCounts.set(key, (pairCounts.get(key) ?? 0) + count);
-      let set = pairWords.get(key);
-      if (set === undefined) pairWords.set(key, (set = new Set()));
-      set.add(w);
-    }
-  }
+  const { words, counts } = wordsAsIds(wordCounts, symbolId);
+  const { pairCounts, pairWords } = indexPairs(words, counts);
   const heap = new PairHeap();
   // Pushed in key order so that the heap's contents do not depend on map iteration order either.
   for (const key of [...pairCounts.keys()].sort((a, b) => a - b)) heap.push(pairCounts.get(key) as number, key);
