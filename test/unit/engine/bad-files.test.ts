@@ -4,9 +4,8 @@
  * (and the tensor, where one is at fault) rather than a crash.
  */
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { CheckpointError } from "@moela/core";
 import {
   CheckpointTensors,
@@ -16,15 +15,9 @@ import {
   writeShardedCheckpoint,
   type TensorToWrite,
 } from "@moela/engine";
+import { tmpDirsForFile } from "../../helpers/tmp.js";
 
-const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), "moela-bad-"));
-afterAll(() => fs.rmSync(tmpRoot, { recursive: true, force: true }));
-let counter = 0;
-function tmpDir(): string {
-  const d = path.join(tmpRoot, `t${counter++}`);
-  fs.mkdirSync(d);
-  return d;
-}
+const tmpDir = tmpDirsForFile("moela-bad-");
 
 const GOOD: TensorToWrite[] = [
   { name: "alpha", dtype: "F32", shape: [2, 2], data: new Uint8Array(16).fill(1) },
@@ -213,7 +206,7 @@ describe("bad checkpoint folders", () => {
   const indexOf = (dir: string): string => path.join(dir, "model.safetensors.index.json");
 
   it("folder that does not exist", () => {
-    const dir = path.join(tmpRoot, "missing-folder");
+    const dir = path.join(tmpDir(), "missing-folder");
     expectCheckpointError(() => CheckpointTensors.open(dir), dir, undefined, /does not exist/);
   });
 

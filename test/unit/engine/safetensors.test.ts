@@ -1,7 +1,6 @@
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import {
   CheckpointTensors,
   F8_E4M3_TO_F32,
@@ -20,15 +19,9 @@ import {
   type DType,
   type TensorToWrite,
 } from "@moela/engine";
+import { tmpDirsForFile } from "../../helpers/tmp.js";
 
-const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), "moela-st-"));
-afterAll(() => fs.rmSync(tmpRoot, { recursive: true, force: true }));
-let counter = 0;
-function tmpDir(): string {
-  const d = path.join(tmpRoot, `t${counter++}`);
-  fs.mkdirSync(d);
-  return d;
-}
+const tmpDir = tmpDirsForFile("moela-st-");
 
 /** Encode float values in a dtype, little-endian, the straightforward way (independent of the reader). */
 function encode(dtype: DType, values: number[]): Uint8Array {

@@ -1,6 +1,5 @@
 import { describe, expect, it } from "vitest";
 import { checkJsonSchema } from "@moela/engine";
-import { Tokenizer } from "@moela/tokenizer";
 import {
   extractToolCalls,
   parseChatRequest,
@@ -15,6 +14,7 @@ import {
   TOOL_SEP,
   type ValidationContext,
 } from "@moela/openai-api";
+import { tinyValidationContext } from "../../helpers/openai-context.js";
 
 const fail = (param: string, message: string): never => {
   throw new RequestValidationError(message, param, null);
@@ -102,14 +102,7 @@ describe("tool calls in the generated text (DeepSeek-V3's format)", () => {
 });
 
 describe("the chat and completions requests carry the grammar", () => {
-  const ctx: ValidationContext = {
-    servedModelName: "tiny-v3",
-    maxModelLen: 2048,
-    vocabSize: 1024,
-    encoder: Tokenizer.fromDir(new URL("../../../models/tiny-v3", import.meta.url).pathname),
-    defaults: { temperature: 1, topP: 1, topK: -1 },
-    checkSchema: checkJsonSchema,
-  };
+  const ctx: ValidationContext = { ...tinyValidationContext, checkSchema: checkJsonSchema };
   const format = { type: "json_schema", json_schema: { name: "n", schema: { type: "object", properties: { a: { type: "boolean" } }, required: ["a"] } } };
 
   it("completions (every prompt of a batch) and chat; tools go to the template as `tools`", () => {

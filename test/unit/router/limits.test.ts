@@ -27,16 +27,9 @@ import {
   type EncodeOp,
   type ValidationContext,
 } from "@moela/openai-api";
-import { Tokenizer } from "@moela/tokenizer";
+import { tinyTokenizer as tokenizer, tinyValidationContext } from "../../helpers/openai-context.js";
 
-const tokenizer = Tokenizer.fromDir(new URL("../../../models/tiny-v3", import.meta.url).pathname);
-const ctx: ValidationContext = {
-  servedModelName: "tiny-v3",
-  maxModelLen: 2048,
-  vocabSize: 1024,
-  encoder: tokenizer,
-  defaults: { temperature: 1, topP: 1, topK: -1 },
-};
+const ctx = tinyValidationContext;
 const user = (content: string) => [{ role: "user", content }];
 
 function refusal(run: () => unknown): { status: number; param: string | null; message: string; code: string | null } {

@@ -12,16 +12,9 @@ import {
   parseCompletionRequest,
   type ValidationContext,
 } from "@moela/openai-api";
-import { Tokenizer } from "@moela/tokenizer";
+import { tinyTokenizer as tokenizer, tinyValidationContext } from "../../helpers/openai-context.js";
 
-const tokenizer = Tokenizer.fromDir(new URL("../../../models/tiny-v3", import.meta.url).pathname);
-const ctx: ValidationContext = {
-  servedModelName: "tiny-v3",
-  maxModelLen: 2048,
-  vocabSize: 1024,
-  encoder: tokenizer,
-  defaults: { temperature: 1, topP: 1, topK: -1 },
-};
+const ctx = tinyValidationContext;
 
 /** The status, param and message fragment of a refused body (throws when the body is accepted). */
 /** The router with --strict-api: unknown fields are refused. */

@@ -1,20 +1,11 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { CheckpointError, InvalidArgumentError } from "@moela/core";
 import { Tokenizer, type ChatMessage } from "@moela/tokenizer";
-import { ASSISTANT, BOS, DEEPSEEK_V3_DIR, EOS, USER, makeTempDir, removeDir, writeTinyDir } from "./fixtures.js";
+import { ASSISTANT, BOS, EOS, USER, tokenizersForFile, writeTinyDir } from "./fixtures.js";
 
-let tmp: string;
-let real: Tokenizer;
-let tiny: Tokenizer;
-
-beforeAll(() => {
-  tmp = makeTempDir();
-  real = Tokenizer.fromDir(DEEPSEEK_V3_DIR);
-  tiny = Tokenizer.fromDir(writeTinyDir(tmp, "tiny"));
-});
-afterAll(() => removeDir(tmp));
+const { tmp, real, tiny } = tokenizersForFile();
 
 const conversation: ChatMessage[] = [
   { role: "system", content: "You are a helpful assistant." },

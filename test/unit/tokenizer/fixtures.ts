@@ -3,7 +3,8 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { buildTinyTokenizerFiles } from "@moela/tokenizer";
+import { afterAll } from "vitest";
+import { buildTinyTokenizerFiles, Tokenizer } from "@moela/tokenizer";
 
 const require = createRequire(import.meta.url);
 
@@ -22,6 +23,16 @@ export function makeTempDir(): string {
 
 export function removeDir(dir: string): void {
   rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * For a test file, at its top level: the real DeepSeek-V3 tokenizer and the tiny one, written to `tmp`
+ * (a temporary folder the file's tests may write to as well; removed after them).
+ */
+export function tokenizersForFile(): { readonly tmp: string; readonly real: Tokenizer; readonly tiny: Tokenizer } {
+  const tmp = makeTempDir();
+  afterAll(() => removeDir(tmp));
+  return { tmp, real: Tokenizer.fromDir(DEEPSEEK_V3_DIR), tiny: Tokenizer.fromDir(writeTinyDir(tmp, "tiny")) };
 }
 
 /** Writes the two documents (either may be raw text, to test malformed files) into `dir`. */

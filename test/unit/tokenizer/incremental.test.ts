@@ -1,17 +1,8 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { IncrementalDecoder, Tokenizer } from "@moela/tokenizer";
-import { DEEPSEEK_V3_DIR, makeTempDir, removeDir, writeTinyDir } from "./fixtures.js";
+import { describe, expect, it } from "vitest";
+import { IncrementalDecoder } from "@moela/tokenizer";
+import { tokenizersForFile } from "./fixtures.js";
 
-let tmp: string;
-let real: Tokenizer;
-let tiny: Tokenizer;
-
-beforeAll(() => {
-  tmp = makeTempDir();
-  real = Tokenizer.fromDir(DEEPSEEK_V3_DIR);
-  tiny = Tokenizer.fromDir(writeTinyDir(tmp, "tiny"));
-});
-afterAll(() => removeDir(tmp));
+const { real, tiny } = tokenizersForFile();
 
 function stream(decoder: IncrementalDecoder, ids: readonly number[]): string[] {
   return ids.map((id) => decoder.push(id));

@@ -1,18 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { InvalidArgumentError } from "@moela/core";
 import { Tokenizer, buildTinyTokenizerFiles, byteLevelAlphabet, TINY_SPECIAL_TOKENS } from "@moela/tokenizer";
-import { BOS, DEEPSEEK_V3_DIR, EOS, makeTempDir, removeDir, writeTinyDir } from "./fixtures.js";
+import { BOS, EOS, tokenizersForFile, writeTinyDir } from "./fixtures.js";
 
-let tmp: string;
-let real: Tokenizer;
-let tiny: Tokenizer;
-
-beforeAll(() => {
-  tmp = makeTempDir();
-  real = Tokenizer.fromDir(DEEPSEEK_V3_DIR);
-  tiny = Tokenizer.fromDir(writeTinyDir(tmp, "tiny"));
-});
-afterAll(() => removeDir(tmp));
+const { tmp, real, tiny } = tokenizersForFile();
 
 const texts: [string, string][] = [
   ["ascii", "The quick brown fox jumps over the lazy dog. 1234567 + 89 = 1234656!"],
