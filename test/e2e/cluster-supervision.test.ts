@@ -19,83 +19,16 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DeepseekModel, Engine, type GenerationParams } from "@moela/engine";
-import { createInProcessExperts } from "@moela/moe-dispatch";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { PrefillClient, DecodeClient, type DecodeStatusResponse, type PrefillStatusResponse } from "@moela/proto-gen";
 import { connect, unaryCall, waitForServing } from "@moela/rpc";
 import { TINY_MODEL, MOELA_BIN, REPO_ROOT, type ClusterInfo, type InstanceInfo } from "../../services/cli/src/launcher.js";
-import { clusterSecurity, isAlive, metricSum, moelaGenerate, scrapeMetrics } from "../helpers/cluster.js";
+import { clusterSecurity, isAlive, metricSum, scrapeMetrics } from "../helpers/cluster.js";
+import { clusterPrompt, streamCompletion, undisturbedAnswers, type StreamResult } from "../helpers/completions.js";
 
 const STREAMS = 50;
 const MAX_TOKENS = 16;
 const DISTINCT_PROMPTS = 10;
-
-/** Distinct prompts of distinct lengths over the tiny vocabulary (no EOS id 1). */
-function prompt(i: number): number[] {
-  return Array.from({ length: 3 + (i % 5) }, (_, j) => 2 + ((i * 131 + j * 37 + 11) % 1000));
-}
-
-interface StreamResult {
-  readonly status: number;
-  readonly ids: number[];
-  readonly finish: string | null;
-  readonly error: unknown;
-  /** The connection broke before [DONE]. */
-  readonly broken: boolean;
-}
-
-/** One streaming /v1/completions call (token ids back), read to its end; `onToken` sees the running count. */
-async function streamCompletion(baseUrl: string, p: readonly number[], onToken?: (n: number) => void): Promise<StreamResult> {
-  let res: Response;
-  try {
-    res = await fetch(`${baseUrl}/v1/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "tiny-v3", prompt: p, max_tokens: MAX_TOKENS, temperature: 0, ignore_eos: true, logprobs: 1, return_tokens_as_token_ids: true, stream: true }),
-    });
-  } catch (err) {
-    return { status: 0, ids: [], finish: null, error: (err as Error).message, broken: true };
-  }
-  if (res.status !== 200) return { status: res.status, ids: [], finish: null, error: await res.text(), broken: false };
-  const ids: number[] = [];
-  let finish: string | null = null;
-  let error: unknown = null;
-  let done = false;
-  let buffer = "";
-  const decoder = new TextDecoder();
-  try {
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-      buffer += decoder.decode(chunk, { stream: true });
-      let nl: number;
-      while ((nl = buffer.indexOf("\n\n")) >= 0) {
-        const data = buffer.slice(0, nl).replace(/^data: /, "");
-        buffer = buffer.slice(nl + 2);
-        if (data === "[DONE]") {
-          done = true;
-          continue;
-        }
-        const o = JSON.parse(data) as { error?: unknown; choices?: Array<{ logprobs?: { tokens?: string[] }; finish_reason?: string | null }> };
-        if (o.error !== undefined) error = o.error;
-        const c = o.choices?.[0];
-        for (const t of c?.logprobs?.tokens ?? []) ids.push(Number(t.replace("token_id:", "")));
-        if (c?.finish_reason) finish = c.finish_reason;
-        if ((c?.logprobs?.tokens?.length ?? 0) > 0) onToken?.(ids.length);
-      }
-    }
-  } catch {
-    return { status: 200, ids, finish, error, broken: true };
-  }
-  return { status: 200, ids, finish, error, broken: !done };
-}
-
-async function until(cond: () => boolean | Promise<boolean>, what: string, timeoutMs = 60_000, everyMs = 50): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
 
 /** `moela cluster ...` as a process; resolves with its exit code, stderr and the time it took. */
 function runMoelaCluster(args: readonly string[]): Promise<{ code: number | null; stderr: string; ms: number }> {
@@ -150,7 +83,7 @@ describe("moela cluster supervises its services like a StatefulSet (2 prefill, 2
 
   /** `n` concurrent streams over the distinct prompts; `onToken(i, count)` as tokens arrive. */
   const load = (n: number, onToken?: (i: number, count: number) => void): Promise<StreamResult>[] =>
-    Array.from({ length: n }, (_, i) => streamCompletion(first.url, prompt(i % DISTINCT_PROMPTS), (c) => onToken?.(i, c)));
+    Array.from({ length: n }, (_, i) => streamCompletion(first.url, clusterPrompt(i % DISTINCT_PROMPTS), MAX_TOKENS, (c) => onToken?.(i, c)));
 
   function expectExact(results: readonly StreamResult[], what: string): void {
     for (const [i, r] of results.entries()) {
@@ -166,10 +99,10 @@ describe("moela cluster supervises its services like a StatefulSet (2 prefill, 2
    */
   async function killUnderLoad(label: string, ready: () => Promise<boolean>, results: Promise<StreamResult>[]): Promise<StreamResult[]> {
     const before = instance(label);
-    await until(ready, `${label} to be busy`, 60_000, 10);
+    await vi.waitFor(async () => expect(await ready(), `${label} to be busy`).toBe(true), { timeout: 60_000, interval: 10 });
     process.kill(before.pid, "SIGKILL");
     const done = await Promise.all(results);
-    await until(() => new RegExp(`restarted\\s+${label} \\(pid \\d+\\)`).test(stderr), `the launcher to print that it restarted ${label}`, 120_000, 100);
+    await vi.waitFor(() => expect(stderr, `the launcher to print that it restarted ${label}`).toMatch(new RegExp(`restarted\\s+${label} \\(pid \\d+\\)`)), { timeout: 120_000, interval: 100 });
     const after = instance(label);
     expect(stderr).toMatch(new RegExp(`died\\s+${label} \\(pid ${before.pid}, killed by SIGKILL`));
     expect(after.pid).not.toBe(before.pid);
@@ -210,17 +143,7 @@ describe("moela cluster supervises its services like a StatefulSet (2 prefill, 2
     });
     // The undisturbed answers: the engine with the routed experts over 2 in-process hosts, as
     // `moela generate --expert-hosts 2` runs it (checked against it for one prompt), while the cluster starts.
-    const model = DeepseekModel.load(TINY_MODEL, { kvDtype: "f32" });
-    model.setExpertExecutor(createInProcessExperts(model, 2, "exact").executor);
-    const engine = new Engine(model, { blockSize: 16, numBlocks: 64 });
-    const params: GenerationParams = { temperature: 0, topP: 1, topK: -1, maxTokens: MAX_TOKENS, ignoreEos: true, topLogprobs: 1 };
-    for (let i = 0; i < DISTINCT_PROMPTS; i++) {
-      const out: number[] = [];
-      for await (const t of engine.generate(engine.newSequence(`ref-${i}`, prompt(i), params))) out.push(t.id);
-      refs.push(out);
-    }
-    const single = await moelaGenerate({ promptIds: prompt(3), maxTokens: MAX_TOKENS, precision: "exact", expertHosts: 2, extraArgs: ["--ignore-eos"] });
-    expect(single.tokenIds, "the in-process reference is what `moela generate` gives").toEqual(refs[3]);
+    refs.push(...(await undisturbedAnswers(DISTINCT_PROMPTS, MAX_TOKENS)));
     first = await up;
   }, 300_000);
 
@@ -329,7 +252,7 @@ describe("moela cluster supervises its services like a StatefulSet (2 prefill, 2
     launcher.kill("SIGKILL");
     await launcherExit;
     const t0 = Date.now();
-    await until(() => pids.every((p) => !isAlive(p)), `every service to exit (alive: ${pids.filter(isAlive).join(", ")})`, 15_000, 100);
+    await vi.waitFor(() => expect(pids.filter(isAlive), "every service to exit").toEqual([]), { timeout: 15_000, interval: 100 });
     report.push(`kill -9 of the launcher: all ${pids.length} processes gone in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   }, 60_000);
 });
