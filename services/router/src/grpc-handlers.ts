@@ -4,7 +4,7 @@
  */
 import type { Metadata } from "@grpc/grpc-js";
 import { Code, errorMessage, InvalidArgumentError, MoelaError, newRequestId, requestLogger, type Logger } from "@moela/core";
-import { extractToolCalls, ModelNotFoundError, planChatRequest, planCompletionRequest, runPlanAsync, type FinishReason, type GenerationRequest } from "@moela/openai-api";
+import { extractToolCalls, ModelNotFoundError, planChatRequest, planCompletionRequest, runPlanAsync, type FinishReason, type GenerationRequest, type ToolCall } from "@moela/openai-api";
 import {
   FinishReason as WireFinishReason,
   GenerateRequest,
@@ -17,6 +17,7 @@ import {
 import type { AsyncServiceImplementation, CallContext } from "@moela/rpc";
 import { MAX_PRIORITY } from "@moela/scheduler";
 import { choiceSampling, mergeEvents, namespacedRequestId, outcomeOf, publicError, recordRequest, REQUEST_ID, type Outcome, type RouterContext } from "./api-common.js";
+import type { GenerateEvent } from "./backend.js";
 
 /**
  * A GenerateRequest as the equivalent /v1/completions body, so both APIs share one validation (a 0 or
@@ -122,6 +123,48 @@ export const LENIENT_GENERATE_SERVICE = {
 
 const UNDECODABLE = Symbol("undecodable");
 
+/**
+ * A Generate call checked (its API key, a message the lenient decoder marked, the prompt, request id and
+ * priority) and validated as the equivalent OpenAI request.
+ */
+async function parseGenerate(ctx: RouterContext, req: GenerateRequest, call: CallContext, signal: AbortSignal): Promise<GenerationRequest> {
+  ctx.apiKeys?.authenticate(bearerOfMetadata(call.metadata));
+  const undecodable = (req as GenerateRequest & { [UNDECODABLE]?: string })[UNDECODABLE];
+  if (undecodable !== undefined) {
+    throw new InvalidArgumentError(`the request does not decode (${undecodable}): sampling.seed, its one 64-bit field, must be at most 2^53 - 1`);
+  }
+  if (req.prompt === undefined) throw new InvalidArgumentError("prompt is required (text, token_ids or messages)");
+  if (req.requestId !== "" && !REQUEST_ID.test(req.requestId)) {
+    throw new InvalidArgumentError("request_id may hold 1-128 letters, digits and . _ - only");
+  }
+  if (req.priority > MAX_PRIORITY) throw new InvalidArgumentError(`priority must be at most ${MAX_PRIORITY}, got ${req.priority}`);
+  try {
+    const plan =
+      req.prompt.$case === "messages"
+        ? planChatRequest(chatRequestBody(req, req.prompt.value.messages), ctx.validation)
+        : planCompletionRequest(generateRequestBody(req), ctx.validation);
+    return await runPlanAsync(plan, ctx.encoder, signal);
+  } catch (err) {
+    // The proto names an unknown model INVALID_ARGUMENT (HTTP's 404 has no gRPC twin here).
+    if (err instanceof ModelNotFoundError) throw new InvalidArgumentError(err.message);
+    throw err;
+  }
+}
+
+/** The GenerateResponse of choice `index`'s event `ev`; `calls`: the tool calls its choice ended with. */
+function generateResponse(publicId: string, index: number, ev: GenerateEvent, wantLogprobs: boolean, calls: readonly ToolCall[]): GenerateResponse {
+  return {
+    requestId: publicId,
+    index,
+    tokenIds: ev.tokens.map((t) => t.id),
+    text: ev.text,
+    logprobs: wantLogprobs ? ev.tokens.map((t) => ({ logprob: t.logprob ?? 0, top: (t.top ?? []).map((a) => ({ tokenId: a.id, logprob: a.logprob })) })) : [],
+    finishReason: wireFinish(ev.finishReason),
+    usage: ev.usage ? { promptTokens: ev.usage.promptTokens, completionTokens: ev.usage.completionTokens, cachedPromptTokens: ev.usage.cachedPromptTokens ?? 0, draftTokens: 0, acceptedDraftTokens: 0 } : undefined,
+    toolCalls: calls.map((c) => ({ id: c.id, name: c.function.name, arguments: c.function.arguments })),
+  };
+}
+
 export function generateService(ctx: RouterContext): AsyncServiceImplementation<typeof LENIENT_GENERATE_SERVICE> {
   return {
     async *generate(req: GenerateRequest, call: CallContext): AsyncGenerator<GenerateResponse> {
@@ -131,28 +174,7 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
       let log: Logger = ctx.logger.child({ api: "grpc" });
       const signal = AbortSignal.any([call.signal, ctx.shutdown]);
       try {
-        ctx.apiKeys?.authenticate(bearerOfMetadata(call.metadata));
-        const undecodable = (req as GenerateRequest & { [UNDECODABLE]?: string })[UNDECODABLE];
-        if (undecodable !== undefined) {
-          throw new InvalidArgumentError(`the request does not decode (${undecodable}): sampling.seed, its one 64-bit field, must be at most 2^53 - 1`);
-        }
-        if (req.prompt === undefined) throw new InvalidArgumentError("prompt is required (text, token_ids or messages)");
-        if (req.requestId !== "" && !REQUEST_ID.test(req.requestId)) {
-          throw new InvalidArgumentError("request_id may hold 1-128 letters, digits and . _ - only");
-        }
-        if (req.priority > MAX_PRIORITY) throw new InvalidArgumentError(`priority must be at most ${MAX_PRIORITY}, got ${req.priority}`);
-        let parsed: GenerationRequest;
-        try {
-          const plan =
-            req.prompt.$case === "messages"
-              ? planChatRequest(chatRequestBody(req, req.prompt.value.messages), ctx.validation)
-              : planCompletionRequest(generateRequestBody(req), ctx.validation);
-          parsed = await runPlanAsync(plan, ctx.encoder, signal);
-        } catch (err) {
-          // The proto names an unknown model INVALID_ARGUMENT (HTTP's 404 has no gRPC twin here).
-          if (err instanceof ModelNotFoundError) throw new InvalidArgumentError(err.message);
-          throw err;
-        }
+        const parsed = await parseGenerate(ctx, req, call, signal);
         const n = parsed.n;
         release = ctx.admission.admit(n);
         const publicId = req.requestId !== "" ? req.requestId : newRequestId();
@@ -181,18 +203,7 @@ export function generateService(ctx: RouterContext): AsyncServiceImplementation<
         for await (const { index, event: ev } of mergeEvents(gens)) {
           if (texts !== null) texts[index] += ev.text;
           const calls = texts !== null && ev.finishReason !== null ? (extractToolCalls(texts[index]!)?.calls ?? []) : [];
-          yield {
-            requestId: publicId,
-            index,
-            tokenIds: ev.tokens.map((t) => t.id),
-            text: ev.text,
-            logprobs: wantLogprobs
-              ? ev.tokens.map((t) => ({ logprob: t.logprob ?? 0, top: (t.top ?? []).map((a) => ({ tokenId: a.id, logprob: a.logprob })) }))
-              : [],
-            finishReason: wireFinish(ev.finishReason),
-            usage: ev.usage ? { promptTokens: ev.usage.promptTokens, completionTokens: ev.usage.completionTokens, cachedPromptTokens: ev.usage.cachedPromptTokens ?? 0, draftTokens: 0, acceptedDraftTokens: 0 } : undefined,
-            toolCalls: calls.map((c) => ({ id: c.id, name: c.function.name, arguments: c.function.arguments })),
-          };
+          yield generateResponse(publicId, index, ev, wantLogprobs, calls);
         }
       } catch (err) {
         outcome = outcomeOf(err);
