@@ -20,11 +20,13 @@ import { linear, linearBack, rmsNorm, rmsNormBack, rope, type RmsSaved, type Rop
 /** q_a_layernorm and kv_a_layernorm use RMSNorm's default eps (the engine's LATENT_NORM_EPS). */
 export const LATENT_NORM_EPS = 1e-6;
 
+/** The query projection: low rank through q_lora_rank, or q_proj when it is null (as the engine's QueryWeights). */
+export type QueryParams =
+  | { readonly kind: "lora"; readonly qA: Param; readonly qANorm: Param; readonly qB: Param }
+  | { readonly kind: "direct"; readonly q: Param };
+
 export interface MlaParams {
-  readonly qA: Param | null;
-  readonly qANorm: Param | null;
-  readonly qB: Param | null;
-  readonly q: Param | null;
+  readonly query: QueryParams;
   readonly kvA: Param;
   readonly kvANorm: Param;
   readonly kvB: Param;
@@ -35,10 +37,9 @@ export function mlaParams(get: (name: string) => Param, cfg: ModelConfig, layer:
   const a = `model.layers.${layer}.self_attn`;
   const lora = cfg.qLoraRank !== null;
   return {
-    qA: lora ? get(`${a}.q_a_proj.weight`) : null,
-    qANorm: lora ? get(`${a}.q_a_layernorm.weight`) : null,
-    qB: lora ? get(`${a}.q_b_proj.weight`) : null,
-    q: lora ? null : get(`${a}.q_proj.weight`),
+    query: lora
+      ? { kind: "lora", qA: get(`${a}.q_a_proj.weight`), qANorm: get(`${a}.q_a_layernorm.weight`), qB: get(`${a}.q_b_proj.weight`) }
+      : { kind: "direct", q: get(`${a}.q_proj.weight`) },
     kvA: get(`${a}.kv_a_proj_with_mqa.weight`),
     kvANorm: get(`${a}.kv_a_layernorm.weight`),
     kvB: get(`${a}.kv_b_proj.weight`),
@@ -79,9 +80,8 @@ export function mlaShape(cfg: ModelConfig, S: number): MlaShape {
 
 export interface MlaSaved {
   readonly x: Vec;
-  readonly qa: Vec | null; // [T, q_lora_rank]
-  readonly qaNorm: RmsSaved | null;
-  readonly qn: Vec | null; // [T, q_lora_rank] normalised
+  /** The low-rank query's activations: qa [T, q_lora_rank], its norm, qn [T, q_lora_rank] normalised. */
+  readonly query: { readonly kind: "lora"; readonly qa: Vec; readonly qaNorm: RmsSaved; readonly qn: Vec } | { readonly kind: "direct" };
   readonly q: Vec; // [T, H * dq] with q_pe roped
   readonly ckvNorm: RmsSaved; // over c_kv [T, R]
   readonly ckv: Vec; // [T, R] normalised
@@ -146,19 +146,17 @@ function gatherHead(sh: MlaShape, b: number, h: number, S: number, q: Vec, kv: V
 export function mla(ops: Ops, p: MlaParams, sh: MlaShape, x: Vec, B: number, S: number): { y: Vec; saved: MlaSaved } {
   const T = B * S;
   const { H, dn, dr, dq, dv, R } = sh;
-  let qa: Vec | null = null;
-  let qaNorm: RmsSaved | null = null;
-  let qn: Vec | null = null;
+  let query: MlaSaved["query"];
   let q: Vec;
-  if (p.qA !== null) {
-    const r = p.qA.shape[0]!;
-    qa = linear(ops, p.qA, x, T);
-    const n = rmsNorm(ops, qa, T, r, p.qANorm!, LATENT_NORM_EPS);
-    qn = n.y;
-    qaNorm = n.saved;
-    q = linear(ops, p.qB!, qn, T);
+  if (p.query.kind === "lora") {
+    const r = p.query.qA.shape[0]!;
+    const qa = linear(ops, p.query.qA, x, T);
+    const n = rmsNorm(ops, qa, T, r, p.query.qANorm, LATENT_NORM_EPS);
+    query = { kind: "lora", qa, qaNorm: n.saved, qn: n.y };
+    q = linear(ops, p.query.qB, n.y, T);
   } else {
-    q = linear(ops, p.q!, x, T);
+    query = { kind: "direct" };
+    q = linear(ops, p.query.q, x, T);
   }
   rope(q, T, S, H * dq, dn, sh.rope, false, H, dq);
 
@@ -216,7 +214,7 @@ export function mla(ops: Ops, p: MlaParams, sh: MlaShape, x: Vec, B: number, S: 
     }
   }
   const y = linear(ops, p.o, o, T);
-  return { y, saved: { x, qa, qaNorm, qn, q, ckvNorm: nk.saved, ckv, kpe, kv, P, o } };
+  return { y, saved: { x, query, q, ckvNorm: nk.saved, ckv, kpe, kv, P, o } };
 }
 
 /** Backward of mla: adds into the parameters' gradients, returns dx [T, hidden] (or adds into dxAcc). */
@@ -290,13 +288,17 @@ export function mlaBack(ops: Ops, p: MlaParams, sh: MlaShape, s: MlaSaved, dy: V
   const dx = linearBack(ops, p.kvA, s.x, dkva, T, dxAcc);
   // q path
   rope(dq_, T, S, H * dq, dn, sh.rope, true, H, dq);
-  if (p.qA !== null) {
-    const r = p.qA.shape[0]!;
-    const dqn = linearBack(ops, p.qB!, s.qn!, dq_, T);
-    const dqa = rmsNormBack(ops, s.qaNorm!, T, r, p.qANorm!, dqn);
-    linearBack(ops, p.qA, s.x, dqa, T, dx);
+  const pq = p.query;
+  const sq = s.query;
+  if (pq.kind === "lora" && sq.kind === "lora") {
+    const r = pq.qA.shape[0]!;
+    const dqn = linearBack(ops, pq.qB, sq.qn, dq_, T);
+    const dqa = rmsNormBack(ops, sq.qaNorm, T, r, pq.qANorm, dqn);
+    linearBack(ops, pq.qA, s.x, dqa, T, dx);
+  } else if (pq.kind === "direct" && sq.kind === "direct") {
+    linearBack(ops, pq.q, s.x, dq_, T, dx);
   } else {
-    linearBack(ops, p.q!, s.x, dq_, T, dx);
+    throw new Error("the saved query activations are not of the query's kind");
   }
   return dx;
 }

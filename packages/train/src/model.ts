@@ -61,16 +61,18 @@ interface BlockParams {
   readonly inputNorm: Param;
   readonly postNorm: Param;
   readonly attn: MlaParams;
-  readonly mlp: MlpParams | null;
-  readonly moe: MoeParams | null;
+  readonly ffn: FfnParams;
 }
+
+/** A block's FFN: a dense SwiGLU MLP or MoE (as the engine's FfnWeights). */
+type FfnParams = { readonly kind: "dense"; readonly mlp: MlpParams } | { readonly kind: "moe"; readonly moe: MoeParams };
+type FfnSaved = { readonly kind: "dense"; readonly mlp: MlpSaved } | { readonly kind: "moe"; readonly moe: MoeSaved };
 
 interface BlockSaved {
   readonly n1: RmsSaved;
   readonly attn: MlaSaved;
   readonly n2: RmsSaved;
-  readonly mlp: MlpSaved | null;
-  readonly moe: MoeSaved | null;
+  readonly ffn: FfnSaved;
 }
 
 export class TrainModel {
@@ -109,8 +111,7 @@ export class TrainModel {
       inputNorm: get(`model.layers.${i}.input_layernorm.weight`),
       postNorm: get(`model.layers.${i}.post_attention_layernorm.weight`),
       attn: mlaParams(get, this.config, i),
-      mlp: moeLayer ? null : mlpParams(get, `model.layers.${i}.mlp`),
-      moe: moeLayer ? moeParams(get, has, this.config, i) : null,
+      ffn: moeLayer ? { kind: "moe", moe: moeParams(get, has, this.config, i) } : { kind: "dense", mlp: mlpParams(get, `model.layers.${i}.mlp`) },
     };
   }
 
@@ -134,19 +135,18 @@ export class TrainModel {
     addInPlace(h1, h); // h1 = h + attn
     const n2 = rmsNorm(ops, h1, T, hd, b.postNorm, c.rmsNormEps);
     let f: Vec;
-    let mlpSaved: MlpSaved | null = null;
-    let moeSaved: MoeSaved | null = null;
-    if (b.moe !== null) {
-      const r = moe(ops, c, b.moe, n2.y, T);
+    let ffn: FfnSaved;
+    if (b.ffn.kind === "moe") {
+      const r = moe(ops, c, b.ffn.moe, n2.y, T);
       f = r.y;
-      moeSaved = r.saved;
+      ffn = { kind: "moe", moe: r.saved };
     } else {
-      const r = mlp(ops, b.mlp!, n2.y, T);
+      const r = mlp(ops, b.ffn.mlp, n2.y, T);
       f = r.y;
-      mlpSaved = r.saved;
+      ffn = { kind: "dense", mlp: r.saved };
     }
     addInPlace(f, h1); // h2 = h1 + ffn
-    return { h: f, saved: { n1: n1.saved, attn: a.saved, n2: n2.saved, mlp: mlpSaved, moe: moeSaved } };
+    return { h: f, saved: { n1: n1.saved, attn: a.saved, n2: n2.saved, ffn } };
   }
 
   /** dh2 -> dh (dh2 is consumed). */
@@ -155,10 +155,10 @@ export class TrainModel {
     const c = this.config;
     const T = B * S;
     const hd = c.hiddenSize;
-    const dn2 =
-      b.moe !== null
-        ? moeBack(ops, c, b.moe, s.moe!, dh2, { balanceAlpha: alpha, S, batchRows })
-        : mlpBack(ops, b.mlp!, s.mlp!, dh2);
+    let dn2: Vec;
+    if (b.ffn.kind === "moe" && s.ffn.kind === "moe") dn2 = moeBack(ops, c, b.ffn.moe, s.ffn.moe, dh2, { balanceAlpha: alpha, S, batchRows });
+    else if (b.ffn.kind === "dense" && s.ffn.kind === "dense") dn2 = mlpBack(ops, b.ffn.mlp, s.ffn.mlp, dh2);
+    else throw new Error(`layer ${b.index}: the saved activations are not of its FFN's kind`);
     const dh1 = rmsNormBack(ops, s.n2, T, hd, b.postNorm, dn2, dh2, true); // dh1 = dh2 + norm'(dn2)
     const dn1 = mlaBack(ops, b.attn, this.shape(S), s.attn, dh1, B, S);
     return rmsNormBack(ops, s.n1, T, hd, b.inputNorm, dn1, dh1, true); // dh = dh1 + norm'(dn1)
@@ -207,9 +207,9 @@ export class TrainModel {
       const r = this.block(b, h, B, S);
       h = r.h;
       saved.push(r.saved);
-      if (r.saved.moe) {
-        loads.set(b.index, r.saved.moe.load);
-        bal += balanceLoss(c, r.saved.moe, S, opts.balanceAlpha, rows);
+      if (r.saved.ffn.kind === "moe") {
+        loads.set(b.index, r.saved.ffn.moe.load);
+        bal += balanceLoss(c, r.saved.ffn.moe, S, opts.balanceAlpha, rows);
       }
     }
     const fn = rmsNorm(ops, h, T, hd, this.params.get("model.norm.weight"), c.rmsNormEps);
@@ -254,9 +254,9 @@ export class TrainModel {
       }
       const h0 = linear(ops, this.params.get(`${p}.eh_proj.weight`), cat, T);
       const r = this.block(mb, h0, B, S);
-      if (r.saved.moe) {
-        loads.set(mb.index, r.saved.moe.load);
-        bal += balanceLoss(c, r.saved.moe, S, opts.balanceAlpha, rows);
+      if (r.saved.ffn.kind === "moe") {
+        loads.set(mb.index, r.saved.ffn.moe.load);
+        bal += balanceLoss(c, r.saved.ffn.moe, S, opts.balanceAlpha, rows);
       }
       const fin = rmsNorm(ops, r.h, T, hd, this.params.get(`${p}.shared_head.norm.weight`), c.rmsNormEps);
       const ml = linear(ops, head, fin.y, T);

@@ -118,7 +118,8 @@ describe("layer gradients against finite differences (float64)", () => {
       const dx = mlaBack(ops, p, sh, saved, r, B, S);
       const f = (): number => dotLoss(r, mla(ops, p, sh, x, B, S).y);
       checkGrad("dx", x, dx, f, 24);
-      for (const w of [p.qA, p.qANorm, p.qB, p.q, p.kvA, p.kvANorm, p.kvB, p.o]) if (w) checkGrad(w.name, w.data, w.grad, f, 16);
+      const query = p.query.kind === "lora" ? [p.query.qA, p.query.qANorm, p.query.qB] : [p.query.q];
+      for (const w of [...query, p.kvA, p.kvANorm, p.kvB, p.o]) checkGrad(w.name, w.data, w.grad, f, 16);
     });
   }
 
