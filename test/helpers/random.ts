@@ -13,6 +13,18 @@ export function fillRandom(a: Float32Array, seed: number): Float32Array {
   return a;
 }
 
+/** Deterministic pseudo-random numbers in [0, 1) (mulberry32), so every case is reproducible. */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
 /**
  * Seeded activations [T, hidden] in [-2, 2) and a top-k routing of T tokens over the model's routed
  * experts (distinct experts per token, weights in [0.2, 1.2)): a MoE layer's input for the expert-host tests.

@@ -1,18 +1,10 @@
 // `moela cluster` argument handling and the flags each role is started with (`moela serve --role`: test/e2e/serve-role.test.ts).
 import { describe, expect, it } from "vitest";
-import { groupServiceArgs, parseServiceArg, type ClusterCliOptions } from "../../../services/cli/src/cluster.js";
+import { groupServiceArgs, parseServiceArg } from "../../../services/cli/src/cluster.js";
 import { serviceArgs, type ServiceArgsInput } from "../../../services/cli/src/launcher.js";
-import { buildProgram } from "../../../services/cli/src/main.js";
+import { parseClusterArgs } from "../../helpers/cli-args.js";
 
-async function parseCluster(argv: string[]): Promise<ClusterCliOptions> {
-  const program = buildProgram();
-  let got: ClusterCliOptions | undefined;
-  program.commands.find((c) => c.name() === "cluster")!.action((opts: ClusterCliOptions) => {
-    got = opts;
-  });
-  await program.parseAsync(["cluster", ...argv], { from: "user" });
-  return got!;
-}
+const parseCluster = parseClusterArgs;
 
 describe("moela cluster options", () => {
   it("defaults to 1 prefill, 1 decode, 2 expert-hosts, exact, 127.0.0.1:8000, state in .moela", async () => {

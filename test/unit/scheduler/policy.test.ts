@@ -16,17 +16,9 @@ import {
   type ScoredCandidate,
   type SchedulingRequest,
 } from "@moela/scheduler";
+import { instanceLoad } from "../../helpers/scheduler.js";
 
-const load = (over: Partial<InstanceLoad> = {}): InstanceLoad => ({
-  freeKvBlocks: 100,
-  totalKvBlocks: 100,
-  blockSize: 16,
-  runningSequences: 0,
-  waitingSequences: 0,
-  pendingTransfers: 0,
-  accepting: true,
-  ...over,
-});
+const load = instanceLoad;
 /** A candidate; `none` = it never reported. */
 const cand = (id: string, l: InstanceLoad | "none" = load(), over: Partial<Candidate> = {}): Candidate => ({
   id,

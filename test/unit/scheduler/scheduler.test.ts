@@ -13,9 +13,9 @@ import {
   PREFILL_JOB_VERSION,
   redisConnection,
   type Decision,
-  type DecodeLoad,
   type PrefillJob,
 } from "@moela/scheduler";
+import { instanceLoad } from "../../helpers/scheduler.js";
 
 const goodJob: PrefillJob = {
   version: PREFILL_JOB_VERSION,
@@ -102,16 +102,7 @@ describe("redisConnection", () => {
   });
 });
 
-const load = (over: Partial<DecodeLoad> = {}): DecodeLoad => ({
-  freeKvBlocks: 100,
-  totalKvBlocks: 100,
-  blockSize: 16,
-  runningSequences: 0,
-  waitingSequences: 0,
-  pendingTransfers: 0,
-  accepting: true,
-  ...over,
-});
+const load = instanceLoad;
 const need = { promptTokens: 20, maxTokens: 11 }; // 20 + 11 + 1 speculative row = 32 positions = 2 blocks of 16
 
 describe("DecodePool", () => {
