@@ -24,9 +24,10 @@ import { CancelledError, DeadlineExceededError, InternalError, InvalidArgumentEr
 import type { EmittedToken, Engine, GenerationParams, Sequence } from "@moela/engine";
 import type { MetricsOf } from "@moela/metrics";
 import type { FinishReason, GeneratedToken, SamplingRequest } from "@moela/openai-api";
-import { IncrementalDecoder, StopStringMatcher, type Tokenizer } from "@moela/tokenizer";
+import type { Tokenizer } from "@moela/tokenizer";
 import type { GenerateEvent, GenerateInput, GenerationBackend } from "./backend.js";
 import { GenerationRecorder } from "./request-metrics.js";
+import { TokenAssembler } from "./token-assembler.js";
 
 export interface EngineBackendOptions {
   readonly engine: Engine;
@@ -170,12 +171,9 @@ export class EngineBackend implements GenerationBackend {
     this.start();
     this.wakeLoop?.();
 
-    const decoder = tokenizer === null ? null : new IncrementalDecoder(tokenizer, { skipSpecialTokens: input.skipSpecialTokens, promptIds: input.promptTokenIds });
-    const matcher = input.stop.length > 0 ? new StopStringMatcher(input.stop) : null;
+    // Detokenizing, stop strings after min_tokens and the token metrics, as pipeline.ts does them.
+    const asm = new TokenAssembler(tokenizer, input, metrics, model);
     const wantLogprobs = sampling.logprobs !== null;
-    const minTokens = sampling.minTokens ?? 0;
-    let sent = 0;
-    let lastTokenAt = 0;
     try {
       for (;;) {
         if (slot.cancelled || slot.error !== null) {
@@ -186,52 +184,21 @@ export class EngineBackend implements GenerationBackend {
           await slot.changed();
           continue;
         }
-        const batch = slot.produced.splice(0);
-        const tokens: GeneratedToken[] = [];
-        let text = "";
-        let stopped = false;
-        for (const t of batch) {
-          sent++;
-          tokens.push(generatedToken(t, wantLogprobs));
-          const delta = decoder?.push(t.id) ?? "";
-          // As vLLM (and pipeline.ts): stop strings are looked for only once the output is longer than min_tokens.
-          if (matcher === null || sent <= minTokens) {
-            text += delta;
-            continue;
-          }
-          const m = matcher.push(delta);
-          text += m.text;
-          if (m.stopped) {
-            stopped = true;
-            break;
-          }
-        }
-        if (tokens.length > 0) {
-          const now = performance.now();
-          if (lastTokenAt === 0) metrics.routerTimeToFirstToken.observe({ model }, (now - input.arrivedAt) / 1000);
-          else for (let i = 0; i < tokens.length; i++) metrics.routerInterTokenLatency.observe({ model }, (now - lastTokenAt) / 1000 / tokens.length);
-          lastTokenAt = now;
-          metrics.routerGenerationTokens.inc({ model }, tokens.length);
-        }
-        const finished = stopped || (slot.done && slot.produced.length === 0);
+        const b = asm.batch();
+        for (const t of slot.produced.splice(0)) if (!asm.add(b, generatedToken(t, wantLogprobs))) break;
+        asm.observe(b);
+        const finished = b.stopped || (slot.done && slot.produced.length === 0);
         if (finished) {
-          if (!stopped) {
-            // Release what the decoder and the matcher held back for a continuation that will not come.
-            let tail = decoder?.flush() ?? "";
-            if (matcher !== null) {
-              const m = matcher.push(tail);
-              tail = m.text + (m.stopped ? "" : matcher.flush());
-            }
-            text += tail;
-          }
-          const finishReason: FinishReason = stopped || seq.finishReason === "stop" ? "stop" : "length";
+          // Release what the decoder and the matcher held back for a continuation that will not come.
+          if (!b.stopped) asm.flush(b);
+          const finishReason: FinishReason = b.stopped || seq.finishReason === "stop" ? "stop" : "length";
           // Leaves the batch now (a stop string mid-generation), not when the caller lets go.
           slot.cancelled = true;
           this.wakeLoop?.();
-          yield { tokens, text, finishReason, usage: { promptTokens: input.promptTokenIds.length, completionTokens: sent, cachedPromptTokens: seq.cachedTokens } };
+          yield { tokens: b.tokens, text: b.text, finishReason, usage: { promptTokens: input.promptTokenIds.length, completionTokens: asm.sent, cachedPromptTokens: seq.cachedTokens } };
           return;
         }
-        if (tokens.length > 0 || text.length > 0) yield { tokens, text, finishReason: null };
+        if (b.tokens.length > 0 || b.text.length > 0) yield { tokens: b.tokens, text: b.text, finishReason: null };
       }
     } finally {
       clearTimeout(timer);
