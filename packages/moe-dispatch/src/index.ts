@@ -9,4 +9,5 @@ export * from "./transports/in-process.js";
 export * from "./transports/grpc.js";
 export * from "./transports/replicas.js";
 export * from "./transports/wire.js";
+export * from "./transports/stream-codec.js";
 export * from "./codec-study.js";

@@ -18,9 +18,8 @@ import { basename, resolve } from "node:path";
 import { errorMessage, formatReadyLine, isEntryPoint, runService, splitHostPort, UnavailableError, withWeightLoadBar, type Logger } from "@moela/core";
 import { configureKernels, loadExpertShard, readModelConfig } from "@moela/engine";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer, type MetricsServer } from "@moela/metrics";
-import { checkpointModelId, ExpertHostCore, placementFor } from "@moela/moe-dispatch";
+import { checkpointModelId, ExpertHostCore, ExpertHostWireService, placementFor } from "@moela/moe-dispatch";
 import { advertisedAddress, createRedisClient, InstanceRegistry, type Registration } from "@moela/scheduler";
-import { ExpertHostService } from "@moela/proto-gen";
 import { createServer, drainAndClose, serve, type RpcServer } from "@moela/rpc";
 import { parseConfig, USAGE, type ExpertHostConfig } from "./config.js";
 import { expertHostHandlers } from "./handlers.js";
@@ -91,7 +90,7 @@ export async function startExpertHost(cfg: ExpertHostConfig, logger: Logger): Pr
     // Dispatch, DispatchStream and Info need the internal secret when one is set; TLS with a cert.
     security: cfg.security,
   });
-  server.addService(ExpertHostService, expertHostHandlers({ core, logger, metrics: m }));
+  server.addService(ExpertHostWireService, expertHostHandlers({ core, logger, metrics: m }));
   const { address } = await serve(server, cfg.grpcAddress);
   let metricsServer: MetricsServer;
   try {

@@ -14,7 +14,7 @@ import { credentials, Metadata, type ChannelCredentials, type ClientDuplexStream
 import { CancelledError, Code, DataLossError, UnavailableError, type MoelaError } from "@moela/core";
 import { errorForCode } from "@moela/rpc";
 import {
-  ExpertHostClient,
+  type ExpertHostClient,
   type DispatchResponse,
   type DispatchStreamRequest,
   type DispatchStreamResponse,
@@ -24,6 +24,7 @@ import {
 import type { EncodedActivations } from "../codec/index.js";
 import type { ExpertHostTransport } from "../dispatcher.js";
 import type { ExpertDispatchRequest, HostInfo } from "../host.js";
+import { ExpertHostWireClient } from "./stream-codec.js";
 import { fromInfoResponse, fromTensor, toDispatchRequest } from "./wire.js";
 
 /** Largest message either way: a prefill micro-batch in f32 is tens of MiB (the rpc kit's servers allow 256 MiB). */
@@ -77,7 +78,8 @@ export class GrpcExpertHostTransport implements ExpertHostTransport {
     this.dispatchMode = o.dispatchMode ?? "stream";
     this.dispatchTimeoutMs = o.dispatchTimeoutMs ?? 120_000;
     this.infoTimeoutMs = o.infoTimeoutMs ?? 10_000;
-    this.client = new ExpertHostClient(o.address, o.credentials ?? credentials.createInsecure(), {
+    // DispatchStream's messages through stream-codec.ts (one buffer each way, no payload copies).
+    this.client = new ExpertHostWireClient(o.address, o.credentials ?? credentials.createInsecure(), {
       "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
       "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
       // A restarted peer is reachable again within 2 s (grpc-js backs off up to 120 s by default).
