@@ -71,7 +71,10 @@ export function buildHttpApp(ctx: RouterContext): FastifyInstance {
 function parseJsonBounded(app: FastifyInstance): void {
   // JSON as fastify parses it (prototype poisoning refused), after a linear check of the nesting depth:
   // JSON.parse recurses, and a body of a million "[" would otherwise end in a stack overflow (a 500).
-  const parseJson = app.getDefaultJsonParser("error", "error");
+  // fastify's default JSON parser is the callback form (it answers through done and returns nothing); its type is the
+  // union of the callback and the promise forms, so name the form it is: there is no promise to await.
+  type CallbackParser = Exclude<ReturnType<FastifyInstance["getDefaultJsonParser"]>, (...args: never[]) => Promise<unknown>>;
+  const parseJson = app.getDefaultJsonParser("error", "error") as CallbackParser;
   app.removeContentTypeParser("application/json");
   app.addContentTypeParser("application/json", { parseAs: "string" }, (req, body, done) => {
     if (typeof body === "string" && jsonDepthExceeds(body, MAX_JSON_DEPTH)) {
