@@ -4,11 +4,11 @@
  * prefill, and the teardown of all of it. Each test file keeps its own scripted decode (what it streams is
  * what that file checks).
  */
-import { DecodeService, Precision, type DecodeStatusResponse } from "@moela/proto-gen";
+import { DecodeService, Precision, type DecodeCancelRequest, type DecodeStatusResponse } from "@moela/proto-gen";
 import { createServer, drainAndClose, serve, type AsyncServiceImplementation, type RpcServer } from "@moela/rpc";
 import { PREFILL_QUEUE, redisConnection } from "@moela/scheduler";
 import { Worker, type Queue } from "bullmq";
-import type { Logger } from "@moela/core";
+import { CancelledError, type Logger } from "@moela/core";
 import type { RouterConfig } from "../../services/router/src/config.js";
 import type { StartedRouter } from "../../services/router/src/main.js";
 
@@ -61,6 +61,19 @@ export async function serveDecode(impl: AsyncServiceImplementation<typeof Decode
   const server = createServer({ logger });
   server.addService(DecodeService, impl);
   return { server, address: (await serve(server, "127.0.0.1:0")).address };
+}
+
+/**
+ * Decode.Cancel of a stand-in whose streams register an AbortController in `live` by request id: the
+ * request is recorded in `cancels` and its stream aborted; found when it was streaming.
+ */
+export function cancelLive(live: Map<string, AbortController>, cancels: DecodeCancelRequest[]): (req: DecodeCancelRequest) => Promise<{ found: boolean }> {
+  return async (req) => {
+    cancels.push(req);
+    const c = live.get(req.requestId);
+    c?.abort(new CancelledError("cancelled"));
+    return { found: c !== undefined };
+  };
 }
 
 /** A BullMQ worker standing in for prefill on the shared queue under `prefix`: `take` gets each job's data. */

@@ -184,9 +184,7 @@ class ScriptedDecode {
       },
       silent,
     );
-    this.server = decode.server;
-    this.address = decode.address;
-    return this;
+    return Object.assign(this, decode);
   }
 }
 

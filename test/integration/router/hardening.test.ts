@@ -17,9 +17,9 @@
 import { randomUUID } from "node:crypto";
 import { Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import OpenAI from "openai";
+import OpenAI, { APIError } from "openai";
 import { pino } from "pino";
-import { CancelledError, Code, createLogger, MoelaError } from "@moela/core";
+import { Code, createLogger, MoelaError } from "@moela/core";
 import { MoelaClient, UnauthenticatedError } from "@moela/client";
 import {
   FinishReason,
@@ -36,7 +36,7 @@ import { UnrecoverableError, type Queue, type Worker } from "bullmq";
 import { Metadata } from "@grpc/grpc-js";
 import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
 import type { RouterConfig } from "../../../services/router/src/config.js";
-import { closeRouterRig, deferred, idleDecodeStatus, REDIS_URL as REDIS, serveDecode, sleep, standInPrefill as prefillWorker, testRouterConfig } from "../../helpers/router-rig.js";
+import { cancelLive, closeRouterRig, deferred, idleDecodeStatus, REDIS_URL as REDIS, serveDecode, sleep, standInPrefill as prefillWorker, testRouterConfig } from "../../helpers/router-rig.js";
 
 const silent = createLogger("hardening-test", process.env.TEST_LOG ?? "silent");
 const KEY = "sk-test-0123456789abcdef";
@@ -82,21 +82,14 @@ class ScriptedDecode {
             if (signal.aborted) throw signal.reason;
           }
         },
-        async cancel(req: DecodeCancelRequest) {
-          self.cancels.push(req);
-          const c = self.live.get(req.requestId);
-          c?.abort(new CancelledError("cancelled"));
-          return { found: c !== undefined };
-        },
+        cancel: cancelLive(self.live, self.cancels),
         async status() {
           return idleDecodeStatus();
         },
       },
       silent,
     );
-    this.server = decode.server;
-    this.address = decode.address;
-    return this;
+    return Object.assign(this, decode);
   }
 }
 

@@ -11,7 +11,7 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import OpenAI, { APIError } from "openai";
-import { CancelledError, createLogger, FailureReason, InvalidArgumentError, MoelaError, UnavailableError } from "@moela/core";
+import { createLogger, FailureReason, InvalidArgumentError, MoelaError, UnavailableError } from "@moela/core";
 import {
   FinishReason,
   GenerateClient,
@@ -26,7 +26,7 @@ import { createPrefillQueue, parsePrefillJob, type PrefillJob } from "@moela/sch
 import { Tokenizer } from "@moela/tokenizer";
 import { UnrecoverableError, type Queue, type Worker } from "bullmq";
 import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
-import { closeRouterRig, deferred, idleDecodeStatus, REDIS_URL as REDIS, serveDecode, sleep, standInPrefill, testRouterConfig, TINY_MODEL_DIR as MODEL } from "../../helpers/router-rig.js";
+import { cancelLive, closeRouterRig, deferred, idleDecodeStatus, REDIS_URL as REDIS, serveDecode, sleep, standInPrefill, testRouterConfig, TINY_MODEL_DIR as MODEL } from "../../helpers/router-rig.js";
 
 const silent = createLogger("router-test", process.env.TEST_LOG ?? "silent");
 const tokenizer = Tokenizer.fromDir(MODEL);
@@ -104,21 +104,14 @@ class ScriptedDecode {
             if (signal.aborted) throw signal.reason;
           }
         },
-        async cancel(req: DecodeCancelRequest) {
-          self.cancels.push(req);
-          const c = self.live.get(req.requestId);
-          c?.abort(new CancelledError("cancelled"));
-          return { found: c !== undefined };
-        },
+        cancel: cancelLive(self.live, self.cancels),
         async status() {
           return idleDecodeStatus({ runningSequences: self.live.size });
         },
       },
       silent,
     );
-    this.server = decode.server;
-    this.address = decode.address;
-    return this;
+    return Object.assign(this, decode);
   }
 
   async waitForCancel(predicate: (c: DecodeCancelRequest) => boolean, ms = 10_000): Promise<DecodeCancelRequest> {

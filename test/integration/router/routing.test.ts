@@ -57,9 +57,7 @@ class StandInDecode {
       },
       silent,
     );
-    this.server = decode.server;
-    this.address = decode.address;
-    return this;
+    return Object.assign(this, decode);
   }
 }
 
