@@ -17,7 +17,7 @@
 import { randomUUID } from "node:crypto";
 import { Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import OpenAI, { APIError } from "openai";
+import OpenAI from "openai";
 import { pino } from "pino";
 import { Code, createLogger, MoelaError } from "@moela/core";
 import { MoelaClient, UnauthenticatedError } from "@moela/client";
