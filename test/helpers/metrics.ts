@@ -1,5 +1,22 @@
 /** Shared by test/unit/metrics and test/integration/metrics. */
-import type { ServiceMetrics, ServiceName } from "@moela/metrics";
+import { afterEach } from "vitest";
+import { SERVICE_METRICS, startMetricsServer, type MetricsServer, type ServiceMetrics, type ServiceName } from "@moela/metrics";
+
+/** Every service that has metrics. */
+export const SERVICES = Object.keys(SERVICE_METRICS) as ServiceName[];
+
+/** For a test file: startMetricsServer, each server it starts closed after its test. */
+export function metricsServersPerTest(): (...args: Parameters<typeof startMetricsServer>) => Promise<MetricsServer> {
+  const open: MetricsServer[] = [];
+  afterEach(async () => {
+    await Promise.all(open.splice(0).map((s) => s.close()));
+  });
+  return async (...args) => {
+    const server = await startMetricsServer(...args);
+    open.push(server);
+    return server;
+  };
+}
 
 /** Touches every metric of a service once, so each family has samples in the exposition. */
 export function exercise(sm: ServiceMetrics<ServiceName>): void {

@@ -14,6 +14,7 @@ import {
   type ProgressEvent,
   type ServiceCommand,
 } from "../../../services/cli/src/launcher.js";
+import { isAlive as alive } from "../../helpers/cluster.js";
 
 const FAKE = fileURLToPath(new URL("./fixtures/fake-service.ts", import.meta.url));
 const fakeCommand: ServiceCommand = (role) => ({ file: process.execPath, args: ["--import", "tsx", FAKE, "--role", role] });
@@ -26,15 +27,6 @@ function options(extra: Partial<ClusterOptions> = {}): ClusterOptions & { stateD
   const stateDir = mkdtempSync(join(tmpdir(), "moela-launcher-"));
   dirs.push(stateDir);
   return { command: fakeCommand, stateDir, port: 0, stopGraceMs: 3_000, startupTimeoutMs: 60_000, queuePrefix: `t-${process.pid}`, ...extra };
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 describe("startCluster with stand-in services", () => {

@@ -13,18 +13,10 @@ import {
   resolveRedis,
   startPrivateRedis,
 } from "../../../services/cli/src/redis-local.js";
+import { isAlive as alive } from "../../helpers/cluster.js";
 
 const dir = mkdtempSync(join(tmpdir(), "moela-redis-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 const privateOpts = { privateDir: join(dir, "redis"), privateLogFile: join(dir, "redis.log") };
 

@@ -16,6 +16,7 @@ import { waitForServing } from "@moela/rpc";
 import { ClusterInUseError } from "../../../services/cli/src/cluster-lock.js";
 import { startCluster, type ClusterInfo, type ClusterOptions, type ProgressEvent, type ServiceCommand } from "../../../services/cli/src/launcher.js";
 import { freePort } from "../../../services/cli/src/redis-local.js";
+import { isAlive as alive } from "../../helpers/cluster.js";
 
 const FIXTURES = fileURLToPath(new URL("./fixtures/", import.meta.url));
 const fakeCommand: ServiceCommand = (role) => ({ file: process.execPath, args: ["--import", "tsx", join(FIXTURES, "fake-service.ts"), "--role", role] });
@@ -25,15 +26,6 @@ afterAll(() => {
   for (const l of launchers) if (l.exitCode === null && l.signalCode === null) l.kill("SIGKILL");
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** vi.waitFor's options here: retry every 20 ms for up to `timeout` (20 s unless given). */
 const within = (timeout = 20_000) => ({ timeout, interval: 20 });

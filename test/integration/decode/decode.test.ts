@@ -93,6 +93,16 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
     })();
   }
 
+  /** The gRPC connector with each transfer's frames sent through `send` (made per transfer, given the real one). */
+  function sendingThrough(send: (inner: ReturnType<KvConnector["open"]>) => (f: KvFrame) => Promise<void>): KvConnector {
+    return {
+      open(transferId, requestId) {
+        const inner = connector.open(transferId, requestId);
+        return { outcome: inner.outcome, end: () => inner.end(), cancel: (r) => inner.cancel(r), send: send(inner) };
+      },
+    };
+  }
+
   function status(): Promise<DecodeStatusResponse> {
     return unaryCall((md, o, cb) => client.status({}, md, o, cb), { timeoutMs: 5_000 });
   }
@@ -246,25 +256,17 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
   });
 
   it("a corrupted chunk fails the transfer with DATA_LOSS and frees its blocks; prefill's retry (a new transfer id) completes the Stream exactly", async () => {
-    const corrupting: KvConnector = {
-      open(transferId, requestId) {
-        const inner = connector.open(transferId, requestId);
-        let n = 0;
-        return {
-          outcome: inner.outcome,
-          end: () => inner.end(),
-          cancel: (r) => inner.cancel(r),
-          send(f: KvFrame) {
-            if (f.kind === "layer" && ++n === 4) {
-              const data = f.data.slice();
-              data[0] = data[0]! ^ 1;
-              return inner.send({ ...f, data });
-            }
-            return inner.send(f);
-          },
-        };
-      },
-    };
+    const corrupting = sendingThrough((inner) => {
+      let n = 0;
+      return (f) => {
+        if (f.kind === "layer" && ++n === 4) {
+          const data = f.data.slice();
+          data[0] = data[0]! ^ 1;
+          return inner.send({ ...f, data });
+        }
+        return inner.send(f);
+      };
+    });
     const reference = await referenceRun(prefill, PROMPT, GREEDY);
     const stream = await openedStream("req-corrupt");
     const { outcome } = await push("req-corrupt", GREEDY, PROMPT, corrupting);
@@ -281,22 +283,14 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
 
   it("a transfer whose sender dies mid-way (the stream breaks before KvEnd) frees its blocks; the rerun's KV is admitted", async () => {
     const reference = await referenceRun(prefill, PROMPT, GREEDY);
-    const killing: KvConnector = {
-      open(transferId, requestId) {
-        const inner = connector.open(transferId, requestId);
-        let n = 0;
-        return {
-          outcome: inner.outcome,
-          end: () => inner.end(),
-          cancel: (r) => inner.cancel(r),
-          send(f: KvFrame) {
-            // The process "dies" after a few layers: the call is cut without KvEnd.
-            if (f.kind === "layer" && ++n === 3) inner.cancel("prefill worker killed");
-            return n >= 3 ? Promise.resolve() : inner.send(f);
-          },
-        };
-      },
-    };
+    const killing = sendingThrough((inner) => {
+      let n = 0;
+      return (f) => {
+        // The process "dies" after a few layers: the call is cut without KvEnd.
+        if (f.kind === "layer" && ++n === 3) inner.cancel("prefill worker killed");
+        return n >= 3 ? Promise.resolve() : inner.send(f);
+      };
+    });
     const stream = await openedStream("req-killed");
     const { outcome } = await push("req-killed", GREEDY, PROMPT, killing);
     expect(outcome.ok).toBe(false);

@@ -1,15 +1,12 @@
 /** Every service's /metrics output passes `promtool check metrics` (Debian's prometheus package); skipped without it. */
 import { spawnSync } from "node:child_process";
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import {
-  SERVICE_METRICS,
   createServiceMetrics,
-  startMetricsServer,
-  type MetricsServer,
   type ServiceMetrics,
   type ServiceName,
 } from "@moela/metrics";
-import { exercise } from "../../helpers/metrics.js";
+import { exercise, metricsServersPerTest, SERVICES } from "../../helpers/metrics.js";
 
 const promtool = (() => {
   const r = spawnSync("promtool", ["--version"], { encoding: "utf8" });
@@ -19,13 +16,7 @@ const promtool = (() => {
 /** prom-client's default gauges named _total, the only findings promtool may report. */
 const ALLOWED_FINDINGS = ["nodejs_active_handles_total", "nodejs_active_requests_total", "nodejs_active_resources_total"];
 
-const SERVICES = Object.keys(SERVICE_METRICS) as ServiceName[];
-let server: MetricsServer | undefined;
-
-afterEach(async () => {
-  await server?.close();
-  server = undefined;
-});
+const serveMetrics = metricsServersPerTest();
 
 describe("startMetricsServer", () => {
   it.for(SERVICES)("%s: promtool check metrics passes (only the nodejs_active_*_total findings allowed)", async (service, ctx) => {
@@ -36,7 +27,7 @@ describe("startMetricsServer", () => {
     }
     const sm = createServiceMetrics(service, { perExpertSeries: true });
     exercise(sm as ServiceMetrics<ServiceName>);
-    server = await startMetricsServer(sm.registry);
+    const server = await serveMetrics(sm.registry);
     const body = await (await fetch(server.url)).text();
     const r = spawnSync("promtool", ["check", "metrics"], { input: body, encoding: "utf8" });
     const findings = (r.stdout + r.stderr).split("\n").filter((l) => l.trim() !== "");

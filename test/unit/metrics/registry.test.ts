@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { InvalidArgumentError } from "@moela/core";
 import {
   LATENCY_BUCKETS_SECONDS,
@@ -8,12 +8,11 @@ import {
   SERVICE_METRICS,
   createServiceMetrics,
   startMetricsServer,
-  type MetricsServer,
   type ServiceMetrics,
   type ServiceName,
 } from "@moela/metrics";
 import { parseRouterConfig } from "../../../services/router/src/config.js";
-import { exercise } from "../../helpers/metrics.js";
+import { exercise, metricsServersPerTest, SERVICES } from "../../helpers/metrics.js";
 
 interface Family {
   type: string;
@@ -63,13 +62,7 @@ function parseExposition(text: string): Map<string, Family> {
   return families;
 }
 
-const SERVICES = Object.keys(SERVICE_METRICS) as ServiceName[];
-let server: MetricsServer | undefined;
-
-afterEach(async () => {
-  await server?.close();
-  server = undefined;
-});
+const serveMetrics = metricsServersPerTest();
 
 describe("createServiceMetrics", () => {
   it.each(SERVICES)("%s: registers exactly its metrics plus the defaults", async (service) => {
@@ -157,7 +150,7 @@ describe("startMetricsServer", () => {
   it.each(SERVICES)("%s: /metrics over a real socket parses, with HELP and TYPE for every family", async (service) => {
     const sm = createServiceMetrics(service, { perExpertSeries: true });
     exercise(sm as ServiceMetrics<ServiceName>);
-    server = await startMetricsServer(sm.registry, { host: "127.0.0.1", port: 0 });
+    const server = await serveMetrics(sm.registry, { host: "127.0.0.1", port: 0 });
     expect(server.url).toMatch(/^http:\/\/127\.0\.0\.1:[1-9][0-9]*\/metrics$/);
     const res = await fetch(server.url);
     expect(res.status).toBe(200);
@@ -191,7 +184,7 @@ describe("startMetricsServer", () => {
         },
       },
     });
-    server = await startMetricsServer(sm.registry);
+    const server = await serveMetrics(sm.registry);
     const res = await fetch(server.url);
     expect(res.status).toBe(500);
     expect(await res.text()).toContain("kv cache gone");
