@@ -23,13 +23,12 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DeepseekModel, Engine, type GenerationParams } from "@moela/engine";
-import { createInProcessExperts } from "@moela/moe-dispatch";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { DecodeClient, PrefillClient, type DecodeStatusResponse, type PrefillStatusResponse } from "@moela/proto-gen";
 import { connect, unaryCall } from "@moela/rpc";
 import { TINY_MODEL, startCluster, type Cluster, type ServiceProcess } from "../../services/cli/src/launcher.js";
-import { metricSum, moelaGenerate, scrapeMetrics } from "../helpers/cluster.js";
+import { metricSum, scrapeMetrics } from "../helpers/cluster.js";
+import { clusterPrompt, streamCompletion, undisturbedAnswers, type StreamResult } from "../helpers/completions.js";
 import { startTestRedis, type TestRedis } from "../helpers/redis-server.js";
 
 const STREAMS = 50;
@@ -39,78 +38,6 @@ const DISTINCT_PROMPTS = 10;
 const MAX_IN_FLIGHT = 60;
 /** Decode frees a sequence nobody streams after this (the router-kill phase waits it out). */
 const STREAM_GRACE_MS = 3_000;
-
-/** Distinct prompts of distinct lengths over the tiny vocabulary (no EOS id 1, no BOS games). */
-function prompt(i: number): number[] {
-  return Array.from({ length: 3 + (i % 5) }, (_, j) => 2 + ((i * 131 + j * 37 + 11) % 1000));
-}
-
-interface StreamResult {
-  readonly status: number;
-  readonly retryAfter: string | null;
-  readonly ids: number[];
-  readonly finish: string | null;
-  /** An in-band SSE error event, or an HTTP error body. */
-  readonly error: { message: string; code: string | null } | null;
-  /** The connection broke before [DONE]. */
-  readonly broken: boolean;
-}
-
-/** One streaming /v1/completions call (token ids as text), read to its end; `onToken` sees the running count. */
-async function streamCompletion(baseUrl: string, p: readonly number[], maxTokens: number, onToken?: (n: number) => void): Promise<StreamResult> {
-  let res: Response;
-  try {
-    res = await fetch(`${baseUrl}/v1/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "tiny-v3", prompt: p, max_tokens: maxTokens, temperature: 0, ignore_eos: true, logprobs: 1, return_tokens_as_token_ids: true, stream: true }),
-    });
-  } catch {
-    return { status: 0, retryAfter: null, ids: [], finish: null, error: null, broken: true };
-  }
-  if (res.status !== 200) {
-    const body = (await res.json().catch(() => ({}))) as { error?: { message: string; code: string | null } };
-    return { status: res.status, retryAfter: res.headers.get("retry-after"), ids: [], finish: null, error: body.error ?? null, broken: false };
-  }
-  const ids: number[] = [];
-  let finish: string | null = null;
-  let error: StreamResult["error"] = null;
-  let done = false;
-  let buffer = "";
-  const decoder = new TextDecoder();
-  try {
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-      buffer += decoder.decode(chunk, { stream: true });
-      let nl: number;
-      while ((nl = buffer.indexOf("\n\n")) >= 0) {
-        const event = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 2);
-        const data = event.replace(/^data: /, "");
-        if (data === "[DONE]") {
-          done = true;
-          continue;
-        }
-        const o = JSON.parse(data) as { error?: { message: string; code: string | null }; choices?: Array<{ logprobs?: { tokens?: string[] }; finish_reason?: string | null }> };
-        if (o.error !== undefined) error = o.error;
-        const c = o.choices?.[0];
-        for (const t of c?.logprobs?.tokens ?? []) ids.push(Number(t.replace("token_id:", "")));
-        if (c?.finish_reason) finish = c.finish_reason;
-        if ((c?.logprobs?.tokens?.length ?? 0) > 0) onToken?.(ids.length);
-      }
-    }
-  } catch {
-    return { status: 200, retryAfter: null, ids, finish, error, broken: true };
-  }
-  return { status: 200, retryAfter: null, ids, finish, error, broken: !done };
-}
-
-async function until(cond: () => boolean | Promise<boolean>, what: string, timeoutMs = 60_000, everyMs = 50): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
 
 describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas, Redis with append-only persistence", () => {
   let dir: string;
@@ -169,8 +96,7 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
   /** No KV block held by any live decode or prefill instance (waits out grace periods and timeouts). */
   async function expectNoKvHeld(what: string, timeoutMs = 30_000): Promise<void> {
     const live = cluster.processes.filter((p) => p.exitInfo === undefined && (p.role === "decode" || p.role === "prefill"));
-    let last = "";
-    await until(
+    await vi.waitFor(
       async () => {
         const parts: string[] = [];
         for (const p of live) {
@@ -178,30 +104,25 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
             const s = await decodeStatus(p.label);
             parts.push(`${p.label}: ${s.totalKvBlocks - s.freeKvBlocks} blocks used, ${s.pendingTransfers} transfers, ${s.runningSequences + s.waitingSequences} sequences`);
             if (s.totalKvBlocks !== s.freeKvBlocks || s.pendingTransfers > 0 || s.runningSequences + s.waitingSequences > 0) {
-              last = parts.join("; ");
-              return false;
+              throw new Error(`${what}: KV still held (${parts.join("; ")})`);
             }
           } else {
             const held = metricSum(await scrapeMetrics(p.readyLine!.metrics), "moela_prefill_kv_blocks_used") ?? NaN;
             const s = await prefillStatus(p.label);
             parts.push(`${p.label}: ${held} blocks held, ${s.runningJobs} jobs`);
             if (held !== 0 || s.activeTransfers > 0) {
-              last = parts.join("; ");
-              return false;
+              throw new Error(`${what}: KV still held (${parts.join("; ")})`);
             }
           }
         }
-        return true;
       },
-      `${what}: no KV block held anywhere (last: ${last})`,
-      timeoutMs,
-      200,
+      { timeout: timeoutMs, interval: 200 },
     );
   }
 
   /** `n` concurrent streams over the distinct prompts; `onToken(i, count)` as tokens arrive. */
   function load(n: number, onToken?: (i: number, count: number) => void): Promise<StreamResult>[] {
-    return Array.from({ length: n }, (_, i) => streamCompletion(url(), prompt(i % DISTINCT_PROMPTS), MAX_TOKENS, (c) => onToken?.(i, c)));
+    return Array.from({ length: n }, (_, i) => streamCompletion(url(), clusterPrompt(i % DISTINCT_PROMPTS), MAX_TOKENS, (c) => onToken?.(i, c)));
   }
 
   function expectExact(results: readonly StreamResult[], what: string): void {
@@ -215,17 +136,7 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "moela-failures-"));
     // The undisturbed answers, before the cluster competes for the CPUs.
-    const model = DeepseekModel.load(TINY_MODEL, { kvDtype: "f32" });
-    model.setExpertExecutor(createInProcessExperts(model, 2, "exact").executor);
-    const engine = new Engine(model, { blockSize: 16, numBlocks: 64 });
-    const params: GenerationParams = { temperature: 0, topP: 1, topK: -1, maxTokens: MAX_TOKENS, ignoreEos: true, topLogprobs: 1 };
-    for (let i = 0; i < DISTINCT_PROMPTS; i++) {
-      const out: number[] = [];
-      for await (const t of engine.generate(engine.newSequence(`ref-${i}`, prompt(i), params))) out.push(t.id);
-      refs.push(out);
-    }
-    const single = await moelaGenerate({ promptIds: prompt(3), maxTokens: MAX_TOKENS, precision: "exact", expertHosts: 2, extraArgs: ["--ignore-eos"] });
-    expect(single.tokenIds, "the in-process reference is what `moela generate` gives").toEqual(refs[3]);
+    refs.push(...(await undisturbedAnswers(DISTINCT_PROMPTS, MAX_TOKENS)));
 
     redis = await startTestRedis(join(dir, "redis"));
     process.on("exit", killHard);
@@ -269,7 +180,7 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
     // Kill it while it holds jobs: they are locked to it in Redis and nobody else may take them until
     // the lock expires and a stalled-job check finds them.
     let heldAtKill = 0;
-    await until(async () => (heldAtKill = (await prefillStatus("prefill 0")).runningJobs) > 0, "prefill 0 to take jobs", 60_000, 10);
+    await vi.waitFor(async () => expect((heldAtKill = (await prefillStatus("prefill 0")).runningJobs) > 0, "prefill 0 to take jobs").toBe(true), { timeout: 60_000, interval: 10 });
     await kill9("prefill 0");
     const done = await Promise.all(results);
     expectExact(done, "prefill killed");
@@ -294,7 +205,7 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
       if (count === 2) midStream++;
     });
     // Kill it while it is generating for several requests that have already sent tokens to their clients.
-    await until(async () => midStream >= 5 && (await decodeStatus("decode 0")).runningSequences > 0, "decode 0 to be mid-stream", 60_000, 10);
+    await vi.waitFor(async () => expect(midStream >= 5 && (await decodeStatus("decode 0")).runningSequences > 0, "decode 0 to be mid-stream").toBe(true), { timeout: 60_000, interval: 10 });
     await kill9("decode 0");
     const done = await Promise.all(results);
     expectExact(done, "decode killed");
@@ -304,7 +215,7 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
     await expectNoKvHeld("after the decode kill");
     await restart("decode 0");
     // The router sees it again (Status polls) and uses it.
-    await until(async () => (await fetch(`${url()}/health`).then((r) => r.json()) as { decode: { healthy: number } }).decode.healthy === 2, "both decode instances healthy", 30_000, 200);
+    await vi.waitFor(async () => expect(((await fetch(`${url()}/health`).then((r) => r.json())) as { decode: { healthy: number } }).decode.healthy, "both decode instances healthy").toBe(2), { timeout: 30_000, interval: 200 });
   }, 180_000);
 
   it("Redis restart under load: services reconnect without crashing and every accepted request completes exactly", async () => {
@@ -312,7 +223,7 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
     const results = load(STREAMS, (_i, count) => {
       if (count === 1) started++;
     });
-    await until(() => started >= 1, "the first tokens", 60_000, 10);
+    await vi.waitFor(() => expect(started >= 1, "the first tokens").toBe(true), { timeout: 60_000, interval: 10 });
     // Requests still waiting to be enqueued, queued, and in prefill: all must survive.
     await redis.restart(1_000);
     const done = await Promise.all(results);
@@ -349,7 +260,7 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
     const results = load(20, (_i, count) => {
       if (count === 1) started++;
     });
-    await until(() => started >= 3, "streams to start", 60_000, 10);
+    await vi.waitFor(() => expect(started >= 3, "streams to start").toBe(true), { timeout: 60_000, interval: 10 });
     await kill9("expert-host 3");
     const done = await Promise.all(results);
     expectExact(done, "an expert-host replica killed");
@@ -358,7 +269,7 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
   }, 180_000);
 
   it("kill -9 of the last replica of an expert shard: requests fail with a retryable 503 until one is back, then the cluster serves again", async () => {
-    const inFlight = Array.from({ length: 6 }, (_, i) => streamCompletion(url(), prompt(i), MAX_TOKENS));
+    const inFlight = Array.from({ length: 6 }, (_, i) => streamCompletion(url(), clusterPrompt(i), MAX_TOKENS));
     await kill9("expert-host 1");
     const during = await Promise.all(inFlight);
     for (const r of during) {
@@ -371,7 +282,7 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
         expect(r.retryAfter).toMatch(/^\d+$/);
       }
     }
-    const refusedNow = await streamCompletion(url(), prompt(0), MAX_TOKENS);
+    const refusedNow = await streamCompletion(url(), clusterPrompt(0), MAX_TOKENS);
     expect(refusedNow.status === 503 || refusedNow.error?.code === "service_unavailable", `a new request while shard 1 is gone: ${JSON.stringify(refusedNow)}`).toBe(true);
     if (refusedNow.status === 503) expect(refusedNow.retryAfter).toMatch(/^\d+$/);
     report.push(`kill -9 expert-host 1 (shard 1's last replica): ${during.filter((r) => r.status !== 200 || r.error !== null).length} of 6 in-flight requests failed retryably (503), new requests refused with 503`);
@@ -380,14 +291,12 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
     await restart("expert-host 1");
     // Prefill and decode reconnect by themselves (grpc reconnect backoff at most 2 s).
     let after: StreamResult | undefined;
-    await until(
+    await vi.waitFor(
       async () => {
-        after = await streamCompletion(url(), prompt(5), MAX_TOKENS);
-        return after.status === 200 && after.error === null;
+        after = await streamCompletion(url(), clusterPrompt(5), MAX_TOKENS);
+        expect({ status: after.status, error: after.error }, "a request to succeed once the expert-host is back").toEqual({ status: 200, error: null });
       },
-      "a request to succeed once the expert-host is back",
-      60_000,
-      500,
+      { timeout: 60_000, interval: 500 },
     );
     expect(after!.ids).toEqual(refs[5]);
     const results = await Promise.all(load(10));
@@ -401,11 +310,11 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
     let streaming = 0;
     // Long generations, so they are still running when their router dies.
     const long = Array.from({ length: 8 }, (_, i) =>
-      streamCompletion(url(), prompt(i), 400, (c) => {
+      streamCompletion(url(), clusterPrompt(i), 400, (c) => {
         if (c === 1) streaming++;
       }),
     );
-    await until(() => streaming >= 8, "every stream to start", 60_000, 10);
+    await vi.waitFor(() => expect(streaming >= 8, "every stream to start").toBe(true), { timeout: 60_000, interval: 10 });
     const others = cluster.processes.filter((p) => p.role !== "router").map((p) => p.pid);
     await kill9("router 0");
     const ends = await Promise.all(long);
