@@ -1,18 +1,11 @@
 /** `moela train` as a process saves an FP8 model with its tokenizer, and `moela generate` runs it. */
 import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
+import { trainingInputsForFile } from "../helpers/train.js";
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moela-train-cli-"));
-afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
-const text = path.join(tmp, "corpus.txt");
-fs.writeFileSync(
-  text,
-  Array.from({ length: 40 }, (_, i) => `Paragraph ${i}: the quick brown fox jumps over the lazy dog ${i % 7} times.\n\n`).join(""),
-);
-const tokenizer = path.resolve("models/tiny-v3");
+const { tmp, text, tokenizer } = trainingInputsForFile("moela-train-cli-");
 
 describe("runTraining (moela train)", () => {
   it("moela train saves an FP8 model with its tokenizer that moela generate runs", () => {

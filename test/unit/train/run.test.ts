@@ -3,19 +3,12 @@
  * that ends on the same bits (the CLI itself, and `moela generate` on its FP8 output: test/e2e/train-cli.test.ts).
  */
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { DEFAULT_RUN_OPTIONS, runTraining, type RunOptions } from "@moela/train";
+import { trainingInputsForFile } from "../../helpers/train.js";
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moela-run-"));
-afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
-const text = path.join(tmp, "corpus.txt");
-fs.writeFileSync(
-  text,
-  Array.from({ length: 40 }, (_, i) => `Paragraph ${i}: the quick brown fox jumps over the lazy dog ${i % 7} times.\n\n`).join(""),
-);
-const tokenizer = path.resolve("models/tiny-v3");
+const { tmp, text, tokenizer } = trainingInputsForFile("moela-run-");
 const base: RunOptions = {
   ...DEFAULT_RUN_OPTIONS,
   config: "v3-tiny",
