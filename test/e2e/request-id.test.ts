@@ -9,7 +9,7 @@
  * starts with the caller's; the router's lines also name the caller's own (clientRequestId).
  */
 import { readFileSync } from "node:fs";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { REQUEST_ID_FIELD } from "@moela/core";
 import { MoelaClient } from "@moela/client";
 import type { Role } from "../../services/cli/src/launcher.js";
@@ -62,14 +62,6 @@ function linesOf(role: Role, id: string): Line[] {
   });
 }
 
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 20_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 beforeAll(async () => {
   cluster = await startTestCluster({ logLevel: "info" });
   client = new MoelaClient({ address: cluster.instances("router")[0]!.grpc, maxRetries: 0 });
@@ -96,8 +88,13 @@ beforeAll(async () => {
   expect(httpId).toMatch(/^req-/);
   expect(httpStreamId).toMatch(/^req-/);
   // Log files are written by the launcher as the children print; wait for the last lines.
-  await waitFor("decode to log the end of every request", () =>
-    [GRPC_ID, GRPC_CANCELLED_ID, httpId, httpStreamId].every((id) => linesOf("decode", id).length >= 2),
+  await vi.waitFor(
+    () => {
+      for (const id of [GRPC_ID, GRPC_CANCELLED_ID, httpId, httpStreamId]) {
+        expect(linesOf("decode", id).length, `decode to log the end of request ${id}`).toBeGreaterThanOrEqual(2);
+      }
+    },
+    { timeout: 20_000, interval: 100 },
   );
 }, 240_000);
 
