@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { REPO_ROOT } from "../../services/cli/src/launcher.js";
+import { REPO_ROOT, type Precision } from "../../services/cli/src/launcher.js";
 import {
   isAlive,
   mapLimit,
@@ -22,6 +22,7 @@ import {
   type GenerateResult,
   type TestCluster,
 } from "../helpers/cluster.js";
+import { clusterPrompt } from "../helpers/completions.js";
 
 const execAsync = promisify(exec);
 const execFileAsync = promisify(execFile);
@@ -107,27 +108,34 @@ function expectSameGreedy(cluster: ClusterAnswer, single: GenerateResult, what: 
   expect(cluster.finishReason, `${what}: finish_reason`).toBe(single.finishReason);
 }
 
-/** Distinct prompts of distinct lengths over the tiny vocabulary (no id 1 = EOS, no BOS games). */
-function prompt(i: number): number[] {
-  return Array.from({ length: 3 + (i % 5) }, (_, j) => 2 + ((i * 131 + j * 37 + 11) % 1000));
+const prompt = clusterPrompt;
+
+/**
+ * A cluster of `precision` with EXPERT_HOSTS expert-hosts for the enclosing describe block: started before its
+ * tests (`use` receives it and an OpenAI client for it), stopped after them, exiting 0 and leaving no process.
+ */
+function clusterForBlock(precision: Precision, use: (cluster: TestCluster, client: OpenAI) => void): void {
+  let cluster: TestCluster | undefined;
+  beforeAll(async () => {
+    cluster = await startTestCluster({ precision, expertHosts: EXPERT_HOSTS });
+    use(cluster, clientFor(cluster));
+  }, 300_000);
+  afterAll(async () => {
+    if (cluster === undefined) return;
+    const pids = cluster.info.instances.map((i) => i.pid);
+    expect(await cluster.stop(), "moela cluster exits 0 on SIGTERM").toBe(0);
+    expect(pids.filter(isAlive)).toEqual([]);
+  }, 120_000);
 }
 
 describe.each(["exact", "paper"] as const)("local cluster, %s profile (tiny-v3, 2 expert-hosts)", (precision) => {
   let cluster: TestCluster;
   let client: OpenAI;
 
-  beforeAll(async () => {
-    cluster = await startTestCluster({ precision, expertHosts: EXPERT_HOSTS });
-    client = clientFor(cluster);
-  }, 300_000);
-
-  afterAll(async () => {
-    if (cluster === undefined) return;
-    const pids = cluster.info.instances.map((i) => i.pid);
-    const code = await cluster.stop();
-    expect(code, "moela cluster exits 0 on SIGTERM").toBe(0);
-    expect(pids.filter(isAlive)).toEqual([]);
-  }, 120_000);
+  clusterForBlock(precision, (c, o) => {
+    cluster = c;
+    client = o;
+  });
 
   it("serves the topology it was asked for, writes cluster.json, and lists the model", async () => {
     expect(cluster.info.precision).toBe(precision);
@@ -258,17 +266,10 @@ describe("local cluster, paper-logfmt8 profile (tiny-v3, 2 expert-hosts)", () =>
   let cluster: TestCluster;
   let client: OpenAI;
 
-  beforeAll(async () => {
-    cluster = await startTestCluster({ precision, expertHosts: EXPERT_HOSTS });
-    client = clientFor(cluster);
-  }, 300_000);
-
-  afterAll(async () => {
-    if (cluster === undefined) return;
-    const pids = cluster.info.instances.map((i) => i.pid);
-    expect(await cluster.stop(), "moela cluster exits 0 on SIGTERM").toBe(0);
-    expect(pids.filter(isAlive)).toEqual([]);
-  }, 120_000);
+  clusterForBlock(precision, (c, o) => {
+    cluster = c;
+    client = o;
+  });
 
   it("greedy completions (plain and streamed, 3 prompts at once) equal moela generate --precision paper-logfmt8, sent as LogFMT-8", async () => {
     expect(cluster.info.precision).toBe(precision);
