@@ -1,25 +1,8 @@
 /** `moela generate` as people and scripts use it: a real process on the bundled model. */
 import { describe, expect, it } from "vitest";
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
+import { moela, moelaFails } from "../helpers/moela-cli.js";
 
-const run = promisify(execFile);
-const MOELA = ["services/cli/bin/moela.js"];
 const MODEL = "models/tiny-v3";
-
-async function moela(args: string[]): Promise<{ stdout: string; stderr: string }> {
-  return run("node", [...MOELA, ...args], { cwd: process.cwd(), maxBuffer: 64 << 20 });
-}
-
-async function moelaFails(args: string[]): Promise<{ code: number; stderr: string }> {
-  try {
-    await moela(args);
-  } catch (err) {
-    const e = err as { code: number; stderr: string };
-    return { code: e.code, stderr: e.stderr };
-  }
-  throw new Error("moela succeeded");
-}
 
 describe("moela generate", () => {
   it("streams text for a text prompt", async () => {

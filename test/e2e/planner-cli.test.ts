@@ -1,24 +1,7 @@
 // `moela plan` as people and scripts run it: a real process on the shipped configs.
 import { describe, expect, it } from "vitest";
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
+import { moela, moelaFails } from "../helpers/moela-cli.js";
 import type { PlanJson } from "@moela/planner";
-
-const run = promisify(execFile);
-
-async function moela(args: string[]): Promise<{ stdout: string; stderr: string }> {
-  return run("node", ["services/cli/bin/moela.js", ...args], { cwd: process.cwd(), maxBuffer: 16 << 20 });
-}
-
-async function moelaFails(args: string[]): Promise<{ code: number; stderr: string }> {
-  try {
-    await moela(args);
-  } catch (err) {
-    const e = err as { code: number; stderr: string };
-    return { code: e.code, stderr: e.stderr };
-  }
-  throw new Error("moela succeeded");
-}
 
 describe("moela plan", () => {
   it("prints the paper's figures for DeepSeek-V3 as one JSON object", async () => {
