@@ -107,9 +107,7 @@ export interface EngineOptions {
    */
   readonly verifyCost?: number;
   /** The per-sequence decision rule of "auto" (default nextDraftingState); tests script it. */
-  readonly draftingPolicy?:
-    | ((state: DraftingState, step: { verified: boolean; accepted: boolean }, ctx: SpeculationContext) => DraftingState)
-    | undefined;
+  readonly draftingPolicy?: ((state: DraftingState, step: { verified: boolean; accepted: boolean }, ctx: SpeculationContext) => DraftingState) | undefined;
   /**
    * Reuse the latent KV of prompt prefixes across sequences (off by default). `capacityBlocks` bounds the
    * blocks the cache keeps (default: all of them; unreferenced ones are evicted when allocation needs room).
@@ -318,7 +316,8 @@ export class Engine {
     });
     this.prefillChunk = opts.prefillChunk ?? 256;
     this.microBatches = opts.microBatches ?? 1;
-    if (!(Number.isInteger(this.microBatches) && this.microBatches >= 1)) throw new InvalidArgumentError(`microBatches must be a positive integer, got ${this.microBatches}`);
+    if (!(Number.isInteger(this.microBatches) && this.microBatches >= 1))
+      throw new InvalidArgumentError(`microBatches must be a positive integer, got ${this.microBatches}`);
     const asked = opts.speculation ?? opts.speculative ?? "auto";
     const mode: SpeculationMode = asked === true ? "on" : asked === false ? "off" : asked;
     if (mode !== "auto" && mode !== "on" && mode !== "off") throw new InvalidArgumentError(`speculation must be auto, on or off, got ${String(asked)}`);
@@ -479,7 +478,15 @@ export class Engine {
     const first = seqs.map((s) => s.cachedTokens); // per seq: first position computed
     const hiddenRows = seqs.map((s, i) => new Float32Array((s.prompt.length - first[i]!) * hd)); // per seq [L - first, hidden]
     const lastLogits = new Map<Sequence, Float32Array>();
-    const sink = opts.kvSink ? new CachedRowsSink(this.cache, opts.kvSink, seqs.map((s) => s.blockTable), first, this.prefillChunk) : null;
+    const sink = opts.kvSink
+      ? new CachedRowsSink(
+          this.cache,
+          opts.kvSink,
+          seqs.map((s) => s.blockTable),
+          first,
+          this.prefillChunk,
+        )
+      : null;
     for (let round = 0; ; round++) {
       // Per sequence, the chunk [at, end) of this round: cursors advance by prefillChunk from `first`.
       const active = seqs.flatMap((s, i) => (first[i]! + round * this.prefillChunk < s.prompt.length ? [i] : []));
@@ -488,7 +495,12 @@ export class Engine {
         const s = seqs[i]!;
         const at = first[i]! + round * this.prefillChunk;
         const end = Math.min(s.prompt.length, at + this.prefillChunk);
-        return { blockTable: s.blockTable, start: at, tokens: s.prompt.slice(at, end), logits: end === s.prompt.length ? ("last" as const) : ("none" as const) };
+        return {
+          blockTable: s.blockTable,
+          start: at,
+          tokens: s.prompt.slice(at, end),
+          logits: end === s.prompt.length ? ("last" as const) : ("none" as const),
+        };
       });
       const r = await m.forward(this.cache, batch, { attention: "decompressed", ...(sink ? { kvSink: sink.forBatch(active) } : {}) });
       active.forEach((i, k) => {
@@ -583,37 +595,8 @@ export class Engine {
       const verified = s.draft !== null;
       let acceptedDraft = false;
       if (s.draft) {
-        const row1 = this.logitsRow(r, r.logitRow[i]! + 1);
-        const d = s.draft.token;
-        let next: number;
-        // The row after the draft sees the draft as output (penalties, min_tokens).
-        const p0 = s.processed(row0, -1, 0);
-        const p1 = s.processed(row1, d, 1);
-        if (s.sampler.greedy) {
-          acceptedDraft = argmax(p0) === d;
-          next = acceptedDraft ? argmax(p1) : argmax(p0);
-        } else {
-          s.sampler.probs(p0, this.probsTarget[0]!);
-          s.sampler.probs(p1, this.probsTarget[1]!);
-          const v = verifyDraft({ draftTokens: [d], draftProbs: [s.draft.probs!], targetProbs: this.probsTarget, rng: s.sampler.rng });
-          acceptedDraft = v.accepted === 1;
-          next = v.tokens[v.tokens.length - 1]!;
-        }
-        s.drafted++;
-        this.drafted++;
+        ({ produced, accepted: acceptedDraft } = this.verifyDraftOf(s, row0, this.logitsRow(r, r.logitRow[i]! + 1)));
         verifying++;
-        const a = acceptedDraft ? 1 : 0;
-        this.acceptanceRate = this.acceptanceRate === null ? a : this.acceptanceRate + ENGINE_RATE_WEIGHT * (a - this.acceptanceRate);
-        if (acceptedDraft) {
-          s.accepted++;
-          this.accepted++;
-          produced = [this.token(s, row0, d), this.token(s, row1, next)];
-          s.mainLen += 2;
-        } else {
-          produced = [this.token(s, row0, next)];
-          s.mainLen += 1;
-        }
-        s.pending = next;
       } else {
         const next = s.sampler.sample(s.processed(row0));
         produced = [this.token(s, row0, next)];
@@ -657,7 +640,14 @@ export class Engine {
     if (mtpBatch.length > 0) {
       const mr = await m.forwardMtp(
         this.cache,
-        mtpBatch.map((b) => ({ blockTable: b.seq.blockTable, start: b.start, tokens: b.tokens, logits: "last" as const, hidden: b.hidden, hiddenOff: b.hiddenOff })),
+        mtpBatch.map((b) => ({
+          blockTable: b.seq.blockTable,
+          start: b.start,
+          tokens: b.tokens,
+          logits: "last" as const,
+          hidden: b.hidden,
+          hiddenOff: b.hiddenOff,
+        })),
         { attention: "absorbed" },
       );
       mtpBatch.forEach((b, i) => {
@@ -669,6 +659,45 @@ export class Engine {
     // A step that also computed owed MTP rows (a probe's) would overstate what verifying costs.
     if (owedRows === 0) this.verifyCostEstimate.observe((performance.now() - t0) / 1000, seqs.length - verifying, verifying);
     return results;
+  }
+
+  /**
+   * Verifies a sequence's draft against the two logits rows of its step (row0 before the draft, row1 after it):
+   * greedy by argmax, sampled by speculative sampling; advances the sequence and returns the tokens it produced.
+   */
+  private verifyDraftOf(s: Sequence, row0: Float32Array, row1: Float32Array): { produced: EmittedToken[]; accepted: boolean } {
+    let acceptedDraft = false;
+    let produced: EmittedToken[];
+    const d = s.draft!.token;
+    let next: number;
+    // The row after the draft sees the draft as output (penalties, min_tokens).
+    const p0 = s.processed(row0, -1, 0);
+    const p1 = s.processed(row1, d, 1);
+    if (s.sampler.greedy) {
+      acceptedDraft = argmax(p0) === d;
+      next = acceptedDraft ? argmax(p1) : argmax(p0);
+    } else {
+      s.sampler.probs(p0, this.probsTarget[0]!);
+      s.sampler.probs(p1, this.probsTarget[1]!);
+      const v = verifyDraft({ draftTokens: [d], draftProbs: [s.draft!.probs!], targetProbs: this.probsTarget, rng: s.sampler.rng });
+      acceptedDraft = v.accepted === 1;
+      next = v.tokens[v.tokens.length - 1]!;
+    }
+    s.drafted++;
+    this.drafted++;
+    const a = acceptedDraft ? 1 : 0;
+    this.acceptanceRate = this.acceptanceRate === null ? a : this.acceptanceRate + ENGINE_RATE_WEIGHT * (a - this.acceptanceRate);
+    if (acceptedDraft) {
+      s.accepted++;
+      this.accepted++;
+      produced = [this.token(s, row0, d), this.token(s, row1, next)];
+      s.mainLen += 2;
+    } else {
+      produced = [this.token(s, row0, next)];
+      s.mainLen += 1;
+    }
+    s.pending = next;
+    return { produced, accepted: acceptedDraft };
   }
 
   /**
