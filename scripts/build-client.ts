@@ -82,7 +82,9 @@ function rewriteSpecifiers(file: string, tree: string): Set<string> {
   const text = readFileSync(file, "utf8").replace(SPECIFIER, (whole, lead: string, q: string, spec: string) => {
     const target = INLINED[spec];
     if (target !== undefined) {
-      let rel = relative(dirname(file), join(tree, target.replace(/\.ts$/, ".js"))).split(sep).join("/");
+      let rel = relative(dirname(file), join(tree, target.replace(/\.ts$/, ".js")))
+        .split(sep)
+        .join("/");
       if (!rel.startsWith(".")) rel = `./${rel}`;
       return `${lead}${q}${rel}${q}`;
     }
@@ -180,7 +182,13 @@ export function buildClient(outDir: string = join(CLIENT, "dist")): BuiltClient 
 
   rmSync(outDir, { recursive: true, force: true });
   renameSync(work, outDir);
-  return { outDir, files: walk(outDir).map((f) => relative(outDir, f).split(sep).join("/")).sort(), imports: used };
+  return {
+    outDir,
+    files: walk(outDir)
+      .map((f) => relative(outDir, f).split(sep).join("/"))
+      .sort(),
+    imports: used,
+  };
 }
 
 const isMain = process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
@@ -188,5 +196,7 @@ if (isMain) {
   const i = process.argv.indexOf("--out");
   const out = resolve(i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1]! : join(CLIENT, "dist"));
   const built = buildClient(out);
-  process.stdout.write(`@moela/client built in ${relative(process.cwd(), out) || "."}: ${built.files.length} files; imports ${JSON.stringify(built.imports)}\n`);
+  process.stdout.write(
+    `@moela/client built in ${relative(process.cwd(), out) || "."}: ${built.files.length} files; imports ${JSON.stringify(built.imports)}\n`,
+  );
 }

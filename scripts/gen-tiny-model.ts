@@ -63,7 +63,8 @@ function main(): void {
     }
     if (typeof config !== "object" || config === null || Array.isArray(config)) program.error("--config must be a JSON object");
   }
-  if (o.weightDtype !== undefined && o.weightDtype !== "BF16" && o.weightDtype !== "F32") program.error(`--weight-dtype must be BF16 or F32, got '${o.weightDtype}'`);
+  if (o.weightDtype !== undefined && o.weightDtype !== "BF16" && o.weightDtype !== "F32")
+    program.error(`--weight-dtype must be BF16 or F32, got '${o.weightDtype}'`);
   const out = o.out ?? path.join("models", preset);
 
   const started = Date.now();

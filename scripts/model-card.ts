@@ -103,12 +103,19 @@ async function perplexity(): Promise<{ perplexity: number; predicted: number; nl
 
 // ---- MTP and speed -----------------------------------------------------------------------------
 
-async function decodeRun(mode: "off" | "on" | "auto", batch: number, prompts: number[][], tokens: number): Promise<{ tokS: number; drafted: number; accepted: number }> {
+async function decodeRun(
+  mode: "off" | "on" | "auto",
+  batch: number,
+  prompts: number[][],
+  tokens: number,
+): Promise<{ tokS: number; drafted: number; accepted: number }> {
   const engine = new Engine(model, { speculation: mode, blockSize: 16, numBlocks: batch * Math.ceil((64 + tokens + 8) / 16) + 8 });
   let produced = 0;
   let seconds = 0;
   for (let i = 0; i + batch <= prompts.length; i += batch) {
-    const seqs: Sequence[] = prompts.slice(i, i + batch).map((p, j) => engine.newSequence(`s${i + j}`, p, { temperature: 0, topP: 1, topK: -1, maxTokens: tokens, ignoreEos: true }));
+    const seqs: Sequence[] = prompts
+      .slice(i, i + batch)
+      .map((p, j) => engine.newSequence(`s${i + j}`, p, { temperature: 0, topP: 1, topK: -1, maxTokens: tokens, ignoreEos: true }));
     await engine.prefill(seqs);
     const t0 = performance.now();
     while (seqs.some((s) => !s.finished)) for (const r of await engine.step(seqs.filter((s) => !s.finished))) produced += r.tokens.length;
@@ -136,7 +143,13 @@ export function englishShare(text: string): { share: number; words: number } {
   return { share: words.length === 0 ? 0 : known / words.length, words: words.length };
 }
 
-const SAMPLE_PROMPTS = ["The capital of France is", "Once upon a time", "The president said that", "In the morning, the children", "Scientists have found that"];
+const SAMPLE_PROMPTS = [
+  "The capital of France is",
+  "Once upon a time",
+  "The president said that",
+  "In the morning, the children",
+  "Scientists have found that",
+];
 
 async function samples(tok: Tokenizer): Promise<Array<{ prompt: string; completion: string; englishShare: number }>> {
   const engine = new Engine(model, { speculation: "off", blockSize: 16, numBlocks: 64 });
@@ -179,9 +192,7 @@ function curvesSvg(lines: LogLine[]): string {
   const x = (s: number) => L + ((W - L - 10) * s) / maxStep;
   const y = (v: number) => 10 + ((H - B - 10) * (hi - v)) / (hi - lo || 1);
   const path = (vals: number[]) => vals.map((v, i) => `${i === 0 ? "M" : "L"}${x(steps[i]!.step!).toFixed(1)},${y(v).toFixed(1)}`).join("");
-  const dots = evals
-    .map((l) => `<circle cx="${x(l.eval!).toFixed(1)}" cy="${y(l.mainLoss!).toFixed(1)}" r="4" fill="#d04a4a"/>`)
-    .join("");
+  const dots = evals.map((l) => `<circle cx="${x(l.eval!).toFixed(1)}" cy="${y(l.mainLoss!).toFixed(1)}" r="4" fill="#d04a4a"/>`).join("");
   const ticks = [lo, (lo + hi) / 2, hi].map((v) => `<text x="4" y="${y(v) + 4}" font-size="11">${v.toFixed(2)}</text>`).join("");
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif"><rect width="${W}" height="${H}" fill="white"/>${ticks}<path d="${path(main)}" fill="none" stroke="#4a7bd0" stroke-width="2"/><path d="${path(mtp)}" fill="none" stroke="#6cb36c" stroke-width="2"/>${dots}<text x="${L}" y="${H - 8}" font-size="12">step (0 .. ${maxStep}); blue: main loss, green: MTP loss (EMA 0.9, nats per token); red: held-out main loss</text></svg>\n`;
 }
@@ -208,28 +219,48 @@ for (const batch of [1, 8]) {
     speed.push({ mode, batch, tokS: r.tokS, acceptance: r.drafted > 0 ? r.accepted / r.drafted : null });
   }
 }
-const lines: LogLine[] = opts.trainLog && existsSync(opts.trainLog) ? readFileSync(opts.trainLog, "utf8").split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as LogLine) : [];
+const lines: LogLine[] =
+  opts.trainLog && existsSync(opts.trainLog)
+    ? readFileSync(opts.trainLog, "utf8")
+        .split("\n")
+        .filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l) as LogLine)
+    : [];
 if (lines.length > 0) writeFileSync(join(OUT, "training-curves.svg"), curvesSvg(lines));
 
 const card = {
   model: MODEL,
   corpus: manifest.source,
-  heldOut: { perplexity: ppl.perplexity, nllPerToken: ppl.nll, predicted: ppl.predicted, bigramPerplexity: manifest.bigram.testPerplexity, bigramPredicted: manifest.bigram.testPredicted },
+  heldOut: {
+    perplexity: ppl.perplexity,
+    nllPerToken: ppl.nll,
+    predicted: ppl.predicted,
+    bigramPerplexity: manifest.bigram.testPerplexity,
+    bigramPredicted: manifest.bigram.testPredicted,
+  },
   expertLoad: load,
   speed,
   samples: sampleRows,
 };
 writeFileSync(join(OUT, "card.json"), `${JSON.stringify(card, null, 2)}\n`);
 const f = (x: number, d = 2) => x.toFixed(d);
-console.log(`held-out perplexity (test split, ${ppl.predicted} tokens): ${f(ppl.perplexity)} (bigram baseline ${f(manifest.bigram.testPerplexity)} over ${manifest.bigram.testPredicted})`);
-console.log(`expert load, busiest over mean per MoE layer: ${load.map((l) => `layer ${l.layer} ${f(l.maxOverMean)}${l.idle > 0 ? ` (${l.idle} idle)` : ""}`).join(", ")}`);
+console.log(
+  `held-out perplexity (test split, ${ppl.predicted} tokens): ${f(ppl.perplexity)} (bigram baseline ${f(manifest.bigram.testPerplexity)} over ${manifest.bigram.testPredicted})`,
+);
+console.log(
+  `expert load, busiest over mean per MoE layer: ${load.map((l) => `layer ${l.layer} ${f(l.maxOverMean)}${l.idle > 0 ? ` (${l.idle} idle)` : ""}`).join(", ")}`,
+);
 console.log("decode tokens/s (greedy, 32-token held-out prompts, 64 tokens):");
-for (const s of speed) console.log(`  batch ${s.batch} speculation ${s.mode.padEnd(4)} ${f(s.tokS, 1).padStart(7)} tok/s${s.acceptance === null ? "" : `, MTP acceptance ${(100 * s.acceptance).toFixed(1)}%`}`);
+for (const s of speed)
+  console.log(
+    `  batch ${s.batch} speculation ${s.mode.padEnd(4)} ${f(s.tokS, 1).padStart(7)} tok/s${s.acceptance === null ? "" : `, MTP acceptance ${(100 * s.acceptance).toFixed(1)}%`}`,
+  );
 for (const b of [1, 8]) {
   const off = speed.find((s) => s.batch === b && s.mode === "off")!;
   const on = speed.find((s) => s.batch === b && s.mode === "on")!;
   console.log(`  batch ${b}: on/off ${f(on.tokS / off.tokS)}x`);
 }
 console.log("samples (greedy, 40 tokens):");
-for (const s of sampleRows) console.log(`  ${JSON.stringify(s.prompt)} -> ${JSON.stringify(s.completion)} (${(100 * s.englishShare).toFixed(0)}% English words)`);
+for (const s of sampleRows)
+  console.log(`  ${JSON.stringify(s.prompt)} -> ${JSON.stringify(s.completion)} (${(100 * s.englishShare).toFixed(0)}% English words)`);
 await model.close();

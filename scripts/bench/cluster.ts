@@ -32,7 +32,17 @@ import { join, resolve } from "node:path";
 import { randomUUID } from "node:crypto";
 import { Command } from "commander";
 import OpenAI from "openai";
-import { DeepseekModel, Engine, FORWARD_PHASES, PagedLatentCache, PhaseTimes, readModelConfig, type ForwardPhase, type ModelConfig, type Sequence } from "@moela/engine";
+import {
+  DeepseekModel,
+  Engine,
+  FORWARD_PHASES,
+  PagedLatentCache,
+  PhaseTimes,
+  readModelConfig,
+  type ForwardPhase,
+  type ModelConfig,
+  type Sequence,
+} from "@moela/engine";
 import {
   PRECISION_PROFILES,
   connectExpertHosts,
@@ -57,7 +67,12 @@ const program = new Command("bench-cluster")
   .option("--decode-tokens <n>", "tokens per stream in the decode throughput runs", (v) => Number(v), 64)
   .option("--stream-prompt-tokens <n>", "prompt length of the decode throughput runs", (v) => Number(v), 8)
   .option("--profiles <list>", "precision profiles to run on clusters", "exact,paper")
-  .option("--service-arg <role=arg>", "extra flag for every instance of a role, as moela cluster takes it (repeatable)", (v: string, acc: string[]) => [...acc, v], [] as string[])
+  .option(
+    "--service-arg <role=arg>",
+    "extra flag for every instance of a role, as moela cluster takes it (repeatable)",
+    (v: string, acc: string[]) => [...acc, v],
+    [] as string[],
+  )
   .option("--departure-steps <n>", "greedy steps compared between paper and exact", (v) => Number(v), 320)
   .option("--batches <list>", "decode batch sizes", "1,16")
   .option("--repeat <n>", "decode runs per batch size; the best is reported (CPU noise only slows runs down)", (v) => Number(v), 3)
@@ -180,7 +195,14 @@ interface StreamTiming {
 
 async function stream(client: OpenAI, model: string, prompt: number[], maxTokens: number): Promise<StreamTiming> {
   const body = {
-    model, prompt, max_tokens: maxTokens, temperature: 0, stream: true as const, ignore_eos: true, logprobs: 0, return_tokens_as_token_ids: true,
+    model,
+    prompt,
+    max_tokens: maxTokens,
+    temperature: 0,
+    stream: true as const,
+    ignore_eos: true,
+    logprobs: 0,
+    return_tokens_as_token_ids: true,
   };
   const s = await client.completions.create(body as OpenAI.Completions.CompletionCreateParamsStreaming);
   const out: StreamTiming = { chunks: [] };
@@ -252,7 +274,10 @@ async function wireRoundTrips(info: ClusterInfo, profile: PrecisionProfile): Pro
   }));
   const out = {} as Record<DispatchMode, { medianUs: number; hostUs: number | undefined }>;
   for (const mode of ["stream", "unary"] as const) {
-    const transports = connectExpertHosts(hosts.map((h) => h.grpc), { dispatchMode: mode });
+    const transports = connectExpertHosts(
+      hosts.map((h) => h.grpc),
+      { dispatchMode: mode },
+    );
     try {
       const times: number[] = [];
       for (let i = 0; i < 50; i++) await Promise.all(transports.map((t, h) => t.dispatch(reqs[h]!)));
@@ -467,7 +492,13 @@ const DECODE_MICRO_BATCHES = (() => {
 const layersOf = (per: "layer" | "moe" | "dense" | "step"): number =>
   per === "layer" ? cfg.numHiddenLayers : per === "moe" ? MOE_LAYERS : per === "dense" ? cfg.firstKDenseReplace : 1;
 
-function breakdownFromPhases(phases: Record<ForwardPhase, number>, steps: number, stepSeconds: number, dispatch?: { encode: number; combine: number }, host?: { handling: number; compute: number }): Breakdown {
+function breakdownFromPhases(
+  phases: Record<ForwardPhase, number>,
+  steps: number,
+  stepSeconds: number,
+  dispatch?: { encode: number; combine: number },
+  host?: { handling: number; compute: number },
+): Breakdown {
   const enc = dispatch?.encode ?? 0;
   const comb = dispatch?.combine ?? 0;
   const inPhases = Object.values(phases).reduce((a, b) => a + b, 0);
@@ -506,7 +537,12 @@ async function inProcessAsGenerate(batch: number): Promise<{ tokS: number; break
 
 /** [rows, V] logits of every position of `tokens` (one decompressed forward), copied out. */
 async function allLogits(model: DeepseekModel, tokens: number[]): Promise<Float32Array> {
-  const cache = new PagedLatentCache({ numLayers: model.cacheLayers, latentDim: cfg.latentDim, blockSize: 16, numBlocks: Math.ceil((tokens.length + 2) / 16) + 1 });
+  const cache = new PagedLatentCache({
+    numLayers: model.cacheLayers,
+    latentDim: cfg.latentDim,
+    blockSize: 16,
+    numBlocks: Math.ceil((tokens.length + 2) / 16) + 1,
+  });
   const table: number[] = [];
   cache.ensureCapacity(table, tokens.length + 1);
   const r = await model.forward(cache, [{ blockTable: table, start: 0, tokens, logits: "all" }], { attention: "decompressed" });
@@ -576,7 +612,16 @@ async function departure(exact: DeepseekModel, paper: DeepseekModel): Promise<De
       }
     }
   }
-  return { steps, top1Agreement: agree / steps, maxLogitDiff: maxLogit, meanLogitDiff: sumLogit / (steps * V), rmsLogit: Math.sqrt(sumSq / (steps * V)), maxLogprobDiff: maxLogprob, exactSelfConsistency: selfAgree / steps, freeRunFirstDivergence: firstDiv };
+  return {
+    steps,
+    top1Agreement: agree / steps,
+    maxLogitDiff: maxLogit,
+    meanLogitDiff: sumLogit / (steps * V),
+    rmsLogit: Math.sqrt(sumSq / (steps * V)),
+    maxLogprobDiff: maxLogprob,
+    exactSelfConsistency: selfAgree / steps,
+    freeRunFirstDivergence: firstDiv,
+  };
 }
 
 // ---- on the cluster ----------------------------------------------------------------------------
@@ -654,7 +699,14 @@ async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
         const { rate, tokens } = clientDecodeRate(streams);
         const stepSeconds = delta(c, d, info, ["decode"], "moela_decode_step_seconds_sum");
         const generated = delta(c, d, info, ["decode"], "moela_decode_generated_tokens_total");
-        const run = { batch, clientTokS: rate, tpotMs: meanTpotMs(streams), decodeStepTokS: per(generated, stepSeconds), tokens, breakdown: clusterBreakdown(c, d, info) };
+        const run = {
+          batch,
+          clientTokS: rate,
+          tpotMs: meanTpotMs(streams),
+          decodeStepTokS: per(generated, stepSeconds),
+          tokens,
+          breakdown: clusterBreakdown(c, d, info),
+        };
         if (best === undefined || run.clientTokS > best.clientTokS) best = run;
       }
       decode.push(best!);
@@ -720,7 +772,9 @@ function bars(title: string, items: Array<{ label: string; value: number | undef
 
 const started = Date.now();
 const loadAtStart = loadavg();
-log(`model ${MODEL}: ${cfg.numHiddenLayers} layers (+${cfg.numNextnPredictLayers} MTP), hidden ${cfg.hiddenSize}, kv_lora_rank ${cfg.kvLoraRank} + rope ${cfg.qkRopeHeadDim}, ${cfg.nRoutedExperts} experts in ${cfg.nGroup} groups, topk_group ${cfg.topkGroup}; ${H} expert-hosts`);
+log(
+  `model ${MODEL}: ${cfg.numHiddenLayers} layers (+${cfg.numNextnPredictLayers} MTP), hidden ${cfg.hiddenSize}, kv_lora_rank ${cfg.kvLoraRank} + rope ${cfg.qkRopeHeadDim}, ${cfg.nRoutedExperts} experts in ${cfg.nGroup} groups, topk_group ${cfg.topkGroup}; ${H} expert-hosts`,
+);
 
 log("in-process: loading exact and paper models with in-process expert-hosts ...");
 const exactModel = loadProfiled(PRECISION_PROFILES.exact);
@@ -728,7 +782,10 @@ const paperModel = loadProfiled(PRECISION_PROFILES.paper);
 log(`in-process: paper vs exact over ${opts.departureSteps} greedy steps ...`);
 const dep = opts.departureSteps > 0 ? await departure(exactModel, paperModel) : undefined;
 const inProcess: InProcessResult[] = [];
-for (const [profile, model] of [["exact", exactModel], ["paper", paperModel]] as const) {
+for (const [profile, model] of [
+  ["exact", exactModel],
+  ["paper", paperModel],
+] as const) {
   const rows: InProcessResult["decode"] = [];
   for (const batch of BATCHES) {
     log(`in-process: ${profile} decode at batch ${batch} (best of ${opts.repeat}) ...`);
@@ -758,7 +815,9 @@ const oneProcessServer = opts.oneProcessServer
       repeat: opts.repeat,
       log,
       measure: async (client, model, batch) => {
-        const streams = await Promise.all(Array.from({ length: batch }, (_, i) => stream(client, model, promptIds(100 + i, opts.streamPromptTokens), opts.decodeTokens)));
+        const streams = await Promise.all(
+          Array.from({ length: batch }, (_, i) => stream(client, model, promptIds(100 + i, opts.streamPromptTokens), opts.decodeTokens)),
+        );
         return { clientTokS: clientDecodeRate(streams).rate, tpotMs: meanTpotMs(streams) };
       },
     })
@@ -784,7 +843,14 @@ if (speedCluster !== undefined) {
       ["one process, batch 1", f(generate1.tokS), ipTpot.toFixed(2), "1.00x"],
       ...(one ? [["cluster, 1 stream", f(one.clientTokS), one.tpotMs.toFixed(2), `TPOT ${(one.tpotMs / ipTpot).toFixed(2)}x (target <= 1.5x)`]] : []),
       ...(many && many !== one
-        ? [[`cluster, ${many.batch} streams (aggregate)`, f(many.clientTokS), many.tpotMs.toFixed(2), `tokens/s ${(many.clientTokS / generate1.tokS).toFixed(2)}x (target >= 1.5x)`]]
+        ? [
+            [
+              `cluster, ${many.batch} streams (aggregate)`,
+              f(many.clientTokS),
+              many.tpotMs.toFixed(2),
+              `tokens/s ${(many.clientTokS / generate1.tokS).toFixed(2)}x (target >= 1.5x)`,
+            ],
+          ]
         : []),
     ]),
   );
@@ -832,10 +898,24 @@ if (speedCluster !== undefined) {
   };
   out.push(
     table([
-      ["", "bound: comm us per layer and micro-batch", "bound: us per MoE layer", "bound: ms per step (MoE layers)", "measured: dispatch + wait + combine - host handling, us per MoE layer", "measured / bound"],
+      [
+        "",
+        "bound: comm us per layer and micro-batch",
+        "bound: us per MoE layer",
+        "bound: ms per step (MoE layers)",
+        "measured: dispatch + wait + combine - host handling, us per MoE layer",
+        "measured / bound",
+      ],
       ...boundRows.map(({ d, b }) => {
         const m = measuredWire(d);
-        return [`cluster b${d.batch}`, f(b?.commUsPerLayerMicrobatch, 2), f(b?.usPerLayer, 2), f(b?.tpotMs, 3), f(m, 0), b && m !== undefined ? `${(m / b.usPerLayer).toFixed(0)}x` : "n/a"];
+        return [
+          `cluster b${d.batch}`,
+          f(b?.commUsPerLayerMicrobatch, 2),
+          f(b?.usPerLayer, 2),
+          f(b?.tpotMs, 3),
+          f(m, 0),
+          b && m !== undefined ? `${(m / b.usPerLayer).toFixed(0)}x` : "n/a",
+        ];
       }),
     ]),
   );
@@ -880,8 +960,12 @@ out.push(
     ]),
   ]),
 );
-out.push(`exact/paper dispatch bytes (F32 vs FP8): ${ratio(ce?.dispatchBytesPerTokenLayer, cp?.dispatchBytesPerTokenLayer)}; combine (F32 vs BF16): ${ratio(ce?.combineBytesPerTokenLayer, cp?.combineBytesPerTokenLayer)}`);
-out.push(`codec sizes per activation row of ${cfg.hiddenSize} values: ${codecBytes.map((c) => `${c.codec} ${c.bytesPerRow} B`).join(", ")} (BF16/FP8 = ${(codecBytes[1]!.bytesPerRow / codecBytes[2]!.bytesPerRow).toFixed(2)}x)`);
+out.push(
+  `exact/paper dispatch bytes (F32 vs FP8): ${ratio(ce?.dispatchBytesPerTokenLayer, cp?.dispatchBytesPerTokenLayer)}; combine (F32 vs BF16): ${ratio(ce?.combineBytesPerTokenLayer, cp?.combineBytesPerTokenLayer)}`,
+);
+out.push(
+  `codec sizes per activation row of ${cfg.hiddenSize} values: ${codecBytes.map((c) => `${c.codec} ${c.bytesPerRow} B`).join(", ")} (BF16/FP8 = ${(codecBytes[1]!.bytesPerRow / codecBytes[2]!.bytesPerRow).toFixed(2)}x)`,
+);
 out.push("");
 out.push(
   `Decode tokens/s, best of ${opts.repeat} (${opts.decodeTokens} tokens per stream, prompt ${opts.promptTokens}, greedy, ignore_eos, MTP on where the model has it)`,
@@ -906,7 +990,15 @@ if (dep !== undefined) {
   out.push(`paper vs exact (in-process, ${dep.steps} greedy steps over 4 prompts, teacher-forced on the exact path)`);
   out.push(
     table([
-      ["top-1 agreement", "largest |logit diff|", "mean |logit diff|", "rms logit", "largest |logprob diff|", "exact argmax = its own greedy", "free-run first divergence per prompt"],
+      [
+        "top-1 agreement",
+        "largest |logit diff|",
+        "mean |logit diff|",
+        "rms logit",
+        "largest |logprob diff|",
+        "exact argmax = its own greedy",
+        "free-run first divergence per prompt",
+      ],
       [
         `${(100 * dep.top1Agreement).toFixed(1)}%`,
         dep.maxLogitDiff.toExponential(3),
@@ -941,7 +1033,20 @@ out.push(`(${((Date.now() - started) / 1000).toFixed(0)} s)`);
 console.log(out.join("\n"));
 
 mkdirSync(opts.out, { recursive: true });
-const result = { model: MODEL, expertHosts: H, config: cfg, options: opts, loopbackGBps: loopback, inProcessAsGenerate: generate1, clusters, oneProcessServer, inProcess, departure: dep, codecBytes, missingMetrics: [...missing] };
+const result = {
+  model: MODEL,
+  expertHosts: H,
+  config: cfg,
+  options: opts,
+  loopbackGBps: loopback,
+  inProcessAsGenerate: generate1,
+  clusters,
+  oneProcessServer,
+  inProcess,
+  departure: dep,
+  codecBytes,
+  missingMetrics: [...missing],
+};
 writeFileSync(join(opts.out, "cluster.json"), `${JSON.stringify(result, null, 2)}\n`);
 const svg = [
   bars(
@@ -954,8 +1059,16 @@ const svg = [
     ),
     "tok/s",
   ),
-  bars("KV bytes per prompt token (sent)", clusters.map((c) => ({ label: c.profile, value: c.kvSentBytesPerPromptToken })), "B"),
-  bars("Dispatch bytes per token per MoE layer", clusters.map((c) => ({ label: `${c.profile} (${c.dispatchCodec})`, value: c.dispatchBytesPerTokenLayer })), "B"),
+  bars(
+    "KV bytes per prompt token (sent)",
+    clusters.map((c) => ({ label: c.profile, value: c.kvSentBytesPerPromptToken })),
+    "B",
+  ),
+  bars(
+    "Dispatch bytes per token per MoE layer",
+    clusters.map((c) => ({ label: `${c.profile} (${c.dispatchCodec})`, value: c.dispatchBytesPerTokenLayer })),
+    "B",
+  ),
 ];
 writeFileSync(
   join(opts.out, "cluster.html"),

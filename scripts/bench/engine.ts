@@ -32,12 +32,40 @@ import { existsSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { basename } from "node:path";
 import { Command } from "commander";
-import { DeepseekModel, Engine, fastKernelsAvailable, nativeKernelsAddon, weightBytes, type EngineOptions, type KernelsName, type Sequence, type WeightMatrix } from "@moela/engine";
+import {
+  DeepseekModel,
+  Engine,
+  fastKernelsAvailable,
+  nativeKernelsAddon,
+  weightBytes,
+  type EngineOptions,
+  type KernelsName,
+  type Sequence,
+  type WeightMatrix,
+} from "@moela/engine";
 import { generateCheckpoint } from "../lib/tiny-checkpoint.js";
 import { describeYardsticks, yardsticksFor } from "../lib/yardsticks.js";
-import { commandLine, describeMachine, fmt, fmtX, log, machineInfo, median, parseWithReportOptions, ratio, textTable, writeReport, type Bar, type BarChart } from "../lib/bench-report.js";
+import {
+  commandLine,
+  describeMachine,
+  fmt,
+  fmtX,
+  log,
+  machineInfo,
+  median,
+  parseWithReportOptions,
+  ratio,
+  textTable,
+  writeReport,
+  type Bar,
+  type BarChart,
+} from "../lib/bench-report.js";
 
-const list = (v: string): string[] => v.split(",").map((s) => s.trim()).filter((s) => s !== "");
+const list = (v: string): string[] =>
+  v
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
 const program = new Command("bench-engine")
   .option("--models <dirs>", "comma-separated checkpoint folders", "models/tiny-v3,/tmp/moela-large-v3")
   .option("--backends <list>", "kernel backends (fast, portable, reference)", "fast,reference")
@@ -159,10 +187,11 @@ function tokenCost(model: DeepseekModel): TokenCost {
       if (loaded.length === 0) throw new Error(`layer ${layer.index}: no routed experts loaded`);
       let bytes = 0;
       let elements = 0;
-      for (const e of loaded) for (const m of [e.gate, e.up, e.down]) {
-        bytes += weightBytes(m);
-        elements += m.rows * m.cols;
-      }
+      for (const e of loaded)
+        for (const m of [e.gate, e.up, e.down]) {
+          bytes += weightBytes(m);
+          elements += m.rows * m.cols;
+        }
       add(`routed experts (${k} per token)`, (k * bytes) / loaded.length, (k * elements) / loaded.length);
     }
   }
@@ -260,7 +289,17 @@ const specUnsupported: string[] = [];
 const costs = new Map<string, TokenCost>();
 const started = performance.now();
 
-function row(set: Row["set"], name: string, backend: KernelsName, model: DeepseekModel, cost: TokenCost, batch: number, mode: SpecMode, decodeTokens: number, runs: Run[]): Row {
+function row(
+  set: Row["set"],
+  name: string,
+  backend: KernelsName,
+  model: DeepseekModel,
+  cost: TokenCost,
+  batch: number,
+  mode: SpecMode,
+  decodeTokens: number,
+  runs: Run[],
+): Row {
   const prefillTokS = median(runs.map((r) => r.prefillTokS));
   const decodeTokS = median(runs.map((r) => r.decodeTokS));
   const acc = runs.filter((r) => r.drafted > 0).map((r) => r.accepted / r.drafted);
@@ -331,7 +370,8 @@ for (const dir of MODELS) {
       }
     }
   }
-  for (const [b, m] of models) for (const batch of batchesOf(b)) rows.push(row("main", name, b, m, cost, batch, "off", decodeTokensOf(b), runs.get(`${b}|${batch}`)!));
+  for (const [b, m] of models)
+    for (const batch of batchesOf(b)) rows.push(row("main", name, b, m, cost, batch, "off", decodeTokensOf(b), runs.get(`${b}|${batch}`)!));
 
   if (SPEC_MODELS.has(dir)) {
     if (!first.hasMtp) notes.push(`${dir} has no MTP head: no speculation comparison`);
@@ -380,12 +420,16 @@ for (const [name, c] of costs) {
   const parts = Object.entries(c.parts)
     .map(([k, p]) => `${k} ${mib(p.bytes)}`)
     .join(", ");
-  lines.push(`  ${name}: ${mib(c.bytes)} MiB of weights (${parts}); ${fmt(c.elements / 1e6, 2)} M weight elements = ${fmt((2 * c.elements) / 1e6, 1)} MFLOP/token`);
+  lines.push(
+    `  ${name}: ${mib(c.bytes)} MiB of weights (${parts}); ${fmt(c.elements / 1e6, 2)} M weight elements = ${fmt((2 * c.elements) / 1e6, 1)} MFLOP/token`,
+  );
 }
 lines.push("");
 const mainRows = rows.filter((r) => r.set === "main");
 const specRows = rows.filter((r) => r.set === "speculation");
-lines.push(`decode (speculation off) and prefill; GB/s = tok/s x bytes/token${readGBs === null ? "" : `, x read = / the read bandwidth (${fmt(readGBs)} GB/s, 1 thread)`}; GFLOP/s = tok/s x 2 x weight elements/token${gemmGFlops === null ? "" : `, x GEMM = / ${fmt(gemmGFlops)} GFLOP/s`}`);
+lines.push(
+  `decode (speculation off) and prefill; GB/s = tok/s x bytes/token${readGBs === null ? "" : `, x read = / the read bandwidth (${fmt(readGBs)} GB/s, 1 thread)`}; GFLOP/s = tok/s x 2 x weight elements/token${gemmGFlops === null ? "" : `, x GEMM = / ${fmt(gemmGFlops)} GFLOP/s`}`,
+);
 lines.push(
   ...textTable(
     ["model", "backend", "thr", "batch", "decode tok/s", "GB/s", "x read", "GFLOP/s", "x GEMM", "prefill tok/s", "GFLOP/s", "x GEMM"],
@@ -406,7 +450,8 @@ lines.push(
   ),
   "",
 );
-const find = (model: string, backend: string, batch: number): Row | undefined => mainRows.find((r) => r.model === model && r.backend === backend && r.batch === batch);
+const find = (model: string, backend: string, batch: number): Row | undefined =>
+  mainRows.find((r) => r.model === model && r.backend === backend && r.batch === batch);
 const minB = Math.min(...BATCHES);
 const maxB = Math.max(...BATCHES);
 const summary: Record<string, unknown>[] = [];
@@ -422,7 +467,9 @@ for (const name of costs.keys()) {
   const fast = find(name, "fast", minB);
   const ref = find(name, "reference", minB);
   if (fast && ref) {
-    lines.push(`${name}: fast / reference at batch ${minB}: decode ${fmtX(fast.decodeTokS / ref.decodeTokS)}, prefill ${fmtX(fast.prefillTokS / ref.prefillTokS)}`);
+    lines.push(
+      `${name}: fast / reference at batch ${minB}: decode ${fmtX(fast.decodeTokS / ref.decodeTokS)}, prefill ${fmtX(fast.prefillTokS / ref.prefillTokS)}`,
+    );
     summary.push({ model: name, what: `fast / reference decode, batch ${minB}`, ratio: fast.decodeTokS / ref.decodeTokS });
     summary.push({ model: name, what: `fast / reference prefill, batch ${minB}`, ratio: fast.prefillTokS / ref.prefillTokS });
   }
@@ -451,7 +498,12 @@ if (specRows.length > 0) {
 lines.push("", `total ${fmt(elapsedS, 0)} s`);
 process.stdout.write(`${lines.join("\n")}\n`);
 
-const bar = (r: Row, value: number, rel: number | null, label: string): Bar => ({ group: `${r.model} ${r.backend}`, label, value, ...(rel === null ? {} : { note: fmtX(rel) }) });
+const bar = (r: Row, value: number, rel: number | null, label: string): Bar => ({
+  group: `${r.model} ${r.backend}`,
+  label,
+  value,
+  ...(rel === null ? {} : { note: fmtX(rel) }),
+});
 const charts: BarChart[] = [
   {
     title: "decode: GB/s = tok/s x weight bytes per token (dashed: the single-thread read bandwidth)",
@@ -470,7 +522,12 @@ if (specRows.length > 0) {
   charts.push({
     title: "decode tok/s at batch 1 by speculation mode",
     unit: "tokens/s",
-    bars: specRows.map((r) => ({ group: `${r.model} ${r.backend}`, label: `speculation ${r.speculation}`, value: r.decodeTokS, ...(r.acceptance === null ? {} : { note: `accepted ${fmt(r.acceptance, 2)}` }) })),
+    bars: specRows.map((r) => ({
+      group: `${r.model} ${r.backend}`,
+      label: `speculation ${r.speculation}`,
+      value: r.decodeTokS,
+      ...(r.acceptance === null ? {} : { note: `accepted ${fmt(r.acceptance, 2)}` }),
+    })),
   });
 }
 const [jsonPath, htmlPath] = writeReport(opts.out, "engine", "moela engine benchmark", lines, charts, {

@@ -29,11 +29,40 @@
  */
 import { availableParallelism } from "node:os";
 import { Command } from "commander";
-import { DEFAULT_PARALLEL_MIN_WORK, MatmulPool, f32ToBf16Bits, kernelsByName, matmul, nativeKernelsAddon, weightBytes, type AttendArgs, type KernelBackend, type WeightMatrix } from "@moela/engine";
+import {
+  DEFAULT_PARALLEL_MIN_WORK,
+  MatmulPool,
+  f32ToBf16Bits,
+  kernelsByName,
+  matmul,
+  nativeKernelsAddon,
+  weightBytes,
+  type AttendArgs,
+  type KernelBackend,
+  type WeightMatrix,
+} from "@moela/engine";
 import { describeYardsticks, yardsticksFor } from "../lib/yardsticks.js";
-import { commandLine, describeMachine, fmt, fmtX, log, machineInfo, median, parseWithReportOptions, ratio, textTable, writeReport, type Bar, type BarChart } from "../lib/bench-report.js";
+import {
+  commandLine,
+  describeMachine,
+  fmt,
+  fmtX,
+  log,
+  machineInfo,
+  median,
+  parseWithReportOptions,
+  ratio,
+  textTable,
+  writeReport,
+  type Bar,
+  type BarChart,
+} from "../lib/bench-report.js";
 
-const list = (v: string): string[] => v.split(",").map((s) => s.trim()).filter((s) => s !== "");
+const list = (v: string): string[] =>
+  v
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
 const program = new Command("bench-kernels")
   .option("--threads <n>", "threads of the fast backend's multi-thread configurations", (v) => Number(v), availableParallelism())
   .option("--repeats <n>", "rounds per measurement (median reported)", (v) => Number(v), 5)
@@ -46,7 +75,10 @@ const program = new Command("bench-kernels")
   .option("--max-call-ms <ms>", "skip a configuration whose call would take longer (predicted from the previous T)", (v) => Number(v), 150)
   .option("--working-set-mb <n>", "weight copies cycled through, in MB (0: one copy, cache-hot)", (v) => Number(v), 256)
   .option("--no-extras", "skip matmulT and attend")
-  .option("--thread-sweep", "also the old sweep of where threads start to pay (1 vs --threads threads, BF16, T 1, growing products; what DEFAULT_PARALLEL_MIN_WORK was set from)");
+  .option(
+    "--thread-sweep",
+    "also the old sweep of where threads start to pay (1 vs --threads threads, BF16, T 1, growing products; what DEFAULT_PARALLEL_MIN_WORK was set from)",
+  );
 parseWithReportOptions(program);
 const opts = program.opts<{
   threads: number;
@@ -68,7 +100,8 @@ for (const k of ["threads", "repeats"] as const) {
   if (!(Number.isInteger(opts[k]) && opts[k] >= 1)) throw new Error(`--${k} must be a positive integer, got ${opts[k]}`);
 }
 for (const k of ["roundMs", "maxCallMs", "workingSetMb"] as const) {
-  if (!(Number.isFinite(opts[k]) && opts[k] >= 0)) throw new Error(`--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} must be a number >= 0, got ${opts[k]}`);
+  if (!(Number.isFinite(opts[k]) && opts[k] >= 0))
+    throw new Error(`--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} must be a number >= 0, got ${opts[k]}`);
 }
 const SHAPES = list(opts.shapes).map((s) => {
   const m = /^(\d+)x(\d+)$/.exec(s);
@@ -155,7 +188,7 @@ function makeWeight(kind: Kind, rows: number, cols: number, seed: number): Weigh
       let s = seed >>> 0;
       for (let i = 0; i < n; i++) {
         s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-        d[i] = (s >>> 31) << 7 | ((((s >>> 8) & 0xffff) % 11) + 1) << 3 | ((s >>> 4) & 7);
+        d[i] = ((s >>> 31) << 7) | (((((s >>> 8) & 0xffff) % 11) + 1) << 3) | ((s >>> 4) & 7);
       }
       const scaleInv = new Float32Array(Math.ceil(rows / 128) * Math.ceil(cols / 128));
       for (let i = 0; i < scaleInv.length; i++) scaleInv[i] = 1e-3 * (1.5 + r());
@@ -261,9 +294,23 @@ function record(op: Result["op"], what: string, kind: string, T: number, bytes: 
     const gbs = t.ms === null ? null : bytes / (t.ms / 1e3) / 1e9;
     const gflops = t.ms === null ? null : flops / (t.ms / 1e3) / 1e9;
     results.push({
-      op, what, kind, T, config: c.label, backend: c.backend, isa: c.isa, threads: c.threads, ms: t.ms, callsPerRound: t.callsPerRound,
+      op,
+      what,
+      kind,
+      T,
+      config: c.label,
+      backend: c.backend,
+      isa: c.isa,
+      threads: c.threads,
+      ms: t.ms,
+      callsPerRound: t.callsPerRound,
       ...(t.skipped === undefined ? {} : { skipped: t.skipped }),
-      bytes, flops, gbs, gflops, gbsOverRead: ratio(gbs, readGBs), gflopsOverGemm: ratio(gflops, gemmGFlops),
+      bytes,
+      flops,
+      gbs,
+      gflops,
+      gbsOverRead: ratio(gbs, readGBs),
+      gflopsOverGemm: ratio(gflops, gemmGFlops),
     });
   }
 }
@@ -338,16 +385,43 @@ if (opts.extras) {
     const what = `decode ${H} heads, ${L} positions`;
     log(`attend ${what} ...`);
     const args = (ctx: Float32Array): AttendArgs => ({
-      qa, qaOff: 0, qaTok: H * R, qaHead: R, lenA: R,
-      qb, qbOff: DN, qbTok: H * DQ, qbHead: DQ, lenB: DR,
-      ka: ctx, kaOff: 0, kaPos: D, kaHead: 0,
-      kb: ctx, kbOff: R, kbPos: D, kbHead: 0,
-      val: ctx, valOff: 0, valPos: D, valHead: 0, lenV: R,
-      out, outOff: 0, outTok: H * R, outHead: R,
-      n, H, start: L - n, scale: 1 / Math.sqrt(DQ),
+      qa,
+      qaOff: 0,
+      qaTok: H * R,
+      qaHead: R,
+      lenA: R,
+      qb,
+      qbOff: DN,
+      qbTok: H * DQ,
+      qbHead: DQ,
+      lenB: DR,
+      ka: ctx,
+      kaOff: 0,
+      kaPos: D,
+      kaHead: 0,
+      kb: ctx,
+      kbOff: R,
+      kbPos: D,
+      kbHead: 0,
+      val: ctx,
+      valOff: 0,
+      valPos: D,
+      valHead: 0,
+      lenV: R,
+      out,
+      outOff: 0,
+      outTok: H * R,
+      outHead: R,
+      n,
+      H,
+      start: L - n,
+      scale: 1 / Math.sqrt(DQ),
     });
     const prepared = ctxs.map((c) => args(c!));
-    const timings = timeConfigs((k, i) => k.attend(prepared[i % prepared.length]!), () => null);
+    const timings = timeConfigs(
+      (k, i) => k.attend(prepared[i % prepared.length]!),
+      () => null,
+    );
     // Scores over [R | rope] and the weighted sum over R, per head and position; the cached rows are read once per call.
     record("attend", what, "f32", n, L * D * 4, n * H * L * (2 * (R + DR) + 2 * R), timings);
   }
@@ -372,7 +446,15 @@ if (opts.threadSweep && opts.threads > 1) {
   };
   const pool = new MatmulPool({ threads: opts.threads, minWork: 0 });
   if (!(await pool.ready())) throw new Error(`the matmul pool did not start: ${pool.error?.message}`);
-  for (const [r, c] of [[64, 128], [128, 256], [256, 256], [256, 512], [512, 512], [512, 1024], [1024, 1024]] as const) {
+  for (const [r, c] of [
+    [64, 128],
+    [128, 256],
+    [256, 256],
+    [256, 512],
+    [512, 512],
+    [512, 1024],
+    [1024, 1024],
+  ] as const) {
     log(`thread sweep ${r} x ${c} ...`);
     const base = makeWeight("bf16", r, c, seed++);
     const w: WeightMatrix = { ...base, data: sharedCopy(base.data as Uint16Array) } as WeightMatrix;
@@ -494,11 +576,20 @@ if (fastMm.length > 0) {
   lines.push("");
 }
 if (sweep.length > 0) {
-  lines.push(`where threads pay: BF16, T 1, 1 thread vs ${opts.threads} threads splitting every product (minWork 0); DEFAULT_PARALLEL_MIN_WORK = ${DEFAULT_PARALLEL_MIN_WORK}`);
+  lines.push(
+    `where threads pay: BF16, T 1, 1 thread vs ${opts.threads} threads splitting every product (minWork 0); DEFAULT_PARALLEL_MIN_WORK = ${DEFAULT_PARALLEL_MIN_WORK}`,
+  );
   lines.push(
     ...textTable(
       ["product", "work", "kernels", "1 thread us", `${opts.threads} threads us`, "speed-up"],
-      sweep.map((r) => [`${r.rows} x ${r.cols}`, String(r.rows * r.cols), r.backend, fmt(r.us1, r.us1 < 10 ? 1 : 0), fmt(r.usN, r.usN < 10 ? 1 : 0), fmtX(r.us1 / r.usN)]),
+      sweep.map((r) => [
+        `${r.rows} x ${r.cols}`,
+        String(r.rows * r.cols),
+        r.backend,
+        fmt(r.us1, r.us1 < 10 ? 1 : 0),
+        fmt(r.usN, r.usN < 10 ? 1 : 0),
+        fmtX(r.us1 / r.usN),
+      ]),
     ),
     "",
   );
@@ -511,39 +602,43 @@ const bars = (rs: Result[], metric: "gbs" | "gflops"): Bar[] =>
     .filter((r) => r[metric] !== null)
     .map((r) => {
       const rel = metric === "gbs" ? r.gbsOverRead : r.gflopsOverGemm;
-      return { group: r.op === "matmul" ? r.what : `${r.op} ${r.what} T ${r.T}`, label: r.config, value: r[metric]!, ...(rel === null ? {} : { note: fmtX(rel) }) };
+      return {
+        group: r.op === "matmul" ? r.what : `${r.op} ${r.what} T ${r.T}`,
+        label: r.config,
+        value: r[metric]!,
+        ...(rel === null ? {} : { note: fmtX(rel) }),
+      };
     });
 const charts: BarChart[] = [
   {
     title: `matmul at T ${TOKENS[0]}: GB/s of weights read (dashed: the single-thread read bandwidth)`,
     unit: "GB/s",
-    bars: bars(matmuls.filter((r) => r.T === TOKENS[0]), "gbs"),
+    bars: bars(
+      matmuls.filter((r) => r.T === TOKENS[0]),
+      "gbs",
+    ),
     ...(readGBs === null ? {} : { refs: [{ value: readGBs, label: `read bw ${fmt(readGBs)} GB/s` }] }),
   },
   {
     title: `matmul at T ${maxT}: GFLOP/s (dashed: numpy's float32 GEMM)`,
     unit: "GFLOP/s",
-    bars: bars(matmuls.filter((r) => r.T === maxT), "gflops"),
+    bars: bars(
+      matmuls.filter((r) => r.T === maxT),
+      "gflops",
+    ),
     ...(gemmGFlops === null ? {} : { refs: [{ value: gemmGFlops, label: `GEMM ${fmt(gemmGFlops)} GFLOP/s` }] }),
   },
 ];
 if (extras.length > 0) charts.push({ title: "matmulT and attend: GFLOP/s", unit: "GFLOP/s", bars: bars(extras, "gflops") });
-const [jsonPath, htmlPath] = writeReport(
-  opts.out,
-  "kernels",
-  "moela kernel benchmark",
-  lines,
-  charts,
-  {
-    version: 1,
-    at: new Date().toISOString(),
-    command: cmd,
-    machine,
-    yardsticks: yard,
-    options: { ...opts, configs: configs.map((c) => c.label) },
-    elapsedS,
-    results,
-    threadSweep: sweep,
-  },
-);
+const [jsonPath, htmlPath] = writeReport(opts.out, "kernels", "moela kernel benchmark", lines, charts, {
+  version: 1,
+  at: new Date().toISOString(),
+  command: cmd,
+  machine,
+  yardsticks: yard,
+  options: { ...opts, configs: configs.map((c) => c.label) },
+  elapsedS,
+  results,
+  threadSweep: sweep,
+});
 log(`wrote ${jsonPath} and ${htmlPath}`);

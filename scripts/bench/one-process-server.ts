@@ -18,10 +18,14 @@ export interface OneProcessServer {
 
 /** Start `moela serve --role all --model <model> --port 0 --precision <precision> [extra...]`; resolves once it is ready. */
 export async function startOneProcessServer(model: string, precision: string, extra: readonly string[] = []): Promise<OneProcessServer> {
-  const child = spawn(process.execPath, [MOELA_BIN, "serve", "--role", "all", "--model", model, "--port", "0", "--precision", precision, "--log-level", "warn", ...extra], {
-    cwd: REPO_ROOT,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  const child = spawn(
+    process.execPath,
+    [MOELA_BIN, "serve", "--role", "all", "--model", model, "--port", "0", "--precision", precision, "--log-level", "warn", ...extra],
+    {
+      cwd: REPO_ROOT,
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
   let stderr = "";
   child.stderr!.on("data", (b: Buffer) => (stderr = (stderr + b.toString()).slice(-8000)));
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));

@@ -52,7 +52,8 @@ const opts = program.opts<{
   out: string;
 }>();
 for (const k of ["systemTokens", "questionTokens", "requests", "concurrency", "maxTokens", "prefill", "expertHosts"] as const) {
-  if (!(Number.isInteger(opts[k]) && opts[k] >= 1)) throw new Error(`--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} must be a positive integer, got ${opts[k]}`);
+  if (!(Number.isInteger(opts[k]) && opts[k] >= 1))
+    throw new Error(`--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} must be a positive integer, got ${opts[k]}`);
 }
 
 const log = (msg: string): void => void process.stderr.write(`${msg}\n`);
@@ -247,7 +248,9 @@ const fmt = (x: number, d = 0): string => x.toFixed(d);
 const lines = [
   "",
   `prefix cache, ${opts.requests} requests (${SYSTEM.length}-token system prompt + ${opts.questionTokens}-token question, ${promptTokens} prompt tokens), ${opts.concurrency} in flight, ${opts.prefill} prefill instance(s), ${opts.precision}`,
-  `machine: ${cpus().length} CPUs, load average ${loadavg().map((x) => x.toFixed(2)).join(" ")} (shared: timings are noisy)`,
+  `machine: ${cpus().length} CPUs, load average ${loadavg()
+    .map((x) => x.toFixed(2))
+    .join(" ")} (shared: timings are noisy)`,
   "",
   "              cache on    cache off   off/on",
   `TTFT P50 ms   ${fmt(on.p50Ms).padStart(8)}    ${fmt(off.p50Ms).padStart(8)}   ${fmt(off.p50Ms / on.p50Ms, 2).padStart(6)}x`,

@@ -86,11 +86,7 @@ async function runMode(mode: Mode): Promise<ModeResult> {
       queuePrefix: `bench-tok-${randomUUID().slice(0, 8)}`,
       logLevel: "warn",
       serviceArgs: {
-        router: [
-          `--max-prompt-chars=${chars + 1000}`,
-          `--max-body-bytes=${chars + 1_000_000}`,
-          `--tokenizer-threads=${mode === "threads" ? 1 : 0}`,
-        ],
+        router: [`--max-prompt-chars=${chars + 1000}`, `--max-body-bytes=${chars + 1_000_000}`, `--tokenizer-threads=${mode === "threads" ? 1 : 0}`],
       },
     });
     const url = cluster.info.openai_base_url;
@@ -125,7 +121,9 @@ async function runMode(mode: Mode): Promise<ModeResult> {
       else failed++;
     }
     const h = await huge;
-    log(`[${mode}] huge prompt: ${h.status} after ${(h.ms / 1000).toFixed(1)} s; ${during.length} small requests during it, max ${quantile(during, 1).toFixed(0)} ms`);
+    log(
+      `[${mode}] huge prompt: ${h.status} after ${(h.ms / 1000).toFixed(1)} s; ${during.length} small requests during it, max ${quantile(during, 1).toFixed(0)} ms`,
+    );
     return {
       mode,
       baselineMs: { p50: quantile(base, 0.5), p99: quantile(base, 0.99), max: quantile(base, 1), n: base.length },

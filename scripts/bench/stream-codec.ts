@@ -65,7 +65,12 @@ for (const [name, dispatch, combine] of profiles) {
       requestId: "batch-4f2a",
     };
     const reqMsg: DispatchStreamRequest = { callId: 12345, request: toDispatchRequest(req) };
-    const resMsg: DispatchStreamResponse = { callId: 12345, response: { output: toTensor(getDispatchCodec(combine).encode(x, rows, H)) }, errorCode: 0, errorMessage: "" };
+    const resMsg: DispatchStreamResponse = {
+      callId: 12345,
+      response: { output: toTensor(getDispatchCodec(combine).encode(x, rows, H)) },
+      errorCode: 0,
+      errorMessage: "",
+    };
     const reqBytes = encodeDispatchStreamRequest(reqMsg);
     const resBytes = encodeDispatchStreamResponse(resMsg);
     const cell = (gen: number, hand: number) => `${gen.toFixed(1)} / ${hand.toFixed(1)} (${(gen / hand).toFixed(2)}x)`;

@@ -343,7 +343,8 @@ const overview = dashboard({
         {
           kind: "timeseries",
           title: "Requests per second by API",
-          description: "Finished requests per second by the API they came in on (openai HTTP or grpc Generate). High is busy; compare with the outcome panel to see which API carries the failures.",
+          description:
+            "Finished requests per second by the API they came in on (openai HTTP or grpc Generate). High is busy; compare with the outcome panel to see which API carries the failures.",
           unit: "reqps",
           stacked: true,
           targets: [{ expr: `sum by (api) (${rate("routerRequests")})`, legendFormat: "{{api}}" }],
@@ -362,7 +363,8 @@ const overview = dashboard({
         {
           kind: "timeseries",
           title: "Requests in flight",
-          description: "Requests admitted and not yet finished. High means many concurrent generations (long outputs or a slow backend); rising while throughput stays flat means the cluster is saturated and queues grow.",
+          description:
+            "Requests admitted and not yet finished. High means many concurrent generations (long outputs or a slow backend); rising while throughput stays flat means the cluster is saturated and queues grow.",
           unit: "short",
           targets: [{ expr: `sum(${n("routerRequestsInFlight")})`, legendFormat: "in flight" }],
         },
@@ -392,7 +394,8 @@ const overview = dashboard({
         {
           kind: "timeseries",
           title: "End-to-end latency (P50, P99)",
-          description: "From request arrival to its last token or error. High with normal TTFT and ITL means long outputs; high with high TTFT means waiting before generation started.",
+          description:
+            "From request arrival to its last token or error. High with normal TTFT and ITL means long outputs; high with high TTFT means waiting before generation started.",
           unit: "s",
           width: 8,
           targets: p50p99("routerE2eLatency", "end-to-end"),
@@ -435,7 +438,8 @@ const overview = dashboard({
         {
           kind: "timeseries",
           title: "Per-request queue, prefill and decode time (P99)",
-          description: "The same three parts at the 99th percentile: the slow tail. High here but normal at P50 means some requests wait behind long prompts or land on a busy instance.",
+          description:
+            "The same three parts at the 99th percentile: the slow tail. High here but normal at P50 means some requests wait behind long prompts or land on a busy instance.",
           unit: "s",
           width: 8,
           targets: [
@@ -452,7 +456,11 @@ const overview = dashboard({
           unit: "short",
           width: 8,
           targets: [
-            { expr: `count by (role, version, model, precision, kernels) (${n("buildInfo")})`, legendFormat: "{{role}} {{version}} {{model}} {{precision}} {{kernels}}", instant: true },
+            {
+              expr: `count by (role, version, model, precision, kernels) (${n("buildInfo")})`,
+              legendFormat: "{{role}} {{version}} {{model}} {{precision}} {{kernels}}",
+              instant: true,
+            },
           ],
         },
       ],
@@ -481,7 +489,8 @@ const overview = dashboard({
         {
           kind: "timeseries",
           title: "Failed requests per second by outcome",
-          description: "Requests that did not finish ok, by outcome: error (a service failed), rejected (bad request or queue full), timeout (deadline), cancelled (the client went away). High error or timeout rates point at the backend; high rejected at admission control or bad clients.",
+          description:
+            "Requests that did not finish ok, by outcome: error (a service failed), rejected (bad request or queue full), timeout (deadline), cancelled (the client went away). High error or timeout rates point at the backend; high rejected at admission control or bad clients.",
           unit: "reqps",
           width: 9,
           targets: [{ expr: `sum by (outcome) (${rate("routerRequests", 'outcome!="ok"')})`, legendFormat: "{{outcome}}" }],
@@ -489,7 +498,8 @@ const overview = dashboard({
         {
           kind: "timeseries",
           title: "gRPC calls ending in error, by method and code",
-          description: "Calls served with a status other than OK, per method and code, across every service. High UNAVAILABLE means peers are down or draining; DEADLINE_EXCEEDED means slow work; CANCELLED usually follows clients that hang up.",
+          description:
+            "Calls served with a status other than OK, per method and code, across every service. High UNAVAILABLE means peers are down or draining; DEADLINE_EXCEEDED means slow work; CANCELLED usually follows clients that hang up.",
           unit: "short",
           width: 9,
           targets: [{ expr: `sum by (method, code) (${rate("rpcServerHandled", 'code!="OK"')})`, legendFormat: "{{method}} {{code}}" }],
@@ -505,7 +515,8 @@ const overview = dashboard({
         {
           kind: "timeseries",
           title: "gRPC server time P99 by method",
-          description: "99th percentile of a served call's duration, per method (streams count until they close, so Generate and Decode.Stream span whole requests). High on ExpertHost.Dispatch or KvTransfer.Push means the hot path is slow.",
+          description:
+            "99th percentile of a served call's duration, per method (streams count until they close, so Generate and Decode.Stream span whole requests). High on ExpertHost.Dispatch or KvTransfer.Push means the hot path is slow.",
           unit: "s",
           targets: [{ expr: quantile(0.99, "rpcServerHandling", ["method"]), legendFormat: "{{method}}" }],
         },
@@ -525,14 +536,16 @@ const disaggregation = dashboard({
         {
           kind: "timeseries",
           title: "Queue depth",
-          description: "Prefill jobs waiting in the BullMQ queue. High (and growing) means prefill capacity is short of the arrival rate: add prefill instances or expect TTFT to rise.",
+          description:
+            "Prefill jobs waiting in the BullMQ queue. High (and growing) means prefill capacity is short of the arrival rate: add prefill instances or expect TTFT to rise.",
           unit: "short",
           targets: [{ expr: `sum(${n("routerQueueDepth")})`, legendFormat: "waiting jobs" }],
         },
         {
           kind: "timeseries",
           title: "Queue wait (P50, P99)",
-          description: "Time a prefill job waited before a worker took it. High means jobs pile up behind busy prefill workers; it adds directly to time to first token.",
+          description:
+            "Time a prefill job waited before a worker took it. High means jobs pile up behind busy prefill workers; it adds directly to time to first token.",
           unit: "s",
           targets: p50p99("routerQueueWait", "queue wait"),
         },
@@ -544,7 +557,8 @@ const disaggregation = dashboard({
         {
           kind: "timeseries",
           title: "Prefill batch size",
-          description: "Sequences per prefill forward pass (P50, P99, mean). High means prefill batches many prompts together (good for throughput, longer per-pass time); 1 means prompts run one at a time.",
+          description:
+            "Sequences per prefill forward pass (P50, P99, mean). High means prefill batches many prompts together (good for throughput, longer per-pass time); 1 means prompts run one at a time.",
           unit: "short",
           width: 8,
           targets: [...p50p99("prefillBatchSize", "sequences"), { expr: mean("prefillBatchSize"), legendFormat: "mean sequences" }],
@@ -552,7 +566,8 @@ const disaggregation = dashboard({
         {
           kind: "timeseries",
           title: "Prefill batch tokens",
-          description: "Prompt tokens computed per prefill forward pass (P50, P99, mean). High means long prompts or large chunks; very high per-pass tokens lengthen each pass and delay other prompts.",
+          description:
+            "Prompt tokens computed per prefill forward pass (P50, P99, mean). High means long prompts or large chunks; very high per-pass tokens lengthen each pass and delay other prompts.",
           unit: "short",
           width: 8,
           targets: [...p50p99("prefillBatchTokens", "tokens"), { expr: mean("prefillBatchTokens"), legendFormat: "mean tokens" }],
@@ -560,7 +575,8 @@ const disaggregation = dashboard({
         {
           kind: "timeseries",
           title: "Prefill tokens per second",
-          description: "Prompt tokens computed per second by all prefill instances (prefix-cache hits excluded). High is prefill throughput; if it is flat while the queue grows, prefill is the bottleneck.",
+          description:
+            "Prompt tokens computed per second by all prefill instances (prefix-cache hits excluded). High is prefill throughput; if it is flat while the queue grows, prefill is the bottleneck.",
           unit: "short",
           width: 8,
           targets: [{ expr: `sum(${rate("prefillTokens")})`, legendFormat: "prompt tokens/s" }],
@@ -576,7 +592,8 @@ const disaggregation = dashboard({
         {
           kind: "timeseries",
           title: "Prefill jobs by outcome",
-          description: "Prefill jobs finished per second by outcome. High ok is prefill throughput; high error or cancelled means prompts fail or their clients leave before prefill ends.",
+          description:
+            "Prefill jobs finished per second by outcome. High ok is prefill throughput; high error or cancelled means prompts fail or their clients leave before prefill ends.",
           unit: "short",
           width: 8,
           stacked: true,
@@ -585,7 +602,8 @@ const disaggregation = dashboard({
         {
           kind: "timeseries",
           title: "Prefix cache hit ratio",
-          description: "Share of looked-up prompt tokens whose KV was already cached. High saves prefill compute (shared system prompts); empty or NaN means no lookups happened in the interval.",
+          description:
+            "Share of looked-up prompt tokens whose KV was already cached. High saves prefill compute (shared system prompts); empty or NaN means no lookups happened in the interval.",
           unit: "percentunit",
           width: 8,
           targets: [{ expr: `sum(${rate("prefillPrefixCacheHits")}) / sum(${rate("prefillPrefixCacheQueries")})`, legendFormat: "hit ratio" }],
@@ -598,7 +616,8 @@ const disaggregation = dashboard({
         {
           kind: "timeseries",
           title: "KV transfer bytes per second",
-          description: "Latent KV bytes per second sent by prefill and received by decode. High is normal under prompt-heavy load (576 values per token per layer in V3); sent far above received means transfers are lost or retried.",
+          description:
+            "Latent KV bytes per second sent by prefill and received by decode. High is normal under prompt-heavy load (576 values per token per layer in V3); sent far above received means transfers are lost or retried.",
           unit: "Bps",
           width: 8,
           targets: [
@@ -613,7 +632,10 @@ const disaggregation = dashboard({
             "Per request: at prefill, first layer sent to last acknowledged; at decode, transfer begin to the sequence's admission. High means a slow link or a decode instance slow to take rows; it adds to time to first token.",
           unit: "s",
           width: 8,
-          targets: [...p50p99("prefillKvTransferDuration", "sent (prefill)"), { expr: quantile(0.99, "decodeKvTransferDuration"), legendFormat: "P99 received (decode)" }],
+          targets: [
+            ...p50p99("prefillKvTransferDuration", "sent (prefill)"),
+            { expr: quantile(0.99, "decodeKvTransferDuration"), legendFormat: "P99 received (decode)" },
+          ],
         },
         {
           kind: "timeseries",
@@ -635,7 +657,8 @@ const disaggregation = dashboard({
         {
           kind: "timeseries",
           title: "Running and waiting sequences",
-          description: "Sequences in the running decode batch and sequences whose KV arrived but wait for a batch slot or blocks, per decode instance. High running is a busy, efficient batch; high waiting means decode is full: KV blocks or batch slots are the limit.",
+          description:
+            "Sequences in the running decode batch and sequences whose KV arrived but wait for a batch slot or blocks, per decode instance. High running is a busy, efficient batch; high waiting means decode is full: KV blocks or batch slots are the limit.",
           unit: "short",
           targets: [
             { expr: `sum by (instance) (${n("decodeRunningSequences")})`, legendFormat: "running {{instance}}" },
@@ -645,7 +668,8 @@ const disaggregation = dashboard({
         {
           kind: "timeseries",
           title: "KV blocks used vs capacity",
-          description: "Paged latent KV cache blocks in use and in the pool, per decode instance, and blocks held by stalled transfers. Used close to capacity (high) means new sequences will wait; stranded blocks that stay high mean senders died mid-transfer.",
+          description:
+            "Paged latent KV cache blocks in use and in the pool, per decode instance, and blocks held by stalled transfers. Used close to capacity (high) means new sequences will wait; stranded blocks that stay high mean senders died mid-transfer.",
           unit: "short",
           targets: [
             { expr: `sum by (instance) (${n("decodeKvBlocksUsed")})`, legendFormat: "used {{instance}}" },
@@ -656,7 +680,8 @@ const disaggregation = dashboard({
         {
           kind: "gauge",
           title: "KV cache usage (fullest decode instance)",
-          description: "The largest KV usage ratio (blocks in use over the pool) of any decode instance. High (above 90%) means that instance is about to stop admitting sequences; add decode instances or shorten max_tokens.",
+          description:
+            "The largest KV usage ratio (blocks in use over the pool) of any decode instance. High (above 90%) means that instance is about to stop admitting sequences; add decode instances or shorten max_tokens.",
           unit: "percentunit",
           width: 6,
           min: 0,
@@ -667,7 +692,8 @@ const disaggregation = dashboard({
         {
           kind: "timeseries",
           title: "Decode step time (P50, P99)",
-          description: "Time of one decode step over the whole running batch (one token per sequence plus MTP drafts). High means a large batch or slow expert dispatch; it sets the inter-token latency.",
+          description:
+            "Time of one decode step over the whole running batch (one token per sequence plus MTP drafts). High means a large batch or slow expert dispatch; it sets the inter-token latency.",
           unit: "s",
           width: 9,
           targets: p50p99("decodeStep", "step"),
@@ -675,7 +701,8 @@ const disaggregation = dashboard({
         {
           kind: "timeseries",
           title: "Decode tokens per second",
-          description: "Tokens emitted per second per decode instance, accepted MTP drafts included. High is decode throughput; uneven instances mean the router's placement is unbalanced.",
+          description:
+            "Tokens emitted per second per decode instance, accepted MTP drafts included. High is decode throughput; uneven instances mean the router's placement is unbalanced.",
           unit: "short",
           width: 9,
           targets: [{ expr: `sum by (instance) (${rate("decodeGeneratedTokens")})`, legendFormat: "{{instance}}" }],
@@ -683,7 +710,8 @@ const disaggregation = dashboard({
         {
           kind: "timeseries",
           title: "KV cache usage per decode instance",
-          description: "Fraction of each decode instance's KV blocks in use (0 to 1). High (near 1) means that instance is full and new sequences wait; one instance much higher than the others means unbalanced placement.",
+          description:
+            "Fraction of each decode instance's KV blocks in use (0 to 1). High (near 1) means that instance is full and new sequences wait; one instance much higher than the others means unbalanced placement.",
           unit: "percentunit",
           width: 24,
           targets: [{ expr: `max by (instance) (${n("decodeKvUsage")})`, legendFormat: "{{instance}}" }],
@@ -696,7 +724,8 @@ const disaggregation = dashboard({
 const moe = dashboard({
   uid: "moela-moe",
   title: "moela / MoE experts",
-  description: "Routed-expert load over expert-hosts: per layer and per expert, imbalance, hosts reached per token, dispatch and combine traffic by codec, expert compute time.",
+  description:
+    "Routed-expert load over expert-hosts: per layer and per expert, imbalance, hosts reached per token, dispatch and combine traffic by codec, expert compute time.",
   variables: [{ name: "layer", label: "MoE layer", query: `label_values(${METRICS.expertHostLayerTokens.name}, layer)` }],
   rows: [
     {
@@ -705,7 +734,8 @@ const moe = dashboard({
         {
           kind: "heatmap",
           title: "Load per MoE layer (token-expert pairs/s)",
-          description: "Token-expert pairs computed per second for each MoE layer, all hosts together (always exported). A high (hot) row is a layer doing more expert work; rows should be equal, since every token visits every MoE layer.",
+          description:
+            "Token-expert pairs computed per second for each MoE layer, all hosts together (always exported). A high (hot) row is a layer doing more expert work; rows should be equal, since every token visits every MoE layer.",
           unit: "short",
           width: 24,
           targets: [{ expr: `sum by (layer) (${rate("expertHostLayerTokens")})`, legendFormat: "{{layer}}" }],
@@ -726,7 +756,8 @@ const moe = dashboard({
         {
           kind: "timeseries",
           title: "Host imbalance (max / mean host load) per layer",
-          description: "Per layer, the busiest expert-host's token-expert rate over the mean across hosts (always exported). 1 is even; high means one shard does most of the layer's work and the dispatch waits on it.",
+          description:
+            "Per layer, the busiest expert-host's token-expert rate over the mean across hosts (always exported). 1 is even; high means one shard does most of the layer's work and the dispatch waits on it.",
           unit: "short",
           targets: [
             {
@@ -758,7 +789,8 @@ const moe = dashboard({
         {
           kind: "timeseries",
           title: "Expert-hosts reached per token",
-          description: "Distinct expert-hosts one token's routed experts live on, per MoE layer (P50, P99, mean). High means each token's activation crosses the network more times; node-limited routing bounds it by topk_group.",
+          description:
+            "Distinct expert-hosts one token's routed experts live on, per MoE layer (P50, P99, mean). High means each token's activation crosses the network more times; node-limited routing bounds it by topk_group.",
           unit: "short",
           width: 8,
           targets: [...p50p99("moeDispatchHostsReached", "hosts"), { expr: mean("moeDispatchHostsReached"), legendFormat: "mean hosts" }],
@@ -766,7 +798,8 @@ const moe = dashboard({
         {
           kind: "timeseries",
           title: "Dispatch bytes per second by codec",
-          description: "Activation bytes per second sent by prefill and decode (out) and received by expert-hosts (in), by codec (f32, bf16, fp8-tile, logfmt8). High is heavy MoE traffic; out above in means calls are lost; fp8-tile should be about a quarter of f32.",
+          description:
+            "Activation bytes per second sent by prefill and decode (out) and received by expert-hosts (in), by codec (f32, bf16, fp8-tile, logfmt8). High is heavy MoE traffic; out above in means calls are lost; fp8-tile should be about a quarter of f32.",
           unit: "Bps",
           width: 8,
           targets: [
@@ -777,7 +810,8 @@ const moe = dashboard({
         {
           kind: "timeseries",
           title: "Combine bytes per second by codec",
-          description: "Partial-sum bytes per second sent back by expert-hosts (out) and received by prefill and decode (in), by codec. High is heavy MoE traffic; bf16 combine halves f32.",
+          description:
+            "Partial-sum bytes per second sent back by expert-hosts (out) and received by prefill and decode (in), by codec. High is heavy MoE traffic; bf16 combine halves f32.",
           unit: "Bps",
           width: 8,
           targets: [
@@ -788,7 +822,8 @@ const moe = dashboard({
         {
           kind: "timeseries",
           title: "Dispatch round trip per layer (P50, P99)",
-          description: "One MoE layer's dispatch and combine over all hosts, seen by the caller. High compared with expert compute time means the network or serialisation, not the experts, is the cost.",
+          description:
+            "One MoE layer's dispatch and combine over all hosts, seen by the caller. High compared with expert compute time means the network or serialisation, not the experts, is the cost.",
           unit: "s",
           width: 8,
           targets: p50p99("moeDispatchRoundTrip", "round trip"),
@@ -796,7 +831,8 @@ const moe = dashboard({
         {
           kind: "timeseries",
           title: "Expert compute time per call (P50, P99)",
-          description: "Time an expert-host spends decoding a dispatch, running its experts and summing, per call, transport excluded. High means hosts are compute-bound: large batches, hot experts or too few hosts.",
+          description:
+            "Time an expert-host spends decoding a dispatch, running its experts and summing, per call, transport excluded. High means hosts are compute-bound: large batches, hot experts or too few hosts.",
           unit: "s",
           width: 8,
           targets: p50p99("expertHostCompute", "compute"),
@@ -804,7 +840,8 @@ const moe = dashboard({
         {
           kind: "timeseries",
           title: "Tokens per dispatch call",
-          description: "Rows in one dispatch call at the expert-hosts (P50, P99, mean). High means well-batched calls (decode batches, prefill chunks); 1 means calls carry single tokens and per-call overhead dominates.",
+          description:
+            "Rows in one dispatch call at the expert-hosts (P50, P99, mean). High means well-batched calls (decode batches, prefill chunks); 1 means calls carry single tokens and per-call overhead dominates.",
           unit: "short",
           width: 8,
           targets: [...p50p99("expertHostBatchTokens", "tokens"), { expr: mean("expertHostBatchTokens"), legendFormat: "mean tokens" }],
@@ -824,7 +861,8 @@ const moe = dashboard({
         {
           kind: "timeseries",
           title: "Expert-host time per dispatch: handling vs compute",
-          description: "Mean time from a dispatch's arrival at an expert-host to its reply (handling), and the part of it spent waiting for and computing the experts (compute). Handling high above compute means decoding, encoding or the event loop cost more than the experts.",
+          description:
+            "Mean time from a dispatch's arrival at an expert-host to its reply (handling), and the part of it spent waiting for and computing the experts (compute). Handling high above compute means decoding, encoding or the event loop cost more than the experts.",
           unit: "s",
           width: 12,
           targets: [
@@ -848,7 +886,8 @@ const mtp = dashboard({
         {
           kind: "stat",
           title: "MTP acceptance rate",
-          description: "Accepted drafts over drafted tokens, all decode instances, over the interval. High is good: the paper reports 80-90% for DeepSeek-V3, and each accepted draft is a token without a step of its own; low means the MTP block does not fit the traffic.",
+          description:
+            "Accepted drafts over drafted tokens, all decode instances, over the interval. High is good: the paper reports 80-90% for DeepSeek-V3, and each accepted draft is a token without a step of its own; low means the MTP block does not fit the traffic.",
           unit: "percentunit",
           width: 6,
           min: 0,
@@ -858,7 +897,8 @@ const mtp = dashboard({
         {
           kind: "timeseries",
           title: "Drafted vs accepted tokens per second",
-          description: "Draft tokens proposed by the MTP block and drafts the main model confirmed, per second. High accepted close to drafted is speculation paying off; a high drafted rate with low accepted wastes verification work.",
+          description:
+            "Draft tokens proposed by the MTP block and drafts the main model confirmed, per second. High accepted close to drafted is speculation paying off; a high drafted rate with low accepted wastes verification work.",
           unit: "short",
           width: 18,
           targets: [
@@ -869,7 +909,8 @@ const mtp = dashboard({
         {
           kind: "timeseries",
           title: "Acceptance rate per decode instance",
-          description: "Accepted over drafted tokens per decode instance. High (towards 1) is good; one instance much lower than the others points at its traffic mix (sampling temperature, prompts).",
+          description:
+            "Accepted over drafted tokens per decode instance. High (towards 1) is good; one instance much lower than the others points at its traffic mix (sampling temperature, prompts).",
           unit: "percentunit",
           targets: [
             {
@@ -894,7 +935,8 @@ const mtp = dashboard({
         {
           kind: "timeseries",
           title: "Tokens per decode step",
-          description: "Tokens emitted per decode step, summed over the batch (a step makes one token per running sequence, plus its accepted drafts). High means large batches and accepted drafts: more tokens for each pass over the weights.",
+          description:
+            "Tokens emitted per decode step, summed over the batch (a step makes one token per running sequence, plus its accepted drafts). High means large batches and accepted drafts: more tokens for each pass over the weights.",
           unit: "short",
           targets: [{ expr: `sum(${rate("decodeGeneratedTokens")}) / sum(${rate("decodeStep", "", "_count")})`, legendFormat: "tokens per step" }],
         },

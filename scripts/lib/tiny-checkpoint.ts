@@ -38,13 +38,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { ConfigError } from "@moela/core";
-import {
-  parseModelConfig,
-  writeHfCheckpoint,
-  type FloatDType,
-  type ModelConfig,
-  type TensorSpec,
-} from "@moela/engine";
+import { parseModelConfig, writeHfCheckpoint, type FloatDType, type ModelConfig, type TensorSpec } from "@moela/engine";
 import { buildTinyTokenizerFiles, TINY_VOCAB_SIZE } from "@moela/tokenizer";
 
 export type PresetName = "tiny-v3" | "tiny-v3-bf16" | "tiny-v2-lite" | "large-v3";
@@ -304,7 +298,11 @@ export interface GeneratedCheckpoint {
 }
 
 /** Resolve preset + overrides to the config.json object (validated by the engine's parser). */
-export function resolveConfig(presetOrOptions: PresetName | GenerateOptions = {}): { preset: PresetName; config: Record<string, unknown>; modelConfig: ModelConfig } {
+export function resolveConfig(presetOrOptions: PresetName | GenerateOptions = {}): {
+  preset: PresetName;
+  config: Record<string, unknown>;
+  modelConfig: ModelConfig;
+} {
   const opts: GenerateOptions = typeof presetOrOptions === "string" ? { preset: presetOrOptions } : presetOrOptions;
   const preset = opts.preset ?? "tiny-v3";
   if (!isPresetName(preset)) throw new ConfigError(`unknown preset '${String(preset)}' (known: ${Object.keys(PRESETS).join(", ")})`);
@@ -359,7 +357,9 @@ export function generateCheckpoint(presetOrOptions: PresetName | GenerateOptions
       base.description + ".",
       "",
       `Weights: ${written.weightFiles} safetensors file(s), ${written.tensorCount} tensors, ${written.tensorBytes} bytes of tensor data` +
-        (block ? `; linears F8_E4M3 with ${block[0]}x${block[1]} block scales (\`*_scale_inv\`, F32), other weights ${weightDtype}, e_score_correction_bias F32.` : `; ${weightDtype}.`),
+        (block
+          ? `; linears F8_E4M3 with ${block[0]}x${block[1]} block scales (\`*_scale_inv\`, F32), other weights ${weightDtype}, e_score_correction_bias F32.`
+          : `; ${weightDtype}.`),
       "",
       "Regenerate (byte-identical):",
       "",

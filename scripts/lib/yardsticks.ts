@@ -78,7 +78,10 @@ function runPython(code: string, env: NodeJS.ProcessEnv): { ok: true; out: Recor
   if (r.error) return { ok: false, why: (r.error as NodeJS.ErrnoException).code === "ENOENT" ? "python3 not found" : r.error.message };
   if (r.status !== 0) {
     const err = r.stderr.trim().split("\n").pop() ?? "";
-    return { ok: false, why: /No module named .?numpy/.test(r.stderr) ? "numpy is not installed for python3" : `python3 exited ${r.status ?? r.signal}: ${err}` };
+    return {
+      ok: false,
+      why: /No module named .?numpy/.test(r.stderr) ? "numpy is not installed for python3" : `python3 exited ${r.status ?? r.signal}: ${err}`,
+    };
   }
   try {
     return { ok: true, out: JSON.parse(r.stdout.trim().split("\n").pop() ?? "") as Record<string, unknown> };
@@ -118,8 +121,12 @@ export function measureYardsticks(): Yardsticks {
 /** One line for a report's header. */
 export function describeYardsticks(y: Yardsticks): string {
   const parts = [
-    y.readGBs === null ? "read bandwidth: n/a" : `read bandwidth (numpy x.sum(), ${y.readBytes / 2 ** 20} MB float32, 1 thread, best of ${y.readSamples}): ${y.readGBs.toFixed(1)} GB/s`,
-    y.gemmGFlops === null ? "GEMM: n/a" : `float32 GEMM (numpy ${y.gemmN}^3, its default threads, best of ${y.gemmSamples}): ${y.gemmGFlops.toFixed(1)} GFLOP/s`,
+    y.readGBs === null
+      ? "read bandwidth: n/a"
+      : `read bandwidth (numpy x.sum(), ${y.readBytes / 2 ** 20} MB float32, 1 thread, best of ${y.readSamples}): ${y.readGBs.toFixed(1)} GB/s`,
+    y.gemmGFlops === null
+      ? "GEMM: n/a"
+      : `float32 GEMM (numpy ${y.gemmN}^3, its default threads, best of ${y.gemmSamples}): ${y.gemmGFlops.toFixed(1)} GFLOP/s`,
   ];
   const src = y.numpy === null ? "" : ` [numpy ${y.numpy}${y.blas === null ? "" : `, ${y.blas}`}]`;
   const err = y.error === null ? "" : `\n  yardsticks missing (${y.error}): no ratios for them`;

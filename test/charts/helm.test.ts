@@ -154,7 +154,12 @@ function find(objs: readonly Obj[], kind: string, name: string): Obj {
 const fullname = `${RELEASE}-moela`;
 const WORKLOAD_KIND: Record<ServiceRole, string> = { router: "Deployment", prefill: "Deployment", decode: "StatefulSet", "expert-host": "StatefulSet" };
 const VALUES_KEY: Record<ServiceRole, string> = { router: "router", prefill: "prefill", decode: "decode", "expert-host": "expertHost" };
-const ENV_PREFIX: Record<ServiceRole, string> = { router: "MOELA_ROUTER_", prefill: "MOELA_PREFILL_", decode: "MOELA_DECODE_", "expert-host": "MOELA_EXPERT_HOST_" };
+const ENV_PREFIX: Record<ServiceRole, string> = {
+  router: "MOELA_ROUTER_",
+  prefill: "MOELA_PREFILL_",
+  decode: "MOELA_DECODE_",
+  "expert-host": "MOELA_EXPERT_HOST_",
+};
 
 /** The one workload of router, prefill or decode. */
 function workload(objs: readonly Obj[], role: Exclude<ServiceRole, "expert-host">): Obj {
@@ -500,7 +505,10 @@ describe("charts/moela", () => {
         expect(so.length, role).toBe(1);
         expect(so[0]!.spec.scaleTargetRef.kind).toBe(w.kind);
         expect(so[0]!.spec.scaleTargetRef.apiVersion).toBe(w.apiVersion);
-        expect([so[0]!.spec.minReplicaCount, so[0]!.spec.maxReplicaCount]).toEqual([values.autoscaling[role].minReplicas, values.autoscaling[role].maxReplicas]);
+        expect([so[0]!.spec.minReplicaCount, so[0]!.spec.maxReplicaCount]).toEqual([
+          values.autoscaling[role].minReplicas,
+          values.autoscaling[role].maxReplicas,
+        ]);
       }
       expect(scaled.length).toBe(values.autoscaling.enabled ? 2 : 0);
     });
@@ -534,7 +542,8 @@ describe("charts/moela", () => {
 
     it("gives every service the registry's Redis key prefix exactly when queuePrefix is set", () => {
       for (const role of SERVICE_ROLES) {
-        for (const w of workloads(objs, role)) expect(flagValue(args(w), "--queue-prefix"), role).toBe(values.queuePrefix === "" ? undefined : values.queuePrefix);
+        for (const w of workloads(objs, role))
+          expect(flagValue(args(w), "--queue-prefix"), role).toBe(values.queuePrefix === "" ? undefined : values.queuePrefix);
       }
     });
 
@@ -577,7 +586,8 @@ describe("charts/moela", () => {
             else expect(p[k], `${role} ${k}`).toEqual(v[k]);
           }
           expect(p.priorityClassName, role).toBe(v.priorityClassName === "" ? undefined : v.priorityClassName);
-          for (const [k, val] of Object.entries(v.podLabels as Record<string, string>)) expect(w.spec.template.metadata.labels[k], `${role} label ${k}`).toBe(val);
+          for (const [k, val] of Object.entries(v.podLabels as Record<string, string>))
+            expect(w.spec.template.metadata.labels[k], `${role} label ${k}`).toBe(val);
           for (const [k, val] of Object.entries(v.extraPodSpec as Obj)) expect(p[k], `${role} extraPodSpec.${k}`).toEqual(val);
         }
       }
@@ -616,7 +626,10 @@ describe("charts/moela", () => {
           const portNames = new Set((container(w).ports as Obj[]).map((p) => p.name));
           for (const p of svc.spec.ports as Obj[]) expect(portNames.has(p.targetPort), `${role} ${p.targetPort}`).toBe(true);
         }
-        expect((svc.spec.ports as Obj[]).some((p) => p.name === "metrics"), role).toBe(true);
+        expect(
+          (svc.spec.ports as Obj[]).some((p) => p.name === "metrics"),
+          role,
+        ).toBe(true);
       }
     });
 
@@ -675,12 +688,20 @@ describe("charts/moela", () => {
             if (setting.existingSecret !== "") expect(ref.name).toBe(setting.existingSecret);
             else expect(secretValue(objs, ref.name, ref.key, env!.name)).toBe(setting.value);
           }
-          expect(args(w).filter((a) => a === "--api-key" || a === "--internal-secret"), role).toEqual([]);
+          expect(
+            args(w).filter((a) => a === "--api-key" || a === "--internal-secret"),
+            role,
+          ).toEqual([]);
         }
       }
       const clear = plainStrings(objs);
-      for (const secret of [values.secrets.apiKey.value, values.secrets.internalSecret.value, externalRedis(values) ? values.redis.url : ""].filter((s: string) => s !== "")) {
-        expect(clear.filter((s) => s.includes(secret)), "a credential outside its Secret").toEqual([]);
+      for (const secret of [values.secrets.apiKey.value, values.secrets.internalSecret.value, externalRedis(values) ? values.redis.url : ""].filter(
+        (s: string) => s !== "",
+      )) {
+        expect(
+          clear.filter((s) => s.includes(secret)),
+          "a credential outside its Secret",
+        ).toEqual([]);
       }
     });
 
@@ -692,7 +713,14 @@ describe("charts/moela", () => {
           const mount = ((container(w).volumeMounts ?? []) as Obj[]).find((m) => m.name === "tls");
           const env = (n: string) => envEntry(w, `${ENV_PREFIX[role]}${n}`)?.value as string | undefined;
           if (!values.tls.enabled) {
-            expect([vol, mount, env("TLS_CERT"), env("TLS_KEY"), env("TLS_CA"), env("TLS_CLIENT_AUTH")], role).toEqual([undefined, undefined, undefined, undefined, undefined, undefined]);
+            expect([vol, mount, env("TLS_CERT"), env("TLS_KEY"), env("TLS_CA"), env("TLS_CLIENT_AUTH")], role).toEqual([
+              undefined,
+              undefined,
+              undefined,
+              undefined,
+              undefined,
+              undefined,
+            ]);
             continue;
           }
           expect(vol?.secret?.secretName, role).toBe(values.tls.existingSecret);
@@ -723,7 +751,8 @@ describe("charts/moela", () => {
       if (redis !== undefined) moela["redis"] = podOf(redis);
       // sources beyond the roles: a stranger in the namespace, and one pod in each namespace values name
       const stranger: PodRef = { namespace: NAMESPACE, namespaceLabels: nsLabels(NAMESPACE), labels: { app: "stranger" }, ports: {} };
-      const namedNs = (peers: Obj[]) => peers.map((p) => p.namespaceSelector?.matchLabels?.["kubernetes.io/metadata.name"] as string | undefined).filter((n): n is string => n !== undefined);
+      const namedNs = (peers: Obj[]) =>
+        peers.map((p) => p.namespaceSelector?.matchLabels?.["kubernetes.io/metadata.name"] as string | undefined).filter((n): n is string => n !== undefined);
       const outside = (ns: string): PodRef => ({ namespace: ns, namespaceLabels: nsLabels(ns), labels: { app: "client" }, ports: {} });
       const apiClients = namedNs(values.networkPolicy.apiFrom).map(outside);
       const scrapers = namedNs(values.networkPolicy.metricsFrom).map(outside);
@@ -792,7 +821,9 @@ describe("charts/moela", () => {
         return;
       }
       expect(maps.length).toBe(1);
-      const files = readdirSync(DASHBOARDS).filter((f) => f.endsWith(".json")).sort();
+      const files = readdirSync(DASHBOARDS)
+        .filter((f) => f.endsWith(".json"))
+        .sort();
       expect(Object.keys(maps[0]!.data).sort()).toEqual(files);
       for (const f of files) expect(maps[0]!.data[f], f).toBe(readFileSync(join(DASHBOARDS, f), "utf8"));
     });
@@ -839,7 +870,13 @@ describe("charts/moela", () => {
 
   it("defaults every optional feature off and requests no GPU", () => {
     const v = defaultValues();
-    expect([v.networkPolicy.enabled, v.prometheusRule.enabled, v.autoscaling.enabled, v.tls.enabled, v.serviceMonitor.enabled]).toEqual([false, false, false, false, false]);
+    expect([v.networkPolicy.enabled, v.prometheusRule.enabled, v.autoscaling.enabled, v.tls.enabled, v.serviceMonitor.enabled]).toEqual([
+      false,
+      false,
+      false,
+      false,
+      false,
+    ]);
     for (const role of SERVICE_ROLES) expect(v[VALUES_KEY[role]].gpu, role).toBe(0);
   });
 
@@ -850,7 +887,11 @@ describe("charts/moela", () => {
     ["kept capabilities", ["--set", "securityContext.capabilities.drop=null"], /capabilities do not drop ALL/],
     ["an unconfined seccomp profile", ["--set", "podSecurityContext.seccompProfile.type=Unconfined,securityContext.seccompProfile=null"], /seccompProfile/],
     ["root", ["--set", "podSecurityContext.runAsNonRoot=false,securityContext.runAsNonRoot=null"], /runAsNonRoot is not true/],
-    ["a hostPath volume through extraPodSpec", ["--set-json", 'decode.extraPodSpec={"volumes":[{"name":"tmp","hostPath":{"path":"/tmp"}}]}'], /type hostPath is not allowed/],
+    [
+      "a hostPath volume through extraPodSpec",
+      ["--set-json", 'decode.extraPodSpec={"volumes":[{"name":"tmp","hostPath":{"path":"/tmp"}}]}'],
+      /type hostPath is not allowed/,
+    ],
     ["the host network through extraPodSpec", ["--set", "router.extraPodSpec.hostNetwork=true"], /hostNetwork is true/],
   ])("the restricted check catches %s", (_what, extra, message) => {
     const violations = podWorkloads(render(extra)).flatMap((w) => restrictedViolations(pod(w)).map((v) => `${w.metadata.name}: ${v}`));
@@ -900,7 +941,11 @@ describe("charts/moela", () => {
     ["TLS without its Secret", ["--set", "tls.enabled=true"], /tls\/existingSecret/],
     ["a KV usage target above 1", ["--set-json", "autoscaling.decode.kvUsage=1.5"], /autoscaling\/decode\/kvUsage'?: maximum/],
     ["a probe timeout of 0", ["--set", "probes.readiness.timeoutSeconds=0"], /probes\/readiness\/timeoutSeconds/],
-    ["two chart-made credentials under one Secret key", ["--set", "secrets.apiKey.value=k1,secrets.internalSecret.value=0123456789abcdef,secrets.internalSecret.key=api-key"], /keys of <fullname>-secrets must differ/],
+    [
+      "two chart-made credentials under one Secret key",
+      ["--set", "secrets.apiKey.value=k1,secrets.internalSecret.value=0123456789abcdef,secrets.internalSecret.key=api-key"],
+      /keys of <fullname>-secrets must differ/,
+    ],
   ])("the chart (values.schema.json or a template check) rejects %s", (_what, extra, message) => {
     expect(() => render(extra)).toThrow(message);
   });

@@ -72,7 +72,9 @@ function peerMatches(peer: Obj, policyNamespace: string, src: PodRef): boolean {
 
 /** Whether `src` may connect to `dst`'s port `portName` under `policies` (every NetworkPolicy rendered into `dst`'s namespace). */
 export function ingressAllowed(policies: readonly Obj[], src: PodRef, dst: PodRef, portName: string): boolean {
-  const selecting = policies.filter((p) => (p.metadata.namespace ?? dst.namespace) === dst.namespace && isIngressPolicy(p) && selectorMatches(p.spec.podSelector, dst.labels));
+  const selecting = policies.filter(
+    (p) => (p.metadata.namespace ?? dst.namespace) === dst.namespace && isIngressPolicy(p) && selectorMatches(p.spec.podSelector, dst.labels),
+  );
   if (selecting.length === 0) return true;
   return selecting.some((p) =>
     ((p.spec.ingress ?? []) as Obj[]).some((rule) => {

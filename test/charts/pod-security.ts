@@ -40,7 +40,8 @@ export function restrictedViolations(pod: Obj): string[] {
   for (const s of (psc.sysctls ?? []) as Obj[]) if (!SAFE_SYSCTLS.has(s.name)) out.push(`pod: unsafe sysctl ${s.name}`);
   if (psc.appArmorProfile?.type === "Unconfined") out.push("pod: AppArmor profile Unconfined");
   const seType = psc.seLinuxOptions?.type;
-  if (seType !== undefined && !["", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"].includes(seType)) out.push(`pod: SELinux type ${seType}`);
+  if (seType !== undefined && !["", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"].includes(seType))
+    out.push(`pod: SELinux type ${seType}`);
   if (psc.seLinuxOptions?.user || psc.seLinuxOptions?.role) out.push("pod: custom SELinux user or role");
   if (psc.runAsUser === 0) out.push("pod: runAsUser is 0");
 

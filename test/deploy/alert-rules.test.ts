@@ -15,7 +15,9 @@ import { LABEL, METRICS } from "@moela/metrics";
 import { promqlNames } from "../helpers/promql.js";
 
 const RULES_DIR = fileURLToPath(new URL("../../deploy/prometheus/rules/", import.meta.url));
-const files = readdirSync(RULES_DIR).filter((f) => /\.ya?ml$/.test(f)).sort();
+const files = readdirSync(RULES_DIR)
+  .filter((f) => /\.ya?ml$/.test(f))
+  .sort();
 
 interface Rule {
   alert?: string;
@@ -23,7 +25,9 @@ interface Rule {
   expr: string;
   annotations?: Record<string, string>;
 }
-const rules: Rule[] = files.flatMap((f) => (parseYaml(readFileSync(join(RULES_DIR, f), "utf8")) as { groups: Array<{ rules: Rule[] }> }).groups.flatMap((g) => g.rules));
+const rules: Rule[] = files.flatMap((f) =>
+  (parseYaml(readFileSync(join(RULES_DIR, f), "utf8")) as { groups: Array<{ rules: Rule[] }> }).groups.flatMap((g) => g.rules),
+);
 
 /** A rule's annotation as written (no templating in the descriptions compared). */
 function annotation(alert: string, key: string): string {
@@ -72,7 +76,12 @@ describe("alert rules", () => {
             {
               eval_time: "15m",
               alertname: "MoelaServerFailureRatioHigh",
-              exp_alerts: [{ exp_labels: { severity: "warning" }, exp_annotations: { summary: "moela servers failed 8.257% of requests for 5 minutes", description: FAILURE_DESCRIPTION } }],
+              exp_alerts: [
+                {
+                  exp_labels: { severity: "warning" },
+                  exp_annotations: { summary: "moela servers failed 8.257% of requests for 5 minutes", description: FAILURE_DESCRIPTION },
+                },
+              ],
             },
           ],
         },

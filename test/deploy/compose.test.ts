@@ -154,7 +154,8 @@ describe.skipIf(!hasDockerCompose())("docker-compose.yml (docker-compose config)
 
   it("has decode and the expert-hosts advertise <service>:<grpc port>, exactly the seeds the router and decode/prefill are given", () => {
     const advertised = (name: string) => flagValue(cmd(name), "--advertise-address");
-    for (const name of ["decode", "expert-host-0", "expert-host-1"]) expect(advertised(name), name).toBe(`${name}:${port(flagValue(cmd(name), "--grpc-address"))}`);
+    for (const name of ["decode", "expert-host-0", "expert-host-1"])
+      expect(advertised(name), name).toBe(`${name}:${port(flagValue(cmd(name), "--grpc-address"))}`);
     expect(flagValue(cmd("router"), "--decode")).toBe(advertised("decode"));
     const seeds = ["expert-host-0", "expert-host-1"].map(advertised).join(",");
     expect(flagValue(cmd("decode"), "--expert-hosts")).toBe(seeds);
@@ -216,7 +217,12 @@ describe.skipIf(!hasDockerCompose())("docker-compose.yml (docker-compose config)
   it("gives every moela service the internal secret (compose secret -> MOELA_<ROLE>_INTERNAL_SECRET_FILE) and, when MOELA_TLS_* are set, TLS/mTLS its own parser reads", () => {
     expect(config.secrets["moela-internal-secret"].file).toBe(join(REPO_ROOT, "deploy/secrets/internal-secret"));
     expect(readFileSync(join(REPO_ROOT, "deploy/secrets/.gitignore"), "utf8")).toMatch(/^internal-secret$/m);
-    const tlsOn = composeConfig({ MOELA_TLS_CERT: "/etc/moela/tls/tls.crt", MOELA_TLS_KEY: "/etc/moela/tls/tls.key", MOELA_TLS_CA: "/etc/moela/tls/ca.crt", MOELA_TLS_CLIENT_AUTH: "true" });
+    const tlsOn = composeConfig({
+      MOELA_TLS_CERT: "/etc/moela/tls/tls.crt",
+      MOELA_TLS_KEY: "/etc/moela/tls/tls.key",
+      MOELA_TLS_CA: "/etc/moela/tls/ca.crt",
+      MOELA_TLS_CLIENT_AUTH: "true",
+    });
     // The container's paths, mapped onto files here so the real parsers can read them.
     const here = mkdtempSync(join(tmpdir(), "moela-compose-"));
     try {
@@ -227,11 +233,13 @@ describe.skipIf(!hasDockerCompose())("docker-compose.yml (docker-compose config)
         "/etc/moela/tls/tls.key": "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
         "/etc/moela/tls/ca.crt": pemCert,
       };
-      const local = new Map(Object.entries(files).map(([path, text], i) => {
-        const file = join(here, `f${i}`);
-        writeFileSync(file, text);
-        return [path, file] as const;
-      }));
+      const local = new Map(
+        Object.entries(files).map(([path, text], i) => {
+          const file = join(here, `f${i}`);
+          writeFileSync(file, text);
+          return [path, file] as const;
+        }),
+      );
       const model = join(REPO_ROOT, "models/tiny-v3");
       const parse = (name: string, role: ServiceRole, env: Record<string, string>): InternalSecurity => {
         const mapped = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, local.get(v) ?? v]));
@@ -245,7 +253,10 @@ describe.skipIf(!hasDockerCompose())("docker-compose.yml (docker-compose config)
         const prefix = `MOELA_${role.toUpperCase().replace("-", "_")}_`;
         for (const c of [config, tlsOn]) {
           const svc = c.services[name];
-          expect((svc.secrets as (string | Obj)[]).map((x) => (typeof x === "string" ? x : x.source)), name).toEqual(["moela-internal-secret"]);
+          expect(
+            (svc.secrets as (string | Obj)[]).map((x) => (typeof x === "string" ? x : x.source)),
+            name,
+          ).toEqual(["moela-internal-secret"]);
           expect(svc.environment[`${prefix}INTERNAL_SECRET_FILE`], name).toBe("/run/secrets/moela-internal-secret");
           expect(mounts(svc).get("/etc/moela/tls"), name).toBe(join(REPO_ROOT, "deploy/tls"));
         }

@@ -25,7 +25,11 @@ const DOCKERFILE = readFileSync(join(REPO_ROOT, "deploy/docker/Dockerfile"), "ut
 function stages(text: string): Map<string, string[]> {
   const out = new Map<string, string[]>();
   let current: string[] | undefined;
-  const lines = text.replace(/\\\n/g, " ").split("\n").map((l) => l.trim()).filter((l) => l !== "" && !l.startsWith("#"));
+  const lines = text
+    .replace(/\\\n/g, " ")
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l !== "" && !l.startsWith("#"));
   for (const line of lines) {
     const from = /^FROM\s+(\S+)(?:\s+AS\s+(\S+))?$/i.exec(line);
     if (from !== null) {
@@ -68,7 +72,9 @@ describe("deploy/docker/Dockerfile", () => {
       execFileSync("/bin/sh", ["-c", run.slice(4).replaceAll("/manifests", out).replaceAll("/src", REPO_ROOT)], { stdio: "pipe" });
       const pkg = JSON.parse(readFileSync(join(REPO_ROOT, "package.json"), "utf8")) as { workspaces: string[] };
       expect(pkg.workspaces).toEqual(["packages/*", "services/*"]);
-      const workspaces = execFileSync("/bin/sh", ["-c", "ls -d packages/*/package.json services/*/package.json"], { cwd: REPO_ROOT, encoding: "utf8" }).trim().split("\n");
+      const workspaces = execFileSync("/bin/sh", ["-c", "ls -d packages/*/package.json services/*/package.json"], { cwd: REPO_ROOT, encoding: "utf8" })
+        .trim()
+        .split("\n");
       for (const f of ["package.json", "package-lock.json", ...workspaces, "packages/engine-native/binding.gyp", "packages/engine-native/scripts/build.cjs"]) {
         expect(existsSync(join(out, f)), f).toBe(true);
       }
@@ -90,13 +96,21 @@ describe("deploy/docker/Dockerfile", () => {
     expect(pkg.dependencies["tsx"]).toBeDefined();
   });
 
-
   it("keeps out of the build context nothing the runtime needs", () => {
     const ignored = readFileSync(join(REPO_ROOT, ".dockerignore"), "utf8")
       .split("\n")
       .map((l) => l.trim())
       .filter((l) => l !== "" && !l.startsWith("#"));
-    const needed = ["package.json", "package-lock.json", "packages", "services", "proto", "models/tiny-v3", "models/moela-v3-brown", "deploy/docker/grpc-health.mjs"];
+    const needed = [
+      "package.json",
+      "package-lock.json",
+      "packages",
+      "services",
+      "proto",
+      "models/tiny-v3",
+      "models/moela-v3-brown",
+      "deploy/docker/grpc-health.mjs",
+    ];
     for (const path of needed) {
       for (const pattern of ignored) expect(path === pattern || path.startsWith(`${pattern}/`), `${pattern} hides ${path}`).toBe(false);
     }
@@ -173,7 +187,11 @@ describe.runIf(hasOpenssl())("deploy/docker/grpc-health.mjs against an mTLS serv
   async function probe(env: Record<string, string>): Promise<number> {
     const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("MOELA_")));
     try {
-      await execFileAsync(process.execPath, [join(REPO_ROOT, "deploy/docker/grpc-health.mjs"), address], { cwd: REPO_ROOT, timeout: 15_000, env: { ...clean, ...env } });
+      await execFileAsync(process.execPath, [join(REPO_ROOT, "deploy/docker/grpc-health.mjs"), address], {
+        cwd: REPO_ROOT,
+        timeout: 15_000,
+        env: { ...clean, ...env },
+      });
       return 0;
     } catch (err) {
       return (err as { code?: number }).code ?? -1;

@@ -27,7 +27,25 @@ beforeAll(async () => {
   delete env["MOELA_ROUTER_API_KEY"];
   launcher = spawn(
     process.execPath,
-    [MOELA_BIN, "cluster", "--model", TINY_MODEL, "--json", "--port", "0", "--state-dir", stateDir, "--queue-prefix", `e2e-key-${randomUUID().slice(0, 8)}`, "--expert-hosts", "1", "--log-level", "warn", "--api-key", KEY],
+    [
+      MOELA_BIN,
+      "cluster",
+      "--model",
+      TINY_MODEL,
+      "--json",
+      "--port",
+      "0",
+      "--state-dir",
+      stateDir,
+      "--queue-prefix",
+      `e2e-key-${randomUUID().slice(0, 8)}`,
+      "--expert-hosts",
+      "1",
+      "--log-level",
+      "warn",
+      "--api-key",
+      KEY,
+    ],
     { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"], env },
   );
   launcher.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
@@ -69,7 +87,11 @@ describe("moela cluster --api-key", () => {
       expect(err).toBeInstanceOf(APIError);
       expect((err as APIError).status).toBe(401);
     }
-    const bare = await fetch(`${info.openai_base_url}/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    const bare = await fetch(`${info.openai_base_url}/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
     expect(bare.status).toBe(401);
     const done = await new OpenAI({ baseURL: info.openai_base_url, apiKey: KEY, maxRetries: 0 }).completions.create(body);
     expect(done.choices[0]!.text.length).toBeGreaterThan(0);

@@ -18,8 +18,20 @@ describe("moela generate", () => {
 
   it("prints the machine contract as one JSON object", async () => {
     const { stdout } = await moela([
-      "generate", "--model", MODEL, "--prompt-ids", "0,399,332", "--max-tokens", "16", "--temperature", "0",
-      "--json", "--top-logprobs", "3", "--logits", "--mtp-logits",
+      "generate",
+      "--model",
+      MODEL,
+      "--prompt-ids",
+      "0,399,332",
+      "--max-tokens",
+      "16",
+      "--temperature",
+      "0",
+      "--json",
+      "--top-logprobs",
+      "3",
+      "--logits",
+      "--mtp-logits",
     ]);
     const out = JSON.parse(stdout) as { token_ids: number[]; top_logprobs: [number, number][][]; logits: number[]; mtp_logits: number[] };
     expect(out.token_ids.length).toBeGreaterThan(0);

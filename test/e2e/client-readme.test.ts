@@ -95,7 +95,10 @@ describe("packages/client/README.md example, installed from the packed tarball",
       env: { ...process.env, MOELA_GRPC_ADDRESS: "127.0.0.1:1" },
       timeout: 120_000,
     });
-    const err = (await run.then(() => undefined, (e: unknown) => e)) as { code?: number; stderr?: string } | undefined;
+    const err = (await run.then(
+      () => undefined,
+      (e: unknown) => e,
+    )) as { code?: number; stderr?: string } | undefined;
     expect(err?.code).toBe(1);
     expect(err?.stderr).toContain("the router or its backends are not up");
   });

@@ -102,7 +102,10 @@ describe("moela cluster supervises its services like a StatefulSet (2 prefill, 2
     await vi.waitFor(async () => expect(await ready(), `${label} to be busy`).toBe(true), { timeout: 60_000, interval: 10 });
     process.kill(before.pid, "SIGKILL");
     const done = await Promise.all(results);
-    await vi.waitFor(() => expect(stderr, `the launcher to print that it restarted ${label}`).toMatch(new RegExp(`restarted\\s+${label} \\(pid \\d+\\)`)), { timeout: 120_000, interval: 100 });
+    await vi.waitFor(() => expect(stderr, `the launcher to print that it restarted ${label}`).toMatch(new RegExp(`restarted\\s+${label} \\(pid \\d+\\)`)), {
+      timeout: 120_000,
+      interval: 100,
+    });
     const after = instance(label);
     expect(stderr).toMatch(new RegExp(`died\\s+${label} \\(pid ${before.pid}, killed by SIGKILL`));
     expect(after.pid).not.toBe(before.pid);
@@ -116,20 +119,32 @@ describe("moela cluster supervises its services like a StatefulSet (2 prefill, 2
     launcher = spawn(
       process.execPath,
       [
-        MOELA_BIN, "cluster",
-        "--model", TINY_MODEL,
+        MOELA_BIN,
+        "cluster",
+        "--model",
+        TINY_MODEL,
         "--json",
-        "--port", "0",
-        "--state-dir", stateDir(),
-        "--queue-prefix", queuePrefix,
+        "--port",
+        "0",
+        "--state-dir",
+        stateDir(),
+        "--queue-prefix",
+        queuePrefix,
         "--private-redis",
-        "--prefill", "2",
-        "--decode", "2",
-        "--expert-hosts", "2",
-        "--expert-replicas", "2",
-        "--precision", "exact",
-        "--log-level", process.env["MOELA_TEST_LOG_LEVEL"] ?? "warn",
-        "--startup-timeout", "240",
+        "--prefill",
+        "2",
+        "--decode",
+        "2",
+        "--expert-hosts",
+        "2",
+        "--expert-replicas",
+        "2",
+        "--precision",
+        "exact",
+        "--log-level",
+        process.env["MOELA_TEST_LOG_LEVEL"] ?? "warn",
+        "--startup-timeout",
+        "240",
       ],
       { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"] },
     );
@@ -196,7 +211,9 @@ describe("moela cluster supervises its services like a StatefulSet (2 prefill, 2
     const done = await killUnderLoad("decode 0", async () => midStream >= 5 && (await decodeStatus("decode 0")).runningSequences > 0, results);
     expectExact(done, "decode 0 killed");
     const migrated = (await routerRetries("decode_unavailable")) + (await routerRetries("decode_failed")) - migrated0;
-    report.push(`kill -9 decode 0 (mid-stream): ${STREAMS} streams exact, ${migrated} requests migrated; restarted (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+    report.push(
+      `kill -9 decode 0 (mid-stream): ${STREAMS} streams exact, ${migrated} requests migrated; restarted (${((Date.now() - t0) / 1000).toFixed(1)} s)`,
+    );
     expect(migrated, "requests migrated off the killed decode instance").toBeGreaterThan(0);
   }, 180_000);
 
@@ -227,9 +244,17 @@ describe("moela cluster supervises its services like a StatefulSet (2 prefill, 2
     const pids = allPids();
     const port = new URL(first.url).port;
     const attempts: Array<[string, string[], RegExp]> = [
-      ["same state dir", ["--state-dir", stateDir(), "--port", "0", "--queue-prefix", `other-${randomUUID().slice(0, 8)}`], /is in use by moela cluster pid \d+/],
+      [
+        "same state dir",
+        ["--state-dir", stateDir(), "--port", "0", "--queue-prefix", `other-${randomUUID().slice(0, 8)}`],
+        /is in use by moela cluster pid \d+/,
+      ],
       ["same port", ["--state-dir", join(dir, "second-port"), "--port", port], new RegExp(`127\\.0\\.0\\.1:${port} is in use`)],
-      ["same queue prefix in the same Redis", ["--state-dir", join(dir, "second-prefix"), "--port", "0", "--redis-url", first.redis.url, "--queue-prefix", queuePrefix], new RegExp(`queue prefix "${queuePrefix}" .* is in use by moela cluster pid ${launcher.pid}`)],
+      [
+        "same queue prefix in the same Redis",
+        ["--state-dir", join(dir, "second-prefix"), "--port", "0", "--redis-url", first.redis.url, "--queue-prefix", queuePrefix],
+        new RegExp(`queue prefix "${queuePrefix}" .* is in use by moela cluster pid ${launcher.pid}`),
+      ],
     ];
     for (const [what, args, message] of attempts) {
       const r = await runMoelaCluster(args);

@@ -12,16 +12,7 @@ import { promisify } from "node:util";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { REPO_ROOT, type Precision } from "../../services/cli/src/launcher.js";
-import {
-  isAlive,
-  mapLimit,
-  metricSum,
-  moelaGenerate,
-  scrapeMetrics,
-  startTestCluster,
-  type GenerateResult,
-  type TestCluster,
-} from "../helpers/cluster.js";
+import { isAlive, mapLimit, metricSum, moelaGenerate, scrapeMetrics, startTestCluster, type GenerateResult, type TestCluster } from "../helpers/cluster.js";
 import { clusterPrompt } from "../helpers/completions.js";
 
 const execAsync = promisify(exec);
@@ -84,7 +75,13 @@ async function complete(client: OpenAI, model: string, prompt: number[], maxToke
 
 async function completeStreamed(client: OpenAI, model: string, prompt: number[], maxTokens: number): Promise<ClusterAnswer> {
   const body: CompletionStreamParams = {
-    model, prompt, max_tokens: maxTokens, temperature: 0, logprobs: 1, return_tokens_as_token_ids: true, stream: true,
+    model,
+    prompt,
+    max_tokens: maxTokens,
+    temperature: 0,
+    logprobs: 1,
+    return_tokens_as_token_ids: true,
+    stream: true,
   };
   const stream = await client.completions.create(body);
   const acc: ClusterAnswer = { ids: [], logprobs: [], top: [], finishReason: null };
@@ -214,41 +211,50 @@ describe.each(["exact", "paper"] as const)("local cluster, %s profile (tiny-v3, 
     expect(new Set(singles.map((s) => s.tokenIds.join(","))).size, "the 8 prompts give different answers").toBeGreaterThan(4);
   }, 240_000);
 
-  it.runIf(precision === "exact")("a client that disconnects mid-stream frees its KV blocks", async () => {
-    const decode = cluster.instances("decode")[0]!;
-    const used = async () => metricSum(await scrapeMetrics(decode.metrics), "moela_decode_kv_blocks_used");
-    const generated = async () => metricSum(await scrapeMetrics(decode.metrics), "moela_decode_generated_tokens_total") ?? 0;
-    expect(await used(), "moela_decode_kv_blocks_used is exported and idle").toBe(0);
-    const before = await generated();
-    const maxTokens = 1500;
-    const ac = new AbortController();
-    const body: CompletionStreamParams = {
-      model: cluster.model, prompt: prompt(99), max_tokens: maxTokens, temperature: 0, ignore_eos: true, stream: true,
-    };
-    const stream = await client.completions.create(body, { signal: ac.signal });
-    let received = 0;
-    let usedWhileStreaming: number | undefined;
-    try {
-      for await (const chunk of stream) {
-        if (chunk.choices[0] !== undefined) received++;
-        if (received === 3) usedWhileStreaming = await used();
-        if (received >= 5) break; // breaking out of the loop aborts the HTTP request
+  it.runIf(precision === "exact")(
+    "a client that disconnects mid-stream frees its KV blocks",
+    async () => {
+      const decode = cluster.instances("decode")[0]!;
+      const used = async () => metricSum(await scrapeMetrics(decode.metrics), "moela_decode_kv_blocks_used");
+      const generated = async () => metricSum(await scrapeMetrics(decode.metrics), "moela_decode_generated_tokens_total") ?? 0;
+      expect(await used(), "moela_decode_kv_blocks_used is exported and idle").toBe(0);
+      const before = await generated();
+      const maxTokens = 1500;
+      const ac = new AbortController();
+      const body: CompletionStreamParams = {
+        model: cluster.model,
+        prompt: prompt(99),
+        max_tokens: maxTokens,
+        temperature: 0,
+        ignore_eos: true,
+        stream: true,
+      };
+      const stream = await client.completions.create(body, { signal: ac.signal });
+      let received = 0;
+      let usedWhileStreaming: number | undefined;
+      try {
+        for await (const chunk of stream) {
+          if (chunk.choices[0] !== undefined) received++;
+          if (received === 3) usedWhileStreaming = await used();
+          if (received >= 5) break; // breaking out of the loop aborts the HTTP request
+        }
+      } catch (err) {
+        if (!ac.signal.aborted) throw err;
       }
-    } catch (err) {
-      if (!ac.signal.aborted) throw err;
-    }
-    ac.abort();
-    expect(usedWhileStreaming, "the sequence held KV blocks while streaming").toBeGreaterThan(0);
-    const deadline = Date.now() + 30_000;
-    let now = await used();
-    while (now !== 0 && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 200));
-      now = await used();
-    }
-    expect(now, "KV blocks in use after the client went away").toBe(0);
-    // freed by cancellation, not by finishing
-    expect((await generated()) - before).toBeLessThan(maxTokens);
-  }, 120_000);
+      ac.abort();
+      expect(usedWhileStreaming, "the sequence held KV blocks while streaming").toBeGreaterThan(0);
+      const deadline = Date.now() + 30_000;
+      let now = await used();
+      while (now !== 0 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 200));
+        now = await used();
+      }
+      expect(now, "KV blocks in use after the client went away").toBe(0);
+      // freed by cancellation, not by finishing
+      expect((await generated()) - before).toBeLessThan(maxTokens);
+    },
+    120_000,
+  );
 
   it.runIf(precision === "exact")("the curl example the launcher prints answers", async () => {
     const { stdout } = await execAsync(cluster.info.curl, { timeout: 60_000 });
@@ -286,7 +292,10 @@ describe("local cluster, paper-logfmt8 profile (tiny-v3, 2 expert-hosts)", () =>
     });
     // The profile is not paper under another name: one process under paper answers otherwise.
     const paper = await mapLimit(prompts, 2, (p) => moelaGenerate({ promptIds: p, maxTokens: MAX_TOKENS, precision: "paper", expertHosts: EXPERT_HOSTS }));
-    expect(paper.map((s) => s.logprobs), "paper's logprobs differ from paper-logfmt8's").not.toEqual(singles.map((s) => s.logprobs));
+    expect(
+      paper.map((s) => s.logprobs),
+      "paper's logprobs differ from paper-logfmt8's",
+    ).not.toEqual(singles.map((s) => s.logprobs));
     // Decode and prefill sent their activations to the expert-hosts as LogFMT-8, and nothing else.
     for (const role of ["decode", "prefill"] as const) {
       const samples = await scrapeMetrics(cluster.instances(role)[0]!.metrics);
@@ -344,7 +353,17 @@ describe.each(REF_CASES)("cluster on an unseen $kind checkpoint (exact) matches 
     const [ref, started] = await Promise.all([
       execFileAsync(
         PYTHON,
-        ["test/reference/deepseek_ref.py", "--model", dir, "--prompt-ids", c.promptIds.join(","), "--max-tokens", String(REF_TOKENS), "--top-logprobs", String(REF_TOP)],
+        [
+          "test/reference/deepseek_ref.py",
+          "--model",
+          dir,
+          "--prompt-ids",
+          c.promptIds.join(","),
+          "--max-tokens",
+          String(REF_TOKENS),
+          "--top-logprobs",
+          String(REF_TOP),
+        ],
         { cwd: REPO_ROOT, maxBuffer: 64 * 1024 * 1024 },
       ),
       startTestCluster({ model: dir, precision: "exact", expertHosts: EXPERT_HOSTS }),

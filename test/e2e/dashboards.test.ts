@@ -171,7 +171,9 @@ describe("Grafana dashboards against a live cluster and a real Prometheus", () =
       expect(s.metric["model"]).toBe(cluster.model);
     }
     // The KV usage ratio of every decode instance, in [0, 1] and equal to used / capacity.
-    const ratios = (await prom.query(`${METRICS.decodeKvUsage.name} - on (instance) (${METRICS.decodeKvBlocksUsed.name} / ${METRICS.decodeKvBlocksCapacity.name})`)).result;
+    const ratios = (
+      await prom.query(`${METRICS.decodeKvUsage.name} - on (instance) (${METRICS.decodeKvBlocksUsed.name} / ${METRICS.decodeKvBlocksCapacity.name})`)
+    ).result;
     expect(ratios.length).toBe(cluster.instances("decode").length);
     for (const r of ratios) expect(Math.abs(Number(r.value[1]))).toBeLessThan(1e-9);
   });

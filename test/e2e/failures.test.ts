@@ -102,7 +102,9 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
         for (const p of live) {
           if (p.role === "decode") {
             const s = await decodeStatus(p.label);
-            parts.push(`${p.label}: ${s.totalKvBlocks - s.freeKvBlocks} blocks used, ${s.pendingTransfers} transfers, ${s.runningSequences + s.waitingSequences} sequences`);
+            parts.push(
+              `${p.label}: ${s.totalKvBlocks - s.freeKvBlocks} blocks used, ${s.pendingTransfers} transfers, ${s.runningSequences + s.waitingSequences} sequences`,
+            );
             if (s.totalKvBlocks !== s.freeKvBlocks || s.pendingTransfers > 0 || s.runningSequences + s.waitingSequences > 0) {
               throw new Error(`${what}: KV still held (${parts.join("; ")})`);
             }
@@ -180,7 +182,10 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
     // Kill it while it holds jobs: they are locked to it in Redis and nobody else may take them until
     // the lock expires and a stalled-job check finds them.
     let heldAtKill = 0;
-    await vi.waitFor(async () => expect((heldAtKill = (await prefillStatus("prefill 0")).runningJobs) > 0, "prefill 0 to take jobs").toBe(true), { timeout: 60_000, interval: 10 });
+    await vi.waitFor(async () => expect((heldAtKill = (await prefillStatus("prefill 0")).runningJobs) > 0, "prefill 0 to take jobs").toBe(true), {
+      timeout: 60_000,
+      interval: 10,
+    });
     await kill9("prefill 0");
     const done = await Promise.all(results);
     expectExact(done, "prefill killed");
@@ -205,7 +210,10 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
       if (count === 2) midStream++;
     });
     // Kill it while it is generating for several requests that have already sent tokens to their clients.
-    await vi.waitFor(async () => expect(midStream >= 5 && (await decodeStatus("decode 0")).runningSequences > 0, "decode 0 to be mid-stream").toBe(true), { timeout: 60_000, interval: 10 });
+    await vi.waitFor(async () => expect(midStream >= 5 && (await decodeStatus("decode 0")).runningSequences > 0, "decode 0 to be mid-stream").toBe(true), {
+      timeout: 60_000,
+      interval: 10,
+    });
     await kill9("decode 0");
     const done = await Promise.all(results);
     expectExact(done, "decode killed");
@@ -215,7 +223,14 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
     await expectNoKvHeld("after the decode kill");
     await restart("decode 0");
     // The router sees it again (Status polls) and uses it.
-    await vi.waitFor(async () => expect(((await fetch(`${url()}/health`).then((r) => r.json())) as { decode: { healthy: number } }).decode.healthy, "both decode instances healthy").toBe(2), { timeout: 30_000, interval: 200 });
+    await vi.waitFor(
+      async () =>
+        expect(
+          ((await fetch(`${url()}/health`).then((r) => r.json())) as { decode: { healthy: number } }).decode.healthy,
+          "both decode instances healthy",
+        ).toBe(2),
+      { timeout: 30_000, interval: 200 },
+    );
   }, 180_000);
 
   it("Redis restart under load: services reconnect without crashing and every accepted request completes exactly", async () => {
@@ -283,9 +298,14 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
       }
     }
     const refusedNow = await streamCompletion(url(), clusterPrompt(0), MAX_TOKENS);
-    expect(refusedNow.status === 503 || refusedNow.error?.code === "service_unavailable", `a new request while shard 1 is gone: ${JSON.stringify(refusedNow)}`).toBe(true);
+    expect(
+      refusedNow.status === 503 || refusedNow.error?.code === "service_unavailable",
+      `a new request while shard 1 is gone: ${JSON.stringify(refusedNow)}`,
+    ).toBe(true);
     if (refusedNow.status === 503) expect(refusedNow.retryAfter).toMatch(/^\d+$/);
-    report.push(`kill -9 expert-host 1 (shard 1's last replica): ${during.filter((r) => r.status !== 200 || r.error !== null).length} of 6 in-flight requests failed retryably (503), new requests refused with 503`);
+    report.push(
+      `kill -9 expert-host 1 (shard 1's last replica): ${during.filter((r) => r.status !== 200 || r.error !== null).length} of 6 in-flight requests failed retryably (503), new requests refused with 503`,
+    );
     await expectNoKvHeld("with an expert-host gone");
 
     await restart("expert-host 1");
@@ -306,7 +326,11 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
   }, 180_000);
 
   it("kill -9 of the router: its streams end with a closed connection; decode frees their KV after the grace period; a restarted router serves", async () => {
-    const lost0 = await Promise.all(["decode 0", "decode 1"].map(async (l) => metricSum(await scrapeMetrics(proc(l).readyLine!.metrics), "moela_decode_kv_reclaims_total", (x) => x.includes('reason="lost"')) ?? 0));
+    const lost0 = await Promise.all(
+      ["decode 0", "decode 1"].map(
+        async (l) => metricSum(await scrapeMetrics(proc(l).readyLine!.metrics), "moela_decode_kv_reclaims_total", (x) => x.includes('reason="lost"')) ?? 0,
+      ),
+    );
     let streaming = 0;
     // Long generations, so they are still running when their router dies.
     const long = Array.from({ length: 8 }, (_, i) =>
@@ -321,9 +345,15 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
     for (const r of ends) expect(r.broken, "the client sees its connection close").toBe(true);
     // Nobody streams those sequences any more: decode frees them after --stream-grace-ms.
     await expectNoKvHeld("after the router kill", 60_000);
-    const lost = await Promise.all(["decode 0", "decode 1"].map(async (l) => metricSum(await scrapeMetrics(proc(l).readyLine!.metrics), "moela_decode_kv_reclaims_total", (x) => x.includes('reason="lost"')) ?? 0));
+    const lost = await Promise.all(
+      ["decode 0", "decode 1"].map(
+        async (l) => metricSum(await scrapeMetrics(proc(l).readyLine!.metrics), "moela_decode_kv_reclaims_total", (x) => x.includes('reason="lost"')) ?? 0,
+      ),
+    );
     const reclaimed = lost.reduce((a, b) => a + b, 0) - lost0.reduce((a, b) => a + b, 0);
-    report.push(`kill -9 router 0: 8 streams ended with a closed connection; decode reclaimed ${reclaimed} abandoned sequences after the ${STREAM_GRACE_MS} ms grace`);
+    report.push(
+      `kill -9 router 0: 8 streams ended with a closed connection; decode reclaimed ${reclaimed} abandoned sequences after the ${STREAM_GRACE_MS} ms grace`,
+    );
     expect(reclaimed).toBeGreaterThan(0);
     // Nothing else was disturbed.
     expect(cluster.processes.filter((p) => p.role !== "router").map((p) => p.pid)).toEqual(others);

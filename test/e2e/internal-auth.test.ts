@@ -75,7 +75,9 @@ describe.runIf(hasOpenssl())("moela cluster with mTLS and a shared secret from a
       const decode = cluster.instances("decode")[0]!;
       // Each service got the settings by its environment (file paths), not its argv; the secret is in neither.
       const environ = readFileSync(`/proc/${decode.pid}/environ`, "utf8").split("\0");
-      expect(environ).toEqual(expect.arrayContaining([`MOELA_DECODE_INTERNAL_SECRET_FILE=${secretFile}`, `MOELA_DECODE_TLS_CLIENT_AUTH=true`, `MOELA_DECODE_TLS_CA=${ca.caCert}`]));
+      expect(environ).toEqual(
+        expect.arrayContaining([`MOELA_DECODE_INTERNAL_SECRET_FILE=${secretFile}`, `MOELA_DECODE_TLS_CLIENT_AUTH=true`, `MOELA_DECODE_TLS_CA=${ca.caCert}`]),
+      );
       expect(environ.join("\n")).not.toContain(secret);
       expect(readFileSync(`/proc/${decode.pid}/cmdline`, "utf8")).not.toContain(secret);
       const router = cluster.instances("router")[0]!;

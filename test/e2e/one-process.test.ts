@@ -135,16 +135,26 @@ describe("moela serve --role all", () => {
   beforeAll(async () => {
     // The oracle runs while the server starts (two at a time: the suite shares 2 cores).
     const started = startServer([
-      "--model", TINY_MODEL, "--port", "0", "--threads", "1", "--log-level", "warn",
-      "--max-num-seqs", String(MAX_NUM_SEQS), "--max-in-flight", String(MAX_IN_FLIGHT),
+      "--model",
+      TINY_MODEL,
+      "--port",
+      "0",
+      "--threads",
+      "1",
+      "--log-level",
+      "warn",
+      "--max-num-seqs",
+      String(MAX_NUM_SEQS),
+      "--max-in-flight",
+      String(MAX_IN_FLIGHT),
       // One token per sequence per step, so the step count tells whether sequences shared steps.
-      "--speculative", "off",
-      "--grpc-address", "127.0.0.1:0",
+      "--speculative",
+      "off",
+      "--grpc-address",
+      "127.0.0.1:0",
     ]);
-    const generated = mapLimit(
-      [{ promptIds: IDS }, { prompt: TEXT }, { chat: CHAT }] as const,
-      1,
-      (r) => moelaGenerate({ ...r, maxTokens: MAX_TOKENS, extraArgs: ["--ignore-eos", "--threads", "1"] }),
+    const generated = mapLimit([{ promptIds: IDS }, { prompt: TEXT }, { chat: CHAT }] as const, 1, (r) =>
+      moelaGenerate({ ...r, maxTokens: MAX_TOKENS, extraArgs: ["--ignore-eos", "--threads", "1"] }),
     );
     [server, [oracle.ids, oracle.text, oracle.chat]] = await Promise.all([started, generated]);
     client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 120_000 });
@@ -174,9 +184,16 @@ describe("moela serve --role all", () => {
     const model = "tiny-v3";
     const base = { model, max_tokens: MAX_TOKENS, temperature: 0, ignore_eos: true } as const;
     const completion = (prompt: string | number[]) =>
-      client.completions.create({ ...base, prompt, logprobs: 1, return_tokens_as_token_ids: true } as OpenAI.Completions.CompletionCreateParamsNonStreaming & Extra);
+      client.completions.create({ ...base, prompt, logprobs: 1, return_tokens_as_token_ids: true } as OpenAI.Completions.CompletionCreateParamsNonStreaming &
+        Extra);
     const completionStream = async (prompt: string | number[]) => {
-      const stream = await client.completions.create({ ...base, prompt, logprobs: 1, return_tokens_as_token_ids: true, stream: true } as OpenAI.Completions.CompletionCreateParamsStreaming & Extra);
+      const stream = await client.completions.create({
+        ...base,
+        prompt,
+        logprobs: 1,
+        return_tokens_as_token_ids: true,
+        stream: true,
+      } as OpenAI.Completions.CompletionCreateParamsStreaming & Extra);
       const tokens: string[] = [];
       const logprobs: number[] = [];
       let finish: string | null = null;
@@ -189,9 +206,14 @@ describe("moela serve --role all", () => {
       }
       return { ids: idsOf(tokens), logprobs, finish };
     };
-    const chat = () => client.chat.completions.create({ ...base, messages: [{ role: "user", content: CHAT }] } as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming & Extra);
+    const chat = () =>
+      client.chat.completions.create({ ...base, messages: [{ role: "user", content: CHAT }] } as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming & Extra);
     const chatStream = async () => {
-      const stream = await client.chat.completions.create({ ...base, messages: [{ role: "user", content: CHAT }], stream: true } as OpenAI.Chat.ChatCompletionCreateParamsStreaming & Extra);
+      const stream = await client.chat.completions.create({
+        ...base,
+        messages: [{ role: "user", content: CHAT }],
+        stream: true,
+      } as OpenAI.Chat.ChatCompletionCreateParamsStreaming & Extra);
       let text = "";
       let finish: string | null = null;
       for await (const chunk of stream) {
@@ -265,7 +287,11 @@ describe("moela serve --role all", () => {
   }, 120_000);
 
   it("frees a sequence as soon as its streaming client disconnects", async () => {
-    const idle = await until("the engine to be idle", () => health(server.url), (h) => h.engine.running === 0 && h.engine.waiting === 0);
+    const idle = await until(
+      "the engine to be idle",
+      () => health(server.url),
+      (h) => h.engine.running === 0 && h.engine.waiting === 0,
+    );
     const before = await scrapeMetrics(`${server.url}/metrics`);
     // 2000 tokens would take far longer than the test: only a cancellation ends it in time.
     const s = await openStream(server.url, [5, 6, 7], 2000);
@@ -274,7 +300,11 @@ describe("moela serve --role all", () => {
     expect(running.engine.kv_blocks_used).toBeGreaterThan(idle.engine.kv_blocks_used);
     s.ctl.abort();
     await s.done;
-    const h = await until("the sequence to leave the batch", () => health(server.url), (v) => v.engine.running === 0);
+    const h = await until(
+      "the sequence to leave the batch",
+      () => health(server.url),
+      (v) => v.engine.running === 0,
+    );
     expect(h.engine.kv_blocks_used).toBe(idle.engine.kv_blocks_used);
     const a = await scrapeMetrics(`${server.url}/metrics`);
     await new Promise((r) => setTimeout(r, 300));
@@ -287,7 +317,11 @@ describe("moela serve --role all", () => {
   }, 120_000);
 
   it("answers 429 with Retry-After beyond --max-in-flight, and serves again once clients leave", async () => {
-    await until("the engine to be idle", () => health(server.url), (h) => h.engine.running === 0 && h.engine.waiting === 0);
+    await until(
+      "the engine to be idle",
+      () => health(server.url),
+      (h) => h.engine.running === 0 && h.engine.waiting === 0,
+    );
     // MAX_NUM_SEQS run; the rest wait for a slot (their streams have no first chunk yet, so open them raw).
     const running = await Promise.all(Array.from({ length: MAX_NUM_SEQS }, (_, i) => openStream(server.url, [10 + i, 20, 30], 2000)));
     const waitingCtl = new AbortController();
@@ -302,7 +336,11 @@ describe("moela serve --role all", () => {
         return null;
       }),
     );
-    const h = await until("the batch to be full", () => health(server.url), (v) => v.engine.running === MAX_NUM_SEQS && v.engine.waiting === MAX_IN_FLIGHT - MAX_NUM_SEQS);
+    const h = await until(
+      "the batch to be full",
+      () => health(server.url),
+      (v) => v.engine.running === MAX_NUM_SEQS && v.engine.waiting === MAX_IN_FLIGHT - MAX_NUM_SEQS,
+    );
     expect(h.engine.running).toBe(MAX_NUM_SEQS);
 
     const refused = await fetch(`${server.url}/v1/completions`, {
@@ -319,8 +357,16 @@ describe("moela serve --role all", () => {
     await Promise.all(waiting);
     for (const s of running) s.ctl.abort();
     await Promise.all(running.map((s) => s.done));
-    await until("every sequence to leave", () => health(server.url), (v) => v.engine.running === 0 && v.engine.waiting === 0);
-    await until("the admission slots to come back", () => scrapeMetrics(`${server.url}/metrics`), (m) => metricSum(m, "moela_router_requests_in_flight") === 0);
+    await until(
+      "every sequence to leave",
+      () => health(server.url),
+      (v) => v.engine.running === 0 && v.engine.waiting === 0,
+    );
+    await until(
+      "the admission slots to come back",
+      () => scrapeMetrics(`${server.url}/metrics`),
+      (m) => metricSum(m, "moela_router_requests_in_flight") === 0,
+    );
     const again = await client.completions.create({ model: "tiny-v3", prompt: IDS, max_tokens: 4, temperature: 0 });
     expect(again.choices[0]!.finish_reason).toBe("length");
     expect(again.usage?.completion_tokens).toBe(4);
@@ -339,7 +385,13 @@ describe("moela serve --role all --precision paper --expert-hosts 2, with an API
       ["--model", TINY_MODEL, "--port", "0", "--threads", "1", "--log-level", "warn", "--precision", "paper", "--expert-hosts", "2"],
       { ...process.env, MOELA_ALL_API_KEY: KEY },
     );
-    const generated = moelaGenerate({ promptIds: IDS, maxTokens: MAX_TOKENS, precision: "paper", expertHosts: 2, extraArgs: ["--ignore-eos", "--threads", "1"] });
+    const generated = moelaGenerate({
+      promptIds: IDS,
+      maxTokens: MAX_TOKENS,
+      precision: "paper",
+      expertHosts: 2,
+      extraArgs: ["--ignore-eos", "--threads", "1"],
+    });
     [server, oracle] = await Promise.all([started, generated]);
   }, 400_000);
 

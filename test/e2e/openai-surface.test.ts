@@ -42,7 +42,14 @@ describe("the official openai client against npm start's cluster", () => {
     // The prompt is counted once; the completion tokens of both choices add up.
     expect(plain.usage?.completion_tokens).toBeGreaterThan(6);
 
-    const stream = await client.chat.completions.create({ model: cluster.model, messages: [{ role: "user", content: "hi" }], max_tokens: 5, n: 2, stream: true, seed: 3 });
+    const stream = await client.chat.completions.create({
+      model: cluster.model,
+      messages: [{ role: "user", content: "hi" }],
+      max_tokens: 5,
+      n: 2,
+      stream: true,
+      seed: 3,
+    });
     const text = ["", ""];
     const finished = new Set<number>();
     for await (const chunk of stream) {
@@ -73,7 +80,15 @@ describe("the official openai client against npm start's cluster", () => {
   });
 
   it("logit_bias +100 forces a token; -100 bans the greedy one", async () => {
-    const base = { model: cluster.model, prompt: PROMPT, max_tokens: 6, temperature: 0, logprobs: 0, return_tokens_as_token_ids: true, ignore_eos: true } as const;
+    const base = {
+      model: cluster.model,
+      prompt: PROMPT,
+      max_tokens: 6,
+      temperature: 0,
+      logprobs: 0,
+      return_tokens_as_token_ids: true,
+      ignore_eos: true,
+    } as const;
     const forced = await client.completions.create({ ...base, logit_bias: { "77": 100 } } as OpenAI.CompletionCreateParamsNonStreaming);
     expect(ids(forced.choices[0]!)).toEqual([77, 77, 77, 77, 77, 77]);
     const plain = await client.completions.create(base as OpenAI.CompletionCreateParamsNonStreaming);
@@ -84,14 +99,36 @@ describe("the official openai client against npm start's cluster", () => {
   });
 
   it("penalties change greedy output; min_tokens holds EOS back across prefill and decode", async () => {
-    const base = { model: cluster.model, prompt: PROMPT, max_tokens: 12, temperature: 0, logprobs: 0, return_tokens_as_token_ids: true, ignore_eos: true } as const;
+    const base = {
+      model: cluster.model,
+      prompt: PROMPT,
+      max_tokens: 12,
+      temperature: 0,
+      logprobs: 0,
+      return_tokens_as_token_ids: true,
+      ignore_eos: true,
+    } as const;
     const plain = ids((await client.completions.create(base as OpenAI.CompletionCreateParamsNonStreaming)).choices[0]!);
-    const penalised = await client.completions.create({ ...base, presence_penalty: -2, frequency_penalty: 0.5, repetition_penalty: 0.5, min_p: 0.05 } as OpenAI.CompletionCreateParamsNonStreaming);
+    const penalised = await client.completions.create({
+      ...base,
+      presence_penalty: -2,
+      frequency_penalty: 0.5,
+      repetition_penalty: 0.5,
+      min_p: 0.05,
+    } as OpenAI.CompletionCreateParamsNonStreaming);
     expect(ids(penalised.choices[0]!)).toHaveLength(12);
     expect(ids(penalised.choices[0]!)).not.toEqual(plain);
 
     // EOS at +100 would end the output at once; min_tokens 4 makes the fifth token the EOS.
-    const eos = { model: cluster.model, prompt: PROMPT, max_tokens: 10, temperature: 0, logprobs: 0, return_tokens_as_token_ids: true, logit_bias: { [String(EOS)]: 100 } };
+    const eos = {
+      model: cluster.model,
+      prompt: PROMPT,
+      max_tokens: 10,
+      temperature: 0,
+      logprobs: 0,
+      return_tokens_as_token_ids: true,
+      logit_bias: { [String(EOS)]: 100 },
+    };
     const early = await client.completions.create(eos as OpenAI.CompletionCreateParamsNonStreaming);
     expect(ids(early.choices[0]!)).toEqual([EOS]);
     const held = await client.completions.create({ ...eos, min_tokens: 4 } as OpenAI.CompletionCreateParamsNonStreaming);
@@ -160,7 +197,13 @@ describe("the official openai client against npm start's cluster", () => {
     expect(model).toMatchObject({ id: cluster.model, object: "model" });
     await expect(client.models.retrieve("no-such-model")).rejects.toBeInstanceOf(NotFoundError);
 
-    const tok = (await (await fetch(`${origin}/tokenize`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: "Hello world", return_token_strs: true }) })).json()) as {
+    const tok = (await (
+      await fetch(`${origin}/tokenize`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ prompt: "Hello world", return_token_strs: true }),
+      })
+    ).json()) as {
       count: number;
       tokens: number[];
       token_strs: string[];
@@ -168,7 +211,9 @@ describe("the official openai client against npm start's cluster", () => {
     };
     expect(tok.count).toBe(tok.tokens.length);
     expect(tok.token_strs).toHaveLength(tok.count);
-    const detok = (await (await fetch(`${origin}/detokenize`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ tokens: tok.tokens }) })).json()) as { prompt: string };
+    const detok = (await (
+      await fetch(`${origin}/detokenize`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ tokens: tok.tokens }) })
+    ).json()) as { prompt: string };
     expect(detok.prompt).toContain("Hello world");
 
     const version = (await (await fetch(`${origin}/version`)).json()) as { version: string };
@@ -185,7 +230,17 @@ describe("the official openai client against npm start's cluster", () => {
         grpc.generate(
           {
             prompt: { $case: "tokenIds", value: { ids: PROMPT } },
-            sampling: { temperature: 0, topK: 0, maxTokens: 10, stop: [], stopTokenIds: [], ignoreEos: false, n: 2, minTokens: 3, logitBias: { entries: [{ tokenId: EOS, bias: 100 }] } },
+            sampling: {
+              temperature: 0,
+              topK: 0,
+              maxTokens: 10,
+              stop: [],
+              stopTokenIds: [],
+              ignoreEos: false,
+              n: 2,
+              minTokens: 3,
+              logitBias: { entries: [{ tokenId: EOS, bias: 100 }] },
+            },
             model: "",
             requestId: "",
             priority: 0,

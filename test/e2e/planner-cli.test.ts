@@ -15,8 +15,23 @@ describe("moela plan", () => {
 
   it("passes every topology flag through (900 GB/s, fp8 KV)", async () => {
     const { stdout } = await moela([
-      "plan", "test/fixtures/configs/deepseek-v3.json", "--json", "--hidden", "7000", "--bandwidth-gbps", "900", "--kv-bytes", "1",
-      "--tokens-per-microbatch", "32", "--microbatches", "2", "--dispatch-bytes", "1", "--combine-bytes", "2",
+      "plan",
+      "test/fixtures/configs/deepseek-v3.json",
+      "--json",
+      "--hidden",
+      "7000",
+      "--bandwidth-gbps",
+      "900",
+      "--kv-bytes",
+      "1",
+      "--tokens-per-microbatch",
+      "32",
+      "--microbatches",
+      "2",
+      "--dispatch-bytes",
+      "1",
+      "--combine-bytes",
+      "2",
     ]);
     const json = JSON.parse(stdout) as PlanJson;
     expect(json.kv_cache_bytes_per_token).toBe(35_136);

@@ -56,9 +56,7 @@ async function run(cmd: string, args: string[], what: string): Promise<string> {
     return stdout;
   } catch (err) {
     const e = err as { code?: unknown; stdout?: string; stderr?: string; message: string };
-    throw new Error(
-      `${what} failed (${cmd} ${args.join(" ")}): exit ${String(e.code)}\n${e.stderr ?? ""}\n${(e.stdout ?? "").slice(0, 2000)}`,
-    );
+    throw new Error(`${what} failed (${cmd} ${args.join(" ")}): exit ${String(e.code)}\n${e.stderr ?? ""}\n${(e.stdout ?? "").slice(0, 2000)}`);
   }
 }
 
@@ -84,7 +82,10 @@ function parseResult(stdout: string, who: string): GenerateResult {
   try {
     obj = JSON.parse(stdout.trim()) as Record<string, unknown>;
   } catch {
-    const lines = stdout.trim().split("\n").filter((l) => l.trim() !== "");
+    const lines = stdout
+      .trim()
+      .split("\n")
+      .filter((l) => l.trim() !== "");
     obj = JSON.parse(lines[lines.length - 1] ?? "null") as Record<string, unknown>;
   }
   if (obj === null || typeof obj !== "object") throw new Error(`${who}: stdout is not a JSON object`);
@@ -138,18 +139,18 @@ describe.each(CASES)("reference contract: $kind", (c) => {
     else {
       modelDir = mkdtempSync(path.join(tmpdir(), `moela-ref-${c.kind}-`));
       tempDirs.push(modelDir);
-      await run(
-        PYTHON,
-        ["test/reference/make_checkpoint.py", "--kind", c.kind, "--out", modelDir, "--seed", String(c.seed)],
-        "make_checkpoint.py",
-      );
+      await run(PYTHON, ["test/reference/make_checkpoint.py", "--kind", c.kind, "--out", modelDir, "--seed", String(c.seed)], "make_checkpoint.py");
     }
     const refArgs = [
       "test/reference/deepseek_ref.py",
-      "--model", modelDir,
-      "--prompt-ids", c.promptIds.join(","),
-      "--max-tokens", String(MAX_TOKENS),
-      "--top-logprobs", String(TOP_LOGPROBS),
+      "--model",
+      modelDir,
+      "--prompt-ids",
+      c.promptIds.join(","),
+      "--max-tokens",
+      String(MAX_TOKENS),
+      "--top-logprobs",
+      String(TOP_LOGPROBS),
       "--logits",
       "--diagnostics",
       ...(c.mtp ? ["--mtp-logits"] : []),
@@ -182,43 +183,56 @@ describe.each(CASES)("reference contract: $kind", (c) => {
   });
 
   // Every kernel backend against the float64 oracle: fast (native SIMD, float32), portable and reference.
-  it.each(["fast", "portable", "reference"])("moela generate --kernels %s matches the reference", async (kernels) => {
-    const cliArgs = [
-      "services/cli/bin/moela.js",
-      "generate",
-      "--model", modelDir,
-      "--prompt-ids", c.promptIds.join(","),
-      "--max-tokens", String(MAX_TOKENS),
-      "--temperature", "0",
-      "--json",
-      "--top-logprobs", String(TOP_LOGPROBS),
-      "--logits",
-      "--kernels", kernels,
-      ...(c.mtp ? ["--mtp-logits"] : []),
-    ];
-    const engine = parseResult(await run(process.execPath, cliArgs, "moela generate"), "moela");
+  it.each(["fast", "portable", "reference"])(
+    "moela generate --kernels %s matches the reference",
+    async (kernels) => {
+      const cliArgs = [
+        "services/cli/bin/moela.js",
+        "generate",
+        "--model",
+        modelDir,
+        "--prompt-ids",
+        c.promptIds.join(","),
+        "--max-tokens",
+        String(MAX_TOKENS),
+        "--temperature",
+        "0",
+        "--json",
+        "--top-logprobs",
+        String(TOP_LOGPROBS),
+        "--logits",
+        "--kernels",
+        kernels,
+        ...(c.mtp ? ["--mtp-logits"] : []),
+      ];
+      const engine = parseResult(await run(process.execPath, cliArgs, "moela generate"), "moela");
 
-    expect(engine.tokenIds).toEqual(reference.tokenIds);
+      expect(engine.tokenIds).toEqual(reference.tokenIds);
 
-    expect(engine.topLogprobs).toHaveLength(reference.topLogprobs.length);
-    let topDiff = 0;
-    reference.topLogprobs.forEach((refStep, i) => {
-      const engStep = engine.topLogprobs[i] ?? [];
-      expect(engStep.map(([id]) => id), `top_logprobs ids at step ${i}`).toEqual(refStep.map(([id]) => id));
-      refStep.forEach(([, lp], j) => {
-        topDiff = Math.max(topDiff, Math.abs((engStep[j]?.[1] ?? NaN) - lp));
+      expect(engine.topLogprobs).toHaveLength(reference.topLogprobs.length);
+      let topDiff = 0;
+      reference.topLogprobs.forEach((refStep, i) => {
+        const engStep = engine.topLogprobs[i] ?? [];
+        expect(
+          engStep.map(([id]) => id),
+          `top_logprobs ids at step ${i}`,
+        ).toEqual(refStep.map(([id]) => id));
+        refStep.forEach(([, lp], j) => {
+          topDiff = Math.max(topDiff, Math.abs((engStep[j]?.[1] ?? NaN) - lp));
+        });
       });
-    });
 
-    const logitsDiff = maxAbsDiff(engine.logits ?? [], reference.logits ?? [], "logits");
-    const mtpDiff = c.mtp ? maxAbsDiff(engine.mtpLogits ?? [], reference.mtpLogits ?? [], "mtp_logits") : 0;
-    console.log(
-      `[reference-contract] ${c.kind} (${kernels} kernels): max |dlogprob| ${topDiff.toExponential(3)}, ` +
-        `max |dlogit| ${logitsDiff.toExponential(3)}` +
-        (c.mtp ? `, max |dmtp_logit| ${mtpDiff.toExponential(3)}` : ""),
-    );
-    expect(topDiff).toBeLessThanOrEqual(TOLERANCE);
-    expect(logitsDiff).toBeLessThanOrEqual(TOLERANCE);
-    if (c.mtp) expect(mtpDiff).toBeLessThanOrEqual(TOLERANCE);
-  }, 300_000);
+      const logitsDiff = maxAbsDiff(engine.logits ?? [], reference.logits ?? [], "logits");
+      const mtpDiff = c.mtp ? maxAbsDiff(engine.mtpLogits ?? [], reference.mtpLogits ?? [], "mtp_logits") : 0;
+      console.log(
+        `[reference-contract] ${c.kind} (${kernels} kernels): max |dlogprob| ${topDiff.toExponential(3)}, ` +
+          `max |dlogit| ${logitsDiff.toExponential(3)}` +
+          (c.mtp ? `, max |dmtp_logit| ${mtpDiff.toExponential(3)}` : ""),
+      );
+      expect(topDiff).toBeLessThanOrEqual(TOLERANCE);
+      expect(logitsDiff).toBeLessThanOrEqual(TOLERANCE);
+      if (c.mtp) expect(mtpDiff).toBeLessThanOrEqual(TOLERANCE);
+    },
+    300_000,
+  );
 });

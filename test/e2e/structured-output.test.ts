@@ -34,7 +34,12 @@ const PERSON = {
     age: { type: "integer" },
     email: { anyOf: [{ type: "string", maxLength: 24 }, { type: "null" }] },
     tags: { type: "array", items: { type: "string", enum: ["admin", "user", "guest"] }, maxItems: 3 },
-    address: { type: "object", properties: { city: { type: "string", maxLength: 12 }, zip: { type: "number" } }, required: ["city"], additionalProperties: false },
+    address: {
+      type: "object",
+      properties: { city: { type: "string", maxLength: 12 }, zip: { type: "number" } },
+      required: ["city"],
+      additionalProperties: false,
+    },
   },
   required: ["name", "age", "email", "tags", "address"],
   additionalProperties: false,
@@ -46,7 +51,12 @@ const TOOLS: OpenAI.ChatCompletionTool[] = [
     function: {
       name: "get_weather",
       description: "The weather in a city",
-      parameters: { type: "object", properties: { city: { type: "string", maxLength: 12 }, unit: { enum: ["c", "f"] } }, required: ["city", "unit"], additionalProperties: false },
+      parameters: {
+        type: "object",
+        properties: { city: { type: "string", maxLength: 12 }, unit: { enum: ["c", "f"] } },
+        required: ["city", "unit"],
+        additionalProperties: false,
+      },
     },
   },
   {
@@ -72,7 +82,10 @@ beforeAll(() => {
 afterAll(() => removeCheckpoints());
 
 /** The requests every server must answer, against `client` (its model name `name`). */
-function structuredOutputSuite(label: string, start: () => Promise<{ client: OpenAI; name: string; origin: string; grpc: string; stop: () => Promise<void> }>): void {
+function structuredOutputSuite(
+  label: string,
+  start: () => Promise<{ client: OpenAI; name: string; origin: string; grpc: string; stop: () => Promise<void> }>,
+): void {
   describe(label, () => {
     let client: OpenAI;
     let name: string;
@@ -96,7 +109,15 @@ function structuredOutputSuite(label: string, start: () => Promise<{ client: Ope
         expect(validPerson(JSON.parse(text)), `${text}: ${ajv.errorsText(validPerson.errors)}`).toBe(true);
         expect(r.choices[0]!.finish_reason).toBe("stop");
       }
-      const stream = await client.chat.completions.create({ model: name, messages: [USER], response_format, max_tokens: 300, temperature: 1, seed: 3, stream: true });
+      const stream = await client.chat.completions.create({
+        model: name,
+        messages: [USER],
+        response_format,
+        max_tokens: 300,
+        temperature: 1,
+        seed: 3,
+        stream: true,
+      });
       let text = "";
       for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? "";
       expect(validPerson(JSON.parse(text)), text).toBe(true);
@@ -110,7 +131,9 @@ function structuredOutputSuite(label: string, start: () => Promise<{ client: Ope
         expect(validPerson(JSON.parse(chat.text)), chat.text).toBe(true);
         const text = await sdk.complete({ prompt: "A person:", responseFormat, maxTokens: 300, temperature: 1, seed: 8 });
         expect(validPerson(JSON.parse(text.text)), text.text).toBe(true);
-        await expect(sdk.complete({ prompt: "x", responseFormat: { type: "json_schema", json_schema: { name: "x", schema: { type: "string", format: "date" } } } })).rejects.toThrow(/schema\.format/);
+        await expect(
+          sdk.complete({ prompt: "x", responseFormat: { type: "json_schema", json_schema: { name: "x", schema: { type: "string", format: "date" } } } }),
+        ).rejects.toThrow(/schema\.format/);
       } finally {
         sdk.close();
       }
@@ -120,14 +143,28 @@ function structuredOutputSuite(label: string, start: () => Promise<{ client: Ope
       const sdk = new MoelaClient({ address: grpc });
       try {
         const tools = TOOLS.map((t) => (t as { function: { name: string; description?: string; parameters: unknown } }).function);
-        const first = await sdk.complete({ messages: [{ role: "user", content: "Weather?" }], tools, toolChoice: "required", maxTokens: 200, temperature: 1, seed: 9 });
+        const first = await sdk.complete({
+          messages: [{ role: "user", content: "Weather?" }],
+          tools,
+          toolChoice: "required",
+          maxTokens: 200,
+          temperature: 1,
+          seed: 9,
+        });
         expect(first.toolCalls).toHaveLength(1);
         const call = first.toolCalls[0]!;
         expect(call.id).toMatch(/^call_/);
         expect(validArgs[call.name]!(JSON.parse(call.arguments)), call.arguments).toBe(true);
         // The text is the model's output as written: DeepSeek-V3's markers around the call.
         expect(first.text).toContain(`<｜tool▁sep｜>${call.name}\n\`\`\`json\n${call.arguments}\n\`\`\``);
-        const named = await sdk.complete({ messages: [{ role: "user", content: "Look up 3" }], tools, toolChoice: { name: "lookup" }, maxTokens: 200, temperature: 1, seed: 10 });
+        const named = await sdk.complete({
+          messages: [{ role: "user", content: "Look up 3" }],
+          tools,
+          toolChoice: { name: "lookup" },
+          maxTokens: 200,
+          temperature: 1,
+          seed: 10,
+        });
         expect(named.toolCalls.map((c) => c.name)).toEqual(["lookup"]);
         const next = await sdk.complete({
           messages: [
@@ -151,7 +188,14 @@ function structuredOutputSuite(label: string, start: () => Promise<{ client: Ope
     });
 
     it("json_object: the output is one JSON object", async () => {
-      const r = await client.chat.completions.create({ model: name, messages: [USER], response_format: { type: "json_object" }, max_tokens: 300, temperature: 1, seed: 4 });
+      const r = await client.chat.completions.create({
+        model: name,
+        messages: [USER],
+        response_format: { type: "json_object" },
+        max_tokens: 300,
+        temperature: 1,
+        seed: 4,
+      });
       const value: unknown = JSON.parse(r.choices[0]!.message.content!);
       expect(typeof value === "object" && value !== null && !Array.isArray(value)).toBe(true);
     });
@@ -160,7 +204,10 @@ function structuredOutputSuite(label: string, start: () => Promise<{ client: Ope
       const bad = { type: "object", properties: { code: { type: "string", pattern: "^[A-Z]+$" } } };
       const err = await client.chat.completions
         .create({ model: name, messages: [USER], response_format: { type: "json_schema", json_schema: { name: "x", schema: bad } } })
-        .then(() => null, (e: unknown) => e);
+        .then(
+          () => null,
+          (e: unknown) => e,
+        );
       expect(err).toBeInstanceOf(BadRequestError);
       const e = err as BadRequestError;
       expect(e.message).toContain("response_format.json_schema.schema.properties.code.pattern");
@@ -169,7 +216,15 @@ function structuredOutputSuite(label: string, start: () => Promise<{ client: Ope
     });
 
     it('tool_choice "required": a call of one of the tools, its arguments valid; a round trip through the template', async () => {
-      const r = await client.chat.completions.create({ model: name, messages: [USER], tools: TOOLS, tool_choice: "required", max_tokens: 200, temperature: 1, seed: 5 });
+      const r = await client.chat.completions.create({
+        model: name,
+        messages: [USER],
+        tools: TOOLS,
+        tool_choice: "required",
+        max_tokens: 200,
+        temperature: 1,
+        seed: 5,
+      });
       const choice = r.choices[0]!;
       expect(choice.finish_reason).toBe("tool_calls");
       expect(choice.message.content).toBeNull();
@@ -189,13 +244,31 @@ function structuredOutputSuite(label: string, start: () => Promise<{ client: Ope
         { role: "tool", tool_call_id: call.id, content: "sunny, 21 degrees" },
       ];
       // Constrained (json_object), so a random model cannot pick one of the padded ids past the tokenizer's vocabulary.
-      const next = await client.chat.completions.create({ model: name, messages, tools: TOOLS, tool_choice: "none", response_format: { type: "json_object" }, max_tokens: 60, temperature: 0 });
+      const next = await client.chat.completions.create({
+        model: name,
+        messages,
+        tools: TOOLS,
+        tool_choice: "none",
+        response_format: { type: "json_object" },
+        max_tokens: 60,
+        temperature: 0,
+      });
       expect(next.choices[0]!.message.role).toBe("assistant");
       expect(typeof JSON.parse(next.choices[0]!.message.content!)).toBe("object");
       expect(next.usage!.prompt_tokens).toBeGreaterThan(r.usage!.prompt_tokens + 10);
-      const tokenized = (await (await fetch(`${origin}/tokenize`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: name, messages }) })).json()) as { tokens: number[] };
-      const rendered = (await (await fetch(`${origin}/detokenize`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: name, tokens: tokenized.tokens }) })).json()) as { prompt: string };
-      expect(rendered.prompt).toContain(`<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>${call.function.name}\n\`\`\`json\n${call.function.arguments}\n\`\`\`<｜tool▁call▁end｜>`);
+      const tokenized = (await (
+        await fetch(`${origin}/tokenize`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: name, messages }) })
+      ).json()) as { tokens: number[] };
+      const rendered = (await (
+        await fetch(`${origin}/detokenize`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ model: name, tokens: tokenized.tokens }),
+        })
+      ).json()) as { prompt: string };
+      expect(rendered.prompt).toContain(
+        `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>${call.function.name}\n\`\`\`json\n${call.function.arguments}\n\`\`\`<｜tool▁call▁end｜>`,
+      );
       expect(rendered.prompt).toContain("<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>sunny, 21 degrees<｜tool▁output▁end｜>");
       expect(next.usage!.prompt_tokens).toBe(tokenized.tokens.length);
     });
@@ -232,7 +305,10 @@ function structuredOutputSuite(label: string, start: () => Promise<{ client: Ope
     it('tool_choice naming an unknown tool is a 400 on "tool_choice"', async () => {
       const err = await client.chat.completions
         .create({ model: name, messages: [USER], tools: TOOLS, tool_choice: { type: "function", function: { name: "nope" } } })
-        .then(() => null, (e: unknown) => e);
+        .then(
+          () => null,
+          (e: unknown) => e,
+        );
       expect(err).toBeInstanceOf(BadRequestError);
       expect((err as BadRequestError).param).toBe("tool_choice");
     });
@@ -254,10 +330,14 @@ structuredOutputSuite("against npm start's cluster", async () => {
 });
 
 structuredOutputSuite("against the one-process server (moela serve --role all)", async () => {
-  const child: ChildProcess = spawn(process.execPath, [MOELA_BIN, "serve", "--role", "all", "--model", model, "--port", "0", "--threads", "1", "--log-level", "warn", "--grpc-address", "127.0.0.1:0"], {
-    cwd: REPO_ROOT,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  const child: ChildProcess = spawn(
+    process.execPath,
+    [MOELA_BIN, "serve", "--role", "all", "--model", model, "--port", "0", "--threads", "1", "--log-level", "warn", "--grpc-address", "127.0.0.1:0"],
+    {
+      cwd: REPO_ROOT,
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
   let stderr = "";
   child.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));

@@ -11,17 +11,45 @@ describe("runTraining (moela train)", () => {
   it("moela train saves an FP8 model with its tokenizer that moela generate runs", () => {
     const out = path.join(tmp, "cli-model");
     const cli = path.resolve("services/cli/bin/moela.js");
-    execFileSync(process.execPath, [cli, "train", "--config", "v3-tiny", "--data", text, "--tokenizer", tokenizer, "--steps", "3", "--batch", "2", "--seq-len", "16", "--threads", "1", "--out", out, "--json"], {
-      encoding: "utf8",
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    execFileSync(
+      process.execPath,
+      [
+        cli,
+        "train",
+        "--config",
+        "v3-tiny",
+        "--data",
+        text,
+        "--tokenizer",
+        tokenizer,
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--seq-len",
+        "16",
+        "--threads",
+        "1",
+        "--out",
+        out,
+        "--json",
+      ],
+      {
+        encoding: "utf8",
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
     expect(fs.existsSync(path.join(out, "tokenizer.json"))).toBe(true);
     const cfg = JSON.parse(fs.readFileSync(path.join(out, "config.json"), "utf8")) as Record<string, unknown>;
     expect(cfg["quantization_config"]).toMatchObject({ quant_method: "fp8", weight_block_size: [128, 128] });
-    const gen = execFileSync(process.execPath, [cli, "generate", "--model", out, "--prompt-ids", "0,5,6", "--max-tokens", "4", "--temperature", "0", "--json", "--threads", "1"], {
-      encoding: "utf8",
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const gen = execFileSync(
+      process.execPath,
+      [cli, "generate", "--model", out, "--prompt-ids", "0,5,6", "--max-tokens", "4", "--temperature", "0", "--json", "--threads", "1"],
+      {
+        encoding: "utf8",
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
     const res = JSON.parse(gen.trim().split("\n").pop()!) as { token_ids: number[] };
     expect(res.token_ids).toHaveLength(4);
   });

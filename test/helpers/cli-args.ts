@@ -6,9 +6,11 @@ import { buildProgram } from "../../services/cli/src/main.js";
 export async function parseClusterArgs(argv: string[]): Promise<ClusterCliOptions> {
   const program = buildProgram();
   let got: ClusterCliOptions | undefined;
-  program.commands.find((c) => c.name() === "cluster")!.action((opts: ClusterCliOptions) => {
-    got = opts;
-  });
+  program.commands
+    .find((c) => c.name() === "cluster")!
+    .action((opts: ClusterCliOptions) => {
+      got = opts;
+    });
   await program.parseAsync(["cluster", ...argv], { from: "user" });
   return got!;
 }

@@ -101,17 +101,27 @@ export async function startTestCluster(o: TestClusterOptions = {}): Promise<Test
     MOELA_BIN,
     "cluster",
     "--json",
-    "--port", "0",
-    "--state-dir", stateDir,
-    "--queue-prefix", `e2e-${randomUUID().slice(0, 8)}`,
-    "--precision", o.precision ?? "exact",
-    "--prefill", String(o.prefill ?? 1),
-    "--decode", String(o.decode ?? 1),
-    "--expert-hosts", String(o.expertHosts ?? 2),
-    "--log-level", o.logLevel ?? "warn",
-    "--startup-timeout", String(o.startupTimeoutS ?? 240),
+    "--port",
+    "0",
+    "--state-dir",
+    stateDir,
+    "--queue-prefix",
+    `e2e-${randomUUID().slice(0, 8)}`,
+    "--precision",
+    o.precision ?? "exact",
+    "--prefill",
+    String(o.prefill ?? 1),
+    "--decode",
+    String(o.decode ?? 1),
+    "--expert-hosts",
+    String(o.expertHosts ?? 2),
+    "--log-level",
+    o.logLevel ?? "warn",
+    "--startup-timeout",
+    String(o.startupTimeoutS ?? 240),
     // The random-weight miniature unless a test asks for another: tests do not follow npm start's default model.
-    "--model", o.model ?? TINY_MODEL,
+    "--model",
+    o.model ?? TINY_MODEL,
     ...(o.internalArgs ?? []),
     ...Object.entries(o.serviceArgs ?? {}).flatMap(([role, flags]) => flags.flatMap((f) => ["--service-arg", `${role}=${f}`])),
   ];
@@ -137,9 +147,7 @@ export async function startTestCluster(o: TestClusterOptions = {}): Promise<Test
         reject(new Error(`moela cluster printed a bad JSON line: ${(err as Error).message}\n${line}`));
       }
     });
-    void exited.then((code) =>
-      reject(new Error(`moela cluster exited with code ${code} before the cluster was up:\n${stderr.slice(-6000)}`)),
-    );
+    void exited.then((code) => reject(new Error(`moela cluster exited with code ${code} before the cluster was up:\n${stderr.slice(-6000)}`)));
   });
   for (const i of info.instances) livePids.add(i.pid);
 
@@ -241,11 +249,15 @@ export async function moelaGenerate(r: GenerateRequest): Promise<GenerateResult>
   const args = [
     MOELA_BIN,
     "generate",
-    "--model", r.model ?? join(REPO_ROOT, "models/tiny-v3"),
-    "--max-tokens", String(r.maxTokens),
-    "--temperature", "0",
+    "--model",
+    r.model ?? join(REPO_ROOT, "models/tiny-v3"),
+    "--max-tokens",
+    String(r.maxTokens),
+    "--temperature",
+    "0",
     "--json",
-    "--top-logprobs", String(r.topLogprobs ?? 1),
+    "--top-logprobs",
+    String(r.topLogprobs ?? 1),
     ...(r.precision !== undefined ? ["--precision", r.precision] : []),
     ...(r.expertHosts !== undefined ? ["--expert-hosts", String(r.expertHosts)] : []),
     ...(r.promptIds !== undefined ? ["--prompt-ids", r.promptIds.join(",")] : []),

@@ -33,10 +33,26 @@ export async function streamCompletion(baseUrl: string, p: readonly number[], ma
     res = await fetch(`${baseUrl}/v1/completions`, {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "tiny-v3", prompt: p, max_tokens: maxTokens, temperature: 0, ignore_eos: true, logprobs: 1, return_tokens_as_token_ids: true, stream: true }),
+      body: JSON.stringify({
+        model: "tiny-v3",
+        prompt: p,
+        max_tokens: maxTokens,
+        temperature: 0,
+        ignore_eos: true,
+        logprobs: 1,
+        return_tokens_as_token_ids: true,
+        stream: true,
+      }),
     });
   } catch (err) {
-    return { status: 0, retryAfter: null, ids: [], finish: null, error: { message: err instanceof Error ? err.message : String(err), code: null }, broken: true };
+    return {
+      status: 0,
+      retryAfter: null,
+      ids: [],
+      finish: null,
+      error: { message: err instanceof Error ? err.message : String(err), code: null },
+      broken: true,
+    };
   }
   if (res.status !== 200) {
     const body = (await res.json().catch(() => ({}))) as { error?: { message: string; code: string | null } };
@@ -59,7 +75,10 @@ export async function streamCompletion(baseUrl: string, p: readonly number[], ma
           done = true;
           continue;
         }
-        const o = JSON.parse(data) as { error?: { message: string; code: string | null }; choices?: Array<{ logprobs?: { tokens?: string[] }; finish_reason?: string | null }> };
+        const o = JSON.parse(data) as {
+          error?: { message: string; code: string | null };
+          choices?: Array<{ logprobs?: { tokens?: string[] }; finish_reason?: string | null }>;
+        };
         if (o.error !== undefined) error = o.error;
         const c = o.choices?.[0];
         for (const t of c?.logprobs?.tokens ?? []) ids.push(Number(t.replace("token_id:", "")));

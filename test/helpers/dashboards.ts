@@ -49,7 +49,9 @@ export const DASHBOARDS_PATH = join(REPO_ROOT, DASHBOARDS_DIR);
 /** file name -> parsed dashboard, for every *.json in the dashboards folder. */
 export function loadDashboards(): Map<string, GrafanaDashboard> {
   const out = new Map<string, GrafanaDashboard>();
-  for (const file of readdirSync(DASHBOARDS_PATH).filter((f) => f.endsWith(".json")).sort()) {
+  for (const file of readdirSync(DASHBOARDS_PATH)
+    .filter((f) => f.endsWith(".json"))
+    .sort()) {
     out.set(file, JSON.parse(readFileSync(join(DASHBOARDS_PATH, file), "utf8")) as GrafanaDashboard);
   }
   return out;
@@ -70,9 +72,7 @@ export interface LocatedTarget {
 
 export function allTargets(dashboards: Map<string, GrafanaDashboard>): LocatedTarget[] {
   return [...dashboards].flatMap(([file, d]) =>
-    allPanels(d).flatMap((panel) =>
-      (panel.targets ?? []).map((target) => ({ file, panel, target, where: `${file} / ${panel.title} / ${target.refId}` })),
-    ),
+    allPanels(d).flatMap((panel) => (panel.targets ?? []).map((target) => ({ file, panel, target, where: `${file} / ${panel.title} / ${target.refId}` }))),
   );
 }
 

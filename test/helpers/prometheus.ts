@@ -86,12 +86,7 @@ export async function startPrometheus(targets: readonly ScrapeTarget[]): Promise
   const url = `http://127.0.0.1:${port}`;
   const child: ChildProcess = spawn(
     "prometheus",
-    [
-      `--config.file=${join(dir, "prometheus.yml")}`,
-      `--storage.tsdb.path=${join(dir, "data")}`,
-      `--web.listen-address=127.0.0.1:${port}`,
-      "--log.level=warn",
-    ],
+    [`--config.file=${join(dir, "prometheus.yml")}`, `--storage.tsdb.path=${join(dir, "data")}`, `--web.listen-address=127.0.0.1:${port}`, "--log.level=warn"],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   let logText = "";

@@ -8,7 +8,20 @@
 
 /** Aggregation operators: may be followed by `by (...)`/`without (...)` before their parenthesis. */
 const AGGREGATIONS = new Set([
-  "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk", "quantile", "limitk", "limit_ratio",
+  "sum",
+  "min",
+  "max",
+  "avg",
+  "group",
+  "stddev",
+  "stdvar",
+  "count",
+  "count_values",
+  "bottomk",
+  "topk",
+  "quantile",
+  "limitk",
+  "limit_ratio",
 ]);
 /** Clauses whose parenthesised list holds label names. */
 const LABEL_LISTS = new Set(["by", "without", "on", "ignoring", "group_left", "group_right"]);

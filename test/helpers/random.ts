@@ -31,7 +31,7 @@ export function rng(seed: number): () => number {
  */
 export function routedBatch(config: ModelConfig, T: number, seed: number) {
   let s = seed;
-  const rand = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
+  const rand = () => (s = (s * 1103515245 + 12345) % 2147483648) / 2147483648;
   const hidden = config.hiddenSize;
   const k = config.numExpertsPerTok;
   const x = Float32Array.from({ length: T * hidden }, () => (rand() - 0.5) * 4);

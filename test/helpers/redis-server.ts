@@ -24,7 +24,8 @@ async function waitForPing(url: string, child: ChildProcess, timeoutMs: number):
   const deadline = Date.now() + timeoutMs;
   let last = "";
   while (Date.now() < deadline) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`redis-server exited (${child.signalCode ?? child.exitCode}) before answering PING`);
+    if (child.exitCode !== null || child.signalCode !== null)
+      throw new Error(`redis-server exited (${child.signalCode ?? child.exitCode}) before answering PING`);
     const p = await pingRedis(url, 500);
     if (p.ok) return;
     last = p.error;
@@ -44,14 +45,22 @@ export async function startTestRedis(dir: string): Promise<TestRedis> {
     const child = spawn(
       binary,
       [
-        "--bind", "127.0.0.1",
-        "--port", String(port),
-        "--dir", dir,
-        "--save", "",
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--maxmemory-policy", "noeviction",
-        "--daemonize", "no",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        String(port),
+        "--dir",
+        dir,
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--maxmemory-policy",
+        "noeviction",
+        "--daemonize",
+        "no",
       ],
       { stdio: ["ignore", "pipe", "pipe"] },
     );

@@ -109,7 +109,12 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /** Tears a router test's set-up down, whichever parts of it exist: the router, the worker, the queue (obliterated), the decode servers. */
-export async function closeRouterRig(rig: { router?: StartedRouter | undefined; worker?: Worker | undefined; queue?: Queue | undefined; decode?: readonly (RpcServer | undefined)[] }): Promise<void> {
+export async function closeRouterRig(rig: {
+  router?: StartedRouter | undefined;
+  worker?: Worker | undefined;
+  queue?: Queue | undefined;
+  decode?: readonly (RpcServer | undefined)[];
+}): Promise<void> {
   await rig.router?.close();
   await rig.worker?.close();
   await rig.queue?.obliterate({ force: true }).catch(() => undefined);

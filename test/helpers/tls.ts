@@ -41,7 +41,23 @@ export function makeTestCa(name = "moela-test-ca"): TestCa {
   const dir = mkdtempSync(join(tmpdir(), "moela-tls-"));
   dirs.push(dir);
   openssl(
-    ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", `/CN=${name}`],
+    [
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:prime256v1",
+      "-nodes",
+      "-keyout",
+      "ca.key",
+      "-out",
+      "ca.pem",
+      "-days",
+      "2",
+      "-subj",
+      `/CN=${name}`,
+    ],
     dir,
   );
   return { dir, caCert: join(dir, "ca.pem"), caKey: join(dir, "ca.key") };
@@ -51,8 +67,14 @@ export function makeTestCa(name = "moela-test-ca"): TestCa {
 export function makeTestLeaf(ca: TestCa, name: string): TestLeaf {
   const ext = join(ca.dir, `${name}.ext`);
   writeFileSync(ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n");
-  openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${name}`], ca.dir);
-  openssl(["x509", "-req", "-in", `${name}.csr`, "-CA", ca.caCert, "-CAkey", ca.caKey, "-CAcreateserial", "-out", `${name}.pem`, "-days", "2", "-extfile", ext], ca.dir);
+  openssl(
+    ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${name}`],
+    ca.dir,
+  );
+  openssl(
+    ["x509", "-req", "-in", `${name}.csr`, "-CA", ca.caCert, "-CAkey", ca.caKey, "-CAcreateserial", "-out", `${name}.pem`, "-days", "2", "-extfile", ext],
+    ca.dir,
+  );
   return { cert: join(ca.dir, `${name}.pem`), key: join(ca.dir, `${name}.key`) };
 }
 

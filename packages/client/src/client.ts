@@ -32,7 +32,16 @@ import {
   credentials as grpcCredentials,
   Metadata,
 } from "@grpc/grpc-js";
-import { CancelledError, type Clock, DeadlineExceededError, InvalidArgumentError, type MoelaError, realClock, ResourceExhaustedError, UnavailableError } from "@moela/core";
+import {
+  CancelledError,
+  type Clock,
+  DeadlineExceededError,
+  InvalidArgumentError,
+  type MoelaError,
+  realClock,
+  ResourceExhaustedError,
+  UnavailableError,
+} from "@moela/core";
 import {
   FinishReason as WireFinishReason,
   GenerateClient,
@@ -274,7 +283,12 @@ export function toWireRequest(r: GenerateRequest, requestId: string): WireGenera
       if (typeof m !== "object" || m === null || !ROLES.has(m.role) || typeof m.content !== "string") {
         throw new InvalidArgumentError(`messages[${i}] must be { role: "system" | "user" | "assistant" | "tool", content: string }`);
       }
-      return { role: m.role, content: m.content, toolCalls: (m.toolCalls ?? []).map((c) => ({ id: c.id, name: c.name, arguments: c.arguments })), toolCallId: m.toolCallId ?? "" };
+      return {
+        role: m.role,
+        content: m.content,
+        toolCalls: (m.toolCalls ?? []).map((c) => ({ id: c.id, name: c.name, arguments: c.arguments })),
+        toolCallId: m.toolCallId ?? "",
+      };
     });
     prompt = { $case: "messages", value: { messages } };
   } else if (typeof r.prompt === "string") prompt = { $case: "text", value: r.prompt };
@@ -316,9 +330,22 @@ export function toWireRequest(r: GenerateRequest, requestId: string): WireGenera
     cacheSalt: r.cacheSalt ?? "",
     ...(r.responseFormat !== undefined ? { responseFormat: JSON.stringify(r.responseFormat) } : {}),
     ...(r.tools !== undefined
-      ? { tools: JSON.stringify(r.tools.map((t) => ({ type: "function", function: { name: t.name, ...(t.description !== undefined ? { description: t.description } : {}), ...(t.parameters !== undefined ? { parameters: t.parameters } : {}) } }))) }
+      ? {
+          tools: JSON.stringify(
+            r.tools.map((t) => ({
+              type: "function",
+              function: {
+                name: t.name,
+                ...(t.description !== undefined ? { description: t.description } : {}),
+                ...(t.parameters !== undefined ? { parameters: t.parameters } : {}),
+              },
+            })),
+          ),
+        }
       : {}),
-    ...(r.toolChoice !== undefined ? { toolChoice: JSON.stringify(typeof r.toolChoice === "string" ? r.toolChoice : { type: "function", function: { name: r.toolChoice.name } }) } : {}),
+    ...(r.toolChoice !== undefined
+      ? { toolChoice: JSON.stringify(typeof r.toolChoice === "string" ? r.toolChoice : { type: "function", function: { name: r.toolChoice.name } }) }
+      : {}),
   });
 }
 
@@ -470,7 +497,8 @@ export class MoelaClient {
 
   /** generate() collected: the whole text and tokens, the finish reason and usage. */
   async complete(request: GenerateRequest, options: GenerateOptions = {}): Promise<Completion> {
-    if (request.n !== undefined && request.n > 1) throw new InvalidArgumentError("complete() collects one choice; use generate() for n > 1 (events carry their index)");
+    if (request.n !== undefined && request.n > 1)
+      throw new InvalidArgumentError("complete() collects one choice; use generate() for n > 1 (events carry their index)");
     const stream = this.generate(request, options);
     let text = "";
     const tokenIds: number[] = [];

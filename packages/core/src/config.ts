@@ -41,7 +41,12 @@ export function settingsFromKeys<K extends string>(
   return Object.fromEntries(
     keys.map((k) => [
       k,
-      { flag: `--${kebabOf(k)}`, env: envNameOf(envPrefix, k), ...(switches.includes(k) ? { switch: true } : {}), ...(help[k] !== undefined ? { help: help[k] } : {}) },
+      {
+        flag: `--${kebabOf(k)}`,
+        env: envNameOf(envPrefix, k),
+        ...(switches.includes(k) ? { switch: true } : {}),
+        ...(help[k] !== undefined ? { help: help[k] } : {}),
+      },
     ]),
   ) as Settings<K>;
 }
@@ -123,12 +128,7 @@ export interface ValidateOptions {
 }
 
 /** The schema's output for the raw strings, or an error naming each bad setting's flag and env twin. */
-export function validateSettings<K extends string, T>(
-  settings: Settings<K>,
-  raw: Partial<Record<K, string>>,
-  result: SchemaResult<T>,
-  o: ValidateOptions,
-): T {
+export function validateSettings<K extends string, T>(settings: Settings<K>, raw: Partial<Record<K, string>>, result: SchemaResult<T>, o: ValidateOptions): T {
   if (result.success) return result.data as T;
   const issues = result.error?.issues ?? [];
   const describe = (issue: (typeof issues)[number]): { s: Setting; given: string | undefined } => {

@@ -60,8 +60,7 @@ export function parseReadyLine(line: string): ReadyLine | null {
   if (v === null || typeof v !== "object" || Array.isArray(v)) return null;
   const o = v as Record<string, unknown>;
   if (o["event"] !== "ready") return null;
-  const bad = (field: string, want: string) =>
-    new InvalidArgumentError(`ready line: "${field}" must be ${want}, got ${JSON.stringify(o[field])} in ${text}`);
+  const bad = (field: string, want: string) => new InvalidArgumentError(`ready line: "${field}" must be ${want}, got ${JSON.stringify(o[field])} in ${text}`);
   if (typeof o["role"] !== "string" || !isServiceRole(o["role"])) throw bad("role", `one of ${SERVICE_ROLES.join(", ")}`);
   if (typeof o["pid"] !== "number" || !Number.isInteger(o["pid"]) || o["pid"] <= 0) throw bad("pid", "a positive integer");
   if (typeof o["grpc"] !== "string" || !HOST_PORT.test(o["grpc"])) throw bad("grpc", "host:port");

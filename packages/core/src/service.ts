@@ -46,11 +46,7 @@ export interface ServiceSpec<C extends { readonly logLevel: string }, R> {
 }
 
 /** Runs one service to completion; resolves with the process exit code (0, 1 start failed, 2 bad config). */
-export async function runService<C extends { readonly logLevel: string }, R>(
-  spec: ServiceSpec<C, R>,
-  argv: string[],
-  env: NodeJS.ProcessEnv,
-): Promise<number> {
+export async function runService<C extends { readonly logLevel: string }, R>(spec: ServiceSpec<C, R>, argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   let config: C | null;
   try {
     config = spec.parse(argv, env);

@@ -134,7 +134,10 @@ export function cleanBrownText(raw: string): string {
     let body: string[] = [];
     let inHeadline = true;
     for (const line of block.split("\n")) {
-      const tokens = line.split(/\s+/).filter((t) => t.length > 0).map(stripTag);
+      const tokens = line
+        .split(/\s+/)
+        .filter((t) => t.length > 0)
+        .map(stripTag);
       if (tokens.length === 0) continue;
       if (tokens.some((t) => PLACEHOLDER.test(t.word))) continue;
       // Headlines at the top of a block are paragraphs of their own.
@@ -166,10 +169,7 @@ export function brownPackageDir(): string {
   }
   const version = (JSON.parse(readFileSync(manifest, "utf8")) as { version?: unknown }).version;
   if (version !== BROWN_PACKAGE.version) {
-    throw new CheckpointError(
-      manifest,
-      `is version ${String(version)}; the corpus is defined on ${BROWN_PACKAGE.version} (run \`npm ci\`)`,
-    );
+    throw new CheckpointError(manifest, `is version ${String(version)}; the corpus is defined on ${BROWN_PACKAGE.version} (run \`npm ci\`)`);
   }
   return dirname(manifest);
 }

@@ -98,7 +98,9 @@ function main(): void {
     `bigram        add-k (k=${stats.bigram.k}, chosen on validation): validation ppl ${stats.bigram.validationPerplexity.toFixed(2)}, ` +
       `test ppl ${stats.bigram.testPerplexity.toFixed(2)} over ${stats.bigram.testPredicted} tokens`,
   );
-  console.log(`wrote ${o.out}/{tokenizer.json,tokenizer_config.json,train.bin,validation.bin,test.bin,${MANIFEST_JSON}} in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  console.log(
+    `wrote ${o.out}/{tokenizer.json,tokenizer_config.json,train.bin,validation.bin,test.bin,${MANIFEST_JSON}} in ${((performance.now() - started) / 1000).toFixed(1)} s`,
+  );
 }
 
 main();

@@ -38,11 +38,13 @@ export function splitDocuments(docs: readonly CorpusDocument[], options: SplitOp
     ids.add(d.id);
   }
   const rank = new Map(docs.map((d) => [d.id, createHash("sha256").update(`${seed}:${d.id}`).digest("hex")]));
-  const order = docs.map((_, i) => i).sort((a, b) => {
-    const ra = rank.get((docs[a] as CorpusDocument).id) as string;
-    const rb = rank.get((docs[b] as CorpusDocument).id) as string;
-    return ra < rb ? -1 : ra > rb ? 1 : 0;
-  });
+  const order = docs
+    .map((_, i) => i)
+    .sort((a, b) => {
+      const ra = rank.get((docs[a] as CorpusDocument).id) as string;
+      const rb = rank.get((docs[b] as CorpusDocument).id) as string;
+      return ra < rb ? -1 : ra > rb ? 1 : 0;
+    });
   const nTest = Math.round(docs.length * test);
   const nValidation = Math.round(docs.length * validation);
   const splitOf = new Map<number, SplitName>();

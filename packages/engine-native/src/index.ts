@@ -8,15 +8,49 @@ import { createRequire } from "node:module";
 export interface NativeKernels {
   /** y[t, i] = sum_c w[r0 + i, c] x[t, c] per group g (rows r0 + g*rowStep, x at g*xStep, y at g*yStep). */
   matmul(
-    kind: number, data: Float32Array | Uint16Array | Uint8Array, scale: Float32Array | null, rows: number, cols: number, blockRows: number, blockCols: number,
-    x: Float32Array, xOff: number, xStride: number, T: number, y: Float32Array, yOff: number, yStride: number, r0: number, nRows: number,
-    groups: number, rowStep: number, xStep: number, yStep: number,
+    kind: number,
+    data: Float32Array | Uint16Array | Uint8Array,
+    scale: Float32Array | null,
+    rows: number,
+    cols: number,
+    blockRows: number,
+    blockCols: number,
+    x: Float32Array,
+    xOff: number,
+    xStride: number,
+    T: number,
+    y: Float32Array,
+    yOff: number,
+    yStride: number,
+    r0: number,
+    nRows: number,
+    groups: number,
+    rowStep: number,
+    xStep: number,
+    yStep: number,
   ): void;
   /** out[t, c] = sum_{i<n} v[t, i] w[r0 + i, c] per group g (the product with w transposed). */
   matmulT(
-    kind: number, data: Float32Array | Uint16Array | Uint8Array, scale: Float32Array | null, rows: number, cols: number, blockRows: number, blockCols: number,
-    v: Float32Array, vOff: number, vStride: number, T: number, out: Float32Array, outOff: number, outStride: number, r0: number, n: number,
-    groups: number, rowStep: number, vStep: number, outStep: number,
+    kind: number,
+    data: Float32Array | Uint16Array | Uint8Array,
+    scale: Float32Array | null,
+    rows: number,
+    cols: number,
+    blockRows: number,
+    blockCols: number,
+    v: Float32Array,
+    vOff: number,
+    vStride: number,
+    T: number,
+    out: Float32Array,
+    outOff: number,
+    outStride: number,
+    r0: number,
+    n: number,
+    groups: number,
+    rowStep: number,
+    vStep: number,
+    outStep: number,
   ): void;
   /**
    * A group of SwiGLU MLPs in two parallel jobs: arrays = [gateData, gateScale, upData, upScale, downData, downScale]
@@ -25,22 +59,51 @@ export interface NativeKernels {
    * sum(n * inter) floats.
    */
   mlpGroup(
-    arrays: ReadonlyArray<Float32Array | Uint16Array | Uint8Array | null>, meta: Int32Array,
-    x: Float32Array, out: Float32Array, g: Float32Array, u: Float32Array,
+    arrays: ReadonlyArray<Float32Array | Uint16Array | Uint8Array | null>,
+    meta: Int32Array,
+    x: Float32Array,
+    out: Float32Array,
+    g: Float32Array,
+    u: Float32Array,
   ): void;
   /**
    * Causal softmax attention of n tokens x H heads over positions [0, start + j]; see AttendArgs in kernels.h. With
    * a block table, ka/kb/val are a paged cache slab read in place (position p at row table[p/bs]*bs + p%bs).
    */
   attend(
-    qa: Float32Array, qaOff: number, qaTok: number, qaHead: number, lenA: number,
-    qb: Float32Array, qbOff: number, qbTok: number, qbHead: number, lenB: number,
-    ka: Float32Array, kaOff: number, kaPos: number, kaHead: number,
-    kb: Float32Array, kbOff: number, kbPos: number, kbHead: number,
-    val: Float32Array, valOff: number, valPos: number, valHead: number, lenV: number,
-    out: Float32Array, outOff: number, outTok: number, outHead: number,
-    n: number, H: number, start: number, scale: number,
-    table: Int32Array | null, blockSize: number,
+    qa: Float32Array,
+    qaOff: number,
+    qaTok: number,
+    qaHead: number,
+    lenA: number,
+    qb: Float32Array,
+    qbOff: number,
+    qbTok: number,
+    qbHead: number,
+    lenB: number,
+    ka: Float32Array,
+    kaOff: number,
+    kaPos: number,
+    kaHead: number,
+    kb: Float32Array,
+    kbOff: number,
+    kbPos: number,
+    kbHead: number,
+    val: Float32Array,
+    valOff: number,
+    valPos: number,
+    valHead: number,
+    lenV: number,
+    out: Float32Array,
+    outOff: number,
+    outTok: number,
+    outHead: number,
+    n: number,
+    H: number,
+    start: number,
+    scale: number,
+    table: Int32Array | null,
+    blockSize: number,
   ): void;
   /** matmul computed on a libuv thread: resolves when done (the event loop runs meanwhile). Bad arguments throw at the call. */
   matmulAsync(...args: Parameters<NativeKernels["matmul"]>): Promise<void>;

@@ -59,7 +59,10 @@ const RawConfigSchema = z
     attention_bias: z.boolean().optional(),
     tie_word_embeddings: z.boolean().optional(),
     bos_token_id: z.number().int().nullable().optional(),
-    eos_token_id: z.union([z.number().int(), z.array(z.number().int())]).nullable().optional(),
+    eos_token_id: z
+      .union([z.number().int(), z.array(z.number().int())])
+      .nullable()
+      .optional(),
     quantization_config: z
       .object({
         quant_method: z.string(),

@@ -18,7 +18,17 @@ import { isMoeLayer, parseModelConfig, type ModelConfig } from "./config.js";
 import { roundBf16 } from "./tensor/dtype.js";
 import { decodeRow, matvecRows, matvecTransposedRows, type WeightMatrix } from "./tensor/matrix.js";
 import { MatmulPool, type MatmulFn, type MatmulPoolOptions } from "./tensor/parallel.js";
-import { defaultKernels, groupedMatmul, kernelsByName, nativeKernelsAddon, type AttendArgs, type GroupedLayout, type GroupedMatmulFn, type KernelBackend, type KernelsName } from "./kernels/index.js";
+import {
+  defaultKernels,
+  groupedMatmul,
+  kernelsByName,
+  nativeKernelsAddon,
+  type AttendArgs,
+  type GroupedLayout,
+  type GroupedMatmulFn,
+  type KernelBackend,
+  type KernelsName,
+} from "./kernels/index.js";
 import { rmsNorm, rmsNormRows } from "./layers/rmsnorm.js";
 import { applyRotary, rotaryParams, rotaryTables, type RotaryParams } from "./layers/rope.js";
 import { createRouterScratch, routeTokens, type RouterScratch } from "./layers/gate.js";
@@ -27,7 +37,16 @@ import { LocalExpertExecutor } from "./layers/moe.js";
 import type { PagedLatentCache } from "./kv-cache/paged-latent.js";
 import type { ExpertExecutor, KvSink } from "./ports.js";
 import { softmaxExp } from "./tensor/softmax.js";
-import { loadWeights, type AttentionWeights, type BlockWeights, type LoadOptions, type MlpWeights, type ModelWeights, type MoeWeights, type QueryWeights } from "./weights.js";
+import {
+  loadWeights,
+  type AttentionWeights,
+  type BlockWeights,
+  type LoadOptions,
+  type MlpWeights,
+  type ModelWeights,
+  type MoeWeights,
+  type QueryWeights,
+} from "./weights.js";
 import { ScratchBuffer, Workspace } from "./workspace.js";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -71,8 +90,21 @@ function attentionScratch(): AttentionScratch {
   const f64 = ScratchBuffer.f64;
   const i32 = ScratchBuffer.i32;
   return {
-    pos: i32(), cos: f64(), sin: f64(), q: f32(), qa: f32(), latent: f32(), heads: f32(), ctx: f32(), kv: f32(),
-    qAbs: f32(), oLat: f32(), table: i32(), scores: f64(), qAbs64: f64(), oLat64: f64(),
+    pos: i32(),
+    cos: f64(),
+    sin: f64(),
+    q: f32(),
+    qa: f32(),
+    latent: f32(),
+    heads: f32(),
+    ctx: f32(),
+    kv: f32(),
+    qAbs: f32(),
+    oLat: f32(),
+    table: i32(),
+    scores: f64(),
+    qAbs64: f64(),
+    oLat64: f64(),
   };
 }
 
@@ -459,14 +491,7 @@ export class DeepseekModel {
   }
 
   /** One pre-norm decoder block, in place on the residual stream h: [T, hidden]. */
-  private async block(
-    b: BlockWeights,
-    cache: PagedLatentCache,
-    seqs: readonly ForwardSeq[],
-    h: Float32Array,
-    T: number,
-    opts: ForwardOptions,
-  ): Promise<void> {
+  private async block(b: BlockWeights, cache: PagedLatentCache, seqs: readonly ForwardSeq[], h: Float32Array, T: number, opts: ForwardOptions): Promise<void> {
     const c = this.config;
     const hd = c.hiddenSize;
     const xn = this.scratch.block.xn.get(T * hd); // [T, hidden] normalised input
@@ -598,7 +623,15 @@ export class DeepseekModel {
     return lat;
   }
   /** The sequence's n new latent rows (lat rows [t, t + n)) into the cache, then to the KV sink (prefill streaming). */
-  private async writeLatents(layer: number, cache: PagedLatentCache, s: ForwardSeq, si: number, lat: Float32Array, t: number, opts: ForwardOptions): Promise<void> {
+  private async writeLatents(
+    layer: number,
+    cache: PagedLatentCache,
+    s: ForwardSeq,
+    si: number,
+    lat: Float32Array,
+    t: number,
+    opts: ForwardOptions,
+  ): Promise<void> {
     const D = this.mla.D;
     const n = s.tokens.length;
     cache.write(layer, s.blockTable, s.start, n, lat, t * D);
@@ -696,7 +729,15 @@ export class DeepseekModel {
   }
 
   /** One sequence's absorbed attention in one attend call, straight over the cache's slab paged by the block table (no copy). */
-  private async absorbedKernel(layer: number, cache: PagedLatentCache, s: ForwardSeq, q: Float32Array, qAbs: Float32Array, oLat: Float32Array, t: number): Promise<void> {
+  private async absorbedKernel(
+    layer: number,
+    cache: PagedLatentCache,
+    s: ForwardSeq,
+    q: Float32Array,
+    qAbs: Float32Array,
+    oLat: Float32Array,
+    t: number,
+  ): Promise<void> {
     const { H, R, D } = this.mla;
     const n = s.tokens.length;
     const slab = cache.slab(layer); // [numBlocks * blockSize, D]
@@ -704,13 +745,35 @@ export class DeepseekModel {
     const table = this.scratch.attn.table.get(nb);
     for (let i = 0; i < nb; i++) table[i] = s.blockTable[i]!;
     await this.attendA({
-      qa: qAbs, qaOff: t * H * R, qaTok: H * R, qaHead: R, lenA: R,
+      qa: qAbs,
+      qaOff: t * H * R,
+      qaTok: H * R,
+      qaHead: R,
+      lenA: R,
       ...this.ropeQuery(q, t),
-      kb: slab, kbOff: R, kbPos: D, kbHead: 0,
-      ka: slab, kaOff: 0, kaPos: D, kaHead: 0,
-      val: slab, valOff: 0, valPos: D, valHead: 0, lenV: R,
-      out: oLat, outOff: t * H * R, outTok: H * R, outHead: R,
-      n, H, start: s.start, scale: this.rotary.softmaxScale, blockTable: table, blockSize: cache.blockSize,
+      kb: slab,
+      kbOff: R,
+      kbPos: D,
+      kbHead: 0,
+      ka: slab,
+      kaOff: 0,
+      kaPos: D,
+      kaHead: 0,
+      val: slab,
+      valOff: 0,
+      valPos: D,
+      valHead: 0,
+      lenV: R,
+      out: oLat,
+      outOff: t * H * R,
+      outTok: H * R,
+      outHead: R,
+      n,
+      H,
+      start: s.start,
+      scale: this.rotary.softmaxScale,
+      blockTable: table,
+      blockSize: cache.blockSize,
     });
   }
 
@@ -779,13 +842,33 @@ export class DeepseekModel {
     const kv = this.scratch.attn.kv.get(L * H * hs); // [L, H * (dn + dv)] every head's K_nope | V
     await this.mmA(kvB, ctx, L, kv, { xStride: D });
     await this.attendA({
-      qa: q, qaOff: t * H * dq, qaTok: H * dq, qaHead: dq, lenA: dn,
+      qa: q,
+      qaOff: t * H * dq,
+      qaTok: H * dq,
+      qaHead: dq,
+      lenA: dn,
       ...this.ropeQuery(q, t),
-      kb: ctx, kbOff: R, kbPos: D, kbHead: 0,
-      ka: kv, kaOff: 0, kaPos: H * hs, kaHead: hs,
-      val: kv, valOff: dn, valPos: H * hs, valHead: hs, lenV: dv,
-      out: heads, outOff: t * H * dv, outTok: H * dv, outHead: dv,
-      n: s.tokens.length, H, start: s.start, scale: this.rotary.softmaxScale,
+      kb: ctx,
+      kbOff: R,
+      kbPos: D,
+      kbHead: 0,
+      ka: kv,
+      kaOff: 0,
+      kaPos: H * hs,
+      kaHead: hs,
+      val: kv,
+      valOff: dn,
+      valPos: H * hs,
+      valHead: hs,
+      lenV: dv,
+      out: heads,
+      outOff: t * H * dv,
+      outTok: H * dv,
+      outHead: dv,
+      n: s.tokens.length,
+      H,
+      start: s.start,
+      scale: this.rotary.softmaxScale,
     });
   }
 

@@ -42,9 +42,7 @@ export function verifyDraft(input: DraftVerificationInput): DraftVerificationRes
     throw new InvalidArgumentError(`draftProbs has ${draftProbs.length} distributions for ${k} draft tokens`);
   }
   if (targetProbs.length !== k + 1) {
-    throw new InvalidArgumentError(
-      `targetProbs has ${targetProbs.length} distributions, expected ${k + 1} (one per draft token plus the bonus position)`,
-    );
+    throw new InvalidArgumentError(`targetProbs has ${targetProbs.length} distributions, expected ${k + 1} (one per draft token plus the bonus position)`);
   }
   const vocab = targetProbs[0]!.length;
   if (vocab === 0) throw new InvalidArgumentError("targetProbs[0] is empty");

@@ -312,9 +312,7 @@ export function loadExpertShard(
   for (const i of moeLayers) {
     expertsByLayer.set(
       i,
-      Array.from({ length: cfg.nRoutedExperts }, (_, e) =>
-        owned(i, e) ? l.mlp(`model.layers.${i}.mlp.experts.${e}`, cfg.moeIntermediateSize) : null,
-      ),
+      Array.from({ length: cfg.nRoutedExperts }, (_, e) => (owned(i, e) ? l.mlp(`model.layers.${i}.mlp.experts.${e}`, cfg.moeIntermediateSize) : null)),
     );
     if (withShared && cfg.nSharedExperts > 0) sharedByLayer.set(i, l.mlp(`model.layers.${i}.mlp.shared_experts`, cfg.moeIntermediateSize * cfg.nSharedExperts));
     onProgress?.({ done: expertsByLayer.size, total: moeLayers.length, bytes: l.bytes });

@@ -273,7 +273,9 @@ export class KvReceiver {
       throw bad(`latent dims kv_lora_rank ${f.kvLoraRank} + qk_rope_head_dim ${f.qkRopeHeadDim}, the model has ${c.kvLoraRank} + ${c.qkRopeHeadDim}`);
     }
     if (f.numLayers !== c.numHiddenLayers && f.numLayers !== cache.numLayers) {
-      throw bad(`num_layers ${f.numLayers}: expected ${c.numHiddenLayers}${cache.numLayers > c.numHiddenLayers ? ` or ${cache.numLayers} (with the MTP block)` : ""}`);
+      throw bad(
+        `num_layers ${f.numLayers}: expected ${c.numHiddenLayers}${cache.numLayers > c.numHiddenLayers ? ` or ${cache.numLayers} (with the MTP block)` : ""}`,
+      );
     }
     if (f.numTokens !== f.promptTokenIds.length) throw bad(`num_tokens ${f.numTokens} but the prompt has ${f.promptTokenIds.length} tokens`);
     // Prompt ids, sampling parameters, max_tokens and the context length, as the engine checks them.
@@ -322,7 +324,8 @@ export class KvReceiver {
     if (f.tokenStart !== expected) {
       throw bad(`out of order: layer ${f.layer} continues at token ${f.tokenStart}, expected ${expected} (chunks of a layer are ascending and contiguous)`);
     }
-    if (f.tokenStart + f.tokenCount > meta.numTokens) throw bad(`tokens [${f.tokenStart}, ${f.tokenStart + f.tokenCount}) exceed the ${meta.numTokens} announced`);
+    if (f.tokenStart + f.tokenCount > meta.numTokens)
+      throw bad(`tokens [${f.tokenStart}, ${f.tokenStart + f.tokenCount}) exceed the ${meta.numTokens} announced`);
     if (f.dtype !== meta.kvDtype) throw bad(`latent dtype ${f.dtype ?? "(not a KV dtype)"}, KvBegin announced ${meta.kvDtype}`);
     if (f.shape.length !== 2 || f.shape[0] !== f.tokenCount || f.shape[1] !== D) {
       throw bad(`latent shape [${f.shape.join(", ")}], expected [${f.tokenCount}, ${D}]`);
@@ -421,7 +424,12 @@ export class KvReceiver {
     );
     const ack: KvAck = { transferId: meta.transferId, kvBlocks: seq.blockTable.length, bytesReceived: this.bytes };
     try {
-      this.options.onAdmit(seq, meta, { bytesReceived: this.bytes, chunks: this.checksum.count, seconds: (performance.now() - this.startedAt) / 1000, kvBlocks: ack.kvBlocks }, hold);
+      this.options.onAdmit(
+        seq,
+        meta,
+        { bytesReceived: this.bytes, chunks: this.checksum.count, seconds: (performance.now() - this.startedAt) / 1000, kvBlocks: ack.kvBlocks },
+        hold,
+      );
     } catch (err) {
       hold.release("rejected");
       throw err;

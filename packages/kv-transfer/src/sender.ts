@@ -13,16 +13,7 @@ import { Code, InvalidArgumentError } from "@moela/core";
 import type { Engine, KvSink, Sequence, SequenceSnapshot } from "@moela/engine";
 import { encodeRows, KV_DTYPE_BYTES } from "./codec/rows.js";
 import { RunningChecksum, sha256 } from "./codec/checksum.js";
-import {
-  isTerminal,
-  KvPoll,
-  type KvChannel,
-  type KvConnector,
-  type KvEndFrame,
-  type KvFailure,
-  type KvOutcome,
-  type KvTransferMeta,
-} from "./contract.js";
+import { isTerminal, KvPoll, type KvChannel, type KvConnector, type KvEndFrame, type KvFailure, type KvOutcome, type KvTransferMeta } from "./contract.js";
 
 export interface KvSenderOptions {
   /** Called once per chunk sent, with its data bytes (metrics). */
@@ -97,16 +88,15 @@ export class KvSender implements KvSink {
       return;
     }
     const latentDim = meta.kvLoraRank + meta.qkRopeHeadDim;
-    const problem =
-      !(Number.isInteger(layer) && layer >= 0 && layer < meta.numLayers)
-        ? `layer ${layer} is outside the ${meta.numLayers} layers announced`
-        : start !== this.nextToken[layer]
-          ? `layer ${layer}: rows start at token ${start}, expected ${this.nextToken[layer]} (one sender per sequence; use batchKvSink for a batch)`
-          : !(n >= 1 && start + n <= meta.numTokens)
-            ? `layer ${layer}: tokens [${start}, ${start + n}) exceed the ${meta.numTokens} announced`
-            : rows.length < n * latentDim
-              ? `layer ${layer}: ${rows.length} values for ${n} rows of ${latentDim}`
-              : null;
+    const problem = !(Number.isInteger(layer) && layer >= 0 && layer < meta.numLayers)
+      ? `layer ${layer} is outside the ${meta.numLayers} layers announced`
+      : start !== this.nextToken[layer]
+        ? `layer ${layer}: rows start at token ${start}, expected ${this.nextToken[layer]} (one sender per sequence; use batchKvSink for a batch)`
+        : !(n >= 1 && start + n <= meta.numTokens)
+          ? `layer ${layer}: tokens [${start}, ${start + n}) exceed the ${meta.numTokens} announced`
+          : rows.length < n * latentDim
+            ? `layer ${layer}: ${rows.length} values for ${n} rows of ${latentDim}`
+            : null;
     if (problem !== null) {
       this.failLocally(Code.INTERNAL, `KV transfer ${meta.transferId}: ${problem}`);
       return;

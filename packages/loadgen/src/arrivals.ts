@@ -11,6 +11,6 @@ export function poissonArrivals(count: number, ratePerS: number, seed: number): 
   if (!Number.isFinite(ratePerS)) return new Array<number>(count).fill(0);
   const rng = new Rng(seed);
   const out = [0];
-  for (let i = 1; i < count; i++) out.push(out[i - 1]! + (rng.exponential(ratePerS) * 1000));
+  for (let i = 1; i < count; i++) out.push(out[i - 1]! + rng.exponential(ratePerS) * 1000);
   return out;
 }

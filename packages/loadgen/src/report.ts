@@ -142,7 +142,17 @@ export function formatReport(r: BenchReport): string {
     out.push(`### ${info.name}: ${info.url} (model ${info.model})`, "");
     const rows = r.levels.map((l) => {
       const s = l.stats[t]!;
-      return [l.label, `${s.completed}/${s.failed}`, fmtRate(s.requestsPerS), fmtRate(s.outputTokensPerS), fmtRate(s.meanInFlight), q(s.ttftMs), q(s.itlMs), q(s.tpotMs), q(s.e2eMs)];
+      return [
+        l.label,
+        `${s.completed}/${s.failed}`,
+        fmtRate(s.requestsPerS),
+        fmtRate(s.outputTokensPerS),
+        fmtRate(s.meanInFlight),
+        q(s.ttftMs),
+        q(s.itlMs),
+        q(s.tpotMs),
+        q(s.e2eMs),
+      ];
     });
     out.push(table(["load", "ok/fail", "req/s", "out tok/s", "in flight", ...LATENCY_HEADER], rows), "");
     const notes = r.levels.flatMap((l) => {

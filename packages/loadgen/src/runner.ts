@@ -114,7 +114,13 @@ export async function runBench(plan: BenchPlan): Promise<LevelRun[]> {
 }
 
 /** One batch of requests at one load on one target; records in request order. */
-export function runLoad(plan: BenchPlan, target: number, level: LoadLevel, specs: readonly RequestSpec[], offsets: readonly number[]): Promise<RequestRecord[]> {
+export function runLoad(
+  plan: BenchPlan,
+  target: number,
+  level: LoadLevel,
+  specs: readonly RequestSpec[],
+  offsets: readonly number[],
+): Promise<RequestRecord[]> {
   return level.kind === "concurrency" ? closedLoop(plan, target, specs, level.value) : openLoop(plan, target, specs, offsets);
 }
 

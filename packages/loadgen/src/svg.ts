@@ -109,7 +109,8 @@ export function latencySvg(r: BenchReport): string {
       const c = COLOURS[s.target % COLOURS.length]!;
       const pts = s.values.flatMap((v, i) => (v === null || !Number.isFinite(v) ? [] : [[px(i), py(v)] as const]));
       const dash = s.dashed ? ` stroke-dasharray="5,3"` : "";
-      if (pts.length > 1) out.push(`<polyline fill="none" stroke="${c}" stroke-width="2"${dash} points="${pts.map(([x, y]) => `${fmt(x)},${fmt(y)}`).join(" ")}"/>`);
+      if (pts.length > 1)
+        out.push(`<polyline fill="none" stroke="${c}" stroke-width="2"${dash} points="${pts.map(([x, y]) => `${fmt(x)},${fmt(y)}`).join(" ")}"/>`);
       for (const [x, y] of pts) out.push(`<circle cx="${fmt(x)}" cy="${fmt(y)}" r="3" fill="${c}"/>`);
     }
   }

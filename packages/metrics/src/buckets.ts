@@ -6,9 +6,7 @@ import type { BucketSet } from "./names.js";
  * the router's default request timeout (--request-timeout-s 600), so a request that runs until its
  * deadline still lands in a finite bucket and P99 of end-to-end latency is never capped below it.
  */
-export const LATENCY_BUCKETS_SECONDS: readonly number[] = [
-  0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600,
-];
+export const LATENCY_BUCKETS_SECONDS: readonly number[] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600];
 
 /** Powers of two from 1 to 128K (DeepSeek-V3's context length). */
 export const TOKEN_COUNT_BUCKETS: readonly number[] = Array.from({ length: 18 }, (_, i) => 2 ** i);

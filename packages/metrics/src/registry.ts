@@ -15,7 +15,14 @@ import { METRICS, type LabelName, type MetricDef, type MetricKey } from "./names
 export type ServiceName = "router" | "prefill" | "decode" | "expert-host";
 
 const RPC = ["buildInfo", "rpcServerHandled", "rpcServerHandling", "rpcClientHandled", "rpcClientHandling"] as const;
-const MOE_DISPATCH = ["moeDispatchHostsReached", "moeDispatchSentBytes", "moeCombineReceivedBytes", "moeDispatchRoundTrip", "moeDispatchPhase", "forwardPhase"] as const;
+const MOE_DISPATCH = [
+  "moeDispatchHostsReached",
+  "moeDispatchSentBytes",
+  "moeCombineReceivedBytes",
+  "moeDispatchRoundTrip",
+  "moeDispatchPhase",
+  "forwardPhase",
+] as const;
 
 /** Which metrics each service exports. */
 export const SERVICE_METRICS = {

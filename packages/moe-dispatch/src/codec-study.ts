@@ -595,7 +595,12 @@ export async function studyModel(model: DeepseekModel, seqs: readonly TeacherFor
       await teacherForced(model, seqs, steps, (step, logits) => {
         for (let b = 0; b < B; b++) acc.add(exact, (step * B + b) * V, logits, b * V);
       });
-      outputs.push({ dispatch: v.dispatch.name, combine: v.combine.name, ...acc.result(), routingAgreement: routingAgreement(recorder.routes, routes.routes, k) });
+      outputs.push({
+        dispatch: v.dispatch.name,
+        combine: v.combine.name,
+        ...acc.result(),
+        routingAgreement: routingAgreement(recorder.routes, routes.routes, k),
+      });
     }
   } finally {
     model.setExpertExecutor(exactExperts);
@@ -639,9 +644,7 @@ export function claimOnData(data: string, errors: readonly CodecError[]): ClaimO
   const l8 = get("logfmt8").relRms;
   const e4Mean = get("fp8-tile").meanRelErr;
   const l8Mean = get("logfmt8").meanRelErr;
-  const asGood = errors
-    .filter((e) => /^logfmt\d+$/.test(e.codec) && e.relRms <= e4)
-    .sort((a, b) => a.bytesPerValue - b.bytesPerValue)[0];
+  const asGood = errors.filter((e) => /^logfmt\d+$/.test(e.codec) && e.relRms <= e4).sort((a, b) => a.bytesPerValue - b.bytesPerValue)[0];
   return {
     data,
     e4m3RelRms: e4,

@@ -70,7 +70,14 @@ export async function connectExpertShards(o: ConnectExpertShardsOptions): Promis
   checkExpertShardsConfig({ expertHosts: o.expertHosts, shardCount: o.shardCount, discoverable: o.discover !== undefined });
   const placement = placementFor(o.modelConfig, o.shardCount);
   const hidden = o.modelConfig.hiddenSize;
-  const want = { placement, profile: o.profile, hidden, layers: [...o.moeLayers].sort((a, b) => a - b), modelId: o.modelId, sharedExpert: o.sharedExpert === "hosts" };
+  const want = {
+    placement,
+    profile: o.profile,
+    hidden,
+    layers: [...o.moeLayers].sort((a, b) => a - b),
+    modelId: o.modelId,
+    sharedExpert: o.sharedExpert === "hosts",
+  };
   const shards = new ExpertShardSet({
     credentials: o.channel.credentials,
     channelOptions: o.channel.options,

@@ -126,7 +126,15 @@ export class HostedExpertExecutor implements ExpertExecutor {
     return this.last;
   }
 
-  async runRouted(layer: number, x: Float32Array, T: number, ids: Int32Array, weights: Float32Array, out: Float32Array, sharedOut?: Float32Array): Promise<void> {
+  async runRouted(
+    layer: number,
+    x: Float32Array,
+    T: number,
+    ids: Int32Array,
+    weights: Float32Array,
+    out: Float32Array,
+    sharedOut?: Float32Array,
+  ): Promise<void> {
     if (T === 0) return;
     const hidden = this.hidden ?? x.length / T;
     if (!Number.isInteger(hidden) || hidden < 1 || x.length < T * hidden || out.length < T * hidden) {
@@ -134,7 +142,9 @@ export class HostedExpertExecutor implements ExpertExecutor {
     }
     if (sharedOut !== undefined && (!this.computesSharedExpert || sharedOut.length < T * hidden)) {
       throw new InvalidArgumentError(
-        this.computesSharedExpert ? `runRouted: sharedOut has ${sharedOut.length} values, not [${T}, ${hidden}]` : "runRouted: sharedOut given, but the shared expert runs locally (sharedExpert)",
+        this.computesSharedExpert
+          ? `runRouted: sharedOut has ${sharedOut.length} values, not [${T}, ${hidden}]`
+          : "runRouted: sharedOut given, but the shared expert runs locally (sharedExpert)",
       );
     }
     const k = weights.length === ids.length ? ids.length / T : 0;
@@ -288,7 +298,8 @@ export function checkHostInfo(info: HostInfo, want: ExpectedHost, name = `expert
   if (want.modelId !== undefined && info.modelId !== want.modelId) fail(`serves model ${info.modelId}, expected ${want.modelId}`);
   if (info.precision !== profile.name) fail(`runs precision ${info.precision}, expected ${profile.name}`);
   if (info.hiddenSize !== want.hidden) fail(`has hidden size ${info.hiddenSize}, expected ${want.hidden}`);
-  if (want.sharedExpert === true && !info.sharedExpert) fail("holds no shared expert, and this dispatcher sends it the shared expert's rows (run the same moela version everywhere)");
+  if (want.sharedExpert === true && !info.sharedExpert)
+    fail("holds no shared expert, and this dispatcher sends it the shared expert's rows (run the same moela version everywhere)");
   const expected = want.placement.expertsOfHost[want.shard] ?? [];
   const layers = info.layers.map((l) => l.layer);
   if (layers.join(",") !== want.layers.join(",")) fail(`serves MoE layers [${layers.join(", ")}], expected [${want.layers.join(", ")}]`);

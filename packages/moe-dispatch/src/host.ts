@@ -238,7 +238,8 @@ export class ExpertHostCore {
       for (let i = 0; i < shared.length; i++) {
         const r = shared[i]!;
         if (!(Number.isInteger(r) && r >= 0 && r < rows)) throw new InvalidArgumentError(`shared_expert_rows[${i}] = ${r} is outside [0, ${rows})`);
-        if (i > 0 && r <= shared[i - 1]!) throw new InvalidArgumentError(`shared_expert_rows must be ascending and distinct; [${i - 1}] = ${shared[i - 1]}, [${i}] = ${r}`);
+        if (i > 0 && r <= shared[i - 1]!)
+          throw new InvalidArgumentError(`shared_expert_rows must be ascending and distinct; [${i - 1}] = ${shared[i - 1]}, [${i}] = ${r}`);
       }
     }
     return experts;
@@ -272,7 +273,16 @@ export class ExpertHostCore {
       for (let j = 0; j < p.rows.length; j++, i++) xs.set(x.subarray((p.r0 + p.rows[j]!) * hidden, (p.r0 + p.rows[j]! + 1) * hidden), i * hidden);
     }
     const k = defaultKernels();
-    return mlpForwardGroupAsync([this.sharedByLayer.get(layer)!], [n], xs, out.subarray(0, n * hidden), this.ws, k, k.matmul, offEventLoop ? OFF_LOOP_MIN_WORK : Infinity);
+    return mlpForwardGroupAsync(
+      [this.sharedByLayer.get(layer)!],
+      [n],
+      xs,
+      out.subarray(0, n * hidden),
+      this.ws,
+      k,
+      k.matmul,
+      offEventLoop ? OFF_LOOP_MIN_WORK : Infinity,
+    );
   }
 
   /**

@@ -100,19 +100,11 @@ export interface HostBatch {
  * sends a token's activation to a host once however many of its experts live there. Returns one
  * entry per host (empty ones included, so result[h].host === h).
  */
-export function splitByHost(
-  topkIds: Int32Array,
-  topkWeights: Float32Array,
-  T: number,
-  k: number,
-  placement: ExpertPlacement,
-): HostBatch[] {
+export function splitByHost(topkIds: Int32Array, topkWeights: Float32Array, T: number, k: number, placement: ExpertPlacement): HostBatch[] {
   if (!Number.isSafeInteger(T) || T < 0) throw new InvalidArgumentError(`splitByHost: T must be an integer >= 0, got ${T}`);
   if (!Number.isSafeInteger(k) || k < 1) throw new InvalidArgumentError(`splitByHost: k must be an integer >= 1, got ${k}`);
   if (topkIds.length !== T * k || topkWeights.length !== T * k) {
-    throw new InvalidArgumentError(
-      `splitByHost: topkIds has ${topkIds.length} and topkWeights ${topkWeights.length} entries, [${T}, ${k}] needs ${T * k}`,
-    );
+    throw new InvalidArgumentError(`splitByHost: topkIds has ${topkIds.length} and topkWeights ${topkWeights.length} entries, [${T}, ${k}] needs ${T * k}`);
   }
   const h = placement.hosts;
   // Pass 1: per host, tokens reached and (token, expert) entries.

@@ -94,13 +94,19 @@ export function usageOf(promptTokens: number, completionTokens: number, cachedPr
  */
 export class CompletionLogprobsBuilder {
   private offset: number;
-  constructor(private readonly render: TokenText, startOffset = 0) {
+  constructor(
+    private readonly render: TokenText,
+    startOffset = 0,
+  ) {
     this.offset = startOffset;
   }
 
   /** Entries for prompt tokens (echo): null logprobs. */
   prompt(ids: readonly number[]): CompletionLogprobs {
-    return this.build(ids.map((id) => ({ id })), true);
+    return this.build(
+      ids.map((id) => ({ id })),
+      true,
+    );
   }
 
   /** Entries for generated tokens. */
@@ -187,13 +193,7 @@ export function completionResponse(id: string, created: number, model: string, c
 }
 
 /** One streamed chunk: a choice's delta (usage null), or the final usage chunk (choices empty). */
-export function completionChunk(
-  id: string,
-  created: number,
-  model: string,
-  choice: CompletionChoice | null,
-  usage: Usage | null = null,
-): CompletionResponse {
+export function completionChunk(id: string, created: number, model: string, choice: CompletionChoice | null, usage: Usage | null = null): CompletionResponse {
   return { id, object: "text_completion", created, model, choices: choice === null ? [] : [choice], usage };
 }
 

@@ -57,14 +57,7 @@
 import { Code, InternalError, MoelaError } from "@moela/core";
 import { ModelNotFoundError, RequestValidationError } from "./errors.js";
 import { parseResponseFormat, parseStructuredOutput, type SchemaChecker } from "./structured.js";
-import {
-  defaultMaxPromptChars,
-  MAX_CACHE_SALT_CHARS,
-  MAX_CHAT_MESSAGES,
-  MAX_CONTENT_PARTS,
-  MAX_STOP_STRING_CHARS,
-  MAX_STOP_TOKEN_IDS,
-} from "./limits.js";
+import { defaultMaxPromptChars, MAX_CACHE_SALT_CHARS, MAX_CHAT_MESSAGES, MAX_CONTENT_PARTS, MAX_STOP_STRING_CHARS, MAX_STOP_TOKEN_IDS } from "./limits.js";
 
 /** Most top logprobs per token (OpenAI's limit; vLLM's default max_logprobs). */
 export const MAX_LOGPROBS = 20;
@@ -104,10 +97,7 @@ export interface PromptEncoder {
   /** Text to ids, BOS added per tokenizer_config (unless addSpecialTokens is false). */
   encode(text: string, options?: { addSpecialTokens?: boolean }): number[];
   /** Chat messages through the chat template, tokenized without adding special tokens again. */
-  encodeChat(
-    messages: readonly ChatMessageInput[],
-    options?: { addGenerationPrompt?: boolean; templateVariables?: Record<string, unknown> },
-  ): number[];
+  encodeChat(messages: readonly ChatMessageInput[], options?: { addGenerationPrompt?: boolean; templateVariables?: Record<string, unknown> }): number[];
   /** Ids to text (for echoing a token-id prompt). */
   decode(ids: readonly number[]): string;
 }
@@ -592,7 +582,8 @@ function parseMaxTokens(f: Fields, name: string): number | undefined {
 }
 
 /** One prompt of a completions request as given: text (tokenized later) or token ids (checked now). */
-type PromptSource = { readonly kind: "text"; readonly text: string; readonly param: string } | { readonly kind: "ids"; readonly ids: number[]; readonly param: string };
+type PromptSource =
+  { readonly kind: "text"; readonly text: string; readonly param: string } | { readonly kind: "ids"; readonly ids: number[]; readonly param: string };
 
 /** Prompts of a completions request: string | ids | list of strings | list of id lists. */
 function parsePrompts(f: Fields, ctx: ValidationContext): PromptSource[] {
@@ -655,7 +646,8 @@ export function planCompletionRequest(body: unknown, ctx: ValidationContext): Re
   const n = parseN(f, sources.length);
   const bestOfRaw = f.number("best_of", { int: true, min: 1 });
   if (bestOfRaw !== undefined && bestOfRaw < n) fail("best_of", `best_of must be at least n (${n}), got ${bestOfRaw}`);
-  if (bestOfRaw !== undefined && bestOfRaw > n && stream) fail("best_of", "best_of greater than n cannot be streamed (the best candidates are known only at the end)");
+  if (bestOfRaw !== undefined && bestOfRaw > n && stream)
+    fail("best_of", "best_of greater than n cannot be streamed (the best candidates are known only at the end)");
   if (bestOfRaw !== undefined && bestOfRaw * sources.length > MAX_CHOICES) {
     fail("best_of", `best_of x prompts may be at most ${MAX_CHOICES}, got ${bestOfRaw} x ${sources.length}`);
   }
@@ -803,7 +795,11 @@ export function planChatRequest(body: unknown, ctx: ValidationContext): RequestP
   checkModel(f, ctx);
   const messages = parseChatMessages(f.raw("messages"), strict, ignoredFields);
   const common = parseCommonSampling(f, ctx);
-  const structured = parseStructuredOutput({ responseFormat: f.raw("response_format"), tools: f.raw("tools"), toolChoice: f.raw("tool_choice") }, ctx.checkSchema, fail);
+  const structured = parseStructuredOutput(
+    { responseFormat: f.raw("response_format"), tools: f.raw("tools"), toolChoice: f.raw("tool_choice") },
+    ctx.checkSchema,
+    fail,
+  );
   f.boolean("parallel_tool_calls");
   const logprobsFlag = f.boolean("logprobs") ?? false;
   const topLogprobs = f.number("top_logprobs", { int: true, min: 0, max: MAX_LOGPROBS });
@@ -817,7 +813,10 @@ export function planChatRequest(body: unknown, ctx: ValidationContext): RequestP
   const addGenerationPrompt = f.boolean("add_generation_prompt") ?? true;
   const kwargs = f.object("chat_template_kwargs");
   // The tools go to the template as `tools` (transformers' convention), unless chat_template_kwargs sets it.
-  const toolsVariable = structured.tools.map((t) => ({ type: "function", function: { name: t.name, ...(t.description !== undefined ? { description: t.description } : {}), parameters: t.parameters } }));
+  const toolsVariable = structured.tools.map((t) => ({
+    type: "function",
+    function: { name: t.name, ...(t.description !== undefined ? { description: t.description } : {}), parameters: t.parameters },
+  }));
   const templateVariables = toolsVariable.length > 0 ? { tools: toolsVariable, ...kwargs } : kwargs;
   const cacheSalt = parseCacheSalt(f);
   // max_completion_tokens is OpenAI's newer name; it wins when both are given.

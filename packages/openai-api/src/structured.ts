@@ -87,7 +87,8 @@ export function parseResponseFormat(raw: unknown, check: SchemaChecker | undefin
     if (typeof js.name !== "string" || !/^[a-zA-Z0-9_-]{1,64}$/.test(js.name)) {
       fail("response_format.json_schema.name", "response_format.json_schema.name must be 1-64 letters, digits, _ or -");
     }
-    if (js.strict !== undefined && js.strict !== null && typeof js.strict !== "boolean") fail("response_format.json_schema.strict", "response_format.json_schema.strict must be a boolean");
+    if (js.strict !== undefined && js.strict !== null && typeof js.strict !== "boolean")
+      fail("response_format.json_schema.strict", "response_format.json_schema.strict must be a boolean");
     const schema = js.schema ?? {};
     checked(check, schema, "response_format.json_schema.schema", fail);
     return JSON.stringify({ json: schema });
@@ -96,7 +97,12 @@ export function parseResponseFormat(raw: unknown, check: SchemaChecker | undefin
 }
 
 /** tools and tool_choice of a chat request. */
-export function parseTools(rawTools: unknown, rawChoice: unknown, check: SchemaChecker | undefined, fail: Fail): { tools: ToolDefinition[]; choice: ToolChoice } {
+export function parseTools(
+  rawTools: unknown,
+  rawChoice: unknown,
+  check: SchemaChecker | undefined,
+  fail: Fail,
+): { tools: ToolDefinition[]; choice: ToolChoice } {
   const tools: ToolDefinition[] = [];
   if (rawTools !== undefined && rawTools !== null) {
     if (!Array.isArray(rawTools)) fail("tools", "tools must be a list");

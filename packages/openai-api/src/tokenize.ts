@@ -92,7 +92,8 @@ export function parseTokenizeRequest(body: unknown, ctx: TokenizeContext): Token
     // The chat template writes its own special tokens (BOS); add_special_tokens true would add none here.
     optBool(b, "add_special_tokens", false);
     const kw = b.chat_template_kwargs;
-    if (kw !== undefined && kw !== null && (typeof kw !== "object" || Array.isArray(kw))) fail("chat_template_kwargs", "chat_template_kwargs must be an object");
+    if (kw !== undefined && kw !== null && (typeof kw !== "object" || Array.isArray(kw)))
+      fail("chat_template_kwargs", "chat_template_kwargs must be an object");
     const op: EncodeOp = {
       kind: "chat",
       messages,

@@ -85,8 +85,7 @@ export interface Architecture {
   readonly mtpFfn: Ffn | null;
 }
 
-const SUPPORTED =
-  "DeepSeek-V2/V3 and Kimi K2 (MLA), Llama, Mistral, Qwen2/2.5, Qwen3, Mixtral, Qwen2-MoE and Qwen3-MoE";
+const SUPPORTED = "DeepSeek-V2/V3 and Kimi K2 (MLA), Llama, Mistral, Qwen2/2.5, Qwen3, Mixtral, Qwen2-MoE and Qwen3-MoE";
 
 const DEEPSEEK_TYPES = new Set(["deepseek_v2", "deepseek_v3", "kimi_k2"]);
 const DEEPSEEK_ARCHS = new Set(["DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM", "KimiK2ForCausalLM"]);
@@ -150,9 +149,7 @@ const GqaFields = {
 
 const LlamaSchema = z.object(GqaFields).loose();
 
-const MixtralSchema = z
-  .object({ ...GqaFields, num_local_experts: posInt.optional(), num_experts_per_tok: posInt.optional() })
-  .loose();
+const MixtralSchema = z.object({ ...GqaFields, num_local_experts: posInt.optional(), num_experts_per_tok: posInt.optional() }).loose();
 
 const QwenMoeSchema = z
   .object({
@@ -378,8 +375,6 @@ function parseQwenMoe(raw: Record<string, unknown>, source: string, family: "qwe
   const step = c.decoder_sparse_step ?? 1;
   const mlpOnly = new Set(c.mlp_only_layers ?? []);
   // HF's rule (modeling_qwen2_moe.py): sparse when not in mlp_only_layers, num_experts > 0 and (i + 1) % step == 0.
-  const ffn = Array.from({ length: c.num_hidden_layers }, (_, i): Ffn =>
-    !mlpOnly.has(i) && experts > 0 && (i + 1) % step === 0 ? moe : dense,
-  );
+  const ffn = Array.from({ length: c.num_hidden_layers }, (_, i): Ffn => (!mlpOnly.has(i) && experts > 0 && (i + 1) % step === 0 ? moe : dense));
   return Object.freeze({ ...gqaBase(c, family, family), attention: gqaAttention(c, source, family), ffn });
 }

@@ -39,12 +39,26 @@ export function planToJson(plan: Plan, source?: string) {
       tie_word_embeddings: a.tieWordEmbeddings,
       attention:
         at.kind === "mla"
-          ? { kind: "mla", num_heads: at.numHeads, q_lora_rank: at.qLoraRank, kv_lora_rank: at.kvLoraRank, qk_nope_head_dim: at.qkNopeHeadDim, qk_rope_head_dim: at.qkRopeHeadDim, v_head_dim: at.vHeadDim }
+          ? {
+              kind: "mla",
+              num_heads: at.numHeads,
+              q_lora_rank: at.qLoraRank,
+              kv_lora_rank: at.kvLoraRank,
+              qk_nope_head_dim: at.qkNopeHeadDim,
+              qk_rope_head_dim: at.qkRopeHeadDim,
+              v_head_dim: at.vHeadDim,
+            }
           : { kind: at.numKvHeads === at.numHeads ? "mha" : "gqa", num_heads: at.numHeads, num_key_value_heads: at.numKvHeads, head_dim: at.headDim },
       moe:
         moe === undefined || moe.kind !== "moe"
           ? null
-          : { routed_experts: moe.routedExperts, experts_per_token: moe.expertsPerToken, expert_intermediate_size: moe.expertIntermediateSize, shared_experts: moe.sharedExperts, shared_intermediate_size: moe.sharedIntermediateSize },
+          : {
+              routed_experts: moe.routedExperts,
+              experts_per_token: moe.expertsPerToken,
+              expert_intermediate_size: moe.expertIntermediateSize,
+              shared_experts: moe.sharedExperts,
+              shared_intermediate_size: moe.sharedIntermediateSize,
+            },
     },
     total_params: plan.params.main.total,
     activated_params: plan.params.main.activated,
@@ -94,7 +108,13 @@ export function planToJson(plan: Plan, source?: string) {
                     link: ep.paper.scenario.link,
                     hidden: PAPER_EP_DECODE.inputs.hidden,
                     at_paper_inputs: boundJson(ep.paper.atPaperInputs),
-                    figures: ep.paper.comparisons.map((c) => ({ figure: c.key, stated: c.stated, paper: c.paper, computed: c.computed, agreement: c.agreement })),
+                    figures: ep.paper.comparisons.map((c) => ({
+                      figure: c.key,
+                      stated: c.stated,
+                      paper: c.paper,
+                      computed: c.computed,
+                      agreement: c.agreement,
+                    })),
                   },
           },
     notes: plan.notes,
@@ -125,7 +145,14 @@ function flopsText(x: number): string {
 function columns(rows: readonly (readonly string[])[], indent = "  "): string[] {
   const widths: number[] = [];
   for (const r of rows) r.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
-  return rows.map((r) => indent + r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("   ").trimEnd());
+  return rows.map(
+    (r) =>
+      indent +
+      r
+        .map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)))
+        .join("   ")
+        .trimEnd(),
+  );
 }
 
 /** The table `moela plan` prints for people. */
@@ -137,7 +164,8 @@ export function formatPlanTable(plan: Plan, source?: string): string {
   const out: string[] = [];
   const arch = a.architectures.length > 0 ? ` (${a.architectures.join(", ")})` : "";
   out.push(`moela plan${source === undefined ? "" : `: ${source}`}`);
-  const layers = moeLayers > 0 && moeLayers < a.numLayers ? `${a.numLayers} layers (${a.numLayers - moeLayers} dense, ${moeLayers} MoE)` : `${a.numLayers} layers`;
+  const layers =
+    moeLayers > 0 && moeLayers < a.numLayers ? `${a.numLayers} layers (${a.numLayers - moeLayers} dense, ${moeLayers} MoE)` : `${a.numLayers} layers`;
   const mtp = a.mtpModules > 0 ? ` + ${a.mtpModules} MTP module${a.mtpModules > 1 ? "s" : ""}` : "";
   out.push(`model       ${a.modelType}${arch}: ${layers}${mtp}, hidden ${int(a.hiddenSize)}, vocab ${int(a.vocabSize)}`);
   out.push(
@@ -167,11 +195,16 @@ export function formatPlanTable(plan: Plan, source?: string): string {
   out.push(...columns(rows, ""));
   out.push("");
   const kv = plan.kv;
-  const kvWhat = at.kind === "mla" ? `${kv.valuesPerLayer} latent values (${at.kvLoraRank} + ${at.qkRopeHeadDim})` : `${int(kv.valuesPerLayer)} values (K and V, ${at.numKvHeads} heads x ${at.headDim})`;
+  const kvWhat =
+    at.kind === "mla"
+      ? `${kv.valuesPerLayer} latent values (${at.kvLoraRank} + ${at.qkRopeHeadDim})`
+      : `${int(kv.valuesPerLayer)} values (K and V, ${at.numKvHeads} heads x ${at.headDim})`;
   out.push(`KV cache    ${int(kv.bytesPerToken)} B per token = ${kv.layers} layers x ${kvWhat} x ${kv.bytesPerValue} B`);
   const f = plan.flops;
   const atContext = plan.context > 0 ? `; at context ${int(plan.context)}: ${flopsText(f.matmul + f.attentionPerContextToken * plan.context)}` : "";
-  out.push(`FLOPs       ${flopsText(f.matmul)} per token = 2 x ${shortCount(f.matmul / 2)} activated matmul weights, + ${int(f.attentionPerContextToken)} per context token (attention)${atContext}`);
+  out.push(
+    `FLOPs       ${flopsText(f.matmul)} per token = 2 x ${shortCount(f.matmul / 2)} activated matmul weights, + ${int(f.attentionPerContextToken)} per context token (attention)${atContext}`,
+  );
   const ep = plan.epDecode;
   if (ep !== null) {
     const x = ep.inputs;

@@ -91,11 +91,7 @@ function scaleOf(x: number, p: PaperFigure["precision"]): number {
 }
 
 function describePrecision(p: PaperFigure["precision"]): string {
-  return "decimals" in p
-    ? p.decimals === 0
-      ? "to a whole number"
-      : `to ${p.decimals} decimals`
-    : `to ${p.significant} significant figures`;
+  return "decimals" in p ? (p.decimals === 0 ? "to a whole number" : `to ${p.decimals} decimals`) : `to ${p.significant} significant figures`;
 }
 
 export function compareFigure(f: PaperFigure, computed: number): PaperComparison {

@@ -75,7 +75,12 @@ export interface FfnCount {
 
 export function ffnCount(f: Ffn, d: number): FfnCount {
   if (f.kind === "dense") {
-    return { dense: add(swiglu(d, f.intermediateSize), f.bias ? vector(2 * f.intermediateSize + d) : ZERO), routedExperts: ZERO, sharedExperts: ZERO, router: ZERO };
+    return {
+      dense: add(swiglu(d, f.intermediateSize), f.bias ? vector(2 * f.intermediateSize + d) : ZERO),
+      routedExperts: ZERO,
+      sharedExperts: ZERO,
+      router: ZERO,
+    };
   }
   const one = 3 * d * f.expertIntermediateSize;
   return {
@@ -167,10 +172,7 @@ export interface FlopsPerToken {
  */
 export function attentionFlopsPerContextToken(a: Architecture): number {
   const at = a.attention;
-  const perLayer =
-    at.kind === "mla"
-      ? 2 * at.numHeads * (at.qkNopeHeadDim + at.qkRopeHeadDim + at.vHeadDim)
-      : 2 * at.numHeads * 2 * at.headDim;
+  const perLayer = at.kind === "mla" ? 2 * at.numHeads * (at.qkNopeHeadDim + at.qkRopeHeadDim + at.vHeadDim) : 2 * at.numHeads * 2 * at.headDim;
   return perLayer * a.numLayers;
 }
 

@@ -111,13 +111,14 @@ function epNotes(a: Architecture, ep: EpDecodePlan): string[] {
         `${ep.moeLayers} are MoE layers${why}. Over those alone: TPOT ${formatNumber(ep.moeLayersOnly.tpotMs, 2)} ms, ${formatNumber(ep.moeLayersOnly.tokensPerS, 2)} tokens/s.`,
     );
   }
-  if (a.mtpModules > 0) notes.push(`The MTP module${a.mtpModules > 1 ? "s'" : "'s"} ${a.mtpModules} layer${a.mtpModules > 1 ? "s are" : " is"} not in the EP bound's layer count (nor in the paper's).`);
+  if (a.mtpModules > 0)
+    notes.push(
+      `The MTP module${a.mtpModules > 1 ? "s'" : "'s"} ${a.mtpModules} layer${a.mtpModules > 1 ? "s are" : " is"} not in the EP bound's layer count (nor in the paper's).`,
+    );
   if (ep.paper !== null) {
     const p = ep.paper;
     const hiddenNote =
-      x.hidden === PAPER_EP_DECODE.inputs.hidden
-        ? ""
-        : ` (the paper's "7K" hidden is 7,000; this run's ${n0(x.hidden)} gives the figures above)`;
+      x.hidden === PAPER_EP_DECODE.inputs.hidden ? "" : ` (the paper's "7K" hidden is 7,000; this run's ${n0(x.hidden)} gives the figures above)`;
     notes.push(`Against ${PAPER_EP_DECODE.source}, ${p.scenario.link}, at hidden 7,000${hiddenNote}:`);
     for (const c of p.comparisons) notes.push(`  ${c.note}.`);
   }

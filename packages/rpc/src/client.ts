@@ -70,11 +70,7 @@ function cancelOnAbort(call: { cancel(): void }, signal: AbortSignal | undefined
 
 /** One unary call as a promise. `start` issues it on the generated client with the given metadata and options. */
 export function unaryCall<Res>(
-  start: (
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (err: ServiceError | null, response: Res) => void,
-  ) => ClientUnaryCall,
+  start: (metadata: Metadata, options: Partial<CallOptions>, callback: (err: ServiceError | null, response: Res) => void) => ClientUnaryCall,
   opts: CallOpts = {},
 ): Promise<Res> {
   const signal = opts.signal;
@@ -126,11 +122,7 @@ export async function* serverStreamCall<Res>(
  * stream), writing stops and the promise rejects with that status as a MoelaError.
  */
 export async function clientStreamCall<Req, Res>(
-  start: (
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (err: ServiceError | null, response: Res) => void,
-  ) => ClientWritableStream<Req>,
+  start: (metadata: Metadata, options: Partial<CallOptions>, callback: (err: ServiceError | null, response: Res) => void) => ClientWritableStream<Req>,
   requests: AsyncIterable<Req> | Iterable<Req>,
   opts: CallOpts = {},
 ): Promise<Res> {
@@ -156,7 +148,13 @@ export async function clientStreamCall<Req, Res>(
       if (answered || signal?.aborted) break;
       if (!call.write(request)) {
         // Wait for room, or for the call to end early (answered: 'drain' may never come).
-        await Promise.race([once(call, "drain"), response.then(() => undefined, () => undefined)]);
+        await Promise.race([
+          once(call, "drain"),
+          response.then(
+            () => undefined,
+            () => undefined,
+          ),
+        ]);
       }
     }
   } catch (err) {

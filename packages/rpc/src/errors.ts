@@ -40,11 +40,7 @@ export function toStatus(err: unknown): StatusObject {
 
 /** Whether `err` is an error that grpc-js produced for a call (it carries a numeric status code). */
 export function isServiceError(err: unknown): err is ServiceError {
-  return (
-    err instanceof Error &&
-    typeof (err as Partial<ServiceError>).code === "number" &&
-    typeof (err as Partial<ServiceError>).details === "string"
-  );
+  return err instanceof Error && typeof (err as Partial<ServiceError>).code === "number" && typeof (err as Partial<ServiceError>).details === "string";
 }
 
 /**

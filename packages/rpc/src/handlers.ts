@@ -83,10 +83,7 @@ export type BidiStreamHandler<Req, Res> = (requests: AsyncIterable<Req>, ctx: Ca
 type WireStatus = ReturnType<typeof toStatus>;
 
 type AnyServerCall =
-  | ServerUnaryCall<unknown, unknown>
-  | ServerReadableStream<unknown, unknown>
-  | ServerWritableStream<unknown, unknown>
-  | ServerDuplexStream<unknown, unknown>;
+  ServerUnaryCall<unknown, unknown> | ServerReadableStream<unknown, unknown> | ServerWritableStream<unknown, unknown> | ServerDuplexStream<unknown, unknown>;
 
 function deadlineMs(call: AnyServerCall): number {
   const deadline = call.getDeadline();
@@ -181,13 +178,15 @@ export function unaryHandler<Req, Res>(fn: UnaryHandler<Req, Res>, options: Hand
       else callback(status, null);
     });
     // new Promise(...) also catches a handler that throws before returning its promise.
-    new Promise<Res>((resolve) => resolve(fn(call.request, state.ctx))).then(
-      (res) => {
-        result = res;
-        state.settle(undefined);
-      },
-      (err: unknown) => state.settle(failure(state, err)),
-    ).finally(() => state.handlerReturned());
+    new Promise<Res>((resolve) => resolve(fn(call.request, state.ctx)))
+      .then(
+        (res) => {
+          result = res;
+          state.settle(undefined);
+        },
+        (err: unknown) => state.settle(failure(state, err)),
+      )
+      .finally(() => state.handlerReturned());
   };
 }
 
@@ -230,10 +229,7 @@ function endStream(call: ServerWritableStream<unknown, unknown> | ServerDuplexSt
 }
 
 /** A grpc-js server-streaming handler running the generator `fn`. */
-export function serverStreamHandler<Req, Res>(
-  fn: ServerStreamHandler<Req, Res>,
-  options: HandlerOptions = {},
-): handleServerStreamingCall<Req, Res> {
+export function serverStreamHandler<Req, Res>(fn: ServerStreamHandler<Req, Res>, options: HandlerOptions = {}): handleServerStreamingCall<Req, Res> {
   return (call: ServerWritableStream<Req, Res>) => {
     const state = new CallState(call, options, endStream(call));
     void (async () => {
@@ -259,10 +255,7 @@ export function serverStreamHandler<Req, Res>(
  * that the client sent everything: protocols mark their own end (KvTransfer's KvEnd) and
  * handlers check for it.
  */
-async function* requestsOf<Req>(
-  call: ServerReadableStream<Req, unknown> | ServerDuplexStream<Req, unknown>,
-  signal: AbortSignal,
-): AsyncGenerator<Req> {
+async function* requestsOf<Req>(call: ServerReadableStream<Req, unknown> | ServerDuplexStream<Req, unknown>, signal: AbortSignal): AsyncGenerator<Req> {
   try {
     // Not `for await (... of call)`: that destroys a duplex call when the requests end, so the
     // responses after the client's half-close (and the final status) could never be sent.
@@ -277,10 +270,7 @@ async function* requestsOf<Req>(
 }
 
 /** A grpc-js client-streaming handler running `fn` over the request stream. */
-export function clientStreamHandler<Req, Res>(
-  fn: ClientStreamHandler<Req, Res>,
-  options: HandlerOptions = {},
-): handleClientStreamingCall<Req, Res> {
+export function clientStreamHandler<Req, Res>(fn: ClientStreamHandler<Req, Res>, options: HandlerOptions = {}): handleClientStreamingCall<Req, Res> {
   return (call: ServerReadableStream<Req, Res>, callback: sendUnaryData<Res>) => {
     let result: Res | undefined;
     const state = new CallState(call, options, (status) => {
@@ -289,21 +279,20 @@ export function clientStreamHandler<Req, Res>(
     });
     // Stop reading when the server aborts the call; the client side is answered by settle().
     state.ctx.signal.addEventListener("abort", () => call.destroy(), { once: true });
-    new Promise<Res>((resolve) => resolve(fn(requestsOf(call, state.ctx.signal), state.ctx))).then(
-      (res) => {
-        result = res;
-        state.settle(undefined);
-      },
-      (err: unknown) => state.settle(failure(state, err)),
-    ).finally(() => state.handlerReturned());
+    new Promise<Res>((resolve) => resolve(fn(requestsOf(call, state.ctx.signal), state.ctx)))
+      .then(
+        (res) => {
+          result = res;
+          state.settle(undefined);
+        },
+        (err: unknown) => state.settle(failure(state, err)),
+      )
+      .finally(() => state.handlerReturned());
   };
 }
 
 /** A grpc-js bidirectional-streaming handler running the generator `fn` over the request stream. */
-export function bidiStreamHandler<Req, Res>(
-  fn: BidiStreamHandler<Req, Res>,
-  options: HandlerOptions = {},
-): handleBidiStreamingCall<Req, Res> {
+export function bidiStreamHandler<Req, Res>(fn: BidiStreamHandler<Req, Res>, options: HandlerOptions = {}): handleBidiStreamingCall<Req, Res> {
   return (call: ServerDuplexStream<Req, Res>) => {
     const state = new CallState(call, options, endStream(call));
     void (async () => {

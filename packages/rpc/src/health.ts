@@ -45,10 +45,11 @@ interface HealthClient extends Client {
   Watch(request: HealthCheckRequest, metadata: Metadata, options: Partial<CallOptions>): ClientReadableStream<HealthCheckResponse>;
 }
 
-const HealthClientConstructor = makeGenericClientConstructor(
-  healthServiceDefinition as unknown as ServiceDefinition,
-  HEALTH_SERVICE_NAME,
-) as unknown as new (address: string, creds: ChannelCredentials, options?: ChannelOptions) => HealthClient;
+const HealthClientConstructor = makeGenericClientConstructor(healthServiceDefinition as unknown as ServiceDefinition, HEALTH_SERVICE_NAME) as unknown as new (
+  address: string,
+  creds: ChannelCredentials,
+  options?: ChannelOptions,
+) => HealthClient;
 
 /** Health needs no secret, but a TLS server needs a TLS client (with a cert, under mTLS). */
 function healthClient(address: string, security: InternalSecurity | undefined): HealthClient {
@@ -135,10 +136,7 @@ export async function waitForServing(address: string, options: WaitForServingOpt
  * change, until the server ends the stream (the iterator then throws that status as a
  * MoelaError) or `signal` aborts (it ends quietly). Breaking out of the loop cancels the call.
  */
-export async function* watchHealth(
-  address: string,
-  options: HealthQueryOptions & { signal?: AbortSignal } = {},
-): AsyncGenerator<HealthStatus> {
+export async function* watchHealth(address: string, options: HealthQueryOptions & { signal?: AbortSignal } = {}): AsyncGenerator<HealthStatus> {
   const client = healthClient(address, options.security);
   const call = client.Watch({ service: options.service ?? "" }, new Metadata(), {});
   const cancel = (): void => call.cancel();

@@ -45,15 +45,7 @@ export {
   type HealthStatus,
   type WaitForServingOptions,
 } from "./health.js";
-export {
-  childDeadline,
-  deadlineAfter,
-  deadlineExceeded,
-  deadlineSignal,
-  deadlineToMs,
-  remainingMs,
-  throwIfExpired,
-} from "./deadlines.js";
+export { childDeadline, deadlineAfter, deadlineExceeded, deadlineSignal, deadlineToMs, remainingMs, throwIfExpired } from "./deadlines.js";
 export {
   channelCredentials,
   clientChannel,
@@ -78,5 +70,11 @@ export {
   type InternalSecurityNames,
   type RefusedCall,
 } from "./security.js";
-export { INTERNAL_SECURITY_SCHEMA, internalSecurityOf, withInternalSecurity, type InternalSecurityKey, type WithInternalSecurity } from "./security-settings.js";
+export {
+  INTERNAL_SECURITY_SCHEMA,
+  internalSecurityOf,
+  withInternalSecurity,
+  type InternalSecurityKey,
+  type WithInternalSecurity,
+} from "./security-settings.js";
 export { connect, unaryCall, serverStreamCall, clientStreamCall, type CallOpts } from "./client.js";

@@ -27,7 +27,12 @@ export type InternalSecurityKey = keyof InternalSecurityFlags;
 export type WithInternalSecurity<T> = Omit<T, InternalSecurityKey> & { security: InternalSecurity };
 
 /** Parses the security settings among `settings` (errors start "<service>: " and name the flag and its env twin `${envPrefix}...`). */
-export function internalSecurityOf(settings: InternalSecurityFlags, envPrefix: string, service: string, error: MessageError = InvalidArgumentError): InternalSecurity {
+export function internalSecurityOf(
+  settings: InternalSecurityFlags,
+  envPrefix: string,
+  service: string,
+  error: MessageError = InvalidArgumentError,
+): InternalSecurity {
   return parseInternalSecurity(settings, internalSecurityNames(envPrefix), service, error);
 }
 

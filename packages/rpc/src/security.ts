@@ -94,7 +94,8 @@ export const INTERNAL_SECURITY_FLAGS: Readonly<Record<keyof InternalSecurityFlag
 
 /** --help lines of the settings. */
 export const INTERNAL_SECURITY_HELP: Readonly<Record<keyof InternalSecurityFlags, string>> = Object.freeze({
-  internalSecret: "shared secret(s) S[,S...] every internal gRPC call must carry (x-moela-internal-secret); 16+ printable characters; prefer the env twin or the file (default none)",
+  internalSecret:
+    "shared secret(s) S[,S...] every internal gRPC call must carry (x-moela-internal-secret); 16+ printable characters; prefer the env twin or the file (default none)",
   internalSecretFile: "file holding the internal secret(s), e.g. a mounted Secret (default none)",
   tlsCert: "PEM certificate of this service: served over TLS, and presented as client cert for mTLS (default none: plaintext)",
   tlsKey: "PEM private key of --tls-cert",
@@ -197,9 +198,11 @@ export function internalSecurity(o: {
   readonly secrets?: readonly string[];
   readonly tls?: { readonly cert?: Buffer; readonly key?: Buffer; readonly ca?: Buffer; readonly clientAuth?: boolean };
 }): InternalSecurity {
-  const secrets = (o.secrets ?? []).flatMap((s) => parseSecrets(s, (m) => {
-    throw new InvalidArgumentError(`internal secret: ${m}`);
-  }));
+  const secrets = (o.secrets ?? []).flatMap((s) =>
+    parseSecrets(s, (m) => {
+      throw new InvalidArgumentError(`internal secret: ${m}`);
+    }),
+  );
   const tls = o.tls === undefined ? undefined : Object.freeze({ ...o.tls, clientAuth: o.tls.clientAuth ?? false });
   return freezeSecurity(secrets, tls);
 }
@@ -215,7 +218,10 @@ function freezeSecurity(secrets: readonly string[], tls: InternalSecurity["tls"]
 }
 
 function parseSecrets(text: string, fail: (message: string) => never): string[] {
-  const parts = text.trim().split(",").map((s) => s.trim());
+  const parts = text
+    .trim()
+    .split(",")
+    .map((s) => s.trim());
   parts.forEach((s, i) => {
     const which = parts.length > 1 ? `secret ${i + 1} of ${parts.length}` : "the secret";
     if (s.length === 0) fail(`${which} is empty`);

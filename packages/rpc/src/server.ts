@@ -11,13 +11,7 @@
  * so grpcurl and Kubernetes probes work against any service without extra wiring.
  */
 import { readFileSync } from "node:fs";
-import {
-  type ChannelOptions,
-  Server,
-  type ServiceDefinition,
-  type UntypedHandleCall,
-  type UntypedServiceImplementation,
-} from "@grpc/grpc-js";
+import { type ChannelOptions, Server, type ServiceDefinition, type UntypedHandleCall, type UntypedServiceImplementation } from "@grpc/grpc-js";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { loadSync, type PackageDefinition } from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";

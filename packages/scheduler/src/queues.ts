@@ -56,19 +56,30 @@ export const prefillSamplingSchema = z.strictObject({
   frequencyPenalty: z.number().min(-2).max(2).optional(),
   repetitionPenalty: z.number().gt(0).lte(2).optional(),
   /** [token id, bias] pairs, ascending ids. */
-  logitBias: z.array(z.tuple([tokenId, z.number().min(-100).max(100)])).max(1024).optional(),
+  logitBias: z
+    .array(z.tuple([tokenId, z.number().min(-100).max(100)]))
+    .max(1024)
+    .optional(),
   minP: z.number().min(0).max(1).optional(),
   minTokens: z.number().int().min(0).optional(),
   /** A migrated attempt: the last N prompt tokens are the request's earlier output. */
   priorOutputTokens: z.number().int().min(0).optional(),
   /** Constrained decoding: a grammar spec's JSON text (GenerationParams.grammar; the engine's MAX_GRAMMAR_CHARS bounds it too, and checks it). */
-  grammar: z.string().min(1).max(256 * 1024).optional(),
+  grammar: z
+    .string()
+    .min(1)
+    .max(256 * 1024)
+    .optional(),
 });
 
 export const prefillJobSchema = z.strictObject({
   version: z.literal(PREFILL_JOB_VERSION),
   /** `req-<uuid>`; also the BullMQ job id, so a request is queued at most once. */
-  requestId: z.string().min(1).max(256).regex(/^[^:\s]+$/, "must not contain ':' or whitespace"),
+  requestId: z
+    .string()
+    .min(1)
+    .max(256)
+    .regex(/^[^:\s]+$/, "must not contain ':' or whitespace"),
   /** The prompt exactly as the model sees it (BOS, chat template already applied). */
   promptTokenIds: z.array(tokenId).min(1),
   sampling: prefillSamplingSchema,
@@ -181,7 +192,11 @@ export function parseJobFailure(failedReason: string): { code: Code; message: st
 
 /** The prefill queue as a producer (the router) opens it: PREFILL_JOB_OPTIONS are every job's defaults. */
 export function createPrefillQueue(redisUrl: string, prefix: string = DEFAULT_QUEUE_PREFIX): Queue {
-  return new Queue(PREFILL_QUEUE, { connection: redisConnection(redisUrl), prefix: validateQueuePrefix(prefix), defaultJobOptions: { ...PREFILL_JOB_OPTIONS } });
+  return new Queue(PREFILL_QUEUE, {
+    connection: redisConnection(redisUrl),
+    prefix: validateQueuePrefix(prefix),
+    defaultJobOptions: { ...PREFILL_JOB_OPTIONS },
+  });
 }
 
 /** BullMQ's largest priority (2^21). */

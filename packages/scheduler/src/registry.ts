@@ -109,7 +109,9 @@ export function advertisedAddress(bound: string, override?: string): string {
  */
 export function shardReplicas(records: readonly InstanceRecord[], shardCount: number, precision?: string): { shard: number; address: string }[] {
   return records
-    .filter((r) => r.role === "expert-host" && r.shardCount === shardCount && r.shardIndex !== undefined && (precision === undefined || r.precision === precision))
+    .filter(
+      (r) => r.role === "expert-host" && r.shardCount === shardCount && r.shardIndex !== undefined && (precision === undefined || r.precision === precision),
+    )
     .map((r) => ({ shard: r.shardIndex!, address: r.grpcAddress }));
 }
 
@@ -118,7 +120,10 @@ export function registryKey(prefix: string, role: InstanceRole, id?: string): st
 }
 
 function defaultId(role: InstanceRole, pid: number): string {
-  const host = hostname().replace(/[^A-Za-z0-9.-]/g, "-").slice(0, 63) || "host";
+  const host =
+    hostname()
+      .replace(/[^A-Za-z0-9.-]/g, "-")
+      .slice(0, 63) || "host";
   return `${role}-${host}-${pid}-${randomBytes(3).toString("hex")}`;
 }
 
@@ -281,12 +286,7 @@ export class Registration {
         accepting: l.accepting === false ? "0" : "1",
       };
       for (const [q, n] of Object.entries(l.queues ?? {})) fields[`queue.${q}`] = String(n);
-      await r.redis
-        .multi()
-        .hset(this.key, fields)
-        .pexpire(this.key, r.ttlMs)
-        .zadd(registryKey(r.prefix, this.role), now, this.id)
-        .exec();
+      await r.redis.multi().hset(this.key, fields).pexpire(this.key, r.ttlMs).zadd(registryKey(r.prefix, this.role), now, this.id).exec();
       if (this.failing) r.logger?.info({ instance: this.id }, "registry: heartbeats reach Redis again");
       this.failing = false;
     } catch (err) {
@@ -315,11 +315,7 @@ export class InstanceRegistry {
    * Register an instance: its record is written now (a failure is logged, not thrown) and rewritten
    * every `intervalMs` with `load()`. The TTL should cover a few intervals.
    */
-  async register(
-    info: InstanceInfo,
-    load: () => PublishedLoad | Promise<PublishedLoad>,
-    options: { intervalMs?: number } = {},
-  ): Promise<Registration> {
+  async register(info: InstanceInfo, load: () => PublishedLoad | Promise<PublishedLoad>, options: { intervalMs?: number } = {}): Promise<Registration> {
     const intervalMs = options.intervalMs ?? Math.min(HEARTBEAT_INTERVAL_MS, Math.floor(this.ttlMs / 3));
     const reg = new Registration(this, info, load, intervalMs);
     await reg.start();

@@ -1,9 +1,4 @@
-export {
-  Tokenizer,
-  TOKENIZER_JSON,
-  TOKENIZER_CONFIG_JSON,
-  CHAT_TEMPLATE_JINJA,
-} from "./tokenizer.js";
+export { Tokenizer, TOKENIZER_JSON, TOKENIZER_CONFIG_JSON, CHAT_TEMPLATE_JINJA } from "./tokenizer.js";
 export type { ChatMessage, ChatTemplateOptions, DecodeOptions, EncodeOptions, TokenizerSource } from "./tokenizer.js";
 export { IncrementalDecoder } from "./incremental.js";
 export type { IncrementalDecoderOptions } from "./incremental.js";

@@ -11,13 +11,7 @@ import { byteLevelBpeModel, createDeepseekV3PreTokenizer, DEEPSEEK_V3_DECODER, D
 
 export const TINY_VOCAB_SIZE = 1024;
 
-export const TINY_SPECIAL_TOKENS = [
-  "<｜begin▁of▁sentence｜>",
-  "<｜end▁of▁sentence｜>",
-  "<｜User｜>",
-  "<｜Assistant｜>",
-  "<｜pad｜>",
-] as const;
+export const TINY_SPECIAL_TOKENS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>", "<｜pad｜>"] as const;
 
 /**
  * DeepSeek-V3's chat template, simplified: no tool calls. System messages are joined (blank line between) and put

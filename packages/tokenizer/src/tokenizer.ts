@@ -211,10 +211,7 @@ export class Tokenizer {
     if (content === undefined) return undefined;
     const id = this.hf.token_to_id(content);
     if (id === undefined) {
-      throw new CheckpointError(
-        this.source.tokenizerConfig,
-        `${field} ${JSON.stringify(content)} is not in the vocabulary of ${this.source.tokenizerJson}`,
-      );
+      throw new CheckpointError(this.source.tokenizerConfig, `${field} ${JSON.stringify(content)} is not in the vocabulary of ${this.source.tokenizerJson}`);
     }
     return id;
   }

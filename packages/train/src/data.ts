@@ -16,7 +16,8 @@ export function readTokenIds(file: string): Int32Array {
   const buf = fs.readFileSync(file);
   if (ext === ".json") {
     const v = JSON.parse(buf.toString("utf8")) as unknown;
-    if (!Array.isArray(v) || v.some((x) => !Number.isInteger(x) || (x as number) < 0)) throw new InvalidArgumentError(`${file}: expected a JSON array of token ids`);
+    if (!Array.isArray(v) || v.some((x) => !Number.isInteger(x) || (x as number) < 0))
+      throw new InvalidArgumentError(`${file}: expected a JSON array of token ids`);
     return Int32Array.from(v as number[]);
   }
   if (ext === ".bin" || ext === ".u16") {

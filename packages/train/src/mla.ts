@@ -22,8 +22,7 @@ export const LATENT_NORM_EPS = 1e-6;
 
 /** The query projection: low rank through q_lora_rank, or q_proj when it is null (as the engine's QueryWeights). */
 export type QueryParams =
-  | { readonly kind: "lora"; readonly qA: Param; readonly qANorm: Param; readonly qB: Param }
-  | { readonly kind: "direct"; readonly q: Param };
+  { readonly kind: "lora"; readonly qA: Param; readonly qANorm: Param; readonly qB: Param } | { readonly kind: "direct"; readonly q: Param };
 
 export interface MlaParams {
   readonly query: QueryParams;
@@ -65,7 +64,13 @@ export function mlaShape(cfg: ModelConfig, S: number): MlaShape {
   const half = cfg.qkRopeHeadDim / 2;
   const cos = new Float64Array(S * half);
   const sin = new Float64Array(S * half);
-  rotaryTables(rp, Array.from({ length: S }, (_, i) => i), S, cos, sin);
+  rotaryTables(
+    rp,
+    Array.from({ length: S }, (_, i) => i),
+    S,
+    cos,
+    sin,
+  );
   return {
     H: cfg.numHeads,
     dn: cfg.qkNopeHeadDim,

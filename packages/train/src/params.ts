@@ -136,5 +136,9 @@ export function shareParams(cfg: ModelConfig, ps: ParamStore): ParamStore {
     v.set(src);
     return v;
   };
-  return buildParams(cfg, (spec) => make(ps.get(spec.name).data), (spec) => make(ps.get(spec.name).grad));
+  return buildParams(
+    cfg,
+    (spec) => make(ps.get(spec.name).data),
+    (spec) => make(ps.get(spec.name).grad),
+  );
 }

@@ -34,7 +34,11 @@ export function runReplica(): void {
   const cfg = parseModelConfig(init.configJson);
   const ops = opsFor(init.precision);
   const view = (sab: SharedArrayBuffer): Vec => (init.precision === "f32" ? new Float32Array(sab) : new Float64Array(sab));
-  const params = buildParams(cfg, (spec) => view(init.data[spec.name]!), (spec) => view(init.grad[spec.name]!));
+  const params = buildParams(
+    cfg,
+    (spec) => view(init.data[spec.name]!),
+    (spec) => view(init.grad[spec.name]!),
+  );
   const model = new TrainModel(cfg, params, ops);
   // the optimizer's view: the main thread's gradients (the sums), AdamW's moments
   const slots: OptimSlot[] = params.list.map((p) => ({

@@ -109,7 +109,15 @@ export class ReplicaPool {
   /** Start worker w on rows of a step; resolves with its losses and loads (its gradients are in gradsOf(w)). */
   async run(w: number, tokens: Int32Array, B: number, S: number, opts: LossOptions): Promise<StepResult> {
     const r = await this.call<ReplicaReply>(w, { kind: "step", tokens, B, S, opts });
-    return { loss: r.loss, mainLoss: r.mainLoss, mtpLoss: r.mtpLoss, balanceLoss: r.balanceLoss, mainCorrect: r.mainCorrect, mtpCorrect: r.mtpCorrect, loads: new Map(r.loads) };
+    return {
+      loss: r.loss,
+      mainLoss: r.mainLoss,
+      mtpLoss: r.mtpLoss,
+      balanceLoss: r.balanceLoss,
+      mainCorrect: r.mainCorrect,
+      mtpCorrect: r.mtpCorrect,
+      loads: new Map(r.loads),
+    };
   }
 
   /** Worker w sums every replica's gradients of parameters [p0, p1) into the main ones; resolves with their sum of squares. */

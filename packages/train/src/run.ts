@@ -142,7 +142,8 @@ export async function runTraining(
       if (JSON.stringify(before[k]) !== JSON.stringify(o[k])) changedOnResume.push(`${k} ${JSON.stringify(before[k])} -> ${JSON.stringify(o[k])}`);
     }
     if (before["threads"] !== o.threads || before["parallel"] !== o.parallel) {
-      if (o.parallel === "replicas" || before["parallel"] === "replicas") changedOnResume.push(`threads/parallel ${String(before["threads"])}/${String(before["parallel"])} -> ${o.threads}/${o.parallel}`);
+      if (o.parallel === "replicas" || before["parallel"] === "replicas")
+        changedOnResume.push(`threads/parallel ${String(before["threads"])}/${String(before["parallel"])} -> ${o.threads}/${o.parallel}`);
     }
   }
   onInfo({ config: cfg, configJson: json, dataTokens: tokens.length, params: model.params.size, startStep: trainer.step, changedOnResume });
@@ -179,7 +180,9 @@ export async function runTraining(
           `${trainer.step} steps of ${o.batch} x ${o.seqLen} tokens, lr ${o.lr}, seed ${o.seed}, ${o.precision}.`,
         last ? `Final training loss ${last.mainLoss.toFixed(4)} (MTP ${last.mtpLoss.toFixed(4)}).` : "",
         "",
-        o.fp8 ? "Weights: attention and MLP linears F8_E4M3 with 128x128 block scales, other weights BF16, e_score_correction_bias F32." : "Weights: BF16 (e_score_correction_bias F32).",
+        o.fp8
+          ? "Weights: attention and MLP linears F8_E4M3 with 128x128 block scales, other weights BF16, e_score_correction_bias F32."
+          : "Weights: BF16 (e_score_correction_bias F32).",
       ],
     });
   }

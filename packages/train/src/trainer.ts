@@ -228,7 +228,10 @@ export class Trainer {
 
     // the replicas' gradients summed into this thread's, and the global gradient norm (doubles, fixed order)
     const pool = this.replicas;
-    const cuts = partition(params.list.map((p) => p.data.length), (pool?.size ?? 0) + 1);
+    const cuts = partition(
+      params.list.map((p) => p.data.length),
+      (pool?.size ?? 0) + 1,
+    );
     const others = pool === null ? [] : Array.from({ length: pool.size }, (_, w) => pool.gradsOf(w));
     const partial = pool === null ? [] : Array.from({ length: pool.size }, (_, w) => pool.reduce(w, cuts[w + 1]!, cuts[w + 2]!));
     let ss = reduceRange(this.slots, others, cuts[0]!, cuts[1]!);
@@ -239,7 +242,16 @@ export class Trainer {
     // AdamW, each thread over its range
     const lr = learningRate(o, this.step);
     const t = this.step + 1;
-    const h: AdamHyper = { lr, weightDecay: o.weightDecay, clipScale, beta1: o.beta1, beta2: o.beta2, bc1: 1 - o.beta1 ** t, bc2: 1 - o.beta2 ** t, eps: o.eps };
+    const h: AdamHyper = {
+      lr,
+      weightDecay: o.weightDecay,
+      clipScale,
+      beta1: o.beta1,
+      beta2: o.beta2,
+      bc1: 1 - o.beta1 ** t,
+      bc2: 1 - o.beta2 ** t,
+      eps: o.eps,
+    };
     const updates = pool === null ? [] : Array.from({ length: pool.size }, (_, w) => pool.adam(w, cuts[w + 1]!, cuts[w + 2]!, h));
     adamRange(this.slots, cuts[0]!, cuts[1]!, h);
     await Promise.all(updates);

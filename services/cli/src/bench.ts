@@ -59,7 +59,10 @@ export interface BenchCliOptions {
 
 /** "1,4,16" -> [1, 4, 16]; "inf" allowed where `allowInf` (request rates). */
 export function parseLevels(v: string, what: string, allowInf: boolean): number[] {
-  const xs = v.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  const xs = v
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
   const out = xs.map((s) => (allowInf && s === "inf" ? Number.POSITIVE_INFINITY : Number(s)));
   const bad = out.some((n) => Number.isNaN(n) || n <= 0 || (!allowInf && !Number.isInteger(n)));
   if (out.length === 0 || bad) {
@@ -103,7 +106,10 @@ export async function runBenchCli(o: BenchCliOptions): Promise<number> {
   if (o.api !== "completions" && o.api !== "chat") throw new InvalidArgumentError(`--api must be completions or chat, got "${o.api}"`);
   if (o.prompt !== "ids" && o.prompt !== "words") throw new InvalidArgumentError(`--prompt must be ids or words, got "${o.prompt}"`);
   if (o.api === "chat" && o.prompt === "ids") throw new InvalidArgumentError("--api chat needs --prompt words");
-  for (const [k, v] of [["--num-prompts", o.numPrompts], ["--rounds", o.rounds]] as const) {
+  for (const [k, v] of [
+    ["--num-prompts", o.numPrompts],
+    ["--rounds", o.rounds],
+  ] as const) {
     if (v < 1) throw new InvalidArgumentError(`${k} must be >= 1`);
   }
   if (o.warmup < 0) throw new InvalidArgumentError("--warmup must be >= 0");

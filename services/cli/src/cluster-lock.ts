@@ -203,7 +203,11 @@ export async function probePort(host: string, port: number): Promise<void> {
     const server = createServer();
     server.once("error", (err: NodeJS.ErrnoException) => {
       if (err.code === "EADDRINUSE") {
-        reject(new ClusterInUseError(`${host}:${port} is in use (another moela cluster, or another server). Stop it, or give this cluster another --port (0 = any free one).`));
+        reject(
+          new ClusterInUseError(
+            `${host}:${port} is in use (another moela cluster, or another server). Stop it, or give this cluster another --port (0 = any free one).`,
+          ),
+        );
       } else reject(new FailedPreconditionError(`cannot listen on ${host}:${port}: ${err.message}`));
     });
     server.listen({ host, port, exclusive: true }, () => server.close(() => resolve()));

@@ -81,9 +81,7 @@ export function formatClusterSummary(info: ClusterInfo, clusterFile: string, log
     const r = relative(process.cwd(), p);
     return r.startsWith("..") ? p : r;
   };
-  const redis = { flag: "--redis-url", env: "REDIS_URL", local: "already running", private: `private redis-server, pid ${info.redis.pid}` }[
-    info.redis.source
-  ];
+  const redis = { flag: "--redis-url", env: "REDIS_URL", local: "already running", private: `private redis-server, pid ${info.redis.pid}` }[info.redis.source];
   return [
     "",
     `moela is serving ${info.served_model_name} (${info.precision}) at ${info.url}`,

@@ -74,7 +74,14 @@ export function weightsKind(dir: string): WeightsKind {
 }
 
 /** `sequences` teacher-forced sequences (sequence i starts from text i mod 8) of `context` + `steps` tokens from TEXTS (seeded ids without a tokenizer). */
-export function studySequences(dir: string, vocab: number, sequences: number, context: number, steps: number, seed: number): { seqs: TeacherForcedSeq[]; source: string } {
+export function studySequences(
+  dir: string,
+  vocab: number,
+  sequences: number,
+  context: number,
+  steps: number,
+  seed: number,
+): { seqs: TeacherForcedSeq[]; source: string } {
   const need = context + steps;
   let ids: (i: number) => number[];
   let source: string;
@@ -158,7 +165,9 @@ function errorTable(errors: readonly CodecError[]): string {
   ];
   for (const e of errors) {
     if (e.codec === "f32") continue;
-    lines.push(`| ${label(e.codec)} | ${e.bytesPerValue.toFixed(4)} | ${pct(e.relRms)} | ${pct(e.meanRelErr)} | ${pct(e.maxTileRelErr)} | ${num(e.maxAbsErr)} | ${pct(e.flushedToZero)} |`);
+    lines.push(
+      `| ${label(e.codec)} | ${e.bytesPerValue.toFixed(4)} | ${pct(e.relRms)} | ${pct(e.meanRelErr)} | ${pct(e.maxTileRelErr)} | ${num(e.maxAbsErr)} | ${pct(e.flushedToZero)} |`,
+    );
   }
   return lines.join("\n");
 }
@@ -169,7 +178,9 @@ function outputTable(m: ModelStudy): string {
     "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
   ];
   for (const o of m.outputs) {
-    lines.push(`| ${label(o.dispatch)} | ${label(o.combine)} | ${pct(o.top1Agreement)} | ${pct(o.routingAgreement)} | ${num(o.meanAbsDiff)} | ${num(o.maxAbsDiff)} | ${num(o.meanKl)} |`);
+    lines.push(
+      `| ${label(o.dispatch)} | ${label(o.combine)} | ${pct(o.top1Agreement)} | ${pct(o.routingAgreement)} | ${num(o.meanAbsDiff)} | ${num(o.maxAbsDiff)} | ${num(o.meanKl)} |`,
+    );
   }
   return lines.join("\n");
 }
@@ -185,7 +196,8 @@ export function formatCodecStudy(r: CodecStudyReport): string {
   );
   for (const m of r.models) {
     const s = m.study;
-    const weights = m.weights === "random" ? "RANDOM weights (not a trained model)" : m.weights === "trained" ? "trained weights" : "weights of unknown origin (no README)";
+    const weights =
+      m.weights === "random" ? "RANDOM weights (not a trained model)" : m.weights === "trained" ? "trained weights" : "weights of unknown origin (no README)";
     out.push(`## ${m.dir}: ${weights}`, "");
     out.push(
       `Hidden ${s.hidden}, vocabulary ${s.vocab}; ${s.sequences} sequences of ${s.contextTokens} context tokens + ${s.steps} teacher-forced decode steps (${m.tokens}).`,
@@ -223,7 +235,9 @@ export function formatCodecStudy(r: CodecStudyReport): string {
     "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
   );
   for (const c of r.claim.data) {
-    out.push(`| ${c.data} | ${pct(c.e4m3RelRms)} | ${pct(c.logfmt8RelRms)} | ${c.ratio.toFixed(2)}x | ${pct(c.e4m3MeanRelErr)} | ${pct(c.logfmt8MeanRelErr)} | ${c.narrowestLogFmtAsGood === null ? "none" : label(c.narrowestLogFmtAsGood)} |`);
+    out.push(
+      `| ${c.data} | ${pct(c.e4m3RelRms)} | ${pct(c.logfmt8RelRms)} | ${c.ratio.toFixed(2)}x | ${pct(c.e4m3MeanRelErr)} | ${pct(c.logfmt8MeanRelErr)} | ${c.narrowestLogFmtAsGood === null ? "none" : label(c.narrowestLogFmtAsGood)} |`,
+    );
   }
   out.push("");
   out.push(
@@ -304,7 +318,17 @@ export async function runCodecStudy(o: CodecStudyCliOptions): Promise<number> {
 
   const report: CodecStudyReport = {
     study: "moela codec-study",
-    options: { model: o.model, sequences: o.sequences, context: o.context, steps: o.steps, syntheticRows: o.syntheticRows, syntheticCols: o.syntheticCols, seed: o.seed, threads: o.threads, kernels: o.kernels },
+    options: {
+      model: o.model,
+      sequences: o.sequences,
+      context: o.context,
+      steps: o.steps,
+      syntheticRows: o.syntheticRows,
+      syntheticCols: o.syntheticCols,
+      seed: o.seed,
+      threads: o.threads,
+      kernels: o.kernels,
+    },
     codecs: STUDY_CODECS.map((c) => ({ name: c.name, label: c.label, wire: c.dispatchCodec, bytesPerValue: c.bytesPerValue(o.syntheticCols) })),
     models,
     synthetic,

@@ -46,7 +46,14 @@ export function internalSecurityOf(o: InternalSecurityOptions): {
     ...(o.tls?.ca !== undefined ? { tlsCa: resolve(o.tls.ca) } : {}),
     ...(o.tls?.clientAuth === true ? { tlsClientAuth: "true" as const } : {}),
   };
-  const names = { internalSecret: "INTERNAL_SECRET", internalSecretFile: "INTERNAL_SECRET_FILE", tlsCert: "TLS_CERT", tlsKey: "TLS_KEY", tlsCa: "TLS_CA", tlsClientAuth: "TLS_CLIENT_AUTH" } as const;
+  const names = {
+    internalSecret: "INTERNAL_SECRET",
+    internalSecretFile: "INTERNAL_SECRET_FILE",
+    tlsCert: "TLS_CERT",
+    tlsKey: "TLS_KEY",
+    tlsCa: "TLS_CA",
+    tlsClientAuth: "TLS_CLIENT_AUTH",
+  } as const;
   return {
     generate,
     env,

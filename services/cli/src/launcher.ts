@@ -37,7 +37,17 @@ import { internalSecurityOf, serviceEnv, type InternalSecuritySettings } from ".
 import { resolveRedis, type RedisChoice } from "./redis-local.js";
 import { describeExit, ServiceProcess, ServiceStartError } from "./service-process.js";
 import { Supervisor, type SupervisedUnit, type SupervisorOptions } from "./supervisor.js";
-import { byRoleThenIndex, processCount, serviceArgs, pinAddresses, shardAddresses, shardOfExpertHost, STOP_TIERS, type Role, type ServiceArgsInput } from "./topology.js";
+import {
+  byRoleThenIndex,
+  processCount,
+  serviceArgs,
+  pinAddresses,
+  shardAddresses,
+  shardOfExpertHost,
+  STOP_TIERS,
+  type Role,
+  type ServiceArgsInput,
+} from "./topology.js";
 
 // What the launcher's users import from here.
 export { parseReadyLine, type ReadyLine } from "@moela/core";
@@ -269,10 +279,7 @@ class LocalCluster implements Cluster {
     const withHosts = { ...base, shardIndex: 0, expertHostAddresses, decodeAddresses: [] };
     const decodes = Array.from({ length: counts.decode }, (_, i) => this.launch("decode", i, serviceArgs("decode", withHosts)));
     const prefills = Array.from({ length: counts.prefill }, (_, i) => this.launch("prefill", i, serviceArgs("prefill", withHosts)));
-    const [decodeReady] = await this.phase(
-      Promise.all([Promise.all(decodes.map(whenUp)), Promise.all(prefills.map(whenUp))]),
-      "decode and prefill",
-    );
+    const [decodeReady] = await this.phase(Promise.all([Promise.all(decodes.map(whenUp)), Promise.all(prefills.map(whenUp))]), "decode and prefill");
     const decodeAddresses = decodeReady.map((r) => r.grpc);
 
     const router = this.launch("router", 0, serviceArgs("router", { ...withHosts, decodeAddresses }));
@@ -457,7 +464,6 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
   await cluster.start();
   return cluster;
 }
-
 
 // ---- supervision -----------------------------------------------------------------------------
 

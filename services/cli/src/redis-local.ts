@@ -144,14 +144,22 @@ export interface PrivateRedisServer {
 /** The redis-server flags: loopback, no RDB snapshots, append-only file fsynced every second, never evict jobs. */
 export function privateRedisArgs(port: number, dir: string): string[] {
   return [
-    "--bind", "127.0.0.1",
-    "--port", String(port),
-    "--dir", dir,
-    "--save", "",
-    "--appendonly", "yes",
-    "--appendfsync", "everysec",
-    "--maxmemory-policy", "noeviction",
-    "--daemonize", "no",
+    "--bind",
+    "127.0.0.1",
+    "--port",
+    String(port),
+    "--dir",
+    dir,
+    "--save",
+    "",
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "everysec",
+    "--maxmemory-policy",
+    "noeviction",
+    "--daemonize",
+    "no",
   ];
 }
 

@@ -77,7 +77,9 @@ export function oneProcessFromCluster(
     const flag = ONE_PROCESS_FLAGS[key];
     if (flag !== undefined) argv.push(flag, String(value));
     else if (key !== "apiKey" && given(key)) {
-      throw new InvalidArgumentError(`--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} applies to the cluster only, not to --role all (see moela serve --role all --help)`);
+      throw new InvalidArgumentError(
+        `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} applies to the cluster only, not to --role all (see moela serve --role all --help)`,
+      );
     }
   }
   const apiKey = typeof opts["apiKey"] === "string" ? opts["apiKey"] : env["MOELA_ROUTER_API_KEY"];

@@ -65,7 +65,14 @@ export interface SupervisedUnit {
 }
 
 export type SupervisorEvent =
-  | { readonly kind: "exited"; readonly label: string; readonly pid: number | undefined; readonly exit: ExitInfo; readonly upMs: number; readonly restartInMs: number }
+  | {
+      readonly kind: "exited";
+      readonly label: string;
+      readonly pid: number | undefined;
+      readonly exit: ExitInfo;
+      readonly upMs: number;
+      readonly restartInMs: number;
+    }
   | { readonly kind: "restarting"; readonly label: string; readonly attempt: number }
   | { readonly kind: "restarted"; readonly label: string; readonly pid: number | undefined; readonly restarts: number; readonly tookMs: number }
   | { readonly kind: "restart-failed"; readonly label: string; readonly error: Error };

@@ -29,7 +29,12 @@ function positiveInt(name: string, v: number, min: number): number {
 }
 
 /** The counts asked for (defaults: 1 prefill, 1 decode, 2 expert shards of 1 replica), each checked. */
-export function clusterCounts(o: { readonly prefill?: number; readonly decode?: number; readonly expertHosts?: number; readonly expertReplicas?: number }): ClusterCounts {
+export function clusterCounts(o: {
+  readonly prefill?: number;
+  readonly decode?: number;
+  readonly expertHosts?: number;
+  readonly expertReplicas?: number;
+}): ClusterCounts {
   return {
     prefill: positiveInt("--prefill", o.prefill ?? 1, 1),
     decode: positiveInt("--decode", o.decode ?? 1, 1),
@@ -51,7 +56,10 @@ export function shardOfExpertHost(k: number, shards: number): number {
 /** Per shard, the gRPC addresses of its replicas joined by "|", from the expert-hosts' ready lines in process order. */
 export function shardAddresses(hostReady: readonly ReadyLine[], shards: number): string[] {
   return Array.from({ length: shards }, (_, i) =>
-    hostReady.filter((_, k) => shardOfExpertHost(k, shards) === i).map((r) => r.grpc).join("|"),
+    hostReady
+      .filter((_, k) => shardOfExpertHost(k, shards) === i)
+      .map((r) => r.grpc)
+      .join("|"),
   );
 }
 
@@ -86,16 +94,31 @@ export interface ServiceArgsInput {
 /** The flags each role is started with (then any --service-arg extras). */
 export function serviceArgs(role: Role, a: ServiceArgsInput): string[] {
   const common = [
-    "--model", a.model,
-    "--precision", a.precision,
-    "--log-level", a.logLevel,
-    "--grpc-address", `${a.host}:0`,
-    "--metrics-address", `${a.host}:0`,
+    "--model",
+    a.model,
+    "--precision",
+    a.precision,
+    "--log-level",
+    a.logLevel,
+    "--grpc-address",
+    `${a.host}:0`,
+    "--metrics-address",
+    `${a.host}:0`,
   ];
   switch (role) {
     case "expert-host":
       // Registered, so decode and prefill see replicas come and go.
-      return [...common, "--shard-index", String(a.shardIndex), "--shard-count", String(a.shardCount), "--redis-url", a.redisUrl, "--queue-prefix", a.queuePrefix];
+      return [
+        ...common,
+        "--shard-index",
+        String(a.shardIndex),
+        "--shard-count",
+        String(a.shardCount),
+        "--redis-url",
+        a.redisUrl,
+        "--queue-prefix",
+        a.queuePrefix,
+      ];
     case "decode":
       return [...common, "--redis-url", a.redisUrl, "--queue-prefix", a.queuePrefix, "--expert-hosts", a.expertHostAddresses.join(",")];
     case "prefill":
@@ -103,10 +126,14 @@ export function serviceArgs(role: Role, a: ServiceArgsInput): string[] {
     case "router":
       return [
         ...common,
-        "--http-address", a.httpAddress,
-        "--redis-url", a.redisUrl,
-        "--queue-prefix", a.queuePrefix,
-        "--decode", a.decodeAddresses.join(","),
+        "--http-address",
+        a.httpAddress,
+        "--redis-url",
+        a.redisUrl,
+        "--queue-prefix",
+        a.queuePrefix,
+        "--decode",
+        a.decodeAddresses.join(","),
         ...(a.servedModelName !== undefined ? ["--served-model-name", a.servedModelName] : []),
       ];
   }

@@ -38,7 +38,12 @@ export interface TrainCliOptions {
 export async function runTrain(o: TrainCliOptions): Promise<number> {
   if (o.parallel !== "kernels" && o.parallel !== "replicas") throw new InvalidArgumentError(`--parallel must be kernels or replicas, got ${o.parallel}`);
   if (o.precision !== "f32" && o.precision !== "f64") throw new InvalidArgumentError(`--precision must be f32 or f64, got ${o.precision}`);
-  for (const [k, v] of [["--steps", o.steps], ["--batch", o.batch], ["--seq-len", o.seqLen], ["--threads", o.threads]] as const) {
+  for (const [k, v] of [
+    ["--steps", o.steps],
+    ["--batch", o.batch],
+    ["--seq-len", o.seqLen],
+    ["--threads", o.threads],
+  ] as const) {
     if (!(Number.isInteger(v) && v >= 1)) throw new InvalidArgumentError(`${k} must be a positive integer, got ${v}`);
   }
   const opts: RunOptions = {
@@ -51,7 +56,12 @@ export async function runTrain(o: TrainCliOptions): Promise<number> {
   const tty = process.stderr.isTTY === true && o.json !== true;
   const bar = tty
     ? new cliProgress.SingleBar(
-        { format: "{bar} {value}/{total} steps | loss {loss} | mtp {mtp} | {tps} tok/s | lr {lr} | eta {eta_formatted}", stream: process.stderr, hideCursor: true, etaBuffer: 20 },
+        {
+          format: "{bar} {value}/{total} steps | loss {loss} | mtp {mtp} | {tps} tok/s | lr {lr} | eta {eta_formatted}",
+          stream: process.stderr,
+          hideCursor: true,
+          etaBuffer: 20,
+        },
         cliProgress.Presets.shades_classic,
       )
     : null;
@@ -66,10 +76,24 @@ export async function runTrain(o: TrainCliOptions): Promise<number> {
     ema = Number.isNaN(ema) ? s.mainLoss : 0.9 * ema + 0.1 * s.mainLoss;
     const fields = { loss: ema.toFixed(3), mtp: s.mtpLoss.toFixed(3), tps: tps.toFixed(0), lr: s.lr.toExponential(2) };
     if (o.json === true) {
-      process.stdout.write(JSON.stringify({ step: s.step, loss: s.loss, mainLoss: s.mainLoss, mtpLoss: s.mtpLoss, balanceLoss: s.balanceLoss, lr: s.lr, gradNorm: s.gradNorm, maxLoadRatio: s.maxLoadRatio, tokensPerSecond: tps }) + "\n");
+      process.stdout.write(
+        JSON.stringify({
+          step: s.step,
+          loss: s.loss,
+          mainLoss: s.mainLoss,
+          mtpLoss: s.mtpLoss,
+          balanceLoss: s.balanceLoss,
+          lr: s.lr,
+          gradNorm: s.gradNorm,
+          maxLoadRatio: s.maxLoadRatio,
+          tokensPerSecond: tps,
+        }) + "\n",
+      );
     } else if (bar) bar.update(s.step, fields);
     else if (s.step === startStep + 1 || s.step % 10 === 0 || s.step === o.steps) {
-      process.stderr.write(`step ${s.step}/${o.steps} loss ${fields.loss} mtp ${fields.mtp} ${fields.tps} tok/s lr ${fields.lr} grad-norm ${s.gradNorm.toFixed(3)} max/mean load ${s.maxLoadRatio.toFixed(2)}\n`);
+      process.stderr.write(
+        `step ${s.step}/${o.steps} loss ${fields.loss} mtp ${fields.mtp} ${fields.tps} tok/s lr ${fields.lr} grad-norm ${s.gradNorm.toFixed(3)} max/mean load ${s.maxLoadRatio.toFixed(2)}\n`,
+      );
     }
   };
   const last = await runTraining(
@@ -83,7 +107,9 @@ export async function runTrain(o: TrainCliOptions): Promise<number> {
           `${o.threads} thread(s) (${o.parallel}), ${o.precision}${info.startStep > 0 ? `, resumed at step ${info.startStep}` : ""}\n`,
       );
       if (info.changedOnResume.length > 0) {
-        process.stderr.write(`warning: resuming with options that differ from the checkpoint's, so the run will not match an uninterrupted one: ${info.changedOnResume.join(", ")}\n`);
+        process.stderr.write(
+          `warning: resuming with options that differ from the checkpoint's, so the run will not match an uninterrupted one: ${info.changedOnResume.join(", ")}\n`,
+        );
       }
       started = performance.now();
       bar?.start(o.steps, info.startStep, { loss: "-", mtp: "-", tps: "-", lr: "-" });
@@ -99,7 +125,10 @@ export async function runTrain(o: TrainCliOptions): Promise<number> {
     },
   );
   bar?.stop();
-  if (last !== null) process.stderr.write(`done: step ${last.step}, loss ${last.mainLoss.toFixed(4)}, mtp loss ${last.mtpLoss.toFixed(4)}, ${(tokens / ((performance.now() - started) / 1000)).toFixed(0)} tok/s\n`);
+  if (last !== null)
+    process.stderr.write(
+      `done: step ${last.step}, loss ${last.mainLoss.toFixed(4)}, mtp loss ${last.mtpLoss.toFixed(4)}, ${(tokens / ((performance.now() - started) / 1000)).toFixed(0)} tok/s\n`,
+    );
   if (o.out !== undefined) process.stderr.write(`model saved to ${o.out}\n`);
   return 0;
 }

@@ -20,7 +20,22 @@
  * request stays awaiting its KV, bounded by kvWaitMs while a Stream waits and by the grace period when
  * none does; a final prefill failure reaches the router, which cancels it.
  */
-import { AbortedError, AlreadyExistsError, CancelledError, type Clock, type ClockTimer, Code, DeadlineExceededError, errorForCode, errorMessage, FailureReason, MoelaError, realClock, UnavailableError, type Logger } from "@moela/core";
+import {
+  AbortedError,
+  AlreadyExistsError,
+  CancelledError,
+  type Clock,
+  type ClockTimer,
+  Code,
+  DeadlineExceededError,
+  errorForCode,
+  errorMessage,
+  FailureReason,
+  MoelaError,
+  realClock,
+  UnavailableError,
+  type Logger,
+} from "@moela/core";
 import type { EmittedToken, Engine, FinishReason, Sequence } from "@moela/engine";
 import type { KvFailure, KvHold, KvReleaseReason, KvTransferMeta } from "@moela/kv-transfer";
 
@@ -211,7 +226,10 @@ export class Batcher {
     r.seq = seq;
     r.meta = meta;
     r.hold = hold;
-    this.log.info({ requestId: r.id, transferId: meta.transferId, promptTokens: meta.numTokens, maxTokens: meta.params.maxTokens, kvBlocks: seq.blockTable.length }, "sequence admitted");
+    this.log.info(
+      { requestId: r.id, transferId: meta.transferId, promptTokens: meta.numTokens, maxTokens: meta.params.maxTokens, kvBlocks: seq.blockTable.length },
+      "sequence admitted",
+    );
     if (seq.finished) {
       // The token prefill sampled already ends it (a stop token, or max_tokens 1).
       this.finish(r);
@@ -236,7 +254,10 @@ export class Batcher {
       this.fail(r, errorForCode(failure.code, `KV transfer ${meta.transferId} failed: ${failure.reason}`), "rejected");
       return;
     }
-    this.log.info({ requestId: r.id, transferId: meta.transferId, code: failure.code, reason: failure.reason }, "KV transfer failed; waiting for prefill's retry");
+    this.log.info(
+      { requestId: r.id, transferId: meta.transferId, code: failure.code, reason: failure.reason },
+      "KV transfer failed; waiting for prefill's retry",
+    );
   }
 
   // ---- Decode RPCs -------------------------------------------------------------------------------
@@ -398,7 +419,17 @@ export class Batcher {
     r.phase = "finished";
     r.finishReason = r.seq!.finishReason;
     this.clock.clearTimeout(r.kvTimer);
-    this.log.info({ requestId: r.id, reason: r.finishReason, tokens: r.seq!.output.length, drafted: r.seq!.drafted, accepted: r.seq!.accepted, draftsSkipped: r.seq!.draftsSkipped }, "sequence finished");
+    this.log.info(
+      {
+        requestId: r.id,
+        reason: r.finishReason,
+        tokens: r.seq!.output.length,
+        drafted: r.seq!.drafted,
+        accepted: r.seq!.accepted,
+        draftsSkipped: r.seq!.draftsSkipped,
+      },
+      "sequence finished",
+    );
     if (r.subscriber === null) this.startGrace(r);
     r.notify();
   }

@@ -10,15 +10,30 @@ import { INTERNAL_SECURITY_SCHEMA, internalSecuritySettings, withInternalSecurit
 /** Every setting: its flag, env twin, whether it is a boolean switch, and its help line. */
 export const SETTINGS = {
   model: { flag: "--model", env: "MOELA_DECODE_MODEL", bool: false, help: "Hugging Face checkpoint folder (required)" },
-  grpcAddress: { flag: "--grpc-address", env: "MOELA_DECODE_GRPC_ADDRESS", bool: false, help: "gRPC listen address host:port (default 127.0.0.1:0, any free port)" },
-  metricsAddress: { flag: "--metrics-address", env: "MOELA_DECODE_METRICS_ADDRESS", bool: false, help: "/metrics listen address host:port (default 127.0.0.1:0)" },
+  grpcAddress: {
+    flag: "--grpc-address",
+    env: "MOELA_DECODE_GRPC_ADDRESS",
+    bool: false,
+    help: "gRPC listen address host:port (default 127.0.0.1:0, any free port)",
+  },
+  metricsAddress: {
+    flag: "--metrics-address",
+    env: "MOELA_DECODE_METRICS_ADDRESS",
+    bool: false,
+    help: "/metrics listen address host:port (default 127.0.0.1:0)",
+  },
   expertHosts: {
     flag: "--expert-hosts",
     env: "MOELA_DECODE_EXPERT_HOSTS",
     bool: false,
     help: "comma-separated host:port of the expert-hosts in shard order (default none: routed experts run in this process through one in-process host)",
   },
-  precision: { flag: "--precision", env: "MOELA_DECODE_PRECISION", bool: false, help: "exact | paper | paper-logfmt8 (default exact): KV f32 or bf16, dispatch and combine per profile" },
+  precision: {
+    flag: "--precision",
+    env: "MOELA_DECODE_PRECISION",
+    bool: false,
+    help: "exact | paper | paper-logfmt8 (default exact): KV f32 or bf16, dispatch and combine per profile",
+  },
   kvBlocks: { flag: "--kv-blocks", env: "MOELA_DECODE_KV_BLOCKS", bool: false, help: "latent KV cache capacity in blocks (default 2048)" },
   blockSize: { flag: "--block-size", env: "MOELA_DECODE_BLOCK_SIZE", bool: false, help: "tokens per KV block (default 16)" },
   maxBatch: { flag: "--max-batch", env: "MOELA_DECODE_MAX_BATCH", bool: false, help: "most sequences per decode step (default 32); more wait for a slot" },
@@ -48,9 +63,19 @@ export const SETTINGS = {
     bool: false,
     help: "KV transfers one sender host may have open at once; one more is refused RESOURCE_EXHAUSTED; 0 = no bound (default 64)",
   },
-  drainGraceMs: { flag: "--drain-grace-ms", env: "MOELA_DECODE_DRAIN_GRACE_MS", bool: false, help: "on SIGTERM, how long running sequences may finish before their streams end with UNAVAILABLE (default 30000)" },
+  drainGraceMs: {
+    flag: "--drain-grace-ms",
+    env: "MOELA_DECODE_DRAIN_GRACE_MS",
+    bool: false,
+    help: "on SIGTERM, how long running sequences may finish before their streams end with UNAVAILABLE (default 30000)",
+  },
   logLevel: { flag: "--log-level", env: "MOELA_DECODE_LOG_LEVEL", bool: false, help: "fatal | error | warn | info | debug | trace | silent (default info)" },
-  kernels: { flag: "--kernels", env: "MOELA_DECODE_KERNELS", bool: false, help: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)" },
+  kernels: {
+    flag: "--kernels",
+    env: "MOELA_DECODE_KERNELS",
+    bool: false,
+    help: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)",
+  },
   threads: { flag: "--threads", env: "MOELA_DECODE_THREADS", bool: false, help: "kernel threads of this process, same bits for any count (default 1)" },
   microBatches: {
     flag: "--micro-batches",
@@ -98,7 +123,12 @@ const dialable = z
 /** Comma-separated shards, each "host:port" or replicas "host:port|host:port". */
 const addressList = z
   .string()
-  .transform((s) => s.split(",").map((x) => x.trim()).filter((x) => x.length > 0))
+  .transform((s) =>
+    s
+      .split(",")
+      .map((x) => x.trim())
+      .filter((x) => x.length > 0),
+  )
   .pipe(
     z.array(
       z.string().superRefine((entry, ctx) => {
@@ -128,13 +158,21 @@ const settingsSchema = z.object({
   kvIdleMs: intSetting(0).default(30_000),
   kvMaxTransfersPerPeer: intSetting(0).default(64),
   drainGraceMs: intSetting(0).default(30_000),
-  logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], { message: "must be fatal, error, warn, info, debug, trace or silent" }).default("info"),
+  logLevel: z
+    .enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], { message: "must be fatal, error, warn, info, debug, trace or silent" })
+    .default("info"),
   kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
   threads: intSetting(1).pipe(z.number().max(256, "must be <= 256")).default(1),
   microBatches: intSetting(1).pipe(z.number().max(8, "must be <= 8")).default(2),
   sharedExpert: z.enum(["local", "hosts"], { message: "must be local or hosts" }).default("local"),
-  redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").optional(),
-  queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").optional(),
+  redisUrl: z
+    .string()
+    .regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL")
+    .optional(),
+  queuePrefix: z
+    .string()
+    .regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }")
+    .optional(),
   advertiseAddress: dialable.optional(),
   expertShards: intSetting(1).optional(),
   // Checked (and the files read) by parseInternalSecurity, whose errors never repeat a secret.
@@ -153,11 +191,7 @@ const schema = settingsSchema
 /** The validated settings; `security`: internal gRPC security: the secret its callers must present, TLS/mTLS; also used towards the expert-hosts. */
 export type DecodeConfig = Readonly<WithInternalSecurity<z.output<typeof schema>>>;
 
-export const USAGE = [
-  "usage: decode --model DIR [--expert-hosts H0,H1,...] [options]",
-  "",
-  ...usageLines(SETTINGS),
-].join("\n");
+export const USAGE = ["usage: decode --model DIR [--expert-hosts H0,H1,...] [options]", "", ...usageLines(SETTINGS)].join("\n");
 
 /** decode's settings, or null when --help was asked for; throws InvalidArgumentError naming the flag and its env twin. */
 export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): DecodeConfig | null {

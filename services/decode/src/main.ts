@@ -22,11 +22,39 @@
  * --expert-hosts, or several registered): a dispatch fails over between them (moe-dispatch replicas.ts).
  */
 import { basename, resolve } from "node:path";
-import { type Clock, Code, DisposableStack, errorMessage, FailedPreconditionError, formatReadyLine, isEntryPoint, runService, splitHostPort, UnavailableError, withWeightLoadBar, type Logger } from "@moela/core";
+import {
+  type Clock,
+  Code,
+  DisposableStack,
+  errorMessage,
+  FailedPreconditionError,
+  formatReadyLine,
+  isEntryPoint,
+  runService,
+  splitHostPort,
+  UnavailableError,
+  withWeightLoadBar,
+  type Logger,
+} from "@moela/core";
 import { configureKernels, DeepseekModel, Engine, PhaseTimes } from "@moela/engine";
 import { KvInbox, KvLedger, kvTransferService } from "@moela/kv-transfer";
-import { createServiceMetrics, grpcCodeName, rpcServerCallRecorder, startMetricsServer, type MetricsOf, type MetricsServer, type ServiceMetrics } from "@moela/metrics";
-import { checkExpertShardsConfig, checkpointModelId, connectExpertShards, createInProcessExperts, precisionProfile, type PrecisionProfile } from "@moela/moe-dispatch";
+import {
+  createServiceMetrics,
+  grpcCodeName,
+  rpcServerCallRecorder,
+  startMetricsServer,
+  type MetricsOf,
+  type MetricsServer,
+  type ServiceMetrics,
+} from "@moela/metrics";
+import {
+  checkExpertShardsConfig,
+  checkpointModelId,
+  connectExpertShards,
+  createInProcessExperts,
+  precisionProfile,
+  type PrecisionProfile,
+} from "@moela/moe-dispatch";
 import { advertisedAddress, createRedisClient, InstanceRegistry, registeredExpertHosts, type Registration } from "@moela/scheduler";
 import { DecodeService, KvTransferService } from "@moela/proto-gen";
 import { tokenTextsOption } from "@moela/tokenizer";
@@ -36,7 +64,6 @@ import { parseConfig, USAGE, type DecodeConfig } from "./config.js";
 import { decodeHandlers } from "./handlers.js";
 
 export { parseConfig, USAGE, type DecodeConfig } from "./config.js";
-
 
 /** How long start-up waits for the expert-hosts to answer Info. */
 const EXPERT_HOSTS_WAIT_MS = 60_000;
@@ -90,7 +117,16 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
   const live: { engine?: Engine; batcher?: Batcher } = {};
   const { metrics, ledger } = decodeMetrics(cfg, live);
   const hosts = new DisposableStack();
-  const p: DecodeParts = { cfg, logger, deps, modelId: deps.modelId ?? checkpointModelId(cfg.model), modelName: basename(resolve(cfg.model)), m: metrics.m, ledger, hosts };
+  const p: DecodeParts = {
+    cfg,
+    logger,
+    deps,
+    modelId: deps.modelId ?? checkpointModelId(cfg.model),
+    modelName: basename(resolve(cfg.model)),
+    m: metrics.m,
+    ledger,
+    hosts,
+  };
   try {
     const registry = openRegistry(cfg, logger, hosts);
     // Process-wide, so the in-process expert-host (no --expert-hosts) computes with the same kernels.
@@ -109,7 +145,18 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
     live.engine = engine;
     const { modelId } = p;
     logger.info(
-      { model: cfg.model, modelId, precision: profile.name, expertHosts: cfg.expertHosts, weightBytes: model.weightBytes, kvBlocks: cfg.kvBlocks, blockSize: cfg.blockSize, maxBatch: cfg.maxBatch, speculation: engine.speculation, loadMs: Math.round(performance.now() - t0) },
+      {
+        model: cfg.model,
+        modelId,
+        precision: profile.name,
+        expertHosts: cfg.expertHosts,
+        weightBytes: model.weightBytes,
+        kvBlocks: cfg.kvBlocks,
+        blockSize: cfg.blockSize,
+        maxBatch: cfg.maxBatch,
+        speculation: engine.speculation,
+        loadMs: Math.round(performance.now() - t0),
+      },
       "model loaded",
     );
     const b = newBatcher(p, engine, phaseTimes);
@@ -157,7 +204,10 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
 }
 
 /** The service's metrics (gauges read from `live` at scrape time) and the KV ledger, whose releases they count. */
-function decodeMetrics(cfg: DecodeConfig, live: { readonly engine?: Engine; readonly batcher?: Batcher }): { metrics: ServiceMetrics<"decode">; ledger: KvLedger } {
+function decodeMetrics(
+  cfg: DecodeConfig,
+  live: { readonly engine?: Engine; readonly batcher?: Batcher },
+): { metrics: ServiceMetrics<"decode">; ledger: KvLedger } {
   // Every block this instance holds for a request (transfer reservations, sequences), and the one path
   // that gives them back, counted by reason.
   const ledger = new KvLedger({
@@ -203,13 +253,17 @@ async function loadModel(p: DecodeParts, profile: PrecisionProfile, registry: In
     return model;
   }
   if (expertShards === 0) {
-    const model = withWeightLoadBar("decode: loading weights", (onProgress) => DeepseekModel.load(cfg.model, { kvDtype: profile.kvDtype, threads: cfg.threads, onProgress }));
+    const model = withWeightLoadBar("decode: loading weights", (onProgress) =>
+      DeepseekModel.load(cfg.model, { kvDtype: profile.kvDtype, threads: cfg.threads, onProgress }),
+    );
     model.setExpertExecutor(createInProcessExperts(model, 1, profile, { metrics: p.m }).executor);
     return model;
   }
   checkExpertShardsConfig({ expertHosts: cfg.expertHosts, shardCount: expertShards, discoverable: registry !== undefined });
   // Attention, dense layers, gates and shared experts here; every routed expert on the hosts.
-  const model = withWeightLoadBar("decode: loading weights", (onProgress) => DeepseekModel.load(cfg.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: cfg.threads, onProgress }));
+  const model = withWeightLoadBar("decode: loading weights", (onProgress) =>
+    DeepseekModel.load(cfg.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: cfg.threads, onProgress }),
+  );
   const experts = await connectExpertShards({
     expertHosts: cfg.expertHosts,
     shardCount: expertShards,
@@ -269,19 +323,30 @@ function newInbox(p: DecodeParts, engine: Engine, b: Batcher): KvInbox {
       m.decodeKvTransferDuration.observe(stats.seconds);
       // The token prefill sampled reaches the router through this instance too.
       m.decodeGeneratedTokens.inc({ model: p.modelName }, seq.output.length);
-      logger.info({ requestId: meta.requestId, transferId: meta.transferId, bytes: stats.bytesReceived, chunks: stats.chunks, ms: Math.round(stats.seconds * 1000) }, "KV transfer complete");
+      logger.info(
+        { requestId: meta.requestId, transferId: meta.transferId, bytes: stats.bytesReceived, chunks: stats.chunks, ms: Math.round(stats.seconds * 1000) },
+        "KV transfer complete",
+      );
     },
     onFail: (failure, meta, freed) => {
       // The blocks are back already (the ledger counted them); the request may wait for a retry.
       b.transferFailed(failure, meta);
-      logger.warn({ requestId: meta?.requestId, transferId: meta?.transferId, code: grpcCodeName(failure.code), reason: failure.reason, freedBlocks: freed }, "KV transfer failed");
+      logger.warn(
+        { requestId: meta?.requestId, transferId: meta?.transferId, code: grpcCodeName(failure.code), reason: failure.reason, freedBlocks: freed },
+        "KV transfer failed",
+      );
     },
     onChunk: (bytes) => m.decodeKvReceivedBytes.inc(bytes),
   });
 }
 
 /** Start the batcher, serve gRPC and /metrics; a failure stops what started before it. */
-async function serveDecode(cfg: DecodeConfig, server: RpcServer, b: Batcher, registry: ServiceMetrics<"decode">["registry"]): Promise<{ address: string; metricsServer: MetricsServer }> {
+async function serveDecode(
+  cfg: DecodeConfig,
+  server: RpcServer,
+  b: Batcher,
+  registry: ServiceMetrics<"decode">["registry"],
+): Promise<{ address: string; metricsServer: MetricsServer }> {
   const started = new DisposableStack();
   try {
     b.start();
@@ -309,7 +374,13 @@ function register(
 ): Promise<Registration> | undefined {
   const cache = engine.cache;
   return registry?.register(
-    { role: "decode", grpcAddress: advertisedAddress(at.address, cfg.advertiseAddress), metricsUrl: at.metricsUrl, precision: cfg.precision, modelId: at.modelId },
+    {
+      role: "decode",
+      grpcAddress: advertisedAddress(at.address, cfg.advertiseAddress),
+      metricsUrl: at.metricsUrl,
+      precision: cfg.precision,
+      modelId: at.modelId,
+    },
     () => ({
       freeKvBlocks: cache.freeBlocks,
       totalKvBlocks: cache.numBlocks,

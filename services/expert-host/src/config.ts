@@ -10,22 +10,57 @@ import { INTERNAL_SECURITY_SCHEMA, internalSecuritySettings, withInternalSecurit
 /** Every setting: its flag, env twin, whether it is a boolean switch, and its help line. */
 export const SETTINGS = {
   model: { flag: "--model", env: "MOELA_EXPERT_HOST_MODEL", bool: false, help: "Hugging Face checkpoint folder (required)" },
-  shardIndex: { flag: "--shard-index", env: "MOELA_EXPERT_HOST_SHARD_INDEX", bool: false, help: "this host's shard, 0..shard-count-1 (required; the StatefulSet ordinal)" },
+  shardIndex: {
+    flag: "--shard-index",
+    env: "MOELA_EXPERT_HOST_SHARD_INDEX",
+    bool: false,
+    help: "this host's shard, 0..shard-count-1 (required; the StatefulSet ordinal)",
+  },
   shardCount: { flag: "--shard-count", env: "MOELA_EXPERT_HOST_SHARD_COUNT", bool: false, help: "number of expert-hosts H (required)" },
-  grpcAddress: { flag: "--grpc-address", env: "MOELA_EXPERT_HOST_GRPC_ADDRESS", bool: false, help: "gRPC listen address host:port (default 127.0.0.1:0, any free port)" },
-  metricsAddress: { flag: "--metrics-address", env: "MOELA_EXPERT_HOST_METRICS_ADDRESS", bool: false, help: "/metrics listen address host:port (default 127.0.0.1:0)" },
-  precision: { flag: "--precision", env: "MOELA_EXPERT_HOST_PRECISION", bool: false, help: "exact | paper | paper-logfmt8 (default exact): dispatch/combine f32/f32, fp8-tile/bf16 or logfmt8/bf16" },
+  grpcAddress: {
+    flag: "--grpc-address",
+    env: "MOELA_EXPERT_HOST_GRPC_ADDRESS",
+    bool: false,
+    help: "gRPC listen address host:port (default 127.0.0.1:0, any free port)",
+  },
+  metricsAddress: {
+    flag: "--metrics-address",
+    env: "MOELA_EXPERT_HOST_METRICS_ADDRESS",
+    bool: false,
+    help: "/metrics listen address host:port (default 127.0.0.1:0)",
+  },
+  precision: {
+    flag: "--precision",
+    env: "MOELA_EXPERT_HOST_PRECISION",
+    bool: false,
+    help: "exact | paper | paper-logfmt8 (default exact): dispatch/combine f32/f32, fp8-tile/bf16 or logfmt8/bf16",
+  },
   logLevel: { flag: "--log-level", env: "MOELA_EXPERT_HOST_LOG_LEVEL", bool: false, help: "fatal | error | warn | info | debug | trace (default info)" },
-  kernels: { flag: "--kernels", env: "MOELA_EXPERT_HOST_KERNELS", bool: false, help: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)" },
+  kernels: {
+    flag: "--kernels",
+    env: "MOELA_EXPERT_HOST_KERNELS",
+    bool: false,
+    help: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)",
+  },
   threads: { flag: "--threads", env: "MOELA_EXPERT_HOST_THREADS", bool: false, help: "kernel threads of this process, same bits for any count (default 1)" },
-  perExpertMetrics: { flag: "--per-expert-metrics", env: "MOELA_EXPERT_HOST_PER_EXPERT_METRICS", bool: true, help: "also export tokens per (layer, expert) (high cardinality; default off)" },
+  perExpertMetrics: {
+    flag: "--per-expert-metrics",
+    env: "MOELA_EXPERT_HOST_PER_EXPERT_METRICS",
+    bool: true,
+    help: "also export tokens per (layer, expert) (high cardinality; default off)",
+  },
   sharedExpert: {
     flag: "--shared-expert",
     env: "MOELA_EXPERT_HOST_SHARED_EXPERT",
     bool: true,
     help: "also hold every MoE layer's shared expert and compute it for the rows a caller names (decode --shared-expert hosts; default off)",
   },
-  drainGraceMs: { flag: "--drain-grace-ms", env: "MOELA_EXPERT_HOST_DRAIN_GRACE_MS", bool: false, help: "on SIGTERM, how long running calls may finish (default 10000)" },
+  drainGraceMs: {
+    flag: "--drain-grace-ms",
+    env: "MOELA_EXPERT_HOST_DRAIN_GRACE_MS",
+    bool: false,
+    help: "on SIGTERM, how long running calls may finish (default 10000)",
+  },
   redisUrl: {
     flag: "--redis-url",
     env: "MOELA_EXPERT_HOST_REDIS_URL",
@@ -50,15 +85,26 @@ const schema = z.object({
   grpcAddress: listenAddressSetting.default("127.0.0.1:0"),
   metricsAddress: listenAddressSetting.default("127.0.0.1:0"),
   precision: z.enum(PRECISION_NAMES, { message: `must be one of ${PRECISION_NAMES.join(", ")}` }).default("exact"),
-  logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], { message: "must be fatal, error, warn, info, debug, trace or silent" }).default("info"),
+  logLevel: z
+    .enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], { message: "must be fatal, error, warn, info, debug, trace or silent" })
+    .default("info"),
   kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
   threads: intSetting(1).pipe(z.number().max(256, "must be <= 256")).default(1),
   perExpertMetrics: boolSetting.default(false),
   sharedExpert: boolSetting.default(false),
   drainGraceMs: intSetting(0).default(10_000),
-  redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").optional(),
-  queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").optional(),
-  advertiseAddress: z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):(\d{1,5})$/, "must be host:port").optional(),
+  redisUrl: z
+    .string()
+    .regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL")
+    .optional(),
+  queuePrefix: z
+    .string()
+    .regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }")
+    .optional(),
+  advertiseAddress: z
+    .string()
+    .regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):(\d{1,5})$/, "must be host:port")
+    .optional(),
   // Checked (and the files read) by parseInternalSecurity, whose errors never repeat a secret.
   ...INTERNAL_SECURITY_SCHEMA,
 });
@@ -66,18 +112,20 @@ const schema = z.object({
 /** The validated settings; `security`: internal gRPC security: the secret callers (prefill, decode) must present, TLS/mTLS. */
 export type ExpertHostConfig = Readonly<WithInternalSecurity<z.output<typeof schema>>>;
 
-export const USAGE = [
-  "usage: expert-host --model DIR --shard-index I --shard-count H [options]",
-  "",
-  ...usageLines(SETTINGS),
-].join("\n");
+export const USAGE = ["usage: expert-host --model DIR --shard-index I --shard-count H [options]", "", ...usageLines(SETTINGS)].join("\n");
 
 /**
  * Flags (argv) over environment (env) over defaults. Returns null when --help was asked for.
  * Throws InvalidArgumentError naming the flag and its env twin.
  */
 export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): ExpertHostConfig | null {
-  const cfg = parseSettings(SETTINGS, argv, env, schema, { name: "expert-host", error: InvalidArgumentError, help: true, argvErrorSuffix: `\n${USAGE}`, report: "all" });
+  const cfg = parseSettings(SETTINGS, argv, env, schema, {
+    name: "expert-host",
+    error: InvalidArgumentError,
+    help: true,
+    argvErrorSuffix: `\n${USAGE}`,
+    report: "all",
+  });
   if (cfg === null) return null;
   if (cfg.shardIndex >= cfg.shardCount) {
     throw new InvalidArgumentError(

@@ -14,7 +14,15 @@
  */
 import { Code, InvalidArgumentError, type Logger } from "@moela/core";
 import type { MetricsOf } from "@moela/metrics";
-import { encodedSize, fromDispatchRequest, toInfoResponse, toTensor, type EncodedActivations, type ExpertDispatchRequest, type ExpertHostCore } from "@moela/moe-dispatch";
+import {
+  encodedSize,
+  fromDispatchRequest,
+  toInfoResponse,
+  toTensor,
+  type EncodedActivations,
+  type ExpertDispatchRequest,
+  type ExpertHostCore,
+} from "@moela/moe-dispatch";
 import type { DispatchRequest, DispatchResponse, DispatchStreamRequest, DispatchStreamResponse, ExpertHostService } from "@moela/proto-gen";
 import { toStatus, type AsyncServiceImplementation } from "@moela/rpc";
 

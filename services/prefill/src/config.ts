@@ -45,26 +45,51 @@ const positiveInt = z.coerce.number().int("must be an integer").min(1, "must be 
 
 const schema = z.strictObject({
   model: z.string({ error: "is required" }).min(1, "is required"),
-  redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").default("redis://127.0.0.1:6379"),
-  queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").default("moela"),
+  redisUrl: z
+    .string()
+    .regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL")
+    .default("redis://127.0.0.1:6379"),
+  queuePrefix: z
+    .string()
+    .regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }")
+    .default("moela"),
   grpcAddress: hostPort.default("127.0.0.1:0"),
   metricsAddress: hostPort.default("127.0.0.1:0"),
   expertHosts: z
     .string()
     .default("")
-    .transform((s) => s.split(",").map((x) => x.trim()).filter((x) => x.length > 0))
-    .pipe(z.array(z.string().refine((entry) => entry.split("|").every((a) => hostPort.safeParse(a.trim()).success), "must be host:port (replicas of a shard joined by |)"))),
+    .transform((s) =>
+      s
+        .split(",")
+        .map((x) => x.trim())
+        .filter((x) => x.length > 0),
+    )
+    .pipe(
+      z.array(
+        z
+          .string()
+          .refine((entry) => entry.split("|").every((a) => hostPort.safeParse(a.trim()).success), "must be host:port (replicas of a shard joined by |)"),
+      ),
+    ),
   expertShards: positiveInt.optional(),
   precision: z.enum(PRECISION_NAMES, { error: `must be one of ${PRECISION_NAMES.join(", ")}` }).default("exact"),
   prefillChunk: positiveInt.default(256),
   maxBatchTokens: positiveInt.optional(),
   concurrency: positiveInt.max(1024, "must be at most 1024").default(8),
-  instanceId: z.string().regex(/^[A-Za-z0-9_.-]{1,128}$/, "must be 1-128 letters, digits or _ . -").optional(),
+  instanceId: z
+    .string()
+    .regex(/^[A-Za-z0-9_.-]{1,128}$/, "must be 1-128 letters, digits or _ . -")
+    .optional(),
   prefixCache: z
     .enum(["true", "false", "1", "0", "on", "off"], { error: "must be true or false" })
     .default("true")
     .transform((v) => v === "true" || v === "1" || v === "on"),
-  prefixCacheBlocks: z.coerce.number().int("must be an integer").min(0, "must be at least 0").max(1 << 24, "must be at most 16777216").default(DEFAULT_PREFIX_CACHE_BLOCKS),
+  prefixCacheBlocks: z.coerce
+    .number()
+    .int("must be an integer")
+    .min(0, "must be at least 0")
+    .max(1 << 24, "must be at most 16777216")
+    .default(DEFAULT_PREFIX_CACHE_BLOCKS),
   kernels: z.enum(["fast", "portable", "reference"]).default("fast"),
   threads: positiveInt.max(256, "must be at most 256").default(1),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
@@ -105,7 +130,10 @@ export interface PrefillConfig {
 
 /** `prefill-<host>-<pid>-<6 hex>`: unique per process, readable in Redis. */
 export function defaultInstanceId(): string {
-  const host = hostname().replace(/[^A-Za-z0-9.-]/g, "-").slice(0, 63) || "host";
+  const host =
+    hostname()
+      .replace(/[^A-Za-z0-9.-]/g, "-")
+      .slice(0, 63) || "host";
   return `prefill-${host}-${process.pid}-${randomBytes(3).toString("hex")}`;
 }
 

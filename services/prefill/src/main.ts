@@ -6,7 +6,17 @@
  * composition for tests and in-process clusters.
  */
 import { basename, resolve } from "node:path";
-import { createLogger, errorMessage, formatReadyLine, runService, ServiceLifecycle, splitHostPort, withTimeout, withWeightLoadBar, type Logger } from "@moela/core";
+import {
+  createLogger,
+  errorMessage,
+  formatReadyLine,
+  runService,
+  ServiceLifecycle,
+  splitHostPort,
+  withTimeout,
+  withWeightLoadBar,
+  type Logger,
+} from "@moela/core";
 import { DeepseekModel, Engine, PhaseTimes, configureKernels, readModelConfig, type ExpertExecutor } from "@moela/engine";
 import { grpcKvConnector, KvLedger, type KvConnector, type KvSender } from "@moela/kv-transfer";
 import { createServiceMetrics, rpcServerCallRecorder, startMetricsServer, type MetricsOf, type ServiceMetrics } from "@moela/metrics";
@@ -138,7 +148,18 @@ export async function startPrefill(config: PrefillConfig, options: StartPrefillO
     );
     p.defer(() => registration.deregister());
     logger.info(
-      { grpc: grpcBound.address, metrics: metricsServer.url, modelId, precision: config.precision, maxBatchTokens, concurrency: config.concurrency, attempts: PREFILL_JOB_OPTIONS.attempts, instance: instanceId, queues: [PREFILL_QUEUE, ownQueue.name], prefixCacheBlocks },
+      {
+        grpc: grpcBound.address,
+        metrics: metricsServer.url,
+        modelId,
+        precision: config.precision,
+        maxBatchTokens,
+        concurrency: config.concurrency,
+        attempts: PREFILL_JOB_OPTIONS.attempts,
+        instance: instanceId,
+        queues: [PREFILL_QUEUE, ownQueue.name],
+        prefixCacheBlocks,
+      },
       "prefill serving",
     );
     return { grpcAddress: grpcBound.address, metricsUrl: metricsServer.url, instanceId, runningJobs: () => state.running, close: life.close };
@@ -163,12 +184,24 @@ function prefillMetrics(config: PrefillConfig, modelName: string, live: { readon
 }
 
 /** The model with its routed experts on the expert-hosts (or in this process), in an engine sized for one batch plus the prefix cache. */
-async function loadEngine(p: PrefillParts, profile: PrecisionProfile, modelId: string, maxBatchTokens: number, channel: ClientChannel): Promise<{ engine: Engine; prefixCacheBlocks: number }> {
+async function loadEngine(
+  p: PrefillParts,
+  profile: PrecisionProfile,
+  modelId: string,
+  maxBatchTokens: number,
+  channel: ClientChannel,
+): Promise<{ engine: Engine; prefixCacheBlocks: number }> {
   const { config } = p;
   // Attention, dense layers, gates and shared experts here; routed experts on the hosts.
   // Large products run off the event loop: health checks, Status and the KV streams are served while a chunk computes.
   const model = withWeightLoadBar("prefill: loading weights", (onProgress) =>
-    DeepseekModel.load(config.model, { routedExperts: () => false, kvDtype: profile.kvDtype, threads: config.threads ?? 1, computeOffEventLoop: true, onProgress }),
+    DeepseekModel.load(config.model, {
+      routedExperts: () => false,
+      kvDtype: profile.kvDtype,
+      threads: config.threads ?? 1,
+      computeOffEventLoop: true,
+      onProgress,
+    }),
   );
   model.setExpertExecutor(await expertExecutor(p, profile, modelId, model, channel));
   model.phaseTimes = new PhaseTimes();
@@ -187,7 +220,13 @@ async function loadEngine(p: PrefillParts, profile: PrecisionProfile, modelId: s
 }
 
 /** The routed experts: on the expert-hosts (static and registered replicas), or with none configured in this process. */
-async function expertExecutor(p: PrefillParts, profile: PrecisionProfile, modelId: string, model: DeepseekModel, channel: ClientChannel): Promise<ExpertExecutor> {
+async function expertExecutor(
+  p: PrefillParts,
+  profile: PrecisionProfile,
+  modelId: string,
+  model: DeepseekModel,
+  channel: ClientChannel,
+): Promise<ExpertExecutor> {
   const { config, logger } = p;
   const expertShards = config.expertShards ?? config.expertHosts.length;
   if (expertShards === 0) {
@@ -268,7 +307,11 @@ async function startWorkers(
   if (engine.prefixCache !== null) engine.prefixCache.onChange = () => publisher.changed();
   p.defer(() => publisher.close());
   const workers = [newWorker(p, PREFILL_QUEUE, state, processJob), newWorker(p, ownQueueName, state, processJob)];
-  const ownQueue = new Queue(ownQueueName, { connection: redisConnection(config.redisUrl), prefix: config.queuePrefix, defaultJobOptions: { ...PREFILL_JOB_OPTIONS } });
+  const ownQueue = new Queue(ownQueueName, {
+    connection: redisConnection(config.redisUrl),
+    prefix: config.queuePrefix,
+    defaultJobOptions: { ...PREFILL_JOB_OPTIONS },
+  });
   const sharedQueue = createPrefillQueue(config.redisUrl, config.queuePrefix);
   p.defer(async () => Promise.all([ownQueue.close(), sharedQueue.close()]));
   p.defer(async () => {
@@ -283,7 +326,11 @@ async function startWorkers(
     });
     if (moved > 0) logger.info({ moved }, "queued jobs handed to the shared queue");
   });
-  await withTimeout(Promise.all([...workers.map((w) => w.waitUntilReady()), publisher.start()]), p.options.redisTimeoutMs ?? 10_000, `Redis at ${config.redisUrl}`);
+  await withTimeout(
+    Promise.all([...workers.map((w) => w.waitUntilReady()), publisher.start()]),
+    p.options.redisTimeoutMs ?? 10_000,
+    `Redis at ${config.redisUrl}`,
+  );
   for (const w of workers) void w.run().catch((err: unknown) => logger.error({ err, queue: w.name }, "prefill worker stopped"));
   return { redis, ownQueue };
 }

@@ -26,7 +26,17 @@
  * not computed; their rows still go to decode) and its new full blocks join the cache after its prefill.
  */
 import { randomUUID } from "node:crypto";
-import { Code, DeadlineExceededError, errorForCode, errorMessage, FailedPreconditionError, InternalError, InvalidArgumentError, MoelaError, type Logger } from "@moela/core";
+import {
+  Code,
+  DeadlineExceededError,
+  errorForCode,
+  errorMessage,
+  FailedPreconditionError,
+  InternalError,
+  InvalidArgumentError,
+  MoelaError,
+  type Logger,
+} from "@moela/core";
 import type { Engine, GenerationParams, Sequence, StepResult } from "@moela/engine";
 import {
   batchKvSink,
@@ -137,7 +147,12 @@ export class PrefillBatcher {
     const seqs = batch.map((p) => p.seq);
     const started = performance.now();
     try {
-      const results = await this.engine.prefill(seqs, { kvSink: batchKvSink(seqs, batch.map((p) => p.sender)) });
+      const results = await this.engine.prefill(seqs, {
+        kvSink: batchKvSink(
+          seqs,
+          batch.map((p) => p.sender),
+        ),
+      });
       // The rows are encoded into the transfers already: free the blocks now, not after decode's verdicts,
       // so the next batch finds room.
       for (const p of batch) p.hold.release("finished");
@@ -273,7 +288,9 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
     if (Date.now() >= data.deadlineUnixMs) throw unrecoverable(new DeadlineExceededError("the request's deadline passed while it was queued"));
     if (data.promptTokenIds.length > deps.maxPromptTokens) {
       throw unrecoverable(
-        new InvalidArgumentError(`the prompt has ${data.promptTokenIds.length} tokens; this prefill instance takes at most ${deps.maxPromptTokens} (--max-batch-tokens)`),
+        new InvalidArgumentError(
+          `the prompt has ${data.promptTokenIds.length} tokens; this prefill instance takes at most ${deps.maxPromptTokens} (--max-batch-tokens)`,
+        ),
       );
     }
     const s = data.sampling;
@@ -328,7 +345,10 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
       m.prefillKvTransferDuration.observe((performance.now() - started) / 1000);
       m.prefillJobs.inc({ outcome: "ok" });
       const firstTokenId = first.tokens[0]?.id ?? -1;
-      log.info({ decode: data.decodeAddress, transferId, promptTokens: seq.prompt.length, cachedTokens, kvBlocks: outcome.ack.kvBlocks, bytes: sender.bytesSent }, "prefill done, KV admitted");
+      log.info(
+        { decode: data.decodeAddress, transferId, promptTokens: seq.prompt.length, cachedTokens, kvBlocks: outcome.ack.kvBlocks, bytes: sender.bytesSent },
+        "prefill done, KV admitted",
+      );
       return { transferId, firstTokenId, kvBlocks: outcome.ack.kvBlocks, bytesSent: sender.bytesSent };
     } catch (err) {
       const e = err instanceof MoelaError ? err : new InternalError(errorMessage(err), { cause: err });

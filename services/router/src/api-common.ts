@@ -7,7 +7,16 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Code, errorForCode, InvalidArgumentError, UnauthenticatedError, MoelaError, type Logger } from "@moela/core";
 import type { MetricsOf } from "@moela/metrics";
-import { ModelNotFoundError, RequestValidationError, tokenRenderer, type AsyncPromptEncoder, type GenerationRequest, type SamplingRequest, type TokenText, type ValidationContext } from "@moela/openai-api";
+import {
+  ModelNotFoundError,
+  RequestValidationError,
+  tokenRenderer,
+  type AsyncPromptEncoder,
+  type GenerationRequest,
+  type SamplingRequest,
+  type TokenText,
+  type ValidationContext,
+} from "@moela/openai-api";
 import type { AdmissionController } from "@moela/scheduler";
 import type { Tokenizer } from "@moela/tokenizer";
 import type { GenerateEvent, GenerationBackend } from "./backend.js";

@@ -57,15 +57,31 @@ const schema = z.strictObject({
   httpAddress: hostPort.default("127.0.0.1:8000"),
   grpcAddress: hostPort.default("127.0.0.1:0"),
   metricsAddress: hostPort.default("127.0.0.1:0"),
-  redisUrl: z.string().regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL").default("redis://127.0.0.1:6379"),
-  queuePrefix: z.string().regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }").default("moela"),
+  redisUrl: z
+    .string()
+    .regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL")
+    .default("redis://127.0.0.1:6379"),
+  queuePrefix: z
+    .string()
+    .regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }")
+    .default("moela"),
   decode: z
     .string()
     .default("")
-    .transform((s) => s.split(",").map((x) => x.trim()).filter((x) => x.length > 0))
+    .transform((s) =>
+      s
+        .split(",")
+        .map((x) => x.trim())
+        .filter((x) => x.length > 0),
+    )
     .pipe(z.array(hostPort)),
   policy: z.string().optional(),
-  decisionTtlS: z.coerce.number().int("must be an integer").min(1, "must be at least 1").max(30 * 86_400).default(3_600),
+  decisionTtlS: z.coerce
+    .number()
+    .int("must be an integer")
+    .min(1, "must be at least 1")
+    .max(30 * 86_400)
+    .default(3_600),
   servedModelName: z.string().min(1).optional(),
   maxModelLen: z.coerce.number().int("must be an integer").min(2, "must be at least 2").optional(),
   precision: z.enum(PRECISIONS, { error: `must be one of ${PRECISIONS.join(", ")}` }).default("exact"),
@@ -73,7 +89,12 @@ const schema = z.strictObject({
   maxInFlight: z.coerce.number().int("must be an integer").min(1, "must be at least 1").default(1024),
   // Checked in parseRouterConfig, whose errors never repeat a key.
   apiKey: z.string().optional(),
-  maxBodyBytes: z.coerce.number().int("must be an integer").min(1024, "must be at least 1024").max(2 ** 31 - 1).default(DEFAULT_MAX_BODY_BYTES),
+  maxBodyBytes: z.coerce
+    .number()
+    .int("must be an integer")
+    .min(1024, "must be at least 1024")
+    .max(2 ** 31 - 1)
+    .default(DEFAULT_MAX_BODY_BYTES),
   maxPromptChars: z.coerce.number().int("must be an integer").min(1, "must be at least 1").optional(),
   maxPromptTokens: z.coerce.number().int("must be an integer").min(1, "must be at least 1").optional(),
   tokenizerThreads: z.coerce.number().int("must be an integer").min(0, "must be at least 0").max(64).default(1),
@@ -238,8 +259,19 @@ export interface ApiLimitSettings {
 }
 
 /** The request limits among validated settings. */
-export function apiLimitsOf(c: Omit<ApiLimitSettings, "maxPromptChars" | "maxPromptTokens"> & { readonly maxPromptChars?: number | undefined; readonly maxPromptTokens?: number | undefined }): ApiLimitSettings {
-  return { maxBodyBytes: c.maxBodyBytes, maxPromptChars: c.maxPromptChars, maxPromptTokens: c.maxPromptTokens, tokenizerThreads: c.tokenizerThreads, strictApi: c.strictApi };
+export function apiLimitsOf(
+  c: Omit<ApiLimitSettings, "maxPromptChars" | "maxPromptTokens"> & {
+    readonly maxPromptChars?: number | undefined;
+    readonly maxPromptTokens?: number | undefined;
+  },
+): ApiLimitSettings {
+  return {
+    maxBodyBytes: c.maxBodyBytes,
+    maxPromptChars: c.maxPromptChars,
+    maxPromptTokens: c.maxPromptTokens,
+    tokenizerThreads: c.tokenizerThreads,
+    strictApi: c.strictApi,
+  };
 }
 
 /**

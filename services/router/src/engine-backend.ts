@@ -100,7 +100,8 @@ export class EngineBackend implements GenerationBackend {
   private stopped = false;
 
   constructor(options: EngineBackendOptions) {
-    if (!(Number.isInteger(options.maxBatch) && options.maxBatch >= 1)) throw new InvalidArgumentError(`maxBatch must be a positive integer, got ${options.maxBatch}`);
+    if (!(Number.isInteger(options.maxBatch) && options.maxBatch >= 1))
+      throw new InvalidArgumentError(`maxBatch must be a positive integer, got ${options.maxBatch}`);
     this.engine = options.engine;
     this.o = options;
   }
@@ -117,7 +118,9 @@ export class EngineBackend implements GenerationBackend {
 
   health(): Record<string, unknown> {
     const cache = this.engine.cache;
-    return { engine: { running: this.running.length, waiting: this.waitingQueue.length, kv_blocks_used: cache.usedBlocks, kv_blocks_capacity: cache.numBlocks } };
+    return {
+      engine: { running: this.running.length, waiting: this.waitingQueue.length, kv_blocks_used: cache.usedBlocks, kv_blocks_capacity: cache.numBlocks },
+    };
   }
 
   /** Nothing is routed in one process: no request has routing decisions. */
@@ -195,7 +198,12 @@ export class EngineBackend implements GenerationBackend {
           // Leaves the batch now (a stop string mid-generation), not when the caller lets go.
           slot.cancelled = true;
           this.wakeLoop?.();
-          yield { tokens: b.tokens, text: b.text, finishReason, usage: { promptTokens: input.promptTokenIds.length, completionTokens: asm.sent, cachedPromptTokens: seq.cachedTokens } };
+          yield {
+            tokens: b.tokens,
+            text: b.text,
+            finishReason,
+            usage: { promptTokens: input.promptTokenIds.length, completionTokens: asm.sent, cachedPromptTokens: seq.cachedTokens },
+          };
           return;
         }
         if (b.tokens.length > 0 || b.text.length > 0) yield { tokens: b.tokens, text: b.text, finishReason: null };

@@ -4,7 +4,16 @@
  */
 import type { Metadata } from "@grpc/grpc-js";
 import { Code, errorMessage, InvalidArgumentError, MoelaError, newRequestId, requestLogger, type Logger } from "@moela/core";
-import { extractToolCalls, ModelNotFoundError, planChatRequest, planCompletionRequest, runPlanAsync, type FinishReason, type GenerationRequest, type ToolCall } from "@moela/openai-api";
+import {
+  extractToolCalls,
+  ModelNotFoundError,
+  planChatRequest,
+  planCompletionRequest,
+  runPlanAsync,
+  type FinishReason,
+  type GenerationRequest,
+  type ToolCall,
+} from "@moela/openai-api";
 import {
   FinishReason as WireFinishReason,
   GenerateRequest,
@@ -16,7 +25,17 @@ import {
 } from "@moela/proto-gen";
 import type { AsyncServiceImplementation, CallContext } from "@moela/rpc";
 import { MAX_PRIORITY } from "@moela/scheduler";
-import { choiceSampling, mergeEvents, namespacedRequestId, outcomeOf, publicError, recordRequest, REQUEST_ID, type Outcome, type RouterContext } from "./api-common.js";
+import {
+  choiceSampling,
+  mergeEvents,
+  namespacedRequestId,
+  outcomeOf,
+  publicError,
+  recordRequest,
+  REQUEST_ID,
+  type Outcome,
+  type RouterContext,
+} from "./api-common.js";
 import type { GenerateEvent } from "./backend.js";
 
 /**
@@ -54,7 +73,8 @@ function generateRequestBody(req: GenerateRequest): Record<string, unknown> {
     if (s.minTokens !== undefined) body.min_tokens = s.minTokens;
     if (s.n !== undefined && s.n !== 0) body.n = s.n;
     // prior_output_tokens is the cluster's own (migrations); a client cannot set it.
-    if (s.priorOutputTokens !== undefined && s.priorOutputTokens !== 0) throw new InvalidArgumentError("sampling.prior_output_tokens is internal to the cluster; leave it 0");
+    if (s.priorOutputTokens !== undefined && s.priorOutputTokens !== 0)
+      throw new InvalidArgumentError("sampling.prior_output_tokens is internal to the cluster; leave it 0");
   }
   if (req.cacheSalt !== "") body.cache_salt = req.cacheSalt;
   setJsonField(body, "response_format", req.responseFormat);
@@ -84,7 +104,9 @@ function chatRequestBody(req: GenerateRequest, messages: readonly ChatMessage[])
     role: m.role,
     // DeepSeek-V3's template renders an assistant turn's tool calls only when its content is none.
     content: m.toolCalls.length > 0 && m.content === "" ? null : m.content,
-    ...(m.toolCalls.length > 0 ? { tool_calls: m.toolCalls.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } })) } : {}),
+    ...(m.toolCalls.length > 0
+      ? { tool_calls: m.toolCalls.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } })) }
+      : {}),
     ...(m.toolCallId !== "" ? { tool_call_id: m.toolCallId } : {}),
   }));
   setJsonField(body, "tools", req.tools);
@@ -160,7 +182,15 @@ function generateResponse(publicId: string, index: number, ev: GenerateEvent, wa
     text: ev.text,
     logprobs: wantLogprobs ? ev.tokens.map((t) => ({ logprob: t.logprob ?? 0, top: (t.top ?? []).map((a) => ({ tokenId: a.id, logprob: a.logprob })) })) : [],
     finishReason: wireFinish(ev.finishReason),
-    usage: ev.usage ? { promptTokens: ev.usage.promptTokens, completionTokens: ev.usage.completionTokens, cachedPromptTokens: ev.usage.cachedPromptTokens ?? 0, draftTokens: 0, acceptedDraftTokens: 0 } : undefined,
+    usage: ev.usage
+      ? {
+          promptTokens: ev.usage.promptTokens,
+          completionTokens: ev.usage.completionTokens,
+          cachedPromptTokens: ev.usage.cachedPromptTokens ?? 0,
+          draftTokens: 0,
+          acceptedDraftTokens: 0,
+        }
+      : undefined,
     toolCalls: calls.map((c) => ({ id: c.id, name: c.function.name, arguments: c.function.arguments })),
   };
 }

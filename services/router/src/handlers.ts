@@ -30,6 +30,16 @@
  * than MAX_JSON_DEPTH are refused before parsing, bodies over --max-body-bytes with 413, and prompts are
  * tokenized through the TokenizerPool (long ones off the event loop).
  */
-export { ApiKeys, bearerToken, INTERNAL_ID_HEADER, IGNORED_FIELDS_HEADER, MOELA_VERSION, namespacedRequestId, publicError, redactInternal, type RouterContext } from "./api-common.js";
+export {
+  ApiKeys,
+  bearerToken,
+  INTERNAL_ID_HEADER,
+  IGNORED_FIELDS_HEADER,
+  MOELA_VERSION,
+  namespacedRequestId,
+  publicError,
+  redactInternal,
+  type RouterContext,
+} from "./api-common.js";
 export { generateService, LENIENT_GENERATE_SERVICE } from "./grpc-handlers.js";
 export { bestOfEach, buildHttpApp } from "./http-handlers.js";

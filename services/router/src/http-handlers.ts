@@ -202,7 +202,12 @@ function serveInfo(app: FastifyInstance, ctx: RouterContext): void {
     const decisions = await ctx.backend.routing(requestId);
     if (decisions.length === 0) {
       return reply.code(404).send({
-        error: { message: `no routing decision is kept for request ${requestId} (unknown, or older than the retention)`, type: "invalid_request_error", param: null, code: "not_found" },
+        error: {
+          message: `no routing decision is kept for request ${requestId} (unknown, or older than the retention)`,
+          type: "invalid_request_error",
+          param: null,
+          code: "not_found",
+        },
       });
     }
     return reply.send({ object: "routing", request_id: requestId, decisions });
@@ -214,7 +219,13 @@ function reportIgnored(fields: readonly string[], reply: FastifyReply, log: Logg
   if (fields.length === 0) return;
   log.warn({ ignoredFields: fields }, "the request has unknown fields; ignored (--strict-api refuses them)");
   // Header values are ASCII without control characters: anything else in a field name becomes "?".
-  reply.header(IGNORED_FIELDS_HEADER, fields.map((f) => f.replace(/[^\x20-\x7e]|,/g, "?").slice(0, 128)).slice(0, 32).join(", "));
+  reply.header(
+    IGNORED_FIELDS_HEADER,
+    fields
+      .map((f) => f.replace(/[^\x20-\x7e]|,/g, "?").slice(0, 128))
+      .slice(0, 32)
+      .join(", "),
+  );
 }
 
 interface ChoiceResult {
@@ -343,7 +354,11 @@ async function fullResponse(
   const promptTokens = parsed.prompts.reduce((n, p) => n + p.tokenIds.length, 0);
   // Every candidate's tokens count (best_of's losers were generated too).
   const completionTokens = candidates.reduce((n, r) => n + r.completionTokens, 0);
-  const usage = usageOf(promptTokens, completionTokens, candidates.reduce((n, r) => n + r.cachedPromptTokens, 0));
+  const usage = usageOf(
+    promptTokens,
+    completionTokens,
+    candidates.reduce((n, r) => n + r.cachedPromptTokens, 0),
+  );
   const results = parsed.bestOf > n ? bestOfEach(candidates, parsed.bestOf, n) : candidates;
   const wantLogprobs = parsed.sampling[0]!.logprobs !== null;
   if (api === "chat") {

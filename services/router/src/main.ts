@@ -126,7 +126,10 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     defer(() => registration.deregister());
     const auth = apiKeys === null ? "none" : `${config.apiKeys!.length} API key(s)`;
     const limits = { maxBodyBytes, maxPromptChars: validation.maxPromptChars, maxPromptTokens: validation.maxPromptTokens, tokenizerThreads: encoder.threads };
-    logger.info({ http: httpUrl, grpc: grpcAddress, metrics: metricsServer.url, model: config.servedModelName, maxModelLen, instance: registration.id, auth, limits }, "router serving");
+    logger.info(
+      { http: httpUrl, grpc: grpcAddress, metrics: metricsServer.url, model: config.servedModelName, maxModelLen, instance: registration.id, auth, limits },
+      "router serving",
+    );
     return { httpUrl, grpcAddress, metricsUrl: metricsServer.url, close: life.close };
   });
 }
@@ -134,7 +137,12 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
 type PrefillQueue = ReturnType<typeof createPrefillQueue>;
 
 /** The shared prefill queue and its events; resolves once Redis answered. */
-async function openQueues(config: RouterConfig, options: StartRouterOptions, logger: Logger, defer: Defer): Promise<{ queue: PrefillQueue; events: QueueEvents; connection: ReturnType<typeof redisConnection> }> {
+async function openQueues(
+  config: RouterConfig,
+  options: StartRouterOptions,
+  logger: Logger,
+  defer: Defer,
+): Promise<{ queue: PrefillQueue; events: QueueEvents; connection: ReturnType<typeof redisConnection> }> {
   const connection = redisConnection(config.redisUrl);
   const queue = createPrefillQueue(config.redisUrl, config.queuePrefix);
   queue.on("error", (err) => logger.warn({ err: err.message }, "prefill queue connection error"));
@@ -166,7 +174,11 @@ async function watchCluster(
   const redis = createRedisClient(config.redisUrl);
   redis.on("error", (err: Error) => logger.debug({ err: err.message }, "registry Redis connection error"));
   defer(async () => redis.quit().catch(() => redis.disconnect()));
-  const instances = new InstanceRegistry(redis, { prefix: config.queuePrefix, logger, ...(options.registryTtlMs !== undefined ? { ttlMs: options.registryTtlMs } : {}) });
+  const instances = new InstanceRegistry(redis, {
+    prefix: config.queuePrefix,
+    logger,
+    ...(options.registryTtlMs !== undefined ? { ttlMs: options.registryTtlMs } : {}),
+  });
   const decodeMembers = new RegistryWatcher(instances, "decode", options.statusIntervalMs ?? 300);
   await decodeMembers.start();
   defer(() => decodeMembers.close());

@@ -32,7 +32,21 @@ import { availableParallelism } from "node:os";
 import { existsSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ConfigError, createLogger, envNameOf, errorMessage, flagList, readSettings, runService, ServiceLifecycle, settingsFromKeys, usageLines, validateSettings, withWeightLoadBar, type Logger } from "@moela/core";
+import {
+  ConfigError,
+  createLogger,
+  envNameOf,
+  errorMessage,
+  flagList,
+  readSettings,
+  runService,
+  ServiceLifecycle,
+  settingsFromKeys,
+  usageLines,
+  validateSettings,
+  withWeightLoadBar,
+  type Logger,
+} from "@moela/core";
 import { configureKernels, DeepseekModel, Engine, parseKernelsName } from "@moela/engine";
 import { createServiceMetrics, type ServiceMetrics } from "@moela/metrics";
 import { createInProcessExperts, PRECISION_NAMES, precisionProfile, type PrecisionName } from "@moela/moe-dispatch";
@@ -53,15 +67,23 @@ const schema = z.strictObject({
   model: z.string().min(1).default(DEFAULT_MODEL),
   host: z.string().min(1).default("127.0.0.1"),
   port: int(0).max(65_535, "must be at most 65535").default(8000),
-  grpcAddress: z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "must be host:port").optional(),
+  grpcAddress: z
+    .string()
+    .regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "must be host:port")
+    .optional(),
   servedModelName: z.string().min(1).optional(),
   maxModelLen: int(2).optional(),
   maxNumSeqs: int(1).max(4096).default(32),
   maxInFlight: int(1).default(256),
-  kvBlocks: int(1).max(1 << 24).default(2048),
+  kvBlocks: int(1)
+    .max(1 << 24)
+    .default(2048),
   prefillChunk: int(1).default(256),
   maxPrefillTokens: int(1).default(2048),
-  prefixCache: z.enum(["true", "false"], { message: "must be true or false" }).default("true").transform((v) => v === "true"),
+  prefixCache: z
+    .enum(["true", "false"], { message: "must be true or false" })
+    .default("true")
+    .transform((v) => v === "true"),
   threads: int(1).max(256).optional(),
   kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
   precision: z.enum(PRECISION_NAMES, { error: `must be one of ${PRECISION_NAMES.join(", ")}` }).default("exact"),
@@ -69,7 +91,9 @@ const schema = z.strictObject({
   speculative: z.enum(["auto", "on", "off"]).default("auto"),
   requestTimeoutS: z.coerce.number().positive("must be positive").max(86_400).default(600),
   apiKey: z.string().optional(),
-  maxBodyBytes: int(1024).max(2 ** 31 - 1).default(DEFAULT_MAX_BODY_BYTES),
+  maxBodyBytes: int(1024)
+    .max(2 ** 31 - 1)
+    .default(DEFAULT_MAX_BODY_BYTES),
   maxPromptChars: int(1).optional(),
   maxPromptTokens: int(1).optional(),
   tokenizerThreads: int(0).max(64).default(1),
@@ -250,7 +274,11 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
     const graceMs = options.shutdownGraceMs ?? SHUTDOWN_GRACE_MS;
     // The router's public gRPC front door over the same backend, when asked for.
     const grpcAddress = config.grpcAddress === undefined ? undefined : await serveGenerate(ctx, config.grpcAddress, router.m, graceMs, defer);
-    const httpUrl = await serveHttp(ctx, { host: config.host, port: config.port, graceMs, shutdown, reason: "the server is shutting down", dropUnusedSockets: true }, defer);
+    const httpUrl = await serveHttp(
+      ctx,
+      { host: config.host, port: config.port, graceMs, shutdown, reason: "the server is shutting down", dropUnusedSockets: true },
+      defer,
+    );
     logger.info(
       {
         http: httpUrl,
@@ -282,7 +310,9 @@ function loadModel(config: OneProcessConfig): DeepseekModel {
   const profile = precisionProfile(config.precision);
   // Process-wide: the model, and the in-process expert-hosts, compute with these kernels on these threads.
   configureKernels(parseKernelsName(config.kernels), config.threads);
-  const model = withWeightLoadBar("loading weights", (onProgress) => DeepseekModel.load(config.model, { kvDtype: profile.kvDtype, threads: config.threads, onProgress }));
+  const model = withWeightLoadBar("loading weights", (onProgress) =>
+    DeepseekModel.load(config.model, { kvDtype: profile.kvDtype, threads: config.threads, onProgress }),
+  );
   // As `moela generate`: one host under the exact profile computes what the model's own experts do, so the
   // model keeps them; otherwise the routed experts go through the cluster's dispatcher, in process.
   if (config.expertHosts > 1 || profile.dispatch !== "f32" || profile.combine !== "f32") {
@@ -358,7 +388,15 @@ export function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
       usage: USAGE,
       signalsDuringStart: true,
       start: (config, logger) => startOneProcess(config, { logger }),
-      readyLine: (s) => JSON.stringify({ event: "ready", role: "all", pid: process.pid, http: s.httpUrl, metrics: s.metricsUrl, ...(s.grpcAddress !== undefined ? { grpc: s.grpcAddress } : {}) }),
+      readyLine: (s) =>
+        JSON.stringify({
+          event: "ready",
+          role: "all",
+          pid: process.pid,
+          http: s.httpUrl,
+          metrics: s.metricsUrl,
+          ...(s.grpcAddress !== undefined ? { grpc: s.grpcAddress } : {}),
+        }),
       shutdownMessage: "shutting down",
       close: (s) => s.close(),
     },

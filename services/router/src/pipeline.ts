@@ -39,7 +39,21 @@
  * Messages of the errors thrown here name no address (they reach clients); the logs have the details.
  */
 import { randomInt } from "node:crypto";
-import { CancelledError, Code, DataLossError, DeadlineExceededError, errorForCode, errorMessage, FailureReason, InternalError, InvalidArgumentError, MoelaError, ResourceExhaustedError, UnavailableError, type Logger } from "@moela/core";
+import {
+  CancelledError,
+  Code,
+  DataLossError,
+  DeadlineExceededError,
+  errorForCode,
+  errorMessage,
+  FailureReason,
+  InternalError,
+  InvalidArgumentError,
+  MoelaError,
+  ResourceExhaustedError,
+  UnavailableError,
+  type Logger,
+} from "@moela/core";
 import type { MetricsOf } from "@moela/metrics";
 import type { FinishReason, GeneratedToken, SamplingRequest } from "@moela/openai-api";
 import { DecodeClient, FinishReason as WireFinishReason, type StreamResponse as DecodeStreamMessage, type TokenEvent } from "@moela/proto-gen";
@@ -175,7 +189,6 @@ class Migrate extends Error {
     super(error.message);
   }
 }
-
 
 interface Attempt {
   readonly n: number;
@@ -371,7 +384,15 @@ export class Pipeline {
       st.queueFailure = e;
       st.ctl.abort(e);
     };
-    st.stopWatch = this.watchJob(job, priority, () => st.jobQueue, (q) => (st.jobQueue = q), () => st.got > 0, fail, log);
+    st.stopWatch = this.watchJob(
+      job,
+      priority,
+      () => st.jobQueue,
+      (q) => (st.jobQueue = q),
+      () => st.got > 0,
+      fail,
+      log,
+    );
   }
 
   /** Reads the attempt's Decode.Stream (deduplicated by completion index) and yields the caller's events until a finish. */
@@ -412,7 +433,12 @@ export class Pipeline {
         st.finished = true;
         const finishReason: FinishReason = b.stopped || decodeFinish === WireFinishReason.FINISH_REASON_STOP ? "stop" : "length";
         const cachedPromptTokens = msg.usage?.cachedPromptTokens ?? 0;
-        yield { tokens: b.tokens, text: b.text, finishReason, usage: { promptTokens: input.promptTokenIds.length, completionTokens: asm.sent, cachedPromptTokens } };
+        yield {
+          tokens: b.tokens,
+          text: b.text,
+          finishReason,
+          usage: { promptTokens: input.promptTokenIds.length, completionTokens: asm.sent, cachedPromptTokens },
+        };
         return;
       }
       if (b.tokens.length > 0 || b.text.length > 0) yield { tokens: b.tokens, text: b.text, finishReason: null };

@@ -20,7 +20,11 @@ import { TokenizerPool } from "./tokenize.js";
 export type Defer = (step: () => unknown, what?: string) => void;
 
 /** The checkpoint's config, the context length served, and its tokenizer (null: token-id prompts only). */
-export function loadModelLimits(model: string, maxModelLenSetting: number | undefined, logger: Logger): { modelConfig: ModelConfig; maxModelLen: number; tokenizer: Tokenizer | null } {
+export function loadModelLimits(
+  model: string,
+  maxModelLenSetting: number | undefined,
+  logger: Logger,
+): { modelConfig: ModelConfig; maxModelLen: number; tokenizer: Tokenizer | null } {
   const modelConfig = readModelConfig(model);
   const maxModelLen = maxModelLenSetting ?? modelConfig.maxPositionEmbeddings;
   if (maxModelLen > modelConfig.maxPositionEmbeddings) {
@@ -42,7 +46,13 @@ export async function startEncoder(model: string, tokenizer: Tokenizer | null, t
 
 /** How requests are validated against the model (RouterContext.validation). */
 export function validationOf(
-  config: { readonly model: string; readonly servedModelName: string; readonly maxPromptChars?: number | undefined; readonly maxPromptTokens?: number | undefined; readonly strictApi?: boolean | undefined },
+  config: {
+    readonly model: string;
+    readonly servedModelName: string;
+    readonly maxPromptChars?: number | undefined;
+    readonly maxPromptTokens?: number | undefined;
+    readonly strictApi?: boolean | undefined;
+  },
   modelConfig: ModelConfig,
   maxModelLen: number,
   tokenizer: Tokenizer | null,

@@ -47,7 +47,8 @@ export class TokenAssembler {
     private readonly metrics: MetricsOf<"router">,
     private readonly model: string,
   ) {
-    this.decoder = tokenizer === null ? null : new IncrementalDecoder(tokenizer, { skipSpecialTokens: input.skipSpecialTokens, promptIds: input.promptTokenIds });
+    this.decoder =
+      tokenizer === null ? null : new IncrementalDecoder(tokenizer, { skipSpecialTokens: input.skipSpecialTokens, promptIds: input.promptTokenIds });
     this.matcher = input.stop.length > 0 ? new StopStringMatcher(input.stop) : null;
     this.minTokens = input.sampling.minTokens ?? 0;
   }

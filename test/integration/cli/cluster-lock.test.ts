@@ -164,7 +164,9 @@ describe("queue prefix claim (Redis)", () => {
     await lock.release();
     // A holder on another host is not ours to judge: refused until its claim expires.
     await redis.set(queueLockKey(p), JSON.stringify(holderOf(1, { hostname: "elsewhere", queue_prefix: p })), "PX", 60_000);
-    await expect(acquireQueuePrefixLock(LOCAL_REDIS_URL, newHolder({ stateDir: "/c", port: 0, queuePrefix: p }))).rejects.toThrow(/in use by moela cluster pid 1 on elsewhere/);
+    await expect(acquireQueuePrefixLock(LOCAL_REDIS_URL, newHolder({ stateDir: "/c", port: 0, queuePrefix: p }))).rejects.toThrow(
+      /in use by moela cluster pid 1 on elsewhere/,
+    );
     await redis.del(queueLockKey(p));
     redis.disconnect();
   });

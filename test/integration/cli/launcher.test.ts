@@ -7,13 +7,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { CancelledError } from "@moela/core";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  ServiceStartError,
-  startCluster,
-  type ClusterOptions,
-  type ProgressEvent,
-  type ServiceCommand,
-} from "../../../services/cli/src/launcher.js";
+import { ServiceStartError, startCluster, type ClusterOptions, type ProgressEvent, type ServiceCommand } from "../../../services/cli/src/launcher.js";
 import { isAlive as alive } from "../../helpers/cluster.js";
 
 const FAKE = fileURLToPath(new URL("./fixtures/fake-service.ts", import.meta.url));
@@ -66,7 +60,13 @@ describe("startCluster with stand-in services", () => {
       expect(file.launcher_pid).toBe(process.pid);
       expect(file.topology).toEqual({ prefill: 1, decode: 2, expert_hosts: 3 });
       expect(file.instances.map((i: { role: string; index: number }) => `${i.role} ${i.index}`)).toEqual([
-        "router 0", "prefill 0", "decode 0", "decode 1", "expert-host 0", "expert-host 1", "expert-host 2",
+        "router 0",
+        "prefill 0",
+        "decode 0",
+        "decode 1",
+        "expert-host 0",
+        "expert-host 1",
+        "expert-host 2",
       ]);
       expect(file.instances.map((i: { shard?: number }) => i.shard)).toEqual([undefined, undefined, undefined, undefined, 0, 1, 2]);
       expect(file.curl).toContain(`${file.url}/v1/completions`);
@@ -111,9 +111,9 @@ describe("startCluster with stand-in services", () => {
   });
 
   it("times out naming the phase when a service never reports SERVING", async () => {
-    const err = await startCluster(
-      options({ expertHosts: 1, startupTimeoutMs: 4_000, serviceArgs: { "expert-host": ["--fake-not-serving"] } }),
-    ).catch((e: unknown) => e);
+    const err = await startCluster(options({ expertHosts: 1, startupTimeoutMs: 4_000, serviceArgs: { "expert-host": ["--fake-not-serving"] } })).catch(
+      (e: unknown) => e,
+    );
     expect((err as Error).message).toMatch(/timed out while starting the expert-hosts|NOT_SERVING/);
   });
 

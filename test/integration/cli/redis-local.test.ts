@@ -90,9 +90,7 @@ describe("the private redis-server", () => {
     client.on("error", () => {});
     try {
       await client.connect();
-      const config = Object.fromEntries(
-        ["appendonly", "appendfsync", "maxmemory-policy", "dir", "save"].map((k) => [k, undefined as string | undefined]),
-      );
+      const config = Object.fromEntries(["appendonly", "appendfsync", "maxmemory-policy", "dir", "save"].map((k) => [k, undefined as string | undefined]));
       for (const k of Object.keys(config)) config[k] = ((await client.config("GET", k)) as string[])[1];
       expect(config).toEqual({ appendonly: "yes", appendfsync: "everysec", "maxmemory-policy": "noeviction", dir: data, save: "" });
       await client.rpush("jobs", "a", "b", "c");

@@ -73,7 +73,8 @@ async function launch(o: ClusterOptions) {
   };
 }
 
-const supervisorEvents = (lines: readonly Line[], kind: string, label: string) => lines.filter((l) => l.event === "supervisor" && l["kind"] === kind && l["label"] === label);
+const supervisorEvents = (lines: readonly Line[], kind: string, label: string) =>
+  lines.filter((l) => l.event === "supervisor" && l["kind"] === kind && l["label"] === label);
 
 describe("a supervised cluster (stand-in services)", () => {
   it("restarts a service killed -9 at its address, backing off more when it dies again soon", async () => {
@@ -109,7 +110,10 @@ describe("a supervised cluster (stand-in services)", () => {
       const before = c.info.instances.find((i) => i.role === "prefill")!;
       writeFileSync(crash, "");
       process.kill(before.pid, "SIGKILL");
-      await vi.waitFor(() => expect(supervisorEvents(c.lines, "restart-failed", "prefill 0").length, "three failed restarts").toBeGreaterThanOrEqual(3), within(60_000));
+      await vi.waitFor(
+        () => expect(supervisorEvents(c.lines, "restart-failed", "prefill 0").length, "three failed restarts").toBeGreaterThanOrEqual(3),
+        within(60_000),
+      );
       rmSync(crash);
       await vi.waitFor(() => expect(supervisorEvents(c.lines, "restarted", "prefill 0"), "prefill 0 to come back").toHaveLength(1), within(60_000));
       const delays = supervisorEvents(c.lines, "exited", "prefill 0").map((e) => e["restartInMs"]);
@@ -171,7 +175,11 @@ describe("a supervised cluster (stand-in services)", () => {
       const attempts: Array<[string, Partial<ClusterOptions>, RegExp]> = [
         ["same state dir", { stateDir: o.stateDir, port: 0, queuePrefix: `other-${randomUUID().slice(0, 8)}` }, /is in use by moela cluster pid \d+/],
         ["same port", { port }, new RegExp(`127\\.0\\.0\\.1:${port} is in use`)],
-        ["same queue prefix in the same Redis", { queuePrefix: o.queuePrefix }, new RegExp(`queue prefix "${o.queuePrefix}" in redis://127\\.0\\.0\\.1:6379 is in use by moela cluster pid ${first.child.pid}`)],
+        [
+          "same queue prefix in the same Redis",
+          { queuePrefix: o.queuePrefix },
+          new RegExp(`queue prefix "${o.queuePrefix}" in redis://127\\.0\\.0\\.1:6379 is in use by moela cluster pid ${first.child.pid}`),
+        ],
       ];
       for (const [what, extra, message] of attempts) {
         const events: ProgressEvent[] = [];
@@ -180,7 +188,10 @@ describe("a supervised cluster (stand-in services)", () => {
         expect(err, what).toBeInstanceOf(ClusterInUseError);
         expect((err as Error).message, what).toMatch(message);
         expect(Date.now() - t0, `${what}: refused at once`).toBeLessThan(5_000);
-        expect(events.filter((e) => e.kind === "starting"), `${what}: nothing started`).toEqual([]);
+        expect(
+          events.filter((e) => e.kind === "starting"),
+          `${what}: nothing started`,
+        ).toEqual([]);
       }
       expect(readFileSync(join(o.stateDir, "cluster.json"), "utf8")).toBe(clusterJson);
       expect(readFileSync(join(o.stateDir, "launcher.lock"), "utf8")).toBe(lock);

@@ -50,7 +50,9 @@ describe("@moela/client as an installed package", () => {
   });
 
   it("ships no logger, config or service code: only the client, core's errors and clock and the router's wire types", () => {
-    const files = walk(join(installed, "dist")).map((f) => relative(installed, f)).sort();
+    const files = walk(join(installed, "dist"))
+      .map((f) => relative(installed, f))
+      .sort();
     const sources = files.filter((f) => f.endsWith(".js")).map((f) => f.replace(/^dist\/(esm|cjs)\//, ""));
     expect([...new Set(sources)].sort()).toEqual([
       "client/src/client.js",
@@ -77,7 +79,7 @@ describe("@moela/client as an installed package", () => {
       [
         'import { MoelaClient, DeadlineExceededError, MoelaError, type GenerateEvent, type Completion, type ModelInfo } from "@moela/client";',
         'const client = new MoelaClient({ address: "127.0.0.1:1" });',
-        'const stream = client.generate({ prompt: [1, 2, 3], maxTokens: 4 }, { deadlineMs: 10 });',
+        "const stream = client.generate({ prompt: [1, 2, 3], maxTokens: 4 }, { deadlineMs: 10 });",
         "const id: string = stream.requestId;",
         "export async function first(): Promise<GenerateEvent | undefined> { for await (const e of stream) return e; return undefined; }",
         "export const done: Promise<Completion> = client.complete({ messages: [{ role: 'user', content: 'x' }] });",
@@ -132,9 +134,13 @@ describe("@moela/client as an installed package", () => {
       ].join("\n"),
     );
     const { stdout } = await execFileAsync(process.execPath, ["refused.cjs"], { cwd: consumer.dir });
-    const esm = await execFileAsync(process.execPath, ["--input-type=module", "-e", 'import * as p from "@moela/client"; console.log(JSON.stringify(Object.keys(p).sort()))'], {
-      cwd: consumer.dir,
-    });
+    const esm = await execFileAsync(
+      process.execPath,
+      ["--input-type=module", "-e", 'import * as p from "@moela/client"; console.log(JSON.stringify(Object.keys(p).sort()))'],
+      {
+        cwd: consumer.dir,
+      },
+    );
     const out = JSON.parse(stdout.trim()) as { cjs: boolean; exports: string[]; unavailable: boolean; code: number };
     expect(out.cjs).toBe(true);
     expect(out.unavailable).toBe(true);

@@ -46,13 +46,20 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
     }
     const cfg = parseConfig(
       [
-        "--model", dir,
-        "--expert-hosts", hosts.map((h) => h.grpcAddress).join(","),
-        "--precision", precision,
-        "--kv-blocks", "128",
-        "--block-size", "4",
-        "--stream-grace-ms", "2000",
-        "--drain-grace-ms", "0",
+        "--model",
+        dir,
+        "--expert-hosts",
+        hosts.map((h) => h.grpcAddress).join(","),
+        "--precision",
+        precision,
+        "--kv-blocks",
+        "128",
+        "--block-size",
+        "4",
+        "--stream-grace-ms",
+        "2000",
+        "--drain-grace-ms",
+        "0",
       ],
       {},
     )!;
@@ -118,13 +125,26 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
 
   const tokensOf = (c: Collected) => c.messages.flatMap((m) => m.tokens);
   const asWire = (ref: EmittedToken[]) =>
-    ref.map((t, index) => ({ index, tokenId: t.id, logprobs: { logprob: Math.fround(t.logprob), top: (t.top ?? []).map(([tokenId, lp]) => ({ tokenId, logprob: Math.fround(lp) })) } }));
+    ref.map((t, index) => ({
+      index,
+      tokenId: t.id,
+      logprobs: { logprob: Math.fround(t.logprob), top: (t.top ?? []).map(([tokenId, lp]) => ({ tokenId, logprob: Math.fround(lp) })) },
+    }));
 
   it("serves health and reflection for KvTransfer and Decode", async () => {
     expect(await checkHealth(decode.grpcAddress, { service: "moela.v1.Decode" })).toBe("SERVING");
     expect(await checkHealth(decode.grpcAddress, { service: "moela.v1.KvTransfer" })).toBe("SERVING");
     const s = await status();
-    expect(s).toMatchObject({ freeKvBlocks: 128, totalKvBlocks: 128, blockSize: 4, runningSequences: 0, waitingSequences: 0, pendingTransfers: 0, accepting: true, modelId: decode.modelId });
+    expect(s).toMatchObject({
+      freeKvBlocks: 128,
+      totalKvBlocks: 128,
+      blockSize: 4,
+      runningSequences: 0,
+      waitingSequences: 0,
+      pendingTransfers: 0,
+      accepting: true,
+      modelId: decode.modelId,
+    });
     expect(s.precision).toBe(precision === "exact" ? Precision.PRECISION_EXACT : Precision.PRECISION_PAPER);
   });
 
@@ -246,7 +266,10 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
     const stream = await openedStream("req-huge");
     // 13 + 600 + 1 positions need 154 blocks of 4; the cache has 128.
     const { outcome, sender } = await push("req-huge", { ...GREEDY, maxTokens: 600 });
-    expect(outcome).toEqual({ ok: false, failure: { code: Code.RESOURCE_EXHAUSTED, reason: expect.stringMatching(/KV cache full: need 154 more blocks, 128 free of 128/) } });
+    expect(outcome).toEqual({
+      ok: false,
+      failure: { code: Code.RESOURCE_EXHAUSTED, reason: expect.stringMatching(/KV cache full: need 154 more blocks, 128 free of 128/) },
+    });
     expect(sender.poll()).toBe(KvPoll.Failed);
     expect(await status()).toMatchObject({ freeKvBlocks: 128, pendingTransfers: 0, runningSequences: 0 });
     // A full cache is transient: the Stream stays open for the next attempt; the router's Cancel ends it.

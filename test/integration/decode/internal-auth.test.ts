@@ -58,7 +58,22 @@ describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
     }
     // Decode reaches its expert-hosts only because it presents the same secret (its start-up Info checks them).
     const cfg = parseConfig(
-      ["--model", dir, "--expert-hosts", hosts.map((h) => h.grpcAddress).join(","), "--kv-blocks", "128", "--block-size", "4", "--stream-grace-ms", "2000", "--drain-grace-ms", "0", "--kv-max-transfers-per-peer", "1"],
+      [
+        "--model",
+        dir,
+        "--expert-hosts",
+        hosts.map((h) => h.grpcAddress).join(","),
+        "--kv-blocks",
+        "128",
+        "--block-size",
+        "4",
+        "--stream-grace-ms",
+        "2000",
+        "--drain-grace-ms",
+        "0",
+        "--kv-max-transfers-per-peer",
+        "1",
+      ],
       { MOELA_DECODE_INTERNAL_SECRET: SECRET },
     )!;
     decode = await startDecode(cfg, silent);
@@ -85,7 +100,10 @@ describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
 
   const status = (): Promise<DecodeStatusResponse> => unaryCall((md, o, cb) => owner.status({}, md, o, cb), { timeoutMs: 5_000 });
 
-  function collect(client: InstanceType<typeof DecodeClient>, requestId: string): Promise<{ tokens: StreamResponse["tokens"]; error: { code?: number; message?: string } | null }> {
+  function collect(
+    client: InstanceType<typeof DecodeClient>,
+    requestId: string,
+  ): Promise<{ tokens: StreamResponse["tokens"]; error: { code?: number; message?: string } | null }> {
     return (async () => {
       const tokens: StreamResponse["tokens"] = [];
       try {
@@ -156,7 +174,10 @@ describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
     const reference = await referenceRun(prefill, PROMPT, params);
     const running = collect(owner, "req-batch-ok");
     await vi.waitFor(() => expect(decode.batcher.has("req-batch-ok"), "the Stream to register").toBe(true), EVENTUALLY);
-    expect((await prefillAndSend(prefill, ownerKv, PROMPT, params, { transferId: `t-${++transfers}`, requestId: "req-batch-ok", modelId: decode.modelId })).outcome.ok).toBe(true);
+    expect(
+      (await prefillAndSend(prefill, ownerKv, PROMPT, params, { transferId: `t-${++transfers}`, requestId: "req-batch-ok", modelId: decode.modelId })).outcome
+        .ok,
+    ).toBe(true);
     await vi.waitFor(async () => expect((await status()).runningSequences, "the sequence to run").toBe(1), EVENTUALLY);
     // A sender with the secret that computed garbage: one NaN in its first layer chunk, its sha256 recomputed.
     let poisoned = 0;
@@ -172,9 +193,16 @@ describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
         return { outcome: inner.outcome, send: (f) => inner.send(nanRows(f)), end: () => inner.end(), cancel: (r) => inner.cancel(r) };
       },
     };
-    const bad = await prefillAndSend(prefill, poisoning, [3, 4, 5, 6, 7, 8], GREEDY, { transferId: `t-${++transfers}`, requestId: "req-batch-bad", modelId: decode.modelId });
+    const bad = await prefillAndSend(prefill, poisoning, [3, 4, 5, 6, 7, 8], GREEDY, {
+      transferId: `t-${++transfers}`,
+      requestId: "req-batch-bad",
+      modelId: decode.modelId,
+    });
     expect(poisoned).toBeGreaterThan(0);
-    expect(bad.outcome).toEqual({ ok: false, failure: { code: Code.INVALID_ARGUMENT, reason: expect.stringMatching(/latent value NaN .* KV rows must be finite/) } });
+    expect(bad.outcome).toEqual({
+      ok: false,
+      failure: { code: Code.INVALID_ARGUMENT, reason: expect.stringMatching(/latent value NaN .* KV rows must be finite/) },
+    });
     expect((await status()).runningSequences).toBe(1);
     const got = await running;
     expect(got.error).toBeNull();
@@ -186,7 +214,17 @@ describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
     const id = "req-cancel-with-secret";
     const stream = collect(owner, id);
     await vi.waitFor(() => expect(decode.batcher.has(id), "the Stream to register").toBe(true), EVENTUALLY);
-    expect((await prefillAndSend(prefill, ownerKv, PROMPT, { ...GREEDY, maxTokens: 400 }, { transferId: `t-${++transfers}`, requestId: id, modelId: decode.modelId })).outcome.ok).toBe(true);
+    expect(
+      (
+        await prefillAndSend(
+          prefill,
+          ownerKv,
+          PROMPT,
+          { ...GREEDY, maxTokens: 400 },
+          { transferId: `t-${++transfers}`, requestId: id, modelId: decode.modelId },
+        )
+      ).outcome.ok,
+    ).toBe(true);
     await vi.waitFor(async () => expect((await status()).runningSequences, "the sequence to run").toBe(1), EVENTUALLY);
     const res = await unaryCall<DecodeCancelResponse>((md, o, cb) => owner.cancel({ requestId: id, reason: "stop string" }, md, o, cb), { timeoutMs: 5_000 });
     expect(res.found).toBe(true);
@@ -211,17 +249,26 @@ describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
       const refused = await second.done;
       expect(refused).toEqual({
         ok: false,
-        failure: { code: Code.RESOURCE_EXHAUSTED, reason: expect.stringMatching(/too many concurrent KV transfers from one peer: 1 open, at most 1 \(--kv-max-transfers-per-peer\)/) },
+        failure: {
+          code: Code.RESOURCE_EXHAUSTED,
+          reason: expect.stringMatching(/too many concurrent KV transfers from one peer: 1 open, at most 1 \(--kv-max-transfers-per-peer\)/),
+        },
       });
       expect(second.poll()).toBe(KvPoll.Failed);
       expect((await status()).pendingTransfers).toBe(1);
       first.abort("test over");
       await first.done;
-      await vi.waitFor(async () => expect(await status(), "the first transfer's blocks to be freed").toMatchObject({ pendingTransfers: 0, freeKvBlocks: 128 }), EVENTUALLY);
+      await vi.waitFor(
+        async () => expect(await status(), "the first transfer's blocks to be freed").toMatchObject({ pendingTransfers: 0, freeKvBlocks: 128 }),
+        EVENTUALLY,
+      );
       // The bound counts open transfers, not past ones: the next one goes through.
       const stream = collect(owner, "req-peer-c");
       await vi.waitFor(() => expect(decode.batcher.has("req-peer-c"), "the Stream to register").toBe(true), EVENTUALLY);
-      expect((await prefillAndSend(prefill, ownerKv, PROMPT, GREEDY, { transferId: `t-${++transfers}`, requestId: "req-peer-c", modelId: decode.modelId })).outcome.ok).toBe(true);
+      expect(
+        (await prefillAndSend(prefill, ownerKv, PROMPT, GREEDY, { transferId: `t-${++transfers}`, requestId: "req-peer-c", modelId: decode.modelId })).outcome
+          .ok,
+      ).toBe(true);
       expect((await stream).error).toBeNull();
     } finally {
       prefill.release(seqA);

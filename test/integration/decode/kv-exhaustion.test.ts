@@ -53,14 +53,22 @@ describe("KV exhaustion by idle KvBegin streams over gRPC (a peer holding the se
     const dir = makeCheckpoint({ preset: "tiny-v3" });
     const cfg = parseConfig(
       [
-        "--model", dir,
-        "--grpc-address", "[::]:0",
-        "--kv-blocks", String(KV_BLOCKS),
-        "--block-size", String(BLOCK_SIZE),
-        "--kv-idle-ms", String(IDLE_MS),
-        "--kv-max-transfers-per-peer", String(PER_PEER),
-        "--stream-grace-ms", "2000",
-        "--drain-grace-ms", "0",
+        "--model",
+        dir,
+        "--grpc-address",
+        "[::]:0",
+        "--kv-blocks",
+        String(KV_BLOCKS),
+        "--block-size",
+        String(BLOCK_SIZE),
+        "--kv-idle-ms",
+        String(IDLE_MS),
+        "--kv-max-transfers-per-peer",
+        String(PER_PEER),
+        "--stream-grace-ms",
+        "2000",
+        "--drain-grace-ms",
+        "0",
       ],
       { MOELA_DECODE_INTERNAL_SECRET: SECRET },
     )!;
@@ -136,7 +144,10 @@ describe("KV exhaustion by idle KvBegin streams over gRPC (a peer holding the se
 
     // The attacker opens PER_PEER idle transfers: each holds its blocks, nothing else happens.
     const idle = [await idleBegin("a"), await idleBegin("b")];
-    await vi.waitFor(async () => expect(await status()).toMatchObject({ pendingTransfers: PER_PEER, freeKvBlocks: KV_BLOCKS - PER_PEER * ATTACK_BLOCKS }), WAIT);
+    await vi.waitFor(
+      async () => expect(await status()).toMatchObject({ pendingTransfers: PER_PEER, freeKvBlocks: KV_BLOCKS - PER_PEER * ATTACK_BLOCKS }),
+      WAIT,
+    );
     expect(openFromV4()).toBe(PER_PEER);
     expect(decode.inbox.ledger.heldBlocks).toBe(PER_PEER * ATTACK_BLOCKS);
 
@@ -149,7 +160,10 @@ describe("KV exhaustion by idle KvBegin streams over gRPC (a peer holding the se
     secondConnection.close();
     expect(refused).toEqual({
       ok: false,
-      failure: { code: Code.RESOURCE_EXHAUSTED, reason: expect.stringMatching(/too many concurrent KV transfers from one peer: 2 open, at most 2 \(--kv-max-transfers-per-peer\)/) },
+      failure: {
+        code: Code.RESOURCE_EXHAUSTED,
+        reason: expect.stringMatching(/too many concurrent KV transfers from one peer: 2 open, at most 2 \(--kv-max-transfers-per-peer\)/),
+      },
     });
     const during = await status();
     expect(during).toMatchObject({ pendingTransfers: PER_PEER, freeKvBlocks: KV_BLOCKS - PER_PEER * ATTACK_BLOCKS });
@@ -165,7 +179,10 @@ describe("KV exhaustion by idle KvBegin streams over gRPC (a peer holding the se
     // After --kv-idle-ms without a frame, each idle transfer fails as lost, its call is answered, its blocks come back.
     const outcomes = await Promise.all(idle.map((s) => s.done));
     for (const o of outcomes) {
-      expect(o).toEqual({ ok: false, failure: { code: Code.UNAVAILABLE, reason: expect.stringMatching(new RegExp(`no frame for ${IDLE_MS} ms \\(the sender went silent\\)`)) } });
+      expect(o).toEqual({
+        ok: false,
+        failure: { code: Code.UNAVAILABLE, reason: expect.stringMatching(new RegExp(`no frame for ${IDLE_MS} ms \\(the sender went silent\\)`)) },
+      });
     }
     await vi.waitFor(async () => expect(await status()).toMatchObject({ pendingTransfers: 0, freeKvBlocks: KV_BLOCKS }), WAIT);
     expect(openFromV4()).toBe(0);

@@ -70,7 +70,13 @@ describe("decode as a process", () => {
           return err as Error & { code?: number };
         }
       })();
-      const { outcome } = await prefillAndSend(prefill, connector, PROMPT, { ...GREEDY, maxTokens: 200 }, { transferId: "t-proc", requestId: "req-proc", modelId: checkpointModelId(dir) });
+      const { outcome } = await prefillAndSend(
+        prefill,
+        connector,
+        PROMPT,
+        { ...GREEDY, maxTokens: 200 },
+        { transferId: "t-proc", requestId: "req-proc", modelId: checkpointModelId(dir) },
+      );
       expect(outcome.ok).toBe(true);
       await gotFirst;
 

@@ -32,7 +32,10 @@ beforeAll(async () => {
   dir = makeCheckpoint("tiny-v3");
   redis = createRedisClient(REDIS);
   for (let shard = 0; shard < 2; shard++) {
-    const cfg = parseExpertHostConfig(["--model", dir, "--shard-index", String(shard), "--shard-count", "2", "--redis-url", REDIS, "--queue-prefix", prefix], {})!;
+    const cfg = parseExpertHostConfig(
+      ["--model", dir, "--shard-index", String(shard), "--shard-count", "2", "--redis-url", REDIS, "--queue-prefix", prefix],
+      {},
+    )!;
     hosts.push(await startExpertHost(cfg, silent));
   }
 });
@@ -55,7 +58,10 @@ describe("decode and the registry", () => {
       [1, 2, hosts[1]!.grpcAddress],
     ]);
 
-    const cfg = parseConfig(["--model", dir, "--expert-shards", "2", "--redis-url", REDIS, "--queue-prefix", prefix, "--kv-blocks", "64", "--block-size", "4"], {})!;
+    const cfg = parseConfig(
+      ["--model", dir, "--expert-shards", "2", "--redis-url", REDIS, "--queue-prefix", prefix, "--kv-blocks", "64", "--block-size", "4"],
+      {},
+    )!;
     expect(cfg.expertHosts).toEqual([]);
     decode = await startDecode(cfg, silent);
 
@@ -83,7 +89,11 @@ describe("decode and the registry", () => {
           got.push(...m.tokens.map((t) => t.tokenId));
         }
       })();
-      const { outcome } = await prefillAndSend(prefill, connector, PROMPT, GREEDY, { transferId: "t-reg", requestId: "req-reg", modelId: checkpointModelId(dir) });
+      const { outcome } = await prefillAndSend(prefill, connector, PROMPT, GREEDY, {
+        transferId: "t-reg",
+        requestId: "req-reg",
+        modelId: checkpointModelId(dir),
+      });
       expect(outcome.ok).toBe(true);
       await streamed;
       expect(got).toEqual(want.map((t) => t.id));

@@ -38,10 +38,7 @@ const running: RunningExpertHost[] = [];
 const clients: GrpcExpertHostTransport[] = [];
 
 async function startHost(shardIndex: number, shardCount: number, precision: PrecisionName, ...extra: string[]): Promise<RunningExpertHost> {
-  const cfg = parseConfig(
-    ["--model", dir, "--shard-index", String(shardIndex), "--shard-count", String(shardCount), "--precision", precision, ...extra],
-    {},
-  )!;
+  const cfg = parseConfig(["--model", dir, "--shard-index", String(shardIndex), "--shard-count", String(shardCount), "--precision", precision, ...extra], {})!;
   const host = await startExpertHost(cfg, silent);
   running.push(host);
   return host;
@@ -178,8 +175,20 @@ describe("expert-host over gRPC", () => {
       expect(attnSide.weightBytes).toBeLessThan(inProc.weightBytes);
       // `moela generate` with the same profile and H agrees with the gRPC-hosted model exactly.
       const cli = await runCli([
-        "generate", "--model", dir, "--prompt-ids", "0,399,332,17,5", "--max-tokens", "8", "--temperature", "0", "--json",
-        "--precision", precision, "--expert-hosts", String(H),
+        "generate",
+        "--model",
+        dir,
+        "--prompt-ids",
+        "0,399,332,17,5",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+        "--json",
+        "--precision",
+        precision,
+        "--expert-hosts",
+        String(H),
       ]);
       const printed = JSON.parse(cli) as { token_ids: number[]; logprobs: number[] };
       expect(printed.token_ids).toEqual(b.map((t) => t.id));
@@ -220,14 +229,26 @@ describe("expert-host over gRPC", () => {
       ["an unknown layer", (g) => ({ ...g, layer: 99 }), /layer 99 is not an MoE layer/],
       ["a dense layer", (g) => ({ ...g, layer: 0 }), /layer 0 is not an MoE layer/],
       ["an expert this shard does not hold", (g) => ({ ...g, expertIds: [g.expertIds[0]!, theirs, g.expertIds[2]!] }), /is not held by shard 0 of 2/],
-      ["activations shorter than their shape", (g) => ({ ...g, activations: { ...g.activations!, data: g.activations!.data.subarray(0, 100) } }), /activations\.data has 100 bytes/],
-      ["a shape that is not [tokens, hidden]", (g) => ({ ...g, activations: { ...g.activations!, shape: [512] } }), /activations\.shape must be \[tokens, hidden\]/],
+      [
+        "activations shorter than their shape",
+        (g) => ({ ...g, activations: { ...g.activations!, data: g.activations!.data.subarray(0, 100) } }),
+        /activations\.data has 100 bytes/,
+      ],
+      [
+        "a shape that is not [tokens, hidden]",
+        (g) => ({ ...g, activations: { ...g.activations!, shape: [512] } }),
+        /activations\.shape must be \[tokens, hidden\]/,
+      ],
       ["the wrong hidden size", (g) => ({ ...g, activations: { ...g.activations!, shape: [4, 128] } }), /128 columns, the model's hidden_size is 256/],
       ["missing activations", (g) => ({ ...g, activations: undefined }), /activations is missing/],
       ["a dtype other than the profile's", (g) => ({ ...g, activations: { ...g.activations!, dtype: 2, shape: [4, 256] } }), /encoded as bf16, expected f32/],
       ["counts that do not sum to the ids", (g) => ({ ...g, tokenExpertCounts: [1, 1] }), /token_expert_counts sum to 2/],
       ["a NaN weight", (g) => ({ ...g, weights: [0.5, Number.NaN, 1] }), /weights\[1\] is NaN/],
-      ["a NaN activation", (g) => ({ ...g, activations: { ...g.activations!, data: withNaN(g.activations!.data, 261) } }), /value NaN at row 1, column 5; activations must be finite/],
+      [
+        "a NaN activation",
+        (g) => ({ ...g, activations: { ...g.activations!, data: withNaN(g.activations!.data, 261) } }),
+        /value NaN at row 1, column 5; activations must be finite/,
+      ],
     ])("%s", async (_, mutate, message) => {
       const err = await call(mutate(good)).then(
         () => null,
@@ -333,7 +354,14 @@ describe("expert-host over gRPC", () => {
     for (const t of transports) {
       const info = await t.info();
       expect(info.sharedExpert).toBe(true);
-      checkHostInfo(info, { shard: info.shardIndex, placement, profile: "exact", hidden: config.hiddenSize, layers: hosts[0]!.core.layers, sharedExpert: true });
+      checkHostInfo(info, {
+        shard: info.shardIndex,
+        placement,
+        profile: "exact",
+        hidden: config.hiddenSize,
+        layers: hosts[0]!.core.layers,
+        sharedExpert: true,
+      });
     }
     expect((await plain.core.info()).sharedExpert).toBe(false);
     // The shared expert's weights are the only difference in what a shard holds.
@@ -358,7 +386,16 @@ describe("expert-host over gRPC", () => {
     // A host started without it refuses shared rows, naming the field.
     const bare = connectExpertHosts([plain.grpcAddress])[0]!;
     clients.push(bare);
-    const req = { layer, rows: 1, cols: hidden, activations: getDispatchCodec("f32").encode(x.subarray(0, hidden), 1, hidden), tokenExpertCounts: [1], expertIds: [placement.expertsOfHost[0]![0]!], weights: [1], sharedExpertRows: [0] };
+    const req = {
+      layer,
+      rows: 1,
+      cols: hidden,
+      activations: getDispatchCodec("f32").encode(x.subarray(0, hidden), 1, hidden),
+      tokenExpertCounts: [1],
+      expertIds: [placement.expertsOfHost[0]![0]!],
+      weights: [1],
+      sharedExpertRows: [0],
+    };
     await expect(bare.dispatch(req)).rejects.toThrow(/shared_expert_rows: this host holds no shared expert/);
   });
 

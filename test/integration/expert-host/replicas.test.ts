@@ -143,9 +143,15 @@ describe("ReplicatedExpertHostTransport", () => {
 
 describe("ExpertShardSet", () => {
   const want = (t: GrpcExpertHostTransport, shard: number) =>
-    t.info().then((info) =>
-      checkHostInfo(info, { shard, placement: placementFor(config, H), profile: PRECISION, hidden: config.hiddenSize, layers: [1, 2, 3, 4], modelId: checkpointModelId(dir) }, t.name),
-    );
+    t
+      .info()
+      .then((info) =>
+        checkHostInfo(
+          info,
+          { shard, placement: placementFor(config, H), profile: PRECISION, hidden: config.hiddenSize, layers: [1, 2, 3, 4], modelId: checkpointModelId(dir) },
+          t.name,
+        ),
+      );
 
   it("static replicas plus registry ones, validated before use; a mismatched one is refused; a listed-no-more one leaves", async () => {
     const [a0, a1, b1, wrong] = await Promise.all([startHost(0), startHost(1), startHost(1), startHost(0, 0, 3)]);

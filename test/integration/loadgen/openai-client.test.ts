@@ -212,10 +212,32 @@ describe("moela bench", () => {
     });
     try {
       const rc = await run([
-        "bench", "--target", base, "--target", `${base}/v1`, "--label", "one", "--label", "two",
-        "--concurrency", "1,2", "--num-prompts", "4", "--warmup", "1", "--rounds", "2",
-        "--input-len", "8", "--output-len", "4", "--no-progress",
-        "--json", join(dir, "r.json"), "--svg", join(dir, "r.svg"),
+        "bench",
+        "--target",
+        base,
+        "--target",
+        `${base}/v1`,
+        "--label",
+        "one",
+        "--label",
+        "two",
+        "--concurrency",
+        "1,2",
+        "--num-prompts",
+        "4",
+        "--warmup",
+        "1",
+        "--rounds",
+        "2",
+        "--input-len",
+        "8",
+        "--output-len",
+        "4",
+        "--no-progress",
+        "--json",
+        join(dir, "r.json"),
+        "--svg",
+        join(dir, "r.svg"),
       ]);
       expect(rc).toBe(0);
     } finally {

@@ -1,11 +1,7 @@
 /** Every service's /metrics output passes `promtool check metrics` (Debian's prometheus package); skipped without it. */
 import { spawnSync } from "node:child_process";
 import { describe, expect, it } from "vitest";
-import {
-  createServiceMetrics,
-  type ServiceMetrics,
-  type ServiceName,
-} from "@moela/metrics";
+import { createServiceMetrics, type ServiceMetrics, type ServiceName } from "@moela/metrics";
 import { exercise, metricsServersPerTest, SERVICES } from "../../helpers/metrics.js";
 
 const promtool = (() => {

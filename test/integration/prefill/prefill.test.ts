@@ -14,15 +14,7 @@ import { createServiceMetrics } from "@moela/metrics";
 import { checkpointModelId, createInProcessExperts } from "@moela/moe-dispatch";
 import { KvTransferService } from "@moela/proto-gen";
 import { createServer, drainAndClose, serve, type RpcServer } from "@moela/rpc";
-import {
-  createPrefillQueue,
-  enqueuePrefill,
-  parseJobFailure,
-  PREFILL_JOB_VERSION,
-  PREFILL_QUEUE,
-  redisConnection,
-  type PrefillJob,
-} from "@moela/scheduler";
+import { createPrefillQueue, enqueuePrefill, parseJobFailure, PREFILL_JOB_VERSION, PREFILL_QUEUE, redisConnection, type PrefillJob } from "@moela/scheduler";
 import { Job, QueueEvents, type Queue } from "bullmq";
 import { startPrefill, type StartedPrefill } from "../../../services/prefill/src/main.js";
 import { PrefillBatcher } from "../../../services/prefill/src/worker.js";
@@ -46,11 +38,7 @@ async function reference(engine: Engine, prompt: number[], params: GenerationPar
   return out;
 }
 
-const PROMPTS: number[][] = [
-  [0, 17, 300, 42, 9, 511, 77, 3, 250, 128, 64, 900, 12],
-  [0, 5, 6],
-  Array.from({ length: 40 }, (_, i) => (i * 37 + 11) % 1024),
-];
+const PROMPTS: number[][] = [[0, 17, 300, 42, 9, 511, 77, 3, 250, 128, 64, 900, 12], [0, 5, 6], Array.from({ length: 40 }, (_, i) => (i * 37 + 11) % 1024)];
 
 /** The decode side: an engine, its KvInbox and a KvTransfer gRPC server; admitted sequences by request id. */
 class DecodeSide {
@@ -249,14 +237,21 @@ describe("PrefillBatcher", () => {
       };
       const ledger = new KvLedger();
       const runs = seqs.map((s, i) => {
-        const hold = ledger.hold(s.id, "prefill", () => {
-          const n = s.blockTable.length;
-          engine.release(s);
-          return n;
-        }, () => s.blockTable.length);
+        const hold = ledger.hold(
+          s.id,
+          "prefill",
+          () => {
+            const n = s.blockTable.length;
+            engine.release(s);
+            return n;
+          },
+          () => s.blockTable.length,
+        );
         const begin = () => {
           events.push(`begin ${i}`);
-          return senders[i]!.begin(kvTransferMeta(engine, s, { transferId: `${ids[i]}.0`, requestId: ids[i]!, modelId: checkpointModelId(MODEL), logprobs: true }));
+          return senders[i]!.begin(
+            kvTransferMeta(engine, s, { transferId: `${ids[i]}.0`, requestId: ids[i]!, modelId: checkpointModelId(MODEL), logprobs: true }),
+          );
         };
         return batcher.submit(s, senders[i]!, hold, begin);
       });
@@ -284,14 +279,22 @@ describe("PrefillBatcher", () => {
       const ids = PROMPTS.map(() => `req-${randomUUID()}`);
       const seqs = PROMPTS.map((p, i) => engine.newSequence(ids[i]!, p, GREEDY));
       const senders = seqs.map(() => new KvSender(connector));
-      const begins = seqs.map((s, i) => () => senders[i]!.begin(kvTransferMeta(engine, s, { transferId: `${ids[i]}.0`, requestId: ids[i]!, modelId: checkpointModelId(MODEL), logprobs: true })));
+      const begins = seqs.map(
+        (s, i) => () =>
+          senders[i]!.begin(kvTransferMeta(engine, s, { transferId: `${ids[i]}.0`, requestId: ids[i]!, modelId: checkpointModelId(MODEL), logprobs: true })),
+      );
       const ledger = new KvLedger();
       const holds = seqs.map((s) =>
-        ledger.hold(s.id, "prefill", () => {
-          const n = s.blockTable.length;
-          engine.release(s);
-          return n;
-        }, () => s.blockTable.length),
+        ledger.hold(
+          s.id,
+          "prefill",
+          () => {
+            const n = s.blockTable.length;
+            engine.release(s);
+            return n;
+          },
+          () => s.blockTable.length,
+        ),
       );
       const firsts = await Promise.all(seqs.map((s, i) => batcher.submit(s, senders[i]!, holds[i]!, begins[i]!)));
       // The batcher gives the blocks back through the ledger as soon as the rows are encoded.

@@ -9,7 +9,15 @@ import { randomUUID } from "node:crypto";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { afterAll, expect, it } from "vitest";
-import { createPrefillQueue, enqueuePrefill, PREFILL_JOB_VERSION, PREFILL_QUEUE, PREFILL_WORKER_OPTIONS, redisConnection, type PrefillJob } from "@moela/scheduler";
+import {
+  createPrefillQueue,
+  enqueuePrefill,
+  PREFILL_JOB_VERSION,
+  PREFILL_QUEUE,
+  PREFILL_WORKER_OPTIONS,
+  redisConnection,
+  type PrefillJob,
+} from "@moela/scheduler";
 import { QueueEvents, Worker } from "bullmq";
 import { JobWatcher } from "../../../services/router/src/pipeline.js";
 

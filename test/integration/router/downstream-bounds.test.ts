@@ -40,7 +40,15 @@ import { connect, serverStreamCall, type CallContext, type RpcServer } from "@mo
 import { createPrefillQueue, parsePrefillJob, prefillJobSchema, prefillSamplingSchema, type PrefillJob } from "@moela/scheduler";
 import type { Queue, Worker } from "bullmq";
 import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
-import { closeRouterRig, idleDecodeStatus, REDIS_URL as REDIS, serveDecode, standInPrefill, testRouterConfig, TINY_MODEL_DIR as MODEL } from "../../helpers/router-rig.js";
+import {
+  closeRouterRig,
+  idleDecodeStatus,
+  REDIS_URL as REDIS,
+  serveDecode,
+  standInPrefill,
+  testRouterConfig,
+  TINY_MODEL_DIR as MODEL,
+} from "../../helpers/router-rig.js";
 
 const silent = createLogger("downstream-bounds-test", process.env.TEST_LOG ?? "silent");
 const PROMPT = [5, 6, 7];
@@ -116,7 +124,9 @@ async function downstream(data: unknown): Promise<Verdict> {
   const sender = new KvSender(wire);
   try {
     try {
-      await sender.begin(kvTransferMeta(prefillEngine, seq, { transferId, requestId: job.requestId, modelId: "tiny-v3", logprobs: job.sampling.logprobs !== null }));
+      await sender.begin(
+        kvTransferMeta(prefillEngine, seq, { transferId, requestId: job.requestId, modelId: "tiny-v3", logprobs: job.sampling.logprobs !== null }),
+      );
     } catch (err) {
       // The wire cannot carry it (a uint32 field past 2^32): prefill's KvBegin fails.
       return { ok: false, where: "prefill's KvBegin", reason: messageOf(err) };
@@ -171,7 +181,9 @@ class ScriptedDecode {
             yield {
               tokens: [{ index: k, tokenId: job.promptTokenIds[k % job.promptTokenIds.length]! }],
               finishReason: last ? FinishReason.FINISH_REASON_LENGTH : FinishReason.FINISH_REASON_UNSPECIFIED,
-              ...(last ? { usage: { promptTokens: job.promptTokenIds.length, completionTokens: n, cachedPromptTokens: 0, draftTokens: 0, acceptedDraftTokens: 0 } } : {}),
+              ...(last
+                ? { usage: { promptTokens: job.promptTokenIds.length, completionTokens: n, cachedPromptTokens: 0, draftTokens: 0, acceptedDraftTokens: 0 } }
+                : {}),
             };
           }
         },
@@ -272,7 +284,10 @@ function nextDouble(x: number, dir: 1 | -1): number {
 function boundaryValues(s: z.ZodNumber): number[] {
   const out: number[] = [];
   const int = s.isInt === true;
-  for (const [bound, dir] of [[s.minValue, -1], [s.maxValue, 1]] as const) {
+  for (const [bound, dir] of [
+    [s.minValue, -1],
+    [s.maxValue, 1],
+  ] as const) {
     if (bound === null || !Number.isFinite(bound)) continue;
     out.push(bound, int ? bound + dir : nextDouble(bound, dir));
   }
@@ -445,9 +460,17 @@ describe("the router refuses first what prefill or decode would refuse", () => {
 
   it("downstream() itself refuses what the cluster refuses (schema, prefill's engine, decode's receiver)", async () => {
     expect(await downstream(withSampling(baseline, { topP: 0 }))).toMatchObject({ ok: false, where: "job schema" });
-    expect(await downstream({ ...baseline, promptTokenIds: [5, VOCAB] })).toMatchObject({ ok: false, where: "prefill", reason: expect.stringMatching(/outside the vocabulary/) });
+    expect(await downstream({ ...baseline, promptTokenIds: [5, VOCAB] })).toMatchObject({
+      ok: false,
+      where: "prefill",
+      reason: expect.stringMatching(/outside the vocabulary/),
+    });
     // top_p 1e-46 is positive as a double, 0 as the float32 KvBegin carries: decode refuses it.
-    expect(await downstream(withSampling(baseline, { topP: 1e-46, temperature: 1 }))).toMatchObject({ ok: false, where: "decode", reason: expect.stringMatching(/top_p must be in \(0, 1\]/) });
+    expect(await downstream(withSampling(baseline, { topP: 1e-46, temperature: 1 }))).toMatchObject({
+      ok: false,
+      where: "decode",
+      reason: expect.stringMatching(/top_p must be in \(0, 1\]/),
+    });
   });
 
   it("answers every probe with a 400 naming the field, or with jobs the downstream takes exactly", { timeout: 300_000 }, async () => {
@@ -458,7 +481,9 @@ describe("the router refuses first what prefill or decode would refuse", () => {
     for (const p of all) {
       const what = `${p.field}=${p.json.length > 40 ? `${p.json.slice(0, 40)}...` : p.json}`;
       const raw = await downstream(p.raw(baseline));
-      const body = `{${Object.entries(p.base ?? {}).map(([k, v]) => `${JSON.stringify(k)}: ${JSON.stringify(v)}, `).join("")}${JSON.stringify(p.field)}: ${p.json}}`;
+      const body = `{${Object.entries(p.base ?? {})
+        .map(([k, v]) => `${JSON.stringify(k)}: ${JSON.stringify(v)}, `)
+        .join("")}${JSON.stringify(p.field)}: ${p.json}}`;
       const answer = await send(p.path ?? "/v1/completions", body);
       if (answer.status === 200) {
         if (answer.jobs.length === 0) problems.push(`${what}: accepted but no job was enqueued`);
@@ -471,7 +496,8 @@ describe("the router refuses first what prefill or decode would refuse", () => {
         }
         if (!raw.ok) normalised.push(`${what} (${raw.where}: ${raw.reason})`);
       } else {
-        if (answer.status !== 400 || answer.param !== p.field) problems.push(`${what}: ${answer.status} naming ${answer.param} (${answer.message}), expected 400 naming ${p.field}`);
+        if (answer.status !== 400 || answer.param !== p.field)
+          problems.push(`${what}: ${answer.status} naming ${answer.param} (${answer.message}), expected 400 naming ${p.field}`);
         if (!raw.ok) refusedFirst.set(p.field, (refusedFirst.get(p.field) ?? 0) + 1);
       }
     }
@@ -484,7 +510,12 @@ describe("the router refuses first what prefill or decode would refuse", () => {
     // What the router takes although the value as given would fail downstream, because it normalises it: a
     // temperature at the greedy threshold is rounded to float32 once (prefill and decode then both run it
     // greedy: unrounded, prefill samples and decode refuses the transfer), a top_k past the vocabulary is off.
-    expect(normalised.map((n) => n.slice(0, n.indexOf(" (")))).toEqual(["temperature=0.00001", "temperature=0.0000100000001", "top_k=9007199254740991", "top_k=4294967296"]);
+    expect(normalised.map((n) => n.slice(0, n.indexOf(" (")))).toEqual([
+      "temperature=0.00001",
+      "temperature=0.0000100000001",
+      "top_k=9007199254740991",
+      "top_k=4294967296",
+    ]);
   });
 
   it("n, best_of and a seed at 2^53 - 1: every choice's job passes the downstream (seed + k wraps)", async () => {

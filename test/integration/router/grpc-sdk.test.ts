@@ -44,7 +44,11 @@ beforeAll(async () => {
   );
   decode = stalled.server;
   queue = createPrefillQueue(REDIS, prefix);
-  router = await startRouter(testRouterConfig(prefix, [stalled.address], { maxInFlight: MAX_IN_FLIGHT }), { logger: silent, shutdownGraceMs: 1_000, statusIntervalMs: 100 });
+  router = await startRouter(testRouterConfig(prefix, [stalled.address], { maxInFlight: MAX_IN_FLIGHT }), {
+    logger: silent,
+    shutdownGraceMs: 1_000,
+    statusIntervalMs: 100,
+  });
   client = new MoelaClient({ address: router.grpcAddress, initialBackoffMs: 1, maxBackoffMs: 1 });
 }, 120_000);
 
@@ -121,7 +125,9 @@ describe("the router's gRPC API through @moela/client", () => {
   });
 
   it("past --max-in-flight: RESOURCE_EXHAUSTED with retry-after: 1, which the client waits for before retrying", async () => {
-    const holders = Array.from({ length: MAX_IN_FLIGHT }, (_, i) => client.generate({ prompt: `hold ${i}`, maxTokens: 4, requestId: `hold-${i}-${randomUUID().slice(0, 8)}` }));
+    const holders = Array.from({ length: MAX_IN_FLIGHT }, (_, i) =>
+      client.generate({ prompt: `hold ${i}`, maxTokens: 4, requestId: `hold-${i}-${randomUUID().slice(0, 8)}` }),
+    );
     const held = holders.map(hold);
     try {
       await Promise.all(holders.map((h) => jobOf(h.requestId)));

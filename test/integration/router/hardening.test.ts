@@ -36,7 +36,17 @@ import { UnrecoverableError, type Queue, type Worker } from "bullmq";
 import { Metadata } from "@grpc/grpc-js";
 import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
 import type { RouterConfig } from "../../../services/router/src/config.js";
-import { cancelLive, closeRouterRig, deferred, idleDecodeStatus, REDIS_URL as REDIS, serveDecode, sleep, standInPrefill as prefillWorker, testRouterConfig } from "../../helpers/router-rig.js";
+import {
+  cancelLive,
+  closeRouterRig,
+  deferred,
+  idleDecodeStatus,
+  REDIS_URL as REDIS,
+  serveDecode,
+  sleep,
+  standInPrefill as prefillWorker,
+  testRouterConfig,
+} from "../../helpers/router-rig.js";
 
 const silent = createLogger("hardening-test", process.env.TEST_LOG ?? "silent");
 const KEY = "sk-test-0123456789abcdef";
@@ -68,7 +78,10 @@ class ScriptedDecode {
           const ctl = new AbortController();
           self.live.set(req.requestId, ctl);
           const signal = AbortSignal.any([ctx.signal, ctl.signal]);
-          const job = await Promise.race([self.job(req.requestId).promise, new Promise<never>((_, reject) => signal.addEventListener("abort", () => reject(signal.reason)))]);
+          const job = await Promise.race([
+            self.job(req.requestId).promise,
+            new Promise<never>((_, reject) => signal.addEventListener("abort", () => reject(signal.reason))),
+          ]);
           const p = job.promptTokenIds.slice(1);
           const n = job.sampling.maxTokens;
           for (let k = 0; k < n; k++) {
@@ -76,7 +89,9 @@ class ScriptedDecode {
             yield {
               tokens: [{ index: k, tokenId: p[k % p.length]! }],
               finishReason: last ? FinishReason.FINISH_REASON_LENGTH : FinishReason.FINISH_REASON_UNSPECIFIED,
-              ...(last ? { usage: { promptTokens: job.promptTokenIds.length, completionTokens: n, cachedPromptTokens: 0, draftTokens: 0, acceptedDraftTokens: 0 } } : {}),
+              ...(last
+                ? { usage: { promptTokens: job.promptTokenIds.length, completionTokens: n, cachedPromptTokens: 0, draftTokens: 0, acceptedDraftTokens: 0 } }
+                : {}),
             };
             if (self.delayMs > 0) await sleep(self.delayMs);
             if (signal.aborted) throw signal.reason;
@@ -194,8 +209,16 @@ describe("authentication (--api-key)", () => {
   });
 
   it("every API route needs the key: models, chat, routing decisions, unknown routes", async () => {
-    for (const [method, path] of [["GET", "/v1/models"], ["POST", "/v1/chat/completions"], ["GET", "/v1/routing/req-x"], ["GET", "/v1/embeddings"]] as const) {
-      const res = await fetch(`${r.router.httpUrl}${path}`, { method, ...(method === "POST" ? { headers: { "content-type": "application/json" }, body: "{}" } : {}) });
+    for (const [method, path] of [
+      ["GET", "/v1/models"],
+      ["POST", "/v1/chat/completions"],
+      ["GET", "/v1/routing/req-x"],
+      ["GET", "/v1/embeddings"],
+    ] as const) {
+      const res = await fetch(`${r.router.httpUrl}${path}`, {
+        method,
+        ...(method === "POST" ? { headers: { "content-type": "application/json" }, body: "{}" } : {}),
+      });
       expect(res.status, `${method} ${path}`).toBe(401);
     }
   });
@@ -249,8 +272,18 @@ describe("request ids: clients that choose the same id never touch each other", 
     try {
       const id = `same-${randomUUID()}`;
       const [a, b] = await Promise.all([
-        post(r, "/v1/completions", { prompt: [5, 100, 101], max_tokens: 6, stream: true, return_tokens_as_token_ids: true, logprobs: 0 }, { "x-request-id": id }),
-        post(r, "/v1/completions", { prompt: [5, 200, 201], max_tokens: 6, stream: true, return_tokens_as_token_ids: true, logprobs: 0 }, { "x-request-id": id }),
+        post(
+          r,
+          "/v1/completions",
+          { prompt: [5, 100, 101], max_tokens: 6, stream: true, return_tokens_as_token_ids: true, logprobs: 0 },
+          { "x-request-id": id },
+        ),
+        post(
+          r,
+          "/v1/completions",
+          { prompt: [5, 200, 201], max_tokens: 6, stream: true, return_tokens_as_token_ids: true, logprobs: 0 },
+          { "x-request-id": id },
+        ),
       ]);
       expect([a.status, b.status]).toEqual([200, 200]);
       expect([a.headers.get("x-request-id"), b.headers.get("x-request-id")]).toEqual([id, id]);
@@ -304,8 +337,16 @@ describe("request ids: clients that choose the same id never touch each other", 
   it("gRPC: two calls with the same request_id both complete, each answered with that id", async () => {
     const id = `grpc-same-${randomUUID()}`;
     const [a, b] = await Promise.all([
-      rawGenerate(r, { requestId: id, prompt: { $case: "tokenIds", value: { ids: [5, 500, 501] } }, sampling: { topK: 0, maxTokens: 4, stop: [], stopTokenIds: [], ignoreEos: false } }),
-      rawGenerate(r, { requestId: id, prompt: { $case: "tokenIds", value: { ids: [5, 600, 601] } }, sampling: { topK: 0, maxTokens: 4, stop: [], stopTokenIds: [], ignoreEos: false } }),
+      rawGenerate(r, {
+        requestId: id,
+        prompt: { $case: "tokenIds", value: { ids: [5, 500, 501] } },
+        sampling: { topK: 0, maxTokens: 4, stop: [], stopTokenIds: [], ignoreEos: false },
+      }),
+      rawGenerate(r, {
+        requestId: id,
+        prompt: { $case: "tokenIds", value: { ids: [5, 600, 601] } },
+        sampling: { topK: 0, maxTokens: 4, stop: [], stopTokenIds: [], ignoreEos: false },
+      }),
     ]);
     expect(a.flatMap((m) => m.tokenIds)).toEqual([500, 501, 500, 501]);
     expect(b.flatMap((m) => m.tokenIds)).toEqual([600, 601, 600, 601]);
@@ -360,14 +401,58 @@ describe("bounds", () => {
   });
 
   it.each([
-    { name: "a body over --max-body-bytes", body: JSON.stringify({ prompt: Array(40_000).fill(5) }), status: 413, code: "request_too_large", message: /larger than this server's limit of 65536 bytes/ },
-    { name: "JSON nested 10 000 deep", body: `{"prompt": [5], "metadata": ${"[".repeat(10_000)}${"]".repeat(10_000)}}`, status: 400, param: "body", message: /deeper than 64 levels/ },
-    { name: "a prompt past --max-prompt-chars", body: JSON.stringify({ prompt: "x".repeat(1001) }), status: 400, param: "prompt", code: "context_length_exceeded", message: /1001 characters/ },
-    { name: "65 stop strings", body: JSON.stringify({ prompt: "x", stop: Array.from({ length: 65 }, (_, i) => `s${i}`) }), status: 400, param: "stop", message: /at most 64/ },
+    {
+      name: "a body over --max-body-bytes",
+      body: JSON.stringify({ prompt: Array(40_000).fill(5) }),
+      status: 413,
+      code: "request_too_large",
+      message: /larger than this server's limit of 65536 bytes/,
+    },
+    {
+      name: "JSON nested 10 000 deep",
+      body: `{"prompt": [5], "metadata": ${"[".repeat(10_000)}${"]".repeat(10_000)}}`,
+      status: 400,
+      param: "body",
+      message: /deeper than 64 levels/,
+    },
+    {
+      name: "a prompt past --max-prompt-chars",
+      body: JSON.stringify({ prompt: "x".repeat(1001) }),
+      status: 400,
+      param: "prompt",
+      code: "context_length_exceeded",
+      message: /1001 characters/,
+    },
+    {
+      name: "65 stop strings",
+      body: JSON.stringify({ prompt: "x", stop: Array.from({ length: 65 }, (_, i) => `s${i}`) }),
+      status: 400,
+      param: "stop",
+      message: /at most 64/,
+    },
     { name: "a long stop string", body: JSON.stringify({ prompt: "x", stop: "s".repeat(600) }), status: 400, param: "stop", message: /at most 512 characters/ },
-    { name: "too many stop token ids", body: JSON.stringify({ prompt: "x", stop_token_ids: Array(1025).fill(3) }), status: 400, param: "stop_token_ids", message: /at most 1024/ },
-    { name: "a seed beyond 64 bits", body: '{"prompt": "x", "seed": 123456789012345678901234567890}', status: 400, param: "seed", message: /seed must be an integer/ },
-    { name: "a prompt past --max-prompt-tokens (prefill's limit: it would refuse it late)", body: JSON.stringify({ prompt: Array(101).fill(5), max_tokens: 1 }), status: 400, param: "prompt", code: "context_length_exceeded", message: /at most 100 tokens/ },
+    {
+      name: "too many stop token ids",
+      body: JSON.stringify({ prompt: "x", stop_token_ids: Array(1025).fill(3) }),
+      status: 400,
+      param: "stop_token_ids",
+      message: /at most 1024/,
+    },
+    {
+      name: "a seed beyond 64 bits",
+      body: '{"prompt": "x", "seed": 123456789012345678901234567890}',
+      status: 400,
+      param: "seed",
+      message: /seed must be an integer/,
+    },
+    {
+      name: "a prompt past --max-prompt-tokens (prefill's limit: it would refuse it late)",
+      body: JSON.stringify({ prompt: Array(101).fill(5), max_tokens: 1 }),
+      status: 400,
+      param: "prompt",
+      code: "context_length_exceeded",
+      message: /at most 100 tokens/,
+    },
   ])("$name -> $status", async ({ body, status, param, code, message }) => {
     const res = await post(r, "/v1/completions", body);
     expect(res.status).toBe(status);
@@ -378,7 +463,9 @@ describe("bounds", () => {
   });
 
   it("gRPC: a seed past 2^53 is INVALID_ARGUMENT naming the field (not INTERNAL); a message past the limit is refused", async () => {
-    const seed = await rawGenerate(r, { sampling: { topK: 0, maxTokens: 2, stop: [], stopTokenIds: [], ignoreEos: false, seed: 2 ** 60 } }).catch((e: unknown) => e);
+    const seed = await rawGenerate(r, { sampling: { topK: 0, maxTokens: 2, stop: [], stopTokenIds: [], ignoreEos: false, seed: 2 ** 60 } }).catch(
+      (e: unknown) => e,
+    );
     expect((seed as MoelaError).code).toBe(Code.INVALID_ARGUMENT);
     expect((seed as MoelaError).message).toMatch(/sampling\.seed/);
     const big = await rawGenerate(r, { prompt: { $case: "text", value: "x".repeat(100 * 1024) } }).catch((e: unknown) => e);

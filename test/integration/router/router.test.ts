@@ -26,7 +26,18 @@ import { createPrefillQueue, parsePrefillJob, type PrefillJob } from "@moela/sch
 import { Tokenizer } from "@moela/tokenizer";
 import { UnrecoverableError, type Queue, type Worker } from "bullmq";
 import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
-import { cancelLive, closeRouterRig, deferred, idleDecodeStatus, REDIS_URL as REDIS, serveDecode, sleep, standInPrefill, testRouterConfig, TINY_MODEL_DIR as MODEL } from "../../helpers/router-rig.js";
+import {
+  cancelLive,
+  closeRouterRig,
+  deferred,
+  idleDecodeStatus,
+  REDIS_URL as REDIS,
+  serveDecode,
+  sleep,
+  standInPrefill,
+  testRouterConfig,
+  TINY_MODEL_DIR as MODEL,
+} from "../../helpers/router-rig.js";
 
 const silent = createLogger("router-test", process.env.TEST_LOG ?? "silent");
 const tokenizer = Tokenizer.fromDir(MODEL);
@@ -91,14 +102,32 @@ class ScriptedDecode {
               index: k + j,
               tokenId,
               ...(job.sampling.logprobs !== null
-                ? { logprobs: { logprob: logprobOf(k + j), top: [{ tokenId, logprob: logprobOf(k + j) }, { tokenId: 7, logprob: -5 }].slice(0, job.sampling.logprobs) } }
+                ? {
+                    logprobs: {
+                      logprob: logprobOf(k + j),
+                      top: [
+                        { tokenId, logprob: logprobOf(k + j) },
+                        { tokenId: 7, logprob: -5 },
+                      ].slice(0, job.sampling.logprobs),
+                    },
+                  }
                 : {}),
             }));
             const last = k + 2 >= ids.length && loseAt === Infinity;
             yield {
               tokens,
               finishReason: last ? finish : FinishReason.FINISH_REASON_UNSPECIFIED,
-              ...(last ? { usage: { promptTokens: job.promptTokenIds.length, completionTokens: ids.length, cachedPromptTokens: 0, draftTokens: 0, acceptedDraftTokens: 0 } } : {}),
+              ...(last
+                ? {
+                    usage: {
+                      promptTokens: job.promptTokenIds.length,
+                      completionTokens: ids.length,
+                      cachedPromptTokens: 0,
+                      draftTokens: 0,
+                      acceptedDraftTokens: 0,
+                    },
+                  }
+                : {}),
             };
             if (slow > 0) await sleep(slow, signal);
             if (signal.aborted) throw signal.reason;
@@ -144,7 +173,11 @@ beforeAll(async () => {
     decode.job(job.requestId).resolve(job);
   });
   await worker.waitUntilReady();
-  router = await startRouter(testRouterConfig(prefix, [decode.address], { requestTimeoutMs: 30_000 }), { logger: silent, shutdownGraceMs: 1_000, statusIntervalMs: 100 });
+  router = await startRouter(testRouterConfig(prefix, [decode.address], { requestTimeoutMs: 30_000 }), {
+    logger: silent,
+    shutdownGraceMs: 1_000,
+    statusIntervalMs: 100,
+  });
   client = new OpenAI({ baseURL: `${router.httpUrl}/v1`, apiKey: "none", maxRetries: 0 });
 });
 
@@ -188,7 +221,13 @@ describe("/v1/completions", () => {
   });
 
   it("streams chunks whose text adds up, ends with finish_reason and a usage chunk", async () => {
-    const stream = await client.completions.create({ model: "tiny-v3", prompt: "streaming is fun", max_tokens: 9, stream: true, stream_options: { include_usage: true } });
+    const stream = await client.completions.create({
+      model: "tiny-v3",
+      prompt: "streaming is fun",
+      max_tokens: 9,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
     let text = "";
     const finishes: (string | null)[] = [];
     let usage: OpenAI.CompletionUsage | null | undefined;
@@ -244,7 +283,14 @@ describe("/v1/completions", () => {
   });
 
   it("a batch of prompts gives one choice per prompt, by index", async () => {
-    const r = await client.completions.create({ model: "tiny-v3", prompt: [[600, 601, 602], [610, 611]], max_tokens: 2 });
+    const r = await client.completions.create({
+      model: "tiny-v3",
+      prompt: [
+        [600, 601, 602],
+        [610, 611],
+      ],
+      max_tokens: 2,
+    });
     expect(r.choices.map((c) => c.index).sort()).toEqual([0, 1]);
     const byIndex = new Map(r.choices.map((c) => [c.index, c.text]));
     expect(byIndex.get(0)).toBe(tokenizer.decode([601, 602], { skipSpecialTokens: true }));
@@ -396,10 +442,15 @@ describe("errors", () => {
     expect(res.status).toBe(400);
     expect(res.headers.get("x-moela-ignored-fields")).toBe("frobnicate, messages[0].mood");
     expect(((await res.json()) as { error: { param: string } }).error.param).toBe("max_tokens");
-    const strict = await startRouter(testRouterConfig(prefix, ["127.0.0.1:1"], { requestTimeoutMs: 5_000, maxInFlight: 4, strictApi: true }), { logger: silent, shutdownGraceMs: 100 });
+    const strict = await startRouter(testRouterConfig(prefix, ["127.0.0.1:1"], { requestTimeoutMs: 5_000, maxInFlight: 4, strictApi: true }), {
+      logger: silent,
+      shutdownGraceMs: 100,
+    });
     try {
       const c = new OpenAI({ baseURL: `${strict.httpUrl}/v1`, apiKey: "none", maxRetries: 0 });
-      const err = await c.completions.create({ model: "tiny-v3", prompt: "x", best_of_luck: true } as unknown as OpenAI.CompletionCreateParamsNonStreaming).catch((e: unknown) => e);
+      const err = await c.completions
+        .create({ model: "tiny-v3", prompt: "x", best_of_luck: true } as unknown as OpenAI.CompletionCreateParamsNonStreaming)
+        .catch((e: unknown) => e);
       expect((err as APIError).status).toBe(400);
       expect((err as APIError).param).toBe("best_of_luck");
     } finally {
@@ -408,7 +459,10 @@ describe("errors", () => {
   });
 
   it("no reachable decode instance -> 503", async () => {
-    const lonely = await startRouter(testRouterConfig(prefix, ["127.0.0.1:1"], { requestTimeoutMs: 5_000, maxInFlight: 4 }), { logger: silent, shutdownGraceMs: 100 });
+    const lonely = await startRouter(testRouterConfig(prefix, ["127.0.0.1:1"], { requestTimeoutMs: 5_000, maxInFlight: 4 }), {
+      logger: silent,
+      shutdownGraceMs: 100,
+    });
     try {
       const c = new OpenAI({ baseURL: `${lonely.httpUrl}/v1`, apiKey: "none", maxRetries: 0 });
       const err = await c.completions.create({ model: "tiny-v3", prompt: "x", max_tokens: 2, stream: true }).catch((e: unknown) => e);
@@ -456,7 +510,18 @@ describe("gRPC Generate", () => {
       const ids = [900, 901, 902];
       const out: GenerateResponse[] = [];
       for await (const m of serverStreamCall<GenerateResponse>((md, o) =>
-        c.generate({ prompt: { $case: "tokenIds", value: { ids } }, sampling: { temperature: 0, topK: 0, maxTokens: 5, stop: [], stopTokenIds: [], ignoreEos: false, logprobs: 0 }, model: "", requestId: "grpc-test-1", priority: 0, cacheSalt: "" }, md, o),
+        c.generate(
+          {
+            prompt: { $case: "tokenIds", value: { ids } },
+            sampling: { temperature: 0, topK: 0, maxTokens: 5, stop: [], stopTokenIds: [], ignoreEos: false, logprobs: 0 },
+            model: "",
+            requestId: "grpc-test-1",
+            priority: 0,
+            cacheSalt: "",
+          },
+          md,
+          o,
+        ),
       )) {
         out.push(m);
       }
@@ -475,14 +540,25 @@ describe("gRPC Generate", () => {
   it.each([
     { name: "no prompt", req: {}, message: /prompt is required/ },
     { name: "an unknown model", req: { prompt: { $case: "text" as const, value: "x" }, model: "other" }, message: /does not exist/ },
-    { name: "a priority past BullMQ's range", req: { prompt: { $case: "text" as const, value: "x" }, priority: 2 ** 21 + 1 }, message: /priority must be at most 2097152/ },
+    {
+      name: "a priority past BullMQ's range",
+      req: { prompt: { $case: "text" as const, value: "x" }, priority: 2 ** 21 + 1 },
+      message: /priority must be at most 2097152/,
+    },
     { name: "a request id with a colon", req: { prompt: { $case: "text" as const, value: "x" }, requestId: "a:b" }, message: /request_id may hold/ },
-    { name: "top_p above 1", req: { prompt: { $case: "text" as const, value: "x" }, sampling: { topP: 2, topK: 0, maxTokens: 0, stop: [], stopTokenIds: [], ignoreEos: false } }, message: /top_p/ },
+    {
+      name: "top_p above 1",
+      req: { prompt: { $case: "text" as const, value: "x" }, sampling: { topP: 2, topK: 0, maxTokens: 0, stop: [], stopTokenIds: [], ignoreEos: false } },
+      message: /top_p/,
+    },
   ])("$name -> INVALID_ARGUMENT", async ({ req, message }) => {
     const c = connect(GenerateClient, router.grpcAddress);
     try {
       const run = async (): Promise<void> => {
-        for await (const _ of serverStreamCall<GenerateResponse>((md, o) => c.generate({ model: "", requestId: "", priority: 0, cacheSalt: "", ...req }, md, o))) void _;
+        for await (const _ of serverStreamCall<GenerateResponse>((md, o) =>
+          c.generate({ model: "", requestId: "", priority: 0, cacheSalt: "", ...req }, md, o),
+        ))
+          void _;
       };
       const err = await run().catch((e: unknown) => e);
       expect(err).toBeInstanceOf(InvalidArgumentError);
@@ -495,7 +571,11 @@ describe("gRPC Generate", () => {
 
 describe("graceful shutdown", () => {
   async function anotherRouter(graceMs: number): Promise<StartedRouter> {
-    return startRouter(testRouterConfig(prefix, [decode.address], { requestTimeoutMs: 30_000, maxInFlight: 8 }), { logger: silent, shutdownGraceMs: graceMs, statusIntervalMs: 100 });
+    return startRouter(testRouterConfig(prefix, [decode.address], { requestTimeoutMs: 30_000, maxInFlight: 8 }), {
+      logger: silent,
+      shutdownGraceMs: graceMs,
+      statusIntervalMs: 100,
+    });
   }
 
   /** Start a streamed completion and return its reader once the first chunk is in. */
@@ -558,13 +638,24 @@ describe("graceful shutdown", () => {
 
 describe("admission", () => {
   it("past --max-in-flight a request is refused with 429 and Retry-After", async () => {
-    const small = await startRouter(testRouterConfig(prefix, [decode.address], { requestTimeoutMs: 30_000, maxInFlight: 1 }), { logger: silent, shutdownGraceMs: 1_000, statusIntervalMs: 100 });
+    const small = await startRouter(testRouterConfig(prefix, [decode.address], { requestTimeoutMs: 30_000, maxInFlight: 1 }), {
+      logger: silent,
+      shutdownGraceMs: 1_000,
+      statusIntervalMs: 100,
+    });
     try {
       // Two prompts in one request need two slots; the bound is one.
       const res = await fetch(`${small.httpUrl}/v1/completions`, {
         method: "POST",
         headers: { "content-type": "application/json" },
-        body: JSON.stringify({ model: "tiny-v3", prompt: [[110, 111], [112, 113]], max_tokens: 2 }),
+        body: JSON.stringify({
+          model: "tiny-v3",
+          prompt: [
+            [110, 111],
+            [112, 113],
+          ],
+          max_tokens: 2,
+        }),
       });
       expect(res.status).toBe(429);
       expect(res.headers.get("retry-after")).toBe("1");

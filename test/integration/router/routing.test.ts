@@ -74,12 +74,15 @@ const rigs: Rig[] = [];
 
 async function rig(over: { maxInFlight?: number; requestTimeoutMs?: number } = {}): Promise<Rig> {
   const prefix = `moela-test-routing-${randomUUID()}`;
-  const router = await startRouter(testRouterConfig(prefix, [seed.address], { requestTimeoutMs: over.requestTimeoutMs ?? 30_000, maxInFlight: over.maxInFlight ?? 64 }), {
-    logger: silent,
-    shutdownGraceMs: 500,
-    statusIntervalMs: 100,
-    heartbeatMs: 200,
-  });
+  const router = await startRouter(
+    testRouterConfig(prefix, [seed.address], { requestTimeoutMs: over.requestTimeoutMs ?? 30_000, maxInFlight: over.maxInFlight ?? 64 }),
+    {
+      logger: silent,
+      shutdownGraceMs: 500,
+      statusIntervalMs: 100,
+      heartbeatMs: 200,
+    },
+  );
   const r = { prefix, router, queue: createPrefillQueue(REDIS, prefix) };
   rigs.push(r);
   return r;
@@ -143,7 +146,11 @@ describe("decode instances from the registry, decisions by request id", () => {
   it("finds a registered decode instance next to the static seed, prefers it, explains why, and forgets it once it leaves", async () => {
     const r = await rig();
     const registry = new InstanceRegistry(redis, { prefix: r.prefix, ttlMs: 1_000 });
-    const reg: Registration = await registry.register({ role: "decode", grpcAddress: better.address, precision: "exact", modelId: "tiny-v3" }, () => ({ freeKvBlocks: 900, totalKvBlocks: 1000, blockSize: 16 }), { intervalMs: 200 });
+    const reg: Registration = await registry.register(
+      { role: "decode", grpcAddress: better.address, precision: "exact", modelId: "tiny-v3" },
+      () => ({ freeKvBlocks: 900, totalKvBlocks: 1000, blockSize: 16 }),
+      { intervalMs: 200 },
+    );
 
     // The registered instance joins the candidates once the router has read the registry and polled it.
     const id = `run-${randomUUID()}`;

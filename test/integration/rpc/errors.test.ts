@@ -31,16 +31,7 @@ import {
   type StreamResponse,
   Tensor,
 } from "@moela/proto-gen";
-import {
-  clientStreamCall,
-  connect,
-  FAILURE_REASON_METADATA,
-  fromStatus,
-  INTERNAL_DETAILS,
-  serverStreamCall,
-  toStatus,
-  unaryCall,
-} from "@moela/rpc";
+import { clientStreamCall, connect, FAILURE_REASON_METADATA, fromStatus, INTERNAL_DETAILS, serverStreamCall, toStatus, unaryCall } from "@moela/rpc";
 import { pino } from "pino";
 import { describe, expect, it } from "vitest";
 import { startServer } from "./harness.js";
@@ -288,9 +279,9 @@ describe("onCallEnd", () => {
     const client = connect(ExpertHostClient, address);
     try {
       await unaryCall((md, o, cb) => client.info({}, md, o, cb));
-      await unaryCall((md, o, cb) => client.dispatch({ layer: 1, expertIds: [], tokenExpertCounts: [], weights: [], requestId: "r", sharedExpertRows: [] }, md, o, cb)).catch(
-        () => {},
-      );
+      await unaryCall((md, o, cb) =>
+        client.dispatch({ layer: 1, expertIds: [], tokenExpertCounts: [], weights: [], requestId: "r", sharedExpertRows: [] }, md, o, cb),
+      ).catch(() => {});
       expect(events).toEqual([
         { method: "/moela.v1.ExpertHost/Info", code: Code.OK },
         { method: "/moela.v1.ExpertHost/Dispatch", code: Code.RESOURCE_EXHAUSTED },

@@ -3,13 +3,7 @@
  * dialable address back, and have every server still running closed after the test.
  */
 import { afterEach } from "vitest";
-import {
-  createServer,
-  drainAndClose,
-  serve,
-  type CreateServerOptions,
-  type RpcServer,
-} from "@moela/rpc";
+import { createServer, drainAndClose, serve, type CreateServerOptions, type RpcServer } from "@moela/rpc";
 
 const running: RpcServer[] = [];
 
@@ -23,10 +17,7 @@ export interface Started {
 }
 
 /** A server with `setup`'s services, bound to a free loopback port, closed after the test. */
-export async function startServer(
-  setup: (server: RpcServer) => void,
-  options: CreateServerOptions & { serving?: boolean } = {},
-): Promise<Started> {
+export async function startServer(setup: (server: RpcServer) => void, options: CreateServerOptions & { serving?: boolean } = {}): Promise<Started> {
   const server = createServer(options);
   setup(server);
   running.push(server);

@@ -63,14 +63,7 @@ describe("reflection", () => {
     const response = await ask(address, { list_services: "" });
     const names = (response.list_services_response?.service ?? []).map((s) => s.name).sort();
     expect(names).toEqual(
-      [
-        "grpc.health.v1.Health",
-        "moela.v1.Decode",
-        "moela.v1.ExpertHost",
-        "moela.v1.Generate",
-        "moela.v1.KvTransfer",
-        "moela.v1.Prefill",
-      ].sort(),
+      ["grpc.health.v1.Health", "moela.v1.Decode", "moela.v1.ExpertHost", "moela.v1.Generate", "moela.v1.KvTransfer", "moela.v1.Prefill"].sort(),
     );
   });
 

@@ -15,14 +15,7 @@ import {
   type PushRequest,
   type StreamResponse,
 } from "@moela/proto-gen";
-import {
-  type AsyncServiceImplementation,
-  clientStreamCall,
-  connect,
-  drainAndClose,
-  serverStreamCall,
-  unaryCall,
-} from "@moela/rpc";
+import { type AsyncServiceImplementation, clientStreamCall, connect, drainAndClose, serverStreamCall, unaryCall } from "@moela/rpc";
 import { describe, expect, it, vi } from "vitest";
 import { deferred, sleep, startServer } from "./harness.js";
 
@@ -77,7 +70,6 @@ function tokenDecode(periodMs: number, limit = Infinity) {
   };
   return { impl, ended: ended.promise, started: started.promise };
 }
-
 
 describe("a server stream cancelled by the client", () => {
   it("breaking out of the loop cancels the call: the handler's signal fires and its finally runs", async () => {
@@ -241,9 +233,7 @@ describe("a client stream cancelled by the client", () => {
       await sleep(60_000, controller.signal).catch(() => {});
     }
     try {
-      const sending = clientStreamCall((md, o, cb) => client.push(md, o, cb), chunks(), { signal: controller.signal }).catch(
-        (e: unknown) => e,
-      );
+      const sending = clientStreamCall((md, o, cb) => client.push(md, o, cb), chunks(), { signal: controller.signal }).catch((e: unknown) => e);
       await firstReceived.promise;
       controller.abort(new CancelledError("prefill lost its job"));
       const { received, error, reason } = await outcome.promise;
@@ -278,9 +268,9 @@ describe("a unary handler that ignores its signal", () => {
     );
     const client = connect(ExpertHostClient, address);
     try {
-      const calling = unaryCall((md, o, cb) => client.dispatch({ layer: 3, expertIds: [], tokenExpertCounts: [], weights: [], requestId: "r", sharedExpertRows: [] }, md, o, cb)).catch(
-        (e: unknown) => e,
-      );
+      const calling = unaryCall((md, o, cb) =>
+        client.dispatch({ layer: 3, expertIds: [], tokenExpertCounts: [], weights: [], requestId: "r", sharedExpertRows: [] }, md, o, cb),
+      ).catch((e: unknown) => e);
       await entered.promise;
       const result = await drainAndClose(server, 100, { flushMs: 200 });
       expect(result.forced).toBe(true);

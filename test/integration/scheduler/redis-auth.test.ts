@@ -56,7 +56,21 @@ async function failure(p: Promise<unknown>): Promise<Error | null> {
 describe.runIf(findExecutable("redis-server") !== undefined)("Redis AUTH through the URL", () => {
   it("password and ACL user in the URL get the registry client and a BullMQ queue and worker through; without them Redis refuses", async () => {
     const port = await freePort();
-    await startRedis(["--port", String(port), "--bind", "127.0.0.1", "--requirepass", PASSWORD, "--user", "moela", "on", `>${PASSWORD}-moela`, "~*", "&*", "+@all"]);
+    await startRedis([
+      "--port",
+      String(port),
+      "--bind",
+      "127.0.0.1",
+      "--requirepass",
+      PASSWORD,
+      "--user",
+      "moela",
+      "on",
+      `>${PASSWORD}-moela`,
+      "~*",
+      "&*",
+      "+@all",
+    ]);
     const withPassword = `redis://:${encodeURIComponent(PASSWORD)}@127.0.0.1:${port}/0`;
     const withUser = `redis://moela:${encodeURIComponent(`${PASSWORD}-moela`)}@127.0.0.1:${port}/0`;
 
@@ -102,16 +116,33 @@ describe.runIf(findExecutable("redis-server") !== undefined && hasOpenssl())("Re
     const leaf = makeTestLeaf(ca, "redis");
     const port = await freePort();
     await startRedis([
-      "--port", "0", "--tls-port", String(port), "--bind", "127.0.0.1",
-      "--tls-cert-file", leaf.cert, "--tls-key-file", leaf.key, "--tls-ca-cert-file", ca.caCert, "--tls-auth-clients", "no",
-      "--requirepass", PASSWORD,
+      "--port",
+      "0",
+      "--tls-port",
+      String(port),
+      "--bind",
+      "127.0.0.1",
+      "--tls-cert-file",
+      leaf.cert,
+      "--tls-key-file",
+      leaf.key,
+      "--tls-ca-cert-file",
+      ca.caCert,
+      "--tls-auth-clients",
+      "no",
+      "--requirepass",
+      PASSWORD,
     ]);
     const ping = async (url: string, env: NodeJS.ProcessEnv): Promise<string> => {
       const script = `import { createRedisClient } from "@moela/scheduler";
 const c = createRedisClient(process.argv[1]);
 c.on("error", () => {});
 try { console.log(await c.ping()); } catch (err) { console.log("ERR " + err.message); } finally { c.disconnect(); }`;
-      const { stdout } = await execFileAsync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script, url], { cwd: REPO_ROOT, env, timeout: 30_000 });
+      const { stdout } = await execFileAsync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script, url], {
+        cwd: REPO_ROOT,
+        env,
+        timeout: 30_000,
+      });
       return stdout.trim();
     };
     const env = { ...process.env, NODE_EXTRA_CA_CERTS: ca.caCert };

@@ -49,7 +49,14 @@ describe("InstanceRegistry", () => {
   it("publishes an instance's identity and load, and every heartbeat updates the load", async () => {
     const registry = new InstanceRegistry(redis, { prefix: newPrefix(), ttlMs: 3_000 });
     let running = 2;
-    const load = (): PublishedLoad => ({ runningSequences: running, waitingSequences: 1, freeKvBlocks: 90, totalKvBlocks: 128, blockSize: 16, queues: { prefill_waiting: 7 } });
+    const load = (): PublishedLoad => ({
+      runningSequences: running,
+      waitingSequences: 1,
+      freeKvBlocks: 90,
+      totalKvBlocks: 128,
+      blockSize: 16,
+      queues: { prefill_waiting: 7 },
+    });
     const reg = await registry.register(
       { role: "decode", grpcAddress: "127.0.0.1:7001", metricsUrl: "http://127.0.0.1:9400/metrics", precision: "paper", modelId: "tiny-v3" },
       load,
@@ -85,7 +92,10 @@ describe("InstanceRegistry", () => {
     const registry = new InstanceRegistry(redis, { prefix: newPrefix(), ttlMs });
     const a = await registry.register({ role: "expert-host", grpcAddress: "127.0.0.1:1", shardIndex: 0, shardCount: 2 }, () => ({}), { intervalMs: 200 });
     const b = await registry.register({ role: "expert-host", grpcAddress: "127.0.0.1:2", shardIndex: 1, shardCount: 2 }, () => ({}), { intervalMs: 200 });
-    cleanups.push(() => b.deregister(), () => a.deregister());
+    cleanups.push(
+      () => b.deregister(),
+      () => a.deregister(),
+    );
     const listed = await registry.list("expert-host");
     expect(listed.map((r) => [r.grpcAddress, r.shardIndex, r.shardCount]).sort()).toEqual([
       ["127.0.0.1:1", 0, 2],
@@ -126,10 +136,14 @@ describe("InstanceRegistry", () => {
   it("a heartbeat whose load callback throws keeps the last record alive until it expires, and does not throw", async () => {
     const registry = new InstanceRegistry(redis, { prefix: newPrefix(), ttlMs: 600 });
     let fail = false;
-    const reg = await registry.register({ role: "decode", grpcAddress: "127.0.0.1:5" }, () => {
-      if (fail) throw new Error("engine gone");
-      return { runningSequences: 3 };
-    }, { intervalMs: 100 });
+    const reg = await registry.register(
+      { role: "decode", grpcAddress: "127.0.0.1:5" },
+      () => {
+        if (fail) throw new Error("engine gone");
+        return { runningSequences: 3 };
+      },
+      { intervalMs: 100 },
+    );
     cleanups.push(() => reg.deregister());
     fail = true;
     // An instance that cannot say its load is not advertised for long.

@@ -27,14 +27,37 @@ describe("moela cluster options", () => {
 
   it("takes the topology, model, precision, port and Redis from flags", async () => {
     const o = await parseCluster([
-      "--model", "/ckpt", "--prefill", "2", "--decode", "3", "--expert-hosts", "4", "--expert-replicas", "2", "--precision", "paper",
-      "--port", "0", "--redis-url", "redis://r:1", "--service-arg", "decode=--kv-blocks=64", "--service-arg", "router=--x",
+      "--model",
+      "/ckpt",
+      "--prefill",
+      "2",
+      "--decode",
+      "3",
+      "--expert-hosts",
+      "4",
+      "--expert-replicas",
+      "2",
+      "--precision",
+      "paper",
+      "--port",
+      "0",
+      "--redis-url",
+      "redis://r:1",
+      "--service-arg",
+      "decode=--kv-blocks=64",
+      "--service-arg",
+      "router=--x",
     ]);
     expect(o).toMatchObject({ model: "/ckpt", prefill: 2, decode: 3, expertHosts: 4, expertReplicas: 2, precision: "paper", port: 0, redisUrl: "redis://r:1" });
     expect(o.serviceArg).toEqual(["decode=--kv-blocks=64", "router=--x"]);
   });
 
-  it.each([["--prefill", "two"], ["--port", "80.5"], ["--expert-hosts", "x"], ["--expert-replicas", "1.5"]])("refuses %s %s", async (flag, value) => {
+  it.each([
+    ["--prefill", "two"],
+    ["--port", "80.5"],
+    ["--expert-hosts", "x"],
+    ["--expert-replicas", "1.5"],
+  ])("refuses %s %s", async (flag, value) => {
     await expect(parseCluster([flag, value])).rejects.toThrow(/must be an integer/);
   });
 });

@@ -23,7 +23,15 @@ const info: ClusterInfo = {
   queue_prefix: "moela",
   topology: { prefill: 1, decode: 1, expert_hosts: 2 },
   instances: [
-    { role: "router", index: 0, pid: 10, grpc: "127.0.0.1:5000", metrics: "http://127.0.0.1:5001/metrics", http: "http://127.0.0.1:8000", log: "/l/router-0.log" },
+    {
+      role: "router",
+      index: 0,
+      pid: 10,
+      grpc: "127.0.0.1:5000",
+      metrics: "http://127.0.0.1:5001/metrics",
+      http: "http://127.0.0.1:8000",
+      log: "/l/router-0.log",
+    },
     { role: "prefill", index: 0, pid: 11, grpc: "127.0.0.1:5002", metrics: "http://127.0.0.1:5003/metrics", log: "/l/prefill-0.log" },
     { role: "decode", index: 0, pid: 12, grpc: "127.0.0.1:5004", metrics: "http://127.0.0.1:5005/metrics", log: "/l/decode-0.log" },
     { role: "expert-host", index: 0, shard: 0, pid: 13, grpc: "127.0.0.1:5006", metrics: "http://127.0.0.1:5007/metrics", log: "/l/expert-host-0.log" },

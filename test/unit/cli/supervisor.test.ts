@@ -27,7 +27,10 @@ class FakeUnit implements SupervisedUnit {
   cancel = false;
   private exitNow!: (e: ExitInfo) => void;
   private exitP!: Promise<ExitInfo>;
-  constructor(readonly label: string, private readonly restartMs = 5) {
+  constructor(
+    readonly label: string,
+    private readonly restartMs = 5,
+  ) {
     this.arm();
   }
   private arm(): void {
@@ -99,7 +102,17 @@ describe("Supervisor", () => {
     try {
       u.die();
       await vi.waitFor(() => expect(events.some((e) => e.kind === "restarted")).toBe(true), EVENTUALLY);
-      expect(events.map((e) => e.kind)).toEqual(["exited", "restarting", "restart-failed", "exited", "restarting", "restart-failed", "exited", "restarting", "restarted"]);
+      expect(events.map((e) => e.kind)).toEqual([
+        "exited",
+        "restarting",
+        "restart-failed",
+        "exited",
+        "restarting",
+        "restart-failed",
+        "exited",
+        "restarting",
+        "restarted",
+      ]);
       expect(events.flatMap((e) => (e.kind === "exited" ? [e.restartInMs] : []))).toEqual([10, 20, 40]);
       expect(u.kills).toBe(2);
       expect(u.restartCalls).toBe(3);

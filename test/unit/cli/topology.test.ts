@@ -40,7 +40,12 @@ describe("order", () => {
       { role: "prefill", index: 0 },
     ];
     expect(list.sort(byRoleThenIndex).map((i) => `${i.role} ${i.index}`)).toEqual([
-      "router 0", "prefill 0", "prefill 1", "decode 0", "expert-host 0", "expert-host 1",
+      "router 0",
+      "prefill 0",
+      "prefill 1",
+      "decode 0",
+      "expert-host 0",
+      "expert-host 1",
     ]);
     expect(STOP_TIERS).toEqual([["router"], ["prefill", "decode"], ["expert-host"]]);
   });

@@ -2,15 +2,7 @@
  * MoelaClient against a real grpc-js server on 127.0.0.1 that implements moela.v1.Generate with
  * scripted behaviours: streaming, stalling, failing with a given status, failing after a token.
  */
-import {
-  Metadata,
-  Server,
-  ServerCredentials,
-  status,
-  type sendUnaryData,
-  type ServerUnaryCall,
-  type ServerWritableStream,
-} from "@grpc/grpc-js";
+import { Metadata, Server, ServerCredentials, status, type sendUnaryData, type ServerUnaryCall, type ServerWritableStream } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { ManualClock } from "../../helpers/clock.js";
 import {
@@ -31,14 +23,7 @@ import {
   retryAfterMs,
   type GenerateEvent,
 } from "@moela/client";
-import {
-  FinishReason,
-  GenerateService,
-  GenerateResponse,
-  type GenerateRequest,
-  type ListModelsRequest,
-  type ListModelsResponse,
-} from "@moela/proto-gen";
+import { FinishReason, GenerateService, GenerateResponse, type GenerateRequest, type ListModelsRequest, type ListModelsResponse } from "@moela/proto-gen";
 
 type Call = ServerWritableStream<GenerateRequest, GenerateResponse>;
 
@@ -186,13 +171,27 @@ describe("MoelaClient.generate: streaming", () => {
       usage: { promptTokens: 3, completionTokens: 3, cachedPromptTokens: 0, draftTokens: 2, acceptedDraftTokens: 1 },
       toolCalls: [],
     });
-    expect(router.calls[0]!.request).toMatchObject({ prompt: { $case: "tokenIds", value: { ids: [0, 17, 42] } }, requestId: "req-mine", model: "tiny", priority: 2 });
+    expect(router.calls[0]!.request).toMatchObject({
+      prompt: { $case: "tokenIds", value: { ids: [0, 17, 42] } },
+      requestId: "req-mine",
+      model: "tiny",
+      priority: 2,
+    });
   });
 
   it("sends penalties, logit_bias, min_p, min_tokens and n; events carry their choice's index", async () => {
     const { router, client } = await setup(streamAbc);
     const events = await collect(
-      client.generate({ prompt: "x", presencePenalty: -1, frequencyPenalty: 0.5, repetitionPenalty: 1.25, logitBias: { 7: -100, 3: 2.5 }, minP: 0.1, minTokens: 2, n: 2 }),
+      client.generate({
+        prompt: "x",
+        presencePenalty: -1,
+        frequencyPenalty: 0.5,
+        repetitionPenalty: 1.25,
+        logitBias: { 7: -100, 3: 2.5 },
+        minP: 0.1,
+        minTokens: 2,
+        n: 2,
+      }),
     );
     expect(events.every((e) => e.index === 0)).toBe(true);
     const sampling = router.calls[0]!.request.sampling!;
@@ -211,7 +210,15 @@ describe("MoelaClient.generate: streaming", () => {
     const call = { id: "call_1", name: "f", arguments: '{"a":1}' };
     const { router, client } = await setup((c) => {
       c.write(GenerateResponse.fromPartial({ requestId: c.request.requestId, tokenIds: [1], text: "x" }));
-      c.write(GenerateResponse.fromPartial({ requestId: c.request.requestId, tokenIds: [2], text: "y", finishReason: FinishReason.FINISH_REASON_STOP, toolCalls: [call] }));
+      c.write(
+        GenerateResponse.fromPartial({
+          requestId: c.request.requestId,
+          tokenIds: [2],
+          text: "y",
+          finishReason: FinishReason.FINISH_REASON_STOP,
+          toolCalls: [call],
+        }),
+      );
       c.end();
     });
     const done = await client.complete({
@@ -399,7 +406,12 @@ describe("MoelaClient.generate: retries on UNAVAILABLE", () => {
     // The backoffs wait on a clock that moves only by them: the minute of retries passes in virtual time,
     // long before grpc's own (wall-clock) deadline could end an attempt in flight.
     const clock = new ManualClock({ auto: true });
-    const { router, client } = await setup(failWith(status.UNAVAILABLE, "no decode instance"), { maxRetries: 1000, initialBackoffMs: 10_000, maxBackoffMs: 10_000, clock });
+    const { router, client } = await setup(failWith(status.UNAVAILABLE, "no decode instance"), {
+      maxRetries: 1000,
+      initialBackoffMs: 10_000,
+      maxBackoffMs: 10_000,
+      clock,
+    });
     const start = clock.now();
     const err = await thrown(() => collect(client.generate({ prompt: "x" }, { deadlineMs: 60_000 })));
     expect(err).toBeInstanceOf(DeadlineExceededError);
@@ -640,4 +652,3 @@ async function seenCancelled(record: CallRecord): Promise<void> {
   }
   expect(record.wasCancelled).toBe(true);
 }
-

@@ -6,7 +6,12 @@ describe("DisposableStack", () => {
     const order: string[] = [];
     const stack = new DisposableStack();
     stack.defer(() => order.push("a"));
-    stack.use({ close: async () => { await new Promise((r) => setTimeout(r, 5)); order.push("b"); } });
+    stack.use({
+      close: async () => {
+        await new Promise((r) => setTimeout(r, 5));
+        order.push("b");
+      },
+    });
     const v = stack.adopt({ name: "c" }, (x) => order.push(x.name));
     expect(v).toEqual({ name: "c" });
     expect(stack.size).toBe(3);
@@ -46,7 +51,9 @@ describe("DisposableStack", () => {
     const one = new Error("one");
     const two = new Error("two");
     stack.defer(() => Promise.reject(one));
-    stack.defer(() => { throw two; });
+    stack.defer(() => {
+      throw two;
+    });
     const err: unknown = await stack.disposeAll().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(AggregateError);
     expect((err as AggregateError).errors).toEqual([two, one]);

@@ -55,9 +55,15 @@ const CLASSES: readonly [keyof typeof Code, MoelaErrorClass][] = [
 
 describe("the class of each error code", () => {
   it("covers every code but OK, once", () => {
-    const codes = Object.keys(ERROR_CLASS_BY_CODE).map(Number).sort((a, b) => a - b);
+    const codes = Object.keys(ERROR_CLASS_BY_CODE)
+      .map(Number)
+      .sort((a, b) => a - b);
     expect(codes).toEqual(Object.values(Code).filter((c) => c !== Code.OK));
-    expect(CLASSES.map(([name]) => name).sort()).toEqual(Object.keys(Code).filter((n) => n !== "OK").sort());
+    expect(CLASSES.map(([name]) => name).sort()).toEqual(
+      Object.keys(Code)
+        .filter((n) => n !== "OK")
+        .sort(),
+    );
   });
 
   it.each(CLASSES)("%s -> %O and back", (name, Class) => {

@@ -46,9 +46,7 @@ describe("bigramBaseline", () => {
     const test = [[0, 2, 1, 3]];
     const grid = [1, 0.1, 0.01];
     const model = new BigramModel(4, train);
-    const best = grid.reduce((a, b) =>
-      model.perplexity(validation, b).perplexity < model.perplexity(validation, a).perplexity ? b : a,
-    );
+    const best = grid.reduce((a, b) => (model.perplexity(validation, b).perplexity < model.perplexity(validation, a).perplexity ? b : a));
     const result = bigramBaseline(4, { train, validation, test }, grid);
     expect(result.k).toBe(best);
     expect(result.validationPerplexity).toBe(model.perplexity(validation, best).perplexity);

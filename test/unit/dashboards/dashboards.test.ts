@@ -38,7 +38,7 @@ describe("promqlNames", () => {
     const sub = { interval: "1m", variables: { layer: ".*" } };
     expect(substituteGrafanaVariables('rate(x{layer=~"$layer"}[$__rate_interval])', sub)).toBe('rate(x{layer=~".*"}[1m])');
     expect(substituteGrafanaVariables('x{a=~"${layer}"}[$__interval]', sub)).toBe('x{a=~".*"}[1m]');
-    expect(() => substituteGrafanaVariables("x{a=~\"$nope\"}", sub)).toThrow(/\$nope/);
+    expect(() => substituteGrafanaVariables('x{a=~"$nope"}', sub)).toThrow(/\$nope/);
   });
 });
 
@@ -128,13 +128,20 @@ describe("Grafana dashboards", () => {
     const exprs = targets.filter((t) => t.file === "moela-overview.json").map((t) => t.target.expr);
     for (const key of ["routerTimeToFirstToken", "routerInterTokenLatency", "routerE2eLatency"] as const) {
       for (const q of ["0.5", "0.99"]) {
-        expect(exprs.some((e) => e.startsWith(`histogram_quantile(${q},`) && e.includes(`${METRICS[key].name}_bucket`)), `${key} P${q}`).toBe(true);
+        expect(
+          exprs.some((e) => e.startsWith(`histogram_quantile(${q},`) && e.includes(`${METRICS[key].name}_bucket`)),
+          `${key} P${q}`,
+        ).toBe(true);
       }
     }
   });
 
   it("every dashboard has role, instance and model variables, and every selector keeps to them", () => {
-    const modelled = new Set<string>(Object.values(METRICS).filter((d) => (d.labels as readonly string[]).includes("model")).map((d) => d.name));
+    const modelled = new Set<string>(
+      Object.values(METRICS)
+        .filter((d) => (d.labels as readonly string[]).includes("model"))
+        .map((d) => d.name),
+    );
     for (const [file, d] of dashboards) {
       const vars = d.templating.list.filter((v) => v.type === "query").map((v) => [v.name, variableQuery(v)]);
       expect(vars.slice(0, 3), file).toEqual([
@@ -152,20 +159,32 @@ describe("Grafana dashboards", () => {
         for (const w of want) if (!matchers.includes(w)) unscoped.push(`${where}: ${base} lacks ${w}`);
       }
       // No bare selector (a name not followed by its matchers).
-      if (/\bmoela_[a-z0-9_]+(?![a-z0-9_{])/.test(target.expr.replace(/label_values\([^)]*\)/g, ""))) unscoped.push(`${where}: bare selector in ${target.expr}`);
+      if (/\bmoela_[a-z0-9_]+(?![a-z0-9_{])/.test(target.expr.replace(/label_values\([^)]*\)/g, "")))
+        unscoped.push(`${where}: bare selector in ${target.expr}`);
     }
     expect(unscoped).toEqual([]);
   });
 
   it("the failure ratio counts server failures (error, timeout), not client 4xx (rejected) or cancellations", () => {
     const ratio = targets.find((t) => t.panel.title === "Server failure ratio");
-    expect(ratio?.target.expr).toMatch(/^sum\(rate\(moela_router_requests_total\{[^}]*outcome=~"error\|timeout"\}\[\$__rate_interval\]\)\) \/ sum\(rate\(moela_router_requests_total\{[^}]*\}\[\$__rate_interval\]\)\)$/);
+    expect(ratio?.target.expr).toMatch(
+      /^sum\(rate\(moela_router_requests_total\{[^}]*outcome=~"error\|timeout"\}\[\$__rate_interval\]\)\) \/ sum\(rate\(moela_router_requests_total\{[^}]*\}\[\$__rate_interval\]\)\)$/,
+    );
     expect(ratio!.target.expr).not.toMatch(/rejected|cancelled|outcome!=/);
   });
 
   it("panels show the request-level metrics at vLLM parity", () => {
     const exprs = targets.map((t) => t.target.expr).join("\n");
-    for (const key of ["routerGenerations", "routerRequestPromptTokens", "routerRequestGenerationTokens", "routerRequestPrefill", "routerRequestDecode", "routerQueueWait", "decodeKvUsage", "buildInfo"] as const) {
+    for (const key of [
+      "routerGenerations",
+      "routerRequestPromptTokens",
+      "routerRequestGenerationTokens",
+      "routerRequestPrefill",
+      "routerRequestDecode",
+      "routerQueueWait",
+      "decodeKvUsage",
+      "buildInfo",
+    ] as const) {
       expect(exprs, key).toContain(METRICS[key].name);
     }
     expect(exprs).toMatch(/sum by \(finish_reason\)/);

@@ -47,18 +47,15 @@ describe("decode config", () => {
   });
 
   it("reads every setting from its flag, or else from its MOELA_DECODE_ twin, flag first", () => {
-    const cfg = parseConfig(
-      ["--model", "/flag", "--expert-hosts", "10.0.0.1:5000, 10.0.0.2:5000", "--no-speculative", "--kv-blocks=64"],
-      {
-        MOELA_DECODE_MODEL: "/env",
-        MOELA_DECODE_PRECISION: "paper",
-        MOELA_DECODE_BLOCK_SIZE: "4",
-        MOELA_DECODE_MAX_BATCH: "8",
-        MOELA_DECODE_KV_BLOCKS: "9",
-        MOELA_DECODE_GRPC_ADDRESS: "0.0.0.0:7001",
-        MOELA_DECODE_LOG_LEVEL: "debug",
-      },
-    )!;
+    const cfg = parseConfig(["--model", "/flag", "--expert-hosts", "10.0.0.1:5000, 10.0.0.2:5000", "--no-speculative", "--kv-blocks=64"], {
+      MOELA_DECODE_MODEL: "/env",
+      MOELA_DECODE_PRECISION: "paper",
+      MOELA_DECODE_BLOCK_SIZE: "4",
+      MOELA_DECODE_MAX_BATCH: "8",
+      MOELA_DECODE_KV_BLOCKS: "9",
+      MOELA_DECODE_GRPC_ADDRESS: "0.0.0.0:7001",
+      MOELA_DECODE_LOG_LEVEL: "debug",
+    })!;
     expect(cfg).toMatchObject({
       model: "/flag",
       expertHosts: ["10.0.0.1:5000", "10.0.0.2:5000"],
@@ -91,14 +88,24 @@ describe("decode config", () => {
 
   it.each([
     ["no model", [], {}, /--model \/ MOELA_DECODE_MODEL: is required/],
-    ["a bad precision", ["--model", "/m", "--precision", "fp4"], {}, /--precision \/ MOELA_DECODE_PRECISION: must be one of exact, paper, paper-logfmt8 \(got "fp4"\)/],
+    [
+      "a bad precision",
+      ["--model", "/m", "--precision", "fp4"],
+      {},
+      /--precision \/ MOELA_DECODE_PRECISION: must be one of exact, paper, paper-logfmt8 \(got "fp4"\)/,
+    ],
     ["zero KV blocks", ["--model", "/m"], { MOELA_DECODE_KV_BLOCKS: "0" }, /--kv-blocks \/ MOELA_DECODE_KV_BLOCKS: must be >= 1/],
     ["a fractional block size", ["--model", "/m", "--block-size", "1.5"], {}, /--block-size \/ MOELA_DECODE_BLOCK_SIZE: must be a non-negative integer/],
     ["an expert-host without a port", ["--model", "/m", "--expert-hosts", "a:1,b"], {}, /--expert-hosts \/ MOELA_DECODE_EXPERT_HOSTS: must be host:port/],
     ["an expert-host on port 0", ["--model", "/m", "--expert-hosts", "a:0"], {}, /--expert-hosts \/ MOELA_DECODE_EXPERT_HOSTS: port must be in \[1, 65535\]/],
     ["a listen address without a port", ["--model", "/m", "--grpc-address", "localhost"], {}, /--grpc-address \/ MOELA_DECODE_GRPC_ADDRESS: must be host:port/],
     ["a bad boolean", ["--model", "/m"], { MOELA_DECODE_NO_SPECULATIVE: "maybe" }, /--no-speculative \/ MOELA_DECODE_NO_SPECULATIVE: must be true or false/],
-    ["a bad speculation mode", ["--model", "/m", "--speculative", "sometimes"], {}, /--speculative \/ MOELA_DECODE_SPECULATIVE: must be auto, on or off \(got "sometimes"\)/],
+    [
+      "a bad speculation mode",
+      ["--model", "/m", "--speculative", "sometimes"],
+      {},
+      /--speculative \/ MOELA_DECODE_SPECULATIVE: must be auto, on or off \(got "sometimes"\)/,
+    ],
     [
       "--no-speculative with another mode",
       ["--model", "/m", "--no-speculative"],

@@ -69,16 +69,19 @@ describe("checkpoint contents that contradict config.json", () => {
 
   it("a tensor's shape contradicts the config", () => {
     // config says hidden 256; the final norm claims 128 values (and the bytes agree with the claim).
-    const err = loadError(
-      mutated((ts) => ts.map((t) => (t.name === "model.norm.weight" ? { ...t, shape: [128], data: t.data.subarray(0, 128 * 2) } : t))),
-    );
+    const err = loadError(mutated((ts) => ts.map((t) => (t.name === "model.norm.weight" ? { ...t, shape: [128], data: t.data.subarray(0, 128 * 2) } : t))));
     expect(err).toBeInstanceOf(CheckpointError);
     expect(err.message).toContain("model.norm.weight");
     expect(err.message).toMatch(/shape \[128\] contradicts config\.json \(expected \[256\]\)/);
   });
 
   it("the config's kv_lora_rank disagrees with every attention tensor", () => {
-    const err = loadError(mutated((ts) => ts, (c) => (c.kv_lora_rank = 48)));
+    const err = loadError(
+      mutated(
+        (ts) => ts,
+        (c) => (c.kv_lora_rank = 48),
+      ),
+    );
     expect(err).toBeInstanceOf(CheckpointError);
     expect(err.message).toMatch(/kv_a_proj_with_mqa\.weight/);
   });
@@ -106,7 +109,12 @@ describe("configs with impossible values", () => {
     ["eos id outside the vocabulary", { eos_token_id: 99999 }, /outside the vocabulary/],
     ["groups that cannot hold top-k", { topk_group: 1, num_experts_per_tok: 5 }, /cannot hold/],
   ])("%s", (_name, patch, message) => {
-    const err = loadError(mutated((ts) => ts, (c) => Object.assign(c, patch)));
+    const err = loadError(
+      mutated(
+        (ts) => ts,
+        (c) => Object.assign(c, patch),
+      ),
+    );
     expect(err).toBeInstanceOf(ConfigError);
     expect(err.message).toMatch(/^config\.json: /);
     expect(err.message).toMatch(message);

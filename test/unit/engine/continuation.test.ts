@@ -42,7 +42,10 @@ describe.each([
     expect(whole).toHaveLength(MAX_TOKENS);
     for (const k of [1, 4, MAX_TOKENS - 1]) {
       const rest = await run(engine, [...p, ...whole.slice(0, k).map((t) => t.id)], { ...GREEDY, maxTokens: MAX_TOKENS - k });
-      expect(rest.map((t) => t.id), `cut after ${k}`).toEqual(whole.slice(k).map((t) => t.id));
+      expect(
+        rest.map((t) => t.id),
+        `cut after ${k}`,
+      ).toEqual(whole.slice(k).map((t) => t.id));
       const diff = Math.max(...rest.map((t, j) => Math.abs(t.logprob - whole[k + j]!.logprob)));
       expect(diff, `largest logprob difference after ${k}`).toBeLessThanOrEqual(logprobTol);
     }

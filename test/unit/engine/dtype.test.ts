@@ -1,12 +1,5 @@
 import { describe, expect, it } from "vitest";
-import {
-  BF16_TO_F32,
-  F16_TO_F32,
-  F8_E4M3_TO_F32,
-  f32ToBf16Bits,
-  f32ToF16Bits,
-  f32ToF8E4M3Bits,
-} from "@moela/engine";
+import { BF16_TO_F32, F16_TO_F32, F8_E4M3_TO_F32, f32ToBf16Bits, f32ToF16Bits, f32ToF8E4M3Bits } from "@moela/engine";
 
 describe("float8 e4m3fn", () => {
   it.each([

@@ -76,7 +76,11 @@ describe("quantizeFp8Block", () => {
     const { data, scaleInv } = quantizeFp8Block(w, 4, 4, 2, 2);
     expect(Array.from(scaleInv)).toEqual([1, Math.fround(3 / 448), 1, 1]);
     expect(data[2]).toBe(0x7e);
-    expect(Array.from(dequantFp8Block(data, scaleInv, 4, 4, 2, 2)).filter((_v, i) => i !== 2).every((v) => v === 0)).toBe(true);
+    expect(
+      Array.from(dequantFp8Block(data, scaleInv, 4, 4, 2, 2))
+        .filter((_v, i) => i !== 2)
+        .every((v) => v === 0),
+    ).toBe(true);
   });
 
   it("round trips within half an e4m3 step of each block's amax, with partial edge blocks", () => {
@@ -88,7 +92,7 @@ describe("quantizeFp8Block", () => {
     const w = Float32Array.from({ length: rows * cols }, (_, i) => {
       const r = Math.floor(i / cols);
       const c = i % cols;
-      return rand() * 10 ** ((Math.floor(r / 128) + 2 * Math.floor(c / 128)) % 5 - 2);
+      return rand() * 10 ** (((Math.floor(r / 128) + 2 * Math.floor(c / 128)) % 5) - 2);
     });
     const { data, scaleInv } = quantizeFp8Block(w, rows, cols);
     expect(scaleInv.length).toBe(3 * 3);

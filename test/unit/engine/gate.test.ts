@@ -81,7 +81,16 @@ describe("V3 noaux_tc router", () => {
 
 describe("V2 routers", () => {
   const v2 = (over: Record<string, unknown>) =>
-    cfg({ model_type: "deepseek_v2", scoring_func: "softmax", topk_method: "greedy", n_group: 1, topk_group: 1, routed_scaling_factor: 1.5, norm_topk_prob: false, ...over });
+    cfg({
+      model_type: "deepseek_v2",
+      scoring_func: "softmax",
+      topk_method: "greedy",
+      n_group: 1,
+      topk_group: 1,
+      routed_scaling_factor: 1.5,
+      norm_topk_prob: false,
+      ...over,
+    });
 
   it("greedy: softmax top-k, weights scaled when not normalised", () => {
     const c = v2({});

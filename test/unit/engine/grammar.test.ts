@@ -20,7 +20,32 @@ const SPECIALS = ["<｜end▁of▁sentence｜>", "<｜tool▁calls▁begin｜>",
 function vocabulary(): TokenTexts {
   const texts: (string | null)[] = [...SPECIALS];
   for (let c = 0x20; c < 0x7f; c++) texts.push(String.fromCharCode(c));
-  texts.push(...['{"', '":', '",', '"}', "}}", "]}", "true", "null", "false", "abc", " the", "\\n", "0.5", "123", '{"name": "', "\n", "\t", "é", "\ufffd", "name", '"a', "-1"]);
+  texts.push(
+    ...[
+      '{"',
+      '":',
+      '",',
+      '"}',
+      "}}",
+      "]}",
+      "true",
+      "null",
+      "false",
+      "abc",
+      " the",
+      "\\n",
+      "0.5",
+      "123",
+      '{"name": "',
+      "\n",
+      "\t",
+      "é",
+      "\ufffd",
+      "name",
+      '"a',
+      "-1",
+    ],
+  );
   return { texts, specialIds: new Set([0, 1, 2]) };
 }
 
@@ -60,7 +85,10 @@ const SCHEMAS: Array<{ name: string; schema: unknown }> = [
       additionalProperties: false,
     },
   },
-  { name: "enum and const", schema: { type: "object", properties: { c: { enum: ["red", "green", 3, null] }, k: { const: { a: [1, "x"] } } }, required: ["c", "k"] } },
+  {
+    name: "enum and const",
+    schema: { type: "object", properties: { c: { enum: ["red", "green", 3, null] }, k: { const: { a: [1, "x"] } } }, required: ["c", "k"] },
+  },
   { name: "array with bounds", schema: { type: "array", items: { type: "number" }, minItems: 2, maxItems: 4 } },
   {
     name: "nested objects and anyOf",
@@ -106,7 +134,12 @@ describe("grammar: random walks give JSON that validates", () => {
     const spec = JSON.stringify({
       sequence: [
         { literal: "<｜tool▁calls▁begin｜>function<｜tool▁sep｜>" },
-        { choice: [[{ literal: "get_weather\n" }, { json: { type: "object", properties: { city: { type: "string", maxLength: 5 } }, required: ["city"] } }], [{ literal: "noop\n" }, { json: { type: "object", properties: {} } }]] },
+        {
+          choice: [
+            [{ literal: "get_weather\n" }, { json: { type: "object", properties: { city: { type: "string", maxLength: 5 } }, required: ["city"] } }],
+            [{ literal: "noop\n" }, { json: { type: "object", properties: {} } }],
+          ],
+        },
       ],
     });
     for (let seed = 1; seed <= 20; seed++) {
@@ -158,7 +191,11 @@ describe("grammar: cached masks", () => {
   it("a cached mask (keyed with the string counters clamped) is the mask computed afresh, at every step and budget", () => {
     const schema = {
       type: "object",
-      properties: { long: { type: "string", minLength: 15, maxLength: 40 }, n: { type: "array", items: { type: "integer" }, minItems: 1, maxItems: 5 }, free: { type: "object" } },
+      properties: {
+        long: { type: "string", minLength: 15, maxLength: 40 },
+        n: { type: "array", items: { type: "integer" }, minItems: 1, maxItems: 5 },
+        free: { type: "object" },
+      },
       required: ["long", "n", "free"],
     };
     const grammar = CompiledGrammar.compile(JSON.stringify({ json: schema }), VOCAB);

@@ -144,13 +144,37 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
     const qb = fill(new Float32Array(n * H * dr), 9 + n);
     const ctx = fill(new Float32Array(L * D), 13);
     return {
-      qa, qaOff: 0, qaTok: H * R, qaHead: R, lenA: R,
-      qb, qbOff: 0, qbTok: H * dr, qbHead: dr, lenB: dr,
-      ka: ctx, kaOff: 0, kaPos: D, kaHead: 0,
-      kb: ctx, kbOff: R, kbPos: D, kbHead: 0,
-      val: ctx, valOff: 0, valPos: D, valHead: 0, lenV: R,
-      out, outOff: 0, outTok: H * R, outHead: R,
-      n, H, start, scale: 0.3,
+      qa,
+      qaOff: 0,
+      qaTok: H * R,
+      qaHead: R,
+      lenA: R,
+      qb,
+      qbOff: 0,
+      qbTok: H * dr,
+      qbHead: dr,
+      lenB: dr,
+      ka: ctx,
+      kaOff: 0,
+      kaPos: D,
+      kaHead: 0,
+      kb: ctx,
+      kbOff: R,
+      kbPos: D,
+      kbHead: 0,
+      val: ctx,
+      valOff: 0,
+      valPos: D,
+      valHead: 0,
+      lenV: R,
+      out,
+      outOff: 0,
+      outTok: H * R,
+      outHead: R,
+      n,
+      H,
+      start,
+      scale: 0.3,
     };
   }
 
@@ -173,7 +197,13 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
   });
 
   it("attend reads a paged cache slab in place, through the block table, with the bits of the gathered rows", () => {
-    const H = 4, R = 40, dr = 8, D = R + dr, bs = 4, n = 3, start = 9;
+    const H = 4,
+      R = 40,
+      dr = 8,
+      D = R + dr,
+      bs = 4,
+      n = 3,
+      start = 9;
     const L = start + n;
     const table = Int32Array.from([5, 0, 3, 6]); // positions 0-3 in block 5, 4-7 in block 0, ...
     const slab = fill(new Float32Array(8 * bs * D), 21);
@@ -189,7 +219,9 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
     attendTs({ ...args, ka: slab, kb: slab, val: slab, out: ts, blockTable: table, blockSize: bs });
     expect(relErr(paged, ts)).toBeLessThan(2e-5);
     // A block id past the slab is refused, not read.
-    expect(() => fast.attend({ ...args, ka: slab, kb: slab, val: slab, out: paged, blockTable: Int32Array.from([5, 0, 8]), blockSize: bs })).toThrow(/too short/);
+    expect(() => fast.attend({ ...args, ka: slab, kb: slab, val: slab, out: paged, blockTable: Int32Array.from([5, 0, 8]), blockSize: bs })).toThrow(
+      /too short/,
+    );
   });
 
   it("every instruction set this CPU has gives the same bits", () => {

@@ -46,7 +46,12 @@ describe("loadWeights onProgress", () => {
 describe("loadExpertShard onProgress", () => {
   it("reports each MoE layer once, ending at the shard's bytes", () => {
     const seen: LoadProgress[] = [];
-    const shard = loadExpertShard(dir, cfg, (_l, e) => e % 2 === 0, (p) => seen.push(p));
+    const shard = loadExpertShard(
+      dir,
+      cfg,
+      (_l, e) => e % 2 === 0,
+      (p) => seen.push(p),
+    );
     expect(shard.expertsByLayer.size).toBeGreaterThan(0);
     expectCounting(seen, shard.expertsByLayer.size, shard.bytes);
   });

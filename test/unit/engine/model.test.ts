@@ -32,74 +32,74 @@ const PRESETS = [
 describe.each(PRESETS.flatMap(([name, opts]) => BACKENDS.map((kernels) => [`${name}, ${kernels} kernels`, opts, kernels] as const)))(
   "forward pass: %s",
   (_name, opts, kernels) => {
-  let model: DeepseekModel;
-  beforeAll(() => {
-    model = DeepseekModel.load(makeCheckpoint(opts), { kernels });
-    expect(model.kernels.name).toBe(kernels === "fast" && !fastKernelsAvailable() ? "portable" : kernels);
-  });
-  afterAll(removeCheckpoints);
+    let model: DeepseekModel;
+    beforeAll(() => {
+      model = DeepseekModel.load(makeCheckpoint(opts), { kernels });
+      expect(model.kernels.name).toBe(kernels === "fast" && !fastKernelsAvailable() ? "portable" : kernels);
+    });
+    afterAll(removeCheckpoints);
 
-  it("absorbed attention equals decompressed attention", async () => {
-    const a = await allLogits(model, "decompressed");
-    const b = await allLogits(model, "absorbed");
-    const d = maxDiff(a, b);
-    expect(d).toBeLessThan(1e-5);
-    // Not trivially equal: the two paths round differently.
-    expect(a.some((v, i) => v !== b[i])).toBe(true);
-  });
+    it("absorbed attention equals decompressed attention", async () => {
+      const a = await allLogits(model, "decompressed");
+      const b = await allLogits(model, "absorbed");
+      const d = maxDiff(a, b);
+      expect(d).toBeLessThan(1e-5);
+      // Not trivially equal: the two paths round differently.
+      expect(a.some((v, i) => v !== b[i])).toBe(true);
+    });
 
-  it("incremental decode on the latent cache equals full recompute", async () => {
-    const full = await allLogits(model, "decompressed");
-    const V = model.config.vocabSize;
-    const cache = new PagedLatentCache({ numLayers: model.cacheLayers, latentDim: model.config.latentDim, blockSize: 4, numBlocks: 16 });
-    const table: number[] = [];
-    cache.ensureCapacity(table, PROMPT.length);
-    const split = 5;
-    const head = await model.forward(cache, [{ blockTable: table, start: 0, tokens: PROMPT.slice(0, split), logits: "last" }], { attention: "decompressed" });
-    expect(maxDiff(head.logits, full.subarray((split - 1) * V, split * V))).toBe(0);
-    for (let p = split; p < PROMPT.length; p++) {
-      const r = await model.forward(cache, [{ blockTable: table, start: p, tokens: [PROMPT[p]!], logits: "last" }], { attention: "absorbed" });
-      expect(maxDiff(r.logits, full.subarray(p * V, (p + 1) * V))).toBeLessThan(1e-5);
-    }
-  });
+    it("incremental decode on the latent cache equals full recompute", async () => {
+      const full = await allLogits(model, "decompressed");
+      const V = model.config.vocabSize;
+      const cache = new PagedLatentCache({ numLayers: model.cacheLayers, latentDim: model.config.latentDim, blockSize: 4, numBlocks: 16 });
+      const table: number[] = [];
+      cache.ensureCapacity(table, PROMPT.length);
+      const split = 5;
+      const head = await model.forward(cache, [{ blockTable: table, start: 0, tokens: PROMPT.slice(0, split), logits: "last" }], { attention: "decompressed" });
+      expect(maxDiff(head.logits, full.subarray((split - 1) * V, split * V))).toBe(0);
+      for (let p = split; p < PROMPT.length; p++) {
+        const r = await model.forward(cache, [{ blockTable: table, start: p, tokens: [PROMPT[p]!], logits: "last" }], { attention: "absorbed" });
+        expect(maxDiff(r.logits, full.subarray(p * V, (p + 1) * V))).toBeLessThan(1e-5);
+      }
+    });
 
-  it("chunked prefill equals one-shot prefill, bit for bit", async () => {
-    const oneShot = await allLogits(model, "decompressed");
-    const V = model.config.vocabSize;
-    const cache = new PagedLatentCache({ numLayers: model.cacheLayers, latentDim: model.config.latentDim, blockSize: 4, numBlocks: 16 });
-    const table: number[] = [];
-    cache.ensureCapacity(table, PROMPT.length);
-    for (let s = 0; s < PROMPT.length; s += 3) {
-      const tokens = PROMPT.slice(s, s + 3);
-      const r = await model.forward(cache, [{ blockTable: table, start: s, tokens, logits: "all" }], { attention: "decompressed" });
-      expect(Array.from(r.logits)).toEqual(Array.from(oneShot.subarray(s * V, (s + tokens.length) * V)));
-    }
-  });
+    it("chunked prefill equals one-shot prefill, bit for bit", async () => {
+      const oneShot = await allLogits(model, "decompressed");
+      const V = model.config.vocabSize;
+      const cache = new PagedLatentCache({ numLayers: model.cacheLayers, latentDim: model.config.latentDim, blockSize: 4, numBlocks: 16 });
+      const table: number[] = [];
+      cache.ensureCapacity(table, PROMPT.length);
+      for (let s = 0; s < PROMPT.length; s += 3) {
+        const tokens = PROMPT.slice(s, s + 3);
+        const r = await model.forward(cache, [{ blockTable: table, start: s, tokens, logits: "all" }], { attention: "decompressed" });
+        expect(Array.from(r.logits)).toEqual(Array.from(oneShot.subarray(s * V, (s + tokens.length) * V)));
+      }
+    });
 
-  it("a batch of sequences gives each the logits it gets alone", async () => {
-    const alone = await allLogits(model, "absorbed");
-    const V = model.config.vocabSize;
-    const cache = new PagedLatentCache({ numLayers: model.cacheLayers, latentDim: model.config.latentDim, blockSize: 4, numBlocks: 32 });
-    const t1: number[] = [];
-    const t2: number[] = [];
-    cache.ensureCapacity(t1, PROMPT.length);
-    cache.ensureCapacity(t2, 4);
-    const seqs: ForwardSeq[] = [
-      { blockTable: t2, start: 0, tokens: [3, 4, 5, 6], logits: "all" },
-      { blockTable: t1, start: 0, tokens: PROMPT, logits: "all" },
-    ];
-    const r = await model.forward(cache, seqs, { attention: "absorbed" });
-    const rows = r.logits.subarray(r.logitRow[1]! * V, (r.logitRow[1]! + PROMPT.length) * V);
-    expect(Array.from(rows)).toEqual(Array.from(alone));
-  });
+    it("a batch of sequences gives each the logits it gets alone", async () => {
+      const alone = await allLogits(model, "absorbed");
+      const V = model.config.vocabSize;
+      const cache = new PagedLatentCache({ numLayers: model.cacheLayers, latentDim: model.config.latentDim, blockSize: 4, numBlocks: 32 });
+      const t1: number[] = [];
+      const t2: number[] = [];
+      cache.ensureCapacity(t1, PROMPT.length);
+      cache.ensureCapacity(t2, 4);
+      const seqs: ForwardSeq[] = [
+        { blockTable: t2, start: 0, tokens: [3, 4, 5, 6], logits: "all" },
+        { blockTable: t1, start: 0, tokens: PROMPT, logits: "all" },
+      ];
+      const r = await model.forward(cache, seqs, { attention: "absorbed" });
+      const rows = r.logits.subarray(r.logitRow[1]! * V, (r.logitRow[1]! + PROMPT.length) * V);
+      expect(Array.from(rows)).toEqual(Array.from(alone));
+    });
 
-  it.skipIf(kernels === "reference")("stays within 2e-4 of the reference kernels' logits", async () => {
-    const ref = DeepseekModel.load(makeCheckpoint(opts), { kernels: "reference" });
-    for (const attention of ["absorbed", "decompressed"] as const) {
-      const d = maxDiff(await allLogits(model, attention), await allLogits(ref, attention));
-      expect(d).toBeLessThan(2e-4);
-    }
-  });
+    it.skipIf(kernels === "reference")("stays within 2e-4 of the reference kernels' logits", async () => {
+      const ref = DeepseekModel.load(makeCheckpoint(opts), { kernels: "reference" });
+      for (const attention of ["absorbed", "decompressed"] as const) {
+        const d = maxDiff(await allLogits(model, attention), await allLogits(ref, attention));
+        expect(d).toBeLessThan(2e-4);
+      }
+    });
   },
 );
 
@@ -119,7 +119,11 @@ describe.each(BACKENDS)("generation on the %s kernels", (kernels) => {
       return out;
     };
     const plain = await run(false, 256);
-    for (const [spec, chunk] of [[true, 256], [true, 3], [false, 5]] as const) {
+    for (const [spec, chunk] of [
+      [true, 256],
+      [true, 3],
+      [false, 5],
+    ] as const) {
       const other = await run(spec, chunk);
       expect(other.map((t) => [t.id, t.logprob])).toEqual(plain.map((t) => [t.id, t.logprob]));
     }

@@ -233,9 +233,7 @@ async function trace(model: DeepseekModel): Promise<Float32Array[]> {
 /** Greedy tokens of a small batch through the Engine (prefill, MTP-speculative decode steps). */
 async function generate(model: DeepseekModel): Promise<number[][]> {
   const engine = new Engine(model, { blockSize: 4, numBlocks: 64, prefillChunk: 6 });
-  const seqs: Sequence[] = PROMPTS.map((p, i) =>
-    engine.newSequence(`s${i}`, p, { temperature: 0, topP: 1, topK: -1, maxTokens: 8, ignoreEos: true }),
-  );
+  const seqs: Sequence[] = PROMPTS.map((p, i) => engine.newSequence(`s${i}`, p, { temperature: 0, topP: 1, topK: -1, maxTokens: 8, ignoreEos: true }));
   await engine.prefill(seqs);
   while (seqs.some((s) => !s.finished)) await engine.step(seqs.filter((s) => !s.finished));
   return seqs.map((s) => s.output.map((t) => t.id));

@@ -40,7 +40,8 @@ describe("prefixBlockHashes", () => {
 
   it("chains: a prompt's keys are the prefix of a longer prompt's keys", () => {
     const long = prefixBlockHashes(t, 4);
-    for (let len = 1; len <= t.length; len++) expect(long.slice(0, prefixBlockHashes(t.slice(0, len), 4).length)).toEqual(prefixBlockHashes(t.slice(0, len), 4));
+    for (let len = 1; len <= t.length; len++)
+      expect(long.slice(0, prefixBlockHashes(t.slice(0, len), 4).length)).toEqual(prefixBlockHashes(t.slice(0, len), 4));
     expect(new Set(long).size).toBe(long.length);
     expect(long[0]).toMatch(/^[0-9a-f]{32}$/);
   });
@@ -228,7 +229,10 @@ function expectSameRun(got: Run, want: Run): void {
   expect(got.rows).toHaveLength(want.rows.length);
   got.rows.forEach((r, layer) => {
     // Every position arrived (no NaN left) and equals the uncached run's row bit for bit.
-    expect(r.some((v) => Number.isNaN(v)), `layer ${layer} has missing rows`).toBe(false);
+    expect(
+      r.some((v) => Number.isNaN(v)),
+      `layer ${layer} has missing rows`,
+    ).toBe(false);
     expect(Buffer.from(r.buffer).equals(Buffer.from(want.rows[layer]!.buffer)), `layer ${layer} rows differ`).toBe(true);
   });
   if (want.promptLogits) expect(Array.from(got.promptLogits!)).toEqual(Array.from(want.promptLogits));

@@ -61,9 +61,30 @@ describe("LogitsProcessor equals the dense float32 reference, bit for bit", () =
     { name: "negative frequency", p: { frequencyPenalty: -1.3 } },
     { name: "repetition", p: { repetitionPenalty: 1.37 } },
     { name: "repetition below 1", p: { repetitionPenalty: 0.61 } },
-    { name: "logit bias", p: { logitBias: [[3, -100], [7, 2.5], [200, 100]] } },
+    {
+      name: "logit bias",
+      p: {
+        logitBias: [
+          [3, -100],
+          [7, 2.5],
+          [200, 100],
+        ],
+      },
+    },
     { name: "min_tokens (still held)", p: { minTokens: 100 } },
-    { name: "all together", p: { presencePenalty: -0.4, frequencyPenalty: 0.9, repetitionPenalty: 1.9, logitBias: [[0, 1.1], [250, -3.3]], minTokens: 3 } },
+    {
+      name: "all together",
+      p: {
+        presencePenalty: -0.4,
+        frequencyPenalty: 0.9,
+        repetitionPenalty: 1.9,
+        logitBias: [
+          [0, 1.1],
+          [250, -3.3],
+        ],
+        minTokens: 3,
+      },
+    },
   ];
   for (const { name, p } of cases) {
     it(name, () => {
@@ -126,7 +147,14 @@ describe("each processor changes exactly the logits it should", () => {
   });
 
   it("logit_bias: only the named tokens", () => {
-    expect(changed({ logitBias: [[5, 3], [40, -3]] })).toEqual([5, 40]);
+    expect(
+      changed({
+        logitBias: [
+          [5, 3],
+          [40, -3],
+        ],
+      }),
+    ).toEqual([5, 40]);
   });
 
   it("min_tokens: only the stop ids, and only while the output is shorter", () => {

@@ -101,9 +101,7 @@ describe("Rng", () => {
     const rng = Rng.fromState([1, 2, 3, 4]);
     const got = Array.from({ length: 10 }, () => rng.nextUint32());
     // Published with Rust rand_xoshiro, produced by Vigna's reference xoshiro128starstar.c.
-    expect(got).toEqual([
-      11520, 0, 5927040, 70819200, 2031721883, 1637235492, 1287239034, 3734860849, 3729100597, 4258142804,
-    ]);
+    expect(got).toEqual([11520, 0, 5927040, 70819200, 2031721883, 1637235492, 1287239034, 3734860849, 3729100597, 4258142804]);
   });
 
   it("is reproducible for a seed and differs between seeds", () => {
@@ -144,13 +142,7 @@ describe("Rng", () => {
     expect(r.statistic).toBeLessThan(r.critical);
   });
 
-  it.each([
-    [[1, 2, 3]],
-    [[0, 0, 0, 0]],
-    [[1, 2, 3, -1]],
-    [[1, 2, 3, 2 ** 32]],
-    [[1, 2, 3, 0.5]],
-  ])("fromState rejects %j", (words) => {
+  it.each([[[1, 2, 3]], [[0, 0, 0, 0]], [[1, 2, 3, -1]], [[1, 2, 3, 2 ** 32]], [[1, 2, 3, 0.5]]])("fromState rejects %j", (words) => {
     expect(() => Rng.fromState(words)).toThrow(InvalidArgumentError);
   });
 
@@ -310,8 +302,7 @@ describe("seeded sampling", () => {
 describe("processed distribution matches an independent full-sort reference", () => {
   const combos: Array<Partial<SamplingParams>> = [];
   for (const temperature of [0.5, 1, 1.7])
-    for (const topK of [0, -1, 1, 5, 50, 999, 1000, 5000])
-      for (const topP of [1, 0.9, 0.5, 0.01]) combos.push({ temperature, topK, topP });
+    for (const topK of [0, -1, 1, 5, 50, 999, 1000, 5000]) for (const topP of [1, 0.9, 0.5, 0.01]) combos.push({ temperature, topK, topP });
 
   it.each([
     ["continuous logits", false],

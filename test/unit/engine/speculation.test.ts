@@ -4,15 +4,7 @@
  * computed when it resumes, bit for bit the rows (and drafts) of a sequence that drafted all along.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  DeepseekModel,
-  Engine,
-  type DraftingState,
-  type EmittedToken,
-  type EngineOptions,
-  type GenerationParams,
-  type Sequence,
-} from "@moela/engine";
+import { DeepseekModel, Engine, type DraftingState, type EmittedToken, type EngineOptions, type GenerationParams, type Sequence } from "@moela/engine";
 import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
 
 const PROMPT = [0, 399, 332, 17, 256, 901, 44, 12, 730, 5, 66, 120, 7];

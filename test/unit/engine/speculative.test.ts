@@ -60,10 +60,7 @@ describe("greedy speculation equals greedy decoding", () => {
       while (expectedAccepted < k && draftTokens[expectedAccepted] === argmax(targetLogits[expectedAccepted]!)) {
         expectedAccepted++;
       }
-      const expectedTokens = [
-        ...draftTokens.slice(0, expectedAccepted),
-        argmax(targetLogits[expectedAccepted]!),
-      ];
+      const expectedTokens = [...draftTokens.slice(0, expectedAccepted), argmax(targetLogits[expectedAccepted]!)];
       const result = verifyDraft({ draftTokens, draftProbs, targetProbs, rng: new Rng(trial) });
       expect(result).toEqual({ accepted: expectedAccepted, tokens: expectedTokens });
       if (expectedAccepted > 0) acceptedSome++;
@@ -136,9 +133,7 @@ describe("the first emitted token is distributed as the target p_0 (chi-square, 
     const alpha = sumMin(p, q);
     expect(alpha).toBeGreaterThan(0.05);
     expect(alpha).toBeLessThan(0.95);
-    expect(Math.abs(accepted - TRIALS * alpha)).toBeLessThanOrEqual(
-      normalCritical() * Math.sqrt(TRIALS * alpha * (1 - alpha)),
-    );
+    expect(Math.abs(accepted - TRIALS * alpha)).toBeLessThanOrEqual(normalCritical() * Math.sqrt(TRIALS * alpha * (1 - alpha)));
   });
 });
 
@@ -309,16 +304,8 @@ describe("input validation", () => {
       () => verifyDraft({ draftTokens: [0], draftProbs: [f32([1, 0, 0])], targetProbs: [p, p], rng: new Rng(1) }),
       /draftProbs\[0\] has length 3, expected 2/,
     ],
-    [
-      "token out of range",
-      () => verifyDraft({ draftTokens: [2], draftProbs: [p], targetProbs: [p, p], rng: new Rng(1) }),
-      /draftTokens\[0\] = 2/,
-    ],
-    [
-      "fractional token",
-      () => verifyDraft({ draftTokens: [0.5], draftProbs: [p], targetProbs: [p, p], rng: new Rng(1) }),
-      /draftTokens\[0\]/,
-    ],
+    ["token out of range", () => verifyDraft({ draftTokens: [2], draftProbs: [p], targetProbs: [p, p], rng: new Rng(1) }), /draftTokens\[0\] = 2/],
+    ["fractional token", () => verifyDraft({ draftTokens: [0.5], draftProbs: [p], targetProbs: [p, p], rng: new Rng(1) }), /draftTokens\[0\]/],
     [
       "bonus distribution without mass",
       () => verifyDraft({ draftTokens: [0], draftProbs: [p], targetProbs: [p, f32([0, 0])], rng: new Rng(1) }),

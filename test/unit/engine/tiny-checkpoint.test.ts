@@ -34,7 +34,12 @@ const SMALL: GenerateOptions = {
 };
 
 function filesOf(dir: string): Map<string, Buffer> {
-  return new Map(fs.readdirSync(dir).sort().map((f) => [f, fs.readFileSync(path.join(dir, f))]));
+  return new Map(
+    fs
+      .readdirSync(dir)
+      .sort()
+      .map((f) => [f, fs.readFileSync(path.join(dir, f))]),
+  );
 }
 
 describe("tiny checkpoint generator", () => {

@@ -62,13 +62,33 @@ describe("expert-host config", () => {
 
   it.each<[string, string[], Record<string, string>, RegExp]>([
     ["a missing model", ["--shard-index", "0", "--shard-count", "1"], {}, /--model \/ MOELA_EXPERT_HOST_MODEL: is required/],
-    ["a non-integer shard index", [...base, "--shard-index", "x"], {}, /--shard-index \/ MOELA_EXPERT_HOST_SHARD_INDEX: must be a non-negative integer \(got "x"\)/],
-    ["a bad env shard count", ["--model", "/m", "--shard-index", "0"], { MOELA_EXPERT_HOST_SHARD_COUNT: "0" }, /--shard-count \/ MOELA_EXPERT_HOST_SHARD_COUNT: must be >= 1/],
-    ["a shard index past the count", ["--model", "/m", "--shard-index", "2", "--shard-count", "2"], {}, /--shard-index \/ MOELA_EXPERT_HOST_SHARD_INDEX is 2, must be below --shard-count/],
+    [
+      "a non-integer shard index",
+      [...base, "--shard-index", "x"],
+      {},
+      /--shard-index \/ MOELA_EXPERT_HOST_SHARD_INDEX: must be a non-negative integer \(got "x"\)/,
+    ],
+    [
+      "a bad env shard count",
+      ["--model", "/m", "--shard-index", "0"],
+      { MOELA_EXPERT_HOST_SHARD_COUNT: "0" },
+      /--shard-count \/ MOELA_EXPERT_HOST_SHARD_COUNT: must be >= 1/,
+    ],
+    [
+      "a shard index past the count",
+      ["--model", "/m", "--shard-index", "2", "--shard-count", "2"],
+      {},
+      /--shard-index \/ MOELA_EXPERT_HOST_SHARD_INDEX is 2, must be below --shard-count/,
+    ],
     ["an unknown precision", [...base, "--precision", "fp4"], {}, /--precision \/ MOELA_EXPERT_HOST_PRECISION: must be one of exact, paper, paper-logfmt8/],
     ["an address without a port", [...base, "--grpc-address", "localhost"], {}, /--grpc-address \/ MOELA_EXPERT_HOST_GRPC_ADDRESS: must be host:port/],
     ["a port out of range", [...base, "--metrics-address", "127.0.0.1:70000"], {}, /--metrics-address \/ MOELA_EXPERT_HOST_METRICS_ADDRESS: port must be in/],
-    ["a bad boolean twin", base, { MOELA_EXPERT_HOST_PER_EXPERT_METRICS: "yes" }, /--per-expert-metrics \/ MOELA_EXPERT_HOST_PER_EXPERT_METRICS: must be true or false/],
+    [
+      "a bad boolean twin",
+      base,
+      { MOELA_EXPERT_HOST_PER_EXPERT_METRICS: "yes" },
+      /--per-expert-metrics \/ MOELA_EXPERT_HOST_PER_EXPERT_METRICS: must be true or false/,
+    ],
     ["an unknown flag", [...base, "--shards", "2"], {}, /Unknown option '--shards'/],
     ["unknown kernels", [...base, "--kernels", "gpu"], {}, /--kernels \/ MOELA_EXPERT_HOST_KERNELS: must be fast, portable or reference/],
     ["zero threads", [...base, "--threads", "0"], {}, /--threads \/ MOELA_EXPERT_HOST_THREADS: must be >= 1/],

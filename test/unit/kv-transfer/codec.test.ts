@@ -90,7 +90,16 @@ describe("frames on the wire (PushRequest)", () => {
     ],
     [
       "layer",
-      { kind: "layer", layer: 3, tokenStart: 2, tokenCount: 1, dtype: "f32", shape: [1, 4], data: encodeRows(new Float32Array([1, 2, 3, 4]), "f32"), sha256: sha256(new Uint8Array([9])) },
+      {
+        kind: "layer",
+        layer: 3,
+        tokenStart: 2,
+        tokenCount: 1,
+        dtype: "f32",
+        shape: [1, 4],
+        data: encodeRows(new Float32Array([1, 2, 3, 4]), "f32"),
+        sha256: sha256(new Uint8Array([9])),
+      },
     ],
     [
       "end with a sampled draft",
@@ -98,7 +107,14 @@ describe("frames on the wire (PushRequest)", () => {
         kind: "end",
         numChunks: 12,
         sha256: sha256(new Uint8Array([1])),
-        firstToken: { id: 42, logprob: -0.5, top: [[42, -0.5], [7, -1.25]] },
+        firstToken: {
+          id: 42,
+          logprob: -0.5,
+          top: [
+            [42, -0.5],
+            [7, -1.25],
+          ],
+        },
         draft: { token: 3, probs },
         rngState: [1, 0xffffffff, 0, 77],
         drafted: 0,
@@ -107,7 +123,16 @@ describe("frames on the wire (PushRequest)", () => {
     ],
     [
       "end, greedy, no logprobs asked, no draft",
-      { kind: "end", numChunks: 1, sha256: sha256(new Uint8Array([2])), firstToken: { id: 0, logprob: -2, top: null }, draft: null, rngState: [9, 9, 9, 9], drafted: 4, accepted: 3 },
+      {
+        kind: "end",
+        numChunks: 1,
+        sha256: sha256(new Uint8Array([2])),
+        firstToken: { id: 0, logprob: -2, top: null },
+        draft: null,
+        rngState: [9, 9, 9, 9],
+        drafted: 4,
+        accepted: 3,
+      },
     ],
   ];
 
@@ -158,7 +183,11 @@ describe("frames on the wire (PushRequest)", () => {
 
   it.each([
     ["an empty message", {}, /none of begin, layer, end/],
-    ["a layer without its tensor", { chunk: { $case: "layer", value: { layer: 0, tokenStart: 0, tokenCount: 1, sha256: Buffer.alloc(32) } } }, /no latent tensor/],
+    [
+      "a layer without its tensor",
+      { chunk: { $case: "layer", value: { layer: 0, tokenStart: 0, tokenCount: 1, sha256: Buffer.alloc(32) } } },
+      /no latent tensor/,
+    ],
     ["a begin without sampling", { chunk: { $case: "begin", value: { transferId: "t", kvDtype: 1 } } }, /KvBegin.sampling is missing/],
     ["a begin in FP8", { chunk: { $case: "begin", value: { transferId: "t", kvDtype: 4, sampling: {} } } }, /kv_dtype DTYPE_F8_E4M3 is not F32 or BF16/],
     ["an end without the first token's logprobs", { chunk: { $case: "end", value: { firstTokenId: 1 } } }, /first_token_logprobs is missing/],

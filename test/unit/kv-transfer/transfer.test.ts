@@ -68,7 +68,9 @@ describe.each([
     expect(outcome.ok).toBe(true);
     expect(sender.poll()).toBe(KvPoll.Success);
     expect(decode.admitted).toHaveLength(1);
-    const meta: KvTransferMeta = { ...kvTransferMeta(prefill, prefill.newSequence("x", PROMPT, params), { transferId: "", requestId: "", modelId: "", logprobs: true }) };
+    const meta: KvTransferMeta = {
+      ...kvTransferMeta(prefill, prefill.newSequence("x", PROMPT, params), { transferId: "", requestId: "", modelId: "", logprobs: true }),
+    };
     // Main layers + the MTP block, every prompt position, in the profile's dtype.
     expect(meta.numLayers).toBe(model.config.numHiddenLayers + 1);
     expect(sender.bytesSent).toBe(transferBytes(meta));
@@ -210,15 +212,35 @@ describe("failed transfers free every reserved block and say why", () => {
     ["truncated stream (connection dropped)", (f, i) => (i === 9 ? "hangup" : [f]), Code.DATA_LOSS, /the stream ended before KvEnd/],
     ["truncated stream (no KvEnd)", (f) => (f.kind === "end" ? [] : [f]), Code.DATA_LOSS, /the stream ended before KvEnd/],
     ["lost middle chunk (the next one is out of order)", (f, i) => (i === 2 ? [] : [f]), Code.INVALID_ARGUMENT, /layer 1 continues at token 5, expected 0/],
-    ["lost last chunk of a layer", (f) => (f.kind === "layer" && f.layer === 0 && f.tokenStart === 10 ? [] : [f]), Code.DATA_LOSS, /layer 0 is incomplete: tokens \[0, 10\) of 13/],
+    [
+      "lost last chunk of a layer",
+      (f) => (f.kind === "layer" && f.layer === 0 && f.tokenStart === 10 ? [] : [f]),
+      Code.DATA_LOSS,
+      /layer 0 is incomplete: tokens \[0, 10\) of 13/,
+    ],
     ["layer before KvBegin", (f) => (f.kind === "begin" ? [] : [f]), Code.INVALID_ARGUMENT, /a layer message arrived before KvBegin/],
     ["wrong shape", (f) => (f.kind === "layer" && f.layer === 2 ? [{ ...f, shape: [f.tokenCount, 3] }] : [f]), Code.INVALID_ARGUMENT, /latent shape/],
-    ["rows in the wrong dtype", (f) => (f.kind === "layer" ? [{ ...f, dtype: "bf16" as const }] : [f]), Code.INVALID_ARGUMENT, /latent dtype bf16, KvBegin announced f32/],
-    ["non-finite latents (checksum intact)", (f, i) => [i === 4 ? nanRows(f) : f], Code.INVALID_ARGUMENT, /latent value NaN at token \d+, column 3 of layer \d+; KV rows must be finite/],
+    [
+      "rows in the wrong dtype",
+      (f) => (f.kind === "layer" ? [{ ...f, dtype: "bf16" as const }] : [f]),
+      Code.INVALID_ARGUMENT,
+      /latent dtype bf16, KvBegin announced f32/,
+    ],
+    [
+      "non-finite latents (checksum intact)",
+      (f, i) => [i === 4 ? nanRows(f) : f],
+      Code.INVALID_ARGUMENT,
+      /latent value NaN at token \d+, column 3 of layer \d+; KV rows must be finite/,
+    ],
     ["tampered total checksum", (f) => (f.kind === "end" ? [{ ...f, sha256: new Uint8Array(32) }] : [f]), Code.DATA_LOSS, /total checksum mismatch/],
     ["another model's KV", (f) => (f.kind === "begin" ? [{ ...f, modelId: "other" }] : [f]), Code.INVALID_ARGUMENT, /KV of model "other"/],
     ["an all-zero rng state", (f) => (f.kind === "end" ? [{ ...f, rngState: [0, 0, 0, 0] }] : [f]), Code.INVALID_ARGUMENT, /rng_state/],
-    ["a first token outside the vocabulary", (f) => (f.kind === "end" ? [{ ...f, firstToken: { ...f.firstToken, id: 1 << 20 } }] : [f]), Code.INVALID_ARGUMENT, /first_token_id/],
+    [
+      "a first token outside the vocabulary",
+      (f) => (f.kind === "end" ? [{ ...f, firstToken: { ...f.firstToken, id: 1 << 20 } }] : [f]),
+      Code.INVALID_ARGUMENT,
+      /first_token_id/,
+    ],
   ];
 
   it.each(cases)("%s", async (_name, intercept, code, reason) => {
@@ -273,7 +295,10 @@ describe("failed transfers free every reserved block and say why", () => {
     expect(first.outcome.ok).toBe(true);
     const held = decode.engine.cache.usedBlocks;
     const second = await prefillAndSend(prefill, connectInProcess(decode.inbox), PROMPT, GREEDY, { transferId: "t-dup", requestId: "req-b" });
-    expect(second.outcome).toEqual({ ok: false, failure: { code: Code.ALREADY_EXISTS, reason: expect.stringMatching(/t-dup: this transfer id was seen before/) } });
+    expect(second.outcome).toEqual({
+      ok: false,
+      failure: { code: Code.ALREADY_EXISTS, reason: expect.stringMatching(/t-dup: this transfer id was seen before/) },
+    });
     expect(decode.engine.cache.usedBlocks).toBe(held);
     expect(decode.admitted.map((s) => s.id)).toEqual(["req-a"]);
     decode.engine.release(decode.admitted[0]!);
@@ -286,8 +311,18 @@ describe("failed transfers free every reserved block and say why", () => {
     // Prompt 13 + max_tokens 12 + 1 needs 7 blocks of 4; 6 exist.
     const decode = decodeSide(model, 6);
     const chunks: number[] = [];
-    const { outcome, sender } = await prefillAndSend(prefill, connectInProcess(decode.inbox), PROMPT, GREEDY, { transferId: "t-full", requestId: "req-full" }, { onChunk: (b) => chunks.push(b) });
-    expect(outcome).toEqual({ ok: false, failure: { code: Code.RESOURCE_EXHAUSTED, reason: expect.stringMatching(/KV cache full: need 7 more blocks, 6 free of 6/) } });
+    const { outcome, sender } = await prefillAndSend(
+      prefill,
+      connectInProcess(decode.inbox),
+      PROMPT,
+      GREEDY,
+      { transferId: "t-full", requestId: "req-full" },
+      { onChunk: (b) => chunks.push(b) },
+    );
+    expect(outcome).toEqual({
+      ok: false,
+      failure: { code: Code.RESOURCE_EXHAUSTED, reason: expect.stringMatching(/KV cache full: need 7 more blocks, 6 free of 6/) },
+    });
     // The early answer reached the sender before its first row: nothing was encoded or sent.
     expect(chunks).toEqual([]);
     expect(sender.bytesSent).toBe(0);
@@ -336,7 +371,10 @@ describe("failed transfers free every reserved block and say why", () => {
     const connector = connectInProcess(decode.inbox, {
       intercept: (f) => (f.kind === "end" && f.draft !== null ? [{ ...f, draft: { token: f.draft.token, probs: null } }] : [f]),
     });
-    const { outcome } = await prefillAndSend(new Engine(model, { blockSize: 4, numBlocks: 64 }), connector, PROMPT, SAMPLED, { transferId: "t-dp", requestId: "req-dp" });
+    const { outcome } = await prefillAndSend(new Engine(model, { blockSize: 4, numBlocks: 64 }), connector, PROMPT, SAMPLED, {
+      transferId: "t-dp",
+      requestId: "req-dp",
+    });
     expect(outcome.ok === false && outcome.failure.reason).toMatch(/draft_probs must be \[\d+\] for a sampled request, got none/);
     expect(decode.engine.cache.usedBlocks).toBe(0);
   });

@@ -32,12 +32,25 @@ describe("ChunkCounter", () => {
   it.each<[string, object[], unknown[]]>([
     [
       "text chunks without counts: one guessed token each; the usage chunk gives the totals",
-      [{ choices: [{ text: "a" }] }, { choices: [{ text: "" }] }, { choices: [{ text: "bc", finish_reason: "length" }] }, { choices: [], usage: { prompt_tokens: 7, completion_tokens: 3 } }],
-      [{ kind: "tokens", tokens: 1, exact: false }, { kind: "tokens", tokens: 1, exact: false }, { kind: "usage", promptTokens: 7, completionTokens: 3 }],
+      [
+        { choices: [{ text: "a" }] },
+        { choices: [{ text: "" }] },
+        { choices: [{ text: "bc", finish_reason: "length" }] },
+        { choices: [], usage: { prompt_tokens: 7, completion_tokens: 3 } },
+      ],
+      [
+        { kind: "tokens", tokens: 1, exact: false },
+        { kind: "tokens", tokens: 1, exact: false },
+        { kind: "usage", promptTokens: 7, completionTokens: 3 },
+      ],
     ],
     [
       "per-chunk usage: the growth of completion_tokens, even with empty text",
-      [{ choices: [{ text: "a" }], usage: { prompt_tokens: 7, completion_tokens: 1 } }, { choices: [{ text: "" }], usage: { prompt_tokens: 7, completion_tokens: 3 } }, { choices: [], usage: { prompt_tokens: 7, completion_tokens: 3 } }],
+      [
+        { choices: [{ text: "a" }], usage: { prompt_tokens: 7, completion_tokens: 1 } },
+        { choices: [{ text: "" }], usage: { prompt_tokens: 7, completion_tokens: 3 } },
+        { choices: [], usage: { prompt_tokens: 7, completion_tokens: 3 } },
+      ],
       [
         { kind: "tokens", tokens: 1, exact: true },
         { kind: "usage", promptTokens: 7, completionTokens: 1 },
@@ -46,14 +59,14 @@ describe("ChunkCounter", () => {
         { kind: "usage", promptTokens: 7, completionTokens: 3 },
       ],
     ],
-    [
-      "logprobs: one entry per token",
-      [{ choices: [{ text: "ab", logprobs: { tokens: ["a", "b"] } }] }],
-      [{ kind: "tokens", tokens: 2, exact: true }],
-    ],
+    ["logprobs: one entry per token", [{ choices: [{ text: "ab", logprobs: { tokens: ["a", "b"] } }] }], [{ kind: "tokens", tokens: 2, exact: true }]],
     [
       "chat: role header and bare finish are not tokens",
-      [{ choices: [{ delta: { role: "assistant", content: "" } }] }, { choices: [{ delta: { content: "hi" } }] }, { choices: [{ delta: {}, finish_reason: "stop" }] }],
+      [
+        { choices: [{ delta: { role: "assistant", content: "" } }] },
+        { choices: [{ delta: { content: "hi" } }] },
+        { choices: [{ delta: {}, finish_reason: "stop" }] },
+      ],
       [{ kind: "tokens", tokens: 1, exact: false }],
     ],
   ])("%s", (_, chunks, want) => {

@@ -1,7 +1,17 @@
 // Length distributions and the seeded workload: parsing, bounds, determinism.
 import { describe, expect, it } from "vitest";
 import { InvalidArgumentError } from "@moela/core";
-import { Rng, buildRequests, deriveSeed, formatLengthDist, parseIdRange, parseLengthDist, parseLengthList, sampleLength, type LengthDist } from "@moela/loadgen";
+import {
+  Rng,
+  buildRequests,
+  deriveSeed,
+  formatLengthDist,
+  parseIdRange,
+  parseLengthDist,
+  parseLengthList,
+  sampleLength,
+  type LengthDist,
+} from "@moela/loadgen";
 
 describe("parseLengthDist", () => {
   it.each<[string, LengthDist]>([

@@ -62,7 +62,10 @@ describe("buildReport", () => {
     expect(rows[0]).toContain("100 / 100 / 100");
     expect(rows[2]).toContain("1.50x / 1.50x / 1.50x");
     // Every line of a table has the same width.
-    const table = text.split("\n").filter((l) => l.startsWith("|")).slice(0, 4);
+    const table = text
+      .split("\n")
+      .filter((l) => l.startsWith("|"))
+      .slice(0, 4);
     expect(new Set(table.map((l) => l.length)).size).toBe(1);
   });
 

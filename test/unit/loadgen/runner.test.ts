@@ -52,7 +52,7 @@ function fakeTarget(clock: FakeClock, name: string, calls: Call[], o: FakeOption
       await clock.sleep(o.ttft(spec));
       if (o.failIf?.(spec)) throw new Error(`HTTP 500: ${name} failed ${spec.index}`);
       const k = o.perChunk ?? 1;
-      for (let sent = 0; sent < spec.maxTokens; ) {
+      for (let sent = 0; sent < spec.maxTokens;) {
         if (signal.aborted) throw new Error("aborted");
         if (sent > 0) await clock.sleep(o.itl);
         const n = Math.min(k, spec.maxTokens - sent);
@@ -120,7 +120,16 @@ describe("closed loop", () => {
     const clock = new FakeClock();
     const calls: Call[] = [];
     const t = fakeTarget(clock, "a", calls, { ttft: () => 100, itl: 10 });
-    const runs = await runBench(plan(clock, [t], [{ kind: "concurrency", value: 1 }, { kind: "concurrency", value: 4 }]));
+    const runs = await runBench(
+      plan(
+        clock,
+        [t],
+        [
+          { kind: "concurrency", value: 1 },
+          { kind: "concurrency", value: 4 },
+        ],
+      ),
+    );
     expect(runs.map((r) => levelStats(r.records[0]!).durationS)).toEqual([0.56, 0.14]);
     expect(runs[1]!.records[0]![0]!.sendAt).toBe(560);
     expect(calls[0]!.prompt).not.toEqual(calls[4]!.prompt);
@@ -181,10 +190,15 @@ describe("two targets", () => {
     expect(order).toEqual(["a0", "a0", "a1", "b0", "b0", "b1", "b2", "b3", "a2", "a3"]);
     const byTarget = (n: string) => calls.filter((c) => c.target === n).slice(1);
     expect(byTarget("a").map((c) => c.prompt)).toEqual(byTarget("b").map((c) => c.prompt));
-    const report = buildReport(runs, [
-      { name: "a", url: "fake://a", model: "m" },
-      { name: "b", url: "fake://b", model: "m" },
-    ], {}, new Date(0));
+    const report = buildReport(
+      runs,
+      [
+        { name: "a", url: "fake://a", model: "m" },
+        { name: "b", url: "fake://b", model: "m" },
+      ],
+      {},
+      new Date(0),
+    );
     const [level] = report.levels;
     // Each round is 2 requests at C=2: a takes 140 ms a round, b 280 ms. The window spans both rounds and
     // what ran between them, so compare per-request figures, which are exact.
@@ -201,14 +215,31 @@ describe("two targets", () => {
     const calls: Call[] = [];
     const a = fakeTarget(clock, "a", calls, { ttft: () => 100, itl: 10 });
     const b = fakeTarget(clock, "b", calls, { ttft: () => 100, itl: 10 });
-    await runBench(plan(clock, [a, b], [{ kind: "concurrency", value: 4 }, { kind: "concurrency", value: 4 }, { kind: "concurrency", value: 4 }]));
+    await runBench(
+      plan(
+        clock,
+        [a, b],
+        [
+          { kind: "concurrency", value: 4 },
+          { kind: "concurrency", value: 4 },
+          { kind: "concurrency", value: 4 },
+        ],
+      ),
+    );
     const firsts = calls.filter((c) => c.index === 0).map((c) => c.target);
     expect(firsts).toEqual(["a", "b", "b", "a", "a", "b"]);
   });
 
   it("splitRounds and roundOrder", () => {
-    expect(splitRounds(10, 3)).toEqual([[0, 3], [3, 6], [6, 10]]);
-    expect(splitRounds(2, 5)).toEqual([[0, 1], [1, 2]]);
+    expect(splitRounds(10, 3)).toEqual([
+      [0, 3],
+      [3, 6],
+      [6, 10],
+    ]);
+    expect(splitRounds(2, 5)).toEqual([
+      [0, 1],
+      [1, 2],
+    ]);
     expect(splitRounds(4, 1)).toEqual([[0, 4]]);
     expect(roundOrder(2, 0)).toEqual([0, 1]);
     expect(roundOrder(2, 1)).toEqual([1, 0]);
@@ -262,7 +293,17 @@ describe("failures and token counting", () => {
     const ac = new AbortController();
     const t = fakeTarget(clock, "a", [], { ttft: () => 100, itl: 10 });
     void clock.sleep(200).then(() => ac.abort(new Error("interrupted")));
-    const runs = await runBench(plan(clock, [t], [{ kind: "concurrency", value: 1 }, { kind: "concurrency", value: 1 }], { signal: ac.signal }));
+    const runs = await runBench(
+      plan(
+        clock,
+        [t],
+        [
+          { kind: "concurrency", value: 1 },
+          { kind: "concurrency", value: 1 },
+        ],
+        { signal: ac.signal },
+      ),
+    );
     expect(runs).toHaveLength(1);
     const rs = runs[0]!.records[0]!;
     expect(rs.map((r) => r.error ?? "ok")).toEqual(["ok", "aborted"]);

@@ -29,17 +29,44 @@ function rec(over: Partial<RequestRecord>): RequestRecord {
 
 describe("requestMetrics", () => {
   it("one token per chunk: TTFT, ITL gaps, TPOT, E2E", () => {
-    const r = rec({ sendAt: 1000, endAt: 1075, chunks: [{ at: 1040, tokens: 1 }, { at: 1050, tokens: 1 }, { at: 1070, tokens: 1 }], outputTokens: 3 });
+    const r = rec({
+      sendAt: 1000,
+      endAt: 1075,
+      chunks: [
+        { at: 1040, tokens: 1 },
+        { at: 1050, tokens: 1 },
+        { at: 1070, tokens: 1 },
+      ],
+      outputTokens: 3,
+    });
     expect(requestMetrics(r)).toEqual({ ttft: 40, tpot: 15, e2e: 75, itl: [10, 20] });
   });
 
   it("a chunk of k tokens with exact counts is k gaps of gap / k (SGLang)", () => {
-    const r = rec({ sendAt: 0, endAt: 60, chunks: [{ at: 20, tokens: 1 }, { at: 40, tokens: 2 }, { at: 60, tokens: 1 }], outputTokens: 4 });
+    const r = rec({
+      sendAt: 0,
+      endAt: 60,
+      chunks: [
+        { at: 20, tokens: 1 },
+        { at: 40, tokens: 2 },
+        { at: 60, tokens: 1 },
+      ],
+      outputTokens: 4,
+    });
     expect(requestMetrics(r)).toEqual({ ttft: 20, tpot: 40 / 3, e2e: 60, itl: [10, 10, 20] });
   });
 
   it("without per-chunk counts each chunk is one gap (vLLM), TPOT still uses usage's token count", () => {
-    const r = rec({ sendAt: 0, endAt: 60, chunks: [{ at: 20, tokens: 1 }, { at: 40, tokens: 1 }], outputTokens: 5, countsExact: false });
+    const r = rec({
+      sendAt: 0,
+      endAt: 60,
+      chunks: [
+        { at: 20, tokens: 1 },
+        { at: 40, tokens: 1 },
+      ],
+      outputTokens: 5,
+      countsExact: false,
+    });
     expect(requestMetrics(r)).toEqual({ ttft: 20, tpot: 5, e2e: 60, itl: [20] });
   });
 
@@ -52,8 +79,29 @@ describe("requestMetrics", () => {
 describe("levelStats", () => {
   it("rates over the window from the first send to the last end; failures counted apart", () => {
     const rs = [
-      rec({ index: 0, sendAt: 0, endAt: 100, chunks: [{ at: 50, tokens: 1 }, { at: 100, tokens: 1 }], outputTokens: 2, promptTokens: 8 }),
-      rec({ index: 1, sendAt: 100, endAt: 400, chunks: [{ at: 200, tokens: 1 }, { at: 300, tokens: 1 }, { at: 400, tokens: 1 }], outputTokens: 3, promptTokens: 8 }),
+      rec({
+        index: 0,
+        sendAt: 0,
+        endAt: 100,
+        chunks: [
+          { at: 50, tokens: 1 },
+          { at: 100, tokens: 1 },
+        ],
+        outputTokens: 2,
+        promptTokens: 8,
+      }),
+      rec({
+        index: 1,
+        sendAt: 100,
+        endAt: 400,
+        chunks: [
+          { at: 200, tokens: 1 },
+          { at: 300, tokens: 1 },
+          { at: 400, tokens: 1 },
+        ],
+        outputTokens: 3,
+        promptTokens: 8,
+      }),
       rec({ index: 2, sendAt: 200, endAt: 500, error: "HTTP 500: boom" }),
     ];
     const s = levelStats(rs);

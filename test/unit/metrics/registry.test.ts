@@ -91,7 +91,9 @@ describe("createServiceMetrics", () => {
     const version = (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
     const sm = createServiceMetrics("decode", { defaultMetrics: false, model: "tiny", buildInfo: { precision: "paper", kernels: "portable" } });
     expect(MOELA_VERSION).toBe(version);
-    expect(await sm.registry.metrics()).toContain(`moela_build_info{version="${version}",component="decode",model="tiny",precision="paper",kernels="portable"} 1\n`);
+    expect(await sm.registry.metrics()).toContain(
+      `moela_build_info{version="${version}",component="decode",model="tiny",precision="paper",kernels="portable"} 1\n`,
+    );
     const router = createServiceMetrics("router", { defaultMetrics: false });
     expect(await router.registry.metrics()).toContain(`moela_build_info{version="${version}",component="router",model="",precision="none",kernels="none"} 1\n`);
     const second = createServiceMetrics("decode", { defaultMetrics: false, buildInfo: false });
@@ -193,5 +195,4 @@ describe("startMetricsServer", () => {
   it("rejects an impossible port", async () => {
     await expect(startMetricsServer(createServiceMetrics("router").registry, { port: 70000 })).rejects.toThrow(InvalidArgumentError);
   });
-
 });

@@ -146,7 +146,11 @@ describe.each(NAMES)("codec %s", (name) => {
     const y = rt(x, 2, 256);
     for (let i = 0; i < x.length; i++) if (y[i] !== 0) expect(Math.sign(y[i]!)).toBe(Math.sign(x[i]!));
     // The decode is odd: -x decodes to -y exactly.
-    const yNeg = rt(x.map((v) => -v), 2, 256);
+    const yNeg = rt(
+      x.map((v) => -v),
+      2,
+      256,
+    );
     for (let i = 0; i < x.length; i++) expect(Object.is(yNeg[i], -y[i]!)).toBe(true);
   });
 

@@ -135,7 +135,15 @@ describe("codec study metrics on hand-made inputs", () => {
   });
 
   it("claimOnData: the ratio and the narrowest LogFMT at least as accurate as E4M3", () => {
-    const err = (codec: string, relRms: number, bytesPerValue: number) => ({ codec, relRms, bytesPerValue, meanRelErr: relRms, maxAbsErr: 0, maxTileRelErr: 0, flushedToZero: 0 });
+    const err = (codec: string, relRms: number, bytesPerValue: number) => ({
+      codec,
+      relRms,
+      bytesPerValue,
+      meanRelErr: relRms,
+      maxAbsErr: 0,
+      maxTileRelErr: 0,
+      flushedToZero: 0,
+    });
     const c = claimOnData("d", [err("fp8-tile", 0.026, 1.03), err("logfmt7", 0.029, 0.94), err("logfmt8", 0.014, 1.06), err("logfmt9", 0.007, 1.19)]);
     expect(c.ratio).toBeCloseTo(26 / 14, 12);
     expect(c.narrowestLogFmtAsGood).toBe("logfmt8");

@@ -7,8 +7,20 @@ describe("checkExpertShardsConfig", () => {
     { name: "static hosts, one per shard", expertHosts: ["a:1", "b:1|c:1"], shardCount: 2, discoverable: false },
     { name: "registry alone", expertHosts: [], shardCount: 3, discoverable: true },
     { name: "static hosts and the registry", expertHosts: ["a:1"], shardCount: 1, discoverable: true },
-    { name: "a count the hosts contradict", expertHosts: ["a:1"], shardCount: 2, discoverable: true, error: "--expert-hosts lists 1 shards, --expert-shards says 2" },
-    { name: "no hosts and no registry", expertHosts: [], shardCount: 2, discoverable: false, error: "--expert-shards without --expert-hosts needs --redis-url" },
+    {
+      name: "a count the hosts contradict",
+      expertHosts: ["a:1"],
+      shardCount: 2,
+      discoverable: true,
+      error: "--expert-hosts lists 1 shards, --expert-shards says 2",
+    },
+    {
+      name: "no hosts and no registry",
+      expertHosts: [],
+      shardCount: 2,
+      discoverable: false,
+      error: "--expert-shards without --expert-hosts needs --redis-url",
+    },
   ];
   for (const c of cases) {
     it(c.name, () => {

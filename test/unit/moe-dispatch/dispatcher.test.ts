@@ -328,7 +328,11 @@ describe("ExpertHostCore validation", () => {
 
   it.each<[string, Partial<ExpertDispatchRequest>, RegExp]>([
     ["a dense or unknown layer", { layer: 0 }, /layer 0 is not an MoE layer/],
-    ["an expert another shard holds", { expertIds: [mine[0]!, theirs[0]!, mine[2]!] }, new RegExp(`expert ${theirs[0]} of layer ${LAYER} is not held by shard 0`)],
+    [
+      "an expert another shard holds",
+      { expertIds: [mine[0]!, theirs[0]!, mine[2]!] },
+      new RegExp(`expert ${theirs[0]} of layer ${LAYER} is not held by shard 0`),
+    ],
     ["an expert id out of range", { expertIds: [mine[0]!, 99, mine[2]!] }, /outside \[0, 16\)/],
     ["the same expert twice for a token", { expertIds: [mine[0]!, mine[0]!, mine[2]!] }, /appears twice for token 0/],
     ["counts that do not sum to the ids", { tokenExpertCounts: [1, 1] }, /token_expert_counts sum to 2/],
@@ -341,11 +345,7 @@ describe("ExpertHostCore validation", () => {
     ["the wrong hidden size", { cols: 100, activations: getDispatchCodec("f32").encode(X, 2, 100) }, /100 columns, the model's hidden_size is 200/],
     ["rows that disagree with the activations", { rows: 3, tokenExpertCounts: [1, 1, 1] }, /shape \[2, 200\], expected \[3, 200\]/],
     ["the wrong dispatch codec", { activations: getDispatchCodec("fp8-tile").encode(X, 2, HIDDEN) }, /encoded as fp8-tile, expected f32/],
-    [
-      "truncated activation bytes",
-      { activations: { ...getDispatchCodec("f32").encode(X, 2, HIDDEN), data: new Uint8Array(10) } },
-      /carries 10 data bytes/,
-    ],
+    ["truncated activation bytes", { activations: { ...getDispatchCodec("f32").encode(X, 2, HIDDEN), data: new Uint8Array(10) } }, /carries 10 data bytes/],
   ])("rejects %s with INVALID_ARGUMENT", (_, over, message) => {
     const run = () => host0.dispatch(good(over));
     expect(run).toThrow(InvalidArgumentError);
@@ -362,7 +362,11 @@ describe("ExpertHostCore.dispatchAsync (the expert-host service's path, off the 
   const bytes = (a: { data: Uint8Array }) => Array.from(a.data);
 
   it("answers with dispatch()'s bytes, concurrent calls each their own (grouped when they wait together), and rejects bad input", async () => {
-    const weights = [[0.5, 0.25, 1], [1, 1, 0.125], [0.3, 0.6, 0.9]];
+    const weights = [
+      [0.5, 0.25, 1],
+      [1, 1, 0.125],
+      [0.3, 0.6, 0.9],
+    ];
     const want = weights.map((w) => bytes(host0.dispatch(req(w))));
     // Issued together: they share the core's scratch, so they must run one at a time and not mix.
     const grouped = host0.groupedRequests;

@@ -5,7 +5,11 @@ import { Engine, type DeepseekModel } from "@moela/engine";
 export async function greedyRun(model: DeepseekModel, microBatches = 1): Promise<{ tokens: number[][]; logprobs: number[][] }> {
   const engine = new Engine(model, { speculation: "off", blockSize: 4, numBlocks: 256, microBatches });
   const seqs = Array.from({ length: 5 }, (_, b) =>
-    engine.newSequence(`s${b}`, Array.from({ length: 3 + b }, (_, i) => (17 + 97 * i + 31 * b) % 1000), { temperature: 0, topP: 1, topK: -1, maxTokens: 6, ignoreEos: true }),
+    engine.newSequence(
+      `s${b}`,
+      Array.from({ length: 3 + b }, (_, i) => (17 + 97 * i + 31 * b) % 1000),
+      { temperature: 0, topP: 1, topK: -1, maxTokens: 6, ignoreEos: true },
+    ),
   );
   await engine.prefill(seqs);
   const tokens: number[][] = seqs.map(() => []);

@@ -29,7 +29,6 @@ function remoteLike(dir: string, onDispatch: (inFlight: number) => void): Deepse
   return model;
 }
 
-
 describe("decode micro-batches", () => {
   let dir: string;
   beforeAll(() => {

@@ -123,9 +123,15 @@ describe("splitByHost", () => {
     const p = placeExperts({ nRoutedExperts: 64, nGroup: 8, hosts: 4 });
     const k = 3;
     const ids = Int32Array.of(
-      0, 40, 9, // token 0: hosts 0, 1, 1
-      17, 25, 57, // token 1: hosts 2, 3, 3
-      1, 2, 33, // token 2: hosts 0, 0, 0
+      0,
+      40,
+      9, // token 0: hosts 0, 1, 1
+      17,
+      25,
+      57, // token 1: hosts 2, 3, 3
+      1,
+      2,
+      33, // token 2: hosts 0, 0, 0
     );
     const w = Float32Array.of(0.5, 0.3, 0.2, 0.6, 0.25, 0.15, 0.7, 0.2, 0.1);
     const out = splitByHost(ids, w, 3, k, p);

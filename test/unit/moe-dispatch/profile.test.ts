@@ -75,7 +75,9 @@ describe("precision profiles", () => {
 
   it("a wire precision without a profile is refused, naming the ones served", () => {
     expect(() => fromWirePrecision(Precision.PRECISION_UNSPECIFIED)).toThrow(InvalidArgumentError);
-    expect(() => fromWirePrecision(Precision.PRECISION_UNSPECIFIED)).toThrow(/PRECISION_UNSPECIFIED is not one this build serves \(exact, paper, paper-logfmt8\)/);
+    expect(() => fromWirePrecision(Precision.PRECISION_UNSPECIFIED)).toThrow(
+      /PRECISION_UNSPECIFIED is not one this build serves \(exact, paper, paper-logfmt8\)/,
+    );
   });
 
   it("an expert-host running paper-logfmt8 says so over the wire (Info), and its activations cross as LOGFMT8 tensors", () => {

@@ -46,7 +46,6 @@ function remoteLike(dir: string, sharedExpert: SharedExpertPlacement, seen: Seen
   return model;
 }
 
-
 describe("the shared expert on the expert-hosts", () => {
   let dir: string;
   beforeAll(() => {
@@ -77,7 +76,9 @@ describe("the shared expert on the expert-hosts", () => {
     const hidden = model.config.hiddenSize;
     expect(inProc.executor.computesSharedExpert).toBe(false);
     expect(new HostedExpertExecutor({ placement: inProc.placement, profile: "exact", hosts: remote, hidden }).computesSharedExpert).toBe(false);
-    expect(new HostedExpertExecutor({ placement: inProc.placement, profile: "exact", hosts: remote, hidden, sharedExpert: "hosts" }).computesSharedExpert).toBe(true);
+    expect(new HostedExpertExecutor({ placement: inProc.placement, profile: "exact", hosts: remote, hidden, sharedExpert: "hosts" }).computesSharedExpert).toBe(
+      true,
+    );
   });
 
   it("assigns each token to one host it reaches, balancing the hosts", () => {

@@ -23,7 +23,10 @@ function tensor(codec: DispatchCodecName, rows: number, cols: number): Tensor {
 }
 
 const requests: DispatchStreamRequest[] = [
-  { callId: 1, request: { layer: 3, activations: tensor("f32", 1, 64), expertIds: [5], tokenExpertCounts: [1], weights: [0.75], requestId: "", sharedExpertRows: [] } },
+  {
+    callId: 1,
+    request: { layer: 3, activations: tensor("f32", 1, 64), expertIds: [5], tokenExpertCounts: [1], weights: [0.75], requestId: "", sharedExpertRows: [] },
+  },
   {
     callId: 2 ** 40 + 17,
     request: {
@@ -36,7 +39,18 @@ const requests: DispatchStreamRequest[] = [
       sharedExpertRows: [0, 2],
     },
   },
-  { callId: 9, request: { layer: 61, activations: tensor("logfmt8", 2, 256), expertIds: [], tokenExpertCounts: [0, 0], weights: [], requestId: "batch-1", sharedExpertRows: [] } },
+  {
+    callId: 9,
+    request: {
+      layer: 61,
+      activations: tensor("logfmt8", 2, 256),
+      expertIds: [],
+      tokenExpertCounts: [0, 0],
+      weights: [],
+      requestId: "batch-1",
+      sharedExpertRows: [],
+    },
+  },
   { callId: 0, request: undefined },
   { callId: 5, request: { layer: 1, activations: undefined, expertIds: [], tokenExpertCounts: [], weights: [], requestId: "", sharedExpertRows: [] } },
 ];
@@ -87,7 +101,18 @@ describe("DispatchStream's hand-written codec", () => {
     for (const id of [7, 300]) w.uint32(24).uint32(id); // expert_ids, unpacked
     w.uint32(34).fork().uint32(2).join(); // token_expert_counts, packed
     for (const f of [0.5, 0.25]) w.uint32(45).float(f); // weights, unpacked (fixed32)
-    w.uint32((2 << 3) | 2).fork().uint32(8).int32(DType.DTYPE_F32).uint32(18).fork().uint32(1).uint32(2).join().uint32(26).bytes(new Uint8Array(8)).join();
+    w.uint32((2 << 3) | 2)
+      .fork()
+      .uint32(8)
+      .int32(DType.DTYPE_F32)
+      .uint32(18)
+      .fork()
+      .uint32(1)
+      .uint32(2)
+      .join()
+      .uint32(26)
+      .bytes(new Uint8Array(8))
+      .join();
     w.uint32(8).uint32(4);
     w.uint32((100 << 3) | 0).uint64(123456789);
     w.uint32((101 << 3) | 5).fixed32(1);
@@ -108,7 +133,9 @@ describe("DispatchStream's hand-written codec", () => {
     for (const cut of [1, 5, 40, good.length - 1]) {
       expect(() => decodeDispatchStreamRequest(good.subarray(0, cut)), `cut at ${cut}`).toThrow(ProtobufDecodeError);
     }
-    expect(() => decodeDispatchStreamRequest(Buffer.from([0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]))).toThrow(ProtobufDecodeError);
+    expect(() => decodeDispatchStreamRequest(Buffer.from([0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]))).toThrow(
+      ProtobufDecodeError,
+    );
     expect(() => decodeDispatchStreamRequest(Buffer.from([0x12, 0x05, 0x08]))).toThrow(/runs past/);
     expect(() => decodeDispatchStreamRequest(Buffer.from([0x0b]))).toThrow(/wire type 3/);
     expect(() => decodeDispatchStreamRequest(Buffer.from([0x00]))).toThrow(/field number 0/);

@@ -22,7 +22,10 @@ const fail = (param: string, message: string): never => {
 const parse = (fields: { responseFormat?: unknown; tools?: unknown; toolChoice?: unknown }) =>
   parseStructuredOutput({ responseFormat: fields.responseFormat, tools: fields.tools, toolChoice: fields.toolChoice }, checkJsonSchema, fail);
 
-const WEATHER = { type: "function", function: { name: "get_weather", parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] } } };
+const WEATHER = {
+  type: "function",
+  function: { name: "get_weather", parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] } },
+};
 const NOOP = { type: "function", function: { name: "noop" } };
 const call = (name: string, args: string): string => `${TOOL_CALL_BEGIN}function${TOOL_SEP}${name}\n\`\`\`json\n${args}\n\`\`\`${TOOL_CALL_END}`;
 
@@ -42,20 +45,32 @@ describe("response_format and tools -> the grammar spec", () => {
   });
 
   it("required allows every tool; a named choice only that one; an absent parameters schema is no arguments", () => {
-    const required = JSON.parse(parse({ tools: [WEATHER, NOOP], toolChoice: "required" }).grammar!) as { sequence: [{ literal: string }, { choice: unknown[][] }] };
+    const required = JSON.parse(parse({ tools: [WEATHER, NOOP], toolChoice: "required" }).grammar!) as {
+      sequence: [{ literal: string }, { choice: unknown[][] }];
+    };
     expect(required.sequence[0].literal).toBe(`${TOOLS_PREFIX}`);
     expect(required.sequence[1].choice).toHaveLength(2);
     const named = JSON.parse(parse({ tools: [WEATHER, NOOP], toolChoice: { type: "function", function: { name: "noop" } } }).grammar!) as typeof required;
-    expect(named.sequence[1].choice).toEqual([[{ literal: "noop\n```json\n" }, { json: { type: "object", properties: {} } }, { literal: `\n\`\`\`${TOOL_CALL_END}${TOOL_CALLS_END}` }]]);
+    expect(named.sequence[1].choice).toEqual([
+      [{ literal: "noop\n```json\n" }, { json: { type: "object", properties: {} } }, { literal: `\n\`\`\`${TOOL_CALL_END}${TOOL_CALLS_END}` }],
+    ]);
   });
 
   it.each([
-    [{ responseFormat: { type: "json_schema", json_schema: { name: "n", schema: { type: "string", format: "email" } } } }, "response_format.json_schema.schema", /schema\.format: .*not supported/],
+    [
+      { responseFormat: { type: "json_schema", json_schema: { name: "n", schema: { type: "string", format: "email" } } } },
+      "response_format.json_schema.schema",
+      /schema\.format: .*not supported/,
+    ],
     [{ responseFormat: { type: "json_schema", json_schema: { schema: {} } } }, "response_format.json_schema.name", /name must be/],
     [{ responseFormat: "json" }, "response_format", /must be an object/],
     [{ tools: [{ type: "function", function: { name: "bad name" } }] }, "tools[0].function.name", /letters, digits/],
     [{ tools: [WEATHER, WEATHER] }, "tools[1].function.name", /given twice/],
-    [{ tools: [{ ...WEATHER, function: { ...WEATHER.function, parameters: { type: "object", properties: { n: { type: "integer", maximum: 3 } } } } }] }, "tools[0].function.parameters", /properties\.n\.maximum/],
+    [
+      { tools: [{ ...WEATHER, function: { ...WEATHER.function, parameters: { type: "object", properties: { n: { type: "integer", maximum: 3 } } } } }] },
+      "tools[0].function.parameters",
+      /properties\.n\.maximum/,
+    ],
     [{ tools: [WEATHER], toolChoice: { type: "function", function: { name: "x" } } }, "tool_choice", /not in tools/],
     [{ toolChoice: "required" }, "tool_choice", /needs tools/],
     [{ tools: [WEATHER], toolChoice: "always" }, "tool_choice", /must be "none", "auto", "required"/],
@@ -107,7 +122,10 @@ describe("the chat and completions requests carry the grammar", () => {
 
   it("completions (every prompt of a batch) and chat; tools go to the template as `tools`", () => {
     const c = parseCompletionRequest({ prompt: ["x", "y"], response_format: format }, ctx);
-    expect(c.sampling.map((s) => s.grammar)).toEqual([JSON.stringify({ json: format.json_schema.schema }), JSON.stringify({ json: format.json_schema.schema })]);
+    expect(c.sampling.map((s) => s.grammar)).toEqual([
+      JSON.stringify({ json: format.json_schema.schema }),
+      JSON.stringify({ json: format.json_schema.schema }),
+    ]);
     const chat = parseChatRequest({ messages: [{ role: "user", content: "hi" }], tools: [WEATHER], tool_choice: "required" }, ctx);
     expect(chat.parseToolCalls).toBe(true);
     expect(chat.sampling[0]!.grammar).toContain("get_weather");

@@ -16,7 +16,11 @@ describe("configs it cannot read", () => {
   it.each([
     ["not an object", [1, 2], /x\.json: must hold one JSON object/],
     ["null", null, /must hold one JSON object/],
-    ["an unknown architecture", { model_type: "gpt2", architectures: ["GPT2LMHeadModel"], n_embd: 768 }, /cannot tell the architecture \(model_type "gpt2", architectures GPT2LMHeadModel\); moela plan reads DeepSeek/],
+    [
+      "an unknown architecture",
+      { model_type: "gpt2", architectures: ["GPT2LMHeadModel"], n_embd: 768 },
+      /cannot tell the architecture \(model_type "gpt2", architectures GPT2LMHeadModel\); moela plan reads DeepSeek/,
+    ],
     ["a multimodal wrapper", { model_type: "llava", text_config: { model_type: "llama" } }, /multimodal config: pass the language model's config/],
     ["MLA without kv_lora_rank", without(v3, "kv_lora_rank"), /DeepSeek \(MLA\) config: field 'kv_lora_rank' is missing/],
     ["a string where a number goes", { ...llama, num_hidden_layers: "126" }, /llama config: field 'num_hidden_layers' is "126"/],

@@ -28,7 +28,15 @@ describe("EP decode bound, DeepSeek-V3 at the paper's topology", () => {
 
   it("50 GB/s, --hidden 7000: 120.96 us, 241.92 us, 14.76 ms over 61 layers, ~67 tokens/s", () => {
     const ep = planToJson(planModel(v3, { hidden: 7000 })).ep_decode!;
-    expect(ep).toMatchObject({ bandwidth_gbps: 50, tokens_per_microbatch: 32, experts_per_token: 9, dispatch_bytes: 1, combine_bytes: 2, microbatches: 2, layers: 61 });
+    expect(ep).toMatchObject({
+      bandwidth_gbps: 50,
+      tokens_per_microbatch: 32,
+      experts_per_token: 9,
+      dispatch_bytes: 1,
+      combine_bytes: 2,
+      microbatches: 2,
+      layers: 61,
+    });
     expect(ep.comm_us_per_layer_microbatch).toBe(120.96);
     expect(ep.us_per_layer).toBe(241.92);
     expect(ep.tpot_ms).toBe(14.75712);
@@ -87,7 +95,7 @@ describe("EP decode bound, DeepSeek-V3 at the paper's topology", () => {
     const plan = planModel(v3, { hidden: 7000 });
     const ep = planToJson(plan).ep_decode!;
     expect(ep.moe_layers).toBe(58);
-    expect(ep.moe_layers_only.tpot_ms).toBeCloseTo(241.92 * 58 / 1000, 12);
+    expect(ep.moe_layers_only.tpot_ms).toBeCloseTo((241.92 * 58) / 1000, 12);
     expect(plan.notes.join("\n")).toMatch(/58 are MoE layers \(the other 3 are dense/);
   });
 

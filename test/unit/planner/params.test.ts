@@ -78,7 +78,10 @@ function tinyV3Tensors(): Map<string, number> {
   const out = new Map<string, number>();
   for (const [name, t] of Object.entries(header)) {
     if (name === "__metadata__" || name.endsWith("_scale_inv")) continue;
-    out.set(name, t.shape!.reduce((a, b) => a * b, 1));
+    out.set(
+      name,
+      t.shape!.reduce((a, b) => a * b, 1),
+    );
   }
   return out;
 }
@@ -101,26 +104,81 @@ describe("models/tiny-v3: the counts match the checkpoint's tensors", () => {
 
 describe("other families, at their published shapes", () => {
   const kimiK2 = {
-    model_type: "kimi_k2", architectures: ["DeepseekV3ForCausalLM"], vocab_size: 163_840, hidden_size: 7168, intermediate_size: 18_432,
-    moe_intermediate_size: 2048, num_hidden_layers: 61, num_attention_heads: 64, num_key_value_heads: 64, n_routed_experts: 384,
-    n_shared_experts: 1, num_experts_per_tok: 8, first_k_dense_replace: 1, moe_layer_freq: 1, kv_lora_rank: 512, q_lora_rank: 1536,
-    qk_rope_head_dim: 64, qk_nope_head_dim: 128, v_head_dim: 128, num_nextn_predict_layers: 0, topk_method: "noaux_tc", tie_word_embeddings: false,
+    model_type: "kimi_k2",
+    architectures: ["DeepseekV3ForCausalLM"],
+    vocab_size: 163_840,
+    hidden_size: 7168,
+    intermediate_size: 18_432,
+    moe_intermediate_size: 2048,
+    num_hidden_layers: 61,
+    num_attention_heads: 64,
+    num_key_value_heads: 64,
+    n_routed_experts: 384,
+    n_shared_experts: 1,
+    num_experts_per_tok: 8,
+    first_k_dense_replace: 1,
+    moe_layer_freq: 1,
+    kv_lora_rank: 512,
+    q_lora_rank: 1536,
+    qk_rope_head_dim: 64,
+    qk_nope_head_dim: 128,
+    v_head_dim: 128,
+    num_nextn_predict_layers: 0,
+    topk_method: "noaux_tc",
+    tie_word_embeddings: false,
   };
   const deepseekV2Lite = {
-    model_type: "deepseek_v2", vocab_size: 102_400, hidden_size: 2048, intermediate_size: 10_944, moe_intermediate_size: 1408,
-    num_hidden_layers: 27, num_attention_heads: 16, n_routed_experts: 64, n_shared_experts: 2, num_experts_per_tok: 6,
-    first_k_dense_replace: 1, moe_layer_freq: 1, kv_lora_rank: 512, q_lora_rank: null, qk_rope_head_dim: 64, qk_nope_head_dim: 128,
-    v_head_dim: 128, topk_method: "greedy", tie_word_embeddings: false,
+    model_type: "deepseek_v2",
+    vocab_size: 102_400,
+    hidden_size: 2048,
+    intermediate_size: 10_944,
+    moe_intermediate_size: 1408,
+    num_hidden_layers: 27,
+    num_attention_heads: 16,
+    n_routed_experts: 64,
+    n_shared_experts: 2,
+    num_experts_per_tok: 6,
+    first_k_dense_replace: 1,
+    moe_layer_freq: 1,
+    kv_lora_rank: 512,
+    q_lora_rank: null,
+    qk_rope_head_dim: 64,
+    qk_nope_head_dim: 128,
+    v_head_dim: 128,
+    topk_method: "greedy",
+    tie_word_embeddings: false,
   };
   const qwen15MoeA27b = {
-    model_type: "qwen2_moe", vocab_size: 151_936, hidden_size: 2048, intermediate_size: 5632, moe_intermediate_size: 1408,
-    shared_expert_intermediate_size: 5632, num_experts: 60, num_experts_per_tok: 4, num_hidden_layers: 24, num_attention_heads: 16,
-    num_key_value_heads: 16, decoder_sparse_step: 1, mlp_only_layers: [], tie_word_embeddings: false,
+    model_type: "qwen2_moe",
+    vocab_size: 151_936,
+    hidden_size: 2048,
+    intermediate_size: 5632,
+    moe_intermediate_size: 1408,
+    shared_expert_intermediate_size: 5632,
+    num_experts: 60,
+    num_experts_per_tok: 4,
+    num_hidden_layers: 24,
+    num_attention_heads: 16,
+    num_key_value_heads: 16,
+    decoder_sparse_step: 1,
+    mlp_only_layers: [],
+    tie_word_embeddings: false,
   };
   const qwen3MoeA3b = {
-    model_type: "qwen3_moe", vocab_size: 151_936, hidden_size: 2048, intermediate_size: 6144, moe_intermediate_size: 768, num_experts: 128,
-    num_experts_per_tok: 8, num_hidden_layers: 48, num_attention_heads: 32, num_key_value_heads: 4, head_dim: 128, decoder_sparse_step: 1,
-    mlp_only_layers: [], tie_word_embeddings: false,
+    model_type: "qwen3_moe",
+    vocab_size: 151_936,
+    hidden_size: 2048,
+    intermediate_size: 6144,
+    moe_intermediate_size: 768,
+    num_experts: 128,
+    num_experts_per_tok: 8,
+    num_hidden_layers: 48,
+    num_attention_heads: 32,
+    num_key_value_heads: 4,
+    head_dim: 128,
+    decoder_sparse_step: 1,
+    mlp_only_layers: [],
+    tie_word_embeddings: false,
   };
   /** Makers print one or two digits and round, or cut, as they like: within one unit of the last digit. */
   const near = (x: number, published: number, unit: number) => expect(Math.abs(x - published)).toBeLessThan(unit);

@@ -33,9 +33,24 @@ describe("prefill config: prefix cache", () => {
 
   it.each([
     { name: "both switches", argv: ["--prefix-cache", "--no-prefix-cache"], env: {}, message: /--prefix-cache and --no-prefix-cache both given/ },
-    { name: "a value for the switch", argv: [], env: { MOELA_PREFILL_PREFIX_CACHE: "maybe" }, message: /--prefix-cache \(env MOELA_PREFILL_PREFIX_CACHE\) must be true or false, got "maybe"/ },
-    { name: "a negative capacity", argv: ["--prefix-cache-blocks=-1"], env: {}, message: /--prefix-cache-blocks \(env MOELA_PREFILL_PREFIX_CACHE_BLOCKS\) must be at least 0/ },
-    { name: "an instance id with ':'", argv: ["--instance-id", "a:b"], env: {}, message: /--instance-id \(env MOELA_PREFILL_INSTANCE_ID\) must be 1-128 letters/ },
+    {
+      name: "a value for the switch",
+      argv: [],
+      env: { MOELA_PREFILL_PREFIX_CACHE: "maybe" },
+      message: /--prefix-cache \(env MOELA_PREFILL_PREFIX_CACHE\) must be true or false, got "maybe"/,
+    },
+    {
+      name: "a negative capacity",
+      argv: ["--prefix-cache-blocks=-1"],
+      env: {},
+      message: /--prefix-cache-blocks \(env MOELA_PREFILL_PREFIX_CACHE_BLOCKS\) must be at least 0/,
+    },
+    {
+      name: "an instance id with ':'",
+      argv: ["--instance-id", "a:b"],
+      env: {},
+      message: /--instance-id \(env MOELA_PREFILL_INSTANCE_ID\) must be 1-128 letters/,
+    },
   ])("refuses $name, naming the flag", ({ argv, env, message }) => {
     expect(() => parsePrefillConfig(["--model", MODEL, ...argv], env)).toThrow(ConfigError);
     expect(() => parsePrefillConfig(["--model", MODEL, ...argv], env)).toThrow(message);

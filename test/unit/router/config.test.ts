@@ -69,7 +69,11 @@ describe("router config", () => {
     try {
       const c = parseRouterConfig(["--model", MODEL, "--policy", file], {});
       expect(c.decode).toEqual([]);
-      expect(c.policy).toMatchObject({ filters: DEFAULT_POLICY.filters, scorers: [{ type: "queue-depth", weight: 1 }], picker: { type: "weighted-random", parameters: { seed: 5 } } });
+      expect(c.policy).toMatchObject({
+        filters: DEFAULT_POLICY.filters,
+        scorers: [{ type: "queue-depth", weight: 1 }],
+        picker: { type: "weighted-random", parameters: { seed: 5 } },
+      });
       expect(parseRouterConfig(["--model", MODEL, "--policy", '{"scorers":[]}'], {}).policy?.scorers).toEqual([]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -79,13 +83,29 @@ describe("router config", () => {
   it.each([
     { argv: ["--decode", "d:1"], env: {}, message: /--model \(env MOELA_ROUTER_MODEL\) is required/ },
     { argv: ["--model", MODEL, "--policy", "{nope"], env: {}, message: /--policy \(env MOELA_ROUTER_POLICY\): not valid JSON/ },
-    { argv: ["--model", MODEL, "--policy", "/nonexistent.json"], env: {}, message: /--policy \(env MOELA_ROUTER_POLICY\): "\/nonexistent.json" is neither JSON nor an existing file/ },
-    { argv: ["--model", MODEL], env: { MOELA_ROUTER_POLICY: '{"picker":{"type":"best"}}' }, message: /--policy \(env MOELA_ROUTER_POLICY\): picker: unknown picker "best"/ },
+    {
+      argv: ["--model", MODEL, "--policy", "/nonexistent.json"],
+      env: {},
+      message: /--policy \(env MOELA_ROUTER_POLICY\): "\/nonexistent.json" is neither JSON nor an existing file/,
+    },
+    {
+      argv: ["--model", MODEL],
+      env: { MOELA_ROUTER_POLICY: '{"picker":{"type":"best"}}' },
+      message: /--policy \(env MOELA_ROUTER_POLICY\): picker: unknown picker "best"/,
+    },
     { argv: ["--model", MODEL, "--decision-ttl-s", "0"], env: {}, message: /--decision-ttl-s \(env MOELA_ROUTER_DECISION_TTL_S\) must be at least 1/ },
     { argv: ["--model", MODEL, "--decode", "nohost"], env: {}, message: /--decode .* must be host:port/ },
-    { argv: ["--model", MODEL, "--decode", "d:1"], env: { MOELA_ROUTER_MAX_MODEL_LEN: "abc" }, message: /--max-model-len \(env MOELA_ROUTER_MAX_MODEL_LEN\).*got "abc"/ },
+    {
+      argv: ["--model", MODEL, "--decode", "d:1"],
+      env: { MOELA_ROUTER_MAX_MODEL_LEN: "abc" },
+      message: /--max-model-len \(env MOELA_ROUTER_MAX_MODEL_LEN\).*got "abc"/,
+    },
     { argv: ["--model", MODEL, "--decode", "d:1", "--precision", "fp8"], env: {}, message: /--precision \(env MOELA_ROUTER_PRECISION\)/ },
-    { argv: ["--model", MODEL, "--decode", "d:1", "--redis-url", "localhost:6379"], env: {}, message: /--redis-url .* must be a redis:\/\/ or rediss:\/\/ URL/ },
+    {
+      argv: ["--model", MODEL, "--decode", "d:1", "--redis-url", "localhost:6379"],
+      env: {},
+      message: /--redis-url .* must be a redis:\/\/ or rediss:\/\/ URL/,
+    },
     { argv: ["--model", "/nonexistent", "--decode", "d:1"], env: {}, message: /--model \(env MOELA_ROUTER_MODEL\) "\/nonexistent" has no config.json/ },
     { argv: ["--model", MODEL, "--decode", "d:1", "--bogus", "1"], env: {}, message: /Unknown option '--bogus'/ },
     { argv: ["--model", MODEL, "--max-body-bytes", "10"], env: {}, message: /--max-body-bytes \(env MOELA_ROUTER_MAX_BODY_BYTES\) must be at least 1024/ },
@@ -99,7 +119,10 @@ describe("router config", () => {
   it("--api-key: one or more keys (comma-separated), flag or MOELA_ROUTER_API_KEY; the bounds as flags", () => {
     expect(parseRouterConfig(["--model", MODEL, "--api-key", "sk-one"], {}).apiKeys).toEqual(["sk-one"]);
     expect(parseRouterConfig(["--model", MODEL], { MOELA_ROUTER_API_KEY: "sk-new, sk-old" }).apiKeys).toEqual(["sk-new", "sk-old"]);
-    const c = parseRouterConfig(["--model", MODEL, "--max-body-bytes", "4096", "--max-prompt-chars", "100", "--max-prompt-tokens", "50", "--tokenizer-threads", "0"], {});
+    const c = parseRouterConfig(
+      ["--model", MODEL, "--max-body-bytes", "4096", "--max-prompt-chars", "100", "--max-prompt-tokens", "50", "--tokenizer-threads", "0"],
+      {},
+    );
     expect(c).toMatchObject({ maxBodyBytes: 4096, maxPromptChars: 100, maxPromptTokens: 50, tokenizerThreads: 0 });
     expect(resolveMaxPromptTokens({}, 2048)).toBe(2047);
     expect(resolveMaxPromptTokens({}, 163_840)).toBe(32_768);

@@ -79,7 +79,11 @@ describe("EngineBackend", () => {
   it("batches concurrent requests; each gets the tokens it gets alone; one past the batch waits its turn", async () => {
     const batches: number[] = [];
     const { b, engine } = backend({ maxBatch: 2, onStep: (_s, batch) => batches.push(batch) });
-    const prompts = [[5, 6, 7], [100, 3], [42, 43, 44, 45]];
+    const prompts = [
+      [5, 6, 7],
+      [100, 3],
+      [42, 43, 44, 45],
+    ];
     const signal = new AbortController().signal;
     const results = await Promise.all(prompts.map((p, i) => drain(b.generate(input(`r${i}`, p, 12), signal))));
     // Two shared the steps (never more); the third ran after a slot came free: 2 x 11 steps in all at most.
@@ -145,15 +149,19 @@ describe("EngineBackend", () => {
 
     const ends = Object.fromEntries((await sm.m.routerGenerations.get()).values.map((v) => [v.labels.finish_reason, v.value]));
     expect(ends).toEqual({ stop: 0, length: 2, abort: 1, timeout: 1, error: 0 });
-    const series = async (h: { get(): Promise<{ values: Array<{ metricName?: string; labels: Record<string, string | number>; value: number }> }> }, suffix: string) =>
-      (await h.get()).values.filter((v) => v.metricName?.endsWith(suffix) && v.labels.model === "tiny").map((v) => v.value);
+    const series = async (
+      h: { get(): Promise<{ values: Array<{ metricName?: string; labels: Record<string, string | number>; value: number }> }> },
+      suffix: string,
+    ) => (await h.get()).values.filter((v) => v.metricName?.endsWith(suffix) && v.labels.model === "tiny").map((v) => v.value);
     expect(await series(sm.m.routerRequestPromptTokens, "_count")).toEqual([4]);
     expect(await series(sm.m.routerRequestPromptTokens, "_sum")).toEqual([3 + 2 + 1 + 3]);
     const generated = (await series(sm.m.routerRequestGenerationTokens, "_sum"))[0]!;
     expect(generated).toBeGreaterThanOrEqual(16 + 3 + 1);
     // Queue time ends at admission (all four were admitted); the second waited for the first's 16 tokens.
     expect(await series(sm.m.routerQueueWait, "_count")).toEqual([4]);
-    const waits = (await sm.m.routerQueueWait.get()).values.filter((v) => v.metricName?.endsWith("_bucket") && (v.labels as Record<string, unknown>)["le"] === 0.001);
+    const waits = (await sm.m.routerQueueWait.get()).values.filter(
+      (v) => v.metricName?.endsWith("_bucket") && (v.labels as Record<string, unknown>)["le"] === 0.001,
+    );
     expect(waits[0]!.value).toBeLessThan(4);
     // Prefill time needs a first token, decode time a generation that produced one.
     const prefills = (await series(sm.m.routerRequestPrefill, "_count"))[0]!;

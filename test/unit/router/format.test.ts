@@ -23,8 +23,22 @@ const VOCAB: Record<number, string> = { 1: "Hello", 2: " world", 3: "!", 4: "é"
 const text = (id: number): string => VOCAB[id] ?? `?${id}`;
 
 const generated: GeneratedToken[] = [
-  { id: 1, logprob: -0.5, top: [{ id: 1, logprob: -0.5 }, { id: 3, logprob: -1.5 }] },
-  { id: 2, logprob: -2.25, top: [{ id: 3, logprob: -0.1 }, { id: 4, logprob: -2 }] },
+  {
+    id: 1,
+    logprob: -0.5,
+    top: [
+      { id: 1, logprob: -0.5 },
+      { id: 3, logprob: -1.5 },
+    ],
+  },
+  {
+    id: 2,
+    logprob: -2.25,
+    top: [
+      { id: 3, logprob: -0.1 },
+      { id: 4, logprob: -2 },
+    ],
+  },
   { id: 4, logprob: -Infinity, top: [] },
 ];
 
@@ -34,11 +48,7 @@ describe("completions logprobs", () => {
     expect(lp).toEqual({
       tokens: ["Hello", " world", "é"],
       token_logprobs: [-0.5, -2.25, -9999],
-      top_logprobs: [
-        { Hello: -0.5, "!": -1.5 },
-        { "!": -0.1, é: -2, " world": -2.25 },
-        { é: -9999 },
-      ],
+      top_logprobs: [{ Hello: -0.5, "!": -1.5 }, { "!": -0.1, é: -2, " world": -2.25 }, { é: -9999 }],
       text_offset: [0, 5, 11],
     });
   });
@@ -69,7 +79,16 @@ describe("completions logprobs", () => {
   });
 
   it("two ids with the same text keep the better alternative's logprob", () => {
-    const lp = new CompletionLogprobsBuilder(tokenRenderer(text, false)).generated([{ id: 3, logprob: -3, top: [{ id: 1, logprob: -0.2 }, { id: 6, logprob: -0.9 }] }]);
+    const lp = new CompletionLogprobsBuilder(tokenRenderer(text, false)).generated([
+      {
+        id: 3,
+        logprob: -3,
+        top: [
+          { id: 1, logprob: -0.2 },
+          { id: 6, logprob: -0.9 },
+        ],
+      },
+    ]);
     expect(lp.top_logprobs[0]).toEqual({ Hello: -0.2, "!": -3 });
   });
 });
@@ -118,7 +137,14 @@ describe("response and chunk shapes", () => {
     expect("usage" in chatChunk("c", 1, "m", choice, false)).toBe(false);
     expect(chatChunk("c", 1, "m", choice, true).usage).toBeNull();
     const last = chatChunk("c", 1, "m", null, true, usageOf(4, 2));
-    expect(last).toEqual({ id: "c", object: "chat.completion.chunk", created: 1, model: "m", choices: [], usage: { prompt_tokens: 4, completion_tokens: 2, total_tokens: 6 } });
+    expect(last).toEqual({
+      id: "c",
+      object: "chat.completion.chunk",
+      created: 1,
+      model: "m",
+      choices: [],
+      usage: { prompt_tokens: 4, completion_tokens: 2, total_tokens: 6 },
+    });
   });
 
   it("a chat response is one assistant message", () => {

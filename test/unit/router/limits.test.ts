@@ -76,21 +76,93 @@ describe("defaults", () => {
 describe("bounds: refused with a 400 naming the field", () => {
   const small: ValidationContext = { ...ctx, maxPromptChars: 100, maxPromptTokens: 50 };
   const cases: { name: string; run: () => unknown; param: string; message: RegExp; code?: string }[] = [
-    { name: "prompt text past the character limit", run: () => parseCompletionRequest({ prompt: "x".repeat(101) }, small), param: "prompt", message: /101 characters; this server takes at most 100/, code: "context_length_exceeded" },
-    { name: "a batch's texts add up", run: () => parseCompletionRequest({ prompt: ["x".repeat(60), "y".repeat(60)] }, small), param: "prompt", message: /120 characters/ },
-    { name: "chat contents add up", run: () => parseChatRequest({ messages: [...user("x".repeat(60)), ...user("y".repeat(60))] }, small), param: "messages", message: /120 characters/ },
-    { name: "a prompt past prefill's token limit", run: () => parseCompletionRequest({ prompt: Array(51).fill(5) }, small), param: "prompt", message: /at most 50 tokens.*has 51 tokens/, code: "context_length_exceeded" },
-    { name: "a chat past prefill's token limit", run: () => parseChatRequest({ messages: user("~^`|".repeat(24)) }, small), param: "messages", message: /at most 50 tokens/ },
-    { name: "a long stop string", run: () => parseCompletionRequest({ prompt: "x", stop: ["a", "b".repeat(MAX_STOP_STRING_CHARS + 1)] }, ctx), param: "stop", message: /at most 512 characters; stop\[1\]/ },
-    { name: "too many stop token ids", run: () => parseCompletionRequest({ prompt: "x", stop_token_ids: Array(MAX_STOP_TOKEN_IDS + 1).fill(3) }, ctx), param: "stop_token_ids", message: /at most 1024 ids/ },
-    { name: "too many chat messages", run: () => parseChatRequest({ messages: Array(MAX_CHAT_MESSAGES + 1).fill({ role: "user", content: "a" }) }, ctx), param: "messages", message: /at most 4096 messages/ },
-    { name: "too many content parts", run: () => parseChatRequest({ messages: [{ role: "user", content: Array(MAX_CONTENT_PARTS + 1).fill({ type: "text", text: "a" }) }] }, ctx), param: "messages[0].content", message: /at most 1024 parts/ },
+    {
+      name: "prompt text past the character limit",
+      run: () => parseCompletionRequest({ prompt: "x".repeat(101) }, small),
+      param: "prompt",
+      message: /101 characters; this server takes at most 100/,
+      code: "context_length_exceeded",
+    },
+    {
+      name: "a batch's texts add up",
+      run: () => parseCompletionRequest({ prompt: ["x".repeat(60), "y".repeat(60)] }, small),
+      param: "prompt",
+      message: /120 characters/,
+    },
+    {
+      name: "chat contents add up",
+      run: () => parseChatRequest({ messages: [...user("x".repeat(60)), ...user("y".repeat(60))] }, small),
+      param: "messages",
+      message: /120 characters/,
+    },
+    {
+      name: "a prompt past prefill's token limit",
+      run: () => parseCompletionRequest({ prompt: Array(51).fill(5) }, small),
+      param: "prompt",
+      message: /at most 50 tokens.*has 51 tokens/,
+      code: "context_length_exceeded",
+    },
+    {
+      name: "a chat past prefill's token limit",
+      run: () => parseChatRequest({ messages: user("~^`|".repeat(24)) }, small),
+      param: "messages",
+      message: /at most 50 tokens/,
+    },
+    {
+      name: "a long stop string",
+      run: () => parseCompletionRequest({ prompt: "x", stop: ["a", "b".repeat(MAX_STOP_STRING_CHARS + 1)] }, ctx),
+      param: "stop",
+      message: /at most 512 characters; stop\[1\]/,
+    },
+    {
+      name: "too many stop token ids",
+      run: () => parseCompletionRequest({ prompt: "x", stop_token_ids: Array(MAX_STOP_TOKEN_IDS + 1).fill(3) }, ctx),
+      param: "stop_token_ids",
+      message: /at most 1024 ids/,
+    },
+    {
+      name: "too many chat messages",
+      run: () => parseChatRequest({ messages: Array(MAX_CHAT_MESSAGES + 1).fill({ role: "user", content: "a" }) }, ctx),
+      param: "messages",
+      message: /at most 4096 messages/,
+    },
+    {
+      name: "too many content parts",
+      run: () => parseChatRequest({ messages: [{ role: "user", content: Array(MAX_CONTENT_PARTS + 1).fill({ type: "text", text: "a" }) }] }, ctx),
+      param: "messages[0].content",
+      message: /at most 1024 parts/,
+    },
     { name: "an empty cache_salt", run: () => parseCompletionRequest({ prompt: "x", cache_salt: "" }, ctx), param: "cache_salt", message: /non-empty string/ },
-    { name: "a long cache_salt", run: () => parseCompletionRequest({ prompt: "x", cache_salt: "s".repeat(MAX_CACHE_SALT_CHARS + 1) }, ctx), param: "cache_salt", message: /at most 256 characters/ },
-    { name: "a cache_salt that is not a string", run: () => parseChatRequest({ messages: user("hi"), cache_salt: 5 }, ctx), param: "cache_salt", message: /must be a string/ },
-    { name: "an integer beyond 64 bits", run: () => parseCompletionRequest(JSON.parse('{"prompt": "x", "seed": 123456789012345678901234567890}'), ctx), param: "seed", message: /seed must be an integer/ },
-    { name: "an integer beyond 64 bits as max_tokens", run: () => parseCompletionRequest(JSON.parse('{"prompt": "x", "max_tokens": 99999999999999999999999}'), ctx), param: "max_tokens", message: /max_tokens must be an integer/ },
-    { name: "a number past float64", run: () => parseCompletionRequest(JSON.parse('{"prompt": "x", "temperature": 1e400}'), ctx), param: "temperature", message: /got Infinity/ },
+    {
+      name: "a long cache_salt",
+      run: () => parseCompletionRequest({ prompt: "x", cache_salt: "s".repeat(MAX_CACHE_SALT_CHARS + 1) }, ctx),
+      param: "cache_salt",
+      message: /at most 256 characters/,
+    },
+    {
+      name: "a cache_salt that is not a string",
+      run: () => parseChatRequest({ messages: user("hi"), cache_salt: 5 }, ctx),
+      param: "cache_salt",
+      message: /must be a string/,
+    },
+    {
+      name: "an integer beyond 64 bits",
+      run: () => parseCompletionRequest(JSON.parse('{"prompt": "x", "seed": 123456789012345678901234567890}'), ctx),
+      param: "seed",
+      message: /seed must be an integer/,
+    },
+    {
+      name: "an integer beyond 64 bits as max_tokens",
+      run: () => parseCompletionRequest(JSON.parse('{"prompt": "x", "max_tokens": 99999999999999999999999}'), ctx),
+      param: "max_tokens",
+      message: /max_tokens must be an integer/,
+    },
+    {
+      name: "a number past float64",
+      run: () => parseCompletionRequest(JSON.parse('{"prompt": "x", "temperature": 1e400}'), ctx),
+      param: "temperature",
+      message: /got Infinity/,
+    },
   ];
   it.each(cases)("$name -> $param", ({ run, param, message, code }) => {
     const r = refusal(run);
@@ -105,7 +177,11 @@ describe("bounds: refused with a 400 naming the field", () => {
     const counting: ValidationContext = {
       ...ctx,
       maxPromptChars: 10,
-      encoder: { encode: (t) => (ran++, tokenizer.encode(t)), encodeChat: (m, o) => (ran++, tokenizer.encodeChat(m, o)), decode: (ids) => tokenizer.decode(ids) },
+      encoder: {
+        encode: (t) => (ran++, tokenizer.encode(t)),
+        encodeChat: (m, o) => (ran++, tokenizer.encodeChat(m, o)),
+        decode: (ids) => tokenizer.decode(ids),
+      },
     };
     refusal(() => parseCompletionRequest({ prompt: "x".repeat(11) }, counting));
     refusal(() => planChatRequest({ messages: user("x".repeat(11)) }, counting));

@@ -68,14 +68,18 @@ describe("what clients are told", () => {
     { name: "an IPv6 address", message: "dial [fd00::1]:50051 failed", want: "dial <internal> failed" },
     { name: "a host:port", message: "No connection established to decode-2.decode.moela.svc:50051", want: "No connection established to <internal>" },
     { name: "a URL with credentials", message: "Redis at redis://:hunter2@redis.internal:6379/0 did not answer", want: "Redis at <internal> did not answer" },
-    { name: "a message with nothing internal", message: "no decode instance is available right now; retry later", want: "no decode instance is available right now; retry later" },
+    {
+      name: "a message with nothing internal",
+      message: "no decode instance is available right now; retry later",
+      want: "no decode instance is available right now; retry later",
+    },
   ])("$name", ({ message, want }) => {
     expect(redactInternal(message, names)).toBe(want);
   });
 
   const ctx = { internalNames: () => names };
   it("the router's own refusals pass as they are (built from the client's input)", () => {
-    const v = new RequestValidationError("stop[0] = \"10.0.0.1:80\" is fine", "stop");
+    const v = new RequestValidationError('stop[0] = "10.0.0.1:80" is fine', "stop");
     expect(publicError(v, ctx)).toBe(v);
     const m = new ModelNotFoundError("gpt-4");
     expect(publicError(m, ctx)).toBe(m);

@@ -21,7 +21,11 @@ function refusal(f: () => unknown): { status: number; param: string | null; mess
 
 describe("POST /tokenize", () => {
   it("a prompt: encode with special tokens unless add_special_tokens is false; token strings only when asked", () => {
-    expect(parseTokenizeRequest({ prompt: "hi" }, ctx)).toEqual({ op: { kind: "encode", text: "hi", addSpecialTokens: true }, returnTokenStrs: false, ignoredFields: [] });
+    expect(parseTokenizeRequest({ prompt: "hi" }, ctx)).toEqual({
+      op: { kind: "encode", text: "hi", addSpecialTokens: true },
+      returnTokenStrs: false,
+      ignoredFields: [],
+    });
     expect(parseTokenizeRequest({ model: "tiny-v3", prompt: "hi", add_special_tokens: false, return_token_strs: true }, ctx)).toEqual({
       op: { kind: "encode", text: "hi", addSpecialTokens: false },
       returnTokenStrs: true,
@@ -44,10 +48,20 @@ describe("POST /tokenize", () => {
     { name: "no prompt", body: {}, param: "prompt", message: /prompt \(or messages\) is required/ },
     { name: "a prompt that is not a string", body: { prompt: [1, 2] }, param: "prompt", message: /prompt must be a string/ },
     { name: "a prompt over the character limit", body: { prompt: "x".repeat(101) }, param: "prompt", message: /at most 100/ },
-    { name: "both prompt and messages", body: { prompt: "x", messages: [{ role: "user", content: "y" }] }, param: "prompt", message: /either prompt or messages/ },
+    {
+      name: "both prompt and messages",
+      body: { prompt: "x", messages: [{ role: "user", content: "y" }] },
+      param: "prompt",
+      message: /either prompt or messages/,
+    },
     { name: "empty messages", body: { messages: [] }, param: "messages", message: /must not be empty/ },
     { name: "add_special_tokens as a string", body: { prompt: "x", add_special_tokens: "no" }, param: "add_special_tokens", message: /must be a boolean/ },
-    { name: "continue_final_message", body: { messages: [{ role: "user", content: "y" }], continue_final_message: true }, param: "continue_final_message", message: /not supported/ },
+    {
+      name: "continue_final_message",
+      body: { messages: [{ role: "user", content: "y" }], continue_final_message: true },
+      param: "continue_final_message",
+      message: /not supported/,
+    },
   ])("refuses $name, naming $param", ({ body, param, message }) => {
     const r = refusal(() => parseTokenizeRequest(body, ctx));
     expect(r).toMatchObject({ status: 400, param });

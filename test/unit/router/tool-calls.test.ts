@@ -32,14 +32,26 @@ beforeAll(async () => {
     async *generate(): AsyncGenerator<GenerateEvent> {
       for (const [i, text] of PIECES.entries()) {
         const last = i === PIECES.length - 1;
-        yield { tokens: [{ id: 5 + i }], text, finishReason: last ? "stop" : null, ...(last ? { usage: { promptTokens: 4, completionTokens: PIECES.length } } : {}) };
+        yield {
+          tokens: [{ id: 5 + i }],
+          text,
+          finishReason: last ? "stop" : null,
+          ...(last ? { usage: { promptTokens: 4, completionTokens: PIECES.length } } : {}),
+        };
       }
     },
     health: () => ({}),
     routing: async () => [],
   };
   app = buildHttpApp({
-    validation: { servedModelName: "m", maxModelLen: 2048, vocabSize: 1024, encoder: tokenizer, defaults: { temperature: 1, topP: 1, topK: -1 }, checkSchema: checkJsonSchema },
+    validation: {
+      servedModelName: "m",
+      maxModelLen: 2048,
+      vocabSize: 1024,
+      encoder: tokenizer,
+      defaults: { temperature: 1, topP: 1, topK: -1 },
+      checkSchema: checkJsonSchema,
+    },
     tokenizer,
     encoder: pool,
     apiKeys: null,
@@ -70,7 +82,14 @@ describe("chat answers with tools (tool_choice auto)", () => {
   it("non-streamed: content before the calls, message.tool_calls, finish_reason tool_calls", async () => {
     const res = await chat({ tools: TOOLS });
     expect(res.status).toBe(200);
-    const choice = (JSON.parse(res.body) as { choices: Array<{ message: { content: string | null; tool_calls?: Array<{ id: string; type: string; function: { name: string; arguments: string } }> }; finish_reason: string }> }).choices[0]!;
+    const choice = (
+      JSON.parse(res.body) as {
+        choices: Array<{
+          message: { content: string | null; tool_calls?: Array<{ id: string; type: string; function: { name: string; arguments: string } }> };
+          finish_reason: string;
+        }>;
+      }
+    ).choices[0]!;
     expect(choice.finish_reason).toBe("tool_calls");
     expect(choice.message.content).toBe("Let me check.");
     expect(choice.message.tool_calls!.map((c) => [c.type, c.function.name, c.function.arguments])).toEqual([["function", "get_weather", '{"city":"Paris"}']]);
@@ -82,7 +101,15 @@ describe("chat answers with tools (tool_choice auto)", () => {
     const chunks = res.body
       .split("\n\n")
       .filter((l) => l.startsWith("data: {"))
-      .map((l) => JSON.parse(l.slice(6)) as { choices: Array<{ delta: { content?: string; tool_calls?: Array<{ index: number; function: { name: string; arguments: string } }> }; finish_reason: string | null }> });
+      .map(
+        (l) =>
+          JSON.parse(l.slice(6)) as {
+            choices: Array<{
+              delta: { content?: string; tool_calls?: Array<{ index: number; function: { name: string; arguments: string } }> };
+              finish_reason: string | null;
+            }>;
+          },
+      );
     const deltas = chunks.map((c) => c.choices[0]!);
     expect(deltas.map((d) => d.delta.content ?? "").join("")).toBe("Let me check.");
     const calls = deltas.flatMap((d) => d.delta.tool_calls ?? []);
@@ -93,7 +120,8 @@ describe("chat answers with tools (tool_choice auto)", () => {
 
   it('without tools (or tool_choice "none") the same text is content, finish_reason stop', async () => {
     for (const extra of [{}, { tools: TOOLS, tool_choice: "none" }]) {
-      const choice = (JSON.parse((await chat(extra)).body) as { choices: Array<{ message: { content: string; tool_calls?: unknown }; finish_reason: string }> }).choices[0]!;
+      const choice = (JSON.parse((await chat(extra)).body) as { choices: Array<{ message: { content: string; tool_calls?: unknown }; finish_reason: string }> })
+        .choices[0]!;
       expect(choice.finish_reason).toBe("stop");
       expect(choice.message.content).toBe(PIECES.join(""));
       expect(choice.message.tool_calls).toBeUndefined();

@@ -34,7 +34,10 @@ const parse = (flags: InternalSecurityFlags) => parseInternalSecurity(flags, nam
 describe("parseInternalSecurity", () => {
   it.each([
     { name: "nothing is given", flags: {} },
-    { name: "every value is empty (a template's unset variable)", flags: { internalSecret: "", internalSecretFile: "", tlsCert: "", tlsKey: "", tlsCa: "", tlsClientAuth: "" } },
+    {
+      name: "every value is empty (a template's unset variable)",
+      flags: { internalSecret: "", internalSecretFile: "", tlsCert: "", tlsKey: "", tlsCa: "", tlsClientAuth: "" },
+    },
   ])("is off when $name", ({ flags }) => {
     const s = parse(flags);
     expect(s.secrets).toEqual([]);
@@ -55,14 +58,34 @@ describe("parseInternalSecurity", () => {
   });
 
   it.each([
-    { name: "a short secret", flags: { internalSecret: "short" }, message: /--internal-secret \(env MOELA_DECODE_INTERNAL_SECRET\): the secret is shorter than 16 characters/ },
+    {
+      name: "a short secret",
+      flags: { internalSecret: "short" },
+      message: /--internal-secret \(env MOELA_DECODE_INTERNAL_SECRET\): the secret is shorter than 16 characters/,
+    },
     { name: "a secret with a space", flags: { internalSecret: "0123456789 abcdef0123" }, message: /holds a character other than printable ASCII/ },
     { name: "an empty second secret", flags: { internalSecret: `${SECRET},` }, message: /secret 2 of 2 is empty/ },
-    { name: "a secret and a file", flags: { internalSecret: SECRET, internalSecretFile: SECRET_FILE }, message: /--internal-secret \(env MOELA_DECODE_INTERNAL_SECRET\) and --internal-secret-file \(env MOELA_DECODE_INTERNAL_SECRET_FILE\) exclude each other/ },
-    { name: "a missing secret file", flags: { internalSecretFile: join(dir, "nope") }, message: /--internal-secret-file \(env MOELA_DECODE_INTERNAL_SECRET_FILE\) .*nope: cannot read it \(ENOENT\)/ },
-    { name: "a cert without its key", flags: { tlsCert: CERT }, message: /--tls-cert \(env MOELA_DECODE_TLS_CERT\) needs --tls-key \(env MOELA_DECODE_TLS_KEY\)/ },
+    {
+      name: "a secret and a file",
+      flags: { internalSecret: SECRET, internalSecretFile: SECRET_FILE },
+      message: /--internal-secret \(env MOELA_DECODE_INTERNAL_SECRET\) and --internal-secret-file \(env MOELA_DECODE_INTERNAL_SECRET_FILE\) exclude each other/,
+    },
+    {
+      name: "a missing secret file",
+      flags: { internalSecretFile: join(dir, "nope") },
+      message: /--internal-secret-file \(env MOELA_DECODE_INTERNAL_SECRET_FILE\) .*nope: cannot read it \(ENOENT\)/,
+    },
+    {
+      name: "a cert without its key",
+      flags: { tlsCert: CERT },
+      message: /--tls-cert \(env MOELA_DECODE_TLS_CERT\) needs --tls-key \(env MOELA_DECODE_TLS_KEY\)/,
+    },
     { name: "a key without its cert", flags: { tlsKey: KEY }, message: /--tls-key \(env MOELA_DECODE_TLS_KEY\) needs --tls-cert/ },
-    { name: "mTLS without a CA", flags: { tlsCert: CERT, tlsKey: KEY, tlsClientAuth: "true" }, message: /--tls-client-auth \(env MOELA_DECODE_TLS_CLIENT_AUTH\) needs --tls-ca/ },
+    {
+      name: "mTLS without a CA",
+      flags: { tlsCert: CERT, tlsKey: KEY, tlsClientAuth: "true" },
+      message: /--tls-client-auth \(env MOELA_DECODE_TLS_CLIENT_AUTH\) needs --tls-ca/,
+    },
     { name: "mTLS without its own cert", flags: { tlsCa: CERT, tlsClientAuth: true }, message: /--tls-client-auth .* needs --tls-cert/ },
     { name: "a file that is no PEM certificate", flags: { tlsCa: NOT_PEM }, message: /--tls-ca \(env MOELA_DECODE_TLS_CA\) .*not\.pem: not a PEM file/ },
     { name: "a key file that holds a certificate", flags: { tlsCert: CERT, tlsKey: CERT }, message: /--tls-key .* not a PEM file of the expected kind/ },
@@ -111,7 +134,10 @@ describe("every service reads the settings from its own env twins", () => {
 
   it.each([
     { role: "decode", parse: (env: NodeJS.ProcessEnv) => parseDecodeConfig(["--model", MODEL], env)!.security },
-    { role: "expert-host", parse: (env: NodeJS.ProcessEnv) => parseExpertHostConfig(["--model", MODEL, "--shard-index", "0", "--shard-count", "1"], env)!.security },
+    {
+      role: "expert-host",
+      parse: (env: NodeJS.ProcessEnv) => parseExpertHostConfig(["--model", MODEL, "--shard-index", "0", "--shard-count", "1"], env)!.security,
+    },
     { role: "prefill", parse: (env: NodeJS.ProcessEnv) => parsePrefillConfig(["--model", MODEL], env).security! },
   ])("$role: secret file, cert, key, CA and mTLS from the env", ({ role, parse: parseRole }) => {
     const prefix = `MOELA_${role.toUpperCase().replace("-", "_")}_`;
@@ -127,9 +153,13 @@ describe("every service reads the settings from its own env twins", () => {
   });
 
   it("the flag wins over the env twin, and a bad value fails start-up with the service's error", () => {
-    expect(parseDecodeConfig(["--model", MODEL, "--internal-secret", SECRET], { MOELA_DECODE_INTERNAL_SECRET: "another-secret-0123456" })!.security.secrets).toEqual([SECRET]);
+    expect(
+      parseDecodeConfig(["--model", MODEL, "--internal-secret", SECRET], { MOELA_DECODE_INTERNAL_SECRET: "another-secret-0123456" })!.security.secrets,
+    ).toEqual([SECRET]);
     expect(() => parsePrefillConfig(["--model", MODEL], { MOELA_PREFILL_TLS_CERT: CERT })).toThrow(ConfigError);
-    expect(() => parsePrefillConfig(["--model", MODEL], { MOELA_PREFILL_TLS_CERT: CERT })).toThrow(/prefill: --tls-cert \(env MOELA_PREFILL_TLS_CERT\) needs --tls-key/);
+    expect(() => parsePrefillConfig(["--model", MODEL], { MOELA_PREFILL_TLS_CERT: CERT })).toThrow(
+      /prefill: --tls-cert \(env MOELA_PREFILL_TLS_CERT\) needs --tls-key/,
+    );
   });
 
   it("router: the secret and TLS of its calls to decode", () => {
@@ -141,6 +171,8 @@ describe("every service reads the settings from its own env twins", () => {
   it("decode: --kv-max-transfers-per-peer (MOELA_DECODE_KV_MAX_TRANSFERS_PER_PEER), 64 by default, 0 = no bound", () => {
     expect(parseDecodeConfig(["--model", MODEL], {})!.kvMaxTransfersPerPeer).toBe(64);
     expect(parseDecodeConfig(["--model", MODEL], { MOELA_DECODE_KV_MAX_TRANSFERS_PER_PEER: "0" })!.kvMaxTransfersPerPeer).toBe(0);
-    expect(() => parseDecodeConfig(["--model", MODEL], { MOELA_DECODE_KV_MAX_TRANSFERS_PER_PEER: "-1" })).toThrow(/--kv-max-transfers-per-peer \/ MOELA_DECODE_KV_MAX_TRANSFERS_PER_PEER/);
+    expect(() => parseDecodeConfig(["--model", MODEL], { MOELA_DECODE_KV_MAX_TRANSFERS_PER_PEER: "-1" })).toThrow(
+      /--kv-max-transfers-per-peer \/ MOELA_DECODE_KV_MAX_TRANSFERS_PER_PEER/,
+    );
   });
 });

@@ -44,7 +44,12 @@ const verdicts = (type: string, cands: Candidate[], parameters?: unknown, r: Sch
 describe("filters", () => {
   it.each([
     { name: "healthy keeps a reachable accepting instance", type: "healthy", cands: [cand("a")], want: ["kept"] },
-    { name: "healthy drops an unreachable one with its error", type: "healthy", cands: [cand("a", load(), { healthy: false, error: "refused" })], want: ["unavailable: unhealthy (refused)"] },
+    {
+      name: "healthy drops an unreachable one with its error",
+      type: "healthy",
+      cands: [cand("a", load(), { healthy: false, error: "refused" })],
+      want: ["unavailable: unhealthy (refused)"],
+    },
     { name: "healthy drops one that never reported", type: "healthy", cands: [cand("a", "none")], want: ["unavailable: unhealthy (no report yet)"] },
     { name: "healthy drops a draining one", type: "healthy", cands: [cand("a", load({ accepting: false }))], want: ["unavailable: draining"] },
     {
@@ -54,7 +59,13 @@ describe("filters", () => {
       want: ["kept", "unavailable: runs paper, the request needs exact"],
     },
     { name: "same-precision keeps an unknown profile by default", type: "same-precision", cands: [cand("a")], want: ["kept"] },
-    { name: "same-precision drops an unknown profile when asked", type: "same-precision", params: { unknown: "drop" }, cands: [cand("a")], want: ["unavailable: precision unknown"] },
+    {
+      name: "same-precision drops an unknown profile when asked",
+      type: "same-precision",
+      params: { unknown: "drop" },
+      cands: [cand("a")],
+      want: ["unavailable: precision unknown"],
+    },
     {
       name: "has-free-kv keeps those with room now, drops the others as busy",
       type: "has-free-kv",
@@ -96,7 +107,12 @@ describe("filters", () => {
 
 describe("scorers", () => {
   it.each([
-    { name: "free-kv: free / the most free", type: "free-kv", cands: [cand("a", load({ freeKvBlocks: 25 })), cand("b", load({ freeKvBlocks: 100 }))], want: [0.25, 1] },
+    {
+      name: "free-kv: free / the most free",
+      type: "free-kv",
+      cands: [cand("a", load({ freeKvBlocks: 25 })), cand("b", load({ freeKvBlocks: 100 }))],
+      want: [0.25, 1],
+    },
     { name: "free-kv: reservations count", type: "free-kv", cands: [cand("a", load(), { reservedBlocks: 50 }), cand("b")], want: [0.5, 1] },
     { name: "free-kv: nobody has any", type: "free-kv", cands: [cand("a", load({ freeKvBlocks: 0 }))], want: [0] },
     {
@@ -113,7 +129,13 @@ describe("scorers", () => {
       want: [0, 0.75, 1],
     },
     { name: "load: everyone idle", type: "load", cands: [cand("a"), cand("b")], want: [1, 1] },
-    { name: "load with saturation: absolute", type: "load", params: { saturation: 8 }, cands: [cand("a", load({ runningSequences: 2 })), cand("b", load({ runningSequences: 9 }))], want: [0.75, 0] },
+    {
+      name: "load with saturation: absolute",
+      type: "load",
+      params: { saturation: 8 },
+      cands: [cand("a", load({ runningSequences: 2 })), cand("b", load({ runningSequences: 9 }))],
+      want: [0.75, 0],
+    },
     {
       name: "queue-depth ignores what runs",
       type: "queue-depth",
@@ -171,9 +193,17 @@ describe("the default decode policy", () => {
     { name: "equal free blocks: least load wins", cands: [cand("a", load({ runningSequences: 3 })), cand("b", load({ runningSequences: 1 }))], want: "b" },
     { name: "waiting and pending count as load", cands: [cand("a", load({ waitingSequences: 2 })), cand("b", load({ pendingTransfers: 1 }))], want: "b" },
     { name: "full ties go to the given order", cands: [cand("a"), cand("b")], want: "a" },
-    { name: "unhealthy instances are skipped", cands: [cand("a", load({ freeKvBlocks: 99 }), { healthy: false, error: "down" }), cand("b", load({ freeKvBlocks: 5 }))], want: "b" },
+    {
+      name: "unhealthy instances are skipped",
+      cands: [cand("a", load({ freeKvBlocks: 99 }), { healthy: false, error: "down" }), cand("b", load({ freeKvBlocks: 5 }))],
+      want: "b",
+    },
     { name: "draining instances are skipped", cands: [cand("a", load({ accepting: false })), cand("b", load({ freeKvBlocks: 3 }))], want: "b" },
-    { name: "reservations count against free blocks", cands: [cand("a", load(), { reservedBlocks: 60, reservedSequences: 20 }), cand("b", load({ freeKvBlocks: 50 }))], want: "b" },
+    {
+      name: "reservations count against free blocks",
+      cands: [cand("a", load(), { reservedBlocks: 60, reservedSequences: 20 }), cand("b", load({ freeKvBlocks: 50 }))],
+      want: "b",
+    },
     {
       name: "room now beats no room, whatever the load",
       cands: [cand("a", load({ freeKvBlocks: 1, totalKvBlocks: 1000 })), cand("b", load({ freeKvBlocks: 2, runningSequences: 50 }))],
@@ -188,7 +218,11 @@ describe("the default decode policy", () => {
   });
 
   it("explains every candidate: the filter that dropped it, or its scores and total", () => {
-    const { decision } = policy.decide("decode", req, [cand("a", "none", { healthy: false, error: "connection refused" }), cand("b", load({ freeKvBlocks: 50, runningSequences: 1 })), cand("c")]);
+    const { decision } = policy.decide("decode", req, [
+      cand("a", "none", { healthy: false, error: "connection refused" }),
+      cand("b", load({ freeKvBlocks: 50, runningSequences: 1 })),
+      cand("c"),
+    ]);
     expect(decision).toMatchObject({
       requestId: "req-1",
       role: "decode",
@@ -249,7 +283,9 @@ describe("policy configuration", () => {
   it("a weighted scorer changes the choice", () => {
     const cands = [cand("a", load({ freeKvBlocks: 100, runningSequences: 1 })), cand("b", load({ freeKvBlocks: 40 }))];
     expect(new Policy().decide("decode", req, cands).chosen?.id).toBe("a");
-    expect(new Policy(parsePolicyJson('{"scorers":[{"type":"free-kv","weight":1},{"type":"load","weight":3}]}')).decide("decode", req, cands).chosen?.id).toBe("b");
+    expect(new Policy(parsePolicyJson('{"scorers":[{"type":"free-kv","weight":1},{"type":"load","weight":3}]}')).decide("decode", req, cands).chosen?.id).toBe(
+      "b",
+    );
   });
 
   it.each([
@@ -263,10 +299,22 @@ describe("policy configuration", () => {
   });
 
   it.each([
-    { name: "an unknown filter", text: '{"filters":[{"type":"fastest"}]}', message: /--policy: filters\[0\]: unknown filter "fastest" \(known: healthy, same-precision, has-free-kv\)/ },
-    { name: "a bad prefix-affinity tolerance", text: '{"scorers":[{"type":"prefix-affinity","parameters":{"tolerance":0}}]}', message: /scorers\[0\]\.parameters\.tolerance/ },
+    {
+      name: "an unknown filter",
+      text: '{"filters":[{"type":"fastest"}]}',
+      message: /--policy: filters\[0\]: unknown filter "fastest" \(known: healthy, same-precision, has-free-kv\)/,
+    },
+    {
+      name: "a bad prefix-affinity tolerance",
+      text: '{"scorers":[{"type":"prefix-affinity","parameters":{"tolerance":0}}]}',
+      message: /scorers\[0\]\.parameters\.tolerance/,
+    },
     { name: "two scorers with one name", text: '{"scorers":[{"type":"load"},{"type":"load"}]}', message: /scorers\[1\]: a second scorer named "load"/ },
-    { name: "a bad parameter", text: '{"scorers":[{"type":"load","parameters":{"saturation":0}}]}', message: /--policy: scorers\[0\]\.parameters\.saturation: / },
+    {
+      name: "a bad parameter",
+      text: '{"scorers":[{"type":"load","parameters":{"saturation":0}}]}',
+      message: /--policy: scorers\[0\]\.parameters\.saturation: /,
+    },
     { name: "an unknown parameter", text: '{"picker":{"type":"max-score","parameters":{"x":1}}}', message: /--policy: picker\.parameters: Unrecognized key/ },
   ])("refuses $name when the policy is built", ({ text, message }) => {
     expect(() => new Policy(parsePolicyJson(text, "--policy"), "--policy")).toThrow(message);

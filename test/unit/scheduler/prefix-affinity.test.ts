@@ -60,7 +60,10 @@ describe("prefix-affinity scorer", () => {
   });
 
   it("salted requests match only prefixes cached under their own salt (cache_salt)", () => {
-    const salted: Candidate = { ...cand("a", null), attributes: { [PREFIX_AFFINITY]: { blockSize: BS, keys: new Set(prefixBlockHashes(SYSTEM, BS, Infinity, "tenant-a")) } } };
+    const salted: Candidate = {
+      ...cand("a", null),
+      attributes: { [PREFIX_AFFINITY]: { blockSize: BS, keys: new Set(prefixBlockHashes(SYSTEM, BS, Infinity, "tenant-a")) } },
+    };
     expect(cachedPrefixTokens(PROMPT, [salted], "tenant-a")).toEqual([192]);
     expect(cachedPrefixTokens(PROMPT, [salted], "tenant-b")).toEqual([0]);
     expect(cachedPrefixTokens(PROMPT, [salted])).toEqual([0]);

@@ -94,7 +94,14 @@ describe("job failures carry their gRPC code through BullMQ's failedReason", () 
 
 describe("redisConnection", () => {
   it("parses host, port, db and credentials; BullMQ workers need maxRetriesPerRequest null", () => {
-    expect(redisConnection("redis://u:p%40ss@10.0.0.2:6380/3")).toEqual({ host: "10.0.0.2", port: 6380, db: 3, username: "u", password: "p@ss", maxRetriesPerRequest: null });
+    expect(redisConnection("redis://u:p%40ss@10.0.0.2:6380/3")).toEqual({
+      host: "10.0.0.2",
+      port: 6380,
+      db: 3,
+      username: "u",
+      password: "p@ss",
+      maxRetriesPerRequest: null,
+    });
     expect(redisConnection("redis://127.0.0.1")).toEqual({ host: "127.0.0.1", port: 6379, db: 0, maxRetriesPerRequest: null });
   });
   it.each(["127.0.0.1:6379", "http://x:1", "redis://h/abc"])("refuses %s", (url) => {

@@ -17,8 +17,7 @@ const conversation: ChatMessage[] = [
 // What DeepSeek-V3's template writes, read off the template: system text right after BOS (several system messages
 // joined by a blank line), "<｜User｜>" + text per user turn, "<｜Assistant｜>" + text + EOS per assistant turn, and
 // a trailing "<｜Assistant｜>" as the generation prompt. The tiny template is a simplified copy, so the same holds.
-const expectedWithPrompt =
-  `${BOS}You are a helpful assistant.${USER}What is 2+2?${ASSISTANT}4.${EOS}${USER}And 3+3?${ASSISTANT}`;
+const expectedWithPrompt = `${BOS}You are a helpful assistant.${USER}What is 2+2?${ASSISTANT}4.${EOS}${USER}And 3+3?${ASSISTANT}`;
 
 describe.each([
   ["DeepSeek-V3", () => real],
@@ -29,9 +28,7 @@ describe.each([
   });
 
   it("leaves the generation prompt out when asked", () => {
-    expect(get().applyChatTemplate(conversation, { addGenerationPrompt: false })).toBe(
-      expectedWithPrompt.slice(0, -ASSISTANT.length),
-    );
+    expect(get().applyChatTemplate(conversation, { addGenerationPrompt: false })).toBe(expectedWithPrompt.slice(0, -ASSISTANT.length));
   });
 
   it("joins several system messages with a blank line, ahead of the turns", () => {
@@ -77,9 +74,7 @@ describe("chat template errors and sources", () => {
   it("reads chat_template.jinja when tokenizer_config has no template", () => {
     const dir = writeTinyDir(tmp, "jinja-file", ({ tokenizerConfig }) => delete tokenizerConfig.chat_template);
     writeFileSync(join(dir, "chat_template.jinja"), "{% for m in messages %}[{{ m.role }}:{{ m.content }}]{% endfor %}");
-    expect(Tokenizer.fromDir(dir).applyChatTemplate(conversation.slice(0, 2))).toBe(
-      "[system:You are a helpful assistant.][user:What is 2+2?]",
-    );
+    expect(Tokenizer.fromDir(dir).applyChatTemplate(conversation.slice(0, 2))).toBe("[system:You are a helpful assistant.][user:What is 2+2?]");
   });
 
   it("picks the default entry of a list of named templates", () => {
@@ -94,8 +89,7 @@ describe("chat template errors and sources", () => {
 
   it("turns raise_exception in a template into an InvalidArgumentError", () => {
     const dir = writeTinyDir(tmp, "raises", ({ tokenizerConfig }) => {
-      tokenizerConfig.chat_template =
-        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first message must be from the user') }}{% endif %}ok";
+      tokenizerConfig.chat_template = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first message must be from the user') }}{% endif %}ok";
     });
     const t = Tokenizer.fromDir(dir);
     expect(t.applyChatTemplate([{ role: "user", content: "q" }])).toBe("ok");

@@ -52,9 +52,7 @@ describe("IncrementalDecoder", () => {
     const body = tiny.encode("bye", { addSpecialTokens: false });
     const eos = tiny.eosTokenId!;
     expect(stream(new IncrementalDecoder(tiny), [...body, eos]).join("")).toBe("bye");
-    expect(stream(new IncrementalDecoder(tiny, { skipSpecialTokens: false }), [...body, eos]).join("")).toBe(
-      "bye<｜end▁of▁sentence｜>",
-    );
+    expect(stream(new IncrementalDecoder(tiny, { skipSpecialTokens: false }), [...body, eos]).join("")).toBe("bye<｜end▁of▁sentence｜>");
   });
 
   it("uses the prompt as context without emitting it", () => {

@@ -43,7 +43,9 @@ function zero(ps: ParamStore | Param[]): void {
 describe("layer gradients against finite differences (float64)", () => {
   it("linear: input and weight", () => {
     const rng = new Rng(1);
-    const T = 3, I = 5, O = 4;
+    const T = 3,
+      I = 5,
+      O = 4;
     const W = param("w", [O, I], rng);
     const x = randomVec(T * I, rng);
     const r = randomVec(T * O, rng);
@@ -64,7 +66,8 @@ describe("layer gradients against finite differences (float64)", () => {
 
   it("RMSNorm: input and weight", () => {
     const rng = new Rng(3);
-    const T = 3, n = 6;
+    const T = 3,
+      n = 6;
     const w = param("w", [n], rng, 0.2, 1);
     const x = randomVec(T * n, rng);
     const r = randomVec(T * n, rng);
@@ -77,7 +80,9 @@ describe("layer gradients against finite differences (float64)", () => {
 
   it("SwiGLU MLP (dense layer): input and gate/up/down", () => {
     const rng = new Rng(4);
-    const T = 3, h = 6, inter = 5;
+    const T = 3,
+      h = 6,
+      inter = 5;
     const ps = [param("g", [inter, h], rng), param("u", [inter, h], rng), param("d", [h, inter], rng)];
     const m = { gate: ps[0]!, up: ps[1]!, down: ps[2]! };
     const x = randomVec(T * h, rng);
@@ -91,7 +96,8 @@ describe("layer gradients against finite differences (float64)", () => {
 
   it("cross-entropy: logits (skipped targets included)", () => {
     const rng = new Rng(5);
-    const T = 4, V = 7;
+    const T = 4,
+      V = 7;
     const logits = randomVec(T * V, rng, 2);
     const targets = Int32Array.from([2, -1, 6, 0]);
     const g = Float64Array.from(logits);
@@ -127,8 +133,15 @@ describe("layer gradients against finite differences (float64)", () => {
     it(`DeepSeekMoE (sigmoid gate, group-limited top-k, shared expert, SwiGLU experts)${alpha ? " with the sequence-wise balance loss" : ""}`, () => {
       const cfg = tinyConfig();
       const ps = testParams(cfg, 9);
-      const B = 2, S = 6, T = B * S;
-      const p = moeParams((n) => ps.get(n), (n) => ps.has(n), cfg, 1);
+      const B = 2,
+        S = 6,
+        T = B * S;
+      const p = moeParams(
+        (n) => ps.get(n),
+        (n) => ps.has(n),
+        cfg,
+        1,
+      );
       const rng = new Rng(10);
       const x = randomVec(T * cfg.hiddenSize, rng);
       const r = randomVec(T * cfg.hiddenSize, rng);

@@ -18,7 +18,8 @@ describe("TrainModel", () => {
     const cfg = tinyConfig();
     const ps = testParams(cfg, 21);
     const model = new TrainModel(cfg, ps, f64Ops);
-    const B = 2, S = 5;
+    const B = 2,
+      S = 5;
     const tokens = randomTokens(B * model.rowLength(S), cfg.vocabSize, 22);
     const opts = { mtpLambda: 0.3, balanceAlpha: 0.05 };
     ps.zeroGrad();
@@ -61,7 +62,12 @@ describe("TrainModel", () => {
 
       const engine = new DeepseekModel(cfg, toEngineWeights(model), 0, { kernels: "reference" });
       const cache = new PagedLatentCache({ numLayers: engine.cacheLayers, latentDim: cfg.latentDim, blockSize: 4, numBlocks: 2 * Math.ceil(S / 4) });
-      const seqs = [0, 1].map((b) => ({ blockTable: cache.allocate(Math.ceil(S / 4))!, start: 0, tokens: main.subarray(b * S, (b + 1) * S), logits: "all" as const }));
+      const seqs = [0, 1].map((b) => ({
+        blockTable: cache.allocate(Math.ceil(S / 4))!,
+        start: 0,
+        tokens: main.subarray(b * S, (b + 1) * S),
+        logits: "all" as const,
+      }));
       const out = await engine.forward(cache, seqs, { attention: "decompressed" });
       const V = cfg.vocabSize;
       let worst = 0;

@@ -228,7 +228,8 @@ describe("Trainer", () => {
         for (let i = 0; i < p.data.length; i++) p.data[i] = roundBf16(p.data[i]!);
       }
     }
-    const B = 1, S = 8;
+    const B = 1,
+      S = 8;
     const ids = Int32Array.from({ length: S }, (_, i) => (i * 5) % cfg.vocabSize);
     const ours = m.logits(ids, B, S);
     const cache = new PagedLatentCache({ numLayers: engine.cacheLayers, latentDim: cfg.latentDim, blockSize: 4, numBlocks: 8 });

@@ -86,9 +86,27 @@ const opt = (n: GNode): GNode => ({ k: "alt", opts: [EMPTY, n] });
 
 const INTEGER: GNode = {
   k: "seq",
-  parts: [opt(lit("-")), { k: "alt", opts: [lit("0"), { k: "seq", parts: [{ k: "rep", cls: CharClass.Digit19, min: 1, max: 1 }, { k: "rep", cls: CharClass.Digit, min: 0, max: MAX_INT_DIGITS - 1 }] }] }],
+  parts: [
+    opt(lit("-")),
+    {
+      k: "alt",
+      opts: [
+        lit("0"),
+        {
+          k: "seq",
+          parts: [
+            { k: "rep", cls: CharClass.Digit19, min: 1, max: 1 },
+            { k: "rep", cls: CharClass.Digit, min: 0, max: MAX_INT_DIGITS - 1 },
+          ],
+        },
+      ],
+    },
+  ],
 };
-const NUMBER: GNode = { k: "seq", parts: [INTEGER, opt({ k: "seq", parts: [lit("."), { k: "rep", cls: CharClass.Digit, min: 1, max: MAX_FRACTION_DIGITS }] })] };
+const NUMBER: GNode = {
+  k: "seq",
+  parts: [INTEGER, opt({ k: "seq", parts: [lit("."), { k: "rep", cls: CharClass.Digit, min: 1, max: MAX_FRACTION_DIGITS }] })],
+};
 const BOOLEAN: GNode = { k: "alt", opts: [lit("true"), lit("false")] };
 const NULL: GNode = lit("null");
 
@@ -110,7 +128,10 @@ function bad(path: string, why: string): never {
 }
 
 function unsupported(path: string, keyword: string): never {
-  bad(`${path}.${keyword}`, `the keyword ${JSON.stringify(keyword)} is not supported; supported: ${SUPPORTED_KEYWORDS.join(", ")} (annotations such as title and description are ignored)`);
+  bad(
+    `${path}.${keyword}`,
+    `the keyword ${JSON.stringify(keyword)} is not supported; supported: ${SUPPORTED_KEYWORDS.join(", ")} (annotations such as title and description are ignored)`,
+  );
 }
 
 function count(path: string, v: unknown): number {

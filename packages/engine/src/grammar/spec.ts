@@ -14,10 +14,7 @@
 import { errorMessage, InvalidArgumentError } from "@moela/core";
 import { compileJsonSchema, lit, type GNode } from "./schema.js";
 
-export type GrammarPart =
-  | { readonly literal: string }
-  | { readonly json: unknown }
-  | { readonly choice: readonly (readonly GrammarPart[])[] };
+export type GrammarPart = { readonly literal: string } | { readonly json: unknown } | { readonly choice: readonly (readonly GrammarPart[])[] };
 
 export type GrammarSpec = { readonly json: unknown } | { readonly sequence: readonly GrammarPart[] };
 

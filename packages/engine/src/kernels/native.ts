@@ -28,31 +28,100 @@ function matmulArgs(w: WeightMatrix, x: Float32Array, T: number, y: Float32Array
   const nRows = l?.nRows ?? w.rows;
   const yStride = l?.yStride === undefined || l.yStride < 0 ? nRows : l.yStride;
   return [
-    KIND[w.kind], w.data, scaleOf(w), w.rows, w.cols, blockRows(w), blockCols(w),
-    x, l?.xOff ?? 0, l?.xStride ?? w.cols, T, y, l?.yOff ?? 0, yStride, l?.r0 ?? 0, nRows,
-    l?.groups ?? 1, l?.rowStep ?? 0, l?.xStep ?? 0, l?.yStep ?? 0,
+    KIND[w.kind],
+    w.data,
+    scaleOf(w),
+    w.rows,
+    w.cols,
+    blockRows(w),
+    blockCols(w),
+    x,
+    l?.xOff ?? 0,
+    l?.xStride ?? w.cols,
+    T,
+    y,
+    l?.yOff ?? 0,
+    yStride,
+    l?.r0 ?? 0,
+    nRows,
+    l?.groups ?? 1,
+    l?.rowStep ?? 0,
+    l?.xStep ?? 0,
+    l?.yStep ?? 0,
   ];
 }
 
 function matmulTArgs(w: WeightMatrix, v: Float32Array, T: number, out: Float32Array, l: TransposedLayout = {}): Parameters<NativeKernels["matmulT"]> {
   const rows = l.n ?? w.rows;
   return [
-    KIND[w.kind], w.data, scaleOf(w), w.rows, w.cols, blockRows(w), blockCols(w),
-    v, l.vOff ?? 0, l.vStride ?? rows, T, out, l.outOff ?? 0, l.outStride ?? w.cols, l.r0 ?? 0, rows,
-    l.groups ?? 1, l.rowStep ?? 0, l.vStep ?? 0, l.outStep ?? 0,
+    KIND[w.kind],
+    w.data,
+    scaleOf(w),
+    w.rows,
+    w.cols,
+    blockRows(w),
+    blockCols(w),
+    v,
+    l.vOff ?? 0,
+    l.vStride ?? rows,
+    T,
+    out,
+    l.outOff ?? 0,
+    l.outStride ?? w.cols,
+    l.r0 ?? 0,
+    rows,
+    l.groups ?? 1,
+    l.rowStep ?? 0,
+    l.vStep ?? 0,
+    l.outStep ?? 0,
   ];
 }
 
 function attendArgs(a: AttendArgs): Parameters<NativeKernels["attend"]> {
   return [
-    a.qa, a.qaOff, a.qaTok, a.qaHead, a.lenA, a.qb, a.qbOff, a.qbTok, a.qbHead, a.lenB,
-    a.ka, a.kaOff, a.kaPos, a.kaHead, a.kb, a.kbOff, a.kbPos, a.kbHead,
-    a.val, a.valOff, a.valPos, a.valHead, a.lenV, a.out, a.outOff, a.outTok, a.outHead, a.n, a.H, a.start, a.scale,
-    a.blockTable ?? null, a.blockSize ?? 0,
+    a.qa,
+    a.qaOff,
+    a.qaTok,
+    a.qaHead,
+    a.lenA,
+    a.qb,
+    a.qbOff,
+    a.qbTok,
+    a.qbHead,
+    a.lenB,
+    a.ka,
+    a.kaOff,
+    a.kaPos,
+    a.kaHead,
+    a.kb,
+    a.kbOff,
+    a.kbPos,
+    a.kbHead,
+    a.val,
+    a.valOff,
+    a.valPos,
+    a.valHead,
+    a.lenV,
+    a.out,
+    a.outOff,
+    a.outTok,
+    a.outHead,
+    a.n,
+    a.H,
+    a.start,
+    a.scale,
+    a.blockTable ?? null,
+    a.blockSize ?? 0,
   ];
 }
 
-function mlpGroupArgs(group: readonly MlpWeights[], counts: ArrayLike<number>, x: Float32Array, out: Float32Array, ws: Workspace): Parameters<NativeKernels["mlpGroup"]> {
+function mlpGroupArgs(
+  group: readonly MlpWeights[],
+  counts: ArrayLike<number>,
+  x: Float32Array,
+  out: Float32Array,
+  ws: Workspace,
+): Parameters<NativeKernels["mlpGroup"]> {
   const arrays: (Float32Array | Uint16Array | Uint8Array | null)[] = [];
   const meta = ws.i32("mlp.meta", group.length * MLP_META);
   let row0 = 0;

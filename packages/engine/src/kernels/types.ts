@@ -50,15 +50,40 @@ export interface TransposedLayout {
  * (qa = W_UK-folded query, ka = val = cached c_kv) and decompressed (qa = q_nope, ka = K_nope, val = V).
  */
 export interface AttendArgs {
-  qa: Float32Array; qaOff: number; qaTok: number; qaHead: number; lenA: number;
-  qb: Float32Array; qbOff: number; qbTok: number; qbHead: number; lenB: number;
-  ka: Float32Array; kaOff: number; kaPos: number; kaHead: number;
-  kb: Float32Array; kbOff: number; kbPos: number; kbHead: number;
-  val: Float32Array; valOff: number; valPos: number; valHead: number; lenV: number;
-  out: Float32Array; outOff: number; outTok: number; outHead: number;
-  n: number; H: number; start: number; scale: number;
+  qa: Float32Array;
+  qaOff: number;
+  qaTok: number;
+  qaHead: number;
+  lenA: number;
+  qb: Float32Array;
+  qbOff: number;
+  qbTok: number;
+  qbHead: number;
+  lenB: number;
+  ka: Float32Array;
+  kaOff: number;
+  kaPos: number;
+  kaHead: number;
+  kb: Float32Array;
+  kbOff: number;
+  kbPos: number;
+  kbHead: number;
+  val: Float32Array;
+  valOff: number;
+  valPos: number;
+  valHead: number;
+  lenV: number;
+  out: Float32Array;
+  outOff: number;
+  outTok: number;
+  outHead: number;
+  n: number;
+  H: number;
+  start: number;
+  scale: number;
   /** Pages ka/kb/val: position p is row blockTable[p / blockSize] * blockSize + p % blockSize (a cache slab). */
-  blockTable?: Int32Array; blockSize?: number;
+  blockTable?: Int32Array;
+  blockSize?: number;
 }
 
 export interface KernelBackend {

@@ -128,7 +128,20 @@ export class LocalExpertExecutor implements ExpertExecutor {
     const order = this.ws.i32("local.order", T * this.k);
     bucketByExpert(moe.experts.length, ids, T * this.k, start, order, this.ws);
     const k = this.k;
-    const g = { experts: moe.experts, x, hidden: this.hidden, start, order, weights, T, out, ws: this.ws, kernels: this.kernels, mm: this.mm, tokenOf: (p: number) => Math.floor(p / k) };
+    const g = {
+      experts: moe.experts,
+      x,
+      hidden: this.hidden,
+      start,
+      order,
+      weights,
+      T,
+      out,
+      ws: this.ws,
+      kernels: this.kernels,
+      mm: this.mm,
+      tokenOf: (p: number) => Math.floor(p / k),
+    };
     await runExpertGroupAsync(g, this.offLoopMinWork);
   }
 }

@@ -34,8 +34,7 @@ export function rotaryParams(cfg: ModelConfig): RotaryParams {
     for (let i = 0; i < half; i++) invFreq[i] = 1 / base ** ((2 * i) / dim);
   } else {
     const { factor } = yarn;
-    const correctionDim = (rotations: number) =>
-      (dim * Math.log(yarn.originalMaxPositionEmbeddings / (rotations * 2 * Math.PI))) / (2 * Math.log(base));
+    const correctionDim = (rotations: number) => (dim * Math.log(yarn.originalMaxPositionEmbeddings / (rotations * 2 * Math.PI))) / (2 * Math.log(base));
     let low = correctionDim(yarn.betaFast);
     let high = correctionDim(yarn.betaSlow);
     if (yarn.truncate) {
@@ -71,13 +70,7 @@ export function rotaryParams(cfg: ModelConfig): RotaryParams {
 }
 
 /** Fill cos/sin tables [T, dim/2] for the given positions (float64). */
-export function rotaryTables(
-  p: RotaryParams,
-  positions: ArrayLike<number>,
-  T: number,
-  cos: Float64Array,
-  sin: Float64Array,
-): void {
+export function rotaryTables(p: RotaryParams, positions: ArrayLike<number>, T: number, cos: Float64Array, sin: Float64Array): void {
   const half = p.invFreq.length;
   for (let t = 0; t < T; t++) {
     const pos = positions[t]!;

@@ -15,10 +15,16 @@ export function scaleInvName(weightName: string): string {
 }
 
 function checkDims(rows: number, cols: number, blockRows: number, blockCols: number): void {
-  for (const [k, v] of [["rows", rows], ["cols", cols]] as const) {
+  for (const [k, v] of [
+    ["rows", rows],
+    ["cols", cols],
+  ] as const) {
     if (!Number.isSafeInteger(v) || v < 0) throw new InvalidArgumentError(`${k} must be a non-negative integer, got ${v}`);
   }
-  for (const [k, v] of [["blockRows", blockRows], ["blockCols", blockCols]] as const) {
+  for (const [k, v] of [
+    ["blockRows", blockRows],
+    ["blockCols", blockCols],
+  ] as const) {
     if (!Number.isSafeInteger(v) || v <= 0) throw new InvalidArgumentError(`${k} must be a positive integer, got ${v}`);
   }
 }
@@ -34,17 +40,11 @@ export function expectedScaleShape(rows: number, cols: number, blockRows = 128, 
  * The product of an e4m3 value (4 significant bits) and a float32 scale is exact in a double and is
  * rounded once into the float32 output, so the result is bit-identical to torch's float32 multiply.
  */
-export function dequantFp8Block(
-  data: Uint8Array,
-  scaleInv: Float32Array,
-  rows: number,
-  cols: number,
-  blockRows = 128,
-  blockCols = 128,
-): Float32Array {
+export function dequantFp8Block(data: Uint8Array, scaleInv: Float32Array, rows: number, cols: number, blockRows = 128, blockCols = 128): Float32Array {
   const [gr, gc] = expectedScaleShape(rows, cols, blockRows, blockCols);
   if (data.length !== rows * cols) throw new InvalidArgumentError(`fp8 data has ${data.length} bytes, [${rows}, ${cols}] needs ${rows * cols}`);
-  if (scaleInv.length !== gr * gc) throw new InvalidArgumentError(`scale grid has ${scaleInv.length} values, [${rows}, ${cols}] in ${blockRows}x${blockCols} blocks needs [${gr}, ${gc}]`);
+  if (scaleInv.length !== gr * gc)
+    throw new InvalidArgumentError(`scale grid has ${scaleInv.length} values, [${rows}, ${cols}] in ${blockRows}x${blockCols} blocks needs [${gr}, ${gc}]`);
   const out = new Float32Array(rows * cols); // [rows, cols]
   for (let r = 0; r < rows; r++) {
     const srow = Math.floor(r / blockRows) * gc;
@@ -63,13 +63,7 @@ export function dequantFp8Block(
  * q = e4m3(w / scale) with the division in float32 and round-to-nearest-even, saturating at +-448.
  * Returns the e4m3 bytes [rows, cols] and scaleInv (= scale) [ceil(rows/br), ceil(cols/bc)].
  */
-export function quantizeFp8Block(
-  w: Float32Array,
-  rows: number,
-  cols: number,
-  blockRows = 128,
-  blockCols = 128,
-): { data: Uint8Array; scaleInv: Float32Array } {
+export function quantizeFp8Block(w: Float32Array, rows: number, cols: number, blockRows = 128, blockCols = 128): { data: Uint8Array; scaleInv: Float32Array } {
   const [gr, gc] = expectedScaleShape(rows, cols, blockRows, blockCols);
   if (w.length !== rows * cols) throw new InvalidArgumentError(`weight has ${w.length} values, [${rows}, ${cols}] needs ${rows * cols}`);
   const data = new Uint8Array(rows * cols); // [rows, cols]
@@ -106,8 +100,10 @@ type TensorMeta = Pick<TensorInfo, "name" | "file" | "dtype" | "shape">;
  * 2-D float scale of the expected grid shape). Throws a CheckpointError naming both tensors.
  */
 export function validateFp8ScaleTensor(weight: TensorMeta, scale: TensorMeta, blockRows = 128, blockCols = 128): void {
-  if (weight.dtype !== "F8_E4M3") throw new CheckpointError(weight.file, `has a scale tensor '${scale.name}' but dtype ${weight.dtype}, not F8_E4M3`, weight.name);
-  if (weight.shape.length !== 2) throw new CheckpointError(weight.file, `block-quantized weight must be 2-D, got shape ${JSON.stringify(weight.shape)}`, weight.name);
+  if (weight.dtype !== "F8_E4M3")
+    throw new CheckpointError(weight.file, `has a scale tensor '${scale.name}' but dtype ${weight.dtype}, not F8_E4M3`, weight.name);
+  if (weight.shape.length !== 2)
+    throw new CheckpointError(weight.file, `block-quantized weight must be 2-D, got shape ${JSON.stringify(weight.shape)}`, weight.name);
   if (scale.dtype === "F8_E4M3") throw new CheckpointError(scale.file, `scale tensor of '${weight.name}' must be a float type, got F8_E4M3`, scale.name);
   const [rows, cols] = weight.shape as [number, number];
   const want = expectedScaleShape(rows, cols, blockRows, blockCols);

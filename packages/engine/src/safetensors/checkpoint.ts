@@ -69,7 +69,10 @@ export class CheckpointTensors {
     }
     let names: string[];
     try {
-      names = fs.readdirSync(dir).filter((f) => f.endsWith(".safetensors")).sort();
+      names = fs
+        .readdirSync(dir)
+        .filter((f) => f.endsWith(".safetensors"))
+        .sort();
     } catch (e) {
       throw new CheckpointError(dir, `cannot list the folder: ${errorMessage(e)}`);
     }
@@ -98,7 +101,11 @@ export class CheckpointTensors {
       for (const [name, f] of weightMap) {
         if (owner.get(name) !== f) {
           const where = owner.has(name) ? ` (it is in ${owner.get(name)})` : "";
-          throw new CheckpointError(path.join(dir, f), `${SAFETENSORS_INDEX_FILE} maps this tensor to this shard but the shard does not contain it${where}`, name);
+          throw new CheckpointError(
+            path.join(dir, f),
+            `${SAFETENSORS_INDEX_FILE} maps this tensor to this shard but the shard does not contain it${where}`,
+            name,
+          );
         }
       }
       // Tensors a shard holds beyond the index are kept: transformers loads whole shards too.
@@ -159,7 +166,11 @@ export class CheckpointTensors {
   }
 
   private missing(name: string): CheckpointError {
-    return new CheckpointError(this.indexFile ?? this.dir, `missing tensor (checkpoint has ${this.entries.size} tensors in ${this.files.length} file(s))`, name);
+    return new CheckpointError(
+      this.indexFile ?? this.dir,
+      `missing tensor (checkpoint has ${this.entries.size} tensors in ${this.files.length} file(s))`,
+      name,
+    );
   }
 }
 

@@ -42,8 +42,7 @@ export interface TensorSpec {
 export function checkpointTensorSpecs(cfg: ModelConfig): TensorSpec[] {
   const H = cfg.hiddenSize;
   const out: TensorSpec[] = [];
-  const lin = (name: string, rows: number, cols: number, quantizable = true): void =>
-    void out.push({ name, shape: [rows, cols], init: "linear", quantizable });
+  const lin = (name: string, rows: number, cols: number, quantizable = true): void => void out.push({ name, shape: [rows, cols], init: "linear", quantizable });
   const norm = (name: string, n: number): void => void out.push({ name, shape: [n], init: "norm", quantizable: false });
   const mlp = (p: string, inter: number): void => {
     lin(`${p}.gate_proj.weight`, inter, H);

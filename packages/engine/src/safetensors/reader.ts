@@ -16,14 +16,7 @@
 import * as fs from "node:fs";
 import { constants as bufferConstants } from "node:buffer";
 import { CheckpointError, errorMessage } from "@moela/core";
-import {
-  BF16_TO_F32,
-  DTYPE_BYTES,
-  F16_TO_F32,
-  F8_E4M3_TO_F32,
-  isDType,
-  type DType,
-} from "../tensor/dtype.js";
+import { BF16_TO_F32, DTYPE_BYTES, F16_TO_F32, F8_E4M3_TO_F32, isDType, type DType } from "../tensor/dtype.js";
 
 /** One tensor of a checkpoint with its raw little-endian bytes. */
 export interface TensorInfo {
@@ -69,8 +62,26 @@ const READ_CHUNK_BYTES = 1 << 30;
 
 /** Dtype names the safetensors format defines, so an unsupported one can be told from garbage. */
 const KNOWN_SAFETENSORS_DTYPES = new Set([
-  "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16",
-  "F16", "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64",
+  "BOOL",
+  "F4",
+  "F6_E2M3",
+  "F6_E3M2",
+  "U8",
+  "I8",
+  "F8_E5M2",
+  "F8_E4M3",
+  "F8_E8M0",
+  "I16",
+  "U16",
+  "F16",
+  "BF16",
+  "I32",
+  "U32",
+  "F32",
+  "C64",
+  "F64",
+  "I64",
+  "U64",
 ]);
 const SUPPORTED = Object.keys(DTYPE_BYTES).join(", ");
 
@@ -183,11 +194,7 @@ export function parseSafetensorsHeader(file: string, json: unknown, dataSize: nu
     const prev = byStart[i - 1]!;
     const cur = byStart[i]!;
     if (cur.begin < prev.end) {
-      throw new CheckpointError(
-        file,
-        `data_offsets [${cur.begin}, ${cur.end}] overlap those of '${prev.name}' [${prev.begin}, ${prev.end}]`,
-        cur.name,
-      );
+      throw new CheckpointError(file, `data_offsets [${cur.begin}, ${cur.end}] overlap those of '${prev.name}' [${prev.begin}, ${prev.end}]`, cur.name);
     }
   }
   return { file, fileSize, dataStart, metadata, tensors };
@@ -250,11 +257,14 @@ export function readSafetensorsHeader(file: string): SafetensorsHeader {
 
 function readData(fd: number, header: SafetensorsHeader, names: Iterable<string> | null, opts: ReadOptions): Map<string, TensorInfo> {
   const { file } = header;
-  const wanted = names === null ? [...header.tensors.values()] : [...names].map((n) => {
-    const e = header.tensors.get(n);
-    if (!e) throw new CheckpointError(file, "missing tensor", n);
-    return e;
-  });
+  const wanted =
+    names === null
+      ? [...header.tensors.values()]
+      : [...names].map((n) => {
+          const e = header.tensors.get(n);
+          if (!e) throw new CheckpointError(file, "missing tensor", n);
+          return e;
+        });
   const out = new Map<string, TensorInfo>();
   const dataSize = header.fileSize - header.dataStart;
   const maxBuffer = Math.min(opts.maxBufferBytes ?? bufferConstants.MAX_LENGTH, bufferConstants.MAX_LENGTH);

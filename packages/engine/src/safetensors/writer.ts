@@ -36,9 +36,7 @@ function validate(tensors: readonly TensorToWrite[]): void {
       n *= d;
     }
     if (t.data.length !== n * DTYPE_BYTES[t.dtype]) {
-      throw new InvalidArgumentError(
-        `tensor '${t.name}': ${t.dtype}${JSON.stringify(t.shape)} needs ${n * DTYPE_BYTES[t.dtype]} bytes, got ${t.data.length}`,
-      );
+      throw new InvalidArgumentError(`tensor '${t.name}': ${t.dtype}${JSON.stringify(t.shape)} needs ${n * DTYPE_BYTES[t.dtype]} bytes, got ${t.data.length}`);
     }
   }
 }
@@ -80,11 +78,7 @@ export function encodeSafetensorsHeader(
 }
 
 /** Write one safetensors file (via a temporary file and a rename, so readers never see half a file). */
-export function writeSafetensorsFile(
-  file: string,
-  tensors: readonly TensorToWrite[],
-  metadata?: Readonly<Record<string, string>>,
-): void {
+export function writeSafetensorsFile(file: string, tensors: readonly TensorToWrite[], metadata?: Readonly<Record<string, string>>): void {
   const { header, ordered } = encodeSafetensorsHeader(tensors, metadata);
   const tmp = `${file}.tmp-${process.pid}`;
   const fd = fs.openSync(tmp, "w");

@@ -120,16 +120,7 @@ function dotBf16(d: Uint16Array, base: number, x: Float32Array, xo: number, cols
  * dot64 with the row read straight from FP8 codes and block scales (bit-identical: code * scale is exact in a
  * double). Needs blockCols % 4 == 0 so element c still lands in accumulator c mod 4.
  */
-function dotFp8(
-  d: Uint8Array,
-  base: number,
-  scales: Float32Array,
-  srow: number,
-  blockCols: number,
-  x: Float32Array,
-  xo: number,
-  cols: number,
-): number {
+function dotFp8(d: Uint8Array, base: number, scales: Float32Array, srow: number, blockCols: number, x: Float32Array, xo: number, cols: number): number {
   let s0 = 0;
   let s1 = 0;
   let s2 = 0;
@@ -179,13 +170,7 @@ function dotF32(d: Float32Array, base: number, x: Float32Array, xo: number, cols
  * x: [T, cols] starting at xOff with row stride xStride; y: [T, nRows] starting at yOff with row stride yStride.
  * F32 and BF16 rows are read in place; FP8/F16 rows are decoded once (exactly, into float64) and used by all T tokens.
  */
-export function matmul(
-  w: WeightMatrix,
-  x: Float32Array,
-  T: number,
-  y: Float32Array,
-  layout?: MatmulLayout,
-): void {
+export function matmul(w: WeightMatrix, x: Float32Array, T: number, y: Float32Array, layout?: MatmulLayout): void {
   const cols = w.cols;
   const xOff = layout?.xOff ?? 0;
   const xStride = layout?.xStride ?? cols;
@@ -242,14 +227,7 @@ export interface MatmulLayout {
  * Transposed product for a slice of rows: out[c] = sum_{r in [r0, r0+n)} w[r, c] * v[r - r0], c < cols.
  * Used to absorb W_UK into the query (q_nope -> latent space) without materialising W_UK^T.
  */
-export function matvecTransposedRows(
-  w: WeightMatrix,
-  r0: number,
-  n: number,
-  v: Float32Array | Float64Array,
-  vOff: number,
-  out: Float64Array,
-): void {
+export function matvecTransposedRows(w: WeightMatrix, r0: number, n: number, v: Float32Array | Float64Array, vOff: number, out: Float64Array): void {
   const cols = w.cols;
   out.fill(0, 0, cols);
   const row = rowScratch64(cols);
@@ -261,14 +239,7 @@ export function matvecTransposedRows(
 }
 
 /** out[i] = sum_c w[r0 + i, c] * v[c] for i < n (a slice of rows times one vector, in doubles). */
-export function matvecRows(
-  w: WeightMatrix,
-  r0: number,
-  n: number,
-  v: Float64Array | Float32Array,
-  out: Float64Array | Float32Array,
-  outOff: number,
-): void {
+export function matvecRows(w: WeightMatrix, r0: number, n: number, v: Float64Array | Float32Array, out: Float64Array | Float32Array, outOff: number): void {
   const cols = w.cols;
   const row = rowScratch64(cols);
   for (let i = 0; i < n; i++) {

@@ -158,7 +158,9 @@ function f32Tensor(v: Float32Array): Tensor {
 
 function f32FromTensor(t: Tensor, what: string): Float32Array {
   if (t.dtype !== DType.DTYPE_F32 || t.shape.length !== 1 || t.data.length !== t.shape[0]! * 4) {
-    throw new InvalidArgumentError(`${what} must be a [n] F32 tensor with 4n bytes, got dtype ${t.dtype} shape [${t.shape.join(", ")}] and ${t.data.length} bytes`);
+    throw new InvalidArgumentError(
+      `${what} must be a [n] F32 tensor with 4n bytes, got dtype ${t.dtype} shape [${t.shape.join(", ")}] and ${t.data.length} bytes`,
+    );
   }
   const out = new Float32Array(t.shape[0]!);
   for (let i = 0; i < out.length; i++) out[i] = t.data.readFloatLE(i * 4);
@@ -219,7 +221,10 @@ export function frameFromWire(req: PushRequest): KvFrame {
         numChunks: e.numChunks,
         sha256: e.sha256,
         firstToken,
-        draft: e.draftTokenId === undefined ? null : { token: e.draftTokenId, probs: e.draftProbs === undefined ? null : f32FromTensor(e.draftProbs, "KvEnd.draft_probs") },
+        draft:
+          e.draftTokenId === undefined
+            ? null
+            : { token: e.draftTokenId, probs: e.draftProbs === undefined ? null : f32FromTensor(e.draftProbs, "KvEnd.draft_probs") },
         rngState: e.rngState,
         drafted: e.draftedTokens,
         accepted: e.acceptedDraftTokens,

@@ -99,14 +99,7 @@ export class GrpcExpertHostTransport implements ExpertHostTransport {
     const output =
       this.dispatchMode === "stream"
         ? await this.streamCall(wire, signal)
-        : (
-            await this.unary<DispatchResponse>(
-              (md, opts, cb) => this.client.dispatch(wire, md, opts, cb),
-              this.dispatchTimeoutMs,
-              "Dispatch",
-              signal,
-            )
-          ).output;
+        : (await this.unary<DispatchResponse>((md, opts, cb) => this.client.dispatch(wire, md, opts, cb), this.dispatchTimeoutMs, "Dispatch", signal)).output;
     try {
       return fromTensor(output, "output");
     } catch (err) {
@@ -167,7 +160,13 @@ export class GrpcExpertHostTransport implements ExpertHostTransport {
       const p = s.pending.get(msg.callId);
       if (p === undefined) return; // cancelled or timed out meanwhile
       if (msg.errorCode === 0) p.resolve(msg.response?.output);
-      else p.reject(errorForCode(msg.errorCode, describeFailure({ code: msg.errorCode, details: msg.errorMessage }, `${this.name} Dispatch`, this.name, this.dispatchTimeoutMs)));
+      else
+        p.reject(
+          errorForCode(
+            msg.errorCode,
+            describeFailure({ code: msg.errorCode, details: msg.errorMessage }, `${this.name} Dispatch`, this.name, this.dispatchTimeoutMs),
+          ),
+        );
     });
     call.on("error", (err: ServiceError) => this.breakStream(s, this.mapError(err, "DispatchStream", this.dispatchTimeoutMs)));
     call.on("end", () => this.breakStream(s, new UnavailableError(`${this.name} closed its dispatch stream`)));
@@ -229,9 +228,6 @@ function describeFailure(err: Pick<ServiceError, "code" | "details">, what: stri
 }
 
 /** One transport per address; addresses[h] serves shard h. */
-export function connectExpertHosts(
-  addresses: readonly string[],
-  options: Omit<GrpcExpertHostOptions, "address" | "shard"> = {},
-): GrpcExpertHostTransport[] {
+export function connectExpertHosts(addresses: readonly string[], options: Omit<GrpcExpertHostOptions, "address" | "shard"> = {}): GrpcExpertHostTransport[] {
   return addresses.map((address, shard) => new GrpcExpertHostTransport({ ...options, address, shard }));
 }

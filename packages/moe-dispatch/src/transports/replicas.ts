@@ -127,7 +127,10 @@ export class ReplicatedExpertHostTransport implements ExpertHostTransport {
         if (!isUnavailable(err) || signal?.aborted) throw err;
         r.downUntil = Date.now() + this.downForMs;
         failures.push(`${r.address}: ${errorMessage(err)}`);
-        this.logger?.warn({ shard: this.shard, replica: r.address, method, err: errorMessage(err) }, "expert-host replica unavailable; trying another replica of the shard");
+        this.logger?.warn(
+          { shard: this.shard, replica: r.address, method, err: errorMessage(err) },
+          "expert-host replica unavailable; trying another replica of the shard",
+        );
       } finally {
         r.inFlight--;
         if (r.retired && r.inFlight === 0) r.transport.close();
@@ -227,7 +230,9 @@ export class ExpertShardSet {
       if (missing.length === 0) return;
       if (signal?.aborted) throw signal.reason;
       if (Date.now() >= deadline) {
-        throw new UnavailableError(`no usable expert-host for shard(s) ${missing.join(", ")} within ${ms} ms (static: ${[...this.statics].join(", ") || "none"})`);
+        throw new UnavailableError(
+          `no usable expert-host for shard(s) ${missing.join(", ")} within ${ms} ms (static: ${[...this.statics].join(", ") || "none"})`,
+        );
       }
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -270,7 +275,10 @@ export class ExpertShardSet {
             continue;
           }
           if (isUnavailable(err)) {
-            this.options.logger?.warn({ shard, replica: address, err: errorMessage(err) }, "expert-host replica stayed unreachable; dropped until it is listed again");
+            this.options.logger?.warn(
+              { shard, replica: address, err: errorMessage(err) },
+              "expert-host replica stayed unreachable; dropped until it is listed again",
+            );
             return;
           }
           this.refused.set(`${shard}|${address}`, errorMessage(err));
@@ -290,5 +298,12 @@ export class ExpertShardSet {
 
 /** "--expert-hosts" entries in shard order, each "a|b" for replicas: ["a|b", "c"] -> [["a", "b"], ["c"]]. */
 export function parseShardReplicas(entries: readonly string[]): string[][] {
-  return entries.map((e) => [...new Set(e.split("|").map((a) => a.trim()).filter((a) => a.length > 0))]);
+  return entries.map((e) => [
+    ...new Set(
+      e
+        .split("|")
+        .map((a) => a.trim())
+        .filter((a) => a.length > 0),
+    ),
+  ]);
 }

@@ -10,13 +10,7 @@
  * the field, never a crash.
  */
 import { InvalidArgumentError } from "@moela/core";
-import {
-  DType,
-  Precision,
-  type DispatchRequest,
-  type InfoResponse,
-  type Tensor,
-} from "@moela/proto-gen";
+import { DType, Precision, type DispatchRequest, type InfoResponse, type Tensor } from "@moela/proto-gen";
 import type { DispatchCodecName, EncodedActivations } from "../codec/index.js";
 import type { ExpertDispatchRequest, HostInfo } from "../host.js";
 import { DISPATCH_TILE, encodedLayout } from "../layout.js";
@@ -29,9 +23,7 @@ const DTYPE_OF_CODEC: Readonly<Record<DispatchCodecName, DType>> = {
   logfmt8: DType.DTYPE_LOGFMT8,
 };
 
-const CODEC_OF_DTYPE: ReadonlyMap<DType, DispatchCodecName> = new Map(
-  (Object.entries(DTYPE_OF_CODEC) as [DispatchCodecName, DType][]).map(([c, d]) => [d, c]),
-);
+const CODEC_OF_DTYPE: ReadonlyMap<DType, DispatchCodecName> = new Map((Object.entries(DTYPE_OF_CODEC) as [DispatchCodecName, DType][]).map(([c, d]) => [d, c]));
 
 const TILED: ReadonlySet<DispatchCodecName> = new Set(["fp8-tile", "logfmt8"]);
 
@@ -92,9 +84,7 @@ export function fromTensor(t: Tensor | undefined, field: string): EncodedActivat
     throw new InvalidArgumentError(`${field}.data has ${t.data.length} bytes, [${rows}, ${cols}] in ${DType[t.dtype]} needs ${rows * dataBytesPerRow}`);
   }
   if (t.scales.length !== 4 * rows * metaPerRow) {
-    throw new InvalidArgumentError(
-      `${field}.scales has ${t.scales.length} bytes, [${rows}, ${cols}] in ${DType[t.dtype]} needs ${4 * rows * metaPerRow}`,
-    );
+    throw new InvalidArgumentError(`${field}.scales has ${t.scales.length} bytes, [${rows}, ${cols}] in ${DType[t.dtype]} needs ${4 * rows * metaPerRow}`);
   }
   return { codec, rows, cols, data: t.data, meta: bytesToFloats(t.scales) };
 }

@@ -60,7 +60,10 @@ export function parsePolicyConfig(value: unknown, source = "policy"): PolicyConf
   const r = schema.safeParse(value);
   if (!r.success) {
     const issue = r.error.issues[0]!;
-    const path = issue.path.map((p) => (typeof p === "number" ? `[${p}]` : `.${String(p)}`)).join("").replace(/^\./, "");
+    const path = issue.path
+      .map((p) => (typeof p === "number" ? `[${p}]` : `.${String(p)}`))
+      .join("")
+      .replace(/^\./, "");
     throw new ConfigError(`${source}: ${path === "" ? "" : `${path}: `}${issue.message}`);
   }
   return Object.freeze({

@@ -8,18 +8,7 @@ import { InternalError, InvalidArgumentError, MoelaError, ResourceExhaustedError
 import { DEFAULT_POLICY, type PolicyConfig } from "./config.js";
 import { freeBlocksNow, sequencesOn } from "./params.js";
 import { filterFactory, pickerFactory, scorerFactory } from "./registry.js";
-import type {
-  Candidate,
-  CandidateRecord,
-  Decision,
-  Filter,
-  InstanceRole,
-  Picker,
-  Rejection,
-  ScoredCandidate,
-  Scorer,
-  SchedulingRequest,
-} from "./types.js";
+import type { Candidate, CandidateRecord, Decision, Filter, InstanceRole, Picker, Rejection, ScoredCandidate, Scorer, SchedulingRequest } from "./types.js";
 
 export interface PolicyOutcome {
   readonly decision: Decision;
@@ -72,7 +61,10 @@ export class Policy {
     let alive = candidates.map((_, i) => i);
     for (const f of this.filters) {
       if (alive.length === 0) break;
-      const result = f.filter(request, alive.map((i) => candidates[i]!));
+      const result = f.filter(
+        request,
+        alive.map((i) => candidates[i]!),
+      );
       if (result.verdicts.length !== alive.length) {
         throw new InternalError(`filter ${f.name} returned ${result.verdicts.length} verdicts for ${alive.length} candidates`);
       }
@@ -144,9 +136,7 @@ function noCandidateError(
   const kinds = [...rejections.values()].map((r) => r.rejection.kind);
   const text = detail.join("; ");
   if (kinds.every((k) => k === "unfit")) {
-    return new InvalidArgumentError(
-      `the request (${request.promptTokens} prompt tokens + max_tokens ${request.maxTokens}) fits no ${role} instance (${text})`,
-    );
+    return new InvalidArgumentError(`the request (${request.promptTokens} prompt tokens + max_tokens ${request.maxTokens}) fits no ${role} instance (${text})`);
   }
   if (kinds.includes("busy")) return new ResourceExhaustedError(`no ${role} instance has room for the request now (${text}); retry later`);
   return new UnavailableError(`no ${role} instance is available (${text})`);

@@ -150,7 +150,8 @@ export class PrefillRouter {
     }
     const keys = held?.get(id);
     const blockSize = records.find((r) => r.id === id)!.load.blockSize;
-    const cachedTokens = keys === undefined ? 0 : longestPrefix(prefixBlockHashes(job.promptTokenIds, blockSize, Infinity, job.cacheSalt), (k) => keys.has(k)) * blockSize;
+    const cachedTokens =
+      keys === undefined ? 0 : longestPrefix(prefixBlockHashes(job.promptTokenIds, blockSize, Infinity, job.cacheSalt), (k) => keys.has(k)) * blockSize;
     return { queue: iq.queue, instanceId: id, cachedTokens, reason: outcome.decision.reason };
   }
 
@@ -175,7 +176,8 @@ export class PrefillRouter {
   /** Per record, the set of this prompt's keys it holds; null when Redis did not answer in time. */
   private async lookup(prompt: readonly number[], records: readonly InstanceRecord[], salt?: string): Promise<Map<string, Set<string>> | null> {
     const keysBySize = new Map<number, string[]>();
-    for (const r of records) if (!keysBySize.has(r.load.blockSize)) keysBySize.set(r.load.blockSize, prefixBlockHashes(prompt, r.load.blockSize, Infinity, salt));
+    for (const r of records)
+      if (!keysBySize.has(r.load.blockSize)) keysBySize.set(r.load.blockSize, prefixBlockHashes(prompt, r.load.blockSize, Infinity, salt));
     const out = new Map<string, Set<string>>();
     const asked = records.filter((r) => keysBySize.get(r.load.blockSize)!.length > 0);
     for (const r of records) out.set(r.id, new Set());

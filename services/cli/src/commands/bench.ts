@@ -29,7 +29,9 @@ const BENCH_OPTIONS: readonly OptionRow[] = [
 ];
 
 export function addBenchCommand(program: Command): void {
-  const cmd = program.command("bench").description("load-test OpenAI-compatible servers: TTFT, ITL, TPOT, E2E at p50/p90/p99, req/s, tok/s; --target twice compares");
+  const cmd = program
+    .command("bench")
+    .description("load-test OpenAI-compatible servers: TTFT, ITL, TPOT, E2E at p50/p90/p99, req/s, tok/s; --target twice compares");
   withOptions(cmd, BENCH_OPTIONS).action(async (opts: BenchCliOptions) => {
     process.exitCode = await runBenchCli(opts);
   });

@@ -19,7 +19,10 @@ const CLUSTER_OPTIONS: readonly OptionRow[] = [
   ["--queue-prefix <prefix>", "BullMQ queue prefix", "moela"],
   ["--served-model-name <name>", "model name the API reports (default: the router's)"],
   ["--api-key <key>", "clients must send it as 'Authorization: Bearer <key>' (the router's --api-key; default env MOELA_ROUTER_API_KEY, else none)"],
-  ["--internal-secret <secret>", "shared secret every internal gRPC call carries (shows in ps: prefer --internal-secret-file; default: a random one in <state-dir>/internal-secret)"],
+  [
+    "--internal-secret <secret>",
+    "shared secret every internal gRPC call carries (shows in ps: prefer --internal-secret-file; default: a random one in <state-dir>/internal-secret)",
+  ],
   ["--no-internal-secret", "internal gRPC without a secret (anyone who reaches a service's port may call it)"],
   ["--internal-secret-file <file>", "file holding the internal secret (e.g. a mounted Secret)"],
   ["--tls-cert <file>", "PEM certificate every service serves internal gRPC with (and presents as client under mTLS)"],
@@ -31,11 +34,18 @@ const CLUSTER_OPTIONS: readonly OptionRow[] = [
   ["--startup-timeout <s>", "seconds to wait for everything to be up", intArg("--startup-timeout"), 180],
   ["--service-arg <role=arg>", "extra flag for every instance of a role, e.g. decode=--kv-blocks=64 (repeatable)", collect, [] as string[]],
   ["--json", "when up, print cluster.json as one line on stdout instead of the summary"],
-  ["--role <role>", "all: everything in ONE process instead (moela serve --role all; takes --model, --precision, --host, --port, --served-model-name, --api-key, --log-level)"],
+  [
+    "--role <role>",
+    "all: everything in ONE process instead (moela serve --role all; takes --model, --precision, --host, --port, --served-model-name, --api-key, --log-level)",
+  ],
 ];
 
 export function addClusterCommand(program: Command): void {
-  const command = program.command("cluster").description("start the whole platform on this machine (what `npm start` runs); Ctrl-C stops it. Everything in one process instead: moela serve --role all");
+  const command = program
+    .command("cluster")
+    .description(
+      "start the whole platform on this machine (what `npm start` runs); Ctrl-C stops it. Everything in one process instead: moela serve --role all",
+    );
   withOptions(command, CLUSTER_OPTIONS).action(async (opts: ClusterCliOptions & { role?: string }, cmd: Command) => {
     if (opts.role !== undefined) {
       if (opts.role !== ALL_ROLE) throw new InternalError(`moela cluster --role takes only "${ALL_ROLE}" (one role alone: moela serve --role ${opts.role})`);

@@ -17,7 +17,9 @@ const CODEC_STUDY_OPTIONS: readonly OptionRow[] = [
 ];
 
 export function addCodecStudyCommand(program: Command): void {
-  const cmd = program.command("codec-study").description("every dispatch codec's bytes/value and error on MoE-input activations and synthetic data, its effect on logits, LogFMT-8 vs E4M3");
+  const cmd = program
+    .command("codec-study")
+    .description("every dispatch codec's bytes/value and error on MoE-input activations and synthetic data, its effect on logits, LogFMT-8 vs E4M3");
   withOptions(cmd, CODEC_STUDY_OPTIONS).action(async (opts: CodecStudyCliOptions) => {
     if (opts.model.length === 0) opts.model = ["models/tiny-v3"];
     process.exitCode = await runCodecStudy(opts);

@@ -18,7 +18,11 @@ export function floatArg(name: string) {
 }
 
 export function idListArg(v: string): number[] {
-  const ids = v.split(",").map((s) => s.trim()).filter((s) => s.length > 0).map(Number);
+  const ids = v
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0)
+    .map(Number);
   if (ids.length === 0 || ids.some((n) => !Number.isInteger(n) || n < 0)) {
     throw new CommanderArgError("must be a comma-separated list of non-negative integers");
   }

@@ -21,7 +21,11 @@ const TRAIN_OPTIONS: readonly OptionRow[] = [
   ["--bias-update-speed <g>", "aux-loss-free balancing: bias += g * sign(mean load - load)", floatArg("--bias-update-speed"), 1e-2],
   ["--seed <n>", "seed of the initial weights and the batch sampler", intArg("--seed"), 0],
   ["--threads <n>", "threads (every core by default)", intArg("--threads"), availableParallelism()],
-  ["--parallel <how>", "replicas (data-parallel, fastest; bits depend on the count) | kernels (products split over threads; same bits for any count)", "replicas"],
+  [
+    "--parallel <how>",
+    "replicas (data-parallel, fastest; bits depend on the count) | kernels (products split over threads; same bits for any count)",
+    "replicas",
+  ],
   ["--precision <p>", "f32 (native kernels) | f64 (TypeScript, slow: the reference)", "f32"],
   ["--init-std <s>", "std of the initial weights", floatArg("--init-std"), 0.02],
   ["--val-data <file>", "held-out data (same formats as --data) for evaluations: loss and top-1 of both heads"],
