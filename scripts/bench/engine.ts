@@ -47,6 +47,7 @@ import { generateCheckpoint } from "../lib/tiny-checkpoint.js";
 import { describeYardsticks, yardsticksFor } from "../lib/yardsticks.js";
 import {
   commandLine,
+  commaList,
   describeMachine,
   fmt,
   fmtX,
@@ -61,11 +62,7 @@ import {
   type BarChart,
 } from "../lib/bench-report.js";
 
-const list = (v: string): string[] =>
-  v
-    .split(",")
-    .map((s) => s.trim())
-    .filter((s) => s !== "");
+const list = commaList;
 const program = new Command("bench-engine")
   .option("--models <dirs>", "comma-separated checkpoint folders", "models/tiny-v3,/tmp/moela-large-v3")
   .option("--backends <list>", "kernel backends (fast, portable, reference)", "fast,reference")

@@ -44,6 +44,7 @@ import {
 import { describeYardsticks, yardsticksFor } from "../lib/yardsticks.js";
 import {
   commandLine,
+  commaList,
   describeMachine,
   fmt,
   fmtX,
@@ -58,11 +59,7 @@ import {
   type BarChart,
 } from "../lib/bench-report.js";
 
-const list = (v: string): string[] =>
-  v
-    .split(",")
-    .map((s) => s.trim())
-    .filter((s) => s !== "");
+const list = commaList;
 const program = new Command("bench-kernels")
   .option("--threads <n>", "threads of the fast backend's multi-thread configurations", (v) => Number(v), availableParallelism())
   .option("--repeats <n>", "rounds per measurement (median reported)", (v) => Number(v), 5)

@@ -15,6 +15,14 @@ export function parseWithReportOptions(command: Command): void {
   command.option("--no-yardsticks", "skip the numpy yardsticks (no ratios)").option("--out <dir>", "where the JSON and HTML go", "bench-results").parse();
 }
 
+/** A comma-separated option value as its non-empty, trimmed items. */
+export function commaList(v: string): string[] {
+  return v
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
+}
+
 export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   if (s.length === 0) return NaN;

@@ -7,7 +7,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createWriteStream, mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { findExecutable, freePort, pingRedis, stopChild } from "../../services/cli/src/redis-local.js";
+import { findExecutable, freePort, pingRedis, privateRedisArgs, stopChild } from "../../services/cli/src/redis-local.js";
 
 export interface TestRedis {
   readonly url: string;
@@ -42,28 +42,8 @@ export async function startTestRedis(dir: string): Promise<TestRedis> {
   const url = `redis://127.0.0.1:${port}`;
   const log = createWriteStream(join(dir, "redis.log"), { flags: "a" });
   const launch = (): ChildProcess => {
-    const child = spawn(
-      binary,
-      [
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        String(port),
-        "--dir",
-        dir,
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "everysec",
-        "--maxmemory-policy",
-        "noeviction",
-        "--daemonize",
-        "no",
-      ],
-      { stdio: ["ignore", "pipe", "pipe"] },
-    );
+    // The flags `npm start` gives its private Redis (persistence as deployments run it).
+    const child = spawn(binary, privateRedisArgs(port, dir), { stdio: ["ignore", "pipe", "pipe"] });
     child.stdout!.pipe(log, { end: false });
     child.stderr!.pipe(log, { end: false });
     return child;

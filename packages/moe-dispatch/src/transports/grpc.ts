@@ -11,7 +11,7 @@
  * stream's status (UNAVAILABLE, so replicas fail over) and the next dispatch opens a new stream.
  */
 import { credentials, Metadata, type ChannelCredentials, type ClientDuplexStream, type ClientOptions, type ServiceError } from "@grpc/grpc-js";
-import { CancelledError, Code, DataLossError, UnavailableError, type MoelaError } from "@moela/core";
+import { CancelledError, Code, DataLossError, errorMessage, UnavailableError, type MoelaError } from "@moela/core";
 import { errorForCode } from "@moela/rpc";
 import {
   type ExpertHostClient,
@@ -103,7 +103,7 @@ export class GrpcExpertHostTransport implements ExpertHostTransport {
     try {
       return fromTensor(output, "output");
     } catch (err) {
-      throw new DataLossError(`${this.name} sent a malformed reply: ${(err as Error).message}`, { cause: err });
+      throw new DataLossError(`${this.name} sent a malformed reply: ${errorMessage(err)}`, { cause: err });
     }
   }
 
