@@ -27,46 +27,24 @@ function rec(over: Partial<RequestRecord>): RequestRecord {
   return { target: 0, index: 0, sendAt: 0, endAt: 0, chunks: [], promptTokens: 10, outputTokens: 0, countsExact: true, ...over };
 }
 
+/** Chunks arriving at the times `at`, each carrying one token unless `tokens` says otherwise. */
+function chunksAt(at: number[], tokens: number[] = at.map(() => 1)): RequestRecord["chunks"] {
+  return at.map((t, i) => ({ at: t, tokens: tokens[i]! }));
+}
+
 describe("requestMetrics", () => {
   it("one token per chunk: TTFT, ITL gaps, TPOT, E2E", () => {
-    const r = rec({
-      sendAt: 1000,
-      endAt: 1075,
-      chunks: [
-        { at: 1040, tokens: 1 },
-        { at: 1050, tokens: 1 },
-        { at: 1070, tokens: 1 },
-      ],
-      outputTokens: 3,
-    });
+    const r = rec({ sendAt: 1000, endAt: 1075, chunks: chunksAt([1040, 1050, 1070]), outputTokens: 3 });
     expect(requestMetrics(r)).toEqual({ ttft: 40, tpot: 15, e2e: 75, itl: [10, 20] });
   });
 
   it("a chunk of k tokens with exact counts is k gaps of gap / k (SGLang)", () => {
-    const r = rec({
-      sendAt: 0,
-      endAt: 60,
-      chunks: [
-        { at: 20, tokens: 1 },
-        { at: 40, tokens: 2 },
-        { at: 60, tokens: 1 },
-      ],
-      outputTokens: 4,
-    });
+    const r = rec({ sendAt: 0, endAt: 60, chunks: chunksAt([20, 40, 60], [1, 2, 1]), outputTokens: 4 });
     expect(requestMetrics(r)).toEqual({ ttft: 20, tpot: 40 / 3, e2e: 60, itl: [10, 10, 20] });
   });
 
   it("without per-chunk counts each chunk is one gap (vLLM), TPOT still uses usage's token count", () => {
-    const r = rec({
-      sendAt: 0,
-      endAt: 60,
-      chunks: [
-        { at: 20, tokens: 1 },
-        { at: 40, tokens: 1 },
-      ],
-      outputTokens: 5,
-      countsExact: false,
-    });
+    const r = rec({ sendAt: 0, endAt: 60, chunks: chunksAt([20, 40]), outputTokens: 5, countsExact: false });
     expect(requestMetrics(r)).toEqual({ ttft: 20, tpot: 5, e2e: 60, itl: [20] });
   });
 
@@ -79,29 +57,8 @@ describe("requestMetrics", () => {
 describe("levelStats", () => {
   it("rates over the window from the first send to the last end; failures counted apart", () => {
     const rs = [
-      rec({
-        index: 0,
-        sendAt: 0,
-        endAt: 100,
-        chunks: [
-          { at: 50, tokens: 1 },
-          { at: 100, tokens: 1 },
-        ],
-        outputTokens: 2,
-        promptTokens: 8,
-      }),
-      rec({
-        index: 1,
-        sendAt: 100,
-        endAt: 400,
-        chunks: [
-          { at: 200, tokens: 1 },
-          { at: 300, tokens: 1 },
-          { at: 400, tokens: 1 },
-        ],
-        outputTokens: 3,
-        promptTokens: 8,
-      }),
+      rec({ index: 0, sendAt: 0, endAt: 100, chunks: chunksAt([50, 100]), outputTokens: 2, promptTokens: 8 }),
+      rec({ index: 1, sendAt: 100, endAt: 400, chunks: chunksAt([200, 300, 400]), outputTokens: 3, promptTokens: 8 }),
       rec({ index: 2, sendAt: 200, endAt: 500, error: "HTTP 500: boom" }),
     ];
     const s = levelStats(rs);
