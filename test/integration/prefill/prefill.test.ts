@@ -9,92 +9,24 @@ import { randomUUID } from "node:crypto";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { Code, createLogger } from "@moela/core";
 import { DeepseekModel, Engine, type EmittedToken, type GenerationParams, type Sequence } from "@moela/engine";
-import { KvInbox, kvTransferService, type KvTransferMeta } from "@moela/kv-transfer";
+import { grpcKvConnector, KvLedger, KvSender, kvTransferMeta } from "@moela/kv-transfer";
 import { createServiceMetrics } from "@moela/metrics";
 import { checkpointModelId, createInProcessExperts } from "@moela/moe-dispatch";
-import { KvTransferService } from "@moela/proto-gen";
-import { createServer, drainAndClose, serve, type RpcServer } from "@moela/rpc";
-import { createPrefillQueue, enqueuePrefill, parseJobFailure, PREFILL_JOB_VERSION, PREFILL_QUEUE, redisConnection, type PrefillJob } from "@moela/scheduler";
+import { createPrefillQueue, enqueuePrefill, parseJobFailure, PREFILL_QUEUE, redisConnection, type PrefillJob } from "@moela/scheduler";
 import { Job, QueueEvents, type Queue } from "bullmq";
 import { startPrefill, type StartedPrefill } from "../../../services/prefill/src/main.js";
 import { PrefillBatcher } from "../../../services/prefill/src/worker.js";
+import { referenceRun } from "../../helpers/kv.js";
+import { DecodeSide, prefillConfig, prefillJob, REDIS_URL as REDIS, singleProcessEngine, TINY_MODEL as MODEL } from "../../helpers/prefill.js";
 
-const MODEL = new URL("../../../models/tiny-v3", import.meta.url).pathname;
-const REDIS = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const silent = createLogger("prefill-test", "silent");
-
-/** The single-process engine `moela generate` runs: every routed expert through one in-process host. */
-function singleProcessEngine(): Engine {
-  const model = DeepseekModel.load(MODEL);
-  model.setExpertExecutor(createInProcessExperts(model, 1, "exact").executor);
-  return new Engine(model, { blockSize: 16, numBlocks: 256 });
-}
 
 const GREEDY: GenerationParams = { temperature: 0, topP: 1, topK: -1, seed: 1, maxTokens: 10, ignoreEos: true, topLogprobs: 2 };
 
-async function reference(engine: Engine, prompt: number[], params: GenerationParams): Promise<EmittedToken[]> {
-  const out: EmittedToken[] = [];
-  for await (const t of engine.generate(engine.newSequence("ref", prompt, params))) out.push(t);
-  return out;
-}
-
 const PROMPTS: number[][] = [[0, 17, 300, 42, 9, 511, 77, 3, 250, 128, 64, 900, 12], [0, 5, 6], Array.from({ length: 40 }, (_, i) => (i * 37 + 11) % 1024)];
 
-/** The decode side: an engine, its KvInbox and a KvTransfer gRPC server; admitted sequences by request id. */
-class DecodeSide {
-  readonly engine = singleProcessEngine();
-  readonly admitted = new Map<string, Sequence>();
-  readonly failed: string[] = [];
-  private waiters = new Map<string, (s: Sequence) => void>();
-  server!: RpcServer;
-  address = "";
-
-  async start(): Promise<this> {
-    const inbox = new KvInbox({
-      engine: this.engine,
-      modelId: checkpointModelId(MODEL),
-      onAdmit: (seq: Sequence, meta: KvTransferMeta) => {
-        this.admitted.set(meta.requestId, seq);
-        this.waiters.get(meta.requestId)?.(seq);
-      },
-      onFail: (f) => this.failed.push(f.reason),
-    });
-    this.server = createServer({ logger: silent });
-    this.server.addService(KvTransferService, kvTransferService(inbox));
-    this.address = (await serve(this.server, "127.0.0.1:0")).address;
-    return this;
-  }
-
-  admittedSeq(requestId: string): Promise<Sequence> {
-    const s = this.admitted.get(requestId);
-    if (s !== undefined) return Promise.resolve(s);
-    return new Promise((resolve) => this.waiters.set(requestId, resolve));
-  }
-
-  async decodeToEnd(seq: Sequence): Promise<EmittedToken[]> {
-    while (!seq.finished) await this.engine.step([seq]);
-    const out = [...seq.output];
-    this.engine.release(seq);
-    return out;
-  }
-
-  async close(): Promise<void> {
-    await drainAndClose(this.server, 0, { flushMs: 100 });
-  }
-}
-
 function job(requestId: string, prompt: number[], decodeAddress: string, over: Partial<PrefillJob> = {}): PrefillJob {
-  return {
-    version: PREFILL_JOB_VERSION,
-    requestId,
-    promptTokenIds: prompt,
-    sampling: { temperature: 0, topP: 1, topK: -1, seed: 1, maxTokens: GREEDY.maxTokens, stopTokenIds: [], ignoreEos: true, logprobs: 2 },
-    decodeAddress,
-    deadlineUnixMs: Date.now() + 60_000,
-    precision: "exact",
-    enqueuedAtMs: Date.now(),
-    ...over,
-  };
+  return prefillJob(requestId, prompt, decodeAddress, { maxTokens: GREEDY.maxTokens, deadlineMs: 60_000 }, over);
 }
 
 let refEngine: Engine;
@@ -102,7 +34,7 @@ const references = new Map<number, EmittedToken[]>();
 
 beforeAll(async () => {
   refEngine = singleProcessEngine();
-  for (const [i, p] of PROMPTS.entries()) references.set(i, await reference(refEngine, p, GREEDY));
+  for (const [i, p] of PROMPTS.entries()) references.set(i, await referenceRun(refEngine, p, GREEDY));
 });
 
 describe("prefill worker over a real queue and a real KV transfer", () => {
@@ -118,23 +50,8 @@ describe("prefill worker over a real queue and a real KV transfer", () => {
     queue = createPrefillQueue(REDIS, prefix);
     events = new QueueEvents(PREFILL_QUEUE, { connection: redisConnection(REDIS), prefix });
     await events.waitUntilReady();
-    prefill = await startPrefill(
-      {
-        model: MODEL,
-        redisUrl: REDIS,
-        queuePrefix: prefix,
-        grpcAddress: "127.0.0.1:0",
-        metricsAddress: "127.0.0.1:0",
-        expertHosts: [],
-        precision: "exact",
-        // Small chunks: every prompt but the shortest is prefilled (and streamed) in several chunks.
-        prefillChunk: 8,
-        maxBatchTokens: 256,
-        concurrency: 4,
-        logLevel: "silent",
-      },
-      { logger: silent },
-    );
+    // Small chunks: every prompt but the shortest is prefilled (and streamed) in several chunks.
+    prefill = await startPrefill(prefillConfig(prefix, { prefillChunk: 8, concurrency: 4 }), { logger: silent });
   };
 
   afterEach(async () => {
@@ -151,7 +68,7 @@ describe("prefill worker over a real queue and a real KV transfer", () => {
     const ids = PROMPTS.map(() => `req-${randomUUID()}`);
     await Promise.all(PROMPTS.map((p, i) => enqueuePrefill(queue, job(ids[i]!, p, decode.address))));
     for (const [i, id] of ids.entries()) {
-      const seq = await decode.admittedSeq(id);
+      const { seq } = await decode.admittedOf(id);
       const got = await decode.decodeToEnd(seq);
       const want = references.get(i)!;
       expect(got.map((t) => t.id)).toEqual(want.map((t) => t.id));
@@ -211,21 +128,42 @@ describe("prefill worker over a real queue and a real KV transfer", () => {
   });
 });
 
+/** A prefill engine without routed experts (chunks of 8), each prompt's sequence and its own KvSender towards `decode`. */
+function batcherRig(decode: DecodeSide) {
+  const model = DeepseekModel.load(MODEL, { routedExperts: () => false });
+  model.setExpertExecutor(createInProcessExperts(MODEL, 1, "exact").executor);
+  const engine = new Engine(model, { blockSize: 16, numBlocks: 64, prefillChunk: 8 });
+  const { registry, m } = createServiceMetrics("prefill", { defaultMetrics: false });
+  const connector = grpcKvConnector(decode.address);
+  const ids = PROMPTS.map(() => `req-${randomUUID()}`);
+  const seqs = PROMPTS.map((p, i) => engine.newSequence(ids[i]!, p, GREEDY));
+  const senders = seqs.map(() => new KvSender(connector));
+  const ledger = new KvLedger();
+  /** Opens prompt `i`'s KV transfer. */
+  const begin = (i: number) =>
+    senders[i]!.begin(kvTransferMeta(engine, seqs[i]!, { transferId: `${ids[i]}.0`, requestId: ids[i]!, modelId: checkpointModelId(MODEL), logprobs: true }));
+  /** A ledger hold on `s`'s prefill blocks, given back to the engine when freed. */
+  const hold = (s: Sequence) =>
+    ledger.hold(
+      s.id,
+      "prefill",
+      () => {
+        const n = s.blockTable.length;
+        engine.release(s);
+        return n;
+      },
+      () => s.blockTable.length,
+    );
+  return { engine, registry, m, connector, ids, seqs, senders, ledger, begin, hold };
+}
+
 describe("PrefillBatcher", () => {
   it("opens a sequence's KV transfer only when its batch is taken, not while it waits behind others", async () => {
     const decode = await new DecodeSide().start();
     try {
-      const model = DeepseekModel.load(MODEL, { routedExperts: () => false });
-      model.setExpertExecutor(createInProcessExperts(MODEL, 1, "exact").executor);
-      const engine = new Engine(model, { blockSize: 16, numBlocks: 64, prefillChunk: 8 });
-      const { m } = createServiceMetrics("prefill", { defaultMetrics: false });
+      const { engine, m, connector, seqs, senders, begin, hold } = batcherRig(decode);
       // A budget of the longest prompt per batch: the long third prompt waits for the engine.
       const batcher = new PrefillBatcher(engine, Math.max(...PROMPTS.map((p) => p.length)), m, silent);
-      const { grpcKvConnector, KvLedger, KvSender, kvTransferMeta } = await import("@moela/kv-transfer");
-      const connector = grpcKvConnector(decode.address);
-      const ids = PROMPTS.map(() => `req-${randomUUID()}`);
-      const seqs = PROMPTS.map((p, i) => engine.newSequence(ids[i]!, p, GREEDY));
-      const senders = seqs.map(() => new KvSender(connector));
       const events: string[] = [];
       // Record each engine.prefill call: what it computes, and when it has finished.
       const prefill = engine.prefill.bind(engine);
@@ -235,26 +173,12 @@ describe("PrefillBatcher", () => {
         events.push("computed");
         return r;
       };
-      const ledger = new KvLedger();
-      const runs = seqs.map((s, i) => {
-        const hold = ledger.hold(
-          s.id,
-          "prefill",
-          () => {
-            const n = s.blockTable.length;
-            engine.release(s);
-            return n;
-          },
-          () => s.blockTable.length,
-        );
-        const begin = () => {
+      const runs = seqs.map((s, i) =>
+        batcher.submit(s, senders[i]!, hold(s), () => {
           events.push(`begin ${i}`);
-          return senders[i]!.begin(
-            kvTransferMeta(engine, s, { transferId: `${ids[i]}.0`, requestId: ids[i]!, modelId: checkpointModelId(MODEL), logprobs: true }),
-          );
-        };
-        return batcher.submit(s, senders[i]!, hold, begin);
-      });
+          return begin(i);
+        }),
+      );
       await Promise.all(runs);
       // Prompts 0 and 1 fit the budget together; prompt 2 waits, and its transfer opens only when its turn comes.
       expect(events).toEqual(["begin 0", "begin 1", "compute 0,1", "computed", "begin 2", "compute 2", "computed"]);
@@ -269,34 +193,10 @@ describe("PrefillBatcher", () => {
   it("runs sequences submitted together as one engine.prefill call, each to its own sender", async () => {
     const decode = await new DecodeSide().start();
     try {
-      const model = DeepseekModel.load(MODEL, { routedExperts: () => false });
-      model.setExpertExecutor(createInProcessExperts(MODEL, 1, "exact").executor);
-      const engine = new Engine(model, { blockSize: 16, numBlocks: 64, prefillChunk: 8 });
-      const { registry, m } = createServiceMetrics("prefill", { defaultMetrics: false });
+      const { engine, registry, m, connector, ids, seqs, senders, ledger, begin, hold } = batcherRig(decode);
       const batcher = new PrefillBatcher(engine, 1024, m, silent);
-      const { grpcKvConnector, KvLedger, KvSender, kvTransferMeta } = await import("@moela/kv-transfer");
-      const connector = grpcKvConnector(decode.address);
-      const ids = PROMPTS.map(() => `req-${randomUUID()}`);
-      const seqs = PROMPTS.map((p, i) => engine.newSequence(ids[i]!, p, GREEDY));
-      const senders = seqs.map(() => new KvSender(connector));
-      const begins = seqs.map(
-        (s, i) => () =>
-          senders[i]!.begin(kvTransferMeta(engine, s, { transferId: `${ids[i]}.0`, requestId: ids[i]!, modelId: checkpointModelId(MODEL), logprobs: true })),
-      );
-      const ledger = new KvLedger();
-      const holds = seqs.map((s) =>
-        ledger.hold(
-          s.id,
-          "prefill",
-          () => {
-            const n = s.blockTable.length;
-            engine.release(s);
-            return n;
-          },
-          () => s.blockTable.length,
-        ),
-      );
-      const firsts = await Promise.all(seqs.map((s, i) => batcher.submit(s, senders[i]!, holds[i]!, begins[i]!)));
+      const holds = seqs.map(hold);
+      const firsts = await Promise.all(seqs.map((s, i) => batcher.submit(s, senders[i]!, holds[i]!, () => begin(i))));
       // The batcher gives the blocks back through the ledger as soon as the rows are encoded.
       expect(holds.map((h) => h.releaseReason)).toEqual(seqs.map(() => "finished"));
       expect(ledger.heldBlocks).toBe(0);
@@ -309,7 +209,7 @@ describe("PrefillBatcher", () => {
       expect(batches.find((v) => v.metricName === "moela_prefill_batch_size_sum")!.value).toBe(3);
       for (const [i, id] of ids.entries()) {
         expect(firsts[i]!.tokens[0]!.id).toBe(references.get(i)![0]!.id);
-        const got = await decode.decodeToEnd(await decode.admittedSeq(id));
+        const got = await decode.decodeToEnd((await decode.admittedOf(id)).seq);
         expect(got.map((t) => t.id)).toEqual(references.get(i)!.map((t) => t.id));
       }
     } finally {

@@ -14,18 +14,13 @@
 import { randomUUID } from "node:crypto";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createLogger, prefixBlockHashes } from "@moela/core";
-import { DeepseekModel, Engine, type EmittedToken, type GenerationParams, type Sequence } from "@moela/engine";
-import { KvInbox, kvTransferService, type KvTransferMeta } from "@moela/kv-transfer";
-import { checkpointModelId, createInProcessExperts } from "@moela/moe-dispatch";
-import { KvTransferService } from "@moela/proto-gen";
-import { createServer, drainAndClose, serve, type RpcServer } from "@moela/rpc";
+import type { EmittedToken, GenerationParams } from "@moela/engine";
 import {
   createPrefillQueue,
   createRedisClient,
   enqueuePrefill,
   instancePrefillQueue,
   InstanceRegistry,
-  PREFILL_JOB_VERSION,
   PREFILL_QUEUE,
   PrefillRouter,
   prefillQueuesKey,
@@ -36,9 +31,9 @@ import {
 import { Queue, QueueEvents } from "bullmq";
 import type { Redis } from "ioredis";
 import { startPrefill, type StartedPrefill } from "../../../services/prefill/src/main.js";
+import { referenceRun } from "../../helpers/kv.js";
+import { DecodeSide, prefillConfig, prefillJob, REDIS_URL as REDIS, singleProcessEngine } from "../../helpers/prefill.js";
 
-const MODEL = new URL("../../../models/tiny-v3", import.meta.url).pathname;
-const REDIS = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const silent = createLogger("prefix-cache-test", "silent");
 
 const GREEDY: GenerationParams = { temperature: 0, topP: 1, topK: -1, seed: 1, maxTokens: 8, ignoreEos: true, topLogprobs: 2 };
@@ -52,69 +47,8 @@ const QUESTIONS = [
 /** SYSTEM is 70 tokens: 4 whole blocks (64 tokens) and the token after them are shared. */
 const SHARED_TOKENS = 64;
 
-function singleProcessEngine(): Engine {
-  const model = DeepseekModel.load(MODEL);
-  model.setExpertExecutor(createInProcessExperts(model, 1, "exact").executor);
-  return new Engine(model, { blockSize: 16, numBlocks: 256 });
-}
-
-async function reference(engine: Engine, prompt: number[]): Promise<EmittedToken[]> {
-  const out: EmittedToken[] = [];
-  for await (const t of engine.generate(engine.newSequence("ref", prompt, GREEDY))) out.push(t);
-  return out;
-}
-
-/** The decode side: an engine, its KvInbox and a KvTransfer gRPC server; what was admitted, by request id. */
-class DecodeSide {
-  readonly engine = singleProcessEngine();
-  readonly admitted = new Map<string, { seq: Sequence; meta: KvTransferMeta }>();
-  private waiters = new Map<string, () => void>();
-  server!: RpcServer;
-  address = "";
-
-  async start(): Promise<this> {
-    const inbox = new KvInbox({
-      engine: this.engine,
-      modelId: checkpointModelId(MODEL),
-      onAdmit: (seq: Sequence, meta: KvTransferMeta) => {
-        this.admitted.set(meta.requestId, { seq, meta });
-        this.waiters.get(meta.requestId)?.();
-      },
-    });
-    this.server = createServer({ logger: silent });
-    this.server.addService(KvTransferService, kvTransferService(inbox));
-    this.address = (await serve(this.server, "127.0.0.1:0")).address;
-    return this;
-  }
-
-  async admittedOf(requestId: string): Promise<{ seq: Sequence; meta: KvTransferMeta }> {
-    if (!this.admitted.has(requestId)) await new Promise<void>((resolve) => this.waiters.set(requestId, resolve));
-    return this.admitted.get(requestId)!;
-  }
-
-  async decodeToEnd(seq: Sequence): Promise<EmittedToken[]> {
-    while (!seq.finished) await this.engine.step([seq]);
-    const out = [...seq.output];
-    this.engine.release(seq);
-    return out;
-  }
-
-  async close(): Promise<void> {
-    await drainAndClose(this.server, 0, { flushMs: 100 });
-  }
-}
-
 function job(requestId: string, prompt: number[], decodeAddress: string): PrefillJob {
-  return {
-    version: PREFILL_JOB_VERSION,
-    requestId,
-    promptTokenIds: prompt,
-    sampling: { temperature: 0, topP: 1, topK: -1, seed: 1, maxTokens: GREEDY.maxTokens, stopTokenIds: [], ignoreEos: true, logprobs: 2 },
-    decodeAddress,
-    deadlineUnixMs: Date.now() + 120_000,
-    precision: "exact",
-    enqueuedAtMs: Date.now(),
-  };
+  return prefillJob(requestId, prompt, decodeAddress, { maxTokens: GREEDY.maxTokens, deadlineMs: 120_000 });
 }
 
 function metric(body: string, name: string): number {
@@ -128,7 +62,7 @@ const references: EmittedToken[][] = [];
 
 beforeAll(async () => {
   const engine = singleProcessEngine();
-  for (const p of prompts) references.push(await reference(engine, p));
+  for (const p of prompts) references.push(await referenceRun(engine, p, GREEDY));
 });
 
 describe("prefill with a prefix cache, over real queues and a real KV transfer", () => {
@@ -140,25 +74,7 @@ describe("prefill with a prefix cache, over real queues and a real KV transfer",
   const closers: (() => Promise<unknown>)[] = [];
 
   const startOne = (instanceId: string, over: { prefixCache?: boolean } = {}): Promise<StartedPrefill> =>
-    startPrefill(
-      {
-        model: MODEL,
-        redisUrl: REDIS,
-        queuePrefix: prefix,
-        grpcAddress: "127.0.0.1:0",
-        metricsAddress: "127.0.0.1:0",
-        expertHosts: [],
-        precision: "exact",
-        prefillChunk: 32,
-        maxBatchTokens: 256,
-        concurrency: 2,
-        instanceId,
-        prefixCacheBlocks: 64,
-        ...over,
-        logLevel: "silent",
-      },
-      { logger: silent },
-    ).then((p) => {
+    startPrefill(prefillConfig(prefix, { prefillChunk: 32, concurrency: 2, instanceId, prefixCacheBlocks: 64, ...over }), { logger: silent }).then((p) => {
       prefills.push(p);
       return p;
     });
