@@ -6,15 +6,13 @@
  */
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Code, createLogger } from "@moela/core";
-import { DeepseekModel, Engine, type EmittedToken, type GenerationParams } from "@moela/engine";
+import type { EmittedToken, Engine, GenerationParams } from "@moela/engine";
 import { grpcKvConnector, KvPoll, type KvConnector, type KvFrame } from "@moela/kv-transfer";
-import { createInProcessExperts, precisionProfile } from "@moela/moe-dispatch";
 import { DecodeClient, FinishReason, Precision, type DecodeCancelResponse, type DecodeStatusResponse, type StreamResponse } from "@moela/proto-gen";
 import { checkHealth, connect, serverStreamCall, unaryCall } from "@moela/rpc";
-import { parseConfig, startDecode, type RunningDecode } from "@moela/decode";
-import { parseConfig as parseExpertHostConfig, startExpertHost, type RunningExpertHost } from "@moela/expert-host";
-import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
+import type { RunningDecode } from "@moela/decode";
 import { ManualClock } from "../../helpers/clock.js";
+import { startDecodeRig, type DecodeRig } from "../../helpers/decode-rig.js";
 import { GREEDY, prefillAndSend, referenceRun, SAMPLED } from "../../helpers/kv.js";
 
 const PROMPT = [0, 399, 332, 17, 256, 901, 44, 12, 730, 5, 66, 120, 7];
@@ -29,7 +27,7 @@ interface Collected {
 }
 
 describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hosts, %s profile", (precision) => {
-  let hosts: RunningExpertHost[] = [];
+  let rig: DecodeRig | undefined;
   let decode: RunningDecode;
   let prefill: Engine;
   let connector: KvConnector & { close(): void };
@@ -39,34 +37,8 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
   const clock = new ManualClock();
 
   beforeAll(async () => {
-    const dir = makeCheckpoint({ preset: "tiny-v3" });
-    for (let shard = 0; shard < 2; shard++) {
-      const cfg = parseExpertHostConfig(["--model", dir, "--shard-index", String(shard), "--shard-count", "2", "--precision", precision], {})!;
-      hosts.push(await startExpertHost(cfg, silent));
-    }
-    const cfg = parseConfig(
-      [
-        "--model",
-        dir,
-        "--expert-hosts",
-        hosts.map((h) => h.grpcAddress).join(","),
-        "--precision",
-        precision,
-        "--kv-blocks",
-        "128",
-        "--block-size",
-        "4",
-        "--stream-grace-ms",
-        "2000",
-        "--drain-grace-ms",
-        "0",
-      ],
-      {},
-    )!;
-    decode = await startDecode(cfg, silent, { clock });
-    const model = DeepseekModel.load(dir, { kvDtype: precisionProfile(precision).kvDtype });
-    model.setExpertExecutor(createInProcessExperts(model, 2, precision).executor);
-    prefill = new Engine(model, { blockSize: 4, numBlocks: 512, prefillChunk: 5 });
+    rig = await startDecodeRig(silent, { precision, deps: { clock } });
+    ({ decode, prefill } = rig);
     connector = grpcKvConnector(decode.grpcAddress);
     client = connect(DecodeClient, decode.grpcAddress);
   });
@@ -74,10 +46,7 @@ describe.each(["exact", "paper"] as const)("decode over gRPC with two expert-hos
   afterAll(async () => {
     client?.close();
     connector?.close();
-    await decode?.close(0);
-    await Promise.all(hosts.map((h) => h.close(0)));
-    hosts = [];
-    removeCheckpoints();
+    await rig?.close();
   });
 
   function push(requestId: string, params: GenerationParams, prompt: readonly number[] = PROMPT, via: KvConnector = connector) {

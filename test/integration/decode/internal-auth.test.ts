@@ -10,14 +10,13 @@
 import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Code, createLogger } from "@moela/core";
-import { DeepseekModel, Engine, type EmittedToken } from "@moela/engine";
+import type { EmittedToken, Engine } from "@moela/engine";
 import { grpcKvConnector, KvPoll, KvSender, kvTransferMeta, type KvConnector, type KvFrame } from "@moela/kv-transfer";
-import { createInProcessExperts, precisionProfile } from "@moela/moe-dispatch";
 import { DecodeClient, ExpertHostClient, type DecodeCancelResponse, type DecodeStatusResponse, type StreamResponse } from "@moela/proto-gen";
 import { checkHealth, clientChannel, connect, internalSecurity, serverStreamCall, unaryCall, type InternalSecurity } from "@moela/rpc";
-import { parseConfig, startDecode, type RunningDecode } from "@moela/decode";
-import { parseConfig as parseExpertHostConfig, startExpertHost, type RunningExpertHost } from "@moela/expert-host";
-import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
+import type { RunningDecode } from "@moela/decode";
+import type { RunningExpertHost } from "@moela/expert-host";
+import { startDecodeRig, type DecodeRig } from "../../helpers/decode-rig.js";
 import { GREEDY, prefillAndSend, referenceRun } from "../../helpers/kv.js";
 
 const PROMPT = [0, 399, 332, 17, 256, 901, 44, 12, 730, 5, 66, 120, 7];
@@ -38,7 +37,8 @@ async function failure(p: Promise<unknown>): Promise<{ code?: number; message?: 
 }
 
 describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
-  let hosts: RunningExpertHost[] = [];
+  let rig: DecodeRig | undefined;
+  let hosts: readonly RunningExpertHost[];
   let decode: RunningDecode;
   let prefill: Engine;
   const withSecret: InternalSecurity = internalSecurity({ secrets: [SECRET] });
@@ -51,35 +51,14 @@ describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
   let transfers = 0;
 
   beforeAll(async () => {
-    const dir = makeCheckpoint({ preset: "tiny-v3" });
-    for (let shard = 0; shard < 2; shard++) {
-      const cfg = parseExpertHostConfig(["--model", dir, "--shard-index", String(shard), "--shard-count", "2"], { MOELA_EXPERT_HOST_INTERNAL_SECRET: SECRET })!;
-      hosts.push(await startExpertHost(cfg, silent));
-    }
     // Decode reaches its expert-hosts only because it presents the same secret (its start-up Info checks them).
-    const cfg = parseConfig(
-      [
-        "--model",
-        dir,
-        "--expert-hosts",
-        hosts.map((h) => h.grpcAddress).join(","),
-        "--kv-blocks",
-        "128",
-        "--block-size",
-        "4",
-        "--stream-grace-ms",
-        "2000",
-        "--drain-grace-ms",
-        "0",
-        "--kv-max-transfers-per-peer",
-        "1",
-      ],
-      { MOELA_DECODE_INTERNAL_SECRET: SECRET },
-    )!;
-    decode = await startDecode(cfg, silent);
-    const model = DeepseekModel.load(dir, { kvDtype: precisionProfile("exact").kvDtype });
-    model.setExpertExecutor(createInProcessExperts(model, 2, "exact").executor);
-    prefill = new Engine(model, { blockSize: 4, numBlocks: 512, prefillChunk: 5 });
+    rig = await startDecodeRig(silent, {
+      precision: "exact",
+      hostEnv: { MOELA_EXPERT_HOST_INTERNAL_SECRET: SECRET },
+      decodeEnv: { MOELA_DECODE_INTERNAL_SECRET: SECRET },
+      decodeArgs: ["--kv-max-transfers-per-peer", "1"],
+    });
+    ({ hosts, decode, prefill } = rig);
     owner = connect(DecodeClient, decode.grpcAddress, {}, withSecret);
     intruder = connect(DecodeClient, decode.grpcAddress);
     impostor = connect(DecodeClient, decode.grpcAddress, {}, wrongSecret);
@@ -92,10 +71,7 @@ describe("internal gRPC with a shared secret: decode and expert-hosts", () => {
     for (const c of [owner, intruder, impostor]) c?.close();
     ownerKv?.close();
     intruderKv?.close();
-    await decode?.close(0);
-    await Promise.all(hosts.map((h) => h.close(0)));
-    hosts = [];
-    removeCheckpoints();
+    await rig?.close();
   });
 
   const status = (): Promise<DecodeStatusResponse> => unaryCall((md, o, cb) => owner.status({}, md, o, cb), { timeoutMs: 5_000 });
