@@ -3,7 +3,8 @@
  * when both are set, validated once with zod at start-up. An error names both spellings.
  */
 import { z } from "zod";
-import { boolSetting, intSetting, InvalidArgumentError, listenAddressSetting, parseSettings, usageLines, type Settings } from "@moela/core";
+import { boolSetting, intSetting, InvalidArgumentError, listenAddressSetting, OPTIONAL_REDIS_SCHEMA, parseSettings, usageLines } from "@moela/core";
+import type { Settings } from "@moela/core";
 import { PRECISION_NAMES } from "@moela/moe-dispatch";
 import { INTERNAL_SECURITY_SCHEMA, internalSecuritySettings, withInternalSecurity, type WithInternalSecurity } from "@moela/rpc";
 
@@ -165,14 +166,7 @@ const settingsSchema = z.object({
   threads: intSetting(1).pipe(z.number().max(256, "must be <= 256")).default(1),
   microBatches: intSetting(1).pipe(z.number().max(8, "must be <= 8")).default(2),
   sharedExpert: z.enum(["local", "hosts"], { message: "must be local or hosts" }).default("local"),
-  redisUrl: z
-    .string()
-    .regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL")
-    .optional(),
-  queuePrefix: z
-    .string()
-    .regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }")
-    .optional(),
+  ...OPTIONAL_REDIS_SCHEMA,
   advertiseAddress: dialable.optional(),
   expertShards: intSetting(1).optional(),
   // Checked (and the files read) by parseInternalSecurity, whose errors never repeat a secret.

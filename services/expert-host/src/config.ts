@@ -3,7 +3,8 @@
  * winning when both are set, validated once with zod at start-up. An error names both spellings.
  */
 import { z } from "zod";
-import { boolSetting, intSetting, InvalidArgumentError, listenAddressSetting, parseSettings, usageLines, type Settings } from "@moela/core";
+import { boolSetting, intSetting, InvalidArgumentError, listenAddressSetting, OPTIONAL_REDIS_SCHEMA, parseSettings, usageLines } from "@moela/core";
+import type { Settings } from "@moela/core";
 import { PRECISION_NAMES } from "@moela/moe-dispatch";
 import { INTERNAL_SECURITY_SCHEMA, internalSecuritySettings, withInternalSecurity, type WithInternalSecurity } from "@moela/rpc";
 
@@ -93,14 +94,7 @@ const schema = z.object({
   perExpertMetrics: boolSetting.default(false),
   sharedExpert: boolSetting.default(false),
   drainGraceMs: intSetting(0).default(10_000),
-  redisUrl: z
-    .string()
-    .regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL")
-    .optional(),
-  queuePrefix: z
-    .string()
-    .regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }")
-    .optional(),
+  ...OPTIONAL_REDIS_SCHEMA,
   advertiseAddress: z
     .string()
     .regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):(\d{1,5})$/, "must be host:port")

@@ -29,48 +29,32 @@
  *                            internal gRPC security (@moela/rpc security.ts; docs/SECURITY.md)  (none)
  */
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
 import { hostname } from "node:os";
-import { join, resolve } from "node:path";
-import { ConfigError, envNameOf, flagList, readSettings, settingsFromKeys, usageLines, validateSettings } from "@moela/core";
+import { checkpointFolderOf, ConfigError, configParsers, flagList, settingsFromKeys, usageLines } from "@moela/core";
+import { commaListSetting, hostPortSetting, REDIS_SCHEMA } from "@moela/core";
 import { PRECISION_NAMES, type PrecisionName } from "@moela/moe-dispatch";
-import { INTERNAL_SECURITY_HELP, INTERNAL_SECURITY_SCHEMA, internalSecurityOf, type InternalSecurity } from "@moela/rpc";
+import { INTERNAL_SECURITY_HELP, INTERNAL_SECURITY_SCHEMA, withInternalSecurity, type InternalSecurity } from "@moela/rpc";
 import { z } from "zod";
 
 /** Blocks the prefix cache keeps unless told otherwise (16k tokens at 16 tokens per block). */
 export const DEFAULT_PREFIX_CACHE_BLOCKS = 1024;
 
-const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "must be host:port");
 const positiveInt = z.coerce.number().int("must be an integer").min(1, "must be at least 1");
 
 const schema = z.strictObject({
   model: z.string({ error: "is required" }).min(1, "is required"),
-  redisUrl: z
-    .string()
-    .regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL")
-    .default("redis://127.0.0.1:6379"),
-  queuePrefix: z
-    .string()
-    .regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }")
-    .default("moela"),
-  grpcAddress: hostPort.default("127.0.0.1:0"),
-  metricsAddress: hostPort.default("127.0.0.1:0"),
-  expertHosts: z
-    .string()
-    .default("")
-    .transform((s) =>
-      s
-        .split(",")
-        .map((x) => x.trim())
-        .filter((x) => x.length > 0),
-    )
+  ...REDIS_SCHEMA,
+  grpcAddress: hostPortSetting.default("127.0.0.1:0"),
+  metricsAddress: hostPortSetting.default("127.0.0.1:0"),
+  expertHosts: commaListSetting
     .pipe(
       z.array(
         z
           .string()
-          .refine((entry) => entry.split("|").every((a) => hostPort.safeParse(a.trim()).success), "must be host:port (replicas of a shard joined by |)"),
+          .refine((entry) => entry.split("|").every((a) => hostPortSetting.safeParse(a.trim()).success), "must be host:port (replicas of a shard joined by |)"),
       ),
-    ),
+    )
+    .default([]),
   expertShards: positiveInt.optional(),
   precision: z.enum(PRECISION_NAMES, { error: `must be one of ${PRECISION_NAMES.join(", ")}` }).default("exact"),
   prefillChunk: positiveInt.default(256),
@@ -137,11 +121,6 @@ export function defaultInstanceId(): string {
   return `prefill-${host}-${process.pid}-${randomBytes(3).toString("hex")}`;
 }
 
-/** camelCase key -> MOELA_PREFILL_SNAKE_CASE. */
-export function envOf(key: string): string {
-  return envNameOf("MOELA_PREFILL_", key);
-}
-
 /** --help lines (the table above, one line each). */
 const HELP = {
   model: "checkpoint folder (attention, dense layers, gate, shared experts) (required)",
@@ -167,40 +146,29 @@ const HELP = {
 /** Every schema key is a flag with its env twin; prefixCache and tlsClientAuth are on/off switches (--x, --no-x). */
 const SETTINGS = settingsFromKeys(Object.keys(schema.shape) as (keyof typeof schema.shape)[], "MOELA_PREFILL_", ["prefixCache", "tlsClientAuth"], HELP);
 
-export const USAGE = ["usage: prefill --model DIR [--expert-hosts H0,H1,...] [options]", "", ...usageLines(SETTINGS)].join("\n");
+/** How settings errors read: the first bad setting, with the flag list after an unknown flag. */
+const PARSE = { name: "prefill", error: ConfigError, argvErrorSuffix: `; flags: ${flagList(SETTINGS)}`, report: "first" } as const;
 
-/** parsePrefillConfig, or null when --help was asked for (main() then prints USAGE). */
-export function parsePrefillArgs(argv: readonly string[], env: NodeJS.ProcessEnv): PrefillConfig | null {
-  const { help } = readSettings(SETTINGS, argv, env, { name: "prefill", error: ConfigError, help: true, argvErrorSuffix: `; flags: ${flagList(SETTINGS)}` });
-  return help ? null : parsePrefillConfig(argv, env);
-}
-
-/** Parse and validate flags (argv) over env twins; throws ConfigError naming the flag and its env twin. */
-export function parsePrefillConfig(argv: readonly string[], env: NodeJS.ProcessEnv): PrefillConfig {
-  const { raw } = readSettings(SETTINGS, argv, env, { name: "prefill", error: ConfigError, argvErrorSuffix: `; flags: ${flagList(SETTINGS)}` });
-  const c = validateSettings(SETTINGS, raw, schema.safeParse(raw), { name: "prefill", error: ConfigError, report: "first" });
-  const model = resolve(c.model);
-  if (!existsSync(join(model, "config.json"))) {
-    throw new ConfigError(`prefill: --model (env ${envOf("model")}) "${c.model}" has no config.json`);
-  }
+/** The validated settings with the checkpoint folder checked and the instance id and internal security resolved. */
+function prefillConfigOf(settings: z.output<typeof schema>): PrefillConfig {
+  const model = checkpointFolderOf(settings.model, SETTINGS.model, PARSE);
+  const { expertHosts, expertShards, maxBatchTokens, instanceId, ...rest } = withInternalSecurity(settings, "MOELA_PREFILL_", "prefill", ConfigError);
   return Object.freeze({
+    ...rest,
     model,
-    redisUrl: c.redisUrl,
-    queuePrefix: c.queuePrefix,
-    grpcAddress: c.grpcAddress,
-    metricsAddress: c.metricsAddress,
-    expertHosts: Object.freeze([...c.expertHosts]),
-    ...(c.expertShards !== undefined ? { expertShards: c.expertShards } : {}),
-    precision: c.precision,
-    prefillChunk: c.prefillChunk,
-    maxBatchTokens: c.maxBatchTokens,
-    concurrency: c.concurrency,
-    instanceId: c.instanceId ?? defaultInstanceId(),
-    prefixCache: c.prefixCache,
-    prefixCacheBlocks: c.prefixCacheBlocks,
-    kernels: c.kernels,
-    threads: c.threads,
-    logLevel: c.logLevel,
-    security: internalSecurityOf(c, "MOELA_PREFILL_", "prefill", ConfigError),
+    expertHosts: Object.freeze([...expertHosts]),
+    ...(expertShards !== undefined ? { expertShards } : {}),
+    maxBatchTokens,
+    instanceId: instanceId ?? defaultInstanceId(),
   });
 }
+
+export const USAGE = ["usage: prefill --model DIR [--expert-hosts H0,H1,...] [options]", "", ...usageLines(SETTINGS)].join("\n");
+
+const PARSERS = configParsers(SETTINGS, schema, PARSE, prefillConfigOf);
+
+/** parsePrefillConfig, or null when --help was asked for (main() then prints USAGE). */
+export const parsePrefillArgs = PARSERS.parseArgs;
+
+/** Parse and validate flags (argv) over env twins; throws ConfigError naming the flag and its env twin. */
+export const parsePrefillConfig = PARSERS.parseConfig;

@@ -41,8 +41,20 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
-import { ConfigError, envNameOf, errorMessage, flagList, readSettings, settingsFromKeys, usageLines, validateSettings } from "@moela/core";
-import { INTERNAL_SECURITY_HELP, internalSecurityOf, type InternalSecurity } from "@moela/rpc";
+import {
+  checkpointFolderOf,
+  commaListSetting,
+  ConfigError,
+  configParsers,
+  envNameOf,
+  errorMessage,
+  flagList,
+  hostPortSetting,
+  REDIS_SCHEMA,
+  settingsFromKeys,
+  usageLines,
+} from "@moela/core";
+import { INTERNAL_SECURITY_HELP, withInternalSecurity, type InternalSecurity } from "@moela/rpc";
 import { PREFILL_DEFAULT_MAX_PROMPT_TOKENS } from "@moela/openai-api";
 import { DEFAULT_POLICY, parsePolicyJson, Policy, PRECISIONS, type PolicyConfig, type PrecisionProfile } from "@moela/scheduler";
 import { z } from "zod";
@@ -50,31 +62,13 @@ import { z } from "zod";
 /** Default --max-body-bytes: a full-context prompt as token ids or escaped text fits with room to spare. */
 export const DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024;
 
-const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "must be host:port");
-
 const schema = z.strictObject({
   model: z.string({ error: "is required" }).min(1, "is required"),
-  httpAddress: hostPort.default("127.0.0.1:8000"),
-  grpcAddress: hostPort.default("127.0.0.1:0"),
-  metricsAddress: hostPort.default("127.0.0.1:0"),
-  redisUrl: z
-    .string()
-    .regex(/^rediss?:\/\/.+/, "must be a redis:// or rediss:// URL")
-    .default("redis://127.0.0.1:6379"),
-  queuePrefix: z
-    .string()
-    .regex(/^[A-Za-z0-9_.{}-]+$/, "may only hold letters, digits and _ . - { }")
-    .default("moela"),
-  decode: z
-    .string()
-    .default("")
-    .transform((s) =>
-      s
-        .split(",")
-        .map((x) => x.trim())
-        .filter((x) => x.length > 0),
-    )
-    .pipe(z.array(hostPort)),
+  httpAddress: hostPortSetting.default("127.0.0.1:8000"),
+  grpcAddress: hostPortSetting.default("127.0.0.1:0"),
+  metricsAddress: hostPortSetting.default("127.0.0.1:0"),
+  ...REDIS_SCHEMA,
+  decode: commaListSetting.pipe(z.array(hostPortSetting)).default([]),
   policy: z.string().optional(),
   decisionTtlS: z.coerce
     .number()
@@ -210,44 +204,42 @@ const HELP = {
 /** Every schema key is a flag (--kebab-case VALUE) with its env twin. */
 const SETTINGS = settingsFromKeys(Object.keys(schema.shape) as (keyof typeof schema.shape)[], "MOELA_ROUTER_", ["strictApi"], HELP);
 
-export const USAGE = ["usage: router --model DIR [--decode H:P,...] [options]", "", ...usageLines(SETTINGS)].join("\n");
+/** How settings errors read: the first bad setting, with the flag list after an unknown flag. */
+const PARSE = { name: "router", error: ConfigError, argvErrorSuffix: `; flags: ${flagList(SETTINGS)}`, report: "first" } as const;
 
-/** parseRouterConfig, or null when --help was asked for (main() then prints USAGE). */
-export function parseRouterArgs(argv: readonly string[], env: NodeJS.ProcessEnv): RouterConfig | null {
-  const { help } = readSettings(SETTINGS, argv, env, { name: "router", error: ConfigError, help: true, argvErrorSuffix: `; flags: ${flagList(SETTINGS)}` });
-  return help ? null : parseRouterConfig(argv, env);
-}
-
-/** Parse and validate flags (argv) over env twins; throws ConfigError naming the flag and its env twin. */
-export function parseRouterConfig(argv: readonly string[], env: NodeJS.ProcessEnv): RouterConfig {
-  const { raw } = readSettings(SETTINGS, argv, env, { name: "router", error: ConfigError, argvErrorSuffix: `; flags: ${flagList(SETTINGS)}` });
-  const c = validateSettings(SETTINGS, raw, schema.safeParse(raw), { name: "router", error: ConfigError, report: "first" });
-  const model = resolve(c.model);
-  // tokenizer.json is optional: without it the router serves token-id prompts only.
-  if (!existsSync(join(model, "config.json"))) {
-    throw new ConfigError(`router: --model (env ${envOf("model")}) "${c.model}" has no config.json`);
-  }
+/**
+ * The validated settings with the checkpoint folder checked (only config.json: without tokenizer.json the
+ * router serves token-id prompts only), the policy, API keys and internal security read.
+ */
+function routerConfigOf(settings: RouterFlags): RouterConfig {
+  // Of several bad settings the first in this order is reported: model, policy, API keys, internal security.
+  const model = checkpointFolderOf(settings.model, SETTINGS.model, PARSE);
+  const policy = settings.policy === undefined ? DEFAULT_POLICY : readPolicy(settings.policy);
+  const apiKeys = parseApiKeys(settings.apiKey);
+  const secured = withInternalSecurity(settings, "MOELA_ROUTER_", "router", ConfigError);
+  const { decode, servedModelName, requestTimeoutS, policy: _policy, apiKey: _apiKey, ...rest } = secured;
   return Object.freeze({
+    ...rest,
     model,
-    httpAddress: c.httpAddress,
-    grpcAddress: c.grpcAddress,
-    metricsAddress: c.metricsAddress,
-    redisUrl: c.redisUrl,
-    queuePrefix: c.queuePrefix,
-    decode: Object.freeze([...new Set(c.decode)]),
-    policy: c.policy === undefined ? DEFAULT_POLICY : readPolicy(c.policy),
-    decisionTtlS: c.decisionTtlS,
-    servedModelName: c.servedModelName ?? basename(model),
-    maxModelLen: c.maxModelLen,
-    precision: c.precision,
-    requestTimeoutMs: Math.round(c.requestTimeoutS * 1000),
-    maxInFlight: c.maxInFlight,
-    apiKeys: parseApiKeys(c.apiKey),
-    ...apiLimitsOf(c),
-    logLevel: c.logLevel,
-    security: internalSecurityOf(c, "MOELA_ROUTER_", "router", ConfigError),
+    decode: Object.freeze([...new Set(decode)]),
+    policy,
+    servedModelName: servedModelName ?? basename(model),
+    maxModelLen: rest.maxModelLen,
+    requestTimeoutMs: Math.round(requestTimeoutS * 1000),
+    apiKeys,
+    ...apiLimitsOf(rest),
   });
 }
+
+export const USAGE = ["usage: router --model DIR [--decode H:P,...] [options]", "", ...usageLines(SETTINGS)].join("\n");
+
+const PARSERS = configParsers(SETTINGS, schema, PARSE, routerConfigOf);
+
+/** parseRouterConfig, or null when --help was asked for (main() then prints USAGE). */
+export const parseRouterArgs = PARSERS.parseArgs;
+
+/** Parse and validate flags (argv) over env twins; throws ConfigError naming the flag and its env twin. */
+export const parseRouterConfig = PARSERS.parseConfig;
 
 /** The request limits the router and `serve --role all` (one-process.ts) both take. */
 export interface ApiLimitSettings {

@@ -29,21 +29,21 @@
  *   --max-body-bytes, --max-prompt-chars, --max-prompt-tokens, --tokenizer-threads, --strict-api, --log-level: as the router's
  */
 import { availableParallelism } from "node:os";
-import { existsSync } from "node:fs";
-import { basename, join, resolve } from "node:path";
+import { basename } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
+  checkpointFolderOf,
   ConfigError,
   createLogger,
   envNameOf,
   errorMessage,
   flagList,
-  readSettings,
+  hostPortSetting,
+  parseSettings,
   runService,
   ServiceLifecycle,
   settingsFromKeys,
   usageLines,
-  validateSettings,
   withWeightLoadBar,
   type Logger,
 } from "@moela/core";
@@ -67,10 +67,7 @@ const schema = z.strictObject({
   model: z.string().min(1).default(DEFAULT_MODEL),
   host: z.string().min(1).default("127.0.0.1"),
   port: int(0).max(65_535, "must be at most 65535").default(8000),
-  grpcAddress: z
-    .string()
-    .regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "must be host:port")
-    .optional(),
+  grpcAddress: hostPortSetting.optional(),
   servedModelName: z.string().min(1).optional(),
   maxModelLen: int(2).optional(),
   maxNumSeqs: int(1).max(4096).default(32),
@@ -174,14 +171,10 @@ export interface OneProcessConfig {
 
 /** Parse flags over env twins (null: --help); throws ConfigError naming the flag and its env twin. */
 export function parseOneProcessArgs(argv: readonly string[], env: NodeJS.ProcessEnv): OneProcessConfig | null {
-  const o = { name: "serve --role all", error: ConfigError, argvErrorSuffix: `; flags: ${flagList(SETTINGS)}` };
-  const { help, raw } = readSettings(SETTINGS, argv, env, { ...o, help: true });
-  if (help) return null;
-  const c = validateSettings(SETTINGS, raw, schema.safeParse(raw), { name: o.name, error: ConfigError, report: "first" });
-  const model = resolve(c.model);
-  if (!existsSync(join(model, "config.json"))) {
-    throw new ConfigError(`serve --role all: --model (env ${envNameOf(ENV_PREFIX, "model")}) "${c.model}" has no config.json`);
-  }
+  const o = { name: "serve --role all", error: ConfigError, argvErrorSuffix: `; flags: ${flagList(SETTINGS)}`, report: "first", help: true } as const;
+  const c = parseSettings(SETTINGS, argv, env, schema, o);
+  if (c === null) return null;
+  const model = checkpointFolderOf(c.model, SETTINGS.model, o);
   let apiKeys: readonly string[];
   try {
     apiKeys = parseApiKeys(c.apiKey);
