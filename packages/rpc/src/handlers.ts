@@ -169,25 +169,33 @@ function failure(state: CallState, err: unknown): unknown {
   return state.controller.signal.aborted ? state.controller.signal.reason : err;
 }
 
+/** Answer a call that has one response (unary, client-streaming) with what `run` returns, or with its failure's status. */
+function respondOnce<Res>(
+  call: ServerUnaryCall<unknown, Res> | ServerReadableStream<unknown, Res>,
+  callback: sendUnaryData<Res>,
+  options: HandlerOptions,
+  run: (state: CallState) => Res | Promise<Res>,
+): void {
+  let result: Res | undefined;
+  const state = new CallState(call, options, (status) => {
+    if (status === undefined) callback(null, result);
+    else callback(status, null);
+  });
+  // new Promise(...) also catches a handler that throws before returning its promise.
+  new Promise<Res>((resolve) => resolve(run(state)))
+    .then(
+      (res) => {
+        result = res;
+        state.settle(undefined);
+      },
+      (err: unknown) => state.settle(failure(state, err)),
+    )
+    .finally(() => state.handlerReturned());
+}
+
 /** A grpc-js unary handler running `fn`. */
 export function unaryHandler<Req, Res>(fn: UnaryHandler<Req, Res>, options: HandlerOptions = {}): handleUnaryCall<Req, Res> {
-  return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
-    let result: Res | undefined;
-    const state = new CallState(call, options, (status) => {
-      if (status === undefined) callback(null, result);
-      else callback(status, null);
-    });
-    // new Promise(...) also catches a handler that throws before returning its promise.
-    new Promise<Res>((resolve) => resolve(fn(call.request, state.ctx)))
-      .then(
-        (res) => {
-          result = res;
-          state.settle(undefined);
-        },
-        (err: unknown) => state.settle(failure(state, err)),
-      )
-      .finally(() => state.handlerReturned());
-  };
+  return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => respondOnce(call, callback, options, (state) => fn(call.request, state.ctx));
 }
 
 /** Resolve when `stream` can take more writes; reject with the abort reason when `signal` aborts first. */
@@ -228,21 +236,29 @@ function endStream(call: ServerWritableStream<unknown, unknown> | ServerDuplexSt
   };
 }
 
+/** Stream what `run` yields to a call that has a response stream (server-streaming, bidi), ending with OK or its failure's status. */
+function respondStreaming<Res>(
+  call: ServerWritableStream<unknown, Res> | ServerDuplexStream<unknown, Res>,
+  options: HandlerOptions,
+  run: (state: CallState) => AsyncIterable<Res>,
+): void {
+  const state = new CallState(call, options, endStream(call));
+  // Never rejects: every failure settles the call.
+  void (async () => {
+    try {
+      // Calling run may itself throw (a plain async function returning an iterable).
+      await pump(call, state, run(state));
+    } catch (err) {
+      state.settle(failure(state, err));
+    } finally {
+      state.handlerReturned();
+    }
+  })();
+}
+
 /** A grpc-js server-streaming handler running the generator `fn`. */
 export function serverStreamHandler<Req, Res>(fn: ServerStreamHandler<Req, Res>, options: HandlerOptions = {}): handleServerStreamingCall<Req, Res> {
-  return (call: ServerWritableStream<Req, Res>) => {
-    const state = new CallState(call, options, endStream(call));
-    void (async () => {
-      try {
-        // Calling fn may itself throw (a plain async function returning an iterable).
-        await pump(call, state, fn(call.request, state.ctx));
-      } catch (err) {
-        state.settle(failure(state, err));
-      } finally {
-        state.handlerReturned();
-      }
-    })();
-  };
+  return (call: ServerWritableStream<Req, Res>) => respondStreaming(call, options, (state) => fn(call.request, state.ctx));
 }
 
 /**
@@ -271,38 +287,15 @@ async function* requestsOf<Req>(call: ServerReadableStream<Req, unknown> | Serve
 
 /** A grpc-js client-streaming handler running `fn` over the request stream. */
 export function clientStreamHandler<Req, Res>(fn: ClientStreamHandler<Req, Res>, options: HandlerOptions = {}): handleClientStreamingCall<Req, Res> {
-  return (call: ServerReadableStream<Req, Res>, callback: sendUnaryData<Res>) => {
-    let result: Res | undefined;
-    const state = new CallState(call, options, (status) => {
-      if (status === undefined) callback(null, result);
-      else callback(status, null);
+  return (call: ServerReadableStream<Req, Res>, callback: sendUnaryData<Res>) =>
+    respondOnce(call, callback, options, (state) => {
+      // Stop reading when the server aborts the call; the client side is answered by settle().
+      state.ctx.signal.addEventListener("abort", () => call.destroy(), { once: true });
+      return fn(requestsOf(call, state.ctx.signal), state.ctx);
     });
-    // Stop reading when the server aborts the call; the client side is answered by settle().
-    state.ctx.signal.addEventListener("abort", () => call.destroy(), { once: true });
-    new Promise<Res>((resolve) => resolve(fn(requestsOf(call, state.ctx.signal), state.ctx)))
-      .then(
-        (res) => {
-          result = res;
-          state.settle(undefined);
-        },
-        (err: unknown) => state.settle(failure(state, err)),
-      )
-      .finally(() => state.handlerReturned());
-  };
 }
 
 /** A grpc-js bidirectional-streaming handler running the generator `fn` over the request stream. */
 export function bidiStreamHandler<Req, Res>(fn: BidiStreamHandler<Req, Res>, options: HandlerOptions = {}): handleBidiStreamingCall<Req, Res> {
-  return (call: ServerDuplexStream<Req, Res>) => {
-    const state = new CallState(call, options, endStream(call));
-    void (async () => {
-      try {
-        await pump(call, state, fn(requestsOf(call, state.ctx.signal), state.ctx));
-      } catch (err) {
-        state.settle(failure(state, err));
-      } finally {
-        state.handlerReturned();
-      }
-    })();
-  };
+  return (call: ServerDuplexStream<Req, Res>) => respondStreaming(call, options, (state) => fn(requestsOf(call, state.ctx.signal), state.ctx));
 }
