@@ -239,8 +239,11 @@ function failureReason(code: Code): "unavailable" | "aborted" | "timeout" | "rej
   return "rejected";
 }
 
-/** The engine's generation parameters of a job's sampling settings. */
-function generationParams(data: PrefillJob): GenerationParams {
+/**
+ * The engine's generation parameters of a job's sampling settings. Exported for the router's bounds test
+ * (test/integration/router/downstream-bounds.test.ts), which runs jobs the way this worker does.
+ */
+export function generationParams(data: PrefillJob): GenerationParams {
   const s = data.sampling;
   const { temperature, topP, topK, seed, maxTokens, stopTokenIds, ignoreEos } = s;
   return {
