@@ -38,14 +38,10 @@ import {
 } from "@moela/core";
 import type { EmittedToken, Engine, FinishReason, Sequence } from "@moela/engine";
 import type { KvFailure, KvHold, KvReleaseReason, KvTransferMeta } from "@moela/kv-transfer";
+import type { Usage as WireUsage } from "@moela/proto-gen";
 
-export interface Usage {
-  readonly promptTokens: number;
-  readonly completionTokens: number;
-  readonly cachedPromptTokens: number;
-  readonly draftTokens: number;
-  readonly acceptedDraftTokens: number;
-}
+/** A request's token counts, as the last message of its Stream carries them to the router. */
+export type Usage = Readonly<WireUsage>;
 
 /** One message of a request's token stream. */
 export interface StreamMessage {
