@@ -247,6 +247,9 @@ export interface MoelaClientOptions {
   readonly clock?: Clock;
 }
 
+/** The request fields that are counts, ids or seeds: whole numbers, checked in this order. */
+const NON_NEGATIVE_INT_FIELDS = ["maxTokens", "topK", "seed", "logprobs", "priority", "minTokens", "n"] as const;
+
 function checkNonNegativeInt(name: string, v: number | undefined): void {
   if (v !== undefined && !(Number.isSafeInteger(v) && v >= 0)) {
     throw new InvalidArgumentError(`${name} must be a non-negative integer, got ${String(v)}`);
@@ -295,13 +298,7 @@ export function toWireRequest(r: GenerateRequest, requestId: string): WireGenera
   else if (Array.isArray(r.prompt) && r.prompt.every((t) => Number.isInteger(t) && t >= 0 && t <= 0xffffffff)) {
     prompt = { $case: "tokenIds", value: { ids: [...r.prompt] } };
   } else throw new InvalidArgumentError("prompt must be a string or an array of token ids (non-negative integers), or give messages");
-  checkNonNegativeInt("maxTokens", r.maxTokens);
-  checkNonNegativeInt("topK", r.topK);
-  checkNonNegativeInt("seed", r.seed);
-  checkNonNegativeInt("logprobs", r.logprobs);
-  checkNonNegativeInt("priority", r.priority);
-  checkNonNegativeInt("minTokens", r.minTokens);
-  checkNonNegativeInt("n", r.n);
+  for (const field of NON_NEGATIVE_INT_FIELDS) checkNonNegativeInt(field, r[field]);
   const logitBias = r.logitBias === undefined ? undefined : Object.entries(r.logitBias).map(([id, bias]) => ({ tokenId: Number(id), bias }));
   // fromPartial: wire fields this client does not set (added to the proto later) take their defaults.
   return WireGenerateRequest.fromPartial({
