@@ -1,12 +1,21 @@
 /**
  * The set-up the router's integration tests share: the router's config against the tiny model, Redis and
  * stand-in decode instances on 127.0.0.1:0, a decode stand-in's Status, a BullMQ worker standing in for
- * prefill, and the teardown of all of it. Each test file keeps its own scripted decode (what it streams is
- * what that file checks).
+ * prefill, and the teardown of all of it. Each test file scripts its own decode stand-in (what it streams
+ * is what that file checks) on ScriptedDecode.
  */
-import { DecodeService, Precision, type DecodeCancelRequest, type DecodeStatusResponse } from "@moela/proto-gen";
-import { createServer, drainAndClose, serve, type AsyncServiceImplementation, type RpcServer } from "@moela/rpc";
-import { PREFILL_QUEUE, redisConnection } from "@moela/scheduler";
+import {
+  DecodeService,
+  FinishReason,
+  Precision,
+  type DecodeCancelRequest,
+  type DecodeStatusResponse,
+  type StreamRequest,
+  type StreamResponse,
+  type Usage,
+} from "@moela/proto-gen";
+import { createServer, drainAndClose, serve, type AsyncServiceImplementation, type CallContext, type RpcServer } from "@moela/rpc";
+import { PREFILL_QUEUE, redisConnection, type PrefillJob } from "@moela/scheduler";
 import { Worker, type Queue } from "bullmq";
 import { CancelledError, type Logger } from "@moela/core";
 import type { RouterConfig } from "../../services/router/src/config.js";
@@ -74,6 +83,93 @@ export function cancelLive(live: Map<string, AbortController>, cancels: DecodeCa
     c?.abort(new CancelledError("cancelled"));
     return { found: c !== undefined };
   };
+}
+
+/**
+ * What a scripted decode stand-in streams for a request once its job has arrived. `signal` aborts when the
+ * caller goes away or Decode.Cancel ends the request; `decode` is the stand-in (its delayMs, say).
+ */
+export type DecodeScript = (job: PrefillJob, req: StreamRequest, signal: AbortSignal, decode: ScriptedDecode) => AsyncIterable<StreamResponse>;
+
+/**
+ * A stand-in decode instance: each Decode.Stream waits for its request's job (handed over with
+ * `job(id).resolve`, by a stand-in prefill) and then streams what `script` makes of it; Decode.Cancel is
+ * recorded and aborts the request's stream (cancelLive).
+ */
+export class ScriptedDecode {
+  readonly cancels: DecodeCancelRequest[] = [];
+  /** An AbortController per request whose Stream opened, by request id. */
+  readonly live = new Map<string, AbortController>();
+  /** A pause between messages, for the scripts that take one (slow streams). */
+  delayMs = 0;
+  server!: RpcServer;
+  address = "";
+  private readonly jobs = new Map<string, ReturnType<typeof deferred<PrefillJob>>>();
+
+  constructor(
+    private readonly script: DecodeScript,
+    private readonly statusOf: (decode: ScriptedDecode) => DecodeStatusResponse = () => idleDecodeStatus(),
+  ) {}
+
+  /** The job of `requestId`, to resolve when it arrives; its Stream waits for it. */
+  job(requestId: string): ReturnType<typeof deferred<PrefillJob>> {
+    let d = this.jobs.get(requestId);
+    if (d === undefined) this.jobs.set(requestId, (d = deferred<PrefillJob>()));
+    return d;
+  }
+
+  async start(logger: Logger): Promise<this> {
+    const self = this;
+    const decode = await serveDecode(
+      {
+        async *stream(req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
+          const ctl = new AbortController();
+          self.live.set(req.requestId, ctl);
+          const signal = AbortSignal.any([ctx.signal, ctl.signal]);
+          const job = await Promise.race([
+            self.job(req.requestId).promise,
+            new Promise<never>((_, reject) => signal.addEventListener("abort", () => reject(signal.reason))),
+          ]);
+          yield* self.script(job, req, signal, self);
+        },
+        cancel: cancelLive(self.live, self.cancels),
+        async status() {
+          return self.statusOf(self);
+        },
+      },
+      logger,
+    );
+    return Object.assign(this, decode);
+  }
+
+  /** The first Decode.Cancel matching `predicate`, waited for up to `ms`. */
+  async waitForCancel(predicate: (c: DecodeCancelRequest) => boolean, ms = 10_000): Promise<DecodeCancelRequest> {
+    const until = Date.now() + ms;
+    for (;;) {
+      const c = this.cancels.find(predicate);
+      if (c !== undefined) return c;
+      if (Date.now() > until) throw new Error(`no matching Decode.Cancel within ${ms} ms; got ${JSON.stringify(this.cancels)}`);
+      await sleep(20);
+    }
+  }
+}
+
+/** The usage a stand-in decode reports with a stream's last message: nothing cached, no speculation. */
+export function streamUsage(job: PrefillJob, completionTokens: number): Usage {
+  return { promptTokens: job.promptTokenIds.length, completionTokens, cachedPromptTokens: 0, draftTokens: 0, acceptedDraftTokens: 0 };
+}
+
+/** One message per token, `tokenAt(k)` for k up to the job's max_tokens; the last ends the stream with LENGTH and its usage. */
+export function* lengthStream(job: PrefillJob, tokenAt: (k: number) => number): Generator<StreamResponse> {
+  const n = job.sampling.maxTokens;
+  for (let k = 0; k < n; k++) {
+    const last = k === n - 1;
+    yield {
+      tokens: [{ index: k, tokenId: tokenAt(k) }],
+      finishReason: last ? FinishReason.FINISH_REASON_LENGTH : FinishReason.FINISH_REASON_UNSPECIFIED,
+      ...(last ? { usage: streamUsage(job, n) } : {}),
+    };
+  }
 }
 
 /** A BullMQ worker standing in for prefill on the shared queue under `prefix`: `take` gets each job's data. */

@@ -21,33 +21,25 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
-import { CancelledError, Code, createLogger, type MoelaError } from "@moela/core";
+import { Code, createLogger, type MoelaError } from "@moela/core";
 import { DeepseekModel, Engine, type GenerationParams } from "@moela/engine";
 import { frameFromWire, frameToWire, KvInbox, KvSender, kvTransferMeta, type KvConnector, type KvTransferMeta } from "@moela/kv-transfer";
 import { createInProcessExperts, precisionProfile } from "@moela/moe-dispatch";
 import { MAX_BATCH_PROMPTS, MAX_CHOICES, MAX_STOP_STRINGS } from "@moela/openai-api";
-import {
-  FinishReason,
-  GenerateClient,
-  PushRequest,
-  type DecodeCancelRequest,
-  type GenerateRequest,
-  type GenerateResponse,
-  type StreamRequest,
-  type StreamResponse,
-} from "@moela/proto-gen";
-import { connect, serverStreamCall, type CallContext, type RpcServer } from "@moela/rpc";
+import { GenerateClient, PushRequest, type GenerateRequest, type GenerateResponse } from "@moela/proto-gen";
+import { connect, serverStreamCall } from "@moela/rpc";
 import { createPrefillQueue, parsePrefillJob, prefillJobSchema, prefillSamplingSchema, type PrefillJob } from "@moela/scheduler";
 import type { Queue, Worker } from "bullmq";
 import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
 import {
   closeRouterRig,
-  idleDecodeStatus,
+  lengthStream,
   REDIS_URL as REDIS,
-  serveDecode,
+  ScriptedDecode,
   standInPrefill,
   testRouterConfig,
   TINY_MODEL_DIR as MODEL,
+  type DecodeScript,
 } from "../../helpers/router-rig.js";
 
 const silent = createLogger("downstream-bounds-test", process.env.TEST_LOG ?? "silent");
@@ -148,57 +140,9 @@ async function downstream(data: unknown): Promise<Verdict> {
 // ---- the router, its Redis queue, a stand-in prefill and a scripted decode ---------------------------------
 
 /** Streams max_tokens of the job's prompt tokens for each request, once its job arrived. */
-class ScriptedDecode {
-  private readonly waiting = new Map<string, (job: PrefillJob) => void>();
-  private readonly arrived = new Map<string, PrefillJob>();
-  server!: RpcServer;
-  address = "";
-
-  deliver(job: PrefillJob): void {
-    const w = this.waiting.get(job.requestId);
-    if (w !== undefined) w(job);
-    else this.arrived.set(job.requestId, job);
-  }
-
-  private jobFor(id: string, signal: AbortSignal): Promise<PrefillJob> {
-    const got = this.arrived.get(id);
-    if (got !== undefined) return Promise.resolve(got);
-    return new Promise((resolve, reject) => {
-      this.waiting.set(id, resolve);
-      signal.addEventListener("abort", () => reject(signal.reason ?? new CancelledError("gone")), { once: true });
-    });
-  }
-
-  async start(): Promise<this> {
-    const self = this;
-    const decode = await serveDecode(
-      {
-        async *stream(req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
-          const job = await self.jobFor(req.requestId, ctx.signal);
-          const n = job.sampling.maxTokens;
-          for (let k = 0; k < n; k++) {
-            const last = k === n - 1;
-            yield {
-              tokens: [{ index: k, tokenId: job.promptTokenIds[k % job.promptTokenIds.length]! }],
-              finishReason: last ? FinishReason.FINISH_REASON_LENGTH : FinishReason.FINISH_REASON_UNSPECIFIED,
-              ...(last
-                ? { usage: { promptTokens: job.promptTokenIds.length, completionTokens: n, cachedPromptTokens: 0, draftTokens: 0, acceptedDraftTokens: 0 } }
-                : {}),
-            };
-          }
-        },
-        async cancel(_req: DecodeCancelRequest) {
-          return { found: false };
-        },
-        async status() {
-          return idleDecodeStatus();
-        },
-      },
-      silent,
-    );
-    return Object.assign(this, decode);
-  }
-}
+const promptTokens: DecodeScript = async function* (job) {
+  yield* lengthStream(job, (k) => job.promptTokenIds[k % job.promptTokenIds.length]!);
+};
 
 let decode: ScriptedDecode;
 let router: StartedRouter;
@@ -221,7 +165,7 @@ beforeAll(async () => {
       hold.release("finished");
     },
   });
-  decode = await new ScriptedDecode().start();
+  decode = await new ScriptedDecode(promptTokens).start(silent);
   router = await startRouter(testRouterConfig(prefix, [decode.address]), { logger: silent, shutdownGraceMs: 500, statusIntervalMs: 100 });
   queue = createPrefillQueue(REDIS, prefix);
   // Records the job as the router wrote it (raw data: the test runs the schema itself) and lets decode stream.
@@ -230,7 +174,7 @@ beforeAll(async () => {
     (data) => {
       const raw = data as PrefillJob;
       jobs.set(raw.requestId, raw);
-      decode.deliver(raw);
+      decode.job(raw.requestId).resolve(raw);
     },
     16,
   );

@@ -21,31 +21,22 @@ import OpenAI from "openai";
 import { pino } from "pino";
 import { Code, createLogger, MoelaError } from "@moela/core";
 import { MoelaClient, UnauthenticatedError } from "@moela/client";
-import {
-  FinishReason,
-  GenerateClient,
-  type DecodeCancelRequest,
-  type GenerateRequest,
-  type GenerateResponse,
-  type StreamRequest,
-  type StreamResponse,
-} from "@moela/proto-gen";
-import { connect, serverStreamCall, type CallContext, type RpcServer } from "@moela/rpc";
+import { GenerateClient, type GenerateRequest, type GenerateResponse } from "@moela/proto-gen";
+import { connect, serverStreamCall } from "@moela/rpc";
 import { createPrefillQueue, parsePrefillJob, type PrefillJob } from "@moela/scheduler";
 import { UnrecoverableError, type Queue, type Worker } from "bullmq";
 import { Metadata } from "@grpc/grpc-js";
 import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
 import type { RouterConfig } from "../../../services/router/src/config.js";
 import {
-  cancelLive,
   closeRouterRig,
-  deferred,
-  idleDecodeStatus,
+  lengthStream,
   REDIS_URL as REDIS,
-  serveDecode,
+  ScriptedDecode,
   sleep,
   standInPrefill as prefillWorker,
   testRouterConfig,
+  type DecodeScript,
 } from "../../helpers/router-rig.js";
 
 const silent = createLogger("hardening-test", process.env.TEST_LOG ?? "silent");
@@ -54,59 +45,14 @@ const KEY = "sk-test-0123456789abcdef";
 const LEAKY = 997;
 
 /** Streams, per request, its prompt's tokens after the first (cycled) one per message, delayMs apart, once its job arrived. */
-class ScriptedDecode {
-  readonly jobs = new Map<string, ReturnType<typeof deferred<PrefillJob>>>();
-  readonly opened: string[] = [];
-  readonly cancels: DecodeCancelRequest[] = [];
-  private readonly live = new Map<string, AbortController>();
-  delayMs = 0;
-  server!: RpcServer;
-  address = "";
-
-  job(id: string): ReturnType<typeof deferred<PrefillJob>> {
-    let d = this.jobs.get(id);
-    if (d === undefined) this.jobs.set(id, (d = deferred<PrefillJob>()));
-    return d;
+const promptTokens: DecodeScript = async function* (job, _req, signal, decode) {
+  const p = job.promptTokenIds.slice(1);
+  for (const m of lengthStream(job, (k) => p[k % p.length]!)) {
+    yield m;
+    if (decode.delayMs > 0) await sleep(decode.delayMs);
+    if (signal.aborted) throw signal.reason;
   }
-
-  async start(): Promise<this> {
-    const self = this;
-    const decode = await serveDecode(
-      {
-        async *stream(req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
-          self.opened.push(req.requestId);
-          const ctl = new AbortController();
-          self.live.set(req.requestId, ctl);
-          const signal = AbortSignal.any([ctx.signal, ctl.signal]);
-          const job = await Promise.race([
-            self.job(req.requestId).promise,
-            new Promise<never>((_, reject) => signal.addEventListener("abort", () => reject(signal.reason))),
-          ]);
-          const p = job.promptTokenIds.slice(1);
-          const n = job.sampling.maxTokens;
-          for (let k = 0; k < n; k++) {
-            const last = k === n - 1;
-            yield {
-              tokens: [{ index: k, tokenId: p[k % p.length]! }],
-              finishReason: last ? FinishReason.FINISH_REASON_LENGTH : FinishReason.FINISH_REASON_UNSPECIFIED,
-              ...(last
-                ? { usage: { promptTokens: job.promptTokenIds.length, completionTokens: n, cachedPromptTokens: 0, draftTokens: 0, acceptedDraftTokens: 0 } }
-                : {}),
-            };
-            if (self.delayMs > 0) await sleep(self.delayMs);
-            if (signal.aborted) throw signal.reason;
-          }
-        },
-        cancel: cancelLive(self.live, self.cancels),
-        async status() {
-          return idleDecodeStatus();
-        },
-      },
-      silent,
-    );
-    return Object.assign(this, decode);
-  }
-}
+};
 
 interface Rig {
   readonly prefix: string;
@@ -181,7 +127,7 @@ async function metric(r: Rig, series: string): Promise<number> {
 }
 
 beforeAll(async () => {
-  decode = await new ScriptedDecode().start();
+  decode = await new ScriptedDecode(promptTokens).start(silent);
 });
 
 afterAll(async () => {

@@ -12,31 +12,23 @@ import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import OpenAI, { APIError } from "openai";
 import { createLogger, FailureReason, InvalidArgumentError, MoelaError, UnavailableError } from "@moela/core";
-import {
-  FinishReason,
-  GenerateClient,
-  type DecodeCancelRequest,
-  type GenerateResponse,
-  type StreamRequest,
-  type StreamResponse,
-  type TokenEvent,
-} from "@moela/proto-gen";
-import { connect, serverStreamCall, type CallContext, type RpcServer } from "@moela/rpc";
+import { FinishReason, GenerateClient, type GenerateResponse, type TokenEvent } from "@moela/proto-gen";
+import { connect, serverStreamCall } from "@moela/rpc";
 import { createPrefillQueue, parsePrefillJob, type PrefillJob } from "@moela/scheduler";
 import { Tokenizer } from "@moela/tokenizer";
 import { UnrecoverableError, type Queue, type Worker } from "bullmq";
 import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
 import {
-  cancelLive,
   closeRouterRig,
-  deferred,
   idleDecodeStatus,
   REDIS_URL as REDIS,
-  serveDecode,
+  ScriptedDecode,
   sleep,
   standInPrefill,
+  streamUsage,
   testRouterConfig,
   TINY_MODEL_DIR as MODEL,
+  type DecodeScript,
 } from "../../helpers/router-rig.js";
 
 const silent = createLogger("router-test", process.env.TEST_LOG ?? "silent");
@@ -61,98 +53,38 @@ export function script(job: PrefillJob): { ids: number[]; finish: FinishReason }
 
 const logprobOf = (k: number): number => -0.125 * (k + 1);
 
-/** A decode instance that streams scripted tokens once the job arrived, and records cancels. */
-class ScriptedDecode {
-  readonly jobs = new Map<string, ReturnType<typeof deferred<PrefillJob>>>();
-  readonly cancels: DecodeCancelRequest[] = [];
-  private readonly live = new Map<string, AbortController>();
-  /** Pause between messages (a slow stream for the disconnect test). */
-  delayMs = 0;
-  server!: RpcServer;
-  address = "";
-
-  job(requestId: string): ReturnType<typeof deferred<PrefillJob>> {
-    let d = this.jobs.get(requestId);
-    if (d === undefined) {
-      d = deferred<PrefillJob>();
-      this.jobs.set(requestId, d);
-    }
-    return d;
-  }
-
-  async start(): Promise<this> {
-    const self = this;
-    const decode = await serveDecode(
-      {
-        async *stream(req: StreamRequest, ctx: CallContext): AsyncGenerator<StreamResponse> {
-          const ctl = new AbortController();
-          self.live.set(req.requestId, ctl);
-          const signal = AbortSignal.any([ctx.signal, ctl.signal]);
-          const job = await Promise.race([
-            self.job(req.requestId).promise,
-            new Promise<never>((_, reject) => signal.addEventListener("abort", () => reject(signal.reason))),
-          ]);
-          const { ids, finish } = script(job);
-          const slow = self.delayMs;
-          // A first attempt (not `<id>.m<n>`) of a LOSE prompt: the step "fails" after LOSE_AFTER tokens.
-          const loseAt = job.promptTokenIds.includes(LOSE) && !/\.m\d+$/.test(req.requestId) ? LOSE_AFTER : Infinity;
-          for (let k = 0; k < ids.length; k += 2) {
-            if (k >= loseAt) throw new UnavailableError("decode step failed: expert-host 1 is unavailable", { reason: FailureReason.DECODE_STEP_FAILED });
-            const tokens: TokenEvent[] = ids.slice(k, Math.min(k + 2, loseAt)).map((tokenId, j) => ({
-              index: k + j,
-              tokenId,
-              ...(job.sampling.logprobs !== null
-                ? {
-                    logprobs: {
-                      logprob: logprobOf(k + j),
-                      top: [
-                        { tokenId, logprob: logprobOf(k + j) },
-                        { tokenId: 7, logprob: -5 },
-                      ].slice(0, job.sampling.logprobs),
-                    },
-                  }
-                : {}),
-            }));
-            const last = k + 2 >= ids.length && loseAt === Infinity;
-            yield {
-              tokens,
-              finishReason: last ? finish : FinishReason.FINISH_REASON_UNSPECIFIED,
-              ...(last
-                ? {
-                    usage: {
-                      promptTokens: job.promptTokenIds.length,
-                      completionTokens: ids.length,
-                      cachedPromptTokens: 0,
-                      draftTokens: 0,
-                      acceptedDraftTokens: 0,
-                    },
-                  }
-                : {}),
-            };
-            if (slow > 0) await sleep(slow, signal);
-            if (signal.aborted) throw signal.reason;
+/**
+ * The scripted tokens, two per message with logprobs when asked, delayMs apart (read when the stream starts:
+ * a slow stream for the disconnect tests).
+ */
+const scriptedTokens: DecodeScript = async function* (job, req, signal, decode) {
+  const { ids, finish } = script(job);
+  const slow = decode.delayMs;
+  // A first attempt (not `<id>.m<n>`) of a LOSE prompt: the step "fails" after LOSE_AFTER tokens.
+  const loseAt = job.promptTokenIds.includes(LOSE) && !/\.m\d+$/.test(req.requestId) ? LOSE_AFTER : Infinity;
+  for (let k = 0; k < ids.length; k += 2) {
+    if (k >= loseAt) throw new UnavailableError("decode step failed: expert-host 1 is unavailable", { reason: FailureReason.DECODE_STEP_FAILED });
+    const tokens: TokenEvent[] = ids.slice(k, Math.min(k + 2, loseAt)).map((tokenId, j) => ({
+      index: k + j,
+      tokenId,
+      ...(job.sampling.logprobs !== null
+        ? {
+            logprobs: {
+              logprob: logprobOf(k + j),
+              top: [
+                { tokenId, logprob: logprobOf(k + j) },
+                { tokenId: 7, logprob: -5 },
+              ].slice(0, job.sampling.logprobs),
+            },
           }
-        },
-        cancel: cancelLive(self.live, self.cancels),
-        async status() {
-          return idleDecodeStatus({ runningSequences: self.live.size });
-        },
-      },
-      silent,
-    );
-    return Object.assign(this, decode);
+        : {}),
+    }));
+    const last = k + 2 >= ids.length && loseAt === Infinity;
+    yield { tokens, finishReason: last ? finish : FinishReason.FINISH_REASON_UNSPECIFIED, ...(last ? { usage: streamUsage(job, ids.length) } : {}) };
+    if (slow > 0) await sleep(slow, signal);
+    if (signal.aborted) throw signal.reason;
   }
-
-  async waitForCancel(predicate: (c: DecodeCancelRequest) => boolean, ms = 10_000): Promise<DecodeCancelRequest> {
-    const until = Date.now() + ms;
-    for (;;) {
-      const c = this.cancels.find(predicate);
-      if (c !== undefined) return c;
-      if (Date.now() > until) throw new Error(`no matching Decode.Cancel within ${ms} ms; got ${JSON.stringify(this.cancels)}`);
-      await sleep(20);
-    }
-  }
-}
+};
 
 const prefix = `moela-test-${randomUUID()}`;
 let decode: ScriptedDecode;
@@ -164,7 +96,7 @@ let client: OpenAI;
 const taken = new Map<string, PrefillJob>();
 
 beforeAll(async () => {
-  decode = await new ScriptedDecode().start();
+  decode = await new ScriptedDecode(scriptedTokens, (d) => idleDecodeStatus({ runningSequences: d.live.size })).start(silent);
   queue = createPrefillQueue(REDIS, prefix);
   worker = standInPrefill(prefix, (data) => {
     const job = parsePrefillJob(data);
