@@ -16,6 +16,7 @@ import {
   MoelaError,
   ResourceExhaustedError,
   UnavailableError,
+  UnimplementedError,
 } from "@moela/core";
 import {
   DecodeService,
@@ -28,6 +29,7 @@ import {
   KvTransferService,
   type InfoResponse,
   type PushRequest,
+  type StreamRequest,
   type StreamResponse,
   Tensor,
 } from "@moela/proto-gen";
@@ -143,22 +145,27 @@ describe("an unknown error thrown in a handler", () => {
   });
 });
 
+/** A Decode server whose Stream sends token 42, then throws what `fail` makes of the request (Cancel and Status are not used). */
+function decodeFailingAfterOneToken(fail: (request: StreamRequest) => Error) {
+  return startServer((server) =>
+    server.addService(DecodeService, {
+      async *stream(request) {
+        yield { tokens: [{ index: 0, tokenId: 42 }], finishReason: 0 } satisfies StreamResponse;
+        throw fail(request);
+      },
+      async cancel() {
+        return { found: false };
+      },
+      async status() {
+        throw new UnimplementedError("not used");
+      },
+    }),
+  );
+}
+
 describe("errors on streams", () => {
   it("a server stream that fails after sending delivers its messages, then the error's status", async () => {
-    const { address } = await startServer((server) =>
-      server.addService(DecodeService, {
-        async *stream(request) {
-          yield { tokens: [{ index: 0, tokenId: 42 }], finishReason: 0 } satisfies StreamResponse;
-          throw new UnavailableError(`decode lost the KV of ${request.requestId}`);
-        },
-        async cancel() {
-          return { found: false };
-        },
-        async status() {
-          throw new MoelaError("not used", Code.UNIMPLEMENTED);
-        },
-      }),
-    );
+    const { address } = await decodeFailingAfterOneToken((request) => new UnavailableError(`decode lost the KV of ${request.requestId}`));
     const client = connect(DecodeClient, address);
     try {
       const received: number[] = [];
@@ -176,19 +183,8 @@ describe("errors on streams", () => {
   });
 
   it("a failure reason thrown with the error arrives as trailing metadata and back on the error", async () => {
-    const { address } = await startServer((server) =>
-      server.addService(DecodeService, {
-        async *stream(request) {
-          yield { tokens: [{ index: 0, tokenId: 42 }], finishReason: 0 } satisfies StreamResponse;
-          throw new UnavailableError(`decode step failed: ${request.requestId}`, { reason: FailureReason.DECODE_STEP_FAILED });
-        },
-        async cancel() {
-          return { found: false };
-        },
-        async status() {
-          throw new MoelaError("not used", Code.UNIMPLEMENTED);
-        },
-      }),
+    const { address } = await decodeFailingAfterOneToken(
+      (request) => new UnavailableError(`decode step failed: ${request.requestId}`, { reason: FailureReason.DECODE_STEP_FAILED }),
     );
     const client = connect(DecodeClient, address);
     try {

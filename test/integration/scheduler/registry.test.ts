@@ -57,21 +57,21 @@ describe("InstanceRegistry", () => {
       blockSize: 16,
       queues: { prefill_waiting: 7 },
     });
-    const reg = await registry.register(
-      { role: "decode", grpcAddress: "127.0.0.1:7001", metricsUrl: "http://127.0.0.1:9400/metrics", precision: "paper", modelId: "tiny-v3" },
-      load,
-      { intervalMs: 100 },
-    );
-    cleanups.push(() => reg.deregister());
-    const [rec] = await registry.list("decode");
-    expect(rec).toMatchObject({
+    const info = {
       role: "decode",
-      id: reg.id,
-      pid: process.pid,
       grpcAddress: "127.0.0.1:7001",
       metricsUrl: "http://127.0.0.1:9400/metrics",
       precision: "paper",
       modelId: "tiny-v3",
+    } as const;
+    const reg = await registry.register(info, load, { intervalMs: 100 });
+    cleanups.push(() => reg.deregister());
+    const [rec] = await registry.list("decode");
+    // What was registered comes back as it was given, with the instance's id, pid and TTL.
+    expect(rec).toMatchObject({
+      ...info,
+      id: reg.id,
+      pid: process.pid,
       ttlMs: 3_000,
       load: { runningSequences: 2, waitingSequences: 1, pendingTransfers: 0, freeKvBlocks: 90, totalKvBlocks: 128, blockSize: 16, accepting: true },
       queues: { prefill_waiting: 7 },
