@@ -13,11 +13,17 @@ function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 
 const PROMPT = [0, 399, 332, 17, 256, 901, 44, 12, 730, 5, 66, 120, 7];
 
-/** Logits of every prompt position in one call, on a fresh cache. */
-async function allLogits(model: DeepseekModel, attention: "absorbed" | "decompressed"): Promise<Float32Array> {
-  const cache = new PagedLatentCache({ numLayers: model.cacheLayers, latentDim: model.config.latentDim, blockSize: 4, numBlocks: 16 });
+/** A cache of `numBlocks` blocks of 4 tokens for `model`, and a block table with room for PROMPT. */
+function promptCache(model: DeepseekModel, numBlocks = 16): { cache: PagedLatentCache; table: number[] } {
+  const cache = new PagedLatentCache({ numLayers: model.cacheLayers, latentDim: model.config.latentDim, blockSize: 4, numBlocks });
   const table: number[] = [];
   cache.ensureCapacity(table, PROMPT.length);
+  return { cache, table };
+}
+
+/** Logits of every prompt position in one call, on a fresh cache. */
+async function allLogits(model: DeepseekModel, attention: "absorbed" | "decompressed"): Promise<Float32Array> {
+  const { cache, table } = promptCache(model);
   const r = await model.forward(cache, [{ blockTable: table, start: 0, tokens: PROMPT, logits: "all" }], { attention });
   return r.logits.slice();
 }
@@ -51,9 +57,7 @@ describe.each(PRESETS.flatMap(([name, opts]) => BACKENDS.map((kernels) => [`${na
     it("incremental decode on the latent cache equals full recompute", async () => {
       const full = await allLogits(model, "decompressed");
       const V = model.config.vocabSize;
-      const cache = new PagedLatentCache({ numLayers: model.cacheLayers, latentDim: model.config.latentDim, blockSize: 4, numBlocks: 16 });
-      const table: number[] = [];
-      cache.ensureCapacity(table, PROMPT.length);
+      const { cache, table } = promptCache(model);
       const split = 5;
       const head = await model.forward(cache, [{ blockTable: table, start: 0, tokens: PROMPT.slice(0, split), logits: "last" }], { attention: "decompressed" });
       expect(maxDiff(head.logits, full.subarray((split - 1) * V, split * V))).toBe(0);
@@ -66,9 +70,7 @@ describe.each(PRESETS.flatMap(([name, opts]) => BACKENDS.map((kernels) => [`${na
     it("chunked prefill equals one-shot prefill, bit for bit", async () => {
       const oneShot = await allLogits(model, "decompressed");
       const V = model.config.vocabSize;
-      const cache = new PagedLatentCache({ numLayers: model.cacheLayers, latentDim: model.config.latentDim, blockSize: 4, numBlocks: 16 });
-      const table: number[] = [];
-      cache.ensureCapacity(table, PROMPT.length);
+      const { cache, table } = promptCache(model);
       for (let s = 0; s < PROMPT.length; s += 3) {
         const tokens = PROMPT.slice(s, s + 3);
         const r = await model.forward(cache, [{ blockTable: table, start: s, tokens, logits: "all" }], { attention: "decompressed" });
@@ -79,10 +81,8 @@ describe.each(PRESETS.flatMap(([name, opts]) => BACKENDS.map((kernels) => [`${na
     it("a batch of sequences gives each the logits it gets alone", async () => {
       const alone = await allLogits(model, "absorbed");
       const V = model.config.vocabSize;
-      const cache = new PagedLatentCache({ numLayers: model.cacheLayers, latentDim: model.config.latentDim, blockSize: 4, numBlocks: 32 });
-      const t1: number[] = [];
+      const { cache, table: t1 } = promptCache(model, 32);
       const t2: number[] = [];
-      cache.ensureCapacity(t1, PROMPT.length);
       cache.ensureCapacity(t2, 4);
       const seqs: ForwardSeq[] = [
         { blockTable: t2, start: 0, tokens: [3, 4, 5, 6], logits: "all" },

@@ -64,6 +64,11 @@ function fakeTarget(clock: FakeClock, name: string, calls: Call[], o: FakeOption
   };
 }
 
+/** One level per value, each at that many requests in flight. */
+function atConcurrency(...values: number[]): LoadLevel[] {
+  return values.map((value) => ({ kind: "concurrency", value }));
+}
+
 function plan(clock: FakeClock, targets: Target[], levels: LoadLevel[], over: Partial<BenchPlan> = {}): BenchPlan {
   const workload = { input: parseLengthDist("16"), output: parseLengthDist("5"), prompt: { kind: "ids", lo: 3, hi: 99 } } as const;
   return {
@@ -84,7 +89,7 @@ describe("closed loop", () => {
     const clock = new FakeClock();
     const calls: Call[] = [];
     const t = fakeTarget(clock, "a", calls, { ttft: (s) => 100 + 10 * s.index, itl: 10 });
-    const [run] = await runBench(plan(clock, [t], [{ kind: "concurrency", value: 2 }]));
+    const [run] = await runBench(plan(clock, [t], atConcurrency(2)));
     const rs = run!.records[0]!;
     // request i: TTFT 100 + 10 i, then 4 more tokens 10 ms apart: E2E 140 + 10 i.
     expect(rs.map((r) => [r.sendAt, r.endAt])).toEqual([
@@ -111,7 +116,7 @@ describe("closed loop", () => {
   it("C larger than the requests: all start at once", async () => {
     const clock = new FakeClock();
     const t = fakeTarget(clock, "a", [], { ttft: () => 50, itl: 5 });
-    const [run] = await runBench(plan(clock, [t], [{ kind: "concurrency", value: 64 }]));
+    const [run] = await runBench(plan(clock, [t], atConcurrency(64)));
     expect(run!.records[0]!.map((r) => r.sendAt)).toEqual([0, 0, 0, 0]);
     expect(levelStats(run!.records[0]!).meanInFlight).toBe(4);
   });
@@ -120,16 +125,7 @@ describe("closed loop", () => {
     const clock = new FakeClock();
     const calls: Call[] = [];
     const t = fakeTarget(clock, "a", calls, { ttft: () => 100, itl: 10 });
-    const runs = await runBench(
-      plan(
-        clock,
-        [t],
-        [
-          { kind: "concurrency", value: 1 },
-          { kind: "concurrency", value: 4 },
-        ],
-      ),
-    );
+    const runs = await runBench(plan(clock, [t], atConcurrency(1, 4)));
     expect(runs.map((r) => levelStats(r.records[0]!).durationS)).toEqual([0.56, 0.14]);
     expect(runs[1]!.records[0]![0]!.sendAt).toBe(560);
     expect(calls[0]!.prompt).not.toEqual(calls[4]!.prompt);
@@ -166,7 +162,7 @@ describe("warm-up", () => {
     const clock = new FakeClock();
     const calls: Call[] = [];
     const t = fakeTarget(clock, "a", calls, { ttft: () => 100, itl: 10 });
-    const [run] = await runBench(plan(clock, [t], [{ kind: "concurrency", value: 2 }], { warmup: 2 }));
+    const [run] = await runBench(plan(clock, [t], atConcurrency(2), { warmup: 2 }));
     expect(calls).toHaveLength(6);
     expect(calls.slice(0, 2).map((c) => c.at)).toEqual([0, 0]);
     const rs = run!.records[0]!;
@@ -183,7 +179,7 @@ describe("two targets", () => {
     const calls: Call[] = [];
     const a = fakeTarget(clock, "a", calls, { ttft: () => 100, itl: 10 });
     const b = fakeTarget(clock, "b", calls, { ttft: () => 200, itl: 20 });
-    const p = plan(clock, [a, b], [{ kind: "concurrency", value: 2 }], { rounds: 2, warmup: 1 });
+    const p = plan(clock, [a, b], atConcurrency(2), { rounds: 2, warmup: 1 });
     const runs = await runBench(p);
     const order = calls.map((c) => `${c.target}${c.index}`);
     // warm-up a, round 1 on a (0, 1), warm-up b, round 1 on b; round 2: b (2, 3) then a (2, 3).
@@ -215,17 +211,7 @@ describe("two targets", () => {
     const calls: Call[] = [];
     const a = fakeTarget(clock, "a", calls, { ttft: () => 100, itl: 10 });
     const b = fakeTarget(clock, "b", calls, { ttft: () => 100, itl: 10 });
-    await runBench(
-      plan(
-        clock,
-        [a, b],
-        [
-          { kind: "concurrency", value: 4 },
-          { kind: "concurrency", value: 4 },
-          { kind: "concurrency", value: 4 },
-        ],
-      ),
-    );
+    await runBench(plan(clock, [a, b], atConcurrency(4, 4, 4)));
     const firsts = calls.filter((c) => c.index === 0).map((c) => c.target);
     expect(firsts).toEqual(["a", "b", "b", "a", "a", "b"]);
   });
@@ -251,7 +237,7 @@ describe("failures and token counting", () => {
   it("a failed request is recorded, kept out of the latencies, and the others go on", async () => {
     const clock = new FakeClock();
     const t = fakeTarget(clock, "a", [], { ttft: () => 100, itl: 10, failIf: (s) => s.index === 1 });
-    const [run] = await runBench(plan(clock, [t], [{ kind: "concurrency", value: 1 }]));
+    const [run] = await runBench(plan(clock, [t], atConcurrency(1)));
     const rs = run!.records[0]!;
     expect(rs[1]).toMatchObject({ error: "HTTP 500: a failed 1", sendAt: 140, endAt: 240 });
     const s = levelStats(rs);
@@ -264,7 +250,7 @@ describe("failures and token counting", () => {
     const clock = new FakeClock();
     const exact = fakeTarget(clock, "a", [], { ttft: () => 100, itl: 20, perChunk: 2 });
     const guessed = fakeTarget(clock, "b", [], { ttft: () => 100, itl: 20, perChunk: 2, exact: false });
-    const [run] = await runBench(plan(clock, [exact, guessed], [{ kind: "concurrency", value: 1 }]));
+    const [run] = await runBench(plan(clock, [exact, guessed], atConcurrency(1)));
     // 5 tokens in chunks of 2, 2, 1: chunk gaps 20, 20; TPOT (140 - 100) / 4 = 10.
     const [sa, sb] = run!.records.map((rs) => levelStats(rs));
     expect(sa!.itlMs).toMatchObject({ count: 4 * 3, p50: 10, p99: 20 });
@@ -279,7 +265,7 @@ describe("failures and token counting", () => {
   it("without usage the output tokens are the counted ones", async () => {
     const clock = new FakeClock();
     const t = fakeTarget(clock, "a", [], { ttft: () => 1, itl: 1, usage: false });
-    const [run] = await runBench(plan(clock, [t], [{ kind: "concurrency", value: 1 }]));
+    const [run] = await runBench(plan(clock, [t], atConcurrency(1)));
     expect(run!.records[0]!.map((r) => [r.outputTokens, r.promptTokens])).toEqual([
       [5, 16],
       [5, 16],
@@ -293,17 +279,7 @@ describe("failures and token counting", () => {
     const ac = new AbortController();
     const t = fakeTarget(clock, "a", [], { ttft: () => 100, itl: 10 });
     void clock.sleep(200).then(() => ac.abort(new Error("interrupted")));
-    const runs = await runBench(
-      plan(
-        clock,
-        [t],
-        [
-          { kind: "concurrency", value: 1 },
-          { kind: "concurrency", value: 1 },
-        ],
-        { signal: ac.signal },
-      ),
-    );
+    const runs = await runBench(plan(clock, [t], atConcurrency(1, 1), { signal: ac.signal }));
     expect(runs).toHaveLength(1);
     const rs = runs[0]!.records[0]!;
     expect(rs.map((r) => r.error ?? "ok")).toEqual(["ok", "aborted"]);

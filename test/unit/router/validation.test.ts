@@ -361,32 +361,12 @@ describe("accepted requests come out normalised", () => {
   });
 
   it("sampling fields, stop, stream options, logprobs and vLLM's extras pass through", () => {
-    const r = parseCompletionRequest(
-      {
-        prompt: "x",
-        max_tokens: 7,
-        temperature: 0,
-        top_p: 0.5,
-        top_k: 0,
-        seed: 42,
-        stop: "\n",
-        stream: true,
-        stream_options: { include_usage: true },
-        logprobs: 3,
-        echo: true,
-        return_tokens_as_token_ids: true,
-        ignore_eos: true,
-        stop_token_ids: [1],
-        n: 1,
-        best_of: 1,
-        user: "u",
-        frequency_penalty: 0,
-        presence_penalty: 0,
-        logit_bias: {},
-        suffix: null,
-      },
-      ctx,
-    );
+    const sampling = { max_tokens: 7, temperature: 0, top_p: 0.5, top_k: 0, seed: 42, n: 1, best_of: 1 };
+    const output = { stop: "\n", stream: true, stream_options: { include_usage: true }, logprobs: 3, echo: true };
+    const vllmExtras = { return_tokens_as_token_ids: true, ignore_eos: true, stop_token_ids: [1] };
+    // OpenAI's fields at the values that change nothing.
+    const noOps = { user: "u", frequency_penalty: 0, presence_penalty: 0, logit_bias: {}, suffix: null };
+    const r = parseCompletionRequest({ prompt: "x", ...sampling, ...output, ...vllmExtras, ...noOps }, ctx);
     // The no-op values of the penalties are not carried at all.
     expect(r.sampling[0]).toEqual({ temperature: 0, topP: 0.5, topK: -1, seed: 42, maxTokens: 7, stopTokenIds: [1], ignoreEos: true, logprobs: 3 });
     expect(r.ignoredFields).toEqual([]);
