@@ -14,14 +14,8 @@
  * generated code's.
  */
 import { makeGenericClientConstructor } from "@grpc/grpc-js";
-import {
-  ExpertHostClient,
-  ExpertHostService,
-  type DispatchRequest,
-  type DispatchStreamRequest,
-  type DispatchStreamResponse,
-  type Tensor,
-} from "@moela/proto-gen";
+import { ExpertHostClient, ExpertHostService } from "@moela/proto-gen";
+import type { DispatchRequest, DispatchStreamRequest, DispatchStreamResponse, Tensor } from "@moela/proto-gen";
 
 /** Protobuf wire types. */
 const VARINT = 0;
