@@ -200,7 +200,11 @@ describe("drainAndClose", () => {
 });
 
 describe("a client stream cancelled by the client", () => {
-  it("never completes the handler: its iteration fails or ends short, and its signal fires", async () => {
+  // A cancelling grpc-js client half-closes before it resets the stream (handlers.ts, requestsOf), so
+  // a handler that is pulling at that moment may see the iteration end quietly or fail, depending on
+  // which frame its next pull meets. Each test sets up one of the two situations exactly.
+
+  it("fails the handler's next pull after the cancel with the cancel reason, and fires its signal", async () => {
     const outcome = deferred<{ received: string[]; error: unknown; reason: unknown }>();
     const firstReceived = deferred();
     const { address } = await startServer((s) =>
@@ -213,15 +217,15 @@ describe("a client stream cancelled by the client", () => {
             for await (const request of requests) {
               received.push(request.chunk?.$case ?? "none");
               firstReceived.resolve();
+              // Pull again only once the cancel has arrived: whatever the stream holds by then, the
+              // iteration must fail with the signal's reason rather than end as if complete.
+              await aborted;
             }
-            // A cancelling grpc-js client half-closes before it resets the stream, so the loop
-            // may end normally: the protocol's own end marker is what proves completeness.
-            if (received.at(-1) !== "end") throw new DataLossError("stream ended before KvEnd");
           } catch (e) {
             error = e;
           }
           outcome.resolve({ received, error, reason: await aborted });
-          throw error ?? new Error("unreachable: the transfer looked complete");
+          throw error ?? new Error("the iteration ended quietly after the cancel");
         },
       }),
     );
@@ -238,10 +242,46 @@ describe("a client stream cancelled by the client", () => {
       controller.abort(new CancelledError("prefill lost its job"));
       const { received, error, reason } = await outcome.promise;
       expect(received).toEqual(["begin"]);
-      expect(error).toBeInstanceOf(MoelaError);
-      expect([Code.CANCELLED, Code.DATA_LOSS]).toContain((error as MoelaError).code);
+      expect(error).toBeInstanceOf(CancelledError);
+      expect((error as MoelaError).code).toBe(Code.CANCELLED);
       expect(reason).toBeInstanceOf(CancelledError);
       expect(((await sending) as Error).message).toBe("prefill lost its job");
+    } finally {
+      client.close();
+    }
+  });
+
+  it("ends the iteration without the protocol's end marker when the stream only half-closed, so the handler reports DATA_LOSS", async () => {
+    const outcome = deferred<{ received: string[]; error: unknown }>();
+    const { address } = await startServer((s) =>
+      s.addService(KvTransferService, {
+        async push(requests) {
+          const received: string[] = [];
+          let error: unknown;
+          try {
+            for await (const request of requests) received.push(request.chunk?.$case ?? "none");
+            // A stream that ended is no proof of completeness: the protocol's own end marker is.
+            if (received.at(-1) !== "end") throw new DataLossError("stream ended before KvEnd");
+          } catch (e) {
+            error = e;
+          }
+          outcome.resolve({ received, error });
+          throw error ?? new Error("unreachable: the transfer looked complete");
+        },
+      }),
+    );
+    const client = connect(KvTransferClient, address);
+    // KvBegin, then the half-close a cancelling client sends first, without the reset that follows it.
+    async function* chunks(): AsyncGenerator<PushRequest> {
+      yield { chunk: { $case: "begin", value: KvBegin.fromPartial({ transferId: "t-1", requestId: "req-1", numTokens: 1 }) } };
+    }
+    try {
+      const sending = clientStreamCall((md, o, cb) => client.push(md, o, cb), chunks()).catch((e: unknown) => e);
+      const { received, error } = await outcome.promise;
+      expect(received).toEqual(["begin"]);
+      expect(error).toBeInstanceOf(DataLossError);
+      expect((error as MoelaError).code).toBe(Code.DATA_LOSS);
+      expect(await sending).toBeInstanceOf(DataLossError);
     } finally {
       client.close();
     }
