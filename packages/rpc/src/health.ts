@@ -87,7 +87,7 @@ export async function checkHealth(address: string, options: HealthQueryOptions &
 }
 
 export interface WaitForServingOptions extends HealthQueryOptions {
-  /** Give up after this long (default 30 s) with DEADLINE_EXCEEDED. */
+  /** Give up after this long (default 30 s) with DEADLINE_EXCEEDED; Infinity leaves the ending to `signal`. */
   readonly timeoutMs?: number;
   /** Stop waiting when this aborts (rejects with its reason). */
   readonly signal?: AbortSignal;

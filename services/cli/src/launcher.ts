@@ -201,6 +201,8 @@ class LocalCluster implements Cluster {
   private starting = true;
   /** Services up so far (progress "healthy"). */
   private up = 0;
+  /** Processes whose gRPC health said SERVING during start-up (the timeout names those that printed a ready line but are not). */
+  private readonly serving = new Set<ServiceProcess>();
   /** The launcher's own flags of each process (before --service-arg extras), for restart(). */
   private readonly baseArgs = new Map<ServiceProcess, string[]>();
   private readonly shardOf = new Map<ServiceProcess, number>();
@@ -304,6 +306,8 @@ class LocalCluster implements Cluster {
     this.processes.push(p);
     this.baseArgs.set(p, args);
     this.s.progress({ kind: "starting", label: p.label, pid: p.pid, logPath: p.logPath });
+    // Watches for the death for as long as the process lives; exited never rejects, and the death goes
+    // to start() (rejectStartup) or to unexpectedExit (resolveDeath).
     void p.exited.then((exit) => {
       if (p.stopRequested) return;
       if (this.starting) {
@@ -325,7 +329,11 @@ class LocalCluster implements Cluster {
   private async whenUp(p: ServiceProcess): Promise<ReadyLine> {
     const ready = await p.waitReady();
     this.s.progress({ kind: "ready", label: p.label, ready });
-    await waitForServing(ready.grpc, { timeoutMs: Math.max(1_000, this.s.deadline - Date.now()), signal: this.startup.signal, ...this.probeSecurity(p.role) });
+    // No deadline of its own: the phase's start-up deadline is the one timer, so a start that runs out of
+    // time always fails with the phase's message (two timers at one deadline would race); the startup
+    // signal ends the polling when the start fails.
+    await waitForServing(ready.grpc, { timeoutMs: Infinity, signal: this.startup.signal, ...this.probeSecurity(p.role) });
+    this.serving.add(p);
     this.s.progress({ kind: "healthy", label: p.label, up: ++this.up, total: processCount(this.s.counts) });
     return ready;
   }
@@ -334,7 +342,12 @@ class LocalCluster implements Cluster {
   private async phase<T>(work: Promise<T>, what: string): Promise<T> {
     const timeout = timeoutPromise(Math.max(0, this.s.deadline - Date.now()), () => {
       const waiting = this.processes.filter((p) => p.readyLine === undefined).map((p) => p.label);
-      return `cluster start-up timed out while starting ${what}${waiting.length > 0 ? ` (no ready line yet from: ${waiting.join(", ")})` : ""}; logs in ${this.s.logDir}`;
+      const notServing = this.processes.filter((p) => p.readyLine !== undefined && !this.serving.has(p)).map((p) => p.label);
+      const details = [
+        ...(waiting.length > 0 ? [`no ready line yet from: ${waiting.join(", ")}`] : []),
+        ...(notServing.length > 0 ? [`gRPC health not SERVING yet: ${notServing.join(", ")}`] : []),
+      ];
+      return `cluster start-up timed out while starting ${what}${details.length > 0 ? ` (${details.join("; ")})` : ""}; logs in ${this.s.logDir}`;
     });
     try {
       return await Promise.race([work, this.startupFailure, abortPromise(this.o.signal), timeout.promise]);
