@@ -104,6 +104,7 @@ export class KvInbox {
     const r = new KvReceiver(this, this.options);
     this.live.add(r);
     if (peer !== undefined) this.perPeer.set(peer, open + 1);
+    // Bookkeeping when the transfer ends, however it ends; done never rejects.
     void r.done.then(() => {
       this.live.delete(r);
       if (peer === undefined) return;

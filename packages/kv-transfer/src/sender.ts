@@ -69,6 +69,8 @@ export class KvSender implements KvSink {
     this.nextToken = new Int32Array(Math.max(0, meta.numLayers));
     const channel = this.connector.open(meta.transferId, meta.requestId);
     this.channel = channel;
+    // Settles the transfer whenever the receiver answers, even mid-send; `done` is what callers await.
+    // outcome never rejects (a transport failure is an outcome).
     void channel.outcome.then((o) => this.settle(o));
     this.state = KvPoll.WaitingForInput;
     await channel.send({ kind: "begin", ...meta });

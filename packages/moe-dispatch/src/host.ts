@@ -249,6 +249,8 @@ export class ExpertHostCore {
   dispatch(req: ExpertDispatchRequest): EncodedActivations {
     const { experts, x, y } = this.decodeRequest(req);
     const ns = req.sharedExpertRows?.length ?? 0;
+    // Both run on this thread (offEventLoop false): they return no promise, and `void` only drops the
+    // `void | Promise<void>` of their signatures. A failure throws here, to the caller.
     void computeHostPartial(experts, x, req.rows, req.cols, req.tokenExpertCounts, req.expertIds, req.weights, y, this.ws);
     if (ns > 0) void this.computeShared(req.layer, x, [{ rows: req.sharedExpertRows!, r0: 0 }], y.subarray(req.rows * req.cols), false);
     return getDispatchCodec(this.profile.combine).encode(y, req.rows + ns, req.cols);
@@ -297,6 +299,8 @@ export class ExpertHostCore {
   dispatchAsync(req: ExpertDispatchRequest): Promise<EncodedActivations> {
     return new Promise<EncodedActivations>((resolve, reject) => {
       this.waiting.push({ req, resolve, reject });
+      // Not awaited: a drain already running takes this request in its next group. drain() never
+      // rejects; each request's failure goes to its own reject.
       void this.drain();
     });
   }

@@ -92,6 +92,8 @@ export class DecisionLog {
         },
       );
     this.writes.add(w);
+    // Nothing awaits the write here (flush() does, through `writes`); w handles its own failure above,
+    // so this chain never rejects.
     void w.finally(() => this.writes.delete(w));
   }
 

@@ -249,6 +249,8 @@ export class DecodePool {
   private schedule(): void {
     if (this.closed) return;
     this.timer = setTimeout(() => {
+      // A timer has nobody to await it: pollOnce() never rejects (a failed Status or discovery is
+      // logged and recorded on the instance).
       void this.pollOnce().finally(() => this.schedule());
     }, this.intervalMs);
     this.timer.unref();

@@ -264,6 +264,7 @@ export class Registration {
   private schedule(): void {
     if (this.stopped) return;
     this.timer = setTimeout(() => {
+      // A timer has nobody to await it: write() logs a failed heartbeat and never rejects.
       void this.beat().finally(() => this.schedule());
     }, this.intervalMs);
     this.timer.unref();
@@ -411,6 +412,8 @@ export class RegistryWatcher {
   private schedule(): void {
     if (this.closed) return;
     this.timer = setTimeout(() => {
+      // A timer has nobody to await it: a failed read is logged by refresh(); only a listener that throws
+      // would reject it, and that bug then surfaces as an unhandled rejection.
       void this.refresh().finally(() => this.schedule());
     }, this.intervalMs);
     this.timer.unref();

@@ -140,6 +140,8 @@ export class ServiceProcess {
         this.log.end(() => resolveExit(info));
       };
       this.child.once("close", (code, signal) => {
+        // Exit only once both pipes have closed, so tail() has the last lines; closes never reject, and
+        // `exited` is what callers await.
         void Promise.all(closes).then(() => finish({ code, signal }));
       });
     });

@@ -566,6 +566,8 @@ export class Pipeline {
     const schedule = (): void => {
       timer = setTimeout(() => {
         if (stopped || started()) return;
+        // A timer has nobody to await it: check() catches its own errors (a Redis that stays away
+        // fails the request through fail()).
         void check().finally(() => {
           if (!stopped && !started()) schedule();
         });

@@ -218,6 +218,7 @@ export class TokenizerPool implements AsyncPromptEncoder {
           // Could not load the tokenizer: a new thread would do no better.
           this.slots.splice(i, 1);
           this.broken ??= err;
+          // The thread is being discarded: nothing waits for it to end, and a failure to end it changes nothing.
           void worker.terminate().catch(() => 0);
           reject(new UnavailableError(`a tokenizer thread did not start: ${err.message}`, { cause: err }));
           return;
@@ -236,6 +237,7 @@ export class TokenizerPool implements AsyncPromptEncoder {
   private replace(slot: Slot, why: string): void {
     const i = this.slots.indexOf(slot);
     if (i >= 0) this.slots.splice(i, 1);
+    // The thread is being discarded: nothing waits for it to end, and a failure to end it changes nothing.
     void slot.worker.terminate().catch(() => 0);
     if (this.closed) return;
     this.o.logger?.debug({ why }, "replacing a tokenizer thread");

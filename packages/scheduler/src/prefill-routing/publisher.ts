@@ -70,6 +70,8 @@ export class PrefixPublisher {
       this.writing = undefined;
       if (this.again && !this.closed) {
         this.again = false;
+        // Nobody awaits the rerun (a caller that asked during the last write was given that write), and
+        // publish() never rejects: write() logs a failed write.
         void this.publish();
       } else {
         this.schedule(this.refreshMs);
@@ -90,6 +92,7 @@ export class PrefixPublisher {
   private schedule(ms: number): void {
     if (this.closed) return;
     clearTimeout(this.timer);
+    // A timer has nobody to await it; publish() never rejects.
     this.timer = setTimeout(() => void this.publish(), ms);
     this.timer.unref();
   }
