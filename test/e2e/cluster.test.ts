@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import OpenAI from "openai";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { REPO_ROOT, type Precision } from "../../services/cli/src/launcher.js";
 import { isAlive, mapLimit, metricSum, moelaGenerate, scrapeMetrics, startTestCluster, type GenerateResult, type TestCluster } from "../helpers/cluster.js";
 import { clusterPrompt } from "../helpers/completions.js";
@@ -243,13 +243,7 @@ describe.each(["exact", "paper"] as const)("local cluster, %s profile (tiny-v3, 
       }
       ac.abort();
       expect(usedWhileStreaming, "the sequence held KV blocks while streaming").toBeGreaterThan(0);
-      const deadline = Date.now() + 30_000;
-      let now = await used();
-      while (now !== 0 && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 200));
-        now = await used();
-      }
-      expect(now, "KV blocks in use after the client went away").toBe(0);
+      await vi.waitFor(async () => expect(await used(), "KV blocks in use after the client went away").toBe(0), { timeout: 30_000, interval: 200 });
       // freed by cancellation, not by finishing
       expect((await generated()) - before).toBeLessThan(maxTokens);
     },

@@ -5,7 +5,7 @@
  * panel's every expression, with Grafana's variables replaced, must return data, and every
  * service's /metrics must pass `promtool check metrics`.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { METRICS } from "@moela/metrics";
 import { InvalidArgumentError, MoelaClient } from "@moela/client";
 import { mapLimit, startTestCluster, type TestCluster } from "../helpers/cluster.js";
@@ -88,13 +88,15 @@ beforeAll(async () => {
   await sendLoad();
   // Until the router's counters show every request, then one more scrape of every target.
   const total = METRICS.routerRequests.name;
-  const end = Date.now() + 30_000;
-  for (;;) {
-    const r = await prom.query(`sum(${total})`);
-    if (Number(r.result[0]?.value[1] ?? 0) >= finished) break;
-    if (Date.now() > end) throw new Error(`Prometheus never saw ${finished} finished requests (last: ${JSON.stringify(r.result)})`);
-    await new Promise((r2) => setTimeout(r2, 250));
-  }
+  await vi.waitFor(
+    async () => {
+      const r = await prom.query(`sum(${total})`);
+      expect(Number(r.result[0]?.value[1] ?? 0), `Prometheus to see ${finished} finished requests (last: ${JSON.stringify(r.result)})`).toBeGreaterThanOrEqual(
+        finished,
+      );
+    },
+    { timeout: 30_000, interval: 250 },
+  );
   await prom.waitForScrapes(Date.now());
 }, 240_000);
 

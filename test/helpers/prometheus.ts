@@ -8,6 +8,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { vi } from "vitest";
 
 export interface ScrapeTarget {
   /** http://host:port/path */
@@ -101,18 +102,18 @@ export async function startPrometheus(targets: readonly ScrapeTarget[]): Promise
     return body.data;
   };
 
-  // Ready when /-/ready answers 200.
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`prometheus exited with code ${child.exitCode}:\n${logText}`);
-    try {
-      if ((await fetch(`${url}/-/ready`)).ok) break;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) throw new Error(`prometheus did not become ready in 30 s:\n${logText}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  // Ready when /-/ready answers 200. A Prometheus that exited is reported when the wait times out.
+  await vi.waitFor(
+    async () => {
+      if (child.exitCode !== null) throw new Error(`prometheus exited with code ${child.exitCode}:\n${logText}`);
+      const ok = await fetch(`${url}/-/ready`).then(
+        (res) => res.ok,
+        () => false, // not listening yet
+      );
+      if (!ok) throw new Error(`prometheus did not become ready in 30 s:\n${logText}`);
+    },
+    { timeout: 30_000, interval: 100 },
+  );
 
   const prom: Prometheus = {
     url,
@@ -120,18 +121,17 @@ export async function startPrometheus(targets: readonly ScrapeTarget[]): Promise
     query: (expr) => get(`/api/v1/query?query=${encodeURIComponent(expr)}`),
     targets: async () => (await get<{ activeTargets: PromTarget[] }>("/api/v1/targets")).activeTargets,
     api: get,
-    waitForScrapes: async (since, timeoutMs = 30_000) => {
-      const end = Date.now() + timeoutMs;
-      let last: PromTarget[] = [];
-      while (Date.now() < end) {
-        last = await prom.targets();
-        if (last.length === targets.length && last.every((t) => t.health === "up" && Date.parse(t.lastScrape) >= since)) return;
-        await new Promise((r) => setTimeout(r, 200));
-      }
-      throw new Error(
-        `not every target was scraped after ${new Date(since).toISOString()}:\n${last.map((t) => `${t.scrapeUrl} ${t.health} ${t.lastScrape} ${t.lastError}`).join("\n")}`,
-      );
-    },
+    waitForScrapes: (since, timeoutMs = 30_000) =>
+      vi.waitFor(
+        async () => {
+          const last = await prom.targets();
+          if (last.length === targets.length && last.every((t) => t.health === "up" && Date.parse(t.lastScrape) >= since)) return;
+          throw new Error(
+            `not every target was scraped after ${new Date(since).toISOString()}:\n${last.map((t) => `${t.scrapeUrl} ${t.health} ${t.lastScrape} ${t.lastError}`).join("\n")}`,
+          );
+        },
+        { timeout: timeoutMs, interval: 200 },
+      ),
     log: () => logText,
     stop: async () => {
       if (child.exitCode === null) child.kill("SIGTERM");

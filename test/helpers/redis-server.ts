@@ -7,6 +7,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createWriteStream, mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { vi } from "vitest";
 import { findExecutable, freePort, pingRedis, privateRedisArgs, stopChild } from "../../services/cli/src/redis-local.js";
 
 export interface TestRedis {
@@ -20,18 +21,17 @@ export interface TestRedis {
   stop(): Promise<void>;
 }
 
+/** Until PING answers; a redis-server that exited is reported when the wait times out. */
 async function waitForPing(url: string, child: ChildProcess, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let last = "";
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null || child.signalCode !== null)
-      throw new Error(`redis-server exited (${child.signalCode ?? child.exitCode}) before answering PING`);
-    const p = await pingRedis(url, 500);
-    if (p.ok) return;
-    last = p.error;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`redis-server at ${url} did not answer PING within ${timeoutMs} ms (${last})`);
+  await vi.waitFor(
+    async () => {
+      if (child.exitCode !== null || child.signalCode !== null)
+        throw new Error(`redis-server exited (${child.signalCode ?? child.exitCode}) before answering PING`);
+      const p = await pingRedis(url, 500);
+      if (!p.ok) throw new Error(`redis-server at ${url} did not answer PING within ${timeoutMs} ms (${p.error})`);
+    },
+    { timeout: timeoutMs, interval: 100 },
+  );
 }
 
 export async function startTestRedis(dir: string): Promise<TestRedis> {

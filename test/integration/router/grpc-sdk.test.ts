@@ -7,7 +7,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { Metadata } from "@grpc/grpc-js";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { CancelledError, createLogger } from "@moela/core";
 import { InvalidArgumentError, MoelaClient, ResourceExhaustedError, type GenerateStream } from "@moela/client";
 import { type DecodeCancelRequest, type StreamRequest, type StreamResponse } from "@moela/proto-gen";
@@ -58,15 +58,16 @@ afterAll(async () => {
 });
 
 /** The prefill job enqueued for a request whose id starts with `idPrefix`, once there is one. */
-async function jobOf(idPrefix: string): Promise<PrefillJob> {
-  const until = Date.now() + 20_000;
-  for (;;) {
-    const jobs = await queue.getJobs(["waiting", "prioritized", "active", "delayed"]);
-    const job = jobs.map((j) => parsePrefillJob(j.data)).find((j) => j.requestId.startsWith(idPrefix));
-    if (job !== undefined) return job;
-    if (Date.now() > until) throw new Error(`no prefill job for ${idPrefix} within 20 s`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+function jobOf(idPrefix: string): Promise<PrefillJob> {
+  return vi.waitFor(
+    async () => {
+      const jobs = await queue.getJobs(["waiting", "prioritized", "active", "delayed"]);
+      const job = jobs.map((j) => parsePrefillJob(j.data)).find((j) => j.requestId.startsWith(idPrefix));
+      expect(job, `a prefill job for ${idPrefix}`).toBeDefined();
+      return job!;
+    },
+    { timeout: 20_000, interval: 50 },
+  );
 }
 
 /** Start iterating `stream` (so the call is made) and keep it running in the background. */

@@ -14,7 +14,7 @@
  * its deadline answered 504 and its job removed.
  */
 import { randomUUID } from "node:crypto";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import type { Redis } from "ioredis";
 import { createLogger } from "@moela/core";
 import { FinishReason, type StreamRequest, type StreamResponse } from "@moela/proto-gen";
@@ -25,7 +25,6 @@ import { startRouter, type StartedRouter } from "../../../services/router/src/ma
 import { idleDecodeStatus, REDIS_URL as REDIS, serveDecode, testRouterConfig } from "../../helpers/router-rig.js";
 
 const silent = createLogger("routing-test", process.env.TEST_LOG ?? "silent");
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A decode instance reporting a fixed load, answering by request id (see above). */
 class StandInDecode {
@@ -97,16 +96,6 @@ function complete(r: Rig, body: Record<string, unknown>, headers: Record<string,
   });
 }
 
-async function until<T>(f: () => Promise<T | undefined | false>, ms: number, what: string): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`${what} within ${ms} ms`);
-    await sleep(50);
-  }
-}
-
 async function routing(r: Rig, id: string): Promise<{ status: number; body: { request_id?: string; decisions?: Decision[] } }> {
   const res = await fetch(`${r.router.httpUrl}/v1/routing/${id}`);
   return { status: res.status, body: (await res.json()) as { decisions?: Decision[] } };
@@ -154,14 +143,13 @@ describe("decode instances from the registry, decisions by request id", () => {
 
     // The registered instance joins the candidates once the router has read the registry and polled it.
     const id = `run-${randomUUID()}`;
-    await until(
+    await vi.waitFor(
       async () => {
         const res = await complete(r, {}, { "x-request-id": `${id}-probe-${Date.now()}` });
         await res.text();
-        return better.opened.length > 0;
+        expect(better.opened.length, "the registered decode instance to be chosen").toBeGreaterThan(0);
       },
-      10_000,
-      "the registered decode instance was never chosen",
+      { timeout: 10_000, interval: 50 },
     );
 
     const res = await complete(r, {}, { "x-request-id": id });
@@ -195,14 +183,16 @@ describe("decode instances from the registry, decisions by request id", () => {
     // Deregistered: the next request goes to the static seed.
     await reg.deregister();
     const after = `run-${randomUUID()}`;
-    await until(
+    await vi.waitFor(
       async () => {
         const x = await complete(r, {}, { "x-request-id": `${after}-${Date.now()}` });
         await x.text();
-        return seed.opened.some((o) => o.startsWith(after));
+        expect(
+          seed.opened.some((o) => o.startsWith(after)),
+          "the router to stop choosing an instance that left the registry",
+        ).toBe(true);
       },
-      10_000,
-      "the router kept choosing an instance that left the registry",
+      { timeout: 10_000, interval: 50 },
     );
   });
 
@@ -234,7 +224,14 @@ describe("admission", () => {
     const queuedId = `queued-${randomUUID()}`;
     const cancel = new AbortController();
     const queued = complete(r, { stream: true }, { "x-request-id": queuedId }, cancel.signal).catch((e: unknown) => e);
-    const queuedJob = await until(() => jobOf(r, queuedId), 10_000, "the queued request's job never appeared");
+    const queuedJob = await vi.waitFor(
+      async () => {
+        const job = await jobOf(r, queuedId);
+        expect(job, "the queued request's job to appear").toBeDefined();
+        return job!;
+      },
+      { timeout: 10_000, interval: 50 },
+    );
     expect(await r.queue.getJobState(queuedJob)).toBe("waiting");
 
     const refused = await complete(r, {}, { "x-request-id": "over-the-bound" });
@@ -246,8 +243,14 @@ describe("admission", () => {
     // The client goes away: its job no worker took is removed from the queue, not left to run.
     cancel.abort();
     await queued;
-    await until(async () => (await r.queue.getJob(queuedJob)) === undefined, 10_000, "the cancelled request's job stayed in the queue");
-    await until(async () => (await metric(r, 'moela_router_queue_removed_total{reason="cancelled"}')) === 1, 5_000, "the removal was not counted");
+    await vi.waitFor(async () => expect(await r.queue.getJob(queuedJob), "the cancelled request's job to leave the queue").toBeUndefined(), {
+      timeout: 10_000,
+      interval: 50,
+    });
+    await vi.waitFor(async () => expect(await metric(r, 'moela_router_queue_removed_total{reason="cancelled"}'), "the removal to be counted").toBe(1), {
+      timeout: 5_000,
+      interval: 50,
+    });
     const admitted = await complete(r, {}, { "x-request-id": `run-${randomUUID()}` });
     expect(admitted.status).toBe(200);
     await admitted.text();
@@ -263,8 +266,14 @@ describe("admission", () => {
     expect(res.headers.get("x-request-id")).toBe(id);
     const internal = res.headers.get("x-moela-request-id")!;
     await res.text();
-    await until(async () => (await r.queue.getJob(internal)) === undefined, 10_000, "the expired request's job stayed in the queue");
-    await until(async () => (await metric(r, 'moela_router_queue_removed_total{reason="timeout"}')) === 1, 5_000, "the removal was not counted");
+    await vi.waitFor(async () => expect(await r.queue.getJob(internal), "the expired request's job to leave the queue").toBeUndefined(), {
+      timeout: 10_000,
+      interval: 50,
+    });
+    await vi.waitFor(async () => expect(await metric(r, 'moela_router_queue_removed_total{reason="timeout"}'), "the removal to be counted").toBe(1), {
+      timeout: 5_000,
+      interval: 50,
+    });
     expect(await metric(r, 'moela_router_queue_removed_total{reason="cancelled"}')).toBe(0);
   });
 });

@@ -1,7 +1,7 @@
 // The one-process backend's batching loop on the tiny model, in this process: batched greedy tokens equal a
 // lone run's, requests past the batch wait their turn, and every way a request ends (too large, deadline,
 // close, the caller letting go) gives its KV blocks back.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Code, createLogger, MoelaError } from "@moela/core";
 import { DeepseekModel, Engine } from "@moela/engine";
 import { createServiceMetrics } from "@moela/metrics";
@@ -95,8 +95,8 @@ describe("EngineBackend", () => {
       expect(results[i]!.last.finishReason).toBe("length");
       expect(results[i]!.last.usage).toMatchObject({ promptTokens: p.length, completionTokens: 12 });
     }
-    await new Promise((r) => setTimeout(r, 10));
-    expect(engine.cache.usedBlocks).toBe(0);
+    // The last sequences' blocks may be freed just after their streams end.
+    await vi.waitFor(() => expect(engine.cache.usedBlocks).toBe(0), { timeout: 5_000, interval: 5 });
   });
 
   it("refuses a request the KV cache could never hold: INVALID_ARGUMENT, before it runs", async () => {
@@ -111,9 +111,13 @@ describe("EngineBackend", () => {
     const { b, engine } = backend({ requestTimeoutMs: 30 });
     const e = await failure(drain(b.generate(input("slow", [5, 6, 7], 900), new AbortController().signal)));
     expect(e.code).toBe(Code.DEADLINE_EXCEEDED);
-    await new Promise((r) => setTimeout(r, 50));
-    expect(b.runningCount).toBe(0);
-    expect(engine.cache.usedBlocks).toBe(0);
+    await vi.waitFor(
+      () => {
+        expect(b.runningCount).toBe(0);
+        expect(engine.cache.usedBlocks).toBe(0);
+      },
+      { timeout: 5_000, interval: 5 },
+    );
   });
 
   it("frees a sequence when its caller stops iterating, and when its signal aborts", async () => {
@@ -128,9 +132,13 @@ describe("EngineBackend", () => {
     ctl.abort();
     const e = await failure(drain(gen2));
     expect(e.code).toBe(Code.CANCELLED);
-    await new Promise((r) => setTimeout(r, 50));
-    expect(b.runningCount).toBe(0);
-    expect(engine.cache.usedBlocks).toBe(0);
+    await vi.waitFor(
+      () => {
+        expect(b.runningCount).toBe(0);
+        expect(engine.cache.usedBlocks).toBe(0);
+      },
+      { timeout: 5_000, interval: 5 },
+    );
   });
 
   it("records every generation's end, prompt and output length, queue, prefill and decode time under the served model", async () => {
