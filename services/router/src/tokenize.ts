@@ -15,16 +15,8 @@
  * The results are exactly what the calling thread would compute (same tokenizer files, same runEncodeOp).
  */
 import { Worker } from "node:worker_threads";
-import {
-  CancelledError,
-  errorForCode,
-  InternalError,
-  InvalidArgumentError,
-  MoelaError,
-  ResourceExhaustedError,
-  UnavailableError,
-  type Logger,
-} from "@moela/core";
+import { CancelledError, errorForCode, InternalError, InvalidArgumentError, MoelaError, ResourceExhaustedError, UnavailableError } from "@moela/core";
+import type { Logger } from "@moela/core";
 import { encodeOpCost, runEncodeOp, type AsyncPromptEncoder, type EncodeOp, type EncodeResult, type PromptEncoder } from "@moela/openai-api";
 import type { TokenizeReply, TokenizeRequest, TokenizeWorkerInit } from "./tokenize-worker.js";
 

@@ -3,8 +3,8 @@
  * field" (issue 10), checked against the downstream's own code rather than a copy of its numbers:
  *
  * - downstream(job) runs a prefill job the way the cluster does: the job schema (parsePrefillJob, prefill's
- *   first check), prefill's engine (newSequence with the job's parameters, mapped as
- *   services/prefill/src/worker.ts maps them), then a whole KV transfer through the real protobuf wire
+ *   first check), prefill's engine (newSequence with the job's parameters, mapped by the worker's own
+ *   generationParams, services/prefill/src/worker.ts), then a whole KV transfer through the real protobuf wire
  *   (frameToWire -> PushRequest bytes -> frameFromWire) into a real decode-side KvInbox on an engine of the
  *   same model: KvBegin's checks (decode's engine.newSequence on what the wire delivered) and KvEnd's.
  * - Probe values come from the job schema's bounds (zod's minValue / maxValue / isInt of every numeric
@@ -30,6 +30,7 @@ import { GenerateClient, PushRequest, type GenerateRequest, type GenerateRespons
 import { connect, serverStreamCall } from "@moela/rpc";
 import { createPrefillQueue, parsePrefillJob, prefillJobSchema, prefillSamplingSchema, type PrefillJob } from "@moela/scheduler";
 import type { Queue, Worker } from "bullmq";
+import { generationParams } from "../../../services/prefill/src/worker.js";
 import { startRouter, type StartedRouter } from "../../../services/router/src/main.js";
 import {
   closeRouterRig,
@@ -72,29 +73,6 @@ const wire: KvConnector = {
   },
 };
 
-/** The job's parameters as prefill's worker gives them to its engine (services/prefill/src/worker.ts). */
-function prefillParams(job: PrefillJob): GenerationParams {
-  const s = job.sampling;
-  return {
-    temperature: s.temperature,
-    topP: s.topP,
-    topK: s.topK,
-    seed: s.seed,
-    maxTokens: s.maxTokens,
-    stopTokenIds: s.stopTokenIds,
-    ignoreEos: s.ignoreEos,
-    topLogprobs: s.logprobs ?? 0,
-    ...(job.cacheSalt === undefined ? {} : { cacheSalt: job.cacheSalt }),
-    ...(s.presencePenalty !== undefined ? { presencePenalty: s.presencePenalty } : {}),
-    ...(s.frequencyPenalty !== undefined ? { frequencyPenalty: s.frequencyPenalty } : {}),
-    ...(s.repetitionPenalty !== undefined ? { repetitionPenalty: s.repetitionPenalty } : {}),
-    ...(s.logitBias !== undefined ? { logitBias: s.logitBias } : {}),
-    ...(s.minP !== undefined ? { minP: s.minP } : {}),
-    ...(s.minTokens !== undefined ? { minTokens: s.minTokens } : {}),
-    ...(s.priorOutputTokens !== undefined ? { priorOutputTokens: s.priorOutputTokens } : {}),
-  };
-}
-
 const messageOf = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
 /** Whether the cluster's prefill and decode take `data` as a job, and what decode continued with. */
@@ -105,7 +83,7 @@ async function downstream(data: unknown): Promise<Verdict> {
   } catch (err) {
     return { ok: false, where: "job schema", reason: messageOf(err) };
   }
-  const params = prefillParams(job);
+  const params = generationParams(job);
   let seq;
   try {
     seq = prefillEngine.newSequence(job.requestId, job.promptTokenIds, params);
