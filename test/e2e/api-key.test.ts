@@ -4,64 +4,34 @@
  * never writes the key to cluster.json. Then the live router answers 401 without the key and 200 with it
  * (OpenAI client and gRPC SDK), while /health and /metrics stay open. Smallest cluster: one expert-host.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import OpenAI, { APIError } from "openai";
 import { MoelaClient, UnauthenticatedError } from "@moela/client";
-import { MOELA_BIN, REPO_ROOT, TINY_MODEL, type ClusterInfo } from "../../services/cli/src/launcher.js";
+import { TINY_MODEL, type ClusterInfo } from "../../services/cli/src/launcher.js";
+import { launchCluster, type LaunchedCluster } from "../helpers/cluster.js";
 
 const KEY = `sk-e2e-${randomUUID()}`;
-let launcher: ChildProcess;
+let cluster: LaunchedCluster | undefined;
 let info: ClusterInfo;
 let stateDir: string;
-let stderr = "";
 
 beforeAll(async () => {
   stateDir = mkdtempSync(join(tmpdir(), "moela-e2e-api-key-"));
   const env = { ...process.env };
   delete env["MOELA_ROUTER_API_KEY"];
-  launcher = spawn(
-    process.execPath,
-    [
-      MOELA_BIN,
-      "cluster",
-      "--model",
-      TINY_MODEL,
-      "--json",
-      "--port",
-      "0",
-      "--state-dir",
-      stateDir,
-      "--queue-prefix",
-      `e2e-key-${randomUUID().slice(0, 8)}`,
-      "--expert-hosts",
-      "1",
-      "--log-level",
-      "warn",
-      "--api-key",
-      KEY,
-    ],
-    { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"], env },
-  );
-  launcher.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
-  info = await new Promise<ClusterInfo>((resolve, reject) => {
-    createInterface({ input: launcher.stdout! }).on("line", (line) => {
-      if (line.startsWith("{")) resolve(JSON.parse(line) as ClusterInfo);
-    });
-    launcher.once("exit", (code) => reject(new Error(`moela cluster exited with code ${code} before it was up:\n${stderr.slice(-4000)}`)));
-  });
+  const args = ["--model", TINY_MODEL, "--expert-hosts", "1", "--log-level", "warn", "--api-key", KEY];
+  cluster = launchCluster(stateDir, `e2e-key-${randomUUID().slice(0, 8)}`, args, env);
+  info = await cluster.up;
 }, 240_000);
 
 afterAll(async () => {
-  if (launcher !== undefined && launcher.exitCode === null) {
-    const exited = new Promise((r) => launcher.once("exit", r));
-    launcher.kill("SIGTERM");
-    await exited;
+  if (cluster !== undefined && cluster.launcher.exitCode === null) {
+    cluster.launcher.kill("SIGTERM");
+    await cluster.exited;
   }
   if (stateDir !== undefined) rmSync(stateDir, { recursive: true, force: true });
 }, 120_000);

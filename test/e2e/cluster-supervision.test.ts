@@ -18,12 +18,11 @@ import { randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { PrefillClient, DecodeClient, type DecodeStatusResponse, type PrefillStatusResponse } from "@moela/proto-gen";
 import { connect, unaryCall, waitForServing } from "@moela/rpc";
 import { TINY_MODEL, MOELA_BIN, REPO_ROOT, type ClusterInfo, type InstanceInfo } from "../../services/cli/src/launcher.js";
-import { clusterSecurity, isAlive, metricSum, scrapeMetrics } from "../helpers/cluster.js";
+import { clusterSecurity, isAlive, launchCluster, metricSum, scrapeMetrics, type LaunchedCluster } from "../helpers/cluster.js";
 import { clusterPrompt, streamCompletion, undisturbedAnswers, type StreamResult } from "../helpers/completions.js";
 
 const STREAMS = 50;
@@ -43,7 +42,9 @@ describe("moela cluster supervises its services like a StatefulSet (2 prefill, 2
   let dir: string;
   let launcher: ChildProcess;
   let launcherExit: Promise<number | null>;
-  let stderr = "";
+  let launched: LaunchedCluster;
+  /** The launcher's stderr so far. */
+  const stderr = (): string => launched.stderr();
   let first: ClusterInfo;
   const queuePrefix = `e2e-sv-${randomUUID().slice(0, 8)}`;
   /** Greedy tokens of an undisturbed single-process run, per distinct prompt. */
@@ -102,12 +103,12 @@ describe("moela cluster supervises its services like a StatefulSet (2 prefill, 2
     await vi.waitFor(async () => expect(await ready(), `${label} to be busy`).toBe(true), { timeout: 60_000, interval: 10 });
     process.kill(before.pid, "SIGKILL");
     const done = await Promise.all(results);
-    await vi.waitFor(() => expect(stderr, `the launcher to print that it restarted ${label}`).toMatch(new RegExp(`restarted\\s+${label} \\(pid \\d+\\)`)), {
+    await vi.waitFor(() => expect(stderr(), `the launcher to print that it restarted ${label}`).toMatch(new RegExp(`restarted\\s+${label} \\(pid \\d+\\)`)), {
       timeout: 120_000,
       interval: 100,
     });
     const after = instance(label);
-    expect(stderr).toMatch(new RegExp(`died\\s+${label} \\(pid ${before.pid}, killed by SIGKILL`));
+    expect(stderr()).toMatch(new RegExp(`died\\s+${label} \\(pid ${before.pid}, killed by SIGKILL`));
     expect(after.pid).not.toBe(before.pid);
     expect({ grpc: after.grpc, metrics: after.metrics }, `${label} came back at its address`).toEqual({ grpc: before.grpc, metrics: before.metrics });
     await waitForServing(after.grpc, { timeoutMs: 30_000 });
@@ -116,50 +117,30 @@ describe("moela cluster supervises its services like a StatefulSet (2 prefill, 2
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "moela-e2e-supervise-"));
-    launcher = spawn(
-      process.execPath,
-      [
-        MOELA_BIN,
-        "cluster",
-        "--model",
-        TINY_MODEL,
-        "--json",
-        "--port",
-        "0",
-        "--state-dir",
-        stateDir(),
-        "--queue-prefix",
-        queuePrefix,
-        "--private-redis",
-        "--prefill",
-        "2",
-        "--decode",
-        "2",
-        "--expert-hosts",
-        "2",
-        "--expert-replicas",
-        "2",
-        "--precision",
-        "exact",
-        "--log-level",
-        process.env["MOELA_TEST_LOG_LEVEL"] ?? "warn",
-        "--startup-timeout",
-        "240",
-      ],
-      { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"] },
-    );
-    launcher.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
-    launcherExit = new Promise((r) => launcher.once("exit", (code) => r(code)));
-    const up = new Promise<ClusterInfo>((resolve, reject) => {
-      createInterface({ input: launcher.stdout! }).on("line", (line) => {
-        if (line.startsWith("{")) resolve(JSON.parse(line) as ClusterInfo);
-      });
-      void launcherExit.then((code) => reject(new Error(`moela cluster exited with ${code} before it was up:\n${stderr.slice(-4000)}`)));
-    });
+    launched = launchCluster(stateDir(), queuePrefix, [
+      "--model",
+      TINY_MODEL,
+      "--private-redis",
+      "--prefill",
+      "2",
+      "--decode",
+      "2",
+      "--expert-hosts",
+      "2",
+      "--expert-replicas",
+      "2",
+      "--precision",
+      "exact",
+      "--log-level",
+      process.env["MOELA_TEST_LOG_LEVEL"] ?? "warn",
+      "--startup-timeout",
+      "240",
+    ]);
+    ({ launcher, exited: launcherExit } = launched);
     // The undisturbed answers: the engine with the routed experts over 2 in-process hosts, as
     // `moela generate --expert-hosts 2` runs it (checked against it for one prompt), while the cluster starts.
     refs.push(...(await undisturbedAnswers(DISTINCT_PROMPTS, MAX_TOKENS)));
-    first = await up;
+    first = await launched.up;
   }, 300_000);
 
   afterAll(async () => {
@@ -235,7 +216,11 @@ describe("moela cluster supervises its services like a StatefulSet (2 prefill, 2
     for (const i of now.instances) expect(isAlive(i.pid), `${i.role} ${i.index} alive`).toBe(true);
     expect(launcher.exitCode, "the launcher kept running").toBeNull();
     expectExact(await Promise.all(load(STREAMS)), "after the kills");
-    expect(stderr.match(/^restarted\s+.*$/gm)?.map((l) => l.split(/\s+/).slice(1, 3).join(" "))).toEqual(["prefill 0", "decode 0", "expert-host 3"]);
+    expect(
+      stderr()
+        .match(/^restarted\s+.*$/gm)
+        ?.map((l) => l.split(/\s+/).slice(1, 3).join(" ")),
+    ).toEqual(["prefill 0", "decode 0", "expert-host 3"]);
   }, 180_000);
 
   it("a second moela cluster on the same state dir, port or queue prefix fails at once and changes nothing of the first", async () => {

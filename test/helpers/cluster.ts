@@ -94,19 +94,45 @@ async function waitGone(pids: readonly number[], timeoutMs: number): Promise<num
   }
 }
 
+export interface LaunchedCluster {
+  readonly launcher: ChildProcess;
+  /** The launcher's exit code, once it has exited. */
+  readonly exited: Promise<number | null>;
+  /** cluster.json, once every service is up; rejects if the launcher exits first. */
+  readonly up: Promise<ClusterInfo>;
+  /** The launcher's stderr so far. */
+  stderr(): string;
+}
+
+/**
+ * `moela cluster --json --port 0` as a process, on its own state folder and queue prefix, `args` after
+ * those (the model, the topology, ...).
+ */
+export function launchCluster(stateDir: string, queuePrefix: string, args: readonly string[], env: NodeJS.ProcessEnv = process.env): LaunchedCluster {
+  const argv = [MOELA_BIN, "cluster", "--json", "--port", "0", "--state-dir", stateDir, "--queue-prefix", queuePrefix, ...args];
+  const launcher = spawn(process.execPath, argv, { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"], env });
+  let stderr = "";
+  launcher.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
+  const exited = new Promise<number | null>((resolve) => launcher.once("exit", (code) => resolve(code)));
+  const up = new Promise<ClusterInfo>((resolve, reject) => {
+    const rl = createInterface({ input: launcher.stdout! });
+    rl.on("line", (line) => {
+      if (!line.startsWith("{")) return;
+      try {
+        resolve(JSON.parse(line) as ClusterInfo);
+      } catch (err) {
+        reject(new Error(`moela cluster printed a bad JSON line: ${(err as Error).message}\n${line}`));
+      }
+    });
+    void exited.then((code) => reject(new Error(`moela cluster exited with code ${code} before the cluster was up:\n${stderr.slice(-6000)}`)));
+  });
+  return { launcher, exited, up, stderr: () => stderr };
+}
+
 export async function startTestCluster(o: TestClusterOptions = {}): Promise<TestCluster> {
   installExitHook();
   const stateDir = mkdtempSync(join(tmpdir(), "moela-e2e-cluster-"));
   const args = [
-    MOELA_BIN,
-    "cluster",
-    "--json",
-    "--port",
-    "0",
-    "--state-dir",
-    stateDir,
-    "--queue-prefix",
-    `e2e-${randomUUID().slice(0, 8)}`,
     "--precision",
     o.precision ?? "exact",
     "--prefill",
@@ -125,30 +151,11 @@ export async function startTestCluster(o: TestClusterOptions = {}): Promise<Test
     ...(o.internalArgs ?? []),
     ...Object.entries(o.serviceArgs ?? {}).flatMap(([role, flags]) => flags.flatMap((f) => ["--service-arg", `${role}=${f}`])),
   ];
-  const launcher = spawn(process.execPath, args, { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"], env: process.env });
+  const { launcher, exited, up, stderr } = launchCluster(stateDir, `e2e-${randomUUID().slice(0, 8)}`, args);
   livePids.add(launcher.pid!);
-  let stderr = "";
-  launcher.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
-  const exited = new Promise<number | null>((resolve) =>
-    launcher.once("exit", (code) => {
-      // a pid that exited may be reused by the system; never kill it later
-      livePids.delete(launcher.pid!);
-      resolve(code);
-    }),
-  );
-
-  const info = await new Promise<ClusterInfo>((resolve, reject) => {
-    const rl = createInterface({ input: launcher.stdout! });
-    rl.on("line", (line) => {
-      if (!line.startsWith("{")) return;
-      try {
-        resolve(JSON.parse(line) as ClusterInfo);
-      } catch (err) {
-        reject(new Error(`moela cluster printed a bad JSON line: ${(err as Error).message}\n${line}`));
-      }
-    });
-    void exited.then((code) => reject(new Error(`moela cluster exited with code ${code} before the cluster was up:\n${stderr.slice(-6000)}`)));
-  });
+  // A pid that exited may be reused by the system; never kill it later.
+  void exited.then(() => livePids.delete(launcher.pid!));
+  const info = await up;
   for (const i of info.instances) livePids.add(i.pid);
 
   let stopping: Promise<number | null> | undefined;
@@ -169,7 +176,7 @@ export async function startTestCluster(o: TestClusterOptions = {}): Promise<Test
       }
       for (const pid of [...pids, launcher.pid!]) livePids.delete(pid);
       rmSync(stateDir, { recursive: true, force: true });
-      if (code === "late") throw new Error(`moela cluster did not exit within 60 s of SIGTERM:\n${stderr.slice(-3000)}`);
+      if (code === "late") throw new Error(`moela cluster did not exit within 60 s of SIGTERM:\n${stderr().slice(-3000)}`);
       if (left.length > 0) throw new Error(`service processes outlived the launcher: ${left.join(", ")}`);
       return code;
     })();
@@ -183,7 +190,7 @@ export async function startTestCluster(o: TestClusterOptions = {}): Promise<Test
     stateDir,
     launcher,
     instances: (role) => info.instances.filter((i) => i.role === role),
-    stderr: () => stderr,
+    stderr,
     stop,
   };
 }
