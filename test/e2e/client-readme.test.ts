@@ -6,15 +6,11 @@
  * reply, which must be what the router's OpenAI API gives for the same greedy chat request. A
  * CommonJS program in the same project (require()) completes a prompt against the same router.
  */
-import { execFile } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { installPackedClient, readmeExample, type ConsumerProject } from "../helpers/client-package.js";
 import { startTestCluster, type TestCluster } from "../helpers/cluster.js";
-
-const execFileAsync = promisify(execFile);
 
 let cluster: TestCluster;
 let consumer: ConsumerProject;
@@ -44,11 +40,7 @@ describe("packages/client/README.md example, installed from the packed tarball",
     expect(example).toContain('messages: [{ role: "user", content: "What is the capital of France?" }], maxTokens: 16, temperature: 0');
     expect(example).toContain("await client.listModels()");
     const router = cluster.instances("router")[0]!;
-    const { stdout, stderr } = await execFileAsync(process.execPath, ["example.mjs"], {
-      cwd: consumer.dir,
-      env: { ...process.env, MOELA_GRPC_ADDRESS: router.grpc },
-      timeout: 120_000,
-    });
+    const { stdout, stderr } = await consumer.node("example.mjs", { env: { ...process.env, MOELA_GRPC_ADDRESS: router.grpc }, timeout: 120_000 });
     expect(stderr).toBe("");
     const m = /^model (\S+), (\d+) tokens of context\n([\s\S]*)\n\[(stop|length)\] (\d+) tokens, request (req-[0-9a-f-]{36})\n$/.exec(stdout);
     expect(m, `unexpected output: ${JSON.stringify(stdout)}`).not.toBeNull();
@@ -67,22 +59,18 @@ describe("packages/client/README.md example, installed from the packed tarball",
   });
 
   it("works through require() too: a CommonJS program completes a prompt as /v1/completions does", async () => {
-    writeFileSync(
-      join(consumer.dir, "complete.cjs"),
-      [
-        'const { MoelaClient } = require("@moela/client");',
-        "const client = new MoelaClient({ address: process.env.MOELA_GRPC_ADDRESS });",
-        'client.complete({ prompt: "The capital of France is", maxTokens: 12, temperature: 0 }, { deadlineMs: 60000 })',
-        "  .then((c) => console.log(JSON.stringify({ text: c.text, finishReason: c.finishReason, completionTokens: c.usage.completionTokens })))",
-        "  .finally(() => client.close());",
-      ].join("\n"),
+    consumer.write(
+      "complete.cjs",
+      `
+      const { MoelaClient } = require("@moela/client");
+      const client = new MoelaClient({ address: process.env.MOELA_GRPC_ADDRESS });
+      client.complete({ prompt: "The capital of France is", maxTokens: 12, temperature: 0 }, { deadlineMs: 60000 })
+        .then((c) => console.log(JSON.stringify({ text: c.text, finishReason: c.finishReason, completionTokens: c.usage.completionTokens })))
+        .finally(() => client.close());
+      `,
     );
     const router = cluster.instances("router")[0]!;
-    const { stdout } = await execFileAsync(process.execPath, ["complete.cjs"], {
-      cwd: consumer.dir,
-      env: { ...process.env, MOELA_GRPC_ADDRESS: router.grpc },
-      timeout: 120_000,
-    });
+    const { stdout } = await consumer.node("complete.cjs", { env: { ...process.env, MOELA_GRPC_ADDRESS: router.grpc }, timeout: 120_000 });
     const got = JSON.parse(stdout.trim()) as { text: string; finishReason: string; completionTokens: number };
     const body = await openai<OpenAIAnswer>("/completions", { model: cluster.model, prompt: "The capital of France is", max_tokens: 12, temperature: 0 });
     expect(got).toEqual({ text: body.choices[0]!.text, finishReason: body.choices[0]!.finish_reason, completionTokens: body.usage.completion_tokens });
@@ -90,11 +78,7 @@ describe("packages/client/README.md example, installed from the packed tarball",
 
   it("reports an unreachable router through the error classes, as the example's catch expects", async () => {
     // Port 1 refuses connections: UNAVAILABLE (listModels is not retried) -> the example's UnavailableError branch.
-    const run = execFileAsync(process.execPath, ["example.mjs"], {
-      cwd: consumer.dir,
-      env: { ...process.env, MOELA_GRPC_ADDRESS: "127.0.0.1:1" },
-      timeout: 120_000,
-    });
+    const run = consumer.node("example.mjs", { env: { ...process.env, MOELA_GRPC_ADDRESS: "127.0.0.1:1" }, timeout: 120_000 });
     const err = (await run.then(
       () => undefined,
       (e: unknown) => e,

@@ -23,7 +23,21 @@ export interface ConsumerProject {
   readonly tarball: string;
   /** `tsc --noEmit` over `files` (in dir) with strict settings and skipLibCheck off; resolves with tsc's output, rejects on errors. */
   typecheck(files: readonly string[]): Promise<string>;
+  /** Writes `source` to `file` in dir: a program written inline in a test, indented as the test is (see dedent). */
+  write(file: string, source: string): void;
+  /** `node file` in dir; resolves with its output, rejects as execFile does (non-zero exit, timeout). */
+  node(file: string, options?: { env?: NodeJS.ProcessEnv; timeout?: number }): Promise<{ stdout: string; stderr: string }>;
   remove(): void;
+}
+
+/** `text` less its first and last line breaks and the indentation all its lines share. */
+function dedent(text: string): string {
+  const lines = text
+    .replace(/^\n/, "")
+    .replace(/\n[ ]*$/, "")
+    .split("\n");
+  const indent = Math.min(...lines.filter((l) => l.trim() !== "").map((l) => l.length - l.trimStart().length));
+  return lines.map((l) => l.slice(indent)).join("\n");
 }
 
 /**
@@ -93,6 +107,8 @@ export async function installPackedClient(): Promise<ConsumerProject> {
           throw new Error(`the consumer does not type-check against the packed @moela/client:\n${e.stdout ?? ""}${e.stderr ?? ""}`);
         }
       },
+      write: (file, source) => writeFileSync(join(dir, file), dedent(source)),
+      node: (file, options = {}) => execFileAsync(process.execPath, [file], { cwd: dir, ...options }),
       remove: () => rmSync(work, { recursive: true, force: true }),
     };
   } catch (err) {

@@ -74,66 +74,66 @@ describe("@moela/client as an installed package", () => {
 
   it("type-checks in a strict consumer project, README example included", async () => {
     writeFileSync(join(consumer.dir, "example.ts"), readmeExample());
-    writeFileSync(
-      join(consumer.dir, "typed.ts"),
-      [
-        'import { MoelaClient, DeadlineExceededError, MoelaError, type GenerateEvent, type Completion, type ModelInfo } from "@moela/client";',
-        'const client = new MoelaClient({ address: "127.0.0.1:1" });',
-        "const stream = client.generate({ prompt: [1, 2, 3], maxTokens: 4 }, { deadlineMs: 10 });",
-        "const id: string = stream.requestId;",
-        "export async function first(): Promise<GenerateEvent | undefined> { for await (const e of stream) return e; return undefined; }",
-        "export const done: Promise<Completion> = client.complete({ messages: [{ role: 'user', content: 'x' }] });",
-        "export const models: Promise<ModelInfo[]> = client.listModels({ deadlineMs: Infinity });",
-        "export const isMoela: boolean = new DeadlineExceededError('x') instanceof MoelaError;",
-        "// @ts-expect-error prompt or messages is required",
-        "client.generate({ maxTokens: 3 });",
-        "// @ts-expect-error not both",
-        "client.generate({ prompt: 'x', messages: [{ role: 'user', content: 'x' }] });",
-        "// @ts-expect-error an unknown role",
-        "client.generate({ messages: [{ role: 'wizard', content: 'x' }] });",
-        "export { id };",
-      ].join("\n"),
+    consumer.write(
+      "typed.ts",
+      `
+      import { MoelaClient, DeadlineExceededError, MoelaError, type GenerateEvent, type Completion, type ModelInfo } from "@moela/client";
+      const client = new MoelaClient({ address: "127.0.0.1:1" });
+      const stream = client.generate({ prompt: [1, 2, 3], maxTokens: 4 }, { deadlineMs: 10 });
+      const id: string = stream.requestId;
+      export async function first(): Promise<GenerateEvent | undefined> { for await (const e of stream) return e; return undefined; }
+      export const done: Promise<Completion> = client.complete({ messages: [{ role: 'user', content: 'x' }] });
+      export const models: Promise<ModelInfo[]> = client.listModels({ deadlineMs: Infinity });
+      export const isMoela: boolean = new DeadlineExceededError('x') instanceof MoelaError;
+      // @ts-expect-error prompt or messages is required
+      client.generate({ maxTokens: 3 });
+      // @ts-expect-error not both
+      client.generate({ prompt: 'x', messages: [{ role: 'user', content: 'x' }] });
+      // @ts-expect-error an unknown role
+      client.generate({ messages: [{ role: 'wizard', content: 'x' }] });
+      export { id };
+      `,
     );
-    writeFileSync(
-      join(consumer.dir, "typed-cjs.cts"),
-      [
-        'import client = require("@moela/client");',
-        'const c: client.MoelaClient = new client.MoelaClient({ address: "127.0.0.1:1" });',
-        "export const models: Promise<client.ModelInfo[]> = c.listModels();",
-      ].join("\n"),
+    consumer.write(
+      "typed-cjs.cts",
+      `
+      import client = require("@moela/client");
+      const c: client.MoelaClient = new client.MoelaClient({ address: "127.0.0.1:1" });
+      export const models: Promise<client.ModelInfo[]> = c.listModels();
+      `,
     );
     await expect(consumer.typecheck(["example.ts", "typed.ts", "typed-cjs.cts"])).resolves.toBe("");
   }, 120_000);
 
   it("runs under plain node as an ES module: a refused connection is an UnavailableError of the package", async () => {
-    writeFileSync(
-      join(consumer.dir, "refused.mjs"),
-      [
-        'import { MoelaClient, UnavailableError, MoelaError } from "@moela/client";',
-        'const client = new MoelaClient({ address: "127.0.0.1:1", maxRetries: 1, initialBackoffMs: 1 });',
-        "try { for await (const e of client.generate({ prompt: 'x' })) console.log(JSON.stringify(e)); }",
-        "catch (err) { console.log(JSON.stringify({ unavailable: err instanceof UnavailableError, moela: err instanceof MoelaError, code: err.code, name: err.name })); }",
-        "finally { client.close(); }",
-      ].join("\n"),
+    consumer.write(
+      "refused.mjs",
+      `
+      import { MoelaClient, UnavailableError, MoelaError } from "@moela/client";
+      const client = new MoelaClient({ address: "127.0.0.1:1", maxRetries: 1, initialBackoffMs: 1 });
+      try { for await (const e of client.generate({ prompt: 'x' })) console.log(JSON.stringify(e)); }
+      catch (err) { console.log(JSON.stringify({ unavailable: err instanceof UnavailableError, moela: err instanceof MoelaError, code: err.code, name: err.name })); }
+      finally { client.close(); }
+      `,
     );
-    const { stdout } = await execFileAsync(process.execPath, ["refused.mjs"], { cwd: consumer.dir });
+    const { stdout } = await consumer.node("refused.mjs");
     expect(JSON.parse(stdout.trim())).toEqual({ unavailable: true, moela: true, code: 14, name: "UnavailableError" });
   }, 60_000);
 
   it("loads through require() (the CommonJS build), with the same API and working error classes", async () => {
-    writeFileSync(
-      join(consumer.dir, "refused.cjs"),
-      [
-        'const pkg = require("@moela/client");',
-        'const client = new pkg.MoelaClient({ address: "127.0.0.1:1", maxRetries: 0 });',
-        "client.listModels({ deadlineMs: 5000 })",
-        "  .then(() => console.log('unexpected success'), (err) => console.log(JSON.stringify({",
-        "    cjs: require.resolve('@moela/client').includes('/dist/cjs/'),",
-        "    exports: Object.keys(pkg).sort(), unavailable: err instanceof pkg.UnavailableError, code: err.code })))",
-        "  .finally(() => client.close());",
-      ].join("\n"),
+    consumer.write(
+      "refused.cjs",
+      `
+      const pkg = require("@moela/client");
+      const client = new pkg.MoelaClient({ address: "127.0.0.1:1", maxRetries: 0 });
+      client.listModels({ deadlineMs: 5000 })
+        .then(() => console.log('unexpected success'), (err) => console.log(JSON.stringify({
+          cjs: require.resolve('@moela/client').includes('/dist/cjs/'),
+          exports: Object.keys(pkg).sort(), unavailable: err instanceof pkg.UnavailableError, code: err.code })))
+        .finally(() => client.close());
+      `,
     );
-    const { stdout } = await execFileAsync(process.execPath, ["refused.cjs"], { cwd: consumer.dir });
+    const { stdout } = await consumer.node("refused.cjs");
     const esm = await execFileAsync(
       process.execPath,
       ["--input-type=module", "-e", 'import * as p from "@moela/client"; console.log(JSON.stringify(Object.keys(p).sort()))'],
