@@ -50,6 +50,15 @@ async function startServer(args: readonly string[], env: NodeJS.ProcessEnv = pro
   return { child, url: ready.http, grpc: ready.grpc, stderr: () => stderr, exited };
 }
 
+/** SIGTERM, and the server must exit 0 within 30 s (SIGKILL if it does not); nothing when it never started. */
+async function stopServer(server: Server | undefined): Promise<void> {
+  if (server === undefined) return;
+  server.child.kill("SIGTERM");
+  const code = await Promise.race([server.exited, new Promise<"late">((r) => setTimeout(() => r("late"), 30_000))]);
+  if (code === "late") server.child.kill("SIGKILL");
+  expect(code, `exit after SIGTERM\n${server.stderr().slice(-2000)}`).toBe(0);
+}
+
 /** "token_id:123" -> 123 (return_tokens_as_token_ids). */
 function idsOf(tokens: readonly string[]): number[] {
   return tokens.map((t) => {
@@ -160,13 +169,7 @@ describe("moela serve --role all", () => {
     client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 120_000 });
   }, 400_000);
 
-  afterAll(async () => {
-    if (server === undefined) return;
-    server.child.kill("SIGTERM");
-    const code = await Promise.race([server.exited, new Promise<"late">((r) => setTimeout(() => r("late"), 30_000))]);
-    if (code === "late") server.child.kill("SIGKILL");
-    expect(code, `exit after SIGTERM\n${server.stderr().slice(-2000)}`).toBe(0);
-  }, 60_000);
+  afterAll(() => stopServer(server), 60_000);
 
   it("answers /health, /v1/models and /metrics on the API port", async () => {
     const h = await health(server.url);
@@ -395,13 +398,7 @@ describe("moela serve --role all --precision paper --expert-hosts 2, with an API
     [server, oracle] = await Promise.all([started, generated]);
   }, 400_000);
 
-  afterAll(async () => {
-    if (server === undefined) return;
-    server.child.kill("SIGTERM");
-    const code = await Promise.race([server.exited, new Promise<"late">((r) => setTimeout(() => r("late"), 30_000))]);
-    if (code === "late") server.child.kill("SIGKILL");
-    expect(code, `exit after SIGTERM\n${server.stderr().slice(-2000)}`).toBe(0);
-  }, 60_000);
+  afterAll(() => stopServer(server), 60_000);
 
   it("refuses a request without the key (401), and gives the paper profile's greedy tokens with it, to concurrent requests", async () => {
     const refused = await fetch(`${server.url}/v1/completions`, {

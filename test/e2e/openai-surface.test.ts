@@ -29,6 +29,24 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
+/** A streamed chat completion of one user message, `content`, on the cluster's model. */
+function streamChat(content: string, params: Omit<OpenAI.ChatCompletionCreateParamsStreaming, "model" | "messages" | "stream">) {
+  return client.chat.completions.create({ model: cluster.model, messages: [{ role: "user", content }], stream: true, ...params });
+}
+
+/** A greedy completion of PROMPT, `maxTokens` long whatever EOS, its tokens as ids in its logprobs (for `ids`). */
+function greedyIdsRequest(maxTokens: number) {
+  return {
+    model: cluster.model,
+    prompt: PROMPT,
+    max_tokens: maxTokens,
+    temperature: 0,
+    logprobs: 0,
+    return_tokens_as_token_ids: true,
+    ignore_eos: true,
+  } as const;
+}
+
 /** The token ids of a completion choice, read from its logprobs with return_tokens_as_token_ids. */
 function ids(choice: { logprobs: { tokens?: string[] } | null }): number[] {
   return (choice.logprobs?.tokens ?? []).map((t) => Number(t.replace(/^token_id:/, "")));
@@ -42,14 +60,7 @@ describe("the official openai client against npm start's cluster", () => {
     // The prompt is counted once; the completion tokens of both choices add up.
     expect(plain.usage?.completion_tokens).toBeGreaterThan(6);
 
-    const stream = await client.chat.completions.create({
-      model: cluster.model,
-      messages: [{ role: "user", content: "hi" }],
-      max_tokens: 5,
-      n: 2,
-      stream: true,
-      seed: 3,
-    });
+    const stream = await streamChat("hi", { max_tokens: 5, n: 2, seed: 3 });
     const text = ["", ""];
     const finished = new Set<number>();
     for await (const chunk of stream) {
@@ -80,15 +91,7 @@ describe("the official openai client against npm start's cluster", () => {
   });
 
   it("logit_bias +100 forces a token; -100 bans the greedy one", async () => {
-    const base = {
-      model: cluster.model,
-      prompt: PROMPT,
-      max_tokens: 6,
-      temperature: 0,
-      logprobs: 0,
-      return_tokens_as_token_ids: true,
-      ignore_eos: true,
-    } as const;
+    const base = greedyIdsRequest(6);
     const forced = await client.completions.create({ ...base, logit_bias: { "77": 100 } } as OpenAI.CompletionCreateParamsNonStreaming);
     expect(ids(forced.choices[0]!)).toEqual([77, 77, 77, 77, 77, 77]);
     const plain = await client.completions.create(base as OpenAI.CompletionCreateParamsNonStreaming);
@@ -99,15 +102,7 @@ describe("the official openai client against npm start's cluster", () => {
   });
 
   it("penalties change greedy output; min_tokens holds EOS back across prefill and decode", async () => {
-    const base = {
-      model: cluster.model,
-      prompt: PROMPT,
-      max_tokens: 12,
-      temperature: 0,
-      logprobs: 0,
-      return_tokens_as_token_ids: true,
-      ignore_eos: true,
-    } as const;
+    const base = greedyIdsRequest(12);
     const plain = ids((await client.completions.create(base as OpenAI.CompletionCreateParamsNonStreaming)).choices[0]!);
     const penalised = await client.completions.create({
       ...base,
@@ -162,12 +157,9 @@ describe("the official openai client against npm start's cluster", () => {
   });
 
   it("streaming with continuous usage: every chunk carries the usage so far", async () => {
-    const stream = await client.chat.completions.create({
-      model: cluster.model,
-      messages: [{ role: "user", content: "tell me" }],
+    const stream = await streamChat("tell me", {
       max_tokens: 8,
       temperature: 0,
-      stream: true,
       stream_options: { include_usage: true, continuous_usage_stats: true } as OpenAI.ChatCompletionStreamOptions,
     });
     const usages: { completion: number; prompt: number; withChoices: boolean }[] = [];

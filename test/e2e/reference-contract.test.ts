@@ -133,6 +133,19 @@ describe("float64 reference", () => {
 describe.each(CASES)("reference contract: $kind", (c) => {
   let modelDir = "";
   let reference: GenerateResult;
+  /** The flags the reference and moela generate share: the case's checkpoint and prompt, the token budget, top logprobs and logits. */
+  const runArgs = (): string[] => [
+    "--model",
+    modelDir,
+    "--prompt-ids",
+    c.promptIds.join(","),
+    "--max-tokens",
+    String(MAX_TOKENS),
+    "--top-logprobs",
+    String(TOP_LOGPROBS),
+    "--logits",
+    ...(c.mtp ? ["--mtp-logits"] : []),
+  ];
 
   beforeAll(async () => {
     if (c.dir !== undefined) modelDir = c.dir;
@@ -141,20 +154,7 @@ describe.each(CASES)("reference contract: $kind", (c) => {
       tempDirs.push(modelDir);
       await run(PYTHON, ["test/reference/make_checkpoint.py", "--kind", c.kind, "--out", modelDir, "--seed", String(c.seed)], "make_checkpoint.py");
     }
-    const refArgs = [
-      "test/reference/deepseek_ref.py",
-      "--model",
-      modelDir,
-      "--prompt-ids",
-      c.promptIds.join(","),
-      "--max-tokens",
-      String(MAX_TOKENS),
-      "--top-logprobs",
-      String(TOP_LOGPROBS),
-      "--logits",
-      "--diagnostics",
-      ...(c.mtp ? ["--mtp-logits"] : []),
-    ];
+    const refArgs = ["test/reference/deepseek_ref.py", ...runArgs(), "--diagnostics"];
     reference = parseResult(await run(PYTHON, refArgs, "deepseek_ref.py"), "reference");
   }, 180_000);
 
@@ -186,25 +186,7 @@ describe.each(CASES)("reference contract: $kind", (c) => {
   it.each(["fast", "portable", "reference"])(
     "moela generate --kernels %s matches the reference",
     async (kernels) => {
-      const cliArgs = [
-        "services/cli/bin/moela.js",
-        "generate",
-        "--model",
-        modelDir,
-        "--prompt-ids",
-        c.promptIds.join(","),
-        "--max-tokens",
-        String(MAX_TOKENS),
-        "--temperature",
-        "0",
-        "--json",
-        "--top-logprobs",
-        String(TOP_LOGPROBS),
-        "--logits",
-        "--kernels",
-        kernels,
-        ...(c.mtp ? ["--mtp-logits"] : []),
-      ];
+      const cliArgs = ["services/cli/bin/moela.js", "generate", ...runArgs(), "--temperature", "0", "--json", "--kernels", kernels];
       const engine = parseResult(await run(process.execPath, cliArgs, "moela generate"), "moela");
 
       expect(engine.tokenIds).toEqual(reference.tokenIds);
