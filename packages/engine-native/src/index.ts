@@ -4,54 +4,45 @@
  */
 import { createRequire } from "node:module";
 
+/** A weight as the products take it (WeightView in src/kernels.h): element kind, codes, FP8 block scales or null, shape. */
+export type NativeWeightArgs = [
+  kind: number,
+  data: Float32Array | Uint16Array | Uint8Array,
+  scale: Float32Array | null,
+  rows: number,
+  cols: number,
+  blockRows: number,
+  blockCols: number,
+];
+
+/**
+ * matmul's and matmulT's arguments (MatmulArgs and MatmulTArgs in src/kernels.h, which line up field for field):
+ * the weight; T input rows from inOff, inStride apart; the output rows likewise; weight rows [r0, r0 + n); and
+ * `groups` groups, group g's rows, input and output starting g * rowStep, g * inStep and g * outStep further on.
+ */
+export type NativeProductArgs = [
+  ...weight: NativeWeightArgs,
+  input: Float32Array,
+  inOff: number,
+  inStride: number,
+  T: number,
+  output: Float32Array,
+  outOff: number,
+  outStride: number,
+  r0: number,
+  n: number,
+  groups: number,
+  rowStep: number,
+  inStep: number,
+  outStep: number,
+];
+
 /** The addon's functions; argument lists mirror the structs in src/kernels.h, bounds are checked natively. */
 export interface NativeKernels {
-  /** y[t, i] = sum_c w[r0 + i, c] x[t, c] per group g (rows r0 + g*rowStep, x at g*xStep, y at g*yStep). */
-  matmul(
-    kind: number,
-    data: Float32Array | Uint16Array | Uint8Array,
-    scale: Float32Array | null,
-    rows: number,
-    cols: number,
-    blockRows: number,
-    blockCols: number,
-    x: Float32Array,
-    xOff: number,
-    xStride: number,
-    T: number,
-    y: Float32Array,
-    yOff: number,
-    yStride: number,
-    r0: number,
-    nRows: number,
-    groups: number,
-    rowStep: number,
-    xStep: number,
-    yStep: number,
-  ): void;
-  /** out[t, c] = sum_{i<n} v[t, i] w[r0 + i, c] per group g (the product with w transposed). */
-  matmulT(
-    kind: number,
-    data: Float32Array | Uint16Array | Uint8Array,
-    scale: Float32Array | null,
-    rows: number,
-    cols: number,
-    blockRows: number,
-    blockCols: number,
-    v: Float32Array,
-    vOff: number,
-    vStride: number,
-    T: number,
-    out: Float32Array,
-    outOff: number,
-    outStride: number,
-    r0: number,
-    n: number,
-    groups: number,
-    rowStep: number,
-    vStep: number,
-    outStep: number,
-  ): void;
+  /** y[t, i] = sum_c w[r0 + i, c] x[t, c] per group: input x [T, cols], output y [T, n]. */
+  matmul(...args: NativeProductArgs): void;
+  /** out[t, c] = sum_{i<n} v[t, i] w[r0 + i, c] per group (the product with w transposed): input v [T, n], output out [T, cols]. */
+  matmulT(...args: NativeProductArgs): void;
   /**
    * A group of SwiGLU MLPs in two parallel jobs: arrays = [gateData, gateScale, upData, upScale, downData, downScale]
    * per entry; meta = per entry [n, row0, then kind, rows, cols, blockRows, blockCols of gate, up and down]

@@ -4,9 +4,12 @@
  * It lives in SharedArrayBuffers so MatmulPool workers (tensor/parallel.ts) read and write it in place.
  *
  * `ScratchBuffer` is one such buffer; a module declares its scratch as a typed object of them (model.ts's
- * AttentionScratch, MoeScratch, HeadScratch). `Workspace` keeps named ones, for helpers shared across packages
- * (layers/mlp.ts, layers/moe.ts, the kernels) that are handed one workspace.
+ * AttentionScratch, MoeScratch, HeadScratch; layers/mlp.ts's MlpScratch, layers/moe.ts's ExpertScratch).
+ * `Workspace` keeps named ones, for code outside the engine that is handed one workspace (moe-dispatch's
+ * expert-host), and is an ExpertScratch too, so that code hands the same workspace to the engine's helpers.
  */
+import type { ExpertScratch } from "./layers/moe.js";
+
 type Elements = Float32Array | Float64Array | Int32Array;
 
 /** One growable scratch buffer: `get(n)` gives n elements, the same memory while n fits. */
@@ -40,8 +43,15 @@ export class ScratchBuffer<A extends Elements> {
   }
 }
 
-/** Named scratch buffers (see the file comment). */
-export class Workspace {
+/** Named scratch buffers, and the MLP and routed-expert helpers' typed ones (see the file comment). */
+export class Workspace implements ExpertScratch {
+  readonly gate = ScratchBuffer.f32();
+  readonly up = ScratchBuffer.f32();
+  readonly meta = ScratchBuffer.i32();
+  readonly fill = ScratchBuffer.i32();
+  readonly sizes = ScratchBuffer.i32();
+  readonly xs = ScratchBuffer.f32();
+  readonly ys = ScratchBuffer.f32();
   private readonly f32s = new Map<string, ScratchBuffer<Float32Array>>();
   private readonly f64s = new Map<string, ScratchBuffer<Float64Array>>();
   private readonly i32s = new Map<string, ScratchBuffer<Int32Array>>();

@@ -2,10 +2,10 @@
  * The `fast` backend: the native kernels of @moela/engine-native (AVX-512, AVX2 or portable C, chosen at load
  * time), with float32 fused multiply-add accumulation in a fixed lane order and a process-wide thread pool.
  */
-import { nativeKernels, nativeLoadError, type NativeKernels } from "@moela/engine-native";
+import { nativeKernels, nativeLoadError, type NativeKernels, type NativeProductArgs } from "@moela/engine-native";
 import type { WeightMatrix } from "../tensor/matrix.js";
 import type { MlpWeights } from "../weights.js";
-import type { Workspace } from "../workspace.js";
+import type { MlpScratch } from "../layers/mlp.js";
 import type { AttendArgs, GroupedLayout, KernelBackend, TransposedLayout } from "./types.js";
 
 /** mlpGroup's per-entry ints: n, row0, then (kind, rows, cols, blockRows, blockCols) of gate, up, down. */
@@ -24,7 +24,7 @@ function blockCols(w: WeightMatrix): number {
 }
 
 /** The addon's argument lists, built once for the synchronous and the asynchronous call alike. */
-function matmulArgs(w: WeightMatrix, x: Float32Array, T: number, y: Float32Array, l?: GroupedLayout): Parameters<NativeKernels["matmul"]> {
+function matmulArgs(w: WeightMatrix, x: Float32Array, T: number, y: Float32Array, l?: GroupedLayout): NativeProductArgs {
   const nRows = l?.nRows ?? w.rows;
   const yStride = l?.yStride === undefined || l.yStride < 0 ? nRows : l.yStride;
   return [
@@ -51,30 +51,21 @@ function matmulArgs(w: WeightMatrix, x: Float32Array, T: number, y: Float32Array
   ];
 }
 
-function matmulTArgs(w: WeightMatrix, v: Float32Array, T: number, out: Float32Array, l: TransposedLayout = {}): Parameters<NativeKernels["matmulT"]> {
-  const rows = l.n ?? w.rows;
-  return [
-    KIND[w.kind],
-    w.data,
-    scaleOf(w),
-    w.rows,
-    w.cols,
-    blockRows(w),
-    blockCols(w),
-    v,
-    l.vOff ?? 0,
-    l.vStride ?? rows,
-    T,
-    out,
-    l.outOff ?? 0,
-    l.outStride ?? w.cols,
-    l.r0 ?? 0,
-    rows,
-    l.groups ?? 1,
-    l.rowStep ?? 0,
-    l.vStep ?? 0,
-    l.outStep ?? 0,
-  ];
+/** matmulT takes matmul's argument list (NativeProductArgs), with v and out where matmul has x and y. */
+function matmulTArgs(w: WeightMatrix, v: Float32Array, T: number, out: Float32Array, l: TransposedLayout = {}): NativeProductArgs {
+  const n = l.n ?? w.rows;
+  return matmulArgs(w, v, T, out, {
+    xOff: l.vOff ?? 0,
+    xStride: l.vStride ?? n,
+    yOff: l.outOff ?? 0,
+    yStride: l.outStride ?? w.cols,
+    r0: l.r0 ?? 0,
+    nRows: n,
+    groups: l.groups ?? 1,
+    rowStep: l.rowStep ?? 0,
+    xStep: l.vStep ?? 0,
+    yStep: l.outStep ?? 0,
+  });
 }
 
 function attendArgs(a: AttendArgs): Parameters<NativeKernels["attend"]> {
@@ -120,12 +111,12 @@ function mlpGroupArgs(
   counts: ArrayLike<number>,
   x: Float32Array,
   out: Float32Array,
-  ws: Workspace,
+  scratch: MlpScratch,
 ): Parameters<NativeKernels["mlpGroup"]> {
   const arrays: (Float32Array | Uint16Array | Uint8Array | null)[] = [];
-  const meta = ws.i32("mlp.meta", group.length * MLP_META);
+  const meta = scratch.meta.get(group.length * MLP_META);
   let row0 = 0;
-  let scratch = 0;
+  let floats = 0; // of g and u each: sum of tokens * intermediate size
   group.forEach((m, e) => {
     const tokens = counts[e]!;
     const o = e * MLP_META;
@@ -136,9 +127,9 @@ function mlpGroupArgs(
       meta.set([KIND[w.kind], w.rows, w.cols, blockRows(w), blockCols(w)], o + 2 + 5 * k);
     });
     row0 += tokens;
-    scratch += tokens * m.gate.rows;
+    floats += tokens * m.gate.rows;
   });
-  return [arrays, meta, x, out, ws.f32("mlp.gate", scratch), ws.f32("mlp.up", scratch)];
+  return [arrays, meta, x, out, scratch.gate.get(floats), scratch.up.get(floats)];
 }
 
 function makeFast(n: NativeKernels): KernelBackend {
@@ -150,11 +141,11 @@ function makeFast(n: NativeKernels): KernelBackend {
     matmul: (w, x, T, y, l) => n.matmul(...matmulArgs(w, x, T, y, l)),
     matmulT: (w, v, T, out, l) => n.matmulT(...matmulTArgs(w, v, T, out, l)),
     attend: (a) => n.attend(...attendArgs(a)),
-    mlpGroup: (group, counts, x, out, ws) => n.mlpGroup(...mlpGroupArgs(group, counts, x, out, ws)),
+    mlpGroup: (group, counts, x, out, scratch) => n.mlpGroup(...mlpGroupArgs(group, counts, x, out, scratch)),
     matmulAsync: (w, x, T, y, l) => n.matmulAsync(...matmulArgs(w, x, T, y, l)),
     matmulTAsync: (w, v, T, out, l) => n.matmulTAsync(...matmulTArgs(w, v, T, out, l)),
     attendAsync: (a) => n.attendAsync(...attendArgs(a)),
-    mlpGroupAsync: (group, counts, x, out, ws) => n.mlpGroupAsync(...mlpGroupArgs(group, counts, x, out, ws)),
+    mlpGroupAsync: (group, counts, x, out, scratch) => n.mlpGroupAsync(...mlpGroupArgs(group, counts, x, out, scratch)),
     threadsAreProcessWide: true,
   };
 }

@@ -6,7 +6,7 @@
  */
 import type { MatmulLayout, WeightMatrix } from "../tensor/matrix.js";
 import type { MlpWeights } from "../weights.js";
-import type { Workspace } from "../workspace.js";
+import type { MlpScratch } from "../layers/mlp.js";
 
 /** The backends by name: `fast` (native SIMD), `portable` (the same algorithms in TypeScript), `reference`. */
 export type KernelsName = "fast" | "portable" | "reference";
@@ -97,7 +97,7 @@ export interface KernelBackend {
    * out rows of entry e = mlp_e(x rows of entry e), entries' rows consecutive in order ([counts[e], hidden] each):
    * a whole MoE layer's experts in one call. Absent: one mlpForward per entry (layers/mlp.ts).
    */
-  mlpGroup?(group: readonly MlpWeights[], counts: ArrayLike<number>, x: Float32Array, out: Float32Array, ws: Workspace): void;
+  mlpGroup?(group: readonly MlpWeights[], counts: ArrayLike<number>, x: Float32Array, out: Float32Array, scratch: MlpScratch): void;
   /**
    * The same products computed off the calling thread, resolving when done, so a service's event loop serves the
    * network meanwhile (the fast backend; absent on the TypeScript ones). Same bits as the synchronous calls.
@@ -105,7 +105,7 @@ export interface KernelBackend {
   matmulAsync?: (w: WeightMatrix, x: Float32Array, T: number, y: Float32Array, layout?: GroupedLayout) => Promise<void>;
   matmulTAsync?: (w: WeightMatrix, v: Float32Array, T: number, out: Float32Array, layout?: TransposedLayout) => Promise<void>;
   attendAsync?: (a: AttendArgs) => Promise<void>;
-  mlpGroupAsync?: (group: readonly MlpWeights[], counts: ArrayLike<number>, x: Float32Array, out: Float32Array, ws: Workspace) => Promise<void>;
+  mlpGroupAsync?: (group: readonly MlpWeights[], counts: ArrayLike<number>, x: Float32Array, out: Float32Array, scratch: MlpScratch) => Promise<void>;
   /** Threads its products use; `fast` has one process-wide pool, the TypeScript backends one per model. */
   readonly threadsAreProcessWide: boolean;
 }

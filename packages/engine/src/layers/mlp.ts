@@ -3,13 +3,27 @@ import { defaultKernels } from "../kernels/index.js";
 import type { KernelBackend } from "../kernels/types.js";
 import type { MatmulFn } from "../tensor/parallel.js";
 import type { MlpWeights } from "../weights.js";
-import type { Workspace } from "../workspace.js";
+import { ScratchBuffer } from "../workspace.js";
+
+/**
+ * The MLP helpers' scratch, each buffer grown to the largest call (T tokens of a group; inter: the MLP's
+ * intermediate size, which differs between dense layers, shared and routed experts).
+ */
+export interface MlpScratch {
+  readonly gate: ScratchBuffer<Float32Array>; // [T, inter] gate(x), then silu(gate(x)) * up(x)
+  readonly up: ScratchBuffer<Float32Array>; // [T, inter] up(x)
+  readonly meta: ScratchBuffer<Int32Array>; // [entries, 17] the fast kernels' per-entry ints (kernels/native.ts)
+}
+
+export function createMlpScratch(): MlpScratch {
+  return { gate: ScratchBuffer.f32(), up: ScratchBuffer.f32(), meta: ScratchBuffer.i32() };
+}
 
 /** out[t] = mlp(x[t]) for t < T. x: [T, hidden] -> out: [T, hidden]. `mm`: the kernel (a MatmulPool's to use threads). */
-export function mlpForward(m: MlpWeights, x: Float32Array, T: number, out: Float32Array, ws: Workspace, mm: MatmulFn = defaultKernels().matmul): void {
+export function mlpForward(m: MlpWeights, x: Float32Array, T: number, out: Float32Array, scratch: MlpScratch, mm: MatmulFn = defaultKernels().matmul): void {
   const inter = m.gate.rows;
-  const g = ws.f32("mlp.gate", T * inter); // [T, inter]
-  const u = ws.f32("mlp.up", T * inter); // [T, inter]
+  const g = scratch.gate.get(T * inter); // [T, inter]
+  const u = scratch.up.get(T * inter); // [T, inter]
   mm(m.gate, x, T, g);
   mm(m.up, x, T, u);
   for (let i = 0; i < T * inter; i++) {
@@ -29,20 +43,20 @@ export function mlpForwardGroup(
   counts: ArrayLike<number>,
   x: Float32Array,
   out: Float32Array,
-  ws: Workspace,
+  scratch: MlpScratch,
   k: KernelBackend = defaultKernels(),
   mm: MatmulFn = k.matmul,
 ): void {
   if (group.length === 0) return;
   if (k.mlpGroup !== undefined) {
-    k.mlpGroup(group, counts, x, out, ws);
+    k.mlpGroup(group, counts, x, out, scratch);
     return;
   }
   const hidden = group[0]!.gate.cols;
   let r = 0;
   for (let e = 0; e < group.length; e++) {
     const n = counts[e]!;
-    if (n > 0) mlpForward(group[e]!, x.subarray(r * hidden, (r + n) * hidden), n, out.subarray(r * hidden, (r + n) * hidden), ws, mm);
+    if (n > 0) mlpForward(group[e]!, x.subarray(r * hidden, (r + n) * hidden), n, out.subarray(r * hidden, (r + n) * hidden), scratch, mm);
     r += n;
   }
 }
@@ -56,15 +70,15 @@ export async function mlpForwardGroupAsync(
   counts: ArrayLike<number>,
   x: Float32Array,
   out: Float32Array,
-  ws: Workspace,
+  scratch: MlpScratch,
   k: KernelBackend,
   mm: MatmulFn,
   offLoopMinWork: number,
 ): Promise<void> {
   let work = 0;
   for (let e = 0; e < group.length; e++) work += 3 * counts[e]! * group[e]!.gate.rows * group[e]!.gate.cols;
-  if (work >= offLoopMinWork && k.mlpGroupAsync !== undefined && group.length > 0) await k.mlpGroupAsync(group, counts, x, out, ws);
-  else mlpForwardGroup(group, counts, x, out, ws, k, mm);
+  if (work >= offLoopMinWork && k.mlpGroupAsync !== undefined && group.length > 0) await k.mlpGroupAsync(group, counts, x, out, scratch);
+  else mlpForwardGroup(group, counts, x, out, scratch, k, mm);
 }
 
 /**

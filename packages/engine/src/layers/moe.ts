@@ -4,18 +4,33 @@
  */
 import type { ExpertExecutor } from "../ports.js";
 import type { MlpWeights, MoeWeights } from "../weights.js";
-import type { Workspace } from "../workspace.js";
-import { mlpForwardGroup, mlpForwardGroupAsync } from "./mlp.js";
+import { ScratchBuffer } from "../workspace.js";
+import { createMlpScratch, mlpForwardGroup, mlpForwardGroupAsync, type MlpScratch } from "./mlp.js";
 import { defaultKernels } from "../kernels/index.js";
 import type { KernelBackend } from "../kernels/types.js";
 import type { MatmulFn } from "../tensor/parallel.js";
 
+/**
+ * The routed-expert helpers' scratch, each buffer grown to the largest call (E experts, P routed entries), and
+ * their experts' MLP scratch (the same object, so one scratch serves a whole expert group).
+ */
+export interface ExpertScratch extends MlpScratch {
+  readonly fill: ScratchBuffer<Int32Array>; // [E] bucketByExpert's next free slot per bucket
+  readonly sizes: ScratchBuffer<Int32Array>; // [E] token counts of the experts with tokens
+  readonly xs: ScratchBuffer<Float32Array>; // [P, hidden] every entry's token row, grouped by expert
+  readonly ys: ScratchBuffer<Float32Array>; // [P, hidden] the experts' outputs, in xs's order
+}
+
+export function createExpertScratch(): ExpertScratch {
+  return { ...createMlpScratch(), fill: ScratchBuffer.i32(), sizes: ScratchBuffer.i32(), xs: ScratchBuffer.f32(), ys: ScratchBuffer.f32() };
+}
+
 /** Counting sort of entries [0, P) by expert id: bucket e is order[start[e] .. start[e+1]), entries ascending within it. */
-export function bucketByExpert(E: number, ids: ArrayLike<number>, P: number, start: Int32Array, order: Int32Array, ws: Workspace): void {
+export function bucketByExpert(E: number, ids: ArrayLike<number>, P: number, start: Int32Array, order: Int32Array, scratch: ExpertScratch): void {
   start.fill(0, 0, E + 1);
   for (let i = 0; i < P; i++) start[ids[i]! + 1]!++;
   for (let e = 0; e < E; e++) start[e + 1]! += start[e]!;
-  const fill = ws.i32("moe.fill", E);
+  const fill = scratch.fill.get(E);
   fill.set(start.subarray(0, E));
   for (let i = 0; i < P; i++) order[fill[ids[i]!]!++] = i;
 }
@@ -33,7 +48,8 @@ export interface ExpertGroupArgs {
   readonly weights: ArrayLike<number>; // [P]
   readonly T: number;
   readonly out: Float32Array; // [T, hidden]
-  readonly ws: Workspace;
+  /** The scratch of the whole group (named `ws`: callers pass their Workspace, which is an ExpertScratch). */
+  readonly ws: ExpertScratch;
   readonly kernels: KernelBackend;
   /** The linear kernel of the TypeScript backends. */
   readonly mm: MatmulFn;
@@ -61,7 +77,7 @@ function gatherExpertGroup(g: ExpertGroupArgs): { group: MlpWeights[]; sizes: In
   const E = experts.length;
   const P = start[E]!;
   const group: MlpWeights[] = [];
-  const sizes = ws.i32("moe.sizes", E);
+  const sizes = ws.sizes.get(E);
   for (let e = 0; e < E; e++) {
     const n = start[e + 1]! - start[e]!;
     if (n === 0) continue;
@@ -70,12 +86,12 @@ function gatherExpertGroup(g: ExpertGroupArgs): { group: MlpWeights[]; sizes: In
     sizes[group.length] = n;
     group.push(w);
   }
-  const xs = ws.f32("moe.x", P * hidden); // [P, hidden] every entry's token, grouped by expert
+  const xs = ws.xs.get(P * hidden); // [P, hidden] every entry's token, grouped by expert
   for (let i = 0; i < P; i++) {
     const t = tokenOf(order[i]!);
     xs.set(x.subarray(t * hidden, (t + 1) * hidden), i * hidden);
   }
-  return { group, sizes: sizes.subarray(0, group.length), xs, ys: ws.f32("moe.y", P * hidden) };
+  return { group, sizes: sizes.subarray(0, group.length), xs, ys: ws.ys.get(P * hidden) };
 }
 
 /** out[t] = sum of weight * expert output over t's entries, in ascending expert id (the buckets' order). ys: [P, hidden]. */
@@ -96,7 +112,9 @@ export class LocalExpertExecutor implements ExpertExecutor {
   private readonly moeByLayer: ReadonlyMap<number, MoeWeights>;
   private readonly hidden: number;
   private readonly k: number;
-  private readonly ws: Workspace;
+  private readonly scratch: ExpertScratch;
+  /** runRouted's buckets: [E + 1] bucket starts, [T * k] entries grouped by expert. */
+  private readonly buckets = { start: ScratchBuffer.i32(), order: ScratchBuffer.i32() };
   private readonly kernels: KernelBackend;
   private readonly mm: MatmulFn;
   /** Multiply-adds from which the experts' products run off the event loop (Infinity: never). */
@@ -107,7 +125,7 @@ export class LocalExpertExecutor implements ExpertExecutor {
     moeByLayer: ReadonlyMap<number, MoeWeights>,
     hidden: number,
     k: number,
-    ws: Workspace,
+    scratch: ExpertScratch,
     kernels: KernelBackend = defaultKernels(),
     mm: MatmulFn = kernels.matmul,
     offLoopMinWork = Infinity,
@@ -115,7 +133,7 @@ export class LocalExpertExecutor implements ExpertExecutor {
     this.moeByLayer = moeByLayer;
     this.hidden = hidden;
     this.k = k;
-    this.ws = ws;
+    this.scratch = scratch;
     this.kernels = kernels;
     this.mm = mm;
     this.offLoopMinWork = offLoopMinWork;
@@ -124,9 +142,9 @@ export class LocalExpertExecutor implements ExpertExecutor {
   async runRouted(layer: number, x: Float32Array, T: number, ids: Int32Array, weights: Float32Array, out: Float32Array): Promise<void> {
     const moe = this.moeByLayer.get(layer);
     if (moe === undefined) throw new Error(`layer ${layer} has no routed experts`);
-    const start = this.ws.i32("local.start", moe.experts.length + 1);
-    const order = this.ws.i32("local.order", T * this.k);
-    bucketByExpert(moe.experts.length, ids, T * this.k, start, order, this.ws);
+    const start = this.buckets.start.get(moe.experts.length + 1);
+    const order = this.buckets.order.get(T * this.k);
+    bucketByExpert(moe.experts.length, ids, T * this.k, start, order, this.scratch);
     const k = this.k;
     const g = {
       experts: moe.experts,
@@ -137,7 +155,7 @@ export class LocalExpertExecutor implements ExpertExecutor {
       weights,
       T,
       out,
-      ws: this.ws,
+      ws: this.scratch,
       kernels: this.kernels,
       mm: this.mm,
       tokenOf: (p: number) => Math.floor(p / k),
