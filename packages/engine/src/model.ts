@@ -19,6 +19,8 @@ import { roundBf16 } from "./tensor/dtype.js";
 import { decodeRow, matvecRows, matvecTransposedRows, type WeightMatrix } from "./tensor/matrix.js";
 import { MatmulPool, type MatmulFn, type MatmulPoolOptions } from "./tensor/parallel.js";
 import {
+  absorbedAttendArgs,
+  decompressedAttendArgs,
   defaultKernels,
   groupedMatmul,
   kernelsByName,
@@ -32,8 +34,8 @@ import {
 import { rmsNorm, rmsNormRows } from "./layers/rmsnorm.js";
 import { applyRotary, rotaryParams, rotaryTables, type RotaryParams } from "./layers/rope.js";
 import { createRouterScratch, routeTokens, type RouterScratch } from "./layers/gate.js";
-import { mlpForwardGroupAsync, OFF_LOOP_MIN_WORK } from "./layers/mlp.js";
-import { LocalExpertExecutor } from "./layers/moe.js";
+import { createMlpScratch, mlpForwardGroupAsync, OFF_LOOP_MIN_WORK, type MlpScratch } from "./layers/mlp.js";
+import { createExpertScratch, LocalExpertExecutor } from "./layers/moe.js";
 import type { PagedLatentCache } from "./kv-cache/paged-latent.js";
 import type { ExpertExecutor, KvSink } from "./ports.js";
 import { softmaxExp } from "./tensor/softmax.js";
@@ -47,7 +49,7 @@ import {
   type MoeWeights,
   type QueryWeights,
 } from "./weights.js";
-import { ScratchBuffer, Workspace } from "./workspace.js";
+import { ScratchBuffer } from "./workspace.js";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { CheckpointError, errorMessage } from "@moela/core";
@@ -143,6 +145,8 @@ interface ModelScratch {
   readonly block: BlockScratch;
   readonly attn: AttentionScratch;
   readonly moe: MoeScratch;
+  /** The dense MLPs' and the shared experts' (layers/mlp.ts). */
+  readonly mlp: MlpScratch;
   readonly head: HeadScratch;
   readonly mtp: MtpScratch;
   readonly mtpHead: HeadScratch;
@@ -156,6 +160,7 @@ function modelScratch(): ModelScratch {
     block: { h: f32(), xn: f32(), y: f32(), final: f32() },
     attn: attentionScratch(),
     moe: { gateLogits: f32(), ids: ScratchBuffer.i32(), weights: f32(), routed: f32() },
+    mlp: createMlpScratch(),
     head: { sel: f32(), logits: f32() },
     mtp: { cat: f32(), e: f32(), h: f32(), final: f32() },
     mtpHead: { sel: f32(), logits: f32() },
@@ -235,8 +240,6 @@ export class DeepseekModel {
   readonly rotary: RotaryParams;
   readonly kvDtype: KvDtype;
   private experts: ExpertExecutor;
-  /** The MLPs' named scratch (layers/mlp.ts, shared with moe-dispatch's expert-hosts). */
-  private readonly ws = new Workspace();
   private readonly scratch: ModelScratch = modelScratch();
   private readonly router: RouterScratch;
   /** Micro-batch lanes (lane()). */
@@ -279,7 +282,7 @@ export class DeepseekModel {
     this.router = createRouterScratch(config);
     this.experts =
       opts.experts ??
-      new LocalExpertExecutor(this.moeLayers(), config.hiddenSize, config.numExpertsPerTok, new Workspace(), this.kernels, this.mm, this.offLoopMinWork);
+      new LocalExpertExecutor(this.moeLayers(), config.hiddenSize, config.numExpertsPerTok, createExpertScratch(), this.kernels, this.mm, this.offLoopMinWork);
     if (opts.threads !== undefined) this.setThreads(opts.threads);
   }
 
@@ -393,7 +396,6 @@ export class DeepseekModel {
   private lane(i: number): DeepseekModel {
     while (this.lanes.length <= i) {
       const twin = Object.create(this) as DeepseekModel;
-      Object.defineProperty(twin, "ws", { value: new Workspace() });
       Object.defineProperty(twin, "scratch", { value: modelScratch() });
       Object.defineProperty(twin, "router", { value: createRouterScratch(this.config) });
       this.lanes.push(twin);
@@ -657,7 +659,7 @@ export class DeepseekModel {
 
   /** A group of MLPs (layers/mlp.ts mlpForwardGroup), off the event loop when large. */
   private async mlpA(group: readonly MlpWeights[], counts: readonly number[], x: Float32Array, out: Float32Array): Promise<void> {
-    await mlpForwardGroupAsync(group, counts, x, out, this.ws, this.kernels, this.mm, this.offLoopMinWork);
+    await mlpForwardGroupAsync(group, counts, x, out, this.scratch.mlp, this.kernels, this.mm, this.offLoopMinWork);
   }
 
   /**
@@ -687,12 +689,6 @@ export class DeepseekModel {
     const ctx = this.scratch.attn.ctx.get(L * this.mla.D);
     cache.gather(layer, s.blockTable, L, ctx);
     return ctx;
-  }
-
-  /** q_rope of the sequence whose first token is row t, as the attend kernel's second query part. */
-  private ropeQuery(q: Float32Array, t: number): Pick<AttendArgs, "qb" | "qbOff" | "qbTok" | "qbHead" | "lenB"> {
-    const { H, dn, dr, dq } = this.mla;
-    return { qb: q, qbOff: t * H * dq + dn, qbTok: H * dq, qbHead: dq, lenB: dr };
   }
 
   /**
@@ -738,43 +734,24 @@ export class DeepseekModel {
     oLat: Float32Array,
     t: number,
   ): Promise<void> {
-    const { H, R, D } = this.mla;
     const n = s.tokens.length;
-    const slab = cache.slab(layer); // [numBlocks * blockSize, D]
     const nb = Math.ceil((s.start + n) / cache.blockSize);
     const table = this.scratch.attn.table.get(nb);
     for (let i = 0; i < nb; i++) table[i] = s.blockTable[i]!;
-    await this.attendA({
-      qa: qAbs,
-      qaOff: t * H * R,
-      qaTok: H * R,
-      qaHead: R,
-      lenA: R,
-      ...this.ropeQuery(q, t),
-      kb: slab,
-      kbOff: R,
-      kbPos: D,
-      kbHead: 0,
-      ka: slab,
-      kaOff: 0,
-      kaPos: D,
-      kaHead: 0,
-      val: slab,
-      valOff: 0,
-      valPos: D,
-      valHead: 0,
-      lenV: R,
-      out: oLat,
-      outOff: t * H * R,
-      outTok: H * R,
-      outHead: R,
-      n,
-      H,
-      start: s.start,
-      scale: this.rotary.softmaxScale,
-      blockTable: table,
-      blockSize: cache.blockSize,
-    });
+    await this.attendA(
+      absorbedAttendArgs(this.mla, {
+        latents: cache.slab(layer), // [numBlocks * blockSize, D]
+        qAbs,
+        q,
+        out: oLat,
+        row: t,
+        n,
+        start: s.start,
+        scale: this.rotary.softmaxScale,
+        blockTable: table,
+        blockSize: cache.blockSize,
+      }),
+    );
   }
 
   /**
@@ -836,40 +813,13 @@ export class DeepseekModel {
 
   /** One sequence's decompressed attention: every head's K_nope | V in one product, then one attend call. */
   private async decompressedKernel(kvB: WeightMatrix, ctx: Float32Array, s: ForwardSeq, q: Float32Array, t: number, heads: Float32Array): Promise<void> {
-    const { H, dn, dv, dq, R, D } = this.mla;
-    const hs = dn + dv;
+    const { H, dn, dv, D } = this.mla;
     const L = s.start + s.tokens.length;
-    const kv = this.scratch.attn.kv.get(L * H * hs); // [L, H * (dn + dv)] every head's K_nope | V
+    const kv = this.scratch.attn.kv.get(L * H * (dn + dv)); // [L, H * (dn + dv)] every head's K_nope | V
     await this.mmA(kvB, ctx, L, kv, { xStride: D });
-    await this.attendA({
-      qa: q,
-      qaOff: t * H * dq,
-      qaTok: H * dq,
-      qaHead: dq,
-      lenA: dn,
-      ...this.ropeQuery(q, t),
-      kb: ctx,
-      kbOff: R,
-      kbPos: D,
-      kbHead: 0,
-      ka: kv,
-      kaOff: 0,
-      kaPos: H * hs,
-      kaHead: hs,
-      val: kv,
-      valOff: dn,
-      valPos: H * hs,
-      valHead: hs,
-      lenV: dv,
-      out: heads,
-      outOff: t * H * dv,
-      outTok: H * dv,
-      outHead: dv,
-      n: s.tokens.length,
-      H,
-      start: s.start,
-      scale: this.rotary.softmaxScale,
-    });
+    await this.attendA(
+      decompressedAttendArgs(this.mla, { latents: ctx, kv, q, out: heads, row: t, n: s.tokens.length, start: s.start, scale: this.rotary.softmaxScale }),
+    );
   }
 
   /**

@@ -3,6 +3,7 @@
 // an output element does not depend on the batch around it, the layout, the thread count or the instruction set.
 import { afterAll, describe, expect, it } from "vitest";
 import {
+  absorbedAttendArgs,
   F8_E4M3_TO_F32,
   attendTs,
   f32ToBf16Bits,
@@ -143,39 +144,7 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
     const qa = fill(new Float32Array(n * H * R), 5 + n);
     const qb = fill(new Float32Array(n * H * dr), 9 + n);
     const ctx = fill(new Float32Array(L * D), 13);
-    return {
-      qa,
-      qaOff: 0,
-      qaTok: H * R,
-      qaHead: R,
-      lenA: R,
-      qb,
-      qbOff: 0,
-      qbTok: H * dr,
-      qbHead: dr,
-      lenB: dr,
-      ka: ctx,
-      kaOff: 0,
-      kaPos: D,
-      kaHead: 0,
-      kb: ctx,
-      kbOff: R,
-      kbPos: D,
-      kbHead: 0,
-      val: ctx,
-      valOff: 0,
-      valPos: D,
-      valHead: 0,
-      lenV: R,
-      out,
-      outOff: 0,
-      outTok: H * R,
-      outHead: R,
-      n,
-      H,
-      start,
-      scale: 0.3,
-    };
+    return absorbedAttendArgs({ H, R, dn: 0, dr }, { latents: ctx, qAbs: qa, q: qb, out, row: 0, n, start, scale: 0.3 });
   }
 
   it("attend matches float64 softmax attention, and n tokens at once equal one at a time", () => {

@@ -9,6 +9,7 @@ import { portableKernels, referenceKernels } from "./portable.js";
 import { KERNELS_NAMES, type KernelBackend, type KernelsName } from "./types.js";
 
 export * from "./types.js";
+export * from "./mla-layout.js";
 export { groupedMatmul, matmulTransposed, attendTs } from "./portable.js";
 export { native as nativeKernelsAddon };
 
