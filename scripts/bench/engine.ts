@@ -44,25 +44,9 @@ import {
   type WeightMatrix,
 } from "@moela/engine";
 import { generateCheckpoint } from "../lib/tiny-checkpoint.js";
-import { describeYardsticks, yardsticksFor } from "../lib/yardsticks.js";
-import {
-  commandLine,
-  commaList,
-  describeMachine,
-  fmt,
-  fmtX,
-  log,
-  machineInfo,
-  median,
-  parseWithReportOptions,
-  ratio,
-  textTable,
-  writeReport,
-  type Bar,
-  type BarChart,
-} from "../lib/bench-report.js";
+import { commaList, fmt, fmtX, log, median, parseWithReportOptions, ratio, textTable, type Bar, type BarChart } from "../lib/bench-report.js";
+import { gemmRef, measureSetting, readBandwidthRef, settingLines, writeBenchReport } from "../lib/bench-setting.js";
 
-const list = commaList;
 const program = new Command("bench-engine")
   .option("--models <dirs>", "comma-separated checkpoint folders", "models/tiny-v3,/tmp/moela-large-v3")
   .option("--backends <list>", "kernel backends (fast, portable, reference)", "fast,reference")
@@ -97,13 +81,13 @@ for (const k of ["threads", "promptTokens", "rounds"] as const) {
 for (const k of ["decodeTokens", "referenceDecodeTokens", "speculationTokens"] as const) {
   if (!(Number.isInteger(opts[k]) && opts[k] >= 2)) throw new Error(`${flag(k)} must be an integer >= 2 (the first token comes from prefill), got ${opts[k]}`);
 }
-const BACKENDS = list(opts.backends) as KernelsName[];
+const BACKENDS = commaList(opts.backends) as KernelsName[];
 for (const b of BACKENDS) if (!["fast", "portable", "reference"].includes(b)) throw new Error(`--backends: '${b}' is not fast, portable or reference`);
 if (BACKENDS.length === 0) throw new Error("--backends is empty");
-const BATCHES = list(opts.batches).map(Number);
+const BATCHES = commaList(opts.batches).map(Number);
 if (BATCHES.length === 0 || BATCHES.some((b) => !(Number.isInteger(b) && b >= 1))) throw new Error(`--batches must be positive integers, got ${opts.batches}`);
-const MODELS = list(opts.models);
-const SPEC_MODELS = new Set(list(opts.speculationModels));
+const MODELS = commaList(opts.models);
+const SPEC_MODELS = new Set(commaList(opts.speculationModels));
 const batchesOf = (b: KernelsName): number[] => (b === "reference" ? [Math.min(...BATCHES)] : BATCHES);
 const decodeTokensOf = (b: KernelsName): number => (b === "reference" ? opts.referenceDecodeTokens : opts.decodeTokens);
 
@@ -276,8 +260,8 @@ interface Row {
   readonly prefillGFlopsOverGemm: number | null;
 }
 
-const machine = machineInfo();
-const { yard, readGBs, gemmGFlops } = yardsticksFor(opts.yardsticks, log);
+const setting = measureSetting(opts.yardsticks);
+const { readGBs, gemmGFlops } = setting;
 
 const notes: string[] = [];
 if (BACKENDS.includes("fast") && !fastKernelsAvailable()) notes.push("NOTE: the native kernels did not load: `fast` is the portable TypeScript backend here");
@@ -401,12 +385,9 @@ log(`done in ${fmt(elapsedS, 0)} s`);
 
 // ---- report ----------------------------------------------------------------------------------------------
 
-const cmd = commandLine();
 const mib = (b: number): string => fmt(b / 2 ** 20, 2);
 const lines: string[] = [
-  `$ ${cmd}`,
-  describeMachine(machine),
-  yard === null ? "yardsticks: skipped (--no-yardsticks)" : describeYardsticks(yard),
+  ...settingLines(setting),
   `backends: ${BACKENDS.map((b) => `${b}${b === "fast" ? ` (${nativeKernelsAddon?.isa() ?? "typescript"})` : ""}`).join(", ")}; ${opts.threads} thread${opts.threads === 1 ? "" : "s"}; ` +
     `greedy, random weights; ${opts.promptTokens}-token prompts; ${opts.rounds === 1 ? "one round" : `medians of ${opts.rounds} rounds, backends interleaved`}`,
   ...notes,
@@ -506,13 +487,13 @@ const charts: BarChart[] = [
     title: "decode: GB/s = tok/s x weight bytes per token (dashed: the single-thread read bandwidth)",
     unit: "GB/s",
     bars: mainRows.map((r) => bar(r, r.decodeGBs, r.decodeGBsOverRead, `batch ${r.batch}: ${fmt(r.decodeTokS)} tok/s`)),
-    ...(readGBs === null ? {} : { refs: [{ value: readGBs, label: `read bw ${fmt(readGBs)} GB/s` }] }),
+    ...readBandwidthRef(setting),
   },
   {
     title: `prefill (${opts.promptTokens}-token prompts): GFLOP/s = tok/s x 2 x weight elements per token (dashed: numpy's GEMM)`,
     unit: "GFLOP/s",
     bars: mainRows.map((r) => bar(r, r.prefillGFlops, r.prefillGFlopsOverGemm, `batch ${r.batch}: ${fmt(r.prefillTokS)} tok/s`)),
-    ...(gemmGFlops === null ? {} : { refs: [{ value: gemmGFlops, label: `GEMM ${fmt(gemmGFlops)} GFLOP/s` }] }),
+    ...gemmRef(setting),
   },
 ];
 if (specRows.length > 0) {
@@ -527,12 +508,7 @@ if (specRows.length > 0) {
     })),
   });
 }
-const [jsonPath, htmlPath] = writeReport(opts.out, "engine", "moela engine benchmark", lines, charts, {
-  version: 2,
-  at: new Date().toISOString(),
-  command: cmd,
-  machine,
-  yardsticks: yard,
+const [jsonPath, htmlPath] = writeBenchReport(setting, opts.out, "engine", "moela engine benchmark", lines, charts, 2, {
   options: opts,
   tokenCosts: Object.fromEntries(costs),
   elapsedS,

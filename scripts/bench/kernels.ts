@@ -30,6 +30,7 @@
 import { availableParallelism } from "node:os";
 import { Command } from "commander";
 import {
+  absorbedAttendArgs,
   DEFAULT_PARALLEL_MIN_WORK,
   MatmulPool,
   f32ToBf16Bits,
@@ -41,25 +42,9 @@ import {
   type KernelBackend,
   type WeightMatrix,
 } from "@moela/engine";
-import { describeYardsticks, yardsticksFor } from "../lib/yardsticks.js";
-import {
-  commandLine,
-  commaList,
-  describeMachine,
-  fmt,
-  fmtX,
-  log,
-  machineInfo,
-  median,
-  parseWithReportOptions,
-  ratio,
-  textTable,
-  writeReport,
-  type Bar,
-  type BarChart,
-} from "../lib/bench-report.js";
+import { commaList, fmt, fmtX, log, median, parseWithReportOptions, ratio, textTable, type Bar, type BarChart } from "../lib/bench-report.js";
+import { gemmRef, measureSetting, readBandwidthRef, settingLines, writeBenchReport } from "../lib/bench-setting.js";
 
-const list = commaList;
 const program = new Command("bench-kernels")
   .option("--threads <n>", "threads of the fast backend's multi-thread configurations", (v) => Number(v), availableParallelism())
   .option("--repeats <n>", "rounds per measurement (median reported)", (v) => Number(v), 5)
@@ -100,19 +85,19 @@ for (const k of ["roundMs", "maxCallMs", "workingSetMb"] as const) {
   if (!(Number.isFinite(opts[k]) && opts[k] >= 0))
     throw new Error(`--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} must be a number >= 0, got ${opts[k]}`);
 }
-const SHAPES = list(opts.shapes).map((s) => {
+const SHAPES = commaList(opts.shapes).map((s) => {
   const m = /^(\d+)x(\d+)$/.exec(s);
   if (!m) throw new Error(`--shapes: '${s}' is not ROWSxCOLS`);
   return { rows: Number(m[1]), cols: Number(m[2]) };
 });
-const TOKENS = list(opts.tokens)
+const TOKENS = commaList(opts.tokens)
   .map(Number)
   .sort((a, b) => a - b);
 if (TOKENS.some((t) => !(Number.isInteger(t) && t >= 1))) throw new Error(`--tokens must be positive integers, got ${opts.tokens}`);
 type Kind = "fp8" | "bf16" | "f32";
-const KINDS = list(opts.kinds) as Kind[];
+const KINDS = commaList(opts.kinds) as Kind[];
 for (const k of KINDS) if (!["fp8", "bf16", "f32"].includes(k)) throw new Error(`--kinds: '${k}' is not fp8, bf16 or f32`);
-const BACKENDS = list(opts.backends);
+const BACKENDS = commaList(opts.backends);
 for (const b of BACKENDS) if (b !== "fast" && b !== "portable") throw new Error(`--backends: '${b}' is not fast or portable`);
 
 // ---- configurations ---------------------------------------------------------------------------------
@@ -133,7 +118,7 @@ if (BACKENDS.includes("fast")) {
   if (native === null) notes.push("the native kernels did not load: no fast-backend configurations");
   else {
     const supported = native.supportedIsas();
-    const isas = opts.isas === undefined ? supported : list(opts.isas);
+    const isas = opts.isas === undefined ? supported : commaList(opts.isas);
     for (const isa of isas) if (!supported.includes(isa)) throw new Error(`--isas: '${isa}' is not supported here (supported: ${supported.join(", ")})`);
     const fast = kernelsByName("fast");
     const threadCounts = opts.threads === 1 ? [1] : [1, opts.threads];
@@ -281,8 +266,8 @@ interface Result {
   readonly gflopsOverGemm: number | null;
 }
 
-const machine = machineInfo();
-const { yard, readGBs, gemmGFlops } = yardsticksFor(opts.yardsticks, log);
+const setting = measureSetting(opts.yardsticks);
+const { readGBs, gemmGFlops } = setting;
 
 const results: Result[] = [];
 function record(op: Result["op"], what: string, kind: string, T: number, bytes: number, flops: number, timings: Map<Config, Timing>): void {
@@ -381,39 +366,8 @@ if (opts.extras) {
     const out = new Float32Array(n * H * R);
     const what = `decode ${H} heads, ${L} positions`;
     log(`attend ${what} ...`);
-    const args = (ctx: Float32Array): AttendArgs => ({
-      qa,
-      qaOff: 0,
-      qaTok: H * R,
-      qaHead: R,
-      lenA: R,
-      qb,
-      qbOff: DN,
-      qbTok: H * DQ,
-      qbHead: DQ,
-      lenB: DR,
-      ka: ctx,
-      kaOff: 0,
-      kaPos: D,
-      kaHead: 0,
-      kb: ctx,
-      kbOff: R,
-      kbPos: D,
-      kbHead: 0,
-      val: ctx,
-      valOff: 0,
-      valPos: D,
-      valHead: 0,
-      lenV: R,
-      out,
-      outOff: 0,
-      outTok: H * R,
-      outHead: R,
-      n,
-      H,
-      start: L - n,
-      scale: 1 / Math.sqrt(DQ),
-    });
+    const args = (ctx: Float32Array): AttendArgs =>
+      absorbedAttendArgs({ H, R, dn: DN, dr: DR }, { latents: ctx, qAbs: qa, q: qb, out, row: 0, n, start: L - n, scale: 1 / Math.sqrt(DQ) });
     const prepared = ctxs.map((c) => args(c!));
     const timings = timeConfigs(
       (k, i) => k.attend(prepared[i % prepared.length]!),
@@ -496,12 +450,9 @@ log(`done in ${fmt(elapsedS, 0)} s`);
 
 // ---- report ----------------------------------------------------------------------------------------
 
-const cmd = commandLine();
 const cell = (v: number | null, r: number | null): string => (v === null ? "-" : r === null ? fmt(v) : `${fmt(v)} ${fmtX(r)}`);
 const lines: string[] = [
-  `$ ${cmd}`,
-  describeMachine(machine),
-  yard === null ? "yardsticks: skipped (--no-yardsticks)" : describeYardsticks(yard),
+  ...settingLines(setting),
   `kernels: ${configs.map((c) => c.label).join(", ")} (avx512/avx2/portable = the fast backend's native instruction set; ts = the portable TypeScript backend; Nt = threads)`,
   `medians of ${opts.repeats} rounds, configurations interleaved; weights cycled through ${opts.workingSetMb} MB of copies; "-" = skipped (call predicted over ${opts.maxCallMs} ms)`,
   ...notes,
@@ -614,7 +565,7 @@ const charts: BarChart[] = [
       matmuls.filter((r) => r.T === TOKENS[0]),
       "gbs",
     ),
-    ...(readGBs === null ? {} : { refs: [{ value: readGBs, label: `read bw ${fmt(readGBs)} GB/s` }] }),
+    ...readBandwidthRef(setting),
   },
   {
     title: `matmul at T ${maxT}: GFLOP/s (dashed: numpy's float32 GEMM)`,
@@ -623,16 +574,11 @@ const charts: BarChart[] = [
       matmuls.filter((r) => r.T === maxT),
       "gflops",
     ),
-    ...(gemmGFlops === null ? {} : { refs: [{ value: gemmGFlops, label: `GEMM ${fmt(gemmGFlops)} GFLOP/s` }] }),
+    ...gemmRef(setting),
   },
 ];
 if (extras.length > 0) charts.push({ title: "matmulT and attend: GFLOP/s", unit: "GFLOP/s", bars: bars(extras, "gflops") });
-const [jsonPath, htmlPath] = writeReport(opts.out, "kernels", "moela kernel benchmark", lines, charts, {
-  version: 1,
-  at: new Date().toISOString(),
-  command: cmd,
-  machine,
-  yardsticks: yard,
+const [jsonPath, htmlPath] = writeBenchReport(setting, opts.out, "kernels", "moela kernel benchmark", lines, charts, 1, {
   options: { ...opts, configs: configs.map((c) => c.label) },
   elapsedS,
   results,
