@@ -451,37 +451,27 @@ interface Breakdown {
   perStep: Record<BreakdownRow, number | undefined>;
 }
 
-const BREAKDOWN_ROWS = [
-  "attention",
-  "gate",
-  "shared_expert",
-  "routed_experts_here",
-  "dispatch_encode",
-  "waiting_on_hosts",
-  "host_handling",
-  "host_compute",
-  "combine",
-  "dense_mlp",
-  "lm_head",
-  "outside_phases",
-] as const;
-type BreakdownRow = (typeof BREAKDOWN_ROWS)[number];
-
-/** What each row is, and which layers it is divided over for the per-layer column. */
-const ROW_INFO: Record<BreakdownRow, { label: string; per: "layer" | "moe" | "dense" | "step" }> = {
-  attention: { label: "attention (norm, MLA, residual)", per: "layer" },
-  gate: { label: "gate (router, top-k)", per: "moe" },
-  shared_expert: { label: "shared expert", per: "moe" },
-  routed_experts_here: { label: "routed experts computed here", per: "moe" },
-  dispatch_encode: { label: "dispatch: encode + send", per: "moe" },
-  waiting_on_hosts: { label: "waiting on expert-hosts", per: "moe" },
-  host_handling: { label: "  of which a host's handling (per call)", per: "moe" },
-  host_compute: { label: "  of which its expert compute (per call)", per: "moe" },
-  combine: { label: "combine: decode + add", per: "moe" },
-  dense_mlp: { label: "dense MLP", per: "dense" },
-  lm_head: { label: "output head", per: "step" },
-  outside_phases: { label: "outside the forward (sampling, batching, streaming)", per: "step" },
-};
+/** The breakdown's rows, in order, with their labels, grouped by which layers the per-layer column divides them over. */
+const BREAKDOWN = {
+  layer: { attention: "attention (norm, MLA, residual)" },
+  moe: {
+    gate: "gate (router, top-k)",
+    shared_expert: "shared expert",
+    routed_experts_here: "routed experts computed here",
+    dispatch_encode: "dispatch: encode + send",
+    waiting_on_hosts: "waiting on expert-hosts",
+    host_handling: "  of which a host's handling (per call)",
+    host_compute: "  of which its expert compute (per call)",
+    combine: "combine: decode + add",
+  },
+  dense: { dense_mlp: "dense MLP" },
+  step: { lm_head: "output head", outside_phases: "outside the forward (sampling, batching, streaming)" },
+} as const;
+type BreakdownPer = keyof typeof BREAKDOWN;
+type BreakdownRow = { [P in BreakdownPer]: keyof (typeof BREAKDOWN)[P] }[BreakdownPer];
+const BREAKDOWN_ROWS: readonly { readonly row: BreakdownRow; readonly label: string; readonly per: BreakdownPer }[] = (
+  Object.keys(BREAKDOWN) as BreakdownPer[]
+).flatMap((per) => Object.entries(BREAKDOWN[per]).map(([row, label]) => ({ row: row as BreakdownRow, label, per })));
 
 const MOE_LAYERS = cfg.numHiddenLayers - cfg.firstKDenseReplace;
 /** Decode's micro-batches: its default (2) unless --service-arg decode=--micro-batches=N says otherwise. */
@@ -489,7 +479,7 @@ const DECODE_MICRO_BATCHES = (() => {
   const arg = opts.serviceArg.map((a) => /^decode=--micro-batches[= ](\d+)$/.exec(a)).find((m) => m !== null);
   return arg ? Number(arg[1]) : 2;
 })();
-const layersOf = (per: "layer" | "moe" | "dense" | "step"): number =>
+const layersOf = (per: BreakdownPer): number =>
   per === "layer" ? cfg.numHiddenLayers : per === "moe" ? MOE_LAYERS : per === "dense" ? cfg.firstKDenseReplace : 1;
 
 function breakdownFromPhases(
@@ -871,15 +861,15 @@ if (speedCluster !== undefined) {
   out.push(
     table([
       ["per layer (us)", ...cols.map(([n]) => n)],
-      ...BREAKDOWN_ROWS.filter((r) => ROW_INFO[r].per !== "step").map((r) => [
-        `${ROW_INFO[r].label}${ROW_INFO[r].per === "moe" ? " /MoE layer" : ROW_INFO[r].per === "dense" ? " /dense layer" : ""}`,
-        ...cols.map(([, b]) => us(b?.perStep[r], layersOf(ROW_INFO[r].per))),
+      ...BREAKDOWN_ROWS.filter((r) => r.per !== "step").map(({ row, label, per }) => [
+        `${label}${per === "moe" ? " /MoE layer" : per === "dense" ? " /dense layer" : ""}`,
+        ...cols.map(([, b]) => us(b?.perStep[row], layersOf(per))),
       ]),
       ["per step (us)", ...cols.map(() => "")],
-      ...BREAKDOWN_ROWS.filter((r) => ROW_INFO[r].per === "step").map((r) => [
-        ROW_INFO[r].label,
+      ...BREAKDOWN_ROWS.filter((r) => r.per === "step").map(({ row, label }) => [
+        label,
         // Micro-batches in flight together: one's wait holds the other's work, so the phases add up to more than the step.
-        ...cols.map(([, b]) => (r === "outside_phases" && (b?.perStep[r] ?? 0) < 0 ? "(overlap)" : us(b?.perStep[r], 1))),
+        ...cols.map(([, b]) => (row === "outside_phases" && (b?.perStep[row] ?? 0) < 0 ? "(overlap)" : us(b?.perStep[row], 1))),
       ]),
       ["whole decode step", ...cols.map(([, b]) => (b === undefined ? "" : ((1e6 * b.stepSeconds) / b.steps).toFixed(0)))],
     ]),
