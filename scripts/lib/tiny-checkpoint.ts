@@ -40,6 +40,7 @@ import * as path from "node:path";
 import { ConfigError } from "@moela/core";
 import { parseModelConfig, writeHfCheckpoint, type FloatDType, type ModelConfig, type TensorSpec } from "@moela/engine";
 import { buildTinyTokenizerFiles, TINY_VOCAB_SIZE } from "@moela/tokenizer";
+import { mulberry32 } from "./random.js";
 
 export type PresetName = "tiny-v3" | "tiny-v3-bf16" | "tiny-v2-lite" | "large-v3";
 export type { FloatDType, InitKind, TensorSpec } from "@moela/engine";
@@ -198,18 +199,6 @@ function fnv1a(s: string): number {
     h = Math.imul(h, 0x01000193) >>> 0;
   }
   return h >>> 0;
-}
-
-/** mulberry32: tiny 32-bit PRNG, fine for weight noise; integer ops only. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const SQRT3 = Math.sqrt(3); // correctly rounded by IEEE 754, the same everywhere

@@ -14,16 +14,7 @@ export function fillRandom(a: Float32Array, seed: number): Float32Array {
 }
 
 /** Deterministic pseudo-random numbers in [0, 1) (mulberry32), so every case is reproducible. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32 as rng } from "../../scripts/lib/random.js";
 
 /**
  * Seeded activations [T, hidden] in [-2, 2) and a top-k routing of T tokens over the model's routed
