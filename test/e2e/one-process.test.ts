@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
 import { MoelaClient } from "@moela/client";
 import OpenAI from "openai";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { MOELA_BIN, REPO_ROOT, TINY_MODEL } from "../../services/cli/src/launcher.js";
 import { mapLimit, metricSum, moelaGenerate, scrapeMetrics, type GenerateResult } from "../helpers/cluster.js";
 
@@ -80,13 +80,14 @@ async function health(url: string): Promise<Health> {
 }
 
 async function until<T>(what: string, probe: () => Promise<T>, ok: (v: T) => boolean, ms = 15_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await probe();
-    if (ok(v)) return v;
-    if (Date.now() > end) throw new Error(`${what}: still ${JSON.stringify(v)} after ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  return vi.waitFor(
+    async () => {
+      const v = await probe();
+      if (!ok(v)) throw new Error(`${what}: still ${JSON.stringify(v)}`);
+      return v;
+    },
+    { timeout: ms, interval: 50 },
+  );
 }
 
 /** A streaming completion over raw fetch; resolves once its first SSE data line arrived. */

@@ -311,6 +311,7 @@ export class DeepseekModel {
     const next = threads === 1 ? null : new MatmulPool({ ...pool, threads });
     const old = this.pool;
     this.pool = next;
+    // Not awaited: the old workers finish their jobs and exit on their own; close() never rejects.
     void old?.close();
   }
 
