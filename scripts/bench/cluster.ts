@@ -19,7 +19,9 @@
  *     cache layers x (kv_lora_rank + qk_rope_head_dim) x the profile's KV dtype bytes;
  *   - hosts reached per token per MoE layer (mean, max; the max must not exceed topk_group);
  *   - dispatch and combine bytes per token per MoE layer, by codec;
- *   - decode tokens/s at batch 1 and 16 as a client sees it (streams, ignore_eos).
+ *   - decode tokens/s at batch 1 and 16 as a client sees it (streams, ignore_eos);
+ *   - the wire alone: one-token dispatches to all hosts and to one, beside a round trip of the same
+ *     size to a process that only echoes it over raw TCP and over grpc-js (transport-floors.ts).
  * In this process: the same decode loop (Engine over in-process expert-hosts, the dispatcher code
  * the services use) at batch 1 and 16, the dispatch bytes of every codec, and how far `paper`
  * departs from `exact` (teacher-forced top-1 agreement over the exact greedy path, largest logit
@@ -50,11 +52,13 @@ import {
   placementFor,
   type DispatchMode,
   getDispatchCodec,
+  encodedSize,
   type DispatchCodecName,
   type PrecisionName,
   type PrecisionProfile,
 } from "@moela/moe-dispatch";
 import { measureOneProcessServer } from "./one-process-server.js";
+import { measureTransportFloors, type TransportFloors } from "./transport-floors.js";
 import { epDecodeBound, type EpDecodeBound } from "@moela/planner";
 import { createServer, connect as connectTcp, type AddressInfo } from "node:net";
 import { DEFAULT_MODEL, startCluster, type Cluster, type ClusterInfo, type InstanceInfo } from "../../services/cli/src/launcher.js";
@@ -253,12 +257,23 @@ function clusterBreakdown(a: Snapshot, b: Snapshot, info: ClusterInfo): Breakdow
   return breakdownFromPhases(phases, steps, stepSeconds, dispatch, host);
 }
 
+interface WireRoundTrips {
+  /** To every host at once: median round trip of the slowest, and a host's own handling per call (microseconds). */
+  readonly all: Record<DispatchMode, { medianUs: number; hostUs: number | undefined }>;
+  /** DispatchStream to the first host alone, and its own handling per call. */
+  readonly oneHost: { medianUs: number; hostUs: number | undefined };
+  /** A message of the dispatch's size echoed by another process over raw TCP and over a bare grpc-js stream. */
+  readonly floors: TransportFloors;
+}
+
 /**
  * The wire alone: one-token dispatches to every expert-host of the cluster at once (the shape of a batch-1
  * decode layer), as one DispatchStream message per host and as one unary Dispatch call per host; median
- * round trip of the slowest host, and the hosts' own handling time, which the wire is on top of.
+ * round trip of the slowest host, and the hosts' own handling time, which the wire is on top of. Then the same
+ * DispatchStream message to one host alone, beside what a round trip of that size costs another process that
+ * only echoes it (transport-floors.ts): the part of the wire moela's own layers and the host add.
  */
-async function wireRoundTrips(info: ClusterInfo, profile: PrecisionProfile): Promise<Record<DispatchMode, { medianUs: number; hostUs: number | undefined }>> {
+async function wireRoundTrips(info: ClusterInfo, profile: PrecisionProfile): Promise<WireRoundTrips> {
   const hosts = info.instances.filter((i) => i.role === "expert-host").sort((a, b) => (a.shard ?? 0) - (b.shard ?? 0));
   const placement = placementFor(cfg, H);
   const layer = cfg.firstKDenseReplace;
@@ -272,31 +287,34 @@ async function wireRoundTrips(info: ClusterInfo, profile: PrecisionProfile): Pro
     expertIds: [placement.expertsOfHost[h]![0]!],
     weights: [1],
   }));
-  const out = {} as Record<DispatchMode, { medianUs: number; hostUs: number | undefined }>;
-  for (const mode of ["stream", "unary"] as const) {
+  const timed = async (mode: DispatchMode, to: readonly number[]): Promise<{ medianUs: number; hostUs: number | undefined }> => {
     const transports = connectExpertHosts(
-      hosts.map((h) => h.grpc),
+      to.map((h) => hosts[h]!.grpc),
       { dispatchMode: mode },
     );
     try {
       const times: number[] = [];
-      for (let i = 0; i < 50; i++) await Promise.all(transports.map((t, h) => t.dispatch(reqs[h]!)));
+      for (let i = 0; i < 50; i++) await Promise.all(transports.map((t, k) => t.dispatch(reqs[to[k]!]!)));
       const a = await snapshot(info);
       for (let i = 0; i < 400; i++) {
         const t0 = performance.now();
-        await Promise.all(transports.map((t, h) => t.dispatch(reqs[h]!)));
+        await Promise.all(transports.map((t, k) => t.dispatch(reqs[to[k]!]!)));
         times.push(performance.now() - t0);
       }
       const b = await snapshot(info);
       times.sort((p, q) => p - q);
       const calls = delta(a, b, info, ["expert-host"], "moela_expert_host_dispatch_seconds_count");
       const handling = delta(a, b, info, ["expert-host"], "moela_expert_host_dispatch_seconds_sum");
-      out[mode] = { medianUs: 1000 * times[times.length >> 1]!, hostUs: calls && handling !== undefined ? (1e6 * handling) / calls : undefined };
+      return { medianUs: 1000 * times[times.length >> 1]!, hostUs: calls && handling !== undefined ? (1e6 * handling) / calls : undefined };
     } finally {
       for (const t of transports) t.close();
     }
-  }
-  return out;
+  };
+  const every = hosts.map((_, h) => h);
+  const all = { stream: await timed("stream", every), unary: await timed("unary", every) };
+  const oneHost = await timed("stream", [0]);
+  const floors = await measureTransportFloors(encodedSize(reqs[0]!.activations));
+  return { all, oneHost, floors };
 }
 
 /**
@@ -377,7 +395,7 @@ interface ClusterResult {
   dispatchBytesPerTokenHost: number | undefined;
   combineBytesPerTokenLayer: number | undefined;
   decode: Array<{ batch: number; clientTokS: number; tpotMs: number; decodeStepTokS: number | undefined; tokens: number; breakdown: Breakdown | undefined }>;
-  wire: Record<DispatchMode, { medianUs: number; hostUs: number | undefined }>;
+  wire: WireRoundTrips;
 }
 
 interface InProcessResult {
@@ -849,9 +867,12 @@ if (speedCluster !== undefined) {
     ["one process b1", generate1.breakdown],
     ...speedCluster.decode.map((d): [string, Breakdown | undefined] => [`cluster b${d.batch}`, d.breakdown]),
   ];
-  const w = speedCluster.wire;
+  const w = speedCluster.wire.all;
+  const oneHost = speedCluster.wire.oneHost;
+  const floors = speedCluster.wire.floors;
   out.push(
     `The wire alone (one-token dispatches to all ${H} hosts at once, median of 400): DispatchStream ${w.stream.medianUs.toFixed(0)} us, unary Dispatch ${w.unary.medianUs.toFixed(0)} us per layer (unary/stream ${(w.unary.medianUs / w.stream.medianUs).toFixed(2)}x); a host's own handling ${f(w.stream.hostUs, 0)} us of it`,
+    `To one host alone: DispatchStream ${oneHost.medianUs.toFixed(0)} us, of which the host's own handling ${f(oneHost.hostUs, 0)} us; a ${floors.bytes}-byte round trip to a process that only echoes it (median of ${floors.rounds}): raw TCP ${floors.tcpUs.toFixed(0)} us, a bare grpc-js stream ${floors.grpcUs.toFixed(0)} us (${(floors.grpcUs / floors.tcpUs).toFixed(2)}x raw TCP); DispatchStream less host handling ${oneHost.hostUs === undefined ? "n/a" : `${(oneHost.medianUs - oneHost.hostUs).toFixed(0)} us, ${((oneHost.medianUs - oneHost.hostUs) / floors.grpcUs).toFixed(2)}x the bare grpc-js stream`}`,
   );
   out.push("");
   const us = (x: number | undefined, n: number) => (x === undefined ? "" : ((1e6 * x) / n).toFixed(0));
