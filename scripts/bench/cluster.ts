@@ -65,7 +65,8 @@ import { DEFAULT_MODEL, startCluster, type Cluster, type ClusterInfo, type Insta
 
 const program = new Command("bench-cluster")
   .option("--model <dir>", "checkpoint folder", DEFAULT_MODEL)
-  .option("--expert-hosts <h>", "expert-hosts (cluster and in-process)", (v) => Number(v), 2)
+  .option("--expert-hosts <h>", "expert shards (cluster and in-process)", (v) => Number(v), 2)
+  .option("--expert-replicas <r>", "expert-host processes per shard in the cluster (each dispatch goes to the least-loaded)", (v) => Number(v), 1)
   .option("--prompt-tokens <n>", "prompt length of the KV/dispatch workload", (v) => Number(v), 32)
   .option("--requests <n>", "requests in the KV/dispatch workload", (v) => Number(v), 4)
   .option("--decode-tokens <n>", "tokens per stream in the decode throughput runs", (v) => Number(v), 64)
@@ -100,10 +101,13 @@ const opts = program.opts<{
   out: string;
   cluster: boolean;
   repeat: number;
+  expertReplicas: number;
   oneProcessServer?: boolean;
 }>();
 const MODEL = resolve(opts.model);
 const H = opts.expertHosts;
+const R = opts.expertReplicas;
+if (!(Number.isInteger(R) && R >= 1)) throw new Error(`--expert-replicas must be a positive integer, got ${R}`);
 const BATCHES = opts.batches.split(",").map(Number);
 const PROFILES = opts.profiles.split(",").filter((p) => p !== "") as PrecisionName[];
 for (const p of PROFILES) if (!(p in PRECISION_PROFILES)) throw new Error(`--profiles: unknown profile ${p}`);
@@ -274,7 +278,8 @@ interface WireRoundTrips {
  * only echoes it (transport-floors.ts): the part of the wire moela's own layers and the host add.
  */
 async function wireRoundTrips(info: ClusterInfo, profile: PrecisionProfile): Promise<WireRoundTrips> {
-  const hosts = info.instances.filter((i) => i.role === "expert-host").sort((a, b) => (a.shard ?? 0) - (b.shard ?? 0));
+  // One replica of each shard (the first), in shard order.
+  const hosts = info.instances.filter((i) => i.role === "expert-host" && i.index < H).sort((a, b) => (a.shard ?? 0) - (b.shard ?? 0));
   const placement = placementFor(cfg, H);
   const layer = cfg.firstKDenseReplace;
   const x = Float32Array.from({ length: cfg.hiddenSize }, (_, i) => Math.sin(i));
@@ -643,7 +648,7 @@ function runningCluster(profile: PrecisionName): ClusterInfo | undefined {
     return undefined; // stale file
   }
   const hosts = info.instances.filter((i) => i.role === "expert-host").length;
-  return info.precision === profile && hosts === H && resolve(info.model) === MODEL ? info : undefined;
+  return info.precision === profile && hosts === H * R && resolve(info.model) === MODEL ? info : undefined;
 }
 
 async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
@@ -653,12 +658,13 @@ async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
   let stateDir: string | undefined;
   if (info !== undefined) log(`${profile}: using the running cluster at ${info.url} (${opts.clusterJson})`);
   else {
-    log(`${profile}: starting a cluster (${H} expert-hosts, 1 decode, 1 prefill, router) ...`);
+    log(`${profile}: starting a cluster (${H} expert shards x ${R} replicas, 1 decode, 1 prefill, router) ...`);
     stateDir = mkdtempSync(join(tmpdir(), "moela-bench-"));
     cluster = await startCluster({
       model: MODEL,
       precision: profile,
       expertHosts: H,
+      expertReplicas: R,
       port: 0,
       stateDir,
       queuePrefix: `bench-${randomUUID().slice(0, 8)}`,
