@@ -178,6 +178,22 @@ export class WeightLoader {
     return w;
   }
 
+  /**
+   * `name`, or `copyOf` itself when the checkpoint stores the same bytes under `name`. DeepSeek-V3 checkpoints
+   * repeat the embedding and the output head in every MTP layer (embed_tokens, shared_head.head); sharing the one
+   * matrix saves their memory (two vocab x hidden tensors: about 3.7 GB on V3) and lets the MTP head find in cache
+   * what the main head has just read. Same values, so the same bits either way.
+   */
+  matrixOrCopyOf(name: string, rows: number, cols: number, copyOf: WeightMatrix): WeightMatrix {
+    const t = this.tensor(name, [rows, cols]);
+    const kindOf: Partial<Record<string, WeightMatrix["kind"]>> = { F32: "f32", BF16: "bf16", F16: "f16" };
+    if (kindOf[t.dtype] === copyOf.kind && copyOf.rows === rows && copyOf.cols === cols) {
+      const held = Buffer.from(copyOf.data.buffer, copyOf.data.byteOffset, copyOf.data.byteLength);
+      if (held.equals(t.bytes)) return copyOf;
+    }
+    return this.matrix(name, rows, cols);
+  }
+
   linear(prefix: string, rows: number, cols: number): Linear {
     const biasName = `${prefix}.bias`;
     return { w: this.matrix(`${prefix}.weight`, rows, cols), bias: this.ckpt.has(biasName) ? this.vector(biasName, rows) : null };
@@ -268,13 +284,13 @@ export function loadWeights(dir: string, cfg: ModelConfig, opts: LoadOptions = {
     const i = c.numHiddenLayers + j;
     const p = `model.layers.${i}`;
     mtp.push({
-      embed: l.has(`${p}.embed_tokens.weight`) ? l.matrix(`${p}.embed_tokens.weight`, c.vocabSize, h) : embed,
+      embed: l.has(`${p}.embed_tokens.weight`) ? l.matrixOrCopyOf(`${p}.embed_tokens.weight`, c.vocabSize, h, embed) : embed,
       enorm: l.vector(`${p}.enorm.weight`, h),
       hnorm: l.vector(`${p}.hnorm.weight`, h),
       ehProj: l.matrix(`${p}.eh_proj.weight`, h, 2 * h),
       block: l.block(i, opts),
       headNorm: l.vector(`${p}.shared_head.norm.weight`, h),
-      head: l.has(`${p}.shared_head.head.weight`) ? l.matrix(`${p}.shared_head.head.weight`, c.vocabSize, h) : lmHead,
+      head: l.has(`${p}.shared_head.head.weight`) ? l.matrixOrCopyOf(`${p}.shared_head.head.weight`, c.vocabSize, h, lmHead) : lmHead,
     });
     step();
   }
