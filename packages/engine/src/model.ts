@@ -47,6 +47,7 @@ import {
   type MlpWeights,
   type ModelWeights,
   type MoeWeights,
+  type MtpWeights,
   type QueryWeights,
 } from "./weights.js";
 import { ScratchBuffer } from "./workspace.js";
@@ -138,6 +139,8 @@ interface MtpScratch {
   readonly e: ScratchBuffer<Float32Array>; // [hidden] one embedding row
   readonly h: ScratchBuffer<Float32Array>; // [T, hidden] residual stream
   readonly final: ScratchBuffer<Float32Array>; // [T, hidden] after shared_head.norm
+  readonly last: ScratchBuffer<Float32Array>; // [sequences, hidden] each sequence's last row of h (forwardMtp's split)
+  readonly earlier: ScratchBuffer<Float32Array>; // [T - sequences, hidden] the rows of h before them
 }
 
 /** A model's (or a micro-batch lane's) scratch memory, one typed object per module. */
@@ -162,7 +165,7 @@ function modelScratch(): ModelScratch {
     moe: { gateLogits: f32(), ids: ScratchBuffer.i32(), weights: f32(), routed: f32() },
     mlp: createMlpScratch(),
     head: { sel: f32(), logits: f32() },
-    mtp: { cat: f32(), e: f32(), h: f32(), final: f32() },
+    mtp: { cat: f32(), e: f32(), h: f32(), final: f32(), last: f32(), earlier: f32() },
     mtpHead: { sel: f32(), logits: f32() },
     microBatch: { hidden: f32(), logits: f32() },
   };
@@ -419,13 +422,53 @@ export class DeepseekModel {
     return await this.logitsFor(seqs, hidden, this.weights.lmHead, this.scratch.head);
   }
 
-  /** MTP head forward (draft model): predicts the token after next for each position given. */
+  /**
+   * MTP head forward (draft model): predicts the token after next for each position given. When every sequence
+   * wants the last row's logits only (decoding's drafts) and no KV sink listens, the rows before each last one
+   * feed nothing but the MTP layer's cache (the layer is the draft model's only one), so they get their latents
+   * written and nothing else; the last rows then run the whole layer over that cache. Every row is computed as it
+   * would be in one batch, so the draft and the cache are the same bits either way; the result's `hidden` and
+   * `tokenRow` then cover the last rows only (logitRow, what callers read, is per sequence as always).
+   */
   async forwardMtp(cache: PagedLatentCache, seqs: readonly MtpSeq[], opts: ForwardOptions): Promise<ForwardResult> {
     const mtp = this.weights.mtp[0];
     if (mtp === undefined) throw new Error("this checkpoint has no MTP layer");
     const c = this.config;
     const hd = c.hiddenSize;
-    const T = this.countTokens(seqs);
+    let T = this.countTokens(seqs);
+    let h = await this.mtpInput(mtp, seqs, T);
+    if (opts.kvSink === undefined && seqs.every((s) => s.logits === "last") && T > seqs.length) {
+      // Split the rows: each sequence's last one (whole layer) and those before it (latents only).
+      const last = this.scratch.mtp.last.get(seqs.length * hd);
+      const earlier = this.scratch.mtp.earlier.get((T - seqs.length) * hd);
+      let t = 0;
+      let e = 0;
+      for (let i = 0; i < seqs.length; i++) {
+        const n = seqs[i]!.tokens.length;
+        earlier.set(h.subarray(t * hd, (t + n - 1) * hd), e * hd);
+        last.set(h.subarray((t + n - 1) * hd, (t + n) * hd), i * hd);
+        t += n;
+        e += n - 1;
+      }
+      const before = seqs.filter((s) => s.tokens.length > 1).map((s) => ({ ...s, tokens: Array.from(s.tokens).slice(0, -1) }));
+      await this.mtpLatentsOnly(mtp, cache, before, earlier, e);
+      seqs = seqs.map((s) => {
+        const n = s.tokens.length;
+        return { ...s, start: s.start + n - 1, tokens: [s.tokens[n - 1]!], hiddenOff: s.hiddenOff + (n - 1) * hd };
+      });
+      T = seqs.length;
+      h = last;
+    }
+    await this.block(mtp.block, cache, seqs, h, T, opts);
+    const normed = this.scratch.mtp.final.get(T * hd); // [T, hidden]
+    rmsNormRows(h, T, hd, mtp.headNorm, c.rmsNormEps, normed);
+    return await this.logitsFor(seqs, normed, mtp.head, this.scratch.mtpHead);
+  }
+
+  /** The MTP layer's input rows: eh_proj([enorm(embed(next token)) ; hnorm(main hidden)]), [T, hidden]. */
+  private async mtpInput(mtp: MtpWeights, seqs: readonly MtpSeq[], T: number): Promise<Float32Array> {
+    const c = this.config;
+    const hd = c.hiddenSize;
     const cat = this.scratch.mtp.cat.get(T * 2 * hd); // [T, 2*hidden] = [enorm(embed(next)) ; hnorm(hidden)]
     const e = this.scratch.mtp.e.get(hd); // [hidden]
     let t = 0;
@@ -440,10 +483,22 @@ export class DeepseekModel {
     }
     const h = this.scratch.mtp.h.get(T * hd); // [T, hidden]
     await this.mmA(mtp.ehProj, cat, T, h);
-    await this.block(mtp.block, cache, seqs, h, T, opts);
-    const normed = this.scratch.mtp.final.get(T * hd); // [T, hidden]
-    rmsNormRows(h, T, hd, mtp.headNorm, c.rmsNormEps, normed);
-    return await this.logitsFor(seqs, normed, mtp.head, this.scratch.mtpHead);
+    return h;
+  }
+
+  /** The MTP layer's latent rows of these T tokens (input rows h) into the cache, as its attention writes them. */
+  private async mtpLatentsOnly(mtp: MtpWeights, cache: PagedLatentCache, seqs: readonly ForwardSeq[], h: Float32Array, T: number): Promise<void> {
+    const c = this.config;
+    const hd = c.hiddenSize;
+    const b = mtp.block;
+    const xn = this.scratch.block.xn.get(T * hd);
+    rmsNormRows(h, T, hd, b.inputNorm, c.rmsNormEps, xn);
+    const lat = await this.projectLatents(b.attn, xn, T, this.ropeTables(seqs, T));
+    let t = 0;
+    for (const s of seqs) {
+      cache.write(b.index, s.blockTable, s.start, s.tokens.length, lat, t * this.mla.D);
+      t += s.tokens.length;
+    }
   }
 
   private countTokens(seqs: readonly ForwardSeq[]): number {

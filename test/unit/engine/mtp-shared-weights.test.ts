@@ -69,7 +69,7 @@ async function greedy(model: DeepseekModel, speculation: "on" | "off"): Promise<
   const seq: Sequence = engine.newSequence("s", [5, 9, 17, 33, 2, 71], { temperature: 0, topP: 1, topK: -1, maxTokens: 16, ignoreEos: true });
   await engine.prefill([seq]);
   while (!seq.finished) await engine.step([seq]);
-  return [...seq.output];
+  return seq.output.map((t) => t.id);
 }
 
 describe("the MTP layer's copies of the embedding and the output head", () => {
