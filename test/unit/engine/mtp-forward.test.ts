@@ -3,33 +3,10 @@
  * layer's cache and runs the whole layer on the last rows alone. Against the same call with logits on every row
  * (which runs the whole layer on every row): the same last-row logits and the same cache rows, bit for bit.
  */
-import * as fs from "node:fs";
-import * as os from "node:os";
-import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { DeepseekModel, PagedLatentCache } from "@moela/engine";
-import { generateCheckpoint, type GenerateOptions } from "../../../scripts/lib/tiny-checkpoint.js";
+import { makeCheckpoint, removeCheckpoints, SMALL_V3 } from "../../helpers/checkpoints.js";
 
-const SMALL: GenerateOptions = {
-  preset: "tiny-v3",
-  config: {
-    hidden_size: 64,
-    intermediate_size: 96,
-    moe_intermediate_size: 32,
-    num_hidden_layers: 2,
-    n_routed_experts: 8,
-    n_group: 4,
-    topk_group: 2,
-    num_experts_per_tok: 2,
-    q_lora_rank: 48,
-    kv_lora_rank: 32,
-    qk_nope_head_dim: 16,
-    qk_rope_head_dim: 8,
-    v_head_dim: 16,
-    num_attention_heads: 2,
-    vocab_size: 200,
-  },
-};
 const PROMPTS = [
   [3, 17, 44, 9, 120, 7, 66],
   [5, 81, 2, 190],
@@ -37,8 +14,7 @@ const PROMPTS = [
 /** Tokens each sequence gives the MTP call (as after a verifying step that accepted its draft, and a plain one). */
 const NEW = [[31, 12, 77], [140]];
 
-const root = fs.mkdtempSync(path.join(os.tmpdir(), "moela-mtp-forward-"));
-afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
+afterAll(removeCheckpoints);
 
 /** Prefill both prompts with the main model, then one MTP call over the tokens after them. */
 async function mtpAfterPrefill(model: DeepseekModel, logits: "last" | "all", attention: "absorbed" | "decompressed") {
@@ -100,9 +76,7 @@ async function mtpAfterPrefill(model: DeepseekModel, logits: "last" | "all", att
 describe("forwardMtp on the last rows only", () => {
   for (const attention of ["absorbed", "decompressed"] as const) {
     it(`gives the last rows' logits and the cache rows of the whole-layer call, bit for bit (${attention})`, async () => {
-      const dir = path.join(root, attention);
-      generateCheckpoint(SMALL, dir);
-      const model = DeepseekModel.load(dir);
+      const model = DeepseekModel.load(makeCheckpoint(SMALL_V3));
       const last = await mtpAfterPrefill(model, "last", attention);
       const all = await mtpAfterPrefill(model, "all", attention);
       expect(last.lastLogits).toEqual(all.lastLogits);

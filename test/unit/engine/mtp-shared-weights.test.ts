@@ -5,32 +5,11 @@
  * writing the main tensors' bytes over the MTP ones.
  */
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DeepseekModel, Engine, type Sequence } from "@moela/engine";
-import { generateCheckpoint, type GenerateOptions } from "../../../scripts/lib/tiny-checkpoint.js";
+import { makeCheckpoint, removeCheckpoints, SMALL_V3 } from "../../helpers/checkpoints.js";
 
-const SMALL: GenerateOptions = {
-  preset: "tiny-v3",
-  config: {
-    hidden_size: 64,
-    intermediate_size: 96,
-    moe_intermediate_size: 32,
-    num_hidden_layers: 2,
-    n_routed_experts: 8,
-    n_group: 4,
-    topk_group: 2,
-    num_experts_per_tok: 2,
-    q_lora_rank: 48,
-    kv_lora_rank: 32,
-    qk_nope_head_dim: 16,
-    qk_rope_head_dim: 8,
-    v_head_dim: 16,
-    num_attention_heads: 2,
-    vocab_size: 200,
-  },
-};
 const MTP = "model.layers.2";
 
 /** Where each tensor's bytes are: file, absolute offset, length. */
@@ -73,16 +52,15 @@ async function greedy(model: DeepseekModel, speculation: "on" | "off"): Promise<
 }
 
 describe("the MTP layer's copies of the embedding and the output head", () => {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), "moela-mtp-shared-"));
-  const distinct = path.join(root, "distinct");
-  const copies = path.join(root, "copies");
+  let distinct = "";
+  let copies = "";
   beforeAll(() => {
-    generateCheckpoint(SMALL, distinct);
-    generateCheckpoint(SMALL, copies);
+    distinct = makeCheckpoint(SMALL_V3);
+    copies = makeCheckpoint(SMALL_V3);
     copyTensorBytes(copies, "model.embed_tokens.weight", `${MTP}.embed_tokens.weight`);
     copyTensorBytes(copies, "lm_head.weight", `${MTP}.shared_head.head.weight`);
   });
-  afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
+  afterAll(removeCheckpoints);
 
   it("share the main matrices when their bytes are the same, and count once in the resident bytes", () => {
     const own = DeepseekModel.load(distinct);
@@ -97,8 +75,7 @@ describe("the MTP layer's copies of the embedding and the output head", () => {
   });
 
   it("a head that differs in one byte is loaded as its own", () => {
-    const dir = path.join(root, "one-byte");
-    generateCheckpoint(SMALL, dir);
+    const dir = makeCheckpoint(SMALL_V3);
     copyTensorBytes(dir, "lm_head.weight", `${MTP}.shared_head.head.weight`);
     const at = tensorLocations(dir).get(`${MTP}.shared_head.head.weight`)!;
     const fd = fs.openSync(at.file, "r+");

@@ -4,34 +4,13 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
 import { CheckpointTensors, dequantFp8Tensor, parseModelConfig, toFloat32 } from "@moela/engine";
-import { checkpointTensorSpecs, generateCheckpoint, resolveConfig, type GenerateOptions } from "../../../scripts/lib/tiny-checkpoint.js";
+import { checkpointTensorSpecs, generateCheckpoint, resolveConfig } from "../../../scripts/lib/tiny-checkpoint.js";
+import { SMALL_V3 } from "../../helpers/checkpoints.js";
 
 const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), "moela-gen-"));
 afterAll(() => fs.rmSync(tmpRoot, { recursive: true, force: true }));
 let counter = 0;
 const tmpDir = (): string => path.join(tmpRoot, `g${counter++}`);
-
-/** A very small V3 variant so the test runs in well under a second. */
-const SMALL: GenerateOptions = {
-  preset: "tiny-v3",
-  config: {
-    hidden_size: 64,
-    intermediate_size: 96,
-    moe_intermediate_size: 32,
-    num_hidden_layers: 2,
-    n_routed_experts: 8,
-    n_group: 4,
-    topk_group: 2,
-    num_experts_per_tok: 2,
-    q_lora_rank: 48,
-    kv_lora_rank: 32,
-    qk_nope_head_dim: 16,
-    qk_rope_head_dim: 8,
-    v_head_dim: 16,
-    num_attention_heads: 2,
-    vocab_size: 200,
-  },
-};
 
 function filesOf(dir: string): Map<string, Buffer> {
   return new Map(
@@ -44,9 +23,9 @@ function filesOf(dir: string): Map<string, Buffer> {
 
 describe("tiny checkpoint generator", () => {
   it("is deterministic: same seed -> byte-identical files, other seed -> other weights", () => {
-    const a = generateCheckpoint(SMALL, tmpDir(), 7);
-    const b = generateCheckpoint(SMALL, tmpDir(), 7);
-    const c = generateCheckpoint(SMALL, tmpDir(), 8);
+    const a = generateCheckpoint(SMALL_V3, tmpDir(), 7);
+    const b = generateCheckpoint(SMALL_V3, tmpDir(), 7);
+    const c = generateCheckpoint(SMALL_V3, tmpDir(), 8);
     const fa = filesOf(a.dir);
     const fb = filesOf(b.dir);
     expect([...fa.keys()]).toEqual(["README.md", "config.json", "generation_config.json", "model.safetensors"]);
@@ -56,7 +35,7 @@ describe("tiny checkpoint generator", () => {
   });
 
   it("writes the HF tensor names, shapes and the release's dtype choices", () => {
-    const g = generateCheckpoint(SMALL, tmpDir(), 1);
+    const g = generateCheckpoint(SMALL_V3, tmpDir(), 1);
     const cfg = parseModelConfig(JSON.parse(fs.readFileSync(path.join(g.dir, "config.json"), "utf8")));
     expect(cfg.fp8BlockSize).toEqual([128, 128]);
     expect(cfg.numNextnPredictLayers).toBe(1);
@@ -91,7 +70,7 @@ describe("tiny checkpoint generator", () => {
   });
 
   it("initialises weights with the documented scales (norms near 1, linears 1/sqrt(fan_in))", () => {
-    const g = generateCheckpoint(SMALL, tmpDir(), 3);
+    const g = generateCheckpoint(SMALL_V3, tmpDir(), 3);
     const ck = CheckpointTensors.open(g.dir);
     const stats = (v: Float32Array): { mean: number; std: number } => {
       const mean = v.reduce((a, b) => a + b, 0) / v.length;
@@ -108,14 +87,14 @@ describe("tiny checkpoint generator", () => {
   });
 
   it("the bf16 preset writes shards + index and the same underlying weights", () => {
-    const small = { ...SMALL, preset: "tiny-v3-bf16" as const, maxShardBytes: 20_000 };
+    const small = { ...SMALL_V3, preset: "tiny-v3-bf16" as const, maxShardBytes: 20_000 };
     const g = generateCheckpoint(small, tmpDir(), 1);
     expect(g.fp8).toBe(false);
     expect(g.files).toContain("model.safetensors.index.json");
     const ck = CheckpointTensors.open(g.dir);
     expect(ck.files.length).toBeGreaterThan(2);
     expect(JSON.parse(fs.readFileSync(path.join(g.dir, "config.json"), "utf8")).quantization_config).toBeUndefined();
-    const fp8 = CheckpointTensors.open(generateCheckpoint(SMALL, tmpDir(), 1).dir);
+    const fp8 = CheckpointTensors.open(generateCheckpoint(SMALL_V3, tmpDir(), 1).dir);
     const name = "model.layers.1.self_attn.o_proj.weight";
     const bf = toFloat32(ck.get(name));
     const q = dequantFp8Tensor(fp8.get(name), fp8.get(`${name}_scale_inv`));
@@ -130,7 +109,7 @@ describe("tiny checkpoint generator", () => {
   });
 
   it("tiny-v2-lite: q_proj, no correction bias, no MTP, F32", () => {
-    const g = generateCheckpoint({ preset: "tiny-v2-lite", config: { ...SMALL.config, q_lora_rank: null, n_group: 1, topk_group: 1 } }, tmpDir(), 1);
+    const g = generateCheckpoint({ preset: "tiny-v2-lite", config: { ...SMALL_V3.config, q_lora_rank: null, n_group: 1, topk_group: 1 } }, tmpDir(), 1);
     const ck = CheckpointTensors.open(g.dir);
     expect(g.modelConfig.modelType).toBe("deepseek_v2");
     expect(ck.describe("model.layers.1.self_attn.q_proj.weight").dtype).toBe("F32");
@@ -143,7 +122,7 @@ describe("tiny checkpoint generator", () => {
 
   it("writes tokenizer files when the vocabulary fits them", () => {
     const { config } = resolveConfig("tiny-v3");
-    const g = generateCheckpoint({ ...SMALL, config: { ...SMALL.config, vocab_size: config["vocab_size"] } }, tmpDir(), 1);
+    const g = generateCheckpoint({ ...SMALL_V3, config: { ...SMALL_V3.config, vocab_size: config["vocab_size"] } }, tmpDir(), 1);
     expect(g.tokenizer).toBe(true);
     const tj = JSON.parse(fs.readFileSync(path.join(g.dir, "tokenizer.json"), "utf8"));
     const ids = [...Object.values(tj.model.vocab as Record<string, number>), ...tj.added_tokens.map((t: { id: number }) => t.id)];
