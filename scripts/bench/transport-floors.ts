@@ -15,6 +15,7 @@ import { fork } from "node:child_process";
 import { createServer, connect, type AddressInfo, type Socket } from "node:net";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
+import { median } from "../lib/bench-report.js";
 
 /** One bidi method whose messages are raw bytes. */
 const ECHO_SERVICE: grpc.ServiceDefinition = {
@@ -54,11 +55,6 @@ async function runPeer(): Promise<void> {
   process.send!(ports);
   // The parent ends the peer by disconnecting its IPC channel.
   process.on("disconnect", () => process.exit(0));
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[s.length >> 1]!;
 }
 
 /** Median round trip (microseconds) of `bytes` echoed back, one message in flight, after a warm-up. */
