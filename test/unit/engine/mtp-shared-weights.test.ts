@@ -43,12 +43,17 @@ function copyTensorBytes(dir: string, from: string, to: string): void {
   fs.closeSync(fdOut);
 }
 
-async function greedy(model: DeepseekModel, speculation: "on" | "off"): Promise<number[]> {
+/** 16 greedy tokens, and the MTP draft after each step (null: none). */
+async function greedy(model: DeepseekModel, speculation: "on" | "off"): Promise<{ tokens: number[]; drafts: (number | null)[] }> {
   const engine = new Engine(model, { blockSize: 16, numBlocks: 8, speculation });
   const seq: Sequence = engine.newSequence("s", [5, 9, 17, 33, 2, 71], { temperature: 0, topP: 1, topK: -1, maxTokens: 16, ignoreEos: true });
   await engine.prefill([seq]);
-  while (!seq.finished) await engine.step([seq]);
-  return seq.output.map((t) => t.id);
+  const drafts: (number | null)[] = [seq.draft?.token ?? null];
+  while (!seq.finished) {
+    await engine.step([seq]);
+    drafts.push(seq.draft?.token ?? null);
+  }
+  return { tokens: seq.output.map((t) => t.id), drafts };
 }
 
 describe("the MTP layer's copies of the embedding and the output head", () => {
@@ -88,11 +93,19 @@ describe("the MTP layer's copies of the embedding and the output head", () => {
     expect(m.weights.mtp[0]!.head).not.toBe(m.weights.lmHead);
   });
 
-  it("speculation over the shared matrices gives the tokens of plain decoding", async () => {
-    const model = DeepseekModel.load(copies);
-    const off = await greedy(model, "off");
-    const on = await greedy(model, "on");
-    expect(on).toEqual(off);
-    expect(off).toHaveLength(16);
+  it("drafts from the shared matrices as from separate copies of them", async () => {
+    const shared = DeepseekModel.load(copies);
+    const w = shared.weights;
+    const mtp = w.mtp[0]!;
+    // The same checkpoint with the MTP layer's embedding and head as copies of their own (as before sharing).
+    const copy = <M extends { data: Float32Array | Uint16Array | Uint8Array }>(m: M): M => ({ ...m, data: m.data.slice() });
+    const separate = new DeepseekModel(shared.config, { ...w, mtp: [{ ...mtp, embed: copy(w.embed), head: copy(w.lmHead) }] }, shared.weightBytes);
+    expect(separate.weights.mtp[0]!.head).not.toBe(separate.weights.lmHead);
+    const a = await greedy(shared, "on");
+    const b = await greedy(separate, "on");
+    const off = await greedy(shared, "off");
+    expect(a.tokens).toEqual(off.tokens);
+    expect(a).toEqual(b);
+    expect(a.drafts.filter((d) => d !== null).length).toBeGreaterThan(8);
   });
 });
