@@ -112,6 +112,22 @@ export class GrpcExpertHostTransport implements ExpertHostTransport {
     return fromInfoResponse(res);
   }
 
+  /**
+   * Resolves true once the channel is connected (connecting now if idle), false when `timeoutMs` passes
+   * or `signal` aborts first. A restarted peer is reconnected to within the reconnect backoff.
+   */
+  waitConnected(timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
+    if (signal?.aborted) return Promise.resolve(false);
+    return new Promise<boolean>((resolve) => {
+      const onAbort = (): void => resolve(false);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.client.waitForReady(Date.now() + timeoutMs, (err) => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve(err === undefined || err === null);
+      });
+    });
+  }
+
   close(): void {
     if (this.stream !== undefined) this.breakStream(this.stream, new UnavailableError(`${this.name}: the transport was closed`));
     this.client.close();

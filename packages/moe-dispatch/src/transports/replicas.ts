@@ -9,7 +9,10 @@
  *
  * Choice: "least-loaded" (default) takes the replica with the fewest calls in flight from this
  * process, ties in round-robin order; "round-robin" rotates. A replica that answered UNAVAILABLE is
- * skipped for `downForMs` unless every replica is down (then all are tried again).
+ * skipped for `downForMs` unless every replica is down (then all are tried again). When every replica
+ * answered UNAVAILABLE, the call waits up to `reconnectWaitMs` for one of them to connect before it
+ * fails: a replica restarted a moment ago is up while this process's channel to it still sits out its
+ * reconnect backoff, and a request that arrives then should be served, not refused.
  *
  * ExpertShardSet keeps one such transport per shard and their membership: the static replicas
  * (--expert-hosts "a|b,c|d") plus those found in the registry (update()), each checked once with
@@ -27,6 +30,11 @@ export interface ReplicaOptions extends Omit<GrpcExpertHostOptions, "address" | 
   readonly selection?: ReplicaSelection;
   /** How long a replica that answered UNAVAILABLE is passed over (default 2000 ms). */
   readonly downForMs?: number;
+  /**
+   * When every replica answered UNAVAILABLE, how long to wait for one to (re)connect before failing
+   * (default 2500 ms: the channels' longest reconnect backoff, 2 s, plus its jitter).
+   */
+  readonly reconnectWaitMs?: number;
   readonly logger?: Logger;
 }
 
@@ -47,6 +55,7 @@ export class ReplicatedExpertHostTransport implements ExpertHostTransport {
   private next = 0;
   private readonly selection: ReplicaSelection;
   private readonly downForMs: number;
+  private readonly reconnectWaitMs: number;
   private readonly options: ReplicaOptions;
   private readonly logger: Logger | undefined;
   /** Dispatches this transport sent again to another replica after an UNAVAILABLE. */
@@ -57,6 +66,7 @@ export class ReplicatedExpertHostTransport implements ExpertHostTransport {
     this.options = options;
     this.selection = options.selection ?? "least-loaded";
     this.downForMs = options.downForMs ?? 2_000;
+    this.reconnectWaitMs = options.reconnectWaitMs ?? 2_500;
     this.logger = options.logger;
     for (const a of addresses) this.add(a);
   }
@@ -112,8 +122,19 @@ export class ReplicatedExpertHostTransport implements ExpertHostTransport {
   private async withFailover<T>(method: string, call: (t: GrpcExpertHostTransport) => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
     const tried = new Set<Replica>();
     const failures: string[] = [];
+    let waited = false;
     for (;;) {
-      const r = this.pick(tried);
+      let r = this.pick(tried);
+      if (r === undefined && !waited && failures.length > 0) {
+        // Every replica failed: once, give a reconnecting one its backoff's time, then try the one that connected.
+        waited = true;
+        const connected = await this.firstConnected([...tried], signal);
+        if (connected !== undefined) {
+          tried.delete(connected);
+          connected.downUntil = 0;
+          r = this.pick(tried);
+        }
+      }
       if (r === undefined) {
         const what = failures.length > 0 ? failures.join("; ") : "no replica is known";
         throw new UnavailableError(`${this.name}: no replica could serve ${method} (${what})`);
@@ -135,6 +156,29 @@ export class ReplicatedExpertHostTransport implements ExpertHostTransport {
         r.inFlight--;
         if (r.retired && r.inFlight === 0) r.transport.close();
       }
+    }
+  }
+
+  /** The first of `replicas` still in the set whose channel connects within reconnectWaitMs, if any. */
+  private async firstConnected(replicas: readonly Replica[], signal: AbortSignal | undefined): Promise<Replica | undefined> {
+    const live = replicas.filter((r) => !r.retired);
+    if (live.length === 0 || this.reconnectWaitMs <= 0) return undefined;
+    const stop = new AbortController();
+    const onAbort = (): void => stop.abort();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      return await new Promise<Replica | undefined>((resolve) => {
+        let pending = live.length;
+        for (const r of live) {
+          void r.transport.waitConnected(this.reconnectWaitMs, stop.signal).then((ok) => {
+            if (ok) resolve(r);
+            else if (--pending === 0) resolve(undefined);
+          });
+        }
+      });
+    } finally {
+      stop.abort();
+      signal?.removeEventListener("abort", onAbort);
     }
   }
 
