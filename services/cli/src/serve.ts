@@ -16,7 +16,7 @@
 import { existsSync } from "node:fs";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { InternalError, InvalidArgumentError } from "@moela/core";
-import { ROLES, isRole, type Role } from "./launcher.js";
+import { ROLES, isRole, type Role } from "./topology.js";
 import { exitWithParent } from "./parent-watch.js";
 
 export type ServiceMain = (argv: string[], env: NodeJS.ProcessEnv) => Promise<number>;

@@ -1,7 +1,7 @@
 /** `moela cluster`: the whole platform as child processes (cluster.ts, launcher.ts), or `--role all` in one process. */
 import { type Command } from "commander";
 import { InternalError } from "@moela/core";
-import { runCluster, type ClusterCliOptions } from "../cluster.js";
+import type { ClusterCliOptions } from "../cluster.js";
 import { ALL_ROLE, oneProcessFromCluster, runServe } from "../serve.js";
 import { collect, intArg, withOptions, type OptionRow } from "./options.js";
 
@@ -53,6 +53,7 @@ export function addClusterCommand(program: Command): void {
       process.exitCode = await runServe(ALL_ROLE, one.argv, one.env);
       return;
     }
+    const { runCluster } = await import("../cluster.js");
     process.exitCode = await runCluster(opts);
   });
 }

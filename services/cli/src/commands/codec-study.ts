@@ -1,6 +1,6 @@
 /** `moela codec-study`: @moela/moe-dispatch's codec study (codec-study.ts). */
 import { type Command } from "commander";
-import { runCodecStudy, type CodecStudyCliOptions } from "../codec-study.js";
+import type { CodecStudyCliOptions } from "../codec-study.js";
 import { collect, intArg, withOptions, type OptionRow } from "./options.js";
 
 const CODEC_STUDY_OPTIONS: readonly OptionRow[] = [
@@ -22,6 +22,7 @@ export function addCodecStudyCommand(program: Command): void {
     .description("every dispatch codec's bytes/value and error on MoE-input activations and synthetic data, its effect on logits, LogFMT-8 vs E4M3");
   withOptions(cmd, CODEC_STUDY_OPTIONS).action(async (opts: CodecStudyCliOptions) => {
     if (opts.model.length === 0) opts.model = ["models/tiny-v3"];
+    const { runCodecStudy } = await import("../codec-study.js");
     process.exitCode = await runCodecStudy(opts);
   });
 }

@@ -1,8 +1,8 @@
 /** `moela generate`: the whole model in this process (generate.ts). */
 import { availableParallelism } from "node:os";
 import { Option, type Command } from "commander";
-import { SPECULATION_MODES } from "@moela/engine";
-import { runGenerate, type GenerateCliOptions } from "../generate.js";
+import { SPECULATION_MODES } from "@moela/engine/speculation-policy";
+import type { GenerateCliOptions } from "../generate.js";
 import { DEFAULT_MODEL } from "../paths.js";
 import { collect, floatArg, idListArg, intArg, withOptions, type OptionRow } from "./options.js";
 
@@ -40,6 +40,7 @@ const GENERATE_OPTIONS: readonly OptionRow[] = [
 export function addGenerateCommand(program: Command): void {
   const cmd = program.command("generate").description("run a checkpoint in this process and print the continuation");
   withOptions(cmd, GENERATE_OPTIONS).action(async (opts: GenerateCliOptions) => {
+    const { runGenerate } = await import("../generate.js");
     process.exitCode = await runGenerate(opts);
   });
 }

@@ -1,6 +1,7 @@
 /** `moela plan`: size a model from its config.json (plan.ts, @moela/planner). */
 import { type Command } from "commander";
-import { PLAN_DEFAULTS, runPlan, type PlanCliOptions } from "../plan.js";
+import { PLAN_DEFAULTS } from "@moela/planner";
+import type { PlanCliOptions } from "../plan.js";
 import { floatArg, intArg, withOptions, type OptionRow } from "./options.js";
 
 const PLAN_OPTIONS: readonly OptionRow[] = [
@@ -23,6 +24,7 @@ export function addPlanCommand(program: Command): void {
     .description("size a model from its config.json: parameters, KV cache, FLOPs per token, the paper's EP decode bound")
     .argument("<config>", "a Hugging Face config.json, or a folder holding one");
   withOptions(cmd, PLAN_OPTIONS).action(async (config: string, opts: PlanCliOptions) => {
+    const { runPlan } = await import("../plan.js");
     process.exitCode = await runPlan(config, opts);
   });
 }

@@ -1,7 +1,7 @@
 /** `moela train`: train a model in this process and save it in the HF layout (train.ts, @moela/train). */
 import { availableParallelism } from "node:os";
 import { type Command } from "commander";
-import { runTrain, type TrainCliOptions } from "../train.js";
+import type { TrainCliOptions } from "../train.js";
 import { floatArg, intArg, withOptions, type OptionRow } from "./options.js";
 
 const TRAIN_OPTIONS: readonly OptionRow[] = [
@@ -45,6 +45,7 @@ export function addTrainCommand(program: Command): void {
     .description("train a DeepSeek-V3-family model in this process (MLA, DeepSeekMoE, MTP) and save it in the HF layout")
     .requiredOption("--data <file>", "token ids (.bin/.u16 uint16, .u32, .json) or a UTF-8 text file with --tokenizer");
   withOptions(cmd, TRAIN_OPTIONS).action(async (opts: TrainCliOptions) => {
+    const { runTrain } = await import("../train.js");
     process.exitCode = await runTrain(opts);
   });
 }
