@@ -4,8 +4,6 @@ import { join } from "node:path";
 import { ConfigError, errorMessage, InvalidArgumentError } from "@moela/core";
 import { formatPlanTable, planModel, planToJson, type PlanOptions } from "@moela/planner";
 
-export { PLAN_DEFAULTS } from "@moela/planner";
-
 /** What commander parses: `--bandwidth-gbps` arrives as bandwidthGbps, the rest by PlanOptions' names. */
 export interface PlanCliOptions extends Omit<PlanOptions, "bandwidthGBps"> {
   bandwidthGbps?: number;
