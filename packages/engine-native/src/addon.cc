@@ -565,6 +565,28 @@ static napi_value str(napi_env env, const char* s) {
   return v;
 }
 
+// logSumExp(x, off, n, out): out[0] = m, the maximum of x[off .. off+n), and out[1] = log(sum exp(x - m)): a
+// log-softmax's normalizer (a token's logprob is (logit - m) - out[1]). Synchronous on the calling thread: one
+// vocabulary row is microseconds of work.
+static napi_value LogSumExp(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  int off, n;
+  Arr out;
+  if (argc < 4 || !get_int(env, argv[1], &off) || !get_int(env, argv[2], &n) || n < 1 || !get_array(env, argv[3], &out) || !out.present ||
+      out.type != napi_float64_array || out.length < 2)
+    return range_error(env, "logSumExp(x, off, n, out) takes a Float32Array, integers off >= 0 and n >= 1, and a Float64Array of 2");
+  std::string err;
+  const float* x = f32_at(env, argv[0], off, 0, (double)n - 1, "x", &err);
+  if (!x) return range_error(env, err);
+  float m;
+  const double lse = K->log_sum_exp(x, n, &m);
+  ((double*)out.data)[0] = m;
+  ((double*)out.data)[1] = lse;
+  return nullptr;
+}
+
 static napi_value Isa(napi_env env, napi_callback_info) { return str(env, K->isa); }
 
 static napi_value SupportedIsas(napi_env env, napi_callback_info) {
@@ -632,6 +654,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"matmulTAsync", nullptr, AsyncCallFn<20, prep_matmul_t>, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"mlpGroupAsync", nullptr, AsyncCallFn<6, prep_mlp_group>, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"attendAsync", nullptr, AsyncCallFn<33, prep_attend>, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"logSumExp", nullptr, LogSumExp, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"isa", nullptr, Isa, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"supportedIsas", nullptr, SupportedIsas, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"selectIsa", nullptr, SelectIsa, nullptr, nullptr, nullptr, napi_default, nullptr},

@@ -101,6 +101,12 @@ export interface NativeKernels {
   matmulTAsync(...args: Parameters<NativeKernels["matmulT"]>): Promise<void>;
   mlpGroupAsync(...args: Parameters<NativeKernels["mlpGroup"]>): Promise<void>;
   attendAsync(...args: Parameters<NativeKernels["attend"]>): Promise<void>;
+  /**
+   * out[0] = m, the maximum of x[off .. off + n), and out[1] = log(sum exp(x - m)): a log-softmax's normalizer
+   * (logprob = (x - m) - out[1]). exp in float32 by one fixed polynomial, the sum in 16 double lanes, so every
+   * instruction set gives the same bits.
+   */
+  logSumExp(x: Float32Array, off: number, n: number, out: Float64Array): void;
   /** The instruction set in use: "avx512", "avx2" or "portable". */
   isa(): string;
   supportedIsas(): string[];

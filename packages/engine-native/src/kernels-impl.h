@@ -351,4 +351,49 @@ static void attend(const AttendArgs* a, int i0, int i1) {
   }
 }
 
+/**
+ * exp(x) for x <= 0 in float32 (Cephes' expf): n = round(x log2 e), r = x - n ln 2 in two fused steps, a degree-7
+ * polynomial in r by fused multiply-adds, times 2^n. Below EXP_LOW the result is 0 (it would not be a normal float).
+ */
+static const float EXP_LOW = -87.0f;
+MOELA_INLINE V vexp_nonpositive(V x) {
+  const V n = vround(vmul(x, vset1(1.44269504088896341f)));
+  V r = vfma(n, vset1(-0.693359375f), x);
+  r = vfma(n, vset1(2.12194440e-4f), r);
+  V q = vset1(1.9875691500e-4f);
+  q = vfma(q, r, vset1(1.3981999507e-3f));
+  q = vfma(q, r, vset1(8.3334519073e-3f));
+  q = vfma(q, r, vset1(4.1665795894e-2f));
+  q = vfma(q, r, vset1(1.6666665459e-1f));
+  q = vfma(q, r, vset1(5.0000001201e-1f));
+  const V p = vadd(vfma(q, vmul(r, r), r), vset1(1.0f));
+  return vbelow(x, EXP_LOW, vzero(), vmul(p, vpow2i(n)));
+}
+
+/**
+ * log(sum_c exp(x[c] - m)) over n >= 1 values, m (written to *max) their maximum: with m, a log-softmax's
+ * normalizer (logprob = (x - m) - this). x[c] - m and exp in float32; lane j of 16 sums the terms c = j mod 16 in
+ * double, c ascending, then vdsum's tree. NaN anywhere gives NaN, as does an x of only -inf or one holding +inf.
+ */
+static double log_sum_exp(const float* x, int n, float* max) {
+  V mv = vset1(-INFINITY);
+  int c = 0;
+  for (; c + 16 <= n; c += 16) mv = vmax(vload(x + c), mv);
+  float lanes[16];
+  vstore(lanes, mv);
+  float m = -INFINITY;
+  for (int j = 0; j < 16; j++) m = lanes[j] > m ? lanes[j] : m;
+  for (int k = c; k < n; k++) m = x[k] > m ? x[k] : m;
+  const V negm = vset1(-m);
+  VD acc = vdzero();
+  for (c = 0; c + 16 <= n; c += 16) acc = vdadd(acc, vexp_nonpositive(vadd(vload(x + c), negm)));
+  if (c < n) {
+    float t[16];
+    for (int j = 0; j < 16; j++) t[j] = c + j < n ? x[c + j] : -INFINITY;  // exp(-inf - m) adds an exact 0
+    acc = vdadd(acc, vexp_nonpositive(vadd(vload(t), negm)));
+  }
+  *max = m;
+  return log(vdsum(acc));  // a NaN among x reaches the sum through its term
+}
+
 }  // namespace MOELA_ISA_NS

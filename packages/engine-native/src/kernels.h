@@ -71,6 +71,8 @@ struct KernelTable {
   void (*matmul_t)(const MatmulTArgs* a, int i0, int i1);
   /** Items: n * ceil(H / 8) (token, group of up to 8 heads). */
   void (*attend)(const AttendArgs* a, int i0, int i1);
+  /** log(sum_c exp(x[c] - m)) over n >= 1 floats and their maximum m (*max): a log-softmax's normalizer. */
+  double (*log_sum_exp)(const float* x, int n, float* max);
 };
 
 const KernelTable* moela_kernels_avx512();

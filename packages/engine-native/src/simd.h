@@ -71,6 +71,29 @@ MOELA_INLINE void vload2_e4m3(const uint8_t* p, V* lo, V* hi) {
   hi->v = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(w, 1));
 }
 
+// For the log-softmax normalizer (kernels-impl.h, log_normalizer): max, round to nearest even, 2^n, a select, and
+// 16 double lanes that sum float lanes exactly widened.
+MOELA_INLINE V vmax(V a, V b) { return {_mm512_max_ps(a.v, b.v)}; }  // a > b ? a : b, lane by lane (so b if either is NaN)
+MOELA_INLINE V vround(V a) { return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+/** 2^n for integral n in [-126, 127] (other lanes: any value). */
+MOELA_INLINE V vpow2i(V n) {
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127)), 23))};
+}
+/** x < lim ? lo : v, lane by lane (NaN x keeps v). */
+MOELA_INLINE V vbelow(V x, float lim, V lo, V v) { return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(x.v, _mm512_set1_ps(lim), _CMP_LT_OQ), v.v, lo.v)}; }
+struct VD {
+  __m512d lo, hi;  // lanes 0..7, 8..15
+};
+MOELA_INLINE VD vdzero() { return {_mm512_setzero_pd(), _mm512_setzero_pd()}; }
+MOELA_INLINE VD vdadd(VD a, V b) {
+  const __m256 bhi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b.v), 1));
+  return {_mm512_add_pd(a.lo, _mm512_cvtps_pd(_mm512_castps512_ps256(b.v))), _mm512_add_pd(a.hi, _mm512_cvtps_pd(bhi))};
+}
+MOELA_INLINE void vdstore(double* p, VD a) {
+  _mm512_storeu_pd(p, a.lo);
+  _mm512_storeu_pd(p + 8, a.hi);
+}
+
 #elif defined(MOELA_ISA_AVX2)
 
 struct V {
@@ -122,6 +145,30 @@ MOELA_INLINE V vload_e4m3_n(const uint8_t* p, int n) {
   uint8_t t[16] = {0};
   memcpy(t, p, (size_t)n);
   return vload_e4m3(t);
+}
+
+MOELA_INLINE V vmax(V a, V b) { return {_mm256_max_ps(a.lo, b.lo), _mm256_max_ps(a.hi, b.hi)}; }
+MOELA_INLINE V vround(V a) {
+  return {_mm256_round_ps(a.lo, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), _mm256_round_ps(a.hi, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+}
+MOELA_INLINE __m256 pow2i8(__m256 n) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+}
+MOELA_INLINE V vpow2i(V n) { return {pow2i8(n.lo), pow2i8(n.hi)}; }
+MOELA_INLINE V vbelow(V x, float lim, V lo, V v) {
+  const __m256 l = _mm256_set1_ps(lim);
+  return {_mm256_blendv_ps(v.lo, lo.lo, _mm256_cmp_ps(x.lo, l, _CMP_LT_OQ)), _mm256_blendv_ps(v.hi, lo.hi, _mm256_cmp_ps(x.hi, l, _CMP_LT_OQ))};
+}
+struct VD {
+  __m256d d[4];  // lanes 0..3, 4..7, 8..11, 12..15
+};
+MOELA_INLINE VD vdzero() { return {{_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()}}; }
+MOELA_INLINE VD vdadd(VD a, V b) {
+  return {{_mm256_add_pd(a.d[0], _mm256_cvtps_pd(_mm256_castps256_ps128(b.lo))), _mm256_add_pd(a.d[1], _mm256_cvtps_pd(_mm256_extractf128_ps(b.lo, 1))),
+           _mm256_add_pd(a.d[2], _mm256_cvtps_pd(_mm256_castps256_ps128(b.hi))), _mm256_add_pd(a.d[3], _mm256_cvtps_pd(_mm256_extractf128_ps(b.hi, 1)))}};
+}
+MOELA_INLINE void vdstore(double* p, VD a) {
+  for (int k = 0; k < 4; k++) _mm256_storeu_pd(p + 4 * k, a.d[k]);
 }
 
 #else  // portable
@@ -204,6 +251,44 @@ MOELA_INLINE V vload_e4m3_n(const uint8_t* p, int n) {
 }
 MOELA_INLINE V vload_e4m3(const uint8_t* p) { return vload_e4m3_n(p, 16); }
 
+
+MOELA_INLINE V vmax(V a, V b) {
+  V r;
+  for (int j = 0; j < 16; j++) r.v[j] = a.v[j] > b.v[j] ? a.v[j] : b.v[j];
+  return r;
+}
+MOELA_INLINE V vround(V a) {
+  V r;
+  for (int j = 0; j < 16; j++) r.v[j] = nearbyintf(a.v[j]);  // the default rounding mode: to nearest, ties to even
+  return r;
+}
+MOELA_INLINE V vpow2i(V n) {
+  V r;
+  for (int j = 0; j < 16; j++) {
+    const float k = n.v[j];
+    r.v[j] = k >= -126.0f && k <= 127.0f ? bits_to_f32((uint32_t)((int)k + 127) << 23) : 0.0f;
+  }
+  return r;
+}
+MOELA_INLINE V vbelow(V x, float lim, V lo, V v) {
+  V r;
+  for (int j = 0; j < 16; j++) r.v[j] = x.v[j] < lim ? lo.v[j] : v.v[j];
+  return r;
+}
+struct VD {
+  double v[16];
+};
+MOELA_INLINE VD vdzero() {
+  VD r;
+  for (int j = 0; j < 16; j++) r.v[j] = 0.0;
+  return r;
+}
+MOELA_INLINE VD vdadd(VD a, V b) {
+  for (int j = 0; j < 16; j++) a.v[j] = a.v[j] + (double)b.v[j];
+  return a;
+}
+MOELA_INLINE void vdstore(double* p, VD a) { memcpy(p, a.v, sizeof(a.v)); }
+
 #endif
 
 #if !defined(MOELA_ISA_AVX512)
@@ -217,6 +302,17 @@ MOELA_INLINE void vload2_e4m3(const uint8_t* p, V* lo, V* hi) {
 MOELA_INLINE float vsum(V a) {
   float t[16];
   vstore(t, a);
+  for (int j = 0; j < 8; j++) t[j] = t[j] + t[j + 8];
+  for (int j = 0; j < 4; j++) t[j] = t[j] + t[j + 4];
+  t[0] = t[0] + t[2];
+  t[1] = t[1] + t[3];
+  return t[0] + t[1];
+}
+
+/** vsum's tree over 16 double lanes. */
+MOELA_INLINE double vdsum(VD a) {
+  double t[16];
+  vdstore(t, a);
   for (int j = 0; j < 8; j++) t[j] = t[j] + t[j + 8];
   for (int j = 0; j < 4; j++) t[j] = t[j] + t[j + 4];
   t[0] = t[0] + t[2];

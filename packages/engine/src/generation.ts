@@ -32,7 +32,7 @@ import type { DeepseekModel, ForwardResult } from "./model.js";
 import { PagedLatentCache } from "./kv-cache/paged-latent.js";
 import { PrefixCache } from "./kv-cache/prefix-cache.js";
 import type { KvSink } from "./ports.js";
-import { argmax, Sampler, SamplerScratch, sampleFromProbs, topLogprobs, validateSamplingParams, type SamplingParams } from "./sampler.js";
+import { argmax, logSumExp, Sampler, SamplerScratch, sampleFromProbs, topLogprobs, validateSamplingParams, type SamplingParams } from "./sampler.js";
 import { hasPenalties, LogitsProcessor, validatePenaltyParams, type PenaltyParams } from "./sampler-penalties.js";
 import { verifyDraft } from "./speculative.js";
 import { CompiledGrammar, GrammarMatcher, GrammarVocabulary, type TokenTexts } from "./grammar/vocabulary.js";
@@ -299,6 +299,8 @@ export class Engine {
   private readonly probsTarget: Float32Array[];
   /** [vocab] the samplers' candidates and weights, lent to every sequence's Sampler. */
   private readonly samplerScratch: SamplerScratch;
+  /** [max logit, log sum exp(logits - max)] of the token being emitted (token()). */
+  private readonly logSumExpPair = new Float64Array(2);
   private readonly tokenTexts: (() => TokenTexts) | null;
   private grammarVocabulary: GrammarVocabulary | null = null;
   /** Compiled grammars by spec text, least recently used first. */
@@ -752,7 +754,11 @@ export class Engine {
 
   private token(s: Sequence, logits: Float32Array, id: number): EmittedToken {
     const n = s.params.topLogprobs ?? 0;
-    return { id, logprob: tokenLogprob(logits, id), top: n > 0 ? topLogprobs(logits, n) : null };
+    const lse = this.logSumExpPair;
+    // Every emitted token pays this pass over the vocabulary: the fast kernels make it a few microseconds.
+    if (this.model.kernels.logSumExp !== undefined) this.model.kernels.logSumExp(logits, lse);
+    else logSumExp(logits, lse);
+    return { id, logprob: logits[id]! - lse[0]! - lse[1]!, top: n > 0 ? topLogprobs(logits, n, lse) : null };
   }
 }
 
@@ -813,13 +819,4 @@ function grow(buf: Float32Array | null, n: number): Float32Array {
   const next = new Float32Array(Math.max(n, 2 * (buf?.length ?? 0)));
   if (buf !== null) next.set(buf);
   return next;
-}
-
-/** log_softmax(logits)[id] in float64. */
-export function tokenLogprob(logits: Float32Array, id: number): number {
-  let m = -Infinity;
-  for (let i = 0; i < logits.length; i++) if (logits[i]! > m) m = logits[i]!;
-  let z = 0;
-  for (let i = 0; i < logits.length; i++) z += Math.exp(logits[i]! - m);
-  return logits[id]! - m - Math.log(z);
 }

@@ -473,16 +473,32 @@ function logSumShifted(logits: Float32Array, max: number): number {
 }
 
 /**
+ * out = [m, log(sum(exp(logits - m)))] with m the largest logit, in float64: a token's logprob is
+ * (logit - m) - out[1]. Never throws: NaN anywhere, +Inf or only -Inf give a NaN out[1]. The fast
+ * kernels compute the same pair natively (KernelBackend.logSumExp), in float32 exp and double sums.
+ */
+export function logSumExp(logits: Float32Array, out: Float64Array): void {
+  let m = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i]! > m) m = logits[i]!;
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i]! - m);
+  out[0] = m;
+  out[1] = Math.log(sum);
+}
+
+/**
  * The n most likely tokens as [id, logprob], best first (lower id first on ties), where logprob
  * is log_softmax of the RAW logits (no temperature/top-k/top-p), which is what vLLM returns by
  * default. n is clamped to the vocabulary size. Allocates its result (only called when asked for).
+ * `lse`: logSumExp's pair for these logits when the caller has it (the emitted token's logprob
+ * used it), so a token's own logprob and its entry here are the same number.
  */
-export function topLogprobs(logits: Float32Array, n: number): Array<[number, number]> {
+export function topLogprobs(logits: Float32Array, n: number, lse?: Float64Array): Array<[number, number]> {
   if (!Number.isInteger(n) || n < 0) {
     throw new InvalidArgumentError(`number of top logprobs must be an integer >= 0, got ${n}`);
   }
   const max = maxLogit(logits); // also rejects NaN/+Inf and all -Inf
-  const logSum = logSumShifted(logits, max);
+  const logSum = lse !== undefined && lse[0] === max ? lse[1]! : logSumShifted(logits, max);
   const k = Math.min(n, logits.length);
   if (k === 0) return [];
   const ids = new Int32Array(k);

@@ -10,6 +10,7 @@ import {
   f32ToF16Bits,
   fastKernelsAvailable,
   kernelsByName,
+  logSumExp,
   matmul,
   matmulTransposed,
   nativeKernelsAddon,
@@ -219,6 +220,53 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
     native!.selectIsa(before);
     for (let i = 1; i < results.length; i++) expect(results[i]).toEqual(results[0]);
     expect(() => native!.selectIsa("avx9000")).toThrow(/not available/);
+  });
+
+  it("logSumExp: a log-softmax's normalizer, float64's value to 1e-6, the same bits on every instruction set", () => {
+    const cases: Float32Array[] = [1, 15, 16, 17, 4096, 129_280].map((n) => Float32Array.from(fill(new Float32Array(n), n), (v) => 12 * v));
+    cases.push(Float32Array.from([1000, 999, -Infinity, 998.5])); // large logits, a masked token
+    cases.push(Float32Array.from({ length: 40 }, (_, i) => (i === 7 ? 0 : -200))); // terms below float32's exp range
+    const isas = native!.supportedIsas();
+    const before = native!.isa();
+    const perIsa = isas.map((isa) => {
+      native!.selectIsa(isa);
+      return cases.map((x) => {
+        const out = new Float64Array(2);
+        native!.logSumExp(x, 0, x.length, out);
+        return Array.from(out);
+      });
+    });
+    native!.selectIsa(before);
+    for (let i = 1; i < perIsa.length; i++) expect(perIsa[i], isas[i]).toEqual(perIsa[0]);
+    cases.forEach((x, k) => {
+      const want = new Float64Array(2);
+      logSumExp(x, want);
+      const [m, lse] = perIsa[0]![k]!;
+      expect(m).toBe(want[0]);
+      expect(Math.abs(lse! - want[1]!), `case ${k}`).toBeLessThan(1e-6);
+    });
+    // A slice through off and n, and the fast backend's own entry point.
+    const x = cases[4]!;
+    const a = new Float64Array(2);
+    native!.logSumExp(x, 100, 50, a);
+    const b = new Float64Array(2);
+    fast.logSumExp!(x.slice(100, 150), b);
+    expect(Array.from(a)).toEqual(Array.from(b));
+  });
+
+  it("logSumExp: NaN, +Infinity or only -Infinity give NaN; bad arguments a RangeError", () => {
+    const out = new Float64Array(2);
+    for (const x of [
+      [0, Number.NaN, 1],
+      [0, Infinity],
+      [-Infinity, -Infinity],
+    ]) {
+      native!.logSumExp(Float32Array.from(x), 0, x.length, out);
+      expect(out[1], JSON.stringify(x)).toBeNaN();
+    }
+    expect(() => native!.logSumExp(new Float32Array(4), 2, 3, out)).toThrow(/too short/);
+    expect(() => native!.logSumExp(new Float32Array(4), 0, 0, out)).toThrow(RangeError);
+    expect(() => native!.logSumExp(new Float32Array(4), 0, 4, new Float64Array(1))).toThrow(RangeError);
   });
 
   it("threads split the work without changing a bit", () => {

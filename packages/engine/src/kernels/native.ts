@@ -146,6 +146,7 @@ function makeFast(n: NativeKernels): KernelBackend {
     matmulTAsync: (w, v, T, out, l) => n.matmulTAsync(...matmulTArgs(w, v, T, out, l)),
     attendAsync: (a) => n.attendAsync(...attendArgs(a)),
     mlpGroupAsync: (group, counts, x, out, scratch) => n.mlpGroupAsync(...mlpGroupArgs(group, counts, x, out, scratch)),
+    logSumExp: (logits, out) => n.logSumExp(logits, 0, logits.length, out),
     threadsAreProcessWide: true,
   };
 }

@@ -106,6 +106,11 @@ export interface KernelBackend {
   matmulTAsync?: (w: WeightMatrix, v: Float32Array, T: number, out: Float32Array, layout?: TransposedLayout) => Promise<void>;
   attendAsync?: (a: AttendArgs) => Promise<void>;
   mlpGroupAsync?: (group: readonly MlpWeights[], counts: ArrayLike<number>, x: Float32Array, out: Float32Array, scratch: MlpScratch) => Promise<void>;
+  /**
+   * out = [m, log(sum exp(logits - m))] with m the largest logit: the normalizer of every emitted token's logprob,
+   * (logit - m) - out[1]. Absent: sampler.ts's logSumExp in float64 (the TypeScript backends).
+   */
+  logSumExp?: (logits: Float32Array, out: Float64Array) => void;
   /** Threads its products use; `fast` has one process-wide pool, the TypeScript backends one per model. */
   readonly threadsAreProcessWide: boolean;
 }
