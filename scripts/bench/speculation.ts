@@ -1,0 +1,236 @@
+/**
+ * What MTP speculation can buy in one process (a script, not a test): greedy decode tokens/s with speculation off
+ * and on at each batch size, beside the ceiling that the bytes a decode step reads put on the speed-up.
+ *
+ *   npx tsx scripts/bench/speculation.ts [--model models/moela-v3-brown] [--batches 1,8] [--prompt-tokens 32]
+ *        [--tokens 128] [--rounds 5] [--threads N] [--no-yardsticks] [--out bench-results]
+ *
+ * At small batches a decode step streams its weights (and the KV cache) through the cores, so what it reads bounds
+ * what it costs. A step with speculation reads more than a plain one: the draft's row routes to routed experts of
+ * its own (the row before it rarely shares them), and the MTP layer (eh_proj, one more block, the head again) runs
+ * to draft the next token. The ceiling on the speed-up is therefore
+ *   (bytes read per token with speculation off) / (bytes read per token with it on),
+ * which the acceptance rate enters through the tokens a verifying step emits. Both are counted on the real run,
+ * from the real routing: every weight matrix a step's kernel calls touch (once per step, however many rows use it),
+ * plus the latent KV rows each attention call reads (once per call: MLA's heads and a sequence's rows share them).
+ * One counting pass per setting, then --rounds timed passes with the two settings interleaved round by round
+ * (medians). Prints a table; writes bench-results/speculation.json and .html (the two speed-ups as bars).
+ */
+import { existsSync } from "node:fs";
+import { availableParallelism } from "node:os";
+import { basename } from "node:path";
+import { Command } from "commander";
+import { DeepseekModel, Engine, kernelsByName, type AttendArgs, type KernelBackend, type MlpWeights, type Sequence, type WeightMatrix } from "@moela/engine";
+import { commaList, fmt, fmtX, log, median, parseWithReportOptions, textTable, type Bar } from "../lib/bench-report.js";
+import { measureSetting, settingLines, writeBenchReport } from "../lib/bench-setting.js";
+
+const program = new Command("bench-speculation")
+  .option("--model <dir>", "a checkpoint with an MTP layer", "models/moela-v3-brown")
+  .option("--batches <list>", "batch sizes", "1,8")
+  .option("--prompt-tokens <n>", "prompt length per sequence", (v) => Number(v), 32)
+  .option("--tokens <n>", "tokens generated per sequence", (v) => Number(v), 128)
+  .option("--rounds <n>", "timed passes per setting (interleaved; medians)", (v) => Number(v), 5)
+  .option("--threads <n>", "kernel threads", (v) => Number(v), availableParallelism());
+parseWithReportOptions(program);
+const opts = program.opts<{
+  model: string;
+  batches: string;
+  promptTokens: number;
+  tokens: number;
+  rounds: number;
+  threads: number;
+  yardsticks: boolean;
+  out: string;
+}>();
+for (const k of ["promptTokens", "rounds", "threads"] as const) {
+  if (!(Number.isInteger(opts[k]) && opts[k] >= 1))
+    throw new Error(`--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} must be a positive integer, got ${opts[k]}`);
+}
+if (!(Number.isInteger(opts.tokens) && opts.tokens >= 2)) throw new Error(`--tokens must be an integer >= 2, got ${opts.tokens}`);
+const BATCHES = commaList(opts.batches).map(Number);
+if (BATCHES.length === 0 || BATCHES.some((b) => !(Number.isInteger(b) && b >= 1))) throw new Error(`--batches must be positive integers, got ${opts.batches}`);
+if (!existsSync(opts.model)) throw new Error(`${opts.model} does not exist`);
+
+type Mode = "off" | "on";
+
+/** Bytes a decode step reads, counted through the fast backend's entry points while `counting` is set. */
+class ReadCounter {
+  private readonly touched = new Set<ArrayBufferView>();
+  private kv = 0;
+  counting = false;
+
+  weight(w: WeightMatrix): void {
+    if (!this.counting) return;
+    this.touched.add(w.data);
+    if (w.kind === "fp8") this.touched.add(w.scaleInv);
+  }
+
+  mlps(group: readonly MlpWeights[], counts: ArrayLike<number>): void {
+    group.forEach((m, e) => {
+      if (counts[e]! > 0) for (const w of [m.gate, m.up, m.down]) this.weight(w);
+    });
+  }
+
+  attend(a: AttendArgs): void {
+    // Positions [0, start + n) of the latent (and rope-key) rows; the values are the latent rows again.
+    if (this.counting) this.kv += (a.start + a.n) * (a.lenA + a.lenB) * 4;
+  }
+
+  /** The bytes since the last call, and a fresh count. */
+  take(): number {
+    let bytes = this.kv;
+    for (const v of this.touched) bytes += v.byteLength;
+    this.touched.clear();
+    this.kv = 0;
+    return bytes;
+  }
+}
+
+const counter = new ReadCounter();
+
+/** Wraps the fast backend's product entry points so each call reports what it reads (a no-op unless counting). */
+function instrument(k: KernelBackend): void {
+  const m = k as { -readonly [K in keyof KernelBackend]: KernelBackend[K] };
+  const { matmul, matmulT, attend, mlpGroup, matmulAsync, matmulTAsync, attendAsync, mlpGroupAsync } = k;
+  m.matmul = (w, ...rest) => (counter.weight(w), matmul(w, ...rest));
+  m.matmulT = (w, ...rest) => (counter.weight(w), matmulT(w, ...rest));
+  m.attend = (a) => (counter.attend(a), attend(a));
+  if (mlpGroup) m.mlpGroup = (g, c, ...rest) => (counter.mlps(g, c), mlpGroup(g, c, ...rest));
+  if (matmulAsync) m.matmulAsync = (w, ...rest) => (counter.weight(w), matmulAsync(w, ...rest));
+  if (matmulTAsync) m.matmulTAsync = (w, ...rest) => (counter.weight(w), matmulTAsync(w, ...rest));
+  if (attendAsync) m.attendAsync = (a) => (counter.attend(a), attendAsync(a));
+  if (mlpGroupAsync) m.mlpGroupAsync = (g, c, ...rest) => (counter.mlps(g, c), mlpGroupAsync(g, c, ...rest));
+}
+
+interface Pass {
+  readonly tokS: number;
+  readonly tokens: number;
+  readonly steps: number;
+  readonly bytes: number;
+  readonly drafted: number;
+  readonly accepted: number;
+}
+
+const fast = kernelsByName("fast");
+if (fast.name !== "fast" || fast.isa === "typescript") throw new Error("the native kernels did not load: this benchmark measures them");
+instrument(fast);
+log(`loading ${opts.model} ...`);
+const model = DeepseekModel.load(opts.model, { kernels: "fast" });
+if (!model.hasMtp) throw new Error(`${opts.model} has no MTP layer`);
+model.setThreads(opts.threads);
+const V = model.config.vocabSize;
+
+/** One prefill of `batch` prompts, then greedy decode to --tokens each; counts reads when `count`. */
+async function pass(batch: number, mode: Mode, count: boolean): Promise<Pass> {
+  const numBlocks = Math.ceil(((opts.promptTokens + opts.tokens + 4) * batch) / 16) + 2 * batch + 4;
+  const engine = new Engine(model, { blockSize: 16, numBlocks, speculation: mode });
+  const seqs: Sequence[] = [];
+  for (let b = 0; b < batch; b++) {
+    const prompt = Array.from({ length: opts.promptTokens }, (_, i) => 2 + ((7 + 31 * i + 101 * b) % (V - 2)));
+    seqs.push(engine.newSequence(`b${b}`, prompt, { temperature: 0, topP: 1, topK: -1, maxTokens: opts.tokens, ignoreEos: true }));
+  }
+  await engine.prefill(seqs);
+  const before = seqs.reduce((n, s) => n + s.output.length, 0);
+  let steps = 0;
+  let bytes = 0;
+  const t0 = performance.now();
+  while (seqs.some((s) => !s.finished)) {
+    counter.counting = count;
+    await engine.step(seqs.filter((s) => !s.finished));
+    counter.counting = false;
+    bytes += counter.take();
+    steps++;
+  }
+  const dt = performance.now() - t0;
+  const tokens = seqs.reduce((n, s) => n + s.output.length, 0) - before;
+  for (const s of seqs) engine.release(s);
+  return { tokS: tokens / (dt / 1000), tokens, steps, bytes, drafted: engine.drafted, accepted: engine.accepted };
+}
+
+const setting = measureSetting(opts.yardsticks);
+const MODES: readonly Mode[] = ["off", "on"];
+
+interface Result {
+  readonly batch: number;
+  readonly mode: Mode;
+  readonly tokS: number;
+  readonly tokSRounds: readonly number[];
+  readonly bytesPerToken: number;
+  readonly tokensPerStep: number;
+  readonly acceptance: number | null;
+}
+const results: Result[] = [];
+for (const batch of BATCHES) {
+  const counted = new Map<Mode, Pass>();
+  for (const mode of MODES) {
+    log(`batch ${batch}, speculation ${mode}: counting what each step reads ...`);
+    counted.set(mode, await pass(batch, mode, true));
+  }
+  const timed = new Map<Mode, number[]>(MODES.map((m) => [m, []]));
+  for (let r = 0; r < opts.rounds; r++) {
+    for (const mode of MODES) {
+      log(`batch ${batch}, speculation ${mode}: round ${r + 1}/${opts.rounds} ...`);
+      timed.get(mode)!.push((await pass(batch, mode, false)).tokS);
+    }
+  }
+  for (const mode of MODES) {
+    const c = counted.get(mode)!;
+    const rounds = timed.get(mode)!;
+    results.push({
+      batch,
+      mode,
+      tokS: median(rounds),
+      tokSRounds: rounds,
+      bytesPerToken: c.bytes / c.tokens,
+      tokensPerStep: c.tokens / c.steps,
+      acceptance: c.drafted > 0 ? c.accepted / c.drafted : null,
+    });
+  }
+}
+
+const name = basename(opts.model);
+const MiB = 1024 * 1024;
+const lines = [
+  ...settingLines(setting),
+  `model ${name}, ${opts.threads} kernel threads, greedy, ${opts.promptTokens}-token prompts, ${opts.tokens} tokens per sequence, medians of ${opts.rounds} rounds`,
+  "",
+  ...textTable(
+    ["batch", "speculation", "decode tok/s", "accepted/drafted", "tokens per step", "MiB read per token", "rounds (tok/s)"],
+    results.map((r) => [
+      String(r.batch),
+      r.mode,
+      fmt(r.tokS),
+      r.acceptance === null ? "-" : fmt(r.acceptance, 3),
+      fmt(r.tokensPerStep, 2),
+      fmt(r.bytesPerToken / MiB, 2),
+      r.tokSRounds.map((x) => fmt(x, 0)).join(" "),
+    ]),
+  ),
+  "",
+];
+const bars: Bar[] = [];
+const summary: { batch: number; measured: number; ceiling: number; acceptance: number | null }[] = [];
+for (const batch of BATCHES) {
+  const off = results.find((r) => r.batch === batch && r.mode === "off")!;
+  const on = results.find((r) => r.batch === batch && r.mode === "on")!;
+  const measured = on.tokS / off.tokS;
+  const ceiling = off.bytesPerToken / on.bytesPerToken;
+  summary.push({ batch, measured, ceiling, acceptance: on.acceptance });
+  lines.push(
+    `batch ${batch}: speculation on / off ${fmtX(measured)} measured, ${fmtX(ceiling)} the bytes' ceiling (off ${fmt(off.bytesPerToken / MiB, 2)} MiB per token, on ${fmt(on.bytesPerToken / MiB, 2)} at ${fmt(on.tokensPerStep, 2)} tokens per step, acceptance ${on.acceptance === null ? "-" : fmt(on.acceptance, 3)}); measured / ceiling ${fmtX(measured / ceiling)}`,
+  );
+  bars.push({ label: `batch ${batch}: measured`, value: measured, note: fmtX(measured), group: "measured" });
+  bars.push({ label: `batch ${batch}: bytes' ceiling`, value: ceiling, note: fmtX(ceiling), group: "ceiling" });
+}
+console.log(lines.join("\n"));
+const [json, html] = writeBenchReport(
+  setting,
+  opts.out,
+  "speculation",
+  `MTP speculation on ${name}: measured speed-up against the bytes' ceiling`,
+  lines,
+  [{ title: "speculation on / off, decode tokens/s", unit: "x", bars, refs: [{ value: 1, label: "no gain" }] }],
+  1,
+  { model: opts.model, threads: opts.threads, promptTokens: opts.promptTokens, tokens: opts.tokens, rounds: opts.rounds, results, summary },
+);
+log(`wrote ${json} and ${html}`);
