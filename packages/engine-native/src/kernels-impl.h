@@ -283,10 +283,12 @@ MOELA_INLINE float dot(const float* a, const float* b, int len) {
 }
 
 /**
- * Heads attended together: a position's row is read once for all of them (MLA's heads share the latent row), and
- * the weighted sum keeps 2 vectors per head in registers while the positions stream by.
+ * An item attends a block of a sequence's tokens over a group of heads (kernels.h, AttendArgs.tokenBlock): a
+ * position's row is read once for all of its (token, head) pairs (MLA's heads share the
+ * latent row, and so do a sequence's tokens), and the weighted sum keeps 2 vectors per pair in registers while the
+ * positions stream by. Each pair's arithmetic is the same whatever the block around it.
  */
-static const int HEAD_GROUP = 8;
+static const int HEAD_GROUP = ATTEND_HEAD_GROUP;
 
 MOELA_INLINE size_t row_of(const AttendArgs* a, int p) {
   return a->table ? (size_t)a->table[p / a->blockSize] * a->blockSize + p % a->blockSize : (size_t)p;
@@ -294,58 +296,76 @@ MOELA_INLINE size_t row_of(const AttendArgs* a, int p) {
 
 static void attend(const AttendArgs* a, int i0, int i1) {
   const int groups = (a->H + HEAD_GROUP - 1) / HEAD_GROUP;
+  const int TB = a->tokenBlock;
   for (int item = i0; item < i1; item++) {
-    const int j = item / groups;
+    const int j0 = (item / groups) * TB;
+    const int J = imin(TB, a->n - j0);
     const int h0 = (item % groups) * HEAD_GROUP;
     const int G = imin(HEAD_GROUP, a->H - h0);
-    const int upto = a->start + j + 1;  // causal: positions [0, upto)
-    float* s = scratch(&scoreScratch, (size_t)G * upto);  // [G, upto] scores, then weights
-    float m[HEAD_GROUP];
-    for (int g = 0; g < G; g++) m[g] = -INFINITY;
+    const int upto = a->start + j0 + J;  // positions [0, upto) of the block's last token; token j sees [0, start + j]
+    float* s = scratch(&scoreScratch, (size_t)J * G * upto);  // [pair, upto] scores, then weights; pair k = jj * G + g
+    float m[ATTEND_PAIRS];
+    for (int k = 0; k < J * G; k++) m[k] = -INFINITY;
     for (int p = 0; p < upto; p++) {
       const size_t row = row_of(a, p);
+      for (int jj = 0; jj < J; jj++) {
+        const int j = j0 + jj;
+        if (p > a->start + j) continue;
+        for (int g = 0; g < G; g++) {
+          const int h = h0 + g;
+          const int k = jj * G + g;
+          float sc = dot(a->qa + (size_t)j * a->qaTok + (size_t)h * a->qaHead, a->ka + row * a->kaPos + (size_t)h * a->kaHead, a->lenA);
+          if (a->lenB > 0) sc = sc + dot(a->qb + (size_t)j * a->qbTok + (size_t)h * a->qbHead, a->kb + row * a->kbPos + (size_t)h * a->kbHead, a->lenB);
+          sc = sc * a->scale;
+          s[(size_t)k * upto + p] = sc;
+          if (sc > m[k]) m[k] = sc;
+        }
+      }
+    }
+    float inv[ATTEND_PAIRS];
+    for (int jj = 0; jj < J; jj++) {
+      const int seen = a->start + j0 + jj + 1;
       for (int g = 0; g < G; g++) {
-        const int h = h0 + g;
-        float sc = dot(a->qa + (size_t)j * a->qaTok + (size_t)h * a->qaHead, a->ka + row * a->kaPos + (size_t)h * a->kaHead, a->lenA);
-        if (a->lenB > 0) sc = sc + dot(a->qb + (size_t)j * a->qbTok + (size_t)h * a->qbHead, a->kb + row * a->kbPos + (size_t)h * a->kbHead, a->lenB);
-        sc = sc * a->scale;
-        s[(size_t)g * upto + p] = sc;
-        if (sc > m[g]) m[g] = sc;
+        const int k = jj * G + g;
+        float* sk = s + (size_t)k * upto;
+        double z = 0;
+        for (int p = 0; p < seen; p++) {
+          const float e = expf(sk[p] - m[k]);
+          sk[p] = e;
+          z += e;
+        }
+        inv[k] = (float)(1.0 / z);
       }
     }
-    float inv[HEAD_GROUP];
-    for (int g = 0; g < G; g++) {
-      float* sg = s + (size_t)g * upto;
-      double z = 0;
-      for (int p = 0; p < upto; p++) {
-        const float e = expf(sg[p] - m[g]);
-        sg[p] = e;
-        z += e;
-      }
-      inv[g] = (float)(1.0 / z);
-    }
-    // out[h] = sum_p e[h, p] * val_p, 32 values of every head at a time, positions ascending.
+    // out[j, h] = sum_p e[j, h, p] * val_p, 32 values of every pair at a time, positions ascending.
     for (int c0 = 0; c0 < a->lenV; c0 += 32) {
       const int n0 = imin(16, a->lenV - c0);
       const int n1 = imin(16, a->lenV - c0 - 16);  // <= 0: no second vector
-      V acc[HEAD_GROUP][2];
-      for (int g = 0; g < G; g++) acc[g][0] = acc[g][1] = vzero();
+      V acc[ATTEND_PAIRS][2];
+      for (int k = 0; k < J * G; k++) acc[k][0] = acc[k][1] = vzero();
       for (int p = 0; p < upto; p++) {
         const float* vp = a->val + row_of(a, p) * a->valPos + c0;
-        for (int g = 0; g < G; g++) {
-          const float* v = vp + (size_t)(h0 + g) * a->valHead;
-          const V e = vset1(s[(size_t)g * upto + p]);
-          acc[g][0] = vfma(e, n0 == 16 ? vload(v) : vload_n(v, n0), acc[g][0]);
-          if (n1 > 0) acc[g][1] = vfma(e, n1 == 16 ? vload(v + 16) : vload_n(v + 16, n1), acc[g][1]);
+        for (int jj = 0; jj < J; jj++) {
+          if (p > a->start + j0 + jj) continue;
+          for (int g = 0; g < G; g++) {
+            const int k = jj * G + g;
+            const float* v = vp + (size_t)(h0 + g) * a->valHead;
+            const V e = vset1(s[(size_t)k * upto + p]);
+            acc[k][0] = vfma(e, n0 == 16 ? vload(v) : vload_n(v, n0), acc[k][0]);
+            if (n1 > 0) acc[k][1] = vfma(e, n1 == 16 ? vload(v + 16) : vload_n(v + 16, n1), acc[k][1]);
+          }
         }
       }
-      for (int g = 0; g < G; g++) {
-        float* out = a->out + (size_t)j * a->outTok + (size_t)(h0 + g) * a->outHead + c0;
-        const V iv = vset1(inv[g]);
-        if (n0 == 16) vstore(out, vmul(acc[g][0], iv));
-        else vstore_n(out, vmul(acc[g][0], iv), n0);
-        if (n1 == 16) vstore(out + 16, vmul(acc[g][1], iv));
-        else if (n1 > 0) vstore_n(out + 16, vmul(acc[g][1], iv), n1);
+      for (int jj = 0; jj < J; jj++) {
+        for (int g = 0; g < G; g++) {
+          const int k = jj * G + g;
+          float* out = a->out + (size_t)(j0 + jj) * a->outTok + (size_t)(h0 + g) * a->outHead + c0;
+          const V iv = vset1(inv[k]);
+          if (n0 == 16) vstore(out, vmul(acc[k][0], iv));
+          else vstore_n(out, vmul(acc[k][0], iv), n0);
+          if (n1 == 16) vstore(out + 16, vmul(acc[k][1], iv));
+          else if (n1 > 0) vstore_n(out + 16, vmul(acc[k][1], iv), n1);
+        }
       }
     }
   }

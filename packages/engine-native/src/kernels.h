@@ -60,7 +60,22 @@ struct AttendArgs {
   float scale;
   const int32_t* table;
   int blockSize;
+  /** Tokens an item attends together (1 .. attend_max_token_block(H)): they share the reads of each position's row. */
+  int tokenBlock;
 };
+
+/** attend's items: blocks of AttendArgs.tokenBlock tokens x groups of up to ATTEND_HEAD_GROUP heads. */
+static const int ATTEND_HEAD_GROUP = 8;
+/** (token, head) pairs an attend item holds at most: their accumulators (2 vectors each) stay in registers. */
+static const int ATTEND_PAIRS = 12;
+/** The largest token block whose pairs fit ATTEND_PAIRS. */
+static inline int attend_max_token_block(int H) {
+  const int g = H < ATTEND_HEAD_GROUP ? H : ATTEND_HEAD_GROUP;
+  return g >= 1 && ATTEND_PAIRS / g > 1 ? ATTEND_PAIRS / g : 1;
+}
+static inline int attend_items(const AttendArgs* a) {
+  return ((a->n + a->tokenBlock - 1) / a->tokenBlock) * ((a->H + ATTEND_HEAD_GROUP - 1) / ATTEND_HEAD_GROUP);
+}
 
 /** One instruction set's kernels. Each computes the items [i0, i1) of its product; threads split the items. */
 struct KernelTable {
@@ -69,7 +84,7 @@ struct KernelTable {
   void (*matmul)(const MatmulArgs* a, int i0, int i1);
   /** Items: groups * ceil(cols / 64) column blocks. */
   void (*matmul_t)(const MatmulTArgs* a, int i0, int i1);
-  /** Items: n * ceil(H / 8) (token, group of up to 8 heads). */
+  /** Items: attend_items (a block of tokens, a group of up to 8 heads). */
   void (*attend)(const AttendArgs* a, int i0, int i1);
   /** log(sum_c exp(x[c] - m)) over n >= 1 floats and their maximum m (*max): a log-softmax's normalizer. */
   double (*log_sum_exp)(const float* x, int n, float* max);

@@ -148,8 +148,9 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
     return absorbedAttendArgs({ H, R, dn: 0, dr }, { latents: ctx, qAbs: qa, q: qb, out, row: 0, n, start, scale: 0.3 });
   }
 
-  it("attend matches float64 softmax attention, and n tokens at once equal one at a time", () => {
-    const H = 4;
+  // An item takes a block of tokens when few heads leave registers free: 12 tokens at 1 head, 3 at 4, 2 at 6,
+  // 1 at 8 and up (H = 12: a group of 8 heads and one of 4).
+  it.each([1, 4, 6, 12])("attend matches float64 softmax attention, and n tokens at once equal one at a time (%d heads)", (H) => {
     const R = 40;
     const n = 7;
     const start = 150;
