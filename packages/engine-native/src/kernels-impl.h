@@ -8,9 +8,10 @@
 //           the lanes are summed by vsum's fixed tree. Rows and tokens beyond the edge of a tile are padded
 //           with copies of real ones, never mixed into real results.
 //   matmul_t: out[c] accumulates v[i] * w[i, c] by fused multiply-add, i ascending (FP8: w = code * scale).
-//   attend: scores by 16-lane dots, softmax in float with the max subtracted and the sum in double, the
-//           weighted sum of values by fused multiply-add over positions ascending, then one multiply by 1/z
-//           (heads are grouped only to share the reads of a position's row, never in the arithmetic).
+//   attend: scores by 16-lane dots (vsum's tree), softmax with the max subtracted, exp by vexp_nonpositive's
+//           float32 polynomial and the sum in 16 double lanes (vdsum's tree), the weighted sum of values by fused
+//           multiply-add over positions ascending, then one multiply by 1/z (heads and a sequence's tokens are
+//           grouped only to share the reads of a position's row, never in the arithmetic).
 #pragma once
 #include "kernels.h"
 #include "simd.h"
@@ -273,13 +274,42 @@ static void matmul_t(const MatmulTArgs* a, int i0, int i1) {
   }
 }
 
-/** a . b over len floats: 16 lanes, then vsum. */
-MOELA_INLINE float dot(const float* a, const float* b, int len) {
-  V acc = vzero();
+/**
+ * exp(x) for x <= 0 in float32 (Cephes' expf): n = round(x log2 e), r = x - n ln 2 in two fused steps, a degree-7
+ * polynomial in r by fused multiply-adds, times 2^n. Below EXP_LOW the result is 0 (it would not be a normal float).
+ */
+static const float EXP_LOW = -87.0f;
+MOELA_INLINE V vexp_nonpositive(V x) {
+  const V n = vround(vmul(x, vset1(1.44269504088896341f)));
+  V r = vfma(n, vset1(-0.693359375f), x);
+  r = vfma(n, vset1(2.12194440e-4f), r);
+  V q = vset1(1.9875691500e-4f);
+  q = vfma(q, r, vset1(1.3981999507e-3f));
+  q = vfma(q, r, vset1(8.3334519073e-3f));
+  q = vfma(q, r, vset1(4.1665795894e-2f));
+  q = vfma(q, r, vset1(1.6666665459e-1f));
+  q = vfma(q, r, vset1(5.0000001201e-1f));
+  const V p = vadd(vfma(q, vmul(r, r), r), vset1(1.0f));
+  return vbelow(x, EXP_LOW, vzero(), vmul(p, vpow2i(n)));
+}
+
+/**
+ * out[q] = x . (base + rows[q] * stride) over len floats for q < n (n <= 16): lane j accumulates c = j mod 16 by
+ * fused multiply-add, then vsum16 reduces the 16 dots together (each with vsum's own additions).
+ */
+MOELA_INLINE void dots16(const float* x, const float* base, size_t stride, const size_t* rows, int n, int len, float* out) {
+  V acc[16];
+  for (int q = 0; q < 16; q++) acc[q] = vzero();
   int c = 0;
-  for (; c + 16 <= len; c += 16) acc = vfma(vload(a + c), vload(b + c), acc);
-  if (c < len) acc = vfma(vload_n(a + c, len - c), vload_n(b + c, len - c), acc);
-  return vsum(acc);
+  for (; c + 16 <= len; c += 16) {
+    const V xv = vload(x + c);
+    for (int q = 0; q < n; q++) acc[q] = vfma(xv, vload(base + rows[q] * stride + c), acc[q]);
+  }
+  if (c < len) {
+    const V xv = vload_n(x + c, len - c);
+    for (int q = 0; q < n; q++) acc[q] = vfma(xv, vload_n(base + rows[q] * stride + c, len - c), acc[q]);
+  }
+  vsum16(acc, out);
 }
 
 /**
@@ -306,19 +336,29 @@ static void attend(const AttendArgs* a, int i0, int i1) {
     float* s = scratch(&scoreScratch, (size_t)J * G * upto);  // [pair, upto] scores, then weights; pair k = jj * G + g
     float m[ATTEND_PAIRS];
     for (int k = 0; k < J * G; k++) m[k] = -INFINITY;
-    for (int p = 0; p < upto; p++) {
-      const size_t row = row_of(a, p);
+    // Scores 16 positions at a time: one dot accumulator per position, reduced together by vsum16.
+    for (int p0 = 0; p0 < upto; p0 += 16) {
+      const int np = imin(16, upto - p0);
+      size_t rows[16];
+      for (int q = 0; q < np; q++) rows[q] = row_of(a, p0 + q);
       for (int jj = 0; jj < J; jj++) {
         const int j = j0 + jj;
-        if (p > a->start + j) continue;
+        const int seen = imin(np, a->start + j + 1 - p0);  // this token's positions in the block
+        if (seen <= 0) continue;
         for (int g = 0; g < G; g++) {
           const int h = h0 + g;
           const int k = jj * G + g;
-          float sc = dot(a->qa + (size_t)j * a->qaTok + (size_t)h * a->qaHead, a->ka + row * a->kaPos + (size_t)h * a->kaHead, a->lenA);
-          if (a->lenB > 0) sc = sc + dot(a->qb + (size_t)j * a->qbTok + (size_t)h * a->qbHead, a->kb + row * a->kbPos + (size_t)h * a->kbHead, a->lenB);
-          sc = sc * a->scale;
-          s[(size_t)k * upto + p] = sc;
-          if (sc > m[k]) m[k] = sc;
+          float sa[16], sb[16];
+          dots16(a->qa + (size_t)j * a->qaTok + (size_t)h * a->qaHead, a->ka + (size_t)h * a->kaHead, a->kaPos, rows, seen, a->lenA, sa);
+          if (a->lenB > 0) dots16(a->qb + (size_t)j * a->qbTok + (size_t)h * a->qbHead, a->kb + (size_t)h * a->kbHead, a->kbPos, rows, seen, a->lenB, sb);
+          float* sk = s + (size_t)k * upto + p0;
+          for (int q = 0; q < seen; q++) {
+            float sc = sa[q];
+            if (a->lenB > 0) sc = sc + sb[q];
+            sc = sc * a->scale;
+            sk[q] = sc;
+            if (sc > m[k]) m[k] = sc;
+          }
         }
       }
     }
@@ -328,13 +368,23 @@ static void attend(const AttendArgs* a, int i0, int i1) {
       for (int g = 0; g < G; g++) {
         const int k = jj * G + g;
         float* sk = s + (size_t)k * upto;
-        double z = 0;
-        for (int p = 0; p < seen; p++) {
-          const float e = expf(sk[p] - m[k]);
-          sk[p] = e;
-          z += e;
+        // e = exp(score - max) by vexp_nonpositive, 16 at a time; z in 16 double lanes (vdsum).
+        const V negm = vset1(-m[k]);
+        VD z = vdzero();
+        int p = 0;
+        for (; p + 16 <= seen; p += 16) {
+          const V e = vexp_nonpositive(vadd(vload(sk + p), negm));
+          vstore(sk + p, e);
+          z = vdadd(z, e);
         }
-        inv[k] = (float)(1.0 / z);
+        if (p < seen) {
+          float t[16];
+          for (int q = 0; q < 16; q++) t[q] = p + q < seen ? sk[p + q] : -INFINITY;  // exp(-inf) adds an exact 0
+          const V e = vexp_nonpositive(vadd(vload(t), negm));
+          vstore_n(sk + p, e, seen - p);
+          z = vdadd(z, e);
+        }
+        inv[k] = (float)(1.0 / vdsum(z));
       }
     }
     // out[j, h] = sum_p e[j, h, p] * val_p, 32 values of every pair at a time, positions ascending.
@@ -369,25 +419,6 @@ static void attend(const AttendArgs* a, int i0, int i1) {
       }
     }
   }
-}
-
-/**
- * exp(x) for x <= 0 in float32 (Cephes' expf): n = round(x log2 e), r = x - n ln 2 in two fused steps, a degree-7
- * polynomial in r by fused multiply-adds, times 2^n. Below EXP_LOW the result is 0 (it would not be a normal float).
- */
-static const float EXP_LOW = -87.0f;
-MOELA_INLINE V vexp_nonpositive(V x) {
-  const V n = vround(vmul(x, vset1(1.44269504088896341f)));
-  V r = vfma(n, vset1(-0.693359375f), x);
-  r = vfma(n, vset1(2.12194440e-4f), r);
-  V q = vset1(1.9875691500e-4f);
-  q = vfma(q, r, vset1(1.3981999507e-3f));
-  q = vfma(q, r, vset1(8.3334519073e-3f));
-  q = vfma(q, r, vset1(4.1665795894e-2f));
-  q = vfma(q, r, vset1(1.6666665459e-1f));
-  q = vfma(q, r, vset1(5.0000001201e-1f));
-  const V p = vadd(vfma(q, vmul(r, r), r), vset1(1.0f));
-  return vbelow(x, EXP_LOW, vzero(), vmul(p, vpow2i(n)));
 }
 
 /**
