@@ -592,6 +592,31 @@ static napi_value LogSumExp(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// softmaxWeights(x, ids, n, max, invT, minP, out): out[j] = exp((x[ids[j]] - max) * invT) (x[j] when ids is null),
+// 0 where below minP, for j < n; returns their sum. A sampler's pass over the vocabulary, on the calling thread.
+static napi_value SoftmaxWeights(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  Arr x, ids, out;
+  int n;
+  double max, invT, minP;
+  if (argc < 7 || !get_array(env, argv[0], &x) || !x.present || x.type != napi_float32_array || !get_array(env, argv[1], &ids) ||
+      (ids.present && ids.type != napi_int32_array) || !get_int(env, argv[2], &n) || n < 0 || napi_get_value_double(env, argv[3], &max) != napi_ok ||
+      napi_get_value_double(env, argv[4], &invT) != napi_ok || napi_get_value_double(env, argv[5], &minP) != napi_ok ||
+      !get_array(env, argv[6], &out) || !out.present || out.type != napi_float64_array)
+    return range_error(env, "softmaxWeights(x: Float32Array, ids: Int32Array | null, n, max, invT, minP, out: Float64Array)");
+  if ((size_t)n > out.length || (ids.present ? (size_t)n > ids.length : (size_t)n > x.length))
+    return range_error(env, "softmaxWeights: n is larger than ids, x or out");
+  const int32_t* id = ids.present ? (const int32_t*)ids.data : nullptr;
+  if (id != nullptr)
+    for (int j = 0; j < n; j++)
+      if (id[j] < 0 || (size_t)id[j] >= x.length) return range_error(env, "softmaxWeights: an id is outside x");
+  napi_value v;
+  napi_create_double(env, K->softmax_weights((const float*)x.data, id, n, (float)max, (float)invT, (float)minP, (double*)out.data), &v);
+  return v;
+}
+
 static napi_value Isa(napi_env env, napi_callback_info) { return str(env, K->isa); }
 
 static napi_value SupportedIsas(napi_env env, napi_callback_info) {
@@ -659,6 +684,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"matmulTAsync", nullptr, AsyncCallFn<20, prep_matmul_t>, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"mlpGroupAsync", nullptr, AsyncCallFn<6, prep_mlp_group>, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"attendAsync", nullptr, AsyncCallFn<33, prep_attend>, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"softmaxWeights", nullptr, SoftmaxWeights, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"logSumExp", nullptr, LogSumExp, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"isa", nullptr, Isa, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"supportedIsas", nullptr, SupportedIsas, nullptr, nullptr, nullptr, napi_default, nullptr},

@@ -107,6 +107,12 @@ export interface NativeKernels {
    * instruction set gives the same bits.
    */
   logSumExp(x: Float32Array, off: number, n: number, out: Float64Array): void;
+  /**
+   * A sampler's weights: out[j] = exp((x[ids[j]] - max) * invT) (x[j] when ids is null), 0 where below minP, for
+   * j < n; returns their sum. Float32 exp (logSumExp's polynomial), the sum in 16 double lanes; the largest
+   * logit's weight is exactly 1.
+   */
+  softmaxWeights(x: Float32Array, ids: Int32Array | null, n: number, max: number, invT: number, minP: number, out: Float64Array): number;
   /** The instruction set in use: "avx512", "avx2" or "portable". */
   isa(): string;
   supportedIsas(): string[];

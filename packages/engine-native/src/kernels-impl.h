@@ -447,4 +447,30 @@ static double log_sum_exp(const float* x, int n, float* max) {
   return log(vdsum(acc));  // a NaN among x reaches the sum through its term
 }
 
+/**
+ * A sampler's weights: out[j] = exp((x[id_j] - max) * invT) for j < n (id_j = ids[j], or j without ids), 0 where that
+ * is below minP; returns their sum. (x - max) * invT and exp in float32 (vexp_nonpositive), the sum in 16 double
+ * lanes (vdsum). The largest logit's weight is exactly 1.
+ */
+static double softmax_weights(const float* x, const int32_t* ids, int n, float max, float invT, float minP, double* out) {
+  const V negm = vset1(-max);
+  const V it = vset1(invT);
+  VD z = vdzero();
+  for (int j = 0; j < n; j += 16) {
+    const int k = imin(16, n - j);
+    float t[16];
+    if (ids == nullptr && k == 16) {
+      vstore(t, vload(x + j));
+    } else {
+      for (int q = 0; q < 16; q++) t[q] = q < k ? x[ids == nullptr ? j + q : ids[j + q]] : -INFINITY;  // exp(-inf) is 0
+    }
+    const V e = vexp_nonpositive(vmul(vadd(vload(t), negm), it));
+    const V w = vbelow(e, minP, vzero(), e);
+    z = vdadd(z, w);
+    vstore(t, w);
+    for (int q = 0; q < k; q++) out[j + q] = t[q];
+  }
+  return vdsum(z);
+}
+
 }  // namespace MOELA_ISA_NS

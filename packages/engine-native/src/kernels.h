@@ -88,6 +88,8 @@ struct KernelTable {
   void (*attend)(const AttendArgs* a, int i0, int i1);
   /** log(sum_c exp(x[c] - m)) over n >= 1 floats and their maximum m (*max): a log-softmax's normalizer. */
   double (*log_sum_exp)(const float* x, int n, float* max);
+  /** out[j] = exp((x[ids[j] or j] - max) * invT), 0 below minP, for j < n; returns their sum (a sampler's weights). */
+  double (*softmax_weights)(const float* x, const int32_t* ids, int n, float max, float invT, float minP, double* out);
 };
 
 const KernelTable* moela_kernels_avx512();

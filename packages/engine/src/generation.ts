@@ -331,7 +331,7 @@ export class Engine {
     this.fixedVerifyCost = opts.verifyCost ?? null;
     this.draftingPolicy = opts.draftingPolicy ?? ((state, step, ctx) => nextDraftingState(state, step, ctx));
     this.probsTarget = [new Float32Array(c.vocabSize), new Float32Array(c.vocabSize)];
-    this.samplerScratch = new SamplerScratch(c.vocabSize);
+    this.samplerScratch = new SamplerScratch(c.vocabSize, model.kernels.softmaxWeights ?? null);
     if (opts.prefixCache) {
       const cap = typeof opts.prefixCache === "object" ? opts.prefixCache.capacityBlocks : undefined;
       const pc = new PrefixCache(this.cache, cap === undefined ? {} : { capacityBlocks: cap });

@@ -186,6 +186,12 @@ function selectTopK(logits: Float32Array, k: number, out: Int32Array): void {
 }
 
 /**
+ * out[j] = exp((logits[ids[j]] - max) * invT) (logits[j] when ids is null), 0 where below minP, for j < n; returns
+ * their sum. The fast kernels' version (KernelBackend.softmaxWeights) runs it in float32 with a float64 sum.
+ */
+export type SamplerWeightsFn = (logits: Float32Array, ids: Int32Array | null, n: number, max: number, invT: number, minP: number, out: Float64Array) => number;
+
+/**
  * A sampler's vocabulary-sized scratch. The engine owns one and lends it to every sequence's Sampler: sampling is
  * synchronous, so one call at a time uses it. A Sampler made without one allocates its own.
  */
@@ -197,7 +203,14 @@ export class SamplerScratch {
   /** Whether candidates holds the identity, which a draw with top-k and top-p off reads as is. */
   identity = true;
 
-  constructor(vocabSize: number) {
+  /**
+   * @param weightsFn the weights pass over the candidates (the engine passes its kernels'); without it, float64
+   * Math.exp in TypeScript.
+   */
+  constructor(
+    vocabSize: number,
+    readonly weightsFn: SamplerWeightsFn | null = null,
+  ) {
     this.candidates = new Int32Array(vocabSize);
     for (let i = 0; i < vocabSize; i++) this.candidates[i] = i;
     this.weights = new Float64Array(vocabSize);
@@ -314,34 +327,35 @@ export class Sampler {
       this.scratch.identity = this.topP >= 1;
     }
 
-    const minP = this.minP;
+    const total = this.weigh(logits, c, n, max, invT);
     if (this.topP >= 1) {
-      let mass = 0;
-      for (let j = 0; j < n; j++) {
-        let wj = Math.exp((logits[c[j]!]! - max) * invT);
-        if (wj < minP) wj = 0;
-        w[j] = wj;
-        mass += wj;
-      }
       this.keptCount = n;
-      this.keptMass = mass;
+      this.keptMass = total;
       return;
     }
 
     // Top-p over the candidates (already top-k filtered).
-    let total = 0;
-    for (let j = 0; j < n; j++) {
-      let wj = Math.exp((logits[c[j]!]! - max) * invT);
-      if (wj < minP) wj = 0;
-      w[j] = wj;
-      total += wj;
-    }
     // MIN_VALUE: a top_p below the slack still keeps one token.
     const needed = Math.max((this.topP - TOP_P_SLACK) * total, Number.MIN_VALUE);
     this.keptCount = selectNucleus(logits, c, w, n, needed);
     let kept = 0;
     for (let j = 0; j < this.keptCount; j++) kept += w[j]!;
     this.keptMass = kept;
+  }
+
+  /** weights[j] = exp((logits[c[j]] - max) * invT), 0 below min_p, for j < n; returns their sum. */
+  private weigh(logits: Float32Array, c: Int32Array, n: number, max: number, invT: number): number {
+    const w = this.scratch.weights;
+    const fn = this.scratch.weightsFn;
+    if (fn !== null) return fn(logits, this.scratch.identity ? null : c, n, max, invT, this.minP, w);
+    let mass = 0;
+    for (let j = 0; j < n; j++) {
+      let wj = Math.exp((logits[c[j]!]! - max) * invT);
+      if (wj < this.minP) wj = 0;
+      w[j] = wj;
+      mass += wj;
+    }
+    return mass;
   }
 }
 

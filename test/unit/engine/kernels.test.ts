@@ -270,6 +270,45 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
     expect(() => native!.logSumExp(new Float32Array(4), 0, 4, new Float64Array(1))).toThrow(RangeError);
   });
 
+  it("softmaxWeights: a sampler's exp((x - max) / T) with min_p, float64's value to 1e-6, the same bits on every instruction set", () => {
+    const x = Float32Array.from(fill(new Float32Array(1000), 77), (v) => 6 * v);
+    x[123] = -Infinity; // a token masked by a grammar
+    let max = -Infinity;
+    for (const v of x) if (v > max) max = v;
+    const ids = Int32Array.from({ length: 37 }, (_, j) => (j * 53) % 1000);
+    const run = (isa: string, withIds: boolean, minP: number): [number, number[]] => {
+      native!.selectIsa(isa);
+      const out = new Float64Array(withIds ? ids.length : x.length);
+      const sum = native!.softmaxWeights(x, withIds ? ids : null, out.length, max, 1 / 0.7, minP, out);
+      return [sum, Array.from(out)];
+    };
+    const before = native!.isa();
+    for (const [withIds, minP] of [
+      [false, 0],
+      [true, 0],
+      [false, 0.05],
+    ] as const) {
+      const perIsa = native!.supportedIsas().map((isa) => run(isa, withIds, minP));
+      native!.selectIsa(before);
+      for (const r of perIsa.slice(1)) expect(r).toEqual(perIsa[0]);
+      const [sum, w] = perIsa[0]!;
+      let want = 0;
+      w.forEach((wj, j) => {
+        const e = Math.exp((x[withIds ? ids[j]! : j]! - max) / 0.7);
+        const keep = e >= minP;
+        if (keep) expect(Math.abs(wj - e), `weight ${j}`).toBeLessThan(1e-6 * Math.max(1, e));
+        else expect(wj).toBe(0);
+        want += wj;
+      });
+      expect(Math.abs(sum - want)).toBeLessThan(1e-9 * want);
+    }
+    const [, w] = run(before, false, 0);
+    expect(w[x.indexOf(max)]).toBe(1); // the largest logit's weight is exactly 1
+    expect(w[123]).toBe(0);
+    expect(() => native!.softmaxWeights(x, Int32Array.from([1000]), 1, max, 1, 0, new Float64Array(1))).toThrow(/outside x/);
+    expect(() => native!.softmaxWeights(x, null, 1001, max, 1, 0, new Float64Array(1001))).toThrow(/larger/);
+  });
+
   it("threads split the work without changing a bit", () => {
     const w = makeWeight("fp8", 300, 256);
     const x = fill(new Float32Array(20 * 256), 4);

@@ -86,6 +86,8 @@ export interface AttendArgs {
   blockSize?: number;
 }
 
+import type { SamplerWeightsFn } from "../sampler.js";
+
 export interface KernelBackend {
   readonly name: KernelsName;
   /** What runs underneath: the native instruction set ("avx512", "avx2", "portable-c") or "typescript". */
@@ -111,6 +113,11 @@ export interface KernelBackend {
    * (logit - m) - out[1]. Absent: sampler.ts's logSumExp in float64 (the TypeScript backends).
    */
   logSumExp?: (logits: Float32Array, out: Float64Array) => void;
+  /**
+   * A sampler's weights (sampler.ts, SamplerWeightsFn): out[j] = exp((logits[ids[j] or j] - max) * invT), 0 below
+   * minP, for j < n; returns their sum. Absent: the sampler's own float64 loop (the TypeScript backends).
+   */
+  softmaxWeights?: SamplerWeightsFn;
   /** Threads its products use; `fast` has one process-wide pool, the TypeScript backends one per model. */
   readonly threadsAreProcessWide: boolean;
 }
