@@ -299,25 +299,24 @@ MOELA_INLINE void vload2_e4m3(const uint8_t* p, V* lo, V* hi) {
 #endif
 
 // The one lane reduction: (l_j + l_{j+8}), then halves again, to one value. Fixed, so identical on every ISA.
-MOELA_INLINE float vsum(V a) {
-  float t[16];
-  vstore(t, a);
+template <typename T>
+MOELA_INLINE T tree16(T* t) {
   for (int j = 0; j < 8; j++) t[j] = t[j] + t[j + 8];
   for (int j = 0; j < 4; j++) t[j] = t[j] + t[j + 4];
   t[0] = t[0] + t[2];
   t[1] = t[1] + t[3];
   return t[0] + t[1];
 }
-
+MOELA_INLINE float vsum(V a) {
+  float t[16];
+  vstore(t, a);
+  return tree16(t);
+}
 /** vsum's tree over 16 double lanes. */
 MOELA_INLINE double vdsum(VD a) {
   double t[16];
   vdstore(t, a);
-  for (int j = 0; j < 8; j++) t[j] = t[j] + t[j + 8];
-  for (int j = 0; j < 4; j++) t[j] = t[j] + t[j + 4];
-  t[0] = t[0] + t[2];
-  t[1] = t[1] + t[3];
-  return t[0] + t[1];
+  return tree16(t);
 }
 
 /**
