@@ -494,10 +494,8 @@ function logSumShifted(logits: Float32Array, max: number): number {
 export function logSumExp(logits: Float32Array, out: Float64Array): void {
   let m = -Infinity;
   for (let i = 0; i < logits.length; i++) if (logits[i]! > m) m = logits[i]!;
-  let sum = 0;
-  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i]! - m);
   out[0] = m;
-  out[1] = Math.log(sum);
+  out[1] = logSumShifted(logits, m);
 }
 
 /**

@@ -151,6 +151,8 @@ describe("generation with MTP speculation", () => {
     expect(spec.out.map((t) => t.id)).toEqual(plain.out.map((t) => t.id));
     expect(spec.out.map((t) => t.logprob)).toEqual(plain.out.map((t) => t.logprob));
     expect(spec.out.map((t) => t.top)).toEqual(plain.out.map((t) => t.top));
+    // A greedy token is the best one, and its logprob and its own top_logprobs entry share one normalizer.
+    for (const t of plain.out) expect(t.top![0]).toEqual([t.id, t.logprob]);
     expect(spec.out).toHaveLength(24);
     // Drafts were made and counted: every step drafts once; accepted drafts add a token each.
     expect(spec.seq.drafted).toBeGreaterThan(0);

@@ -7,6 +7,7 @@
 import type { MatmulLayout, WeightMatrix } from "../tensor/matrix.js";
 import type { MlpWeights } from "../weights.js";
 import type { MlpScratch } from "../layers/mlp.js";
+import type { SamplerWeightsFn } from "../sampler.js";
 
 /** The backends by name: `fast` (native SIMD), `portable` (the same algorithms in TypeScript), `reference`. */
 export type KernelsName = "fast" | "portable" | "reference";
@@ -85,8 +86,6 @@ export interface AttendArgs {
   blockTable?: Int32Array;
   blockSize?: number;
 }
-
-import type { SamplerWeightsFn } from "../sampler.js";
 
 export interface KernelBackend {
   readonly name: KernelsName;
