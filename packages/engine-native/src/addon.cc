@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cfloat>
 #include <cmath>
 #include <functional>
 #include <memory>
@@ -612,8 +613,10 @@ static napi_value SoftmaxWeights(napi_env env, napi_callback_info info) {
   if (id != nullptr)
     for (int j = 0; j < n; j++)
       if (id[j] < 0 || (size_t)id[j] >= x.length) return range_error(env, "softmaxWeights: an id is outside x");
+  // A temperature near 0 makes 1/T overflow float32; FLT_MAX gives the same one-hot weights without 0 * inf = NaN.
+  const float it = invT > FLT_MAX ? FLT_MAX : (float)invT;
   napi_value v;
-  napi_create_double(env, K->softmax_weights((const float*)x.data, id, n, (float)max, (float)invT, (float)minP, (double*)out.data), &v);
+  napi_create_double(env, K->softmax_weights((const float*)x.data, id, n, (float)max, it, (float)minP, (double*)out.data), &v);
   return v;
 }
 

@@ -305,6 +305,10 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
     const [, w] = run(before, false, 0);
     expect(w[x.indexOf(max)]).toBe(1); // the largest logit's weight is exactly 1
     expect(w[123]).toBe(0);
+    // A temperature of 1e-40: 1/T overflows float32, and the weights are still one-hot, not NaN.
+    const hot = new Float64Array(x.length);
+    expect(native!.softmaxWeights(x, null, x.length, max, 1e40, 0, hot)).toBe(1);
+    expect(hot[x.indexOf(max)]).toBe(1);
     expect(() => native!.softmaxWeights(x, Int32Array.from([1000]), 1, max, 1, 0, new Float64Array(1))).toThrow(/outside x/);
     expect(() => native!.softmaxWeights(x, null, 1001, max, 1, 0, new Float64Array(1001))).toThrow(/larger/);
   });
