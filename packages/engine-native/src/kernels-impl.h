@@ -314,9 +314,9 @@ MOELA_INLINE void dots16(const float* x, const float* base, size_t stride, const
 
 /**
  * An item attends a block of a sequence's tokens over a group of heads (kernels.h, AttendArgs.tokenBlock): a
- * position's row is read once for all of its (token, head) pairs (MLA's heads share the
- * latent row, and so do a sequence's tokens), and the weighted sum keeps 2 vectors per pair in registers while the
- * positions stream by. Each pair's arithmetic is the same whatever the block around it.
+ * position's row is read once for all of its (token, head) pairs (MLA's heads share the latent row, and so do a
+ * sequence's tokens), and the weighted sum keeps 2 vectors per pair in registers while the positions stream by.
+ * Each pair's arithmetic is the same whatever the block around it.
  */
 static const int HEAD_GROUP = ATTEND_HEAD_GROUP;
 
