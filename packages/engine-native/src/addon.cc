@@ -620,6 +620,23 @@ static napi_value SoftmaxWeights(napi_env env, napi_callback_info info) {
   return v;
 }
 
+// argmax(x, off, n): the index (from off) of the first largest of x[off .. off+n), or -1 when they hold a NaN or
+// +inf. Greedy decoding's pass over the vocabulary, on the calling thread.
+static napi_value Argmax(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  int off, n;
+  if (argc < 3 || !get_int(env, argv[1], &off) || !get_int(env, argv[2], &n) || n < 1)
+    return range_error(env, "argmax(x, off, n) takes a Float32Array and integers off >= 0, n >= 1");
+  std::string err;
+  const float* x = f32_at(env, argv[0], off, 0, (double)n - 1, "x", &err);
+  if (!x) return range_error(env, err);
+  napi_value v;
+  napi_create_int32(env, K->argmax_first(x, n), &v);
+  return v;
+}
+
 static napi_value Isa(napi_env env, napi_callback_info) { return str(env, K->isa); }
 
 static napi_value SupportedIsas(napi_env env, napi_callback_info) {
@@ -687,6 +704,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"matmulTAsync", nullptr, AsyncCallFn<20, prep_matmul_t>, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"mlpGroupAsync", nullptr, AsyncCallFn<6, prep_mlp_group>, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"attendAsync", nullptr, AsyncCallFn<33, prep_attend>, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"argmax", nullptr, Argmax, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"softmaxWeights", nullptr, SoftmaxWeights, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"logSumExp", nullptr, LogSumExp, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"isa", nullptr, Isa, nullptr, nullptr, nullptr, napi_default, nullptr},

@@ -113,6 +113,8 @@ export interface NativeKernels {
    * logit's weight is exactly 1.
    */
   softmaxWeights(x: Float32Array, ids: Int32Array | null, n: number, max: number, invT: number, minP: number, out: Float64Array): number;
+  /** The index (counted from off) of the first largest of x[off .. off + n), or -1 when they hold a NaN or +Infinity. */
+  argmax(x: Float32Array, off: number, n: number): number;
   /** The instruction set in use: "avx512", "avx2" or "portable". */
   isa(): string;
   supportedIsas(): string[];

@@ -3,5 +3,5 @@
 #define MOELA_ISA_AVX2 1
 #include "kernels-impl.h"
 
-static const KernelTable TABLE = {"avx2", isa_avx2::matmul, isa_avx2::matmul_t, isa_avx2::attend, isa_avx2::log_sum_exp, isa_avx2::softmax_weights};
+static const KernelTable TABLE = {"avx2", isa_avx2::matmul, isa_avx2::matmul_t, isa_avx2::attend, isa_avx2::log_sum_exp, isa_avx2::softmax_weights, isa_avx2::argmax_first};
 const KernelTable* moela_kernels_avx2() { return &TABLE; }

@@ -3,5 +3,5 @@
 // portable: plain C, no -m flags
 #include "kernels-impl.h"
 
-static const KernelTable TABLE = {"portable", isa_portable::matmul, isa_portable::matmul_t, isa_portable::attend, isa_portable::log_sum_exp, isa_portable::softmax_weights};
+static const KernelTable TABLE = {"portable", isa_portable::matmul, isa_portable::matmul_t, isa_portable::attend, isa_portable::log_sum_exp, isa_portable::softmax_weights, isa_portable::argmax_first};
 const KernelTable* moela_kernels_portable() { return &TABLE; }

@@ -473,4 +473,36 @@ static double softmax_weights(const float* x, const int32_t* ids, int n, float m
   return vdsum(z);
 }
 
+/**
+ * The index of the first largest of x[0 .. n), n >= 1, or -1 when x holds a NaN or +inf (the caller reports those).
+ * vmax drops NaN lanes, so NaN and +inf are caught apart: max(-FLT_MAX, v) * 0 is 0 for every finite v and for -inf,
+ * NaN for NaN and +inf.
+ */
+static int argmax_first(const float* x, int n) {
+  const V lowest = vset1(-3.4028234663852886e38f);
+  V mv = vset1(-INFINITY);
+  V bad = vzero();
+  int c = 0;
+  for (; c + 16 <= n; c += 16) {
+    const V v = vload(x + c);
+    mv = vmax(v, mv);
+    bad = vadd(bad, vmul(vmax(lowest, v), vzero()));
+  }
+  float lanes[16], flags[16];
+  vstore(lanes, mv);
+  vstore(flags, bad);
+  float m = -INFINITY;
+  for (int j = 0; j < 16; j++) {
+    if (flags[j] != 0.0f) return -1;
+    m = lanes[j] > m ? lanes[j] : m;
+  }
+  for (int k = c; k < n; k++) {
+    if (x[k] != x[k] || x[k] == INFINITY) return -1;
+    m = x[k] > m ? x[k] : m;
+  }
+  for (int i = 0; i < n; i++)
+    if (x[i] == m) return i;
+  return 0;
+}
+
 }  // namespace MOELA_ISA_NS

@@ -90,6 +90,8 @@ struct KernelTable {
   double (*log_sum_exp)(const float* x, int n, float* max);
   /** out[j] = exp((x[ids[j] or j] - max) * invT), 0 below minP, for j < n; returns their sum (a sampler's weights). */
   double (*softmax_weights)(const float* x, const int32_t* ids, int n, float max, float invT, float minP, double* out);
+  /** The index of the first largest of x[0 .. n), or -1 when x holds a NaN or +inf. */
+  int (*argmax_first)(const float* x, int n);
 };
 
 const KernelTable* moela_kernels_avx512();

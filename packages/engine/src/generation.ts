@@ -32,7 +32,7 @@ import type { DeepseekModel, ForwardResult } from "./model.js";
 import { PagedLatentCache } from "./kv-cache/paged-latent.js";
 import { PrefixCache } from "./kv-cache/prefix-cache.js";
 import type { KvSink } from "./ports.js";
-import { argmax, logSumExp, Sampler, SamplerScratch, sampleFromProbs, topLogprobs, validateSamplingParams, type SamplingParams } from "./sampler.js";
+import { argmaxOn, logSumExp, Sampler, SamplerScratch, sampleFromProbs, topLogprobs, validateSamplingParams, type SamplingParams } from "./sampler.js";
 import { hasPenalties, LogitsProcessor, validatePenaltyParams, type PenaltyParams } from "./sampler-penalties.js";
 import { verifyDraft } from "./speculative.js";
 import { CompiledGrammar, GrammarMatcher, GrammarVocabulary, type TokenTexts } from "./grammar/vocabulary.js";
@@ -331,7 +331,7 @@ export class Engine {
     this.fixedVerifyCost = opts.verifyCost ?? null;
     this.draftingPolicy = opts.draftingPolicy ?? ((state, step, ctx) => nextDraftingState(state, step, ctx));
     this.probsTarget = [new Float32Array(c.vocabSize), new Float32Array(c.vocabSize)];
-    this.samplerScratch = new SamplerScratch(c.vocabSize, model.kernels.softmaxWeights ?? null);
+    this.samplerScratch = new SamplerScratch(c.vocabSize, model.kernels.sampler ?? null);
     if (opts.prefixCache) {
       const cap = typeof opts.prefixCache === "object" ? opts.prefixCache.capacityBlocks : undefined;
       const pc = new PrefixCache(this.cache, cap === undefined ? {} : { capacityBlocks: cap });
@@ -676,8 +676,9 @@ export class Engine {
     const p0 = s.processed(row0, -1, 0);
     const p1 = s.processed(row1, d, 1);
     if (s.sampler.greedy) {
-      acceptedDraft = argmax(p0) === d;
-      next = acceptedDraft ? argmax(p1) : argmax(p0);
+      const k = this.samplerScratch.kernels;
+      acceptedDraft = argmaxOn(k, p0) === d;
+      next = acceptedDraft ? argmaxOn(k, p1) : argmaxOn(k, p0);
     } else {
       s.sampler.probs(p0, this.probsTarget[0]!);
       s.sampler.probs(p1, this.probsTarget[1]!);
@@ -739,7 +740,7 @@ export class Engine {
   private setDraft(s: Sequence, mtpLogits: Float32Array): void {
     const row = s.processed(mtpLogits);
     if (s.sampler.greedy) {
-      s.draft = { token: argmax(row), probs: null };
+      s.draft = { token: argmaxOn(this.samplerScratch.kernels, row), probs: null };
     } else {
       const q = s.draft?.probs ?? new Float32Array(this.model.config.vocabSize);
       s.sampler.probs(row, q);

@@ -191,6 +191,23 @@ function selectTopK(logits: Float32Array, k: number, out: Int32Array): void {
  */
 export type SamplerWeightsFn = (logits: Float32Array, ids: Int32Array | null, n: number, max: number, invT: number, minP: number, out: Float64Array) => number;
 
+/** The fast kernels' passes over the vocabulary that sampling uses (KernelBackend.sampler). */
+export interface SamplerKernels {
+  /** The index of the first largest logit, or -1 when the logits hold NaN or +Infinity. */
+  readonly argmax: (logits: Float32Array) => number;
+  readonly softmaxWeights: SamplerWeightsFn;
+}
+
+/** argmax(logits) on the kernels when there are some, with argmax's checks and errors. */
+export function argmaxOn(kernels: SamplerKernels | null, logits: Float32Array): number {
+  if (kernels !== null) {
+    const i = kernels.argmax(logits);
+    // NaN or +Infinity (-1), or a row of -Infinity only: argmax throws the error that says so.
+    if (i >= 0 && logits[i] !== -Infinity) return i;
+  }
+  return argmax(logits);
+}
+
 /**
  * A sampler's vocabulary-sized scratch. The engine owns one and lends it to every sequence's Sampler: sampling is
  * synchronous, so one call at a time uses it. A Sampler made without one allocates its own.
@@ -204,12 +221,12 @@ export class SamplerScratch {
   identity = true;
 
   /**
-   * @param weightsFn the weights pass over the candidates (the engine passes its kernels'); without it, float64
-   * Math.exp in TypeScript.
+   * @param kernels the passes over the vocabulary (the engine passes its kernels'); without them, TypeScript loops
+   * (float64 Math.exp).
    */
   constructor(
     vocabSize: number,
-    readonly weightsFn: SamplerWeightsFn | null = null,
+    readonly kernels: SamplerKernels | null = null,
   ) {
     this.candidates = new Int32Array(vocabSize);
     for (let i = 0; i < vocabSize; i++) this.candidates[i] = i;
@@ -256,7 +273,7 @@ export class Sampler {
   /** Draws the next token id (one rng draw unless greedy, which draws nothing). */
   sample(logits: Float32Array): number {
     this.checkLogits(logits);
-    if (this.greedy) return argmax(logits);
+    if (this.greedy) return argmaxOn(this.scratch.kernels, logits);
     this.process(logits);
     const target = this.rng.next() * this.keptMass;
     const c = this.scratch.candidates;
@@ -286,7 +303,7 @@ export class Sampler {
     }
     out.fill(0);
     if (this.greedy) {
-      out[argmax(logits)] = 1;
+      out[argmaxOn(this.scratch.kernels, logits)] = 1;
       return;
     }
     this.process(logits);
@@ -319,7 +336,7 @@ export class Sampler {
       if (max === -Infinity) throw noFiniteLogit();
     } else {
       n = this.vocabSize;
-      max = maxLogit(logits);
+      max = logits[argmaxOn(this.scratch.kernels, logits)]!; // argmax's checks: NaN, +Infinity, all -Infinity
       // Top-p (and top-k, another sequence's on the shared scratch) leave the ids permuted; restore identity
       // so the token drawn for a given random number depends on this row of logits only, not on earlier
       // calls (a migrated sampler with a fresh buffer must draw the same token from the same rng state).
@@ -346,8 +363,8 @@ export class Sampler {
   /** weights[j] = exp((logits[c[j]] - max) * invT), 0 below min_p, for j < n; returns their sum. */
   private weigh(logits: Float32Array, c: Int32Array, n: number, max: number, invT: number): number {
     const w = this.scratch.weights;
-    const fn = this.scratch.weightsFn;
-    if (fn !== null) return fn(logits, this.scratch.identity ? null : c, n, max, invT, this.minP, w);
+    const k = this.scratch.kernels;
+    if (k !== null) return k.softmaxWeights(logits, this.scratch.identity ? null : c, n, max, invT, this.minP, w);
     let mass = 0;
     for (let j = 0; j < n; j++) {
       let wj = Math.exp((logits[c[j]!]! - max) * invT);

@@ -9,6 +9,8 @@ import {
   f32ToBf16Bits,
   f32ToF16Bits,
   fastKernelsAvailable,
+  argmax,
+  argmaxOn,
   kernelsByName,
   logSumExp,
   matmul,
@@ -311,6 +313,27 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
     expect(hot[x.indexOf(max)]).toBe(1);
     expect(() => native!.softmaxWeights(x, Int32Array.from([1000]), 1, max, 1, 0, new Float64Array(1))).toThrow(/outside x/);
     expect(() => native!.softmaxWeights(x, null, 1001, max, 1, 0, new Float64Array(1001))).toThrow(/larger/);
+  });
+
+  it("argmax: the first largest logit on every instruction set, as the TypeScript argmax; NaN and +Infinity left to it", () => {
+    const rows = [1, 16, 17, 1000, 4096].map((n) => Float32Array.from(fill(new Float32Array(n), n + 3), (v) => Math.round(v * 8) / 2)); // ties
+    rows.push(Float32Array.from([-Infinity, -3, -Infinity, -3]));
+    const before = native!.isa();
+    for (const isa of native!.supportedIsas()) {
+      native!.selectIsa(isa);
+      for (const x of rows) expect(native!.argmax(x, 0, x.length), `${isa}, ${x.length} logits`).toBe(argmax(x));
+      expect(native!.argmax(Float32Array.from([0, 5, 7, 7]), 1, 3)).toBe(1); // counted from off
+      for (const bad of [
+        [0, Number.NaN, 1],
+        [...new Array<number>(20).fill(0), Infinity],
+      ])
+        expect(native!.argmax(Float32Array.from(bad), 0, bad.length)).toBe(-1);
+    }
+    native!.selectIsa(before);
+    const k = fast.sampler!;
+    expect(argmaxOn(k, rows[3]!)).toBe(argmax(rows[3]!));
+    expect(() => argmaxOn(k, Float32Array.from([0, Number.NaN]))).toThrow(/NaN/);
+    expect(() => argmaxOn(k, Float32Array.from([-Infinity, -Infinity]))).toThrow(/-Infinity/);
   });
 
   it("threads split the work without changing a bit", () => {

@@ -147,7 +147,10 @@ function makeFast(n: NativeKernels): KernelBackend {
     attendAsync: (a) => n.attendAsync(...attendArgs(a)),
     mlpGroupAsync: (group, counts, x, out, scratch) => n.mlpGroupAsync(...mlpGroupArgs(group, counts, x, out, scratch)),
     logSumExp: (logits, out) => n.logSumExp(logits, 0, logits.length, out),
-    softmaxWeights: (logits, ids, count, max, invT, minP, out) => n.softmaxWeights(logits, ids, count, max, invT, minP, out),
+    sampler: {
+      argmax: (logits) => n.argmax(logits, 0, logits.length),
+      softmaxWeights: (logits, ids, count, max, invT, minP, out) => n.softmaxWeights(logits, ids, count, max, invT, minP, out),
+    },
     threadsAreProcessWide: true,
   };
 }

@@ -7,7 +7,7 @@
 import type { MatmulLayout, WeightMatrix } from "../tensor/matrix.js";
 import type { MlpWeights } from "../weights.js";
 import type { MlpScratch } from "../layers/mlp.js";
-import type { SamplerWeightsFn } from "../sampler.js";
+import type { SamplerKernels } from "../sampler.js";
 
 /** The backends by name: `fast` (native SIMD), `portable` (the same algorithms in TypeScript), `reference`. */
 export type KernelsName = "fast" | "portable" | "reference";
@@ -113,10 +113,10 @@ export interface KernelBackend {
    */
   logSumExp?: (logits: Float32Array, out: Float64Array) => void;
   /**
-   * A sampler's weights (sampler.ts, SamplerWeightsFn): out[j] = exp((logits[ids[j] or j] - max) * invT), 0 below
-   * minP, for j < n; returns their sum. Absent: the sampler's own float64 loop (the TypeScript backends).
+   * Sampling's passes over the vocabulary (sampler.ts, SamplerKernels): greedy's argmax and temperature sampling's
+   * weights. Absent: the sampler's own TypeScript loops (the TypeScript backends).
    */
-  softmaxWeights?: SamplerWeightsFn;
+  sampler?: SamplerKernels;
   /** Threads its products use; `fast` has one process-wide pool, the TypeScript backends one per model. */
   readonly threadsAreProcessWide: boolean;
 }
