@@ -571,21 +571,35 @@ static napi_value str(napi_env env, const char* s) {
   return v;
 }
 
+/**
+ * The row x[off .. off+n) of a call whose first arguments are (x, off, n) and which takes `argc` in all; null after
+ * throwing a RangeError (`usage`) when they do not fit.
+ */
+static const float* row_args(napi_env env, napi_callback_info info, napi_value* argv, size_t argc, const char* usage, int* n) {
+  size_t got = argc;
+  int off;
+  if (napi_get_cb_info(env, info, &got, argv, nullptr, nullptr) != napi_ok || got < argc || !get_int(env, argv[1], &off) ||
+      !get_int(env, argv[2], n) || *n < 1) {
+    range_error(env, usage);
+    return nullptr;
+  }
+  std::string err;
+  const float* x = f32_at(env, argv[0], off, 0, (double)*n - 1, "x", &err);
+  if (!x) range_error(env, err);
+  return x;
+}
+
 // logSumExp(x, off, n, out): out[0] = m, the maximum of x[off .. off+n), and out[1] = log(sum exp(x - m)): a
 // log-softmax's normalizer (a token's logprob is (logit - m) - out[1]). Synchronous on the calling thread: one
 // vocabulary row is microseconds of work.
 static napi_value LogSumExp(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
+  static const char* usage = "logSumExp(x, off, n, out) takes a Float32Array, integers off >= 0 and n >= 1, and a Float64Array of 2";
   napi_value argv[4];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  int off, n;
+  int n;
+  const float* x = row_args(env, info, argv, 4, usage, &n);
+  if (!x) return nullptr;
   Arr out;
-  if (argc < 4 || !get_int(env, argv[1], &off) || !get_int(env, argv[2], &n) || n < 1 || !get_array(env, argv[3], &out) || !out.present ||
-      out.type != napi_float64_array || out.length < 2)
-    return range_error(env, "logSumExp(x, off, n, out) takes a Float32Array, integers off >= 0 and n >= 1, and a Float64Array of 2");
-  std::string err;
-  const float* x = f32_at(env, argv[0], off, 0, (double)n - 1, "x", &err);
-  if (!x) return range_error(env, err);
+  if (!get_array(env, argv[3], &out) || !out.present || out.type != napi_float64_array || out.length < 2) return range_error(env, usage);
   float m;
   const double lse = K->log_sum_exp(x, n, &m);
   ((double*)out.data)[0] = m;
@@ -623,15 +637,10 @@ static napi_value SoftmaxWeights(napi_env env, napi_callback_info info) {
 // argmax(x, off, n): the index (from off) of the first largest of x[off .. off+n), or -1 when they hold a NaN or
 // +inf. Greedy decoding's pass over the vocabulary, on the calling thread.
 static napi_value Argmax(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  int off, n;
-  if (argc < 3 || !get_int(env, argv[1], &off) || !get_int(env, argv[2], &n) || n < 1)
-    return range_error(env, "argmax(x, off, n) takes a Float32Array and integers off >= 0, n >= 1");
-  std::string err;
-  const float* x = f32_at(env, argv[0], off, 0, (double)n - 1, "x", &err);
-  if (!x) return range_error(env, err);
+  int n;
+  const float* x = row_args(env, info, argv, 3, "argmax(x, off, n) takes a Float32Array and integers off >= 0, n >= 1", &n);
+  if (!x) return nullptr;
   napi_value v;
   napi_create_int32(env, K->argmax_first(x, n), &v);
   return v;
