@@ -646,6 +646,83 @@ static napi_value Argmax(napi_env env, napi_callback_info info) {
   return v;
 }
 
+// nucleus(logits, ids, weights, n, needed): reorders ids[0..n) (weights moved alongside) so that ids[0..m) is top-p's
+// nucleus, the shortest run of the best-ranked candidates (higher logit, lower id on ties) whose weight reaches
+// `needed`, and returns m. The very algorithm of sampler.ts's selectNucleus (the same pivots, partitions and double
+// arithmetic), so the kept set, its order and its mass are the bits the TypeScript gives. Scalar, ISA-independent.
+static inline bool ranks_before(const float* l, int a, int b) { return l[a] > l[b] || (l[a] == l[b] && a < b); }
+static inline void swap_pair(int32_t* ids, double* w, int i, int j) {
+  const int32_t id = ids[i];
+  ids[i] = ids[j];
+  ids[j] = id;
+  const double x = w[i];
+  w[i] = w[j];
+  w[j] = x;
+}
+static int select_nucleus(const float* logits, int32_t* ids, double* weights, int n, double needed) {
+  const int CUTOFF = 16;  // sampler.ts NUCLEUS_SORT_CUTOFF
+  int lo = 0, hi = n;
+  double need = needed;
+  while (hi - lo > CUTOFF) {
+    const int midPos = lo + ((hi - lo) >> 1);
+    int pivotPos = midPos;
+    const int a = ids[lo], b = ids[midPos], z = ids[hi - 1];
+    if (ranks_before(logits, a, b) != ranks_before(logits, a, z)) pivotPos = lo;
+    else if (ranks_before(logits, z, b) != ranks_before(logits, z, a)) pivotPos = hi - 1;
+    swap_pair(ids, weights, pivotPos, hi - 1);
+    const int pivot = ids[hi - 1];
+    const float pivotLogit = logits[pivot];
+    int store = lo;
+    double betterMass = 0;
+    for (int j = lo; j < hi - 1; j++) {
+      const int id = ids[j];
+      const float l = logits[id];
+      if (l > pivotLogit || (l == pivotLogit && id < pivot)) {
+        betterMass += weights[j];
+        swap_pair(ids, weights, store, j);
+        store++;
+      }
+    }
+    swap_pair(ids, weights, store, hi - 1);
+    if (betterMass >= need) {
+      hi = store;
+    } else {
+      need -= betterMass + weights[store];
+      if (need <= 0) return store + 1;
+      lo = store + 1;
+    }
+  }
+  for (int i = lo + 1; i < hi; i++)
+    for (int j = i; j > lo && ranks_before(logits, ids[j], ids[j - 1]); j--) swap_pair(ids, weights, j, j - 1);
+  int j = lo;
+  while (j < hi) {
+    need -= weights[j];
+    j++;
+    if (need <= 0) break;
+  }
+  return j > 1 ? j : 1;
+}
+
+static napi_value Nucleus(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  Arr logits, ids, weights;
+  int n;
+  double needed;
+  if (argc < 5 || !get_array(env, argv[0], &logits) || !logits.present || logits.type != napi_float32_array || !get_array(env, argv[1], &ids) ||
+      !ids.present || ids.type != napi_int32_array || !get_array(env, argv[2], &weights) || !weights.present ||
+      weights.type != napi_float64_array || !get_int(env, argv[3], &n) || n < 1 || napi_get_value_double(env, argv[4], &needed) != napi_ok)
+    return range_error(env, "nucleus(logits: Float32Array, ids: Int32Array, weights: Float64Array, n >= 1, needed)");
+  if ((size_t)n > ids.length || (size_t)n > weights.length) return range_error(env, "nucleus: n is larger than ids or weights");
+  const int32_t* id = (const int32_t*)ids.data;
+  for (int j = 0; j < n; j++)
+    if (id[j] < 0 || (size_t)id[j] >= logits.length) return range_error(env, "nucleus: an id is outside logits");
+  napi_value v;
+  napi_create_int32(env, select_nucleus((const float*)logits.data, (int32_t*)ids.data, (double*)weights.data, n, needed), &v);
+  return v;
+}
+
 static napi_value Isa(napi_env env, napi_callback_info) { return str(env, K->isa); }
 
 static napi_value SupportedIsas(napi_env env, napi_callback_info) {
@@ -713,6 +790,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"matmulTAsync", nullptr, AsyncCallFn<20, prep_matmul_t>, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"mlpGroupAsync", nullptr, AsyncCallFn<6, prep_mlp_group>, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"attendAsync", nullptr, AsyncCallFn<33, prep_attend>, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"nucleus", nullptr, Nucleus, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"argmax", nullptr, Argmax, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"softmaxWeights", nullptr, SoftmaxWeights, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"logSumExp", nullptr, LogSumExp, nullptr, nullptr, nullptr, napi_default, nullptr},

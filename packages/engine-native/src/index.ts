@@ -115,6 +115,12 @@ export interface NativeKernels {
   softmaxWeights(x: Float32Array, ids: Int32Array | null, n: number, max: number, invT: number, minP: number, out: Float64Array): number;
   /** The index (counted from off) of the first largest of x[off .. off + n), or -1 when they hold a NaN or +Infinity. */
   argmax(x: Float32Array, off: number, n: number): number;
+  /**
+   * Top-p's nucleus: reorders ids[0 .. n) (weights alongside) so that ids[0 .. m) is the shortest run of the
+   * best-ranked candidates whose weight reaches `needed`, and returns m. sampler.ts's selectNucleus, the same
+   * operations in the same order, so the same bits.
+   */
+  nucleus(logits: Float32Array, ids: Int32Array, weights: Float64Array, n: number, needed: number): number;
   /** The instruction set in use: "avx512", "avx2" or "portable". */
   isa(): string;
   supportedIsas(): string[];

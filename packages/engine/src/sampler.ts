@@ -196,6 +196,8 @@ export interface SamplerKernels {
   /** The index of the first largest logit, or -1 when the logits hold NaN or +Infinity. */
   readonly argmax: (logits: Float32Array) => number;
   readonly softmaxWeights: SamplerWeightsFn;
+  /** selectNucleus, the same operations in the same order (so the same kept set, order and mass). */
+  readonly nucleus: (logits: Float32Array, ids: Int32Array, weights: Float64Array, n: number, needed: number) => number;
 }
 
 /** argmax(logits) on the kernels when there are some, with argmax's checks and errors. */
@@ -354,7 +356,8 @@ export class Sampler {
     // Top-p over the candidates (already top-k filtered).
     // MIN_VALUE: a top_p below the slack still keeps one token.
     const needed = Math.max((this.topP - TOP_P_SLACK) * total, Number.MIN_VALUE);
-    this.keptCount = selectNucleus(logits, c, w, n, needed);
+    const k = this.scratch.kernels;
+    this.keptCount = k !== null ? k.nucleus(logits, c, w, n, needed) : selectNucleus(logits, c, w, n, needed);
     let kept = 0;
     for (let j = 0; j < this.keptCount; j++) kept += w[j]!;
     this.keptMass = kept;
@@ -391,7 +394,7 @@ const NUCLEUS_SORT_CUTOFF = 16;
  * would cost O(n log n) (~2.2M comparisons at 130k) every token. The rank order is total (ids
  * break ties), so the result is the same as cutting a sorted list, independent of pivot choice.
  */
-function selectNucleus(logits: Float32Array, ids: Int32Array, weights: Float64Array, n: number, needed: number): number {
+export function selectNucleus(logits: Float32Array, ids: Int32Array, weights: Float64Array, n: number, needed: number): number {
   let lo = 0;
   let hi = n;
   let need = needed;

@@ -14,6 +14,7 @@ import {
   kernelsByName,
   logSumExp,
   matmul,
+  selectNucleus,
   matmulTransposed,
   nativeKernelsAddon,
   parseKernelsName,
@@ -334,6 +335,33 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
     expect(argmaxOn(k, rows[3]!)).toBe(argmax(rows[3]!));
     expect(() => argmaxOn(k, Float32Array.from([0, Number.NaN]))).toThrow(/NaN/);
     expect(() => argmaxOn(k, Float32Array.from([-Infinity, -Infinity]))).toThrow(/-Infinity/);
+  });
+
+  it("nucleus: top-p's kept set, in the same order with the same weights as the TypeScript selectNucleus", () => {
+    for (const [n, seed] of [
+      [1, 1],
+      [5, 2],
+      [17, 3],
+      [1000, 4],
+      [4096, 5],
+    ] as const) {
+      const logits = Float32Array.from(fill(new Float32Array(n), seed), (v) => Math.round(v * 12) / 3); // ties
+      let max = -Infinity;
+      for (const v of logits) if (v > max) max = v;
+      const w0 = Float64Array.from(logits, (v) => (Math.exp(v - max) < 0.01 ? 0 : Math.exp(v - max))); // min_p's zeros
+      const total = w0.reduce((a, b) => a + b, 0);
+      for (const topP of [1e-6, 0.1, 0.5, 0.9, 0.999]) {
+        // Candidate order as top-k leaves it (permuted), so the partitions have work to do.
+        const order = Int32Array.from({ length: n }, (_, j) => (j * 7919) % n);
+        const want = { ids: order.slice(), w: Float64Array.from(order, (id) => w0[id]!) };
+        const got = { ids: order.slice(), w: Float64Array.from(order, (id) => w0[id]!) };
+        const m = selectNucleus(logits, want.ids, want.w, n, topP * total);
+        expect(native!.nucleus(logits, got.ids, got.w, n, topP * total), `${n} candidates, top_p ${topP}`).toBe(m);
+        expect(Array.from(got.ids)).toEqual(Array.from(want.ids));
+        expect(Array.from(got.w)).toEqual(Array.from(want.w));
+      }
+    }
+    expect(() => native!.nucleus(new Float32Array(4), Int32Array.from([0, 9]), new Float64Array(2), 2, 1)).toThrow(/outside logits/);
   });
 
   it("threads split the work without changing a bit", () => {

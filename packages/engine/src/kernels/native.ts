@@ -150,6 +150,7 @@ function makeFast(n: NativeKernels): KernelBackend {
     sampler: {
       argmax: (logits) => n.argmax(logits, 0, logits.length),
       softmaxWeights: (logits, ids, count, max, invT, minP, out) => n.softmaxWeights(logits, ids, count, max, invT, minP, out),
+      nucleus: (logits, ids, weights, count, needed) => n.nucleus(logits, ids, weights, count, needed),
     },
     threadsAreProcessWide: true,
   };
