@@ -93,6 +93,36 @@ describe.each(PRESETS.flatMap(([name, opts]) => BACKENDS.map((kernels) => [`${na
       expect(Array.from(rows)).toEqual(Array.from(alone));
     });
 
+    it("decoding a batch at different positions gives each sequence its logits alone, bit for bit", async () => {
+      // One cache decodes the three sequences together, the other one at a time, each at its own position over
+      // its own blocks.
+      const prompts = [PROMPT.slice(0, 3), PROMPT, [7, 8, 9, 10, 11, 12]];
+      const caches = [promptCache(model, 64).cache, promptCache(model, 64).cache];
+      const tables = caches.map(() => prompts.map(() => [] as number[]));
+      caches.forEach((cache, c) => prompts.forEach((p, i) => cache.ensureCapacity(tables[c]![i]!, p.length + 4)));
+      for (const [c, cache] of caches.entries())
+        for (const [i, p] of prompts.entries())
+          await model.forward(cache, [{ blockTable: tables[c]![i]!, start: 0, tokens: p, logits: "last" }], { attention: "absorbed" });
+      for (let step = 0; step < 3; step++) {
+        const seq = (c: number, i: number): ForwardSeq => ({
+          blockTable: tables[c]![i]!,
+          start: prompts[i]!.length + step,
+          tokens: [100 + 7 * i + step],
+          logits: "last",
+        });
+        const together = await model.forward(
+          caches[0]!,
+          prompts.map((_, i) => seq(0, i)),
+          { attention: "absorbed" },
+        );
+        const V = model.config.vocabSize;
+        const batched = Array.from(together.logits.subarray(0, prompts.length * V));
+        const alone: number[] = [];
+        for (let i = 0; i < prompts.length; i++) alone.push(...(await model.forward(caches[1]!, [seq(1, i)], { attention: "absorbed" })).logits.subarray(0, V));
+        expect(batched).toEqual(alone);
+      }
+    });
+
     it.skipIf(kernels === "reference")("stays within 2e-4 of the reference kernels' logits", async () => {
       const ref = DeepseekModel.load(makeCheckpoint(opts), { kernels: "reference" });
       for (const attention of ["absorbed", "decompressed"] as const) {
