@@ -3,7 +3,10 @@
  * and on at each batch size, beside the ceiling that the bytes a decode step reads put on the speed-up.
  *
  *   npx tsx scripts/bench/speculation.ts [--model models/moela-v3-brown] [--batches 1,8] [--prompt-tokens 32]
- *        [--tokens 128] [--rounds 5] [--threads N] [--no-yardsticks] [--out bench-results]
+ *        [--tokens 128] [--rounds 5] [--prompts N] [--threads N] [--no-yardsticks] [--out bench-results]
+ *
+ * Every batch size decodes the same prompts (--prompts, default the largest batch), `batch` at a time, so the
+ * acceptance behind each speed-up comes from the same text.
  *
  * At small batches a decode step streams its weights (and the KV cache) through the cores, so what it reads bounds
  * what it costs. A step with speculation reads more than a plain one: the draft's row routes to routed experts of
@@ -15,12 +18,30 @@
  * plus the latent KV rows each attention call reads (once per call: MLA's heads and a sequence's rows share them).
  * One counting pass per setting, then --rounds timed passes with the two settings interleaved round by round
  * (medians). Prints a table; writes bench-results/speculation.json and .html (the two speed-ups as bars).
+ *
+ * Then whether drafting more than one token per step could pay: the MTP layer chained on its own output (vLLM's
+ * and SGLang's way of drafting k > 1 tokens with DeepSeek's one MTP layer), teacher-forced over each prompt's
+ * greedy output: at every position the first draft as the engine makes it, the second fed the first draft and the
+ * MTP layer's own output row, and a third likewise. Their acceptance, and the bytes' ceiling of two drafts per
+ * step beside one, with a second draft estimated to read what the first one adds (its routed experts, one more
+ * pass through the MTP layer).
  */
 import { existsSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { basename } from "node:path";
 import { Command } from "commander";
-import { DeepseekModel, Engine, kernelsByName, type AttendArgs, type KernelBackend, type MlpWeights, type Sequence, type WeightMatrix } from "@moela/engine";
+import {
+  argmax,
+  DeepseekModel,
+  Engine,
+  kernelsByName,
+  PagedLatentCache,
+  type AttendArgs,
+  type KernelBackend,
+  type MlpWeights,
+  type Sequence,
+  type WeightMatrix,
+} from "@moela/engine";
 import { commaList, fmt, fmtX, log, median, parseWithReportOptions, textTable, type Bar } from "../lib/bench-report.js";
 import { measureSetting, settingLines, writeBenchReport } from "../lib/bench-setting.js";
 
@@ -30,6 +51,7 @@ const program = new Command("bench-speculation")
   .option("--prompt-tokens <n>", "prompt length per sequence", (v) => Number(v), 32)
   .option("--tokens <n>", "tokens generated per sequence", (v) => Number(v), 128)
   .option("--rounds <n>", "timed passes per setting (interleaved; medians)", (v) => Number(v), 5)
+  .option("--prompts <n>", "prompts, run `batch` at a time at every batch size (default: the largest batch)", (v) => Number(v))
   .option("--threads <n>", "kernel threads", (v) => Number(v), availableParallelism());
 parseWithReportOptions(program);
 const opts = program.opts<{
@@ -38,6 +60,7 @@ const opts = program.opts<{
   promptTokens: number;
   tokens: number;
   rounds: number;
+  prompts?: number;
   threads: number;
   yardsticks: boolean;
   out: string;
@@ -49,6 +72,8 @@ for (const k of ["promptTokens", "rounds", "threads"] as const) {
 if (!(Number.isInteger(opts.tokens) && opts.tokens >= 2)) throw new Error(`--tokens must be an integer >= 2, got ${opts.tokens}`);
 const BATCHES = commaList(opts.batches).map(Number);
 if (BATCHES.length === 0 || BATCHES.some((b) => !(Number.isInteger(b) && b >= 1))) throw new Error(`--batches must be positive integers, got ${opts.batches}`);
+if (opts.prompts !== undefined && !(Number.isInteger(opts.prompts) && opts.prompts >= Math.max(...BATCHES)))
+  throw new Error(`--prompts must be an integer of at least the largest batch, got ${opts.prompts}`);
 if (!existsSync(opts.model)) throw new Error(`${opts.model} does not exist`);
 
 type Mode = "off" | "on";
@@ -120,31 +145,38 @@ if (!model.hasMtp) throw new Error(`${opts.model} has no MTP layer`);
 model.setThreads(opts.threads);
 const V = model.config.vocabSize;
 
-/** One prefill of `batch` prompts, then greedy decode to --tokens each; counts reads when `count`. */
+/** --prompts prompts (default: the largest batch), the same for every batch size. */
+const PROMPTS = Array.from({ length: opts.prompts ?? Math.max(...BATCHES) }, (_, b) =>
+  Array.from({ length: opts.promptTokens }, (_, i) => 2 + ((7 + 31 * i + 101 * b) % (V - 2))),
+);
+
+/** Every prompt, `batch` at a time: one prefill per group, then greedy decode to --tokens each; counts reads when `count`. */
 async function pass(batch: number, mode: Mode, count: boolean): Promise<Pass> {
   const numBlocks = Math.ceil(((opts.promptTokens + opts.tokens + 4) * batch) / 16) + 2 * batch + 4;
   const engine = new Engine(model, { blockSize: 16, numBlocks, speculation: mode });
-  const seqs: Sequence[] = [];
-  for (let b = 0; b < batch; b++) {
-    const prompt = Array.from({ length: opts.promptTokens }, (_, i) => 2 + ((7 + 31 * i + 101 * b) % (V - 2)));
-    seqs.push(engine.newSequence(`b${b}`, prompt, { temperature: 0, topP: 1, topK: -1, maxTokens: opts.tokens, ignoreEos: true }));
-  }
-  await engine.prefill(seqs);
-  const before = seqs.reduce((n, s) => n + s.output.length, 0);
   let steps = 0;
   let bytes = 0;
-  const t0 = performance.now();
-  while (seqs.some((s) => !s.finished)) {
-    counter.counting = count;
-    await engine.step(seqs.filter((s) => !s.finished));
-    counter.counting = false;
-    bytes += counter.take();
-    steps++;
+  let tokens = 0;
+  let ms = 0;
+  for (let g = 0; g + batch <= PROMPTS.length; g += batch) {
+    const seqs: Sequence[] = PROMPTS.slice(g, g + batch).map((prompt, b) =>
+      engine.newSequence(`b${g + b}`, prompt, { temperature: 0, topP: 1, topK: -1, maxTokens: opts.tokens, ignoreEos: true }),
+    );
+    await engine.prefill(seqs);
+    const before = seqs.reduce((n, s) => n + s.output.length, 0);
+    const t0 = performance.now();
+    while (seqs.some((s) => !s.finished)) {
+      counter.counting = count;
+      await engine.step(seqs.filter((s) => !s.finished));
+      counter.counting = false;
+      bytes += counter.take();
+      steps++;
+    }
+    ms += performance.now() - t0;
+    tokens += seqs.reduce((n, s) => n + s.output.length, 0) - before;
+    for (const s of seqs) engine.release(s);
   }
-  const dt = performance.now() - t0;
-  const tokens = seqs.reduce((n, s) => n + s.output.length, 0) - before;
-  for (const s of seqs) engine.release(s);
-  return { tokS: tokens / (dt / 1000), tokens, steps, bytes, drafted: engine.drafted, accepted: engine.accepted };
+  return { tokS: tokens / (ms / 1000), tokens, steps, bytes, drafted: engine.drafted, accepted: engine.accepted };
 }
 
 const setting = measureSetting(opts.yardsticks);
@@ -188,11 +220,72 @@ for (const batch of BATCHES) {
   }
 }
 
+/** A prompt's greedy continuation of --tokens tokens (speculation off): prompt and output, one list. */
+async function greedyTokens(prompt: readonly number[]): Promise<number[]> {
+  const engine = new Engine(model, { blockSize: 16, numBlocks: Math.ceil((prompt.length + opts.tokens + 4) / 16) + 2, speculation: "off" });
+  const seq = engine.newSequence("chain", [...prompt], { temperature: 0, topP: 1, topK: -1, maxTokens: opts.tokens, ignoreEos: true });
+  for await (const _ of engine.generate(seq)) {
+    // the sequence keeps its output
+  }
+  return [...prompt, ...seq.output.map((t) => t.id)];
+}
+
+/** Drafts accepted at chain depth 1, 2, 3 (each counted where the one before it was right), and the positions. */
+interface ChainCounts {
+  positions: number;
+  accepted: [number, number, number];
+}
+
+/**
+ * Teacher-forced over x (a greedy output): the main model's rows of every position, then per position p the MTP
+ * layer fed x[p + 1] and the main row of p (the draft for p + 2, as the engine drafts), then fed that draft and the
+ * MTP layer's own output row (for p + 3), then once more (p + 4). Each chained row is written at the position after
+ * the last and overwritten by the true one at the next p, as a rejected draft's row is.
+ */
+async function chainCounts(x: readonly number[], promptLength: number, into: ChainCounts): Promise<void> {
+  const hd = model.config.hiddenSize;
+  const N = x.length;
+  const cache = new PagedLatentCache({
+    numLayers: model.cacheLayers,
+    latentDim: model.config.latentDim,
+    blockSize: 16,
+    numBlocks: Math.ceil((N + 4) / 16) + 1,
+  });
+  const blockTable: number[] = [];
+  cache.ensureCapacity(blockTable, N + 4);
+  const main = await model.forward(cache, [{ blockTable, start: 0, tokens: [...x], logits: "none" }], { attention: "absorbed" });
+  const mainRows = main.hidden.slice(0, N * hd);
+  for (let p = 0; p + 2 < N; p++) {
+    let hidden = mainRows;
+    let hiddenOff = p * hd;
+    let fed = x[p + 1]!;
+    for (let depth = 0; depth < 3; depth++) {
+      const r = await model.forwardMtp(cache, [{ blockTable, start: p + depth, tokens: [fed], logits: "last", hidden, hiddenOff }], { attention: "absorbed" });
+      const draft = argmax(r.logits.subarray(0, V));
+      const target = p + 2 + depth;
+      // Positions whose first draft lands in the prompt are skipped; a chain ends at the output's end.
+      if (p + 2 < promptLength || target >= N) break;
+      if (depth === 0) into.positions++;
+      if (draft !== x[target]) break;
+      into.accepted[depth] = into.accepted[depth]! + 1;
+      hidden = r.hidden.slice(0, hd);
+      hiddenOff = 0;
+      fed = draft;
+    }
+  }
+}
+
+log(`chained drafts: ${PROMPTS.length} prompts, teacher-forced ...`);
+const chain: ChainCounts = { positions: 0, accepted: [0, 0, 0] };
+for (const prompt of PROMPTS) await chainCounts(await greedyTokens(prompt), prompt.length, chain);
+const [c1, c2, c3] = chain.accepted;
+const chainRates = { first: c1 / chain.positions, second: c2 / c1, third: c3 / c2 };
+
 const name = basename(opts.model);
 const MiB = 1024 * 1024;
 const lines = [
   ...settingLines(setting),
-  `model ${name}, ${opts.threads} kernel threads, greedy, ${opts.promptTokens}-token prompts, ${opts.tokens} tokens per sequence, medians of ${opts.rounds} rounds`,
+  `model ${name}, ${opts.threads} kernel threads, greedy, ${PROMPTS.length} ${opts.promptTokens}-token prompts run batch at a time, ${opts.tokens} tokens per sequence, medians of ${opts.rounds} rounds`,
   "",
   ...textTable(
     ["batch", "speculation", "decode tok/s", "accepted/drafted", "tokens per step", "MiB read per token", "rounds (tok/s)"],
@@ -222,6 +315,21 @@ for (const batch of BATCHES) {
   bars.push({ label: `batch ${batch}: measured`, value: measured, note: fmtX(measured), group: "measured" });
   bars.push({ label: `batch ${batch}: bytes' ceiling`, value: ceiling, note: fmtX(ceiling), group: "ceiling" });
 }
+{
+  // The bytes' ceiling of one and of two drafts per step at batch 1, at the chained drafts' own acceptance.
+  const off = results.find((r) => r.batch === BATCHES[0] && r.mode === "off")!;
+  const on = results.find((r) => r.batch === BATCHES[0] && r.mode === "on")!;
+  const plain = off.bytesPerToken; // bytes of a plain step
+  const oneDraft = on.bytesPerToken * on.tokensPerStep; // bytes of a step verifying one draft
+  const twoDrafts = 2 * oneDraft - plain; // estimate: what the second draft adds is what the first added
+  const tokens1 = 1 + chainRates.first;
+  const tokens2 = 1 + chainRates.first + chainRates.first * chainRates.second;
+  lines.push(
+    "",
+    `chained drafts, teacher-forced on the greedy output of the ${PROMPTS.length} prompts, ${chain.positions} positions: first draft accepted ${fmt(chainRates.first, 3)}, the second given the first ${fmt(chainRates.second, 3)}, the third given the second ${fmt(chainRates.third, 3)}`,
+    `batch ${BATCHES[0]} bytes' ceiling at these rates: one draft ${fmtX((tokens1 * plain) / oneDraft)} (${fmt(tokens1, 2)} tokens per step), two chained drafts about ${fmtX((tokens2 * plain) / twoDrafts)} (${fmt(tokens2, 2)} tokens per step, reading an estimated ${fmt(twoDrafts / plain, 2)}x a plain step's bytes)`,
+  );
+}
 console.log(lines.join("\n"));
 const [json, html] = writeBenchReport(
   setting,
@@ -231,6 +339,15 @@ const [json, html] = writeBenchReport(
   lines,
   [{ title: "speculation on / off, decode tokens/s", unit: "x", bars, refs: [{ value: 1, label: "no gain" }] }],
   1,
-  { model: opts.model, threads: opts.threads, promptTokens: opts.promptTokens, tokens: opts.tokens, rounds: opts.rounds, results, summary },
+  {
+    model: opts.model,
+    threads: opts.threads,
+    promptTokens: opts.promptTokens,
+    tokens: opts.tokens,
+    rounds: opts.rounds,
+    results,
+    summary,
+    chain: { ...chain, rates: chainRates },
+  },
 );
 log(`wrote ${json} and ${html}`);
