@@ -315,19 +315,21 @@ for (const batch of BATCHES) {
   bars.push({ label: `batch ${batch}: measured`, value: measured, note: fmtX(measured), group: "measured" });
   bars.push({ label: `batch ${batch}: bytes' ceiling`, value: ceiling, note: fmtX(ceiling), group: "ceiling" });
 }
-{
+const off1 = results.find((r) => r.batch === 1 && r.mode === "off");
+const on1 = results.find((r) => r.batch === 1 && r.mode === "on");
+lines.push(
+  "",
+  `chained drafts, teacher-forced on the greedy output of the ${PROMPTS.length} prompts, ${chain.positions} positions: first draft accepted ${fmt(chainRates.first, 3)}, the second given the first ${fmt(chainRates.second, 3)}, the third given the second ${fmt(chainRates.third, 3)}`,
+);
+if (off1 !== undefined && on1 !== undefined) {
   // The bytes' ceiling of one and of two drafts per step at batch 1, at the chained drafts' own acceptance.
-  const off = results.find((r) => r.batch === BATCHES[0] && r.mode === "off")!;
-  const on = results.find((r) => r.batch === BATCHES[0] && r.mode === "on")!;
-  const plain = off.bytesPerToken; // bytes of a plain step
-  const oneDraft = on.bytesPerToken * on.tokensPerStep; // bytes of a step verifying one draft
+  const plain = off1.bytesPerToken; // bytes of a plain step
+  const oneDraft = on1.bytesPerToken * on1.tokensPerStep; // bytes of a step verifying one draft
   const twoDrafts = 2 * oneDraft - plain; // estimate: what the second draft adds is what the first added
   const tokens1 = 1 + chainRates.first;
   const tokens2 = 1 + chainRates.first + chainRates.first * chainRates.second;
   lines.push(
-    "",
-    `chained drafts, teacher-forced on the greedy output of the ${PROMPTS.length} prompts, ${chain.positions} positions: first draft accepted ${fmt(chainRates.first, 3)}, the second given the first ${fmt(chainRates.second, 3)}, the third given the second ${fmt(chainRates.third, 3)}`,
-    `batch ${BATCHES[0]} bytes' ceiling at these rates: one draft ${fmtX((tokens1 * plain) / oneDraft)} (${fmt(tokens1, 2)} tokens per step), two chained drafts about ${fmtX((tokens2 * plain) / twoDrafts)} (${fmt(tokens2, 2)} tokens per step, reading an estimated ${fmt(twoDrafts / plain, 2)}x a plain step's bytes)`,
+    `batch 1 bytes' ceiling at these rates: one draft ${fmtX((tokens1 * plain) / oneDraft)} (${fmt(tokens1, 2)} tokens per step), two chained drafts about ${fmtX((tokens2 * plain) / twoDrafts)} (${fmt(tokens2, 2)} tokens per step, reading an estimated ${fmt(twoDrafts / plain, 2)}x a plain step's bytes)`,
   );
 }
 console.log(lines.join("\n"));
