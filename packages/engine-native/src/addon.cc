@@ -723,42 +723,6 @@ static napi_value Nucleus(napi_env env, napi_callback_info info) {
   return v;
 }
 
-// weightedRowSum(ys, rows, weights, n, out, hidden): out[rows[i]] += weights[i] * ys[i] for i ascending, row by row
-// of `hidden` floats: a MoE layer's combine (layers/moe.ts addExpertGroup). Each element is rounded as the
-// TypeScript rounds it, float32(double(out) + weight * double(y)) with the product rounded first (the build never
-// fuses a multiply into an add), so the two give the same bits. Scalar, ISA-independent, on the calling thread.
-static napi_value WeightedRowSum(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  Arr ys, rows, weights, out;
-  int n, hidden;
-  if (argc != 6 || !get_array(env, argv[0], &ys) || !ys.present || ys.type != napi_float32_array || !get_array(env, argv[1], &rows) ||
-      !rows.present || rows.type != napi_int32_array || !get_array(env, argv[2], &weights) || !weights.present ||
-      weights.type != napi_float64_array || !get_int(env, argv[3], &n) || n < 0 || !get_array(env, argv[4], &out) || !out.present ||
-      out.type != napi_float32_array || !get_int(env, argv[5], &hidden) || hidden < 1)
-    return range_error(env, "weightedRowSum(ys: Float32Array, rows: Int32Array, weights: Float64Array, n >= 0, out: Float32Array, hidden >= 1)");
-  if ((size_t)n > rows.length || (size_t)n > weights.length || (double)n * hidden > (double)ys.length)
-    return range_error(env, "weightedRowSum: ys, rows or weights hold fewer than n entries");
-  const int32_t* row = (const int32_t*)rows.data;
-  const size_t outRows = out.length / (size_t)hidden;
-  for (int i = 0; i < n; i++)
-    if (row[i] < 0 || (size_t)row[i] >= outRows) return range_error(env, "weightedRowSum: a row is outside out");
-  const float* y = (const float*)ys.data;
-  const double* w = (const double*)weights.data;
-  float* o = (float*)out.data;
-  for (int i = 0; i < n; i++) {
-    float* dst = o + (size_t)row[i] * hidden;
-    const float* src = y + (size_t)i * hidden;
-    const double wi = w[i];
-    for (int c = 0; c < hidden; c++) {
-      const double product = wi * (double)src[c];
-      dst[c] = (float)((double)dst[c] + product);
-    }
-  }
-  return nullptr;
-}
-
 static napi_value Isa(napi_env env, napi_callback_info) { return str(env, K->isa); }
 
 static napi_value SupportedIsas(napi_env env, napi_callback_info) {
@@ -828,7 +792,6 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"attendAsync", nullptr, AsyncCallFn<33, prep_attend>, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"nucleus", nullptr, Nucleus, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"argmax", nullptr, Argmax, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"weightedRowSum", nullptr, WeightedRowSum, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"softmaxWeights", nullptr, SoftmaxWeights, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"logSumExp", nullptr, LogSumExp, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"isa", nullptr, Isa, nullptr, nullptr, nullptr, napi_default, nullptr},

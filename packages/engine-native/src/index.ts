@@ -113,11 +113,6 @@ export interface NativeKernels {
    * logit's weight is exactly 1.
    */
   softmaxWeights(x: Float32Array, ids: Int32Array | null, n: number, max: number, invT: number, minP: number, out: Float64Array): number;
-  /**
-   * out[rows[i]] += weights[i] * ys[i] for i < n ascending, rows of `hidden` floats (a MoE layer's combine), each
-   * element float32(double(out) + double product) as TypeScript computes it, so the same bits.
-   */
-  weightedRowSum(ys: Float32Array, rows: Int32Array, weights: Float64Array, n: number, out: Float32Array, hidden: number): void;
   /** The index (counted from off) of the first largest of x[off .. off + n), or -1 when they hold a NaN or +Infinity. */
   argmax(x: Float32Array, off: number, n: number): number;
   /**

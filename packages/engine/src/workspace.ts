@@ -52,8 +52,6 @@ export class Workspace implements ExpertScratch {
   readonly sizes = ScratchBuffer.i32();
   readonly xs = ScratchBuffer.f32();
   readonly ys = ScratchBuffer.f32();
-  readonly entryRows = ScratchBuffer.i32();
-  readonly entryWeights = ScratchBuffer.f64();
   private readonly f32s = new Map<string, ScratchBuffer<Float32Array>>();
   private readonly f64s = new Map<string, ScratchBuffer<Float64Array>>();
   private readonly i32s = new Map<string, ScratchBuffer<Int32Array>>();

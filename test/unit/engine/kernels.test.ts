@@ -12,7 +12,6 @@ import {
   argmax,
   argmaxOn,
   kernelsByName,
-  LocalExpertExecutor,
   logSumExp,
   matmul,
   selectNucleus,
@@ -21,7 +20,6 @@ import {
   parseKernelsName,
   quantizeFp8Block,
   type AttendArgs,
-  Workspace,
   type WeightMatrix,
 } from "@moela/engine";
 import { fillRandom } from "../../helpers/random.js";
@@ -364,48 +362,6 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
       }
     }
     expect(() => native!.nucleus(new Float32Array(4), Int32Array.from([0, 9]), new Float64Array(2), 2, 1)).toThrow(/outside logits/);
-  });
-
-  it("weightedRowSum: a MoE layer's combine, the bits of its TypeScript loop; bad arguments a RangeError", async () => {
-    // Direct: repeated rows, weights float32 cannot hold, and magnitudes where the rounding order shows.
-    const hidden = 37;
-    const n = 9;
-    const ys = Float32Array.from(fill(new Float32Array(n * hidden), 21), (v, i) => v * 10 ** ((i % 7) - 3));
-    const rows = Int32Array.from([2, 0, 2, 1, 2, 0, 3, 2, 1]);
-    const weights = Float64Array.from({ length: n }, (_, i) => (i % 3 === 0 ? -1 : 1) * (0.1 + i / 3));
-    const want = fill(new Float32Array(4 * hidden), 22);
-    const got = want.slice();
-    for (let i = 0; i < n; i++) for (let c = 0; c < hidden; c++) want[rows[i]! * hidden + c] = want[rows[i]! * hidden + c]! + weights[i]! * ys[i * hidden + c]!;
-    native!.weightedRowSum(ys, rows, weights, n, got, hidden);
-    expect(bits(got)).toEqual(bits(want));
-    expect(() => native!.weightedRowSum(ys, Int32Array.from([4]), weights, 1, got, hidden)).toThrow(/outside out/);
-    expect(() => native!.weightedRowSum(ys, rows, weights, 10, got, hidden)).toThrow(/fewer than n/);
-    expect(() => native!.weightedRowSum(ys, rows, new Float64Array(n), n, new Float32Array(3), 0)).toThrow(/hidden >= 1/);
-
-    // Through the engine: routed experts with the native combine give the bits of the TypeScript one.
-    const H = 64;
-    const E = 6;
-    const k = 3;
-    const T = 5;
-    const experts = Array.from({ length: E }, (_, e) => ({
-      gate: makeWeight("fp8", 32 + e, H, [16, 16]),
-      up: makeWeight("fp8", 32 + e, H, [16, 16]),
-      down: makeWeight("fp8", H, 32 + e, [16, 16]),
-    }));
-    const moe = { gate: makeWeight("f32", E, H), bias: null, experts, shared: null };
-    const x = fill(new Float32Array(T * H), 23);
-    const ids = Int32Array.from({ length: T * k }, (_, i) => (i * 5 + Math.floor(i / k)) % E);
-    const gateWeights = Float32Array.from(fill(new Float32Array(T * k), 24), (v) => Math.abs(v) + 0.01);
-    const tsCombine = { ...fast };
-    delete tsCombine.weightedRowSum;
-    const outs = [fast, tsCombine].map(async (kernels) => {
-      const out = new Float32Array(T * H);
-      await new LocalExpertExecutor(new Map([[1, moe]]), H, k, new Workspace(), kernels).runRouted(1, x, T, ids, gateWeights, out);
-      return out;
-    });
-    const [withNative, withTs] = await Promise.all(outs);
-    expect(withNative!.some((v) => v !== 0)).toBe(true);
-    expect(bits(withNative!)).toEqual(bits(withTs!));
   });
 
   it("threads split the work without changing a bit", () => {

@@ -147,7 +147,6 @@ function makeFast(n: NativeKernels): KernelBackend {
     attendAsync: (a) => n.attendAsync(...attendArgs(a)),
     mlpGroupAsync: (group, counts, x, out, scratch) => n.mlpGroupAsync(...mlpGroupArgs(group, counts, x, out, scratch)),
     logSumExp: (logits, out) => n.logSumExp(logits, 0, logits.length, out),
-    weightedRowSum: (ys, rows, weights, count, out, hidden) => n.weightedRowSum(ys, rows, weights, count, out, hidden),
     sampler: {
       argmax: (logits) => n.argmax(logits, 0, logits.length),
       softmaxWeights: (logits, ids, count, max, invT, minP, out) => n.softmaxWeights(logits, ids, count, max, invT, minP, out),

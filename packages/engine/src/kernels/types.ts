@@ -113,11 +113,6 @@ export interface KernelBackend {
    */
   logSumExp?: (logits: Float32Array, out: Float64Array) => void;
   /**
-   * out[rows[i]] += weights[i] * ys[i] for i < n ascending, rows of `hidden` floats: a MoE layer's combine
-   * (layers/moe.ts). The same bits as its TypeScript loop, which runs where this is absent.
-   */
-  weightedRowSum?: (ys: Float32Array, rows: Int32Array, weights: Float64Array, n: number, out: Float32Array, hidden: number) => void;
-  /**
    * Sampling's passes over the vocabulary (sampler.ts, SamplerKernels): greedy's argmax and temperature sampling's
    * weights. Absent: the sampler's own TypeScript loops (the TypeScript backends).
    */

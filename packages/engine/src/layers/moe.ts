@@ -19,20 +19,10 @@ export interface ExpertScratch extends MlpScratch {
   readonly sizes: ScratchBuffer<Int32Array>; // [E] token counts of the experts with tokens
   readonly xs: ScratchBuffer<Float32Array>; // [P, hidden] every entry's token row, grouped by expert
   readonly ys: ScratchBuffer<Float32Array>; // [P, hidden] the experts' outputs, in xs's order
-  readonly entryRows: ScratchBuffer<Int32Array>; // [P] the token row of each of ys's rows (the native combine)
-  readonly entryWeights: ScratchBuffer<Float64Array>; // [P] the gate weight of each of ys's rows (the native combine)
 }
 
 export function createExpertScratch(): ExpertScratch {
-  return {
-    ...createMlpScratch(),
-    fill: ScratchBuffer.i32(),
-    sizes: ScratchBuffer.i32(),
-    xs: ScratchBuffer.f32(),
-    ys: ScratchBuffer.f32(),
-    entryRows: ScratchBuffer.i32(),
-    entryWeights: ScratchBuffer.f64(),
-  };
+  return { ...createMlpScratch(), fill: ScratchBuffer.i32(), sizes: ScratchBuffer.i32(), xs: ScratchBuffer.f32(), ys: ScratchBuffer.f32() };
 }
 
 /** Counting sort of entries [0, P) by expert id: bucket e is order[start[e] .. start[e+1]), entries ascending within it. */
@@ -106,20 +96,9 @@ function gatherExpertGroup(g: ExpertGroupArgs): { group: MlpWeights[]; sizes: In
 
 /** out[t] = sum of weight * expert output over t's entries, in ascending expert id (the buckets' order). ys: [P, hidden]. */
 function addExpertGroup(g: ExpertGroupArgs, ys: Float32Array): void {
-  const { order, weights, hidden, T, out, tokenOf, kernels } = g;
+  const { order, weights, hidden, T, out, tokenOf } = g;
   out.fill(0, 0, T * hidden);
   const P = ys.length / hidden;
-  if (kernels.weightedRowSum !== undefined) {
-    const rows = g.ws.entryRows.get(P);
-    const entryWeights = g.ws.entryWeights.get(P);
-    for (let i = 0; i < P; i++) {
-      const p = order[i]!;
-      rows[i] = tokenOf(p);
-      entryWeights[i] = weights[p]!;
-    }
-    kernels.weightedRowSum(ys, rows, entryWeights, P, out, hidden);
-    return;
-  }
   for (let i = 0; i < P; i++) {
     const p = order[i]!;
     const t = tokenOf(p);
