@@ -15,7 +15,7 @@ export const SETTINGS = {
     flag: "--shard-index",
     env: "MOELA_EXPERT_HOST_SHARD_INDEX",
     bool: false,
-    help: "this host's shard, 0..shard-count-1 (required; the StatefulSet ordinal)",
+    help: "this host's shard, 0..shard-count-1 (required; the chart passes each shard's StatefulSet its index)",
   },
   shardCount: { flag: "--shard-count", env: "MOELA_EXPERT_HOST_SHARD_COUNT", bool: false, help: "number of expert-hosts H (required)" },
   grpcAddress: {
