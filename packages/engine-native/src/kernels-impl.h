@@ -54,39 +54,59 @@ static float* scratch(Scratch* s, size_t n) {
 static thread_local Scratch panelScratch = {nullptr, 0};
 static thread_local Scratch scoreScratch = {nullptr, 0};
 
+// A tile's shape: TILE_ROWS weight rows by up to TILE_TOKENS tokens, each pair with its own accumulator, plus (for
+// FP8) a second set for the current scale block. AVX-512's 32 registers take a 4 x 4 tile's partial sums. AVX2 has
+// 16, and a V takes two of them, so there a 4 x 4 tile (or the FP8 loop's 32-code pairs of vectors) went through the
+// stack on every step; 2 x 2 fits, and one token's tile fits 4 rows. The shape only groups outputs: each output's
+// operations and their order are the same whatever the shape (see the top of this file).
+#if defined(MOELA_ISA_AVX2)
+// Unrolled before GCC decides where arrays live, so the accumulator arrays stay in registers.
+#define MOELA_UNROLL _Pragma("GCC unroll 16")
+static const int TILE_ROWS = 2;
+static const int TILE_ROWS_1 = 4;  // rows of a one-token tile
+static const int TILE_TOKENS = 2;
+static const bool FP8_PAIRS = false;
+#else
+#define MOELA_UNROLL
+static const int TILE_ROWS = 4;
+static const int TILE_ROWS_1 = 4;
+static const int TILE_TOKENS = 4;
+static const bool FP8_PAIRS = true;
+#endif
+
 /** a[r][t] += w_r[c..c1) * x_t[c..c1), 16 lanes, c ascending. */
 template <int K, int RB, int TB>
 MOELA_INLINE void dot_span(V (&a)[RB][TB], const void* w, const size_t* rowOff, const float* const* xs, int c, int c1) {
-  if (K == W_FP8) {
+  if (K == W_FP8 && FP8_PAIRS) {
     // Two vectors of codes per step (decoding 32 at once is cheaper); the same operations in the same order.
     for (; c + 32 <= c1; c += 32) {
       V lo[RB], hi[RB];
-      for (int r = 0; r < RB; r++) vload2_e4m3((const uint8_t*)w + rowOff[r] + c, &lo[r], &hi[r]);
-      for (int t = 0; t < TB; t++) {
+      MOELA_UNROLL for (int r = 0; r < RB; r++) vload2_e4m3((const uint8_t*)w + rowOff[r] + c, &lo[r], &hi[r]);
+      MOELA_UNROLL for (int t = 0; t < TB; t++) {
         const V xv = vload(xs[t] + c);
-        for (int r = 0; r < RB; r++) a[r][t] = vfma(lo[r], xv, a[r][t]);
+        MOELA_UNROLL for (int r = 0; r < RB; r++) a[r][t] = vfma(lo[r], xv, a[r][t]);
       }
-      for (int t = 0; t < TB; t++) {
+      MOELA_UNROLL for (int t = 0; t < TB; t++) {
         const V xv = vload(xs[t] + c + 16);
-        for (int r = 0; r < RB; r++) a[r][t] = vfma(hi[r], xv, a[r][t]);
+        MOELA_UNROLL for (int r = 0; r < RB; r++) a[r][t] = vfma(hi[r], xv, a[r][t]);
       }
     }
   }
   for (; c + 16 <= c1; c += 16) {
     V wv[RB];
-    for (int r = 0; r < RB; r++) wv[r] = wload<K>(w, rowOff[r] + c);
-    for (int t = 0; t < TB; t++) {
+    MOELA_UNROLL for (int r = 0; r < RB; r++) wv[r] = wload<K>(w, rowOff[r] + c);
+    MOELA_UNROLL for (int t = 0; t < TB; t++) {
       const V xv = vload(xs[t] + c);
-      for (int r = 0; r < RB; r++) a[r][t] = vfma(wv[r], xv, a[r][t]);
+      MOELA_UNROLL for (int r = 0; r < RB; r++) a[r][t] = vfma(wv[r], xv, a[r][t]);
     }
   }
   if (c < c1) {
     const int n = c1 - c;
     V wv[RB];
-    for (int r = 0; r < RB; r++) wv[r] = wload_n<K>(w, rowOff[r] + c, n);
-    for (int t = 0; t < TB; t++) {
+    MOELA_UNROLL for (int r = 0; r < RB; r++) wv[r] = wload_n<K>(w, rowOff[r] + c, n);
+    MOELA_UNROLL for (int t = 0; t < TB; t++) {
       const V xv = vload_n(xs[t] + c, n);
-      for (int r = 0; r < RB; r++) a[r][t] = vfma(wv[r], xv, a[r][t]);
+      MOELA_UNROLL for (int r = 0; r < RB; r++) a[r][t] = vfma(wv[r], xv, a[r][t]);
     }
   }
 }
@@ -98,27 +118,33 @@ MOELA_INLINE void dot_span(V (&a)[RB][TB], const void* w, const size_t* rowOff, 
 template <int K, bool SCALED, int RB, int TB>
 static void tile(const void* w, const size_t* rowOff, int cols, int bcols, const float* const* scl, const float* const* xs, float* out) {
   V acc[RB][TB];
-  for (int r = 0; r < RB; r++)
-    for (int t = 0; t < TB; t++) acc[r][t] = vzero();
+  MOELA_UNROLL for (int r = 0; r < RB; r++)
+    MOELA_UNROLL for (int t = 0; t < TB; t++) acc[r][t] = vzero();
   if (!SCALED) {
     dot_span<K, RB, TB>(acc, w, rowOff, xs, 0, cols);
   } else {
     for (int c0 = 0, b = 0; c0 < cols; c0 += bcols, b++) {
       V p[RB][TB];
-      for (int r = 0; r < RB; r++)
-        for (int t = 0; t < TB; t++) p[r][t] = vzero();
+      MOELA_UNROLL for (int r = 0; r < RB; r++)
+        MOELA_UNROLL for (int t = 0; t < TB; t++) p[r][t] = vzero();
       dot_span<K, RB, TB>(p, w, rowOff, xs, c0, imin(cols, c0 + bcols));
-      for (int r = 0; r < RB; r++) {
+      MOELA_UNROLL for (int r = 0; r < RB; r++) {
         const V s = vset1(scl[r][b] * E4M3_UNSCALE);
-        for (int t = 0; t < TB; t++) acc[r][t] = vfma(p[r][t], s, acc[r][t]);
+        MOELA_UNROLL for (int t = 0; t < TB; t++) acc[r][t] = vfma(p[r][t], s, acc[r][t]);
       }
     }
   }
+#if defined(MOELA_ISA_AVX512)
   V all[16];
   for (int r = 0; r < RB; r++)
     for (int t = 0; t < TB; t++) all[r * TB + t] = acc[r][t];
   for (int k = RB * TB; k < 16; k++) all[k] = vzero();
   vsum16(all, out);
+#else
+  // vsum16 is vsum per accumulator on these: reduce only the tile's own.
+  MOELA_UNROLL for (int r = 0; r < RB; r++)
+    MOELA_UNROLL for (int t = 0; t < TB; t++) out[r * TB + t] = vsum(acc[r][t]);
+#endif
 }
 
 typedef void (*TileFn)(const void*, const size_t*, int, int, const float* const*, const float* const*, float*);
@@ -126,10 +152,10 @@ typedef void (*TileFn)(const void*, const size_t*, int, int, const float* const*
 template <int K, bool SCALED>
 static TileFn tile_for(int tb) {
   switch (tb) {
-    case 1: return tile<K, SCALED, 4, 1>;
-    case 2: return tile<K, SCALED, 4, 2>;
-    case 3: return tile<K, SCALED, 4, 3>;
-    default: return tile<K, SCALED, 4, 4>;
+    case 1: return tile<K, SCALED, TILE_ROWS_1, 1>;
+    case 2: return tile<K, SCALED, TILE_ROWS, (TILE_TOKENS < 2 ? TILE_TOKENS : 2)>;
+    case 3: return tile<K, SCALED, TILE_ROWS, (TILE_TOKENS < 3 ? TILE_TOKENS : 3)>;
+    default: return tile<K, SCALED, TILE_ROWS, TILE_TOKENS>;
   }
 }
 
@@ -186,8 +212,8 @@ static void matmul(const MatmulArgs* a, int i0, int i1) {
         }
         src = p;
       }
-      for (int t0 = tb0; t0 < tb1; t0 += 4) {
-        const int tb = imin(4, tb1 - t0);
+      for (int t0 = tb0; t0 < tb1; t0 += TILE_TOKENS) {
+        const int tb = imin(TILE_TOKENS, tb1 - t0);
         const float* xs[4];
         for (int k = 0; k < tb; k++) xs[k] = x + (size_t)(t0 + k) * a->xStride;
         TileFn fn;
@@ -200,10 +226,14 @@ static void matmul(const MatmulArgs* a, int i0, int i1) {
             default: fn = tile_for<W_FP8, true>(tb); break;
           }
         }
-        float out[16];
-        fn(src, off, cols, bcols, scl, xs, out);
-        for (int k = 0; k < nr; k++)
-          for (int t = 0; t < tb; t++) y[(size_t)(t0 + t) * a->yStride + i + k] = out[k * tb + t];
+        // The quad's rows TILE_ROWS at a time (a tile past the quad's last real row is not computed).
+        const int tileRows = tb == 1 ? TILE_ROWS_1 : TILE_ROWS;
+        for (int r0 = 0; r0 < nr; r0 += tileRows) {
+          float out[16];
+          fn(src, off + r0, cols, bcols, scl + r0, xs, out);
+          for (int k = 0; k < imin(tileRows, nr - r0); k++)
+            for (int t = 0; t < tb; t++) y[(size_t)(t0 + t) * a->yStride + i + r0 + k] = out[k * tb + t];
+        }
       }
     }
   }

@@ -102,11 +102,25 @@ struct V {
 MOELA_INLINE V vzero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
 MOELA_INLINE V vset1(float a) { return {_mm256_set1_ps(a), _mm256_set1_ps(a)}; }
 MOELA_INLINE V vload(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
-MOELA_INLINE V vload_n(const float* p, int n) {
-  float t[16] = {0};
-  memcpy(t, p, (size_t)n * 4);
-  return vload(t);
+// The partial loads (a row's last n < 16 elements) copy into a zeroed buffer. They live in functions of their own,
+// each returning one register: inlined, their address-taken buffers made GCC keep the kernels' accumulator arrays in
+// memory, storing every accumulator on every step of the main loops.
+__attribute__((noinline)) static __m256 load8_f32_n(const float* p, int n) {
+  float t[8] = {0};
+  if (n > 0) memcpy(t, p, (size_t)(n < 8 ? n : 8) * 4);
+  return _mm256_loadu_ps(t);
 }
+__attribute__((noinline)) static __m128i load8_u16_n(const uint16_t* p, int n) {
+  uint16_t t[8] = {0};
+  if (n > 0) memcpy(t, p, (size_t)(n < 8 ? n : 8) * 2);
+  return _mm_loadu_si128((const __m128i*)t);
+}
+__attribute__((noinline)) static __m128i load16_u8_n(const uint8_t* p, int n) {
+  uint8_t t[16] = {0};
+  memcpy(t, p, (size_t)n);
+  return _mm_loadu_si128((const __m128i*)t);
+}
+MOELA_INLINE V vload_n(const float* p, int n) { return {load8_f32_n(p, n), load8_f32_n(p + 8, n - 8)}; }
 MOELA_INLINE void vstore(float* p, V a) {
   _mm256_storeu_ps(p, a.lo);
   _mm256_storeu_ps(p + 8, a.hi);
@@ -123,18 +137,12 @@ MOELA_INLINE __m256 bf16x8(__m128i w) { return _mm256_castsi256_ps(_mm256_slli_e
 MOELA_INLINE V vload_bf16(const uint16_t* p) {
   return {bf16x8(_mm_loadu_si128((const __m128i*)p)), bf16x8(_mm_loadu_si128((const __m128i*)(p + 8)))};
 }
-MOELA_INLINE V vload_bf16_n(const uint16_t* p, int n) {
-  uint16_t t[16] = {0};
-  memcpy(t, p, (size_t)n * 2);
-  return vload_bf16(t);
-}
+MOELA_INLINE V vload_bf16_n(const uint16_t* p, int n) { return {bf16x8(load8_u16_n(p, n)), bf16x8(load8_u16_n(p + 8, n - 8))}; }
 MOELA_INLINE V vload_f16(const uint16_t* p) {
   return {_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + 8)))};
 }
 MOELA_INLINE V vload_f16_n(const uint16_t* p, int n) {
-  uint16_t t[16] = {0};
-  memcpy(t, p, (size_t)n * 2);
-  return vload_f16(t);
+  return {_mm256_cvtph_ps(load8_u16_n(p, n)), _mm256_cvtph_ps(load8_u16_n(p + 8, n - 8))};
 }
 MOELA_INLINE V vload_e4m3(const uint8_t* p) {
   __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p));
@@ -142,9 +150,9 @@ MOELA_INLINE V vload_e4m3(const uint8_t* p) {
   return {_mm256_cvtph_ps(_mm256_castsi256_si128(w)), _mm256_cvtph_ps(_mm256_extracti128_si256(w, 1))};
 }
 MOELA_INLINE V vload_e4m3_n(const uint8_t* p, int n) {
-  uint8_t t[16] = {0};
-  memcpy(t, p, (size_t)n);
-  return vload_e4m3(t);
+  __m256i w = _mm256_cvtepu8_epi16(load16_u8_n(p, n));
+  w = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(w, 8), 1), _mm256_set1_epi16((short)0xBFFF));
+  return {_mm256_cvtph_ps(_mm256_castsi256_si128(w)), _mm256_cvtph_ps(_mm256_extracti128_si256(w, 1))};
 }
 
 MOELA_INLINE V vmax(V a, V b) { return {_mm256_max_ps(a.lo, b.lo), _mm256_max_ps(a.hi, b.hi)}; }
@@ -307,11 +315,21 @@ MOELA_INLINE T tree16(T* t) {
   t[1] = t[1] + t[3];
   return t[0] + t[1];
 }
+#if defined(MOELA_ISA_AVX2)
+// tree16's additions on the two halves in registers (each level adds the same operands, first operand first).
+MOELA_INLINE float vsum(V a) {
+  const __m256 l1 = _mm256_add_ps(a.lo, a.hi);                                               // j + (j + 8)
+  const __m128 l2 = _mm_add_ps(_mm256_castps256_ps128(l1), _mm256_extractf128_ps(l1, 1));  // j + (j + 4)
+  const __m128 l3 = _mm_add_ps(l2, _mm_movehl_ps(l2, l2));                                   // j + (j + 2)
+  return _mm_cvtss_f32(_mm_add_ss(l3, _mm_shuffle_ps(l3, l3, 1)));                           // 0 + 1
+}
+#else
 MOELA_INLINE float vsum(V a) {
   float t[16];
   vstore(t, a);
   return tree16(t);
 }
+#endif
 /** vsum's tree over 16 double lanes. */
 MOELA_INLINE double vdsum(VD a) {
   double t[16];

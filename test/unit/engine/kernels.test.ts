@@ -207,10 +207,14 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
       const outs: number[][] = [];
       for (const [kind, rows, cols, block] of SHAPES) {
         const w = makeWeight(kind, rows, cols, block);
-        const x = fill(new Float32Array(9 * cols), 1);
-        const y = new Float32Array(9 * rows);
-        fast.matmul(w, x, 9, y);
-        outs.push(bits(y));
+        // Each token count takes another tile shape on some instruction sets (one token, a pair, a partial tile,
+        // and the widened panel beyond four).
+        for (const T of [1, 2, 3, 9]) {
+          const x = fill(new Float32Array(T * cols), T);
+          const y = new Float32Array(T * rows);
+          fast.matmul(w, x, T, y);
+          outs.push(bits(y));
+        }
         const v = fill(new Float32Array(3 * rows), 2);
         const o = new Float32Array(3 * cols);
         fast.matmulT(w, v, 3, o);
