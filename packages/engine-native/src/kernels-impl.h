@@ -57,18 +57,21 @@ static thread_local Scratch scoreScratch = {nullptr, 0};
 // A tile's shape: TILE_ROWS weight rows by up to TILE_TOKENS tokens, each pair with its own accumulator, plus (for
 // FP8) a second set for the current scale block. AVX-512's 32 registers take a 4 x 4 tile's partial sums. AVX2 has
 // 16, and a V takes two of them, so there a 4 x 4 tile (or the FP8 loop's 32-code pairs of vectors) went through the
-// stack on every step; 2 x 2 fits, and one token's tile fits 4 rows. The shape only groups outputs: each output's
-// operations and their order are the same whatever the shape (see the top of this file).
+// stack on every step; an FP8 tile of 2 x 2 fits, and so do 4 rows without the second set (other kinds) or with one
+// token. The shape only groups outputs: each output's operations and their order are the same whatever the shape
+// (see the top of this file). scripts/bench/kernels-ab.ts measured each choice against the 4 x 4 tile.
 #if defined(MOELA_ISA_AVX2)
 // Unrolled before GCC decides where arrays live, so the accumulator arrays stay in registers.
 #define MOELA_UNROLL _Pragma("GCC unroll 16")
 static const int TILE_ROWS = 2;
+static const int TILE_ROWS_UNSCALED = 4;  // without FP8's second set of sums
 static const int TILE_ROWS_1 = 4;  // rows of a one-token tile
 static const int TILE_TOKENS = 2;
 static const bool FP8_PAIRS = false;
 #else
 #define MOELA_UNROLL
 static const int TILE_ROWS = 4;
+static const int TILE_ROWS_UNSCALED = 4;
 static const int TILE_ROWS_1 = 4;
 static const int TILE_TOKENS = 4;
 static const bool FP8_PAIRS = true;
@@ -153,9 +156,9 @@ template <int K, bool SCALED>
 static TileFn tile_for(int tb) {
   switch (tb) {
     case 1: return tile<K, SCALED, TILE_ROWS_1, 1>;
-    case 2: return tile<K, SCALED, TILE_ROWS, (TILE_TOKENS < 2 ? TILE_TOKENS : 2)>;
-    case 3: return tile<K, SCALED, TILE_ROWS, (TILE_TOKENS < 3 ? TILE_TOKENS : 3)>;
-    default: return tile<K, SCALED, TILE_ROWS, TILE_TOKENS>;
+    case 2: return tile<K, SCALED, (SCALED ? TILE_ROWS : TILE_ROWS_UNSCALED), (TILE_TOKENS < 2 ? TILE_TOKENS : 2)>;
+    case 3: return tile<K, SCALED, (SCALED ? TILE_ROWS : TILE_ROWS_UNSCALED), (TILE_TOKENS < 3 ? TILE_TOKENS : 3)>;
+    default: return tile<K, SCALED, (SCALED ? TILE_ROWS : TILE_ROWS_UNSCALED), TILE_TOKENS>;
   }
 }
 
@@ -227,7 +230,8 @@ static void matmul(const MatmulArgs* a, int i0, int i1) {
           }
         }
         // The quad's rows TILE_ROWS at a time (a tile past the quad's last real row is not computed).
-        const int tileRows = tb == 1 ? TILE_ROWS_1 : TILE_ROWS;
+        const bool scaled = fp8;  // FP8 tiles, direct or on a widened panel, carry the block's second set of sums
+        const int tileRows = tb == 1 ? TILE_ROWS_1 : scaled ? TILE_ROWS : TILE_ROWS_UNSCALED;
         for (int r0 = 0; r0 < nr; r0 += tileRows) {
           float out[16];
           fn(src, off + r0, cols, bcols, scl + r0, xs, out);

@@ -1,0 +1,170 @@
+/**
+ * Two builds of the native kernels' addon in one process, alternating: matmul's GFLOP/s with each, their ratio,
+ * and whether the two give the same bits. For a kernel change, A/B in one sitting on one noisy VM.
+ *
+ *   git worktree add /tmp/moela-before <rev> && (cd /tmp/moela-before/packages/engine-native && node scripts/build.cjs)
+ *   npx tsx scripts/bench/kernels-ab.ts --addon /tmp/moela-before/packages/engine-native/build/Release/moela_kernels.node \
+ *     --addon packages/engine-native/build/Release/moela_kernels.node [--threads 1] [--kinds fp8] [--tokens 1,2,16,256]
+ *     [--shapes 2816x1024,1024x2816,384x1024,384x192] [--rounds 7] [--round-ms 60] [--out bench-results]
+ *
+ * Each configuration runs --rounds rounds, the addons taking turns within every round, each turn calling the product
+ * for --round-ms with its weights cycled through copies (--working-set-mb in all), so each call reads its weights
+ * from memory as a decode step does. Reported: the medians, and B over A (above 1: B is faster).
+ */
+import { createRequire } from "node:module";
+import { resolve } from "node:path";
+import { Command } from "commander";
+import type { NativeKernels, NativeWeightArgs } from "@moela/engine-native";
+import { commaList, commandLine, describeMachine, fmt, log, machineInfo, median, textTable, writeReport, type Bar } from "../lib/bench-report.js";
+
+const program = new Command()
+  .description("matmul with two builds of the native kernels' addon, alternating in one process")
+  .option("--addon <path>", "a moela_kernels.node (give exactly two: A, then B)", (v: string, acc: string[]) => [...acc, v], [] as string[])
+  .option("--kinds <list>", "weight kinds: fp8, bf16, f32", "fp8")
+  .option("--shapes <list>", "rows x cols", "2816x1024,1024x2816,384x1024,384x192")
+  .option("--tokens <list>", "token counts (T)", "1,2,4,16,256")
+  .option("--threads <n>", "kernel threads", (v) => Number(v), 1)
+  .option("--rounds <n>", "rounds (medians)", (v) => Number(v), 7)
+  .option("--round-ms <ms>", "time per addon per round", (v) => Number(v), 60)
+  .option("--working-set-mb <mb>", "weight copies cycled through", (v) => Number(v), 64)
+  .option("--out <dir>", "where the JSON and HTML go", "bench-results")
+  .parse();
+const opts = program.opts<{
+  addon: string[];
+  kinds: string;
+  shapes: string;
+  tokens: string;
+  threads: number;
+  rounds: number;
+  roundMs: number;
+  workingSetMb: number;
+  out: string;
+}>();
+
+if (opts.addon.length !== 2) throw new Error(`--addon must be given exactly twice (A and B), got ${opts.addon.length}`);
+for (const k of ["threads", "rounds", "roundMs", "workingSetMb"] as const) {
+  if (!(Number.isInteger(opts[k]) && opts[k] >= 1))
+    throw new Error(`--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} must be a positive integer, got ${opts[k]}`);
+}
+const KINDS = { f32: 0, bf16: 1, fp8: 3 } as const;
+type KindName = keyof typeof KINDS;
+const kinds = commaList(opts.kinds).map((k) => {
+  if (!Object.hasOwn(KINDS, k)) throw new Error(`--kinds: unknown kind '${k}' (known: ${Object.keys(KINDS).join(", ")})`);
+  return k as KindName;
+});
+const shapes = commaList(opts.shapes).map((s) => {
+  const m = /^(\d+)x(\d+)$/.exec(s);
+  if (!m) throw new Error(`--shapes: expected ROWSxCOLS, got '${s}'`);
+  return [Number(m[1]), Number(m[2])] as const;
+});
+const tokens = commaList(opts.tokens).map((t) => {
+  const n = Number(t);
+  if (!(Number.isInteger(n) && n >= 1)) throw new Error(`--tokens: expected positive integers, got '${t}'`);
+  return n;
+});
+
+const require = createRequire(import.meta.url);
+const addons = opts.addon.map((p) => require(resolve(p)) as NativeKernels);
+// Each addon holds its own thread pool; both get the same size, and the same instruction set where they can.
+for (const a of addons) a.setThreads(opts.threads);
+const isas = addons.map((a) => a.isa());
+if (isas[0] !== isas[1]) throw new Error(`the two addons chose different instruction sets (${isas.join(", ")})`);
+
+/** Deterministic weights of a kind (FP8: finite e4m3 codes and 128 x 128 block scales). */
+function weight(kind: KindName, rows: number, cols: number, seed: number): NativeWeightArgs {
+  const n = rows * cols;
+  if (kind === "fp8") {
+    const data = Uint8Array.from({ length: n }, (_, i) => ((i * 37 + seed * 11) % 256) & 0xf7); // never 0x7f / 0xff (NaN)
+    const scale = Float32Array.from({ length: Math.ceil(rows / 128) * Math.ceil(cols / 128) }, (_, i) => 0.01 + 0.001 * ((i + seed) % 7));
+    return [KINDS.fp8, data, scale, rows, cols, 128, 128];
+  }
+  if (kind === "bf16") return [KINDS.bf16, Uint16Array.from({ length: n }, (_, i) => 0x3c00 + ((i * 7 + seed) % 1024)), null, rows, cols, 128, 128];
+  return [KINDS.f32, Float32Array.from({ length: n }, (_, i) => (((i * 13 + seed) % 29) - 14) / 15), null, rows, cols, 128, 128];
+}
+
+interface Row {
+  readonly kind: KindName;
+  readonly rows: number;
+  readonly cols: number;
+  readonly T: number;
+  readonly gflops: readonly [number, number];
+  readonly sameBits: boolean;
+}
+const results: Row[] = [];
+for (const kind of kinds) {
+  for (const [rows, cols] of shapes) {
+    const w0 = weight(kind, rows, cols, 0);
+    const bytes = (w0[1] as { byteLength: number }).byteLength;
+    const copies = Math.max(1, Math.min(256, Math.floor((opts.workingSetMb * 1024 * 1024) / bytes)));
+    const ws = Array.from({ length: copies }, (_, i) => (i === 0 ? w0 : weight(kind, rows, cols, i)));
+    for (const T of tokens) {
+      log(`${kind} ${rows}x${cols}, T ${T} ...`);
+      const x = Float32Array.from({ length: T * cols }, (_, i) => ((i % 17) - 8) / 9);
+      const ys = addons.map(() => new Float32Array(T * rows));
+      const times: number[][] = [[], []];
+      for (let round = 0; round < opts.rounds; round++) {
+        addons.forEach((a, k) => {
+          const y = ys[k]!;
+          let calls = 0;
+          const t0 = performance.now();
+          while (performance.now() - t0 < opts.roundMs) {
+            a.matmul(...ws[calls % copies]!, x, 0, cols, T, y, 0, rows, 0, rows, 1, 0, 0, 0);
+            calls++;
+          }
+          times[k]!.push((performance.now() - t0) / calls);
+        });
+      }
+      // The same bits: both addons on the first copy.
+      addons.forEach((a, k) => a.matmul(...w0, x, 0, cols, T, ys[k]!, 0, rows, 0, rows, 1, 0, 0, 0));
+      const a = new Uint32Array(ys[0]!.buffer);
+      const b = new Uint32Array(ys[1]!.buffer);
+      const sameBits = a.every((v, i) => v === b[i]);
+      const gflops = times.map((t) => (2 * rows * cols * T) / median(t) / 1e6) as unknown as readonly [number, number];
+      results.push({ kind, rows, cols, T, gflops, sameBits });
+    }
+  }
+}
+
+const text = [
+  `$ ${commandLine()}`,
+  describeMachine(machineInfo()),
+  `A: ${opts.addon[0]}`,
+  `B: ${opts.addon[1]}`,
+  `instruction set ${isas[0]}, ${opts.threads} kernel thread(s), medians of ${opts.rounds} alternating rounds of ${opts.roundMs} ms, weights cycled through ${opts.workingSetMb} MB`,
+  "",
+  ...textTable(
+    ["matmul", "T", "A GFLOP/s", "B GFLOP/s", "B / A", "bits"],
+    results.map((r) => [
+      `${r.kind} ${r.rows}x${r.cols}`,
+      String(r.T),
+      fmt(r.gflops[0]),
+      fmt(r.gflops[1]),
+      `${(r.gflops[1] / r.gflops[0]).toFixed(2)}x`,
+      r.sameBits ? "same" : "DIFFERENT",
+    ]),
+  ),
+];
+console.log(text.join("\n"));
+const bars: Bar[] = results.map((r) => ({
+  label: `${r.kind} ${r.rows}x${r.cols} T ${r.T}`,
+  value: r.gflops[1] / r.gflops[0],
+  note: `${(r.gflops[1] / r.gflops[0]).toFixed(2)}x`,
+  group: r.kind,
+}));
+const [json, html] = writeReport(
+  opts.out,
+  "kernels-ab",
+  "moela kernels: addon B against addon A",
+  text,
+  [{ title: "matmul, B over A (above 1: B is faster)", unit: "x", bars, refs: [{ value: 1, label: "A" }] }],
+  {
+    command: commandLine(),
+    machine: machineInfo(),
+    addons: opts.addon,
+    isa: isas[0],
+    threads: opts.threads,
+    results,
+  },
+);
+log(`wrote ${json} and ${html}`);
+if (results.some((r) => !r.sameBits)) process.exitCode = 1;
