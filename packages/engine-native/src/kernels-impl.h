@@ -68,6 +68,7 @@ static const int TILE_ROWS_UNSCALED = 4;  // without FP8's second set of sums
 static const int TILE_ROWS_1 = 4;  // rows of a one-token tile
 static const int TILE_TOKENS = 2;
 static const bool FP8_PAIRS = false;
+static const bool PREFETCH_NEXT_QUAD = true;
 #else
 #define MOELA_UNROLL
 static const int TILE_ROWS = 4;
@@ -75,11 +76,13 @@ static const int TILE_ROWS_UNSCALED = 4;
 static const int TILE_ROWS_1 = 4;
 static const int TILE_TOKENS = 4;
 static const bool FP8_PAIRS = true;
+static const bool PREFETCH_NEXT_QUAD = false;
 #endif
 
 /** a[r][t] += w_r[c..c1) * x_t[c..c1), 16 lanes, c ascending. */
 template <int K, int RB, int TB>
-MOELA_INLINE void dot_span(V (&a)[RB][TB], const void* w, const size_t* rowOff, const float* const* xs, int c, int c1) {
+MOELA_INLINE void dot_span(V (&a)[RB][TB], const void* w, const size_t* rowOff, const float* const* xs, int c, int c1, size_t pfAhead) {
+  const int esize = K == W_FP8 ? 1 : K == W_F32 ? 4 : 2;
   if (K == W_FP8 && FP8_PAIRS) {
     // Two vectors of codes per step (decoding 32 at once is cheaper); the same operations in the same order.
     for (; c + 32 <= c1; c += 32) {
@@ -97,6 +100,8 @@ MOELA_INLINE void dot_span(V (&a)[RB][TB], const void* w, const size_t* rowOff, 
   }
   for (; c + 16 <= c1; c += 16) {
     V wv[RB];
+    if (pfAhead > 0 && ((c * esize) & 63) == 0)
+      MOELA_UNROLL for (int r = 0; r < RB; r++) __builtin_prefetch((const char*)w + (rowOff[r] + c) * esize + pfAhead, 0, 3);
     MOELA_UNROLL for (int r = 0; r < RB; r++) wv[r] = wload<K>(w, rowOff[r] + c);
     MOELA_UNROLL for (int t = 0; t < TB; t++) {
       const V xv = vload(xs[t] + c);
@@ -123,14 +128,17 @@ static void tile(const void* w, const size_t* rowOff, int cols, int bcols, const
   V acc[RB][TB];
   MOELA_UNROLL for (int r = 0; r < RB; r++)
     MOELA_UNROLL for (int t = 0; t < TB; t++) acc[r][t] = vzero();
+  // Where the weights stream from memory (not a widened panel), the next row quad's lines are fetched while this
+  // one computes: on Zen 2 the hardware prefetcher restarts at every quad, and FP8's products then wait on memory.
+  const size_t pfAhead = PREFETCH_NEXT_QUAD && K != W_F32 ? (size_t)4 * cols * (K == W_FP8 ? 1 : 2) : 0;
   if (!SCALED) {
-    dot_span<K, RB, TB>(acc, w, rowOff, xs, 0, cols);
+    dot_span<K, RB, TB>(acc, w, rowOff, xs, 0, cols, pfAhead);
   } else {
     for (int c0 = 0, b = 0; c0 < cols; c0 += bcols, b++) {
       V p[RB][TB];
       MOELA_UNROLL for (int r = 0; r < RB; r++)
         MOELA_UNROLL for (int t = 0; t < TB; t++) p[r][t] = vzero();
-      dot_span<K, RB, TB>(p, w, rowOff, xs, c0, imin(cols, c0 + bcols));
+      dot_span<K, RB, TB>(p, w, rowOff, xs, c0, imin(cols, c0 + bcols), pfAhead);
       MOELA_UNROLL for (int r = 0; r < RB; r++) {
         const V s = vset1(scl[r][b] * E4M3_UNSCALE);
         MOELA_UNROLL for (int t = 0; t < TB; t++) acc[r][t] = vfma(p[r][t], s, acc[r][t]);
