@@ -10,6 +10,10 @@
  * Each configuration runs --rounds rounds, the addons taking turns within every round, each turn calling the product
  * for --round-ms with its weights cycled through copies (--working-set-mb in all), so each call reads its weights
  * from memory as a decode step does. Reported: the medians, and B over A (above 1: B is faster).
+ *
+ * The addon loaded second is at a disadvantage on products over more than 4 tokens (the widened-panel path): two
+ * copies of one build gave B / A 0.87-0.88x there and 1.00-1.02x at 1 token (Zen 2, glibc; presumably its
+ * thread-local scratch, reached through dynamic TLS in a second loaded module). Swap --addon to see both orders.
  */
 import { createRequire } from "node:module";
 import { resolve } from "node:path";
