@@ -18,8 +18,10 @@
 import { createRequire } from "node:module";
 import { resolve } from "node:path";
 import { Command } from "commander";
-import type { NativeKernels, NativeWeightArgs } from "@moela/engine-native";
+import { fastBackendOver, type KernelBackend } from "@moela/engine";
+import type { NativeKernels } from "@moela/engine-native";
 import { commaList, commandLine, describeMachine, fmt, log, machineInfo, median, textTable, writeReport, type Bar } from "../lib/bench-report.js";
+import { activations, makeWeight, weightCopies, type BenchWeightKind } from "../lib/bench-weights.js";
 
 const program = new Command()
   .description("matmul with two builds of the native kernels' addon, alternating in one process")
@@ -50,11 +52,10 @@ for (const k of ["threads", "rounds", "roundMs", "workingSetMb"] as const) {
   if (!(Number.isInteger(opts[k]) && opts[k] >= 1))
     throw new Error(`--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} must be a positive integer, got ${opts[k]}`);
 }
-const KINDS = { f32: 0, bf16: 1, fp8: 3 } as const;
-type KindName = keyof typeof KINDS;
+const KINDS: readonly BenchWeightKind[] = ["fp8", "bf16", "f32"];
 const kinds = commaList(opts.kinds).map((k) => {
-  if (!Object.hasOwn(KINDS, k)) throw new Error(`--kinds: unknown kind '${k}' (known: ${Object.keys(KINDS).join(", ")})`);
-  return k as KindName;
+  if (!(KINDS as readonly string[]).includes(k)) throw new Error(`--kinds: unknown kind '${k}' (known: ${KINDS.join(", ")})`);
+  return k as BenchWeightKind;
 });
 const shapes = commaList(opts.shapes).map((s) => {
   const m = /^(\d+)x(\d+)$/.exec(s);
@@ -69,25 +70,14 @@ const tokens = commaList(opts.tokens).map((t) => {
 
 const require = createRequire(import.meta.url);
 const addons = opts.addon.map((p) => require(resolve(p)) as NativeKernels);
-// Each addon holds its own thread pool; both get the same size, and the same instruction set where they can.
+// Each addon holds its own thread pool; both get the same size.
 for (const a of addons) a.setThreads(opts.threads);
 const isas = addons.map((a) => a.isa());
 if (isas[0] !== isas[1]) throw new Error(`the two addons chose different instruction sets (${isas.join(", ")})`);
-
-/** Deterministic weights of a kind (FP8: finite e4m3 codes and 128 x 128 block scales). */
-function weight(kind: KindName, rows: number, cols: number, seed: number): NativeWeightArgs {
-  const n = rows * cols;
-  if (kind === "fp8") {
-    const data = Uint8Array.from({ length: n }, (_, i) => ((i * 37 + seed * 11) % 256) & 0xf7); // never 0x7f / 0xff (NaN)
-    const scale = Float32Array.from({ length: Math.ceil(rows / 128) * Math.ceil(cols / 128) }, (_, i) => 0.01 + 0.001 * ((i + seed) % 7));
-    return [KINDS.fp8, data, scale, rows, cols, 128, 128];
-  }
-  if (kind === "bf16") return [KINDS.bf16, Uint16Array.from({ length: n }, (_, i) => 0x3c00 + ((i * 7 + seed) % 1024)), null, rows, cols, 128, 128];
-  return [KINDS.f32, Float32Array.from({ length: n }, (_, i) => (((i * 13 + seed) % 29) - 14) / 15), null, rows, cols, 128, 128];
-}
+const backends: KernelBackend[] = addons.map(fastBackendOver);
 
 interface Row {
-  readonly kind: KindName;
+  readonly kind: BenchWeightKind;
   readonly rows: number;
   readonly cols: number;
   readonly T: number;
@@ -97,29 +87,27 @@ interface Row {
 const results: Row[] = [];
 for (const kind of kinds) {
   for (const [rows, cols] of shapes) {
-    const w0 = weight(kind, rows, cols, 0);
-    const bytes = (w0[1] as { byteLength: number }).byteLength;
-    const copies = Math.max(1, Math.min(256, Math.floor((opts.workingSetMb * 1024 * 1024) / bytes)));
-    const ws = Array.from({ length: copies }, (_, i) => (i === 0 ? w0 : weight(kind, rows, cols, i)));
+    const ws = weightCopies(makeWeight(kind, rows, cols, rows + cols), opts.workingSetMb * 2 ** 20);
+    const copies = ws.length;
     for (const T of tokens) {
       log(`${kind} ${rows}x${cols}, T ${T} ...`);
-      const x = Float32Array.from({ length: T * cols }, (_, i) => ((i % 17) - 8) / 9);
-      const ys = addons.map(() => new Float32Array(T * rows));
+      const x = activations(T * cols, T);
+      const ys = backends.map(() => new Float32Array(T * rows));
       const times: number[][] = [[], []];
       for (let round = 0; round < opts.rounds; round++) {
-        addons.forEach((a, k) => {
+        backends.forEach((b, k) => {
           const y = ys[k]!;
           let calls = 0;
           const t0 = performance.now();
           while (performance.now() - t0 < opts.roundMs) {
-            a.matmul(...ws[calls % copies]!, x, 0, cols, T, y, 0, rows, 0, rows, 1, 0, 0, 0);
+            b.matmul(ws[calls % copies]!, x, T, y);
             calls++;
           }
           times[k]!.push((performance.now() - t0) / calls);
         });
       }
       // The same bits: both addons on the first copy.
-      addons.forEach((a, k) => a.matmul(...w0, x, 0, cols, T, ys[k]!, 0, rows, 0, rows, 1, 0, 0, 0));
+      backends.forEach((b, k) => b.matmul(ws[0]!, x, T, ys[k]!));
       const a = new Uint32Array(ys[0]!.buffer);
       const b = new Uint32Array(ys[1]!.buffer);
       const sameBits = a.every((v, i) => v === b[i]);

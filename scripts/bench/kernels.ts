@@ -33,7 +33,6 @@ import {
   absorbedAttendArgs,
   DEFAULT_PARALLEL_MIN_WORK,
   MatmulPool,
-  f32ToBf16Bits,
   kernelsByName,
   matmul,
   nativeKernelsAddon,
@@ -44,6 +43,7 @@ import {
 } from "@moela/engine";
 import { commaList, fmt, fmtX, log, median, parseWithReportOptions, ratio, textTable, type Bar, type BarChart } from "../lib/bench-report.js";
 import { gemmRef, measureSetting, readBandwidthRef, settingLines, writeBenchReport } from "../lib/bench-setting.js";
+import { activations, makeWeight, weightCopies, type BenchWeightKind } from "../lib/bench-weights.js";
 
 const program = new Command("bench-kernels")
   .option("--threads <n>", "threads of the fast backend's multi-thread configurations", (v) => Number(v), availableParallelism())
@@ -94,7 +94,7 @@ const TOKENS = commaList(opts.tokens)
   .map(Number)
   .sort((a, b) => a - b);
 if (TOKENS.some((t) => !(Number.isInteger(t) && t >= 1))) throw new Error(`--tokens must be positive integers, got ${opts.tokens}`);
-type Kind = "fp8" | "bf16" | "f32";
+type Kind = BenchWeightKind;
 const KINDS = commaList(opts.kinds) as Kind[];
 for (const k of KINDS) if (!["fp8", "bf16", "f32"].includes(k)) throw new Error(`--kinds: '${k}' is not fp8, bf16 or f32`);
 const BACKENDS = commaList(opts.backends);
@@ -140,60 +140,6 @@ function apply(c: Config): void {
 const WORKING_SET = opts.workingSetMb * 2 ** 20;
 /** Copies of something of `bytes` bytes so that cycling through them covers the working set. */
 const copiesFor = (bytes: number): number => Math.max(1, Math.ceil(WORKING_SET / bytes));
-
-/** A deterministic pseudo-random stream in [-1, 1). */
-function lcg(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 31 - 1;
-  };
-}
-
-function makeWeight(kind: Kind, rows: number, cols: number, seed: number): WeightMatrix {
-  const r = lcg(seed);
-  const n = rows * cols;
-  switch (kind) {
-    case "f32": {
-      const d = new Float32Array(n);
-      for (let i = 0; i < n; i++) d[i] = 0.05 * r();
-      return { kind, rows, cols, data: d };
-    }
-    case "bf16": {
-      const d = new Uint16Array(n);
-      for (let i = 0; i < n; i++) d[i] = f32ToBf16Bits(0.05 * r());
-      return { kind, rows, cols, data: d };
-    }
-    case "fp8": {
-      // e4m3fn codes with exponent fields 1..11 (no NaN 0x7f/0xff, no subnormals), either sign.
-      const d = new Uint8Array(n);
-      let s = seed >>> 0;
-      for (let i = 0; i < n; i++) {
-        s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-        d[i] = ((s >>> 31) << 7) | (((((s >>> 8) & 0xffff) % 11) + 1) << 3) | ((s >>> 4) & 7);
-      }
-      const scaleInv = new Float32Array(Math.ceil(rows / 128) * Math.ceil(cols / 128));
-      for (let i = 0; i < scaleInv.length; i++) scaleInv[i] = 1e-3 * (1.5 + r());
-      return { kind, rows, cols, data: d, scaleInv, blockRows: 128, blockCols: 128 };
-    }
-  }
-}
-
-/** The weight and copies of it (fresh memory each) covering the working set. */
-function weightCopies(w: WeightMatrix): WeightMatrix[] {
-  const out: WeightMatrix[] = [w];
-  for (let i = 1; i < copiesFor(weightBytes(w)); i++) {
-    out.push(w.kind === "fp8" ? { ...w, data: w.data.slice(), scaleInv: w.scaleInv.slice() } : ({ ...w, data: w.data.slice() } as WeightMatrix));
-  }
-  return out;
-}
-
-function activations(n: number, seed: number): Float32Array {
-  const r = lcg(seed);
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) a[i] = r();
-  return a;
-}
 
 // ---- timing ----------------------------------------------------------------------------------------
 
@@ -306,7 +252,7 @@ const maxT = TOKENS[TOKENS.length - 1]!;
 let seed = 1;
 for (const kind of KINDS) {
   for (const { rows, cols } of SHAPES) {
-    const ws = weightCopies(makeWeight(kind, rows, cols, seed++));
+    const ws = weightCopies(makeWeight(kind, rows, cols, seed++), WORKING_SET);
     const bytes = weightBytes(ws[0]!);
     const x = activations(maxT * cols, seed++);
     const y = new Float32Array(maxT * rows);
@@ -342,7 +288,7 @@ const D = R + DR;
 const DQ = DN + DR;
 if (opts.extras) {
   for (const kind of KINDS.filter((k) => k !== "f32")) {
-    const ws = weightCopies(makeWeight(kind, H * (DN + DV), R, seed++));
+    const ws = weightCopies(makeWeight(kind, H * (DN + DV), R, seed++), WORKING_SET);
     // matmulT reads the W_UK rows (dn of every head's dn + dv) of kv_b_proj.
     const bytes = (weightBytes(ws[0]!) * DN) / (DN + DV);
     const what = `${kind} kv_b ${H * (DN + DV)}x${R}, W_UK`;

@@ -160,13 +160,17 @@ static void tile(const void* w, const size_t* rowOff, int cols, int bcols, const
 
 typedef void (*TileFn)(const void*, const size_t*, int, int, const float* const*, const float* const*, float*);
 
+/** Weight rows per tile of tb tokens; tile_for and matmul's row loop both take it from here. */
+static constexpr int tile_rows(bool scaled, int tb) { return tb == 1 ? TILE_ROWS_1 : scaled ? TILE_ROWS : TILE_ROWS_UNSCALED; }
+static constexpr int tile_tokens(int tb) { return tb < TILE_TOKENS ? tb : TILE_TOKENS; }
+
 template <int K, bool SCALED>
 static TileFn tile_for(int tb) {
   switch (tb) {
-    case 1: return tile<K, SCALED, TILE_ROWS_1, 1>;
-    case 2: return tile<K, SCALED, (SCALED ? TILE_ROWS : TILE_ROWS_UNSCALED), (TILE_TOKENS < 2 ? TILE_TOKENS : 2)>;
-    case 3: return tile<K, SCALED, (SCALED ? TILE_ROWS : TILE_ROWS_UNSCALED), (TILE_TOKENS < 3 ? TILE_TOKENS : 3)>;
-    default: return tile<K, SCALED, (SCALED ? TILE_ROWS : TILE_ROWS_UNSCALED), TILE_TOKENS>;
+    case 1: return tile<K, SCALED, tile_rows(SCALED, 1), 1>;
+    case 2: return tile<K, SCALED, tile_rows(SCALED, 2), tile_tokens(2)>;
+    case 3: return tile<K, SCALED, tile_rows(SCALED, 3), tile_tokens(3)>;
+    default: return tile<K, SCALED, tile_rows(SCALED, 4), tile_tokens(4)>;
   }
 }
 
@@ -237,9 +241,8 @@ static void matmul(const MatmulArgs* a, int i0, int i1) {
             default: fn = tile_for<W_FP8, true>(tb); break;
           }
         }
-        // The quad's rows TILE_ROWS at a time (a tile past the quad's last real row is not computed).
-        const bool scaled = fp8;  // FP8 tiles, direct or on a widened panel, carry the block's second set of sums
-        const int tileRows = tb == 1 ? TILE_ROWS_1 : scaled ? TILE_ROWS : TILE_ROWS_UNSCALED;
+        // The quad's rows tileRows at a time (a tile past the quad's last real row is not computed).
+        const int tileRows = tile_rows(fp8, tb);  // FP8 tiles, direct or on a panel, carry the block's scaled sums
         for (int r0 = 0; r0 < nr; r0 += tileRows) {
           float out[16];
           fn(src, off + r0, cols, bcols, scl + r0, xs, out);

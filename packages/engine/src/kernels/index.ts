@@ -4,14 +4,14 @@
  * outside a model (an expert-host), so every part of a process computes with the same kernels.
  */
 import { InvalidArgumentError } from "@moela/core";
-import { fastKernels, fastUnavailable, native } from "./native.js";
+import { fastBackendOver, fastKernels, fastUnavailable, native } from "./native.js";
 import { portableKernels, referenceKernels } from "./portable.js";
 import { KERNELS_NAMES, type KernelBackend, type KernelsName } from "./types.js";
 
 export * from "./types.js";
 export * from "./mla-layout.js";
 export { groupedMatmul, matmulTransposed, attendTs } from "./portable.js";
-export { native as nativeKernelsAddon };
+export { native as nativeKernelsAddon, fastBackendOver };
 
 let warned = false;
 

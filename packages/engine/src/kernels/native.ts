@@ -132,7 +132,8 @@ function mlpGroupArgs(
   return [arrays, meta, x, out, scratch.gate.get(floats), scratch.up.get(floats)];
 }
 
-function makeFast(n: NativeKernels): KernelBackend {
+/** The fast backend over an addon: the one that loaded, or another build of it (scripts/bench/kernels-ab.ts). */
+export function fastBackendOver(n: NativeKernels): KernelBackend {
   return {
     name: "fast",
     get isa() {
@@ -157,7 +158,7 @@ function makeFast(n: NativeKernels): KernelBackend {
 }
 
 /** The fast backend, or null (with `fastUnavailable` saying why) when the addon did not build or load. */
-export const fastKernels: KernelBackend | null = nativeKernels === null ? null : makeFast(nativeKernels);
+export const fastKernels: KernelBackend | null = nativeKernels === null ? null : fastBackendOver(nativeKernels);
 export const fastUnavailable: Error | null = nativeLoadError;
 /** The addon itself (instruction-set choice and the thread pool), when loaded. */
 export const native: NativeKernels | null = nativeKernels;
