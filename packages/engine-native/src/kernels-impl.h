@@ -68,7 +68,6 @@ static const int TILE_ROWS_UNSCALED = 4;  // without FP8's second set of sums
 static const int TILE_ROWS_1 = 4;  // rows of a one-token tile
 static const int TILE_TOKENS = 2;
 static const bool FP8_PAIRS = false;
-static const bool PREFETCH_NEXT_QUAD = true;
 #else
 #define MOELA_UNROLL
 static const int TILE_ROWS = 4;
@@ -76,7 +75,6 @@ static const int TILE_ROWS_UNSCALED = 4;
 static const int TILE_ROWS_1 = 4;
 static const int TILE_TOKENS = 4;
 static const bool FP8_PAIRS = true;
-static const bool PREFETCH_NEXT_QUAD = false;
 #endif
 
 /** a[r][t] += w_r[c..c1) * x_t[c..c1), 16 lanes, c ascending. */
@@ -87,6 +85,8 @@ MOELA_INLINE void dot_span(V (&a)[RB][TB], const void* w, const size_t* rowOff, 
     // Two vectors of codes per step (decoding 32 at once is cheaper); the same operations in the same order.
     for (; c + 32 <= c1; c += 32) {
       V lo[RB], hi[RB];
+      if (pfAhead > 0 && (c & 63) == 0)
+        MOELA_UNROLL for (int r = 0; r < RB; r++) __builtin_prefetch((const char*)w + rowOff[r] + c + pfAhead, 0, 3);
       MOELA_UNROLL for (int r = 0; r < RB; r++) vload2_e4m3((const uint8_t*)w + rowOff[r] + c, &lo[r], &hi[r]);
       MOELA_UNROLL for (int t = 0; t < TB; t++) {
         const V xv = vload(xs[t] + c);
@@ -129,8 +129,9 @@ static void tile(const void* w, const size_t* rowOff, int cols, int bcols, const
   MOELA_UNROLL for (int r = 0; r < RB; r++)
     MOELA_UNROLL for (int t = 0; t < TB; t++) acc[r][t] = vzero();
   // Where the weights stream from memory (not a widened panel), the next row quad's lines are fetched while this
-  // one computes: on Zen 2 the hardware prefetcher restarts at every quad, and FP8's products then wait on memory.
-  const size_t pfAhead = PREFETCH_NEXT_QUAD && K != W_F32 ? (size_t)4 * cols * (K == W_FP8 ? 1 : 2) : 0;
+  // one computes: the hardware prefetchers restart at every quad (seen on Zen 2 and on Sapphire Rapids), and the
+  // products then wait on memory.
+  const size_t pfAhead = K != W_F32 ? (size_t)4 * cols * (K == W_FP8 ? 1 : 2) : 0;
   if (!SCALED) {
     dot_span<K, RB, TB>(acc, w, rowOff, xs, 0, cols, pfAhead);
   } else {
