@@ -52,7 +52,8 @@ const program = new Command("bench-speculation")
   .option("--tokens <n>", "tokens generated per sequence", (v) => Number(v), 128)
   .option("--rounds <n>", "timed passes per setting (interleaved; medians)", (v) => Number(v), 5)
   .option("--prompts <n>", "prompts, run `batch` at a time at every batch size (default: the largest batch)", (v) => Number(v))
-  .option("--threads <n>", "kernel threads", (v) => Number(v), availableParallelism());
+  .option("--threads <n>", "kernel threads", (v) => Number(v), availableParallelism())
+  .option("--draft-vocab <list>", "speculation on with each of these draft vocabularies (first N token ids; 'full': all)", "full");
 parseWithReportOptions(program);
 const opts = program.opts<{
   model: string;
@@ -62,6 +63,7 @@ const opts = program.opts<{
   rounds: number;
   prompts?: number;
   threads: number;
+  draftVocab: string;
   yardsticks: boolean;
   out: string;
 }>();
@@ -76,18 +78,29 @@ if (opts.prompts !== undefined && !(Number.isInteger(opts.prompts) && opts.promp
   throw new Error(`--prompts must be an integer of at least the largest batch, got ${opts.prompts}`);
 if (!existsSync(opts.model)) throw new Error(`${opts.model} does not exist`);
 
-type Mode = "off" | "on";
+/** Speculation off, or on with drafts among the first draftVocab token ids (null: the whole vocabulary). */
+interface Mode {
+  readonly label: string;
+  readonly speculation: "off" | "on";
+  readonly draftVocab: number | null;
+}
 
 /** Bytes a decode step reads, counted through the fast backend's entry points while `counting` is set. */
 class ReadCounter {
-  private readonly touched = new Set<ArrayBufferView>();
+  /** Per weight array: the bytes of it a call touched (its first rows when only those were used), most of them. */
+  private readonly touched = new Map<ArrayBufferView, number>();
   private kv = 0;
   counting = false;
 
-  weight(w: WeightMatrix): void {
+  weight(w: WeightMatrix, rows = w.rows): void {
     if (!this.counting) return;
-    this.touched.add(w.data);
-    if (w.kind === "fp8") this.touched.add(w.scaleInv);
+    const part = Math.min(1, rows / w.rows);
+    this.touch(w.data, part);
+    if (w.kind === "fp8") this.touch(w.scaleInv, part);
+  }
+
+  private touch(a: ArrayBufferView, part: number): void {
+    this.touched.set(a, Math.max(this.touched.get(a) ?? 0, Math.ceil(a.byteLength * part)));
   }
 
   mlps(group: readonly MlpWeights[], counts: ArrayLike<number>): void {
@@ -104,7 +117,7 @@ class ReadCounter {
   /** The bytes since the last call, and a fresh count. */
   take(): number {
     let bytes = this.kv;
-    for (const v of this.touched) bytes += v.byteLength;
+    for (const b of this.touched.values()) bytes += b;
     this.touched.clear();
     this.kv = 0;
     return bytes;
@@ -117,11 +130,11 @@ const counter = new ReadCounter();
 function instrument(k: KernelBackend): void {
   const m = k as { -readonly [K in keyof KernelBackend]: KernelBackend[K] };
   const { matmul, matmulT, attend, mlpGroup, matmulAsync, matmulTAsync, attendAsync, mlpGroupAsync } = k;
-  m.matmul = (w, ...rest) => (counter.weight(w), matmul(w, ...rest));
+  m.matmul = (w, x, T, y, l) => (counter.weight(w, l?.nRows), matmul(w, x, T, y, l));
   m.matmulT = (w, ...rest) => (counter.weight(w), matmulT(w, ...rest));
   m.attend = (a) => (counter.attend(a), attend(a));
   if (mlpGroup) m.mlpGroup = (g, c, ...rest) => (counter.mlps(g, c), mlpGroup(g, c, ...rest));
-  if (matmulAsync) m.matmulAsync = (w, ...rest) => (counter.weight(w), matmulAsync(w, ...rest));
+  if (matmulAsync) m.matmulAsync = (w, x, T, y, l) => (counter.weight(w, l?.nRows), matmulAsync(w, x, T, y, l));
   if (matmulTAsync) m.matmulTAsync = (w, ...rest) => (counter.weight(w), matmulTAsync(w, ...rest));
   if (attendAsync) m.attendAsync = (a) => (counter.attend(a), attendAsync(a));
   if (mlpGroupAsync) m.mlpGroupAsync = (g, c, ...rest) => (counter.mlps(g, c), mlpGroupAsync(g, c, ...rest));
@@ -153,7 +166,7 @@ const PROMPTS = Array.from({ length: opts.prompts ?? Math.max(...BATCHES) }, (_,
 /** Every prompt, `batch` at a time: one prefill per group, then greedy decode to --tokens each; counts reads when `count`. */
 async function pass(batch: number, mode: Mode, count: boolean): Promise<Pass> {
   const numBlocks = Math.ceil(((opts.promptTokens + opts.tokens + 4) * batch) / 16) + 2 * batch + 4;
-  const engine = new Engine(model, { blockSize: 16, numBlocks, speculation: mode });
+  const engine = new Engine(model, { blockSize: 16, numBlocks, speculation: mode.speculation, draftVocab: mode.draftVocab ?? V });
   let steps = 0;
   let bytes = 0;
   let tokens = 0;
@@ -180,7 +193,12 @@ async function pass(batch: number, mode: Mode, count: boolean): Promise<Pass> {
 }
 
 const setting = measureSetting(opts.yardsticks);
-const MODES: readonly Mode[] = ["off", "on"];
+const DRAFT_VOCABS = commaList(opts.draftVocab).map((v) => (v === "full" ? null : Number(v)));
+if (DRAFT_VOCABS.length === 0 || DRAFT_VOCABS.some((v) => v !== null && !(Number.isInteger(v) && v >= 1 && v <= V)))
+  throw new Error(`--draft-vocab must list 'full' or integers from 1 to ${V}, got ${opts.draftVocab}`);
+const OFF: Mode = { label: "off", speculation: "off", draftVocab: null };
+const ONS: readonly Mode[] = DRAFT_VOCABS.map((v) => ({ label: v === null ? "on" : `on, draft vocab ${v}`, speculation: "on", draftVocab: v }));
+const MODES: readonly Mode[] = [OFF, ...ONS];
 
 interface Result {
   readonly batch: number;
@@ -195,13 +213,13 @@ const results: Result[] = [];
 for (const batch of BATCHES) {
   const counted = new Map<Mode, Pass>();
   for (const mode of MODES) {
-    log(`batch ${batch}, speculation ${mode}: counting what each step reads ...`);
+    log(`batch ${batch}, speculation ${mode.label}: counting what each step reads ...`);
     counted.set(mode, await pass(batch, mode, true));
   }
   const timed = new Map<Mode, number[]>(MODES.map((m) => [m, []]));
   for (let r = 0; r < opts.rounds; r++) {
     for (const mode of MODES) {
-      log(`batch ${batch}, speculation ${mode}: round ${r + 1}/${opts.rounds} ...`);
+      log(`batch ${batch}, speculation ${mode.label}: round ${r + 1}/${opts.rounds} ...`);
       timed.get(mode)!.push((await pass(batch, mode, false)).tokS);
     }
   }
@@ -260,7 +278,10 @@ async function chainCounts(x: readonly number[], promptLength: number, into: Cha
     let hiddenOff = p * hd;
     let fed = x[p + 1]!;
     for (let depth = 0; depth < 3; depth++) {
-      const r = await model.forwardMtp(cache, [{ blockTable, start: p + depth, tokens: [fed], logits: "last", hidden, hiddenOff }], { attention: "absorbed" });
+      const r = await model.forwardMtp(cache, [{ blockTable, start: p + depth, tokens: [fed], logits: "last", hidden, hiddenOff }], {
+        attention: "absorbed",
+        headRows: CHAIN_VOCAB,
+      });
       const draft = argmax(r.logits.subarray(0, V));
       const target = p + 2 + depth;
       // Positions whose first draft lands in the prompt are skipped; a chain ends at the output's end.
@@ -275,6 +296,8 @@ async function chainCounts(x: readonly number[], promptLength: number, into: Cha
   }
 }
 
+/** The chained drafts choose among the first --draft-vocab entry's ids. */
+const CHAIN_VOCAB = ONS[0]!.draftVocab ?? V;
 log(`chained drafts: ${PROMPTS.length} prompts, teacher-forced ...`);
 const chain: ChainCounts = { positions: 0, accepted: [0, 0, 0] };
 for (const prompt of PROMPTS) await chainCounts(await greedyTokens(prompt), prompt.length, chain);
@@ -291,7 +314,7 @@ const lines = [
     ["batch", "speculation", "decode tok/s", "accepted/drafted", "tokens per step", "MiB read per token", "rounds (tok/s)"],
     results.map((r) => [
       String(r.batch),
-      r.mode,
+      r.mode.label,
       fmt(r.tokS),
       r.acceptance === null ? "-" : fmt(r.acceptance, 3),
       fmt(r.tokensPerStep, 2),
@@ -302,24 +325,27 @@ const lines = [
   "",
 ];
 const bars: Bar[] = [];
-const summary: { batch: number; measured: number; ceiling: number; acceptance: number | null }[] = [];
+const summary: { batch: number; mode: string; measured: number; ceiling: number; acceptance: number | null }[] = [];
 for (const batch of BATCHES) {
-  const off = results.find((r) => r.batch === batch && r.mode === "off")!;
-  const on = results.find((r) => r.batch === batch && r.mode === "on")!;
-  const measured = on.tokS / off.tokS;
-  const ceiling = off.bytesPerToken / on.bytesPerToken;
-  summary.push({ batch, measured, ceiling, acceptance: on.acceptance });
-  lines.push(
-    `batch ${batch}: speculation on / off ${fmtX(measured)} measured, ${fmtX(ceiling)} the bytes' ceiling (off ${fmt(off.bytesPerToken / MiB, 2)} MiB per token, on ${fmt(on.bytesPerToken / MiB, 2)} at ${fmt(on.tokensPerStep, 2)} tokens per step, acceptance ${on.acceptance === null ? "-" : fmt(on.acceptance, 3)}); measured / ceiling ${fmtX(measured / ceiling)}`,
-  );
-  bars.push({ label: `batch ${batch}: measured`, value: measured, note: fmtX(measured), group: "measured" });
-  bars.push({ label: `batch ${batch}: bytes' ceiling`, value: ceiling, note: fmtX(ceiling), group: "ceiling" });
+  const off = results.find((r) => r.batch === batch && r.mode === OFF)!;
+  for (const mode of ONS) {
+    const on = results.find((r) => r.batch === batch && r.mode === mode)!;
+    const measured = on.tokS / off.tokS;
+    const ceiling = off.bytesPerToken / on.bytesPerToken;
+    summary.push({ batch, mode: mode.label, measured, ceiling, acceptance: on.acceptance });
+    lines.push(
+      `batch ${batch}: speculation ${mode.label} / off ${fmtX(measured)} measured, ${fmtX(ceiling)} the bytes' ceiling (off ${fmt(off.bytesPerToken / MiB, 2)} MiB per token, on ${fmt(on.bytesPerToken / MiB, 2)} at ${fmt(on.tokensPerStep, 2)} tokens per step, acceptance ${on.acceptance === null ? "-" : fmt(on.acceptance, 3)}); measured / ceiling ${fmtX(measured / ceiling)}`,
+    );
+    const what = `batch ${batch}${ONS.length > 1 ? `, ${mode.label}` : ""}`;
+    bars.push({ label: `${what}: measured`, value: measured, note: fmtX(measured), group: "measured" });
+    bars.push({ label: `${what}: bytes' ceiling`, value: ceiling, note: fmtX(ceiling), group: "ceiling" });
+  }
 }
-const off1 = results.find((r) => r.batch === 1 && r.mode === "off");
-const on1 = results.find((r) => r.batch === 1 && r.mode === "on");
+const off1 = results.find((r) => r.batch === 1 && r.mode === OFF);
+const on1 = results.find((r) => r.batch === 1 && r.mode === ONS[0]);
 lines.push(
   "",
-  `chained drafts, teacher-forced on the greedy output of the ${PROMPTS.length} prompts, ${chain.positions} positions: first draft accepted ${fmt(chainRates.first, 3)}, the second given the first ${fmt(chainRates.second, 3)}, the third given the second ${fmt(chainRates.third, 3)}`,
+  `chained drafts (${ONS[0]!.label}), teacher-forced on the greedy output of the ${PROMPTS.length} prompts, ${chain.positions} positions: first draft accepted ${fmt(chainRates.first, 3)}, the second given the first ${fmt(chainRates.second, 3)}, the third given the second ${fmt(chainRates.third, 3)}`,
 );
 if (off1 !== undefined && on1 !== undefined) {
   // The bytes' ceiling of one and of two drafts per step at batch 1, at the chained drafts' own acceptance.

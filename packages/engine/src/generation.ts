@@ -119,6 +119,13 @@ export interface EngineOptions {
    */
   readonly microBatches?: number;
   /**
+   * Drafts choose among the first this many token ids only (default: the whole vocabulary), so drafting reads
+   * that part of the MTP head alone. Byte-level BPE numbers its tokens as it learns them, most frequent first.
+   * Outputs are unchanged (the main model verifies every draft); acceptance can fall. As SGLang's
+   * speculative_token_map and FR-Spec's frequency-ranked draft vocabulary.
+   */
+  readonly draftVocab?: number;
+  /**
    * The tokenizer's text of every token id, for constrained decoding (GenerationParams.grammar); called once, on
    * the first constrained request. Absent: such requests are refused.
    */
@@ -280,6 +287,8 @@ export class Engine {
   readonly prefillChunk: number;
   /** Micro-batches of a decode step (EngineOptions.microBatches). */
   readonly microBatches: number;
+  /** Token ids drafts choose among: the first draftVocab (the whole vocabulary by default). */
+  readonly draftVocab: number;
   /** How this engine drafts ("off" when the model has no MTP block). */
   readonly speculation: SpeculationMode;
   /** The engine computes the MTP block's rows ("on" or "auto"): its prefill and KV hand-offs carry them. */
@@ -329,6 +338,10 @@ export class Engine {
       throw new InvalidArgumentError(`verifyCost must be a positive number, got ${opts.verifyCost}`);
     }
     this.fixedVerifyCost = opts.verifyCost ?? null;
+    this.draftVocab = opts.draftVocab ?? c.vocabSize;
+    if (!(Number.isInteger(this.draftVocab) && this.draftVocab >= 1 && this.draftVocab <= c.vocabSize)) {
+      throw new InvalidArgumentError(`draftVocab must be an integer from 1 to the vocabulary size ${c.vocabSize}, got ${opts.draftVocab}`);
+    }
     this.draftingPolicy = opts.draftingPolicy ?? ((state, step, ctx) => nextDraftingState(state, step, ctx));
     this.probsTarget = [new Float32Array(c.vocabSize), new Float32Array(c.vocabSize)];
     this.samplerScratch = new SamplerScratch(c.vocabSize, model.kernels.sampler ?? null);
@@ -543,14 +556,19 @@ export class Engine {
             hiddenOff: (at - first[i]!) * hd,
           };
         });
-        const r = await m.forwardMtp(this.cache, batch, { attention: "decompressed", ...(sink ? { kvSink: sink.forBatch(active) } : {}) });
+        const r = await m.forwardMtp(this.cache, batch, {
+          attention: "decompressed",
+          ...(sink ? { kvSink: sink.forBatch(active) } : {}),
+          ...(keepLogits ? {} : { headRows: this.draftVocab }),
+        });
         active.forEach((i, k) => {
           if (r.logitRow[k]! < 0) return;
           const s = seqs[i]!;
           const row = this.logitsRow(r, r.logitRow[k]!);
           if (keepLogits) s.promptMtpLogits = row.slice();
           if (this.speculative && !s.finished) {
-            this.setDraft(s, row);
+            // Kept logits cover the whole vocabulary; the draft comes from the draft vocabulary all the same.
+            this.setDraft(s, keepLogits && this.draftVocab < row.length ? row.slice().fill(-Infinity, this.draftVocab) : row);
             s.mtpLen = s.mainLen;
           }
         });
@@ -650,7 +668,7 @@ export class Engine {
           hidden: b.hidden,
           hiddenOff: b.hiddenOff,
         })),
-        { attention: "absorbed" },
+        { attention: "absorbed", headRows: this.draftVocab },
       );
       mtpBatch.forEach((b, i) => {
         this.setDraft(b.seq, this.logitsRow(mr, mr.logitRow[i]!));
@@ -739,6 +757,11 @@ export class Engine {
   /** The MTP row proposes the token after the sequence's output: processed as the main row there will be. */
   private setDraft(s: Sequence, mtpLogits: Float32Array): void {
     const row = s.processed(mtpLogits);
+    if (this.draftVocab < row.length && !row.subarray(0, this.draftVocab).some((v) => v > -Infinity)) {
+      // A grammar (or a logit bias) ruled out the whole draft vocabulary: nothing to draft this step.
+      s.draft = null;
+      return;
+    }
     if (s.sampler.greedy) {
       s.draft = { token: argmaxOn(this.samplerScratch.kernels, row), probs: null };
     } else {

@@ -199,6 +199,12 @@ export interface ForwardOptions {
    * a kvSink (prefill streams KV per sequence index).
    */
   readonly microBatches?: number;
+  /**
+   * forwardMtp only: score only token ids below this (the draft vocabulary); the other logits are -Infinity.
+   * Drafting reads that part of the head alone. BPE numbers its merges as it learns them, most frequent first,
+   * so low ids are the common tokens (FR-Spec's frequency-ranked draft vocabulary).
+   */
+  readonly headRows?: number;
 }
 
 export interface ForwardResult {
@@ -462,7 +468,7 @@ export class DeepseekModel {
     await this.block(mtp.block, cache, seqs, h, T, opts);
     const normed = this.scratch.mtp.final.get(T * hd); // [T, hidden]
     rmsNormRows(h, T, hd, mtp.headNorm, c.rmsNormEps, normed);
-    return await this.logitsFor(seqs, normed, mtp.head, this.scratch.mtpHead);
+    return await this.logitsFor(seqs, normed, mtp.head, this.scratch.mtpHead, opts.headRows);
   }
 
   /** The MTP layer's input rows: eh_proj([enorm(embed(next token)) ; hnorm(main hidden)]), [T, hidden]. */
@@ -517,8 +523,17 @@ export class DeepseekModel {
     decodeRow(embed, id, out.subarray(off, off + this.config.hiddenSize));
   }
 
-  /** The head (lm_head or the MTP head) on the rows that asked for logits: [rows, V]. */
-  private async logitsFor(seqs: readonly ForwardSeq[], hidden: Float32Array, head: WeightMatrix, scratch: HeadScratch): Promise<ForwardResult> {
+  /**
+   * The head (lm_head or the MTP head) on the rows that asked for logits: [rows, V]. With headRows below V,
+   * only ids below it are scored and the rest of each row is -Infinity.
+   */
+  private async logitsFor(
+    seqs: readonly ForwardSeq[],
+    hidden: Float32Array,
+    head: WeightMatrix,
+    scratch: HeadScratch,
+    headRows?: number,
+  ): Promise<ForwardResult> {
     const hd = this.config.hiddenSize;
     const logitRow = new Int32Array(seqs.length);
     const tokenRow = new Int32Array(seqs.length);
@@ -541,9 +556,15 @@ export class DeepseekModel {
       sel.set(hidden.subarray(first * hd, (first + n) * hd), r * hd);
       r += n;
     }
-    const logits = scratch.logits.get(rows * this.config.vocabSize); // [rows, V]
+    const V = this.config.vocabSize;
+    const logits = scratch.logits.get(rows * V); // [rows, V]
     const t0 = performance.now();
-    await this.mmA(head, sel, rows, logits);
+    if (headRows !== undefined && headRows < V) {
+      await this.mmA(head, sel, rows, logits, { nRows: headRows, yStride: V });
+      for (let k = 0; k < rows; k++) logits.fill(-Infinity, k * V + headRows, (k + 1) * V);
+    } else {
+      await this.mmA(head, sel, rows, logits);
+    }
     this.phaseTimes?.since("lm_head", t0);
     return { hidden, logits, logitRow, tokenRow };
   }

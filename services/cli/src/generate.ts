@@ -25,6 +25,8 @@ export interface GenerateCliOptions {
   mtpLogits?: boolean;
   /** auto | on | off (default auto); false is --no-speculative, the same as off. */
   speculative?: SpeculationMode | false;
+  /** Drafts choose among the first n token ids (EngineOptions.draftVocab; default all). */
+  draftVocab?: number;
   prefillChunk: number;
   /** Threads sharing each large matmul of the model (default 1 here; the CLI defaults to the CPU count). */
   threads?: number;
@@ -130,6 +132,7 @@ async function generateWith(
     numBlocks: Math.ceil((prompt.length + o.maxTokens + 2) / blockSize) + 1,
     prefillChunk: o.prefillChunk,
     speculation: speculationMode(o.speculative),
+    ...(o.draftVocab !== undefined ? { draftVocab: o.draftVocab } : {}),
   });
   const seq = engine.newSequence("cli", prompt, params);
   const decoder = tokenizer ? new IncrementalDecoder(tokenizer) : null;

@@ -78,6 +78,12 @@ export const SETTINGS = {
     help: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)",
   },
   threads: { flag: "--threads", env: "MOELA_DECODE_THREADS", bool: false, help: "kernel threads of this process, same bits for any count (default 1)" },
+  draftVocab: {
+    flag: "--draft-vocab",
+    env: "MOELA_DECODE_DRAFT_VOCAB",
+    bool: false,
+    help: "drafts choose among the first N token ids, so drafting reads that part of the MTP head alone; outputs are the same (default all)",
+  },
   microBatches: {
     flag: "--micro-batches",
     env: "MOELA_DECODE_MICRO_BATCHES",
@@ -164,6 +170,7 @@ const settingsSchema = z.object({
     .default("info"),
   kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
   threads: intSetting(1).pipe(z.number().max(256, "must be <= 256")).default(1),
+  draftVocab: intSetting(1).optional(),
   microBatches: intSetting(1).pipe(z.number().max(8, "must be <= 8")).default(2),
   sharedExpert: z.enum(["local", "hosts"], { message: "must be local or hosts" }).default("local"),
   ...OPTIONAL_REDIS_SCHEMA,

@@ -138,6 +138,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
       blockSize: cfg.blockSize,
       numBlocks: cfg.kvBlocks,
       speculation: cfg.speculative,
+      ...(cfg.draftVocab !== undefined ? { draftVocab: cfg.draftVocab } : {}),
       microBatches: cfg.microBatches,
       // Constrained decoding (response_format, forced tool calls): the grammar's mask needs each token's text.
       ...tokenTextsOption(cfg.model),

@@ -24,6 +24,7 @@
  *   --precision P            exact | paper | paper-logfmt8              (exact)
  *   --expert-hosts H         routed experts split over H in-process hosts (1)
  *   --speculative M          MTP drafting: auto | on | off              (auto)
+ *   --draft-vocab N          drafts choose among the first N token ids  (all)
  *   --request-timeout-s N    a request's deadline, waiting included     (600)
  *   --api-key KEY[,KEY...]   as the router's                            (none: open)
  *   --max-body-bytes, --max-prompt-chars, --max-prompt-tokens, --tokenizer-threads, --strict-api, --log-level: as the router's
@@ -86,6 +87,7 @@ const schema = z.strictObject({
   precision: z.enum(PRECISION_NAMES, { error: `must be one of ${PRECISION_NAMES.join(", ")}` }).default("exact"),
   expertHosts: int(1).max(64).default(1),
   speculative: z.enum(["auto", "on", "off"]).default("auto"),
+  draftVocab: int(1).optional(),
   requestTimeoutS: z.coerce.number().positive("must be positive").max(86_400).default(600),
   apiKey: z.string().optional(),
   maxBodyBytes: int(1024)
@@ -119,6 +121,7 @@ const HELP = {
   precision: "exact (f32 KV, dispatch, combine) | paper (bf16 KV, fp8 dispatch, bf16 combine) | paper-logfmt8 (as paper, LogFMT-8 dispatch) (default exact)",
   expertHosts: "split the routed experts over H in-process expert-hosts, as the cluster does (default 1)",
   speculative: "MTP drafting: auto (while it pays) | on | off (default auto)",
+  draftVocab: "drafts choose among the first N token ids, so drafting reads that part of the MTP head alone; outputs are the same (default all)",
   requestTimeoutS: "a request's deadline, waiting included (default 600)",
   apiKey: "KEY[,KEY...] clients must send as Authorization: Bearer KEY; prefer the env twin (default none: open)",
   maxBodyBytes: "largest HTTP request body (default 32 MiB)",
@@ -159,6 +162,7 @@ export interface OneProcessConfig {
   readonly precision: PrecisionName;
   readonly expertHosts: number;
   readonly speculative: "auto" | "on" | "off";
+  readonly draftVocab: number | undefined;
   readonly requestTimeoutMs: number;
   readonly apiKeys: readonly string[];
   readonly maxBodyBytes: number;
@@ -200,6 +204,7 @@ export function parseOneProcessArgs(argv: readonly string[], env: NodeJS.Process
     precision: c.precision,
     expertHosts: c.expertHosts,
     speculative: c.speculative,
+    draftVocab: c.draftVocab,
     requestTimeoutMs: Math.round(c.requestTimeoutS * 1000),
     apiKeys,
     ...apiLimitsOf(c),
@@ -234,6 +239,7 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
       numBlocks: config.kvBlocks,
       prefillChunk: config.prefillChunk,
       speculation: config.speculative,
+      ...(config.draftVocab !== undefined ? { draftVocab: config.draftVocab } : {}),
       prefixCache: config.prefixCache,
       // Constrained decoding (response_format, forced tool calls): the grammar's mask needs each token's text.
       ...(tokenizer !== null ? { tokenTexts: () => tokenTexts(tokenizer) } : {}),

@@ -40,6 +40,13 @@ describe("decode config", () => {
     expect(() => parseConfig(["--model", "/m", "--micro-batches", "9"], {})).toThrow(/--micro-batches \/ MOELA_DECODE_MICRO_BATCHES: must be <= 8/);
   });
 
+  it("takes the draft vocabulary (default: none given, the whole vocabulary), and refuses 0", () => {
+    expect(parseConfig(["--model", "/m"], {})!.draftVocab).toBeUndefined();
+    expect(parseConfig(["--model", "/m", "--draft-vocab", "1024"], {})).toMatchObject({ draftVocab: 1024 });
+    expect(parseConfig(["--model", "/m"], { MOELA_DECODE_DRAFT_VOCAB: "512" })).toMatchObject({ draftVocab: 512 });
+    expect(() => parseConfig(["--model", "/m", "--draft-vocab", "0"], {})).toThrow(/--draft-vocab \/ MOELA_DECODE_DRAFT_VOCAB: must be >= 1/);
+  });
+
   it("takes the kernel backend and its threads, and refuses others", () => {
     expect(parseConfig(["--model", "/m", "--kernels", "reference"], { MOELA_DECODE_THREADS: "2" })).toMatchObject({ kernels: "reference", threads: 2 });
     expect(() => parseConfig(["--model", "/m", "--kernels", "cuda"], {})).toThrow(/--kernels \/ MOELA_DECODE_KERNELS: must be fast, portable or reference/);

@@ -87,6 +87,38 @@ describe("speculation modes", () => {
     expect(plain.seq.draftsSkipped).toBe(0);
   });
 
+  it("a draft vocabulary: drafts come from its ids alone, as the argmax of the full MTP logits there; outputs stay the plain ones", async () => {
+    const K = 96;
+    const restricted = await run(new Engine(model, { ...BASE, speculation: "on", draftVocab: K }), GREEDY);
+    expectSameTokens(restricted.out, plain.out);
+    const drafts = restricted.drafts.flatMap((d) => (d.draft === null ? [] : [d.draft]));
+    expect(drafts.length).toBe(restricted.drafts.length - 1); // a draft at every step but the last
+    expect(drafts.every((d) => d < K)).toBe(true);
+    expect(on.drafts.some((d) => d.draft !== null && d.draft >= K)).toBe(true); // the whole vocabulary would have drafted others
+    // The prefill's draft: restricted head rows (no kept logits) against the whole head's logits cut to K (kept).
+    const engine = new Engine(model, { ...BASE, speculation: "on", draftVocab: K });
+    const kept = engine.newSequence("kept", PROMPT, GREEDY);
+    const cut = engine.newSequence("cut", PROMPT, GREEDY);
+    await engine.prefill([kept], { keepLogits: true });
+    await engine.prefill([cut]);
+    const full = kept.promptMtpLogits!;
+    expect(full.length).toBe(model.config.vocabSize);
+    expect(full.subarray(K).some((v) => Number.isFinite(v))).toBe(true);
+    let best = 0;
+    for (let i = 1; i < K; i++) if (full[i]! > full[best]!) best = i;
+    expect(kept.draft?.token).toBe(best);
+    expect(cut.draft?.token).toBe(best);
+    expect(() => new Engine(model, { ...BASE, draftVocab: 0 })).toThrow(/draftVocab must be an integer from 1 to the vocabulary size/);
+    expect(() => new Engine(model, { ...BASE, draftVocab: model.config.vocabSize + 1 })).toThrow(/draftVocab must be an integer/);
+  });
+
+  it("a draft vocabulary keeps seeded sampling reproducible", async () => {
+    const a = await run(new Engine(model, { ...BASE, speculation: "on", draftVocab: 96 }), SEEDED);
+    const b = await run(new Engine(model, { ...BASE, speculation: "on", draftVocab: 96 }), SEEDED);
+    expectSameTokens(a.out, b.out);
+    expect(a.drafts.every((d) => d.draft === null || d.draft < 96)).toBe(true);
+  });
+
   it.each([
     ["the engine's measured cost ratio", {}],
     ["c = 1.2: pauses after 6 drafts", { verifyCost: 1.2 }],

@@ -25,6 +25,7 @@ const GENERATE_OPTIONS: readonly OptionRow[] = [
   ["--mtp-logits", "with --json: print the MTP head's logits at the last prompt position"],
   new Option("--speculative <mode>", "draft with the MTP head: auto (while drafting pays), on (at every step), off").choices(SPECULATION_MODES).default("auto"),
   ["--no-speculative", "the same as --speculative off"],
+  ["--draft-vocab <n>", "drafts choose among the first n token ids only (default: all; outputs are the same)", intArg("--draft-vocab")],
   ["--prefill-chunk <n>", "prompt tokens per prefill step", intArg("--prefill-chunk"), 256],
   ["--threads <n>", "threads sharing each large matmul (same output bits for any count)", intArg("--threads"), availableParallelism()],
   ["--kernels <name>", "fast (native SIMD) | portable (TypeScript) | reference (float64, the oracle)", "fast"],
