@@ -3,7 +3,11 @@
  * and on at each batch size, beside the ceiling that the bytes a decode step reads put on the speed-up.
  *
  *   npx tsx scripts/bench/speculation.ts [--model models/moela-v3-brown] [--batches 1,8] [--prompt-tokens 32]
- *        [--tokens 128] [--rounds 5] [--prompts N] [--threads N] [--no-yardsticks] [--out bench-results]
+ *        [--tokens 128] [--rounds 5] [--prompts N] [--threads N] [--draft-vocab full,1024] [--no-yardsticks]
+ *        [--out bench-results]
+ *
+ * --draft-vocab lists the "on" settings: drafts among the whole vocabulary (full) or the first N token ids
+ * (EngineOptions.draftVocab), each timed against "off" in the same rounds.
  *
  * Every batch size decodes the same prompts (--prompts, default the largest batch), `batch` at a time, so the
  * acceptance behind each speed-up comes from the same text.
@@ -37,6 +41,7 @@ import {
   kernelsByName,
   PagedLatentCache,
   type AttendArgs,
+  type GroupedLayout,
   type KernelBackend,
   type MlpWeights,
   type Sequence,
@@ -87,7 +92,10 @@ interface Mode {
 
 /** Bytes a decode step reads, counted through the fast backend's entry points while `counting` is set. */
 class ReadCounter {
-  /** Per weight array: the bytes of it a call touched (its first rows when only those were used), most of them. */
+  /**
+   * Per weight array: the most bytes of it one call touched (a call over part of its rows, such as a draft
+   * vocabulary's rows of the head, counts that part; parts of two calls are not added, as the same rows may be read).
+   */
   private readonly touched = new Map<ArrayBufferView, number>();
   private kv = 0;
   counting = false;
@@ -130,11 +138,12 @@ const counter = new ReadCounter();
 function instrument(k: KernelBackend): void {
   const m = k as { -readonly [K in keyof KernelBackend]: KernelBackend[K] };
   const { matmul, matmulT, attend, mlpGroup, matmulAsync, matmulTAsync, attendAsync, mlpGroupAsync } = k;
-  m.matmul = (w, x, T, y, l) => (counter.weight(w, l?.nRows), matmul(w, x, T, y, l));
+  const rowsOf = (w: WeightMatrix, l?: GroupedLayout) => (l?.nRows ?? w.rows) * (l?.groups ?? 1);
+  m.matmul = (w, x, T, y, l) => (counter.weight(w, rowsOf(w, l)), matmul(w, x, T, y, l));
   m.matmulT = (w, ...rest) => (counter.weight(w), matmulT(w, ...rest));
   m.attend = (a) => (counter.attend(a), attend(a));
   if (mlpGroup) m.mlpGroup = (g, c, ...rest) => (counter.mlps(g, c), mlpGroup(g, c, ...rest));
-  if (matmulAsync) m.matmulAsync = (w, x, T, y, l) => (counter.weight(w, l?.nRows), matmulAsync(w, x, T, y, l));
+  if (matmulAsync) m.matmulAsync = (w, x, T, y, l) => (counter.weight(w, rowsOf(w, l)), matmulAsync(w, x, T, y, l));
   if (matmulTAsync) m.matmulTAsync = (w, ...rest) => (counter.weight(w), matmulTAsync(w, ...rest));
   if (attendAsync) m.attendAsync = (a) => (counter.attend(a), attendAsync(a));
   if (mlpGroupAsync) m.mlpGroupAsync = (g, c, ...rest) => (counter.mlps(g, c), mlpGroupAsync(g, c, ...rest));
