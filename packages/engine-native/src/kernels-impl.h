@@ -274,6 +274,27 @@ MOELA_INLINE V wrow(const WeightView& w, int r, int c, int n, int scaleCols) {
   return v;
 }
 
+/**
+ * matmul_t's block of NV x 16 columns from c0 for TB tokens from t0 (NV = 4, TB known: the sums stay in registers;
+ * the same operations as the general loop below).
+ */
+template <int K, int TB>
+static void matmul_t_block(const MatmulTArgs* a, const WeightView& w, int r0, const float* v, float* out, int c0, int t0, int scaleCols) {
+  V acc[4][TB];
+  MOELA_UNROLL for (int k = 0; k < 4; k++)
+    MOELA_UNROLL for (int t = 0; t < TB; t++) acc[k][t] = vzero();
+  for (int i = 0; i < a->n; i++) {
+    V wv[4];
+    MOELA_UNROLL for (int k = 0; k < 4; k++) wv[k] = wrow<K>(w, r0 + i, c0 + 16 * k, 16, scaleCols);
+    MOELA_UNROLL for (int t = 0; t < TB; t++) {
+      const V s = vset1(v[(size_t)(t0 + t) * a->vStride + i]);
+      MOELA_UNROLL for (int k = 0; k < 4; k++) acc[k][t] = vfma(s, wv[k], acc[k][t]);
+    }
+  }
+  MOELA_UNROLL for (int t = 0; t < TB; t++)
+    MOELA_UNROLL for (int k = 0; k < 4; k++) vstore(out + (size_t)(t0 + t) * a->outStride + c0 + 16 * k, acc[k][t]);
+}
+
 template <int K>
 static void matmul_t_kind(const MatmulTArgs* a, int i0, int i1) {
   const WeightView& w = a->w;
@@ -289,6 +310,15 @@ static void matmul_t_kind(const MatmulTArgs* a, int i0, int i1) {
     float* out = a->out + (size_t)g * a->outStep;
     for (int t0 = 0; t0 < a->T; t0 += 4) {
       const int tb = imin(4, a->T - t0);
+      if (nv == 4 && cols - c0 >= 64) {
+        switch (tb) {
+          case 1: matmul_t_block<K, 1>(a, w, r0, v, out, c0, t0, scaleCols); break;
+          case 2: matmul_t_block<K, 2>(a, w, r0, v, out, c0, t0, scaleCols); break;
+          case 3: matmul_t_block<K, 3>(a, w, r0, v, out, c0, t0, scaleCols); break;
+          default: matmul_t_block<K, 4>(a, w, r0, v, out, c0, t0, scaleCols); break;
+        }
+        continue;
+      }
       V acc[4][4];
       for (int k = 0; k < 4; k++)
         for (int t = 0; t < 4; t++) acc[k][t] = vzero();
@@ -347,6 +377,15 @@ MOELA_INLINE void dots16(const float* x, const float* base, size_t stride, const
   V acc[16];
   for (int q = 0; q < 16; q++) acc[q] = vzero();
   int c = 0;
+  if (n == 16) {
+    // A whole block of positions: a loop of known length, so the sums stay in registers (the same operations).
+    const float* row[16];
+    for (int q = 0; q < 16; q++) row[q] = base + rows[q] * stride;
+    for (; c + 16 <= len; c += 16) {
+      const V xv = vload(x + c);
+      MOELA_UNROLL for (int q = 0; q < 16; q++) acc[q] = vfma(xv, vload(row[q] + c), acc[q]);
+    }
+  }
   for (; c + 16 <= len; c += 16) {
     const V xv = vload(x + c);
     for (int q = 0; q < n; q++) acc[q] = vfma(xv, vload(base + rows[q] * stride + c), acc[q]);
@@ -368,6 +407,58 @@ static const int HEAD_GROUP = ATTEND_HEAD_GROUP;
 
 MOELA_INLINE size_t row_of(const AttendArgs* a, int p) {
   return a->table ? (size_t)a->table[p / a->blockSize] * a->blockSize + p % a->blockSize : (size_t)p;
+}
+
+/**
+ * out[j, h] = (sum_p e[j, h, p] * val_p) * inv[pair], 32 values of every pair at a time, positions ascending, for an
+ * item's NP = J * G (token, head) pairs (pair k = jj * G + g, its weights at s + k * upto). NP is a constant so that
+ * the sums stay in registers; each pair's operations are the same for every NP.
+ */
+template <int NP>
+static void weighted_values(const AttendArgs* a, const float* s, int upto, int j0, int h0, int G, const float* inv) {
+  static_assert(NP <= ATTEND_PAIRS, "kernels.h bounds an item's pairs");
+  int last[NP];  // pair k's last position (its token's causal limit)
+  size_t head[NP];  // pair k's offset into a position's values
+  for (int k = 0; k < NP; k++) {
+    last[k] = a->start + j0 + k / G;
+    head[k] = (size_t)(h0 + k % G) * a->valHead;
+  }
+  const int shared = a->start + j0 + 1;  // positions [0, shared) are seen by every pair
+  for (int c0 = 0; c0 < a->lenV; c0 += 32) {
+    const int n0 = imin(16, a->lenV - c0);
+    const int n1 = imin(16, a->lenV - c0 - 16);  // <= 0: no second vector
+    V acc[NP][2];
+    for (int k = 0; k < NP; k++) acc[k][0] = acc[k][1] = vzero();
+    int p = 0;
+    if (n0 == 16 && n1 == 16) {
+      for (; p < shared; p++) {
+        const float* vp = a->val + row_of(a, p) * a->valPos + c0;
+        MOELA_UNROLL for (int k = 0; k < NP; k++) {
+          const V e = vset1(s[(size_t)k * upto + p]);
+          acc[k][0] = vfma(e, vload(vp + head[k]), acc[k][0]);
+          acc[k][1] = vfma(e, vload(vp + head[k] + 16), acc[k][1]);
+        }
+      }
+    }
+    for (; p < upto; p++) {
+      const float* vp = a->val + row_of(a, p) * a->valPos + c0;
+      for (int k = 0; k < NP; k++) {
+        if (p > last[k]) continue;
+        const float* v = vp + head[k];
+        const V e = vset1(s[(size_t)k * upto + p]);
+        acc[k][0] = vfma(e, n0 == 16 ? vload(v) : vload_n(v, n0), acc[k][0]);
+        if (n1 > 0) acc[k][1] = vfma(e, n1 == 16 ? vload(v + 16) : vload_n(v + 16, n1), acc[k][1]);
+      }
+    }
+    for (int k = 0; k < NP; k++) {
+      float* out = a->out + (size_t)(j0 + k / G) * a->outTok + (size_t)(h0 + k % G) * a->outHead + c0;
+      const V iv = vset1(inv[k]);
+      if (n0 == 16) vstore(out, vmul(acc[k][0], iv));
+      else vstore_n(out, vmul(acc[k][0], iv), n0);
+      if (n1 == 16) vstore(out + 16, vmul(acc[k][1], iv));
+      else if (n1 > 0) vstore_n(out + 16, vmul(acc[k][1], iv), n1);
+    }
+  }
 }
 
 static void attend(const AttendArgs* a, int i0, int i1) {
@@ -433,36 +524,23 @@ static void attend(const AttendArgs* a, int i0, int i1) {
         inv[k] = (float)(1.0 / vdsum(z));
       }
     }
-    // out[j, h] = sum_p e[j, h, p] * val_p, 32 values of every pair at a time, positions ascending.
-    for (int c0 = 0; c0 < a->lenV; c0 += 32) {
-      const int n0 = imin(16, a->lenV - c0);
-      const int n1 = imin(16, a->lenV - c0 - 16);  // <= 0: no second vector
-      V acc[ATTEND_PAIRS][2];
-      for (int k = 0; k < J * G; k++) acc[k][0] = acc[k][1] = vzero();
-      for (int p = 0; p < upto; p++) {
-        const float* vp = a->val + row_of(a, p) * a->valPos + c0;
-        for (int jj = 0; jj < J; jj++) {
-          if (p > a->start + j0 + jj) continue;
-          for (int g = 0; g < G; g++) {
-            const int k = jj * G + g;
-            const float* v = vp + (size_t)(h0 + g) * a->valHead;
-            const V e = vset1(s[(size_t)k * upto + p]);
-            acc[k][0] = vfma(e, n0 == 16 ? vload(v) : vload_n(v, n0), acc[k][0]);
-            if (n1 > 0) acc[k][1] = vfma(e, n1 == 16 ? vload(v + 16) : vload_n(v + 16, n1), acc[k][1]);
-          }
-        }
-      }
-      for (int jj = 0; jj < J; jj++) {
-        for (int g = 0; g < G; g++) {
-          const int k = jj * G + g;
-          float* out = a->out + (size_t)(j0 + jj) * a->outTok + (size_t)(h0 + g) * a->outHead + c0;
-          const V iv = vset1(inv[k]);
-          if (n0 == 16) vstore(out, vmul(acc[k][0], iv));
-          else vstore_n(out, vmul(acc[k][0], iv), n0);
-          if (n1 == 16) vstore(out + 16, vmul(acc[k][1], iv));
-          else if (n1 > 0) vstore_n(out + 16, vmul(acc[k][1], iv), n1);
-        }
-      }
+    switch (J * G) {
+#define MOELA_PAIRS_CASE(NP) \
+  case NP: weighted_values<NP>(a, s, upto, j0, h0, G, inv); break;
+      MOELA_PAIRS_CASE(1)
+      MOELA_PAIRS_CASE(2)
+      MOELA_PAIRS_CASE(3)
+      MOELA_PAIRS_CASE(4)
+      MOELA_PAIRS_CASE(5)
+      MOELA_PAIRS_CASE(6)
+      MOELA_PAIRS_CASE(7)
+      MOELA_PAIRS_CASE(8)
+      MOELA_PAIRS_CASE(9)
+      MOELA_PAIRS_CASE(10)
+      MOELA_PAIRS_CASE(11)
+      MOELA_PAIRS_CASE(12)
+#undef MOELA_PAIRS_CASE
+      default: abort();  // kernels.h: J * G <= ATTEND_PAIRS
     }
   }
 }

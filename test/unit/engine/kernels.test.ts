@@ -223,6 +223,11 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
       const a = new Float32Array(3 * 4 * 40);
       fast.attend(attendCase(3, 20, a));
       outs.push(bits(a));
+      // Values in whole vectors of 32 and two tokens per item of 6 heads: the weighted sum's loop over positions
+      // every pair sees, then the block's own causal tail.
+      const b = new Float32Array(5 * 6 * 64);
+      fast.attend(attendCase(5, 37, b, 6, 64));
+      outs.push(bits(b));
       return outs;
     });
     native!.selectIsa(before);
