@@ -1,12 +1,16 @@
 /**
- * Two builds of the native kernels' addon in one process, alternating: matmul's GFLOP/s with each, their ratio,
- * and whether the two give the same bits. For a kernel change, A/B in one sitting on one noisy VM.
+ * Two builds of the native kernels' addon in one process, alternating: each product's GFLOP/s with each, their
+ * ratio, and whether the two give the same bits. For a kernel change, A/B in one sitting on one noisy VM.
  *
  *   git worktree add /tmp/moela-before <rev> && (cd /tmp/moela-before/packages/engine-native && node scripts/build.cjs)
  *   npx tsx scripts/bench/kernels-ab.ts --addon /tmp/moela-before/packages/engine-native/build/Release/moela_kernels.node \
- *     --addon packages/engine-native/build/Release/moela_kernels.node [--threads 1] [--kinds fp8] [--tokens 1,2,16,256]
- *     [--shapes 2816x1024,1024x2816,384x1024,384x192] [--rounds 7] [--round-ms 60] [--out bench-results]
+ *     --addon packages/engine-native/build/Release/moela_kernels.node [--ops matmul,matmulT,attend] [--isa avx2]
+ *     [--threads 1] [--kinds fp8] [--tokens 1,2,16,256] [--shapes 2816x1024,1024x2816,384x1024,384x192] [--rounds 7]
+ *     [--round-ms 60] [--out bench-results]
  *
+ * matmul runs --kinds x --shapes x --tokens; matmulT the W_UK rows of a kv_b_proj of 16 DeepSeek-V3 heads (--kinds
+ * other than f32, at --tokens); attend MLA's absorbed attention of 16 heads at decode (1 token over 512 and 4,096
+ * positions) and a prefill block (64 tokens after 448), and of brown's 6 heads (9 tokens, two per item).
  * Each configuration runs --rounds rounds, the addons taking turns within every round, each turn calling the product
  * for --round-ms with its weights cycled through copies (--working-set-mb in all), so each call reads its weights
  * from memory as a decode step does. Reported: the medians, and B over A (above 1: B is faster).
@@ -18,14 +22,16 @@
 import { createRequire } from "node:module";
 import { resolve } from "node:path";
 import { Command } from "commander";
-import { fastBackendOver, type KernelBackend } from "@moela/engine";
+import { absorbedAttendArgs, fastBackendOver, type AttendArgs, type KernelBackend, type WeightMatrix } from "@moela/engine";
 import type { NativeKernels } from "@moela/engine-native";
 import { commaList, commandLine, describeMachine, fmt, log, machineInfo, median, textTable, writeReport, type Bar } from "../lib/bench-report.js";
 import { activations, makeWeight, weightCopies, type BenchWeightKind } from "../lib/bench-weights.js";
 
 const program = new Command()
-  .description("matmul with two builds of the native kernels' addon, alternating in one process")
+  .description("matmul, matmulT and attend with two builds of the native kernels' addon, alternating in one process")
   .option("--addon <path>", "a moela_kernels.node (give exactly two: A, then B)", (v: string, acc: string[]) => [...acc, v], [] as string[])
+  .option("--ops <list>", "products: matmul, matmulT, attend", "matmul")
+  .option("--isa <name>", "the instruction set both addons use (default: the best this CPU has)")
   .option("--kinds <list>", "weight kinds: fp8, bf16, f32", "fp8")
   .option("--shapes <list>", "rows x cols", "2816x1024,1024x2816,384x1024,384x192")
   .option("--tokens <list>", "token counts (T)", "1,2,4,16,256")
@@ -37,6 +43,8 @@ const program = new Command()
   .parse();
 const opts = program.opts<{
   addon: string[];
+  ops: string;
+  isa?: string;
   kinds: string;
   shapes: string;
   tokens: string;
@@ -62,6 +70,12 @@ const shapes = commaList(opts.shapes).map((s) => {
   if (!m) throw new Error(`--shapes: expected ROWSxCOLS, got '${s}'`);
   return [Number(m[1]), Number(m[2])] as const;
 });
+const OPS = ["matmul", "matmulT", "attend"] as const;
+type Op = (typeof OPS)[number];
+const ops = commaList(opts.ops).map((o) => {
+  if (!(OPS as readonly string[]).includes(o)) throw new Error(`--ops: unknown product '${o}' (known: ${OPS.join(", ")})`);
+  return o as Op;
+});
 const tokens = commaList(opts.tokens).map((t) => {
   const n = Number(t);
   if (!(Number.isInteger(n) && n >= 1)) throw new Error(`--tokens: expected positive integers, got '${t}'`);
@@ -71,50 +85,112 @@ const tokens = commaList(opts.tokens).map((t) => {
 const require = createRequire(import.meta.url);
 const addons = opts.addon.map((p) => require(resolve(p)) as NativeKernels);
 // Each addon holds its own thread pool; both get the same size.
-for (const a of addons) a.setThreads(opts.threads);
+for (const a of addons) {
+  a.setThreads(opts.threads);
+  if (opts.isa !== undefined) a.selectIsa(opts.isa);
+}
 const isas = addons.map((a) => a.isa());
 if (isas[0] !== isas[1]) throw new Error(`the two addons chose different instruction sets (${isas.join(", ")})`);
 const backends: KernelBackend[] = addons.map(fastBackendOver);
 
 interface Row {
-  readonly kind: BenchWeightKind;
-  readonly rows: number;
-  readonly cols: number;
+  readonly op: Op;
+  readonly what: string;
   readonly T: number;
   readonly gflops: readonly [number, number];
   readonly sameBits: boolean;
 }
 const results: Row[] = [];
-for (const kind of kinds) {
-  for (const [rows, cols] of shapes) {
-    const ws = weightCopies(makeWeight(kind, rows, cols, rows + cols), opts.workingSetMb * 2 ** 20);
-    const copies = ws.length;
-    for (const T of tokens) {
-      log(`${kind} ${rows}x${cols}, T ${T} ...`);
-      const x = activations(T * cols, T);
-      const ys = backends.map(() => new Float32Array(T * rows));
-      const times: number[][] = [[], []];
-      for (let round = 0; round < opts.rounds; round++) {
-        backends.forEach((b, k) => {
-          const y = ys[k]!;
-          let calls = 0;
-          const t0 = performance.now();
-          while (performance.now() - t0 < opts.roundMs) {
-            b.matmul(ws[calls % copies]!, x, T, y);
-            calls++;
-          }
-          times[k]!.push((performance.now() - t0) / calls);
-        });
+
+/**
+ * One configuration: `call(backend, i, out)` with the i-th input copy, alternating the addons round by round; the
+ * bits compared on copy 0; `flops` per call.
+ */
+function measure(op: Op, what: string, T: number, flops: number, outLength: number, call: (b: KernelBackend, i: number, out: Float32Array) => void): void {
+  log(`${op} ${what}, T ${T} ...`);
+  const outs = backends.map(() => new Float32Array(outLength));
+  const times: number[][] = [[], []];
+  for (let round = 0; round < opts.rounds; round++) {
+    backends.forEach((b, k) => {
+      const out = outs[k]!;
+      let calls = 0;
+      const t0 = performance.now();
+      while (performance.now() - t0 < opts.roundMs) call(b, calls++, out);
+      times[k]!.push((performance.now() - t0) / calls);
+    });
+  }
+  backends.forEach((b, k) => call(b, 0, outs[k]!));
+  const a = new Uint32Array(outs[0]!.buffer);
+  const b = new Uint32Array(outs[1]!.buffer);
+  const sameBits = a.every((v, i) => v === b[i]);
+  const gflops = times.map((t) => flops / median(t) / 1e6) as unknown as readonly [number, number];
+  results.push({ op, what, T, gflops, sameBits });
+}
+
+const WORKING_SET = opts.workingSetMb * 2 ** 20;
+if (ops.includes("matmul")) {
+  for (const kind of kinds) {
+    for (const [rows, cols] of shapes) {
+      const ws = weightCopies(makeWeight(kind, rows, cols, rows + cols), WORKING_SET);
+      for (const T of tokens) {
+        const x = activations(T * cols, T);
+        measure("matmul", `${kind} ${rows}x${cols}`, T, 2 * rows * cols * T, T * rows, (b, i, y) => b.matmul(ws[i % ws.length]!, x, T, y));
       }
-      // The same bits: both addons on the first copy.
-      backends.forEach((b, k) => b.matmul(ws[0]!, x, T, ys[k]!));
-      const a = new Uint32Array(ys[0]!.buffer);
-      const b = new Uint32Array(ys[1]!.buffer);
-      const sameBits = a.every((v, i) => v === b[i]);
-      const gflops = times.map((t) => (2 * rows * cols * T) / median(t) / 1e6) as unknown as readonly [number, number];
-      results.push({ kind, rows, cols, T, gflops, sameBits });
     }
   }
+}
+
+// DeepSeek-V3's per-head dimensions (nope 128, rope 64, v 128, kv_lora_rank 512) with 16 heads, as kernels.ts.
+const H = 16;
+const DN = 128;
+const DR = 64;
+const DV = 128;
+const R = 512;
+const DQ = DN + DR;
+if (ops.includes("matmulT")) {
+  for (const kind of kinds.filter((k) => k !== "f32")) {
+    const ws: WeightMatrix[] = weightCopies(makeWeight(kind, H * (DN + DV), R, 7), WORKING_SET);
+    const layout = { vStride: H * DQ, n: DN, outStride: H * R, groups: H, rowStep: DN + DV, vStep: DQ, outStep: R };
+    for (const T of tokens) {
+      const v = activations(T * H * DQ, T + 1);
+      measure("matmulT", `${kind} kv_b ${H * (DN + DV)}x${R}, W_UK`, T, 2 * T * H * DN * R, T * H * R, (b, i, out) =>
+        b.matmulT(ws[i % ws.length]!, v, T, out, layout),
+      );
+    }
+  }
+}
+if (ops.includes("attend")) {
+  // [heads, latent rank, rope dims, tokens, positions before them]: decode at two lengths, a prefill block, brown.
+  const cases = [
+    [H, R, DR, 1, 511],
+    [H, R, DR, 1, 4095],
+    [H, R, DR, 64, 448],
+    [6, 128, 16, 9, 200],
+  ] as const;
+  for (const [heads, rank, dr, n, start] of cases) {
+    const L = start + n;
+    const ctxs = activationCopies(activations(L * (rank + dr), L), WORKING_SET);
+    const qa = activations(n * heads * rank, 3);
+    const qb = activations(n * heads * dr, 4);
+    const args = (ctx: Float32Array, out: Float32Array): AttendArgs =>
+      absorbedAttendArgs({ H: heads, R: rank, dn: 0, dr }, { latents: ctx, qAbs: qa, q: qb, out, row: 0, n, start, scale: 1 / Math.sqrt(rank + dr) });
+    // Per token, head and position seen: the score over [R | rope] and the weighted sum over R.
+    const seen = n * start + (n * (n + 1)) / 2;
+    measure(
+      "attend",
+      `${heads} heads x ${rank}+${dr}, ${n} token(s) after ${start}`,
+      n,
+      heads * seen * (2 * (rank + dr) + 2 * rank),
+      n * heads * rank,
+      (b, i, out) => b.attend(args(ctxs[i % ctxs.length]!, out)),
+    );
+  }
+}
+
+/** Copies of an activation array filling about `bytes` (at least one), as weightCopies does for weights. */
+function activationCopies(a: Float32Array, bytes: number): Float32Array[] {
+  const n = Math.max(1, Math.floor(bytes / a.byteLength));
+  return Array.from({ length: n }, (_, i) => (i === 0 ? a : a.slice()));
 }
 
 const text = [
@@ -122,12 +198,12 @@ const text = [
   describeMachine(machineInfo()),
   `A: ${opts.addon[0]}`,
   `B: ${opts.addon[1]}`,
-  `instruction set ${isas[0]}, ${opts.threads} kernel thread(s), medians of ${opts.rounds} alternating rounds of ${opts.roundMs} ms, weights cycled through ${opts.workingSetMb} MB`,
+  `instruction set ${addons[0]!.isa()}, ${opts.threads} kernel thread(s), medians of ${opts.rounds} alternating rounds of ${opts.roundMs} ms, weights cycled through ${opts.workingSetMb} MB`,
   "",
   ...textTable(
-    ["matmul", "T", "A GFLOP/s", "B GFLOP/s", "B / A", "bits"],
+    ["product", "T", "A GFLOP/s", "B GFLOP/s", "B / A", "bits"],
     results.map((r) => [
-      `${r.kind} ${r.rows}x${r.cols}`,
+      `${r.op} ${r.what}`,
       String(r.T),
       fmt(r.gflops[0]),
       fmt(r.gflops[1]),
@@ -138,22 +214,22 @@ const text = [
 ];
 console.log(text.join("\n"));
 const bars: Bar[] = results.map((r) => ({
-  label: `${r.kind} ${r.rows}x${r.cols} T ${r.T}`,
+  label: `${r.op} ${r.what} T ${r.T}`,
   value: r.gflops[1] / r.gflops[0],
   note: `${(r.gflops[1] / r.gflops[0]).toFixed(2)}x`,
-  group: r.kind,
+  group: r.op,
 }));
 const [json, html] = writeReport(
   opts.out,
   "kernels-ab",
   "moela kernels: addon B against addon A",
   text,
-  [{ title: "matmul, B over A (above 1: B is faster)", unit: "x", bars, refs: [{ value: 1, label: "A" }] }],
+  [{ title: "B over A (above 1: B is faster)", unit: "x", bars, refs: [{ value: 1, label: "A" }] }],
   {
     command: commandLine(),
     machine: machineInfo(),
     addons: opts.addon,
-    isa: isas[0],
+    isa: addons[0]!.isa(),
     threads: opts.threads,
     results,
   },
