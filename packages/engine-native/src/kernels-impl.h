@@ -283,9 +283,31 @@ static void matmul_t_block(const MatmulTArgs* a, const WeightView& w, int r0, co
   V acc[4][TB];
   MOELA_UNROLL for (int k = 0; k < 4; k++)
     MOELA_UNROLL for (int t = 0; t < TB; t++) acc[k][t] = vzero();
+  // FP8: each vector's scale column, found once (wrow divides for it at every row), where the vector lies in one
+  // scale block; the row's scale row moves on every blockRows rows. The same products as wrow's.
+  int scaleCol[4];
+  bool oneBlock = K == W_FP8;
+  if (K == W_FP8) {
+    for (int k = 0; k < 4; k++) {
+      scaleCol[k] = (c0 + 16 * k) / w.blockCols;
+      oneBlock = oneBlock && (c0 + 16 * k + 15) / w.blockCols == scaleCol[k];
+    }
+  }
+  int scaleRow = K == W_FP8 ? r0 / w.blockRows : 0;
+  int nextScaleRow = K == W_FP8 ? (scaleRow + 1) * w.blockRows : 0;
   for (int i = 0; i < a->n; i++) {
     V wv[4];
-    MOELA_UNROLL for (int k = 0; k < 4; k++) wv[k] = wrow<K>(w, r0 + i, c0 + 16 * k, 16, scaleCols);
+    if (K == W_FP8 && oneBlock) {
+      if (r0 + i == nextScaleRow) {
+        scaleRow++;
+        nextScaleRow += w.blockRows;
+      }
+      const float* srow = w.scale + (size_t)scaleRow * scaleCols;
+      const size_t off = (size_t)(r0 + i) * w.cols + c0;
+      MOELA_UNROLL for (int k = 0; k < 4; k++) wv[k] = vmul(wload<K>(w.data, off + 16 * k), vset1(srow[scaleCol[k]] * E4M3_UNSCALE));
+    } else {
+      MOELA_UNROLL for (int k = 0; k < 4; k++) wv[k] = wrow<K>(w, r0 + i, c0 + 16 * k, 16, scaleCols);
+    }
     MOELA_UNROLL for (int t = 0; t < TB; t++) {
       const V s = vset1(v[(size_t)(t0 + t) * a->vStride + i]);
       MOELA_UNROLL for (int k = 0; k < 4; k++) acc[k][t] = vfma(s, wv[k], acc[k][t]);
