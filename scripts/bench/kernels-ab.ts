@@ -25,7 +25,7 @@ import { Command } from "commander";
 import { absorbedAttendArgs, fastBackendOver, type AttendArgs, type KernelBackend, type WeightMatrix } from "@moela/engine";
 import type { NativeKernels } from "@moela/engine-native";
 import { commaList, commandLine, describeMachine, fmt, log, machineInfo, median, textTable, writeReport, type Bar } from "../lib/bench-report.js";
-import { activations, makeWeight, weightCopies, type BenchWeightKind } from "../lib/bench-weights.js";
+import { activations, makeWeight, weightCopies, type BenchWeightKind, V3_HEADS } from "../lib/bench-weights.js";
 
 const program = new Command()
   .description("matmul, matmulT and attend with two builds of the native kernels' addon, alternating in one process")
@@ -140,12 +140,7 @@ if (ops.includes("matmul")) {
   }
 }
 
-// DeepSeek-V3's per-head dimensions (nope 128, rope 64, v 128, kv_lora_rank 512) with 16 heads, as kernels.ts.
-const H = 16;
-const DN = 128;
-const DR = 64;
-const DV = 128;
-const R = 512;
+const { H, DN, DR, DV, R } = V3_HEADS;
 const DQ = DN + DR;
 if (ops.includes("matmulT")) {
   for (const kind of kinds.filter((k) => k !== "f32")) {

@@ -43,7 +43,7 @@ import {
 } from "@moela/engine";
 import { commaList, fmt, fmtX, log, median, parseWithReportOptions, ratio, textTable, type Bar, type BarChart } from "../lib/bench-report.js";
 import { gemmRef, measureSetting, readBandwidthRef, settingLines, writeBenchReport } from "../lib/bench-setting.js";
-import { activations, makeWeight, weightCopies, type BenchWeightKind } from "../lib/bench-weights.js";
+import { activations, makeWeight, weightCopies, type BenchWeightKind, V3_HEADS } from "../lib/bench-weights.js";
 
 const program = new Command("bench-kernels")
   .option("--threads <n>", "threads of the fast backend's multi-thread configurations", (v) => Number(v), availableParallelism())
@@ -278,14 +278,9 @@ for (const kind of KINDS) {
 
 // ---- matmulT and attend ------------------------------------------------------------------------------
 
-// DeepSeek-V3's per-head dimensions (nope 128, rope 64, v 128, kv_lora_rank 512) with 16 heads.
-const H = 16;
-const DN = 128;
-const DR = 64;
-const DV = 128;
-const R = 512;
-const D = R + DR;
+const { H, DN, DR, DV, R } = V3_HEADS;
 const DQ = DN + DR;
+const D = R + DR;
 if (opts.extras) {
   for (const kind of KINDS.filter((k) => k !== "f32")) {
     const ws = weightCopies(makeWeight(kind, H * (DN + DV), R, seed++), WORKING_SET);

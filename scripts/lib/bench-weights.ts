@@ -59,3 +59,6 @@ export function activations(n: number, seed: number): Float32Array {
   for (let i = 0; i < n; i++) a[i] = r();
   return a;
 }
+
+/** DeepSeek-V3's per-head attention dimensions (nope 128, rope 64, v 128, kv_lora_rank 512) with 16 heads. */
+export const V3_HEADS = { H: 16, DN: 128, DR: 64, DV: 128, R: 512 } as const;
