@@ -275,8 +275,8 @@ MOELA_INLINE V wrow(const WeightView& w, int r, int c, int n, int scaleCols) {
 }
 
 /**
- * matmul_t's block of NV x 16 columns from c0 for TB tokens from t0 (NV = 4, TB known: the sums stay in registers;
- * the same operations as the general loop below).
+ * matmul_t's whole block of 64 columns (4 vectors) from c0 for TB tokens from t0: TB known, so the sums stay in
+ * registers; the same operations as the general loop in matmul_t_kind.
  */
 template <int K, int TB>
 static void matmul_t_block(const MatmulTArgs* a, const WeightView& w, int r0, const float* v, float* out, int c0, int t0, int scaleCols) {
