@@ -348,9 +348,11 @@ describe("failures under load: 2 prefill, 2 decode, 2 expert shards x 2 replicas
       ),
     );
     let streaming = 0;
-    // Long generations, so they are still running when their router dies.
+    // Long generations, so they are still running when their router dies and through decode's grace period after it:
+    // a sequence that finishes within the grace is freed as finished, not reclaimed. 400 tokens were once enough; on a
+    // fast VM 8 streams of them ended inside the 3 s. The tiny model's context (2,048) bounds this.
     const long = Array.from({ length: 8 }, (_, i) =>
-      streamCompletion(url(), clusterPrompt(i), 400, (c) => {
+      streamCompletion(url(), clusterPrompt(i), 1_800, (c) => {
         if (c === 1) streaming++;
       }),
     );
