@@ -144,16 +144,14 @@ MOELA_INLINE V vload_f16(const uint16_t* p) {
 MOELA_INLINE V vload_f16_n(const uint16_t* p, int n) {
   return {_mm256_cvtph_ps(load8_u16_n(p, n)), _mm256_cvtph_ps(load8_u16_n(p + 8, n - 8))};
 }
-MOELA_INLINE V vload_e4m3(const uint8_t* p) {
-  __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p));
+/** 16 e4m3 codes -> code * 2^-8 (see E4M3_UNSCALE), through float16 bits. */
+MOELA_INLINE V e4m3x16(__m128i codes) {
+  __m256i w = _mm256_cvtepu8_epi16(codes);
   w = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(w, 8), 1), _mm256_set1_epi16((short)0xBFFF));
   return {_mm256_cvtph_ps(_mm256_castsi256_si128(w)), _mm256_cvtph_ps(_mm256_extracti128_si256(w, 1))};
 }
-MOELA_INLINE V vload_e4m3_n(const uint8_t* p, int n) {
-  __m256i w = _mm256_cvtepu8_epi16(load16_u8_n(p, n));
-  w = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(w, 8), 1), _mm256_set1_epi16((short)0xBFFF));
-  return {_mm256_cvtph_ps(_mm256_castsi256_si128(w)), _mm256_cvtph_ps(_mm256_extracti128_si256(w, 1))};
-}
+MOELA_INLINE V vload_e4m3(const uint8_t* p) { return e4m3x16(_mm_loadu_si128((const __m128i*)p)); }
+MOELA_INLINE V vload_e4m3_n(const uint8_t* p, int n) { return e4m3x16(load16_u8_n(p, n)); }
 
 MOELA_INLINE V vmax(V a, V b) { return {_mm256_max_ps(a.lo, b.lo), _mm256_max_ps(a.hi, b.hi)}; }
 MOELA_INLINE V vround(V a) {
