@@ -63,12 +63,13 @@ static const KernelTable* K = best_table();
 // Kernel threads: the caller and threads-1 workers, each starting on a range of its own.
 //
 // On the 2-core VMs this is measured on, a cache line takes about 220 ns to move from one core to the other (two
-// pinned threads handing one atomic back and forth, AMD EPYC, 2026-12-05), so a small product's cost on two threads
-// is mostly the lines it moves, not its instructions. Each thread therefore owns a contiguous share of the job's items, claimed in chunks through a
-// cursor on a cache line of its own (uncontended, so it stays in that core's cache), and only a thread that runs
-// out of its own share steals chunks from another's: a thread that is paused or starts late still leaves nothing
-// undone. Each thread reports the items it computed once, when it finds nothing left. The same thread gets the
-// same rows of a product every time, so its share of the weights can stay in its own cache from call to call.
+// pinned threads handing one atomic back and forth, AMD EPYC, 2026-12-05), so a small product's cost on two
+// threads is mostly the lines it moves, not its instructions. Each thread therefore owns a contiguous share of the
+// job's items, claimed in chunks through a cursor on a cache line of its own (uncontended, so it stays in that
+// core's cache), and only a thread that runs out of its own share steals chunks from another's: a thread that is
+// paused or starts late still leaves nothing undone. Each thread reports the items it computed once, when it finds
+// nothing left. The same thread gets the same rows of a product every time, so its share of the weights can stay
+// in its own cache from call to call.
 
 typedef void (*ItemFn)(const void* args, int i0, int i1);
 
