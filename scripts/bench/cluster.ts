@@ -480,7 +480,7 @@ const BREAKDOWN = {
   moe: {
     gate: "gate (router, top-k)",
     shared_expert: "shared expert",
-    routed_experts_here: "routed experts computed here",
+    routed_experts_here: "routed experts computed here (with the shared expert)",
     dispatch_encode: "dispatch: encode + send",
     waiting_on_hosts: "waiting on expert-hosts",
     host_handling: "  of which a host's handling (per call)",
@@ -519,7 +519,8 @@ function breakdownFromPhases(
     attention: phases.attention / steps,
     gate: phases.gate / steps,
     // The dispatcher's encode runs inside the shared-expert interval (runRouted sends before the shared expert starts).
-    shared_expert: (phases.shared_expert - enc) / steps,
+    // One process computes the shared expert in the routed experts' group: no interval of its own.
+    shared_expert: dispatch || phases.shared_expert > 0 ? (phases.shared_expert - enc) / steps : undefined,
     routed_experts_here: phases.routed_experts / steps,
     dispatch_encode: dispatch ? enc / steps : undefined,
     // ... and its combine inside the wait.

@@ -603,10 +603,11 @@ export class DeepseekModel {
     routeTokens(c, gateLogits, T, moe.bias, ids, weights, this.router);
     const routed = this.scratch.moe.routed.get(T * hd); // [T, hidden]
     if (clock) t0 = clock.since("gate", t0);
-    if (this.experts.waitsOnOtherProcesses === true && moe.shared !== null && this.experts.computesSharedExpert === true) {
-      // The expert-hosts compute the shared expert too (as one more routed expert every token selects).
+    if (moe.shared !== null && this.experts.computesSharedExpert === true) {
+      // The executor computes the shared expert with the routed ones: the expert-hosts as one more routed expert
+      // every token selects, or this process in the same group of products (one job for the kernel threads).
       await this.experts.runRouted(layer, xn, T, ids, weights, routed, out);
-      clock?.since("routed_wait", t0);
+      clock?.since(this.experts.waitsOnOtherProcesses === true ? "routed_wait" : "routed_experts", t0);
     } else if (this.experts.waitsOnOtherProcesses === true) {
       // Start the routed experts on the expert-hosts, compute the shared expert meanwhile.
       const pending = this.experts.runRouted(layer, xn, T, ids, weights, routed);

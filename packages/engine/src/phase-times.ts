@@ -9,9 +9,9 @@ export const FORWARD_PHASES = [
   "attention",
   /** Router logits, scores, group-limited top-k. */
   "gate",
-  /** The shared expert, run while routed work is in flight on other processes. */
+  /** The shared expert, run while routed work is in flight on other processes (in one process: in routed_experts). */
   "shared_expert",
-  /** Routed experts computed in this process. */
+  /** Routed experts computed in this process, with the shared expert in the same group of products. */
   "routed_experts",
   /** Waiting for routed experts on other processes after everything local was done (dispatch, wire, remote compute, combine). */
   "routed_wait",

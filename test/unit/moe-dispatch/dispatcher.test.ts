@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { Code, InvalidArgumentError, MoelaError, UnavailableError } from "@moela/core";
-import { LocalExpertExecutor, mlpForward, Workspace, type MlpWeights, type MoeWeights } from "@moela/engine";
+import { defaultKernels, LocalExpertExecutor, mlpForward, mlpForwardGroup, Workspace, type MlpWeights, type MoeWeights } from "@moela/engine";
 import {
   checkHostInfo,
   ExpertHostCore,
@@ -125,6 +125,40 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
   return m;
 }
+
+describe("LocalExpertExecutor", () => {
+  const { ids, weights } = routing(42);
+
+  it("computes the shared expert in the routed experts' group with the bits of a group of its own", async () => {
+    const shared = randomExpert(7000);
+    const moe: MoeWeights = { gate: EXPERTS[0]!.gate, bias: null, experts: EXPERTS, shared };
+    const alone = { routed: new Float32Array(T * HIDDEN), shared: new Float32Array(T * HIDDEN) };
+    const executor = new LocalExpertExecutor(new Map([[LAYER, moe]]), HIDDEN, K, new Workspace());
+    expect(executor.computesSharedExpert).toBe(true);
+    await executor.runRouted(LAYER, X, T, ids, weights, alone.routed);
+    // How the model computed it before: a group of one entry over all T rows.
+    mlpForwardGroup([shared], [T], X, alone.shared, new Workspace(), defaultKernels());
+    const together = { routed: new Float32Array(T * HIDDEN), shared: new Float32Array(T * HIDDEN).fill(Number.NaN) };
+    await executor.runRouted(LAYER, X, T, ids, weights, together.routed, together.shared);
+    expect(bits(together.routed)).toEqual(bits(alone.routed));
+    expect(bits(together.shared)).toEqual(bits(alone.shared));
+  });
+
+  it("gives zeros for the shared expert of a layer that has none", async () => {
+    const moe: MoeWeights = { gate: EXPERTS[0]!.gate, bias: null, experts: EXPERTS, shared: null };
+    const sharedOut = new Float32Array(T * HIDDEN).fill(Number.NaN);
+    await new LocalExpertExecutor(new Map([[LAYER, moe]]), HIDDEN, K, new Workspace()).runRouted(
+      LAYER,
+      X,
+      T,
+      ids,
+      weights,
+      new Float32Array(T * HIDDEN),
+      sharedOut,
+    );
+    expect(sharedOut.every((v) => v === 0)).toBe(true);
+  });
+});
 
 describe("HostedExpertExecutor over in-process hosts", () => {
   const { ids, weights } = routing(42);

@@ -55,6 +55,12 @@ export interface ExpertGroupArgs {
   readonly mm: MatmulFn;
   /** The token row of entry p (floor(p / k) for a [T, k] routing). */
   readonly tokenOf: (entry: number) => number;
+  /**
+   * An MLP that every token row of x goes through unweighted, computed as one more entry of the same group (one
+   * process's shared expert): out [T, hidden], overwritten. Each entry's rows are computed alone, so its bits are
+   * those of a group of its own.
+   */
+  readonly shared?: { readonly mlp: MlpWeights; readonly out: Float32Array };
 }
 
 /** The shared tail of computeRoutedExperts and an expert-host's partial sum: every expert once over its tokens, then the sum. */
@@ -71,13 +77,17 @@ export async function runExpertGroupAsync(g: ExpertGroupArgs, offLoopMinWork: nu
   addExpertGroup(g, grouped.ys);
 }
 
-/** The experts with tokens, their token counts, and every entry's token row gathered by expert. */
+/**
+ * The experts with tokens, their token counts, and every entry's token row gathered by expert; then, with
+ * g.shared, the shared MLP as one more entry over the T token rows.
+ */
 function gatherExpertGroup(g: ExpertGroupArgs): { group: MlpWeights[]; sizes: Int32Array; xs: Float32Array; ys: Float32Array } {
-  const { experts, x, hidden, start, order, ws, tokenOf } = g;
+  const { experts, x, hidden, start, order, ws, tokenOf, T, shared } = g;
   const E = experts.length;
   const P = start[E]!;
+  const rows = P + (shared ? T : 0);
   const group: MlpWeights[] = [];
-  const sizes = ws.sizes.get(E);
+  const sizes = ws.sizes.get(E + 1);
   for (let e = 0; e < E; e++) {
     const n = start[e + 1]! - start[e]!;
     if (n === 0) continue;
@@ -86,19 +96,28 @@ function gatherExpertGroup(g: ExpertGroupArgs): { group: MlpWeights[]; sizes: In
     sizes[group.length] = n;
     group.push(w);
   }
-  const xs = ws.xs.get(P * hidden); // [P, hidden] every entry's token, grouped by expert
+  const xs = ws.xs.get(rows * hidden); // [rows, hidden] every entry's token, grouped by expert, then the shared MLP's
   for (let i = 0; i < P; i++) {
     const t = tokenOf(order[i]!);
     xs.set(x.subarray(t * hidden, (t + 1) * hidden), i * hidden);
   }
-  return { group, sizes: sizes.subarray(0, group.length), xs, ys: ws.ys.get(P * hidden) };
+  if (shared && T > 0) {
+    sizes[group.length] = T;
+    group.push(shared.mlp);
+    xs.set(x.subarray(0, T * hidden), P * hidden);
+  }
+  return { group, sizes: sizes.subarray(0, group.length), xs, ys: ws.ys.get(rows * hidden) };
 }
 
-/** out[t] = sum of weight * expert output over t's entries, in ascending expert id (the buckets' order). ys: [P, hidden]. */
+/**
+ * out[t] = sum of weight * expert output over t's entries, in ascending expert id (the buckets' order); the shared
+ * MLP's rows (after the routed entries' P rows of ys) into g.shared.out. ys: [P (+ T), hidden].
+ */
 function addExpertGroup(g: ExpertGroupArgs, ys: Float32Array): void {
-  const { order, weights, hidden, T, out, tokenOf } = g;
+  const { order, weights, hidden, T, out, tokenOf, start, experts, shared } = g;
   out.fill(0, 0, T * hidden);
-  const P = ys.length / hidden;
+  const P = start[experts.length]!;
+  if (shared) shared.out.set(ys.subarray(P * hidden, (P + T) * hidden));
   for (let i = 0; i < P; i++) {
     const p = order[i]!;
     const t = tokenOf(p);
@@ -109,6 +128,7 @@ function addExpertGroup(g: ExpertGroupArgs, ys: Float32Array): void {
 
 /** All routed experts in this process (single-process serving and tests). */
 export class LocalExpertExecutor implements ExpertExecutor {
+  readonly computesSharedExpert = true;
   private readonly moeByLayer: ReadonlyMap<number, MoeWeights>;
   private readonly hidden: number;
   private readonly k: number;
@@ -139,9 +159,22 @@ export class LocalExpertExecutor implements ExpertExecutor {
     this.offLoopMinWork = offLoopMinWork;
   }
 
-  async runRouted(layer: number, x: Float32Array, T: number, ids: Int32Array, weights: Float32Array, out: Float32Array): Promise<void> {
+  /**
+   * With sharedOut, the layer's shared expert goes into the same group of products as the routed experts (one job
+   * for the kernel threads instead of two, the same bits as computed alone); a layer without one gives zeros.
+   */
+  async runRouted(
+    layer: number,
+    x: Float32Array,
+    T: number,
+    ids: Int32Array,
+    weights: Float32Array,
+    out: Float32Array,
+    sharedOut?: Float32Array,
+  ): Promise<void> {
     const moe = this.moeByLayer.get(layer);
     if (moe === undefined) throw new Error(`layer ${layer} has no routed experts`);
+    if (sharedOut !== undefined && moe.shared === null) sharedOut.fill(0, 0, T * this.hidden);
     const start = this.buckets.start.get(moe.experts.length + 1);
     const order = this.buckets.order.get(T * this.k);
     bucketByExpert(moe.experts.length, ids, T * this.k, start, order, this.scratch);
@@ -159,6 +192,7 @@ export class LocalExpertExecutor implements ExpertExecutor {
       kernels: this.kernels,
       mm: this.mm,
       tokenOf: (p: number) => Math.floor(p / k),
+      ...(sharedOut !== undefined && moe.shared !== null ? { shared: { mlp: moe.shared, out: sharedOut } } : {}),
     };
     await runExpertGroupAsync(g, this.offLoopMinWork);
   }
