@@ -175,8 +175,17 @@ static TileFn tile_for(int tb) {
   }
 }
 
-/** Tokens per block that share one decoded weight panel (their inputs stay in L2 while the rows stream by). */
-static const int TOKEN_BLOCK = 32;
+/**
+ * Tokens per block that share one widened weight panel: as many as keep the block's inputs within 256 KiB (in L2
+ * while the rows stream by; half the smallest L2 seen on these VMs), 32 to 128, the call's tokens split into equal
+ * blocks (multiples of 4, the tile's width). Each block widens every row once, so fewer blocks widen less.
+ */
+static int token_block(int T, int cols) {
+  int most = (256 * 1024) / (cols * (int)sizeof(float));
+  most = most < 32 ? 32 : most > 128 ? 128 : most;
+  const int blocks = (T + most - 1) / most;
+  return ((T + blocks - 1) / blocks + 3) / 4 * 4;
+}
 
 /** One weight row widened to float32 (FP8: code * 2^-8, not scaled): the same values the fused loads give. */
 template <int K>
@@ -202,8 +211,9 @@ static void matmul(const MatmulArgs* a, int i0, int i1) {
   const int scaleCols = fp8 ? (cols + w.blockCols - 1) / w.blockCols : 0;
   const int bcols = fp8 ? w.blockCols : cols;
   // Token blocks outside, row quads inside: a block's inputs stay in cache while the thread's rows stream by.
-  for (int tb0 = 0; tb0 < a->T; tb0 += TOKEN_BLOCK) {
-    const int tb1 = imin(a->T, tb0 + TOKEN_BLOCK);
+  const int tokenBlock = token_block(a->T, cols);
+  for (int tb0 = 0; tb0 < a->T; tb0 += tokenBlock) {
+    const int tb1 = imin(a->T, tb0 + tokenBlock);
     // Many tokens: widen the four rows once into a float panel, then every token tile reads the panel.
     const bool panel = w.kind != W_F32 && tb1 - tb0 > 4;
     for (int item = i0; item < i1; item++) {
