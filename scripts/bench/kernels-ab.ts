@@ -10,7 +10,8 @@
  *
  * matmul runs --kinds x --shapes x --tokens; matmulT the W_UK rows of a kv_b_proj of 16 DeepSeek-V3 heads (--kinds
  * other than f32, at --tokens); attend MLA's absorbed attention of 16 heads at decode (1 token over 512 and 4,096
- * positions) and a prefill block (64 tokens after 448), and of brown's 6 heads (9 tokens, two per item).
+ * positions) and a prefill block (64 tokens after 448), and of brown's 6 heads (9 tokens, two per item); and the
+ * decompressed attention of prefill (a 512-token prompt, a 128-token chunk after 384; V3-like 16 heads and brown's 6).
  * Each configuration runs --rounds rounds, the addons taking turns within every round, each turn calling the product
  * for --round-ms with its weights cycled through copies (--working-set-mb in all), so each call reads its weights
  * from memory as a decode step does. Reported: the medians, and B over A (above 1: B is faster).
@@ -22,7 +23,7 @@
 import { createRequire } from "node:module";
 import { resolve } from "node:path";
 import { Command } from "commander";
-import { absorbedAttendArgs, fastBackendOver, type AttendArgs, type KernelBackend, type WeightMatrix } from "@moela/engine";
+import { absorbedAttendArgs, decompressedAttendArgs, fastBackendOver, type AttendArgs, type KernelBackend, type WeightMatrix } from "@moela/engine";
 import type { NativeKernels } from "@moela/engine-native";
 import { commaList, commandLine, describeMachine, fmt, log, machineInfo, median, textTable, writeReport, type Bar } from "../lib/bench-report.js";
 import { activations, makeWeight, weightCopies, type BenchWeightKind, V3_HEADS } from "../lib/bench-weights.js";
@@ -178,6 +179,29 @@ if (ops.includes("attend")) {
       heads * seen * (2 * (rank + dr) + 2 * rank),
       n * heads * rank,
       (b, i, out) => b.attend(args(ctxs[i % ctxs.length]!, out)),
+    );
+  }
+  // Decompressed attention (prefill): [heads, nope, rope, value dims, tokens, positions before them].
+  const prefills = [
+    [H, DN, DR, DV, 512, 0],
+    [H, DN, DR, DV, 128, 384],
+    [6, 32, 16, 32, 512, 0],
+  ] as const;
+  for (const [heads, dn, dr, dv, n, start] of prefills) {
+    const L = start + n;
+    const kvs = activationCopies(activations(heads * L * (dn + dv), L), WORKING_SET); // head-major, as the engine's
+    const latents = activations(L * (R + dr), 5);
+    const q = activations(n * heads * (dn + dr), 3);
+    const args = (kv: Float32Array, out: Float32Array): AttendArgs =>
+      decompressedAttendArgs({ H: heads, R, dn, dr, dv }, { latents, kv, q, out, row: 0, n, start, scale: 1 / Math.sqrt(dn + dr) });
+    const seen = n * start + (n * (n + 1)) / 2;
+    measure(
+      "attend",
+      `decompressed ${heads} heads x ${dn}+${dr}, values ${dv}, ${n} tokens after ${start}`,
+      n,
+      heads * seen * (2 * (dn + dr) + 2 * dv),
+      n * heads * dv,
+      (b, i, out) => b.attend(args(kvs[i % kvs.length]!, out)),
     );
   }
 }

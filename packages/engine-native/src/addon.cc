@@ -435,11 +435,16 @@ static bool prep_attend(napi_env env, napi_value* argv, std::function<void()>* r
   a.out = f32_at(env, argv[23], ints[24], 0, J * a.outTok + Hm * a.outHead + a.lenV - 1, "out", &err);
   if (!a.out) return range_error(env, err);
   const double work = (double)a.n * a.H * ((double)a.start + a.n) * (a.lenA + a.lenB + a.lenV);
-  // Few tokens (decoding, a verified draft) attend one per item, so the threads share them; many (prefill) in
-  // blocks, which read each position's row once per block instead of once per token.
-  const int groups = (a.H + ATTEND_HEAD_GROUP - 1) / ATTEND_HEAD_GROUP;
+  // Heads share a position's row when every head reads the same one (absorbed MLA: the latent); then an item holds
+  // a group of heads. With a row per head (decompressed MLA, prefill) grouping heads shares nothing, so an item
+  // holds one head and the tokens share instead. Few tokens (decoding, a verified draft) attend one per item, so
+  // the threads share them; many (prefill) in blocks, which read each position's row once per block instead of
+  // once per token.
+  const bool sharedRow = a.kaHead == 0 && a.valHead == 0 && (a.lenB == 0 || a.kbHead == 0);
+  a.headGroup = sharedRow ? std::min(a.H, ATTEND_HEAD_GROUP) : 1;
+  const int groups = (a.H + a.headGroup - 1) / a.headGroup;
   const int threads = pool == nullptr ? 1 : pool->threads();
-  a.tokenBlock = (double)a.n * groups >= 4.0 * threads ? attend_max_token_block(a.H) : 1;
+  a.tokenBlock = (double)a.n * groups >= 4.0 * threads ? std::max(1, ATTEND_PAIRS / a.headGroup) : 1;
   *run = [a, work]() { run_items((ItemFn)K->attend, &a, attend_items(&a), work); };
   return true;
 }

@@ -430,13 +430,12 @@ MOELA_INLINE void dots16(const float* x, const float* base, size_t stride, const
 }
 
 /**
- * An item attends a block of a sequence's tokens over a group of heads (kernels.h, AttendArgs.tokenBlock): a
- * position's row is read once for all of its (token, head) pairs (MLA's heads share the latent row, and so do a
- * sequence's tokens), and the weighted sum keeps 2 vectors per pair in registers while the positions stream by.
+ * An item attends a block of a sequence's tokens over a group of heads (kernels.h, AttendArgs.tokenBlock and
+ * headGroup): a position's row is read once for all of its (token, head) pairs (absorbed MLA's heads share the
+ * latent row; a decompressed item holds one head, whose row its tokens share), and the weighted sum keeps 2 vectors
+ * per pair in registers while the positions stream by.
  * Each pair's arithmetic is the same whatever the block around it.
  */
-static const int HEAD_GROUP = ATTEND_HEAD_GROUP;
-
 MOELA_INLINE size_t row_of(const AttendArgs* a, int p) {
   return a->table ? (size_t)a->table[p / a->blockSize] * a->blockSize + p % a->blockSize : (size_t)p;
 }
@@ -446,7 +445,7 @@ MOELA_INLINE size_t row_of(const AttendArgs* a, int p) {
  * item's NP = J * G (token, head) pairs (pair k = jj * G + g, its weights at s + k * upto). NP is a constant so that
  * the sums stay in registers; each pair's operations are the same for every NP.
  */
-template <int NP>
+template <int NP, bool ONE_HEAD>
 static void weighted_values(const AttendArgs* a, const float* s, int upto, int j0, int h0, int G, const float* inv) {
   static_assert(NP <= ATTEND_PAIRS, "kernels.h bounds an item's pairs");
   int last[NP];  // pair k's last position (its token's causal limit)
@@ -463,6 +462,18 @@ static void weighted_values(const AttendArgs* a, const float* s, int upto, int j
     for (int k = 0; k < NP; k++) acc[k][0] = acc[k][1] = vzero();
     int p = 0;
     if (n0 == 16 && n1 == 16) {
+      if (ONE_HEAD) {
+        // Every pair reads the same head's values: load them once per position.
+        for (; p < shared; p++) {
+          const float* vp = a->val + row_of(a, p) * a->valPos + c0 + head[0];
+          const V v0 = vload(vp), v1 = vload(vp + 16);
+          MOELA_UNROLL for (int k = 0; k < NP; k++) {
+            const V e = vset1(s[(size_t)k * upto + p]);
+            acc[k][0] = vfma(e, v0, acc[k][0]);
+            acc[k][1] = vfma(e, v1, acc[k][1]);
+          }
+        }
+      }
       for (; p < shared; p++) {
         const float* vp = a->val + row_of(a, p) * a->valPos + c0;
         MOELA_UNROLL for (int k = 0; k < NP; k++) {
@@ -494,13 +505,14 @@ static void weighted_values(const AttendArgs* a, const float* s, int upto, int j
 }
 
 static void attend(const AttendArgs* a, int i0, int i1) {
-  const int groups = (a->H + HEAD_GROUP - 1) / HEAD_GROUP;
+  const int HG = a->headGroup;
+  const int groups = (a->H + HG - 1) / HG;
   const int TB = a->tokenBlock;
   for (int item = i0; item < i1; item++) {
     const int j0 = (item / groups) * TB;
     const int J = imin(TB, a->n - j0);
-    const int h0 = (item % groups) * HEAD_GROUP;
-    const int G = imin(HEAD_GROUP, a->H - h0);
+    const int h0 = (item % groups) * HG;
+    const int G = imin(HG, a->H - h0);
     const int upto = a->start + j0 + J;  // positions [0, upto) of the block's last token; token j sees [0, start + j]
     float* s = scratch(&scoreScratch, (size_t)J * G * upto);  // [pair, upto] scores, then weights; pair k = jj * G + g
     float m[ATTEND_PAIRS];
@@ -558,7 +570,10 @@ static void attend(const AttendArgs* a, int i0, int i1) {
     }
     switch (J * G) {
 #define MOELA_PAIRS_CASE(NP) \
-  case NP: weighted_values<NP>(a, s, upto, j0, h0, G, inv); break;
+  case NP: \
+    if (G == 1) weighted_values<NP, true>(a, s, upto, j0, h0, G, inv); \
+    else weighted_values<NP, false>(a, s, upto, j0, h0, G, inv); \
+    break;
       MOELA_PAIRS_CASE(1)
       MOELA_PAIRS_CASE(2)
       MOELA_PAIRS_CASE(3)

@@ -60,21 +60,20 @@ struct AttendArgs {
   float scale;
   const int32_t* table;
   int blockSize;
-  /** Tokens an item attends together (1 .. attend_max_token_block(H)): they share the reads of each position's row. */
+  /** Tokens an item attends together (1 .. ATTEND_PAIRS / headGroup): they share the reads of each position's row. */
   int tokenBlock;
+  /** Heads an item attends together (1 .. ATTEND_HEAD_GROUP): they share a position's row only where it is one row
+   * for every head (absorbed MLA's latent); with a row per head (decompressed MLA) an item holds one head. */
+  int headGroup;
 };
 
-/** attend's items: blocks of AttendArgs.tokenBlock tokens x groups of up to ATTEND_HEAD_GROUP heads. */
+/** Heads an attend item holds at most. */
 static const int ATTEND_HEAD_GROUP = 8;
 /** (token, head) pairs an attend item holds at most: their accumulators (2 vectors each) stay in registers. */
 static const int ATTEND_PAIRS = 12;
-/** The largest token block whose pairs fit ATTEND_PAIRS. */
-static inline int attend_max_token_block(int H) {
-  const int g = H < ATTEND_HEAD_GROUP ? H : ATTEND_HEAD_GROUP;
-  return g >= 1 && ATTEND_PAIRS / g > 1 ? ATTEND_PAIRS / g : 1;
-}
+/** attend's items: blocks of AttendArgs.tokenBlock tokens x groups of AttendArgs.headGroup heads. */
 static inline int attend_items(const AttendArgs* a) {
-  return ((a->n + a->tokenBlock - 1) / a->tokenBlock) * ((a->H + ATTEND_HEAD_GROUP - 1) / ATTEND_HEAD_GROUP);
+  return ((a->n + a->tokenBlock - 1) / a->tokenBlock) * ((a->H + a->headGroup - 1) / a->headGroup);
 }
 
 /** One instruction set's kernels. Each computes the items [i0, i1) of its product; threads split the items. */
@@ -84,7 +83,7 @@ struct KernelTable {
   void (*matmul)(const MatmulArgs* a, int i0, int i1);
   /** Items: groups * ceil(cols / 64) column blocks. */
   void (*matmul_t)(const MatmulTArgs* a, int i0, int i1);
-  /** Items: attend_items (a block of tokens, a group of up to 8 heads). */
+  /** Items: attend_items (a block of tokens, a group of heads). */
   void (*attend)(const AttendArgs* a, int i0, int i1);
   /** log(sum_c exp(x[c] - m)) over n >= 1 floats and their maximum m (*max): a log-softmax's normalizer. */
   double (*log_sum_exp)(const float* x, int n, float* max);

@@ -893,8 +893,9 @@ export class DeepseekModel {
   private async decompressedKernel(kvB: WeightMatrix, ctx: Float32Array, s: ForwardSeq, q: Float32Array, t: number, heads: Float32Array): Promise<void> {
     const { H, dn, dv, D } = this.mla;
     const L = s.start + s.tokens.length;
-    const kv = this.scratch.attn.kv.get(L * H * (dn + dv)); // [L, H * (dn + dv)] every head's K_nope | V
-    await this.mmA(kvB, ctx, L, kv, { xStride: D });
+    const hs = dn + dv;
+    const kv = this.scratch.attn.kv.get(H * L * hs); // [H, L, dn + dv] every head's K_nope | V, head-major
+    await this.mmA(kvB, ctx, L, kv, { xStride: D, nRows: hs, yStride: hs, groups: H, rowStep: hs, xStep: 0, yStep: L * hs });
     await this.attendA(
       decompressedAttendArgs(this.mla, { latents: ctx, kv, q, out: heads, row: t, n: s.tokens.length, start: s.start, scale: this.rotary.softmaxScale }),
     );

@@ -4,6 +4,7 @@
 import { afterAll, describe, expect, it } from "vitest";
 import {
   absorbedAttendArgs,
+  decompressedAttendArgs,
   F8_E4M3_TO_F32,
   attendTs,
   f32ToBf16Bits,
@@ -168,6 +169,51 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
       fast.attend({ ...args, qaOff: j * H * R, qbOff: j * H * 8, out: one, n: 1, start: start + j });
       expect(bits(out.subarray(j * H * R, (j + 1) * H * R))).toEqual(bits(one));
     }
+  });
+
+  // Decompressed attention (prefill) has a K_nope | V row per head, head-major: an item holds one head and a block
+  // of up to 12 tokens. Values of 64 take the one-head loop over whole 32-value chunks; 40 the general one.
+  it.each([
+    [3, 64],
+    [5, 40],
+  ])("decompressed attention (%d heads, values %d): float64's value, n tokens at once equal one at a time, on every instruction set", (H, dv) => {
+    const dn = 24,
+      dr = 8,
+      R = 16,
+      n = 30,
+      start = 7;
+    const L = start + n;
+    const latents = fill(new Float32Array(L * (R + dr)), 17);
+    const kv = fill(new Float32Array(H * L * (dn + dv)), 19);
+    const q = fill(new Float32Array(n * H * (dn + dr)), 23);
+    // kv holds the call's start + n positions per head, as the engine's does: a shorter call gets each head's first rows.
+    const kvFor = (positions: number): Float32Array => {
+      const hs = dn + dv;
+      const out = new Float32Array(H * positions * hs);
+      for (let h = 0; h < H; h++) out.set(kv.subarray(h * L * hs, (h * L + positions) * hs), h * positions * hs);
+      return out;
+    };
+    const args = (out: Float32Array, row: number, count: number, from: number, kvs = kvFor(from + count)): AttendArgs =>
+      decompressedAttendArgs({ H, R, dn, dr, dv }, { latents, kv: kvs, q, out, row, n: count, start: from, scale: 0.2 });
+    const before = native!.isa();
+    const results = native!.supportedIsas().map((isa) => {
+      native!.selectIsa(isa);
+      const out = new Float32Array(n * H * dv);
+      fast.attend(args(out, 0, n, start));
+      const ref = new Float32Array(n * H * dv);
+      attendTs(args(ref, 0, n, start));
+      expect(relErr(out, ref)).toBeLessThan(2e-5);
+      for (let j = 0; j < n; j++) {
+        const one = new Float32Array((j + 1) * H * dv);
+        fast.attend(args(one, j, 1, start + j));
+        expect(bits(one.subarray(j * H * dv))).toEqual(bits(out.subarray(j * H * dv, (j + 1) * H * dv)));
+      }
+      return bits(out);
+    });
+    native!.selectIsa(before);
+    for (let i = 1; i < results.length; i++) expect(results[i]).toEqual(results[0]);
+    // A kv shorter than H x positions x (dn + dv) is refused before any kernel reads it.
+    expect(() => args(new Float32Array(n * H * dv), 0, n, start + 1, kv)).toThrow(/kv holds/);
   });
 
   it("attend reads a paged cache slab in place, through the block table, with the bits of the gathered rows", () => {

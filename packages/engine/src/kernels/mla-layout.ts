@@ -38,7 +38,11 @@ export interface AbsorbedAttention extends MlaAttention {
 
 /** Decompressed attention (prefill): scores q_nope . K_nope + q_rope . k_pe, output softmax . V. */
 export interface DecompressedAttention extends MlaAttention {
-  /** [positions, H, dn + dv] every head's K_nope | V rebuilt from the latents through kv_b_proj. */
+  /**
+   * [H, start + n, dn + dv] every head's K_nope | V rebuilt from the latents through kv_b_proj, head-major: a head's
+   * positions lie next to each other, so an attend item reads contiguous rows. (Position-major, a head's rows lay
+   * H * (dn + dv) floats apart: 16 KiB at V3's 16 heads of 256, so they all fell into the same L1 sets.)
+   */
   readonly kv: Float32Array;
   /** [T, H, dv] the output per head. */
   readonly out: Float32Array;
@@ -92,6 +96,9 @@ export function absorbedAttendArgs(d: MlaHeadDims, a: AbsorbedAttention): Attend
 export function decompressedAttendArgs(d: MlaHeadDims & { readonly dv: number }, a: DecompressedAttention): AttendArgs {
   const { H, dn, dr, dv } = d;
   const hs = dn + dv; // a head's K_nope | V
-  const keys = { ka: a.kv, kaOff: 0, kaPos: H * hs, kaHead: hs, val: a.kv, valOff: dn, valPos: H * hs, valHead: hs, lenV: dv };
+  const headSize = (a.start + a.n) * hs; // a head's positions
+  if (a.kv.length < H * headSize)
+    throw new RangeError(`decompressed attention: kv holds ${a.kv.length} floats, needs ${H * headSize} (H x positions x (dn + dv))`);
+  const keys = { ka: a.kv, kaOff: 0, kaPos: hs, kaHead: headSize, val: a.kv, valOff: dn, valPos: hs, valHead: headSize, lenV: dv };
   return mlaAttendArgs(d, a, { qa: a.q, qaHead: dn + dr, lenA: dn, keys, out: a.out, outHead: dv });
 }
