@@ -401,32 +401,49 @@ MOELA_INLINE V vexp_nonpositive(V x) {
   return vbelow(x, EXP_LOW, vzero(), vmul(p, vpow2i(n)));
 }
 
+// A score tile: SCORE_PAIRS (token, head) pairs by SCORE_POS positions, each dot in its own accumulator, so a
+// step loads SCORE_PAIRS query vectors and SCORE_POS rows for SCORE_PAIRS x SCORE_POS fused multiply-adds. AVX2's
+// 16 registers hold a tile of half the pairs (a V takes two of them).
+#if defined(MOELA_ISA_AVX2)
+static const int SCORE_PAIRS = 2;
+#else
+static const int SCORE_PAIRS = 4;
+#endif
+static const int SCORE_POS = 4;
+
 /**
- * out[q] = x . (base + rows[q] * stride) over len floats for q < n (n <= 16): lane j accumulates c = j mod 16 by
- * fused multiply-add, then vsum16 reduces the 16 dots together (each with vsum's own additions).
+ * out[k * SCORE_POS + q] = xs[k] . rows[q] over len floats: lane j accumulates c = j mod 16 by fused multiply-add,
+ * c ascending, then each dot is reduced by vsum's tree (vsum16 on AVX-512 reduces all of them together).
  */
-MOELA_INLINE void dots16(const float* x, const float* base, size_t stride, const size_t* rows, int n, int len, float* out) {
-  V acc[16];
-  for (int q = 0; q < 16; q++) acc[q] = vzero();
+MOELA_INLINE void score_tile(const float* const* xs, const float* const* rows, int len, float* out) {
+  V acc[SCORE_PAIRS][SCORE_POS];
+  MOELA_UNROLL for (int k = 0; k < SCORE_PAIRS; k++)
+    MOELA_UNROLL for (int q = 0; q < SCORE_POS; q++) acc[k][q] = vzero();
   int c = 0;
-  if (n == 16) {
-    // A whole block of positions: a loop of known length, so the sums stay in registers (the same operations).
-    const float* row[16];
-    for (int q = 0; q < 16; q++) row[q] = base + rows[q] * stride;
-    for (; c + 16 <= len; c += 16) {
-      const V xv = vload(x + c);
-      MOELA_UNROLL for (int q = 0; q < 16; q++) acc[q] = vfma(xv, vload(row[q] + c), acc[q]);
+  for (; c + 16 <= len; c += 16) {
+    V r[SCORE_POS];
+    MOELA_UNROLL for (int q = 0; q < SCORE_POS; q++) r[q] = vload(rows[q] + c);
+    MOELA_UNROLL for (int k = 0; k < SCORE_PAIRS; k++) {
+      const V xv = vload(xs[k] + c);
+      MOELA_UNROLL for (int q = 0; q < SCORE_POS; q++) acc[k][q] = vfma(xv, r[q], acc[k][q]);
     }
   }
-  for (; c + 16 <= len; c += 16) {
-    const V xv = vload(x + c);
-    for (int q = 0; q < n; q++) acc[q] = vfma(xv, vload(base + rows[q] * stride + c), acc[q]);
-  }
   if (c < len) {
-    const V xv = vload_n(x + c, len - c);
-    for (int q = 0; q < n; q++) acc[q] = vfma(xv, vload_n(base + rows[q] * stride + c, len - c), acc[q]);
+    const int n = len - c;
+    V r[SCORE_POS];
+    MOELA_UNROLL for (int q = 0; q < SCORE_POS; q++) r[q] = vload_n(rows[q] + c, n);
+    MOELA_UNROLL for (int k = 0; k < SCORE_PAIRS; k++) {
+      const V xv = vload_n(xs[k] + c, n);
+      MOELA_UNROLL for (int q = 0; q < SCORE_POS; q++) acc[k][q] = vfma(xv, r[q], acc[k][q]);
+    }
   }
-  vsum16(acc, out);
+#if defined(MOELA_ISA_AVX512)
+  static_assert(SCORE_PAIRS * SCORE_POS == 16, "vsum16 reduces the whole tile");
+  vsum16(&acc[0][0], out);
+#else
+  MOELA_UNROLL for (int k = 0; k < SCORE_PAIRS; k++)
+    MOELA_UNROLL for (int q = 0; q < SCORE_POS; q++) out[k * SCORE_POS + q] = vsum(acc[k][q]);
+#endif
 }
 
 /**
@@ -517,27 +534,49 @@ static void attend(const AttendArgs* a, int i0, int i1) {
     float* s = scratch(&scoreScratch, (size_t)J * G * upto);  // [pair, upto] scores, then weights; pair k = jj * G + g
     float m[ATTEND_PAIRS];
     for (int k = 0; k < J * G; k++) m[k] = -INFINITY;
-    // Scores 16 positions at a time: one dot accumulator per position, reduced together by vsum16.
-    for (int p0 = 0; p0 < upto; p0 += 16) {
-      const int np = imin(16, upto - p0);
-      size_t rows[16];
-      for (int q = 0; q < np; q++) rows[q] = row_of(a, p0 + q);
-      for (int jj = 0; jj < J; jj++) {
-        const int j = j0 + jj;
-        const int seen = imin(np, a->start + j + 1 - p0);  // this token's positions in the block
-        if (seen <= 0) continue;
-        for (int g = 0; g < G; g++) {
-          const int h = h0 + g;
-          const int k = jj * G + g;
-          float sa[16], sb[16];
-          dots16(a->qa + (size_t)j * a->qaTok + (size_t)h * a->qaHead, a->ka + (size_t)h * a->kaHead, a->kaPos, rows, seen, a->lenA, sa);
-          if (a->lenB > 0) dots16(a->qb + (size_t)j * a->qbTok + (size_t)h * a->qbHead, a->kb + (size_t)h * a->kbHead, a->kbPos, rows, seen, a->lenB, sb);
-          float* sk = s + (size_t)k * upto + p0;
-          for (int q = 0; q < seen; q++) {
-            float sc = sa[q];
-            if (a->lenB > 0) sc = sc + sb[q];
+    // Scores by tiles of pairs x positions. Every pair of an item reads the same row of a position (its heads share
+    // the row, or it holds one head: see prep_attend), so the rows are found once per position.
+    const int NP = J * G;
+    const float* qa[ATTEND_PAIRS];
+    const float* qb[ATTEND_PAIRS];
+    int last[ATTEND_PAIRS];  // pair k's last position (its token's causal limit), ascending in k
+    for (int k = 0; k < NP; k++) {
+      const int j = j0 + k / G, h = h0 + k % G;
+      qa[k] = a->qa + (size_t)j * a->qaTok + (size_t)h * a->qaHead;
+      qb[k] = a->lenB > 0 ? a->qb + (size_t)j * a->qbTok + (size_t)h * a->qbHead : nullptr;
+      last[k] = a->start + j;
+    }
+    const float* ka = a->ka + (size_t)h0 * a->kaHead;
+    const float* kb = a->lenB > 0 ? a->kb + (size_t)h0 * a->kbHead : nullptr;
+    for (int p0 = 0; p0 < upto; p0 += SCORE_POS) {
+      const int np = imin(SCORE_POS, upto - p0);
+      const float* ra[SCORE_POS];
+      const float* rb[SCORE_POS];
+      for (int q = 0; q < SCORE_POS; q++) {
+        const size_t row = row_of(a, p0 + imin(q, np - 1));  // padding positions repeat the last real one
+        ra[q] = ka + row * a->kaPos;
+        rb[q] = kb ? kb + row * a->kbPos : nullptr;
+      }
+      for (int k0 = 0; k0 < NP; k0 += SCORE_PAIRS) {
+        const int nk = imin(SCORE_PAIRS, NP - k0);
+        if (p0 > last[k0 + nk - 1]) continue;  // no pair of these sees the positions
+        const float* xa[SCORE_PAIRS];
+        const float* xb[SCORE_PAIRS];
+        for (int kk = 0; kk < SCORE_PAIRS; kk++) {  // padding pairs repeat the last real one
+          xa[kk] = qa[k0 + imin(kk, nk - 1)];
+          xb[kk] = qb[k0 + imin(kk, nk - 1)];
+        }
+        float sa[SCORE_PAIRS * SCORE_POS], sb[SCORE_PAIRS * SCORE_POS];
+        score_tile(xa, ra, a->lenA, sa);
+        if (a->lenB > 0) score_tile(xb, rb, a->lenB, sb);
+        for (int kk = 0; kk < nk; kk++) {
+          const int k = k0 + kk;
+          float* sk = s + (size_t)k * upto;
+          for (int q = 0; q < np && p0 + q <= last[k]; q++) {
+            float sc = sa[kk * SCORE_POS + q];
+            if (a->lenB > 0) sc = sc + sb[kk * SCORE_POS + q];
             sc = sc * a->scale;
-            sk[q] = sc;
+            sk[p0 + q] = sc;
             if (sc > m[k]) m[k] = sc;
           }
         }
