@@ -231,6 +231,14 @@ static void matmul(const MatmulArgs* a, int i0, int i1) {
       }
       const void* src = w.data;
       if (panel) {
+        // The next quad's rows (this thread's next item, or the next call's in a group of MLPs) are fetched while
+        // this panel's tiles compute: otherwise the widening waits on memory at every quad.
+        const int next = a->r0 + g * a->rowStep + i + 4;
+        if (i + 4 < a->nRows) {
+          const char* nb = (const char*)w.data + (size_t)next * cols * (w.kind == W_FP8 ? 1 : 2);
+          const size_t bytes = (size_t)imin(4, a->nRows - i - 4) * cols * (w.kind == W_FP8 ? 1 : 2);
+          for (size_t b = 0; b < bytes; b += 64) __builtin_prefetch(nb + b, 0, 3);
+        }
         float* p = scratch(&panelScratch, (size_t)4 * cols);
         for (int k = 0; k < 4; k++) {
           widen_row(w.kind, w.data, off[k], cols, p + (size_t)k * cols);
