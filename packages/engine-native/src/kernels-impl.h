@@ -470,7 +470,7 @@ MOELA_INLINE size_t row_of(const AttendArgs* a, int p) {
  * item's NP = J * G (token, head) pairs (pair k = jj * G + g, its weights at s + k * upto). NP is a constant so that
  * the sums stay in registers; each pair's operations are the same for every NP.
  */
-template <int NP, bool ONE_HEAD>
+template <int NP, bool SAME_VALUES>
 static void weighted_values(const AttendArgs* a, const float* s, int upto, int j0, int h0, int G, const float* inv) {
   static_assert(NP <= ATTEND_PAIRS, "kernels.h bounds an item's pairs");
   int last[NP];  // pair k's last position (its token's causal limit)
@@ -487,8 +487,9 @@ static void weighted_values(const AttendArgs* a, const float* s, int upto, int j
     for (int k = 0; k < NP; k++) acc[k][0] = acc[k][1] = vzero();
     int p = 0;
     if (n0 == 16 && n1 == 16) {
-      if (ONE_HEAD) {
-        // Every pair reads the same head's values: load them once per position.
+      if (SAME_VALUES) {
+        // Every pair reads the same values (one head's, or the latent row all heads share): load them once per
+        // position.
         for (; p < shared; p++) {
           const float* vp = a->val + row_of(a, p) * a->valPos + c0 + head[0];
           const V v0 = vload(vp), v1 = vload(vp + 16);
@@ -618,7 +619,7 @@ static void attend(const AttendArgs* a, int i0, int i1) {
     switch (J * G) {
 #define MOELA_PAIRS_CASE(NP) \
   case NP: \
-    if (G == 1) weighted_values<NP, true>(a, s, upto, j0, h0, G, inv); \
+    if (G == 1 || a->valHead == 0) weighted_values<NP, true>(a, s, upto, j0, h0, G, inv); \
     else weighted_values<NP, false>(a, s, upto, j0, h0, G, inv); \
     break;
       MOELA_PAIRS_CASE(1)
