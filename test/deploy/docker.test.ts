@@ -75,7 +75,14 @@ describe("deploy/docker/Dockerfile", () => {
       const workspaces = execFileSync("/bin/sh", ["-c", "ls -d packages/*/package.json services/*/package.json"], { cwd: REPO_ROOT, encoding: "utf8" })
         .trim()
         .split("\n");
-      for (const f of ["package.json", "package-lock.json", ...workspaces, "packages/engine-native/binding.gyp", "packages/engine-native/scripts/build.cjs"]) {
+      for (const f of [
+        "package.json",
+        "package-lock.json",
+        ...workspaces,
+        "packages/engine-native/binding.gyp",
+        "packages/engine-native/scripts/build.cjs",
+        "packages/shm-native/binding.gyp",
+      ]) {
         expect(existsSync(join(out, f)), f).toBe(true);
       }
       expect(existsSync(join(out, "packages/core/src")), "sources stay out of the install layer").toBe(false);
@@ -116,6 +123,7 @@ describe("deploy/docker/Dockerfile", () => {
     }
     // a locally built addon must not replace the one the deps stage built for the image's Node
     expect(ignored).toContain("packages/engine-native/build");
+    expect(ignored).toContain("packages/shm-native/build");
   });
 });
 

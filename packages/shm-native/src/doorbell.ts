@@ -1,0 +1,141 @@
+/**
+ * Doorbells: one 32-bit counter per process, in a file of its own under /dev/shm. A peer that left work for the
+ * process (a request or a reply in a channel) increments the counter and wakes it; the process waits on the one
+ * word for all of its channels.
+ *
+ * `DoorbellLoop` is how a process waits without giving up its event loop: while work is expected it runs as a
+ * chain of setImmediate steps, each of which looks for work and otherwise sleeps on the doorbell for at most a
+ * short slice. A sleeping thread uses no CPU, and a futex wake-up reaches it in microseconds, where a socket's
+ * reaches it through the event loop's poll. Between steps the loop serves its other I/O and timers, so they wait
+ * at most a slice. When no more work is expected it stops, and, if asked, leaves a watcher thread to start it
+ * again at the next ring.
+ */
+import { randomBytes } from "node:crypto";
+import { unlinkSync } from "node:fs";
+import { SHM_DIR } from "./channel.js";
+import { shmNative, shmLoadError, type ShmNative, type ShmWatcher } from "./native.js";
+
+const BELL_BYTES = 64;
+const BELL_PREFIX = `${SHM_DIR}/moela-bell-`;
+
+function native(): ShmNative {
+  if (shmNative === null) throw new Error(`shared memory is not available: ${shmLoadError?.message ?? "unknown"}`);
+  return shmNative;
+}
+
+/** This process's doorbell. */
+export class Doorbell {
+  private static mine: Doorbell | undefined;
+  readonly words: Int32Array;
+
+  private constructor(readonly path: string) {
+    this.words = new Int32Array(native().map(path, BELL_BYTES, true));
+  }
+
+  /** The process's one doorbell, made at first use and removed at exit. */
+  static own(): Doorbell {
+    if (Doorbell.mine === undefined) {
+      const bell = new Doorbell(`${BELL_PREFIX}${process.pid}-${randomBytes(8).toString("hex")}`);
+      process.once("exit", () => {
+        try {
+          unlinkSync(bell.path);
+        } catch {
+          // already gone
+        }
+      });
+      Doorbell.mine = bell;
+    }
+    return Doorbell.mine;
+  }
+
+  /** The counter now; pass it to wait() after looking for work, so a ring in between is not missed. */
+  value(): number {
+    return Atomics.load(this.words, 0);
+  }
+
+  /** Sleeps while the counter is still `seen`, at most `timeoutMs`. */
+  wait(seen: number, timeoutMs: number): void {
+    native().wait(this.words, 0, seen, timeoutMs);
+  }
+
+  watch(onRing: () => void): ShmWatcher {
+    return native().watch(this.words, 0, onRing);
+  }
+}
+
+/** A peer's doorbell, to ring after leaving it work. */
+export class PeerDoorbell {
+  private readonly words: Int32Array;
+
+  constructor(readonly path: string) {
+    if (!path.startsWith(BELL_PREFIX) || path.includes("/..")) throw new Error(`${path} is not a moela doorbell`);
+    this.words = new Int32Array(native().map(path, BELL_BYTES, false));
+  }
+
+  ring(): void {
+    Atomics.add(this.words, 0, 1);
+    native().wake(this.words, 0);
+  }
+}
+
+export interface DoorbellLoopOptions {
+  readonly bell: Doorbell;
+  /** Looks for work and starts it; true when it found some. */
+  readonly poll: () => boolean;
+  /** Whether more work is expected (the loop keeps waiting); false ends the loop until kick() or a watched ring. */
+  readonly expectsWork: () => boolean;
+  /**
+   * When the loop ends, whether to leave a watcher that restarts it at the next ring (a server with nothing in
+   * flight). A caller, and a server whose work in flight will kick() it when done, need none.
+   */
+  readonly watchWhenIdle: () => boolean;
+  /** Longest sleep per step, ms: the longest the event loop's other work waits (default 1). */
+  readonly sliceMs?: number;
+}
+
+export class DoorbellLoop {
+  private running = false;
+  private watcher: ShmWatcher | undefined;
+  private closed = false;
+  private readonly sliceMs: number;
+
+  constructor(private readonly o: DoorbellLoopOptions) {
+    this.sliceMs = o.sliceMs ?? 1;
+  }
+
+  /** Starts the loop if it is not running. */
+  kick(): void {
+    if (this.running || this.closed) return;
+    this.running = true;
+    // The loop sees every ring itself while it runs; a watcher's thread would only wake along with it.
+    this.watcher?.close();
+    this.watcher = undefined;
+    setImmediate(this.step);
+  }
+
+  close(): void {
+    this.closed = true;
+    this.watcher?.close();
+    this.watcher = undefined;
+  }
+
+  private readonly step = (): void => {
+    if (this.closed) return;
+    const seen = this.o.bell.value();
+    if (!this.o.poll()) {
+      if (!this.o.expectsWork()) {
+        this.running = false;
+        if (this.o.watchWhenIdle()) {
+          this.watcher = this.o.bell.watch(() => this.kick());
+          // A ring between the poll and the watcher's start would wait for the next one: look once more.
+          if (this.o.bell.value() !== seen) this.kick();
+        }
+        return;
+      }
+      this.o.bell.wait(seen, this.sliceMs);
+      this.o.poll();
+    }
+    // Found work runs on the microtask queue before the next step; other I/O and timers run in between.
+    setImmediate(this.step);
+  };
+}

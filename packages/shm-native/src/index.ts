@@ -1,0 +1,3 @@
+export * from "./native.js";
+export * from "./channel.js";
+export * from "./doorbell.js";
