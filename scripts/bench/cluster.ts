@@ -261,18 +261,22 @@ function clusterBreakdown(a: Snapshot, b: Snapshot, info: ClusterInfo): Breakdow
   return breakdownFromPhases(phases, steps, stepSeconds, dispatch, host);
 }
 
+/** How the probe sends: DispatchStream over gRPC, the same messages through shared memory, or unary Dispatch. */
+type WireMode = "stream" | "shm" | "unary";
+
 interface WireRoundTrips {
   /** To every host at once: median round trip of the slowest, and a host's own handling per call (microseconds). */
-  readonly all: Record<DispatchMode, { medianUs: number; hostUs: number | undefined }>;
-  /** DispatchStream to the first host alone, and its own handling per call. */
-  readonly oneHost: { medianUs: number; hostUs: number | undefined };
+  readonly all: Record<WireMode, { medianUs: number; hostUs: number | undefined }>;
+  /** To the first host alone, DispatchStream over gRPC and through shared memory, and its own handling per call. */
+  readonly oneHost: Record<"stream" | "shm", { medianUs: number; hostUs: number | undefined }>;
   /** A message of the dispatch's size echoed by another process over raw TCP and over a bare grpc-js stream. */
   readonly floors: TransportFloors;
 }
 
 /**
  * The wire alone: one-token dispatches to every expert-host of the cluster at once (the shape of a batch-1
- * decode layer), as one DispatchStream message per host and as one unary Dispatch call per host; median
+ * decode layer), as one DispatchStream message per host (over gRPC, and through shared memory) and as one
+ * unary Dispatch call per host; median
  * round trip of the slowest host, and the hosts' own handling time, which the wire is on top of. Then the same
  * DispatchStream message to one host alone, beside what a round trip of that size costs another process that
  * only echoes it (transport-floors.ts): the part of the wire moela's own layers and the host add.
@@ -292,12 +296,21 @@ async function wireRoundTrips(info: ClusterInfo, profile: PrecisionProfile): Pro
     expertIds: [placement.expertsOfHost[h]![0]!],
     weights: [1],
   }));
-  const timed = async (mode: DispatchMode, to: readonly number[]): Promise<{ medianUs: number; hostUs: number | undefined }> => {
+  const timed = async (mode: WireMode, to: readonly number[]): Promise<{ medianUs: number; hostUs: number | undefined }> => {
+    const dispatchMode: DispatchMode = mode === "unary" ? "unary" : "stream";
     const transports = connectExpertHosts(
       to.map((h) => hosts[h]!.grpc),
-      { dispatchMode: mode },
+      { dispatchMode, sharedMemory: mode === "shm" },
     );
     try {
+      if (mode === "shm") {
+        // The first dispatch starts the attach and takes gRPC; wait until every channel is up.
+        for (let i = 0; i < 200 && !transports.every((t) => t.shm?.attached === true); i++) {
+          await Promise.all(transports.map((t, k) => t.dispatch(reqs[to[k]!]!)));
+          await new Promise((r) => setTimeout(r, 5));
+        }
+        if (!transports.every((t) => t.shm?.attached === true)) throw new Error("the expert-hosts did not attach shared memory");
+      }
       const times: number[] = [];
       for (let i = 0; i < 50; i++) await Promise.all(transports.map((t, k) => t.dispatch(reqs[to[k]!]!)));
       const a = await snapshot(info);
@@ -316,8 +329,8 @@ async function wireRoundTrips(info: ClusterInfo, profile: PrecisionProfile): Pro
     }
   };
   const every = hosts.map((_, h) => h);
-  const all = { stream: await timed("stream", every), unary: await timed("unary", every) };
-  const oneHost = await timed("stream", [0]);
+  const all = { stream: await timed("stream", every), shm: await timed("shm", every), unary: await timed("unary", every) };
+  const oneHost = { stream: await timed("stream", [0]), shm: await timed("shm", [0]) };
   const floors = await measureTransportFloors(encodedSize(reqs[0]!.activations));
   return { all, oneHost, floors };
 }
@@ -726,7 +739,7 @@ async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
       }
       decode.push(best!);
     }
-    log(`  ${profile}: the wire alone, one-token dispatches to every host, stream and unary ...`);
+    log(`  ${profile}: the wire alone, one-token dispatches to every host: stream over gRPC, through shared memory, unary ...`);
     const wire = await wireRoundTrips(info, prof);
     return {
       profile,
@@ -877,9 +890,13 @@ if (speedCluster !== undefined) {
   const w = speedCluster.wire.all;
   const oneHost = speedCluster.wire.oneHost;
   const floors = speedCluster.wire.floors;
+  const lessHost = (t: { medianUs: number; hostUs: number | undefined }): string =>
+    t.hostUs === undefined
+      ? "n/a"
+      : `${(t.medianUs - t.hostUs).toFixed(0)} us (${((t.medianUs - t.hostUs) / floors.grpcUs).toFixed(2)}x the bare grpc-js stream)`;
   out.push(
-    `The wire alone (one-token dispatches to all ${H} hosts at once, median of 400): DispatchStream ${w.stream.medianUs.toFixed(0)} us, unary Dispatch ${w.unary.medianUs.toFixed(0)} us per layer (unary/stream ${(w.unary.medianUs / w.stream.medianUs).toFixed(2)}x); a host's own handling ${f(w.stream.hostUs, 0)} us of it`,
-    `To one host alone: DispatchStream ${oneHost.medianUs.toFixed(0)} us, of which the host's own handling ${f(oneHost.hostUs, 0)} us; a ${floors.bytes}-byte round trip to a process that only echoes it (median of ${floors.rounds}): raw TCP ${floors.tcpUs.toFixed(0)} us, a bare grpc-js stream ${floors.grpcUs.toFixed(0)} us (${(floors.grpcUs / floors.tcpUs).toFixed(2)}x raw TCP); DispatchStream less host handling ${oneHost.hostUs === undefined ? "n/a" : `${(oneHost.medianUs - oneHost.hostUs).toFixed(0)} us, ${((oneHost.medianUs - oneHost.hostUs) / floors.grpcUs).toFixed(2)}x the bare grpc-js stream`}`,
+    `The wire alone (one-token dispatches to all ${H} hosts at once, median of 400): DispatchStream ${w.stream.medianUs.toFixed(0)} us over gRPC, ${w.shm.medianUs.toFixed(0)} us through shared memory (${(w.stream.medianUs / w.shm.medianUs).toFixed(2)}x faster), unary Dispatch ${w.unary.medianUs.toFixed(0)} us per layer (unary/stream ${(w.unary.medianUs / w.stream.medianUs).toFixed(2)}x); a host's own handling ${f(w.stream.hostUs, 0)} us of it`,
+    `To one host alone: DispatchStream ${oneHost.stream.medianUs.toFixed(0)} us over gRPC, ${oneHost.shm.medianUs.toFixed(0)} us through shared memory, of which the host's own handling ${f(oneHost.stream.hostUs, 0)} and ${f(oneHost.shm.hostUs, 0)} us; a ${floors.bytes}-byte round trip to a process that only echoes it (median of ${floors.rounds}): raw TCP ${floors.tcpUs.toFixed(0)} us, a bare grpc-js stream ${floors.grpcUs.toFixed(0)} us (${(floors.grpcUs / floors.tcpUs).toFixed(2)}x raw TCP); less the host's handling, DispatchStream ${lessHost(oneHost.stream)} over gRPC and ${lessHost(oneHost.shm)} through shared memory`,
   );
   out.push("");
   const us = (x: number | undefined, n: number) => (x === undefined ? "" : ((1e6 * x) / n).toFixed(0));

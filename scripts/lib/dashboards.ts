@@ -870,6 +870,18 @@ const moe = dashboard({
             { expr: mean("expertHostCompute"), legendFormat: "compute" },
           ],
         },
+        {
+          kind: "timeseries",
+          title: "Dispatch calls per second: shared memory vs gRPC",
+          description:
+            "Dispatch calls per second arriving at the expert-hosts, all of them and those that came through shared memory from a caller on the same machine. High all with low shared memory on one machine means callers started with --shared-memory off or a failed attach (their logs say which); across machines all is gRPC.",
+          unit: "ops",
+          width: 12,
+          targets: [
+            { expr: `sum(${rate("expertHostDispatch", "", "_count")})`, legendFormat: "all" },
+            { expr: `sum(${rate("expertHostSharedMemoryDispatches")})`, legendFormat: "shared memory" },
+          ],
+        },
       ],
     },
   ],

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { sharedMemoryAvailable } from "@moela/moe-dispatch";
 import { REPO_ROOT, type Precision } from "../../services/cli/src/launcher.js";
 import { isAlive, mapLimit, metricSum, moelaGenerate, scrapeMetrics, startTestCluster, type GenerateResult, type TestCluster } from "../helpers/cluster.js";
 import { clusterPrompt } from "../helpers/completions.js";
@@ -209,6 +210,17 @@ describe.each(["exact", "paper"] as const)("local cluster, %s profile (tiny-v3, 
     ]);
     answers.forEach((a, i) => expectSameGreedy(a, singles[streams[i]!]!, `stream ${i} (prompt ${streams[i]})`));
     expect(new Set(singles.map((s) => s.tokenIds.join(","))).size, "the 8 prompts give different answers").toBeGreaterThan(4);
+    // On one machine decode's dispatches take shared memory (prefill's take gRPC by default): the bits above
+    // came through it.
+    if (sharedMemoryAvailable) {
+      for (const host of cluster.instances("expert-host")) {
+        const samples = await scrapeMetrics(host.metrics);
+        const viaShm = metricSum(samples, "moela_expert_host_shared_memory_dispatches_total") ?? 0;
+        const all = metricSum(samples, "moela_expert_host_dispatch_seconds_count") ?? 0;
+        expect(viaShm, `expert-host ${host.shard}: dispatches through shared memory`).toBeGreaterThan(0);
+        expect(all, `expert-host ${host.shard}: every dispatch`).toBeGreaterThan(viaShm);
+      }
+    }
   }, 240_000);
 
   it.runIf(precision === "exact")(

@@ -633,6 +633,14 @@ export const METRICS = {
     labels: ["codec"],
     help: "Dispatched activation bytes received, by codec.",
   },
+  /** expert-host, per dispatch call that arrived through shared memory (ExpertHost.AttachSharedMemory) rather than gRPC. */
+  expertHostSharedMemoryDispatches: {
+    name: "moela_expert_host_shared_memory_dispatches_total",
+    kind: "counter",
+    unit: "calls",
+    labels: [],
+    help: "Dispatch calls that arrived through shared memory from a caller on this machine (the others came over gRPC).",
+  },
   /** expert-host, per dispatch reply: encoded partial-sum bytes sent (combine out). */
   expertHostSentBytes: {
     name: "moela_expert_host_sent_bytes_total",

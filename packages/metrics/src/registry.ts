@@ -90,6 +90,7 @@ export const SERVICE_METRICS = {
     "expertHostBatchTokens",
     "expertHostReceivedBytes",
     "expertHostSentBytes",
+    "expertHostSharedMemoryDispatches",
     "expertHostCompute",
     "expertHostDispatch",
   ],

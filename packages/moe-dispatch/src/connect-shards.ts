@@ -50,6 +50,8 @@ export interface ConnectExpertShardsOptions {
   readonly profile: PrecisionProfile;
   /** "hosts": the hosts compute the shared expert too (and must hold it). Default local. */
   readonly sharedExpert?: SharedExpertPlacement | undefined;
+  /** Dispatch through shared memory to hosts on this machine (default true; GrpcExpertHostOptions.sharedMemory). */
+  readonly sharedMemory?: boolean | undefined;
   /** The expert-hosts are dialled with this instance's internal security (TLS, the secret). */
   readonly channel: ClientChannel;
   /** How long each replica may stay unreachable at Info, and how long start-up waits for every shard. */
@@ -86,6 +88,7 @@ export async function connectExpertShards(o: ConnectExpertShardsOptions): Promis
     validate: async (t, shard) => checkHostInfo(await t.info(), { ...want, shard }, t.name),
     validateWaitMs: o.waitMs,
     logger: o.logger,
+    ...(o.sharedMemory !== undefined ? { sharedMemory: o.sharedMemory } : {}),
   });
   let discovery: { close(): unknown } | undefined;
   const close = async (): Promise<void> => {

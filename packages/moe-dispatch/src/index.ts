@@ -10,4 +10,5 @@ export * from "./transports/grpc.js";
 export * from "./transports/replicas.js";
 export * from "./transports/wire.js";
 export * from "./transports/stream-codec.js";
+export * from "./transports/shm.js";
 export * from "./codec-study.js";

@@ -90,6 +90,12 @@ export const SETTINGS = {
     bool: false,
     help: "micro-batches of a decode step in flight together: one computes attention while another waits on the expert-hosts; same bits for any count (default 2)",
   },
+  sharedMemory: {
+    flag: "--shared-memory",
+    env: "MOELA_DECODE_SHARED_MEMORY",
+    bool: false,
+    help: "on | off (default on): dispatch to expert-hosts on this machine through shared memory, below gRPC (others: gRPC)",
+  },
   sharedExpert: {
     flag: "--shared-expert",
     env: "MOELA_DECODE_SHARED_EXPERT",
@@ -173,6 +179,10 @@ const settingsSchema = z.object({
   draftVocab: intSetting(1).optional(),
   microBatches: intSetting(1).pipe(z.number().max(8, "must be <= 8")).default(2),
   sharedExpert: z.enum(["local", "hosts"], { message: "must be local or hosts" }).default("local"),
+  sharedMemory: z
+    .enum(["on", "off"], { message: "must be on or off" })
+    .default("on")
+    .transform((v) => v === "on"),
   ...OPTIONAL_REDIS_SCHEMA,
   advertiseAddress: dialable.optional(),
   expertShards: intSetting(1).optional(),

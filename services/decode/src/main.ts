@@ -274,6 +274,7 @@ async function loadModel(p: DecodeParts, profile: PrecisionProfile, registry: In
     modelId: p.modelId,
     profile,
     sharedExpert: cfg.sharedExpert,
+    sharedMemory: cfg.sharedMemory,
     channel: clientChannel(cfg.security),
     waitMs: EXPERT_HOSTS_WAIT_MS,
     metrics: p.m,

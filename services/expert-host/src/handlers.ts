@@ -11,6 +11,9 @@
  * when it arrives (requests that wait together are computed as one group: ExpertHostCore.dispatchAsync)
  * and is answered in arrival order. A failed request is answered with its status inside the stream,
  * which stays open; the stream itself ends only when the caller closes it or the server drains.
+ *
+ * AttachSharedMemory lets a caller on this machine send DispatchStream's messages through shared memory
+ * (ShmDispatchServer); each is answered by the same code as on the stream.
  */
 import { Code, InvalidArgumentError, type Logger } from "@moela/core";
 import type { MetricsOf } from "@moela/metrics";
@@ -22,6 +25,7 @@ import {
   type EncodedActivations,
   type ExpertDispatchRequest,
   type ExpertHostCore,
+  ShmDispatchServer,
 } from "@moela/moe-dispatch";
 import type { DispatchRequest, DispatchResponse, DispatchStreamRequest, DispatchStreamResponse, ExpertHostService } from "@moela/proto-gen";
 import { toStatus, type AsyncServiceImplementation } from "@moela/rpc";
@@ -75,6 +79,25 @@ export function expertHostHandlers({ core, logger, metrics: m }: HandlerDeps): A
     return reply;
   }
 
+  /** One DispatchStream request's answer (the gRPC stream's and shared memory's). */
+  async function answerStreamed(msg: DispatchStreamRequest, signal: AbortSignal): Promise<DispatchStreamResponse> {
+    try {
+      if (msg.request === undefined) throw new InvalidArgumentError("request is missing");
+      return { callId: msg.callId, response: await serve(msg.request, signal), errorCode: 0, errorMessage: "" };
+    } catch (err) {
+      // The stream's own end (drain, cancel) ends the whole stream; anything else answers this call only.
+      if (signal.aborted) throw signal.reason;
+      const status = toStatus(err);
+      if (status.code === Code.INTERNAL) logger.error({ err, requestId: msg.request?.requestId }, "dispatch failed");
+      return { callId: msg.callId, errorCode: status.code, errorMessage: status.details };
+    }
+  }
+
+  const shm = new ShmDispatchServer((msg, signal) => {
+    m.expertHostSharedMemoryDispatches.inc();
+    return answerStreamed(msg, signal);
+  }, logger);
+
   return {
     async dispatch(msg, ctx) {
       return await serve(msg, ctx.signal);
@@ -86,18 +109,7 @@ export function expertHostHandlers({ core, logger, metrics: m }: HandlerDeps): A
       let ended = false;
       let readFailure: unknown;
       let wake: (() => void) | undefined;
-      const answer = async (msg: DispatchStreamRequest): Promise<DispatchStreamResponse> => {
-        try {
-          if (msg.request === undefined) throw new InvalidArgumentError("request is missing");
-          return { callId: msg.callId, response: await serve(msg.request, ctx.signal), errorCode: 0, errorMessage: "" };
-        } catch (err) {
-          // The stream's own end (drain, cancel) ends the whole stream; anything else answers this call only.
-          if (ctx.signal.aborted) throw ctx.signal.reason;
-          const status = toStatus(err);
-          if (status.code === Code.INTERNAL) logger.error({ err, requestId: msg.request?.requestId }, "dispatch failed");
-          return { callId: msg.callId, errorCode: status.code, errorMessage: status.details };
-        }
-      };
+      const answer = (msg: DispatchStreamRequest): Promise<DispatchStreamResponse> => answerStreamed(msg, ctx.signal);
       const reading = (async () => {
         try {
           for await (const msg of requests) {
@@ -126,8 +138,27 @@ export function expertHostHandlers({ core, logger, metrics: m }: HandlerDeps): A
       await reading;
       if (readFailure !== undefined) throw readFailure;
     },
+    async *attachSharedMemory(req, ctx) {
+      const attached = shm.attach(req, ctx.signal);
+      logger.info({ peer: ctx.peer }, "a caller attached shared memory");
+      try {
+        yield { bellPath: attached.bellPath };
+        // Open as long as the channel lives: the caller's cancel or this server's drain ends it.
+        await aborted(ctx.signal);
+      } finally {
+        attached.detach();
+      }
+    },
     async info() {
       return toInfoResponse(core.info());
     },
   };
+}
+
+/** Resolves when `signal` aborts (at once if it has). */
+function aborted(signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener("abort", () => resolve(), { once: true });
+  });
 }

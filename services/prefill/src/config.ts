@@ -74,6 +74,10 @@ const schema = z.strictObject({
     .min(0, "must be at least 0")
     .max(1 << 24, "must be at most 16777216")
     .default(DEFAULT_PREFIX_CACHE_BLOCKS),
+  sharedMemory: z
+    .enum(["true", "false", "1", "0", "on", "off"], { error: "must be true or false" })
+    .default("false")
+    .transform((v) => v === "true" || v === "1" || v === "on"),
   kernels: z.enum(["fast", "portable", "reference"]).default("fast"),
   threads: positiveInt.max(256, "must be at most 256").default(1),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
@@ -101,6 +105,8 @@ export interface PrefillConfig {
   readonly instanceId?: string;
   /** Absent: on. */
   readonly prefixCache?: boolean;
+  /** Dispatch to expert-hosts on this machine through shared memory (absent: off). */
+  readonly sharedMemory?: boolean;
   /** Blocks the prefix cache may keep on top of the blocks in-flight prompts need (absent: DEFAULT_PREFIX_CACHE_BLOCKS). */
   readonly prefixCacheBlocks?: number;
   /** Kernel backend (absent: fast). */
@@ -137,14 +143,21 @@ const HELP = {
   instanceId: "this instance's id: its own queue and its published prefix keys (default prefill-<host>-<pid>-<6 hex>)",
   prefixCache: "reuse the latent KV of cached prompt prefixes; env true|false (default on)",
   prefixCacheBlocks: "KV blocks (16 tokens each) the prefix cache keeps beyond the working set (default 1024)",
+  sharedMemory:
+    "dispatch to expert-hosts on this machine through shared memory, below gRPC; off by default: prefill's messages are few and large, and waiting on them would hold up its products off the event loop; env true|false (default off)",
   kernels: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)",
   threads: "kernel threads of this process; same bits for any count (default 1)",
   logLevel: "pino level (default info)",
   ...INTERNAL_SECURITY_HELP,
 } as const satisfies Record<keyof typeof schema.shape, string>;
 
-/** Every schema key is a flag with its env twin; prefixCache and tlsClientAuth are on/off switches (--x, --no-x). */
-const SETTINGS = settingsFromKeys(Object.keys(schema.shape) as (keyof typeof schema.shape)[], "MOELA_PREFILL_", ["prefixCache", "tlsClientAuth"], HELP);
+/** Every schema key is a flag with its env twin; prefixCache, sharedMemory and tlsClientAuth are on/off switches (--x, --no-x). */
+const SETTINGS = settingsFromKeys(
+  Object.keys(schema.shape) as (keyof typeof schema.shape)[],
+  "MOELA_PREFILL_",
+  ["prefixCache", "sharedMemory", "tlsClientAuth"],
+  HELP,
+);
 
 /** How settings errors read: the first bad setting, with the flag list after an unknown flag. */
 const PARSE = { name: "prefill", error: ConfigError, argvErrorSuffix: `; flags: ${flagList(SETTINGS)}`, report: "first" } as const;

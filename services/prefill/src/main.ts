@@ -248,6 +248,7 @@ async function expertExecutor(
     modelId,
     profile,
     channel,
+    sharedMemory: config.sharedMemory,
     waitMs: p.options.expertHostWaitMs ?? 30_000,
     metrics: p.m,
     logger,

@@ -61,6 +61,9 @@ async function expertHostThrowing(error: unknown, logLines?: string[]) {
         async *dispatchStream() {
           throw new MoelaError("not used", Code.UNIMPLEMENTED);
         },
+        async *attachSharedMemory() {
+          throw new MoelaError("not used", Code.UNIMPLEMENTED);
+        },
         async info(): Promise<InfoResponse> {
           throw error;
         },
@@ -264,6 +267,9 @@ describe("onCallEnd", () => {
             throw new ResourceExhaustedError("busy");
           },
           async *dispatchStream() {
+            throw new MoelaError("not used", Code.UNIMPLEMENTED);
+          },
+          async *attachSharedMemory() {
             throw new MoelaError("not used", Code.UNIMPLEMENTED);
           },
           async info() {

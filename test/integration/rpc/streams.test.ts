@@ -301,6 +301,9 @@ describe("a unary handler that ignores its signal", () => {
         async *dispatchStream() {
           throw new MoelaError("not used", Code.UNIMPLEMENTED);
         },
+        async *attachSharedMemory() {
+          throw new MoelaError("not used", Code.UNIMPLEMENTED);
+        },
         async info() {
           throw new Error("not used");
         },

@@ -9,9 +9,12 @@
  * stream per layer; scripts/bench/cluster.ts measures both). Calls are matched to answers by call
  * id. When the stream breaks (the host died, restarted or drains), every call on it fails with the
  * stream's status (UNAVAILABLE, so replicas fail over) and the next dispatch opens a new stream.
+ *
+ * A host on this machine gets the same messages through shared memory instead (shm.ts), once it attached;
+ * messages larger than a slot, and every message while no channel is attached, keep the stream.
  */
 import { credentials, Metadata, type ChannelCredentials, type ClientDuplexStream, type ClientOptions, type ServiceError } from "@grpc/grpc-js";
-import { CancelledError, Code, DataLossError, errorMessage, UnavailableError, type MoelaError } from "@moela/core";
+import { CancelledError, Code, DataLossError, errorMessage, UnavailableError, type Logger, type MoelaError } from "@moela/core";
 import { errorForCode } from "@moela/rpc";
 import {
   type ExpertHostClient,
@@ -24,6 +27,7 @@ import {
 import type { EncodedActivations } from "../codec/index.js";
 import type { ExpertHostTransport } from "../dispatcher.js";
 import type { ExpertDispatchRequest, HostInfo } from "../host.js";
+import { ShmDispatchCaller, sharedMemoryAvailable } from "./shm.js";
 import { ExpertHostWireClient } from "./stream-codec.js";
 import { fromInfoResponse, fromTensor, toDispatchRequest } from "./wire.js";
 
@@ -45,6 +49,13 @@ export interface GrpcExpertHostOptions {
   readonly credentials?: ChannelCredentials;
   /** "stream" (default): one long-lived DispatchStream; "unary": one Dispatch call per layer. */
   readonly dispatchMode?: DispatchMode;
+  /**
+   * In "stream" mode, send DispatchStream's messages through shared memory when the host shares this machine
+   * (shm.ts; default true where the addon built). A host elsewhere refuses the attach and gRPC carries them.
+   */
+  readonly sharedMemory?: boolean;
+  /** Says once per host whether dispatches took shared memory. */
+  readonly logger?: Logger;
 }
 
 export type DispatchMode = "stream" | "unary";
@@ -71,6 +82,8 @@ export class GrpcExpertHostTransport implements ExpertHostTransport {
   readonly dispatchMode: DispatchMode;
   private stream: OpenStream | undefined;
   private nextCallId = 1;
+  /** The shared-memory channel to this host, when it may have one. */
+  readonly shm: ShmDispatchCaller | undefined;
 
   constructor(o: GrpcExpertHostOptions) {
     this.address = o.address;
@@ -87,6 +100,9 @@ export class GrpcExpertHostTransport implements ExpertHostTransport {
       "grpc.max_reconnect_backoff_ms": 2_000,
       ...o.channelOptions,
     });
+    if (this.dispatchMode === "stream" && (o.sharedMemory ?? true) && sharedMemoryAvailable) {
+      this.shm = new ShmDispatchCaller({ name: this.name, client: this.client, logger: o.logger });
+    }
   }
 
   /** "expert-host 1 (127.0.0.1:5001)": how errors name this host. */
@@ -129,18 +145,24 @@ export class GrpcExpertHostTransport implements ExpertHostTransport {
   }
 
   close(): void {
+    this.shm?.close();
     if (this.stream !== undefined) this.breakStream(this.stream, new UnavailableError(`${this.name}: the transport was closed`));
     this.client.close();
   }
 
-  /** One dispatch on the open stream (opened first when there is none); resolves with the reply's tensor. */
+  /**
+   * One dispatch on the open stream (opened first when there is none), or through the shared-memory channel when
+   * the host has one and the message fits; resolves with the reply's tensor.
+   */
   private streamCall(request: DispatchStreamRequest["request"], signal: AbortSignal | undefined): Promise<Tensor | undefined> {
     if (signal?.aborted) return Promise.reject(signal.reason ?? new CancelledError());
-    const s = this.stream ?? this.openStream();
     const callId = this.nextCallId++;
+    const msg: DispatchStreamRequest = { callId, request };
+    const viaShm = this.shm?.call(msg, replyBound(request));
+    const s = viaShm === undefined ? (this.stream ?? this.openStream()) : undefined;
     return new Promise<Tensor | undefined>((resolve, reject) => {
       const done = (): void => {
-        s.pending.delete(callId);
+        s?.pending.delete(callId);
         clearTimeout(timer);
         signal?.removeEventListener("abort", onAbort);
       };
@@ -154,7 +176,7 @@ export class GrpcExpertHostTransport implements ExpertHostTransport {
         reject(errorForCode(Code.DEADLINE_EXCEEDED, `${this.name} Dispatch gave no answer within ${this.dispatchTimeoutMs} ms`));
       }, this.dispatchTimeoutMs);
       signal?.addEventListener("abort", onAbort, { once: true });
-      s.pending.set(callId, {
+      const pending: PendingCall = {
         resolve: (out) => {
           done();
           resolve(out);
@@ -163,9 +185,26 @@ export class GrpcExpertHostTransport implements ExpertHostTransport {
           done();
           reject(err);
         },
-      });
-      s.call.write({ callId, request });
+      };
+      if (viaShm !== undefined) {
+        viaShm.then((answer) => this.settle(answer, pending), pending.reject);
+        return;
+      }
+      s!.pending.set(callId, pending);
+      s!.call.write(msg);
     });
+  }
+
+  /** A DispatchStream answer to its waiting call: the output, or the status it carries as an error. */
+  private settle(msg: DispatchStreamResponse, p: PendingCall): void {
+    if (msg.errorCode === 0) p.resolve(msg.response?.output);
+    else
+      p.reject(
+        errorForCode(
+          msg.errorCode,
+          describeFailure({ code: msg.errorCode, details: msg.errorMessage }, `${this.name} Dispatch`, this.name, this.dispatchTimeoutMs),
+        ),
+      );
   }
 
   private openStream(): OpenStream {
@@ -175,14 +214,7 @@ export class GrpcExpertHostTransport implements ExpertHostTransport {
     call.on("data", (msg: DispatchStreamResponse) => {
       const p = s.pending.get(msg.callId);
       if (p === undefined) return; // cancelled or timed out meanwhile
-      if (msg.errorCode === 0) p.resolve(msg.response?.output);
-      else
-        p.reject(
-          errorForCode(
-            msg.errorCode,
-            describeFailure({ code: msg.errorCode, details: msg.errorMessage }, `${this.name} Dispatch`, this.name, this.dispatchTimeoutMs),
-          ),
-        );
+      this.settle(msg, p);
     });
     call.on("error", (err: ServiceError) => this.breakStream(s, this.mapError(err, "DispatchStream", this.dispatchTimeoutMs)));
     call.on("end", () => this.breakStream(s, new UnavailableError(`${this.name} closed its dispatch stream`)));
@@ -241,6 +273,16 @@ function describeFailure(err: Pick<ServiceError, "code" | "details">, what: stri
     default:
       return `${what} failed: ${err.details}`;
   }
+}
+
+/**
+ * The most bytes an answer to `request` can take: float32 partial sums (the widest combine codec) for its rows and
+ * its shared-expert rows, and framing.
+ */
+function replyBound(request: DispatchStreamRequest["request"]): number {
+  const shape = request?.activations?.shape ?? [];
+  const rows = (shape[0] ?? 0) + (request?.sharedExpertRows.length ?? 0);
+  return 4 * rows * (shape[1] ?? 0) + 4096;
 }
 
 /** One transport per address; addresses[h] serves shard h. */

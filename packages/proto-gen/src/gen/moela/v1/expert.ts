@@ -12,8 +12,10 @@ import {
   Client,
   type ClientDuplexStream,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
   type handleBidiStreamingCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -36,6 +38,23 @@ import { Precision, precisionFromJSON, precisionToJSON, Tensor } from "./common.
  * reaches at most topk_group hosts. Callers overlap the calls of two
  * micro-batches with attention, as the paper does.
  */
+
+export interface AttachSharedMemoryRequest {
+  /** The caller's channel file (under /dev/shm). */
+  channelPath: string;
+  /** The caller's doorbell file: the host rings it after each answer. */
+  bellPath: string;
+  /**
+   * Random bytes the caller wrote into the channel's header: the host checks
+   * that the file it opened is the caller's.
+   */
+  nonce: Buffer;
+}
+
+export interface AttachSharedMemoryResponse {
+  /** The host's doorbell file: the caller rings it after each request. */
+  bellPath: string;
+}
 
 export interface DispatchRequest {
   /**
@@ -145,6 +164,188 @@ export interface InfoResponse {
    */
   sharedExpert: boolean;
 }
+
+function createBaseAttachSharedMemoryRequest(): AttachSharedMemoryRequest {
+  return { channelPath: "", bellPath: "", nonce: Buffer.alloc(0) };
+}
+
+export const AttachSharedMemoryRequest: MessageFns<AttachSharedMemoryRequest> = {
+  encode(message: AttachSharedMemoryRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.channelPath !== "") {
+      writer.uint32(10).string(message.channelPath);
+    }
+    if (message.bellPath !== "") {
+      writer.uint32(18).string(message.bellPath);
+    }
+    if (message.nonce.length !== 0) {
+      writer.uint32(26).bytes(message.nonce);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttachSharedMemoryRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttachSharedMemoryRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.channelPath = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.bellPath = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.nonce = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AttachSharedMemoryRequest {
+    return {
+      channelPath: isSet(object.channelPath)
+        ? globalThis.String(object.channelPath)
+        : isSet(object.channel_path)
+        ? globalThis.String(object.channel_path)
+        : "",
+      bellPath: isSet(object.bellPath)
+        ? globalThis.String(object.bellPath)
+        : isSet(object.bell_path)
+        ? globalThis.String(object.bell_path)
+        : "",
+      nonce: isSet(object.nonce) ? Buffer.from(bytesFromBase64(object.nonce)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: AttachSharedMemoryRequest): unknown {
+    const obj: any = {};
+    if (message.channelPath !== "") {
+      obj.channelPath = message.channelPath;
+    }
+    if (message.bellPath !== "") {
+      obj.bellPath = message.bellPath;
+    }
+    if (message.nonce.length !== 0) {
+      obj.nonce = base64FromBytes(message.nonce);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AttachSharedMemoryRequest>, I>>(base?: I): AttachSharedMemoryRequest {
+    return AttachSharedMemoryRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AttachSharedMemoryRequest>, I>>(object: I): AttachSharedMemoryRequest {
+    const message = createBaseAttachSharedMemoryRequest();
+    message.channelPath = object.channelPath ?? "";
+    message.bellPath = object.bellPath ?? "";
+    message.nonce = object.nonce ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseAttachSharedMemoryResponse(): AttachSharedMemoryResponse {
+  return { bellPath: "" };
+}
+
+export const AttachSharedMemoryResponse: MessageFns<AttachSharedMemoryResponse> = {
+  encode(message: AttachSharedMemoryResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.bellPath !== "") {
+      writer.uint32(10).string(message.bellPath);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttachSharedMemoryResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttachSharedMemoryResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.bellPath = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AttachSharedMemoryResponse {
+    return {
+      bellPath: isSet(object.bellPath)
+        ? globalThis.String(object.bellPath)
+        : isSet(object.bell_path)
+        ? globalThis.String(object.bell_path)
+        : "",
+    };
+  },
+
+  toJSON(message: AttachSharedMemoryResponse): unknown {
+    const obj: any = {};
+    if (message.bellPath !== "") {
+      obj.bellPath = message.bellPath;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AttachSharedMemoryResponse>, I>>(base?: I): AttachSharedMemoryResponse {
+    return AttachSharedMemoryResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AttachSharedMemoryResponse>, I>>(object: I): AttachSharedMemoryResponse {
+    const message = createBaseAttachSharedMemoryResponse();
+    message.bellPath = object.bellPath ?? "";
+    return message;
+  },
+};
 
 function createBaseDispatchRequest(): DispatchRequest {
   return {
@@ -1083,6 +1284,27 @@ export const ExpertHostService = {
     responseSerialize: (value: InfoResponse): Buffer => Buffer.from(InfoResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): InfoResponse => InfoResponse.decode(value),
   },
+  /**
+   * A data plane below gRPC for a caller on the same machine: the caller
+   * made a shared-memory file of request and reply slots and a doorbell file;
+   * the host maps both, answers with its own doorbell, and from then on reads
+   * DispatchStream's messages from the slots and writes its answers there
+   * (packages/shm-native). The call stays open as long as the channel lives:
+   * its end, either side's, detaches it. FAILED_PRECONDITION when the files
+   * cannot be opened (another machine or container) or do not hold the nonce:
+   * the caller keeps DispatchStream.
+   */
+  attachSharedMemory: {
+    path: "/moela.v1.ExpertHost/AttachSharedMemory" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: AttachSharedMemoryRequest): Buffer =>
+      Buffer.from(AttachSharedMemoryRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AttachSharedMemoryRequest => AttachSharedMemoryRequest.decode(value),
+    responseSerialize: (value: AttachSharedMemoryResponse): Buffer =>
+      Buffer.from(AttachSharedMemoryResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AttachSharedMemoryResponse => AttachSharedMemoryResponse.decode(value),
+  },
 } as const;
 
 export interface ExpertHostServer extends UntypedServiceImplementation {
@@ -1113,6 +1335,17 @@ export interface ExpertHostServer extends UntypedServiceImplementation {
    * precision profile before the first Dispatch.
    */
   info: handleUnaryCall<InfoRequest, InfoResponse>;
+  /**
+   * A data plane below gRPC for a caller on the same machine: the caller
+   * made a shared-memory file of request and reply slots and a doorbell file;
+   * the host maps both, answers with its own doorbell, and from then on reads
+   * DispatchStream's messages from the slots and writes its answers there
+   * (packages/shm-native). The call stays open as long as the channel lives:
+   * its end, either side's, detaches it. FAILED_PRECONDITION when the files
+   * cannot be opened (another machine or container) or do not hold the nonce:
+   * the caller keeps DispatchStream.
+   */
+  attachSharedMemory: handleServerStreamingCall<AttachSharedMemoryRequest, AttachSharedMemoryResponse>;
 }
 
 export interface ExpertHostClient extends Client {
@@ -1173,6 +1406,25 @@ export interface ExpertHostClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: InfoResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * A data plane below gRPC for a caller on the same machine: the caller
+   * made a shared-memory file of request and reply slots and a doorbell file;
+   * the host maps both, answers with its own doorbell, and from then on reads
+   * DispatchStream's messages from the slots and writes its answers there
+   * (packages/shm-native). The call stays open as long as the channel lives:
+   * its end, either side's, detaches it. FAILED_PRECONDITION when the files
+   * cannot be opened (another machine or container) or do not hold the nonce:
+   * the caller keeps DispatchStream.
+   */
+  attachSharedMemory(
+    request: AttachSharedMemoryRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<AttachSharedMemoryResponse>;
+  attachSharedMemory(
+    request: AttachSharedMemoryRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<AttachSharedMemoryResponse>;
 }
 
 export const ExpertHostClient = makeGenericClientConstructor(ExpertHostService, "moela.v1.ExpertHost") as unknown as {
@@ -1180,6 +1432,14 @@ export const ExpertHostClient = makeGenericClientConstructor(ExpertHostService, 
   service: typeof ExpertHostService;
   serviceName: string;
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 function floatToJson(value: number | null | undefined): number | string | null | undefined {
   return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
