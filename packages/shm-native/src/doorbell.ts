@@ -4,8 +4,8 @@
  * word for all of its channels.
  *
  * `DoorbellLoop` is how a process waits without giving up its event loop: while work is expected it runs as a
- * chain of setImmediate steps, each of which looks for work and otherwise sleeps on the doorbell for at most a
- * short slice. A sleeping thread uses no CPU, and a futex wake-up reaches it in microseconds, where a socket's
+ * chain of setImmediate steps, each of which looks for work and, once a whole turn of the loop found none,
+ * sleeps on the doorbell for at most a short slice. A sleeping thread uses no CPU, and a futex wake-up reaches it in microseconds, where a socket's
  * reaches it through the event loop's poll. Between steps the loop serves its other I/O and timers, so they wait
  * at most a slice. When no more work is expected it stops, and, if asked, leaves a watcher thread to start it
  * again at the next ring.
@@ -95,6 +95,8 @@ export interface DoorbellLoopOptions {
 
 export class DoorbellLoop {
   private running = false;
+  /** Steps in a row that found no work. */
+  private turnsWithout = 0;
   private watcher: ShmWatcher | undefined;
   private closed = false;
   private readonly sliceMs: number;
@@ -122,9 +124,12 @@ export class DoorbellLoop {
   private readonly step = (): void => {
     if (this.closed) return;
     const seen = this.o.bell.value();
-    if (!this.o.poll()) {
+    if (this.o.poll()) {
+      this.turnsWithout = 0;
+    } else {
       if (!this.o.expectsWork()) {
         this.running = false;
+        this.turnsWithout = 0;
         if (this.o.watchWhenIdle()) {
           this.watcher = this.o.bell.watch(() => this.kick());
           // A ring between the poll and the watcher's start would wait for the next one: look once more.
@@ -132,8 +137,12 @@ export class DoorbellLoop {
         }
         return;
       }
-      this.o.bell.wait(seen, this.sliceMs);
-      this.o.poll();
+      // Sleep only after a whole turn of the event loop found nothing either: whatever was queued behind this
+      // step when it was scheduled (a caller's own next computation, set off by setImmediate) runs first.
+      if (this.turnsWithout++ > 0) {
+        this.o.bell.wait(seen, this.sliceMs);
+        if (this.o.poll()) this.turnsWithout = 0;
+      }
     }
     // Found work runs on the microtask queue before the next step; other I/O and timers run in between.
     setImmediate(this.step);

@@ -23,8 +23,15 @@ describe("decode config", () => {
       threads: 1,
       microBatches: 2,
       sharedExpert: "local",
+      sharedMemory: true,
       security: { secrets: [] },
     });
+  });
+
+  it("takes whether to dispatch through shared memory, and refuses other values", () => {
+    expect(parseConfig(["--model", "/m", "--shared-memory", "off"], {})).toMatchObject({ sharedMemory: false });
+    expect(parseConfig(["--model", "/m"], { MOELA_DECODE_SHARED_MEMORY: "off" })).toMatchObject({ sharedMemory: false });
+    expect(() => parseConfig(["--model", "/m", "--shared-memory", "maybe"], {})).toThrow(/--shared-memory \/ MOELA_DECODE_SHARED_MEMORY: must be on or off/);
   });
 
   it("takes where the shared expert runs, and refuses other places", () => {

@@ -70,3 +70,20 @@ describe("prefill config: kernels", () => {
     expect(() => parsePrefillConfig(["--model", MODEL, ...argv], {})).toThrow(message);
   });
 });
+
+describe("prefill config: shared memory", () => {
+  it.each([
+    { name: "off by default", argv: [], env: {}, want: false },
+    { name: "--shared-memory", argv: ["--shared-memory"], env: {}, want: true },
+    { name: "env true", argv: [], env: { MOELA_PREFILL_SHARED_MEMORY: "true" }, want: true },
+    { name: "--no- over the env twin", argv: ["--no-shared-memory"], env: { MOELA_PREFILL_SHARED_MEMORY: "true" }, want: false },
+  ])("$name", ({ argv, env, want }) => {
+    expect(parsePrefillConfig(["--model", MODEL, ...argv], env).sharedMemory).toBe(want);
+  });
+
+  it("refuses a value that is not a switch", () => {
+    expect(() => parsePrefillConfig(["--model", MODEL], { MOELA_PREFILL_SHARED_MEMORY: "maybe" })).toThrow(
+      /MOELA_PREFILL_SHARED_MEMORY.*must be true or false/,
+    );
+  });
+});
