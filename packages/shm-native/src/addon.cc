@@ -164,6 +164,29 @@ static napi_value Wake(napi_env env, napi_callback_info info) {
 }
 
 /**
+ * ringPair(words1, index1, words2, index2): sets both words to 1 and wakes the threads sleeping on either, in one
+ * system call (FUTEX_WAKE_OP). Two wake calls would let the first woken thread take this one's core before the
+ * second is woken, and the second peer would start only when this thread runs again.
+ */
+static napi_value RingPair(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  std::atomic<int32_t>* a = argc == 4 ? word_of(env, argv[0], argv[1]) : nullptr;
+  std::atomic<int32_t>* b = argc == 4 ? word_of(env, argv[2], argv[3]) : nullptr;
+  if (a == nullptr || b == nullptr) return throw_error(env, "ringPair(words1, index1, words2, index2) needs two Int32Arrays and indices inside them");
+  a->store(1, std::memory_order_seq_cst);
+#ifdef MOELA_SHM
+  // The operation sets *b to 1 and wakes b's sleepers when its old value was >= 0; a doorbell holds 0 or 1.
+  const int op = FUTEX_OP(FUTEX_OP_SET, 1, FUTEX_OP_CMP_GE, 0);
+  syscall(SYS_futex, reinterpret_cast<int32_t*>(a), FUTEX_WAKE_OP, INT_MAX, (void*)(uintptr_t)INT_MAX, reinterpret_cast<int32_t*>(b), op);
+#else
+  b->store(1, std::memory_order_seq_cst);
+#endif
+  return undefined(env);
+}
+
+/**
  * wait(words, index, expected, timeoutMs): blocks this thread while words[index] == expected, at most timeoutMs;
  * returns true when the word had changed or a wake came, false on time-out.
  */
@@ -306,6 +329,7 @@ static napi_value Watch(napi_env env, napi_callback_info info) {
 static napi_value Init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"map", nullptr, Map, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"ringPair", nullptr, RingPair, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"unlink", nullptr, Unlink, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"wake", nullptr, Wake, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"wait", nullptr, Wait, nullptr, nullptr, nullptr, napi_default, nullptr},

@@ -1,7 +1,7 @@
 /**
- * Doorbells: one 32-bit counter per process, in a file of its own under /dev/shm. A peer that left work for the
- * process (a request or a reply in a channel) increments the counter and wakes it; the process waits on the one
- * word for all of its channels.
+ * Doorbells: one 32-bit word per process, in a file of its own under /dev/shm, 1 when rung. A peer that left work
+ * for the process (a request or a reply in a channel) sets it and wakes the process, which clears it before it
+ * looks for work and sleeps on the one word for all of its channels.
  *
  * `DoorbellLoop` is how a process waits without giving up its event loop: while work is expected it runs as a
  * chain of setImmediate steps, each of which looks for work and, once a whole turn of the loop found none,
@@ -48,14 +48,22 @@ export class Doorbell {
     return Doorbell.mine;
   }
 
-  /** The counter now; pass it to wait() after looking for work, so a ring in between is not missed. */
-  value(): number {
-    return Atomics.load(this.words, 0);
+  /**
+   * Clears the bell and says whether it had rung. Clear it before looking for work: a ring after that sets it
+   * again, so wait() returns at once and no ring is missed.
+   */
+  take(): boolean {
+    return Atomics.exchange(this.words, 0, 0) !== 0;
   }
 
-  /** Sleeps while the counter is still `seen`, at most `timeoutMs`. */
-  wait(seen: number, timeoutMs: number): void {
-    native().wait(this.words, 0, seen, timeoutMs);
+  /** Whether it rang since the last take(). */
+  rung(): boolean {
+    return Atomics.load(this.words, 0) !== 0;
+  }
+
+  /** Sleeps while the bell has not rung, at most `timeoutMs`. */
+  wait(timeoutMs: number): void {
+    native().wait(this.words, 0, 0, timeoutMs);
   }
 
   watch(onRing: () => void): ShmWatcher {
@@ -65,7 +73,7 @@ export class Doorbell {
 
 /** A peer's doorbell, to ring after leaving it work. */
 export class PeerDoorbell {
-  private readonly words: Int32Array;
+  readonly words: Int32Array;
 
   constructor(readonly path: string) {
     if (!path.startsWith(BELL_PREFIX) || path.includes("/..")) throw new Error(`${path} is not a moela doorbell`);
@@ -73,9 +81,35 @@ export class PeerDoorbell {
   }
 
   ring(): void {
-    Atomics.add(this.words, 0, 1);
+    Atomics.store(this.words, 0, 1);
     native().wake(this.words, 0);
   }
+}
+
+/**
+ * Rings every bell added in this turn of the event loop together, after the code that added them has finished
+ * (a microtask), two at a time in one system call: the first peer woken cannot take this thread's core before
+ * the others are woken. A caller that writes a request to each of several hosts rings them as one.
+ */
+export class RingTogether {
+  private readonly bells = new Set<PeerDoorbell>();
+  private queued = false;
+
+  add(bell: PeerDoorbell): void {
+    this.bells.add(bell);
+    if (this.queued) return;
+    this.queued = true;
+    queueMicrotask(this.flush);
+  }
+
+  private readonly flush = (): void => {
+    this.queued = false;
+    const bells = [...this.bells];
+    this.bells.clear();
+    let i = 0;
+    for (; i + 1 < bells.length; i += 2) native().ringPair(bells[i]!.words, 0, bells[i + 1]!.words, 0);
+    if (i < bells.length) bells[i]!.ring();
+  };
 }
 
 export interface DoorbellLoopOptions {
@@ -123,7 +157,7 @@ export class DoorbellLoop {
 
   private readonly step = (): void => {
     if (this.closed) return;
-    const seen = this.o.bell.value();
+    this.o.bell.take();
     if (this.o.poll()) {
       this.turnsWithout = 0;
     } else {
@@ -133,14 +167,15 @@ export class DoorbellLoop {
         if (this.o.watchWhenIdle()) {
           this.watcher = this.o.bell.watch(() => this.kick());
           // A ring between the poll and the watcher's start would wait for the next one: look once more.
-          if (this.o.bell.value() !== seen) this.kick();
+          if (this.o.bell.rung()) this.kick();
         }
         return;
       }
       // Sleep only after a whole turn of the event loop found nothing either: whatever was queued behind this
       // step when it was scheduled (a caller's own next computation, set off by setImmediate) runs first.
       if (this.turnsWithout++ > 0) {
-        this.o.bell.wait(seen, this.sliceMs);
+        this.o.bell.wait(this.sliceMs);
+        this.o.bell.take();
         if (this.o.poll()) this.turnsWithout = 0;
       }
     }

@@ -17,6 +17,8 @@ export interface ShmNative {
   map(path: string, bytes: number, create: boolean): ArrayBuffer;
   /** Removes the name; both sides' mappings stay valid. */
   unlink(path: string): void;
+  /** Sets words1[index1] and words2[index2] to 1 and wakes their sleepers in one system call (FUTEX_WAKE_OP). */
+  ringPair(words1: Int32Array, index1: number, words2: Int32Array, index2: number): void;
   /** Wakes every thread, of any process, sleeping on words[index]. */
   wake(words: Int32Array, index: number): void;
   /** Blocks this thread while words[index] === expected, at most timeoutMs; false on time-out. */

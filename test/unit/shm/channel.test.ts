@@ -6,7 +6,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { existsSync, truncateSync, writeFileSync, unlinkSync } from "node:fs";
-import { Doorbell, PeerDoorbell, ShmChannel, shmNative } from "@moela/shm-native";
+import { Doorbell, PeerDoorbell, RingTogether, ShmChannel, shmNative } from "@moela/shm-native";
 import { afterEach, describe, expect, it } from "vitest";
 
 const made: ShmChannel[] = [];
@@ -90,24 +90,43 @@ describe.skipIf(shmNative === null)("ShmChannel", () => {
 });
 
 describe.skipIf(shmNative === null)("Doorbell", () => {
-  it("counts rings, and a wait on a stale value returns at once", () => {
+  it("a ring sets it until taken, and a wait on a rung bell returns at once", () => {
     const bell = Doorbell.own();
     expect(Doorbell.own()).toBe(bell);
     const peer = new PeerDoorbell(bell.path);
-    const before = bell.value();
+    bell.take();
+    expect(bell.rung()).toBe(false);
     peer.ring();
     peer.ring();
-    expect(bell.value()).toBe(before + 2);
+    expect(bell.rung()).toBe(true);
     const t0 = performance.now();
-    bell.wait(before, 5_000);
+    bell.wait(5_000);
     expect(performance.now() - t0).toBeLessThan(1_000);
+    expect(bell.take()).toBe(true);
+    expect(bell.take()).toBe(false);
   });
 
   it("times out a wait nobody rings", () => {
     const bell = Doorbell.own();
+    bell.take();
     const t0 = performance.now();
-    bell.wait(bell.value(), 20);
+    bell.wait(20);
     expect(performance.now() - t0).toBeGreaterThanOrEqual(15);
+  });
+
+  it("RingTogether rings every bell added in one turn, after the code that added them, two per system call", async () => {
+    // Three bells of "other processes": files with a doorbell's name, mapped here twice (as theirs and as ours).
+    const paths = [0, 1, 2].map((i) => `/dev/shm/moela-bell-${process.pid}-test${i}`);
+    const theirs = paths.map((p) => new Int32Array(shmNative!.map(p, 64, true)));
+    try {
+      const together = new RingTogether();
+      for (const p of paths) together.add(new PeerDoorbell(p));
+      expect(theirs.map((w) => w[0])).toEqual([0, 0, 0]);
+      await Promise.resolve();
+      expect(theirs.map((w) => w[0])).toEqual([1, 1, 1]);
+    } finally {
+      for (const p of paths) unlinkSync(p);
+    }
   });
 
   it("refuses a path that is not a doorbell", () => {

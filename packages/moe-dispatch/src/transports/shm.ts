@@ -17,7 +17,7 @@
 import { type ClientReadableStream, Metadata, type ServiceError } from "@grpc/grpc-js";
 import { Code, FailedPreconditionError, UnavailableError, errorMessage, type Logger } from "@moela/core";
 import type { AttachSharedMemoryResponse, AttachSharedMemoryRequest, DispatchStreamRequest, DispatchStreamResponse, ExpertHostClient } from "@moela/proto-gen";
-import { Doorbell, DoorbellLoop, PeerDoorbell, ShmChannel, shmNative } from "@moela/shm-native";
+import { Doorbell, DoorbellLoop, PeerDoorbell, RingTogether, ShmChannel, shmNative } from "@moela/shm-native";
 import { decodeDispatchStreamRequest, decodeDispatchStreamResponse, encodeDispatchStreamRequest, encodeDispatchStreamResponse } from "./stream-codec.js";
 
 /** Whether this process can use shared-memory channels at all (Linux, the addon built). */
@@ -40,6 +40,8 @@ interface WaitingCall {
 class ReplyWaiter {
   private static instance: ReplyWaiter | undefined;
   readonly bell = Doorbell.own();
+  /** A layer's requests to every host are rung together, once all are written. */
+  readonly rings = new RingTogether();
   private readonly callers = new Set<ShmDispatchCaller>();
   private readonly loop = new DoorbellLoop({
     bell: this.bell,
@@ -133,7 +135,7 @@ export class ShmDispatchCaller {
     this.sent++;
     const waiter = ReplyWaiter.get();
     const p = new Promise<DispatchStreamResponse>((resolve, reject) => this.calls.set(slot, { seq, resolve, reject }));
-    this.hostBell!.ring();
+    waiter.rings.add(this.hostBell!);
     waiter.kick();
     return p;
   }
