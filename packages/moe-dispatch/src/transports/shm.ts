@@ -260,8 +260,6 @@ export class ShmDispatchServer {
   private lastRequestAt = 0;
   /** Requests being answered. */
   private inFlight = 0;
-  /** Requests served through shared memory. */
-  served = 0;
 
   constructor(
     private readonly serve: ServeDispatchStream,
@@ -311,7 +309,6 @@ export class ShmDispatchServer {
         if (seq === a.taken[slot]) continue;
         a.taken[slot] = seq;
         found = true;
-        this.served++;
         void this.answer(a, slot, seq);
       }
     }
