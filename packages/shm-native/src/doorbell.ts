@@ -11,7 +11,7 @@
  * again at the next ring.
  */
 import { randomBytes } from "node:crypto";
-import { unlinkSync } from "node:fs";
+import { readdirSync, unlinkSync } from "node:fs";
 import { SHM_DIR } from "./channel.js";
 import { shmNative, shmLoadError, type ShmNative, type ShmWatcher } from "./native.js";
 
@@ -32,9 +32,13 @@ export class Doorbell {
     this.words = new Int32Array(native().map(path, BELL_BYTES, true));
   }
 
-  /** The process's one doorbell, made at first use and removed at exit. */
+  /**
+   * The process's one doorbell, made at first use and removed at exit. A process killed by SIGKILL cannot remove
+   * its files, so the first use also removes the doorbells and channels of processes that are gone.
+   */
   static own(): Doorbell {
     if (Doorbell.mine === undefined) {
+      removeOrphans();
       const bell = new Doorbell(`${BELL_PREFIX}${process.pid}-${randomBytes(8).toString("hex")}`);
       process.once("exit", () => {
         try {
@@ -68,6 +72,38 @@ export class Doorbell {
 
   watch(onRing: () => void): ShmWatcher {
     return native().watch(this.words, 0, onRing);
+  }
+}
+
+/** Removes moela's files under SHM_DIR whose creator (the pid in the name) is no longer running. */
+export function removeOrphans(dir = SHM_DIR): string[] {
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    const m = /^moela-(?:bell|channel)-(\d+)-[0-9a-f]+$/.exec(name);
+    if (m === null || running(Number(m[1]))) continue;
+    try {
+      unlinkSync(`${dir}/${name}`);
+      removed.push(name);
+    } catch {
+      // another process removed it first, or it is not ours to remove
+    }
+  }
+  return removed;
+}
+
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it runs, under another user.
+    return (err as NodeJS.ErrnoException).code === "EPERM";
   }
 }
 

@@ -5,8 +5,11 @@
  * test/integration/shm/ runs the same channel between two processes.
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, truncateSync, writeFileSync, unlinkSync } from "node:fs";
-import { Doorbell, PeerDoorbell, RingTogether, ShmChannel, shmNative } from "@moela/shm-native";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync, unlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Doorbell, PeerDoorbell, removeOrphans, RingTogether, ShmChannel, shmNative } from "@moela/shm-native";
 import { afterEach, describe, expect, it } from "vitest";
 
 const made: ShmChannel[] = [];
@@ -153,5 +156,28 @@ describe.skipIf(shmNative === null)("Doorbell", () => {
     peer.ring();
     await new Promise((r) => setTimeout(r, 50));
     expect(calls).toBe(seen);
+  });
+});
+
+describe("removeOrphans", () => {
+  it("removes the doorbells and channels of processes that are gone, and nothing else", () => {
+    const dir = mkdtempSync(join(tmpdir(), "moela-orphans-"));
+    try {
+      const gone = spawnSync("true").pid!;
+      const names = [
+        `moela-bell-${gone}-0123abcd`,
+        `moela-channel-${gone}-89ef`,
+        `moela-bell-${process.pid}-0123abcd`,
+        `moela-channel-${process.pid}-89ef`,
+        `moela-bell-${gone}-not-hex`,
+        "PostgreSQL.12345",
+      ];
+      for (const n of names) writeFileSync(join(dir, n), "");
+      expect(removeOrphans(dir).sort()).toEqual([`moela-bell-${gone}-0123abcd`, `moela-channel-${gone}-89ef`]);
+      expect(readdirSync(dir).sort()).toEqual(names.slice(2).sort());
+      expect(removeOrphans(join(dir, "missing"))).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
