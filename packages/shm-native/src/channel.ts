@@ -45,7 +45,7 @@ export class ShmChannel {
   private constructor(
     /** The file's path (already unlinked once both sides mapped it). */
     readonly path: string,
-    private readonly buffer: ArrayBuffer,
+    buffer: ArrayBuffer,
     readonly slots: number,
     readonly slotBytes: number,
   ) {
@@ -146,10 +146,5 @@ export class ShmChannel {
   /** Removes the file's name (the mappings stay); the caller does this once the server mapped it. */
   unlink(): void {
     native().unlink(this.path);
-  }
-
-  /** Keeps the mapping reachable (it is unmapped when this object is collected). */
-  get mapping(): ArrayBuffer {
-    return this.buffer;
   }
 }

@@ -15,6 +15,7 @@
  * AttachSharedMemory lets a caller on this machine send DispatchStream's messages through shared memory
  * (ShmDispatchServer); each is answered by the same code as on the stream.
  */
+import { once } from "node:events";
 import { Code, InvalidArgumentError, type Logger } from "@moela/core";
 import type { MetricsOf } from "@moela/metrics";
 import {
@@ -144,7 +145,7 @@ export function expertHostHandlers({ core, logger, metrics: m }: HandlerDeps): A
       try {
         yield { bellPath: attached.bellPath };
         // Open as long as the channel lives: the caller's cancel or this server's drain ends it.
-        await aborted(ctx.signal);
+        if (!ctx.signal.aborted) await once(ctx.signal, "abort");
       } finally {
         attached.detach();
       }
@@ -153,12 +154,4 @@ export function expertHostHandlers({ core, logger, metrics: m }: HandlerDeps): A
       return toInfoResponse(core.info());
     },
   };
-}
-
-/** Resolves when `signal` aborts (at once if it has). */
-function aborted(signal: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve) => {
-    if (signal.aborted) resolve();
-    else signal.addEventListener("abort", () => resolve(), { once: true });
-  });
 }
