@@ -93,6 +93,7 @@ class Pool {
 
   /** Runs fn over items [0, n) in chunks of at most `chunk`, on this thread and the workers; returns when all are done. */
   void run(ItemFn fn, const void* args, int n, int chunk) {
+    job_.seq.fetch_add(1, std::memory_order_acq_rel);  // odd: the job is being written
     job_.fn.store(fn, std::memory_order_relaxed);
     job_.args.store(args, std::memory_order_relaxed);
     job_.n.store(n, std::memory_order_relaxed);
@@ -100,6 +101,7 @@ class Pool {
     done_.v.store(0, std::memory_order_relaxed);
     const uint32_t g = job_.gen.load(std::memory_order_relaxed) + 1;
     job_.gen.store(g);  // seq_cst: ordered before the load of sleeping_ below (a worker going to sleep does the reverse)
+    job_.seq.fetch_add(1, std::memory_order_release);  // even: written
     if (sleeping_.v.load() > 0) {
       std::lock_guard<std::mutex> l(mu_);
       cv_.notify_all();
@@ -115,6 +117,9 @@ class Pool {
     std::atomic<uint64_t> cursor{0};
   };
   struct alignas(64) Job {
+    // A seqlock over the fields below and gen: odd while the caller writes them. A worker that read gen and went
+    // late could otherwise take the next job's fields, written before that job's gen, as this job's.
+    std::atomic<uint32_t> seq{0};
     std::atomic<uint32_t> gen{0};
     std::atomic<ItemFn> fn{nullptr};
     std::atomic<const void*> args{nullptr};
@@ -183,18 +188,26 @@ class Pool {
         sleeping_.v.fetch_sub(1);
       }
       if (stop_) return;
-      // The job's fields, read between two loads of its generation: a job that changed meanwhile is read again.
-      uint32_t g;
+      // The job's generation and fields, read between two even loads of the same seq: a job being written or
+      // rewritten meanwhile is read again.
+      uint32_t g, s1;
       ItemFn fn;
       const void* args;
       int n, chunk;
-      do {
-        g = job_.gen.load(std::memory_order_acquire);
+      for (;;) {
+        s1 = job_.seq.load(std::memory_order_acquire);
+        if (s1 & 1) {
+          cpu_relax();
+          continue;
+        }
+        g = job_.gen.load(std::memory_order_relaxed);
         fn = job_.fn.load(std::memory_order_relaxed);
         args = job_.args.load(std::memory_order_relaxed);
         n = job_.n.load(std::memory_order_relaxed);
         chunk = job_.chunk.load(std::memory_order_relaxed);
-      } while (job_.gen.load(std::memory_order_acquire) != g);
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (job_.seq.load(std::memory_order_relaxed) == s1) break;
+      }
       seen = g;
       const int items = work(self, g, fn, args, n, chunk);
       if (items > 0) done_.v.fetch_add(items, std::memory_order_acq_rel);
