@@ -81,6 +81,9 @@ const program = new Command("bench-cluster")
   .option("--departure-steps <n>", "greedy steps compared between paper and exact", (v) => Number(v), 320)
   .option("--batches <list>", "decode batch sizes", "1,16")
   .option("--repeat <n>", "decode runs per batch size; the best is reported (CPU noise only slows runs down)", (v) => Number(v), 3)
+  .option("--warmup-streams <n>", "concurrent streams run once, unmeasured, before a cluster's decode runs (default: the largest batch; 0: none)", (v) =>
+    Number(v),
+  )
   .option("--cluster-json <file>", "use this running cluster for its profile", ".moela/cluster.json")
   .option("--out <dir>", "where the JSON and HTML go", "bench-results")
   .option("--no-cluster", "in-process measurements only")
@@ -101,6 +104,7 @@ const opts = program.opts<{
   out: string;
   cluster: boolean;
   repeat: number;
+  warmupStreams?: number;
   expertReplicas: number;
   oneProcessServer?: boolean;
 }>();
@@ -109,6 +113,8 @@ const H = opts.expertHosts;
 const R = opts.expertReplicas;
 if (!(Number.isInteger(R) && R >= 1)) throw new Error(`--expert-replicas must be a positive integer, got ${R}`);
 const BATCHES = opts.batches.split(",").map(Number);
+const WARMUP_STREAMS = opts.warmupStreams ?? Math.max(...BATCHES);
+if (!(Number.isInteger(WARMUP_STREAMS) && WARMUP_STREAMS >= 0)) throw new Error(`--warmup-streams must be a whole number, got ${WARMUP_STREAMS}`);
 const PROFILES = opts.profiles.split(",").filter((p) => p !== "") as PrecisionName[];
 for (const p of PROFILES) if (!(p in PRECISION_PROFILES)) throw new Error(`--profiles: unknown profile ${p}`);
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -240,6 +246,59 @@ function meanTpotMs(streams: StreamTiming[]): number {
     return n > 1 ? (s.chunks.at(-1)!.t - s.chunks[0]!.t) / (n - 1) : NaN;
   });
   return per.reduce((a, b) => a + b, 0) / per.length;
+}
+
+/**
+ * CPU time per output token, in core-milliseconds, by process: what a token costs the machine, which a busy VM's
+ * noise moves far less than it moves tokens/s. `machineBusy` is the fraction of all cores' time not idle.
+ */
+interface CpuPerToken {
+  byProcess: Partial<Record<"one process" | "decode" | "expert-hosts" | "prefill" | "router" | "benchmark client", number | undefined>>;
+  total: number;
+  machineBusy: number;
+}
+
+/** The machine's busy and total core-seconds since boot (every core). */
+function machineTimes(): { busy: number; total: number } {
+  let busy = 0;
+  let total = 0;
+  for (const c of cpus()) {
+    const t = c.times;
+    busy += t.user + t.nice + t.sys + t.irq;
+    total += t.user + t.nice + t.sys + t.irq + t.idle;
+  }
+  return { busy: busy / 1000, total: total / 1000 };
+}
+
+/** This process's CPU seconds (all threads). */
+const ownCpuSeconds = (): number => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+};
+
+/** A window over which CPU per token is taken: open it, run the workload, close it with the tokens produced. */
+function cpuWindow(): (tokens: number, services?: { a: Snapshot; b: Snapshot; info: ClusterInfo }) => CpuPerToken | undefined {
+  const m0 = machineTimes();
+  const own0 = ownCpuSeconds();
+  return (tokens, services) => {
+    const m1 = machineTimes();
+    if (tokens <= 0) return undefined;
+    const ms = (seconds: number | undefined): number | undefined => (seconds === undefined ? undefined : (1000 * seconds) / tokens);
+    const own = ms(ownCpuSeconds() - own0)!;
+    const byProcess: CpuPerToken["byProcess"] = {};
+    if (services === undefined) byProcess["one process"] = own;
+    else {
+      const { a, b, info } = services;
+      const role = (r: string): number | undefined => ms(delta(a, b, info, [r], "process_cpu_seconds_total"));
+      byProcess.decode = role("decode");
+      byProcess["expert-hosts"] = role("expert-host");
+      byProcess.prefill = role("prefill");
+      byProcess.router = role("router");
+      byProcess["benchmark client"] = own;
+    }
+    const total = Object.values(byProcess).reduce((x: number, y) => x + (y ?? 0), 0);
+    return { byProcess, total, machineBusy: (m1.busy - m0.busy) / Math.max(1e-9, m1.total - m0.total) };
+  };
 }
 
 /** The decode instances' breakdown between two snapshots, with the expert-hosts' handling and compute per call. */
@@ -412,13 +471,21 @@ interface ClusterResult {
   dispatchBytesPerTokenLayer: number | undefined;
   dispatchBytesPerTokenHost: number | undefined;
   combineBytesPerTokenLayer: number | undefined;
-  decode: Array<{ batch: number; clientTokS: number; tpotMs: number; decodeStepTokS: number | undefined; tokens: number; breakdown: Breakdown | undefined }>;
+  decode: Array<{
+    batch: number;
+    clientTokS: number;
+    tpotMs: number;
+    decodeStepTokS: number | undefined;
+    tokens: number;
+    breakdown: Breakdown | undefined;
+    cpu: CpuPerToken | undefined;
+  }>;
   wire: WireRoundTrips;
 }
 
 interface InProcessResult {
   profile: PrecisionName;
-  decode: Array<{ batch: number; tokS: number }>;
+  decode: Array<{ batch: number; tokS: number; cpu: CpuPerToken | undefined }>;
 }
 
 interface Departure {
@@ -441,12 +508,14 @@ function loadProfiled(profile: PrecisionProfile): DeepseekModel {
   return model;
 }
 
-async function inProcessDecode(model: DeepseekModel, batch: number): Promise<number> {
-  return (await timedDecode(model, batch)).tokS;
+async function inProcessDecode(model: DeepseekModel, batch: number): Promise<{ tokS: number; cpu: CpuPerToken | undefined }> {
+  const window = cpuWindow();
+  const run = await timedDecode(model, batch);
+  return { tokS: run.tokS, cpu: window(run.tokens) };
 }
 
 /** Greedy decode of `batch` sequences of `--stream-prompt-tokens` prompts: tokens/s, steps and wall time of the decode steps. */
-async function timedDecode(model: DeepseekModel, batch: number): Promise<{ tokS: number; steps: number; seconds: number }> {
+async function timedDecode(model: DeepseekModel, batch: number): Promise<{ tokS: number; steps: number; seconds: number; tokens: number }> {
   const promptLen = opts.streamPromptTokens;
   const engine = new Engine(model, { blockSize: 16, numBlocks: batch * Math.ceil((promptLen + opts.decodeTokens + 4) / 16) + batch + 4 });
   const seqs: Sequence[] = Array.from({ length: batch }, (_, b) =>
@@ -463,7 +532,7 @@ async function timedDecode(model: DeepseekModel, batch: number): Promise<{ tokS:
   }
   const t1 = performance.now();
   for (const s of seqs) engine.release(s);
-  return { tokS: produced / ((t1 - t0) / 1000), steps, seconds: (t1 - t0) / 1000 };
+  return { tokS: produced / ((t1 - t0) / 1000), steps, seconds: (t1 - t0) / 1000, tokens: produced };
 }
 
 /** --service-arg role=flag, grouped by role as startCluster takes them. */
@@ -549,14 +618,16 @@ function breakdownFromPhases(
 }
 
 /** One process as `moela generate` runs it: fast kernels, every core, the model's own experts, speculation auto. */
-async function inProcessAsGenerate(batch: number): Promise<{ tokS: number; breakdown: Breakdown }> {
+async function inProcessAsGenerate(batch: number): Promise<{ tokS: number; breakdown: Breakdown; cpu: CpuPerToken | undefined }> {
   const model = DeepseekModel.load(MODEL, { threads: availableParallelism() });
   model.phaseTimes = new PhaseTimes();
-  let best: { tokS: number; breakdown: Breakdown } | undefined;
+  let best: { tokS: number; breakdown: Breakdown; cpu: CpuPerToken | undefined } | undefined;
   for (let r = 0; r < opts.repeat; r++) {
+    const window = cpuWindow();
     const run = await timedDecode(model, batch);
+    const cpu = window(run.tokens);
     const b = breakdownFromPhases(model.phaseTimes.drain(), run.steps, run.seconds);
-    if (best === undefined || run.tokS > best.tokS) best = { tokS: run.tokS, breakdown: b };
+    if (best === undefined || run.tokS > best.tokS) best = { tokS: run.tokS, breakdown: b, cpu };
   }
   await model.close();
   return best!;
@@ -713,13 +784,22 @@ async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
     const per = (x: number | undefined, n: number | undefined) => (x === undefined || n === undefined || n === 0 ? undefined : x / n);
     const kvBytes = prof.kvDtype === "f32" ? 4 : 2;
 
-    // Workload 2: decode throughput at each batch size.
+    // Workload 2: decode throughput at each batch size, after one unmeasured pass. The one-process figures come from a
+    // process whose code the JIT has already compiled (the in-process runs before them); a cluster fresh from its start
+    // would otherwise pay its services' compilation inside the first measured runs.
+    if (WARMUP_STREAMS > 0) {
+      log(`  ${profile}: warm-up, ${WARMUP_STREAMS} concurrent stream(s) x ${opts.decodeTokens} tokens, not measured ...`);
+      await Promise.all(
+        Array.from({ length: WARMUP_STREAMS }, (_, i) => stream(client, model, promptIds(200 + i, opts.streamPromptTokens), opts.decodeTokens)),
+      );
+    }
     const decode: ClusterResult["decode"] = [];
     for (const batch of BATCHES) {
       log(`  ${profile}: decode, ${batch} concurrent stream(s) x ${opts.decodeTokens} tokens (best of ${opts.repeat}) ...`);
       let best: ClusterResult["decode"][number] | undefined;
       for (let r = 0; r < opts.repeat; r++) {
         const c = await snapshot(info);
+        const window = cpuWindow();
         const streams = await Promise.all(
           Array.from({ length: batch }, (_, i) => stream(client, model, promptIds(100 + i, opts.streamPromptTokens), opts.decodeTokens)),
         );
@@ -727,6 +807,7 @@ async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
         const { rate, tokens } = clientDecodeRate(streams);
         const stepSeconds = delta(c, d, info, ["decode"], "moela_decode_step_seconds_sum");
         const generated = delta(c, d, info, ["decode"], "moela_decode_generated_tokens_total");
+        const cpu = window(generated ?? 0, { a: c, b: d, info });
         const run = {
           batch,
           clientTokS: rate,
@@ -734,6 +815,7 @@ async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
           decodeStepTokS: per(generated, stepSeconds),
           tokens,
           breakdown: clusterBreakdown(c, d, info),
+          cpu,
         };
         if (best === undefined || run.clientTokS > best.clientTokS) best = run;
       }
@@ -817,9 +899,12 @@ for (const [profile, model] of [
   const rows: InProcessResult["decode"] = [];
   for (const batch of BATCHES) {
     log(`in-process: ${profile} decode at batch ${batch} (best of ${opts.repeat}) ...`);
-    let best = 0;
-    for (let r = 0; r < opts.repeat; r++) best = Math.max(best, await inProcessDecode(model, batch));
-    rows.push({ batch, tokS: best });
+    let best: { tokS: number; cpu: CpuPerToken | undefined } | undefined;
+    for (let r = 0; r < opts.repeat; r++) {
+      const run = await inProcessDecode(model, batch);
+      if (best === undefined || run.tokS > best.tokS) best = run;
+    }
+    rows.push({ batch, ...best! });
   }
   inProcess.push({ profile, decode: rows });
 }
@@ -919,6 +1004,35 @@ if (speedCluster !== undefined) {
       ["whole decode step", ...cols.map(([, b]) => (b === undefined ? "" : ((1e6 * b.stepSeconds) / b.steps).toFixed(0)))],
     ]),
   );
+  out.push("");
+  const sameWork = inProcess.find((x) => x.profile === speedCluster.profile)?.decode ?? [];
+  const cpuCols: Array<[string, CpuPerToken | undefined]> = [
+    ["one process b1", generate1.cpu],
+    ...sameWork.map((d): [string, CpuPerToken | undefined] => [`in-process b${d.batch}, 1 thread`, d.cpu]),
+    ...speedCluster.decode.map((d): [string, CpuPerToken | undefined] => [`cluster b${d.batch}`, d.cpu]),
+  ];
+  const cpuRows = ["one process", "decode", "expert-hosts", "prefill", "router", "benchmark client"] as const;
+  out.push(
+    `CPU per output token, core-milliseconds by process (all threads; the services' process_cpu_seconds_total, this process's own for the rest). Machine busy: the share of all ${availableParallelism()} cores' time that was not idle`,
+  );
+  out.push(
+    table([
+      ["core-ms per token", ...cpuCols.map(([n]) => n)],
+      ...cpuRows.map((r) => [r, ...cpuCols.map(([, c]) => f(c?.byProcess[r], 2))]),
+      ["total", ...cpuCols.map(([, c]) => f(c?.total, 2))],
+      ["machine busy", ...cpuCols.map(([, c]) => (c === undefined ? "" : `${(100 * c.machineBusy).toFixed(0)}%`))],
+    ]),
+  );
+  // The cluster's own work, with no wire, no services and no client: in-process at the same batch, one kernel thread
+  // and the same expert-hosts. Its CPU per token caps what any layout of these processes can reach on these cores.
+  for (const d of sameWork) {
+    const floor = d.cpu?.total;
+    if (floor === undefined || d.batch === 1) continue;
+    const cap = (1000 * availableParallelism()) / floor;
+    out.push(
+      `The same work in one process at batch ${d.batch} costs ${floor.toFixed(2)} core-ms per token: on ${availableParallelism()} fully busy cores no cluster of these processes can exceed ${f(cap)} tok/s, ${(cap / generate1.tokS).toFixed(2)}x one process at batch 1, before any message, service or client costs a cycle.`,
+    );
+  }
   out.push("");
   const gbps = loopback;
   out.push(
