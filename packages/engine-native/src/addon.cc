@@ -73,6 +73,14 @@ static const KernelTable* K = best_table();
 
 typedef void (*ItemFn)(const void* args, int i0, int i1);
 
+/**
+ * Set while this process's cores belong to others: a decode instance whose expert-hosts, on the same machine, are
+ * computing for it. Products then run on the calling thread alone, and an idle worker sleeps at once instead of
+ * spinning, so that no thread of this process holds a core a host is waiting for. Cleared, the workers join the
+ * next product again. Results are the same bits either way (every product is thread-count invariant).
+ */
+static std::atomic<bool> callerOnly{false};
+
 class Pool {
  public:
   explicit Pool(int threads) : lanes_(threads) {
@@ -180,7 +188,9 @@ class Pool {
     uint32_t seen = 0;
     for (;;) {
       // Jobs come in bursts (every layer of a step): spin a little before sleeping.
-      for (int i = 0; i < SPIN && job_.gen.load(std::memory_order_acquire) == seen; i++) cpu_relax();
+      for (int i = 0; i < SPIN && job_.gen.load(std::memory_order_acquire) == seen && !callerOnly.load(std::memory_order_relaxed); i++) {
+        cpu_relax();
+      }
       if (job_.gen.load(std::memory_order_acquire) == seen) {
         std::unique_lock<std::mutex> l(mu_);
         sleeping_.v.fetch_add(1);
@@ -239,7 +249,7 @@ static std::mutex poolBusy;
 
 static void run_items(ItemFn fn, const void* args, int n, double work) {
   if (n <= 0) return;
-  if (pool == nullptr || n == 1 || work < parallelMinWork || !poolBusy.try_lock()) {
+  if (pool == nullptr || n == 1 || work < parallelMinWork || callerOnly.load(std::memory_order_relaxed) || !poolBusy.try_lock()) {
     fn(args, 0, n);
     return;
   }
@@ -848,6 +858,17 @@ static napi_value SetThreads(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// setCallerOnly(on): products on the calling thread alone, idle workers asleep (see callerOnly).
+static napi_value SetCallerOnly(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  bool on;
+  if (argc < 1 || napi_get_value_bool(env, argv[0], &on) != napi_ok) return range_error(env, "setCallerOnly(on) takes a boolean");
+  callerOnly.store(on, std::memory_order_relaxed);
+  return nullptr;
+}
+
 static napi_value Threads(napi_env env, napi_callback_info) {
   napi_value v;
   napi_create_int32(env, pool == nullptr ? 1 : pool->threads(), &v);
@@ -879,6 +900,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"selectIsa", nullptr, SelectIsa, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"setThreads", nullptr, SetThreads, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"workerChunks", nullptr, WorkerChunks, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"setCallerOnly", nullptr, SetCallerOnly, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"threads", nullptr, Threads, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

@@ -133,6 +133,12 @@ export interface NativeKernels {
   threads(): number;
   /** Chunks computed by the pool's workers so far (not by callers). */
   workerChunks(): number;
+  /**
+   * While on, products run on the calling thread alone and idle workers sleep at once instead of spinning: for a
+   * process whose cores are, for a while, another's (decode while its expert-hosts compute on the same machine).
+   * The same bits either way.
+   */
+  setCallerOnly(on: boolean): void;
 }
 
 export let nativeLoadError: Error | null = null;

@@ -25,6 +25,12 @@ export interface ExpertExecutor {
    * at the same time would only make the two share this machine's cores, so the model runs them one after the other.
    */
   readonly waitsOnOtherProcesses?: boolean;
+  /**
+   * true while the processes runRouted waits on compute on this machine's cores (expert-hosts reached through
+   * shared memory): the model then leaves them its kernel threads while a call is in flight
+   * (KernelBackend.callerOnly), so a thread of its own never holds a core a host is waiting for.
+   */
+  readonly sharesCores?: boolean;
 }
 
 /** Receives latent KV rows as soon as a layer of a forward call has written them (prefill streaming). */

@@ -38,6 +38,8 @@ export interface ExpertHostTransport {
   info?(signal?: AbortSignal): Promise<HostInfo>;
   /** true for a host that computes in this process (transports/in-process.ts): nothing to overlap with. */
   readonly inProcess?: boolean;
+  /** true while the host is reached through shared memory, so it computes on this machine's cores. */
+  readonly sameMachine?: boolean;
 }
 
 /**
@@ -119,6 +121,11 @@ export class HostedExpertExecutor implements ExpertExecutor {
     this.metrics = o.metrics ?? {};
     this.requestId = o.requestId ?? (() => undefined);
     this.hidden = o.hidden;
+  }
+
+  /** Some host computes on this machine's cores (ExpertExecutor.sharesCores). */
+  get sharesCores(): boolean {
+    return this.hosts.some((h) => h.sameMachine === true);
   }
 
   /** The last call's traffic (undefined before the first). */

@@ -102,6 +102,10 @@ describe.skipIf(!sharedMemoryAvailable)("dispatch through shared memory to exper
 
     const shm = new HostedExpertExecutor({ placement: local.placement, profile: "exact", hosts: viaShm, hidden: config.hiddenSize });
     const grpc = new HostedExpertExecutor({ placement: local.placement, profile: "exact", hosts: viaGrpc, hidden: config.hiddenSize });
+    // Hosts reached through shared memory share this machine's cores: the model leaves them its kernel threads.
+    expect(viaShm.every((t) => t.sameMachine)).toBe(true);
+    expect(shm.sharesCores).toBe(true);
+    expect(grpc.sharesCores).toBe(false);
     const sentBefore = viaShm.map((t) => t.shm!.sent);
     for (const layer of [1, 3, 4]) {
       for (const T of [1, 8, 40]) {
@@ -150,6 +154,7 @@ describe.skipIf(!sharedMemoryAvailable)("dispatch through shared memory to exper
         expect(Buffer.compare(Buffer.from(next.data), Buffer.from(first.data))).toBe(0);
       }
       expect(t!.shm!.attached).toBe(false);
+      expect(t!.sameMachine).toBe(false);
       expect(t!.shm!.sent).toBe(0);
     } finally {
       await host.close(0);

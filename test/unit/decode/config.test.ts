@@ -1,3 +1,4 @@
+import { availableParallelism } from "node:os";
 import { describe, expect, it } from "vitest";
 import { parseConfig } from "@moela/decode";
 
@@ -20,7 +21,7 @@ describe("decode config", () => {
       drainGraceMs: 30_000,
       logLevel: "info",
       kernels: "fast",
-      threads: 1,
+      threads: Math.min(256, availableParallelism()),
       microBatches: 2,
       sharedExpert: "local",
       sharedMemory: true,

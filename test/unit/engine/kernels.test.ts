@@ -437,6 +437,35 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
     expect(bits(two)).toEqual(bits(one));
   });
 
+  it("caller-only: no worker takes a chunk while it is on, the same bits, and the workers join again after", () => {
+    const w = makeWeight("fp8", 300, 256);
+    const x = fill(new Float32Array(20 * 256), 6);
+    native!.setThreads(1);
+    const one = new Float32Array(20 * 300);
+    fast.matmul(w, x, 20, one);
+    native!.setThreads(2, 0);
+    try {
+      native!.setCallerOnly(true);
+      const before = native!.workerChunks();
+      for (let i = 0; i < 50; i++) {
+        const y = new Float32Array(20 * 300);
+        fast.matmul(w, x, 20, y);
+        expect(bits(y)).toEqual(bits(one));
+      }
+      expect(native!.workerChunks()).toBe(before);
+      native!.setCallerOnly(false);
+      const again = new Float32Array(20 * 300);
+      const deadline = performance.now() + 10_000;
+      do fast.matmul(w, x, 20, again);
+      while (native!.workerChunks() === before && performance.now() < deadline);
+      expect(native!.workerChunks()).toBeGreaterThan(before);
+      expect(bits(again)).toEqual(bits(one));
+    } finally {
+      native!.setCallerOnly(false);
+    }
+    expect(() => (native!.setCallerOnly as (on: unknown) => void)("yes")).toThrow(/boolean/);
+  });
+
   it("more threads than cores, jobs back to back of every size: every output written, the same bits as one thread", () => {
     // Five threads on these 2-core machines: workers are often paused or late, so shares get stolen, and jobs of
     // fewer items than threads leave shares empty. A late worker must not compute an item of a job that is over.

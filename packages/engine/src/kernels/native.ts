@@ -154,8 +154,20 @@ export function fastBackendOver(n: NativeKernels): KernelBackend {
       nucleus: (logits, ids, weights, count, needed) => n.nucleus(logits, ids, weights, count, needed),
     },
     threadsAreProcessWide: true,
+    callerOnly: () => {
+      if (callerOnlyHolds++ === 0) n.setCallerOnly(true);
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        if (--callerOnlyHolds === 0) n.setCallerOnly(false);
+      };
+    },
   };
 }
+
+/** callerOnly's holds in this process (the addon's switch is process-wide). */
+let callerOnlyHolds = 0;
 
 /** The fast backend, or null (with `fastUnavailable` saying why) when the addon did not build or load. */
 export const fastKernels: KernelBackend | null = nativeKernels === null ? null : fastBackendOver(nativeKernels);

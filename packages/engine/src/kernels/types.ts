@@ -119,4 +119,10 @@ export interface KernelBackend {
   sampler?: SamplerKernels;
   /** Threads its products use; `fast` has one process-wide pool, the TypeScript backends one per model. */
   readonly threadsAreProcessWide: boolean;
+  /**
+   * Leaves this machine's cores to other processes until the returned release is called: products run on the
+   * calling thread alone and idle kernel threads sleep at once (the fast backend; holds nest, the last release
+   * ends it). For a process that waits on others computing for it on the same machine. The same bits either way.
+   */
+  callerOnly?: () => () => void;
 }

@@ -105,6 +105,11 @@ export class GrpcExpertHostTransport implements ExpertHostTransport {
     }
   }
 
+  /** Reached through shared memory: a host on this machine (ExpertHostTransport.sameMachine). */
+  get sameMachine(): boolean {
+    return this.shm?.attached ?? false;
+  }
+
   /** "expert-host 1 (127.0.0.1:5001)": how errors name this host. */
   get name(): string {
     return `expert-host ${this.shard} (${this.address})`;

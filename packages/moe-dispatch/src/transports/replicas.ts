@@ -76,6 +76,11 @@ export class ReplicatedExpertHostTransport implements ExpertHostTransport {
     return `expert shard ${this.shard}`;
   }
 
+  /** Some replica is reached through shared memory (ExpertHostTransport.sameMachine). */
+  get sameMachine(): boolean {
+    return this.replicas.some((r) => r.transport.sameMachine);
+  }
+
   /** The replicas' addresses, in the order they joined. */
   get addresses(): readonly string[] {
     return this.replicas.map((r) => r.address);
