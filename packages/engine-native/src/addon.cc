@@ -116,7 +116,12 @@ class Pool {
     }
     const int mine = work(0, g, fn, args, n, chunk);
     if (mine > 0) done_.v.fetch_add(mine, std::memory_order_acq_rel);
-    while (done_.v.load(std::memory_order_acquire) < n) cpu_relax();
+    // A worker still in a chunk may be waiting for this very core (a woken thread often lands on its waker's core
+    // on these VMs): after a short spin, give the core up between looks rather than spin out a whole time slice.
+    for (int spins = 0; done_.v.load(std::memory_order_acquire) < n; spins++) {
+      if (spins < CALLER_SPIN) cpu_relax();
+      else std::this_thread::yield();
+    }
   }
 
  private:
@@ -189,7 +194,9 @@ class Pool {
     for (;;) {
       // Jobs come in bursts (every layer of a step): spin a little before sleeping.
       for (int i = 0; i < SPIN && job_.gen.load(std::memory_order_acquire) == seen && !callerOnly.load(std::memory_order_relaxed); i++) {
-        cpu_relax();
+        // Now and then the core goes to whoever else wants it (the caller, when both landed on one core).
+        if (i % YIELD_EVERY == YIELD_EVERY - 1) std::this_thread::yield();
+        else cpu_relax();
       }
       if (job_.gen.load(std::memory_order_acquire) == seen) {
         std::unique_lock<std::mutex> l(mu_);
@@ -225,6 +232,9 @@ class Pool {
   }
 
   static const int SPIN = 4000;
+  static const int YIELD_EVERY = 256;
+  /** About 20 us of pause before a waiting caller starts yielding its core. */
+  static const int CALLER_SPIN = 1000;
   std::vector<std::thread> workers_;
   std::vector<Lane> lanes_;  // lane 0: the caller's
   std::mutex mu_;

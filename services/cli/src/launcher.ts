@@ -26,6 +26,7 @@
  * disposables.ts (the one clean-up stack: what stop() and a failed start undo, last claimed first).
  */
 import { randomBytes } from "node:crypto";
+import { availableParallelism } from "node:os";
 import { rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { CancelledError, DeadlineExceededError, DisposableStack, errorMessage, InvalidArgumentError, type ReadyLine } from "@moela/core";
@@ -267,6 +268,8 @@ class LocalCluster implements Cluster {
       httpAddress: `${host}:${port}`,
       servedModelName: this.o.servedModelName,
       shardCount: counts.expertHosts,
+      // Every core, unless the environment says otherwise (MOELA_DECODE_THREADS, which the service then reads).
+      decodeThreads: this.s.env["MOELA_DECODE_THREADS"] === undefined ? Math.min(256, availableParallelism()) : undefined,
     };
     const whenUp = (p: ServiceProcess): Promise<ReadyLine> => this.whenUp(p);
     const hosts = Array.from({ length: counts.expertHosts * counts.expertReplicas }, (_, k) => {

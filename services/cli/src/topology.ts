@@ -89,6 +89,11 @@ export interface ServiceArgsInput {
   readonly servedModelName: string | undefined;
   readonly shardIndex: number;
   readonly shardCount: number;
+  /**
+   * decode's --threads, when set. The launcher gives decode every core: its expert-hosts run on this machine and
+   * attach through shared memory, so decode leaves them its threads while they compute (KernelBackend.callerOnly).
+   */
+  readonly decodeThreads?: number | undefined;
 }
 
 /** The flags each role is started with (then any --service-arg extras). */
@@ -120,7 +125,16 @@ export function serviceArgs(role: Role, a: ServiceArgsInput): string[] {
         a.queuePrefix,
       ];
     case "decode":
-      return [...common, "--redis-url", a.redisUrl, "--queue-prefix", a.queuePrefix, "--expert-hosts", a.expertHostAddresses.join(",")];
+      return [
+        ...common,
+        "--redis-url",
+        a.redisUrl,
+        "--queue-prefix",
+        a.queuePrefix,
+        "--expert-hosts",
+        a.expertHostAddresses.join(","),
+        ...(a.decodeThreads !== undefined ? ["--threads", String(a.decodeThreads)] : []),
+      ];
     case "prefill":
       return [...common, "--redis-url", a.redisUrl, "--queue-prefix", a.queuePrefix, "--expert-hosts", a.expertHostAddresses.join(",")];
     case "router":

@@ -2,7 +2,6 @@
  * decode settings: one flag and one environment twin each (MOELA_DECODE_<NAME>), the flag winning
  * when both are set, validated once with zod at start-up. An error names both spellings.
  */
-import { availableParallelism } from "node:os";
 import { z } from "zod";
 import { boolSetting, intSetting, InvalidArgumentError, listenAddressSetting, OPTIONAL_REDIS_SCHEMA, parseSettings, usageLines } from "@moela/core";
 import type { Settings } from "@moela/core";
@@ -82,7 +81,7 @@ export const SETTINGS = {
     flag: "--threads",
     env: "MOELA_DECODE_THREADS",
     bool: false,
-    help: "kernel threads of this process, same bits for any count; while expert-hosts on this machine compute for it, its products keep to one (default: every core)",
+    help: "kernel threads of this process, same bits for any count; while expert-hosts on this machine compute for it, its products keep to one (default 1; moela cluster: every core)",
   },
   draftVocab: {
     flag: "--draft-vocab",
@@ -181,7 +180,7 @@ const settingsSchema = z.object({
     .enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], { message: "must be fatal, error, warn, info, debug, trace or silent" })
     .default("info"),
   kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
-  threads: intSetting(1).pipe(z.number().max(256, "must be <= 256")).default(Math.min(256, availableParallelism())),
+  threads: intSetting(1).pipe(z.number().max(256, "must be <= 256")).default(1),
   draftVocab: intSetting(1).optional(),
   microBatches: intSetting(1).pipe(z.number().max(8, "must be <= 8")).default(2),
   sharedExpert: z.enum(["local", "hosts"], { message: "must be local or hosts" }).default("local"),

@@ -109,6 +109,12 @@ describe("serviceArgs", () => {
     expect(flagsOf(serviceArgs(role, input))).toEqual(want);
   });
 
+  it("gives decode --threads when the launcher sets it, and nobody else", () => {
+    for (const role of ["expert-host", "prefill", "router"] as const)
+      expect(flagsOf(serviceArgs(role, { ...input, decodeThreads: 2 }))["--threads"]).toBeUndefined();
+    expect(flagsOf(serviceArgs("decode", { ...input, decodeThreads: 2 }))["--threads"]).toBe("2");
+  });
+
   it("passes --served-model-name to the router only when given", () => {
     expect(flagsOf(serviceArgs("router", { ...input, servedModelName: "m1" }))["--served-model-name"]).toBe("m1");
     expect(flagsOf(serviceArgs("decode", { ...input, servedModelName: "m1" }))["--served-model-name"]).toBeUndefined();

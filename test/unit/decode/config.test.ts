@@ -1,4 +1,3 @@
-import { availableParallelism } from "node:os";
 import { describe, expect, it } from "vitest";
 import { parseConfig } from "@moela/decode";
 
@@ -21,7 +20,7 @@ describe("decode config", () => {
       drainGraceMs: 30_000,
       logLevel: "info",
       kernels: "fast",
-      threads: Math.min(256, availableParallelism()),
+      threads: 1,
       microBatches: 2,
       sharedExpert: "local",
       sharedMemory: true,
