@@ -603,12 +603,13 @@ export class DeepseekModel {
     routeTokens(c, gateLogits, T, moe.bias, ids, weights, this.router);
     const routed = this.scratch.moe.routed.get(T * hd); // [T, hidden]
     if (clock) t0 = clock.since("gate", t0);
-    // Expert-hosts on this machine compute on its cores: while they do, no kernel thread of this process may hold one.
-    const leaveCores = (): (() => void) | undefined => (this.experts.sharesCores === true ? this.kernels.callerOnly?.() : undefined);
+    // Expert-hosts on this machine compute on its cores: until they answer, no kernel thread of this process may hold
+    // one. Released in both branches that wait on other processes; experts computed here never take it.
+    const leaveCores = this.experts.waitsOnOtherProcesses === true && this.experts.sharesCores === true;
+    const release = leaveCores ? this.kernels.callerOnly?.() : undefined;
     if (moe.shared !== null && this.experts.computesSharedExpert === true) {
       // The executor computes the shared expert with the routed ones: the expert-hosts as one more routed expert
       // every token selects, or this process in the same group of products (one job for the kernel threads).
-      const release = leaveCores();
       try {
         await this.experts.runRouted(layer, xn, T, ids, weights, routed, out);
       } finally {
@@ -618,7 +619,6 @@ export class DeepseekModel {
     } else if (this.experts.waitsOnOtherProcesses === true) {
       // Start the routed experts on the expert-hosts, compute the shared expert meanwhile (on this thread alone when
       // the hosts share this machine's cores).
-      const release = leaveCores();
       const pending = this.experts.runRouted(layer, xn, T, ids, weights, routed);
       if (release !== undefined) pending.then(release, release);
       // Awaited below; until then a failure (a host gone) must not count as an unhandled rejection.

@@ -32,6 +32,18 @@ const fill = fillRandom;
 
 type Kind = "f32" | "bf16" | "f16" | "fp8";
 
+/**
+ * Calls `run` until a pool worker computed a chunk in one of the calls (the caller takes chunks too, so on a busy
+ * machine a worker may miss a few), for at most 10 s; true when one did.
+ */
+function untilAWorkerTakesPart(run: () => void): boolean {
+  const before = native!.workerChunks();
+  const deadline = performance.now() + 10_000;
+  do run();
+  while (native!.workerChunks() === before && performance.now() < deadline);
+  return native!.workerChunks() > before;
+}
+
 function makeWeight(kind: Kind, rows: number, cols: number, block: [number, number] = [128, 128]): WeightMatrix {
   const v = fill(new Float32Array(rows * cols), rows * 131 + cols);
   switch (kind) {
@@ -427,13 +439,8 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
     fast.matmul(w, x, 20, one);
     native!.setThreads(2, 0);
     expect(native!.threads()).toBe(2);
-    const before = native!.workerChunks();
     const two = new Float32Array(20 * 300);
-    // The caller takes chunks too, so on a busy machine a worker may miss a few calls: keep calling until one took part.
-    const deadline = performance.now() + 10_000;
-    do fast.matmul(w, x, 20, two);
-    while (native!.workerChunks() === before && performance.now() < deadline);
-    expect(native!.workerChunks()).toBeGreaterThan(before);
+    expect(untilAWorkerTakesPart(() => fast.matmul(w, x, 20, two))).toBe(true);
     expect(bits(two)).toEqual(bits(one));
   });
 
@@ -455,10 +462,7 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
       expect(native!.workerChunks()).toBe(before);
       native!.setCallerOnly(false);
       const again = new Float32Array(20 * 300);
-      const deadline = performance.now() + 10_000;
-      do fast.matmul(w, x, 20, again);
-      while (native!.workerChunks() === before && performance.now() < deadline);
-      expect(native!.workerChunks()).toBeGreaterThan(before);
+      expect(untilAWorkerTakesPart(() => fast.matmul(w, x, 20, again))).toBe(true);
       expect(bits(again)).toEqual(bits(one));
     } finally {
       native!.setCallerOnly(false);
