@@ -302,6 +302,10 @@ describe.skipIf(!fastKernelsAvailable())("DeepseekModel with threads (fast kerne
     const before = nativeKernelsAddon!.workerChunks();
     const b = await trace(model);
     const tokensB = await generate(model);
+    // The caller takes chunks too, so on a busy machine (CI runs unit files side by side) a worker may miss every
+    // product of one pass: generate again, each pass the same tokens, until one took part.
+    const deadline = performance.now() + 10_000;
+    while (nativeKernelsAddon!.workerChunks() === before && performance.now() < deadline) expect(await generate(model)).toEqual(tokensA);
     expect(nativeKernelsAddon!.workerChunks()).toBeGreaterThan(before);
     expect(b.length).toBe(a.length);
     for (let i = 0; i < a.length; i++) expect(bits(b[i]!)).toEqual(bits(a[i]!));
