@@ -30,9 +30,11 @@
  */
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism, cpus, loadavg, tmpdir } from "node:os";
+import { PerformanceObserver, constants as perfConstants, type PerformanceEntry } from "node:perf_hooks";
 import { join, resolve } from "node:path";
 import { randomUUID } from "node:crypto";
 import { Command } from "commander";
+import { applyHeapGrowth } from "@moela/core";
 import OpenAI from "openai";
 import {
   DeepseekModel,
@@ -62,6 +64,9 @@ import { measureTransportFloors, type TransportFloors } from "./transport-floors
 import { epDecodeBound, type EpDecodeBound } from "@moela/planner";
 import { createServer, connect as connectTcp, type AddressInfo } from "node:net";
 import { DEFAULT_MODEL, startCluster, type Cluster, type ClusterInfo, type InstanceInfo } from "../../services/cli/src/launcher.js";
+
+// One process is measured under the heap policy `moela serve` and `moela generate` set (packages/core/src/heap-growth.ts).
+applyHeapGrowth(process.env);
 
 const program = new Command("bench-cluster")
   .option("--model <dir>", "checkpoint folder", DEFAULT_MODEL)
@@ -170,7 +175,15 @@ async function snapshot(info: ClusterInfo): Promise<Snapshot> {
 const missing = new Set<string>();
 
 /** Increase of a metric between two snapshots, summed over the instances of `roles`. */
-function delta(a: Snapshot, b: Snapshot, info: ClusterInfo, roles: string[], name: string, filter?: (l: string) => boolean): number | undefined {
+function delta(
+  a: Snapshot,
+  b: Snapshot,
+  info: ClusterInfo,
+  roles: string[],
+  name: string,
+  filter?: (l: string) => boolean,
+  mayBeAbsent = false,
+): number | undefined {
   let total: number | undefined;
   for (const i of info.instances) {
     if (!roles.includes(i.role)) continue;
@@ -178,9 +191,11 @@ function delta(a: Snapshot, b: Snapshot, info: ClusterInfo, roles: string[], nam
     if (after === undefined) continue;
     total = (total ?? 0) + after - (sum(a.get(key(i))!, name, filter) ?? 0);
   }
-  if (total === undefined) missing.add(`${name} (${roles.join("/")})`);
+  if (total === undefined && !mayBeAbsent) missing.add(`${name} (${roles.join("/")})`);
   return total;
 }
+
+const MAJOR_GC = (labels: string): boolean => labels.includes('kind="major"');
 
 /** Largest bucket bound that gained observations: the max of a histogram delta, to bucket resolution. */
 function histogramMax(a: Snapshot, b: Snapshot, info: ClusterInfo, roles: string[], name: string): number | undefined {
@@ -253,10 +268,20 @@ function meanTpotMs(streams: StreamTiming[]): number {
  * noise moves far less than it moves tokens/s. `machineBusy` is the fraction of all cores' time not idle.
  */
 interface CpuPerToken {
-  byProcess: Partial<Record<"one process" | "decode" | "expert-hosts" | "prefill" | "router" | "benchmark client", number | undefined>>;
+  byProcess: Partial<Record<CpuProcess, number | undefined>>;
+  /** V8's full (mark-compact) collections per 1,000 tokens, by process (the services' nodejs_gc_duration_seconds{kind="major"}). */
+  fullGcs: Partial<Record<CpuProcess, number | undefined>>;
   total: number;
   machineBusy: number;
 }
+type CpuProcess = "one process" | "decode" | "expert-hosts" | "prefill" | "router" | "benchmark client";
+
+/** This process's full collections so far (the services count theirs in their metrics). */
+let ownFullGcs = 0;
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries())
+    if ((e as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) ownFullGcs++;
+}).observe({ entryTypes: ["gc"] });
 
 /** The machine's busy and total core-seconds since boot (every core). */
 function machineTimes(): { busy: number; total: number } {
@@ -280,24 +305,38 @@ const ownCpuSeconds = (): number => {
 function cpuWindow(): (tokens: number, services?: { a: Snapshot; b: Snapshot; info: ClusterInfo }) => CpuPerToken | undefined {
   const m0 = machineTimes();
   const own0 = ownCpuSeconds();
+  const gcs0 = ownFullGcs;
   return (tokens, services) => {
     const m1 = machineTimes();
     if (tokens <= 0) return undefined;
     const ms = (seconds: number | undefined): number | undefined => (seconds === undefined ? undefined : (1000 * seconds) / tokens);
+    const perKilo = (n: number | undefined): number | undefined => (n === undefined ? undefined : (1000 * n) / tokens);
     const own = ms(ownCpuSeconds() - own0)!;
+    const ownGcs = perKilo(ownFullGcs - gcs0);
     const byProcess: CpuPerToken["byProcess"] = {};
-    if (services === undefined) byProcess["one process"] = own;
-    else {
+    const fullGcs: CpuPerToken["fullGcs"] = {};
+    if (services === undefined) {
+      byProcess["one process"] = own;
+      fullGcs["one process"] = ownGcs;
+    } else {
       const { a, b, info } = services;
-      const role = (r: string): number | undefined => ms(delta(a, b, info, [r], "process_cpu_seconds_total"));
-      byProcess.decode = role("decode");
-      byProcess["expert-hosts"] = role("expert-host");
-      byProcess.prefill = role("prefill");
-      byProcess.router = role("router");
+      const roles: Array<[CpuProcess, string]> = [
+        ["decode", "decode"],
+        ["expert-hosts", "expert-host"],
+        ["prefill", "prefill"],
+        ["router", "router"],
+      ];
+      for (const [name, r] of roles) {
+        byProcess[name] = ms(delta(a, b, info, [r], "process_cpu_seconds_total"));
+        // prom-client makes a kind's series at its first collection, so a service with none has no major series yet.
+        const anyGc = delta(a, b, info, [r], "nodejs_gc_duration_seconds_count");
+        fullGcs[name] = perKilo(anyGc === undefined ? undefined : (delta(a, b, info, [r], "nodejs_gc_duration_seconds_count", MAJOR_GC, true) ?? 0));
+      }
       byProcess["benchmark client"] = own;
+      fullGcs["benchmark client"] = ownGcs;
     }
     const total = Object.values(byProcess).reduce((x: number, y) => x + (y ?? 0), 0);
-    return { byProcess, total, machineBusy: (m1.busy - m0.busy) / Math.max(1e-9, m1.total - m0.total) };
+    return { byProcess, fullGcs, total, machineBusy: (m1.busy - m0.busy) / Math.max(1e-9, m1.total - m0.total) };
   };
 }
 
@@ -1021,6 +1060,8 @@ if (speedCluster !== undefined) {
       ...cpuRows.map((r) => [r, ...cpuCols.map(([, c]) => f(c?.byProcess[r], 2))]),
       ["total", ...cpuCols.map(([, c]) => f(c?.total, 2))],
       ["machine busy", ...cpuCols.map(([, c]) => (c === undefined ? "" : `${(100 * c.machineBusy).toFixed(0)}%`))],
+      ["full GCs per 1,000 tokens", ...cpuCols.map(() => "")],
+      ...cpuRows.map((r) => [`  ${r}`, ...cpuCols.map(([, c]) => f(c?.fullGcs[r], 1))]),
     ]),
   );
   // The cluster's own work, with no wire, no services and no client: in-process at the same batch, one kernel thread

@@ -10,3 +10,4 @@ export * from "./disposables.js";
 export * from "./ready-line.js";
 export * from "./lifecycle.js";
 export * from "./settings-schema.js";
+export * from "./heap-growth.js";

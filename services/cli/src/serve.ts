@@ -15,7 +15,7 @@
  */
 import { existsSync } from "node:fs";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { InternalError, InvalidArgumentError } from "@moela/core";
+import { InternalError, InvalidArgumentError, applyHeapGrowth } from "@moela/core";
 import { ROLES, isRole, type Role } from "./topology.js";
 import { exitWithParent } from "./parent-watch.js";
 
@@ -43,6 +43,8 @@ export async function loadServiceMain(role: string): Promise<ServiceMain> {
 export async function runServe(role: string, argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   // Its stdout and stderr went to the launcher too, so there is nobody left to tell when it fires.
   exitWithParent(env);
+  // Fewer full collections under load (packages/core/src/heap-growth.ts says why).
+  applyHeapGrowth(env);
   const main = await loadServiceMain(role);
   const code = await main([...argv], env);
   // The service closed what it opened; should a stray handle (a socket, a timer) still hold the

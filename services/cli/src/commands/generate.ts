@@ -1,6 +1,7 @@
 /** `moela generate`: the whole model in this process (generate.ts). */
 import { availableParallelism } from "node:os";
 import { Option, type Command } from "commander";
+import { applyHeapGrowth } from "@moela/core";
 import { SPECULATION_MODES } from "@moela/engine/speculation-policy";
 import type { GenerateCliOptions } from "../generate.js";
 import { DEFAULT_MODEL } from "../paths.js";
@@ -42,6 +43,8 @@ export function addGenerateCommand(program: Command): void {
   const cmd = program.command("generate").description("run a checkpoint in this process and print the continuation");
   withOptions(cmd, GENERATE_OPTIONS).action(async (opts: GenerateCliOptions) => {
     const { runGenerate } = await import("../generate.js");
+    // The heap policy every service runs under (packages/core/src/heap-growth.ts), so one process is measured alike.
+    applyHeapGrowth(process.env);
     process.exitCode = await runGenerate(opts);
   });
 }
