@@ -6,13 +6,13 @@
 // One cluster per describe block; few requests, short completions (the suite runs on 2 cores).
 import { exec, execFile } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { getPriority, tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { sharedMemoryAvailable } from "@moela/moe-dispatch";
-import { REPO_ROOT, type Precision } from "../../services/cli/src/launcher.js";
+import { EXPERT_HOST_NICE, REPO_ROOT, type Precision } from "../../services/cli/src/launcher.js";
 import { isAlive, mapLimit, metricSum, moelaGenerate, scrapeMetrics, startTestCluster, type GenerateResult, type TestCluster } from "../helpers/cluster.js";
 import { clusterPrompt } from "../helpers/completions.js";
 
@@ -149,6 +149,15 @@ describe.each(["exact", "paper"] as const)("local cluster, %s profile (tiny-v3, 
     }
     const models = await client.models.list();
     expect(models.data.map((m) => m.id)).toContain(cluster.model);
+  });
+
+  it("runs the expert-hosts at a lower priority than decode, which shares their cores", () => {
+    // Each service starts at the launcher's niceness (this process's); the hosts add EXPERT_HOST_NICE to theirs.
+    const ours = getPriority(0);
+    for (const i of cluster.info.instances) {
+      const want = i.role === "expert-host" ? Math.min(19, ours + EXPERT_HOST_NICE) : ours;
+      expect(getPriority(i.pid), `${i.role} ${i.index}`).toBe(want);
+    }
   });
 
   it("completions (not streamed, streamed): greedy token ids and logprobs equal moela generate's", async () => {

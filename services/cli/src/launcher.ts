@@ -83,6 +83,12 @@ export interface Cluster {
   stop(): Promise<void>;
 }
 
+/**
+ * The expert-hosts' niceness in a cluster on one machine (their --nice): enough that the OS runs decode first when both
+ * want a core, which shortened a step at 1 and 16 streams on 2 cores (docs/PERFORMANCE.md, "The hosts yield the core").
+ */
+export const EXPERT_HOST_NICE = 5;
+
 /** Rejects when the signal aborts (with CancelledError) — to race against start-up phases. */
 function abortPromise(signal: AbortSignal | undefined): Promise<never> {
   return new Promise<never>((_, reject) => {
@@ -270,6 +276,8 @@ class LocalCluster implements Cluster {
       shardCount: counts.expertHosts,
       // Every core, unless the environment says otherwise (MOELA_DECODE_THREADS, which the service then reads).
       decodeThreads: this.s.env["MOELA_DECODE_THREADS"] === undefined ? Math.min(256, availableParallelism()) : undefined,
+      // Decode first when it and a host both want a core; MOELA_EXPERT_HOST_NICE, when set, is the service's to read.
+      expertHostNice: this.s.env["MOELA_EXPERT_HOST_NICE"] === undefined ? EXPERT_HOST_NICE : undefined,
     };
     const whenUp = (p: ServiceProcess): Promise<ReadyLine> => this.whenUp(p);
     const hosts = Array.from({ length: counts.expertHosts * counts.expertReplicas }, (_, k) => {

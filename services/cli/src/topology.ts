@@ -94,6 +94,11 @@ export interface ServiceArgsInput {
    * attach through shared memory, so decode leaves them its threads while they compute (KernelBackend.callerOnly).
    */
   readonly decodeThreads?: number | undefined;
+  /**
+   * The expert-hosts' --nice, when set. They share this machine's cores with decode, whose step waits on all of them
+   * (and on its own compute), so the OS should give decode the core when both want one.
+   */
+  readonly expertHostNice?: number | undefined;
 }
 
 /** The flags each role is started with (then any --service-arg extras). */
@@ -123,6 +128,7 @@ export function serviceArgs(role: Role, a: ServiceArgsInput): string[] {
         a.redisUrl,
         "--queue-prefix",
         a.queuePrefix,
+        ...(a.expertHostNice !== undefined ? ["--nice", String(a.expertHostNice)] : []),
       ];
     case "decode":
       return [

@@ -44,6 +44,12 @@ export const SETTINGS = {
     help: "fast (native SIMD) | portable (TypeScript) | reference (float64) (default fast)",
   },
   threads: { flag: "--threads", env: "MOELA_EXPERT_HOST_THREADS", bool: false, help: "kernel threads of this process, same bits for any count (default 1)" },
+  nice: {
+    flag: "--nice",
+    env: "MOELA_EXPERT_HOST_NICE",
+    bool: false,
+    help: "added to the niceness this process starts with, as nice -n does (0-19): above 0 the OS runs a caller on the same machine first when both want a core (default 0; moela cluster sets 5)",
+  },
   perExpertMetrics: {
     flag: "--per-expert-metrics",
     env: "MOELA_EXPERT_HOST_PER_EXPERT_METRICS",
@@ -91,6 +97,8 @@ const schema = z.object({
     .default("info"),
   kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
   threads: intSetting(1).pipe(z.number().max(256, "must be <= 256")).default(1),
+  // Only upward: lowering niceness needs a privilege a service should not ask for.
+  nice: intSetting(0).pipe(z.number().max(19, "must be <= 19")).default(0),
   perExpertMetrics: boolSetting.default(false),
   sharedExpert: boolSetting.default(false),
   drainGraceMs: intSetting(0).default(10_000),

@@ -14,6 +14,7 @@
  * calls in flight as its load, a heartbeat a second) once it serves, and deregisters first on shutdown,
  * so prefill and decode add it to (and drop it from) the shard's replicas.
  */
+import { getPriority, setPriority } from "node:os";
 import { basename, resolve } from "node:path";
 import { errorMessage, formatReadyLine, isEntryPoint, runService, splitHostPort, UnavailableError, withWeightLoadBar, type Logger } from "@moela/core";
 import { configureKernels, loadExpertShard, readModelConfig } from "@moela/engine";
@@ -163,7 +164,19 @@ export function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
       usage: USAGE,
       // Signals are caught before the (possibly long) weight load, so a SIGTERM during it still drains cleanly.
       signalsDuringStart: true,
-      start: startExpertHost,
+      start: (cfg, logger) => {
+        // Here and not in startExpertHost, which tests run inside their own process. Added to the niceness the process
+        // started with, as `nice -n` does. On Linux it is the calling thread's, and the kernel threads made after it
+        // (configureKernels) inherit it.
+        if (cfg.nice > 0) {
+          try {
+            setPriority(0, Math.min(19, getPriority(0) + cfg.nice));
+          } catch (err) {
+            logger.warn({ nice: cfg.nice, err: errorMessage(err) }, "could not lower this process's priority");
+          }
+        }
+        return startExpertHost(cfg, logger);
+      },
       readyLine: (host) => host.readyLine,
       onReady: (host, cfg, logger) => logger.info({ grpc: host.grpcAddress, metrics: host.metricsUrl, shard: cfg.shardIndex }, "ready"),
       shutdownMessage: "draining",

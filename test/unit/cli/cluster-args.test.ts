@@ -115,6 +115,11 @@ describe("serviceArgs", () => {
     expect(flagsOf(serviceArgs("decode", { ...input, decodeThreads: 2 }))["--threads"]).toBe("2");
   });
 
+  it("gives the expert-hosts --nice when the launcher sets it, and nobody else", () => {
+    for (const role of ["decode", "prefill", "router"] as const) expect(flagsOf(serviceArgs(role, { ...input, expertHostNice: 5 }))["--nice"]).toBeUndefined();
+    expect(flagsOf(serviceArgs("expert-host", { ...input, expertHostNice: 5 }))["--nice"]).toBe("5");
+  });
+
   it("passes --served-model-name to the router only when given", () => {
     expect(flagsOf(serviceArgs("router", { ...input, servedModelName: "m1" }))["--served-model-name"]).toBe("m1");
     expect(flagsOf(serviceArgs("decode", { ...input, servedModelName: "m1" }))["--served-model-name"]).toBeUndefined();

@@ -16,6 +16,7 @@ describe("expert-host config", () => {
       logLevel: "info",
       kernels: "fast",
       threads: 1,
+      nice: 0,
       perExpertMetrics: false,
       sharedExpert: false,
       drainGraceMs: 10_000,
@@ -34,6 +35,7 @@ describe("expert-host config", () => {
       MOELA_EXPERT_HOST_LOG_LEVEL: "debug",
       MOELA_EXPERT_HOST_KERNELS: "reference",
       MOELA_EXPERT_HOST_THREADS: "2",
+      MOELA_EXPERT_HOST_NICE: "7",
       MOELA_EXPERT_HOST_PER_EXPERT_METRICS: "true",
       MOELA_EXPERT_HOST_SHARED_EXPERT: "true",
       MOELA_EXPERT_HOST_DRAIN_GRACE_MS: "500",
@@ -48,6 +50,7 @@ describe("expert-host config", () => {
       logLevel: "debug",
       kernels: "reference",
       threads: 2,
+      nice: 7,
       perExpertMetrics: true,
       sharedExpert: true,
       drainGraceMs: 500,
@@ -92,6 +95,8 @@ describe("expert-host config", () => {
     ["an unknown flag", [...base, "--shards", "2"], {}, /Unknown option '--shards'/],
     ["unknown kernels", [...base, "--kernels", "gpu"], {}, /--kernels \/ MOELA_EXPERT_HOST_KERNELS: must be fast, portable or reference/],
     ["zero threads", [...base, "--threads", "0"], {}, /--threads \/ MOELA_EXPERT_HOST_THREADS: must be >= 1/],
+    ["a niceness past 19", [...base, "--nice", "20"], {}, /--nice \/ MOELA_EXPERT_HOST_NICE: must be <= 19/],
+    ["a negative niceness (a raised priority)", base, { MOELA_EXPERT_HOST_NICE: "-5" }, /--nice \/ MOELA_EXPERT_HOST_NICE: must be a non-negative integer/],
   ])("rejects %s, naming the flag and its env twin", (_, argv, env, message) => {
     const run = () => parseConfig(argv, env);
     expect(run).toThrow(InvalidArgumentError);
