@@ -1,11 +1,11 @@
 /**
  * How far V8's old generation may grow past what survived the last full collection before the next one starts
- * (V8's --heap-growing-percent), set for every service process by `moela serve`.
+ * (V8's --heap-growing-percent), set for every service process by `moela serve`, and by `moela generate`.
  *
  * Why a fixed figure: with V8's own factor the decode service, serving 16 streams, began incremental marking again
  * right after each full collection (33 MB live, 24 MB of room, "Start (task)" in --trace-incremental-marking), so it
  * ran a full collection about every 250 ms: about 300 in a 30-second run, with V8's marking threads busy on the cores
- * the expert-hosts compute on. At 200 % the same run had 13 (docs/PERFORMANCE.md, "Full collections"). The price is
+ * the expert-hosts compute on. At 200 % the same run had 13 (docs/PERFORMANCE.md, "Full collections in decode, and the hosts yielding the core"). The price is
  * memory: a service's old generation may reach about three times its live size (a decode instance lives in about
  * 35 MB of JavaScript heap; its weights and KV cache are outside it).
  */

@@ -85,7 +85,7 @@ export interface Cluster {
 
 /**
  * The expert-hosts' niceness in a cluster on one machine (their --nice): enough that the OS runs decode first when both
- * want a core, which shortened a step at 1 and 16 streams on 2 cores (docs/PERFORMANCE.md, "The hosts yield the core").
+ * want a core, which shortened a step at 1 and 16 streams on 2 cores (docs/PERFORMANCE.md, "Full collections in decode, and the hosts yielding the core").
  */
 export const EXPERT_HOST_NICE = 5;
 
