@@ -102,7 +102,7 @@ export async function runBench(plan: BenchPlan): Promise<LevelRun[]> {
         const offsets = arrivals.slice(a, b).map((x) => x - arrivals[a]!);
         plan.onProgress?.({ type: "phase", level, target: t, phase: "measure", round: ri, total: specs.length });
         const got = await runLoad(plan, t, level, specs, offsets);
-        for (const r of got) records[t]![r.index] = r;
+        for (const r of got) records[t]![r.index] = { ...r, round: ri };
         plan.onProgress?.({ type: "phase-end" });
       }
       g++;

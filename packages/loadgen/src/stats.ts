@@ -31,6 +31,8 @@ export interface RequestRecord {
   readonly target: number;
   /** Position in the level's measured requests. */
   readonly index: number;
+  /** The compare round it ran in (runBench's `rounds`; 0 without them). */
+  readonly round?: number;
   readonly sendAt: number;
   readonly endAt: number;
   /** Token-carrying chunks, in arrival order. */
@@ -96,7 +98,7 @@ export function summarize(values: readonly number[]): Summary | null {
 export interface LevelStats {
   readonly completed: number;
   readonly failed: number;
-  /** The measured window, seconds. */
+  /** The measured window, seconds: the sum of each round's own (first send to last end), so not the other targets' time between them. */
   readonly durationS: number;
   readonly requestsPerS: number;
   readonly outputTokensPerS: number;
@@ -119,9 +121,16 @@ export interface LevelStats {
 export function levelStats(records: readonly RequestRecord[]): LevelStats {
   const ok = records.filter((r) => r.error === undefined);
   const failed = records.length - ok.length;
-  const start = Math.min(...records.map((r) => r.sendAt));
-  const end = Math.max(...records.map((r) => r.endAt));
-  const durationS = records.length === 0 ? 0 : Math.max(0, end - start) / 1000;
+  const windows = new Map<number, { start: number; end: number }>();
+  for (const r of records) {
+    const w = windows.get(r.round ?? 0);
+    if (w === undefined) windows.set(r.round ?? 0, { start: r.sendAt, end: r.endAt });
+    else {
+      w.start = Math.min(w.start, r.sendAt);
+      w.end = Math.max(w.end, r.endAt);
+    }
+  }
+  const durationS = [...windows.values()].reduce((n, w) => n + Math.max(0, w.end - w.start), 0) / 1000;
   const per = (n: number) => (durationS > 0 ? n / durationS : 0);
   const metrics = ok.map(requestMetrics);
   const promptTokens = ok.reduce((n, r) => n + r.promptTokens, 0);

@@ -196,8 +196,11 @@ describe("two targets", () => {
       new Date(0),
     );
     const [level] = report.levels;
-    // Each round is 2 requests at C=2: a takes 140 ms a round, b 280 ms. The window spans both rounds and
-    // what ran between them, so compare per-request figures, which are exact.
+    // Each round is 2 requests at C=2: a takes 140 ms a round, b 280 ms. A target's window is its own rounds
+    // only, not the other's rounds between them, so its throughput is too.
+    expect(level!.stats.map((st) => st.durationS)).toEqual([0.28, 0.56]);
+    expect(level!.ratios[0]!.outputTokensPerS).toBe(0.5);
+    expect(level!.stats.map((st) => st.meanInFlight)).toEqual([2, 2]);
     expect(level!.stats[0]!.ttftMs!.p50).toBe(100);
     expect(level!.stats[1]!.ttftMs!.p50).toBe(200);
     expect(level!.ratios[0]!.ttftMs).toEqual({ mean: 2, p50: 2, p90: 2, p99: 2 });
