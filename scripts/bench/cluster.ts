@@ -63,7 +63,7 @@ import { measureOneProcessServer } from "./one-process-server.js";
 import { measureTransportFloors, type TransportFloors } from "./transport-floors.js";
 import { epDecodeBound, type EpDecodeBound } from "@moela/planner";
 import { createServer, connect as connectTcp, type AddressInfo } from "node:net";
-import { DEFAULT_MODEL, startCluster, type Cluster, type ClusterInfo, type InstanceInfo } from "../../services/cli/src/launcher.js";
+import { DEFAULT_MODEL, LOCAL_DECODE_MICRO_BATCHES, startCluster, type Cluster, type ClusterInfo, type InstanceInfo } from "../../services/cli/src/launcher.js";
 
 // One process is measured under the heap policy `moela serve` and `moela generate` set (packages/core/src/heap-growth.ts).
 applyHeapGrowth(process.env);
@@ -618,10 +618,12 @@ const BREAKDOWN_ROWS: readonly { readonly row: BreakdownRow; readonly label: str
 ).flatMap((per) => Object.entries(BREAKDOWN[per]).map(([row, label]) => ({ row: row as BreakdownRow, label, per })));
 
 const MOE_LAYERS = cfg.numHiddenLayers - cfg.firstKDenseReplace;
-/** Decode's micro-batches: its default (2) unless --service-arg decode=--micro-batches=N says otherwise. */
+/** Decode's micro-batches as the launcher starts it: --service-arg decode=--micro-batches=N, else the variable, else the launcher's. */
 const DECODE_MICRO_BATCHES = (() => {
   const arg = opts.serviceArg.map((a) => /^decode=--micro-batches[= ](\d+)$/.exec(a)).find((m) => m !== null);
-  return arg ? Number(arg[1]) : 2;
+  if (arg) return Number(arg[1]);
+  const env = process.env["MOELA_DECODE_MICRO_BATCHES"];
+  return env !== undefined ? Number(env) : LOCAL_DECODE_MICRO_BATCHES;
 })();
 const layersOf = (per: BreakdownPer): number =>
   per === "layer" ? cfg.numHiddenLayers : per === "moe" ? MOE_LAYERS : per === "dense" ? cfg.firstKDenseReplace : 1;

@@ -6,13 +6,13 @@
 // One cluster per describe block; few requests, short completions (the suite runs on 2 cores).
 import { exec, execFile } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { getPriority, tmpdir } from "node:os";
+import { availableParallelism, getPriority, tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { sharedMemoryAvailable } from "@moela/moe-dispatch";
-import { EXPERT_HOST_NICE, REPO_ROOT, type Precision } from "../../services/cli/src/launcher.js";
+import { EXPERT_HOST_NICE, LOCAL_DECODE_MICRO_BATCHES, REPO_ROOT, type Precision } from "../../services/cli/src/launcher.js";
 import { isAlive, mapLimit, metricSum, moelaGenerate, scrapeMetrics, startTestCluster, type GenerateResult, type TestCluster } from "../helpers/cluster.js";
 import { clusterPrompt } from "../helpers/completions.js";
 
@@ -112,10 +112,14 @@ const prompt = clusterPrompt;
  * A cluster of `precision` with EXPERT_HOSTS expert-hosts for the enclosing describe block: started before its
  * tests (`use` receives it and an OpenAI client for it), stopped after them, exiting 0 and leaving no process.
  */
-function clusterForBlock(precision: Precision, use: (cluster: TestCluster, client: OpenAI) => void): void {
+function clusterForBlock(
+  precision: Precision,
+  use: (cluster: TestCluster, client: OpenAI) => void,
+  serviceArgs?: Readonly<Record<string, readonly string[]>>,
+): void {
   let cluster: TestCluster | undefined;
   beforeAll(async () => {
-    cluster = await startTestCluster({ precision, expertHosts: EXPERT_HOSTS });
+    cluster = await startTestCluster({ precision, expertHosts: EXPERT_HOSTS, ...(serviceArgs ? { serviceArgs } : {}) });
     use(cluster, clientFor(cluster));
   }, 300_000);
   afterAll(async () => {
@@ -126,14 +130,35 @@ function clusterForBlock(precision: Precision, use: (cluster: TestCluster, clien
   }, 120_000);
 }
 
+/**
+ * The value a service's flag has in its command line, the last one winning as in its parser (`--flag v` or
+ * `--flag=v`); undefined when absent.
+ */
+function flagOf(pid: number, flag: string): string | undefined {
+  const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+  let value: string | undefined;
+  argv.forEach((a, i) => {
+    if (a === flag) value = argv[i + 1];
+    else if (a.startsWith(`${flag}=`)) value = a.slice(flag.length + 1);
+  });
+  return value;
+}
+
+// The exact cluster runs as `npm start` does (decode in one micro-batch); the paper one runs decode in two, as compose
+// and Helm do, so the overlap of micro-batches through real processes stays covered.
 describe.each(["exact", "paper"] as const)("local cluster, %s profile (tiny-v3, 2 expert-hosts)", (precision) => {
   let cluster: TestCluster;
   let client: OpenAI;
+  const microBatches = precision === "exact" ? LOCAL_DECODE_MICRO_BATCHES : 2;
 
-  clusterForBlock(precision, (c, o) => {
-    cluster = c;
-    client = o;
-  });
+  clusterForBlock(
+    precision,
+    (c, o) => {
+      cluster = c;
+      client = o;
+    },
+    precision === "exact" ? undefined : { decode: [`--micro-batches=${microBatches}`] },
+  );
 
   it("serves the topology it was asked for, writes cluster.json, and lists the model", async () => {
     expect(cluster.info.precision).toBe(precision);
@@ -158,6 +183,14 @@ describe.each(["exact", "paper"] as const)("local cluster, %s profile (tiny-v3, 
       const want = i.role === "expert-host" ? Math.min(19, ours + EXPERT_HOST_NICE) : ours;
       expect(getPriority(i.pid), `${i.role} ${i.index}`).toBe(want);
     }
+  });
+
+  it("starts decode with its micro-batches and the expert-hosts with a kernel thread per core, which they share", () => {
+    const [decode] = cluster.instances("decode");
+    expect(flagOf(decode!.pid, "--micro-batches")).toBe(String(microBatches));
+    expect(flagOf(decode!.pid, "--threads")).toBe(String(availableParallelism()));
+    for (const host of cluster.instances("expert-host"))
+      expect(flagOf(host.pid, "--threads"), `expert-host ${host.index}`).toBe(String(availableParallelism()));
   });
 
   it("completions (not streamed, streamed): greedy token ids and logprobs equal moela generate's", async () => {

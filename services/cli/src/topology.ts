@@ -99,6 +99,16 @@ export interface ServiceArgsInput {
    * (and on its own compute), so the OS should give decode the core when both want one.
    */
   readonly expertHostNice?: number | undefined;
+  /**
+   * The expert-hosts' --threads, when set. On one machine decode waits while they compute, so a host may use every
+   * core, and the busier host of a layer is not left to finish on one core while the other idles.
+   */
+  readonly expertHostThreads?: number | undefined;
+  /**
+   * decode's --micro-batches, when set. On cores it shares with its hosts, overlapping them gains no compute, while
+   * each micro-batch reads the weights of every expert it reaches once more.
+   */
+  readonly decodeMicroBatches?: number | undefined;
 }
 
 /** The flags each role is started with (then any --service-arg extras). */
@@ -129,6 +139,7 @@ export function serviceArgs(role: Role, a: ServiceArgsInput): string[] {
         "--queue-prefix",
         a.queuePrefix,
         ...(a.expertHostNice !== undefined ? ["--nice", String(a.expertHostNice)] : []),
+        ...(a.expertHostThreads !== undefined ? ["--threads", String(a.expertHostThreads)] : []),
       ];
     case "decode":
       return [
@@ -140,6 +151,7 @@ export function serviceArgs(role: Role, a: ServiceArgsInput): string[] {
         "--expert-hosts",
         a.expertHostAddresses.join(","),
         ...(a.decodeThreads !== undefined ? ["--threads", String(a.decodeThreads)] : []),
+        ...(a.decodeMicroBatches !== undefined ? ["--micro-batches", String(a.decodeMicroBatches)] : []),
       ];
     case "prefill":
       return [...common, "--redis-url", a.redisUrl, "--queue-prefix", a.queuePrefix, "--expert-hosts", a.expertHostAddresses.join(",")];

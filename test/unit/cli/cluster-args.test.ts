@@ -120,6 +120,18 @@ describe("serviceArgs", () => {
     expect(flagsOf(serviceArgs("expert-host", { ...input, expertHostNice: 5 }))["--nice"]).toBe("5");
   });
 
+  it("gives the expert-hosts --threads and decode --micro-batches when the launcher sets them, and nobody else", () => {
+    const both = { ...input, expertHostThreads: 2, decodeMicroBatches: 1 };
+    for (const role of ["prefill", "router"] as const) {
+      expect(flagsOf(serviceArgs(role, both))["--threads"]).toBeUndefined();
+      expect(flagsOf(serviceArgs(role, both))["--micro-batches"]).toBeUndefined();
+    }
+    expect(flagsOf(serviceArgs("expert-host", both))["--threads"]).toBe("2");
+    expect(flagsOf(serviceArgs("expert-host", both))["--micro-batches"]).toBeUndefined();
+    expect(flagsOf(serviceArgs("decode", both))["--micro-batches"]).toBe("1");
+    expect(flagsOf(serviceArgs("decode", both))["--threads"]).toBeUndefined();
+  });
+
   it("passes --served-model-name to the router only when given", () => {
     expect(flagsOf(serviceArgs("router", { ...input, servedModelName: "m1" }))["--served-model-name"]).toBe("m1");
     expect(flagsOf(serviceArgs("decode", { ...input, servedModelName: "m1" }))["--served-model-name"]).toBeUndefined();
