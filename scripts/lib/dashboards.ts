@@ -583,11 +583,12 @@ const disaggregation = dashboard({
         },
         {
           kind: "timeseries",
-          title: "Prefill forward time (P50, P99)",
-          description: "Time of one prefill forward pass over a batch of chunks. High means large batches, long chunks or slow expert dispatch from prefill.",
+          title: "Prefill forward time and batcher wait (P50, P99)",
+          description:
+            "Time of one prefill forward pass over a batch of chunks, and per job the time its prompt waited in prefill's batcher for its batch's turn. A high forward time means large batches, long chunks or slow expert dispatch from prefill; a high wait means prefill is saturated. Both add to time to first token.",
           unit: "s",
           width: 8,
-          targets: p50p99("prefillForward", "forward"),
+          targets: [...p50p99("prefillForward", "forward"), ...p50p99("prefillBatchWait", "batcher wait")],
         },
         {
           kind: "timeseries",
@@ -629,7 +630,7 @@ const disaggregation = dashboard({
           kind: "timeseries",
           title: "KV transfer time per request (P50, P99)",
           description:
-            "Per request: at prefill, first layer sent to last acknowledged; at decode, transfer begin to the sequence's admission. High means a slow link or a decode instance slow to take rows; it adds to time to first token.",
+            "Per request: at prefill, transfer begin (its batch's turn) to the last layer acknowledged; at decode, transfer begin to the sequence's admission. High means a slow link or a decode instance slow to take rows; it adds to time to first token.",
           unit: "s",
           width: 8,
           targets: [

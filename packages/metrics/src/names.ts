@@ -391,7 +391,16 @@ export const METRICS = {
     labels: [],
     help: "Latent KV bytes sent to decode instances.",
   },
-  /** kv-transfer sender in prefill, per request: first layer sent to last layer acknowledged. */
+  /** prefill, per job: its prompt queued in the batcher until its batch's turn (KvBegin sent). */
+  prefillBatchWait: {
+    name: "moela_prefill_batch_wait_seconds",
+    kind: "histogram",
+    unit: "seconds",
+    labels: [],
+    buckets: "latency",
+    help: "Time a prompt waited in prefill's batcher for its batch's turn.",
+  },
+  /** kv-transfer sender in prefill, per request: KvBegin sent (its batch's turn) to last layer acknowledged. */
   prefillKvTransferDuration: {
     name: "moela_prefill_kv_transfer_seconds",
     kind: "histogram",

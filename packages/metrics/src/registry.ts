@@ -54,6 +54,7 @@ export const SERVICE_METRICS = {
     "prefillBatchTokens",
     "prefillTokens",
     "prefillForward",
+    "prefillBatchWait",
     "prefillPrefixCacheQueries",
     "prefillPrefixCacheHits",
     "prefillPrefixCacheSaved",

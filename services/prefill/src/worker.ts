@@ -329,10 +329,14 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
     let releaseAs: KvReleaseReason = "finished";
     const sender = new KvSender(deps.connectorFor(data.decodeAddress), { onChunk: (bytes) => m.prefillKvTransferBytes.inc(bytes) });
     deps.activeTransfers.add(sender);
-    const started = performance.now();
+    // The batcher wait ends, and the transfer starts, when the batch's turn comes and KvBegin goes out.
+    const queued = performance.now();
+    let started = queued;
     try {
-      const begin = (): Promise<void> =>
-        sender.begin(
+      const begin = (): Promise<void> => {
+        started = performance.now();
+        m.prefillBatchWait.observe((started - queued) / 1000);
+        return sender.begin(
           kvTransferMeta(engine, seq, {
             transferId,
             requestId: data.requestId,
@@ -342,6 +346,7 @@ export function jobProcessor(deps: JobProcessorDeps): (job: Job) => Promise<Pref
             deadlineUnixMs: data.deadlineUnixMs,
           }),
         );
+      };
       const first = await deps.batcher.submit(seq, sender, hold, begin);
       const outcome = await sender.end(seq.snapshot());
       if (!outcome.ok) throw failureError(outcome.failure);

@@ -87,6 +87,12 @@ describe("prefill worker over a real queue and a real KV transfer", () => {
     const bytes = Number(/^moela_prefill_kv_transfer_bytes_total (\S+)$/m.exec(body)![1]);
     expect(bytes).toBe(PROMPTS.reduce((n, p) => n + 5 * p.length * 80 * 4, 0));
     expect(/^moela_prefill_jobs_total\{outcome="ok"\} 3$/m.test(body)).toBe(true);
+    // Each job's time splits into its wait in the batcher and its transfer (KvBegin to the last acknowledgement).
+    const seconds = (name: string, part: "sum" | "count") => Number(new RegExp(`^${name}_${part} (\\S+)$`, "m").exec(body)![1]);
+    expect(seconds("moela_prefill_batch_wait_seconds", "count")).toBe(3);
+    expect(seconds("moela_prefill_kv_transfer_seconds", "count")).toBe(3);
+    expect(seconds("moela_prefill_batch_wait_seconds", "sum")).toBeGreaterThanOrEqual(0);
+    expect(seconds("moela_prefill_kv_transfer_seconds", "sum")).toBeGreaterThan(0);
   });
 
   it("a job that breaks the schema fails at once without retries (INVALID_ARGUMENT)", async () => {
