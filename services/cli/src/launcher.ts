@@ -94,7 +94,7 @@ export const EXPERT_HOST_NICE = 5;
  * while the other's experts compute, which pays where the hosts have cores of their own. Here they share decode's, so
  * the overlap adds no compute, and splitting the batch makes every host read each expert the two halves reach once per
  * half: on large-v3 at 16 streams about 68 experts a layer instead of 50. One micro-batch, with the hosts computing on
- * every core while decode waits, served 16 streams about 1.2x faster on 2 cores (docs/PERFORMANCE.md, "One
+ * every core while decode waits, served 16 streams 1.1-1.2x faster on 2 cores (docs/PERFORMANCE.md, "One
  * micro-batch when the hosts share decode's cores").
  */
 export const LOCAL_DECODE_MICRO_BATCHES = 1;
