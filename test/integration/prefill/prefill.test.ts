@@ -91,7 +91,6 @@ describe("prefill worker over a real queue and a real KV transfer", () => {
     const seconds = (name: string, part: "sum" | "count") => Number(new RegExp(`^${name}_${part} (\\S+)$`, "m").exec(body)![1]);
     expect(seconds("moela_prefill_batch_wait_seconds", "count")).toBe(3);
     expect(seconds("moela_prefill_kv_transfer_seconds", "count")).toBe(3);
-    expect(seconds("moela_prefill_batch_wait_seconds", "sum")).toBeGreaterThanOrEqual(0);
     expect(seconds("moela_prefill_kv_transfer_seconds", "sum")).toBeGreaterThan(0);
   });
 
