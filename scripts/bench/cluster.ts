@@ -10,7 +10,9 @@
  * through the cluster beside one process as `moela generate` runs it (fast kernels, every core,
  * the model's own experts, speculation auto), and where a decode step's time goes, per layer: the
  * engine's phases (moela_engine_forward_phase_seconds_total), the dispatcher's encode and combine,
- * and the expert-hosts' handling and compute, against the same phases in one process.
+ * and the expert-hosts' handling and compute, against the same phases in one process at batch 1 and
+ * at the largest batch. The cluster's breakdown and CPU cover the window its tokens/s cover: from the
+ * moment every stream has its first token to the end.
  *
  * Per precision profile (exact, paper) it starts a cluster through the launcher library (or uses
  * the running one --cluster-json names, when its precision and expert-host count match) and reads
@@ -222,7 +224,7 @@ interface StreamTiming {
   chunks: Array<{ t: number; tokens: number }>;
 }
 
-async function stream(client: OpenAI, model: string, prompt: number[], maxTokens: number): Promise<StreamTiming> {
+async function stream(client: OpenAI, model: string, prompt: number[], maxTokens: number, onFirstToken?: () => void): Promise<StreamTiming> {
   const body = {
     model,
     prompt,
@@ -237,7 +239,10 @@ async function stream(client: OpenAI, model: string, prompt: number[], maxTokens
   const out: StreamTiming = { chunks: [] };
   for await (const chunk of s) {
     const n = chunk.choices[0]?.logprobs?.tokens?.length ?? 0;
-    if (n > 0) out.chunks.push({ t: performance.now(), tokens: n });
+    if (n > 0) {
+      out.chunks.push({ t: performance.now(), tokens: n });
+      if (out.chunks.length === 1) onFirstToken?.();
+    }
   }
   return out;
 }
@@ -839,23 +844,35 @@ async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
       log(`  ${profile}: decode, ${batch} concurrent stream(s) x ${opts.decodeTokens} tokens (best of ${opts.repeat}) ...`);
       let best: ClusterResult["decode"][number] | undefined;
       for (let r = 0; r < opts.repeat; r++) {
+        // The step breakdown and the CPU per token cover the window the client's rate covers: from the moment every
+        // stream has its first token (all of them in decode's batch, no prompt left in prefill) to the end. Measured
+        // from the start instead, they would mix in the smaller, cheaper steps of the batch filling up.
         const c = await snapshot(info);
         const window = cpuWindow();
+        let firstTokens = 0;
+        let allDecoding: Promise<{ from: Snapshot; window: ReturnType<typeof cpuWindow> }> | undefined;
+        const onFirstToken = () => {
+          if (++firstTokens !== batch) return;
+          const w = cpuWindow();
+          allDecoding = snapshot(info).then((from) => ({ from, window: w }));
+        };
         const streams = await Promise.all(
-          Array.from({ length: batch }, (_, i) => stream(client, model, promptIds(100 + i, opts.streamPromptTokens), opts.decodeTokens)),
+          Array.from({ length: batch }, (_, i) => stream(client, model, promptIds(100 + i, opts.streamPromptTokens), opts.decodeTokens, onFirstToken)),
         );
         const d = await snapshot(info);
+        const steady = await allDecoding;
+        const from = steady?.from ?? c;
         const { rate, tokens } = clientDecodeRate(streams);
-        const stepSeconds = delta(c, d, info, ["decode"], "moela_decode_step_seconds_sum");
-        const generated = delta(c, d, info, ["decode"], "moela_decode_generated_tokens_total");
-        const cpu = window(generated ?? 0, { a: c, b: d, info });
+        const stepSeconds = delta(from, d, info, ["decode"], "moela_decode_step_seconds_sum");
+        const generated = delta(from, d, info, ["decode"], "moela_decode_generated_tokens_total");
+        const cpu = (steady?.window ?? window)(generated ?? 0, { a: from, b: d, info });
         const run = {
           batch,
           clientTokS: rate,
           tpotMs: meanTpotMs(streams),
           decodeStepTokS: per(generated, stepSeconds),
           tokens,
-          breakdown: clusterBreakdown(c, d, info),
+          breakdown: clusterBreakdown(from, d, info),
           cpu,
         };
         if (best === undefined || run.clientTokS > best.clientTokS) best = run;
@@ -951,6 +968,13 @@ for (const [profile, model] of [
 }
 log(`in-process as moela generate runs it (${availableParallelism()} threads): decode at batch 1 (best of ${opts.repeat}) ...`);
 const generate1 = await inProcessAsGenerate(1);
+// The same step at the largest batch, part by part: what the cluster's busiest step is measured against.
+const largestBatch = Math.max(...BATCHES);
+let generateLargest: Awaited<ReturnType<typeof inProcessAsGenerate>> | undefined;
+if (largestBatch > 1) {
+  log(`in-process as moela generate runs it (${availableParallelism()} threads): decode at batch ${largestBatch} (best of ${opts.repeat}) ...`);
+  generateLargest = await inProcessAsGenerate(largestBatch);
+}
 const codecBytes = (["f32", "bf16", "fp8-tile", "logfmt8"] as const).map((name) => ({
   codec: name,
   bytesPerRow: getDispatchCodec(name).encodedBytes(1, cfg.hiddenSize),
@@ -1011,6 +1035,7 @@ if (speedCluster !== undefined) {
   out.push("");
   const cols: Array<[string, Breakdown | undefined]> = [
     ["one process b1", generate1.breakdown],
+    ...(generateLargest === undefined ? [] : [[`one process b${largestBatch}`, generateLargest.breakdown] as [string, Breakdown]]),
     ...speedCluster.decode.map((d): [string, Breakdown | undefined] => [`cluster b${d.batch}`, d.breakdown]),
   ];
   const w = speedCluster.wire.all;
@@ -1027,7 +1052,7 @@ if (speedCluster !== undefined) {
   out.push("");
   const us = (x: number | undefined, n: number) => (x === undefined ? "" : ((1e6 * x) / n).toFixed(0));
   out.push(
-    `Where a decode step goes: microseconds per step and per layer of its kind (${cfg.numHiddenLayers} layers: ${cfg.firstKDenseReplace} dense, ${MOE_LAYERS} MoE; a host's figures are per call, hosts run in parallel; where micro-batches overlap, each one's phases are counted, so they add up to more than the step)`,
+    `Where a decode step goes: microseconds per step and per layer of its kind (${cfg.numHiddenLayers} layers: ${cfg.firstKDenseReplace} dense, ${MOE_LAYERS} MoE; the cluster's from the moment every stream has its first token to the end, the window its tokens/s cover; a host's figures are per call, hosts run in parallel; where micro-batches overlap, each one's phases are counted, so they add up to more than the step)`,
   );
   out.push(
     table([
@@ -1054,7 +1079,7 @@ if (speedCluster !== undefined) {
   ];
   const cpuRows = ["one process", "decode", "expert-hosts", "prefill", "router", "benchmark client"] as const;
   out.push(
-    `CPU per output token, core-milliseconds by process (all threads; the services' process_cpu_seconds_total, this process's own for the rest). Machine busy: the share of all ${availableParallelism()} cores' time that was not idle`,
+    `CPU per output token, core-milliseconds by process (all threads; the services' process_cpu_seconds_total, this process's own for the rest; the cluster's over the same window as its step breakdown). Machine busy: the share of all ${availableParallelism()} cores' time that was not idle`,
   );
   out.push(
     table([
@@ -1232,6 +1257,7 @@ const result = {
   options: opts,
   loopbackGBps: loopback,
   inProcessAsGenerate: generate1,
+  inProcessAsGenerateLargestBatch: generateLargest,
   clusters,
   oneProcessServer,
   inProcess,
