@@ -16,6 +16,7 @@ import { createPrefillQueue, enqueuePrefill, parseJobFailure, PREFILL_QUEUE, red
 import { Job, QueueEvents, type Queue } from "bullmq";
 import { startPrefill, type StartedPrefill } from "../../../services/prefill/src/main.js";
 import { PrefillBatcher } from "../../../services/prefill/src/worker.js";
+import { parseMetrics } from "../../helpers/cluster.js";
 import { referenceRun } from "../../helpers/kv.js";
 import { DecodeSide, prefillConfig, prefillJob, REDIS_URL as REDIS, singleProcessEngine, TINY_MODEL as MODEL } from "../../helpers/prefill.js";
 
@@ -88,10 +89,10 @@ describe("prefill worker over a real queue and a real KV transfer", () => {
     expect(bytes).toBe(PROMPTS.reduce((n, p) => n + 5 * p.length * 80 * 4, 0));
     expect(/^moela_prefill_jobs_total\{outcome="ok"\} 3$/m.test(body)).toBe(true);
     // Each job's time splits into its wait in the batcher and its transfer (KvBegin to the last acknowledgement).
-    const seconds = (name: string, part: "sum" | "count") => Number(new RegExp(`^${name}_${part} (\\S+)$`, "m").exec(body)![1]);
-    expect(seconds("moela_prefill_batch_wait_seconds", "count")).toBe(3);
-    expect(seconds("moela_prefill_kv_transfer_seconds", "count")).toBe(3);
-    expect(seconds("moela_prefill_kv_transfer_seconds", "sum")).toBeGreaterThan(0);
+    const samples = parseMetrics(body);
+    expect(samples.get("moela_prefill_batch_wait_seconds_count")).toBe(3);
+    expect(samples.get("moela_prefill_kv_transfer_seconds_count")).toBe(3);
+    expect(samples.get("moela_prefill_kv_transfer_seconds_sum")).toBeGreaterThan(0);
   });
 
   it("a job that breaks the schema fails at once without retries (INVALID_ARGUMENT)", async () => {
