@@ -197,35 +197,8 @@ export async function startTestCluster(o: TestClusterOptions = {}): Promise<Test
 
 // ---- metrics -----------------------------------------------------------------------------------
 
-/** Prometheus text -> sample name (with labels, as written) -> value. */
-export function parseMetrics(text: string): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const line of text.split("\n")) {
-    if (line === "" || line.startsWith("#")) continue;
-    const m = /^(\S+?(?:\{.*\})?)\s+(\S+)(?:\s+\d+)?$/.exec(line);
-    if (m) out.set(m[1]!, Number(m[2]));
-  }
-  return out;
-}
-
-export async function scrapeMetrics(url: string): Promise<Map<string, number>> {
-  const res = await fetch(url);
-  if (!res.ok) throw new Error(`GET ${url}: HTTP ${res.status}`);
-  return parseMetrics(await res.text());
-}
-
-/** Sum of every sample of `name` (all label sets); undefined when the metric is absent. */
-export function metricSum(samples: Map<string, number>, name: string, labelFilter?: (labels: string) => boolean): number | undefined {
-  let sum: number | undefined;
-  for (const [key, v] of samples) {
-    const brace = key.indexOf("{");
-    const base = brace < 0 ? key : key.slice(0, brace);
-    if (base !== name) continue;
-    if (labelFilter !== undefined && !labelFilter(brace < 0 ? "" : key.slice(brace))) continue;
-    sum = (sum ?? 0) + v;
-  }
-  return sum;
-}
+// The benchmarks read /metrics the same way.
+export { metricSum, parseMetrics, scrapeMetrics, type MetricSamples } from "../../scripts/lib/metrics-text.js";
 
 // ---- moela generate ----------------------------------------------------------------------------
 
