@@ -33,41 +33,26 @@
  */
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism, cpus, loadavg, tmpdir } from "node:os";
-import { PerformanceObserver, constants as perfConstants, type PerformanceEntry } from "node:perf_hooks";
 import { join, resolve } from "node:path";
 import { randomUUID } from "node:crypto";
 import { Command } from "commander";
-import { applyHeapGrowth, errorMessage } from "@moela/core";
+import { applyHeapGrowth } from "@moela/core";
 import OpenAI from "openai";
-import {
-  DeepseekModel,
-  Engine,
-  FORWARD_PHASES,
-  PagedLatentCache,
-  PhaseTimes,
-  readModelConfig,
-  type ForwardPhase,
-  type ModelConfig,
-  type Sequence,
-} from "@moela/engine";
+import { DeepseekModel, Engine, FORWARD_PHASES, PhaseTimes, readModelConfig, type ForwardPhase, type ModelConfig, type Sequence } from "@moela/engine";
 import {
   PRECISION_PROFILES,
-  connectExpertHosts,
   createInProcessExperts,
-  placementFor,
-  type DispatchMode,
   getDispatchCodec,
-  encodedSize,
   type DispatchCodecName,
   type PrecisionName,
   type PrecisionProfile,
 } from "@moela/moe-dispatch";
 import { measureOneProcessServer } from "./one-process-server.js";
-import { metricSum, scrapeMetrics, type MetricSamples } from "../lib/metrics-text.js";
-import { measureTransportFloors, type TransportFloors } from "./transport-floors.js";
+import { cpuWindow, delta, histogramMax, missingMetrics, snapshot, type CpuPerToken, type Snapshot } from "./cluster-metrics.js";
+import { departure } from "./cluster-departure.js";
+import { loopbackGBps, wireRoundTrips, type WireRoundTrips } from "./cluster-wire.js";
 import { epDecodeBound, type EpDecodeBound } from "@moela/planner";
-import { createServer, connect as connectTcp, type AddressInfo } from "node:net";
-import { DEFAULT_MODEL, LOCAL_DECODE_MICRO_BATCHES, startCluster, type Cluster, type ClusterInfo, type InstanceInfo } from "../../services/cli/src/launcher.js";
+import { DEFAULT_MODEL, LOCAL_DECODE_MICRO_BATCHES, startCluster, type Cluster, type ClusterInfo } from "../../services/cli/src/launcher.js";
 
 // One process is measured under the heap policy `moela serve` and `moela generate` set (packages/core/src/heap-growth.ts).
 applyHeapGrowth(process.env);
@@ -134,71 +119,6 @@ function promptIds(i: number, len: number): number[] {
   return Array.from({ length: len }, (_, j) => 2 + ((i * 7919 + j * 104729 + 13) % (cfg.vocabSize - 2)));
 }
 
-// ---- metrics -----------------------------------------------------------------------------------
-
-type Samples = MetricSamples;
-
-async function scrape(i: InstanceInfo): Promise<Samples> {
-  try {
-    return await scrapeMetrics(i.metrics);
-  } catch (err) {
-    throw new Error(`${i.role} ${i.index}: ${errorMessage(err)}`, { cause: err });
-  }
-}
-
-/** Per-instance scrapes of a whole cluster at one moment. */
-type Snapshot = Map<string, Samples>;
-const key = (i: InstanceInfo) => `${i.role}-${i.index}`;
-
-async function snapshot(info: ClusterInfo): Promise<Snapshot> {
-  const out: Snapshot = new Map();
-  for (const i of info.instances) out.set(key(i), await scrape(i));
-  return out;
-}
-
-const missing = new Set<string>();
-
-/** Increase of a metric between two snapshots, summed over the instances of `roles`. */
-function delta(
-  a: Snapshot,
-  b: Snapshot,
-  info: ClusterInfo,
-  roles: string[],
-  name: string,
-  filter?: (l: string) => boolean,
-  mayBeAbsent = false,
-): number | undefined {
-  let total: number | undefined;
-  for (const i of info.instances) {
-    if (!roles.includes(i.role)) continue;
-    const after = metricSum(b.get(key(i))!, name, filter);
-    if (after === undefined) continue;
-    total = (total ?? 0) + after - (metricSum(a.get(key(i))!, name, filter) ?? 0);
-  }
-  if (total === undefined && !mayBeAbsent) missing.add(`${name} (${roles.join("/")})`);
-  return total;
-}
-
-const MAJOR_GC = (labels: string): boolean => labels.includes('kind="major"');
-
-/** Largest bucket bound that gained observations: the max of a histogram delta, to bucket resolution. */
-function histogramMax(a: Snapshot, b: Snapshot, info: ClusterInfo, roles: string[], name: string): number | undefined {
-  const count = delta(a, b, info, roles, `${name}_count`);
-  if (count === undefined || count === 0) return undefined;
-  const bounds = new Set<number>();
-  for (const s of b.values()) {
-    for (const k of s.keys()) {
-      const m = new RegExp(`^${name}_bucket\\{.*le="([^"]+)"`).exec(k);
-      if (m && m[1] !== "+Inf") bounds.add(Number(m[1]));
-    }
-  }
-  for (const le of [...bounds].sort((x, y) => x - y)) {
-    const below = delta(a, b, info, roles, `${name}_bucket`, (l) => l.includes(`le="${le}"`)) ?? 0;
-    if (below >= count) return le;
-  }
-  return Infinity;
-}
-
 // ---- streams -----------------------------------------------------------------------------------
 
 interface StreamTiming {
@@ -250,83 +170,6 @@ function meanTpotMs(streams: StreamTiming[]): number {
   return per.reduce((a, b) => a + b, 0) / per.length;
 }
 
-/**
- * CPU time per output token, in core-milliseconds, by process: what a token costs the machine, which a busy VM's
- * noise moves far less than it moves tokens/s. `machineBusy` is the fraction of all cores' time not idle.
- */
-interface CpuPerToken {
-  byProcess: Partial<Record<CpuProcess, number | undefined>>;
-  /** V8's full (mark-compact) collections per 1,000 tokens, by process (the services' nodejs_gc_duration_seconds{kind="major"}). */
-  fullGcs: Partial<Record<CpuProcess, number | undefined>>;
-  total: number;
-  machineBusy: number;
-}
-type CpuProcess = "one process" | "decode" | "expert-hosts" | "prefill" | "router" | "benchmark client";
-
-/** This process's full collections so far (the services count theirs in their metrics). */
-let ownFullGcs = 0;
-new PerformanceObserver((list) => {
-  for (const e of list.getEntries())
-    if ((e as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) ownFullGcs++;
-}).observe({ entryTypes: ["gc"] });
-
-/** The machine's busy and total core-seconds since boot (every core). */
-function machineTimes(): { busy: number; total: number } {
-  let busy = 0;
-  let total = 0;
-  for (const c of cpus()) {
-    const t = c.times;
-    busy += t.user + t.nice + t.sys + t.irq;
-    total += t.user + t.nice + t.sys + t.irq + t.idle;
-  }
-  return { busy: busy / 1000, total: total / 1000 };
-}
-
-/** This process's CPU seconds (all threads). */
-const ownCpuSeconds = (): number => {
-  const u = process.cpuUsage();
-  return (u.user + u.system) / 1e6;
-};
-
-/** A window over which CPU per token is taken: open it, run the workload, close it with the tokens produced. */
-function cpuWindow(): (tokens: number, services?: { a: Snapshot; b: Snapshot; info: ClusterInfo }) => CpuPerToken | undefined {
-  const m0 = machineTimes();
-  const own0 = ownCpuSeconds();
-  const gcs0 = ownFullGcs;
-  return (tokens, services) => {
-    const m1 = machineTimes();
-    if (tokens <= 0) return undefined;
-    const ms = (seconds: number | undefined): number | undefined => (seconds === undefined ? undefined : (1000 * seconds) / tokens);
-    const perKilo = (n: number | undefined): number | undefined => (n === undefined ? undefined : (1000 * n) / tokens);
-    const own = ms(ownCpuSeconds() - own0)!;
-    const ownGcs = perKilo(ownFullGcs - gcs0);
-    const byProcess: CpuPerToken["byProcess"] = {};
-    const fullGcs: CpuPerToken["fullGcs"] = {};
-    if (services === undefined) {
-      byProcess["one process"] = own;
-      fullGcs["one process"] = ownGcs;
-    } else {
-      const { a, b, info } = services;
-      const roles: Array<[CpuProcess, string]> = [
-        ["decode", "decode"],
-        ["expert-hosts", "expert-host"],
-        ["prefill", "prefill"],
-        ["router", "router"],
-      ];
-      for (const [name, r] of roles) {
-        byProcess[name] = ms(delta(a, b, info, [r], "process_cpu_seconds_total"));
-        // prom-client makes a kind's series at its first collection, so a service with none has no major series yet.
-        const anyGc = delta(a, b, info, [r], "nodejs_gc_duration_seconds_count");
-        fullGcs[name] = perKilo(anyGc === undefined ? undefined : (delta(a, b, info, [r], "nodejs_gc_duration_seconds_count", MAJOR_GC, true) ?? 0));
-      }
-      byProcess["benchmark client"] = own;
-      fullGcs["benchmark client"] = ownGcs;
-    }
-    const total = Object.values(byProcess).reduce((x: number, y) => x + (y ?? 0), 0);
-    return { byProcess, fullGcs, total, machineBusy: (m1.busy - m0.busy) / Math.max(1e-9, m1.total - m0.total) };
-  };
-}
-
 /** The decode instances' breakdown between two snapshots, with the expert-hosts' handling and compute per call. */
 function clusterBreakdown(a: Snapshot, b: Snapshot, info: ClusterInfo): Breakdown | undefined {
   const steps = delta(a, b, info, ["decode"], "moela_decode_step_seconds_count");
@@ -344,118 +187,6 @@ function clusterBreakdown(a: Snapshot, b: Snapshot, info: ClusterInfo): Breakdow
       ? { handling: (handling / calls) * MOE_LAYERS, compute: (compute / calls) * MOE_LAYERS }
       : undefined;
   return breakdownFromPhases(phases, steps, stepSeconds, dispatch, host);
-}
-
-/** How the probe sends: DispatchStream over gRPC, the same messages through shared memory, or unary Dispatch. */
-type WireMode = "stream" | "shm" | "unary";
-
-interface WireRoundTrips {
-  /** To every host at once: median round trip of the slowest, and a host's own handling per call (microseconds). */
-  readonly all: Record<WireMode, { medianUs: number; hostUs: number | undefined }>;
-  /** To the first host alone, DispatchStream over gRPC and through shared memory, and its own handling per call. */
-  readonly oneHost: Record<"stream" | "shm", { medianUs: number; hostUs: number | undefined }>;
-  /** A message of the dispatch's size echoed by another process over raw TCP and over a bare grpc-js stream. */
-  readonly floors: TransportFloors;
-}
-
-/**
- * The wire alone: one-token dispatches to every expert-host of the cluster at once (the shape of a batch-1
- * decode layer), as one DispatchStream message per host (over gRPC, and through shared memory) and as one
- * unary Dispatch call per host; median
- * round trip of the slowest host, and the hosts' own handling time, which the wire is on top of. Then the same
- * DispatchStream message to one host alone, beside what a round trip of that size costs another process that
- * only echoes it (transport-floors.ts): the part of the wire moela's own layers and the host add.
- */
-async function wireRoundTrips(info: ClusterInfo, profile: PrecisionProfile): Promise<WireRoundTrips> {
-  // One replica of each shard (the first), in shard order.
-  const hosts = info.instances.filter((i) => i.role === "expert-host" && i.index < H).sort((a, b) => (a.shard ?? 0) - (b.shard ?? 0));
-  const placement = placementFor(cfg, H);
-  const layer = cfg.firstKDenseReplace;
-  const x = Float32Array.from({ length: cfg.hiddenSize }, (_, i) => Math.sin(i));
-  const reqs = hosts.map((_, h) => ({
-    layer,
-    rows: 1,
-    cols: cfg.hiddenSize,
-    activations: getDispatchCodec(profile.dispatch).encode(x, 1, cfg.hiddenSize),
-    tokenExpertCounts: [1],
-    expertIds: [placement.expertsOfHost[h]![0]!],
-    weights: [1],
-  }));
-  const timed = async (mode: WireMode, to: readonly number[]): Promise<{ medianUs: number; hostUs: number | undefined }> => {
-    const dispatchMode: DispatchMode = mode === "unary" ? "unary" : "stream";
-    const transports = connectExpertHosts(
-      to.map((h) => hosts[h]!.grpc),
-      { dispatchMode, sharedMemory: mode === "shm" },
-    );
-    try {
-      if (mode === "shm") {
-        // The first dispatch starts the attach and takes gRPC; wait until every channel is up.
-        for (let i = 0; i < 200 && !transports.every((t) => t.shm?.attached === true); i++) {
-          await Promise.all(transports.map((t, k) => t.dispatch(reqs[to[k]!]!)));
-          await new Promise((r) => setTimeout(r, 5));
-        }
-        if (!transports.every((t) => t.shm?.attached === true)) throw new Error("the expert-hosts did not attach shared memory");
-      }
-      const times: number[] = [];
-      for (let i = 0; i < 50; i++) await Promise.all(transports.map((t, k) => t.dispatch(reqs[to[k]!]!)));
-      const a = await snapshot(info);
-      for (let i = 0; i < 400; i++) {
-        const t0 = performance.now();
-        await Promise.all(transports.map((t, k) => t.dispatch(reqs[to[k]!]!)));
-        times.push(performance.now() - t0);
-      }
-      const b = await snapshot(info);
-      times.sort((p, q) => p - q);
-      const calls = delta(a, b, info, ["expert-host"], "moela_expert_host_dispatch_seconds_count");
-      const handling = delta(a, b, info, ["expert-host"], "moela_expert_host_dispatch_seconds_sum");
-      return { medianUs: 1000 * times[times.length >> 1]!, hostUs: calls && handling !== undefined ? (1e6 * handling) / calls : undefined };
-    } finally {
-      for (const t of transports) t.close();
-    }
-  };
-  const every = hosts.map((_, h) => h);
-  const all = { stream: await timed("stream", every), shm: await timed("shm", every), unary: await timed("unary", every) };
-  const oneHost = { stream: await timed("stream", [0]), shm: await timed("shm", [0]) };
-  const floors = await measureTransportFloors(encodedSize(reqs[0]!.activations));
-  return { all, oneHost, floors };
-}
-
-/**
- * Loopback bandwidth, GB/s (10^9 B/s, the planner's unit): 256 MiB through one TCP connection on 127.0.0.1
- * in 1 MiB writes, sender and receiver in this process (as the planner's link bandwidth for the local cluster).
- */
-async function loopbackGBps(totalBytes = 256 * 1024 * 1024): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const port = (server.address() as AddressInfo).port;
-  try {
-    const received = new Promise<number>((resolve, reject) => {
-      server.once("connection", (sock) => {
-        let got = 0;
-        let t0 = 0;
-        sock.on("data", (d: Buffer) => {
-          if (got === 0) t0 = performance.now();
-          got += d.length;
-          if (got >= totalBytes) {
-            resolve(totalBytes / ((performance.now() - t0) / 1000) / 1e9);
-            sock.destroy();
-          }
-        });
-        sock.on("error", reject);
-      });
-    });
-    const client = connectTcp(port, "127.0.0.1");
-    await new Promise<void>((r) => client.once("connect", () => r()));
-    const chunk = Buffer.alloc(1024 * 1024, 7);
-    for (let sent = 0; sent < totalBytes; sent += chunk.length) {
-      if (!client.write(chunk)) await new Promise<void>((r) => client.once("drain", () => r()));
-    }
-    const gbps = await received;
-    client.destroy();
-    return gbps;
-  } finally {
-    server.close();
-  }
 }
 
 /**
@@ -512,18 +243,6 @@ interface ClusterResult {
 interface InProcessResult {
   profile: PrecisionName;
   decode: Array<{ batch: number; tokS: number; cpu: CpuPerToken | undefined }>;
-}
-
-interface Departure {
-  steps: number;
-  top1Agreement: number;
-  maxLogitDiff: number;
-  meanLogitDiff: number;
-  /** Root-mean-square of the exact logits, the scale the differences compare with. */
-  rmsLogit: number;
-  maxLogprobDiff: number;
-  exactSelfConsistency: number;
-  freeRunFirstDivergence: Array<number | null>;
 }
 
 // ---- in-process --------------------------------------------------------------------------------
@@ -661,95 +380,6 @@ async function inProcessAsGenerate(batch: number): Promise<{ tokS: number; break
   return best!;
 }
 
-/** [rows, V] logits of every position of `tokens` (one decompressed forward), copied out. */
-async function allLogits(model: DeepseekModel, tokens: number[]): Promise<Float32Array> {
-  const cache = new PagedLatentCache({
-    numLayers: model.cacheLayers,
-    latentDim: cfg.latentDim,
-    blockSize: 16,
-    numBlocks: Math.ceil((tokens.length + 2) / 16) + 1,
-  });
-  const table: number[] = [];
-  cache.ensureCapacity(table, tokens.length + 1);
-  const r = await model.forward(cache, [{ blockTable: table, start: 0, tokens, logits: "all" }], { attention: "decompressed" });
-  return Float32Array.from(r.logits.subarray(0, tokens.length * cfg.vocabSize));
-}
-
-function argmaxRow(x: Float32Array, off: number, n: number): number {
-  let best = off;
-  for (let i = off + 1; i < off + n; i++) if (x[i]! > x[best]!) best = i;
-  return best - off;
-}
-
-function logSumExp(x: Float32Array, off: number, n: number): number {
-  let m = -Infinity;
-  for (let i = off; i < off + n; i++) m = Math.max(m, x[i]!);
-  let s = 0;
-  for (let i = off; i < off + n; i++) s += Math.exp(x[i]! - m);
-  return m + Math.log(s);
-}
-
-async function greedy(model: DeepseekModel, prompt: number[], n: number): Promise<number[]> {
-  const engine = new Engine(model, { speculative: false, blockSize: 16, numBlocks: Math.ceil((prompt.length + n + 4) / 16) + 2 });
-  const seq = engine.newSequence("g", prompt, { temperature: 0, topP: 1, topK: -1, maxTokens: n, ignoreEos: true });
-  const out: number[] = [];
-  for await (const t of engine.generate(seq)) out.push(t.id);
-  engine.release(seq);
-  return out;
-}
-
-async function departure(exact: DeepseekModel, paper: DeepseekModel): Promise<Departure> {
-  const prompts = 4;
-  const per = Math.ceil(opts.departureSteps / prompts);
-  const V = cfg.vocabSize;
-  let steps = 0;
-  let agree = 0;
-  let selfAgree = 0;
-  let maxLogit = 0;
-  let maxLogprob = 0;
-  let sumLogit = 0;
-  let sumSq = 0;
-  const firstDiv: Array<number | null> = [];
-  for (let p = 0; p < prompts; p++) {
-    const prompt = promptIds(500 + p, 8 + 3 * p);
-    log(`  departure: prompt ${p + 1}/${prompts}, ${per} greedy steps (exact, then paper) ...`);
-    const exactTokens = await greedy(exact, prompt, per);
-    const paperTokens = await greedy(paper, prompt, per);
-    const div = exactTokens.findIndex((t, i) => paperTokens[i] !== t);
-    firstDiv.push(div < 0 ? null : div);
-    // Teacher forcing: both profiles read the exact greedy path; compare their next-token logits.
-    const seq = [...prompt, ...exactTokens.slice(0, -1)];
-    const [le, lp] = [await allLogits(exact, seq), await allLogits(paper, seq)];
-    for (let i = 0; i < per; i++) {
-      const row = (prompt.length - 1 + i) * V;
-      const ae = argmaxRow(le, row, V);
-      const ap = argmaxRow(lp, row, V);
-      steps++;
-      if (ae === ap) agree++;
-      if (ae === exactTokens[i]) selfAgree++;
-      const lse = [logSumExp(le, row, V), logSumExp(lp, row, V)];
-      for (let v = 0; v < V; v++) {
-        const d = Math.abs(le[row + v]! - lp[row + v]!);
-        if (d > maxLogit) maxLogit = d;
-        sumLogit += d;
-        sumSq += le[row + v]! * le[row + v]!;
-        const dl = Math.abs(le[row + v]! - lse[0]! - (lp[row + v]! - lse[1]!));
-        if (dl > maxLogprob) maxLogprob = dl;
-      }
-    }
-  }
-  return {
-    steps,
-    top1Agreement: agree / steps,
-    maxLogitDiff: maxLogit,
-    meanLogitDiff: sumLogit / (steps * V),
-    rmsLogit: Math.sqrt(sumSq / (steps * V)),
-    maxLogprobDiff: maxLogprob,
-    exactSelfConsistency: selfAgree / steps,
-    freeRunFirstDivergence: firstDiv,
-  };
-}
-
 // ---- on the cluster ----------------------------------------------------------------------------
 
 function runningCluster(profile: PrecisionName): ClusterInfo | undefined {
@@ -862,7 +492,7 @@ async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
       decode.push(best!);
     }
     log(`  ${profile}: the wire alone, one-token dispatches to every host: stream over gRPC, through shared memory, unary ...`);
-    const wire = await wireRoundTrips(info, prof);
+    const wire = await wireRoundTrips(info, prof, cfg, H);
     return {
       profile,
       wire,
@@ -930,7 +560,7 @@ log("in-process: loading exact and paper models with in-process expert-hosts ...
 const exactModel = loadProfiled(PRECISION_PROFILES.exact);
 const paperModel = loadProfiled(PRECISION_PROFILES.paper);
 log(`in-process: paper vs exact over ${opts.departureSteps} greedy steps ...`);
-const dep = opts.departureSteps > 0 ? await departure(exactModel, paperModel) : undefined;
+const dep = opts.departureSteps > 0 ? await departure(exactModel, paperModel, { steps: opts.departureSteps, promptIds, log }) : undefined;
 const inProcess: InProcessResult[] = [];
 for (const [profile, model] of [
   ["exact", exactModel],
@@ -1239,9 +869,9 @@ if (oneProcessServer !== undefined) {
   );
   out.push("");
 }
-if (missing.size > 0) {
+if (missingMetrics.size > 0) {
   out.push("");
-  out.push(`metrics not exported by the services (shown as n/a): ${[...missing].join("; ")}`);
+  out.push(`metrics not exported by the services (shown as n/a): ${[...missingMetrics].join("; ")}`);
 }
 out.push(`(${((Date.now() - started) / 1000).toFixed(0)} s)`);
 console.log(out.join("\n"));
@@ -1262,7 +892,7 @@ const result = {
   inProcess,
   departure: dep,
   codecBytes,
-  missingMetrics: [...missing],
+  missingMetrics: [...missingMetrics],
 };
 writeFileSync(join(opts.out, "cluster.json"), `${JSON.stringify(result, null, 2)}\n`);
 const svg = [
