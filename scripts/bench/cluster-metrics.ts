@@ -18,9 +18,11 @@ async function scrape(i: InstanceInfo): Promise<MetricSamples> {
 
 /** Per-instance scrapes of a whole cluster at one moment. */
 export type Snapshot = Map<string, MetricSamples>;
+/** What the readings need of a cluster: its instances and their /metrics URLs. */
+export type Instances = Pick<ClusterInfo, "instances">;
 const key = (i: InstanceInfo) => `${i.role}-${i.index}`;
 
-export async function snapshot(info: ClusterInfo): Promise<Snapshot> {
+export async function snapshot(info: Instances): Promise<Snapshot> {
   const out: Snapshot = new Map();
   for (const i of info.instances) out.set(key(i), await scrape(i));
   return out;
@@ -33,7 +35,7 @@ export const missingMetrics = new Set<string>();
 export function delta(
   a: Snapshot,
   b: Snapshot,
-  info: ClusterInfo,
+  info: Instances,
   roles: string[],
   name: string,
   filter?: (l: string) => boolean,
@@ -53,7 +55,7 @@ export function delta(
 export const MAJOR_GC = (labels: string): boolean => labels.includes('kind="major"');
 
 /** Largest bucket bound that gained observations: the max of a histogram delta, to bucket resolution. */
-export function histogramMax(a: Snapshot, b: Snapshot, info: ClusterInfo, roles: string[], name: string): number | undefined {
+export function histogramMax(a: Snapshot, b: Snapshot, info: Instances, roles: string[], name: string): number | undefined {
   const count = delta(a, b, info, roles, `${name}_count`);
   if (count === undefined || count === 0) return undefined;
   const bounds = new Set<number>();
@@ -109,7 +111,7 @@ const ownCpuSeconds = (): number => {
 };
 
 /** A window over which CPU per token is taken: open it, run the workload, close it with the tokens produced. */
-export function cpuWindow(): (tokens: number, services?: { a: Snapshot; b: Snapshot; info: ClusterInfo }) => CpuPerToken | undefined {
+export function cpuWindow(): (tokens: number, services?: { a: Snapshot; b: Snapshot; info: Instances }) => CpuPerToken | undefined {
   const m0 = machineTimes();
   const own0 = ownCpuSeconds();
   const gcs0 = ownFullGcs;
