@@ -3,7 +3,8 @@
  * real processes on a tiny-v3 checkpoint: a transport attaches after its first dispatch and then sends through
  * the channel, with the same bits as DispatchStream over gRPC and as the in-process executor; a bad request is
  * answered INVALID_ARGUMENT through the channel, which keeps serving; a host in the caller's own process keeps
- * gRPC; a host killed with calls in the channel fails them UNAVAILABLE instead of leaving them waiting.
+ * gRPC; a host that stops answering fails calls at their deadline or abort and serves again when it resumes; a host
+ * killed with calls in the channel fails them UNAVAILABLE instead of leaving them waiting.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
@@ -159,6 +160,42 @@ describe.skipIf(!sharedMemoryAvailable)("dispatch through shared memory to exper
     } finally {
       await host.close(0);
     }
+  });
+
+  it("a host that stops answering fails a call in the channel DEADLINE_EXCEEDED, an aborted call at once, and serves again when it resumes", async () => {
+    const { child, grpc } = await hostProcess(0, 1);
+    const [t] = connectExpertHosts([grpc], { dispatchTimeoutMs: 1_500 });
+    clients.push(t!);
+    const req = oneToken(0);
+    await untilAttached(t!, req);
+    const before = await t!.dispatch(req);
+    const sent = t!.shm!.sent;
+    // SIGSTOP: the process and its sockets stay, so nothing tells the caller the host is gone; only the deadline can.
+    child.kill("SIGSTOP");
+    try {
+      const started = Date.now();
+      await expect(t!.dispatch(req)).rejects.toMatchObject({
+        code: Code.DEADLINE_EXCEEDED,
+        message: expect.stringMatching(/expert-host 0 .*1500 ms/) as unknown,
+      });
+      expect(Date.now() - started).toBeGreaterThanOrEqual(1_400);
+      expect(Date.now() - started).toBeLessThan(10_000);
+      const controller = new AbortController();
+      const call = t!.dispatch(req, controller.signal);
+      setTimeout(() => controller.abort(), 100);
+      const abortedAt = Date.now();
+      await expect(call).rejects.toMatchObject({ name: "AbortError" });
+      expect(Date.now() - abortedAt).toBeLessThan(1_000);
+      // Both went into the channel, not over gRPC.
+      expect(t!.shm!.sent).toBe(sent + 2);
+    } finally {
+      child.kill("SIGCONT");
+    }
+    // The host answers the two stale requests into their slots (no one waits for them) and then the next call.
+    const after = await t!.dispatch(req);
+    expect(Buffer.compare(Buffer.from(after.data), Buffer.from(before.data))).toBe(0);
+    expect(t!.shm!.attached).toBe(true);
+    expect(t!.shm!.sent).toBe(sent + 3);
   });
 
   it("a host killed with calls in the channel fails them UNAVAILABLE, not hanging", async () => {
