@@ -22,6 +22,7 @@ import {
   type GrpcExpertHostTransport,
 } from "@moela/moe-dispatch";
 import { parseConfig, startExpertHost, type RunningExpertHost } from "@moela/expert-host";
+import { removeOrphans } from "@moela/shm-native";
 import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
 import { routedBatch } from "../../helpers/random.js";
 
@@ -82,9 +83,14 @@ beforeAll(() => {
   config = readModelConfig(dir);
 });
 
-afterAll(() => {
+afterAll(async () => {
   for (const c of clients.splice(0)) c.close();
-  for (const c of children.splice(0)) c.kill("SIGKILL");
+  const killed = children.splice(0);
+  const exited = killed.map((c) => (c.exitCode !== null || c.signalCode !== null ? undefined : new Promise((r) => c.once("exit", r))));
+  for (const c of killed) c.kill("SIGKILL");
+  await Promise.all(exited);
+  // A process killed with SIGKILL cannot remove its doorbell; the next moela process would. Leave none behind.
+  removeOrphans();
   removeCheckpoints();
 });
 
