@@ -181,10 +181,21 @@ function clusterBreakdown(a: Snapshot, b: Snapshot, info: ClusterInfo): Breakdow
   const calls = delta(a, b, info, ["expert-host"], "moela_expert_host_dispatch_seconds_count");
   const handling = delta(a, b, info, ["expert-host"], "moela_expert_host_dispatch_seconds_sum");
   const compute = delta(a, b, info, ["expert-host"], "moela_expert_host_compute_seconds_sum");
+  // Messages through shared memory, timed from their publication to their reader: hosts read requests, decode answers.
+  const perMessage = (role: "expert-host" | "decode", metric: string): number | undefined => {
+    const n = delta(a, b, info, [role], `${metric}_count`);
+    const sum = delta(a, b, info, [role], `${metric}_sum`);
+    return n !== undefined && n > 0 && sum !== undefined ? (sum / n) * MOE_LAYERS : undefined;
+  };
   // Per call, scaled to "per step" so the per-layer column divides it back to one call per MoE layer.
   const host =
     calls !== undefined && calls > 0 && handling !== undefined && compute !== undefined
-      ? { handling: (handling / calls) * MOE_LAYERS, compute: (compute / calls) * MOE_LAYERS }
+      ? {
+          handling: (handling / calls) * MOE_LAYERS,
+          compute: (compute / calls) * MOE_LAYERS,
+          requestWait: perMessage("expert-host", "moela_expert_host_shared_memory_request_wait_seconds"),
+          answerWait: perMessage("decode", "moela_moe_dispatch_shared_memory_answer_wait_seconds"),
+        }
       : undefined;
   return breakdownFromPhases(phases, steps, stepSeconds, dispatch, host);
 }
@@ -310,8 +321,10 @@ const BREAKDOWN = {
     routed_experts_here: "routed experts computed here (with the shared expert)",
     dispatch_encode: "dispatch: encode + send",
     waiting_on_hosts: "waiting on expert-hosts",
+    host_request_wait: "  of which a request waiting to be read by its host (per call, shared memory)",
     host_handling: "  of which a host's handling (per call)",
     host_compute: "  of which its expert compute (per call)",
+    answer_wait: "  of which an answer waiting to be read by decode (per answer, shared memory)",
     combine: "combine: decode + add",
   },
   dense: { dense_mlp: "dense MLP" },
@@ -339,7 +352,7 @@ function breakdownFromPhases(
   steps: number,
   stepSeconds: number,
   dispatch?: { encode: number; combine: number },
-  host?: { handling: number; compute: number },
+  host?: { handling: number; compute: number; requestWait: number | undefined; answerWait: number | undefined },
 ): Breakdown {
   const enc = dispatch?.encode ?? 0;
   const comb = dispatch?.combine ?? 0;
@@ -354,8 +367,10 @@ function breakdownFromPhases(
     dispatch_encode: dispatch ? enc / steps : undefined,
     // ... and its combine inside the wait.
     waiting_on_hosts: dispatch ? (phases.routed_wait - comb) / steps : undefined,
+    host_request_wait: host?.requestWait,
     host_handling: host?.handling,
     host_compute: host?.compute,
+    answer_wait: host?.answerWait,
     combine: dispatch ? comb / steps : undefined,
     dense_mlp: phases.dense_mlp / steps,
     lm_head: phases.lm_head / steps,

@@ -261,6 +261,21 @@ describe.each(["exact", "paper"] as const)("local cluster, %s profile (tiny-v3, 
         const all = metricSum(samples, "moela_expert_host_dispatch_seconds_count") ?? 0;
         expect(viaShm, `expert-host ${host.shard}: dispatches through shared memory`).toBeGreaterThan(0);
         expect(all, `expert-host ${host.shard}: every dispatch`).toBeGreaterThan(viaShm);
+        // Every request read from shared memory was timed from its publication to the host reading it.
+        const waited = metricSum(samples, "moela_expert_host_shared_memory_request_wait_seconds_count");
+        const waitedFor = metricSum(samples, "moela_expert_host_shared_memory_request_wait_seconds_sum") ?? Number.NaN;
+        expect(waited, `expert-host ${host.shard}: requests timed in shared memory`).toBe(viaShm);
+        expect(waitedFor / viaShm, `expert-host ${host.shard}: mean wait of a request, s`).toBeGreaterThan(0);
+        expect(waitedFor / viaShm, `expert-host ${host.shard}: mean wait of a request, s`).toBeLessThan(1);
+      }
+      // ...and decode timed every answer it read there the same way.
+      for (const decode of cluster.instances("decode")) {
+        const samples = await scrapeMetrics(decode.metrics);
+        const answers = metricSum(samples, "moela_moe_dispatch_shared_memory_answer_wait_seconds_count") ?? 0;
+        const waitedFor = metricSum(samples, "moela_moe_dispatch_shared_memory_answer_wait_seconds_sum") ?? Number.NaN;
+        expect(answers, "decode: answers read from shared memory").toBeGreaterThan(0);
+        expect(waitedFor / answers, "decode: mean wait of an answer, s").toBeGreaterThan(0);
+        expect(waitedFor / answers, "decode: mean wait of an answer, s").toBeLessThan(1);
       }
     }
   }, 240_000);

@@ -62,7 +62,7 @@ export const LABEL = {
 export type LabelName = (typeof LABEL)[keyof typeof LABEL];
 
 export type MetricKind = "counter" | "gauge" | "histogram";
-export type BucketSet = "latency" | "tokens" | "batch" | "hosts";
+export type BucketSet = "latency" | "wakeup" | "tokens" | "batch" | "hosts";
 
 export interface MetricDef {
   readonly name: string;
@@ -607,6 +607,18 @@ export const METRICS = {
     buckets: "latency",
     help: "Time of one MoE layer's dispatch and combine over all hosts.",
   },
+  /**
+   * dispatcher, per expert-host answer read from shared memory: from the host publishing it to this process reading
+   * it (this process waking up and getting a core, or finishing other work first). gRPC answers are not counted.
+   */
+  moeDispatchSharedMemoryAnswerWait: {
+    name: "moela_moe_dispatch_shared_memory_answer_wait_seconds",
+    kind: "histogram",
+    unit: "seconds",
+    labels: [],
+    buckets: "wakeup",
+    help: "Time an expert-host's answer waited in shared memory before this process read it (waking up, getting a core, or finishing other work first).",
+  },
 
   // ---- expert-host -------------------------------------------------------------------------
   /** expert-host, per dispatch call: (token, expert) pairs computed, by layer. Always on. */
@@ -649,6 +661,18 @@ export const METRICS = {
     unit: "calls",
     labels: [],
     help: "Dispatch calls that arrived through shared memory from a caller on this machine (the others came over gRPC).",
+  },
+  /**
+   * expert-host, per dispatch read from shared memory: from the caller publishing it to this host reading it (the host
+   * waking up and getting a core, or finishing the requests before it). gRPC requests are not counted.
+   */
+  expertHostSharedMemoryRequestWait: {
+    name: "moela_expert_host_shared_memory_request_wait_seconds",
+    kind: "histogram",
+    unit: "seconds",
+    labels: [],
+    buckets: "wakeup",
+    help: "Time a dispatch waited in shared memory before this host read it (waking up, getting a core, or finishing the requests before it).",
   },
   /** expert-host, per dispatch reply: encoded partial-sum bytes sent (combine out). */
   expertHostSentBytes: {

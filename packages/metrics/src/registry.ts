@@ -20,6 +20,7 @@ const MOE_DISPATCH = [
   "moeDispatchSentBytes",
   "moeCombineReceivedBytes",
   "moeDispatchRoundTrip",
+  "moeDispatchSharedMemoryAnswerWait",
   "moeDispatchPhase",
   "forwardPhase",
 ] as const;
@@ -92,6 +93,7 @@ export const SERVICE_METRICS = {
     "expertHostReceivedBytes",
     "expertHostSentBytes",
     "expertHostSharedMemoryDispatches",
+    "expertHostSharedMemoryRequestWait",
     "expertHostCompute",
     "expertHostDispatch",
   ],

@@ -80,6 +80,7 @@ export async function connectExpertShards(o: ConnectExpertShardsOptions): Promis
     modelId: o.modelId,
     sharedExpert: o.sharedExpert === "hosts",
   };
+  const answerWait = o.metrics?.moeDispatchSharedMemoryAnswerWait;
   const shards = new ExpertShardSet({
     credentials: o.channel.credentials,
     channelOptions: o.channel.options,
@@ -89,6 +90,7 @@ export async function connectExpertShards(o: ConnectExpertShardsOptions): Promis
     validateWaitMs: o.waitMs,
     logger: o.logger,
     ...(o.sharedMemory !== undefined ? { sharedMemory: o.sharedMemory } : {}),
+    ...(answerWait !== undefined ? { onSharedMemoryAnswerWait: (seconds: number) => answerWait.observe(seconds) } : {}),
   });
   let discovery: { close(): unknown } | undefined;
   const close = async (): Promise<void> => {

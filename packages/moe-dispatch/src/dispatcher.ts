@@ -55,6 +55,8 @@ export interface DispatchMetrics {
   readonly moeCombineReceivedBytes?: { inc(labels: { codec: string }, value: number): void };
   /** First call sent to last answer decoded, per runRouted. */
   readonly moeDispatchRoundTrip?: { observe(value: number): void };
+  /** Per answer read from shared memory: seconds it waited there for this process (ShmDispatchCallerOptions.onAnswerWait). */
+  readonly moeDispatchSharedMemoryAnswerWait?: { observe(value: number): void };
   /** Seconds of the dispatcher's own work, by phase: encode (encode, split, send) and combine (decode, add). */
   readonly moeDispatchPhase?: { inc(labels: { phase: string }, value: number): void };
 }

@@ -11,12 +11,14 @@
  *   increments it and wakes it (a futex), so one wait serves all of a process's channels.
  * - Sequence numbers and lengths are read and written with Atomics (sequentially consistent), which orders the
  *   message bytes before the number that publishes them.
+ * - Each side also stamps the time it published its message (CLOCK_MONOTONIC, one clock for every process on the
+ *   machine), so the reader can tell how long the message waited for it: for the process to wake up and get a core.
  */
 import { randomBytes } from "node:crypto";
 import { shmNative, shmLoadError, type ShmNative } from "./native.js";
 
 const MAGIC = 0x4853_4d4d; // "MMSH" little-endian
-const VERSION = 1;
+const VERSION = 2;
 const HEADER_BYTES = 64;
 const SLOT_HEADER_BYTES = 64;
 const NONCE_BYTES = 16;
@@ -32,14 +34,23 @@ function uniquePath(kind: string): string {
   return `${SHM_DIR}/moela-${kind}-${process.pid}-${randomBytes(8).toString("hex")}`;
 }
 
-/** Slot i's words: [request seq, request length, reply seq, reply length]. */
+/** Slot i's words: [request seq, request length, reply seq, reply length], then two float64 publication times. */
 const REQ_SEQ = 0;
 const REQ_LEN = 1;
 const REP_SEQ = 2;
 const REP_LEN = 3;
+/** Float64 indices within a slot's header: when the request and the reply were published, ns of monotonicNs(). */
+const REQ_AT = 2;
+const REP_AT = 3;
+
+/** CLOCK_MONOTONIC in nanoseconds: the same clock in every process of the machine (exact as a double for 104 days). */
+export function monotonicNs(): number {
+  return Number(process.hrtime.bigint());
+}
 
 export class ShmChannel {
   private readonly words: Int32Array;
+  private readonly times: Float64Array;
   private readonly bytes: Buffer;
 
   private constructor(
@@ -50,6 +61,7 @@ export class ShmChannel {
     readonly slotBytes: number,
   ) {
     this.words = new Int32Array(buffer);
+    this.times = new Float64Array(buffer);
     this.bytes = Buffer.from(buffer);
   }
 
@@ -105,12 +117,22 @@ export class ShmChannel {
     return this.slotBase(slot) / 4 + w;
   }
 
+  private time(slot: number, t: number): number {
+    return this.slotBase(slot) / 8 + t;
+  }
+
   /** Caller: writes `message` as slot's request number `seq` (nonzero). */
   writeRequest(slot: number, message: Uint8Array, seq: number): void {
     if (message.byteLength > this.slotBytes) throw new RangeError(`a message of ${message.byteLength} bytes exceeds the slot's ${this.slotBytes}`);
     this.bytes.set(message, this.slotBase(slot) + SLOT_HEADER_BYTES);
+    this.times[this.time(slot, REQ_AT)] = monotonicNs();
     Atomics.store(this.words, this.word(slot, REQ_LEN), message.byteLength);
     Atomics.store(this.words, this.word(slot, REQ_SEQ), seq);
+  }
+
+  /** Caller, after takeReply found the reply: when the server published it (monotonicNs()). */
+  replyPublishedAt(slot: number): number {
+    return this.times[this.time(slot, REP_AT)]!;
   }
 
   /** Caller: the reply to request `seq`, copied out of the slot (which is free again after this), or null if none yet. */
@@ -126,6 +148,11 @@ export class ShmChannel {
     return Atomics.load(this.words, this.word(slot, REQ_SEQ));
   }
 
+  /** Server, once requestSeq showed a new request: when the caller published it (monotonicNs()). */
+  requestPublishedAt(slot: number): number {
+    return this.times[this.time(slot, REQ_AT)]!;
+  }
+
   /** Server: a view of the slot's request, valid until the reply is written. */
   requestView(slot: number): Buffer {
     const len = Atomics.load(this.words, this.word(slot, REQ_LEN));
@@ -138,6 +165,7 @@ export class ShmChannel {
   writeReply(slot: number, message: Uint8Array, seq: number): boolean {
     if (message.byteLength > this.slotBytes) return false;
     this.bytes.set(message, this.slotBase(slot) + SLOT_HEADER_BYTES + this.slotBytes);
+    this.times[this.time(slot, REP_AT)] = monotonicNs();
     Atomics.store(this.words, this.word(slot, REP_LEN), message.byteLength);
     Atomics.store(this.words, this.word(slot, REP_SEQ), seq);
     return true;

@@ -94,10 +94,7 @@ export function expertHostHandlers({ core, logger, metrics: m }: HandlerDeps): A
     }
   }
 
-  const shm = new ShmDispatchServer((msg, signal) => {
-    m.expertHostSharedMemoryDispatches.inc();
-    return answerStreamed(msg, signal);
-  }, logger);
+  const shm = sharedMemoryServer(answerStreamed, logger, m);
 
   return {
     async dispatch(msg, ctx) {
@@ -154,4 +151,20 @@ export function expertHostHandlers({ core, logger, metrics: m }: HandlerDeps): A
       return toInfoResponse(core.info());
     },
   };
+}
+
+/** Dispatches through shared memory, answered by the stream's own code; counted, and timed from publication to reading. */
+function sharedMemoryServer(
+  answer: (msg: DispatchStreamRequest, signal: AbortSignal) => Promise<DispatchStreamResponse>,
+  logger: Logger,
+  m: MetricsOf<"expert-host">,
+): ShmDispatchServer {
+  return new ShmDispatchServer(
+    (msg, signal) => {
+      m.expertHostSharedMemoryDispatches.inc();
+      return answer(msg, signal);
+    },
+    logger,
+    (seconds) => m.expertHostSharedMemoryRequestWait.observe(seconds),
+  );
 }

@@ -9,7 +9,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync, unlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Doorbell, PeerDoorbell, removeOrphans, RingTogether, ShmChannel, shmNative } from "@moela/shm-native";
+import { Doorbell, monotonicNs, PeerDoorbell, removeOrphans, RingTogether, ShmChannel, shmNative } from "@moela/shm-native";
 import { afterEach, describe, expect, it } from "vitest";
 
 const made: ShmChannel[] = [];
@@ -48,6 +48,29 @@ describe.skipIf(shmNative === null)("ShmChannel", () => {
     expect(got).toEqual(reply);
   });
 
+  it("stamps each message with when it was published, on one clock for every process, for the reader to time its wait", () => {
+    const caller = channel();
+    const server = ShmChannel.open(caller.path, caller.nonce);
+    const before = monotonicNs();
+    caller.writeRequest(0, Buffer.alloc(16), 1);
+    const published = server.requestPublishedAt(0);
+    expect(published).toBeGreaterThanOrEqual(before);
+    expect(published).toBeLessThanOrEqual(monotonicNs());
+    // Per slot: the other slot's stamp is untouched.
+    expect(server.requestPublishedAt(1)).toBe(0);
+
+    server.writeReply(0, Buffer.alloc(16), 1);
+    const answered = caller.replyPublishedAt(0);
+    expect(answered).toBeGreaterThanOrEqual(published);
+    expect(answered).toBeLessThanOrEqual(monotonicNs());
+    // The request's stamp stays where it was: the two live apart in the slot's header.
+    expect(server.requestPublishedAt(0)).toBe(published);
+    // The clock is the machine's monotonic one, not this process's own: another process reads it in step.
+    const child = Number(spawnSync(process.execPath, ["-e", "process.stdout.write(String(process.hrtime.bigint()))"]).stdout.toString());
+    expect(child).toBeGreaterThan(answered);
+    expect(child).toBeLessThan(monotonicNs());
+  });
+
   it("refuses a message larger than a slot, either way", () => {
     const caller = channel(1, 64);
     const server = ShmChannel.open(caller.path, caller.nonce);
@@ -67,7 +90,7 @@ describe.skipIf(shmNative === null)("ShmChannel", () => {
     const fake = `/dev/shm/moela-channel-${process.pid}-fake`;
     writeFileSync(fake, Buffer.alloc(4096, 7));
     try {
-      expect(() => ShmChannel.open(fake, caller.nonce)).toThrow(/not a channel of version 1/);
+      expect(() => ShmChannel.open(fake, caller.nonce)).toThrow(/not a channel of version 2/);
     } finally {
       unlinkSync(fake);
     }

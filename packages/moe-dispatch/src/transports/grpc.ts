@@ -54,6 +54,8 @@ export interface GrpcExpertHostOptions {
    * (shm.ts; default true where the addon built). A host elsewhere refuses the attach and gRPC carries them.
    */
   readonly sharedMemory?: boolean;
+  /** Per answer read from shared memory: seconds it waited there for this process (ShmDispatchCallerOptions). */
+  readonly onSharedMemoryAnswerWait?: (seconds: number) => void;
   /** Says once per host whether dispatches took shared memory. */
   readonly logger?: Logger;
 }
@@ -101,7 +103,7 @@ export class GrpcExpertHostTransport implements ExpertHostTransport {
       ...o.channelOptions,
     });
     if (this.dispatchMode === "stream" && (o.sharedMemory ?? true) && sharedMemoryAvailable) {
-      this.shm = new ShmDispatchCaller({ name: this.name, client: this.client, logger: o.logger });
+      this.shm = new ShmDispatchCaller({ name: this.name, client: this.client, logger: o.logger, onAnswerWait: o.onSharedMemoryAnswerWait });
     }
   }
 

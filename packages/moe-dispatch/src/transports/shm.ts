@@ -17,7 +17,7 @@
 import { type ClientReadableStream, Metadata, type ServiceError } from "@grpc/grpc-js";
 import { Code, FailedPreconditionError, UnavailableError, errorMessage, type Logger } from "@moela/core";
 import type { AttachSharedMemoryResponse, AttachSharedMemoryRequest, DispatchStreamRequest, DispatchStreamResponse, ExpertHostClient } from "@moela/proto-gen";
-import { Doorbell, DoorbellLoop, PeerDoorbell, RingTogether, ShmChannel, shmNative } from "@moela/shm-native";
+import { Doorbell, DoorbellLoop, monotonicNs, PeerDoorbell, RingTogether, ShmChannel, shmNative } from "@moela/shm-native";
 import { decodeDispatchStreamRequest, decodeDispatchStreamResponse, encodeDispatchStreamRequest, encodeDispatchStreamResponse } from "./stream-codec.js";
 
 /** Whether this process can use shared-memory channels at all (Linux, the addon built). */
@@ -77,6 +77,12 @@ export interface ShmDispatchCallerOptions {
   readonly name: string;
   readonly client: ExpertHostClient;
   readonly logger?: Logger | undefined;
+  /**
+   * Per answer read: the seconds between the host publishing it and this process reading it. That is this
+   * process waking up and getting a core, or finishing what it was doing (the shared expert, another
+   * micro-batch) first.
+   */
+  readonly onAnswerWait?: ((seconds: number) => void) | undefined;
 }
 
 /** A caller's channel to one expert-host; see the module comment. */
@@ -145,10 +151,15 @@ export class ShmDispatchCaller {
     const ch = this.channel;
     if (ch === undefined) return false;
     let found = false;
+    let now = 0;
     for (const [slot, c] of this.calls) {
       const reply = ch.takeReply(slot, c.seq);
       if (reply === null) continue;
       found = true;
+      if (this.o.onAnswerWait !== undefined) {
+        now ||= monotonicNs();
+        this.o.onAnswerWait(Math.max(0, now - ch.replyPublishedAt(slot)) / 1e9);
+      }
       this.calls.delete(slot);
       this.free.push(slot);
       try {
@@ -264,6 +275,11 @@ export class ShmDispatchServer {
   constructor(
     private readonly serve: ServeDispatchStream,
     private readonly logger?: Logger,
+    /**
+     * Per request read: the seconds between the caller publishing it and this host reading it. That is this
+     * host waking up and getting a core, or finishing the requests before it.
+     */
+    private readonly onRequestWait?: (seconds: number) => void,
   ) {}
 
   /** Maps a caller's channel; throws FailedPreconditionError when it cannot (see the rpc's comment). */
@@ -303,12 +319,17 @@ export class ShmDispatchServer {
 
   private poll(): boolean {
     let found = false;
+    let now = 0;
     for (const a of this.attached) {
       for (let slot = 0; slot < a.channel.slots; slot++) {
         const seq = a.channel.requestSeq(slot);
         if (seq === a.taken[slot]) continue;
         a.taken[slot] = seq;
         found = true;
+        if (this.onRequestWait !== undefined) {
+          now ||= monotonicNs();
+          this.onRequestWait(Math.max(0, now - a.channel.requestPublishedAt(slot)) / 1e9);
+        }
         void this.answer(a, slot, seq);
       }
     }
