@@ -2,9 +2,11 @@
  * The cluster benchmark's measurements of the wire alone (scripts/bench/cluster.ts): one-token dispatches to a running
  * cluster's expert-hosts over each transport, beside the floors of a bare echo, and the loopback's bandwidth.
  */
+import { readFileSync } from "node:fs";
 import { createServer, connect as connectTcp, type AddressInfo } from "node:net";
 import type { ModelConfig } from "@moela/engine";
 import { connectExpertHosts, encodedSize, getDispatchCodec, placementFor, type DispatchMode, type PrecisionProfile } from "@moela/moe-dispatch";
+import { clientChannel, internalSecurity, type ClientChannel } from "@moela/rpc";
 import type { ClusterInfo } from "../../services/cli/src/launcher.js";
 import { delta, snapshot } from "./cluster-metrics.js";
 import { measureTransportFloors, type TransportFloors } from "./transport-floors.js";
@@ -44,11 +46,12 @@ export async function wireRoundTrips(info: ClusterInfo, profile: PrecisionProfil
     expertIds: [placement.expertsOfHost[h]![0]!],
     weights: [1],
   }));
+  const channel = internalChannel(info);
   const timed = async (mode: WireMode, to: readonly number[]): Promise<{ medianUs: number; hostUs: number | undefined }> => {
     const dispatchMode: DispatchMode = mode === "unary" ? "unary" : "stream";
     const transports = connectExpertHosts(
       to.map((h) => hosts[h]!.grpc),
-      { dispatchMode, sharedMemory: mode === "shm" },
+      { dispatchMode, sharedMemory: mode === "shm", credentials: channel.credentials, channelOptions: channel.options },
     );
     try {
       if (mode === "shm") {
@@ -81,6 +84,19 @@ export async function wireRoundTrips(info: ClusterInfo, profile: PrecisionProfil
   const oneHost = { stream: await timed("stream", [0]), shm: await timed("shm", [0]) };
   const floors = await measureTransportFloors(encodedSize(reqs[0]!.activations));
   return { all, oneHost, floors };
+}
+
+/**
+ * How the probe dials the cluster's expert-hosts: with the internal secret when the cluster has one (a running
+ * `moela cluster` makes one by default and names its file in cluster.json). Hosts behind TLS are not supported.
+ */
+function internalChannel(info: ClusterInfo): ClientChannel {
+  const internal = info.internal;
+  if (internal !== undefined && internal.tls !== "off")
+    throw new Error(`the wire probe dials the expert-hosts in plaintext; this cluster's internal gRPC uses ${internal.tls}`);
+  if (internal === undefined || !internal.secret) return clientChannel();
+  if (internal.secret_file === undefined) throw new Error("the cluster has an internal secret, but cluster.json names no file that holds it");
+  return clientChannel(internalSecurity({ secrets: [readFileSync(internal.secret_file, "utf8")] }));
 }
 
 /**
