@@ -46,7 +46,7 @@ export async function wireRoundTrips(info: ClusterInfo, profile: PrecisionProfil
     expertIds: [placement.expertsOfHost[h]![0]!],
     weights: [1],
   }));
-  const channel = internalChannel(info);
+  const channel = wireProbeChannel(info);
   const timed = async (mode: WireMode, to: readonly number[]): Promise<{ medianUs: number; hostUs: number | undefined }> => {
     const dispatchMode: DispatchMode = mode === "unary" ? "unary" : "stream";
     const transports = connectExpertHosts(
@@ -90,7 +90,7 @@ export async function wireRoundTrips(info: ClusterInfo, profile: PrecisionProfil
  * How the probe dials the cluster's expert-hosts: with the internal secret when the cluster has one (a running
  * `moela cluster` makes one by default and names its file in cluster.json). Hosts behind TLS are not supported.
  */
-function internalChannel(info: ClusterInfo): ClientChannel {
+export function wireProbeChannel(info: Pick<ClusterInfo, "internal">): ClientChannel {
   const internal = info.internal;
   if (internal !== undefined && internal.tls !== "off")
     throw new Error(`the wire probe dials the expert-hosts in plaintext; this cluster's internal gRPC uses ${internal.tls}`);
