@@ -887,7 +887,7 @@ const moe = dashboard({
           kind: "timeseries",
           title: "Shared memory: how long messages waited to be read (mean, P99)",
           description:
-            "From a dispatch's publication in shared memory to an expert-host reading it (request), and from a host's answer to prefill or decode reading it (answer). Tens of microseconds is a process waking on an idle core; hundreds mean the reader waited for a core or finished other work first, as when decode and its hosts share too few cores.",
+            "From a dispatch's publication in shared memory to an expert-host reading it (request), and from a host's answer to prefill or decode reading it (answer). Tens of microseconds is a process waking on an idle core. High (hundreds of microseconds) means the reader waited for a core or finished other work first, as when decode and its hosts share too few cores.",
           unit: "s",
           width: 24,
           targets: [
