@@ -178,25 +178,20 @@ function clusterBreakdown(a: Snapshot, b: Snapshot, info: ClusterInfo): Breakdow
   const phase = (name: string, p: string) => delta(a, b, info, ["decode"], name, (l) => l.includes(`phase="${p}"`)) ?? 0;
   const phases = Object.fromEntries(FORWARD_PHASES.map((p) => [p, phase("moela_engine_forward_phase_seconds_total", p)])) as Record<ForwardPhase, number>;
   const dispatch = { encode: phase("moela_moe_dispatch_phase_seconds_total", "encode"), combine: phase("moela_moe_dispatch_phase_seconds_total", "combine") };
-  const calls = delta(a, b, info, ["expert-host"], "moela_expert_host_dispatch_seconds_count");
-  const handling = delta(a, b, info, ["expert-host"], "moela_expert_host_dispatch_seconds_sum");
-  const compute = delta(a, b, info, ["expert-host"], "moela_expert_host_compute_seconds_sum");
-  // Messages through shared memory, timed from their publication to their reader: hosts read requests, decode answers.
-  const perMessage = (role: "expert-host" | "decode", metric: string): number | undefined => {
-    const n = delta(a, b, info, [role], `${metric}_count`);
-    const sum = delta(a, b, info, [role], `${metric}_sum`);
+  // A histogram's mean per observation (one per dispatch call, or per message through shared memory), scaled to "per
+  // step" so the per-layer column divides it back to one per MoE layer.
+  const perCall = (role: "expert-host" | "decode", histogram: string): number | undefined => {
+    const n = delta(a, b, info, [role], `${histogram}_count`);
+    const sum = delta(a, b, info, [role], `${histogram}_sum`);
     return n !== undefined && n > 0 && sum !== undefined ? (sum / n) * MOE_LAYERS : undefined;
   };
-  // Per call, scaled to "per step" so the per-layer column divides it back to one call per MoE layer.
-  const host =
-    calls !== undefined && calls > 0 && handling !== undefined && compute !== undefined
-      ? {
-          handling: (handling / calls) * MOE_LAYERS,
-          compute: (compute / calls) * MOE_LAYERS,
-          requestWait: perMessage("expert-host", "moela_expert_host_shared_memory_request_wait_seconds"),
-          answerWait: perMessage("decode", "moela_moe_dispatch_shared_memory_answer_wait_seconds"),
-        }
-      : undefined;
+  const host = {
+    handling: perCall("expert-host", "moela_expert_host_dispatch_seconds"),
+    compute: perCall("expert-host", "moela_expert_host_compute_seconds"),
+    // Through shared memory, from a message's publication to its reader: hosts read requests, decode answers.
+    requestWait: perCall("expert-host", "moela_expert_host_shared_memory_request_wait_seconds"),
+    answerWait: perCall("decode", "moela_moe_dispatch_shared_memory_answer_wait_seconds"),
+  };
   return breakdownFromPhases(phases, steps, stepSeconds, dispatch, host);
 }
 
@@ -352,7 +347,7 @@ function breakdownFromPhases(
   steps: number,
   stepSeconds: number,
   dispatch?: { encode: number; combine: number },
-  host?: { handling: number; compute: number; requestWait: number | undefined; answerWait: number | undefined },
+  host?: Partial<Record<"handling" | "compute" | "requestWait" | "answerWait", number | undefined>>,
 ): Breakdown {
   const enc = dispatch?.encode ?? 0;
   const comb = dispatch?.combine ?? 0;
