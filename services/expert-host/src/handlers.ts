@@ -159,12 +159,12 @@ function sharedMemoryServer(
   logger: Logger,
   m: MetricsOf<"expert-host">,
 ): ShmDispatchServer {
-  return new ShmDispatchServer(
-    (msg, signal) => {
+  return new ShmDispatchServer({
+    serve: (msg, signal) => {
       m.expertHostSharedMemoryDispatches.inc();
       return answer(msg, signal);
     },
     logger,
-    (seconds) => m.expertHostSharedMemoryRequestWait.observe(seconds),
-  );
+    onRequestWait: (seconds) => m.expertHostSharedMemoryRequestWait.observe(seconds),
+  });
 }

@@ -252,6 +252,16 @@ export class ShmDispatchCaller {
 /** What a host does with one DispatchStream request (the gRPC stream's own handler). */
 export type ServeDispatchStream = (msg: DispatchStreamRequest, signal: AbortSignal) => Promise<DispatchStreamResponse>;
 
+export interface ShmDispatchServerOptions {
+  readonly serve: ServeDispatchStream;
+  readonly logger?: Logger | undefined;
+  /**
+   * Per request read: the seconds between the caller publishing it and this host reading it. That is this
+   * host waking up and getting a core, or finishing the requests before it.
+   */
+  readonly onRequestWait?: ((seconds: number) => void) | undefined;
+}
+
 interface AttachedChannel {
   readonly channel: ShmChannel;
   readonly callerBell: PeerDoorbell;
@@ -272,15 +282,7 @@ export class ShmDispatchServer {
   /** Requests being answered. */
   private inFlight = 0;
 
-  constructor(
-    private readonly serve: ServeDispatchStream,
-    private readonly logger?: Logger,
-    /**
-     * Per request read: the seconds between the caller publishing it and this host reading it. That is this
-     * host waking up and getting a core, or finishing the requests before it.
-     */
-    private readonly onRequestWait?: (seconds: number) => void,
-  ) {}
+  constructor(private readonly o: ShmDispatchServerOptions) {}
 
   /** Maps a caller's channel; throws FailedPreconditionError when it cannot (see the rpc's comment). */
   attach(req: AttachSharedMemoryRequest, signal: AbortSignal): { bellPath: string; detach(): void } {
@@ -326,9 +328,9 @@ export class ShmDispatchServer {
         if (seq === a.taken[slot]) continue;
         a.taken[slot] = seq;
         found = true;
-        if (this.onRequestWait !== undefined) {
+        if (this.o.onRequestWait !== undefined) {
           now ||= monotonicNs();
-          this.onRequestWait(Math.max(0, now - a.channel.requestPublishedAt(slot)) / 1e9);
+          this.o.onRequestWait(Math.max(0, now - a.channel.requestPublishedAt(slot)) / 1e9);
         }
         void this.answer(a, slot, seq);
       }
@@ -345,7 +347,7 @@ export class ShmDispatchServer {
       try {
         const msg = decodeDispatchStreamRequest(a.channel.requestView(slot));
         callId = msg.callId;
-        reply = await this.serve(msg, a.signal);
+        reply = await this.o.serve(msg, a.signal);
       } catch (err) {
         if (a.signal.aborted) return;
         reply = { callId, errorCode: Code.INVALID_ARGUMENT, errorMessage: `a malformed request in shared memory: ${errorMessage(err)}` };
@@ -354,7 +356,7 @@ export class ShmDispatchServer {
       if (!a.channel.writeReply(slot, encodeDispatchStreamResponse(reply), seq)) {
         const tooLarge = { callId, errorCode: Code.RESOURCE_EXHAUSTED, errorMessage: "the answer is larger than the shared-memory slot" };
         a.channel.writeReply(slot, encodeDispatchStreamResponse(tooLarge), seq);
-        this.logger?.warn({ slotBytes: a.channel.slotBytes }, "a dispatch answer did not fit its shared-memory slot");
+        this.o.logger?.warn({ slotBytes: a.channel.slotBytes }, "a dispatch answer did not fit its shared-memory slot");
       }
       a.callerBell.ring();
     } finally {
