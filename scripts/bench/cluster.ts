@@ -38,7 +38,7 @@ import { randomUUID } from "node:crypto";
 import { Command } from "commander";
 import { applyHeapGrowth } from "@moela/core";
 import OpenAI from "openai";
-import { DeepseekModel, Engine, FORWARD_PHASES, PhaseTimes, readModelConfig, type ForwardPhase, type ModelConfig, type Sequence } from "@moela/engine";
+import { DeepseekModel, Engine, PhaseTimes, readModelConfig, type ModelConfig, type Sequence } from "@moela/engine";
 import {
   PRECISION_PROFILES,
   createInProcessExperts,
@@ -50,6 +50,7 @@ import {
 import { measureOneProcessServer } from "./one-process-server.js";
 import { cpuWindow, delta, histogramMax, missingMetrics, snapshot, type CpuPerToken, type Snapshot } from "./cluster-metrics.js";
 import { departure } from "./cluster-departure.js";
+import { BREAKDOWN_ROWS, breakdownFromPhases, clusterBreakdown, layersOf, moeLayers, type Breakdown } from "./cluster-breakdown.js";
 import { loopbackGBps, wireRoundTrips, type WireRoundTrips } from "./cluster-wire.js";
 import { epDecodeBound, type EpDecodeBound } from "@moela/planner";
 import { DEFAULT_MODEL, LOCAL_DECODE_MICRO_BATCHES, startCluster, type Cluster, type ClusterInfo } from "../../services/cli/src/launcher.js";
@@ -170,31 +171,6 @@ function meanTpotMs(streams: StreamTiming[]): number {
   return per.reduce((a, b) => a + b, 0) / per.length;
 }
 
-/** The decode instances' breakdown between two snapshots, with the expert-hosts' handling and compute per call. */
-function clusterBreakdown(a: Snapshot, b: Snapshot, info: ClusterInfo): Breakdown | undefined {
-  const steps = delta(a, b, info, ["decode"], "moela_decode_step_seconds_count");
-  const stepSeconds = delta(a, b, info, ["decode"], "moela_decode_step_seconds_sum");
-  if (steps === undefined || stepSeconds === undefined || steps === 0) return undefined;
-  const phase = (name: string, p: string) => delta(a, b, info, ["decode"], name, (l) => l.includes(`phase="${p}"`)) ?? 0;
-  const phases = Object.fromEntries(FORWARD_PHASES.map((p) => [p, phase("moela_engine_forward_phase_seconds_total", p)])) as Record<ForwardPhase, number>;
-  const dispatch = { encode: phase("moela_moe_dispatch_phase_seconds_total", "encode"), combine: phase("moela_moe_dispatch_phase_seconds_total", "combine") };
-  // A histogram's mean per observation (one per dispatch call, or per message through shared memory), scaled to "per
-  // step" so the per-layer column divides it back to one per MoE layer.
-  const perCall = (role: "expert-host" | "decode", histogram: string): number | undefined => {
-    const n = delta(a, b, info, [role], `${histogram}_count`);
-    const sum = delta(a, b, info, [role], `${histogram}_sum`);
-    return n !== undefined && n > 0 && sum !== undefined ? (sum / n) * MOE_LAYERS : undefined;
-  };
-  const host = {
-    handling: perCall("expert-host", "moela_expert_host_dispatch_seconds"),
-    compute: perCall("expert-host", "moela_expert_host_compute_seconds"),
-    // Through shared memory, from a message's publication to its reader: hosts read requests, decode answers.
-    requestWait: perCall("expert-host", "moela_expert_host_shared_memory_request_wait_seconds"),
-    answerWait: perCall("decode", "moela_moe_dispatch_shared_memory_answer_wait_seconds"),
-  };
-  return breakdownFromPhases(phases, steps, stepSeconds, dispatch, host);
-}
-
 /**
  * The planner's expert-parallel decode bound (issue 12 part 4) for the cluster as measured: the loopback as the link,
  * the profile's codec bytes, the hosts a token reached per MoE layer as its "experts per token" (the dispatcher sends
@@ -297,41 +273,9 @@ function serviceArgs(): Record<string, string[]> {
   return out;
 }
 
-// ---- the time breakdown ------------------------------------------------------------------------
+// ---- decode's layers and micro-batches, and one process's breakdown ----------------------------
 
-/** Seconds per decode step of each part of the breakdown (undefined: not measured on that side). */
-interface Breakdown {
-  steps: number;
-  stepSeconds: number;
-  /** Phase totals (seconds, all layers) per step. */
-  perStep: Record<BreakdownRow, number | undefined>;
-}
-
-/** The breakdown's rows, in order, with their labels, grouped by which layers the per-layer column divides them over. */
-const BREAKDOWN = {
-  layer: { attention: "attention (norm, MLA, residual)" },
-  moe: {
-    gate: "gate (router, top-k)",
-    shared_expert: "shared expert",
-    routed_experts_here: "routed experts computed here (with the shared expert)",
-    dispatch_encode: "dispatch: encode + send",
-    waiting_on_hosts: "waiting on expert-hosts",
-    host_request_wait: "  of which a request waiting to be read by its host (per call, shared memory)",
-    host_handling: "  of which a host's handling (per call)",
-    host_compute: "  of which its expert compute (per call)",
-    answer_wait: "  of which an answer waiting to be read by decode (per answer, shared memory)",
-    combine: "combine: decode + add",
-  },
-  dense: { dense_mlp: "dense MLP" },
-  step: { lm_head: "output head", outside_phases: "outside the forward (sampling, batching, streaming)" },
-} as const;
-type BreakdownPer = keyof typeof BREAKDOWN;
-type BreakdownRow = { [P in BreakdownPer]: keyof (typeof BREAKDOWN)[P] }[BreakdownPer];
-const BREAKDOWN_ROWS: readonly { readonly row: BreakdownRow; readonly label: string; readonly per: BreakdownPer }[] = (
-  Object.keys(BREAKDOWN) as BreakdownPer[]
-).flatMap((per) => Object.entries(BREAKDOWN[per]).map(([row, label]) => ({ row: row as BreakdownRow, label, per })));
-
-const MOE_LAYERS = cfg.numHiddenLayers - cfg.firstKDenseReplace;
+const MOE_LAYERS = moeLayers(cfg);
 /** Decode's micro-batches as the launcher starts it: --service-arg decode=--micro-batches=N, else the variable, else the launcher's. */
 const DECODE_MICRO_BATCHES = (() => {
   const arg = opts.serviceArg.map((a) => /^decode=--micro-batches[= ](\d+)$/.exec(a)).find((m) => m !== null);
@@ -339,40 +283,6 @@ const DECODE_MICRO_BATCHES = (() => {
   const env = process.env["MOELA_DECODE_MICRO_BATCHES"];
   return env !== undefined ? Number(env) : LOCAL_DECODE_MICRO_BATCHES;
 })();
-const layersOf = (per: BreakdownPer): number =>
-  per === "layer" ? cfg.numHiddenLayers : per === "moe" ? MOE_LAYERS : per === "dense" ? cfg.firstKDenseReplace : 1;
-
-function breakdownFromPhases(
-  phases: Record<ForwardPhase, number>,
-  steps: number,
-  stepSeconds: number,
-  dispatch?: { encode: number; combine: number },
-  host?: Partial<Record<"handling" | "compute" | "requestWait" | "answerWait", number | undefined>>,
-): Breakdown {
-  const enc = dispatch?.encode ?? 0;
-  const comb = dispatch?.combine ?? 0;
-  const inPhases = Object.values(phases).reduce((a, b) => a + b, 0);
-  const perStep: Breakdown["perStep"] = {
-    attention: phases.attention / steps,
-    gate: phases.gate / steps,
-    // The dispatcher's encode runs inside the shared-expert interval (runRouted sends before the shared expert starts).
-    // One process computes the shared expert in the routed experts' group: no interval of its own.
-    shared_expert: dispatch || phases.shared_expert > 0 ? (phases.shared_expert - enc) / steps : undefined,
-    routed_experts_here: phases.routed_experts / steps,
-    dispatch_encode: dispatch ? enc / steps : undefined,
-    // ... and its combine inside the wait.
-    waiting_on_hosts: dispatch ? (phases.routed_wait - comb) / steps : undefined,
-    host_request_wait: host?.requestWait,
-    host_handling: host?.handling,
-    host_compute: host?.compute,
-    answer_wait: host?.answerWait,
-    combine: dispatch ? comb / steps : undefined,
-    dense_mlp: phases.dense_mlp / steps,
-    lm_head: phases.lm_head / steps,
-    outside_phases: (stepSeconds - inPhases) / steps,
-  };
-  return { steps, stepSeconds, perStep };
-}
 
 /** One process as `moela generate` runs it: fast kernels, every core, the model's own experts, speculation auto. */
 async function inProcessAsGenerate(batch: number): Promise<{ tokS: number; breakdown: Breakdown; cpu: CpuPerToken | undefined }> {
@@ -494,7 +404,7 @@ async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
           tpotMs: meanTpotMs(streams),
           decodeStepTokS: per(generated, stepSeconds),
           tokens,
-          breakdown: clusterBreakdown(from, d, info),
+          breakdown: clusterBreakdown(from, d, info, cfg),
           cpu,
         };
         if (best === undefined || run.clientTokS > best.clientTokS) best = run;
@@ -696,7 +606,7 @@ if (speedCluster !== undefined) {
       ["per layer (us)", ...cols.map(([n]) => n)],
       ...BREAKDOWN_ROWS.filter((r) => r.per !== "step").map(({ row, label, per }) => [
         `${label}${per === "moe" ? " /MoE layer" : per === "dense" ? " /dense layer" : ""}`,
-        ...cols.map(([, b]) => us(b?.perStep[row], layersOf(per))),
+        ...cols.map(([, b]) => us(b?.perStep[row], layersOf(per, cfg))),
       ]),
       ["per step (us)", ...cols.map(() => "")],
       ...BREAKDOWN_ROWS.filter((r) => r.per === "step").map(({ row, label }) => [
