@@ -4,7 +4,7 @@
  *
  *   npx tsx scripts/bench/cluster.ts [--model models/tiny-v3] [--expert-hosts 2] [--prompt-tokens 32]
  *        [--requests 4] [--decode-tokens 64] [--stream-prompt-tokens 8] [--departure-steps 320]
- *        [--profiles exact,paper] [--cluster-json .moela/cluster.json] [--one-process-server]
+ *        [--profiles exact,paper] [--cluster-json .moela/cluster.json] [--one-process-server] [--warmup-tokens 512]
  *
  * The cluster-speed targets, first: decode tokens/s and time per output token of 1 and 16 streams
  * through the cluster beside one process as `moela generate` runs it (fast kernels, every core,
@@ -76,8 +76,11 @@ const program = new Command("bench-cluster")
   .option("--departure-steps <n>", "greedy steps compared between paper and exact", (v) => Number(v), 320)
   .option("--batches <list>", "decode batch sizes", "1,16")
   .option("--repeat <n>", "decode runs per batch size; the best is reported (CPU noise only slows runs down)", (v) => Number(v), 3)
-  .option("--warmup-streams <n>", "concurrent streams run once, unmeasured, before a cluster's decode runs (default: the largest batch; 0: none)", (v) =>
-    Number(v),
+  .option(
+    "--warmup-tokens <n>",
+    "tokens decoded, unmeasured, at each batch size before its measured runs: passes of that many streams until at least this many (0: none)",
+    (v) => Number(v),
+    512,
   )
   .option("--cluster-json <file>", "use this running cluster for its profile", ".moela/cluster.json")
   .option("--out <dir>", "where the JSON and HTML go", "bench-results")
@@ -99,7 +102,7 @@ const opts = program.opts<{
   out: string;
   cluster: boolean;
   repeat: number;
-  warmupStreams?: number;
+  warmupTokens: number;
   expertReplicas: number;
   oneProcessServer?: boolean;
 }>();
@@ -108,8 +111,7 @@ const H = opts.expertHosts;
 const R = opts.expertReplicas;
 if (!(Number.isInteger(R) && R >= 1)) throw new Error(`--expert-replicas must be a positive integer, got ${R}`);
 const BATCHES = opts.batches.split(",").map(Number);
-const WARMUP_STREAMS = opts.warmupStreams ?? Math.max(...BATCHES);
-if (!(Number.isInteger(WARMUP_STREAMS) && WARMUP_STREAMS >= 0)) throw new Error(`--warmup-streams must be a whole number, got ${WARMUP_STREAMS}`);
+if (!(Number.isInteger(opts.warmupTokens) && opts.warmupTokens >= 0)) throw new Error(`--warmup-tokens must be a whole number, got ${opts.warmupTokens}`);
 const PROFILES = opts.profiles.split(",").filter((p) => p !== "") as PrecisionName[];
 for (const p of PROFILES) if (!(p in PRECISION_PROFILES)) throw new Error(`--profiles: unknown profile ${p}`);
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -362,17 +364,20 @@ async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
     const per = (x: number | undefined, n: number | undefined) => (x === undefined || n === undefined || n === 0 ? undefined : x / n);
     const kvBytes = prof.kvDtype === "f32" ? 4 : 2;
 
-    // Workload 2: decode throughput at each batch size, after one unmeasured pass. The one-process figures come from a
-    // process whose code the JIT has already compiled (the in-process runs before them); a cluster fresh from its start
-    // would otherwise pay its services' compilation inside the first measured runs.
-    if (WARMUP_STREAMS > 0) {
-      log(`  ${profile}: warm-up, ${WARMUP_STREAMS} concurrent stream(s) x ${opts.decodeTokens} tokens, not measured ...`);
-      await Promise.all(
-        Array.from({ length: WARMUP_STREAMS }, (_, i) => stream(client, model, promptIds(200 + i, opts.streamPromptTokens), opts.decodeTokens)),
-      );
-    }
+    // Workload 2: decode throughput at each batch size, each after unmeasured passes at that size. The one-process
+    // figures come from a process whose code the JIT has already compiled (the in-process runs before them); a
+    // cluster fresh from its start, or fresh to a batch size, would otherwise pay its services' compilation inside
+    // the measured runs. One pass at the largest batch did not warm one stream's path: on a Zen 5 VM one stream
+    // measured 12.9 ms per output token over its first 640 tokens, then 7.4-8.1 (docs/PERFORMANCE.md, 2026-12-06).
     const decode: ClusterResult["decode"] = [];
     for (const batch of BATCHES) {
+      const passes = Math.ceil(opts.warmupTokens / (batch * opts.decodeTokens));
+      if (passes > 0) log(`  ${profile}: warm-up, ${passes} pass(es) of ${batch} concurrent stream(s) x ${opts.decodeTokens} tokens, not measured ...`);
+      for (let p = 0; p < passes; p++) {
+        await Promise.all(
+          Array.from({ length: batch }, (_, i) => stream(client, model, promptIds(200 + p * batch + i, opts.streamPromptTokens), opts.decodeTokens)),
+        );
+      }
       log(`  ${profile}: decode, ${batch} concurrent stream(s) x ${opts.decodeTokens} tokens (best of ${opts.repeat}) ...`);
       let best: ClusterResult["decode"][number] | undefined;
       for (let r = 0; r < opts.repeat; r++) {
