@@ -367,8 +367,10 @@ async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
     // Workload 2: decode throughput at each batch size, each after unmeasured passes at that size. The one-process
     // figures come from a process whose code the JIT has already compiled (the in-process runs before them); a
     // cluster fresh from its start, or fresh to a batch size, would otherwise pay its services' compilation inside
-    // the measured runs. One pass at the largest batch did not warm one stream's path: on a Zen 5 VM one stream
-    // measured 12.9 ms per output token over its first 640 tokens, then 7.4-8.1 (docs/PERFORMANCE.md, 2026-12-06).
+    // the measured runs. One pass at the largest batch did not warm one stream's path: after it, one stream measured
+    // 13.2 ms per output token, and 8.0 once the same cluster had served a few thousand tokens; from a cold start, one
+    // stream took 12.9 ms over its first 640 tokens, 9.5 over the next 640, then 7.5-8.1 (docs/PERFORMANCE.md,
+    // "A cold benchmark, a warm cluster, ...", a Zen 5 VM).
     const decode: ClusterResult["decode"] = [];
     for (const batch of BATCHES) {
       const passes = Math.ceil(opts.warmupTokens / (batch * opts.decodeTokens));
