@@ -18,10 +18,11 @@ afterEach(async () => {
 
 describe("the cluster benchmark's time breakdown (scripts/bench/cluster-breakdown.ts)", () => {
   it("spreads each row over the layers it belongs to", () => {
-    expect(moeLayers(cfg)).toBe(cfg.numHiddenLayers - cfg.firstKDenseReplace);
-    expect(layersOf("layer", cfg)).toBe(cfg.numHiddenLayers);
-    expect(layersOf("moe", cfg)).toBe(moeLayers(cfg));
-    expect(layersOf("dense", cfg)).toBe(cfg.firstKDenseReplace);
+    // tiny-v3: 4 layers, the first dense.
+    expect(moeLayers(cfg)).toBe(3);
+    expect(layersOf("layer", cfg)).toBe(4);
+    expect(layersOf("moe", cfg)).toBe(3);
+    expect(layersOf("dense", cfg)).toBe(1);
     expect(layersOf("step", cfg)).toBe(1);
     // Every row once, in the table's order: the "of which" rows right under the wait they are part of.
     const rows = BREAKDOWN_ROWS.map((r) => r.row);
