@@ -1,5 +1,26 @@
 import { describe, expect, it } from "vitest";
-import { BF16_TO_F32, F16_TO_F32, F8_E4M3_TO_F32, f32ToBf16Bits, f32ToF16Bits, f32ToF8E4M3Bits } from "@moela/engine";
+import { BF16_TO_F32, F16_TO_F32, F8_E4M3_MAX, F8_E4M3_TO_F32, Rng, f32ToBf16Bits, f32ToF16Bits, f32ToF8E4M3Bits } from "@moela/engine";
+
+/** The nearest finite e4m3fn code by brute force over the table, ties to the even code (the oracle). */
+function nearestE4M3(x: number): number {
+  const sign = x < 0 || Object.is(x, -0) ? 0x80 : 0;
+  const a = Math.min(Math.abs(x), F8_E4M3_MAX);
+  let best = 0;
+  for (let b = 1; b <= 0x7e; b++) {
+    const d = Math.abs(F8_E4M3_TO_F32[b]! - a);
+    const dBest = Math.abs(F8_E4M3_TO_F32[best]! - a);
+    if (d < dBest || (d === dBest && b % 2 === 0)) best = b;
+  }
+  return sign | best;
+}
+
+/** The float64 next to x (x > 0) towards +Inf (dir 1) or 0 (dir -1). */
+function nextF64(x: number, dir: 1 | -1): number {
+  const f = new Float64Array([x]);
+  const u = new BigUint64Array(f.buffer);
+  u[0] = u[0]! + BigInt(dir);
+  return f[0]!;
+}
 
 describe("float8 e4m3fn", () => {
   it.each([
@@ -30,6 +51,29 @@ describe("float8 e4m3fn", () => {
     [0.3, 0.3125],
   ])("encodes %d to %d", (x, expected) => {
     expect(F8_E4M3_TO_F32[f32ToF8E4M3Bits(x)]).toBe(expected);
+  });
+  it("rounds every midpoint between codes, and the float64 values either side of it, as a brute-force search does", () => {
+    for (let b = 0; b < 0x7e; b++) {
+      const mid = (F8_E4M3_TO_F32[b]! + F8_E4M3_TO_F32[b + 1]!) / 2;
+      for (const x of [mid, nextF64(mid, 1), nextF64(mid, -1)]) {
+        expect(f32ToF8E4M3Bits(x)).toBe(nearestE4M3(x));
+        expect(f32ToF8E4M3Bits(-x)).toBe(nearestE4M3(-x));
+      }
+    }
+    // Between codes 0 and 1 the tie goes to 0 (even); just above it, to 1.
+    expect(f32ToF8E4M3Bits(2 ** -10)).toBe(0x00);
+    expect(f32ToF8E4M3Bits(nextF64(2 ** -10, 1))).toBe(0x01);
+  });
+  it("rounds 50,000 values over every binade, float64 subnormals and zeros as a brute-force search does", () => {
+    const rand = new Rng(4);
+    for (let i = 0; i < 50_000; i++) {
+      const x = (rand.next() < 0.5 ? -1 : 1) * 2 ** (-14 + 23.5 * rand.next());
+      expect(f32ToF8E4M3Bits(x)).toBe(nearestE4M3(x));
+    }
+    for (const x of [0, -0, Number.MIN_VALUE, 2 ** -1060, -Number.MIN_VALUE, nextF64(F8_E4M3_MAX, -1), 464, Infinity]) {
+      expect(f32ToF8E4M3Bits(x)).toBe(nearestE4M3(x));
+    }
+    expect(f32ToF8E4M3Bits(Number.NaN)).toBe(0x7f);
   });
 });
 

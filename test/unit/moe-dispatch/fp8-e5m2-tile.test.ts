@@ -58,6 +58,18 @@ describe("float8 e5m2 scalar format", () => {
       const x = (rand() < 0.5 ? -1 : 1) * 2 ** (-20 + 38 * rand());
       expect(f32ToF8E5M2Bits(x)).toBe(nearestCode(x));
     }
+    // Every midpoint between codes, and the float64 values either side of it.
+    const f = new Float64Array(1);
+    const u = new BigUint64Array(f.buffer);
+    for (let b = 0; b < 0x7b; b++) {
+      f[0] = (F8_E5M2_TO_F32[b]! + F8_E5M2_TO_F32[b + 1]!) / 2;
+      const mid = f[0];
+      for (const step of [0n, 1n, -1n]) {
+        u[0] = u[0]! + step;
+        expect(f32ToF8E5M2Bits(f[0])).toBe(nearestCode(f[0]));
+        f[0] = mid;
+      }
+    }
     // Exact midpoints: between 1 (0x3c) and 1.25 (0x3d) goes to 1; between 1.25 and 1.5 (0x3e) to 1.5.
     expect(f32ToF8E5M2Bits(1.125)).toBe(0x3c);
     expect(f32ToF8E5M2Bits(1.375)).toBe(0x3e);

@@ -115,12 +115,37 @@ export function f32ToF16Bits(x: number): number {
   return sign | (e << 10) | m;
 }
 
-/** Sorted non-negative finite e4m3 values, for nearest-value encoding. */
-const E4M3_POSITIVE: Float64Array = (() => {
-  const vals: number[] = [];
-  for (let b = 0; b < 0x7f; b++) vals.push(F8_E4M3_TO_F32[b]!);
-  return Float64Array.from(vals);
-})();
+const f64Scratch = new Float64Array(1);
+const f64Words = new Uint32Array(f64Scratch.buffer);
+/** Which of a float64's two 32-bit words holds its sign and exponent on this host. */
+const F64_HIGH_WORD = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1 ? 1 : 0;
+/** 2^k for k in [-64, 64], at index k + 64: a minifloat's binade scale, exact. */
+const POW2: Float64Array = Float64Array.from({ length: 129 }, (_, i) => 2 ** (i - 64));
+const ROUNDING_MAGIC = 2 ** 52;
+
+/**
+ * The code of a float8-style format (sign bit, exponent, `mantBits` mantissa bits, smallest normal binade
+ * 2^`minExp`, subnormals below it) nearest to `a`, ties to the even code, for 0 <= a below the format's largest
+ * finite value; the caller handles the sign, NaN and saturation. `a` may be any float64 (the tile codecs round
+ * x / scale from float64 once).
+ *
+ * Codes count up through the values: within a binade the mantissa, and a rounded mantissa of 2^mantBits is the
+ * next binade's first code. So the code is the binade's index times 2^mantBits plus the mantissa rounded on
+ * that binade's grid, and the lowest binade's grid (the subnormals') continues into the first normal one.
+ */
+export function minifloatCode(a: number, mantBits: number, minExp: number): number {
+  f64Scratch[0] = a;
+  const exp = ((f64Words[F64_HIGH_WORD]! >>> 20) & 0x7ff) - 1023; // zero and float64 subnormals: -1023
+  const e = exp < minExp ? minExp : exp;
+  // a on its binade's grid (scaled by a power of two, so exact), below 2^(mantBits + 1); adding 2^52 leaves no
+  // fraction bits, so the addition itself rounds it to the nearest integer, ties to even, without a branch.
+  const m = a * POW2[mantBits - e + 64]! + ROUNDING_MAGIC - ROUNDING_MAGIC;
+  return ((e - minExp) << mantBits) + m;
+}
+
+/** e4m3fn: 3 mantissa bits, smallest normal 2^-6. */
+const E4M3_MANT_BITS = 3;
+const E4M3_MIN_EXP = -6;
 
 /**
  * float -> float8 e4m3fn bit pattern, round to nearest even, saturating at +-448
@@ -128,23 +153,8 @@ const E4M3_POSITIVE: Float64Array = (() => {
  */
 export function f32ToF8E4M3Bits(x: number): number {
   if (Number.isNaN(x)) return 0x7f;
-  const sign = x < 0 || Object.is(x, -0) ? 0x80 : 0;
+  const sign = x < 0 || (x === 0 && 1 / x < 0) ? 0x80 : 0;
   const a = Math.abs(x);
   if (a >= F8_E4M3_MAX) return sign | 0x7e;
-  // Binary search for the first representable value >= a; codes are monotone in value.
-  let lo = 0;
-  let hi = E4M3_POSITIVE.length - 1;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (E4M3_POSITIVE[mid]! < a) lo = mid + 1;
-    else hi = mid;
-  }
-  if (E4M3_POSITIVE[lo] === a || lo === 0) return sign | lo;
-  const up = E4M3_POSITIVE[lo]!;
-  const down = E4M3_POSITIVE[lo - 1]!;
-  const dUp = up - a;
-  const dDown = a - down;
-  if (dDown < dUp) return sign | (lo - 1);
-  if (dUp < dDown) return sign | lo;
-  return sign | ((lo - 1) % 2 === 0 ? lo - 1 : lo); // tie: even mantissa
+  return sign | minifloatCode(a, E4M3_MANT_BITS, E4M3_MIN_EXP);
 }

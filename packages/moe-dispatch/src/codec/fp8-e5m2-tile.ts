@@ -8,11 +8,10 @@
  * float8 e5m2: bias 15, largest finite 57344 = 1.75 * 2^15, smallest normal 2^-14, subnormals
  * m * 2^-16 (m = 1..3), S.11111.00 is Inf, S.11111.xx (xx != 0) NaN.
  *
- * Per tile, exactly as fp8-tile does for E4M3: scale = fround(amax / 57344) (1 for an all-zero
- * tile, at least 2^-149 so a subnormal tile never gets a zero scale), code = e5m2(x / scale) rounded to nearest even once from float64 and saturated at
- * +-57344, decoded value = e5m2ToF32(code) * scale. NaN and +-Inf inputs are rejected.
+ * The tile scheme is float8-tiles.ts's, the same as fp8-tile's for E4M3, with 57344 for 448.
  */
-import { checkLength, checkMatrix, nonFinite, tilesPerRow } from "./shape.js";
+import { minifloatCode } from "@moela/engine";
+import { decodeFloat8TilesInto, encodeFloat8Tiles, float8TilesBytes, roundTripFloat8Tiles, type Float8Format, type Float8Tiles } from "./float8-tiles.js";
 
 export const FP8_E5M2_TILE = 128;
 /** Largest finite float8 e5m2 value. */
@@ -34,8 +33,9 @@ export const F8_E5M2_TO_F32: Float32Array = (() => {
   return table;
 })();
 
-/** The non-negative finite e5m2 values in code order (codes 0x00..0x7b), ascending. */
-const E5M2_POSITIVE: Float64Array = Float64Array.from(F8_E5M2_TO_F32.subarray(0, 0x7c));
+/** e5m2: 2 mantissa bits, smallest normal 2^-14. */
+const E5M2_MANT_BITS = 2;
+const E5M2_MIN_EXP = -14;
 
 /**
  * float -> float8 e5m2 bit pattern, round to nearest even, saturating at +-57344 (never Inf:
@@ -43,83 +43,27 @@ const E5M2_POSITIVE: Float64Array = Float64Array.from(F8_E5M2_TO_F32.subarray(0,
  */
 export function f32ToF8E5M2Bits(x: number): number {
   if (Number.isNaN(x)) return 0x7f;
-  const sign = x < 0 || Object.is(x, -0) ? 0x80 : 0;
+  const sign = x < 0 || (x === 0 && 1 / x < 0) ? 0x80 : 0;
   const a = Math.abs(x);
   if (a >= F8_E5M2_MAX) return sign | 0x7b;
-  // First representable value >= a (codes are monotone in value).
-  let lo = 0;
-  let hi = E5M2_POSITIVE.length - 1;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (E5M2_POSITIVE[mid]! < a) lo = mid + 1;
-    else hi = mid;
-  }
-  if (E5M2_POSITIVE[lo] === a || lo === 0) return sign | lo;
-  const dUp = E5M2_POSITIVE[lo]! - a;
-  const dDown = a - E5M2_POSITIVE[lo - 1]!;
-  if (dDown < dUp) return sign | (lo - 1);
-  if (dUp < dDown) return sign | lo;
-  return sign | ((lo - 1) % 2 === 0 ? lo - 1 : lo); // tie: the even mantissa (the code's low bit)
+  return sign | minifloatCode(a, E5M2_MANT_BITS, E5M2_MIN_EXP);
 }
 
-export interface Fp8E5M2Tiles {
-  /** [rows * cols] float8 e5m2 bit patterns, row-major. */
-  data: Uint8Array;
-  /** [rows * ceil(cols / tile)] float32 dequantisation scales, row-major over (row, tile). */
-  scales: Float32Array;
-}
+export type Fp8E5M2Tiles = Float8Tiles;
+
+const E5M2: Float8Format = { codec: "fp8-e5m2-tile", max: F8_E5M2_MAX, encode: f32ToF8E5M2Bits, values: F8_E5M2_TO_F32 };
 
 /** Exact encoded size in bytes: codes plus float32 scales (the same as fp8-tile's). */
 export function fp8E5M2TilesBytes(rows: number, cols: number, tile = FP8_E5M2_TILE): number {
-  return rows * cols + 4 * rows * tilesPerRow(cols, tile);
-}
-
-/** Smallest positive float32: the floor of a tile scale. */
-const MIN_SCALE = 2 ** -149;
-
-function tileScale(x: ArrayLike<number>, row: number, base: number, c0: number, c1: number): number {
-  let amax = 0;
-  for (let c = c0; c < c1; c++) {
-    const a = Math.abs(x[base + c]!);
-    if (!(a <= Number.MAX_VALUE)) nonFinite("fp8-e5m2-tile", row, c, x[base + c]!);
-    if (a > amax) amax = a;
-  }
-  return amax === 0 ? 1 : Math.max(Math.fround(amax / F8_E5M2_MAX), MIN_SCALE);
+  return float8TilesBytes(rows, cols, tile);
 }
 
 export function encodeFp8E5M2Tiles(x: ArrayLike<number>, rows: number, cols: number, tile = FP8_E5M2_TILE): Fp8E5M2Tiles {
-  checkMatrix("fp8-e5m2-tile", x, rows, cols, tile);
-  const tpr = tilesPerRow(cols, tile);
-  const data = new Uint8Array(rows * cols); // [rows, cols]
-  const scales = new Float32Array(rows * tpr); // [rows, tiles]
-  for (let r = 0; r < rows; r++) {
-    const base = r * cols;
-    for (let t = 0; t < tpr; t++) {
-      const c0 = t * tile;
-      const c1 = Math.min(c0 + tile, cols);
-      const scale = tileScale(x, r, base, c0, c1);
-      scales[r * tpr + t] = scale;
-      for (let c = c0; c < c1; c++) data[base + c] = f32ToF8E5M2Bits(x[base + c]! / scale);
-    }
-  }
-  return { data, scales };
+  return encodeFloat8Tiles(E5M2, x, rows, cols, tile);
 }
 
 export function decodeFp8E5M2TilesInto(enc: Fp8E5M2Tiles, rows: number, cols: number, out: Float32Array, tile = FP8_E5M2_TILE): Float32Array {
-  checkMatrix("fp8-e5m2-tile", out, rows, cols, tile);
-  const tpr = tilesPerRow(cols, tile);
-  checkLength("fp8-e5m2-tile", "data", enc.data.length, rows * cols);
-  checkLength("fp8-e5m2-tile", "scales", enc.scales.length, rows * tpr);
-  for (let r = 0; r < rows; r++) {
-    const base = r * cols;
-    for (let t = 0; t < tpr; t++) {
-      const c0 = t * tile;
-      const c1 = Math.min(c0 + tile, cols);
-      const scale = enc.scales[r * tpr + t]!;
-      for (let c = c0; c < c1; c++) out[base + c] = F8_E5M2_TO_F32[enc.data[base + c]!]! * scale;
-    }
-  }
-  return out;
+  return decodeFloat8TilesInto(E5M2, enc, rows, cols, out, tile);
 }
 
 export function decodeFp8E5M2Tiles(enc: Fp8E5M2Tiles, rows: number, cols: number, tile = FP8_E5M2_TILE): Float32Array {
@@ -128,17 +72,5 @@ export function decodeFp8E5M2Tiles(enc: Fp8E5M2Tiles, rows: number, cols: number
 
 /** decode(encode(x)) without the wire form, bit for bit; `out` may be `x` (the default). */
 export function roundTripFp8E5M2Tiles(x: Float32Array, rows: number, cols: number, out: Float32Array = x, tile = FP8_E5M2_TILE): Float32Array {
-  checkMatrix("fp8-e5m2-tile", x, rows, cols, tile);
-  checkMatrix("fp8-e5m2-tile", out, rows, cols, tile);
-  const tpr = tilesPerRow(cols, tile);
-  for (let r = 0; r < rows; r++) {
-    const base = r * cols;
-    for (let t = 0; t < tpr; t++) {
-      const c0 = t * tile;
-      const c1 = Math.min(c0 + tile, cols);
-      const scale = tileScale(x, r, base, c0, c1);
-      for (let c = c0; c < c1; c++) out[base + c] = F8_E5M2_TO_F32[f32ToF8E5M2Bits(x[base + c]! / scale)]! * scale;
-    }
-  }
-  return out;
+  return roundTripFloat8Tiles(E5M2, x, rows, cols, out, tile);
 }

@@ -1,0 +1,64 @@
+/**
+ * The dispatch codecs' own speed (a script, not a test): nanoseconds per value of every registered codec's
+ * encode, decode and round trip (the in-process rounding), for the row counts decode and prefill send (a batch-1
+ * layer, a 16-row micro-batch, a 512-token prefill chunk), on gaussian activations with a per-row scale.
+ * Dispatch encodes once per MoE layer and a host decodes once, so at the paper profile's fp8-tile these are
+ * per-layer costs on both sides of the wire.
+ *
+ *   npx tsx scripts/bench/codecs.ts [--hidden 7168] [--rounds 5] [--codecs f32,bf16,fp8-tile,logfmt8]
+ */
+import { Command } from "commander";
+import { DISPATCH_CODECS, getDispatchCodec } from "@moela/moe-dispatch";
+
+const opts = new Command("bench-codecs")
+  .option("--hidden <n>", "values per row (DeepSeek-V3: 7168)", (v) => Number(v), 7168)
+  .option("--rounds <n>", "timed rounds per case; the median is reported", (v) => Number(v), 5)
+  .option("--codecs <list>", "codecs to time", Object.keys(DISPATCH_CODECS).join(","))
+  .parse()
+  .opts<{ hidden: number; rounds: number; codecs: string }>();
+
+/** Median over rounds of nanoseconds per call of `fn`, each round at least ~20 ms, after ~100 ms of warm-up. */
+function time(fn: () => unknown): number {
+  for (const t0 = performance.now(); performance.now() - t0 < 100;) fn();
+  let n = 1;
+  for (let t = 0; t < 20; n *= 2) {
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) fn();
+    t = performance.now() - t0;
+  }
+  const rounds: number[] = [];
+  for (let r = 0; r < opts.rounds; r++) {
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) fn();
+    rounds.push(((performance.now() - t0) * 1e6) / n);
+  }
+  rounds.sort((a, b) => a - b);
+  return rounds[rounds.length >> 1]!;
+}
+
+/** Seeded gaussian-like activations (sum of uniforms), row r scaled by 2^(r mod 9 - 4) so tiles differ in range. */
+function activations(rows: number, cols: number): Float32Array {
+  let s = 12345;
+  const u = (): number => (s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 2 ** 32;
+  const x = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) x[r * cols + c] = (u() + u() + u() - 1.5) * 2 ** ((r % 9) - 4);
+  return x;
+}
+
+const H = opts.hidden;
+console.log(`dispatch codecs, hidden ${H}: nanoseconds per value (median of ${opts.rounds} rounds); MB/s of float32 activations in brackets`);
+console.log(["codec", "rows", "encode", "decode", "round trip"].join("\t"));
+for (const name of opts.codecs.split(",")) {
+  const codec = getDispatchCodec(name);
+  for (const rows of [1, 16, 512]) {
+    const x = activations(rows, H);
+    const out = new Float32Array(rows * H);
+    const enc = codec.encode(x, rows, H);
+    const n = rows * H;
+    const cell = (ns: number): string => `${(ns / n).toFixed(2)} (${((4 * n) / (ns / 1e3)).toFixed(0)})`;
+    const encode = time(() => codec.encode(x, rows, H));
+    const decode = time(() => codec.decode(enc, out));
+    const roundTrip = time(() => codec.roundTrip(x, rows, H, out));
+    console.log([name, rows, cell(encode), cell(decode), cell(roundTrip)].join("\t"));
+  }
+}
