@@ -3,12 +3,23 @@
  * encode, decode and round trip (the in-process rounding), for the row counts decode and prefill send (a batch-1
  * layer, a 16-row micro-batch, a 512-token prefill chunk), on gaussian activations with a per-row scale.
  * Dispatch encodes once per MoE layer and a host decodes once, so at the paper profile's fp8-tile these are
- * per-layer costs on both sides of the wire.
+ * per-layer costs on both sides of the wire. fp8-tile encodes in the native addon when it is built; the row
+ * "fp8-tile (TypeScript)" times float8-tiles.ts's loops, which give the same bits, in the same run.
  *
  *   npx tsx scripts/bench/codecs.ts [--hidden 7168] [--rounds 5] [--codecs f32,bf16,fp8-tile,logfmt8]
  */
 import { Command } from "commander";
-import { DISPATCH_CODECS, getDispatchCodec } from "@moela/moe-dispatch";
+import { nativeKernels } from "@moela/engine-native";
+import {
+  DISPATCH_CODECS,
+  FP8_E4M3_FORMAT,
+  FP8_TILE,
+  decodeFloat8TilesInto,
+  encodeFloat8Tiles,
+  getDispatchCodec,
+  roundTripFloat8Tiles,
+  type DispatchCodec,
+} from "@moela/moe-dispatch";
 
 const opts = new Command("bench-codecs")
   .option("--hidden <n>", "values per row (DeepSeek-V3: 7168)", (v) => Number(v), 7168)
@@ -47,9 +58,22 @@ function activations(rows: number, cols: number): Float32Array {
 
 const H = opts.hidden;
 console.log(`dispatch codecs, hidden ${H}: nanoseconds per value (median of ${opts.rounds} rounds); MB/s of float32 activations in brackets`);
+console.log(`native addon: ${typeof nativeKernels?.fp8Tiles === "function" ? "built, fp8-tile encodes there" : "not built"}`);
 console.log(["codec", "rows", "encode", "decode", "round trip"].join("\t"));
-for (const name of opts.codecs.split(",")) {
-  const codec = getDispatchCodec(name);
+/** fp8-tile on float8-tiles.ts's TypeScript loops, whether or not the addon is built. */
+const fp8TileTypeScript: DispatchCodec = {
+  ...getDispatchCodec("fp8-tile"),
+  encode(x, rows, cols) {
+    const { data, scales } = encodeFloat8Tiles(FP8_E4M3_FORMAT, x, rows, cols, FP8_TILE);
+    return { codec: "fp8-tile", rows, cols, data, meta: scales };
+  },
+  decode: (enc, out) => decodeFloat8TilesInto(FP8_E4M3_FORMAT, { data: enc.data, scales: enc.meta }, enc.rows, enc.cols, out!, FP8_TILE),
+  roundTrip: (x, rows, cols, out = x) => roundTripFloat8Tiles(FP8_E4M3_FORMAT, x, rows, cols, out, FP8_TILE),
+};
+const names = opts.codecs.split(",");
+const cases: Array<[string, DispatchCodec]> = names.map((name) => [name, getDispatchCodec(name)]);
+if (names.includes("fp8-tile")) cases.push(["fp8-tile (TypeScript)", fp8TileTypeScript]);
+for (const [name, codec] of cases) {
   for (const rows of [1, 16, 512]) {
     const x = activations(rows, H);
     const out = new Float32Array(rows * H);

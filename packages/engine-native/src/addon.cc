@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <condition_variable>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -707,6 +708,99 @@ static napi_value LogSumExp(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// fp8-tile, the dispatch codec: packages/moe-dispatch/src/codec/float8-tiles.ts with float8 e4m3fn, the same
+// float64 operations in the same order, so the same bits. Scalar C++: the loops are a few operations a value, and
+// the compile flags (-fno-fast-math, -ffp-contract=off) keep every rounding where the TypeScript has it.
+
+static const double E4M3_MAX = 448.0;
+static const double MIN_TILE_SCALE = 1.401298464324817e-45;  // 2^-149, the smallest float32
+static const double ROUNDING_MAGIC = 4503599627370496.0;  // 2^52: adding it rounds [0, 2^51) to an integer, ties even
+static float E4M3_VALUES[256];
+/** 2^(3 - e) for a binade e in [-6, 8], at index 8 - e: a value's mantissa on its binade's grid of 8 steps. */
+static double E4M3_GRID[15];
+
+static void init_e4m3() {
+  for (int b = 0; b < 256; b++) {
+    const int exp = (b >> 3) & 0xf, mant = b & 7;
+    double v = exp == 0 ? mant * std::ldexp(1.0, -9) : (1 + mant / 8.0) * std::ldexp(1.0, exp - 7);
+    if (exp == 0xf && mant == 7) v = NAN;
+    E4M3_VALUES[b] = (float)((b & 0x80) ? -v : v);
+  }
+  for (int e = -6; e <= 8; e++) E4M3_GRID[8 - e] = std::ldexp(1.0, 3 - e);
+}
+
+/** f32ToF8E4M3Bits (engine/src/tensor/dtype.ts) for a finite q. */
+static inline int e4m3_code(double q) {
+  const int sign = std::signbit(q) ? 0x80 : 0;
+  const double a = std::fabs(q);
+  if (a >= E4M3_MAX) return sign | 0x7e;
+  uint64_t bits;
+  memcpy(&bits, &a, sizeof bits);
+  int e = (int)((bits >> 52) & 0x7ff) - 1023;
+  if (e < -6) e = -6;
+  const double m = a * E4M3_GRID[8 - e] + ROUNDING_MAGIC - ROUNDING_MAGIC;
+  return sign | (((e + 6) << 3) + (int)m);
+}
+
+// fp8Tiles(x, off, rows, cols, tile, data, scales, out): the [rows, cols] matrix at x[off ..] in tiles of 1 x tile.
+// With data and scales: its codes and tile scales (encode). With out instead: the decoded values (the round trip;
+// out may be x's own array at the same offset). Returns -1, or the index (from off) of the first NaN or +-Inf,
+// which stops it.
+static napi_value Fp8Tiles(napi_env env, napi_callback_info info) {
+  static const char* usage =
+      "fp8Tiles(x, off, rows, cols, tile, data, scales, out) takes a Float32Array, integers off >= 0, rows >= 0, cols >= 1 and "
+      "tile >= 1, then a Uint8Array and a Float32Array long enough for the codes and scales, or nulls and a Float32Array out";
+  size_t argc = 8;
+  napi_value argv[8];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  int off, rows, cols, tile;
+  Arr x, data, scales, out;
+  if (argc < 8 || !get_array(env, argv[0], &x) || !x.present || x.type != napi_float32_array || !get_int(env, argv[1], &off) ||
+      !get_int(env, argv[2], &rows) || !get_int(env, argv[3], &cols) || !get_int(env, argv[4], &tile) || !get_array(env, argv[5], &data) ||
+      !get_array(env, argv[6], &scales) || !get_array(env, argv[7], &out) || off < 0 || rows < 0 || cols < 1 || tile < 1)
+    return range_error(env, usage);
+  const size_t n = (size_t)rows * (size_t)cols;
+  const int tpr = (cols + tile - 1) / tile;
+  const bool encode = data.present;
+  if ((size_t)off + n > x.length) return range_error(env, usage);
+  if (encode ? (data.type != napi_uint8_array || data.length < n || !scales.present || scales.type != napi_float32_array ||
+                scales.length < (size_t)rows * tpr || out.present)
+             : (scales.present || !out.present || out.type != napi_float32_array || (size_t)off + n > out.length))
+    return range_error(env, usage);
+  const float* xs = (const float*)x.data + off;
+  uint8_t* codes = (uint8_t*)data.data;
+  float* sc = (float*)scales.data;
+  float* ys = encode ? nullptr : (float*)out.data + off;
+  double bad = -1;
+  for (int r = 0; r < rows && bad < 0; r++) {
+    const size_t base = (size_t)r * cols;
+    for (int t = 0; t < tpr; t++) {
+      const int c0 = t * tile, c1 = std::min(c0 + tile, cols);
+      double amax = 0;
+      for (int c = c0; c < c1; c++) {
+        const double a = std::fabs((double)xs[base + c]);
+        if (!(a <= DBL_MAX)) {
+          bad = (double)(base + c);
+          break;
+        }
+        if (a > amax) amax = a;
+      }
+      if (bad >= 0) break;
+      const double scale = amax == 0 ? 1.0 : std::max((double)(float)(amax / E4M3_MAX), MIN_TILE_SCALE);
+      if (encode) {
+        sc[(size_t)r * tpr + t] = (float)scale;
+        for (int c = c0; c < c1; c++) codes[base + c] = (uint8_t)e4m3_code((double)xs[base + c] / scale);
+      } else {
+        for (int c = c0; c < c1; c++) ys[base + c] = (float)((double)E4M3_VALUES[e4m3_code((double)xs[base + c] / scale)] * scale);
+      }
+    }
+  }
+  napi_value result;
+  CHECK(napi_create_double(env, bad, &result));
+  return result;
+}
+
 // softmaxWeights(x, ids, n, max, invT, minP, out): out[j] = exp((x[ids[j]] - max) * invT) (x[j] when ids is null),
 // 0 where below minP, for j < n; returns their sum. A sampler's pass over the vocabulary, on the calling thread.
 static napi_value SoftmaxWeights(napi_env env, napi_callback_info info) {
@@ -892,6 +986,7 @@ static napi_value WorkerChunks(napi_env env, napi_callback_info) {
 }
 
 static napi_value Init(napi_env env, napi_value exports) {
+  init_e4m3();
   const napi_property_descriptor props[] = {
       {"matmul", nullptr, SyncCall<20, prep_matmul>, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"matmulT", nullptr, SyncCall<20, prep_matmul_t>, nullptr, nullptr, nullptr, napi_default, nullptr},
@@ -905,6 +1000,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"argmax", nullptr, Argmax, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"softmaxWeights", nullptr, SoftmaxWeights, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"logSumExp", nullptr, LogSumExp, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"fp8Tiles", nullptr, Fp8Tiles, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"isa", nullptr, Isa, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"supportedIsas", nullptr, SupportedIsas, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"selectIsa", nullptr, SelectIsa, nullptr, nullptr, nullptr, napi_default, nullptr},

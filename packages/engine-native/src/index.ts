@@ -113,6 +113,22 @@ export interface NativeKernels {
    * logit's weight is exactly 1.
    */
   softmaxWeights(x: Float32Array, ids: Int32Array | null, n: number, max: number, invT: number, minP: number, out: Float64Array): number;
+  /**
+   * The fp8-tile dispatch codec (packages/moe-dispatch/src/codec/float8-tiles.ts with float8 e4m3fn, the same
+   * bits) over the [rows, cols] matrix at x[off ..], in tiles of 1 x tile: with `data` and `scales`, its codes and
+   * tile scales; with nulls for those and `out`, its decoded values at out[off ..] (out may be x). Returns -1, or
+   * the index (from off) of the first NaN or +-Infinity, where it stopped.
+   */
+  fp8Tiles(
+    x: Float32Array,
+    off: number,
+    rows: number,
+    cols: number,
+    tile: number,
+    data: Uint8Array | null,
+    scales: Float32Array | null,
+    out: Float32Array | null,
+  ): number;
   /** The index (counted from off) of the first largest of x[off .. off + n), or -1 when they hold a NaN or +Infinity. */
   argmax(x: Float32Array, off: number, n: number): number;
   /**

@@ -1,7 +1,16 @@
 import { describe, expect, it } from "vitest";
 import { DataLossError, InvalidArgumentError } from "@moela/core";
 import { F8_E4M3_TO_F32 } from "@moela/engine";
-import { decodeFp8Tiles, encodeFp8Tiles, fp8TilesBytes, roundTripFp8Tiles } from "@moela/moe-dispatch";
+import { nativeKernels } from "@moela/engine-native";
+import {
+  FP8_E4M3_FORMAT,
+  decodeFp8Tiles,
+  encodeFloat8Tiles,
+  encodeFp8Tiles,
+  fp8TilesBytes,
+  roundTripFloat8Tiles,
+  roundTripFp8Tiles,
+} from "@moela/moe-dispatch";
 import { bits, gaussianMatrix } from "./random.js";
 
 const SHAPES: Array<[string, number, number]> = [
@@ -102,5 +111,54 @@ describe("fp8-tile codec", () => {
     const enc = encodeFp8Tiles(gaussianMatrix(2, 2, 256), 2, 256);
     expect(() => decodeFp8Tiles({ data: enc.data.subarray(1), scales: enc.scales }, 2, 256)).toThrow(DataLossError);
     expect(() => decodeFp8Tiles({ data: enc.data, scales: enc.scales.subarray(1) }, 2, 256)).toThrow(DataLossError);
+  });
+});
+
+/** Matrices that reach every branch of the encoder: a tile of float32 subnormals, -0, saturation, ties. */
+function awkwardMatrix(rows: number, cols: number): Float32Array {
+  const x = gaussianMatrix(9, rows, cols, (r) => 2 ** (3 * r - 6));
+  for (let c = 0; c < Math.min(cols, 128); c++) x[c] = (c - 64) * 2 ** -149; // float32 subnormals, amax / 448 underflows
+  if (rows > 1) {
+    x[cols] = -0;
+    x[cols + 1] = 1.0625; // an e4m3 tie once scaled: the tile's max below is 448
+    x[cols + 2] = 448;
+    x[cols + 3] = -447.99;
+  }
+  return x;
+}
+
+describe.skipIf(typeof nativeKernels?.fp8Tiles !== "function")("fp8-tile codec in the addon", () => {
+  it.each([...SHAPES, ["awkward tiles", 3, 300] as [string, number, number]])(
+    "%s: the same codes, scales and round trip as float8-tiles.ts",
+    (name, rows, cols) => {
+      for (const tile of [128, 32, 7]) {
+        const x = name === "awkward tiles" ? awkwardMatrix(rows, cols) : gaussianMatrix(rows + cols, rows, cols, (r) => 2 ** (r - 1));
+        const native = encodeFp8Tiles(x, rows, cols, tile);
+        const ts = encodeFloat8Tiles(FP8_E4M3_FORMAT, x, rows, cols, tile);
+        expect(native.data).toEqual(ts.data);
+        expect(bits(native.scales)).toEqual(bits(ts.scales));
+        const want = roundTripFloat8Tiles(FP8_E4M3_FORMAT, x, rows, cols, new Float32Array(rows * cols), tile);
+        expect(bits(roundTripFp8Tiles(x, rows, cols, new Float32Array(rows * cols), tile))).toEqual(bits(want));
+        expect(bits(roundTripFp8Tiles(x.slice(), rows, cols, undefined, tile))).toEqual(bits(want));
+      }
+    },
+  );
+
+  it("stops at the first non-finite value and names it as the TypeScript does", () => {
+    const x = gaussianMatrix(3, 3, 256);
+    x[2 * 256 + 130] = -Infinity;
+    x[2 * 256 + 131] = Number.NaN;
+    expect(() => encodeFp8Tiles(x, 3, 256)).toThrow(/row 2, col 130/);
+    expect(() => roundTripFp8Tiles(x, 3, 256, new Float32Array(3 * 256))).toThrow(/non-finite activation -Infinity at row 2, col 130/);
+  });
+
+  it("refuses arrays too short for the shape", () => {
+    const fp8Tiles = nativeKernels!.fp8Tiles.bind(nativeKernels);
+    const x = new Float32Array(256);
+    expect(() => fp8Tiles(x, 1, 2, 128, 128, new Uint8Array(256), new Float32Array(2), null)).toThrow(RangeError);
+    expect(() => fp8Tiles(x, 0, 2, 128, 128, new Uint8Array(255), new Float32Array(2), null)).toThrow(RangeError);
+    expect(() => fp8Tiles(x, 0, 2, 128, 128, new Uint8Array(256), new Float32Array(1), null)).toThrow(RangeError);
+    expect(() => fp8Tiles(x, 0, 2, 128, 128, null, null, new Float32Array(255))).toThrow(RangeError);
+    expect(fp8Tiles(x, 0, 2, 128, 128, null, null, x)).toBe(-1);
   });
 });

@@ -15,6 +15,7 @@ import { decodeLogFmtInto, encodeLogFmt, logFmtBytes, roundTripLogFmt } from "./
 import { checkLength, checkMatrix } from "./shape.js";
 
 export * from "./bf16.js";
+export * from "./float8-tiles.js";
 export * from "./fp8-tile.js";
 export * from "./fp8-e5m2-tile.js";
 export * from "./logfmt.js";
