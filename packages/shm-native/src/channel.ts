@@ -48,6 +48,23 @@ export function monotonicNs(): number {
   return Number(process.hrtime.bigint());
 }
 
+/**
+ * Seconds from a message's publish stamp to now, for a poll that times each message it finds. The clock is read
+ * once per poll (reset() at its start), at the first message, so a poll that finds none does not read it.
+ */
+export class WaitClock {
+  private nowNs = 0;
+
+  reset(): void {
+    this.nowNs = 0;
+  }
+
+  secondsSince(stampNs: number): number {
+    this.nowNs ||= monotonicNs();
+    return Math.max(0, this.nowNs - stampNs) / 1e9;
+  }
+}
+
 export class ShmChannel {
   private readonly words: Int32Array;
   private readonly times: Float64Array;

@@ -9,7 +9,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync, unlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Doorbell, monotonicNs, PeerDoorbell, removeOrphans, RingTogether, ShmChannel, shmNative } from "@moela/shm-native";
+import { Doorbell, monotonicNs, PeerDoorbell, removeOrphans, RingTogether, ShmChannel, shmNative, WaitClock } from "@moela/shm-native";
 import { afterEach, describe, expect, it } from "vitest";
 
 const made: ShmChannel[] = [];
@@ -179,6 +179,22 @@ describe.skipIf(shmNative === null)("Doorbell", () => {
     peer.ring();
     await new Promise((r) => setTimeout(r, 50));
     expect(calls).toBe(seen);
+  });
+});
+
+describe("WaitClock", () => {
+  it("times every message of a poll against one reading of the clock, and reads it again after reset()", async () => {
+    const clock = new WaitClock();
+    const first = monotonicNs() - 2e6;
+    const second = first + 1e6;
+    const a = clock.secondsSince(first);
+    await new Promise((r) => setTimeout(r, 5));
+    const b = clock.secondsSince(second);
+    expect(a).toBeGreaterThanOrEqual(2e-3);
+    expect(a - b).toBeCloseTo(1e-3, 9); // the same "now" for both, although 5 ms passed between them
+    clock.reset();
+    expect(clock.secondsSince(first)).toBeGreaterThanOrEqual(a + 4e-3);
+    expect(clock.secondsSince(monotonicNs() + 1e9)).toBe(0); // a stamp after the reading: no negative wait
   });
 });
 

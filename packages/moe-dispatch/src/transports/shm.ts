@@ -17,7 +17,7 @@
 import { type ClientReadableStream, Metadata, type ServiceError } from "@grpc/grpc-js";
 import { Code, FailedPreconditionError, UnavailableError, errorMessage, type Logger } from "@moela/core";
 import type { AttachSharedMemoryResponse, AttachSharedMemoryRequest, DispatchStreamRequest, DispatchStreamResponse, ExpertHostClient } from "@moela/proto-gen";
-import { Doorbell, DoorbellLoop, monotonicNs, PeerDoorbell, RingTogether, ShmChannel, shmNative } from "@moela/shm-native";
+import { Doorbell, DoorbellLoop, PeerDoorbell, RingTogether, ShmChannel, shmNative, WaitClock } from "@moela/shm-native";
 import { decodeDispatchStreamRequest, decodeDispatchStreamResponse, encodeDispatchStreamRequest, encodeDispatchStreamResponse } from "./stream-codec.js";
 
 /** Whether this process can use shared-memory channels at all (Linux, the addon built). */
@@ -95,6 +95,7 @@ export class ShmDispatchCaller {
   private closed = false;
   private readonly free: number[] = [];
   private readonly calls = new Map<number, WaitingCall>();
+  private readonly waitClock = new WaitClock();
   private nextSeq = 1;
   /** Dispatches sent through the channel, and those that took gRPC while it was attached (too large, no slot). */
   sent = 0;
@@ -151,15 +152,12 @@ export class ShmDispatchCaller {
     const ch = this.channel;
     if (ch === undefined) return false;
     let found = false;
-    let now = 0;
+    this.waitClock.reset();
     for (const [slot, c] of this.calls) {
       const reply = ch.takeReply(slot, c.seq);
       if (reply === null) continue;
       found = true;
-      if (this.o.onAnswerWait !== undefined) {
-        now ||= monotonicNs();
-        this.o.onAnswerWait(Math.max(0, now - ch.replyPublishedAt(slot)) / 1e9);
-      }
+      this.o.onAnswerWait?.(this.waitClock.secondsSince(ch.replyPublishedAt(slot)));
       this.calls.delete(slot);
       this.free.push(slot);
       try {
@@ -279,6 +277,7 @@ export class ShmDispatchServer {
   /** Made at the first attach, so that a host without the addon still starts. */
   private loop: DoorbellLoop | undefined;
   private lastRequestAt = 0;
+  private readonly waitClock = new WaitClock();
   /** Requests being answered. */
   private inFlight = 0;
 
@@ -321,17 +320,14 @@ export class ShmDispatchServer {
 
   private poll(): boolean {
     let found = false;
-    let now = 0;
+    this.waitClock.reset();
     for (const a of this.attached) {
       for (let slot = 0; slot < a.channel.slots; slot++) {
         const seq = a.channel.requestSeq(slot);
         if (seq === a.taken[slot]) continue;
         a.taken[slot] = seq;
         found = true;
-        if (this.o.onRequestWait !== undefined) {
-          now ||= monotonicNs();
-          this.o.onRequestWait(Math.max(0, now - a.channel.requestPublishedAt(slot)) / 1e9);
-        }
+        this.o.onRequestWait?.(this.waitClock.secondsSince(a.channel.requestPublishedAt(slot)));
         void this.answer(a, slot, seq);
       }
     }
