@@ -9,6 +9,7 @@
  *   npx tsx scripts/bench/codecs.ts [--hidden 7168] [--rounds 5] [--codecs f32,bf16,fp8-tile,logfmt8]
  */
 import { Command } from "commander";
+import { median, nsPerCallRounds } from "../lib/bench-report.js";
 import { nativeKernels } from "@moela/engine-native";
 import {
   DISPATCH_CODECS,
@@ -28,24 +29,8 @@ const opts = new Command("bench-codecs")
   .parse()
   .opts<{ hidden: number; rounds: number; codecs: string }>();
 
-/** Median over rounds of nanoseconds per call of `fn`, each round at least ~20 ms, after ~100 ms of warm-up. */
-function time(fn: () => unknown): number {
-  for (const t0 = performance.now(); performance.now() - t0 < 100;) fn();
-  let n = 1;
-  for (let t = 0; t < 20; n *= 2) {
-    const t0 = performance.now();
-    for (let i = 0; i < n; i++) fn();
-    t = performance.now() - t0;
-  }
-  const rounds: number[] = [];
-  for (let r = 0; r < opts.rounds; r++) {
-    const t0 = performance.now();
-    for (let i = 0; i < n; i++) fn();
-    rounds.push(((performance.now() - t0) * 1e6) / n);
-  }
-  rounds.sort((a, b) => a - b);
-  return rounds[rounds.length >> 1]!;
-}
+/** Median over rounds of nanoseconds per call of `fn`. */
+const time = (fn: () => unknown): number => median(nsPerCallRounds(fn, opts.rounds));
 
 /** Seeded gaussian-like activations (sum of uniforms), row r scaled by 2^(r mod 9 - 4) so tiles differ in range. */
 function activations(rows: number, cols: number): Float32Array {

@@ -7,6 +7,7 @@
  *   npx tsx scripts/bench/stream-codec.ts [--hidden 7168] [--rounds 5]
  */
 import { Command } from "commander";
+import { nsPerCallRounds } from "../lib/bench-report.js";
 import { DispatchStreamRequest, DispatchStreamResponse } from "@moela/proto-gen";
 import {
   decodeDispatchStreamRequest,
@@ -25,22 +26,8 @@ const opts = new Command("bench-stream-codec")
   .parse()
   .opts<{ hidden: number; rounds: number }>();
 
-/** Best-of-rounds microseconds per call of `fn`, each round at least ~50 ms. */
-function time(fn: () => unknown): number {
-  let n = 1;
-  for (let t = 0; t < 20e-3; n *= 2) {
-    const t0 = performance.now();
-    for (let i = 0; i < n; i++) fn();
-    t = (performance.now() - t0) / 1000;
-  }
-  let best = Infinity;
-  for (let r = 0; r < opts.rounds; r++) {
-    const t0 = performance.now();
-    for (let i = 0; i < n; i++) fn();
-    best = Math.min(best, ((performance.now() - t0) * 1000) / n);
-  }
-  return best;
-}
+/** Best-of-rounds microseconds per call of `fn`. */
+const time = (fn: () => unknown): number => Math.min(...nsPerCallRounds(fn, opts.rounds)) / 1000;
 
 const H = opts.hidden;
 const rowsList = [1, 16, 512];

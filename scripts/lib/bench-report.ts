@@ -29,6 +29,28 @@ export function median(xs: readonly number[]): number {
   return s.length % 2 === 1 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 }
 
+/**
+ * Nanoseconds per call of `fn` in each of `rounds` rounds, for micro-benchmarks of calls that take microseconds:
+ * `fn` runs for `warmupMs` first (the JIT's tiers), then the calls per round double until one round takes
+ * `roundMs`. The caller reports the best or the median.
+ */
+export function nsPerCallRounds(fn: () => unknown, rounds: number, roundMs = 20, warmupMs = 100): number[] {
+  for (const t0 = performance.now(); performance.now() - t0 < warmupMs;) fn();
+  let n = 1;
+  for (let ms = 0; ms < roundMs; n *= 2) {
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) fn();
+    ms = performance.now() - t0;
+  }
+  const out: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) fn();
+    out.push(((performance.now() - t0) * 1e6) / n);
+  }
+  return out;
+}
+
 /** `x` with `d` decimals, or "-" for null / NaN. */
 export function fmt(x: number | null | undefined, d = 1): string {
   return x === null || x === undefined || !Number.isFinite(x) ? "-" : x.toFixed(d);
