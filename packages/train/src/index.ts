@@ -11,3 +11,4 @@ export * from "./data.js";
 export * from "./save.js";
 export * from "./run.js";
 export * from "./optim.js";
+export * from "./load.js";

@@ -30,10 +30,10 @@ export function linear(ops: Ops, W: Param, x: Vec, T: number): Vec {
   return y;
 }
 
-/** W.grad += dy^T x; returns dx = dy W (or adds it into `dxAcc`). */
-export function linearBack(ops: Ops, W: Param, x: Vec, dy: Vec, T: number, dxAcc?: Vec): Vec {
+/** W.grad += dy^T x (not for a frozen W: weightGrad false); returns dx = dy W (or adds it into `dxAcc`). */
+export function linearBack(ops: Ops, W: Param, x: Vec, dy: Vec, T: number, dxAcc?: Vec, weightGrad = true): Vec {
   const [O, I] = W.shape as [number, number];
-  ops.tn(dy, x, O, I, T, W.grad, true);
+  if (weightGrad) ops.tn(dy, x, O, I, T, W.grad, true);
   if (dxAcc !== undefined) {
     ops.nn(dy, W.data, T, I, O, dxAcc, true);
     return dxAcc;

@@ -41,6 +41,18 @@ export interface LossOptions {
    * means over the whole step, so the parts' losses and gradients add up to the whole's. Default: B.
    */
   readonly batchRows?: number;
+  /**
+   * What the MTP head learns at position p: "data" (default), the data's x[p + 2] as DeepSeek-V3 trains it; or
+   * "main", the main head's own top-1 at p + 1, the token that speculative decoding's verification accepts
+   * (self-distillation: a draft is worth only as much as it agrees with the model that checks it). The last
+   * position of a row, whose p + 1 the main head does not see, then has no target.
+   */
+  readonly mtpTargets?: "data" | "main";
+  /**
+   * Only the MTP module learns: no gradient reaches the main model's parameters, its embedding and output head
+   * included (the MTP module shares them), and the main head's loss is reported but not differentiated.
+   */
+  readonly mtpOnly?: boolean;
 }
 
 export interface StepResult {
@@ -216,7 +228,9 @@ export class TrainModel {
     const hN = fn.y; // [T, hidden] final-normed hidden (the MTP module's input)
     const head = this.headParam();
     const logits = linear(ops, head, hN, T); // [T, V]
-    const main = crossEntropy(logits, T, V, targets, 1, rows * S); // logits now hold dlogits
+    const mainTop = opts.mtpTargets === "main" ? topIds(logits, T, V) : null;
+    const mtpOnly = opts.mtpOnly === true;
+    const main = crossEntropy(logits, T, V, targets, mtpOnly ? 0 : 1, rows * S); // logits now hold dlogits
     const mainLoss = main.loss;
 
     // MTP module
@@ -241,7 +255,8 @@ export class TrainModel {
       for (let b = 0; b < B; b++) {
         for (let q = 0; q < S; q++) {
           mids[b * S + q] = q === 0 ? -1 : tokens[b * L + q + 1]!; // the engine zeroes the embedding at position 0
-          mtargets[b * S + q] = tokens[b * L + q + 2]!;
+          if (mainTop === null) mtargets[b * S + q] = tokens[b * L + q + 2]!;
+          else mtargets[b * S + q] = q + 1 < S ? mainTop[b * S + q + 1]! : -1;
         }
       }
       const e = embed(ops, E, mids, T);
@@ -270,10 +285,11 @@ export class TrainModel {
     if (!backward) return result;
 
     // ---------------------------------------------------------------- backward
-    const dhN = linearBack(ops, head, hN, logits, T); // [T, hidden]
+    if (mtpOnly && (mtp === null || mb === null)) throw new Error("mtpOnly: this model has no MTP layer to train");
+    const dhN = mtpOnly ? null : linearBack(ops, head, hN, logits, T); // [T, hidden]
     if (mtp !== null && mb !== null) {
       const p = `model.layers.${c.numHiddenLayers}`;
-      const dnormed = linearBack(ops, head, mtp.normed, mtp.dlogits, T);
+      const dnormed = linearBack(ops, head, mtp.normed, mtp.dlogits, T, undefined, !mtpOnly);
       const dh = rmsNormBack(ops, mtp.fin, T, hd, this.params.get(`${p}.shared_head.norm.weight`), dnormed);
       const dh0 = this.blockBack(mb, mtp.blk, dh, B, S, opts.balanceAlpha, rows);
       const dcat = linearBack(ops, this.params.get(`${p}.eh_proj.weight`), mtp.cat, dh0, T);
@@ -284,9 +300,15 @@ export class TrainModel {
         dhn.set(dcat.subarray(t * 2 * hd + hd, (t + 1) * 2 * hd), t * hd);
       }
       const de = rmsNormBack(ops, mtp.en, T, hd, this.params.get(`${p}.enorm.weight`), den);
+      if (dhN === null) {
+        // The norms' weights are the MTP module's own; what flows past them into the main model stops here.
+        rmsNormBack(ops, mtp.hn, T, hd, this.params.get(`${p}.hnorm.weight`), dhn);
+        return result;
+      }
       embedBack(E, mtp.mids, T, de);
       rmsNormBack(ops, mtp.hn, T, hd, this.params.get(`${p}.hnorm.weight`), dhn, dhN, true);
     }
+    if (dhN === null) return result;
     let dh = rmsNormBack(ops, fn.saved, T, hd, this.params.get("model.norm.weight"), dhN);
     for (let i = this.blocks.length - 1; i >= 0; i--) dh = this.blockBack(this.blocks[i]!, saved[i]!, dh, B, S, opts.balanceAlpha, rows);
     embedBack(E, ids, T, dh);
@@ -326,9 +348,32 @@ export class TrainModel {
     return linear(ops, this.headParam(), fin, T);
   }
 
+  /** Is `name` a parameter of the MTP module (the only ones an mtpOnly step gives gradients)? */
+  isMtpParam(name: string): boolean {
+    return this.mtpBlock !== null && name.startsWith(`model.layers.${this.config.numHiddenLayers}.`);
+  }
+
   /** The values of every checkpoint tensor (the MTP layer's embed_tokens and shared_head.head: the tied ones). */
   tensorValues(name: string): Vec {
     const tied = tiedMtpTensors(this.config).get(name);
     return this.params.get(tied ?? name).data;
   }
+}
+
+/** Per row of `logits` [T, V]: the id of its largest value (ties to the lower id, as crossEntropy counts them). */
+function topIds(logits: Vec, T: number, V: number): Int32Array {
+  const out = new Int32Array(T);
+  for (let t = 0; t < T; t++) {
+    const o = t * V;
+    let m = -Infinity;
+    let arg = 0;
+    for (let i = 0; i < V; i++) {
+      if (logits[o + i]! > m) {
+        m = logits[o + i]!;
+        arg = i;
+      }
+    }
+    out[t] = arg;
+  }
+  return out;
 }

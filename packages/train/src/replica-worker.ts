@@ -47,7 +47,8 @@ export function runReplica(): void {
     m: init.m[p.name] ? view(init.m[p.name]!) : null,
     v: init.v[p.name] ? view(init.v[p.name]!) : null,
     decay: p.decay,
-    trainable: p.trainable,
+    // As the main thread's slots: a parameter without moments is frozen (the main model when only the MTP module trains).
+    trainable: p.trainable && init.m[p.name] !== undefined,
   }));
   const others = init.allGrads.map((g) => params.list.map((p) => view(g[p.name]!)));
   const port = parentPort!;

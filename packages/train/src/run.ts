@@ -11,6 +11,7 @@ import type { Tokenizer } from "@moela/tokenizer";
 import { encodeTextFile, loadTokenizer, readTokenIds, tokenizerDir } from "./data.js";
 import { TrainModel } from "./model.js";
 import { opsFor, setTrainThreads, type Precision } from "./ops.js";
+import { loadParamsFrom } from "./load.js";
 import { initParams, shareParams } from "./params.js";
 import { isTrainPresetName, TRAIN_PRESETS } from "./presets.js";
 import { saveHfModel } from "./save.js";
@@ -19,6 +20,8 @@ import { DEFAULT_TRAIN_OPTIONS, Trainer, type EvalStats, type StepStats, type Tr
 export interface RunOptions extends TrainOptions {
   /** A preset name, or the path of a config.json (or a JSON object literal) of a DeepSeek-V3 model. */
   readonly config: string;
+  /** A saved model (HF layout) whose weights the run starts from instead of random ones. */
+  readonly init?: string;
   /** Token-id file, or a UTF-8 text file when `tokenizer` is given. */
   readonly data: string;
   /** Folder with tokenizer.json + tokenizer_config.json (or the tokenizer.json path). */
@@ -127,6 +130,7 @@ export async function runTraining(
   setTrainThreads(replicas ? 1 : o.threads);
   const ops = opsFor(o.precision);
   let params = initParams(cfg, ops, o.seed, o.initStd);
+  if (o.init !== undefined) loadParamsFrom(o.init, cfg, params);
   if (replicas) params = shareParams(cfg, params);
   const model = new TrainModel(cfg, params, ops);
   const trainer = new Trainer(model, { tokens }, o);
@@ -177,7 +181,11 @@ export async function runTraining(
         "# a model trained by `moela train`",
         "",
         `Config ${isTrainPresetName(o.config) ? `preset \`${o.config}\`` : `\`${o.config}\``}, data \`${o.data}\` (${tokens.length} tokens), ` +
-          `${trainer.step} steps of ${o.batch} x ${o.seqLen} tokens, lr ${o.lr}, seed ${o.seed}, ${o.precision}.`,
+          `${trainer.step} steps of ${o.batch} x ${o.seqLen} tokens, lr ${o.lr}, seed ${o.seed}, ${o.precision}` +
+          (o.init !== undefined ? `, from the weights of \`${o.init}\`` : "") +
+          (o.mtpOnly ? ", the MTP module only" : "") +
+          (o.mtpTargets === "main" ? ", MTP targets the main head's top-1" : "") +
+          ".",
         last ? `Final training loss ${last.mainLoss.toFixed(4)} (MTP ${last.mtpLoss.toFixed(4)}).` : "",
         "",
         o.fp8

@@ -41,6 +41,10 @@ export interface TrainOptions {
   readonly biasUpdateSpeed: number;
   /** Seed of the batch sampler. */
   readonly seed: number;
+  /** The MTP head's targets: the data ("data") or the main head's top-1 ("main", self-distillation); see LossOptions. */
+  readonly mtpTargets: "data" | "main";
+  /** Train the MTP module only; the main model (its balancing biases too) stays as it is. */
+  readonly mtpOnly: boolean;
 }
 
 export const DEFAULT_TRAIN_OPTIONS: TrainOptions = {
@@ -59,6 +63,8 @@ export const DEFAULT_TRAIN_OPTIONS: TrainOptions = {
   balanceAlpha: 0,
   biasUpdateSpeed: 1e-2,
   seed: 0,
+  mtpTargets: "data",
+  mtpOnly: false,
 };
 
 /** Learning rate of 0-based step `step`: linear warm-up to lr, then cosine decay to lr * minLrRatio. */
@@ -118,7 +124,7 @@ export class Trainer {
     this.m = new Map();
     this.v = new Map();
     for (const p of model.params.list) {
-      if (!p.trainable) continue;
+      if (!p.trainable || (opts.mtpOnly && !model.isMtpParam(p.name))) continue;
       this.m.set(p.name, model.ops.alloc(p.data.length));
       this.v.set(p.name, model.ops.alloc(p.data.length));
     }
@@ -132,7 +138,7 @@ export class Trainer {
       m: this.m.get(p.name) ?? null,
       v: this.v.get(p.name) ?? null,
       decay: p.decay,
-      trainable: p.trainable,
+      trainable: p.trainable && this.m.has(p.name),
     }));
   }
 
@@ -182,7 +188,7 @@ export class Trainer {
   private async gradients(tokens: Int32Array): Promise<StepResult> {
     const o = this.opts;
     const params = this.model.params;
-    const lo = { mtpLambda: o.mtpLambda, balanceAlpha: o.balanceAlpha, batchRows: o.batch };
+    const lo = { mtpLambda: o.mtpLambda, balanceAlpha: o.balanceAlpha, batchRows: o.batch, mtpTargets: o.mtpTargets, mtpOnly: o.mtpOnly };
     params.zeroGrad();
     const pool = this.replicas;
     if (pool === null) return this.model.step(tokens, o.batch, o.seqLen, lo);
@@ -267,7 +273,7 @@ export class Trainer {
       }
       const mean = total / load.length;
       maxLoadRatio = Math.max(maxLoadRatio, mean > 0 ? max / mean : 1);
-      if (o.biasUpdateSpeed === 0) continue;
+      if (o.biasUpdateSpeed === 0 || (o.mtpOnly && layer < model.config.numHiddenLayers)) continue;
       const name = `model.layers.${layer}.mlp.gate.e_score_correction_bias`;
       if (!params.has(name)) continue;
       const bias = params.get(name).data;
@@ -293,14 +299,17 @@ export class Trainer {
     let mtpCorrect = 0;
     for (let r0 = 0; r0 < rows; r0 += o.batch) {
       const n = Math.min(o.batch, rows - r0);
-      const res = this.model.step(tokens.subarray(r0 * row, (r0 + n) * row), n, o.seqLen, { mtpLambda: 1, balanceAlpha: 0, batchRows: rows }, false);
+      const lo = { mtpLambda: 1, balanceAlpha: 0, batchRows: rows, mtpTargets: o.mtpTargets };
+      const res = this.model.step(tokens.subarray(r0 * row, (r0 + n) * row), n, o.seqLen, lo, false);
       main += res.mainLoss;
       mtp += res.mtpLoss;
       mainCorrect += res.mainCorrect;
       mtpCorrect += res.mtpCorrect;
     }
     const positions = rows * o.seqLen;
-    return { mainLoss: main, mtpLoss: mtp, mainAccuracy: mainCorrect / positions, mtpAccuracy: mtpCorrect / positions, positions };
+    // Against the main head's top-1, a row's last position has no MTP target.
+    const mtpPositions = o.mtpTargets === "main" ? rows * (o.seqLen - 1) : positions;
+    return { mainLoss: main, mtpLoss: mtp, mainAccuracy: mainCorrect / positions, mtpAccuracy: mtpCorrect / mtpPositions, positions };
   }
 
   // ------------------------------------------------------------------------------------------- checkpoints

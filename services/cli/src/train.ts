@@ -1,10 +1,14 @@
 /** `moela train`: flags to @moela/train's runTraining, with a progress bar (loss, tokens/s) on stderr. */
+import * as path from "node:path";
 import cliProgress from "cli-progress";
 import { InvalidArgumentError } from "@moela/core";
 import { DEFAULT_RUN_OPTIONS, runTraining, type Precision, type RunOptions, type StepStats } from "@moela/train";
 
 export interface TrainCliOptions {
-  config: string;
+  config?: string;
+  init?: string;
+  mtpTargets: string;
+  mtpOnly?: boolean;
   data: string;
   tokenizer?: string;
   vocabSize?: number;
@@ -38,6 +42,9 @@ export interface TrainCliOptions {
 export async function runTrain(o: TrainCliOptions): Promise<number> {
   if (o.parallel !== "kernels" && o.parallel !== "replicas") throw new InvalidArgumentError(`--parallel must be kernels or replicas, got ${o.parallel}`);
   if (o.precision !== "f32" && o.precision !== "f64") throw new InvalidArgumentError(`--precision must be f32 or f64, got ${o.precision}`);
+  if (o.mtpTargets !== "data" && o.mtpTargets !== "main") throw new InvalidArgumentError(`--mtp-targets must be data or main, got ${o.mtpTargets}`);
+  if (o.mtpOnly === true && o.init === undefined && o.resume !== true)
+    throw new InvalidArgumentError("--mtp-only trains the MTP module of a trained model: give it with --init");
   for (const [k, v] of [
     ["--steps", o.steps],
     ["--batch", o.batch],
@@ -49,6 +56,9 @@ export async function runTrain(o: TrainCliOptions): Promise<number> {
   const opts: RunOptions = {
     ...DEFAULT_RUN_OPTIONS,
     ...o,
+    config: o.config ?? (o.init !== undefined ? path.join(o.init, "config.json") : DEFAULT_RUN_OPTIONS.config),
+    mtpTargets: o.mtpTargets,
+    mtpOnly: o.mtpOnly === true,
     precision: o.precision as Precision,
     parallel: o.parallel,
     resume: o.resume === true,

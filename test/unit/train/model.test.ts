@@ -42,6 +42,81 @@ describe("TrainModel", () => {
     expect(n).toBeGreaterThan(40);
   });
 
+  it("MTP self-distillation: the MTP module's gradients against the main head's top-1 match finite differences, and nothing else gets one", () => {
+    const cfg = tinyConfig();
+    const ps = testParams(cfg, 23);
+    const model = new TrainModel(cfg, ps, f64Ops);
+    const B = 2,
+      S = 6;
+    const tokens = randomTokens(B * model.rowLength(S), cfg.vocabSize, 24);
+    const opts = { mtpLambda: 0.3, balanceAlpha: 0.05, mtpTargets: "main", mtpOnly: true } as const;
+    ps.zeroGrad();
+    const r0 = model.step(tokens, B, S, opts);
+    expect(r0.mtpLoss).toBeGreaterThan(0);
+    const loads0 = [...r0.loads.values()].map((l) => l.join(",")).join("|");
+    let loads = loads0;
+    // The main model's loss and balance terms do not move with the MTP module's parameters, so the total's
+    // finite differences in them are the MTP loss's.
+    const f = (): number => {
+      const r = model.step(tokens, B, S, opts, false);
+      loads = [...r.loads.values()].map((l) => l.join(",")).join("|");
+      return r.loss;
+    };
+    let mtpParams = 0;
+    for (const p of ps.list) {
+      if (model.isMtpParam(p.name)) {
+        if (!p.trainable) continue;
+        checkGrad(p.name, p.data, p.grad, f, 3, () => loads === loads0);
+        mtpParams++;
+      } else {
+        expect(
+          p.grad.every((g) => g === 0),
+          `${p.name}: a main-model gradient`,
+        ).toBe(true);
+      }
+    }
+    expect(mtpParams).toBeGreaterThan(15);
+  });
+
+  it("mtpTargets main: the MTP loss is the cross-entropy against the main head's top-1 at the next position, the row's last left out", () => {
+    const cfg = tinyConfig();
+    const ps = testParams(cfg, 25);
+    const model = new TrainModel(cfg, ps, f64Ops);
+    const B = 2,
+      S = 6,
+      V = cfg.vocabSize,
+      L = model.rowLength(S);
+    const tokens = randomTokens(B * L, V, 26);
+    const ids = Int32Array.from({ length: B * S }, (_, t) => tokens[Math.floor(t / S) * L + (t % S)]!);
+    const next = Int32Array.from({ length: B * S }, (_, t) => tokens[Math.floor(t / S) * L + (t % S) + 1]!);
+    const main = model.logits(ids, B, S);
+    const mtp = model.mtpLogits(main.hidden, next, B, S);
+    const top = (x: ArrayLike<number>, t: number): number => {
+      let arg = 0;
+      for (let i = 1; i < V; i++) if (x[t * V + i]! > x[t * V + arg]!) arg = i;
+      return arg;
+    };
+    let loss = 0;
+    let correct = 0;
+    for (let t = 0; t < B * S; t++) {
+      if (t % S === S - 1) continue;
+      const y = top(main.logits, t + 1);
+      let m = -Infinity;
+      for (let i = 0; i < V; i++) m = Math.max(m, mtp[t * V + i]!);
+      let z = 0;
+      for (let i = 0; i < V; i++) z += Math.exp(mtp[t * V + i]! - m);
+      loss += m + Math.log(z) - mtp[t * V + y]!;
+      if (top(mtp, t) === y) correct++;
+    }
+    const r = model.step(tokens, B, S, { mtpLambda: 1, balanceAlpha: 0, mtpTargets: "main" }, false);
+    expect(r.mtpLoss).toBeCloseTo(loss / (B * S), 10);
+    expect(r.mtpCorrect).toBe(correct);
+    // against the data's token after next, the loss differs
+    const data = model.step(tokens, B, S, { mtpLambda: 1, balanceAlpha: 0 }, false);
+    expect(Math.abs(data.mtpLoss - r.mtpLoss)).toBeGreaterThan(1e-3);
+    expect(data.mainLoss).toBe(r.mainLoss);
+  });
+
   for (const [label, over, S] of [
     ["q LoRA, YaRN", {}, 7],
     ["q_proj, no rope scaling, tied embeddings", { q_lora_rank: null, rope_scaling: null, tie_word_embeddings: true }, 7],

@@ -5,6 +5,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
+import { readSafetensorsFile } from "@moela/engine";
 import { DEFAULT_RUN_OPTIONS, runTraining, type RunOptions } from "@moela/train";
 import { trainingInputsForFile } from "../../helpers/train.js";
 
@@ -49,5 +50,58 @@ describe("runTraining (moela train)", () => {
     expect(fs.existsSync(path.join(out, "tokenizer_config.json"))).toBe(true);
     const { Tokenizer } = await import("@moela/tokenizer");
     expect(Tokenizer.fromDir(out).encode("hello").length).toBeGreaterThan(0);
+  });
+
+  it("--init with --mtp-only: starts from a saved FP8 model, trains its MTP module only, and saves the main model's tensors bit for bit", async () => {
+    const first = path.join(tmp, "init-base");
+    await runTraining({ ...base, steps: 3, out: first });
+    const evals: number[] = [];
+    const distilled = path.join(tmp, "init-mtp");
+    const last = await runTraining(
+      {
+        ...base,
+        config: path.join(first, "config.json"),
+        init: first,
+        mtpOnly: true,
+        mtpTargets: "main",
+        steps: 4,
+        lr: 2e-2,
+        valData: text,
+        evalRows: 4,
+        out: distilled,
+      },
+      undefined,
+      undefined,
+      undefined,
+      (e) => evals.push(e.mainLoss),
+    );
+    expect(last?.step).toBe(4);
+    const a = readSafetensorsFile(path.join(first, "model.safetensors"));
+    const b = readSafetensorsFile(path.join(distilled, "model.safetensors"));
+    expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
+    const mtpLayer = `model.layers.${JSON.parse(fs.readFileSync(path.join(first, "config.json"), "utf8")).num_hidden_layers as number}.`;
+    let same = 0;
+    let moved = 0;
+    for (const [name, t] of a) {
+      const equal = Buffer.from(t.bytes).equals(Buffer.from(b.get(name)!.bytes));
+      // the MTP layer's copies of the embedding and the head are the main model's tensors
+      const tied = name.endsWith("embed_tokens.weight") || name.endsWith("shared_head.head.weight");
+      if (!name.startsWith(mtpLayer) || tied) {
+        expect(equal, `${name} changed`).toBe(true);
+        same++;
+      } else if (!equal) moved++;
+    }
+    expect(same).toBeGreaterThan(30);
+    expect(moved).toBeGreaterThan(10);
+    // the main model's held-out loss is what it was: the same weights, evaluated the same way
+    const before: number[] = [];
+    await runTraining(
+      { ...base, config: path.join(first, "config.json"), init: first, mtpOnly: true, steps: 1, lr: 1e-30, valData: text, evalRows: 4 },
+      undefined,
+      undefined,
+      undefined,
+      (e) => before.push(e.mainLoss),
+    );
+    expect(evals.at(-1)).toBe(before[0]);
   });
 });

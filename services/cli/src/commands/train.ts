@@ -5,7 +5,8 @@ import type { TrainCliOptions } from "../train.js";
 import { floatArg, intArg, withOptions, type OptionRow } from "./options.js";
 
 const TRAIN_OPTIONS: readonly OptionRow[] = [
-  ["--config <preset|file>", "v3-tiny | v3-small | v3-medium, or a config.json path", "v3-small"],
+  ["--config <preset|file>", "v3-tiny | v3-small | v3-medium, or a config.json path (default: v3-small, or --init's config.json)"],
+  ["--init <dir>", "start from this saved model's weights (HF layout, FP8 or BF16) instead of random ones"],
   ["--tokenizer <dir>", "folder with tokenizer.json + tokenizer_config.json (copied next to the saved model)"],
   ["--vocab-size <n>", "vocabulary size without a tokenizer (default: largest id + 1)", intArg("--vocab-size")],
   ["--steps <n>", "optimizer steps", intArg("--steps"), 1000],
@@ -17,6 +18,12 @@ const TRAIN_OPTIONS: readonly OptionRow[] = [
   ["--weight-decay <wd>", "AdamW decoupled weight decay (2-D weights only)", floatArg("--weight-decay"), 0.1],
   ["--clip <norm>", "global gradient-norm clip (0 = off)", floatArg("--clip"), 1],
   ["--mtp-lambda <l>", "weight of the MTP loss", floatArg("--mtp-lambda"), 0.3],
+  [
+    "--mtp-targets <t>",
+    "what the MTP head learns: data (the token after next) | main (the main head's own top-1 there: self-distillation for speculation)",
+    "data",
+  ],
+  ["--mtp-only", "train the MTP module only (the main model stays as it is; use with --init)"],
   ["--balance-alpha <a>", "sequence-wise auxiliary balance loss weight (0 = off)", floatArg("--balance-alpha"), 0],
   ["--bias-update-speed <g>", "aux-loss-free balancing: bias += g * sign(mean load - load)", floatArg("--bias-update-speed"), 1e-2],
   ["--seed <n>", "seed of the initial weights and the batch sampler", intArg("--seed"), 0],
