@@ -52,5 +52,36 @@ describe("runTraining (moela train)", () => {
     );
     const res = JSON.parse(gen.trim().split("\n").pop()!) as { token_ids: number[] };
     expect(res.token_ids).toHaveLength(4);
+
+    // Stage 2 from the saved model: --init takes its config.json, --mtp-only leaves the main model as it is, so
+    // greedy decoding gives the same tokens.
+    const tuned = path.join(tmp, "cli-model-mtp");
+    const common = ["--data", text, "--tokenizer", tokenizer, "--steps", "2", "--batch", "2", "--seq-len", "16", "--threads", "1", "--json"];
+    execFileSync(process.execPath, [cli, "train", "--init", out, "--mtp-only", "--mtp-targets", "main", ...common, "--out", tuned], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    expect(fs.readFileSync(path.join(tuned, "config.json"), "utf8")).toBe(fs.readFileSync(path.join(out, "config.json"), "utf8"));
+    const gen2 = execFileSync(
+      process.execPath,
+      [cli, "generate", "--model", tuned, "--prompt-ids", "0,5,6", "--max-tokens", "4", "--temperature", "0", "--json", "--threads", "1"],
+      { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] },
+    );
+    expect((JSON.parse(gen2.trim().split("\n").pop()!) as { token_ids: number[] }).token_ids).toEqual(res.token_ids);
+
+    // bad flags are refused before any work
+    for (const [args, message] of [
+      [["--mtp-only"], "--mtp-only trains the MTP module of a trained model"],
+      [["--init", out, "--mtp-targets", "next"], "--mtp-targets must be data or main"],
+    ] as const) {
+      let err: (Error & { status?: number; stderr?: string }) | null = null;
+      try {
+        execFileSync(process.execPath, [cli, "train", ...args, ...common], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+      } catch (e) {
+        err = e as Error & { status?: number; stderr?: string };
+      }
+      expect(err?.status).not.toBe(0);
+      expect(err?.stderr).toContain(message);
+    }
   });
 });
