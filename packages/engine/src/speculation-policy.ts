@@ -67,8 +67,11 @@ export const SPECULATION_POLICY: SpeculationPolicyParams = {
   // 16, 32, ..., 256: a sequence whose probes keep failing probes 5 times in its first 500 steps, then
   // every 256; a paused sequence keeps at most this many hidden rows for its next probe.
   maxProbeInterval: 256,
-  // The estimator wants 3 steps of each kind; a trial costs at most 2 verify steps more than pausing at once.
-  trialDrafts: 3,
+  // The estimator wants 3 steps of each kind, and the engine times a step after the step's decisions: the
+  // k-th draft's decision sees k - 1 timed verify steps (the probe's own step, which computes the owed MTP
+  // rows, is not timed), so with 3 drafts the trial's last decision was still on the prior and paused
+  // whatever the timings said. With 4 it sees 3. A trial costs at most 3 verify steps more than pausing at once.
+  trialDrafts: 4,
 };
 
 /**
@@ -188,7 +191,11 @@ export interface VerifyCostEstimatorOptions {
   readonly prior?: number;
   /** Sequence-steps of each kind a class needs before its ratio counts (default 3). */
   readonly minEvidence?: number;
-  /** The engine's first steps, not timed: the JIT is still compiling (default 8). */
+  /**
+   * The engine's first steps, not timed: the JIT is still compiling (default 32). With 8, the plain steps timed
+   * just after them were still warming up, so c came out up to a third low (1.15-1.25 on the bundled model in
+   * one process, where a verify step costs about 1.8) and kept drifting while one kind of step was not run.
+   */
   readonly warmupSteps?: number;
 }
 
@@ -209,7 +216,7 @@ export class VerifyCostEstimator {
   constructor(o: VerifyCostEstimatorOptions = {}) {
     this.prior = o.prior ?? VERIFY_COST_PRIOR;
     this.minEvidence = o.minEvidence ?? 3;
-    this.warmupLeft = o.warmupSteps ?? 8;
+    this.warmupLeft = o.warmupSteps ?? 32;
   }
 
   /** One step: its seconds, how many sequences ran plain and how many verified a draft. */

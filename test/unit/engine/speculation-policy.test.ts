@@ -129,17 +129,17 @@ describe("nextDraftingState", () => {
     expect(s).toMatchObject({ drafting: true, probing: true });
   });
 
-  it("on the engine's prior c (not yet measured) a paused sequence probes with trials of 3 drafts: after 16, 32, 64, ... plain steps", () => {
+  it("on the engine's prior c (not yet measured) a paused sequence probes with trials of 4 drafts: after 16, 32, 64, ... plain steps", () => {
     // The engine's drafts land often enough to pay at the cheapest plausible verify: trials measure c.
     const prior: SpeculationContext = { costRatio: VERIFY_COST_PRIOR, costSource: "prior", engineRate: 0.9 };
     // Even perfect drafts do not pay at c = 2; trials are there to time verify steps.
-    expect(simulate(130, () => true, prior).drafts).toEqual([0, 17, 18, 19, 52, 53, 54, 119, 120, 121]);
-    expect(simulate(130, () => false, prior).drafts).toEqual([0, 17, 18, 19, 52, 53, 54, 119, 120, 121]);
+    expect(simulate(130, () => true, prior).drafts).toEqual([0, 17, 18, 19, 20, 53, 54, 55, 56, 121, 122, 123, 124]);
+    expect(simulate(130, () => false, prior).drafts).toEqual([0, 17, 18, 19, 20, 53, 54, 55, 56, 121, 122, 123, 124]);
     // Once the engine has measured c, the same paused sequence is judged by the usual rules.
     const paused = simulate(30, () => true, prior).last;
-    expect(paused).toMatchObject({ drafting: false, retired: false, trialLeft: 0, plainSteps: 10, probeAfter: 32 });
+    expect(paused).toMatchObject({ drafting: false, retired: false, trialLeft: 0, plainSteps: 9, probeAfter: 32 });
     let s = paused;
-    for (let i = 0; i < 22; i++) s = nextDraftingState(s, PLAIN, measured(1.3, 0.9));
+    for (let i = 0; i < 23; i++) s = nextDraftingState(s, PLAIN, measured(1.3, 0.9));
     expect(s).toMatchObject({ drafting: true, probing: true, trialLeft: 0 });
     expect(nextDraftingState(s, ACCEPTED, measured(1.3, 0.9))).toMatchObject({ drafting: true, probing: false, probeAfter: 16 });
   });
@@ -151,13 +151,40 @@ describe("nextDraftingState", () => {
     expect(r.drafts).toEqual([0]);
     expect(r.last).toMatchObject({ drafting: false, retired: true });
     // Unknown engine acceptance (no draft judged yet) still allows the trial.
-    expect(simulate(20, () => false, { ...hopeless, engineRate: null }).drafts).toEqual([0, 17, 18, 19]);
+    expect(simulate(21, () => false, { ...hopeless, engineRate: null }).drafts).toEqual([0, 17, 18, 19, 20]);
   });
 
   it("a retired sequence stays retired", () => {
     const r = simulate(2, () => false, { costRatio: 3, costSource: "fixed", engineRate: null }).last;
     expect(r.retired).toBe(true);
     expect(nextDraftingState(r, PLAIN, measured(1))).toBe(r);
+  });
+});
+
+describe("the policy and the estimator in the engine's order", () => {
+  it("a trial ends on a measured c: the engine times a step after its decisions, and not the probe's own step", () => {
+    // A single greedy sequence whose drafts all land; a plain step costs 1 ms, a verify step 1.5 ms, so c = 1.5
+    // and drafting pays. As Engine.step does: decide from the context, then time the step (unless it computed
+    // owed MTP rows: the step where a probe starts).
+    // One untimed step stands for the engine's warm-up, which covers the verify of the prefill's draft.
+    const e = new VerifyCostEstimator({ warmupSteps: 1 });
+    let s = initialDraftingState(); // the prefill made a draft
+    const drafts: number[] = [];
+    for (let step = 1; step <= 60; step++) {
+      const verified = s.drafting; // a draft was made for this step
+      if (verified) drafts.push(step);
+      const ctx: SpeculationContext = { costRatio: e.ratio(1), costSource: e.measured(1) ? "measured" : "prior", engineRate: 1 };
+      const next = nextDraftingState(s, verified ? ACCEPTED : PLAIN, ctx);
+      const owedRows = !s.drafting && next.drafting; // a paused sequence resuming computes the MTP rows it owes
+      if (!owedRows) e.observe(verified ? 0.0015 : 0.001, verified ? 0 : 1, verified ? 1 : 0);
+      s = next;
+    }
+    expect(e.measured(1)).toBe(true);
+    expect(e.ratio(1)).toBeCloseTo(1.5, 6);
+    // the prefill's draft, 16 plain steps, the trial's 4 drafts, and from then on (c measured) a draft every step
+    expect(drafts.slice(0, 7)).toEqual([1, 18, 19, 20, 21, 22, 23]);
+    expect(drafts).toHaveLength(60 - 17 + 1);
+    expect(s).toMatchObject({ drafting: true, retired: false });
   });
 });
 
@@ -200,7 +227,7 @@ describe("VerifyCostEstimator", () => {
   it("follows the fast side of noisy timings, and skips the engine's first steps", () => {
     const e = new VerifyCostEstimator();
     // The JIT's first steps: very slow verify steps, not timed at all.
-    for (let i = 0; i < 8; i++) e.observe(0.1, 0, 1);
+    for (let i = 0; i < 32; i++) e.observe(0.1, 0, 1);
     // Then plain 1 ms and verify 1.5 ms (c = 1.5), one step in three slowed by 3 ms (GC, another process):
     // an even EWMA would say 2 and 2.5 ms (c = 1.25); following the fast side, about 1.23 and 1.73 ms.
     for (let i = 0; i < 400; i++) {
