@@ -223,6 +223,19 @@ export function crossEntropyInPlace(logits: Vec, T: number, V: number, targets: 
   return crossEntropy(logits, T, V, targets, weight, count).loss;
 }
 
+/** The index in [0, V) of the largest of logits[o, o + V) (the lowest on ties; 0 when every value is -Infinity). */
+export function rowArgmax(logits: Vec, o: number, V: number): number {
+  let m = -Infinity;
+  let arg = 0;
+  for (let i = 0; i < V; i++) {
+    if (logits[o + i]! > m) {
+      m = logits[o + i]!;
+      arg = i;
+    }
+  }
+  return arg;
+}
+
 /** crossEntropyInPlace, also counting the rows whose largest logit is the target (ties to the lower id). */
 export function crossEntropy(logits: Vec, T: number, V: number, targets: ArrayLike<number>, weight: number, count: number): { loss: number; correct: number } {
   let loss = 0;
@@ -235,14 +248,8 @@ export function crossEntropy(logits: Vec, T: number, V: number, targets: ArrayLi
       logits.fill(0, o, o + V);
       continue;
     }
-    let m = -Infinity;
-    let arg = 0;
-    for (let i = 0; i < V; i++) {
-      if (logits[o + i]! > m) {
-        m = logits[o + i]!;
-        arg = i;
-      }
-    }
+    const arg = rowArgmax(logits, o, V);
+    const m = logits[o + arg]!;
     if (arg === y) correct++;
     const ly = logits[o + y]!;
     let z = 0;

@@ -24,6 +24,7 @@ import {
   mlpParams,
   rmsNorm,
   rmsNormBack,
+  rowArgmax,
   type MlpParams,
   type MlpSaved,
   type RmsSaved,
@@ -363,17 +364,6 @@ export class TrainModel {
 /** Per row of `logits` [T, V]: the id of its largest value (ties to the lower id, as crossEntropy counts them). */
 function topIds(logits: Vec, T: number, V: number): Int32Array {
   const out = new Int32Array(T);
-  for (let t = 0; t < T; t++) {
-    const o = t * V;
-    let m = -Infinity;
-    let arg = 0;
-    for (let i = 0; i < V; i++) {
-      if (logits[o + i]! > m) {
-        m = logits[o + i]!;
-        arg = i;
-      }
-    }
-    out[t] = arg;
-  }
+  for (let t = 0; t < T; t++) out[t] = rowArgmax(logits, t * V, V);
   return out;
 }
