@@ -3,11 +3,12 @@
  * and on at each batch size, beside the ceiling that the bytes a decode step reads put on the speed-up.
  *
  *   npx tsx scripts/bench/speculation.ts [--model models/moela-v3-brown] [--batches 1,8] [--prompt-tokens 32]
- *        [--tokens 128] [--rounds 5] [--prompts N] [--threads N] [--draft-vocab full,1024] [--no-yardsticks]
- *        [--out bench-results]
+ *        [--tokens 128] [--rounds 5] [--prompts N] [--threads N] [--draft-vocab full,1024] [--speculative-tokens 1,2]
+ *        [--no-yardsticks] [--out bench-results]
  *
- * --draft-vocab lists the "on" settings: drafts among the whole vocabulary (full) or the first N token ids
- * (EngineOptions.draftVocab), each timed against "off" in the same rounds.
+ * --draft-vocab and --speculative-tokens list the "on" settings: drafts among the whole vocabulary (full) or the
+ * first N token ids (EngineOptions.draftVocab), and one or more chained drafts per step
+ * (EngineOptions.speculativeTokens), every pair timed against "off" in the same rounds.
  *
  * Every batch size decodes the same prompts (--prompts, default the largest batch), `batch` at a time, so the
  * acceptance behind each speed-up comes from the same text.
@@ -39,6 +40,7 @@ import {
   DeepseekModel,
   Engine,
   kernelsByName,
+  MAX_SPECULATIVE_TOKENS,
   PagedLatentCache,
   type AttendArgs,
   type GroupedLayout,
@@ -58,7 +60,8 @@ const program = new Command("bench-speculation")
   .option("--rounds <n>", "timed passes per setting (interleaved; medians)", (v) => Number(v), 5)
   .option("--prompts <n>", "prompts, run `batch` at a time at every batch size (default: the largest batch)", (v) => Number(v))
   .option("--threads <n>", "kernel threads", (v) => Number(v), availableParallelism())
-  .option("--draft-vocab <list>", "speculation on with each of these draft vocabularies (first N token ids; 'full': all)", "full");
+  .option("--draft-vocab <list>", "speculation on with each of these draft vocabularies (first N token ids; 'full': all)", "full")
+  .option("--speculative-tokens <list>", "speculation on with each of these numbers of drafts per step", "1");
 parseWithReportOptions(program);
 const opts = program.opts<{
   model: string;
@@ -69,6 +72,7 @@ const opts = program.opts<{
   prompts?: number;
   threads: number;
   draftVocab: string;
+  speculativeTokens: string;
   yardsticks: boolean;
   out: string;
 }>();
@@ -88,6 +92,8 @@ interface Mode {
   readonly label: string;
   readonly speculation: "off" | "on";
   readonly draftVocab: number | null;
+  /** Drafts per step (EngineOptions.speculativeTokens). */
+  readonly speculativeTokens: number;
 }
 
 /** Bytes a decode step reads, counted through the fast backend's entry points while `counting` is set. */
@@ -175,7 +181,13 @@ const PROMPTS = Array.from({ length: opts.prompts ?? Math.max(...BATCHES) }, (_,
 /** Every prompt, `batch` at a time: one prefill per group, then greedy decode to --tokens each; counts reads when `count`. */
 async function pass(batch: number, mode: Mode, count: boolean): Promise<Pass> {
   const numBlocks = Math.ceil(((opts.promptTokens + opts.tokens + 4) * batch) / 16) + 2 * batch + 4;
-  const engine = new Engine(model, { blockSize: 16, numBlocks, speculation: mode.speculation, draftVocab: mode.draftVocab ?? V });
+  const engine = new Engine(model, {
+    blockSize: 16,
+    numBlocks,
+    speculation: mode.speculation,
+    draftVocab: mode.draftVocab ?? V,
+    speculativeTokens: mode.speculativeTokens,
+  });
   let steps = 0;
   let bytes = 0;
   let tokens = 0;
@@ -205,8 +217,18 @@ const setting = measureSetting(opts.yardsticks);
 const DRAFT_VOCABS = commaList(opts.draftVocab).map((v) => (v === "full" ? null : Number(v)));
 if (DRAFT_VOCABS.length === 0 || DRAFT_VOCABS.some((v) => v !== null && !(Number.isInteger(v) && v >= 1 && v <= V)))
   throw new Error(`--draft-vocab must list 'full' or integers from 1 to ${V}, got ${opts.draftVocab}`);
-const OFF: Mode = { label: "off", speculation: "off", draftVocab: null };
-const ONS: readonly Mode[] = DRAFT_VOCABS.map((v) => ({ label: v === null ? "on" : `on, draft vocab ${v}`, speculation: "on", draftVocab: v }));
+const SPECULATIVE_TOKENS = commaList(opts.speculativeTokens).map(Number);
+if (SPECULATIVE_TOKENS.length === 0 || SPECULATIVE_TOKENS.some((k) => !(Number.isInteger(k) && k >= 1 && k <= MAX_SPECULATIVE_TOKENS)))
+  throw new Error(`--speculative-tokens must list integers from 1 to ${MAX_SPECULATIVE_TOKENS}, got ${opts.speculativeTokens}`);
+const OFF: Mode = { label: "off", speculation: "off", draftVocab: null, speculativeTokens: 1 };
+const ONS: readonly Mode[] = DRAFT_VOCABS.flatMap((v) =>
+  SPECULATIVE_TOKENS.map((k) => ({
+    label: ["on", ...(v === null ? [] : [`draft vocab ${v}`]), ...(k === 1 ? [] : [`${k} tokens`])].join(", "),
+    speculation: "on" as const,
+    draftVocab: v,
+    speculativeTokens: k,
+  })),
+);
 const MODES: readonly Mode[] = [OFF, ...ONS];
 
 interface Result {

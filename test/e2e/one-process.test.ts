@@ -143,7 +143,8 @@ describe("moela serve --role all", () => {
   const oracle: { ids?: GenerateResult | undefined; text?: GenerateResult | undefined; chat?: GenerateResult | undefined } = {};
 
   beforeAll(async () => {
-    // The oracle runs while the server starts (two at a time: the suite shares 2 cores).
+    // The oracle runs while the server starts (two at a time: the suite shares 2 cores). It drafts three tokens per
+    // step and the server none: greedy tokens and logprobs are the same either way.
     const started = startServer([
       "--model",
       TINY_MODEL,
@@ -164,7 +165,7 @@ describe("moela serve --role all", () => {
       "127.0.0.1:0",
     ]);
     const generated = mapLimit([{ promptIds: IDS }, { prompt: TEXT }, { chat: CHAT }] as const, 1, (r) =>
-      moelaGenerate({ ...r, maxTokens: MAX_TOKENS, extraArgs: ["--ignore-eos", "--threads", "1"] }),
+      moelaGenerate({ ...r, maxTokens: MAX_TOKENS, extraArgs: ["--ignore-eos", "--threads", "1", "--speculative", "on", "--speculative-tokens", "3"] }),
     );
     [server, [oracle.ids, oracle.text, oracle.chat]] = await Promise.all([started, generated]);
     client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 120_000 });

@@ -126,6 +126,15 @@ export interface EngineOptions {
    */
   readonly draftVocab?: number;
   /**
+   * Tokens drafted per step with speculation "on" (default 1, at most MAX_SPECULATIVE_TOKENS): after the first draft
+   * the MTP layer runs again on its own output row, fed the draft it just made, for each further one (vLLM's and
+   * SGLang's chained MTP drafting; DeepSeek-V3 has one MTP layer). The main model verifies them all in one step.
+   * Outputs are unchanged. "auto" drafts one token per step: its policy weighs one draft against its cost. Chained
+   * drafts are made for sequences whose rows are sampled as the model gives them (no penalties, logit bias,
+   * min_tokens or grammar: those would have to see every draft before it), and never past max_tokens.
+   */
+  readonly speculativeTokens?: number;
+  /**
    * The tokenizer's text of every token id, for constrained decoding (GenerationParams.grammar); called once, on
    * the first constrained request. Absent: such requests are refused.
    */
@@ -149,6 +158,12 @@ export interface SequenceSnapshot {
   readonly accepted: number;
 }
 
+/** A drafted token and the draft's processed distribution it was drawn from (null when greedy). */
+export interface Draft {
+  token: number;
+  probs: Float32Array | null;
+}
+
 export class Sequence {
   readonly id: string;
   readonly params: GenerationParams;
@@ -161,7 +176,9 @@ export class Sequence {
   mainLen = 0;
   /** Last sampled token, not yet fed to the main model (-1 before prefill). */
   pending = -1;
-  draft: { token: number; probs: Float32Array | null } | null = null;
+  draft: Draft | null = null;
+  /** Chained drafts after `draft`, in order (EngineOptions.speculativeTokens; empty with one draft per step). */
+  chainedDrafts: Draft[] = [];
   finishReason: FinishReason | null = null;
   drafted = 0;
   accepted = 0;
@@ -238,6 +255,11 @@ export class Sequence {
     return row;
   }
 
+  /** Rows are sampled as the model gives them: no processors or grammar, so processed() returns its input. */
+  get plainRows(): boolean {
+    return this.processor === null && this.grammar === null;
+  }
+
   get finished(): boolean {
     return this.finishReason !== null;
   }
@@ -289,6 +311,8 @@ export class Engine {
   readonly microBatches: number;
   /** Token ids drafts choose among: the first draftVocab (the whole vocabulary by default). */
   readonly draftVocab: number;
+  /** Tokens a sequence drafts per step with speculation "on" (EngineOptions.speculativeTokens). */
+  readonly speculativeTokens: number;
   /** How this engine drafts ("off" when the model has no MTP block). */
   readonly speculation: SpeculationMode;
   /** The engine computes the MTP block's rows ("on" or "auto"): its prefill and KV hand-offs carry them. */
@@ -342,8 +366,12 @@ export class Engine {
     if (!(Number.isInteger(this.draftVocab) && this.draftVocab >= 1 && this.draftVocab <= c.vocabSize)) {
       throw new InvalidArgumentError(`draftVocab must be an integer from 1 to the vocabulary size ${c.vocabSize}, got ${opts.draftVocab}`);
     }
+    this.speculativeTokens = opts.speculativeTokens ?? 1;
+    if (!(Number.isInteger(this.speculativeTokens) && this.speculativeTokens >= 1 && this.speculativeTokens <= MAX_SPECULATIVE_TOKENS)) {
+      throw new InvalidArgumentError(`speculativeTokens must be an integer from 1 to ${MAX_SPECULATIVE_TOKENS}, got ${opts.speculativeTokens}`);
+    }
     this.draftingPolicy = opts.draftingPolicy ?? ((state, step, ctx) => nextDraftingState(state, step, ctx));
-    this.probsTarget = [new Float32Array(c.vocabSize), new Float32Array(c.vocabSize)];
+    this.probsTarget = Array.from({ length: this.speculativeTokens + 1 }, () => new Float32Array(c.vocabSize));
     this.samplerScratch = new SamplerScratch(c.vocabSize, model.kernels.sampler ?? null);
     if (opts.prefixCache) {
       const cap = typeof opts.prefixCache === "object" ? opts.prefixCache.capacityBlocks : undefined;
@@ -592,13 +620,13 @@ export class Engine {
     const hd = m.config.hiddenSize;
     for (const s of seqs) {
       if (s.pending < 0 || s.finished) throw new Error(`sequence ${s.id} cannot step (not prefilled or finished)`);
-      this.cache.ensureCapacity(s.blockTable, s.mainLen + 2);
+      this.cache.ensureCapacity(s.blockTable, s.mainLen + 2 + s.chainedDrafts.length);
     }
     const t0 = performance.now();
     const batch = seqs.map((s) => ({
       blockTable: s.blockTable,
       start: s.mainLen,
-      tokens: s.draft ? [s.pending, s.draft.token] : [s.pending],
+      tokens: s.draft ? [s.pending, s.draft.token, ...s.chainedDrafts.map((d) => d.token)] : [s.pending],
       logits: "all" as const,
     }));
     const r = await m.forward(this.cache, batch, { attention: "absorbed", microBatches: this.microBatches });
@@ -615,7 +643,11 @@ export class Engine {
       const verified = s.draft !== null;
       let acceptedDraft = false;
       if (s.draft) {
-        ({ produced, accepted: acceptedDraft } = this.verifyDraftOf(s, row0, this.logitsRow(r, r.logitRow[i]! + 1)));
+        const rows = [row0];
+        for (let j = 0; j <= s.chainedDrafts.length; j++) rows.push(this.logitsRow(r, r.logitRow[i]! + 1 + j));
+        let accepted: number;
+        ({ produced, accepted } = this.verifyDraftsOf(s, rows));
+        acceptedDraft = accepted > 0;
         verifying++;
       } else {
         const next = s.sampler.sample(s.processed(row0));
@@ -629,6 +661,7 @@ export class Engine {
       }
       results.push({ seq: s, tokens: s.emit(produced) });
       s.draft = null;
+      s.chainedDrafts = [];
       if (s.mtpLen < 0) return;
       if (s.finished) {
         s.owedHidden = null;
@@ -670,11 +703,16 @@ export class Engine {
         })),
         { attention: "absorbed", headRows: this.draftVocab },
       );
+      const chains: DraftChain[] = [];
       mtpBatch.forEach((b, i) => {
         this.setDraft(b.seq, this.logitsRow(mr, mr.logitRow[i]!));
         b.seq.mtpLen = b.seq.mainLen;
         b.seq.owedHidden = null;
+        const more = this.chainLength(b.seq);
+        // Every row asked for "last", so mr.hidden holds one row per sequence, its last (forwardMtp).
+        if (more > 0) chains.push({ seq: b.seq, more, hidden: mr.hidden.slice(mr.tokenRow[i]! * hd, (mr.tokenRow[i]! + 1) * hd) });
       });
+      await this.chainDrafts(chains);
     }
     // A step that also computed owed MTP rows (a probe's) would overstate what verifying costs.
     if (owedRows === 0) this.verifyCostEstimate.observe((performance.now() - t0) / 1000, seqs.length - verifying, verifying);
@@ -682,43 +720,90 @@ export class Engine {
   }
 
   /**
-   * Verifies a sequence's draft against the two logits rows of its step (row0 before the draft, row1 after it):
-   * greedy by argmax, sampled by speculative sampling; advances the sequence and returns the tokens it produced.
+   * Verifies a sequence's drafts against the logits rows of its step (rows[j] before draft j, the last after them
+   * all): greedy by argmax, sampled by speculative sampling; advances the sequence and returns the tokens it
+   * produced and how many drafts were accepted.
    */
-  private verifyDraftOf(s: Sequence, row0: Float32Array, row1: Float32Array): { produced: EmittedToken[]; accepted: boolean } {
-    let acceptedDraft = false;
-    let produced: EmittedToken[];
-    const d = s.draft!.token;
+  private verifyDraftsOf(s: Sequence, rows: readonly Float32Array[]): { produced: EmittedToken[]; accepted: number } {
+    const drafts = [s.draft!, ...s.chainedDrafts];
+    const k = drafts.length;
+    // The row after a single draft sees it as output (penalties, min_tokens); chained drafts come only with rows
+    // that no processor changes (chainLength), which are their own processed rows.
+    const processed = k === 1 ? [s.processed(rows[0]!, -1, 0), s.processed(rows[1]!, drafts[0]!.token, 1)] : rows;
+    let accepted = 0;
     let next: number;
-    // The row after the draft sees the draft as output (penalties, min_tokens).
-    const p0 = s.processed(row0, -1, 0);
-    const p1 = s.processed(row1, d, 1);
     if (s.sampler.greedy) {
-      const k = this.samplerScratch.kernels;
-      acceptedDraft = argmaxOn(k, p0) === d;
-      next = acceptedDraft ? argmaxOn(k, p1) : argmaxOn(k, p0);
+      const kernels = this.samplerScratch.kernels;
+      for (;;) {
+        next = argmaxOn(kernels, processed[accepted]!);
+        if (accepted === k || next !== drafts[accepted]!.token) break;
+        accepted++;
+      }
     } else {
-      s.sampler.probs(p0, this.probsTarget[0]!);
-      s.sampler.probs(p1, this.probsTarget[1]!);
-      const v = verifyDraft({ draftTokens: [d], draftProbs: [s.draft!.probs!], targetProbs: this.probsTarget, rng: s.sampler.rng });
-      acceptedDraft = v.accepted === 1;
+      for (let j = 0; j <= k; j++) s.sampler.probs(processed[j]!, this.probsTarget[j]!);
+      const v = verifyDraft({
+        draftTokens: drafts.map((d) => d.token),
+        draftProbs: drafts.map((d) => d.probs!),
+        targetProbs: this.probsTarget.slice(0, k + 1),
+        rng: s.sampler.rng,
+      });
+      accepted = v.accepted;
       next = v.tokens[v.tokens.length - 1]!;
     }
-    s.drafted++;
-    this.drafted++;
-    const a = acceptedDraft ? 1 : 0;
+    s.drafted += k;
+    this.drafted += k;
+    s.accepted += accepted;
+    this.accepted += accepted;
+    // The first draft's outcome: what "auto" weighs (it drafts one token per step).
+    const a = accepted > 0 ? 1 : 0;
     this.acceptanceRate = this.acceptanceRate === null ? a : this.acceptanceRate + ENGINE_RATE_WEIGHT * (a - this.acceptanceRate);
-    if (acceptedDraft) {
-      s.accepted++;
-      this.accepted++;
-      produced = [this.token(s, row0, d), this.token(s, row1, next)];
-      s.mainLen += 2;
-    } else {
-      produced = [this.token(s, row0, next)];
-      s.mainLen += 1;
-    }
+    const produced = drafts.slice(0, accepted).map((d, j) => this.token(s, rows[j]!, d.token));
+    produced.push(this.token(s, rows[accepted]!, next));
+    s.mainLen += accepted + 1;
     s.pending = next;
-    return { produced, accepted: acceptedDraft };
+    return { produced, accepted };
+  }
+
+  /**
+   * Chained drafts a sequence makes after its first (EngineOptions.speculativeTokens): with speculation "on", rows
+   * that no processor changes, and none that max_tokens would cut (the step's own token comes after the drafts).
+   */
+  private chainLength(s: Sequence): number {
+    if (this.speculation !== "on" || s.draft === null || !s.plainRows) return 0;
+    return Math.max(0, Math.min(this.speculativeTokens - 1, s.params.maxTokens - s.output.length - 2));
+  }
+
+  /**
+   * The chained drafts: at depth j the MTP layer runs at position mainLen + j - 1, fed the draft before and its own
+   * output row there (normed by shared_head.norm, as the main rows it takes are), as vLLM and SGLang chain
+   * DeepSeek's one MTP layer. Those MTP rows lie past mtpLen, so the next step's MTP call overwrites them with rows
+   * from the main model's hidden states, as a rejected draft's main row is overwritten.
+   */
+  private async chainDrafts(chains: DraftChain[]): Promise<void> {
+    const hd = this.model.config.hiddenSize;
+    for (let depth = 1; chains.length > 0; depth++) {
+      chains = chains.filter((c) => c.more >= depth);
+      if (chains.length === 0) return;
+      for (const c of chains) this.cache.ensureCapacity(c.seq.blockTable, c.seq.mainLen + depth);
+      const mr = await this.model.forwardMtp(
+        this.cache,
+        chains.map((c) => ({
+          blockTable: c.seq.blockTable,
+          start: c.seq.mainLen + depth - 1,
+          tokens: [c.seq.chainedDrafts[depth - 2]?.token ?? c.seq.draft!.token],
+          logits: "last" as const,
+          hidden: c.hidden,
+          hiddenOff: 0,
+        })),
+        { attention: "absorbed", headRows: this.draftVocab },
+      );
+      chains.forEach((c, i) => {
+        c.hidden = mr.hidden.slice(mr.tokenRow[i]! * hd, (mr.tokenRow[i]! + 1) * hd);
+        const d = this.draftFrom(c.seq, this.logitsRow(mr, mr.logitRow[i]!), null);
+        if (d === null) c.more = 0;
+        else c.seq.chainedDrafts.push(d);
+      });
+    }
   }
 
   /**
@@ -756,19 +841,18 @@ export class Engine {
 
   /** The MTP row proposes the token after the sequence's output: processed as the main row there will be. */
   private setDraft(s: Sequence, mtpLogits: Float32Array): void {
+    s.draft = this.draftFrom(s, mtpLogits, s.draft?.probs ?? null);
+  }
+
+  /** A draft from an MTP row (null when nothing in the draft vocabulary is allowed); `q` is reused when given. */
+  private draftFrom(s: Sequence, mtpLogits: Float32Array, q: Float32Array | null): Draft | null {
     const row = s.processed(mtpLogits);
-    if (this.draftVocab < row.length && !row.subarray(0, this.draftVocab).some((v) => v > -Infinity)) {
-      // A grammar (or a logit bias) ruled out the whole draft vocabulary: nothing to draft this step.
-      s.draft = null;
-      return;
-    }
-    if (s.sampler.greedy) {
-      s.draft = { token: argmaxOn(this.samplerScratch.kernels, row), probs: null };
-    } else {
-      const q = s.draft?.probs ?? new Float32Array(this.model.config.vocabSize);
-      s.sampler.probs(row, q);
-      s.draft = { token: sampleFromProbs(q, s.sampler.rng), probs: q };
-    }
+    // A grammar (or a logit bias) may rule out the whole draft vocabulary: nothing to draft this step.
+    if (this.draftVocab < row.length && !row.subarray(0, this.draftVocab).some((v) => v > -Infinity)) return null;
+    if (s.sampler.greedy) return { token: argmaxOn(this.samplerScratch.kernels, row), probs: null };
+    const probs = q ?? new Float32Array(this.model.config.vocabSize);
+    s.sampler.probs(row, probs);
+    return { token: sampleFromProbs(probs, s.sampler.rng), probs };
   }
 
   private logitsRow(r: ForwardResult, row: number): Float32Array {
@@ -832,6 +916,16 @@ class CachedRowsSink {
       await this.sink.onLayer(layer, i, p, n, this.buf.subarray(0, n * d));
     }
   }
+}
+
+/** The most tokens EngineOptions.speculativeTokens may ask a sequence to draft per step. */
+export const MAX_SPECULATIVE_TOKENS = 4;
+
+/** A sequence making chained drafts: how many more, and the MTP layer's output row its next one is fed. */
+interface DraftChain {
+  readonly seq: Sequence;
+  more: number;
+  hidden: Float32Array;
 }
 
 /** Weight of one draft's outcome in Engine.acceptanceRate (about the engine's last 40 drafts). */

@@ -27,6 +27,8 @@ export interface GenerateCliOptions {
   speculative?: SpeculationMode | false;
   /** Drafts choose among the first n token ids (EngineOptions.draftVocab; default all). */
   draftVocab?: number;
+  /** Tokens drafted per step with speculation on (EngineOptions.speculativeTokens; default 1). */
+  speculativeTokens?: number;
   prefillChunk: number;
   /** Threads sharing each large matmul of the model (default 1 here; the CLI defaults to the CPU count). */
   threads?: number;
@@ -133,6 +135,7 @@ async function generateWith(
     prefillChunk: o.prefillChunk,
     speculation: speculationMode(o.speculative),
     ...(o.draftVocab !== undefined ? { draftVocab: o.draftVocab } : {}),
+    ...(o.speculativeTokens !== undefined ? { speculativeTokens: o.speculativeTokens } : {}),
   });
   const seq = engine.newSequence("cli", prompt, params);
   const decoder = tokenizer ? new IncrementalDecoder(tokenizer) : null;

@@ -5,6 +5,7 @@
 import { z } from "zod";
 import { boolSetting, intSetting, InvalidArgumentError, listenAddressSetting, OPTIONAL_REDIS_SCHEMA, parseSettings, usageLines } from "@moela/core";
 import type { Settings } from "@moela/core";
+import { MAX_SPECULATIVE_TOKENS } from "@moela/engine";
 import { PRECISION_NAMES } from "@moela/moe-dispatch";
 import { INTERNAL_SECURITY_SCHEMA, internalSecuritySettings, withInternalSecurity, type WithInternalSecurity } from "@moela/rpc";
 
@@ -88,6 +89,12 @@ export const SETTINGS = {
     env: "MOELA_DECODE_DRAFT_VOCAB",
     bool: false,
     help: "drafts choose among the first N token ids, so drafting reads that part of the MTP head alone; outputs are the same (default all)",
+  },
+  speculativeTokens: {
+    flag: "--speculative-tokens",
+    env: "MOELA_DECODE_SPECULATIVE_TOKENS",
+    bool: false,
+    help: "tokens drafted per step with speculation on, the MTP layer chained on its own output; outputs are the same (default 1)",
   },
   microBatches: {
     flag: "--micro-batches",
@@ -182,6 +189,9 @@ const settingsSchema = z.object({
   kernels: z.enum(["fast", "portable", "reference"], { message: "must be fast, portable or reference" }).default("fast"),
   threads: intSetting(1).pipe(z.number().max(256, "must be <= 256")).default(1),
   draftVocab: intSetting(1).optional(),
+  speculativeTokens: intSetting(1)
+    .pipe(z.number().max(MAX_SPECULATIVE_TOKENS, `must be <= ${MAX_SPECULATIVE_TOKENS}`))
+    .default(1),
   microBatches: intSetting(1).pipe(z.number().max(8, "must be <= 8")).default(2),
   sharedExpert: z.enum(["local", "hosts"], { message: "must be local or hosts" }).default("local"),
   sharedMemory: z

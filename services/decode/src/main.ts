@@ -139,6 +139,7 @@ export async function startDecode(cfg: DecodeConfig, logger: Logger, deps: Decod
       numBlocks: cfg.kvBlocks,
       speculation: cfg.speculative,
       ...(cfg.draftVocab !== undefined ? { draftVocab: cfg.draftVocab } : {}),
+      speculativeTokens: cfg.speculativeTokens,
       microBatches: cfg.microBatches,
       // Constrained decoding (response_format, forced tool calls): the grammar's mask needs each token's text.
       ...tokenTextsOption(cfg.model),

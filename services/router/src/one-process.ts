@@ -25,6 +25,7 @@
  *   --expert-hosts H         routed experts split over H in-process hosts (1)
  *   --speculative M          MTP drafting: auto | on | off              (auto)
  *   --draft-vocab N          drafts choose among the first N token ids  (all)
+ *   --speculative-tokens N   drafts per step with --speculative on      (1)
  *   --request-timeout-s N    a request's deadline, waiting included     (600)
  *   --api-key KEY[,KEY...]   as the router's                            (none: open)
  *   --max-body-bytes, --max-prompt-chars, --max-prompt-tokens, --tokenizer-threads, --strict-api, --log-level: as the router's
@@ -48,7 +49,7 @@ import {
   withWeightLoadBar,
   type Logger,
 } from "@moela/core";
-import { configureKernels, DeepseekModel, Engine, parseKernelsName } from "@moela/engine";
+import { configureKernels, DeepseekModel, Engine, MAX_SPECULATIVE_TOKENS, parseKernelsName } from "@moela/engine";
 import { createServiceMetrics, type ServiceMetrics } from "@moela/metrics";
 import { createInProcessExperts, PRECISION_NAMES, precisionProfile, type PrecisionName } from "@moela/moe-dispatch";
 import { AdmissionController } from "@moela/scheduler";
@@ -88,6 +89,7 @@ const schema = z.strictObject({
   expertHosts: int(1).max(64).default(1),
   speculative: z.enum(["auto", "on", "off"]).default("auto"),
   draftVocab: int(1).optional(),
+  speculativeTokens: int(1).max(MAX_SPECULATIVE_TOKENS).default(1),
   requestTimeoutS: z.coerce.number().positive("must be positive").max(86_400).default(600),
   apiKey: z.string().optional(),
   maxBodyBytes: int(1024)
@@ -122,6 +124,7 @@ const HELP = {
   expertHosts: "split the routed experts over H in-process expert-hosts, as the cluster does (default 1)",
   speculative: "MTP drafting: auto (while it pays) | on | off (default auto)",
   draftVocab: "drafts choose among the first N token ids, so drafting reads that part of the MTP head alone; outputs are the same (default all)",
+  speculativeTokens: "tokens drafted per step with --speculative on, the MTP layer chained on its own output; outputs are the same (default 1)",
   requestTimeoutS: "a request's deadline, waiting included (default 600)",
   apiKey: "KEY[,KEY...] clients must send as Authorization: Bearer KEY; prefer the env twin (default none: open)",
   maxBodyBytes: "largest HTTP request body (default 32 MiB)",
@@ -163,6 +166,7 @@ export interface OneProcessConfig {
   readonly expertHosts: number;
   readonly speculative: "auto" | "on" | "off";
   readonly draftVocab: number | undefined;
+  readonly speculativeTokens: number;
   readonly requestTimeoutMs: number;
   readonly apiKeys: readonly string[];
   readonly maxBodyBytes: number;
@@ -205,6 +209,7 @@ export function parseOneProcessArgs(argv: readonly string[], env: NodeJS.Process
     expertHosts: c.expertHosts,
     speculative: c.speculative,
     draftVocab: c.draftVocab,
+    speculativeTokens: c.speculativeTokens,
     requestTimeoutMs: Math.round(c.requestTimeoutS * 1000),
     apiKeys,
     ...apiLimitsOf(c),
@@ -240,6 +245,7 @@ export async function startOneProcess(config: OneProcessConfig, options: { logge
       prefillChunk: config.prefillChunk,
       speculation: config.speculative,
       ...(config.draftVocab !== undefined ? { draftVocab: config.draftVocab } : {}),
+      speculativeTokens: config.speculativeTokens,
       prefixCache: config.prefixCache,
       // Constrained decoding (response_format, forced tool calls): the grammar's mask needs each token's text.
       ...(tokenizer !== null ? { tokenTexts: () => tokenTexts(tokenizer) } : {}),

@@ -13,6 +13,7 @@ describe("decode config", () => {
       blockSize: 16,
       maxBatch: 32,
       speculative: "auto",
+      speculativeTokens: 1,
       streamGraceMs: 10_000,
       kvWaitMs: 120_000,
       kvIdleMs: 30_000,
@@ -52,6 +53,13 @@ describe("decode config", () => {
     expect(parseConfig(["--model", "/m", "--draft-vocab", "1024"], {})).toMatchObject({ draftVocab: 1024 });
     expect(parseConfig(["--model", "/m"], { MOELA_DECODE_DRAFT_VOCAB: "512" })).toMatchObject({ draftVocab: 512 });
     expect(() => parseConfig(["--model", "/m", "--draft-vocab", "0"], {})).toThrow(/--draft-vocab \/ MOELA_DECODE_DRAFT_VOCAB: must be >= 1/);
+  });
+
+  it("takes the drafts per step (default 1), and refuses 0 and more than 4", () => {
+    expect(parseConfig(["--model", "/m", "--speculative-tokens", "2"], {})).toMatchObject({ speculativeTokens: 2 });
+    expect(parseConfig(["--model", "/m"], { MOELA_DECODE_SPECULATIVE_TOKENS: "3" })).toMatchObject({ speculativeTokens: 3 });
+    expect(() => parseConfig(["--model", "/m", "--speculative-tokens", "0"], {})).toThrow(/--speculative-tokens \/ MOELA_DECODE_SPECULATIVE_TOKENS: must be >= 1/);
+    expect(() => parseConfig(["--model", "/m", "--speculative-tokens", "5"], {})).toThrow(/--speculative-tokens \/ MOELA_DECODE_SPECULATIVE_TOKENS: must be <= 4/);
   });
 
   it("takes the kernel backend and its threads, and refuses others", () => {

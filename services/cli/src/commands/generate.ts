@@ -27,6 +27,11 @@ const GENERATE_OPTIONS: readonly OptionRow[] = [
   new Option("--speculative <mode>", "draft with the MTP head: auto (while drafting pays), on (at every step), off").choices(SPECULATION_MODES).default("auto"),
   ["--no-speculative", "the same as --speculative off"],
   ["--draft-vocab <n>", "drafts choose among the first n token ids only (default: all; outputs are the same)", intArg("--draft-vocab")],
+  [
+    "--speculative-tokens <n>",
+    "tokens drafted per step with --speculative on, the MTP layer chained on its own output (default: 1; outputs are the same)",
+    intArg("--speculative-tokens"),
+  ],
   ["--prefill-chunk <n>", "prompt tokens per prefill step", intArg("--prefill-chunk"), 256],
   ["--threads <n>", "threads sharing each large matmul (same output bits for any count)", intArg("--threads"), availableParallelism()],
   ["--kernels <name>", "fast (native SIMD) | portable (TypeScript) | reference (float64, the oracle)", "fast"],
