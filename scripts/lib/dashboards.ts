@@ -950,7 +950,7 @@ const mtp = dashboard({
           kind: "timeseries",
           title: "Acceptance rate by draft position",
           description:
-            "Accepted over drafted tokens for each draft position after the sampled token (vLLM's per-position acceptance; MTP drafts one token today, so position 0 only). High is good; a position with low acceptance costs verification work for few tokens.",
+            "Accepted over drafted tokens for each draft position after the sampled token (vLLM's per-position acceptance; position 0 is a step's first draft, 1-3 the chained drafts of --speculative-tokens, each counted where it was verified). High is good; a position with low acceptance costs verification work for few tokens.",
           unit: "percentunit",
           targets: [
             {

@@ -322,6 +322,9 @@ export class Engine {
   /** Totals over all sequences. */
   drafted = 0;
   accepted = 0;
+  /** The same by position in a step's drafts (0: the first; chained ones after it), MAX_SPECULATIVE_TOKENS long. */
+  readonly draftedAt: number[] = new Array<number>(MAX_SPECULATIVE_TOKENS).fill(0);
+  readonly acceptedAt: number[] = new Array<number>(MAX_SPECULATIVE_TOKENS).fill(0);
   draftsSkipped = 0;
   /** EWMA of the acceptance of this engine's recent drafts, all sequences together (null before the first). */
   acceptanceRate: number | null = null;
@@ -754,6 +757,8 @@ export class Engine {
     this.drafted += k;
     s.accepted += accepted;
     this.accepted += accepted;
+    for (let j = 0; j < k; j++) this.draftedAt[j]!++;
+    for (let j = 0; j < accepted; j++) this.acceptedAt[j]!++;
     // The first draft's outcome: what "auto" weighs (it drafts one token per step).
     const a = accepted > 0 ? 1 : 0;
     this.acceptanceRate = this.acceptanceRate === null ? a : this.acceptanceRate + ENGINE_RATE_WEIGHT * (a - this.acceptanceRate);

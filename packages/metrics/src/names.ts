@@ -102,8 +102,11 @@ export const DISPATCH_PHASE_VALUES = ["encode", "combine"] as const;
  * deadline), error (the server failed it). vLLM's finished_reason, plus the two failures it has no name for.
  */
 export const FINISH_REASON_VALUES = ["stop", "length", "abort", "timeout", "error"] as const;
-/** Speculative draft positions (LABEL.position): MTP drafts one token per step today. */
-export const DRAFT_POSITION_VALUES = ["0"] as const;
+/**
+ * Speculative draft positions (LABEL.position): 0 is a step's first draft, 1-3 the chained ones after it (the engine's
+ * MAX_SPECULATIVE_TOKENS is 4; a test holds the two together).
+ */
+export const DRAFT_POSITION_VALUES = ["0", "1", "2", "3"] as const;
 /** Why the router retried or migrated a request (routerRetries). */
 const RETRY_REASONS = ["prefill_failed", "prefill_stalled", "prefill_vanished", "decode_unavailable", "decode_failed", "kv_transfer_failed"] as const;
 

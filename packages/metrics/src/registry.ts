@@ -247,3 +247,20 @@ export function createServiceMetrics<S extends ServiceName>(service: S, options:
   }
   return { service, registry, m: m as MetricsOf<S> };
 }
+
+/**
+ * One decode step's MTP drafts into decode's counters: drafted[p] and accepted[p] are the drafts the step verified and
+ * accepted at position p (0: a step's first draft; 1 on: the chained drafts after it). Positions with none are skipped.
+ */
+export function countDraftPositions(
+  m: Pick<MetricsOf<"decode">, "decodeMtpDraftedTokens" | "decodeMtpAcceptedTokens">,
+  drafted: readonly number[],
+  accepted: readonly number[],
+): void {
+  drafted.forEach((n, p) => {
+    if (n > 0) m.decodeMtpDraftedTokens.inc({ position: String(p) }, n);
+  });
+  accepted.forEach((n, p) => {
+    if (n > 0) m.decodeMtpAcceptedTokens.inc({ position: String(p) }, n);
+  });
+}

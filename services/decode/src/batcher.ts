@@ -62,7 +62,8 @@ export interface BatcherOptions {
   readonly kvWaitMs: number;
   readonly logger: Logger;
   /** After each step: its duration, tokens emitted, MTP drafts proposed and accepted. */
-  readonly onStep?: (seconds: number, tokens: number, drafted: number, accepted: number) => void;
+  /** After each step: its time, the tokens it emitted, and its drafts verified and accepted by position (Engine.draftedAt). */
+  readonly onStep?: (seconds: number, tokens: number, drafted: readonly number[], accepted: readonly number[]) => void;
   /** The time the grace, KV-wait and drain timers run on and deadlines are checked against (default: the real clock). */
   readonly clock?: Clock | undefined;
 }
@@ -470,8 +471,8 @@ export class Batcher {
         stepDone = resolve;
       });
       for (const r of batch) this.inStep.add(r);
-      const drafted0 = this.engine.drafted;
-      const accepted0 = this.engine.accepted;
+      const drafted0 = [...this.engine.draftedAt];
+      const accepted0 = [...this.engine.acceptedAt];
       const t0 = performance.now();
       let failure: MoelaError | null = null;
       let emitted = 0;
@@ -485,7 +486,12 @@ export class Batcher {
         this.log.error({ err, batch: batch.map((r) => r.id) }, "decode step failed");
         failure = new UnavailableError(`decode step failed: ${errorMessage(err)}`, { cause: err, reason: FailureReason.DECODE_STEP_FAILED });
       }
-      this.options.onStep?.((performance.now() - t0) / 1000, emitted, this.engine.drafted - drafted0, this.engine.accepted - accepted0);
+      this.options.onStep?.(
+        (performance.now() - t0) / 1000,
+        emitted,
+        this.engine.draftedAt.map((n, p) => n - drafted0[p]!),
+        this.engine.acceptedAt.map((n, p) => n - accepted0[p]!),
+      );
       this.inStep.clear();
       const now = this.clock.now();
       for (const r of batch) {

@@ -39,6 +39,7 @@ import {
 import { configureKernels, DeepseekModel, Engine, PhaseTimes } from "@moela/engine";
 import { KvInbox, KvLedger, kvTransferService } from "@moela/kv-transfer";
 import {
+  countDraftPositions,
   createServiceMetrics,
   grpcCodeName,
   rpcServerCallRecorder,
@@ -299,9 +300,7 @@ function newBatcher(p: DecodeParts, engine: Engine, phaseTimes: PhaseTimes): Bat
     onStep: (seconds, tokens, drafted, accepted) => {
       m.decodeStep.observe(seconds);
       m.decodeGeneratedTokens.inc({ model: p.modelName }, tokens);
-      // MTP drafts one token per sequence: every draft is position 0.
-      m.decodeMtpDraftedTokens.inc({ position: "0" }, drafted);
-      m.decodeMtpAcceptedTokens.inc({ position: "0" }, accepted);
+      countDraftPositions(m, drafted, accepted);
       phaseTimes.drainInto(m.forwardPhase);
     },
   });

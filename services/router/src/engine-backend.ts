@@ -44,7 +44,8 @@ export interface EngineBackendOptions {
   /** The served model's name: the `model` label of the request metrics. */
   readonly model: string;
   /** After each decode step: its duration, the sequences in it, tokens emitted, MTP drafts proposed and accepted. */
-  readonly onStep?: (seconds: number, batch: number, tokens: number, drafted: number, accepted: number) => void;
+  /** After each step: its time, sequences, emitted tokens, and drafts verified and accepted by position (Engine.draftedAt). */
+  readonly onStep?: (seconds: number, batch: number, tokens: number, drafted: readonly number[], accepted: readonly number[]) => void;
 }
 
 /** Largest seed picked for a request that gave none (as pipeline.ts). */
@@ -250,8 +251,8 @@ export class EngineBackend implements GenerationBackend {
       }
       const stepping = this.running.filter((s) => !s.cancelled && !s.done);
       if (stepping.length > 0) {
-        const drafted0 = engine.drafted;
-        const accepted0 = engine.accepted;
+        const drafted0 = [...engine.draftedAt];
+        const accepted0 = [...engine.acceptedAt];
         const t0 = performance.now();
         try {
           const results = await engine.step(stepping.map((s) => s.seq));
@@ -260,7 +261,13 @@ export class EngineBackend implements GenerationBackend {
             tokens += r.tokens.length;
             this.deliver(stepping[i]!, r.tokens);
           });
-          this.o.onStep?.((performance.now() - t0) / 1000, stepping.length, tokens, engine.drafted - drafted0, engine.accepted - accepted0);
+          this.o.onStep?.(
+            (performance.now() - t0) / 1000,
+            stepping.length,
+            tokens,
+            engine.draftedAt.map((n, p) => n - drafted0[p]!),
+            engine.acceptedAt.map((n, p) => n - accepted0[p]!),
+          );
         } catch (err) {
           logger.error({ err, requests: stepping.map((s) => s.seq.id) }, "decode step failed");
           for (const s of stepping) this.fail(s, failure("decode step", err));

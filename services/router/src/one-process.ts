@@ -50,7 +50,7 @@ import {
   type Logger,
 } from "@moela/core";
 import { configureKernels, DeepseekModel, Engine, MAX_SPECULATIVE_TOKENS, parseKernelsName } from "@moela/engine";
-import { createServiceMetrics, type ServiceMetrics } from "@moela/metrics";
+import { countDraftPositions, createServiceMetrics, type ServiceMetrics } from "@moela/metrics";
 import { createInProcessExperts, PRECISION_NAMES, precisionProfile, type PrecisionName } from "@moela/moe-dispatch";
 import { AdmissionController } from "@moela/scheduler";
 import { tokenTexts, type Tokenizer } from "@moela/tokenizer";
@@ -374,9 +374,7 @@ function startEngineBackend(
     onStep: (seconds, _batch, tokens, drafted, accepted) => {
       dm.decodeStep.observe(seconds);
       dm.decodeGeneratedTokens.inc({ model: config.servedModelName }, tokens);
-      // MTP drafts one token per sequence: every draft is position 0.
-      if (drafted > 0) dm.decodeMtpDraftedTokens.inc({ position: "0" }, drafted);
-      if (accepted > 0) dm.decodeMtpAcceptedTokens.inc({ position: "0" }, accepted);
+      countDraftPositions(dm, drafted, accepted);
     },
   });
   // GET /metrics on the API port: the router's series, then the engine's (decode's names).

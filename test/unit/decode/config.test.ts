@@ -58,8 +58,12 @@ describe("decode config", () => {
   it("takes the drafts per step (default 1), and refuses 0 and more than 4", () => {
     expect(parseConfig(["--model", "/m", "--speculative-tokens", "2"], {})).toMatchObject({ speculativeTokens: 2 });
     expect(parseConfig(["--model", "/m"], { MOELA_DECODE_SPECULATIVE_TOKENS: "3" })).toMatchObject({ speculativeTokens: 3 });
-    expect(() => parseConfig(["--model", "/m", "--speculative-tokens", "0"], {})).toThrow(/--speculative-tokens \/ MOELA_DECODE_SPECULATIVE_TOKENS: must be >= 1/);
-    expect(() => parseConfig(["--model", "/m", "--speculative-tokens", "5"], {})).toThrow(/--speculative-tokens \/ MOELA_DECODE_SPECULATIVE_TOKENS: must be <= 4/);
+    expect(() => parseConfig(["--model", "/m", "--speculative-tokens", "0"], {})).toThrow(
+      /--speculative-tokens \/ MOELA_DECODE_SPECULATIVE_TOKENS: must be >= 1/,
+    );
+    expect(() => parseConfig(["--model", "/m", "--speculative-tokens", "5"], {})).toThrow(
+      /--speculative-tokens \/ MOELA_DECODE_SPECULATIVE_TOKENS: must be <= 4/,
+    );
   });
 
   it("takes the kernel backend and its threads, and refuses others", () => {

@@ -79,6 +79,20 @@ describe("chained drafts (speculativeTokens)", () => {
     expect(r.seqs.every((s) => s.output.length === GREEDY.maxTokens)).toBe(true);
   });
 
+  it("counts drafts and accepted drafts by position, as decode's metrics report them", async () => {
+    const engine = new Engine(tiny, { ...BASE, speculation: "on", speculativeTokens: 3 });
+    const r = await runBatch(engine, PROMPTS, GREEDY);
+    const verified = r.steps.filter((s) => s.drafts > 0);
+    for (let p = 0; p < MAX_SPECULATIVE_TOKENS; p++) expect(engine.draftedAt[p]).toBe(verified.filter((s) => s.drafts > p).length);
+    // A step accepted its first `emitted - 1` drafts (when no stop cut its tokens: ignore_eos, and max_tokens leaves
+    // room for every draft plus one).
+    for (let p = 0; p < MAX_SPECULATIVE_TOKENS; p++) expect(engine.acceptedAt[p]).toBe(verified.filter((s) => s.emitted - 1 > p).length);
+    expect(engine.draftedAt.reduce((a, b) => a + b)).toBe(engine.drafted);
+    expect(engine.acceptedAt.reduce((a, b) => a + b)).toBe(engine.accepted);
+    expect(engine.draftedAt[3]).toBe(0);
+    expect(engine.draftedAt[2]).toBeGreaterThan(0);
+  });
+
   it("auto, and rows a processor changes, draft one token per step", async () => {
     const auto = await runBatch(new Engine(tiny, { ...BASE, speculation: "auto", speculativeTokens: 3, verifyCost: 1.01 }), PROMPTS.slice(0, 1), GREEDY);
     expect(auto.steps.every((s) => s.drafts <= 1)).toBe(true);

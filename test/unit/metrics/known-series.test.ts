@@ -48,7 +48,7 @@ describe("names.ts values", () => {
     expect(knownLabelSets(METRICS.routerRequests, { model: ["m"] })).toContainEqual({ model: "m", api: "grpc", outcome: "cancelled" });
     // Without the served model's name, a model-labelled counter has no known series.
     expect(knownLabelSets(METRICS.routerRequests)).toEqual([]);
-    expect(knownLabelSets(METRICS.decodeMtpAcceptedTokens)).toEqual([{ position: "0" }]);
+    expect(knownLabelSets(METRICS.decodeMtpAcceptedTokens)).toEqual([{ position: "0" }, { position: "1" }, { position: "2" }, { position: "3" }]);
     expect(knownLabelSets(METRICS.rpcServerHandled)).toEqual([]);
     expect(knownLabelSets(METRICS.routerTimeToFirstToken)).toEqual([]);
     expect(knownLabelSets(METRICS.routerTimeToFirstToken, { model: ["m"] })).toEqual([{ model: "m" }]);

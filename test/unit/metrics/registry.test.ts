@@ -1,11 +1,14 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { InvalidArgumentError } from "@moela/core";
+import { MAX_SPECULATIVE_TOKENS } from "@moela/engine";
 import {
   LATENCY_BUCKETS_SECONDS,
   METRICS,
   MOELA_VERSION,
   SERVICE_METRICS,
+  DRAFT_POSITION_VALUES,
+  countDraftPositions,
   createServiceMetrics,
   startMetricsServer,
   type ServiceMetrics,
@@ -85,6 +88,21 @@ describe("createServiceMetrics", () => {
     expect(textA).toContain('moela_router_time_to_first_token_seconds_bucket{le="0.5",model="m1"} 1');
     // b has the series (born at 0, names.ts `values`, for its model) but none of a's events.
     expect(await b.registry.metrics()).toContain('moela_router_requests_total{model="m1",api="openai",outcome="ok"} 0');
+  });
+
+  it("counts a step's drafts by position, one series per position the engine can draft", async () => {
+    expect(DRAFT_POSITION_VALUES).toHaveLength(MAX_SPECULATIVE_TOKENS);
+    const sm = createServiceMetrics("decode", { defaultMetrics: false });
+    countDraftPositions(sm.m, [5, 4, 2, 0], [4, 3, 0, 0]);
+    countDraftPositions(sm.m, [1, 0, 0, 0], [1, 0, 0, 0]);
+    const text = await sm.registry.metrics();
+    expect(text).toContain('moela_decode_mtp_drafted_tokens_total{position="0"} 6\n');
+    expect(text).toContain('moela_decode_mtp_drafted_tokens_total{position="1"} 4\n');
+    expect(text).toContain('moela_decode_mtp_drafted_tokens_total{position="2"} 2\n');
+    expect(text).toContain('moela_decode_mtp_drafted_tokens_total{position="3"} 0\n');
+    expect(text).toContain('moela_decode_mtp_accepted_tokens_total{position="0"} 5\n');
+    expect(text).toContain('moela_decode_mtp_accepted_tokens_total{position="1"} 3\n');
+    expect(text).toContain('moela_decode_mtp_accepted_tokens_total{position="2"} 0\n');
   });
 
   it("moela_build_info is 1 with the version, component, model and configuration; off in a second registry", async () => {
