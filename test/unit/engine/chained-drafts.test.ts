@@ -143,7 +143,7 @@ describe("chained drafts (speculativeTokens)", () => {
       expect(firstLanded / chained.length).toBeGreaterThan(0.6);
       expect(secondLanded / firstLanded).toBeGreaterThan(0.75);
     } finally {
-      brown.close();
+      await brown.close();
     }
   });
 });
