@@ -185,7 +185,10 @@ async function generateWith(
     const decodeRate = tokens.length > 1 ? `, decode ${((tokens.length - 1) / Math.max(elapsed - firstS, 1e-9)).toFixed(1)} tok/s` : "";
     const prefillRate = `prefill ${(prompt.length / Math.max(firstS, 1e-9)).toFixed(1)} tok/s`;
     const skipped = seq.draftsSkipped > 0 ? ` (${seq.draftsSkipped} steps without: drafting did not pay)` : "";
-    const acc = seq.drafted > 0 ? `, MTP accepted ${seq.accepted}/${seq.drafted}${skipped}` : "";
+    // Chained drafts: the engine's counts by position (the engine ran this one sequence).
+    const chained =
+      engine.draftedAt[1]! > 0 ? ` (by position ${engine.draftedAt.flatMap((n, p) => (n > 0 ? [`${engine.acceptedAt[p]}/${n}`] : [])).join(", ")})` : "";
+    const acc = seq.drafted > 0 ? `, MTP accepted ${seq.accepted}/${seq.drafted}${chained}${skipped}` : "";
     process.stderr.write(
       `[${tokens.length} tokens in ${elapsed.toFixed(2)} s (${rate.toFixed(1)} tok/s), first after ${firstS.toFixed(2)} s (${prefillRate}${decodeRate}), ` +
         `finish: ${seq.finishReason}${acc}; ${model.kernels.name} kernels (${model.kernels.isa}), ${model.threads} threads]\n`,
