@@ -208,6 +208,11 @@ export class Sequence {
   private readonly processedRows: Float32Array[] = [];
   /** Where the output is in its grammar (GenerationParams.grammar); null when unconstrained. */
   private readonly grammar: GrammarMatcher | null;
+  /**
+   * [vocab] per draft position: the distributions a sampled sequence's drafts are drawn from, reused from step to
+   * step (a step verifies the last step's drafts before it makes new ones).
+   */
+  private readonly draftProbsBuffers: Float32Array[] = [];
 
   constructor(
     id: string,
@@ -255,6 +260,16 @@ export class Sequence {
     return row;
   }
 
+  /** The buffer for the distribution of the draft at `position` (0: a step's first). */
+  draftProbsBuffer(position: number, vocab: number): Float32Array {
+    let b = this.draftProbsBuffers[position];
+    if (b === undefined) {
+      b = new Float32Array(vocab);
+      this.draftProbsBuffers[position] = b;
+    }
+    return b;
+  }
+
   /** Rows are sampled as the model gives them: no processors or grammar, so processed() returns its input. */
   get plainRows(): boolean {
     return this.processor === null && this.grammar === null;
@@ -270,7 +285,8 @@ export class Sequence {
       prompt: this.prompt,
       params: this.params,
       output: [...this.output],
-      draft: this.draft,
+      // A copy: the draft's distribution buffer is reused by the sequence's next step.
+      draft: this.draft === null ? null : { token: this.draft.token, probs: this.draft.probs?.slice() ?? null },
       rngState: this.sampler.rng.state(),
       drafted: this.drafted,
       accepted: this.accepted,
@@ -804,7 +820,7 @@ export class Engine {
       );
       chains.forEach((c, i) => {
         c.hidden = mr.hidden.slice(mr.tokenRow[i]! * hd, (mr.tokenRow[i]! + 1) * hd);
-        const d = this.draftFrom(c.seq, this.logitsRow(mr, mr.logitRow[i]!), null);
+        const d = this.draftFrom(c.seq, this.logitsRow(mr, mr.logitRow[i]!), depth);
         if (d === null) c.more = 0;
         else c.seq.chainedDrafts.push(d);
       });
@@ -846,16 +862,16 @@ export class Engine {
 
   /** The MTP row proposes the token after the sequence's output: processed as the main row there will be. */
   private setDraft(s: Sequence, mtpLogits: Float32Array): void {
-    s.draft = this.draftFrom(s, mtpLogits, s.draft?.probs ?? null);
+    s.draft = this.draftFrom(s, mtpLogits, 0);
   }
 
-  /** A draft from an MTP row (null when nothing in the draft vocabulary is allowed); `q` is reused when given. */
-  private draftFrom(s: Sequence, mtpLogits: Float32Array, q: Float32Array | null): Draft | null {
+  /** The draft at `position` from an MTP row (null when nothing in the draft vocabulary is allowed). */
+  private draftFrom(s: Sequence, mtpLogits: Float32Array, position: number): Draft | null {
     const row = s.processed(mtpLogits);
     // A grammar (or a logit bias) may rule out the whole draft vocabulary: nothing to draft this step.
     if (this.draftVocab < row.length && !row.subarray(0, this.draftVocab).some((v) => v > -Infinity)) return null;
     if (s.sampler.greedy) return { token: argmaxOn(this.samplerScratch.kernels, row), probs: null };
-    const probs = q ?? new Float32Array(this.model.config.vocabSize);
+    const probs = s.draftProbsBuffer(position, this.model.config.vocabSize);
     s.sampler.probs(row, probs);
     return { token: sampleFromProbs(probs, s.sampler.rng), probs };
   }

@@ -112,6 +112,24 @@ describe("chained drafts (speculativeTokens)", () => {
     expect(a.outs.every((o) => o.length === SEEDED.maxTokens && o.every((t) => Number.isInteger(t.id) && t.logprob <= 0))).toBe(true);
   });
 
+  it("a sampled sequence draws its drafts into the same buffers at every step; a snapshot copies the first", async () => {
+    const engine = new Engine(tiny, { ...BASE, speculation: "on", speculativeTokens: 3 });
+    const seq = engine.newSequence("s", PROMPTS[0]!, SEEDED);
+    await engine.prefill([seq]);
+    await engine.step([seq]);
+    const buffers = [seq.draft!.probs!, ...seq.chainedDrafts.map((d) => d.probs!)];
+    expect(buffers).toHaveLength(3);
+    for (let i = 0; i < 3; i++) {
+      await engine.step([seq]);
+      expect([seq.draft!.probs!, ...seq.chainedDrafts.map((d) => d.probs!)]).toEqual(buffers);
+      buffers.forEach((b, j) => expect(j === 0 ? seq.draft!.probs : seq.chainedDrafts[j - 1]!.probs).toBe(b));
+    }
+    const snap = seq.snapshot();
+    expect(snap.draft!.probs).not.toBe(buffers[0]);
+    expect(snap.draft!.probs).toEqual(buffers[0]);
+    engine.release(seq);
+  });
+
   it("a sequence restored from its snapshot mid-chain continues with the plain tokens", async () => {
     const engine = new Engine(tiny, { ...BASE, speculation: "on", speculativeTokens: 3 });
     const seq = engine.newSequence("s", PROMPTS[0]!, GREEDY);
