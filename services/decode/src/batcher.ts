@@ -61,7 +61,6 @@ export interface BatcherOptions {
   /** How long an open Stream waits for its KV. */
   readonly kvWaitMs: number;
   readonly logger: Logger;
-  /** After each step: its duration, tokens emitted, MTP drafts proposed and accepted. */
   /** After each step: its time, the tokens it emitted, and its drafts verified and accepted by position (Engine.draftedAt). */
   readonly onStep?: (seconds: number, tokens: number, drafted: readonly number[], accepted: readonly number[]) => void;
   /** The time the grace, KV-wait and drain timers run on and deadlines are checked against (default: the real clock). */

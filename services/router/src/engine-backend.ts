@@ -43,7 +43,6 @@ export interface EngineBackendOptions {
   readonly metrics: MetricsOf<"router">;
   /** The served model's name: the `model` label of the request metrics. */
   readonly model: string;
-  /** After each decode step: its duration, the sequences in it, tokens emitted, MTP drafts proposed and accepted. */
   /** After each step: its time, sequences, emitted tokens, and drafts verified and accepted by position (Engine.draftedAt). */
   readonly onStep?: (seconds: number, batch: number, tokens: number, drafted: readonly number[], accepted: readonly number[]) => void;
 }
