@@ -680,7 +680,7 @@ export class Engine {
       }
       results.push({ seq: s, tokens: s.emit(produced) });
       s.draft = null;
-      s.chainedDrafts = [];
+      if (s.chainedDrafts.length > 0) s.chainedDrafts = [];
       if (s.mtpLen < 0) return;
       if (s.finished) {
         s.owedHidden = null;

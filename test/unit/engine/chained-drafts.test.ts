@@ -141,7 +141,6 @@ describe("chained drafts (speculativeTokens)", () => {
     expect(restored.chainedDrafts).toEqual([]);
     while (!restored.finished) await engine.step([restored]);
     expectSameTokens(restored.output, plain[0]!);
-    expect(restored.chainedDrafts).toEqual([]);
   });
 
   it("on the bundled model the second draft of a chain lands about as often as the first", async () => {
