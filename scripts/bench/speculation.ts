@@ -4,11 +4,16 @@
  *
  *   npx tsx scripts/bench/speculation.ts [--model models/moela-v3-brown] [--batches 1,8] [--prompt-tokens 32]
  *        [--tokens 128] [--rounds 5] [--prompts N] [--threads N] [--draft-vocab full,1024] [--speculative-tokens 1,2]
- *        [--no-yardsticks] [--out bench-results]
+ *        [--perfect-drafts] [--no-yardsticks] [--out bench-results]
  *
  * --draft-vocab and --speculative-tokens list the "on" settings: drafts among the whole vocabulary (full) or the
  * first N token ids (EngineOptions.draftVocab), and one or more chained drafts per step
  * (EngineOptions.speculativeTokens), every pair timed against "off" in the same rounds.
+ *
+ * --perfect-drafts adds "on, perfect drafts" for each --speculative-tokens count: the engine drafts as always (the
+ * MTP layer runs, its row goes through the head and the argmax), but each draft it proposes is the token the plain
+ * greedy run emitted there, so every draft lands. That is the most any drafter could buy with this verifying step:
+ * if it stays under a target, no better MTP head reaches the target on this machine.
  *
  * Every batch size decodes the same prompts (--prompts, default the largest batch), `batch` at a time, so the
  * acceptance behind each speed-up comes from the same text.
@@ -45,6 +50,8 @@ import {
   type AttendArgs,
   type GroupedLayout,
   type KernelBackend,
+  type Draft,
+  type EngineOptions,
   type MlpWeights,
   type Sequence,
   type WeightMatrix,
@@ -61,7 +68,8 @@ const program = new Command("bench-speculation")
   .option("--prompts <n>", "prompts, run `batch` at a time at every batch size (default: the largest batch)", (v) => Number(v))
   .option("--threads <n>", "kernel threads", (v) => Number(v), availableParallelism())
   .option("--draft-vocab <list>", "speculation on with each of these draft vocabularies (first N token ids; 'full': all)", "full")
-  .option("--speculative-tokens <list>", "speculation on with each of these numbers of drafts per step", "1");
+  .option("--speculative-tokens <list>", "speculation on with each of these numbers of drafts per step", "1")
+  .option("--perfect-drafts", "also time speculation with drafts that always land (the plain run's own tokens)", false);
 parseWithReportOptions(program);
 const opts = program.opts<{
   model: string;
@@ -73,6 +81,7 @@ const opts = program.opts<{
   threads: number;
   draftVocab: string;
   speculativeTokens: string;
+  perfectDrafts: boolean;
   yardsticks: boolean;
   out: string;
 }>();
@@ -94,6 +103,8 @@ interface Mode {
   readonly draftVocab: number | null;
   /** Drafts per step (EngineOptions.speculativeTokens). */
   readonly speculativeTokens: number;
+  /** Every draft is the plain greedy run's token there (PerfectDraftEngine). */
+  readonly perfect: boolean;
 }
 
 /** Bytes a decode step reads, counted through the fast backend's entry points while `counting` is set. */
@@ -164,6 +175,28 @@ interface Pass {
   readonly accepted: number;
 }
 
+/**
+ * Drafts that always land: the engine drafts as it does (the MTP layer, the head, the argmax), then proposes the
+ * token the plain greedy run emitted at that position instead of its own.
+ */
+class PerfectDraftEngine extends Engine {
+  constructor(
+    model: DeepseekModel,
+    options: EngineOptions,
+    /** Each sequence's plain greedy output, by sequence id. */
+    private readonly plain: ReadonlyMap<string, readonly number[]>,
+  ) {
+    super(model, options);
+  }
+
+  protected override draftFrom(s: Sequence, mtpLogits: Float32Array, position: number): Draft | null {
+    super.draftFrom(s, mtpLogits, position);
+    // s.output ends with the pending token; a draft at `position` is the one `position + 1` tokens after it.
+    const token = this.plain.get(s.id)?.[s.output.length + position];
+    return token === undefined ? null : { token, probs: null };
+  }
+}
+
 const fast = kernelsByName("fast");
 if (fast.name !== "fast" || fast.isa === "typescript") throw new Error("the native kernels did not load: this benchmark measures them");
 instrument(fast);
@@ -181,13 +214,14 @@ const PROMPTS = Array.from({ length: opts.prompts ?? Math.max(...BATCHES) }, (_,
 /** Every prompt, `batch` at a time: one prefill per group, then greedy decode to --tokens each; counts reads when `count`. */
 async function pass(batch: number, mode: Mode, count: boolean): Promise<Pass> {
   const numBlocks = Math.ceil(((opts.promptTokens + opts.tokens + 4) * batch) / 16) + 2 * batch + 4;
-  const engine = new Engine(model, {
+  const options: EngineOptions = {
     blockSize: 16,
     numBlocks,
     speculation: mode.speculation,
     draftVocab: mode.draftVocab ?? V,
     speculativeTokens: mode.speculativeTokens,
-  });
+  };
+  const engine = mode.perfect ? new PerfectDraftEngine(model, options, plainOutputs!) : new Engine(model, options);
   let steps = 0;
   let bytes = 0;
   let tokens = 0;
@@ -208,7 +242,12 @@ async function pass(batch: number, mode: Mode, count: boolean): Promise<Pass> {
     }
     ms += performance.now() - t0;
     tokens += seqs.reduce((n, s) => n + s.output.length, 0) - before;
-    for (const s of seqs) engine.release(s);
+    for (const s of seqs) {
+      // Verifying keeps greedy decoding's tokens whatever the drafts: a check that this run measured the same text.
+      const plain = plainOutputs?.get(s.id);
+      if (plain !== undefined && s.output.some((t, i) => t.id !== plain[i])) throw new Error(`${mode.label}: sequence ${s.id} left greedy decoding's tokens`);
+      engine.release(s);
+    }
   }
   return { tokS: tokens / (ms / 1000), tokens, steps, bytes, drafted: engine.drafted, accepted: engine.accepted };
 }
@@ -220,15 +259,27 @@ if (DRAFT_VOCABS.length === 0 || DRAFT_VOCABS.some((v) => v !== null && !(Number
 const SPECULATIVE_TOKENS = commaList(opts.speculativeTokens).map(Number);
 if (SPECULATIVE_TOKENS.length === 0 || SPECULATIVE_TOKENS.some((k) => !(Number.isInteger(k) && k >= 1 && k <= MAX_SPECULATIVE_TOKENS)))
   throw new Error(`--speculative-tokens must list integers from 1 to ${MAX_SPECULATIVE_TOKENS}, got ${opts.speculativeTokens}`);
-const OFF: Mode = { label: "off", speculation: "off", draftVocab: null, speculativeTokens: 1 };
-const ONS: readonly Mode[] = DRAFT_VOCABS.flatMap((v) =>
-  SPECULATIVE_TOKENS.map((k) => ({
-    label: ["on", ...(v === null ? [] : [`draft vocab ${v}`]), ...(k === 1 ? [] : [`${k} tokens`])].join(", "),
-    speculation: "on" as const,
-    draftVocab: v,
-    speculativeTokens: k,
-  })),
-);
+const OFF: Mode = { label: "off", speculation: "off", draftVocab: null, speculativeTokens: 1, perfect: false };
+const ONS: readonly Mode[] = [
+  ...DRAFT_VOCABS.flatMap((v) =>
+    SPECULATIVE_TOKENS.map((k) => ({
+      label: ["on", ...(v === null ? [] : [`draft vocab ${v}`]), ...(k === 1 ? [] : [`${k} tokens`])].join(", "),
+      speculation: "on" as const,
+      draftVocab: v,
+      speculativeTokens: k,
+      perfect: false,
+    })),
+  ),
+  ...(opts.perfectDrafts
+    ? SPECULATIVE_TOKENS.map((k) => ({
+        label: ["on, perfect drafts", ...(k === 1 ? [] : [`${k} tokens`])].join(", "),
+        speculation: "on" as const,
+        draftVocab: null,
+        speculativeTokens: k,
+        perfect: true,
+      }))
+    : []),
+];
 const MODES: readonly Mode[] = [OFF, ...ONS];
 
 interface Result {
@@ -240,6 +291,14 @@ interface Result {
   readonly tokensPerStep: number;
   readonly acceptance: number | null;
 }
+/** With --perfect-drafts, each prompt's plain greedy output, by the id its sequence gets in pass() (b<prompt index>). */
+let plainOutputs: Map<string, number[]> | undefined;
+if (opts.perfectDrafts) {
+  log("perfect drafts: the plain greedy output of every prompt ...");
+  plainOutputs = new Map();
+  for (const [i, prompt] of PROMPTS.entries()) plainOutputs.set(`b${i}`, (await greedyTokens(prompt)).slice(prompt.length));
+}
+
 const results: Result[] = [];
 for (const batch of BATCHES) {
   const counted = new Map<Mode, Pass>();

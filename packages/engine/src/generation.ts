@@ -865,8 +865,12 @@ export class Engine {
     s.draft = this.draftFrom(s, mtpLogits, 0);
   }
 
-  /** The draft at `position` from an MTP row (null when nothing in the draft vocabulary is allowed). */
-  private draftFrom(s: Sequence, mtpLogits: Float32Array, position: number): Draft | null {
+  /**
+   * The draft at `position` from an MTP row (null when nothing in the draft vocabulary is allowed). Protected, not
+   * private: scripts/bench/speculation.ts's `--perfect-drafts` overrides it with the plain run's own tokens, to
+   * measure what verifying costs when every draft lands.
+   */
+  protected draftFrom(s: Sequence, mtpLogits: Float32Array, position: number): Draft | null {
     const row = s.processed(mtpLogits);
     // A grammar (or a logit bias) may rule out the whole draft vocabulary: nothing to draft this step.
     if (this.draftVocab < row.length && !row.subarray(0, this.draftVocab).some((v) => v > -Infinity)) return null;
