@@ -50,7 +50,6 @@ import {
   type AttendArgs,
   type GroupedLayout,
   type KernelBackend,
-  type Draft,
   type EngineOptions,
   type MlpWeights,
   type Sequence,
@@ -58,6 +57,7 @@ import {
 } from "@moela/engine";
 import { commaList, fmt, fmtX, log, median, parseWithReportOptions, textTable, type Bar } from "../lib/bench-report.js";
 import { measureSetting, settingLines, writeBenchReport } from "../lib/bench-setting.js";
+import { PerfectDraftEngine } from "../lib/perfect-drafts.js";
 
 const program = new Command("bench-speculation")
   .option("--model <dir>", "a checkpoint with an MTP layer", "models/moela-v3-brown")
@@ -173,28 +173,6 @@ interface Pass {
   readonly bytes: number;
   readonly drafted: number;
   readonly accepted: number;
-}
-
-/**
- * Drafts that always land: the engine drafts as it does (the MTP layer, the head, the argmax), then proposes the
- * token the plain greedy run emitted at that position instead of its own.
- */
-class PerfectDraftEngine extends Engine {
-  constructor(
-    model: DeepseekModel,
-    options: EngineOptions,
-    /** Each sequence's plain greedy output, by sequence id. */
-    private readonly plain: ReadonlyMap<string, readonly number[]>,
-  ) {
-    super(model, options);
-  }
-
-  protected override draftFrom(s: Sequence, mtpLogits: Float32Array, position: number): Draft | null {
-    super.draftFrom(s, mtpLogits, position);
-    // s.output ends with the pending token; a draft at `position` is the one `position + 1` tokens after it.
-    const token = this.plain.get(s.id)?.[s.output.length + position];
-    return token === undefined ? null : { token, probs: null };
-  }
 }
 
 const fast = kernelsByName("fast");

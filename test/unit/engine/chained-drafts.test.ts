@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DeepseekModel, Engine, MAX_SPECULATIVE_TOKENS, type EmittedToken, type EngineOptions, type GenerationParams, type Sequence } from "@moela/engine";
 import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
+import { PerfectDraftEngine } from "../../../scripts/lib/perfect-drafts.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 const PROMPTS = [
@@ -77,6 +78,21 @@ describe("chained drafts (speculativeTokens)", () => {
       expect(s.emitted).toBeLessThanOrEqual(s.drafts + 1);
     }
     expect(r.seqs.every((s) => s.output.length === GREEDY.maxTokens)).toBe(true);
+  });
+
+  it.each([1, 3])("with %i draft(s) per step, an Engine subclass's draftFrom decides every draft (speculation.ts --perfect-drafts)", async (k) => {
+    const options: EngineOptions = { ...BASE, speculation: "on", speculativeTokens: k };
+    // This random model's own drafts mostly miss; proposing the plain run's tokens instead, every draft lands.
+    const own = new Engine(tiny, options);
+    await runBatch(own, PROMPTS, GREEDY);
+    expect(own.accepted).toBeLessThan(own.drafted / 2);
+    const engine = new PerfectDraftEngine(tiny, options, new Map(plain.map((out, i) => [`s${i}`, out.map((t) => t.id)])));
+    const r = await runBatch(engine, PROMPTS, GREEDY);
+    r.outs.forEach((out, i) => expectSameTokens(out, plain[i]!));
+    expect(engine.drafted).toBeGreaterThan(0);
+    expect(engine.accepted).toBe(engine.drafted);
+    for (const s of r.steps.filter((st) => st.drafts > 0)) expect(s.emitted).toBe(Math.min(s.drafts + 1, s.remaining));
+    expect(r.steps.filter((s) => s.drafts === k).length).toBeGreaterThan(r.steps.length / 2);
   });
 
   it("counts drafts and accepted drafts by position, as decode's metrics report them", async () => {
