@@ -867,8 +867,8 @@ export class Engine {
 
   /**
    * The draft at `position` from an MTP row (null when nothing in the draft vocabulary is allowed). Protected, not
-   * private: scripts/bench/speculation.ts's `--perfect-drafts` overrides it with the plain run's own tokens, to
-   * measure what verifying costs when every draft lands.
+   * private: scripts/lib/perfect-drafts.ts overrides it with a plain run's own tokens, so that
+   * scripts/bench/speculation.ts --perfect-drafts can measure what verifying costs when every draft lands.
    */
   protected draftFrom(s: Sequence, mtpLogits: Float32Array, position: number): Draft | null {
     const row = s.processed(mtpLogits);
