@@ -341,6 +341,12 @@ export class Engine {
   /** The same by position in a step's drafts (0: the first; chained ones after it), MAX_SPECULATIVE_TOKENS long. */
   readonly draftedAt: number[] = new Array<number>(MAX_SPECULATIVE_TOKENS).fill(0);
   readonly acceptedAt: number[] = new Array<number>(MAX_SPECULATIVE_TOKENS).fill(0);
+  /**
+   * The last step()'s drafts verified and accepted by position (zeroed when a step starts): what decode's and the
+   * one-process server's metrics count after each step. Overwritten by the next step: read them, do not keep them.
+   */
+  readonly stepDraftedAt: number[] = new Array<number>(MAX_SPECULATIVE_TOKENS).fill(0);
+  readonly stepAcceptedAt: number[] = new Array<number>(MAX_SPECULATIVE_TOKENS).fill(0);
   draftsSkipped = 0;
   /** EWMA of the acceptance of this engine's recent drafts, all sequences together (null before the first). */
   acceptanceRate: number | null = null;
@@ -637,6 +643,8 @@ export class Engine {
   async step(seqs: readonly Sequence[]): Promise<StepResult[]> {
     const m = this.model;
     const hd = m.config.hiddenSize;
+    this.stepDraftedAt.fill(0);
+    this.stepAcceptedAt.fill(0);
     for (const s of seqs) {
       if (s.pending < 0 || s.finished) throw new Error(`sequence ${s.id} cannot step (not prefilled or finished)`);
       this.cache.ensureCapacity(s.blockTable, s.mainLen + 2 + s.chainedDrafts.length);
@@ -773,8 +781,14 @@ export class Engine {
     this.drafted += k;
     s.accepted += accepted;
     this.accepted += accepted;
-    for (let j = 0; j < k; j++) this.draftedAt[j]!++;
-    for (let j = 0; j < accepted; j++) this.acceptedAt[j]!++;
+    for (let j = 0; j < k; j++) {
+      this.draftedAt[j]!++;
+      this.stepDraftedAt[j]!++;
+    }
+    for (let j = 0; j < accepted; j++) {
+      this.acceptedAt[j]!++;
+      this.stepAcceptedAt[j]!++;
+    }
     // The first draft's outcome: what "auto" weighs (it drafts one token per step).
     const a = accepted > 0 ? 1 : 0;
     this.acceptanceRate = this.acceptanceRate === null ? a : this.acceptanceRate + ENGINE_RATE_WEIGHT * (a - this.acceptanceRate);

@@ -61,7 +61,10 @@ export interface BatcherOptions {
   /** How long an open Stream waits for its KV. */
   readonly kvWaitMs: number;
   readonly logger: Logger;
-  /** After each step: its time, the tokens it emitted, and its drafts verified and accepted by position (Engine.draftedAt). */
+  /**
+   * After each step: its time, the tokens it emitted, and its drafts verified and accepted by position (the engine's
+   * stepDraftedAt and stepAcceptedAt, valid during the call only).
+   */
   readonly onStep?: (seconds: number, tokens: number, drafted: readonly number[], accepted: readonly number[]) => void;
   /** The time the grace, KV-wait and drain timers run on and deadlines are checked against (default: the real clock). */
   readonly clock?: Clock | undefined;
@@ -470,8 +473,6 @@ export class Batcher {
         stepDone = resolve;
       });
       for (const r of batch) this.inStep.add(r);
-      const drafted0 = [...this.engine.draftedAt];
-      const accepted0 = [...this.engine.acceptedAt];
       const t0 = performance.now();
       let failure: MoelaError | null = null;
       let emitted = 0;
@@ -485,12 +486,7 @@ export class Batcher {
         this.log.error({ err, batch: batch.map((r) => r.id) }, "decode step failed");
         failure = new UnavailableError(`decode step failed: ${errorMessage(err)}`, { cause: err, reason: FailureReason.DECODE_STEP_FAILED });
       }
-      this.options.onStep?.(
-        (performance.now() - t0) / 1000,
-        emitted,
-        this.engine.draftedAt.map((n, p) => n - drafted0[p]!),
-        this.engine.acceptedAt.map((n, p) => n - accepted0[p]!),
-      );
+      this.options.onStep?.((performance.now() - t0) / 1000, emitted, this.engine.stepDraftedAt, this.engine.stepAcceptedAt);
       this.inStep.clear();
       const now = this.clock.now();
       for (const r of batch) {

@@ -43,7 +43,10 @@ export interface EngineBackendOptions {
   readonly metrics: MetricsOf<"router">;
   /** The served model's name: the `model` label of the request metrics. */
   readonly model: string;
-  /** After each step: its time, sequences, emitted tokens, and drafts verified and accepted by position (Engine.draftedAt). */
+  /**
+   * After each step: its time, sequences, emitted tokens, and drafts verified and accepted by position (the engine's
+   * stepDraftedAt and stepAcceptedAt, valid during the call only).
+   */
   readonly onStep?: (seconds: number, batch: number, tokens: number, drafted: readonly number[], accepted: readonly number[]) => void;
 }
 
@@ -250,8 +253,6 @@ export class EngineBackend implements GenerationBackend {
       }
       const stepping = this.running.filter((s) => !s.cancelled && !s.done);
       if (stepping.length > 0) {
-        const drafted0 = [...engine.draftedAt];
-        const accepted0 = [...engine.acceptedAt];
         const t0 = performance.now();
         try {
           const results = await engine.step(stepping.map((s) => s.seq));
@@ -260,13 +261,7 @@ export class EngineBackend implements GenerationBackend {
             tokens += r.tokens.length;
             this.deliver(stepping[i]!, r.tokens);
           });
-          this.o.onStep?.(
-            (performance.now() - t0) / 1000,
-            stepping.length,
-            tokens,
-            engine.draftedAt.map((n, p) => n - drafted0[p]!),
-            engine.acceptedAt.map((n, p) => n - accepted0[p]!),
-          );
+          this.o.onStep?.((performance.now() - t0) / 1000, stepping.length, tokens, engine.stepDraftedAt, engine.stepAcceptedAt);
         } catch (err) {
           logger.error({ err, requests: stepping.map((s) => s.seq.id) }, "decode step failed");
           for (const s of stepping) this.fail(s, failure("decode step", err));

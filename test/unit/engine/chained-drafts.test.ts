@@ -109,6 +109,26 @@ describe("chained drafts (speculativeTokens)", () => {
     expect(engine.draftedAt[2]).toBeGreaterThan(0);
   });
 
+  it("stepDraftedAt and stepAcceptedAt hold each step's own counts by position", async () => {
+    const engine = new Engine(tiny, { ...BASE, speculation: "on", speculativeTokens: 3 });
+    const seqs = PROMPTS.map((p, i) => engine.newSequence(`s${i}`, p, GREEDY));
+    await engine.prefill(seqs);
+    let steps = 0;
+    for (;;) {
+      const live = seqs.filter((s) => !s.finished);
+      if (live.length === 0) break;
+      const drafts = live.map((s) => (s.draft === null ? 0 : 1 + s.chainedDrafts.length));
+      const results = await engine.step(live);
+      for (let p = 0; p < MAX_SPECULATIVE_TOKENS; p++) {
+        expect(engine.stepDraftedAt[p]).toBe(drafts.filter((d) => d > p).length);
+        expect(engine.stepAcceptedAt[p]).toBe(results.filter((r, i) => drafts[i]! > 0 && r.tokens.length - 1 > p).length);
+      }
+      steps++;
+    }
+    expect(steps).toBeGreaterThan(10);
+    for (const s of seqs) engine.release(s);
+  });
+
   it("auto, and rows a processor changes, draft one token per step", async () => {
     const auto = await runBatch(new Engine(tiny, { ...BASE, speculation: "auto", speculativeTokens: 3, verifyCost: 1.01 }), PROMPTS.slice(0, 1), GREEDY);
     expect(auto.steps.every((s) => s.drafts <= 1)).toBe(true);
