@@ -203,9 +203,10 @@ export interface VerifyCostEstimatorOptions {
  * The engine's cost ratio c: seconds of a verify step over a plain step, per sequence, from the engine's
  * own step timings. A step's seconds are split between its plain and verifying sequences by normalised LMS
  * (for a step of one kind, an EWMA of its seconds per sequence). The update is lopsided, quick down and
- * slow up, so the estimates follow the fast side of the timings: interference (GC, the JIT, other
- * processes) only ever adds time. Kept per batch-size class (powers of two), since c grows with the batch
- * as the kernels turn compute-bound; until a class has seen both kinds it answers the prior.
+ * slow up, and a slow step's excess is bounded, so the estimates follow the fast side of the timings:
+ * interference (GC, the JIT, other processes) only ever adds time. Kept per batch-size class (powers of
+ * two), since c grows with the batch as the kernels turn compute-bound; until a class has seen both kinds
+ * it answers the prior.
  */
 export class VerifyCostEstimator {
   readonly prior: number;
@@ -237,7 +238,11 @@ export class VerifyCostEstimator {
     if (e.plainEvidence === 0 && plainSeqs === n) e.plain = seconds / n;
     else if (e.verifyEvidence === 0 && verifySeqs === n) e.verify = seconds / n;
     else {
-      const err = seconds - (plainSeqs * e.plain + verifySeqs * e.verify);
+      // A step far slower than predicted was held up (a GC pause, another process), not given more work: its excess
+      // counts up to SLOWER_EXCESS_LIMIT of the prediction. Unbounded, one 10 ms pause on a 1 ms plain step lifted
+      // the plain estimate 45% and so cut c by a third; while sequences then draft, no plain step comes to undo it.
+      const predicted = plainSeqs * e.plain + verifySeqs * e.verify;
+      const err = Math.min(seconds - predicted, SLOWER_EXCESS_LIMIT * predicted);
       const w = (err < 0 ? WEIGHT_FASTER : WEIGHT_SLOWER) / (plainSeqs * plainSeqs + verifySeqs * verifySeqs);
       e.plain = Math.max(1e-9, e.plain + w * err * plainSeqs);
       e.verify = Math.max(1e-9, e.verify + w * err * verifySeqs);
@@ -263,6 +268,8 @@ export class VerifyCostEstimator {
 /** Update weights of VerifyCostEstimator: a step faster than predicted moves the estimate 30 %, a slower one 5 %. */
 const WEIGHT_FASTER = 0.3;
 const WEIGHT_SLOWER = 0.05;
+/** The most a step's excess over its prediction counts, as a fraction of the prediction. */
+const SLOWER_EXCESS_LIMIT = 0.25;
 
 /** 1 -> 0, 2-3 -> 1, 4-7 -> 2, ... */
 function sizeClass(n: number): number {

@@ -239,6 +239,24 @@ describe("VerifyCostEstimator", () => {
     expect(e.ratio(1)).toBeLessThan(1.7);
   });
 
+  it("one long pause does not move the estimate for good", () => {
+    // Plain 1 ms, verify 1.9 ms (c = 1.9), then a 10 ms plain step (a GC pause) and only verify steps after it, as
+    // when every sequence drafts: nothing would bring an inflated plain estimate back down.
+    const e = new VerifyCostEstimator({ warmupSteps: 0 });
+    for (let i = 0; i < 20; i++) {
+      e.observe(0.001, 1, 0);
+      e.observe(0.0019, 0, 1);
+    }
+    expect(e.ratio(1)).toBeCloseTo(1.9, 6);
+    e.observe(0.01, 1, 0);
+    for (let i = 0; i < 20; i++) e.observe(0.0019, 0, 1);
+    // Its excess counts up to a quarter of the 1 ms predicted, at the slow side's weight: 1.25% on the plain estimate.
+    expect(e.ratio(1)).toBeCloseTo(1.9 / 1.0125, 6);
+    // Unbounded it would have counted 9 ms: plain 1.45 ms and c 1.31, at which a sequence accepting half of its
+    // drafts (1.5 tokens a verify step) would go on drafting at 0.79x the speed of plain steps.
+    expect(e.ratio(1)).toBeGreaterThan(1.85);
+  });
+
   it("ignores empty and unmeasurable steps", () => {
     const e = new VerifyCostEstimator({ warmupSteps: 0 });
     e.observe(0.01, 0, 0);
