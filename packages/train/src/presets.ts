@@ -2,7 +2,7 @@
  * Model shapes to train, as Hugging Face DeepSeek-V3 config.json objects without vocab_size (which comes from
  * the tokenizer or the data). No quantization_config: training runs unquantized, saving adds it for FP8.
  */
-export type TrainPresetName = "v3-tiny" | "v3-small" | "v3-medium";
+export type TrainPresetName = "v3-tiny" | "v3-small" | "v3-deep" | "v3-medium";
 
 const V3_COMMON: Record<string, unknown> = {
   architectures: ["DeepseekV3ForCausalLM"],
@@ -66,6 +66,33 @@ export const TRAIN_PRESETS: Readonly<Record<TrainPresetName, { description: stri
       n_group: 8,
       topk_group: 4,
       num_experts_per_tok: 4,
+      kv_lora_rank: 128,
+      q_lora_rank: 192,
+      qk_nope_head_dim: 32,
+      qk_rope_head_dim: 16,
+      v_head_dim: 32,
+      max_position_embeddings: 1024,
+    },
+  },
+  // Speculation on a CPU: a verifying step's extra rows pay for the routed experts they pick on their own, so this
+  // shape keeps those small (one expert of 16 per token) and puts the weights every token reads in a larger shared
+  // expert and twice v3-small's layers. docs/PERFORMANCE.md measured what that buys ("A shape for speculation").
+  "v3-deep": {
+    description:
+      "speculation on CPUs: hidden 384, 12 layers (1 dense, 11 MoE with 16 experts of 384 in 4 groups, top-1 of 2 groups, a shared expert of 768), MTP",
+    config: {
+      ...V3_COMMON,
+      hidden_size: 384,
+      intermediate_size: 1024,
+      moe_intermediate_size: 384,
+      n_shared_experts: 2,
+      num_hidden_layers: 12,
+      num_attention_heads: 6,
+      num_key_value_heads: 6,
+      n_routed_experts: 16,
+      n_group: 4,
+      topk_group: 2,
+      num_experts_per_tok: 1,
       kv_lora_rank: 128,
       q_lora_rank: 192,
       qk_nope_head_dim: 32,

@@ -5,7 +5,7 @@ import type { TrainCliOptions } from "../train.js";
 import { floatArg, intArg, withOptions, type OptionRow } from "./options.js";
 
 const TRAIN_OPTIONS: readonly OptionRow[] = [
-  ["--config <preset|file>", "v3-tiny | v3-small | v3-medium, or a config.json path (default: v3-small, or --init's config.json)"],
+  ["--config <preset|file>", "v3-tiny | v3-small | v3-deep | v3-medium, or a config.json path (default: v3-small, or --init's config.json)"],
   ["--init <dir>", "start from this saved model's weights (HF layout, FP8 or BF16) instead of random ones"],
   ["--tokenizer <dir>", "folder with tokenizer.json + tokenizer_config.json (copied next to the saved model)"],
   ["--vocab-size <n>", "vocabulary size without a tokenizer (default: largest id + 1)", intArg("--vocab-size")],
