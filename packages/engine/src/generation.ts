@@ -681,7 +681,7 @@ export class Engine {
         produced = [this.token(s, row0, next)];
         s.mainLen += 1;
         s.pending = next;
-        if (s.mtpLen >= 0 || s.drafting.retired) {
+        if ((s.mtpLen >= 0 || s.drafting.retired) && this.draftFits(s)) {
           s.draftsSkipped++;
           this.draftsSkipped++;
         }
@@ -703,7 +703,8 @@ export class Engine {
         }
       }
       const rows = s.mainLen - start; // positions that became final, their hidden rows from h0
-      const drafting = this.speculation === "on" || s.drafting.drafting;
+      // With one token left, a draft could never be emitted: verifying it would only cost a row.
+      const drafting = (this.speculation === "on" || s.drafting.drafting) && this.draftFits(s);
       if (drafting && s.mtpLen === start) {
         mtpBatch.push({ seq: s, start, tokens: this.tokensAt(s, start + 1, s.mainLen + 1), hidden: r.hidden, hiddenOff: h0 });
         return;
@@ -876,7 +877,12 @@ export class Engine {
 
   /** The MTP row proposes the token after the sequence's output: processed as the main row there will be. */
   private setDraft(s: Sequence, mtpLogits: Float32Array): void {
-    s.draft = this.draftFrom(s, mtpLogits, 0);
+    s.draft = this.draftFits(s) ? this.draftFrom(s, mtpLogits, 0) : null;
+  }
+
+  /** Whether max_tokens leaves room for a draft and the token after it (the step's own). */
+  private draftFits(s: Sequence): boolean {
+    return s.params.maxTokens - s.output.length >= 2;
   }
 
   /**

@@ -109,11 +109,16 @@ describe("chained drafts (speculativeTokens)", () => {
     expect(engine.draftedAt[2]).toBeGreaterThan(0);
   });
 
-  it("stepDraftedAt and stepAcceptedAt hold each step's own counts by position", async () => {
-    const engine = new Engine(tiny, { ...BASE, speculation: "on", speculativeTokens: 3 });
+  it.each(["own", "perfect"])("stepDraftedAt and stepAcceptedAt hold each step's own counts by position (%s drafts)", async (drafter) => {
+    const options: EngineOptions = { ...BASE, speculation: "on", speculativeTokens: 3 };
+    // This random model's own drafts mostly miss, so the perfect drafter is what exercises accepted counts at every position.
+    const engine =
+      drafter === "own" ? new Engine(tiny, options) : new PerfectDraftEngine(tiny, options, new Map(plain.map((out, i) => [`s${i}`, out.map((t) => t.id)])));
     const seqs = PROMPTS.map((p, i) => engine.newSequence(`s${i}`, p, GREEDY));
     await engine.prefill(seqs);
     let steps = 0;
+    const acceptedSteps = new Array<number>(MAX_SPECULATIVE_TOKENS).fill(0);
+    const mostRowsAccepted = new Array<number>(MAX_SPECULATIVE_TOKENS).fill(0);
     for (;;) {
       const live = seqs.filter((s) => !s.finished);
       if (live.length === 0) break;
@@ -122,10 +127,19 @@ describe("chained drafts (speculativeTokens)", () => {
       for (let p = 0; p < MAX_SPECULATIVE_TOKENS; p++) {
         expect(engine.stepDraftedAt[p]).toBe(drafts.filter((d) => d > p).length);
         expect(engine.stepAcceptedAt[p]).toBe(results.filter((r, i) => drafts[i]! > 0 && r.tokens.length - 1 > p).length);
+        if (engine.stepAcceptedAt[p]! > 0) acceptedSteps[p]!++;
+        mostRowsAccepted[p] = Math.max(mostRowsAccepted[p]!, engine.stepAcceptedAt[p]!);
       }
       steps++;
     }
-    expect(steps).toBeGreaterThan(10);
+    expect(steps).toBeGreaterThan(drafter === "own" ? 10 : 4);
+    if (drafter === "perfect") {
+      // Every draft lands, so each of the three positions had accepted drafts at most steps, and several rows at once.
+      for (let p = 0; p < 3; p++) expect(acceptedSteps[p]).toBeGreaterThan(steps / 2);
+      expect(engine.accepted).toBe(engine.drafted);
+      expect(acceptedSteps[3]).toBe(0);
+      for (let p = 0; p < 3; p++) expect(mostRowsAccepted[p]).toBe(PROMPTS.length);
+    }
     for (const s of seqs) engine.release(s);
   });
 
@@ -136,7 +150,7 @@ describe("chained drafts (speculativeTokens)", () => {
     const penalized: GenerationParams = { ...GREEDY, presencePenalty: 0.5 };
     const want = (await runBatch(new Engine(tiny, { ...BASE, speculation: "off" }), PROMPTS.slice(0, 1), penalized)).outs[0]!;
     const got = await runBatch(new Engine(tiny, { ...BASE, speculation: "on", speculativeTokens: 3 }), PROMPTS.slice(0, 1), penalized);
-    expect(got.steps.every((s) => s.drafts === 1)).toBe(true);
+    expect(got.steps.every((s) => s.drafts === (s.remaining >= 2 ? 1 : 0))).toBe(true);
     expectSameTokens(got.outs[0]!, want);
   });
 

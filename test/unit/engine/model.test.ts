@@ -184,9 +184,10 @@ describe("generation with MTP speculation", () => {
     // A greedy token is the best one, and its logprob and its own top_logprobs entry share one normalizer.
     for (const t of plain.out) expect(t.top![0]).toEqual([t.id, t.logprob]);
     expect(spec.out).toHaveLength(24);
-    // Drafts were made and counted: every step drafts once; accepted drafts add a token each.
+    // Drafts were made and counted: every step drafts once, but one left a single token by max_tokens; accepted
+    // drafts add a token each.
     expect(spec.seq.drafted).toBeGreaterThan(0);
-    expect(1 + spec.seq.drafted + spec.seq.accepted).toBeGreaterThanOrEqual(24);
+    expect(1 + spec.seq.drafted + spec.seq.accepted).toBeGreaterThanOrEqual(23);
     expect(plain.seq.drafted).toBe(0);
   });
 

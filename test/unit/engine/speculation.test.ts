@@ -15,8 +15,11 @@ const BASE: EngineOptions = { blockSize: 4, numBlocks: 128 };
 interface Run {
   readonly out: EmittedToken[];
   readonly seq: Sequence;
-  /** Per step: the sequence's main length after it and the draft it made for the next step (null: none). */
-  readonly drafts: { mainLen: number; draft: number | null }[];
+  /**
+   * Per step: the sequence's main length after it, the draft it made for the next step (null: none) and the tokens
+   * max_tokens left it then.
+   */
+  readonly drafts: { mainLen: number; draft: number | null; left: number }[];
   /** [mtpLen, latentDim] the MTP block's cache rows at the end. */
   readonly mtpRows: Float32Array;
   readonly engine: Engine;
@@ -29,7 +32,7 @@ async function run(engine: Engine, params: GenerationParams, prompt = PROMPT): P
   const drafts: Run["drafts"] = [];
   while (!seq.finished) {
     await engine.step([seq]);
-    drafts.push({ mainLen: seq.mainLen, draft: seq.draft?.token ?? null });
+    drafts.push({ mainLen: seq.mainLen, draft: seq.draft?.token ?? null, left: params.maxTokens - seq.output.length });
   }
   const mtpRows = readMtpRows(engine, seq);
   engine.release(seq);
@@ -82,7 +85,11 @@ describe("speculation modes", () => {
 
   it("on drafts at every step and off never does (the reference runs)", () => {
     expectSameTokens(on.out, plain.out);
-    expect(on.seq.drafted).toBe(on.drafts.length);
+    // A draft after every step that leaves room for it and the token after it; the prefill's draft came first.
+    expect(on.drafts.every((d) => (d.draft !== null) === d.left >= 2)).toBe(true);
+    expect(on.drafts.some((d) => d.left === 1)).toBe(true);
+    expect(on.seq.drafted).toBe(1 + on.drafts.filter((d) => d.draft !== null).length);
+    expect(on.seq.draftsSkipped).toBe(0);
     expect(plain.seq.drafted).toBe(0);
     expect(plain.seq.draftsSkipped).toBe(0);
   });
@@ -92,7 +99,7 @@ describe("speculation modes", () => {
     const restricted = await run(new Engine(model, { ...BASE, speculation: "on", draftVocab: K }), GREEDY);
     expectSameTokens(restricted.out, plain.out);
     const drafts = restricted.drafts.flatMap((d) => (d.draft === null ? [] : [d.draft]));
-    expect(drafts.length).toBe(restricted.drafts.length - 1); // a draft at every step but the last
+    expect(drafts.length).toBe(restricted.drafts.filter((d) => d.left >= 2).length); // a draft wherever one fits
     expect(drafts.every((d) => d < K)).toBe(true);
     expect(on.drafts.some((d) => d.draft !== null && d.draft >= K)).toBe(true); // the whole vocabulary would have drafted others
     // The prefill's draft: restricted head rows (no kept logits) against the whole head's logits cut to K (kept).
@@ -131,7 +138,8 @@ describe("speculation modes", () => {
     // tiny-v3's random weights: its drafts are (almost) never accepted, so "auto" pauses early.
     expect(auto.seq.drafted).toBeLessThan(on.seq.drafted);
     expect(auto.seq.draftsSkipped).toBeGreaterThan(0);
-    expect(auto.seq.drafted + auto.seq.draftsSkipped).toBe(auto.drafts.length);
+    // Every step drafted or skipped a draft, but the one that max_tokens left a single token (no room for a draft).
+    expect(auto.seq.drafted + auto.seq.draftsSkipped).toBe(auto.drafts.filter((d) => d.left !== 1).length);
     expect(auto.engine.draftsSkipped).toBe(auto.seq.draftsSkipped);
   });
 
@@ -143,7 +151,7 @@ describe("speculation modes", () => {
     expect(drafted).toEqual([0, 1, 2, 3, 4]); // with the prefill's, 6 drafts: 0.75^6 < 0.2
     expect(auto.seq.drafting).toMatchObject({ drafting: false, retired: true });
     expect(auto.seq.mtpLen).toBe(-1);
-    expect(auto.seq.draftsSkipped).toBe(params.maxTokens - 1 - 6);
+    expect(auto.seq.draftsSkipped).toBe(params.maxTokens - 1 - 6 - 1); // nor is the last step's, with no room for one
     expectSameTokens(auto.out, (await run(new Engine(model, { ...BASE, speculation: "off" }), params)).out);
   });
 
