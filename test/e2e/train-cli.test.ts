@@ -54,13 +54,23 @@ describe("runTraining (moela train)", () => {
     expect(res.token_ids).toHaveLength(4);
 
     // Stage 2 from the saved model: --init takes its config.json, --mtp-only leaves the main model as it is, so
-    // greedy decoding gives the same tokens.
+    // greedy decoding gives the same tokens. --mtp-depths 2 also trains the second of two chained drafts.
     const tuned = path.join(tmp, "cli-model-mtp");
     const common = ["--data", text, "--tokenizer", tokenizer, "--steps", "2", "--batch", "2", "--seq-len", "16", "--threads", "1", "--json"];
-    execFileSync(process.execPath, [cli, "train", "--init", out, "--mtp-only", "--mtp-targets", "main", ...common, "--out", tuned], {
-      encoding: "utf8",
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const stage2 = execFileSync(
+      process.execPath,
+      [cli, "train", "--init", out, "--mtp-only", "--mtp-targets", "main", "--mtp-depths", "2", ...common, "--out", tuned],
+      {
+        encoding: "utf8",
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
+    const steps = stage2
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { mtpChainLoss?: number });
+    expect(steps).toHaveLength(2);
+    for (const s of steps) expect(s.mtpChainLoss).toBeGreaterThan(0);
     expect(fs.readFileSync(path.join(tuned, "config.json"), "utf8")).toBe(fs.readFileSync(path.join(out, "config.json"), "utf8"));
     const gen2 = execFileSync(
       process.execPath,
@@ -73,6 +83,8 @@ describe("runTraining (moela train)", () => {
     for (const [args, message] of [
       [["--mtp-only"], "--mtp-only trains the MTP module of a trained model"],
       [["--init", out, "--mtp-targets", "next"], "--mtp-targets must be data or main"],
+      [["--init", out, "--mtp-only", "--mtp-targets", "main", "--mtp-depths", "5"], "--mtp-depths must be an integer from 1 to 4"],
+      [["--init", out, "--mtp-depths", "2"], "--mtp-depths above 1 trains chained drafts of a trained model"],
     ] as const) {
       let err: (Error & { status?: number; stderr?: string }) | null = null;
       try {

@@ -9,7 +9,7 @@
  * zeroes the embedding at position 0). Loss = CE_main + lambda * CE_mtp + sum over MoE layers of the
  * sequence-wise balance loss (when alpha > 0).
  */
-import { isMoeLayer, type ModelConfig } from "@moela/engine";
+import { isMoeLayer, MAX_SPECULATIVE_TOKENS, type ModelConfig } from "@moela/engine";
 import { Arena, type Ops, type Vec } from "./ops.js";
 import { tiedMtpTensors, type Param, type ParamStore } from "./params.js";
 import {
@@ -54,6 +54,15 @@ export interface LossOptions {
    * included (the MTP module shares them), and the main head's loss is reported but not differentiated.
    */
   readonly mtpOnly?: boolean;
+  /**
+   * Depths the MTP module learns (default 1). From 2, with mtpTargets "main", it also learns chained drafting
+   * (EngineOptions.speculativeTokens): at depth d its row at q takes its own depth d - 1 output at q - 1, normed by
+   * shared_head.norm as the engine feeds it, and the main head's top-1 at q (the draft before it, once that landed),
+   * and learns the main head's top-1 at q + 1 (its gradient flows back through the depths before). One
+   * simplification: a depth's rows attend to that depth's earlier rows, where the engine's chained row attends to
+   * depth 1's. Backward needs mtpOnly.
+   */
+  readonly mtpDepths?: number;
 }
 
 export interface StepResult {
@@ -61,10 +70,14 @@ export interface StepResult {
   readonly loss: number;
   readonly mainLoss: number;
   readonly mtpLoss: number;
+  /** The chained depths' MTP losses (2 to mtpDepths), summed; 0 without them. */
+  readonly mtpChainLoss: number;
   readonly balanceLoss: number;
   /** Positions whose main (MTP) head's top-1 prediction was the target. */
   readonly mainCorrect: number;
   readonly mtpCorrect: number;
+  /** The chained depths' positions whose MTP top-1 was the target, summed over depths. */
+  readonly mtpChainCorrect: number;
   /** Per MoE layer (main layers, then MTP), by layer index: tokens routed to each expert in this batch. */
   readonly loads: Map<number, Int32Array>;
 }
@@ -80,6 +93,24 @@ interface BlockParams {
 /** A block's FFN: a dense SwiGLU MLP or MoE (as the engine's FfnWeights). */
 type FfnParams = { readonly kind: "dense"; readonly mlp: MlpParams } | { readonly kind: "moe"; readonly moe: MoeParams };
 type FfnSaved = { readonly kind: "dense"; readonly mlp: MlpSaved } | { readonly kind: "moe"; readonly moe: MoeSaved };
+
+/** One pass of the MTP module over a batch: what its backward needs. */
+interface MtpPass {
+  readonly loss: number;
+  readonly correct: number;
+  /** The tokens embedded at each position (negative: a zero row). */
+  readonly mids: Int32Array;
+  readonly en: RmsSaved;
+  readonly hn: RmsSaved;
+  /** [T, 2 * hidden] = [enorm(e) ; hnorm(h)], eh_proj's input. */
+  readonly cat: Vec;
+  readonly blk: BlockSaved;
+  readonly fin: RmsSaved;
+  /** [T, hidden] the output row normed by shared_head.norm (the head's input, and a chained depth's hidden). */
+  readonly normed: Vec;
+  /** The head's logits, turned into their gradient by the loss. */
+  readonly dlogits: Vec;
+}
 
 interface BlockSaved {
   readonly n1: RmsSaved;
@@ -182,6 +213,79 @@ export class TrainModel {
   }
 
   /**
+   * The MTP module's passes of a step: depth 1 on the main model's final-normed hidden states `hN` and the data's
+   * next tokens, then each chained depth on the one before (LossOptions.mtpDepths; `mainTop` is the main head's
+   * top-1 per position, null unless mtpTargets is "main").
+   */
+  private mtpPasses(
+    ops: Ops,
+    mb: BlockParams,
+    hN: Vec,
+    mainTop: Int32Array | null,
+    tokens: Int32Array,
+    B: number,
+    S: number,
+    depths: number,
+    weight: number,
+    rows: number,
+  ): MtpPass[] {
+    const T = B * S;
+    const hd = this.config.hiddenSize;
+    const L = this.rowLength(S);
+    const mids = new Int32Array(T);
+    const mtargets = new Int32Array(T);
+    for (let b = 0; b < B; b++) {
+      for (let q = 0; q < S; q++) {
+        mids[b * S + q] = q === 0 ? -1 : tokens[b * L + q + 1]!; // the engine zeroes the embedding at position 0
+        if (mainTop === null) mtargets[b * S + q] = tokens[b * L + q + 2]!;
+        else mtargets[b * S + q] = q + 1 < S ? mainTop[b * S + q + 1]! : -1;
+      }
+    }
+    const passes = [this.mtpPass(ops, mb, hN, mids, mtargets, B, S, weight, rows)];
+    for (let d = 2; d <= depths; d++) {
+      const before = passes[d - 2]!.normed;
+      const hidden = ops.scratch(T * hd);
+      const cmids = new Int32Array(T);
+      const ctargets = new Int32Array(T);
+      for (let t = 0; t < T; t++) {
+        const q = t % S;
+        // Position 0 has no row before it: there it is a depth-1 row, context for the rest, with no target.
+        if (q === 0) hidden.set(hN.subarray(t * hd, (t + 1) * hd), t * hd);
+        else hidden.set(before.subarray((t - 1) * hd, t * hd), t * hd);
+        cmids[t] = q === 0 ? -1 : mainTop![t]!;
+        ctargets[t] = q >= d - 1 && q + 1 < S ? mainTop![t + 1]! : -1;
+      }
+      passes.push(this.mtpPass(ops, mb, hidden, cmids, ctargets, B, S, weight, rows));
+    }
+    return passes;
+  }
+
+  /**
+   * The MTP module over `hidden` [T, hidden] (final-normed rows) and the tokens `mids` (negative: a zero
+   * embedding), its loss against `targets` (negative: none) weighted by `weight` over `rows` * S positions.
+   */
+  private mtpPass(ops: Ops, mb: BlockParams, hidden: Vec, mids: Int32Array, targets: Int32Array, B: number, S: number, weight: number, rows: number): MtpPass {
+    const c = this.config;
+    const T = B * S;
+    const hd = c.hiddenSize;
+    const p = `model.layers.${mb.index}`;
+    const e = embed(ops, this.params.get("model.embed_tokens.weight"), mids, T);
+    const en = rmsNorm(ops, e, T, hd, this.params.get(`${p}.enorm.weight`), c.rmsNormEps);
+    const hn = rmsNorm(ops, hidden, T, hd, this.params.get(`${p}.hnorm.weight`), c.rmsNormEps);
+    const cat = ops.scratch(T * 2 * hd);
+    for (let t = 0; t < T; t++) {
+      cat.set(en.y.subarray(t * hd, (t + 1) * hd), t * 2 * hd);
+      cat.set(hn.y.subarray(t * hd, (t + 1) * hd), t * 2 * hd + hd);
+    }
+    const h0 = linear(ops, this.params.get(`${p}.eh_proj.weight`), cat, T);
+    const r = this.block(mb, h0, B, S);
+    const fin = rmsNorm(ops, r.h, T, hd, this.params.get(`${p}.shared_head.norm.weight`), c.rmsNormEps);
+    const ml = linear(ops, this.headParam(), fin.y, T);
+    const mc = crossEntropy(ml, T, c.vocabSize, targets, weight, rows * S);
+    return { loss: mc.loss, correct: mc.correct, mids, en: en.saved, hn: hn.saved, cat, blk: r.saved, fin: fin.saved, normed: fin.y, dlogits: ml };
+  }
+
+  /**
    * Forward over `tokens` [B, rowLength(S)], then (when `backward`) the backward pass, adding into the
    * parameters' gradients (zero them first).
    */
@@ -234,80 +338,66 @@ export class TrainModel {
     const main = crossEntropy(logits, T, V, targets, mtpOnly ? 0 : 1, rows * S); // logits now hold dlogits
     const mainLoss = main.loss;
 
-    // MTP module
-    let mtpLoss = 0;
-    let mtpCorrect = 0;
-    let mtp: {
-      mids: Int32Array;
-      en: RmsSaved;
-      hn: RmsSaved;
-      cat: Vec;
-      blk: BlockSaved;
-      fin: RmsSaved;
-      normed: Vec;
-      dlogits: Vec;
-    } | null = null;
+    // MTP module: depth 1 on the main model's hidden states, then the chained depths, each on the one before
     const mb = this.mtpBlock;
+    const depths = opts.mtpDepths ?? 1;
+    if (!(Number.isInteger(depths) && depths >= 1 && depths <= MAX_SPECULATIVE_TOKENS))
+      throw new RangeError(`mtpDepths must be an integer from 1 to ${MAX_SPECULATIVE_TOKENS}, got ${depths}`);
+    if (depths > 1 && (mb === null || mainTop === null)) throw new Error("mtpDepths above 1 needs an MTP layer and mtpTargets main");
+    if (depths > 1 && backward && !mtpOnly) throw new Error("mtpDepths above 1 trains the MTP module alone: set mtpOnly");
+    const passes = mb !== null ? this.mtpPasses(ops, mb, hN, mainTop, tokens, B, S, depths, opts.mtpLambda, rows) : [];
     if (mb !== null) {
-      const i = c.numHiddenLayers;
-      const p = `model.layers.${i}`;
-      const mids = new Int32Array(T);
-      const mtargets = new Int32Array(T);
-      for (let b = 0; b < B; b++) {
-        for (let q = 0; q < S; q++) {
-          mids[b * S + q] = q === 0 ? -1 : tokens[b * L + q + 1]!; // the engine zeroes the embedding at position 0
-          if (mainTop === null) mtargets[b * S + q] = tokens[b * L + q + 2]!;
-          else mtargets[b * S + q] = q + 1 < S ? mainTop[b * S + q + 1]! : -1;
-        }
+      for (const [d, m] of passes.entries()) {
+        if (m.blk.ffn.kind !== "moe") continue;
+        // The bias balancing follows depth 1's routing, the one every draft takes.
+        if (d === 0) loads.set(mb.index, m.blk.ffn.moe.load);
+        bal += balanceLoss(c, m.blk.ffn.moe, S, opts.balanceAlpha, rows);
       }
-      const e = embed(ops, E, mids, T);
-      const en = rmsNorm(ops, e, T, hd, this.params.get(`${p}.enorm.weight`), c.rmsNormEps);
-      const hn = rmsNorm(ops, hN, T, hd, this.params.get(`${p}.hnorm.weight`), c.rmsNormEps);
-      const cat = ops.scratch(T * 2 * hd); // [T, 2 * hidden] = [enorm(e) ; hnorm(h)]
-      for (let t = 0; t < T; t++) {
-        cat.set(en.y.subarray(t * hd, (t + 1) * hd), t * 2 * hd);
-        cat.set(hn.y.subarray(t * hd, (t + 1) * hd), t * 2 * hd + hd);
-      }
-      const h0 = linear(ops, this.params.get(`${p}.eh_proj.weight`), cat, T);
-      const r = this.block(mb, h0, B, S);
-      if (r.saved.ffn.kind === "moe") {
-        loads.set(mb.index, r.saved.ffn.moe.load);
-        bal += balanceLoss(c, r.saved.ffn.moe, S, opts.balanceAlpha, rows);
-      }
-      const fin = rmsNorm(ops, r.h, T, hd, this.params.get(`${p}.shared_head.norm.weight`), c.rmsNormEps);
-      const ml = linear(ops, head, fin.y, T);
-      const mc = crossEntropy(ml, T, V, mtargets, opts.mtpLambda, rows * S);
-      mtpLoss = mc.loss;
-      mtpCorrect = mc.correct;
-      mtp = { mids, en: en.saved, hn: hn.saved, cat, blk: r.saved, fin: fin.saved, normed: fin.y, dlogits: ml };
     }
-    const loss = mainLoss + opts.mtpLambda * mtpLoss + bal;
-    const result: StepResult = { loss, mainLoss, mtpLoss, balanceLoss: bal, mainCorrect: main.correct, mtpCorrect, loads };
+    const mtpLoss = passes[0]?.loss ?? 0;
+    const mtpCorrect = passes[0]?.correct ?? 0;
+    const mtpChainLoss = passes.slice(1).reduce((a, m) => a + m.loss, 0);
+    const mtpChainCorrect = passes.slice(1).reduce((a, m) => a + m.correct, 0);
+    const loss = mainLoss + opts.mtpLambda * (mtpLoss + mtpChainLoss) + bal;
+    const result: StepResult = { loss, mainLoss, mtpLoss, mtpChainLoss, balanceLoss: bal, mainCorrect: main.correct, mtpCorrect, mtpChainCorrect, loads };
     if (!backward) return result;
 
     // ---------------------------------------------------------------- backward
-    if (mtpOnly && (mtp === null || mb === null)) throw new Error("mtpOnly: this model has no MTP layer to train");
+    if (mtpOnly && mb === null) throw new Error("mtpOnly: this model has no MTP layer to train");
     const dhN = mtpOnly ? null : linearBack(ops, head, hN, logits, T); // [T, hidden]
-    if (mtp !== null && mb !== null) {
+    if (mb !== null) {
       const p = `model.layers.${c.numHiddenLayers}`;
-      const dnormed = linearBack(ops, head, mtp.normed, mtp.dlogits, T, undefined, !mtpOnly);
-      const dh = rmsNormBack(ops, mtp.fin, T, hd, this.params.get(`${p}.shared_head.norm.weight`), dnormed);
-      const dh0 = this.blockBack(mb, mtp.blk, dh, B, S, opts.balanceAlpha, rows);
-      const dcat = linearBack(ops, this.params.get(`${p}.eh_proj.weight`), mtp.cat, dh0, T);
-      const den = ops.scratch(T * hd);
-      const dhn = ops.scratch(T * hd);
-      for (let t = 0; t < T; t++) {
-        den.set(dcat.subarray(t * 2 * hd, t * 2 * hd + hd), t * hd);
-        dhn.set(dcat.subarray(t * 2 * hd + hd, (t + 1) * 2 * hd), t * hd);
+      // The gradient of a depth's normed output from the depth after it (which takes it as its hidden input).
+      let carried: Vec | undefined;
+      for (let d = passes.length - 1; d >= 0; d--) {
+        const m = passes[d]!;
+        const dnormed = linearBack(ops, head, m.normed, m.dlogits, T, carried, !mtpOnly);
+        const dh = rmsNormBack(ops, m.fin, T, hd, this.params.get(`${p}.shared_head.norm.weight`), dnormed);
+        const dh0 = this.blockBack(mb, m.blk, dh, B, S, opts.balanceAlpha, rows);
+        const dcat = linearBack(ops, this.params.get(`${p}.eh_proj.weight`), m.cat, dh0, T);
+        const den = ops.scratch(T * hd);
+        const dhn = ops.scratch(T * hd);
+        for (let t = 0; t < T; t++) {
+          den.set(dcat.subarray(t * 2 * hd, t * 2 * hd + hd), t * hd);
+          dhn.set(dcat.subarray(t * 2 * hd + hd, (t + 1) * 2 * hd), t * hd);
+        }
+        const de = rmsNormBack(ops, m.en, T, hd, this.params.get(`${p}.enorm.weight`), den);
+        if (d > 0) {
+          // A chained depth's hidden row at q is the depth before's output at q - 1 (position 0's is the main
+          // model's: frozen, as chained depths train with mtpOnly).
+          const dhidden = rmsNormBack(ops, m.hn, T, hd, this.params.get(`${p}.hnorm.weight`), dhn);
+          carried = ops.alloc(T * hd);
+          for (let t = 0; t < T; t++) if (t % S !== 0) carried.set(dhidden.subarray(t * hd, (t + 1) * hd), (t - 1) * hd);
+          continue;
+        }
+        if (dhN === null) {
+          // The norms' weights are the MTP module's own; what flows past them into the main model stops here.
+          rmsNormBack(ops, m.hn, T, hd, this.params.get(`${p}.hnorm.weight`), dhn);
+          continue;
+        }
+        embedBack(E, m.mids, T, de);
+        rmsNormBack(ops, m.hn, T, hd, this.params.get(`${p}.hnorm.weight`), dhn, dhN, true);
       }
-      const de = rmsNormBack(ops, mtp.en, T, hd, this.params.get(`${p}.enorm.weight`), den);
-      if (dhN === null) {
-        // The norms' weights are the MTP module's own; what flows past them into the main model stops here.
-        rmsNormBack(ops, mtp.hn, T, hd, this.params.get(`${p}.hnorm.weight`), dhn);
-        return result;
-      }
-      embedBack(E, mtp.mids, T, de);
-      rmsNormBack(ops, mtp.hn, T, hd, this.params.get(`${p}.hnorm.weight`), dhn, dhN, true);
     }
     if (dhN === null) return result;
     let dh = rmsNormBack(ops, fn.saved, T, hd, this.params.get("model.norm.weight"), dhN);
@@ -329,6 +419,11 @@ export class TrainModel {
 
   /** MTP logits [B * S, V] at each position p from the main final-normed hidden [B * S, hidden] and mids (x[p + 1]). */
   mtpLogits(hidden: Vec, mids: Int32Array, B: number, S: number): Vec {
+    return this.mtpForward(hidden, mids, B, S).logits;
+  }
+
+  /** mtpLogits, and the output rows normed by shared_head.norm (what a chained draft feeds the module next). */
+  mtpForward(hidden: Vec, mids: Int32Array, B: number, S: number): { logits: Vec; normed: Vec } {
     const mb = this.mtpBlock;
     if (mb === null) throw new Error("this model has no MTP layer");
     const ops = this.ops;
@@ -346,7 +441,7 @@ export class TrainModel {
     }
     const h = this.block(mb, linear(ops, this.params.get(`${p}.eh_proj.weight`), cat, T), B, S).h;
     const fin = rmsNorm(ops, h, T, hd, this.params.get(`${p}.shared_head.norm.weight`), c.rmsNormEps).y;
-    return linear(ops, this.headParam(), fin, T);
+    return { logits: linear(ops, this.headParam(), fin, T), normed: fin };
   }
 
   /** Is `name` a parameter of the MTP module (the only ones an mtpOnly step gives gradients)? */

@@ -16,9 +16,11 @@ interface ReplicaReply {
   loss: number;
   mainLoss: number;
   mtpLoss: number;
+  mtpChainLoss: number;
   balanceLoss: number;
   mainCorrect: number;
   mtpCorrect: number;
+  mtpChainCorrect: number;
   loads: [number, Int32Array][];
   error?: string;
 }
@@ -113,9 +115,11 @@ export class ReplicaPool {
       loss: r.loss,
       mainLoss: r.mainLoss,
       mtpLoss: r.mtpLoss,
+      mtpChainLoss: r.mtpChainLoss,
       balanceLoss: r.balanceLoss,
       mainCorrect: r.mainCorrect,
       mtpCorrect: r.mtpCorrect,
+      mtpChainCorrect: r.mtpChainCorrect,
       loads: new Map(r.loads),
     };
   }

@@ -185,6 +185,7 @@ export async function runTraining(
           (o.init !== undefined ? `, from the weights of \`${o.init}\`` : "") +
           (o.mtpOnly ? ", the MTP module only" : "") +
           (o.mtpTargets === "main" ? ", MTP targets the main head's top-1" : "") +
+          (o.mtpDepths > 1 ? `, chained drafting to depth ${o.mtpDepths}` : "") +
           ".",
         last ? `Final training loss ${last.mainLoss.toFixed(4)} (MTP ${last.mtpLoss.toFixed(4)}).` : "",
         "",

@@ -45,6 +45,8 @@ export interface TrainOptions {
   readonly mtpTargets: "data" | "main";
   /** Train the MTP module only; the main model (its balancing biases too) stays as it is. */
   readonly mtpOnly: boolean;
+  /** Depths of chained drafting the MTP module learns (1: the plain MTP objective); see LossOptions.mtpDepths. */
+  readonly mtpDepths: number;
 }
 
 export const DEFAULT_TRAIN_OPTIONS: TrainOptions = {
@@ -65,6 +67,7 @@ export const DEFAULT_TRAIN_OPTIONS: TrainOptions = {
   seed: 0,
   mtpTargets: "data",
   mtpOnly: false,
+  mtpDepths: 1,
 };
 
 /** Learning rate of 0-based step `step`: linear warm-up to lr, then cosine decay to lr * minLrRatio. */
@@ -93,6 +96,12 @@ export interface EvalStats {
   /** Fraction of positions whose top-1 prediction is the next token (main) / the token after next (MTP). */
   readonly mainAccuracy: number;
   readonly mtpAccuracy: number;
+  /**
+   * With mtpDepths above 1: the chained depths' losses (summed over depths, as the training loss) and the fraction of
+   * their positions whose top-1 was the target (null without them).
+   */
+  readonly mtpChainLoss: number | null;
+  readonly mtpChainAccuracy: number | null;
   readonly positions: number;
 }
 
@@ -188,7 +197,7 @@ export class Trainer {
   private async gradients(tokens: Int32Array): Promise<StepResult> {
     const o = this.opts;
     const params = this.model.params;
-    const lo = { mtpLambda: o.mtpLambda, balanceAlpha: o.balanceAlpha, batchRows: o.batch, mtpTargets: o.mtpTargets, mtpOnly: o.mtpOnly };
+    const lo = { mtpLambda: o.mtpLambda, balanceAlpha: o.balanceAlpha, batchRows: o.batch, mtpTargets: o.mtpTargets, mtpOnly: o.mtpOnly, mtpDepths: o.mtpDepths };
     params.zeroGrad();
     const pool = this.replicas;
     if (pool === null) return this.model.step(tokens, o.batch, o.seqLen, lo);
@@ -216,9 +225,11 @@ export class Trainer {
       loss: sum((r) => r.loss),
       mainLoss: sum((r) => r.mainLoss),
       mtpLoss: sum((r) => r.mtpLoss),
+      mtpChainLoss: sum((r) => r.mtpChainLoss),
       balanceLoss: sum((r) => r.balanceLoss),
       mainCorrect: sum((r) => r.mainCorrect),
       mtpCorrect: sum((r) => r.mtpCorrect),
+      mtpChainCorrect: sum((r) => r.mtpChainCorrect),
       loads,
     };
   }
@@ -297,19 +308,34 @@ export class Trainer {
     let mtp = 0;
     let mainCorrect = 0;
     let mtpCorrect = 0;
+    let chain = 0;
+    let chainCorrect = 0;
     for (let r0 = 0; r0 < rows; r0 += o.batch) {
       const n = Math.min(o.batch, rows - r0);
-      const lo = { mtpLambda: 1, balanceAlpha: 0, batchRows: rows, mtpTargets: o.mtpTargets };
+      const lo = { mtpLambda: 1, balanceAlpha: 0, batchRows: rows, mtpTargets: o.mtpTargets, mtpDepths: o.mtpDepths };
       const res = this.model.step(tokens.subarray(r0 * row, (r0 + n) * row), n, o.seqLen, lo, false);
       main += res.mainLoss;
       mtp += res.mtpLoss;
       mainCorrect += res.mainCorrect;
       mtpCorrect += res.mtpCorrect;
+      chain += res.mtpChainLoss;
+      chainCorrect += res.mtpChainCorrect;
     }
     const positions = rows * o.seqLen;
     // Against the main head's top-1, a row's last position has no MTP target.
     const mtpPositions = o.mtpTargets === "main" ? rows * (o.seqLen - 1) : positions;
-    return { mainLoss: main, mtpLoss: mtp, mainAccuracy: mainCorrect / positions, mtpAccuracy: mtpCorrect / mtpPositions, positions };
+    // Depth d's targets start at position d - 1 and, as depth 1's, end before a row's last.
+    let chainPositions = 0;
+    for (let d = 2; d <= o.mtpDepths; d++) chainPositions += rows * Math.max(0, o.seqLen - d);
+    return {
+      mainLoss: main,
+      mtpLoss: mtp,
+      mainAccuracy: mainCorrect / positions,
+      mtpAccuracy: mtpCorrect / mtpPositions,
+      mtpChainLoss: o.mtpDepths > 1 ? chain : null,
+      mtpChainAccuracy: o.mtpDepths > 1 ? chainCorrect / chainPositions : null,
+      positions,
+    };
   }
 
   // ------------------------------------------------------------------------------------------- checkpoints

@@ -2,6 +2,7 @@
 import * as path from "node:path";
 import cliProgress from "cli-progress";
 import { InvalidArgumentError } from "@moela/core";
+import { MAX_SPECULATIVE_TOKENS } from "@moela/engine";
 import { DEFAULT_RUN_OPTIONS, runTraining, type Precision, type RunOptions, type StepStats } from "@moela/train";
 
 export interface TrainCliOptions {
@@ -9,6 +10,7 @@ export interface TrainCliOptions {
   init?: string;
   mtpTargets: string;
   mtpOnly?: boolean;
+  mtpDepths: number;
   data: string;
   tokenizer?: string;
   vocabSize?: number;
@@ -45,6 +47,10 @@ export async function runTrain(o: TrainCliOptions): Promise<number> {
   if (o.mtpTargets !== "data" && o.mtpTargets !== "main") throw new InvalidArgumentError(`--mtp-targets must be data or main, got ${o.mtpTargets}`);
   if (o.mtpOnly === true && o.init === undefined && o.resume !== true)
     throw new InvalidArgumentError("--mtp-only trains the MTP module of a trained model: give it with --init");
+  if (!(Number.isInteger(o.mtpDepths) && o.mtpDepths >= 1 && o.mtpDepths <= MAX_SPECULATIVE_TOKENS))
+    throw new InvalidArgumentError(`--mtp-depths must be an integer from 1 to ${MAX_SPECULATIVE_TOKENS}, got ${o.mtpDepths}`);
+  if (o.mtpDepths > 1 && (o.mtpOnly !== true || o.mtpTargets !== "main"))
+    throw new InvalidArgumentError("--mtp-depths above 1 trains chained drafts of a trained model: give it with --mtp-only --mtp-targets main");
   for (const [k, v] of [
     ["--steps", o.steps],
     ["--batch", o.batch],
@@ -92,6 +98,7 @@ export async function runTrain(o: TrainCliOptions): Promise<number> {
           loss: s.loss,
           mainLoss: s.mainLoss,
           mtpLoss: s.mtpLoss,
+          ...(o.mtpDepths > 1 ? { mtpChainLoss: s.mtpChainLoss } : {}),
           balanceLoss: s.balanceLoss,
           lr: s.lr,
           gradNorm: s.gradNorm,
@@ -128,7 +135,9 @@ export async function runTrain(o: TrainCliOptions): Promise<number> {
       if (!bar) process.stderr.write(`checkpoint at step ${step} in ${dir}\n`);
     },
     (e, step) => {
-      const line = `eval at step ${step}: loss ${e.mainLoss.toFixed(4)} (ppl ${Math.exp(e.mainLoss).toFixed(1)}), top-1 ${(100 * e.mainAccuracy).toFixed(1)}%; MTP loss ${e.mtpLoss.toFixed(4)}, top-1 ${(100 * e.mtpAccuracy).toFixed(1)}% (${e.positions} positions)`;
+      const line = `eval at step ${step}: loss ${e.mainLoss.toFixed(4)} (ppl ${Math.exp(e.mainLoss).toFixed(1)}), top-1 ${(100 * e.mainAccuracy).toFixed(1)}%; MTP loss ${e.mtpLoss.toFixed(4)}, top-1 ${(100 * e.mtpAccuracy).toFixed(1)}%${
+        e.mtpChainAccuracy !== null ? `; chained depths' loss ${e.mtpChainLoss!.toFixed(4)}, top-1 ${(100 * e.mtpChainAccuracy).toFixed(1)}%` : ""
+      } (${e.positions} positions)`;
       if (o.json === true) process.stdout.write(JSON.stringify({ eval: step, ...e }) + "\n");
       else if (bar) process.stderr.write(`\n${line}\n`);
       else process.stderr.write(line + "\n");

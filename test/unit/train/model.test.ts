@@ -69,6 +69,77 @@ describe("TrainModel", () => {
     }
   });
 
+  it("mtpDepths 3: the MTP module's gradients of all three depths match finite differences, and nothing else gets one", () => {
+    const opts = { mtpLambda: 0.3, balanceAlpha: 0.05, mtpTargets: "main", mtpOnly: true, mtpDepths: 3 } as const;
+    const { model, r0, checked } = stepGradients(27, 6, opts, (name) => name.startsWith("model.layers.2."));
+    expect(r0.mtpChainLoss).toBeGreaterThan(0);
+    expect(r0.loss).toBeCloseTo(r0.mainLoss + 0.3 * (r0.mtpLoss + r0.mtpChainLoss) + r0.balanceLoss, 12);
+    expect(checked).toBeGreaterThan(15);
+    for (const p of model.params.list) if (!model.isMtpParam(p.name)) expect(p.grad.every((g) => g === 0)).toBe(true);
+    // The chained depths add to the MTP module's gradient.
+    const one = stepGradients(27, 6, { ...opts, mtpDepths: 1 }, () => false).model;
+    const eh = (m: typeof model) => m.params.get("model.layers.2.eh_proj.weight").grad;
+    expect(eh(one)).not.toEqual(eh(model));
+  });
+
+  it("mtpDepths 2: the chained loss is a second MTP pass fed depth 1's normed output before it and the main head's top-1, against the next top-1", () => {
+    const cfg = tinyConfig();
+    const model = new TrainModel(cfg, testParams(cfg, 29), f64Ops);
+    const B = 2,
+      S = 6,
+      V = cfg.vocabSize,
+      L = model.rowLength(S),
+      hd = cfg.hiddenSize;
+    const tokens = randomTokens(B * L, V, 30);
+    const ids = Int32Array.from({ length: B * S }, (_, t) => tokens[Math.floor(t / S) * L + (t % S)]!);
+    const next = Int32Array.from({ length: B * S }, (_, t) => tokens[Math.floor(t / S) * L + (t % S) + 1]!);
+    const top = (x: ArrayLike<number>, t: number): number => {
+      let arg = 0;
+      for (let i = 1; i < V; i++) if (x[t * V + i]! > x[t * V + arg]!) arg = i;
+      return arg;
+    };
+    const main = model.logits(ids, B, S);
+    const depth1 = model.mtpForward(main.hidden, next, B, S);
+    const hidden = new Float64Array(B * S * hd);
+    const mids = new Int32Array(B * S);
+    for (let t = 0; t < B * S; t++) {
+      const from = t % S === 0 ? main.hidden.subarray(t * hd, (t + 1) * hd) : depth1.normed.subarray((t - 1) * hd, t * hd);
+      hidden.set(from, t * hd);
+      mids[t] = t % S === 0 ? -1 : top(main.logits, t);
+    }
+    const depth2 = model.mtpLogits(hidden, mids, B, S);
+    let loss = 0;
+    let correct = 0;
+    for (let t = 0; t < B * S; t++) {
+      if (t % S === 0 || t % S === S - 1) continue;
+      const y = top(main.logits, t + 1);
+      let m = -Infinity;
+      for (let i = 0; i < V; i++) m = Math.max(m, depth2[t * V + i]!);
+      let z = 0;
+      for (let i = 0; i < V; i++) z += Math.exp(depth2[t * V + i]! - m);
+      loss += m + Math.log(z) - depth2[t * V + y]!;
+      if (top(depth2, t) === y) correct++;
+    }
+    const r = model.step(tokens, B, S, { mtpLambda: 1, balanceAlpha: 0, mtpTargets: "main", mtpDepths: 2 }, false);
+    expect(r.mtpChainLoss).toBeCloseTo(loss / (B * S), 10);
+    expect(r.mtpChainCorrect).toBe(correct);
+    const plain = model.step(tokens, B, S, { mtpLambda: 1, balanceAlpha: 0, mtpTargets: "main" }, false);
+    expect([plain.mtpChainLoss, plain.mtpChainCorrect]).toEqual([0, 0]);
+    expect(plain.mtpLoss).toBe(r.mtpLoss);
+  });
+
+  it("mtpDepths: refused outside 1 to 4, without main targets, and in a backward pass that trains the main model", () => {
+    const cfg = tinyConfig();
+    const model = new TrainModel(cfg, testParams(cfg, 31), f64Ops);
+    const tokens = randomTokens(2 * model.rowLength(4), cfg.vocabSize, 32);
+    const base = { mtpLambda: 0.3, balanceAlpha: 0 } as const;
+    for (const d of [0, 5, 1.5])
+      expect(() => model.step(tokens, 2, 4, { ...base, mtpTargets: "main", mtpOnly: true, mtpDepths: d })).toThrow(/mtpDepths must be an integer from 1 to 4/);
+    expect(() => model.step(tokens, 2, 4, { ...base, mtpOnly: true, mtpDepths: 2 })).toThrow(/needs an MTP layer and mtpTargets main/);
+    expect(() => model.step(tokens, 2, 4, { ...base, mtpTargets: "main", mtpDepths: 2 })).toThrow(/set mtpOnly/);
+    expect(model.step(tokens, 2, 4, { ...base, mtpTargets: "main", mtpDepths: 2 }, false).mtpChainLoss).toBeGreaterThan(0);
+  });
+
   it("mtpTargets main: the MTP loss is the cross-entropy against the main head's top-1 at the next position, the row's last left out", () => {
     const cfg = tinyConfig();
     const ps = testParams(cfg, 25);

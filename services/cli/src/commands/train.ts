@@ -24,6 +24,12 @@ const TRAIN_OPTIONS: readonly OptionRow[] = [
     "data",
   ],
   ["--mtp-only", "train the MTP module only (the main model stays as it is; use with --init)"],
+  [
+    "--mtp-depths <n>",
+    "depths of chained drafting the MTP module learns (2-4 need --mtp-only --mtp-targets main; serve with --speculative-tokens up to n)",
+    intArg("--mtp-depths"),
+    1,
+  ],
   ["--balance-alpha <a>", "sequence-wise auxiliary balance loss weight (0 = off)", floatArg("--balance-alpha"), 0],
   ["--bias-update-speed <g>", "aux-loss-free balancing: bias += g * sign(mean load - load)", floatArg("--bias-update-speed"), 1e-2],
   ["--seed <n>", "seed of the initial weights and the batch sampler", intArg("--seed"), 0],
