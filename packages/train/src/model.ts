@@ -56,9 +56,11 @@ export interface LossOptions {
   readonly mtpOnly?: boolean;
   /**
    * Depths the MTP module learns (default 1). From 2, with mtpTargets "main", it also learns chained drafting
-   * (EngineOptions.speculativeTokens): at depth d its row at q takes its own depth d - 1 output at q - 1, normed by
-   * shared_head.norm as the engine feeds it, and the main head's top-1 at q (the draft before it, once that landed),
-   * and learns the main head's top-1 at q + 1 (its gradient flows back through the depths before). One
+   * (EngineOptions.speculativeTokens): at depth d its row at q is depth 1's row with its hidden input replaced by
+   * depth d - 1's output at q - 1, normed by shared_head.norm as the engine feeds it. It takes the data's x[q + 1]
+   * (which the draft before it was, if it landed: the main head's top-1 at q + 1, its target, is conditioned on
+   * x[q + 1], not on the main head's guess of it) and learns the main head's top-1 at q + 1. Its gradient flows
+   * back through the depths before. One
    * simplification: a depth's rows attend to that depth's earlier rows, where the engine's chained row attends to
    * depth 1's. Backward needs mtpOnly.
    */
@@ -245,17 +247,15 @@ export class TrainModel {
     for (let d = 2; d <= depths; d++) {
       const before = passes[d - 2]!.normed;
       const hidden = ops.scratch(T * hd);
-      const cmids = new Int32Array(T);
       const ctargets = new Int32Array(T);
       for (let t = 0; t < T; t++) {
         const q = t % S;
         // Position 0 has no row before it: there it is a depth-1 row, context for the rest, with no target.
         if (q === 0) hidden.set(hN.subarray(t * hd, (t + 1) * hd), t * hd);
         else hidden.set(before.subarray((t - 1) * hd, t * hd), t * hd);
-        cmids[t] = q === 0 ? -1 : mainTop![t]!;
         ctargets[t] = q >= d - 1 && q + 1 < S ? mainTop![t + 1]! : -1;
       }
-      passes.push(this.mtpPass(ops, mb, hidden, cmids, ctargets, B, S, weight, rows));
+      passes.push(this.mtpPass(ops, mb, hidden, mids, ctargets, B, S, weight, rows));
     }
     return passes;
   }

@@ -197,7 +197,14 @@ export class Trainer {
   private async gradients(tokens: Int32Array): Promise<StepResult> {
     const o = this.opts;
     const params = this.model.params;
-    const lo = { mtpLambda: o.mtpLambda, balanceAlpha: o.balanceAlpha, batchRows: o.batch, mtpTargets: o.mtpTargets, mtpOnly: o.mtpOnly, mtpDepths: o.mtpDepths };
+    const lo = {
+      mtpLambda: o.mtpLambda,
+      balanceAlpha: o.balanceAlpha,
+      batchRows: o.batch,
+      mtpTargets: o.mtpTargets,
+      mtpOnly: o.mtpOnly,
+      mtpDepths: o.mtpDepths,
+    };
     params.zeroGrad();
     const pool = this.replicas;
     if (pool === null) return this.model.step(tokens, o.batch, o.seqLen, lo);
