@@ -13,6 +13,30 @@ function randomTokens(n: number, V: number, seed: number): Int32Array {
   return Int32Array.from({ length: n }, () => Math.floor(rng.next() * V));
 }
 
+/** The id of the largest of row t of `x` [T, V] (the lowest on ties). */
+function top(x: ArrayLike<number>, t: number, V: number): number {
+  let arg = 0;
+  for (let i = 1; i < V; i++) if (x[t * V + i]! > x[t * V + arg]!) arg = i;
+  return arg;
+}
+
+/** The cross-entropy of `logits` [T, V] summed over the rows whose target(t) is not negative, and how many rows' top-1 it was. */
+function againstTargets(logits: ArrayLike<number>, V: number, T: number, target: (t: number) => number): { loss: number; correct: number } {
+  let loss = 0;
+  let correct = 0;
+  for (let t = 0; t < T; t++) {
+    const y = target(t);
+    if (y < 0) continue;
+    let m = -Infinity;
+    for (let i = 0; i < V; i++) m = Math.max(m, logits[t * V + i]!);
+    let z = 0;
+    for (let i = 0; i < V; i++) z += Math.exp(logits[t * V + i]! - m);
+    loss += m + Math.log(z) - logits[t * V + y]!;
+    if (top(logits, t, V) === y) correct++;
+  }
+  return { loss, correct };
+}
+
 /**
  * One training step of tinyConfig (seeded by `seed`, 2 rows of S positions) with `opts`, then the gradient of every
  * trainable parameter `check` names against float64 finite differences of the step's loss (coordinates whose
@@ -93,11 +117,6 @@ describe("TrainModel", () => {
     const tokens = randomTokens(B * L, V, 30);
     const ids = Int32Array.from({ length: B * S }, (_, t) => tokens[Math.floor(t / S) * L + (t % S)]!);
     const next = Int32Array.from({ length: B * S }, (_, t) => tokens[Math.floor(t / S) * L + (t % S) + 1]!);
-    const top = (x: ArrayLike<number>, t: number): number => {
-      let arg = 0;
-      for (let i = 1; i < V; i++) if (x[t * V + i]! > x[t * V + arg]!) arg = i;
-      return arg;
-    };
     const main = model.logits(ids, B, S);
     const depth1 = model.mtpForward(main.hidden, next, B, S);
     const hidden = new Float64Array(B * S * hd);
@@ -106,18 +125,7 @@ describe("TrainModel", () => {
       hidden.set(from, t * hd);
     }
     const depth2 = model.mtpLogits(hidden, next, B, S);
-    let loss = 0;
-    let correct = 0;
-    for (let t = 0; t < B * S; t++) {
-      if (t % S === 0 || t % S === S - 1) continue;
-      const y = top(main.logits, t + 1);
-      let m = -Infinity;
-      for (let i = 0; i < V; i++) m = Math.max(m, depth2[t * V + i]!);
-      let z = 0;
-      for (let i = 0; i < V; i++) z += Math.exp(depth2[t * V + i]! - m);
-      loss += m + Math.log(z) - depth2[t * V + y]!;
-      if (top(depth2, t) === y) correct++;
-    }
+    const { loss, correct } = againstTargets(depth2, V, B * S, (t) => (t % S === 0 || t % S === S - 1 ? -1 : top(main.logits, t + 1, V)));
     const r = model.step(tokens, B, S, { mtpLambda: 1, balanceAlpha: 0, mtpTargets: "main", mtpDepths: 2 }, false);
     expect(r.mtpChainLoss).toBeCloseTo(loss / (B * S), 10);
     expect(r.mtpChainCorrect).toBe(correct);
@@ -151,23 +159,7 @@ describe("TrainModel", () => {
     const next = Int32Array.from({ length: B * S }, (_, t) => tokens[Math.floor(t / S) * L + (t % S) + 1]!);
     const main = model.logits(ids, B, S);
     const mtp = model.mtpLogits(main.hidden, next, B, S);
-    const top = (x: ArrayLike<number>, t: number): number => {
-      let arg = 0;
-      for (let i = 1; i < V; i++) if (x[t * V + i]! > x[t * V + arg]!) arg = i;
-      return arg;
-    };
-    let loss = 0;
-    let correct = 0;
-    for (let t = 0; t < B * S; t++) {
-      if (t % S === S - 1) continue;
-      const y = top(main.logits, t + 1);
-      let m = -Infinity;
-      for (let i = 0; i < V; i++) m = Math.max(m, mtp[t * V + i]!);
-      let z = 0;
-      for (let i = 0; i < V; i++) z += Math.exp(mtp[t * V + i]! - m);
-      loss += m + Math.log(z) - mtp[t * V + y]!;
-      if (top(mtp, t) === y) correct++;
-    }
+    const { loss, correct } = againstTargets(mtp, V, B * S, (t) => (t % S === S - 1 ? -1 : top(main.logits, t + 1, V)));
     const r = model.step(tokens, B, S, { mtpLambda: 1, balanceAlpha: 0, mtpTargets: "main" }, false);
     expect(r.mtpLoss).toBeCloseTo(loss / (B * S), 10);
     expect(r.mtpCorrect).toBe(correct);
