@@ -60,9 +60,8 @@ export interface LossOptions {
    * depth d - 1's output at q - 1, normed by shared_head.norm as the engine feeds it. It takes the data's x[q + 1]
    * (which the draft before it was, if it landed: the main head's top-1 at q + 1, its target, is conditioned on
    * x[q + 1], not on the main head's guess of it) and learns the main head's top-1 at q + 1. Its gradient flows
-   * back through the depths before. One
-   * simplification: a depth's rows attend to that depth's earlier rows, where the engine's chained row attends to
-   * depth 1's. Backward needs mtpOnly.
+   * back through the depths before. One simplification: a depth's rows attend to that depth's earlier rows, where
+   * the engine's chained row attends to depth 1's. Backward needs mtpOnly.
    */
   readonly mtpDepths?: number;
 }

@@ -143,7 +143,9 @@ export async function runTraining(
     }
     const before = (state["options"] ?? {}) as Record<string, unknown>;
     for (const k of Object.keys(DEFAULT_TRAIN_OPTIONS) as (keyof TrainOptions)[]) {
-      if (JSON.stringify(before[k]) !== JSON.stringify(o[k])) changedOnResume.push(`${k} ${JSON.stringify(before[k])} -> ${JSON.stringify(o[k])}`);
+      // An option newer than the checkpoint ran as its default (mtpDepths, for one).
+      const was = before[k] ?? DEFAULT_TRAIN_OPTIONS[k];
+      if (JSON.stringify(was) !== JSON.stringify(o[k])) changedOnResume.push(`${k} ${JSON.stringify(was)} -> ${JSON.stringify(o[k])}`);
     }
     if (before["threads"] !== o.threads || before["parallel"] !== o.parallel) {
       if (o.parallel === "replicas" || before["parallel"] === "replicas")
