@@ -264,10 +264,16 @@ const SAMPLING_FIELDS: Record<string, { http: string; toJob: (v: unknown) => Rec
   grammar: "derived",
 };
 
+/**
+ * The probes' max_tokens: 3 leaves room, after prefill's token, for a draft and the token after it, so prefill's
+ * transfer carries a draft (and its probabilities, where it samples) for decode to check.
+ */
+const PROBE_MAX_TOKENS = 3;
+
 function probes(): Probe[] {
   const out: Probe[] = [];
   const shape = prefillSamplingSchema.shape;
-  const BASE: Record<string, Json> = { prompt: PROMPT, max_tokens: 2 };
+  const BASE: Record<string, Json> = { prompt: PROMPT, max_tokens: PROBE_MAX_TOKENS };
   for (const [name, spec] of Object.entries(SAMPLING_FIELDS)) {
     if (spec === "internal" || spec === "derived") continue;
     const schema = shape[name as keyof typeof shape] as z.ZodType;
@@ -313,7 +319,7 @@ function probes(): Probe[] {
             field: "top_logprobs",
             json: num(v),
             path: "/v1/chat/completions",
-            base: { messages: [{ role: "user", content: "hi" }], max_tokens: 2, logprobs: true },
+            base: { messages: [{ role: "user", content: "hi" }], max_tokens: PROBE_MAX_TOKENS, logprobs: true },
             raw: (job) => withSampling(job, { logprobs: v }),
           });
         }
@@ -350,11 +356,16 @@ function probes(): Probe[] {
   const salt = (prefillJobSchema.shape.cacheSalt as z.ZodOptional<z.ZodString>).unwrap();
   for (const len of [salt.minLength!, salt.minLength! - 1, salt.maxLength!, salt.maxLength! + 1]) {
     const s = "s".repeat(len);
-    out.push({ field: "cache_salt", json: JSON.stringify(s), base: { prompt: PROMPT, max_tokens: 2 }, raw: (job) => ({ ...job, cacheSalt: s }) });
+    out.push({
+      field: "cache_salt",
+      json: JSON.stringify(s),
+      base: { prompt: PROMPT, max_tokens: PROBE_MAX_TOKENS },
+      raw: (job) => ({ ...job, cacheSalt: s }),
+    });
   }
   // Prompt ids: the vocabulary (the schema takes any uint32; the engines do not).
   for (const id of [VOCAB - 1, VOCAB, 2 ** 32]) {
-    out.push({ field: "prompt", json: `[5, ${id}]`, base: { max_tokens: 2 }, raw: (job) => ({ ...job, promptTokenIds: [5, id] }) });
+    out.push({ field: "prompt", json: `[5, ${id}]`, base: { max_tokens: PROBE_MAX_TOKENS }, raw: (job) => ({ ...job, promptTokenIds: [5, id] }) });
   }
   return out;
 }
@@ -367,7 +378,7 @@ describe("the router refuses first what prefill or decode would refuse", () => {
   let baseline: PrefillJob;
 
   beforeAll(async () => {
-    const a = await send("/v1/completions", JSON.stringify({ prompt: PROMPT, max_tokens: 2 }));
+    const a = await send("/v1/completions", JSON.stringify({ prompt: PROMPT, max_tokens: PROBE_MAX_TOKENS }));
     expect(a.status).toBe(200);
     baseline = a.jobs[0]!;
     expect((await downstream(baseline)).ok).toBe(true);
