@@ -415,6 +415,36 @@ static bool prep_matmul_t(napi_env env, napi_value* argv, std::function<void()>*
   return true;
 }
 
+// gemm(A, aOff, aRowStride, aColStride, B, bOff, bRowStride, bColStride, C, cOff, cStride, m, n, k, accumulate)
+static bool prep_gemm(napi_env env, napi_value* argv, std::function<void()>* run) {
+  GemmArgs a;
+  std::string err;
+  int aOff, aRs, aCs, bOff, bRs, bCs, cOff, cs, acc;
+  if (!get_int(env, argv[1], &aOff) || !get_int(env, argv[2], &aRs) || !get_int(env, argv[3], &aCs) ||
+      !get_int(env, argv[5], &bOff) || !get_int(env, argv[6], &bRs) || !get_int(env, argv[7], &bCs) ||
+      !get_int(env, argv[9], &cOff) || !get_int(env, argv[10], &cs) || !get_int(env, argv[11], &a.m) ||
+      !get_int(env, argv[12], &a.n) || !get_int(env, argv[13], &a.k) || !get_int(env, argv[14], &acc))
+    return range_error(env, "gemm: integer arguments expected");
+  if (a.m < 0 || a.n < 0 || a.k < 0 || aRs < 0 || aCs < 0 || bRs < 0 || bCs < 0 || cs < a.n)
+    return range_error(env, "gemm: negative size or stride, or C's rows overlap");
+  if (a.m == 0 || a.n == 0) return true;
+  // With k = 0 the operands are not read (C becomes 0, or stays as it is).
+  a.A = a.B = nullptr;
+  if (a.k > 0) {
+    a.A = f32_at(env, argv[0], aOff, 0, (double)(a.m - 1) * aRs + (double)(a.k - 1) * aCs, "A", &err);
+    if (!a.A) return range_error(env, err);
+    a.B = f32_at(env, argv[4], bOff, 0, (double)(a.n - 1) * bRs + (double)(a.k - 1) * bCs, "B", &err);
+    if (!a.B) return range_error(env, err);
+  }
+  a.C = f32_at(env, argv[8], cOff, 0, (double)(a.m - 1) * cs + a.n - 1, "C", &err);
+  if (!a.C) return range_error(env, err);
+  a.aRowStride = (size_t)aRs, a.aColStride = (size_t)aCs, a.bRowStride = (size_t)bRs, a.bColStride = (size_t)bCs;
+  a.cStride = (size_t)cs;
+  a.accumulate = acc != 0;
+  *run = [a]() { run_items((ItemFn)K->gemm, &a, K->gemm_items(&a), (double)a.m * a.n * (a.k > 0 ? a.k : 1)); };
+  return true;
+}
+
 // attend(qa, qaOff, qaTok, qaHead, lenA, qb, qbOff, qbTok, qbHead, lenB, ka, kaOff, kaPos, kaHead,
 //        kb, kbOff, kbPos, kbHead, val, valOff, valPos, valHead, lenV, out, outOff, outTok, outHead, n, H, start, scale,
 //        table, blockSize): table (Int32Array or null) pages the positions of ka, kb and val (see kernels.h).
@@ -990,6 +1020,7 @@ static napi_value Init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"matmul", nullptr, SyncCall<20, prep_matmul>, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"matmulT", nullptr, SyncCall<20, prep_matmul_t>, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"gemm", nullptr, SyncCall<15, prep_gemm>, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"mlpGroup", nullptr, SyncCall<6, prep_mlp_group>, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"attend", nullptr, SyncCall<33, prep_attend>, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"matmulAsync", nullptr, AsyncCallFn<20, prep_matmul>, nullptr, nullptr, nullptr, napi_default, nullptr},

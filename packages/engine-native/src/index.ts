@@ -44,6 +44,29 @@ export interface NativeKernels {
   /** out[t, c] = sum_{i<n} v[t, i] w[r0 + i, c] per group (the product with w transposed): input v [T, n], output out [T, cols]. */
   matmulT(...args: NativeProductArgs): void;
   /**
+   * C[i, j] = (accumulate ? C[i, j] : 0) + sum_{p<k} A(i, p) B(j, p) for i < m, j < n, with A(i, p) at
+   * A[aOff + i * aRowStride + p * aColStride], B(j, p) at B[bOff + j * bRowStride + p * bColStride] and C's rows
+   * cStride apart from cOff: one float32 fused multiply-add chain per element, p ascending (GemmArgs in src/kernels.h).
+   * Training's products: the strides read either operand as stored or transposed.
+   */
+  gemm(
+    A: Float32Array,
+    aOff: number,
+    aRowStride: number,
+    aColStride: number,
+    B: Float32Array,
+    bOff: number,
+    bRowStride: number,
+    bColStride: number,
+    C: Float32Array,
+    cOff: number,
+    cStride: number,
+    m: number,
+    n: number,
+    k: number,
+    accumulate: 0 | 1,
+  ): void;
+  /**
    * A group of SwiGLU MLPs in two parallel jobs: arrays = [gateData, gateScale, upData, upScale, downData, downScale]
    * per entry; meta = per entry [n, row0, then kind, rows, cols, blockRows, blockCols of gate, up and down]
    * (17 ints). Entry e maps x rows [row0, row0 + n) to out rows [row0, row0 + n); g and u are scratch of

@@ -76,6 +76,22 @@ static inline int attend_items(const AttendArgs* a) {
   return ((a->n + a->tokenBlock - 1) / a->tokenBlock) * ((a->H + a->headGroup - 1) / a->headGroup);
 }
 
+/**
+ * C[i, j] (=, or += with accumulate) sum_{p < k} A(i, p) B(j, p) for i < m, j < n, where A(i, p) is
+ * A[i * aRowStride + p * aColStride] and B(j, p) is B[j * bRowStride + p * bColStride]: the strides say whether an
+ * operand is read as stored or transposed. C's rows are cStride apart. (Training's products; see gemm-impl.h.)
+ */
+struct GemmArgs {
+  const float* A;
+  size_t aRowStride, aColStride;
+  const float* B;
+  size_t bRowStride, bColStride;
+  float* C;
+  size_t cStride;
+  int m, n, k;
+  bool accumulate;
+};
+
 /** One instruction set's kernels. Each computes the items [i0, i1) of its product; threads split the items. */
 struct KernelTable {
   const char* isa;
@@ -91,6 +107,9 @@ struct KernelTable {
   double (*softmax_weights)(const float* x, const int32_t* ids, int n, float max, float invT, float minP, double* out);
   /** The index of the first largest of x[0 .. n), or -1 when x holds a NaN or +inf. */
   int (*argmax_first)(const float* x, int n);
+  /** Items: gemm_items(a), blocks of C's rows by blocks of its columns. */
+  void (*gemm)(const GemmArgs* a, int i0, int i1);
+  int (*gemm_items)(const GemmArgs* a);
 };
 
 const KernelTable* moela_kernels_avx512();

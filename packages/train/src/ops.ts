@@ -1,8 +1,8 @@
 /**
  * The few dense products training spends its time in, over row-major arrays, with two interchangeable backends:
  *   - `f64`: Float64Array, plain TypeScript loops in doubles (the gradient checks and the reference);
- *   - `f32`: Float32Array, the engine's native kernels (float32 fused multiply-add, multi-threaded, every output
- *     element computed in an order that depends on nothing but its own inputs, so bits never depend on threads).
+ *   - `f32`: Float32Array, the native kernels' packed GEMM (one float32 fused multiply-add chain per output
+ *     element, multi-threaded over blocks of the output, so bits never depend on threads).
  * Layer code is written once over `Vec` and calls only these; elementwise work (norms, rope, softmax, SwiGLU,
  * the router) runs in TypeScript with double arithmetic on either element type.
  *
@@ -87,118 +87,39 @@ export const f64Ops: Ops = {
 
 // ------------------------------------------------------------------------------------------- f32 (native)
 
-const KIND_F32 = 0;
-
-/** Time spent in the native products and in the transposes feeding them (when profiling is on). */
-export const opsProfile = { on: false, nativeMs: 0, transposeMs: 0, flops: 0 };
-let scratch32: Float32Array = new Float32Array(1 << 16);
-let transA: Float32Array = new Float32Array(1 << 16);
-let transB: Float32Array = new Float32Array(1 << 16);
-
-function grow(a: Float32Array, n: number): Float32Array {
-  return a.length >= n ? a : new Float32Array(Math.max(n, Math.ceil(a.length * 1.5)));
-}
+/** Time spent in the native products (when profiling is on). */
+export const opsProfile = { on: false, nativeMs: 0, flops: 0 };
 
 function f32(v: Vec): Float32Array {
   if (!(v instanceof Float32Array)) throw new TypeError("the f32 ops take Float32Array operands");
   return v;
 }
 
-/** Transpose A [r, c] into out [c, r] (blocks of 32 x 32, one monomorphic loop per element type). */
-export function transpose(A: Vec, r: number, c: number, out: Vec): void {
-  if (A instanceof Float32Array && out instanceof Float32Array) transpose32(A, r, c, out);
-  else transposeAny(A, r, c, out);
-}
-
-/** Eight source rows at a time (each output run gets 8 contiguous values), columns in blocks of 256 (~3x the plain loop). */
-function transpose32(A: Float32Array, r: number, c: number, out: Float32Array): void {
-  const CB = 256;
-  for (let j0 = 0; j0 < c; j0 += CB) {
-    const j1 = Math.min(c, j0 + CB);
-    let i = 0;
-    for (; i + 8 <= r; i += 8) {
-      const a0 = i * c;
-      for (let j = j0; j < j1; j++) {
-        const o = j * r + i;
-        const s = a0 + j;
-        out[o] = A[s]!;
-        out[o + 1] = A[s + c]!;
-        out[o + 2] = A[s + 2 * c]!;
-        out[o + 3] = A[s + 3 * c]!;
-        out[o + 4] = A[s + 4 * c]!;
-        out[o + 5] = A[s + 5 * c]!;
-        out[o + 6] = A[s + 6 * c]!;
-        out[o + 7] = A[s + 7 * c]!;
-      }
-    }
-    for (; i < r; i++) for (let j = j0; j < j1; j++) out[j * r + i] = A[i * c + j]!;
-  }
-}
-
-function transposeAny(A: Vec, r: number, c: number, out: Vec): void {
-  const B = 32;
-  for (let i0 = 0; i0 < r; i0 += B) {
-    const i1 = Math.min(r, i0 + B);
-    for (let j0 = 0; j0 < c; j0 += B) {
-      const j1 = Math.min(c, j0 + B);
-      for (let i = i0; i < i1; i++) for (let j = j0; j < j1; j++) out[j * r + i] = A[i * c + j]!;
-    }
-  }
-}
-
-function addInto(C: Float32Array, S: Float32Array, n: number): void {
-  for (let i = 0; i < n; i++) C[i] = C[i]! + S[i]!;
-}
-
 function makeF32Ops(): Ops | null {
   const k = nativeKernelsAddon;
   if (k === null) return null;
-  // C = A B^T: the engine's matmul with B as the weight [n, k] and A's rows as the tokens.
-  const nt = (A: Vec, B: Vec, m: number, n: number, kk: number, C: Vec, acc = false): void => {
+  // C (=, or +=) sum_p A(i, p) B(j, p): the addon's packed GEMM reads each operand as stored or transposed through
+  // its strides, so no product copies an operand here.
+  const gemm = (A: Vec, aRow: number, aCol: number, B: Vec, bRow: number, bCol: number, m: number, n: number, kk: number, C: Vec, acc: boolean): void => {
     if (m === 0 || n === 0) return;
-    const c = f32(C);
-    let y = c;
-    if (acc) y = scratch32 = grow(scratch32, m * n);
     const t0 = opsProfile.on ? performance.now() : 0;
-    k.matmul(KIND_F32, f32(B), null, n, kk, 0, 0, f32(A), 0, kk, m, y, 0, n, 0, n, 1, 0, 0, 0);
+    k.gemm(f32(A), 0, aRow, aCol, f32(B), 0, bRow, bCol, f32(C), 0, n, m, n, kk, acc ? 1 : 0);
     if (opsProfile.on) {
       opsProfile.nativeMs += performance.now() - t0;
       opsProfile.flops += 2 * m * n * kk;
     }
-    if (acc) addInto(c, y, m * n);
   };
-  // C = A B = A (B^T)^T: B [k, n] transposed into [n, k], then nt (the engine's matmul is its fastest product).
-  const nn = (A: Vec, B: Vec, m: number, n: number, kk: number, C: Vec, acc = false): void => {
-    if (m === 0 || n === 0) return;
-    if (kk === 0) {
-      if (!acc) C.fill(0, 0, m * n);
-      return;
-    }
-    transB = grow(transB, n * kk);
-    const bt = transB.subarray(0, n * kk);
-    const t0 = opsProfile.on ? performance.now() : 0;
-    transpose(B, kk, n, bt);
-    if (opsProfile.on) opsProfile.transposeMs += performance.now() - t0;
-    nt(A, bt, m, n, kk, C, acc);
+  return {
+    precision: "f32",
+    alloc: (n) => new Float32Array(n),
+    scratch: (n) => new Float32Array(n),
+    // A [m, k] by rows, B [n, k] by rows.
+    nt: (A, B, m, n, kk, C, acc = false) => gemm(A, kk, 1, B, kk, 1, m, n, kk, C, acc),
+    // A [m, k] by rows, B [k, n] read transposed.
+    nn: (A, B, m, n, kk, C, acc = false) => gemm(A, kk, 1, B, 1, n, m, n, kk, C, acc),
+    // A [k, m] and B [k, n], both read transposed.
+    tn: (A, B, m, n, kk, C, acc = false) => gemm(A, 1, m, B, 1, n, m, n, kk, C, acc),
   };
-  // C = A^T B = (A^T) (B^T)^T: both transposed, then nt.
-  const tn = (A: Vec, B: Vec, m: number, n: number, kk: number, C: Vec, acc = false): void => {
-    if (m === 0 || n === 0) return;
-    if (kk === 0) {
-      if (!acc) C.fill(0, 0, m * n);
-      return;
-    }
-    transA = grow(transA, m * kk);
-    transB = grow(transB, n * kk);
-    const at = transA.subarray(0, m * kk);
-    const bt = transB.subarray(0, n * kk);
-    const t0 = opsProfile.on ? performance.now() : 0;
-    transpose(A, kk, m, at);
-    transpose(B, kk, n, bt);
-    if (opsProfile.on) opsProfile.transposeMs += performance.now() - t0;
-    nt(at, bt, m, n, kk, C, acc);
-  };
-  return { precision: "f32", alloc: (n) => new Float32Array(n), scratch: (n) => new Float32Array(n), nt, nn, tn };
 }
 
 /**
