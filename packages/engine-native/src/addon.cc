@@ -720,6 +720,88 @@ static const float* row_args(napi_env env, napi_callback_info info, napi_value* 
   return x;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Training's optimizer over float32 arrays, in doubles with the operations of packages/train/src/optim.ts in the
+// same order (no contraction: -ffp-contract=off), so the bits are the TypeScript loops' and only the time changes.
+
+/** The Float32Array v's data (its length in *n), or null after throwing a RangeError. */
+static float* f32_arg(napi_env env, napi_value v, const char* name, size_t* n) {
+  Arr a;
+  if (!get_array(env, v, &a) || !a.present || a.type != napi_float32_array) {
+    range_error(env, std::string(name) + " must be a Float32Array");
+    return nullptr;
+  }
+  *n = a.length;
+  static float none;  // an empty array's pointer may be null; this one is never read
+  return a.length == 0 ? &none : (float*)a.data;
+}
+
+// adamwF32(w, g, m, v, hyper): hyper = Float64Array [lr, decay, clipScale, beta1, beta2, bc1, bc2, eps].
+static napi_value AdamwF32(napi_env env, napi_callback_info info) {
+  static const char* usage = "adamwF32(w, g, m, v, hyper) takes four Float32Arrays of one length and a Float64Array of 8";
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  if (argc != 5) return range_error(env, usage);
+  size_t nw, ng, nm, nv;
+  float* w = f32_arg(env, argv[0], "w", &nw);
+  if (!w) return nullptr;
+  const float* g = f32_arg(env, argv[1], "g", &ng);
+  if (!g) return nullptr;
+  float* m = f32_arg(env, argv[2], "m", &nm);
+  if (!m) return nullptr;
+  float* v = f32_arg(env, argv[3], "v", &nv);
+  if (!v) return nullptr;
+  Arr hyper;
+  if (ng != nw || nm != nw || nv != nw || !get_array(env, argv[4], &hyper) || !hyper.present || hyper.type != napi_float64_array ||
+      hyper.length < 8)
+    return range_error(env, usage);
+  const double* h = (const double*)hyper.data;
+  const double lr = h[0], decay = h[1], clipScale = h[2], beta1 = h[3], beta2 = h[4], bc1 = h[5], bc2 = h[6], eps = h[7];
+  const double step = lr / bc1;
+  const double rbc2 = 1 / bc2;
+  for (size_t i = 0; i < nw; i++) {
+    const double gi = (double)g[i] * clipScale;
+    const double mi = beta1 * (double)m[i] + (1 - beta1) * gi;
+    const double vi = beta2 * (double)v[i] + (1 - beta2) * gi * gi;
+    m[i] = (float)mi;
+    v[i] = (float)vi;
+    w[i] = (float)((double)w[i] * decay - (step * mi) / (sqrt(vi * rbc2) + eps));
+  }
+  return nullptr;
+}
+
+// addSumSquaresF32(g, others): g += each of others in turn (an array of Float32Arrays of g's length), then returns
+// sum g_i^2 in doubles, i ascending (optim.ts's reduceRange and sumSquares for one parameter).
+static napi_value AddSumSquaresF32(napi_env env, napi_callback_info info) {
+  static const char* usage = "addSumSquaresF32(g, others) takes a Float32Array and an array of Float32Arrays of its length";
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  if (argc != 2) return range_error(env, usage);
+  size_t n;
+  float* g = f32_arg(env, argv[0], "g", &n);
+  if (!g) return nullptr;
+  bool isArray = false;
+  uint32_t count = 0;
+  if (napi_is_array(env, argv[1], &isArray) != napi_ok || !isArray || napi_get_array_length(env, argv[1], &count) != napi_ok)
+    return range_error(env, usage);
+  for (uint32_t o = 0; o < count; o++) {
+    napi_value el;
+    CHECK(napi_get_element(env, argv[1], o, &el));
+    size_t nx;
+    const float* x = f32_arg(env, el, "others[i]", &nx);
+    if (!x) return nullptr;
+    if (nx != n) return range_error(env, usage);
+    for (size_t j = 0; j < n; j++) g[j] = (float)((double)g[j] + (double)x[j]);
+  }
+  double ss = 0;
+  for (size_t j = 0; j < n; j++) ss += (double)g[j] * (double)g[j];
+  napi_value out;
+  CHECK(napi_create_double(env, ss, &out));
+  return out;
+}
+
 // logSumExp(x, off, n, out): out[0] = m, the maximum of x[off .. off+n), and out[1] = log(sum exp(x - m)): a
 // log-softmax's normalizer (a token's logprob is (logit - m) - out[1]). Synchronous on the calling thread: one
 // vocabulary row is microseconds of work.
@@ -1031,6 +1113,8 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"argmax", nullptr, Argmax, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"softmaxWeights", nullptr, SoftmaxWeights, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"logSumExp", nullptr, LogSumExp, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"adamwF32", nullptr, AdamwF32, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"addSumSquaresF32", nullptr, AddSumSquaresF32, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"fp8Tiles", nullptr, Fp8Tiles, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"isa", nullptr, Isa, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"supportedIsas", nullptr, SupportedIsas, nullptr, nullptr, nullptr, napi_default, nullptr},

@@ -67,6 +67,13 @@ export interface NativeKernels {
     accumulate: 0 | 1,
   ): void;
   /**
+   * One AdamW step over float32 w, g, m, v with hyper = [lr, decay, clipScale, beta1, beta2, bc1, bc2, eps], in
+   * doubles with packages/train/src/optim.ts's operations in its order: the same bits as its TypeScript loop.
+   */
+  adamwF32(w: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, hyper: Float64Array): void;
+  /** g += each of `others` in turn, then the sum of g's squares in doubles, i ascending (optim.ts's reduceRange, same bits). */
+  addSumSquaresF32(g: Float32Array, others: readonly Float32Array[]): number;
+  /**
    * A group of SwiGLU MLPs in two parallel jobs: arrays = [gateData, gateScale, upData, upScale, downData, downScale]
    * per entry; meta = per entry [n, row0, then kind, rows, cols, blockRows, blockCols of gate, up and down]
    * (17 ints). Entry e maps x rows [row0, row0 + n) to out rows [row0, row0 + n); g and u are scratch of

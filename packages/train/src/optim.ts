@@ -3,7 +3,11 @@
  * can share the work: each thread reduces and updates its own range, in a fixed order within the range, and the
  * ranges' sums of squares are added in thread order. Deterministic for a given thread count.
  */
+import { nativeKernelsAddon } from "@moela/engine";
 import type { Vec } from "./ops.js";
+
+/** The addon's float32 loops (the same bits as the TypeScript ones below, several times faster), when it built. */
+const native = nativeKernelsAddon;
 
 export interface AdamHyper {
   readonly lr: number;
@@ -37,6 +41,13 @@ export function sumSquares(g: Vec): number {
 
 /** One AdamW update of w from gradient g (times clipScale), in doubles, the decoupled decay first. */
 export function adamw(w: Vec, g: Vec, m: Vec, v: Vec, lr: number, decay: number, h: AdamHyper): void {
+  if (native !== null && w instanceof Float32Array && g instanceof Float32Array && m instanceof Float32Array && v instanceof Float32Array)
+    native.adamwF32(w, g, m, v, Float64Array.of(lr, decay, h.clipScale, h.beta1, h.beta2, h.bc1, h.bc2, h.eps));
+  else adamwLoop(w, g, m, v, lr, decay, h);
+}
+
+/** adamw in TypeScript (the float64 path, and what the addon's loop must match bit for bit). */
+export function adamwLoop(w: Vec, g: Vec, m: Vec, v: Vec, lr: number, decay: number, h: AdamHyper): void {
   const { clipScale, beta1, beta2, eps } = h;
   const step = lr / h.bc1;
   const rbc2 = 1 / h.bc2;
@@ -70,6 +81,12 @@ export function reduceRange(slots: readonly OptimSlot[], others: readonly (reado
   let ss = 0;
   for (let p = p0; p < p1; p++) {
     const g = slots[p]!.grad;
+    const xs = others.map((o) => o[p]!);
+    if (native !== null && g instanceof Float32Array && xs.every((x) => x instanceof Float32Array)) {
+      const gg = native.addSumSquaresF32(g, xs as Float32Array[]);
+      if (slots[p]!.trainable) ss += gg;
+      continue;
+    }
     for (const o of others) {
       const x = o[p]!;
       for (let j = 0; j < g.length; j++) g[j] = g[j]! + x[j]!;
