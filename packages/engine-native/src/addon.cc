@@ -736,13 +736,21 @@ static float* f32_arg(napi_env env, napi_value v, const char* name, size_t* n) {
   return a.length == 0 ? &none : (float*)a.data;
 }
 
+/** The call's arguments into argv when there are exactly n of them; false after throwing a RangeError (`usage`). */
+static bool exact_args(napi_env env, napi_callback_info info, napi_value* argv, size_t n, const char* usage) {
+  size_t argc = n;
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc != n) {
+    range_error(env, usage);
+    return false;
+  }
+  return true;
+}
+
 // adamwF32(w, g, m, v, hyper): hyper = Float64Array [lr, decay, clipScale, beta1, beta2, bc1, bc2, eps].
 static napi_value AdamwF32(napi_env env, napi_callback_info info) {
   static const char* usage = "adamwF32(w, g, m, v, hyper) takes four Float32Arrays of one length and a Float64Array of 8";
-  size_t argc = 5;
   napi_value argv[5];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  if (argc != 5) return range_error(env, usage);
+  if (!exact_args(env, info, argv, 5, usage)) return nullptr;
   size_t nw, ng, nm, nv;
   float* w = f32_arg(env, argv[0], "w", &nw);
   if (!w) return nullptr;
@@ -775,10 +783,8 @@ static napi_value AdamwF32(napi_env env, napi_callback_info info) {
 // sum g_i^2 in doubles, i ascending (optim.ts's reduceRange and sumSquares for one parameter).
 static napi_value AddSumSquaresF32(napi_env env, napi_callback_info info) {
   static const char* usage = "addSumSquaresF32(g, others) takes a Float32Array and an array of Float32Arrays of its length";
-  size_t argc = 2;
   napi_value argv[2];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  if (argc != 2) return range_error(env, usage);
+  if (!exact_args(env, info, argv, 2, usage)) return nullptr;
   size_t n;
   float* g = f32_arg(env, argv[0], "g", &n);
   if (!g) return nullptr;

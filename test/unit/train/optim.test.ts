@@ -30,6 +30,16 @@ describe.skipIf(nativeKernelsAddon === null)("the optimizer's float32 loops", ()
     expect(bits(a.w)).not.toEqual(bits(make().w));
   });
 
+  it("the addon refuses arrays that do not match, with a RangeError", () => {
+    const a = new Float32Array(4);
+    const native = nativeKernelsAddon!;
+    expect(() => native.adamwF32(a, a, a, new Float32Array(3), new Float64Array(8))).toThrow(/one length/);
+    expect(() => native.adamwF32(a, a, a, a, new Float64Array(7))).toThrow(/Float64Array of 8/);
+    expect(() => native.adamwF32(a, new Float64Array(4) as unknown as Float32Array, a, a, new Float64Array(8))).toThrow(/g must be a Float32Array/);
+    expect(() => native.addSumSquaresF32(a, [new Float32Array(5)])).toThrow(/of its length/);
+    expect(() => (native.addSumSquaresF32 as (...args: unknown[]) => number)(a)).toThrow(/takes a Float32Array/);
+  });
+
   it("reduceRange adds the other replicas' gradients and returns the trainable ones' sum of squares, as the TypeScript loops", () => {
     const sizes = [7, 300, 1, 4096];
     const grads = sizes.map((n, i) => fillRandom(new Float32Array(n), 10 + i));
