@@ -4,6 +4,7 @@
 import { describe, expect, it } from "vitest";
 import { nativeKernelsAddon } from "@moela/engine";
 import { fillRandom } from "../../helpers/random.js";
+import { bits } from "../../helpers/bits.js";
 
 const native = nativeKernelsAddon;
 
@@ -55,10 +56,6 @@ function reference(layout: Layout, A: Float32Array, B: Float32Array, m: number, 
       C[i * n + j] = s;
     }
   return C;
-}
-
-function bits(a: Float32Array): number[] {
-  return Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
 }
 
 function product(layout: Layout, A: Float32Array, B: Float32Array, m: number, n: number, k: number, C: Float32Array, accumulate: 0 | 1): void {

@@ -24,6 +24,7 @@ import {
   type WeightMatrix,
 } from "@moela/engine";
 import { fillRandom } from "../../helpers/random.js";
+import { bits } from "../../helpers/bits.js";
 
 const native = nativeKernelsAddon;
 const fast = kernelsByName("fast");
@@ -58,10 +59,6 @@ function makeWeight(kind: Kind, rows: number, cols: number, block: [number, numb
       return { kind, rows, cols, data: q.data, scaleInv: q.scaleInv, blockRows: block[0], blockCols: block[1] };
     }
   }
-}
-
-function bits(a: Float32Array): number[] {
-  return Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
 }
 
 /** max |a - b| / (1 + |b|): float32 against float64 accumulation. */

@@ -3,6 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DeepseekModel, Engine, PagedLatentCache, fastKernelsAvailable } from "@moela/engine";
 import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
+import { bits } from "../../helpers/bits.js";
 
 const PROMPT = Array.from({ length: 40 }, (_, i) => (11 + 37 * i) % 1000);
 
@@ -12,10 +13,6 @@ async function logits(model: DeepseekModel, attention: "absorbed" | "decompresse
   cache.ensureCapacity(table, PROMPT.length);
   const r = await model.forward(cache, [{ blockTable: table, start: 0, tokens: PROMPT, logits: "all" }], { attention });
   return r.logits.slice();
-}
-
-function bits(a: Float32Array): number[] {
-  return Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
 }
 
 describe.skipIf(!fastKernelsAvailable())("computing off the event loop (fast kernels)", () => {

@@ -4,10 +4,7 @@ import { describe, expect, it } from "vitest";
 import { nativeKernelsAddon } from "@moela/engine";
 import { adamw, adamwLoop, reduceRange, sumSquares, type AdamHyper, type OptimSlot } from "@moela/train";
 import { fillRandom } from "../../helpers/random.js";
-
-function bits(a: Float32Array): number[] {
-  return Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
-}
+import { bits } from "../../helpers/bits.js";
 
 const H: AdamHyper = { lr: 3e-3, weightDecay: 0.1, clipScale: 0.37, beta1: 0.9, beta2: 0.95, bc1: 1 - 0.9 ** 7, bc2: 1 - 0.95 ** 7, eps: 1e-8 };
 
