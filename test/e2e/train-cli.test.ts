@@ -54,12 +54,13 @@ describe("runTraining (moela train)", () => {
     expect(res.token_ids).toHaveLength(4);
 
     // Stage 2 from the saved model: --init takes its config.json, --mtp-only leaves the main model as it is, so
-    // greedy decoding gives the same tokens. --mtp-depths 2 also trains the second of two chained drafts.
+    // greedy decoding gives the same tokens. --mtp-depths 2 also trains the second of two chained drafts, and
+    // --max-shard-bytes saves the weights as shards with an index that generate loads.
     const tuned = path.join(tmp, "cli-model-mtp");
     const common = ["--data", text, "--tokenizer", tokenizer, "--steps", "2", "--batch", "2", "--seq-len", "16", "--threads", "1", "--json"];
     const stage2 = execFileSync(
       process.execPath,
-      [cli, "train", "--init", out, "--mtp-only", "--mtp-targets", "main", "--mtp-depths", "2", ...common, "--out", tuned],
+      [cli, "train", "--init", out, "--mtp-only", "--mtp-targets", "main", "--mtp-depths", "2", ...common, "--max-shard-bytes", "65536", "--out", tuned],
       {
         encoding: "utf8",
         stdio: ["ignore", "pipe", "pipe"],
@@ -72,6 +73,10 @@ describe("runTraining (moela train)", () => {
     expect(steps).toHaveLength(2);
     for (const s of steps) expect(s.mtpChainLoss).toBeGreaterThan(0);
     expect(fs.readFileSync(path.join(tuned, "config.json"), "utf8")).toBe(fs.readFileSync(path.join(out, "config.json"), "utf8"));
+    expect(fs.existsSync(path.join(tuned, "model.safetensors"))).toBe(false);
+    const index = JSON.parse(fs.readFileSync(path.join(tuned, "model.safetensors.index.json"), "utf8")) as { weight_map: Record<string, string> };
+    const shards = [...new Set(Object.values(index.weight_map))];
+    expect(shards.length).toBeGreaterThan(1);
     const gen2 = execFileSync(
       process.execPath,
       [cli, "generate", "--model", tuned, "--prompt-ids", "0,5,6", "--max-tokens", "4", "--temperature", "0", "--json", "--threads", "1"],
@@ -85,6 +90,7 @@ describe("runTraining (moela train)", () => {
       [["--init", out, "--mtp-targets", "next"], "--mtp-targets must be data or main"],
       [["--init", out, "--mtp-only", "--mtp-targets", "main", "--mtp-depths", "5"], "--mtp-depths must be an integer from 1 to 4"],
       [["--init", out, "--mtp-depths", "2"], "--mtp-depths above 1 trains chained drafts of a trained model"],
+      [["--init", out, "--max-shard-bytes", "-1"], "--max-shard-bytes must be 0 (one file) or a positive number of bytes"],
     ] as const) {
       let err: (Error & { status?: number; stderr?: string }) | null = null;
       try {

@@ -54,6 +54,8 @@ export interface RunOptions extends TrainOptions {
   readonly out?: string;
   /** FP8 128x128 block weights in the saved model. */
   readonly fp8: boolean;
+  /** Shard the saved weights at this many bytes (0: one model.safetensors). */
+  readonly maxShardBytes: number;
 }
 
 export const DEFAULT_RUN_OPTIONS: Omit<RunOptions, "data"> = {
@@ -68,6 +70,7 @@ export const DEFAULT_RUN_OPTIONS: Omit<RunOptions, "data"> = {
   evalRows: 64,
   resume: false,
   fp8: true,
+  maxShardBytes: 0,
 };
 
 export interface RunInfo {
@@ -178,6 +181,7 @@ export async function runTraining(
   if (o.out !== undefined) {
     saveHfModel(model, json, o.out, {
       fp8: o.fp8,
+      maxShardBytes: o.maxShardBytes > 0 ? o.maxShardBytes : null,
       ...(tokDir !== undefined ? { tokenizerDir: tokDir } : {}),
       readme: [
         "# a model trained by `moela train`",

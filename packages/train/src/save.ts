@@ -19,6 +19,8 @@ export interface SaveOptions {
   readonly tokenizerDir?: string;
   /** Lines for the README.md written with the model (how it was trained). */
   readonly readme?: readonly string[];
+  /** Split the weights into shards of at most this many bytes plus model.safetensors.index.json (default: one file). */
+  readonly maxShardBytes?: number | null;
 }
 
 export const FP8_QUANTIZATION_CONFIG = { activation_scheme: "dynamic", fmt: "e4m3", quant_method: "fp8", weight_block_size: [128, 128] };
@@ -32,7 +34,7 @@ export function saveHfModel(model: TrainModel, configJson: Record<string, unknow
   const cfg = parseModelConfig(json);
   const written = writeHfCheckpoint(dir, json, cfg, (spec) => Float32Array.from(model.tensorValues(spec.name)), {
     weightDtype: opts.weightDtype ?? "BF16",
-    maxShardBytes: null,
+    maxShardBytes: opts.maxShardBytes ?? null,
   });
   const files = [...written.files];
   if (opts.tokenizerDir !== undefined) {

@@ -38,6 +38,7 @@ export interface TrainCliOptions {
   resume?: boolean;
   out?: string;
   fp8: boolean;
+  maxShardBytes: number;
   json?: boolean;
 }
 
@@ -59,6 +60,8 @@ export async function runTrain(o: TrainCliOptions): Promise<number> {
   ] as const) {
     if (!(Number.isInteger(v) && v >= 1)) throw new InvalidArgumentError(`${k} must be a positive integer, got ${v}`);
   }
+  if (!(Number.isSafeInteger(o.maxShardBytes) && o.maxShardBytes >= 0))
+    throw new InvalidArgumentError(`--max-shard-bytes must be 0 (one file) or a positive number of bytes, got ${o.maxShardBytes}`);
   const opts: RunOptions = {
     ...DEFAULT_RUN_OPTIONS,
     ...o,

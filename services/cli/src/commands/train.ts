@@ -49,6 +49,7 @@ const TRAIN_OPTIONS: readonly OptionRow[] = [
   ["--resume", "continue from --checkpoint-dir (same bits as an uninterrupted run)"],
   ["--out <dir>", "save the trained model here (HF layout)"],
   ["--no-fp8", "save BF16 weights instead of FP8 128x128 blocks"],
+  ["--max-shard-bytes <n>", "save the weights as shards of at most n bytes + model.safetensors.index.json (0: one file)", intArg("--max-shard-bytes"), 0],
   ["--json", "one JSON line per step on stdout instead of the progress bar"],
 ];
 
