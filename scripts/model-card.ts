@@ -1,8 +1,8 @@
 /**
  * The measurements behind a trained model's card (a script, not a test):
  *
- *   npx tsx scripts/model-card.ts --model models/moela-v3-brown --corpus /tmp/corpus-out \
- *        [--train-log models/moela-v3-brown/training-log.jsonl] [--out models/moela-v3-brown]
+ *   npx tsx scripts/model-card.ts --model models/moela-v3-deep --corpus /tmp/corpus-out \
+ *        [--train-log models/moela-v3-deep/training-log.jsonl] [--out models/moela-v3-deep]
  *
  * --corpus is the folder `npm run build:artifacts -w packages/corpus -- --out DIR` writes (test.bin,
  * corpus.json with the documents' offsets and the bigram baseline). In one process, on the fast kernels:
@@ -18,7 +18,7 @@
  * Prints a table, writes <out>/card.json and <out>/training-curves.svg.
  */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { join, relative, resolve } from "node:path";
 import { Command } from "commander";
 import { DeepseekModel, Engine, PagedLatentCache, type ExpertExecutor, type Sequence } from "@moela/engine";
 import { createInProcessExperts } from "@moela/moe-dispatch";
@@ -247,7 +247,7 @@ const lines: LogLine[] =
 if (lines.length > 0) writeFileSync(join(OUT, "training-curves.svg"), curvesSvg(lines));
 
 const card = {
-  model: MODEL,
+  model: relative(process.cwd(), MODEL),
   corpus: manifest.source,
   heldOut: {
     perplexity: ppl.perplexity,

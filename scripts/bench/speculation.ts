@@ -2,7 +2,7 @@
  * What MTP speculation can buy in one process (a script, not a test): greedy decode tokens/s with speculation off
  * and on at each batch size, beside the ceiling that the bytes a decode step reads put on the speed-up.
  *
- *   npx tsx scripts/bench/speculation.ts [--model models/moela-v3-brown] [--batches 1,8] [--prompt-tokens 32]
+ *   npx tsx scripts/bench/speculation.ts [--model models/moela-v3-deep] [--batches 1,8] [--prompt-tokens 32]
  *        [--tokens 128] [--rounds 5] [--prompts N] [--threads N] [--draft-vocab full,1024] [--speculative-tokens 1,2]
  *        [--perfect-drafts] [--no-yardsticks] [--out bench-results]
  *
@@ -60,7 +60,7 @@ import { measureSetting, settingLines, writeBenchReport } from "../lib/bench-set
 import { PerfectDraftEngine } from "../lib/perfect-drafts.js";
 
 const program = new Command("bench-speculation")
-  .option("--model <dir>", "a checkpoint with an MTP layer", "models/moela-v3-brown")
+  .option("--model <dir>", "a checkpoint with an MTP layer", "models/moela-v3-deep")
   .option("--batches <list>", "batch sizes", "1,8")
   .option("--prompt-tokens <n>", "prompt length per sequence", (v) => Number(v), 32)
   .option("--tokens <n>", "tokens generated per sequence", (v) => Number(v), 128)

@@ -116,6 +116,7 @@ describe("deploy/docker/Dockerfile", () => {
       "proto",
       "models/tiny-v3",
       "models/moela-v3-brown",
+      "models/moela-v3-deep",
       "deploy/docker/grpc-health.mjs",
     ];
     for (const path of needed) {

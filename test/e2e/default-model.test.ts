@@ -1,4 +1,4 @@
-// The bundled default model (models/moela-v3-brown, trained by `moela train` on the Brown corpus) through the
+// The bundled default model (models/moela-v3-deep, trained by `moela train` on the Brown corpus) through the
 // platform as `npm start` runs it: plain English prompts get English back. A word counts as English when
 // Debian's word list (wamerican, /usr/share/dict/american-english; .ci/run installs it) has it.
 import { readFileSync } from "node:fs";

@@ -23,7 +23,7 @@ const TOLERANCE = 2e-4;
 const MIN_SAFE_MARGIN = { logit: 1e-3, rank: 1e-4, route: 1e-4 };
 
 interface Case {
-  kind: "v3-bf16-sharded" | "v3-fp8" | "v2-lite" | "trained";
+  kind: "v3-bf16-sharded" | "v3-fp8" | "v2-lite" | "trained-brown" | "trained-deep";
   seed: number;
   promptIds: number[];
   mtp: boolean;
@@ -38,8 +38,11 @@ const CASES: Case[] = [
   { kind: "v3-bf16-sharded", seed: 11, promptIds: [0, 399, 332, 822, 57, 12], mtp: true },
   { kind: "v3-fp8", seed: 12, promptIds: [7, 956, 300, 41, 18, 250, 3], mtp: true },
   { kind: "v2-lite", seed: 13, promptIds: [2, 730, 88, 415, 9], mtp: false },
-  // The bundled default model trained by `moela train`: "She opened the door and" with BOS, in its tokenizer.
-  { kind: "trained", seed: 0, promptIds: [0, 2021, 2888, 263, 1541, 292], mtp: true, dir: path.join(ROOT, "models/moela-v3-brown") },
+  // The two bundled models `moela train` trained, with BOS in their tokenizer: the default "She was a" (of ten
+  // prompts tried, the others' greedy answers repeat too much, or some token's routing among its 2,000-odd comes
+  // within 1e-4 of a tie), brown "She opened the door and".
+  { kind: "trained-deep", seed: 0, promptIds: [0, 2021, 333, 261], mtp: true, dir: path.join(ROOT, "models/moela-v3-deep") },
+  { kind: "trained-brown", seed: 0, promptIds: [0, 2021, 2888, 263, 1541, 292], mtp: true, dir: path.join(ROOT, "models/moela-v3-brown") },
 ];
 
 interface GenerateResult {

@@ -18,7 +18,7 @@ export type ProgressEvent =
   | { readonly kind: "stopped"; readonly label: string; readonly exit: ExitInfo };
 
 export interface ClusterOptions extends InternalSecurityOptions {
-  /** Checkpoint folder (default: the bundled models/moela-v3-brown). */
+  /** Checkpoint folder (default: the bundled models/moela-v3-deep). */
   readonly model?: string;
   readonly prefill?: number;
   readonly decode?: number;

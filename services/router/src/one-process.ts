@@ -8,7 +8,7 @@
  * `moela generate` does). No gRPC, no Redis, no KV transfer. /metrics is on the API port.
  *
  * Every setting is a flag with an env twin MOELA_ALL_<NAME> (the flag wins):
- *   --model DIR              checkpoint folder                          (the bundled models/moela-v3-brown)
+ *   --model DIR              checkpoint folder                          (the bundled models/moela-v3-deep)
  *   --host H / --port N      the OpenAI API (and /metrics, /health)     (127.0.0.1 / 8000; port 0: any free)
  *   --grpc-address H:P       also the gRPC Generate API (@moela/client) (off)
  *   --served-model-name S    the model name clients use                 (the model folder's name)
@@ -61,7 +61,7 @@ import { ApiKeys, type RouterContext } from "./handlers.js";
 import { loadModelLimits, serveGenerate, serveHttp, startEncoder, validationOf } from "./serving.js";
 
 /** The bundled model `npm start` serves (services/router/src -> the repository root). */
-const DEFAULT_MODEL = fileURLToPath(new URL("../../../models/moela-v3-brown", import.meta.url));
+const DEFAULT_MODEL = fileURLToPath(new URL("../../../models/moela-v3-deep", import.meta.url));
 
 const int = (min: number) => z.coerce.number().int("must be an integer").min(min, `must be at least ${min}`);
 
@@ -106,7 +106,7 @@ const schema = z.strictObject({
 });
 
 const HELP = {
-  model: "checkpoint folder (default the bundled models/moela-v3-brown)",
+  model: "checkpoint folder (default the bundled models/moela-v3-deep)",
   host: "interface of the OpenAI API, /health and /metrics (default 127.0.0.1)",
   port: "port of the OpenAI API; 0 picks a free one (default 8000)",
   grpcAddress: "also serve the gRPC Generate API (@moela/client) on host:port; port 0 picks a free one (default off)",

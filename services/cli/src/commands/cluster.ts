@@ -6,7 +6,7 @@ import { ALL_ROLE, oneProcessFromCluster, runServe } from "../serve.js";
 import { collect, intArg, withOptions, type OptionRow } from "./options.js";
 
 const CLUSTER_OPTIONS: readonly OptionRow[] = [
-  ["--model <dir>", "checkpoint folder (default: the bundled models/moela-v3-brown)"],
+  ["--model <dir>", "checkpoint folder (default: the bundled models/moela-v3-deep)"],
   ["--prefill <n>", "prefill instances", intArg("--prefill"), 1],
   ["--decode <n>", "decode instances", intArg("--decode"), 1],
   ["--expert-hosts <h>", "expert-host shards", intArg("--expert-hosts"), 2],
