@@ -63,13 +63,17 @@ const TEXTS = [
 
 export type WeightsKind = "random" | "trained" | "unknown";
 
-/** What the checkpoint's README says it is: gen-tiny-model writes "random weights", moela train "trained by". */
+/**
+ * What the checkpoint's README says it is: gen-tiny-model writes "random weights, not a trained model", moela
+ * train "trained by `moela train`", and the bundled models' cards say "`moela train` trained". The generator's
+ * whole phrase, since a trained model's card may mention random weights (of the test models beside it).
+ */
 export function weightsKind(dir: string): WeightsKind {
   const f = join(dir, "README.md");
   if (!existsSync(f)) return "unknown";
   const text = readFileSync(f, "utf8");
-  if (/random weights/i.test(text)) return "random";
-  if (/trained by `moela train`/i.test(text)) return "trained";
+  if (/random weights, not a trained model/i.test(text)) return "random";
+  if (/trained by `moela train`|`moela train` trained/i.test(text)) return "trained";
   return "unknown";
 }
 

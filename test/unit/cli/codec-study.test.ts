@@ -1,8 +1,10 @@
 // `moela codec-study`: one small run on a random-weight checkpoint, as JSON and as tables.
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import type { CodecStudyReport } from "../../../services/cli/src/codec-study.js";
 import { weightsKind } from "../../../services/cli/src/codec-study.js";
 import { run } from "../../../services/cli/src/main.js";
+import { REPO_ROOT } from "../../../services/cli/src/paths.js";
 import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
 
 async function capture(argv: string[]): Promise<{ code: number; out: string }> {
@@ -33,6 +35,11 @@ describe("moela codec-study", () => {
   it("says a generated checkpoint has random weights", () => {
     expect(weightsKind(dir)).toBe("random");
     expect(weightsKind("/nonexistent")).toBe("unknown");
+  });
+
+  it("says the bundled trained models are trained, though their cards mention the random test models", () => {
+    for (const name of ["moela-v3-deep", "moela-v3-brown"]) expect(weightsKind(join(REPO_ROOT, "models", name))).toBe("trained");
+    expect(weightsKind(join(REPO_ROOT, "models", "tiny-v3"))).toBe("random");
   });
 
   it("--json: every codec on the model's MoE inputs and on synthetic data, every output variant, the claim per data set", async () => {
