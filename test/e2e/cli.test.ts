@@ -1,5 +1,8 @@
 /** `moela generate` as people and scripts use it: a real process on the bundled model. */
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { REPO_ROOT } from "../../services/cli/src/paths.js";
 import { moela, moelaFails } from "../helpers/moela-cli.js";
 
 const MODEL = "models/tiny-v3";
@@ -47,6 +50,16 @@ describe("moela generate", () => {
     // The first generated token is the argmax of the last prompt position's logits.
     expect(out.logits.indexOf(Math.max(...out.logits))).toBe(out.token_ids[0]);
     expect(out.mtp_logits).not.toEqual(out.logits);
+  });
+
+  it("gives the same answer from its compiled JavaScript as from its TypeScript sources (MOELA_TSX=1)", async () => {
+    const args = ["generate", "--model", MODEL, "--prompt-ids", "0,399,332", "--max-tokens", "8", "--temperature", "0", "--json", "--top-logprobs", "2"];
+    const compiled = JSON.parse((await moela(args, { MOELA_TSX: "" })).stdout) as unknown;
+    const sources = JSON.parse((await moela(args, { MOELA_TSX: "1" })).stdout) as unknown;
+    expect(compiled).toEqual(sources);
+    // The run from compiled JavaScript left its output and the stamp of the sources it was compiled from.
+    expect(existsSync(join(REPO_ROOT, "services/cli/.compiled/main.js"))).toBe(true);
+    expect(existsSync(join(REPO_ROOT, "node_modules/.cache/moela/compiled.json"))).toBe(true);
   });
 
   it("ends the text before a stop string", async () => {

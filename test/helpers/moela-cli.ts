@@ -4,9 +4,9 @@ import { promisify } from "node:util";
 
 const run = promisify(execFile);
 
-/** Runs `moela <args>`; rejects when it exits non-zero. */
-export async function moela(args: string[]): Promise<{ stdout: string; stderr: string }> {
-  return run("node", ["services/cli/bin/moela.js", ...args], { cwd: process.cwd(), maxBuffer: 64 << 20 });
+/** Runs `moela <args>` (with `env` added to this process's environment); rejects when it exits non-zero. */
+export async function moela(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ stdout: string; stderr: string }> {
+  return run("node", ["services/cli/bin/moela.js", ...args], { cwd: process.cwd(), maxBuffer: 64 << 20, env: { ...process.env, ...env } });
 }
 
 /** Runs `moela <args>`, which must fail: its exit code and stderr. */

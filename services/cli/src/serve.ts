@@ -14,6 +14,7 @@
  * (parent-watch.ts): the watch is installed here, once, for every role.
  */
 import { existsSync } from "node:fs";
+import { basename, dirname } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { InternalError, InvalidArgumentError, applyHeapGrowth } from "@moela/core";
 import { ROLES, isRole, type Role } from "./topology.js";
@@ -24,10 +25,16 @@ export type ServiceMain = (argv: string[], env: NodeJS.ProcessEnv) => Promise<nu
 /** The role that runs everything in one process. */
 export const ALL_ROLE = "all";
 
-/** services/<role>/src/main.ts; `all`: services/router/src/one-process.ts. */
+/**
+ * services/<role>/src/main.ts; `all`: services/router/src/one-process.ts. Run from the compiled JavaScript
+ * (bin/compiled-js.mjs), the same files in services/<role>/.compiled/, as .js.
+ */
 export function serviceMainPath(role: Role | typeof ALL_ROLE): string {
-  if (role === ALL_ROLE) return fileURLToPath(new URL("../../router/src/one-process.ts", import.meta.url));
-  return fileURLToPath(new URL(`../../${role}/src/main.ts`, import.meta.url));
+  const self = import.meta.url;
+  const folder = basename(dirname(fileURLToPath(self)));
+  const ext = self.endsWith(".ts") ? ".ts" : ".js";
+  if (role === ALL_ROLE) return fileURLToPath(new URL(`../../router/${folder}/one-process${ext}`, self));
+  return fileURLToPath(new URL(`../../${role}/${folder}/main${ext}`, self));
 }
 
 export async function loadServiceMain(role: string): Promise<ServiceMain> {
