@@ -11,18 +11,20 @@
  *   3. `moela serve --role expert-host` (shard 0 of 2, no Redis): spawn to its ready line;
  *   4. `moela cluster --json --port 0` (the default topology: 2 expert-hosts, prefill, decode, router): spawn to
  *      cluster.json's line, then SIGTERM and the launcher's exit.
- * Prints each measurement's median per way and their ratio, and writes bench-results/startup.json. The first
- * compiled run compiles whatever changed since the last; it happens before the rounds, unmeasured.
+ * Prints each measurement's median per way and their ratio, and writes bench-results/startup.json and
+ * startup.html (a bar chart of the medians). The first compiled run compiles whatever changed since the last; it
+ * happens before the rounds, unmeasured.
  */
 import { spawn, execFile } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { cpus, loadavg, tmpdir } from "node:os";
+import { mkdtempSync, rmSync } from "node:fs";
+import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { randomUUID } from "node:crypto";
 import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import { Command } from "commander";
 import { MOELA_BIN, REPO_ROOT, TINY_MODEL } from "../../services/cli/src/paths.js";
+import { commandLine, describeMachine, log, machineInfo, median, textTable, writeReport, type Bar } from "../lib/bench-report.js";
 
 const program = new Command("bench-startup")
   .option("--rounds <n>", "rounds, each running every measurement both ways", (v) => Number(v), 5)
@@ -32,7 +34,6 @@ const program = new Command("bench-startup")
 const opts = program.opts<{ rounds: number; model: string; out: string }>();
 if (!(Number.isInteger(opts.rounds) && opts.rounds >= 1)) throw new Error(`--rounds must be a positive integer, got ${opts.rounds}`);
 
-const log = (msg: string): void => void process.stderr.write(`${msg}\n`);
 const execFileAsync = promisify(execFile);
 const WAYS = { compiled: { MOELA_TSX: "" }, tsx: { MOELA_TSX: "1" } } as const;
 type Way = keyof typeof WAYS;
@@ -94,10 +95,9 @@ const MEASUREMENTS: Record<string, (env: NodeJS.ProcessEnv) => Promise<number>> 
     ),
 };
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-
 try {
-  log(`startup: ${cpus().length} cores, load ${loadavg()[0]!.toFixed(2)}; compiling first (unmeasured) ...`);
+  const machine = machineInfo();
+  log(`startup: ${describeMachine(machine)}; compiling first (unmeasured) ...`);
   await untilExit(["--version"], WAYS.compiled);
   const samples: Record<string, Record<Way, number[]>> = {};
   for (const name of Object.keys(MEASUREMENTS)) samples[name] = { compiled: [], tsx: [] };
@@ -109,25 +109,36 @@ try {
     }
     log(`  round ${r + 1}/${opts.rounds} done`);
   }
-  const rows = Object.entries(samples).map(([name, s]) => ({
-    name,
-    compiledMs: median(s.compiled),
-    tsxMs: median(s.tsx),
-    compiled: s.compiled,
-    tsx: s.tsx,
-  }));
-  const w = Math.max(...rows.map((r) => r.name.length));
-  console.log(`\nmedians of ${opts.rounds} rounds, ms (load average ${loadavg()[0]!.toFixed(2)} at the end)\n`);
-  console.log(`${"".padEnd(w)}  compiled JS   tsx (MOELA_TSX=1)   tsx / compiled`);
-  for (const r of rows) {
-    console.log(
-      `${r.name.padEnd(w)}  ${r.compiledMs.toFixed(0).padStart(11)}   ${r.tsxMs.toFixed(0).padStart(17)}   ${(r.tsxMs / r.compiledMs).toFixed(2).padStart(13)}x`,
-    );
-  }
-  mkdirSync(opts.out, { recursive: true });
-  const file = join(opts.out, "startup.json");
-  writeFileSync(file, `${JSON.stringify({ rounds: opts.rounds, model: opts.model, cores: cpus().length, rows }, null, 2)}\n`);
-  log(`\nwrote ${file}`);
+  const rows = Object.entries(samples).map(([name, s]) => ({ name, compiledMs: median(s.compiled), tsxMs: median(s.tsx), compiled: s.compiled, tsx: s.tsx }));
+  const lines = [
+    commandLine(),
+    describeMachine(machine),
+    `medians of ${opts.rounds} rounds, ms (load average ${loadavg()[0]!.toFixed(2)} at the end)`,
+    "",
+    ...textTable(
+      ["", "compiled JS", "tsx (MOELA_TSX=1)", "tsx / compiled"],
+      rows.map((r) => [r.name, r.compiledMs.toFixed(0), r.tsxMs.toFixed(0), `${(r.tsxMs / r.compiledMs).toFixed(2)}x`]),
+    ),
+  ];
+  console.log(`\n${lines.join("\n")}`);
+  const bars: Bar[] = rows.flatMap((r) => [
+    { label: "compiled JS", value: r.compiledMs, group: r.name },
+    { label: "tsx", value: r.tsxMs, note: `${(r.tsxMs / r.compiledMs).toFixed(2)}x`, group: r.name },
+  ]);
+  const [json, html] = writeReport(
+    opts.out,
+    "startup",
+    "Start-up: compiled JavaScript against tsx",
+    lines,
+    [{ title: "median start-up time", unit: "ms", bars }],
+    {
+      rounds: opts.rounds,
+      model: opts.model,
+      machine,
+      rows,
+    },
+  );
+  log(`\nwrote ${json} and ${html}`);
 } finally {
   rmSync(stateDir, { recursive: true, force: true });
 }

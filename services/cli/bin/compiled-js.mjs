@@ -2,9 +2,9 @@
 //
 // Run through tsx, every module a process loads goes through Node's loader hooks, which Node 20 runs on a thread of
 // their own: a round trip between two threads per import, and tsx loaded again in every worker thread. On a 2-core
-// VM an expert-host took 2.0-2.2 s from spawn to ready that way and 1.4 s from compiled JavaScript, and `moela
-// cluster` of the tiny model was up in 6.3-8.8 s instead of 10.6-11.7 (docs/PERFORMANCE.md, "Services from compiled
-// JavaScript"). A service that dies is back sooner for the same reason.
+// VM an expert-host took a median 1.5 s from spawn to ready that way and 1.1 s from compiled JavaScript, and `moela
+// cluster` of the tiny model was up in 9.5 s instead of 5.3 (scripts/bench/startup.ts; docs/PERFORMANCE.md,
+// "Services from compiled JavaScript"). A service that dies is back sooner for the same reason.
 //
 // So the first `moela` of a checkout compiles every workspace package's src/ with esbuild, one file in and one file
 // out, to a `.compiled/` folder beside that src/. Each output sits at its source's depth, so whatever the code finds
