@@ -154,19 +154,36 @@ async function compilePackages(root, pkgs) {
   }
 }
 
-/** Run `fn` holding `lock`, a file created exclusively; a lock older than LOCK_STALE_MS is taken over. */
+/** Whether the process that wrote `lock` (its pid, on this machine) has gone: a compile killed part-way. */
+function holderGone(lock) {
+  const pid = Number(readFileSync(lock, "utf8"));
+  if (!Number.isInteger(pid) || pid <= 0) return false; // written a moment ago, its pid not yet in it
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (err) {
+    return err.code === "ESRCH";
+  }
+}
+
+/**
+ * Run `fn` holding `lock`, a file created exclusively that holds the holder's pid. A lock whose holder has exited,
+ * or older than LOCK_STALE_MS (a holder in another container, whose pid means nothing here), is taken over.
+ */
 async function withLock(lock, fn) {
   mkdirSync(dirname(lock), { recursive: true });
   for (;;) {
     try {
-      closeSync(openSync(lock, "wx"));
+      const fd = openSync(lock, "wx");
+      writeFileSync(fd, String(process.pid));
+      closeSync(fd);
       break;
     } catch (err) {
       if (err.code !== "EEXIST") throw err;
       try {
-        if (Date.now() - statSync(lock).mtimeMs > LOCK_STALE_MS) rmSync(lock, { force: true });
+        if (holderGone(lock) || Date.now() - statSync(lock).mtimeMs > LOCK_STALE_MS) rmSync(lock, { force: true });
       } catch {
-        // Released between the two calls: try again.
+        // Released between the calls: try again.
       }
       await new Promise((r) => setTimeout(r, 50));
     }

@@ -132,6 +132,18 @@ describe("compiled-js: the CLI's TypeScript compiled beside its sources", () => 
     expect(existsSync(join(root, "node_modules/.cache/moela/compile.lock")), "the lock is released").toBe(false);
   });
 
+  it("takes over the lock of a compile that was killed part-way, at once", async () => {
+    // A pid that has exited: a child that ran and is gone.
+    const { stdout } = await execFileAsync(process.execPath, ["-e", "console.log(process.pid)"]);
+    mkdirSync(join(root, "node_modules/.cache/moela"), { recursive: true });
+    writeFileSync(join(root, "node_modules/.cache/moela/compile.lock"), stdout.trim());
+    const t0 = performance.now();
+    expect((await compileAndRun()).result).toEqual(EXPECTED);
+    // Waiting out LOCK_STALE_MS instead would take a minute.
+    expect(performance.now() - t0).toBeLessThan(30_000);
+    expect(existsSync(join(root, "node_modules/.cache/moela/compile.lock")), "the lock is released").toBe(false);
+  });
+
   it("falls back to the sources (undefined) with MOELA_TSX=1, on a source that does not compile, and where it cannot write", async () => {
     expect((await compileAndRun({ MOELA_TSX: "1" })).url).toBeNull();
     expect(existsSync(join(root, "services/cli/.compiled")), "MOELA_TSX=1 compiles nothing").toBe(false);
