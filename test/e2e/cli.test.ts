@@ -1,11 +1,14 @@
 /** `moela generate` as people and scripts use it: a real process on the bundled model. */
-import { existsSync } from "node:fs";
+import { execFile } from "node:child_process";
 import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
 import { REPO_ROOT } from "../../services/cli/src/paths.js";
 import { moela, moelaFails } from "../helpers/moela-cli.js";
 
 const MODEL = "models/tiny-v3";
+const execFileAsync = promisify(execFile);
 
 describe("moela generate", () => {
   it("streams text for a text prompt", async () => {
@@ -57,9 +60,11 @@ describe("moela generate", () => {
     const compiled = JSON.parse((await moela(args, { MOELA_TSX: "" })).stdout) as unknown;
     const sources = JSON.parse((await moela(args, { MOELA_TSX: "1" })).stdout) as unknown;
     expect(compiled).toEqual(sources);
-    // The run from compiled JavaScript left its output and the stamp of the sources it was compiled from.
-    expect(existsSync(join(REPO_ROOT, "services/cli/.compiled/main.js"))).toBe(true);
-    expect(existsSync(join(REPO_ROOT, "node_modules/.cache/moela/compiled.json"))).toBe(true);
+    // The default run did use compiled JavaScript: this repository's sources compile (or are compiled and current).
+    // A compile that failed would send every run to tsx, and the answers above would still agree.
+    const script = `const { compiledCli } = await import(${JSON.stringify(join(REPO_ROOT, "services/cli/bin/compiled-js.mjs"))}); console.log(await compiledCli(${JSON.stringify(REPO_ROOT)}) ?? "none");`;
+    const { stdout } = await execFileAsync(process.execPath, ["--input-type=module", "-e", script], { env: { ...process.env, MOELA_TSX: "" } });
+    expect(stdout.trim()).toBe(pathToFileURL(join(REPO_ROOT, "services/cli/.compiled/main.js")).href);
   });
 
   it("ends the text before a stop string", async () => {
