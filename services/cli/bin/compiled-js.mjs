@@ -11,7 +11,8 @@
 // relative to its own file (a native addon's build/, the descriptor set, the repository's package.json, a worker's
 // boot file) is where it was; imports of @moela/* are rewritten to the packages' compiled files. Later runs only check
 // that no source changed (the sizes and modification times of about 260 files, a few milliseconds) and load the
-// output. Where it cannot be written (a read-only checkout), or with MOELA_TSX=1, the CLI runs from its sources.
+// output. Where it cannot be written (a read-only checkout), or with MOELA_TSX=1, the CLI runs from its sources; so it
+// does, with a line on stderr, when a source does not compile.
 import { createHash } from "node:crypto";
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -198,7 +199,7 @@ async function withLock(lock, fn) {
 /**
  * The file URL of `services/cli/.compiled/main.js` under `root`, compiled first when a source changed since the last
  * compile; undefined when the CLI should run from its TypeScript sources instead (MOELA_TSX=1, or the output could not
- * be written or compiled: tsx then reports a source's error the way it always has).
+ * be written or compiled: a compile error is named on stderr, and tsx then reports it the way it always has).
  */
 export async function compiledCli(root) {
   if (process.env.MOELA_TSX === "1") return undefined;
@@ -227,7 +228,13 @@ export async function compiledCli(root) {
       });
     }
     return pathToFileURL(join(root, "services", "cli", OUT_DIR, "main.js")).href;
-  } catch {
+  } catch (err) {
+    // A checkout it cannot write to falls back without a word (it would say so on every run). A source esbuild
+    // refused is a developer's mistake: say so, since the slower start is all that would show it otherwise.
+    if (Array.isArray(err?.errors)) {
+      const why = String(err.message).split("\n").slice(0, 2).join(" ");
+      process.stderr.write(`moela: the sources did not compile to JavaScript, so they run through tsx (a slower start): ${why}\n`);
+    }
     return undefined;
   }
 }

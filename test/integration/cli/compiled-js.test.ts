@@ -63,6 +63,7 @@ function makeWorkspace(): void {
 interface Outcome {
   readonly url: string | null;
   readonly result?: unknown;
+  readonly stderr: string;
 }
 
 /** compiledCli(root) in a fresh node process, and what the compiled CLI's run() returns. */
@@ -73,8 +74,8 @@ async function compileAndRun(env: NodeJS.ProcessEnv = {}): Promise<Outcome> {
     "const result = url === undefined ? undefined : await (await import(url)).run();",
     "console.log(JSON.stringify({ url: url ?? null, result }));",
   ].join("\n");
-  const { stdout } = await execFileAsync(process.execPath, ["--input-type=module", "-e", script], { env: { ...process.env, MOELA_TSX: "", ...env } });
-  return JSON.parse(stdout.trim().split("\n").at(-1)!) as Outcome;
+  const { stdout, stderr } = await execFileAsync(process.execPath, ["--input-type=module", "-e", script], { env: { ...process.env, MOELA_TSX: "", ...env } });
+  return { ...(JSON.parse(stdout.trim().split("\n").at(-1)!) as Omit<Outcome, "stderr">), stderr };
 }
 
 const EXPECTED = { a: 6, b: "b-v1", extra: 21, boot: "plain js", data: "beside src" };
@@ -145,11 +146,17 @@ describe("compiled-js: the CLI's TypeScript compiled beside its sources", () => 
   });
 
   it("falls back to the sources (undefined) with MOELA_TSX=1, on a source that does not compile, and where it cannot write", async () => {
-    expect((await compileAndRun({ MOELA_TSX: "1" })).url).toBeNull();
+    const asked = await compileAndRun({ MOELA_TSX: "1" });
+    expect(asked.url).toBeNull();
+    expect(asked.stderr, "asked for the sources: nothing to say").toBe("");
     expect(existsSync(join(root, "services/cli/.compiled")), "MOELA_TSX=1 compiles nothing").toBe(false);
 
     write("packages/b/src/index.ts", "export const b = ;\n");
-    expect((await compileAndRun()).url).toBeNull();
+    const broken = await compileAndRun();
+    expect(broken.url).toBeNull();
+    // The developer learns why the CLI starts slowly, and which file is wrong.
+    expect(broken.stderr).toMatch(/^moela: the sources did not compile to JavaScript, so they run through tsx .*packages\/b\/src\/index\.ts/);
+    expect(broken.stderr.trim().split("\n"), "one line").toHaveLength(1);
     write("packages/b/src/index.ts", "export const b = 'b';\n");
 
     // The cache folder is a file here, so neither the lock nor the stamp can be written: as in a read-only checkout.
@@ -157,6 +164,8 @@ describe("compiled-js: the CLI's TypeScript compiled beside its sources", () => 
     mkdirSync(join(root, "node_modules/.cache"), { recursive: true });
     writeFileSync(join(root, "node_modules/.cache/moela"), "not a folder");
     chmodSync(join(root, "node_modules/.cache/moela"), 0o444);
-    expect((await compileAndRun()).url).toBeNull();
+    const readOnly = await compileAndRun();
+    expect(readOnly.url).toBeNull();
+    expect(readOnly.stderr, "a checkout it cannot write to is no mistake: no line on every run").toBe("");
   });
 });
