@@ -50,6 +50,7 @@ import {
 import { measureOneProcessServer } from "./one-process-server.js";
 import { cpuWindow, delta, histogramMax, missingMetrics, snapshot, type CpuPerToken, type Snapshot } from "./cluster-metrics.js";
 import { departure } from "./cluster-departure.js";
+import { clientDecodeRate, meanTpotMs, streamOverlap, type StreamTiming } from "./cluster-streams.js";
 import { BREAKDOWN_ROWS, breakdownFromPhases, clusterBreakdown, layersOf, moeLayers, type Breakdown } from "./cluster-breakdown.js";
 import { loopbackGBps, wireRoundTrips, type WireRoundTrips } from "./cluster-wire.js";
 import { epDecodeBound, type EpDecodeBound } from "@moela/planner";
@@ -124,11 +125,6 @@ function promptIds(i: number, len: number): number[] {
 
 // ---- streams -----------------------------------------------------------------------------------
 
-interface StreamTiming {
-  /** ms timestamps of each token-carrying chunk, and how many tokens it carried. */
-  chunks: Array<{ t: number; tokens: number }>;
-}
-
 async function stream(client: OpenAI, model: string, prompt: number[], maxTokens: number, onFirstToken?: () => void): Promise<StreamTiming> {
   const body = {
     model,
@@ -150,27 +146,6 @@ async function stream(client: OpenAI, model: string, prompt: number[], maxTokens
     }
   }
   return out;
-}
-
-/**
- * Decode tokens/s of B concurrent streams as the client sees them: tokens that arrived after every
- * stream had its first token (all B sequences in decode's batch), over that window.
- */
-function clientDecodeRate(streams: StreamTiming[]): { rate: number; tokens: number } {
-  const allIn = Math.max(...streams.map((s) => s.chunks[0]?.t ?? Infinity));
-  const end = Math.max(...streams.map((s) => s.chunks.at(-1)?.t ?? 0));
-  let tokens = 0;
-  for (const s of streams) for (const c of s.chunks) if (c.t > allIn) tokens += c.tokens;
-  return { rate: end > allIn ? tokens / ((end - allIn) / 1000) : NaN, tokens };
-}
-
-/** Mean over streams of (last token - first token) / (tokens - 1), in ms: the time per output token a client sees. */
-function meanTpotMs(streams: StreamTiming[]): number {
-  const per = streams.map((s) => {
-    const n = s.chunks.reduce((a, c) => a + c.tokens, 0);
-    return n > 1 ? (s.chunks.at(-1)!.t - s.chunks[0]!.t) / (n - 1) : NaN;
-  });
-  return per.reduce((a, b) => a + b, 0) / per.length;
 }
 
 /**
@@ -218,6 +193,10 @@ interface ClusterResult {
     tpotMs: number;
     decodeStepTokS: number | undefined;
     tokens: number;
+    /** ms between the first stream's first token and the last one's. */
+    firstTokenSpreadMs: number;
+    /** Streams decoding on average over the measured window (the batch, less the tail of streams that ended first). */
+    meanDecoding: number;
     breakdown: Breakdown | undefined;
     cpu: CpuPerToken | undefined;
   }>;
@@ -411,6 +390,7 @@ async function measureCluster(profile: PrecisionName): Promise<ClusterResult> {
           tpotMs: meanTpotMs(streams),
           decodeStepTokS: per(generated, stepSeconds),
           tokens,
+          ...streamOverlap(streams),
           breakdown: clusterBreakdown(from, d, info, cfg),
           cpu,
         };
@@ -586,6 +566,11 @@ if (speedCluster !== undefined) {
         : []),
     ]),
   );
+  if (many && many !== one) {
+    out.push(
+      `${many.batch} streams: their first tokens came over ${many.firstTokenSpreadMs.toFixed(0)} ms, and ${many.meanDecoding.toFixed(1)} of them decoded on average over the measured window (from the last stream's first token to the end; the streams that started first end first)`,
+    );
+  }
   out.push("");
   const cols: Array<[string, Breakdown | undefined]> = [
     ["one process b1", generate1.breakdown],
