@@ -12,8 +12,9 @@
  * engine's phases (moela_engine_forward_phase_seconds_total), the dispatcher's encode and combine,
  * and the expert-hosts' handling and compute, against the same phases in one process at batch 1 and
  * at the largest batch. The cluster's breakdown and CPU cover the window its tokens/s cover: from the
- * moment every stream has its first token to the end. One process at batch 1 runs before the clusters
- * and again after them; the ratios are to the mean of the two, and the report prints both.
+ * moment every stream has its first token to the end, and the report says how full decode's batch was over it
+ * (cluster-streams.ts). One process at batch 1 runs before the clusters and again after them; the ratios are to
+ * the mean of the two, and the report prints both.
  *
  * Per precision profile (exact, paper) it starts a cluster through the launcher library (or uses
  * the running one --cluster-json names, when its precision and expert-host count match) and reads
