@@ -14,7 +14,7 @@
  * at the largest batch. The cluster's breakdown and CPU cover the window its tokens/s cover: from the
  * moment every stream has its first token to the end, and the report says how full decode's batch was over it
  * (cluster-streams.ts). One process at batch 1 runs before the clusters and again after them; the ratios are to
- * the mean of the two, and the report prints both.
+ * the mean of the two, and the report prints both, with a warning when they differ by more than 10%.
  *
  * Per precision profile (exact, paper) it starts a cluster through the launcher library (or uses
  * the running one --cluster-json names, when its precision and expert-host count match) and reads
@@ -505,6 +505,8 @@ if (opts.cluster) for (const profile of PROFILES) clusters.push(await measureClu
 // The yardstick again once the clusters are gone. These VMs' speed drifts by tens of percent within a minute, so the
 // cluster's ratios are to the mean of the runs before and after it, and the report says how far the two moved.
 let generate1After: Awaited<ReturnType<typeof inProcessAsGenerate>> | undefined;
+/** How far one process's rate may move between its runs before and after the clusters before the report warns. */
+const BASELINE_DRIFT = 0.1;
 if (clusters.length > 0) {
   log(`in-process as moela generate runs it, again after the cluster: decode at batch 1 (best of ${opts.repeat}) ...`);
   generate1After = await inProcessAsGenerate(1);
@@ -567,6 +569,14 @@ if (speedCluster !== undefined) {
         : []),
     ]),
   );
+  // The ratios stand on one process's rate; when it moved between its two runs, the machine moved under the
+  // clusters too (a busy neighbour on a shared host), and a target met or missed in that run says little.
+  const drift = generate1After === undefined ? 0 : Math.abs(generate1After.tokS / generate1.tokS - 1);
+  if (drift > BASELINE_DRIFT) {
+    out.push(
+      `WARNING: one process ran ${(drift * 100).toFixed(0)}% ${generate1After!.tokS > generate1.tokS ? "faster" : "slower"} after the cluster than before it: this machine was not quiet, and the ratios above are unreliable; run again`,
+    );
+  }
   if (many && many !== one) {
     out.push(
       `${many.batch} streams: their first tokens came over ${many.firstTokenSpreadMs.toFixed(0)} ms, and ${many.meanDecoding.toFixed(1)} of them decoded on average over the measured window (from the last stream's first token to the end; the streams that started first end first)`,
