@@ -8,10 +8,11 @@
  *        [--window-ms 6] [--out bench-results/cluster-schedule.svg]
  *
  * Needs root (perf records every CPU) and tracefs, which it mounts at /sys/kernel/tracing when it is missing.
- * Prints, per service, its main thread's and its other threads' CPU per token, the part of that in slices of at
- * most 20 us (a kernel worker spinning and yielding between products), and how long its threads waited for a core
- * after being woken; then each CPU's idle share. This process (the streams' client, and the launcher) is counted
- * apart. Draws --window-ms of the trace, one lane per CPU, as an SVG.
+ * Prints, per service, its main thread's and its other threads' CPU per token; the part of that in slices of at
+ * most 20 us (a kernel worker spinning and yielding between products); how long its threads waited for a core
+ * after being woken, and for how much of that wait another CPU sat idle; and how long it ran with every other CPU
+ * idle (the serial stretches that nothing runs beside). Then each CPU's idle share. This process (the streams'
+ * client, and the launcher) is counted apart. Draws --window-ms of the trace, one lane per CPU, as an SVG.
  */
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -169,12 +170,12 @@ async function main(): Promise<void> {
       `perf sched over ${(sum.seconds * 1000).toFixed(0)} ms of ${opts.streams} stream(s) on ${opts.model}: ${tokens} tokens reached the client (${(tokens / sum.seconds).toFixed(1)} tok/s)`,
     );
     console.log(
-      `${"threads".padEnd(34)}${"CPU ms/token".padStart(14)}${"in slices <= 20 us".padStart(20)}${"waited for a core, ms/token".padStart(30)}${"of which beside an idle CPU".padStart(30)}`,
+      `${"threads".padEnd(34)}${"CPU ms/token".padStart(14)}${"in slices <= 20 us".padStart(20)}${"waited for a core, ms/token".padStart(30)}${"of which beside an idle CPU".padStart(30)}${"ran alone".padStart(12)}`,
     );
     for (const g of sum.groups) {
       if (g.name === "idle") continue;
       console.log(
-        `${g.name.padEnd(34)}${perToken(g.runMs).padStart(14)}${perToken(g.shortMs).padStart(20)}${perToken(g.delayMs).padStart(30)}${perToken(g.delayBesideIdleMs).padStart(30)}`,
+        `${g.name.padEnd(34)}${perToken(g.runMs).padStart(14)}${perToken(g.shortMs).padStart(20)}${perToken(g.delayMs).padStart(30)}${perToken(g.delayBesideIdleMs).padStart(30)}${perToken(g.aloneMs).padStart(12)}`,
       );
     }
     console.log(`idle: ${[...sum.idleShare].map(([cpu, share]) => `CPU ${cpu} ${(share * 100).toFixed(1)}%`).join(", ")} of the trace`);

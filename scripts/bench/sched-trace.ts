@@ -63,6 +63,8 @@ export interface ThreadGroupUse {
   readonly delayMs: number;
   /** Of delayMs, the time another CPU was idle meanwhile: work left queued beside a free core. */
   readonly delayBesideIdleMs: number;
+  /** Of runMs, the time every other CPU was idle: this group ran alone, with nothing beside it. */
+  readonly aloneMs: number;
   readonly slices: number;
 }
 
@@ -82,7 +84,7 @@ export interface ScheduleSummary {
  */
 export function summarize(slices: readonly SchedSlice[], processes: ReadonlyMap<number, string>): ScheduleSummary {
   if (slices.length === 0) return { from: 0, seconds: 0, groups: [], idleShare: new Map() };
-  const groups = new Map<string, { runMs: number; shortMs: number; delayMs: number; delayBesideIdleMs: number; slices: number }>();
+  const groups = new Map<string, { runMs: number; shortMs: number; delayMs: number; delayBesideIdleMs: number; aloneMs: number; slices: number }>();
   const idle = new Map<number, number>();
   const idleTimes = idleIntervals(slices);
   let first = Infinity;
@@ -93,8 +95,9 @@ export function summarize(slices: readonly SchedSlice[], processes: ReadonlyMap<
     const label = processes.get(s.pid);
     const name = s.tid === 0 ? "idle" : label === undefined ? "everything else" : `${label} ${s.tid === s.pid ? "main" : "other threads"}`;
     if (s.tid === 0) idle.set(s.cpu, (idle.get(s.cpu) ?? 0) + s.runMs);
-    const g = groups.get(name) ?? { runMs: 0, shortMs: 0, delayMs: 0, delayBesideIdleMs: 0, slices: 0 };
+    const g = groups.get(name) ?? { runMs: 0, shortMs: 0, delayMs: 0, delayBesideIdleMs: 0, aloneMs: 0, slices: 0 };
     g.runMs += s.runMs;
+    if (s.tid !== 0) g.aloneMs += allIdleBeside(idleTimes, s.cpu, s.end - s.runMs / 1000, s.end) * 1000;
     if (s.runMs <= SHORT_SLICE_MS) g.shortMs += s.runMs;
     g.delayMs += s.delayMs;
     if (s.delayMs > 0 && s.tid !== 0) {
@@ -117,34 +120,50 @@ export function summarize(slices: readonly SchedSlice[], processes: ReadonlyMap<
 
 type Interval = readonly [number, number];
 
-/** Per CPU, when it ran the idle task, in order (seconds). */
+/** Per CPU of the trace, when it ran the idle task, in order (seconds); empty for a CPU that never idled. */
 function idleIntervals(slices: readonly SchedSlice[]): Map<number, Interval[]> {
   const byCpu = new Map<number, Interval[]>();
   for (const s of slices) {
-    if (s.tid !== 0) continue;
     const list = byCpu.get(s.cpu) ?? [];
-    list.push([s.end - s.runMs / 1000, s.end]);
+    if (s.tid === 0) list.push([s.end - s.runMs / 1000, s.end]);
     byCpu.set(s.cpu, list);
   }
   for (const list of byCpu.values()) list.sort((a, b) => a[0] - b[0]);
   return byCpu;
 }
 
+/** One CPU's idle intervals within [from, to), clipped to it. */
+function idleWithin(list: readonly Interval[], from: number, to: number): Array<[number, number]> {
+  // The first interval that ends after `from` (they are sorted by start and do not overlap, so by end too).
+  let lo = 0;
+  let hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (list[mid]![1] <= from) lo = mid + 1;
+    else hi = mid;
+  }
+  const out: Array<[number, number]> = [];
+  for (let i = lo; i < list.length && list[i]![0] < to; i++) out.push([Math.max(from, list[i]![0]), Math.min(to, list[i]![1])]);
+  return out;
+}
+
+/** Seconds of [from, to) during which every CPU other than `cpu` was idle (none, when there is no other CPU). */
+function allIdleBeside(idle: ReadonlyMap<number, readonly Interval[]>, cpu: number, from: number, to: number): number {
+  const others = [...idle.keys()].filter((c) => c !== cpu);
+  if (others.length === 0) return 0;
+  let common: Array<[number, number]> = [[from, to]];
+  for (const c of others) {
+    const next: Array<[number, number]> = [];
+    for (const [a, b] of common) next.push(...idleWithin(idle.get(c)!, a, b));
+    common = next;
+  }
+  return common.reduce((sum, [a, b]) => sum + (b - a), 0);
+}
+
 /** Seconds of [from, to) during which at least one CPU other than `cpu` was idle. */
 function idleBeside(idle: ReadonlyMap<number, readonly Interval[]>, cpu: number, from: number, to: number): number {
   const parts: Array<[number, number]> = [];
-  for (const [c, list] of idle) {
-    if (c === cpu) continue;
-    // The first interval that ends after `from` (they are sorted by start and do not overlap, so by end too).
-    let lo = 0;
-    let hi = list.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (list[mid]![1] <= from) lo = mid + 1;
-      else hi = mid;
-    }
-    for (let i = lo; i < list.length && list[i]![0] < to; i++) parts.push([Math.max(from, list[i]![0]), Math.min(to, list[i]![1])]);
-  }
+  for (const [c, list] of idle) if (c !== cpu) parts.push(...idleWithin(list, from, to));
   parts.sort((a, b) => a[0] - b[0]);
   let total = 0;
   let end = -Infinity;

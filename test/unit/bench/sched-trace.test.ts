@@ -79,6 +79,28 @@ describe("reading a perf sched timehist (scripts/bench/sched-trace.ts)", () => {
     expect(by.get("expert-host 0 main")!.delayBesideIdleMs).toBeCloseTo(0, 9);
   });
 
+  it("counts a slice as run alone only while every other CPU is idle", () => {
+    // decode runs on CPU 0 100.0000-100.0010. CPU 1 idles 100.0000-100.0006, CPU 2 idles 100.0004-100.0010: both
+    // idle together 100.0004-100.0006, 0.2 ms. The host on CPU 1 (100.0006-100.0010) has CPU 0 busy beside it: 0.
+    const trace = [
+      "    100.000600 [0001]  <idle>                              0.000      0.000      0.600",
+      "    100.001000 [0002]  <idle>                              0.000      0.000      0.600",
+      "    100.001000 [0000]  node[10]                            0.000      0.000      1.000",
+      "    100.001000 [0001]  node[20]                            0.000      0.000      0.400",
+    ].join("\n");
+    const by = new Map(
+      summarize(
+        parseTimehist(trace),
+        new Map([
+          [10, "decode 0"],
+          [20, "expert-host 0"],
+        ]),
+      ).groups.map((g) => [g.name, g]),
+    );
+    expect(by.get("decode 0 main")!.aloneMs).toBeCloseTo(0.2, 6);
+    expect(by.get("expert-host 0 main")!.aloneMs).toBeCloseTo(0, 9);
+  });
+
   it("clips the slices to a window, dropping those outside it", () => {
     const w = sliceWindow(parseTimehist(TRACE), 100.0002, 100.0005);
     // decode's main thread ran 100.0000-100.0003: its last 0.1 ms falls in the window; expert-host 0's main thread
