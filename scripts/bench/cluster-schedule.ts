@@ -31,7 +31,7 @@ const opts = new Command()
   .option("--seconds <s>", "how long perf records", (v) => Number(v), 0.5)
   .option("--window-ms <ms>", "how much of the trace the SVG draws, from its middle", (v) => Number(v), 6)
   .option("--out <file>", "the SVG", "bench-results/cluster-schedule.svg")
-  .option("--timehist <file>", "also write perf sched timehist's text here, with the services' pids first")
+  .option("--timehist <file>", "also write perf sched timehist's text (with wake-ups, -w) here, the services' pids first")
   .parse()
   .opts<{ model: string; streams: number; tokens: number; seconds: number; windowMs: number; out: string; timehist?: string }>();
 
@@ -158,7 +158,7 @@ async function main(): Promise<void> {
     await record(traceFile, opts.seconds);
     const arrivals = await Promise.all(running);
     const labels = new Map<number, string>([...cluster.processes.map((p): [number, string] => [p.pid!, p.label]), [process.pid, "client and launcher"]]);
-    const timehist = execFileSync("perf", ["sched", "timehist", "-i", traceFile], { maxBuffer: 1 << 28, stdio: ["ignore", "pipe", "ignore"] }).toString();
+    const timehist = execFileSync("perf", ["sched", "timehist", "-w", "-i", traceFile], { maxBuffer: 1 << 28, stdio: ["ignore", "pipe", "ignore"] }).toString();
     if (opts.timehist !== undefined) writeFileSync(opts.timehist, [...labels].map(([pid, label]) => `# pid ${pid}: ${label}\n`).join("") + timehist);
     const slices = parseTimehist(timehist);
     const sum = summarize(slices, labels);
