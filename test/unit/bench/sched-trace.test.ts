@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { parseTimehist, sliceWindow, summarize } from "../../../scripts/bench/sched-trace.js";
+import { parseTimehist, sliceWindow, summarize, type ThreadGroupUse } from "../../../scripts/bench/sched-trace.js";
 
 // A `perf sched timehist` excerpt as perf 6.1 prints it: header, a wake-up line (-w), main threads as comm[tid],
 // other threads as comm[tid/pid], the idle task without brackets.
@@ -15,6 +15,17 @@ const TRACE = `           time    cpu  task name                       wait time
     100.001000 [0001]  kworker/1:0[7]                      0.000      0.000      0.300
 `;
 
+/** decode 0 is pid 10, expert-host 0 pid 20. */
+const SERVICES = new Map([
+  [10, "decode 0"],
+  [20, "expert-host 0"],
+]);
+
+/** The summary's groups by name, for a trace of these lines. */
+function groupsOf(lines: readonly string[]): Map<string, ThreadGroupUse> {
+  return new Map(summarize(parseTimehist(lines.join("\n")), SERVICES).groups.map((g) => [g.name, g]));
+}
+
 describe("reading a perf sched timehist (scripts/bench/sched-trace.ts)", () => {
   it("takes each slice's CPU, thread, process, delay and run time, and skips headers and wake-ups", () => {
     const s = parseTimehist(TRACE);
@@ -26,13 +37,7 @@ describe("reading a perf sched timehist (scripts/bench/sched-trace.ts)", () => {
   });
 
   it("sums CPU, short slices and waits per process's main and other threads, and each CPU's idle share", () => {
-    const sum = summarize(
-      parseTimehist(TRACE),
-      new Map([
-        [10, "decode 0"],
-        [20, "expert-host 0"],
-      ]),
-    );
+    const sum = summarize(parseTimehist(TRACE), SERVICES);
     // From the first slice's start (100.000300 - 0.300 ms = 100.0) to the last end (100.001).
     expect(sum.from).toBeCloseTo(100.0, 9);
     expect(sum.seconds).toBeCloseTo(0.001, 9);
@@ -64,16 +69,8 @@ describe("reading a perf sched timehist (scripts/bench/sched-trace.ts)", () => {
       "    100.000500 [0002]  <idle>                              0.000      0.000      0.400",
       "    100.000600 [0000]  node[10]                            0.000      0.500      0.100",
       "    100.000100 [0001]  node[20]                            0.000      1.000      0.100",
-    ].join("\n");
-    const by = new Map(
-      summarize(
-        parseTimehist(trace),
-        new Map([
-          [10, "decode 0"],
-          [20, "expert-host 0"],
-        ]),
-      ).groups.map((g) => [g.name, g]),
-    );
+    ];
+    const by = groupsOf(trace);
     expect(by.get("decode 0 main")!.delayBesideIdleMs).toBeCloseTo(0.5, 6);
     expect(by.get("expert-host 0 main")!.delayMs).toBeCloseTo(1.0, 9);
     expect(by.get("expert-host 0 main")!.delayBesideIdleMs).toBeCloseTo(0, 9);
@@ -87,16 +84,8 @@ describe("reading a perf sched timehist (scripts/bench/sched-trace.ts)", () => {
       "    100.001000 [0002]  <idle>                              0.000      0.000      0.600",
       "    100.001000 [0000]  node[10]                            0.000      0.000      1.000",
       "    100.001000 [0001]  node[20]                            0.000      0.000      0.400",
-    ].join("\n");
-    const by = new Map(
-      summarize(
-        parseTimehist(trace),
-        new Map([
-          [10, "decode 0"],
-          [20, "expert-host 0"],
-        ]),
-      ).groups.map((g) => [g.name, g]),
-    );
+    ];
+    const by = groupsOf(trace);
     expect(by.get("decode 0 main")!.aloneMs).toBeCloseTo(0.2, 6);
     expect(by.get("expert-host 0 main")!.aloneMs).toBeCloseTo(0, 9);
   });
