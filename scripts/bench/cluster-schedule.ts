@@ -37,6 +37,18 @@ const opts = new Command()
 
 const log = (s: string): void => void process.stderr.write(`${s}\n`);
 
+for (const [flag, v, integer] of [
+  ["--streams", opts.streams, true],
+  ["--tokens", opts.tokens, true],
+  ["--seconds", opts.seconds, false],
+  ["--window-ms", opts.windowMs, false],
+] as const) {
+  if (!(Number.isFinite(v) && v > 0 && (!integer || Number.isInteger(v)))) {
+    log(`cluster-schedule: ${flag} must be a positive ${integer ? "integer" : "number"}, got ${v}`);
+    process.exit(2);
+  }
+}
+
 function checkPerf(): void {
   try {
     execFileSync("perf", ["--version"], { stdio: "ignore" });
@@ -61,7 +73,11 @@ function stream(base: string, model: string, seed: number, tokens: number, arriv
   const body = JSON.stringify({ model, prompt, max_tokens: tokens, temperature: 0, stream: true, ignore_eos: true });
   return new Promise((resolvePromise, reject) => {
     const req = httpRequest(`${base}/completions`, { method: "POST", headers: { "content-type": "application/json" } }, (res) => {
-      if (res.statusCode !== 200) reject(new Error(`the router answered HTTP ${res.statusCode}`));
+      if (res.statusCode !== 200) {
+        res.resume();
+        reject(new Error(`the router answered HTTP ${res.statusCode}`));
+        return;
+      }
       let buffered = "";
       res.setEncoding("utf8");
       res.on("data", (chunk: string) => {
@@ -104,6 +120,8 @@ function colorOf(label: string | undefined): string {
   return COLORS[label] ?? COLORS[label.replace(/ \d+$/, "")] ?? (label.startsWith("expert-host") ? "#e377c2" : "#7f7f7f");
 }
 
+const esc = (t: string): string => t.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+
 /** One lane per CPU: a service's main thread solid, its other threads pale, anything else grey, idle blank. */
 function timelineSvg(slices: ReadonlyArray<SchedSlice & { start: number }>, from: number, to: number, labels: ReadonlyMap<number, string>): string {
   const cpus = [...new Set(slices.map((s) => s.cpu))].sort((a, b) => a - b);
@@ -119,7 +137,7 @@ function timelineSvg(slices: ReadonlyArray<SchedSlice & { start: number }>, from
     const label = labels.get(s.pid);
     const opacity = label !== undefined && s.tid !== s.pid ? 0.4 : 1;
     parts.push(
-      `<rect x="${x(s.start).toFixed(1)}" y="${y}" width="${Math.max(0.5, x(s.end) - x(s.start)).toFixed(1)}" height="${lane}" fill="${colorOf(label)}" fill-opacity="${opacity}"><title>${label ?? s.comm} ${s.tid === s.pid ? "main" : `thread ${s.tid}`}: ${(s.runMs * 1000).toFixed(0)} us</title></rect>`,
+      `<rect x="${x(s.start).toFixed(1)}" y="${y}" width="${Math.max(0.5, x(s.end) - x(s.start)).toFixed(1)}" height="${lane}" fill="${colorOf(label)}" fill-opacity="${opacity}"><title>${esc(label ?? s.comm)} ${s.tid === s.pid ? "main" : `thread ${s.tid}`}: ${(s.runMs * 1000).toFixed(0)} us</title></rect>`,
     );
   }
   cpus.forEach((c, i) => parts.push(`<text x="5" y="${top + i * (lane + 10) + lane / 2 + 4}" font-size="12">CPU ${c}</text>`));
@@ -130,7 +148,7 @@ function timelineSvg(slices: ReadonlyArray<SchedSlice & { start: number }>, from
   const legend = [...new Set([...labels.values()])].sort();
   legend.forEach((l, i) =>
     parts.push(
-      `<rect x="${left + i * 150}" y="${axisY + 24}" width="12" height="12" fill="${colorOf(l)}"/><text x="${left + i * 150 + 16}" y="${axisY + 34}" font-size="11">${l}</text>`,
+      `<rect x="${left + i * 150}" y="${axisY + 24}" width="12" height="12" fill="${colorOf(l)}"/><text x="${left + i * 150 + 16}" y="${axisY + 34}" font-size="11">${esc(l)}</text>`,
     ),
   );
   const note = "solid: a service's main thread; pale: its other threads (kernel workers, libuv, V8); grey: other processes; blank: idle";
@@ -152,8 +170,13 @@ async function main(): Promise<void> {
     log(`${opts.streams} stream(s) of ${opts.tokens} tokens; perf records ${opts.seconds} s once they all decode ...`);
     const live = Array.from({ length: opts.streams }, (): number[] => []);
     const running = live.map((arrivals, i) => stream(base, model, 100 + i, opts.tokens, arrivals));
+    let failed: unknown;
+    for (const r of running) r.catch((err: unknown) => (failed ??= err));
     // Once every stream decodes (no prompt left in prefill), and a little after.
-    while (live.some((a) => a.length === 0)) await new Promise((r) => setTimeout(r, 20));
+    while (live.some((a) => a.length === 0)) {
+      if (failed !== undefined) throw failed;
+      await new Promise((r) => setTimeout(r, 20));
+    }
     await new Promise((r) => setTimeout(r, 300));
     await record(traceFile, opts.seconds);
     const arrivals = await Promise.all(running);
@@ -180,7 +203,7 @@ async function main(): Promise<void> {
     }
     console.log(`idle: ${[...sum.idleShare].map(([cpu, share]) => `CPU ${cpu} ${(share * 100).toFixed(1)}%`).join(", ")} of the trace`);
     console.log(`(a slice of at most ${SHORT_SLICE_MS * 1000} us is a thread that ran and gave the core up again at once: a spin that yields)`);
-    const mid = (Math.min(...slices.map((s) => s.end)) + Math.max(...slices.map((s) => s.end))) / 2;
+    const mid = sum.from + sum.seconds / 2;
     const from = mid - opts.windowMs / 2000;
     const to = mid + opts.windowMs / 2000;
     mkdirSync(dirname(opts.out), { recursive: true });
