@@ -4,7 +4,8 @@
  * spinning and yielding between products). cluster-schedule.ts records the trace; this file only reads it, so the
  * unit tests can feed it text.
  *
- * One line of `perf sched timehist` (without -w) per time a thread left a CPU:
+ * One line of `perf sched timehist` per time a thread left a CPU (with -w, the wake-up lines between them are
+ * skipped):
  *     2623.969722 [0001]  node[19817/19785]     0.223      0.000      0.080
  * the time it left (s), the CPU, comm[tid/pid] (comm[tid] for a process's main thread, <idle> for the idle task),
  * then wait time, scheduling delay (from its wake-up to running) and run time, in ms.
@@ -26,7 +27,7 @@ export interface SchedSlice {
 const LINE = /^\s*(\d+\.\d+)\s+\[(\d+)\]\s+(.+?)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s*$/;
 const TASK = /^(.*)\[(\d+)(?:\/(\d+))?\]$/;
 
-/** The slices of a `perf sched timehist` text; header lines and wake-up lines (from -w) are skipped. */
+/** The slices of a `perf sched timehist` text; header lines, wake-up lines (from -w) and tasks it cannot name are skipped. */
 export function parseTimehist(text: string): SchedSlice[] {
   const out: SchedSlice[] = [];
   for (const line of text.split("\n")) {
@@ -35,6 +36,7 @@ export function parseTimehist(text: string): SchedSlice[] {
     if (m === null) continue;
     const task = m[3]!.trim();
     const t = TASK.exec(task);
+    if (t === null && task !== "<idle>") continue;
     const tid = t === null ? 0 : Number(t[2]);
     out.push({
       end: Number(m[1]),

@@ -13,6 +13,7 @@ const TRACE = `           time    cpu  task name                       wait time
     100.000700 [0001]  <idle>                              0.000      0.000      0.380
     100.001000 [0000]  node[20]                            0.100      0.400      0.700
     100.001000 [0001]  kworker/1:0[7]                      0.000      0.000      0.300
+    100.001000 [0002]  no-thread-id                        0.000      0.000      0.300
 `;
 
 /** decode 0 is pid 10, expert-host 0 pid 20. */
@@ -27,7 +28,7 @@ function groupsOf(lines: readonly string[]): Map<string, ThreadGroupUse> {
 }
 
 describe("reading a perf sched timehist (scripts/bench/sched-trace.ts)", () => {
-  it("takes each slice's CPU, thread, process, delay and run time, and skips headers and wake-ups", () => {
+  it("takes each slice's CPU, thread, process, delay and run time, and skips headers, wake-ups and unnamed tasks", () => {
     const s = parseTimehist(TRACE);
     expect(s).toHaveLength(6);
     expect(s[0]).toEqual({ end: 100.0003, cpu: 0, comm: "node", tid: 10, pid: 10, delayMs: 0.05, runMs: 0.3 });
