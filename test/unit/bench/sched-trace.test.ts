@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { parseTimehist, sliceWindow, summarize, type ThreadGroupUse } from "../../../scripts/bench/sched-trace.js";
 
 // A `perf sched timehist` excerpt as perf 6.1 prints it: header, a wake-up line (-w), main threads as comm[tid],
-// other threads as comm[tid/pid], the idle task without brackets.
+// other threads as comm[tid/pid], the idle task without brackets; and a task without a thread id, to be skipped.
 const TRACE = `           time    cpu  task name                       wait time  sch delay   run time
                         [tid/pid]                          (msec)     (msec)     (msec)
 --------------- ------  ------------------------------  ---------  ---------  ---------
