@@ -21,6 +21,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { randomUUID } from "node:crypto";
 import { Command } from "commander";
+import { SseParser } from "@moela/loadgen";
 import { DEFAULT_MODEL, startCluster } from "../../services/cli/src/launcher.js";
 import { parseTimehist, sliceWindow, summarize, SHORT_SLICE_MS, type SchedSlice } from "./sched-trace.js";
 
@@ -67,10 +68,13 @@ function checkPerf(): void {
 /** Now on CLOCK_MONOTONIC, in seconds: the clock perf records with (-k monotonic). */
 const monotonic = (): number => Number(process.hrtime.bigint()) / 1e9;
 
-/** One greedy stream through the router's completions API: each token's arrival time (monotonic s) into `arrivals`. */
+/**
+ * One greedy stream through the router's completions API: each token's arrival time (monotonic s) into `arrivals`.
+ * Tokens are counted from the logprobs each chunk carries, as scripts/bench/cluster.ts counts them.
+ */
 function stream(base: string, model: string, seed: number, tokens: number, arrivals: number[]): Promise<number[]> {
   const prompt = Array.from({ length: 8 }, (_, j) => 2 + ((seed * 7919 + j * 104729) % 1000));
-  const body = JSON.stringify({ model, prompt, max_tokens: tokens, temperature: 0, stream: true, ignore_eos: true });
+  const body = JSON.stringify({ model, prompt, max_tokens: tokens, temperature: 0, stream: true, ignore_eos: true, logprobs: 0 });
   return new Promise((resolvePromise, reject) => {
     const req = httpRequest(`${base}/completions`, { method: "POST", headers: { "content-type": "application/json" } }, (res) => {
       if (res.statusCode !== 200) {
@@ -78,17 +82,28 @@ function stream(base: string, model: string, seed: number, tokens: number, arriv
         reject(new Error(`the router answered HTTP ${res.statusCode}`));
         return;
       }
-      let buffered = "";
+      const sse = new SseParser();
+      const onEvents = (events: string[]): void => {
+        const now = monotonic();
+        for (const data of events) {
+          if (data === "[DONE]") continue;
+          const n = (JSON.parse(data) as { choices?: Array<{ logprobs?: { tokens?: unknown[] } }> }).choices?.[0]?.logprobs?.tokens?.length ?? 0;
+          for (let i = 0; i < n; i++) arrivals.push(now);
+        }
+      };
       res.setEncoding("utf8");
       res.on("data", (chunk: string) => {
-        buffered += chunk;
-        let end: number;
-        while ((end = buffered.indexOf("\n\n")) >= 0) {
-          if (buffered.startsWith("data: {")) arrivals.push(monotonic());
-          buffered = buffered.slice(end + 2);
+        try {
+          onEvents(sse.push(chunk));
+        } catch (err) {
+          req.destroy();
+          reject(new Error(`the router sent an event that is not JSON: ${err instanceof Error ? err.message : String(err)}`));
         }
       });
-      res.on("end", () => resolvePromise(arrivals));
+      res.on("end", () => {
+        onEvents(sse.end());
+        resolvePromise(arrivals);
+      });
       res.on("error", reject);
     });
     req.on("error", reject);
