@@ -213,7 +213,16 @@ export interface GenerateRequest {
   readonly expertHosts?: number;
   readonly topLogprobs?: number;
   readonly extraArgs?: readonly string[];
+  /** Kill the process after this long (default GENERATE_DEADLINE_MS), so a hung one fails naming itself. */
+  readonly deadlineMs?: number;
 }
+
+/**
+ * Longer than any `moela generate` the suite runs takes on a loaded 2-core machine (seconds), shorter than the
+ * tests' own timeouts: a child that hangs (once seen in Node's module loader, before any moela code ran) is then
+ * killed and reported as a hang, instead of outliving the test behind a bare timeout.
+ */
+const GENERATE_DEADLINE_MS = 45_000;
 
 export interface GenerateResult {
   readonly tokenIds: number[];
@@ -245,12 +254,14 @@ export async function moelaGenerate(r: GenerateRequest): Promise<GenerateResult>
     ...(r.prompt !== undefined ? ["--prompt", r.prompt] : []),
     ...(r.extraArgs ?? []),
   ];
+  const deadlineMs = r.deadlineMs ?? GENERATE_DEADLINE_MS;
   let stdout: string;
   try {
-    ({ stdout } = await execFileAsync(process.execPath, args, { cwd: REPO_ROOT, maxBuffer: 64 * 1024 * 1024 }));
+    ({ stdout } = await execFileAsync(process.execPath, args, { cwd: REPO_ROOT, maxBuffer: 64 * 1024 * 1024, timeout: deadlineMs, killSignal: "SIGKILL" }));
   } catch (err) {
-    const e = err as { code?: unknown; stderr?: string };
-    throw new Error(`moela generate failed (exit ${String(e.code)}): ${args.slice(1).join(" ")}\n${e.stderr ?? ""}`);
+    const e = err as { code?: unknown; killed?: boolean; stderr?: string };
+    const why = e.killed === true ? `hung: killed after ${deadlineMs} ms without exiting` : `exit ${String(e.code)}`;
+    throw new Error(`moela generate failed (${why}): ${args.slice(1).join(" ")}\n${e.stderr ?? ""}`);
   }
   const raw = JSON.parse(stdout.trim().split("\n").at(-1)!) as Record<string, unknown>;
   return {
