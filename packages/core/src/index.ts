@@ -11,3 +11,4 @@ export * from "./ready-line.js";
 export * from "./lifecycle.js";
 export * from "./settings-schema.js";
 export * from "./heap-growth.js";
+export * from "./ab-switch.js";

@@ -53,7 +53,7 @@ import {
 import { ScratchBuffer } from "./workspace.js";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { CheckpointError, errorMessage } from "@moela/core";
+import { abSwitchOn, CheckpointError, errorMessage } from "@moela/core";
 
 /**
  * q_a_layernorm and kv_a_layernorm use RMSNorm's default eps in HF transformers and the V2 remote code
@@ -240,6 +240,15 @@ export interface ModelOptions extends LoadOptions {
   /** With computeOffEventLoop: the smallest product moved off the loop (default OFF_LOOP_MIN_WORK; tests use 0). */
   readonly offEventLoopMinWork?: number;
 }
+
+/**
+ * From this many rows, a MoE layer's wait on expert-hosts that share this machine's cores leaves them every core:
+ * products run on the calling thread alone until they answer (KernelBackend.callerOnly). Below it, decode's kernel
+ * threads keep computing with it (the shared expert) meanwhile: measured side by side on a 2-vCPU VM with
+ * scripts/bench/cluster-ab.ts (docs/PERFORMANCE.md, 2026-12-07 late), keeping them made a token 2-5% faster at 1,
+ * 4 and 8 streams, and about 1% slower at 16, where the hosts' share of a step is largest.
+ */
+export const LEAVE_CORES_MIN_ROWS = 16;
 
 export class DeepseekModel {
   readonly config: ModelConfig;
@@ -603,9 +612,13 @@ export class DeepseekModel {
     routeTokens(c, gateLogits, T, moe.bias, ids, weights, this.router);
     const routed = this.scratch.moe.routed.get(T * hd); // [T, hidden]
     if (clock) t0 = clock.since("gate", t0);
-    // Expert-hosts on this machine compute on its cores: until they answer, no kernel thread of this process may hold
-    // one. Released in both branches that wait on other processes; experts computed here never take it.
-    const leaveCores = this.experts.waitsOnOtherProcesses === true && this.experts.sharesCores === true;
+    // Expert-hosts on this machine compute on its cores: from LEAVE_CORES_MIN_ROWS rows, no kernel thread of this
+    // process may hold one until they answer. Released in both branches that wait on other processes; experts
+    // computed here never take it.
+    const leaveCores =
+      this.experts.waitsOnOtherProcesses === true &&
+      this.experts.sharesCores === true &&
+      (abSwitchOn("decode-leave-cores") || (T >= LEAVE_CORES_MIN_ROWS && !abSwitchOn("decode-keep-cores")));
     const release = leaveCores ? this.kernels.callerOnly?.() : undefined;
     if (moe.shared !== null && this.experts.computesSharedExpert === true) {
       // The executor computes the shared expert with the routed ones: the expert-hosts as one more routed expert
@@ -623,13 +636,22 @@ export class DeepseekModel {
       if (release !== undefined) pending.then(release, release);
       // Awaited below; until then a failure (a host gone) must not count as an unhandled rejection.
       pending.catch(() => {});
-      // One turn of the event loop first: the requests leave now, not after the shared expert's (synchronous) compute.
-      await setImmediate();
-      if (moe.shared) await this.mlpA([moe.shared], [T], xn, out);
-      else out.fill(0);
-      if (clock) t0 = clock.since("shared_expert", t0);
-      await pending;
-      clock?.since("routed_wait", t0);
+      if (abSwitchOn("decode-shared-expert-after")) {
+        // The A/B switch's other side: every thread of this process on the shared expert, once the hosts are done.
+        await pending;
+        if (clock) t0 = clock.since("routed_wait", t0);
+        if (moe.shared) await this.mlpA([moe.shared], [T], xn, out);
+        else out.fill(0);
+        clock?.since("shared_expert", t0);
+      } else {
+        // One turn of the event loop first: the requests leave now, not after the shared expert's (synchronous) compute.
+        await setImmediate();
+        if (moe.shared) await this.mlpA([moe.shared], [T], xn, out);
+        else out.fill(0);
+        if (clock) t0 = clock.since("shared_expert", t0);
+        await pending;
+        clock?.since("routed_wait", t0);
+      }
     } else {
       // Both computed here: one after the other (see ExpertExecutor.waitsOnOtherProcesses).
       await this.experts.runRouted(layer, xn, T, ids, weights, routed);

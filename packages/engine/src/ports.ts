@@ -27,8 +27,8 @@ export interface ExpertExecutor {
   readonly waitsOnOtherProcesses?: boolean;
   /**
    * true while the processes runRouted waits on compute on this machine's cores (expert-hosts reached through
-   * shared memory): the model then leaves them its kernel threads while a call is in flight
-   * (KernelBackend.callerOnly), so a thread of its own never holds a core a host is waiting for.
+   * shared memory): the model then leaves them its kernel threads while a call of LEAVE_CORES_MIN_ROWS rows or more
+   * is in flight (KernelBackend.callerOnly), so a thread of its own never holds a core a host is waiting for.
    */
   readonly sharesCores?: boolean;
 }

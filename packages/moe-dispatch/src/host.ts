@@ -17,7 +17,7 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
-import { CheckpointError, InvalidArgumentError } from "@moela/core";
+import { abSwitchOn, CheckpointError, InvalidArgumentError } from "@moela/core";
 import {
   bucketByExpert,
   defaultKernels,
@@ -371,7 +371,12 @@ export class ExpertHostCore {
       p0 += req.expertIds.length;
     }
     const y = this.ws.f32("host.out", rows * hidden);
-    await computeHostPartial(experts, x, rows, hidden, counts, ids, weights, y, this.ws, true);
+    const oneThread = abSwitchOn("expert-host-one-thread") ? defaultKernels().callerOnly?.() : undefined;
+    try {
+      await computeHostPartial(experts, x, rows, hidden, counts, ids, weights, y, this.ws, true);
+    } finally {
+      oneThread?.();
+    }
     const ys = this.ws.f32("host.shared.out", sharedRows * hidden); // every request's shared rows, in request order
     if (sharedRows > 0) {
       const parts: Array<{ rows: ArrayLike<number>; r0: number }> = [];

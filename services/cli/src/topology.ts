@@ -91,7 +91,8 @@ export interface ServiceArgsInput {
   readonly shardCount: number;
   /**
    * decode's --threads, when set. The launcher gives decode every core: its expert-hosts run on this machine and
-   * attach through shared memory, so decode leaves them its threads while they compute (KernelBackend.callerOnly).
+   * attach through shared memory, so decode leaves them its threads while they compute a large batch
+   * (KernelBackend.callerOnly, from LEAVE_CORES_MIN_ROWS rows).
    */
   readonly decodeThreads?: number | undefined;
   /**

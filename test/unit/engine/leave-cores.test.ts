@@ -1,18 +1,21 @@
-// A model whose expert-hosts compute on this machine's cores leaves them its kernel threads while they do:
-// products run on the calling thread alone (KernelBackend.callerOnly) from the dispatch to the answer, and the
-// threads join again after. The bits do not change.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DeepseekModel, nativeKernelsAddon, PagedLatentCache, type ExpertExecutor } from "@moela/engine";
+// A model whose expert-hosts compute on this machine's cores leaves them its kernel threads while they compute a
+// batch of LEAVE_CORES_MIN_ROWS rows or more: products run on the calling thread alone (KernelBackend.callerOnly)
+// from the dispatch to the answer, and the threads join again after. Smaller batches keep the threads. The bits do
+// not change either way.
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
+import { DeepseekModel, LEAVE_CORES_MIN_ROWS, nativeKernelsAddon, PagedLatentCache, PhaseTimes, type ExpertExecutor } from "@moela/engine";
 import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
 
 const native = nativeKernelsAddon!;
+/** A forward of LEAVE_CORES_MIN_ROWS rows or more leaves the cores; SHORT's does not. */
 const PROMPT = Array.from({ length: 24 }, (_, i) => (5 + 31 * i) % 1000);
+const SHORT = PROMPT.slice(0, 4);
 
-async function forward(model: DeepseekModel): Promise<Float32Array> {
+async function forward(model: DeepseekModel, prompt: readonly number[] = PROMPT): Promise<Float32Array> {
   const cache = new PagedLatentCache({ numLayers: model.cacheLayers, latentDim: model.config.latentDim, blockSize: 8, numBlocks: 8 });
   const table: number[] = [];
-  cache.ensureCapacity(table, PROMPT.length);
-  const r = await model.forward(cache, [{ blockTable: table, start: 0, tokens: PROMPT, logits: "last" }], { attention: "absorbed" });
+  cache.ensureCapacity(table, prompt.length);
+  const r = await model.forward(cache, [{ blockTable: table, start: 0, tokens: [...prompt], logits: "last" }], { attention: "absorbed" });
   return Float32Array.from(r.logits.subarray(0, model.config.vocabSize));
 }
 
@@ -65,6 +68,22 @@ describe("leaving the cores to expert-hosts on this machine", () => {
     expect(Array.from(got)).toEqual(Array.from(want));
   });
 
+  it("a batch below LEAVE_CORES_MIN_ROWS keeps the workers computing during the wait; the same logits", async () => {
+    expect(SHORT.length).toBeLessThan(LEAVE_CORES_MIN_ROWS);
+    expect(PROMPT.length).toBeGreaterThanOrEqual(LEAVE_CORES_MIN_ROWS);
+    const model = DeepseekModel.load(dir, { kernels: "fast" });
+    model.setExpertExecutor(remoteExperts(model, false).executor);
+    const want = await forward(model, SHORT);
+    const shared = remoteExperts(model, true);
+    model.setExpertExecutor(shared.executor);
+    let got = await forward(model, SHORT);
+    // A worker may miss a window on a busy machine: forward until one took part in one.
+    const deadline = performance.now() + 10_000;
+    while (shared.chunksWhileWaiting.every((c) => c === 0) && performance.now() < deadline) got = await forward(model, SHORT);
+    expect(shared.chunksWhileWaiting.some((c) => c > 0)).toBe(true);
+    expect(Array.from(got)).toEqual(Array.from(want));
+  });
+
   it("hosts elsewhere: the workers keep computing during the wait (the control)", async () => {
     const model = DeepseekModel.load(dir, { kernels: "fast" });
     const remote = remoteExperts(model, false);
@@ -74,5 +93,63 @@ describe("leaving the cores to expert-hosts on this machine", () => {
     do await forward(model);
     while (remote.chunksWhileWaiting.every((c) => c === 0) && performance.now() < deadline);
     expect(remote.chunksWhileWaiting.some((c) => c > 0)).toBe(true);
+  });
+
+  describe("with an A/B switch on (@moela/core ab-switch.ts), the same logits", () => {
+    afterEach(() => {
+      vi.useRealTimers();
+      delete process.env["MOELA_AB_SWITCH"];
+    });
+    /** Only Date is faked, so the executor's timer still fires; 150 ms since the epoch is in an on window. */
+    const switchOn = (name: string): void => {
+      process.env["MOELA_AB_SWITCH"] = name;
+      vi.useFakeTimers({ toFake: ["Date"] });
+      vi.setSystemTime(150);
+    };
+
+    it("decode-keep-cores: the workers may compute during the wait, as with hosts elsewhere", async () => {
+      const model = DeepseekModel.load(dir, { kernels: "fast" });
+      model.setExpertExecutor(remoteExperts(model, true).executor);
+      const want = await forward(model);
+      switchOn("decode-keep-cores");
+      const kept = remoteExperts(model, true);
+      model.setExpertExecutor(kept.executor);
+      let got = await forward(model);
+      const deadline = performance.now() + 10_000;
+      while (kept.chunksWhileWaiting.every((c) => c === 0) && performance.now() < deadline) got = await forward(model);
+      expect(kept.chunksWhileWaiting.some((c) => c > 0)).toBe(true);
+      expect(Array.from(got)).toEqual(Array.from(want));
+    });
+
+    it("decode-leave-cores: a batch below LEAVE_CORES_MIN_ROWS leaves the cores too", async () => {
+      const model = DeepseekModel.load(dir, { kernels: "fast" });
+      model.setExpertExecutor(remoteExperts(model, true).executor);
+      const want = await forward(model, SHORT);
+      switchOn("decode-leave-cores");
+      const left = remoteExperts(model, true);
+      model.setExpertExecutor(left.executor);
+      const got = await forward(model, SHORT);
+      expect(left.chunksWhileWaiting.length).toBe(model.config.numHiddenLayers - model.config.firstKDenseReplace);
+      expect(left.chunksWhileWaiting.every((c) => c === 0)).toBe(true);
+      expect(Array.from(got)).toEqual(Array.from(want));
+    });
+
+    it("decode-shared-expert-after: the shared expert after the answer, not during the wait", async () => {
+      const model = DeepseekModel.load(dir, { kernels: "fast" });
+      model.setExpertExecutor(remoteExperts(model, true).executor);
+      // The order the model closes its MoE phases in: the shared expert's before the wait's, or after.
+      const phases: string[] = [];
+      model.phaseTimes = new PhaseTimes();
+      const since = model.phaseTimes.since.bind(model.phaseTimes);
+      model.phaseTimes.since = (phase, t0) => (phases.push(phase), since(phase, t0));
+      const want = await forward(model);
+      const moePhases = (): string[] => phases.filter((p) => p === "shared_expert" || p === "routed_wait").slice(0, 2);
+      expect(moePhases()).toEqual(["shared_expert", "routed_wait"]);
+      phases.length = 0;
+      switchOn("decode-shared-expert-after");
+      const got = await forward(model);
+      expect(moePhases()).toEqual(["routed_wait", "shared_expert"]);
+      expect(Array.from(got)).toEqual(Array.from(want));
+    });
   });
 });
