@@ -16,13 +16,12 @@
  */
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { request as httpRequest } from "node:http";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { randomUUID } from "node:crypto";
 import { Command } from "commander";
-import { SseParser } from "@moela/loadgen";
 import { DEFAULT_MODEL, startCluster } from "../../services/cli/src/launcher.js";
+import { streamArrivals } from "./stream-arrivals.js";
 import { parseTimehist, sliceWindow, summarize, SHORT_SLICE_MS, type SchedSlice } from "./sched-trace.js";
 
 const opts = new Command()
@@ -67,49 +66,6 @@ function checkPerf(): void {
 
 /** Now on CLOCK_MONOTONIC, in seconds: the clock perf records with (-k monotonic). */
 const monotonic = (): number => Number(process.hrtime.bigint()) / 1e9;
-
-/**
- * One greedy stream through the router's completions API: each token's arrival time (monotonic s) into `arrivals`.
- * Tokens are counted from the logprobs each chunk carries, as scripts/bench/cluster.ts counts them.
- */
-function stream(base: string, model: string, seed: number, tokens: number, arrivals: number[]): Promise<number[]> {
-  const prompt = Array.from({ length: 8 }, (_, j) => 2 + ((seed * 7919 + j * 104729) % 1000));
-  const body = JSON.stringify({ model, prompt, max_tokens: tokens, temperature: 0, stream: true, ignore_eos: true, logprobs: 0 });
-  return new Promise((resolvePromise, reject) => {
-    const req = httpRequest(`${base}/completions`, { method: "POST", headers: { "content-type": "application/json" } }, (res) => {
-      if (res.statusCode !== 200) {
-        res.resume();
-        reject(new Error(`the router answered HTTP ${res.statusCode}`));
-        return;
-      }
-      const sse = new SseParser();
-      const onEvents = (events: string[]): void => {
-        const now = monotonic();
-        for (const data of events) {
-          if (data === "[DONE]") continue;
-          const n = (JSON.parse(data) as { choices?: Array<{ logprobs?: { tokens?: unknown[] } }> }).choices?.[0]?.logprobs?.tokens?.length ?? 0;
-          for (let i = 0; i < n; i++) arrivals.push(now);
-        }
-      };
-      res.setEncoding("utf8");
-      res.on("data", (chunk: string) => {
-        try {
-          onEvents(sse.push(chunk));
-        } catch (err) {
-          req.destroy();
-          reject(new Error(`the router sent an event that is not JSON: ${err instanceof Error ? err.message : String(err)}`));
-        }
-      });
-      res.on("end", () => {
-        onEvents(sse.end());
-        resolvePromise(arrivals);
-      });
-      res.on("error", reject);
-    });
-    req.on("error", reject);
-    req.end(body);
-  });
-}
 
 function record(file: string, seconds: number): Promise<void> {
   return new Promise((resolvePromise, reject) => {
@@ -181,10 +137,10 @@ async function main(): Promise<void> {
     const base = cluster.info.openai_base_url;
     const model = cluster.info.served_model_name;
     log("warming up: one stream of 256 tokens ...");
-    await stream(base, model, 1, 256, []);
+    await streamArrivals({ base, model, seed: 1, tokens: 256, now: monotonic }, []);
     log(`${opts.streams} stream(s) of ${opts.tokens} tokens; perf records ${opts.seconds} s once they all decode ...`);
     const live = Array.from({ length: opts.streams }, (): number[] => []);
-    const running = live.map((arrivals, i) => stream(base, model, 100 + i, opts.tokens, arrivals));
+    const running = live.map((arrivals, i) => streamArrivals({ base, model, seed: 100 + i, tokens: opts.tokens, now: monotonic }, arrivals));
     let failed: unknown;
     for (const r of running) r.catch((err: unknown) => (failed ??= err));
     // Once every stream decodes (no prompt left in prefill), and a little after.
