@@ -371,21 +371,21 @@ export class ExpertHostCore {
       p0 += req.expertIds.length;
     }
     const y = this.ws.f32("host.out", rows * hidden);
+    const ys = this.ws.f32("host.shared.out", sharedRows * hidden); // every request's shared rows, in request order
     const oneThread = abSwitchOn("expert-host-one-thread") ? defaultKernels().callerOnly?.() : undefined;
     try {
       await computeHostPartial(experts, x, rows, hidden, counts, ids, weights, y, this.ws, true);
+      if (sharedRows > 0) {
+        const parts: Array<{ rows: ArrayLike<number>; r0: number }> = [];
+        r0 = 0;
+        for (const req of reqs) {
+          if (req.sharedExpertRows !== undefined && req.sharedExpertRows.length > 0) parts.push({ rows: req.sharedExpertRows, r0 });
+          r0 += req.rows;
+        }
+        await this.computeShared(reqs[0]!.layer, x, parts, ys, true);
+      }
     } finally {
       oneThread?.();
-    }
-    const ys = this.ws.f32("host.shared.out", sharedRows * hidden); // every request's shared rows, in request order
-    if (sharedRows > 0) {
-      const parts: Array<{ rows: ArrayLike<number>; r0: number }> = [];
-      r0 = 0;
-      for (const req of reqs) {
-        if (req.sharedExpertRows !== undefined && req.sharedExpertRows.length > 0) parts.push({ rows: req.sharedExpertRows, r0 });
-        r0 += req.rows;
-      }
-      await this.computeShared(reqs[0]!.layer, x, parts, ys, true);
     }
     const combine = getDispatchCodec(this.profile.combine);
     r0 = 0;

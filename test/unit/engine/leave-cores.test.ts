@@ -2,9 +2,9 @@
 // batch of LEAVE_CORES_MIN_ROWS rows or more: products run on the calling thread alone (KernelBackend.callerOnly)
 // from the dispatch to the answer, and the threads join again after. Smaller batches keep the threads. The bits do
 // not change either way.
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
+import { describe, expect, it } from "vitest";
 import { DeepseekModel, LEAVE_CORES_MIN_ROWS, nativeKernelsAddon, PagedLatentCache, PhaseTimes, type ExpertExecutor } from "@moela/engine";
-import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
+import { abSwitchOnNow, tinyModelOnTwoThreads } from "../../helpers/two-threads.js";
 
 const native = nativeKernelsAddon!;
 /** A forward of LEAVE_CORES_MIN_ROWS rows or more leaves the cores; SHORT's does not. */
@@ -40,19 +40,11 @@ function remoteExperts(model: DeepseekModel, sharesCores: boolean): { executor: 
 }
 
 describe("leaving the cores to expert-hosts on this machine", () => {
-  let dir: string;
-  beforeAll(() => {
-    dir = makeCheckpoint("tiny-v3");
-    // Two threads, every product split, so a worker takes chunks of the shared expert's products whenever it may.
-    native.setThreads(2, 0);
-  });
-  afterAll(() => {
-    native.setThreads(1, 1 << 16);
-    removeCheckpoints();
-  });
+  // Every product split over two threads, so a worker takes chunks of the shared expert's products whenever it may.
+  const dir = tinyModelOnTwoThreads();
 
   it("no worker takes a chunk between a dispatch and its answer when the hosts share the cores; the same logits", async () => {
-    const model = DeepseekModel.load(dir, { kernels: "fast" });
+    const model = DeepseekModel.load(dir(), { kernels: "fast" });
     model.setExpertExecutor(remoteExperts(model, false).executor);
     const want = await forward(model);
     const shared = remoteExperts(model, true);
@@ -71,7 +63,7 @@ describe("leaving the cores to expert-hosts on this machine", () => {
   it("a batch below LEAVE_CORES_MIN_ROWS keeps the workers computing during the wait; the same logits", async () => {
     expect(SHORT.length).toBeLessThan(LEAVE_CORES_MIN_ROWS);
     expect(PROMPT.length).toBeGreaterThanOrEqual(LEAVE_CORES_MIN_ROWS);
-    const model = DeepseekModel.load(dir, { kernels: "fast" });
+    const model = DeepseekModel.load(dir(), { kernels: "fast" });
     model.setExpertExecutor(remoteExperts(model, false).executor);
     const want = await forward(model, SHORT);
     const shared = remoteExperts(model, true);
@@ -85,7 +77,7 @@ describe("leaving the cores to expert-hosts on this machine", () => {
   });
 
   it("hosts elsewhere: the workers keep computing during the wait (the control)", async () => {
-    const model = DeepseekModel.load(dir, { kernels: "fast" });
+    const model = DeepseekModel.load(dir(), { kernels: "fast" });
     const remote = remoteExperts(model, false);
     model.setExpertExecutor(remote.executor);
     // A worker may miss a window on a busy machine: forward until one took part in one.
@@ -96,22 +88,11 @@ describe("leaving the cores to expert-hosts on this machine", () => {
   });
 
   describe("with an A/B switch on (@moela/core ab-switch.ts), the same logits", () => {
-    afterEach(() => {
-      vi.useRealTimers();
-      delete process.env["MOELA_AB_SWITCH"];
-    });
-    /** Only Date is faked, so the executor's timer still fires; 150 ms since the epoch is in an on window. */
-    const switchOn = (name: string): void => {
-      process.env["MOELA_AB_SWITCH"] = name;
-      vi.useFakeTimers({ toFake: ["Date"] });
-      vi.setSystemTime(150);
-    };
-
     it("decode-keep-cores: the workers may compute during the wait, as with hosts elsewhere", async () => {
-      const model = DeepseekModel.load(dir, { kernels: "fast" });
+      const model = DeepseekModel.load(dir(), { kernels: "fast" });
       model.setExpertExecutor(remoteExperts(model, true).executor);
       const want = await forward(model);
-      switchOn("decode-keep-cores");
+      abSwitchOnNow("decode-keep-cores");
       const kept = remoteExperts(model, true);
       model.setExpertExecutor(kept.executor);
       let got = await forward(model);
@@ -122,10 +103,10 @@ describe("leaving the cores to expert-hosts on this machine", () => {
     });
 
     it("decode-leave-cores: a batch below LEAVE_CORES_MIN_ROWS leaves the cores too", async () => {
-      const model = DeepseekModel.load(dir, { kernels: "fast" });
+      const model = DeepseekModel.load(dir(), { kernels: "fast" });
       model.setExpertExecutor(remoteExperts(model, true).executor);
       const want = await forward(model, SHORT);
-      switchOn("decode-leave-cores");
+      abSwitchOnNow("decode-leave-cores");
       const left = remoteExperts(model, true);
       model.setExpertExecutor(left.executor);
       const got = await forward(model, SHORT);
@@ -135,7 +116,7 @@ describe("leaving the cores to expert-hosts on this machine", () => {
     });
 
     it("decode-shared-expert-after: the shared expert after the answer, not during the wait", async () => {
-      const model = DeepseekModel.load(dir, { kernels: "fast" });
+      const model = DeepseekModel.load(dir(), { kernels: "fast" });
       model.setExpertExecutor(remoteExperts(model, true).executor);
       // The order the model closes its MoE phases in: the shared expert's before the wait's, or after.
       const phases: string[] = [];
@@ -146,7 +127,7 @@ describe("leaving the cores to expert-hosts on this machine", () => {
       const moePhases = (): string[] => phases.filter((p) => p === "shared_expert" || p === "routed_wait").slice(0, 2);
       expect(moePhases()).toEqual(["shared_expert", "routed_wait"]);
       phases.length = 0;
-      switchOn("decode-shared-expert-after");
+      abSwitchOnNow("decode-shared-expert-after");
       const got = await forward(model);
       expect(moePhases()).toEqual(["routed_wait", "shared_expert"]);
       expect(Array.from(got)).toEqual(Array.from(want));

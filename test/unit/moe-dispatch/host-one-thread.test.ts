@@ -1,9 +1,9 @@
 // The expert-host's A/B switch expert-host-one-thread (@moela/core ab-switch.ts): while it is on, a host computes
 // its experts on its calling thread alone. The answers keep their bits; only where the products run changes.
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
+import { describe, expect, it } from "vitest";
 import { DeepseekModel, nativeKernelsAddon } from "@moela/engine";
 import { createInProcessExperts, HostedExpertExecutor, type ExpertHostTransport } from "@moela/moe-dispatch";
-import { makeCheckpoint, removeCheckpoints } from "../../helpers/checkpoints.js";
+import { abSwitchOnNow, tinyModelOnTwoThreads } from "../../helpers/two-threads.js";
 import { greedyRun } from "./greedy-run.js";
 
 const native = nativeKernelsAddon!;
@@ -26,30 +26,15 @@ function withHosts(dir: string, chunks: number[]): DeepseekModel {
 }
 
 describe("expert-host-one-thread", () => {
-  let dir: string;
-  beforeAll(() => {
-    dir = makeCheckpoint("tiny-v3");
-    // Two threads, every product split, so a worker takes chunks of a host's products whenever it may.
-    native.setThreads(2, 0);
-  });
-  afterAll(() => {
-    native.setThreads(1, 1 << 16);
-    removeCheckpoints();
-  });
-  afterEach(() => {
-    vi.useRealTimers();
-    delete process.env["MOELA_AB_SWITCH"];
-  });
+  const dir = tinyModelOnTwoThreads();
 
   it("no worker takes a chunk of a host's products while it is on; the same tokens and logprobs", async () => {
     const off: number[] = [];
-    const want = await greedyRun(withHosts(dir, off));
+    const want = await greedyRun(withHosts(dir(), off));
     expect(off.some((c) => c > 0)).toBe(true);
-    process.env["MOELA_AB_SWITCH"] = "expert-host-one-thread";
-    vi.useFakeTimers({ toFake: ["Date"] });
-    vi.setSystemTime(150); // an odd 100 ms window: on
+    abSwitchOnNow("expert-host-one-thread");
     const on: number[] = [];
-    const got = await greedyRun(withHosts(dir, on));
+    const got = await greedyRun(withHosts(dir(), on));
     expect(on.length).toBe(off.length);
     expect(on.every((c) => c === 0)).toBe(true);
     expect(got).toEqual(want);
