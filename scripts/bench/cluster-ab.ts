@@ -82,7 +82,7 @@ async function main(): Promise<void> {
     for (let r = 0; r < opts.rounds; r++) {
       log(`round ${r + 1} of ${opts.rounds}: ${opts.streams} stream(s) of ${opts.tokens} tokens ...`);
       const streams = await run(1000 * (r + 1), opts.tokens);
-      // A stream's first interval holds its prompt's prefill: leave it out.
+      // A stream's first token comes from prefill, and the interval after it holds the hand-off to decode: leave it out.
       const decoding = streams.map((a) => a.slice(1));
       const c = classifyIntervals(decoding, opts.windowMs, opts.guardMs);
       rounds.push({ summary: summarizeAb(c), dropped: c.dropped });
