@@ -39,7 +39,7 @@ export interface Prometheus {
   targets(): Promise<PromTarget[]>;
   /** GET an API path (e.g. /api/v1/metadata) and return its `data`. */
   api<T>(path: string): Promise<T>;
-  /** Resolves once every target was scraped successfully at or after `since` (ms since the epoch). */
+  /** Resolves once every target was scraped successfully at or after `since` (ms since the epoch), with that scrape's samples queryable. */
   waitForScrapes(since: number, timeoutMs?: number): Promise<void>;
   /** Prometheus's own log so far (for failure messages). */
   log(): string;
@@ -121,17 +121,25 @@ export async function startPrometheus(targets: readonly ScrapeTarget[]): Promise
     query: (expr) => get(`/api/v1/query?query=${encodeURIComponent(expr)}`),
     targets: async () => (await get<{ activeTargets: PromTarget[] }>("/api/v1/targets")).activeTargets,
     api: get,
-    waitForScrapes: (since, timeoutMs = 30_000) =>
-      vi.waitFor(
-        async () => {
-          const last = await prom.targets();
-          if (last.length === targets.length && last.every((t) => t.health === "up" && Date.parse(t.lastScrape) >= since)) return;
-          throw new Error(
-            `not every target was scraped after ${new Date(since).toISOString()}:\n${last.map((t) => `${t.scrapeUrl} ${t.health} ${t.lastScrape} ${t.lastError}`).join("\n")}`,
-          );
-        },
-        { timeout: timeoutMs, interval: 200 },
-      ),
+    waitForScrapes: async (since, timeoutMs = 30_000) => {
+      // A target's lastScrape is when its latest scrape started, and it can show before that scrape's samples are
+      // committed (a rate() then still lacks the newest sample). A target's scrapes run one after another, so once a
+      // later scrape has started, the first one at or after `since` is in the database.
+      const first = new Map<string, number>();
+      const scrapedAfter = (after: (t: PromTarget) => number) =>
+        vi.waitFor(
+          async () => {
+            const last = await prom.targets();
+            if (last.length === targets.length && last.every((t) => t.health === "up" && Date.parse(t.lastScrape) >= after(t))) return last;
+            throw new Error(
+              `not every target was scraped after ${new Date(since).toISOString()} (and once more):\n${last.map((t) => `${t.scrapeUrl} ${t.health} ${t.lastScrape} ${t.lastError}`).join("\n")}`,
+            );
+          },
+          { timeout: timeoutMs, interval: 200 },
+        );
+      for (const t of await scrapedAfter(() => since)) first.set(t.scrapeUrl, Date.parse(t.lastScrape));
+      await scrapedAfter((t) => (first.get(t.scrapeUrl) ?? since) + 1);
+    },
     log: () => logText,
     stop: async () => {
       if (child.exitCode === null) child.kill("SIGTERM");
