@@ -2,6 +2,10 @@
  * One greedy stream through the router's completions API, for the benchmarks that time tokens as a client sees
  * them (cluster-schedule.ts, cluster-ab.ts): each token's arrival time, on the caller's clock, into `arrivals`.
  * Tokens are counted from the logprobs each chunk carries, as scripts/bench/cluster.ts counts them.
+ *
+ * On node:http rather than @moela/loadgen's OpenAI client (fetch, with usage in every chunk): these benchmarks share
+ * two cores with the cluster they measure, and with that client a stream's tokens came 13% further apart (5.35
+ * against 6.05 ms at one stream, two alternating pairs, 2026-12-07).
  */
 import { request as httpRequest } from "node:http";
 import { SseParser } from "@moela/loadgen";
