@@ -30,12 +30,16 @@ describe("expert-host-one-thread", () => {
 
   it("no worker takes a chunk of a host's products while it is on; the same tokens and logprobs", async () => {
     const off: number[] = [];
-    const want = await greedyRun(withHosts(dir(), off));
+    let want = await greedyRun(withHosts(dir(), off));
+    const dispatches = off.length;
+    // A worker may miss every product of a run on a busy machine (CI ran one such): run again until one took part.
+    const deadline = performance.now() + 10_000;
+    while (off.every((c) => c === 0) && performance.now() < deadline) want = await greedyRun(withHosts(dir(), off));
     expect(off.some((c) => c > 0)).toBe(true);
     abSwitchOnNow("expert-host-one-thread");
     const on: number[] = [];
     const got = await greedyRun(withHosts(dir(), on));
-    expect(on.length).toBe(off.length);
+    expect(on.length).toBe(dispatches);
     expect(on.every((c) => c === 0)).toBe(true);
     expect(got).toEqual(want);
   });
