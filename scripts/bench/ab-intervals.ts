@@ -4,6 +4,7 @@
  * clock), and the two sides summed up.
  */
 import { abWindowOn } from "@moela/core";
+import { Rng } from "@moela/engine";
 import { median } from "../lib/bench-report.js";
 
 export interface AbIntervals {
@@ -64,6 +65,8 @@ export interface AbSummary {
   readonly pairedRatio: number;
   /** How many such trios there were. */
   readonly pairs: number;
+  /** pairedRatio's 95% interval (pairedRatioInterval); NaN with fewer than two trios. */
+  readonly pairedInterval: readonly [number, number];
 }
 
 function side(xs: readonly number[]): AbSide {
@@ -74,12 +77,55 @@ export function summarizeAb(c: AbIntervals): AbSummary {
   const off = side(c.off);
   const on = side(c.on);
   const ratios: number[] = [];
-  for (const [w, xs] of c.byWindow) {
+  // In window order: the interval's bootstrap resamples runs of neighbouring trios.
+  for (const w of [...c.byWindow.keys()].sort((a, b) => a - b)) {
+    const xs = c.byWindow.get(w)!;
     if (w % 2 !== 1) continue;
     const before = c.byWindow.get(w - 1);
     const after = c.byWindow.get(w + 1);
     if (before === undefined || after === undefined) continue;
     ratios.push(median(xs) / ((median(before) + median(after)) / 2));
   }
-  return { off, on, medianRatio: on.medianMs / off.medianMs, meanRatio: on.meanMs / off.meanMs, pairedRatio: median(ratios), pairs: ratios.length };
+  return {
+    off,
+    on,
+    medianRatio: on.medianMs / off.medianMs,
+    meanRatio: on.meanMs / off.meanMs,
+    pairedRatio: median(ratios),
+    pairs: ratios.length,
+    pairedInterval: pairedRatioInterval(ratios),
+  };
+}
+
+/**
+ * Trios per block of the bootstrap: a trio shares an off window with the next one only, so their ratios are not
+ * independent, and runs of two keep that. Simulated runs of 20-130 trios without an effect (the unit test's model)
+ * held the true ratio in 92-95% of the intervals; runs of four, 84-96%.
+ */
+const BOOTSTRAP_BLOCK = 2;
+const BOOTSTRAP_RESAMPLES = 2000;
+
+/**
+ * A 95% interval for the median of `ratios` (the trios' ratios, in window order): a moving-block bootstrap, the
+ * 2.5th and 97.5th percentiles of the medians of resamples made of runs of BOOTSTRAP_BLOCK neighbouring trios. An
+ * interval that holds 1 means the run cannot tell the switch's effect from the noise. Seeded, so the same run
+ * prints the same interval.
+ */
+export function pairedRatioInterval(ratios: readonly number[], resamples = BOOTSTRAP_RESAMPLES, seed = 1): [number, number] {
+  const n = ratios.length;
+  if (n < 2) return [NaN, NaN];
+  const block = Math.min(BOOTSTRAP_BLOCK, n);
+  const rng = new Rng(seed);
+  const medians = new Float64Array(resamples);
+  const sample: number[] = new Array<number>(n);
+  for (let r = 0; r < resamples; r++) {
+    for (let i = 0; i < n;) {
+      const start = Math.floor(rng.next() * (n - block + 1));
+      for (let j = 0; j < block && i < n; j++) sample[i++] = ratios[start + j]!;
+    }
+    medians[r] = median(sample);
+  }
+  medians.sort();
+  const at = (q: number): number => medians[Math.min(resamples - 1, Math.max(0, Math.round(q * (resamples - 1))))]!;
+  return [at(0.025), at(0.975)];
 }

@@ -23,6 +23,12 @@ import { commandLine, describeMachine, fmt, log, machineInfo, textTable, writeRe
 import { classifyIntervals, summarizeAb, type AbSummary } from "./ab-intervals.js";
 import { streamArrivals } from "./stream-arrivals.js";
 
+/** "low-high" of a summary's paired ratio, or "n/a" with too few windows for one. */
+function interval(s: AbSummary): string {
+  const [low, high] = s.pairedInterval;
+  return Number.isNaN(low) ? "n/a" : `${fmt(low, 3)}-${fmt(high, 3)}x`;
+}
+
 const opts = new Command()
   .requiredOption("--switch <name>", `the A/B switch to flip: ${Object.keys(AB_SWITCHES).join(", ")}, or none (the noise floor)`)
   .option("--model <dir>", "checkpoint folder", DEFAULT_MODEL)
@@ -105,26 +111,35 @@ async function main(): Promise<void> {
     "",
     "Milliseconds between consecutive tokens of a stream, as the client saw them, by the side of the switch in force",
     ...textTable(
-      ["", "intervals", "median ms", "mean ms", "on/off (median)", "on/off (mean)", "on/off (neighbours)", "dropped at window edges"],
+      ["", "intervals", "median ms", "mean ms", "on/off (median)", "on/off (mean)", "on/off (neighbours)", "its 95% interval", "dropped at window edges"],
       [
         ...rounds.flatMap(({ summary, dropped }, i) => [
-          [...sideRow(`round ${i + 1} off`, summary.off), "", "", "", ""],
+          [...sideRow(`round ${i + 1} off`, summary.off), "", "", "", "", ""],
           [
             ...sideRow(`round ${i + 1} on`, summary.on),
             `${fmt(summary.medianRatio, 3)}x`,
             `${fmt(summary.meanRatio, 3)}x`,
             `${fmt(summary.pairedRatio, 3)}x`,
+            interval(summary),
             String(dropped),
           ],
         ]),
-        [...sideRow("all off", total.off), "", "", "", ""],
-        [...sideRow("all on", total.on), `${fmt(total.medianRatio, 3)}x`, `${fmt(total.meanRatio, 3)}x`, `${fmt(total.pairedRatio, 3)}x`, String(c.dropped)],
+        [...sideRow("all off", total.off), "", "", "", "", ""],
+        [
+          ...sideRow("all on", total.on),
+          `${fmt(total.medianRatio, 3)}x`,
+          `${fmt(total.meanRatio, 3)}x`,
+          `${fmt(total.pairedRatio, 3)}x`,
+          interval(total),
+          String(c.dropped),
+        ],
       ],
     ),
     "",
     "on/off below 1: the switch's side is faster. (neighbours): the median over on windows of each one's median interval",
     `over the mean of the medians of the off windows on either side (${total.pairs} such windows over all rounds): a steady drift of`,
-    "the machine's speed cancels in it, so it is the figure to read.",
+    "the machine's speed cancels in it, so it is the figure to read. Its 95% interval is a bootstrap over runs of neighbouring",
+    "windows: one that holds 1.000 means this run cannot tell the switch from the noise (run longer: more --rounds or --tokens).",
     "Compare with a --switch none run: its on/off is the method's noise.",
   ];
   for (const line of text) console.log(line);
@@ -138,7 +153,8 @@ async function main(): Promise<void> {
     `Cluster A/B: ${opts.switch}`,
     text,
     [{ title: `Median milliseconds between tokens, switch ${opts.switch} off and on`, unit: "ms", bars }],
-    { machine, options: opts, switch: opts.switch, rounds, total, dropped: c.dropped },
+    // The arrivals too (epoch ms, per stream, every round after its first token), so that a run can be summed up again.
+    { machine, options: opts, switch: opts.switch, rounds, total, dropped: c.dropped, arrivals: all },
   );
   log(`wrote ${html}`);
 }

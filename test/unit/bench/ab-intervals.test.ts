@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { classifyIntervals, summarizeAb } from "../../../scripts/bench/ab-intervals.js";
+import { Rng } from "@moela/engine";
+import { classifyIntervals, pairedRatioInterval, summarizeAb } from "../../../scripts/bench/ab-intervals.js";
 
 describe("sorting a stream's token intervals by the A/B switch's window (scripts/bench/ab-intervals.ts)", () => {
   it("gives each interval to the window it lies in, odd windows on, and drops one that crosses an edge with its guard", () => {
@@ -47,5 +48,53 @@ describe("sorting a stream's token intervals by the A/B switch's window (scripts
     // Pooled, the off side is mostly the fast first window's: 9 tens and 3 thirties.
     expect(s.medianRatio).toBe(2);
     expect(s.meanRatio).toBeCloseTo(20 / ((9 * 10 + 3 * 30) / 12), 12);
+  });
+
+  describe("the neighbours' ratio's 95% interval (a moving-block bootstrap)", () => {
+    /**
+     * The trio ratios of a simulated run: window medians of 1 +- `noise` (uniform), the on (odd) windows' times
+     * `effect`, each on window over the mean of its two neighbours, as summarizeAb forms them: neighbouring trios
+     * share an off window, as they do in a real run.
+     */
+    function ratios(trios: number, effect: number, noise: number, seed: number): number[] {
+      const rng = new Rng(seed);
+      const m = Array.from({ length: 2 * trios + 1 }, (_, w) => (w % 2 === 1 ? effect : 1) * (1 + noise * (2 * rng.next() - 1)));
+      return Array.from({ length: trios }, (_, i) => m[2 * i + 1]! / ((m[2 * i]! + m[2 * i + 2]!) / 2));
+    }
+
+    it("holds the switch's true effect in about 95% of runs, narrows with more windows, and is the same for the same run", () => {
+      let held = 0;
+      const runs = 100;
+      for (let seed = 1; seed <= runs; seed++) {
+        const [low, high] = pairedRatioInterval(ratios(60, 1, 0.05, seed));
+        if (low <= 1 && 1 <= high) held++;
+      }
+      expect(held).toBeGreaterThanOrEqual(85);
+      expect(held).toBeLessThanOrEqual(100);
+      const few = ratios(20, 1, 0.05, 3);
+      const [lowFew, highFew] = pairedRatioInterval(few);
+      const [lowMany, highMany] = pairedRatioInterval(ratios(400, 1, 0.05, 3));
+      expect(highMany - lowMany).toBeLessThan((highFew - lowFew) / 2);
+      expect(pairedRatioInterval(few)).toEqual([lowFew, highFew]);
+    });
+
+    it("tells an effect of 3% from noise of +-5% over a few hundred windows", () => {
+      const [low, high] = pairedRatioInterval(ratios(300, 0.97, 0.05, 7));
+      expect(high).toBeLessThan(1);
+      expect(low).toBeGreaterThan(0.94);
+    });
+
+    it("is a point when every trio agrees, and NaN with fewer than two trios; summarizeAb carries it", () => {
+      expect(pairedRatioInterval([1.1, 1.1, 1.1, 1.1, 1.1])).toEqual([1.1, 1.1]);
+      expect(pairedRatioInterval([0.9])).toEqual([NaN, NaN]);
+      // Windows of 10 ms intervals, the on ones (odd) at 11: every trio's ratio is 1.1.
+      const arrivals: number[] = [];
+      for (let w = 0; w < 9; w++) for (let t = w * 100 + 3; t < (w + 1) * 100; t += w % 2 === 1 ? 11 : 10) arrivals.push(t);
+      const s = summarizeAb(classifyIntervals([arrivals], 100, 2));
+      expect(s.pairs).toBe(4);
+      expect(s.pairedRatio).toBeCloseTo(1.1, 12);
+      expect(s.pairedInterval[0]).toBeCloseTo(1.1, 12);
+      expect(s.pairedInterval[1]).toBeCloseTo(1.1, 12);
+    });
   });
 });
