@@ -244,9 +244,10 @@ export interface ModelOptions extends LoadOptions {
 /**
  * From this many rows, a MoE layer's wait on expert-hosts that share this machine's cores leaves them every core:
  * products run on the calling thread alone until they answer (KernelBackend.callerOnly). Below it, decode's kernel
- * threads keep computing with it (the shared expert) meanwhile: measured side by side on a 2-vCPU VM with
- * scripts/bench/cluster-ab.ts (docs/PERFORMANCE.md, 2026-12-07 late), keeping them made a token 2-5% faster at 1,
- * 4 and 8 streams, and about 1% slower at 16, where the hosts' share of a step is largest.
+ * threads keep computing with it (the shared expert) meanwhile. Measured side by side with scripts/bench/cluster-ab.ts
+ * on two 2-vCPU VMs (docs/PERFORMANCE.md, 2026-12-07 late): keeping them made a token 2-5% faster at 1, 4 and 8
+ * streams on the first and 0-3% at one stream on the second (a 95% interval that holds 1); at 16 streams, where the
+ * hosts' share of a step is largest, leaving them was about 1% faster on the first and the same on the second.
  */
 export const LEAVE_CORES_MIN_ROWS = 16;
 
