@@ -103,6 +103,13 @@ MOELA_INLINE void dot_span(V (&a)[RB][TB], const void* w, const size_t* rowOff, 
     V wv[RB];
     if (pfAhead > 0 && ((c * esize) & 63) == 0)
       MOELA_UNROLL for (int r = 0; r < RB; r++) __builtin_prefetch((const char*)w + (rowOff[r] + c) * esize + pfAhead, 0, 3);
+    if (TB == 1) {
+      // One token: each row's weights used as soon as they are widened, so only one row's are live at a time (on
+      // AVX2, four rows' widened weights and the sums took more than its 16 registers).
+      const V xv = vload(xs[0] + c);
+      MOELA_UNROLL for (int r = 0; r < RB; r++) a[r][0] = vfma(wload<K>(w, rowOff[r] + c), xv, a[r][0]);
+      continue;
+    }
     MOELA_UNROLL for (int r = 0; r < RB; r++) wv[r] = wload<K>(w, rowOff[r] + c);
     MOELA_UNROLL for (int t = 0; t < TB; t++) {
       const V xv = vload(xs[t] + c);
@@ -136,6 +143,14 @@ static void tile(const void* w, const size_t* rowOff, int cols, int bcols, const
   if (!SCALED) {
     dot_span<K, RB, TB>(acc, w, rowOff, xs, 0, cols, pfAhead);
   } else {
+#if defined(MOELA_ISA_AVX2)
+    // AVX2: the scaled sums wait in memory between blocks (a store and its reload are exact). Held in registers
+    // next to the block's sums, they left no room for the weights: GCC kept three of a one-token tile's eight block
+    // sums on the stack, a load and a store on every multiply-add.
+    alignas(32) float accm[RB][TB][16];
+    MOELA_UNROLL for (int r = 0; r < RB; r++)
+      MOELA_UNROLL for (int t = 0; t < TB; t++) vstore(accm[r][t], acc[r][t]);
+#endif
     for (int c0 = 0, b = 0; c0 < cols; c0 += bcols, b++) {
       V p[RB][TB];
       MOELA_UNROLL for (int r = 0; r < RB; r++)
@@ -143,9 +158,17 @@ static void tile(const void* w, const size_t* rowOff, int cols, int bcols, const
       dot_span<K, RB, TB>(p, w, rowOff, xs, c0, imin(cols, c0 + bcols), pfAhead);
       MOELA_UNROLL for (int r = 0; r < RB; r++) {
         const V s = vset1(scl[r][b] * E4M3_UNSCALE);
+#if defined(MOELA_ISA_AVX2)
+        MOELA_UNROLL for (int t = 0; t < TB; t++) vstore(accm[r][t], vfma(p[r][t], s, vload(accm[r][t])));
+#else
         MOELA_UNROLL for (int t = 0; t < TB; t++) acc[r][t] = vfma(p[r][t], s, acc[r][t]);
+#endif
       }
     }
+#if defined(MOELA_ISA_AVX2)
+    MOELA_UNROLL for (int r = 0; r < RB; r++)
+      MOELA_UNROLL for (int t = 0; t < TB; t++) acc[r][t] = vload(accm[r][t]);
+#endif
   }
 #if defined(MOELA_ISA_AVX512)
   V all[16];
