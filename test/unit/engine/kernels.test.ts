@@ -72,6 +72,7 @@ const SHAPES: ReadonlyArray<[Kind, number, number, [number, number]?]> = [
   ["f32", 37, 100],
   ["bf16", 64, 256],
   ["bf16", 5, 33],
+  ["bf16", 7, 300], // AVX2's widened panel takes 128 columns at a time: two whole chunks and a tail
   ["f16", 18, 70],
   ["fp8", 200, 300], // partial scale blocks in both directions
   ["fp8", 9, 24, [8, 8]], // blocks narrower than a vector
