@@ -343,7 +343,9 @@ static void matmul(const MatmulArgs* a, int i0, int i1) {
         src = p;
       }
 #if defined(MOELA_ISA_AVX2)
-      const int tokenStep = panel ? PANEL_TILE_TOKENS : TILE_TOKENS;
+      // FP8 over 3 or 4 tokens: one row by all of them (rowByAll below), not 2 x 2 tiles that widen each row twice.
+      const bool rowByAll = !panel && fp8 && tb1 - tb0 >= 3;
+      const int tokenStep = panel ? PANEL_TILE_TOKENS : rowByAll ? tb1 - tb0 : TILE_TOKENS;
 #else
       const int tokenStep = TILE_TOKENS;
 #endif
@@ -362,6 +364,12 @@ static void matmul(const MatmulArgs* a, int i0, int i1) {
           fn = fp8 ? tile_for<W_F32, true>(tb) : tile_for<W_F32, false>(tb);
 #endif
         } else {
+#if defined(MOELA_ISA_AVX2)
+          if (rowByAll) {
+            fn = tb == 3 ? tile<W_FP8, true, 1, 3> : tile<W_FP8, true, 1, 4>;
+            tileRows = 1;
+          } else
+#endif
           switch (w.kind) {
             case W_F32: fn = tile_for<W_F32, false>(tb); break;
             case W_BF16: fn = tile_for<W_BF16, false>(tb); break;

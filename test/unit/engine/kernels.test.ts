@@ -263,9 +263,9 @@ describe.skipIf(!fastKernelsAvailable())("native kernels", () => {
       const outs: number[][] = [];
       for (const [kind, rows, cols, block] of SHAPES) {
         const w = makeWeight(kind, rows, cols, block);
-        // Each token count takes another tile shape on some instruction sets (one token, a pair, a partial tile,
-        // and the widened panel beyond four).
-        for (const T of [1, 2, 3, 9]) {
+        // Each token count takes another tile shape on some instruction sets (one token, a pair, a partial tile or
+        // AVX2's one row by three or four FP8 tokens, and the widened panel beyond four).
+        for (const T of [1, 2, 3, 4, 9]) {
           const x = fill(new Float32Array(T * cols), T);
           const y = new Float32Array(T * rows);
           fast.matmul(w, x, T, y);
