@@ -60,7 +60,8 @@ static thread_local Scratch scoreScratch = {nullptr, 0};
 // stack on every step; an FP8 tile of 2 x 2 fits, and so do 4 rows without the second set (other kinds) or with one
 // token. The shape only groups outputs: each output's operations and their order are the same whatever the shape
 // (see the top of this file). scripts/bench/kernels-ab.ts measured each choice against the 4 x 4 tile.
-// On a widened panel, AVX2 takes tile_halves instead (4 rows x 2 tokens, one half of the lanes at a time).
+// On a widened panel, AVX2 takes tile_halves instead (4 rows x 2 tokens, one half of the lanes at a time), and FP8 over
+// 3 or 4 tokens one row by all of them (each row widened once; 2 x 2 tiles widened it twice).
 #if defined(MOELA_ISA_AVX2)
 // Unrolled before GCC decides where arrays live, so the accumulator arrays stay in registers.
 #define MOELA_UNROLL _Pragma("GCC unroll 16")
