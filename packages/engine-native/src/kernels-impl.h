@@ -70,6 +70,7 @@ static const int TILE_ROWS_UNSCALED = 4;  // without FP8's second set of sums
 static const int TILE_ROWS_1 = 4;  // rows of a one-token tile
 static const int TILE_TOKENS = 2;
 static const bool FP8_PAIRS = false;
+static const bool ONE_TOKEN_ROW_BY_ROW = true;  // dot_span: see there
 #else
 #define MOELA_UNROLL
 static const int TILE_ROWS = 4;
@@ -77,6 +78,7 @@ static const int TILE_ROWS_UNSCALED = 4;
 static const int TILE_ROWS_1 = 4;
 static const int TILE_TOKENS = 4;
 static const bool FP8_PAIRS = true;
+static const bool ONE_TOKEN_ROW_BY_ROW = false;
 #endif
 
 /** a[r][t] += w_r[c..c1) * x_t[c..c1), 16 lanes, c ascending. */
@@ -104,7 +106,7 @@ MOELA_INLINE void dot_span(V (&a)[RB][TB], const void* w, const size_t* rowOff, 
     V wv[RB];
     if (pfAhead > 0 && ((c * esize) & 63) == 0)
       MOELA_UNROLL for (int r = 0; r < RB; r++) __builtin_prefetch((const char*)w + (rowOff[r] + c) * esize + pfAhead, 0, 3);
-    if (TB == 1) {
+    if (TB == 1 && ONE_TOKEN_ROW_BY_ROW) {
       // One token: each row's weights used as soon as they are widened, so only one row's are live at a time (on
       // AVX2, four rows' widened weights and the sums took more than its 16 registers).
       const V xv = vload(xs[0] + c);
@@ -195,7 +197,7 @@ typedef void (*TileFn)(const void*, const size_t*, int, int, const float* const*
  * loaded vector is used by every multiply-add that needs it. A lane's operations are tile's, in tile's order: lane j
  * of an output accumulates its columns c = j mod 16 ascending (the zero-padded tail included), per scale block into
  * fresh sums then into acc by one multiply-add, then vsum over both halves. scripts/bench/kernels-ab.ts against tile:
- * 1.2-1.9x on FP8 and 1.0-1.35x on BF16 from 8 tokens (Zen 3), the same bits.
+ * 1.2-1.7x on FP8 and 1.0-1.2x on BF16 from 16 tokens (Zen 3), the same bits.
  */
 template <bool SCALED, int RB, int TB>
 static void tile_halves(const void* w, const size_t* rowOff, int cols, int bcols, const float* const* scl, const float* const* xs, float* out) {
